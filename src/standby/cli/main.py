@@ -1,0 +1,36 @@
+"""The `standby` command. Thin: parse, call the same functions the agent uses, print."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from standby import __version__
+from standby.cli import bootstrap, check, config_cmd, lab, status
+from standby.config import ConfigError
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="standby")
+def cli() -> None:
+    """Two-server high availability for a PostgreSQL-backed service.
+
+    Every command that acts on a node takes the shared config file
+    (--config or STANDBY_CONFIG) and the node's own name (--node or STANDBY_NODE).
+    """
+
+
+cli.add_command(config_cmd.group)
+cli.add_command(check.command)
+cli.add_command(bootstrap.command)
+cli.add_command(status.command)
+cli.add_command(lab.group)
+
+
+def main() -> None:
+    try:
+        cli(standalone_mode=True)
+    except ConfigError as e:  # raised outside click's own handling
+        click.echo(str(e), err=True)
+        sys.exit(2)

@@ -1,0 +1,368 @@
+"""The cluster configuration: one TOML file shared by both nodes.
+
+Every node runs with the same file plus its own node name (``--node`` or
+``STANDBY_NODE``). Everything is validated before anything is touched, and
+each error names the key, the bad value and what is expected.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import tomllib
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+DEFAULT_CONFIG_PATH = Path("/etc/standby/standby.toml")
+CONFIG_ENV = "STANDBY_CONFIG"
+NODE_ENV = "STANDBY_NODE"
+
+
+class Mode(StrEnum):
+    HOT = "hot"  # automatic failover inside one subnet
+    WARM = "warm"  # remote standby: alerts, manual promotion only
+
+
+class Durability(StrEnum):
+    SYNC = "sync"  # commit waits for the standby: zero loss on failover
+    ASYNC = "async"  # commit does not wait: bounded loss, no stall
+
+
+class ConfigError(Exception):
+    """A configuration problem, already phrased for the operator."""
+
+    def __init__(self, problems: list[str], source: str = "") -> None:
+        self.problems = problems
+        self.source = source
+        head = f"invalid configuration{f' in {source}' if source else ''}:"
+        super().__init__("\n".join([head, *(f"  - {p}" for p in problems)]))
+
+
+class _Strict(BaseModel):
+    # Unknown keys are errors: a typo must not silently fall back to a default.
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _interface(value: str) -> str:
+    if not value or len(value) > 15 or any(c in value for c in " /\t\n:"):
+        raise ValueError("expected a Linux interface name (1-15 characters, no spaces, '/' or ':')")
+    return value
+
+
+Interface = Annotated[str, AfterValidator(_interface)]
+
+
+class Link(_Strict):
+    """One of a node's two networks: an address with its prefix and an interface."""
+
+    address: ipaddress.IPv4Interface = Field(description="address with prefix, e.g. 192.0.2.11/24")
+    interface: Interface
+
+    @property
+    def ip(self) -> ipaddress.IPv4Address:
+        return self.address.ip
+
+
+class NodePostgres(_Strict):
+    """Per-node overrides of [postgres]; normally empty (both servers alike)."""
+
+    data_dir: Path | None = None
+    socket_dir: Path | None = None
+    bin_dir: Path | None = None
+
+
+class Node(_Strict):
+    public: Link
+    private: Link
+    postgres: NodePostgres = NodePostgres()
+    state_dir: Path | None = None  # overrides the top-level state_dir (several nodes on one host)
+
+
+class ServiceIP(_Strict):
+    address: ipaddress.IPv4Interface = Field(description="floating address with prefix")
+    interface: Interface
+
+
+def _argv(value: list[str]) -> list[str]:
+    if not value or not all(isinstance(a, str) and a for a in value):
+        raise ValueError("expected a non-empty list of arguments, e.g. [\"systemctl\", \"start\", \"x\"]")
+    return value
+
+
+Argv = Annotated[list[str], AfterValidator(_argv)]
+
+
+class Service(_Strict):
+    """A service that runs on the node holding the service role.
+
+    Commands are argument lists and are run without a shell, so no value in
+    this file can inject one.
+    """
+
+    name: str = Field(min_length=1)
+    start: Argv
+    stop: Argv
+    health: Argv | None = None
+    timeout_s: float = Field(10.0, gt=0, le=600)
+
+
+
+class Postgres(_Strict):
+    bin_dir: Path = Path("/usr/lib/postgresql/15/bin")
+    data_dir: Path = Path("/var/lib/postgresql/15/standby")
+    socket_dir: Path = Path("/var/run/postgresql")
+    port: int = Field(5432, ge=1, le=65535)
+    os_user: str = "postgres"
+    superuser: str = "postgres"
+    database: str = "postgres"
+    replication_user: str = "replicator"
+    replication_password_file: Path = Path("/etc/standby/replication.password")
+    # WAL kept on the primary so that a failed primary can later be rewound
+    # instead of re-cloned (pg_rewind needs the WAL back to the fork point).
+    wal_keep_size_mb: int = Field(1024, ge=0)
+    max_wal_senders: int = Field(10, ge=2)
+    extra_settings: dict[str, str | int | bool] = Field(default_factory=dict)
+
+    @field_validator("replication_user", "superuser", "os_user", "database")
+    @classmethod
+    def _ident(cls, v: str) -> str:
+        if not v or not all(c.isalnum() or c in "_-" for c in v):
+            raise ValueError("expected a plain identifier (letters, digits, '_' or '-')")
+        return v
+
+
+class Replication(_Strict):
+    durability: Durability = Durability.SYNC
+    # In sync mode: seconds a primary waits for a lost standby before going
+    # async (0 = never: commits wait, zero loss guaranteed).
+    degrade_after_s: float = Field(0.0, ge=0)
+    # In async mode: the most WAL (bytes) the standby may be behind and still
+    # be promoted automatically.
+    max_lag_on_failover_bytes: int = Field(16 * 1024 * 1024, ge=0)
+
+
+class Timings(_Strict):
+    heartbeat_interval_ms: int = Field(200, ge=20, le=10_000)
+    failover_timeout_ms: int = Field(1000, ge=100, le=600_000)
+    fence_timeout_ms: int = Field(700, ge=50, le=600_000)
+
+    @model_validator(mode="after")
+    def _order(self) -> Timings:
+        if self.failover_timeout_ms < 3 * self.heartbeat_interval_ms:
+            raise ValueError(
+                f"timings.failover_timeout_ms ({self.failover_timeout_ms}) must be at least 3 x "
+                f"timings.heartbeat_interval_ms ({self.heartbeat_interval_ms}), or single lost "
+                "packets cause failovers"
+            )
+        if self.fence_timeout_ms >= self.failover_timeout_ms:
+            raise ValueError(
+                f"timings.fence_timeout_ms ({self.fence_timeout_ms}) must be shorter than "
+                f"timings.failover_timeout_ms ({self.failover_timeout_ms}): an isolated primary "
+                "must stop writing before the standby may promote"
+            )
+        return self
+
+
+class TieBreaker(_Strict):
+    """An address each node should reach when its own network is fine."""
+
+    address: ipaddress.IPv4Address
+    # TCP port to connect to; 0 means ICMP echo.
+    port: int = Field(0, ge=0, le=65535)
+
+
+class Email(_Strict):
+    smtp_host: str
+    smtp_port: int = Field(25, ge=1, le=65535)
+    starttls: bool = False
+    username: str | None = None
+    password_file: Path | None = None
+    sender: str
+    recipients: list[str] = Field(min_length=1)
+
+
+class Webhook(_Strict):
+    url: str = Field(pattern=r"^https?://")
+    timeout_s: float = Field(5.0, gt=0, le=120)
+    retries: int = Field(3, ge=0, le=100)
+
+
+class Alerts(_Strict):
+    email: Email | None = None
+    webhook: Webhook | None = None
+    lag_threshold_bytes: int = Field(64 * 1024 * 1024, ge=0)
+
+
+class Api(_Strict):
+    bind: ipaddress.IPv4Address = ipaddress.IPv4Address("0.0.0.0")
+    port: int = Field(8008, ge=1, le=65535)
+    token_file: Path | None = None
+
+
+class Config(_Strict):
+    cluster: str = Field(min_length=1, max_length=63)
+    mode: Mode = Mode.HOT
+    preferred_primary: str
+    nodes: dict[str, Node]
+    service_ips: list[ServiceIP] = Field(default_factory=list)
+    services: list[Service] = Field(default_factory=list)
+    postgres: Postgres = Postgres()
+    replication: Replication = Replication()
+    timings: Timings = Timings()
+    tiebreaker: TieBreaker | None = None
+    alerts: Alerts = Alerts()
+    api: Api = Api()
+    heartbeat_key_file: Path | None = None
+    state_dir: Path = Path("/var/lib/standby")
+
+    @field_validator("nodes")
+    @classmethod
+    def _two_nodes(cls, v: dict[str, Node]) -> dict[str, Node]:
+        if len(v) != 2:
+            raise ValueError(f"expected exactly two nodes, got {len(v)} ({', '.join(v) or 'none'})")
+        for name in v:
+            if not name or not all(c.isalnum() or c in "-_" for c in name) or len(name) > 32:
+                raise ValueError(f"node name {name!r}: expected letters, digits, '-' or '_' (max 32)")
+        return v
+
+    @model_validator(mode="after")
+    def _coherent(self) -> Config:
+        problems: list[str] = []
+        if self.preferred_primary not in self.nodes:
+            problems.append(
+                f"preferred_primary: {self.preferred_primary!r} is not one of the nodes "
+                f"({', '.join(self.nodes)})"
+            )
+        seen: dict[ipaddress.IPv4Address, str] = {}
+        for name, node in self.nodes.items():
+            for kind, link in (("public", node.public), ("private", node.private)):
+                key = f"nodes.{name}.{kind}.address"
+                if link.ip in seen:
+                    problems.append(f"{key}: {link.ip} is already used by {seen[link.ip]}; every address must be unique")
+                seen[link.ip] = key
+        for i, sip in enumerate(self.service_ips):
+            key = f"service_ips[{i}].address"
+            if sip.address.ip in seen:
+                problems.append(f"{key}: {sip.address.ip} is already used by {seen[sip.address.ip]}")
+            seen[sip.address.ip] = key
+            if self.mode is Mode.HOT:
+                for name, node in self.nodes.items():
+                    if sip.address.ip not in node.public.address.network:
+                        problems.append(
+                            f"{key}: {sip.address} is outside node {name}'s public subnet "
+                            f"{node.public.address.network}; in hot mode a service IP must be in "
+                            "the subnet of both nodes so it can float between them"
+                        )
+            else:
+                nets = {n.public.address.network for n in self.nodes.values()}
+                if len(nets) > 1:
+                    problems.append(
+                        f"{key}: warm-mode nodes are in different subnets ({', '.join(map(str, nets))}), "
+                        "so a service IP cannot float between them; remove service_ips and use an "
+                        "address-change hook instead"
+                    )
+        if self.mode is Mode.HOT:
+            nets = {n.public.address.network for n in self.nodes.values()}
+            if len(nets) > 1:
+                problems.append(
+                    "nodes.*.public.address: in hot mode both nodes must share one public subnet "
+                    f"(got {', '.join(map(str, sorted(nets)))}); use mode = \"warm\" for nodes in different subnets"
+                )
+            if not self.service_ips:
+                problems.append("service_ips: hot mode needs at least one service IP that floats to the active node")
+        if problems:
+            raise ValueError("\n".join(problems))
+        return self
+
+    # -- derived views ----------------------------------------------------
+
+    def peer_of(self, node: str) -> str:
+        (other,) = [n for n in self.nodes if n != node]
+        return other
+
+    def pg(self, node: str) -> Postgres:
+        """[postgres] with the node's own overrides applied."""
+        over = {k: v for k, v in self.nodes[node].postgres.model_dump().items() if v is not None}
+        return self.postgres.model_copy(update=over)
+
+    def state_dir_for(self, node: str) -> Path:
+        return self.nodes[node].state_dir or self.state_dir
+
+    def slot_name(self, node: str) -> str:
+        """The physical replication slot that streams WAL to ``node``."""
+        return "standby_" + node.replace("-", "_").lower()
+
+
+def _format_error(err: ValidationError) -> list[str]:
+    out = []
+    for e in err.errors():
+        loc = ".".join(str(p) if not isinstance(p, int) else f"[{p}]" for p in e["loc"]).replace(".[", "[")
+        msg = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "missing":
+            out.append(f"{loc}: missing; this key is required")
+        elif e["type"] == "extra_forbidden":
+            out.append(f"{loc}: unknown key (value {e['input']!r}); remove it or check its spelling")
+        elif loc:
+            out.append(f"{loc}: {msg} (got {e['input']!r})" if not isinstance(e["input"], dict) else f"{loc}: {msg}")
+        else:
+            out.extend(m.strip() for m in msg.split("\n"))
+    return out
+
+
+def parse(data: dict[str, Any], source: str = "") -> Config:
+    try:
+        return Config.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(_format_error(err), source) from None
+
+
+def load(path: Path | str) -> Config:
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise ConfigError([f"file {path} does not exist; pass --config or set {CONFIG_ENV}"]) from None
+    except OSError as e:
+        raise ConfigError([f"cannot read {path}: {e.strerror}"]) from None
+    try:
+        data = tomllib.loads(raw.decode())
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise ConfigError([f"not valid TOML: {e}"], str(path)) from None
+    return parse(data, str(path))
+
+
+def resolve_node(cfg: Config, node: str | None) -> str:
+    """The local node's name, from the flag or the environment."""
+    name = node or os.environ.get(NODE_ENV)
+    if not name:
+        raise ConfigError([f"no node name: pass --node NAME or set {NODE_ENV} (one of {', '.join(cfg.nodes)})"])
+    if name not in cfg.nodes:
+        raise ConfigError([f"node {name!r} is not in the configuration (nodes: {', '.join(cfg.nodes)})"])
+    return name
+
+
+def read_secret(path: Path, what: str) -> str:
+    """Read a secret file, refusing one that others can read."""
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        raise ConfigError([f"{what}: secret file {path} does not exist"]) from None
+    if st.st_mode & 0o077:
+        raise ConfigError(
+            [f"{what}: secret file {path} is readable by group or others (mode {st.st_mode & 0o777:o}); run: chmod 600 {path}"]
+        )
+    value = path.read_text().strip()
+    if not value:
+        raise ConfigError([f"{what}: secret file {path} is empty"])
+    return value
