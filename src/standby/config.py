@@ -131,6 +131,9 @@ class Postgres(_Strict):
     # WAL kept on the primary so that a failed primary can later be rewound
     # instead of re-cloned (pg_rewind needs the WAL back to the fork point).
     wal_keep_size_mb: int = Field(1024, ge=0)
+    # Upper bound of WAL a replication slot may pin when its standby is gone,
+    # so a dead standby cannot fill the primary's disk.
+    max_slot_wal_keep_size_mb: int = Field(8192, ge=64)
     max_wal_senders: int = Field(10, ge=2)
     extra_settings: dict[str, str | int | bool] = Field(default_factory=dict)
 

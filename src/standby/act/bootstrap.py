@@ -1,0 +1,224 @@
+"""Bootstrap: turn a running primary plus an empty standby into a streaming pair.
+
+Run on each node (the primary first). Every step checks before it changes, so
+re-running on a healthy pair changes nothing, and a half-done pair is either
+completed or the exact blocker is named. A data directory holding data is
+never removed; with ``replace_data`` it is moved aside, not deleted.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import psycopg
+
+from standby import __version__
+from standby.act import postgres as act
+from standby.config import Config, Durability
+from standby.model import PgRole
+from standby.observe import postgres as obs
+from standby.observe.system import local_facts
+
+
+@dataclass(frozen=True)
+class Step:
+    name: str
+    changed: bool
+    detail: str = ""
+
+
+class BootstrapBlocked(Exception):
+    """Bootstrap cannot go on; the message says what blocks it and what to do."""
+
+
+Report = Callable[[Step], None]
+
+
+def bootstrap(cfg: Config, node: str, *, restart: bool = False, replace_data: bool = False,
+              report: Report = lambda s: None) -> list[Step]:
+    steps: list[Step] = []
+
+    def note(step: Step) -> None:
+        steps.append(step)
+        report(step)
+
+    local = obs.observe_local(cfg, node)
+    if local.role is PgRole.PRIMARY:
+        _primary(cfg, node, restart, note)
+    elif local.role is PgRole.STANDBY:
+        _running_standby(cfg, node, note)
+    else:
+        _standby_from_stopped(cfg, node, local.role, replace_data, note)
+    return steps
+
+
+# -- primary side ---------------------------------------------------------
+
+def _primary(cfg: Config, node: str, restart: bool, note: Report) -> None:
+    peer = cfg.peer_of(node)
+    with obs.connect_local(cfg, node) as conn:
+        _refuse_version_mismatch(cfg, node, act.read_facts(conn).get(peer))
+        checksums = conn.execute("SHOW data_checksums").fetchone()[0] == "on"  # type: ignore[index]
+        changed, pending = act.ensure_settings(conn, act.primary_settings(cfg, node, checksums))
+        note(Step("replication settings", bool(changed), ", ".join(changed) or "already in place"))
+        role_changes = act.ensure_replication_role(conn, cfg, node)
+        note(Step(f"replication role {cfg.pg(node).replication_user}", bool(role_changes), "; ".join(role_changes) or "exists, SCRAM password matches"))
+        hba = act.ensure_hba(conn, cfg, node)
+        note(Step("pg_hba.conf", hba, f"replication allowed from {cfg.nodes[peer].private.ip} only" + ("" if hba else " (unchanged)")))
+        slot = act.ensure_slot(conn, cfg.slot_name(peer))
+        note(Step(f"replication slot {cfg.slot_name(peer)}", slot, "created" if slot else "exists"))
+        table = act.ensure_facts_table(conn, cfg.pg(node).replication_user)
+        act.write_facts(conn, local_facts(cfg, node).as_dict())
+        note(Step("node facts", table, f"{node}: standby {__version__}"))
+    if pending:
+        if not restart:
+            raise BootstrapBlocked(
+                f"PostgreSQL on {node} must restart to apply {', '.join(sorted(set(pending)))}; "
+                "re-run with --restart (a few seconds without the database) or restart it yourself, then re-run"
+            )
+        act.stop(cfg, node, "fast")
+        act.start(cfg, node)
+        note(Step("restart", True, f"applied {', '.join(sorted(set(pending)))}"))
+    with obs.connect_local(cfg, node) as conn:
+        streaming = conn.execute(
+            "SELECT 1 FROM pg_stat_replication WHERE application_name = %s AND state = 'streaming'", (peer,)
+        ).fetchone()
+        if not streaming:
+            note(Step("standby", False, f"{peer} is not streaming yet: run `standby bootstrap --node {peer}` on {peer}"))
+            return
+        _durability(cfg, peer, conn, note)
+
+
+def _durability(cfg: Config, standby: str, primary_conn: psycopg.Connection, note: Report) -> None:
+    """Make the standby synchronous (or not) as configured, and check the result."""
+    want = act.sync_value(standby) if cfg.replication.durability is Durability.SYNC else ""
+    changed = act.set_sync_names(primary_conn, want)
+    deadline = time.monotonic() + 10
+    state = None
+    while time.monotonic() < deadline:
+        row = primary_conn.execute("SELECT sync_state FROM pg_stat_replication WHERE application_name = %s", (standby,)).fetchone()
+        state = row[0] if row else None
+        if state == ("sync" if want else "async"):
+            break
+        time.sleep(0.1)
+    else:
+        raise BootstrapBlocked(f"{standby} reports sync_state {state!r} after setting synchronous_standby_names = {want!r}")
+    note(Step(f"durability {cfg.replication.durability.value}", changed, f"{standby} is {state}"))
+
+
+def _refuse_version_mismatch(cfg: Config, node: str, peer_facts: dict[str, object] | None) -> None:
+    if not peer_facts:
+        return
+    mine = local_facts(cfg, node)
+    peer = cfg.peer_of(node)
+    if peer_facts["pg_major"] != mine.pg_major:
+        raise BootstrapBlocked(
+            f"PostgreSQL major versions differ: {node} has {mine.pg_major}, {peer} has {peer_facts['pg_major']}; "
+            "install the same major version on both nodes"
+        )
+    if peer_facts["standby_version"] != mine.standby_version:
+        raise BootstrapBlocked(
+            f"standby versions differ: {node} runs {mine.standby_version}, {peer} runs {peer_facts['standby_version']}; "
+            "install the same standby version on both nodes"
+        )
+
+
+# -- standby side ---------------------------------------------------------
+
+def _peer_primary(cfg: Config, node: str) -> obs.PgObservation:
+    peer = cfg.peer_of(node)
+    seen = obs.observe_peer(cfg, peer)
+    if seen.role is PgRole.UNREACHABLE:
+        raise BootstrapBlocked(
+            f"cannot reach PostgreSQL on {peer} as {cfg.pg(node).replication_user} ({seen.error}). "
+            f"If {peer} is the primary and was not prepared yet, run `standby bootstrap --node {peer}` there first"
+        )
+    if seen.role is not PgRole.PRIMARY:
+        raise BootstrapBlocked(f"{peer} is not a primary (it is {seen.role.value}); there is nothing to clone from")
+    major, _ = obs.installed_major(cfg.pg(node).bin_dir)
+    if seen.major != major:
+        raise BootstrapBlocked(
+            f"PostgreSQL major versions differ: {node} has {major}, {peer} runs {seen.major} ({seen.version}); "
+            "install the same major version on both nodes"
+        )
+    return seen
+
+
+def _peer_prepared(cfg: Config, node: str) -> None:
+    peer = cfg.peer_of(node)
+    with obs.connect_peer(cfg, peer) as conn:
+        facts = act.read_facts(conn).get(peer)
+        slot = conn.execute("SELECT 1 FROM pg_replication_slots WHERE slot_name = %s", (cfg.slot_name(node),)).fetchone()
+    if facts is None or slot is None:
+        raise BootstrapBlocked(f"{peer} is not prepared for replication yet: run `standby bootstrap --node {peer}` on {peer} first")
+    _refuse_version_mismatch(cfg, node, facts)
+
+
+def _standby_from_stopped(cfg: Config, node: str, role: PgRole, replace_data: bool, note: Report) -> None:
+    pg = cfg.pg(node)
+    pid = act.running_pid(pg.data_dir)
+    if pid is not None:
+        raise BootstrapBlocked(
+            f"data directory {pg.data_dir} is in use by PID {pid}, but PostgreSQL does not answer on "
+            f"{pg.socket_dir} port {pg.port}; check postgres.socket_dir/port or stop that server"
+        )
+    if role is PgRole.STOPPED and (pg.data_dir / "standby.signal").exists() and not replace_data:
+        # A clone that was not started (a half-done bootstrap): finish it.
+        _peer_primary(cfg, node)
+        _peer_prepared(cfg, node)
+        act.configure_as_standby(cfg, node, cfg.peer_of(node))
+        act.start(cfg, node)
+        note(Step("start standby", True, "started the existing clone"))
+        _running_standby(cfg, node, note)
+        return
+    if role is PgRole.STOPPED:
+        if not replace_data:
+            raise BootstrapBlocked(
+                f"{pg.data_dir} holds a database that is not running. If {node} should be the primary, start "
+                f"PostgreSQL and re-run. To replace it with a clone of {cfg.peer_of(node)}, re-run with "
+                "--replace-data (the old directory is moved aside, not deleted)"
+            )
+    _peer_primary(cfg, node)
+    _peer_prepared(cfg, node)
+    if role is PgRole.STOPPED:
+        aside = _move_aside(pg.data_dir)
+        note(Step("old data directory", True, f"moved aside to {aside}"))
+    elif pg.data_dir.exists() and any(pg.data_dir.iterdir()):
+        raise BootstrapBlocked(
+            f"{pg.data_dir} is not empty but holds no database (no PG_VERSION); empty it or point postgres.data_dir elsewhere"
+        )
+    t0 = time.monotonic()
+    act.clone(cfg, node, cfg.peer_of(node))
+    note(Step("clone", True, f"pg_basebackup from {cfg.nodes[cfg.peer_of(node)].private.ip} in {time.monotonic() - t0:.1f}s"))
+    act.configure_as_standby(cfg, node, cfg.peer_of(node))
+    act.start(cfg, node)
+    note(Step("start standby", True, f"PostgreSQL started on {node}"))
+    _running_standby(cfg, node, note)
+
+
+def _move_aside(data_dir: Path) -> Path:
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    aside = data_dir.with_name(f"{data_dir.name}.replaced-{stamp}")
+    data_dir.rename(aside)
+    return aside
+
+
+def _running_standby(cfg: Config, node: str, note: Report) -> None:
+    peer = cfg.peer_of(node)
+    status = act.wait_streaming(cfg, node)
+    local = obs.observe_local(cfg, node)
+    expected = str(cfg.nodes[peer].private.ip)
+    if local.upstream != expected:
+        raise BootstrapBlocked(f"{node} streams from {local.upstream}, not from {peer} ({expected}); fix primary_conninfo")
+    note(Step("streaming", False, f"WAL receiver {status} from {peer} at {expected}"))
+    with obs.connect_local(cfg, node) as conn:
+        hba = act.ensure_hba(conn, cfg, node)
+    note(Step("pg_hba.conf", hba, f"replication allowed from {cfg.nodes[peer].private.ip} only" + ("" if hba else " (unchanged)")))
+    with obs.connect_peer(cfg, peer) as pconn:
+        act.write_facts(pconn, local_facts(cfg, node).as_dict())
+        note(Step("node facts", False, f"{node}: standby {__version__} recorded on {peer}"))
+        _durability(cfg, node, pconn, note)

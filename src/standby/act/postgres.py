@@ -1,0 +1,424 @@
+"""Actions on a PostgreSQL server: settings, roles, pg_hba, slots, clone, start/stop.
+
+Each function is idempotent and says whether it changed anything, so bootstrap
+(and later the agent) can report "nothing to do" truthfully.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import shutil
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+
+import psycopg
+from psycopg import sql
+
+from standby.config import Config, read_secret
+
+HBA_BEGIN = "# BEGIN standby (managed; edits inside this block are overwritten)"
+HBA_END = "# END standby"
+FACTS_SCHEMA = "standby"
+
+
+class PostgresActionError(RuntimeError):
+    pass
+
+
+def run_as(user: str, argv: list[str], env: Mapping[str, str] | None = None, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    """Run argv as the OS user that owns the cluster (never through a shell)."""
+    full = argv if pwd.getpwuid(os.geteuid()).pw_name == user else ["runuser", "-u", user, "--", *argv]
+    return subprocess.run(full, capture_output=True, text=True, env={**os.environ, **(env or {})}, timeout=timeout)
+
+
+def _bin(cfg: Config, node: str, name: str) -> str:
+    return str(cfg.pg(node).bin_dir / name)
+
+
+def log_path(cfg: Config, node: str) -> Path:
+    return cfg.state_dir_for(node) / "postgresql.log"
+
+
+def start(cfg: Config, node: str, timeout_s: int = 60) -> None:
+    pg = cfg.pg(node)
+    log = log_path(cfg, node)
+    log.parent.mkdir(parents=True, exist_ok=True)
+    log.touch(exist_ok=True)
+    shutil.chown(log, pg.os_user)
+    res = run_as(pg.os_user, [_bin(cfg, node, "pg_ctl"), "-D", str(pg.data_dir), "-l", str(log), "-w",
+                              "-t", str(timeout_s), "start"], timeout=timeout_s + 10)
+    if res.returncode != 0:
+        tail = log.read_text(errors="replace").splitlines()[-5:] if log.exists() else []
+        raise PostgresActionError(f"pg_ctl start failed: {res.stderr.strip() or res.stdout.strip()}; log: {' | '.join(tail)}")
+
+
+def stop(cfg: Config, node: str, mode: str = "fast", timeout_s: int = 60) -> None:
+    pg = cfg.pg(node)
+    res = run_as(pg.os_user, [_bin(cfg, node, "pg_ctl"), "-D", str(pg.data_dir), "-m", mode, "-w",
+                              "-t", str(timeout_s), "stop"], timeout=timeout_s + 10)
+    if res.returncode != 0 and "is the server running" not in res.stderr:
+        raise PostgresActionError(f"pg_ctl stop failed: {res.stderr.strip()}")
+
+
+def running_pid(data_dir: Path) -> int | None:
+    """PID of the postmaster using ``data_dir``, if one is alive."""
+    try:
+        pid = int((data_dir / "postmaster.pid").read_text().split("\n", 1)[0])
+    except (FileNotFoundError, ValueError, PermissionError):
+        return None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None
+    return pid
+
+
+# -- settings -------------------------------------------------------------
+
+def ensure_settings(conn: psycopg.Connection, wanted: Mapping[str, str]) -> tuple[list[str], list[str]]:
+    """ALTER SYSTEM what differs. Returns (changed, needing_restart).
+
+    A value counts as in place only when it is both running and persisted in a
+    configuration file: a value given on the command line would be lost at the
+    next restart by anyone else.
+    """
+    changed, restart = [], []
+    with conn.cursor() as cur:
+        for name, value in wanted.items():
+            row = cur.execute("SELECT setting, context FROM pg_settings WHERE name = %s", (name,)).fetchone()
+            if row is None:
+                raise PostgresActionError(f"unknown PostgreSQL setting {name!r}")
+            running, context = row
+            persisted = cur.execute(
+                "SELECT setting FROM pg_file_settings WHERE name = %s ORDER BY seqno DESC LIMIT 1",
+                (name,),
+            ).fetchone()
+            if persisted is None or not _same(persisted[0], value):
+                cur.execute(sql.SQL("ALTER SYSTEM SET {} = {}").format(sql.Identifier(name), sql.Literal(value)))
+                changed.append(name)
+            if not _same(running, value) and context == "postmaster":
+                restart.append(name)
+        if changed:
+            cur.execute("SELECT pg_reload_conf()")
+    return changed, restart
+
+
+def _same(current: str, wanted: str) -> bool:
+    # List settings come back quoted from files ('"/run/pg"'); compare the values.
+    def norm(v: str) -> str:
+        return ",".join(p.strip().strip('"') for p in str(v).split(",")).lower()
+
+    return norm(current) == norm(wanted)
+
+
+def primary_settings(cfg: Config, node: str, has_checksums: bool) -> dict[str, str]:
+    pg = cfg.pg(node)
+    wanted = {
+        "wal_level": "replica",
+        "max_wal_senders": str(pg.max_wal_senders),
+        "max_replication_slots": str(max(pg.max_wal_senders, 4)),
+        "hot_standby": "on",
+        "wal_keep_size": str(pg.wal_keep_size_mb),  # base unit: MB
+        # A standby that never comes back must not fill the primary's disk.
+        "max_slot_wal_keep_size": str(pg.max_slot_wal_keep_size_mb),
+        "port": str(pg.port),
+        "unix_socket_directories": str(pg.socket_dir),
+        "listen_addresses": "*",
+        "password_encryption": "scram-sha-256",
+    }
+    if not has_checksums:
+        # pg_rewind needs hint-bit changes in WAL unless pages carry checksums.
+        wanted["wal_log_hints"] = "on"
+    wanted.update({k: _pg_value(v) for k, v in pg.extra_settings.items()})
+    return wanted
+
+
+def _pg_value(v: object) -> str:
+    if isinstance(v, bool):
+        return "on" if v else "off"
+    return str(v)
+
+
+# -- replication role -----------------------------------------------------
+
+def ensure_replication_role(conn: psycopg.Connection, cfg: Config, node: str) -> list[str]:
+    """The replication role with a SCRAM password, allowed to monitor and to set sync names."""
+    pg = cfg.pg(node)
+    user = pg.replication_user
+    password = read_secret(pg.replication_password_file, "postgres.replication_password_file")
+    done: list[str] = []
+    with conn.cursor() as cur:
+        row = cur.execute("SELECT rolreplication, rolcanlogin, rolpassword FROM pg_authid WHERE rolname = %s", (user,)).fetchone()
+        verifier = conn.pgconn.encrypt_password(password.encode(), user.encode(), b"scram-sha-256").decode()
+        if row is None:
+            # The verifier is computed client-side so the clear password never reaches server logs.
+            cur.execute(sql.SQL("CREATE ROLE {} WITH LOGIN REPLICATION PASSWORD {}").format(
+                sql.Identifier(user), sql.Literal(verifier)))
+            done.append(f"created role {user}")
+        else:
+            if not (row[0] and row[1]):
+                cur.execute(sql.SQL("ALTER ROLE {} WITH LOGIN REPLICATION").format(sql.Identifier(user)))
+                done.append(f"gave role {user} LOGIN REPLICATION")
+            if not _scram_matches(row[2], password):
+                cur.execute(sql.SQL("ALTER ROLE {} WITH PASSWORD {}").format(sql.Identifier(user), sql.Literal(verifier)))
+                done.append(f"set {user}'s SCRAM password from {pg.replication_password_file}")
+        grants = [
+            ("pg_has_role(%s, 'pg_monitor', 'MEMBER')", sql.SQL("GRANT pg_monitor TO {}")),
+            ("has_parameter_privilege(%s, 'synchronous_standby_names', 'ALTER SYSTEM')",
+             sql.SQL("GRANT ALTER SYSTEM ON PARAMETER synchronous_standby_names TO {}")),
+            ("has_function_privilege(%s, 'pg_reload_conf()', 'EXECUTE')",
+             sql.SQL("GRANT EXECUTE ON FUNCTION pg_reload_conf() TO {}")),
+        ]
+        for probe, grant in grants:
+            if not cur.execute(f"SELECT {probe}", (user,)).fetchone()[0]:  # type: ignore[index]
+                cur.execute(grant.format(sql.Identifier(user)))
+                done.append(grant.format(sql.Identifier(user)).as_string(conn))
+    return done
+
+
+def _scram_matches(stored: str | None, password: str) -> bool:
+    """Does a stored SCRAM-SHA-256 verifier belong to ``password``?"""
+    import base64
+    import hashlib
+    import hmac
+
+    if not stored or not stored.startswith("SCRAM-SHA-256$"):
+        return False
+    try:
+        _, rest = stored.split("$", 1)
+        params, keys = rest.split("$", 1)
+        iterations, salt_b64 = params.split(":")
+        stored_key_b64, _server_key_b64 = keys.split(":")
+        salted = hashlib.pbkdf2_hmac("sha256", password.encode(), base64.b64decode(salt_b64), int(iterations))
+        client_key = hmac.new(salted, b"Client Key", "sha256").digest()
+        return hmac.compare_digest(hashlib.sha256(client_key).digest(), base64.b64decode(stored_key_b64))
+    except (ValueError, TypeError):
+        return False
+
+
+# -- pg_hba.conf ----------------------------------------------------------
+
+def hba_block(cfg: Config, node: str) -> list[str]:
+    """Replication (and monitoring) for the replication role, from the peer's private address only."""
+    peer = cfg.peer_of(node)
+    pg = cfg.pg(node)
+    peer_ip = cfg.nodes[peer].private.ip
+    return [
+        HBA_BEGIN,
+        f"host    replication     {pg.replication_user:<15} {peer_ip}/32{'':<6} scram-sha-256",
+        f"host    {pg.database:<15} {pg.replication_user:<15} {peer_ip}/32{'':<6} scram-sha-256",
+        HBA_END,
+    ]
+
+
+def ensure_hba(conn: psycopg.Connection, cfg: Config, node: str) -> bool:
+    """Put the managed block at the top of pg_hba.conf (first match wins). True if changed."""
+    path = Path(conn.execute("SHOW hba_file").fetchone()[0])  # type: ignore[index]
+    lines = path.read_text().splitlines()
+    if HBA_BEGIN in lines and HBA_END in lines:
+        b, e = lines.index(HBA_BEGIN), lines.index(HBA_END)
+        rest = lines[:b] + lines[e + 1 :]
+    else:
+        rest = lines
+    new = hba_block(cfg, node) + rest
+    if new == lines:
+        return False
+    _write_like(path, "\n".join(new) + "\n")
+    errors = conn.execute("SELECT count(*) FROM pg_hba_file_rules WHERE error IS NOT NULL").fetchone()[0]  # type: ignore[index]
+    if errors:
+        raise PostgresActionError(f"{path} has errors after editing; see pg_hba_file_rules")
+    conn.execute("SELECT pg_reload_conf()")
+    return True
+
+
+def set_hba_file(path: Path, cfg: Config, node: str) -> None:
+    """Same block, written to a stopped server's file (used on a fresh clone)."""
+    lines = path.read_text().splitlines()
+    if HBA_BEGIN in lines and HBA_END in lines:
+        b, e = lines.index(HBA_BEGIN), lines.index(HBA_END)
+        lines = lines[:b] + lines[e + 1 :]
+    _write_like(path, "\n".join(hba_block(cfg, node) + lines) + "\n")
+
+
+def _write_like(path: Path, text: str) -> None:
+    """Replace a file atomically, keeping its owner and mode."""
+    st = path.stat()
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.chown(tmp, st.st_uid, st.st_gid)
+    os.chmod(tmp, st.st_mode & 0o777)
+    os.replace(tmp, path)
+
+
+# -- slots ----------------------------------------------------------------
+
+def ensure_slot(conn: psycopg.Connection, name: str) -> bool:
+    exists = conn.execute("SELECT 1 FROM pg_replication_slots WHERE slot_name = %s", (name,)).fetchone()
+    if exists:
+        return False
+    conn.execute("SELECT pg_create_physical_replication_slot(%s, true)", (name,))
+    return True
+
+
+# -- facts table ----------------------------------------------------------
+
+def ensure_facts_table(conn: psycopg.Connection, replication_user: str) -> bool:
+    """A tiny replicated table where each node records its versions and capacity.
+
+    Living in the database makes the facts visible on both nodes without
+    any extra daemon: the standby reads the primary's row from its replica.
+    """
+    exists = conn.execute("SELECT to_regclass(%s)", (f"{FACTS_SCHEMA}.node_facts",)).fetchone()[0]  # type: ignore[index]
+    if exists:
+        return False
+    conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(FACTS_SCHEMA)))
+    conn.execute(sql.SQL("""CREATE TABLE IF NOT EXISTS {}.node_facts (
+        node text PRIMARY KEY, standby_version text NOT NULL, pg_major int NOT NULL, pg_version text NOT NULL,
+        cpus int NOT NULL, memory_bytes bigint NOT NULL, hostname text NOT NULL, updated_at timestamptz NOT NULL)""").format(
+        sql.Identifier(FACTS_SCHEMA)))
+    conn.execute(sql.SQL("GRANT USAGE ON SCHEMA {} TO {}").format(sql.Identifier(FACTS_SCHEMA), sql.Identifier(replication_user)))
+    conn.execute(sql.SQL("GRANT SELECT, INSERT, UPDATE ON {}.node_facts TO {}").format(
+        sql.Identifier(FACTS_SCHEMA), sql.Identifier(replication_user)))
+    return True
+
+
+def write_facts(conn: psycopg.Connection, facts: Mapping[str, object]) -> None:
+    cols = ["node", "standby_version", "pg_major", "pg_version", "cpus", "memory_bytes", "hostname", "updated_at"]
+    conn.execute(
+        sql.SQL("INSERT INTO {}.node_facts ({}) VALUES ({}) ON CONFLICT (node) DO UPDATE SET {}").format(
+            sql.Identifier(FACTS_SCHEMA),
+            sql.SQL(", ").join(map(sql.Identifier, cols)),
+            sql.SQL(", ").join(sql.Placeholder() * len(cols)),
+            sql.SQL(", ").join(sql.SQL("{0} = EXCLUDED.{0}").format(sql.Identifier(c)) for c in cols[1:]),
+        ),
+        [facts[c] for c in cols],
+    )
+
+
+def read_facts(conn: psycopg.Connection) -> dict[str, dict[str, object]]:
+    if not conn.execute("SELECT to_regclass(%s)", (f"{FACTS_SCHEMA}.node_facts",)).fetchone()[0]:  # type: ignore[index]
+        return {}
+    with conn.cursor(row_factory=psycopg.rows.dict_row) as cur:
+        return {r["node"]: r for r in cur.execute(sql.SQL("SELECT * FROM {}.node_facts").format(sql.Identifier(FACTS_SCHEMA)))}
+
+
+# -- clone ----------------------------------------------------------------
+
+@contextmanager
+def passfile(cfg: Config, node: str, peer: str) -> Iterator[Path]:
+    """A libpq password file readable only by the cluster's OS user."""
+    pg = cfg.pg(node)
+    password = read_secret(pg.replication_password_file, "postgres.replication_password_file")
+    ppg = cfg.pg(peer)
+    d = Path(tempfile.mkdtemp(prefix="standby-pass-"))
+    try:
+        f = d / "pgpass"
+        f.write_text(_pgpass_line(str(cfg.nodes[peer].private.ip), ppg.port, pg.replication_user, password))
+        f.chmod(0o600)
+        shutil.chown(d, pg.os_user)
+        shutil.chown(f, pg.os_user)
+        yield f
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def _pgpass_line(host: str, port: int, user: str, password: str) -> str:
+    esc = password.replace("\\", "\\\\").replace(":", "\\:")
+    return f"{host}:{port}:*:{user}:{esc}\n"
+
+
+def clone(cfg: Config, node: str, peer: str, timeout_s: int = 3600) -> None:
+    """pg_basebackup from the peer over the private network, into an empty data dir."""
+    pg = cfg.pg(node)
+    data = pg.data_dir
+    data.mkdir(parents=True, exist_ok=True, mode=0o700)
+    shutil.chown(data, pg.os_user, pg.os_user)
+    data.chmod(0o700)
+    with passfile(cfg, node, peer) as pf:
+        res = run_as(pg.os_user, [
+            _bin(cfg, node, "pg_basebackup"), "-h", str(cfg.nodes[peer].private.ip), "-p", str(cfg.pg(peer).port),
+            "-U", pg.replication_user, "-D", str(data), "-X", "stream", "-S", cfg.slot_name(node),
+            "--checkpoint=fast", "--no-password",
+        ], env={"PGPASSFILE": str(pf), "PGCONNECT_TIMEOUT": "5"}, timeout=timeout_s)
+    if res.returncode != 0:
+        # Leave nothing half-copied behind: an empty directory is the honest state.
+        for child in data.iterdir():
+            if child.is_dir() and not child.is_symlink():
+                shutil.rmtree(child)
+            else:
+                child.unlink()
+        raise PostgresActionError(f"pg_basebackup from {peer} failed: {res.stderr.strip()}")
+
+
+def configure_as_standby(cfg: Config, node: str, peer: str) -> None:
+    """Point a stopped data directory at the peer: conninfo, slot, standby.signal, local settings."""
+    pg = cfg.pg(node)
+    data = pg.data_dir
+    stored_pass = data / "standby.pgpass"
+    password = read_secret(pg.replication_password_file, "postgres.replication_password_file")
+    stored_pass.write_text(_pgpass_line(str(cfg.nodes[peer].private.ip), cfg.pg(peer).port, pg.replication_user, password))
+    stored_pass.chmod(0o600)
+    shutil.chown(stored_pass, pg.os_user, pg.os_user)
+    conninfo = (
+        f"host={cfg.nodes[peer].private.ip} port={cfg.pg(peer).port} user={pg.replication_user} "
+        f"passfile={stored_pass} application_name={node} connect_timeout=2 "
+        "keepalives=1 keepalives_idle=2 keepalives_interval=1 keepalives_count=3"
+    )
+    settings = {
+        "primary_conninfo": conninfo,
+        "primary_slot_name": cfg.slot_name(node),
+        "port": str(pg.port),
+        "unix_socket_directories": str(pg.socket_dir),
+        "hot_standby": "on",
+        "synchronous_standby_names": "",
+    }
+    auto = data / "postgresql.auto.conf"
+    kept = [ln for ln in auto.read_text().splitlines() if ln.split("=", 1)[0].strip() not in settings] if auto.exists() else []
+    body = kept + [f"{k} = '{v.replace(chr(39), chr(39) * 2)}'" for k, v in settings.items()]
+    auto.write_text("\n".join(body) + "\n")
+    shutil.chown(auto, pg.os_user, pg.os_user)
+    signal = data / "standby.signal"
+    signal.touch()
+    shutil.chown(signal, pg.os_user, pg.os_user)
+    for stale in ("postmaster.pid", "postmaster.opts"):
+        (data / stale).unlink(missing_ok=True)
+    set_hba_file(data / "pg_hba.conf", cfg, node)
+
+
+def wait_streaming(cfg: Config, node: str, timeout_s: float = 30) -> str:
+    """Wait until the local standby's WAL receiver streams; returns its status."""
+    from standby.observe.postgres import connect_local
+
+    deadline = time.monotonic() + timeout_s
+    status = "not started"
+    while time.monotonic() < deadline:
+        try:
+            with connect_local(cfg, node) as conn:
+                row = conn.execute("SELECT status FROM pg_stat_wal_receiver").fetchone()
+                status = row[0] if row else "no WAL receiver"
+                if status == "streaming":
+                    return status
+        except psycopg.OperationalError as e:
+            status = str(e).strip().splitlines()[0]
+        time.sleep(0.2)
+    raise PostgresActionError(f"the standby on {node} is not streaming after {timeout_s:.0f}s (last: {status})")
+
+
+def set_sync_names(conn: psycopg.Connection, value: str) -> bool:
+    current = conn.execute("SHOW synchronous_standby_names").fetchone()[0]  # type: ignore[index]
+    if current == value:
+        return False
+    conn.execute(sql.SQL("ALTER SYSTEM SET synchronous_standby_names = {}").format(sql.Literal(value)))
+    conn.execute("SELECT pg_reload_conf()")
+    return True
+
+
+def sync_value(standby_node: str) -> str:
+    return f'"{standby_node}"'
+

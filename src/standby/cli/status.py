@@ -1,0 +1,66 @@
+"""`standby status`: both nodes, the service IPs and what is wrong, for people and scripts."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from standby.cli.common import config_option, handle_errors, json_option, load_node, node_option
+from standby.status import assemble, collect
+
+
+def _bytes(n: int | None) -> str:
+    if n is None:
+        return "-"
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(n) < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024  # type: ignore[assignment]
+    return str(n)
+
+
+def render(doc: dict[str, Any]) -> None:
+    console = Console(width=max(110, Console().width))
+    console.print(f"[bold]cluster {doc['cluster']}[/]  mode {doc['mode']}  durability {doc['durability']}  "
+                  f"seen from {doc['observer']} at {doc['observed_at']}")
+    t = Table()
+    for col in ("node", "role", "timeline", "current / received / replayed LSN", "lag", "sync", "service IPs", "versions"):
+        t.add_column(col, overflow="fold")
+    for name, n in doc["nodes"].items():
+        pg = n["postgres"]
+        role = n["role"] + (" *" if n["preferred_primary"] else "")
+        style = {"primary": "bold green", "standby": "cyan"}.get(n["role"], "red")
+        lsns = " / ".join(x or "-" for x in (pg["current_lsn"], pg["receive_lsn"], pg["replay_lsn"]))
+        lag = "-" if pg["lag_bytes"] is None else f"{_bytes(pg['lag_bytes'])}, {pg['lag_seconds'] or 0:.3f}s"
+        pgv = (pg["version"] or "?").split()[0]
+        versions = f"pg {pgv} / standby {n['standby_version'] or '?'}"
+        t.add_row(name, f"[{style}]{role}[/]", str(pg["timeline"] or "-"), lsns, lag, pg["sync_state"] or "-",
+                  ", ".join(n["service_ips"]) or "-", versions)
+    console.print(t)
+    console.print("* preferred primary")
+    for w in doc["warnings"]:
+        loud = w.isupper() or w.startswith("DUAL")
+        console.print(f"[{'bold red' if loud else 'yellow'}]WARNING: {w}[/]")
+    if not doc["warnings"]:
+        console.print("[green]no warnings[/]")
+
+
+@click.command("status")
+@config_option
+@node_option
+@json_option
+@click.option("--no-arp", is_flag=True, help="Do not probe the link for other holders of the service IPs.")
+@handle_errors
+def command(config_path: Path, node: str | None, as_json: bool, no_arp: bool) -> None:
+    """Role, PostgreSQL state, timeline, LSNs, lag, sync state and service IPs of both nodes."""
+    cfg, me = load_node(config_path, node)
+    doc = assemble(cfg, collect(cfg, me, probe_arp=not no_arp))
+    if as_json:
+        click.echo(json.dumps(doc, indent=2, sort_keys=True))
+    else:
+        render(doc)

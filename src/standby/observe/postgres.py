@@ -1,0 +1,201 @@
+"""What a node sees of a PostgreSQL server: role, timeline, WAL positions, replicas.
+
+The local server is read over its unix socket as the superuser; the peer's
+over the network as the replication role (a member of pg_monitor), because
+that is the one credential both nodes share.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import psycopg
+
+from standby.config import Config, read_secret
+from standby.model import Lsn, PgRole, SyncState
+
+CONNECT_TIMEOUT_S = 2
+
+
+@dataclass(frozen=True)
+class ReplicaInfo:
+    """One row of the primary's pg_stat_replication."""
+
+    application_name: str
+    client_addr: str | None
+    state: str
+    sync_state: SyncState
+    sent_lsn: Lsn | None
+    flush_lsn: Lsn | None
+    replay_lsn: Lsn | None
+    replay_lag_s: float | None
+
+
+@dataclass(frozen=True)
+class PgObservation:
+    node: str
+    role: PgRole
+    observed_at: datetime
+    via: str = ""  # how it was reached: "socket" or an address
+    version: str | None = None
+    version_num: int | None = None
+    timeline: int | None = None
+    current_lsn: Lsn | None = None  # primary only
+    receive_lsn: Lsn | None = None  # standby only
+    replay_lsn: Lsn | None = None  # standby only
+    receiver_status: str | None = None  # standby's WAL receiver: "streaming", ...
+    upstream: str | None = None  # standby's primary, as it connects to it
+    replicas: tuple[ReplicaInfo, ...] = field(default_factory=tuple)
+    wal_log_hints: bool | None = None
+    data_checksums: bool | None = None
+    synchronous_standby_names: str | None = None
+    error: str | None = None
+
+    @property
+    def major(self) -> int | None:
+        return None if self.version_num is None else self.version_num // 10000
+
+    @property
+    def rewindable(self) -> bool | None:
+        if self.wal_log_hints is None and self.data_checksums is None:
+            return None
+        return bool(self.wal_log_hints or self.data_checksums)
+
+
+def local_conninfo(cfg: Config, node: str, dbname: str | None = None) -> dict[str, object]:
+    pg = cfg.pg(node)
+    return dict(
+        host=str(pg.socket_dir),
+        port=pg.port,
+        user=pg.superuser,
+        dbname=dbname or pg.database,
+        connect_timeout=CONNECT_TIMEOUT_S,
+        application_name="standby",
+    )
+
+
+def peer_conninfo(cfg: Config, node: str, network: str = "private", dbname: str | None = None) -> dict[str, object]:
+    """Connection to ``node`` as the replication role over one of its networks."""
+    pg = cfg.pg(node)
+    link = cfg.nodes[node].private if network == "private" else cfg.nodes[node].public
+    return dict(
+        host=str(link.ip),
+        port=pg.port,
+        user=pg.replication_user,
+        password=read_secret(pg.replication_password_file, "postgres.replication_password_file"),
+        dbname=dbname or pg.database,
+        connect_timeout=CONNECT_TIMEOUT_S,
+        application_name="standby",
+    )
+
+
+def connect_local(cfg: Config, node: str, autocommit: bool = True, dbname: str | None = None) -> psycopg.Connection:
+    return psycopg.connect(**local_conninfo(cfg, node, dbname), autocommit=autocommit)  # type: ignore[arg-type]
+
+
+def connect_peer(cfg: Config, node: str, network: str = "private") -> psycopg.Connection:
+    return psycopg.connect(**peer_conninfo(cfg, node, network), autocommit=True)  # type: ignore[arg-type]
+
+
+def installed_major(bin_dir: Path) -> tuple[int, str]:
+    """Major version and full version string of the binaries in ``bin_dir``."""
+    exe = bin_dir / "postgres"
+    try:
+        out = subprocess.run([str(exe), "--version"], capture_output=True, text=True, timeout=10, check=True).stdout
+    except FileNotFoundError:
+        raise RuntimeError(f"{exe} not found: check postgres.bin_dir") from None
+    except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as e:
+        raise RuntimeError(f"{exe} --version failed: {e}") from None
+    m = re.search(r"\(PostgreSQL\)\s+(\d+)(\.\d+)?", out)
+    if not m:
+        raise RuntimeError(f"cannot read a PostgreSQL version from {exe} --version: {out.strip()!r}")
+    return int(m.group(1)), m.group(0).split()[-1]
+
+
+def data_dir_state(data_dir: Path) -> PgRole:
+    """What a stopped server's data directory holds (EMPTY when there is nothing to lose)."""
+    return PgRole.STOPPED if (data_dir / "PG_VERSION").exists() else PgRole.EMPTY
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+_SETTINGS = """
+SELECT pg_is_in_recovery(), current_setting('server_version'), current_setting('server_version_num')::int,
+       current_setting('wal_log_hints') = 'on', current_setting('data_checksums') = 'on',
+       current_setting('synchronous_standby_names')
+"""
+
+
+def read(conn: psycopg.Connection, node: str, via: str) -> PgObservation:
+    """One consistent look at a running server."""
+    with conn.cursor() as cur:
+        in_recovery, version, version_num, hints, checksums, sync_names = cur.execute(_SETTINGS).fetchone()  # type: ignore[misc]
+        if not in_recovery:
+            lsn, wal_file = cur.execute("SELECT pg_current_wal_lsn()::text, pg_walfile_name(pg_current_wal_lsn())").fetchone()  # type: ignore[misc]
+            rows = cur.execute(
+                """SELECT application_name, host(client_addr), state, sync_state, sent_lsn::text,
+                          flush_lsn::text, replay_lsn::text, extract(epoch FROM replay_lag)::float8
+                   FROM pg_stat_replication ORDER BY application_name"""
+            ).fetchall()
+            replicas = tuple(
+                ReplicaInfo(
+                    application_name=r[0],
+                    client_addr=r[1],
+                    state=r[2] or "",
+                    sync_state=SyncState(r[3]) if r[3] in SyncState._value2member_map_ else SyncState.NONE,
+                    sent_lsn=Lsn.parse(r[4]),
+                    flush_lsn=Lsn.parse(r[5]),
+                    replay_lsn=Lsn.parse(r[6]),
+                    replay_lag_s=r[7],
+                )
+                for r in rows
+            )
+            return PgObservation(
+                node=node, role=PgRole.PRIMARY, observed_at=_now(), via=via, version=version,
+                version_num=version_num, timeline=int(wal_file[:8], 16), current_lsn=Lsn.parse(lsn),
+                replicas=replicas, wal_log_hints=hints, data_checksums=checksums,
+                synchronous_standby_names=sync_names,
+            )
+        recv, replay = cur.execute("SELECT pg_last_wal_receive_lsn()::text, pg_last_wal_replay_lsn()::text").fetchone()  # type: ignore[misc]
+        wr = cur.execute("SELECT status, received_tli, sender_host FROM pg_stat_wal_receiver").fetchone()
+        tli = wr[1] if wr and wr[1] else cur.execute("SELECT timeline_id FROM pg_control_checkpoint()").fetchone()[0]  # type: ignore[index]
+        return PgObservation(
+            node=node, role=PgRole.STANDBY, observed_at=_now(), via=via, version=version,
+            version_num=version_num, timeline=tli, receive_lsn=Lsn.parse(recv), replay_lsn=Lsn.parse(replay),
+            receiver_status=wr[0] if wr else None, upstream=wr[2] if wr else None,
+            wal_log_hints=hints, data_checksums=checksums, synchronous_standby_names=sync_names,
+        )
+
+
+def observe_local(cfg: Config, node: str) -> PgObservation:
+    pg = cfg.pg(node)
+    try:
+        with connect_local(cfg, node) as conn:
+            return read(conn, node, "socket")
+    except psycopg.OperationalError as e:
+        return PgObservation(node=node, role=data_dir_state(pg.data_dir), observed_at=_now(), via="socket",
+                             error=_first_line(e))
+
+
+def observe_peer(cfg: Config, node: str) -> PgObservation:
+    """The peer's server, over the private network first, then the public one."""
+    errors = []
+    for network in ("private", "public"):
+        try:
+            with connect_peer(cfg, node, network) as conn:
+                link = cfg.nodes[node].private if network == "private" else cfg.nodes[node].public
+                return read(conn, node, str(link.ip))
+        except psycopg.OperationalError as e:
+            errors.append(f"{network}: {_first_line(e)}")
+    return PgObservation(node=node, role=PgRole.UNREACHABLE, observed_at=_now(), error="; ".join(errors))
+
+
+def _first_line(e: Exception) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__

@@ -1,0 +1,146 @@
+"""The pair as one node sees it: both servers, the service IPs, and what is wrong.
+
+`collect` does the looking (I/O); `assemble` turns observations into the
+status document, as a pure function, so its rules are testable without a lab.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+import psycopg
+
+from standby import __version__
+from standby.act.postgres import read_facts
+from standby.config import Config, Durability
+from standby.model import PgRole, SyncState
+from standby.observe import addresses
+from standby.observe import postgres as obs
+
+
+@dataclass(frozen=True)
+class IpHolders:
+    address: str
+    holders: tuple[str, ...]  # node names, or "unknown <mac>" for a stranger on the link
+    probed: bool  # False when only this node's own interfaces could be checked
+
+
+@dataclass(frozen=True)
+class Observations:
+    observer: str
+    pg: dict[str, obs.PgObservation]
+    ips: tuple[IpHolders, ...]
+    facts: dict[str, dict[str, Any]] = field(default_factory=dict)
+    observed_at: datetime = field(default_factory=lambda: datetime.now(timezone.utc))
+
+
+def collect(cfg: Config, node: str, probe_arp: bool = True) -> Observations:
+    peer = cfg.peer_of(node)
+    pg = {node: obs.observe_local(cfg, node), peer: obs.observe_peer(cfg, peer)}
+    facts: dict[str, dict[str, Any]] = {}
+    for name, conn_fn in ((node, lambda: obs.connect_local(cfg, node)), (peer, lambda: obs.connect_peer(cfg, peer))):
+        if pg[name].role in (PgRole.PRIMARY, PgRole.STANDBY) and not facts:
+            try:
+                with conn_fn() as conn:
+                    facts = read_facts(conn)
+            except psycopg.Error:
+                pass
+    return Observations(observer=node, pg=pg, ips=_ip_holders(cfg, node, probe_arp), facts=facts)
+
+
+def _ip_holders(cfg: Config, node: str, probe_arp: bool) -> tuple[IpHolders, ...]:
+    peer = cfg.peer_of(node)
+    mine = addresses.local_addresses()
+    held_here = {a for addrs in mine.values() for a in addrs}
+    peer_macs: frozenset[str] = frozenset()
+    out = []
+    for sip in cfg.service_ips:
+        holders: list[str] = [node] if sip.address.ip in held_here else []
+        probed = False
+        if probe_arp and sip.interface in mine:
+            if not peer_macs:
+                peer_macs = addresses.arp_who_has(sip.interface, str(cfg.nodes[peer].public.ip)).macs
+            answer = addresses.arp_who_has(sip.interface, str(sip.address.ip))
+            probed = True
+            for mac in sorted(answer.macs):
+                holders.append(peer if mac in peer_macs else f"unknown {mac}")
+        out.append(IpHolders(str(sip.address.ip), tuple(dict.fromkeys(holders)), probed))
+    return tuple(out)
+
+
+def _lsn(x: object) -> str | None:
+    return None if x is None else str(x)
+
+
+def assemble(cfg: Config, o: Observations) -> dict[str, Any]:
+    """The status document (the stable JSON of `standby status --json`)."""
+    warnings: list[str] = []
+    primaries = [n for n, p in o.pg.items() if p.role is PgRole.PRIMARY]
+    primary = o.pg[primaries[0]] if len(primaries) == 1 else None
+    if len(primaries) > 1:
+        warnings.append(f"DUAL PRIMARY: {' and '.join(primaries)} both accept writes")
+    elif not primaries:
+        warnings.append("no primary: no node accepts writes")
+    nodes: dict[str, Any] = {}
+    for name, p in o.pg.items():
+        rep = None
+        if primary is not None and p.role is PgRole.STANDBY:
+            rep = next((r for r in primary.replicas if r.application_name == name), None)
+        lag_bytes = None
+        if primary is not None and primary.current_lsn is not None and p.replay_lsn is not None:
+            lag_bytes = max(0, primary.current_lsn - p.replay_lsn)
+        sync = rep.sync_state if rep else (SyncState.NONE if p.role is PgRole.STANDBY else None)
+        if p.role is PgRole.STANDBY:
+            if p.receiver_status != "streaming":
+                warnings.append(f"{name} is a standby but not streaming (receiver: {p.receiver_status or 'none'})")
+            elif cfg.replication.durability is Durability.SYNC and sync is not SyncState.SYNC:
+                warnings.append(f"durability is sync but {name} is {sync.value if sync else 'unknown'}: commits are not protected")
+        if p.role is PgRole.UNREACHABLE:
+            warnings.append(f"{name}'s PostgreSQL is unreachable: {p.error}")
+        f = o.facts.get(name, {})
+        nodes[name] = {
+            "role": p.role.value,
+            "preferred_primary": name == cfg.preferred_primary,
+            "postgres": {
+                "state": p.role.value,
+                "reached_via": p.via or None,
+                "version": p.version,
+                "timeline": p.timeline,
+                "current_lsn": _lsn(p.current_lsn),
+                "receive_lsn": _lsn(p.receive_lsn),
+                "replay_lsn": _lsn(p.replay_lsn),
+                "lag_bytes": lag_bytes,
+                "lag_seconds": (rep.replay_lag_s or 0.0) if rep else None,
+                "sync_state": sync.value if sync else None,
+                "receiver_status": p.receiver_status,
+                "upstream": p.upstream,
+                "rewindable": p.rewindable,
+                "error": p.error,
+            },
+            "service_ips": [h.address for h in o.ips if name in h.holders],
+            "standby_version": __version__ if name == o.observer else f.get("standby_version"),
+            "observed_at": p.observed_at.isoformat(),
+        }
+    for h in o.ips:
+        if len(h.holders) > 1:
+            warnings.append(f"SERVICE IP {h.address} IS HELD BY {' AND '.join(h.holders).upper()}: CLIENTS MAY REACH EITHER NODE")
+        elif not h.holders:
+            warnings.append(f"service IP {h.address} is held by no node" + ("" if h.probed else " seen from here"))
+    if cfg.replication.durability is Durability.SYNC and cfg.replication.degrade_after_s > 0:
+        warnings.append(
+            f"sync with degrade_after_s={cfg.replication.degrade_after_s:g}: if the standby is away that long, "
+            "commits stop waiting for it and a failover in that window can lose them"
+        )
+    return {
+        "cluster": cfg.cluster,
+        "mode": cfg.mode.value,
+        "durability": cfg.replication.durability.value,
+        "observer": o.observer,
+        "observed_at": o.observed_at.isoformat(),
+        "primary": primary.node if primary else None,
+        "nodes": nodes,
+        "service_ips": {h.address: {"holders": list(h.holders), "arp_probed": h.probed} for h in o.ips},
+        "warnings": warnings,
+    }
