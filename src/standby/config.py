@@ -116,6 +116,11 @@ class Service(_Strict):
     health: Argv | None = None
     timeout_s: float = Field(10.0, gt=0, le=600)
 
+    def argv(self, which: str, node: str) -> list[str] | None:
+        """A command with ``{node}`` replaced by the local node's name (for per-node paths)."""
+        cmd = getattr(self, which)
+        return None if cmd is None else [a.replace("{node}", node) for a in cmd]
+
 
 
 class Postgres(_Strict):

@@ -56,3 +56,95 @@ class CheckItem:
     name: str
     verdict: Verdict
     reason: str
+
+
+# -- the agent's vocabulary ------------------------------------------------
+
+
+class Net(StrEnum):
+    PUBLIC = "public"  # services and service IPs
+    PRIVATE = "private"  # replication
+
+
+class DbState(StrEnum):
+    """A node's PostgreSQL as its own agent sees it."""
+
+    PRIMARY = "primary"
+    STANDBY = "standby"
+    DOWN = "down"  # not running (crashed or stopped), not fenced
+    FENCED = "fenced"  # stopped on purpose; stays down until rejoined
+
+
+class Reason(StrEnum):
+    """Why a decision was taken; one per named rule of the decision core."""
+
+    SUPERSEDED = "superseded"  # the peer was promoted with a newer term
+    RESUMED_AFTER_FREEZE = "resumed_after_freeze"  # this agent stalled longer than the fence timeout
+    ISOLATED = "isolated"  # no peer on any path and no tie-breaker
+    PG_CRASHED_FAILOVER = "pg_crashed_failover"  # local PostgreSQL died; the in-sync standby takes over
+    PG_CRASHED_RESTART = "pg_crashed_restart"  # local PostgreSQL died; restart in place
+    PRIVATE_LOST_HERE = "private_lost_here"  # this primary's replication link is down: hand the DB over
+    PEER_DEAD = "peer_dead"  # primary silent on every path, tie-breaker seen, eligible: fail over
+    PEER_RELEASED_DB = "peer_released_db"  # the primary fenced itself and handed the DB over
+    DEGRADE = "degrade"  # sync standby away for degrade_after: stop waiting for it
+    RESTORE_SYNC = "restore_sync"  # the standby is back and caught up: wait for it again
+    PUBLIC_LOST_HERE = "public_lost_here"  # this node's service network is down: hand services over
+    SERVICES_UNHEALTHY = "services_unhealthy"  # health checks keep failing: hand services over
+    PEER_RELEASED_SERVICES = "peer_released_services"  # the peer let go of the service role
+    NOBODY_SERVES = "nobody_serves"  # the primary takes the unclaimed service role
+    BOTH_SERVE = "both_serve"  # both hold the service role: the one not preferred lets go
+    FENCED_NO_SERVICES = "fenced_no_services"  # an isolated node must not answer on service IPs
+
+
+@dataclass(frozen=True)
+class PeerView:
+    """What the peer said in its last authenticated heartbeat."""
+
+    term: int
+    db: DbState
+    services: bool  # holds the service role
+    lsn: int | None  # primary: current WAL position; standby: received
+    sync_ok: bool  # primary: the receiver is its synchronous standby and it is not degraded
+    carrier: dict[Net, bool]
+    tiebreaker_ok: bool | None
+    releasing_services: bool = False
+    preferred: bool = False
+
+
+@dataclass(frozen=True)
+class LocalPg:
+    db: DbState  # PRIMARY, STANDBY or DOWN as observed (FENCED comes from state)
+    lsn: int | None = None  # primary: current; standby: received
+    streaming: bool = False  # standby: WAL receiver streaming
+    peer_sync: bool = False  # primary: the peer is connected and 'sync'
+    peer_flush_lsn: int | None = None  # primary: how far the peer has flushed
+
+
+@dataclass(frozen=True)
+class Observation:
+    now: float  # monotonic seconds
+    gap: float  # seconds since the previous decision (a stalled agent sees a big one)
+    pg: LocalPg
+    peer: PeerView | None  # None until a heartbeat was ever heard
+    heard: dict[Net, float | None]  # monotonic time of the last heartbeat per network
+    carrier: dict[Net, bool]  # this node's own link state
+    tiebreaker_ok: bool | None  # None: none configured
+    services_healthy: bool | None  # None: not running here or no health command
+    service_ip_elsewhere: bool | None = None  # ARP: someone else answers for a service IP
+
+
+class ActionKind(StrEnum):
+    PROMOTE = "promote"
+    FENCE = "fence"  # stop PostgreSQL, refuse to be primary until rejoined
+    RESTART_PG = "restart_pg"
+    SET_SYNC = "set_sync"  # primary: synchronous_standby_names on (peer) or off ("")
+    TAKE_SERVICES = "take_services"  # add service IPs (after ARP check), announce, start services
+    RELEASE_SERVICES = "release_services"  # stop services, drop service IPs
+
+
+@dataclass(frozen=True)
+class Action:
+    kind: ActionKind
+    reason: Reason
+    detail: str = ""
+    sync_on: bool = False  # for SET_SYNC

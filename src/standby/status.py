@@ -84,7 +84,8 @@ def assemble(cfg: Config, o: Observations) -> dict[str, Any]:
     elif not primaries:
         warnings.append("no primary: no node accepts writes")
     nodes: dict[str, Any] = {}
-    for name, p in o.pg.items():
+    for name in cfg.nodes:  # config order, whichever node is looking
+        p = o.pg[name]
         rep = None
         if primary is not None and p.role is PgRole.STANDBY:
             rep = next((r for r in primary.replicas if r.application_name == name), None)

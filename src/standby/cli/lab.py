@@ -1,0 +1,277 @@
+"""`standby lab`: build, inspect, break and remove a two-server lab on this machine."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from standby.cli.common import OperatorError, handle_errors
+from standby.config import ConfigError
+from standby.lab import DEFAULT_NAME, NAME_ENV, Lab, LabError, LabSpec, check_prerequisites
+from standby.lab.netns import in_netns
+from standby.lab.topology import ALL_ROLES, DB_NODES
+
+HOSTS = (*DB_NODES, "client")
+
+name_option = click.option(
+    "--name",
+    envvar=NAME_ENV,
+    default=DEFAULT_NAME,
+    show_default=True,
+    help=f"Lab name (env {NAME_ENV}); namespaces are called NAME-sw, NAME-alpha, NAME-beta, NAME-client.",
+)
+net_argument = click.argument("net", type=click.Choice(["public", "private"]))
+
+
+@contextlib.contextmanager
+def _as_operator_errors() -> Iterator[None]:
+    try:
+        yield
+    except ConfigError:
+        raise
+    except (LabError, ValueError) as e:
+        raise OperatorError(str(e)) from None
+
+
+def _open(name: str) -> Lab:
+    with _as_operator_errors():
+        check_prerequisites(need_pg=False)
+        return Lab.open(name)
+
+
+@click.group("lab")
+def group() -> None:
+    """A two-server pair on this machine, for demos, benchmarks and tests (needs root).
+
+    Network namespaces joined by two bridges (public 192.0.2.0/24, private
+    198.51.100.0/24) and a real PostgreSQL 15 per node. Nothing touches the
+    host's own network.
+    """
+
+
+@group.command("up")
+@name_option
+@click.option(
+    "--durability",
+    type=click.Choice(["sync", "async"]),
+    default="sync",
+    show_default=True,
+    help="replication.durability written to the lab's standby.toml.",
+)
+@handle_errors
+def up(name: str, durability: str) -> None:
+    """Build the lab: namespaces, links, PostgreSQL on alpha, the service IP, standby.toml.
+
+    beta's data directory stays empty; `standby bootstrap` clones it.
+    """
+    with _as_operator_errors():
+        lab = Lab.up(LabSpec(name=name, durability=durability))
+    click.echo(f"lab {name} is up")
+    click.echo(f"  config:   {lab.config_path}")
+    click.echo(f"  alpha:    PostgreSQL running, service IP {lab.status()['service_ips'][0]['address']}")
+    click.echo("  beta:     empty data directory (clone it with `standby bootstrap`)")
+    click.echo(f"  inspect:  standby lab status --name {name}")
+    click.echo(f"  remove:   standby lab down --name {name}")
+
+
+def _link_cell(link: dict[str, Any], state: str | None, loss: int) -> str:
+    text = f"{link['address']} {link['interface']} "
+    text += "[green]up[/]" if state == "up" else "[red]down[/]"
+    if loss:
+        text += f" [yellow]loss {loss}%[/]"
+    return text
+
+
+def _print_table(status: dict[str, Any]) -> None:
+    console = Console()
+    console.print(f"[bold]lab {status['name']}[/]  config {status['config_path']}  durability {status['durability']}")
+    table = Table(show_header=True, header_style="bold")
+    for col in ("node", "namespace", "public", "private", "postgres", "processes", "frozen"):
+        table.add_column(col)
+    for name, node in status["nodes"].items():
+        pg = "[green]running[/]" if node["postgres_running"] else (
+            "stopped" if node["postgres_initialised"] else "[dim]no data[/]"
+        )
+        table.add_row(
+            name,
+            node["netns"],
+            _link_cell(node["public"], node["links"].get("public"), node["loss"]["public"]),
+            _link_cell(node["private"], node["links"].get("private"), node["loss"]["private"]),
+            pg,
+            str(status["namespaces"][name]["processes"]),
+            "[red]yes[/]" if node["frozen"] else "no",
+        )
+    client = status["client"]
+    table.add_row(
+        "client",
+        client["netns"],
+        _link_cell({"address": client["address"], "interface": client["interface"]}, client["links"].get("public"), 0),
+        "",
+        "",
+        str(status["namespaces"]["client"]["processes"]),
+        "[red]yes[/]" if client["frozen"] else "no",
+    )
+    console.print(table)
+    for sip in status["service_ips"]:
+        holders = ", ".join(sip["holders"]) or "[red]nobody[/]"
+        console.print(f"service IP {sip['address']} on {sip['interface']}: {holders}")
+    console.print(f"gateway and tie-breaker {status['tiebreaker']} (switch namespace {status['switch']['netns']})")
+    missing = [r for r, ns in status["namespaces"].items() if not ns["exists"]]
+    if missing:
+        console.print(f"[red]missing namespaces: {', '.join(missing)}[/] (rebuild: standby lab down, then up)")
+
+
+@group.command("status")
+@name_option
+@click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+@handle_errors
+def status(name: str, as_json: bool) -> None:
+    """Show the lab's topology and what is true right now (links, PostgreSQL, faults)."""
+    lab = _open(name)
+    with _as_operator_errors():
+        st = lab.status()
+    if as_json:
+        click.echo(json.dumps(st, indent=2, sort_keys=True))
+    else:
+        _print_table(st)
+
+
+@group.command("down")
+@name_option
+@handle_errors
+def down(name: str) -> None:
+    """Remove the lab: kill its processes, delete its namespaces and its directory."""
+    with _as_operator_errors():
+        check_prerequisites(need_pg=False)
+        Lab.destroy(name)
+    click.echo(f"lab {name} removed")
+
+
+@group.command(
+    "exec",
+    context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False},
+)
+@name_option
+@click.argument("node", type=click.Choice(list(ALL_ROLES)))
+@click.argument("cmd", nargs=-1, required=True, type=click.UNPROCESSED)
+@handle_errors
+def exec_(name: str, node: str, cmd: tuple[str, ...]) -> None:
+    """Run CMD inside NODE's namespace; its exit code is passed through.
+
+    STANDBY_CONFIG is set to the lab's standby.toml and, on alpha and beta,
+    STANDBY_NODE to the node, so `standby` commands work as on a real server.
+
+    Example: standby lab exec beta -- ping -c 1 198.51.100.11
+    """
+    if cmd and cmd[0] == "--":
+        cmd = cmd[1:]
+    if not cmd:
+        raise OperatorError("no command given; example: standby lab exec beta -- ip -br addr")
+    lab = _open(name)
+    with _as_operator_errors():
+        ns = lab.netns(node)
+    env = dict(os.environ, STANDBY_CONFIG=str(lab.config_path))
+    if node in DB_NODES:
+        env["STANDBY_NODE"] = node
+    try:
+        rc = subprocess.run(in_netns(ns, list(cmd)), env=env, check=False).returncode
+    except KeyboardInterrupt:
+        rc = 130
+    sys.exit(rc)
+
+
+@group.group("fault")
+@name_option
+@click.pass_context
+def fault(ctx: click.Context, name: str) -> None:
+    """Break the lab on purpose, and repair it (`heal`)."""
+    ctx.obj = name
+
+
+def _fault_lab() -> Lab:
+    return _open(click.get_current_context().find_object(str) or DEFAULT_NAME)
+
+
+def _do(action: str, fn: Any, *args: Any) -> None:
+    with _as_operator_errors():
+        fn(*args)
+    click.echo(action)
+
+
+@fault.command("crash")
+@click.argument("node", type=click.Choice(HOSTS))
+@handle_errors
+def crash(node: str) -> None:
+    """Kill every process of NODE at once and cut its cables (a power loss)."""
+    lab = _fault_lab()
+    _do(f"{node}: crashed (processes killed, links down)", lab.crash, node)
+
+
+@fault.command("freeze")
+@click.argument("node", type=click.Choice(HOSTS))
+@handle_errors
+def freeze(node: str) -> None:
+    """Stop every process of NODE (SIGSTOP): alive but unresponsive."""
+    lab = _fault_lab()
+    _do(f"{node}: frozen", lab.freeze, node)
+
+
+@fault.command("thaw")
+@click.argument("node", type=click.Choice(HOSTS))
+@handle_errors
+def thaw(node: str) -> None:
+    """Let NODE's processes run again (SIGCONT)."""
+    lab = _fault_lab()
+    _do(f"{node}: thawed", lab.thaw, node)
+
+
+@fault.command("link-down")
+@click.argument("node", type=click.Choice(HOSTS))
+@net_argument
+@handle_errors
+def link_down(node: str, net: str) -> None:
+    """Unplug NODE's cable to the NET network (switch side)."""
+    lab = _fault_lab()
+    _do(f"{node}: {net} link down", lab.link, node, net, False)
+
+
+@fault.command("link-up")
+@click.argument("node", type=click.Choice(HOSTS))
+@net_argument
+@handle_errors
+def link_up(node: str, net: str) -> None:
+    """Plug NODE's cable to the NET network back in."""
+    lab = _fault_lab()
+    _do(f"{node}: {net} link up", lab.link, node, net, True)
+
+
+@fault.command("loss")
+@click.argument("node", type=click.Choice(HOSTS))
+@net_argument
+@click.argument("percent", type=click.IntRange(0, 100))
+@handle_errors
+def loss(node: str, net: str, percent: int) -> None:
+    """Drop PERCENT% of NODE's packets on NET, both directions (0 removes the rule)."""
+    lab = _fault_lab()
+    _do(f"{node}: {percent}% loss on {net}", lab.loss, node, net, percent)
+
+
+@fault.command("heal")
+@handle_errors
+def heal() -> None:
+    """All links up, everything thawed, loss rules removed (crashed processes stay dead)."""
+    lab = _fault_lab()
+    _do("healed", lab.heal)
+
+
+if __name__ == "__main__":  # `python -m standby.cli.lab`
+    group(prog_name="standby lab")

@@ -1,0 +1,357 @@
+"""The decision core: (state, observation, policy) -> (state, actions). No I/O.
+
+Two roles are placed separately, as the split-network design asks:
+- the database role: which node's PostgreSQL is the writable primary;
+- the service role: which node holds the service IPs and runs the services.
+
+Why two servers are enough (the safety argument, in the order rules apply):
+1. A node only promotes from a running standby that is *eligible*: it holds
+   every acknowledged commit (sync: the primary's last word was "you are my
+   synchronous standby"; async: the last known lag was within the bound).
+2. A standby promotes on its own only when the primary has been silent on
+   *every* path for the failover timeout *and* the tie-breaker answers *and*
+   nobody answers ARP for a service IP. An isolated primary cannot see the
+   tie-breaker and fences itself after the fence timeout, which is shorter.
+3. Every promotion takes a term above any it has seen, persisted before
+   PostgreSQL is promoted. A primary that hears a newer term fences at once;
+   a primary whose own loop stalled past the fence timeout fences before it
+   looks at anything else (it may have been frozen while the peer took over).
+4. Fencing is sticky: a fenced node never becomes primary again by itself.
+5. A move between two live nodes is a hand-over: the holder lets go first
+   and says so in its heartbeat; the other side takes only after that.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+from enum import StrEnum
+
+from standby.model import Action, ActionKind, DbState, LocalPg, Net, Observation, PeerView, Reason
+
+
+class PgCrashPolicy(StrEnum):
+    FAILOVER = "failover"  # hand over to the standby when it is eligible, else restart
+    RESTART = "restart"  # always crash-recover in place
+
+
+@dataclass(frozen=True)
+class Policy:
+    """The configuration, as the decisions need it (pure values)."""
+
+    hot: bool  # False: warm mode, never promote automatically
+    sync: bool  # durability
+    preferred: bool  # this node is the preferred primary (breaks exact ties)
+    failover_timeout_s: float
+    fence_timeout_s: float
+    link_timeout_s: float  # one network down this long at the holder moves that role
+    degrade_after_s: float  # 0 = never
+    max_lag_bytes: int  # async: most lag still eligible
+    pg_crash: PgCrashPolicy = PgCrashPolicy.FAILOVER
+    services_move_on_failure: bool = True
+    unhealthy_after_s: float = 5.0
+    restart_backoff_s: float = 5.0
+    has_service_ips: bool = True
+
+
+@dataclass(frozen=True)
+class State:
+    # Persisted (survive an agent restart):
+    term: int = 0
+    fenced: bool = False
+    was_primary: bool = False  # last seen running as primary
+    promoting: bool = False  # decided to promote; finish even after a restart
+    degraded: bool = False  # primary: not waiting for the standby (alone or degraded)
+    # The peer was last seen as a running standby (or never seen): it could
+    # have been promoted while this node was not looking.
+    peer_could_promote: bool = True
+    # In memory only, rebuilt after a restart (the service role from the
+    # addresses actually present, so a stale claim is never re-asserted):
+    services: bool = False  # holds the service role
+    started_at: float = 0.0
+    eligible: bool = False
+    peer_term: int = 0
+    # Primary, sync: commits have been waiting for the peer since it was last
+    # seen in sync, so every acknowledged commit is on it (even if it is away now).
+    sync_established: bool = False
+    last_peer_lag_ok: bool = False  # primary, async: the peer was within the lag bound at the last look
+    stream_lost_since: float | None = None
+    peer_unsynced_since: float | None = None
+    public_bad_since: float | None = None
+    private_bad_since: float | None = None
+    unhealthy_since: float | None = None
+    releasing_services: bool = False
+    last_restart_at: float = -math.inf
+    primary_this_run: bool = False  # this agent run has seen its server as primary
+
+    def persisted(self) -> dict[str, object]:
+        return {k: getattr(self, k) for k in ("term", "fenced", "was_primary", "promoting", "degraded", "peer_could_promote")}
+
+
+# -- bookkeeping -------------------------------------------------------------
+
+
+def _since(prev: float | None, condition: bool, now: float) -> float | None:
+    """When ``condition`` became (and stayed) true; None while it is false."""
+    if not condition:
+        return None
+    return now if prev is None else prev
+
+
+def _lasted(since: float | None, now: float, seconds: float) -> bool:
+    return since is not None and now - since >= seconds
+
+
+def silence(s: State, o: Observation) -> float:
+    """Seconds since the peer was last heard on any path (or since this agent started)."""
+    heard = [t for t in o.heard.values() if t is not None]
+    return o.now - max([*heard, s.started_at])
+
+
+def fresh(o: Observation, net: Net, p: Policy) -> bool:
+    t = o.heard.get(net)
+    return t is not None and o.now - t < p.failover_timeout_s
+
+
+def peer_fresh(o: Observation, p: Policy) -> PeerView | None:
+    """The peer's last word, if heard recently on some path."""
+    return o.peer if o.peer is not None and any(fresh(o, n, p) for n in Net) else None
+
+
+def public_ok(o: Observation) -> bool:
+    """Can this node serve clients? Its public link is up and the tie-breaker (on that side) answers."""
+    return o.carrier.get(Net.PUBLIC, False) and o.tiebreaker_ok is not False
+
+
+def _track(s: State, o: Observation, p: Policy) -> State:
+    now = o.now
+    peer = peer_fresh(o, p)
+    eligible = s.eligible
+    if o.pg.db is DbState.STANDBY:
+        if peer is not None and peer.db is DbState.PRIMARY:
+            if p.sync:
+                eligible = peer.sync_ok
+            else:
+                eligible = peer.lsn is not None and o.pg.lsn is not None and peer.lsn - o.pg.lsn <= p.max_lag_bytes
+        stream_lost = _since(s.stream_lost_since, not o.pg.streaming, now)
+        # The primary may stop waiting for us after degrade_after: give up our
+        # claim well before that, so a degraded primary's commits are never
+        # silently missing from a promoted standby.
+        if p.sync and p.degrade_after_s > 0 and _lasted(stream_lost, now, p.degrade_after_s / 2):
+            eligible = False
+    else:
+        stream_lost = None
+        eligible = False
+    if o.pg.db is DbState.PRIMARY:
+        established = p.sync and not s.degraded and (s.sync_established or o.pg.peer_sync)
+        lag_ok = (o.pg.lsn - o.pg.peer_flush_lsn <= p.max_lag_bytes
+                  if o.pg.peer_flush_lsn is not None and o.pg.lsn is not None else s.last_peer_lag_ok)
+    elif o.pg.db is DbState.DOWN:  # what we knew when the server died still holds
+        established, lag_ok = s.sync_established, s.last_peer_lag_ok
+    else:
+        established, lag_ok = False, False
+    return replace(
+        s,
+        eligible=eligible,
+        peer_could_promote=(peer.db is DbState.STANDBY) if peer is not None else s.peer_could_promote,
+        peer_term=max(s.peer_term, o.peer.term if o.peer else 0),
+        was_primary=(o.pg.db is DbState.PRIMARY) if o.pg.db in (DbState.PRIMARY, DbState.STANDBY) else s.was_primary,
+        sync_established=established,
+        last_peer_lag_ok=lag_ok,
+        stream_lost_since=stream_lost,
+        peer_unsynced_since=_since(s.peer_unsynced_since, o.pg.db is DbState.PRIMARY and not o.pg.peer_sync, now),
+        public_bad_since=_since(s.public_bad_since, not public_ok(o), now),
+        private_bad_since=_since(s.private_bad_since, not o.carrier.get(Net.PRIVATE, False), now),
+        unhealthy_since=_since(s.unhealthy_since, s.services and o.services_healthy is False, now),
+        promoting=s.promoting and o.pg.db is not DbState.PRIMARY,
+        primary_this_run=s.primary_this_run or o.pg.db is DbState.PRIMARY,
+    )
+
+
+# -- the database role -------------------------------------------------------
+
+
+def _fence(s: State, reason: Reason, detail: str, release_services: bool) -> tuple[State, list[Action]]:
+    acts = [Action(ActionKind.FENCE, reason, detail)]
+    if release_services and s.services:
+        acts.append(Action(ActionKind.RELEASE_SERVICES, reason, "a fenced node must not answer on the service IPs"))
+    return replace(s, fenced=True, was_primary=False, promoting=False,
+                   services=s.services and not release_services, releasing_services=False), acts
+
+
+def _promote(s: State, reason: Reason, detail: str) -> tuple[State, list[Action]]:
+    # A promoted node runs alone until the old primary rejoins: waiting for a
+    # standby that does not exist would stop every commit.
+    term = max(s.term, s.peer_term) + 1
+    return replace(s, term=term, promoting=True, degraded=True, eligible=False), [
+        Action(ActionKind.PROMOTE, reason, f"{detail}; new term {term}")
+    ]
+
+
+def _db_rules(s: State, o: Observation, p: Policy) -> tuple[State, list[Action]]:
+    peer = peer_fresh(o, p)
+    quiet = silence(s, o)
+
+    if s.fenced:
+        if o.pg.db is not DbState.DOWN:
+            return s, [Action(ActionKind.FENCE, Reason.SUPERSEDED, "fenced node found PostgreSQL running; stopping it")]
+        return s, []
+
+    if o.gap > p.fence_timeout_s and s.peer_could_promote and (o.pg.db is DbState.PRIMARY or s.was_primary):
+        # Fence first, ask later: while we were stalled the peer may have taken over.
+        return _fence(s, Reason.RESUMED_AFTER_FREEZE,
+                      f"this agent stalled {o.gap:.2f}s (> fence timeout {p.fence_timeout_s:.2f}s)", True)
+
+    if o.pg.db is DbState.PRIMARY:
+        if peer is not None and peer.db is DbState.PRIMARY and (peer.term, peer.preferred) > (s.term, p.preferred):
+            return _fence(s, Reason.SUPERSEDED, f"peer is primary in term {peer.term}, ours is {s.term}",
+                          release_services=peer.services)
+        if quiet >= p.fence_timeout_s and o.tiebreaker_ok is False:
+            return _fence(s, Reason.ISOLATED, f"no peer for {quiet:.2f}s and no tie-breaker", True)
+        if (p.hot and _lasted(s.private_bad_since, o.now, p.link_timeout_s) and fresh(o, Net.PUBLIC, p)
+                and peer is not None and peer.db is DbState.STANDBY and peer.carrier.get(Net.PRIVATE, False)
+                and _standby_has_everything(s, p)):
+            return _fence(s, Reason.PRIVATE_LOST_HERE, "replication link down here; the database moves to the peer", False)
+        return _sync_rules(s, o, p)
+
+    if o.pg.db is DbState.DOWN and s.was_primary:
+        standby_ready = peer is not None and peer.db is DbState.STANDBY and _standby_has_everything(s, p)
+        if p.hot and p.pg_crash is PgCrashPolicy.FAILOVER and standby_ready:
+            return _fence(s, Reason.PG_CRASHED_FAILOVER, "PostgreSQL died here; the in-sync standby takes over", False)
+        peer_took_over = peer is not None and peer.db is DbState.PRIMARY and peer.term > s.term
+        if peer_took_over:
+            return _fence(s, Reason.SUPERSEDED, f"peer is primary in term {peer.term}", True)
+        # Restart as primary only if nobody can have taken over meanwhile: this
+        # agent watched the server die, or the peer is heard and still a standby.
+        # A rebooted old primary whose peer is silent waits for a person.
+        safe = s.primary_this_run or (peer is not None and peer.db is DbState.STANDBY)
+        if safe and o.now - s.last_restart_at >= p.restart_backoff_s:
+            return replace(s, last_restart_at=o.now), [
+                Action(ActionKind.RESTART_PG, Reason.PG_CRASHED_RESTART, "PostgreSQL is down; crash recovery in place")]
+        return s, []
+
+    if o.pg.db is DbState.DOWN:  # a standby whose server stopped: bring it back as a standby
+        if o.now - s.last_restart_at >= p.restart_backoff_s:
+            return replace(s, last_restart_at=o.now), [
+                Action(ActionKind.RESTART_PG, Reason.PG_CRASHED_RESTART, "standby PostgreSQL is down; restarting it")]
+        return s, []
+
+    # A running standby.
+    if s.promoting:
+        return s, [Action(ActionKind.PROMOTE, Reason.PEER_DEAD, f"finishing the promotion to term {s.term}")]
+    if not p.hot:
+        return s, []  # warm: a person decides
+    if peer is not None and peer.db is DbState.FENCED and s.eligible:
+        return _promote(s, Reason.PEER_RELEASED_DB, "the primary fenced itself and handed the database over")
+    if (quiet >= p.failover_timeout_s and o.tiebreaker_ok is True and s.eligible
+            and (not p.has_service_ips or o.service_ip_elsewhere is False)):
+        return _promote(s, Reason.PEER_DEAD, f"primary silent on every path for {quiet:.2f}s, tie-breaker answers")
+    return s, []
+
+
+def _standby_has_everything(s: State, p: Policy) -> bool:
+    """Would handing the database over now lose nothing acknowledged (sync) or stay within the bound (async)?"""
+    return (s.sync_established and not s.degraded) if p.sync else s.last_peer_lag_ok
+
+
+def _sync_rules(s: State, o: Observation, p: Policy) -> tuple[State, list[Action]]:
+    """On a primary: wait for the standby (sync) unless degraded or alone."""
+    if not p.sync:
+        return s, []
+    if not s.degraded and p.degrade_after_s > 0 and _lasted(s.peer_unsynced_since, o.now, p.degrade_after_s):
+        return replace(s, degraded=True, sync_established=False), [Action(ActionKind.SET_SYNC, Reason.DEGRADE,
+                                                  f"standby away for {p.degrade_after_s:g}s: commits stop waiting for it")]
+    caught_up = (o.pg.peer_flush_lsn is not None and o.pg.lsn is not None
+                 and o.pg.lsn - o.pg.peer_flush_lsn <= 1024 * 1024)
+    if s.degraded and caught_up:
+        return replace(s, degraded=False), [Action(ActionKind.SET_SYNC, Reason.RESTORE_SYNC,
+                                                   "standby streaming and caught up: commits wait for it again", sync_on=True)]
+    return s, []
+
+
+# -- the service role --------------------------------------------------------
+
+
+def _service_rules(s: State, o: Observation, p: Policy) -> tuple[State, list[Action]]:
+    peer = peer_fresh(o, p)
+    primary_here = o.pg.db is DbState.PRIMARY and not s.fenced or s.promoting
+    if s.services:
+        if silence(s, o) >= p.fence_timeout_s and o.tiebreaker_ok is False:
+            return _release(s, Reason.ISOLATED, "no peer and no tie-breaker: letting go of the service IPs")
+        if peer is not None and peer.services and (peer.term, peer.preferred) > (s.term, p.preferred):
+            return _release(s, Reason.BOTH_SERVE, "both nodes held the service role; the peer's claim is newer")
+        peer_can_serve = (peer is not None and fresh(o, Net.PRIVATE, p) and peer.carrier.get(Net.PUBLIC, False)
+                          and peer.tiebreaker_ok is not False and peer.db is not DbState.FENCED)
+        if p.hot and _lasted(s.public_bad_since, o.now, p.link_timeout_s) and peer_can_serve:
+            return _release(s, Reason.PUBLIC_LOST_HERE, "service network down here; the peer takes the service IPs")
+        if (p.hot and p.services_move_on_failure and _lasted(s.unhealthy_since, o.now, p.unhealthy_after_s)
+                and peer_can_serve):
+            return _release(s, Reason.SERVICES_UNHEALTHY, f"services unhealthy for {p.unhealthy_after_s:g}s")
+        if s.releasing_services and peer is not None and peer.services:
+            return replace(s, releasing_services=False), []
+        return s, []
+
+    if not public_ok(o):
+        return s, []
+    if peer is not None and peer.releasing_services and not peer.services:
+        return _take(s, Reason.PEER_RELEASED_SERVICES, "the peer let go of the service role")
+    if peer is not None and peer.db is DbState.FENCED and not peer.services and primary_here:
+        return _take(s, Reason.PEER_RELEASED_SERVICES, "the peer is fenced and serves nothing")
+    if (p.hot and primary_here and silence(s, o) >= p.failover_timeout_s and o.tiebreaker_ok is True
+            and (not p.has_service_ips or o.service_ip_elsewhere is False)):
+        return _take(s, Reason.PEER_DEAD, "peer silent on every path; taking the service IPs")
+    if primary_here and peer is not None and not peer.services and not peer.releasing_services:
+        return _take(s, Reason.NOBODY_SERVES, "nobody holds the service role")
+    return s, []
+
+
+def _release(s: State, reason: Reason, detail: str) -> tuple[State, list[Action]]:
+    return replace(s, services=False, releasing_services=True), [Action(ActionKind.RELEASE_SERVICES, reason, detail)]
+
+
+def _take(s: State, reason: Reason, detail: str) -> tuple[State, list[Action]]:
+    return replace(s, services=True, releasing_services=False), [Action(ActionKind.TAKE_SERVICES, reason, detail)]
+
+
+# -- the whole step ----------------------------------------------------------
+
+
+def decide(s: State, o: Observation, p: Policy) -> tuple[State, list[Action]]:
+    """One step. Database rules first: a fence decided now also frees the service role."""
+    s = _track(s, o, p)
+    s, db_actions = _db_rules(s, o, p)
+    if any(a.kind is ActionKind.FENCE and a.reason in (Reason.ISOLATED, Reason.RESUMED_AFTER_FREEZE)
+           for a in db_actions):
+        return s, db_actions
+    if o.gap > p.fence_timeout_s and s.services:
+        # Whatever the peer was, it may have taken the service IPs meanwhile.
+        return _release(s, Reason.RESUMED_AFTER_FREEZE, f"this agent stalled {o.gap:.2f}s; letting go of the service IPs")
+    s, svc_actions = _service_rules(s, o, p)
+    return s, db_actions + svc_actions
+
+
+def fence_needed(s: State, db: DbState) -> bool:
+    """After this node's agent died uncleanly: must its PostgreSQL be stopped?
+
+    Yes if it is (or was) primary and the peer could have been promoted while
+    nobody decided for this node; otherwise keeping it is safe, and a restarted
+    agent picks up where the last one stopped.
+    """
+    return s.peer_could_promote and (db is DbState.PRIMARY or s.was_primary) and not s.fenced
+
+
+def advertise(s: State, pg: LocalPg, carrier: dict[Net, bool], tiebreaker_ok: bool | None, preferred: bool,
+              sync: bool) -> PeerView:
+    """What this node tells its peer in every heartbeat."""
+    db = DbState.FENCED if s.fenced else pg.db
+    return PeerView(
+        term=s.term,
+        db=db,
+        services=s.services,
+        lsn=pg.lsn,
+        sync_ok=db is DbState.PRIMARY and (s.sync_established if sync else True) and not s.degraded,
+        carrier=dict(carrier),
+        tiebreaker_ok=tiebreaker_ok,
+        releasing_services=s.releasing_services,
+        preferred=preferred,
+    )

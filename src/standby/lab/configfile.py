@@ -1,0 +1,111 @@
+"""The lab's cluster configuration (standby.toml), rendered as TOML text.
+
+The file is small and regular, so a tiny formatter is enough; the result is
+always checked by loading it with standby.config.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from standby.lab.topology import (
+    GATEWAY,
+    PG_BIN,
+    PG_OS_USER,
+    PG_PORT,
+    PG_SUPERUSER,
+    PUBLIC_IF,
+    SERVICE_IP,
+    LabSpec,
+)
+
+REPLICATION_USER = "replicator"
+APP_DSN = "app.dsn"  # the sample softswitch's connection string (holds a password)
+SOFTSWITCH_PORT = 8080
+
+
+def softswitch_service(spec: LabSpec) -> dict[str, Any]:
+    """The sample softswitch as a [[services]] entry; {node} is filled in by the agent."""
+    py = [sys.executable, "-m", "standby.lab.softswitch"]
+    node_dir = spec.root / "{node}"
+    pidfile = str(node_dir / "procs" / "softswitch.pid")
+    return {
+        "name": "softswitch",
+        "start": [*py, "start", "--dsn-file", str(spec.secret(APP_DSN)), "--listen", f"0.0.0.0:{SOFTSWITCH_PORT}",
+                  "--pidfile", pidfile, "--logfile", str(node_dir / "log" / "softswitch.log")],
+        "stop": [*py, "stop", "--pidfile", pidfile],
+        "health": [*py, "health", "--url", f"http://127.0.0.1:{SOFTSWITCH_PORT}/health", "-q"],
+        "timeout_s": 20,
+    }
+
+
+def toml_value(value: Any) -> str:
+    """A TOML literal for the plain values a config holds."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, (str, Path)):
+        # A JSON string with only ASCII escapes is also a valid TOML basic string.
+        return json.dumps(str(value), ensure_ascii=True)
+    if isinstance(value, Mapping):
+        return "{ " + ", ".join(f"{_key(k)} = {toml_value(v)}" for k, v in value.items()) + " }"
+    if isinstance(value, Sequence):
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
+    raise TypeError(f"cannot write {type(value).__name__} as TOML")
+
+
+def _key(key: str) -> str:
+    return key if key and all(c.isalnum() or c in "_-" for c in key) else json.dumps(key)
+
+
+def _table(header: str, items: Mapping[str, Any]) -> list[str]:
+    return [f"[{header}]", *(f"{_key(k)} = {toml_value(v)}" for k, v in items.items()), ""]
+
+
+def render(spec: LabSpec, services: Sequence[Mapping[str, Any]] = ()) -> str:
+    secret = spec.secret
+    lines = [
+        f"# Cluster configuration of the standby lab {spec.name!r}, written by `standby lab up`.",
+        f"cluster = {toml_value(spec.name)}",
+        'mode = "hot"',
+        'preferred_primary = "alpha"',
+        f"heartbeat_key_file = {toml_value(secret('heartbeat.key'))}",
+        f"state_dir = {toml_value(spec.root / 'state')}",
+        f"services = {toml_value(list(services))}",
+        "",
+        "[[service_ips]]",
+        f"address = {toml_value(SERVICE_IP)}",
+        f"interface = {toml_value(PUBLIC_IF)}",
+        "",
+    ]
+    for node in spec.nodes():
+        lines += _table(
+            f"nodes.{node.name}",
+            {
+                "public": {"address": node.public.address, "interface": node.public.interface},
+                "private": {"address": node.private.address, "interface": node.private.interface},
+                "postgres": {"data_dir": node.pgdata, "socket_dir": node.socket_dir},
+                "state_dir": node.state_dir,
+            },
+        )
+    lines += _table(
+        "postgres",
+        {
+            "bin_dir": PG_BIN,
+            "port": PG_PORT,
+            "os_user": PG_OS_USER,
+            "superuser": PG_SUPERUSER,
+            "database": "postgres",
+            "replication_user": REPLICATION_USER,
+            "replication_password_file": secret("replication.password"),
+        },
+    )
+    lines += _table("replication", {"durability": spec.durability})
+    lines += _table("tiebreaker", {"address": GATEWAY})
+    lines += _table("api", {"token_file": secret("api.token")})
+    return "\n".join(lines)

@@ -1,0 +1,133 @@
+"""Faults injected into a lab, and the live view of which ones are in effect.
+
+State is never remembered here: whether a link is down, a node frozen or a
+loss rule present is read back from the kernel each time.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+from pathlib import Path
+
+from standby.lab import netns
+from standby.lab.topology import Net, interface_for
+
+# One nftables table per node namespace holds every loss rule of that node.
+LOSS_TABLE = "standby_lab_loss"
+
+
+# -- links ----------------------------------------------------------------
+
+
+def set_link(switch_ns: str, port: str, up: bool) -> None:
+    """Take the switch-side end of a node's cable down or up (the node sees carrier loss)."""
+    netns.set_link(switch_ns, port, up)
+
+
+def link_state(switch_ns: str, port: str) -> str:
+    return "up" if netns.link_admin_up(switch_ns, port) else "down"
+
+
+# -- processes --------------------------------------------------------------
+
+
+def _proc_state(pid: int) -> str | None:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("State:"):
+                return line.split()[1]
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    return None
+
+
+def freeze(ns: str) -> list[int]:
+    return netns.signal_all(ns, signal.SIGSTOP)
+
+
+def thaw(ns: str) -> list[int]:
+    return netns.signal_all(ns, signal.SIGCONT)
+
+
+def stopped_pids(ns: str) -> list[int]:
+    return [pid for pid in netns.pids(ns) if _proc_state(pid) == "T"]
+
+
+def frozen(ns: str) -> bool:
+    """True when any process of the namespace is stopped."""
+    return bool(stopped_pids(ns))
+
+
+def kill_everything(ns: str) -> bool:
+    return netns.kill_all(ns)
+
+
+# -- packet loss ------------------------------------------------------------
+
+
+def _ruleset(ns: str) -> list[dict[str, object]]:
+    proc = netns.run_in(ns, ["nft", "-j", "list", "table", "inet", LOSS_TABLE], check=False)
+    if proc.returncode != 0 or not proc.stdout.strip():
+        return []
+    return list(json.loads(proc.stdout).get("nftables", []))
+
+
+def loss(ns: str) -> dict[str, int]:
+    """Drop percentage per network, parsed from the rules actually loaded."""
+    out = {Net.PUBLIC.value: 0, Net.PRIVATE.value: 0}
+    by_if = {interface_for(n): n.value for n in Net}
+    for item in _ruleset(ns):
+        rule = item.get("rule")
+        if not isinstance(rule, dict) or rule.get("chain") != "input":
+            continue
+        ifname, percent = None, 100  # a drop rule without a random draw drops everything
+        for expr in rule.get("expr", []):
+            m = expr.get("match") if isinstance(expr, dict) else None
+            if not m:
+                continue
+            left = m.get("left", {})
+            if isinstance(left, dict) and left.get("meta", {}).get("key") == "iifname":
+                ifname = m.get("right")
+            elif isinstance(left, dict) and "numgen" in left and m.get("op") == "<":
+                percent = int(m.get("right", 0))
+        if ifname in by_if:
+            out[by_if[ifname]] = percent
+    return out
+
+
+def set_loss(ns: str, net: Net | str, percent: int) -> None:
+    """Drop ``percent``% of packets in each direction on the node's interface for ``net``."""
+    if not 0 <= percent <= 100:
+        raise ValueError(f"loss percent {percent}: expected 0-100")
+    wanted = loss(ns)
+    wanted[Net(net).value] = percent
+    script = [f"table inet {LOSS_TABLE} {{}}", f"delete table inet {LOSS_TABLE}"]
+    active = {n: p for n, p in wanted.items() if p > 0}
+    if active:
+        inp, outp = [], []
+        for n, p in active.items():
+            ifname = interface_for(n)
+            # numgen draws 0-99 per packet: "< p" drops p% of them; 100% needs no draw.
+            draw = f"numgen random mod 100 < {p} " if p < 100 else ""
+            inp.append(f'    iifname "{ifname}" {draw}drop comment "loss {n}"')
+            outp.append(f'    oifname "{ifname}" {draw}drop comment "loss {n}"')
+        script += [
+            f"table inet {LOSS_TABLE} {{",
+            "  chain input {",
+            "    type filter hook input priority -10; policy accept;",
+            *inp,
+            "  }",
+            "  chain output {",
+            "    type filter hook output priority -10; policy accept;",
+            *outp,
+            "  }",
+            "}",
+        ]
+    # One transaction: the old rules are replaced atomically.
+    netns.run_in(ns, ["nft", "-f", "-"], input="\n".join(script) + "\n")
+
+
+def clear_loss(ns: str) -> None:
+    if netns.exists(ns):
+        netns.run_in(ns, ["nft", "delete", "table", "inet", LOSS_TABLE], check=False)

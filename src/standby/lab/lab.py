@@ -1,0 +1,430 @@
+"""A two-server pair on one machine: namespaces, bridges, PostgreSQL and faults, put together."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import subprocess
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import psycopg
+
+from standby import config as standby_config
+from standby.lab import configfile, faults, netns, pgnode, procs
+from standby.lab.errors import CommandFailed, LabError, LabExists, LabMissing, PrerequisiteMissing
+from standby.lab.topology import (
+    ALL_ROLES,
+    DB_NODES,
+    DEFAULT_NAME,
+    GATEWAY,
+    LAB_BASE,
+    PG_PORT,
+    PREFIX_LEN,
+    PRIVATE_BRIDGE,
+    PUBLIC_BRIDGE,
+    PUBLIC_IF,
+    SECRET_FILES,
+    SERVICE_IP,
+    LabSpec,
+    Net,
+    NodeLayout,
+    Role,
+    bridge_for,
+)
+
+STATE_VERSION = 1
+# Namespaces with a cable to the switch, i.e. that faults can hit.
+HOST_ROLES: tuple[str, ...] = (Role.ALPHA.value, Role.BETA.value, Role.CLIENT.value)
+
+
+def check_prerequisites(need_pg: bool = True) -> None:
+    """Refuse early, with the package to install, rather than fail halfway through."""
+    if os.geteuid() != 0:
+        raise PrerequisiteMissing("the lab creates network namespaces and must run as root (try sudo)")
+    tools = {
+        "ip": "apt-get install iproute2",
+        "nft": "apt-get install nftables",
+        "arping": "apt-get install iputils-arping",
+        "setsid": "apt-get install util-linux",
+        "sysctl": "apt-get install procps",
+    }
+    for tool, hint in tools.items():
+        if not shutil.which(tool):
+            raise PrerequisiteMissing(f"{tool} not found; install it with: {hint}")
+    if need_pg:
+        pgnode.check_prerequisites()
+
+
+def exists(name: str, base: Path = LAB_BASE) -> bool:
+    spec = LabSpec(name, base=base)
+    return spec.root.exists() or any(netns.exists(spec.netns(r)) for r in ALL_ROLES)
+
+
+@dataclass
+class Lab:
+    spec: LabSpec
+
+    # -- life cycle -------------------------------------------------------
+
+    @classmethod
+    def up(cls, spec: LabSpec) -> Lab:
+        """Build the whole lab; on any failure remove what was made and re-raise."""
+        check_prerequisites()
+        if exists(spec.name, spec.base):
+            raise LabExists(
+                f"lab {spec.name!r} already exists; run `standby lab down --name {spec.name}` first"
+            )
+        lab = cls(spec)
+        try:
+            lab._build()
+        except BaseException:
+            cls.destroy(spec.name, spec.base)
+            raise
+        return lab
+
+    @classmethod
+    def open(cls, name: str = DEFAULT_NAME, base: Path = LAB_BASE) -> Lab:
+        spec = LabSpec(name, base=base)
+        try:
+            data = json.loads(spec.state_file.read_text())
+        except FileNotFoundError:
+            raise LabMissing(
+                f"there is no lab named {name!r} ({spec.state_file} is missing); "
+                f"create it with `standby lab up --name {name}`"
+            ) from None
+        except (OSError, ValueError) as e:
+            raise LabError(
+                f"cannot read {spec.state_file} ({e}); remove the lab with `standby lab down --name {name}`"
+            ) from None
+        return cls(LabSpec(name, durability=data.get("durability", "sync"), base=base))
+
+    def down(self) -> None:
+        type(self).destroy(self.spec.name, self.spec.base)
+
+    @classmethod
+    def destroy(cls, name: str, base: Path = LAB_BASE) -> None:
+        """Remove every trace of a lab, whatever state it is in. Needs no lab.json; idempotent."""
+        spec = LabSpec(name, base=base)
+        namespaces = [spec.netns(r) for r in ALL_ROLES]
+        for ns in namespaces:
+            faults.thaw(ns)
+        # A clean immediate stop lets the servers remove their own shared memory.
+        for node in spec.nodes():
+            if pgnode.running(node):
+                try:
+                    pgnode.stop(node, "immediate")
+                except (LabError, OSError):
+                    pass
+        for ns in namespaces:
+            netns.kill_all(ns)
+        for node in spec.nodes():
+            pgnode.release_shared_memory(node)
+        for ns in namespaces:
+            netns.delete(ns)
+        root = spec.root.resolve()
+        if root.parent == base.resolve() and root.exists():
+            shutil.rmtree(root)
+
+    # -- building ---------------------------------------------------------
+
+    def _write_state(self, phase: str) -> None:
+        state = {
+            "version": STATE_VERSION,
+            "name": self.spec.name,
+            "durability": self.spec.durability,
+            "root": str(self.root),
+            "phase": phase,
+            # Who built it, for whoever finds a leftover lab.
+            "owner_pid": os.getpid(),
+            "created_at": time.time(),
+        }
+        tmp = self.spec.state_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps(state, indent=2) + "\n")
+        tmp.replace(self.spec.state_file)
+
+    def _build(self) -> None:
+        spec = self.spec
+        spec.base.mkdir(mode=0o755, parents=True, exist_ok=True)
+        spec.root.mkdir(mode=0o755)
+        os.chmod(spec.root, 0o755)
+        # First, so that a crashed `up` can still be found and torn down.
+        self._write_state("building")
+        self._build_network()
+        self._write_secrets()
+        for node in spec.nodes():
+            pgnode.prepare_dirs(node)
+            (spec.role_dir(node.name) / "procs").mkdir(parents=True, exist_ok=True)
+        for role in (Role.SWITCH.value, Role.CLIENT.value):
+            (spec.role_dir(role) / "log").mkdir(parents=True, exist_ok=True)
+        alpha = spec.node("alpha")
+        pgnode.initdb(alpha)
+        pgnode.start(alpha)
+        pgnode.create_app(alpha, self._secret("app.password"))
+        from standby.lab import softswitch  # imported here: `python -m standby.lab.softswitch` imports this package
+
+        softswitch.init_schema(f"host={alpha.socket_dir} port={PG_PORT} dbname=softswitch user=softswitch")
+        self._write_app_dsn()
+        self._place_service_ip(alpha)
+        spec.config_path.write_text(configfile.render(spec, [configfile.softswitch_service(spec)]))
+        os.chmod(spec.config_path, 0o644)
+        standby_config.load(spec.config_path)
+        self._write_state("up")
+
+    def _build_network(self) -> None:
+        spec = self.spec
+        for role in ALL_ROLES:
+            netns.add(spec.netns(role))
+        sw = spec.netns(Role.SWITCH.value)
+        cmds = [
+            f"link add {PUBLIC_BRIDGE} type bridge",
+            f"link add {PRIVATE_BRIDGE} type bridge",
+            f"addr add {GATEWAY}/{PREFIX_LEN} dev {PUBLIC_BRIDGE}",
+            f"link set {PUBLIC_BRIDGE} up",
+            f"link set {PRIVATE_BRIDGE} up",
+        ]
+        cables = [(n.netns, n.public) for n in spec.nodes()] + [(n.netns, n.private) for n in spec.nodes()]
+        cables.append((spec.netns(Role.CLIENT.value), spec.client_link))
+        for ns, link in cables:
+            # Created in the switch namespace, the far end placed straight into the host's.
+            cmds += [
+                f"link add {link.switch_port} type veth peer name {link.interface} netns {ns}",
+                f"link set {link.switch_port} master {bridge_for(link.net)}",
+                f"link set {link.switch_port} up",
+            ]
+        netns.ip_batch(sw, cmds)
+        for ns, link in cables:
+            netns.ip_batch(ns, [f"addr add {link.address} dev {link.interface}", f"link set {link.interface} up"])
+        for role in HOST_ROLES:
+            netns.ip_batch(spec.netns(role), [f"route add default via {GATEWAY}"])
+        for node in spec.nodes():
+            # Services may bind the service IP before it arrives on this node.
+            netns.sysctl(node.netns, "net.ipv4.ip_nonlocal_bind", "1")
+
+    def _write_secrets(self) -> None:
+        d = self.spec.secrets_dir
+        d.mkdir(mode=0o700)
+        os.chmod(d, 0o700)
+        for name in SECRET_FILES:
+            path = d / name
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(secrets.token_urlsafe(32) + "\n")
+
+    def _write_app_dsn(self) -> None:
+        """How the sample softswitch reaches whichever node is primary, over either network."""
+        nodes = self.spec.nodes()
+        hosts = [n.private.address.split("/")[0] for n in nodes] + [n.public.address.split("/")[0] for n in nodes]
+        path = self.spec.secret(configfile.APP_DSN)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(
+                f"host={','.join(hosts)} port={PG_PORT} dbname=softswitch user=softswitch "
+                f"password={self._secret('app.password')} target_session_attrs=read-write "
+                "connect_timeout=1 tcp_user_timeout=1000 keepalives=1 keepalives_idle=1 "
+                "keepalives_interval=1 keepalives_count=2\n"
+            )
+
+    def _secret(self, name: str) -> str:
+        return self.spec.secret(name).read_text().strip()
+
+    def _place_service_ip(self, node: NodeLayout) -> None:
+        netns.ip_batch(node.netns, [f"addr add {SERVICE_IP} dev {PUBLIC_IF}"])
+        ip = SERVICE_IP.split("/")[0]
+        # Unsolicited ARP so neighbours learn where the address lives now.
+        netns.run_in(node.netns, ["arping", "-q", "-U", "-c", "3", "-i", "0.2", "-I", PUBLIC_IF, ip], check=False)
+
+    # -- names --------------------------------------------------------------
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def root(self) -> Path:
+        return self.spec.root
+
+    @property
+    def config_path(self) -> Path:
+        return self.spec.config_path
+
+    def config(self) -> standby_config.Config:
+        return standby_config.load(self.config_path)
+
+    def _role(self, node: str, allowed: Sequence[str] = ALL_ROLES) -> str:
+        if node not in allowed:
+            raise LabError(f"unknown node {node!r}: expected one of {', '.join(allowed)}")
+        return node
+
+    def netns(self, node: str) -> str:
+        return self.spec.netns(self._role(node))
+
+    def node(self, node: str) -> NodeLayout:
+        return self.spec.node(self._role(node, DB_NODES))
+
+    # -- running things -------------------------------------------------
+
+    def run(self, node: str, argv: Sequence[str], check: bool = True, **kw: Any) -> subprocess.CompletedProcess[str]:
+        """Run ``argv`` inside the namespace; output is captured unless stdout/stderr are given."""
+        return netns.run_in(self.netns(node), argv, check=check, **kw)
+
+    def _proc_paths(self, node: str, name: str) -> tuple[Path, Path]:
+        procs.check_name(name)
+        d = self.spec.role_dir(self._role(node))
+        return d / "log" / f"{name}.log", d / "procs" / f"{name}.pid"
+
+    def spawn(self, node: str, argv: Sequence[str], name: str, env: dict[str, str] | None = None) -> int:
+        """Start a background process in the namespace and return its pid.
+
+        Output goes to {root}/{node}/log/{name}.log, the pid to
+        {root}/{node}/procs/{name}.pid; ``env`` is added to the current
+        environment. The process dies at the latest with the lab.
+        """
+        log, pid = self._proc_paths(node, name)
+        return procs.spawn(self.netns(node), argv, log, pid, env={**os.environ, **(env or {})})
+
+    def spawned_alive(self, node: str, name: str) -> bool:
+        return procs.alive(self.netns(node), self._proc_paths(node, name)[1])
+
+    def stop_spawned(self, node: str, name: str) -> None:
+        procs.stop(self.netns(node), self._proc_paths(node, name)[1])
+
+    # -- PostgreSQL -----------------------------------------------------
+
+    def pg_start(self, node: str) -> None:
+        pgnode.start(self.node(node))
+
+    def pg_stop(self, node: str, mode: str = "fast") -> None:
+        pgnode.stop(self.node(node), mode)
+
+    def pg_running(self, node: str) -> bool:
+        return pgnode.running(self.node(node))
+
+    def pg_connect(self, node: str, dbname: str = "postgres", **kw: Any) -> psycopg.Connection[Any]:
+        return pgnode.connect(self.node(node), dbname, **kw)
+
+    # -- faults -----------------------------------------------------------
+
+    def _ports(self, node: str) -> list[str]:
+        if node == Role.CLIENT.value:
+            return [self.spec.client_link.switch_port]
+        n = self.node(node)
+        return [n.public.switch_port, n.private.switch_port]
+
+    @property
+    def _switch(self) -> str:
+        return self.spec.netns(Role.SWITCH.value)
+
+    def crash(self, node: str) -> None:
+        """Power loss: every process of the host dies at once and its cables go dead.
+
+        The cables go first: a killed process's sockets are closed by the
+        kernel, and the FIN/RST it sends would tell peers what a real power
+        loss never does.
+        """
+        ns = self.netns(self._role(node, HOST_ROLES))
+        for port in self._ports(node):
+            faults.set_link(self._switch, port, False)
+        faults.kill_everything(ns)
+
+    def freeze(self, node: str) -> None:
+        """Stop every process of the host (SIGSTOP). Its kernel still answers ARP, ping and TCP handshakes."""
+        faults.freeze(self.netns(self._role(node, HOST_ROLES)))
+
+    def thaw(self, node: str) -> None:
+        faults.thaw(self.netns(self._role(node, HOST_ROLES)))
+
+    def _port(self, node: str, net: str) -> str:
+        self._role(node, HOST_ROLES)
+        net = Net(net)
+        if node == Role.CLIENT.value:
+            if net is not Net.PUBLIC:
+                raise LabError("the client has only a public link")
+            return self.spec.client_link.switch_port
+        return self.node(node).link(net).switch_port
+
+    def link(self, node: str, net: str, up: bool) -> None:
+        faults.set_link(self._switch, self._port(node, net), up)
+
+    def loss(self, node: str, net: str, percent: int) -> None:
+        """Drop ``percent``% of IP packets each way on that interface (ARP is not affected); 0 removes."""
+        self._port(node, net)  # validates node and net
+        if not shutil.which("nft"):
+            raise PrerequisiteMissing("nft not found; install it with: apt-get install nftables")
+        faults.set_loss(self.netns(node), Net(net), int(percent))
+
+    def heal(self) -> None:
+        """Undo link, freeze and loss faults; crashed processes stay dead."""
+        for role in HOST_ROLES:
+            ns = self.netns(role)
+            for port in self._ports(role):
+                faults.set_link(self._switch, port, True)
+            faults.thaw(ns)
+            faults.clear_loss(ns)
+
+    # -- live view ----------------------------------------------------------
+
+    def _links(self, node: str) -> dict[str, str]:
+        if not netns.exists(self._switch):
+            return {}
+        nets = (Net.PUBLIC,) if node == Role.CLIENT.value else tuple(Net)
+        return {n.value: faults.link_state(self._switch, self._port(node, n)) for n in nets}
+
+    def _service_ip_holders(self) -> list[str]:
+        return [n for n in DB_NODES if netns.exists(self.netns(n)) and SERVICE_IP in netns.addresses(self.netns(n), PUBLIC_IF)]
+
+    def status(self) -> dict[str, Any]:
+        """Topology plus what is true right now, read from the kernel and the processes."""
+        spec = self.spec
+        namespaces = {
+            r: {"name": spec.netns(r), "exists": netns.exists(spec.netns(r)), "processes": len(netns.pids(spec.netns(r)))}
+            for r in ALL_ROLES
+        }
+        nodes: dict[str, Any] = {}
+        for n in spec.nodes():
+            alive = namespaces[n.name]["exists"]
+            nodes[n.name] = {
+                "netns": n.netns,
+                "public": {"address": n.public.address, "interface": n.public.interface, "switch_port": n.public.switch_port},
+                "private": {"address": n.private.address, "interface": n.private.interface, "switch_port": n.private.switch_port},
+                "pgdata": str(n.pgdata),
+                "socket_dir": str(n.socket_dir),
+                "state_dir": str(n.state_dir),
+                "log_dir": str(n.log_dir),
+                "port": PG_PORT,
+                "dsn_local": n.dsn_local(),
+                "dsn_private": n.dsn_private(),
+                "postgres_running": pgnode.running(n),
+                "postgres_initialised": (n.pgdata / "PG_VERSION").exists(),
+                "links": self._links(n.name),
+                "frozen": alive and faults.frozen(n.netns),
+                "loss": faults.loss(n.netns) if alive else {"public": 0, "private": 0},
+            }
+        client_ns = spec.netns(Role.CLIENT.value)
+        return {
+            "name": spec.name,
+            "root": str(spec.root),
+            "config_path": str(spec.config_path),
+            "durability": spec.durability,
+            "namespaces": namespaces,
+            "switch": {"netns": self._switch, "bridges": {"public": PUBLIC_BRIDGE, "private": PRIVATE_BRIDGE}},
+            "nodes": nodes,
+            "client": {
+                "netns": client_ns,
+                "address": spec.client_link.address,
+                "interface": spec.client_link.interface,
+                "links": self._links(Role.CLIENT.value),
+                "frozen": namespaces["client"]["exists"] and faults.frozen(client_ns),
+            },
+            "service_ips": [{"address": SERVICE_IP, "interface": PUBLIC_IF, "holders": self._service_ip_holders()}],
+            "tiebreaker": GATEWAY,
+            "gateway": GATEWAY,
+        }
+
+
+__all__ = ["CommandFailed", "Lab", "check_prerequisites", "exists"]

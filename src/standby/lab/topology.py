@@ -1,0 +1,198 @@
+"""The lab's fixed shape: names, addresses and paths. Pure data, no side effects.
+
+Other parts of the project (demo, benchmarks, tests) code against these
+values, so they are a contract: change them only together with those users.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+
+LAB_BASE = Path("/var/lib/standby-lab")
+DEFAULT_NAME = "sblab"
+NAME_ENV = "STANDBY_LAB"
+
+PG_BIN = Path("/usr/lib/postgresql/15/bin")
+PG_PORT = 5432
+PG_OS_USER = "postgres"
+PG_SUPERUSER = "postgres"
+
+APP_ROLE = "softswitch"
+APP_DB = "softswitch"
+
+PUBLIC_BRIDGE = "brpub"
+PRIVATE_BRIDGE = "brpriv"
+PUBLIC_IF = "pub0"
+PRIVATE_IF = "priv0"
+
+GATEWAY = "192.0.2.1"  # on brpub in the switch namespace; also the tie-breaker
+PREFIX_LEN = 24
+PUBLIC_NET = "192.0.2.0/24"
+PRIVATE_NET = "198.51.100.0/24"
+SERVICE_IP = "192.0.2.100/24"
+CLIENT_ADDRESS = "192.0.2.50/24"
+
+SECRET_FILES = ("replication.password", "heartbeat.key", "api.token", "app.password")
+
+# A lab name becomes part of namespace names and paths: keep it plain.
+_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
+
+
+class Net(StrEnum):
+    PUBLIC = "public"
+    PRIVATE = "private"
+
+
+class Role(StrEnum):
+    """Every namespace a lab owns."""
+
+    SWITCH = "sw"
+    ALPHA = "alpha"
+    BETA = "beta"
+    CLIENT = "client"
+
+
+DB_NODES: tuple[str, ...] = (Role.ALPHA.value, Role.BETA.value)
+ALL_ROLES: tuple[str, ...] = tuple(r.value for r in Role)
+
+_NODE_ADDRESSES: dict[str, dict[Net, str]] = {
+    "alpha": {Net.PUBLIC: "192.0.2.11/24", Net.PRIVATE: "198.51.100.11/24"},
+    "beta": {Net.PUBLIC: "192.0.2.12/24", Net.PRIVATE: "198.51.100.12/24"},
+}
+
+
+def valid_name(name: str) -> bool:
+    return bool(_NAME_RE.match(name))
+
+
+def interface_for(net: Net | str) -> str:
+    return PUBLIC_IF if Net(net) is Net.PUBLIC else PRIVATE_IF
+
+
+def bridge_for(net: Net | str) -> str:
+    return PUBLIC_BRIDGE if Net(net) is Net.PUBLIC else PRIVATE_BRIDGE
+
+
+def switch_port(role: str, net: Net | str) -> str:
+    """Name of the switch-side veth end, e.g. ``alpha-pub``."""
+    return f"{role}-{'pub' if Net(net) is Net.PUBLIC else 'priv'}"
+
+
+@dataclass(frozen=True)
+class Link:
+    net: Net
+    address: str  # with prefix length
+    interface: str
+    switch_port: str
+
+    @property
+    def ip(self) -> str:
+        return self.address.split("/")[0]
+
+
+@dataclass(frozen=True)
+class NodeLayout:
+    """One database node: its namespace, links and directories."""
+
+    name: str
+    netns: str
+    public: Link
+    private: Link
+    dir: Path
+
+    @property
+    def pgdata(self) -> Path:
+        return self.dir / "pgdata"
+
+    @property
+    def socket_dir(self) -> Path:
+        return self.dir / "run"
+
+    @property
+    def log_dir(self) -> Path:
+        return self.dir / "log"
+
+    @property
+    def state_dir(self) -> Path:
+        return self.dir / "state"
+
+    def link(self, net: Net | str) -> Link:
+        return self.public if Net(net) is Net.PUBLIC else self.private
+
+    def dsn_local(self, dbname: str = "postgres") -> str:
+        return f"host={self.socket_dir} port={PG_PORT} user={PG_SUPERUSER} dbname={dbname}"
+
+    def dsn_private(self, dbname: str = "postgres") -> str:
+        return f"host={self.private.ip} port={PG_PORT} user={PG_SUPERUSER} dbname={dbname}"
+
+
+@dataclass(frozen=True)
+class LabSpec:
+    """What to build. Everything else follows from the name."""
+
+    name: str = DEFAULT_NAME
+    durability: str = "sync"
+    base: Path = field(default=LAB_BASE)
+
+    def __post_init__(self) -> None:
+        if not valid_name(self.name):
+            raise ValueError(
+                f"lab name {self.name!r}: expected 1-32 lowercase letters, digits, '_' or '-', "
+                "starting with a letter or digit"
+            )
+        if self.durability not in ("sync", "async"):
+            raise ValueError(f"durability {self.durability!r}: expected 'sync' or 'async'")
+
+    @property
+    def root(self) -> Path:
+        return self.base / self.name
+
+    @property
+    def state_file(self) -> Path:
+        return self.root / "lab.json"
+
+    @property
+    def config_path(self) -> Path:
+        return self.root / "standby.toml"
+
+    @property
+    def secrets_dir(self) -> Path:
+        return self.root / "secrets"
+
+    def secret(self, filename: str) -> Path:
+        return self.secrets_dir / filename
+
+    def netns(self, role: str) -> str:
+        return netns_name(self.name, role)
+
+    def role_dir(self, role: str) -> Path:
+        return self.root / role
+
+    def node(self, name: str) -> NodeLayout:
+        if name not in _NODE_ADDRESSES:
+            raise KeyError(name)
+        links = {
+            net: Link(net, addr, interface_for(net), switch_port(name, net))
+            for net, addr in _NODE_ADDRESSES[name].items()
+        }
+        return NodeLayout(
+            name=name,
+            netns=self.netns(name),
+            public=links[Net.PUBLIC],
+            private=links[Net.PRIVATE],
+            dir=self.role_dir(name),
+        )
+
+    def nodes(self) -> list[NodeLayout]:
+        return [self.node(n) for n in DB_NODES]
+
+    @property
+    def client_link(self) -> Link:
+        return Link(Net.PUBLIC, CLIENT_ADDRESS, PUBLIC_IF, switch_port(Role.CLIENT.value, Net.PUBLIC))
+
+
+def netns_name(lab: str, role: str) -> str:
+    return f"{lab}-{role}"

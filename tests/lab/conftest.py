@@ -1,0 +1,154 @@
+"""Fixtures for tests that run against a real lab (namespaces + PostgreSQL 15).
+
+Every lab made here is destroyed when its fixture ends, also when the test
+failed; a sweep at session start and end removes labs of this prefix that
+their creator abandoned (e.g. a killed test run), never those of a
+concurrent run.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import re
+import secrets
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from standby.lab import LAB_BASE, Lab, LabSpec
+from standby.lab.netns import NETNS_DIR
+from standby.lab.topology import PG_BIN
+
+# Overridable so a nested test run can be told apart from this one.
+PREFIX = os.environ.get("STANDBY_LAB_TEST_PREFIX", "sbt")
+_NAME_RE = re.compile(rf"^{re.escape(PREFIX)}[0-9a-f]{{4}}$")
+LOCK_DIR = Path("/run/standby-lab-tests")
+_NS_RE = re.compile(rf"^({re.escape(PREFIX)}[0-9a-f]{{4}})-(sw|alpha|beta|client)$")
+
+
+def _missing_prerequisite() -> str | None:
+    if os.geteuid() != 0:
+        return "lab tests need root (network namespaces, PostgreSQL as user postgres)"
+    for tool, package in (("ip", "iproute2"), ("nft", "nftables"), ("arping", "iputils-arping")):
+        if not shutil.which(tool):
+            return f"{tool} not found (apt-get install {package})"
+    if not (PG_BIN / "postgres").exists():
+        return f"PostgreSQL 15 not found in {PG_BIN} (apt-get install postgresql-15)"
+    return None
+
+
+def new_lab_name() -> str:
+    while True:
+        name = PREFIX + secrets.token_hex(2)
+        if not (LAB_BASE / name).exists() and not any(
+            (NETNS_DIR / f"{name}-{r}").exists() for r in ("sw", "alpha", "beta", "client")
+        ):
+            return name
+
+
+def existing_test_labs() -> set[str]:
+    """Every lab of this prefix present on the machine, by directory or namespace."""
+    names = {p.name for p in LAB_BASE.iterdir() if _NAME_RE.match(p.name)} if LAB_BASE.exists() else set()
+    if NETNS_DIR.exists():
+        names |= {m.group(1) for p in NETNS_DIR.iterdir() if (m := _NS_RE.match(p.name))}
+    return names
+
+
+def _lock_path(name: str) -> Path:
+    return LOCK_DIR / f"{name}.lock"
+
+
+def _try_lock(name: str) -> int | None:
+    """An exclusive lock on the lab's name, or None when another live test process holds it."""
+    LOCK_DIR.mkdir(mode=0o700, exist_ok=True)
+    fd = os.open(_lock_path(name), os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    return fd
+
+
+def _release(name: str, fd: int) -> None:
+    _lock_path(name).unlink(missing_ok=True)
+    os.close(fd)
+
+
+def sweep() -> None:
+    """Destroy labs of this prefix that no live test process holds.
+
+    Each lab's name stays locked (flock) while a fixture owns it; the kernel
+    drops the lock when that process dies, so a killed run's labs are found
+    here while a concurrent run's labs are left alone.
+    """
+    for name in existing_test_labs():
+        fd = _try_lock(name)
+        if fd is None:
+            continue
+        try:
+            Lab.destroy(name)
+        finally:
+            _release(name, fd)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _lab_environment() -> Iterator[None]:
+    reason = _missing_prerequisite()
+    if reason:
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(f"lab tests cannot run here: {reason}; CI must not pass by skipping them")
+        pytest.skip(reason)
+    sweep()
+    yield
+    sweep()
+
+
+class LabFactory:
+    """Makes uniquely named labs and destroys all of them at teardown."""
+
+    def __init__(self) -> None:
+        self.locks: dict[str, int] = {}
+
+    def reserve(self) -> str:
+        """A fresh name, locked and destroyed at teardown, for a lab built some other way (the CLI)."""
+        while True:
+            name = new_lab_name()
+            fd = _try_lock(name)
+            if fd is not None:
+                self.locks[name] = fd
+                return name
+
+    def __call__(self, durability: str = "sync") -> Lab:
+        # Reserved before building, so a half-built lab is destroyed too.
+        return Lab.up(LabSpec(name=self.reserve(), durability=durability))
+
+    def destroy_all(self) -> None:
+        for name, fd in list(self.locks.items()):
+            try:
+                Lab.destroy(name)
+            finally:
+                _release(name, fd)
+                del self.locks[name]
+
+
+@pytest.fixture
+def lab_factory() -> Iterator[LabFactory]:
+    factory = LabFactory()
+    try:
+        yield factory
+    finally:
+        factory.destroy_all()
+
+
+@pytest.fixture(scope="module")
+def lab() -> Iterator[Lab]:
+    """One lab shared by a module's tests; tests that inject faults heal afterwards."""
+    factory = LabFactory()
+    try:
+        yield factory()
+    finally:
+        factory.destroy_all()

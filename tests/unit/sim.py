@@ -1,0 +1,277 @@
+"""A small deterministic world in which two agents run the real decision core.
+
+It models what the decisions depend on (links, freezes, crashes, heartbeats,
+streaming, the service IPs, client writes) coarsely, in ticks of 100 ms, so
+that random fault schedules can search for a broken invariant in seconds.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field, replace
+
+from standby.decide import Policy, State, advertise, decide, fence_needed
+from standby.model import ActionKind, DbState, LocalPg, Net, Observation, PeerView
+
+TICK = 0.1
+NODES = ("a", "b")  # "a" is the preferred primary
+
+
+@dataclass
+class Node:
+    name: str
+    pg: DbState  # PRIMARY / STANDBY / DOWN (running server as it is)
+    data_primary: bool  # what a restart of the server brings back
+    data: list[int] = field(default_factory=list)  # committed call ids, in WAL order
+    alive: bool = True
+    frozen: bool = False
+    agent_up: bool = True
+    links: dict[Net, bool] = field(default_factory=lambda: {Net.PUBLIC: True, Net.PRIVATE: True})
+    loss: dict[Net, int] = field(default_factory=lambda: {Net.PUBLIC: 0, Net.PRIVATE: 0})
+    holds_ips: bool = False
+    sync_names_on: bool = False
+    state: State = field(default_factory=State)
+    last_step: float = 0.0
+    heard: dict[Net, float | None] = field(default_factory=lambda: {Net.PUBLIC: None, Net.PRIVATE: None})
+    peer_view: PeerView | None = None
+    streaming: bool = False
+    pending_fence: bool = False
+
+    def up(self, net: Net) -> bool:
+        return self.alive and not self.frozen and self.links[net]
+
+    def serving_pg(self) -> bool:
+        return self.alive and not self.frozen and self.pg is DbState.PRIMARY
+
+
+@dataclass
+class Violation(Exception):
+    what: str
+    t: float
+
+
+class World:
+    def __init__(self, policy_for: dict[str, Policy], seed: int) -> None:
+        self.t = 0.0
+        self.rng = random.Random(seed)
+        self.policy = policy_for
+        self.nodes = {
+            "a": Node("a", DbState.PRIMARY, True, holds_ips=True, sync_names_on=policy_for["a"].sync),
+            "b": Node("b", DbState.STANDBY, False),
+        }
+        for n in self.nodes.values():
+            n.state = State(services=n.holds_ips, started_at=0.0, was_primary=n.pg is DbState.PRIMARY)
+        self.acked: list[int] = []
+        self.next_call = 1
+        self.log: list[str] = []
+        self.role_changes = 0
+
+    def peer(self, name: str) -> Node:
+        return self.nodes["b" if name == "a" else "a"]
+
+    # -- the physical world ---------------------------------------------------
+
+    def _delivered(self, src: Node, dst: Node, net: Net) -> bool:
+        if not (src.up(net) and dst.up(net)):
+            return False
+        loss = max(src.loss[net], dst.loss[net])
+        return self.rng.randrange(100) >= loss
+
+    def _tiebreaker(self, n: Node) -> bool:
+        return n.up(Net.PUBLIC) and self.rng.randrange(100) >= n.loss[Net.PUBLIC]
+
+    def _replicate(self) -> None:
+        for s in self.nodes.values():
+            p = self.peer(s.name)
+            s.streaming = (s.pg is DbState.STANDBY and s.alive and not s.frozen and p.serving_pg()
+                           and s.up(Net.PRIVATE) and p.up(Net.PRIVATE)
+                           and s.data == p.data[: len(s.data)])  # a diverged standby cannot follow
+            if s.streaming:
+                s.data = list(p.data)
+
+    def _client_write(self) -> None:
+        """One call through whichever node answers on the service IP."""
+        holders = [n for n in self.nodes.values() if n.holds_ips and n.up(Net.PUBLIC)]
+        if len(holders) > 1:
+            raise Violation("two reachable nodes hold the service IPs", self.t)
+        if not holders:
+            return
+        front = holders[0]
+        # The service follows any writable server it can reach (multi-host DSN).
+        for db in (front, self.peer(front.name)):
+            reach = db is front or any(front.up(n) and db.up(n) for n in Net)
+            if not (reach and db.serving_pg()):
+                continue
+            other = self.peer(db.name)
+            if db.sync_names_on and not (other.streaming and other.pg is DbState.STANDBY):
+                return  # the commit waits for a standby that is not there: not acknowledged
+            call = self.next_call
+            self.next_call += 1
+            db.data.append(call)
+            if db.sync_names_on:
+                other.data = list(db.data)
+            self.acked.append(call)
+            return
+
+    # -- the agents -----------------------------------------------------------
+
+    def _observe(self, n: Node) -> Observation:
+        p = self.peer(n.name)
+        pg = LocalPg(
+            db=n.pg,
+            lsn=len(n.data),
+            streaming=n.streaming,
+            peer_sync=n.pg is DbState.PRIMARY and n.sync_names_on and p.streaming,
+            peer_flush_lsn=len(p.data) if p.streaming else None,
+        )
+        elsewhere = p.holds_ips and p.up(Net.PUBLIC) and n.up(Net.PUBLIC)
+        return Observation(
+            now=self.t, gap=self.t - n.last_step, pg=pg, peer=n.peer_view, heard=dict(n.heard),
+            carrier={net: n.links[net] for net in Net}, tiebreaker_ok=self._tiebreaker(n),
+            services_healthy=True if n.holds_ips else None, service_ip_elsewhere=elsewhere,
+        )
+
+    def _step_agent(self, n: Node) -> None:
+        pol = self.policy[n.name]
+        obs = self._observe(n)
+        before = n.state
+        n.state, actions = decide(n.state, obs, pol)
+        n.last_step = self.t
+        for a in actions:
+            self.log.append(f"{self.t:7.1f} {n.name} {a.kind.value} ({a.reason.value}) {a.detail}")
+            if a.kind is ActionKind.PROMOTE and n.pg is DbState.STANDBY:
+                n.pg, n.data_primary = DbState.PRIMARY, True
+                self.role_changes += 1
+            elif a.kind is ActionKind.FENCE:
+                n.pg = DbState.DOWN
+                self.role_changes += 1
+            elif a.kind is ActionKind.RESTART_PG and n.pg is DbState.DOWN:
+                n.pg = DbState.PRIMARY if n.data_primary else DbState.STANDBY
+            elif a.kind is ActionKind.TAKE_SERVICES:
+                if obs.service_ip_elsewhere:  # the shell's duplicate-address check refuses
+                    n.state = replace(n.state, services=False)
+                else:
+                    n.holds_ips = True
+                    self.role_changes += 1
+            elif a.kind is ActionKind.RELEASE_SERVICES:
+                n.holds_ips = False
+        if before.fenced and n.pg is DbState.PRIMARY:
+            raise Violation(f"fenced node {n.name} is primary again", self.t)
+        if n.state.term < before.term:
+            raise Violation(f"term went back on {n.name}", self.t)
+        # The shell keeps synchronous_standby_names as the state says.
+        n.sync_names_on = pol.sync and not n.state.degraded and n.pg is DbState.PRIMARY
+        view = advertise(n.state, obs.pg, obs.carrier, obs.tiebreaker_ok, pol.preferred, pol.sync)
+        p = self.peer(n.name)
+        for net in Net:
+            if self._delivered(n, p, net) and p.agent_up:
+                p.heard[net] = self.t
+                p.peer_view = view
+
+    def tick(self) -> None:
+        self.t = round(self.t + TICK, 3)
+        for name in NODES:
+            n = self.nodes[name]
+            if n.alive and not n.frozen and n.agent_up:
+                self._step_agent(n)
+        self._replicate()
+        self._client_write()
+        writable = [n.name for n in self.nodes.values()
+                    if n.serving_pg() and any(n.up(net) for net in Net)
+                    and not (n.sync_names_on and not self.peer(n.name).streaming)]
+        if len(writable) > 1:
+            raise Violation(f"two writable, reachable primaries: {writable}", self.t)
+
+    # -- faults -----------------------------------------------------------------
+
+    def crash(self, name: str) -> None:
+        n = self.nodes[name]
+        n.alive, n.pg, n.holds_ips, n.agent_up, n.streaming = False, DbState.DOWN, False, False, False
+        n.pending_fence = False
+
+    def boot(self, name: str) -> None:
+        """Host back: the agent starts from its persisted state; PostgreSQL is left to the agent."""
+        n = self.nodes[name]
+        if n.alive:
+            return
+        n.alive, n.agent_up, n.frozen = True, True, False
+        n.last_step = self.t  # /run is empty after a reboot: no liveness record survives
+        self._restart_agent(n)
+
+    def _restart_agent(self, n: Node) -> None:
+        kept = {k: v for k, v in n.state.persisted().items()}
+        n.state = State(**kept, started_at=self.t, services=n.holds_ips)  # type: ignore[arg-type]
+        n.heard = {Net.PUBLIC: None, Net.PRIVATE: None}
+        n.peer_view = None
+        # last_step is kept: the agent's liveness record (on tmpfs) tells the new
+        # process how long nobody was deciding for this node.
+
+    def kill_agent(self, name: str) -> None:
+        """The agent dies uncleanly; its service manager runs `standby fence --if-unclean` after it
+        (on a frozen host, when the host thaws)."""
+        n = self.nodes[name]
+        if not n.agent_up:
+            return
+        n.agent_up = False
+        n.pending_fence = True
+        if not n.frozen:
+            self._after_agent_death(n)
+
+    def _after_agent_death(self, n: Node) -> None:
+        n.pending_fence = False
+        n.holds_ips = False
+        if n.alive and fence_needed(n.state, n.pg):
+            n.pg = DbState.DOWN
+            n.state = replace(n.state, fenced=True, was_primary=False)
+
+    def start_agent(self, name: str) -> None:
+        n = self.nodes[name]
+        if n.alive and not n.agent_up:
+            n.agent_up = True
+            self._restart_agent(n)
+
+    def kill_pg(self, name: str) -> None:
+        n = self.nodes[name]
+        if n.alive:
+            n.pg = DbState.DOWN
+
+    def freeze(self, name: str) -> None:
+        if self.nodes[name].alive:
+            self.nodes[name].frozen = True
+
+    def thaw(self, name: str) -> None:
+        n = self.nodes[name]
+        n.frozen = False
+        if n.pending_fence and n.alive:
+            self._after_agent_death(n)
+
+    def link(self, name: str, net: Net, up: bool) -> None:
+        self.nodes[name].links[net] = up
+
+    def set_loss(self, name: str, net: Net, pct: int) -> None:
+        self.nodes[name].loss[net] = pct
+
+    def heal(self) -> None:
+        for n in self.nodes.values():
+            n.links = {Net.PUBLIC: True, Net.PRIVATE: True}
+            n.loss = {Net.PUBLIC: 0, Net.PRIVATE: 0}
+            n.frozen = False
+            self.boot(n.name)
+            self.start_agent(n.name)
+
+    def run(self, seconds: float) -> None:
+        for _ in range(int(round(seconds / TICK))):
+            self.tick()
+
+    # -- final checks -----------------------------------------------------------
+
+    def primaries(self) -> list[Node]:
+        return [n for n in self.nodes.values() if n.pg is DbState.PRIMARY]
+
+    def lost(self) -> list[int]:
+        """Acknowledged calls missing from the (single) primary."""
+        ps = self.primaries()
+        if len(ps) != 1:
+            return []
+        have = set(ps[0].data)
+        return [c for c in self.acked if c not in have]

@@ -1,0 +1,230 @@
+"""The decision core, driven through the seed's cases and through random fault schedules."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from standby.decide import PgCrashPolicy, Policy
+from standby.model import DbState, Net
+from tests.unit.sim import World
+
+
+def policies(sync: bool = True, degrade: float = 0.0, hot: bool = True,
+             pg_crash: PgCrashPolicy = PgCrashPolicy.FAILOVER) -> dict[str, Policy]:
+    base = dict(hot=hot, sync=sync, failover_timeout_s=1.0, fence_timeout_s=0.7, link_timeout_s=5.0,
+                degrade_after_s=degrade, max_lag_bytes=3, pg_crash=pg_crash)
+    return {"a": Policy(preferred=True, **base), "b": Policy(preferred=False, **base)}  # type: ignore[arg-type]
+
+
+def started(**kw: object) -> World:
+    w = World(policies(**kw), seed=1)  # type: ignore[arg-type]
+    w.run(2.0)
+    assert w.nodes["a"].pg is DbState.PRIMARY and w.nodes["b"].streaming
+    return w
+
+
+def roles(w: World) -> tuple[str, str]:
+    """(database primary, service IP holder), among nodes that are running."""
+    (p,) = [n.name for n in w.primaries() if n.alive and not n.frozen]
+    (h,) = [n.name for n in w.nodes.values() if n.holds_ips and n.alive and not n.frozen]
+    return p, h
+
+
+# -- the seed's cases, one by one ---------------------------------------------------
+
+
+def test_primary_host_dead_everything_moves() -> None:
+    w = started()
+    w.crash("a")
+    w.run(3.0)
+    assert roles(w) == ("b", "b")
+    assert w.lost() == []
+    assert w.nodes["b"].state.term == 1
+
+
+def test_primary_isolated_fences_itself_and_standby_takes_over() -> None:
+    w = started()
+    w.link("a", Net.PUBLIC, False)
+    w.link("a", Net.PRIVATE, False)
+    w.run(3.0)
+    assert w.nodes["a"].state.fenced and w.nodes["a"].pg is DbState.DOWN
+    assert not w.nodes["a"].holds_ips
+    assert roles(w) == ("b", "b")
+    w.heal()
+    w.run(5.0)
+    assert roles(w) == ("b", "b")  # the fenced primary stays down until rejoined
+    assert w.lost() == []
+
+
+def test_public_lost_at_primary_moves_services_only() -> None:
+    w = started()
+    w.link("a", Net.PUBLIC, False)
+    w.run(8.0)
+    assert roles(w) == ("a", "b")
+    acked = len(w.acked)
+    w.run(2.0)
+    assert len(w.acked) > acked  # services on b write to a's database over the private network
+
+
+def test_private_lost_at_primary_moves_database_only() -> None:
+    w = started()
+    w.link("a", Net.PRIVATE, False)
+    w.run(8.0)
+    assert roles(w) == ("b", "a")
+    assert w.lost() == []
+    acked = len(w.acked)
+    w.run(2.0)
+    assert len(w.acked) > acked  # services on a reach b's database over the public network
+
+
+def test_short_single_link_outage_changes_nothing() -> None:
+    w = started()
+    for net in Net:
+        w.link("a", net, False)
+        w.run(2.0)
+        w.link("a", net, True)
+        w.run(2.0)
+    assert roles(w) == ("a", "a") and w.role_changes == 0
+
+
+def test_packet_loss_on_one_link_changes_nothing() -> None:
+    w = started()
+    w.set_loss("a", Net.PRIVATE, 20)
+    w.run(30.0)
+    w.set_loss("a", Net.PRIVATE, 0)
+    w.set_loss("b", Net.PUBLIC, 20)
+    w.run(30.0)
+    assert roles(w) == ("a", "a") and w.role_changes == 0
+
+
+def test_standby_dead_primary_keeps_serving_and_sync_commits_wait() -> None:
+    w = started()
+    w.crash("b")
+    acked = len(w.acked)
+    w.run(5.0)
+    assert roles(w) == ("a", "a")
+    assert len(w.acked) == acked  # zero loss: nothing acknowledged without the standby
+
+
+def test_standby_dead_with_degrade_primary_goes_async() -> None:
+    w = started(degrade=2.0)
+    w.crash("b")
+    acked = len(w.acked)
+    w.run(5.0)
+    assert roles(w) == ("a", "a") and w.nodes["a"].state.degraded
+    assert len(w.acked) > acked
+
+
+def test_frozen_primary_comes_back_fenced() -> None:
+    w = started()
+    w.freeze("a")
+    w.run(3.0)
+    assert roles(w) == ("b", "b")
+    w.thaw("a")
+    w.run(1.0)
+    assert w.nodes["a"].state.fenced and w.nodes["a"].pg is DbState.DOWN
+    assert roles(w) == ("b", "b")
+    assert w.lost() == []
+
+
+def test_pg_crash_on_primary_fails_over_to_in_sync_standby() -> None:
+    w = started()
+    w.kill_pg("a")
+    w.run(2.0)
+    assert roles(w)[0] == "b"
+    assert w.nodes["a"].state.fenced
+    assert w.lost() == []
+
+
+def test_pg_crash_with_restart_policy_restarts_in_place() -> None:
+    w = started(pg_crash=PgCrashPolicy.RESTART)
+    w.kill_pg("a")
+    w.run(2.0)
+    assert roles(w) == ("a", "a") and not w.nodes["a"].state.fenced
+
+
+def test_agent_restarted_mid_failover_converges() -> None:
+    w = started()
+    w.crash("a")
+    w.run(1.2)  # b has decided by now
+    w.kill_agent("b")
+    w.run(1.0)
+    w.start_agent("b")
+    w.run(3.0)
+    assert roles(w) == ("b", "b")
+
+
+def test_warm_standby_never_promotes() -> None:
+    w = started(hot=False)
+    w.crash("a")
+    w.run(10.0)
+    assert w.primaries() == [] and w.nodes["b"].pg is DbState.STANDBY
+
+
+def test_rebooted_old_primary_does_not_come_back_writable() -> None:
+    w = started()
+    w.crash("a")
+    w.run(3.0)
+    w.boot("a")
+    w.run(5.0)
+    assert roles(w) == ("b", "b")
+    assert w.nodes["a"].pg is DbState.DOWN
+
+
+def test_flapping_link_bounded_role_changes() -> None:
+    w = started()
+    for _ in range(15):
+        w.link("a", Net.PUBLIC, False)
+        w.run(1.0)
+        w.link("a", Net.PUBLIC, True)
+        w.run(1.0)
+    assert w.role_changes == 0
+
+
+# -- random fault schedules ------------------------------------------------------------
+
+FAULTS = ["crash", "boot", "freeze", "thaw", "link_down", "link_up", "loss", "kill_pg", "kill_agent",
+          "start_agent", "wait"]
+
+schedule = st.lists(
+    st.tuples(st.sampled_from(FAULTS), st.sampled_from(["a", "b"]), st.sampled_from(list(Net)),
+              st.integers(0, 100), st.floats(0.1, 4.0)),
+    min_size=1, max_size=12,
+)
+
+
+def apply(w: World, fault: str, node: str, net: Net, pct: int) -> None:
+    match fault:
+        case "crash": w.crash(node)
+        case "boot": w.boot(node)
+        case "freeze": w.freeze(node)
+        case "thaw": w.thaw(node)
+        case "link_down": w.link(node, net, False)
+        case "link_up": w.link(node, net, True)
+        case "loss": w.set_loss(node, net, pct)
+        case "kill_pg": w.kill_pg(node)
+        case "kill_agent": w.kill_agent(node)
+        case "start_agent": w.start_agent(node)
+
+
+@pytest.mark.parametrize("sync,degrade", [(True, 0.0), (True, 3.0), (False, 0.0)])
+@settings(max_examples=int(os.environ.get("STANDBY_SIM_EXAMPLES", "150")), deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(steps=schedule, seed=st.integers(0, 2**16))
+def test_random_faults_keep_the_invariants(sync: bool, degrade: float, steps: list, seed: int) -> None:
+    """Never two writable primaries, never two holders of the service IPs, terms never go back,
+    fenced nodes stay down (all raised inside the world), and in sync mode without degrade no
+    acknowledged call is ever lost."""
+    w = World(policies(sync=sync, degrade=degrade), seed=seed)
+    w.run(2.0)
+    for fault, node, net, pct, wait in steps:
+        apply(w, fault, node, net, pct)
+        w.run(wait)
+    w.heal()
+    w.run(10.0)
+    assert len(w.primaries()) <= 1, w.log
+    if sync and degrade == 0:
+        assert w.lost() == [], w.log
