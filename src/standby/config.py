@@ -103,6 +103,14 @@ def _argv(value: list[str]) -> list[str]:
 Argv = Annotated[list[str], AfterValidator(_argv)]
 
 
+class Placement(StrEnum):
+    ACTIVE = "active"  # runs only on the node holding the service IPs (started on takeover)
+    # Runs on both nodes all the time; only the service IPs move. A failover
+    # then waits for no process start (the service must find the primary by
+    # itself, e.g. with a libpq host list and target_session_attrs=read-write).
+    EVERYWHERE = "everywhere"
+
+
 class Service(_Strict):
     """A service that runs on the node holding the service role.
 
@@ -115,6 +123,7 @@ class Service(_Strict):
     stop: Argv
     health: Argv | None = None
     timeout_s: float = Field(10.0, gt=0, le=600)
+    placement: Placement = Placement.ACTIVE
 
     def argv(self, which: str, node: str) -> list[str] | None:
         """A command with ``{node}`` replaced by the local node's name (for per-node paths)."""
@@ -150,8 +159,16 @@ class Postgres(_Strict):
         return v
 
 
+class OnPostgresCrash(StrEnum):
+    FAILOVER = "failover"  # hand over to the standby if it holds every acknowledged commit, else restart
+    RESTART = "restart"  # always crash-recover in place
+
+
 class Replication(_Strict):
     durability: Durability = Durability.SYNC
+    # What a live primary does when its PostgreSQL dies. Failing over to an
+    # in-sync standby is faster than crash recovery; without one, restart.
+    on_postgres_crash: OnPostgresCrash = OnPostgresCrash.FAILOVER
     # In sync mode: seconds a primary waits for a lost standby before going
     # async (0 = never: commits wait, zero loss guaranteed).
     degrade_after_s: float = Field(0.0, ge=0)
@@ -161,9 +178,16 @@ class Replication(_Strict):
 
 
 class Timings(_Strict):
-    heartbeat_interval_ms: int = Field(200, ge=20, le=10_000)
-    failover_timeout_ms: int = Field(1000, ge=100, le=600_000)
-    fence_timeout_ms: int = Field(700, ge=50, le=600_000)
+    # Defaults give about one second from a dead primary to a serving standby on a LAN.
+    heartbeat_interval_ms: int = Field(150, ge=20, le=10_000)
+    failover_timeout_ms: int = Field(750, ge=100, le=600_000)
+    fence_timeout_ms: int = Field(450, ge=50, le=600_000)
+    # One network down this long at the node holding a role moves that role
+    # (services for the public network, the database for the private one).
+    # Long enough that a short outage of one link changes nothing.
+    link_timeout_ms: int = Field(5000, ge=100, le=600_000)
+    # Services failing their health check this long move to the peer.
+    service_unhealthy_ms: int = Field(5000, ge=100, le=600_000)
 
     @model_validator(mode="after")
     def _order(self) -> Timings:
@@ -232,6 +256,9 @@ class Config(_Strict):
     alerts: Alerts = Alerts()
     api: Api = Api()
     heartbeat_key_file: Path | None = None
+    heartbeat_port: int = Field(8009, ge=1, le=65535)
+    # Move the service role to the peer when the services keep failing their health check.
+    services_move_on_failure: bool = True
     state_dir: Path = Path("/var/lib/standby")
 
     @field_validator("nodes")
@@ -289,6 +316,13 @@ class Config(_Strict):
                 )
             if not self.service_ips:
                 problems.append("service_ips: hot mode needs at least one service IP that floats to the active node")
+        deg = self.replication.degrade_after_s
+        if deg and deg * 1000 < 2 * self.timings.failover_timeout_ms:
+            problems.append(
+                f"replication.degrade_after_s: {deg:g} is too short; it must be at least twice "
+                f"timings.failover_timeout_ms ({self.timings.failover_timeout_ms} ms) so the standby gives up "
+                "its claim to promotion before the primary stops waiting for it"
+            )
         if problems:
             raise ValueError("\n".join(problems))
         return self

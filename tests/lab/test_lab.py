@@ -275,6 +275,10 @@ def test_freeze_and_thaw(healed: Lab) -> None:
     assert pids and all(proc_state(p) == "T" for p in pids)
     assert lab.status()["nodes"]["alpha"]["frozen"] is True
     assert pg_isready(lab, "beta", ALPHA_PRIV) != 0
+    # Like a paused VM, its kernel answers nothing either: no ping, no ARP for the service IP.
+    assert received(lab, "beta", ALPHA_PRIV, 3) == 0
+    arp = lab.run("client", ["arping", "-c", "2", "-w", "2", "-I", "pub0", SERVICE], check=False)
+    assert arp.returncode != 0, arp.stdout
     lab.thaw("alpha")
     assert not any(proc_state(p) == "T" for p in netns_pids(ns))
     assert lab.status()["nodes"]["alpha"]["frozen"] is False

@@ -5,7 +5,7 @@ from __future__ import annotations
 import subprocess
 from dataclasses import dataclass
 
-from standby.config import Service
+from standby.config import Placement, Service
 
 
 @dataclass(frozen=True)
@@ -32,13 +32,14 @@ def run(svc: Service, which: str, node: str) -> CommandResult:
                          f"exit {res.returncode}" + (f": {out[-1]}" if out else ""))
 
 
-def start_all(services: list[Service], node: str) -> list[CommandResult]:
-    return [run(s, "start", node) for s in services]
+def start_all(services: list[Service], node: str, placement: Placement | None = None) -> list[CommandResult]:
+    """Start the services (of one placement, if given), in order."""
+    return [run(s, "start", node) for s in services if placement is None or s.placement is placement]
 
 
-def stop_all(services: list[Service], node: str) -> list[CommandResult]:
+def stop_all(services: list[Service], node: str, placement: Placement | None = None) -> list[CommandResult]:
     # Stop in reverse order of start, so dependents go first.
-    return [run(s, "stop", node) for s in reversed(services)]
+    return [run(s, "stop", node) for s in reversed(services) if placement is None or s.placement is placement]
 
 
 def healthy(services: list[Service], node: str) -> tuple[bool, list[CommandResult]]:

@@ -28,6 +28,10 @@ APP_DSN = "app.dsn"  # the sample softswitch's connection string (holds a passwo
 SOFTSWITCH_PORT = 8080
 
 
+def app_dsn_for(node: str) -> str:
+    return f"app-{node}.dsn"
+
+
 def softswitch_service(spec: LabSpec) -> dict[str, Any]:
     """The sample softswitch as a [[services]] entry; {node} is filled in by the agent."""
     py = [sys.executable, "-m", "standby.lab.softswitch"]
@@ -35,11 +39,14 @@ def softswitch_service(spec: LabSpec) -> dict[str, Any]:
     pidfile = str(node_dir / "procs" / "softswitch.pid")
     return {
         "name": "softswitch",
-        "start": [*py, "start", "--dsn-file", str(spec.secret(APP_DSN)), "--listen", f"0.0.0.0:{SOFTSWITCH_PORT}",
+        "start": [*py, "start", "--dsn-file", str(spec.secret(app_dsn_for("{node}"))), "--listen", f"0.0.0.0:{SOFTSWITCH_PORT}",
                   "--pidfile", pidfile, "--logfile", str(node_dir / "log" / "softswitch.log")],
         "stop": [*py, "stop", "--pidfile", pidfile],
         "health": [*py, "health", "--url", f"http://127.0.0.1:{SOFTSWITCH_PORT}/health", "-q"],
         "timeout_s": 20,
+        # Warm on both nodes: it follows the primary through its host list, so a
+        # failover only moves the address and waits for no process start.
+        "placement": "everywhere",
     }
 
 

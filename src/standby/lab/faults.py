@@ -42,12 +42,39 @@ def _proc_state(pid: int) -> str | None:
     return None
 
 
+# A frozen host (a paused VM) answers nothing, not even ARP: its kernel is frozen
+# too. SIGSTOP alone would leave the namespace's kernel answering, so freezing
+# also drops every packet, ARP included, until the thaw.
+FREEZE_TABLES = (("inet", "standby_lab_freeze"), ("arp", "standby_lab_freeze_arp"))
+
+
+def _block_network(ns: str) -> None:
+    script = []
+    for family, table in FREEZE_TABLES:
+        script += [
+            f"table {family} {table} {{",
+            "  chain input { type filter hook input priority -20; policy drop; }",
+            "  chain output { type filter hook output priority -20; policy drop; }",
+            "}",
+        ]
+    netns.run_in(ns, ["nft", "-f", "-"], input="\n".join(script) + "\n")
+
+
+def _unblock_network(ns: str) -> None:
+    for family, table in FREEZE_TABLES:
+        netns.run_in(ns, ["nft", "delete", "table", family, table], check=False)
+
+
 def freeze(ns: str) -> list[int]:
+    _block_network(ns)
     return netns.signal_all(ns, signal.SIGSTOP)
 
 
 def thaw(ns: str) -> list[int]:
-    return netns.signal_all(ns, signal.SIGCONT)
+    pids = netns.signal_all(ns, signal.SIGCONT)
+    if netns.exists(ns):
+        _unblock_network(ns)
+    return pids
 
 
 def stopped_pids(ns: str) -> list[int]:

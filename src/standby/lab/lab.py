@@ -6,7 +6,9 @@ import json
 import os
 import secrets
 import shutil
+import signal
 import subprocess
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -217,18 +219,29 @@ class Lab:
                 f.write(secrets.token_urlsafe(32) + "\n")
 
     def _write_app_dsn(self) -> None:
-        """How the sample softswitch reaches whichever node is primary, over either network."""
+        """How the sample softswitch reaches whichever node is primary, over either network.
+
+        One file for any client (``app.dsn``) and one per node, listing that
+        node's own addresses first: after a failover the service on the new
+        primary finds its local database at once instead of first timing out
+        on the dead peer.
+        """
         nodes = self.spec.nodes()
-        hosts = [n.private.address.split("/")[0] for n in nodes] + [n.public.address.split("/")[0] for n in nodes]
-        path = self.spec.secret(configfile.APP_DSN)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(
-                f"host={','.join(hosts)} port={PG_PORT} dbname=softswitch user=softswitch "
-                f"password={self._secret('app.password')} target_session_attrs=read-write "
-                "connect_timeout=1 tcp_user_timeout=1000 keepalives=1 keepalives_idle=1 "
-                "keepalives_interval=1 keepalives_count=2\n"
-            )
+
+        def hosts(first: str | None) -> list[str]:
+            order = sorted(nodes, key=lambda n: n.name != first)
+            return [n.private.address.split("/")[0] for n in order] + [n.public.address.split("/")[0] for n in order]
+
+        for name, first in [(configfile.APP_DSN, None)] + [(configfile.app_dsn_for(n.name), n.name) for n in nodes]:
+            path = self.spec.secret(name)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(
+                    f"host={','.join(hosts(first))} port={PG_PORT} dbname=softswitch user=softswitch "
+                    f"password={self._secret('app.password')} target_session_attrs=read-write "
+                    "connect_timeout=2 tcp_user_timeout=1000 keepalives=1 keepalives_idle=1 "
+                    "keepalives_interval=1 keepalives_count=2\n"
+                )
 
     def _secret(self, name: str) -> str:
         return self.spec.secret(name).read_text().strip()
@@ -294,6 +307,79 @@ class Lab:
     def stop_spawned(self, node: str, name: str) -> None:
         procs.stop(self.netns(node), self._proc_paths(node, name)[1])
 
+    # -- the product on the lab ------------------------------------------
+
+    def standby(self, node: str, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        """Run a `standby` command inside a node, with this lab's config and the node's name."""
+        exe = str(Path(sys.executable).with_name("standby"))
+        return self.run(node, [exe, *args, "--config", str(self.config_path), "--node", node], check=check)
+
+    def bootstrap(self) -> None:
+        """Make alpha and beta a streaming pair (the primary first)."""
+        self.standby("alpha", "bootstrap", "--restart")
+        self.standby("beta", "bootstrap")
+
+    def start_agent(self, node: str) -> None:
+        """The agent under a supervisor that fences after an unclean death, as systemd's unit does."""
+        exe = str(Path(sys.executable).with_name("standby"))
+        self.spawn(node, [exe, "agent", "--respawn", "-v", "--config", str(self.config_path), "--node", node], "agent")
+
+    def stop_agent(self, node: str) -> None:
+        self.stop_spawned(node, "agent")
+
+    def agent_pid(self, node: str) -> int | None:
+        """The agent process itself (the supervisor's child)."""
+        sup = procs.read_pid(self._proc_paths(node, "agent")[1])
+        if sup is None:
+            return None
+        kids = Path(f"/proc/{sup}/task/{sup}/children")
+        try:
+            pids = [int(p) for p in kids.read_text().split()]
+        except (FileNotFoundError, ValueError):
+            return None
+        return pids[0] if pids else None
+
+    def kill_agent(self, node: str) -> int | None:
+        """SIGKILL the agent (its supervisor then fences if needed and starts a new one)."""
+        pid = self.agent_pid(node)
+        if pid is not None:
+            os.kill(pid, signal.SIGKILL)
+        return pid
+
+    def kill_postgres(self, node: str) -> int | None:
+        """SIGKILL the postmaster: PostgreSQL crashes, the host lives on."""
+        pid = pgnode.postmaster_pid(self.node(node))
+        if pid is not None:
+            os.kill(pid, signal.SIGKILL)
+        return pid
+
+    def agent_status(self, node: str, timeout_s: float = 2.0) -> dict[str, Any] | None:
+        """The node agent's own view (GET /status on its API), or None if it does not answer."""
+        import urllib.error
+        import urllib.request
+
+        url = f"http://{self.node(node).public.address.split('/')[0]}:8008/status"
+
+        def get() -> dict[str, Any] | None:
+            try:
+                with urllib.request.urlopen(url, timeout=timeout_s) as r:
+                    return json.loads(r.read())
+            except (urllib.error.URLError, OSError, ValueError):
+                return None
+
+        return netns.call_in(self.netns(node), get)  # type: ignore[no-any-return]
+
+    def wait_for(self, what: str, predicate: Any, timeout_s: float = 30.0, every_s: float = 0.1) -> Any:
+        """Poll until ``predicate()`` is truthy; raise LabError naming ``what`` on timeout."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            value = predicate()
+            if value:
+                return value
+            if time.monotonic() >= deadline:
+                raise LabError(f"timed out after {timeout_s:g}s waiting for {what}")
+            time.sleep(every_s)
+
     # -- PostgreSQL -----------------------------------------------------
 
     def pg_start(self, node: str) -> None:
@@ -333,7 +419,7 @@ class Lab:
         faults.kill_everything(ns)
 
     def freeze(self, node: str) -> None:
-        """Stop every process of the host (SIGSTOP). Its kernel still answers ARP, ping and TCP handshakes."""
+        """Freeze the host like a paused VM: every process stopped (SIGSTOP), no packet in or out, ARP included."""
         faults.freeze(self.netns(self._role(node, HOST_ROLES)))
 
     def thaw(self, node: str) -> None:

@@ -135,3 +135,41 @@ def addresses(ns: str, ifname: str) -> list[str]:
             if a.get("family") == "inet":
                 out.append(f"{a['local']}/{a['prefixlen']}")
     return out
+
+
+_libc = None
+
+
+def call_in(ns: str, fn: Any, *args: Any) -> Any:
+    """Run ``fn(*args)`` in a thread that has entered namespace ``ns``.
+
+    setns(2) changes only the calling thread, and sockets keep the namespace
+    they were created in, so the test process can talk to lab addresses
+    without a subprocess.
+    """
+    import ctypes
+    import threading
+
+    global _libc
+    if _libc is None:
+        _libc = ctypes.CDLL(None, use_errno=True)
+    out: dict[str, Any] = {}
+
+    def target() -> None:
+        fd = os.open(NETNS_DIR / ns, os.O_RDONLY)
+        try:
+            if _libc.setns(fd, 0x40000000) != 0:  # CLONE_NEWNET
+                raise OSError(ctypes.get_errno(), f"setns into {ns} failed")
+        finally:
+            os.close(fd)
+        try:
+            out["value"] = fn(*args)
+        except BaseException as e:  # handed back to the caller's thread
+            out["error"] = e
+
+    t = threading.Thread(target=target, name=f"netns-{ns}", daemon=True)
+    t.start()
+    t.join()
+    if "error" in out:
+        raise out["error"]
+    return out.get("value")

@@ -1,0 +1,1 @@
+"""The node agent: observe, decide (standby.decide), act, and tell the peer."""

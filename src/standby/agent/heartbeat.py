@@ -1,0 +1,161 @@
+"""Heartbeats: small authenticated UDP messages between the two agents, on both networks.
+
+Wire format: a JSON body followed by its HMAC-SHA256 (32 bytes) under the
+shared key. A message is accepted only if the MAC verifies, it names this
+cluster and the peer, and its (boot, seq) is newer than any accepted before:
+boot grows with every agent start (persisted), seq with every message, so a
+recorded message can never be played back. Anything else is counted and
+dropped; no input can raise out of `Receiver.accept`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any
+
+from standby.model import DbState, Net, PeerView
+
+VERSION = 1
+MAC_LEN = 32
+MAX_PACKET = 2048
+
+
+class Reject(Exception):
+    def __init__(self, kind: str, detail: str = "") -> None:
+        super().__init__(f"{kind}: {detail}" if detail else kind)
+        self.kind = kind
+
+
+@dataclass(frozen=True)
+class Heartbeat:
+    cluster: str
+    sender: str
+    boot: int
+    seq: int
+    net: Net
+    digest: str  # of the sender's configuration
+    view: PeerView
+
+
+def view_to_dict(v: PeerView) -> dict[str, Any]:
+    return {
+        "term": v.term, "db": v.db.value, "services": v.services, "lsn": v.lsn, "sync_ok": v.sync_ok,
+        "carrier": {k.value: bool(b) for k, b in v.carrier.items()}, "tiebreaker_ok": v.tiebreaker_ok,
+        "releasing_services": v.releasing_services, "preferred": v.preferred,
+    }
+
+
+def encode(hb: Heartbeat, key: bytes) -> bytes:
+    body = json.dumps({
+        "v": VERSION, "cluster": hb.cluster, "from": hb.sender, "boot": hb.boot, "seq": hb.seq,
+        "net": hb.net.value, "digest": hb.digest, "view": view_to_dict(hb.view),
+    }, separators=(",", ":"), sort_keys=True).encode()
+    return body + hmac.new(key, body, hashlib.sha256).digest()
+
+
+def _typed(d: dict[str, Any], name: str, kind: type | tuple[type, ...]) -> Any:
+    if name not in d:
+        raise Reject("malformed", f"missing {name}")
+    value = d[name]
+    # bool is an int in Python: do not let true pass as a number or 1 as a flag.
+    if isinstance(value, bool) and kind not in (bool, (bool, type(None))):
+        raise Reject("malformed", f"{name} has the wrong type")
+    if not isinstance(value, kind):
+        raise Reject("malformed", f"{name} has the wrong type")
+    return value
+
+
+def _view(d: Any) -> PeerView:
+    if not isinstance(d, dict):
+        raise Reject("malformed", "view is not an object")
+    carrier_raw = _typed(d, "carrier", dict)
+    try:
+        carrier = {Net(k): bool(v) for k, v in carrier_raw.items() if isinstance(v, bool)}
+        db = DbState(_typed(d, "db", str))
+    except ValueError as e:
+        raise Reject("malformed", str(e)) from None
+    lsn = _typed(d, "lsn", (int, type(None)))
+    term = _typed(d, "term", int)
+    if term < 0 or (lsn is not None and lsn < 0):
+        raise Reject("malformed", "negative term or lsn")
+    return PeerView(
+        term=term, db=db, services=_typed(d, "services", bool), lsn=lsn, sync_ok=_typed(d, "sync_ok", bool),
+        carrier=carrier, tiebreaker_ok=_typed(d, "tiebreaker_ok", (bool, type(None))),
+        releasing_services=_typed(d, "releasing_services", bool), preferred=_typed(d, "preferred", bool),
+    )
+
+
+def decode(packet: bytes, key: bytes) -> Heartbeat:
+    """Verify and parse one packet; raises Reject (never anything else)."""
+    try:
+        if len(packet) <= MAC_LEN or len(packet) > MAX_PACKET:
+            raise Reject("malformed", f"{len(packet)} bytes")
+        body, mac = packet[:-MAC_LEN], packet[-MAC_LEN:]
+        if not hmac.compare_digest(mac, hmac.new(key, body, hashlib.sha256).digest()):
+            raise Reject("forged", "bad MAC")
+        d = json.loads(body)
+        if not isinstance(d, dict):
+            raise Reject("malformed", "not an object")
+        if _typed(d, "v", int) != VERSION:
+            raise Reject("malformed", f"unknown version {d['v']}")
+        try:
+            net = Net(_typed(d, "net", str))
+        except ValueError:
+            raise Reject("malformed", "unknown network") from None
+        boot, seq = _typed(d, "boot", int), _typed(d, "seq", int)
+        if boot < 0 or seq < 0:
+            raise Reject("malformed", "negative counter")
+        return Heartbeat(cluster=_typed(d, "cluster", str), sender=_typed(d, "from", str), boot=boot, seq=seq,
+                         net=net, digest=_typed(d, "digest", str), view=_view(d.get("view")))
+    except Reject:
+        raise
+    except (ValueError, TypeError, RecursionError, UnicodeDecodeError) as e:
+        raise Reject("malformed", type(e).__name__) from None
+
+
+class Receiver:
+    """Accepts the peer's heartbeats in order, per network; counts everything it refuses.
+
+    Each packet carries its own sequence number, so the copies sent on the two
+    networks are distinct messages; ordering is enforced per network, because
+    the two paths may reorder against each other.
+    """
+
+    def __init__(self, key: bytes, cluster: str, peer: str, digest: str) -> None:
+        self.key, self.cluster, self.peer, self.digest = key, cluster, peer, digest
+        self.last: dict[Net, tuple[int, int]] = {n: (-1, -1) for n in Net}
+        self.newest: tuple[int, int] = (-1, -1)
+        self.rejected: Counter[str] = Counter()
+        self.accepted = 0
+        self.mismatched_digest: str | None = None
+
+    def accept(self, packet: bytes, arrived_on: Net) -> Heartbeat | None:
+        """The heartbeat if valid and new; None otherwise (and counted)."""
+        try:
+            hb = decode(packet, self.key)
+            if hb.cluster != self.cluster or hb.sender != self.peer:
+                raise Reject("foreign", f"{hb.cluster}/{hb.sender}")
+            if hb.net is not arrived_on:
+                raise Reject("wrong_network", f"sent for {hb.net.value}, arrived on {arrived_on.value}")
+            if (hb.boot, hb.seq) <= self.last[hb.net]:
+                raise Reject("replay", f"boot {hb.boot} seq {hb.seq}")
+            if hb.digest != self.digest:
+                self.mismatched_digest = hb.digest
+                raise Reject("config_mismatch", hb.digest[:12])
+        except Reject as r:
+            self.rejected[r.kind] += 1
+            return None
+        self.last[hb.net] = (hb.boot, hb.seq)
+        self.accepted += 1
+        return hb
+
+    def is_newest(self, hb: Heartbeat) -> bool:
+        """True (and remembered) if no later message from the peer was seen on any network."""
+        if (hb.boot, hb.seq) > self.newest:
+            self.newest = (hb.boot, hb.seq)
+            return True
+        return False

@@ -1,0 +1,480 @@
+"""The imperative shell around the decision core: observe, decide, act, heartbeat.
+
+Everything that blocks (PostgreSQL, netlink, service commands) runs in worker
+threads so the event loop keeps its rhythm: the heartbeat sender's own gaps
+are what tell the decisions that this process was stalled (frozen).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import math
+import socket
+import time
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
+from typing import Any, TypeVar
+
+import psycopg
+
+from standby.act import addresses, services
+from standby.act import postgres as pgact
+from standby.agent.heartbeat import Heartbeat, Receiver, encode
+from standby.agent.store import Store
+from standby.config import Config, Durability, Mode, Placement, read_secret
+from standby.decide import PgCrashPolicy, Policy, State, advertise, decide
+from standby.model import Action, ActionKind, DbState, LocalPg, Lsn, Net, Observation, PeerView
+from standby.observe import postgres as pgobs
+from standby.observe import probes
+
+log = logging.getLogger("standby.agent")
+T = TypeVar("T")
+IP_FREEBIND = 15  # linux/in.h; not exported by the socket module
+
+
+def config_digest(cfg: Config) -> str:
+    """Both agents must run the same configuration; heartbeats carry this to prove it."""
+    return hashlib.sha256(json.dumps(cfg.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()
+
+
+def policy_for(cfg: Config, node: str, suspended: bool = False) -> Policy:
+    t = cfg.timings
+    return Policy(
+        hot=cfg.mode is Mode.HOT and not suspended,
+        sync=cfg.replication.durability is Durability.SYNC,
+        preferred=node == cfg.preferred_primary,
+        failover_timeout_s=t.failover_timeout_ms / 1000,
+        fence_timeout_s=t.fence_timeout_ms / 1000,
+        link_timeout_s=t.link_timeout_ms / 1000,
+        degrade_after_s=cfg.replication.degrade_after_s,
+        max_lag_bytes=cfg.replication.max_lag_on_failover_bytes,
+        pg_crash=PgCrashPolicy(cfg.replication.on_postgres_crash.value),
+        services_move_on_failure=cfg.services_move_on_failure,
+        unhealthy_after_s=t.service_unhealthy_ms / 1000,
+        has_service_ips=bool(cfg.service_ips),
+    )
+
+
+class RefusedToStart(Exception):
+    """The agent will not run; the message says why and what to fix."""
+
+
+@dataclass
+class Counters:
+    decisions: int = 0
+    actions: dict[str, int] = field(default_factory=dict)
+    sent: dict[str, int] = field(default_factory=lambda: {n.value: 0 for n in Net})
+    send_errors: dict[str, int] = field(default_factory=lambda: {n.value: 0 for n in Net})
+
+
+class Agent:
+    def __init__(self, cfg: Config, node: str) -> None:
+        if cfg.heartbeat_key_file is None:
+            raise RefusedToStart("heartbeat_key_file: required to run the agent (a shared secret, mode 600, same on both nodes)")
+        self.cfg, self.node, self.peer = cfg, node, cfg.peer_of(node)
+        self.key = read_secret(cfg.heartbeat_key_file, "heartbeat_key_file").encode()
+        self.digest = config_digest(cfg)
+        self.store = Store(cfg.state_dir_for(node), node)
+        self.receiver = Receiver(self.key, cfg.cluster, self.peer, self.digest)
+        self.suspended = False
+        self.policy = policy_for(cfg, node)
+        self.heard: dict[Net, float | None] = {n: None for n in Net}
+        self.peer_view: PeerView | None = None
+        self.seq = 0
+        self.boot = 0
+        self.pg = LocalPg(DbState.DOWN)
+        self.sync_names: str | None = None
+        self.carrier: dict[Net, bool] = {n: False for n in Net}
+        self.tiebreaker_at = -math.inf
+        self.services_healthy: bool | None = None
+        self.ip_elsewhere: bool | None = None
+        self.state = State()
+        self.counters = Counters()
+        self.recent: deque[dict[str, Any]] = deque(maxlen=50)
+        self.max_send_gap = 0.0
+        self.last_send = time.monotonic()
+        self.startup_gap = 0.0
+        self.stopping = asyncio.Event()
+        self.in_flight: set[ActionKind] = set()
+        self._conn: psycopg.Connection | None = None
+        # One thread for PostgreSQL (its connection is not shared), one for services and addresses.
+        self.pg_pool = ThreadPoolExecutor(1, thread_name_prefix="pg")
+        self.svc_pool = ThreadPoolExecutor(1, thread_name_prefix="svc")
+        self.probe_pool = ThreadPoolExecutor(2, thread_name_prefix="probe")
+        self.sockets: dict[Net, socket.socket] = {}
+
+    # -- helpers ------------------------------------------------------------------
+
+    async def _in(self, pool: ThreadPoolExecutor, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(pool, fn, *args)
+
+    def event(self, event: str, **detail: Any) -> None:
+        entry = self.store.record(event, **detail)
+        self.recent.append(entry)
+        log.info("%s %s", event, " ".join(f"{k}={v}" for k, v in detail.items()))
+
+    # -- start-up -----------------------------------------------------------------
+
+    async def _restore(self) -> None:
+        now = time.monotonic()
+        live = self.store.read_liveness()
+        if live is not None and not live.clean:
+            # The previous agent died without saying goodbye: nobody decided for
+            # this node since its last decision. Treat that like a stall.
+            self.startup_gap = max(0.0, now - live.last_decision)
+        kept = self.store.load_state()
+        holding = await self._in(self.svc_pool, lambda: any(addresses.held(sip) for sip in self.cfg.service_ips))
+        self.state = State(**kept, started_at=now, services=holding)  # type: ignore[arg-type]
+        self.boot = self.store.next_boot()
+        self.event("agent_started", boot=self.boot, restored=kept, holds_service_ips=holding,
+                   unattended_for_s=round(self.startup_gap, 3))
+
+    def _open_sockets(self) -> None:
+        loop = asyncio.get_running_loop()
+        for net in Net:
+            link = getattr(self.cfg.nodes[self.node], net.value)
+            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            s.setsockopt(socket.IPPROTO_IP, IP_FREEBIND, 1)  # bind even while the link is down
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, link.interface.encode())
+            s.bind((str(link.ip), self.cfg.heartbeat_port))
+            s.setblocking(False)
+            loop.add_reader(s.fileno(), self._on_packet, s, net)
+            self.sockets[net] = s
+
+    # -- heartbeats -----------------------------------------------------------------
+
+    def _on_packet(self, s: socket.socket, net: Net) -> None:
+        for _ in range(16):
+            try:
+                data, addr = s.recvfrom(4096)
+            except OSError:  # nothing more to read (or the socket is gone)
+                return
+            if addr[0] != str(getattr(self.cfg.nodes[self.peer], net.value).ip):
+                self.receiver.rejected["foreign"] += 1  # only the peer's own address may speak here
+                continue
+            hb = self.receiver.accept(data, net)
+            if hb is None:
+                continue
+            self.heard[net] = time.monotonic()
+            if self.receiver.is_newest(hb):
+                self.peer_view = hb.view
+
+    def _advertised(self) -> PeerView:
+        return advertise(self.state, self.pg, self.carrier, self._tiebreaker_ok(), self.policy.preferred,
+                         self.policy.sync)
+
+    def _send(self) -> None:
+        now = time.monotonic()
+        self.max_send_gap = max(self.max_send_gap, now - self.last_send)
+        self.last_send = now
+        view = self._advertised()
+        for net, s in self.sockets.items():
+            self.seq += 1
+            peer_ip = str(getattr(self.cfg.nodes[self.peer], net.value).ip)
+            packet = encode(Heartbeat(self.cfg.cluster, self.node, self.boot, self.seq, net, self.digest, view), self.key)
+            try:
+                s.sendto(packet, (peer_ip, self.cfg.heartbeat_port))
+                self.counters.sent[net.value] += 1
+            except OSError:
+                self.counters.send_errors[net.value] += 1  # link down: the peer will notice the silence
+
+    async def _sender(self) -> None:
+        interval = self.cfg.timings.heartbeat_interval_ms / 1000
+        while not self.stopping.is_set():
+            self._send()
+            try:
+                await asyncio.wait_for(self.stopping.wait(), interval)
+            except TimeoutError:
+                pass
+
+    # -- probes ------------------------------------------------------------------------
+
+    def _tiebreaker_ok(self) -> bool | None:
+        if self.cfg.tiebreaker is None:
+            return None
+        window = max(3 * self.cfg.timings.heartbeat_interval_ms, self.cfg.timings.fence_timeout_ms * 0.6) / 1000
+        return time.monotonic() - self.tiebreaker_at < window
+
+    async def _tiebreaker_prober(self) -> None:
+        tb = self.cfg.tiebreaker
+        if tb is None:
+            return
+        interval = self.cfg.timings.heartbeat_interval_ms / 1000
+        timeout = min(0.5, interval * 2)
+        while not self.stopping.is_set():
+            t0 = time.monotonic()
+            ok = await self._in(self.probe_pool, _probe_tiebreaker, str(tb.address), tb.port, timeout)
+            if ok:
+                self.tiebreaker_at = time.monotonic()
+            await asyncio.sleep(max(0.0, interval - (time.monotonic() - t0)))
+
+    async def _arp_prober(self) -> None:
+        """While the peer is silent, keep asking who answers for the service IPs."""
+        interval = self.cfg.timings.heartbeat_interval_ms / 1000
+        while not self.stopping.is_set():
+            quiet = time.monotonic() - max([t for t in self.heard.values() if t is not None] + [self.state.started_at])
+            if self.cfg.service_ips and not self.state.services and quiet >= 2 * interval:
+                found = await self._in(self.probe_pool, _who_else, self.cfg)
+                self.ip_elsewhere = bool(found)
+                if found:
+                    log.warning("service IPs answered by %s while the peer is silent", ", ".join(sorted(found)))
+            else:
+                self.ip_elsewhere = None
+            await asyncio.sleep(interval)
+
+    async def _health_prober(self) -> None:
+        while not self.stopping.is_set():
+            if self.state.services and self.cfg.services and ActionKind.TAKE_SERVICES not in self.in_flight:
+                ok, results = await self._in(self.svc_pool, services.healthy, self.cfg.services, self.node)
+                if ok != self.services_healthy:
+                    self.event("services_health", healthy=ok, detail=[r.detail for r in results if not r.ok])
+                self.services_healthy = ok
+            else:
+                self.services_healthy = None
+            await asyncio.sleep(1.0)
+
+    async def _arp_refresher(self) -> None:
+        """Keep announcing held service IPs: switches and ARP caches forget."""
+        while not self.stopping.is_set():
+            await asyncio.sleep(5.0)
+            if self.state.services and ActionKind.RELEASE_SERVICES not in self.in_flight:
+                for sip in self.cfg.service_ips:
+                    try:
+                        await self._in(self.probe_pool, addresses.announce, sip, 1)
+                    except OSError:
+                        pass
+
+    # -- observation ---------------------------------------------------------------------
+
+    def _observe_pg(self) -> tuple[LocalPg, str | None]:
+        try:
+            if self._conn is None or self._conn.closed:
+                self._conn = pgobs.connect_local(self.cfg, self.node)
+                self._conn.execute("SET statement_timeout = '2s'")
+            return _read_local(self._conn, self.peer)
+        except psycopg.Error:
+            if self._conn is not None:
+                try:
+                    self._conn.close()
+                except psycopg.Error:
+                    pass
+            self._conn = None
+            return LocalPg(DbState.DOWN), None
+
+    def _carriers(self) -> dict[Net, bool]:
+        return {net: addresses.carrier(getattr(self.cfg.nodes[self.node], net.value).interface) for net in Net}
+
+    async def _observe(self, now: float) -> Observation:
+        try:
+            self.pg, self.sync_names = await asyncio.wait_for(self._in(self.pg_pool, self._observe_pg), 3.0)
+        except TimeoutError:
+            log.warning("PostgreSQL did not answer within 3s; keeping the last observation")
+        self.carrier = await self._in(self.probe_pool, self._carriers)
+        gap = max(self.max_send_gap, self.startup_gap)
+        self.max_send_gap, self.startup_gap = 0.0, 0.0
+        return Observation(
+            now=now, gap=gap, pg=self.pg, peer=self.peer_view, heard=dict(self.heard), carrier=dict(self.carrier),
+            tiebreaker_ok=self._tiebreaker_ok(), services_healthy=self.services_healthy,
+            service_ip_elsewhere=self.ip_elsewhere,
+        )
+
+    # -- acting ----------------------------------------------------------------------------
+
+    async def _act(self, a: Action) -> None:
+        if a.kind in self.in_flight:
+            return
+        self.in_flight.add(a.kind)
+        self.counters.actions[a.kind.value] = self.counters.actions.get(a.kind.value, 0) + 1
+        try:
+            match a.kind:
+                case ActionKind.PROMOTE:
+                    await self._in(self.pg_pool, self._promote)
+                case ActionKind.FENCE:
+                    await self._in(self.pg_pool, self._fence_pg)
+                case ActionKind.RESTART_PG:
+                    await self._in(self.pg_pool, pgact.start, self.cfg, self.node, 60)
+                case ActionKind.TAKE_SERVICES:
+                    await self._take_services()
+                case ActionKind.RELEASE_SERVICES:
+                    await self._release_services()
+                case ActionKind.SET_SYNC:
+                    pass  # reconciled every step from the state (see _reconcile_sync)
+            self.event("done", action=a.kind.value)
+        except Exception as e:  # an action failing must not stop the agent; the next step re-decides
+            self.event("action_failed", action=a.kind.value, error=str(e).splitlines()[0] if str(e) else type(e).__name__)
+        finally:
+            self.in_flight.discard(a.kind)
+
+    def _promote(self) -> None:
+        if self._conn is None:
+            self._conn = pgobs.connect_local(self.cfg, self.node)
+        self._conn.execute("SELECT pg_promote(true, 30)")
+        self._conn.execute("ALTER SYSTEM SET synchronous_standby_names = ''")
+        self._conn.execute("SELECT pg_reload_conf()")
+
+    def _fence_pg(self) -> None:
+        if self._conn is not None:
+            try:
+                self._conn.close()
+            except psycopg.Error:
+                pass
+            self._conn = None
+        try:
+            pgact.stop(self.cfg, self.node, "fast", timeout_s=5)
+        except (pgact.PostgresActionError, TimeoutError, OSError):
+            pgact.stop(self.cfg, self.node, "immediate", timeout_s=10)
+
+    async def _take_services(self) -> None:
+        others = await self._in(self.probe_pool, _who_else, self.cfg)
+        if others:
+            self.state = replace(self.state, services=False)
+            self.event("take_refused", reason="duplicate address", answered_by=sorted(others))
+            return
+        for sip in self.cfg.service_ips:
+            await self._in(self.svc_pool, addresses.add, sip)
+            await self._in(self.probe_pool, addresses.announce, sip, 3)
+        results = await self._in(self.svc_pool, services.start_all, self.cfg.services, self.node, Placement.ACTIVE)
+        for r in results:
+            if not r.ok:
+                self.event("service_start_failed", service=r.service, detail=r.detail)
+
+    async def _ensure_services(self, placement: Placement | None) -> None:
+        """Start what should already run here (after an agent restart, or services placed everywhere)."""
+        self.in_flight.add(ActionKind.TAKE_SERVICES)
+        try:
+            for r in await self._in(self.svc_pool, services.start_all, self.cfg.services, self.node, placement):
+                if not r.ok:
+                    self.event("service_start_failed", service=r.service, detail=r.detail)
+        finally:
+            self.in_flight.discard(ActionKind.TAKE_SERVICES)
+
+    async def _release_services(self) -> None:
+        # Addresses first: clients stop reaching this node at once.
+        for sip in self.cfg.service_ips:
+            await self._in(self.svc_pool, addresses.remove, sip)
+        results = await self._in(self.svc_pool, services.stop_all, self.cfg.services, self.node, Placement.ACTIVE)
+        for r in results:
+            if not r.ok:
+                self.event("service_stop_failed", service=r.service, detail=r.detail)
+
+    def _wanted_sync_names(self) -> str:
+        if self.policy.sync and not self.state.degraded and not self.state.fenced:
+            return pgact.sync_value(self.peer)
+        return ""
+
+    def _reconcile_sync(self) -> None:
+        if self.pg.db is not DbState.PRIMARY or self._conn is None:
+            return
+        want = self._wanted_sync_names()
+        if self.sync_names != want:
+            pgact.set_sync_names(self._conn, want)
+            self.sync_names = want
+
+    # -- the loop ---------------------------------------------------------------------------------
+
+    async def _step(self) -> None:
+        now = time.monotonic()
+        obs = await self._observe(now)
+        if self.receiver.mismatched_digest and self.receiver.accepted == 0:
+            raise RefusedToStart(
+                f"the peer {self.peer} runs a different configuration (digest {self.receiver.mismatched_digest[:12]}, "
+                f"ours {self.digest[:12]}): make the file identical on both nodes, then start the agent"
+            )
+        self.policy = policy_for(self.cfg, self.node, self.suspended)
+        before = self.state
+        new, actions = decide(before, obs, self.policy)
+        self.counters.decisions += 1
+        if self.store.persisted_changed(before, new):
+            await self._in(self.pg_pool, self.store.save_state, new)  # on disk before the action it allows
+        self.state = new
+        for a in actions:
+            self.event("decision", action=a.kind.value, reason=a.reason.value, detail=a.detail, term=new.term)
+            asyncio.get_running_loop().create_task(self._act(a))
+        if ActionKind.PROMOTE not in self.in_flight:
+            try:
+                await self._in(self.pg_pool, self._reconcile_sync)
+            except psycopg.Error as e:
+                log.warning("could not set synchronous_standby_names: %s", e)
+        self.store.write_liveness(self.boot, clean=False)
+
+    async def run(self, on_ready: Callable[[], None] | None = None) -> None:
+        await self._restore()
+        self._open_sockets()
+        loop = asyncio.get_running_loop()
+        tasks = [loop.create_task(c()) for c in (self._sender, self._tiebreaker_prober, self._arp_prober,
+                                                  self._health_prober, self._arp_refresher)]
+        # Services placed everywhere run on both nodes; if this node already holds
+        # the addresses, what they point at must run too.
+        tasks.append(loop.create_task(self._ensure_services(None if self.state.services else Placement.EVERYWHERE)))
+        interval = self.cfg.timings.heartbeat_interval_ms / 1000
+        if on_ready:
+            on_ready()
+        try:
+            while not self.stopping.is_set():
+                t0 = time.monotonic()
+                await self._step()
+                try:
+                    await asyncio.wait_for(self.stopping.wait(), max(0.0, interval - (time.monotonic() - t0)))
+                except TimeoutError:
+                    pass
+        finally:
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            for s in self.sockets.values():
+                loop.remove_reader(s.fileno())
+                s.close()
+            clean = self.stopping.is_set()
+            self.store.write_liveness(self.boot, clean=clean)
+            self.event("agent_stopped", clean=clean)
+            self.pg_pool.shutdown(wait=False)
+            self.svc_pool.shutdown(wait=False)
+            self.probe_pool.shutdown(wait=False)
+
+    def stop(self) -> None:
+        self.stopping.set()
+
+
+# -- pure-ish helpers used in worker threads ----------------------------------------------
+
+
+def _probe_tiebreaker(address: str, port: int, timeout: float) -> bool:
+    if port:
+        return probes.tcp_connect(address, port, timeout)
+    try:
+        return probes.icmp_echo(address, timeout)
+    except OSError:
+        return False
+
+
+def _who_else(cfg: Config) -> set[str]:
+    found: set[str] = set()
+    for sip in cfg.service_ips:
+        if addresses.held(sip):
+            continue  # ours: the kernel does not answer its own probe
+        found |= addresses.answered_elsewhere(sip)
+    return found
+
+
+def _read_local(conn: psycopg.Connection, peer: str) -> tuple[LocalPg, str | None]:
+    in_recovery, names = conn.execute(
+        "SELECT pg_is_in_recovery(), current_setting('synchronous_standby_names')").fetchone()  # type: ignore[misc]
+    if not in_recovery:
+        lsn = conn.execute("SELECT pg_current_wal_lsn()::text").fetchone()[0]  # type: ignore[index]
+        row = conn.execute(
+            "SELECT sync_state, flush_lsn::text FROM pg_stat_replication WHERE application_name = %s "
+            "AND state = 'streaming' ORDER BY flush_lsn DESC NULLS LAST LIMIT 1", (peer,)).fetchone()
+        flush = Lsn.parse(row[1]) if row else None
+        return LocalPg(DbState.PRIMARY, lsn=Lsn.parse(lsn).value, peer_sync=bool(row and row[0] == "sync"),  # type: ignore[union-attr]
+                       peer_flush_lsn=flush.value if flush else None), names
+    recv, replay = conn.execute("SELECT pg_last_wal_receive_lsn()::text, pg_last_wal_replay_lsn()::text").fetchone()  # type: ignore[misc]
+    status = conn.execute("SELECT status FROM pg_stat_wal_receiver").fetchone()
+    pos = Lsn.parse(recv) or Lsn.parse(replay)
+    return LocalPg(DbState.STANDBY, lsn=pos.value if pos else None,
+                   streaming=bool(status and status[0] == "streaming")), names

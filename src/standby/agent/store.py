@@ -1,0 +1,133 @@
+"""What an agent keeps: its persisted decision state, its liveness record, its history.
+
+- The state (term, fenced, ...) is written with fsync before the action it
+  allows, so a promotion's term is on disk before PostgreSQL accepts writes.
+- The liveness record is rewritten every decision (without fsync), so a
+  restarted agent knows how long nobody decided for this node. It carries
+  the kernel's boot id: the monotonic clock starts afresh at every boot, so a
+  record from an earlier boot says nothing.
+- The history is JSON lines, one per decision or action, newest last.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from dataclasses import asdict, dataclass, fields
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from standby.decide import State
+
+PERSISTED = ("term", "fenced", "was_primary", "promoting", "degraded", "peer_could_promote")
+
+
+def _atomic_write(path: Path, data: bytes, sync: bool) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            if sync:
+                f.flush()
+                os.fsync(f.fileno())
+        os.replace(tmp, path)
+        if sync:
+            dfd = os.open(path.parent, os.O_RDONLY)
+            try:
+                os.fsync(dfd)
+            finally:
+                os.close(dfd)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+@dataclass
+class Liveness:
+    pid: int
+    boot: int
+    last_decision: float  # time.monotonic()
+    clean: bool  # the agent stopped on purpose (or never acted)
+    kernel_boot: str
+
+
+def kernel_boot_id() -> str:
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return ""
+
+
+class Store:
+    def __init__(self, state_dir: Path, node: str) -> None:
+        self.state_path = state_dir / "agent-state.json"
+        self.history_path = state_dir / "history.jsonl"
+        self.boot_path = state_dir / "boot"
+        self.live_path = state_dir / "alive"
+        self.node = node
+        state_dir.mkdir(parents=True, exist_ok=True)
+
+    # -- persisted state ----------------------------------------------------
+
+    def load_state(self) -> dict[str, Any]:
+        try:
+            raw = json.loads(self.state_path.read_text())
+        except FileNotFoundError:
+            return {}
+        return {k: raw[k] for k in PERSISTED if k in raw}
+
+    def save_state(self, state: State) -> None:
+        data = {k: getattr(state, k) for k in PERSISTED}
+        _atomic_write(self.state_path, json.dumps(data, sort_keys=True).encode(), sync=True)
+
+    def persisted_changed(self, a: State, b: State) -> bool:
+        return any(getattr(a, k) != getattr(b, k) for k in PERSISTED)
+
+    def next_boot(self) -> int:
+        """A counter that grows with every agent start: heartbeats of older runs are replays."""
+        try:
+            n = int(self.boot_path.read_text()) + 1
+        except (FileNotFoundError, ValueError):
+            n = 1
+        _atomic_write(self.boot_path, str(n).encode(), sync=True)
+        return n
+
+    # -- liveness -------------------------------------------------------------
+
+    def read_liveness(self) -> Liveness | None:
+        try:
+            raw = json.loads(self.live_path.read_text())
+            live = Liveness(**{f.name: raw[f.name] for f in fields(Liveness)})
+        except (FileNotFoundError, ValueError, KeyError, TypeError):
+            return None
+        return live if live.kernel_boot == kernel_boot_id() else None
+
+    def write_liveness(self, boot: int, clean: bool) -> None:
+        live = Liveness(os.getpid(), boot, time.monotonic(), clean, kernel_boot_id())
+        _atomic_write(self.live_path, json.dumps(asdict(live)).encode(), sync=False)
+
+    # -- history ----------------------------------------------------------------
+
+    def record(self, event: str, **detail: Any) -> dict[str, Any]:
+        entry = {"time": datetime.now(timezone.utc).isoformat(timespec="milliseconds"), "node": self.node,
+                 "event": event, **detail}
+        with self.history_path.open("a") as f:
+            f.write(json.dumps(entry, default=str) + "\n")
+        return entry
+
+    def history(self, limit: int | None = None) -> list[dict[str, Any]]:
+        try:
+            lines = self.history_path.read_text().splitlines()
+        except FileNotFoundError:
+            return []
+        out = []
+        for line in lines[-limit:] if limit else lines:
+            try:
+                out.append(json.loads(line))
+            except ValueError:
+                continue  # a line cut by a crash
+        return out

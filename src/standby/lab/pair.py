@@ -1,0 +1,107 @@
+"""A running pair on the lab (bootstrapped, agents started) and the sample load against it.
+
+Shared by the demo, the benchmarks and the tests, so all three exercise the
+same path an operator would.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from standby.lab import Lab
+from standby.lab.probe import DualPrimaryProbe, ProbeResult
+
+STANDBY = str(Path(sys.executable).with_name("standby"))
+SERVICE_URL = "http://192.0.2.100:8080"
+ROLE_CHANGES = {"promote", "fence", "take_services", "release_services"}
+
+
+def agent_state(lab: Lab, node: str) -> dict[str, Any]:
+    st = lab.agent_status(node)
+    return {} if st is None else st
+
+
+def start_pair(lab: Lab) -> Lab:
+    """Bootstrap, start both agents, wait until alpha serves and beta may take over."""
+    lab.bootstrap()
+    for node in ("alpha", "beta"):
+        lab.start_agent(node)
+
+    def ready() -> bool:
+        a, b = agent_state(lab, "alpha"), agent_state(lab, "beta")
+        return bool(a and b and a["state"]["services"] and a["services_healthy"]
+                    and b["state"]["eligible"] and b["postgres"]["streaming"])
+
+    lab.wait_for("the pair to be ready (alpha serving, beta eligible)", ready, timeout_s=60)
+    return lab
+
+
+def role_changes(lab: Lab, node: str, since: str = "") -> list[dict[str, Any]]:
+    res = lab.standby(node, "history", "--json", "--limit", "1000", check=False)
+    entries = json.loads(res.stdout) if res.returncode == 0 else []
+    return [e for e in entries if e["event"] == "decision" and e.get("action") in ROLE_CHANGES and e["time"] > since]
+
+
+def holders(lab: Lab) -> list[str]:
+    """Nodes holding the service IP where clients can reach it (a crashed host's leftovers do not count)."""
+    st = lab.status()
+    return [n for n in st["service_ips"][0]["holders"]
+            if st["nodes"][n]["links"]["public"] == "up" and not st["nodes"][n]["frozen"]]
+
+
+def primaries(lab: Lab) -> list[str]:
+    out = []
+    for node in ("alpha", "beta"):
+        try:
+            with lab.pg_connect(node, connect_timeout=2) as c:
+                if not c.execute("SELECT pg_is_in_recovery()").fetchone()[0]:
+                    out.append(node)
+        except Exception:
+            continue
+    return out
+
+
+@dataclass
+class LoadRun:
+    history: Path
+    probe: ProbeResult | None = None
+    verdict: dict[str, Any] = field(default_factory=dict)
+    t_fault: float | None = None
+
+    def first_ack_after_fault(self) -> float | None:
+        if self.t_fault is None:
+            return None
+        acks = [json.loads(line) for line in self.history.read_text().splitlines() if line.strip()]
+        after = [a["t_done"] for a in acks if a["outcome"] == "ack" and a["t_send"] >= self.t_fault]
+        return min(after) - self.t_fault if after else None
+
+
+@contextmanager
+def under_load(lab: Lab, tmp: Path, rate: int = 100) -> Iterator[LoadRun]:
+    """Calls through the service IP and the dual-primary probe, for the duration of the block."""
+    run = LoadRun(tmp / "calls.jsonl")
+    password = lab.spec.secret("app.password").read_text().strip()
+    probe = DualPrimaryProbe(lab.netns("client"), {"alpha": "192.0.2.11", "beta": "192.0.2.12"}, password).start()
+    lab.spawn("client", [STANDBY, "lab", "load", "--url", SERVICE_URL, "--rate", str(rate), "--duration", "3600",
+                         "--out", str(run.history)], "load")
+    try:
+        time.sleep(2.0)  # a steady state before the fault
+        yield run
+    finally:
+        lab.stop_spawned("client", "load")
+        run.probe = probe.stop()
+
+
+def verify(lab: Lab, run: LoadRun, on: str) -> dict[str, Any]:
+    """The independent checker, against the database of ``on``."""
+    res = lab.run(on, [STANDBY, "lab", "verify", "--json", "--history", str(run.history),
+                       "--dsn-file", str(lab.spec.secret("app.dsn"))], check=False)
+    run.verdict = json.loads(res.stdout)
+    return run.verdict

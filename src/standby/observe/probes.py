@@ -1,0 +1,120 @@
+"""Fast link-level probes for the agent: ICMP echo to the tie-breaker, ARP for the service IPs.
+
+Both use raw sockets (the agent runs as root) so a probe costs microseconds,
+not a process start, and can be repeated every heartbeat.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import ipaddress
+import os
+import select
+import socket
+import struct
+import time
+
+ETH_P_ARP = 0x0806
+BROADCAST = b"\xff" * 6
+
+
+def _checksum(data: bytes) -> int:
+    if len(data) % 2:
+        data += b"\0"
+    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    total = (total >> 16) + (total & 0xFFFF)
+    total += total >> 16
+    return ~total & 0xFFFF
+
+
+def icmp_echo(address: str, timeout_s: float, ident: int | None = None) -> bool:
+    """One echo request; True if a matching reply arrives within the timeout."""
+    ident = (os.getpid() if ident is None else ident) & 0xFFFF
+    seq = int(time.monotonic() * 1000) & 0xFFFF
+    header = struct.pack("!BBHHH", 8, 0, 0, ident, seq)
+    payload = b"standby-tiebreaker"
+    packet = struct.pack("!BBHHH", 8, 0, _checksum(header + payload), ident, seq) + payload
+    with socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP) as s:
+        s.setblocking(False)
+        try:
+            s.sendto(packet, (address, 0))
+        except OSError:
+            return False  # no route: the link is down
+        deadline = time.monotonic() + timeout_s
+        while (left := deadline - time.monotonic()) > 0:
+            ready, _, _ = select.select([s], [], [], left)
+            if not ready:
+                return False
+            data, (src, _) = s.recvfrom(1500)
+            ihl = (data[0] & 0x0F) * 4
+            if len(data) < ihl + 8 or src != address:
+                continue
+            typ, _, _, rid, rseq = struct.unpack("!BBHHH", data[ihl:ihl + 8])
+            if typ == 0 and rid == ident and rseq == seq:
+                return True
+    return False
+
+
+def tcp_connect(address: str, port: int, timeout_s: float) -> bool:
+    try:
+        with socket.create_connection((address, port), timeout=timeout_s):
+            return True
+    except OSError:
+        return False
+
+
+def _mac(interface: str) -> bytes:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        info = fcntl.ioctl(s.fileno(), 0x8927, struct.pack("256s", interface.encode()[:15]))  # SIOCGIFHWADDR
+    return info[18:24]
+
+
+def _arp(op: int, sender_mac: bytes, sender_ip: bytes, target_mac: bytes, target_ip: bytes) -> bytes:
+    eth = BROADCAST + sender_mac + struct.pack("!H", ETH_P_ARP)
+    return eth + struct.pack("!HHBBH6s4s6s4s", 1, 0x0800, 6, 4, op, sender_mac, sender_ip, target_mac, target_ip)
+
+
+def arp_holders(interface: str, address: str, timeout_s: float = 0.15, tries: int = 2) -> set[str]:
+    """MAC addresses (other than ours) that answer for ``address`` on the link.
+
+    Sent as duplicate-address detection (sender IP 0.0.0.0) so that asking
+    does not itself teach anyone's ARP cache a new owner.
+    """
+    target = ipaddress.IPv4Address(address).packed
+    try:
+        mine = _mac(interface)
+    except OSError:
+        return set()
+    found: set[str] = set()
+    with socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ARP)) as s:
+        s.bind((interface, 0))
+        s.setblocking(False)
+        for _ in range(tries):
+            try:
+                s.send(_arp(1, mine, b"\0\0\0\0", b"\0" * 6, target))
+            except OSError:
+                return found  # link down: nobody can be reached
+            deadline = time.monotonic() + timeout_s / tries
+            while (left := deadline - time.monotonic()) > 0:
+                ready, _, _ = select.select([s], [], [], left)
+                if not ready:
+                    break
+                frame = s.recv(128)
+                if len(frame) < 42 or frame[12:14] != b"\x08\x06":
+                    continue
+                op = struct.unpack("!H", frame[20:22])[0]
+                sha, spa = frame[22:28], frame[28:32]
+                if op == 2 and spa == target and sha != mine:
+                    found.add(sha.hex(":"))
+    return found
+
+
+def gratuitous_arp(interface: str, address: str, count: int = 3) -> None:
+    """Announce that ``address`` now lives at this interface's MAC (replies and requests both)."""
+    ip = ipaddress.IPv4Address(address).packed
+    mac = _mac(interface)
+    with socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ARP)) as s:
+        s.bind((interface, 0))
+        for _ in range(count):
+            s.send(_arp(1, mac, ip, b"\0" * 6, ip))
+            s.send(_arp(2, mac, ip, BROADCAST, ip))
