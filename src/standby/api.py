@@ -5,7 +5,10 @@ GET /replica   200 on a streaming standby (optional ?lag=BYTES bound), 503 elsew
 GET /health    200 while PostgreSQL runs here
 GET /status    this agent's view, as JSON
 GET /metrics   Prometheus text
-POST /maintenance {"suspend": true|false}   needs the API token; suspends automatic failover
+POST /maintenance {"suspend": true|false}   suspends automatic failover
+POST /switchover/demote | /switchover/promote {"min_lsn", "timeout_s"} | /switchover/follow | /switchover/resume
+POST /rejoin
+Every POST needs the API token (Authorization: Bearer ...); without it: 401 and nothing happens.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from standby import __version__
-from standby.agent.node import Agent
+from standby.agent.node import Agent, OpError
 from standby.config import read_secret
 from standby.model import DbState
 
@@ -148,9 +151,39 @@ async def maintenance(request: web.Request) -> web.Response:
             raise TypeError
     except (ValueError, KeyError, TypeError):
         return _json(400, {"error": 'expected a JSON body {"suspend": true|false}'})
-    a.suspended = suspend
-    a.event("maintenance", suspended=suspend)
+    a.set_maintenance(suspend)
     return _json(200, {"suspended": suspend})
+
+
+def _op(fn_name: str) -> Any:
+    """An operator request handled by the agent; its refusal is a 409 with the reason."""
+
+    async def handler(request: web.Request) -> web.Response:
+        a = request.app[AGENT_KEY]
+        if not _authorised(request):
+            return _json(401, {"error": "a valid API token is required (Authorization: Bearer ...)"})
+        try:
+            body = await request.json() if request.can_read_body else {}
+            if not isinstance(body, dict):
+                raise ValueError
+        except ValueError:
+            return _json(400, {"error": "expected a JSON object"})
+        try:
+            if fn_name == "op_promote":
+                lsn, timeout = body.get("min_lsn"), body.get("timeout_s", 10)
+                if not isinstance(lsn, str) or not isinstance(timeout, (int, float)) or isinstance(timeout, bool):
+                    return _json(400, {"error": 'expected {"min_lsn": "X/Y", "timeout_s": seconds}'})
+                result = await a.op_promote(lsn, float(timeout))
+            else:
+                result = await getattr(a, fn_name)()
+        except OpError as e:
+            return _json(409, {"error": str(e)})
+        except Exception as e:  # reported to the caller, and recorded
+            a.event("operation_failed", operation=fn_name, error=str(e).splitlines()[0] if str(e) else type(e).__name__)
+            return _json(500, {"error": f"{fn_name} failed: {str(e).splitlines()[0] if str(e) else type(e).__name__}"})
+        return _json(200, result)
+
+    return handler
 
 
 def make_app(agent: Agent) -> web.Application:
@@ -165,6 +198,9 @@ def make_app(agent: Agent) -> web.Application:
     app.router.add_get("/status", status)
     app.router.add_get("/metrics", metrics)
     app.router.add_post("/maintenance", maintenance)
+    for path, fn in (("/switchover/demote", "op_demote"), ("/switchover/promote", "op_promote"),
+                     ("/switchover/follow", "op_follow"), ("/switchover/resume", "op_resume"), ("/rejoin", "op_rejoin")):
+        app.router.add_post(path, _op(fn))
     return app
 
 

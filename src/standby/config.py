@@ -236,6 +236,29 @@ class Alerts(_Strict):
     lag_threshold_bytes: int = Field(64 * 1024 * 1024, ge=0)
 
 
+class RejoinPolicy(StrEnum):
+    MANUAL = "manual"  # a person approves (`standby rejoin --yes`), as after a client's approval
+    AUTO = "auto"  # the agent rejoins a fenced old primary as soon as the new primary is healthy
+
+
+class SalvageTable(_Strict):
+    """A precious table: rows the old primary committed after the fork are salvaged, never thrown away."""
+
+    name: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)?$")
+    key: list[str] = Field(min_length=1)  # natural key: identifies the same row on both sides
+    # Columns regenerated on apply when their value is already taken on the new primary
+    # (a CDR id reused after the fork gets a new one; its call id is kept).
+    renumber: list[str] = Field(default_factory=list)
+    # Statements run once per applied row, in the same transaction, with :column
+    # placeholders filled from the row (e.g. re-apply a balance delta as a delta).
+    after_insert: list[str] = Field(default_factory=list)
+
+
+class Salvage(_Strict):
+    database: str = "postgres"
+    tables: list[SalvageTable] = Field(default_factory=list)
+
+
 class Api(_Strict):
     bind: ipaddress.IPv4Address = ipaddress.IPv4Address("0.0.0.0")
     port: int = Field(8008, ge=1, le=65535)
@@ -255,6 +278,8 @@ class Config(_Strict):
     tiebreaker: TieBreaker | None = None
     alerts: Alerts = Alerts()
     api: Api = Api()
+    rejoin: RejoinPolicy = RejoinPolicy.MANUAL
+    salvage: Salvage = Salvage()
     heartbeat_key_file: Path | None = None
     heartbeat_port: int = Field(8009, ge=1, le=65535)
     # Move the service role to the peer when the services keep failing their health check.

@@ -52,6 +52,8 @@ class Policy:
     unhealthy_after_s: float = 5.0
     restart_backoff_s: float = 5.0
     has_service_ips: bool = True
+    # Maintenance (a switchover or a rejoin in progress): observe, but decide nothing.
+    suspended: bool = False
 
 
 @dataclass(frozen=True)
@@ -150,8 +152,12 @@ def _track(s: State, o: Observation, p: Policy) -> State:
         established, lag_ok = s.sync_established, s.last_peer_lag_ok
     else:
         established, lag_ok = False, False
+    term = s.term
+    if o.pg.db is DbState.STANDBY and peer is not None and peer.db is DbState.PRIMARY:
+        term = max(term, peer.term)  # a standby lives in its primary's term
     return replace(
         s,
+        term=term,
         eligible=eligible,
         peer_could_promote=(peer.db is DbState.STANDBY) if peer is not None else s.peer_could_promote,
         peer_term=max(s.peer_term, o.peer.term if o.peer else 0),
@@ -194,7 +200,7 @@ def _db_rules(s: State, o: Observation, p: Policy) -> tuple[State, list[Action]]
 
     if s.fenced:
         if o.pg.db is not DbState.DOWN:
-            return s, [Action(ActionKind.FENCE, Reason.SUPERSEDED, "fenced node found PostgreSQL running; stopping it")]
+            return s, [Action(ActionKind.FENCE, Reason.FENCE_ENFORCED, "fenced node found PostgreSQL running; stopping it")]
         return s, []
 
     if o.gap > p.fence_timeout_s and s.peer_could_promote and (o.pg.db is DbState.PRIMARY or s.was_primary):
@@ -319,6 +325,8 @@ def _take(s: State, reason: Reason, detail: str) -> tuple[State, list[Action]]:
 def decide(s: State, o: Observation, p: Policy) -> tuple[State, list[Action]]:
     """One step. Database rules first: a fence decided now also frees the service role."""
     s = _track(s, o, p)
+    if p.suspended:
+        return s, []
     s, db_actions = _db_rules(s, o, p)
     if any(a.kind is ActionKind.FENCE and a.reason in (Reason.ISOLATED, Reason.RESUMED_AFTER_FREEZE)
            for a in db_actions):

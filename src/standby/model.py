@@ -93,7 +93,7 @@ class Reason(StrEnum):
     PEER_RELEASED_SERVICES = "peer_released_services"  # the peer let go of the service role
     NOBODY_SERVES = "nobody_serves"  # the primary takes the unclaimed service role
     BOTH_SERVE = "both_serve"  # both hold the service role: the one not preferred lets go
-    FENCED_NO_SERVICES = "fenced_no_services"  # an isolated node must not answer on service IPs
+    FENCE_ENFORCED = "fence_enforced"  # a fenced node's PostgreSQL was found running: stop it again
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,9 @@ status document, as a pure function, so its rules are testable without a lab.
 
 from __future__ import annotations
 
+import json
+import urllib.error
+import urllib.request
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
@@ -34,6 +37,18 @@ class Observations:
     ips: tuple[IpHolders, ...]
     facts: dict[str, dict[str, Any]] = field(default_factory=dict)
     observed_at: datetime = field(default_factory=lambda: datetime.now(timezone.utc))
+    agents: dict[str, dict[str, Any] | None] = field(default_factory=dict)  # each node agent's /status
+
+
+def agent_status(cfg: Config, node: str, timeout_s: float = 1.0) -> dict[str, Any] | None:
+    """A node agent's own view, over the private network first, then the public one."""
+    for link in (cfg.nodes[node].private, cfg.nodes[node].public):
+        try:
+            with urllib.request.urlopen(f"http://{link.ip}:{cfg.api.port}/status", timeout=timeout_s) as r:
+                return json.loads(r.read())  # type: ignore[no-any-return]
+        except (urllib.error.URLError, OSError, ValueError):
+            continue
+    return None
 
 
 def collect(cfg: Config, node: str, probe_arp: bool = True) -> Observations:
@@ -47,7 +62,8 @@ def collect(cfg: Config, node: str, probe_arp: bool = True) -> Observations:
                     facts = read_facts(conn)
             except psycopg.Error:
                 pass
-    return Observations(observer=node, pg=pg, ips=_ip_holders(cfg, node, probe_arp), facts=facts)
+    agents = {n: agent_status(cfg, n) for n in (node, peer)}
+    return Observations(observer=node, pg=pg, ips=_ip_holders(cfg, node, probe_arp), facts=facts, agents=agents)
 
 
 def _ip_holders(cfg: Config, node: str, probe_arp: bool) -> tuple[IpHolders, ...]:
@@ -68,6 +84,37 @@ def _ip_holders(cfg: Config, node: str, probe_arp: bool) -> tuple[IpHolders, ...
                 holders.append(peer if mac in peer_macs else f"unknown {mac}")
         out.append(IpHolders(str(sip.address.ip), tuple(dict.fromkeys(holders)), probed))
     return tuple(out)
+
+
+def _agent_summary(a: dict[str, Any] | None) -> dict[str, Any] | None:
+    if a is None:
+        return None
+    st = a["state"]
+    return {"running": True, "term": st["term"], "fenced": st["fenced"], "services": st["services"],
+            "degraded": st["degraded"], "eligible": st["eligible"], "suspended": a["suspended"],
+            "peer_heard_s_ago": a["peer_heard_s_ago"]}
+
+
+def _agent_warnings(cfg: Config, o: Observations) -> list[str]:
+    out = []
+    for name in cfg.nodes:
+        a = o.agents.get(name)
+        if not o.agents:
+            continue
+        if a is None:
+            out.append(f"{name}'s agent does not answer on its API: nothing decides for {name}")
+            continue
+        st = a["state"]
+        if st["fenced"]:
+            out.append(f"{name} is FENCED (it may not become primary by itself): rejoin it as a standby")
+        if a["suspended"]:
+            out.append(f"automatic failover is suspended on {name} (maintenance)")
+        pg_state = a["postgres"]["state"]
+        if pg_state == "primary" and st["degraded"] and cfg.replication.durability is Durability.SYNC:
+            out.append(f"{name} does not wait for a standby: commits acknowledged now exist only on {name}")
+        if pg_state == "standby" and cfg.mode.value == "hot" and not st["eligible"]:
+            out.append(f"{name} is NOT eligible for automatic promotion (it may lack acknowledged commits)")
+    return out
 
 
 def _lsn(x: object) -> str | None:
@@ -121,9 +168,11 @@ def assemble(cfg: Config, o: Observations) -> dict[str, Any]:
                 "error": p.error,
             },
             "service_ips": [h.address for h in o.ips if name in h.holders],
+            "agent": _agent_summary(o.agents.get(name)),
             "standby_version": __version__ if name == o.observer else f.get("standby_version"),
             "observed_at": p.observed_at.isoformat(),
         }
+    warnings.extend(_agent_warnings(cfg, o))
     for h in o.ips:
         if len(h.holders) > 1:
             warnings.append(f"SERVICE IP {h.address} IS HELD BY {' AND '.join(h.holders).upper()}: CLIENTS MAY REACH EITHER NODE")

@@ -73,9 +73,39 @@ def running_pid(data_dir: Path) -> int | None:
         return None
     try:
         os.kill(pid, 0)
-    except ProcessLookupError:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except (ProcessLookupError, FileNotFoundError):
         return None
-    return pid
+    # A zombie (exited, not yet reaped by its parent) holds nothing any more.
+    return None if "\nState:\tZ" in status else pid
+
+
+def control_data(cfg: Config, node: str) -> dict[str, str]:
+    """pg_controldata of a (stopped) data directory, as a dict of its lines."""
+    pg = cfg.pg(node)
+    res = run_as(pg.os_user, [_bin(cfg, node, "pg_controldata"), "-D", str(pg.data_dir)], timeout=30)
+    if res.returncode != 0:
+        raise PostgresActionError(f"pg_controldata failed: {res.stderr.strip()}")
+    return {k.strip(): v.strip() for k, _, v in (ln.partition(":") for ln in res.stdout.splitlines()) if v}
+
+
+def ensure_clean_shutdown(cfg: Config, node: str) -> bool:
+    """Finish crash recovery of a stopped data directory, isolated (single-user mode, no network).
+
+    pg_rewind's dry run and a clean hand-over need a cleanly shut down target;
+    a crashed primary is not. Returns True if recovery had to run.
+    """
+    state = control_data(cfg, node).get("Database cluster state", "")
+    if state in ("shut down", "shut down in recovery"):
+        return False
+    pg = cfg.pg(node)
+    res = subprocess.run(
+        ["runuser", "-u", pg.os_user, "--", _bin(cfg, node, "postgres"), "--single", "-F", "-c", "exit_on_error=false",
+         "-c", "archive_mode=off", "-D", str(pg.data_dir), "template1"],
+        stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=3600)
+    if res.returncode != 0:
+        raise PostgresActionError(f"crash recovery of {pg.data_dir} failed: {res.stderr.strip().splitlines()[-1:]}")
+    return True
 
 
 # -- settings -------------------------------------------------------------
@@ -167,8 +197,22 @@ def ensure_replication_role(conn: psycopg.Connection, cfg: Config, node: str) ->
             if not _scram_matches(row[2], password):
                 cur.execute(sql.SQL("ALTER ROLE {} WITH PASSWORD {}").format(sql.Identifier(user), sql.Literal(verifier)))
                 done.append(f"set {user}'s SCRAM password from {pg.replication_password_file}")
+        # What the peer's agent and tools need over this role, and nothing a
+        # replication connection could not already read: monitoring, the sync
+        # setting, a checkpoint and file access for pg_rewind, and reading rows
+        # to compare what an old primary alone had (salvage).
         grants = [
             ("pg_has_role(%s, 'pg_monitor', 'MEMBER')", sql.SQL("GRANT pg_monitor TO {}")),
+            ("pg_has_role(%s, 'pg_checkpoint', 'MEMBER')", sql.SQL("GRANT pg_checkpoint TO {}")),
+            ("pg_has_role(%s, 'pg_read_all_data', 'MEMBER')", sql.SQL("GRANT pg_read_all_data TO {}")),
+            ("has_function_privilege(%s, 'pg_ls_dir(text, boolean, boolean)', 'EXECUTE')",
+             sql.SQL("GRANT EXECUTE ON FUNCTION pg_ls_dir(text, boolean, boolean) TO {}")),
+            ("has_function_privilege(%s, 'pg_stat_file(text, boolean)', 'EXECUTE')",
+             sql.SQL("GRANT EXECUTE ON FUNCTION pg_stat_file(text, boolean) TO {}")),
+            ("has_function_privilege(%s, 'pg_read_binary_file(text)', 'EXECUTE')",
+             sql.SQL("GRANT EXECUTE ON FUNCTION pg_read_binary_file(text) TO {}")),
+            ("has_function_privilege(%s, 'pg_read_binary_file(text, bigint, bigint, boolean)', 'EXECUTE')",
+             sql.SQL("GRANT EXECUTE ON FUNCTION pg_read_binary_file(text, bigint, bigint, boolean) TO {}")),
             ("has_parameter_privilege(%s, 'synchronous_standby_names', 'ALTER SYSTEM')",
              sql.SQL("GRANT ALTER SYSTEM ON PARAMETER synchronous_standby_names TO {}")),
             ("has_function_privilege(%s, 'pg_reload_conf()', 'EXECUTE')",
@@ -208,10 +252,11 @@ def hba_block(cfg: Config, node: str) -> list[str]:
     peer = cfg.peer_of(node)
     pg = cfg.pg(node)
     peer_ip = cfg.nodes[peer].private.ip
+    dbs = dict.fromkeys([pg.database, cfg.salvage.database])  # salvage compares rows in the app's database
     return [
         HBA_BEGIN,
         f"host    replication     {pg.replication_user:<15} {peer_ip}/32{'':<6} scram-sha-256",
-        f"host    {pg.database:<15} {pg.replication_user:<15} {peer_ip}/32{'':<6} scram-sha-256",
+        *(f"host    {db:<15} {pg.replication_user:<15} {peer_ip}/32{'':<6} scram-sha-256" for db in dbs),
         HBA_END,
     ]
 

@@ -45,7 +45,8 @@ def config_digest(cfg: Config) -> str:
 def policy_for(cfg: Config, node: str, suspended: bool = False) -> Policy:
     t = cfg.timings
     return Policy(
-        hot=cfg.mode is Mode.HOT and not suspended,
+        hot=cfg.mode is Mode.HOT,
+        suspended=suspended,
         sync=cfg.replication.durability is Durability.SYNC,
         preferred=node == cfg.preferred_primary,
         failover_timeout_s=t.failover_timeout_ms / 1000,
@@ -62,6 +63,10 @@ def policy_for(cfg: Config, node: str, suspended: bool = False) -> Policy:
 
 class RefusedToStart(Exception):
     """The agent will not run; the message says why and what to fix."""
+
+
+class OpError(Exception):
+    """An operator's request (switchover step, rejoin) that cannot be done now; nothing was changed."""
 
 
 @dataclass
@@ -128,6 +133,7 @@ class Agent:
             # this node since its last decision. Treat that like a stall.
             self.startup_gap = max(0.0, now - live.last_decision)
         kept = self.store.load_state()
+        self.suspended = self.store.maintenance()
         holding = await self._in(self.svc_pool, lambda: any(addresses.held(sip) for sip in self.cfg.service_ips))
         self.state = State(**kept, started_at=now, services=holding)  # type: ignore[arg-type]
         self.boot = self.store.next_boot()
@@ -364,17 +370,142 @@ class Agent:
                 self.event("service_stop_failed", service=r.service, detail=r.detail)
 
     def _wanted_sync_names(self) -> str:
-        if self.policy.sync and not self.state.degraded and not self.state.fenced:
+        if self.policy.sync and not self.state.degraded:
             return pgact.sync_value(self.peer)
         return ""
 
     def _reconcile_sync(self) -> None:
-        if self.pg.db is not DbState.PRIMARY or self._conn is None:
+        # Never on a node being fenced: turning sync off there would release the
+        # commits waiting for the standby, acknowledged but never replicated.
+        # Only a DEGRADE decision (or a promotion, alone) may stop the waiting.
+        if (self.pg.db is not DbState.PRIMARY or self._conn is None or self.state.fenced
+                or ActionKind.FENCE in self.in_flight):
             return
         want = self._wanted_sync_names()
         if self.sync_names != want:
             pgact.set_sync_names(self._conn, want)
             self.sync_names = want
+
+    # -- operations requested by a person (switchover, rejoin), through the API ----------------
+
+    def set_maintenance(self, on: bool) -> None:
+        self.suspended = on
+        self.store.set_maintenance(on)
+        self.event("maintenance", suspended=on)
+
+    def _save(self, new: State) -> None:
+        self.store.save_state(new)
+        self.state = new
+
+    async def op_demote(self) -> dict[str, Any]:
+        """Switchover, on the primary: let go of the services, then shut PostgreSQL down cleanly."""
+        if not self.suspended:
+            raise OpError("automatic failover must be suspended first (maintenance)")
+        if self.pg.db is not DbState.PRIMARY or self.state.fenced:
+            raise OpError(f"{self.node} is not the primary (PostgreSQL is {self.pg.db.value})")
+        await self._release_services()
+        self.state = replace(self.state, services=False, releasing_services=False)
+        await self._in(self.pg_pool, self._fence_pg)
+        ctl = await self._in(self.pg_pool, pgact.control_data, self.cfg, self.node)
+        if ctl.get("Database cluster state") != "shut down":
+            raise OpError(f"PostgreSQL did not shut down cleanly ({ctl.get('Database cluster state')})")
+        self.pg = LocalPg(DbState.DOWN)
+        lsn, tli = ctl["Latest checkpoint location"], int(ctl["Latest checkpoint's TimeLineID"])
+        self.event("switchover_demoted", checkpoint=lsn, timeline=tli)
+        return {"checkpoint_lsn": lsn, "timeline": tli}
+
+    async def op_promote(self, min_lsn: str, timeout_s: float) -> dict[str, Any]:
+        """Switchover, on the standby: once every WAL byte up to the old primary's shutdown
+        checkpoint is here, promote and take the services."""
+        if not self.suspended:
+            raise OpError("automatic failover must be suspended first (maintenance)")
+        if self.pg.db is not DbState.STANDBY:
+            raise OpError(f"{self.node} is not a standby (PostgreSQL is {self.pg.db.value})")
+        need = Lsn.parse(min_lsn)
+        if need is None:
+            raise OpError(f"bad LSN {min_lsn!r}")
+        deadline = time.monotonic() + timeout_s
+        got: Lsn | None = None
+        while True:
+            got = await self._in(self.pg_pool, self._received_lsn)
+            if got is not None and got > need:  # the checkpoint record itself has arrived
+                break
+            if time.monotonic() >= deadline:
+                raise OpError(f"{self.node} received WAL up to {got} but the old primary's shutdown checkpoint "
+                              f"is at {need}; not promoting (nothing would be lost by waiting, but it did not arrive "
+                              f"within {timeout_s:g}s)")
+            await asyncio.sleep(0.02)
+        term = max(self.state.term, self.state.peer_term) + 1
+        await self._in(self.pg_pool, self._save, replace(self.state, term=term, promoting=True, degraded=True,
+                                                         was_primary=False))
+        await self._in(self.pg_pool, self._promote)
+        await self._in(self.pg_pool, self._slot_for_peer)
+        # The old primary released the addresses itself: no need to wait for an ARP check.
+        for sip in self.cfg.service_ips:
+            await self._in(self.svc_pool, addresses.add, sip)
+            await self._in(self.probe_pool, addresses.announce, sip, 3)
+        self.state = replace(self.state, services=True, releasing_services=False)
+        results = await self._in(self.svc_pool, services.start_all, self.cfg.services, self.node, Placement.ACTIVE)
+        self.event("switchover_promoted", term=term, received=str(got),
+                   failed_services=[r.service for r in results if not r.ok])
+        return {"term": term, "received_lsn": str(got)}
+
+    async def op_follow(self) -> dict[str, Any]:
+        """Switchover, on the old primary: start again as a standby of the new primary."""
+        if self.pg.db is not DbState.DOWN:
+            raise OpError(f"PostgreSQL on {self.node} must be stopped (it is {self.pg.db.value})")
+        await self._in(self.pg_pool, pgact.configure_as_standby, self.cfg, self.node, self.peer)
+        await self._in(self.pg_pool, pgact.start, self.cfg, self.node, 60)
+        await self._in(self.pg_pool, pgact.wait_streaming, self.cfg, self.node, 60)
+        term = max(self.state.term, self.state.peer_term)
+        await self._in(self.pg_pool, self._save, replace(self.state, term=term, was_primary=False, fenced=False,
+                                                         degraded=False, peer_could_promote=False))
+        self.event("switchover_following", primary=self.peer, term=term)
+        return {"following": self.peer}
+
+    async def op_resume(self) -> dict[str, Any]:
+        """Switchover aborted: the old primary starts again as it was, and takes its services back."""
+        if self.state.fenced or not self.state.was_primary:
+            raise OpError(f"{self.node} was not the primary before; refusing to make it one")
+        if self.pg.db is DbState.DOWN:
+            await self._in(self.pg_pool, pgact.start, self.cfg, self.node, 60)
+        await self._take_services()
+        self.event("switchover_aborted_resumed")
+        return {"resumed": self.node}
+
+    async def op_rejoin(self) -> dict[str, Any]:
+        """Reverse replication: this old primary becomes a standby of the new one (see act.rejoin)."""
+        from standby.act import rejoin as rj
+
+        from standby.salvage import salvage_for_rejoin
+
+        salvage_fn = salvage_for_rejoin if self.cfg.salvage.tables else None
+        self.set_maintenance(True)
+        try:
+            result = await self._in(self.pg_pool, lambda: rj.rejoin(
+                self.cfg, self.node, state_dir=self.cfg.state_dir_for(self.node),
+                report=lambda m: self.event("rejoin_step", detail=m), salvage=salvage_fn))
+            term = max(self.state.term, self.state.peer_term)
+            await self._in(self.pg_pool, self._save, replace(self.state, term=term, was_primary=False, fenced=False,
+                                                             degraded=False, promoting=False, peer_could_promote=False))
+        finally:
+            self.set_maintenance(False)
+        self.event("rejoined", method=result.method, fork=result.fork_lsn, salvaged=result.salvaged_rows)
+        return {"method": result.method, "fork_lsn": result.fork_lsn, "old_timeline": result.old_timeline,
+                "salvage_report": str(result.salvage_report) if result.salvage_report else None,
+                "salvaged_rows": result.salvaged_rows,
+                "kept_aside": str(result.kept_aside) if result.kept_aside else None,
+                "steps": [[n, round(d, 3)] for n, d in result.steps]}
+
+    def _received_lsn(self) -> Lsn | None:
+        if self._conn is None:
+            self._conn = pgobs.connect_local(self.cfg, self.node)
+        row = self._conn.execute("SELECT pg_last_wal_receive_lsn()::text").fetchone()
+        return Lsn.parse(row[0]) if row else None
+
+    def _slot_for_peer(self) -> None:
+        if self._conn is not None:
+            pgact.ensure_slot(self._conn, self.cfg.slot_name(self.peer))
 
     # -- the loop ---------------------------------------------------------------------------------
 
@@ -394,6 +525,8 @@ class Agent:
             await self._in(self.pg_pool, self.store.save_state, new)  # on disk before the action it allows
         self.state = new
         for a in actions:
+            if a.kind in self.in_flight:
+                continue  # the same action is still being carried out (e.g. a stop in progress)
             self.event("decision", action=a.kind.value, reason=a.reason.value, detail=a.detail, term=new.term)
             asyncio.get_running_loop().create_task(self._act(a))
         if ActionKind.PROMOTE not in self.in_flight:

@@ -68,6 +68,7 @@ class Store:
         self.history_path = state_dir / "history.jsonl"
         self.boot_path = state_dir / "boot"
         self.live_path = state_dir / "alive"
+        self.maint_path = state_dir / "maintenance"
         self.node = node
         state_dir.mkdir(parents=True, exist_ok=True)
 
@@ -95,6 +96,16 @@ class Store:
             n = 1
         _atomic_write(self.boot_path, str(n).encode(), sync=True)
         return n
+
+    def maintenance(self) -> bool:
+        """Automatic decisions suspended (kept across agent restarts: a switchover may be half-way)."""
+        return self.maint_path.exists()
+
+    def set_maintenance(self, on: bool) -> None:
+        if on:
+            _atomic_write(self.maint_path, b"1", sync=True)
+        else:
+            self.maint_path.unlink(missing_ok=True)
 
     # -- liveness -------------------------------------------------------------
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import json
+import logging
 import sys
 import tempfile
 import time
@@ -13,6 +13,7 @@ import click
 from standby.cli.common import OperatorError, handle_errors
 from standby.lab import Lab, LabSpec
 from standby.lab.errors import LabError
+from standby.lab.pair import agent_state, role_changes, under_load, verify
 
 STANDBY = str(Path(sys.executable).with_name("standby"))
 SERVICE_URL = "http://192.0.2.100:8080"
@@ -36,14 +37,15 @@ def sh(lab: Lab, node: str, *args: str, show: bool = True) -> str:
 @click.command("demo")
 @click.option("--name", default="sbdemo", show_default=True, help="Lab name (namespaces are NAME-alpha, ...).")
 @click.option("--rate", default=100, show_default=True, help="Calls per second of the sample load.")
-@click.option("--seconds", default=5.0, show_default=True, help="How long the load runs.")
+@click.option("--seconds", default=5.0, show_default=True, help="How long the load runs before the fault.")
 @click.option("--keep", is_flag=True, help="Leave the lab running at the end (remove it with `standby lab down`).")
 @handle_errors
 def command(name: str, rate: int, seconds: float, keep: bool) -> None:
-    """Build a two-server lab, replicate, carry calls, and show that nothing was lost.
+    """Build a two-server lab, carry calls, crash the primary, and show the failover and what was lost.
 
     Needs root: it creates network namespaces and runs two PostgreSQL servers.
     """
+    logging.getLogger("psycopg").setLevel(logging.ERROR)  # the probe's timeouts on the dead node are expected
     say("1. A lab: two servers (alpha, beta), a public and a private network, a client")
     try:
         lab = Lab.up(LabSpec(name))
@@ -67,47 +69,62 @@ def _story(lab: Lab, rate: int, seconds: float) -> None:
         click.echo(f"  {node}: public {n['public']['address']}, private {n['private']['address']}")
     click.echo(f"  service IP {st['service_ips'][0]['address']} (on alpha), config {lab.config_path}")
 
-    say("2. Preflight on alpha (`standby check`): before replication exists, some checks wait for it")
-    res = lab.run("alpha", [STANDBY, "check", "--config", str(lab.config_path), "--node", "alpha"], check=False)
-    click.echo(res.stdout.rstrip())
-
-    say("3. Bootstrap: first the primary (alpha), then the standby (beta) clones it over the private network")
+    say("2. Bootstrap: the primary (alpha) first, then the standby (beta) clones it over the private network")
     sh(lab, "alpha", "bootstrap", "--restart")
     sh(lab, "beta", "bootstrap")
 
-    say("4. Run it again: bootstrap is idempotent")
-    sh(lab, "beta", "bootstrap")
+    say("3. Preflight (`standby check` on alpha)")
+    sh(lab, "alpha", "check")
 
-    say("5. The sample softswitch on alpha; calls from the client through the service IP")
-    started = lab.run("alpha", [sys.executable, "-c",
-                                "import sys; from standby.config import load; from standby.act.services import start_all;"
-                                "r = start_all(load(sys.argv[1]).services, 'alpha'); print(r); sys.exit(0 if all(x.ok for x in r) else 1)",
-                                str(lab.config_path)], check=False)
-    if started.returncode != 0:
-        raise OperatorError(f"the softswitch did not start: {started.stdout} {started.stderr}")
+    say("4. The agents start on both nodes; the sample softswitch runs on both, reached through the service IP")
+    for node in ("alpha", "beta"):
+        lab.start_agent(node)
+    lab.wait_for("the pair to be ready", lambda: _ready(lab), timeout_s=60)
+    sh(lab, "beta", "status")
+
     with tempfile.TemporaryDirectory(prefix="standby-demo-") as tmp:
-        history = Path(tmp) / "calls.jsonl"
-        click.echo(f"  placing {rate} calls/s for {seconds:g}s ...")
-        load = lab.run("client", [STANDBY, "lab", "load", "--url", SERVICE_URL, "--rate", str(rate),
-                                  "--duration", str(seconds), "--out", str(history)], check=False)
-        click.echo("  " + load.stdout.strip().replace("\n", "\n  "))
+        say(f"5. Calls: {rate}/s from the client through {SERVICE_URL}, for {seconds:g}s before the fault")
+        with under_load(lab, Path(tmp), rate) as run:
+            time.sleep(max(0.0, seconds - 2.0))
+            say("6. The primary's host crashes (every process killed, both cables cut)")
+            run.t_fault = time.monotonic()
+            lab.crash("alpha")
+            _watch(lab, run.t_fault)
+            time.sleep(2.0)
+        say("7. What the standby decided (`standby history` on beta)")
+        for e in role_changes(lab, "beta"):
+            click.echo(f"  {e['time']}  {e['action']:<16} {e['reason']:<12} {e['detail']}")
 
-        say("6. Status from beta (`standby status`): roles, LSNs, lag, sync state, service IPs")
+        say("8. Checking every call against the new primary's database")
+        verdict = verify(lab, run, on="beta")
+        lost = len(verdict["missing_acked"])
+        gap = run.first_ack_after_fault()
+        dual = len(run.probe.dual) if run.probe else 0
+        click.echo(f"  acknowledged calls: {verdict['acked']}, lost: {lost}, duplicates: {len(verdict['duplicate_call_ids'])}")
+        click.echo(f"  from the crash to the first call acknowledged by beta: {gap:.2f} s" if gap is not None
+                   else "  no call was acknowledged after the crash")
+        click.echo(f"  samples with two writable primaries: {dual} of {len(run.probe.samples) if run.probe else 0}")
         sh(lab, "beta", "status")
-
-        say("7. Every acknowledged call is on the primary, once, with balanced accounts; and on the standby too")
-        dsn = lab.spec.secret("app.dsn")
-        verdict = lab.run("alpha", [STANDBY, "lab", "verify", "--history", str(history), "--dsn-file", str(dsn)],
-                          check=False)
-        click.echo(verdict.stdout.rstrip())
-        time.sleep(0.5)
-        counts = {}
-        for node in ("alpha", "beta"):
-            with lab.pg_connect(node, dbname="softswitch") as conn:
-                counts[node] = conn.execute("SELECT count(*) FROM cdrs").fetchone()[0]  # type: ignore[index]
-        click.echo(f"  CDRs on alpha (primary): {counts['alpha']}, on beta (standby, read-only): {counts['beta']}")
-        doc = json.loads(sh(lab, "beta", "status", "--json", show=False))
-        lag = doc["nodes"]["beta"]["postgres"]
-        click.echo(f"  beta is {lag['sync_state']}, {lag['lag_bytes']} bytes behind")
-        if verdict.returncode != 0:
+        if lost or dual or not verdict["ok"]:
             raise OperatorError("the checker found a problem (see above)")
+        click.secho("  nothing lost, never two primaries", fg="green", bold=True)
+
+
+def _ready(lab: Lab) -> bool:
+    a, b = agent_state(lab, "alpha"), agent_state(lab, "beta")
+    return bool(a and b and a["state"]["services"] and a["services_healthy"] and b["state"]["eligible"])
+
+
+def _watch(lab: Lab, t0: float, seconds: float = 3.0) -> None:
+    """A live view of beta's agent while it takes over."""
+    last = ""
+    while time.monotonic() - t0 < seconds:
+        st = agent_state(lab, "beta")
+        if st:
+            heard = max(v or 0 for v in st["peer_heard_s_ago"].values())
+            line = (f"beta: postgres {st['postgres']['state']:<8} term {st['state']['term']}  "
+                    f"service IPs {'held' if st['state']['services'] else '-':<4}")
+            if line != last:
+                click.echo(f"  +{time.monotonic() - t0:4.2f}s  {line}  (alpha last heard {heard:.2f}s ago)")
+                last = line
+        time.sleep(0.1)

@@ -29,7 +29,8 @@ def render(doc: dict[str, Any]) -> None:
     console.print(f"[bold]cluster {doc['cluster']}[/]  mode {doc['mode']}  durability {doc['durability']}  "
                   f"seen from {doc['observer']} at {doc['observed_at']}")
     t = Table()
-    for col in ("node", "role", "timeline", "current / received / replayed LSN", "lag", "sync", "service IPs", "versions"):
+    versions_line: list[str] = []
+    for col in ("node", "role", "timeline", "current / received / replayed LSN", "lag", "sync", "service IPs", "agent"):
         t.add_column(col, overflow="fold")
     for name, n in doc["nodes"].items():
         pg = n["postgres"]
@@ -39,12 +40,16 @@ def render(doc: dict[str, Any]) -> None:
         lag = "-" if pg["lag_bytes"] is None else f"{_bytes(pg['lag_bytes'])}, {pg['lag_seconds'] or 0:.3f}s"
         pgv = (pg["version"] or "?").split()[0]
         versions = f"pg {pgv} / standby {n['standby_version'] or '?'}"
+        ag = n.get("agent")
+        agent = "-" if ag is None else (f"term {ag['term']}" + (", FENCED" if ag["fenced"] else "")
+                                        + (", eligible" if ag["eligible"] else "") + (", degraded" if ag["degraded"] else ""))
         t.add_row(name, f"[{style}]{role}[/]", str(pg["timeline"] or "-"), lsns, lag, pg["sync_state"] or "-",
-                  ", ".join(n["service_ips"]) or "-", versions)
+                  ", ".join(n["service_ips"]) or "-", agent)
+        versions_line.append(f"{name}: {versions}")
     console.print(t)
-    console.print("* preferred primary")
+    console.print("* preferred primary.  versions: " + "; ".join(versions_line))
     for w in doc["warnings"]:
-        loud = w.isupper() or w.startswith("DUAL")
+        loud = w.isupper() or w.startswith("DUAL") or "FENCED" in w or "NOT eligible" in w
         console.print(f"[{'bold red' if loud else 'yellow'}]WARNING: {w}[/]")
     if not doc["warnings"]:
         console.print("[green]no warnings[/]")

@@ -74,7 +74,7 @@ def _table(header: str, items: Mapping[str, Any]) -> list[str]:
     return [f"[{header}]", *(f"{_key(k)} = {toml_value(v)}" for k, v in items.items()), ""]
 
 
-def render(spec: LabSpec, services: Sequence[Mapping[str, Any]] = ()) -> str:
+def render(spec: LabSpec, services: Sequence[Mapping[str, Any]] = (), salvage: Mapping[str, Any] | None = None) -> str:
     secret = spec.secret
     lines = [
         f"# Cluster configuration of the standby lab {spec.name!r}, written by `standby lab up`.",
@@ -84,6 +84,7 @@ def render(spec: LabSpec, services: Sequence[Mapping[str, Any]] = ()) -> str:
         f"heartbeat_key_file = {toml_value(secret('heartbeat.key'))}",
         f"state_dir = {toml_value(spec.root / 'state')}",
         f"services = {toml_value(list(services))}",
+        *([f"salvage = {toml_value(salvage)}"] if salvage else []),
         "",
         "[[service_ips]]",
         f"address = {toml_value(SERVICE_IP)}",

@@ -173,7 +173,7 @@ class Lab:
         softswitch.init_schema(f"host={alpha.socket_dir} port={PG_PORT} dbname=softswitch user=softswitch")
         self._write_app_dsn()
         self._place_service_ip(alpha)
-        spec.config_path.write_text(configfile.render(spec, [configfile.softswitch_service(spec)]))
+        spec.config_path.write_text(configfile.render(spec, [configfile.softswitch_service(spec)], softswitch.SALVAGE))
         os.chmod(spec.config_path, 0o644)
         standby_config.load(spec.config_path)
         self._write_state("up")

@@ -42,7 +42,9 @@ class DualPrimaryProbe:
     """Run in a background thread inside the client namespace; `stop()` returns the samples."""
 
     def __init__(self, client_ns: str, targets: dict[str, str], password: str,
-                 interval_s: float = 0.1, timeout_s: float = 0.25) -> None:
+                 interval_s: float = 0.1, timeout_s: float = 0.09) -> None:
+        # The timeout keeps samples at most ~100 ms apart even while a node is
+        # unreachable; a healthy lab server answers in a few milliseconds.
         self.client_ns, self.targets, self.password = client_ns, targets, password
         self.interval_s, self.timeout_s = interval_s, timeout_s
         self.result = ProbeResult()
@@ -65,37 +67,64 @@ class DualPrimaryProbe:
 
     async def _loop(self) -> None:
         conns: dict[str, psycopg.AsyncConnection[Any] | None] = {n: None for n in self.targets}
+        connecting: dict[str, asyncio.Task[None]] = {}
+        # A query that does not answer in time is left to finish (or fail) on its
+        # own: cancelling it would make psycopg wait for a dead server.
+        asking: dict[str, asyncio.Task[bool]] = {}
+
+        async def connect(node: str) -> None:
+            # In the background: a slow connection must not stretch the sampling interval.
+            try:
+                conns[node] = await asyncio.wait_for(psycopg.AsyncConnection.connect(
+                    host=self.targets[node], port=5432, dbname="softswitch", user="softswitch",
+                    password=self.password, autocommit=True, connect_timeout=2, tcp_user_timeout=1000,
+                    keepalives=1, keepalives_idle=1, keepalives_interval=1, keepalives_count=1), 2.0)
+            except (psycopg.Error, OSError, TimeoutError):
+                await asyncio.sleep(self.interval_s)
+
+        def drop(node: str) -> None:
+            conn, conns[node] = conns[node], None
+            if conn is not None:
+                asyncio.ensure_future(_close_quietly(conn))
 
         async def writable(node: str) -> bool:
             conn = conns[node]
-            try:
-                if conn is None or conn.closed or conn.broken:
-                    conn = await asyncio.wait_for(psycopg.AsyncConnection.connect(
-                        host=self.targets[node], port=5432, dbname="softswitch", user="softswitch",
-                        password=self.password, autocommit=True, connect_timeout=2), self.timeout_s)
-                    conns[node] = conn
-                cur = await asyncio.wait_for(conn.execute(
-                    "SELECT NOT pg_is_in_recovery() AND current_setting('transaction_read_only') = 'off'"),
-                    self.timeout_s)
-                row = await cur.fetchone()
-                return bool(row and row[0])
-            except (psycopg.Error, OSError, TimeoutError):
-                if conns[node] is not None:
-                    try:
-                        await asyncio.wait_for(conns[node].close(), 0.1)  # type: ignore[union-attr]
-                    except Exception:
-                        pass
+            if conn is None or conn.closed or conn.broken:
                 conns[node] = None
+                if node not in connecting or connecting[node].done():
+                    connecting[node] = asyncio.ensure_future(connect(node))
                 return False
+            if node in asking and not asking[node].done():
+                return False  # still waiting for the previous answer: not reachable now
+
+            async def ask() -> bool:
+                try:
+                    cur = await conn.execute(  # type: ignore[union-attr]
+                        "SELECT NOT pg_is_in_recovery() AND current_setting('transaction_read_only') = 'off'")
+                    row = await cur.fetchone()
+                    return bool(row and row[0])
+                except (psycopg.Error, OSError):
+                    drop(node)
+                    return False
+
+            asking[node] = task = asyncio.ensure_future(ask())
+            done, _ = await asyncio.wait({task}, timeout=self.timeout_s)
+            return bool(done and task.result())
 
         while not self._stop.is_set():
             t0 = time.monotonic()
             answers = await asyncio.gather(*(writable(n) for n in self.targets))
             self.result.samples.append(Sample(t0, tuple(n for n, ok in zip(self.targets, answers) if ok)))
             await asyncio.sleep(max(0.0, self.interval_s - (time.monotonic() - t0)))
-        for conn in conns.values():
-            if conn is not None:
-                try:
-                    await asyncio.wait_for(conn.close(), 0.2)
-                except Exception:
-                    pass
+        for task in [*connecting.values(), *asking.values()]:
+            task.cancel()
+        for node in self.targets:
+            drop(node)
+        await asyncio.sleep(0.3)
+
+
+async def _close_quietly(conn: psycopg.AsyncConnection[Any]) -> None:
+    try:
+        await asyncio.wait_for(conn.close(), 0.2)
+    except Exception:
+        pass

@@ -40,6 +40,8 @@ from typing import Any
 import psycopg
 from aiohttp import web
 
+from standby.lab.topology import APP_DB
+
 log = logging.getLogger("standby.softswitch")
 
 DEFAULT_LISTEN = "0.0.0.0:8080"
@@ -102,6 +104,33 @@ def ensure_schema(
                 "INSERT INTO vendors (id, name) VALUES (%s, %s) ON CONFLICT (id) DO NOTHING",
                 [(i, f"vendor-{i}") for i in range(1, vendors + 1)],
             )
+
+
+def salvage_spec(database: str = APP_DB) -> dict[str, Any]:
+    """The config's ``[salvage]`` section for this schema (see standby.salvage).
+
+    A CDR is identified by its call id, a delta by (call id, party); both serial ids are
+    renumbered when taken. A salvaged delta is applied to its party's balance as a delta,
+    so balances stay the sum of their deltas whatever the new primary did meanwhile.
+    """
+    return {
+        "database": database,
+        "tables": [
+            {"name": "cdrs", "key": ["call_id"], "renumber": ["id"]},
+            {
+                "name": "balance_deltas",
+                "key": ["call_id", "party"],
+                "renumber": ["id"],
+                "after_insert": [
+                    "UPDATE accounts SET balance = balance + :delta WHERE id = :party_id AND :party = 'account'",
+                    "UPDATE vendors SET balance = balance + :delta WHERE id = :party_id AND :party = 'vendor'",
+                ],
+            },
+        ],
+    }
+
+
+SALVAGE = salvage_spec()
 
 
 def rate_call(account_id: int, vendor_id: int, duration_s: int) -> tuple[Decimal, Decimal]:

@@ -1,0 +1,158 @@
+"""Rejoin: an old primary comes back as a standby of the new one, keeping what it alone had.
+
+Order matters, and each step only runs when the previous one succeeded:
+1. refuse unless this node's server is stopped and the peer is a reachable primary;
+2. CHECKPOINT on the new primary (until its control file shows the new
+   timeline, pg_rewind may wrongly find nothing to do);
+3. find the fork point (pg_rewind --dry-run);
+4. salvage: rows this node committed after the fork that the new primary
+   lacks, read from a copy of the data directory, into a report;
+5. pg_rewind; if impossible (WAL gone, no hint bits logged), move the old
+   directory aside (kept until the salvage has been dealt with) and clone;
+6. start as a standby of the peer and check that it streams.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+from standby.act import postgres as act
+from standby.config import Config
+from standby.model import PgRole
+from standby.observe import postgres as obs
+
+Report = Callable[[str], None]
+
+
+class RejoinRefused(Exception):
+    """Rejoining now would be unsafe or cannot work; nothing was changed."""
+
+
+@dataclass
+class RejoinResult:
+    method: str = ""  # "rewind", "clone" or "none needed"
+    fork_lsn: str | None = None
+    old_timeline: int | None = None
+    salvage_report: Path | None = None
+    salvaged_rows: int = 0
+    kept_aside: Path | None = None
+    steps: list[tuple[str, float]] = field(default_factory=list)
+
+
+def _source_conninfo(cfg: Config, node: str, peer: str) -> str:
+    pg = cfg.pg(node)
+    return (f"host={cfg.nodes[peer].private.ip} port={cfg.pg(peer).port} user={pg.replication_user} "
+            f"dbname={pg.database} connect_timeout=5")
+
+
+def preflight(cfg: Config, node: str) -> obs.PgObservation:
+    """The checks that make rejoin safe; raises RejoinRefused with the reason."""
+    peer = cfg.peer_of(node)
+    local = obs.observe_local(cfg, node)
+    if local.role is PgRole.PRIMARY:
+        raise RejoinRefused(
+            f"PostgreSQL on {node} is running as a writable primary; a node that still accepts writes cannot "
+            f"be rejoined. If {peer} is the real primary, fence this one first: `standby fence --node {node}`")
+    if local.role is PgRole.STANDBY:
+        raise RejoinRefused(f"{node} is already a standby (streaming: {local.receiver_status}); nothing to rejoin")
+    if act.running_pid(cfg.pg(node).data_dir) is not None:
+        raise RejoinRefused(f"a server still uses {cfg.pg(node).data_dir}; stop it first")
+    if local.role is PgRole.EMPTY:
+        raise RejoinRefused(f"{node} has no data directory; use `standby bootstrap --node {node}` to clone it")
+    remote = obs.observe_peer(cfg, peer)
+    if remote.role is PgRole.UNREACHABLE:
+        raise RejoinRefused(f"the new primary {peer} is unreachable ({remote.error}); rejoin needs it")
+    if remote.role is not PgRole.PRIMARY:
+        raise RejoinRefused(f"{peer} is not a primary (it is {remote.role.value}); there is nothing to follow")
+    return remote
+
+
+_DIVERGED = re.compile(r"servers diverged at WAL location ([0-9A-F]+/[0-9A-F]+) on timeline (\d+)")
+
+
+def fork_point(cfg: Config, node: str) -> tuple[str | None, int | None, str]:
+    """(fork LSN, old timeline) from pg_rewind's dry run, or (None, None) if no rewind is needed."""
+    peer = cfg.peer_of(node)
+    pg = cfg.pg(node)
+    with act.passfile(cfg, node, peer) as pf:
+        res = act.run_as(pg.os_user, [str(pg.bin_dir / "pg_rewind"), "--dry-run", "-D", str(pg.data_dir),
+                                      "--source-server", _source_conninfo(cfg, node, peer)],
+                         env={"PGPASSFILE": str(pf)}, timeout=300)
+    out = res.stdout + res.stderr
+    m = _DIVERGED.search(out)
+    if m:
+        return m.group(1), int(m.group(2)), out
+    if "no rewind required" in out:
+        return None, None, out
+    raise RejoinRefused(f"cannot find the fork point with pg_rewind --dry-run: {out.strip().splitlines()[-1] if out.strip() else res.returncode}")
+
+
+def rejoin(cfg: Config, node: str, *, state_dir: Path, report: Report = lambda s: None,
+           salvage: Callable[..., tuple[Path | None, int]] | None = None) -> RejoinResult:
+    """Make ``node`` a streaming standby of its peer. ``salvage(cfg, node, fork_lsn, old_tli)`` runs before
+    anything is changed and returns (report path, rows salvaged)."""
+    peer = cfg.peer_of(node)
+    pg = cfg.pg(node)
+    result = RejoinResult()
+    t = time.monotonic()
+
+    def step(name: str) -> None:
+        nonlocal t
+        now = time.monotonic()
+        result.steps.append((name, now - t))
+        report(f"{name} ({now - t:.2f}s)")
+        t = now
+
+    preflight(cfg, node)
+    with obs.connect_peer(cfg, peer) as conn:
+        conn.execute("CHECKPOINT")
+        act.ensure_slot(conn, cfg.slot_name(node))
+    step(f"checkpoint on {peer}, replication slot {cfg.slot_name(node)} ready")
+
+    if act.ensure_clean_shutdown(cfg, node):
+        step("crash recovery of the old data directory (it had not stopped cleanly)")
+    fork, old_tli, _ = fork_point(cfg, node)
+    result.fork_lsn, result.old_timeline = fork, old_tli
+    step(f"fork point: {fork} on timeline {old_tli}" if fork else "no divergence: this node is only behind")
+
+    if fork is not None and salvage is not None:
+        result.salvage_report, result.salvaged_rows = salvage(cfg, node, fork, old_tli)
+        step(f"salvage: {result.salvaged_rows} rows kept in {result.salvage_report}" if result.salvage_report
+             else "salvage: nothing committed here after the fork")
+
+    if fork is None:
+        result.method = "none needed"
+    else:
+        with act.passfile(cfg, node, peer) as pf:
+            res = act.run_as(pg.os_user, [str(pg.bin_dir / "pg_rewind"), "-D", str(pg.data_dir),
+                                          "--source-server", _source_conninfo(cfg, node, peer)],
+                             env={"PGPASSFILE": str(pf)}, timeout=3600)
+        if res.returncode == 0:
+            result.method = "rewind"
+            step("pg_rewind done")
+        else:
+            why = (res.stderr.strip() or res.stdout.strip()).splitlines()[-1:] or ["unknown"]
+            report(f"pg_rewind failed ({why[0]}); falling back to a fresh clone")
+            stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+            aside = pg.data_dir.with_name(f"{pg.data_dir.name}.before-rejoin-{stamp}")
+            pg.data_dir.rename(aside)
+            result.kept_aside = aside
+            act.clone(cfg, node, peer)
+            result.method = "clone"
+            step(f"cloned from {peer}; the old directory is kept at {aside} until its salvage is dealt with")
+    act.configure_as_standby(cfg, node, peer)
+    act.start(cfg, node)
+    act.wait_streaming(cfg, node, timeout_s=60)
+    step(f"streaming from {peer}")
+    return result
+
+
+def discard_aside(path: Path) -> None:
+    """Remove a directory kept aside by a clone fallback (after its salvage was applied)."""
+    shutil.rmtree(path)
