@@ -222,7 +222,8 @@ def timeline(lab: Lab, node: str, t_fault_wall: float) -> list[dict[str, Any]]:
 
 
 def first_decision(entries: list[dict[str, Any]], action: str) -> float | None:
-    return next((e["t_rel_s"] for e in entries if e.get("action") == action and e["t_rel_s"] >= 0), None)
+    return next((e["t_rel_s"] for e in entries
+                 if e["event"] == "decision" and e.get("action") == action and e["t_rel_s"] >= 0), None)
 
 
 @dataclass(frozen=True)

@@ -44,6 +44,7 @@ class Policy:
     preferred: bool  # this node is the preferred primary (breaks exact ties)
     failover_timeout_s: float
     fence_timeout_s: float
+    heartbeat_s: float  # heartbeat interval
     link_timeout_s: float  # one network down this long at the holder moves that role
     degrade_after_s: float  # 0 = never
     max_lag_bytes: int  # async: most lag still eligible
@@ -54,6 +55,7 @@ class Policy:
     has_service_ips: bool = True
     # Maintenance (a switchover or a rejoin in progress): observe, but decide nothing.
     suspended: bool = False
+    auto_rejoin: bool = False  # rejoin = "auto"
 
 
 @dataclass(frozen=True)
@@ -85,12 +87,23 @@ class State:
     releasing_services: bool = False
     last_restart_at: float = -math.inf
     primary_this_run: bool = False  # this agent run has seen its server as primary
+    last_rejoin_at: float = -math.inf
 
     def persisted(self) -> dict[str, object]:
         return {k: getattr(self, k) for k in ("term", "fenced", "was_primary", "promoting", "degraded", "peer_could_promote")}
 
 
 # -- bookkeeping -------------------------------------------------------------
+
+
+def stall_limit(p: Policy) -> float:
+    """The longest this node's heartbeats may stop without the peer possibly declaring it dead.
+
+    The peer acts on failover_timeout of silence; one heartbeat interval is
+    kept as margin for the last heartbeat's own delay. A shorter stall (a busy
+    machine) cannot have let the peer take over, so it needs no fencing.
+    """
+    return max(p.fence_timeout_s, p.failover_timeout_s - p.heartbeat_s)
 
 
 def _since(prev: float | None, condition: bool, now: float) -> float | None:
@@ -201,12 +214,16 @@ def _db_rules(s: State, o: Observation, p: Policy) -> tuple[State, list[Action]]
     if s.fenced:
         if o.pg.db is not DbState.DOWN:
             return s, [Action(ActionKind.FENCE, Reason.FENCE_ENFORCED, "fenced node found PostgreSQL running; stopping it")]
+        if (p.auto_rejoin and peer is not None and peer.db is DbState.PRIMARY and peer.term >= s.term
+                and o.now - s.last_rejoin_at >= 60.0):
+            return replace(s, last_rejoin_at=o.now), [
+                Action(ActionKind.REJOIN, Reason.REJOIN_AUTO, f"the new primary (term {peer.term}) is healthy")]
         return s, []
 
-    if o.gap > p.fence_timeout_s and s.peer_could_promote and (o.pg.db is DbState.PRIMARY or s.was_primary):
+    if o.gap > stall_limit(p) and s.peer_could_promote and (o.pg.db is DbState.PRIMARY or s.was_primary):
         # Fence first, ask later: while we were stalled the peer may have taken over.
         return _fence(s, Reason.RESUMED_AFTER_FREEZE,
-                      f"this agent stalled {o.gap:.2f}s (> fence timeout {p.fence_timeout_s:.2f}s)", True)
+                      f"this agent stalled {o.gap:.2f}s (> {stall_limit(p):.2f}s): the peer may have taken over", True)
 
     if o.pg.db is DbState.PRIMARY:
         if peer is not None and peer.db is DbState.PRIMARY and (peer.term, peer.preferred) > (s.term, p.preferred):
@@ -223,7 +240,8 @@ def _db_rules(s: State, o: Observation, p: Policy) -> tuple[State, list[Action]]
     if o.pg.db is DbState.DOWN and s.was_primary:
         standby_ready = peer is not None and peer.db is DbState.STANDBY and _standby_has_everything(s, p)
         if p.hot and p.pg_crash is PgCrashPolicy.FAILOVER and standby_ready:
-            return _fence(s, Reason.PG_CRASHED_FAILOVER, "PostgreSQL died here; the in-sync standby takes over", False)
+            return _fence(s, Reason.PG_CRASHED_FAILOVER, "PostgreSQL died here; the standby, which has every "
+                          "acknowledged commit (sync) or is within the lag bound (async), takes over", False)
         peer_took_over = peer is not None and peer.db is DbState.PRIMARY and peer.term > s.term
         if peer_took_over:
             return _fence(s, Reason.SUPERSEDED, f"peer is primary in term {peer.term}", True)
@@ -297,8 +315,8 @@ def _service_rules(s: State, o: Observation, p: Policy) -> tuple[State, list[Act
             return replace(s, releasing_services=False), []
         return s, []
 
-    if not public_ok(o):
-        return s, []
+    if not public_ok(o) or o.service_ip_elsewhere is True:
+        return s, []  # cannot serve, or someone still answers for the addresses
     if peer is not None and peer.releasing_services and not peer.services:
         return _take(s, Reason.PEER_RELEASED_SERVICES, "the peer let go of the service role")
     if peer is not None and peer.db is DbState.FENCED and not peer.services and primary_here:
@@ -331,7 +349,7 @@ def decide(s: State, o: Observation, p: Policy) -> tuple[State, list[Action]]:
     if any(a.kind is ActionKind.FENCE and a.reason in (Reason.ISOLATED, Reason.RESUMED_AFTER_FREEZE)
            for a in db_actions):
         return s, db_actions
-    if o.gap > p.fence_timeout_s and s.services:
+    if o.gap > stall_limit(p) and s.services:
         # Whatever the peer was, it may have taken the service IPs meanwhile.
         return _release(s, Reason.RESUMED_AFTER_FREEZE, f"this agent stalled {o.gap:.2f}s; letting go of the service IPs")
     s, svc_actions = _service_rules(s, o, p)

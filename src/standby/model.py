@@ -93,6 +93,7 @@ class Reason(StrEnum):
     PEER_RELEASED_SERVICES = "peer_released_services"  # the peer let go of the service role
     NOBODY_SERVES = "nobody_serves"  # the primary takes the unclaimed service role
     BOTH_SERVE = "both_serve"  # both hold the service role: the one not preferred lets go
+    REJOIN_AUTO = "rejoin_auto"  # rejoin = "auto": the fenced old primary follows the healthy new one
     FENCE_ENFORCED = "fence_enforced"  # a fenced node's PostgreSQL was found running: stop it again
 
 
@@ -140,6 +141,7 @@ class ActionKind(StrEnum):
     SET_SYNC = "set_sync"  # primary: synchronous_standby_names on (peer) or off ("")
     TAKE_SERVICES = "take_services"  # add service IPs (after ARP check), announce, start services
     RELEASE_SERVICES = "release_services"  # stop services, drop service IPs
+    REJOIN = "rejoin"  # salvage, rewind (or clone), follow the peer
 
 
 @dataclass(frozen=True)

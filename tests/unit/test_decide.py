@@ -15,7 +15,7 @@ from tests.unit.sim import World
 
 def policies(sync: bool = True, degrade: float = 0.0, hot: bool = True,
              pg_crash: PgCrashPolicy = PgCrashPolicy.FAILOVER) -> dict[str, Policy]:
-    base = dict(hot=hot, sync=sync, failover_timeout_s=1.0, fence_timeout_s=0.7, link_timeout_s=5.0,
+    base = dict(hot=hot, sync=sync, failover_timeout_s=1.0, fence_timeout_s=0.7, heartbeat_s=0.1, link_timeout_s=5.0,
                 degrade_after_s=degrade, max_lag_bytes=3, pg_crash=pg_crash)
     return {"a": Policy(preferred=True, **base), "b": Policy(preferred=False, **base)}  # type: ignore[arg-type]
 

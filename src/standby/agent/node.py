@@ -26,7 +26,7 @@ from standby.act import addresses, services
 from standby.act import postgres as pgact
 from standby.agent.heartbeat import Heartbeat, Receiver, encode
 from standby.agent.store import Store
-from standby.config import Config, Durability, Mode, Placement, read_secret
+from standby.config import Config, Durability, Mode, Placement, RejoinPolicy, read_secret
 from standby.decide import PgCrashPolicy, Policy, State, advertise, decide
 from standby.model import Action, ActionKind, DbState, LocalPg, Lsn, Net, Observation, PeerView
 from standby.observe import postgres as pgobs
@@ -51,10 +51,12 @@ def policy_for(cfg: Config, node: str, suspended: bool = False) -> Policy:
         preferred=node == cfg.preferred_primary,
         failover_timeout_s=t.failover_timeout_ms / 1000,
         fence_timeout_s=t.fence_timeout_ms / 1000,
+        heartbeat_s=t.heartbeat_interval_ms / 1000,
         link_timeout_s=t.link_timeout_ms / 1000,
         degrade_after_s=cfg.replication.degrade_after_s,
         max_lag_bytes=cfg.replication.max_lag_on_failover_bytes,
         pg_crash=PgCrashPolicy(cfg.replication.on_postgres_crash.value),
+        auto_rejoin=cfg.rejoin is RejoinPolicy.AUTO,
         services_move_on_failure=cfg.services_move_on_failure,
         unhealthy_after_s=t.service_unhealthy_ms / 1000,
         has_service_ips=bool(cfg.service_ips),
@@ -106,6 +108,10 @@ class Agent:
         self.startup_gap = 0.0
         self.stopping = asyncio.Event()
         self.in_flight: set[ActionKind] = set()
+        # Decisions and operator operations take turns: an operation changes the
+        # state under the decision loop's feet otherwise (a stale step would undo it).
+        self.turn = asyncio.Lock()
+        self.take_refused_at = -math.inf
         self._conn: psycopg.Connection | None = None
         # One thread for PostgreSQL (its connection is not shared), one for services and addresses.
         self.pg_pool = ThreadPoolExecutor(1, thread_name_prefix="pg")
@@ -224,8 +230,10 @@ class Agent:
         """While the peer is silent, keep asking who answers for the service IPs."""
         interval = self.cfg.timings.heartbeat_interval_ms / 1000
         while not self.stopping.is_set():
-            quiet = time.monotonic() - max([t for t in self.heard.values() if t is not None] + [self.state.started_at])
-            if self.cfg.service_ips and not self.state.services and quiet >= 2 * interval:
+            now = time.monotonic()
+            quiet = now - max([t for t in self.heard.values() if t is not None] + [self.state.started_at])
+            recently_refused = now - self.take_refused_at < 10.0
+            if self.cfg.service_ips and not self.state.services and (quiet >= 2 * interval or recently_refused):
                 found = await self._in(self.probe_pool, _who_else, self.cfg)
                 self.ip_elsewhere = bool(found)
                 if found:
@@ -311,6 +319,8 @@ class Agent:
                     await self._release_services()
                 case ActionKind.SET_SYNC:
                     pass  # reconciled every step from the state (see _reconcile_sync)
+                case ActionKind.REJOIN:
+                    await self.op_rejoin()
             self.event("done", action=a.kind.value)
         except Exception as e:  # an action failing must not stop the agent; the next step re-decides
             self.event("action_failed", action=a.kind.value, error=str(e).splitlines()[0] if str(e) else type(e).__name__)
@@ -340,6 +350,8 @@ class Agent:
         others = await self._in(self.probe_pool, _who_else, self.cfg)
         if others:
             self.state = replace(self.state, services=False)
+            self.ip_elsewhere = True
+            self.take_refused_at = time.monotonic()
             self.event("take_refused", reason="duplicate address", answered_by=sorted(others))
             return
         for sip in self.cfg.service_ips:
@@ -397,7 +409,7 @@ class Agent:
         self.store.save_state(new)
         self.state = new
 
-    async def op_demote(self) -> dict[str, Any]:
+    async def _op_demote(self) -> dict[str, Any]:
         """Switchover, on the primary: let go of the services, then shut PostgreSQL down cleanly."""
         if not self.suspended:
             raise OpError("automatic failover must be suspended first (maintenance)")
@@ -414,7 +426,7 @@ class Agent:
         self.event("switchover_demoted", checkpoint=lsn, timeline=tli)
         return {"checkpoint_lsn": lsn, "timeline": tli}
 
-    async def op_promote(self, min_lsn: str, timeout_s: float) -> dict[str, Any]:
+    async def _op_promote(self, min_lsn: str, timeout_s: float) -> dict[str, Any]:
         """Switchover, on the standby: once every WAL byte up to the old primary's shutdown
         checkpoint is here, promote and take the services."""
         if not self.suspended:
@@ -450,7 +462,7 @@ class Agent:
                    failed_services=[r.service for r in results if not r.ok])
         return {"term": term, "received_lsn": str(got)}
 
-    async def op_follow(self) -> dict[str, Any]:
+    async def _op_follow(self) -> dict[str, Any]:
         """Switchover, on the old primary: start again as a standby of the new primary."""
         if self.pg.db is not DbState.DOWN:
             raise OpError(f"PostgreSQL on {self.node} must be stopped (it is {self.pg.db.value})")
@@ -463,7 +475,7 @@ class Agent:
         self.event("switchover_following", primary=self.peer, term=term)
         return {"following": self.peer}
 
-    async def op_resume(self) -> dict[str, Any]:
+    async def _op_resume(self) -> dict[str, Any]:
         """Switchover aborted: the old primary starts again as it was, and takes its services back."""
         if self.state.fenced or not self.state.was_primary:
             raise OpError(f"{self.node} was not the primary before; refusing to make it one")
@@ -473,7 +485,7 @@ class Agent:
         self.event("switchover_aborted_resumed")
         return {"resumed": self.node}
 
-    async def op_rejoin(self) -> dict[str, Any]:
+    async def _op_rejoin(self) -> dict[str, Any]:
         """Reverse replication: this old primary becomes a standby of the new one (see act.rejoin)."""
         from standby.act import rejoin as rj
 
@@ -497,6 +509,26 @@ class Agent:
                 "kept_aside": str(result.kept_aside) if result.kept_aside else None,
                 "steps": [[n, round(d, 3)] for n, d in result.steps]}
 
+    async def op_demote(self) -> dict[str, Any]:
+        async with self.turn:
+            return await self._op_demote()
+
+    async def op_promote(self, min_lsn: str, timeout_s: float) -> dict[str, Any]:
+        async with self.turn:
+            return await self._op_promote(min_lsn, timeout_s)
+
+    async def op_follow(self) -> dict[str, Any]:
+        async with self.turn:
+            return await self._op_follow()
+
+    async def op_resume(self) -> dict[str, Any]:
+        async with self.turn:
+            return await self._op_resume()
+
+    async def op_rejoin(self) -> dict[str, Any]:
+        async with self.turn:
+            return await self._op_rejoin()
+
     def _received_lsn(self) -> Lsn | None:
         if self._conn is None:
             self._conn = pgobs.connect_local(self.cfg, self.node)
@@ -510,6 +542,10 @@ class Agent:
     # -- the loop ---------------------------------------------------------------------------------
 
     async def _step(self) -> None:
+        async with self.turn:
+            await self._step_locked()
+
+    async def _step_locked(self) -> None:
         now = time.monotonic()
         obs = await self._observe(now)
         if self.receiver.mismatched_digest and self.receiver.accepted == 0:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import pwd
 import secrets
 import shutil
 import signal
@@ -116,6 +117,15 @@ class Lab:
         namespaces = [spec.netns(r) for r in ALL_ROLES]
         for ns in namespaces:
             faults.thaw(ns)
+        # Agents first: a live agent would restart a PostgreSQL being stopped.
+        pg_uid = pwd.getpwnam("postgres").pw_uid
+        for ns in namespaces:
+            for pid in netns.pids(ns) if netns.exists(ns) else []:
+                try:
+                    if os.stat(f"/proc/{pid}").st_uid != pg_uid:
+                        os.kill(pid, signal.SIGKILL)
+                except (FileNotFoundError, ProcessLookupError):
+                    pass
         # A clean immediate stop lets the servers remove their own shared memory.
         for node in spec.nodes():
             if pgnode.running(node):
@@ -411,12 +421,15 @@ class Lab:
 
         The cables go first: a killed process's sockets are closed by the
         kernel, and the FIN/RST it sends would tell peers what a real power
-        loss never does.
+        loss never does. Floating addresses are runtime state a rebooted host
+        no longer has, so they go too (healing the cables then is the reboot).
         """
         ns = self.netns(self._role(node, HOST_ROLES))
         for port in self._ports(node):
             faults.set_link(self._switch, port, False)
         faults.kill_everything(ns)
+        if node in ("alpha", "beta"):
+            netns.run_in(ns, ["ip", "addr", "del", SERVICE_IP, "dev", PUBLIC_IF], check=False)
 
     def freeze(self, node: str) -> None:
         """Freeze the host like a paused VM: every process stopped (SIGSTOP), no packet in or out, ARP included."""
