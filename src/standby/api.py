@@ -7,7 +7,7 @@ GET /status    this agent's view, as JSON
 GET /metrics   Prometheus text
 POST /maintenance {"suspend": true|false}   suspends automatic failover
 POST /switchover/demote | /switchover/promote {"min_lsn", "timeout_s"} | /switchover/follow | /switchover/resume
-POST /rejoin
+POST /rejoin | /promote (a person's decision) | /fence
 Every POST needs the API token (Authorization: Bearer ...); without it: 401 and nothing happens.
 """
 
@@ -199,7 +199,8 @@ def make_app(agent: Agent) -> web.Application:
     app.router.add_get("/metrics", metrics)
     app.router.add_post("/maintenance", maintenance)
     for path, fn in (("/switchover/demote", "op_demote"), ("/switchover/promote", "op_promote"),
-                     ("/switchover/follow", "op_follow"), ("/switchover/resume", "op_resume"), ("/rejoin", "op_rejoin")):
+                     ("/switchover/follow", "op_follow"), ("/switchover/resume", "op_resume"), ("/rejoin", "op_rejoin"),
+                     ("/promote", "op_manual_promote"), ("/fence", "op_fence")):
         app.router.add_post(path, _op(fn))
     return app
 

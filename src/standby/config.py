@@ -284,6 +284,10 @@ class Config(_Strict):
     heartbeat_port: int = Field(8009, ge=1, le=65535)
     # Move the service role to the peer when the services keep failing their health check.
     services_move_on_failure: bool = True
+    # Run after a manual promotion (warm mode: clients must learn a new address),
+    # e.g. a DNS update. "{node}" and "{address}" become the new primary's name and
+    # public address. An argument list, run without a shell.
+    address_change_hook: Argv | None = None
     state_dir: Path = Path("/var/lib/standby")
 
     @field_validator("nodes")

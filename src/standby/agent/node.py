@@ -24,7 +24,9 @@ import psycopg
 
 from standby.act import addresses, services
 from standby.act import postgres as pgact
+from standby.agent.conditions import conditions
 from standby.agent.heartbeat import Heartbeat, Receiver, encode
+from standby.alerts import AlertDispatcher, AlertKind, alert_key, make_alert
 from standby.agent.store import Store
 from standby.config import Config, Durability, Mode, Placement, RejoinPolicy, read_secret
 from standby.decide import PgCrashPolicy, Policy, State, advertise, decide
@@ -118,6 +120,8 @@ class Agent:
         self.svc_pool = ThreadPoolExecutor(1, thread_name_prefix="svc")
         self.probe_pool = ThreadPoolExecutor(2, thread_name_prefix="probe")
         self.sockets: dict[Net, socket.socket] = {}
+        self.alerts = AlertDispatcher.from_config(cfg)
+        self.alerts_raised: set[AlertKind] = set()
 
     # -- helpers ------------------------------------------------------------------
 
@@ -398,6 +402,26 @@ class Agent:
             pgact.set_sync_names(self._conn, want)
             self.sync_names = want
 
+    def _alert(self, obs: Observation, actions: list[Action]) -> None:
+        """Tell people what changed: new conditions raised, cleared ones resolved, events sent."""
+        now = conditions(self.state, obs, self.policy, actions, self.cfg.alerts.lag_threshold_bytes,
+                         self.cfg.rejoin is RejoinPolicy.MANUAL)
+        about_peer = {AlertKind.REPLICATION_BROKEN}  # said of the primary, which is the peer here
+        for kind in now.raised - self.alerts_raised:
+            subject = self.peer if kind in about_peer else self.node
+            self.alerts.notify(make_alert(kind, node=subject, cluster=self.cfg.cluster,
+                                          peer=self.node if subject == self.peer else self.peer,
+                                          details={"term": self.state.term, "seen_by": self.node}))
+            self.event("alert", kind=kind.value)
+        for kind in self.alerts_raised - now.raised:
+            subject = self.peer if kind in about_peer else self.node
+            self.alerts.resolve(alert_key(kind, subject))
+            self.event("alert_resolved", kind=kind.value)
+        for kind in now.events:
+            self.alerts.notify(make_alert(kind, node=self.node, cluster=self.cfg.cluster, peer=self.peer,
+                                          details={"term": self.state.term}))
+        self.alerts_raised = set(now.raised)
+
     # -- operations requested by a person (switchover, rejoin), through the API ----------------
 
     def set_maintenance(self, on: bool) -> None:
@@ -509,6 +533,66 @@ class Agent:
                 "kept_aside": str(result.kept_aside) if result.kept_aside else None,
                 "steps": [[n, round(d, 3)] for n, d in result.steps]}
 
+    async def _op_manual_promote(self) -> dict[str, Any]:
+        """A person decided (`standby promote`): promote, take the addresses, run the address-change hook,
+        start the services; each step timed."""
+        if self.pg.db is not DbState.STANDBY or self.state.fenced:
+            raise OpError(f"{self.node} is not a running standby (PostgreSQL is {self.pg.db.value})")
+        steps: list[list[Any]] = []
+        t = time.monotonic()
+
+        def step(name: str) -> None:
+            nonlocal t
+            now = time.monotonic()
+            steps.append([name, round(now - t, 3)])
+            t = now
+
+        term = max(self.state.term, self.state.peer_term) + 1
+        await self._in(self.pg_pool, self._save, replace(self.state, term=term, promoting=True, degraded=True))
+        await self._in(self.pg_pool, self._promote)
+        await self._in(self.pg_pool, self._slot_for_peer)
+        step(f"PostgreSQL promoted (term {term})")
+        if self.cfg.service_ips:
+            others = await self._in(self.probe_pool, _who_else, self.cfg)
+            if others:
+                step(f"service IPs NOT taken: still answered by {', '.join(sorted(others))}")
+            else:
+                for sip in self.cfg.service_ips:
+                    await self._in(self.svc_pool, addresses.add, sip)
+                    await self._in(self.probe_pool, addresses.announce, sip, 3)
+                self.state = replace(self.state, services=True)
+                step("service IPs taken")
+        else:
+            self.state = replace(self.state, services=True)
+        hook = self.cfg.address_change_hook
+        if hook:
+            address = str(self.cfg.nodes[self.node].public.ip)
+            argv = [a.replace("{node}", self.node).replace("{address}", address) for a in hook]
+            res = await self._in(self.svc_pool, _run_hook, argv)
+            step(f"address-change hook: {res}")
+        # Services placed everywhere already run here; start the others.
+        results = await self._in(self.svc_pool, services.start_all, self.cfg.services, self.node, Placement.ACTIVE)
+        step("services started" + "".join(f"; {r.service} FAILED: {r.detail}" for r in results if not r.ok))
+        self.event("manual_promotion", term=term, steps=steps)
+        return {"term": term, "steps": steps}
+
+    async def _op_fence(self) -> dict[str, Any]:
+        """A person fences this node (before promoting the other one): no services, no PostgreSQL."""
+        await self._release_services()
+        await self._in(self.pg_pool, self._save, replace(self.state, fenced=True, was_primary=False, services=False,
+                                                         releasing_services=False, promoting=False))
+        await self._in(self.pg_pool, self._fence_pg)
+        self.event("fenced_by_operator")
+        return {"fenced": self.node}
+
+    async def op_manual_promote(self) -> dict[str, Any]:
+        async with self.turn:
+            return await self._op_manual_promote()
+
+    async def op_fence(self) -> dict[str, Any]:
+        async with self.turn:
+            return await self._op_fence()
+
     async def op_demote(self) -> dict[str, Any]:
         async with self.turn:
             return await self._op_demote()
@@ -560,6 +644,7 @@ class Agent:
         if self.store.persisted_changed(before, new):
             await self._in(self.pg_pool, self.store.save_state, new)  # on disk before the action it allows
         self.state = new
+        self._alert(obs, actions)
         for a in actions:
             if a.kind in self.in_flight:
                 continue  # the same action is still being carried out (e.g. a stop in progress)
@@ -575,6 +660,7 @@ class Agent:
     async def run(self, on_ready: Callable[[], None] | None = None) -> None:
         await self._restore()
         self._open_sockets()
+        await self.alerts.start()
         loop = asyncio.get_running_loop()
         tasks = [loop.create_task(c()) for c in (self._sender, self._tiebreaker_prober, self._arp_prober,
                                                   self._health_prober, self._arp_refresher)]
@@ -599,6 +685,7 @@ class Agent:
             for s in self.sockets.values():
                 loop.remove_reader(s.fileno())
                 s.close()
+            await self.alerts.stop(timeout_s=5.0)
             clean = self.stopping.is_set()
             self.store.write_liveness(self.boot, clean=clean)
             self.event("agent_stopped", clean=clean)
@@ -611,6 +698,16 @@ class Agent:
 
 
 # -- pure-ish helpers used in worker threads ----------------------------------------------
+
+
+def _run_hook(argv: list[str]) -> str:
+    import subprocess
+
+    try:
+        res = subprocess.run(argv, capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return f"could not run {argv[0]}: {e}"
+    return f"exit {res.returncode}"
 
 
 def _probe_tiebreaker(address: str, port: int, timeout: float) -> bool:

@@ -67,17 +67,20 @@ def group() -> None:
     show_default=True,
     help="replication.durability written to the lab's standby.toml.",
 )
+@click.option("--mode", type=click.Choice(["hot", "warm"]), default="hot", show_default=True,
+              help="warm: beta stands in another subnet (203.0.113.0/24, routed), no floating service IP.")
 @handle_errors
-def up(name: str, durability: str) -> None:
+def up(name: str, durability: str, mode: str) -> None:
     """Build the lab: namespaces, links, PostgreSQL on alpha, the service IP, standby.toml.
 
     beta's data directory stays empty; `standby bootstrap` clones it.
     """
     with _as_operator_errors():
-        lab = Lab.up(LabSpec(name=name, durability=durability))
+        lab = Lab.up(LabSpec(name=name, durability=durability, mode=mode))
     click.echo(f"lab {name} is up")
     click.echo(f"  config:   {lab.config_path}")
-    click.echo(f"  alpha:    PostgreSQL running, service IP {lab.status()['service_ips'][0]['address']}")
+    sips = lab.status()["service_ips"]
+    click.echo(f"  alpha:    PostgreSQL running" + (f", service IP {sips[0]['address']}" if sips else ""))
     click.echo("  beta:     empty data directory (clone it with `standby bootstrap`)")
     click.echo(f"  inspect:  standby lab status --name {name}")
     click.echo(f"  remove:   standby lab down --name {name}")

@@ -79,18 +79,20 @@ def render(spec: LabSpec, services: Sequence[Mapping[str, Any]] = (), salvage: M
     lines = [
         f"# Cluster configuration of the standby lab {spec.name!r}, written by `standby lab up`.",
         f"cluster = {toml_value(spec.name)}",
-        'mode = "hot"',
+        f"mode = {toml_value(spec.mode)}",
         'preferred_primary = "alpha"',
         f"heartbeat_key_file = {toml_value(secret('heartbeat.key'))}",
         f"state_dir = {toml_value(spec.root / 'state')}",
         f"services = {toml_value(list(services))}",
         *([f"salvage = {toml_value(salvage)}"] if salvage else []),
         "",
-        "[[service_ips]]",
-        f"address = {toml_value(SERVICE_IP)}",
-        f"interface = {toml_value(PUBLIC_IF)}",
-        "",
     ]
+    if spec.mode == "hot":
+        lines += ["[[service_ips]]", f"address = {toml_value(SERVICE_IP)}", f"interface = {toml_value(PUBLIC_IF)}", ""]
+    else:
+        # No address can float to another site: a hook tells clients where the primary went.
+        hook = [sys.executable, "-m", "standby.lab.hook", str(spec.root / "address-changes.log"), "{node}", "{address}"]
+        lines.insert(-1, f"address_change_hook = {toml_value(hook)}")
     for node in spec.nodes():
         lines += _table(
             f"nodes.{node.name}",

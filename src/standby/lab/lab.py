@@ -29,6 +29,7 @@ from standby.lab.topology import (
     LAB_BASE,
     PG_PORT,
     PREFIX_LEN,
+    REMOTE_GATEWAY,
     PRIVATE_BRIDGE,
     PUBLIC_BRIDGE,
     PUBLIC_IF,
@@ -105,7 +106,7 @@ class Lab:
             raise LabError(
                 f"cannot read {spec.state_file} ({e}); remove the lab with `standby lab down --name {name}`"
             ) from None
-        return cls(LabSpec(name, durability=data.get("durability", "sync"), base=base))
+        return cls(LabSpec(name, durability=data.get("durability", "sync"), base=base, mode=data.get("mode", "hot")))
 
     def down(self) -> None:
         type(self).destroy(self.spec.name, self.spec.base)
@@ -150,6 +151,7 @@ class Lab:
             "version": STATE_VERSION,
             "name": self.spec.name,
             "durability": self.spec.durability,
+            "mode": self.spec.mode,
             "root": str(self.root),
             "phase": phase,
             # Who built it, for whoever finds a leftover lab.
@@ -182,7 +184,8 @@ class Lab:
 
         softswitch.init_schema(f"host={alpha.socket_dir} port={PG_PORT} dbname=softswitch user=softswitch")
         self._write_app_dsn()
-        self._place_service_ip(alpha)
+        if spec.mode == "hot":
+            self._place_service_ip(alpha)
         spec.config_path.write_text(configfile.render(spec, [configfile.softswitch_service(spec)], softswitch.SALVAGE))
         os.chmod(spec.config_path, 0o644)
         standby_config.load(spec.config_path)
@@ -212,8 +215,12 @@ class Lab:
         netns.ip_batch(sw, cmds)
         for ns, link in cables:
             netns.ip_batch(ns, [f"addr add {link.address} dev {link.interface}", f"link set {link.interface} up"])
+        if spec.mode == "warm":
+            # The switch routes between the two sites' subnets.
+            netns.ip_batch(sw, [f"addr add {REMOTE_GATEWAY}/{PREFIX_LEN} dev {PUBLIC_BRIDGE}"])
+            netns.sysctl(sw, "net.ipv4.ip_forward", "1")
         for role in HOST_ROLES:
-            netns.ip_batch(spec.netns(role), [f"route add default via {GATEWAY}"])
+            netns.ip_batch(spec.netns(role), [f"route add default via {spec.gateway_for(role)}"])
         for node in spec.nodes():
             # Services may bind the service IP before it arrives on this node.
             netns.sysctl(node.netns, "net.ipv4.ip_nonlocal_bind", "1")
@@ -510,6 +517,7 @@ class Lab:
             "root": str(spec.root),
             "config_path": str(spec.config_path),
             "durability": spec.durability,
+            "mode": spec.mode,
             "namespaces": namespaces,
             "switch": {"netns": self._switch, "bridges": {"public": PUBLIC_BRIDGE, "private": PRIVATE_BRIDGE}},
             "nodes": nodes,

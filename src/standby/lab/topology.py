@@ -35,6 +35,10 @@ PRIVATE_NET = "198.51.100.0/24"
 SERVICE_IP = "192.0.2.100/24"
 CLIENT_ADDRESS = "192.0.2.50/24"
 
+# Warm mode: beta stands in another site's subnet, routed through the switch.
+REMOTE_GATEWAY = "203.0.113.1"
+REMOTE_PUBLIC = "203.0.113.12/24"
+
 SECRET_FILES = ("replication.password", "heartbeat.key", "api.token", "app.password")
 
 # A lab name becomes part of namespace names and paths: keep it plain.
@@ -136,6 +140,7 @@ class LabSpec:
     name: str = DEFAULT_NAME
     durability: str = "sync"
     base: Path = field(default=LAB_BASE)
+    mode: str = "hot"  # "warm": beta in another subnet, no floating service IP
 
     def __post_init__(self) -> None:
         if not valid_name(self.name):
@@ -174,10 +179,10 @@ class LabSpec:
     def node(self, name: str) -> NodeLayout:
         if name not in _NODE_ADDRESSES:
             raise KeyError(name)
-        links = {
-            net: Link(net, addr, interface_for(net), switch_port(name, net))
-            for net, addr in _NODE_ADDRESSES[name].items()
-        }
+        addrs = dict(_NODE_ADDRESSES[name])
+        if self.mode == "warm" and name == "beta":
+            addrs[Net.PUBLIC] = REMOTE_PUBLIC
+        links = {net: Link(net, addr, interface_for(net), switch_port(name, net)) for net, addr in addrs.items()}
         return NodeLayout(
             name=name,
             netns=self.netns(name),
@@ -185,6 +190,9 @@ class LabSpec:
             private=links[Net.PRIVATE],
             dir=self.role_dir(name),
         )
+
+    def gateway_for(self, role: str) -> str:
+        return REMOTE_GATEWAY if self.mode == "warm" and role == "beta" else GATEWAY
 
     def nodes(self) -> list[NodeLayout]:
         return [self.node(n) for n in DB_NODES]

@@ -1,0 +1,92 @@
+"""Warm standby: time from `standby promote --yes` to the first acknowledged call on the promoted node.
+
+On a fresh warm lab (beta in another subnet) the primary's host crashes; calls
+are already being offered to beta's own address (where clients go once the
+address-change hook has told them), and fail until beta is promoted. Prints
+and writes, per run, the promote command's own step timings and the time
+from the command's start to the first acknowledged call.
+
+    .venv/bin/python bench/warm_promote.py [--runs 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+from standby.lab import Lab, LabSpec
+from standby.lab.pair import agent_state
+
+RESULTS = Path(__file__).with_name("results")
+STANDBY = str(Path(sys.executable).with_name("standby"))
+
+
+def one_run(i: int) -> dict[str, object]:
+    lab = Lab.up(LabSpec(f"sbwp{i}", mode="warm"))
+    try:
+        lab.bootstrap()
+        for node in ("alpha", "beta"):
+            lab.start_agent(node)
+        lab.wait_for("beta in sync", lambda: agent_state(lab, "beta").get("state", {}).get("eligible"), timeout_s=60)
+        with tempfile.TemporaryDirectory() as tmp:
+            history = Path(tmp) / "calls.jsonl"
+            lab.spawn("client", [STANDBY, "lab", "load", "--url", "http://203.0.113.12:8080", "--rate", "100",
+                                 "--duration", "600", "--timeout", "1", "--out", str(history)], "load")
+            time.sleep(1.0)
+            lab.crash("alpha")
+            time.sleep(2.0)  # a person notices the alert and decides
+            t0 = time.monotonic()
+            res = lab.standby("beta", "promote", "--yes", check=False)
+            t_cmd = time.monotonic() - t0
+            time.sleep(3.0)
+            lab.stop_spawned("client", "load")
+            acks = [json.loads(line) for line in history.read_text().splitlines() if line.strip()]
+        first = min((a["t_done"] for a in acks if a["outcome"] == "ack" and a["t_done"] >= t0), default=None)
+        steps = [line.strip() for line in res.stdout.splitlines() if line.startswith("  ")]
+        return {"ok": res.returncode == 0, "command_s": round(t_cmd, 3),
+                "first_ack_s": None if first is None else round(first - t0, 3), "steps": steps}
+    finally:
+        for node in ("alpha", "beta"):
+            try:
+                lab.stop_agent(node)
+            except Exception:
+                pass
+        lab.down()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--runs", type=int, default=5)
+    args = ap.parse_args()
+    runs = []
+    for i in range(args.runs):
+        r = one_run(i)
+        runs.append(r)
+        print(f"run {i + 1}: promote command {r['command_s']} s, first acknowledged call {r['first_ack_s']} s "
+              f"after the command started")
+        for s in r["steps"]:  # type: ignore[attr-defined]
+            print(f"    {s}")
+    firsts = [r["first_ack_s"] for r in runs if r["first_ack_s"] is not None]
+    summary = {"runs": len(runs), "failed": sum(not r["ok"] for r in runs),
+               "first_ack_p50_s": statistics.median(firsts) if firsts else None,
+               "first_ack_max_s": max(firsts) if firsts else None}
+    print(f"\n`standby promote --yes` -> first acknowledged call: p50 {summary['first_ack_p50_s']} s, "
+          f"max {summary['first_ack_max_s']} s over {len(firsts)} runs (target: under one minute)")
+    RESULTS.mkdir(exist_ok=True)
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    doc = {"bench": "warm_promote", "when": stamp, "cores": os.cpu_count(), "machine": platform.machine(),
+           "load_average": os.getloadavg(), "summary": summary, "runs": runs}
+    for name in (f"warm-promote-{stamp}.json", "warm-promote-latest.json"):
+        (RESULTS / name).write_text(json.dumps(doc, indent=2))
+
+
+if __name__ == "__main__":
+    main()
