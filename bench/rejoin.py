@@ -166,6 +166,11 @@ def remove_old_wal(lab: Lab) -> dict[str, Any]:
             "last_removed": old[-1].name if old else None}
 
 
+def wal_mb(lab: Lab, node: str) -> float:
+    wal = lab.node(node).pgdata / "pg_wal"
+    return sum(p.stat().st_size for p in wal.iterdir() if p.is_file()) / 2**20
+
+
 def parse_rejoin(stdout: str) -> tuple[str | None, list[dict[str, Any]]]:
     m = METHOD_LINE.search(stdout)
     steps = [{"step": s["name"], "s": float(s["s"])} for ln in stdout.splitlines() if (s := STEP_LINE.match(ln))]
@@ -187,6 +192,8 @@ def one_measurement(lab: Lab, size_mb: int, method: str, p: Params, log: Any) ->
     if method == "clone":
         rec["wal_removed"] = remove_old_wal(lab)
     rec["disk_free_mb_before"] = disk_free_mb()
+    # pg_rewind copies the source's WAL segments in full, whatever the divergence: record how much there is.
+    rec["pg_wal_mb_before"] = {n: wal_mb(lab, n) for n in ("alpha", "beta")}
     rec["loadavg_at_rejoin"] = list(os.getloadavg())
     log(f"  rejoin ({method}) on alpha, load average {rec['loadavg_at_rejoin'][0]:.2f}")
     t1 = time.monotonic()
@@ -208,6 +215,13 @@ def one_measurement(lab: Lab, size_mb: int, method: str, p: Params, log: Any) ->
         rec["agent_sees_streaming_after_s"] = time.monotonic() - t2
     except LabError as e:
         rec["error"] = rec["error"] or str(e)
+    # The agent's own account of the rejoin (e.g. why pg_rewind failed), which the command does not print.
+    hist = lab.standby("alpha", "history", "--json", "--limit", "200", check=False)
+    try:
+        entries = json.loads(hist.stdout) if hist.returncode == 0 else []
+    except ValueError:
+        entries = []
+    rec["agent_rejoin_events"] = [e for e in entries if e.get("event") in ("rejoin_step", "rejoined")]
     with lab.pg_connect("alpha", dbname="softswitch") as c:
         rec["alpha_rows_after"] = (c.execute("SELECT count(*) FROM bench_filler").fetchone() or [0])[0]
     rec["loadavg_at_end"] = list(os.getloadavg())

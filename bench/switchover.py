@@ -23,6 +23,7 @@ import argparse
 import json
 import os
 import re
+import shutil
 import sys
 import tempfile
 import time
@@ -39,7 +40,7 @@ from standby import __version__
 from standby.lab import Lab
 from standby.lab.checker import read_history
 from standby.lab.errors import LabError
-from standby.lab.pair import LoadRun, agent_state, holders, primaries, start_pair, under_load, verify
+from standby.lab.pair import STANDBY, LoadRun, agent_state, holders, primaries, start_pair, under_load, verify
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 NAME_PREFIX = "sbso"
@@ -118,18 +119,19 @@ def one_switchover(lab: Lab, p: Params) -> dict[str, Any]:
     old = now[0]
     new = "beta" if old == "alpha" else "alpha"
     rec: dict[str, Any] = {"old": old, "new": new, "loadavg": list(os.getloadavg()), "error": None}
+    errors: list[str] = []
     t0 = time.monotonic()
     res = lab.standby(old, "switchover", check=False)
     t1 = time.monotonic()
     rec.update(t0=t0, t1=t1, command_s=t1 - t0, returncode=res.returncode, steps=parse_steps(res.stdout, old, new))
     if res.returncode != 0:
-        rec["error"] = f"switchover exited {res.returncode}"
+        errors.append(f"switchover exited {res.returncode}")
         rec["stdout"], rec["stderr"] = res.stdout, res.stderr
     rec["primaries_after"] = primaries(lab)
     rec["holders_after"] = holders(lab)
     expected = [new] if res.returncode == 0 else [old]
     if rec["primaries_after"] != expected or rec["holders_after"] != expected:
-        rec["error"] = (rec["error"] or "") + f" primaries {rec['primaries_after']}, holders {rec['holders_after']}"
+        errors.append(f"primaries {rec['primaries_after']}, holders {rec['holders_after']}")
     # After a completed switchover the old primary must stream; after an aborted one, the standby.
     standby_node = old if rec["primaries_after"] == [new] else new
     try:
@@ -141,9 +143,10 @@ def one_switchover(lab: Lab, p: Params) -> dict[str, Any]:
                      timeout_s=p.settle_timeout_s, every_s=0.05)
         rec["eligible_after_s"] = time.monotonic() - t1
     except LabError as e:
-        rec["error"] = (rec["error"] or "") + f" {e}"
+        errors.append(str(e))
         rec.setdefault("streaming_after_s", None)
         rec["eligible_after_s"] = None
+    rec["error"] = "; ".join(errors) or None
     # Spaced out so that the windows of two switchovers never overlap.
     time.sleep(max(p.pause_s, 2 * p.window_s))
     return rec
@@ -177,6 +180,21 @@ def analyse(run: LoadRun, switchovers: list[dict[str, Any]], p: Params) -> dict[
     return {"attempts": len(attempts), "attempts_not_acked": len(not_acked),
             "attempts_not_acked_outside_windows": sum(1 for a in not_acked
                                                       if not any(lo <= a.t_send <= hi for lo, hi in windows))}
+
+
+def judge(lab: Lab, run: LoadRun, on: str) -> dict[str, Any]:
+    """The checker's verdict, or what it said when it gave none (verify() itself drops its stderr)."""
+    try:
+        v = verify(lab, run, on=on)
+    except ValueError as e:
+        res = lab.run(on, [STANDBY, "lab", "verify", "--json", "--history", str(run.history),
+                           "--dsn-file", str(lab.spec.secret("app.dsn"))], check=False)
+        return {"error": f"no verdict from the checker on {on} ({e})", "returncode": res.returncode,
+                "stdout": res.stdout[-2000:], "stderr": res.stderr[-4000:]}
+    out = {k: v[k] for k in ("ok", "violations", "calls", "acked", "failed", "indeterminate")}
+    out["lost"] = len(v["missing_acked"])
+    out["missing_acked"] = list(v["missing_acked"])
+    return out
 
 
 def summarise(doc: dict[str, Any]) -> dict[str, Any]:
@@ -305,10 +323,16 @@ def main(argv: Sequence[str] | None = None) -> int:
                 doc["attempts"] = analyse(run, doc["switchovers"], p)
                 final = primaries(lab)
                 doc["final_primary"] = final
-                v = verify(lab, run, on=final[0] if final else "alpha")
-                doc["verdict"] = {k: v[k] for k in ("ok", "violations", "calls", "acked", "failed", "indeterminate")}
-                doc["verdict"]["lost"] = len(v["missing_acked"])
-                doc["verdict"]["missing_acked"] = list(v["missing_acked"])
+                checked = judge(lab, run, final[0] if final else "alpha")
+                if "error" in checked:
+                    doc["verify_error"] = checked
+                    # The call history goes with the lab's temporary directory: keep it to judge by hand.
+                    kept = RESULTS_DIR / f"switchover-{stamp}-calls.jsonl"
+                    shutil.copyfile(run.history, kept)
+                    doc["verify_error"]["history_kept_at"] = str(kept)
+                    log(f"checker failed: {checked['error']}; call history kept at {kept}")
+                else:
+                    doc["verdict"] = checked
                 probe = run.probe
                 doc["probe"] = {"samples": len(probe.samples) if probe else 0,
                                 "dual_samples": len(probe.dual) if probe else 0,
@@ -328,6 +352,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         r.pop("t0", None), r.pop("t1", None)
     doc["summary"] = summarise(doc) if doc["switchovers"] else {}
     doc["complete"] = code == 0 and "verdict" in doc
+    if "verify_error" in doc:
+        code = code or 1
     doc["elapsed_s"] = round(time.monotonic() - t_start, 1)
     doc["machine"]["loadavg_at_end"] = list(os.getloadavg())
     path = write_results(doc, stamp)

@@ -52,14 +52,25 @@ def agent_view(a: Agent) -> dict[str, Any]:
         "peer_heard_s_ago": {n.value: (None if t is None else round(now - t, 3)) for n, t in a.heard.items()},
         "peer_view": None if a.peer_view is None else {
             "term": a.peer_view.term, "db": a.peer_view.db.value, "services": a.peer_view.services,
-            "sync_ok": a.peer_view.sync_ok},
+            "sync_ok": a.peer_view.sync_ok, "reporting": a.peer_view.reporting},
         "carrier": {n.value: c for n, c in a.carrier.items()},
         "tiebreaker_ok": a._tiebreaker_ok(),
         "services_healthy": a.services_healthy,
         "heartbeats": {"accepted": a.receiver.accepted, "rejected": dict(a.receiver.rejected),
                        "sent": a.counters.sent, "send_errors": a.counters.send_errors},
         "recent": list(a.recent)[-10:],
+        "reporting": _reporting_view(a),
     }
+
+
+def _reporting_view(a: Agent) -> dict[str, Any] | None:
+    if a.reporting_ip is None or a.cfg.reporting is None:
+        return None
+    d = a.reporting_decision
+    return {"address": str(a.reporting_ip.address.ip), "held": bool(a.reporting_held),
+            "fallback": a.cfg.reporting.fallback.value, "max_lag_bytes": a.cfg.reporting.max_lag_bytes,
+            "reason": d.reason if d else None, "lag_bytes": d.lag_bytes if d else None,
+            "episode": a.reporting_state.episode, "ack": a.reporting_state.ack}
 
 
 async def primary(request: web.Request) -> web.Response:
@@ -109,6 +120,9 @@ class _Collector:
         yield g
         yield GaugeMetricFamily("standby_term", "current term", value=a.state.term)
         yield GaugeMetricFamily("standby_service_role", "1 if this node holds the service IPs", value=float(a.state.services))
+        if a.reporting_ip is not None:
+            yield GaugeMetricFamily("standby_reporting_ip", "1 if this node holds the reporting IP",
+                                    value=float(bool(a.reporting_held)))
         yield GaugeMetricFamily("standby_degraded", "1 if commits do not wait for the standby", value=float(a.state.degraded))
         ages = GaugeMetricFamily("standby_peer_heard_seconds", "seconds since the peer was heard", labels=["network"])
         now = time.monotonic()

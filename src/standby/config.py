@@ -259,6 +259,59 @@ class Salvage(_Strict):
     tables: list[SalvageTable] = Field(default_factory=list)
 
 
+class ReportingFallback(StrEnum):
+    # Reports then load the primary, which carries the calls; pick it when a
+    # report that is late costs more than calls that are slower.
+    PRIMARY = "primary"
+    # Nobody answers on the reporting IP until the standby is back in bound:
+    # reports wait (or fail) and the primary keeps all its capacity for calls.
+    WITHDRAW = "withdraw"
+
+
+class Reporting(_Strict):
+    """Reports (CDR summaries) served by the standby's replica, so the primary keeps carrying calls.
+
+    The reporting IP floats like a service IP but follows the *standby*: it is
+    held there while the standby streams within ``max_lag_bytes``, and goes to
+    the primary or nowhere (``fallback``) otherwise. Without ``address`` only
+    the PostgreSQL settings below apply (clients then use `standby dsn --for
+    reporting`, which needs no floating address).
+    """
+
+    address: ipaddress.IPv4Interface | None = Field(None, description="floating reporting address with prefix")
+    interface: Interface | None = None
+    # Most WAL (bytes) the standby may have left to replay and still serve
+    # reports. Beyond it the address moves away; it comes back once the lag is
+    # under half of this, so a lag hovering at the bound does not move it back
+    # and forth (each move breaks the reports running at that moment).
+    max_lag_bytes: int = Field(16 * 1024 * 1024, ge=0)
+    fallback: ReportingFallback = ReportingFallback.WITHDRAW
+    # On: the standby tells the primary which rows its queries still read, so
+    # the primary's VACUUM keeps them and long reports are not cancelled by WAL
+    # replay. The price is bloat on the primary: dead rows of busy tables (the
+    # balances) stay until the longest report ends. Off: the primary cleans up
+    # freely and replay cancels a report that needs removed rows after
+    # max_standby_streaming_delay_ms. Either way, a lock taken on the primary
+    # (DDL, VACUUM truncating a table's end) still conflicts with reports.
+    hot_standby_feedback: bool = True
+    # How long WAL replay waits for a conflicting report before cancelling it.
+    # Longer lets reports finish but lets replay fall behind, and a promotion
+    # must first replay all of it (a slower failover); -1 waits forever.
+    max_standby_streaming_delay_ms: int = Field(30_000, ge=-1, le=86_400_000)
+
+    @model_validator(mode="after")
+    def _both_or_neither(self) -> Reporting:
+        if (self.address is None) != (self.interface is None):
+            raise ValueError("address and interface go together: give both or neither")
+        return self
+
+    def floating(self) -> ServiceIP | None:
+        """The reporting IP in the shape the address actions take, or None when there is none."""
+        if self.address is None or self.interface is None:
+            return None
+        return ServiceIP(address=self.address, interface=self.interface)
+
+
 class Api(_Strict):
     bind: ipaddress.IPv4Address = ipaddress.IPv4Address("0.0.0.0")
     port: int = Field(8008, ge=1, le=65535)
@@ -280,6 +333,7 @@ class Config(_Strict):
     api: Api = Api()
     rejoin: RejoinPolicy = RejoinPolicy.MANUAL
     salvage: Salvage = Salvage()
+    reporting: Reporting | None = None
     heartbeat_key_file: Path | None = None
     heartbeat_port: int = Field(8009, ge=1, le=65535)
     # Move the service role to the peer when the services keep failing their health check.
@@ -336,6 +390,7 @@ class Config(_Strict):
                         "so a service IP cannot float between them; remove service_ips and use an "
                         "address-change hook instead"
                     )
+        problems.extend(self._reporting_problems(seen))
         if self.mode is Mode.HOT:
             nets = {n.public.address.network for n in self.nodes.values()}
             if len(nets) > 1:
@@ -355,6 +410,24 @@ class Config(_Strict):
         if problems:
             raise ValueError("\n".join(problems))
         return self
+
+    def _reporting_problems(self, seen: dict[ipaddress.IPv4Address, str]) -> list[str]:
+        rep = self.reporting
+        if rep is None or rep.address is None:
+            return []
+        key, out = "reporting.address", []
+        if rep.address.ip in seen:
+            out.append(f"{key}: {rep.address.ip} is already used by {seen[rep.address.ip]}; the reporting IP "
+                       "must be an address of its own")
+        nets = {n.public.address.network for n in self.nodes.values()}
+        outside = [name for name, n in self.nodes.items() if rep.address.ip not in n.public.address.network]
+        if len(nets) > 1 and self.mode is Mode.WARM:
+            out.append(f"{key}: the nodes are in different subnets, so no address can float between them; "
+                       "remove reporting.address and give clients `standby dsn --for reporting` instead")
+        elif outside:
+            out.append(f"{key}: {rep.address} is outside the public subnet of {', '.join(outside)}; it must be "
+                       "in the subnet of both nodes so it can float between them")
+        return out
 
     # -- derived views ----------------------------------------------------
 

@@ -367,8 +367,8 @@ def fence_needed(s: State, db: DbState) -> bool:
 
 
 def advertise(s: State, pg: LocalPg, carrier: dict[Net, bool], tiebreaker_ok: bool | None, preferred: bool,
-              sync: bool) -> PeerView:
-    """What this node tells its peer in every heartbeat."""
+              sync: bool, reporting: bool = False, reporting_epoch: int = 0, reporting_ack: int = 0) -> PeerView:
+    """What this node tells its peer in every heartbeat (the reporting fields: see standby.reporting)."""
     db = DbState.FENCED if s.fenced else pg.db
     return PeerView(
         term=s.term,
@@ -380,4 +380,7 @@ def advertise(s: State, pg: LocalPg, carrier: dict[Net, bool], tiebreaker_ok: bo
         tiebreaker_ok=tiebreaker_ok,
         releasing_services=s.releasing_services,
         preferred=preferred,
+        reporting=reporting,
+        reporting_epoch=reporting_epoch,
+        reporting_ack=reporting_ack,
     )

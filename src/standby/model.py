@@ -110,6 +110,10 @@ class PeerView:
     tiebreaker_ok: bool | None
     releasing_services: bool = False
     preferred: bool = False
+    # The reporting address (see standby.reporting); defaults keep older peers' messages valid.
+    reporting: bool = False  # holds the reporting IP (or is still removing it)
+    reporting_epoch: int = 0  # standby: its current in-bound episode, 0 when not in bound
+    reporting_ack: int = 0  # primary: the standby episode it has stepped aside for
 
 
 @dataclass(frozen=True)
@@ -119,6 +123,7 @@ class LocalPg:
     streaming: bool = False  # standby: WAL receiver streaming
     peer_sync: bool = False  # primary: the peer is connected and 'sync'
     peer_flush_lsn: int | None = None  # primary: how far the peer has flushed
+    replay_lsn: int | None = None  # standby: how far WAL has been applied (what queries see)
 
 
 @dataclass(frozen=True)

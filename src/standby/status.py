@@ -17,7 +17,7 @@ import psycopg
 
 from standby import __version__
 from standby.act.postgres import read_facts
-from standby.config import Config, Durability
+from standby.config import Config, Durability, ServiceIP
 from standby.model import PgRole, SyncState
 from standby.observe import addresses
 from standby.observe import postgres as obs
@@ -38,6 +38,7 @@ class Observations:
     facts: dict[str, dict[str, Any]] = field(default_factory=dict)
     observed_at: datetime = field(default_factory=lambda: datetime.now(timezone.utc))
     agents: dict[str, dict[str, Any] | None] = field(default_factory=dict)  # each node agent's /status
+    reporting: IpHolders | None = None  # the reporting IP, when [reporting] has one
 
 
 def agent_status(cfg: Config, node: str, timeout_s: float = 1.0) -> dict[str, Any] | None:
@@ -63,16 +64,19 @@ def collect(cfg: Config, node: str, probe_arp: bool = True) -> Observations:
             except psycopg.Error:
                 pass
     agents = {n: agent_status(cfg, n) for n in (node, peer)}
-    return Observations(observer=node, pg=pg, ips=_ip_holders(cfg, node, probe_arp), facts=facts, agents=agents)
+    floating = cfg.reporting.floating() if cfg.reporting else None
+    reporting = _ip_holders(cfg, node, probe_arp, [floating])[0] if floating else None
+    return Observations(observer=node, pg=pg, ips=_ip_holders(cfg, node, probe_arp), facts=facts, agents=agents,
+                        reporting=reporting)
 
 
-def _ip_holders(cfg: Config, node: str, probe_arp: bool) -> tuple[IpHolders, ...]:
+def _ip_holders(cfg: Config, node: str, probe_arp: bool, ips: list[ServiceIP] | None = None) -> tuple[IpHolders, ...]:
     peer = cfg.peer_of(node)
     mine = addresses.local_addresses()
     held_here = {a for addrs in mine.values() for a in addrs}
     peer_macs: frozenset[str] = frozenset()
     out = []
-    for sip in cfg.service_ips:
+    for sip in cfg.service_ips if ips is None else ips:
         holders: list[str] = [node] if sip.address.ip in held_here else []
         probed = False
         if probe_arp and sip.interface in mine:
@@ -166,6 +170,10 @@ def assemble(cfg: Config, o: Observations) -> dict[str, Any]:
                 "upstream": p.upstream,
                 "rewindable": p.rewindable,
                 "error": p.error,
+                "replay_age_s": p.replay_age_s,
+                "replay_paused": p.replay_paused,
+                "cancelled_queries": None if p.conflicts is None else sum(p.conflicts.values()),
+                "conflicts": p.conflicts,
             },
             "service_ips": [h.address for h in o.ips if name in h.holders],
             "agent": _agent_summary(o.agents.get(name)),
@@ -178,6 +186,7 @@ def assemble(cfg: Config, o: Observations) -> dict[str, Any]:
             warnings.append(f"SERVICE IP {h.address} IS HELD BY {' AND '.join(h.holders).upper()}: CLIENTS MAY REACH EITHER NODE")
         elif not h.holders:
             warnings.append(f"service IP {h.address} is held by no node" + ("" if h.probed else " seen from here"))
+    reporting = _reporting(cfg, o, nodes, warnings)
     if cfg.replication.durability is Durability.SYNC and cfg.replication.degrade_after_s > 0:
         warnings.append(
             f"sync with degrade_after_s={cfg.replication.degrade_after_s:g}: if the standby is away that long, "
@@ -192,5 +201,37 @@ def assemble(cfg: Config, o: Observations) -> dict[str, Any]:
         "primary": primary.node if primary else None,
         "nodes": nodes,
         "service_ips": {h.address: {"holders": list(h.holders), "arp_probed": h.probed} for h in o.ips},
+        "reporting": reporting,
         "warnings": warnings,
+    }
+
+
+def _reporting(cfg: Config, o: Observations, nodes: dict[str, Any], warnings: list[str]) -> dict[str, Any] | None:
+    """Where reports go and what reading on the standby costs: lag, and queries cancelled by replay."""
+    rep = cfg.reporting
+    if rep is None:
+        return None
+    h = o.reporting
+    for name, n in nodes.items():
+        pg = n["postgres"]
+        if pg["state"] != "standby":
+            continue
+        if pg["replay_paused"]:
+            warnings.append(f"WAL replay is paused on {name}: reports there see old data and it falls behind")
+        if pg["lag_bytes"] is not None and pg["lag_bytes"] > rep.max_lag_bytes:
+            warnings.append(f"{name} has {pg['lag_bytes']} B of WAL left to replay, over reporting.max_lag_bytes "
+                            f"({rep.max_lag_bytes}): reports are {'on the primary' if rep.fallback.value == 'primary' else 'withdrawn'}")
+    if h is not None:
+        if len(h.holders) > 1:
+            warnings.append(f"REPORTING IP {h.address} IS HELD BY {' AND '.join(h.holders).upper()}")
+        elif not h.holders and rep.fallback.value == "primary":
+            warnings.append(f"reporting IP {h.address} is held by no node" + ("" if h.probed else " seen from here"))
+    return {
+        "address": h.address if h else None,
+        "holders": list(h.holders) if h else [],
+        "arp_probed": h.probed if h else False,
+        "fallback": rep.fallback.value,
+        "max_lag_bytes": rep.max_lag_bytes,
+        "hot_standby_feedback": rep.hot_standby_feedback,
+        "max_standby_streaming_delay_ms": rep.max_standby_streaming_delay_ms,
     }

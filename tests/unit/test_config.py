@@ -20,6 +20,13 @@ EXAMPLE = Path(__file__).parents[2] / "etc" / "standby.example.toml"
 
 @pytest.fixture
 def data() -> dict:
+    d = tomllib.loads(EXAMPLE.read_text())
+    d.pop("reporting", None)  # its own tests below (rdata): the others stay about what they name
+    return d
+
+
+@pytest.fixture
+def rdata() -> dict:
     return tomllib.loads(EXAMPLE.read_text())
 
 
@@ -161,3 +168,92 @@ def test_any_input_gives_valid_config_or_config_error(junk: object) -> None:
             config.parse(d)
         except config.ConfigError as e:
             assert e.problems
+
+
+# -- [reporting] ------------------------------------------------------------------
+
+
+def test_reporting_valid_and_optional(rdata: dict) -> None:
+    assert config.parse(rdata).reporting is not None  # the example has one
+    del rdata["reporting"]
+    assert config.parse(rdata).reporting is None
+    rdata["reporting"] = {"hot_standby_feedback": False}  # settings only, no floating address
+    cfg = config.parse(rdata)
+    assert cfg.reporting is not None and cfg.reporting.floating() is None
+
+
+def test_reporting_address_must_be_its_own(rdata: dict) -> None:
+    rdata["reporting"]["address"] = "192.0.2.100/24"
+    (p,) = problems(rdata)
+    assert p.startswith("reporting.address:") and "service_ips[0].address" in p
+    rdata["reporting"]["address"] = "192.0.2.12/24"
+    (p,) = problems(rdata)
+    assert "nodes.beta.public.address" in p
+
+
+def test_reporting_address_in_the_public_subnet(rdata: dict) -> None:
+    rdata["reporting"]["address"] = "198.51.100.101/24"  # the private network
+    (p,) = problems(rdata)
+    assert p.startswith("reporting.address:") and "public subnet" in p
+
+
+def test_reporting_address_and_interface_together(rdata: dict) -> None:
+    del rdata["reporting"]["interface"]
+    (p,) = problems(rdata)
+    assert p.startswith("reporting:") and "give both or neither" in p
+
+
+def test_reporting_fallback_and_bounds(rdata: dict) -> None:
+    rdata["reporting"]["fallback"] = "elsewhere"
+    (p,) = problems(rdata)
+    assert p.startswith("reporting.fallback:") and "elsewhere" in p
+    rdata["reporting"]["fallback"] = "primary"
+    rdata["reporting"]["max_standby_streaming_delay_ms"] = -2
+    (p,) = problems(rdata)
+    assert p.startswith("reporting.max_standby_streaming_delay_ms:")
+
+
+def test_reporting_settings_reach_postgres(rdata: dict) -> None:
+    from standby.act.postgres import primary_settings, reporting_settings
+
+    rdata["reporting"].update(hot_standby_feedback=False, max_standby_streaming_delay_ms=-1)
+    cfg = config.parse(rdata)
+    assert reporting_settings(cfg) == {"hot_standby_feedback": "off", "max_standby_streaming_delay": "-1"}
+    assert primary_settings(cfg, "alpha", True)["hot_standby_feedback"] == "off"
+    del rdata["reporting"]
+    assert "hot_standby_feedback" not in primary_settings(config.parse(rdata), "alpha", True)
+
+
+def test_dsn_for_reporting_and_writes(rdata: dict) -> None:
+    from standby.cli.dsn import libpq_dsn
+
+    cfg = config.parse(rdata)
+    rep = libpq_dsn(cfg, "reporting", "cdr", None, 3, uri=False)
+    assert rep == ("host=192.0.2.12,192.0.2.11 port=5432 dbname=cdr target_session_attrs=prefer-standby "
+                   "connect_timeout=3")
+    wr = libpq_dsn(cfg, "writes", "cdr", "app", 2, uri=True)
+    assert wr == "postgresql://app@192.0.2.11:5432,192.0.2.12:5432/cdr?target_session_attrs=read-write&connect_timeout=2"
+    assert "password" not in rep + wr
+
+
+def test_digest_unchanged_without_reporting(rdata: dict) -> None:
+    """A pair still running an older version (no [reporting] in its model) computes the same digest."""
+    import hashlib
+    import json
+
+    from standby.agent.node import config_digest
+
+    del rdata["reporting"]
+    cfg = config.parse(rdata)
+    older = {k: v for k, v in cfg.model_dump(mode="json").items() if k != "reporting"}
+    assert config_digest(cfg) == hashlib.sha256(json.dumps(older, sort_keys=True).encode()).hexdigest()
+
+
+def test_reporting_address_cannot_float_across_warm_subnets(rdata: dict) -> None:
+    rdata["mode"] = "warm"
+    rdata["nodes"]["beta"]["public"]["address"] = "203.0.113.12/24"
+    rdata["service_ips"] = []
+    (p,) = problems(rdata)
+    assert p.startswith("reporting.address:") and "standby dsn --for reporting" in p
+    del rdata["reporting"]["address"], rdata["reporting"]["interface"]
+    assert config.parse(rdata).reporting is not None  # the settings alone are fine

@@ -98,3 +98,40 @@ def test_authenticated_garbage_is_a_clean_reject(fields: dict, view: dict) -> No
         decode(packet, KEY)
     except Reject as e:
         assert e.kind == "malformed"
+
+
+def _signed(fields: dict) -> bytes:
+    import hashlib
+    import hmac
+    import json
+
+    body = json.dumps(fields).encode()
+    return body + hmac.new(KEY, body, hashlib.sha256).digest()
+
+
+def _fields(view: dict) -> dict:
+    return {"v": 1, "cluster": "c", "from": "alpha", "boot": 1, "seq": 1, "net": "public", "digest": "d",
+            "view": view}
+
+
+OLD_VIEW = {"term": 3, "db": "primary", "services": True, "lsn": 12345, "sync_ok": True,
+            "carrier": {"public": True}, "tiebreaker_ok": None, "releasing_services": False, "preferred": True}
+
+
+def test_message_of_an_older_peer_has_no_reporting_fields() -> None:
+    view = decode(_signed(_fields(OLD_VIEW)), KEY).view
+    assert (view.reporting, view.reporting_epoch, view.reporting_ack) == (False, 0, 0)
+
+
+def test_reporting_fields_roundtrip_and_are_typed() -> None:
+    from dataclasses import replace
+
+    v = replace(VIEW, reporting=True, reporting_epoch=(5 << 24) + 2, reporting_ack=7)
+    assert decode(encode(Heartbeat("c", "alpha", 1, 1, Net.PUBLIC, "d", v), KEY), KEY).view == v
+    for bad in ({"reporting": 1}, {"reporting_epoch": True}, {"reporting_ack": -1}, {"reporting_epoch": "3"}):
+        try:
+            decode(_signed(_fields({**OLD_VIEW, **bad})), KEY)
+        except Reject as e:
+            assert e.kind == "malformed"
+        else:
+            raise AssertionError(f"accepted {bad}")

@@ -217,6 +217,12 @@ def _running_standby(cfg: Config, node: str, note: Report) -> None:
     note(Step("streaming", False, f"WAL receiver {status} from {peer} at {expected}"))
     with obs.connect_local(cfg, node) as conn:
         hba = act.ensure_hba(conn, cfg, node)
+        # Reporting settings all reload without a restart; a standby running
+        # before [reporting] was added gets them here.
+        wanted = act.reporting_settings(cfg)
+        changed, _ = act.ensure_settings(conn, wanted) if wanted else ([], [])
+    if wanted:
+        note(Step("reporting settings", bool(changed), ", ".join(changed) or "already in place"))
     note(Step("pg_hba.conf", hba, f"replication allowed from {cfg.nodes[peer].private.ip} only" + ("" if hba else " (unchanged)")))
     with obs.connect_peer(cfg, peer) as pconn:
         act.write_facts(pconn, local_facts(cfg, node).as_dict())

@@ -164,8 +164,21 @@ def primary_settings(cfg: Config, node: str, has_checksums: bool) -> dict[str, s
     if not has_checksums:
         # pg_rewind needs hint-bit changes in WAL unless pages carry checksums.
         wanted["wal_log_hints"] = "on"
+    # Written on the primary too: a clone copies them, and a primary becomes a standby after a failover.
+    wanted.update(reporting_settings(cfg))
     wanted.update({k: _pg_value(v) for k, v in pg.extra_settings.items()})
     return wanted
+
+
+def reporting_settings(cfg: Config) -> dict[str, str]:
+    """The hot-standby settings of [reporting] (nothing without it: PostgreSQL's defaults stay)."""
+    rep = cfg.reporting
+    if rep is None:
+        return {}
+    return {
+        "hot_standby_feedback": _pg_value(rep.hot_standby_feedback),
+        "max_standby_streaming_delay": str(rep.max_standby_streaming_delay_ms),  # base unit: ms
+    }
 
 
 def _pg_value(v: object) -> str:
@@ -422,6 +435,7 @@ def configure_as_standby(cfg: Config, node: str, peer: str) -> None:
         "unix_socket_directories": str(pg.socket_dir),
         "hot_standby": "on",
         "synchronous_standby_names": "",
+        **reporting_settings(cfg),
     }
     auto = data / "postgresql.auto.conf"
     kept = [ln for ln in auto.read_text().splitlines() if ln.split("=", 1)[0].strip() not in settings] if auto.exists() else []

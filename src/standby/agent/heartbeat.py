@@ -46,6 +46,7 @@ def view_to_dict(v: PeerView) -> dict[str, Any]:
         "term": v.term, "db": v.db.value, "services": v.services, "lsn": v.lsn, "sync_ok": v.sync_ok,
         "carrier": {k.value: bool(b) for k, b in v.carrier.items()}, "tiebreaker_ok": v.tiebreaker_ok,
         "releasing_services": v.releasing_services, "preferred": v.preferred,
+        "reporting": v.reporting, "reporting_epoch": v.reporting_epoch, "reporting_ack": v.reporting_ack,
     }
 
 
@@ -69,6 +70,11 @@ def _typed(d: dict[str, Any], name: str, kind: type | tuple[type, ...]) -> Any:
     return value
 
 
+def _optional(d: dict[str, Any], name: str, kind: type, default: Any) -> Any:
+    """A field later versions added: absent in an older peer's message, typed when present."""
+    return _typed(d, name, kind) if name in d else default
+
+
 def _view(d: Any) -> PeerView:
     if not isinstance(d, dict):
         raise Reject("malformed", "view is not an object")
@@ -82,10 +88,14 @@ def _view(d: Any) -> PeerView:
     term = _typed(d, "term", int)
     if term < 0 or (lsn is not None and lsn < 0):
         raise Reject("malformed", "negative term or lsn")
+    epoch, ack = _optional(d, "reporting_epoch", int, 0), _optional(d, "reporting_ack", int, 0)
+    if epoch < 0 or ack < 0:
+        raise Reject("malformed", "negative reporting episode")
     return PeerView(
         term=term, db=db, services=_typed(d, "services", bool), lsn=lsn, sync_ok=_typed(d, "sync_ok", bool),
         carrier=carrier, tiebreaker_ok=_typed(d, "tiebreaker_ok", (bool, type(None))),
         releasing_services=_typed(d, "releasing_services", bool), preferred=_typed(d, "preferred", bool),
+        reporting=_optional(d, "reporting", bool, False), reporting_epoch=epoch, reporting_ack=ack,
     )
 
 

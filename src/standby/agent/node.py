@@ -28,11 +28,12 @@ from standby.agent.conditions import conditions
 from standby.agent.heartbeat import Heartbeat, Receiver, encode
 from standby.alerts import AlertDispatcher, AlertKind, alert_key, make_alert
 from standby.agent.store import Store
-from standby.config import Config, Durability, Mode, Placement, RejoinPolicy, read_secret
-from standby.decide import PgCrashPolicy, Policy, State, advertise, decide
+from standby.config import Config, Durability, Mode, Placement, RejoinPolicy, ReportingFallback, ServiceIP, read_secret
+from standby.decide import PgCrashPolicy, Policy, State, advertise, decide, peer_fresh, public_ok
 from standby.model import Action, ActionKind, DbState, LocalPg, Lsn, Net, Observation, PeerView
 from standby.observe import postgres as pgobs
 from standby.observe import probes
+from standby import reporting as rep
 
 log = logging.getLogger("standby.agent")
 T = TypeVar("T")
@@ -41,7 +42,11 @@ IP_FREEBIND = 15  # linux/in.h; not exported by the socket module
 
 def config_digest(cfg: Config) -> str:
     """Both agents must run the same configuration; heartbeats carry this to prove it."""
-    return hashlib.sha256(json.dumps(cfg.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()
+    dumped = cfg.model_dump(mode="json")
+    if dumped.get("reporting") is None:
+        # Without [reporting], the digest older versions compute: they may still run on the peer.
+        dumped.pop("reporting", None)
+    return hashlib.sha256(json.dumps(dumped, sort_keys=True).encode()).hexdigest()
 
 
 def policy_for(cfg: Config, node: str, suspended: bool = False) -> Policy:
@@ -122,6 +127,17 @@ class Agent:
         self.sockets: dict[Net, socket.socket] = {}
         self.alerts = AlertDispatcher.from_config(cfg)
         self.alerts_raised: set[AlertKind] = set()
+        # The reporting IP (standby.reporting): decided each step, applied off the loop.
+        self.reporting_ip = cfg.reporting.floating() if cfg.reporting else None
+        self.reporting_policy = rep.ReportingPolicy(
+            fallback_primary=cfg.reporting is not None and cfg.reporting.fallback is ReportingFallback.PRIMARY,
+            max_lag_bytes=cfg.reporting.max_lag_bytes if cfg.reporting else 0)
+        self.reporting_state = rep.ReportingState()
+        self.reporting_decision: rep.ReportingDecision | None = None
+        self.reporting_held: bool | None = None  # None until read from the kernel
+        self.reporting_busy = False
+        self.reporting_refused = False
+        self.reporting_announced = -math.inf
 
     # -- helpers ------------------------------------------------------------------
 
@@ -182,8 +198,9 @@ class Agent:
                 self.peer_view = hb.view
 
     def _advertised(self) -> PeerView:
+        held, epoch, ack = rep.advertised(self.reporting_state, bool(self.reporting_held))
         return advertise(self.state, self.pg, self.carrier, self._tiebreaker_ok(), self.policy.preferred,
-                         self.policy.sync)
+                         self.policy.sync, reporting=held, reporting_epoch=epoch, reporting_ack=ack)
 
     def _send(self) -> None:
         now = time.monotonic()
@@ -623,6 +640,71 @@ class Agent:
         if self._conn is not None:
             pgact.ensure_slot(self._conn, self.cfg.slot_name(self.peer))
 
+    # -- the reporting IP ---------------------------------------------------------------------------
+
+    async def _reporting_step(self, obs: Observation) -> None:
+        """Decide who holds the reporting IP (pure, see standby.reporting); add or remove it off the loop."""
+        sip = self.reporting_ip
+        if sip is None:
+            return
+        if self.reporting_held is None:  # first step: an agent restart keeps what the kernel has
+            self.reporting_held = await self._in(self.svc_pool, addresses.held, sip)
+            self.reporting_state = rep.ReportingState.for_boot(self.boot)
+        inp = rep.ReportingInputs(
+            db=DbState.FENCED if self.state.fenced else self.pg.db, streaming=self.pg.streaming,
+            replay_lsn=self.pg.replay_lsn, peer=peer_fresh(obs, self.policy), public_ok=public_ok(obs),
+            held=self.reporting_held)
+        self.reporting_state, d = rep.step(self.reporting_state, inp, self.reporting_policy)
+        self.reporting_decision = d
+        if self.reporting_busy:
+            return
+        if d.hold != self.reporting_held:
+            self.reporting_busy = True
+            asyncio.get_running_loop().create_task(self._apply_reporting(sip, d))
+        elif d.hold and time.monotonic() - self.reporting_announced >= 5.0:
+            # Switches and ARP caches forget; keep telling them, as for the service IPs.
+            self.reporting_announced = time.monotonic()
+            self.reporting_busy = True
+            asyncio.get_running_loop().create_task(self._announce_reporting(sip))
+
+    async def _announce_reporting(self, sip: ServiceIP) -> None:
+        try:
+            await self._in(self.probe_pool, addresses.announce, sip, 1)
+        except OSError:
+            pass
+        finally:
+            self.reporting_busy = False
+
+    async def _apply_reporting(self, sip: ServiceIP, d: rep.ReportingDecision) -> None:
+        try:
+            if d.hold:
+                if d.check_arp:
+                    others = await self._in(self.probe_pool, addresses.answered_elsewhere, sip)
+                    if others:
+                        if not self.reporting_refused:
+                            self.event("reporting_take_refused", answered_by=sorted(others), reason=d.reason)
+                        self.reporting_refused = True
+                        return
+                # Advertised before the address exists, so the peer cannot take it meanwhile.
+                self.reporting_held = True
+                try:
+                    await self._in(self.svc_pool, addresses.add, sip)
+                except Exception:
+                    await self._in(self.svc_pool, addresses.remove, sip)
+                    self.reporting_held = False
+                    raise
+                self.reporting_announced = time.monotonic()
+                await self._in(self.probe_pool, addresses.announce, sip, 3)
+            else:
+                await self._in(self.svc_pool, addresses.remove, sip)
+                self.reporting_held = False  # only now may the peer be told it is free
+            self.reporting_refused = False
+            self.event("reporting", held=d.hold, reason=d.reason, lag_bytes=d.lag_bytes)
+        except Exception as e:  # the next step decides again
+            self.event("action_failed", action="reporting", error=str(e).splitlines()[0] if str(e) else type(e).__name__)
+        finally:
+            self.reporting_busy = False
+
     # -- the loop ---------------------------------------------------------------------------------
 
     async def _step(self) -> None:
@@ -650,6 +732,7 @@ class Agent:
                 continue  # the same action is still being carried out (e.g. a stop in progress)
             self.event("decision", action=a.kind.value, reason=a.reason.value, detail=a.detail, term=new.term)
             asyncio.get_running_loop().create_task(self._act(a))
+        await self._reporting_step(obs)
         if ActionKind.PROMOTE not in self.in_flight:
             try:
                 await self._in(self.pg_pool, self._reconcile_sync)
@@ -742,5 +825,6 @@ def _read_local(conn: psycopg.Connection, peer: str) -> tuple[LocalPg, str | Non
     recv, replay = conn.execute("SELECT pg_last_wal_receive_lsn()::text, pg_last_wal_replay_lsn()::text").fetchone()  # type: ignore[misc]
     status = conn.execute("SELECT status FROM pg_stat_wal_receiver").fetchone()
     pos = Lsn.parse(recv) or Lsn.parse(replay)
-    return LocalPg(DbState.STANDBY, lsn=pos.value if pos else None,
+    applied = Lsn.parse(replay)
+    return LocalPg(DbState.STANDBY, lsn=pos.value if pos else None, replay_lsn=applied.value if applied else None,
                    streaming=bool(status and status[0] == "streaming")), names

@@ -104,6 +104,10 @@ def fence_command(config_path: Path, node: str | None, if_unclean: bool) -> None
     for sip in cfg.service_ips:
         if addresses.remove(sip):
             click.echo(f"removed service IP {sip.address}")
+    # Nothing keeps the reporting IP's lag in check without an agent.
+    floating = cfg.reporting.floating() if cfg.reporting else None
+    if floating is not None and addresses.remove(floating):
+        click.echo(f"removed reporting IP {floating.address}")
     for r in services.stop_all(cfg.services, me):
         click.echo(f"stopped {r.service}: {r.detail}")
     kept = store.load_state()

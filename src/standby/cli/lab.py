@@ -127,6 +127,9 @@ def _print_table(status: dict[str, Any]) -> None:
     for sip in status["service_ips"]:
         holders = ", ".join(sip["holders"]) or "[red]nobody[/]"
         console.print(f"service IP {sip['address']} on {sip['interface']}: {holders}")
+    if status.get("reporting_ip"):
+        rip = status["reporting_ip"]
+        console.print(f"reporting IP {rip['address']} on {rip['interface']}: {', '.join(rip['holders']) or 'nobody'}")
     console.print(f"gateway and tie-breaker {status['tiebreaker']} (switch namespace {status['switch']['netns']})")
     missing = [r for r, ns in status["namespaces"].items() if not ns["exists"]]
     if missing:

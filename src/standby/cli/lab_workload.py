@@ -204,3 +204,30 @@ def verify_command(history_path: Path, dsn_file: Path, as_json: bool) -> None:
     else:
         click.echo(verdict.render())
     sys.exit(0 if verdict.ok else 1)
+
+
+@click.command("report", context_settings=_CONTEXT)
+@click.option("--dsn-file", type=_FILE, required=True,
+              help="File holding the DSN to report from (e.g. the lab's report.dsn: the reporting IP).")
+@click.option("--loop", "pause_s", type=click.FloatRange(min=0), default=None,
+              help="Run again and again, pausing SECONDS between runs (0: back to back), one JSON line per run, "
+                   "until SIGTERM/SIGINT.")
+@click.option("--limit", type=click.IntRange(min=1), default=20, show_default=True,
+              help="Rows of the table to print (single run).")
+def report_command(dsn_file: Path, pause_s: float | None, limit: int) -> None:
+    """The sample CDR report: revenue and minutes per account per hour."""
+    import psycopg
+
+    from standby.lab import report
+
+    dsn = _dsn_from(dsn_file, None)
+    if pause_s is None:
+        try:
+            report.once(dsn, limit)
+        except psycopg.Error as e:
+            raise click.ClickException(f"the report failed: {' '.join(str(e).split())}") from e
+        return
+    try:
+        report.loop(dsn, pause_s, sys.stdout)
+    except KeyboardInterrupt:
+        pass

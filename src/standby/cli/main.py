@@ -7,7 +7,7 @@ import sys
 import click
 
 from standby import __version__
-from standby.cli import agent, bootstrap, promote, roadback, salvage, check, config_cmd, demo, lab, lab_workload, status
+from standby.cli import agent, bootstrap, promote, roadback, salvage, check, config_cmd, demo, dsn, lab, lab_workload, status
 from standby.config import ConfigError
 
 
@@ -35,9 +35,11 @@ cli.add_command(roadback.switchback_command)
 cli.add_command(roadback.rejoin_command)
 cli.add_command(salvage.group)
 cli.add_command(promote.command)
+cli.add_command(dsn.command)
 lab.group.add_command(lab_workload.softswitch_group)
 lab.group.add_command(lab_workload.load_command)
 lab.group.add_command(lab_workload.verify_command)
+lab.group.add_command(lab_workload.report_command)
 
 
 def main() -> None:

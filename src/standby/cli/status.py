@@ -48,11 +48,32 @@ def render(doc: dict[str, Any]) -> None:
         versions_line.append(f"{name}: {versions}")
     console.print(t)
     console.print("* preferred primary.  versions: " + "; ".join(versions_line))
+    _render_reporting(console, doc)
     for w in doc["warnings"]:
         loud = w.isupper() or w.startswith("DUAL") or "FENCED" in w or "NOT eligible" in w
         console.print(f"[{'bold red' if loud else 'yellow'}]WARNING: {w}[/]")
     if not doc["warnings"]:
         console.print("[green]no warnings[/]")
+
+
+def _render_reporting(console: Console, doc: dict[str, Any]) -> None:
+    rep = doc.get("reporting")
+    if rep is None:
+        return
+    where = ", ".join(rep["holders"]) or "nobody"
+    head = f"reporting IP {rep['address']}: held by {where}" if rep["address"] else "reporting (no floating address)"
+    console.print(f"{head}  (fallback {rep['fallback']}, bound {_bytes(rep['max_lag_bytes'])}, "
+                  f"hot_standby_feedback {'on' if rep['hot_standby_feedback'] else 'off'}, "
+                  f"max_standby_streaming_delay {rep['max_standby_streaming_delay_ms']} ms)")
+    for name, n in doc["nodes"].items():
+        pg = n["postgres"]
+        if pg["state"] != "standby":
+            continue
+        age = "-" if pg["replay_age_s"] is None else f"{pg['replay_age_s']:.3f}s since the last replayed commit"
+        causes = ", ".join(f"{k} {v}" for k, v in (pg["conflicts"] or {}).items() if v)
+        cancelled = "-" if pg["cancelled_queries"] is None else str(pg["cancelled_queries"]) + (f" ({causes})" if causes else "")
+        console.print(f"  {name}: replay lag {_bytes(pg['lag_bytes'])}, {age}"
+                      f"{', replay PAUSED' if pg['replay_paused'] else ''}; queries cancelled by replay: {cancelled}")
 
 
 @click.command("status")

@@ -19,12 +19,24 @@ from standby.lab.topology import (
     PG_PORT,
     PG_SUPERUSER,
     PUBLIC_IF,
+    REPORTING_IP,
     SERVICE_IP,
     LabSpec,
 )
 
 REPLICATION_USER = "replicator"
 APP_DSN = "app.dsn"  # the sample softswitch's connection string (holds a password)
+REPORT_DSN = "report.dsn"  # the sample report's: the reporting IP (holds a password)
+# The lab's [reporting]: withdrawn rather than loading the primary, feedback on,
+# and a short replay delay, so a conflict would cancel a report within the tests.
+REPORTING = {
+    "address": REPORTING_IP,
+    "interface": PUBLIC_IF,
+    "max_lag_bytes": 4 * 1024 * 1024,
+    "fallback": "withdraw",
+    "hot_standby_feedback": True,
+    "max_standby_streaming_delay_ms": 2000,
+}
 SOFTSWITCH_PORT = 8080
 
 
@@ -118,4 +130,6 @@ def render(spec: LabSpec, services: Sequence[Mapping[str, Any]] = (), salvage: M
     lines += _table("replication", {"durability": spec.durability})
     lines += _table("tiebreaker", {"address": GATEWAY})
     lines += _table("api", {"token_file": secret("api.token")})
+    if spec.mode == "hot":
+        lines += _table("reporting", REPORTING)
     return "\n".join(lines)

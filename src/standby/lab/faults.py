@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import signal
+import time
 from pathlib import Path
 
 from standby.lab import netns
@@ -67,7 +68,15 @@ def _unblock_network(ns: str) -> None:
 
 def freeze(ns: str) -> list[int]:
     _block_network(ns)
-    return netns.signal_all(ns, signal.SIGSTOP)
+    stopped: list[int] = []
+    # A process may fork between listing and stopping (a server starting a
+    # worker): repeat until every process of the namespace is stopped.
+    for _ in range(20):
+        stopped += netns.signal_all(ns, signal.SIGSTOP)
+        if all(_proc_state(pid) in ("T", "Z", None) for pid in netns.pids(ns)):
+            break
+        time.sleep(0.01)
+    return sorted(set(stopped))
 
 
 def thaw(ns: str) -> list[int]:

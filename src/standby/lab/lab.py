@@ -33,6 +33,7 @@ from standby.lab.topology import (
     PRIVATE_BRIDGE,
     PUBLIC_BRIDGE,
     PUBLIC_IF,
+    REPORTING_IP,
     SECRET_FILES,
     SERVICE_IP,
     LabSpec,
@@ -249,6 +250,10 @@ class Lab:
             order = sorted(nodes, key=lambda n: n.name != first)
             return [n.private.address.split("/")[0] for n in order] + [n.public.address.split("/")[0] for n in order]
 
+        if self.spec.mode == "hot":
+            self._write_secret_file(configfile.REPORT_DSN, (
+                f"host={REPORTING_IP.split('/')[0]} port={PG_PORT} dbname=softswitch user=softswitch "
+                f"password={self._secret('app.password')} connect_timeout=2\n"))
         for name, first in [(configfile.APP_DSN, None)] + [(configfile.app_dsn_for(n.name), n.name) for n in nodes]:
             path = self.spec.secret(name)
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -259,6 +264,11 @@ class Lab:
                     "connect_timeout=2 tcp_user_timeout=1000 keepalives=1 keepalives_idle=1 "
                     "keepalives_interval=1 keepalives_count=2\n"
                 )
+
+    def _write_secret_file(self, name: str, text: str) -> None:
+        fd = os.open(self.spec.secret(name), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
 
     def _secret(self, name: str) -> str:
         return self.spec.secret(name).read_text().strip()
@@ -436,7 +446,8 @@ class Lab:
             faults.set_link(self._switch, port, False)
         faults.kill_everything(ns)
         if node in ("alpha", "beta"):
-            netns.run_in(ns, ["ip", "addr", "del", SERVICE_IP, "dev", PUBLIC_IF], check=False)
+            for address in (SERVICE_IP, REPORTING_IP):
+                netns.run_in(ns, ["ip", "addr", "del", address, "dev", PUBLIC_IF], check=False)
 
     def freeze(self, node: str) -> None:
         """Freeze the host like a paused VM: every process stopped (SIGSTOP), no packet in or out, ARP included."""
@@ -481,8 +492,8 @@ class Lab:
         nets = (Net.PUBLIC,) if node == Role.CLIENT.value else tuple(Net)
         return {n.value: faults.link_state(self._switch, self._port(node, n)) for n in nets}
 
-    def _service_ip_holders(self) -> list[str]:
-        return [n for n in DB_NODES if netns.exists(self.netns(n)) and SERVICE_IP in netns.addresses(self.netns(n), PUBLIC_IF)]
+    def _service_ip_holders(self, address: str = SERVICE_IP) -> list[str]:
+        return [n for n in DB_NODES if netns.exists(self.netns(n)) and address in netns.addresses(self.netns(n), PUBLIC_IF)]
 
     def status(self) -> dict[str, Any]:
         """Topology plus what is true right now, read from the kernel and the processes."""
@@ -529,6 +540,8 @@ class Lab:
                 "frozen": namespaces["client"]["exists"] and faults.frozen(client_ns),
             },
             "service_ips": [{"address": SERVICE_IP, "interface": PUBLIC_IF, "holders": self._service_ip_holders()}],
+            "reporting_ip": ({"address": REPORTING_IP, "interface": PUBLIC_IF,
+                              "holders": self._service_ip_holders(REPORTING_IP)} if spec.mode == "hot" else None),
             "tiebreaker": GATEWAY,
             "gateway": GATEWAY,
         }

@@ -56,6 +56,13 @@ def holders(lab: Lab) -> list[str]:
             if st["nodes"][n]["links"]["public"] == "up" and not st["nodes"][n]["frozen"]]
 
 
+def reporting_holders(lab: Lab) -> list[str]:
+    """Nodes holding the reporting IP where clients can reach it."""
+    st = lab.status()
+    rip = st.get("reporting_ip") or {"holders": []}
+    return [n for n in rip["holders"] if st["nodes"][n]["links"]["public"] == "up" and not st["nodes"][n]["frozen"]]
+
+
 def primaries(lab: Lab) -> list[str]:
     out = []
     for node in ("alpha", "beta"):

@@ -33,6 +33,8 @@ PREFIX_LEN = 24
 PUBLIC_NET = "192.0.2.0/24"
 PRIVATE_NET = "198.51.100.0/24"
 SERVICE_IP = "192.0.2.100/24"
+# Follows the standby while it is in bound (reports read there); hot mode only.
+REPORTING_IP = "192.0.2.101/24"
 CLIENT_ADDRESS = "192.0.2.50/24"
 
 # Warm mode: beta stands in another site's subnet, routed through the switch.

@@ -54,6 +54,10 @@ class PgObservation:
     data_checksums: bool | None = None
     synchronous_standby_names: str | None = None
     error: str | None = None
+    # Standby only, for reports read there:
+    replay_age_s: float | None = None  # since the newest replayed commit was made on the primary
+    replay_paused: bool | None = None
+    conflicts: dict[str, int] | None = None  # queries cancelled by WAL replay since the stats reset, by cause
 
     @property
     def major(self) -> int | None:
@@ -165,12 +169,23 @@ def read(conn: psycopg.Connection, node: str, via: str) -> PgObservation:
         recv, replay = cur.execute("SELECT pg_last_wal_receive_lsn()::text, pg_last_wal_replay_lsn()::text").fetchone()  # type: ignore[misc]
         wr = cur.execute("SELECT status, received_tli, sender_host FROM pg_stat_wal_receiver").fetchone()
         tli = wr[1] if wr and wr[1] else cur.execute("SELECT timeline_id FROM pg_control_checkpoint()").fetchone()[0]  # type: ignore[index]
+        age, paused = cur.execute(_REPLAY_SQL).fetchone()  # type: ignore[misc]
+        conflicts = cur.execute(_CONFLICTS_SQL).fetchone()
         return PgObservation(
             node=node, role=PgRole.STANDBY, observed_at=_now(), via=via, version=version,
             version_num=version_num, timeline=tli, receive_lsn=Lsn.parse(recv), replay_lsn=Lsn.parse(replay),
             receiver_status=wr[0] if wr else None, upstream=wr[2] if wr else None,
             wal_log_hints=hints, data_checksums=checksums, synchronous_standby_names=sync_names,
+            replay_age_s=age, replay_paused=paused,
+            conflicts=dict(zip(_CONFLICT_CAUSES, (int(v) for v in conflicts))) if conflicts else None,
         )
+
+
+_REPLAY_SQL = "SELECT extract(epoch FROM now() - pg_last_xact_replay_timestamp())::float8, pg_is_wal_replay_paused()"
+_CONFLICT_CAUSES = ("snapshot", "lock", "bufferpin", "deadlock", "tablespace")
+# Summed over every database: a report may run in any of them.
+_CONFLICTS_SQL = ("SELECT " + ", ".join(f"coalesce(sum(confl_{c}), 0)" for c in _CONFLICT_CAUSES)
+                  + " FROM pg_stat_database_conflicts")
 
 
 def observe_local(cfg: Config, node: str) -> PgObservation:

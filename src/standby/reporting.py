@@ -1,0 +1,149 @@
+"""Who holds the reporting IP: one pure step per node, like the decision core.
+
+Reports read from the standby's replica so the primary keeps its CPU for
+calls. The reporting IP therefore follows the standby while it is *in bound*
+(running, streaming, its public network up, and the WAL it still has to
+replay within ``max_lag_bytes`` of the primary's position as the primary last
+said in its heartbeat). Otherwise it goes to the primary (fallback
+"primary") or to nobody (fallback "withdraw").
+
+Two nodes must not hold it at once, so a move is a hand-over with a receipt:
+
+- a standby that comes in bound opens a new *episode* (a number never used
+  before by this node, since it starts from the agent's boot counter) and
+  advertises it;
+- a primary that sees an in-bound standby lets go of the address, and only
+  once it is gone acknowledges that episode;
+- the standby takes the address only when the primary's heartbeat says "I do
+  not hold it" *and* acknowledges the standby's current episode. That message
+  was written after the primary saw the standby in bound, and the primary takes
+  the address again only after a newer standby message says "out of bound",
+  which the standby sends only once it has let go itself (``held`` stays true
+  while a removal is in flight).
+
+When the peer is silent the primary cannot get a receipt; it takes the address
+(fallback "primary") only after an ARP probe finds nobody answering for it,
+which the shell does. A standby never holds it without hearing the primary,
+since it cannot know its lag then.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+from standby.model import DbState, PeerView
+
+# Episodes are numbered from (boot << EPISODE_BITS): a restarted agent never
+# reuses a number the primary may still acknowledge from the previous run.
+EPISODE_BITS = 24
+
+
+@dataclass(frozen=True)
+class ReportingPolicy:
+    fallback_primary: bool  # fallback = "primary"
+    max_lag_bytes: int
+
+
+@dataclass(frozen=True)
+class ReportingState:
+    episode: int = 0  # standby: current in-bound episode (0: not in bound)
+    next_episode: int = 1  # the next number to open an episode with
+    ack: int = 0  # primary: the standby episode it has stepped aside for (0: none)
+
+    @classmethod
+    def for_boot(cls, boot: int) -> ReportingState:
+        return cls(next_episode=(boot << EPISODE_BITS) + 1)
+
+
+@dataclass(frozen=True)
+class ReportingInputs:
+    db: DbState  # this node's PostgreSQL; FENCED when the node is fenced
+    streaming: bool  # standby: WAL receiver streaming
+    replay_lsn: int | None  # standby: WAL applied so far
+    peer: PeerView | None  # the peer's last word if heard recently, else None
+    public_ok: bool  # this node can serve clients (public link up, tie-breaker not lost)
+    held: bool  # the address is on this node now, or still being removed
+
+
+@dataclass(frozen=True)
+class ReportingDecision:
+    hold: bool
+    reason: str
+    lag_bytes: int | None = None  # standby: WAL left to replay, when known
+    check_arp: bool = False  # take only if nobody answers ARP for the address (peer silent)
+
+
+def replay_lag(inp: ReportingInputs) -> int | None:
+    """WAL the standby still has to apply: the primary's heartbeat position minus the local replay position."""
+    peer = inp.peer
+    if inp.db is not DbState.STANDBY or peer is None or peer.db is not DbState.PRIMARY:
+        return None
+    if peer.lsn is None or inp.replay_lsn is None:
+        return None
+    # The heartbeat position may be a step older than the local one: never negative.
+    return max(0, peer.lsn - inp.replay_lsn)
+
+
+def advertised(s: ReportingState, held: bool) -> tuple[bool, int, int]:
+    """(reporting, reporting_epoch, reporting_ack) for the heartbeat."""
+    return held, s.episode, s.ack
+
+
+def step(s: ReportingState, inp: ReportingInputs, p: ReportingPolicy) -> tuple[ReportingState, ReportingDecision]:
+    if inp.db is DbState.STANDBY:
+        return _standby(s, inp, p)
+    if inp.db is DbState.PRIMARY:
+        return _primary(s, inp, p)
+    s = replace(s, episode=0, ack=0)
+    why = "fenced" if inp.db is DbState.FENCED else "PostgreSQL is down here"
+    return s, ReportingDecision(False, why)
+
+
+def _standby(s: ReportingState, inp: ReportingInputs, p: ReportingPolicy) -> tuple[ReportingState, ReportingDecision]:
+    lag = replay_lag(inp)
+    # Leave at the bound, come back under half of it: a lag hovering at the
+    # bound must not move the address (and break running reports) each step.
+    bound = p.max_lag_bytes if s.episode else p.max_lag_bytes // 2
+    if lag is None:
+        why = "the primary is not heard (lag unknown)"
+    elif not inp.streaming:
+        why = "not streaming from the primary"
+    elif not inp.public_ok:
+        why = "public network down here"
+    elif lag > bound:
+        why = f"replay lag {lag} B over the bound of {bound} B"
+    else:
+        why = ""
+    if why:
+        return replace(s, episode=0, ack=0), ReportingDecision(False, why, lag)
+    if not s.episode:
+        s = replace(s, episode=s.next_episode, next_episode=s.next_episode + 1)
+    s = replace(s, ack=0)
+    peer = inp.peer
+    assert peer is not None  # a known lag needs a heard primary
+    if peer.reporting:
+        return s, ReportingDecision(False, "in bound; the primary still holds it", lag)
+    if inp.held:
+        return s, ReportingDecision(True, "in bound", lag)
+    if peer.reporting_ack != s.episode:
+        return s, ReportingDecision(False, "in bound; waiting for the primary to step aside", lag)
+    return s, ReportingDecision(True, "in bound; the primary stepped aside", lag)
+
+
+def _primary(s: ReportingState, inp: ReportingInputs, p: ReportingPolicy) -> tuple[ReportingState, ReportingDecision]:
+    s = replace(s, episode=0)
+    peer = inp.peer
+    if peer is not None and peer.db is DbState.STANDBY and peer.reporting_epoch > 0:
+        # Acknowledge only once the address is gone from here: the receipt is
+        # what lets the standby take it.
+        ack = s.ack if inp.held else peer.reporting_epoch
+        return replace(s, ack=ack), ReportingDecision(False, "the standby is in bound and takes it")
+    s = replace(s, ack=0)
+    if peer is not None and peer.reporting:
+        return s, ReportingDecision(False, "the standby holds it")
+    if not p.fallback_primary:
+        return s, ReportingDecision(False, "no standby in bound; withdrawn (fallback withdraw)")
+    if not inp.public_ok:
+        return s, ReportingDecision(False, "no standby in bound, and the public network is down here")
+    return s, ReportingDecision(True, "no standby in bound; reports go to the primary (fallback primary)",
+                                check_arp=peer is None)
