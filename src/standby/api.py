@@ -170,7 +170,7 @@ async def maintenance(request: web.Request) -> web.Response:
 
 
 def _op(fn_name: str) -> Any:
-    """An operator request handled by the agent; its refusal is a 409 with the reason."""
+    """An operator request (Agent.operate) handled by the agent; its refusal is a 409 with the reason."""
 
     async def handler(request: web.Request) -> web.Response:
         a = request.app[AGENT_KEY]
@@ -183,13 +183,13 @@ def _op(fn_name: str) -> Any:
         except ValueError:
             return _json(400, {"error": "expected a JSON object"})
         try:
-            if fn_name == "op_promote":
+            if fn_name == "promote":
                 lsn, timeout = body.get("min_lsn"), body.get("timeout_s", 10)
                 if not isinstance(lsn, str) or not isinstance(timeout, (int, float)) or isinstance(timeout, bool):
                     return _json(400, {"error": 'expected {"min_lsn": "X/Y", "timeout_s": seconds}'})
-                result = await a.op_promote(lsn, float(timeout))
+                result = await a.operate("promote", lsn, float(timeout))
             else:
-                result = await getattr(a, fn_name)()
+                result = await a.operate(fn_name)
         except OpError as e:
             return _json(409, {"error": str(e)})
         except Exception as e:  # reported to the caller, and recorded
@@ -212,9 +212,9 @@ def make_app(agent: Agent) -> web.Application:
     app.router.add_get("/status", status)
     app.router.add_get("/metrics", metrics)
     app.router.add_post("/maintenance", maintenance)
-    for path, fn in (("/switchover/demote", "op_demote"), ("/switchover/promote", "op_promote"),
-                     ("/switchover/follow", "op_follow"), ("/switchover/resume", "op_resume"), ("/rejoin", "op_rejoin"),
-                     ("/promote", "op_manual_promote"), ("/fence", "op_fence")):
+    for path, fn in (("/switchover/demote", "demote"), ("/switchover/promote", "promote"),
+                     ("/switchover/follow", "follow"), ("/switchover/resume", "resume"), ("/rejoin", "rejoin"),
+                     ("/promote", "manual_promote"), ("/fence", "fence")):
         app.router.add_post(path, _op(fn))
     return app
 

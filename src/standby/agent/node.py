@@ -341,7 +341,7 @@ class Agent:
                 case ActionKind.SET_SYNC:
                     pass  # reconciled every step from the state (see _reconcile_sync)
                 case ActionKind.REJOIN:
-                    await self.op_rejoin()
+                    await self.operate("rejoin")
             self.event("done", action=a.kind.value)
         except Exception as e:  # an action failing must not stop the agent; the next step re-decides
             self.event("action_failed", action=a.kind.value, error=str(e).splitlines()[0] if str(e) else type(e).__name__)
@@ -602,33 +602,11 @@ class Agent:
         self.event("fenced_by_operator")
         return {"fenced": self.node}
 
-    async def op_manual_promote(self) -> dict[str, Any]:
+    async def operate(self, name: str, *args: Any) -> dict[str, Any]:
+        """Run the operator operation ``_op_<name>`` while no decision step runs."""
+        fn = getattr(self, f"_op_{name}")
         async with self.turn:
-            return await self._op_manual_promote()
-
-    async def op_fence(self) -> dict[str, Any]:
-        async with self.turn:
-            return await self._op_fence()
-
-    async def op_demote(self) -> dict[str, Any]:
-        async with self.turn:
-            return await self._op_demote()
-
-    async def op_promote(self, min_lsn: str, timeout_s: float) -> dict[str, Any]:
-        async with self.turn:
-            return await self._op_promote(min_lsn, timeout_s)
-
-    async def op_follow(self) -> dict[str, Any]:
-        async with self.turn:
-            return await self._op_follow()
-
-    async def op_resume(self) -> dict[str, Any]:
-        async with self.turn:
-            return await self._op_resume()
-
-    async def op_rejoin(self) -> dict[str, Any]:
-        async with self.turn:
-            return await self._op_rejoin()
+            return await fn(*args)  # type: ignore[no-any-return]
 
     def _received_lsn(self) -> Lsn | None:
         if self._conn is None:
