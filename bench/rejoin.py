@@ -53,6 +53,9 @@ ROW_PAD = 960  # characters of padding: with the tuple header, about 1 KiB per r
 BATCH_ROWS = 10_000  # about 15 MiB (rows and index) a statement: a fine size step, no huge transaction
 # "  pg_rewind done                                    1.23 s"
 STEP_LINE = re.compile(r"^\s+(?P<name>\S.*?)\s+(?P<s>\d+\.\d\d) s$")
+# md5 keeps the padding incompressible enough that TOAST does not shrink it.
+FILLER_INSERT = ("INSERT INTO bench_filler SELECT i, repeat(md5(i::text), %s) "
+                 "FROM generate_series(%s::bigint, %s::bigint) AS i")
 METHOD_LINE = re.compile(r"rejoined by (?P<method>.+?); it streams from")
 
 
@@ -94,12 +97,10 @@ def fill(lab: Lab, size_mb: int) -> dict[str, Any]:
         c.execute("CREATE TABLE bench_filler (id bigint PRIMARY KEY, pad text NOT NULL)")
         next_id = 1
         while (c.execute("SELECT pg_total_relation_size('bench_filler')").fetchone() or [0])[0] < target:
-            # md5 keeps the padding incompressible enough that TOAST does not shrink it.
-            c.execute("INSERT INTO bench_filler SELECT i, repeat(md5(i::text), %s) "
-                      "FROM generate_series(%s::bigint, %s::bigint) AS i",
-                      (ROW_PAD // 32, next_id, next_id + BATCH_ROWS - 1))
+            c.execute(FILLER_INSERT, (ROW_PAD // 32, next_id, next_id + BATCH_ROWS - 1))
             next_id += BATCH_ROWS
-        table, db = c.execute("SELECT pg_total_relation_size('bench_filler'), pg_database_size('softswitch')").fetchone()  # type: ignore[misc]
+        table, db = c.execute(  # type: ignore[misc]
+            "SELECT pg_total_relation_size('bench_filler'), pg_database_size('softswitch')").fetchone()
         cluster = (c.execute("SELECT sum(pg_database_size(oid)) FROM pg_database").fetchone() or [0])[0]
     return {"fill_s": time.monotonic() - t0, "rows": next_id - 1, "table_mb": table / 2**20,
             "database_mb": db / 2**20, "cluster_mb": int(cluster) / 2**20}
@@ -133,8 +134,7 @@ def diverge(lab: Lab, beta_rows: int, timeout_s: float) -> dict[str, float]:
     lab.wait_for("beta to take over", lambda: primaries(lab) == ["beta"], timeout_s=timeout_s, every_s=0.1)
     failover_s = time.monotonic() - t0
     with lab.pg_connect("beta", dbname="softswitch", autocommit=True) as c:
-        c.execute("INSERT INTO bench_filler SELECT i, repeat(md5(i::text), %s) FROM generate_series(%s::bigint, %s::bigint) i",
-                  (ROW_PAD // 32, -beta_rows, -1))
+        c.execute(FILLER_INSERT, (ROW_PAD // 32, -beta_rows, -1))  # negative ids: never clash with alpha's
     lab.heal()
     t1 = time.monotonic()
     lab.start_agent("alpha")
@@ -295,7 +295,8 @@ def parse_args(argv: Sequence[str] | None) -> Params:
     ap.add_argument("--sizes", type=int, nargs="+", default=[100, 1000], metavar="MB",
                     help="database sizes in MiB of filler (default 100 1000)")
     ap.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
-    ap.add_argument("--beta-rows", type=int, default=1000, help="rows (about 1 KiB each) written on beta after the failover")
+    ap.add_argument("--beta-rows", type=int, default=1000,
+                    help="rows (about 1 KiB each) written on beta after the failover (default 1000)")
     ap.add_argument("--repeat", type=int, default=1, help="measurements of each size and method (default 1)")
     ap.add_argument("--durability", choices=("sync", "async"), default="sync")
     ap.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for each state change (default 30)")

@@ -230,10 +230,12 @@ def render(doc: dict[str, Any]) -> str:
     lines = [f"standby {doc['standby']}, {doc['machine']['cores']} cores, load average at start "
              f"{' '.join(f'{x:.2f}' for x in doc['machine']['loadavg_at_start'])}; "
              f"{doc['parameters']['rate']} calls/s through the service IP; one {doc['parameters']['durability']} pair",
-             f"{'#':>3} {'to':<5} {'gap s':>7} {'cmd s':>7} {'stream s':>8} {'elig s':>7} {'unacked':>7} {'load1':>5}  error"]
+             f"{'#':>3} {'to':<5} {'gap s':>7} {'cmd s':>7} {'stream s':>8} {'elig s':>7} {'unacked':>7} "
+             f"{'load1':>5}  error"]
     for i, r in enumerate(doc["switchovers"], 1):
         lines.append(f"{i:>3} {r.get('new', '-'):<5} {_f(r.get('gap_s')):>7} {_f(r.get('command_s')):>7} "
-                     f"{_f(r.get('streaming_after_s'), '.2f'):>8} {_f(r.get('eligible_after_s'), '.2f'):>7} {r.get('not_acked_sent_in_window', '-'):>7} "
+                     f"{_f(r.get('streaming_after_s'), '.2f'):>8} {_f(r.get('eligible_after_s'), '.2f'):>7} "
+                     f"{r.get('not_acked_sent_in_window', '-'):>7} "
                      f"{r['loadavg'][0] if r.get('loadavg') else 0:5.2f}  {r.get('error') or ''}")
     if not s:
         return "\n".join(lines)

@@ -166,11 +166,17 @@ def test_rejoin_falls_back_to_a_clone_when_the_wal_is_gone(lab_factory, tmp_path
     with under_load(lab, tmp_path) as run:
         _diverge_async(lab, switch_wal_first=True)
     wal = lab.node("alpha").pgdata / "pg_wal"
-    segments = sorted(p for p in wal.iterdir() if len(p.name) == 24)
-    for seg in segments[:-1]:  # keep only the newest segment: the common checkpoint's WAL is gone
-        seg.unlink()
+    ctl = lab.run("alpha", ["runuser", "-u", "postgres", "--", "/usr/lib/postgresql/15/bin/pg_controldata",
+                            str(lab.node("alpha").pgdata)]).stdout
+    redo = next(line.split(":", 1)[1].strip() for line in ctl.splitlines() if line.startswith("Latest checkpoint's REDO WAL file"))
+    # Everything before the last checkpoint's segment goes (as if recycled): the WAL back to the
+    # common checkpoint that pg_rewind needs is gone; the server itself still has what it needs.
+    for seg in wal.iterdir():
+        if len(seg.name) == 24 and seg.name[8:] < redo[8:]:
+            seg.unlink()
     out, report = _rejoin(lab)
-    assert "rejoined by clone" in out and "kept at" in out
+    assert "rejoined by clone" in out and "pg_rewind impossible" in out
     assert report is not None and report.exists()  # the divergent calls were saved before the clone
+    assert "kept at" in out  # and the old directory is kept until they are dealt with
     verdict = verify(lab, run, on="beta")
     assert not verdict["duplicate_call_ids"]

@@ -137,15 +137,21 @@ def rejoin(cfg: Config, node: str, *, state_dir: Path, report: Report = lambda s
             result.method = "rewind"
             step("pg_rewind done")
         else:
-            why = (res.stderr.strip() or res.stdout.strip()).splitlines()[-1:] or ["unknown"]
-            report(f"pg_rewind failed ({why[0]}); falling back to a fresh clone")
+            why = ((res.stderr.strip() or res.stdout.strip()).splitlines()[-1:] or ["unknown"])[0]
+            step(f"pg_rewind impossible ({why}); falling back to a fresh clone")
             stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
             aside = pg.data_dir.with_name(f"{pg.data_dir.name}.before-rejoin-{stamp}")
             pg.data_dir.rename(aside)
             result.kept_aside = aside
             act.clone(cfg, node, peer)
             result.method = "clone"
-            step(f"cloned from {peer}; the old directory is kept at {aside} until its salvage is dealt with")
+            if salvage is not None and result.salvage_report is None:
+                # Salvage looked and this node had nothing the new primary lacks: nothing to keep.
+                discard_aside(aside)
+                result.kept_aside = None
+                step(f"cloned from {peer}; the old directory held nothing to salvage and was removed")
+            else:
+                step(f"cloned from {peer}; the old directory is kept at {aside} until its salvage is dealt with")
     act.configure_as_standby(cfg, node, peer)
     act.start(cfg, node)
     act.wait_streaming(cfg, node, timeout_s=60)

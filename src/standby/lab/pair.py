@@ -110,5 +110,8 @@ def verify(lab: Lab, run: LoadRun, on: str) -> dict[str, Any]:
     """The independent checker, against the database of ``on``."""
     res = lab.run(on, [STANDBY, "lab", "verify", "--json", "--history", str(run.history),
                        "--dsn-file", str(lab.spec.secret("app.dsn"))], check=False)
-    run.verdict = json.loads(res.stdout)
+    try:
+        run.verdict = json.loads(res.stdout)
+    except ValueError:
+        raise RuntimeError(f"the checker failed on {on}: {res.stderr.strip() or res.stdout.strip()}") from None
     return run.verdict
