@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timezone
 from pathlib import Path
 
 import click
@@ -11,6 +12,7 @@ from standby.act.switchover import Api, ApiError, SwitchoverError
 from standby.cli.common import OperatorError, config_option, handle_errors, load_node, node_option
 from standby.config import Durability
 from standby.model import PgRole
+from standby.observe import network
 from standby.observe import postgres as obs
 from standby.status import agent_status
 
@@ -45,11 +47,17 @@ def command(config_path: Path, node: str | None, yes: bool, force: bool) -> None
         click.echo("what could be lost: commits the primary acknowledged after its last WAL reached this node"
                    + (f" (at least {lag} bytes of WAL behind at the last contact)" if lag else ""))
 
-    # Both looks at once: against a dead host each costs its full timeout.
-    with ThreadPoolExecutor(2) as pool:
-        seen_f = pool.submit(obs.observe_peer, cfg, peer)
+    # All looks at once, and a quick TCP knock first: against a dead host a
+    # PostgreSQL connection attempt alone costs seconds.
+    links = (cfg.nodes[peer].private.ip, cfg.nodes[peer].public.ip)
+    with ThreadPoolExecutor(4) as pool:
         agent_f = pool.submit(agent_status, cfg, peer, 1.0)
-        seen, peer_agent = seen_f.result(), agent_f.result()
+        knocks = [pool.submit(network.tcp_open, str(ip), cfg.pg(peer).port, 0.5) for ip in links]
+        answers = any(k.result() for k in knocks)
+        seen = obs.observe_peer(cfg, peer) if answers else obs.PgObservation(
+            node=peer, role=PgRole.UNREACHABLE, observed_at=datetime.now(timezone.utc),
+            error=f"nothing answers on port {cfg.pg(peer).port} at {', '.join(map(str, links))}")
+        peer_agent = agent_f.result()
     alive = seen.role is PgRole.PRIMARY or (peer_agent is not None and peer_agent["postgres"]["state"] == "primary")
     try:
         api = Api(cfg)

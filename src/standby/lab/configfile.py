@@ -103,7 +103,9 @@ def render(spec: LabSpec, services: Sequence[Mapping[str, Any]] = (), salvage: M
         lines += ["[[service_ips]]", f"address = {toml_value(SERVICE_IP)}", f"interface = {toml_value(PUBLIC_IF)}", ""]
     else:
         # No address can float to another site: a hook tells clients where the primary went.
-        hook = [sys.executable, "-m", "standby.lab.hook", str(spec.root / "address-changes.log"), "{node}", "{address}"]
+        # Run as a plain script: importing the package would cost more than the hook itself.
+        hook = [sys.executable, str(Path(__file__).with_name("hook.py")), str(spec.root / "address-changes.log"),
+                "{node}", "{address}"]
         lines.insert(-1, f"address_change_hook = {toml_value(hook)}")
     for node in spec.nodes():
         lines += _table(

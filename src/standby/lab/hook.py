@@ -12,7 +12,7 @@ from datetime import datetime, timezone
 
 def main(argv: list[str]) -> int:
     if len(argv) != 3:
-        print("usage: python -m standby.lab.hook LOGFILE NODE ADDRESS", file=sys.stderr)
+        print("usage: hook.py LOGFILE NODE ADDRESS", file=sys.stderr)
         return 2
     log, node, address = argv
     with open(log, "a") as f:
