@@ -626,7 +626,11 @@ class Agent:
         if sip is None:
             return
         if self.reporting_held is None:  # first step: an agent restart keeps what the kernel has
-            self.reporting_held = await self._in(self.svc_pool, addresses.held, sip)
+            try:
+                self.reporting_held = await self._in(self.svc_pool, addresses.held, sip)
+            except (OSError, RuntimeError) as e:  # e.g. the interface is missing: say so, keep deciding the rest
+                log.warning("reporting IP: %s", e)
+                return
             self.reporting_state = rep.ReportingState.for_boot(self.boot)
         inp = rep.ReportingInputs(
             db=DbState.FENCED if self.state.fenced else self.pg.db, streaming=self.pg.streaming,
