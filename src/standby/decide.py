@@ -172,7 +172,9 @@ def _track(s: State, o: Observation, p: Policy) -> State:
         s,
         term=term,
         eligible=eligible,
-        peer_could_promote=(peer.db is DbState.STANDBY) if peer is not None else s.peer_could_promote,
+        # A standby, or a server that is down for the moment (it may restart as a
+        # standby and be promoted), could become primary while we look away.
+        peer_could_promote=(peer.db in (DbState.STANDBY, DbState.DOWN)) if peer is not None else s.peer_could_promote,
         peer_term=max(s.peer_term, o.peer.term if o.peer else 0),
         was_primary=(o.pg.db is DbState.PRIMARY) if o.pg.db in (DbState.PRIMARY, DbState.STANDBY) else s.was_primary,
         sync_established=established,

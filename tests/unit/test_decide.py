@@ -228,3 +228,18 @@ def test_random_faults_keep_the_invariants(sync: bool, degrade: float, steps: li
     assert len(w.primaries()) <= 1, w.log
     if sync and degrade == 0:
         assert w.lost() == [], w.log
+
+
+def test_primary_frozen_while_its_standby_restarts_still_fences() -> None:
+    """Found by the random schedules: the primary last saw its standby's server down (restarting),
+    froze, and the standby was promoted meanwhile; on thawing it must still fence itself."""
+    w = World(policies(sync=False), seed=0)
+    w.run(2.0)
+    w.kill_pg("b")
+    w.run(0.25)
+    w.freeze("a")
+    w.run(1.5)
+    assert roles(w) == ("b", "b")
+    w.thaw("a")
+    w.run(1.0)
+    assert w.nodes["a"].state.fenced and w.nodes["a"].pg is DbState.DOWN
