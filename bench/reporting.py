@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """What reports cost the primary: call throughput while the sample report runs on the standby vs on the primary.
 
-One run builds one lab (sync durability, both agents, the reporting IP on beta), seeds the CDR
+One run builds one lab (sync durability unless --durability async, both agents, the reporting IP on beta), seeds the CDR
 table so the report is a real scan, then measures the primary's closed-loop call throughput
 (`standby lab load --max`, as bench/replication.py does) in phases:
 
@@ -71,6 +71,7 @@ class Params:
     warmup_s: float
     pin: bool
     name: str
+    durability: str
 
 
 def seed_cdrs(lab: Lab, n: int) -> None:
@@ -262,6 +263,8 @@ def write_results(doc: dict[str, Any], stamp: str) -> Path:
 def parse_args(argv: Sequence[str] | None) -> Params:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     ap.add_argument("--seconds", type=float, default=15.0, help="length of each phase (default 15)")
+    ap.add_argument("--durability", choices=["sync", "async"], default="sync",
+                    help="sync couples the primary's commits to the standby's flush, so a busy standby slows them")
     ap.add_argument("--rounds", type=int, default=2, help="standby/primary pairs, alternating order (default 2)")
     ap.add_argument("--concurrency", type=int, default=32, help="closed-loop workers (default 32)")
     ap.add_argument("--cdrs", type=int, default=300_000, help="CDRs seeded before measuring (default 300000)")
@@ -272,7 +275,7 @@ def parse_args(argv: Sequence[str] | None) -> Params:
     if a.seconds <= 0 or a.rounds < 1 or a.concurrency < 1 or a.cdrs < 0:
         ap.error("need seconds > 0, rounds >= 1, concurrency >= 1, cdrs >= 0")
     pin_ok = a.pin and (os.cpu_count() or 1) >= 2
-    return Params(a.seconds, a.rounds, a.concurrency, a.cdrs, a.warmup, pin_ok, a.name)
+    return Params(a.seconds, a.rounds, a.concurrency, a.cdrs, a.warmup, pin_ok, a.name, a.durability)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -286,7 +289,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     with sigterm_as_interrupt():
         log(f"lab {p.name} up")
         try:
-            lab = Lab.up(LabSpec(p.name, durability="sync"))
+            lab = Lab.up(LabSpec(p.name, durability=p.durability))
         except LabError as e:
             print(f"error: {e}", file=sys.stderr)
             return 2
