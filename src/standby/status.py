@@ -19,7 +19,7 @@ from standby import __version__
 from standby.act.postgres import read_facts
 from standby.config import Config, Durability, ServiceIP
 from standby.model import PgRole, SyncState
-from standby.observe import addresses
+from standby.observe import addresses, probes
 from standby.observe import postgres as obs
 
 
@@ -74,17 +74,17 @@ def _ip_holders(cfg: Config, node: str, probe_arp: bool, ips: list[ServiceIP] | 
     peer = cfg.peer_of(node)
     mine = addresses.local_addresses()
     held_here = {a for addrs in mine.values() for a in addrs}
-    peer_macs: frozenset[str] = frozenset()
+    peer_macs: set[str] | None = None
     out = []
     for sip in cfg.service_ips if ips is None else ips:
         holders: list[str] = [node] if sip.address.ip in held_here else []
         probed = False
         if probe_arp and sip.interface in mine:
-            if not peer_macs:
-                peer_macs = addresses.arp_who_has(sip.interface, str(cfg.nodes[peer].public.ip)).macs
-            answer = addresses.arp_who_has(sip.interface, str(sip.address.ip))
+            # The same raw ARP probe the agent uses before it claims an address.
+            if peer_macs is None:
+                peer_macs = probes.arp_holders(sip.interface, str(cfg.nodes[peer].public.ip), timeout_s=0.5)
             probed = True
-            for mac in sorted(answer.macs):
+            for mac in sorted(probes.arp_holders(sip.interface, str(sip.address.ip), timeout_s=0.5)):
                 holders.append(peer if mac in peer_macs else f"unknown {mac}")
         out.append(IpHolders(str(sip.address.ip), tuple(dict.fromkeys(holders)), probed))
     return tuple(out)
