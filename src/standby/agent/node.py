@@ -311,7 +311,9 @@ class Agent:
         except TimeoutError:
             log.warning("PostgreSQL did not answer within 3s; keeping the last observation")
         self.carrier = await self._in(self.probe_pool, self._carriers)
-        gap = max(self.max_send_gap, self.startup_gap)
+        # A stalled process may be scheduled here before its heartbeat sender has
+        # run again: the time since the last send counts as well.
+        gap = max(self.max_send_gap, time.monotonic() - self.last_send, self.startup_gap)
         self.max_send_gap, self.startup_gap = 0.0, 0.0
         return Observation(
             now=now, gap=gap, pg=self.pg, peer=self.peer_view, heard=dict(self.heard), carrier=dict(self.carrier),
@@ -727,6 +729,8 @@ class Agent:
         self._open_sockets()
         await self.alerts.start()
         loop = asyncio.get_running_loop()
+        # This process's own start-up is not a stall (the liveness record covers the time before it).
+        self.last_send, self.max_send_gap = time.monotonic(), 0.0
         tasks = [loop.create_task(c()) for c in (self._sender, self._tiebreaker_prober, self._arp_prober,
                                                   self._health_prober, self._arp_refresher)]
         # Services placed everywhere run on both nodes; if this node already holds
