@@ -16,7 +16,14 @@ Why two servers are enough (the safety argument, in the order rules apply):
    PostgreSQL is promoted. A primary that hears a newer term fences at once;
    a primary whose own loop stalled past the fence timeout fences before it
    looks at anything else (it may have been frozen while the peer took over).
-4. Fencing is sticky: a fenced node never becomes primary again by itself.
+4. Fencing is sticky: a fenced node never becomes primary again by itself,
+   with one exception. A primary that fenced itself as a precaution (it was
+   isolated, or stalled) and then hears its peer, for a whole failover
+   timeout, as a standby in no newer term that is not eligible, knows nobody
+   took over and nobody will: every promotion raises the term before it
+   happens, and a standby's eligibility changes only on hearing a primary.
+   It starts again as primary (sync: commits wait for the standby again),
+   rather than leave the pair with no primary at all.
 5. A move between two live nodes is a hand-over: the holder lets go first
    and says so in its heartbeat; the other side takes only after that.
 """
@@ -69,10 +76,16 @@ class State:
     # The peer was last seen as a running standby (or never seen): it could
     # have been promoted while this node was not looking.
     peer_could_promote: bool = True
+    # Fenced as a precaution while primary (isolated, stalled): may resume if
+    # the peer turns out not to have taken over (rule 4's exception).
+    resumable: bool = False
     # In memory only, rebuilt after a restart (the service role from the
     # addresses actually present, so a stale claim is never re-asserted):
     services: bool = False  # holds the service role
-    started_at: float = 0.0
+    # Since when this agent has been watching: its start, or the end of its
+    # last stall. Silence before that is not evidence: a frozen agent heard
+    # nothing because it was not listening, and its probes did not run.
+    watching_since: float = 0.0
     eligible: bool = False
     peer_term: int = 0
     # Primary, sync: commits have been waiting for the peer since it was last
@@ -88,9 +101,13 @@ class State:
     last_restart_at: float = -math.inf
     primary_this_run: bool = False  # this agent run has seen its server as primary
     last_rejoin_at: float = -math.inf
+    fenced_at: float = -math.inf
+    # Since fenced: the peer heard as a standby in no newer term that says it cannot promote.
+    peer_standby_since: float | None = None
 
     def persisted(self) -> dict[str, object]:
-        return {k: getattr(self, k) for k in ("term", "fenced", "was_primary", "promoting", "degraded", "peer_could_promote")}
+        return {k: getattr(self, k) for k in ("term", "fenced", "was_primary", "promoting", "degraded", "peer_could_promote",
+                                          "resumable")}
 
 
 # -- bookkeeping -------------------------------------------------------------
@@ -118,9 +135,25 @@ def _lasted(since: float | None, now: float, seconds: float) -> bool:
 
 
 def silence(s: State, o: Observation) -> float:
-    """Seconds since the peer was last heard on any path (or since this agent started)."""
+    """Seconds since the peer was last heard on any path (or since this agent began watching)."""
     heard = [t for t in o.heard.values() if t is not None]
-    return o.now - max([*heard, s.started_at])
+    return o.now - max([*heard, s.watching_since])
+
+
+def unheard(s: State, o: Observation) -> float:
+    """Seconds since the peer last confirmed hearing this node; 0 while it has never confirmed.
+
+    Loss can be one-sided: this node may still hear the peer while the peer,
+    hearing nothing, counts down to taking over. The confirmation is what this
+    node's own isolation rules must time, as well as the silence.
+    """
+    if o.heard_me is None:
+        return 0.0
+    return o.now - max(o.heard_me, s.watching_since)
+
+
+def _last_heard(o: Observation) -> float:
+    return max([t for t in o.heard.values() if t is not None], default=-math.inf)
 
 
 def fresh(o: Observation, net: Net, p: Policy) -> bool:
@@ -186,17 +219,26 @@ def _track(s: State, o: Observation, p: Policy) -> State:
         unhealthy_since=_since(s.unhealthy_since, s.services and o.services_healthy is False, now),
         promoting=s.promoting and o.pg.db is not DbState.PRIMARY,
         primary_this_run=s.primary_this_run or o.pg.db is DbState.PRIMARY,
+        # Counted from messages sent after the fence only: the last view from
+        # before it says nothing about what the peer did since.
+        peer_standby_since=_since(s.peer_standby_since, peer is not None and peer.db is DbState.STANDBY
+                                  and not peer.eligible and peer.term <= s.term and _last_heard(o) > s.fenced_at,
+                                  now),
+        # After a stall the peer's silence and the tie-breaker's staleness are
+        # our own doing; the stall rule below covers a peer that may have taken over.
+        watching_since=o.now if o.gap > stall_limit(p) else s.watching_since,
     )
 
 
 # -- the database role -------------------------------------------------------
 
 
-def _fence(s: State, reason: Reason, detail: str, release_services: bool) -> tuple[State, list[Action]]:
+def _fence(s: State, reason: Reason, detail: str, release_services: bool,
+           resumable: bool = False) -> tuple[State, list[Action]]:
     acts = [Action(ActionKind.FENCE, reason, detail)]
     if release_services and s.services:
         acts.append(Action(ActionKind.RELEASE_SERVICES, reason, "a fenced node must not answer on the service IPs"))
-    return replace(s, fenced=True, was_primary=False, promoting=False,
+    return replace(s, fenced=True, was_primary=False, promoting=False, resumable=resumable,
                    services=s.services and not release_services, releasing_services=False), acts
 
 
@@ -211,7 +253,7 @@ def _promote(s: State, reason: Reason, detail: str) -> tuple[State, list[Action]
 
 def _db_rules(s: State, o: Observation, p: Policy) -> tuple[State, list[Action]]:
     peer = peer_fresh(o, p)
-    quiet = silence(s, o)
+    quiet = max(silence(s, o), unheard(s, o))
 
     if s.fenced:
         if o.pg.db is not DbState.DOWN:
@@ -220,19 +262,27 @@ def _db_rules(s: State, o: Observation, p: Policy) -> tuple[State, list[Action]]
                 and o.now - s.last_rejoin_at >= 60.0):
             return replace(s, last_rejoin_at=o.now), [
                 Action(ActionKind.REJOIN, Reason.REJOIN_AUTO, f"the new primary (term {peer.term}) is healthy")]
+        if p.hot and s.resumable and _lasted(s.peer_standby_since, o.now, p.failover_timeout_s):
+            # Rule 4's exception. Not degraded: in sync, nothing is acknowledged
+            # until the standby has it, whatever happens next.
+            return replace(s, fenced=False, resumable=False, was_primary=True, degraded=False,
+                           sync_established=False, last_restart_at=o.now), [
+                Action(ActionKind.RESTART_PG, Reason.RESUMED_PRIMARY,
+                       f"fenced as a precaution; the peer stayed a standby in term {s.term}: serving again")]
         return s, []
 
     if o.gap > stall_limit(p) and s.peer_could_promote and (o.pg.db is DbState.PRIMARY or s.was_primary):
         # Fence first, ask later: while we were stalled the peer may have taken over.
         return _fence(s, Reason.RESUMED_AFTER_FREEZE,
-                      f"this agent stalled {o.gap:.2f}s (> {stall_limit(p):.2f}s): the peer may have taken over", True)
+                      f"this agent stalled {o.gap:.2f}s (> {stall_limit(p):.2f}s): the peer may have taken over", True,
+                      resumable=o.pg.db is DbState.PRIMARY)
 
     if o.pg.db is DbState.PRIMARY:
         if peer is not None and peer.db is DbState.PRIMARY and (peer.term, peer.preferred) > (s.term, p.preferred):
             return _fence(s, Reason.SUPERSEDED, f"peer is primary in term {peer.term}, ours is {s.term}",
                           release_services=peer.services)
         if quiet >= p.fence_timeout_s and o.tiebreaker_ok is False:
-            return _fence(s, Reason.ISOLATED, f"no peer for {quiet:.2f}s and no tie-breaker", True)
+            return _fence(s, Reason.ISOLATED, f"no peer for {quiet:.2f}s and no tie-breaker", True, resumable=True)
         if (p.hot and _lasted(s.private_bad_since, o.now, p.link_timeout_s) and fresh(o, Net.PUBLIC, p)
                 and peer is not None and peer.db is DbState.STANDBY and peer.carrier.get(Net.PRIVATE, False)
                 and _standby_has_everything(s, p)):
@@ -302,7 +352,7 @@ def _service_rules(s: State, o: Observation, p: Policy) -> tuple[State, list[Act
     peer = peer_fresh(o, p)
     primary_here = o.pg.db is DbState.PRIMARY and not s.fenced or s.promoting
     if s.services:
-        if silence(s, o) >= p.fence_timeout_s and o.tiebreaker_ok is False:
+        if max(silence(s, o), unheard(s, o)) >= p.fence_timeout_s and o.tiebreaker_ok is False:
             return _release(s, Reason.ISOLATED, "no peer and no tie-breaker: letting go of the service IPs")
         if peer is not None and peer.services and (peer.term, peer.preferred) > (s.term, p.preferred):
             return _release(s, Reason.BOTH_SERVE, "both nodes held the service role; the peer's claim is newer")
@@ -347,12 +397,16 @@ def decide(s: State, o: Observation, p: Policy) -> tuple[State, list[Action]]:
     s = _track(s, o, p)
     if p.suspended:
         return s, []
+    fenced_before = s.fenced
     s, db_actions = _db_rules(s, o, p)
+    if s.fenced and not fenced_before:
+        s = replace(s, fenced_at=o.now, peer_standby_since=None)
     if any(a.kind is ActionKind.FENCE and a.reason in (Reason.ISOLATED, Reason.RESUMED_AFTER_FREEZE)
            for a in db_actions):
         return s, db_actions
-    if o.gap > stall_limit(p) and s.services:
-        # Whatever the peer was, it may have taken the service IPs meanwhile.
+    if o.gap > stall_limit(p) and s.services and (o.peer is None or o.peer.db is not DbState.FENCED):
+        # A live peer may have taken the service IPs meanwhile; a fenced one
+        # takes them only once told they are free.
         return _release(s, Reason.RESUMED_AFTER_FREEZE, f"this agent stalled {o.gap:.2f}s; letting go of the service IPs")
     s, svc_actions = _service_rules(s, o, p)
     return s, db_actions + svc_actions
@@ -369,7 +423,8 @@ def fence_needed(s: State, db: DbState) -> bool:
 
 
 def advertise(s: State, pg: LocalPg, carrier: dict[Net, bool], tiebreaker_ok: bool | None, preferred: bool,
-              sync: bool, reporting: bool = False, reporting_epoch: int = 0, reporting_ack: int = 0) -> PeerView:
+              sync: bool, reporting: bool = False, reporting_epoch: int = 0, reporting_ack: int = 0,
+              hot: bool = True) -> PeerView:
     """What this node tells its peer in every heartbeat (the reporting fields: see standby.reporting)."""
     db = DbState.FENCED if s.fenced else pg.db
     return PeerView(
@@ -385,4 +440,5 @@ def advertise(s: State, pg: LocalPg, carrier: dict[Net, bool], tiebreaker_ok: bo
         reporting=reporting,
         reporting_epoch=reporting_epoch,
         reporting_ack=reporting_ack,
+        eligible=hot and db is DbState.STANDBY and s.eligible,  # a warm standby never promotes by itself
     )

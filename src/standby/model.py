@@ -95,6 +95,7 @@ class Reason(StrEnum):
     BOTH_SERVE = "both_serve"  # both hold the service role: the one not preferred lets go
     REJOIN_AUTO = "rejoin_auto"  # rejoin = "auto": the fenced old primary follows the healthy new one
     FENCE_ENFORCED = "fence_enforced"  # a fenced node's PostgreSQL was found running: stop it again
+    RESUMED_PRIMARY = "resumed_primary"  # fenced as a precaution, and the peer did not take over: serve again
 
 
 @dataclass(frozen=True)
@@ -114,6 +115,9 @@ class PeerView:
     reporting: bool = False  # holds the reporting IP (or is still removing it)
     reporting_epoch: int = 0  # standby: its current in-bound episode, 0 when not in bound
     reporting_ack: int = 0  # primary: the standby episode it has stepped aside for
+    # Standby: it would promote if its primary went away. An older peer does not
+    # say; assume it would (the safe reading: see decide's rule 4).
+    eligible: bool = True
 
 
 @dataclass(frozen=True)
@@ -137,6 +141,9 @@ class Observation:
     tiebreaker_ok: bool | None  # None: none configured
     services_healthy: bool | None  # None: not running here or no health command
     service_ip_elsewhere: bool | None = None  # ARP: someone else answers for a service IP
+    # When this node sent the newest message the peer says it received (monotonic,
+    # this node's clock); None until the peer confirms one (older peers never do).
+    heard_me: float | None = None
 
 
 class ActionKind(StrEnum):

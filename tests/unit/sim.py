@@ -7,11 +7,12 @@ that random fault schedules can search for a broken invariant in seconds.
 
 from __future__ import annotations
 
+import math
 import random
 from dataclasses import dataclass, field, replace
 
 from standby.decide import Policy, State, advertise, decide, fence_needed
-from standby.model import ActionKind, DbState, LocalPg, Net, Observation, PeerView
+from standby.model import ActionKind, DbState, LocalPg, Net, Observation, PeerView, Reason
 
 TICK = 0.1
 NODES = ("a", "b")  # "a" is the preferred primary
@@ -36,6 +37,10 @@ class Node:
     peer_view: PeerView | None = None
     streaming: bool = False
     pending_fence: bool = False
+    # The agent's tie-breaker probe: the last success. Like the real agent, an
+    # observation reads the last result, so after a freeze it is stale.
+    tb_ok_at: float = -math.inf
+    heard_me: float | None = None  # the peer's acknowledgement (delivery is instant: send time = its receipt)
 
     def up(self, net: Net) -> bool:
         return self.alive and not self.frozen and self.links[net]
@@ -60,7 +65,7 @@ class World:
             "b": Node("b", DbState.STANDBY, False),
         }
         for n in self.nodes.values():
-            n.state = State(services=n.holds_ips, started_at=0.0, was_primary=n.pg is DbState.PRIMARY)
+            n.state = State(services=n.holds_ips, watching_since=0.0, was_primary=n.pg is DbState.PRIMARY)
         self.acked: list[int] = []
         self.next_call = 1
         self.log: list[str] = []
@@ -125,11 +130,16 @@ class World:
             peer_flush_lsn=len(p.data) if p.streaming else None,
         )
         elsewhere = p.holds_ips and p.up(Net.PUBLIC) and n.up(Net.PUBLIC)
-        return Observation(
+        pol = self.policy[n.name]
+        window = max(3 * pol.heartbeat_s, 0.6 * pol.fence_timeout_s)
+        obs = Observation(
             now=self.t, gap=self.t - n.last_step, pg=pg, peer=n.peer_view, heard=dict(n.heard),
-            carrier={net: n.links[net] for net in Net}, tiebreaker_ok=self._tiebreaker(n),
-            services_healthy=True if n.holds_ips else None, service_ip_elsewhere=elsewhere,
+            carrier={net: n.links[net] for net in Net}, tiebreaker_ok=self.t - n.tb_ok_at < window,
+            services_healthy=True if n.holds_ips else None, service_ip_elsewhere=elsewhere, heard_me=n.heard_me,
         )
+        if self._tiebreaker(n):  # the probe runs after this step has read its last result
+            n.tb_ok_at = self.t
+        return obs
 
     def _step_agent(self, n: Node) -> None:
         pol = self.policy[n.name]
@@ -156,17 +166,24 @@ class World:
             elif a.kind is ActionKind.RELEASE_SERVICES:
                 n.holds_ips = False
         if before.fenced and n.pg is DbState.PRIMARY:
-            raise Violation(f"fenced node {n.name} is primary again", self.t)
+            # Only by rule 4's exception, and only when it is true that nobody took over.
+            other = self.peer(n.name)
+            resumed = any(a.reason is Reason.RESUMED_PRIMARY for a in actions)
+            if not resumed or other.pg is DbState.PRIMARY or other.state.promoting or other.state.term > n.state.term:
+                raise Violation(f"fenced node {n.name} is primary again", self.t)
         if n.state.term < before.term:
             raise Violation(f"term went back on {n.name}", self.t)
         # The shell keeps synchronous_standby_names as the state says.
         n.sync_names_on = pol.sync and not n.state.degraded and n.pg is DbState.PRIMARY
-        view = advertise(n.state, obs.pg, obs.carrier, obs.tiebreaker_ok, pol.preferred, pol.sync)
+        view = advertise(n.state, obs.pg, obs.carrier, obs.tiebreaker_ok, pol.preferred, pol.sync, hot=pol.hot)
         p = self.peer(n.name)
+        acked = max((t for t in n.heard.values() if t is not None), default=None)
         for net in Net:
             if self._delivered(n, p, net) and p.agent_up:
                 p.heard[net] = self.t
                 p.peer_view = view
+                if acked is not None:
+                    p.heard_me = acked if p.heard_me is None else max(p.heard_me, acked)
 
     def tick(self) -> None:
         self.t = round(self.t + TICK, 3)
@@ -200,9 +217,10 @@ class World:
 
     def _restart_agent(self, n: Node) -> None:
         kept = {k: v for k, v in n.state.persisted().items()}
-        n.state = State(**kept, started_at=self.t, services=n.holds_ips)  # type: ignore[arg-type]
+        n.state = State(**kept, watching_since=self.t, services=n.holds_ips)  # type: ignore[arg-type]
         n.heard = {Net.PUBLIC: None, Net.PRIVATE: None}
         n.peer_view = None
+        n.heard_me = None
         # last_step is kept: the agent's liveness record (on tmpfs) tells the new
         # process how long nobody was deciding for this node.
 

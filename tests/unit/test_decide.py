@@ -243,3 +243,54 @@ def test_primary_frozen_while_its_standby_restarts_still_fences() -> None:
     w.thaw("a")
     w.run(1.0)
     assert w.nodes["a"].state.fenced and w.nodes["a"].pg is DbState.DOWN
+
+
+def test_primary_frozen_briefly_while_its_old_primary_is_fenced_keeps_serving() -> None:
+    """Found by chaos seed 3: a new primary, alone with a fenced peer, was frozen for 0.7 s (0.85 s without a step, past its stall limit). On thawing,
+    the peer's silence and the tie-breaker's staleness were its own doing, yet it fenced itself as
+    isolated, leaving both nodes fenced. A fenced peer cannot have taken over the database or
+    the service IPs meanwhile (it takes them only when told they are free): keep both."""
+    w = started()
+    w.freeze("a")
+    w.run(3.0)
+    w.thaw("a")
+    w.run(1.0)
+    assert w.nodes["a"].state.fenced and roles(w) == ("b", "b")
+    w.freeze("b")
+    w.run(1.0)  # past the stall limit (0.9 s here, 0.6 s with the defaults)
+    w.thaw("b")
+    w.run(2.0)
+    assert not w.nodes["b"].state.fenced and roles(w) == ("b", "b")
+    assert w.lost() == []
+
+
+def test_primary_fenced_as_a_precaution_resumes_when_the_standby_did_not_take_over() -> None:
+    """Found by chaos seed 3 under CPU starvation: the primary stalled and fenced itself while its
+    standby was not eligible (here: async, lagging past the bound); the standby rightly did not
+    promote, and the pair had no primary at all. Now the primary, hearing a standby that cannot
+    promote in no newer term, serves again."""
+    w = started(sync=False)
+    w.link("b", Net.PRIVATE, False)  # b stops receiving WAL; heartbeats still flow on the public side
+    w.run(1.0)
+    assert not w.nodes["b"].state.eligible
+    w.freeze("a")
+    w.run(1.2)  # past the stall limit
+    w.thaw("a")
+    w.run(0.3)
+    assert w.nodes["a"].state.fenced and w.primaries() == []
+    w.run(2.0)
+    assert not w.nodes["a"].state.fenced and roles(w) == ("a", "a")
+    w.heal()
+    w.run(2.0)
+    assert w.nodes["b"].streaming and w.lost() == [] and roles(w) == ("a", "a")
+
+
+def test_a_fenced_primary_never_resumes_over_an_eligible_standby() -> None:
+    """The standby hears the fence and takes over; the old primary stays fenced until rejoined."""
+    w = started()
+    w.freeze("a")
+    w.run(0.95)  # past the stall limit (0.9 s), short of the failover timeout: b has not promoted
+    w.thaw("a")
+    w.run(3.0)
+    assert w.nodes["a"].state.fenced and roles(w) == ("b", "b") and w.nodes["b"].state.term == 1
+    assert w.lost() == []

@@ -121,6 +121,20 @@ OLD_VIEW = {"term": 3, "db": "primary", "services": True, "lsn": 12345, "sync_ok
 def test_message_of_an_older_peer_has_no_reporting_fields() -> None:
     view = decode(_signed(_fields(OLD_VIEW)), KEY).view
     assert (view.reporting, view.reporting_epoch, view.reporting_ack) == (False, 0, 0)
+    assert view.eligible is True  # an older peer is assumed able to promote
+
+
+def test_eligible_roundtrips_and_is_typed() -> None:
+    from dataclasses import replace
+
+    v = replace(VIEW, eligible=False)
+    assert decode(encode(Heartbeat("c", "alpha", 1, 1, Net.PUBLIC, "d", v), KEY), KEY).view == v
+    try:
+        decode(_signed(_fields({**OLD_VIEW, "eligible": "no"})), KEY)
+    except Reject as e:
+        assert e.kind == "malformed"
+    else:
+        raise AssertionError("a non-boolean eligible was accepted")
 
 
 def test_reporting_fields_roundtrip_and_are_typed() -> None:
@@ -135,3 +149,16 @@ def test_reporting_fields_roundtrip_and_are_typed() -> None:
             assert e.kind == "malformed"
         else:
             raise AssertionError(f"accepted {bad}")
+
+
+def test_ack_roundtrips_and_is_typed() -> None:
+    hb = Heartbeat("c", "alpha", 1, 9, Net.PUBLIC, "d", VIEW, ack=(4, 17))
+    assert decode(encode(hb, KEY), KEY).ack == (4, 17)
+    assert decode(_signed(_fields(OLD_VIEW)), KEY).ack is None  # an older peer sends none
+    for bad in ([1], [1, -2], ["1", 2], [True, 2], {"boot": 1}, None):
+        try:
+            decode(_signed({**_fields(OLD_VIEW), "ack": bad}), KEY)
+        except Reject as e:
+            assert e.kind == "malformed"
+        else:
+            raise AssertionError(f"ack {bad!r} was accepted")

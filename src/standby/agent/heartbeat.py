@@ -39,6 +39,9 @@ class Heartbeat:
     net: Net
     digest: str  # of the sender's configuration
     view: PeerView
+    # (boot, seq) of the newest message the sender accepted from the receiver:
+    # lets the receiver tell how long the sender has not heard it.
+    ack: tuple[int, int] | None = None
 
 
 def view_to_dict(v: PeerView) -> dict[str, Any]:
@@ -47,6 +50,7 @@ def view_to_dict(v: PeerView) -> dict[str, Any]:
         "carrier": {k.value: bool(b) for k, b in v.carrier.items()}, "tiebreaker_ok": v.tiebreaker_ok,
         "releasing_services": v.releasing_services, "preferred": v.preferred,
         "reporting": v.reporting, "reporting_epoch": v.reporting_epoch, "reporting_ack": v.reporting_ack,
+        "eligible": v.eligible,
     }
 
 
@@ -54,6 +58,7 @@ def encode(hb: Heartbeat, key: bytes) -> bytes:
     body = json.dumps({
         "v": VERSION, "cluster": hb.cluster, "from": hb.sender, "boot": hb.boot, "seq": hb.seq,
         "net": hb.net.value, "digest": hb.digest, "view": view_to_dict(hb.view),
+        **({"ack": list(hb.ack)} if hb.ack is not None else {}),
     }, separators=(",", ":"), sort_keys=True).encode()
     return body + hmac.new(key, body, hashlib.sha256).digest()
 
@@ -96,7 +101,18 @@ def _view(d: Any) -> PeerView:
         carrier=carrier, tiebreaker_ok=_typed(d, "tiebreaker_ok", (bool, type(None))),
         releasing_services=_typed(d, "releasing_services", bool), preferred=_typed(d, "preferred", bool),
         reporting=_optional(d, "reporting", bool, False), reporting_epoch=epoch, reporting_ack=ack,
+        eligible=_optional(d, "eligible", bool, True),
     )
+
+
+def _ack(d: dict[str, Any]) -> tuple[int, int] | None:
+    if "ack" not in d:
+        return None  # an older peer
+    ack = d["ack"]
+    if (not isinstance(ack, list) or len(ack) != 2
+            or not all(isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in ack)):
+        raise Reject("malformed", "ack is not [boot, seq]")
+    return ack[0], ack[1]
 
 
 def decode(packet: bytes, key: bytes) -> Heartbeat:
@@ -120,7 +136,7 @@ def decode(packet: bytes, key: bytes) -> Heartbeat:
         if boot < 0 or seq < 0:
             raise Reject("malformed", "negative counter")
         return Heartbeat(cluster=_typed(d, "cluster", str), sender=_typed(d, "from", str), boot=boot, seq=seq,
-                         net=net, digest=_typed(d, "digest", str), view=_view(d.get("view")))
+                         net=net, digest=_typed(d, "digest", str), view=_view(d.get("view")), ack=_ack(d))
     except Reject:
         raise
     except (ValueError, TypeError, RecursionError, UnicodeDecodeError) as e:

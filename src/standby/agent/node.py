@@ -100,6 +100,10 @@ class Agent:
         self.heard: dict[Net, float | None] = {n: None for n in Net}
         self.peer_view: PeerView | None = None
         self.seq = 0
+        # Send times of our recent messages, by seq, to read the peer's
+        # acknowledgements (decide.unheard); a few seconds' worth is plenty.
+        self.sent_at: dict[int, float] = {}
+        self.heard_me: float | None = None
         self.boot = 0
         self.pg = LocalPg(DbState.DOWN)
         self.sync_names: str | None = None
@@ -161,7 +165,7 @@ class Agent:
         kept = self.store.load_state()
         self.suspended = self.store.maintenance()
         holding = await self._in(self.svc_pool, lambda: any(addresses.held(sip) for sip in self.cfg.service_ips))
-        self.state = State(**kept, started_at=now, services=holding)  # type: ignore[arg-type]
+        self.state = State(**kept, watching_since=now, services=holding)  # type: ignore[arg-type]
         self.boot = self.store.next_boot()
         self.event("agent_started", boot=self.boot, restored=kept, holds_service_ips=holding,
                    unattended_for_s=round(self.startup_gap, 3))
@@ -194,23 +198,31 @@ class Agent:
             if hb is None:
                 continue
             self.heard[net] = time.monotonic()
+            if hb.ack is not None and hb.ack[0] == self.boot and (t := self.sent_at.get(hb.ack[1])) is not None:
+                self.heard_me = t if self.heard_me is None else max(self.heard_me, t)
             if self.receiver.is_newest(hb):
                 self.peer_view = hb.view
 
     def _advertised(self) -> PeerView:
         held, epoch, ack = rep.advertised(self.reporting_state, bool(self.reporting_held))
         return advertise(self.state, self.pg, self.carrier, self._tiebreaker_ok(), self.policy.preferred,
-                         self.policy.sync, reporting=held, reporting_epoch=epoch, reporting_ack=ack)
+                         self.policy.sync, reporting=held, reporting_epoch=epoch, reporting_ack=ack,
+                         hot=self.policy.hot)
 
     def _send(self) -> None:
         now = time.monotonic()
         self.max_send_gap = max(self.max_send_gap, now - self.last_send)
         self.last_send = now
         view = self._advertised()
+        newest = self.receiver.newest
+        ack = newest if newest[0] >= 0 else None
         for net, s in self.sockets.items():
             self.seq += 1
+            self.sent_at[self.seq] = now
+            self.sent_at.pop(self.seq - 512, None)
             peer_ip = str(getattr(self.cfg.nodes[self.peer], net.value).ip)
-            packet = encode(Heartbeat(self.cfg.cluster, self.node, self.boot, self.seq, net, self.digest, view), self.key)
+            packet = encode(Heartbeat(self.cfg.cluster, self.node, self.boot, self.seq, net, self.digest, view, ack),
+                            self.key)
             try:
                 s.sendto(packet, (peer_ip, self.cfg.heartbeat_port))
                 self.counters.sent[net.value] += 1
@@ -252,7 +264,7 @@ class Agent:
         interval = self.cfg.timings.heartbeat_interval_ms / 1000
         while not self.stopping.is_set():
             now = time.monotonic()
-            quiet = now - max([t for t in self.heard.values() if t is not None] + [self.state.started_at])
+            quiet = now - max([t for t in self.heard.values() if t is not None] + [self.state.watching_since])
             recently_refused = now - self.take_refused_at < 10.0
             if self.cfg.service_ips and not self.state.services and (quiet >= 2 * interval or recently_refused):
                 found = await self._in(self.probe_pool, _who_else, self.cfg)
@@ -318,7 +330,7 @@ class Agent:
         return Observation(
             now=now, gap=gap, pg=self.pg, peer=self.peer_view, heard=dict(self.heard), carrier=dict(self.carrier),
             tiebreaker_ok=self._tiebreaker_ok(), services_healthy=self.services_healthy,
-            service_ip_elsewhere=self.ip_elsewhere,
+            service_ip_elsewhere=self.ip_elsewhere, heard_me=self.heard_me,
         )
 
     # -- acting ----------------------------------------------------------------------------

@@ -7,7 +7,7 @@ import sys
 import click
 
 from standby import __version__
-from standby.cli import agent, bootstrap, promote, roadback, salvage, check, config_cmd, demo, dsn, lab, lab_workload, status
+from standby.cli import agent, bootstrap, promote, roadback, salvage, check, config_cmd, demo, dsn, lab, lab_chaos, lab_workload, status
 from standby.config import ConfigError
 
 
@@ -40,6 +40,7 @@ lab.group.add_command(lab_workload.softswitch_group)
 lab.group.add_command(lab_workload.load_command)
 lab.group.add_command(lab_workload.verify_command)
 lab.group.add_command(lab_workload.report_command)
+lab.group.add_command(lab_chaos.command)
 
 
 def main() -> None:

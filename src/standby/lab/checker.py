@@ -74,7 +74,10 @@ def read_history(path: Path) -> list[Attempt]:
         if not line.strip():
             continue
         try:
-            attempts.append(Attempt.from_dict(json.loads(line)))
+            record = json.loads(line)
+            if isinstance(record, dict) and record.get("type") == "event":
+                continue  # a campaign's history also holds its faults and heals
+            attempts.append(Attempt.from_dict(record))
         except (ValueError, KeyError, TypeError):
             if n == len(lines):
                 break

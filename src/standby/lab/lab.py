@@ -19,7 +19,7 @@ from typing import Any
 import psycopg
 
 from standby import config as standby_config
-from standby.lab import configfile, faults, netns, pgnode, procs
+from standby.lab import clock, configfile, faults, netns, pgnode, procs, waldisk
 from standby.lab.errors import CommandFailed, LabError, LabExists, LabMissing, PrerequisiteMissing
 from standby.lab.topology import (
     ALL_ROLES,
@@ -142,6 +142,7 @@ class Lab:
         for ns in namespaces:
             netns.delete(ns)
         root = spec.root.resolve()
+        waldisk.unmount_under(root)
         if root.parent == base.resolve() and root.exists():
             shutil.rmtree(root)
 
@@ -346,10 +347,36 @@ class Lab:
         self.standby("alpha", "bootstrap", "--restart")
         self.standby("beta", "bootstrap")
 
-    def start_agent(self, node: str) -> None:
-        """The agent under a supervisor that fences after an unclean death, as systemd's unit does."""
+    def start_agent(self, node: str, own_clock: bool = False) -> None:
+        """The agent under a supervisor that fences after an unclean death, as systemd's unit does.
+
+        ``own_clock``: the agent (and what it starts) reads the wall clock
+        through the node's offset file, so `set_clock` can step it.
+        """
         exe = str(Path(sys.executable).with_name("standby"))
-        self.spawn(node, [exe, "agent", "--respawn", "-v", "--config", str(self.config_path), "--node", node], "agent")
+        env = clock.environment(self.spec.role_dir(node)) if own_clock else None
+        self.spawn(node, [exe, "agent", "--respawn", "-v", "--config", str(self.config_path), "--node", node],
+                   "agent", env=env)
+
+    def set_clock(self, node: str, offset_s: int) -> None:
+        """Step the wall clock of an agent started with ``own_clock`` to real time + ``offset_s``."""
+        clock.set_offset(self.spec.role_dir(self._role(node, DB_NODES)), offset_s)
+
+    def wal_on_tmpfs(self, node: str, size_mb: int) -> None:
+        """Move the node's WAL to a tmpfs of ``size_mb`` (PostgreSQL stopped and started around it)."""
+        layout = self.node(node)
+        was_running = pgnode.running(layout)
+        if was_running:
+            pgnode.stop(layout, "fast")
+        waldisk.move_to_tmpfs(layout, size_mb)
+        if was_running:
+            pgnode.start(layout)
+
+    def fill_wal_disk(self, node: str) -> int:
+        return waldisk.fill(self.node(node))
+
+    def free_wal_disk(self, node: str) -> None:
+        waldisk.free(self.node(node))
 
     def stop_agent(self, node: str) -> None:
         self.stop_spawned(node, "agent")

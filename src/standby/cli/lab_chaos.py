@@ -1,0 +1,86 @@
+"""`standby lab chaos`: a seeded fault campaign under load on a fresh lab, judged at the end."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import sys
+import time
+from pathlib import Path
+
+import click
+
+from standby.cli.common import OperatorError, handle_errors
+from standby.lab import DEFAULT_NAME, NAME_ENV, Lab, LabError, LabSpec, check_prerequisites
+from standby.lab import chaos
+from standby.lab.campaign import Campaign, Options
+from standby.lab.chaos_verdict import judge, read_jsonl
+from standby.lab.pair import STANDBY
+
+
+@click.command("chaos")
+@click.option("--name", envvar=NAME_ENV, default=DEFAULT_NAME + "-chaos", show_default=True,
+              help=f"Name of the lab to build for the campaign (env {NAME_ENV}); it must not exist yet.")
+@click.option("--duration", "duration_s", type=click.FloatRange(min=1), default=300, show_default=True,
+              help="Seconds of faults; the last fault's heal and convergence come on top.")
+@click.option("--seed", type=int, default=1, show_default=True, help="The same seed draws the same faults.")
+@click.option("--kinds", help=f"Comma-separated fault kinds (default all): {', '.join(k.value for k in chaos.Kind)}.")
+@click.option("--durability", type=click.Choice(["sync", "async"]), default="sync", show_default=True)
+@click.option("--rate", type=click.IntRange(min=1), default=100, show_default=True, help="Calls per second.")
+@click.option("--converge-limit", "converge_limit_s", type=click.FloatRange(min=5), default=60, show_default=True,
+              help="Seconds within which the pair must converge after each heal.")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Run directory (default: ./chaos-SEED-TIME).")
+@click.option("--keep", is_flag=True, help="Leave the lab up at the end (remove it with `standby lab down`).")
+@click.option("--dry-run", "dry_run", type=int, metavar="N", help="Only print the first N faults of the schedule.")
+@handle_errors
+def command(name: str, duration_s: float, seed: int, kinds: str | None, durability: str, rate: int,
+            converge_limit_s: float, out_dir: Path | None, keep: bool, dry_run: int | None) -> None:
+    """Inject random faults (seeded) while the sample softswitch carries calls, then judge the run.
+
+    Faults: host crash, freeze, one link down, both links down, packet loss,
+    agent killed, PostgreSQL killed, WAL disk full, wall-clock jump, switchover;
+    a fenced old primary is rejoined along the way. The verdict checks every
+    acknowledged call on the final primary, the dual-primary probe, convergence
+    after each heal and the standby against the primary. Exit 1 on any violation.
+    """
+    try:
+        selected = chaos.parse_kinds(kinds)
+    except ValueError as e:
+        raise click.BadParameter(str(e), param_hint="--kinds") from None
+    if dry_run is not None:
+        for f in itertools.islice(chaos.faults(seed, selected), dry_run):
+            click.echo(f.describe())
+        return
+    out = out_dir or Path(f"chaos-{seed}-{time.strftime('%Y%m%dT%H%M%S')}")
+    try:
+        check_prerequisites()
+        lab = Lab.up(LabSpec(name=name, durability=durability))
+    except LabError as e:
+        raise OperatorError(str(e)) from None
+    opts = Options(seed=seed, duration_s=duration_s, kinds=selected, converge_limit_s=converge_limit_s, rate=rate)
+    try:
+        click.echo(f"chaos: lab {name}, seed {seed}, {duration_s:g} s of faults, {durability}, run in {out}")
+        campaign = Campaign(lab, opts, out, say=click.echo)
+        campaign.prepare()
+        campaign.run()
+        verdict = judge(read_jsonl(out / "events.jsonl"), read_jsonl(out / "probe.jsonl"),
+                        json.loads((out / "replicas.json").read_text()), _calls(lab, campaign, out),
+                        converge_limit_s, seed)
+    finally:
+        if not keep:
+            Lab.destroy(name)
+    (out / "verdict.json").write_text(json.dumps(verdict.to_dict(), indent=2) + "\n")
+    click.echo(verdict.render())
+    sys.exit(0 if verdict.ok else 1)
+
+
+def _calls(lab: Lab, campaign: Campaign, out: Path) -> dict[str, object]:
+    """The call checker's verdict (a separate process) against the final primary."""
+    primary = campaign.roles()[0]
+    res = lab.run(primary, [STANDBY, "lab", "verify", "--json", "--history", str(out / "history.jsonl"),
+                            "--dsn-file", str(lab.spec.secret("app.dsn"))], check=False)
+    try:
+        return json.loads(res.stdout)  # type: ignore[no-any-return]
+    except ValueError:
+        return {"violations": [f"the call checker failed: {(res.stderr or res.stdout).strip()[-300:]}"]}

@@ -1,0 +1,293 @@
+"""A chaos campaign on a lab: the sample load runs while faults from a seeded schedule hit the pair.
+
+One fault at a time: inject, hold, heal, then wait for the pair to converge
+(one primary, one streaming standby ready to take over, the service IP on one
+node whose services are healthy), acting as the operator would meanwhile:
+a crashed host is rebooted (its agent started), a fenced old primary is
+rejoined, salvaged rows are applied. The time to converge after each heal is
+recorded; a pair that does not converge within the limit ends the campaign.
+
+Everything lands in the run directory:
+- ``calls.jsonl``: every call attempt (the load generator's history);
+- ``events.jsonl``: faults, heals, operator actions, convergence, with the same
+  monotonic clock as the calls;
+- ``probe.jsonl``: the dual-primary probe's samples (every 100 ms);
+- ``history.jsonl``: the two histories merged in time order;
+- ``replicas.json``: the final contents of both nodes, table by table.
+The judgement is standby.lab.chaos_verdict's, over those files only.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from standby.lab import Lab
+from standby.lab.chaos import Fault, Kind, Target, faults
+from standby.lab.pair import SERVICE_URL, STANDBY, agent_state, holders, primaries
+from standby.lab.probe import DualPrimaryProbe
+from standby.lab.topology import DB_NODES
+
+WAL_DISK_MB = 512
+# Small enough for the WAL tmpfs: a standby gone for long is cloned on return, not waited for.
+WAL_SETTINGS = {"wal_keep_size_mb": 64, "max_slot_wal_keep_size_mb": 128}
+TABLES = ("accounts", "vendors", "cdrs", "balance_deltas")
+
+
+@dataclass(frozen=True)
+class Options:
+    seed: int
+    duration_s: float
+    kinds: tuple[Kind, ...]
+    converge_limit_s: float = 60.0  # the stated time within which the pair must converge after a heal
+    rate: int = 100  # calls per second
+
+
+@dataclass
+class Outcome:
+    faults: list[dict[str, Any]] = field(default_factory=list)
+    converge_s: list[float] = field(default_factory=list)
+    stopped_early: str | None = None
+
+
+def _now_wall() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+
+
+class Campaign:
+    def __init__(self, lab: Lab, opts: Options, out: Path, say: Callable[[str], None] = print) -> None:
+        self.lab, self.opts, self.out, self.say = lab, opts, out, say
+        out.mkdir(parents=True, exist_ok=True)
+        self.calls, self.events = out / "calls.jsonl", out / "events.jsonl"
+        self.events.write_text("")
+        self.crashed: set[str] = set()
+        self.outcome = Outcome()
+
+    # -- records ----------------------------------------------------------------
+
+    def record(self, event: str, **fields: Any) -> None:
+        doc = {"type": "event", "event": event, "t": time.monotonic(), "time": _now_wall(), **fields}
+        with self.events.open("a") as f:
+            f.write(json.dumps(doc, default=str) + "\n")
+
+    # -- set-up -----------------------------------------------------------------
+
+    def prepare(self) -> None:
+        """Bootstrap the pair with WAL on small tmpfs disks and agents whose wall clock can be stepped."""
+        lab = self.lab
+        text = lab.config_path.read_text()
+        extra = "".join(f"{k} = {v}\n" for k, v in WAL_SETTINGS.items())
+        lab.config_path.write_text(text.replace("[postgres]\n", "[postgres]\n" + extra, 1))
+        lab.bootstrap()
+        for node in DB_NODES:
+            lab.wal_on_tmpfs(node, WAL_DISK_MB)
+        for node in DB_NODES:
+            lab.start_agent(node, own_clock=True)
+        start = time.monotonic()
+        if self.converge() is None:
+            raise RuntimeError("the pair did not become ready before the campaign")
+        self.record("ready", after_s=round(time.monotonic() - start, 3))
+
+    # -- the pair's state -------------------------------------------------------
+
+    def roles(self) -> tuple[str, str]:
+        """(primary, standby) now; alpha first when it cannot be told."""
+        p = primaries(self.lab)
+        primary = p[0] if len(p) == 1 else "alpha"
+        return primary, next(n for n in DB_NODES if n != primary)
+
+    def converged(self) -> bool:
+        p = primaries(self.lab)
+        if len(p) != 1:
+            return False
+        primary, standby = p[0], next(n for n in DB_NODES if n != p[0])
+        a, b = agent_state(self.lab, primary), agent_state(self.lab, standby)
+        if not a or not b or a["state"]["fenced"] or b["state"]["fenced"]:
+            return False
+        served = holders(self.lab)
+        if len(served) != 1 or not agent_state(self.lab, served[0]).get("services_healthy"):
+            return False
+        return bool(b["postgres"]["streaming"] and b["state"]["eligible"])
+
+    def converge(self) -> float | None:
+        """Wait for convergence, acting as the operator; seconds taken, or None past the limit."""
+        start = time.monotonic()
+        last_rejoin = -1e9
+        while time.monotonic() - start < self.opts.converge_limit_s:
+            if self.converged():
+                return time.monotonic() - start
+            for node in DB_NODES:
+                st = agent_state(self.lab, node)
+                peer = (st.get("peer_view") or {}) if st else {}
+                # An old primary, fenced and hearing the new one: approve its rejoin, as the operator would.
+                if st and st["state"]["fenced"] and peer.get("db") == "primary" and time.monotonic() - last_rejoin > 5:
+                    last_rejoin = time.monotonic()
+                    self.operator(node, "rejoin", "--yes")
+            time.sleep(0.25)
+        return None
+
+    def operator(self, node: str, *args: str) -> bool:
+        res = self.lab.standby(node, *args, check=False)
+        ok = res.returncode == 0
+        tail = (res.stdout + res.stderr).strip().splitlines()[-3:]
+        self.record("operator", node=node, command=" ".join(args), ok=ok, output=tail)
+        self.say(f"    {node}: standby {' '.join(args)} -> {'ok' if ok else 'failed'}: {' | '.join(tail)}")
+        if ok and args[0] == "rejoin" and any(line.startswith("salvage: ") for line in res.stdout.splitlines()):
+            # Rows the old primary alone had: put them back, as the salvage report says to.
+            self.operator(node, "salvage", "apply", "--yes")
+        return ok
+
+    # -- faults -----------------------------------------------------------------
+
+    def inject(self, f: Fault, node: str) -> dict[str, Any]:
+        lab, info = self.lab, {}
+        match f.kind:
+            case Kind.CRASH:
+                lab.crash(node)
+                self.crashed.add(node)
+            case Kind.FREEZE:
+                lab.freeze(node)
+            case Kind.LINK_DOWN:
+                lab.link(node, str(f.net), False)
+            case Kind.ISOLATE:
+                lab.link(node, "public", False)
+                lab.link(node, "private", False)
+            case Kind.LOSS:
+                lab.loss(node, str(f.net), int(f.percent or 0))
+            case Kind.KILL_AGENT:
+                info["pid"] = lab.kill_agent(node)
+            case Kind.KILL_POSTGRES:
+                info["pid"] = lab.kill_postgres(node)
+            case Kind.WAL_DISK_FULL:
+                info["filled_bytes"] = lab.fill_wal_disk(node)
+                self._force_new_segment(node)
+            case Kind.CLOCK_JUMP:
+                lab.set_clock(node, int(f.offset_s or 0))
+            case Kind.SWITCHOVER:
+                info["ok"] = self.operator(node, "switchover")
+        return info
+
+    def _force_new_segment(self, node: str) -> None:
+        # A full disk bites when PostgreSQL needs a new WAL segment: ask for one.
+        try:
+            with self.lab.pg_connect(node, autocommit=True, connect_timeout=2) as c:
+                c.execute("SELECT pg_switch_wal()")
+                c.execute("CHECKPOINT")
+        except Exception:
+            pass  # a standby cannot switch, a crashing primary may not answer: either way the disk stays full
+
+    def heal(self, f: Fault, node: str) -> None:
+        lab = self.lab
+        if f.kind is Kind.WAL_DISK_FULL:
+            lab.free_wal_disk(node)
+        if f.kind is Kind.CLOCK_JUMP:
+            lab.set_clock(node, 0)
+        lab.heal()
+        if node in self.crashed:  # the host reboots
+            self.crashed.discard(node)
+            lab.start_agent(node, own_clock=True)
+
+    def run(self) -> Outcome:
+        lab, opts = self.lab, self.opts
+        password = lab.spec.secret("app.password").read_text().strip()
+        addresses = {n: lab.node(n).public.address.split("/")[0] for n in DB_NODES}
+        probe = DualPrimaryProbe(lab.netns("client"), addresses, password).start()
+        lab.spawn("client", [STANDBY, "lab", "load", "--url", SERVICE_URL, "--rate", str(opts.rate),
+                             "--out", str(self.calls), "--seed", str(opts.seed)], "load")
+        self.record("load_started", rate=opts.rate)
+        try:
+            time.sleep(2.0)
+            self._faults()
+        finally:
+            lab.stop_spawned("client", "load")
+            self.record("load_stopped")
+            result = probe.stop()
+            with (self.out / "probe.jsonl").open("w") as fh:
+                for s in result.samples:
+                    fh.write(json.dumps({"t": s.t, "writable": list(s.writable)}) + "\n")
+        self.finish()
+        return self.outcome
+
+    def _faults(self) -> None:
+        deadline = time.monotonic() + self.opts.duration_s
+        for f in self._drawn():
+            if time.monotonic() >= deadline:
+                break
+            primary, standby = self.roles()
+            node = primary if f.target is Target.PRIMARY else standby
+            self.say(f"  {f.describe()} -> {node}")
+            self.record("fault", **f.to_dict(), node=node)
+            info = self.inject(f, node)
+            self.outcome.faults.append({**f.to_dict(), "node": node, **info})
+            time.sleep(f.hold_s)
+            self.heal(f, node)
+            self.record("heal", number=f.number, kind=f.kind.value, node=node)
+            took = self.converge()
+            if took is None:
+                self.outcome.stopped_early = (f"the pair did not converge within {self.opts.converge_limit_s:g} s "
+                                              f"after fault #{f.number} ({f.kind.value} on {node})")
+                self.record("not_converged", number=f.number, limit_s=self.opts.converge_limit_s)
+                self.say(f"    NOT CONVERGED within {self.opts.converge_limit_s:g} s")
+                return
+            self.outcome.converge_s.append(took)
+            self.record("converged", number=f.number, after_s=round(took, 3))
+            self.say(f"    converged in {took:.2f} s; primary {self.roles()[0]}")
+            time.sleep(f.quiet_s)
+
+    def _drawn(self) -> Iterator[Fault]:
+        return faults(self.opts.seed, self.opts.kinds)
+
+    # -- the end ----------------------------------------------------------------
+
+    def finish(self) -> None:
+        """After the load: converge once more, let the standby replay everything, read both nodes' tables."""
+        took = self.converge()
+        self.record("final", converged=took is not None, after_s=None if took is None else round(took, 3))
+        replicas: dict[str, Any] = {"converged": took is not None}
+        if took is not None:
+            primary, standby = self.roles()
+            replicas.update(primary=primary, standby=standby, caught_up=self._caught_up(primary, standby),
+                            tables={n: self._digests(n) for n in (primary, standby)})
+        (self.out / "replicas.json").write_text(json.dumps(replicas, indent=2) + "\n")
+        merge_histories(self.calls, self.events, self.out / "history.jsonl")
+
+    def _caught_up(self, primary: str, standby: str, timeout_s: float = 30.0) -> bool:
+        with self.lab.pg_connect(primary, autocommit=True) as c:
+            target = c.execute("SELECT pg_current_wal_lsn()").fetchone()[0]  # type: ignore[index]
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            with self.lab.pg_connect(standby, autocommit=True) as c:
+                if c.execute("SELECT pg_last_wal_replay_lsn() >= %s::pg_lsn", (target,)).fetchone()[0]:  # type: ignore[index]
+                    return True
+            time.sleep(0.2)
+        return False
+
+    def _digests(self, node: str) -> dict[str, list[Any]]:
+        """Per table: row count and an md5 over its rows in a fixed order."""
+        out: dict[str, list[Any]] = {}
+        with self.lab.pg_connect(node, dbname="softswitch", autocommit=True) as c:
+            for table in TABLES:
+                row = c.execute(f"SELECT count(*), md5(coalesce(string_agg(r, E'\\n' ORDER BY r), '')) "  # noqa: S608
+                                f"FROM (SELECT t::text AS r FROM {table} t) s").fetchone()
+                out[table] = [row[0], row[1]] if row else [0, ""]
+        return out
+
+
+def merge_histories(calls: Path, events: Path, out: Path) -> None:
+    """One JSON-lines history: attempts (by send time) and events, in monotonic time order."""
+    entries: list[tuple[float, str]] = []
+    if calls.exists():
+        for line in calls.read_text().splitlines():
+            try:
+                entries.append((float(json.loads(line)["t_send"]), line))
+            except (ValueError, KeyError, TypeError):
+                continue  # a torn last line
+    for line in events.read_text().splitlines():
+        entries.append((float(json.loads(line)["t"]), line))
+    entries.sort(key=lambda e: e[0])
+    out.write_text("".join(line + "\n" for _, line in entries))

@@ -1,0 +1,111 @@
+"""The chaos schedule: a reproducible, endless sequence of faults drawn from a seed. Pure.
+
+A campaign (standby.lab.campaign) takes faults from ``faults(seed)`` until its
+time is up, so the same seed always gives the same sequence, whatever the
+run's length. Targets are roles ("the primary", "the standby"), resolved when
+the fault is injected: a fault aimed at whichever node is primary at that
+moment finds the interesting cases, where a fixed node name would often hit a
+standby twice.
+"""
+
+from __future__ import annotations
+
+import enum
+import random
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+
+class Kind(enum.StrEnum):
+    CRASH = "crash"  # power loss; the host reboots at the heal (its agent is started again)
+    FREEZE = "freeze"  # a paused VM: processes stopped, no packet in or out; thawed at the heal
+    LINK_DOWN = "link-down"  # one network's cable
+    ISOLATE = "isolate"  # both cables
+    LOSS = "loss"  # a share of the packets dropped on one network
+    KILL_AGENT = "kill-agent"  # SIGKILL; its supervisor fences if needed and starts a new one
+    KILL_POSTGRES = "kill-postgres"  # SIGKILL the postmaster
+    WAL_DISK_FULL = "wal-disk-full"  # the WAL file system (a small tmpfs) filled up; freed at the heal
+    CLOCK_JUMP = "clock-jump"  # the agent's wall clock steps by minutes; steps back at the heal
+    SWITCHOVER = "switchover"  # a planned swap, run by the operator in the middle of it all
+
+
+class Target(enum.StrEnum):
+    PRIMARY = "primary"
+    STANDBY = "standby"
+
+
+ALL_KINDS: tuple[Kind, ...] = tuple(Kind)
+
+# How often each kind comes up, relative. The network and host faults are what
+# a two-server pair meets most; a switchover is a planned event, so rarer.
+WEIGHTS: dict[Kind, int] = {
+    Kind.CRASH: 3, Kind.FREEZE: 3, Kind.LINK_DOWN: 3, Kind.ISOLATE: 3, Kind.LOSS: 2,
+    Kind.KILL_AGENT: 2, Kind.KILL_POSTGRES: 2, Kind.WAL_DISK_FULL: 1, Kind.CLOCK_JUMP: 2, Kind.SWITCHOVER: 1,
+}
+
+
+@dataclass(frozen=True)
+class Fault:
+    number: int  # 1, 2, ... in the order drawn
+    kind: Kind
+    target: Target
+    net: str | None = None  # "public" | "private" for LINK_DOWN and LOSS
+    percent: int | None = None  # LOSS
+    offset_s: int | None = None  # CLOCK_JUMP: seconds, + or -
+    hold_s: float = 0.0  # how long the fault lasts before the heal
+    quiet_s: float = 0.0  # after the pair has converged, before the next fault
+
+    def describe(self) -> str:
+        what = self.kind.value
+        if self.kind is Kind.LINK_DOWN:
+            what = f"{self.net} link down"
+        elif self.kind is Kind.LOSS:
+            what = f"{self.percent}% loss on {self.net}"
+        elif self.kind is Kind.CLOCK_JUMP:
+            what = f"wall clock {self.offset_s or 0:+d} s"
+        return f"#{self.number} {what} on the {self.target.value} for {self.hold_s:.1f} s"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: (v.value if isinstance(v, enum.Enum) else v) for k, v in asdict(self).items() if v is not None}
+
+
+def faults(seed: int, kinds: Sequence[Kind] = ALL_KINDS) -> Iterator[Fault]:
+    """The endless fault sequence for ``seed``, restricted to ``kinds``."""
+    if not kinds:
+        raise ValueError("no fault kinds to draw from")
+    rng = random.Random(seed)
+    pool = sorted(set(kinds), key=ALL_KINDS.index)
+    weights = [WEIGHTS[k] for k in pool]
+    number = 0
+    while True:
+        number += 1
+        kind = rng.choices(pool, weights)[0]
+        # Faults on the primary are the ones that move things; the standby gets a share too.
+        target = Target.PRIMARY if rng.random() < 0.7 else Target.STANDBY
+        net = percent = offset = None
+        if kind in (Kind.LINK_DOWN, Kind.LOSS):
+            net = rng.choice(("public", "private"))
+        if kind is Kind.LOSS:
+            percent = rng.choice((10, 30, 50, 80))
+        if kind is Kind.CLOCK_JUMP:
+            offset = rng.choice((-1, 1)) * rng.randint(60, 600)
+        if kind is Kind.SWITCHOVER:
+            target = Target.PRIMARY  # a switchover is asked of the pair; it moves the primary away
+        # Short holds hit the detection window (about a second); long ones let everything move.
+        hold = round(rng.choice((rng.uniform(0.3, 1.5), rng.uniform(2.0, 8.0))), 1)
+        quiet = round(rng.uniform(1.0, 4.0), 1)
+        yield Fault(number, kind, target, net, percent, offset, hold, quiet)
+
+
+def parse_kinds(text: str | None) -> tuple[Kind, ...]:
+    """'crash,freeze' -> kinds; None or '' -> all. Unknown names raise ValueError naming the choices."""
+    if not text:
+        return ALL_KINDS
+    out = []
+    for name in (t.strip() for t in text.split(",") if t.strip()):
+        try:
+            out.append(Kind(name))
+        except ValueError:
+            raise ValueError(f"unknown fault kind {name!r}; expected some of: {', '.join(k.value for k in Kind)}") from None
+    return tuple(out)

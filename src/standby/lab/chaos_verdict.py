@@ -1,0 +1,148 @@
+"""The chaos campaign's verdict: pure judgement over what the run recorded.
+
+Inputs are the run directory's files (see standby.lab.campaign) and the call
+checker's verdict against the final primary (standby.lab.checker, run as a
+separate process). Violations:
+
+- any violation of the call checker: an acknowledged call missing or present
+  twice, a wrong balance effect, a refused call committed;
+- any probe sample with two writable nodes, or the probe blind (no sample) for
+  longer than ``PROBE_BLIND_S``;
+- the pair not converged within the limit after a heal, or at the end;
+- the standby not caught up, or its tables different from the primary's.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+PROBE_BLIND_S = 1.0  # the probe samples every 100 ms; a longer hole means it could have missed a dual primary
+
+
+@dataclass(frozen=True)
+class ChaosVerdict:
+    seed: int | None
+    faults: Mapping[str, int]  # kind -> injected
+    acked: int
+    failed: int
+    indeterminate_applied: int
+    indeterminate_not_applied: int
+    lost: int  # acknowledged calls missing from the final primary
+    call_violations: Sequence[str]
+    samples: int
+    dual_samples: int
+    longest_probe_gap_s: float
+    converge_s: Sequence[float]  # after each heal
+    converge_limit_s: float
+    final_converged: bool
+    not_converged: str | None  # what did not converge, if anything
+    replicas_identical: bool | None  # None: not compared (the pair never converged)
+    replica_differences: Sequence[str] = field(default_factory=tuple)
+    run_s: float = 0.0
+
+    @property
+    def violations(self) -> list[str]:
+        out = list(self.call_violations)
+        if self.dual_samples:
+            out.append(f"{self.dual_samples} probe samples with two writable nodes")
+        if self.longest_probe_gap_s > PROBE_BLIND_S:
+            out.append(f"the dual-primary probe was blind for {self.longest_probe_gap_s:.2f} s")
+        if self.not_converged:
+            out.append(self.not_converged)
+        if not self.final_converged:
+            out.append(f"the pair did not converge within {self.converge_limit_s:g} s at the end")
+        if self.replicas_identical is False:
+            out.append("the standby differs from the primary: " + "; ".join(self.replica_differences))
+        return out
+
+    @property
+    def ok(self) -> bool:
+        return not self.violations
+
+    def render(self) -> str:
+        kinds = ", ".join(f"{k} {n}" for k, n in sorted(self.faults.items())) or "none"
+        worst = max(self.converge_s, default=0.0)
+        lines = [
+            f"chaos verdict: {'OK' if self.ok else 'VIOLATIONS'}   (seed {self.seed}, {self.run_s / 60:.1f} min)",
+            f"  faults injected: {sum(self.faults.values())} ({kinds})",
+            f"  calls: {self.acked} acknowledged, {self.lost} lost, {self.failed} failed, "
+            f"{self.indeterminate_applied + self.indeterminate_not_applied} indeterminate "
+            f"({self.indeterminate_applied} applied, {self.indeterminate_not_applied} not)",
+            f"  dual-primary samples: {self.dual_samples} of {self.samples} "
+            f"(longest gap between samples {self.longest_probe_gap_s:.3f} s)",
+            f"  converged after every heal: {'yes' if not self.not_converged else 'NO'}; longest {worst:.2f} s "
+            f"(limit {self.converge_limit_s:g} s); at the end: {'yes' if self.final_converged else 'NO'}",
+            "  standby identical to the primary: "
+            + {True: "yes", False: "NO", None: "not compared"}[self.replicas_identical],
+        ]
+        lines += [f"  VIOLATION {v}" for v in self.violations]
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"ok": self.ok, "violations": self.violations, "seed": self.seed, "faults": dict(self.faults),
+                "acked": self.acked, "lost": self.lost, "failed": self.failed,
+                "indeterminate_applied": self.indeterminate_applied,
+                "indeterminate_not_applied": self.indeterminate_not_applied,
+                "samples": self.samples, "dual_samples": self.dual_samples,
+                "longest_probe_gap_s": round(self.longest_probe_gap_s, 3),
+                "converge_s": [round(c, 3) for c in self.converge_s], "converge_limit_s": self.converge_limit_s,
+                "final_converged": self.final_converged, "replicas_identical": self.replicas_identical,
+                "run_s": round(self.run_s, 1)}
+
+
+def replica_differences(replicas: Mapping[str, Any]) -> list[str] | None:
+    """What differs between the final primary and standby; None when they were not compared."""
+    if not replicas.get("converged"):
+        return None
+    out = [] if replicas.get("caught_up") else ["the standby had not replayed the primary's last WAL"]
+    tables = replicas.get("tables", {})
+    p, s = tables.get(replicas.get("primary"), {}), tables.get(replicas.get("standby"), {})
+    for name in sorted(set(p) | set(s)):
+        if p.get(name) != s.get(name):
+            out.append(f"{name}: primary {p.get(name)} vs standby {s.get(name)}")
+    return out
+
+
+def judge(events: Sequence[Mapping[str, Any]], probe: Sequence[Mapping[str, Any]], replicas: Mapping[str, Any],
+          calls: Mapping[str, Any], converge_limit_s: float, seed: int | None = None) -> ChaosVerdict:
+    """The verdict from the recorded events, probe samples, final replicas and the call checker's verdict."""
+    faults = Counter(str(e["kind"]) for e in events if e.get("event") == "fault")
+    converge = [float(e["after_s"]) for e in events if e.get("event") == "converged"]
+    stuck = [e for e in events if e.get("event") == "not_converged"]
+    final = [e for e in events if e.get("event") == "final"]
+    times = sorted(float(s["t"]) for s in probe)
+    gap = max((b - a for a, b in zip(times, times[1:])), default=0.0)
+    diffs = replica_differences(replicas)
+    ts = [float(e["t"]) for e in events]
+    return ChaosVerdict(
+        seed=seed,
+        faults=dict(faults),
+        acked=int(calls.get("acked", 0)),
+        failed=int(calls.get("failed", 0)),
+        indeterminate_applied=len(calls.get("indeterminate_applied", ())),
+        indeterminate_not_applied=len(calls.get("indeterminate_not_applied", ())),
+        lost=len(calls.get("missing_acked", ())),
+        call_violations=tuple(calls.get("violations", ("the call checker gave no verdict",))),
+        samples=len(probe),
+        dual_samples=sum(1 for s in probe if len(s.get("writable", ())) > 1),
+        longest_probe_gap_s=gap,
+        converge_s=converge,
+        converge_limit_s=converge_limit_s,
+        final_converged=bool(final and final[-1].get("converged")),
+        not_converged=(f"the pair did not converge within {converge_limit_s:g} s after fault #{stuck[0]['number']}"
+                       if stuck else None),
+        replicas_identical=None if diffs is None else not diffs,
+        replica_differences=tuple(diffs or ()),
+        run_s=(max(ts) - min(ts)) if ts else 0.0,
+    )
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
