@@ -188,6 +188,9 @@ class Timings(_Strict):
     link_timeout_ms: int = Field(5000, ge=100, le=600_000)
     # Services failing their health check this long move to the peer.
     service_unhealthy_ms: int = Field(5000, ge=100, le=600_000)
+    # SCHED_RR priority of the agent (1-99; 0 = normal scheduling). A starved
+    # agent cannot fence its primary in time; see standby.agent.priority.
+    realtime_priority: int = Field(10, ge=0, le=99)
 
     @model_validator(mode="after")
     def _order(self) -> Timings:

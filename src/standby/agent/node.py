@@ -24,6 +24,7 @@ import psycopg
 
 from standby.act import addresses, services
 from standby.act import postgres as pgact
+from standby.agent import priority
 from standby.agent.conditions import conditions
 from standby.agent.heartbeat import Heartbeat, Receiver, encode
 from standby.alerts import AlertDispatcher, AlertKind, alert_key, make_alert
@@ -125,9 +126,9 @@ class Agent:
         self.take_refused_at = -math.inf
         self._conn: psycopg.Connection | None = None
         # One thread for PostgreSQL (its connection is not shared), one for services and addresses.
-        self.pg_pool = ThreadPoolExecutor(1, thread_name_prefix="pg")
-        self.svc_pool = ThreadPoolExecutor(1, thread_name_prefix="svc")
-        self.probe_pool = ThreadPoolExecutor(2, thread_name_prefix="probe")
+        self.pg_pool = ThreadPoolExecutor(1, thread_name_prefix="pg", initializer=priority.follow)
+        self.svc_pool = ThreadPoolExecutor(1, thread_name_prefix="svc", initializer=priority.follow)
+        self.probe_pool = ThreadPoolExecutor(2, thread_name_prefix="probe", initializer=priority.follow)
         self.sockets: dict[Net, socket.socket] = {}
         self.alerts = AlertDispatcher.from_config(cfg)
         self.alerts_raised: set[AlertKind] = set()

@@ -16,6 +16,7 @@ import click
 from standby.act import addresses, services
 from standby.act import postgres as pgact
 from standby.agent.node import Agent, RefusedToStart
+from standby.agent.priority import raise_priority
 from standby.agent.store import Store
 from standby.cli.common import OperatorError, config_option, handle_errors, json_option, load_node, node_option
 from standby.decide import State, fence_needed
@@ -39,6 +40,9 @@ def agent_command(config_path: Path, node: str | None, respawn: bool, verbose: b
     if respawn:
         _supervise(config_path, me, verbose)
         return
+    # First, before any thread exists: threads inherit their creator's scheduling.
+    raised, how = raise_priority(cfg.timings.realtime_priority)
+    logging.getLogger("standby.agent").log(logging.INFO if raised else logging.WARNING, "%s", how)
     try:
         agent = Agent(cfg, me)
     except RefusedToStart as e:
