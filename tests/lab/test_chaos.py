@@ -28,7 +28,9 @@ def test_chaos_campaign_passes_the_checker(lab_factory, tmp_path: Path) -> None:
     out = tmp_path / "run"
     res = subprocess.run([STANDBY, "lab", "chaos", "--name", name, "--seed", str(SEED), "--duration", str(DURATION_S),
                           "--out", str(out)], capture_output=True, text=True, timeout=1800)
-    sys.stdout.write(res.stdout[-4000:])  # shown by pytest on failure: the fault log and the verdict
+    # Shown by pytest on failure: the fault log, the verdict, and any error.
+    sys.stdout.write(res.stdout[-4000:] + res.stderr[-4000:])
+    assert (out / "verdict.json").exists(), f"the campaign stopped without a verdict (exit {res.returncode})"
     verdict = json.loads((out / "verdict.json").read_text())
     assert res.returncode == 0 and verdict["ok"], verdict["violations"]
     assert "chaos verdict: OK" in res.stdout

@@ -90,7 +90,7 @@ class Campaign:
             lab.start_agent(node, own_clock=True)
         start = time.monotonic()
         if self.converge() is None:
-            raise RuntimeError("the pair did not become ready before the campaign")
+            raise RuntimeError(f"the pair did not become ready before the campaign: {self.describe()}")
         self.record("ready", after_s=round(time.monotonic() - start, 3))
 
     # -- the pair's state -------------------------------------------------------
@@ -113,6 +113,18 @@ class Campaign:
         if len(served) != 1 or not agent_state(self.lab, served[0]).get("services_healthy"):
             return False
         return bool(b["postgres"]["streaming"] and b["state"]["eligible"])
+
+    def describe(self) -> str:
+        """The pair in one line, for a campaign that stops: what did not converge."""
+        parts = [f"primaries {primaries(self.lab)}", f"service IP on {holders(self.lab)}"]
+        for node in DB_NODES:
+            st = agent_state(self.lab, node)
+            if not st:
+                parts.append(f"{node}: agent not answering")
+                continue
+            parts.append(f"{node}: fenced={st['state']['fenced']} eligible={st['state']['eligible']} "
+                         f"streaming={st['postgres']['streaming']} services_healthy={st.get('services_healthy')}")
+        return "; ".join(parts)
 
     def converge(self) -> float | None:
         """Wait for convergence, acting as the operator; seconds taken, or None past the limit."""
@@ -209,7 +221,7 @@ class Campaign:
             result = probe.stop()
             with (self.out / "probe.jsonl").open("w") as fh:
                 for s in result.samples:
-                    fh.write(json.dumps({"t": s.t, "writable": list(s.writable)}) + "\n")
+                    fh.write(json.dumps({"t": s.t, "writable": list(s.writable), "open": list(s.open)}) + "\n")
         self.finish()
         return self.outcome
 
@@ -221,8 +233,9 @@ class Campaign:
             primary, standby = self.roles()
             node = primary if f.target is Target.PRIMARY else standby
             self.say(f"  {f.describe()} -> {node}")
-            self.record("fault", **f.to_dict(), node=node)
+            t = time.monotonic()
             info = self.inject(f, node)
+            self.record("fault", **f.to_dict(), node=node, injected_at=t, **info)
             self.outcome.faults.append({**f.to_dict(), "node": node, **info})
             time.sleep(f.hold_s)
             self.heal(f, node)
@@ -231,8 +244,8 @@ class Campaign:
             if took is None:
                 self.outcome.stopped_early = (f"the pair did not converge within {self.opts.converge_limit_s:g} s "
                                               f"after fault #{f.number} ({f.kind.value} on {node})")
-                self.record("not_converged", number=f.number, limit_s=self.opts.converge_limit_s)
-                self.say(f"    NOT CONVERGED within {self.opts.converge_limit_s:g} s")
+                self.record("not_converged", number=f.number, limit_s=self.opts.converge_limit_s, pair=self.describe())
+                self.say(f"    NOT CONVERGED within {self.opts.converge_limit_s:g} s: {self.describe()}")
                 return
             self.outcome.converge_s.append(took)
             self.record("converged", number=f.number, after_s=round(took, 3))

@@ -36,6 +36,7 @@ class ChaosVerdict:
     call_violations: Sequence[str]
     samples: int
     dual_samples: int
+    dual_open_samples: int  # both primaries and open, but not both committing (information, not a violation)
     longest_probe_gap_s: float
     converge_s: Sequence[float]  # after each heal
     converge_limit_s: float
@@ -74,7 +75,8 @@ class ChaosVerdict:
             f"{self.indeterminate_applied + self.indeterminate_not_applied} indeterminate "
             f"({self.indeterminate_applied} applied, {self.indeterminate_not_applied} not)",
             f"  dual-primary samples: {self.dual_samples} of {self.samples} "
-            f"(longest gap between samples {self.longest_probe_gap_s:.3f} s)",
+            f"(longest gap between samples {self.longest_probe_gap_s:.3f} s); "
+            f"both open but one not committing: {self.dual_open_samples}",
             f"  converged after every heal: {'yes' if not self.not_converged else 'NO'}; longest {worst:.2f} s "
             f"(limit {self.converge_limit_s:g} s); at the end: {'yes' if self.final_converged else 'NO'}",
             "  standby identical to the primary: "
@@ -89,6 +91,7 @@ class ChaosVerdict:
                 "indeterminate_applied": self.indeterminate_applied,
                 "indeterminate_not_applied": self.indeterminate_not_applied,
                 "samples": self.samples, "dual_samples": self.dual_samples,
+                "dual_open_samples": self.dual_open_samples,
                 "longest_probe_gap_s": round(self.longest_probe_gap_s, 3),
                 "converge_s": [round(c, 3) for c in self.converge_s], "converge_limit_s": self.converge_limit_s,
                 "final_converged": self.final_converged, "replicas_identical": self.replicas_identical,
@@ -130,6 +133,7 @@ def judge(events: Sequence[Mapping[str, Any]], probe: Sequence[Mapping[str, Any]
         call_violations=tuple(calls.get("violations", ("the call checker gave no verdict",))),
         samples=len(probe),
         dual_samples=sum(1 for s in probe if len(s.get("writable", ())) > 1),
+        dual_open_samples=sum(1 for s in probe if len(s.get("open", ())) > 1 and len(s.get("writable", ())) < 2),
         longest_probe_gap_s=gap,
         converge_s=converge,
         converge_limit_s=converge_limit_s,

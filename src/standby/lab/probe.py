@@ -1,8 +1,13 @@
 """The dual-primary probe: every 100 ms, from the client's network, which nodes accept writes?
 
-A node counts as writable when it answers within the probe's timeout and is
-neither in recovery nor read-only. Two at once, in any sample, is the one
-thing a two-server HA system must never show.
+Each sample asks every node to commit a one-row write, as a client would. A
+node counts as *writable* when that commit returns within the probe's
+timeout: it took a write and acknowledged it. Two at once, in any sample, is
+the one thing a two-server HA system must never show. The sample also
+records which nodes are merely *open* (a primary, not read-only): an old
+synchronous primary thawed after its standby took over is open for a moment,
+but its commits wait for a standby that left, so nothing it takes is ever
+acknowledged.
 """
 
 from __future__ import annotations
@@ -21,7 +26,8 @@ from standby.lab import netns
 @dataclass(frozen=True)
 class Sample:
     t: float  # time.monotonic()
-    writable: tuple[str, ...]
+    writable: tuple[str, ...]  # committed the probe's write within the timeout
+    open: tuple[str, ...] = ()  # a primary and not read-only (it may still not commit)
 
 
 @dataclass
@@ -31,6 +37,10 @@ class ProbeResult:
     @property
     def dual(self) -> list[Sample]:
         return [s for s in self.samples if len(s.writable) > 1]
+
+    @property
+    def dual_open(self) -> list[Sample]:
+        return [s for s in self.samples if len(s.open) > 1]
 
     @property
     def longest_interval(self) -> float:
@@ -87,8 +97,11 @@ class DualPrimaryProbe:
             if conn is not None:
                 asyncio.ensure_future(_close_quietly(conn))
 
+        opened: dict[str, bool] = {n: False for n in self.targets}
+
         async def writable(node: str) -> bool:
             conn = conns[node]
+            opened[node] = False
             if conn is None or conn.closed or conn.broken:
                 conns[node] = None
                 if node not in connecting or connecting[node].done():
@@ -102,7 +115,14 @@ class DualPrimaryProbe:
                     cur = await conn.execute(  # type: ignore[union-attr]
                         "SELECT NOT pg_is_in_recovery() AND current_setting('transaction_read_only') = 'off'")
                     row = await cur.fetchone()
-                    return bool(row and row[0])
+                    if not (row and row[0]):
+                        return False
+                    opened[node] = True
+                    await conn.execute(PROBE_WRITE, (node,))  # type: ignore[union-attr]
+                    return True
+                except psycopg.errors.UndefinedTable:
+                    await _create_table(conn)  # type: ignore[arg-type]
+                    return False
                 except (psycopg.Error, OSError):
                     drop(node)
                     return False
@@ -114,13 +134,27 @@ class DualPrimaryProbe:
         while not self._stop.is_set():
             t0 = time.monotonic()
             answers = await asyncio.gather(*(writable(n) for n in self.targets))
-            self.result.samples.append(Sample(t0, tuple(n for n, ok in zip(self.targets, answers) if ok)))
+            self.result.samples.append(Sample(t0, tuple(n for n, ok in zip(self.targets, answers) if ok),
+                                              tuple(n for n in self.targets if opened[n])))
             await asyncio.sleep(max(0.0, self.interval_s - (time.monotonic() - t0)))
         for task in [*connecting.values(), *asking.values()]:
             task.cancel()
         for node in self.targets:
             drop(node)
         await asyncio.sleep(0.3)
+
+
+# One row per node, updated in place: a real commit (waiting for the synchronous
+# standby like any other) that leaves nothing to grow.
+PROBE_WRITE = ("INSERT INTO standby_probe (node, writes) VALUES (%s, 1) "
+               "ON CONFLICT (node) DO UPDATE SET writes = standby_probe.writes + 1")
+
+
+async def _create_table(conn: psycopg.AsyncConnection[Any]) -> None:
+    try:
+        await conn.execute("CREATE TABLE IF NOT EXISTS standby_probe (node text PRIMARY KEY, writes bigint NOT NULL)")
+    except psycopg.Error:
+        pass  # another session made it, or this node stopped being a primary: the next sample tells
 
 
 async def _close_quietly(conn: psycopg.AsyncConnection[Any]) -> None:

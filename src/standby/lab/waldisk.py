@@ -39,6 +39,11 @@ def move_to_tmpfs(node: NodeLayout, size_mb: int) -> None:
     wal.rmdir()
     wal.symlink_to(mnt)
     os.lchown(wal, pg.pw_uid, pg.pw_gid)
+    # Recycled segments are renamed, not written anew: on a full disk the server
+    # would go on for minutes on them. Without recycling (as on copy-on-write
+    # file systems) the next segment needs new space at once.
+    with (node.pgdata / "postgresql.conf").open("a") as conf:
+        conf.write("\n# standby lab: WAL on a small tmpfs that a campaign may fill\nwal_recycle = off\n")
 
 
 def fill(node: NodeLayout) -> int:
