@@ -28,6 +28,7 @@ from standby.config import read_secret
 from standby.model import DbState
 
 AGENT_KEY = web.AppKey("agent", Agent)
+MAX_PROMOTE_WAIT_S = 3600
 
 
 def _json(status: int, body: dict[str, Any]) -> web.Response:
@@ -154,12 +155,22 @@ def _authorised(request: web.Request) -> bool:
     return bool(given) and hmac.compare_digest(given.encode(), expected.encode())
 
 
+async def _json_body(request: web.Request) -> Any:
+    """The request's JSON body ({} if none); ValueError for anything that is not JSON."""
+    if not request.can_read_body:
+        return {}
+    try:
+        return await request.json()
+    except RecursionError:  # deeply nested arrays: not a request anyone means
+        raise ValueError("JSON nested too deeply") from None
+
+
 async def maintenance(request: web.Request) -> web.Response:
     a = request.app[AGENT_KEY]
     if not _authorised(request):
         return _json(401, {"error": "a valid API token is required (Authorization: Bearer ...)"})
     try:
-        body = await request.json()
+        body = await _json_body(request)
         suspend = body["suspend"]
         if not isinstance(suspend, bool):
             raise TypeError
@@ -177,7 +188,7 @@ def _op(fn_name: str) -> Any:
         if not _authorised(request):
             return _json(401, {"error": "a valid API token is required (Authorization: Bearer ...)"})
         try:
-            body = await request.json() if request.can_read_body else {}
+            body = await _json_body(request)
             if not isinstance(body, dict):
                 raise ValueError
         except ValueError:
@@ -185,8 +196,9 @@ def _op(fn_name: str) -> Any:
         try:
             if fn_name == "promote":
                 lsn, timeout = body.get("min_lsn"), body.get("timeout_s", 10)
-                if not isinstance(lsn, str) or not isinstance(timeout, (int, float)) or isinstance(timeout, bool):
-                    return _json(400, {"error": 'expected {"min_lsn": "X/Y", "timeout_s": seconds}'})
+                if (not isinstance(lsn, str) or not isinstance(timeout, (int, float)) or isinstance(timeout, bool)
+                        or not 0 <= timeout <= MAX_PROMOTE_WAIT_S):  # also NaN, inf: a wait must end
+                    return _json(400, {"error": f'expected {{"min_lsn": "X/Y", "timeout_s": 0 to {MAX_PROMOTE_WAIT_S} seconds}}'})
                 result = await a.operate("promote", lsn, float(timeout))
             else:
                 result = await a.operate(fn_name)
