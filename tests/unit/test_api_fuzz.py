@@ -12,13 +12,10 @@ from __future__ import annotations
 import asyncio
 import http.client
 import json
-import secrets
 import socket
 import threading
-import tomllib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
@@ -30,21 +27,14 @@ from hypothesis import strategies as st
 from standby import config
 from standby.agent.node import Agent
 from standby.api import MAX_PROMOTE_WAIT_S, make_app
+from tests.unit.configs import example_with_secrets
 
-EXAMPLE = Path(__file__).parents[2] / "etc" / "standby.example.toml"
 TIMEOUT_S = 5.0
 
 KNOWN_PATHS = ["/primary", "/replica", "/health", "/status", "/metrics", "/maintenance", "/switchover/demote",
                "/switchover/promote", "/switchover/follow", "/switchover/resume", "/rejoin", "/promote", "/fence"]
 HEALTH_PATHS = ("/primary", "/replica", "/health")
 POST_PATHS = [p for p in KNOWN_PATHS if p not in (*HEALTH_PATHS, "/status", "/metrics")]
-
-
-def _secret(d: Path, name: str) -> Path:
-    p = d / name
-    p.write_text(secrets.token_urlsafe(32) + "\n")
-    p.chmod(0o600)
-    return p
 
 
 @dataclass
@@ -73,17 +63,10 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    d = tmp_path_factory.mktemp("api")
-    raw = tomllib.loads(EXAMPLE.read_text())
-    raw["heartbeat_key_file"] = str(_secret(d, "heartbeat.key"))
-    raw["state_dir"] = str(d / "state")
-    raw["postgres"]["replication_password_file"] = str(_secret(d, "replication.password"))
-    token_file = _secret(d, "api.token")
-    raw["api"] = {"bind": "127.0.0.1", "port": _free_port(), "token_file": str(token_file)}
+    raw, files = example_with_secrets(tmp_path_factory.mktemp("api"), _free_port())
     cfg = config.parse(raw)
-    (d / "state").mkdir()
     agent = Agent(cfg, "alpha")
-    srv = Server(agent, cfg.api.port, token_file.read_text().strip())
+    srv = Server(agent, cfg.api.port, files["api.token_file"].read_text().strip())
 
     async def record(name: str, *args: Any) -> dict[str, Any]:
         srv.calls.append((name, args))
