@@ -351,10 +351,14 @@ class Lab:
         self.standby("alpha", "bootstrap", "--restart")
         self.standby("beta", "bootstrap")
 
-    def start_agent(self, node: str) -> None:
-        """The agent under a supervisor that fences after an unclean death, as systemd's unit does."""
+    def start_agent(self, node: str, env: dict[str, str] | None = None) -> None:
+        """The agent under a supervisor that fences after an unclean death, as systemd's unit does.
+
+        ``env`` is added to both processes' environment (e.g. a preloaded fake clock).
+        """
         exe = str(Path(sys.executable).with_name("standby"))
-        self.spawn(node, [exe, "agent", "--respawn", "-v", "--config", str(self.config_path), "--node", node], "agent")
+        self.spawn(node, [exe, "agent", "--respawn", "-v", "--config", str(self.config_path), "--node", node], "agent",
+                   env=env)
 
     def stop_agent(self, node: str) -> None:
         self.stop_spawned(node, "agent")

@@ -28,11 +28,12 @@ def agent_state(lab: Lab, node: str) -> dict[str, Any]:
     return {} if st is None else st
 
 
-def start_pair(lab: Lab) -> Lab:
-    """Bootstrap, start both agents, wait until alpha serves and beta may take over."""
+def start_pair(lab: Lab, agent_env: dict[str, dict[str, str]] | None = None) -> Lab:
+    """Bootstrap, start both agents (with ``agent_env[node]`` added to their environment),
+    wait until alpha serves and beta may take over."""
     lab.bootstrap()
     for node in ("alpha", "beta"):
-        lab.start_agent(node)
+        lab.start_agent(node, (agent_env or {}).get(node))
 
     def ready() -> bool:
         a, b = agent_state(lab, "alpha"), agent_state(lab, "beta")
