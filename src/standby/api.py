@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hmac
 import json
+import logging
 import time
 from typing import Any
 
@@ -24,9 +25,10 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from standby import __version__
 from standby.agent.node import Agent, OpError
-from standby.config import read_secret
+from standby.config import ConfigError, read_secret
 from standby.model import DbState
 
+log = logging.getLogger("standby.api")
 AGENT_KEY = web.AppKey("agent", Agent)
 MAX_PROMOTE_WAIT_S = 3600
 
@@ -150,7 +152,11 @@ def _authorised(request: web.Request) -> bool:
     a = request.app[AGENT_KEY]
     if a.cfg.api.token_file is None:
         return False
-    expected = read_secret(a.cfg.api.token_file, "api.token_file")
+    try:
+        expected = read_secret(a.cfg.api.token_file, "api.token_file")
+    except ConfigError as e:  # made readable by others (or removed) since start-up: refuse, say why here
+        log.error("refusing API actions: %s", " ".join(str(e).split()))
+        return False
     given = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
     return bool(given) and hmac.compare_digest(given.encode(), expected.encode())
 

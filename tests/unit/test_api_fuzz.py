@@ -236,3 +236,19 @@ def test_real_token_reaches_the_agent(server: Server) -> None:
 def test_bad_lag_names_the_problem(server: Server) -> None:
     status, _, payload = server.request("GET", "/replica?lag=-5", {}, None)
     assert status == 400 and b"lag must be" in payload
+
+
+def test_token_file_made_readable_while_running_refuses_actions(server: Server) -> None:
+    """A token file opened up after start-up: every action is refused (401, nothing done), never a 500."""
+    token_file = server.agent.cfg.api.token_file
+    assert token_file is not None
+    before = (len(server.calls), len(server.agent.recent))
+    token_file.chmod(0o644)
+    try:
+        for path in POST_PATHS:
+            status, _, payload = server.request("POST", path, {"Authorization": f"Bearer {server.token}"}, b"{}")
+            assert status == 401, (path, status, payload)
+            assert server.token.encode() not in payload
+    finally:
+        token_file.chmod(0o600)
+    assert (len(server.calls), len(server.agent.recent)) == before
