@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import time
+import urllib.error
 import urllib.request
 from email.utils import parsedate_to_datetime
 from pathlib import Path
@@ -39,8 +40,10 @@ def _seen_offset_s(lab: Lab, node: str) -> float | None:
         try:
             with urllib.request.urlopen(url, timeout=2) as r:
                 return r.headers.get("Date")
-        except OSError as e:  # 503 (not healthy) still carries the date
-            return getattr(e, "headers", {}).get("Date") if hasattr(e, "headers") else None
+        except urllib.error.HTTPError as e:  # 503 (not healthy) still carries the date
+            return e.headers.get("Date")
+        except OSError:
+            return None
 
     date = netns.call_in(lab.netns(node), get)
     return None if date is None else parsedate_to_datetime(date).timestamp() - time.time()

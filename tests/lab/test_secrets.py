@@ -32,7 +32,7 @@ def _secrets(lab: Lab) -> dict[str, str]:
     return {n: lab.spec.secret(n).read_text().strip() for n in SECRET_FILES}
 
 
-def test_no_secret_in_any_output(lab_factory, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_no_secret_in_any_output(lab_factory) -> None:  # type: ignore[no-untyped-def]
     lab = start_pair(lab_factory("sync"))
     outputs: list[tuple[str, subprocess.CompletedProcess[str]]] = []
 
