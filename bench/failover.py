@@ -41,6 +41,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+import benchlib
 from standby import __version__
 from standby.lab import Lab, LabSpec, netns
 from standby.lab.checker import longest_ack_gap, read_history
@@ -48,7 +49,6 @@ from standby.lab.errors import LabError
 from standby.lab.pair import ROLE_CHANGES, LoadRun, holders, primaries, start_pair, under_load, verify
 from standby.lab.topology import LAB_BASE
 
-RESULTS_DIR = Path(__file__).resolve().parent / "results"
 KINDS = ("host_crash", "pg_crash", "isolation")
 DURABILITIES = ("sync", "async")
 NAME_PREFIX = "sbfo"
@@ -426,16 +426,6 @@ def noteworthy(r: dict[str, Any]) -> bool:
                 or (r["durability"] == "sync" and r.get("lost")))
 
 
-def write_results(doc: dict[str, Any], stamp: str) -> Path:
-    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    text = json.dumps(doc, indent=2, default=str) + "\n"
-    path = RESULTS_DIR / f"failover-{stamp}.json"
-    for target in (path, RESULTS_DIR / "failover-latest.json"):
-        # Replaced atomically: an interrupted write must not destroy the previous run's data.
-        tmp = target.with_suffix(".tmp")
-        tmp.write_text(text)
-        tmp.replace(target)
-    return path
 
 
 # --------------------------------------------------------------------------- main
@@ -512,7 +502,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 with fresh_lab(name, "sync") as lab:
                     start_pair(lab)
                     doc["idle"] = measure_idle(lab, p.idle_s, log)
-                write_results(doc, stamp)
+                benchlib.write_results("failover", doc, stamp)
             for n, (i, kind, dur) in enumerate(plan, 1):
                 name = names.next()
                 log(f"run {n}/{len(plan)}: {kind} {dur} (#{i + 1}) on {name}")
@@ -528,7 +518,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     rec["error"] = f"{type(e).__name__}: {' '.join(str(e).split())}"
                 doc["runs"].append(rec)
                 doc["summary"] = summarise(doc["runs"], p)
-                write_results(doc, stamp)
+                benchlib.write_results("failover", doc, stamp)
                 log(f"  {render_run(rec)}")
                 if noteworthy(rec) and "timeline" in rec:
                     log("  timeline (s from the fault):\n" + render_timeline(rec))
@@ -537,7 +527,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             code = 130
     doc["complete"] = code == 0
     doc["elapsed_s"] = round(time.monotonic() - t0, 1)
-    path = write_results(doc, stamp)
+    path = benchlib.write_results("failover", doc, stamp)
     print(render(doc))
     print(f"\nwritten to {path} (and {path.with_name('failover-latest.json')})")
     return code

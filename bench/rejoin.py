@@ -39,6 +39,7 @@ from typing import Any
 
 from failover import _exists, _owner_alive, fresh_lab, other_labs, sigterm_as_interrupt
 
+import benchlib
 from standby import __version__
 from standby.act import postgres as pgact
 from standby.lab import Lab
@@ -46,7 +47,6 @@ from standby.lab.errors import LabError
 from standby.lab.pair import agent_state, primaries, start_pair
 from standby.lab.topology import LAB_BASE
 
-RESULTS_DIR = Path(__file__).resolve().parent / "results"
 NAME_PREFIX = "sbrj"
 METHODS = ("rewind", "clone")
 ROW_PAD = 960  # characters of padding: with the tuple header, about 1 KiB per row, 8 rows per page
@@ -279,15 +279,6 @@ def render(doc: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def write_results(doc: dict[str, Any], stamp: str) -> Path:
-    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    text = json.dumps(doc, indent=2, default=str) + "\n"
-    path = RESULTS_DIR / f"rejoin-{stamp}.json"
-    for target in (path, RESULTS_DIR / "rejoin-latest.json"):
-        tmp = target.with_suffix(".tmp")  # atomically: a killed write keeps the previous file
-        tmp.write_text(text)
-        tmp.replace(target)
-    return path
 
 
 def parse_args(argv: Sequence[str] | None) -> Params:
@@ -338,7 +329,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     rec["error"] = f"{type(e).__name__}: {' '.join(str(e).split())}"
                 doc["runs"].append(rec)
                 doc["summary"] = summarise(doc["runs"])
-                write_results(doc, stamp)
+                benchlib.write_results("rejoin", doc, stamp)
                 log(f"  rejoin {_f(rec.get('rejoin_s'))} s ({rec.get('reported_method')})"
                     + (f"; ERROR {rec['error']}" if rec["error"] else ""))
         except KeyboardInterrupt:
@@ -346,7 +337,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             code = 130
     doc["complete"] = code == 0
     doc["elapsed_s"] = round(time.monotonic() - t_start, 1)
-    path = write_results(doc, stamp)
+    path = benchlib.write_results("rejoin", doc, stamp)
     print(render(doc))
     print(f"\nwritten to {path} (and {path.with_name('rejoin-latest.json')})")
     return code

@@ -46,6 +46,7 @@ from typing import Any
 
 import psycopg
 
+import benchlib
 from standby import __version__
 from standby.act.postgres import set_sync_names, sync_value
 from standby.lab import Lab, LabSpec, netns
@@ -54,7 +55,6 @@ from standby.lab.topology import ALL_ROLES, SERVICE_IP
 
 STANDBY = str(Path(sys.executable).with_name("standby"))
 SERVICE_URL = f"http://{SERVICE_IP.split('/')[0]}:8080"
-RESULTS_DIR = Path(__file__).resolve().parent / "results"
 STANDBY_NODE = "beta"
 # Recorded alongside the figures: they decide what a commit waits for and how much WAL it writes.
 PG_SETTINGS = ("synchronous_commit", "fsync", "wal_sync_method", "full_page_writes", "wal_level",
@@ -482,16 +482,6 @@ def _mean(values: Iterable[float]) -> float:
     return sum(v) / len(v) if v else 0.0
 
 
-def write_results(doc: dict[str, Any], stamp: str) -> Path:
-    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    text = json.dumps(doc, indent=2) + "\n"
-    path = RESULTS_DIR / f"replication-{stamp}.json"
-    path.write_text(text)
-    latest = RESULTS_DIR / "replication-latest.json"
-    tmp = latest.with_suffix(".tmp")
-    tmp.write_text(text)
-    tmp.replace(latest)
-    return path
 
 
 # --------------------------------------------------------------------------- main
@@ -571,7 +561,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "lag": figures["lag"],
         "throughput": figures["throughput"],
     }
-    path = write_results(doc, started.strftime("%Y%m%dT%H%M%SZ"))
+    path = benchlib.write_results("replication", doc, started.strftime("%Y%m%dT%H%M%SZ"))
     print(render(doc))
     print(f"\nwritten to {path} (and {path.with_name('replication-latest.json')})")
     return 0

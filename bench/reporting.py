@@ -51,13 +51,13 @@ from replication import (  # noqa: E402  (the sibling script: same load, CPU acc
     sigterm_as_interrupt,
 )
 
+import benchlib
 from standby.lab import Lab, LabSpec, netns  # noqa: E402
 from standby.lab.configfile import REPORT_DSN  # noqa: E402
 from standby.lab.errors import LabError  # noqa: E402
 from standby.lab.pair import STANDBY, reporting_holders, start_pair  # noqa: E402
 from standby.lab.topology import ALL_ROLES, PG_PORT  # noqa: E402
 
-RESULTS_DIR = Path(__file__).resolve().parent / "results"
 # Which core each namespace gets with --pin: one per "server"; the client sits with alpha.
 PIN = {"alpha": 0, "client": 0, "sw": 0, "beta": 1}
 
@@ -248,16 +248,6 @@ def render(doc: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def write_results(doc: dict[str, Any], stamp: str) -> Path:
-    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    text = json.dumps(doc, indent=2) + "\n"
-    path = RESULTS_DIR / f"reporting-{stamp}.json"
-    path.write_text(text)
-    latest = RESULTS_DIR / "reporting-latest.json"
-    tmp = latest.with_suffix(".tmp")
-    tmp.write_text(text)
-    tmp.replace(latest)
-    return path
 
 
 def parse_args(argv: Sequence[str] | None) -> Params:
@@ -322,7 +312,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "summary": summarise(figures["phases"]),
         "phases": figures["phases"],
     }
-    path = write_results(doc, started.strftime("%Y%m%dT%H%M%SZ"))
+    path = benchlib.write_results("reporting", doc, started.strftime("%Y%m%dT%H%M%SZ"))
     print(render(doc))
     print(f"\nwritten to {path} (and {path.with_name('reporting-latest.json')})")
     return 0

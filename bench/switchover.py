@@ -36,6 +36,7 @@ from typing import Any
 
 from failover import _exists, _owner_alive, distribution, fresh_lab, other_labs, sigterm_as_interrupt
 
+import benchlib
 from standby import __version__
 from standby.lab import Lab
 from standby.lab.checker import read_history
@@ -259,15 +260,6 @@ def render(doc: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def write_results(doc: dict[str, Any], stamp: str) -> Path:
-    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    text = json.dumps(doc, indent=2, default=str) + "\n"
-    path = RESULTS_DIR / f"switchover-{stamp}.json"
-    for target in (path, RESULTS_DIR / "switchover-latest.json"):
-        tmp = target.with_suffix(".tmp")  # atomically: a killed write keeps the previous file
-        tmp.write_text(text)
-        tmp.replace(target)
-    return path
 
 
 def parse_args(argv: Sequence[str] | None) -> Params:
@@ -320,7 +312,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         log(f"switchover {i + 1}/{p.count} -> {rec.get('new')}: command {_f(rec.get('command_s'))} s, "
                             f"streaming after {_f(rec.get('streaming_after_s'), '.2f')} s"
                             + (f"; ERROR {rec['error']}" if rec["error"] else ""))
-                        write_results(doc, stamp)
+                        benchlib.write_results("switchover", doc, stamp)
                     time.sleep(1.0)
                 doc["attempts"] = analyse(run, doc["switchovers"], p)
                 final = primaries(lab)
@@ -344,7 +336,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                       if datetime.fromisoformat(e["time"]).timestamp() >= t_wall0 - 5]
                                   for n in ("alpha", "beta")}
                 doc["summary"] = summarise(doc)
-                write_results(doc, stamp)
+                benchlib.write_results("switchover", doc, stamp)
                 log("tearing down")
         except KeyboardInterrupt:
             log("interrupted; results so far are written")
@@ -358,7 +350,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         code = code or 1
     doc["elapsed_s"] = round(time.monotonic() - t_start, 1)
     doc["machine"]["loadavg_at_end"] = list(os.getloadavg())
-    path = write_results(doc, stamp)
+    path = benchlib.write_results("switchover", doc, stamp)
     print(render(doc))
     print(f"\nwritten to {path} (and {path.with_name('switchover-latest.json')})")
     return code

@@ -22,10 +22,10 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
+import benchlib
 from standby.lab import Lab, LabSpec
 from standby.lab.pair import agent_state
 
-RESULTS = Path(__file__).with_name("results")
 STANDBY = str(Path(sys.executable).with_name("standby"))
 
 
@@ -80,12 +80,10 @@ def main() -> None:
                "first_ack_max_s": max(firsts) if firsts else None}
     print(f"\n`standby promote --yes` -> first acknowledged call: p50 {summary['first_ack_p50_s']} s, "
           f"max {summary['first_ack_max_s']} s over {len(firsts)} runs (target: under one minute)")
-    RESULTS.mkdir(exist_ok=True)
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     doc = {"bench": "warm_promote", "when": stamp, "cores": os.cpu_count(), "machine": platform.machine(),
            "load_average": os.getloadavg(), "summary": summary, "runs": runs}
-    for name in (f"warm-promote-{stamp}.json", "warm-promote-latest.json"):
-        (RESULTS / name).write_text(json.dumps(doc, indent=2))
+    benchlib.write_results("warm-promote", doc, stamp)
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hmac
 import json
+import logging
 import time
 from typing import Any
 
@@ -24,10 +25,12 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from standby import __version__
 from standby.agent.node import Agent, OpError
-from standby.config import read_secret
+from standby.config import ConfigError, read_secret
 from standby.model import DbState
 
+log = logging.getLogger("standby.api")
 AGENT_KEY = web.AppKey("agent", Agent)
+MAX_PROMOTE_WAIT_S = 3600
 
 
 def _json(status: int, body: dict[str, Any]) -> web.Response:
@@ -149,9 +152,23 @@ def _authorised(request: web.Request) -> bool:
     a = request.app[AGENT_KEY]
     if a.cfg.api.token_file is None:
         return False
-    expected = read_secret(a.cfg.api.token_file, "api.token_file")
+    try:
+        expected = read_secret(a.cfg.api.token_file, "api.token_file")
+    except ConfigError as e:  # made readable by others (or removed) since start-up: refuse, say why here
+        log.error("refusing API actions: %s", " ".join(str(e).split()))
+        return False
     given = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
     return bool(given) and hmac.compare_digest(given.encode(), expected.encode())
+
+
+async def _json_body(request: web.Request) -> Any:
+    """The request's JSON body ({} if none); ValueError for anything that is not JSON."""
+    if not request.can_read_body:
+        return {}
+    try:
+        return await request.json()
+    except RecursionError:  # deeply nested arrays: not a request anyone means
+        raise ValueError("JSON nested too deeply") from None
 
 
 async def maintenance(request: web.Request) -> web.Response:
@@ -159,7 +176,7 @@ async def maintenance(request: web.Request) -> web.Response:
     if not _authorised(request):
         return _json(401, {"error": "a valid API token is required (Authorization: Bearer ...)"})
     try:
-        body = await request.json()
+        body = await _json_body(request)
         suspend = body["suspend"]
         if not isinstance(suspend, bool):
             raise TypeError
@@ -177,7 +194,7 @@ def _op(fn_name: str) -> Any:
         if not _authorised(request):
             return _json(401, {"error": "a valid API token is required (Authorization: Bearer ...)"})
         try:
-            body = await request.json() if request.can_read_body else {}
+            body = await _json_body(request)
             if not isinstance(body, dict):
                 raise ValueError
         except ValueError:
@@ -185,8 +202,9 @@ def _op(fn_name: str) -> Any:
         try:
             if fn_name == "promote":
                 lsn, timeout = body.get("min_lsn"), body.get("timeout_s", 10)
-                if not isinstance(lsn, str) or not isinstance(timeout, (int, float)) or isinstance(timeout, bool):
-                    return _json(400, {"error": 'expected {"min_lsn": "X/Y", "timeout_s": seconds}'})
+                if (not isinstance(lsn, str) or not isinstance(timeout, (int, float)) or isinstance(timeout, bool)
+                        or not 0 <= timeout <= MAX_PROMOTE_WAIT_S):  # also NaN, inf: a wait must end
+                    return _json(400, {"error": f'expected {{"min_lsn": "X/Y", "timeout_s": 0 to {MAX_PROMOTE_WAIT_S} seconds}}'})
                 result = await a.operate("promote", lsn, float(timeout))
             else:
                 result = await a.operate(fn_name)

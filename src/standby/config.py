@@ -459,7 +459,8 @@ def _format_error(err: ValidationError) -> list[str]:
         if e["type"] == "missing":
             out.append(f"{loc}: missing; this key is required")
         elif e["type"] == "extra_forbidden":
-            out.append(f"{loc}: unknown key (value {e['input']!r}); remove it or check its spelling")
+            # Never its value: a secret pasted inline (password = ...) would be printed and logged.
+            out.append(f"{loc}: unknown key; remove it or check its spelling")
         elif loc:
             out.append(f"{loc}: {msg} (got {e['input']!r})" if not isinstance(e["input"], dict) else f"{loc}: {msg}")
         else:

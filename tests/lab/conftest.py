@@ -1,7 +1,8 @@
 """Fixtures for tests that run against a real lab (namespaces + PostgreSQL 15).
 
 Every lab made here is destroyed when its fixture ends, also when the test
-failed; a sweep at session start and end removes labs of this prefix that
+failed, and its logs, histories and state are first searched for the lab's
+secrets (a leak fails the test); a sweep at session start and end removes labs of this prefix that
 their creator abandoned (e.g. a killed test run), never those of a
 concurrent run.
 """
@@ -127,12 +128,20 @@ class LabFactory:
         return Lab.up(LabSpec(name=self.reserve(), durability=durability))
 
     def destroy_all(self) -> None:
+        """Destroy every lab, after searching its files for its own secrets: a leak fails the test."""
+        found: list[str] = []
         for name, fd in list(self.locks.items()):
             try:
-                Lab.destroy(name)
+                try:
+                    found += Lab(LabSpec(name)).secret_leaks()
+                finally:
+                    Lab.destroy(name)
             finally:
                 _release(name, fd)
                 del self.locks[name]
+        if found:
+            pytest.fail("secret values found in lab files (path:line: secret):\n  " + "\n  ".join(found[:50]),
+                        pytrace=False)
 
 
 @pytest.fixture

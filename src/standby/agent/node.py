@@ -93,6 +93,11 @@ class Agent:
             raise RefusedToStart("heartbeat_key_file: required to run the agent (a shared secret, mode 600, same on both nodes)")
         self.cfg, self.node, self.peer = cfg, node, cfg.peer_of(node)
         self.key = read_secret(cfg.heartbeat_key_file, "heartbeat_key_file").encode()
+        # The other secrets are read when first needed (a failover, a POST): a bad one must stop the
+        # start-up instead, while a person is watching.
+        read_secret(cfg.pg(node).replication_password_file, "postgres.replication_password_file")
+        if cfg.api.token_file is not None:
+            read_secret(cfg.api.token_file, "api.token_file")
         self.digest = config_digest(cfg)
         self.store = Store(cfg.state_dir_for(node), node)
         self.receiver = Receiver(self.key, cfg.cluster, self.peer, self.digest)
@@ -596,10 +601,8 @@ class Agent:
                 step("service IPs taken")
         else:
             self.state = replace(self.state, services=True)
-        hook = self.cfg.address_change_hook
-        if hook:
-            address = str(self.cfg.nodes[self.node].public.ip)
-            argv = [a.replace("{node}", self.node).replace("{address}", address) for a in hook]
+        argv = hook_argv(self.cfg, self.node)
+        if argv:
             res = await self._in(self.svc_pool, _run_hook, argv)
             step(f"address-change hook: {res}")
         # Services placed everywhere already run here; start the others.
@@ -780,6 +783,14 @@ class Agent:
 
 
 # -- pure-ish helpers used in worker threads ----------------------------------------------
+
+
+def hook_argv(cfg: Config, node: str) -> list[str] | None:
+    """The address-change hook for ``node``: placeholders filled in per argument, never parsed by a shell."""
+    if not cfg.address_change_hook:
+        return None
+    address = str(cfg.nodes[node].public.ip)
+    return [a.replace("{node}", node).replace("{address}", address) for a in cfg.address_change_hook]
 
 
 def _run_hook(argv: list[str]) -> str:

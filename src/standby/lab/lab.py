@@ -19,7 +19,7 @@ from typing import Any
 import psycopg
 
 from standby import config as standby_config
-from standby.lab import clock, configfile, faults, netns, pgnode, procs, waldisk
+from standby.lab import clock, configfile, faults, leaks, netns, pgnode, procs, waldisk
 from standby.lab.errors import CommandFailed, LabError, LabExists, LabMissing, PrerequisiteMissing
 from standby.lab.topology import (
     ALL_ROLES,
@@ -279,6 +279,11 @@ class Lab:
         ip = SERVICE_IP.split("/")[0]
         # Unsolicited ARP so neighbours learn where the address lives now.
         netns.run_in(node.netns, ["arping", "-q", "-U", "-c", "3", "-i", "0.2", "-I", PUBLIC_IF, ip], check=False)
+
+    def secret_leaks(self) -> list[str]:
+        """Where this lab's secrets appear outside its secrets and data directories (``path:line: name``)."""
+        values = {n: self._secret(n) for n in SECRET_FILES if self.spec.secret(n).exists()}
+        return leaks.scan(self.root, values, skip=[self.spec.secrets_dir]) if self.root.exists() else []
 
     # -- names --------------------------------------------------------------
 

@@ -28,11 +28,12 @@ def agent_state(lab: Lab, node: str) -> dict[str, Any]:
     return {} if st is None else st
 
 
-def start_pair(lab: Lab) -> Lab:
-    """Bootstrap, start both agents, wait until alpha serves and beta may take over."""
+def start_pair(lab: Lab, own_clock: bool = False) -> Lab:
+    """Bootstrap, start both agents (``own_clock``: with steppable wall clocks, see Lab.set_clock),
+    wait until alpha serves and beta may take over."""
     lab.bootstrap()
     for node in ("alpha", "beta"):
-        lab.start_agent(node)
+        lab.start_agent(node, own_clock)
 
     def ready() -> bool:
         a, b = agent_state(lab, "alpha"), agent_state(lab, "beta")
