@@ -28,12 +28,23 @@ from standby.agent.conditions import conditions
 from standby.agent.heartbeat import Heartbeat, Receiver, encode
 from standby.alerts import AlertDispatcher, AlertKind, alert_key, make_alert
 from standby.agent.store import Store
-from standby.config import Config, Durability, Mode, Placement, RejoinPolicy, ReportingFallback, ServiceIP, read_secret
+from standby.config import (
+    Config,
+    Durability,
+    Mode,
+    Placement,
+    RejoinPolicy,
+    ReportingFallback,
+    ServiceIP,
+    for_node,
+    read_secret,
+)
 from standby.decide import PgCrashPolicy, Policy, State, advertise, decide, peer_fresh, public_ok
 from standby.model import Action, ActionKind, DbState, LocalPg, Lsn, Net, Observation, PeerView
 from standby.observe import postgres as pgobs
 from standby.observe import probes
 from standby import reporting as rep
+from standby import tls
 
 log = logging.getLogger("standby.agent")
 T = TypeVar("T")
@@ -43,9 +54,10 @@ IP_FREEBIND = 15  # linux/in.h; not exported by the socket module
 def config_digest(cfg: Config) -> str:
     """Both agents must run the same configuration; heartbeats carry this to prove it."""
     dumped = cfg.model_dump(mode="json")
-    if dumped.get("reporting") is None:
-        # Without [reporting], the digest older versions compute: they may still run on the peer.
-        dumped.pop("reporting", None)
+    for section in ("reporting", "tls"):
+        if dumped.get(section) is None:
+            # Without it, the digest older versions compute: they may still run on the peer.
+            dumped.pop(section, None)
     return hashlib.sha256(json.dumps(dumped, sort_keys=True).encode()).hexdigest()
 
 
@@ -92,6 +104,7 @@ class Agent:
             raise RefusedToStart("heartbeat_key_file: required to run the agent (a shared secret, mode 600, same on both nodes)")
         self.cfg, self.node, self.peer = cfg, node, cfg.peer_of(node)
         self.key = read_secret(cfg.heartbeat_key_file, "heartbeat_key_file").encode()
+        tls.check(cfg, node)
         self.digest = config_digest(cfg)
         self.store = Store(cfg.state_dir_for(node), node)
         self.receiver = Receiver(self.key, cfg.cluster, self.peer, self.digest)
@@ -586,7 +599,7 @@ class Agent:
         hook = self.cfg.address_change_hook
         if hook:
             address = str(self.cfg.nodes[self.node].public.ip)
-            argv = [a.replace("{node}", self.node).replace("{address}", address) for a in hook]
+            argv = [for_node(a, self.node).replace("{address}", address) for a in hook]
             res = await self._in(self.svc_pool, _run_hook, argv)
             step(f"address-change hook: {res}")
         # Services placed everywhere already run here; start the others.
