@@ -30,6 +30,36 @@ def pair(lab: Lab) -> Lab:
     return start_pair(lab)
 
 
+def _walsender_ssl(lab: Lab) -> list[tuple[str, bool]]:
+    with lab.pg_connect("alpha", autocommit=True) as p:
+        return p.execute("SELECT application_name, ssl FROM pg_stat_ssl JOIN pg_stat_replication USING (pid)").fetchall()
+
+
+def _sb(lab: Lab, node: str, cfg: Path, *args: str) -> str:
+    res = lab.run(node, [STANDBY, *args, "--config", str(cfg), "--node", node], check=False)
+    assert res.returncode == 0, res.stderr
+    return res.stdout
+
+
+def test_tls_turned_on_for_a_running_pair(lab: Lab, tmp_path: Path) -> None:
+    """Runs first, before the agents start: a pair bootstrapped in the clear moves to TLS by re-running bootstrap."""
+    import tomllib
+
+    data = tomllib.loads(lab.config_path.read_text())
+    del data["tls"]
+    plain = tmp_path / "plain.toml"
+    plain.write_text(tomli_w.dumps(data))
+    _sb(lab, "alpha", plain, "bootstrap", "--restart")
+    _sb(lab, "beta", plain, "bootstrap")
+    assert _walsender_ssl(lab) == [("beta", False)]
+
+    assert "ssl" in _sb(lab, "alpha", lab.config_path, "bootstrap")
+    out = _sb(lab, "beta", lab.config_path, "bootstrap")
+    assert "primary_conninfo" in out and "ssl_cert_file" in out
+    lab.wait_for("beta to stream over TLS", lambda: _walsender_ssl(lab) == [("beta", True)], timeout_s=30)
+    assert "[changed]" not in _sb(lab, "beta", lab.config_path, "bootstrap")
+
+
 @pytest.fixture(scope="module")
 def other_ca(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A CA that signed nothing in the lab."""
@@ -37,9 +67,7 @@ def other_ca(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_the_standbys_walsender_connection_is_ssl(pair: Lab) -> None:
-    with pair.pg_connect("alpha", autocommit=True) as p:
-        rows = p.execute("SELECT application_name, ssl FROM pg_stat_ssl JOIN pg_stat_replication USING (pid)").fetchall()
-    assert rows == [("beta", True)]
+    assert _walsender_ssl(pair) == [("beta", True)]
     with pair.pg_connect("beta", autocommit=True) as s:
         conninfo = s.execute("SELECT conninfo FROM pg_stat_wal_receiver").fetchone()[0]
     assert "sslmode=verify-full" in conninfo and "sslrootcert=" in conninfo

@@ -217,13 +217,14 @@ def _running_standby(cfg: Config, node: str, note: Report) -> None:
         raise BootstrapBlocked(f"{node} streams from {local.upstream}, not from {peer} ({expected}); fix primary_conninfo")
     note(Step("streaming", False, f"WAL receiver {status} from {peer} at {expected}"))
     with obs.connect_local(cfg, node) as conn:
-        hba = act.ensure_hba(conn, cfg, node)
-        # Reporting and TLS settings all reload without a restart; a standby
-        # running before [reporting] or [tls] was added gets them here.
-        wanted = {**act.reporting_settings(cfg), **tls.server_settings(cfg, node)}
-        changed, _ = act.ensure_settings(conn, wanted) if wanted else ([], [])
-    if wanted:
-        note(Step("standby settings", bool(changed), ", ".join(changed) or "already in place"))
+        # All of these reload without a restart (a new primary_conninfo restarts
+        # the WAL receiver), so a standby running before [reporting] or [tls]
+        # was added gets them here.
+        wanted = {**act.reporting_settings(cfg), **tls.server_settings(cfg, node),
+                  "primary_conninfo": act.standby_conninfo(cfg, node, peer)}
+        changed, _ = act.ensure_settings(conn, wanted)
+        hba = act.ensure_hba(conn, cfg, node)  # after the settings: hostssl needs ssl on
+    note(Step("standby settings", bool(changed), ", ".join(changed) or "already in place"))
     note(Step("pg_hba.conf", hba, f"replication allowed from {cfg.nodes[peer].private.ip} only" + ("" if hba else " (unchanged)")))
     with obs.connect_peer(cfg, peer) as pconn:
         act.write_facts(pconn, local_facts(cfg, node).as_dict())

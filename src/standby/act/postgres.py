@@ -26,6 +26,7 @@ from standby.observe.postgres import peer_dsn
 HBA_BEGIN = "# BEGIN standby (managed; edits inside this block are overwritten)"
 HBA_END = "# END standby"
 FACTS_SCHEMA = "standby"
+STANDBY_PASSFILE = "standby.pgpass"  # in the data directory: the WAL receiver's password
 
 
 class PostgresActionError(RuntimeError):
@@ -292,9 +293,20 @@ def ensure_hba(conn: psycopg.Connection, cfg: Config, node: str) -> bool:
     if new == lines:
         return False
     _write_like(path, "\n".join(new) + "\n")
-    errors = conn.execute("SELECT count(*) FROM pg_hba_file_rules WHERE error IS NOT NULL").fetchone()[0]  # type: ignore[index]
+    # hostssl lines are errors while this session still sees ssl = off: a reload
+    # that just turned it on reaches the session a moment later.
+    deadline = time.monotonic() + (5 if cfg.tls else 0)
+    while True:
+        errors = [r[0] for r in conn.execute("SELECT error FROM pg_hba_file_rules WHERE error IS NOT NULL")]
+        if not errors or time.monotonic() >= deadline:
+            break
+        time.sleep(0.1)
     if errors:
-        raise PostgresActionError(f"{path} has errors after editing; see pg_hba_file_rules")
+        hint = ""
+        if cfg.tls and conn.execute("SHOW ssl").fetchone()[0] != "on":  # type: ignore[index]
+            hint = ("; PostgreSQL did not turn ssl on: its log names the certificate or key it could not load "
+                    f"(the key must belong to {cfg.pg(node).os_user}, mode 600)")
+        raise PostgresActionError(f"{path} has errors after editing: {'; '.join(errors)}{hint}")
     conn.execute("SELECT pg_reload_conf()")
     return True
 
@@ -418,19 +430,23 @@ def clone(cfg: Config, node: str, peer: str, timeout_s: int = 3600) -> None:
         raise PostgresActionError(f"pg_basebackup from {peer} failed: {res.stderr.strip()}")
 
 
+def standby_conninfo(cfg: Config, node: str, peer: str) -> str:
+    """``node``'s primary_conninfo: stream from ``peer``, password from the data directory's passfile."""
+    return peer_dsn(cfg, peer, passfile=cfg.pg(node).data_dir / STANDBY_PASSFILE, application_name=node,
+                    connect_timeout=2, keepalives=1, keepalives_idle=2, keepalives_interval=1, keepalives_count=3)
+
+
 def configure_as_standby(cfg: Config, node: str, peer: str) -> None:
     """Point a stopped data directory at the peer: conninfo, slot, standby.signal, local settings."""
     pg = cfg.pg(node)
     data = pg.data_dir
-    stored_pass = data / "standby.pgpass"
+    stored_pass = data / STANDBY_PASSFILE
     password = read_secret(pg.replication_password_file, "postgres.replication_password_file")
     stored_pass.write_text(_pgpass_line(str(cfg.nodes[peer].private.ip), cfg.pg(peer).port, pg.replication_user, password))
     stored_pass.chmod(0o600)
     shutil.chown(stored_pass, pg.os_user, pg.os_user)
-    conninfo = peer_dsn(cfg, peer, passfile=stored_pass, application_name=node, connect_timeout=2,
-                        keepalives=1, keepalives_idle=2, keepalives_interval=1, keepalives_count=3)
     settings = {
-        "primary_conninfo": conninfo,
+        "primary_conninfo": standby_conninfo(cfg, node, peer),
         "primary_slot_name": cfg.slot_name(node),
         "port": str(pg.port),
         "unix_socket_directories": str(pg.socket_dir),
