@@ -23,7 +23,7 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
-from standby import __version__
+from standby import __version__, tls
 from standby.agent.node import Agent, OpError
 from standby.config import ConfigError, read_secret
 from standby.model import DbState
@@ -240,7 +240,8 @@ def make_app(agent: Agent) -> web.Application:
 async def serve(agent: Agent) -> web.AppRunner:
     runner = web.AppRunner(make_app(agent), access_log=None)
     await runner.setup()
-    site = web.TCPSite(runner, str(agent.cfg.api.bind), agent.cfg.api.port, reuse_address=True)
+    site = web.TCPSite(runner, str(agent.cfg.api.bind), agent.cfg.api.port, reuse_address=True,
+                       ssl_context=tls.server_context(agent.cfg, agent.node))
     await site.start()
     return runner
 

@@ -63,6 +63,11 @@ def _interface(value: str) -> str:
 Interface = Annotated[str, AfterValidator(_interface)]
 
 
+def for_node(text: str, node: str) -> str:
+    """``text`` with ``{node}`` replaced by a node's name: how one shared file gives per-node values."""
+    return text.replace("{node}", node)
+
+
 class Link(_Strict):
     """One of a node's two networks: an address with its prefix and an interface."""
 
@@ -128,7 +133,7 @@ class Service(_Strict):
     def argv(self, which: str, node: str) -> list[str] | None:
         """A command with ``{node}`` replaced by the local node's name (for per-node paths)."""
         cmd = getattr(self, which)
-        return None if cmd is None else [a.replace("{node}", node) for a in cmd]
+        return None if cmd is None else [for_node(a, node) for a in cmd]
 
 
 
@@ -315,6 +320,31 @@ class Reporting(_Strict):
         return ServiceIP(address=self.address, interface=self.interface)
 
 
+class Tls(_Strict):
+    """TLS for replication (and every other connection to the peer's PostgreSQL) and for the agents' API.
+
+    ``cert_file`` and ``key_file`` may hold ``{node}`` so one file names each
+    node's own pair; ``ca_file`` is the one CA that signed both.
+    """
+
+    ca_file: Path
+    cert_file: Path
+    key_file: Path
+
+    @field_validator("ca_file")
+    @classmethod
+    def _one_ca(cls, v: Path) -> Path:
+        if "{node}" in str(v):
+            raise ValueError("one CA signs both nodes' certificates: give a single file, without {node}")
+        return v
+
+    def cert_for(self, node: str) -> Path:
+        return Path(for_node(str(self.cert_file), node))
+
+    def key_for(self, node: str) -> Path:
+        return Path(for_node(str(self.key_file), node))
+
+
 class Api(_Strict):
     bind: ipaddress.IPv4Address = ipaddress.IPv4Address("0.0.0.0")
     port: int = Field(8008, ge=1, le=65535)
@@ -337,6 +367,7 @@ class Config(_Strict):
     rejoin: RejoinPolicy = RejoinPolicy.MANUAL
     salvage: Salvage = Salvage()
     reporting: Reporting | None = None
+    tls: Tls | None = None  # absent: replication and the API run without TLS
     heartbeat_key_file: Path | None = None
     heartbeat_port: int = Field(8009, ge=1, le=65535)
     # Move the service role to the peer when the services keep failing their health check.
@@ -500,8 +531,8 @@ def resolve_node(cfg: Config, node: str | None) -> str:
     return name
 
 
-def read_secret(path: Path, what: str) -> str:
-    """Read a secret file, refusing one that others can read."""
+def check_secret_mode(path: Path, what: str) -> None:
+    """Refuse a secret file that is missing or that group or others can read."""
     try:
         st = path.stat()
     except FileNotFoundError:
@@ -510,6 +541,11 @@ def read_secret(path: Path, what: str) -> str:
         raise ConfigError(
             [f"{what}: secret file {path} is readable by group or others (mode {st.st_mode & 0o777:o}); run: chmod 600 {path}"]
         )
+
+
+def read_secret(path: Path, what: str) -> str:
+    """Read a secret file, refusing one that others can read."""
+    check_secret_mode(path, what)
     value = path.read_text().strip()
     if not value:
         raise ConfigError([f"{what}: secret file {path} is empty"])

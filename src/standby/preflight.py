@@ -11,8 +11,9 @@ from typing import Any
 
 import psycopg
 
+from standby import tls
 from standby.act.postgres import read_facts
-from standby.config import Config, Mode
+from standby.config import Config, ConfigError, Mode
 from standby.model import CheckItem, PgRole, Verdict
 from standby.observe import network
 from standby.observe import postgres as obs
@@ -52,7 +53,12 @@ def gather(cfg: Config, node: str) -> Seen:
     if cfg.tiebreaker is not None:
         tb = str(cfg.tiebreaker.address)
         reach["tiebreaker"] = network.ping(tb) if cfg.tiebreaker.port == 0 else network.tcp_open(tb, cfg.tiebreaker.port)
-    return Seen(node, mine, err, facts, pg, reach)
+    extra: dict[str, Any] = {}
+    try:
+        tls.check(cfg, node)
+    except ConfigError as e:
+        extra["tls_problems"] = e.problems
+    return Seen(node, mine, err, facts, pg, reach, extra)
 
 
 def evaluate(cfg: Config, s: Seen) -> list[CheckItem]:
@@ -149,6 +155,12 @@ def evaluate(cfg: Config, s: Seen) -> list[CheckItem]:
             add(name, "postgresql", Verdict.WARN, f"data directory present but the server is not running ({p.error})")
         else:
             add(name, "postgresql", Verdict.FAIL, f"unreachable: {p.error}")
+    if cfg.tls is not None:
+        problems = s.extra.get("tls_problems")
+        if problems:
+            add(node, "tls files", Verdict.FAIL, "; ".join(problems))
+        else:
+            add(node, "tls files", Verdict.PASS, "CA, certificate and key (mode 600) in place")
     primaries = [n for n, p in s.pg.items() if p.role is PgRole.PRIMARY]
     if len(primaries) > 1:
         add("pair", "single primary", Verdict.FAIL, f"{' and '.join(primaries)} both accept writes")

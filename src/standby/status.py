@@ -15,7 +15,7 @@ from typing import Any
 
 import psycopg
 
-from standby import __version__
+from standby import __version__, tls
 from standby.act.postgres import read_facts
 from standby.config import Config, Durability, ServiceIP
 from standby.model import PgRole, SyncState
@@ -43,9 +43,10 @@ class Observations:
 
 def agent_status(cfg: Config, node: str, timeout_s: float = 1.0) -> dict[str, Any] | None:
     """A node agent's own view, over the private network first, then the public one."""
+    ctx = tls.client_context(cfg)
     for link in (cfg.nodes[node].private, cfg.nodes[node].public):
         try:
-            with urllib.request.urlopen(f"http://{link.ip}:{cfg.api.port}/status", timeout=timeout_s) as r:
+            with urllib.request.urlopen(tls.api_url(cfg, link.ip, "/status"), timeout=timeout_s, context=ctx) as r:
                 return json.loads(r.read())  # type: ignore[no-any-return]
         except (urllib.error.URLError, OSError, ValueError):
             continue

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import tomli_w
 
-from standby import config
+from standby import config, tls
 from standby.agent.heartbeat import Heartbeat, encode
 from standby.agent.node import config_digest
 from standby.lab import Lab, netns
@@ -65,12 +65,14 @@ def test_forged_malformed_and_replayed_heartbeats_are_refused(pair: Lab) -> None
 
 
 def _post(pair: Lab, body: bytes, token: str | None) -> tuple[int, dict]:
+    cfg = pair.config()
+
     def go() -> tuple[int, dict]:
-        req = urllib.request.Request("http://192.0.2.11:8008/maintenance", data=body, method="POST",
+        req = urllib.request.Request(tls.api_url(cfg, "192.0.2.11", "/maintenance"), data=body, method="POST",
                                      headers={"Content-Type": "application/json",
                                               **({"Authorization": f"Bearer {token}"} if token else {})})
         try:
-            with urllib.request.urlopen(req, timeout=3) as r:
+            with urllib.request.urlopen(req, timeout=3, context=tls.client_context(cfg)) as r:
                 return r.status, json.loads(r.read())
         except urllib.error.HTTPError as e:
             return e.code, json.loads(e.read())
@@ -91,9 +93,11 @@ def test_api_actions_need_the_token(pair: Lab) -> None:
 
 
 def test_health_endpoints_follow_haproxy_conventions(pair: Lab) -> None:
+    cfg = pair.config()
+
     def get(ip: str, path: str) -> int:
         try:
-            with urllib.request.urlopen(f"http://{ip}:8008{path}", timeout=3) as r:
+            with urllib.request.urlopen(tls.api_url(cfg, ip, path), timeout=3, context=tls.client_context(cfg)) as r:
                 return r.status
         except urllib.error.HTTPError as e:
             return e.code

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from standby import tls
 from standby.lab import Lab, clock, netns
 from standby.lab.pair import agent_state, holders, primaries, role_changes, start_pair, under_load
 from tests.lab.test_failover import no_loss_no_dual
@@ -25,11 +26,13 @@ NODES = ("alpha", "beta")
 
 def _seen_offset_s(lab: Lab, node: str) -> float | None:
     """How far the agent's wall clock is from ours: the Date header of its API's answer."""
-    url = f"http://{lab.node(node).public.address.split('/')[0]}:8008/health"
+    cfg = lab.config()
+    url = tls.api_url(cfg, lab.node(node).public.address.split("/")[0], "/health")
+    ctx = tls.client_context(cfg)
 
     def get() -> str | None:
         try:
-            with urllib.request.urlopen(url, timeout=2) as r:
+            with urllib.request.urlopen(url, timeout=2, context=ctx) as r:
                 return r.headers.get("Date")
         except urllib.error.HTTPError as e:  # 503 (not healthy) still carries the date
             return e.headers.get("Date")

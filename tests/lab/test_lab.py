@@ -133,7 +133,8 @@ def test_files_secrets_and_config(lab: Lab) -> None:
     assert root == LAB_BASE / lab.name
     assert root.stat().st_mode & 0o777 == 0o755
     assert json.loads((root / "lab.json").read_text())["name"] == lab.name
-    assert (root / "secrets").stat().st_mode & 0o777 == 0o700
+    # Passable (PostgreSQL reaches its TLS key inside), never listable by others.
+    assert (root / "secrets").stat().st_mode & 0o777 == 0o711
     values = set()
     for name in ("replication.password", "heartbeat.key", "api.token", "app.password"):
         path = root / "secrets" / name

@@ -245,7 +245,7 @@ def test_digest_unchanged_without_reporting(rdata: dict) -> None:
 
     del rdata["reporting"]
     cfg = config.parse(rdata)
-    older = {k: v for k, v in cfg.model_dump(mode="json").items() if k != "reporting"}
+    older = {k: v for k, v in cfg.model_dump(mode="json").items() if k not in ("reporting", "tls")}
     assert config_digest(cfg) == hashlib.sha256(json.dumps(older, sort_keys=True).encode()).hexdigest()
 
 
@@ -257,3 +257,81 @@ def test_reporting_address_cannot_float_across_warm_subnets(rdata: dict) -> None
     assert p.startswith("reporting.address:") and "standby dsn --for reporting" in p
     del rdata["reporting"]["address"], rdata["reporting"]["interface"]
     assert config.parse(rdata).reporting is not None  # the settings alone are fine
+
+
+# -- [tls] ---------------------------------------------------------------------
+
+def _tls_files(d: Path) -> dict[str, str]:
+    """A [tls] table over real files, per-node cert and key through {node}."""
+    d.mkdir(exist_ok=True)
+    (d / "ca.crt").write_text("ca\n")
+    for node in ("alpha", "beta"):
+        (d / f"{node}.crt").write_text("cert\n")
+        (d / f"{node}.key").write_text("key\n")
+        (d / f"{node}.key").chmod(0o600)
+    return {"ca_file": str(d / "ca.crt"), "cert_file": str(d / "{node}.crt"), "key_file": str(d / "{node}.key")}
+
+
+def test_tls_absent_keeps_plain_behaviour(data: dict) -> None:
+    from standby import tls
+    from standby.act.postgres import hba_block, primary_settings
+
+    cfg = config.parse(data)
+    assert cfg.tls is None and tls.check(cfg, "alpha") is None
+    assert tls.libpq_params(cfg) == {} and tls.client_context(cfg) is None
+    assert tls.api_url(cfg, "192.0.2.11", "/status") == "http://192.0.2.11:8008/status"
+    assert all(not ln.startswith("hostssl") for ln in hba_block(cfg, "alpha"))
+    assert "ssl" not in primary_settings(cfg, "alpha", True)
+
+
+def test_tls_node_paths_settings_and_hba(tmp_path: Path, data: dict) -> None:
+    from standby import tls
+    from standby.act.postgres import hba_block, primary_settings
+    from standby.observe.postgres import peer_dsn
+
+    data["tls"] = _tls_files(tmp_path)
+    cfg = config.parse(data)
+    f = tls.check(cfg, "beta")
+    assert f is not None and f.cert_file == tmp_path / "beta.crt" and f.key_file == tmp_path / "beta.key"
+    s = primary_settings(cfg, "alpha", True)
+    assert (s["ssl"], s["ssl_cert_file"], s["ssl_key_file"]) == ("on", str(tmp_path / "alpha.crt"), str(tmp_path / "alpha.key"))
+    rules = [ln.split() for ln in hba_block(cfg, "alpha") if not ln.startswith("#")]
+    assert rules and {(r[0], r[3]) for r in rules} == {("hostssl", "198.51.100.12/32")}  # the peer's private address
+    dsn = peer_dsn(cfg, "alpha", application_name="beta")
+    assert f"sslmode=verify-full sslrootcert={tmp_path / 'ca.crt'}" in dsn and "host=198.51.100.11" in dsn
+    assert tls.api_url(cfg, "192.0.2.11", "/status") == "https://192.0.2.11:8008/status"
+
+
+def test_tls_missing_file_named_with_fix(tmp_path: Path, data: dict) -> None:
+    from standby import tls
+
+    data["tls"] = _tls_files(tmp_path)
+    (tmp_path / "beta.crt").unlink()
+    cfg = config.parse(data)  # the files are checked where they are used, on the node that uses them
+    assert tls.check(cfg, "alpha") is not None
+    with pytest.raises(config.ConfigError) as e:
+        tls.check(cfg, "beta")
+    (p,) = e.value.problems
+    assert p.startswith("tls.cert_file:") and str(tmp_path / "beta.crt") in p and "does not exist" in p
+
+
+def test_tls_key_readable_by_others_is_refused(tmp_path: Path, data: dict) -> None:
+    from standby import tls
+
+    data["tls"] = _tls_files(tmp_path)
+    (tmp_path / "alpha.key").chmod(0o644)
+    with pytest.raises(config.ConfigError) as e:
+        tls.check(config.parse(data), "alpha")
+    (p,) = e.value.problems
+    assert p.startswith("tls.key_file:") and "mode 644" in p and f"chmod 600 {tmp_path / 'alpha.key'}" in p
+
+
+def test_tls_table_validated(tmp_path: Path, data: dict) -> None:
+    data["tls"] = {**_tls_files(tmp_path), "ca_file": str(tmp_path / "{node}-ca.crt")}
+    (p,) = problems(data)
+    assert p.startswith("tls.ca_file:") and "without {node}" in p
+    data["tls"] = {"ca_file": "/x/ca.crt", "cert_file": "/x/{node}.crt"}
+    assert problems(data) == ["tls.key_file: missing; this key is required"]
+    data["tls"] = {**_tls_files(tmp_path), "verify": False}
+    (p,) = problems(data)
+    assert p.startswith("tls.verify: unknown key")

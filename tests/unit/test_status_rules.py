@@ -115,3 +115,16 @@ def test_preflight_shared_interface_warns(cfg: config.Config) -> None:
     c2 = config.parse(data)
     items = [i for i in evaluate(c2, seen(c2)) if i.name == "separate replication interface"]
     assert {i.node: i.verdict for i in items} == {"alpha": Verdict.WARN, "beta": Verdict.PASS}
+
+
+def test_preflight_names_tls_file_problems(cfg: config.Config) -> None:
+    data = cfg.model_dump(mode="json")
+    data["tls"] = {"ca_file": "/x/ca.crt", "cert_file": "/x/{node}.crt", "key_file": "/x/{node}.key"}
+    c2 = config.parse(data)
+    assert not [i for i in evaluate(cfg, seen(cfg)) if i.name == "tls files"]  # no [tls]: nothing to check
+    ok = evaluate(c2, seen(c2))
+    assert verdict(ok, "tls files") is Verdict.PASS
+    s = seen(c2)
+    s.extra["tls_problems"] = ["tls.cert_file: file /x/alpha.crt does not exist; create it (PEM) or fix the path"]
+    (item,) = [i for i in evaluate(c2, s) if i.name == "tls files"]
+    assert item.verdict is Verdict.FAIL and "tls.cert_file" in item.reason and item.node == "alpha"

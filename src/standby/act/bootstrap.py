@@ -16,7 +16,7 @@ from pathlib import Path
 
 import psycopg
 
-from standby import __version__
+from standby import __version__, tls
 from standby.act import postgres as act
 from standby.config import Config, Durability
 from standby.model import PgRole
@@ -41,6 +41,7 @@ Report = Callable[[Step], None]
 def bootstrap(cfg: Config, node: str, *, restart: bool = False, replace_data: bool = False,
               report: Report = lambda s: None) -> list[Step]:
     steps: list[Step] = []
+    tls.check(cfg, node)  # before anything changes: PostgreSQL would refuse the files only at reload
 
     def note(step: Step) -> None:
         steps.append(step)
@@ -216,13 +217,14 @@ def _running_standby(cfg: Config, node: str, note: Report) -> None:
         raise BootstrapBlocked(f"{node} streams from {local.upstream}, not from {peer} ({expected}); fix primary_conninfo")
     note(Step("streaming", False, f"WAL receiver {status} from {peer} at {expected}"))
     with obs.connect_local(cfg, node) as conn:
-        hba = act.ensure_hba(conn, cfg, node)
-        # Reporting settings all reload without a restart; a standby running
-        # before [reporting] was added gets them here.
-        wanted = act.reporting_settings(cfg)
-        changed, _ = act.ensure_settings(conn, wanted) if wanted else ([], [])
-    if wanted:
-        note(Step("reporting settings", bool(changed), ", ".join(changed) or "already in place"))
+        # All of these reload without a restart (a new primary_conninfo restarts
+        # the WAL receiver), so a standby running before [reporting] or [tls]
+        # was added gets them here.
+        wanted = {**act.reporting_settings(cfg), **tls.server_settings(cfg, node),
+                  "primary_conninfo": act.standby_conninfo(cfg, node, peer)}
+        changed, _ = act.ensure_settings(conn, wanted)
+        hba = act.ensure_hba(conn, cfg, node)  # after the settings: hostssl needs ssl on
+    note(Step("standby settings", bool(changed), ", ".join(changed) or "already in place"))
     note(Step("pg_hba.conf", hba, f"replication allowed from {cfg.nodes[peer].private.ip} only" + ("" if hba else " (unchanged)")))
     with obs.connect_peer(cfg, peer) as pconn:
         act.write_facts(pconn, local_facts(cfg, node).as_dict())

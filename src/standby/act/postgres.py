@@ -19,11 +19,14 @@ from pathlib import Path
 import psycopg
 from psycopg import sql
 
+from standby import tls
 from standby.config import Config, read_secret
+from standby.observe.postgres import peer_dsn
 
 HBA_BEGIN = "# BEGIN standby (managed; edits inside this block are overwritten)"
 HBA_END = "# END standby"
 FACTS_SCHEMA = "standby"
+STANDBY_PASSFILE = "standby.pgpass"  # in the data directory: the WAL receiver's password
 
 
 class PostgresActionError(RuntimeError):
@@ -166,6 +169,7 @@ def primary_settings(cfg: Config, node: str, has_checksums: bool) -> dict[str, s
         wanted["wal_log_hints"] = "on"
     # Written on the primary too: a clone copies them, and a primary becomes a standby after a failover.
     wanted.update(reporting_settings(cfg))
+    wanted.update(tls.server_settings(cfg, node))
     wanted.update({k: _pg_value(v) for k, v in pg.extra_settings.items()})
     return wanted
 
@@ -266,10 +270,12 @@ def hba_block(cfg: Config, node: str) -> list[str]:
     pg = cfg.pg(node)
     peer_ip = cfg.nodes[peer].private.ip
     dbs = dict.fromkeys([pg.database, cfg.salvage.database])  # salvage compares rows in the app's database
+    # With [tls], hostssl: a peer connection without TLS matches no line and is refused.
+    kind = "hostssl" if cfg.tls else "host"
     return [
         HBA_BEGIN,
-        f"host    replication     {pg.replication_user:<15} {peer_ip}/32{'':<6} scram-sha-256",
-        *(f"host    {db:<15} {pg.replication_user:<15} {peer_ip}/32{'':<6} scram-sha-256" for db in dbs),
+        f"{kind:<8}replication     {pg.replication_user:<15} {peer_ip}/32{'':<6} scram-sha-256",
+        *(f"{kind:<8}{db:<15} {pg.replication_user:<15} {peer_ip}/32{'':<6} scram-sha-256" for db in dbs),
         HBA_END,
     ]
 
@@ -287,9 +293,20 @@ def ensure_hba(conn: psycopg.Connection, cfg: Config, node: str) -> bool:
     if new == lines:
         return False
     _write_like(path, "\n".join(new) + "\n")
-    errors = conn.execute("SELECT count(*) FROM pg_hba_file_rules WHERE error IS NOT NULL").fetchone()[0]  # type: ignore[index]
+    # hostssl lines are errors while this session still sees ssl = off: a reload
+    # that just turned it on reaches the session a moment later.
+    deadline = time.monotonic() + (5 if cfg.tls else 0)
+    while True:
+        errors = [r[0] for r in conn.execute("SELECT error FROM pg_hba_file_rules WHERE error IS NOT NULL")]
+        if not errors or time.monotonic() >= deadline:
+            break
+        time.sleep(0.1)
     if errors:
-        raise PostgresActionError(f"{path} has errors after editing; see pg_hba_file_rules")
+        hint = ""
+        if cfg.tls and conn.execute("SHOW ssl").fetchone()[0] != "on":  # type: ignore[index]
+            hint = ("; PostgreSQL did not turn ssl on: its log names the certificate or key it could not load "
+                    f"(the key must belong to {cfg.pg(node).os_user}, mode 600)")
+        raise PostgresActionError(f"{path} has errors after editing: {'; '.join(errors)}{hint}")
     conn.execute("SELECT pg_reload_conf()")
     return True
 
@@ -400,8 +417,7 @@ def clone(cfg: Config, node: str, peer: str, timeout_s: int = 3600) -> None:
     data.chmod(0o700)
     with passfile(cfg, node, peer) as pf:
         res = run_as(pg.os_user, [
-            _bin(cfg, node, "pg_basebackup"), "-h", str(cfg.nodes[peer].private.ip), "-p", str(cfg.pg(peer).port),
-            "-U", pg.replication_user, "-D", str(data), "-X", "stream", "-S", cfg.slot_name(node),
+            _bin(cfg, node, "pg_basebackup"), "-d", peer_dsn(cfg, peer), "-D", str(data), "-X", "stream", "-S", cfg.slot_name(node),
             "--checkpoint=fast", "--no-password",
         ], env={"PGPASSFILE": str(pf), "PGCONNECT_TIMEOUT": "5"}, timeout=timeout_s)
     if res.returncode != 0:
@@ -414,28 +430,31 @@ def clone(cfg: Config, node: str, peer: str, timeout_s: int = 3600) -> None:
         raise PostgresActionError(f"pg_basebackup from {peer} failed: {res.stderr.strip()}")
 
 
+def standby_conninfo(cfg: Config, node: str, peer: str) -> str:
+    """``node``'s primary_conninfo: stream from ``peer``, password from the data directory's passfile."""
+    return peer_dsn(cfg, peer, passfile=cfg.pg(node).data_dir / STANDBY_PASSFILE, application_name=node,
+                    connect_timeout=2, keepalives=1, keepalives_idle=2, keepalives_interval=1, keepalives_count=3)
+
+
 def configure_as_standby(cfg: Config, node: str, peer: str) -> None:
     """Point a stopped data directory at the peer: conninfo, slot, standby.signal, local settings."""
     pg = cfg.pg(node)
     data = pg.data_dir
-    stored_pass = data / "standby.pgpass"
+    stored_pass = data / STANDBY_PASSFILE
     password = read_secret(pg.replication_password_file, "postgres.replication_password_file")
     stored_pass.write_text(_pgpass_line(str(cfg.nodes[peer].private.ip), cfg.pg(peer).port, pg.replication_user, password))
     stored_pass.chmod(0o600)
     shutil.chown(stored_pass, pg.os_user, pg.os_user)
-    conninfo = (
-        f"host={cfg.nodes[peer].private.ip} port={cfg.pg(peer).port} user={pg.replication_user} "
-        f"passfile={stored_pass} application_name={node} connect_timeout=2 "
-        "keepalives=1 keepalives_idle=2 keepalives_interval=1 keepalives_count=3"
-    )
     settings = {
-        "primary_conninfo": conninfo,
+        "primary_conninfo": standby_conninfo(cfg, node, peer),
         "primary_slot_name": cfg.slot_name(node),
         "port": str(pg.port),
         "unix_socket_directories": str(pg.socket_dir),
         "hot_standby": "on",
         "synchronous_standby_names": "",
         **reporting_settings(cfg),
+        # A clone (or a rewind) brings the peer's certificate paths along: serve this node's own.
+        **tls.server_settings(cfg, node),
     }
     auto = data / "postgresql.auto.conf"
     kept = [ln for ln in auto.read_text().splitlines() if ln.split("=", 1)[0].strip() not in settings] if auto.exists() else []

@@ -46,9 +46,7 @@ class RejoinResult:
 
 
 def _source_conninfo(cfg: Config, node: str, peer: str) -> str:
-    pg = cfg.pg(node)
-    return (f"host={cfg.nodes[peer].private.ip} port={cfg.pg(peer).port} user={pg.replication_user} "
-            f"dbname={pg.database} connect_timeout=5")
+    return obs.peer_dsn(cfg, peer, dbname=cfg.pg(node).database, connect_timeout=5)
 
 
 def preflight(cfg: Config, node: str) -> obs.PgObservation:

@@ -22,6 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from standby import tls
 from standby.config import Config, read_secret
 from standby.status import agent_status
 
@@ -55,15 +56,16 @@ class Api:
             raise SwitchoverError("api.token_file is not set: the agents' action endpoints are disabled")
         self.cfg = cfg
         self.token = read_secret(cfg.api.token_file, "api.token_file")
+        self.ssl = tls.client_context(cfg)
 
     def post(self, node: str, path: str, body: dict[str, Any] | None = None, timeout_s: float = 120) -> dict[str, Any]:
         last: Exception | None = None
         for link in (self.cfg.nodes[node].private, self.cfg.nodes[node].public):
             req = urllib.request.Request(
-                f"http://{link.ip}:{self.cfg.api.port}{path}", data=json.dumps(body or {}).encode(), method="POST",
+                tls.api_url(self.cfg, link.ip, path), data=json.dumps(body or {}).encode(), method="POST",
                 headers={"Content-Type": "application/json", "Authorization": f"Bearer {self.token}"})
             try:
-                with urllib.request.urlopen(req, timeout=timeout_s) as r:
+                with urllib.request.urlopen(req, timeout=timeout_s, context=self.ssl) as r:
                     return json.loads(r.read())  # type: ignore[no-any-return]
             except urllib.error.HTTPError as e:
                 try:

@@ -29,12 +29,23 @@ from standby.agent.conditions import conditions
 from standby.agent.heartbeat import Heartbeat, Receiver, encode
 from standby.alerts import AlertDispatcher, AlertKind, alert_key, make_alert
 from standby.agent.store import Store
-from standby.config import Config, Durability, Mode, Placement, RejoinPolicy, ReportingFallback, ServiceIP, read_secret
+from standby.config import (
+    Config,
+    Durability,
+    Mode,
+    Placement,
+    RejoinPolicy,
+    ReportingFallback,
+    ServiceIP,
+    for_node,
+    read_secret,
+)
 from standby.decide import PgCrashPolicy, Policy, State, advertise, decide, peer_fresh, public_ok
 from standby.model import Action, ActionKind, DbState, LocalPg, Lsn, Net, Observation, PeerView
 from standby.observe import postgres as pgobs
 from standby.observe import probes
 from standby import reporting as rep
+from standby import tls
 
 log = logging.getLogger("standby.agent")
 T = TypeVar("T")
@@ -44,9 +55,10 @@ IP_FREEBIND = 15  # linux/in.h; not exported by the socket module
 def config_digest(cfg: Config) -> str:
     """Both agents must run the same configuration; heartbeats carry this to prove it."""
     dumped = cfg.model_dump(mode="json")
-    if dumped.get("reporting") is None:
-        # Without [reporting], the digest older versions compute: they may still run on the peer.
-        dumped.pop("reporting", None)
+    for section in ("reporting", "tls"):
+        if dumped.get(section) is None:
+            # Without it, the digest older versions compute: they may still run on the peer.
+            dumped.pop(section, None)
     return hashlib.sha256(json.dumps(dumped, sort_keys=True).encode()).hexdigest()
 
 
@@ -98,6 +110,7 @@ class Agent:
         read_secret(cfg.pg(node).replication_password_file, "postgres.replication_password_file")
         if cfg.api.token_file is not None:
             read_secret(cfg.api.token_file, "api.token_file")
+        tls.check(cfg, node)
         self.digest = config_digest(cfg)
         self.store = Store(cfg.state_dir_for(node), node)
         self.receiver = Receiver(self.key, cfg.cluster, self.peer, self.digest)
@@ -790,7 +803,7 @@ def hook_argv(cfg: Config, node: str) -> list[str] | None:
     if not cfg.address_change_hook:
         return None
     address = str(cfg.nodes[node].public.ip)
-    return [a.replace("{node}", node).replace("{address}", address) for a in cfg.address_change_hook]
+    return [for_node(a, node).replace("{address}", address) for a in cfg.address_change_hook]
 
 
 def _run_hook(argv: list[str]) -> str:

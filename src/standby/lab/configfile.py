@@ -12,6 +12,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from standby.lab import tls as labtls
 from standby.lab.topology import (
     GATEWAY,
     PG_BIN,
@@ -132,6 +133,11 @@ def render(spec: LabSpec, services: Sequence[Mapping[str, Any]] = (), salvage: M
     lines += _table("replication", {"durability": spec.durability})
     lines += _table("tiebreaker", {"address": GATEWAY})
     lines += _table("api", {"token_file": secret("api.token")})
+    lines += _table("tls", {
+        "ca_file": spec.tls_dir / labtls.CA_CERT,
+        "cert_file": labtls.cert_path(spec.tls_dir, "{node}"),
+        "key_file": labtls.key_path(spec.tls_dir, "{node}"),
+    })
     if spec.mode == "hot":
         lines += _table("reporting", REPORTING)
     return "\n".join(lines)

@@ -19,7 +19,9 @@ from typing import Any
 import psycopg
 
 from standby import config as standby_config
+from standby import tls
 from standby.lab import clock, configfile, faults, leaks, netns, pgnode, procs, waldisk
+from standby.lab import tls as labtls
 from standby.lab.errors import CommandFailed, LabError, LabExists, LabMissing, PrerequisiteMissing
 from standby.lab.topology import (
     ALL_ROLES,
@@ -27,6 +29,7 @@ from standby.lab.topology import (
     DEFAULT_NAME,
     GATEWAY,
     LAB_BASE,
+    PG_OS_USER,
     PG_PORT,
     PREFIX_LEN,
     REMOTE_GATEWAY,
@@ -58,6 +61,7 @@ def check_prerequisites(need_pg: bool = True) -> None:
         "arping": "apt-get install iputils-arping",
         "setsid": "apt-get install util-linux",
         "sysctl": "apt-get install procps",
+        "openssl": "apt-get install openssl",
     }
     for tool, hint in tools.items():
         if not shutil.which(tool):
@@ -229,13 +233,20 @@ class Lab:
 
     def _write_secrets(self) -> None:
         d = self.spec.secrets_dir
-        d.mkdir(mode=0o700)
-        os.chmod(d, 0o700)
+        # Others may pass through (PostgreSQL reaches its TLS key) but not list;
+        # every file in here is 0600.
+        d.mkdir(mode=0o711)
+        os.chmod(d, 0o711)
         for name in SECRET_FILES:
             path = d / name
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             with os.fdopen(fd, "w") as f:
                 f.write(secrets.token_urlsafe(32) + "\n")
+        tls_dir = self.spec.tls_dir
+        tls_dir.mkdir(mode=0o711)
+        labtls.make_ca(tls_dir, self.spec.name)
+        for node in self.spec.nodes():
+            labtls.make_node_cert(tls_dir, node.name, [node.public.ip, node.private.ip], PG_OS_USER)
 
     def _write_app_dsn(self) -> None:
         """How the sample softswitch reaches whichever node is primary, over either network.
@@ -417,11 +428,13 @@ class Lab:
         import urllib.error
         import urllib.request
 
-        url = f"http://{self.node(node).public.address.split('/')[0]}:8008/status"
+        cfg = self.config()
+        url = tls.api_url(cfg, self.node(node).public.ip, "/status")
+        ctx = tls.client_context(cfg)
 
         def get() -> dict[str, Any] | None:
             try:
-                with urllib.request.urlopen(url, timeout=timeout_s) as r:
+                with urllib.request.urlopen(url, timeout=timeout_s, context=ctx) as r:
                     return json.loads(r.read())
             except (urllib.error.URLError, OSError, ValueError):
                 return None

@@ -172,6 +172,11 @@ class LabSpec:
     def secret(self, filename: str) -> Path:
         return self.secrets_dir / filename
 
+    @property
+    def tls_dir(self) -> Path:
+        """The lab CA and the nodes' certificates (the PostgreSQL OS user must reach its key here)."""
+        return self.secrets_dir / "tls"
+
     def netns(self, role: str) -> str:
         return netns_name(self.name, role)
 

@@ -14,7 +14,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import psycopg
+from psycopg.conninfo import make_conninfo
 
+from standby import tls
 from standby.config import Config, read_secret
 from standby.model import Lsn, PgRole, SyncState
 
@@ -82,14 +84,27 @@ def local_conninfo(cfg: Config, node: str, dbname: str | None = None) -> dict[st
     )
 
 
+def peer_params(cfg: Config, node: str, network: str = "private") -> dict[str, object]:
+    """Where and as whom to reach ``node``'s PostgreSQL as the replication role, TLS included.
+
+    Every connection to a peer (psycopg, primary_conninfo, pg_basebackup,
+    pg_rewind) starts from this, so none can skip certificate checks.
+    """
+    pg = cfg.pg(node)
+    link = cfg.nodes[node].private if network == "private" else cfg.nodes[node].public
+    return dict(host=str(link.ip), port=pg.port, user=pg.replication_user, **tls.libpq_params(cfg))
+
+
+def peer_dsn(cfg: Config, node: str, **extra: object) -> str:
+    """``peer_params`` as a libpq connection string (password from a passfile), for the server's tools."""
+    return make_conninfo(**peer_params(cfg, node), **extra)  # type: ignore[arg-type]
+
+
 def peer_conninfo(cfg: Config, node: str, network: str = "private", dbname: str | None = None) -> dict[str, object]:
     """Connection to ``node`` as the replication role over one of its networks."""
     pg = cfg.pg(node)
-    link = cfg.nodes[node].private if network == "private" else cfg.nodes[node].public
     return dict(
-        host=str(link.ip),
-        port=pg.port,
-        user=pg.replication_user,
+        **peer_params(cfg, node, network),
         password=read_secret(pg.replication_password_file, "postgres.replication_password_file"),
         dbname=dbname or pg.database,
         connect_timeout=CONNECT_TIMEOUT_S,
