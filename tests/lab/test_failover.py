@@ -153,8 +153,11 @@ def test_agent_killed_mid_failover_converges(pair: Lab, tmp_path: Path) -> None:
         assert killed is not None
         settle(pair, db="beta", services="beta")
         time.sleep(1.0)
-    beta = pair.wait_for("beta's restarted agent to answer", lambda: agent_state(pair, "beta"), timeout_s=20)
-    assert beta["state"]["fenced"] is False and beta["postgres"]["state"] == "primary"
+    # The restarted agent answers before its first look at PostgreSQL (which it then reports as down).
+    beta = pair.wait_for("beta's restarted agent to see its primary",
+                         lambda: (st := agent_state(pair, "beta")) and st["postgres"]["state"] == "primary" and st,
+                         timeout_s=20)
+    assert beta["state"]["fenced"] is False
     no_loss_no_dual(pair, run, on="beta")
 
 
