@@ -129,11 +129,23 @@ def switchover(cfg: Config, to: str | None = None, catch_up_timeout_s: float = 1
                                 {"min_lsn": demoted["checkpoint_lsn"], "timeout_s": catch_up_timeout_s},
                                 timeout_s=catch_up_timeout_s + 60)
         except ApiError as e:
+            still = _still_standby(cfg, standby)
+            if still is not True:
+                # The error may have come after the promotion (or the answer was lost):
+                # starting the old primary again could make two. A person decides.
+                out.reason = f"{e}; {still}"
+                raise SwitchoverError(
+                    f"switchover stopped: promoting {standby} failed ({e}), and {still}. {primary} stays "
+                    f"stopped so that two primaries cannot happen. Look with `standby status`: if {standby} is "
+                    f"primary, run `standby rejoin --node {primary}`; if it is a streaming standby, run "
+                    f"`standby switchover` again.") from None
             _resume(api, primary, say)
             out.reason = str(e)
             step(f"aborted: {primary} is primary again")
             raise SwitchoverError(f"switchover aborted, nothing lost: {e}. {primary} serves again.") from None
         step(f"{standby}: received past it, promoted (term {promoted['term']}), services taken")
+        for problem in promoted.get("problems", []):
+            say(f"warning: {standby}: {problem}; its agent retries, check `standby status`")
         out.completed = True
         try:
             api.post(primary, "/switchover/follow")
@@ -148,6 +160,17 @@ def switchover(cfg: Config, to: str | None = None, catch_up_timeout_s: float = 1
                 say(f"warning: could not resume automatic failover on {n}: {e}")
         step("automatic failover resumed")
     return out
+
+
+def _still_standby(cfg: Config, node: str) -> bool | str:
+    """True if ``node``'s agent says its PostgreSQL is a standby that is not being promoted; else why not."""
+    st = agent_status(cfg, node, timeout_s=5.0)
+    if st is None:
+        return f"{node}'s agent does not answer, so it may have been promoted"
+    pg, state = st.get("postgres") or {}, st.get("state") or {}
+    if pg.get("state") != "standby" or state.get("promoting"):
+        return f"{node} is {pg.get('state')}{' (promoting)' if state.get('promoting') else ''}"
+    return True
 
 
 def _resume(api: Api, node: str, say: Say) -> None:

@@ -525,16 +525,26 @@ class Agent:
         await self._in(self.pg_pool, self._save, replace(self.state, term=term, promoting=True, degraded=True,
                                                          was_primary=False))
         await self._in(self.pg_pool, self._promote)
-        await self._in(self.pg_pool, self._slot_for_peer)
-        # The old primary released the addresses itself: no need to wait for an ARP check.
-        for sip in self.cfg.service_ips:
-            await self._in(self.svc_pool, addresses.add, sip)
-            await self._in(self.probe_pool, addresses.announce, sip, 3)
-        self.state = replace(self.state, services=True, releasing_services=False)
-        results = await self._in(self.svc_pool, services.start_all, self.cfg.services, self.node, Placement.ACTIVE)
+        # Promoted: from here on, a failure must not read as a refusal (the caller would start
+        # the old primary again). What fails is reported; the agent's next steps finish it.
+        problems: list[str] = []
+        try:
+            await self._in(self.pg_pool, self._slot_for_peer)
+        except Exception as e:
+            problems.append(f"replication slot for {self.peer}: {e}")
+        results: list[services.CommandResult] = []
+        try:
+            # The old primary released the addresses itself: no need to wait for an ARP check.
+            for sip in self.cfg.service_ips:
+                await self._in(self.svc_pool, addresses.add, sip)
+                await self._in(self.probe_pool, addresses.announce, sip, 3)
+            self.state = replace(self.state, services=True, releasing_services=False)
+            results = await self._in(self.svc_pool, services.start_all, self.cfg.services, self.node, Placement.ACTIVE)
+        except Exception as e:
+            problems.append(f"service IPs and services: {e}")
         self.event("switchover_promoted", term=term, received=str(got),
-                   failed_services=[r.service for r in results if not r.ok])
-        return {"term": term, "received_lsn": str(got)}
+                   failed_services=[r.service for r in results if not r.ok], problems=problems)
+        return {"term": term, "received_lsn": str(got), "problems": problems}
 
     async def _op_follow(self) -> dict[str, Any]:
         """Switchover, on the old primary: start again as a standby of the new primary."""
