@@ -215,6 +215,12 @@ def parse_waldump_end(stderr: str) -> WalEnd:
     return WalEnd(WalEndKind.OTHER, text)
 
 
+def segment_name(timeline: int, lsn: int, segment_size: int) -> str:
+    """The WAL segment file (``TTTTTTTTXXXXXXXXYYYYYYYY``) holding ``lsn`` on ``timeline``."""
+    seg, per_xlogid = lsn // segment_size, 0x100000000 // segment_size
+    return f"{timeline:08X}{seg // per_xlogid:08X}{seg % per_xlogid:08X}"
+
+
 def segment_start(segment_name: str, segment_size: int) -> int:
     """First LSN of a WAL segment file (``TTTTTTTTXXXXXXXXYYYYYYYY``)."""
     return (int(segment_name[8:16], 16) << 32) + int(segment_name[16:24], 16) * segment_size
@@ -312,9 +318,11 @@ def scan_wal(data_dir: Path, fork_lsn: int, timeline: int, bin_dir: Path) -> Div
     if ctl_tli != timeline:
         raise SalvageError(f"{data_dir} is on timeline {ctl_tli}, not {timeline}: it is not the old primary "
                            "of this fork (or was already rewound)")
+    # The start segment is named: without it pg_waldump takes the segment size from
+    # whichever file it finds first, and a crash may leave a zero-filled one ahead.
     res = subprocess.run(
         [str(bin_dir / "pg_waldump"), "--path", str(data_dir / "pg_wal"), "--start", format_lsn(fork_lsn),
-         "--timeline", str(timeline), "--rmgr=Transaction"],
+         "--timeline", str(timeline), "--rmgr=Transaction", segment_name(timeline, fork_lsn, seg_size)],
         capture_output=True, text=True, timeout=3600, env=_tool_env(),
     )
     records = parse_waldump(res.stdout)

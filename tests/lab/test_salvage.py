@@ -97,6 +97,15 @@ def test_waldump_end_of_wal() -> None:
     assert not sv.wal_read_to_end(sv.parse_waldump_end("pg_waldump: error: out of memory"), 0, 16 << 20)
 
 
+def test_segment_names() -> None:
+    mb16 = 16 * 1024 * 1024
+    assert sv.segment_name(11, 0x3D441C0, mb16) == "0000000B0000000000000003"
+    assert sv.segment_name(1, (2 << 32) + 5 * mb16 + 7, mb16) == "0000000100000002" + "00000005"
+    assert sv.segment_name(2, 0x7FFFFFF, 64 * 1024 * 1024) == "000000020000000000000001"
+    for lsn in (0, 1, mb16 - 1, mb16, (7 << 32) + 3 * mb16 + 99):
+        assert sv.segment_start(sv.segment_name(1, lsn, mb16), mb16) == lsn - lsn % mb16
+
+
 def test_fork_point_from_history() -> None:
     history = "1\t0/3000148\tno recovery target specified\n\n2\t0/5A000A0\tno recovery target specified\n"
     assert sv.fork_point(history, 1) == 0x3000148
