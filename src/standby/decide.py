@@ -18,7 +18,8 @@ Why two servers are enough (the safety argument, in the order rules apply):
    looks at anything else (it may have been frozen while the peer took over).
 4. Fencing is sticky: a fenced node never becomes primary again by itself,
    with one exception. A primary that fenced itself as a precaution (it was
-   isolated, or stalled) and then hears its peer, for a whole failover
+   isolated, or stalled) or to hand the database over (its PostgreSQL died,
+   its replication link is down) and then hears its peer, for a whole failover
    timeout, as a standby in no newer term that is not eligible, knows nobody
    took over and nobody will: every promotion raises the term before it
    happens, and a standby's eligibility changes only on hearing a primary.
@@ -76,8 +77,8 @@ class State:
     # The peer was last seen as a running standby (or never seen): it could
     # have been promoted while this node was not looking.
     peer_could_promote: bool = True
-    # Fenced as a precaution while primary (isolated, stalled): may resume if
-    # the peer turns out not to have taken over (rule 4's exception).
+    # Fenced by this node's own rule while primary (a precaution or a hand-over):
+    # may resume if the peer turns out not to have taken over (rule 4's exception).
     resumable: bool = False
     # In memory only, rebuilt after a restart (the service role from the
     # addresses actually present, so a stale claim is never re-asserted):
@@ -268,14 +269,14 @@ def _db_rules(s: State, o: Observation, p: Policy) -> tuple[State, list[Action]]
             return replace(s, fenced=False, resumable=False, was_primary=True, degraded=False,
                            sync_established=False, last_restart_at=o.now), [
                 Action(ActionKind.RESTART_PG, Reason.RESUMED_PRIMARY,
-                       f"fenced as a precaution; the peer stayed a standby in term {s.term}: serving again")]
+                       f"fenced here, but the peer stayed a standby in term {s.term} and cannot promote: serving again")]
         return s, []
 
     if o.gap > stall_limit(p) and s.peer_could_promote and (o.pg.db is DbState.PRIMARY or s.was_primary):
         # Fence first, ask later: while we were stalled the peer may have taken over.
         return _fence(s, Reason.RESUMED_AFTER_FREEZE,
                       f"this agent stalled {o.gap:.2f}s (> {stall_limit(p):.2f}s): the peer may have taken over", True,
-                      resumable=o.pg.db is DbState.PRIMARY)
+                      resumable=True)
 
     if o.pg.db is DbState.PRIMARY:
         if peer is not None and peer.db is DbState.PRIMARY and (peer.term, peer.preferred) > (s.term, p.preferred):
@@ -286,21 +287,24 @@ def _db_rules(s: State, o: Observation, p: Policy) -> tuple[State, list[Action]]
         if (p.hot and _lasted(s.private_bad_since, o.now, p.link_timeout_s) and fresh(o, Net.PUBLIC, p)
                 and peer is not None and peer.db is DbState.STANDBY and peer.carrier.get(Net.PRIVATE, False)
                 and _standby_has_everything(s, p)):
-            return _fence(s, Reason.PRIVATE_LOST_HERE, "replication link down here; the database moves to the peer", False)
+            return _fence(s, Reason.PRIVATE_LOST_HERE, "replication link down here; the database moves to the peer", False,
+                          resumable=True)
         return _sync_rules(s, o, p)
 
     if o.pg.db is DbState.DOWN and s.was_primary:
         standby_ready = peer is not None and peer.db is DbState.STANDBY and _standby_has_everything(s, p)
         if p.hot and p.pg_crash is PgCrashPolicy.FAILOVER and standby_ready:
             return _fence(s, Reason.PG_CRASHED_FAILOVER, "PostgreSQL died here; the standby, which has every "
-                          "acknowledged commit (sync) or is within the lag bound (async), takes over", False)
+                          "acknowledged commit (sync) or is within the lag bound (async), takes over", False,
+                          resumable=True)
         peer_took_over = peer is not None and peer.db is DbState.PRIMARY and peer.term > s.term
         if peer_took_over:
             return _fence(s, Reason.SUPERSEDED, f"peer is primary in term {peer.term}", True)
         # Restart as primary only if nobody can have taken over meanwhile: this
         # agent watched the server die, or the peer is heard and still a standby.
         # A rebooted old primary whose peer is silent waits for a person.
-        safe = s.primary_this_run or (peer is not None and peer.db is DbState.STANDBY)
+        # A standby in a newer term is being promoted (the term is raised first).
+        safe = s.primary_this_run or (peer is not None and peer.db is DbState.STANDBY and peer.term <= s.term)
         if safe and o.now - s.last_restart_at >= p.restart_backoff_s:
             return replace(s, last_restart_at=o.now), [
                 Action(ActionKind.RESTART_PG, Reason.PG_CRASHED_RESTART, "PostgreSQL is down; crash recovery in place")]

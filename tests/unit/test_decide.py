@@ -294,3 +294,34 @@ def test_a_fenced_primary_never_resumes_over_an_eligible_standby() -> None:
     w.run(3.0)
     assert w.nodes["a"].state.fenced and roles(w) == ("b", "b") and w.nodes["b"].state.term == 1
     assert w.lost() == []
+
+
+def test_a_primary_that_handed_over_after_a_crash_resumes_when_the_standby_cannot_promote() -> None:
+    """Found by chaos seed 12 (WAL disk full on the primary): the primary's PostgreSQL died and it
+    fenced itself to hand over, but the standby could not promote; the pair had no primary at all.
+    Here the standby is one that never promotes."""
+    pol = policies()
+    pol["b"] = Policy(**{**pol["b"].__dict__, "hot": False})
+    w = World(pol, seed=1)
+    w.run(2.0)
+    w.kill_pg("a")
+    w.run(0.5)
+    assert w.nodes["a"].state.fenced and w.primaries() == []
+    w.run(3.0)
+    assert not w.nodes["a"].state.fenced and roles(w) == ("a", "a")
+    assert w.nodes["b"].streaming and w.lost() == []
+
+
+def test_rebooted_old_primary_does_not_restart_while_its_standby_is_being_promoted() -> None:
+    """Found by the random schedules (async): a crash-looping primary came back just as its standby
+    decided to promote; it heard a standby (the promotion not yet done) and restarted as primary.
+    A standby in a newer term is being promoted: the old primary must wait."""
+    w = World(policies(sync=False), seed=0)
+    w.run(2.0)
+    for fault, wait in (("crash", 0.25), ("crash", 0.25), ("crash", 0.25), ("boot", 1.0), ("crash", 0.375),
+                        ("crash", 0.375)):
+        apply(w, fault, "a", Net.PUBLIC, 0)
+        w.run(wait)
+    w.heal()
+    w.run(10.0)
+    assert len(w.primaries()) == 1
