@@ -13,7 +13,8 @@ Everything lands in the run directory:
   monotonic clock as the calls;
 - ``probe.jsonl``: the dual-primary probe's samples (every 100 ms);
 - ``history.jsonl``: the two histories merged in time order;
-- ``replicas.json``: the final contents of both nodes, table by table.
+- ``replicas.json``: the final contents of both nodes, table by table;
+- ``agent-NODE.json``: each agent's history of decisions and actions.
 The judgement is standby.lab.chaos_verdict's, over those files only.
 """
 
@@ -268,6 +269,9 @@ class Campaign:
                             tables={n: self._digests(n) for n in (primary, standby)})
         (self.out / "replicas.json").write_text(json.dumps(replicas, indent=2) + "\n")
         merge_histories(self.calls, self.events, self.out / "history.jsonl")
+        for node in DB_NODES:  # each agent's own decisions, to read what happened after the lab is gone
+            res = self.lab.standby(node, "history", "--json", "--limit", "1000000", check=False)
+            (self.out / f"agent-{node}.json").write_text(res.stdout if res.returncode == 0 else "[]\n")
 
     def _caught_up(self, primary: str, standby: str, timeout_s: float = 30.0) -> bool:
         with self.lab.pg_connect(primary, autocommit=True) as c:
