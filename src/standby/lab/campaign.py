@@ -14,13 +14,14 @@ Everything lands in the run directory:
 - ``probe.jsonl``: the dual-primary probe's samples (every 100 ms);
 - ``history.jsonl``: the two histories merged in time order;
 - ``replicas.json``: the final contents of both nodes, table by table;
-- ``agent-NODE.json``: each agent's history of decisions and actions.
+- ``agent-NODE.json``, ``postgresql-NODE.log``: each agent's decisions and actions, each server's log.
 The judgement is standby.lab.chaos_verdict's, over those files only.
 """
 
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -272,6 +273,9 @@ class Campaign:
         for node in DB_NODES:  # each agent's own decisions, to read what happened after the lab is gone
             res = self.lab.standby(node, "history", "--json", "--limit", "1000000", check=False)
             (self.out / f"agent-{node}.json").write_text(res.stdout if res.returncode == 0 else "[]\n")
+            log = self.lab.node(node).dir / "log" / "postgresql.log"
+            if log.exists():
+                shutil.copyfile(log, self.out / f"postgresql-{node}.log")
 
     def _caught_up(self, primary: str, standby: str, timeout_s: float = 30.0) -> bool:
         with self.lab.pg_connect(primary, autocommit=True) as c:
