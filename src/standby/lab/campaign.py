@@ -35,7 +35,9 @@ from standby.lab.pair import SERVICE_URL, STANDBY, agent_state, holders, primari
 from standby.lab.probe import DualPrimaryProbe
 from standby.lab.topology import DB_NODES
 
-WAL_DISK_MB = 512
+# Room for a checkpoint cycle of WAL, wal_keep_size, what a slot pins and what pg_rewind copies
+# in, so that the disk fills up only when the campaign fills it.
+WAL_DISK_MB = 2048
 # Small enough for the WAL tmpfs: a standby gone for long is cloned on return, not waited for.
 WAL_SETTINGS = {"wal_keep_size_mb": 64, "max_slot_wal_keep_size_mb": 128}
 TABLES = ("accounts", "vendors", "cdrs", "balance_deltas")

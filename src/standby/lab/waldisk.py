@@ -43,7 +43,8 @@ def move_to_tmpfs(node: NodeLayout, size_mb: int) -> None:
     # would go on for minutes on them. Without recycling (as on copy-on-write
     # file systems) the next segment needs new space at once.
     with (node.pgdata / "postgresql.conf").open("a") as conf:
-        conf.write("\n# standby lab: WAL on a small tmpfs that a campaign may fill\nwal_recycle = off\n")
+        conf.write("\n# standby lab: WAL on a small tmpfs that a campaign may fill\nwal_recycle = off\n"
+                   "max_wal_size = 256MB\n")  # checkpoints often enough that WAL stays well under the disk
 
 
 def fill(node: NodeLayout) -> int:
