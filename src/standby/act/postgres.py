@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import pwd
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
@@ -66,6 +67,31 @@ def stop(cfg: Config, node: str, mode: str = "fast", timeout_s: int = 60) -> Non
                               "-t", str(timeout_s), "stop"], timeout=timeout_s + 10)
     if res.returncode != 0 and "is the server running" not in res.stderr:
         raise PostgresActionError(f"pg_ctl stop failed: {res.stderr.strip()}")
+
+
+def kill_server(cfg: Config, node: str, timeout_s: float = 10.0) -> None:
+    """SIGKILL the postmaster and its children: a power cut for this server, when even an immediate
+    shutdown does not finish (its processes are then gone; the next start recovers from the WAL)."""
+    pid = running_pid(cfg.pg(node).data_dir)
+    if pid is None:
+        return
+    children = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                children.append(int(stat.parent.name))
+        except (OSError, ValueError, IndexError):
+            continue
+    for p in (pid, *children):
+        try:
+            os.kill(p, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    deadline = time.monotonic() + timeout_s
+    while running_pid(cfg.pg(node).data_dir) is not None:
+        if time.monotonic() >= deadline:
+            raise PostgresActionError(f"the postmaster {pid} survived SIGKILL for {timeout_s:g}s")
+        time.sleep(0.05)
 
 
 def running_pid(data_dir: Path) -> int | None:

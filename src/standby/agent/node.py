@@ -398,7 +398,12 @@ class Agent:
         try:
             pgact.stop(self.cfg, self.node, "fast", timeout_s=5)
         except (pgact.PostgresActionError, TimeoutError, OSError):
-            pgact.stop(self.cfg, self.node, "immediate", timeout_s=10)
+            try:
+                pgact.stop(self.cfg, self.node, "immediate", timeout_s=5)
+            except (pgact.PostgresActionError, TimeoutError, OSError):
+                # Seen after a long freeze: the server ignores even an immediate shutdown for
+                # about a minute. A fence cannot wait that long.
+                pgact.kill_server(self.cfg, self.node)
 
     async def _take_services(self) -> None:
         others = await self._in(self.probe_pool, _who_else, self.cfg)

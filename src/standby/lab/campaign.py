@@ -29,6 +29,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from standby.act.postgres import log_path as pg_log_path
 from standby.lab import Lab
 from standby.lab.chaos import Fault, Kind, Target, faults
 from standby.lab.pair import SERVICE_URL, STANDBY, agent_state, holders, primaries
@@ -275,7 +276,7 @@ class Campaign:
         for node in DB_NODES:  # each agent's own decisions, to read what happened after the lab is gone
             res = self.lab.standby(node, "history", "--json", "--limit", "1000000", check=False)
             (self.out / f"agent-{node}.json").write_text(res.stdout if res.returncode == 0 else "[]\n")
-            log = self.lab.node(node).dir / "log" / "postgresql.log"
+            log = pg_log_path(self.lab.config(), node)  # where the agent starts it
             if log.exists():
                 shutil.copyfile(log, self.out / f"postgresql-{node}.log")
 
