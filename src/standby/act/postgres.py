@@ -128,10 +128,19 @@ def ensure_clean_shutdown(cfg: Config, node: str) -> bool:
     if state in ("shut down", "shut down in recovery"):
         return False
     pg = cfg.pg(node)
-    res = subprocess.run(
-        ["runuser", "-u", pg.os_user, "--", _bin(cfg, node, "postgres"), "--single", "-F", "-c", "exit_on_error=false",
-         "-c", "archive_mode=off", "-D", str(pg.data_dir), "template1"],
-        stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=3600)
+    # A single-user server refuses standby mode, and a rejoin that failed half-way may
+    # already have written standby.signal: set it aside for the recovery, then put it back.
+    signals = [pg.data_dir / n for n in ("standby.signal", "recovery.signal") if (pg.data_dir / n).exists()]
+    for f in signals:
+        f.rename(f.with_name(f.name + ".aside"))
+    try:
+        res = subprocess.run(
+            ["runuser", "-u", pg.os_user, "--", _bin(cfg, node, "postgres"), "--single", "-F", "-c",
+             "exit_on_error=false", "-c", "archive_mode=off", "-D", str(pg.data_dir), "template1"],
+            stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=3600)
+    finally:
+        for f in signals:
+            f.with_name(f.name + ".aside").rename(f)
     if res.returncode != 0:
         raise PostgresActionError(f"crash recovery of {pg.data_dir} failed: {res.stderr.strip().splitlines()[-1:]}")
     return True

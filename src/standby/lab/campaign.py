@@ -72,6 +72,8 @@ class Campaign:
         self.events.write_text("")
         self.crashed: set[str] = set()
         self.outcome = Outcome()
+        # Agents read a steppable wall clock (libfaketime) only when clock jumps are drawn.
+        self.own_clock = Kind.CLOCK_JUMP in opts.kinds
 
     # -- records ----------------------------------------------------------------
 
@@ -92,7 +94,7 @@ class Campaign:
         for node in DB_NODES:
             lab.wal_on_tmpfs(node, WAL_DISK_MB)
         for node in DB_NODES:
-            lab.start_agent(node, own_clock=True)
+            lab.start_agent(node, own_clock=self.own_clock)
         start = time.monotonic()
         if self.converge() is None:
             raise RuntimeError(f"the pair did not become ready before the campaign: {self.describe()}")
@@ -207,7 +209,7 @@ class Campaign:
         lab.heal()
         if node in self.crashed:  # the host reboots
             self.crashed.discard(node)
-            lab.start_agent(node, own_clock=True)
+            lab.start_agent(node, own_clock=self.own_clock)
 
     def run(self) -> Outcome:
         lab, opts = self.lab, self.opts

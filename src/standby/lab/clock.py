@@ -42,6 +42,8 @@ def environment(node_dir: Path) -> dict[str, str]:
         # second (a stall the agent rightly fences for); the wall clock is unaffected.
         "FAKETIME_FORCE_MONOTONIC_FIX": "0",
         "FAKETIME_CACHE_DURATION": "1",
+        # No shared-memory semaphore: PostgreSQL, started as another user, could not open root's.
+        "FAKETIME_DISABLE_SHM": "1",
         "PYTHONPATH": python_path,
     }
 
