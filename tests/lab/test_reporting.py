@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from typing import Any
 
 import psycopg
@@ -165,9 +166,15 @@ def _churn_during_report(lab: Lab) -> dict[str, Any]:
 
 
 def _conflicts(lab: Lab) -> int:
-    with lab.pg_connect("beta", dbname="softswitch") as c:
-        return int(c.execute("SELECT confl_snapshot FROM pg_stat_database_conflicts "
-                             "WHERE datname = 'softswitch'").fetchone()[0])  # type: ignore[index]
+    # With feedback off, replay may cancel this query too while it removes rows: ask again.
+    for _ in range(20):
+        try:
+            with lab.pg_connect("beta", dbname="softswitch") as c:
+                return int(c.execute("SELECT confl_snapshot FROM pg_stat_database_conflicts "
+                                     "WHERE datname = 'softswitch'").fetchone()[0])  # type: ignore[index]
+        except psycopg.errors.SerializationFailure:
+            time.sleep(0.5)
+    raise AssertionError("the conflict counter could not be read on beta")
 
 
 def _set_feedback(lab: Lab, on: bool) -> None:
