@@ -61,7 +61,8 @@ class Policy:
     unhealthy_after_s: float = 5.0
     restart_backoff_s: float = 5.0
     has_service_ips: bool = True
-    # Maintenance (a switchover or a rejoin in progress): observe, but decide nothing.
+    # Maintenance (a switchover or a rejoin in progress): no automatic promotion, restart or
+    # role move; the safety fences (newer term, stall, isolation) still apply.
     suspended: bool = False
     auto_rejoin: bool = False  # rejoin = "auto"
 
@@ -105,10 +106,19 @@ class State:
     fenced_at: float = -math.inf
     # Since fenced: the peer heard as a standby in no newer term that says it cannot promote.
     peer_standby_since: float | None = None
+    # Primary, sync: the WAL position when commits began to wait for the standby again.
+    # Commits acknowledged alone before it are on the standby only once it has flushed
+    # that far: until then it is not "in sync" (and is never told it is eligible).
+    sync_from_lsn: int | None = None
 
     def persisted(self) -> dict[str, object]:
-        return {k: getattr(self, k) for k in ("term", "fenced", "was_primary", "promoting", "degraded", "peer_could_promote",
-                                          "resumable")}
+        return {k: getattr(self, k) for k in PERSISTED}
+
+
+# The fields that survive an agent restart: the agent's Store, `standby fence`
+# and the simulator all save and load exactly these.
+PERSISTED: tuple[str, ...] = ("term", "fenced", "was_primary", "promoting", "degraded", "peer_could_promote",
+                              "resumable", "sync_from_lsn")
 
 
 # -- bookkeeping -------------------------------------------------------------
@@ -176,13 +186,23 @@ def _track(s: State, o: Observation, p: Policy) -> State:
     now = o.now
     peer = peer_fresh(o, p)
     eligible = s.eligible
+    stalled = o.gap > stall_limit(p)
+    # After a stall the peer's silence and the tie-breaker's staleness are
+    # our own doing; the stall rule below covers a peer that may have taken over.
+    watching_since = now if stalled else s.watching_since
     if o.pg.db is DbState.STANDBY:
-        if peer is not None and peer.db is DbState.PRIMARY:
+        if stalled:
+            # What the primary said before the stall is stale: meanwhile it may have
+            # stopped waiting for us (degrade_after) or run past the lag bound.
+            eligible = False
+        elif peer is not None and peer.db is DbState.PRIMARY and _last_heard(o) >= watching_since:
             if p.sync:
                 eligible = peer.sync_ok
             else:
                 eligible = peer.lsn is not None and o.pg.lsn is not None and peer.lsn - o.pg.lsn <= p.max_lag_bytes
         stream_lost = _since(s.stream_lost_since, not o.pg.streaming, now)
+        if stream_lost is not None:
+            stream_lost = min(stream_lost, now - o.gap)  # nothing says it streamed while we were not looking
         # The primary may stop waiting for us after degrade_after: give up our
         # claim well before that, so a degraded primary's commits are never
         # silently missing from a promoted standby.
@@ -191,14 +211,17 @@ def _track(s: State, o: Observation, p: Policy) -> State:
     else:
         stream_lost = None
         eligible = False
+    sync_from = s.sync_from_lsn
     if o.pg.db is DbState.PRIMARY:
-        established = p.sync and not s.degraded and (s.sync_established or o.pg.peer_sync)
+        flushed = sync_from is None or (o.pg.peer_flush_lsn is not None and o.pg.peer_flush_lsn >= sync_from)
+        established = p.sync and not s.degraded and (s.sync_established or (o.pg.peer_sync and flushed))
+        sync_from = None if established else sync_from
         lag_ok = (o.pg.lsn - o.pg.peer_flush_lsn <= p.max_lag_bytes
                   if o.pg.peer_flush_lsn is not None and o.pg.lsn is not None else s.last_peer_lag_ok)
     elif o.pg.db is DbState.DOWN:  # what we knew when the server died still holds
         established, lag_ok = s.sync_established, s.last_peer_lag_ok
     else:
-        established, lag_ok = False, False
+        established, lag_ok, sync_from = False, False, None
     term = s.term
     if o.pg.db is DbState.STANDBY and peer is not None and peer.db is DbState.PRIMARY:
         term = max(term, peer.term)  # a standby lives in its primary's term
@@ -212,6 +235,7 @@ def _track(s: State, o: Observation, p: Policy) -> State:
         peer_term=max(s.peer_term, o.peer.term if o.peer else 0),
         was_primary=(o.pg.db is DbState.PRIMARY) if o.pg.db in (DbState.PRIMARY, DbState.STANDBY) else s.was_primary,
         sync_established=established,
+        sync_from_lsn=sync_from,
         last_peer_lag_ok=lag_ok,
         stream_lost_since=stream_lost,
         peer_unsynced_since=_since(s.peer_unsynced_since, o.pg.db is DbState.PRIMARY and not o.pg.peer_sync, now),
@@ -225,9 +249,7 @@ def _track(s: State, o: Observation, p: Policy) -> State:
         peer_standby_since=_since(s.peer_standby_since, peer is not None and peer.db is DbState.STANDBY
                                   and not peer.eligible and peer.term <= s.term and _last_heard(o) > s.fenced_at,
                                   now),
-        # After a stall the peer's silence and the tie-breaker's staleness are
-        # our own doing; the stall rule below covers a peer that may have taken over.
-        watching_since=o.now if o.gap > stall_limit(p) else s.watching_since,
+        watching_since=watching_since,
     )
 
 
@@ -252,9 +274,43 @@ def _promote(s: State, reason: Reason, detail: str) -> tuple[State, list[Action]
     ]
 
 
+def _safety_fence(s: State, o: Observation, p: Policy) -> tuple[State, list[Action]] | None:
+    """The fences that apply always, in maintenance too: a stall, a newer term, isolation."""
+    if s.fenced:
+        return None
+    # Warm mode: nobody takes over automatically, so a stall cannot have let anyone in
+    # (a manual promotion fences the old primary through the operator's path).
+    if p.hot and o.gap > stall_limit(p) and s.peer_could_promote and (o.pg.db is DbState.PRIMARY or s.was_primary):
+        # Fence first, ask later: while we were stalled the peer may have taken over.
+        return _fence(s, Reason.RESUMED_AFTER_FREEZE,
+                      f"this agent stalled {o.gap:.2f}s (> {stall_limit(p):.2f}s): the peer may have taken over", True,
+                      resumable=True)
+    if o.pg.db is DbState.PRIMARY:
+        peer = peer_fresh(o, p)
+        quiet = max(silence(s, o), unheard(s, o))
+        if peer is not None and peer.db is DbState.PRIMARY and (peer.term, peer.preferred) > (s.term, p.preferred):
+            return _fence(s, Reason.SUPERSEDED, f"peer is primary in term {peer.term}, ours is {s.term}",
+                          release_services=peer.services)
+        if quiet >= p.fence_timeout_s and o.tiebreaker_ok is False:
+            return _fence(s, Reason.ISOLATED, f"no peer for {quiet:.2f}s and no tie-breaker", True, resumable=True)
+    return None
+
+
+def _upstream_silent(o: Observation, p: Policy) -> bool:
+    """The standby's WAL receiver has heard nothing from the primary's server for the failover timeout.
+
+    The agent's silence alone is not enough: a primary whose agent died keeps
+    committing until its unclean-exit fence has stopped the server.
+    """
+    return o.pg.upstream_age_s is None or o.pg.upstream_age_s >= p.failover_timeout_s
+
+
 def _db_rules(s: State, o: Observation, p: Policy) -> tuple[State, list[Action]]:
     peer = peer_fresh(o, p)
     quiet = max(silence(s, o), unheard(s, o))
+
+    if (fenced := _safety_fence(s, o, p)) is not None:
+        return fenced
 
     if s.fenced:
         if o.pg.db is not DbState.DOWN:
@@ -272,18 +328,7 @@ def _db_rules(s: State, o: Observation, p: Policy) -> tuple[State, list[Action]]
                        f"fenced here, but the peer stayed a standby in term {s.term} and cannot promote: serving again")]
         return s, []
 
-    if o.gap > stall_limit(p) and s.peer_could_promote and (o.pg.db is DbState.PRIMARY or s.was_primary):
-        # Fence first, ask later: while we were stalled the peer may have taken over.
-        return _fence(s, Reason.RESUMED_AFTER_FREEZE,
-                      f"this agent stalled {o.gap:.2f}s (> {stall_limit(p):.2f}s): the peer may have taken over", True,
-                      resumable=True)
-
     if o.pg.db is DbState.PRIMARY:
-        if peer is not None and peer.db is DbState.PRIMARY and (peer.term, peer.preferred) > (s.term, p.preferred):
-            return _fence(s, Reason.SUPERSEDED, f"peer is primary in term {peer.term}, ours is {s.term}",
-                          release_services=peer.services)
-        if quiet >= p.fence_timeout_s and o.tiebreaker_ok is False:
-            return _fence(s, Reason.ISOLATED, f"no peer for {quiet:.2f}s and no tie-breaker", True, resumable=True)
         if (p.hot and _lasted(s.private_bad_since, o.now, p.link_timeout_s) and fresh(o, Net.PUBLIC, p)
                 and peer is not None and peer.db is DbState.STANDBY and peer.carrier.get(Net.PRIVATE, False)
                 and _standby_has_everything(s, p)):
@@ -321,9 +366,10 @@ def _db_rules(s: State, o: Observation, p: Policy) -> tuple[State, list[Action]]
         return s, [Action(ActionKind.PROMOTE, Reason.PEER_DEAD, f"finishing the promotion to term {s.term}")]
     if not p.hot:
         return s, []  # warm: a person decides
+    # FENCED only: FENCING is said while the old primary's server may still be writing.
     if peer is not None and peer.db is DbState.FENCED and s.eligible:
         return _promote(s, Reason.PEER_RELEASED_DB, "the primary fenced itself and handed the database over")
-    if (quiet >= p.failover_timeout_s and o.tiebreaker_ok is True and s.eligible
+    if (quiet >= p.failover_timeout_s and o.tiebreaker_ok is True and s.eligible and _upstream_silent(o, p)
             and (not p.has_service_ips or o.service_ip_elsewhere is False)):
         return _promote(s, Reason.PEER_DEAD, f"primary silent on every path for {quiet:.2f}s, tie-breaker answers")
     return s, []
@@ -344,7 +390,7 @@ def _sync_rules(s: State, o: Observation, p: Policy) -> tuple[State, list[Action
     caught_up = (o.pg.peer_flush_lsn is not None and o.pg.lsn is not None
                  and o.pg.lsn - o.pg.peer_flush_lsn <= 1024 * 1024)
     if s.degraded and caught_up:
-        return replace(s, degraded=False), [Action(ActionKind.SET_SYNC, Reason.RESTORE_SYNC,
+        return replace(s, degraded=False, sync_established=False, sync_from_lsn=o.pg.lsn), [Action(ActionKind.SET_SYNC, Reason.RESTORE_SYNC,
                                                    "standby streaming and caught up: commits wait for it again", sync_on=True)]
     return s, []
 
@@ -352,16 +398,32 @@ def _sync_rules(s: State, o: Observation, p: Policy) -> tuple[State, list[Action
 # -- the service role --------------------------------------------------------
 
 
+def _service_safety(s: State, o: Observation, p: Policy) -> tuple[State, list[Action]] | None:
+    """The service-role releases that apply always, in maintenance too: isolation, two holders."""
+    if not s.services:
+        return None
+    peer = peer_fresh(o, p)
+    if max(silence(s, o), unheard(s, o)) >= p.fence_timeout_s and o.tiebreaker_ok is False:
+        return _release(s, Reason.ISOLATED, "no peer and no tie-breaker: letting go of the service IPs")
+    if peer is not None and peer.services and (peer.term, peer.preferred) > (s.term, p.preferred):
+        return _release(s, Reason.BOTH_SERVE, "both nodes held the service role; the peer's claim is newer")
+    return None
+
+
 def _service_rules(s: State, o: Observation, p: Policy) -> tuple[State, list[Action]]:
     peer = peer_fresh(o, p)
     primary_here = o.pg.db is DbState.PRIMARY and not s.fenced or s.promoting
+    if (released := _service_safety(s, o, p)) is not None:
+        return released
     if s.services:
-        if max(silence(s, o), unheard(s, o)) >= p.fence_timeout_s and o.tiebreaker_ok is False:
-            return _release(s, Reason.ISOLATED, "no peer and no tie-breaker: letting go of the service IPs")
-        if peer is not None and peer.services and (peer.term, peer.preferred) > (s.term, p.preferred):
-            return _release(s, Reason.BOTH_SERVE, "both nodes held the service role; the peer's claim is newer")
         peer_can_serve = (peer is not None and fresh(o, Net.PRIVATE, p) and peer.carrier.get(Net.PUBLIC, False)
-                          and peer.tiebreaker_ok is not False and peer.db is not DbState.FENCED)
+                          and peer.tiebreaker_ok is not False and peer.db not in (DbState.FENCED, DbState.FENCING))
+        if (s.fenced and not s.promoting and peer_can_serve and peer is not None and peer.db is DbState.PRIMARY
+                and peer.term >= s.term and o.carrier.get(Net.PRIVATE, False)):
+            # Held here without a database (a fence that kept them, an agent restart): with
+            # the replication link up the services belong with the primary. Without it they
+            # stay: the database moved because of that link, the clients did not.
+            return _release(s, Reason.SERVICES_TO_PRIMARY, f"fenced here; the primary (term {peer.term}) serves")
         if p.hot and _lasted(s.public_bad_since, o.now, p.link_timeout_s) and peer_can_serve:
             return _release(s, Reason.PUBLIC_LOST_HERE, "service network down here; the peer takes the service IPs")
         if (p.hot and p.services_move_on_failure and _lasted(s.unhealthy_since, o.now, p.unhealthy_after_s)
@@ -373,7 +435,12 @@ def _service_rules(s: State, o: Observation, p: Policy) -> tuple[State, list[Act
 
     if not public_ok(o) or o.service_ip_elsewhere is True:
         return s, []  # cannot serve, or someone still answers for the addresses
-    if peer is not None and peer.releasing_services and not peer.services:
+    if s.fenced or not (primary_here or o.pg.db is DbState.STANDBY):
+        return s, []  # no database here: a stale "I let go" must not bring the addresses back
+    # A standby takes the role only as a live primary's hand-over (its public link or
+    # its services failed): the services then use that primary's database.
+    if (peer is not None and peer.releasing_services and not peer.services
+            and (primary_here or peer.db is DbState.PRIMARY)):
         return _take(s, Reason.PEER_RELEASED_SERVICES, "the peer let go of the service role")
     if peer is not None and peer.db is DbState.FENCED and not peer.services and primary_here:
         return _take(s, Reason.PEER_RELEASED_SERVICES, "the peer is fenced and serves nothing")
@@ -399,20 +466,25 @@ def _take(s: State, reason: Reason, detail: str) -> tuple[State, list[Action]]:
 def decide(s: State, o: Observation, p: Policy) -> tuple[State, list[Action]]:
     """One step. Database rules first: a fence decided now also frees the service role."""
     s = _track(s, o, p)
-    if p.suspended:
-        return s, []
     fenced_before = s.fenced
-    s, db_actions = _db_rules(s, o, p)
+    if p.suspended:  # maintenance: only the fences that keep two writers apart
+        s, db_actions = _safety_fence(s, o, p) or (s, [])
+    else:
+        s, db_actions = _db_rules(s, o, p)
     if s.fenced and not fenced_before:
         s = replace(s, fenced_at=o.now, peer_standby_since=None)
     if any(a.kind is ActionKind.FENCE and a.reason in (Reason.ISOLATED, Reason.RESUMED_AFTER_FREEZE)
            for a in db_actions):
         return s, db_actions
-    if o.gap > stall_limit(p) and s.services and (o.peer is None or o.peer.db is not DbState.FENCED):
+    if (p.hot and o.gap > stall_limit(p) and s.services
+            and (o.peer is None or o.peer.db not in (DbState.FENCED, DbState.FENCING))):
         # A live peer may have taken the service IPs meanwhile; a fenced one
         # takes them only once told they are free.
         return _release(s, Reason.RESUMED_AFTER_FREEZE, f"this agent stalled {o.gap:.2f}s; letting go of the service IPs")
-    s, svc_actions = _service_rules(s, o, p)
+    if p.suspended:
+        s, svc_actions = _service_safety(s, o, p) or (s, [])
+    else:
+        s, svc_actions = _service_rules(s, o, p)
     return s, db_actions + svc_actions
 
 
@@ -430,7 +502,8 @@ def advertise(s: State, pg: LocalPg, carrier: dict[Net, bool], tiebreaker_ok: bo
               sync: bool, reporting: bool = False, reporting_epoch: int = 0, reporting_ack: int = 0,
               hot: bool = True) -> PeerView:
     """What this node tells its peer in every heartbeat (the reporting fields: see standby.reporting)."""
-    db = DbState.FENCED if s.fenced else pg.db
+    # FENCED only once the server is observed down: the peer promotes on it at once.
+    db = (DbState.FENCED if pg.db is DbState.DOWN else DbState.FENCING) if s.fenced else pg.db
     return PeerView(
         term=s.term,
         db=db,

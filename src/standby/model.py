@@ -72,7 +72,10 @@ class DbState(StrEnum):
     PRIMARY = "primary"
     STANDBY = "standby"
     DOWN = "down"  # not running (crashed or stopped), not fenced
-    FENCED = "fenced"  # stopped on purpose; stays down until rejoined
+    # Fenced, but its server is still observed running (the stop may be queued or slow):
+    # not yet evidence that this node stopped writing.
+    FENCING = "fencing"
+    FENCED = "fenced"  # fenced and observed stopped; stays down until rejoined
 
 
 class Reason(StrEnum):
@@ -96,6 +99,7 @@ class Reason(StrEnum):
     REJOIN_AUTO = "rejoin_auto"  # rejoin = "auto": the fenced old primary follows the healthy new one
     FENCE_ENFORCED = "fence_enforced"  # a fenced node's PostgreSQL was found running: stop it again
     RESUMED_PRIMARY = "resumed_primary"  # fenced as a precaution, and the peer did not take over: serve again
+    SERVICES_TO_PRIMARY = "services_to_primary"  # a node without a database hands the service role to the primary
 
 
 @dataclass(frozen=True)
@@ -122,12 +126,15 @@ class PeerView:
 
 @dataclass(frozen=True)
 class LocalPg:
-    db: DbState  # PRIMARY, STANDBY or DOWN as observed (FENCED comes from state)
+    db: DbState  # PRIMARY, STANDBY or DOWN as observed (FENCING/FENCED come from state)
     lsn: int | None = None  # primary: current; standby: received
     streaming: bool = False  # standby: WAL receiver streaming
     peer_sync: bool = False  # primary: the peer is connected and 'sync'
     peer_flush_lsn: int | None = None  # primary: how far the peer has flushed
     replay_lsn: int | None = None  # standby: how far WAL has been applied (what queries see)
+    # Standby: seconds since its WAL receiver last heard from the upstream server (the server's
+    # own clock); None without a receiver. A live upstream PostgreSQL is evidence the primary writes.
+    upstream_age_s: float | None = None
 
 
 @dataclass(frozen=True)

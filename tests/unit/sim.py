@@ -9,8 +9,13 @@ from __future__ import annotations
 
 import math
 import random
+import shutil
+import tempfile
+import weakref
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 
+from standby.agent.store import Store
 from standby.decide import Policy, State, advertise, decide, fence_needed
 from standby.model import ActionKind, DbState, LocalPg, Net, Observation, PeerView, Reason
 
@@ -36,7 +41,10 @@ class Node:
     heard: dict[Net, float | None] = field(default_factory=lambda: {Net.PUBLIC: None, Net.PRIVATE: None})
     peer_view: PeerView | None = None
     streaming: bool = False
-    pending_fence: bool = False
+    pending_fence: bool = False  # the agent died; its unclean-exit fence runs when the host can run it
+    stop_due: float | None = None  # a stop of PostgreSQL under way: the server is down from then on
+    last_wal_at: float | None = None  # standby: when its WAL receiver last got data from the upstream
+    store: Store | None = None
     # The agent's tie-breaker probe: the last success. Like the real agent, an
     # observation reads the last result, so after a freeze it is stale.
     tb_ok_at: float = -math.inf
@@ -56,20 +64,41 @@ class Violation(Exception):
 
 
 class World:
-    def __init__(self, policy_for: dict[str, Policy], seed: int) -> None:
+    def __init__(self, policy_for: dict[str, Policy], seed: int, stop_delay: float = 0.0,
+                 agent_fence_delay: float = 0.0) -> None:
         self.t = 0.0
         self.rng = random.Random(seed)
-        self.policy = policy_for
+        self.policy = dict(policy_for)
+        # How long stopping PostgreSQL takes: after a decided fence, and in the
+        # unclean-exit fence of a killed agent (which drops the addresses first).
+        self.stop_delay = stop_delay
+        self.agent_fence_delay = agent_fence_delay
         self.nodes = {
             "a": Node("a", DbState.PRIMARY, True, holds_ips=True, sync_names_on=policy_for["a"].sync),
             "b": Node("b", DbState.STANDBY, False),
         }
+        # The agents persist their state through the real Store, as the agent and
+        # `standby fence --if-unclean` do; tmpfs when there is one (fsync is cheap there).
+        shm = Path("/dev/shm")
+        self.dir = Path(tempfile.mkdtemp(prefix="standby-sim-", dir=shm if shm.is_dir() else None))
+        self._cleanup = weakref.finalize(self, shutil.rmtree, self.dir, True)
         for n in self.nodes.values():
+            n.store = Store(self.dir / n.name, n.name)
             n.state = State(services=n.holds_ips, watching_since=0.0, was_primary=n.pg is DbState.PRIMARY)
+            n.store.save_state(n.state)
         self.acked: list[int] = []
         self.next_call = 1
         self.log: list[str] = []
         self.role_changes = 0
+
+    def close(self) -> None:
+        self._cleanup()
+
+    def __enter__(self) -> World:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def peer(self, name: str) -> Node:
         return self.nodes["b" if name == "a" else "a"]
@@ -93,6 +122,7 @@ class World:
                            and s.data == p.data[: len(s.data)])  # a diverged standby cannot follow
             if s.streaming:
                 s.data = list(p.data)
+                s.last_wal_at = self.t
 
     def _client_write(self) -> None:
         """One call through whichever node answers on the service IP."""
@@ -128,6 +158,8 @@ class World:
             streaming=n.streaming,
             peer_sync=n.pg is DbState.PRIMARY and n.sync_names_on and p.streaming,
             peer_flush_lsn=len(p.data) if p.streaming else None,
+            upstream_age_s=(self.t - n.last_wal_at if n.pg is DbState.STANDBY and n.last_wal_at is not None
+                            else None),
         )
         elsewhere = p.holds_ips and p.up(Net.PUBLIC) and n.up(Net.PUBLIC)
         pol = self.policy[n.name]
@@ -147,14 +179,18 @@ class World:
         before = n.state
         n.state, actions = decide(n.state, obs, pol)
         n.last_step = self.t
+        assert n.store is not None
+        if n.store.persisted_changed(before, n.state):
+            n.store.save_state(n.state)  # on disk before the action it allows, as the agent does
         for a in actions:
             self.log.append(f"{self.t:7.1f} {n.name} {a.kind.value} ({a.reason.value}) {a.detail}")
             if a.kind is ActionKind.PROMOTE and n.pg is DbState.STANDBY:
                 n.pg, n.data_primary = DbState.PRIMARY, True
                 self.role_changes += 1
             elif a.kind is ActionKind.FENCE:
-                n.pg = DbState.DOWN
-                self.role_changes += 1
+                if n.pg is not DbState.DOWN and n.stop_due is None:
+                    n.stop_due = self.t + self.stop_delay
+                    self.role_changes += 1
             elif a.kind is ActionKind.RESTART_PG and n.pg is DbState.DOWN:
                 n.pg = DbState.PRIMARY if n.data_primary else DbState.STANDBY
             elif a.kind is ActionKind.TAKE_SERVICES:
@@ -165,7 +201,8 @@ class World:
                     self.role_changes += 1
             elif a.kind is ActionKind.RELEASE_SERVICES:
                 n.holds_ips = False
-        if before.fenced and n.pg is DbState.PRIMARY:
+        self._stop_due_servers()
+        if before.fenced and n.pg is DbState.PRIMARY and n.stop_due is None:
             # Only by rule 4's exception, and only when it is true that nobody took over.
             other = self.peer(n.name)
             resumed = any(a.reason is Reason.RESUMED_PRIMARY for a in actions)
@@ -185,8 +222,15 @@ class World:
                 if acked is not None:
                     p.heard_me = acked if p.heard_me is None else max(p.heard_me, acked)
 
+    def _stop_due_servers(self) -> None:
+        for n in self.nodes.values():
+            if n.stop_due is not None and n.stop_due <= self.t and not n.frozen:
+                n.stop_due = None
+                n.pg, n.streaming = DbState.DOWN, False
+
     def tick(self) -> None:
         self.t = round(self.t + TICK, 3)
+        self._stop_due_servers()
         for name in NODES:
             n = self.nodes[name]
             if n.alive and not n.frozen and n.agent_up:
@@ -204,7 +248,7 @@ class World:
     def crash(self, name: str) -> None:
         n = self.nodes[name]
         n.alive, n.pg, n.holds_ips, n.agent_up, n.streaming = False, DbState.DOWN, False, False, False
-        n.pending_fence = False
+        n.pending_fence, n.stop_due, n.last_wal_at = False, None, None
 
     def boot(self, name: str) -> None:
         """Host back: the agent starts from its persisted state; PostgreSQL is left to the agent."""
@@ -216,7 +260,8 @@ class World:
         self._restart_agent(n)
 
     def _restart_agent(self, n: Node) -> None:
-        kept = {k: v for k, v in n.state.persisted().items()}
+        assert n.store is not None
+        kept = n.store.load_state()
         n.state = State(**kept, watching_since=self.t, services=n.holds_ips)  # type: ignore[arg-type]
         n.heard = {Net.PUBLIC: None, Net.PRIVATE: None}
         n.peer_view = None
@@ -226,7 +271,8 @@ class World:
 
     def kill_agent(self, name: str) -> None:
         """The agent dies uncleanly; its service manager runs `standby fence --if-unclean` after it
-        (on a frozen host, when the host thaws)."""
+        (on a frozen host, when the host thaws): the addresses go at once, the stop of PostgreSQL
+        takes ``agent_fence_delay``, and meanwhile the server keeps accepting commits."""
         n = self.nodes[name]
         if not n.agent_up:
             return
@@ -238,20 +284,29 @@ class World:
     def _after_agent_death(self, n: Node) -> None:
         n.pending_fence = False
         n.holds_ips = False
-        if n.alive and fence_needed(n.state, n.pg):
-            n.pg = DbState.DOWN
-            n.state = replace(n.state, fenced=True, was_primary=False)
+        assert n.store is not None
+        kept = State(**n.store.load_state())  # type: ignore[arg-type]
+        if n.alive and fence_needed(kept, n.pg):
+            n.store.save_state(replace(kept, fenced=True, was_primary=False))
+            if n.stop_due is None:
+                n.stop_due = self.t + self.agent_fence_delay
 
     def start_agent(self, name: str) -> None:
         n = self.nodes[name]
         if n.alive and not n.agent_up:
+            if n.stop_due is not None:  # the service manager starts the agent after its stop command ends
+                n.stop_due = self.t
+                self._stop_due_servers()
             n.agent_up = True
             self._restart_agent(n)
+
+    def maintenance(self, name: str, on: bool) -> None:
+        self.policy[name] = replace(self.policy[name], suspended=on)
 
     def kill_pg(self, name: str) -> None:
         n = self.nodes[name]
         if n.alive:
-            n.pg = DbState.DOWN
+            n.pg, n.stop_due = DbState.DOWN, None
 
     def freeze(self, name: str) -> None:
         if self.nodes[name].alive:

@@ -134,7 +134,7 @@ class Agent:
         self.counters = Counters()
         self.recent: deque[dict[str, Any]] = deque(maxlen=50)
         self.max_send_gap = 0.0
-        self.last_send = time.monotonic()
+        self.last_send = self.last_observed = time.monotonic()
         self.startup_gap = 0.0
         self.stopping = asyncio.Event()
         self.in_flight: set[ActionKind] = set()
@@ -344,8 +344,9 @@ class Agent:
         self.carrier = await self._in(self.probe_pool, self._carriers)
         # A stalled process may be scheduled here before its heartbeat sender has
         # run again: the time since the last send counts as well.
-        gap = max(self.max_send_gap, time.monotonic() - self.last_send, self.startup_gap)
-        self.max_send_gap, self.startup_gap = 0.0, 0.0
+        # The decision step's own gap as well: a step held up (a slow observation) decided nothing meanwhile.
+        gap = max(self.max_send_gap, time.monotonic() - self.last_send, self.startup_gap, now - self.last_observed)
+        self.max_send_gap, self.startup_gap, self.last_observed = 0.0, 0.0, now
         return Observation(
             now=now, gap=gap, pg=self.pg, peer=self.peer_view, heard=dict(self.heard), carrier=dict(self.carrier),
             tiebreaker_ok=self._tiebreaker_ok(), services_healthy=self.services_healthy,
@@ -652,7 +653,10 @@ class Agent:
         """Run the operator operation ``_op_<name>`` while no decision step runs."""
         fn = getattr(self, f"_op_{name}")
         async with self.turn:
-            return await fn(*args)  # type: ignore[no-any-return]
+            try:
+                return await fn(*args)  # type: ignore[no-any-return]
+            finally:
+                self.last_observed = time.monotonic()  # no decision ran meanwhile, by design: not a stall
 
     def _received_lsn(self) -> Lsn | None:
         if self._conn is None:
@@ -774,7 +778,8 @@ class Agent:
         await self.alerts.start()
         loop = asyncio.get_running_loop()
         # This process's own start-up is not a stall (the liveness record covers the time before it).
-        self.last_send, self.max_send_gap = time.monotonic(), 0.0
+        self.last_send = self.last_observed = time.monotonic()
+        self.max_send_gap = 0.0
         tasks = [loop.create_task(c()) for c in (self._sender, self._tiebreaker_prober, self._arp_prober,
                                                   self._health_prober, self._arp_refresher)]
         # Services placed everywhere run on both nodes; if this node already holds

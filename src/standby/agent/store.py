@@ -20,9 +20,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from standby.decide import State
-
-PERSISTED = ("term", "fenced", "was_primary", "promoting", "degraded", "peer_could_promote")
+from standby.decide import PERSISTED, State  # what survives a restart is declared once, next to State
 
 
 def _atomic_write(path: Path, data: bytes, sync: bool) -> None:
