@@ -8,14 +8,24 @@ Why two servers are enough (the safety argument, in the order rules apply):
 1. A node only promotes from a running standby that is *eligible*: it holds
    every acknowledged commit (sync: the primary's last word was "you are my
    synchronous standby"; async: the last known lag was within the bound).
+   That word must be newer than the standby's own last stall: while it was
+   stalled the primary may have stopped waiting for it or run ahead. A primary
+   that starts waiting for its standby again says "in sync" only once the
+   standby has flushed the position of that moment (the commits it
+   acknowledged alone).
 2. A standby promotes on its own only when the primary has been silent on
-   *every* path for the failover timeout *and* the tie-breaker answers *and*
-   nobody answers ARP for a service IP. An isolated primary cannot see the
+   *every* path for the failover timeout *and* its WAL receiver has heard
+   nothing from the primary's server for as long (an agent can die while its
+   PostgreSQL still commits) *and* the tie-breaker answers *and* nobody
+   answers ARP for a service IP. An isolated primary cannot see the
    tie-breaker and fences itself after the fence timeout, which is shorter.
 3. Every promotion takes a term above any it has seen, persisted before
    PostgreSQL is promoted. A primary that hears a newer term fences at once;
-   a primary whose own loop stalled past the fence timeout fences before it
-   looks at anything else (it may have been frozen while the peer took over).
+   in hot mode, a primary whose own loop stalled past the fence timeout fences
+   before it looks at anything else (it may have been frozen while the peer
+   took over; in warm mode nobody takes over by itself). These fences, and
+   the isolation fence, apply in maintenance too: maintenance only holds back
+   automatic promotions, restarts and role moves.
 4. Fencing is sticky: a fenced node never becomes primary again by itself,
    with one exception. A primary that fenced itself as a precaution (it was
    isolated, or stalled) or to hand the database over (its PostgreSQL died,
@@ -26,9 +36,15 @@ Why two servers are enough (the safety argument, in the order rules apply):
    It starts again as primary (sync: commits wait for the standby again),
    rather than leave the pair with no primary at all.
 5. A move between two live nodes is a hand-over: the holder lets go first
-   and says so in its heartbeat; the other side takes only after that.
+   and says so in its heartbeat; the other side takes only after that. A
+   fenced node says FENCING while its server still runs and FENCED once it is
+   observed down; the peer takes the database over on FENCED only.
+6. The service role goes only to a node with a database: the primary, or a
+   running standby that a live primary handed it to (its public link or its
+   services failed; the services then use the primary's database). A fenced
+   node never takes it, and one that still holds it hands it to a primary
+   that can serve once its own replication link is up.
 """
-
 from __future__ import annotations
 
 import math

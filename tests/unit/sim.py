@@ -45,6 +45,7 @@ class Node:
     stop_due: float | None = None  # a stop of PostgreSQL under way: the server is down from then on
     last_wal_at: float | None = None  # standby: when its WAL receiver last got data from the upstream
     store: Store | None = None
+    promoted_over_frozen: bool = False  # promoted while the peer's host was paused
     # The agent's tie-breaker probe: the last success. Like the real agent, an
     # observation reads the last result, so after a freeze it is stale.
     tb_ok_at: float = -math.inf
@@ -186,6 +187,7 @@ class World:
             self.log.append(f"{self.t:7.1f} {n.name} {a.kind.value} ({a.reason.value}) {a.detail}")
             if a.kind is ActionKind.PROMOTE and n.pg is DbState.STANDBY:
                 n.pg, n.data_primary = DbState.PRIMARY, True
+                n.promoted_over_frozen = self.peer(n.name).frozen
                 self.role_changes += 1
             elif a.kind is ActionKind.FENCE:
                 if n.pg is not DbState.DOWN and n.stop_due is None:
@@ -226,7 +228,7 @@ class World:
         for n in self.nodes.values():
             if n.stop_due is not None and n.stop_due <= self.t and not n.frozen:
                 n.stop_due = None
-                n.pg, n.streaming = DbState.DOWN, False
+                n.pg, n.streaming, n.promoted_over_frozen = DbState.DOWN, False, False
 
     def tick(self) -> None:
         self.t = round(self.t + TICK, 3)
@@ -240,15 +242,22 @@ class World:
         writable = [n.name for n in self.nodes.values()
                     if n.serving_pg() and any(n.up(net) for net in Net)
                     and not (n.sync_names_on and not self.peer(n.name).streaming)]
-        if len(writable) > 1:
+        if len(writable) > 1 and not any(self._thaw_window(self.nodes[x]) for x in writable):
             raise Violation(f"two writable, reachable primaries: {writable}", self.t)
+
+    def _thaw_window(self, n: Node) -> bool:
+        """The one overlap no decision can prevent: the peer was promoted while this host was paused,
+        and this node's server, thawed with it, is being stopped (fence first, ask later); it lasts
+        as long as the stop takes. Acting on this node's word (M2) or on its agent's silence alone
+        (H4) is not this case: there the peer promoted while this server ran."""
+        return n.stop_due is not None and self.peer(n.name).promoted_over_frozen
 
     # -- faults -----------------------------------------------------------------
 
     def crash(self, name: str) -> None:
         n = self.nodes[name]
         n.alive, n.pg, n.holds_ips, n.agent_up, n.streaming = False, DbState.DOWN, False, False, False
-        n.pending_fence, n.stop_due, n.last_wal_at = False, None, None
+        n.pending_fence, n.stop_due, n.last_wal_at, n.promoted_over_frozen = False, None, None, False
 
     def boot(self, name: str) -> None:
         """Host back: the agent starts from its persisted state; PostgreSQL is left to the agent."""
@@ -306,7 +315,7 @@ class World:
     def kill_pg(self, name: str) -> None:
         n = self.nodes[name]
         if n.alive:
-            n.pg, n.stop_due = DbState.DOWN, None
+            n.pg, n.stop_due, n.promoted_over_frozen = DbState.DOWN, None, False
 
     def freeze(self, name: str) -> None:
         if self.nodes[name].alive:

@@ -866,8 +866,11 @@ def _read_local(conn: psycopg.Connection, peer: str) -> tuple[LocalPg, str | Non
         return LocalPg(DbState.PRIMARY, lsn=Lsn.parse(lsn).value, peer_sync=bool(row and row[0] == "sync"),  # type: ignore[union-attr]
                        peer_flush_lsn=flush.value if flush else None), names
     recv, replay = conn.execute("SELECT pg_last_wal_receive_lsn()::text, pg_last_wal_replay_lsn()::text").fetchone()  # type: ignore[misc]
-    status = conn.execute("SELECT status FROM pg_stat_wal_receiver").fetchone()
+    # The age of the upstream's last message is computed by the server, on its own clock.
+    status = conn.execute("SELECT status, extract(epoch FROM clock_timestamp() - last_msg_receipt_time)::float8 "
+                          "FROM pg_stat_wal_receiver").fetchone()
     pos = Lsn.parse(recv) or Lsn.parse(replay)
     applied = Lsn.parse(replay)
+    age = float(status[1]) if status and status[1] is not None else None
     return LocalPg(DbState.STANDBY, lsn=pos.value if pos else None, replay_lsn=applied.value if applied else None,
-                   streaming=bool(status and status[0] == "streaming")), names
+                   streaming=bool(status and status[0] == "streaming"), upstream_age_s=age), names
