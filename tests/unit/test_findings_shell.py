@@ -1,0 +1,216 @@
+"""The agent shell's safety findings: its executor, its observation sources, maintenance, ARP probes.
+
+The decisions are scripted here (the decision core has its own tests); what is checked is what the
+shell does with them. The kernel's addresses are a fake with the real one's semantics (add of a
+present address and remove of an absent one are no-ops), slowed down so that overlaps would show.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from standby import config
+from standby.agent import node as node_mod
+from standby.agent.node import Agent
+from standby.config import ServiceIP
+from standby.decide import State
+from standby.model import Action, ActionKind, DbState, LocalPg, Net, Observation, Reason
+from standby.observe import probes
+
+from tests.unit.configs import example_with_secrets
+
+
+class FakeKernel:
+    """The service IPs this node holds, with the time each change takes, and a log of what ran when."""
+
+    def __init__(self, add_s: float = 0.0, remove_s: float = 0.0, probe_s: float = 0.0) -> None:
+        self.held: set[str] = set()
+        self.add_s, self.remove_s, self.probe_s = add_s, remove_s, probe_s
+        self.fail_add: set[str] = set()
+        self.fail_remove: set[str] = set()
+        self.log: list[str] = []
+
+    def _op(self, name: str, secs: float) -> None:
+        time.sleep(secs)
+        self.log.append(name)
+
+    def add(self, sip: ServiceIP) -> bool:
+        addr = str(sip.address.ip)
+        self._op("add", self.add_s)
+        if addr in self.fail_add:
+            raise OSError(24, "Too many open files")
+        new = addr not in self.held
+        self.held.add(addr)
+        return new
+
+    def remove(self, sip: ServiceIP) -> bool:
+        addr = str(sip.address.ip)
+        self._op("remove", self.remove_s)
+        if addr in self.fail_remove:
+            raise OSError(24, "Too many open files")
+        there = addr in self.held
+        self.held.discard(addr)
+        return there
+
+    def is_held(self, sip: ServiceIP) -> bool:
+        return str(sip.address.ip) in self.held
+
+    def answered_elsewhere(self, sip: ServiceIP) -> set[str]:
+        time.sleep(self.probe_s)
+        return set()
+
+
+@pytest.fixture
+def kernel(monkeypatch: pytest.MonkeyPatch) -> FakeKernel:
+    k = FakeKernel()
+    monkeypatch.setattr(node_mod.addresses, "add", k.add)
+    monkeypatch.setattr(node_mod.addresses, "remove", k.remove)
+    monkeypatch.setattr(node_mod.addresses, "held", k.is_held)
+    monkeypatch.setattr(node_mod.addresses, "announce", lambda sip, count=1: None)
+    monkeypatch.setattr(node_mod.addresses, "answered_elsewhere", k.answered_elsewhere)
+    monkeypatch.setattr(node_mod.services, "start_all", lambda *a, **kw: [])
+    monkeypatch.setattr(node_mod.services, "stop_all", lambda *a, **kw: [])
+    return k
+
+
+SECOND_IP = {"address": "192.0.2.102/24", "interface": "eth0"}
+
+
+def make_agent(tmp_path: Path, **raw_changes: Any) -> Agent:
+    raw, _ = example_with_secrets(tmp_path)
+    raw["service_ips"] = [*raw["service_ips"], SECOND_IP]
+    raw.update(raw_changes)
+    return Agent(config.parse(raw), "alpha")
+
+
+def observation(now: float) -> Observation:
+    return Observation(now=now, gap=0.0, pg=LocalPg(DbState.PRIMARY), peer=None,
+                       heard={n: None for n in Net}, carrier={n: True for n in Net}, tiebreaker_ok=True,
+                       services_healthy=None)
+
+
+def script(agent: Agent, monkeypatch: pytest.MonkeyPatch,
+           steps: list[tuple[dict[str, Any], list[ActionKind]]]) -> None:
+    """Each decision step returns the next scripted (state changes, actions); observation is a formality."""
+    todo = list(steps)
+
+    def fake_decide(s: State, o: Observation, p: Any) -> tuple[State, list[Action]]:
+        changes, kinds = todo.pop(0)
+        return replace(s, **changes), [Action(k, Reason.ISOLATED) for k in kinds]
+
+    async def fake_observe(now: float) -> Observation:
+        return observation(now)
+
+    monkeypatch.setattr(node_mod, "decide", fake_decide)
+    monkeypatch.setattr(agent, "_observe", fake_observe)
+    monkeypatch.setattr(agent, "_fence_pg", lambda: None)
+    monkeypatch.setattr(agent, "_reconcile_sync", lambda: None)
+
+
+async def run_steps(agent: Agent, n: int, pause_s: float, settle_s: float = 1.5) -> None:
+    for _ in range(n):
+        await agent._step()
+        await asyncio.sleep(pause_s)
+    await asyncio.sleep(settle_s)  # what the steps started finishes
+
+
+def holds(agent: Agent, k: FakeKernel) -> bool:
+    return any(k.is_held(s) for s in agent.cfg.service_ips)
+
+
+# -- H5: a role's actions run one at a time, in decision order -------------------------------
+
+
+def test_h5_take_after_release_waits_for_it_and_state_matches_the_kernel(
+        tmp_path: Path, kernel: FakeKernel, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Release (slow), take, release again, in quick succession: one at a time, the last decision wins."""
+    agent = make_agent(tmp_path)
+    kernel.held = {"192.0.2.100", "192.0.2.102"}
+    kernel.remove_s = 0.2
+    agent.state = State(services=True)
+    script(agent, monkeypatch, [({"services": False}, [ActionKind.RELEASE_SERVICES]),
+                                ({"services": True}, [ActionKind.TAKE_SERVICES]),
+                                ({"services": False}, [ActionKind.RELEASE_SERVICES]),
+                                ({}, [])])
+    asyncio.run(run_steps(agent, 4, 0.05))
+    assert kernel.log[-1] == "remove", kernel.log  # nothing added after the last release
+    assert not holds(agent, kernel) and agent.state.services is False
+
+
+def test_h5_fenced_node_never_ends_up_holding_the_service_ips(
+        tmp_path: Path, kernel: FakeKernel, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Chaos seed 91, fault #11: fence + release, then a take 0.44 s later (the release still running)."""
+    agent = make_agent(tmp_path)
+    kernel.held = {"192.0.2.100", "192.0.2.102"}
+    kernel.remove_s, kernel.probe_s = 0.3, 0.5
+    agent.state = State(services=True, was_primary=True)
+    script(agent, monkeypatch, [({"services": False, "fenced": True}, [ActionKind.FENCE, ActionKind.RELEASE_SERVICES]),
+                                ({"services": True}, [ActionKind.TAKE_SERVICES]),
+                                ({}, [])])
+    asyncio.run(run_steps(agent, 3, 0.05))
+    assert not holds(agent, kernel), "the fenced node kept the service IPs"
+    assert agent.state.services is False
+
+
+def test_h5_failed_take_leaves_nothing_held_and_says_so(
+        tmp_path: Path, kernel: FakeKernel, monkeypatch: pytest.MonkeyPatch) -> None:
+    agent = make_agent(tmp_path)
+    kernel.fail_add = {"192.0.2.102"}  # the second address cannot be added
+    script(agent, monkeypatch, [({"services": True}, [ActionKind.TAKE_SERVICES]), ({}, [])])
+    asyncio.run(run_steps(agent, 2, 0.05, settle_s=0.5))
+    assert not holds(agent, kernel), "half a take left an address behind"
+    assert agent.state.services is False, "state claims the service role the kernel does not hold"
+
+
+def test_h5_release_removes_every_address_even_when_one_fails(
+        tmp_path: Path, kernel: FakeKernel, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A release tries every address; the state then says what the kernel still holds."""
+    agent = make_agent(tmp_path)
+    kernel.held = {"192.0.2.100", "192.0.2.102"}
+    kernel.fail_remove = {"192.0.2.100"}
+    agent.state = State(services=True)
+    script(agent, monkeypatch, [({"services": False}, [ActionKind.RELEASE_SERVICES]), ({}, [])])
+    asyncio.run(run_steps(agent, 2, 0.05, settle_s=0.5))
+    assert kernel.held == {"192.0.2.100"}, "an error on one address stopped the release of the others"
+    assert agent.state.services is True, "state says released while the kernel still holds an address"
+
+
+def test_h5_release_removes_addresses_the_state_does_not_know_of(
+        tmp_path: Path, kernel: FakeKernel, monkeypatch: pytest.MonkeyPatch) -> None:
+    agent = make_agent(tmp_path)
+    kernel.held = {"192.0.2.102"}
+    agent.state = State(services=False)
+    script(agent, monkeypatch, [({}, [ActionKind.RELEASE_SERVICES]), ({}, [])])
+    asyncio.run(run_steps(agent, 2, 0.05, settle_s=0.5))
+    assert kernel.held == set() and agent.state.services is False
+
+
+# -- L2: an ARP probe that failed is "unknown", never "nobody answers" -------------------------
+
+
+def test_l2_probe_that_cannot_be_sent_is_an_error_not_silence() -> None:
+    """The real probe on an interface this host does not have: it asked nobody, so it must not say 'free'."""
+    with pytest.raises(probes.ProbeError):
+        probes.arp_holders("nosuchif0", "192.0.2.100")
+
+
+def test_l2_failed_probe_blocks_the_take_like_an_answer(
+        tmp_path: Path, kernel: FakeKernel, monkeypatch: pytest.MonkeyPatch) -> None:
+    agent = make_agent(tmp_path)
+
+    def broken(sip: ServiceIP) -> set[str]:
+        raise probes.ProbeError(105, "No buffer space available")
+
+    monkeypatch.setattr(node_mod.addresses, "answered_elsewhere", broken)
+    script(agent, monkeypatch, [({"services": True}, [ActionKind.TAKE_SERVICES]), ({}, [])])
+    asyncio.run(run_steps(agent, 2, 0.05, settle_s=0.5))
+    assert not holds(agent, kernel) and agent.state.services is False
+    refused = [e for e in agent.store.history() if e["event"] == "take_refused"]
+    assert refused and refused[-1]["reason"] == "ARP probe failed"
+    assert agent.ip_elsewhere is True  # the next decisions see a possible holder, as after an answer
