@@ -8,7 +8,11 @@ present address and remove of an absent one are no-ops), slowed down so that ove
 from __future__ import annotations
 
 import asyncio
+import errno
+import os
+import resource
 import time
+import tracemalloc  # noqa: F401  (pytest reports unraisable errors through it: loaded before descriptors run out)
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -214,3 +218,73 @@ def test_l2_failed_probe_blocks_the_take_like_an_answer(
     refused = [e for e in agent.store.history() if e["event"] == "take_refused"]
     assert refused and refused[-1]["reason"] == "ARP probe failed"
     assert agent.ip_elsewhere is True  # the next decisions see a possible holder, as after an answer
+
+
+# -- H3: the agent's loop survives its own errors -----------------------------------------------
+
+
+def _exhaust_descriptors() -> tuple[list[int], tuple[int, int]]:
+    """Lower this process's descriptor limit to just above what is open, then use up the rest (for real)."""
+    old = resource.getrlimit(resource.RLIMIT_NOFILE)
+    in_use = len(os.listdir("/proc/self/fd"))
+    resource.setrlimit(resource.RLIMIT_NOFILE, (in_use + 16, old[1]))
+    held: list[int] = []
+    try:
+        while True:
+            held.append(os.open("/dev/null", os.O_RDONLY))
+    except OSError as e:
+        assert e.errno == errno.EMFILE
+    return held, old
+
+
+def _give_back(held: list[int], old: tuple[int, int]) -> None:
+    for fd in held:
+        os.close(fd)
+    resource.setrlimit(resource.RLIMIT_NOFILE, old)
+
+
+# pyroute2 half-builds an event loop before netlink fails; its destructor then complains.
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+def test_h3_observing_without_descriptors_reads_last_known_and_is_recorded_once(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """EMFILE on netlink (the carrier read) and on the PostgreSQL socket: unknown/last known, not a crash."""
+    agent = make_agent(tmp_path)
+    agent.carrier = {Net.PUBLIC: True, Net.PRIVATE: True}
+
+    async def go() -> list[Observation]:
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(agent.probe_pool, lambda: None)  # worker threads exist before the limit
+        await loop.run_in_executor(agent.pg_pool, lambda: None)
+        held, old = _exhaust_descriptors()
+        try:
+            return [await agent._observe(time.monotonic()) for _ in range(3)]
+        finally:
+            _give_back(held, old)
+
+    seen = asyncio.run(go())
+    assert all(o.carrier == {Net.PUBLIC: True, Net.PRIVATE: True} for o in seen)
+    # In the agent's recent events (its history file may not be writable without a descriptor either).
+    failures = [e for e in agent.recent if e["event"] == "observation_failed"]
+    assert [e["source"] for e in failures] == ["carrier"], failures  # once, not once per step
+
+
+def test_h3_a_failing_step_is_retried_and_does_not_end_the_agent(
+        tmp_path: Path, kernel: FakeKernel, monkeypatch: pytest.MonkeyPatch) -> None:
+    agent = make_agent(tmp_path)
+    calls = 0
+
+    async def step() -> None:
+        nonlocal calls
+        calls += 1
+        if calls <= 2:
+            raise OSError(errno.EMFILE, "Too many open files")
+        if calls >= 4:
+            agent.stop()
+
+    monkeypatch.setattr(agent, "_step", step)
+    monkeypatch.setattr(agent, "_open_sockets", lambda: None)
+    asyncio.run(asyncio.wait_for(agent.run(), 20))
+    assert calls >= 4
+    events = [e["event"] for e in agent.store.history()]
+    assert events.count("step_failed") == 1 and events[-1] == "agent_stopped"
+    assert agent.store.read_liveness() is not None and agent.store.read_liveness().clean  # type: ignore[union-attr]

@@ -28,6 +28,7 @@ from standby.act import postgres as pgact
 from standby.agent import priority
 from standby.agent.conditions import conditions
 from standby.agent.executor import ROLE_OF, Executor, Role
+from standby.agent.guard import Guard
 from standby.agent.servicerole import Claim, ServiceRole, TakeRefused
 from standby.agent.heartbeat import Heartbeat, Receiver, encode
 from standby.alerts import AlertDispatcher, AlertKind, alert_key, make_alert
@@ -120,6 +121,7 @@ class Agent:
         tls.check(cfg, node)
         self.digest = config_digest(cfg)
         self.store = Store(cfg.state_dir_for(node), node)
+        self.guard = Guard(self.event)  # a failing observation or loop is recorded, never fatal
         self.receiver = Receiver(self.key, cfg.cluster, self.peer, self.digest)
         self.suspended = False
         self.policy = policy_for(cfg, node)
@@ -180,7 +182,11 @@ class Agent:
         return await asyncio.get_running_loop().run_in_executor(pool, fn, *args)
 
     def event(self, event: str, **detail: Any) -> None:
-        entry = self.store.record(event, **detail)
+        try:
+            entry = self.store.record(event, **detail)
+        except OSError as e:  # no descriptor or no disk left: still in memory (and /status), never fatal
+            log.warning("history not written (%s)", e)
+            entry = {"time": time.strftime("%Y-%m-%dT%H:%M:%S"), "node": self.node, "event": event, **detail}
         self.recent.append(entry)
         log.info("%s %s", event, " ".join(f"{k}={v}" for k, v in detail.items()))
 
@@ -195,7 +201,7 @@ class Agent:
             self.startup_gap = max(0.0, now - live.last_decision)
         kept = self.store.load_state()
         self.suspended = self.store.maintenance()
-        holding = await self.service_role.holds()
+        holding = await self.guard.read("service IPs", self.service_role.holds, False)
         self.state = State(**kept, watching_since=now, services=holding)  # type: ignore[arg-type]
         self.boot = self.store.next_boot()
         self.event("agent_started", boot=self.boot, restored=kept, holds_service_ips=holding,
@@ -354,7 +360,7 @@ class Agent:
             self.pg, self.sync_names = await asyncio.wait_for(self._in(self.pg_pool, self._observe_pg), 3.0)
         except TimeoutError:
             log.warning("PostgreSQL did not answer within 3s; keeping the last observation")
-        self.carrier = await self._in(self.probe_pool, self._carriers)
+        self.carrier = await self.guard.read("carrier", lambda: self._in(self.probe_pool, self._carriers), self.carrier)
         # A stalled process may be scheduled here before its heartbeat sender has
         # run again: the time since the last send counts as well.
         gap = max(self.max_send_gap, time.monotonic() - self.last_send, self.startup_gap)
@@ -802,18 +808,25 @@ class Agent:
         loop = asyncio.get_running_loop()
         # This process's own start-up is not a stall (the liveness record covers the time before it).
         self.last_send, self.max_send_gap = time.monotonic(), 0.0
-        tasks = [loop.create_task(c()) for c in (self._sender, self._tiebreaker_prober, self._arp_prober,
-                                                  self._health_prober, self._arp_refresher)]
+        interval = self.cfg.timings.heartbeat_interval_ms / 1000
+        tasks = [loop.create_task(self.guard.forever(c.__name__.strip("_"), c, interval, self.stopping))
+                 for c in (self._sender, self._tiebreaker_prober, self._arp_prober, self._health_prober,
+                           self._arp_refresher)]
         # Services placed everywhere run on both nodes; if this node already holds
         # the addresses, what they point at must run too.
         tasks.append(loop.create_task(self._ensure_services(None if self.state.services else Placement.EVERYWHERE)))
-        interval = self.cfg.timings.heartbeat_interval_ms / 1000
         if on_ready:
             on_ready()
         try:
             while not self.stopping.is_set():
                 t0 = time.monotonic()
-                await self._step()
+                try:
+                    await self._step()
+                    self.guard.ok("decision loop", "step")
+                except RefusedToStart:
+                    raise
+                except Exception as e:  # recorded; the next interval tries again
+                    self.guard.failed("decision loop", e, "step")
                 try:
                     await asyncio.wait_for(self.stopping.wait(), max(0.0, interval - (time.monotonic() - t0)))
                 except TimeoutError:
