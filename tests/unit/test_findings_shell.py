@@ -11,19 +11,22 @@ import asyncio
 import errno
 import os
 import resource
+import shutil
+import subprocess
 import time
 import tracemalloc  # noqa: F401  (pytest reports unraisable errors through it: loaded before descriptors run out)
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 
 from standby import config
 from standby.agent import node as node_mod
 from standby.agent.node import Agent
 from standby.config import ServiceIP
-from standby.decide import State
+from standby.decide import State, stall_limit
 from standby.model import Action, ActionKind, DbState, LocalPg, Net, Observation, Reason
 from standby.observe import probes
 
@@ -250,6 +253,7 @@ def test_h3_observing_without_descriptors_reads_last_known_and_is_recorded_once(
     """EMFILE on netlink (the carrier read) and on the PostgreSQL socket: unknown/last known, not a crash."""
     agent = make_agent(tmp_path)
     agent.carrier = {Net.PUBLIC: True, Net.PRIVATE: True}
+    agent.pg, agent.pg_seen = LocalPg(DbState.PRIMARY, lsn=1), True
 
     async def go() -> list[Observation]:
         loop = asyncio.get_running_loop()
@@ -263,9 +267,11 @@ def test_h3_observing_without_descriptors_reads_last_known_and_is_recorded_once(
 
     seen = asyncio.run(go())
     assert all(o.carrier == {Net.PUBLIC: True, Net.PRIVATE: True} for o in seen)
+    assert all(o.pg.db is DbState.PRIMARY for o in seen)
     # In the agent's recent events (its history file may not be writable without a descriptor either).
     failures = [e for e in agent.recent if e["event"] == "observation_failed"]
-    assert [e["source"] for e in failures] == ["carrier"], failures  # once, not once per step
+    # Once each, not once per step; PostgreSQL could not even be looked for, which is no evidence it is down.
+    assert sorted(e["source"] for e in failures) == ["carrier", "postgres"], failures
 
 
 def test_h3_a_failing_step_is_retried_and_does_not_end_the_agent(
@@ -288,3 +294,117 @@ def test_h3_a_failing_step_is_retried_and_does_not_end_the_agent(
     events = [e["event"] for e in agent.store.history()]
     assert events.count("step_failed") == 1 and events[-1] == "agent_stopped"
     assert agent.store.read_liveness() is not None and agent.store.read_liveness().clean  # type: ignore[union-attr]
+
+
+# -- M3: a slow primary is not a crashed one ------------------------------------------------------
+
+
+class UnansweringConn:
+    """A connection to a server that is there but does not answer in time."""
+
+    closed = False
+
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+
+    def execute(self, *a: Any, **kw: Any) -> Any:
+        if "statement_timeout" in str(a[0]):
+            return None
+        raise self.error
+
+    def close(self) -> None:
+        self.closed = True
+
+
+@pytest.fixture
+def postmaster(tmp_path: Path) -> Any:
+    """A live process named postgres, recorded in the data directory's postmaster.pid."""
+    exe = tmp_path / "bin" / "postgres"
+    exe.parent.mkdir()
+    shutil.copy("/bin/sleep", exe)
+    proc = subprocess.Popen([str(exe), "600"])
+    data = tmp_path / "pgdata"
+    data.mkdir()
+    (data / "postmaster.pid").write_text(f"{proc.pid}\n{data}\n")
+    try:
+        yield data, proc
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def _observe_once(agent: Agent) -> Observation:
+    async def go() -> Observation:
+        o = await agent._observe(time.monotonic())
+        await asyncio.sleep(0.3)  # a slow read is picked up by the next step
+        return await agent._observe(time.monotonic())
+    return asyncio.run(go())
+
+
+def _agent_with_data_dir(tmp_path: Path, data: Path) -> Agent:
+    raw, _ = example_with_secrets(tmp_path)
+    raw["postgres"]["data_dir"] = str(data)
+    agent = Agent(config.parse(raw), "alpha")
+    agent.pg = LocalPg(DbState.PRIMARY, lsn=1234)
+    return agent
+
+
+@pytest.mark.parametrize("error", [
+    psycopg.errors.QueryCanceled("canceling statement due to statement timeout"),
+    psycopg.OperationalError("connection failed: FATAL:  sorry, too many clients already"),
+], ids=["statement-timeout", "too-many-clients"])
+def test_m3_a_running_server_that_does_not_answer_keeps_the_last_observation(
+        tmp_path: Path, postmaster: Any, monkeypatch: pytest.MonkeyPatch, error: Exception) -> None:
+    data, _ = postmaster
+    agent = _agent_with_data_dir(tmp_path, data)
+    monkeypatch.setattr(node_mod.pgobs, "connect_local", lambda *a, **kw: UnansweringConn(error))
+    o = _observe_once(agent)
+    assert o.pg.db is DbState.PRIMARY and o.pg.lsn == 1234
+    failed = [e for e in agent.recent if e["event"] == "observation_failed" and e["source"] == "postgres"]
+    assert len(failed) == 1, agent.recent
+
+
+@pytest.mark.parametrize("pidfile", ["absent", "dead pid"])
+def test_m3_a_server_that_is_not_running_reads_as_down(
+        tmp_path: Path, postmaster: Any, monkeypatch: pytest.MonkeyPatch, pidfile: str) -> None:
+    data, proc = postmaster
+    proc.kill()
+    proc.wait()
+    if pidfile == "absent":
+        (data / "postmaster.pid").unlink()
+    agent = _agent_with_data_dir(tmp_path, data)
+
+    def refused(*a: Any, **kw: Any) -> Any:
+        raise psycopg.OperationalError("connection failed: No such file or directory")
+
+    monkeypatch.setattr(node_mod.pgobs, "connect_local", refused)
+    assert _observe_once(agent).pg.db is DbState.DOWN
+
+
+# -- L5: the decision loop's own gap is a stall too ----------------------------------------------
+
+
+def test_l5_a_late_decision_step_counts_as_a_stall(
+        tmp_path: Path, kernel: FakeKernel, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The heartbeat sender ran on time, the decision loop did not (blocked 1 s): the step must see the gap."""
+    agent = make_agent(tmp_path)
+    seen: list[float] = []
+
+    def fake_decide(s: State, o: Observation, p: Any) -> tuple[State, list[Action]]:
+        seen.append(o.gap)
+        return s, []
+
+    monkeypatch.setattr(node_mod, "decide", fake_decide)
+    monkeypatch.setattr(node_mod.pgobs, "connect_local", lambda *a, **kw: UnansweringConn(
+        psycopg.errors.QueryCanceled("canceling statement due to statement timeout")))
+    monkeypatch.setattr(agent, "_carriers", lambda: {n: True for n in Net})
+
+    async def go() -> None:
+        await agent._step()
+        await asyncio.sleep(1.0)
+        agent.last_send, agent.max_send_gap = time.monotonic(), 0.0  # the sender was on time
+        await agent._step()
+
+    asyncio.run(go())
+    limit = stall_limit(agent.policy)
+    assert seen[-1] > limit, f"a {seen[-1]:.2f}s gap seen after a 1s pause (stall limit {limit:.2f}s)"

@@ -23,7 +23,9 @@ log = logging.getLogger("standby.agent")
 T = TypeVar("T")
 
 
-def describe(e: BaseException) -> str:
+def describe(e: BaseException | str) -> str:
+    if isinstance(e, str):
+        return e
     text = str(e)
     return f"{type(e).__name__}: {text.splitlines()[0]}" if text else type(e).__name__
 
@@ -33,10 +35,10 @@ class Guard:
         self._event = event
         self.failing: dict[str, str] = {}  # source -> its error, while it fails
 
-    def failed(self, source: str, e: BaseException, what: str = "observation") -> None:
+    def failed(self, source: str, e: BaseException | str, what: str = "observation") -> None:
         """Record ``source`` failing (``what``: observation, step, ...); again only if its error changes."""
         error = describe(e)
-        log.warning("%s failed: %s", source, error, exc_info=source not in self.failing)
+        log.warning("%s failed: %s", source, error, exc_info=isinstance(e, BaseException) and source not in self.failing)
         if self.failing.get(source) != error:
             self._event(f"{what}_failed", source=source, error=error)
         self.failing[source] = error

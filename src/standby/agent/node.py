@@ -146,6 +146,7 @@ class Agent:
         self.last_send = time.monotonic()
         self.startup_gap = 0.0
         self.stopping = asyncio.Event()
+        self.step_gap = 0.0
         # Each role's actions one at a time, in decision order (see agent.executor).
         self.executor = Executor(self._act)
         self.ensuring_services = False
@@ -157,6 +158,11 @@ class Agent:
         self._conn: psycopg.Connection | None = None
         # One thread for PostgreSQL (its connection is not shared), one for services and addresses.
         self.pg_pool = ThreadPoolExecutor(1, thread_name_prefix="pg", initializer=priority.follow)
+        # The decision step's own state writes: never queued behind a slow PostgreSQL query.
+        self.state_pool = ThreadPoolExecutor(1, thread_name_prefix="state", initializer=priority.follow)
+        self._pg_read: asyncio.Future[tuple[LocalPg, str | None] | pgobs.Unanswered] | None = None
+        self.pg_seen = False  # a first observation arrived (until then, waiting for it is no stall)
+        self.step_started: float | None = None  # None: the next step's lateness is not a stall
         self.svc_pool = ThreadPoolExecutor(1, thread_name_prefix="svc", initializer=priority.follow)
         self.probe_pool = ThreadPoolExecutor(2, thread_name_prefix="probe", initializer=priority.follow)
         self.sockets: dict[Net, socket.socket] = {}
@@ -337,33 +343,58 @@ class Agent:
 
     # -- observation ---------------------------------------------------------------------
 
-    def _observe_pg(self) -> tuple[LocalPg, str | None]:
+    def _local_conn(self) -> psycopg.Connection:
+        if self._conn is None or self._conn.closed:
+            self._conn = pgobs.connect_local(self.cfg, self.node, application_name=pgobs.AGENT_APPLICATION_NAME)
+            # Bounds how long a slow query holds the PostgreSQL thread; a timeout is not a crash.
+            self._conn.execute("SET statement_timeout = '2s'")
+        return self._conn
+
+    def _observe_pg(self) -> tuple[LocalPg, str | None] | pgobs.Unanswered:
         try:
-            if self._conn is None or self._conn.closed:
-                self._conn = pgobs.connect_local(self.cfg, self.node)
-                self._conn.execute("SET statement_timeout = '2s'")
-            return _read_local(self._conn, self.peer)
-        except psycopg.Error:
+            return _read_local(self._local_conn(), self.peer)
+        except psycopg.Error as e:
             if self._conn is not None:
                 try:
                     self._conn.close()
                 except psycopg.Error:
                     pass
             self._conn = None
-            return LocalPg(DbState.DOWN), None
+            return pgobs.unanswered(e, pgobs.postmaster_running(self.cfg.pg(self.node).data_dir))
+
+    async def _observe_postgres(self) -> None:
+        """The local server, waited for one interval at most: a late answer is used by a later step, and
+        meanwhile the last observation stands. Only a server whose postmaster is gone reads as DOWN."""
+        if self._pg_read is None:
+            self._pg_read = asyncio.ensure_future(self._in(self.pg_pool, self._observe_pg))
+        wait_s = self.cfg.timings.heartbeat_interval_ms / 1000 if self.pg_seen else 3.0
+        await asyncio.wait({self._pg_read}, timeout=wait_s)
+        if not self._pg_read.done():
+            self.guard.failed("postgres", f"no answer within {wait_s:g}s; keeping the last observation")
+            return
+        read, self._pg_read = self._pg_read, None
+        self.pg_seen = True
+        try:
+            result = read.result()
+        except Exception as e:
+            self.guard.failed("postgres", e)
+            return
+        if isinstance(result, pgobs.Unanswered) and not result.down:
+            self.guard.failed("postgres", f"{result.value}; keeping the last observation")
+            return
+        self.pg, self.sync_names = (LocalPg(DbState.DOWN), None) if isinstance(result, pgobs.Unanswered) else result
+        self.guard.ok("postgres")
 
     def _carriers(self) -> dict[Net, bool]:
         return {net: addresses.carrier(getattr(self.cfg.nodes[self.node], net.value).interface) for net in Net}
 
     async def _observe(self, now: float) -> Observation:
-        try:
-            self.pg, self.sync_names = await asyncio.wait_for(self._in(self.pg_pool, self._observe_pg), 3.0)
-        except TimeoutError:
-            log.warning("PostgreSQL did not answer within 3s; keeping the last observation")
+        await self._observe_postgres()
         self.carrier = await self.guard.read("carrier", lambda: self._in(self.probe_pool, self._carriers), self.carrier)
         # A stalled process may be scheduled here before its heartbeat sender has
         # run again: the time since the last send counts as well.
-        gap = max(self.max_send_gap, time.monotonic() - self.last_send, self.startup_gap)
+        # So does the decision loop's own lateness (this step started later than one interval after the last).
+        gap = max(self.max_send_gap, time.monotonic() - self.last_send, self.startup_gap, self.step_gap)
         self.max_send_gap, self.startup_gap = 0.0, 0.0
         return Observation(
             now=now, gap=gap, pg=self.pg, peer=self.peer_view, heard=dict(self.heard), carrier=dict(self.carrier),
@@ -392,7 +423,10 @@ class Agent:
                     pass  # reconciled every step from the state (see _reconcile_sync)
                 case ActionKind.REJOIN:
                     async with self.turn:  # the database role is already ours (operate would wait for it)
-                        await self._op_rejoin()
+                        try:
+                            await self._op_rejoin()
+                        finally:
+                            self.step_started = None
             self.event("done", action=a.kind.value)
         except Exception as e:  # an action failing must not stop the agent; the next step re-decides
             self.event("action_failed", action=a.kind.value, error=_first_line(e))
@@ -432,8 +466,7 @@ class Agent:
                 self.state = replace(self.state, services=held)
 
     def _promote(self) -> None:
-        if self._conn is None:
-            self._conn = pgobs.connect_local(self.cfg, self.node)
+        self._conn = self._local_conn()
         self._conn.execute("SELECT pg_promote(true, 30)")
         self._conn.execute("ALTER SYSTEM SET synchronous_standby_names = ''")
         self._conn.execute("SELECT pg_reload_conf()")
@@ -687,12 +720,13 @@ class Agent:
             for role in _OP_ROLES.get(name, tuple(Role)):
                 await held.enter_async_context(self.executor.exclusive(role))
             async with self.turn:  # always after the role locks: an action holding one may wait for the turn
-                return await fn(*args)  # type: ignore[no-any-return]
+                try:
+                    return await fn(*args)  # type: ignore[no-any-return]
+                finally:
+                    self.step_started = None  # a person's operation held the steps back: that is no stall
 
     def _received_lsn(self) -> Lsn | None:
-        if self._conn is None:
-            self._conn = pgobs.connect_local(self.cfg, self.node)
-        row = self._conn.execute("SELECT pg_last_wal_receive_lsn()::text").fetchone()
+        row = self._local_conn().execute("SELECT pg_last_wal_receive_lsn()::text").fetchone()
         return Lsn.parse(row[0]) if row else None
 
     def _slot_for_peer(self) -> None:
@@ -776,6 +810,9 @@ class Agent:
 
     async def _step_locked(self) -> None:
         now = time.monotonic()
+        interval = self.cfg.timings.heartbeat_interval_ms / 1000
+        self.step_gap = 0.0 if self.step_started is None else max(0.0, now - self.step_started - interval)
+        self.step_started = now
         obs = await self._observe(now)
         if self.receiver.mismatched_digest and self.receiver.accepted == 0:
             raise RefusedToStart(
@@ -787,14 +824,14 @@ class Agent:
         new, actions = decide(before, obs, self.policy)
         self.counters.decisions += 1
         if self.store.persisted_changed(before, new):
-            await self._in(self.pg_pool, self.store.save_state, new)  # on disk before the action it allows
+            await self._in(self.state_pool, self.store.save_state, new)  # on disk before the action it allows
         self.state = new
         self._alert(obs, actions)
         for a in actions:
             if self.executor.submit(a):  # not when the same action is still on its way (e.g. a stop)
                 self.event("decision", action=a.kind.value, reason=a.reason.value, detail=a.detail, term=new.term)
         await self._reporting_step(obs)
-        if not self.executor.busy(ActionKind.PROMOTE):
+        if not self.executor.busy(ActionKind.PROMOTE) and self._pg_read is None:  # never wait behind a slow read
             try:
                 await self._in(self.pg_pool, self._reconcile_sync)
             except psycopg.Error as e:
@@ -843,6 +880,7 @@ class Agent:
             self.store.write_liveness(self.boot, clean=clean)
             self.event("agent_stopped", clean=clean)
             self.pg_pool.shutdown(wait=False)
+            self.state_pool.shutdown(wait=False)
             self.svc_pool.shutdown(wait=False)
             self.probe_pool.shutdown(wait=False)
 
