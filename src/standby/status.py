@@ -82,11 +82,16 @@ def _ip_holders(cfg: Config, node: str, probe_arp: bool, ips: list[ServiceIP] | 
         probed = False
         if probe_arp and sip.interface in mine:
             # The same raw ARP probe the agent uses before it claims an address.
-            if peer_macs is None:
-                peer_macs = probes.arp_holders(sip.interface, str(cfg.nodes[peer].public.ip), timeout_s=0.5)
-            probed = True
-            for mac in sorted(probes.arp_holders(sip.interface, str(sip.address.ip), timeout_s=0.5)):
-                holders.append(peer if mac in peer_macs else f"unknown {mac}")
+            try:
+                if peer_macs is None:
+                    peer_macs = probes.arp_holders(sip.interface, str(cfg.nodes[peer].public.ip), timeout_s=0.5)
+                answered = probes.arp_holders(sip.interface, str(sip.address.ip), timeout_s=0.5)
+            except probes.ProbeError:
+                answered = set()  # not probed: the warning says "seen from here"
+            else:
+                probed = True
+            for mac in sorted(answered):
+                holders.append(peer if mac in (peer_macs or set()) else f"unknown {mac}")
         out.append(IpHolders(str(sip.address.ip), tuple(dict.fromkeys(holders)), probed))
     return tuple(out)
 

@@ -8,6 +8,7 @@ are what tell the decisions that this process was stalled (frozen).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import logging
@@ -26,6 +27,9 @@ from standby.act import addresses, services
 from standby.act import postgres as pgact
 from standby.agent import priority
 from standby.agent.conditions import conditions
+from standby.agent.executor import ROLE_OF, Executor, Role
+from standby.agent.guard import Guard
+from standby.agent.servicerole import Claim, ServiceRole, TakeRefused
 from standby.agent.heartbeat import Heartbeat, Receiver, encode
 from standby.alerts import AlertDispatcher, AlertKind, alert_key, make_alert
 from standby.agent.store import Store
@@ -83,6 +87,10 @@ def policy_for(cfg: Config, node: str, suspended: bool = False) -> Policy:
     )
 
 
+# Operator operations that change only the database role; the others change both.
+_OP_ROLES: dict[str, tuple[Role, ...]] = {"rejoin": (Role.DATABASE,), "follow": (Role.DATABASE,)}
+
+
 class RefusedToStart(Exception):
     """The agent will not run; the message says why and what to fix."""
 
@@ -113,6 +121,7 @@ class Agent:
         tls.check(cfg, node)
         self.digest = config_digest(cfg)
         self.store = Store(cfg.state_dir_for(node), node)
+        self.guard = Guard(self.event)  # a failing observation or loop is recorded, never fatal
         self.receiver = Receiver(self.key, cfg.cluster, self.peer, self.digest)
         self.suspended = False
         self.policy = policy_for(cfg, node)
@@ -134,10 +143,14 @@ class Agent:
         self.counters = Counters()
         self.recent: deque[dict[str, Any]] = deque(maxlen=50)
         self.max_send_gap = 0.0
-        self.last_send = self.last_observed = time.monotonic()
+        self.last_send = time.monotonic()
         self.startup_gap = 0.0
         self.stopping = asyncio.Event()
-        self.in_flight: set[ActionKind] = set()
+        self.step_gap = 0.0
+        # Each role's actions one at a time, in decision order (see agent.executor).
+        self.executor = Executor(self._act)
+        self.ensuring_services = False
+        self.take_refused: TakeRefused | None = None
         # Decisions and operator operations take turns: an operation changes the
         # state under the decision loop's feet otherwise (a stale step would undo it).
         self.turn = asyncio.Lock()
@@ -145,9 +158,16 @@ class Agent:
         self._conn: psycopg.Connection | None = None
         # One thread for PostgreSQL (its connection is not shared), one for services and addresses.
         self.pg_pool = ThreadPoolExecutor(1, thread_name_prefix="pg", initializer=priority.follow)
+        # The decision step's own state writes: never queued behind a slow PostgreSQL query.
+        self.state_pool = ThreadPoolExecutor(1, thread_name_prefix="state", initializer=priority.follow)
+        self._pg_read: asyncio.Future[tuple[LocalPg, str | None] | pgobs.Unanswered] | None = None
+        self.pg_seen = False  # a first observation arrived (until then, waiting for it is no stall)
+        self.step_started: float | None = None  # None: the next step's lateness is not a stall
         self.svc_pool = ThreadPoolExecutor(1, thread_name_prefix="svc", initializer=priority.follow)
         self.probe_pool = ThreadPoolExecutor(2, thread_name_prefix="probe", initializer=priority.follow)
         self.sockets: dict[Net, socket.socket] = {}
+        self.service_role = ServiceRole(cfg, node, lambda fn, *a: self._in(self.svc_pool, fn, *a),
+                                        lambda fn, *a: self._in(self.probe_pool, fn, *a), self.event)
         self.alerts = AlertDispatcher.from_config(cfg)
         self.alerts_raised: set[AlertKind] = set()
         # The reporting IP (standby.reporting): decided each step, applied off the loop.
@@ -168,7 +188,11 @@ class Agent:
         return await asyncio.get_running_loop().run_in_executor(pool, fn, *args)
 
     def event(self, event: str, **detail: Any) -> None:
-        entry = self.store.record(event, **detail)
+        try:
+            entry = self.store.record(event, **detail)
+        except OSError as e:  # no descriptor or no disk left: still in memory (and /status), never fatal
+            log.warning("history not written (%s)", e)
+            entry = {"time": time.strftime("%Y-%m-%dT%H:%M:%S"), "node": self.node, "event": event, **detail}
         self.recent.append(entry)
         log.info("%s %s", event, " ".join(f"{k}={v}" for k, v in detail.items()))
 
@@ -183,7 +207,7 @@ class Agent:
             self.startup_gap = max(0.0, now - live.last_decision)
         kept = self.store.load_state()
         self.suspended = self.store.maintenance()
-        holding = await self._in(self.svc_pool, lambda: any(addresses.held(sip) for sip in self.cfg.service_ips))
+        holding = await self.guard.read("service IPs", self.service_role.holds, False)
         self.state = State(**kept, watching_since=now, services=holding)  # type: ignore[arg-type]
         self.boot = self.store.next_boot()
         self.event("agent_started", boot=self.boot, restored=kept, holds_service_ips=holding,
@@ -286,8 +310,8 @@ class Agent:
             quiet = now - max([t for t in self.heard.values() if t is not None] + [self.state.watching_since])
             recently_refused = now - self.take_refused_at < 10.0
             if self.cfg.service_ips and not self.state.services and (quiet >= 2 * interval or recently_refused):
-                found = await self._in(self.probe_pool, _who_else, self.cfg)
-                self.ip_elsewhere = bool(found)
+                claim, found = await self.service_role.who_else()
+                self.ip_elsewhere = claim is not Claim.FREE  # a failed probe blocks a take like an answer
                 if found:
                     log.warning("service IPs answered by %s while the peer is silent", ", ".join(sorted(found)))
             else:
@@ -296,7 +320,8 @@ class Agent:
 
     async def _health_prober(self) -> None:
         while not self.stopping.is_set():
-            if self.state.services and self.cfg.services and ActionKind.TAKE_SERVICES not in self.in_flight:
+            if (self.state.services and self.cfg.services and not self.ensuring_services
+                    and not self.executor.busy(ActionKind.TAKE_SERVICES)):
                 ok, results = await self._in(self.svc_pool, services.healthy, self.cfg.services, self.node)
                 if ok != self.services_healthy:
                     self.event("services_health", healthy=ok, detail=[r.detail for r in results if not r.ok])
@@ -309,7 +334,7 @@ class Agent:
         """Keep announcing held service IPs: switches and ARP caches forget."""
         while not self.stopping.is_set():
             await asyncio.sleep(5.0)
-            if self.state.services and ActionKind.RELEASE_SERVICES not in self.in_flight:
+            if self.state.services and not self.executor.busy(ActionKind.RELEASE_SERVICES):
                 for sip in self.cfg.service_ips:
                     try:
                         await self._in(self.probe_pool, addresses.announce, sip, 1)
@@ -318,35 +343,59 @@ class Agent:
 
     # -- observation ---------------------------------------------------------------------
 
-    def _observe_pg(self) -> tuple[LocalPg, str | None]:
+    def _local_conn(self) -> psycopg.Connection:
+        if self._conn is None or self._conn.closed:
+            self._conn = pgobs.connect_local(self.cfg, self.node, application_name=pgobs.AGENT_APPLICATION_NAME)
+            # Bounds how long a slow query holds the PostgreSQL thread; a timeout is not a crash.
+            self._conn.execute("SET statement_timeout = '2s'")
+        return self._conn
+
+    def _observe_pg(self) -> tuple[LocalPg, str | None] | pgobs.Unanswered:
         try:
-            if self._conn is None or self._conn.closed:
-                self._conn = pgobs.connect_local(self.cfg, self.node)
-                self._conn.execute("SET statement_timeout = '2s'")
-            return _read_local(self._conn, self.peer)
-        except psycopg.Error:
+            return _read_local(self._local_conn(), self.peer)
+        except psycopg.Error as e:
             if self._conn is not None:
                 try:
                     self._conn.close()
                 except psycopg.Error:
                     pass
             self._conn = None
-            return LocalPg(DbState.DOWN), None
+            return pgobs.unanswered(e, pgobs.postmaster_running(self.cfg.pg(self.node).data_dir))
+
+    async def _observe_postgres(self) -> None:
+        """The local server, waited for one interval at most: a late answer is used by a later step, and
+        meanwhile the last observation stands. Only a server whose postmaster is gone reads as DOWN."""
+        if self._pg_read is None:
+            self._pg_read = asyncio.ensure_future(self._in(self.pg_pool, self._observe_pg))
+        wait_s = self.cfg.timings.heartbeat_interval_ms / 1000 if self.pg_seen else 3.0
+        await asyncio.wait({self._pg_read}, timeout=wait_s)
+        if not self._pg_read.done():
+            self.guard.failed("postgres", f"no answer within {wait_s:g}s; keeping the last observation")
+            return
+        read, self._pg_read = self._pg_read, None
+        self.pg_seen = True
+        try:
+            result = read.result()
+        except Exception as e:
+            self.guard.failed("postgres", e)
+            return
+        if isinstance(result, pgobs.Unanswered) and not result.down:
+            self.guard.failed("postgres", f"{result.value}; keeping the last observation")
+            return
+        self.pg, self.sync_names = (LocalPg(DbState.DOWN), None) if isinstance(result, pgobs.Unanswered) else result
+        self.guard.ok("postgres")
 
     def _carriers(self) -> dict[Net, bool]:
         return {net: addresses.carrier(getattr(self.cfg.nodes[self.node], net.value).interface) for net in Net}
 
     async def _observe(self, now: float) -> Observation:
-        try:
-            self.pg, self.sync_names = await asyncio.wait_for(self._in(self.pg_pool, self._observe_pg), 3.0)
-        except TimeoutError:
-            log.warning("PostgreSQL did not answer within 3s; keeping the last observation")
-        self.carrier = await self._in(self.probe_pool, self._carriers)
+        await self._observe_postgres()
+        self.carrier = await self.guard.read("carrier", lambda: self._in(self.probe_pool, self._carriers), self.carrier)
         # A stalled process may be scheduled here before its heartbeat sender has
         # run again: the time since the last send counts as well.
-        # The decision step's own gap as well: a step held up (a slow observation) decided nothing meanwhile.
-        gap = max(self.max_send_gap, time.monotonic() - self.last_send, self.startup_gap, now - self.last_observed)
-        self.max_send_gap, self.startup_gap, self.last_observed = 0.0, 0.0, now
+        # So does the decision loop's own lateness (this step started later than one interval after the last).
+        gap = max(self.max_send_gap, time.monotonic() - self.last_send, self.startup_gap, self.step_gap)
+        self.max_send_gap, self.startup_gap = 0.0, 0.0
         return Observation(
             now=now, gap=gap, pg=self.pg, peer=self.peer_view, heard=dict(self.heard), carrier=dict(self.carrier),
             tiebreaker_ok=self._tiebreaker_ok(), services_healthy=self.services_healthy,
@@ -356,9 +405,7 @@ class Agent:
     # -- acting ----------------------------------------------------------------------------
 
     async def _act(self, a: Action) -> None:
-        if a.kind in self.in_flight:
-            return
-        self.in_flight.add(a.kind)
+        """Carry out one action; the executor runs it after the earlier ones on its role."""
         self.counters.actions[a.kind.value] = self.counters.actions.get(a.kind.value, 0) + 1
         try:
             match a.kind:
@@ -369,22 +416,57 @@ class Agent:
                 case ActionKind.RESTART_PG:
                     await self._in(self.pg_pool, pgact.start, self.cfg, self.node, 60)
                 case ActionKind.TAKE_SERVICES:
-                    await self._take_services()
+                    await self._take_decided()
                 case ActionKind.RELEASE_SERVICES:
-                    await self._release_services()
+                    await self.service_role.release()
                 case ActionKind.SET_SYNC:
                     pass  # reconciled every step from the state (see _reconcile_sync)
                 case ActionKind.REJOIN:
-                    await self.operate("rejoin")
+                    async with self.turn:  # the database role is already ours (operate would wait for it)
+                        try:
+                            await self._op_rejoin()
+                        finally:
+                            self.step_started = None
             self.event("done", action=a.kind.value)
         except Exception as e:  # an action failing must not stop the agent; the next step re-decides
-            self.event("action_failed", action=a.kind.value, error=str(e).splitlines()[0] if str(e) else type(e).__name__)
+            self.event("action_failed", action=a.kind.value, error=_first_line(e))
         finally:
-            self.in_flight.discard(a.kind)
+            if ROLE_OF[a.kind] is Role.SERVICES and not self.executor.queued_after(a.kind):
+                await self._services_from_kernel()
+
+    async def _take_decided(self) -> None:
+        """A decided take, run after what was decided before it: re-checked now, not at decision time."""
+        refused: TakeRefused | None
+        if not self.state.services:
+            refused = TakeRefused.SUPERSEDED
+        elif self.state.fenced:
+            refused = TakeRefused.FENCED
+        else:
+            refused = await self.service_role.take()
+            if refused is not None:
+                self.ip_elsewhere = True
+                self.take_refused_at = time.monotonic()
+        if refused in (TakeRefused.SUPERSEDED, TakeRefused.FENCED) and refused is not self.take_refused:
+            self.event("take_refused", reason=refused.value)
+        self.take_refused = refused
+
+    async def _services_from_kernel(self, locked: bool = False) -> None:
+        """After a service action (done, failed or refused) the state says what the kernel holds.
+        ``locked``: the caller has the turn already (an operator's operation)."""
+        if not self.cfg.service_ips:
+            return
+        try:
+            held = await self.service_role.holds()
+        except Exception as e:
+            log.warning("could not read the service IPs back: %s", e)
+            return
+        async with contextlib.nullcontext() if locked else self.turn:  # not under a decision step's feet
+            if self.state.services != held:
+                self.event("services_state_corrected", held=held)
+                self.state = replace(self.state, services=held)
 
     def _promote(self) -> None:
-        if self._conn is None:
-            self._conn = pgobs.connect_local(self.cfg, self.node)
+        self._conn = self._local_conn()
         self._conn.execute("SELECT pg_promote(true, 30)")
         self._conn.execute("ALTER SYSTEM SET synchronous_standby_names = ''")
         self._conn.execute("SELECT pg_reload_conf()")
@@ -406,40 +488,14 @@ class Agent:
                 # about a minute. A fence cannot wait that long.
                 pgact.kill_server(self.cfg, self.node)
 
-    async def _take_services(self) -> None:
-        others = await self._in(self.probe_pool, _who_else, self.cfg)
-        if others:
-            self.state = replace(self.state, services=False)
-            self.ip_elsewhere = True
-            self.take_refused_at = time.monotonic()
-            self.event("take_refused", reason="duplicate address", answered_by=sorted(others))
-            return
-        for sip in self.cfg.service_ips:
-            await self._in(self.svc_pool, addresses.add, sip)
-            await self._in(self.probe_pool, addresses.announce, sip, 3)
-        results = await self._in(self.svc_pool, services.start_all, self.cfg.services, self.node, Placement.ACTIVE)
-        for r in results:
-            if not r.ok:
-                self.event("service_start_failed", service=r.service, detail=r.detail)
-
     async def _ensure_services(self, placement: Placement | None) -> None:
         """Start what should already run here (after an agent restart, or services placed everywhere)."""
-        self.in_flight.add(ActionKind.TAKE_SERVICES)
+        self.ensuring_services = True
         try:
-            for r in await self._in(self.svc_pool, services.start_all, self.cfg.services, self.node, placement):
-                if not r.ok:
-                    self.event("service_start_failed", service=r.service, detail=r.detail)
+            async with self.executor.exclusive(Role.SERVICES):
+                await self.service_role.start(placement)
         finally:
-            self.in_flight.discard(ActionKind.TAKE_SERVICES)
-
-    async def _release_services(self) -> None:
-        # Addresses first: clients stop reaching this node at once.
-        for sip in self.cfg.service_ips:
-            await self._in(self.svc_pool, addresses.remove, sip)
-        results = await self._in(self.svc_pool, services.stop_all, self.cfg.services, self.node, Placement.ACTIVE)
-        for r in results:
-            if not r.ok:
-                self.event("service_stop_failed", service=r.service, detail=r.detail)
+            self.ensuring_services = False
 
     def _wanted_sync_names(self) -> str:
         if self.policy.sync and not self.state.degraded:
@@ -451,7 +507,7 @@ class Agent:
         # commits waiting for the standby, acknowledged but never replicated.
         # Only a DEGRADE decision (or a promotion, alone) may stop the waiting.
         if (self.pg.db is not DbState.PRIMARY or self._conn is None or self.state.fenced
-                or ActionKind.FENCE in self.in_flight):
+                or self.executor.busy(ActionKind.FENCE)):
             return
         want = self._wanted_sync_names()
         if self.sync_names != want:
@@ -495,8 +551,11 @@ class Agent:
             raise OpError("automatic failover must be suspended first (maintenance)")
         if self.pg.db is not DbState.PRIMARY or self.state.fenced:
             raise OpError(f"{self.node} is not the primary (PostgreSQL is {self.pg.db.value})")
-        await self._release_services()
-        self.state = replace(self.state, services=False, releasing_services=False)
+        try:
+            await self.service_role.release()
+        finally:
+            await self._services_from_kernel(locked=True)
+        self.state = replace(self.state, releasing_services=False)
         await self._in(self.pg_pool, self._fence_pg)
         ctl = await self._in(self.pg_pool, pgact.control_data, self.cfg, self.node)
         if ctl.get("Database cluster state") != "shut down":
@@ -541,11 +600,9 @@ class Agent:
         results: list[services.CommandResult] = []
         try:
             # The old primary released the addresses itself: no need to wait for an ARP check.
-            for sip in self.cfg.service_ips:
-                await self._in(self.svc_pool, addresses.add, sip)
-                await self._in(self.probe_pool, addresses.announce, sip, 3)
+            await self.service_role.add_ips()
             self.state = replace(self.state, services=True, releasing_services=False)
-            results = await self._in(self.svc_pool, services.start_all, self.cfg.services, self.node, Placement.ACTIVE)
+            results = await self.service_role.start(Placement.ACTIVE)
         except Exception as e:
             problems.append(f"service IPs and services: {e}")
         self.event("switchover_promoted", term=term, received=str(got),
@@ -571,8 +628,11 @@ class Agent:
             raise OpError(f"{self.node} was not the primary before; refusing to make it one")
         if self.pg.db is DbState.DOWN:
             await self._in(self.pg_pool, pgact.start, self.cfg, self.node, 60)
-        await self._take_services()
-        self.event("switchover_aborted_resumed")
+        try:
+            refused = await self.service_role.take()
+        finally:
+            await self._services_from_kernel(locked=True)
+        self.event("switchover_aborted_resumed", services_refused=refused)
         return {"resumed": self.node}
 
     async def _op_rejoin(self) -> dict[str, Any]:
@@ -619,13 +679,13 @@ class Agent:
         await self._in(self.pg_pool, self._slot_for_peer)
         step(f"PostgreSQL promoted (term {term})")
         if self.cfg.service_ips:
-            others = await self._in(self.probe_pool, _who_else, self.cfg)
-            if others:
+            claim, others = await self.service_role.who_else()
+            if claim is Claim.TAKEN:
                 step(f"service IPs NOT taken: still answered by {', '.join(sorted(others))}")
+            elif claim is Claim.UNKNOWN:
+                step("service IPs NOT taken: the ARP probe failed, so another holder cannot be ruled out")
             else:
-                for sip in self.cfg.service_ips:
-                    await self._in(self.svc_pool, addresses.add, sip)
-                    await self._in(self.probe_pool, addresses.announce, sip, 3)
+                await self.service_role.add_ips()
                 self.state = replace(self.state, services=True)
                 step("service IPs taken")
         else:
@@ -635,33 +695,38 @@ class Agent:
             res = await self._in(self.svc_pool, _run_hook, argv)
             step(f"address-change hook: {res}")
         # Services placed everywhere already run here; start the others.
-        results = await self._in(self.svc_pool, services.start_all, self.cfg.services, self.node, Placement.ACTIVE)
+        results = await self.service_role.start(Placement.ACTIVE)
         step("services started" + "".join(f"; {r.service} FAILED: {r.detail}" for r in results if not r.ok))
         self.event("manual_promotion", term=term, steps=steps)
         return {"term": term, "steps": steps}
 
     async def _op_fence(self) -> dict[str, Any]:
         """A person fences this node (before promoting the other one): no services, no PostgreSQL."""
-        await self._release_services()
-        await self._in(self.pg_pool, self._save, replace(self.state, fenced=True, was_primary=False, services=False,
-                                                         releasing_services=False, promoting=False))
-        await self._in(self.pg_pool, self._fence_pg)
+        try:
+            await self.service_role.release()
+        finally:  # PostgreSQL stops even if an address could not be removed
+            await self._in(self.pg_pool, self._save, replace(self.state, fenced=True, was_primary=False,
+                                                             releasing_services=False, promoting=False))
+            await self._services_from_kernel(locked=True)
+            await self._in(self.pg_pool, self._fence_pg)
         self.event("fenced_by_operator")
         return {"fenced": self.node}
 
     async def operate(self, name: str, *args: Any) -> dict[str, Any]:
-        """Run the operator operation ``_op_<name>`` while no decision step runs."""
+        """Run the operator operation ``_op_<name>`` once the actions already decided on the roles it
+        changes are done, while no decision step and no other action on those roles runs."""
         fn = getattr(self, f"_op_{name}")
-        async with self.turn:
-            try:
-                return await fn(*args)  # type: ignore[no-any-return]
-            finally:
-                self.last_observed = time.monotonic()  # no decision ran meanwhile, by design: not a stall
+        async with contextlib.AsyncExitStack() as held:
+            for role in _OP_ROLES.get(name, tuple(Role)):
+                await held.enter_async_context(self.executor.exclusive(role))
+            async with self.turn:  # always after the role locks: an action holding one may wait for the turn
+                try:
+                    return await fn(*args)  # type: ignore[no-any-return]
+                finally:
+                    self.step_started = None  # a person's operation held the steps back: that is no stall
 
     def _received_lsn(self) -> Lsn | None:
-        if self._conn is None:
-            self._conn = pgobs.connect_local(self.cfg, self.node)
-        row = self._conn.execute("SELECT pg_last_wal_receive_lsn()::text").fetchone()
+        row = self._local_conn().execute("SELECT pg_last_wal_receive_lsn()::text").fetchone()
         return Lsn.parse(row[0]) if row else None
 
     def _slot_for_peer(self) -> None:
@@ -733,7 +798,7 @@ class Agent:
             self.reporting_refused = False
             self.event("reporting", held=d.hold, reason=d.reason, lag_bytes=d.lag_bytes)
         except Exception as e:  # the next step decides again
-            self.event("action_failed", action="reporting", error=str(e).splitlines()[0] if str(e) else type(e).__name__)
+            self.event("action_failed", action="reporting", error=_first_line(e))
         finally:
             self.reporting_busy = False
 
@@ -745,6 +810,9 @@ class Agent:
 
     async def _step_locked(self) -> None:
         now = time.monotonic()
+        interval = self.cfg.timings.heartbeat_interval_ms / 1000
+        self.step_gap = 0.0 if self.step_started is None else max(0.0, now - self.step_started - interval)
+        self.step_started = now
         obs = await self._observe(now)
         if self.receiver.mismatched_digest and self.receiver.accepted == 0:
             raise RefusedToStart(
@@ -756,16 +824,14 @@ class Agent:
         new, actions = decide(before, obs, self.policy)
         self.counters.decisions += 1
         if self.store.persisted_changed(before, new):
-            await self._in(self.pg_pool, self.store.save_state, new)  # on disk before the action it allows
+            await self._in(self.state_pool, self.store.save_state, new)  # on disk before the action it allows
         self.state = new
         self._alert(obs, actions)
         for a in actions:
-            if a.kind in self.in_flight:
-                continue  # the same action is still being carried out (e.g. a stop in progress)
-            self.event("decision", action=a.kind.value, reason=a.reason.value, detail=a.detail, term=new.term)
-            asyncio.get_running_loop().create_task(self._act(a))
+            if self.executor.submit(a):  # not when the same action is still on its way (e.g. a stop)
+                self.event("decision", action=a.kind.value, reason=a.reason.value, detail=a.detail, term=new.term)
         await self._reporting_step(obs)
-        if ActionKind.PROMOTE not in self.in_flight:
+        if not self.executor.busy(ActionKind.PROMOTE) and self._pg_read is None:  # never wait behind a slow read
             try:
                 await self._in(self.pg_pool, self._reconcile_sync)
             except psycopg.Error as e:
@@ -778,20 +844,26 @@ class Agent:
         await self.alerts.start()
         loop = asyncio.get_running_loop()
         # This process's own start-up is not a stall (the liveness record covers the time before it).
-        self.last_send = self.last_observed = time.monotonic()
-        self.max_send_gap = 0.0
-        tasks = [loop.create_task(c()) for c in (self._sender, self._tiebreaker_prober, self._arp_prober,
-                                                  self._health_prober, self._arp_refresher)]
+        self.last_send, self.max_send_gap = time.monotonic(), 0.0
+        interval = self.cfg.timings.heartbeat_interval_ms / 1000
+        tasks = [loop.create_task(self.guard.forever(c.__name__.strip("_"), c, interval, self.stopping))
+                 for c in (self._sender, self._tiebreaker_prober, self._arp_prober, self._health_prober,
+                           self._arp_refresher)]
         # Services placed everywhere run on both nodes; if this node already holds
         # the addresses, what they point at must run too.
         tasks.append(loop.create_task(self._ensure_services(None if self.state.services else Placement.EVERYWHERE)))
-        interval = self.cfg.timings.heartbeat_interval_ms / 1000
         if on_ready:
             on_ready()
         try:
             while not self.stopping.is_set():
                 t0 = time.monotonic()
-                await self._step()
+                try:
+                    await self._step()
+                    self.guard.ok("decision loop", "step")
+                except RefusedToStart:
+                    raise
+                except Exception as e:  # recorded; the next interval tries again
+                    self.guard.failed("decision loop", e, "step")
                 try:
                     await asyncio.wait_for(self.stopping.wait(), max(0.0, interval - (time.monotonic() - t0)))
                 except TimeoutError:
@@ -808,6 +880,7 @@ class Agent:
             self.store.write_liveness(self.boot, clean=clean)
             self.event("agent_stopped", clean=clean)
             self.pg_pool.shutdown(wait=False)
+            self.state_pool.shutdown(wait=False)
             self.svc_pool.shutdown(wait=False)
             self.probe_pool.shutdown(wait=False)
 
@@ -845,13 +918,9 @@ def _probe_tiebreaker(address: str, port: int, timeout: float) -> bool:
         return False
 
 
-def _who_else(cfg: Config) -> set[str]:
-    found: set[str] = set()
-    for sip in cfg.service_ips:
-        if addresses.held(sip):
-            continue  # ours: the kernel does not answer its own probe
-        found |= addresses.answered_elsewhere(sip)
-    return found
+def _first_line(e: BaseException) -> str:
+    text = str(e)
+    return text.splitlines()[0] if text else type(e).__name__
 
 
 def _read_local(conn: psycopg.Connection, peer: str) -> tuple[LocalPg, str | None]:

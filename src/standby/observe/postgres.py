@@ -7,10 +7,12 @@ that is the one credential both nodes share.
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from enum import StrEnum
 from pathlib import Path
 
 import psycopg
@@ -21,6 +23,8 @@ from standby.config import Config, read_secret
 from standby.model import Lsn, PgRole, SyncState
 
 CONNECT_TIMEOUT_S = 2
+# The agent's own connection, so that its backend can be told from everyone else's.
+AGENT_APPLICATION_NAME = "standby-agent"
 
 
 @dataclass(frozen=True)
@@ -72,7 +76,8 @@ class PgObservation:
         return bool(self.wal_log_hints or self.data_checksums)
 
 
-def local_conninfo(cfg: Config, node: str, dbname: str | None = None) -> dict[str, object]:
+def local_conninfo(cfg: Config, node: str, dbname: str | None = None,
+                   application_name: str = "standby") -> dict[str, object]:
     pg = cfg.pg(node)
     return dict(
         host=str(pg.socket_dir),
@@ -80,7 +85,7 @@ def local_conninfo(cfg: Config, node: str, dbname: str | None = None) -> dict[st
         user=pg.superuser,
         dbname=dbname or pg.database,
         connect_timeout=CONNECT_TIMEOUT_S,
-        application_name="standby",
+        application_name=application_name,
     )
 
 
@@ -112,8 +117,62 @@ def peer_conninfo(cfg: Config, node: str, network: str = "private", dbname: str 
     )
 
 
-def connect_local(cfg: Config, node: str, autocommit: bool = True, dbname: str | None = None) -> psycopg.Connection:
-    return psycopg.connect(**local_conninfo(cfg, node, dbname), autocommit=autocommit)  # type: ignore[arg-type]
+def connect_local(cfg: Config, node: str, autocommit: bool = True, dbname: str | None = None,
+                  application_name: str = "standby") -> psycopg.Connection:
+    return psycopg.connect(**local_conninfo(cfg, node, dbname, application_name),  # type: ignore[arg-type]
+                           autocommit=autocommit)
+
+
+class Unanswered(StrEnum):
+    """Why the local server did not answer; only NOT_RUNNING means it is down."""
+
+    NOT_RUNNING = "postmaster not running"
+    TIMEOUT = "query timed out"
+    TOO_MANY_CLIENTS = "too many clients"
+    STARTING_OR_STOPPING = "starting up or shutting down"
+    NO_ANSWER = "no answer"
+
+    @property
+    def down(self) -> bool:
+        return self is Unanswered.NOT_RUNNING
+
+
+def unanswered(e: psycopg.Error, postmaster_alive: bool) -> Unanswered:
+    """A failed query or connection, told apart: a busy or slow server is still there (its last
+    observation stands); only a server whose postmaster is gone is down."""
+    if not postmaster_alive:
+        return Unanswered.NOT_RUNNING
+    sqlstate = getattr(e, "sqlstate", None)
+    if isinstance(e, psycopg.errors.QueryCanceled) or sqlstate == "57014":
+        return Unanswered.TIMEOUT
+    if sqlstate == "53300" or "too many clients" in str(e) or "remaining connection slots" in str(e):
+        return Unanswered.TOO_MANY_CLIENTS
+    if sqlstate == "57P03" or "is starting up" in str(e) or "is shutting down" in str(e):
+        return Unanswered.STARTING_OR_STOPPING
+    return Unanswered.NO_ANSWER
+
+
+def postmaster_running(data_dir: Path) -> bool:
+    """Is the postmaster named in ``data_dir``/postmaster.pid alive (and a postgres process)?"""
+    try:
+        pid = int((data_dir / "postmaster.pid").read_text().split("\n", 1)[0].strip())
+    except (FileNotFoundError, ValueError):
+        return False
+    except OSError:
+        return True  # cannot look (e.g. no descriptor left): that is no evidence of a crash
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    try:
+        # A stale file whose PID now belongs to another program is no server.
+        return Path(f"/proc/{pid}/comm").read_text().strip().startswith("postgres")
+    except FileNotFoundError:
+        return False
+    except OSError:
+        return True
 
 
 def connect_peer(cfg: Config, node: str, network: str = "private") -> psycopg.Connection:

@@ -74,38 +74,48 @@ def _arp(op: int, sender_mac: bytes, sender_ip: bytes, target_mac: bytes, target
     return eth + struct.pack("!HHBBH6s4s6s4s", 1, 0x0800, 6, 4, op, sender_mac, sender_ip, target_mac, target_ip)
 
 
-def arp_holders(interface: str, address: str, timeout_s: float = 0.15, tries: int = 2) -> set[str]:
+class ProbeError(OSError):
+    """The probe could not be sent or its answers not read: it says nothing about who is there."""
+
+
+# Three duplicate-address probes (RFC 5227's count) 100 ms apart: an ARP reply is normally back in well
+# under a millisecond, but a loaded or virtualized host may answer tens of milliseconds late, and any
+# one frame may be lost. 300 ms in all still fits well inside a failover.
+ARP_TRIES = 3
+ARP_TIMEOUT_S = 0.3
+
+
+def arp_holders(interface: str, address: str, timeout_s: float = ARP_TIMEOUT_S, tries: int = ARP_TRIES) -> set[str]:
     """MAC addresses (other than ours) that answer for ``address`` on the link.
 
     Sent as duplicate-address detection (sender IP 0.0.0.0) so that asking
-    does not itself teach anyone's ARP cache a new owner.
+    does not itself teach anyone's ARP cache a new owner. Raises ProbeError when
+    the question could not be asked or the answers not read: "nobody answered"
+    must never stand in for "could not ask".
     """
     target = ipaddress.IPv4Address(address).packed
+    found: set[str] = set()
     try:
         mine = _mac(interface)
-    except OSError:
-        return set()
-    found: set[str] = set()
-    with socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ARP)) as s:
-        s.bind((interface, 0))
-        s.setblocking(False)
-        for _ in range(tries):
-            try:
+        with socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ARP)) as s:
+            s.bind((interface, 0))
+            s.setblocking(False)
+            for _ in range(tries):
                 s.send(_arp(1, mine, b"\0\0\0\0", b"\0" * 6, target))
-            except OSError:
-                return found  # link down: nobody can be reached
-            deadline = time.monotonic() + timeout_s / tries
-            while (left := deadline - time.monotonic()) > 0:
-                ready, _, _ = select.select([s], [], [], left)
-                if not ready:
-                    break
-                frame = s.recv(128)
-                if len(frame) < 42 or frame[12:14] != b"\x08\x06":
-                    continue
-                op = struct.unpack("!H", frame[20:22])[0]
-                sha, spa = frame[22:28], frame[28:32]
-                if op == 2 and spa == target and sha != mine:
-                    found.add(sha.hex(":"))
+                deadline = time.monotonic() + timeout_s / tries
+                while (left := deadline - time.monotonic()) > 0:
+                    ready, _, _ = select.select([s], [], [], left)
+                    if not ready:
+                        break
+                    frame = s.recv(128)
+                    if len(frame) < 42 or frame[12:14] != b"\x08\x06":
+                        continue
+                    op = struct.unpack("!H", frame[20:22])[0]
+                    sha, spa = frame[22:28], frame[28:32]
+                    if op == 2 and spa == target and sha != mine:
+                        found.add(sha.hex(":"))
+    except OSError as e:
+        raise ProbeError(e.errno, f"ARP probe for {address} on {interface} failed: {e.strerror or e}") from e
     return found
 
 

@@ -1,0 +1,111 @@
+"""The service role on this node: the service IPs in the kernel and the services they point at.
+
+It owns: adding (and announcing) and removing the service IPs, starting and
+stopping the services placed on the active node, asking who else answers ARP
+for the addresses, and reading what the kernel holds.
+It may not: decide whether this node should hold the role, nor change the
+agent's state; its callers set the state from what ``holds`` reads.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from enum import StrEnum
+from typing import Any
+
+from standby.act import addresses, services
+from standby.config import Config, Placement
+
+Run = Callable[..., Awaitable[Any]]  # runs a blocking function off the event loop
+
+
+class Claim(StrEnum):
+    """What an ARP check found before taking the addresses."""
+
+    FREE = "free"  # asked, nobody else answers
+    TAKEN = "taken"  # another host answers for a service IP
+    UNKNOWN = "unknown"  # the probe failed: treated exactly like TAKEN
+
+
+class TakeRefused(StrEnum):
+    DUPLICATE_ADDRESS = "duplicate address"
+    PROBE_FAILED = "ARP probe failed"
+    FENCED = "fenced"
+    SUPERSEDED = "a later decision let go of the service role"
+
+
+def who_else(cfg: Config) -> tuple[Claim, set[str]]:
+    """Who else answers for the service IPs (in a worker thread); our own addresses are not asked about."""
+    found: set[str] = set()
+    for sip in cfg.service_ips:
+        try:
+            if addresses.held(sip):
+                continue  # ours: the kernel does not answer its own probe
+            found |= addresses.answered_elsewhere(sip)
+        except (OSError, RuntimeError):
+            return Claim.UNKNOWN, found
+    return (Claim.TAKEN if found else Claim.FREE), found
+
+
+class ServiceRole:
+    def __init__(self, cfg: Config, node: str, in_svc: Run, in_probe: Run,
+                 event: Callable[..., None]) -> None:
+        self.cfg, self.node = cfg, node
+        self._svc, self._probe, self._event = in_svc, in_probe, event
+
+    async def who_else(self) -> tuple[Claim, set[str]]:
+        return await self._probe(who_else, self.cfg)  # type: ignore[no-any-return]
+
+    async def holds(self) -> bool:
+        """Does the kernel hold any of the service IPs? (A half-held role is held: it must be released.)"""
+        return await self._svc(lambda: any(addresses.held(sip) for sip in self.cfg.service_ips))  # type: ignore[no-any-return]
+
+    async def add_ips(self) -> None:
+        """Add and announce every service IP; on any failure remove them all again (half a take is none)."""
+        try:
+            for sip in self.cfg.service_ips:
+                await self._svc(addresses.add, sip)
+                await self._probe(addresses.announce, sip, 3)
+        except BaseException:
+            await self.remove_ips()
+            raise
+
+    async def remove_ips(self) -> None:
+        """Remove every service IP the kernel holds, whatever the state says; errors after trying them all."""
+        errors: list[BaseException] = []
+        for sip in self.cfg.service_ips:
+            try:
+                await self._svc(addresses.remove, sip)
+            except Exception as e:
+                errors.append(e)
+        if errors:
+            raise errors[0]
+
+    async def take(self) -> TakeRefused | None:
+        """ARP check, then the addresses, then the services; the reason when refused."""
+        claim, others = await self.who_else()
+        if claim is not Claim.FREE:
+            refused = TakeRefused.DUPLICATE_ADDRESS if claim is Claim.TAKEN else TakeRefused.PROBE_FAILED
+            self._event("take_refused", reason=refused.value, answered_by=sorted(others))
+            return refused
+        await self.add_ips()
+        await self.start(Placement.ACTIVE)
+        return None
+
+    async def release(self) -> None:
+        # Addresses first: clients stop reaching this node at once. The services stop even if an address
+        # could not be removed; that error is raised afterwards.
+        try:
+            await self.remove_ips()
+        finally:
+            for r in await self._svc(services.stop_all, self.cfg.services, self.node, Placement.ACTIVE):
+                if not r.ok:
+                    self._event("service_stop_failed", service=r.service, detail=r.detail)
+
+    async def start(self, placement: Placement | None) -> list[services.CommandResult]:
+        results: list[services.CommandResult] = await self._svc(services.start_all, self.cfg.services, self.node,
+                                                                 placement)
+        for r in results:
+            if not r.ok:
+                self._event("service_start_failed", service=r.service, detail=r.detail)
+        return results

@@ -1,0 +1,410 @@
+"""The agent shell's safety findings: its executor, its observation sources, maintenance, ARP probes.
+
+The decisions are scripted here (the decision core has its own tests); what is checked is what the
+shell does with them. The kernel's addresses are a fake with the real one's semantics (add of a
+present address and remove of an absent one are no-ops), slowed down so that overlaps would show.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import os
+import resource
+import shutil
+import subprocess
+import time
+import tracemalloc  # noqa: F401  (pytest reports unraisable errors through it: loaded before descriptors run out)
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+
+from standby import config
+from standby.agent import node as node_mod
+from standby.agent.node import Agent
+from standby.config import ServiceIP
+from standby.decide import State, stall_limit
+from standby.model import Action, ActionKind, DbState, LocalPg, Net, Observation, Reason
+from standby.observe import probes
+
+from tests.unit.configs import example_with_secrets
+
+
+class FakeKernel:
+    """The service IPs this node holds, with the time each change takes, and a log of what ran when."""
+
+    def __init__(self, add_s: float = 0.0, remove_s: float = 0.0, probe_s: float = 0.0) -> None:
+        self.held: set[str] = set()
+        self.add_s, self.remove_s, self.probe_s = add_s, remove_s, probe_s
+        self.fail_add: set[str] = set()
+        self.fail_remove: set[str] = set()
+        self.log: list[str] = []
+
+    def _op(self, name: str, secs: float) -> None:
+        time.sleep(secs)
+        self.log.append(name)
+
+    def add(self, sip: ServiceIP) -> bool:
+        addr = str(sip.address.ip)
+        self._op("add", self.add_s)
+        if addr in self.fail_add:
+            raise OSError(24, "Too many open files")
+        new = addr not in self.held
+        self.held.add(addr)
+        return new
+
+    def remove(self, sip: ServiceIP) -> bool:
+        addr = str(sip.address.ip)
+        self._op("remove", self.remove_s)
+        if addr in self.fail_remove:
+            raise OSError(24, "Too many open files")
+        there = addr in self.held
+        self.held.discard(addr)
+        return there
+
+    def is_held(self, sip: ServiceIP) -> bool:
+        return str(sip.address.ip) in self.held
+
+    def answered_elsewhere(self, sip: ServiceIP) -> set[str]:
+        time.sleep(self.probe_s)
+        return set()
+
+
+@pytest.fixture
+def kernel(monkeypatch: pytest.MonkeyPatch) -> FakeKernel:
+    k = FakeKernel()
+    monkeypatch.setattr(node_mod.addresses, "add", k.add)
+    monkeypatch.setattr(node_mod.addresses, "remove", k.remove)
+    monkeypatch.setattr(node_mod.addresses, "held", k.is_held)
+    monkeypatch.setattr(node_mod.addresses, "announce", lambda sip, count=1: None)
+    monkeypatch.setattr(node_mod.addresses, "answered_elsewhere", k.answered_elsewhere)
+    monkeypatch.setattr(node_mod.services, "start_all", lambda *a, **kw: [])
+    monkeypatch.setattr(node_mod.services, "stop_all", lambda *a, **kw: [])
+    return k
+
+
+SECOND_IP = {"address": "192.0.2.102/24", "interface": "eth0"}
+
+
+def make_agent(tmp_path: Path, **raw_changes: Any) -> Agent:
+    raw, _ = example_with_secrets(tmp_path)
+    raw["service_ips"] = [*raw["service_ips"], SECOND_IP]
+    raw.update(raw_changes)
+    return Agent(config.parse(raw), "alpha")
+
+
+def observation(now: float) -> Observation:
+    return Observation(now=now, gap=0.0, pg=LocalPg(DbState.PRIMARY), peer=None,
+                       heard={n: None for n in Net}, carrier={n: True for n in Net}, tiebreaker_ok=True,
+                       services_healthy=None)
+
+
+def script(agent: Agent, monkeypatch: pytest.MonkeyPatch,
+           steps: list[tuple[dict[str, Any], list[ActionKind]]]) -> None:
+    """Each decision step returns the next scripted (state changes, actions); observation is a formality."""
+    todo = list(steps)
+
+    def fake_decide(s: State, o: Observation, p: Any) -> tuple[State, list[Action]]:
+        changes, kinds = todo.pop(0)
+        return replace(s, **changes), [Action(k, Reason.ISOLATED) for k in kinds]
+
+    async def fake_observe(now: float) -> Observation:
+        return observation(now)
+
+    monkeypatch.setattr(node_mod, "decide", fake_decide)
+    monkeypatch.setattr(agent, "_observe", fake_observe)
+    monkeypatch.setattr(agent, "_fence_pg", lambda: None)
+    monkeypatch.setattr(agent, "_reconcile_sync", lambda: None)
+
+
+async def run_steps(agent: Agent, n: int, pause_s: float, settle_s: float = 1.5) -> None:
+    for _ in range(n):
+        await agent._step()
+        await asyncio.sleep(pause_s)
+    await asyncio.sleep(settle_s)  # what the steps started finishes
+
+
+def holds(agent: Agent, k: FakeKernel) -> bool:
+    return any(k.is_held(s) for s in agent.cfg.service_ips)
+
+
+# -- H5: a role's actions run one at a time, in decision order -------------------------------
+
+
+def test_h5_take_after_release_waits_for_it_and_state_matches_the_kernel(
+        tmp_path: Path, kernel: FakeKernel, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Release (slow), take, release again, in quick succession: one at a time, the last decision wins."""
+    agent = make_agent(tmp_path)
+    kernel.held = {"192.0.2.100", "192.0.2.102"}
+    kernel.remove_s = 0.2
+    agent.state = State(services=True)
+    script(agent, monkeypatch, [({"services": False}, [ActionKind.RELEASE_SERVICES]),
+                                ({"services": True}, [ActionKind.TAKE_SERVICES]),
+                                ({"services": False}, [ActionKind.RELEASE_SERVICES]),
+                                ({}, [])])
+    asyncio.run(run_steps(agent, 4, 0.05))
+    assert kernel.log[-1] == "remove", kernel.log  # nothing added after the last release
+    assert not holds(agent, kernel) and agent.state.services is False
+
+
+def test_h5_fenced_node_never_ends_up_holding_the_service_ips(
+        tmp_path: Path, kernel: FakeKernel, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Chaos seed 91, fault #11: fence + release, then a take 0.44 s later (the release still running)."""
+    agent = make_agent(tmp_path)
+    kernel.held = {"192.0.2.100", "192.0.2.102"}
+    kernel.remove_s, kernel.probe_s = 0.3, 0.5
+    agent.state = State(services=True, was_primary=True)
+    script(agent, monkeypatch, [({"services": False, "fenced": True}, [ActionKind.FENCE, ActionKind.RELEASE_SERVICES]),
+                                ({"services": True}, [ActionKind.TAKE_SERVICES]),
+                                ({}, [])])
+    asyncio.run(run_steps(agent, 3, 0.05))
+    assert not holds(agent, kernel), "the fenced node kept the service IPs"
+    assert agent.state.services is False
+
+
+def test_h5_failed_take_leaves_nothing_held_and_says_so(
+        tmp_path: Path, kernel: FakeKernel, monkeypatch: pytest.MonkeyPatch) -> None:
+    agent = make_agent(tmp_path)
+    kernel.fail_add = {"192.0.2.102"}  # the second address cannot be added
+    script(agent, monkeypatch, [({"services": True}, [ActionKind.TAKE_SERVICES]), ({}, [])])
+    asyncio.run(run_steps(agent, 2, 0.05, settle_s=0.5))
+    assert not holds(agent, kernel), "half a take left an address behind"
+    assert agent.state.services is False, "state claims the service role the kernel does not hold"
+
+
+def test_h5_release_removes_every_address_even_when_one_fails(
+        tmp_path: Path, kernel: FakeKernel, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A release tries every address; the state then says what the kernel still holds."""
+    agent = make_agent(tmp_path)
+    kernel.held = {"192.0.2.100", "192.0.2.102"}
+    kernel.fail_remove = {"192.0.2.100"}
+    agent.state = State(services=True)
+    script(agent, monkeypatch, [({"services": False}, [ActionKind.RELEASE_SERVICES]), ({}, [])])
+    asyncio.run(run_steps(agent, 2, 0.05, settle_s=0.5))
+    assert kernel.held == {"192.0.2.100"}, "an error on one address stopped the release of the others"
+    assert agent.state.services is True, "state says released while the kernel still holds an address"
+
+
+def test_h5_release_removes_addresses_the_state_does_not_know_of(
+        tmp_path: Path, kernel: FakeKernel, monkeypatch: pytest.MonkeyPatch) -> None:
+    agent = make_agent(tmp_path)
+    kernel.held = {"192.0.2.102"}
+    agent.state = State(services=False)
+    script(agent, monkeypatch, [({}, [ActionKind.RELEASE_SERVICES]), ({}, [])])
+    asyncio.run(run_steps(agent, 2, 0.05, settle_s=0.5))
+    assert kernel.held == set() and agent.state.services is False
+
+
+# -- L2: an ARP probe that failed is "unknown", never "nobody answers" -------------------------
+
+
+def test_l2_probe_that_cannot_be_sent_is_an_error_not_silence() -> None:
+    """The real probe on an interface this host does not have: it asked nobody, so it must not say 'free'."""
+    with pytest.raises(probes.ProbeError):
+        probes.arp_holders("nosuchif0", "192.0.2.100")
+
+
+def test_l2_failed_probe_blocks_the_take_like_an_answer(
+        tmp_path: Path, kernel: FakeKernel, monkeypatch: pytest.MonkeyPatch) -> None:
+    agent = make_agent(tmp_path)
+
+    def broken(sip: ServiceIP) -> set[str]:
+        raise probes.ProbeError(105, "No buffer space available")
+
+    monkeypatch.setattr(node_mod.addresses, "answered_elsewhere", broken)
+    script(agent, monkeypatch, [({"services": True}, [ActionKind.TAKE_SERVICES]), ({}, [])])
+    asyncio.run(run_steps(agent, 2, 0.05, settle_s=0.5))
+    assert not holds(agent, kernel) and agent.state.services is False
+    refused = [e for e in agent.store.history() if e["event"] == "take_refused"]
+    assert refused and refused[-1]["reason"] == "ARP probe failed"
+    assert agent.ip_elsewhere is True  # the next decisions see a possible holder, as after an answer
+
+
+# -- H3: the agent's loop survives its own errors -----------------------------------------------
+
+
+def _exhaust_descriptors() -> tuple[list[int], tuple[int, int]]:
+    """Lower this process's descriptor limit to just above what is open, then use up the rest (for real)."""
+    old = resource.getrlimit(resource.RLIMIT_NOFILE)
+    in_use = len(os.listdir("/proc/self/fd"))
+    resource.setrlimit(resource.RLIMIT_NOFILE, (in_use + 16, old[1]))
+    held: list[int] = []
+    try:
+        while True:
+            held.append(os.open("/dev/null", os.O_RDONLY))
+    except OSError as e:
+        assert e.errno == errno.EMFILE
+    return held, old
+
+
+def _give_back(held: list[int], old: tuple[int, int]) -> None:
+    for fd in held:
+        os.close(fd)
+    resource.setrlimit(resource.RLIMIT_NOFILE, old)
+
+
+# pyroute2 half-builds an event loop before netlink fails; its destructor then complains.
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+def test_h3_observing_without_descriptors_reads_last_known_and_is_recorded_once(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """EMFILE on netlink (the carrier read) and on the PostgreSQL socket: unknown/last known, not a crash."""
+    agent = make_agent(tmp_path)
+    agent.carrier = {Net.PUBLIC: True, Net.PRIVATE: True}
+    agent.pg, agent.pg_seen = LocalPg(DbState.PRIMARY, lsn=1), True
+
+    async def go() -> list[Observation]:
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(agent.probe_pool, lambda: None)  # worker threads exist before the limit
+        await loop.run_in_executor(agent.pg_pool, lambda: None)
+        held, old = _exhaust_descriptors()
+        try:
+            return [await agent._observe(time.monotonic()) for _ in range(3)]
+        finally:
+            _give_back(held, old)
+
+    seen = asyncio.run(go())
+    assert all(o.carrier == {Net.PUBLIC: True, Net.PRIVATE: True} for o in seen)
+    assert all(o.pg.db is DbState.PRIMARY for o in seen)
+    # In the agent's recent events (its history file may not be writable without a descriptor either).
+    failures = [e for e in agent.recent if e["event"] == "observation_failed"]
+    # Once each, not once per step; PostgreSQL could not even be looked for, which is no evidence it is down.
+    assert sorted(e["source"] for e in failures) == ["carrier", "postgres"], failures
+
+
+def test_h3_a_failing_step_is_retried_and_does_not_end_the_agent(
+        tmp_path: Path, kernel: FakeKernel, monkeypatch: pytest.MonkeyPatch) -> None:
+    agent = make_agent(tmp_path)
+    calls = 0
+
+    async def step() -> None:
+        nonlocal calls
+        calls += 1
+        if calls <= 2:
+            raise OSError(errno.EMFILE, "Too many open files")
+        if calls >= 4:
+            agent.stop()
+
+    monkeypatch.setattr(agent, "_step", step)
+    monkeypatch.setattr(agent, "_open_sockets", lambda: None)
+    asyncio.run(asyncio.wait_for(agent.run(), 20))
+    assert calls >= 4
+    events = [e["event"] for e in agent.store.history()]
+    assert events.count("step_failed") == 1 and events[-1] == "agent_stopped"
+    assert agent.store.read_liveness() is not None and agent.store.read_liveness().clean  # type: ignore[union-attr]
+
+
+# -- M3: a slow primary is not a crashed one ------------------------------------------------------
+
+
+class UnansweringConn:
+    """A connection to a server that is there but does not answer in time."""
+
+    closed = False
+
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+
+    def execute(self, *a: Any, **kw: Any) -> Any:
+        if "statement_timeout" in str(a[0]):
+            return None
+        raise self.error
+
+    def close(self) -> None:
+        self.closed = True
+
+
+@pytest.fixture
+def postmaster(tmp_path: Path) -> Any:
+    """A live process named postgres, recorded in the data directory's postmaster.pid."""
+    exe = tmp_path / "bin" / "postgres"
+    exe.parent.mkdir()
+    shutil.copy("/bin/sleep", exe)
+    proc = subprocess.Popen([str(exe), "600"])
+    data = tmp_path / "pgdata"
+    data.mkdir()
+    (data / "postmaster.pid").write_text(f"{proc.pid}\n{data}\n")
+    try:
+        yield data, proc
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def _observe_once(agent: Agent) -> Observation:
+    async def go() -> Observation:
+        o = await agent._observe(time.monotonic())
+        await asyncio.sleep(0.3)  # a slow read is picked up by the next step
+        return await agent._observe(time.monotonic())
+    return asyncio.run(go())
+
+
+def _agent_with_data_dir(tmp_path: Path, data: Path) -> Agent:
+    raw, _ = example_with_secrets(tmp_path)
+    raw["postgres"]["data_dir"] = str(data)
+    agent = Agent(config.parse(raw), "alpha")
+    agent.pg = LocalPg(DbState.PRIMARY, lsn=1234)
+    return agent
+
+
+@pytest.mark.parametrize("error", [
+    psycopg.errors.QueryCanceled("canceling statement due to statement timeout"),
+    psycopg.OperationalError("connection failed: FATAL:  sorry, too many clients already"),
+], ids=["statement-timeout", "too-many-clients"])
+def test_m3_a_running_server_that_does_not_answer_keeps_the_last_observation(
+        tmp_path: Path, postmaster: Any, monkeypatch: pytest.MonkeyPatch, error: Exception) -> None:
+    data, _ = postmaster
+    agent = _agent_with_data_dir(tmp_path, data)
+    monkeypatch.setattr(node_mod.pgobs, "connect_local", lambda *a, **kw: UnansweringConn(error))
+    o = _observe_once(agent)
+    assert o.pg.db is DbState.PRIMARY and o.pg.lsn == 1234
+    failed = [e for e in agent.recent if e["event"] == "observation_failed" and e["source"] == "postgres"]
+    assert len(failed) == 1, agent.recent
+
+
+@pytest.mark.parametrize("pidfile", ["absent", "dead pid"])
+def test_m3_a_server_that_is_not_running_reads_as_down(
+        tmp_path: Path, postmaster: Any, monkeypatch: pytest.MonkeyPatch, pidfile: str) -> None:
+    data, proc = postmaster
+    proc.kill()
+    proc.wait()
+    if pidfile == "absent":
+        (data / "postmaster.pid").unlink()
+    agent = _agent_with_data_dir(tmp_path, data)
+
+    def refused(*a: Any, **kw: Any) -> Any:
+        raise psycopg.OperationalError("connection failed: No such file or directory")
+
+    monkeypatch.setattr(node_mod.pgobs, "connect_local", refused)
+    assert _observe_once(agent).pg.db is DbState.DOWN
+
+
+# -- L5: the decision loop's own gap is a stall too ----------------------------------------------
+
+
+def test_l5_a_late_decision_step_counts_as_a_stall(
+        tmp_path: Path, kernel: FakeKernel, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The heartbeat sender ran on time, the decision loop did not (blocked 1 s): the step must see the gap."""
+    agent = make_agent(tmp_path)
+    seen: list[float] = []
+
+    def fake_decide(s: State, o: Observation, p: Any) -> tuple[State, list[Action]]:
+        seen.append(o.gap)
+        return s, []
+
+    monkeypatch.setattr(node_mod, "decide", fake_decide)
+    monkeypatch.setattr(node_mod.pgobs, "connect_local", lambda *a, **kw: UnansweringConn(
+        psycopg.errors.QueryCanceled("canceling statement due to statement timeout")))
+    monkeypatch.setattr(agent, "_carriers", lambda: {n: True for n in Net})
+
+    async def go() -> None:
+        await agent._step()
+        await asyncio.sleep(1.0)
+        agent.last_send, agent.max_send_gap = time.monotonic(), 0.0  # the sender was on time
+        await agent._step()
+
+    asyncio.run(go())
+    limit = stall_limit(agent.policy)
+    assert seen[-1] > limit, f"a {seen[-1]:.2f}s gap seen after a 1s pause (stall limit {limit:.2f}s)"
