@@ -13,15 +13,12 @@ from pathlib import Path
 
 import click
 
-from standby.act import addresses, services
+from standby.act import fence
 from standby.act import postgres as pgact
 from standby.agent.node import Agent, RefusedToStart
 from standby.agent.priority import raise_priority
 from standby.agent.store import Store
 from standby.cli.common import OperatorError, config_option, handle_errors, json_option, load_node, node_option
-from standby.decide import State, fence_needed
-from standby.model import DbState, PgRole
-from standby.observe import postgres as pgobs
 
 
 @click.command("agent")
@@ -101,30 +98,10 @@ def fence_command(config_path: Path, node: str | None, if_unclean: bool) -> None
     PostgreSQL if the peer could have taken over meanwhile (then it stays fenced until rejoined)."""
     cfg, me = load_node(config_path, node)
     store = Store(cfg.state_dir_for(me), me)
-    live = store.read_liveness()
-    if if_unclean and (live is None or live.clean):
-        click.echo("the agent stopped cleanly: nothing to do")
-        return
-    for sip in cfg.service_ips:
-        if addresses.remove(sip):
-            click.echo(f"removed service IP {sip.address}")
-    # Nothing keeps the reporting IP's lag in check without an agent.
-    floating = cfg.reporting.floating() if cfg.reporting else None
-    if floating is not None and addresses.remove(floating):
-        click.echo(f"removed reporting IP {floating.address}")
-    for r in services.stop_all(cfg.services, me):
-        click.echo(f"stopped {r.service}: {r.detail}")
-    kept = store.load_state()
-    state = State(**kept)  # type: ignore[arg-type]
-    seen = pgobs.observe_local(cfg, me)
-    db = {PgRole.PRIMARY: DbState.PRIMARY, PgRole.STANDBY: DbState.STANDBY}.get(seen.role, DbState.DOWN)
-    if fence_needed(state, db) or not if_unclean and db is DbState.PRIMARY:
-        pgact.stop(cfg, me, "fast", timeout_s=10)
-        fenced = State(**{**kept, "fenced": True, "was_primary": False})  # type: ignore[arg-type]
-        store.save_state(fenced)
-        store.record("fenced", reason="agent gone" if if_unclean else "operator", postgres_was=db.value)
-        click.echo("PostgreSQL stopped; this node is fenced until it is rejoined")
-    store.write_liveness(live.boot if live else 0, clean=True)
+    try:
+        fence.fence_node(cfg, me, store, if_unclean, say=click.echo)
+    except (pgact.PostgresActionError, OSError) as e:
+        raise OperatorError(f"fencing {me} did not finish: {e}") from None
 
 
 @click.command("history")
