@@ -11,9 +11,11 @@ import json
 import os
 import pwd
 import shutil
+import signal
 import stat
 import subprocess
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
@@ -322,3 +324,53 @@ def test_m7_clone_does_not_chown_through_a_link(tmp_path: Path, pg_owned_data_di
         pgact.clone(cfg, "alpha", "beta", timeout_s=5)
     st = os.stat(victims)
     assert (st.st_uid, stat.S_IMODE(st.st_mode)) == (0, 0o755)
+
+
+# -- the lab's supervisor behaves like the unit -----------------------------------------------------
+
+
+def _pids_of(name: str) -> list[int]:
+    """Processes whose argv[0] is ``name`` (or starts with it, when it ends with '-')."""
+    out = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            argv0 = cmdline.read_bytes().split(b"\0", 1)[0].decode(errors="replace")
+            if argv0 == name or (name.endswith("-") and argv0.startswith(name)):
+                out.append(int(cmdline.parent.name))
+        except OSError:
+            continue
+    return out
+
+
+def test_h2_respawn_kills_the_agents_leftovers_but_not_a_detached_server(tmp_path: Path) -> None:
+    """`agent --respawn` as the unit: KillMode=mixed on the agent's leftovers (its process group),
+    never on a server that pg_ctl detached into a session of its own; then fence --if-unclean."""
+    tag = f"standby-test-{os.getpid()}-{tmp_path.name}"
+    leftover, server, fenced = f"{tag}-leftover", f"{tag}-server", tmp_path / "fenced"
+    # The "agent" leaves a child behind in its group, detaches a "server", and dies uncleanly.
+    agent = ["bash", "-c", f'(exec -a {leftover} sleep 300) & setsid bash -c "exec -a {server} sleep 300" & sleep 0.3; exit 1']
+    fence_cmd = ["sh", "-c", f"echo unclean >> {fenced}"]
+    code = (f"from standby.cli.agent import supervise; supervise({agent!r}, {fence_cmd!r})")
+    sup = subprocess.Popen([str(ROOT / ".venv" / "bin" / "python"), "-c", code], start_new_session=True)
+    try:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and not (fenced.exists() and _pids_of(server)):
+            time.sleep(0.1)
+        assert fenced.exists(), "fence --if-unclean did not run after the unclean exit"
+        assert _pids_of(server), "the detached server was killed"
+        time.sleep(0.5)
+        assert len(fenced.read_text().splitlines()) >= 1
+        # Every round's leftover was killed before the fence ran (at most the current round's may live).
+        assert len(_pids_of(leftover)) <= 1
+        sup.send_signal(signal.SIGTERM)
+        sup.wait(timeout=10)
+        assert _pids_of(leftover) == []
+    finally:
+        if sup.poll() is None:
+            os.killpg(sup.pid, signal.SIGKILL)
+            sup.wait()
+        for pid in _pids_of(f"{tag}-"):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
