@@ -235,6 +235,8 @@ def test_fence_plan_finishes_a_fence_cut_short() -> None:
     p = fence.plan(True, False, State(fenced=True), DbState.PRIMARY)
     assert p.stop_postgres and p.why is fence.Why.ALREADY_FENCED_RUNNING
     assert not fence.plan(True, False, State(fenced=True), DbState.DOWN).stop_postgres
+    # A rejoin starts the standby before it clears "fenced": that standby is kept.
+    assert not fence.plan(True, False, State(fenced=True), DbState.STANDBY).stop_postgres
     assert fence.plan(True, True, State(was_primary=True), DbState.PRIMARY).why is fence.Why.CLEAN_STOP
     assert not fence.plan(True, False, State(was_primary=True, peer_could_promote=False), DbState.PRIMARY).stop_postgres
 
@@ -259,6 +261,16 @@ def test_l4_corrupt_state_keeps_a_standby_and_drops_addresses(tmp_path: Path, mo
     res = _fence_cli(path)
     assert res.exit_code == 0, res.output
     assert edges.kinds() == ["remove"] and edges.running
+
+
+def test_l4_damaged_liveness_record_counts_as_unclean(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path, _cfg, store = _node(tmp_path, json.dumps({"term": 2, "was_primary": True, "peer_could_promote": True}),
+                              clean=True)
+    store.live_path.write_text('{"pid": 1, "boot"')
+    edges = Edges(monkeypatch, store, PgRole.PRIMARY)
+    res = _fence_cli(path)
+    assert res.exit_code == 0, res.output
+    assert edges.kinds() == ["remove", "stop"] and not edges.running
 
 
 # -- M7: links planted in the data directory ------------------------------------------------------

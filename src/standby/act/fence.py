@@ -47,6 +47,8 @@ class Why(StrEnum):
     PEER_COULD_NOT_PROMOTE = "agent gone; the peer could not have been promoted, PostgreSQL kept"
     ALREADY_FENCED_RUNNING = "fenced, yet PostgreSQL runs (a stop was cut short): finishing it"
     ALREADY_FENCED = "already fenced and PostgreSQL is down"
+    # A rejoin starts the standby before it clears "fenced": a standby accepts no writes, keep it.
+    ALREADY_FENCED_STANDBY = "fenced, PostgreSQL runs as a standby (a rejoin in progress): kept"
     STATE_UNREADABLE_PRIMARY = "the agent's state file is unreadable and PostgreSQL runs as primary: stopping it"
     STATE_UNREADABLE_NOT_PRIMARY = "the agent's state file is unreadable; PostgreSQL does not run as primary"
     OPERATOR = "fenced by hand"
@@ -75,8 +77,9 @@ def plan(if_unclean: bool, clean_exit: bool, state: State | None, db: DbState) -
         return Plan(True, primary, False,
                     Why.STATE_UNREADABLE_PRIMARY if primary else Why.STATE_UNREADABLE_NOT_PRIMARY)
     if state.fenced:
-        running = db is not DbState.DOWN
-        return Plan(True, running, False, Why.ALREADY_FENCED_RUNNING if running else Why.ALREADY_FENCED)
+        if db is DbState.PRIMARY:
+            return Plan(True, True, False, Why.ALREADY_FENCED_RUNNING)
+        return Plan(True, False, False, Why.ALREADY_FENCED_STANDBY if db is DbState.STANDBY else Why.ALREADY_FENCED)
     if not if_unclean:
         primary = db is DbState.PRIMARY or state.was_primary
         return Plan(True, primary, primary, Why.OPERATOR if primary else Why.OPERATOR_NOT_PRIMARY)
@@ -135,6 +138,7 @@ def fence_node(cfg: Config, node: str, store: Store, if_unclean: bool,
                say: Callable[[str], Any] = lambda _m: None) -> Outcome:
     """The whole fence of ``node`` after its agent is gone, or by hand (see the module's docstring)."""
     live = store.read_liveness()
+    # No readable record of a clean stop (never written, damaged, another boot's) counts as unclean.
     clean_exit = live is not None and live.clean
     state = read_state(store)
     if if_unclean and clean_exit:
@@ -152,7 +156,10 @@ def fence_node(cfg: Config, node: str, store: Store, if_unclean: bool,
     say(p.why.value)
     if p.stop_postgres:
         if p.mark_fenced and state is not None:
-            store.save_state(replace(state, fenced=True, was_primary=False))
+            try:
+                store.save_state(replace(state, fenced=True, was_primary=False))
+            except OSError as e:
+                say(f"could not record the fence in {store.state_path} ({e}); stopping PostgreSQL all the same")
         _record(store, "fencing", reason=p.why.name.lower(), postgres_was=db.value)
         outcome.stopped_by = stop_postgres(cfg, node)
         _record(store, "fenced", reason=p.why.name.lower(), postgres_was=db.value, stopped_by=outcome.stopped_by.value)
