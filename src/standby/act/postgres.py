@@ -8,13 +8,17 @@ from __future__ import annotations
 
 import os
 import pwd
+import shlex
 import shutil
 import signal
+import stat
 import subprocess
 import tempfile
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
 
 import psycopg
@@ -40,25 +44,177 @@ def run_as(user: str, argv: list[str], env: Mapping[str, str] | None = None, tim
     return subprocess.run(full, capture_output=True, text=True, env={**os.environ, **(env or {})}, timeout=timeout)
 
 
+# Files in the data directory (and pg_hba.conf) belong to the PostgreSQL account, which can plant
+# links there. Root reading or writing through such a link would turn that account into root, so
+# these files are read and written by a process running as that account: a planted link then
+# reaches only what the account could reach anyway. The write goes to a temporary file renamed
+# over the name (a rename replaces a link, it never writes through it).
+# A fixed script; the paths and the mode are its arguments, the content comes on stdin.
+_WRITE = 'umask 077 && cat > "$1" && chmod "$2" "$1" && sync "$1" && mv -f -T "$1" "$3"'
+
+
+def _as_user(user: str, argv: list[str], data: bytes | None = None) -> subprocess.CompletedProcess[bytes]:
+    pw = pwd.getpwnam(user)
+    drop: dict[str, object] = {}
+    if os.geteuid() != pw.pw_uid:
+        drop = {"user": pw.pw_uid, "group": pw.pw_gid, "extra_groups": []}
+    return subprocess.run(argv, input=data, capture_output=True, timeout=60, cwd="/", **drop)  # type: ignore[call-overload]
+
+
+def write_as(user: str, path: Path, text: str, mode: int = 0o600) -> None:
+    """Replace ``path`` with ``text`` as ``user`` (an existing file keeps its mode)."""
+    try:
+        st = os.lstat(path)  # never follows: a link's target stays unknown to root
+        if stat.S_ISREG(st.st_mode):
+            mode = stat.S_IMODE(st.st_mode)
+    except FileNotFoundError:
+        pass
+    tmp = path.with_name(f".{path.name}.standby-new")
+    res = _as_user(user, ["sh", "-c", _WRITE, "sh", str(tmp), f"{mode:o}", str(path)], text.encode())
+    if res.returncode != 0:
+        why = res.stderr.decode(errors="replace").strip().splitlines()[-1:]
+        raise PostgresActionError(f"writing {path} as {user} failed: {' '.join(why)} "
+                                  f"(the file and its directory must belong to {user})")
+
+
+def read_as(user: str, path: Path) -> str | None:
+    """``path`` as ``user`` reads it, or None if it does not exist."""
+    res = _as_user(user, ["cat", "--", str(path)])
+    if res.returncode != 0:
+        why = res.stderr.decode(errors="replace").strip()
+        if "No such file" in why:
+            return None
+        raise PostgresActionError(f"reading {path} as {user} failed: {why}")
+    return res.stdout.decode(errors="replace")
+
+
+def _read_as(user: str, path: Path) -> str:
+    try:
+        return read_as(user, path) or ""
+    except PostgresActionError:
+        return ""
+
+
 def _bin(cfg: Config, node: str, name: str) -> str:
     return str(cfg.pg(node).bin_dir / name)
 
 
+class Launcher(StrEnum):
+    """What starts the PostgreSQL server, so that it lives outside the agent's own unit.
+
+    Under systemd the agent's unit kills what is left in its cgroup when the agent exits
+    (KillMode=mixed): a server started as the agent's child would die with every
+    `systemctl restart standby`. A distribution unit (``postgresql@``) would be a third kind,
+    chosen first when configured.
+    """
+
+    SYSTEMD_RUN = "systemd-run"  # a transient unit of its own; its output goes to the journal
+    PG_CTL = "pg_ctl"  # no systemd as PID 1 (the lab, plain containers): a detached server
+
+
+class LaunchWhy(StrEnum):
+    SYSTEMD_BOOTED = "systemd is PID 1: a transient unit keeps the server out of the agent's cgroup"
+    NO_SYSTEMD = "systemd is not PID 1: pg_ctl detaches the server"
+    NO_SYSTEMD_RUN = "systemd is PID 1 but systemd-run is missing: pg_ctl (the server dies with the agent's unit)"
+
+
+@dataclass(frozen=True)
+class HostFacts:
+    systemd_booted: bool  # /run/systemd/system exists (sd_booted(3))
+    systemd_run: str | None  # its path, if installed
+
+
+def host_facts() -> HostFacts:
+    return HostFacts(Path("/run/systemd/system").is_dir(), shutil.which("systemd-run"))
+
+
+def choose_launcher(facts: HostFacts) -> tuple[Launcher, LaunchWhy]:
+    if not facts.systemd_booted:
+        return Launcher.PG_CTL, LaunchWhy.NO_SYSTEMD
+    if facts.systemd_run is None:
+        return Launcher.PG_CTL, LaunchWhy.NO_SYSTEMD_RUN
+    return Launcher.SYSTEMD_RUN, LaunchWhy.SYSTEMD_BOOTED
+
+
+def unit_name(node: str) -> str:
+    return f"standby-postgresql-{node}.service"
+
+
+def log_dir(cfg: Config, node: str) -> Path:
+    return cfg.state_dir_for(node) / "postgresql-log"
+
+
+# Without systemd the server's own collector writes the log, one file per hour of the day,
+# each truncated when its hour comes round again: at most a day of log, 24 files. PostgreSQL
+# cannot bound one file by size (a size rotation into the same name appends) nor delete old
+# files, so the bound is in time. Under systemd the journal holds it (journald's own limits).
+LOG_FILENAME = "postgresql-%H.log"
+
+
+def collector_settings(cfg: Config, node: str) -> dict[str, str]:
+    return {"logging_collector": "on", "log_directory": str(log_dir(cfg, node)), "log_filename": LOG_FILENAME,
+            "log_rotation_age": "60", "log_rotation_size": "0", "log_truncate_on_rotation": "on"}
+
+
 def log_path(cfg: Config, node: str) -> Path:
-    return cfg.state_dir_for(node) / "postgresql.log"
+    """The server log being written now (without systemd; under systemd: journalctl -u the unit)."""
+    d = log_dir(cfg, node)
+    files = sorted(d.glob("postgresql-*.log"), key=lambda p: p.stat().st_mtime) if d.is_dir() else []
+    return files[-1] if files else d / "postgresql-00.log"
 
 
-def start(cfg: Config, node: str, timeout_s: int = 60) -> None:
+def _own_dir(path: Path, user: str) -> None:
+    """A directory of ``user`` in a root-owned parent (no link followed: O_NOFOLLOW, then fchown)."""
+    path.mkdir(mode=0o700, exist_ok=True)
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    try:
+        pw = pwd.getpwnam(user)
+        os.fchown(fd, pw.pw_uid, pw.pw_gid)
+        os.fchmod(fd, 0o700)
+    finally:
+        os.close(fd)
+
+
+def start_argv(cfg: Config, node: str, launcher: Launcher, timeout_s: int) -> list[str]:
     pg = cfg.pg(node)
-    log = log_path(cfg, node)
-    log.parent.mkdir(parents=True, exist_ok=True)
-    log.touch(exist_ok=True)
-    shutil.chown(log, pg.os_user)
-    res = run_as(pg.os_user, [_bin(cfg, node, "pg_ctl"), "-D", str(pg.data_dir), "-l", str(log), "-w",
-                              "-t", str(timeout_s), "start"], timeout=timeout_s + 10)
+    if launcher is Launcher.SYSTEMD_RUN:
+        return ["systemd-run", f"--unit={unit_name(node)}", f"--description=PostgreSQL of standby node {node}",
+                "--collect", "--property=Type=notify", f"--property=User={pg.os_user}",
+                # A fast shutdown if anyone stops the unit itself; the agent stops it with pg_ctl.
+                "--property=KillMode=mixed", "--property=KillSignal=SIGINT", "--property=Restart=no",
+                f"--property=TimeoutStartSec={timeout_s}", "--property=TimeoutStopSec=60",
+                "--property=LimitNOFILE=65536", "--property=OOMScoreAdjust=-500",
+                "--", _bin(cfg, node, "postgres"), "-D", str(pg.data_dir)]
+    opts = " ".join(f"-c {k}={shlex.quote(v)}" for k, v in collector_settings(cfg, node).items())
+    return [_bin(cfg, node, "pg_ctl"), "-D", str(pg.data_dir), "-o", opts, "-l", str(_startup_log(cfg, node)), "-w",
+            "-t", str(timeout_s), "start"]
+
+
+def _startup_log(cfg: Config, node: str) -> Path:
+    # What the server says before its collector runs (a bad setting, a port in use): small.
+    return log_dir(cfg, node) / "startup.log"
+
+
+def start(cfg: Config, node: str, timeout_s: int = 60) -> Launcher:
+    pg = cfg.pg(node)
+    launcher, _why = choose_launcher(host_facts())
+    if launcher is Launcher.SYSTEMD_RUN:
+        res = subprocess.run(start_argv(cfg, node, launcher, timeout_s), capture_output=True, text=True,
+                             timeout=timeout_s + 10)
+        if res.returncode != 0:
+            tail = subprocess.run(["journalctl", "-u", unit_name(node), "-n", "5", "--no-pager", "-o", "cat"],
+                                  capture_output=True, text=True, timeout=10).stdout.strip().splitlines()
+            raise PostgresActionError(f"starting {unit_name(node)} failed: {res.stderr.strip()}; "
+                                      f"journal: {' | '.join(tail)}")
+        return launcher
+    cfg.state_dir_for(node).mkdir(parents=True, exist_ok=True)
+    _own_dir(log_dir(cfg, node), pg.os_user)
+    startup = _startup_log(cfg, node)
+    res = run_as(pg.os_user, start_argv(cfg, node, launcher, timeout_s), timeout=timeout_s + 10)
     if res.returncode != 0:
-        tail = log.read_text(errors="replace").splitlines()[-5:] if log.exists() else []
+        tail = _read_as(pg.os_user, startup).splitlines()[-5:]
         raise PostgresActionError(f"pg_ctl start failed: {res.stderr.strip() or res.stdout.strip()}; log: {' | '.join(tail)}")
+    return launcher
 
 
 def stop(cfg: Config, node: str, mode: str = "fast", timeout_s: int = 60) -> None:
@@ -76,10 +232,10 @@ def kill_server(cfg: Config, node: str, timeout_s: float = 10.0) -> None:
     if pid is None:
         return
     children = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
+    for proc_stat in Path("/proc").glob("[0-9]*/stat"):
         try:
-            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == pid:
-                children.append(int(stat.parent.name))
+            if int(proc_stat.read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                children.append(int(proc_stat.parent.name))
         except (OSError, ValueError, IndexError):
             continue
     for p in (pid, *children):
@@ -97,8 +253,11 @@ def kill_server(cfg: Config, node: str, timeout_s: float = 10.0) -> None:
 def running_pid(data_dir: Path) -> int | None:
     """PID of the postmaster using ``data_dir``, if one is alive."""
     try:
-        pid = int((data_dir / "postmaster.pid").read_text().split("\n", 1)[0])
-    except (FileNotFoundError, ValueError, PermissionError):
+        # Not through a link: the file is the PostgreSQL account's, this may run as root.
+        fd = os.open(data_dir / "postmaster.pid", os.O_RDONLY | os.O_NOFOLLOW)
+        with os.fdopen(fd, "rb") as f:
+            pid = int(f.read(64).split(b"\n", 1)[0])
+    except (OSError, ValueError):
         return None
     try:
         os.kill(pid, 0)
@@ -318,7 +477,8 @@ def hba_block(cfg: Config, node: str) -> list[str]:
 def ensure_hba(conn: psycopg.Connection, cfg: Config, node: str) -> bool:
     """Put the managed block at the top of pg_hba.conf (first match wins). True if changed."""
     path = Path(conn.execute("SHOW hba_file").fetchone()[0])  # type: ignore[index]
-    lines = path.read_text().splitlines()
+    os_user = cfg.pg(node).os_user
+    lines = (read_as(os_user, path) or "").splitlines()
     if HBA_BEGIN in lines and HBA_END in lines:
         b, e = lines.index(HBA_BEGIN), lines.index(HBA_END)
         rest = lines[:b] + lines[e + 1 :]
@@ -327,7 +487,7 @@ def ensure_hba(conn: psycopg.Connection, cfg: Config, node: str) -> bool:
     new = hba_block(cfg, node) + rest
     if new == lines:
         return False
-    _write_like(path, "\n".join(new) + "\n")
+    write_as(os_user, path, "\n".join(new) + "\n")
     # hostssl lines are errors while this session still sees ssl = off: a reload
     # that just turned it on reaches the session a moment later.
     deadline = time.monotonic() + (5 if cfg.tls else 0)
@@ -348,22 +508,12 @@ def ensure_hba(conn: psycopg.Connection, cfg: Config, node: str) -> bool:
 
 def set_hba_file(path: Path, cfg: Config, node: str) -> None:
     """Same block, written to a stopped server's file (used on a fresh clone)."""
-    lines = path.read_text().splitlines()
+    os_user = cfg.pg(node).os_user
+    lines = (read_as(os_user, path) or "").splitlines()
     if HBA_BEGIN in lines and HBA_END in lines:
         b, e = lines.index(HBA_BEGIN), lines.index(HBA_END)
         lines = lines[:b] + lines[e + 1 :]
-    _write_like(path, "\n".join(hba_block(cfg, node) + lines) + "\n")
-
-
-def _write_like(path: Path, text: str) -> None:
-    """Replace a file atomically, keeping its owner and mode."""
-    st = path.stat()
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.chown(tmp, st.st_uid, st.st_gid)
-    os.chmod(tmp, st.st_mode & 0o777)
-    os.replace(tmp, path)
+    write_as(os_user, path, "\n".join(hba_block(cfg, node) + lines) + "\n")
 
 
 # -- slots ----------------------------------------------------------------
@@ -447,9 +597,7 @@ def clone(cfg: Config, node: str, peer: str, timeout_s: int = 3600) -> None:
     """pg_basebackup from the peer over the private network, into an empty data dir."""
     pg = cfg.pg(node)
     data = pg.data_dir
-    data.mkdir(parents=True, exist_ok=True, mode=0o700)
-    shutil.chown(data, pg.os_user, pg.os_user)
-    data.chmod(0o700)
+    _clone_target(data, pg.os_user)
     with passfile(cfg, node, peer) as pf:
         res = run_as(pg.os_user, [
             _bin(cfg, node, "pg_basebackup"), "-d", peer_dsn(cfg, peer), "-D", str(data), "-X", "stream", "-S", cfg.slot_name(node),
@@ -465,6 +613,27 @@ def clone(cfg: Config, node: str, peer: str, timeout_s: int = 3600) -> None:
         raise PostgresActionError(f"pg_basebackup from {peer} failed: {res.stderr.strip()}")
 
 
+def _clone_target(data: Path, user: str) -> None:
+    """An empty data directory of ``user``: made here, or already that account's (never chown a link's target)."""
+    data.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        data.mkdir(mode=0o700)
+        made = True
+    except FileExistsError:
+        made = False
+    pw = pwd.getpwnam(user)
+    fd = os.open(data, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        if made:
+            os.fchown(fd, pw.pw_uid, pw.pw_gid)
+        elif os.fstat(fd).st_uid != pw.pw_uid:
+            raise PostgresActionError(f"{data} exists but does not belong to {user}: chown {user}: it, or point "
+                                      "postgres.data_dir at a directory of that account")
+        os.fchmod(fd, 0o700)
+    finally:
+        os.close(fd)
+
+
 def standby_conninfo(cfg: Config, node: str, peer: str) -> str:
     """``node``'s primary_conninfo: stream from ``peer``, password from the data directory's passfile."""
     return peer_dsn(cfg, peer, passfile=cfg.pg(node).data_dir / STANDBY_PASSFILE, application_name=node,
@@ -475,11 +644,9 @@ def configure_as_standby(cfg: Config, node: str, peer: str) -> None:
     """Point a stopped data directory at the peer: conninfo, slot, standby.signal, local settings."""
     pg = cfg.pg(node)
     data = pg.data_dir
-    stored_pass = data / STANDBY_PASSFILE
     password = read_secret(pg.replication_password_file, "postgres.replication_password_file")
-    stored_pass.write_text(_pgpass_line(str(cfg.nodes[peer].private.ip), cfg.pg(peer).port, pg.replication_user, password))
-    stored_pass.chmod(0o600)
-    shutil.chown(stored_pass, pg.os_user, pg.os_user)
+    write_as(pg.os_user, data / STANDBY_PASSFILE,
+             _pgpass_line(str(cfg.nodes[peer].private.ip), cfg.pg(peer).port, pg.replication_user, password))
     settings = {
         "primary_conninfo": standby_conninfo(cfg, node, peer),
         "primary_slot_name": cfg.slot_name(node),
@@ -492,13 +659,11 @@ def configure_as_standby(cfg: Config, node: str, peer: str) -> None:
         **tls.server_settings(cfg, node),
     }
     auto = data / "postgresql.auto.conf"
-    kept = [ln for ln in auto.read_text().splitlines() if ln.split("=", 1)[0].strip() not in settings] if auto.exists() else []
+    text = read_as(pg.os_user, auto)
+    kept = [ln for ln in text.splitlines() if ln.split("=", 1)[0].strip() not in settings] if text else []
     body = kept + [f"{k} = '{v.replace(chr(39), chr(39) * 2)}'" for k, v in settings.items()]
-    auto.write_text("\n".join(body) + "\n")
-    shutil.chown(auto, pg.os_user, pg.os_user)
-    signal = data / "standby.signal"
-    signal.touch()
-    shutil.chown(signal, pg.os_user, pg.os_user)
+    write_as(pg.os_user, auto, "\n".join(body) + "\n")
+    write_as(pg.os_user, data / "standby.signal", "")
     for stale in ("postmaster.pid", "postmaster.opts"):
         (data / stale).unlink(missing_ok=True)
     set_hba_file(data / "pg_hba.conf", cfg, node)

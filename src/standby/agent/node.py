@@ -478,15 +478,9 @@ class Agent:
             except psycopg.Error:
                 pass
             self._conn = None
-        try:
-            pgact.stop(self.cfg, self.node, "fast", timeout_s=5)
-        except (pgact.PostgresActionError, TimeoutError, OSError):
-            try:
-                pgact.stop(self.cfg, self.node, "immediate", timeout_s=5)
-            except (pgact.PostgresActionError, TimeoutError, OSError):
-                # Seen after a long freeze: the server ignores even an immediate shutdown for
-                # about a minute. A fence cannot wait that long.
-                pgact.kill_server(self.cfg, self.node)
+        from standby.act import fence
+
+        fence.stop_postgres(self.cfg, self.node)
 
     async def _ensure_services(self, placement: Placement | None) -> None:
         """Start what should already run here (after an agent restart, or services placed everywhere)."""

@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import tempfile
 import time
@@ -21,6 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from standby.decide import PERSISTED, State  # what survives a restart is declared once, next to State
+
+log = logging.getLogger("standby.store")
 
 
 def _atomic_write(path: Path, data: bytes, sync: bool) -> None:
@@ -68,6 +71,7 @@ class Store:
         self.live_path = state_dir / "alive"
         self.maint_path = state_dir / "maintenance"
         self.node = node
+        self.history_lost = 0  # entries not written (disk full, ...)
         state_dir.mkdir(parents=True, exist_ok=True)
 
     # -- persisted state ----------------------------------------------------
@@ -124,8 +128,14 @@ class Store:
     def record(self, event: str, **detail: Any) -> dict[str, Any]:
         entry = {"time": datetime.now(timezone.utc).isoformat(timespec="milliseconds"), "node": self.node,
                  "event": event, **detail}
-        with self.history_path.open("a") as f:
-            f.write(json.dumps(entry, default=str) + "\n")
+        try:
+            with self.history_path.open("a") as f:
+                f.write(json.dumps(entry, default=str) + "\n")
+        except OSError as e:
+            # A full disk must not stop the agent deciding: count what is lost, say so once.
+            self.history_lost += 1
+            if self.history_lost == 1:
+                log.error("cannot write %s (%s): history entries are dropped until it can", self.history_path, e)
         return entry
 
     def history(self, limit: int | None = None) -> list[dict[str, Any]]:

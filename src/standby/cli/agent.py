@@ -5,23 +5,22 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import click
 
-from standby.act import addresses, services
+from standby.act import fence
 from standby.act import postgres as pgact
 from standby.agent.node import Agent, RefusedToStart
 from standby.agent.priority import raise_priority
 from standby.agent.store import Store
 from standby.cli.common import OperatorError, config_option, handle_errors, json_option, load_node, node_option
-from standby.decide import State, fence_needed
-from standby.model import DbState, PgRole
-from standby.observe import postgres as pgobs
 
 
 @click.command("agent")
@@ -69,6 +68,20 @@ def agent_command(config_path: Path, node: str | None, respawn: bool, verbose: b
 
 
 def _supervise(config_path: Path, node: str, verbose: bool) -> None:
+    common = ["--config", str(config_path), "--node", node]
+    supervise([sys.argv[0], "agent", *common, *(["-v"] if verbose else [])],
+              [sys.argv[0], "fence", "--if-unclean", *common])
+
+
+STOP_TIMEOUT_S = 30  # the unit's TimeoutStopSec
+RESTART_S = 0.2  # the unit's RestartSec
+
+
+def supervise(agent_argv: list[str], fence_argv: list[str], stop_timeout_s: float = STOP_TIMEOUT_S) -> None:
+    """Run the agent as the unit does: after every exit, kill what it left in its process group
+    (KillMode=mixed; the group stands for the unit's cgroup, and PostgreSQL, detached by pg_ctl
+    into a session of its own, is not in it), then `fence --if-unclean` (ExecStopPost), then
+    start it again (Restart=always), unless told to stop or the agent rejected its arguments (2)."""
     child: subprocess.Popen[bytes] | None = None
     stopping = False
 
@@ -80,14 +93,44 @@ def _supervise(config_path: Path, node: str, verbose: bool) -> None:
 
     signal.signal(signal.SIGTERM, on_term)
     signal.signal(signal.SIGINT, on_term)
-    argv = [sys.argv[0], "agent", "--config", str(config_path), "--node", node] + (["-v"] if verbose else [])
     while not stopping:
-        child = subprocess.Popen(argv)
-        code = child.wait()
-        subprocess.run([sys.argv[0], "fence", "--if-unclean", "--config", str(config_path), "--node", node])
+        child = subprocess.Popen(agent_argv)
+        code = _wait(child, lambda: stopping, stop_timeout_s)
+        _kill_leftovers()
+        subprocess.run(fence_argv)
         if stopping or code == 2:
             break
-        time.sleep(0.5)
+        time.sleep(RESTART_S)
+
+
+def _wait(child: subprocess.Popen[bytes], stopping: Callable[[], bool], stop_timeout_s: float) -> int:
+    """The child's exit code; SIGKILL if it outlives a stop request by ``stop_timeout_s``."""
+    asked: float | None = None
+    while True:
+        try:
+            return child.wait(timeout=0.2)
+        except subprocess.TimeoutExpired:
+            pass
+        if stopping() and asked is None:
+            asked = time.monotonic()
+        if asked is not None and time.monotonic() - asked > stop_timeout_s:
+            child.kill()
+
+
+def _kill_leftovers() -> None:
+    """SIGKILL every other process of this process group (what the agent left behind)."""
+    me, group = os.getpid(), os.getpgrp()
+    for stat_file in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat_file.read_text().rsplit(")", 1)[1].split()
+            pid, pgrp = int(stat_file.parent.name), int(fields[2])
+        except (OSError, ValueError, IndexError):
+            continue
+        if pgrp == group and pid != me:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
 
 
 @click.command("fence")
@@ -101,30 +144,10 @@ def fence_command(config_path: Path, node: str | None, if_unclean: bool) -> None
     PostgreSQL if the peer could have taken over meanwhile (then it stays fenced until rejoined)."""
     cfg, me = load_node(config_path, node)
     store = Store(cfg.state_dir_for(me), me)
-    live = store.read_liveness()
-    if if_unclean and (live is None or live.clean):
-        click.echo("the agent stopped cleanly: nothing to do")
-        return
-    for sip in cfg.service_ips:
-        if addresses.remove(sip):
-            click.echo(f"removed service IP {sip.address}")
-    # Nothing keeps the reporting IP's lag in check without an agent.
-    floating = cfg.reporting.floating() if cfg.reporting else None
-    if floating is not None and addresses.remove(floating):
-        click.echo(f"removed reporting IP {floating.address}")
-    for r in services.stop_all(cfg.services, me):
-        click.echo(f"stopped {r.service}: {r.detail}")
-    kept = store.load_state()
-    state = State(**kept)  # type: ignore[arg-type]
-    seen = pgobs.observe_local(cfg, me)
-    db = {PgRole.PRIMARY: DbState.PRIMARY, PgRole.STANDBY: DbState.STANDBY}.get(seen.role, DbState.DOWN)
-    if fence_needed(state, db) or not if_unclean and db is DbState.PRIMARY:
-        pgact.stop(cfg, me, "fast", timeout_s=10)
-        fenced = State(**{**kept, "fenced": True, "was_primary": False})  # type: ignore[arg-type]
-        store.save_state(fenced)
-        store.record("fenced", reason="agent gone" if if_unclean else "operator", postgres_was=db.value)
-        click.echo("PostgreSQL stopped; this node is fenced until it is rejoined")
-    store.write_liveness(live.boot if live else 0, clean=True)
+    try:
+        fence.fence_node(cfg, me, store, if_unclean, say=click.echo)
+    except (pgact.PostgresActionError, OSError) as e:
+        raise OperatorError(f"fencing {me} did not finish: {e}") from None
 
 
 @click.command("history")

@@ -1,0 +1,388 @@
+"""The systemd unit, PostgreSQL outside the agent's unit, one fence routine (H2, L3, L4, M7).
+
+The fence tests fake only the edges (PostgreSQL's role, pg_ctl, addresses); the state file, the
+corrupt file, the full disk and the planted links are real.
+"""
+
+from __future__ import annotations
+
+import configparser
+import json
+import os
+import pwd
+import shutil
+import signal
+import stat
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+import tomli_w
+from click.testing import CliRunner
+
+from standby import config
+from standby.act import addresses, fence, services
+from standby.act import postgres as pgact
+from standby.agent.store import Store
+from standby.decide import State
+from standby.model import DbState, PgRole
+from standby.observe import postgres as pgobs
+
+from .configs import example_with_secrets
+
+ROOT = Path(__file__).parents[2]
+UNIT = ROOT / "etc" / "standby.service"
+VENV_STANDBY = ROOT / ".venv" / "bin" / "standby"
+
+
+# -- H2: the unit ---------------------------------------------------------------------------------
+
+
+def _unit() -> configparser.RawConfigParser:
+    p = configparser.RawConfigParser(strict=False, interpolation=None)
+    p.optionxform = str  # type: ignore[assignment,method-assign]
+    p.read_string(UNIT.read_text())
+    return p
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze not installed (apt-get install systemd)")
+def test_h2_unit_verifies_with_this_checkouts_binary(tmp_path: Path) -> None:
+    """`systemd-analyze verify` accepts the unit without a warning once its binary exists.
+
+    verify fails on a missing ExecStart binary but only warns (exit 0) on an unknown key, so the
+    copy points at this checkout's binary and any output at all fails the test.
+    """
+    shipped = subprocess.run(["systemd-analyze", "verify", str(UNIT)], capture_output=True, text=True)
+    assert shipped.returncode != 0 and "/usr/local/bin/standby" in shipped.stderr  # verify does check paths
+    assert VENV_STANDBY.exists(), "run ./dev setup first"
+    copy = tmp_path / "standby.service"
+    copy.write_text(UNIT.read_text().replace("/usr/local/bin/standby", str(VENV_STANDBY)))
+    res = subprocess.run(["systemd-analyze", "verify", str(copy)], capture_output=True, text=True)
+    assert res.returncode == 0 and not (res.stdout + res.stderr).strip(), res.stdout + res.stderr
+
+
+def test_h2_unit_restarts_forever_and_is_hardened() -> None:
+    u = _unit()
+    assert u["Unit"]["StartLimitIntervalSec"] == "0"  # RestartSec=0.2 would meet 5 starts in 10 s
+    s = u["Service"]
+    assert s["Restart"] == "always" and float(s["RestartSec"]) <= 1
+    assert int(s["LimitNOFILE"]) >= 65536
+    assert s["NoNewPrivileges"] == "yes" and s["ProtectSystem"] == "strict" and s["ProtectHome"] == "yes"
+    caps = set(s["CapabilityBoundingSet"].split())
+    assert {"CAP_NET_ADMIN", "CAP_NET_RAW", "CAP_SETUID", "CAP_SETGID", "CAP_KILL"} <= caps
+    assert "CAP_SYS_ADMIN" not in caps
+    writable = [p.lstrip("-") for p in s["ReadWritePaths"].split()]
+    raw, _ = example_with_secrets(Path(tempfile.mkdtemp()))
+    example = config.parse({**raw, "state_dir": "/var/lib/standby"})
+    for needed in (example.state_dir_for("alpha"), example.pg("alpha").data_dir):
+        assert any(needed == Path(w) or Path(w) in needed.parents for w in writable), needed
+
+
+def test_h2_launcher_is_a_transient_unit_under_systemd() -> None:
+    assert pgact.choose_launcher(pgact.HostFacts(True, "/usr/bin/systemd-run"))[0] is pgact.Launcher.SYSTEMD_RUN
+    assert pgact.choose_launcher(pgact.HostFacts(False, "/usr/bin/systemd-run"))[0] is pgact.Launcher.PG_CTL
+    assert pgact.choose_launcher(pgact.HostFacts(True, None)) == (pgact.Launcher.PG_CTL, pgact.LaunchWhy.NO_SYSTEMD_RUN)
+
+
+def test_h2_transient_unit_runs_the_server_as_its_account(tmp_path: Path) -> None:
+    raw, _ = example_with_secrets(tmp_path)
+    cfg = config.parse(raw)
+    argv = pgact.start_argv(cfg, "alpha", pgact.Launcher.SYSTEMD_RUN, 60)
+    assert argv[0] == "systemd-run" and f"--unit={pgact.unit_name('alpha')}" in argv
+    assert "--property=User=postgres" in argv and "--property=Type=notify" in argv
+    assert argv[argv.index("--") + 1:] == [str(cfg.pg("alpha").bin_dir / "postgres"), "-D", str(cfg.pg("alpha").data_dir)]
+
+
+# -- L3: the server log and a full disk -----------------------------------------------------------
+
+
+def test_l3_server_log_is_bounded_without_systemd(tmp_path: Path) -> None:
+    raw, _ = example_with_secrets(tmp_path)
+    cfg = config.parse(raw)
+    opts = pgact.start_argv(cfg, "alpha", pgact.Launcher.PG_CTL, 60)
+    o = opts[opts.index("-o") + 1]
+    for setting in ("logging_collector=on", "log_truncate_on_rotation=on", "log_rotation_age=60",
+                    f"log_filename={pgact.LOG_FILENAME}"):
+        assert f"-c {setting}" in o
+    # The file name cycles (hour of the day): a rotation reuses, and truncates, an old file.
+    assert "%H" in pgact.LOG_FILENAME and not any(x in pgact.LOG_FILENAME for x in ("%Y", "%m", "%d", "%j"))
+    # pg_ctl's own -l file gets only what the server says before its collector runs.
+    assert opts[opts.index("-l") + 1] != str(cfg.state_dir_for("alpha") / "postgresql.log")
+
+
+@pytest.fixture
+def full_disk() -> Iterator[Path]:
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs needs root")
+    d = Path(tempfile.mkdtemp(prefix="standby-full-"))
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(d)], check=True)
+    try:
+        fd = os.open(d / "filler", os.O_WRONLY | os.O_CREAT, 0o600)
+        try:
+            while True:
+                os.write(fd, b"\0" * 4096)
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
+        yield d
+    finally:
+        subprocess.run(["umount", str(d)], check=False)
+        d.rmdir()
+
+
+def test_l3_history_on_a_full_disk_does_not_raise(full_disk: Path, caplog: pytest.LogCaptureFixture) -> None:
+    store = Store(full_disk, "alpha")
+    for i in range(3):
+        entry = store.record("decision", n=i)
+        assert entry["n"] == i
+    assert store.history_lost == 3
+    assert sum("history entries are dropped" in r.getMessage() for r in caplog.records) == 1
+
+
+# -- one fence routine, L4 --------------------------------------------------------------------------
+
+
+class Edges:
+    """What the fence touches outside the state directory, recorded in order."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, store: Store, role: PgRole, fail: tuple[str, ...] = ()) -> None:
+        self.calls: list[tuple[str, Any]] = []
+        self.running = role is not PgRole.STOPPED
+
+        def remove(sip: Any) -> bool:
+            self.calls.append(("remove", sip.address))
+            return True
+
+        def stop(cfg: Any, node: str, mode: str = "fast", timeout_s: int = 60) -> None:
+            try:
+                fenced = json.loads(store.state_path.read_text()).get("fenced")
+            except (OSError, ValueError, AttributeError):
+                fenced = None
+            self.calls.append(("stop", (mode, fenced)))
+            if mode in fail:
+                raise subprocess.TimeoutExpired(["pg_ctl"], timeout_s) if mode == "fast" else pgact.PostgresActionError("hung")
+            self.running = False
+
+        def kill(cfg: Any, node: str, timeout_s: float = 10.0) -> None:
+            self.calls.append(("kill", None))
+            self.running = False
+
+        monkeypatch.setattr(addresses, "remove", remove)
+        monkeypatch.setattr(services, "stop_all", lambda svcs, node: [])
+        monkeypatch.setattr(pgobs, "observe_local", lambda cfg, node: SimpleNamespace(role=role))
+        monkeypatch.setattr(pgact, "stop", stop)
+        monkeypatch.setattr(pgact, "kill_server", kill)
+
+    def kinds(self) -> list[str]:
+        """The calls in order, repeated removals (service and reporting IPs) as one."""
+        out: list[str] = []
+        for k, _ in self.calls:
+            if not (k == "remove" and out[-1:] == ["remove"]):
+                out.append(k)
+        return out
+
+
+def _node(tmp_path: Path, state: str | None, clean: bool = False) -> tuple[Path, config.Config, Store]:
+    raw, _ = example_with_secrets(tmp_path)
+    path = tmp_path / "standby.toml"
+    path.write_text(tomli_w.dumps(raw))
+    cfg = config.parse(raw)
+    store = Store(cfg.state_dir_for("alpha"), "alpha")
+    if state is not None:
+        store.state_path.write_text(state)
+    store.write_liveness(7, clean=clean)
+    return path, cfg, store
+
+
+def _fence_cli(path: Path) -> Any:
+    from standby.cli.agent import fence_command
+
+    return CliRunner().invoke(fence_command, ["--config", str(path), "--node", "alpha", "--if-unclean"])
+
+
+def test_fence_records_fenced_before_the_stop_and_escalates(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`fence --if-unclean` on a primary whose stops hang: fenced on disk first, then fast, immediate, SIGKILL."""
+    path, _cfg, store = _node(tmp_path, json.dumps({"term": 3, "was_primary": True, "peer_could_promote": True}))
+    edges = Edges(monkeypatch, store, PgRole.PRIMARY, fail=("fast", "immediate"))
+    res = _fence_cli(path)
+    assert res.exit_code == 0, res.output
+    assert edges.kinds() == ["remove", "stop", "stop", "kill"]  # addresses first
+    assert [c[1] for c in edges.calls if c[0] == "stop"] == [("fast", True), ("immediate", True)]  # fenced before the stop
+    assert not edges.running
+    saved = json.loads(store.state_path.read_text())
+    assert saved["fenced"] is True and saved["term"] == 3
+    assert store.history()[-1]["event"] == "fenced" and store.history()[-1]["stopped_by"] == "kill"
+
+
+def test_fence_agent_escalates_through_the_same_routine(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The agent's FENCE action: a fast stop that times out (pg_ctl itself hung) escalates too."""
+    from standby.agent.node import Agent
+
+    _path, cfg, store = _node(tmp_path, None)
+    edges = Edges(monkeypatch, store, PgRole.PRIMARY, fail=("fast",))
+    Agent(cfg, "alpha")._fence_pg()
+    assert [c[1][0] for c in edges.calls if c[0] == "stop"] == ["fast", "immediate"] and not edges.running
+
+
+def test_fence_plan_finishes_a_fence_cut_short() -> None:
+    """A crash between "fenced" on disk and the end of the stop: the next fence stops the server."""
+    p = fence.plan(True, False, State(fenced=True), DbState.PRIMARY)
+    assert p.stop_postgres and p.why is fence.Why.ALREADY_FENCED_RUNNING
+    assert not fence.plan(True, False, State(fenced=True), DbState.DOWN).stop_postgres
+    # A rejoin starts the standby before it clears "fenced": that standby is kept.
+    assert not fence.plan(True, False, State(fenced=True), DbState.STANDBY).stop_postgres
+    assert fence.plan(True, True, State(was_primary=True), DbState.PRIMARY).why is fence.Why.CLEAN_STOP
+    assert not fence.plan(True, False, State(was_primary=True, peer_could_promote=False), DbState.PRIMARY).stop_postgres
+
+
+@pytest.mark.parametrize("damage", ['{"term": 4, "fenced": fal', "", "[1, 2]", '{"term": "4", "fenced": false}',
+                                    '{"term": 4, "fenced": 0}', "\x00\x00\x00"])
+def test_l4_corrupt_state_fence_if_unclean_stops_a_running_primary(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                   damage: str) -> None:
+    path, _cfg, store = _node(tmp_path, damage)
+    edges = Edges(monkeypatch, store, PgRole.PRIMARY)
+    res = _fence_cli(path)
+    assert res.exit_code == 0, res.output
+    assert edges.kinds() == ["remove", "stop"] and not edges.running
+    assert "cannot be read" in res.output and "unreadable" in res.output
+    assert store.state_path.read_text() == damage  # kept as found, for a person to look at
+    assert store.history()[-1]["reason"] == fence.Why.STATE_UNREADABLE_PRIMARY.name.lower()
+
+
+def test_l4_corrupt_state_keeps_a_standby_and_drops_addresses(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path, _cfg, store = _node(tmp_path, '{"term": ')
+    edges = Edges(monkeypatch, store, PgRole.STANDBY)
+    res = _fence_cli(path)
+    assert res.exit_code == 0, res.output
+    assert edges.kinds() == ["remove"] and edges.running
+
+
+def test_l4_damaged_liveness_record_counts_as_unclean(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path, _cfg, store = _node(tmp_path, json.dumps({"term": 2, "was_primary": True, "peer_could_promote": True}),
+                              clean=True)
+    store.live_path.write_text('{"pid": 1, "boot"')
+    edges = Edges(monkeypatch, store, PgRole.PRIMARY)
+    res = _fence_cli(path)
+    assert res.exit_code == 0, res.output
+    assert edges.kinds() == ["remove", "stop"] and not edges.running
+
+
+# -- M7: links planted in the data directory ------------------------------------------------------
+
+
+@pytest.fixture
+def pg_owned_data_dir() -> Iterator[tuple[Path, Path]]:
+    """(a data directory owned by postgres, a root-owned directory of victims), both cleaned up."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root (files of two accounts)")
+    try:
+        pw = pwd.getpwnam("postgres")
+    except KeyError:
+        pytest.skip("no postgres account (apt-get install postgresql-15)")
+    base = Path(tempfile.mkdtemp(prefix="standby-m7-"))
+    base.chmod(0o755)
+    data, victims = base / "data", base / "root"
+    data.mkdir(mode=0o700)
+    os.chown(data, pw.pw_uid, pw.pw_gid)
+    victims.mkdir(mode=0o755)
+    try:
+        yield data, victims
+    finally:
+        shutil.rmtree(base)
+
+
+NAMES = ("postgresql.auto.conf", "standby.signal", pgact.STANDBY_PASSFILE, "pg_hba.conf")
+
+
+def test_m7_configure_as_standby_follows_no_planted_link(tmp_path: Path, pg_owned_data_dir: tuple[Path, Path]) -> None:
+    data, victims = pg_owned_data_dir
+    before = {}
+    for name in NAMES:
+        victim = victims / name
+        victim.write_text(f"root's own {name}\n")
+        victim.chmod(0o644)
+        os.symlink(victim, data / name)  # what a compromised postgres account can do
+        before[name] = (victim.read_text(), os.stat(victim))
+    raw, _ = example_with_secrets(tmp_path)
+    raw["postgres"]["data_dir"] = str(data)
+    cfg = config.parse(raw)
+    pgact.configure_as_standby(cfg, "alpha", "beta")
+    pg_uid = pwd.getpwnam("postgres").pw_uid
+    for name in NAMES:
+        victim = victims / name
+        st = os.stat(victim)
+        assert victim.read_text() == before[name][0], name
+        assert (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) == (0, 0, 0o644), name
+        # The link was replaced by the account's own file (it read the target only as itself could).
+        own = data / name
+        assert not own.is_symlink() and own.stat().st_uid == pg_uid, name
+    assert "primary_conninfo" in (data / "postgresql.auto.conf").read_text()
+
+
+def test_m7_clone_does_not_chown_through_a_link(tmp_path: Path, pg_owned_data_dir: tuple[Path, Path]) -> None:
+    data, victims = pg_owned_data_dir
+    target = data / "main"
+    os.symlink(victims, target)  # the data directory itself replaced by a link to a root directory
+    raw, _ = example_with_secrets(tmp_path)
+    raw["postgres"]["data_dir"] = str(target)
+    cfg = config.parse(raw)
+    with pytest.raises(pgact.PostgresActionError, match="does not belong to postgres"):
+        pgact.clone(cfg, "alpha", "beta", timeout_s=5)
+    st = os.stat(victims)
+    assert (st.st_uid, stat.S_IMODE(st.st_mode)) == (0, 0o755)
+
+
+# -- the lab's supervisor behaves like the unit -----------------------------------------------------
+
+
+def _pids_of(name: str) -> list[int]:
+    """Processes whose argv[0] is ``name`` (or starts with it, when it ends with '-')."""
+    out = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            argv0 = cmdline.read_bytes().split(b"\0", 1)[0].decode(errors="replace")
+            if argv0 == name or (name.endswith("-") and argv0.startswith(name)):
+                out.append(int(cmdline.parent.name))
+        except OSError:
+            continue
+    return out
+
+
+def test_h2_respawn_kills_the_agents_leftovers_but_not_a_detached_server(tmp_path: Path) -> None:
+    """`agent --respawn` as the unit: KillMode=mixed on the agent's leftovers (its process group),
+    never on a server that pg_ctl detached into a session of its own; then fence --if-unclean."""
+    tag = f"standby-test-{os.getpid()}-{tmp_path.name}"
+    leftover, server, fenced = f"{tag}-leftover", f"{tag}-server", tmp_path / "fenced"
+    # The "agent" leaves a child behind in its group, detaches a "server", and dies uncleanly.
+    agent = ["bash", "-c", f'(exec -a {leftover} sleep 300) & setsid bash -c "exec -a {server} sleep 300" & sleep 0.3; exit 1']
+    fence_cmd = ["sh", "-c", f"echo unclean >> {fenced}"]
+    code = (f"from standby.cli.agent import supervise; supervise({agent!r}, {fence_cmd!r})")
+    sup = subprocess.Popen([str(ROOT / ".venv" / "bin" / "python"), "-c", code], start_new_session=True)
+    try:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and not (fenced.exists() and _pids_of(server)):
+            time.sleep(0.1)
+        assert fenced.exists(), "fence --if-unclean did not run after the unclean exit"
+        assert _pids_of(server), "the detached server was killed"
+        time.sleep(0.5)
+        assert len(fenced.read_text().splitlines()) >= 1
+        # Every round's leftover was killed before the fence ran (at most the current round's may live).
+        assert len(_pids_of(leftover)) <= 1
+        sup.send_signal(signal.SIGTERM)
+        sup.wait(timeout=10)
+        assert _pids_of(leftover) == []
+    finally:
+        if sup.poll() is None:
+            os.killpg(sup.pid, signal.SIGKILL)
+            sup.wait()
+        for pid in _pids_of(f"{tag}-"):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
