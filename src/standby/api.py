@@ -9,14 +9,28 @@ POST /maintenance {"suspend": true|false}   suspends automatic failover
 POST /switchover/demote | /switchover/promote {"min_lsn", "timeout_s"} | /switchover/follow | /switchover/resume
 POST /rejoin | /promote (a person's decision) | /fence
 Every POST needs the API token (Authorization: Bearer ...); without it: 401 and nothing happens.
+With api.token_for_status, GET /status and /metrics need it too.
+
+The server runs in a thread of its own with its own event loop, so no client, however many or
+slow, can delay the heartbeats or the decisions: it listens only on api.listen, turns away
+connections beyond api.max_connections (loopback clients excepted), cuts off any connection that
+has not delivered its request within api.request_timeout_s, and serves one request per
+connection. Handlers read the agent through copies made in one step under the interpreter lock;
+operations run on the agent's own loop (`asyncio.run_coroutine_threadsafe`).
 """
 
 from __future__ import annotations
 
+import asyncio
 import hmac
+import ipaddress
 import json
 import logging
+import socket
+import struct
+import threading
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
@@ -25,12 +39,15 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from standby import __version__, tls
 from standby.agent.node import Agent, OpError
-from standby.config import ConfigError, read_secret
+from standby.config import ConfigError, api_addresses, read_secret
 from standby.model import DbState
 
 log = logging.getLogger("standby.api")
 AGENT_KEY = web.AppKey("agent", Agent)
+# The agent's own event loop, where operations run; None: the API shares it (tests).
+AGENT_LOOP_KEY = web.AppKey("agent_loop", asyncio.AbstractEventLoop)
 MAX_PROMOTE_WAIT_S = 3600
+IP_FREEBIND = 15  # <linux/in.h>: listen on the private address even while its link is down
 
 
 def _json(status: int, body: dict[str, Any]) -> web.Response:
@@ -38,8 +55,22 @@ def _json(status: int, body: dict[str, Any]) -> web.Response:
 
 
 def agent_view(a: Agent) -> dict[str, Any]:
+    """This agent's view; may run in the API's thread while the agent's loop changes it."""
+    for _ in range(3):
+        try:
+            return _agent_view(a)
+        except RuntimeError:  # a container changed size while read: read again
+            continue
+    return _agent_view(a)
+
+
+def _agent_view(a: Agent) -> dict[str, Any]:
     now = time.monotonic()
     s = a.state
+    # dict()/list() copy in one step under the interpreter lock; the agent replaces its
+    # state objects (frozen dataclasses) rather than changing them.
+    heard, carrier, recent = dict(a.heard), dict(a.carrier), list(a.recent)
+    rejected, sent, send_errors = dict(a.receiver.rejected), dict(a.counters.sent), dict(a.counters.send_errors)
     return {
         "node": a.node,
         "peer": a.peer,
@@ -52,16 +83,16 @@ def agent_view(a: Agent) -> dict[str, Any]:
                      "peer_sync": a.pg.peer_sync, "synchronous_standby_names": a.sync_names},
         "state": {"term": s.term, "fenced": s.fenced, "services": s.services, "degraded": s.degraded,
                   "eligible": s.eligible, "promoting": s.promoting, "sync_established": s.sync_established},
-        "peer_heard_s_ago": {n.value: (None if t is None else round(now - t, 3)) for n, t in a.heard.items()},
+        "peer_heard_s_ago": {n.value: (None if t is None else round(now - t, 3)) for n, t in heard.items()},
         "peer_view": None if a.peer_view is None else {
             "term": a.peer_view.term, "db": a.peer_view.db.value, "services": a.peer_view.services,
             "sync_ok": a.peer_view.sync_ok, "reporting": a.peer_view.reporting},
-        "carrier": {n.value: c for n, c in a.carrier.items()},
+        "carrier": {n.value: c for n, c in carrier.items()},
         "tiebreaker_ok": a._tiebreaker_ok(),
         "services_healthy": a.services_healthy,
-        "heartbeats": {"accepted": a.receiver.accepted, "rejected": dict(a.receiver.rejected),
-                       "sent": a.counters.sent, "send_errors": a.counters.send_errors},
-        "recent": list(a.recent)[-10:],
+        "heartbeats": {"accepted": a.receiver.accepted, "rejected": rejected,
+                       "sent": sent, "send_errors": send_errors},
+        "recent": recent[-10:],
         "reporting": _reporting_view(a),
     }
 
@@ -105,6 +136,8 @@ async def health(request: web.Request) -> web.Response:
 
 
 async def status(request: web.Request) -> web.Response:
+    if not _may_read(request):
+        return _unauthorised()
     return _json(200, agent_view(request.app[AGENT_KEY]))
 
 
@@ -129,11 +162,11 @@ class _Collector:
         yield GaugeMetricFamily("standby_degraded", "1 if commits do not wait for the standby", value=float(a.state.degraded))
         ages = GaugeMetricFamily("standby_peer_heard_seconds", "seconds since the peer was heard", labels=["network"])
         now = time.monotonic()
-        for n, t in a.heard.items():
+        for n, t in dict(a.heard).items():
             ages.add_metric([n.value], float("inf") if t is None else now - t)
         yield ages
         rej = CounterMetricFamily("standby_heartbeats_rejected", "heartbeats refused, by reason", labels=["reason"])
-        for k, v in a.receiver.rejected.items():
+        for k, v in dict(a.receiver.rejected).items():
             rej.add_metric([k], v)
         yield rej
         yield CounterMetricFamily("standby_heartbeats_accepted", "valid heartbeats received", value=a.receiver.accepted)
@@ -141,6 +174,8 @@ class _Collector:
 
 
 async def metrics(request: web.Request) -> web.Response:
+    if not _may_read(request):
+        return _unauthorised()
     registry = request.app[REGISTRY_KEY]
     return web.Response(body=generate_latest(registry), content_type="text/plain", charset="utf-8")
 
@@ -161,20 +196,41 @@ def _authorised(request: web.Request) -> bool:
     return bool(given) and hmac.compare_digest(given.encode(), expected.encode())
 
 
+def _may_read(request: web.Request) -> bool:
+    """/status and /metrics: open, unless api.token_for_status."""
+    return not request.app[AGENT_KEY].cfg.api.token_for_status or _authorised(request)
+
+
+def _unauthorised() -> web.Response:
+    return _json(401, {"error": "a valid API token is required (Authorization: Bearer ...)"})
+
+
 async def _json_body(request: web.Request) -> Any:
     """The request's JSON body ({} if none); ValueError for anything that is not JSON."""
     if not request.can_read_body:
         return {}
     try:
-        return await request.json()
+        async with asyncio.timeout(request.app[AGENT_KEY].cfg.api.request_timeout_s):  # a body sent slowly
+            return await request.json()
     except RecursionError:  # deeply nested arrays: not a request anyone means
         raise ValueError("JSON nested too deeply") from None
+    except TimeoutError:
+        raise ValueError("request body too slow") from None
+
+
+async def _on_agent(request: web.Request, fn: Callable[..., Awaitable[Any]], *args: Any) -> Any:
+    """Await ``fn(*args)`` on the agent's loop: its state is that loop's alone."""
+    loop = request.app.get(AGENT_LOOP_KEY)
+    if loop is None or loop is asyncio.get_running_loop():
+        return await fn(*args)
+    # Shielded: a client hanging up must not cut an operation in half.
+    return await asyncio.shield(asyncio.wrap_future(asyncio.run_coroutine_threadsafe(fn(*args), loop)))
 
 
 async def maintenance(request: web.Request) -> web.Response:
     a = request.app[AGENT_KEY]
     if not _authorised(request):
-        return _json(401, {"error": "a valid API token is required (Authorization: Bearer ...)"})
+        return _unauthorised()
     try:
         body = await _json_body(request)
         suspend = body["suspend"]
@@ -182,7 +238,10 @@ async def maintenance(request: web.Request) -> web.Response:
             raise TypeError
     except (ValueError, KeyError, TypeError):
         return _json(400, {"error": 'expected a JSON body {"suspend": true|false}'})
-    a.set_maintenance(suspend)
+    async def apply() -> None:
+        a.set_maintenance(suspend)
+
+    await _on_agent(request, apply)
     return _json(200, {"suspended": suspend})
 
 
@@ -192,7 +251,7 @@ def _op(fn_name: str) -> Any:
     async def handler(request: web.Request) -> web.Response:
         a = request.app[AGENT_KEY]
         if not _authorised(request):
-            return _json(401, {"error": "a valid API token is required (Authorization: Bearer ...)"})
+            return _unauthorised()
         try:
             body = await _json_body(request)
             if not isinstance(body, dict):
@@ -205,9 +264,9 @@ def _op(fn_name: str) -> Any:
                 if (not isinstance(lsn, str) or not isinstance(timeout, (int, float)) or isinstance(timeout, bool)
                         or not 0 <= timeout <= MAX_PROMOTE_WAIT_S):  # also NaN, inf: a wait must end
                     return _json(400, {"error": f'expected {{"min_lsn": "X/Y", "timeout_s": 0 to {MAX_PROMOTE_WAIT_S} seconds}}'})
-                result = await a.operate("promote", lsn, float(timeout))
+                result = await _on_agent(request, a.operate, "promote", lsn, float(timeout))
             else:
-                result = await a.operate(fn_name)
+                result = await _on_agent(request, a.operate, fn_name)
         except OpError as e:
             return _json(409, {"error": str(e)})
         except Exception as e:  # reported to the caller, and recorded
@@ -218,9 +277,20 @@ def _op(fn_name: str) -> Any:
     return handler
 
 
-def make_app(agent: Agent) -> web.Application:
-    app = web.Application(client_max_size=64 * 1024)
+@web.middleware
+async def _one_request(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+                       ) -> web.StreamResponse:
+    """One request per connection: no idle keep-alive to hold, no pipeline of work on one socket."""
+    resp = await handler(request)
+    resp.force_close()
+    return resp
+
+
+def make_app(agent: Agent, agent_loop: asyncio.AbstractEventLoop | None = None) -> web.Application:
+    app = web.Application(client_max_size=64 * 1024, middlewares=[_one_request])
     app[AGENT_KEY] = agent
+    if agent_loop is not None:
+        app[AGENT_LOOP_KEY] = agent_loop
     registry = CollectorRegistry()
     registry.register(_Collector(agent))  # type: ignore[arg-type]
     app[REGISTRY_KEY] = registry
@@ -237,11 +307,125 @@ def make_app(agent: Agent) -> web.Application:
     return app
 
 
-async def serve(agent: Agent) -> web.AppRunner:
-    runner = web.AppRunner(make_app(agent), access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, str(agent.cfg.api.bind), agent.cfg.api.port, reuse_address=True,
-                       ssl_context=tls.server_context(agent.cfg, agent.node))
-    await site.start()
-    return runner
+class ApiServer:
+    """The API in a thread of its own, with its own event loop and its own limits.
 
+    Connections are accepted here rather than by ``loop.create_server`` so that the limit
+    applies before a TLS handshake is even started: a flood of half-open TLS connections
+    would otherwise hold a descriptor each until the handshake times out.
+    """
+
+    def __init__(self, agent: Agent, agent_loop: asyncio.AbstractEventLoop | None) -> None:
+        self.agent, self.agent_loop = agent, agent_loop
+        self.cfg = agent.cfg.api
+        self.ssl = tls.server_context(agent.cfg, agent.node)
+        self.handshaking = 0  # accepted, not yet handed to aiohttp
+        self.turned_away = 0
+        self._serving: set[asyncio.Task[None]] = set()
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._ready = threading.Event()
+        self._error: BaseException | None = None
+        self._stop: asyncio.Event | None = None
+
+    def start(self, timeout_s: float = 10.0) -> None:
+        """Bind and serve; raises what prevented it (an address in use, say)."""
+        # Started from the agent's thread, it would inherit a real-time priority; a new thread
+        # starts at normal scheduling (SCHED_RESET_ON_FORK), below the agent: what we want.
+        self._thread = threading.Thread(target=self._run, name="api", daemon=True)
+        self._thread.start()
+        if not self._ready.wait(timeout_s):
+            raise RuntimeError("the API did not start in time")
+        if self._error is not None:
+            raise self._error
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        if self.loop is not None and self._stop is not None:
+            self.loop.call_soon_threadsafe(self._stop.set)
+        if self._thread is not None:
+            self._thread.join(timeout_s)
+
+    def _run(self) -> None:
+        try:
+            asyncio.run(self._main())
+        except BaseException as e:  # reported to start() if it happens there; logged otherwise
+            if not self._ready.is_set():
+                self._error = e
+                self._ready.set()
+            else:
+                log.error("the API stopped: %s", e)
+
+    async def _main(self) -> None:
+        self.loop = asyncio.get_running_loop()
+        self._stop = asyncio.Event()
+        runner = web.AppRunner(make_app(self.agent, self.agent_loop), access_log=None,
+                               keepalive_timeout=self.cfg.request_timeout_s, handle_signals=False)
+        await runner.setup()
+        socks: list[socket.socket] = []
+        tasks: list[asyncio.Task[None]] = []
+        try:
+            for address in api_addresses(self.agent.cfg, self.agent.node):
+                socks.append(_listen(str(address), self.cfg.port))
+            tasks = [asyncio.create_task(self._accept(s, runner)) for s in socks]
+            self._ready.set()
+            await self._stop.wait()
+        finally:
+            for t in (*tasks, *self._serving):
+                t.cancel()
+            await asyncio.gather(*tasks, *self._serving, return_exceptions=True)
+            for s in socks:
+                s.close()
+            await runner.cleanup()
+
+    async def _accept(self, lsock: socket.socket, runner: web.AppRunner) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                conn, addr = await loop.sock_accept(lsock)
+            except OSError as e:  # out of descriptors, say: wait, never die
+                log.warning("API accept failed: %s", e)
+                await asyncio.sleep(0.1)
+                continue
+            server = runner.server
+            assert server is not None
+            # Loopback clients (this host's own checks, the CLI) are never turned away.
+            if self.handshaking + len(server.connections) >= self.cfg.max_connections \
+                    and not ipaddress.ip_address(addr[0]).is_loopback:
+                self.turned_away += 1
+                # RST rather than FIN: no TIME_WAIT left behind per refused connection.
+                conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                conn.close()
+                continue
+            self.handshaking += 1
+            task = asyncio.create_task(self._serve(conn, server))
+            self._serving.add(task)
+            task.add_done_callback(self._serving.discard)
+
+    async def _serve(self, conn: socket.socket, server: Any) -> None:
+        """Hand the connection to aiohttp (after the TLS handshake, bounded in time); from then on
+        it is in ``server.connections`` until closed, and aiohttp's keep-alive timer (set to
+        api.request_timeout_s, running from the connection's start) cuts it off if idle or slow."""
+        timeout = self.cfg.request_timeout_s
+        try:
+            await asyncio.get_running_loop().connect_accepted_socket(
+                server, sock=conn, ssl=self.ssl,
+                **({"ssl_handshake_timeout": timeout, "ssl_shutdown_timeout": timeout} if self.ssl else {}))
+        except (OSError, TimeoutError):  # failed or slow handshake: the transport closed the socket
+            conn.close()
+        finally:
+            self.handshaking -= 1
+
+
+def _listen(address: str, port: int) -> socket.socket:
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.setsockopt(socket.IPPROTO_IP, IP_FREEBIND, 1)
+        s.bind((address, port))
+        s.listen(128)
+        s.setblocking(False)
+    except OSError as e:
+        s.close()
+        raise ConfigError([f"api.listen: cannot listen on {address}:{port} ({e.strerror}); free the port "
+                           "(api.port) or remove that address from api.listen"]) from None
+    return s

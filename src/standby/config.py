@@ -345,10 +345,67 @@ class Tls(_Strict):
         return Path(for_node(str(self.key_file), node))
 
 
+class ApiListen(StrEnum):
+    """Where the agent's API listens, by role: the same file serves both nodes."""
+
+    PRIVATE = "private"  # this node's private address: the peer's agent and the CLI on it
+    LOCALHOST = "localhost"  # 127.0.0.1: the CLI and local checks
+    PUBLIC = "public"  # this node's public address: only when asked (a load balancer's health checks)
+
+
 class Api(_Strict):
-    bind: ipaddress.IPv4Address = ipaddress.IPv4Address("0.0.0.0")
+    """The agent's HTTP API: who can reach it, for how long, and what needs the token."""
+
+    # Not every address: whoever reaches the port can open connections, so the public side is opt-in.
+    listen: list[ApiListen] = Field(default_factory=lambda: [ApiListen.PRIVATE, ApiListen.LOCALHOST], min_length=1)
     port: int = Field(8008, ge=1, le=65535)
     token_file: Path | None = None
+    # Connections open at once from other hosts (loopback clients are never turned away); beyond
+    # it a new connection is closed at once. Each connection serves one request.
+    max_connections: int = Field(64, ge=1, le=4096)
+    # A connection must deliver a complete request (after its TLS handshake, if any) within this
+    # time, and a request's body too; slower clients are cut off. Health checks need milliseconds.
+    request_timeout_s: float = Field(5.0, gt=0, le=60)
+    # true: GET /status and /metrics need the token too (HAProxy's /primary, /replica, /health stay open).
+    token_for_status: bool = False
+    # Without [tls] the token travels in clear; the CLI then sends it only to loopback and the
+    # nodes' private addresses, unless this is true (e.g. a private network of another shape).
+    token_in_clear: bool = False
+
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "bind" in data:
+            raise ValueError('bind: replaced by listen, a list of "private", "localhost" and "public", e.g. '
+                             'listen = ["private", "localhost"] (add "public" for a load balancer\'s health checks)')
+        return data
+
+    @field_validator("listen")
+    @classmethod
+    def _once_each(cls, v: list[ApiListen]) -> list[ApiListen]:
+        if len(set(v)) != len(v):
+            raise ValueError("each of private, localhost, public at most once")
+        return v
+
+
+def api_addresses(cfg: Config, node: str) -> list[ipaddress.IPv4Address]:
+    """The addresses ``node``'s API listens on, from api.listen."""
+    n = cfg.nodes[node]
+    where = {ApiListen.PRIVATE: n.private.ip, ApiListen.PUBLIC: n.public.ip,
+             ApiListen.LOCALHOST: ipaddress.IPv4Address("127.0.0.1")}
+    return [where[w] for w in cfg.api.listen]
+
+
+def token_may_travel(cfg: Config, host: str) -> bool:
+    """Whether a client may send the API token to ``host``: always over TLS; in clear only to
+    loopback or a node's private address, unless api.token_in_clear."""
+    if cfg.tls is not None or cfg.api.token_in_clear:
+        return True
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return False  # a name: where it leads is not known here
+    return ip.is_loopback or any(ip == n.private.ip for n in cfg.nodes.values())
 
 
 class Config(_Strict):

@@ -17,6 +17,7 @@ import psycopg
 
 from standby import __version__, tls
 from standby.act.postgres import read_facts
+from standby.cli.common import status_auth
 from standby.config import Config, Durability, ServiceIP
 from standby.model import PgRole, SyncState
 from standby.observe import addresses, probes
@@ -46,7 +47,8 @@ def agent_status(cfg: Config, node: str, timeout_s: float = 1.0) -> dict[str, An
     ctx = tls.client_context(cfg)
     for link in (cfg.nodes[node].private, cfg.nodes[node].public):
         try:
-            with urllib.request.urlopen(tls.api_url(cfg, link.ip, "/status"), timeout=timeout_s, context=ctx) as r:
+            req = urllib.request.Request(tls.api_url(cfg, link.ip, "/status"), headers=status_auth(cfg, str(link.ip)))
+            with urllib.request.urlopen(req, timeout=timeout_s, context=ctx) as r:
                 return json.loads(r.read())  # type: ignore[no-any-return]
         except (urllib.error.URLError, OSError, ValueError):
             continue

@@ -22,7 +22,7 @@ def example_with_secrets(d: Path, api_port: int = 8008) -> tuple[dict[str, Any],
     raw = tomllib.loads(EXAMPLE.read_text())
     raw["state_dir"] = str(d / "state")
     (d / "state").mkdir(exist_ok=True)
-    raw["api"] = {"bind": "127.0.0.1", "port": api_port}
+    raw["api"] = {"listen": ["localhost"], "port": api_port}
     files: dict[str, Path] = {}
     for key, where in SECRET_KEYS.items():
         path = d / key.replace(".", "_")

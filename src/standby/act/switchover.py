@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from standby import tls
+from standby.cli.common import TokenRefused, auth_header
 from standby.config import Config, read_secret
 from standby.status import agent_status
 
@@ -61,9 +62,14 @@ class Api:
     def post(self, node: str, path: str, body: dict[str, Any] | None = None, timeout_s: float = 120) -> dict[str, Any]:
         last: Exception | None = None
         for link in (self.cfg.nodes[node].private, self.cfg.nodes[node].public):
+            try:
+                auth = auth_header(self.cfg, str(link.ip), self.token)
+            except TokenRefused as e:
+                last = e
+                continue
             req = urllib.request.Request(
                 tls.api_url(self.cfg, link.ip, path), data=json.dumps(body or {}).encode(), method="POST",
-                headers={"Content-Type": "application/json", "Authorization": f"Bearer {self.token}"})
+                headers={"Content-Type": "application/json", **auth})
             try:
                 with urllib.request.urlopen(req, timeout=timeout_s, context=self.ssl) as r:
                     return json.loads(r.read())  # type: ignore[no-any-return]

@@ -6,6 +6,12 @@ cluster and the peer, and its (boot, seq) is newer than any accepted before:
 boot grows with every agent start (persisted), seq with every message, so a
 recorded message can never be played back. Anything else is counted and
 dropped; no input can raise out of `Receiver.accept`.
+
+The order is remembered across the receiver's own restarts too: the peer's
+newest accepted boot is persisted (only when it changes, so no write per
+packet), older boots are refused, and a message of that same boot, whose
+sequence numbers were only in memory, is trusted only once it acknowledges
+this run of the receiver (something a recording from before cannot do).
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ import hashlib
 import hmac
 import json
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -158,6 +165,18 @@ class Receiver:
         self.rejected: Counter[str] = Counter()
         self.accepted = 0
         self.mismatched_digest: str | None = None
+        # The peer's newest boot ever accepted (persisted through `restore`), and the one known at
+        # this receiver's start: the sequence numbers of that boot were lost with the last run.
+        self.floor = -1
+        self.restored_boot = -1
+        self._persist: Callable[[int], None] | None = None
+        self.persist_errors = 0
+
+    def restore(self, peer_boot: int, persist: Callable[[int], None]) -> None:
+        """Continue after a restart: ``peer_boot`` is the newest boot accepted by earlier runs;
+        ``persist`` durably records a newer one before it is acted on."""
+        self.floor = self.restored_boot = peer_boot
+        self._persist = persist
 
     def accept(self, packet: bytes, arrived_on: Net) -> Heartbeat | None:
         """The heartbeat if valid and new; None otherwise (and counted)."""
@@ -167,17 +186,34 @@ class Receiver:
                 raise Reject("foreign", f"{hb.cluster}/{hb.sender}")
             if hb.net is not arrived_on:
                 raise Reject("wrong_network", f"sent for {hb.net.value}, arrived on {arrived_on.value}")
-            if (hb.boot, hb.seq) <= self.last[hb.net]:
+            if (hb.boot, hb.seq) <= self.last[hb.net] or hb.boot < self.floor:
                 raise Reject("replay", f"boot {hb.boot} seq {hb.seq}")
             if hb.digest != self.digest:
                 self.mismatched_digest = hb.digest
                 raise Reject("config_mismatch", hb.digest[:12])
+            if hb.boot > self.floor:
+                if self._persist is not None:
+                    try:
+                        self._persist(hb.boot)
+                    except OSError:  # a disk problem must not make the peer unheard; memory still holds it
+                        self.persist_errors += 1
+                self.floor = hb.boot
         except Reject as r:
             self.rejected[r.kind] += 1
             return None
         self.last[hb.net] = (hb.boot, hb.seq)
         self.accepted += 1
         return hb
+
+    def trusted(self, hb: Heartbeat, my_boot: int) -> bool:
+        """Whether an accepted heartbeat may count as the peer's word (alive, and its view).
+
+        A boot newer than any accepted before this receiver started is new by construction. The
+        boot that was current then may be a recording played back after the restart (its sequence
+        numbers were in memory only), unless it acknowledges ``my_boot``: only a peer that heard
+        this run can. Untrusted messages still feed the acknowledgements, so the peer soon proves it.
+        """
+        return hb.boot > self.restored_boot or (hb.ack is not None and hb.ack[0] == my_boot)
 
     def is_newest(self, hb: Heartbeat) -> bool:
         """True (and remembered) if no later message from the peer was seen on any network."""

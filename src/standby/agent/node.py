@@ -210,6 +210,8 @@ class Agent:
         holding = await self.guard.read("service IPs", self.service_role.holds, False)
         self.state = State(**kept, watching_since=now, services=holding)  # type: ignore[arg-type]
         self.boot = self.store.next_boot()
+        # Replay protection outlives this run: the peer's boots already seen stay refused.
+        self.receiver.restore(self.store.peer_boot(), self.store.save_peer_boot)
         self.event("agent_started", boot=self.boot, restored=kept, holds_service_ips=holding,
                    unattended_for_s=round(self.startup_gap, 3))
 
@@ -240,10 +242,14 @@ class Agent:
             hb = self.receiver.accept(data, net)
             if hb is None:
                 continue
+            newest = self.receiver.is_newest(hb)  # acknowledged even if not trusted yet: that is how trust comes
+            if not self.receiver.trusted(hb, self.boot):
+                self.receiver.rejected["unconfirmed"] += 1  # maybe a recording from before our restart
+                continue
             self.heard[net] = time.monotonic()
             if hb.ack is not None and hb.ack[0] == self.boot and (t := self.sent_at.get(hb.ack[1])) is not None:
                 self.heard_me = t if self.heard_me is None else max(self.heard_me, t)
-            if self.receiver.is_newest(hb):
+            if newest:
                 self.peer_view = hb.view
 
     def _advertised(self) -> PeerView:

@@ -6,7 +6,11 @@
   restarted agent knows how long nobody decided for this node. It carries
   the kernel's boot id: the monotonic clock starts afresh at every boot, so a
   record from an earlier boot says nothing.
-- The history is JSON lines, one per decision or action, newest last.
+- The history is JSON lines, one per decision or action, newest last. It and
+  the directory are for root only (0600, 0700): it names addresses, LSNs and
+  operator actions.
+- The peer's newest heartbeat boot is written (with fsync) only when it
+  changes, so replay protection survives a restart without a write per packet.
 """
 
 from __future__ import annotations
@@ -26,8 +30,21 @@ from standby.decide import PERSISTED, State  # what survives a restart is declar
 log = logging.getLogger("standby.store")
 
 
+def _private_dir(path: Path) -> None:
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if path.stat().st_mode & 0o077:
+        path.chmod(0o700)  # made by an older version, or by hand
+
+
+def _read_int(path: Path) -> int | None:
+    try:
+        return int(path.read_text().strip())
+    except (OSError, ValueError):
+        return None
+
+
 def _atomic_write(path: Path, data: bytes, sync: bool) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
+    _private_dir(path.parent)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
         with os.fdopen(fd, "wb") as f:
@@ -70,9 +87,10 @@ class Store:
         self.boot_path = state_dir / "boot"
         self.live_path = state_dir / "alive"
         self.maint_path = state_dir / "maintenance"
+        self.peer_boot_path = state_dir / "peer-boot"
         self.node = node
         self.history_lost = 0  # entries not written (disk full, ...)
-        state_dir.mkdir(parents=True, exist_ok=True)
+        _private_dir(state_dir)
 
     # -- persisted state ----------------------------------------------------
 
@@ -91,13 +109,27 @@ class Store:
         return any(getattr(a, k) != getattr(b, k) for k in PERSISTED)
 
     def next_boot(self) -> int:
-        """A counter that grows with every agent start: heartbeats of older runs are replays."""
-        try:
-            n = int(self.boot_path.read_text()) + 1
-        except (FileNotFoundError, ValueError):
-            n = 1
+        """A counter that grows with every agent start: heartbeats of older runs are replays.
+
+        The peer refuses any boot below the newest it accepted, for good (it persists it), so a
+        lost or damaged counter must never start again low: the next boot is above the counter
+        file, above the copy in the liveness record, and at least the wall clock in seconds (which
+        is above any counter a damaged file could have held, and only matters when both copies are
+        gone; the copies cover a clock set back).
+        """
+        live = self._raw_liveness()
+        copies = [_read_int(self.boot_path), live.get("boot") if isinstance(live.get("boot"), int) else None]
+        n = max([c + 1 for c in copies if c is not None and c >= 0] + [int(time.time())])
         _atomic_write(self.boot_path, str(n).encode(), sync=True)
         return n
+
+    def peer_boot(self) -> int:
+        """The peer's newest heartbeat boot accepted by any earlier run (-1: none recorded)."""
+        n = _read_int(self.peer_boot_path)
+        return n if n is not None and n >= 0 else -1
+
+    def save_peer_boot(self, boot: int) -> None:
+        _atomic_write(self.peer_boot_path, str(boot).encode(), sync=True)
 
     def maintenance(self) -> bool:
         """Automatic decisions suspended (kept across agent restarts: a switchover may be half-way)."""
@@ -111,11 +143,18 @@ class Store:
 
     # -- liveness -------------------------------------------------------------
 
-    def read_liveness(self) -> Liveness | None:
+    def _raw_liveness(self) -> dict[str, Any]:
         try:
             raw = json.loads(self.live_path.read_text())
+        except (OSError, ValueError):
+            return {}
+        return raw if isinstance(raw, dict) else {}
+
+    def read_liveness(self) -> Liveness | None:
+        raw = self._raw_liveness()
+        try:
             live = Liveness(**{f.name: raw[f.name] for f in fields(Liveness)})
-        except (FileNotFoundError, ValueError, KeyError, TypeError):
+        except (KeyError, TypeError):
             return None
         return live if live.kernel_boot == kernel_boot_id() else None
 
@@ -129,7 +168,10 @@ class Store:
         entry = {"time": datetime.now(timezone.utc).isoformat(timespec="milliseconds"), "node": self.node,
                  "event": event, **detail}
         try:
-            with self.history_path.open("a") as f:
+            fd = os.open(self.history_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+            with os.fdopen(fd, "a") as f:
+                if os.fstat(fd).st_mode & 0o077:
+                    os.fchmod(fd, 0o600)  # written by an older version
                 f.write(json.dumps(entry, default=str) + "\n")
         except OSError as e:
             # A full disk must not stop the agent deciding: count what is lost, say so once.

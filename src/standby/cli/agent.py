@@ -48,16 +48,18 @@ def agent_command(config_path: Path, node: str | None, respawn: bool, verbose: b
         raise OperatorError(str(e)) from None
 
     async def main() -> None:
-        from standby.api import serve
+        from standby.api import ApiServer
 
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, agent.stop)
-        runner = await serve(agent)
+        # Its own thread and loop: no client can hold up the heartbeats or the decisions.
+        api = ApiServer(agent, loop)
+        api.start()
         try:
             await agent.run()
         finally:
-            await runner.cleanup()
+            api.stop()
 
     try:
         asyncio.run(main())

@@ -28,6 +28,9 @@ def render(doc: dict[str, Any]) -> None:
     console = Console(width=max(110, Console().width))
     console.print(f"[bold]cluster {doc['cluster']}[/]  mode {doc['mode']}  durability {doc['durability']}  "
                   f"seen from {doc['observer']} at {doc['observed_at']}")
+    if doc["durability"] == "sync":  # the server's setting is only a default: any session may lower it
+        console.print("note: sync protects commits made with synchronous_commit on (the default); a client or role "
+                      "may lower it (SET synchronous_commit = local/off) and its commits then can be lost in a failover")
     t = Table()
     versions_line: list[str] = []
     for col in ("node", "role", "timeline", "current / received / replayed LSN", "lag", "sync", "service IPs", "agent"):

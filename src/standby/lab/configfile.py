@@ -132,7 +132,8 @@ def render(spec: LabSpec, services: Sequence[Mapping[str, Any]] = (), salvage: M
     )
     lines += _table("replication", {"durability": spec.durability})
     lines += _table("tiebreaker", {"address": GATEWAY})
-    lines += _table("api", {"token_file": secret("api.token")})
+    # The lab's clients and checks reach the agents on their public addresses, as a load balancer would.
+    lines += _table("api", {"token_file": secret("api.token"), "listen": ["private", "public", "localhost"]})
     lines += _table("tls", {
         "ca_file": spec.tls_dir / labtls.CA_CERT,
         "cert_file": labtls.cert_path(spec.tls_dir, "{node}"),
