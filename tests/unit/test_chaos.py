@@ -197,3 +197,19 @@ def test_m9_a_salvage_that_was_never_applied_is_a_violation() -> None:
                "output": ["error: beta is a standby"]}]
     v = judge([*events([1.0]), *failed], PROBE, REPLICAS, CALLS, 60)
     assert not v.ok and "salvage apply failed on beta: error: beta is a standby" in v.violations
+
+
+def test_m9_the_campaign_reads_which_calls_a_salvage_brought_back() -> None:
+    from standby import salvage as sv
+    from standby.lab.campaign import salvage_summary
+
+    cdrs = sv.TableReport("cdrs", ["call_id"], ["id"], [], ["id", "call_id"],
+                          rows=[sv.RowRecord(7, {"id": 40, "call_id": "c8"}), sv.RowRecord(8, {"id": 41, "call_id": "c9"})])
+    deltas = sv.TableReport("balance_deltas", ["call_id", "party"], ["id"], [], ["id", "call_id", "party"],
+                            rows=[sv.RowRecord(7, {"id": 90, "call_id": "c8", "party": "account"})])
+    first = sv.ApplyRecord(at="t1", renumbered=[sv.Renumbered("cdrs", {"call_id": "c8"}, "id", 40, 912),
+                                                sv.Renumbered("balance_deltas", {"call_id": "c8", "party": "account"},
+                                                              "id", 90, 950)])
+    report = sv.Report("lab", "alpha", "beta", "softswitch", 1, "0/3000000", "t0", True, [], [cdrs, deltas],
+                       applies=[first, sv.ApplyRecord(at="t2")])  # the second apply skipped everything
+    assert salvage_summary(report) == (["c8", "c9"], {"c8": 912})
