@@ -1,6 +1,6 @@
 """Chaos campaigns, several seeds in a row: the figures of `standby lab chaos`, added up.
 
-    .venv/bin/python bench/chaos.py --seeds 11 12 13 --duration 600 [--durability sync]
+    .venv/bin/python bench/chaos.py --seeds 11 12 13 --duration 600 [--durability sync] [--degrade-after S]
 
 Each seed is one `standby lab chaos` run on its own fresh lab (named sbchaos); its run
 directory is kept under bench/results/chaos-STAMP/seed-N. Prints each seed's verdict and a
@@ -31,6 +31,7 @@ def main() -> int:
     ap.add_argument("--seeds", type=int, nargs="+", default=[11, 12, 13])
     ap.add_argument("--duration", type=float, default=600, help="seconds of faults per seed")
     ap.add_argument("--durability", choices=["sync", "async"], default="sync")
+    ap.add_argument("--degrade-after", type=float, default=0, help="sync: replication.degrade_after_s (0 = never)")
     ap.add_argument("--name", default="sbchaos", help="lab name (built and removed for each seed)")
     args = ap.parse_args()
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
@@ -41,7 +42,8 @@ def main() -> int:
         out = runs_dir / f"seed-{seed}"
         print(f"== seed {seed}: {args.duration:g} s of faults ({args.durability})", flush=True)
         res = subprocess.run([STANDBY, "lab", "chaos", "--name", args.name, "--seed", str(seed),
-                              "--duration", str(args.duration), "--durability", args.durability, "--out", str(out)])
+                              "--duration", str(args.duration), "--durability", args.durability,
+                              "--degrade-after", str(args.degrade_after), "--out", str(out)])
         path = out / "verdict.json"
         v = json.loads(path.read_text()) if path.exists() else {"ok": False, "seed": seed,
                                                                 "violations": [f"no verdict (exit {res.returncode})"]}
@@ -51,10 +53,12 @@ def main() -> int:
         faults.update(v.get("faults", {}))
     converge = [c for v in verdicts for c in v.get("converge_s", [])]
     total = {
-        "seeds": args.seeds, "durability": args.durability, "duration_per_seed_s": args.duration,
+        "seeds": args.seeds, "durability": args.durability, "degrade_after_s": args.degrade_after,
+        "duration_per_seed_s": args.duration,
         "wall_minutes": round((time.monotonic() - started) / 60, 1),
         "faults": dict(sorted(faults.items())), "faults_total": sum(faults.values()),
         "acked": sum(v.get("acked", 0) for v in verdicts), "lost": sum(v.get("lost", 0) for v in verdicts),
+        "salvaged_acked": sum(len(v.get("salvaged_acked", [])) for v in verdicts),
         "indeterminate": sum(v.get("indeterminate_applied", 0) + v.get("indeterminate_not_applied", 0)
                              for v in verdicts),
         "dual_samples": sum(v.get("dual_samples", 0) for v in verdicts),
@@ -66,7 +70,8 @@ def main() -> int:
     print("\n== total")
     print(f"  {total['faults_total']} faults over {len(args.seeds)} seeds in {total['wall_minutes']} min: "
           + ", ".join(f"{k} {n}" for k, n in total["faults"].items()))
-    print(f"  calls: {total['acked']} acknowledged, {total['lost']} lost, {total['indeterminate']} indeterminate")
+    print(f"  calls: {total['acked']} acknowledged, {total['lost']} lost ({total['salvaged_acked']} back by salvage), "
+          f"{total['indeterminate']} indeterminate")
     print(f"  dual-primary samples: {total['dual_samples']} of {total['samples']} "
           f"(both open, one not committing: {total['dual_open_samples']})")
     print(f"  longest time to converge after a heal: {total['longest_converge_s']} s")

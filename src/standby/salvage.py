@@ -1116,3 +1116,75 @@ def apply_file(conn: psycopg.Connection[Any], path: Path) -> tuple[Report, Apply
     finally:
         save_report(report, path)
     return report, rec
+
+
+# =========================================================================== where to apply
+
+
+def ensure_apply_rights(conn: psycopg.Connection[Any], cfg: Config, node: str) -> list[str]:
+    """On the primary: let the replication role write, so `salvage apply` works from the node
+    holding the report (the old primary, rejoined as a standby) over the private network.
+
+    The role already reads every row (pg_read_all_data) and streams the whole cluster; its
+    logins are limited to the peer's private address by pg_hba.conf. Nothing is granted
+    when no table is salvaged.
+    """
+    user = cfg.pg(node).replication_user
+    if not cfg.salvage.tables:
+        return []
+    row = conn.execute("SELECT pg_has_role(%s, 'pg_write_all_data', 'MEMBER')", (user,)).fetchone()
+    if row and row[0]:
+        return []
+    conn.execute(sql.SQL("GRANT pg_write_all_data TO {}").format(sql.Identifier(user)))
+    return [f"granted pg_write_all_data to {user} (salvage apply from the peer)"]
+
+
+class ApplyTarget(StrEnum):
+    LOCAL = "local"  # this node's server, over its unix socket
+    PEER = "peer"  # the peer's server, over the private network as the replication role
+
+
+@dataclass
+class PrimaryConnection:
+    conn: psycopg.Connection[Any]
+    node: str
+    target: ApplyTarget
+
+
+def _in_recovery(conn: psycopg.Connection[Any]) -> bool:
+    row = conn.execute("SELECT pg_is_in_recovery()").fetchone()
+    return row is None or bool(row[0])
+
+
+def connect_current_primary(cfg: Config, me: str, dbname: str) -> PrimaryConnection:
+    """A connection to whichever node is the writable primary now: this one, else the peer.
+
+    The peer is reached as rejoin reaches it (the replication role over the private
+    network, TLS as configured: verify-full with [tls]). Raises SalvageError naming
+    what was tried; error texts come from libpq, which never repeats a password.
+    """
+    from standby.config import ConfigError
+    from standby.observe.postgres import connect_local, peer_conninfo
+
+    peer = cfg.peer_of(me)
+    tried: list[str] = []
+    try:
+        local = connect_local(cfg, me, dbname=dbname)
+    except psycopg.OperationalError as e:
+        tried.append(f"{me}: not reachable over its socket ({' '.join(str(e).split())})")
+    else:
+        if not _in_recovery(local):
+            return PrimaryConnection(local, me, ApplyTarget.LOCAL)
+        local.close()
+        tried.append(f"{me}: a standby")
+    try:
+        info = {**peer_conninfo(cfg, peer, "private", dbname=dbname), "application_name": "standby-salvage"}
+        remote = psycopg.connect(**info, autocommit=True)  # type: ignore[arg-type]
+    except (psycopg.OperationalError, ConfigError) as e:
+        tried.append(f"{peer}: not reachable over the private network ({' '.join(str(e).split())})")
+        raise SalvageError("no primary to apply the salvage to: " + "; ".join(tried)) from None
+    if _in_recovery(remote):
+        remote.close()
+        tried.append(f"{peer}: a standby")
+        raise SalvageError("no primary to apply the salvage to: " + "; ".join(tried))
+    return PrimaryConnection(remote, peer, ApplyTarget.PEER)

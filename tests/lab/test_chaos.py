@@ -3,7 +3,10 @@
 Seed 3 found two faults of the decision core (a primary frozen next to its
 fenced peer fenced itself as isolated; a primary fenced as a precaution next to
 a standby that could not promote left the pair without a primary); their
-regression tests are in tests/unit/test_decide.py, and seed 3 stays here.
+regression tests are in tests/unit/test_decide.py. Since the schedule draws the
+newer kinds too, seed 3 draws other faults; seed 361 draws the stalled primary
+agent, the long standby freeze and maintenance left on within its first four
+faults (and api-flood and heartbeat-replay early when their modules exist).
 """
 
 from __future__ import annotations
@@ -16,14 +19,16 @@ from pathlib import Path
 
 import pytest
 
-from standby.lab.chaos import Kind
+from standby.lab.chaos import Kind, available_kinds
 from standby.lab.pair import STANDBY
 
-SEED = 3
+SEED = 361
 DURATION_S = 150
-# Every kind but the wall-clock jump, which tests/lab/test_clock.py covers on its own (and the
-# long campaigns include): the servers here then run without libfaketime underneath.
-KINDS = ",".join(k.value for k in Kind if k is not Kind.CLOCK_JUMP)
+# Every kind this installation has but the wall-clock jump, which tests/lab/test_clock.py covers on
+# its own (and the long campaigns include): the servers here then run without libfaketime underneath.
+KINDS = ",".join(k.value for k in available_kinds() if k is not Kind.CLOCK_JUMP)
+NEW_KINDS = {Kind.BUSY_PRIMARY, Kind.STANDBY_LONG_FREEZE, Kind.MAINTENANCE_LEFT_ON, Kind.API_FLOOD,
+             Kind.HEARTBEAT_REPLAY}
 
 
 @pytest.mark.timeout(1800)
@@ -40,6 +45,7 @@ def test_chaos_campaign_passes_the_checker(lab_factory, tmp_path: Path) -> None:
     assert "chaos verdict: OK" in res.stdout
     # The campaign did what it says: several kinds of faults, calls carried through them.
     assert sum(verdict["faults"].values()) >= 4 and len(verdict["faults"]) >= 3, verdict["faults"]
+    assert len({k.value for k in NEW_KINDS} & set(verdict["faults"])) >= 2, verdict["faults"]
     assert verdict["acked"] > 1000 and verdict["lost"] == 0 and verdict["dual_samples"] == 0
     assert verdict["replicas_identical"] is True
     # One history holds both the call attempts and the faults, in time order.

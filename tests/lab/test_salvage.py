@@ -38,6 +38,8 @@ from standby import salvage as sv
 from standby.cli.salvage import group as salvage_cli
 from standby.config import Salvage
 from standby.lab import softswitch
+from standby.lab.pair import start_pair, under_load, verify
+from tests.lab.test_roadback import _diverge_async, _rejoin
 
 pytestmark = pytest.mark.lab
 
@@ -511,3 +513,32 @@ def test_apply_renumbers_safely_and_resumes_after_a_failure(base: Path) -> None:
         assert rec.inserted == {"cdrs": 1, "balance_deltas": 0} and rec.skipped == {"cdrs": 2, "balance_deltas": 3}
         assert sv.load_report(path).status is sv.ReportStatus.APPLIED
         assert len(_place(p, _calls("y", 10))) == 10  # no id handed out twice
+
+
+# =========================================================================== M9: apply where the report is
+
+
+def test_m9_salvage_apply_on_the_rejoined_standby_reaches_the_primary(lab_factory, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """The report lives on the rejoined old primary, now a standby: `salvage apply` there puts the rows
+    into the new primary over the private network (TLS verify-full in the lab), once."""
+    lab = start_pair(lab_factory("async"))
+    with under_load(lab, tmp_path) as run:
+        _diverge_async(lab)
+    lost = set(verify(lab, run, on="beta")["missing_acked"])
+    assert lost, "the scenario should have made beta miss acknowledged calls"
+    _out, report = _rejoin(lab)
+    assert report is not None
+    applied = lab.standby("alpha", "salvage", "apply", "--yes", check=False)  # its latest report, where it is
+    assert applied.returncode == 0, applied.stdout + applied.stderr
+    assert "on beta (over the private network)" in applied.stdout
+    secret = lab.spec.secret("replication.password").read_text().strip()
+    assert secret not in applied.stdout + applied.stderr
+    verdict = verify(lab, run, on="beta")
+    assert verdict["missing_acked"] == [] and not verdict["duplicate_call_ids"]
+    assert {c for c, _acked, _now in verdict["ack_id_mismatch"]} <= lost  # only renumbered, as the policy says
+    assert [v for v in verdict["violations"] if "another CDR id" not in v] == []
+    assert sv.load_report(report).status is sv.ReportStatus.APPLIED  # recorded in the report on alpha
+    again = lab.standby("alpha", "salvage", "apply", "--yes", check=False)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "0 row(s) inserted" in again.stdout
+    assert verify(lab, run, on="beta") == verdict  # applying twice changes nothing

@@ -9,12 +9,13 @@ from pathlib import Path
 
 import pytest
 
-from standby.lab.chaos import ALL_KINDS, Kind, Target, faults, parse_kinds
+from standby.lab import chaos
+from standby.lab.chaos import ALL_KINDS, Kind, Target, faults, long_freeze_s, parse_kinds
 from standby.lab.chaos_verdict import judge
 
 
-def first(seed: int, n: int = 50, kinds: tuple[Kind, ...] = ALL_KINDS) -> list:
-    return list(itertools.islice(faults(seed, kinds), n))
+def first(seed: int, n: int = 50, kinds: tuple[Kind, ...] = ALL_KINDS, long_freeze: float = 1.5) -> list:
+    return list(itertools.islice(faults(seed, kinds, long_freeze), n))
 
 
 def test_the_same_seed_draws_the_same_faults_and_another_seed_others() -> None:
@@ -37,6 +38,45 @@ def test_every_kind_comes_up_and_each_fault_is_complete() -> None:
             assert f.target is Target.PRIMARY
 
 
+NEW_KINDS = (Kind.BUSY_PRIMARY, Kind.STANDBY_LONG_FREEZE, Kind.MAINTENANCE_LEFT_ON, Kind.API_FLOOD,
+             Kind.HEARTBEAT_REPLAY)
+
+
+def test_new_kinds_are_drawn_reproducibly_with_what_each_needs() -> None:
+    drawn = first(5, 600, long_freeze=7.5)
+    assert drawn == first(5, 600, long_freeze=7.5)
+    by_kind = {k: [f for f in drawn if f.kind is k] for k in NEW_KINDS}
+    assert all(by_kind.values()), {k.value: len(v) for k, v in by_kind.items()}
+    for f in by_kind[Kind.BUSY_PRIMARY]:
+        assert f.target is Target.PRIMARY and 3.0 <= f.hold_s <= 4.0
+    for f in by_kind[Kind.STANDBY_LONG_FREEZE]:
+        assert f.target is Target.STANDBY and f.hold_s > 7.5
+    assert {f.target for f in by_kind[Kind.MAINTENANCE_LEFT_ON]} == {Target.PRIMARY, Target.BOTH}
+    assert all(f.connections and f.connections >= 50 for f in by_kind[Kind.API_FLOOD])
+    assert all(f.connections is None for f in drawn if f.kind is not Kind.API_FLOOD)
+    assert "on both nodes" in next(f for f in drawn if f.target is Target.BOTH).describe()
+
+
+def test_long_freeze_outlasts_degrade_or_twice_the_failover_timeout() -> None:
+    assert long_freeze_s(750) == 1.5
+    assert long_freeze_s(750, degrade_after_s=6.0) == 6.0
+    # The same seed with another bound changes only the long freezes' holds.
+    a, b = first(8, 300, long_freeze=1.5), first(8, 300, long_freeze=20.0)
+    assert [f.kind for f in a] == [f.kind for f in b]
+    assert all(y.hold_s > 20.0 for x, y in zip(a, b) if x.kind is Kind.STANDBY_LONG_FREEZE)
+
+
+def test_kinds_whose_module_is_missing_are_left_out_of_the_default_draw(monkeypatch: pytest.MonkeyPatch) -> None:
+    # As on a branch where the replay module exists and the flood module does not.
+    monkeypatch.setattr(chaos.importlib.util, "find_spec",
+                        lambda name, *a: None if name == "standby.lab.flood" else object())
+    assert Kind.API_FLOOD not in parse_kinds(None)
+    assert set(NEW_KINDS) - {Kind.API_FLOOD} <= set(parse_kinds(None))
+    assert Kind.API_FLOOD not in {f.kind for f in first(2, 400, parse_kinds(None))}
+    with pytest.raises(ValueError, match="standby.lab.flood"):
+        parse_kinds("crash,api-flood")
+
+
 def test_kinds_restrict_the_draw() -> None:
     assert {f.kind for f in first(2, 100, (Kind.CRASH, Kind.FREEZE))} == {Kind.CRASH, Kind.FREEZE}
     with pytest.raises(ValueError):
@@ -44,7 +84,7 @@ def test_kinds_restrict_the_draw() -> None:
 
 
 def test_parse_kinds() -> None:
-    assert parse_kinds(None) == ALL_KINDS and parse_kinds("") == ALL_KINDS
+    assert parse_kinds(None) == chaos.available_kinds() == parse_kinds("")
     assert parse_kinds("crash, wal-disk-full") == (Kind.CRASH, Kind.WAL_DISK_FULL)
     with pytest.raises(ValueError, match="unknown fault kind 'melt'.*crash"):
         parse_kinds("crash,melt")
@@ -114,3 +154,62 @@ def test_the_cli_prints_the_same_schedule_for_the_same_seed() -> None:
 
     assert plan(3) == plan(3) != plan(4)
     assert len(plan(3).splitlines()) == 8
+
+
+# -- M9: salvaged calls in the verdict -----------------------------------------------------
+
+SALVAGE_EVENTS = [
+    {"event": "operator", "node": "alpha", "command": "rejoin --yes", "ok": True, "t": 20.0},
+    {"event": "operator", "node": "alpha", "command": "salvage apply --yes /r.json", "ok": True, "t": 21.0},
+    {"event": "salvage_applied", "node": "alpha", "calls": ["c7", "c8", "c9"], "renumbered": {"c8": 912}, "t": 21.1},
+]
+
+
+def test_m9_a_salvaged_call_counts_once_and_the_verdict_names_it() -> None:
+    # c8's CDR id was taken on the new primary after the fork: salvage gave it 912, as its policy says.
+    calls = {**CALLS, "ack_id_mismatch": [["c8", 40, 912]],
+             "violations": ["1 acknowledged calls present under another CDR id"]}
+    v = judge([*events([1.0]), *SALVAGE_EVENTS], PROBE, REPLICAS, calls, 60, acked_calls={"c1", "c7", "c8"})
+    assert v.ok, v.violations
+    assert list(v.salvaged_acked) == ["c7", "c8"] and v.salvage_renumbered == 1  # c9 was never acknowledged
+    assert "acknowledged calls back by salvage: 2 (1 under a new CDR id): c7, c8" in v.render()
+    assert v.to_dict()["salvaged_acked"] == ["c7", "c8"]
+
+
+@pytest.mark.parametrize("calls,expected", [
+    # Moved to an id the salvage did not give it: still a violation.
+    ({**CALLS, "ack_id_mismatch": [["c8", 40, 913], ["c3", 5, 6]],
+      "violations": ["2 acknowledged calls present under another CDR id"]},
+     "2 acknowledged calls present under another CDR id"),
+    # A salvaged call present twice is caught by the checker and stays a violation.
+    ({**CALLS, "duplicate_call_ids": {"c7": 2}, "violations": ["1 call_ids with more than one CDR"]},
+     "1 call_ids with more than one CDR"),
+    ({**CALLS, "missing_acked": ["c7"], "violations": ["1 acknowledged calls missing from the database"]},
+     "1 acknowledged calls missing"),
+])
+def test_m9_salvage_explains_only_its_own_renumbering(calls: dict, expected: str) -> None:
+    v = judge([*events([1.0]), *SALVAGE_EVENTS], PROBE, REPLICAS, calls, 60, acked_calls={"c7", "c8"})
+    assert not v.ok and any(expected in x for x in v.violations), v.violations
+
+
+def test_m9_a_salvage_that_was_never_applied_is_a_violation() -> None:
+    failed = [{"event": "operator", "node": "beta", "command": "salvage apply --yes /r.json", "ok": False, "t": 21.0,
+               "output": ["error: beta is a standby"]}]
+    v = judge([*events([1.0]), *failed], PROBE, REPLICAS, CALLS, 60)
+    assert not v.ok and "salvage apply failed on beta: error: beta is a standby" in v.violations
+
+
+def test_m9_the_campaign_reads_which_calls_a_salvage_brought_back() -> None:
+    from standby import salvage as sv
+    from standby.lab.campaign import salvage_summary
+
+    cdrs = sv.TableReport("cdrs", ["call_id"], ["id"], [], ["id", "call_id"],
+                          rows=[sv.RowRecord(7, {"id": 40, "call_id": "c8"}), sv.RowRecord(8, {"id": 41, "call_id": "c9"})])
+    deltas = sv.TableReport("balance_deltas", ["call_id", "party"], ["id"], [], ["id", "call_id", "party"],
+                            rows=[sv.RowRecord(7, {"id": 90, "call_id": "c8", "party": "account"})])
+    first = sv.ApplyRecord(at="t1", renumbered=[sv.Renumbered("cdrs", {"call_id": "c8"}, "id", 40, 912),
+                                                sv.Renumbered("balance_deltas", {"call_id": "c8", "party": "account"},
+                                                              "id", 90, 950)])
+    report = sv.Report("lab", "alpha", "beta", "softswitch", 1, "0/3000000", "t0", True, [], [cdrs, deltas],
+                       applies=[first, sv.ApplyRecord(at="t2")])  # the second apply skipped everything
+    assert salvage_summary(report) == (["c8", "c9"], {"c8": 912})

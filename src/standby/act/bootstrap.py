@@ -16,7 +16,7 @@ from pathlib import Path
 
 import psycopg
 
-from standby import __version__, tls
+from standby import __version__, salvage, tls
 from standby.act import postgres as act
 from standby.config import Config, Durability
 from standby.model import PgRole
@@ -67,6 +67,7 @@ def _primary(cfg: Config, node: str, restart: bool, note: Report) -> None:
         changed, pending = act.ensure_settings(conn, act.primary_settings(cfg, node, checksums))
         note(Step("replication settings", bool(changed), ", ".join(changed) or "already in place"))
         role_changes = act.ensure_replication_role(conn, cfg, node)
+        role_changes += salvage.ensure_apply_rights(conn, cfg, node)
         note(Step(f"replication role {cfg.pg(node).replication_user}", bool(role_changes), "; ".join(role_changes) or "exists, SCRAM password matches"))
         hba = act.ensure_hba(conn, cfg, node)
         note(Step("pg_hba.conf", hba, f"replication allowed from {cfg.nodes[peer].private.ip} only" + ("" if hba else " (unchanged)")))

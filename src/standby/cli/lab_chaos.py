@@ -14,7 +14,9 @@ from standby.cli.common import OperatorError, handle_errors
 from standby.lab import DEFAULT_NAME, NAME_ENV, Lab, LabError, LabSpec, check_prerequisites
 from standby.lab import chaos
 from standby.lab.campaign import Campaign, Options
+from standby.config import Timings
 from standby.lab.chaos_verdict import judge, read_jsonl
+from standby.lab.checker import Outcome, read_history
 from standby.lab.pair import STANDBY
 
 
@@ -26,6 +28,9 @@ from standby.lab.pair import STANDBY
 @click.option("--seed", type=int, default=1, show_default=True, help="The same seed draws the same faults.")
 @click.option("--kinds", help=f"Comma-separated fault kinds (default all): {', '.join(k.value for k in chaos.Kind)}.")
 @click.option("--durability", type=click.Choice(["sync", "async"]), default="sync", show_default=True)
+@click.option("--degrade-after", "degrade_after_s", type=click.FloatRange(min=0), default=0, show_default=True,
+              help="Sync only: seconds the primary waits for a lost standby before going on alone "
+                   "(replication.degrade_after_s; 0 = never). A standby-long-freeze outlasts it.")
 @click.option("--rate", type=click.IntRange(min=1), default=100, show_default=True, help="Calls per second.")
 @click.option("--converge-limit", "converge_limit_s", type=click.FloatRange(min=5), default=60, show_default=True,
               help="Seconds within which the pair must converge after each heal.")
@@ -34,13 +39,15 @@ from standby.lab.pair import STANDBY
 @click.option("--keep", is_flag=True, help="Leave the lab up at the end (remove it with `standby lab down`).")
 @click.option("--dry-run", "dry_run", type=int, metavar="N", help="Only print the first N faults of the schedule.")
 @handle_errors
-def command(name: str, duration_s: float, seed: int, kinds: str | None, durability: str, rate: int,
-            converge_limit_s: float, out_dir: Path | None, keep: bool, dry_run: int | None) -> None:
+def command(name: str, duration_s: float, seed: int, kinds: str | None, durability: str, degrade_after_s: float,
+            rate: int, converge_limit_s: float, out_dir: Path | None, keep: bool, dry_run: int | None) -> None:
     """Inject random faults (seeded) while the sample softswitch carries calls, then judge the run.
 
     Faults: host crash, freeze, one link down, both links down, packet loss,
-    agent killed, PostgreSQL killed, WAL disk full, wall-clock jump, switchover;
-    a fenced old primary is rejoined along the way. The verdict checks every
+    agent killed, PostgreSQL killed, WAL disk full, wall-clock jump, switchover,
+    the primary agent's queries stalled, the standby frozen for long,
+    maintenance left on, the API flooded, old heartbeats replayed; a fenced old
+    primary is rejoined (and its salvage applied) along the way. The verdict checks every
     acknowledged call on the final primary, the dual-primary probe, convergence
     after each heal and the standby against the primary. Exit 1 on any violation.
     """
@@ -48,8 +55,17 @@ def command(name: str, duration_s: float, seed: int, kinds: str | None, durabili
         selected = chaos.parse_kinds(kinds)
     except ValueError as e:
         raise click.BadParameter(str(e), param_hint="--kinds") from None
+    if degrade_after_s and durability != "sync":
+        raise click.BadParameter("only sync replication waits for its standby; drop it or use --durability sync",
+                                 param_hint="--degrade-after")
+    # Config's own rule (replication.degrade_after_s), checked before a lab is built for nothing.
+    failover_ms = Timings().failover_timeout_ms
+    if degrade_after_s and degrade_after_s * 1000 < 2 * failover_ms:
+        raise click.BadParameter(f"{degrade_after_s:g} is too short: at least {2 * failover_ms / 1000:g} s "
+                                 "(twice the failover timeout)", param_hint="--degrade-after")
     if dry_run is not None:
-        for f in itertools.islice(chaos.faults(seed, selected), dry_run):
+        long_freeze = chaos.long_freeze_s(failover_ms, degrade_after_s)
+        for f in itertools.islice(chaos.faults(seed, selected, long_freeze), dry_run):
             click.echo(f.describe())
         return
     out = out_dir or Path(f"chaos-{seed}-{time.strftime('%Y%m%dT%H%M%S')}")
@@ -58,21 +74,28 @@ def command(name: str, duration_s: float, seed: int, kinds: str | None, durabili
         lab = Lab.up(LabSpec(name=name, durability=durability))
     except LabError as e:
         raise OperatorError(str(e)) from None
-    opts = Options(seed=seed, duration_s=duration_s, kinds=selected, converge_limit_s=converge_limit_s, rate=rate)
+    opts = Options(seed=seed, duration_s=duration_s, kinds=selected, converge_limit_s=converge_limit_s, rate=rate,
+                   degrade_after_s=degrade_after_s)
     try:
-        click.echo(f"chaos: lab {name}, seed {seed}, {duration_s:g} s of faults, {durability}, run in {out}")
+        degrade = f" (degrade after {degrade_after_s:g} s)" if degrade_after_s else ""
+        click.echo(f"chaos: lab {name}, seed {seed}, {duration_s:g} s of faults, {durability}{degrade}, run in {out}")
         campaign = Campaign(lab, opts, out, say=click.echo)
         campaign.prepare()
         campaign.run()
         verdict = judge(read_jsonl(out / "events.jsonl"), read_jsonl(out / "probe.jsonl"),
                         json.loads((out / "replicas.json").read_text()), _calls(lab, campaign, out),
-                        converge_limit_s, seed)
+                        converge_limit_s, seed, acked_calls=_acked(out / "calls.jsonl"))
     finally:
         if not keep:
             Lab.destroy(name)
     (out / "verdict.json").write_text(json.dumps(verdict.to_dict(), indent=2) + "\n")
     click.echo(verdict.render())
     sys.exit(0 if verdict.ok else 1)
+
+
+def _acked(calls: Path) -> set[str]:
+    """Call ids the service acknowledged, from the load generator's history."""
+    return {a.call_id for a in read_history(calls) if a.outcome is Outcome.ACK} if calls.exists() else set()
 
 
 def _calls(lab: Lab, campaign: Campaign, out: Path) -> dict[str, object]:

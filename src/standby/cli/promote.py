@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import json
+import urllib.error
+import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from pathlib import Path
 
 import click
 
+from standby import tls
 from standby.act.switchover import Api, ApiError, SwitchoverError
 from standby.cli.common import OperatorError, config_option, handle_errors, load_node, node_option
-from standby.config import Durability
+from standby.config import Config, Durability
 from standby.model import PgRole
 from standby.observe import network
 from standby.observe import postgres as obs
@@ -37,15 +41,13 @@ def command(config_path: Path, node: str | None, yes: bool, force: bool) -> None
 
     heard = [v for v in mine["peer_heard_s_ago"].values() if v is not None]
     click.echo(f"last contact with {peer}: " + (f"{min(heard):.1f} s ago" if heard else "never since this agent started"))
-    pv = mine.get("peer_view") or {}
-    lag = None
-    if pv.get("db") == "primary" and pv.get("lsn") is not None and mine["postgres"]["lsn"] is not None:
-        lag = max(0, pv["lsn"] - mine["postgres"]["lsn"])
     if cfg.replication.durability is Durability.SYNC and mine["state"]["eligible"]:
         click.echo("what could be lost: nothing acknowledged (this standby was in sync at the last contact)")
     else:
+        lag = wal_behind(cfg, me)
         click.echo("what could be lost: commits the primary acknowledged after its last WAL reached this node"
-                   + (f" (at least {lag} bytes of WAL behind at the last contact)" if lag else ""))
+                   + (f" (at least {lag} bytes of WAL behind at the last contact)" if lag is not None
+                      else " (how much is unknown: no position heard from the primary)"))
 
     # All looks at once, and a quick TCP knock first: against a dead host a
     # PostgreSQL connection attempt alone costs seconds.
@@ -87,3 +89,27 @@ def command(config_path: Path, node: str | None, yes: bool, force: bool) -> None
     for name, secs in result["steps"]:
         click.echo(f"  {name:<60} {secs:7.3f} s")
     click.secho(f"{me} is the primary (term {result['term']})", fg="green")
+
+
+def wal_behind(cfg: Config, node: str) -> int | None:
+    """Bytes of WAL the primary had written, by its last heartbeat, beyond this standby's position.
+
+    The agent computes it for `GET /replica` from the primary's position in its heartbeats
+    (/status does not carry that position); it answers 503 with the same body when the
+    standby no longer streams, which is the usual case here.
+    """
+    ctx = tls.client_context(cfg)
+    for link in (cfg.nodes[node].private, cfg.nodes[node].public):
+        try:
+            with urllib.request.urlopen(tls.api_url(cfg, link.ip, "/replica"), timeout=2.0, context=ctx) as r:
+                body = r.read()
+        except urllib.error.HTTPError as e:
+            body = e.read()
+        except (urllib.error.URLError, OSError):
+            continue
+        try:
+            lag = json.loads(body).get("lag_bytes")
+        except (ValueError, AttributeError):
+            return None
+        return lag if isinstance(lag, int) else None
+    return None

@@ -119,6 +119,6 @@ def rejoin_command(config_path: Path, node: str | None, yes: bool) -> None:
     click.secho(f"{me} rejoined by {result['method']}; it streams from {cfg.peer_of(me)}", fg="green")
     if result["salvage_report"]:
         click.echo(f"salvage: {result['salvaged_rows']} rows only {me} had are in {result['salvage_report']}; "
-                   f"review with `standby salvage show`, then `standby salvage apply` on the primary")
+                   f"review with `standby salvage show`, then `standby salvage apply` (here or on the primary)")
     if result["kept_aside"]:
         click.echo(f"the old data directory is kept at {result['kept_aside']} until its salvage is dealt with")

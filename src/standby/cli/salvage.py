@@ -20,9 +20,9 @@ def group() -> None:
 
     A rejoin writes them into a report (in the old primary's state directory)
     before the old data directory is rewound or replaced. Review it with `show`,
-    then `apply` it on the current primary: each source transaction is inserted
-    in one transaction, rows whose key already exists are skipped, so applying
-    again is harmless.
+    then `apply` it (on that node: the rows go to the current primary, this node
+    or the peer): each source transaction is inserted in one transaction, rows
+    whose key already exists are skipped, so applying again is harmless.
     """
 
 
@@ -119,28 +119,22 @@ def show_command(config_path: Path, node: str | None, as_json: bool, file: Path 
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
 @handle_errors
 def apply_command(config_path: Path, node: str | None, file: Path | None, yes: bool) -> None:
-    """Insert a salvage report's rows into the current primary (run it there).
+    """Insert a salvage report's rows into the current primary.
 
-    FILE defaults to this node's latest report. Reports are written on the old
-    primary: copy the file to the primary's salvage directory (or pass its path).
+    FILE defaults to this node's latest report. Run it where the report is (the
+    rejoined old primary): the rows go to this node if it is the primary, else to
+    the peer over the private network. Rows already present are skipped, so
+    applying again changes nothing.
     """
-    from standby.observe.postgres import connect_local
-
     cfg, me = load_node(config_path, node)
     path = file or _report_path(None, config_path, me)
     report = _load(path)
-    peer = cfg.peer_of(me)
-    elsewhere = (f"run it on the primary: copy {path} into {peer}:{sv.reports_dir(cfg, peer)}/ and run "
-                 f"`standby salvage apply --node {peer}` there")
     try:
-        conn = connect_local(cfg, me, dbname=report.database)
-    except psycopg.OperationalError as e:
-        raise OperatorError(f"PostgreSQL on {me} is not reachable over its socket ({' '.join(str(e).split())}); "
-                            f"salvage is applied on the current primary; {elsewhere}") from None
-    with conn:
-        row = conn.execute("SELECT pg_is_in_recovery()").fetchone()
-        if row is None or row[0]:
-            raise OperatorError(f"{me} is a standby; salvage is applied on the current primary; {elsewhere}")
+        primary = sv.connect_current_primary(cfg, me, report.database)
+    except sv.SalvageError as e:
+        raise OperatorError(f"{e}; apply it once a primary is up") from None
+    where = primary.node if primary.target is sv.ApplyTarget.LOCAL else f"{primary.node} (over the private network)"
+    with primary.conn as conn:
         if report.status is sv.ReportStatus.APPLIED:
             click.echo(f"note: this report was applied at {report.applied_at}; applying again only skips "
                        "rows that are present")
@@ -148,17 +142,22 @@ def apply_command(config_path: Path, node: str | None, file: Path | None, yes: b
             c = report.counts()
             source = report.node or "the old primary"
             click.echo(f"{c['rows']} row(s) from {c['transactions']} transaction(s) of {source} "
-                       f"will be inserted into database {report.database} on {me} (rows already present are skipped).")
+                       f"will be inserted into database {report.database} on {where} (rows already present are skipped).")
             click.confirm("Apply?", abort=True)
         try:
             report, rec = sv.apply_file(conn, path)
         except sv.SalvageError as e:
-            raise OperatorError(f"{e} (recorded in {path})") from None
+            hint = ""
+            if isinstance(e.__cause__, psycopg.errors.InsufficientPrivilege):
+                hint = (f"; {cfg.pg(primary.node).replication_user} may not write on {primary.node}: run "
+                        f"`standby bootstrap --node {primary.node}` on {primary.node} (it grants what salvage "
+                        "needs), or run this command there")
+            raise OperatorError(f"{e} (recorded in {path}){hint}") from None
         except psycopg.Error as e:
-            raise OperatorError(f"database error while applying {path}: {' '.join(str(e).split())}; "
+            raise OperatorError(f"database error while applying {path} on {primary.node}: {' '.join(str(e).split())}; "
                                 "applied transactions stay, a rerun skips them") from None
-    click.echo(f"applied {path}: {rec.inserted_total} row(s) inserted in {rec.transactions} transaction(s), "
-               f"{rec.skipped_total} skipped (already present)")
+    click.echo(f"applied {path} on {where}: {rec.inserted_total} row(s) inserted in {rec.transactions} "
+               f"transaction(s), {rec.skipped_total} skipped (already present)")
     for t in report.tables:
         click.echo(f"  {t.name}: {rec.inserted.get(t.name, 0)} inserted, {rec.skipped.get(t.name, 0)} skipped")
     for r in rec.renumbered:

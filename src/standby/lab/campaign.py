@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import signal
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -29,9 +31,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from standby import salvage as sv
 from standby.act.postgres import log_path as pg_log_path
-from standby.lab import Lab
-from standby.lab.chaos import Fault, Kind, Target, faults
+from standby.act.switchover import Api
+from standby.lab import Lab, faults as labfaults, netns
+from standby.lab.chaos import Fault, Kind, Target, faults, long_freeze_s
 from standby.lab.pair import SERVICE_URL, STANDBY, agent_state, holders, primaries
 from standby.lab.probe import DualPrimaryProbe
 from standby.lab.topology import DB_NODES
@@ -51,6 +55,7 @@ class Options:
     kinds: tuple[Kind, ...]
     converge_limit_s: float = 60.0  # the stated time within which the pair must converge after a heal
     rate: int = 100  # calls per second
+    degrade_after_s: float = 0.0  # replication.degrade_after_s of the pair (sync only; 0 = never)
 
 
 @dataclass
@@ -71,6 +76,9 @@ class Campaign:
         self.calls, self.events = out / "calls.jsonl", out / "events.jsonl"
         self.events.write_text("")
         self.crashed: set[str] = set()
+        self.stalled: list[int] = []  # busy-primary: the agent's backends stopped until the heal
+        self.background: threading.Thread | None = None  # api-flood, heartbeat-replay: runs for the hold
+        self.maintained: list[str] = []  # nodes whose maintenance the heal switches off
         self.outcome = Outcome()
         # Agents read a steppable wall clock (libfaketime) only when clock jumps are drawn.
         self.own_clock = Kind.CLOCK_JUMP in opts.kinds
@@ -89,7 +97,10 @@ class Campaign:
         lab = self.lab
         text = lab.config_path.read_text()
         extra = "".join(f"{k} = {v}\n" for k, v in WAL_SETTINGS.items())
-        lab.config_path.write_text(text.replace("[postgres]\n", "[postgres]\n" + extra, 1))
+        text = text.replace("[postgres]\n", "[postgres]\n" + extra, 1)
+        if self.opts.degrade_after_s:
+            text = text.replace("[replication]\n", f"[replication]\ndegrade_after_s = {self.opts.degrade_after_s}\n", 1)
+        lab.config_path.write_text(text)
         lab.bootstrap()
         for node in DB_NODES:
             lab.wal_on_tmpfs(node, WAL_DISK_MB)
@@ -156,10 +167,23 @@ class Campaign:
         tail = (res.stdout + res.stderr).strip().splitlines()[-3:]
         self.record("operator", node=node, command=" ".join(args), ok=ok, output=tail)
         self.say(f"    {node}: standby {' '.join(args)} -> {'ok' if ok else 'failed'}: {' | '.join(tail)}")
-        if ok and args[0] == "rejoin" and any(line.startswith("salvage: ") for line in res.stdout.splitlines()):
-            # Rows the old primary alone had: put them back, as the salvage report says to.
-            self.operator(node, "salvage", "apply", "--yes")
+        found = [line for line in res.stdout.splitlines() if line.startswith("salvage: ") and " are in " in line]
+        if ok and args[0] == "rejoin" and found:
+            # Rows the old primary alone had: put them back from where the report is, as an operator would.
+            report = found[0].split(" are in ", 1)[1].split(";", 1)[0].strip()
+            if self.operator(node, "salvage", "apply", "--yes", report):
+                self._record_salvage(node, Path(report))
         return ok
+
+    def _record_salvage(self, node: str, path: Path) -> None:
+        """Which calls the salvage brought back, and the CDR ids it gave those whose id was taken."""
+        try:
+            report = sv.load_report(path)
+        except sv.SalvageError as e:
+            self.record("salvage_unreadable", node=node, report=str(path), error=str(e))
+            return
+        calls, renumbered = salvage_summary(report)
+        self.record("salvage_applied", node=node, report=str(path), calls=calls, renumbered=renumbered)
 
     # -- faults -----------------------------------------------------------------
 
@@ -189,7 +213,57 @@ class Campaign:
                 lab.set_clock(node, int(f.offset_s or 0))
             case Kind.SWITCHOVER:
                 info["ok"] = self.operator(node, "switchover")
+            case Kind.BUSY_PRIMARY:
+                self.stalled = self._agent_backends(node)
+                info["stopped_pids"] = labfaults.stop_pids(self.stalled, signal.SIGSTOP)
+            case Kind.STANDBY_LONG_FREEZE:
+                lab.freeze(node)
+            case Kind.MAINTENANCE_LEFT_ON:
+                nodes = list(DB_NODES) if f.target is Target.BOTH else [node]
+                info["suspended"] = {n: self._maintenance(n, True) for n in nodes}
+                self.maintained = nodes
+            case Kind.API_FLOOD:
+                from standby.lab.flood import api_flood
+
+                self._in_background(api_flood, lab, node, int(f.connections or 100), f.hold_s)
+            case Kind.HEARTBEAT_REPLAY:
+                from standby.lab.replay import capture_heartbeats, replay_heartbeats
+
+                sender = next(n for n in DB_NODES if n != node)
+                packets = capture_heartbeats(lab, sender, 2.0)  # older than anything the node hears next
+                info.update(sender=sender, packets=len(packets))
+                self._in_background(replay_heartbeats, lab, packets, node, f.hold_s)
         return info
+
+    def _agent_backends(self, node: str) -> list[int]:
+        """The primary agent's own PostgreSQL sessions (see faults.AGENT_BACKENDS_SQL)."""
+        user = self.lab.config().pg(node).superuser
+        try:
+            with self.lab.pg_connect(node, autocommit=True, connect_timeout=2) as c:
+                return [int(r[0]) for r in c.execute(labfaults.AGENT_BACKENDS_SQL, (user,)).fetchall()]
+        except Exception:
+            return []  # a primary that does not answer: nothing to stall
+
+    def _maintenance(self, node: str, on: bool) -> bool:
+        """POST /maintenance with the API token, from the node's own namespace, as an operator there would.
+        Only {"suspend": ...} is sent: the call takes no deadline yet, so the heal switches it off."""
+        api = Api(self.lab.config())
+        try:
+            netns.call_in(self.lab.netns(node), lambda: api.post(node, "/maintenance", {"suspend": on}, timeout_s=5))
+        except Exception as e:  # an agent that does not answer: recorded, the campaign goes on
+            self.record("maintenance_failed", node=node, suspend=on, error=str(e))
+            return False
+        return True
+
+    def _in_background(self, fn: Callable[..., Any], *args: Any) -> None:
+        def run() -> None:
+            try:
+                fn(*args)
+            except Exception as e:  # the fault's own failure is recorded, not fatal to the campaign
+                self.record("fault_error", error=f"{type(e).__name__}: {e}")
+
+        self.background = threading.Thread(target=run, daemon=True)
+        self.background.start()
 
     def _force_new_segment(self, node: str) -> None:
         # A full disk bites when PostgreSQL needs a new WAL segment: ask for one.
@@ -206,6 +280,15 @@ class Campaign:
             lab.free_wal_disk(node)
         if f.kind is Kind.CLOCK_JUMP:
             lab.set_clock(node, 0)
+        if self.stalled:
+            labfaults.stop_pids(self.stalled, signal.SIGCONT)
+            self.stalled = []
+        if self.background is not None:
+            self.background.join(timeout=30)
+            self.background = None
+        for n in self.maintained:
+            self._maintenance(n, False)
+        self.maintained = []
         lab.heal()
         if node in self.crashed:  # the host reboots
             self.crashed.discard(node)
@@ -238,7 +321,7 @@ class Campaign:
             if time.monotonic() >= deadline:
                 break
             primary, standby = self.roles()
-            node = primary if f.target is Target.PRIMARY else standby
+            node = standby if f.target is Target.STANDBY else primary
             self.say(f"  {f.describe()} -> {node}")
             t = time.monotonic()
             info = self.inject(f, node)
@@ -260,7 +343,8 @@ class Campaign:
             time.sleep(f.quiet_s)
 
     def _drawn(self) -> Iterator[Fault]:
-        return faults(self.opts.seed, self.opts.kinds)
+        timeout_ms = self.lab.config().timings.failover_timeout_ms
+        return faults(self.opts.seed, self.opts.kinds, long_freeze_s(timeout_ms, self.opts.degrade_after_s))
 
     # -- the end ----------------------------------------------------------------
 
@@ -302,6 +386,14 @@ class Campaign:
                                 f"FROM (SELECT t::text AS r FROM {table} t) s").fetchone()
                 out[table] = [row[0], row[1]] if row else [0, ""]
         return out
+
+
+def salvage_summary(report: sv.Report) -> tuple[list[str], dict[str, Any]]:
+    """The call ids a salvage report holds, and call id -> new CDR id for those its applies renumbered."""
+    calls = sorted({str(r.values["call_id"]) for t in report.tables if t.name == "cdrs" for r in t.rows})
+    renumbered = {str(r.key["call_id"]): r.new for a in report.applies for r in a.renumbered
+                  if r.table == "cdrs" and r.column == "id" and "call_id" in r.key}
+    return calls, renumbered
 
 
 def merge_histories(calls: Path, events: Path, out: Path) -> None:

@@ -11,6 +11,7 @@ standby twice.
 from __future__ import annotations
 
 import enum
+import importlib.util
 import random
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
@@ -28,21 +29,53 @@ class Kind(enum.StrEnum):
     WAL_DISK_FULL = "wal-disk-full"  # the WAL file system (a small tmpfs) filled up; freed at the heal
     CLOCK_JUMP = "clock-jump"  # the agent's wall clock steps by minutes; steps back at the heal
     SWITCHOVER = "switchover"  # a planned swap, run by the operator in the middle of it all
+    BUSY_PRIMARY = "busy-primary"  # the primary agent's own database sessions stall for seconds; no failover may follow
+    STANDBY_LONG_FREEZE = "standby-long-freeze"  # the standby paused past degrade_after_s (or 2 x failover timeout)
+    MAINTENANCE_LEFT_ON = "maintenance-left-on"  # an operator switches maintenance on and forgets it
+    API_FLOOD = "api-flood"  # many connections held open against one agent's HTTP API
+    HEARTBEAT_REPLAY = "heartbeat-replay"  # heartbeats captured earlier are sent again to a node
 
 
 class Target(enum.StrEnum):
     PRIMARY = "primary"
     STANDBY = "standby"
+    BOTH = "both"  # MAINTENANCE_LEFT_ON only; resolved to the primary's name in the records
 
 
 ALL_KINDS: tuple[Kind, ...] = tuple(Kind)
+
+# Kinds whose lab functions live in a module of their own, possibly not installed:
+# they are left out of the default draw when it is missing.
+MODULE_OF: dict[Kind, str] = {Kind.API_FLOOD: "standby.lab.flood", Kind.HEARTBEAT_REPLAY: "standby.lab.replay"}
 
 # How often each kind comes up, relative. The network and host faults are what
 # a two-server pair meets most; a switchover is a planned event, so rarer.
 WEIGHTS: dict[Kind, int] = {
     Kind.CRASH: 3, Kind.FREEZE: 3, Kind.LINK_DOWN: 3, Kind.ISOLATE: 3, Kind.LOSS: 2,
     Kind.KILL_AGENT: 2, Kind.KILL_POSTGRES: 2, Kind.WAL_DISK_FULL: 1, Kind.CLOCK_JUMP: 2, Kind.SWITCHOVER: 1,
+    Kind.BUSY_PRIMARY: 2, Kind.STANDBY_LONG_FREEZE: 1, Kind.MAINTENANCE_LEFT_ON: 1, Kind.API_FLOOD: 2,
+    Kind.HEARTBEAT_REPLAY: 2,
 }
+
+# A standby-long-freeze outlasts this (seconds) unless the campaign says otherwise:
+# twice the default failover timeout.
+DEFAULT_LONG_FREEZE_S = 1.5
+
+
+def kind_available(kind: Kind) -> bool:
+    module = MODULE_OF.get(kind)
+    return module is None or importlib.util.find_spec(module) is not None
+
+
+def available_kinds() -> tuple[Kind, ...]:
+    """Every kind this installation can inject."""
+    return tuple(k for k in ALL_KINDS if kind_available(k))
+
+
+def long_freeze_s(failover_timeout_ms: int, degrade_after_s: float = 0.0) -> float:
+    """How long a standby-long-freeze must last to matter: past the primary's wait for its standby
+    (degrade_after_s) when there is one, otherwise past twice the failover timeout."""
+    return degrade_after_s if degrade_after_s > 0 else 2 * failover_timeout_ms / 1000
 
 
 @dataclass(frozen=True)
@@ -55,6 +88,7 @@ class Fault:
     offset_s: int | None = None  # CLOCK_JUMP: seconds, + or -
     hold_s: float = 0.0  # how long the fault lasts before the heal
     quiet_s: float = 0.0  # after the pair has converged, before the next fault
+    connections: int | None = None  # API_FLOOD
 
     def describe(self) -> str:
         what = self.kind.value
@@ -64,14 +98,19 @@ class Fault:
             what = f"{self.percent}% loss on {self.net}"
         elif self.kind is Kind.CLOCK_JUMP:
             what = f"wall clock {self.offset_s or 0:+d} s"
+        elif self.kind is Kind.API_FLOOD:
+            what = f"api-flood of {self.connections} connections"
+        if self.target is Target.BOTH:
+            return f"#{self.number} {what} on both nodes for {self.hold_s:.1f} s"
         return f"#{self.number} {what} on the {self.target.value} for {self.hold_s:.1f} s"
 
     def to_dict(self) -> dict[str, Any]:
         return {k: (v.value if isinstance(v, enum.Enum) else v) for k, v in asdict(self).items() if v is not None}
 
 
-def faults(seed: int, kinds: Sequence[Kind] = ALL_KINDS) -> Iterator[Fault]:
-    """The endless fault sequence for ``seed``, restricted to ``kinds``."""
+def faults(seed: int, kinds: Sequence[Kind] = ALL_KINDS, long_freeze: float = DEFAULT_LONG_FREEZE_S) -> Iterator[Fault]:
+    """The endless fault sequence for ``seed``, restricted to ``kinds``; a standby-long-freeze
+    lasts longer than ``long_freeze`` seconds (see long_freeze_s)."""
     if not kinds:
         raise ValueError("no fault kinds to draw from")
     rng = random.Random(seed)
@@ -83,7 +122,7 @@ def faults(seed: int, kinds: Sequence[Kind] = ALL_KINDS) -> Iterator[Fault]:
         kind = rng.choices(pool, weights)[0]
         # Faults on the primary are the ones that move things; the standby gets a share too.
         target = Target.PRIMARY if rng.random() < 0.7 else Target.STANDBY
-        net = percent = offset = None
+        net = percent = offset = connections = None
         if kind in (Kind.LINK_DOWN, Kind.LOSS):
             net = rng.choice(("public", "private"))
         if kind is Kind.LOSS:
@@ -92,20 +131,38 @@ def faults(seed: int, kinds: Sequence[Kind] = ALL_KINDS) -> Iterator[Fault]:
             offset = rng.choice((-1, 1)) * rng.randint(60, 600)
         if kind is Kind.SWITCHOVER:
             target = Target.PRIMARY  # a switchover is asked of the pair; it moves the primary away
+        if kind is Kind.API_FLOOD:
+            connections = rng.choice((50, 200, 500))
         # Short holds hit the detection window (about a second); long ones let everything move.
         hold = round(rng.choice((rng.uniform(0.3, 1.5), rng.uniform(2.0, 8.0))), 1)
+        if kind is Kind.BUSY_PRIMARY:
+            target = Target.PRIMARY
+            hold = round(rng.uniform(3.0, 4.0), 1)  # slow enough to look dead, short of any timeout that moves roles
+        elif kind is Kind.STANDBY_LONG_FREEZE:
+            target = Target.STANDBY
+            hold = round(long_freeze + rng.uniform(1.0, 3.0), 1)
+        elif kind is Kind.MAINTENANCE_LEFT_ON:
+            target = rng.choice((Target.PRIMARY, Target.BOTH))
+            hold = round(rng.uniform(8.0, 15.0), 1)  # the pair runs a while with failover suspended
+        elif kind is Kind.HEARTBEAT_REPLAY:
+            hold = round(rng.uniform(2.0, 6.0), 1)
         quiet = round(rng.uniform(1.0, 4.0), 1)
-        yield Fault(number, kind, target, net, percent, offset, hold, quiet)
+        yield Fault(number, kind, target, net, percent, offset, hold, quiet, connections=connections)
 
 
 def parse_kinds(text: str | None) -> tuple[Kind, ...]:
-    """'crash,freeze' -> kinds; None or '' -> all. Unknown names raise ValueError naming the choices."""
+    """'crash,freeze' -> kinds; None or '' -> every available kind. Unknown names, or kinds whose
+    module is missing, raise ValueError naming the choices."""
     if not text:
-        return ALL_KINDS
+        return available_kinds()
     out = []
     for name in (t.strip() for t in text.split(",") if t.strip()):
         try:
-            out.append(Kind(name))
+            kind = Kind(name)
         except ValueError:
             raise ValueError(f"unknown fault kind {name!r}; expected some of: {', '.join(k.value for k in Kind)}") from None
+        if not kind_available(kind):
+            raise ValueError(f"fault kind {name!r} needs the module {MODULE_OF[kind]}, which is not installed; "
+                             f"leave it out of --kinds")
+        out.append(kind)
     return tuple(out)

@@ -5,7 +5,10 @@ checker's verdict against the final primary (standby.lab.checker, run as a
 separate process). Violations:
 
 - any violation of the call checker: an acknowledged call missing or present
-  twice, a wrong balance effect, a refused call committed;
+  twice, a wrong balance effect, a refused call committed; an acknowledged call
+  under another CDR id is no violation when the salvage that brought it back
+  renumbered it to exactly that id (the stated conflict policy);
+- a salvage apply that failed (its rows never reached the primary);
 - any probe sample with two writable nodes, or the probe blind (no sample) for
   longer than ``PROBE_BLIND_S``;
 - the pair not converged within the limit after a heal, or at the end;
@@ -16,7 +19,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,10 +48,14 @@ class ChaosVerdict:
     replicas_identical: bool | None  # None: not compared (the pair never converged)
     replica_differences: Sequence[str] = field(default_factory=tuple)
     run_s: float = 0.0
+    salvaged_acked: Sequence[str] = field(default_factory=tuple)  # acknowledged calls that came back by salvage
+    salvage_renumbered: int = 0  # of those, how many under a new CDR id
+    salvage_failures: Sequence[str] = field(default_factory=tuple)
 
     @property
     def violations(self) -> list[str]:
         out = list(self.call_violations)
+        out += [f"salvage apply failed on {f}" for f in self.salvage_failures]
         if self.dual_samples:
             out.append(f"{self.dual_samples} probe samples with two writable nodes")
         if self.longest_probe_gap_s > PROBE_BLIND_S:
@@ -82,6 +89,11 @@ class ChaosVerdict:
             "  standby identical to the primary: "
             + {True: "yes", False: "NO", None: "not compared"}[self.replicas_identical],
         ]
+        if self.salvaged_acked:
+            shown = ", ".join(self.salvaged_acked[:5]) + (f" (+{len(self.salvaged_acked) - 5} more)"
+                                                          if len(self.salvaged_acked) > 5 else "")
+            lines.append(f"  acknowledged calls back by salvage: {len(self.salvaged_acked)} "
+                         f"({self.salvage_renumbered} under a new CDR id): {shown}")
         lines += [f"  VIOLATION {v}" for v in self.violations]
         return "\n".join(lines)
 
@@ -95,6 +107,7 @@ class ChaosVerdict:
                 "longest_probe_gap_s": round(self.longest_probe_gap_s, 3),
                 "converge_s": [round(c, 3) for c in self.converge_s], "converge_limit_s": self.converge_limit_s,
                 "final_converged": self.final_converged, "replicas_identical": self.replicas_identical,
+                "salvaged_acked": list(self.salvaged_acked), "salvage_renumbered": self.salvage_renumbered,
                 "run_s": round(self.run_s, 1)}
 
 
@@ -111,9 +124,26 @@ def replica_differences(replicas: Mapping[str, Any]) -> list[str] | None:
     return out
 
 
+_MOVED = "acknowledged calls present under another CDR id"  # the call checker's words for it
+
+
+def _call_violations(calls: Mapping[str, Any], renumbered: Mapping[str, Any]) -> tuple[str, ...]:
+    """The call checker's violations, less CDR id changes that a salvage made (and said so)."""
+    found = tuple(calls.get("violations", ("the call checker gave no verdict",)))
+    if "ack_id_mismatch" not in calls:
+        return found
+    unexplained = [m for m in calls["ack_id_mismatch"] if renumbered.get(str(m[0])) != m[2]]
+    kept = tuple(v for v in found if _MOVED not in v)
+    return (*kept, f"{len(unexplained)} {_MOVED}") if unexplained else kept
+
+
 def judge(events: Sequence[Mapping[str, Any]], probe: Sequence[Mapping[str, Any]], replicas: Mapping[str, Any],
-          calls: Mapping[str, Any], converge_limit_s: float, seed: int | None = None) -> ChaosVerdict:
-    """The verdict from the recorded events, probe samples, final replicas and the call checker's verdict."""
+          calls: Mapping[str, Any], converge_limit_s: float, seed: int | None = None,
+          acked_calls: Collection[str] = ()) -> ChaosVerdict:
+    """The verdict from the recorded events, probe samples, final replicas and the call checker's verdict.
+
+    ``acked_calls``: the acknowledged call ids (from the history), to name those that salvage brought back.
+    """
     faults = Counter(str(e["kind"]) for e in events if e.get("event") == "fault")
     converge = [float(e["after_s"]) for e in events if e.get("event") == "converged"]
     stuck = [e for e in events if e.get("event") == "not_converged"]
@@ -122,6 +152,16 @@ def judge(events: Sequence[Mapping[str, Any]], probe: Sequence[Mapping[str, Any]
     gap = max((b - a for a, b in zip(times, times[1:])), default=0.0)
     diffs = replica_differences(replicas)
     ts = [float(e["t"]) for e in events]
+    salvaged: set[str] = set()
+    renumbered: dict[str, Any] = {}  # call id -> the CDR id the salvage gave it
+    for e in events:
+        if e.get("event") == "salvage_applied":
+            salvaged.update(map(str, e.get("calls", ())))
+            renumbered.update({str(k): v for k, v in (e.get("renumbered") or {}).items()})
+    failures = [f"{e.get('node')}: {' | '.join(e.get('output') or ())}" for e in events
+                if e.get("event") == "operator" and str(e.get("command", "")).startswith("salvage apply")
+                and not e.get("ok")]
+    back = sorted(salvaged & set(acked_calls))
     return ChaosVerdict(
         seed=seed,
         faults=dict(faults),
@@ -130,7 +170,7 @@ def judge(events: Sequence[Mapping[str, Any]], probe: Sequence[Mapping[str, Any]
         indeterminate_applied=len(calls.get("indeterminate_applied", ())),
         indeterminate_not_applied=len(calls.get("indeterminate_not_applied", ())),
         lost=len(calls.get("missing_acked", ())),
-        call_violations=tuple(calls.get("violations", ("the call checker gave no verdict",))),
+        call_violations=_call_violations(calls, renumbered),
         samples=len(probe),
         dual_samples=sum(1 for s in probe if len(s.get("writable", ())) > 1),
         dual_open_samples=sum(1 for s in probe if len(s.get("open", ())) > 1 and len(s.get("writable", ())) < 2),
@@ -143,6 +183,9 @@ def judge(events: Sequence[Mapping[str, Any]], probe: Sequence[Mapping[str, Any]
         replicas_identical=None if diffs is None else not diffs,
         replica_differences=tuple(diffs or ()),
         run_s=(max(ts) - min(ts)) if ts else 0.0,
+        salvaged_acked=tuple(back),
+        salvage_renumbered=sum(1 for c in back if c in renumbered),
+        salvage_failures=tuple(failures),
     )
 
 

@@ -7,6 +7,7 @@ loss rule present is read back from the kernel each time.
 from __future__ import annotations
 
 import json
+import os
 import signal
 import time
 from pathlib import Path
@@ -167,3 +168,27 @@ def set_loss(ns: str, net: Net | str, percent: int) -> None:
 def clear_loss(ns: str) -> None:
     if netns.exists(ns):
         netns.run_in(ns, ["nft", "delete", "table", "inet", LOSS_TABLE], check=False)
+
+
+# -- a busy primary -----------------------------------------------------------
+
+# The agent's own sessions: local (unix socket, so no client address), as the
+# superuser, named "standby" by the agent or left unnamed. The caller's own
+# session is never one of them.
+AGENT_BACKENDS_SQL = """
+SELECT pid FROM pg_stat_activity
+ WHERE backend_type = 'client backend' AND client_addr IS NULL AND usename = %s
+   AND coalesce(application_name, '') IN ('standby', '') AND pid <> pg_backend_pid()
+"""
+
+
+def stop_pids(pids: list[int], sig: signal.Signals) -> list[int]:
+    """Send ``sig`` to each pid still there; the ones reached."""
+    reached = []
+    for pid in pids:
+        try:
+            os.kill(pid, sig)
+            reached.append(pid)
+        except ProcessLookupError:
+            pass
+    return reached
