@@ -22,9 +22,16 @@ Two nodes must not hold it at once, so a move is a hand-over with a receipt:
   while a removal is in flight).
 
 When the peer is silent the primary cannot get a receipt; it takes the address
-(fallback "primary") only after an ARP probe finds nobody answering for it,
-which the shell does. A standby never holds it without hearing the primary,
-since it cannot know its lag then.
+(fallback "primary") only once the standby has been silent for
+``silence_wait_s``, and then only if an ARP probe finds nobody answering for
+it, which the shell does. Silence does not withdraw a receipt already given: a
+standby that has just read one may be adding the address while the primary's
+probe runs, and both would hold it. So from the moment the primary hears
+nothing it advertises no receipt, and once the wait (the standby's own
+freshness window and a heartbeat) is over, the standby has either read that
+or stopped trusting its view of the primary, and an address it added
+meanwhile answers the probe. A standby never holds it without hearing the
+primary, since it cannot know its lag then.
 """
 
 from __future__ import annotations
@@ -42,6 +49,10 @@ EPISODE_BITS = 24
 class ReportingPolicy:
     fallback_primary: bool  # fallback = "primary"
     max_lag_bytes: int
+    # Primary: how long the standby must be silent before the address is taken
+    # without a receipt. The shell sets it from the timings (the peer's
+    # freshness window plus a heartbeat); 0 only where no receipt can be out.
+    silence_wait_s: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -49,6 +60,7 @@ class ReportingState:
     episode: int = 0  # standby: current in-bound episode (0: not in bound)
     next_episode: int = 1  # the next number to open an episode with
     ack: int = 0  # primary: the standby episode it has stepped aside for (0: none)
+    silent_since: float | None = None  # primary: since when the standby has not been heard
 
     @classmethod
     def for_boot(cls, boot: int) -> ReportingState:
@@ -62,7 +74,8 @@ class ReportingInputs:
     replay_lsn: int | None  # standby: WAL applied so far
     peer: PeerView | None  # the peer's last word if heard recently, else None
     public_ok: bool  # this node can serve clients (public link up, tie-breaker not lost)
-    held: bool  # the address is on this node now, or still being removed
+    held: bool  # the address is on this node now, or being added or removed
+    now: float  # monotonic seconds
 
 
 @dataclass(frozen=True)
@@ -94,12 +107,13 @@ def step(s: ReportingState, inp: ReportingInputs, p: ReportingPolicy) -> tuple[R
         return _standby(s, inp, p)
     if inp.db is DbState.PRIMARY:
         return _primary(s, inp, p)
-    s = replace(s, episode=0, ack=0)
+    s = replace(s, episode=0, ack=0, silent_since=None)
     why = "fenced" if inp.db is DbState.FENCED else "PostgreSQL is down here"
     return s, ReportingDecision(False, why)
 
 
 def _standby(s: ReportingState, inp: ReportingInputs, p: ReportingPolicy) -> tuple[ReportingState, ReportingDecision]:
+    s = replace(s, silent_since=None)
     lag = replay_lag(inp)
     # Leave at the bound, come back under half of it: a lag hovering at the
     # bound must not move the address (and break running reports) each step.
@@ -131,8 +145,8 @@ def _standby(s: ReportingState, inp: ReportingInputs, p: ReportingPolicy) -> tup
 
 
 def _primary(s: ReportingState, inp: ReportingInputs, p: ReportingPolicy) -> tuple[ReportingState, ReportingDecision]:
-    s = replace(s, episode=0)
     peer = inp.peer
+    s = replace(s, episode=0, silent_since=s.silent_since if peer is None else None)
     if peer is not None and peer.db is DbState.STANDBY and peer.reporting_epoch > 0:
         # Acknowledge only once the address is gone from here: the receipt is
         # what lets the standby take it.
@@ -145,5 +159,11 @@ def _primary(s: ReportingState, inp: ReportingInputs, p: ReportingPolicy) -> tup
         return s, ReportingDecision(False, "no standby in bound; withdrawn (fallback withdraw)")
     if not inp.public_ok:
         return s, ReportingDecision(False, "no standby in bound, and the public network is down here")
+    if peer is None and not inp.held:
+        # Also right after this agent's start: its previous run may have given a receipt.
+        since = inp.now if s.silent_since is None else s.silent_since
+        s = replace(s, silent_since=since)
+        if inp.now - since < p.silence_wait_s:
+            return s, ReportingDecision(False, "the standby is silent; waiting until a receipt it may hold has lapsed")
     return s, ReportingDecision(True, "no standby in bound; reports go to the primary (fallback primary)",
                                 check_arp=peer is None)

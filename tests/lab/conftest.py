@@ -5,6 +5,9 @@ failed, and its logs, histories and state are first searched for the lab's
 secrets (a leak fails the test); a sweep at session start and end removes labs of this prefix that
 their creator abandoned (e.g. a killed test run), never those of a
 concurrent run.
+
+With STANDBY_LAB_KEEP_FAILED=DIR, a failed (or errored) test's labs have their
+logs, agents' histories and state copied to DIR/<test>/<lab> first.
 """
 
 from __future__ import annotations
@@ -14,8 +17,10 @@ import os
 import re
 import secrets
 import shutil
-from collections.abc import Iterator
+import time
+from collections.abc import Generator, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -27,6 +32,8 @@ from standby.lab.topology import PG_BIN
 PREFIX = os.environ.get("STANDBY_LAB_TEST_PREFIX", "sbt")
 _NAME_RE = re.compile(rf"^{re.escape(PREFIX)}[0-9a-f]{{4}}$")
 LOCK_DIR = Path("/run/standby-lab-tests")
+# Opt-in: where a failed test's lab files are kept (nothing is kept when unset).
+KEEP_FAILED = os.environ.get("STANDBY_LAB_KEEP_FAILED", "")
 _NS_RE = re.compile(rf"^({re.escape(PREFIX)}[0-9a-f]{{4}})-(sw|alpha|beta|client)$")
 
 
@@ -108,11 +115,32 @@ def _lab_environment() -> Iterator[None]:
     sweep()
 
 
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Generator[None, Any, None]:
+    """Remember on the test whether any phase failed, for the fixtures' teardown to see."""
+    outcome = yield
+    if outcome.get_result().failed:
+        item.stash[_FAILED] = True
+
+
+_FAILED = pytest.StashKey[bool]()
+
+
+def _keep_dir(request: pytest.FixtureRequest) -> Path | None:
+    """Where to copy this test's labs before destroying them, or None (kept only on request, only on failure)."""
+    node = request.node
+    failed = node.stash.get(_FAILED, False) if isinstance(node, pytest.Item) else request.session.testsfailed > 0
+    if not KEEP_FAILED or not failed:
+        return None
+    return Path(KEEP_FAILED) / f"{re.sub(r'[^A-Za-z0-9_.-]+', '_', node.name)}-{time.strftime('%Y%m%dT%H%M%S')}"
+
+
 class LabFactory:
     """Makes uniquely named labs and destroys all of them at teardown."""
 
     def __init__(self) -> None:
         self.locks: dict[str, int] = {}
+        self.keep: Path | None = None  # set at teardown when the labs' files are to be kept
 
     def reserve(self) -> str:
         """A fresh name, locked and destroyed at teardown, for a lab built some other way (the CLI)."""
@@ -133,7 +161,11 @@ class LabFactory:
         for name, fd in list(self.locks.items()):
             try:
                 try:
-                    found += Lab(LabSpec(name)).secret_leaks()
+                    lab = Lab(LabSpec(name))
+                    found += lab.secret_leaks()
+                    if self.keep is not None:
+                        lab.collect_logs(self.keep / name)
+                        print(f"\nlab {name}: logs and histories kept in {self.keep / name}")
                 finally:
                     Lab.destroy(name)
             finally:
@@ -145,19 +177,21 @@ class LabFactory:
 
 
 @pytest.fixture
-def lab_factory() -> Iterator[LabFactory]:
+def lab_factory(request: pytest.FixtureRequest) -> Iterator[LabFactory]:
     factory = LabFactory()
     try:
         yield factory
     finally:
+        factory.keep = _keep_dir(request)
         factory.destroy_all()
 
 
 @pytest.fixture(scope="module")
-def lab() -> Iterator[Lab]:
+def lab(request: pytest.FixtureRequest) -> Iterator[Lab]:
     """One lab shared by a module's tests; tests that inject faults heal afterwards."""
     factory = LabFactory()
     try:
         yield factory()
     finally:
+        factory.keep = _keep_dir(request)
         factory.destroy_all()

@@ -750,13 +750,20 @@ class Agent:
         inp = rep.ReportingInputs(
             db=DbState.FENCED if self.state.fenced else self.pg.db, streaming=self.pg.streaming,
             replay_lsn=self.pg.replay_lsn, peer=peer_fresh(obs, self.policy), public_ok=public_ok(obs),
-            held=self.reporting_held)
-        self.reporting_state, d = rep.step(self.reporting_state, inp, self.reporting_policy)
+            held=self.reporting_held, now=obs.now)
+        # The standby trusts our last word for failover_timeout after it arrives; one heartbeat more for the way.
+        policy = replace(self.reporting_policy,
+                         silence_wait_s=self.policy.failover_timeout_s + self.policy.heartbeat_s)
+        self.reporting_state, d = rep.step(self.reporting_state, inp, policy)
         self.reporting_decision = d
         if self.reporting_busy:
             return
         if d.hold != self.reporting_held:
             self.reporting_busy = True
+            if d.hold:
+                # Held from now on, ARP check included: the next step must not give the standby a
+                # receipt while this take may still add the address.
+                self.reporting_held = True
             asyncio.get_running_loop().create_task(self._apply_reporting(sip, d))
         elif d.hold and time.monotonic() - self.reporting_announced >= 5.0:
             # Switches and ARP caches forget; keep telling them, as for the service IPs.
@@ -776,14 +783,17 @@ class Agent:
         try:
             if d.hold:
                 if d.check_arp:
-                    others = await self._in(self.probe_pool, addresses.answered_elsewhere, sip)
+                    try:
+                        others = await self._in(self.probe_pool, addresses.answered_elsewhere, sip)
+                    except Exception:
+                        self.reporting_held = False  # never added
+                        raise
                     if others:
+                        self.reporting_held = False  # never added
                         if not self.reporting_refused:
                             self.event("reporting_take_refused", answered_by=sorted(others), reason=d.reason)
                         self.reporting_refused = True
                         return
-                # Advertised before the address exists, so the peer cannot take it meanwhile.
-                self.reporting_held = True
                 try:
                     await self._in(self.svc_pool, addresses.add, sip)
                 except Exception:

@@ -296,6 +296,23 @@ class Lab:
         values = {n: self._secret(n) for n in SECRET_FILES if self.spec.secret(n).exists()}
         return leaks.scan(self.root, values, skip=[self.spec.secrets_dir]) if self.root.exists() else []
 
+    def collect_logs(self, dest: Path) -> list[Path]:
+        """Copy each host's logs and each agent's state and history under ``dest``, for a failure's post-mortem.
+
+        Secrets and data directories stay behind; returns the directories made.
+        """
+        made: list[Path] = []
+        for role in (*DB_NODES, Role.CLIENT.value, Role.SWITCH.value):
+            src = self.spec.role_dir(role)
+            for sub in ("log", "state"):
+                if (src / sub).is_dir():
+                    shutil.copytree(src / sub, dest / role / sub, dirs_exist_ok=True)
+                    made.append(dest / role / sub)
+        if self.config_path.exists():
+            dest.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(self.config_path, dest / self.config_path.name)
+        return made
+
     # -- names --------------------------------------------------------------
 
     @property
