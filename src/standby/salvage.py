@@ -1182,9 +1182,9 @@ def connect_current_primary(cfg: Config, me: str, dbname: str) -> PrimaryConnect
         remote = psycopg.connect(**info, autocommit=True)  # type: ignore[arg-type]
     except (psycopg.OperationalError, ConfigError) as e:
         tried.append(f"{peer}: not reachable over the private network ({' '.join(str(e).split())})")
-        raise SalvageError("no primary to apply the salvage to: " + "; ".join(tried)) from None
+        raise SalvageError("no current primary reachable to apply the salvage to: " + "; ".join(tried)) from None
     if _in_recovery(remote):
         remote.close()
         tried.append(f"{peer}: a standby")
-        raise SalvageError("no primary to apply the salvage to: " + "; ".join(tried))
+        raise SalvageError("no current primary reachable to apply the salvage to: " + "; ".join(tried))
     return PrimaryConnection(remote, peer, ApplyTarget.PEER)
