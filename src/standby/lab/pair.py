@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from standby.lab import Lab
+from standby.lab.errors import LabError
 from standby.lab.probe import DualPrimaryProbe, ProbeResult
 
 STANDBY = str(Path(sys.executable).with_name("standby"))
@@ -37,11 +38,29 @@ def start_pair(lab: Lab, own_clock: bool = False) -> Lab:
 
     def ready() -> bool:
         a, b = agent_state(lab, "alpha"), agent_state(lab, "beta")
+        if a and b and (why := never_ready(a, b)):
+            # Sticky until an operator acts: waiting on would only hide what happened.
+            changes = role_changes(lab, "alpha") + role_changes(lab, "beta")
+            raise LabError(f"the pair cannot become ready: {why}; the agents decided: "
+                           + "; ".join(f"{e['node']} {e['action']} ({e['reason']}: {e.get('detail')})" for e in changes))
         return bool(a and b and a["state"]["services"] and a["services_healthy"]
                     and b["state"]["eligible"] and b["postgres"]["streaming"])
 
     lab.wait_for("the pair to be ready (alpha serving, beta eligible)", ready, timeout_s=60)
     return lab
+
+
+def never_ready(alpha: dict[str, Any], beta: dict[str, Any]) -> str | None:
+    """Why a starting pair can no longer reach "alpha serving, beta eligible" by itself, or None."""
+    if alpha["state"]["fenced"]:
+        return "alpha is fenced"
+    if beta["state"]["fenced"]:
+        return "beta is fenced"
+    if beta["postgres"]["state"] == "primary":
+        return "beta was promoted"
+    if beta["state"]["services"] and not alpha["state"]["services"]:
+        return "the service role moved to beta"
+    return None
 
 
 def role_changes(lab: Lab, node: str, since: str = "") -> list[dict[str, Any]]:
