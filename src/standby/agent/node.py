@@ -29,6 +29,7 @@ from standby.agent import priority
 from standby.agent.conditions import conditions
 from standby.agent.executor import ROLE_OF, Executor, Role
 from standby.agent.guard import Guard
+from standby.agent.maintenance import MaintenanceFile
 from standby.agent.servicerole import Claim, ServiceRole, TakeRefused
 from standby.agent.heartbeat import Heartbeat, Receiver, encode
 from standby.alerts import AlertDispatcher, AlertKind, alert_key, make_alert
@@ -123,7 +124,7 @@ class Agent:
         self.store = Store(cfg.state_dir_for(node), node)
         self.guard = Guard(self.event)  # a failing observation or loop is recorded, never fatal
         self.receiver = Receiver(self.key, cfg.cluster, self.peer, self.digest)
-        self.suspended = False
+        self.maintenance = MaintenanceFile(self.store.maint_path, cfg.timings.maintenance_timeout_s)
         self.policy = policy_for(cfg, node)
         self.heard: dict[Net, float | None] = {n: None for n in Net}
         self.peer_view: PeerView | None = None
@@ -211,7 +212,7 @@ class Agent:
             # this node since its last decision. Treat that like a stall.
             self.startup_gap = max(0.0, now - live.last_decision)
         kept = self.store.load_state()
-        self.suspended = self.store.maintenance()
+        self.maintenance.load()
         holding = await self.guard.read("service IPs", self.service_role.holds, False)
         self.state = State(**kept, watching_since=now, services=holding)  # type: ignore[arg-type]
         self.boot = self.store.next_boot()
@@ -541,10 +542,22 @@ class Agent:
 
     # -- operations requested by a person (switchover, rejoin), through the API ----------------
 
-    def set_maintenance(self, on: bool) -> None:
-        self.suspended = on
-        self.store.set_maintenance(on)
-        self.event("maintenance", suspended=on)
+    @property
+    def suspended(self) -> bool:
+        """Automatic decisions suspended (maintenance, until its deadline)."""
+        return self.maintenance.active()
+
+    def set_maintenance(self, on: bool, by: str = "api") -> None:
+        if on:
+            m = self.maintenance.start(by)
+            self.event("maintenance", suspended=True, by=by, until=m.view(m.since)["until"])
+        else:
+            self.maintenance.end()
+            self.event("maintenance", suspended=False)
+
+    def maintenance_view(self) -> dict[str, object] | None:
+        m = self.maintenance.current
+        return m.view(time.time()) if m is not None and self.suspended else None
 
     def _save(self, new: State) -> None:
         self.store.save_state(new)
@@ -647,7 +660,7 @@ class Agent:
         from standby.salvage import salvage_for_rejoin
 
         salvage_fn = salvage_for_rejoin if self.cfg.salvage.tables else None
-        self.set_maintenance(True)
+        self.set_maintenance(True, by="rejoin")
         try:
             result = await self._in(self.pg_pool, lambda: rj.rejoin(
                 self.cfg, self.node, state_dir=self.cfg.state_dir_for(self.node),
@@ -827,6 +840,8 @@ class Agent:
                 f"the peer {self.peer} runs a different configuration (digest {self.receiver.mismatched_digest[:12]}, "
                 f"ours {self.digest[:12]}): make the file identical on both nodes, then start the agent"
             )
+        if (ended := self.maintenance.expire()) is not None:
+            self.event("maintenance_expired", by=ended.by, since=ended.since, until=ended.until)
         self.policy = policy_for(self.cfg, self.node, self.suspended)
         before = self.state
         new, actions = decide(before, obs, self.policy)
