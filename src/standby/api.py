@@ -79,6 +79,7 @@ def _agent_view(a: Agent) -> dict[str, Any]:
         "durability": a.cfg.replication.durability.value,
         "standby_version": __version__,
         "suspended": a.suspended,
+        "maintenance": a.maintenance_view(),  # who suspended, until when
         "postgres": {"state": "fenced" if s.fenced else a.pg.db.value, "lsn": a.pg.lsn, "streaming": a.pg.streaming,
                      "peer_sync": a.pg.peer_sync, "synchronous_standby_names": a.sync_names},
         "state": {"term": s.term, "fenced": s.fenced, "services": s.services, "degraded": s.degraded,

@@ -196,6 +196,9 @@ class Timings(_Strict):
     # SCHED_RR priority of the agent (1-99; 0 = normal scheduling). A starved
     # agent cannot fence its primary in time; see standby.agent.priority.
     realtime_priority: int = Field(10, ge=0, le=99)
+    # Maintenance (automatic decisions suspended, e.g. by a switchover) ends by
+    # itself after this long: a forgotten one must not leave the pair without failover.
+    maintenance_timeout_s: int = Field(600, ge=30, le=86_400)
 
     @model_validator(mode="after")
     def _order(self) -> Timings:

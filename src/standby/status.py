@@ -104,6 +104,7 @@ def _agent_summary(a: dict[str, Any] | None) -> dict[str, Any] | None:
     st = a["state"]
     return {"running": True, "term": st["term"], "fenced": st["fenced"], "services": st["services"],
             "degraded": st["degraded"], "eligible": st["eligible"], "suspended": a["suspended"],
+            "maintenance": a.get("maintenance"),
             "peer_heard_s_ago": a["peer_heard_s_ago"]}
 
 
@@ -120,7 +121,10 @@ def _agent_warnings(cfg: Config, o: Observations) -> list[str]:
         if st["fenced"]:
             out.append(f"{name} is FENCED (it may not become primary by itself): rejoin it as a standby")
         if a["suspended"]:
-            out.append(f"automatic failover is suspended on {name} (maintenance)")
+            m = a.get("maintenance") or {}
+            out.append(f"MAINTENANCE on {name}: automatic failover SUSPENDED (by {m.get('by', 'unknown')}, until "
+                       f"{m.get('until', 'unknown')}, {m.get('remaining_s', '?')} s left); "
+                       f"resume with POST /maintenance {{\"suspend\": false}} or let it expire")
         pg_state = a["postgres"]["state"]
         if pg_state == "primary" and st["degraded"] and cfg.replication.durability is Durability.SYNC:
             out.append(f"{name} does not wait for a standby: commits acknowledged now exist only on {name}")

@@ -1,8 +1,11 @@
-"""The agent shell's findings on a real pair: a slow PostgreSQL on the primary is not a crashed one (M3)."""
+"""The agent shell's findings on real parts: a slow PostgreSQL on the primary is not a crashed one (M3), and a
+fenced node's release and a later take on real kernel addresses (H5)."""
 
 from __future__ import annotations
 
+import asyncio
 import os
+import secrets
 import signal
 import time
 from datetime import datetime, timezone
@@ -10,9 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from standby.lab import Lab
+from standby.lab import Lab, netns
 from standby.lab.pair import agent_state, holders, primaries, role_changes, start_pair, under_load, verify
+from standby.model import ActionKind
 from standby.observe.postgres import AGENT_APPLICATION_NAME
+from tests.unit.test_findings_shell import make_agent, run_steps, script
 
 
 @pytest.fixture
@@ -51,3 +56,33 @@ def test_m3_agent_backend_stopped_on_the_primary_changes_no_role(pair: Lab, tmp_
     assert verdict["ok"], verdict["violations"]
     assert verdict["missing_acked"] == []
     assert run.probe is not None and run.probe.samples and run.probe.dual == []
+
+
+@pytest.fixture
+def node_ns() -> str:  # type: ignore[misc]
+    """A namespace with the example configuration's service interface (eth0, a dummy link); removed after."""
+    ns = f"sbsh{secrets.token_hex(2)}"
+    netns.add(ns)
+    try:
+        netns.ip_batch(ns, ["link add eth0 type dummy", "link set eth0 up", "addr add 192.0.2.11/24 dev eth0"])
+        yield ns
+    finally:
+        netns.delete(ns)
+
+
+def test_h5_fenced_node_releases_and_a_later_take_leaves_no_address(
+        node_ns: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Chaos seed 91, fault #11, on real addresses: fence + release, then a take decided 0.44 s later."""
+    agent = make_agent(tmp_path)
+    monkeypatch.setattr("standby.act.services.start_all", lambda *a, **kw: [])
+    monkeypatch.setattr("standby.act.services.stop_all", lambda *a, **kw: [])
+    netns.ip_batch(node_ns, ["addr add 192.0.2.100/24 dev eth0", "addr add 192.0.2.102/24 dev eth0"])
+    agent.state = agent.state.__class__(services=True, was_primary=True)
+    script(agent, monkeypatch, [({"services": False, "fenced": True}, [ActionKind.FENCE, ActionKind.RELEASE_SERVICES]),
+                                ({"services": True}, [ActionKind.TAKE_SERVICES]),
+                                ({}, [])])
+    # The agent's worker threads start in this thread's namespace, so its netlink and ARP use node_ns.
+    netns.call_in(node_ns, lambda: asyncio.run(run_steps(agent, 3, 0.44 / 2, settle_s=2.0)))
+    held = netns.addresses(node_ns, "eth0")
+    assert not any(a.startswith(("192.0.2.100/", "192.0.2.102/")) for a in held), held
+    assert agent.state.services is False

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import json
 import os
 import resource
 import shutil
@@ -23,6 +24,8 @@ import psycopg
 import pytest
 
 from standby import config
+from standby import status as status_mod
+from standby.act import switchover as switchover_mod
 from standby.agent import node as node_mod
 from standby.agent.node import Agent
 from standby.config import ServiceIP
@@ -30,7 +33,7 @@ from standby.decide import State, stall_limit
 from standby.model import Action, ActionKind, DbState, LocalPg, Net, Observation, Reason
 from standby.observe import probes
 
-from tests.unit.configs import example_with_secrets
+from tests.unit.configs import EXAMPLE, example_with_secrets
 
 
 class FakeKernel:
@@ -408,3 +411,103 @@ def test_l5_a_late_decision_step_counts_as_a_stall(
     asyncio.run(go())
     limit = stall_limit(agent.policy)
     assert seen[-1] > limit, f"a {seen[-1]:.2f}s gap seen after a 1s pause (stall limit {limit:.2f}s)"
+
+
+# -- M1: maintenance has a deadline, is shown, and a failed switchover leaves none behind --------
+
+
+def _capture_policy(agent: Agent, monkeypatch: pytest.MonkeyPatch) -> list[bool]:
+    suspended: list[bool] = []
+
+    def fake_decide(s: State, o: Observation, p: Any) -> tuple[State, list[Action]]:
+        suspended.append(p.suspended)
+        return s, []
+
+    async def fake_observe(now: float) -> Observation:
+        return observation(now)
+
+    monkeypatch.setattr(node_mod, "decide", fake_decide)
+    monkeypatch.setattr(agent, "_observe", fake_observe)
+    monkeypatch.setattr(agent, "_reconcile_sync", lambda: None)
+    return suspended
+
+
+def test_m1_maintenance_ends_by_itself_at_its_deadline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    raw, _ = example_with_secrets(tmp_path)
+    raw["timings"]["maintenance_timeout_s"] = 120
+    agent = Agent(config.parse(raw), "alpha")
+    clock = [1000.0]
+    agent.maintenance.mono = lambda: clock[0]
+    suspended = _capture_policy(agent, monkeypatch)
+    agent.set_maintenance(True)
+    recorded = json.loads((tmp_path / "state" / "maintenance").read_text())
+    assert recorded["until"] - recorded["since"] == 120 and recorded["by"]
+    asyncio.run(agent._step())
+    clock[0] += 119
+    asyncio.run(agent._step())
+    clock[0] += 2
+    asyncio.run(agent._step())
+    assert suspended == [True, True, False]
+    assert not agent.suspended and not (tmp_path / "state" / "maintenance").exists()
+    assert [e["event"] for e in agent.recent].count("maintenance_expired") == 1
+
+
+def test_m1_a_restarted_agent_keeps_only_what_is_left(tmp_path: Path) -> None:
+    raw, _ = example_with_secrets(tmp_path)
+    first = Agent(config.parse(raw), "alpha")
+    first.set_maintenance(True)
+    wall = [time.time()]
+    again = Agent(config.parse(raw), "alpha")
+    again.maintenance.wall = lambda: wall[0]
+    again.maintenance.load()
+    assert again.suspended
+    wall[0] += config.parse(raw).timings.maintenance_timeout_s + 1  # the agent was down past the deadline
+    again.maintenance.load()
+    assert not again.suspended
+
+
+@pytest.mark.parametrize("bad", [0, -5, 10 * 86_400])
+def test_m1_maintenance_timeout_is_validated(tmp_path: Path, bad: int) -> None:
+    raw, _ = example_with_secrets(tmp_path)
+    raw["timings"]["maintenance_timeout_s"] = bad
+    with pytest.raises(config.ConfigError) as e:
+        config.parse(raw)
+    assert "timings.maintenance_timeout_s" in str(e.value)
+
+
+class FakeApi:
+    """Both agents' action endpoints; beta's agent stops answering after alpha was suspended."""
+
+    def __init__(self, cfg: config.Config) -> None:
+        self.suspended = {"alpha": False, "beta": False}
+
+    def post(self, node: str, path: str, body: dict[str, Any] | None = None, timeout_s: float = 120) -> dict[str, Any]:
+        if path == "/maintenance":
+            if node == "beta" and body and body["suspend"]:
+                raise switchover_mod.ApiError(0, "beta's agent does not answer (timed out)")
+            self.suspended[node] = bool(body and body["suspend"])
+            return {"suspended": self.suspended[node]}
+        raise AssertionError(f"the switchover went on to {path} on {node}")
+
+
+def test_m1_switchover_failing_half_way_leaves_no_maintenance(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    raw, _ = example_with_secrets(tmp_path)
+    cfg = config.parse(raw)
+    apis: list[FakeApi] = []
+    monkeypatch.setattr(switchover_mod, "Api", lambda c: apis.append(FakeApi(c)) or apis[-1])
+    monkeypatch.setattr(switchover_mod, "roles", lambda c: ("alpha", "beta", {}))
+    with pytest.raises(switchover_mod.ApiError):
+        switchover_mod.switchover(cfg)
+    assert apis[0].suspended == {"alpha": False, "beta": False}
+
+
+def test_m1_status_shows_maintenance_loudly_with_who_and_until() -> None:
+    cfg = config.load(EXAMPLE)
+    agent = {"state": {"term": 1, "fenced": False, "services": True, "degraded": False, "eligible": True},
+             "suspended": True, "peer_heard_s_ago": {}, "postgres": {"state": "primary"},
+             "maintenance": {"by": "api", "since": "2026-12-01T14:00:00Z", "until": "2026-12-01T14:10:00Z",
+                             "remaining_s": 420}}
+    warnings = status_mod._agent_warnings(cfg, status_mod.Observations("alpha", {}, (), agents={"alpha": agent,
+                                                                                                "beta": None}))
+    loud = [w for w in warnings if "MAINTENANCE" in w]
+    assert loud and "2026-12-01T14:10:00Z" in loud[0] and "api" in loud[0], warnings

@@ -1,6 +1,7 @@
 """A planned switchover, driven through both agents' APIs, with zero loss.
 
-1. suspend automatic failover on both nodes;
+1. suspend automatic failover on both nodes (each agent ends that by itself
+   after timings.maintenance_timeout_s, should this command die);
 2. the primary lets go of its services and shuts PostgreSQL down cleanly; its
    shutdown checkpoint is the last WAL it will ever write in this role;
 3. the standby promotes only once it has received WAL past that checkpoint,
@@ -120,10 +121,11 @@ def switchover(cfg: Config, to: str | None = None, catch_up_timeout_s: float = 1
         say(f"{name:<58} {1000 * (now - t):8.1f} ms")
         t = now
 
-    for n in (primary, standby):
-        api.post(n, "/maintenance", {"suspend": True})
-    step("automatic failover suspended on both nodes")
     try:
+        # Inside the try: if the second node cannot be suspended, the first is resumed below.
+        for n in (primary, standby):
+            api.post(n, "/maintenance", {"suspend": True})
+        step("automatic failover suspended on both nodes")
         try:
             demoted = api.post(primary, "/switchover/demote")
         except ApiError as e:

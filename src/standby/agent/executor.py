@@ -69,6 +69,9 @@ class Executor:
         """Is an action of this kind running or waiting?"""
         return kind in self._pending[ROLE_OF[kind]]
 
+    def busy_role(self, role: Role) -> bool:
+        return bool(self._pending[role])
+
     def queued_after(self, kind: ActionKind) -> bool:
         """While an action of ``kind`` runs: has a later decision queued another action on its role?"""
         return len(self._pending[ROLE_OF[kind]]) > 1

@@ -29,6 +29,7 @@ from standby.agent import priority
 from standby.agent.conditions import conditions
 from standby.agent.executor import ROLE_OF, Executor, Role
 from standby.agent.guard import Guard
+from standby.agent.maintenance import MaintenanceFile
 from standby.agent.servicerole import Claim, ServiceRole, TakeRefused
 from standby.agent.heartbeat import Heartbeat, Receiver, encode
 from standby.alerts import AlertDispatcher, AlertKind, alert_key, make_alert
@@ -123,7 +124,7 @@ class Agent:
         self.store = Store(cfg.state_dir_for(node), node)
         self.guard = Guard(self.event)  # a failing observation or loop is recorded, never fatal
         self.receiver = Receiver(self.key, cfg.cluster, self.peer, self.digest)
-        self.suspended = False
+        self.maintenance = MaintenanceFile(self.store.maint_path, cfg.timings.maintenance_timeout_s)
         self.policy = policy_for(cfg, node)
         self.heard: dict[Net, float | None] = {n: None for n in Net}
         self.peer_view: PeerView | None = None
@@ -147,6 +148,7 @@ class Agent:
         self.startup_gap = 0.0
         self.stopping = asyncio.Event()
         self.step_gap = 0.0
+        self.state_write_s = 0.0
         # Each role's actions one at a time, in decision order (see agent.executor).
         self.executor = Executor(self._act)
         self.ensuring_services = False
@@ -165,6 +167,10 @@ class Agent:
         self.step_started: float | None = None  # None: the next step's lateness is not a stall
         self.svc_pool = ThreadPoolExecutor(1, thread_name_prefix="svc", initializer=priority.follow)
         self.probe_pool = ThreadPoolExecutor(2, thread_name_prefix="probe", initializer=priority.follow)
+        # The step's own quick kernel reads (carriers, the reporting IP), never behind a probe or a service command:
+        # a step that waits is a stall (Observation.gap).
+        self.observe_pool = ThreadPoolExecutor(1, thread_name_prefix="observe", initializer=priority.follow)
+        self._sync_task: asyncio.Task[None] | None = None
         self.sockets: dict[Net, socket.socket] = {}
         self.service_role = ServiceRole(cfg, node, lambda fn, *a: self._in(self.svc_pool, fn, *a),
                                         lambda fn, *a: self._in(self.probe_pool, fn, *a), self.event)
@@ -206,7 +212,7 @@ class Agent:
             # this node since its last decision. Treat that like a stall.
             self.startup_gap = max(0.0, now - live.last_decision)
         kept = self.store.load_state()
-        self.suspended = self.store.maintenance()
+        self.maintenance.load()
         holding = await self.guard.read("service IPs", self.service_role.holds, False)
         self.state = State(**kept, watching_since=now, services=holding)  # type: ignore[arg-type]
         self.boot = self.store.next_boot()
@@ -373,10 +379,10 @@ class Agent:
         meanwhile the last observation stands. Only a server whose postmaster is gone reads as DOWN."""
         if self._pg_read is None:
             self._pg_read = asyncio.ensure_future(self._in(self.pg_pool, self._observe_pg))
-        wait_s = self.cfg.timings.heartbeat_interval_ms / 1000 if self.pg_seen else 3.0
+        wait_s = self.cfg.timings.heartbeat_interval_ms / 1000 if self.pg_seen else 3.0  # run() waits for the first
         await asyncio.wait({self._pg_read}, timeout=wait_s)
-        if not self._pg_read.done():
-            self.guard.failed("postgres", f"no answer within {wait_s:g}s; keeping the last observation")
+        if not self._pg_read.done():  # slow, not failed: recorded only if it ends in an error
+            log.debug("PostgreSQL did not answer within %gs; keeping the last observation", wait_s)
             return
         read, self._pg_read = self._pg_read, None
         self.pg_seen = True
@@ -396,7 +402,7 @@ class Agent:
 
     async def _observe(self, now: float) -> Observation:
         await self._observe_postgres()
-        self.carrier = await self.guard.read("carrier", lambda: self._in(self.probe_pool, self._carriers), self.carrier)
+        self.carrier = await self.guard.read("carrier", lambda: self._in(self.observe_pool, self._carriers), self.carrier)
         # A stalled process may be scheduled here before its heartbeat sender has
         # run again: the time since the last send counts as well.
         # So does the decision loop's own lateness (this step started later than one interval after the last).
@@ -536,10 +542,22 @@ class Agent:
 
     # -- operations requested by a person (switchover, rejoin), through the API ----------------
 
-    def set_maintenance(self, on: bool) -> None:
-        self.suspended = on
-        self.store.set_maintenance(on)
-        self.event("maintenance", suspended=on)
+    @property
+    def suspended(self) -> bool:
+        """Automatic decisions suspended (maintenance, until its deadline)."""
+        return self.maintenance.active()
+
+    def set_maintenance(self, on: bool, by: str = "api") -> None:
+        if on:
+            m = self.maintenance.start(by)
+            self.event("maintenance", suspended=True, by=by, until=m.view(m.since)["until"])
+        else:
+            self.maintenance.end()
+            self.event("maintenance", suspended=False)
+
+    def maintenance_view(self) -> dict[str, object] | None:
+        m = self.maintenance.current
+        return m.view(time.time()) if m is not None and self.suspended else None
 
     def _save(self, new: State) -> None:
         self.store.save_state(new)
@@ -642,7 +660,7 @@ class Agent:
         from standby.salvage import salvage_for_rejoin
 
         salvage_fn = salvage_for_rejoin if self.cfg.salvage.tables else None
-        self.set_maintenance(True)
+        self.set_maintenance(True, by="rejoin")
         try:
             result = await self._in(self.pg_pool, lambda: rj.rejoin(
                 self.cfg, self.node, state_dir=self.cfg.state_dir_for(self.node),
@@ -742,7 +760,7 @@ class Agent:
             return
         if self.reporting_held is None:  # first step: an agent restart keeps what the kernel has
             try:
-                self.reporting_held = await self._in(self.svc_pool, addresses.held, sip)
+                self.reporting_held = await self._in(self.observe_pool, addresses.held, sip)
             except (OSError, RuntimeError) as e:  # e.g. the interface is missing: say so, keep deciding the rest
                 log.warning("reporting IP: %s", e)
                 return
@@ -821,32 +839,44 @@ class Agent:
     async def _step_locked(self) -> None:
         now = time.monotonic()
         interval = self.cfg.timings.heartbeat_interval_ms / 1000
-        self.step_gap = 0.0 if self.step_started is None else max(0.0, now - self.step_started - interval)
-        self.step_started = now
+        # The state's fsync is excluded: it must finish before acting, and heartbeats went out meanwhile (on a
+        # loaded lab machine one took 0.7 s, and counting it fenced a healthy primary).
+        self.step_gap = (0.0 if self.step_started is None
+                         else max(0.0, now - self.step_started - interval - self.state_write_s))
+        self.step_started, self.state_write_s = now, 0.0
         obs = await self._observe(now)
         if self.receiver.mismatched_digest and self.receiver.accepted == 0:
             raise RefusedToStart(
                 f"the peer {self.peer} runs a different configuration (digest {self.receiver.mismatched_digest[:12]}, "
                 f"ours {self.digest[:12]}): make the file identical on both nodes, then start the agent"
             )
+        if (ended := self.maintenance.expire()) is not None:
+            self.event("maintenance_expired", by=ended.by, since=ended.since, until=ended.until)
         self.policy = policy_for(self.cfg, self.node, self.suspended)
         before = self.state
         new, actions = decide(before, obs, self.policy)
         self.counters.decisions += 1
         if self.store.persisted_changed(before, new):
+            t = time.monotonic()
             await self._in(self.state_pool, self.store.save_state, new)  # on disk before the action it allows
+            self.state_write_s = time.monotonic() - t
         self.state = new
         self._alert(obs, actions)
         for a in actions:
             if self.executor.submit(a):  # not when the same action is still on its way (e.g. a stop)
                 self.event("decision", action=a.kind.value, reason=a.reason.value, detail=a.detail, term=new.term)
         await self._reporting_step(obs)
-        if not self.executor.busy(ActionKind.PROMOTE) and self._pg_read is None:  # never wait behind a slow read
-            try:
-                await self._in(self.pg_pool, self._reconcile_sync)
-            except psycopg.Error as e:
-                log.warning("could not set synchronous_standby_names: %s", e)
+        # Off the step (it must not wait behind a slow query or a database action), one at a time.
+        if (self._sync_task is None or self._sync_task.done()) and self._pg_read is None \
+                and not self.executor.busy_role(Role.DATABASE):
+            self._sync_task = asyncio.get_running_loop().create_task(self._sync_names_task())
         self.store.write_liveness(self.boot, clean=False)
+
+    async def _sync_names_task(self) -> None:
+        try:
+            await self._in(self.pg_pool, self._reconcile_sync)
+        except psycopg.Error as e:
+            log.warning("could not set synchronous_standby_names: %s", e)
 
     async def run(self, on_ready: Callable[[], None] | None = None) -> None:
         await self._restore()
@@ -854,6 +884,7 @@ class Agent:
         await self.alerts.start()
         loop = asyncio.get_running_loop()
         # This process's own start-up is not a stall (the liveness record covers the time before it).
+        await self._observe_postgres()  # the first read may take longer: start-up, not a stall
         self.last_send, self.max_send_gap = time.monotonic(), 0.0
         interval = self.cfg.timings.heartbeat_interval_ms / 1000
         tasks = [loop.create_task(self.guard.forever(c.__name__.strip("_"), c, interval, self.stopping))
@@ -891,6 +922,7 @@ class Agent:
             self.event("agent_stopped", clean=clean)
             self.pg_pool.shutdown(wait=False)
             self.state_pool.shutdown(wait=False)
+            self.observe_pool.shutdown(wait=False)
             self.svc_pool.shutdown(wait=False)
             self.probe_pool.shutdown(wait=False)
 

@@ -45,6 +45,7 @@ def render(doc: dict[str, Any]) -> None:
         versions = f"pg {pgv} / standby {n['standby_version'] or '?'}"
         ag = n.get("agent")
         agent = "-" if ag is None else (f"term {ag['term']}" + (", FENCED" if ag["fenced"] else "")
+                                        + (", MAINTENANCE" if ag.get("suspended") else "")
                                         + (", eligible" if ag["eligible"] else "") + (", degraded" if ag["degraded"] else ""))
         t.add_row(name, f"[{style}]{role}[/]", str(pg["timeline"] or "-"), lsns, lag, pg["sync_state"] or "-",
                   ", ".join(n["service_ips"]) or "-", agent)
@@ -53,7 +54,7 @@ def render(doc: dict[str, Any]) -> None:
     console.print("* preferred primary.  versions: " + "; ".join(versions_line))
     _render_reporting(console, doc)
     for w in doc["warnings"]:
-        loud = w.isupper() or w.startswith("DUAL") or "FENCED" in w or "NOT eligible" in w
+        loud = w.isupper() or w.startswith("DUAL") or "FENCED" in w or "NOT eligible" in w or "MAINTENANCE" in w
         console.print(f"[{'bold red' if loud else 'yellow'}]WARNING: {w}[/]")
     if not doc["warnings"]:
         console.print("[green]no warnings[/]")
