@@ -114,6 +114,9 @@ class State:
     peer_unsynced_since: float | None = None
     public_bad_since: float | None = None
     private_bad_since: float | None = None
+    # Since when at least one of this node's own links has been up: silence heard with
+    # every cable out is this node's own, and says nothing about the peer.
+    links_up_since: float | None = None
     unhealthy_since: float | None = None
     releasing_services: bool = False
     last_restart_at: float = -math.inf
@@ -257,6 +260,7 @@ def _track(s: State, o: Observation, p: Policy) -> State:
         peer_unsynced_since=_since(s.peer_unsynced_since, o.pg.db is DbState.PRIMARY and not o.pg.peer_sync, now),
         public_bad_since=_since(s.public_bad_since, not public_ok(o), now),
         private_bad_since=_since(s.private_bad_since, not o.carrier.get(Net.PRIVATE, False), now),
+        links_up_since=_since(s.links_up_since, any(o.carrier.get(n, False) for n in Net), now),
         unhealthy_since=_since(s.unhealthy_since, s.services and o.services_healthy is False, now),
         promoting=s.promoting and o.pg.db is not DbState.PRIMARY,
         primary_this_run=s.primary_this_run or o.pg.db is DbState.PRIMARY,
@@ -352,7 +356,9 @@ def _db_rules(s: State, o: Observation, p: Policy) -> tuple[State, list[Action]]
                           resumable=True)
         return _sync_rules(s, o, p)
 
-    if o.pg.db is DbState.DOWN and s.was_primary:
+    # A server that may come back writable: it was primary, or its promotion was decided
+    # (a host that crashed right after promoting cannot know whether the promotion finished).
+    if o.pg.db is DbState.DOWN and (s.was_primary or s.promoting):
         standby_ready = peer is not None and peer.db is DbState.STANDBY and _standby_has_everything(s, p)
         if p.hot and p.pg_crash is PgCrashPolicy.FAILOVER and standby_ready:
             return _fence(s, Reason.PG_CRASHED_FAILOVER, "PostgreSQL died here; the standby, which has every "
@@ -364,8 +370,10 @@ def _db_rules(s: State, o: Observation, p: Policy) -> tuple[State, list[Action]]
         # Restart as primary only if nobody can have taken over meanwhile: this
         # agent watched the server die, or the peer is heard and still a standby.
         # A rebooted old primary whose peer is silent waits for a person.
-        # A standby in a newer term is being promoted (the term is raised first).
-        safe = s.primary_this_run or (peer is not None and peer.db is DbState.STANDBY and peer.term <= s.term)
+        # A standby in a newer term is being promoted (the term is raised first); a peer
+        # still fencing may still be writing.
+        safe = s.primary_this_run or (peer is not None and peer.db in (DbState.STANDBY, DbState.FENCED)
+                                      and peer.term <= s.term)
         if safe and o.now - s.last_restart_at >= p.restart_backoff_s:
             return replace(s, last_restart_at=o.now), [
                 Action(ActionKind.RESTART_PG, Reason.PG_CRASHED_RESTART, "PostgreSQL is down; crash recovery in place")]
@@ -385,7 +393,8 @@ def _db_rules(s: State, o: Observation, p: Policy) -> tuple[State, list[Action]]
     # FENCED only: FENCING is said while the old primary's server may still be writing.
     if peer is not None and peer.db is DbState.FENCED and s.eligible:
         return _promote(s, Reason.PEER_RELEASED_DB, "the primary fenced itself and handed the database over")
-    if (quiet >= p.failover_timeout_s and o.tiebreaker_ok is True and s.eligible and _upstream_silent(o, p)
+    if (quiet >= p.failover_timeout_s and _lasted(s.links_up_since, o.now, p.failover_timeout_s)
+            and o.tiebreaker_ok is True and s.eligible and _upstream_silent(o, p)
             and (not p.has_service_ips or o.service_ip_elsewhere is False)):
         return _promote(s, Reason.PEER_DEAD, f"primary silent on every path for {quiet:.2f}s, tie-breaker answers")
     return s, []
@@ -460,7 +469,8 @@ def _service_rules(s: State, o: Observation, p: Policy) -> tuple[State, list[Act
         return _take(s, Reason.PEER_RELEASED_SERVICES, "the peer let go of the service role")
     if peer is not None and peer.db is DbState.FENCED and not peer.services and primary_here:
         return _take(s, Reason.PEER_RELEASED_SERVICES, "the peer is fenced and serves nothing")
-    if (p.hot and primary_here and silence(s, o) >= p.failover_timeout_s and o.tiebreaker_ok is True
+    if (p.hot and primary_here and silence(s, o) >= p.failover_timeout_s
+            and _lasted(s.links_up_since, o.now, p.failover_timeout_s) and o.tiebreaker_ok is True
             and (not p.has_service_ips or o.service_ip_elsewhere is False)):
         return _take(s, Reason.PEER_DEAD, "peer silent on every path; taking the service IPs")
     if primary_here and peer is not None and not peer.services and not peer.releasing_services:

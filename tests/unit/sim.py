@@ -257,7 +257,7 @@ class World:
     def crash(self, name: str) -> None:
         n = self.nodes[name]
         n.alive, n.pg, n.holds_ips, n.agent_up, n.streaming = False, DbState.DOWN, False, False, False
-        n.pending_fence, n.stop_due, n.last_wal_at, n.promoted_over_frozen = False, None, None, False
+        n.pending_fence, n.stop_due, n.last_wal_at = False, None, None  # promoted_over_frozen: as kill_pg
 
     def boot(self, name: str) -> None:
         """Host back: the agent starts from its persisted state; PostgreSQL is left to the agent."""
@@ -315,7 +315,8 @@ class World:
     def kill_pg(self, name: str) -> None:
         n = self.nodes[name]
         if n.alive:
-            n.pg, n.stop_due, n.promoted_over_frozen = DbState.DOWN, None, False
+            # promoted_over_frozen stays: a restart brings the same promotion's data back.
+            n.pg, n.stop_due = DbState.DOWN, None
 
     def freeze(self, name: str) -> None:
         if self.nodes[name].alive:

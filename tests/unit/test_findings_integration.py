@@ -1,0 +1,68 @@
+"""Findings of the runs after the safety fixes came together: a chaos campaign and the random schedules.
+
+Each test replays the case that broke an invariant, in the simulated world (tests/unit/sim.py).
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from standby.decide import State, decide
+from standby.model import ActionKind, DbState, LocalPg, Net
+from tests.unit.sim import World
+from tests.unit.test_decide import apply, policies
+from tests.unit.test_findings_core import obs, pol, run_steps, view
+
+
+def test_chaos93_a_standby_does_not_promote_on_the_silence_of_its_own_cut_cables() -> None:
+    """Chaos seed 93 (async), fault #2: the standby's both cables were out for about the failover
+    timeout; 18 ms after they came back, before any heartbeat had arrived, it promoted ("primary
+    silent on every path"), though the primary had served all along: the silence was its own.
+    Nothing unheard while its own links were down says anything about the peer."""
+    p = pol(sync=False, max_lag_bytes=1000)
+    standby = LocalPg(DbState.STANDBY, lsn=100, streaming=True)
+    primary = view(DbState.PRIMARY, lsn=100, sync_ok=True)
+    s, _ = decide(State(watching_since=0.0), obs(1.0, standby, primary, 1.0), p)
+    assert s.eligible
+    down = {n: False for n in Net}
+    lost = replace(standby, streaming=False)
+    s, acts = run_steps(s, p, lambda now: obs(now, lost, primary, 1.0, carrier=down, tiebreaker_ok=False), 1.1, 2.2)
+    assert not acts
+    # Cables back, the tie-breaker answers, the primary's next heartbeat is still on its way.
+    s, acts = run_steps(s, p, lambda now: obs(now, lost, primary, 1.0), 2.3, 2.5)
+    assert ActionKind.PROMOTE not in [a.kind for a in acts], acts
+    # The primary really is gone: silent for a whole failover timeout with our links up.
+    s, acts = run_steps(s, p, lambda now: obs(now, lost, primary, 1.0), 2.6, 3.4)
+    assert ActionKind.PROMOTE in [a.kind for a in acts], acts
+
+
+def test_sim_the_thaw_window_outlives_a_restart_of_the_promoted_server() -> None:
+    """Found by the random schedules (async): the standby was promoted while the primary was
+    frozen, then its server crashed and came back as primary. The simulator forgot, at that
+    crash, that this primary-ness began while the peer was paused, and counted the thawed old
+    primary's stop (the one overlap no decision can prevent) as two writers."""
+    with World(policies(sync=False), seed=0, stop_delay=0.3, agent_fence_delay=0.0) as w:
+        w.run(2.0)
+        for fault, node, wait in [("crash", "a", 0.5), ("crash", "a", 0.25), ("boot", "a", 1.0),
+                                  ("freeze", "a", 1.0), ("crash", "b", 1.0)]:
+            apply(w, fault, node, Net.PUBLIC, 0)
+            w.run(wait)
+        w.heal()  # raises on two writable primaries outside that window
+        w.run(10.0)
+        assert len(w.primaries()) == 1, w.log
+
+
+def test_sim_a_rebooted_node_whose_promotion_was_decided_restarts_only_once_the_peer_is_down() -> None:
+    """Read from the same schedule: rebooted with its promotion decided but not seen to finish, a
+    node restarted its server as "a standby" at once, though it may come back writable, while
+    the old primary was still stopping (FENCING). Such a server is restarted only as a primary
+    would be: once the peer is a standby or fenced (down) in no newer term."""
+    p = pol(sync=False, max_lag_bytes=1000, restart_backoff_s=0.0)
+    s = State(term=1, promoting=True, watching_since=0.0)
+    down = LocalPg(DbState.DOWN)
+    s, acts = decide(s, obs(1.0, down, view(DbState.FENCING, term=0), 1.0), p)
+    assert ActionKind.RESTART_PG not in [a.kind for a in acts], acts
+    s, acts = decide(s, obs(1.1, down, view(DbState.PRIMARY, term=0), 1.1), p)
+    assert ActionKind.RESTART_PG not in [a.kind for a in acts], acts
+    s, acts = decide(s, obs(1.2, down, view(DbState.FENCED, term=0), 1.2), p)
+    assert ActionKind.RESTART_PG in [a.kind for a in acts], acts
