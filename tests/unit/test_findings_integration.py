@@ -6,7 +6,10 @@ Each test replays the case that broke an invariant, in the simulated world (test
 from __future__ import annotations
 
 from dataclasses import replace
+from pathlib import Path
 
+from standby.act.fence import read_state
+from standby.agent.store import Store
 from standby.decide import State, decide
 from standby.model import ActionKind, DbState, LocalPg, Net
 from tests.unit.sim import World
@@ -66,3 +69,17 @@ def test_sim_a_rebooted_node_whose_promotion_was_decided_restarts_only_once_the_
     assert ActionKind.RESTART_PG not in [a.kind for a in acts], acts
     s, acts = decide(s, obs(1.2, down, view(DbState.FENCED, term=0), 1.2), p)
     assert ActionKind.RESTART_PG in [a.kind for a in acts], acts
+
+
+def test_lab_agent_killed_mid_failover_the_unclean_exit_fence_reads_every_persisted_field(tmp_path: Path) -> None:
+    """tests/lab/test_failover.py::test_agent_killed_mid_failover_converges, after the persisted
+    fields gained `resumable` and `sync_from_lsn`: `fence --if-unclean` checked the state file
+    against its own older list of fields, called a sound file unreadable, and stopped the
+    just-promoted primary. Every persisted field, of its declared type, reads back."""
+    store = Store(tmp_path, "beta")
+    kept = State(term=3, was_primary=True, degraded=True, resumable=True, sync_from_lsn=1234, peer_could_promote=False)
+    store.save_state(kept)
+    back = read_state(store)
+    assert back is not None and back.persisted() == kept.persisted()
+    store.state_path.write_text('{"term": true}')
+    assert read_state(store) is None  # a damaged one still reads as damaged

@@ -15,6 +15,7 @@ server say, with a named reason for every outcome.
 from __future__ import annotations
 
 import subprocess
+import typing
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from enum import StrEnum
@@ -24,7 +25,7 @@ from standby.act import addresses, services
 from standby.act import postgres as pgact
 from standby.agent.store import Store
 from standby.config import Config
-from standby.decide import State, fence_needed
+from standby.decide import PERSISTED, State, fence_needed
 from standby.model import DbState, PgRole
 from standby.observe import postgres as pgobs
 
@@ -104,8 +105,13 @@ def stop_postgres(cfg: Config, node: str, step_timeout_s: float = STEP_TIMEOUT_S
     return StopStep.KILL
 
 
-_TYPES: dict[str, type] = {"term": int, "fenced": bool, "was_primary": bool, "promoting": bool,
-                           "degraded": bool, "peer_could_promote": bool}
+# The persisted fields' types, from State itself: a field added there is checked here too.
+_TYPES: dict[str, Any] = {k: v for k, v in typing.get_type_hints(State).items() if k in PERSISTED}
+
+
+def _typed(value: Any, hint: Any) -> bool:
+    # bool is an int in Python: a term of true is as damaged as a fenced of 1 (hence `type() is`).
+    return any(type(value) is t for t in (typing.get_args(hint) or (hint,)))
 
 
 def read_state(store: Store) -> State | None:
@@ -117,9 +123,7 @@ def read_state(store: Store) -> State | None:
     if not isinstance(kept, dict):
         return None
     for key, value in kept.items():
-        want = _TYPES.get(key)
-        # bool is an int in Python: a term of true is as damaged as a fenced of 1.
-        if want is None or type(value) is not want:
+        if key not in _TYPES or not _typed(value, _TYPES[key]):
             return None
     if store.state_path.exists() and not kept:
         return None  # a file that held none of the keys is not a state
