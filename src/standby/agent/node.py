@@ -134,7 +134,7 @@ class Agent:
         self.counters = Counters()
         self.recent: deque[dict[str, Any]] = deque(maxlen=50)
         self.max_send_gap = 0.0
-        self.last_send = self.last_observed = time.monotonic()
+        self.last_send = self.last_decided = time.monotonic()
         self.startup_gap = 0.0
         self.stopping = asyncio.Event()
         self.in_flight: set[ActionKind] = set()
@@ -344,9 +344,10 @@ class Agent:
         self.carrier = await self._in(self.probe_pool, self._carriers)
         # A stalled process may be scheduled here before its heartbeat sender has
         # run again: the time since the last send counts as well.
-        # The decision step's own gap as well: a step held up (a slow observation) decided nothing meanwhile.
-        gap = max(self.max_send_gap, time.monotonic() - self.last_send, self.startup_gap, now - self.last_observed)
-        self.max_send_gap, self.startup_gap, self.last_observed = 0.0, 0.0, now
+        # The decision loop's own gap as well (from the end of the last step: its own waits on
+        # PostgreSQL or on an action are not a stall, and would fence a healthy primary).
+        gap = max(self.max_send_gap, time.monotonic() - self.last_send, self.startup_gap, now - self.last_decided)
+        self.max_send_gap, self.startup_gap = 0.0, 0.0
         return Observation(
             now=now, gap=gap, pg=self.pg, peer=self.peer_view, heard=dict(self.heard), carrier=dict(self.carrier),
             tiebreaker_ok=self._tiebreaker_ok(), services_healthy=self.services_healthy,
@@ -656,7 +657,7 @@ class Agent:
             try:
                 return await fn(*args)  # type: ignore[no-any-return]
             finally:
-                self.last_observed = time.monotonic()  # no decision ran meanwhile, by design: not a stall
+                self.last_decided = time.monotonic()  # no decision ran meanwhile, by design: not a stall
 
     def _received_lsn(self) -> Lsn | None:
         if self._conn is None:
@@ -771,6 +772,7 @@ class Agent:
             except psycopg.Error as e:
                 log.warning("could not set synchronous_standby_names: %s", e)
         self.store.write_liveness(self.boot, clean=False)
+        self.last_decided = time.monotonic()
 
     async def run(self, on_ready: Callable[[], None] | None = None) -> None:
         await self._restore()
@@ -778,7 +780,7 @@ class Agent:
         await self.alerts.start()
         loop = asyncio.get_running_loop()
         # This process's own start-up is not a stall (the liveness record covers the time before it).
-        self.last_send = self.last_observed = time.monotonic()
+        self.last_send = self.last_decided = time.monotonic()
         self.max_send_gap = 0.0
         tasks = [loop.create_task(c()) for c in (self._sender, self._tiebreaker_prober, self._arp_prober,
                                                   self._health_prober, self._arp_refresher)]
