@@ -415,8 +415,10 @@ def _sync_rules(s: State, o: Observation, p: Policy) -> tuple[State, list[Action
     caught_up = (o.pg.peer_flush_lsn is not None and o.pg.lsn is not None
                  and o.pg.lsn - o.pg.peer_flush_lsn <= 1024 * 1024)
     if s.degraded and caught_up:
-        return replace(s, degraded=False, sync_established=False, sync_from_lsn=o.pg.lsn), [Action(ActionKind.SET_SYNC, Reason.RESTORE_SYNC,
-                                                   "standby streaming and caught up: commits wait for it again", sync_on=True)]
+        # Commits acknowledged alone up to here: "in sync" only once the standby has flushed them.
+        return replace(s, degraded=False, sync_established=False, sync_from_lsn=o.pg.lsn), [
+            Action(ActionKind.SET_SYNC, Reason.RESTORE_SYNC, "standby streaming and caught up: commits wait for it again",
+                   sync_on=True)]
     return s, []
 
 

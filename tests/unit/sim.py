@@ -45,7 +45,9 @@ class Node:
     stop_due: float | None = None  # a stop of PostgreSQL under way: the server is down from then on
     last_wal_at: float | None = None  # standby: when its WAL receiver last got data from the upstream
     store: Store | None = None
-    promoted_over_frozen: bool = False  # promoted while the peer's host was paused
+    # Promoted while the peer's host was paused (kept across this server's restarts: that
+    # peer's server thawed into a fence and never writes again outside that window).
+    promoted_over_frozen: bool = False
     # The agent's tie-breaker probe: the last success. Like the real agent, an
     # observation reads the last result, so after a freeze it is stale.
     tb_ok_at: float = -math.inf
@@ -228,7 +230,7 @@ class World:
         for n in self.nodes.values():
             if n.stop_due is not None and n.stop_due <= self.t and not n.frozen:
                 n.stop_due = None
-                n.pg, n.streaming, n.promoted_over_frozen = DbState.DOWN, False, False
+                n.pg, n.streaming = DbState.DOWN, False
 
     def tick(self) -> None:
         self.t = round(self.t + TICK, 3)
