@@ -229,3 +229,28 @@ def test_h2_control_a_server_started_as_the_units_child_dies_with_it(container: 
         assert c.postmaster() != before
     finally:
         _stop_all(c)
+
+
+def test_l4_corrupt_state_file_fence_stops_the_real_primary(container: Container) -> None:
+    """An unclean exit with a damaged state file: `standby fence --if-unclean` drops the service IP
+    and stops the running primary (both real), keeps the file as found, and says why."""
+    c = container
+    damaged = '{"term": 7, "fenced": fa'
+    try:
+        c.run("systemctl start standby")
+        _wait_postmaster(c)
+        c.run("systemctl stop standby")  # the server stays (its own unit); nobody decides for it now
+        c.run("ip link add eth0 type veth peer name eth0p && ip link set eth0 up && ip addr add 192.0.2.100/24 dev eth0")
+        boot = c.run("cat /proc/sys/kernel/random/boot_id").stdout.strip()
+        live = f'{{"pid": 1, "boot": 3, "last_decision": 0, "clean": false, "kernel_boot": "{boot}"}}'
+        c.run(f"printf '%s' '{damaged}' > /var/lib/standby/agent-state.json && printf '%s' '{live}' > /var/lib/standby/alive")
+        res = c.run(f"{ROOT}/.venv/bin/standby fence --if-unclean --config /etc/standby/standby.toml --node alpha",
+                    check=False)
+        assert res.returncode == 0, res.stdout + res.stderr
+        assert "cannot be read" in res.stdout and "removed service IP 192.0.2.100/24" in res.stdout, res.stdout
+        assert c.postmaster() is None
+        assert "192.0.2.100" not in c.run("ip -4 addr show dev eth0").stdout
+        assert c.run("cat /var/lib/standby/agent-state.json").stdout == damaged
+    finally:
+        c.run("ip link del eth0; rm -f /var/lib/standby/agent-state.json /var/lib/standby/alive", check=False)
+        _stop_all(c)

@@ -48,8 +48,8 @@ def run_as(user: str, argv: list[str], env: Mapping[str, str] | None = None, tim
 # links there. Root reading or writing through such a link would turn that account into root, so
 # these files are read and written by a process running as that account: a planted link then
 # reaches only what the account could reach anyway. The write goes to a temporary file renamed
-# over the name (a rename replaces a link, it never writes through it).
-# A fixed script; the paths and the mode are its arguments, the content comes on stdin.
+# over the name (a rename replaces a link, it never writes through it). A fixed script: the paths
+# and the mode are its arguments, the content comes on stdin.
 _WRITE = 'umask 077 && cat > "$1" && chmod "$2" "$1" && sync "$1" && mv -f -T "$1" "$3"'
 
 
@@ -58,7 +58,9 @@ def _as_user(user: str, argv: list[str], data: bytes | None = None) -> subproces
     drop: dict[str, object] = {}
     if os.geteuid() != pw.pw_uid:
         drop = {"user": pw.pw_uid, "group": pw.pw_gid, "extra_groups": []}
-    return subprocess.run(argv, input=data, capture_output=True, timeout=60, cwd="/", **drop)  # type: ignore[call-overload]
+    # LC_ALL=C: a missing file is told apart by the tools' message.
+    return subprocess.run(argv, input=data, capture_output=True, timeout=60, cwd="/",  # type: ignore[call-overload]
+                          env={**os.environ, "LC_ALL": "C"}, **drop)
 
 
 def write_as(user: str, path: Path, text: str, mode: int = 0o600) -> None:
