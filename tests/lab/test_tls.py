@@ -125,8 +125,10 @@ def test_the_api_answers_over_https_verified_by_the_lab_ca(pair: Lab, other_ca: 
     assert not isinstance(_get(pair, f"http://{ALPHA_PUB}:8008/primary", None), int)
     stranger = ssl.create_default_context(cafile=str(other_ca))
     assert "CERTIFICATE_VERIFY_FAILED" in str(_get(pair, f"https://{ALPHA_PUB}:8008/primary", stranger))
-    # The service IP is not a name in alpha's certificate, though alpha holds it.
-    assert "CERTIFICATE_VERIFY_FAILED" in str(_get(pair, f"https://{SERVICE}:8008/primary", lab_ca))
+    # The API does not listen on the service IP (api.listen names the node's own addresses), and the
+    # service IP is not a name in alpha's certificate either: no verified answer through it.
+    via_service = str(_get(pair, f"https://{SERVICE}:8008/primary", lab_ca))
+    assert "CERTIFICATE_VERIFY_FAILED" in via_service or "refused" in via_service.lower(), via_service
 
 
 def test_status_cli_reads_both_agents_over_https(pair: Lab) -> None:
