@@ -60,11 +60,12 @@ def test_m3_agent_backend_stopped_on_the_primary_changes_no_role(pair: Lab, tmp_
 
 @pytest.fixture
 def node_ns() -> str:  # type: ignore[misc]
-    """A namespace with the example configuration's service interface (eth0, a dummy link); removed after."""
+    """A namespace with the example configuration's service interface (eth0, one end of a veth pair); removed after."""
     ns = f"sbsh{secrets.token_hex(2)}"
     netns.add(ns)
     try:
-        netns.ip_batch(ns, ["link add eth0 type dummy", "link set eth0 up", "addr add 192.0.2.11/24 dev eth0"])
+        netns.ip_batch(ns, ["link add eth0 type veth peer name peer0", "link set peer0 up", "link set eth0 up",
+                             "addr add 192.0.2.11/24 dev eth0"])
         yield ns
     finally:
         netns.delete(ns)
