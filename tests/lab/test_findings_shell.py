@@ -4,6 +4,7 @@ fenced node's release and a later take on real kernel addresses (H5)."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import secrets
 import signal
@@ -35,19 +36,31 @@ def agent_backend(lab: Lab, node: str) -> int:
     return lab.wait_for(f"{node}'s agent connection", find, timeout_s=10)  # type: ignore[no-any-return]
 
 
+def decisions(lab: Lab, node: str, since: str) -> list[str]:
+    """What the agent decided since ``since``, but the sync setting (reconciled every step anyway)."""
+    res = lab.standby(node, "history", "--json", "--limit", "1000", check=False)
+    entries = json.loads(res.stdout) if res.returncode == 0 else []
+    return [e["action"] for e in entries
+            if e["event"] == "decision" and e["time"] > since and e.get("action") != "set_sync"]
+
+
 def test_m3_agent_backend_stopped_on_the_primary_changes_no_role(pair: Lab, tmp_path: Path) -> None:
-    """The agent's own query on the primary hangs for 3.5 s (its backend stopped), then times out:
-    the primary is busy, not gone. Nobody fails over, nobody fences, no acknowledged call is lost."""
+    """The agent's own query on the primary hangs (its backend stopped), then hits statement_timeout:
+    the primary is busy, not gone. 2.5 s lets the timeout answer while the agent still waits for it;
+    3.5 s outlasts that wait. Nothing is decided (no fence, no restart, no failover), no call is lost."""
     since = datetime.now(timezone.utc).isoformat(timespec="milliseconds")
     with under_load(pair, tmp_path) as run:
-        pid = agent_backend(pair, "alpha")
         run.t_fault = time.monotonic()
-        os.kill(pid, signal.SIGSTOP)
-        try:
-            time.sleep(3.5)
-        finally:
-            os.kill(pid, signal.SIGCONT)
-        time.sleep(3.0)  # the cancelled query and the reconnection after it
+        for stopped_s in (2.5, 2.5, 3.5):
+            pid = agent_backend(pair, "alpha")  # a new backend after each cancelled query
+            os.kill(pid, signal.SIGSTOP)
+            try:
+                time.sleep(stopped_s)
+            finally:
+                os.kill(pid, signal.SIGCONT)
+            time.sleep(1.0)
+        time.sleep(2.0)
+    assert decisions(pair, "alpha", since) == [] and decisions(pair, "beta", since) == []
     assert role_changes(pair, "alpha", since) == [] and role_changes(pair, "beta", since) == []
     assert primaries(pair) == ["alpha"] and holders(pair) == ["alpha"]
     state = agent_state(pair, "alpha")
@@ -60,11 +73,12 @@ def test_m3_agent_backend_stopped_on_the_primary_changes_no_role(pair: Lab, tmp_
 
 @pytest.fixture
 def node_ns() -> str:  # type: ignore[misc]
-    """A namespace with the example configuration's service interface (eth0, a dummy link); removed after."""
+    """A namespace with the example configuration's service interface (eth0, one end of a veth pair); removed after."""
     ns = f"sbsh{secrets.token_hex(2)}"
     netns.add(ns)
     try:
-        netns.ip_batch(ns, ["link add eth0 type dummy", "link set eth0 up", "addr add 192.0.2.11/24 dev eth0"])
+        netns.ip_batch(ns, ["link add eth0 type veth peer name peer0", "link set peer0 up", "link set eth0 up",
+                             "addr add 192.0.2.11/24 dev eth0"])
         yield ns
     finally:
         netns.delete(ns)
