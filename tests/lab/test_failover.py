@@ -22,6 +22,7 @@ from standby.lab.pair import (
     start_pair,
     under_load,
     verify,
+    wait_ready,
 )
 
 
@@ -45,6 +46,8 @@ def no_loss_no_dual(lab: Lab, run, on: str) -> None:  # type: ignore[no-untyped-
 
 def test_postgres_killed_on_primary_database_moves(pair: Lab, tmp_path: Path) -> None:
     with under_load(pair, tmp_path) as run:
+        # The fault is meant for a serving primary with an eligible standby: check that it still is one.
+        wait_ready(pair, timeout_s=10)
         run.t_fault = time.monotonic()
         pair.kill_postgres("alpha")
         # The in-sync standby takes the database; alpha's services stay and follow it.

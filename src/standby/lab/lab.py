@@ -502,11 +502,16 @@ class Lab:
         kernel, and the FIN/RST it sends would tell peers what a real power
         loss never does. Floating addresses are runtime state a rebooted host
         no longer has, so they go too (healing the cables then is the reboot).
+        So do the neighbour caches: packets sent between the cables going dead
+        and the kill wait there for an ARP answer, and healing within the
+        kernel's ARP retries would deliver them seconds late (a dead standby's
+        heartbeats arrived after the heal and read as its current word).
         """
         ns = self.netns(self._role(node, HOST_ROLES))
         for port in self._ports(node):
             faults.set_link(self._switch, port, False)
         faults.kill_everything(ns)
+        netns.run_in(ns, ["ip", "neigh", "flush", "all"], check=False)
         if node in ("alpha", "beta"):
             for address in (SERVICE_IP, REPORTING_IP):
                 netns.run_in(ns, ["ip", "addr", "del", address, "dev", PUBLIC_IF], check=False)

@@ -35,6 +35,11 @@ def start_pair(lab: Lab, own_clock: bool = False) -> Lab:
     lab.bootstrap()
     for node in ("alpha", "beta"):
         lab.start_agent(node, own_clock)
+    return wait_ready(lab)
+
+
+def wait_ready(lab: Lab, timeout_s: float = 60.0) -> Lab:
+    """Wait until alpha serves and beta may take over; fail at once if that can no longer happen."""
 
     def ready() -> bool:
         a, b = agent_state(lab, "alpha"), agent_state(lab, "beta")
@@ -46,7 +51,7 @@ def start_pair(lab: Lab, own_clock: bool = False) -> Lab:
         return bool(a and b and a["state"]["services"] and a["services_healthy"]
                     and b["state"]["eligible"] and b["postgres"]["streaming"])
 
-    lab.wait_for("the pair to be ready (alpha serving, beta eligible)", ready, timeout_s=60)
+    lab.wait_for("the pair to be ready (alpha serving, beta eligible)", ready, timeout_s=timeout_s)
     return lab
 
 
