@@ -338,7 +338,7 @@ def postmaster(tmp_path: Path) -> Any:
 
 def _observe_once(agent: Agent) -> Observation:
     async def go() -> Observation:
-        o = await agent._observe(time.monotonic())
+        await agent._observe(time.monotonic())
         await asyncio.sleep(0.3)  # a slow read is picked up by the next step
         return await agent._observe(time.monotonic())
     return asyncio.run(go())

@@ -80,7 +80,7 @@ def up(name: str, durability: str, mode: str) -> None:
     click.echo(f"lab {name} is up")
     click.echo(f"  config:   {lab.config_path}")
     sips = lab.status()["service_ips"]
-    click.echo(f"  alpha:    PostgreSQL running" + (f", service IP {sips[0]['address']}" if sips else ""))
+    click.echo("  alpha:    PostgreSQL running" + (f", service IP {sips[0]['address']}" if sips else ""))
     click.echo("  beta:     empty data directory (clone it with `standby bootstrap`)")
     click.echo(f"  inspect:  standby lab status --name {name}")
     click.echo(f"  remove:   standby lab down --name {name}")
