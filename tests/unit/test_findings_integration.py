@@ -5,13 +5,17 @@ Each test replays the case that broke an invariant, in the simulated world (test
 
 from __future__ import annotations
 
+import threading
 from dataclasses import replace
 from pathlib import Path
 
+from standby import config
 from standby.act.fence import read_state
+from standby.agent.node import Agent
 from standby.agent.store import Store
 from standby.decide import State, decide
 from standby.model import ActionKind, DbState, LocalPg, Net
+from tests.unit.configs import example_with_secrets
 from tests.unit.sim import World
 from tests.unit.test_decide import apply, policies
 from tests.unit.test_findings_core import obs, pol, run_steps, view
@@ -83,3 +87,30 @@ def test_lab_agent_killed_mid_failover_the_unclean_exit_fence_reads_every_persis
     assert back is not None and back.persisted() == kept.persisted()
     store.state_path.write_text('{"term": true}')
     assert read_state(store) is None  # a damaged one still reads as damaged
+
+
+def test_flaky_lab_tests_a_blocked_history_write_does_not_hold_up_the_agents_loop(tmp_path: Path) -> None:
+    """The two flaky lab tests (reporting IP after a standby crash, pair never ready): the primary's
+    agent fenced itself, "stalled 0.65-0.90s", because a history or liveness write (a rename on a
+    busy disk took over a second) ran on the event loop, and no heartbeat went out meanwhile.
+    Writes now go to the disk thread, in order: recording returns while the disk is stuck."""
+    raw, _ = example_with_secrets(tmp_path)
+    agent = Agent(config.parse(raw), "alpha")
+    stuck, written = threading.Event(), []
+    real_append = agent.store.append
+
+    def slow_append(entry: dict) -> None:
+        stuck.wait(timeout=30)
+        real_append(entry)
+        written.append(entry["event"])
+
+    agent.store.append = slow_append  # type: ignore[method-assign]
+    try:
+        agent.event("first")
+        agent.event("second")  # returned although the disk has not taken the first one yet
+        assert written == [] and [e["event"] for e in agent.recent] == ["first", "second"]
+    finally:
+        stuck.set()
+        agent.disk_pool.shutdown(wait=True)
+    assert written == ["first", "second"]
+    assert [e["event"] for e in agent.store.history()][-2:] == ["first", "second"]

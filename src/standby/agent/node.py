@@ -17,7 +17,7 @@ import socket
 import time
 from collections import deque
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
@@ -170,6 +170,9 @@ class Agent:
         # The step's own quick kernel reads (carriers, the reporting IP), never behind a probe or a service command:
         # a step that waits is a stall (Observation.gap).
         self.observe_pool = ThreadPoolExecutor(1, thread_name_prefix="observe", initializer=priority.follow)
+        # History and liveness writes, in order, off the event loop (see event()).
+        self.disk_pool = ThreadPoolExecutor(1, thread_name_prefix="disk")
+        self._liveness_write: Future[None] | None = None
         self._sync_task: asyncio.Task[None] | None = None
         self.sockets: dict[Net, socket.socket] = {}
         self.service_role = ServiceRole(cfg, node, lambda fn, *a: self._in(self.svc_pool, fn, *a),
@@ -194,11 +197,10 @@ class Agent:
         return await asyncio.get_running_loop().run_in_executor(pool, fn, *args)
 
     def event(self, event: str, **detail: Any) -> None:
-        try:
-            entry = self.store.record(event, **detail)
-        except OSError as e:  # no descriptor or no disk left: still in memory (and /status), never fatal
-            log.warning("history not written (%s)", e)
-            entry = {"time": time.strftime("%Y-%m-%dT%H:%M:%S"), "node": self.node, "event": event, **detail}
+        entry = self.store.entry(event, **detail)
+        # Written on the disk thread, in order: a file-system call that blocks (a rename or an
+        # append on a busy disk took over a second in the lab) must never hold up the heartbeats.
+        self.disk_pool.submit(self.store.append, entry)
         self.recent.append(entry)
         log.info("%s %s", event, " ".join(f"{k}={v}" for k, v in detail.items()))
 
@@ -870,7 +872,8 @@ class Agent:
         if (self._sync_task is None or self._sync_task.done()) and self._pg_read is None \
                 and not self.executor.busy_role(Role.DATABASE):
             self._sync_task = asyncio.get_running_loop().create_task(self._sync_names_task())
-        self.store.write_liveness(self.boot, clean=False)
+        if self._liveness_write is None or self._liveness_write.done():  # one at a time; a slow one skips a beat
+            self._liveness_write = self.disk_pool.submit(self.store.write_liveness, self.boot, False)
 
     async def _sync_names_task(self) -> None:
         try:
@@ -918,8 +921,10 @@ class Agent:
                 s.close()
             await self.alerts.stop(timeout_s=5.0)
             clean = self.stopping.is_set()
+            # What is queued for the disk first: a late step's "unclean" liveness must not land after this one.
+            self.disk_pool.shutdown(wait=True)
             self.store.write_liveness(self.boot, clean=clean)
-            self.event("agent_stopped", clean=clean)
+            self.recent.append(self.store.record("agent_stopped", clean=clean))
             self.pg_pool.shutdown(wait=False)
             self.state_pool.shutdown(wait=False)
             self.observe_pool.shutdown(wait=False)

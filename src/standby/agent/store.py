@@ -164,9 +164,12 @@ class Store:
 
     # -- history ----------------------------------------------------------------
 
-    def record(self, event: str, **detail: Any) -> dict[str, Any]:
-        entry = {"time": datetime.now(timezone.utc).isoformat(timespec="milliseconds"), "node": self.node,
-                 "event": event, **detail}
+    def entry(self, event: str, **detail: Any) -> dict[str, Any]:
+        """A history entry, stamped now (written by ``append``, possibly later and on another thread)."""
+        return {"time": datetime.now(timezone.utc).isoformat(timespec="milliseconds"), "node": self.node,
+                "event": event, **detail}
+
+    def append(self, entry: dict[str, Any]) -> None:
         try:
             fd = os.open(self.history_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
             with os.fdopen(fd, "a") as f:
@@ -178,6 +181,10 @@ class Store:
             self.history_lost += 1
             if self.history_lost == 1:
                 log.error("cannot write %s (%s): history entries are dropped until it can", self.history_path, e)
+
+    def record(self, event: str, **detail: Any) -> dict[str, Any]:
+        entry = self.entry(event, **detail)
+        self.append(entry)
         return entry
 
     def history(self, limit: int | None = None) -> list[dict[str, Any]]:
