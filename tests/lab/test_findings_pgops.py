@@ -129,9 +129,12 @@ def _build_root(root: Path) -> None:
     (root / "etc" / "systemd" / "system" / "standby.service").write_text(unit)
     dropins = root / "etc" / "systemd" / "system" / "standby.service.d"
     dropins.mkdir(exist_ok=True)
-    # This checkout's interpreter lives under /root, which ProtectHome hides; nothing else changes.
+    # This checkout's interpreter lives under /root, which ProtectHome hides, and the checkout itself
+    # may be anywhere (a CI clone under /tmp, which PrivateTmp hides): both are bound in read-only;
+    # nothing else changes.
     pyenv = Path(os.path.realpath(VENV_PY)).parents[2]
-    (dropins / "interpreter.conf").write_text(f"[Service]\nProtectHome=tmpfs\nBindReadOnlyPaths={pyenv}\n")
+    (dropins / "interpreter.conf").write_text(
+        f"[Service]\nProtectHome=tmpfs\nBindReadOnlyPaths={pyenv}\nBindReadOnlyPaths={ROOT}\n")
 
 
 @pytest.fixture(scope="module")
