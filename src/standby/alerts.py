@@ -71,6 +71,7 @@ class AlertKind(StrEnum):
     FENCED = "fenced"
     DUAL_PRIMARY_SUSPECTED = "dual_primary_suspected"
     REJOIN_WAITING = "rejoin_waiting"
+    MAINTENANCE = "maintenance"  # automatic promotions and role moves held back on this node
 
     @property
     def is_event(self) -> bool:
@@ -151,6 +152,12 @@ def make_alert(
         AlertKind.DUAL_PRIMARY_SUSPECTED: (
             f"{node} and {other} may both be accepting writes",
             "the agents keep applying their fencing rules; no data was discarded",
+            "standby status",
+        ),
+        AlertKind.MAINTENANCE: (
+            f"{node} is in maintenance: automatic failover and role moves are held back",
+            "nothing automatic moves on this node until maintenance ends (the fences still apply); "
+            "it ends by itself at timings.maintenance_timeout_s",
             "standby status",
         ),
         AlertKind.REJOIN_WAITING: (

@@ -11,7 +11,9 @@ from pathlib import Path
 
 from standby import config
 from standby.act.fence import read_state
+from standby.agent.conditions import MAINTENANCE_GRACE_S, conditions
 from standby.agent.node import Agent
+from standby.alerts import AlertKind, make_alert
 from standby.agent.store import Store
 from standby.decide import State, decide
 from standby.model import ActionKind, DbState, LocalPg, Net
@@ -114,3 +116,18 @@ def test_flaky_lab_tests_a_blocked_history_write_does_not_hold_up_the_agents_loo
         agent.disk_pool.shutdown(wait=True)
     assert written == ["first", "second"]
     assert [e["event"] for e in agent.store.history()][-2:] == ["first", "second"]
+
+
+def test_m1_maintenance_raises_an_alert_while_it_lasts() -> None:
+    """M1: maintenance left on quietly turns a hot pair into one that never fails over; people are
+    told while it lasts, and the alert resolves when it ends."""
+    primary = LocalPg(DbState.PRIMARY, lsn=100)
+    o = obs(1.0, primary, view(DbState.STANDBY), 1.0)
+    def raised(**kw: object) -> bool:
+        return AlertKind.MAINTENANCE in conditions(State(), o, kw.pop("p"), [], 1 << 30, True, **kw).raised  # type: ignore[arg-type]
+
+    assert raised(p=pol(suspended=True), maintenance_for_s=MAINTENANCE_GRACE_S)
+    assert not raised(p=pol(suspended=True), maintenance_for_s=5.0)  # a switchover's own: no mail
+    assert not raised(p=pol(), maintenance_for_s=None)
+    alert = make_alert(AlertKind.MAINTENANCE, node="alpha", cluster="c", peer="beta")
+    assert "maintenance" in alert.summary and alert.next_command == "standby status"

@@ -14,6 +14,7 @@ from standby.decide import Policy
 from standby.model import Action, ActionKind, DbState, Observation, Reason
 
 REPLICATION_GRACE_S = 5.0  # a standby reconnecting after a blip is not an alert
+MAINTENANCE_GRACE_S = 120.0  # a switchover's or a rejoin's own maintenance is over well before
 
 
 @dataclass(frozen=True)
@@ -23,7 +24,8 @@ class Conditions:
 
 
 def conditions(s: State, o: Observation, p: Policy, actions: list[Action], lag_threshold: int,
-               manual_rejoin: bool) -> Conditions:
+               manual_rejoin: bool, maintenance_for_s: float | None = None) -> Conditions:
+    """``maintenance_for_s``: how long this node has been in maintenance (None: it is not)."""
     raised: set[AlertKind] = set()
     peer = peer_fresh(o, p)
     if not p.hot and o.pg.db is DbState.STANDBY and silence(s, o) >= p.failover_timeout_s:
@@ -39,6 +41,8 @@ def conditions(s: State, o: Observation, p: Policy, actions: list[Action], lag_t
             raised.add(AlertKind.REJOIN_WAITING)
     if o.pg.db is DbState.PRIMARY and not s.fenced and peer is not None and peer.db is DbState.PRIMARY:
         raised.add(AlertKind.DUAL_PRIMARY_SUSPECTED)
+    if p.suspended and maintenance_for_s is not None and maintenance_for_s >= MAINTENANCE_GRACE_S:
+        raised.add(AlertKind.MAINTENANCE)  # left on by mistake, it quietly turns a hot pair into a warm one
     events = tuple(AlertKind.FAILOVER for a in actions
                    if a.kind is ActionKind.PROMOTE and a.reason in (Reason.PEER_DEAD, Reason.PEER_RELEASED_DB))
     return Conditions(frozenset(raised), events)

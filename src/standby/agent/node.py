@@ -524,8 +524,10 @@ class Agent:
 
     def _alert(self, obs: Observation, actions: list[Action]) -> None:
         """Tell people what changed: new conditions raised, cleared ones resolved, events sent."""
+        m = self.maintenance.current if self.suspended else None
         now = conditions(self.state, obs, self.policy, actions, self.cfg.alerts.lag_threshold_bytes,
-                         self.cfg.rejoin is RejoinPolicy.MANUAL)
+                         self.cfg.rejoin is RejoinPolicy.MANUAL,
+                         maintenance_for_s=time.time() - m.since if m is not None else None)
         about_peer = {AlertKind.REPLICATION_BROKEN}  # said of the primary, which is the peer here
         for kind in now.raised - self.alerts_raised:
             subject = self.peer if kind in about_peer else self.node
