@@ -5,9 +5,15 @@ Each test replays the case that broke an invariant, in the simulated world (test
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
+import tempfile
 import threading
 from dataclasses import replace
 from pathlib import Path
+
+import pytest
 
 from standby import config
 from standby.act.fence import read_state
@@ -131,3 +137,32 @@ def test_m1_maintenance_raises_an_alert_while_it_lasts() -> None:
     assert not raised(p=pol(), maintenance_for_s=None)
     alert = make_alert(AlertKind.MAINTENANCE, node="alpha", cluster="c", peer="beta")
     assert "maintenance" in alert.summary and alert.next_command == "standby status"
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("runuser") is None, reason="needs root and runuser")
+def test_chaos_ci_seed_the_postgresql_account_reaches_its_log_directory_in_the_state_dir() -> None:
+    """The CI campaign after the history became private: every `standby rejoin` failed with
+    "pg_ctl start failed: cannot create …/state/postgresql-log/startup.log: Permission denied":
+    the state directory was closed to everyone (0700), and the server, running as its own account,
+    keeps its log in a directory of its own in there. Others may pass through, not list or write."""
+    # pytest's own temporary directories are root's alone: this one must be open to passing through.
+    tmp_path = Path(tempfile.mkdtemp(prefix="standby-statedir-", dir="/var/tmp"))
+    try:
+        tmp_path.chmod(0o755)
+        _postgres_writes_its_log_in(tmp_path)
+    finally:
+        shutil.rmtree(tmp_path)
+
+
+def _postgres_writes_its_log_in(tmp_path: Path) -> None:
+    store = Store(tmp_path / "state", "alpha")
+    store.record("agent_started", boot=1)
+    logs = tmp_path / "state" / "postgresql-log"
+    logs.mkdir()
+    shutil.chown(logs, "postgres", "postgres")
+    res = subprocess.run(["runuser", "-u", "postgres", "--", "sh", "-c", f"echo ok > {logs}/startup.log"],
+                         capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    listing = subprocess.run(["runuser", "-u", "postgres", "--", "ls", str(tmp_path / "state")],
+                             capture_output=True, text=True)
+    assert listing.returncode != 0  # passing through, not listing

@@ -164,12 +164,12 @@ def test_l6_history_and_state_dir_are_private(tmp_path: Path) -> None:
     (state / "history.jsonl").chmod(0o644)  # written by an older version
     store = Store(state, "alpha")
     store.record("agent_started", boot=1)
-    assert stat.S_IMODE(state.stat().st_mode) == 0o700
+    assert stat.S_IMODE(state.stat().st_mode) == 0o711  # no listing or writing by others
     assert stat.S_IMODE(store.history_path.stat().st_mode) == 0o600
     fresh = Store(tmp_path / "other", "alpha")
     fresh.record("agent_started", boot=1)
     assert stat.S_IMODE(fresh.history_path.stat().st_mode) == 0o600
-    assert stat.S_IMODE((tmp_path / "other").stat().st_mode) == 0o700
+    assert stat.S_IMODE((tmp_path / "other").stat().st_mode) == 0o711
 
 
 # -- H3: the API's listen addresses, its limits, and its own thread ------------------------------

@@ -31,9 +31,11 @@ log = logging.getLogger("standby.store")
 
 
 def _private_dir(path: Path) -> None:
-    path.mkdir(mode=0o700, parents=True, exist_ok=True)
-    if path.stat().st_mode & 0o077:
-        path.chmod(0o700)  # made by an older version, or by hand
+    # Nobody else may list or write it (history, state); others may pass through it, because
+    # PostgreSQL, running as its own account, writes its log into a directory of its own in here.
+    path.mkdir(mode=0o711, parents=True, exist_ok=True)
+    if path.stat().st_mode & 0o066:
+        path.chmod(0o711)  # made by an older version, or by hand
 
 
 def _read_int(path: Path) -> int | None:
