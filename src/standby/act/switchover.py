@@ -16,6 +16,7 @@ it has every commit, the standby never promoted, nothing is lost.
 from __future__ import annotations
 
 import json
+import socket
 import time
 import urllib.error
 import urllib.request
@@ -50,6 +51,9 @@ class Outcome:
     reason: str = ""
 
 
+CONNECT_TIMEOUT_S = 3.0  # to one of an agent's addresses, before the next one is tried
+
+
 class Api:
     """The agents' action endpoints, reached over the private network first."""
 
@@ -66,6 +70,13 @@ class Api:
             try:
                 auth = auth_header(self.cfg, str(link.ip), self.token)
             except TokenRefused as e:
+                last = e
+                continue
+            # An address that drops packets would hold the whole timeout (minutes, with both
+            # nodes' maintenance waiting on it) before the other network is tried.
+            try:
+                socket.create_connection((str(link.ip), self.cfg.api.port), timeout=CONNECT_TIMEOUT_S).close()
+            except OSError as e:
                 last = e
                 continue
             req = urllib.request.Request(
