@@ -716,8 +716,10 @@ class Agent:
         if argv:
             res = await self._in(self.svc_pool, _run_hook, argv)
             step(f"address-change hook: {res}")
-        # Services placed everywhere already run here; start the others.
-        results = await self.service_role.start(Placement.ACTIVE)
+        # Every service, those placed everywhere too: one that could not start while no primary
+        # was writable (a warm standby whose primary died as its agent started) stopped again, and
+        # nothing else would start it. Start commands are idempotent (a running one is left alone).
+        results = await self.service_role.start(None)
         step("services started" + "".join(f"; {r.service} FAILED: {r.detail}" for r in results if not r.ok))
         self.event("manual_promotion", term=term, steps=steps)
         return {"term": term, "steps": steps}
