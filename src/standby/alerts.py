@@ -34,6 +34,7 @@ messages, and every hour at most ``2 * max_per_hour`` in total.
 from __future__ import annotations
 
 import asyncio
+import email.errors
 import json
 import logging
 import smtplib
@@ -468,7 +469,8 @@ class EmailChannel:
             await self.open()
         try:
             composed = self._compose(message)
-        except Exception as e:  # bad content stays bad: retrying would only block the outbox
+        except (ValueError, TypeError, LookupError, email.errors.MessageError) as e:
+            # Bad content stays bad: retrying would only block the outbox.
             raise DeliveryError(f"cannot compose the message: {type(e).__name__}: {e}", permanent=True) from None
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(self._pool, self._send_blocking, composed)
@@ -703,7 +705,7 @@ class AlertDispatcher:
         for box in self._outboxes:
             try:
                 await box.channel.open()
-            except Exception as e:
+            except Exception as e:  # noqa: BLE001 - a channel that cannot open must not stop the agent's other alerts
                 log.error("alert channel %s could not be opened: %s", box.channel.name, box.channel.redact(str(e)))
             box.task = asyncio.create_task(self._deliver(box), name=f"alerts-{box.channel.name}")
         self._ticker = asyncio.create_task(self._tick_loop(), name="alerts-tick")
@@ -731,7 +733,7 @@ class AlertDispatcher:
                 box.items.clear()
             try:
                 await box.channel.close()
-            except Exception as e:
+            except Exception as e:  # noqa: BLE001 - shutdown goes on to the other channels whatever this one raised
                 log.warning("alert channel %s did not close cleanly: %s", box.channel.name, box.channel.redact(str(e)))
 
     # -- inside --
@@ -770,7 +772,7 @@ class AlertDispatcher:
                 await ch.send(item.message)
             except asyncio.CancelledError:
                 raise
-            except Exception as e:
+            except Exception as e:  # noqa: BLE001 - any delivery failure is retried or dropped, never ends the outbox
                 item.attempts += 1
                 box.stats.failed += 1
                 permanent = isinstance(e, DeliveryError) and e.permanent

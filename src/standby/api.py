@@ -30,8 +30,8 @@ import socket
 import struct
 import threading
 import time
-from collections.abc import Awaitable, Callable
-from typing import Any
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any, TypeVar
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry, generate_latest
@@ -40,7 +40,21 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from standby import __version__, tls
 from standby.agent.node import Agent, OpError
 from standby.config import ConfigError, api_addresses, read_secret
+from standby.documents import (
+    AGENT_VIEW,
+    HISTORY,
+    MAINTENANCE_VIEW,
+    AgentView,
+    HeartbeatCounts,
+    Operation,
+    PeerSummary,
+    PostgresView,
+    ReportingView,
+    StateView,
+)
 from standby.model import DbState
+
+T = TypeVar("T")
 
 log = logging.getLogger("standby.api")
 AGENT_KEY = web.AppKey("agent", Agent)
@@ -54,7 +68,7 @@ def _json(status: int, body: dict[str, Any]) -> web.Response:
     return web.json_response(body, status=status, dumps=lambda o: json.dumps(o, default=str))
 
 
-def agent_view(a: Agent) -> dict[str, Any]:
+def agent_view(a: Agent) -> AgentView:
     """This agent's view; may run in the API's thread while the agent's loop changes it."""
     for _ in range(3):
         try:
@@ -64,48 +78,47 @@ def agent_view(a: Agent) -> dict[str, Any]:
     return _agent_view(a)
 
 
-def _agent_view(a: Agent) -> dict[str, Any]:
+def _agent_view(a: Agent) -> AgentView:
     now = time.monotonic()
-    s = a.state
+    s, pg, peer = a.state, a.pg, a.peer_view
     # dict()/list() copy in one step under the interpreter lock; the agent replaces its
     # state objects (frozen dataclasses) rather than changing them.
     heard, carrier, recent = dict(a.heard), dict(a.carrier), list(a.recent)
     rejected, sent, send_errors = dict(a.receiver.rejected), dict(a.counters.sent), dict(a.counters.send_errors)
-    return {
-        "node": a.node,
-        "peer": a.peer,
-        "cluster": a.cfg.cluster,
-        "mode": a.cfg.mode.value,
-        "durability": a.cfg.replication.durability.value,
-        "standby_version": __version__,
-        "suspended": a.suspended,
-        "maintenance": a.maintenance_view(),  # who suspended, until when
-        "postgres": {"state": "fenced" if s.fenced else a.pg.db.value, "lsn": a.pg.lsn, "streaming": a.pg.streaming,
-                     "peer_sync": a.pg.peer_sync, "synchronous_standby_names": a.sync_names},
-        "state": {"term": s.term, "fenced": s.fenced, "services": s.services, "degraded": s.degraded,
-                  "eligible": s.eligible, "promoting": s.promoting, "sync_established": s.sync_established},
-        "peer_heard_s_ago": {n.value: (None if t is None else round(now - t, 3)) for n, t in heard.items()},
-        "peer_view": None if a.peer_view is None else {
-            "term": a.peer_view.term, "db": a.peer_view.db.value, "services": a.peer_view.services,
-            "sync_ok": a.peer_view.sync_ok, "reporting": a.peer_view.reporting},
-        "carrier": {n.value: c for n, c in carrier.items()},
-        "tiebreaker_ok": a._tiebreaker_ok(),
-        "services_healthy": a.services_healthy,
-        "heartbeats": {"accepted": a.receiver.accepted, "rejected": rejected,
-                       "sent": sent, "send_errors": send_errors},
-        "recent": recent[-10:],
-        "reporting": _reporting_view(a),
-    }
+    maintenance = a.maintenance_view()
+    return AgentView(
+        node=a.node,
+        peer=a.peer,
+        cluster=a.cfg.cluster,
+        mode=a.cfg.mode,
+        durability=a.cfg.replication.durability,
+        standby_version=__version__,
+        suspended=a.suspended,
+        maintenance=None if maintenance is None else MAINTENANCE_VIEW.decode(maintenance),
+        postgres=PostgresView(state=DbState.FENCED if s.fenced else pg.db, lsn=pg.lsn, streaming=pg.streaming,
+                              peer_sync=pg.peer_sync, synchronous_standby_names=a.sync_names),
+        state=StateView(term=s.term, fenced=s.fenced, services=s.services, degraded=s.degraded,
+                        eligible=s.eligible, promoting=s.promoting, sync_established=s.sync_established),
+        peer_heard_s_ago={n.value: (None if t is None else round(now - t, 3)) for n, t in heard.items()},
+        peer_view=None if peer is None else PeerSummary(
+            term=peer.term, db=peer.db, services=peer.services, sync_ok=peer.sync_ok, reporting=peer.reporting),
+        carrier={n.value: c for n, c in carrier.items()},
+        tiebreaker_ok=a._tiebreaker_ok(),
+        services_healthy=a.services_healthy,
+        heartbeats=HeartbeatCounts(accepted=a.receiver.accepted, rejected=rejected, sent=sent, send_errors=send_errors),
+        recent=[HISTORY.decode(e) for e in recent[-10:]],
+        reporting=_reporting_view(a),
+    )
 
 
-def _reporting_view(a: Agent) -> dict[str, Any] | None:
+def _reporting_view(a: Agent) -> ReportingView | None:
     if a.reporting_ip is None or a.cfg.reporting is None:
         return None
     d = a.reporting_decision
-    return {"address": str(a.reporting_ip.address.ip), "held": bool(a.reporting_held),
-            "fallback": a.cfg.reporting.fallback.value, "max_lag_bytes": a.cfg.reporting.max_lag_bytes,
-            "reason": d.reason if d else None, "lag_bytes": d.lag_bytes if d else None,
-            "episode": a.reporting_state.episode, "ack": a.reporting_state.ack}
+    return ReportingView(address=str(a.reporting_ip.address.ip), held=bool(a.reporting_held),
+                         fallback=a.cfg.reporting.fallback, max_lag_bytes=a.cfg.reporting.max_lag_bytes,
+                         reason=d.reason if d else None, lag_bytes=d.lag_bytes if d else None,
+                         episode=a.reporting_state.episode, ack=a.reporting_state.ack)
 
 
 async def primary(request: web.Request) -> web.Response:
@@ -139,7 +152,7 @@ async def health(request: web.Request) -> web.Response:
 async def status(request: web.Request) -> web.Response:
     if not _may_read(request):
         return _unauthorised()
-    return _json(200, agent_view(request.app[AGENT_KEY]))
+    return _json(200, AGENT_VIEW.encode(agent_view(request.app[AGENT_KEY])))
 
 
 class _Collector:
@@ -219,7 +232,7 @@ async def _json_body(request: web.Request) -> Any:
         raise ValueError("request body too slow") from None
 
 
-async def _on_agent(request: web.Request, fn: Callable[..., Awaitable[Any]], *args: Any) -> Any:
+async def _on_agent(request: web.Request, fn: Callable[..., Coroutine[Any, Any, T]], *args: Any) -> T:
     """Await ``fn(*args)`` on the agent's loop: its state is that loop's alone."""
     loop = request.app.get(AGENT_LOOP_KEY)
     if loop is None or loop is asyncio.get_running_loop():
@@ -246,7 +259,7 @@ async def maintenance(request: web.Request) -> web.Response:
     return _json(200, {"suspended": suspend})
 
 
-def _op(fn_name: str) -> Any:
+def _op(op: Operation) -> Callable[[web.Request], Awaitable[web.Response]]:
     """An operator request (Agent.operate) handled by the agent; its refusal is a 409 with the reason."""
 
     async def handler(request: web.Request) -> web.Response:
@@ -260,19 +273,20 @@ def _op(fn_name: str) -> Any:
         except ValueError:
             return _json(400, {"error": "expected a JSON object"})
         try:
-            if fn_name == "promote":
+            if op is Operation.PROMOTE:
                 lsn, timeout = body.get("min_lsn"), body.get("timeout_s", 10)
                 if (not isinstance(lsn, str) or not isinstance(timeout, (int, float)) or isinstance(timeout, bool)
                         or not 0 <= timeout <= MAX_PROMOTE_WAIT_S):  # also NaN, inf: a wait must end
                     return _json(400, {"error": f'expected {{"min_lsn": "X/Y", "timeout_s": 0 to {MAX_PROMOTE_WAIT_S} seconds}}'})
-                result = await _on_agent(request, a.operate, "promote", lsn, float(timeout))
+                result = await _on_agent(request, a.operate, op.value, lsn, float(timeout))
             else:
-                result = await _on_agent(request, a.operate, fn_name)
+                result = await _on_agent(request, a.operate, op.value)
         except OpError as e:
             return _json(409, {"error": str(e)})
-        except Exception as e:  # reported to the caller, and recorded
-            a.event("operation_failed", operation=fn_name, error=str(e).splitlines()[0] if str(e) else type(e).__name__)
-            return _json(500, {"error": f"{fn_name} failed: {str(e).splitlines()[0] if str(e) else type(e).__name__}"})
+        except Exception as e:  # noqa: BLE001 - a failed operation is reported and recorded; the API serves on
+            why = str(e).splitlines()[0] if str(e) else type(e).__name__
+            a.event("operation_failed", operation=op.value, error=why)
+            return _json(500, {"error": f"{op.value} failed: {why}"})
         return _json(200, result)
 
     return handler
@@ -293,7 +307,7 @@ def make_app(agent: Agent, agent_loop: asyncio.AbstractEventLoop | None = None) 
     if agent_loop is not None:
         app[AGENT_LOOP_KEY] = agent_loop
     registry = CollectorRegistry()
-    registry.register(_Collector(agent))  # type: ignore[arg-type]
+    registry.register(_Collector(agent))
     app[REGISTRY_KEY] = registry
     app.router.add_get("/primary", primary)
     app.router.add_get("/replica", replica)
@@ -301,10 +315,8 @@ def make_app(agent: Agent, agent_loop: asyncio.AbstractEventLoop | None = None) 
     app.router.add_get("/status", status)
     app.router.add_get("/metrics", metrics)
     app.router.add_post("/maintenance", maintenance)
-    for path, fn in (("/switchover/demote", "demote"), ("/switchover/promote", "promote"),
-                     ("/switchover/follow", "follow"), ("/switchover/resume", "resume"), ("/rejoin", "rejoin"),
-                     ("/promote", "manual_promote"), ("/fence", "fence")):
-        app.router.add_post(path, _op(fn))
+    for op in Operation:
+        app.router.add_post(op.path, _op(op))
     return app
 
 
@@ -349,7 +361,7 @@ class ApiServer:
     def _run(self) -> None:
         try:
             asyncio.run(self._main())
-        except BaseException as e:  # reported to start() if it happens there; logged otherwise
+        except BaseException as e:  # noqa: BLE001 - handed to start() if it happens there; logged otherwise
             if not self._ready.is_set():
                 self._error = e
                 self._ready.set()

@@ -7,17 +7,14 @@ so every rule is unit-testable.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
-
-import psycopg
 
 from standby import tls
-from standby.act.postgres import read_facts
 from standby.config import Config, ConfigError, Mode
+from standby.documents import NodeFacts
 from standby.model import CheckItem, PgRole, Verdict
-from standby.observe import network
+from standby.observe import network, probes
 from standby.observe import postgres as obs
-from standby.observe.system import NodeFacts, local_facts
+from standby.observe.system import local_facts
 
 
 @dataclass(frozen=True)
@@ -25,10 +22,11 @@ class Seen:
     node: str
     local_facts: NodeFacts | None
     local_facts_error: str | None
-    peer_facts: dict[str, Any] | None
+    peer_facts: NodeFacts | None
     pg: dict[str, obs.PgObservation]
-    reach: dict[str, bool]  # "public"/"private"/"tiebreaker" -> answered
-    extra: dict[str, Any] = field(default_factory=dict)
+    # "public"/"private"/"tiebreaker" -> answered; for the tie-breaker None: could not be asked
+    reach: dict[str, bool | None]
+    tls_problems: list[str] = field(default_factory=list)
 
 
 def gather(cfg: Config, node: str) -> Seen:
@@ -38,27 +36,22 @@ def gather(cfg: Config, node: str) -> Seen:
     except RuntimeError as e:
         mine, err = None, str(e)
     pg = {node: obs.observe_local(cfg, node), peer: obs.observe_peer(cfg, peer)}
-    facts: dict[str, Any] | None = None
-    for name, connect in ((peer, lambda: obs.connect_peer(cfg, peer)), (node, lambda: obs.connect_local(cfg, node))):
-        if facts is None and pg[name].role in (PgRole.PRIMARY, PgRole.STANDBY):
-            try:
-                with connect() as conn:
-                    facts = read_facts(conn).get(peer)
-            except psycopg.Error:
-                pass
-    reach = {
+    facts = obs.pair_facts(cfg, node, pg).get(peer)
+    reach: dict[str, bool | None] = {
         "public": network.ping(str(cfg.nodes[peer].public.ip)),
         "private": network.ping(str(cfg.nodes[peer].private.ip)),
     }
     if cfg.tiebreaker is not None:
-        tb = str(cfg.tiebreaker.address)
-        reach["tiebreaker"] = network.ping(tb) if cfg.tiebreaker.port == 0 else network.tcp_open(tb, cfg.tiebreaker.port)
-    extra: dict[str, Any] = {}
+        try:
+            reach["tiebreaker"] = probes.tiebreaker_answers(cfg, tries=3)
+        except probes.ProbeError:
+            reach["tiebreaker"] = None
+    problems: list[str] = []
     try:
         tls.check(cfg, node)
     except ConfigError as e:
-        extra["tls_problems"] = e.problems
-    return Seen(node, mine, err, facts, pg, reach, extra)
+        problems = list(e.problems)
+    return Seen(node, mine, err, facts, pg, reach, problems)
 
 
 def evaluate(cfg: Config, s: Seen) -> list[CheckItem]:
@@ -76,15 +69,15 @@ def evaluate(cfg: Config, s: Seen) -> list[CheckItem]:
     else:
         add("pair", "addresses", Verdict.PASS, "warm mode: nodes may be in different subnets; no floating service IP")
     for name in (node, peer):
-        n = cfg.nodes[name]
-        shared = [str(sip.address.ip) for sip in cfg.service_ips if sip.interface == n.private.interface]
+        links = cfg.nodes[name]
+        shared = [str(sip.address.ip) for sip in cfg.service_ips if sip.interface == links.private.interface]
         if shared:
             add(name, "separate replication interface", Verdict.WARN,
-                f"replication ({n.private.interface}) shares its interface with service IP {', '.join(shared)}: "
+                f"replication ({links.private.interface}) shares its interface with service IP {', '.join(shared)}: "
                 "a fault there moves both roles at once")
         else:
             add(name, "separate replication interface", Verdict.PASS,
-                f"replication on {n.private.interface}, services on {n.public.interface}")
+                f"replication on {links.private.interface}, services on {links.public.interface}")
 
     # Reachability between the nodes.
     for net_name in ("public", "private"):
@@ -92,11 +85,16 @@ def evaluate(cfg: Config, s: Seen) -> list[CheckItem]:
         ok = s.reach.get(net_name, False)
         add(node, f"{net_name} network to {peer}", Verdict.PASS if ok else Verdict.FAIL,
             f"{peer} answers at {ip}" if ok else f"{peer} does not answer at {ip}: check the link and firewall")
-    if "tiebreaker" in s.reach:
+    if cfg.tiebreaker is not None and "tiebreaker" in s.reach:
         ok = s.reach["tiebreaker"]
-        add(node, "tie-breaker", Verdict.PASS if ok else Verdict.FAIL,
-            f"{cfg.tiebreaker.address} answers" if ok else f"{cfg.tiebreaker.address} does not answer: "  # type: ignore[union-attr]
-            "without it an isolated primary cannot tell it is the isolated one")
+        tb = probes.tiebreaker_target(cfg.tiebreaker)
+        if ok is None:
+            add(node, "tie-breaker", Verdict.WARN, f"{tb} could not be probed from here (the agent's probe needs "
+                "root: a raw ICMP socket); run `standby check` as the agent's user")
+        else:
+            add(node, "tie-breaker", Verdict.PASS if ok else Verdict.FAIL,
+                f"{tb} answers the agent's probe" if ok else f"{tb} does not answer the agent's probe: "
+                "without it an isolated primary cannot tell it is the isolated one")
     elif cfg.mode is Mode.HOT:
         add("pair", "tie-breaker", Verdict.WARN, "no [tiebreaker] configured: automatic failover will not fence safely")
 
@@ -106,7 +104,7 @@ def evaluate(cfg: Config, s: Seen) -> list[CheckItem]:
     else:
         add(node, "postgresql binaries", Verdict.PASS, f"PostgreSQL {s.local_facts.pg_version} in {cfg.pg(node).bin_dir}")
         peer_pg = s.pg[peer]
-        peer_major = peer_pg.major or (s.peer_facts or {}).get("pg_major")
+        peer_major = peer_pg.major or (s.peer_facts.pg_major if s.peer_facts else None)
         if peer_major is None:
             add("pair", "postgresql major version", Verdict.WARN, f"{peer}'s version unknown (its server is not reachable)")
         elif peer_major != s.local_facts.pg_major:
@@ -117,25 +115,27 @@ def evaluate(cfg: Config, s: Seen) -> list[CheckItem]:
         if s.peer_facts is None:
             add("pair", "standby version", Verdict.WARN,
                 f"{peer}'s standby version unknown until it has run `standby bootstrap`")
-        elif s.peer_facts["standby_version"] != s.local_facts.standby_version:
+        elif s.peer_facts.standby_version != s.local_facts.standby_version:
             add("pair", "standby version", Verdict.FAIL,
-                f"{node} runs {s.local_facts.standby_version}, {peer} runs {s.peer_facts['standby_version']}")
+                f"{node} runs {s.local_facts.standby_version}, {peer} runs {s.peer_facts.standby_version}")
         else:
             add("pair", "standby version", Verdict.PASS, f"both {s.local_facts.standby_version}")
 
         # Capacity: the standby must be able to carry the primary's load.
         roles = {n: p.role for n, p in s.pg.items()}
         primary = next((n for n, r in roles.items() if r is PgRole.PRIMARY), cfg.preferred_primary)
-        facts = {node: {"cpus": s.local_facts.cpus, "memory_bytes": s.local_facts.memory_bytes}}
+        capacity = {node: s.local_facts}
         if s.peer_facts:
-            facts[peer] = s.peer_facts
+            capacity[peer] = s.peer_facts
         other = cfg.peer_of(primary)
-        if primary in facts and other in facts:
-            p, o = facts[primary], facts[other]
-            small = [f"{k} {o[k]} < {p[k]}" for k in ("cpus", "memory_bytes") if o[k] < p[k]]
+        if primary in capacity and other in capacity:
+            big, small_one = capacity[primary], capacity[other]
+            small = [f"{what} {mine} < {theirs}" for what, mine, theirs in
+                     (("cpus", small_one.cpus, big.cpus), ("memory_bytes", small_one.memory_bytes, big.memory_bytes))
+                     if mine < theirs]
             add(other, "capacity", Verdict.WARN if small else Verdict.PASS,
                 f"standby smaller than primary {primary}: {', '.join(small)}" if small
-                else f"at least the primary's ({o['cpus']} CPUs, {o['memory_bytes'] // 2**20} MiB)")
+                else f"at least the primary's ({small_one.cpus} CPUs, {small_one.memory_bytes // 2**20} MiB)")
         else:
             add("pair", "capacity", Verdict.WARN, "cannot compare CPU and memory until both nodes have run `standby bootstrap`")
 
@@ -156,9 +156,8 @@ def evaluate(cfg: Config, s: Seen) -> list[CheckItem]:
         else:
             add(name, "postgresql", Verdict.FAIL, f"unreachable: {p.error}")
     if cfg.tls is not None:
-        problems = s.extra.get("tls_problems")
-        if problems:
-            add(node, "tls files", Verdict.FAIL, "; ".join(problems))
+        if s.tls_problems:
+            add(node, "tls files", Verdict.FAIL, "; ".join(s.tls_problems))
         else:
             add(node, "tls files", Verdict.PASS, "CA, certificate and key (mode 600) in place")
     primaries = [n for n, p in s.pg.items() if p.role is PgRole.PRIMARY]

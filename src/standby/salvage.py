@@ -37,7 +37,7 @@ import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -152,7 +152,7 @@ def _iso_time(rest: str) -> str | None:
         return None
     stamp, zone = m.groups()
     if zone in ("UTC", "GMT"):
-        return datetime.fromisoformat(stamp).replace(tzinfo=timezone.utc).isoformat()
+        return datetime.fromisoformat(stamp).replace(tzinfo=UTC).isoformat()
     return f"{stamp} {zone}"
 
 
@@ -292,7 +292,7 @@ def parse_control_data(text: str) -> dict[str, str]:
 
 def read_control_data(data_dir: Path, bin_dir: Path) -> dict[str, str]:
     res = subprocess.run([str(bin_dir / "pg_controldata"), "-D", str(data_dir)], capture_output=True, text=True,
-                         timeout=60, env=_tool_env())
+                         timeout=60, env=_tool_env(), check=False)
     if res.returncode != 0:
         raise SalvageError(f"pg_controldata {data_dir} failed: {res.stderr.strip() or res.returncode}")
     return parse_control_data(res.stdout)
@@ -322,7 +322,7 @@ def scan_wal(data_dir: Path, fork_lsn: int, timeline: int, bin_dir: Path) -> Div
     res = subprocess.run(
         [str(bin_dir / "pg_waldump"), "--path", str(data_dir / "pg_wal"), "--start", format_lsn(fork_lsn),
          "--timeline", str(timeline), "--rmgr=Transaction", segment_name(timeline, fork_lsn, seg_size)],
-        capture_output=True, text=True, timeout=3600, env=_tool_env(),
+        capture_output=True, text=True, timeout=3600, env=_tool_env(), check=False,
     )
     records = parse_waldump(res.stdout)
     if res.returncode != 0:
@@ -365,7 +365,8 @@ def _tree_bytes(path: Path) -> int:
 
 def _copy_tree(src: Path, dst: Path) -> None:
     # --reflink=auto: near-instant and space-free on filesystems that share blocks.
-    res = subprocess.run(["cp", "-a", "--reflink=auto", "-T", str(src), str(dst)], capture_output=True, text=True)
+    res = subprocess.run(["cp", "-a", "--reflink=auto", "-T", str(src), str(dst)], capture_output=True, text=True,
+                         check=False)
     if res.returncode != 0:
         raise SalvageError(f"copying {src} failed: {res.stderr.strip()}")
 
@@ -617,7 +618,7 @@ def extract_rows(
                 "SELECT xmin::text::bigint, {} FROM {} WHERE xmin::text::bigint = ANY(%s::bigint[]) ORDER BY ctid"
             ).format(_select_list(cols), table_ident(t.name))
             for r in conn.execute(q, (xids,)).fetchall():
-                rows.append(RowRecord(top.get(int(r[0]), int(r[0])), dict(zip([c.name for c in cols], r[1:]))))
+                rows.append(RowRecord(top.get(int(r[0]), int(r[0])), dict(zip([c.name for c in cols], r[1:], strict=True))))
         order = {c.xid: i for i, c in enumerate(divergence.commits)}
         rows.sort(key=lambda r: order.get(r.xid, len(order)))  # stable: physical order within a transaction
         out.append(TableReport(t.name, list(t.key), list(t.renumber), list(t.after_insert), [c.name for c in cols],
@@ -756,7 +757,7 @@ class Report:
 
 
 def _now_iso() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+    return datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 def save_report(report: Report, path: Path) -> Path:
@@ -792,7 +793,7 @@ def reports_dir(cfg: Config, node: str) -> Path:
 
 
 def new_report_path(directory: Path, now: datetime | None = None) -> Path:
-    stamp = (now or datetime.now(timezone.utc)).strftime("%Y%m%dT%H%M%SZ")
+    stamp = (now or datetime.now(UTC)).strftime("%Y%m%dT%H%M%SZ")
     path, n = directory / f"{stamp}.json", 1
     while path.exists():
         path, n = directory / f"{stamp}-{n}.json", n + 1
@@ -995,7 +996,7 @@ def _targets(conn: psycopg.Connection[Any], report: Report) -> list[_Target]:
         if missing := [c for c in t.columns if c not in cols]:
             raise SalvageError(f"table {t.name} on the primary lacks column(s) {', '.join(missing)}")
         stmts = tuple(compile_statement(s) for s in t.after_insert)
-        for s, names in stmts:
+        for _sql, names in stmts:
             if unknown := [x for x in names if x not in cols]:
                 raise SalvageError(f"after_insert of {t.name} uses :{', :'.join(unknown)}, not columns of the table")
         out.append(_Target(t, cols, stmts))
@@ -1025,7 +1026,7 @@ def _insert_row(conn: psycopg.Connection[Any], tgt: _Target, row: RowRecord, ren
                 key = {k: row.values.get(k) for k in t.key}
                 renumbered.append(Renumbered(t.name, key, col, row.values[col], inserted[col]))
         for stmt, params in tgt.statements:
-            cur.execute(stmt, {p: inserted[p] for p in params})  # type: ignore[call-overload]
+            cur.execute(stmt, {p: inserted[p] for p in params})
 
 
 def apply_report(conn: psycopg.Connection[Any], report: Report) -> ApplyRecord:

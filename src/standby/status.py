@@ -6,20 +6,15 @@ status document, as a pure function, so its rules are testable without a lab.
 
 from __future__ import annotations
 
-import json
-import urllib.error
-import urllib.request
-from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
-import psycopg
-
-from standby import __version__, tls
-from standby.act.postgres import read_facts
-from standby.cli.common import status_auth
-from standby.config import Config, Durability, ServiceIP
-from standby.model import PgRole, SyncState
+from standby import __version__
+from standby.apiclient import agent_status
+from standby.config import Config, Durability, Mode, ServiceIP
+from standby.documents import AgentView, NodeFacts
+from standby.model import DbState, PgRole, SyncState
 from standby.observe import addresses, probes
 from standby.observe import postgres as obs
 
@@ -36,36 +31,16 @@ class Observations:
     observer: str
     pg: dict[str, obs.PgObservation]
     ips: tuple[IpHolders, ...]
-    facts: dict[str, dict[str, Any]] = field(default_factory=dict)
-    observed_at: datetime = field(default_factory=lambda: datetime.now(timezone.utc))
-    agents: dict[str, dict[str, Any] | None] = field(default_factory=dict)  # each node agent's /status
+    facts: dict[str, NodeFacts] = field(default_factory=dict)
+    observed_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+    agents: dict[str, AgentView | None] = field(default_factory=dict)  # each node agent's /status
     reporting: IpHolders | None = None  # the reporting IP, when [reporting] has one
-
-
-def agent_status(cfg: Config, node: str, timeout_s: float = 1.0) -> dict[str, Any] | None:
-    """A node agent's own view, over the private network first, then the public one."""
-    ctx = tls.client_context(cfg)
-    for link in (cfg.nodes[node].private, cfg.nodes[node].public):
-        try:
-            req = urllib.request.Request(tls.api_url(cfg, link.ip, "/status"), headers=status_auth(cfg, str(link.ip)))
-            with urllib.request.urlopen(req, timeout=timeout_s, context=ctx) as r:
-                return json.loads(r.read())  # type: ignore[no-any-return]
-        except (urllib.error.URLError, OSError, ValueError):
-            continue
-    return None
 
 
 def collect(cfg: Config, node: str, probe_arp: bool = True) -> Observations:
     peer = cfg.peer_of(node)
     pg = {node: obs.observe_local(cfg, node), peer: obs.observe_peer(cfg, peer)}
-    facts: dict[str, dict[str, Any]] = {}
-    for name, conn_fn in ((node, lambda: obs.connect_local(cfg, node)), (peer, lambda: obs.connect_peer(cfg, peer))):
-        if pg[name].role in (PgRole.PRIMARY, PgRole.STANDBY) and not facts:
-            try:
-                with conn_fn() as conn:
-                    facts = read_facts(conn)
-            except psycopg.Error:
-                pass
+    facts = obs.pair_facts(cfg, node, pg)
     agents = {n: agent_status(cfg, n) for n in (node, peer)}
     floating = cfg.reporting.floating() if cfg.reporting else None
     reporting = _ip_holders(cfg, node, probe_arp, [floating])[0] if floating else None
@@ -98,14 +73,14 @@ def _ip_holders(cfg: Config, node: str, probe_arp: bool, ips: list[ServiceIP] | 
     return tuple(out)
 
 
-def _agent_summary(a: dict[str, Any] | None) -> dict[str, Any] | None:
+def _agent_summary(a: AgentView | None) -> dict[str, Any] | None:
     if a is None:
         return None
-    st = a["state"]
-    return {"running": True, "term": st["term"], "fenced": st["fenced"], "services": st["services"],
-            "degraded": st["degraded"], "eligible": st["eligible"], "suspended": a["suspended"],
-            "maintenance": a.get("maintenance"),
-            "peer_heard_s_ago": a["peer_heard_s_ago"]}
+    st = a.state
+    return {"running": True, "term": st.term, "fenced": st.fenced, "services": st.services,
+            "degraded": st.degraded, "eligible": st.eligible, "suspended": a.suspended,
+            "maintenance": None if a.maintenance is None else asdict(a.maintenance),
+            "peer_heard_s_ago": dict(a.peer_heard_s_ago)}
 
 
 def _agent_warnings(cfg: Config, o: Observations) -> list[str]:
@@ -117,18 +92,18 @@ def _agent_warnings(cfg: Config, o: Observations) -> list[str]:
         if a is None:
             out.append(f"{name}'s agent does not answer on its API: nothing decides for {name}")
             continue
-        st = a["state"]
-        if st["fenced"]:
+        st = a.state
+        if st.fenced:
             out.append(f"{name} is FENCED (it may not become primary by itself): rejoin it as a standby")
-        if a["suspended"]:
-            m = a.get("maintenance") or {}
-            out.append(f"MAINTENANCE on {name}: automatic failover SUSPENDED (by {m.get('by', 'unknown')}, until "
-                       f"{m.get('until', 'unknown')}, {m.get('remaining_s', '?')} s left); "
+        if a.suspended:
+            m = a.maintenance
+            by, until, left = (m.by, m.until, m.remaining_s) if m else ("unknown", "unknown", "?")
+            out.append(f"MAINTENANCE on {name}: automatic failover SUSPENDED (by {by}, until {until}, {left} s left); "
                        f"resume with POST /maintenance {{\"suspend\": false}} or let it expire")
-        pg_state = a["postgres"]["state"]
-        if pg_state == "primary" and st["degraded"] and cfg.replication.durability is Durability.SYNC:
+        pg_state = a.postgres.state
+        if pg_state is DbState.PRIMARY and st.degraded and cfg.replication.durability is Durability.SYNC:
             out.append(f"{name} does not wait for a standby: commits acknowledged now exist only on {name}")
-        if pg_state == "standby" and cfg.mode.value == "hot" and not st["eligible"]:
+        if pg_state is DbState.STANDBY and cfg.mode is Mode.HOT and not st.eligible:
             out.append(f"{name} is NOT eligible for automatic promotion (it may lack acknowledged commits)")
     return out
 
@@ -160,10 +135,11 @@ def assemble(cfg: Config, o: Observations) -> dict[str, Any]:
             if p.receiver_status != "streaming":
                 warnings.append(f"{name} is a standby but not streaming (receiver: {p.receiver_status or 'none'})")
             elif cfg.replication.durability is Durability.SYNC and sync is not SyncState.SYNC:
-                warnings.append(f"durability is sync but {name} is {sync.value if sync else 'unknown'}: commits are not protected")
+                warnings.append(f"durability is sync but {name} is {sync.value if sync else 'unknown'}: "
+                                "commits are not protected")
         if p.role is PgRole.UNREACHABLE:
             warnings.append(f"{name}'s PostgreSQL is unreachable: {p.error}")
-        f = o.facts.get(name, {})
+        f = o.facts.get(name)
         nodes[name] = {
             "role": p.role.value,
             "preferred_primary": name == cfg.preferred_primary,
@@ -189,7 +165,7 @@ def assemble(cfg: Config, o: Observations) -> dict[str, Any]:
             },
             "service_ips": [h.address for h in o.ips if name in h.holders],
             "agent": _agent_summary(o.agents.get(name)),
-            "standby_version": __version__ if name == o.observer else f.get("standby_version"),
+            "standby_version": __version__ if name == o.observer else (f.standby_version if f else None),
             "observed_at": p.observed_at.isoformat(),
         }
     warnings.extend(_agent_warnings(cfg, o))
@@ -231,8 +207,9 @@ def _reporting(cfg: Config, o: Observations, nodes: dict[str, Any], warnings: li
         if pg["replay_paused"]:
             warnings.append(f"WAL replay is paused on {name}: reports there see old data and it falls behind")
         if pg["lag_bytes"] is not None and pg["lag_bytes"] > rep.max_lag_bytes:
+            where = "on the primary" if rep.fallback.value == "primary" else "withdrawn"
             warnings.append(f"{name} has {pg['lag_bytes']} B of WAL left to replay, over reporting.max_lag_bytes "
-                            f"({rep.max_lag_bytes}): reports are {'on the primary' if rep.fallback.value == 'primary' else 'withdrawn'}")
+                            f"({rep.max_lag_bytes}): reports are {where}")
     if h is not None:
         if len(h.holders) > 1:
             warnings.append(f"REPORTING IP {h.address} IS HELD BY {' AND '.join(h.holders).upper()}")

@@ -173,16 +173,16 @@ class Service:
     password: str
 
     def start(self) -> subprocess.CompletedProcess[str]:
-        return run_cli("standby.lab.softswitch", "start", "--dsn-file", self.dsn_file, "--listen", self.listen,
+        return run_cli("standby.cli.lab_workload", "softswitch", "start", "--dsn-file", self.dsn_file, "--listen", self.listen,
                        "--pidfile", self.pidfile, "--logfile", self.logfile, "--timeout", "20",
                        # Generous: these tests are about correctness, and the host may be busy.
                        "--call-timeout", "5")  # fmt: skip
 
     def stop(self) -> subprocess.CompletedProcess[str]:
-        return run_cli("standby.lab.softswitch", "stop", "--pidfile", self.pidfile)
+        return run_cli("standby.cli.lab_workload", "softswitch", "stop", "--pidfile", self.pidfile)
 
     def health(self) -> subprocess.CompletedProcess[str]:
-        return run_cli("standby.lab.softswitch", "health", "--url", self.url + "/health")
+        return run_cli("standby.cli.lab_workload", "softswitch", "health", "--url", self.url + "/health")
 
 
 @pytest.fixture
@@ -200,7 +200,7 @@ def service(pg: PgCluster, tmp_path: Path) -> Iterator[Service]:
     dsn_file = tmp_path / "softswitch.dsn"
     dsn_file.write_text(dsn + "\n")
     dsn_file.chmod(0o600)
-    r = run_cli("standby.lab.softswitch", "init-schema", "--dsn-file", dsn_file)
+    r = run_cli("standby.cli.lab_workload", "softswitch", "init-schema", "--dsn-file", dsn_file)
     assert r.returncode == 0, r.stderr
     port = free_port()
     svc = Service(
@@ -238,7 +238,7 @@ def history_records(path: Path) -> list[checker.Attempt]:
 
 def start_load(svc: Service, out: Path, *extra: str) -> subprocess.Popen[str]:
     return subprocess.Popen(
-        [PY, "-m", "standby.lab.loadgen", "--url", svc.url, "--out", str(out), "--seed", "7", *extra],
+        [PY, "-m", "standby.cli.lab_workload", "load", "--url", svc.url, "--out", str(out), "--seed", "7", *extra],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
 
@@ -276,7 +276,7 @@ def test_every_acknowledged_call_is_in_the_database_once(service: Service, tmp_p
     assert summary["ack"] == verdict.acked and summary["attempts"] == len(history)
 
     # The same verdict from the command line; a lost acknowledged call makes it fail.
-    r = run_cli("standby.lab.loadgen", "--help")
+    r = run_cli("standby.cli.lab_workload", "load", "--help")
     assert r.returncode == 0 and "--concurrency" in r.stdout
     verify = [sys.executable, "-c", "from standby.cli.lab_workload import verify_command; verify_command()",
               "--history", str(out), "--dsn-file", str(service.dsn_file)]  # fmt: skip
@@ -396,7 +396,7 @@ def test_lifecycle_commands(pg: PgCluster, service: Service) -> None:
 
     # Without a database it must not claim success, nor leave a process behind.
     pg.stop("fast")
-    r = run_cli("standby.lab.softswitch", "start", "--dsn-file", service.dsn_file, "--listen", service.listen,
+    r = run_cli("standby.cli.lab_workload", "softswitch", "start", "--dsn-file", service.dsn_file, "--listen", service.listen,
                 "--pidfile", service.pidfile, "--logfile", service.logfile, "--timeout", "3")  # fmt: skip
     assert r.returncode == 1 and "not healthy" in r.stderr
     assert not service.pidfile.exists()

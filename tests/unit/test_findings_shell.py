@@ -30,10 +30,11 @@ from standby.agent import node as node_mod
 from standby.agent.node import Agent
 from standby.config import ServiceIP
 from standby.decide import State, stall_limit
+from standby.documents import MaintenanceView
 from standby.model import Action, ActionKind, DbState, LocalPg, Net, Observation, Reason
 from standby.observe import probes
-
 from tests.unit.configs import EXAMPLE, example_with_secrets
+from tests.unit.test_documents import view as agent_view
 
 
 class FakeKernel:
@@ -481,20 +482,20 @@ class FakeApi:
     def __init__(self, cfg: config.Config) -> None:
         self.suspended = {"alpha": False, "beta": False}
 
-    def post(self, node: str, path: str, body: dict[str, Any] | None = None, timeout_s: float = 120) -> dict[str, Any]:
-        if path == "/maintenance":
-            if node == "beta" and body and body["suspend"]:
-                raise switchover_mod.ApiError(0, "beta's agent does not answer (timed out)")
-            self.suspended[node] = bool(body and body["suspend"])
-            return {"suspended": self.suspended[node]}
-        raise AssertionError(f"the switchover went on to {path} on {node}")
+    def maintenance(self, node: str, suspend: bool, timeout_s: float = 120) -> None:
+        if node == "beta" and suspend:
+            raise switchover_mod.ApiError(0, "beta's agent does not answer (timed out)")
+        self.suspended[node] = suspend
+
+    def __getattr__(self, name: str) -> Any:
+        raise AssertionError(f"the switchover went on to {name}")
 
 
 def test_m1_switchover_failing_half_way_leaves_no_maintenance(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     raw, _ = example_with_secrets(tmp_path)
     cfg = config.parse(raw)
     apis: list[FakeApi] = []
-    monkeypatch.setattr(switchover_mod, "Api", lambda c: apis.append(FakeApi(c)) or apis[-1])
+    monkeypatch.setattr(switchover_mod, "AgentApi", lambda c: apis.append(FakeApi(c)) or apis[-1])
     monkeypatch.setattr(switchover_mod, "roles", lambda c: ("alpha", "beta", {}))
     with pytest.raises(switchover_mod.ApiError):
         switchover_mod.switchover(cfg)
@@ -503,10 +504,8 @@ def test_m1_switchover_failing_half_way_leaves_no_maintenance(tmp_path: Path, mo
 
 def test_m1_status_shows_maintenance_loudly_with_who_and_until() -> None:
     cfg = config.load(EXAMPLE)
-    agent = {"state": {"term": 1, "fenced": False, "services": True, "degraded": False, "eligible": True},
-             "suspended": True, "peer_heard_s_ago": {}, "postgres": {"state": "primary"},
-             "maintenance": {"by": "api", "since": "2026-12-01T14:00:00Z", "until": "2026-12-01T14:10:00Z",
-                             "remaining_s": 420}}
+    agent = replace(agent_view(), suspended=True,
+                    maintenance=MaintenanceView("api", "2026-12-01T14:00:00Z", "2026-12-01T14:10:00Z", 420))
     warnings = status_mod._agent_warnings(cfg, status_mod.Observations("alpha", {}, (), agents={"alpha": agent,
                                                                                                 "beta": None}))
     loud = [w for w in warnings if "MAINTENANCE" in w]

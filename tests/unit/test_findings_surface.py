@@ -22,8 +22,7 @@ from typing import Any
 
 import pytest
 
-from standby import config
-from standby.act import switchover
+from standby import apiclient, config
 from standby.agent import node as node_mod
 from standby.agent.heartbeat import Heartbeat, encode
 from standby.agent.node import Agent
@@ -363,12 +362,12 @@ def test_m8_client_never_sends_the_token_in_clear_to_a_public_address(tmp_path: 
     t = threading.Thread(target=httpd.serve_forever, daemon=True)
     t.start()
     try:
-        client = switchover.Api(cfg)
+        client = apiclient.AgentApi(cfg)
         if in_clear:
             assert client.post("beta", "/maintenance", {"suspend": True}, timeout_s=5) == {"ok": True}
             assert _Recorder.seen == [f"Bearer {files['api.token_file'].read_text().strip()}"]
         else:
-            with pytest.raises(switchover.ApiError) as e:
+            with pytest.raises(apiclient.ApiError) as e:
                 client.post("beta", "/maintenance", {"suspend": True}, timeout_s=5)
             assert "api.token_in_clear" in str(e.value)
             assert _Recorder.seen == [], "the token crossed the public network in clear"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -80,7 +81,7 @@ def test_standby_not_streaming_warns(cfg: config.Config) -> None:
 def seen(cfg: config.Config, peer_major: int = 15, peer_version: str = "0.1.0", peer_cpus: int = 2,
          reach: bool = True) -> Seen:
     mine = NodeFacts("alpha", "0.1.0", 15, "15.18", 2, 8 << 30, "a", NOW)
-    peer_facts = {"pg_major": peer_major, "standby_version": peer_version, "cpus": peer_cpus, "memory_bytes": 8 << 30}
+    peer_facts = NodeFacts("beta", peer_version, peer_major, "15.18", peer_cpus, 8 << 30, "b", NOW)
     return Seen("alpha", mine, None, peer_facts, {"alpha": primary(), "beta": standby()},
                 {"public": reach, "private": reach, "tiebreaker": True})
 
@@ -124,7 +125,7 @@ def test_preflight_names_tls_file_problems(cfg: config.Config) -> None:
     assert not [i for i in evaluate(cfg, seen(cfg)) if i.name == "tls files"]  # no [tls]: nothing to check
     ok = evaluate(c2, seen(c2))
     assert verdict(ok, "tls files") is Verdict.PASS
-    s = seen(c2)
-    s.extra["tls_problems"] = ["tls.cert_file: file /x/alpha.crt does not exist; create it (PEM) or fix the path"]
+    s = dataclasses.replace(
+        seen(c2), tls_problems=["tls.cert_file: file /x/alpha.crt does not exist; create it (PEM) or fix the path"])
     (item,) = [i for i in evaluate(c2, s) if i.name == "tls files"]
     assert item.verdict is Verdict.FAIL and "tls.cert_file" in item.reason and item.node == "alpha"

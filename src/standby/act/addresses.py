@@ -66,4 +66,4 @@ def carrier(interface: str) -> bool:
         if not found:
             return False
         (link,) = ipr.get_links(found[0])
-        return link.get_attr("IFLA_OPERSTATE") == "UP" and link.get_attr("IFLA_CARRIER") == 1
+        return bool(link.get_attr("IFLA_OPERSTATE") == "UP" and link.get_attr("IFLA_CARRIER") == 1)

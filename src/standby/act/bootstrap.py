@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import psycopg
@@ -19,6 +19,7 @@ import psycopg
 from standby import __version__, salvage, tls
 from standby.act import postgres as act
 from standby.config import Config, Durability
+from standby.documents import NodeFacts
 from standby.model import PgRole
 from standby.observe import postgres as obs
 from standby.observe.system import local_facts
@@ -59,22 +60,28 @@ def bootstrap(cfg: Config, node: str, *, restart: bool = False, replace_data: bo
 
 # -- primary side ---------------------------------------------------------
 
+def _hba_step(cfg: Config, peer: str, changed: bool) -> Step:
+    return Step("pg_hba.conf", changed,
+                f"replication allowed from {cfg.nodes[peer].private.ip} only" + ("" if changed else " (unchanged)"))
+
+
 def _primary(cfg: Config, node: str, restart: bool, note: Report) -> None:
     peer = cfg.peer_of(node)
     with obs.connect_local(cfg, node) as conn:
-        _refuse_version_mismatch(cfg, node, act.read_facts(conn).get(peer))
+        _refuse_version_mismatch(cfg, node, obs.read_node_facts(conn).get(peer))
         checksums = conn.execute("SHOW data_checksums").fetchone()[0] == "on"  # type: ignore[index]
         changed, pending = act.ensure_settings(conn, act.primary_settings(cfg, node, checksums))
         note(Step("replication settings", bool(changed), ", ".join(changed) or "already in place"))
         role_changes = act.ensure_replication_role(conn, cfg, node)
         role_changes += salvage.ensure_apply_rights(conn, cfg, node)
-        note(Step(f"replication role {cfg.pg(node).replication_user}", bool(role_changes), "; ".join(role_changes) or "exists, SCRAM password matches"))
+        note(Step(f"replication role {cfg.pg(node).replication_user}", bool(role_changes),
+                  "; ".join(role_changes) or "exists, SCRAM password matches"))
         hba = act.ensure_hba(conn, cfg, node)
-        note(Step("pg_hba.conf", hba, f"replication allowed from {cfg.nodes[peer].private.ip} only" + ("" if hba else " (unchanged)")))
+        note(_hba_step(cfg, peer, hba))
         slot = act.ensure_slot(conn, cfg.slot_name(peer))
         note(Step(f"replication slot {cfg.slot_name(peer)}", slot, "created" if slot else "exists"))
         table = act.ensure_facts_table(conn, cfg.pg(node).replication_user)
-        act.write_facts(conn, local_facts(cfg, node).as_dict())
+        act.write_facts(conn, local_facts(cfg, node))
         note(Step("node facts", table, f"{node}: standby {__version__}"))
     if pending:
         if not restart:
@@ -82,7 +89,7 @@ def _primary(cfg: Config, node: str, restart: bool, note: Report) -> None:
                 f"PostgreSQL on {node} must restart to apply {', '.join(sorted(set(pending)))}; "
                 "re-run with --restart (a few seconds without the database) or restart it yourself, then re-run"
             )
-        act.stop(cfg, node, "fast")
+        act.stop(cfg, node, act.StopMode.FAST)
         act.start(cfg, node)
         note(Step("restart", True, f"applied {', '.join(sorted(set(pending)))}"))
     with obs.connect_local(cfg, node) as conn:
@@ -102,7 +109,8 @@ def _durability(cfg: Config, standby: str, primary_conn: psycopg.Connection, not
     deadline = time.monotonic() + 10
     state = None
     while time.monotonic() < deadline:
-        row = primary_conn.execute("SELECT sync_state FROM pg_stat_replication WHERE application_name = %s", (standby,)).fetchone()
+        row = primary_conn.execute("SELECT sync_state FROM pg_stat_replication WHERE application_name = %s",
+                                   (standby,)).fetchone()
         state = row[0] if row else None
         if state == ("sync" if want else "async"):
             break
@@ -112,19 +120,19 @@ def _durability(cfg: Config, standby: str, primary_conn: psycopg.Connection, not
     note(Step(f"durability {cfg.replication.durability.value}", changed, f"{standby} is {state}"))
 
 
-def _refuse_version_mismatch(cfg: Config, node: str, peer_facts: dict[str, object] | None) -> None:
-    if not peer_facts:
+def _refuse_version_mismatch(cfg: Config, node: str, peer_facts: NodeFacts | None) -> None:
+    if peer_facts is None:
         return
     mine = local_facts(cfg, node)
     peer = cfg.peer_of(node)
-    if peer_facts["pg_major"] != mine.pg_major:
+    if peer_facts.pg_major != mine.pg_major:
         raise BootstrapBlocked(
-            f"PostgreSQL major versions differ: {node} has {mine.pg_major}, {peer} has {peer_facts['pg_major']}; "
+            f"PostgreSQL major versions differ: {node} has {mine.pg_major}, {peer} has {peer_facts.pg_major}; "
             "install the same major version on both nodes"
         )
-    if peer_facts["standby_version"] != mine.standby_version:
+    if peer_facts.standby_version != mine.standby_version:
         raise BootstrapBlocked(
-            f"standby versions differ: {node} runs {mine.standby_version}, {peer} runs {peer_facts['standby_version']}; "
+            f"standby versions differ: {node} runs {mine.standby_version}, {peer} runs {peer_facts.standby_version}; "
             "install the same standby version on both nodes"
         )
 
@@ -153,10 +161,11 @@ def _peer_primary(cfg: Config, node: str) -> obs.PgObservation:
 def _peer_prepared(cfg: Config, node: str) -> None:
     peer = cfg.peer_of(node)
     with obs.connect_peer(cfg, peer) as conn:
-        facts = act.read_facts(conn).get(peer)
+        facts = obs.read_node_facts(conn).get(peer)
         slot = conn.execute("SELECT 1 FROM pg_replication_slots WHERE slot_name = %s", (cfg.slot_name(node),)).fetchone()
     if facts is None or slot is None:
-        raise BootstrapBlocked(f"{peer} is not prepared for replication yet: run `standby bootstrap --node {peer}` on {peer} first")
+        raise BootstrapBlocked(f"{peer} is not prepared for replication yet: "
+                               f"run `standby bootstrap --node {peer}` on {peer} first")
     _refuse_version_mismatch(cfg, node, facts)
 
 
@@ -203,7 +212,7 @@ def _standby_from_stopped(cfg: Config, node: str, role: PgRole, replace_data: bo
 
 
 def _move_aside(data_dir: Path) -> Path:
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     aside = data_dir.with_name(f"{data_dir.name}.replaced-{stamp}")
     data_dir.rename(aside)
     return aside
@@ -226,8 +235,8 @@ def _running_standby(cfg: Config, node: str, note: Report) -> None:
         changed, _ = act.ensure_settings(conn, wanted)
         hba = act.ensure_hba(conn, cfg, node)  # after the settings: hostssl needs ssl on
     note(Step("standby settings", bool(changed), ", ".join(changed) or "already in place"))
-    note(Step("pg_hba.conf", hba, f"replication allowed from {cfg.nodes[peer].private.ip} only" + ("" if hba else " (unchanged)")))
+    note(_hba_step(cfg, peer, hba))
     with obs.connect_peer(cfg, peer) as pconn:
-        act.write_facts(pconn, local_facts(cfg, node).as_dict())
+        act.write_facts(pconn, local_facts(cfg, node))
         note(Step("node facts", False, f"{node}: standby {__version__} recorded on {peer}"))
         _durability(cfg, node, pconn, note)

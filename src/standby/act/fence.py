@@ -97,7 +97,7 @@ def stop_postgres(cfg: Config, node: str, step_timeout_s: float = STEP_TIMEOUT_S
     """
     for step in (StopStep.FAST, StopStep.IMMEDIATE):
         try:
-            pgact.stop(cfg, node, step.value, timeout_s=int(step_timeout_s))
+            pgact.stop(cfg, node, pgact.StopMode(step.value), timeout_s=int(step_timeout_s))
             return step
         except (pgact.PostgresActionError, subprocess.TimeoutExpired, TimeoutError, OSError):
             continue

@@ -26,11 +26,11 @@ from psycopg import sql
 
 from standby import tls
 from standby.config import Config, read_secret
-from standby.observe.postgres import peer_dsn
+from standby.documents import NODE_FACTS, NodeFacts
+from standby.observe.postgres import FACTS_SCHEMA, peer_dsn
 
 HBA_BEGIN = "# BEGIN standby (managed; edits inside this block are overwritten)"
 HBA_END = "# END standby"
-FACTS_SCHEMA = "standby"
 STANDBY_PASSFILE = "standby.pgpass"  # in the data directory: the WAL receiver's password
 
 
@@ -38,10 +38,12 @@ class PostgresActionError(RuntimeError):
     pass
 
 
-def run_as(user: str, argv: list[str], env: Mapping[str, str] | None = None, timeout: float = 600) -> subprocess.CompletedProcess[str]:
-    """Run argv as the OS user that owns the cluster (never through a shell)."""
+def run_as(user: str, argv: list[str], env: Mapping[str, str] | None = None,
+           timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    """Run argv as the OS user that owns the cluster (never through a shell); the caller reads the return code."""
     full = argv if pwd.getpwuid(os.geteuid()).pw_name == user else ["runuser", "-u", user, "--", *argv]
-    return subprocess.run(full, capture_output=True, text=True, env={**os.environ, **(env or {})}, timeout=timeout)
+    return subprocess.run(full, capture_output=True, text=True, env={**os.environ, **(env or {})}, timeout=timeout,
+                          check=False)
 
 
 # Files in the data directory (and pg_hba.conf) belong to the PostgreSQL account, which can plant
@@ -55,12 +57,12 @@ _WRITE = 'umask 077 && cat > "$1" && chmod "$2" "$1" && sync "$1" && mv -f -T "$
 
 def _as_user(user: str, argv: list[str], data: bytes | None = None) -> subprocess.CompletedProcess[bytes]:
     pw = pwd.getpwnam(user)
-    drop: dict[str, object] = {}
-    if os.geteuid() != pw.pw_uid:
-        drop = {"user": pw.pw_uid, "group": pw.pw_gid, "extra_groups": []}
-    # LC_ALL=C: a missing file is told apart by the tools' message.
-    return subprocess.run(argv, input=data, capture_output=True, timeout=60, cwd="/",  # type: ignore[call-overload]
-                          env={**os.environ, "LC_ALL": "C"}, **drop)
+    same = os.geteuid() == pw.pw_uid
+    # LC_ALL=C: a missing file is told apart by the tools' message. The caller reads the return code.
+    return subprocess.run(argv, input=data, capture_output=True, timeout=60, cwd="/", check=False,
+                          env={**os.environ, "LC_ALL": "C"},
+                          user=None if same else pw.pw_uid, group=None if same else pw.pw_gid,
+                          extra_groups=None if same else [])
 
 
 def write_as(user: str, path: Path, text: str, mode: int = 0o600) -> None:
@@ -202,10 +204,10 @@ def start(cfg: Config, node: str, timeout_s: int = 60) -> Launcher:
     launcher, _why = choose_launcher(host_facts())
     if launcher is Launcher.SYSTEMD_RUN:
         res = subprocess.run(start_argv(cfg, node, launcher, timeout_s), capture_output=True, text=True,
-                             timeout=timeout_s + 10)
+                             timeout=timeout_s + 10, check=False)
         if res.returncode != 0:
             tail = subprocess.run(["journalctl", "-u", unit_name(node), "-n", "5", "--no-pager", "-o", "cat"],
-                                  capture_output=True, text=True, timeout=10).stdout.strip().splitlines()
+                                  capture_output=True, text=True, timeout=10, check=False).stdout.strip().splitlines()
             raise PostgresActionError(f"starting {unit_name(node)} failed: {res.stderr.strip()}; "
                                       f"journal: {' | '.join(tail)}")
         return launcher
@@ -219,9 +221,17 @@ def start(cfg: Config, node: str, timeout_s: int = 60) -> Launcher:
     return launcher
 
 
-def stop(cfg: Config, node: str, mode: str = "fast", timeout_s: int = 60) -> None:
+class StopMode(StrEnum):
+    """pg_ctl's shutdown modes."""
+
+    SMART = "smart"  # waits for every client to disconnect
+    FAST = "fast"  # disconnects clients, writes a shutdown checkpoint
+    IMMEDIATE = "immediate"  # no checkpoint: the next start recovers from the WAL
+
+
+def stop(cfg: Config, node: str, mode: StopMode = StopMode.FAST, timeout_s: int = 60) -> None:
     pg = cfg.pg(node)
-    res = run_as(pg.os_user, [_bin(cfg, node, "pg_ctl"), "-D", str(pg.data_dir), "-m", mode, "-w",
+    res = run_as(pg.os_user, [_bin(cfg, node, "pg_ctl"), "-D", str(pg.data_dir), "-m", mode.value, "-w",
                               "-t", str(timeout_s), "stop"], timeout=timeout_s + 10)
     if res.returncode != 0 and "is the server running" not in res.stderr:
         raise PostgresActionError(f"pg_ctl stop failed: {res.stderr.strip()}")
@@ -298,7 +308,7 @@ def ensure_clean_shutdown(cfg: Config, node: str) -> bool:
         res = subprocess.run(
             ["runuser", "-u", pg.os_user, "--", _bin(cfg, node, "postgres"), "--single", "-F", "-c",
              "exit_on_error=false", "-c", "archive_mode=off", "-D", str(pg.data_dir), "template1"],
-            stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=3600)
+            stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=3600, check=False)
     finally:
         for f in signals:
             f.with_name(f.name + ".aside").rename(f)
@@ -550,8 +560,9 @@ def ensure_facts_table(conn: psycopg.Connection, replication_user: str) -> bool:
     return True
 
 
-def write_facts(conn: psycopg.Connection, facts: Mapping[str, object]) -> None:
-    cols = ["node", "standby_version", "pg_major", "pg_version", "cpus", "memory_bytes", "hostname", "updated_at"]
+def write_facts(conn: psycopg.Connection, facts: NodeFacts) -> None:
+    row = NODE_FACTS.encode(facts)
+    cols = list(row)
     conn.execute(
         sql.SQL("INSERT INTO {}.node_facts ({}) VALUES ({}) ON CONFLICT (node) DO UPDATE SET {}").format(
             sql.Identifier(FACTS_SCHEMA),
@@ -559,15 +570,8 @@ def write_facts(conn: psycopg.Connection, facts: Mapping[str, object]) -> None:
             sql.SQL(", ").join(sql.Placeholder() * len(cols)),
             sql.SQL(", ").join(sql.SQL("{0} = EXCLUDED.{0}").format(sql.Identifier(c)) for c in cols[1:]),
         ),
-        [facts[c] for c in cols],
+        [row[c] for c in cols],
     )
-
-
-def read_facts(conn: psycopg.Connection) -> dict[str, dict[str, object]]:
-    if not conn.execute("SELECT to_regclass(%s)", (f"{FACTS_SCHEMA}.node_facts",)).fetchone()[0]:  # type: ignore[index]
-        return {}
-    with conn.cursor(row_factory=psycopg.rows.dict_row) as cur:
-        return {r["node"]: r for r in cur.execute(sql.SQL("SELECT * FROM {}.node_facts").format(sql.Identifier(FACTS_SCHEMA)))}
 
 
 # -- clone ----------------------------------------------------------------
@@ -602,8 +606,8 @@ def clone(cfg: Config, node: str, peer: str, timeout_s: int = 3600) -> None:
     _clone_target(data, pg.os_user)
     with passfile(cfg, node, peer) as pf:
         res = run_as(pg.os_user, [
-            _bin(cfg, node, "pg_basebackup"), "-d", peer_dsn(cfg, peer), "-D", str(data), "-X", "stream", "-S", cfg.slot_name(node),
-            "--checkpoint=fast", "--no-password",
+            _bin(cfg, node, "pg_basebackup"), "-d", peer_dsn(cfg, peer), "-D", str(data), "-X", "stream",
+            "-S", cfg.slot_name(node), "--checkpoint=fast", "--no-password",
         ], env={"PGPASSFILE": str(pf), "PGCONNECT_TIMEOUT": "5"}, timeout=timeout_s)
     if res.returncode != 0:
         # Leave nothing half-copied behind: an empty directory is the honest state.

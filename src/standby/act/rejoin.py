@@ -19,11 +19,12 @@ import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from standby.act import postgres as act
 from standby.config import Config
+from standby.documents import RejoinMethod
 from standby.model import PgRole
 from standby.observe import postgres as obs
 
@@ -36,7 +37,7 @@ class RejoinRefused(Exception):
 
 @dataclass
 class RejoinResult:
-    method: str = ""  # "rewind", "clone" or "none needed"
+    method: RejoinMethod = RejoinMethod.NONE_NEEDED
     fork_lsn: str | None = None
     old_timeline: int | None = None
     salvage_report: Path | None = None
@@ -88,7 +89,8 @@ def fork_point(cfg: Config, node: str) -> tuple[str | None, int | None, str]:
         return m.group(1), int(m.group(2)), out
     if "no rewind required" in out:
         return None, None, out
-    raise RejoinRefused(f"cannot find the fork point with pg_rewind --dry-run: {out.strip().splitlines()[-1] if out.strip() else res.returncode}")
+    last = out.strip().splitlines()[-1] if out.strip() else res.returncode
+    raise RejoinRefused(f"cannot find the fork point with pg_rewind --dry-run: {last}")
 
 
 def rejoin(cfg: Config, node: str, *, state_dir: Path, report: Report = lambda s: None,
@@ -125,24 +127,24 @@ def rejoin(cfg: Config, node: str, *, state_dir: Path, report: Report = lambda s
              else "salvage: nothing committed here after the fork")
 
     if fork is None:
-        result.method = "none needed"
+        result.method = RejoinMethod.NONE_NEEDED
     else:
         with act.passfile(cfg, node, peer) as pf:
             res = act.run_as(pg.os_user, [str(pg.bin_dir / "pg_rewind"), "-D", str(pg.data_dir),
                                           "--source-server", _source_conninfo(cfg, node, peer)],
                              env={"PGPASSFILE": str(pf)}, timeout=3600)
         if res.returncode == 0:
-            result.method = "rewind"
+            result.method = RejoinMethod.REWIND
             step("pg_rewind done")
         else:
             why = ((res.stderr.strip() or res.stdout.strip()).splitlines()[-1:] or ["unknown"])[0]
             step(f"pg_rewind impossible ({why}); falling back to a fresh clone")
-            stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+            stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
             aside = pg.data_dir.with_name(f"{pg.data_dir.name}.before-rejoin-{stamp}")
             pg.data_dir.rename(aside)
             result.kept_aside = aside
             act.clone(cfg, node, peer)
-            result.method = "clone"
+            result.method = RejoinMethod.CLONE
             if salvage is not None and result.salvage_report is None:
                 # Salvage looked and this node had nothing the new primary lacks: nothing to keep.
                 discard_aside(aside)

@@ -22,7 +22,8 @@ def run(svc: Service, which: str, node: str) -> CommandResult:
     if argv is None:
         return CommandResult(svc.name, which, True, "no command configured")
     try:
-        res = subprocess.run(argv, capture_output=True, text=True, timeout=svc.timeout_s, stdin=subprocess.DEVNULL)
+        res = subprocess.run(argv, capture_output=True, text=True, timeout=svc.timeout_s, stdin=subprocess.DEVNULL,
+                             check=False)
     except subprocess.TimeoutExpired:
         return CommandResult(svc.name, which, False, f"timed out after {svc.timeout_s:g}s")
     except OSError as e:

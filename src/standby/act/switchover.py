@@ -15,31 +15,20 @@ it has every commit, the standby never promoted, nothing is lost.
 
 from __future__ import annotations
 
-import json
-import socket
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
-from standby import tls
-from standby.cli.common import TokenRefused, auth_header
-from standby.config import Config, read_secret
-from standby.status import agent_status
+from standby.apiclient import AgentApi, ApiError, agent_status
+from standby.config import Config
+from standby.documents import AgentView
+from standby.model import DbState
 
 Say = Callable[[str], None]
 
 
 class SwitchoverError(Exception):
     pass
-
-
-class ApiError(Exception):
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
 
 
 @dataclass
@@ -51,72 +40,31 @@ class Outcome:
     reason: str = ""
 
 
-CONNECT_TIMEOUT_S = 3.0  # to one of an agent's addresses, before the next one is tried
-
-
-class Api:
-    """The agents' action endpoints, reached over the private network first."""
-
-    def __init__(self, cfg: Config) -> None:
-        if cfg.api.token_file is None:
-            raise SwitchoverError("api.token_file is not set: the agents' action endpoints are disabled")
-        self.cfg = cfg
-        self.token = read_secret(cfg.api.token_file, "api.token_file")
-        self.ssl = tls.client_context(cfg)
-
-    def post(self, node: str, path: str, body: dict[str, Any] | None = None, timeout_s: float = 120) -> dict[str, Any]:
-        last: Exception | None = None
-        for link in (self.cfg.nodes[node].private, self.cfg.nodes[node].public):
-            try:
-                auth = auth_header(self.cfg, str(link.ip), self.token)
-            except TokenRefused as e:
-                last = e
-                continue
-            # An address that drops packets would hold the whole timeout (minutes, with both
-            # nodes' maintenance waiting on it) before the other network is tried.
-            try:
-                socket.create_connection((str(link.ip), self.cfg.api.port), timeout=CONNECT_TIMEOUT_S).close()
-            except OSError as e:
-                last = e
-                continue
-            req = urllib.request.Request(
-                tls.api_url(self.cfg, link.ip, path), data=json.dumps(body or {}).encode(), method="POST",
-                headers={"Content-Type": "application/json", **auth})
-            try:
-                with urllib.request.urlopen(req, timeout=timeout_s, context=self.ssl) as r:
-                    return json.loads(r.read())  # type: ignore[no-any-return]
-            except urllib.error.HTTPError as e:
-                try:
-                    msg = json.loads(e.read()).get("error", str(e))
-                except ValueError:
-                    msg = str(e)
-                raise ApiError(e.code, msg) from None
-            except (urllib.error.URLError, OSError) as e:
-                last = e
-        raise ApiError(0, f"{node}'s agent does not answer ({last})")
-
-
-def roles(cfg: Config) -> tuple[str, str, dict[str, dict[str, Any]]]:
+def roles(cfg: Config) -> tuple[str, str, dict[str, AgentView]]:
     """(primary, standby, each agent's status), refusing anything but a healthy pair."""
-    views = {n: agent_status(cfg, n, timeout_s=2.0) for n in cfg.nodes}
-    for n, v in views.items():
+    views: dict[str, AgentView] = {}
+    for n in cfg.nodes:
+        v = agent_status(cfg, n, timeout_s=2.0)
         if v is None:
             raise SwitchoverError(f"{n}'s agent does not answer; a switchover needs both agents")
-    prim = [n for n, v in views.items() if v["postgres"]["state"] == "primary"]  # type: ignore[index]
+        views[n] = v
+    prim = [n for n, v in views.items() if v.postgres.state is DbState.PRIMARY]
     if len(prim) != 1:
         raise SwitchoverError(f"expected exactly one primary, found {prim or 'none'}")
     primary = prim[0]
     standby = cfg.peer_of(primary)
-    sv = views[standby]
-    if sv["postgres"]["state"] != "standby" or not sv["postgres"]["streaming"]:  # type: ignore[index]
-        raise SwitchoverError(f"{standby} is not a streaming standby ({sv['postgres']['state']}); "  # type: ignore[index]
-                              f"rejoin it first")
-    return primary, standby, views  # type: ignore[return-value]
+    sv = views[standby].postgres
+    if sv.state is not DbState.STANDBY or not sv.streaming:
+        raise SwitchoverError(f"{standby} is not a streaming standby ({sv.state.value}); rejoin it first")
+    return primary, standby, views
 
 
 def switchover(cfg: Config, to: str | None = None, catch_up_timeout_s: float = 10.0,
                say: Say = lambda m: None) -> Outcome:
-    api = Api(cfg)
+    try:
+        api = AgentApi(cfg)
+    except ApiError as e:
+        raise SwitchoverError(str(e)) from None
     primary, standby, _ = roles(cfg)
     if to is not None and to != standby:
         if to == primary:
@@ -135,18 +83,16 @@ def switchover(cfg: Config, to: str | None = None, catch_up_timeout_s: float = 1
     try:
         # Inside the try: if the second node cannot be suspended, the first is resumed below.
         for n in (primary, standby):
-            api.post(n, "/maintenance", {"suspend": True})
+            api.maintenance(n, True)
         step("automatic failover suspended on both nodes")
         try:
-            demoted = api.post(primary, "/switchover/demote")
+            demoted = api.demote(primary)
         except ApiError as e:
             _resume(api, primary, say)
             raise SwitchoverError(f"{primary} could not be stopped cleanly: {e}; it serves again") from None
-        step(f"{primary}: services released, shut down at {demoted['checkpoint_lsn']}")
+        step(f"{primary}: services released, shut down at {demoted.checkpoint_lsn}")
         try:
-            promoted = api.post(standby, "/switchover/promote",
-                                {"min_lsn": demoted["checkpoint_lsn"], "timeout_s": catch_up_timeout_s},
-                                timeout_s=catch_up_timeout_s + 60)
+            promoted = api.promote(standby, demoted.checkpoint_lsn, catch_up_timeout_s)
         except ApiError as e:
             still = _still_standby(cfg, standby)
             if still is not True:
@@ -162,19 +108,19 @@ def switchover(cfg: Config, to: str | None = None, catch_up_timeout_s: float = 1
             out.reason = str(e)
             step(f"aborted: {primary} is primary again")
             raise SwitchoverError(f"switchover aborted, nothing lost: {e}. {primary} serves again.") from None
-        step(f"{standby}: received past it, promoted (term {promoted['term']}), services taken")
-        for problem in promoted.get("problems", []):
+        step(f"{standby}: received past it, promoted (term {promoted.term}), services taken")
+        for problem in promoted.problems:
             say(f"warning: {standby}: {problem}; its agent retries, check `standby status`")
         out.completed = True
         try:
-            api.post(primary, "/switchover/follow")
+            api.follow(primary)
             step(f"{primary}: streaming from {standby}")
         except ApiError as e:
             say(f"warning: {primary} did not start as a standby ({e}); run `standby rejoin --node {primary}`")
     finally:
         for n in (primary, standby):
             try:
-                api.post(n, "/maintenance", {"suspend": False})
+                api.maintenance(n, False)
             except ApiError as e:
                 say(f"warning: could not resume automatic failover on {n}: {e}")
         step("automatic failover resumed")
@@ -186,14 +132,13 @@ def _still_standby(cfg: Config, node: str) -> bool | str:
     st = agent_status(cfg, node, timeout_s=5.0)
     if st is None:
         return f"{node}'s agent does not answer, so it may have been promoted"
-    pg, state = st.get("postgres") or {}, st.get("state") or {}
-    if pg.get("state") != "standby" or state.get("promoting"):
-        return f"{node} is {pg.get('state')}{' (promoting)' if state.get('promoting') else ''}"
+    if st.postgres.state is not DbState.STANDBY or st.state.promoting:
+        return f"{node} is {st.postgres.state.value}{' (promoting)' if st.state.promoting else ''}"
     return True
 
 
-def _resume(api: Api, node: str, say: Say) -> None:
+def _resume(api: AgentApi, node: str, say: Say) -> None:
     try:
-        api.post(node, "/switchover/resume")
+        api.resume(node)
     except ApiError as e:
         say(f"ERROR: {node} could not resume as primary: {e}; check it at once (`standby status`)")

@@ -216,7 +216,7 @@ class Agent:
         kept = self.store.load_state()
         self.maintenance.load()
         holding = await self.guard.read("service IPs", self.service_role.holds, False)
-        self.state = State(**kept, watching_since=now, services=holding)  # type: ignore[arg-type]
+        self.state = State(**kept, watching_since=now, services=holding)
         self.boot = self.store.next_boot()
         # Replay protection outlives this run: the peer's boots already seen stay refused.
         self.receiver.restore(self.store.peer_boot(), self.store.save_peer_boot)

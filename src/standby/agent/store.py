@@ -21,11 +21,11 @@ import os
 import tempfile
 import time
 from dataclasses import asdict, dataclass, fields
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from standby.decide import PERSISTED, State  # what survives a restart is declared once, next to State
+from standby.documents import HISTORY, HistoryRecord
 
 log = logging.getLogger("standby.store")
 
@@ -168,8 +168,7 @@ class Store:
 
     def entry(self, event: str, **detail: Any) -> dict[str, Any]:
         """A history entry, stamped now (written by ``append``, possibly later and on another thread)."""
-        return {"time": datetime.now(timezone.utc).isoformat(timespec="milliseconds"), "node": self.node,
-                "event": event, **detail}
+        return HISTORY.encode(HistoryRecord.now(self.node, event, detail))
 
     def append(self, entry: dict[str, Any]) -> None:
         try:

@@ -21,6 +21,7 @@ from standby.agent.node import Agent, RefusedToStart
 from standby.agent.priority import raise_priority
 from standby.agent.store import Store
 from standby.cli.common import OperatorError, config_option, handle_errors, json_option, load_node, node_option
+from standby.documents import HISTORY, DocumentError
 
 
 @click.command("agent")
@@ -99,7 +100,8 @@ def supervise(agent_argv: list[str], fence_argv: list[str], stop_timeout_s: floa
         child = subprocess.Popen(agent_argv)
         code = _wait(child, lambda: stopping, stop_timeout_s)
         _kill_leftovers()
-        subprocess.run(fence_argv)
+        # The fence reports its own outcome; the loop restarts the agent whatever it returned.
+        subprocess.run(fence_argv, check=False)
         if stopping or code == 2:
             break
         time.sleep(RESTART_S)
@@ -161,17 +163,23 @@ def fence_command(config_path: Path, node: str | None, if_unclean: bool) -> None
 def history_command(config_path: Path, node: str | None, as_json: bool, limit: int) -> None:
     """The agent's recorded decisions and actions on this node, newest last."""
     cfg, me = load_node(config_path, node)
-    entries = Store(cfg.state_dir_for(me), me).history(limit)
+    records = []
+    for line in Store(cfg.state_dir_for(me), me).history(limit):
+        try:
+            records.append(HISTORY.decode(line))
+        except DocumentError:
+            continue  # not a record (written by hand, or cut short): the rest still reads
     if as_json:
-        click.echo(json.dumps(entries, indent=2))
+        click.echo(json.dumps([HISTORY.encode(r) for r in records], indent=2))
         return
-    if not entries:
+    if not records:
         click.echo("no history yet")
-    for e in entries:
-        what = e.get("action") or e["event"]
-        why = e.get("reason", "")
-        rest = {k: v for k, v in e.items() if k not in ("time", "node", "event", "action", "reason")}
+    for r in records:
+        rest = dict(r.detail)
+        what = rest.pop("action", None) or r.event
+        why = rest.pop("reason", "")
         detail = rest.pop("detail", "")
         extra = " ".join(f"{k}={v}" for k, v in rest.items())
-        click.echo(f"{e['time']}  {e['node']:<8} {what:<18} {why:<24} {detail} {extra}".rstrip())
+        stamp = r.time.isoformat(timespec="milliseconds")
+        click.echo(f"{stamp}  {r.node:<8} {what:<18} {why:<24} {detail} {extra}".rstrip())
 

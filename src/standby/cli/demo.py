@@ -13,7 +13,7 @@ import click
 from standby.cli.common import OperatorError, handle_errors
 from standby.lab import Lab, LabSpec
 from standby.lab.errors import LabError
-from standby.lab.pair import agent_state, role_changes, under_load, verify
+from standby.lab.pair import role_changes, under_load, verify
 
 STANDBY = str(Path(sys.executable).with_name("standby"))
 SERVICE_URL = "http://192.0.2.100:8080"
@@ -55,7 +55,8 @@ def command(name: str, rate: int, seconds: float, keep: bool) -> None:
         _story(lab, rate, seconds)
     finally:
         if keep:
-            click.echo(f"\nlab kept: inspect with `standby lab status --name {name}`, remove with `standby lab down --name {name}`")
+            click.echo(f"\nlab kept: inspect with `standby lab status --name {name}`, "
+                       f"remove with `standby lab down --name {name}`")
         else:
             say("Cleaning up")
             lab.down()
@@ -111,19 +112,19 @@ def _story(lab: Lab, rate: int, seconds: float) -> None:
 
 
 def _ready(lab: Lab) -> bool:
-    a, b = agent_state(lab, "alpha"), agent_state(lab, "beta")
-    return bool(a and b and a["state"]["services"] and a["services_healthy"] and b["state"]["eligible"])
+    a, b = lab.agent_status("alpha"), lab.agent_status("beta")
+    return bool(a and b and a.state.services and a.services_healthy and b.state.eligible)
 
 
 def _watch(lab: Lab, t0: float, seconds: float = 3.0) -> None:
     """A live view of beta's agent while it takes over."""
     last = ""
     while time.monotonic() - t0 < seconds:
-        st = agent_state(lab, "beta")
+        st = lab.agent_status("beta")
         if st:
-            heard = max(v or 0 for v in st["peer_heard_s_ago"].values())
-            line = (f"beta: postgres {st['postgres']['state']:<8} term {st['state']['term']}  "
-                    f"service IPs {'held' if st['state']['services'] else '-':<4}")
+            heard = max(v or 0 for v in st.peer_heard_s_ago.values())
+            line = (f"beta: postgres {st.postgres.state.value:<8} term {st.state.term}  "
+                    f"service IPs {'held' if st.state.services else '-':<4}")
             if line != last:
                 click.echo(f"  +{time.monotonic() - t0:4.2f}s  {line}  (alpha last heard {heard:.2f}s ago)")
                 last = line

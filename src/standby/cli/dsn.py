@@ -42,7 +42,7 @@ def libpq_dsn(cfg: Config, purpose: str, dbname: str, user: str | None, connect_
     attrs = PURPOSES[purpose]
     if uri:
         auth = f"{quote(user, safe='')}@" if user else ""
-        netloc = ",".join(f"{h}:{p}" for h, p in zip(hosts, ports))
+        netloc = ",".join(f"{h}:{p}" for h, p in zip(hosts, ports, strict=True))
         return (f"postgresql://{auth}{netloc}/{quote(dbname, safe='')}"
                 f"?target_session_attrs={attrs}&connect_timeout={connect_timeout}")
     parts = [f"host={','.join(hosts)}", f"port={ports[0] if len(set(ports)) == 1 else ','.join(ports)}",

@@ -11,10 +11,9 @@ from pathlib import Path
 import click
 
 from standby.cli.common import OperatorError, handle_errors
-from standby.lab import DEFAULT_NAME, NAME_ENV, Lab, LabError, LabSpec, check_prerequisites
-from standby.lab import chaos
-from standby.lab.campaign import Campaign, Options
 from standby.config import Timings
+from standby.lab import DEFAULT_NAME, NAME_ENV, Lab, LabError, LabSpec, chaos, check_prerequisites
+from standby.lab.campaign import Campaign, Options
 from standby.lab.chaos_verdict import judge, read_jsonl
 from standby.lab.checker import Outcome, read_history
 from standby.lab.pair import STANDBY

@@ -1,8 +1,9 @@
 """Commands for the sample softswitch workload: the service, the load generator, the checker.
 
-Attached to `standby lab` as `softswitch`, `load` and `verify`; the same objects are what
-`python -m standby.lab.softswitch` and `python -m standby.lab.loadgen` run. Heavy modules are
-imported inside the commands so that a health check stays quick to start.
+Attached to `standby lab` as `softswitch`, `load`, `verify` and `report`; the lab's own service
+commands run the same objects as `python -m standby.cli.lab_workload softswitch ...` (this module
+and the workload's, not the whole CLI). Heavy modules are imported inside the commands so that a
+health check stays quick to start.
 """
 
 from __future__ import annotations
@@ -231,3 +232,12 @@ def report_command(dsn_file: Path, pause_s: float | None, limit: int) -> None:
         report.loop(dsn, pause_s, sys.stdout)
     except KeyboardInterrupt:
         pass
+
+
+# `python -m standby.cli.lab_workload`: the lab's services start, stop and health-check the softswitch
+# through this small group rather than the whole CLI, which an agent's health check would pay for.
+workload_group = click.Group("workload", commands=[softswitch_group, load_command, verify_command, report_command],
+                             context_settings=_CONTEXT)
+
+if __name__ == "__main__":
+    workload_group(prog_name="python -m standby.cli.lab_workload")

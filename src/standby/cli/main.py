@@ -7,7 +7,21 @@ import sys
 import click
 
 from standby import __version__
-from standby.cli import agent, bootstrap, promote, roadback, salvage, check, config_cmd, demo, dsn, lab, lab_chaos, lab_workload, status
+from standby.cli import (
+    agent,
+    bootstrap,
+    check,
+    config_cmd,
+    demo,
+    dsn,
+    lab,
+    lab_chaos,
+    lab_workload,
+    promote,
+    roadback,
+    salvage,
+    status,
+)
 from standby.config import ConfigError
 
 

@@ -2,23 +2,18 @@
 
 from __future__ import annotations
 
-import json
-import urllib.error
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import click
 
-from standby import tls
-from standby.act.switchover import Api, ApiError, SwitchoverError
+from standby.apiclient import AgentApi, ApiError, agent_status, replica_lag
 from standby.cli.common import OperatorError, config_option, handle_errors, load_node, node_option
-from standby.config import Config, Durability
-from standby.model import PgRole
-from standby.observe import network
+from standby.config import Durability
+from standby.model import DbState, PgRole
 from standby.observe import postgres as obs
-from standby.status import agent_status
+from standby.observe import probes
 
 
 @click.command("promote")
@@ -36,15 +31,17 @@ def command(config_path: Path, node: str | None, yes: bool, force: bool) -> None
     mine = agent_status(cfg, me, timeout_s=2.0)
     if mine is None:
         raise OperatorError(f"the agent on {me} does not answer; start it first (`standby agent`)")
-    if mine["postgres"]["state"] != "standby":
-        raise OperatorError(f"{me} is not a standby (PostgreSQL is {mine['postgres']['state']}); nothing to promote")
+    if mine.postgres.state is not DbState.STANDBY:
+        raise OperatorError(f"{me} is not a standby (PostgreSQL is {mine.postgres.state.value}); nothing to promote")
 
-    heard = [v for v in mine["peer_heard_s_ago"].values() if v is not None]
-    click.echo(f"last contact with {peer}: " + (f"{min(heard):.1f} s ago" if heard else "never since this agent started"))
-    if cfg.replication.durability is Durability.SYNC and mine["state"]["eligible"]:
+    heard = mine.last_heard_s_ago()
+    click.echo(f"last contact with {peer}: " + (f"{heard:.1f} s ago" if heard is not None
+                                                else "never since this agent started"))
+    if cfg.replication.durability is Durability.SYNC and mine.state.eligible:
         click.echo("what could be lost: nothing acknowledged (this standby was in sync at the last contact)")
     else:
-        lag = wal_behind(cfg, me)
+        # The agent computes it for GET /replica from the primary's position in its heartbeats.
+        lag = replica_lag(cfg, me)
         click.echo("what could be lost: commits the primary acknowledged after its last WAL reached this node"
                    + (f" (at least {lag} bytes of WAL behind at the last contact)" if lag is not None
                       else " (how much is unknown: no position heard from the primary)"))
@@ -54,15 +51,15 @@ def command(config_path: Path, node: str | None, yes: bool, force: bool) -> None
     links = (cfg.nodes[peer].private.ip, cfg.nodes[peer].public.ip)
     with ThreadPoolExecutor(4) as pool:
         agent_f = pool.submit(agent_status, cfg, peer, 1.0)
-        knocks = [pool.submit(network.tcp_open, str(ip), cfg.pg(peer).port, 0.5) for ip in links]
+        knocks = [pool.submit(probes.tcp_connect, str(ip), cfg.pg(peer).port, 0.5) for ip in links]
         answers = any(k.result() for k in knocks)
         seen = obs.observe_peer(cfg, peer) if answers else obs.PgObservation(
-            node=peer, role=PgRole.UNREACHABLE, observed_at=datetime.now(timezone.utc),
+            node=peer, role=PgRole.UNREACHABLE, observed_at=datetime.now(UTC),
             error=f"nothing answers on port {cfg.pg(peer).port} at {', '.join(map(str, links))}")
         peer_agent = agent_f.result()
-    alive = seen.role is PgRole.PRIMARY or (peer_agent is not None and peer_agent["postgres"]["state"] == "primary")
+    alive = seen.role is PgRole.PRIMARY or (peer_agent is not None and peer_agent.postgres.state is DbState.PRIMARY)
     try:
-        api = Api(cfg)
+        api = AgentApi(cfg)
         if alive:
             if not force:
                 raise OperatorError(
@@ -70,7 +67,7 @@ def command(config_path: Path, node: str | None, yes: bool, force: bool) -> None
                     "For planned maintenance use `standby switchover`; to take over anyway, re-run with --force "
                     f"(it fences {peer} first)")
             click.echo(f"{peer} is reachable: fencing it first (services off, PostgreSQL stopped)")
-            api.post(peer, "/fence")
+            api.fence(peer)
             after = obs.observe_peer(cfg, peer)
             if after.role is PgRole.PRIMARY:
                 raise OperatorError(f"{peer} still accepts writes after fencing; not promoting")
@@ -81,35 +78,10 @@ def command(config_path: Path, node: str | None, yes: bool, force: bool) -> None
                        "still accept writes from clients that reach it.")
         if not yes and not click.confirm(f"promote {me} now?", default=False):
             raise OperatorError("not confirmed; nothing changed")
-        result = api.post(me, "/promote", timeout_s=600)
-    except SwitchoverError as e:
-        raise OperatorError(str(e)) from None
+        result = api.manual_promote(me)
     except ApiError as e:
         raise OperatorError(f"promotion refused: {e}") from None
-    for name, secs in result["steps"]:
+    for name, secs in result.steps:
         click.echo(f"  {name:<60} {secs:7.3f} s")
-    click.secho(f"{me} is the primary (term {result['term']})", fg="green")
+    click.secho(f"{me} is the primary (term {result.term})", fg="green")
 
-
-def wal_behind(cfg: Config, node: str) -> int | None:
-    """Bytes of WAL the primary had written, by its last heartbeat, beyond this standby's position.
-
-    The agent computes it for `GET /replica` from the primary's position in its heartbeats
-    (/status does not carry that position); it answers 503 with the same body when the
-    standby no longer streams, which is the usual case here.
-    """
-    ctx = tls.client_context(cfg)
-    for link in (cfg.nodes[node].private, cfg.nodes[node].public):
-        try:
-            with urllib.request.urlopen(tls.api_url(cfg, link.ip, "/replica"), timeout=2.0, context=ctx) as r:
-                body = r.read()
-        except urllib.error.HTTPError as e:
-            body = e.read()
-        except (urllib.error.URLError, OSError):
-            continue
-        try:
-            lag = json.loads(body).get("lag_bytes")
-        except (ValueError, AttributeError):
-            return None
-        return lag if isinstance(lag, int) else None
-    return None

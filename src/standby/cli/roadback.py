@@ -8,7 +8,8 @@ from pathlib import Path
 
 import click
 
-from standby.act.switchover import Api, ApiError, SwitchoverError, roles, switchover
+from standby.act.switchover import SwitchoverError, roles, switchover
+from standby.apiclient import AgentApi, ApiError
 from standby.cli.common import OperatorError, config_option, handle_errors, load_node, node_option
 from standby.config import Config, RejoinPolicy
 
@@ -40,7 +41,7 @@ def _wait_until(at: datetime | None) -> None:
 def _run(cfg: Config, to: str | None, timeout: float) -> None:
     try:
         out = switchover(cfg, to=to, catch_up_timeout_s=timeout, say=lambda m: click.echo(f"  {m}"))
-    except SwitchoverError as e:
+    except (SwitchoverError, ApiError) as e:
         raise OperatorError(str(e)) from None
     total = sum(d for _, d in out.steps)
     click.secho(f"switchover done: {out.new_primary} is primary, {out.old_primary} is its standby "
@@ -84,7 +85,7 @@ def switchback_command(config_path: Path, node: str | None, at_text: str | None,
     cfg, _ = load_node(config_path, node)
     at = _parse_at(at_text)
     try:
-        primary, standby, _ = roles(cfg)
+        primary, _standby, _ = roles(cfg)
     except SwitchoverError as e:
         raise OperatorError(str(e)) from None
     if primary == cfg.preferred_primary:
@@ -109,16 +110,14 @@ def rejoin_command(config_path: Path, node: str | None, yes: bool) -> None:
         if not click.confirm("rejoin now?", default=False):
             raise OperatorError("not approved; nothing changed")
     try:
-        result = Api(cfg).post(me, "/rejoin", timeout_s=3600)
-    except SwitchoverError as e:
-        raise OperatorError(str(e)) from None
+        result = AgentApi(cfg).rejoin(me)
     except ApiError as e:
         raise OperatorError(f"rejoin refused: {e}") from None
-    for name, secs in result["steps"]:
+    for name, secs in result.steps:
         click.echo(f"  {name:<70} {secs:7.2f} s")
-    click.secho(f"{me} rejoined by {result['method']}; it streams from {cfg.peer_of(me)}", fg="green")
-    if result["salvage_report"]:
-        click.echo(f"salvage: {result['salvaged_rows']} rows only {me} had are in {result['salvage_report']}; "
+    click.secho(f"{me} rejoined by {result.method.value}; it streams from {cfg.peer_of(me)}", fg="green")
+    if result.salvage_report:
+        click.echo(f"salvage: {result.salvaged_rows} rows only {me} had are in {result.salvage_report}; "
                    f"review with `standby salvage show`, then `standby salvage apply` (here or on the primary)")
-    if result["kept_aside"]:
-        click.echo(f"the old data directory is kept at {result['kept_aside']} until its salvage is dealt with")
+    if result.kept_aside:
+        click.echo(f"the old data directory is kept at {result.kept_aside} until its salvage is dealt with")

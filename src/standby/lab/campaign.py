@@ -20,6 +20,7 @@ The judgement is standby.lab.chaos_verdict's, over those files only.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import signal
@@ -27,18 +28,23 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import psycopg
+
 from standby import salvage as sv
 from standby.act.postgres import log_path as pg_log_path
-from standby.act.switchover import Api
-from standby.lab import Lab, faults as labfaults, netns
+from standby.apiclient import AgentApi, ApiError
+from standby.lab import Lab, netns
+from standby.lab import faults as labfaults
 from standby.lab.chaos import Fault, Kind, Target, faults, long_freeze_s
-from standby.lab.pair import SERVICE_URL, STANDBY, agent_state, holders, primaries
+from standby.lab.errors import LabError
+from standby.lab.pair import SERVICE_URL, STANDBY, holders, primaries
 from standby.lab.probe import DualPrimaryProbe
 from standby.lab.topology import DB_NODES
+from standby.model import DbState
 
 # Room for a checkpoint cycle of WAL, wal_keep_size, what a slot pins and what pg_rewind copies
 # in, so that the disk fills up only when the campaign fills it.
@@ -66,7 +72,7 @@ class Outcome:
 
 
 def _now_wall() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
 
 
 class Campaign:
@@ -124,24 +130,27 @@ class Campaign:
         if len(p) != 1:
             return False
         primary, standby = p[0], next(n for n in DB_NODES if n != p[0])
-        a, b = agent_state(self.lab, primary), agent_state(self.lab, standby)
-        if not a or not b or a["state"]["fenced"] or b["state"]["fenced"]:
+        a, b = self.lab.agent_status(primary), self.lab.agent_status(standby)
+        if a is None or b is None or a.state.fenced or b.state.fenced:
             return False
         served = holders(self.lab)
-        if len(served) != 1 or not agent_state(self.lab, served[0]).get("services_healthy"):
+        if len(served) != 1:
             return False
-        return bool(b["postgres"]["streaming"] and b["state"]["eligible"])
+        server = self.lab.agent_status(served[0])
+        if server is None or not server.services_healthy:
+            return False
+        return b.postgres.streaming and b.state.eligible
 
     def describe(self) -> str:
         """The pair in one line, for a campaign that stops: what did not converge."""
         parts = [f"primaries {primaries(self.lab)}", f"service IP on {holders(self.lab)}"]
         for node in DB_NODES:
-            st = agent_state(self.lab, node)
-            if not st:
+            st = self.lab.agent_status(node)
+            if st is None:
                 parts.append(f"{node}: agent not answering")
                 continue
-            parts.append(f"{node}: fenced={st['state']['fenced']} eligible={st['state']['eligible']} "
-                         f"streaming={st['postgres']['streaming']} services_healthy={st.get('services_healthy')}")
+            parts.append(f"{node}: fenced={st.state.fenced} eligible={st.state.eligible} "
+                         f"streaming={st.postgres.streaming} services_healthy={st.services_healthy}")
         return "; ".join(parts)
 
     def converge(self) -> float | None:
@@ -152,10 +161,10 @@ class Campaign:
             if self.converged():
                 return time.monotonic() - start
             for node in DB_NODES:
-                st = agent_state(self.lab, node)
-                peer = (st.get("peer_view") or {}) if st else {}
+                st = self.lab.agent_status(node)
+                hears_primary = st is not None and st.peer_view is not None and st.peer_view.db is DbState.PRIMARY
                 # An old primary, fenced and hearing the new one: approve its rejoin, as the operator would.
-                if st and st["state"]["fenced"] and peer.get("db") == "primary" and time.monotonic() - last_rejoin > 5:
+                if st and st.state.fenced and hears_primary and time.monotonic() - last_rejoin > 5:
                     last_rejoin = time.monotonic()
                     self.operator(node, "rejoin", "--yes")
             time.sleep(0.25)
@@ -188,7 +197,8 @@ class Campaign:
     # -- faults -----------------------------------------------------------------
 
     def inject(self, f: Fault, node: str) -> dict[str, Any]:
-        lab, info = self.lab, {}
+        lab = self.lab
+        info: dict[str, Any] = {}
         match f.kind:
             case Kind.CRASH:
                 lab.crash(node)
@@ -227,12 +237,13 @@ class Campaign:
 
                 self._in_background(api_flood, lab, node, int(f.connections or 100), f.hold_s)
             case Kind.HEARTBEAT_REPLAY:
-                from standby.lab.replay import capture_heartbeats, replay_heartbeats
+                from standby.lab.flood import capture_heartbeats, replay_heartbeats
 
                 sender = next(n for n in DB_NODES if n != node)
-                packets = capture_heartbeats(lab, sender, 2.0)  # older than anything the node hears next
+                # Older than anything the node hears next.
+                packets = capture_heartbeats(lab, on=node, sender=sender, seconds=2.0)
                 info.update(sender=sender, packets=len(packets))
-                self._in_background(replay_heartbeats, lab, packets, node, f.hold_s)
+                self._in_background(replay_heartbeats, lab, packets, node, sender)
         return info
 
     def _agent_backends(self, node: str) -> list[int]:
@@ -241,16 +252,16 @@ class Campaign:
         try:
             with self.lab.pg_connect(node, autocommit=True, connect_timeout=2) as c:
                 return [int(r[0]) for r in c.execute(labfaults.AGENT_BACKENDS_SQL, (user,)).fetchall()]
-        except Exception:
+        except (psycopg.Error, OSError):
             return []  # a primary that does not answer: nothing to stall
 
     def _maintenance(self, node: str, on: bool) -> bool:
         """POST /maintenance with the API token, from the node's own namespace, as an operator there would.
         Only {"suspend": ...} is sent: the call takes no deadline yet, so the heal switches it off."""
-        api = Api(self.lab.config())
+        api = AgentApi(self.lab.config())
         try:
-            netns.call_in(self.lab.netns(node), lambda: api.post(node, "/maintenance", {"suspend": on}, timeout_s=5))
-        except Exception as e:  # an agent that does not answer: recorded, the campaign goes on
+            netns.call_in(self.lab.netns(node), api.maintenance, node, on, 5)
+        except (ApiError, OSError, ValueError) as e:  # an agent that does not answer: recorded, the campaign goes on
             self.record("maintenance_failed", node=node, suspend=on, error=str(e))
             return False
         return True
@@ -259,7 +270,7 @@ class Campaign:
         def run() -> None:
             try:
                 fn(*args)
-            except Exception as e:  # the fault's own failure is recorded, not fatal to the campaign
+            except (LabError, OSError, ValueError) as e:  # the fault's own failure is recorded, not fatal to the campaign
                 self.record("fault_error", error=f"{type(e).__name__}: {e}")
 
         self.background = threading.Thread(target=run, daemon=True)
@@ -267,12 +278,11 @@ class Campaign:
 
     def _force_new_segment(self, node: str) -> None:
         # A full disk bites when PostgreSQL needs a new WAL segment: ask for one.
-        try:
-            with self.lab.pg_connect(node, autocommit=True, connect_timeout=2) as c:
-                c.execute("SELECT pg_switch_wal()")
-                c.execute("CHECKPOINT")
-        except Exception:
-            pass  # a standby cannot switch, a crashing primary may not answer: either way the disk stays full
+        # A standby cannot switch, a crashing primary may not answer: either way the disk stays full.
+        with contextlib.suppress(psycopg.Error, OSError), \
+                self.lab.pg_connect(node, autocommit=True, connect_timeout=2) as c:
+            c.execute("SELECT pg_switch_wal()")
+            c.execute("CHECKPOINT")
 
     def heal(self, f: Fault, node: str) -> None:
         lab = self.lab
@@ -382,7 +392,7 @@ class Campaign:
         out: dict[str, list[Any]] = {}
         with self.lab.pg_connect(node, dbname="softswitch", autocommit=True) as c:
             for table in TABLES:
-                row = c.execute(f"SELECT count(*), md5(coalesce(string_agg(r, E'\\n' ORDER BY r), '')) "  # noqa: S608
+                row = c.execute(f"SELECT count(*), md5(coalesce(string_agg(r, E'\\n' ORDER BY r), '')) "
                                 f"FROM (SELECT t::text AS r FROM {table} t) s").fetchone()
                 out[table] = [row[0], row[1]] if row else [0, ""]
         return out

@@ -17,6 +17,7 @@ separate process). Violations:
 
 from __future__ import annotations
 
+import itertools
 import json
 from collections import Counter
 from collections.abc import Collection, Mapping, Sequence
@@ -149,7 +150,7 @@ def judge(events: Sequence[Mapping[str, Any]], probe: Sequence[Mapping[str, Any]
     stuck = [e for e in events if e.get("event") == "not_converged"]
     final = [e for e in events if e.get("event") == "final"]
     times = sorted(float(s["t"]) for s in probe)
-    gap = max((b - a for a, b in zip(times, times[1:])), default=0.0)
+    gap = max((b - a for a, b in itertools.pairwise(times)), default=0.0)
     diffs = replica_differences(replicas)
     ts = [float(e["t"]) for e in events]
     salvaged: set[str] = set()

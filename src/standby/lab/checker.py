@@ -17,6 +17,7 @@ Indeterminate calls are not violations; they are reported as applied or not appl
 from __future__ import annotations
 
 import enum
+import itertools
 import json
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping, Sequence
@@ -149,7 +150,7 @@ def longest_ack_gap(ack_times: Iterable[float]) -> Gap | None:
     """The longest interval between consecutive acknowledgement times; None with fewer than two."""
     times = sorted(ack_times)
     best: Gap | None = None
-    for a, b in zip(times, times[1:], strict=False):
+    for a, b in itertools.pairwise(times):
         if best is None or b - a > best.seconds:
             best = Gap(a, b)
     return best
@@ -314,7 +315,11 @@ def check(history: Sequence[Attempt], db: DbState) -> Verdict:
         ids_per_call[c.call_id].add(c.cdr_id)
     cdr_by_call = {c.call_id: c for c in sorted(db.cdrs, key=lambda c: c.cdr_id)}  # lowest id wins
 
-    missing_acked, mismatch, failed_applied, ind_applied, ind_not = [], [], [], [], []
+    missing_acked: list[str] = []
+    mismatch: list[tuple[str, int, int]] = []
+    failed_applied: list[str] = []
+    ind_applied: list[str] = []
+    ind_not: list[str] = []
     for call_id, outcome in sorted(outcomes.items()):
         present = call_id in rows_per_call
         if outcome is Outcome.ACK:

@@ -12,6 +12,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from standby.lab import softswitch
 from standby.lab import tls as labtls
 from standby.lab.topology import (
     GATEWAY,
@@ -47,7 +48,7 @@ def app_dsn_for(node: str) -> str:
 
 def softswitch_service(spec: LabSpec) -> dict[str, Any]:
     """The sample softswitch as a [[services]] entry; {node} is filled in by the agent."""
-    py = [sys.executable, "-m", "standby.lab.softswitch"]
+    py = list(softswitch.CLI)
     node_dir = spec.root / "{node}"
     pidfile = str(node_dir / "procs" / "softswitch.pid")
     return {

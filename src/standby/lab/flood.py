@@ -60,7 +60,7 @@ def api_flood(lab: Lab, target: str, port: int = 8008, count: int = 1500, hold_s
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft < count + 256:  # this process holds the client ends
         resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, count + 256), hard))
-    return netns.call_in(lab.netns("client"), _flood, target, port, count, hold_s, kinds, reconnect)  # type: ignore[no-any-return]
+    return netns.call_in(lab.netns("client"), _flood, target, port, count, hold_s, kinds, reconnect)
 
 
 def _flood(target: str, port: int, count: int, hold_s: float, kinds: tuple[FloodKind, ...],
@@ -144,7 +144,7 @@ def capture_heartbeats(lab: Lab, on: str, sender: str, seconds: float = 3.0, lim
         raise ValueError(f"seconds up to {MAX_SECONDS:g}, limit 1-{MAX_PACKETS}")
     src = lab.node(sender).public.ip
     iface = lab.node(on).link(Net.PUBLIC).interface
-    return netns.call_in(lab.netns(on), _capture, iface, src, seconds, limit)  # type: ignore[no-any-return]
+    return netns.call_in(lab.netns(on), _capture, iface, src, seconds, limit)
 
 
 def _capture(iface: str, src: str, seconds: float, limit: int) -> list[bytes]:
@@ -175,7 +175,7 @@ def replay_heartbeats(lab: Lab, payloads: list[bytes], to: str, as_from: str) ->
         raise ValueError(f"at most {MAX_PACKETS} packets")
     dst = _lab_address(lab.node(to).public.ip)
     src = _lab_address(lab.node(as_from).public.ip)
-    return netns.call_in(lab.netns("client"), _replay, payloads, src, dst)  # type: ignore[no-any-return]
+    return netns.call_in(lab.netns("client"), _replay, payloads, src, dst)
 
 
 def _replay(payloads: list[bytes], src: str, dst: str) -> int:

@@ -7,7 +7,7 @@ On a real site this would update DNS or call a cloud API; here it appends
 from __future__ import annotations
 
 import sys
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 
 def main(argv: list[str]) -> int:
@@ -16,7 +16,7 @@ def main(argv: list[str]) -> int:
         return 2
     log, node, address = argv
     with open(log, "a") as f:
-        f.write(f"{datetime.now(timezone.utc).isoformat()} {node} {address}\n")
+        f.write(f"{datetime.now(UTC).isoformat()} {node} {address}\n")
     return 0
 
 

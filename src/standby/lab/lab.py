@@ -18,9 +18,11 @@ from typing import Any
 
 import psycopg
 
+from standby import apiclient
 from standby import config as standby_config
-from standby import tls
-from standby.lab import clock, configfile, faults, leaks, netns, pgnode, procs, waldisk
+from standby.act.postgres import StopMode
+from standby.documents import AgentView
+from standby.lab import clock, configfile, faults, leaks, netns, pgnode, procs, softswitch, waldisk
 from standby.lab import tls as labtls
 from standby.lab.errors import CommandFailed, LabError, LabExists, LabMissing, PrerequisiteMissing
 from standby.lab.topology import (
@@ -32,10 +34,10 @@ from standby.lab.topology import (
     PG_OS_USER,
     PG_PORT,
     PREFIX_LEN,
-    REMOTE_GATEWAY,
     PRIVATE_BRIDGE,
     PUBLIC_BRIDGE,
     PUBLIC_IF,
+    REMOTE_GATEWAY,
     REPORTING_IP,
     SECRET_FILES,
     SERVICE_IP,
@@ -136,7 +138,7 @@ class Lab:
         for node in spec.nodes():
             if pgnode.running(node):
                 try:
-                    pgnode.stop(node, "immediate")
+                    pgnode.stop(node, StopMode.IMMEDIATE)
                 except (LabError, OSError):
                     pass
         for ns in namespaces:
@@ -186,8 +188,6 @@ class Lab:
         pgnode.initdb(alpha)
         pgnode.start(alpha)
         pgnode.create_app(alpha, self._secret("app.password"))
-        from standby.lab import softswitch  # imported here: `python -m standby.lab.softswitch` imports this package
-
         softswitch.init_schema(f"host={alpha.socket_dir} port={PG_PORT} dbname=softswitch user=softswitch")
         self._write_app_dsn()
         if spec.mode == "hot":
@@ -400,7 +400,7 @@ class Lab:
         layout = self.node(node)
         was_running = pgnode.running(layout)
         if was_running:
-            pgnode.stop(layout, "fast")
+            pgnode.stop(layout, StopMode.FAST)
         waldisk.move_to_tmpfs(layout, size_mb)
         if was_running:
             pgnode.start(layout)
@@ -440,23 +440,12 @@ class Lab:
             os.kill(pid, signal.SIGKILL)
         return pid
 
-    def agent_status(self, node: str, timeout_s: float = 2.0) -> dict[str, Any] | None:
-        """The node agent's own view (GET /status on its API), or None if it does not answer."""
-        import urllib.error
-        import urllib.request
-
+    def agent_status(self, node: str, timeout_s: float = 2.0) -> AgentView | None:
+        """The node agent's own view (GET /status on its API, from its own namespace, at its public
+        address), or None if it does not answer."""
         cfg = self.config()
-        url = tls.api_url(cfg, self.node(node).public.ip, "/status")
-        ctx = tls.client_context(cfg)
-
-        def get() -> dict[str, Any] | None:
-            try:
-                with urllib.request.urlopen(url, timeout=timeout_s, context=ctx) as r:
-                    return json.loads(r.read())
-            except (urllib.error.URLError, OSError, ValueError):
-                return None
-
-        return netns.call_in(self.netns(node), get)  # type: ignore[no-any-return]
+        via = (str(self.node(node).public.ip),)
+        return netns.call_in(self.netns(node), apiclient.agent_status, cfg, node, timeout_s, via)
 
     def wait_for(self, what: str, predicate: Any, timeout_s: float = 30.0, every_s: float = 0.1) -> Any:
         """Poll until ``predicate()`` is truthy; raise LabError naming ``what`` on timeout."""
@@ -474,7 +463,7 @@ class Lab:
     def pg_start(self, node: str) -> None:
         pgnode.start(self.node(node))
 
-    def pg_stop(self, node: str, mode: str = "fast") -> None:
+    def pg_stop(self, node: str, mode: StopMode = StopMode.FAST) -> None:
         pgnode.stop(self.node(node), mode)
 
     def pg_running(self, node: str) -> bool:

@@ -279,22 +279,17 @@ def run(
 ) -> Summary:
     """Run until the duration ends or SIGTERM/SIGINT; write history and summary; return the summary."""
 
-    async def main() -> Summary:
-        with open(out, "w") as f:
-            gen = LoadGenerator(cfg, f)
-            loop = asyncio.get_running_loop()
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                loop.add_signal_handler(sig, gen.stop)
-            if on_start:
-                on_start()
-            return await gen.run()
+    async def main(f: IO[str]) -> Summary:
+        gen = LoadGenerator(cfg, f)
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, gen.stop)
+        if on_start:
+            on_start()
+        return await gen.run()
 
-    summary = asyncio.run(main())
+    with open(out, "w") as f:
+        summary = asyncio.run(main(f))
     (summary_path or summary_path_for(out)).write_text(json.dumps(asdict(summary), indent=2) + "\n")
     return summary
 
-
-if __name__ == "__main__":
-    from standby.cli.lab_workload import load_command
-
-    load_command(prog_name="python -m standby.lab.loadgen")

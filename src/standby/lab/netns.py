@@ -12,11 +12,13 @@ import os
 import signal
 import subprocess
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from standby.lab.errors import CommandFailed
+
+T = TypeVar("T")
 
 NETNS_DIR = Path("/run/netns")
 
@@ -117,7 +119,7 @@ def link_info(ns: str, ifname: str) -> dict[str, Any] | None:
 
 def link_admin_up(ns: str, ifname: str) -> bool:
     info = link_info(ns, ifname)
-    return bool(info) and "UP" in info.get("flags", [])
+    return info is not None and "UP" in info.get("flags", [])
 
 
 def set_link(ns: str, ifname: str, up: bool) -> None:
@@ -140,36 +142,31 @@ def addresses(ns: str, ifname: str) -> list[str]:
 _libc = None
 
 
-def call_in(ns: str, fn: Any, *args: Any) -> Any:
+def call_in(ns: str, fn: Callable[..., T], *args: Any) -> T:
     """Run ``fn(*args)`` in a thread that has entered namespace ``ns``.
 
     setns(2) changes only the calling thread, and sockets keep the namespace
     they were created in, so the test process can talk to lab addresses
     without a subprocess.
     """
+    import concurrent.futures
     import ctypes
-    import threading
 
     global _libc
     if _libc is None:
         _libc = ctypes.CDLL(None, use_errno=True)
-    out: dict[str, Any] = {}
+    libc = _libc
 
-    def target() -> None:
+    def target() -> T:
         fd = os.open(NETNS_DIR / ns, os.O_RDONLY)
         try:
-            if _libc.setns(fd, 0x40000000) != 0:  # CLONE_NEWNET
+            if libc.setns(fd, 0x40000000) != 0:  # CLONE_NEWNET
                 raise OSError(ctypes.get_errno(), f"setns into {ns} failed")
         finally:
             os.close(fd)
-        try:
-            out["value"] = fn(*args)
-        except BaseException as e:  # handed back to the caller's thread
-            out["error"] = e
+        return fn(*args)
 
-    t = threading.Thread(target=target, name=f"netns-{ns}", daemon=True)
-    t.start()
-    t.join()
-    if "error" in out:
-        raise out["error"]
-    return out.get("value")
+    # A thread of its own, ended after the call: no other work may run in the namespace it entered.
+    # The future hands fn's result or exception (a failed setns too) back to the caller's thread.
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"netns-{ns}") as pool:
+        return pool.submit(target).result()

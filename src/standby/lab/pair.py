@@ -15,9 +15,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import psycopg
+
+from standby.documents import AGENT_VIEW, AgentView
 from standby.lab import Lab
 from standby.lab.errors import LabError
 from standby.lab.probe import DualPrimaryProbe, ProbeResult
+from standby.model import DbState
 
 STANDBY = str(Path(sys.executable).with_name("standby"))
 SERVICE_URL = "http://192.0.2.100:8080"
@@ -25,8 +29,10 @@ ROLE_CHANGES = {"promote", "fence", "take_services", "release_services"}
 
 
 def agent_state(lab: Lab, node: str) -> dict[str, Any]:
+    """The node agent's /status as its JSON says it ({} if it does not answer): for tests that check
+    what the API serves. Code that acts on the view uses ``lab.agent_status`` (typed)."""
     st = lab.agent_status(node)
-    return {} if st is None else st
+    return {} if st is None else AGENT_VIEW.encode(st)
 
 
 def start_pair(lab: Lab, own_clock: bool = False) -> Lab:
@@ -42,28 +48,28 @@ def wait_ready(lab: Lab, timeout_s: float = 60.0) -> Lab:
     """Wait until alpha serves and beta may take over; fail at once if that can no longer happen."""
 
     def ready() -> bool:
-        a, b = agent_state(lab, "alpha"), agent_state(lab, "beta")
+        a, b = lab.agent_status("alpha"), lab.agent_status("beta")
         if a and b and (why := never_ready(a, b)):
             # Sticky until an operator acts: waiting on would only hide what happened.
             changes = role_changes(lab, "alpha") + role_changes(lab, "beta")
             raise LabError(f"the pair cannot become ready: {why}; the agents decided: "
                            + "; ".join(f"{e['node']} {e['action']} ({e['reason']}: {e.get('detail')})" for e in changes))
-        return bool(a and b and a["state"]["services"] and a["services_healthy"]
-                    and b["state"]["eligible"] and b["postgres"]["streaming"])
+        return bool(a and b and a.state.services and a.services_healthy
+                    and b.state.eligible and b.postgres.streaming)
 
     lab.wait_for("the pair to be ready (alpha serving, beta eligible)", ready, timeout_s=timeout_s)
     return lab
 
 
-def never_ready(alpha: dict[str, Any], beta: dict[str, Any]) -> str | None:
+def never_ready(alpha: AgentView, beta: AgentView) -> str | None:
     """Why a starting pair can no longer reach "alpha serving, beta eligible" by itself, or None."""
-    if alpha["state"]["fenced"]:
+    if alpha.state.fenced:
         return "alpha is fenced"
-    if beta["state"]["fenced"]:
+    if beta.state.fenced:
         return "beta is fenced"
-    if beta["postgres"]["state"] == "primary":
+    if beta.postgres.state is DbState.PRIMARY:
         return "beta was promoted"
-    if beta["state"]["services"] and not alpha["state"]["services"]:
+    if beta.state.services and not alpha.state.services:
         return "the service role moved to beta"
     return None
 
@@ -93,10 +99,11 @@ def primaries(lab: Lab) -> list[str]:
     for node in ("alpha", "beta"):
         try:
             with lab.pg_connect(node, connect_timeout=2) as c:
-                if not c.execute("SELECT pg_is_in_recovery()").fetchone()[0]:
+                row = c.execute("SELECT pg_is_in_recovery()").fetchone()
+                if row is not None and not row[0]:
                     out.append(node)
-        except Exception:
-            continue
+        except (psycopg.Error, OSError):
+            continue  # down, frozen or unreachable: not a primary a client could write to
     return out
 
 

@@ -12,6 +12,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
+from standby.act.postgres import StopMode
 from standby.lab import netns
 from standby.lab.errors import LabError, PrerequisiteMissing
 from standby.lab.topology import (
@@ -160,15 +161,13 @@ def start(node: NodeLayout) -> None:
     )
 
 
-def stop(node: NodeLayout, mode: str = "fast") -> None:
-    if mode not in ("smart", "fast", "immediate"):
-        raise ValueError(f"stop mode {mode!r}: expected smart, fast or immediate")
+def stop(node: NodeLayout, mode: StopMode = StopMode.FAST) -> None:
     if not running(node):
         return
     # pg_ctl reads pgdata only; running it from the root namespace is enough.
     netns.run(
         ["runuser", "-u", PG_OS_USER, "--", str(PG_BIN / "pg_ctl"), "-D", str(node.pgdata),
-         "-m", mode, "-w", "-t", str(START_TIMEOUT_S), "stop"]
+         "-m", mode.value, "-w", "-t", str(START_TIMEOUT_S), "stop"]
     )
 
 

@@ -13,6 +13,8 @@ acknowledged.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import itertools
 import threading
 import time
 from dataclasses import dataclass, field
@@ -45,7 +47,7 @@ class ProbeResult:
     @property
     def longest_interval(self) -> float:
         ts = [s.t for s in self.samples]
-        return max((b - a for a, b in zip(ts, ts[1:])), default=0.0)
+        return max((b - a for a, b in itertools.pairwise(ts)), default=0.0)
 
 
 class DualPrimaryProbe:
@@ -81,6 +83,7 @@ class DualPrimaryProbe:
         # A query that does not answer in time is left to finish (or fail) on its
         # own: cancelling it would make psycopg wait for a dead server.
         asking: dict[str, asyncio.Task[bool]] = {}
+        closing: set[asyncio.Task[None]] = set()  # held until done: the loop keeps only weak references
 
         async def connect(node: str) -> None:
             # In the background: a slow connection must not stretch the sampling interval.
@@ -95,7 +98,9 @@ class DualPrimaryProbe:
         def drop(node: str) -> None:
             conn, conns[node] = conns[node], None
             if conn is not None:
-                asyncio.ensure_future(_close_quietly(conn))
+                task = asyncio.ensure_future(_close_quietly(conn))
+                closing.add(task)
+                task.add_done_callback(closing.discard)
 
         opened: dict[str, bool] = {n: False for n in self.targets}
 
@@ -112,16 +117,16 @@ class DualPrimaryProbe:
 
             async def ask() -> bool:
                 try:
-                    cur = await conn.execute(  # type: ignore[union-attr]
+                    cur = await conn.execute(
                         "SELECT NOT pg_is_in_recovery() AND current_setting('transaction_read_only') = 'off'")
                     row = await cur.fetchone()
                     if not (row and row[0]):
                         return False
                     opened[node] = True
-                    await conn.execute(PROBE_WRITE, (node,))  # type: ignore[union-attr]
+                    await conn.execute(PROBE_WRITE, (node,))
                     return True
                 except psycopg.errors.UndefinedTable:
-                    await _create_table(conn)  # type: ignore[arg-type]
+                    await _create_table(conn)
                     return False
                 except (psycopg.Error, OSError):
                     drop(node)
@@ -134,7 +139,7 @@ class DualPrimaryProbe:
         while not self._stop.is_set():
             t0 = time.monotonic()
             answers = await asyncio.gather(*(writable(n) for n in self.targets))
-            self.result.samples.append(Sample(t0, tuple(n for n, ok in zip(self.targets, answers) if ok),
+            self.result.samples.append(Sample(t0, tuple(n for n, ok in zip(self.targets, answers, strict=True) if ok),
                                               tuple(n for n in self.targets if opened[n])))
             await asyncio.sleep(max(0.0, self.interval_s - (time.monotonic() - t0)))
         for task in [*connecting.values(), *asking.values()]:
@@ -158,7 +163,6 @@ async def _create_table(conn: psycopg.AsyncConnection[Any]) -> None:
 
 
 async def _close_quietly(conn: psycopg.AsyncConnection[Any]) -> None:
-    try:
+    # A dropped connection to a frozen or crashed node: nothing to learn from how its close fails.
+    with contextlib.suppress(psycopg.Error, OSError, TimeoutError):
         await asyncio.wait_for(conn.close(), 0.2)
-    except Exception:
-        pass

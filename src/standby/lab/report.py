@@ -17,6 +17,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from datetime import date
 from decimal import Decimal
 from typing import Any, TextIO
 
@@ -64,7 +65,7 @@ def _cell(v: Any) -> str:
         return f"{v:.2f}"
     if isinstance(v, float):
         return f"{v:.0f}"
-    if hasattr(v, "strftime"):
+    if isinstance(v, date):  # a datetime too
         return v.strftime("%Y-%m-%d %H:00")
     return str(v)
 
@@ -74,7 +75,7 @@ def print_table(rows: list[tuple[Any, ...]], limit: int, out: TextIO) -> None:
     cells = [list(COLUMNS)] + [[_cell(v) for v in r] for r in shown]
     widths = [max(len(row[i]) for row in cells) for i in range(len(COLUMNS))]
     for row in cells:
-        out.write("  ".join(c.rjust(w) for c, w in zip(row, widths)) + "\n")
+        out.write("  ".join(c.rjust(w) for c, w in zip(row, widths, strict=True)) + "\n")
     if len(rows) > limit:
         out.write(f"... {len(rows) - limit} more rows\n")
 

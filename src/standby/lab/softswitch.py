@@ -10,11 +10,13 @@ and so follows whichever node is primary; every connection that sees an error it
 vouch for is dropped and reopened on next use.
 
 Lifecycle (argument lists, no shell; the DSN holds a password, so it is only read from a file):
-    python -m standby.lab.softswitch start --dsn-file F --listen 0.0.0.0:8080 --pidfile P --logfile L
-    python -m standby.lab.softswitch stop --pidfile P
-    python -m standby.lab.softswitch health --url http://127.0.0.1:8080/health
-    python -m standby.lab.softswitch serve --dsn-file F --listen 0.0.0.0:8080
-    python -m standby.lab.softswitch init-schema --dsn-file F
+    standby lab softswitch start --dsn-file F --listen 0.0.0.0:8080 --pidfile P --logfile L
+    standby lab softswitch stop --pidfile P
+    standby lab softswitch health --url http://127.0.0.1:8080/health
+    standby lab softswitch serve --dsn-file F --listen 0.0.0.0:8080
+    standby lab softswitch init-schema --dsn-file F
+
+(the lab's service entries run the same commands as ``CLI``, without loading the whole CLI).
 """
 
 from __future__ import annotations
@@ -44,6 +46,9 @@ from standby.lab.topology import APP_DB
 
 log = logging.getLogger("standby.softswitch")
 
+# The softswitch's commands as a process runs them: `standby lab softswitch`, loading only the
+# workload's commands (a process boundary: the lab never imports the CLI).
+CLI = (sys.executable, "-m", "standby.cli.lab_workload", "softswitch")
 DEFAULT_LISTEN = "0.0.0.0:8080"
 DEFAULT_ACCOUNTS = 20
 DEFAULT_VENDORS = 5
@@ -94,7 +99,7 @@ def ensure_schema(
     """Create the tables and seed accounts 1..accounts and vendors 1..vendors; safe to repeat."""
     with conn.transaction():
         conn.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK_KEY,))
-        conn.execute(_SCHEMA)  # type: ignore[arg-type]  # several statements, no parameters
+        conn.execute(_SCHEMA)  # several statements, no parameters
         with conn.cursor() as cur:
             cur.executemany(
                 "INSERT INTO accounts (id, name) VALUES (%s, %s) ON CONFLICT (id) DO NOTHING",
@@ -495,7 +500,7 @@ def _alive(pid: int) -> bool:
 def _is_ours(pid: int) -> bool:
     # A stale pidfile may name a recycled pid: only signal a softswitch process.
     try:
-        return b"standby.lab.softswitch" in Path(f"/proc/{pid}/cmdline").read_bytes()
+        return b"\0softswitch\0serve\0" in Path(f"/proc/{pid}/cmdline").read_bytes()
     except OSError:
         return False
 
@@ -535,7 +540,7 @@ def start(
         healthy, detail = _wait_healthy(url, timeout_s, lambda: _alive(pid))
         return Outcome(healthy, f"already running (pid {pid}){'' if healthy else ', unhealthy: ' + detail}")
     cmd = [
-        sys.executable, "-m", "standby.lab.softswitch", "serve",
+        *CLI, "serve",
         "--dsn-file", str(dsn_file.resolve()), "--listen", listen, "--pidfile", str(pidfile.resolve()),
         "--pool-size", str(pool_size), "--call-timeout", str(call_timeout_s),
     ]  # fmt: skip
@@ -608,9 +613,3 @@ def init_schema(dsn: str, accounts: int = DEFAULT_ACCOUNTS, vendors: int = DEFAU
     with psycopg.connect(dsn) as conn:
         ensure_schema(conn, accounts, vendors)
 
-
-if __name__ == "__main__":
-    # One command-line definition serves both `python -m` and `standby lab softswitch`.
-    from standby.cli.lab_workload import softswitch_group
-
-    softswitch_group(prog_name="python -m standby.lab.softswitch")

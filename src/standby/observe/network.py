@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import shutil
-import socket
 import subprocess
 
 
@@ -12,15 +11,8 @@ def ping(address: str, timeout_s: float = 1.0, count: int = 1) -> bool:
     exe = shutil.which("ping")
     if exe is None:
         raise RuntimeError("ping not found: apt-get install iputils-ping")
-    wait = max(1, int(round(timeout_s)))
+    wait = max(1, round(timeout_s))
     res = subprocess.run([exe, "-n", "-q", "-c", str(count), "-W", str(wait), address],
-                         capture_output=True, timeout=wait * count + 5)
+                         capture_output=True, timeout=wait * count + 5, check=False)
     return res.returncode == 0
 
-
-def tcp_open(address: str, port: int, timeout_s: float = 1.0) -> bool:
-    try:
-        with socket.create_connection((address, port), timeout=timeout_s):
-            return True
-    except OSError:
-        return False

@@ -10,16 +10,20 @@ from __future__ import annotations
 import os
 import re
 import subprocess
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
 
 import psycopg
+import psycopg.rows
+from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
 from standby import tls
 from standby.config import Config, read_secret
+from standby.documents import NODE_FACTS, DocumentError, NodeFacts
 from standby.model import Lsn, PgRole, SyncState
 
 CONNECT_TIMEOUT_S = 2
@@ -200,7 +204,7 @@ def data_dir_state(data_dir: Path) -> PgRole:
 
 
 def _now() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 _SETTINGS = """
@@ -251,7 +255,7 @@ def read(conn: psycopg.Connection, node: str, via: str) -> PgObservation:
             receiver_status=wr[0] if wr else None, upstream=wr[2] if wr else None,
             wal_log_hints=hints, data_checksums=checksums, synchronous_standby_names=sync_names,
             replay_age_s=age, replay_paused=paused,
-            conflicts=dict(zip(_CONFLICT_CAUSES, (int(v) for v in conflicts))) if conflicts else None,
+            conflicts=dict(zip(_CONFLICT_CAUSES, (int(v) for v in conflicts), strict=True)) if conflicts else None,
         )
 
 
@@ -283,6 +287,43 @@ def observe_peer(cfg: Config, node: str) -> PgObservation:
         except psycopg.OperationalError as e:
             errors.append(f"{network}: {_first_line(e)}")
     return PgObservation(node=node, role=PgRole.UNREACHABLE, observed_at=_now(), error="; ".join(errors))
+
+
+# -- node facts: a replicated table each node writes its own row in (see act.postgres.write_facts) --
+
+FACTS_SCHEMA = "standby"
+
+
+def read_node_facts(conn: psycopg.Connection) -> dict[str, NodeFacts]:
+    """Every node's facts in the table, by node; a row that is not valid facts is left out."""
+    row = conn.execute("SELECT to_regclass(%s)", (f"{FACTS_SCHEMA}.node_facts",)).fetchone()
+    if row is None or row[0] is None:
+        return {}
+    out: dict[str, NodeFacts] = {}
+    with conn.cursor(row_factory=psycopg.rows.dict_row) as cur:
+        for r in cur.execute(sql.SQL("SELECT * FROM {}.node_facts").format(sql.Identifier(FACTS_SCHEMA))):
+            try:
+                facts = NODE_FACTS.decode(r)
+            except DocumentError:
+                continue
+            out[facts.node] = facts
+    return out
+
+
+def pair_facts(cfg: Config, node: str, seen: Mapping[str, PgObservation]) -> dict[str, NodeFacts]:
+    """The node facts of the pair, read from this node's server or, failing that, the peer's (the
+    table is replicated: either has both rows); only servers ``seen`` running are asked."""
+    for name in (node, cfg.peer_of(node)):
+        if seen[name].role not in (PgRole.PRIMARY, PgRole.STANDBY):
+            continue
+        try:
+            with connect_local(cfg, name) if name == node else connect_peer(cfg, name) as conn:
+                facts = read_node_facts(conn)
+        except psycopg.Error:
+            continue
+        if facts:
+            return facts
+    return {}
 
 
 def _first_line(e: Exception) -> str:

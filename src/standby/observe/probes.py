@@ -14,6 +14,8 @@ import socket
 import struct
 import time
 
+from standby.config import Config, TieBreaker
+
 ETH_P_ARP = 0x0806
 BROADCAST = b"\xff" * 6
 
@@ -21,7 +23,7 @@ BROADCAST = b"\xff" * 6
 def _checksum(data: bytes) -> int:
     if len(data) % 2:
         data += b"\0"
-    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    total: int = sum(struct.unpack(f"!{len(data) // 2}H", data))
     total = (total >> 16) + (total & 0xFFFF)
     total += total >> 16
     return ~total & 0xFFFF
@@ -61,6 +63,36 @@ def tcp_connect(address: str, port: int, timeout_s: float) -> bool:
             return True
     except OSError:
         return False
+
+
+def tiebreaker_timeout_s(cfg: Config) -> float:
+    """How long the agent waits for one tie-breaker answer: within two heartbeats, at most half a second."""
+    return min(0.5, 2 * cfg.timings.heartbeat_interval_ms / 1000)
+
+
+def tiebreaker_target(tb: TieBreaker) -> str:
+    return f"{tb.address} (TCP port {tb.port})" if tb.port else f"{tb.address} (ICMP echo)"
+
+
+def tiebreaker_answers(cfg: Config, tries: int = 1) -> bool:
+    """The agent's tie-breaker probe: a TCP connection to the configured port, or (port 0) one raw
+    ICMP echo, each given ``tiebreaker_timeout_s``; True if any of ``tries`` answers. Raises
+    ProbeError when an echo could not even be sent from here (a raw socket needs root)."""
+    tb = cfg.tiebreaker
+    if tb is None:
+        raise ValueError("no [tiebreaker] configured")
+    timeout = tiebreaker_timeout_s(cfg)
+    for _ in range(tries):
+        if tb.port:
+            if tcp_connect(str(tb.address), tb.port, timeout):
+                return True
+            continue
+        try:
+            if icmp_echo(str(tb.address), timeout):
+                return True
+        except OSError as e:
+            raise ProbeError(e.errno, f"ICMP echo to {tb.address} could not be sent: {e.strerror or e}") from e
+    return False
 
 
 def _mac(interface: str) -> bytes:

@@ -6,14 +6,17 @@ told to leave the monotonic clock alone. select's relative timeout sleeps
 just as well and passes through untouched.
 """
 
+import operator
 import select
 import time
+from typing import SupportsIndex
 
 
-def _sleep(seconds: float) -> None:
-    if seconds < 0:
+def _sleep(seconds: float | SupportsIndex) -> None:
+    length = seconds if isinstance(seconds, float) else operator.index(seconds)
+    if length < 0:
         raise ValueError("sleep length must be non-negative")
-    select.select([], [], [], seconds)
+    select.select([], [], [], length)
 
 
 time.sleep = _sleep

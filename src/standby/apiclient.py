@@ -1,0 +1,212 @@
+"""The one client of the agents' HTTP API (status, maintenance, operations), used by every command,
+the lab and the chaos campaign.
+
+Blocking on purpose: its callers are commands and lab helpers that do one thing at a time (the lab
+runs it inside a network namespace's thread). Each agent is tried over the private network first,
+then the public one; an address that does not take a TCP connection within ``CONNECT_TIMEOUT_S``
+is passed over at once rather than holding the whole request timeout.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import urllib.error
+import urllib.request
+from typing import Any, TypeVar
+
+from standby import tls
+from standby.config import Config, read_secret, token_may_travel
+from standby.documents import (
+    AGENT_VIEW,
+    DEMOTED,
+    MANUALLY_PROMOTED,
+    PROMOTED,
+    REJOINED,
+    AgentView,
+    Codec,
+    Demoted,
+    DocumentError,
+    ManuallyPromoted,
+    Operation,
+    Promoted,
+    Rejoined,
+)
+
+T = TypeVar("T")
+
+CONNECT_TIMEOUT_S = 3.0  # to one of an agent's addresses, before the next one is tried
+
+
+class ApiError(Exception):
+    """The agent refused (``status`` is the HTTP status) or did not answer (``status`` 0)."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class TokenRefused(ApiError):
+    """The API token would travel in clear to an address outside this host and the private network."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(0, message)
+
+
+def auth_header(cfg: Config, host: str, token: str) -> dict[str, str]:
+    """The Authorization header for an agent API at ``host``; refused where the token would cross
+    a network in clear (without [tls]) other than loopback and the private one."""
+    if not token_may_travel(cfg, host):
+        raise TokenRefused(
+            f"not sending the API token to {host} over plain HTTP: it would cross the public network in clear; "
+            "configure [tls], or set api.token_in_clear = true to accept that")
+    return {"Authorization": f"Bearer {token}"}
+
+
+def _status_auth(cfg: Config, host: str) -> dict[str, str]:
+    """What GET /status needs at ``host``: the token with api.token_for_status (where it may go), else nothing."""
+    if not cfg.api.token_for_status or cfg.api.token_file is None:
+        return {}
+    try:
+        return auth_header(cfg, host, read_secret(cfg.api.token_file, "api.token_file"))
+    except TokenRefused:
+        return {}
+
+
+def _links(cfg: Config, node: str) -> tuple[str, str]:
+    n = cfg.nodes[node]
+    return str(n.private.ip), str(n.public.ip)
+
+
+def _answers(host: str, port: int) -> bool:
+    try:
+        socket.create_connection((host, port), timeout=CONNECT_TIMEOUT_S).close()
+    except OSError:
+        return False
+    return True
+
+
+def _get(cfg: Config, hosts: tuple[str, ...], path: str, timeout_s: float, auth: bool) -> tuple[int, object] | None:
+    """(HTTP status, JSON body) from the first of ``hosts`` that answers; None if none does."""
+    ctx = tls.client_context(cfg)
+    for host in hosts:
+        req = urllib.request.Request(tls.api_url(cfg, host, path), headers=_status_auth(cfg, host) if auth else {})
+        try:
+            with urllib.request.urlopen(req, timeout=timeout_s, context=ctx) as r:
+                return r.status, json.loads(r.read())
+        except urllib.error.HTTPError as e:
+            try:
+                return e.code, json.loads(e.read())
+            except ValueError:
+                continue
+        except (urllib.error.URLError, OSError, ValueError):
+            continue
+    return None
+
+
+def agent_status(cfg: Config, node: str, timeout_s: float = 1.0, via: tuple[str, ...] | None = None) -> AgentView | None:
+    """A node agent's own view (GET /status), asked at ``via`` (default: its private address, then
+    its public one); None when it does not answer or answers with something that is not such a view."""
+    got = _get(cfg, via or _links(cfg, node), "/status", timeout_s, auth=True)
+    if got is None or got[0] != 200:
+        return None
+    try:
+        return AGENT_VIEW.decode(got[1])
+    except DocumentError:
+        return None
+
+
+def replica_lag(cfg: Config, node: str, timeout_s: float = 2.0) -> int | None:
+    """GET /replica's lag_bytes: the WAL the primary had written, by its last heartbeat, beyond this
+    standby's position. The agent answers 503 with the same body when the standby does not stream."""
+    got = _get(cfg, _links(cfg, node), "/replica", timeout_s, auth=False)
+    body = None if got is None else got[1]
+    lag = body.get("lag_bytes") if isinstance(body, dict) else None
+    return lag if isinstance(lag, int) and not isinstance(lag, bool) else None
+
+
+class AgentApi:
+    """The agents' action endpoints (they need the API token)."""
+
+    def __init__(self, cfg: Config) -> None:
+        if cfg.api.token_file is None:
+            raise ApiError(0, "api.token_file is not set: the agents' action endpoints are disabled")
+        self.cfg = cfg
+        self.token = read_secret(cfg.api.token_file, "api.token_file")
+        self.ssl = tls.client_context(cfg)
+
+    def post(self, node: str, path: str, body: dict[str, Any] | None = None, timeout_s: float = 120) -> dict[str, Any]:
+        last: Exception | None = None
+        for host in _links(self.cfg, node):
+            try:
+                auth = auth_header(self.cfg, host, self.token)
+            except TokenRefused as e:
+                last = e
+                continue
+            # An address that drops packets would hold the whole timeout (minutes, with both
+            # nodes' maintenance waiting on it) before the other network is tried.
+            if not _answers(host, self.cfg.api.port):
+                last = OSError(f"no connection to {host}:{self.cfg.api.port} within {CONNECT_TIMEOUT_S:g} s")
+                continue
+            req = urllib.request.Request(
+                tls.api_url(self.cfg, host, path), data=json.dumps(body or {}).encode(), method="POST",
+                headers={"Content-Type": "application/json", **auth})
+            try:
+                with urllib.request.urlopen(req, timeout=timeout_s, context=self.ssl) as r:
+                    raw = r.read()
+            except urllib.error.HTTPError as e:
+                try:
+                    msg = json.loads(e.read()).get("error", str(e))
+                except (ValueError, AttributeError):
+                    msg = str(e)
+                raise ApiError(e.code, msg) from None
+            except (urllib.error.URLError, OSError) as e:
+                last = e
+                continue
+            # The agent took the request: whatever it answered, it is not asked again elsewhere.
+            try:
+                answer = json.loads(raw)
+            except ValueError:
+                answer = None
+            if not isinstance(answer, dict):
+                raise ApiError(0, f"{node}'s agent answered {path} with something other than a JSON object")
+            return answer
+        raise ApiError(0, f"{node}'s agent does not answer ({last})")
+
+    def maintenance(self, node: str, suspend: bool, timeout_s: float = 120) -> None:
+        self.post(node, "/maintenance", {"suspend": suspend}, timeout_s=timeout_s)
+
+    def _operate(self, node: str, op: Operation, body: dict[str, Any] | None = None,
+                 timeout_s: float = 120) -> dict[str, Any]:
+        return self.post(node, op.path, body, timeout_s)
+
+    def demote(self, node: str) -> Demoted:
+        return _decoded(DEMOTED, self._operate(node, Operation.DEMOTE))
+
+    def promote(self, node: str, min_lsn: str, catch_up_timeout_s: float) -> Promoted:
+        answer = self._operate(node, Operation.PROMOTE, {"min_lsn": min_lsn, "timeout_s": catch_up_timeout_s},
+                               timeout_s=catch_up_timeout_s + 60)
+        return _decoded(PROMOTED, answer)
+
+    def follow(self, node: str) -> None:
+        self._operate(node, Operation.FOLLOW)
+
+    def resume(self, node: str) -> None:
+        self._operate(node, Operation.RESUME)
+
+    def fence(self, node: str) -> None:
+        self._operate(node, Operation.FENCE)
+
+    def manual_promote(self, node: str, timeout_s: float = 600) -> ManuallyPromoted:
+        return _decoded(MANUALLY_PROMOTED, self._operate(node, Operation.MANUAL_PROMOTE, timeout_s=timeout_s))
+
+    def rejoin(self, node: str, timeout_s: float = 3600) -> Rejoined:
+        return _decoded(REJOINED, self._operate(node, Operation.REJOIN, timeout_s=timeout_s))
+
+
+def _decoded(codec: Codec[T], answer: dict[str, Any]) -> T:
+    # The operation ran: an answer this client cannot read is reported, not retried.
+    try:
+        return codec.decode(answer)
+    except DocumentError as e:
+        raise ApiError(0, f"the agent's answer is not understood: {e}") from None

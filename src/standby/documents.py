@@ -1,0 +1,287 @@
+"""The documents that cross a boundary between parts: typed, with one codec each.
+
+- ``NodeFacts``: what a node records about itself in the replicated facts table (bootstrap writes
+  it; `standby check`, `standby status` and bootstrap on the peer read it).
+- ``AgentView``: an agent's own view, served by ``GET /status`` (the API) and read by `standby
+  status`, `promote`, `switchover`, the lab and the chaos campaign.
+- ``HistoryRecord``: one line of an agent's ``history.jsonl`` (and of ``AgentView.recent``).
+- ``Operation``: the operator operations an agent runs, by name, and the API path of each;
+  the results of the ones whose answers a client reads.
+
+The heartbeat is the agent's own wire format and lives with its codec in ``standby.agent.heartbeat``.
+Each codec's ``encode`` gives plain JSON values (the wire format is unchanged from the untyped
+dicts it replaces); ``decode`` accepts what ``json.loads`` gave and raises ``DocumentError``
+naming the document and the field when the input is not such a document.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Annotated, Any, Generic, TypeVar
+
+import pydantic
+
+from standby.config import Durability, Mode, ReportingFallback
+from standby.model import DbState
+
+T = TypeVar("T")
+
+
+class DocumentError(ValueError):
+    """Input that is not the document it should be; the message names the document and the field."""
+
+
+class Codec(Generic[T]):
+    """Encode a document to JSON values and decode it back, validating every field."""
+
+    def __init__(self, cls: type[T], name: str) -> None:
+        self.name = name
+        self._adapter: pydantic.TypeAdapter[T] = pydantic.TypeAdapter(cls)
+
+    def encode(self, doc: T) -> dict[str, Any]:
+        out = self._adapter.dump_python(doc, mode="json")
+        assert isinstance(out, dict)
+        return out
+
+    def decode(self, data: object) -> T:
+        if not isinstance(data, dict):
+            raise DocumentError(f"{self.name}: expected a JSON object, got {type(data).__name__}")
+        try:
+            return self._adapter.validate_python(data)
+        except pydantic.ValidationError as e:
+            problems = "; ".join(f"{'.'.join(map(str, err['loc'])) or '(document)'}: {err['msg']}"
+                                 for err in e.errors(include_url=False))
+            raise DocumentError(f"{self.name}: {problems}") from None
+
+
+# -- node facts --------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class NodeFacts:
+    node: str
+    standby_version: str
+    pg_major: int
+    pg_version: str
+    cpus: int
+    memory_bytes: int
+    hostname: str
+    updated_at: datetime
+
+
+NODE_FACTS: Codec[NodeFacts] = Codec(NodeFacts, "node facts")
+
+
+# -- history -----------------------------------------------------------------------------------------
+
+# The record's own fields; everything else on a history line is the event's detail.
+_HISTORY_FIELDS = ("time", "node", "event")
+
+
+@dataclass(frozen=True)
+class HistoryRecord:
+    time: datetime
+    node: str
+    event: str
+    detail: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def now(cls, node: str, event: str, detail: dict[str, Any]) -> HistoryRecord:
+        return cls(datetime.now(UTC), node, event, detail)
+
+
+class _HistoryCodec:
+    """One flat JSON object per record, as `standby history --json` has always printed: the
+    detail's keys beside time, node and event. Encoding never fails (the agent records from its
+    loop): a detail value JSON cannot hold is written as its text, a detail key that would hide
+    one of the record's own fields gets a trailing underscore."""
+
+    name = "history record"
+    _inner: Codec[HistoryRecord] = Codec(HistoryRecord, name)
+    _detail = pydantic.TypeAdapter(dict[str, Any])
+
+    def encode(self, rec: HistoryRecord) -> dict[str, Any]:
+        detail = self._detail.dump_python(rec.detail, mode="json", fallback=str)
+        return {"time": rec.time.isoformat(timespec="milliseconds"), "node": rec.node, "event": rec.event,
+                **{(f"{k}_" if k in _HISTORY_FIELDS else k): v for k, v in detail.items()}}
+
+    def decode(self, data: object) -> HistoryRecord:
+        if not isinstance(data, dict):
+            raise DocumentError(f"{self.name}: expected a JSON object, got {type(data).__name__}")
+        own = {k: data[k] for k in _HISTORY_FIELDS if k in data}
+        own["detail"] = {k: v for k, v in data.items() if k not in _HISTORY_FIELDS}
+        return self._inner.decode(own)
+
+
+HISTORY = _HistoryCodec()
+
+
+def _history_in(data: object) -> object:
+    return HISTORY.decode(data) if isinstance(data, dict) else data
+
+
+# A history record inside another document: flat, as on its own line.
+FlatHistoryRecord = Annotated[HistoryRecord, pydantic.BeforeValidator(_history_in),
+                              pydantic.PlainSerializer(lambda r: HISTORY.encode(r), return_type=dict)]
+
+
+# -- operations --------------------------------------------------------------------------------------
+
+class RejoinMethod(StrEnum):
+    REWIND = "rewind"
+    CLONE = "clone"
+    NONE_NEEDED = "none needed"  # already on the new primary's timeline
+
+
+class Operation(StrEnum):
+    """An operator operation; the value is the agent's name for it (``Agent.operate``)."""
+
+    DEMOTE = "demote"  # switchover, on the primary: services released, clean shutdown
+    PROMOTE = "promote"  # switchover, on the standby: promote once the old primary's last WAL is here
+    FOLLOW = "follow"  # switchover, on the old primary: start as a standby of the new one
+    RESUME = "resume"  # switchover aborted: the old primary serves again
+    REJOIN = "rejoin"
+    MANUAL_PROMOTE = "manual_promote"  # `standby promote`
+    FENCE = "fence"
+
+    @property
+    def path(self) -> str:
+        return _OPERATION_PATHS[self]
+
+
+_OPERATION_PATHS: dict[Operation, str] = {
+    Operation.DEMOTE: "/switchover/demote", Operation.PROMOTE: "/switchover/promote",
+    Operation.FOLLOW: "/switchover/follow", Operation.RESUME: "/switchover/resume",
+    Operation.REJOIN: "/rejoin", Operation.MANUAL_PROMOTE: "/promote", Operation.FENCE: "/fence",
+}
+
+
+@dataclass(frozen=True)
+class Demoted:
+    checkpoint_lsn: str  # the old primary's shutdown checkpoint: the last WAL it wrote in that role
+    timeline: int
+
+
+@dataclass(frozen=True)
+class Promoted:
+    term: int
+    received_lsn: str
+    problems: list[str] = field(default_factory=list)  # after the promotion: reported, not a refusal
+
+
+@dataclass(frozen=True)
+class ManuallyPromoted:
+    term: int
+    steps: list[tuple[str, float]]  # (what, seconds)
+
+
+@dataclass(frozen=True)
+class Rejoined:
+    method: RejoinMethod
+    fork_lsn: str | None
+    old_timeline: int | None
+    salvage_report: str | None
+    salvaged_rows: int
+    kept_aside: str | None
+    steps: list[tuple[str, float]]
+
+
+DEMOTED: Codec[Demoted] = Codec(Demoted, "demote result")
+PROMOTED: Codec[Promoted] = Codec(Promoted, "promote result")
+MANUALLY_PROMOTED: Codec[ManuallyPromoted] = Codec(ManuallyPromoted, "manual promotion result")
+REJOINED: Codec[Rejoined] = Codec(Rejoined, "rejoin result")
+
+
+# -- the agent's status view -------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class MaintenanceView:
+    by: str
+    since: str  # UTC, ISO 8601
+    until: str
+    remaining_s: int
+
+
+MAINTENANCE_VIEW: Codec[MaintenanceView] = Codec(MaintenanceView, "maintenance")
+
+
+@dataclass(frozen=True)
+class PostgresView:
+    state: DbState  # FENCED whenever the agent is fenced, whatever its server does
+    lsn: int | None  # primary: current WAL position; standby: received
+    streaming: bool
+    peer_sync: bool
+    synchronous_standby_names: str | None
+
+
+@dataclass(frozen=True)
+class StateView:
+    term: int
+    fenced: bool
+    services: bool
+    degraded: bool
+    eligible: bool
+    promoting: bool
+    sync_established: bool
+
+
+@dataclass(frozen=True)
+class PeerSummary:
+    """What the peer said in its last heartbeat, as far as a person needs it."""
+
+    term: int
+    db: DbState
+    services: bool
+    sync_ok: bool
+    reporting: bool
+
+
+@dataclass(frozen=True)
+class HeartbeatCounts:
+    accepted: int
+    rejected: dict[str, int]  # by reason
+    sent: dict[str, int]  # by network
+    send_errors: dict[str, int]
+
+
+@dataclass(frozen=True)
+class ReportingView:
+    address: str
+    held: bool
+    fallback: ReportingFallback
+    max_lag_bytes: int
+    reason: str | None
+    lag_bytes: int | None
+    episode: int
+    ack: int
+
+
+@dataclass(frozen=True)
+class AgentView:
+    node: str
+    peer: str
+    cluster: str
+    mode: Mode
+    durability: Durability
+    standby_version: str
+    suspended: bool
+    maintenance: MaintenanceView | None  # who suspended failover, until when
+    postgres: PostgresView
+    state: StateView
+    peer_heard_s_ago: dict[str, float | None]  # by network; None: never heard
+    peer_view: PeerSummary | None
+    carrier: dict[str, bool]
+    tiebreaker_ok: bool | None
+    services_healthy: bool | None
+    heartbeats: HeartbeatCounts
+    recent: list[FlatHistoryRecord]  # the newest of this agent's history
+    reporting: ReportingView | None
+
+    def last_heard_s_ago(self) -> float | None:
+        """Seconds since the peer was last heard on any network; None if never."""
+        heard = [v for v in self.peer_heard_s_ago.values() if v is not None]
+        return min(heard) if heard else None
+
+
+AGENT_VIEW: Codec[AgentView] = Codec(AgentView, "agent status")
