@@ -1,12 +1,51 @@
-"""What every benchmark script shares: writing its results where the others are."""
+"""What every benchmark script shares, so that each keeps only what it measures: a lab's life (built
+fresh, torn down on error, Ctrl-C and SIGTERM), names for labs that do not collide with a live run's,
+the load generator and the CPU it costs, statistics, the machine's facts, and writing the results."""
 
 from __future__ import annotations
 
 import json
+import math
+import os
+import platform
+import resource
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
+import psycopg
+
+from standby import __version__
+from standby.lab import Lab, LabSpec, netns
+from standby.lab.errors import LabError
+from standby.lab.topology import ALL_ROLES, LAB_BASE, SERVICE_IP
+
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
+STANDBY = str(Path(sys.executable).with_name("standby"))
+SERVICE_URL = f"http://{SERVICE_IP.split('/')[0]}:8080"
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+Log = Callable[[str], None]
+
+
+class BenchError(Exception):
+    """The run cannot go on; the message says what failed."""
+
+
+# What one run of a series can fail with (the lab, PostgreSQL, a command, a result it could not
+# read): recorded with the run, and the series goes on.
+RUN_FAILURES: tuple[type[Exception], ...] = (BenchError, LabError, psycopg.Error, OSError, subprocess.SubprocessError,
+                                             ValueError, KeyError, TypeError)
+
+
+# --------------------------------------------------------------------------- results
 
 
 def write_results(kind: str, doc: dict[str, Any], stamp: str) -> Path:
@@ -20,3 +59,238 @@ def write_results(kind: str, doc: dict[str, Any], stamp: str) -> Path:
         tmp.write_text(text)
         tmp.replace(target)
     return path
+
+
+def percentile(values: Sequence[float], q: float) -> float | None:
+    """Nearest-rank: always a value that was observed (with 5 runs, p95 is the maximum)."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    return ordered[max(0, math.ceil(q * len(ordered)) - 1)]
+
+
+def distribution(values: Sequence[float]) -> dict[str, float | int | None]:
+    return {"n": len(values), "p50": percentile(values, 0.50), "p95": percentile(values, 0.95),
+            "max": max(values) if values else None}
+
+
+# --------------------------------------------------------------------------- a lab's life
+
+
+@contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM unwinds like Ctrl-C, so the lab is torn down either way."""
+
+    def handler(_sig: int, _frame: FrameType | None) -> None:
+        raise KeyboardInterrupt
+
+    old = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
+@contextmanager
+def fresh_lab(spec: LabSpec, log: Log | None = None) -> Iterator[Lab]:
+    """A new lab for the ``with`` block, torn down after it whatever happened (Lab.up removes what
+    it built if it fails itself)."""
+    if log:
+        log(f"lab {spec.name} up")
+    lab = Lab.up(spec)
+    try:
+        yield lab
+    finally:
+        # A second Ctrl-C or a SIGTERM must not cut the teardown short and leave servers behind.
+        old_int = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        old_term = signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        try:
+            if log:
+                log(f"lab {spec.name} down")
+            # Agents first: a live agent restarts the PostgreSQL that the teardown stops (its crash
+            # recovery), and the teardown's pg_ctl then waits a full minute for a server that is back.
+            for node in ("alpha", "beta"):
+                try:
+                    lab.stop_agent(node)
+                except (LabError, OSError):
+                    pass
+            lab.down()
+        finally:
+            signal.signal(signal.SIGINT, old_int)
+            signal.signal(signal.SIGTERM, old_term)
+
+
+def _netns_names() -> list[str]:
+    res = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=False)
+    return [ln.split()[0] for ln in res.stdout.splitlines() if ln.strip()]
+
+
+def other_labs(besides: str = "") -> list[str]:
+    """Labs on this machine (by their namespaces): they compete for the same cores."""
+    return sorted({ns.rsplit("-", 1)[0] for ns in _netns_names()} - {besides})
+
+
+def _owner_alive(name: str) -> bool:
+    """Whether the process that built a lab of this name is still running (another bench run)."""
+    try:
+        pid = int(json.loads((LAB_BASE / name / "lab.json").read_text())["owner_pid"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+    return pid != os.getpid() and Path(f"/proc/{pid}").exists()
+
+
+def _exists(name: str) -> bool:
+    return (LAB_BASE / name).exists() or any(netns.exists(f"{name}-{r}") for r in ("sw", "alpha", "beta", "client"))
+
+
+class LabNames:
+    """PREFIX1, PREFIX2, ...: a leftover of a killed run is removed; a live run's lab is skipped."""
+
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix
+        self.n = 0
+
+    def next(self) -> str:
+        while True:
+            self.n += 1
+            name = f"{self.prefix}{self.n}"
+            if not _exists(name):
+                return name
+            if not _owner_alive(name):
+                Lab.destroy(name)
+                return name
+
+
+# --------------------------------------------------------------------------- the load and what it costs
+#
+# The lab shares the machine's cores with whatever else runs there (other labs, test suites).
+# Each run records how much CPU went to this lab and how much to everything else, so a figure
+# taken on a busy machine can be recognised as such.
+
+
+@dataclass(frozen=True)
+class CpuMark:
+    wall: float
+    busy_s: float  # the whole machine, steal excluded
+    steal_s: float  # taken by the hypervisor for other guests
+    lab_s: dict[int, float]  # per process in this lab's namespaces
+    own_s: float  # this script and the children it has waited for (the load generator)
+
+
+def _host_cpu_s() -> tuple[float, float]:
+    # /proc/stat "cpu": user nice system idle iowait irq softirq steal (guest time is inside user)
+    v = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    return (v[0] + v[1] + v[2] + v[5] + v[6]) / CLK_TCK, v[7] / CLK_TCK
+
+
+def process_cpu_s(pid: int) -> float | None:
+    try:
+        # After the ")" closing the command name, utime and stime are the 12th and 13th fields.
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def cpu_mark(lab: Lab) -> CpuMark:
+    lab_s: dict[int, float] = {}
+    for role in ALL_ROLES:
+        for pid in netns.pids(lab.netns(role)):
+            if (t := process_cpu_s(pid)) is not None:
+                lab_s[pid] = t
+    me, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    busy, steal = _host_cpu_s()
+    own = me.ru_utime + me.ru_stime + children.ru_utime + children.ru_stime
+    return CpuMark(time.monotonic(), busy, steal, lab_s, own)
+
+
+def cpu_between(a: CpuMark, b: CpuMark) -> dict[str, float]:
+    """Average cores busy between two marks: this lab's, everything else's, and steal."""
+    wall = b.wall - a.wall
+    # A process that exited in between takes its time with it: "other" is an upper bound.
+    lab = sum(t - a.lab_s.get(pid, 0.0) for pid, t in b.lab_s.items()) + (b.own_s - a.own_s)
+    busy = b.busy_s - a.busy_s
+    return {"wall_s": wall, "busy_cores": busy / wall, "lab_cores": lab / wall,
+            "other_cores": max(0.0, busy - lab) / wall, "steal_cores": (b.steal_s - a.steal_s) / wall}
+
+
+def run_load(lab: Lab, workdir: Path, label: str, load_args: Sequence[str]) -> dict[str, Any]:
+    """One `standby lab load` from the client namespace; returns its summary plus CPU use."""
+    out = workdir / f"{label}.jsonl"
+    before = cpu_mark(lab)
+    res = lab.run("client", [STANDBY, "lab", "load", "--url", SERVICE_URL, *load_args, "--out", str(out)],
+                  check=False)
+    after = cpu_mark(lab)
+    summary = out.with_name(out.name + ".summary.json")
+    if res.returncode != 0 or not summary.exists():
+        raise BenchError(f"load {label!r} failed (exit {res.returncode}): {res.stderr.strip()}")
+    doc: dict[str, Any] = json.loads(summary.read_text())
+    doc["cpu"] = cpu_between(before, after)
+    return doc
+
+
+def load_figures(s: dict[str, Any]) -> dict[str, Any]:
+    """The parts of a load summary worth keeping, in ms where it is a latency."""
+
+    def ms(v: float | None) -> float | None:
+        return None if v is None else v * 1000
+
+    return {
+        "calls_per_s": s["ack_per_s"],
+        "attempts": s["attempts"], "ack": s["ack"], "failed": s["failed"], "indeterminate": s["indeterminate"],
+        "skipped_slots": s["skipped_slots"],
+        "elapsed_s": s["t_end"] - s["t_start"],
+        "call_latency_ms": {"p50": ms(s["ack_latency_p50_s"]), "p99": ms(s["ack_latency_p99_s"])},
+        "cpu": s["cpu"],
+    }  # fmt: skip
+
+
+# --------------------------------------------------------------------------- the machine
+
+# Recorded alongside the figures: they decide what a commit waits for and how much WAL it writes.
+PG_SETTINGS = ("synchronous_commit", "fsync", "wal_sync_method", "full_page_writes", "wal_level",
+               "shared_buffers", "max_wal_size", "wal_writer_delay", "wal_receiver_status_interval")
+
+
+def softswitch_pool_size(lab: Lab) -> int:
+    """Database connections the service uses: it bounds how many commits can wait at once."""
+    argv = next(s.start for s in lab.config().services if s.name == "softswitch")
+    if "--pool-size" in argv:
+        return int(argv[argv.index("--pool-size") + 1])
+    from standby.cli.lab_workload import start_cmd
+
+    default = next(p.default for p in start_cmd.params if p.name == "pool_size")
+    assert isinstance(default, int)
+    return default
+
+
+def machine_facts(lab: Lab, name: str) -> dict[str, Any]:
+    cpu_model = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
+                      if ln.startswith("model name")), platform.processor() or None)
+    mem_kb = next(int(ln.split()[1]) for ln in Path("/proc/meminfo").read_text().splitlines()
+                  if ln.startswith("MemTotal:"))
+    fstype = subprocess.run(["findmnt", "-n", "-o", "FSTYPE", "--target", str(lab.root)],
+                            capture_output=True, text=True, check=False).stdout.strip() or None
+    with lab.pg_connect("alpha", autocommit=True) as conn:
+        version = _show(conn, "server_version")
+        settings = {k: _show(conn, k) for k in PG_SETTINGS}
+    return {
+        "cores": os.cpu_count(),
+        "cpu_model": cpu_model,
+        "memory_mb": mem_kb // 1024,
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "standby": __version__,
+        "postgresql": version,
+        "postgresql_settings": settings,
+        "softswitch_pool_size": softswitch_pool_size(lab),
+        "lab_filesystem": fstype,
+        "loadavg_at_start": list(os.getloadavg()),
+        # Other labs on the machine compete for the same cores and make the figures lower.
+        "other_labs_running": other_labs(besides=name),
+    }
+
+
+def _show(conn: Any, setting: str) -> str:
+    row = conn.execute(f"SHOW {setting}").fetchone()
+    return str(row[0]) if row else ""

@@ -17,7 +17,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +34,7 @@ def main() -> int:
     ap.add_argument("--degrade-after", type=float, default=0, help="sync: replication.degrade_after_s (0 = never)")
     ap.add_argument("--name", default="sbchaos", help="lab name (built and removed for each seed)")
     args = ap.parse_args()
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     runs_dir = benchlib.RESULTS_DIR / f"chaos-{stamp}"
     verdicts: list[dict[str, Any]] = []
     started = time.monotonic()
@@ -43,7 +43,7 @@ def main() -> int:
         print(f"== seed {seed}: {args.duration:g} s of faults ({args.durability})", flush=True)
         res = subprocess.run([STANDBY, "lab", "chaos", "--name", args.name, "--seed", str(seed),
                               "--duration", str(args.duration), "--durability", args.durability,
-                              "--degrade-after", str(args.degrade_after), "--out", str(out)])
+                              "--degrade-after", str(args.degrade_after), "--out", str(out)], check=False)
         path = out / "verdict.json"
         v = json.loads(path.read_text()) if path.exists() else {"ok": False, "seed": seed,
                                                                 "violations": [f"no verdict (exit {res.returncode})"]}

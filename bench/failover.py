@@ -25,29 +25,25 @@ Needs root (namespaces) and PostgreSQL 15; set it up with `./dev setup`.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
-import math
 import os
-import signal
-import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 import benchlib
+from benchlib import RUN_FAILURES, LabNames, distribution, fresh_lab, other_labs, sigterm_as_interrupt
 from standby import __version__
-from standby.lab import Lab, LabSpec, netns
+from standby.lab import Lab, LabSpec
 from standby.lab.checker import longest_ack_gap, read_history
 from standby.lab.errors import LabError
 from standby.lab.pair import ROLE_CHANGES, LoadRun, holders, primaries, start_pair, under_load, verify
-from standby.lab.topology import LAB_BASE
 
 KINDS = ("host_crash", "pg_crash", "isolation")
 DURABILITIES = ("sync", "async")
@@ -58,75 +54,6 @@ Log = Callable[[str], None]
 
 
 # --------------------------------------------------------------------------- statistics
-
-
-def percentile(values: Sequence[float], q: float) -> float | None:
-    """Nearest-rank: always a value that was observed (with 5 runs, p95 is the maximum)."""
-    if not values:
-        return None
-    ordered = sorted(values)
-    return ordered[max(0, math.ceil(q * len(ordered)) - 1)]
-
-
-def distribution(values: Sequence[float]) -> dict[str, float | int | None]:
-    return {"n": len(values), "p50": percentile(values, 0.50), "p95": percentile(values, 0.95),
-            "max": max(values) if values else None}
-
-
-# --------------------------------------------------------------------------- lab names
-
-
-def _owner_alive(name: str) -> bool:
-    """Whether the process that built a lab of this name is still running (another bench run)."""
-    try:
-        pid = int(json.loads((LAB_BASE / name / "lab.json").read_text())["owner_pid"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return False
-    return pid != os.getpid() and Path(f"/proc/{pid}").exists()
-
-
-class Names:
-    """sbfo1, sbfo2, ...: a leftover of a killed run is removed; a live run's lab is skipped."""
-
-    def __init__(self) -> None:
-        self.n = 0
-
-    def next(self) -> str:
-        while True:
-            self.n += 1
-            name = f"{NAME_PREFIX}{self.n}"
-            if not _exists(name):
-                return name
-            if not _owner_alive(name):
-                Lab.destroy(name)
-                return name
-
-
-def _exists(name: str) -> bool:
-    return (LAB_BASE / name).exists() or any(netns.exists(f"{name}-{r}") for r in ("sw", "alpha", "beta", "client"))
-
-
-@contextmanager
-def fresh_lab(name: str, durability: str) -> Iterator[Lab]:
-    lab = Lab.up(LabSpec(name, durability=durability))  # removes what it built if it fails
-    try:
-        yield lab
-    finally:
-        # A second Ctrl-C or a SIGTERM must not cut the teardown short and leave servers behind.
-        old_int = signal.signal(signal.SIGINT, signal.SIG_IGN)
-        old_term = signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        try:
-            # Agents first: a live agent restarts the PostgreSQL that the teardown stops (its crash
-            # recovery), and the teardown's pg_ctl then waits a full minute for a server that is back.
-            for node in ("alpha", "beta"):
-                try:
-                    lab.stop_agent(node)
-                except (LabError, OSError):
-                    pass
-            lab.down()
-        finally:
-            signal.signal(signal.SIGINT, old_int)
-            signal.signal(signal.SIGTERM, old_term)
 
 
 # --------------------------------------------------------------------------- the agent process
@@ -267,7 +194,7 @@ def one_run(lab: Lab, kind: str, p: Params, tmp: Path) -> dict[str, Any]:
         t_stop = time.monotonic()
     t_fault = run.t_fault
     phases["load_stop_s"] = time.monotonic() - t_stop
-    rec["t_fault_utc"] = datetime.fromtimestamp(t_fault_wall, timezone.utc).isoformat(timespec="milliseconds")
+    rec["t_fault_utc"] = datetime.fromtimestamp(t_fault_wall, UTC).isoformat(timespec="milliseconds")
     rec.update(load_figures(run, t_fault))
     t1 = time.monotonic()
     try:
@@ -289,12 +216,12 @@ def one_run(lab: Lab, kind: str, p: Params, tmp: Path) -> dict[str, Any]:
     ts = [smp.t for smp in probe.samples] if probe else []
     after = [t for t in ts if t >= t_fault]
     # A probe stalled on an unreachable node takes no samples; "no dual sample" then means nothing.
-    edges = [t_fault] + after + [t_stop]
+    edges = [t_fault, *after, t_stop]
     rec["probe"] = {
         "samples": len(ts),
         "samples_after_fault": len(after),
         "last_sample_s": ts[-1] - t_fault if ts else None,
-        "longest_blind_after_fault_s": max(b - a for a, b in zip(edges, edges[1:])),
+        "longest_blind_after_fault_s": max(b - a for a, b in itertools.pairwise(edges)),
         "dual": [{"t_rel_s": round(s.t - t_fault, 3), "writable": list(s.writable)} for s in (probe.dual if probe else [])],
     }
     rec["dual_samples"] = len(rec["probe"]["dual"])
@@ -343,7 +270,7 @@ def summarise(runs: list[dict[str, Any]], p: Params) -> dict[str, Any]:
             if not rs:
                 continue
 
-            def vals(key: str) -> list[float]:
+            def vals(key: str, rs: list[dict[str, Any]] = rs) -> list[float]:
                 return [r[key] for r in rs if r.get(key) is not None]
 
             out[f"{kind}/{dur}"] = {
@@ -426,23 +353,7 @@ def noteworthy(r: dict[str, Any]) -> bool:
                 or (r["durability"] == "sync" and r.get("lost")))
 
 
-
-
 # --------------------------------------------------------------------------- main
-
-
-@contextmanager
-def sigterm_as_interrupt() -> Iterator[None]:
-    """SIGTERM unwinds like Ctrl-C, so the lab is torn down either way."""
-
-    def handler(_sig: int, _frame: FrameType | None) -> None:
-        raise KeyboardInterrupt
-
-    old = signal.signal(signal.SIGTERM, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, old)
 
 
 def parse_args(argv: Sequence[str] | None) -> Params:
@@ -465,21 +376,16 @@ def parse_args(argv: Sequence[str] | None) -> Params:
                   a.settle_timeout, a.idle_seconds)
 
 
-def other_labs() -> list[str]:
-    res = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=False)
-    return sorted({ln.split()[0].rsplit("-", 1)[0] for ln in res.stdout.splitlines() if ln.strip()})
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     p = parse_args(argv)
     t0 = time.monotonic()
-    started = datetime.now(timezone.utc)
+    started = datetime.now(UTC)
     stamp = started.strftime("%Y%m%dT%H%M%SZ")
 
     def log(msg: str) -> None:
         print(f"[{time.monotonic() - t0:7.1f}s] {msg}", file=sys.stderr, flush=True)
 
-    names = Names()
+    names = LabNames(NAME_PREFIX)
     doc: dict[str, Any] = {
         "benchmark": "failover",
         "started_utc": started.isoformat(timespec="seconds"),
@@ -499,7 +405,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             if p.idle_s > 0:
                 name = names.next()
                 log(f"{name}: idle pair (sync)")
-                with fresh_lab(name, "sync") as lab:
+                with fresh_lab(LabSpec(name, durability="sync")) as lab:
                     start_pair(lab)
                     doc["idle"] = measure_idle(lab, p.idle_s, log)
                 benchlib.write_results("failover", doc, stamp)
@@ -509,12 +415,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                 rec: dict[str, Any] = {"kind": kind, "durability": dur, "index": i, "lab": name}
                 t_up = time.monotonic()
                 try:
-                    with fresh_lab(name, dur) as lab, tempfile.TemporaryDirectory(prefix="standby-fo-") as tmp:
+                    with fresh_lab(LabSpec(name, durability=dur)) as lab, \
+                            tempfile.TemporaryDirectory(prefix="standby-fo-") as tmp:
                         rec["lab_up_s"] = time.monotonic() - t_up
                         rec.update(one_run(lab, kind, p, Path(tmp)))
                         t_down = time.monotonic()
                     rec["lab_down_s"] = time.monotonic() - t_down
-                except Exception as e:  # one broken run must not end a two-hour measurement
+                except RUN_FAILURES as e:  # one broken run must not end a two-hour measurement
                     rec["error"] = f"{type(e).__name__}: {' '.join(str(e).split())}"
                 doc["runs"].append(rec)
                 doc["summary"] = summarise(doc["runs"], p)

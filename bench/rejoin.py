@@ -33,19 +33,19 @@ import sys
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from datetime import datetime, timezone
-from pathlib import Path
+from datetime import UTC, datetime
 from typing import Any
 
-from failover import _exists, _owner_alive, fresh_lab, other_labs, sigterm_as_interrupt
-
 import benchlib
+from benchlib import RUN_FAILURES, LabNames, fresh_lab, other_labs, sigterm_as_interrupt
 from standby import __version__
 from standby.act import postgres as pgact
-from standby.lab import Lab
+from standby.documents import AgentView
+from standby.lab import Lab, LabSpec
 from standby.lab.errors import LabError
-from standby.lab.pair import agent_state, primaries, start_pair
+from standby.lab.pair import primaries, start_pair
 from standby.lab.topology import LAB_BASE
+from standby.model import DbState
 
 NAME_PREFIX = "sbrj"
 METHODS = ("rewind", "clone")
@@ -69,17 +69,12 @@ class Params:
     timeout_s: float
 
 
-def lab_name() -> str:
-    """sbrj1, sbrj2, ...: a leftover of a killed run is removed; a live run's lab is skipped."""
-    n = 0
-    while True:
-        n += 1
-        name = f"{NAME_PREFIX}{n}"
-        if not _exists(name):
-            return name
-        if not _owner_alive(name):
-            Lab.destroy(name)
-            return name
+def fenced_hearing_primary(st: AgentView | None) -> bool:
+    return st is not None and st.state.fenced and st.peer_view is not None and st.peer_view.db is DbState.PRIMARY
+
+
+def streaming_standby(st: AgentView | None) -> bool:
+    return st is not None and st.postgres.state is DbState.STANDBY and st.postgres.streaming
 
 
 def disk_free_mb() -> int:
@@ -139,8 +134,7 @@ def diverge(lab: Lab, beta_rows: int, timeout_s: float) -> dict[str, float]:
     t1 = time.monotonic()
     lab.start_agent("alpha")
     lab.wait_for("alpha fenced and hearing beta as primary",
-                 lambda: (st := agent_state(lab, "alpha")).get("state", {}).get("fenced")
-                 and (st.get("peer_view") or {}).get("db") == "primary", timeout_s=timeout_s, every_s=0.1)
+                 lambda: fenced_hearing_primary(lab.agent_status("alpha")), timeout_s=timeout_s, every_s=0.1)
     return {"failover_s": failover_s, "alpha_fenced_s": time.monotonic() - t1}
 
 
@@ -209,8 +203,7 @@ def one_measurement(lab: Lab, size_mb: int, method: str, p: Params, log: Any) ->
         rec["error"] = f"rejoin reported {rec['reported_method']!r}, expected {method!r}"
     t2 = time.monotonic()
     try:
-        lab.wait_for("alpha streaming as the agent sees it", lambda: (st := agent_state(lab, "alpha"))
-                     .get("postgres", {}).get("state") == "standby" and st["postgres"]["streaming"],
+        lab.wait_for("alpha streaming as the agent sees it", lambda: streaming_standby(lab.agent_status("alpha")),
                      timeout_s=p.timeout_s, every_s=0.1)
         rec["agent_sees_streaming_after_s"] = time.monotonic() - t2
     except LabError as e:
@@ -279,8 +272,6 @@ def render(doc: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-
-
 def parse_args(argv: Sequence[str] | None) -> Params:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     ap.add_argument("--sizes", type=int, nargs="+", default=[100, 1000], metavar="MB",
@@ -301,7 +292,7 @@ def parse_args(argv: Sequence[str] | None) -> Params:
 def main(argv: Sequence[str] | None = None) -> int:
     p = parse_args(argv)
     t_start = time.monotonic()
-    started = datetime.now(timezone.utc)
+    started = datetime.now(UTC)
     stamp = started.strftime("%Y%m%dT%H%M%SZ")
 
     def log(msg: str) -> None:
@@ -319,13 +310,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             # Methods alternate within a size, so a change in the machine's load hits both alike.
             plan = [(size, i, method) for size in p.sizes_mb for i in range(p.repeat) for method in p.methods]
             for n, (size, i, method) in enumerate(plan, 1):
-                name = lab_name()
+                name = LabNames(NAME_PREFIX).next()
                 log(f"{n}/{len(plan)}: {size} MB, {method} (#{i + 1}), on {name}")
                 rec: dict[str, Any] = {"size_mb": size, "method": method, "index": i, "lab": name}
                 try:
-                    with fresh_lab(name, p.durability) as lab:
+                    with fresh_lab(LabSpec(name, durability=p.durability)) as lab:
                         rec.update(one_measurement(lab, size, method, p, log))
-                except Exception as e:  # one broken measurement must not lose the others
+                except RUN_FAILURES as e:  # one broken measurement must not lose the others
                     rec["error"] = f"{type(e).__name__}: {' '.join(str(e).split())}"
                 doc["runs"].append(rec)
                 doc["summary"] = summarise(doc["runs"])

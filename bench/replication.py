@@ -25,60 +25,38 @@ Needs root (namespaces) and PostgreSQL 15; set it up with `./dev setup`.
 from __future__ import annotations
 
 import argparse
-import json
-import math
-import os
-import platform
-import resource
-import signal
-import subprocess
 import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 import psycopg
 
 import benchlib
-from standby import __version__
+from benchlib import (
+    SERVICE_URL,
+    STANDBY,
+    BenchError,
+    distribution,
+    fresh_lab,
+    load_figures,
+    machine_facts,
+    run_load,
+    sigterm_as_interrupt,
+)
 from standby.act.postgres import set_sync_names, sync_value
-from standby.lab import Lab, LabSpec, netns
+from standby.lab import Lab, LabSpec
 from standby.lab.errors import LabError
-from standby.lab.topology import ALL_ROLES, SERVICE_IP
 
-STANDBY = str(Path(sys.executable).with_name("standby"))
-SERVICE_URL = f"http://{SERVICE_IP.split('/')[0]}:8080"
 STANDBY_NODE = "beta"
-# Recorded alongside the figures: they decide what a commit waits for and how much WAL it writes.
-PG_SETTINGS = ("synchronous_commit", "fsync", "wal_sync_method", "full_page_writes", "wal_level",
-               "shared_buffers", "max_wal_size", "wal_writer_delay", "wal_receiver_status_interval")
-
-
-class BenchError(Exception):
-    """The run cannot go on; the message says what failed."""
 
 
 # --------------------------------------------------------------------------- statistics
-
-
-def percentile(values: Sequence[float], q: float) -> float | None:
-    """Nearest-rank percentile: always a value that was actually observed."""
-    if not values:
-        return None
-    ordered = sorted(values)
-    return ordered[max(0, math.ceil(q * len(ordered)) - 1)]
-
-
-def distribution(values: Sequence[float]) -> dict[str, float | int | None]:
-    return {"n": len(values), "p50": percentile(values, 0.50), "p99": percentile(values, 0.99),
-            "max": max(values) if values else None}
 
 
 # --------------------------------------------------------------------------- lag sampling
@@ -137,7 +115,7 @@ class LagSampler:
                     # A fixed schedule, so a slow query does not stretch the interval for good.
                     next_t += self._interval_s
                     self._stop.wait(max(0.0, next_t - time.monotonic()))
-        except BaseException as e:
+        except (psycopg.Error, OSError, LabError) as e:  # handed to __exit__, which raises it in the run
             self._error = e
 
     def __enter__(self) -> LagSampler:
@@ -193,16 +171,6 @@ def start_softswitch(lab: Lab) -> None:
         raise BenchError(f"the softswitch did not start: {res.stdout.strip()} {res.stderr.strip()}")
 
 
-def softswitch_pool_size(lab: Lab) -> int:
-    """Database connections the service uses: it bounds how many commits can wait at once."""
-    argv = next(s.start for s in lab.config().services if s.name == "softswitch")
-    if "--pool-size" in argv:
-        return int(argv[argv.index("--pool-size") + 1])
-    from standby.cli.lab_workload import start_cmd
-
-    return int(next(p.default for p in start_cmd.params if p.name == "pool_size"))  # type: ignore[arg-type]
-
-
 def settle(lab: Lab, with_standby: bool, timeout_s: float = 30.0) -> None:
     """A common starting line: checkpoint done, standby replayed everything, a moment of quiet."""
     with lab.pg_connect("alpha", autocommit=True) as conn:
@@ -244,85 +212,6 @@ def set_durability(lab: Lab, sync: bool) -> None:
 # The lab shares the machine's cores with whatever else runs there (other labs, test suites).
 # Each run records how much CPU went to this lab and how much to everything else, so a figure
 # taken on a busy machine can be recognised as such.
-
-CLK_TCK = os.sysconf("SC_CLK_TCK")
-
-
-@dataclass(frozen=True)
-class CpuMark:
-    wall: float
-    busy_s: float  # the whole machine, steal excluded
-    steal_s: float  # taken by the hypervisor for other guests
-    lab_s: dict[int, float]  # per process in this lab's namespaces
-    own_s: float  # this script and the children it has waited for (the load generator)
-
-
-def _host_cpu_s() -> tuple[float, float]:
-    # /proc/stat "cpu": user nice system idle iowait irq softirq steal (guest time is inside user)
-    v = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
-    return (v[0] + v[1] + v[2] + v[5] + v[6]) / CLK_TCK, v[7] / CLK_TCK
-
-
-def _process_cpu_s(pid: int) -> float | None:
-    try:
-        # After the ")" closing the command name, utime and stime are the 12th and 13th fields.
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
-        return None
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
-
-
-def cpu_mark(lab: Lab) -> CpuMark:
-    lab_s: dict[int, float] = {}
-    for role in ALL_ROLES:
-        for pid in netns.pids(lab.netns(role)):
-            if (t := _process_cpu_s(pid)) is not None:
-                lab_s[pid] = t
-    me, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
-    busy, steal = _host_cpu_s()
-    own = me.ru_utime + me.ru_stime + children.ru_utime + children.ru_stime
-    return CpuMark(time.monotonic(), busy, steal, lab_s, own)
-
-
-def cpu_between(a: CpuMark, b: CpuMark) -> dict[str, float]:
-    """Average cores busy between two marks: this lab's, everything else's, and steal."""
-    wall = b.wall - a.wall
-    # A process that exited in between takes its time with it: "other" is an upper bound.
-    lab = sum(t - a.lab_s.get(pid, 0.0) for pid, t in b.lab_s.items()) + (b.own_s - a.own_s)
-    busy = b.busy_s - a.busy_s
-    return {"wall_s": wall, "busy_cores": busy / wall, "lab_cores": lab / wall,
-            "other_cores": max(0.0, busy - lab) / wall, "steal_cores": (b.steal_s - a.steal_s) / wall}
-
-
-def run_load(lab: Lab, workdir: Path, label: str, load_args: Sequence[str]) -> dict[str, Any]:
-    """One `standby lab load` from the client namespace; returns its summary plus CPU use."""
-    out = workdir / f"{label}.jsonl"
-    before = cpu_mark(lab)
-    res = lab.run("client", [STANDBY, "lab", "load", "--url", SERVICE_URL, *load_args, "--out", str(out)],
-                  check=False)
-    after = cpu_mark(lab)
-    summary = out.with_name(out.name + ".summary.json")
-    if res.returncode != 0 or not summary.exists():
-        raise BenchError(f"load {label!r} failed (exit {res.returncode}): {res.stderr.strip()}")
-    doc: dict[str, Any] = json.loads(summary.read_text())
-    doc["cpu"] = cpu_between(before, after)
-    return doc
-
-
-def load_figures(s: dict[str, Any]) -> dict[str, Any]:
-    """The parts of a load summary worth keeping, in ms where it is a latency."""
-
-    def ms(v: float | None) -> float | None:
-        return None if v is None else v * 1000
-
-    return {
-        "calls_per_s": s["ack_per_s"],
-        "attempts": s["attempts"], "ack": s["ack"], "failed": s["failed"], "indeterminate": s["indeterminate"],
-        "skipped_slots": s["skipped_slots"],
-        "elapsed_s": s["t_end"] - s["t_start"],
-        "call_latency_ms": {"p50": ms(s["ack_latency_p50_s"]), "p99": ms(s["ack_latency_p99_s"])},
-        "cpu": s["cpu"],
-    }  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -388,39 +277,6 @@ def measure(lab: Lab, p: Params, workdir: Path, log: Callable[[str], None]) -> d
 # --------------------------------------------------------------------------- facts and output
 
 
-def machine_facts(lab: Lab, name: str) -> dict[str, Any]:
-    cpu_model = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
-                      if ln.startswith("model name")), platform.processor() or None)
-    mem_kb = next(int(ln.split()[1]) for ln in Path("/proc/meminfo").read_text().splitlines()
-                  if ln.startswith("MemTotal:"))
-    fstype = subprocess.run(["findmnt", "-n", "-o", "FSTYPE", "--target", str(lab.root)],
-                            capture_output=True, text=True, check=False).stdout.strip() or None
-    with lab.pg_connect("alpha", autocommit=True) as conn:
-        version = conn.execute("SHOW server_version").fetchone()[0]  # type: ignore[index]
-        settings = {k: conn.execute(f"SHOW {k}").fetchone()[0] for k in PG_SETTINGS}  # type: ignore[index]
-    # Other labs on the machine compete for the same cores and make the figures lower.
-    others = sorted({ns.rsplit("-", 1)[0] for ns in _netns_names()} - {name})
-    return {
-        "cores": os.cpu_count(),
-        "cpu_model": cpu_model,
-        "memory_mb": mem_kb // 1024,
-        "kernel": platform.release(),
-        "python": platform.python_version(),
-        "standby": __version__,
-        "postgresql": version,
-        "postgresql_settings": settings,
-        "softswitch_pool_size": softswitch_pool_size(lab),
-        "lab_filesystem": fstype,
-        "loadavg_at_start": list(os.getloadavg()),
-        "other_labs_running": others,
-    }
-
-
-def _netns_names() -> list[str]:
-    res = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=False)
-    return [ln.split()[0] for ln in res.stdout.splitlines() if ln.strip()]
-
-
 def _f(v: float | None, fmt: str = ".1f") -> str:
     return "-" if v is None else format(v, fmt)
 
@@ -482,23 +338,7 @@ def _mean(values: Iterable[float]) -> float:
     return sum(v) / len(v) if v else 0.0
 
 
-
-
 # --------------------------------------------------------------------------- main
-
-
-@contextmanager
-def sigterm_as_interrupt() -> Iterator[None]:
-    """SIGTERM unwinds like Ctrl-C, so the lab is torn down either way."""
-
-    def handler(_sig: int, _frame: FrameType | None) -> None:
-        raise KeyboardInterrupt
-
-    old = signal.signal(signal.SIGTERM, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, old)
 
 
 def parse_args(argv: Sequence[str] | None) -> Params:
@@ -520,23 +360,16 @@ def parse_args(argv: Sequence[str] | None) -> Params:
 def main(argv: Sequence[str] | None = None) -> int:
     p = parse_args(argv)
     t0 = time.monotonic()
-    started = datetime.now(timezone.utc)
+    started = datetime.now(UTC)
 
     def log(msg: str) -> None:
         print(f"[{time.monotonic() - t0:6.1f}s] {msg}", file=sys.stderr, flush=True)
 
     with sigterm_as_interrupt():
-        log(f"lab {p.name} up")
         try:
             # Async first: bootstrap then leaves synchronous_standby_names empty, as for no standby.
-            lab = Lab.up(LabSpec(p.name, durability="async"))
-        except LabError as e:
-            print(f"error: {e}", file=sys.stderr)
-            return 2
-        except KeyboardInterrupt:  # Lab.up has removed what it built
-            return 130
-        try:
-            with tempfile.TemporaryDirectory(prefix="standby-bench-") as tmp:
+            with fresh_lab(LabSpec(p.name, durability="async"), log) as lab, \
+                    tempfile.TemporaryDirectory(prefix="standby-bench-") as tmp:
                 figures = measure(lab, p, Path(tmp), log)
         except (BenchError, LabError, psycopg.Error) as e:
             print(f"error: {e}", file=sys.stderr)
@@ -544,13 +377,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         except KeyboardInterrupt:
             print("interrupted", file=sys.stderr)
             return 130
-        finally:
-            # A second Ctrl-C must not cut the teardown short and leave servers behind.
-            old_int = signal.signal(signal.SIGINT, signal.SIG_IGN)
-            signal.signal(signal.SIGTERM, signal.SIG_IGN)
-            log(f"lab {p.name} down")
-            lab.down()
-            signal.signal(signal.SIGINT, old_int)
 
     doc = {
         "benchmark": "replication",

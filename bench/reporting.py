@@ -27,36 +27,35 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import psycopg
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from replication import (  # noqa: E402  (the sibling script: same load, CPU accounting and machine facts)
+import benchlib
+from benchlib import (
+    STANDBY,
     BenchError,
-    _process_cpu_s,
     cpu_between,
     cpu_mark,
+    fresh_lab,
     load_figures,
     machine_facts,
+    process_cpu_s,
     run_load,
     sigterm_as_interrupt,
 )
-
-import benchlib
-from standby.lab import Lab, LabSpec, netns  # noqa: E402
-from standby.lab.configfile import REPORT_DSN  # noqa: E402
-from standby.lab.errors import LabError  # noqa: E402
-from standby.lab.pair import STANDBY, reporting_holders, start_pair  # noqa: E402
-from standby.lab.topology import ALL_ROLES, PG_PORT  # noqa: E402
+from standby.lab import Lab, LabSpec, netns
+from standby.lab.configfile import REPORT_DSN
+from standby.lab.errors import LabError
+from standby.lab.pair import reporting_holders, start_pair
+from standby.lab.topology import ALL_ROLES, PG_PORT
 
 # Which core each namespace gets with --pin: one per "server"; the client sits with alpha.
 PIN = {"alpha": 0, "client": 0, "sw": 0, "beta": 1}
@@ -118,7 +117,7 @@ def ns_cpu(lab: Lab) -> dict[str, float]:
     """CPU seconds used so far by the processes alive in each namespace."""
     out: dict[str, float] = {}
     for role in ("alpha", "beta", "client"):
-        out[role] = sum(t for pid in netns.pids(lab.netns(role)) if (t := _process_cpu_s(pid)) is not None)
+        out[role] = sum(t for pid in netns.pids(lab.netns(role)) if (t := process_cpu_s(pid)) is not None)
     return out
 
 
@@ -230,7 +229,8 @@ def render(doc: dict[str, Any]) -> str:
         f"closed loop, {p['concurrency']} concurrent, {p['seconds']:g} s per phase, order {' '.join(doc['order'])}; "
         f"{p['cdrs']} seeded CDRs",
         "",
-        f"{'report on':<10} {'calls/s':>8} {'call p99 ms':>12} {'reports/s':>10} {'alpha cores':>12} {'beta cores':>11} {'other CPU':>10}",
+        f"{'report on':<10} {'calls/s':>8} {'call p99 ms':>12} {'reports/s':>10} {'alpha cores':>12} "
+        f"{'beta cores':>11} {'other CPU':>10}",
     ]
     for where in ("none", "standby", "primary"):
         f = s[where]
@@ -271,22 +271,15 @@ def parse_args(argv: Sequence[str] | None) -> Params:
 def main(argv: Sequence[str] | None = None) -> int:
     p = parse_args(argv)
     t0 = time.monotonic()
-    started = datetime.now(timezone.utc)
+    started = datetime.now(UTC)
 
     def log(msg: str) -> None:
         print(f"[{time.monotonic() - t0:6.1f}s] {msg}", file=sys.stderr, flush=True)
 
     with sigterm_as_interrupt():
-        log(f"lab {p.name} up")
         try:
-            lab = Lab.up(LabSpec(p.name, durability=p.durability))
-        except LabError as e:
-            print(f"error: {e}", file=sys.stderr)
-            return 2
-        except KeyboardInterrupt:
-            return 130
-        try:
-            with tempfile.TemporaryDirectory(prefix="standby-bench-") as tmp:
+            with fresh_lab(LabSpec(p.name, durability=p.durability), log) as lab, \
+                    tempfile.TemporaryDirectory(prefix="standby-bench-") as tmp:
                 figures = measure(lab, p, Path(tmp), log)
         except (BenchError, LabError, psycopg.Error) as e:
             print(f"error: {e}", file=sys.stderr)
@@ -294,12 +287,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         except KeyboardInterrupt:
             print("interrupted", file=sys.stderr)
             return 130
-        finally:
-            old_int = signal.signal(signal.SIGINT, signal.SIG_IGN)
-            signal.signal(signal.SIGTERM, signal.SIG_IGN)
-            log(f"lab {p.name} down")
-            lab.down()
-            signal.signal(signal.SIGINT, old_int)
 
     doc = {
         "benchmark": "reporting",

@@ -20,6 +20,7 @@ Needs root (namespaces) and PostgreSQL 15; set it up with `./dev setup`.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import re
@@ -30,20 +31,19 @@ import time
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from failover import _exists, _owner_alive, distribution, fresh_lab, other_labs, sigterm_as_interrupt
-
 import benchlib
+from benchlib import LabNames, distribution, fresh_lab, other_labs, sigterm_as_interrupt
 from standby import __version__
-from standby.lab import Lab
+from standby.lab import Lab, LabSpec
 from standby.lab.checker import read_history
 from standby.lab.errors import LabError
-from standby.lab.pair import STANDBY, LoadRun, agent_state, holders, primaries, start_pair, under_load, verify
+from standby.lab.pair import STANDBY, LoadRun, holders, primaries, start_pair, under_load, verify
+from standby.model import DbState
 
-RESULTS_DIR = Path(__file__).resolve().parent / "results"
 NAME_PREFIX = "sbso"
 # "  bob: services released, shut down at 0/3000028        123.4 ms"
 STEP_LINE = re.compile(r"^\s*(?P<name>\S.*?)\s+(?P<ms>\d+\.\d) ms$")
@@ -59,26 +59,14 @@ class Params:
     durability: str
 
 
-def lab_name() -> str:
-    """sbso1, sbso2, ...: a leftover of a killed run is removed; a live run's lab is skipped."""
-    n = 0
-    while True:
-        n += 1
-        name = f"{NAME_PREFIX}{n}"
-        if not _exists(name):
-            return name
-        if not _owner_alive(name):
-            Lab.destroy(name)
-            return name
-
-
 def streaming_standby(lab: Lab, node: str) -> bool:
-    st = agent_state(lab, node)
-    return bool(st) and st["postgres"]["state"] == "standby" and bool(st["postgres"]["streaming"])
+    st = lab.agent_status(node)
+    return st is not None and st.postgres.state is DbState.STANDBY and st.postgres.streaming
 
 
 def eligible(lab: Lab, node: str) -> bool:
-    return bool(agent_state(lab, node).get("state", {}).get("eligible"))
+    st = lab.agent_status(node)
+    return st is not None and st.state.eligible
 
 
 def parse_steps(stdout: str, old: str, new: str) -> list[dict[str, Any]]:
@@ -109,7 +97,7 @@ def gap_around(acks: list[float], t0: float, t1: float, window_s: float) -> dict
     pts = ([before[-1]] if before else []) + inside + ([after[0]] if after else [])
     if len(pts) < 2:
         return {"gap_s": None, "gap_from_s": None}
-    a, b = max(zip(pts, pts[1:]), key=lambda p: p[1] - p[0])
+    a, b = max(itertools.pairwise(pts), key=lambda p: p[1] - p[0])
     return {"gap_s": b - a, "gap_from_s": a - t0}
 
 
@@ -260,8 +248,6 @@ def render(doc: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-
-
 def parse_args(argv: Sequence[str] | None) -> Params:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     ap.add_argument("--count", type=int, default=20, help="switchovers, alternating direction (default 20)")
@@ -281,7 +267,7 @@ def parse_args(argv: Sequence[str] | None) -> Params:
 def main(argv: Sequence[str] | None = None) -> int:
     p = parse_args(argv)
     t_start = time.monotonic()
-    started = datetime.now(timezone.utc)
+    started = datetime.now(UTC)
     stamp = started.strftime("%Y%m%dT%H%M%SZ")
 
     def log(msg: str) -> None:
@@ -294,11 +280,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         "parameters": asdict(p), "complete": False, "switchovers": [], "summary": {},
     }
     code = 0
-    name = lab_name()
+    name = LabNames(NAME_PREFIX).next()
     doc["lab"] = name
     with sigterm_as_interrupt():
         try:
-            with fresh_lab(name, p.durability) as lab, tempfile.TemporaryDirectory(prefix="standby-so-") as tmp:
+            with fresh_lab(LabSpec(name, durability=p.durability)) as lab, \
+                    tempfile.TemporaryDirectory(prefix="standby-so-") as tmp:
                 log(f"{name}: pair up")
                 start_pair(lab)
                 t_wall0 = time.time()
@@ -321,7 +308,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 if "error" in checked:
                     doc["verify_error"] = checked
                     # The call history goes with the lab's temporary directory: keep it to judge by hand.
-                    kept = RESULTS_DIR / f"switchover-{stamp}-calls.jsonl"
+                    kept = benchlib.RESULTS_DIR / f"switchover-{stamp}-calls.jsonl"
                     shutil.copyfile(run.history, kept)
                     doc["verify_error"]["history_kept_at"] = str(kept)
                     log(f"checker failed: {checked['error']}; call history kept at {kept}")

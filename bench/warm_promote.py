@@ -16,26 +16,23 @@ import json
 import os
 import platform
 import statistics
-import sys
 import tempfile
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import benchlib
-from standby.lab import Lab, LabSpec
-from standby.lab.pair import agent_state
+from benchlib import STANDBY, LabNames, fresh_lab, sigterm_as_interrupt
+from standby.documents import AgentView
+from standby.lab import LabSpec
 
-STANDBY = str(Path(sys.executable).with_name("standby"))
 
-
-def one_run(i: int) -> dict[str, object]:
-    lab = Lab.up(LabSpec(f"sbwp{i}", mode="warm"))
-    try:
+def one_run(name: str) -> dict[str, object]:
+    with fresh_lab(LabSpec(name, mode="warm")) as lab:
         lab.bootstrap()
         for node in ("alpha", "beta"):
             lab.start_agent(node)
-        lab.wait_for("beta in sync", lambda: agent_state(lab, "beta").get("state", {}).get("eligible"), timeout_s=60)
+        lab.wait_for("beta in sync", lambda: eligible(lab.agent_status("beta")), timeout_s=60)
         with tempfile.TemporaryDirectory() as tmp:
             history = Path(tmp) / "calls.jsonl"
             lab.spawn("client", [STANDBY, "lab", "load", "--url", "http://203.0.113.12:8080", "--rate", "100",
@@ -53,34 +50,36 @@ def one_run(i: int) -> dict[str, object]:
         steps = [line.strip() for line in res.stdout.splitlines() if line.startswith("  ")]
         return {"ok": res.returncode == 0, "command_s": round(t_cmd, 3),
                 "first_ack_s": None if first is None else round(first - t0, 3), "steps": steps}
-    finally:
-        for node in ("alpha", "beta"):
-            try:
-                lab.stop_agent(node)
-            except Exception:
-                pass
-        lab.down()
+
+
+def eligible(st: AgentView | None) -> bool:
+    return st is not None and st.state.eligible
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--runs", type=int, default=5)
     args = ap.parse_args()
-    runs = []
-    for i in range(args.runs):
-        r = one_run(i)
-        runs.append(r)
-        print(f"run {i + 1}: promote command {r['command_s']} s, first acknowledged call {r['first_ack_s']} s "
-              f"after the command started")
-        for s in r["steps"]:  # type: ignore[attr-defined]
-            print(f"    {s}")
+    runs: list[dict[str, object]] = []
+    names = LabNames("sbwp")
+    with sigterm_as_interrupt():
+        try:
+            for i in range(args.runs):
+                r = one_run(names.next())
+                runs.append(r)
+                print(f"run {i + 1}: promote command {r['command_s']} s, first acknowledged call {r['first_ack_s']} s "
+                      f"after the command started")
+                for s in r["steps"]:  # type: ignore[attr-defined]
+                    print(f"    {s}")
+        except KeyboardInterrupt:
+            print("interrupted; the runs so far are written")
     firsts = [r["first_ack_s"] for r in runs if r["first_ack_s"] is not None]
     summary = {"runs": len(runs), "failed": sum(not r["ok"] for r in runs),
                "first_ack_p50_s": statistics.median(firsts) if firsts else None,
                "first_ack_max_s": max(firsts) if firsts else None}
     print(f"\n`standby promote --yes` -> first acknowledged call: p50 {summary['first_ack_p50_s']} s, "
           f"max {summary['first_ack_max_s']} s over {len(firsts)} runs (target: under one minute)")
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     doc = {"bench": "warm_promote", "when": stamp, "cores": os.cpu_count(), "machine": platform.machine(),
            "load_average": os.getloadavg(), "summary": summary, "runs": runs}
     benchlib.write_results("warm-promote", doc, stamp)

@@ -1,6 +1,7 @@
 """The habits that keep the code readable, enforced by `./dev test` and CI.
 
-ruff and mypy --strict run with the configuration in pyproject.toml and must find nothing in src/;
+ruff and mypy --strict run with the configuration in pyproject.toml and must find nothing in src/
+(ruff in bench/ too);
 the parts depend on each other one way (the lab never imports the command line, status and
 preflight observe through observe/, the switchover does not reach into the status command) and
 no module imports itself back through others.
@@ -32,14 +33,14 @@ def _run(*argv: str) -> subprocess.CompletedProcess[str]:
 def _findings(output: str) -> list[str]:
     """Lines that report a finding at a path, outside PENDING."""
     return [line for line in output.splitlines()
-            if line.startswith("src/") and ":" in line and not line.startswith(PENDING)]
+            if line.startswith(("src/", "bench/")) and ":" in line and not line.startswith(PENDING)]
 
 
-def test_ruff_finds_nothing_in_src() -> None:
-    res = _run("ruff", "check", "--no-cache", "--output-format", "concise", "src")
+def test_ruff_finds_nothing_in_src_and_bench() -> None:
+    res = _run("ruff", "check", "--no-cache", "--output-format", "concise", "src", "bench")
     assert res.returncode in (0, 1), res.stderr  # 2: ruff itself failed (bad configuration)
     found = _findings(res.stdout)
-    assert not found, "ruff check src:\n" + "\n".join(found)
+    assert not found, "ruff check src bench:\n" + "\n".join(found)
 
 
 def test_mypy_finds_nothing_in_src() -> None:
