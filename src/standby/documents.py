@@ -5,6 +5,7 @@
 - ``AgentView``: an agent's own view, served by ``GET /status`` (the API) and read by `standby
   status`, `promote`, `switchover`, the lab and the chaos campaign.
 - ``HistoryRecord``: one line of an agent's ``history.jsonl`` (and of ``AgentView.recent``).
+- ``PairStatus``: the pair as one node sees it (`standby status`, ``--json`` for scripts).
 - ``Operation``: the operator operations an agent runs, by name, and the API path of each;
   the results of the ones whose answers a client reads.
 
@@ -24,7 +25,7 @@ from typing import Annotated, Any, Generic, TypeVar
 import pydantic
 
 from standby.config import Durability, Mode, ReportingFallback
-from standby.model import DbState
+from standby.model import DbState, PgRole, SyncState
 
 T = TypeVar("T")
 
@@ -285,3 +286,86 @@ class AgentView:
 
 
 AGENT_VIEW: Codec[AgentView] = Codec(AgentView, "agent status")
+
+
+# -- the pair's status, as one node sees it ----------------------------------------------------------
+
+@dataclass(frozen=True)
+class PgStatus:
+    state: PgRole
+    reached_via: str | None  # "socket" or an address
+    version: str | None
+    timeline: int | None
+    current_lsn: str | None  # primary only
+    receive_lsn: str | None  # standby only
+    replay_lsn: str | None
+    lag_bytes: int | None  # standby: WAL the primary has that it has not replayed
+    lag_seconds: float | None
+    sync_state: SyncState | None
+    receiver_status: str | None
+    upstream: str | None
+    rewindable: bool | None
+    error: str | None
+    replay_age_s: float | None
+    replay_paused: bool | None
+    cancelled_queries: int | None  # by WAL replay, since the statistics were reset
+    conflicts: dict[str, int] | None  # the same, by cause
+
+
+@dataclass(frozen=True)
+class AgentSummary:
+    running: bool
+    term: int
+    fenced: bool
+    services: bool
+    degraded: bool
+    eligible: bool
+    suspended: bool
+    maintenance: MaintenanceView | None
+    peer_heard_s_ago: dict[str, float | None]
+
+
+@dataclass(frozen=True)
+class NodeStatus:
+    role: PgRole
+    preferred_primary: bool
+    postgres: PgStatus
+    service_ips: list[str]
+    agent: AgentSummary | None  # None: the agent does not answer
+    standby_version: str | None
+    observed_at: str  # UTC, ISO 8601
+
+
+@dataclass(frozen=True)
+class IpStatus:
+    holders: list[str]  # node names, or "unknown <mac>" for a stranger on the link
+    arp_probed: bool  # False when only this node's own interfaces could be checked
+
+
+@dataclass(frozen=True)
+class ReportingStatus:
+    address: str | None
+    holders: list[str]
+    arp_probed: bool
+    fallback: ReportingFallback
+    max_lag_bytes: int
+    hot_standby_feedback: bool
+    max_standby_streaming_delay_ms: int
+
+
+@dataclass(frozen=True)
+class PairStatus:
+    cluster: str
+    mode: Mode
+    durability: Durability
+    observer: str
+    observed_at: str  # UTC, ISO 8601
+    primary: str | None  # the one writable node; None with none or two
+    nodes: dict[str, NodeStatus]  # in the configuration's order
+    service_ips: dict[str, IpStatus]  # by address
+    reporting: ReportingStatus | None
+    warnings: list[str]
+
+
+PAIR_STATUS: Codec[PairStatus] = Codec(PairStatus, "pair status")
+

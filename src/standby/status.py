@@ -6,14 +6,22 @@ status document, as a pure function, so its rules are testable without a lab.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
 
 from standby import __version__
 from standby.apiclient import agent_status
-from standby.config import Config, Durability, Mode, ServiceIP
-from standby.documents import AgentView, NodeFacts
+from standby.config import Config, Durability, Mode, ReportingFallback, ServiceIP
+from standby.documents import (
+    AgentSummary,
+    AgentView,
+    IpStatus,
+    NodeFacts,
+    NodeStatus,
+    PairStatus,
+    PgStatus,
+    ReportingStatus,
+)
 from standby.model import DbState, PgRole, SyncState
 from standby.observe import addresses, probes
 from standby.observe import postgres as obs
@@ -73,14 +81,13 @@ def _ip_holders(cfg: Config, node: str, probe_arp: bool, ips: list[ServiceIP] | 
     return tuple(out)
 
 
-def _agent_summary(a: AgentView | None) -> dict[str, Any] | None:
+def _agent_summary(a: AgentView | None) -> AgentSummary | None:
     if a is None:
         return None
     st = a.state
-    return {"running": True, "term": st.term, "fenced": st.fenced, "services": st.services,
-            "degraded": st.degraded, "eligible": st.eligible, "suspended": a.suspended,
-            "maintenance": None if a.maintenance is None else asdict(a.maintenance),
-            "peer_heard_s_ago": dict(a.peer_heard_s_ago)}
+    return AgentSummary(running=True, term=st.term, fenced=st.fenced, services=st.services, degraded=st.degraded,
+                        eligible=st.eligible, suspended=a.suspended, maintenance=a.maintenance,
+                        peer_heard_s_ago=dict(a.peer_heard_s_ago))
 
 
 def _agent_warnings(cfg: Config, o: Observations) -> list[str]:
@@ -112,8 +119,8 @@ def _lsn(x: object) -> str | None:
     return None if x is None else str(x)
 
 
-def assemble(cfg: Config, o: Observations) -> dict[str, Any]:
-    """The status document (the stable JSON of `standby status --json`)."""
+def assemble(cfg: Config, o: Observations) -> PairStatus:
+    """The status document (`standby status`, and its stable JSON with --json)."""
     warnings: list[str] = []
     primaries = [n for n, p in o.pg.items() if p.role is PgRole.PRIMARY]
     primary = o.pg[primaries[0]] if len(primaries) == 1 else None
@@ -121,7 +128,7 @@ def assemble(cfg: Config, o: Observations) -> dict[str, Any]:
         warnings.append(f"DUAL PRIMARY: {' and '.join(primaries)} both accept writes")
     elif not primaries:
         warnings.append("no primary: no node accepts writes")
-    nodes: dict[str, Any] = {}
+    nodes: dict[str, NodeStatus] = {}
     for name in cfg.nodes:  # config order, whichever node is looking
         p = o.pg[name]
         rep = None
@@ -140,34 +147,34 @@ def assemble(cfg: Config, o: Observations) -> dict[str, Any]:
         if p.role is PgRole.UNREACHABLE:
             warnings.append(f"{name}'s PostgreSQL is unreachable: {p.error}")
         f = o.facts.get(name)
-        nodes[name] = {
-            "role": p.role.value,
-            "preferred_primary": name == cfg.preferred_primary,
-            "postgres": {
-                "state": p.role.value,
-                "reached_via": p.via or None,
-                "version": p.version,
-                "timeline": p.timeline,
-                "current_lsn": _lsn(p.current_lsn),
-                "receive_lsn": _lsn(p.receive_lsn),
-                "replay_lsn": _lsn(p.replay_lsn),
-                "lag_bytes": lag_bytes,
-                "lag_seconds": (rep.replay_lag_s or 0.0) if rep else None,
-                "sync_state": sync.value if sync else None,
-                "receiver_status": p.receiver_status,
-                "upstream": p.upstream,
-                "rewindable": p.rewindable,
-                "error": p.error,
-                "replay_age_s": p.replay_age_s,
-                "replay_paused": p.replay_paused,
-                "cancelled_queries": None if p.conflicts is None else sum(p.conflicts.values()),
-                "conflicts": p.conflicts,
-            },
-            "service_ips": [h.address for h in o.ips if name in h.holders],
-            "agent": _agent_summary(o.agents.get(name)),
-            "standby_version": __version__ if name == o.observer else (f.standby_version if f else None),
-            "observed_at": p.observed_at.isoformat(),
-        }
+        nodes[name] = NodeStatus(
+            role=p.role,
+            preferred_primary=name == cfg.preferred_primary,
+            postgres=PgStatus(
+                state=p.role,
+                reached_via=p.via or None,
+                version=p.version,
+                timeline=p.timeline,
+                current_lsn=_lsn(p.current_lsn),
+                receive_lsn=_lsn(p.receive_lsn),
+                replay_lsn=_lsn(p.replay_lsn),
+                lag_bytes=lag_bytes,
+                lag_seconds=(rep.replay_lag_s or 0.0) if rep else None,
+                sync_state=sync,
+                receiver_status=p.receiver_status,
+                upstream=p.upstream,
+                rewindable=p.rewindable,
+                error=p.error,
+                replay_age_s=p.replay_age_s,
+                replay_paused=p.replay_paused,
+                cancelled_queries=None if p.conflicts is None else sum(p.conflicts.values()),
+                conflicts=p.conflicts,
+            ),
+            service_ips=[h.address for h in o.ips if name in h.holders],
+            agent=_agent_summary(o.agents.get(name)),
+            standby_version=__version__ if name == o.observer else (f.standby_version if f else None),
+            observed_at=p.observed_at.isoformat(),
+        )
     warnings.extend(_agent_warnings(cfg, o))
     for h in o.ips:
         if len(h.holders) > 1:
@@ -180,47 +187,47 @@ def assemble(cfg: Config, o: Observations) -> dict[str, Any]:
             f"sync with degrade_after_s={cfg.replication.degrade_after_s:g}: if the standby is away that long, "
             "commits stop waiting for it and a failover in that window can lose them"
         )
-    return {
-        "cluster": cfg.cluster,
-        "mode": cfg.mode.value,
-        "durability": cfg.replication.durability.value,
-        "observer": o.observer,
-        "observed_at": o.observed_at.isoformat(),
-        "primary": primary.node if primary else None,
-        "nodes": nodes,
-        "service_ips": {h.address: {"holders": list(h.holders), "arp_probed": h.probed} for h in o.ips},
-        "reporting": reporting,
-        "warnings": warnings,
-    }
+    return PairStatus(
+        cluster=cfg.cluster,
+        mode=cfg.mode,
+        durability=cfg.replication.durability,
+        observer=o.observer,
+        observed_at=o.observed_at.isoformat(),
+        primary=primary.node if primary else None,
+        nodes=nodes,
+        service_ips={h.address: IpStatus(holders=list(h.holders), arp_probed=h.probed) for h in o.ips},
+        reporting=reporting,
+        warnings=warnings,
+    )
 
 
-def _reporting(cfg: Config, o: Observations, nodes: dict[str, Any], warnings: list[str]) -> dict[str, Any] | None:
+def _reporting(cfg: Config, o: Observations, nodes: dict[str, NodeStatus], warnings: list[str]) -> ReportingStatus | None:
     """Where reports go and what reading on the standby costs: lag, and queries cancelled by replay."""
     rep = cfg.reporting
     if rep is None:
         return None
     h = o.reporting
     for name, n in nodes.items():
-        pg = n["postgres"]
-        if pg["state"] != "standby":
+        pg = n.postgres
+        if pg.state is not PgRole.STANDBY:
             continue
-        if pg["replay_paused"]:
+        if pg.replay_paused:
             warnings.append(f"WAL replay is paused on {name}: reports there see old data and it falls behind")
-        if pg["lag_bytes"] is not None and pg["lag_bytes"] > rep.max_lag_bytes:
-            where = "on the primary" if rep.fallback.value == "primary" else "withdrawn"
-            warnings.append(f"{name} has {pg['lag_bytes']} B of WAL left to replay, over reporting.max_lag_bytes "
+        if pg.lag_bytes is not None and pg.lag_bytes > rep.max_lag_bytes:
+            where = "on the primary" if rep.fallback is ReportingFallback.PRIMARY else "withdrawn"
+            warnings.append(f"{name} has {pg.lag_bytes} B of WAL left to replay, over reporting.max_lag_bytes "
                             f"({rep.max_lag_bytes}): reports are {where}")
     if h is not None:
         if len(h.holders) > 1:
             warnings.append(f"REPORTING IP {h.address} IS HELD BY {' AND '.join(h.holders).upper()}")
-        elif not h.holders and rep.fallback.value == "primary":
+        elif not h.holders and rep.fallback is ReportingFallback.PRIMARY:
             warnings.append(f"reporting IP {h.address} is held by no node" + ("" if h.probed else " seen from here"))
-    return {
-        "address": h.address if h else None,
-        "holders": list(h.holders) if h else [],
-        "arp_probed": h.probed if h else False,
-        "fallback": rep.fallback.value,
-        "max_lag_bytes": rep.max_lag_bytes,
-        "hot_standby_feedback": rep.hot_standby_feedback,
-        "max_standby_streaming_delay_ms": rep.max_standby_streaming_delay_ms,
-    }
+    return ReportingStatus(
+        address=h.address if h else None,
+        holders=list(h.holders) if h else [],
+        arp_probed=h.probed if h else False,
+        fallback=rep.fallback,
+        max_lag_bytes=rep.max_lag_bytes,
+        hot_standby_feedback=rep.hot_standby_feedback,
+        max_standby_streaming_delay_ms=rep.max_standby_streaming_delay_ms,
+    )

@@ -159,3 +159,18 @@ def test_the_agents_status_is_a_view_the_client_reads(api: tuple[ApiServer, str,
     assert got is not None and got.node == "alpha" and got.peer == "beta"
     assert got.recent[-1].event == "hello" and got.recent[-1].detail == {"n": 1}
     assert got.postgres.state is DbState.DOWN and got.peer_view is None
+
+
+def test_pair_status_round_trips_and_refuses_a_bad_role() -> None:
+    from standby import config
+    from standby.status import IpHolders, Observations, assemble
+    from tests.unit.test_status_rules import EXAMPLE, primary, standby
+
+    doc = assemble(config.load(EXAMPLE), Observations("alpha", {"alpha": primary(), "beta": standby()},
+                                                      (IpHolders("192.0.2.100", ("alpha",), True),)))
+    wire = through_json(d.PAIR_STATUS.encode(doc))
+    assert d.PAIR_STATUS.decode(wire) == doc
+    assert wire["nodes"]["beta"]["postgres"]["sync_state"] == "sync" and wire["mode"] == "hot"
+    wire["nodes"]["alpha"]["role"] = "leader"
+    with pytest.raises(d.DocumentError, match=r"pair status: nodes\.alpha\.role"):
+        d.PAIR_STATUS.decode(wire)

@@ -29,6 +29,7 @@ from standby.agent.node import Agent
 from standby.agent.store import Store
 from standby.api import ApiServer
 from standby.cli.status import render
+from standby.documents import PAIR_STATUS
 from standby.model import DbState, Net, PeerView
 from tests.unit.configs import example_with_secrets
 
@@ -390,7 +391,8 @@ def test_m8_token_may_go_to_loopback_and_private_in_clear_and_anywhere_over_tls(
 
 @pytest.mark.parametrize("durability", ["sync", "async"])
 def test_l6_status_says_clients_can_lower_synchronous_commit(capsys: pytest.CaptureFixture[str], durability: str) -> None:
-    render({"cluster": "c", "mode": "hot", "durability": durability, "observer": "alpha", "observed_at": "now",
-            "nodes": {}, "warnings": [], "reporting": None})
+    render(PAIR_STATUS.decode({"cluster": "c", "mode": "hot", "durability": durability, "observer": "alpha",
+                               "observed_at": "now", "primary": None, "nodes": {}, "service_ips": {}, "warnings": [],
+                               "reporting": None}))
     out = capsys.readouterr().out
     assert ("synchronous_commit" in out) is (durability == "sync")

@@ -5,10 +5,12 @@ from __future__ import annotations
 import dataclasses
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from standby import config
+from standby.documents import PAIR_STATUS
 from standby.model import CheckItem, Lsn, PgRole, SyncState, Verdict
 from standby.observe.postgres import PgObservation, ReplicaInfo
 from standby.observe.system import NodeFacts
@@ -17,6 +19,11 @@ from standby.status import IpHolders, Observations, assemble
 
 EXAMPLE = Path(__file__).parents[2] / "etc" / "standby.example.toml"
 NOW = datetime(2026, 1, 1, tzinfo=timezone.utc)
+
+
+def status_json(cfg: config.Config, o: Observations) -> dict[str, Any]:
+    """`standby status --json`: the document as scripts read it."""
+    return PAIR_STATUS.encode(assemble(cfg, o))
 
 
 @pytest.fixture
@@ -44,7 +51,7 @@ def test_lsn_roundtrip_and_difference() -> None:
 
 
 def test_healthy_pair(cfg: config.Config) -> None:
-    doc = assemble(cfg, Observations("alpha", {"alpha": primary(), "beta": standby()},
+    doc = status_json(cfg, Observations("alpha", {"alpha": primary(), "beta": standby()},
                                      (IpHolders("192.0.2.100", ("alpha",), True),)))
     assert doc["primary"] == "alpha"
     assert doc["nodes"]["beta"]["postgres"]["lag_bytes"] == 100
@@ -54,26 +61,26 @@ def test_healthy_pair(cfg: config.Config) -> None:
 
 
 def test_two_holders_of_a_service_ip_is_loud(cfg: config.Config) -> None:
-    doc = assemble(cfg, Observations("alpha", {"alpha": primary(), "beta": standby()},
+    doc = status_json(cfg, Observations("alpha", {"alpha": primary(), "beta": standby()},
                                      (IpHolders("192.0.2.100", ("alpha", "beta"), True),)))
     assert any("192.0.2.100" in w and w.isupper() for w in doc["warnings"])
     assert doc["nodes"]["beta"]["service_ips"] == ["192.0.2.100"]
 
 
 def test_dual_primary_is_reported(cfg: config.Config) -> None:
-    doc = assemble(cfg, Observations("alpha", {"alpha": primary(), "beta": primary("beta")}, ()))
+    doc = status_json(cfg, Observations("alpha", {"alpha": primary(), "beta": primary("beta")}, ()))
     assert doc["primary"] is None
     assert any(w.startswith("DUAL PRIMARY") for w in doc["warnings"])
 
 
 def test_sync_configured_but_async_standby_warns(cfg: config.Config) -> None:
-    doc = assemble(cfg, Observations("alpha", {"alpha": primary(sync=SyncState.ASYNC), "beta": standby()},
+    doc = status_json(cfg, Observations("alpha", {"alpha": primary(sync=SyncState.ASYNC), "beta": standby()},
                                      (IpHolders("192.0.2.100", ("alpha",), True),)))
     assert any("not protected" in w for w in doc["warnings"])
 
 
 def test_standby_not_streaming_warns(cfg: config.Config) -> None:
-    doc = assemble(cfg, Observations("beta", {"alpha": primary(), "beta": standby(receiver="waiting")},
+    doc = status_json(cfg, Observations("beta", {"alpha": primary(), "beta": standby(receiver="waiting")},
                                      (IpHolders("192.0.2.100", ("alpha",), True),)))
     assert any("not streaming" in w for w in doc["warnings"])
 
