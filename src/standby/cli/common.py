@@ -1,4 +1,4 @@
-"""Options and error handling shared by the command modules, and what a client of the agents' API sends."""
+"""Options and error handling shared by the command modules (the agents' API client is standby.apiclient)."""
 
 from __future__ import annotations
 
@@ -17,9 +17,7 @@ from standby.config import (
     Config,
     ConfigError,
     load,
-    read_secret,
     resolve_node,
-    token_may_travel,
 )
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -61,27 +59,3 @@ def handle_errors(fn: F) -> F:
 def load_node(config_path: Path, node: str | None) -> tuple[Config, str]:
     cfg = load(config_path)
     return cfg, resolve_node(cfg, node)
-
-
-class TokenRefused(OperatorError):
-    """The API token would travel in clear to an address outside this host and the private network."""
-
-
-def auth_header(cfg: Config, host: str, token: str) -> dict[str, str]:
-    """The Authorization header for an agent API at ``host``; refused where the token would cross
-    a network in clear (without [tls]) other than loopback and the private one."""
-    if not token_may_travel(cfg, host):
-        raise TokenRefused(
-            f"not sending the API token to {host} over plain HTTP: it would cross the public network in clear; "
-            "configure [tls], or set api.token_in_clear = true to accept that")
-    return {"Authorization": f"Bearer {token}"}
-
-
-def status_auth(cfg: Config, host: str) -> dict[str, str]:
-    """What GET /status needs at ``host``: the token with api.token_for_status (where it may go), else nothing."""
-    if not cfg.api.token_for_status or cfg.api.token_file is None:
-        return {}
-    try:
-        return auth_header(cfg, host, read_secret(cfg.api.token_file, "api.token_file"))
-    except TokenRefused:
-        return {}
