@@ -10,6 +10,7 @@ is passed over at once rather than holding the whole request timeout.
 from __future__ import annotations
 
 import json
+import logging
 import socket
 import urllib.error
 import urllib.request
@@ -34,6 +35,7 @@ from standby.documents import (
 )
 
 T = TypeVar("T")
+log = logging.getLogger("standby.apiclient")
 
 CONNECT_TIMEOUT_S = 3.0  # to one of an agent's addresses, before the next one is tried
 
@@ -112,7 +114,9 @@ def agent_status(cfg: Config, node: str, timeout_s: float = 1.0, via: tuple[str,
         return None
     try:
         return AGENT_VIEW.decode(got[1])
-    except DocumentError:
+    except DocumentError as e:
+        # Said, not hidden behind "does not answer": an agent of another version, or a bug.
+        log.warning("%s's agent answered /status with something this client cannot read: %s", node, e)
         return None
 
 
