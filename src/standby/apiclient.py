@@ -9,6 +9,7 @@ is passed over at once rather than holding the whole request timeout.
 
 from __future__ import annotations
 
+import http.client
 import json
 import logging
 import socket
@@ -101,8 +102,8 @@ def _get(cfg: Config, hosts: tuple[str, ...], path: str, timeout_s: float, auth:
                 return e.code, json.loads(e.read())
             except ValueError:
                 continue
-        except (urllib.error.URLError, OSError, ValueError):
-            continue
+        except (urllib.error.URLError, OSError, ValueError, http.client.HTTPException):
+            continue  # cut off mid-answer too (a frozen or flooded agent): as good as no answer
     return None
 
 
@@ -167,6 +168,8 @@ class AgentApi:
             except (urllib.error.URLError, OSError) as e:
                 last = e
                 continue
+            except http.client.HTTPException as e:  # it took the request, then broke off: not sent again
+                raise ApiError(0, f"{node}'s agent broke off its answer to {path}: {type(e).__name__}: {e}") from None
             # The agent took the request: whatever it answered, it is not asked again elsewhere.
             try:
                 answer = json.loads(raw)
