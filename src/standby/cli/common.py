@@ -6,7 +6,7 @@ import functools
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import ParamSpec, TypeVar
 
 import click
 
@@ -20,7 +20,8 @@ from standby.config import (
     resolve_node,
 )
 
-F = TypeVar("F", bound=Callable[..., Any])
+P = ParamSpec("P")
+R = TypeVar("R")
 
 config_option = click.option(
     "--config",
@@ -39,11 +40,11 @@ class OperatorError(Exception):
     """A refusal or failure to report to the operator as-is (exit 1)."""
 
 
-def handle_errors(fn: F) -> F:
+def handle_errors(fn: Callable[P, R]) -> Callable[P, R]:
     """Turn expected errors into one clear message and an exit code, not a traceback."""
 
     @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
         try:
             return fn(*args, **kwargs)
         except ConfigError as e:
@@ -53,7 +54,7 @@ def handle_errors(fn: F) -> F:
             click.secho(f"error: {e}", fg="red", err=True)
             sys.exit(1)
 
-    return wrapper  # type: ignore[return-value]
+    return wrapper
 
 
 def load_node(config_path: Path, node: str | None) -> tuple[Config, str]:

@@ -103,6 +103,9 @@ def _calls(lab: Lab, campaign: Campaign, out: Path) -> dict[str, object]:
     res = lab.run(primary, [STANDBY, "lab", "verify", "--json", "--history", str(out / "history.jsonl"),
                             "--dsn-file", str(lab.spec.secret("app.dsn"))], check=False)
     try:
-        return json.loads(res.stdout)  # type: ignore[no-any-return]
+        verdict = json.loads(res.stdout)
     except ValueError:
+        verdict = None
+    if not isinstance(verdict, dict):
         return {"violations": [f"the call checker failed: {(res.stderr or res.stdout).strip()[-300:]}"]}
+    return verdict
