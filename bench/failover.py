@@ -173,7 +173,7 @@ def one_run(lab: Lab, kind: str, p: Params, tmp: Path) -> dict[str, Any]:
     def settled() -> bool:
         now = primaries(lab)
         polls.append((time.monotonic(), now))
-        # lab.status() behind holders() is costly: only asked once the database is where it should be.
+        # lab.snapshot() behind holders() is costly: only asked once the database is where it should be.
         return now == ["beta"] and holders(lab) == [holder]
 
     t0 = time.monotonic()

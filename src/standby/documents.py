@@ -369,3 +369,88 @@ class PairStatus:
 
 PAIR_STATUS: Codec[PairStatus] = Codec(PairStatus, "pair status")
 
+
+
+# -- the lab, as `standby lab status` shows it ---------------------------------------------------------
+
+@dataclass(frozen=True)
+class LabNamespace:
+    name: str
+    exists: bool
+    processes: int
+
+
+@dataclass(frozen=True)
+class LabLink:
+    address: str  # with its prefix length
+    interface: str
+    switch_port: str
+
+
+@dataclass(frozen=True)
+class LabNode:
+    netns: str
+    public: LabLink
+    private: LabLink
+    pgdata: str
+    socket_dir: str
+    state_dir: str
+    log_dir: str
+    port: int
+    dsn_local: str
+    dsn_private: str
+    postgres_running: bool
+    postgres_initialised: bool
+    links: dict[str, str]  # by network: "up" or "down" at the switch; empty without a switch
+    frozen: bool
+    loss: dict[str, int]  # by network: percent of packets dropped on the way in
+
+    def reachable(self) -> bool:
+        """Clients can reach what it holds: its public link is up and it is not frozen."""
+        return self.links.get("public") == "up" and not self.frozen
+
+
+@dataclass(frozen=True)
+class LabClient:
+    netns: str
+    address: str
+    interface: str
+    links: dict[str, str]
+    frozen: bool
+
+
+@dataclass(frozen=True)
+class LabFloatingIp:
+    address: str
+    interface: str
+    holders: list[str]  # the nodes that have it configured
+
+
+@dataclass(frozen=True)
+class LabSwitch:
+    netns: str
+    bridges: dict[str, str]  # by network
+
+
+@dataclass(frozen=True)
+class LabStatus:
+    name: str
+    root: str
+    config_path: str
+    durability: str
+    mode: str
+    namespaces: dict[str, LabNamespace]  # by role
+    switch: LabSwitch
+    nodes: dict[str, LabNode]
+    client: LabClient
+    service_ips: list[LabFloatingIp]
+    reporting_ip: LabFloatingIp | None  # hot mode only
+    tiebreaker: str
+    gateway: str
+
+    def reachable_holders(self, ip: LabFloatingIp | None) -> list[str]:
+        """Nodes holding ``ip`` where clients can reach it (a crashed host's leftovers do not count)."""
+        return [] if ip is None else [n for n in ip.holders if n in self.nodes and self.nodes[n].reachable()]
+
+
+LAB_STATUS: Codec[LabStatus] = Codec(LabStatus, "lab status")

@@ -174,3 +174,18 @@ def test_pair_status_round_trips_and_refuses_a_bad_role() -> None:
     wire["nodes"]["alpha"]["role"] = "leader"
     with pytest.raises(d.DocumentError, match=r"pair status: nodes\.alpha\.role"):
         d.PAIR_STATUS.decode(wire)
+
+
+def test_lab_status_holders_clients_can_reach() -> None:
+    def node(public: str, frozen: bool = False) -> d.LabNode:
+        link = d.LabLink("192.0.2.11/24", "eth0", "p-alpha")
+        return d.LabNode("lab-alpha", link, link, "/d", "/s", "/st", "/l", 5432, "", "", True, True,
+                         {"public": public, "private": "up"}, frozen, {"public": 0, "private": 0})
+
+    sip = d.LabFloatingIp("192.0.2.100/24", "eth0", ["alpha", "beta", "gamma"])
+    st = d.LabStatus("lab", "/r", "/c", "sync", "hot", {}, d.LabSwitch("lab-sw", {}),
+                     {"alpha": node("up"), "beta": node("down"), "gamma": node("up", frozen=True)},
+                     d.LabClient("lab-client", "192.0.2.50/24", "eth0", {"public": "up"}, False), [sip], None,
+                     "192.0.2.1", "192.0.2.1")
+    assert st.reachable_holders(sip) == ["alpha"] and st.reachable_holders(None) == []
+    assert d.LAB_STATUS.decode(through_json(d.LAB_STATUS.encode(st))) == st

@@ -64,11 +64,11 @@ def command(name: str, rate: int, seconds: float, keep: bool) -> None:
 
 
 def _story(lab: Lab, rate: int, seconds: float) -> None:
-    st = lab.status()
+    st = lab.snapshot()
     for node in ("alpha", "beta"):
-        n = st["nodes"][node]
-        click.echo(f"  {node}: public {n['public']['address']}, private {n['private']['address']}")
-    click.echo(f"  service IP {st['service_ips'][0]['address']} (on alpha), config {lab.config_path}")
+        n = st.nodes[node]
+        click.echo(f"  {node}: public {n.public.address}, private {n.private.address}")
+    click.echo(f"  service IP {st.service_ips[0].address} (on alpha), config {lab.config_path}")
 
     say("2. Bootstrap: the primary (alpha) first, then the standby (beta) clones it over the private network")
     sh(lab, "alpha", "bootstrap", "--restart")

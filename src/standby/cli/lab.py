@@ -16,6 +16,7 @@ from rich.table import Table
 
 from standby.cli.common import OperatorError, handle_errors
 from standby.config import ConfigError
+from standby.documents import LAB_STATUS, LabStatus
 from standby.lab import DEFAULT_NAME, NAME_ENV, Lab, LabError, LabSpec, check_prerequisites
 from standby.lab.netns import in_netns
 from standby.lab.topology import ALL_ROLES, DB_NODES
@@ -79,59 +80,59 @@ def up(name: str, durability: str, mode: str) -> None:
         lab = Lab.up(LabSpec(name=name, durability=durability, mode=mode))
     click.echo(f"lab {name} is up")
     click.echo(f"  config:   {lab.config_path}")
-    sips = lab.status()["service_ips"]
-    click.echo("  alpha:    PostgreSQL running" + (f", service IP {sips[0]['address']}" if sips else ""))
+    sips = lab.snapshot().service_ips
+    click.echo("  alpha:    PostgreSQL running" + (f", service IP {sips[0].address}" if sips else ""))
     click.echo("  beta:     empty data directory (clone it with `standby bootstrap`)")
     click.echo(f"  inspect:  standby lab status --name {name}")
     click.echo(f"  remove:   standby lab down --name {name}")
 
 
-def _link_cell(link: dict[str, Any], state: str | None, loss: int) -> str:
-    text = f"{link['address']} {link['interface']} "
+def _link_cell(address: str, interface: str, state: str | None, loss: int) -> str:
+    text = f"{address} {interface} "
     text += "[green]up[/]" if state == "up" else "[red]down[/]"
     if loss:
         text += f" [yellow]loss {loss}%[/]"
     return text
 
 
-def _print_table(status: dict[str, Any]) -> None:
+def _print_table(status: LabStatus) -> None:
     console = Console()
-    console.print(f"[bold]lab {status['name']}[/]  config {status['config_path']}  durability {status['durability']}")
+    console.print(f"[bold]lab {status.name}[/]  config {status.config_path}  durability {status.durability}")
     table = Table(show_header=True, header_style="bold")
     for col in ("node", "namespace", "public", "private", "postgres", "processes", "frozen"):
         table.add_column(col)
-    for name, node in status["nodes"].items():
-        pg = "[green]running[/]" if node["postgres_running"] else (
-            "stopped" if node["postgres_initialised"] else "[dim]no data[/]"
+    for name, node in status.nodes.items():
+        pg = "[green]running[/]" if node.postgres_running else (
+            "stopped" if node.postgres_initialised else "[dim]no data[/]"
         )
         table.add_row(
             name,
-            node["netns"],
-            _link_cell(node["public"], node["links"].get("public"), node["loss"]["public"]),
-            _link_cell(node["private"], node["links"].get("private"), node["loss"]["private"]),
+            node.netns,
+            _link_cell(node.public.address, node.public.interface, node.links.get("public"), node.loss["public"]),
+            _link_cell(node.private.address, node.private.interface, node.links.get("private"), node.loss["private"]),
             pg,
-            str(status["namespaces"][name]["processes"]),
-            "[red]yes[/]" if node["frozen"] else "no",
+            str(status.namespaces[name].processes),
+            "[red]yes[/]" if node.frozen else "no",
         )
-    client = status["client"]
+    client = status.client
     table.add_row(
         "client",
-        client["netns"],
-        _link_cell({"address": client["address"], "interface": client["interface"]}, client["links"].get("public"), 0),
+        client.netns,
+        _link_cell(client.address, client.interface, client.links.get("public"), 0),
         "",
         "",
-        str(status["namespaces"]["client"]["processes"]),
-        "[red]yes[/]" if client["frozen"] else "no",
+        str(status.namespaces["client"].processes),
+        "[red]yes[/]" if client.frozen else "no",
     )
     console.print(table)
-    for sip in status["service_ips"]:
-        holders = ", ".join(sip["holders"]) or "[red]nobody[/]"
-        console.print(f"service IP {sip['address']} on {sip['interface']}: {holders}")
-    if status.get("reporting_ip"):
-        rip = status["reporting_ip"]
-        console.print(f"reporting IP {rip['address']} on {rip['interface']}: {', '.join(rip['holders']) or 'nobody'}")
-    console.print(f"gateway and tie-breaker {status['tiebreaker']} (switch namespace {status['switch']['netns']})")
-    missing = [r for r, ns in status["namespaces"].items() if not ns["exists"]]
+    for sip in status.service_ips:
+        holders = ", ".join(sip.holders) or "[red]nobody[/]"
+        console.print(f"service IP {sip.address} on {sip.interface}: {holders}")
+    if status.reporting_ip:
+        rip = status.reporting_ip
+        console.print(f"reporting IP {rip.address} on {rip.interface}: {', '.join(rip.holders) or 'nobody'}")
+    console.print(f"gateway and tie-breaker {status.tiebreaker} (switch namespace {status.switch.netns})")
+    missing = [r for r, ns in status.namespaces.items() if not ns.exists]
     if missing:
         console.print(f"[red]missing namespaces: {', '.join(missing)}[/] (rebuild: standby lab down, then up)")
 
@@ -144,9 +145,9 @@ def status(name: str, as_json: bool) -> None:
     """Show the lab's topology and what is true right now (links, PostgreSQL, faults)."""
     lab = _open(name)
     with _as_operator_errors():
-        st = lab.status()
+        st = lab.snapshot()
     if as_json:
-        click.echo(json.dumps(st, indent=2, sort_keys=True))
+        click.echo(json.dumps(LAB_STATUS.encode(st), indent=2, sort_keys=True))
     else:
         _print_table(st)
 

@@ -21,7 +21,17 @@ import psycopg
 from standby import apiclient
 from standby import config as standby_config
 from standby.act.postgres import StopMode
-from standby.documents import AgentView
+from standby.documents import (
+    LAB_STATUS,
+    AgentView,
+    LabClient,
+    LabFloatingIp,
+    LabLink,
+    LabNamespace,
+    LabNode,
+    LabStatus,
+    LabSwitch,
+)
 from standby.lab import clock, configfile, faults, leaks, netns, pgnode, procs, softswitch, waldisk
 from standby.lab import tls as labtls
 from standby.lab.errors import CommandFailed, LabError, LabExists, LabMissing, PrerequisiteMissing
@@ -42,6 +52,7 @@ from standby.lab.topology import (
     SECRET_FILES,
     SERVICE_IP,
     LabSpec,
+    Link,
     Net,
     NodeLayout,
     Role,
@@ -552,55 +563,61 @@ class Lab:
         return [n for n in DB_NODES if netns.exists(self.netns(n)) and address in netns.addresses(self.netns(n), PUBLIC_IF)]
 
     def status(self) -> dict[str, Any]:
+        """``snapshot()`` as JSON (`standby lab status --json`)."""
+        return LAB_STATUS.encode(self.snapshot())
+
+    def snapshot(self) -> LabStatus:
         """Topology plus what is true right now, read from the kernel and the processes."""
         spec = self.spec
-        namespaces = {
-            r: {"name": spec.netns(r), "exists": netns.exists(spec.netns(r)), "processes": len(netns.pids(spec.netns(r)))}
-            for r in ALL_ROLES
-        }
-        nodes: dict[str, Any] = {}
+        namespaces = {r: LabNamespace(spec.netns(r), netns.exists(spec.netns(r)), len(netns.pids(spec.netns(r))))
+                      for r in ALL_ROLES}
+
+        def link(it: Link) -> LabLink:
+            return LabLink(it.address, it.interface, it.switch_port)
+
+        nodes: dict[str, LabNode] = {}
         for n in spec.nodes():
-            alive = namespaces[n.name]["exists"]
-            nodes[n.name] = {
-                "netns": n.netns,
-                "public": {"address": n.public.address, "interface": n.public.interface, "switch_port": n.public.switch_port},
-                "private": {"address": n.private.address, "interface": n.private.interface, "switch_port": n.private.switch_port},
-                "pgdata": str(n.pgdata),
-                "socket_dir": str(n.socket_dir),
-                "state_dir": str(n.state_dir),
-                "log_dir": str(n.log_dir),
-                "port": PG_PORT,
-                "dsn_local": n.dsn_local(),
-                "dsn_private": n.dsn_private(),
-                "postgres_running": pgnode.running(n),
-                "postgres_initialised": (n.pgdata / "PG_VERSION").exists(),
-                "links": self._links(n.name),
-                "frozen": alive and faults.frozen(n.netns),
-                "loss": faults.loss(n.netns) if alive else {"public": 0, "private": 0},
-            }
+            alive = namespaces[n.name].exists
+            nodes[n.name] = LabNode(
+                netns=n.netns,
+                public=link(n.public),
+                private=link(n.private),
+                pgdata=str(n.pgdata),
+                socket_dir=str(n.socket_dir),
+                state_dir=str(n.state_dir),
+                log_dir=str(n.log_dir),
+                port=PG_PORT,
+                dsn_local=n.dsn_local(),
+                dsn_private=n.dsn_private(),
+                postgres_running=pgnode.running(n),
+                postgres_initialised=(n.pgdata / "PG_VERSION").exists(),
+                links=self._links(n.name),
+                frozen=alive and faults.frozen(n.netns),
+                loss=faults.loss(n.netns) if alive else {"public": 0, "private": 0},
+            )
         client_ns = spec.netns(Role.CLIENT.value)
-        return {
-            "name": spec.name,
-            "root": str(spec.root),
-            "config_path": str(spec.config_path),
-            "durability": spec.durability,
-            "mode": spec.mode,
-            "namespaces": namespaces,
-            "switch": {"netns": self._switch, "bridges": {"public": PUBLIC_BRIDGE, "private": PRIVATE_BRIDGE}},
-            "nodes": nodes,
-            "client": {
-                "netns": client_ns,
-                "address": spec.client_link.address,
-                "interface": spec.client_link.interface,
-                "links": self._links(Role.CLIENT.value),
-                "frozen": namespaces["client"]["exists"] and faults.frozen(client_ns),
-            },
-            "service_ips": [{"address": SERVICE_IP, "interface": PUBLIC_IF, "holders": self._service_ip_holders()}],
-            "reporting_ip": ({"address": REPORTING_IP, "interface": PUBLIC_IF,
-                              "holders": self._service_ip_holders(REPORTING_IP)} if spec.mode == "hot" else None),
-            "tiebreaker": GATEWAY,
-            "gateway": GATEWAY,
-        }
+        return LabStatus(
+            name=spec.name,
+            root=str(spec.root),
+            config_path=str(spec.config_path),
+            durability=spec.durability,
+            mode=spec.mode,
+            namespaces=namespaces,
+            switch=LabSwitch(self._switch, {"public": PUBLIC_BRIDGE, "private": PRIVATE_BRIDGE}),
+            nodes=nodes,
+            client=LabClient(
+                netns=client_ns,
+                address=spec.client_link.address,
+                interface=spec.client_link.interface,
+                links=self._links(Role.CLIENT.value),
+                frozen=namespaces["client"].exists and faults.frozen(client_ns),
+            ),
+            service_ips=[LabFloatingIp(SERVICE_IP, PUBLIC_IF, self._service_ip_holders())],
+            reporting_ip=(LabFloatingIp(REPORTING_IP, PUBLIC_IF, self._service_ip_holders(REPORTING_IP))
+                          if spec.mode == "hot" else None),
+            tiebreaker=GATEWAY,
+            gateway=GATEWAY,
+        )
 
 
 __all__ = ["CommandFailed", "Lab", "check_prerequisites", "exists"]

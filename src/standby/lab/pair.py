@@ -82,16 +82,14 @@ def role_changes(lab: Lab, node: str, since: str = "") -> list[dict[str, Any]]:
 
 def holders(lab: Lab) -> list[str]:
     """Nodes holding the service IP where clients can reach it (a crashed host's leftovers do not count)."""
-    st = lab.status()
-    return [n for n in st["service_ips"][0]["holders"]
-            if st["nodes"][n]["links"]["public"] == "up" and not st["nodes"][n]["frozen"]]
+    st = lab.snapshot()
+    return st.reachable_holders(st.service_ips[0])
 
 
 def reporting_holders(lab: Lab) -> list[str]:
     """Nodes holding the reporting IP where clients can reach it."""
-    st = lab.status()
-    rip = st.get("reporting_ip") or {"holders": []}
-    return [n for n in rip["holders"] if st["nodes"][n]["links"]["public"] == "up" and not st["nodes"][n]["frozen"]]
+    st = lab.snapshot()
+    return st.reachable_holders(st.reporting_ip)
 
 
 def primaries(lab: Lab) -> list[str]:
