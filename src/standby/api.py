@@ -45,7 +45,9 @@ from standby.documents import (
     HISTORY,
     MAINTENANCE_VIEW,
     AgentView,
+    DocumentError,
     HeartbeatCounts,
+    HistoryRecord,
     Operation,
     PeerSummary,
     PostgresView,
@@ -106,9 +108,20 @@ def _agent_view(a: Agent) -> AgentView:
         tiebreaker_ok=a._tiebreaker_ok(),
         services_healthy=a.services_healthy,
         heartbeats=HeartbeatCounts(accepted=a.receiver.accepted, rejected=rejected, sent=sent, send_errors=send_errors),
-        recent=[HISTORY.decode(e) for e in recent[-10:]],
+        recent=_records(recent[-10:]),
         reporting=_reporting_view(a),
     )
+
+
+def _records(entries: list[dict[str, Any]]) -> list[HistoryRecord]:
+    """The agent's recent history entries as records; one that is not a record is left out, not the view."""
+    out = []
+    for e in entries:
+        try:
+            out.append(HISTORY.decode(e))
+        except DocumentError as err:
+            log.warning("a recent history entry is not a record: %s", err)
+    return out
 
 
 def _reporting_view(a: Agent) -> ReportingView | None:

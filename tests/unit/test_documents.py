@@ -159,6 +159,9 @@ def test_the_agents_status_is_a_view_the_client_reads(api: tuple[ApiServer, str,
     assert got is not None and got.node == "alpha" and got.peer == "beta"
     assert got.recent[-1].event == "hello" and got.recent[-1].detail == {"n": 1}
     assert got.postgres.state is DbState.DOWN and got.peer_view is None
+    server.agent.recent.append({"event": "not a record"})  # a view still comes, without it
+    got = apiclient.agent_status(server.agent.cfg, "alpha", timeout_s=5, via=("127.0.0.1",))
+    assert got is not None and got.recent[-1].event == "hello"
 
 
 def test_pair_status_round_trips_and_refuses_a_bad_role() -> None:
