@@ -8,6 +8,8 @@
 - ``PairStatus``: the pair as one node sees it (`standby status`, ``--json`` for scripts).
 - ``Operation``: the operator operations an agent runs, by name, and the API path of each;
   the results of the ones whose answers a client reads.
+- ``LabStatus``: the lab's topology and state (`standby lab status`, the campaign's and the
+  tests' waits).
 
 The heartbeat is the agent's own wire format and lives with its codec in ``standby.agent.heartbeat``.
 Each codec's ``encode`` gives plain JSON values (the wire format is unchanged from the untyped
