@@ -154,3 +154,11 @@ def test_cycle_finder_finds_a_cycle() -> None:
 def test_no_import_cycle() -> None:
     cycles = list(_cycles(GRAPH))
     assert not cycles, "modules that import each other (through others):\n" + "\n".join(map(" <-> ".join, cycles))
+
+
+def test_the_labs_service_commands_run_without_importing_the_cli_into_the_lab() -> None:
+    # The lab names the workload's command line as a process (softswitch.CLI): it must exist.
+    from standby.lab import softswitch
+
+    res = subprocess.run([*softswitch.CLI, "--help"], capture_output=True, text=True, timeout=120, check=False)
+    assert res.returncode == 0 and "serve" in res.stdout and "health" in res.stdout, res.stdout + res.stderr
