@@ -254,7 +254,7 @@ class ReportingView:
     held: bool
     fallback: ReportingFallback
     max_lag_bytes: int
-    reason: str | None
+    reason: str | None  # ReportingReason's text
     lag_bytes: int | None
     episode: int
     ack: int

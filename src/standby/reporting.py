@@ -37,6 +37,7 @@ primary, since it cannot know its lag then.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from enum import StrEnum
 
 from standby.model import DbState, PeerView
 
@@ -78,10 +79,33 @@ class ReportingInputs:
     now: float  # monotonic seconds
 
 
+class ReportingReason(StrEnum):
+    """Why the reporting IP is held here or not: one per rule of ``step``."""
+
+    FENCED = "fenced"
+    PG_DOWN = "PostgreSQL is down here"
+    # standby
+    PRIMARY_NOT_HEARD = "the primary is not heard (lag unknown)"
+    NOT_STREAMING = "not streaming from the primary"
+    PUBLIC_DOWN = "public network down here"
+    LAG_OVER_BOUND = "replay lag over the bound"
+    PRIMARY_STILL_HOLDS = "in bound; the primary still holds it"
+    IN_BOUND = "in bound"
+    WAITING_FOR_PRIMARY = "in bound; waiting for the primary to step aside"
+    PRIMARY_STEPPED_ASIDE = "in bound; the primary stepped aside"
+    # primary
+    STANDBY_TAKES_IT = "the standby is in bound and takes it"
+    STANDBY_HOLDS_IT = "the standby holds it"
+    WITHDRAWN = "no standby in bound; withdrawn (fallback withdraw)"
+    NO_STANDBY_PUBLIC_DOWN = "no standby in bound, and the public network is down here"
+    STANDBY_SILENT = "the standby is silent; waiting until a receipt it may hold has lapsed"
+    ON_PRIMARY = "no standby in bound; reports go to the primary (fallback primary)"
+
+
 @dataclass(frozen=True)
 class ReportingDecision:
     hold: bool
-    reason: str
+    reason: ReportingReason
     lag_bytes: int | None = None  # standby: WAL left to replay, when known
     check_arp: bool = False  # take only if nobody answers ARP for the address (peer silent)
 
@@ -108,7 +132,7 @@ def step(s: ReportingState, inp: ReportingInputs, p: ReportingPolicy) -> tuple[R
     if inp.db is DbState.PRIMARY:
         return _primary(s, inp, p)
     s = replace(s, episode=0, ack=0, silent_since=None)
-    why = "fenced" if inp.db is DbState.FENCED else "PostgreSQL is down here"
+    why = ReportingReason.FENCED if inp.db is DbState.FENCED else ReportingReason.PG_DOWN
     return s, ReportingDecision(False, why)
 
 
@@ -118,17 +142,16 @@ def _standby(s: ReportingState, inp: ReportingInputs, p: ReportingPolicy) -> tup
     # Leave at the bound, come back under half of it: a lag hovering at the
     # bound must not move the address (and break running reports) each step.
     bound = p.max_lag_bytes if s.episode else p.max_lag_bytes // 2
+    why: ReportingReason | None = None
     if lag is None:
-        why = "the primary is not heard (lag unknown)"
+        why = ReportingReason.PRIMARY_NOT_HEARD
     elif not inp.streaming:
-        why = "not streaming from the primary"
+        why = ReportingReason.NOT_STREAMING
     elif not inp.public_ok:
-        why = "public network down here"
+        why = ReportingReason.PUBLIC_DOWN
     elif lag > bound:
-        why = f"replay lag {lag} B over the bound of {bound} B"
-    else:
-        why = ""
-    if why:
+        why = ReportingReason.LAG_OVER_BOUND  # the lag is in the decision; the bound is max_lag_bytes (or half)
+    if why is not None:
         return replace(s, episode=0, ack=0), ReportingDecision(False, why, lag)
     if not s.episode:
         s = replace(s, episode=s.next_episode, next_episode=s.next_episode + 1)
@@ -136,12 +159,12 @@ def _standby(s: ReportingState, inp: ReportingInputs, p: ReportingPolicy) -> tup
     peer = inp.peer
     assert peer is not None  # a known lag needs a heard primary
     if peer.reporting:
-        return s, ReportingDecision(False, "in bound; the primary still holds it", lag)
+        return s, ReportingDecision(False, ReportingReason.PRIMARY_STILL_HOLDS, lag)
     if inp.held:
-        return s, ReportingDecision(True, "in bound", lag)
+        return s, ReportingDecision(True, ReportingReason.IN_BOUND, lag)
     if peer.reporting_ack != s.episode:
-        return s, ReportingDecision(False, "in bound; waiting for the primary to step aside", lag)
-    return s, ReportingDecision(True, "in bound; the primary stepped aside", lag)
+        return s, ReportingDecision(False, ReportingReason.WAITING_FOR_PRIMARY, lag)
+    return s, ReportingDecision(True, ReportingReason.PRIMARY_STEPPED_ASIDE, lag)
 
 
 def _primary(s: ReportingState, inp: ReportingInputs, p: ReportingPolicy) -> tuple[ReportingState, ReportingDecision]:
@@ -151,19 +174,18 @@ def _primary(s: ReportingState, inp: ReportingInputs, p: ReportingPolicy) -> tup
         # Acknowledge only once the address is gone from here: the receipt is
         # what lets the standby take it.
         ack = s.ack if inp.held else peer.reporting_epoch
-        return replace(s, ack=ack), ReportingDecision(False, "the standby is in bound and takes it")
+        return replace(s, ack=ack), ReportingDecision(False, ReportingReason.STANDBY_TAKES_IT)
     s = replace(s, ack=0)
     if peer is not None and peer.reporting:
-        return s, ReportingDecision(False, "the standby holds it")
+        return s, ReportingDecision(False, ReportingReason.STANDBY_HOLDS_IT)
     if not p.fallback_primary:
-        return s, ReportingDecision(False, "no standby in bound; withdrawn (fallback withdraw)")
+        return s, ReportingDecision(False, ReportingReason.WITHDRAWN)
     if not inp.public_ok:
-        return s, ReportingDecision(False, "no standby in bound, and the public network is down here")
+        return s, ReportingDecision(False, ReportingReason.NO_STANDBY_PUBLIC_DOWN)
     if peer is None and not inp.held:
         # Also right after this agent's start: its previous run may have given a receipt.
         since = inp.now if s.silent_since is None else s.silent_since
         s = replace(s, silent_since=since)
         if inp.now - since < p.silence_wait_s:
-            return s, ReportingDecision(False, "the standby is silent; waiting until a receipt it may hold has lapsed")
-    return s, ReportingDecision(True, "no standby in bound; reports go to the primary (fallback primary)",
-                                check_arp=peer is None)
+            return s, ReportingDecision(False, ReportingReason.STANDBY_SILENT)
+    return s, ReportingDecision(True, ReportingReason.ON_PRIMARY, check_arp=peer is None)
