@@ -20,6 +20,7 @@ import tempfile
 import time
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import benchlib
 from benchlib import STANDBY, LabNames, fresh_lab, sigterm_as_interrupt
@@ -27,7 +28,7 @@ from standby.documents import AgentView
 from standby.lab import LabSpec
 
 
-def one_run(name: str) -> dict[str, object]:
+def one_run(name: str) -> dict[str, Any]:
     with fresh_lab(LabSpec(name, mode="warm")) as lab:
         lab.bootstrap()
         for node in ("alpha", "beta"):
@@ -60,7 +61,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--runs", type=int, default=5)
     args = ap.parse_args()
-    runs: list[dict[str, object]] = []
+    runs: list[dict[str, Any]] = []
     names = LabNames("sbwp")
     with sigterm_as_interrupt():
         try:
