@@ -70,7 +70,7 @@ def main() -> None:
                 runs.append(r)
                 print(f"run {i + 1}: promote command {r['command_s']} s, first acknowledged call {r['first_ack_s']} s "
                       f"after the command started")
-                for s in r["steps"]:  # type: ignore[attr-defined]
+                for s in r["steps"]:
                     print(f"    {s}")
         except KeyboardInterrupt:
             print("interrupted; the runs so far are written")
