@@ -39,6 +39,13 @@ ROLE_OF: dict[ActionKind, Role] = {
 }
 
 
+class Unhandled(Exception):
+    """An action kind this shell has no handler for: an error in the decisions or the shell, never "done"."""
+
+    def __init__(self, kind: object) -> None:
+        super().__init__(f"no handler for action kind {kind}")
+
+
 class Executor:
     def __init__(self, run: Callable[[Action], Awaitable[None]]) -> None:
         self._run = run
@@ -49,7 +56,9 @@ class Executor:
 
     def submit(self, a: Action) -> bool:
         """Queue ``a`` behind its role's earlier actions; False if the same kind is already the latest queued."""
-        role = ROLE_OF[a.kind]
+        role = ROLE_OF.get(a.kind)
+        if role is None:
+            raise Unhandled(a.kind)
         if self._pending[role] and self._pending[role][-1] is a.kind:
             return False
         self._pending[role].append(a.kind)

@@ -27,7 +27,7 @@ from standby.act import addresses, services
 from standby.act import postgres as pgact
 from standby.agent import priority
 from standby.agent.conditions import conditions
-from standby.agent.executor import ROLE_OF, Executor, Role
+from standby.agent.executor import ROLE_OF, Executor, Role, Unhandled
 from standby.agent.guard import Guard
 from standby.agent.maintenance import MaintenanceFile
 from standby.agent.servicerole import Claim, ServiceRole, TakeRefused
@@ -869,7 +869,12 @@ class Agent:
         self.state = new
         self._alert(obs, actions)
         for a in actions:
-            if self.executor.submit(a):  # not when the same action is still on its way (e.g. a stop)
+            try:
+                submitted = self.executor.submit(a)
+            except Unhandled as e:
+                self.event("action_failed", action=str(a.kind), error=str(e))
+                continue
+            if submitted:  # not when the same action is still on its way (e.g. a stop)
                 self.event("decision", action=a.kind.value, reason=a.reason.value, detail=a.detail, term=new.term)
         await self._reporting_step(obs)
         # Off the step (it must not wait behind a slow query or a database action), one at a time.
