@@ -17,12 +17,13 @@ from typing import Any
 import pytest
 
 from standby import config
+from standby.act import addresses, services
 from standby.act import postgres as pgact
-from standby.agent import node as node_mod
 from standby.agent.heartbeat import Heartbeat, decode, encode
+from standby.agent.link import OnDatagram
 from standby.agent.node import Agent
 from standby.config import ServiceIP
-from standby.model import DbState, LocalPg, Net, PeerView
+from standby.model import DbState, LocalPg, Lsn, Net, PeerView
 from tests.unit.configs import example_with_secrets
 
 INTERVAL_S = 0.15  # the example configuration's heartbeat interval
@@ -56,6 +57,18 @@ class MemoryNet:
         self.lost: set[Net] = set()
         self.unplugged: set[Net] = set()
         self.tiebreaker = True
+        self.on_datagram: OnDatagram | None = None
+
+    def open(self, on_datagram: OnDatagram) -> None:
+        self.on_datagram = on_datagram
+
+    def close(self) -> None:
+        self.on_datagram = None
+
+    def deliver(self, net: Net, packet: bytes, source: str) -> None:
+        """A packet from the peer, if the path delivers it."""
+        if self.on_datagram is not None and self.delivers(net):
+            self.on_datagram(net, packet, source)
 
     def send(self, net: Net, packet: bytes) -> None:
         if net in self.unplugged:
@@ -78,18 +91,23 @@ class FakePostgres:
     lsn: int = 1000
     peer_sync: bool = True
     failing_starts: int = 0  # the next starts that fail
-    calls: list[str] = field(default_factory=list)
+    calls: list[str] = field(default_factory=list)  # start, stop, promote
+    sync_names: list[str] = field(default_factory=list)  # values set
 
     def read(self) -> tuple[LocalPg, str | None]:
         if self.db is DbState.PRIMARY:
             return LocalPg(DbState.PRIMARY, lsn=self.lsn, peer_sync=self.peer_sync,
-                           peer_flush_lsn=self.lsn if self.peer_sync else None), "beta"
+                           peer_flush_lsn=self.lsn if self.peer_sync else None), pgact.sync_value("beta")
         if self.db is DbState.STANDBY:
             return LocalPg(DbState.STANDBY, lsn=self.lsn, replay_lsn=self.lsn, streaming=True,
                            upstream_age_s=0.0), ""
         return LocalPg(DbState.DOWN), None
 
-    def start(self, *_: Any) -> None:
+    @property
+    def connected(self) -> bool:
+        return self.db is not DbState.DOWN
+
+    def start(self) -> None:
         self.calls.append("start")
         if self.failing_starts > 0:
             self.failing_starts -= 1
@@ -103,6 +121,15 @@ class FakePostgres:
     def promote(self) -> None:
         self.calls.append("promote")
         self.db = DbState.PRIMARY
+
+    def set_sync_names(self, value: str) -> None:
+        self.sync_names.append(value)
+
+    def received_lsn(self) -> Lsn | None:
+        return Lsn(self.lsn)
+
+    def ensure_peer_slot(self) -> None:
+        pass
 
 
 class FakeKernel:
@@ -148,26 +175,19 @@ class Shell:
 
     def _new_agent(self) -> Agent:
         mp, k = self.monkeypatch, self.kernel
-        mp.setattr(node_mod, "time", self.clock)
         for name, fn in (("add", k.add), ("remove", k.remove), ("held", k.is_held),
                          ("announce", lambda sip, count=1: None), ("answered_elsewhere", lambda sip: set())):
-            mp.setattr(node_mod.addresses, name, fn)
-        mp.setattr(node_mod.services, "start_all", lambda *a, **kw: [])
-        mp.setattr(node_mod.services, "stop_all", lambda *a, **kw: [])
-        mp.setattr(node_mod.services, "healthy", lambda *a, **kw: (True, []))
-        mp.setattr(node_mod.pgact, "start", self.pg.start)
-        agent = Agent(self.cfg, "alpha")
-        agent._observe_pg = self.pg.read  # type: ignore[method-assign]
-        agent._carriers = self.net.carriers  # type: ignore[method-assign]
-        agent._fence_pg = self.pg.stop  # type: ignore[method-assign]
-        agent._promote = self.pg.promote  # type: ignore[method-assign]
-        agent._reconcile_sync = lambda: None  # type: ignore[method-assign]
-        agent.sockets = {n: _SendSocket(self.net, n) for n in Net}  # type: ignore[misc]
-        agent.last_send = self.clock.t
+            mp.setattr(addresses, name, fn)
+        mp.setattr(services, "start_all", lambda *a, **kw: [])
+        mp.setattr(services, "stop_all", lambda *a, **kw: [])
+        mp.setattr(services, "healthy", lambda *a, **kw: (True, []))
+        agent = Agent(self.cfg, "alpha", clock=self.clock.monotonic, transport=self.net, db=self.pg)
+        agent.observer.read_carriers = self.net.carriers
         return agent
 
     async def start(self) -> None:
         await self.agent._restore()
+        self.agent.link.open()
 
     def restart(self) -> Agent:
         """A new agent process on the same state directory (the old one died without stopping)."""
@@ -179,13 +199,12 @@ class Shell:
         """Time passes, alpha sends its heartbeats, beta's arrive where a path delivers, alpha decides."""
         self.clock.advance(advance)
         if send:
-            self.agent._send()
+            self.agent.link.send(self.agent._advertised())
         if self.net.tiebreaker:
-            self.agent.tiebreaker_at = self.clock.t
+            self.agent.probers.tiebreaker_at = self.clock.t
         if peer is not None:
             for net in Net:
-                if self.net.delivers(net):
-                    self.agent._on_packet(_RecvSocket([self._from_peer(peer, net)]), net)  # type: ignore[arg-type]
+                self.net.deliver(net, *self._from_peer(peer, net))
         await self.agent._step()
         await self.agent.executor.drain()
 
@@ -209,25 +228,6 @@ class Shell:
         a.disk_pool.shutdown(wait=True)
         for pool in (a.pg_pool, a.state_pool, a.observe_pool, a.svc_pool, a.probe_pool):
             pool.shutdown(wait=False)
-
-
-class _SendSocket:
-    def __init__(self, net: MemoryNet, which: Net) -> None:
-        self.net, self.which = net, which
-
-    def sendto(self, packet: bytes, addr: tuple[str, int]) -> None:
-        self.net.send(self.which, packet)
-
-
-class _RecvSocket:
-    def __init__(self, packets: list[tuple[bytes, str]]) -> None:
-        self.packets = list(packets)
-
-    def recvfrom(self, size: int) -> tuple[bytes, tuple[str, int]]:
-        if not self.packets:
-            raise BlockingIOError
-        data, ip = self.packets.pop(0)
-        return data, (ip, 8009)
 
 
 @contextmanager

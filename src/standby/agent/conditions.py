@@ -9,8 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from standby.alerts import AlertKind
-from standby.decide import State, peer_fresh, silence
-from standby.decide import Policy
+from standby.decide import Policy, State, peer_fresh, silence
 from standby.model import Action, ActionKind, DbState, Observation, Reason
 
 REPLICATION_GRACE_S = 5.0  # a standby reconnecting after a blip is not an alert
