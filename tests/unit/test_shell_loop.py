@@ -14,6 +14,7 @@ from typing import Any, cast
 import pytest
 
 from standby.agent import node as node_mod
+from standby.agent.executor import Executor
 from standby.agent.store import Store
 from standby.decide import State
 from standby.model import Action, ActionKind, DbState, Net, Observation, Reason
@@ -160,3 +161,13 @@ def test_shell_a_restarted_agent_continues_from_its_persisted_state(
         assert sh.said(Net.PRIVATE).db is DbState.FENCED and sh.said(Net.PRIVATE).term == 1
         assert pg.calls == calls and pg.db is DbState.DOWN, "the restarted agent started or promoted PostgreSQL"
         assert sh.agent.peer_view == newer, "the restarted agent does not hear its peer"
+
+
+def test_shell_every_action_kind_has_a_handler_and_a_missing_one_is_refused_at_start(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    with shell(tmp_path, monkeypatch, FakePostgres()) as sh:
+        table = sh.agent.actions.table()
+        assert set(table) == set(ActionKind)
+        partial = {k: h for k, h in table.items() if k is not ActionKind.SET_SYNC}
+        with pytest.raises(ValueError, match="set_sync"):
+            Executor(partial, sh.agent.event, sh.agent.actions.readback)
