@@ -63,19 +63,24 @@ def _runner(pool: ThreadPoolExecutor) -> Callable[..., Awaitable[Any]]:
     return run
 
 
+def _heartbeat_key(cfg: Config, node: str) -> bytes:
+    """The heartbeat key. The other secrets are read when first needed (a failover, a POST): a bad one
+    must stop the start-up instead, while a person is watching."""
+    if cfg.heartbeat_key_file is None:
+        raise RefusedToStart("heartbeat_key_file: required to run the agent (a shared secret, mode 600, same on both nodes)")
+    key = read_secret(cfg.heartbeat_key_file, "heartbeat_key_file").encode()
+    read_secret(cfg.pg(node).replication_password_file, "postgres.replication_password_file")
+    if cfg.api.token_file is not None:
+        read_secret(cfg.api.token_file, "api.token_file")
+    tls.check(cfg, node)
+    return key
+
+
 class Agent(Surface):
     def __init__(self, cfg: Config, node: str, *, clock: Callable[[], float] = time.monotonic,
                  transport: Transport | None = None, db: Database | None = None) -> None:
-        if cfg.heartbeat_key_file is None:
-            raise RefusedToStart("heartbeat_key_file: required to run the agent (a shared secret, mode 600, same on both nodes)")
         self.cfg, self.node, self.peer, self.clock = cfg, node, cfg.peer_of(node), clock
-        self.key = read_secret(cfg.heartbeat_key_file, "heartbeat_key_file").encode()
-        # The other secrets are read when first needed (a failover, a POST): a bad one must stop the
-        # start-up instead, while a person is watching.
-        read_secret(cfg.pg(node).replication_password_file, "postgres.replication_password_file")
-        if cfg.api.token_file is not None:
-            read_secret(cfg.api.token_file, "api.token_file")
-        tls.check(cfg, node)
+        self.key = _heartbeat_key(cfg, node)
         self.digest = config_digest(cfg)
         self.interval_s = cfg.timings.heartbeat_interval_ms / 1000
         self.store = Store(cfg.state_dir_for(node), node)
@@ -93,20 +98,8 @@ class Agent(Surface):
         self.ensuring_services = False
         self._sync_task: asyncio.Task[None] | None = None
         self._liveness_write: Future[None] | None = None
-        # One thread for PostgreSQL (its connection is not shared), one for services and addresses.
-        self.pg_pool = ThreadPoolExecutor(1, thread_name_prefix="pg", initializer=priority.follow)
-        # The decision step's own state writes: never queued behind a slow PostgreSQL query.
-        self.state_pool = ThreadPoolExecutor(1, thread_name_prefix="state", initializer=priority.follow)
-        self.svc_pool = ThreadPoolExecutor(1, thread_name_prefix="svc", initializer=priority.follow)
-        self.probe_pool = ThreadPoolExecutor(2, thread_name_prefix="probe", initializer=priority.follow)
-        # The step's own quick kernel reads (carriers, the reporting IP), never behind a probe or a service command:
-        # a step that waits is a stall (Observation.gap).
-        self.observe_pool = ThreadPoolExecutor(1, thread_name_prefix="observe", initializer=priority.follow)
-        # History and liveness writes, in order, off the event loop (see event()).
-        self.disk_pool = ThreadPoolExecutor(1, thread_name_prefix="disk")
-        self._in_pg, in_svc, in_probe, in_kernel, self._in_state = (
-            _runner(p) for p in (self.pg_pool, self.svc_pool, self.probe_pool, self.observe_pool, self.state_pool))
-        in_pg = self._in_pg
+        self._threads()
+        in_pg, in_svc, in_probe, in_kernel = self._in_pg, self._in_svc, self._in_probe, self._in_kernel
         self.db: Database = db or LocalDb(cfg, node)
         self.link = HeartbeatLink(cfg, node, self.key, self.digest, transport or UdpTransport(cfg, node), clock)
         self.observer = Observer(cfg, node, self.db, in_pg, in_kernel, self.guard)
@@ -122,6 +115,21 @@ class Agent(Surface):
         self.mover = ReportingMover(cfg, in_kernel, in_svc, in_probe, clock, self.event)
         self.alerts = AlertDispatcher.from_config(cfg)
         self.alerter = Alerter(cfg, node, self.alerts, self.event)
+
+    def _threads(self) -> None:
+        # One thread for PostgreSQL (its connection is not shared), one for services and addresses.
+        self.pg_pool = ThreadPoolExecutor(1, thread_name_prefix="pg", initializer=priority.follow)
+        # The decision step's own state writes: never queued behind a slow PostgreSQL query.
+        self.state_pool = ThreadPoolExecutor(1, thread_name_prefix="state", initializer=priority.follow)
+        self.svc_pool = ThreadPoolExecutor(1, thread_name_prefix="svc", initializer=priority.follow)
+        self.probe_pool = ThreadPoolExecutor(2, thread_name_prefix="probe", initializer=priority.follow)
+        # The step's own quick kernel reads (carriers, the reporting IP), never behind a probe or a service command:
+        # a step that waits is a stall (Observation.gap).
+        self.observe_pool = ThreadPoolExecutor(1, thread_name_prefix="observe", initializer=priority.follow)
+        # History and liveness writes, in order, off the event loop (see event()).
+        self.disk_pool = ThreadPoolExecutor(1, thread_name_prefix="disk")
+        self._in_pg, self._in_svc, self._in_probe, self._in_kernel, self._in_state = (
+            _runner(p) for p in (self.pg_pool, self.svc_pool, self.probe_pool, self.observe_pool, self.state_pool))
 
     def event(self, event: str, **detail: Any) -> None:
         entry = self.store.entry(event, **detail)
