@@ -48,14 +48,15 @@ class FakeClock:
 class MemoryNet:
     """Both heartbeat networks between alpha and a scripted beta, in memory.
 
-    A path can lose packets (``lose``: both ways, silently) or be down at alpha's end (``unplug``:
-    alpha's sends fail as on a link without carrier, and its carrier reads false).
+    A path can lose packets (``lost``: both ways, silently; ``one_way``: only alpha's) or be down at
+    alpha's end (``unplugged``: alpha's sends fail as on a link without carrier, its carrier reads false).
     """
 
     def __init__(self) -> None:
         self.to_peer: dict[Net, list[bytes]] = {n: [] for n in Net}
         self.lost: set[Net] = set()
         self.unplugged: set[Net] = set()
+        self.one_way: set[Net] = set()  # alpha's packets are lost, beta's still arrive
         self.tiebreaker = True
         self.on_datagram: OnDatagram | None = None
 
@@ -73,7 +74,7 @@ class MemoryNet:
     def send(self, net: Net, packet: bytes) -> None:
         if net in self.unplugged:
             raise OSError(101, "Network is unreachable")
-        if net not in self.lost:
+        if net not in self.lost and net not in self.one_way:
             self.to_peer[net].append(packet)
 
     def delivers(self, net: Net) -> bool:

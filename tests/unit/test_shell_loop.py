@@ -171,3 +171,26 @@ def test_shell_every_action_kind_has_a_handler_and_a_missing_one_is_refused_at_s
         partial = {k: h for k, h in table.items() if k is not ActionKind.SET_SYNC}
         with pytest.raises(ValueError, match="set_sync"):
             Executor(partial, sh.agent.event, sh.agent.actions.readback)
+
+
+def test_shell_loss_one_way_is_seen_through_the_peers_acknowledgements(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Alpha still hears beta on both paths, but beta no longer hears alpha (its acknowledgements stop):
+    with the tie-breaker gone too, the primary counts that as isolation and fences."""
+    pg = FakePostgres(DbState.PRIMARY)
+    with shell(tmp_path, monkeypatch, pg, FakeKernel({SERVICE_IP})) as sh:
+        async def go() -> None:
+            await sh.start()
+            for _ in range(5):
+                await sh.tick()
+            sh.net.tiebreaker = False
+            for _ in range(2):  # the tie-breaker alone: the peer hears us, nothing to do
+                await sh.tick()
+            assert sh.events("decision") == []
+            sh.net.one_way |= {Net.PUBLIC, Net.PRIVATE}
+            for _ in range(10):
+                await sh.tick()
+
+        run(go())
+        assert sh.agent.peer_view == STANDBY, "beta's heartbeats stopped arriving"
+        assert ("fence", "isolated") in decided(sh.events("decision")) and pg.db is DbState.DOWN
