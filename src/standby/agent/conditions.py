@@ -2,6 +2,7 @@
 
 The dispatcher (standby.alerts) turns these into de-duplicated, rate-limited
 messages; the agent only reports what is true now and which events happened.
+It owns the rules for when a condition holds; it may not send anything (agent/alerter.py does).
 """
 
 from __future__ import annotations
