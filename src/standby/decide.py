@@ -81,6 +81,13 @@ class Policy:
     # role move; the safety fences (newer term, stall, isolation) still apply.
     suspended: bool = False
     auto_rejoin: bool = False  # rejoin = "auto"
+    rejoin_backoff_s: float = 60.0  # between automatic rejoin attempts
+    # Primary: a degraded standby this close behind (bytes of WAL not flushed) is caught up, and commits wait for it again.
+    caught_up_bytes: int = 1024 * 1024
+
+    def tiebreaker_window_s(self) -> float:
+        """How long a tie-breaker answer counts: a few heartbeats, and well inside the fence timeout."""
+        return max(3 * self.heartbeat_s, 0.6 * self.fence_timeout_s)
 
 
 @dataclass(frozen=True)
@@ -336,7 +343,7 @@ def _db_rules(s: State, o: Observation, p: Policy) -> tuple[State, list[Action]]
         if o.pg.db is not DbState.DOWN:
             return s, [Action(ActionKind.FENCE, Reason.FENCE_ENFORCED, "fenced node found PostgreSQL running; stopping it")]
         if (p.auto_rejoin and peer is not None and peer.db is DbState.PRIMARY and peer.term >= s.term
-                and o.now - s.last_rejoin_at >= 60.0):
+                and o.now - s.last_rejoin_at >= p.rejoin_backoff_s):
             return replace(s, last_rejoin_at=o.now), [
                 Action(ActionKind.REJOIN, Reason.REJOIN_AUTO, f"the new primary (term {peer.term}) is healthy")]
         if p.hot and s.resumable and _lasted(s.peer_standby_since, o.now, p.failover_timeout_s):
@@ -413,7 +420,7 @@ def _sync_rules(s: State, o: Observation, p: Policy) -> tuple[State, list[Action
         return replace(s, degraded=True, sync_established=False), [Action(ActionKind.SET_SYNC, Reason.DEGRADE,
                                                   f"standby away for {p.degrade_after_s:g}s: commits stop waiting for it")]
     caught_up = (o.pg.peer_flush_lsn is not None and o.pg.lsn is not None
-                 and o.pg.lsn - o.pg.peer_flush_lsn <= 1024 * 1024)
+                 and o.pg.lsn - o.pg.peer_flush_lsn <= p.caught_up_bytes)
     if s.degraded and caught_up:
         # Commits acknowledged alone up to here: "in sync" only once the standby has flushed them.
         return replace(s, degraded=False, sync_established=False, sync_from_lsn=o.pg.lsn), [

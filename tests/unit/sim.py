@@ -166,10 +166,9 @@ class World:
         )
         elsewhere = p.holds_ips and p.up(Net.PUBLIC) and n.up(Net.PUBLIC)
         pol = self.policy[n.name]
-        window = max(3 * pol.heartbeat_s, 0.6 * pol.fence_timeout_s)
         obs = Observation(
             now=self.t, gap=self.t - n.last_step, pg=pg, peer=n.peer_view, heard=dict(n.heard),
-            carrier={net: n.links[net] for net in Net}, tiebreaker_ok=self.t - n.tb_ok_at < window,
+            carrier={net: n.links[net] for net in Net}, tiebreaker_ok=self.t - n.tb_ok_at < pol.tiebreaker_window_s(),
             services_healthy=True if n.holds_ips else None, service_ip_elsewhere=elsewhere, heard_me=n.heard_me,
         )
         if self._tiebreaker(n):  # the probe runs after this step has read its last result
@@ -272,8 +271,7 @@ class World:
 
     def _restart_agent(self, n: Node) -> None:
         assert n.store is not None
-        kept = n.store.load_state()
-        n.state = State(**kept, watching_since=self.t, services=n.holds_ips)  # type: ignore[arg-type]
+        n.state = n.store.restored(self.t, n.holds_ips)
         n.heard = {Net.PUBLIC: None, Net.PRIVATE: None}
         n.peer_view = None
         n.heard_me = None
@@ -345,7 +343,7 @@ class World:
             self.start_agent(n.name)
 
     def run(self, seconds: float) -> None:
-        for _ in range(int(round(seconds / TICK))):
+        for _ in range(round(seconds / TICK)):
             self.tick()
 
     # -- final checks -----------------------------------------------------------

@@ -226,7 +226,7 @@ def test_fence_agent_escalates_through_the_same_routine(tmp_path: Path, monkeypa
 
     _path, cfg, store = _node(tmp_path, None)
     edges = Edges(monkeypatch, store, PgRole.PRIMARY, fail=("fast",))
-    Agent(cfg, "alpha")._fence_pg()
+    Agent(cfg, "alpha").db.stop()
     assert [c[1][0] for c in edges.calls if c[0] == "stop"] == ["fast", "immediate"] and not edges.running
 
 

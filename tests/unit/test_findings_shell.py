@@ -120,7 +120,7 @@ def script(agent: Agent, monkeypatch: pytest.MonkeyPatch,
 
     monkeypatch.setattr(node_mod, "decide", fake_decide)
     monkeypatch.setattr(agent, "_observe", fake_observe)
-    monkeypatch.setattr(agent, "_fence_pg", lambda: None)
+    monkeypatch.setattr(agent.db, "stop", lambda: None)
     monkeypatch.setattr(agent, "_reconcile_sync", lambda: None)
 
 
@@ -257,7 +257,7 @@ def test_h3_observing_without_descriptors_reads_last_known_and_is_recorded_once(
     """EMFILE on netlink (the carrier read) and on the PostgreSQL socket: unknown/last known, not a crash."""
     agent = make_agent(tmp_path)
     agent.carrier = {Net.PUBLIC: True, Net.PRIVATE: True}
-    agent.pg, agent.pg_seen = LocalPg(DbState.PRIMARY, lsn=1), True
+    agent.pg, agent.observer.seen = LocalPg(DbState.PRIMARY, lsn=1), True
 
     async def go() -> list[Observation]:
         loop = asyncio.get_running_loop()
@@ -292,7 +292,7 @@ def test_h3_a_failing_step_is_retried_and_does_not_end_the_agent(
             agent.stop()
 
     monkeypatch.setattr(agent, "_step", step)
-    monkeypatch.setattr(agent, "_open_sockets", lambda: None)
+    monkeypatch.setattr(agent.link, "open", lambda: None)
     asyncio.run(asyncio.wait_for(agent.run(), 20))
     assert calls >= 4
     events = [e["event"] for e in agent.store.history()]
@@ -401,12 +401,12 @@ def test_l5_a_late_decision_step_counts_as_a_stall(
     monkeypatch.setattr(node_mod, "decide", fake_decide)
     monkeypatch.setattr(node_mod.pgobs, "connect_local", lambda *a, **kw: UnansweringConn(
         psycopg.errors.QueryCanceled("canceling statement due to statement timeout")))
-    monkeypatch.setattr(agent, "_carriers", lambda: {n: True for n in Net})
+    monkeypatch.setattr(agent.observer, "read_carriers", lambda: {n: True for n in Net})
 
     async def go() -> None:
         await agent._step()
         await asyncio.sleep(1.0)
-        agent.last_send, agent.max_send_gap = time.monotonic(), 0.0  # the sender was on time
+        agent.link.restart_gaps()  # the sender was on time
         await agent._step()
 
     asyncio.run(go())

@@ -25,6 +25,7 @@ import pytest
 from standby import apiclient, config
 from standby.agent import node as node_mod
 from standby.agent.heartbeat import Heartbeat, encode
+from standby.agent.link import drain
 from standby.agent.node import Agent
 from standby.agent.store import Store
 from standby.api import ApiServer
@@ -75,7 +76,7 @@ def _beta_heartbeat(a: Agent, boot: int, seq: int, ack: tuple[int, int] | None, 
 
 
 def _feed(a: Agent, packets: list[tuple[bytes, str]], net: Net = Net.PRIVATE) -> None:
-    a._on_packet(_Socket(packets), net)  # type: ignore[arg-type]
+    drain(_Socket(packets), net, a.link.on_datagram)  # type: ignore[arg-type]
 
 
 # -- M4: heartbeat replay after the receiver restarts --------------------------------------------

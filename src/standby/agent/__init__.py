@@ -1,1 +1,1 @@
-"""The node agent: observe, decide (standby.decide), act, and tell the peer."""
+"""The node agent: observe, decide (standby.decide), act, and tell the peer; node.py wires the parts."""

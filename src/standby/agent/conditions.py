@@ -2,6 +2,7 @@
 
 The dispatcher (standby.alerts) turns these into de-duplicated, rate-limited
 messages; the agent only reports what is true now and which events happened.
+It owns the rules for when a condition holds; it may not send anything (agent/alerter.py does).
 """
 
 from __future__ import annotations
@@ -9,8 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from standby.alerts import AlertKind
-from standby.decide import State, peer_fresh, silence
-from standby.decide import Policy
+from standby.decide import Policy, State, peer_fresh, silence
 from standby.model import Action, ActionKind, DbState, Observation, Reason
 
 REPLICATION_GRACE_S = 5.0  # a standby reconnecting after a blip is not an alert

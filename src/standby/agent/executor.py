@@ -1,4 +1,4 @@
-"""The ordered action runner: each role's actions run one at a time, in decision order.
+"""The executor: runs the decided actions, each role's one at a time, in decision order.
 
 A node has two roles an action can change: the database (promote, fence,
 restart, rejoin) and the service role (take or release the service IPs and
@@ -6,21 +6,35 @@ services). Opposite actions on one role must never overlap: a release still
 removing addresses while a later take adds them leaves a fenced node holding
 the service IPs. So every action waits for the ones decided before it on the
 same role; the two roles stay independent (a fence need not wait for a slow
-service stop).
+service stop). After a service action the state is set to what the kernel holds.
 
-It owns: the order of actions per role, and what is queued or running.
+It owns: the order of actions per role, what is queued or running, one handler
+per action kind (an action without one is recorded as failed, never as done),
+and the record of each action's outcome.
 It may not: decide (it never reorders, and drops an action only when the same
-kind is already the latest one waiting on its role), touch PostgreSQL or the
-kernel itself (the ``run`` callable does), or change the agent's state.
+kind is already the latest one waiting on its role), nor change the state
+beyond what the kernel says of the service IPs. The fence is act/fence.py's
+stop, the same routine `standby fence` runs.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import replace
 from enum import StrEnum
+from typing import Any
 
+from standby.agent.localdb import Database
+from standby.agent.servicerole import ServiceRole, TakeRefused
+from standby.agent.store import StateCell
+from standby.config import Config
 from standby.model import Action, ActionKind
+
+log = logging.getLogger("standby.agent")
+Run = Callable[..., Awaitable[Any]]
 
 
 class Role(StrEnum):
@@ -39,17 +53,34 @@ ROLE_OF: dict[ActionKind, Role] = {
 }
 
 
+Handler = Callable[[Action], Awaitable[None]]
+
+
+def first_line(e: BaseException) -> str:
+    text = str(e)
+    return text.splitlines()[0] if text else type(e).__name__
+
+
 class Executor:
-    def __init__(self, run: Callable[[Action], Awaitable[None]]) -> None:
-        self._run = run
+    def __init__(self, handlers: Mapping[ActionKind, Handler], event: Callable[..., None],
+                 readback: Callable[[], Awaitable[None]]) -> None:
+        missing = [k.value for k in ActionKind if k not in handlers or k not in ROLE_OF]
+        if missing:
+            raise ValueError(f"no handler for action kinds {missing}")
+        self._handlers, self._event, self._readback = dict(handlers), event, readback
         # asyncio.Lock is fair (first waiter first): tasks queue on it in submission order.
         self._locks = {r: asyncio.Lock() for r in Role}
         self._pending: dict[Role, list[ActionKind]] = {r: [] for r in Role}  # running first, then queued
         self._tasks: set[asyncio.Task[None]] = set()
+        self.counts: dict[str, int] = {}
 
     def submit(self, a: Action) -> bool:
-        """Queue ``a`` behind its role's earlier actions; False if the same kind is already the latest queued."""
-        role = ROLE_OF[a.kind]
+        """Queue ``a`` behind its role's earlier actions; False if the same kind is already the latest queued,
+        or if there is no handler for its kind (recorded as a failed action)."""
+        role = ROLE_OF.get(a.kind)
+        if role is None or a.kind not in self._handlers:
+            self._event("action_failed", action=str(a.kind), error=f"no handler for action kind {a.kind}")
+            return False
         if self._pending[role] and self._pending[role][-1] is a.kind:
             return False
         self._pending[role].append(a.kind)
@@ -61,9 +92,20 @@ class Executor:
     async def _go(self, role: Role, a: Action) -> None:
         try:
             async with self._locks[role]:
-                await self._run(a)
+                await self._run(role, a)
         finally:
             self._pending[role].remove(a.kind)  # the first of its kind is this one: FIFO
+
+    async def _run(self, role: Role, a: Action) -> None:
+        self.counts[a.kind.value] = self.counts.get(a.kind.value, 0) + 1
+        try:
+            await self._handlers[a.kind](a)
+            self._event("done", action=a.kind.value)
+        except Exception as e:  # noqa: BLE001  (an action failing must not stop the agent; the next step re-decides)
+            self._event("action_failed", action=a.kind.value, error=first_line(e))
+        finally:
+            if role is Role.SERVICES and not self.queued_after(a.kind):
+                await self._readback()  # done, failed or refused: the state says what the kernel holds
 
     def busy(self, kind: ActionKind) -> bool:
         """Is an action of this kind running or waiting?"""
@@ -84,3 +126,59 @@ class Executor:
         """Wait for everything submitted so far (tests, shutdown)."""
         while self._tasks:
             await asyncio.gather(*list(self._tasks), return_exceptions=True)
+
+
+class Actions:
+    """What each action kind does on this node: the executor's handlers."""
+
+    def __init__(self, cfg: Config, db: Database, service_role: ServiceRole, cell: StateCell, turn: asyncio.Lock,
+                 in_pg: Run, on_take_refused: Callable[[], None], rejoin: Callable[[], Awaitable[object]],
+                 event: Callable[..., None]) -> None:
+        self.cfg, self.db, self.service_role, self.cell, self.turn = cfg, db, service_role, cell, turn
+        self._in_pg, self._on_take_refused, self._rejoin, self._event = in_pg, on_take_refused, rejoin, event
+        self.take_refused: TakeRefused | None = None
+
+    def table(self) -> dict[ActionKind, Handler]:
+        return {
+            ActionKind.PROMOTE: lambda a: self._in_pg(self.db.promote),
+            ActionKind.FENCE: lambda a: self._in_pg(self.db.stop),
+            ActionKind.RESTART_PG: lambda a: self._in_pg(self.db.start),
+            ActionKind.TAKE_SERVICES: self.take,
+            ActionKind.RELEASE_SERVICES: lambda a: self.service_role.release(),
+            ActionKind.SET_SYNC: self.set_sync,
+            ActionKind.REJOIN: lambda a: self._rejoin(),
+        }
+
+    async def set_sync(self, a: Action) -> None:
+        """Nothing to do now: synchronous_standby_names is reconciled every step from the state."""
+
+    async def take(self, a: Action) -> None:
+        """A decided take, run after what was decided before it: re-checked now, not at decision time."""
+        refused: TakeRefused | None
+        s = self.cell.state
+        if not s.services:
+            refused = TakeRefused.SUPERSEDED
+        elif s.fenced:
+            refused = TakeRefused.FENCED
+        else:
+            refused = await self.service_role.take()
+            if refused is not None:
+                self._on_take_refused()
+        if refused in (TakeRefused.SUPERSEDED, TakeRefused.FENCED) and refused is not self.take_refused:
+            self._event("take_refused", reason=refused.value)
+        self.take_refused = refused
+
+    async def readback(self, locked: bool = False) -> None:
+        """The state says what the kernel holds, after a service action (done, failed or refused) or an
+        operator's operation. ``locked``: the caller has the turn already (an operator's operation)."""
+        if not self.cfg.service_ips:
+            return
+        try:
+            held = await self.service_role.holds()
+        except Exception as e:  # noqa: BLE001  (read again after the next service action; the agent goes on)
+            log.warning("could not read the service IPs back: %s", e)
+            return
+        async with contextlib.nullcontext() if locked else self.turn:  # not under a decision step's feet
+            if self.cell.state.services != held:
+                self._event("services_state_corrected", held=held)
+                self.cell.state = replace(self.cell.state, services=held)

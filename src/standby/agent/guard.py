@@ -53,7 +53,7 @@ class Guard:
             value = await read()
         except asyncio.CancelledError:
             raise
-        except Exception as e:
+        except Exception as e:  # noqa: BLE001  (a failing source reads as its fallback; the agent goes on)
             self.failed(source, e)
             return fallback
         self.ok(source)
@@ -68,7 +68,7 @@ class Guard:
                 return
             except asyncio.CancelledError:
                 raise
-            except Exception as e:
+            except Exception as e:  # noqa: BLE001  (a failing loop is recorded and started again)
                 self.failed(source, e, "loop")
             try:
                 await asyncio.wait_for(stopping.wait(), pause_s)

@@ -7,6 +7,9 @@ boot grows with every agent start (persisted), seq with every message, so a
 recorded message can never be played back. Anything else is counted and
 dropped; no input can raise out of `Receiver.accept`.
 
+It owns: the wire format and the rules for accepting a message. It may not read sockets or
+clocks (the link, agent/link.py, does both), nor act on what a message says.
+
 The order is remembered across the receiver's own restarts too: the peer's
 newest accepted boot is persisted (only when it changes, so no write per
 packet), older boots are refused, and a message of that same boot, whose

@@ -7,7 +7,7 @@ for a moment both servers take them). Cluster managers run their heartbeat
 at a real-time priority for this reason; so does the agent, round-robin at a
 modest level. Processes it starts (PostgreSQL, the services) go back to
 normal scheduling (SCHED_RESET_ON_FORK), so a busy database cannot starve
-the machine.
+the machine. It owns the process's scheduling class; it may not change anything else.
 """
 
 from __future__ import annotations

@@ -2,19 +2,21 @@
 
 It owns: adding (and announcing) and removing the service IPs, starting and
 stopping the services placed on the active node, asking who else answers ARP
-for the addresses, and reading what the kernel holds.
+for the addresses, and reading what the kernel holds. The add-and-announce
+sequence (``claim``) and the re-announcement are here once, for the reporting
+IP too.
 It may not: decide whether this node should hold the role, nor change the
 agent's state; its callers set the state from what ``holds`` reads.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from enum import StrEnum
 from typing import Any
 
 from standby.act import addresses, services
-from standby.config import Config, Placement
+from standby.config import Config, Placement, ServiceIP
 
 Run = Callable[..., Awaitable[Any]]  # runs a blocking function off the event loop
 
@@ -47,6 +49,38 @@ def who_else(cfg: Config) -> tuple[Claim, set[str]]:
     return (Claim.TAKEN if found else Claim.FREE), found
 
 
+async def claim(sips: Sequence[ServiceIP], in_svc: Run, in_probe: Run) -> None:
+    """Add and announce each address; on any failure remove them all again (half a take is none)."""
+    try:
+        for sip in sips:
+            await in_svc(addresses.add, sip)
+            await in_probe(addresses.announce, sip, 3)
+    except BaseException:
+        await let_go(sips, in_svc)
+        raise
+
+
+async def let_go(sips: Sequence[ServiceIP], in_svc: Run) -> None:
+    """Remove every address the kernel holds, whatever the state says; the first error after trying them all."""
+    errors: list[BaseException] = []
+    for sip in sips:
+        try:
+            await in_svc(addresses.remove, sip)
+        except Exception as e:  # noqa: BLE001  (the others are removed all the same; raised below)
+            errors.append(e)
+    if errors:
+        raise errors[0]
+
+
+async def reannounce(sips: Sequence[ServiceIP], in_probe: Run) -> None:
+    """One gratuitous ARP for each address held: switches and ARP caches forget."""
+    for sip in sips:
+        try:
+            await in_probe(addresses.announce, sip, 1)
+        except OSError:
+            pass  # the next round tries again
+
+
 class ServiceRole:
     def __init__(self, cfg: Config, node: str, in_svc: Run, in_probe: Run,
                  event: Callable[..., None]) -> None:
@@ -61,25 +95,10 @@ class ServiceRole:
         return await self._svc(lambda: any(addresses.held(sip) for sip in self.cfg.service_ips))  # type: ignore[no-any-return]
 
     async def add_ips(self) -> None:
-        """Add and announce every service IP; on any failure remove them all again (half a take is none)."""
-        try:
-            for sip in self.cfg.service_ips:
-                await self._svc(addresses.add, sip)
-                await self._probe(addresses.announce, sip, 3)
-        except BaseException:
-            await self.remove_ips()
-            raise
+        await claim(self.cfg.service_ips, self._svc, self._probe)
 
     async def remove_ips(self) -> None:
-        """Remove every service IP the kernel holds, whatever the state says; errors after trying them all."""
-        errors: list[BaseException] = []
-        for sip in self.cfg.service_ips:
-            try:
-                await self._svc(addresses.remove, sip)
-            except Exception as e:
-                errors.append(e)
-        if errors:
-            raise errors[0]
+        await let_go(self.cfg.service_ips, self._svc)
 
     async def take(self) -> TakeRefused | None:
         """ARP check, then the addresses, then the services; the reason when refused."""

@@ -103,6 +103,11 @@ class Store:
             return {}
         return {k: raw[k] for k in PERSISTED if k in raw}
 
+    def restored(self, now: float, services: bool) -> State:
+        """What a new agent run starts from: the persisted fields, watching from ``now`` (silence before it
+        is no evidence), and the service role as the kernel's addresses say (a stale claim is never re-asserted)."""
+        return State(**self.load_state(), watching_since=now, services=services)
+
     def save_state(self, state: State) -> None:
         data = {k: getattr(state, k) for k in PERSISTED}
         _atomic_write(self.state_path, json.dumps(data, sort_keys=True).encode(), sync=True)
@@ -133,16 +138,6 @@ class Store:
     def save_peer_boot(self, boot: int) -> None:
         _atomic_write(self.peer_boot_path, str(boot).encode(), sync=True)
 
-    def maintenance(self) -> bool:
-        """Automatic decisions suspended (kept across agent restarts: a switchover may be half-way)."""
-        return self.maint_path.exists()
-
-    def set_maintenance(self, on: bool) -> None:
-        if on:
-            _atomic_write(self.maint_path, b"1", sync=True)
-        else:
-            self.maint_path.unlink(missing_ok=True)
-
     # -- liveness -------------------------------------------------------------
 
     def _raw_liveness(self) -> dict[str, Any]:
@@ -160,8 +155,9 @@ class Store:
             return None
         return live if live.kernel_boot == kernel_boot_id() else None
 
-    def write_liveness(self, boot: int, clean: bool) -> None:
-        live = Liveness(os.getpid(), boot, time.monotonic(), clean, kernel_boot_id())
+    def write_liveness(self, boot: int, clean: bool, now: float | None = None) -> None:
+        """``now``: the agent's monotonic clock at its last decision (default: this process's)."""
+        live = Liveness(os.getpid(), boot, time.monotonic() if now is None else now, clean, kernel_boot_id())
         _atomic_write(self.live_path, json.dumps(asdict(live)).encode(), sync=False)
 
     # -- history ----------------------------------------------------------------
@@ -200,3 +196,19 @@ class Store:
             except ValueError:
                 continue  # a line cut by a crash
         return out
+
+
+class StateCell:
+    """The agent's current decision state, shared by its parts: replaced whole, never changed in place.
+
+    ``save`` is the one way to change a persisted field: on disk (fsync) first, then in memory, so what a
+    change allows never runs ahead of it. It blocks; callers run it off the event loop.
+    """
+
+    def __init__(self, store: Store, state: State | None = None) -> None:
+        self.store = store
+        self.state = state or State()
+
+    def save(self, new: State) -> None:
+        self.store.save_state(new)
+        self.state = new

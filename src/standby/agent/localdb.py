@@ -1,0 +1,117 @@
+"""The agent's one connection to its local PostgreSQL: every read and every statement goes through it.
+
+It owns: the connection (opened on first use, dropped after any error), the observation query
+(role, WAL positions, the standby's receiver, the primary's replica), the few statements actions
+run (promote, synchronous_standby_names, the peer's slot, the received position), and starting
+and stopping the server (the stop is the fence's escalating stop, act/fence.py).
+It may not: decide, run on the event loop (every method blocks: callers run them on the agent's one
+PostgreSQL thread), or open a second connection.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import psycopg
+
+from standby.act import fence
+from standby.act import postgres as pgact
+from standby.config import Config
+from standby.model import DbState, LocalPg, Lsn
+from standby.observe import postgres as pgobs
+
+Reading = tuple[LocalPg, str | None] | pgobs.Unanswered  # the server and its synchronous_standby_names
+
+
+class Database(Protocol):
+    """What the agent does with its local server (a fake in unit tests)."""
+
+    @property
+    def connected(self) -> bool: ...
+    def read(self) -> Reading: ...
+    def promote(self) -> None: ...
+    def start(self) -> None: ...
+    def stop(self) -> None: ...
+    def set_sync_names(self, value: str) -> None: ...
+    def received_lsn(self) -> Lsn | None: ...
+    def ensure_peer_slot(self) -> None: ...
+
+
+class LocalDb:
+    def __init__(self, cfg: Config, node: str) -> None:
+        self.cfg, self.node, self.peer = cfg, node, cfg.peer_of(node)
+        self._conn: psycopg.Connection | None = None
+
+    @property
+    def connected(self) -> bool:
+        return self._conn is not None
+
+    def _local(self) -> psycopg.Connection:
+        if self._conn is None or self._conn.closed:
+            self._conn = pgobs.connect_local(self.cfg, self.node, application_name=pgobs.AGENT_APPLICATION_NAME)
+            # Bounds how long a slow query holds the PostgreSQL thread; a timeout is not a crash.
+            self._conn.execute("SET statement_timeout = '2s'")
+        return self._conn
+
+    def _drop(self) -> None:
+        if self._conn is not None:
+            try:
+                self._conn.close()
+            except psycopg.Error:
+                pass
+        self._conn = None
+
+    def read(self) -> Reading:
+        try:
+            return read_local(self._local(), self.peer)
+        except psycopg.Error as e:
+            self._drop()
+            return pgobs.unanswered(e, pgobs.postmaster_running(self.cfg.pg(self.node).data_dir))
+
+    def promote(self) -> None:
+        conn = self._local()
+        conn.execute("SELECT pg_promote(true, 30)")
+        conn.execute("ALTER SYSTEM SET synchronous_standby_names = ''")
+        conn.execute("SELECT pg_reload_conf()")
+
+    def start(self) -> None:
+        pgact.start(self.cfg, self.node, 60)
+
+    def stop(self) -> None:
+        """The fence's stop: fast, immediate, then SIGKILL (the same routine as `standby fence`)."""
+        self._drop()
+        fence.stop_postgres(self.cfg, self.node)
+
+    def set_sync_names(self, value: str) -> None:
+        if self._conn is not None:
+            pgact.set_sync_names(self._conn, value)
+
+    def received_lsn(self) -> Lsn | None:
+        row = self._local().execute("SELECT pg_last_wal_receive_lsn()::text").fetchone()
+        return Lsn.parse(row[0]) if row else None
+
+    def ensure_peer_slot(self) -> None:
+        if self._conn is not None:
+            pgact.ensure_slot(self._conn, self.cfg.slot_name(self.peer))
+
+
+def read_local(conn: psycopg.Connection, peer: str) -> tuple[LocalPg, str | None]:
+    in_recovery, names = conn.execute(
+        "SELECT pg_is_in_recovery(), current_setting('synchronous_standby_names')").fetchone()  # type: ignore[misc]
+    if not in_recovery:
+        lsn = conn.execute("SELECT pg_current_wal_lsn()::text").fetchone()[0]  # type: ignore[index]
+        row = conn.execute(
+            "SELECT sync_state, flush_lsn::text FROM pg_stat_replication WHERE application_name = %s "
+            "AND state = 'streaming' ORDER BY flush_lsn DESC NULLS LAST LIMIT 1", (peer,)).fetchone()
+        flush = Lsn.parse(row[1]) if row else None
+        return LocalPg(DbState.PRIMARY, lsn=Lsn.parse(lsn).value, peer_sync=bool(row and row[0] == "sync"),  # type: ignore[union-attr]
+                       peer_flush_lsn=flush.value if flush else None), names
+    recv, replay = conn.execute("SELECT pg_last_wal_receive_lsn()::text, pg_last_wal_replay_lsn()::text").fetchone()  # type: ignore[misc]
+    # The age of the upstream's last message is computed by the server, on its own clock.
+    status = conn.execute("SELECT status, extract(epoch FROM clock_timestamp() - last_msg_receipt_time)::float8 "
+                          "FROM pg_stat_wal_receiver").fetchone()
+    pos = Lsn.parse(recv) or Lsn.parse(replay)
+    applied = Lsn.parse(replay)
+    age = float(status[1]) if status and status[1] is not None else None
+    return LocalPg(DbState.STANDBY, lsn=pos.value if pos else None, replay_lsn=applied.value if applied else None,
+                   streaming=bool(status and status[0] == "streaming"), upstream_age_s=age), names

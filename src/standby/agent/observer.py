@@ -1,0 +1,73 @@
+"""The observer: what the decision step sees of this node's PostgreSQL and links.
+
+It owns: the last observation of the local server (read through the one connection, agent.localdb,
+on the PostgreSQL thread) and of this node's carriers, and the rule for a read that is slow or
+fails: a late answer is used by a later step, a server that does not answer (a query timeout, too
+many clients) keeps its last observation, and only a postmaster that is gone reads as down.
+It may not: decide, act, or read PostgreSQL any other way (there is no second reader in the agent).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from standby.act import addresses
+from standby.agent.guard import Guard
+from standby.agent.localdb import Database, Reading
+from standby.config import Config
+from standby.model import DbState, LocalPg, Net
+from standby.observe import postgres as pgobs
+
+log = logging.getLogger("standby.agent")
+Run = Callable[..., Awaitable[Any]]  # runs a blocking function on one of the agent's threads
+FIRST_READ_WAIT_S = 3.0  # the first read may take longer: start-up, not a stall
+
+
+def read_carriers(cfg: Config, node: str) -> dict[Net, bool]:
+    return {net: addresses.carrier(getattr(cfg.nodes[node], net.value).interface) for net in Net}
+
+
+class Observer:
+    def __init__(self, cfg: Config, node: str, db: Database, in_pg: Run, in_kernel: Run, guard: Guard) -> None:
+        self.cfg, self.node, self.db = cfg, node, db
+        self._in_pg, self._in_kernel, self.guard = in_pg, in_kernel, guard
+        self.interval_s = cfg.timings.heartbeat_interval_ms / 1000
+        self.pg = LocalPg(DbState.DOWN)
+        self.sync_names: str | None = None
+        self.carrier: dict[Net, bool] = {n: False for n in Net}
+        self.read_carriers: Callable[[], dict[Net, bool]] = lambda: read_carriers(cfg, node)
+        self.seen = False  # a first observation arrived (until then, waiting for it is no stall)
+        self.pending: asyncio.Future[Reading] | None = None  # a read still under way
+
+    async def postgres(self) -> None:
+        """The local server, waited for one interval at most: a late answer is used by a later step, and
+        meanwhile the last observation stands. Only a server whose postmaster is gone reads as DOWN."""
+        if self.pending is None:
+            self.pending = asyncio.ensure_future(self._in_pg(self.db.read))
+        wait_s = self.interval_s if self.seen else FIRST_READ_WAIT_S
+        await asyncio.wait({self.pending}, timeout=wait_s)
+        if not self.pending.done():  # slow, not failed: recorded only if it ends in an error
+            log.debug("PostgreSQL did not answer within %gs; keeping the last observation", wait_s)
+            return
+        read, self.pending = self.pending, None
+        self.seen = True
+        try:
+            result = read.result()
+        except Exception as e:  # noqa: BLE001  (an observation that fails reads as last known, never ends the agent)
+            self.guard.failed("postgres", e)
+            return
+        if isinstance(result, pgobs.Unanswered) and not result.down:
+            self.guard.failed("postgres", f"{result.value}; keeping the last observation")
+            return
+        self.pg, self.sync_names = (LocalPg(DbState.DOWN), None) if isinstance(result, pgobs.Unanswered) else result
+        self.guard.ok("postgres")
+
+    async def carriers(self) -> None:
+        self.carrier = await self.guard.read("carrier", lambda: self._in_kernel(self.read_carriers), self.carrier)
+
+    async def both(self) -> None:
+        await self.postgres()
+        await self.carriers()

@@ -1,0 +1,279 @@
+"""Operator operations: what a person asks of this node through the API, carried out in steps.
+
+Switchover (demote, promote, follow, resume), rejoin, manual promotion, fence by hand, maintenance.
+Every change of the persisted state is a pure transition (standby.operations), saved before the step
+it allows; every precondition is a named refusal there too.
+
+It owns: the steps of each operation and their order, the maintenance file, and running an operation
+while no decision step and no action on the roles it changes runs.
+It may not: decide (it never acts on its own; the decision loop does), nor write the state other than
+through the transitions in standby.operations.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import subprocess
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from standby import operations as ops
+from standby.act import postgres as pgact
+from standby.act import services
+from standby.agent.executor import Actions, Executor, Role
+from standby.agent.localdb import Database
+from standby.agent.maintenance import MaintenanceFile
+from standby.agent.observer import Observer
+from standby.agent.servicerole import Claim, ServiceRole
+from standby.agent.store import StateCell
+from standby.config import Config, Placement, for_node
+from standby.decide import State
+from standby.model import DbState, LocalPg, Lsn
+from standby.operations import Operation
+
+Run = Callable[..., Awaitable[Any]]
+# Operations that change only the database role; the others change both.
+_ROLES: dict[Operation, tuple[Role, ...]] = {Operation.REJOIN: (Role.DATABASE,), Operation.FOLLOW: (Role.DATABASE,)}
+
+
+class OpError(Exception):
+    """An operator's request (switchover step, rejoin) that cannot be done now; nothing was changed."""
+
+
+def hook_argv(cfg: Config, node: str) -> list[str] | None:
+    """The address-change hook for ``node``: placeholders filled in per argument, never parsed by a shell."""
+    if not cfg.address_change_hook:
+        return None
+    address = str(cfg.nodes[node].public.ip)
+    return [for_node(a, node).replace("{address}", address) for a in cfg.address_change_hook]
+
+
+def run_hook(argv: list[str]) -> str:
+    try:
+        res = subprocess.run(argv, check=False, capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return f"could not run {argv[0]}: {e}"
+    return f"exit {res.returncode}"
+
+
+class Operator:
+    def __init__(self, cfg: Config, node: str, cell: StateCell, observer: Observer, db: Database,
+                 service_role: ServiceRole, executor: Executor, actions: Actions, maintenance: MaintenanceFile,
+                 turn: asyncio.Lock, in_pg: Run, in_svc: Run, event: Callable[..., None],
+                 forgive_pause: Callable[[], None]) -> None:
+        self.cfg, self.node, self.peer = cfg, node, cfg.peer_of(node)
+        self.cell, self.observer, self.db, self.service_role = cell, observer, db, service_role
+        self.executor, self.actions, self.maintenance, self.turn = executor, actions, maintenance, turn
+        self._in_pg, self._in_svc, self.event, self._forgive_pause = in_pg, in_svc, event, forgive_pause
+
+    # -- maintenance ------------------------------------------------------------------------------
+
+    @property
+    def suspended(self) -> bool:
+        """Automatic decisions suspended (maintenance, until its deadline)."""
+        return self.maintenance.active()
+
+    def set_maintenance(self, on: bool, by: str = "api") -> None:
+        if on:
+            m = self.maintenance.start(by)
+            self.event("maintenance", suspended=True, by=by, until=m.view(m.since)["until"])
+        else:
+            self.maintenance.end()
+            self.event("maintenance", suspended=False)
+
+    def maintenance_view(self) -> dict[str, object] | None:
+        m = self.maintenance.current
+        return m.view(time.time()) if m is not None and self.suspended else None
+
+    # -- running an operation ---------------------------------------------------------------------
+
+    async def operate(self, name: str, *args: Any) -> dict[str, Any]:
+        """Run the operation ``name`` once the actions already decided on the roles it changes are done,
+        while no decision step and no other action on those roles runs."""
+        op = Operation(name)
+        async with contextlib.AsyncExitStack() as held:
+            for role in _ROLES.get(op, tuple(Role)):
+                await held.enter_async_context(self.executor.exclusive(role))
+            async with self.turn:  # always after the role locks: an action holding one may wait for the turn
+                try:
+                    return await self._run(op, *args)
+                finally:
+                    self._forgive_pause()  # a person's operation held the steps back: that is no stall
+
+    async def decided_rejoin(self) -> None:
+        """The REJOIN action (rejoin = "auto"): the database role is the executor's already."""
+        async with self.turn:
+            try:
+                await self.rejoin()
+            finally:
+                self._forgive_pause()
+
+    async def _run(self, op: Operation, *args: Any) -> dict[str, Any]:
+        if (refused := ops.refusal(op, self.cell.state, self.observer.pg.db, self.suspended)) is not None:
+            raise OpError(refused.describe(self.node, self.observer.pg.db))
+        steps: dict[Operation, Callable[..., Awaitable[dict[str, Any]]]] = {
+            Operation.DEMOTE: self.demote, Operation.PROMOTE: self.promote, Operation.FOLLOW: self.follow,
+            Operation.RESUME: self.resume, Operation.REJOIN: self.rejoin,
+            Operation.MANUAL_PROMOTE: self.manual_promote, Operation.FENCE: self.fence}
+        return await steps[op](*args)
+
+    async def _save(self, new: State) -> None:
+        await self._in_pg(self.cell.save, new)
+
+    # -- the operations ---------------------------------------------------------------------------
+
+    async def demote(self) -> dict[str, Any]:
+        """Switchover, on the primary: let go of the services, then shut PostgreSQL down cleanly."""
+        try:
+            await self.service_role.release()
+        finally:
+            await self.actions.readback(locked=True)
+        self.cell.state = ops.released(self.cell.state)
+        await self._in_pg(self.db.stop)
+        ctl = await self._in_pg(pgact.control_data, self.cfg, self.node)
+        if ctl.get("Database cluster state") != "shut down":
+            raise OpError(f"PostgreSQL did not shut down cleanly ({ctl.get('Database cluster state')})")
+        self.observer.pg = LocalPg(DbState.DOWN)
+        lsn, tli = ctl["Latest checkpoint location"], int(ctl["Latest checkpoint's TimeLineID"])
+        self.event("switchover_demoted", checkpoint=lsn, timeline=tli)
+        return {"checkpoint_lsn": lsn, "timeline": tli}
+
+    async def _received(self, need: Lsn, timeout_s: float) -> Lsn:
+        """Wait until WAL past ``need`` (the old primary's shutdown checkpoint record) has arrived."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            got = await self._in_pg(self.db.received_lsn)
+            if got is not None and got > need:  # the checkpoint record itself has arrived
+                return got  # type: ignore[no-any-return]
+            if time.monotonic() >= deadline:
+                raise OpError(f"{self.node} received WAL up to {got} but the old primary's shutdown checkpoint "
+                              f"is at {need}; not promoting (nothing would be lost by waiting, but it did not arrive "
+                              f"within {timeout_s:g}s)")
+            await asyncio.sleep(0.02)
+
+    async def promote(self, min_lsn: str, timeout_s: float) -> dict[str, Any]:
+        """Switchover, on the standby: once every WAL byte up to the old primary's shutdown
+        checkpoint is here, promote and take the services."""
+        need = Lsn.parse(min_lsn)
+        if need is None:
+            raise OpError(f"bad LSN {min_lsn!r}")
+        got = await self._received(need, timeout_s)
+        await self._save(ops.promoting(self.cell.state, planned=True))
+        term = self.cell.state.term
+        await self._in_pg(self.db.promote)
+        # Promoted: from here on, a failure must not read as a refusal (the caller would start
+        # the old primary again). What fails is reported; the agent's next steps finish it.
+        problems: list[str] = []
+        try:
+            await self._in_pg(self.db.ensure_peer_slot)
+        except Exception as e:  # noqa: BLE001  (reported to the caller; the promotion stands)
+            problems.append(f"replication slot for {self.peer}: {e}")
+        results: list[services.CommandResult] = []
+        try:
+            # The old primary released the addresses itself: no need to wait for an ARP check.
+            await self.service_role.add_ips()
+            self.cell.state = ops.serving(self.cell.state)
+            results = await self.service_role.start(Placement.ACTIVE)
+        except Exception as e:  # noqa: BLE001  (reported to the caller; the promotion stands)
+            problems.append(f"service IPs and services: {e}")
+        self.event("switchover_promoted", term=term, received=str(got),
+                   failed_services=[r.service for r in results if not r.ok], problems=problems)
+        return {"term": term, "received_lsn": str(got), "problems": problems}
+
+    async def follow(self) -> dict[str, Any]:
+        """Switchover, on the old primary: start again as a standby of the new primary."""
+        await self._in_pg(pgact.configure_as_standby, self.cfg, self.node, self.peer)
+        await self._in_pg(pgact.start, self.cfg, self.node, 60)
+        await self._in_pg(pgact.wait_streaming, self.cfg, self.node, 60)
+        await self._save(ops.following(self.cell.state))
+        self.event("switchover_following", primary=self.peer, term=self.cell.state.term)
+        return {"following": self.peer}
+
+    async def resume(self) -> dict[str, Any]:
+        """Switchover aborted: the old primary starts again as it was, and takes its services back."""
+        if self.observer.pg.db is DbState.DOWN:
+            await self._in_pg(self.db.start)
+        try:
+            refused = await self.service_role.take()
+        finally:
+            await self.actions.readback(locked=True)
+        self.event("switchover_aborted_resumed", services_refused=refused)
+        return {"resumed": self.node}
+
+    async def rejoin(self) -> dict[str, Any]:
+        """Reverse replication: this old primary becomes a standby of the new one (see act.rejoin)."""
+        from standby.act import rejoin as rj
+        from standby.salvage import salvage_for_rejoin
+
+        salvage_fn = salvage_for_rejoin if self.cfg.salvage.tables else None
+        self.set_maintenance(True, by="rejoin")
+        try:
+            result = await self._in_pg(lambda: rj.rejoin(
+                self.cfg, self.node, state_dir=self.cfg.state_dir_for(self.node),
+                report=lambda m: self.event("rejoin_step", detail=m), salvage=salvage_fn))
+            await self._save(ops.following(self.cell.state))
+        finally:
+            self.set_maintenance(False)
+        self.event("rejoined", method=result.method, fork=result.fork_lsn, salvaged=result.salvaged_rows)
+        return {"method": result.method, "fork_lsn": result.fork_lsn, "old_timeline": result.old_timeline,
+                "salvage_report": str(result.salvage_report) if result.salvage_report else None,
+                "salvaged_rows": result.salvaged_rows,
+                "kept_aside": str(result.kept_aside) if result.kept_aside else None,
+                "steps": [[n, round(d, 3)] for n, d in result.steps]}
+
+    async def manual_promote(self) -> dict[str, Any]:
+        """A person decided (`standby promote`): promote, take the addresses, run the address-change hook,
+        start the services; each step timed."""
+        steps: list[list[Any]] = []
+        t = time.monotonic()
+
+        def step(name: str) -> None:
+            nonlocal t
+            now = time.monotonic()
+            steps.append([name, round(now - t, 3)])
+            t = now
+
+        await self._save(ops.promoting(self.cell.state, planned=False))
+        term = self.cell.state.term
+        await self._in_pg(self.db.promote)
+        await self._in_pg(self.db.ensure_peer_slot)
+        step(f"PostgreSQL promoted (term {term})")
+        if (taken := await self._take_addresses()) is not None:
+            step(taken)
+        argv = hook_argv(self.cfg, self.node)
+        if argv:
+            step(f"address-change hook: {await self._in_svc(run_hook, argv)}")
+        # Every service, those placed everywhere too: one that could not start while no primary
+        # was writable (a warm standby whose primary died as its agent started) stopped again, and
+        # nothing else would start it. Start commands are idempotent (a running one is left alone).
+        results = await self.service_role.start(None)
+        step("services started" + "".join(f"; {r.service} FAILED: {r.detail}" for r in results if not r.ok))
+        self.event("manual_promotion", term=term, steps=steps)
+        return {"term": term, "steps": steps}
+
+    async def _take_addresses(self) -> str | None:
+        """A manual promotion's service IPs: added unless another host still answers for them."""
+        if not self.cfg.service_ips:
+            self.cell.state = ops.serving(self.cell.state)
+            return None
+        claim, others = await self.service_role.who_else()
+        if claim is Claim.TAKEN:
+            return f"service IPs NOT taken: still answered by {', '.join(sorted(others))}"
+        if claim is Claim.UNKNOWN:
+            return "service IPs NOT taken: the ARP probe failed, so another holder cannot be ruled out"
+        await self.service_role.add_ips()
+        self.cell.state = ops.serving(self.cell.state)
+        return "service IPs taken"
+
+    async def fence(self) -> dict[str, Any]:
+        """A person fences this node (before promoting the other one): no services, no PostgreSQL."""
+        try:
+            await self.service_role.release()
+        finally:  # PostgreSQL stops even if an address could not be removed
+            await self._save(ops.fenced_by_operator(self.cell.state))
+            await self.actions.readback(locked=True)
+            await self._in_pg(self.db.stop)
+        self.event("fenced_by_operator")
+        return {"fenced": self.node}

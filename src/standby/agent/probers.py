@@ -1,0 +1,106 @@
+"""The background probes: the tie-breaker, who answers ARP for the service IPs, the services' health.
+
+Each runs in a loop of its own, off the decision step (a probe may take longer than a step), and
+keeps only its latest result, which the step reads. After a stall the results are stale, which is
+why the tie-breaker's answer counts only for a window (Policy.tiebreaker_window_s).
+
+It owns: those results, and the periodic gratuitous ARP for the service IPs this node holds.
+It may not: decide, change the agent's state, or add or remove an address.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from standby.act import services
+from standby.agent.servicerole import Claim, ServiceRole, reannounce
+from standby.config import Config
+from standby.decide import Policy, State
+from standby.observe import probes
+
+log = logging.getLogger("standby.agent")
+Run = Callable[..., Awaitable[Any]]
+REFUSED_RECENTLY_S = 10.0  # after a refused take, keep asking who answers even while the peer is heard
+HEALTH_EVERY_S = 1.0
+ANNOUNCE_EVERY_S = 5.0  # switches and ARP caches forget
+
+
+def probe_tiebreaker(address: str, port: int, timeout: float) -> bool:
+    if port:
+        return probes.tcp_connect(address, port, timeout)
+    try:
+        return probes.icmp_echo(address, timeout)
+    except OSError:
+        return False
+
+
+class Probers:
+    def __init__(self, cfg: Config, node: str, policy: Policy, service_role: ServiceRole, in_svc: Run, in_probe: Run,
+                 clock: Callable[[], float], event: Callable[..., None]) -> None:
+        self.cfg, self.node, self.service_role = cfg, node, service_role
+        self._in_svc, self._in_probe, self.clock, self.event = in_svc, in_probe, clock, event
+        self.window_s = policy.tiebreaker_window_s()
+        self.interval_s = policy.heartbeat_s
+        self.tiebreaker_at = -math.inf
+        self.ip_elsewhere: bool | None = None
+        self.services_healthy: bool | None = None
+        self.take_refused_at = -math.inf
+
+    def tiebreaker_ok(self) -> bool | None:
+        if self.cfg.tiebreaker is None:
+            return None
+        return self.clock() - self.tiebreaker_at < self.window_s
+
+    def take_refused(self) -> None:
+        """A take found another holder (or could not tell): the next decisions must see it at once."""
+        self.ip_elsewhere = True
+        self.take_refused_at = self.clock()
+
+    async def tiebreaker(self, stopping: asyncio.Event) -> None:
+        tb = self.cfg.tiebreaker
+        if tb is None:
+            return
+        timeout = min(0.5, self.interval_s * 2)
+        while not stopping.is_set():
+            t0 = self.clock()
+            if await self._in_probe(probe_tiebreaker, str(tb.address), tb.port, timeout):
+                self.tiebreaker_at = self.clock()
+            await asyncio.sleep(max(0.0, self.interval_s - (self.clock() - t0)))
+
+    async def arp(self, stopping: asyncio.Event, state: Callable[[], State], last_heard: Callable[[float], float]) -> None:
+        """While the peer is silent, keep asking who answers for the service IPs."""
+        while not stopping.is_set():
+            now, s = self.clock(), state()
+            quiet = now - last_heard(s.watching_since)
+            recently_refused = now - self.take_refused_at < REFUSED_RECENTLY_S
+            if self.cfg.service_ips and not s.services and (quiet >= 2 * self.interval_s or recently_refused):
+                claim, found = await self.service_role.who_else()
+                self.ip_elsewhere = claim is not Claim.FREE  # a failed probe blocks a take like an answer
+                if found:
+                    log.warning("service IPs answered by %s while the peer is silent", ", ".join(sorted(found)))
+            else:
+                self.ip_elsewhere = None
+            await asyncio.sleep(self.interval_s)
+
+    async def health(self, stopping: asyncio.Event, watch: Callable[[], bool]) -> None:
+        """``watch``: this node serves and no take or start is under way (a service starting is not sick)."""
+        while not stopping.is_set():
+            if self.cfg.services and watch():
+                ok, results = await self._in_svc(services.healthy, self.cfg.services, self.node)
+                if ok != self.services_healthy:
+                    self.event("services_health", healthy=ok, detail=[r.detail for r in results if not r.ok])
+                self.services_healthy = ok
+            else:
+                self.services_healthy = None
+            await asyncio.sleep(HEALTH_EVERY_S)
+
+    async def announcer(self, stopping: asyncio.Event, holding: Callable[[], bool]) -> None:
+        """Keep announcing the service IPs while this node holds them (and is not letting go)."""
+        while not stopping.is_set():
+            await asyncio.sleep(ANNOUNCE_EVERY_S)
+            if holding():
+                await reannounce(self.cfg.service_ips, self._in_probe)

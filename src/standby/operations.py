@@ -1,0 +1,101 @@
+"""Operator operations as pure state transitions, beside the decisions (standby.decide).
+
+A person's operation (a switchover step, a manual promotion, a rejoin, a fence by hand) changes the
+agent's persisted state as surely as a decision does. Each change is one function here, so the
+rules are stated once: every promotion takes a term above any seen (the same bump for every kind
+of promotion), a node that follows or rejoins takes the newest term it knows and is no longer
+fenced, a node fenced by hand stays fenced until it rejoins. Each operation's precondition is a
+function too, with a named refusal.
+
+No I/O: the agent's shell (standby.agent.operator) asks, carries out the steps, and persists what
+these functions return before the step they allow.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from enum import StrEnum
+
+from standby.decide import State
+from standby.model import DbState
+
+
+class Refusal(StrEnum):
+    """Why an operation cannot be done now (nothing was changed)."""
+
+    NOT_SUSPENDED = "automatic failover must be suspended first (maintenance)"
+    NOT_PRIMARY = "is not the primary"
+    NOT_STANDBY = "is not a standby"
+    NOT_RUNNING_STANDBY = "is not a running standby"
+    NOT_STOPPED = "has PostgreSQL running; it must be stopped first"
+    NEVER_PRIMARY = "was not the primary before; refusing to make it one"
+
+    def describe(self, node: str, db: DbState) -> str:
+        if self is Refusal.NOT_SUSPENDED:
+            return self.value
+        return f"{node} {self.value} (PostgreSQL is {db.value})"
+
+
+class Operation(StrEnum):
+    DEMOTE = "demote"  # switchover, on the primary
+    PROMOTE = "promote"  # switchover, on the standby
+    FOLLOW = "follow"  # switchover, on the old primary
+    RESUME = "resume"  # switchover aborted, on the old primary
+    REJOIN = "rejoin"
+    MANUAL_PROMOTE = "manual_promote"
+    FENCE = "fence"
+
+
+def refusal(op: Operation, s: State, db: DbState, suspended: bool) -> Refusal | None:
+    """May ``op`` run on a node in state ``s`` whose PostgreSQL is observed as ``db``?"""
+    match op:
+        case Operation.DEMOTE:
+            if not suspended:
+                return Refusal.NOT_SUSPENDED
+            return Refusal.NOT_PRIMARY if db is not DbState.PRIMARY or s.fenced else None
+        case Operation.PROMOTE:
+            if not suspended:
+                return Refusal.NOT_SUSPENDED
+            return Refusal.NOT_STANDBY if db is not DbState.STANDBY else None
+        case Operation.FOLLOW:
+            return Refusal.NOT_STOPPED if db is not DbState.DOWN else None
+        case Operation.RESUME:
+            return Refusal.NEVER_PRIMARY if s.fenced or not s.was_primary else None
+        case Operation.MANUAL_PROMOTE:
+            return Refusal.NOT_RUNNING_STANDBY if db is not DbState.STANDBY or s.fenced else None
+        case Operation.REJOIN | Operation.FENCE:
+            return None
+
+
+def next_term(s: State) -> int:
+    """The term a promotion takes: above any this node has had or heard."""
+    return max(s.term, s.peer_term) + 1
+
+
+def promoting(s: State, planned: bool) -> State:
+    """Persisted before PostgreSQL is promoted. Commits stop waiting for the old primary (degraded).
+    ``planned`` (a switchover): the old primary shut down cleanly, so this node was never it."""
+    new = replace(s, term=next_term(s), promoting=True, degraded=True)
+    return replace(new, was_primary=False) if planned else new
+
+
+def following(s: State) -> State:
+    """A standby of the peer again (switchover's old primary, or a rejoin): unfenced, in the newest term
+    known, and a standby cannot have been overtaken by a promotion of the peer it follows."""
+    return replace(s, term=max(s.term, s.peer_term), was_primary=False, fenced=False, degraded=False,
+                   promoting=False, peer_could_promote=False)
+
+
+def fenced_by_operator(s: State) -> State:
+    """Fenced by hand (before the peer is promoted by hand): sticky until a rejoin."""
+    return replace(s, fenced=True, was_primary=False, releasing_services=False, promoting=False)
+
+
+def serving(s: State) -> State:
+    """The service IPs were added here by an operation."""
+    return replace(s, services=True, releasing_services=False)
+
+
+def released(s: State) -> State:
+    """The service role was let go of by an operation, not by a decision: nothing to tell the peer."""
+    return replace(s, releasing_services=False)

@@ -1,0 +1,68 @@
+"""Operator operations as pure transitions (standby.operations): preconditions, terms, what is persisted."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from standby import operations as ops
+from standby.decide import State
+from standby.model import DbState
+from standby.operations import Operation, Refusal
+
+states = st.builds(State, term=st.integers(0, 50), peer_term=st.integers(0, 50), fenced=st.booleans(),
+                   was_primary=st.booleans(), promoting=st.booleans(), degraded=st.booleans(),
+                   peer_could_promote=st.booleans(), services=st.booleans(), releasing_services=st.booleans())
+
+
+@given(states, st.booleans())
+def test_every_promotion_takes_a_term_above_any_seen(s: State, planned: bool) -> None:
+    new = ops.promoting(s, planned)
+    assert new.term > s.term and new.term > s.peer_term and new.term == ops.next_term(s)
+    assert new.promoting and new.degraded
+    assert new.was_primary is (False if planned else s.was_primary)
+
+
+@given(states)
+def test_following_is_a_standby_in_the_newest_term_known(s: State) -> None:
+    new = ops.following(s)
+    assert new.term == max(s.term, s.peer_term) and new.term >= s.term
+    assert not (new.fenced or new.was_primary or new.promoting or new.degraded or new.peer_could_promote)
+
+
+@given(states)
+def test_fenced_by_hand_keeps_its_term_and_claims_nothing(s: State) -> None:
+    new = ops.fenced_by_operator(s)
+    assert new.fenced and not new.was_primary and not new.promoting and not new.releasing_services
+    assert new.term == s.term
+
+
+@pytest.mark.parametrize(("op", "state", "db", "suspended", "refused"), [
+    (Operation.DEMOTE, State(), DbState.PRIMARY, False, Refusal.NOT_SUSPENDED),
+    (Operation.DEMOTE, State(fenced=True), DbState.PRIMARY, True, Refusal.NOT_PRIMARY),
+    (Operation.DEMOTE, State(), DbState.STANDBY, True, Refusal.NOT_PRIMARY),
+    (Operation.DEMOTE, State(), DbState.PRIMARY, True, None),
+    (Operation.PROMOTE, State(), DbState.STANDBY, False, Refusal.NOT_SUSPENDED),
+    (Operation.PROMOTE, State(), DbState.DOWN, True, Refusal.NOT_STANDBY),
+    (Operation.PROMOTE, State(), DbState.STANDBY, True, None),
+    (Operation.FOLLOW, State(), DbState.PRIMARY, True, Refusal.NOT_STOPPED),
+    (Operation.FOLLOW, State(), DbState.DOWN, False, None),
+    (Operation.RESUME, State(was_primary=True, fenced=True), DbState.DOWN, True, Refusal.NEVER_PRIMARY),
+    (Operation.RESUME, State(was_primary=False), DbState.DOWN, True, Refusal.NEVER_PRIMARY),
+    (Operation.RESUME, State(was_primary=True), DbState.DOWN, True, None),
+    (Operation.MANUAL_PROMOTE, State(fenced=True), DbState.STANDBY, False, Refusal.NOT_RUNNING_STANDBY),
+    (Operation.MANUAL_PROMOTE, State(), DbState.DOWN, False, Refusal.NOT_RUNNING_STANDBY),
+    (Operation.MANUAL_PROMOTE, State(), DbState.STANDBY, False, None),
+    (Operation.REJOIN, State(fenced=True), DbState.DOWN, False, None),
+    (Operation.FENCE, State(), DbState.PRIMARY, False, None),
+])
+def test_each_operation_is_refused_only_for_its_named_reason(op: Operation, state: State, db: DbState, suspended: bool,
+                                                               refused: Refusal | None) -> None:
+    assert ops.refusal(op, state, db, suspended) is refused
+
+
+def test_a_refusal_names_the_node_and_what_its_server_is() -> None:
+    text = Refusal.NOT_PRIMARY.describe("alpha", DbState.STANDBY)
+    assert "alpha" in text and "standby" in text
+    assert Refusal.NOT_SUSPENDED.describe("alpha", DbState.PRIMARY) == Refusal.NOT_SUSPENDED.value
