@@ -41,6 +41,7 @@ from standby import __version__, tls
 from standby.agent.node import Agent, OpError
 from standby.config import ConfigError, api_addresses, read_secret
 from standby.model import DbState
+from standby.web import routes as web_routes
 
 log = logging.getLogger("standby.api")
 AGENT_KEY = web.AppKey("agent", Agent)
@@ -300,6 +301,7 @@ def make_app(agent: Agent, agent_loop: asyncio.AbstractEventLoop | None = None) 
     app.router.add_get("/health", health)
     app.router.add_get("/status", status)
     app.router.add_get("/metrics", metrics)
+    web_routes.install(app, agent, registry, _may_read)  # the status page (/ui/) and its series
     app.router.add_post("/maintenance", maintenance)
     for path, fn in (("/switchover/demote", "demote"), ("/switchover/promote", "promote"),
                      ("/switchover/follow", "follow"), ("/switchover/resume", "resume"), ("/rejoin", "rejoin"),
