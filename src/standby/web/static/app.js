@@ -110,8 +110,8 @@ function banners(pair) {
   return out;
 }
 
-function fact(dl, label, value, cls) {
-  dl.append(el("dt", {}, label), el("dd", cls ? { class: cls } : {}, value));
+function fact(dl, label, value, cls, id) {
+  dl.append(el("dt", {}, label), el("dd", { class: cls || null, id: id || null }, value));
 }
 
 function nodeCard(pair, n) {
@@ -177,9 +177,10 @@ function pairFacts(pair, samples) {
   const primary = views.find((v) => v.role === "primary");
   const standby = views.find((v) => v.role === "standby");
   const last = samples.length ? samples[samples.length - 1] : null;
-  fact(dl, "primary", pair.primaries.length ? pair.primaries.join(" and ") : "none", pair.primaries.length === 1 ? "" : "tag bad");
+  fact(dl, "primary", pair.primaries.length ? pair.primaries.join(" and ") : "none", pair.primaries.length === 1 ? "" : "tag bad",
+       "fact-primary");
   const lagB = last ? last.lag_bytes : (standby || primary || pair.here).lag_bytes;
-  fact(dl, "lag", `${bytes(lagB)}, ${seconds(last ? last.lag_s : null)}`);
+  fact(dl, "lag", `${bytes(lagB)}, ${seconds(last ? last.lag_s : null)}`, "", "fact-lag");
   let sync = "unknown";
   if (primary) {
     const rows = (primary.pg && primary.pg.replicas) || [];
@@ -188,13 +189,13 @@ function pairFacts(pair, samples) {
   } else if (standby) {
     sync = standby.peer_sync ? "in sync (as the primary last said)" : "not in sync";
   }
-  fact(dl, "sync state", `${sync} (durability ${pair.here.durability}, ${pair.here.mode} mode)`);
+  fact(dl, "sync state", `${sync} (durability ${pair.here.durability}, ${pair.here.mode} mode)`, "", "fact-sync");
   // The standby knows whether it would take over; the primary whether commits wait for it.
   const risk = [standby, primary, pair.here].find((v) => v && v.risk.exposure !== "unknown") || pair.here;
   const risk_ = risk.risk;
-  fact(dl, "a failover now would lose", riskText(risk_), risk_.exposure === "nothing" ? "" : "tag warn");
+  fact(dl, "a failover now would lose", riskText(risk_), risk_.exposure === "nothing" ? "" : "tag warn", "fact-risk");
   const holders = pair.holders.length ? pair.holders.join(" and ") : "nobody";
-  fact(dl, "service IPs on", holders, pair.holders.length === 1 ? "" : "tag bad");
+  fact(dl, "service IPs on", holders, pair.holders.length === 1 ? "" : "tag bad", "fact-holders");
   if (pair.here.reporting) fact(dl, "reporting IP on", pair.reporting.length ? pair.reporting.join(" and ") : "nobody");
 }
 
