@@ -32,6 +32,7 @@ from standby.web.pair import (
     lag_bytes,
     lag_seconds,
 )
+from tests.browser import browser_in, text_of
 from tests.unit.configs import example_with_secrets
 
 ADDR = {"alpha": ("127.10.0.11", "127.11.0.11"), "beta": ("127.10.0.12", "127.11.0.12")}  # public, private
@@ -322,3 +323,34 @@ def test_hostile_clients_do_not_hold_up_the_page(pairs: Pairs) -> None:
         for s in hostile:
             s.close()
         server.stop()
+
+
+def test_page_in_a_browser_asks_for_the_token_and_shouts_when_two_serve(pairs: Pairs) -> None:
+    """The page's own logic in Chromium (no lab): the token prompt, and the loud banners a split pair raises."""
+    pair = pairs(token_for_status=True)
+    as_standby(pair.agents["alpha"], primary_lsn=50_000, lsn=40_000)
+    as_primary(pair.agents["beta"], lsn=50_000)
+    gen = browser_in(None)
+    b = next(gen)
+    try:
+        b(b.driver.get, f"http://127.11.0.11:{pair.port}/ui/")
+        b.wait(None, "the token prompt", lambda d: d.find_element("id", "token-form").is_displayed())
+
+        def give(token: str) -> None:
+            b.driver.find_element("id", "token").send_keys(token)
+            b.driver.find_element("css selector", "#token-form button").click()
+
+        b(give, "wrong")
+        b.wait(None, "the wrong token refused", lambda d: "refused" in text_of(d, "#token-error"))
+        b(give, pair.token)
+        b.wait(None, "beta primary, seen through alpha", lambda d: text_of(d, "#role-beta") == "PRIMARY")
+        kept = b(b.driver.execute_script, "return [sessionStorage.getItem('standby-token'), localStorage.length]")
+        assert kept == [pair.token, 0]  # in the tab only
+        assert b.text("#banners") == ""
+        # Split: alpha is promoted too and both hold the service IPs.
+        as_primary(pair.agents["alpha"], lsn=60_000)
+        b.wait(None, "the two-primaries and two-holders banners",
+               lambda d: "two primaries" in text_of(d, "#banners").lower()
+               and "service ips held by alpha and beta" in text_of(d, "#banners").lower())
+    finally:
+        gen.close()

@@ -56,13 +56,13 @@ def node_view(a: Agent, pg_detail: dict[str, Any] | None) -> dict[str, Any]:
     m = a.maintenance.current if a.suspended else None
     heard = dict(a.heard)
     return {
+        "time": time.time(),  # the agent's wall clock: the page says how fresh each node's view is
         "node": a.node,
         "peer": a.peer,
+        "role": f.db.value,
         "cluster": a.cfg.cluster,
         "mode": a.cfg.mode.value,
         "durability": a.cfg.replication.durability.value,
-        "time": time.time(),
-        "role": f.db.value,
         "term": s.term,
         "fenced": s.fenced,
         "degraded": s.degraded,
