@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
@@ -45,6 +46,7 @@ PEER_TIMEOUT_S = 1.5  # one attempt at the peer, per address
 PEER_STALE_S = 3.0  # a peer not fetched for this long is shown unreachable
 PG_EVERY_S = 3.0  # timeline and replication rows: read from PostgreSQL this often while watched
 HISTORY_LIMIT = 150
+CACHE_S = 0.5  # a JSON body serves every request this long
 STATIC = {"app.js": "text/javascript", "style.css": "text/css", "index.html": "text/html"}
 # The page runs only its own script and talks only to the node that served it.
 CSP = "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; img-src 'self' data:"
@@ -71,6 +73,7 @@ class Page:
     history: list[dict[str, Any]] = field(default_factory=list)
     history_read_at: float = -1e9
     files: dict[str, bytes] = field(default_factory=dict)
+    bodies: dict[str, tuple[float, bytes]] = field(default_factory=dict)  # monotonic time built, JSON
 
 
 PAGE_KEY = web.AppKey("page", Page)
@@ -99,23 +102,13 @@ def install(app: web.Application, agent: Agent, registry: CollectorRegistry,
         if not may_read(request):
             return _unauthorised()
         page.watched_until = time.monotonic() + WATCH_S
-        await _refresh_history(page)
-        return _json({**node_view(agent, page.pg_detail), "history": page.history})
+        return await _cached(page, "node", lambda: {**node_view(agent, page.pg_detail), "history": page.history})
 
     async def pair_json(request: web.Request) -> web.Response:
         if not may_read(request):
             return _unauthorised()
-        now = time.monotonic()
-        page.watched_until = page.pair_watched_until = now + WATCH_S
-        await _refresh_history(page)
-        p = page.peer
-        reachable = None if p.tried_at is None else (p.fetched_at is not None and now - p.fetched_at <= PEER_STALE_S)
-        return _json({
-            "here": {**node_view(agent, page.pg_detail), "history": page.history},
-            "peer": {"name": agent.peer, "reachable": reachable, "error": p.error, "via": p.via,
-                     "age_s": None if p.fetched_at is None else round(now - p.fetched_at, 1), "view": p.view},
-            "samples": [asdict(s) for s in page.sampler.samples],
-        })
+        page.watched_until = page.pair_watched_until = time.monotonic() + WATCH_S
+        return await _cached(page, "pair", lambda: _pair_doc(page))
 
     app.router.add_get("/ui", index_redirect)
     app.router.add_get("/ui/", static)
@@ -123,6 +116,29 @@ def install(app: web.Application, agent: Agent, registry: CollectorRegistry,
     app.router.add_get("/ui/pair.json", pair_json)
     app.router.add_get("/ui/{name}", static)
     app.cleanup_ctx.append(_background(page))
+
+
+def _pair_doc(page: Page) -> dict[str, Any]:
+    now = time.monotonic()
+    p = page.peer
+    reachable = None if p.tried_at is None else (p.fetched_at is not None and now - p.fetched_at <= PEER_STALE_S)
+    return {
+        "here": {**node_view(page.agent, page.pg_detail), "history": page.history},
+        "peer": {"name": page.agent.peer, "reachable": reachable, "error": p.error, "via": p.via,
+                 "age_s": None if p.fetched_at is None else round(now - p.fetched_at, 1), "view": p.view},
+        "samples": [asdict(s) for s in page.sampler.samples],
+    }
+
+
+async def _cached(page: Page, key: str, build: Callable[[], dict[str, Any]]) -> web.Response:
+    """The same body for every request within CACHE_S: many clients cost one build, not one each."""
+    now = time.monotonic()
+    hit = page.bodies.get(key)
+    if hit is None or now - hit[0] >= CACHE_S:
+        await _refresh_history(page)
+        hit = (now, json.dumps(build(), default=str).encode())
+        page.bodies[key] = hit
+    return web.Response(body=hit[1], content_type="application/json", headers={"Cache-Control": "no-store"})
 
 
 def _json(body: dict[str, Any], status: int = 200) -> web.Response:
