@@ -354,3 +354,20 @@ def test_page_in_a_browser_asks_for_the_token_and_shouts_when_two_serve(pairs: P
                and "service ips held by alpha and beta" in text_of(d, "#banners").lower())
     finally:
         gen.close()
+
+
+def test_page_in_a_browser_names_a_primary_heard_only_in_heartbeats(pairs: Pairs) -> None:
+    """beta's agent API does not answer but its heartbeats do: the page names beta primary (from them)
+    and says its API is unreachable, rather than shouting that no node accepts writes."""
+    pair = pairs(serve=("alpha",))
+    as_standby(pair.agents["alpha"], primary_lsn=50_000, lsn=40_000)
+    gen = browser_in(None)
+    b = next(gen)
+    try:
+        b(b.driver.get, f"http://127.11.0.11:{pair.port}/ui/")
+        b.wait(None, "beta unreachable", lambda d: "beta is unreachable" in text_of(d, "#banners"))
+        assert b.text("#fact-primary") == "beta"
+        assert "no primary" not in b.text("#banners").lower()
+        assert b.text("#role-beta") == "UNREACHABLE" and b.text("#heard-beta").startswith("primary, term 3")
+    finally:
+        gen.close()

@@ -55,10 +55,17 @@ function merge(doc) {
     name: peer.name, view: peer.view, reachable: peer.reachable === true, checking: peer.reachable === null,
     error: peer.error, age: peer.age_s, heardBy: here.peer_said, here: false,
   };
-  const live = Object.values(nodes).filter((n) => n.reachable && n.view);
-  const primaries = live.filter((n) => n.view.role === "primary").map((n) => n.name);
-  const holders = live.filter((n) => n.view.services).map((n) => n.name);
-  const reporting = live.filter((n) => n.view.reporting && n.view.reporting.held).map((n) => n.name);
+  // A node whose agent does not answer may still be heard in heartbeats: its word counts there.
+  for (const n of Object.values(nodes)) {
+    const said = n.reachable ? n.view : (n.heardBy || null);
+    n.role = said ? said.role : null;
+    n.services = !!(said && said.services);
+    n.reportingHeld = !!(n.reachable ? n.view.reporting && n.view.reporting.held : said && said.reporting);
+  }
+  const all = Object.values(nodes);
+  const primaries = all.filter((n) => n.role === "primary").map((n) => n.name);
+  const holders = all.filter((n) => n.services).map((n) => n.name);
+  const reporting = all.filter((n) => n.reportingHeld).map((n) => n.name);
   const entries = new Map();
   for (const n of Object.values(nodes)) {
     for (const e of (n.view && n.view.history) || []) entries.set(e.time + "|" + e.node + "|" + e.event + "|" + (e.action || ""), e);
@@ -91,7 +98,8 @@ function banners(pair) {
   for (const name of pair.names) {
     const n = pair.nodes[name];
     if (!n.here && !n.reachable && !n.checking) {
-      warn(`${name} is unreachable: its agent does not answer` + (n.error ? ` (${n.error})` : ""));
+      warn(`${name} is unreachable: its agent does not answer` + (n.error ? ` (${n.error})` : "") +
+           (n.heardBy ? `; its heartbeats still arrive (${n.heardBy.role})` : ""));
     }
     const v = n.reachable ? n.view : null;
     if (!v) continue;
@@ -125,7 +133,10 @@ function nodeCard(pair, n) {
   card.append(el("div", { class: "role " + role, id: "role-" + n.name }, role));
   const dl = el("dl", {});
   if (!n.reachable) {
-    if (n.heardBy && n.heardBy.role) fact(dl, "heartbeats say", `${n.heardBy.role}, term ${n.heardBy.term}`);
+    if (n.heardBy && n.heardBy.role) {
+      fact(dl, "its heartbeats say", `${n.heardBy.role}, term ${n.heardBy.term}` +
+           (n.heardBy.services ? ", holds the service IPs" : ""), "tag warn", "heard-" + n.name);
+    }
     if (v) fact(dl, "last seen", `${v.role}, term ${v.term}, ${n.age === null ? "?" : n.age + " s ago"}`);
     card.append(dl);
     return card;
