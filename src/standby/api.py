@@ -5,6 +5,7 @@ GET /replica   200 on a streaming standby (optional ?lag=BYTES bound), 503 elsew
 GET /health    200 while PostgreSQL runs here
 GET /status    this agent's view, as JSON
 GET /metrics   Prometheus text
+GET /ui/       the status page, read-only (standby.web.routes)
 POST /maintenance {"suspend": true|false}   suspends automatic failover
 POST /switchover/demote | /switchover/promote {"min_lsn", "timeout_s"} | /switchover/follow | /switchover/resume
 POST /rejoin | /promote (a person's decision) | /fence
