@@ -154,7 +154,8 @@ function nodeCard(pair, n) {
   if (v.role === "standby") fact(dl, "streaming", v.streaming ? "yes" : "NO", v.streaming ? "" : "tag bad");
   if (v.role === "primary") {
     const rows = pg.replicas || [];
-    fact(dl, "standbys", rows.length ? rows.map((r) => `${r.name}: ${r.sync_state}`).join(", ") : "none connected");
+    fact(dl, "standbys", !v.pg ? "reading..." : rows.length ? rows.map((r) => `${r.name}: ${r.sync_state}`).join(", ")
+                                                             : "none connected");
   }
   fact(dl, "service IPs", v.services ? (v.service_ips.join(", ") || "held") : "not here");
   if (v.reporting) fact(dl, "reporting IP", v.reporting.held ? v.reporting.address : "not here");
@@ -219,7 +220,8 @@ function graph(samples) {
   if (!samples.length) { caption.textContent = "no samples yet"; return; }
   const t0 = samples[0].t;
   const t1 = Math.max(samples[samples.length - 1].t, t0 + 1);
-  const max = Math.max(1, ...known.map((s) => s.lag_bytes));
+  const top = Math.max(0, ...known.map((s) => s.lag_bytes));
+  const max = Math.max(1, top);
   const x = (t) => ((t - t0) / (t1 - t0)) * 600;
   const y = (b) => 125 - (b / max) * 115;
   let run = [];
@@ -239,7 +241,7 @@ function graph(samples) {
     run.push(x(s.t).toFixed(1) + "," + y(s.lag_bytes).toFixed(1));
   }
   flush();
-  caption.textContent = `lag in bytes over the last ${Math.round((t1 - t0) / 60) || 1} min (top: ${bytes(max)}); gaps: no standby or no primary known`;
+  caption.textContent = `lag in bytes over the last ${Math.round((t1 - t0) / 60) || 1} min (top: ${bytes(top)}); gaps: no standby or no primary known`;
 }
 
 function describe(e) {
