@@ -5,6 +5,7 @@ GET /replica   200 on a streaming standby (optional ?lag=BYTES bound), 503 elsew
 GET /health    200 while PostgreSQL runs here
 GET /status    this agent's view, as JSON
 GET /metrics   Prometheus text
+GET /ui/       the status page, read-only (standby.web.routes)
 POST /maintenance {"suspend": true|false}   suspends automatic failover
 POST /switchover/demote | /switchover/promote {"min_lsn", "timeout_s"} | /switchover/follow | /switchover/resume
 POST /rejoin | /promote (a person's decision) | /fence
@@ -55,6 +56,7 @@ from standby.documents import (
     StateView,
 )
 from standby.model import DbState
+from standby.web import routes as web_routes
 
 T = TypeVar("T")
 
@@ -327,6 +329,7 @@ def make_app(agent: Agent, agent_loop: asyncio.AbstractEventLoop | None = None) 
     app.router.add_get("/health", health)
     app.router.add_get("/status", status)
     app.router.add_get("/metrics", metrics)
+    web_routes.install(app, agent, registry, _may_read)  # the status page (/ui/) and its series
     app.router.add_post("/maintenance", maintenance)
     for op in Operation:
         app.router.add_post(op.path, _op(op))
