@@ -219,6 +219,8 @@ def test_chaos_seed_103_rejoin_resumes_after_a_rewind_that_never_started(lab_fac
     lab.heal()
     lab.wait_for("alpha fenced and hearing beta", lambda: (agent_state(lab, "alpha").get("peer_view") or {}).get("db")
                  == "primary" and agent_state(lab, "alpha")["state"]["fenced"], timeout_s=20)
+    pid_file = lab.node("alpha").pgdata / "postmaster.pid"
+    lab.wait_for("alpha's fence to stop its server", lambda: not pid_file.exists(), timeout_s=30)
     half = lab.run("alpha", [sys.executable, "-c", _HALF_REJOIN, str(lab.config_path)], check=False)
     assert half.returncode == 3, half.stdout + half.stderr
     assert (lab.node("alpha").pgdata / "backup_label").exists()  # rewound, never started
