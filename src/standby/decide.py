@@ -371,8 +371,7 @@ def _db_rules(s: State, o: Observation, p: Policy) -> tuple[State, list[Action]]
             return _fence(s, Reason.PG_CRASHED_FAILOVER, "PostgreSQL died here; the standby, which has every "
                           "acknowledged commit (sync) or is within the lag bound (async), takes over", False,
                           resumable=True)
-        peer_took_over = peer is not None and peer.db is DbState.PRIMARY and peer.term > s.term
-        if peer_took_over:
+        if peer is not None and peer.db is DbState.PRIMARY and peer.term > s.term:  # the peer took over
             return _fence(s, Reason.SUPERSEDED, f"peer is primary in term {peer.term}", True)
         # Restart as primary only if nobody can have taken over meanwhile: this
         # agent watched the server die, or the peer is heard and still a standby.
@@ -446,7 +445,7 @@ def _service_safety(s: State, o: Observation, p: Policy) -> tuple[State, list[Ac
 
 def _service_rules(s: State, o: Observation, p: Policy) -> tuple[State, list[Action]]:
     peer = peer_fresh(o, p)
-    primary_here = o.pg.db is DbState.PRIMARY and not s.fenced or s.promoting
+    primary_here = (o.pg.db is DbState.PRIMARY and not s.fenced) or s.promoting
     if (released := _service_safety(s, o, p)) is not None:
         return released
     if s.services:

@@ -185,3 +185,68 @@ def test_rejoin_falls_back_to_a_clone_when_the_wal_is_gone(lab_factory, tmp_path
     assert "kept at" in out  # and the old directory is kept until they are dealt with
     verdict = verify(lab, run, on="beta")
     assert not verdict["duplicate_call_ids"]
+
+
+# A rejoin that stops after pg_rewind (here: the write of the standby's settings refused, as libfaketime
+# once made it) leaves a directory that only WAL from the new primary can make consistent.
+_HALF_REJOIN = """
+import sys
+from standby import config
+from standby.act import postgres as act, rejoin as rj
+from standby.salvage import salvage_for_rejoin
+
+def refused(*args, **kwargs):
+    raise act.PostgresActionError("writing standby.pgpass as postgres failed")
+
+cfg = config.load(sys.argv[1])
+rj.act.configure_as_standby = refused
+try:
+    rj.rejoin(cfg, "alpha", state_dir=cfg.state_dir_for("alpha"), salvage=salvage_for_rejoin)
+except act.PostgresActionError as e:
+    print("stopped:", e)
+    sys.exit(3)
+"""
+
+
+def test_chaos_seed_103_rejoin_resumes_after_a_rewind_that_never_started(lab_factory, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    import sys
+
+    lab = start_pair(lab_factory("async"))
+    with under_load(lab, tmp_path) as run:
+        _diverge_async(lab)
+    lost = set(verify(lab, run, on="beta")["missing_acked"])
+    assert lost, "the scenario should have made beta miss acknowledged calls"
+    lab.heal()
+    lab.wait_for("alpha fenced and hearing beta", lambda: (agent_state(lab, "alpha").get("peer_view") or {}).get("db")
+                 == "primary" and agent_state(lab, "alpha")["state"]["fenced"], timeout_s=20)
+    pid_file = lab.node("alpha").pgdata / "postmaster.pid"
+    lab.wait_for("alpha's fence to stop its server", lambda: not pid_file.exists(), timeout_s=30)
+    half = lab.run("alpha", [sys.executable, "-c", _HALF_REJOIN, str(lab.config_path)], check=False)
+    assert half.returncode == 3, half.stdout + half.stderr
+    assert (lab.node("alpha").pgdata / "backup_label").exists()  # rewound, never started
+    # The operator (or the campaign) tries again: it resumes, and the salvage of the first try comes out.
+    res = lab.standby("alpha", "rejoin", "--yes", check=False)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "resuming" in res.stdout
+    found = [line for line in res.stdout.splitlines() if line.startswith("salvage: ")]
+    assert found, res.stdout
+    report = found[0].split(" are in ")[1].split(";")[0]
+    lab.wait_for("alpha streaming", lambda: streaming_standby(lab, "alpha"), timeout_s=30)
+    applied = lab.standby("beta", "salvage", "apply", "--yes", report, check=False)
+    assert applied.returncode == 0, applied.stdout + applied.stderr
+    verdict = verify(lab, run, on="beta")
+    assert verdict["missing_acked"] == [] and not verdict["duplicate_call_ids"]
+    # The standby replays the new primary's history, not one of its own.
+    with lab.pg_connect("beta", autocommit=True) as c:
+        c.execute("CREATE TABLE after_rejoin (x int)")
+        c.execute("INSERT INTO after_rejoin VALUES (1)")
+    lab.wait_for("alpha replays beta's new writes", lambda: _count(lab, "alpha", "after_rejoin") == 1, timeout_s=20)
+
+
+def _count(lab: Lab, node: str, table: str) -> int | None:
+    try:
+        with lab.pg_connect(node, autocommit=True) as c:
+            row = c.execute(f"SELECT count(*) FROM {table}").fetchone()
+            return int(row[0]) if row else None
+    except Exception:  # noqa: BLE001 - not replayed yet: the wait asks again
+        return None

@@ -289,6 +289,13 @@ def control_data(cfg: Config, node: str) -> dict[str, str]:
     return {k.strip(): v.strip() for k, _, v in (ln.partition(":") for ln in res.stdout.splitlines()) if v}
 
 
+def awaits_wal_from_source(cfg: Config, node: str) -> bool:
+    """Whether the stopped data directory was left by pg_rewind or a base backup and not yet started:
+    it holds a backup_label and becomes consistent only with WAL from the server it came from, so
+    it must start as a standby of that server, never on its own."""
+    return (cfg.pg(node).data_dir / "backup_label").exists()
+
+
 def ensure_clean_shutdown(cfg: Config, node: str) -> bool:
     """Finish crash recovery of a stopped data directory, isolated (single-user mode, no network).
 
@@ -297,6 +304,10 @@ def ensure_clean_shutdown(cfg: Config, node: str) -> bool:
     """
     state = control_data(cfg, node).get("Database cluster state", "")
     if state in ("shut down", "shut down in recovery"):
+        return False
+    if awaits_wal_from_source(cfg, node):
+        # Recovered alone, it would end recovery on its own and write WAL its source never had:
+        # the next start as a standby then reads a spliced history (chaos seed 103).
         return False
     pg = cfg.pg(node)
     # A single-user server refuses standby mode, and a rejoin that failed half-way may

@@ -10,10 +10,16 @@ Order matters, and each step only runs when the previous one succeeded:
 5. pg_rewind; if impossible (WAL gone, no hint bits logged), move the old
    directory aside (kept until the salvage has been dealt with) and clone;
 6. start as a standby of the peer and check that it streams.
+
+A rejoin stopped between 5 and 6 (the agent killed, a write refused) leaves a data directory that
+can only become consistent by streaming from the peer. The next rejoin resumes at 6 with the
+salvage report the first one wrote (kept in the state directory until the node streams): it never
+recovers that directory alone nor looks for a fork again (chaos seed 103).
 """
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import time
@@ -115,6 +121,15 @@ def rejoin(cfg: Config, node: str, *, state_dir: Path, report: Report = lambda s
         act.ensure_slot(conn, cfg.slot_name(node))
     step(f"checkpoint on {peer}, replication slot {cfg.slot_name(node)} ready")
 
+    pending = state_dir / PENDING
+    if act.awaits_wal_from_source(cfg, node):
+        _resume(pending, result)
+        step(f"the data directory was already rewound or cloned from {peer} by a rejoin that stopped "
+             "before starting it: resuming there")
+        _start_streaming(cfg, node, peer, step)
+        pending.unlink(missing_ok=True)
+        return result
+
     if act.ensure_clean_shutdown(cfg, node):
         step("crash recovery of the old data directory (it had not stopped cleanly)")
     fork, old_tli, _ = fork_point(cfg, node)
@@ -135,6 +150,7 @@ def rejoin(cfg: Config, node: str, *, state_dir: Path, report: Report = lambda s
                              env={"PGPASSFILE": str(pf)}, timeout=3600)
         if res.returncode == 0:
             result.method = RejoinMethod.REWIND
+            _remember(pending, result)
             step("pg_rewind done")
         else:
             why = ((res.stderr.strip() or res.stdout.strip()).splitlines()[-1:] or ["unknown"])[0]
@@ -145,6 +161,7 @@ def rejoin(cfg: Config, node: str, *, state_dir: Path, report: Report = lambda s
             result.kept_aside = aside
             act.clone(cfg, node, peer)
             result.method = RejoinMethod.CLONE
+            _remember(pending, result)
             if salvage is not None and result.salvage_report is None:
                 # Salvage looked and this node had nothing the new primary lacks: nothing to keep.
                 discard_aside(aside)
@@ -152,11 +169,48 @@ def rejoin(cfg: Config, node: str, *, state_dir: Path, report: Report = lambda s
                 step(f"cloned from {peer}; the old directory held nothing to salvage and was removed")
             else:
                 step(f"cloned from {peer}; the old directory is kept at {aside} until its salvage is dealt with")
+    _start_streaming(cfg, node, peer, step)
+    pending.unlink(missing_ok=True)
+    return result
+
+
+def _start_streaming(cfg: Config, node: str, peer: str, step: Callable[[str], None]) -> None:
     act.configure_as_standby(cfg, node, peer)
     act.start(cfg, node)
     act.wait_streaming(cfg, node, timeout_s=60)
     step(f"streaming from {peer}")
-    return result
+
+
+# What a rejoin that changed the data directory found, until the node streams (in the state directory).
+PENDING = "rejoin-pending.json"
+
+
+def _remember(path: Path, result: RejoinResult) -> None:
+    doc = {"method": result.method, "fork_lsn": result.fork_lsn, "old_timeline": result.old_timeline,
+           "salvage_report": str(result.salvage_report) if result.salvage_report else None,
+           "salvaged_rows": result.salvaged_rows,
+           "kept_aside": str(result.kept_aside) if result.kept_aside else None}
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(doc))
+    tmp.replace(path)
+
+
+def _resume(path: Path, result: RejoinResult) -> None:
+    """Fill ``result`` from what the interrupted rejoin remembered (nothing, if it left no record)."""
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, ValueError):
+        result.method = RejoinMethod.REWIND
+        return
+    try:
+        result.method = RejoinMethod(doc.get("method"))
+    except ValueError:
+        result.method = RejoinMethod.REWIND
+    result.fork_lsn = doc.get("fork_lsn")
+    result.old_timeline = doc.get("old_timeline")
+    result.salvage_report = Path(doc["salvage_report"]) if doc.get("salvage_report") else None
+    result.salvaged_rows = int(doc.get("salvaged_rows") or 0)
+    result.kept_aside = Path(doc["kept_aside"]) if doc.get("kept_aside") else None
 
 
 def discard_aside(path: Path) -> None:
