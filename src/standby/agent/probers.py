@@ -29,12 +29,12 @@ HEALTH_EVERY_S = 1.0
 ANNOUNCE_EVERY_S = 5.0  # switches and ARP caches forget
 
 
-def probe_tiebreaker(address: str, port: int, timeout: float) -> bool:
-    if port:
-        return probes.tcp_connect(address, port, timeout)
+def probe_tiebreaker(cfg: Config) -> bool:
+    """One tie-breaker answer or none, asked exactly as `standby check` asks it (probes.tiebreaker_answers);
+    an echo that cannot even be sent counts as no answer."""
     try:
-        return probes.icmp_echo(address, timeout)
-    except OSError:
+        return probes.tiebreaker_answers(cfg)
+    except OSError:  # ProbeError included
         return False
 
 
@@ -61,13 +61,11 @@ class Probers:
         self.take_refused_at = self.clock()
 
     async def tiebreaker(self, stopping: asyncio.Event) -> None:
-        tb = self.cfg.tiebreaker
-        if tb is None:
+        if self.cfg.tiebreaker is None:
             return
-        timeout = min(0.5, self.interval_s * 2)
         while not stopping.is_set():
             t0 = self.clock()
-            if await self._in_probe(probe_tiebreaker, str(tb.address), tb.port, timeout):
+            if await self._in_probe(probe_tiebreaker, self.cfg):
                 self.tiebreaker_at = self.clock()
             await asyncio.sleep(max(0.0, self.interval_s - (self.clock() - t0)))
 
