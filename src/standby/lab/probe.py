@@ -27,6 +27,7 @@ import subprocess
 import sys
 import threading
 import time
+import traceback
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -110,7 +111,24 @@ class _Sampler:
         self._stop = threading.Event()
 
     def run(self) -> None:
+        self._loop_thread = threading.get_ident()
+        self._tick = time.monotonic()
+        threading.Thread(target=self._watchdog, daemon=True).start()
         asyncio.run(self._loop())
+
+    def _watchdog(self) -> None:
+        """Say on stderr where the sampling loop is stuck when it misses its interval by far: a blind
+        probe is a campaign violation, and the stack is what tells the cause."""
+        told = 0.0
+        while not self._stop.is_set():
+            time.sleep(0.1)
+            late = time.monotonic() - self._tick
+            if late > 0.5 and self._tick != told:
+                told = self._tick
+                frame = sys._current_frames().get(self._loop_thread)
+                stack = "".join(traceback.format_stack(frame)[-8:]) if frame is not None else "(no frame)\n"
+                sys.stderr.write(f"probe: sampling loop {late:.2f} s late, in:\n{stack}")
+                sys.stderr.flush()
 
     async def _loop(self) -> None:
         conns: dict[str, psycopg.AsyncConnection[Any] | None] = {n: None for n in self.targets}
@@ -172,7 +190,7 @@ class _Sampler:
             return bool(done and task.result())
 
         while not self._stop.is_set():
-            t0 = time.monotonic()
+            t0 = self._tick = time.monotonic()
             answers = await asyncio.gather(*(writable(n) for n in self.targets))
             sys.stdout.write(json.dumps({"t": t0, "writable": [n for n, ok in zip(self.targets, answers, strict=True) if ok],
                                          "open": [n for n in self.targets if opened[n]]}) + "\n")
