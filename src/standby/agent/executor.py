@@ -73,6 +73,11 @@ class Executor:
         self._pending: dict[Role, list[ActionKind]] = {r: [] for r in Role}  # running first, then queued
         self._tasks: set[asyncio.Task[None]] = set()
         self.counts: dict[str, int] = {}
+        # Bumped when an operator's operation starts: an action decided before it but queued behind it
+        # would act on a node the operation changed (a FENCE decided just before a rejoin stopped the
+        # standby the rejoin had started: chaos seed 103). Such an action is dropped; the next step
+        # decides again from what the operation left.
+        self.epoch = 0
 
     def submit(self, a: Action) -> bool:
         """Queue ``a`` behind its role's earlier actions; False if the same kind is already the latest queued,
@@ -84,14 +89,18 @@ class Executor:
         if self._pending[role] and self._pending[role][-1] is a.kind:
             return False
         self._pending[role].append(a.kind)
-        task = asyncio.get_running_loop().create_task(self._go(role, a))
+        task = asyncio.get_running_loop().create_task(self._go(role, a, self.epoch))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return True
 
-    async def _go(self, role: Role, a: Action) -> None:
+    async def _go(self, role: Role, a: Action, epoch: int) -> None:
         try:
             async with self._locks[role]:
+                if epoch != self.epoch:
+                    self._event("action_superseded", action=a.kind.value,
+                                reason="an operator's operation ran after it was decided")
+                    return
                 await self._run(role, a)
         finally:
             self._pending[role].remove(a.kind)  # the first of its kind is this one: FIFO
@@ -117,6 +126,10 @@ class Executor:
     def queued_after(self, kind: ActionKind) -> bool:
         """While an action of ``kind`` runs: has a later decision queued another action on its role?"""
         return len(self._pending[ROLE_OF[kind]]) > 1
+
+    def supersede(self) -> None:
+        """An operator's operation starts: every action decided before it and not yet run is dropped."""
+        self.epoch += 1
 
     def exclusive(self, role: Role) -> asyncio.Lock:
         """Held by an operator's operation on ``role``: it runs after the queued actions, alone."""

@@ -10,6 +10,7 @@ It may not: decide, act, or read PostgreSQL any other way (there is no second re
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -42,12 +43,24 @@ class Observer:
         self.seen = False  # a first observation arrived (until then, waiting for it is no stall)
         self.pending: asyncio.Future[Reading] | None = None  # a read still under way
 
-    async def postgres(self) -> None:
+    async def refresh(self) -> None:
+        """After an operator's operation changed the server: read it again. A reading begun before the
+        operation (still pending) or kept from before it must not reach a decision taken after it: a
+        kept PRIMARY advertised under the term a rejoin had just raised made the real primary step
+        down, and the pair had none (chaos seed 103)."""
+        if self.pending is not None:
+            with contextlib.suppress(Exception):
+                await self.pending  # begun before the operation: its answer is stale
+            self.pending = None
+        await self.postgres(wait_s=FIRST_READ_WAIT_S)
+
+    async def postgres(self, wait_s: float | None = None) -> None:
         """The local server, waited for one interval at most: a late answer is used by a later step, and
         meanwhile the last observation stands. Only a server whose postmaster is gone reads as DOWN."""
         if self.pending is None:
             self.pending = asyncio.ensure_future(self._in_pg(self.db.read))
-        wait_s = self.interval_s if self.seen else FIRST_READ_WAIT_S
+        if wait_s is None:
+            wait_s = self.interval_s if self.seen else FIRST_READ_WAIT_S
         await asyncio.wait({self.pending}, timeout=wait_s)
         if not self.pending.done():  # slow, not failed: recorded only if it ends in an error
             log.debug("PostgreSQL did not answer within %gs; keeping the last observation", wait_s)

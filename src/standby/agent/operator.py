@@ -105,14 +105,25 @@ class Operator:
     async def decided_rejoin(self) -> None:
         """The REJOIN action (rejoin = "auto"): the database role is the executor's already."""
         async with self.turn:
+            self.executor.supersede()
             try:
                 await self.rejoin()
             finally:
+                await self.observer.refresh()
                 self._forgive_pause()
 
     async def _run(self, op: Operation, *args: Any) -> dict[str, Any]:
         if (refused := ops.refusal(op, self.cell.state, self.observer.pg.db, self.suspended)) is not None:
             raise OpError(refused.describe(self.node, self.observer.pg.db))
+        # From here the operation changes the node: what was decided before it is stale, and so is
+        # what was observed before it (a refused operation changes nothing and supersedes nothing).
+        self.executor.supersede()
+        try:
+            return await self._dispatch(op, *args)
+        finally:
+            await self.observer.refresh()
+
+    async def _dispatch(self, op: Operation, *args: Any) -> dict[str, Any]:
         steps: dict[Operation, Callable[..., Awaitable[dict[str, Any]]]] = {
             Operation.DEMOTE: self.demote, Operation.PROMOTE: self.promote, Operation.FOLLOW: self.follow,
             Operation.RESUME: self.resume, Operation.REJOIN: self.rejoin,
