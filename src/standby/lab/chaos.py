@@ -45,10 +45,9 @@ class Target(enum.StrEnum):
 ALL_KINDS: tuple[Kind, ...] = tuple(Kind)
 
 # Kinds whose lab functions live in a module of their own, possibly not installed:
-# they are left out of the default draw when it is missing. The replay functions are in
-# standby.lab.flood today; heartbeat-replay stays gated on its own name until a campaign with it
-# has been judged on this installation.
-MODULE_OF: dict[Kind, str] = {Kind.API_FLOOD: "standby.lab.flood", Kind.HEARTBEAT_REPLAY: "standby.lab.replay"}
+# they are left out of the default draw when it is missing. Both live in standby.lab.flood (the
+# replay was gated on a module that never existed, so no campaign drew it).
+MODULE_OF: dict[Kind, str] = {Kind.API_FLOOD: "standby.lab.flood", Kind.HEARTBEAT_REPLAY: "standby.lab.flood"}
 
 # How often each kind comes up, relative. The network and host faults are what
 # a two-server pair meets most; a switchover is a planned event, so rarer.
