@@ -67,14 +67,20 @@ def test_long_freeze_outlasts_degrade_or_twice_the_failover_timeout() -> None:
 
 
 def test_kinds_whose_module_is_missing_are_left_out_of_the_default_draw(monkeypatch: pytest.MonkeyPatch) -> None:
-    # As on a branch where the replay module exists and the flood module does not.
+    # As on an installation without the flood module: neither the flood nor the replay (both in it).
     monkeypatch.setattr(chaos.importlib.util, "find_spec",
                         lambda name, *a: None if name == "standby.lab.flood" else object())
-    assert Kind.API_FLOOD not in parse_kinds(None)
-    assert set(NEW_KINDS) - {Kind.API_FLOOD} <= set(parse_kinds(None))
-    assert Kind.API_FLOOD not in {f.kind for f in first(2, 400, parse_kinds(None))}
+    missing = {Kind.API_FLOOD, Kind.HEARTBEAT_REPLAY}
+    assert not missing & set(parse_kinds(None))
+    assert set(NEW_KINDS) - missing <= set(parse_kinds(None))
+    assert not missing & {f.kind for f in first(2, 400, parse_kinds(None))}
     with pytest.raises(ValueError, match="standby.lab.flood"):
         parse_kinds("crash,api-flood")
+
+
+def test_every_kind_is_drawn_on_this_installation() -> None:
+    """A kind gated on a module that does not exist would silently never be drawn (heartbeat-replay was)."""
+    assert set(parse_kinds(None)) == set(Kind)
 
 
 def test_kinds_restrict_the_draw() -> None:
