@@ -4,9 +4,10 @@ Seed 3 found two faults of the decision core (a primary frozen next to its
 fenced peer fenced itself as isolated; a primary fenced as a precaution next to
 a standby that could not promote left the pair without a primary); their
 regression tests are in tests/unit/test_decide.py. Since the schedule draws the
-newer kinds too, seed 3 draws other faults; seed 361 draws the stalled primary
-agent, the long standby freeze and maintenance left on within its first four
-faults (and api-flood and heartbeat-replay early when their modules exist).
+newer kinds too, seed 3 draws other faults; seed 361 draws an API flood, a
+heartbeat replay and the stalled primary agent within its first four faults, then
+host crashes and a long standby freeze (`standby lab chaos --dry-run 10 --seed 361`
+with the kinds below prints them).
 """
 
 from __future__ import annotations
