@@ -182,6 +182,10 @@ class Replication(_Strict):
     max_lag_on_failover_bytes: int = Field(16 * 1024 * 1024, ge=0)
 
 
+# How long a fenced primary's PostgreSQL may take to stop taking writes once the fence begins.
+STOP_BUDGET_MS = 100
+
+
 class Timings(_Strict):
     # Defaults give about one second from a dead primary to a serving standby on a LAN.
     heartbeat_interval_ms: int = Field(150, ge=20, le=10_000)
@@ -213,6 +217,17 @@ class Timings(_Strict):
                 f"timings.fence_timeout_ms ({self.fence_timeout_ms}) must be shorter than "
                 f"timings.failover_timeout_ms ({self.failover_timeout_ms}): an isolated primary "
                 "must stop writing before the standby may promote"
+            )
+        # The two silences are measured on two clocks from heartbeats up to one interval apart, and
+        # the fenced server takes a moment to stop taking writes (state written, fast shutdown
+        # signalled). A smaller gap lets a partition that heals in that moment meet two primaries
+        # (found by the simulated schedules: tests/unit/test_decide.py).
+        need = self.heartbeat_interval_ms + STOP_BUDGET_MS
+        if self.failover_timeout_ms - self.fence_timeout_ms < need:
+            raise ValueError(
+                f"timings.failover_timeout_ms ({self.failover_timeout_ms}) must exceed timings.fence_timeout_ms "
+                f"({self.fence_timeout_ms}) by at least timings.heartbeat_interval_ms + {STOP_BUDGET_MS} "
+                f"(= {need}): lower fence_timeout_ms or raise failover_timeout_ms"
             )
         return self
 

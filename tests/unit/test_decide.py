@@ -5,19 +5,50 @@ from __future__ import annotations
 import os
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
+from standby.config import STOP_BUDGET_MS, Timings
 from standby.decide import PgCrashPolicy, Policy
 from standby.model import DbState, Net
-from tests.unit.sim import World
+from tests.unit.sim import Violation, World
 
 
 def policies(sync: bool = True, degrade: float = 0.0, hot: bool = True,
-             pg_crash: PgCrashPolicy = PgCrashPolicy.FAILOVER) -> dict[str, Policy]:
-    base = dict(hot=hot, sync=sync, failover_timeout_s=1.0, fence_timeout_s=0.7, heartbeat_s=0.1, link_timeout_s=5.0,
+             pg_crash: PgCrashPolicy = PgCrashPolicy.FAILOVER, failover: float = 1.0) -> dict[str, Policy]:
+    base = dict(hot=hot, sync=sync, failover_timeout_s=failover, fence_timeout_s=0.7, heartbeat_s=0.1, link_timeout_s=5.0,
                 degrade_after_s=degrade, max_lag_bytes=3, pg_crash=pg_crash)
     return {"a": Policy(preferred=True, **base), "b": Policy(preferred=False, **base)}  # type: ignore[arg-type]
+
+
+def within_the_timings_rule(stop_s: float, fence_s: float = 0.7, heartbeat_s: float = 0.1) -> float:
+    """The shortest failover timeout config.Timings accepts for a server that stops within ``stop_s``
+    (at least its budget): the fence timeout, one heartbeat (the two clocks), and the stop."""
+    return round(fence_s + heartbeat_s + max(stop_s, STOP_BUDGET_MS / 1000), 3)
+
+
+def test_sim_finding_two_primaries_when_the_gap_is_shorter_than_a_heartbeat_and_the_stop() -> None:
+    """The schedule found above, at the old timings (failover 1.0 s, fence 0.7 s, a 0.3 s stop): the
+    partition heals while the fenced server still stops, just as the standby promotes. The timings
+    rule (config.Timings) refuses those timings; within it, the same schedule is safe."""
+    steps = [("crash", "a", Net.PUBLIC, 0, 0.5), ("boot", "a", Net.PUBLIC, 0, 3.0),
+             ("link_down", "a", Net.PUBLIC, 0, 2.0), ("link_down", "a", Net.PRIVATE, 0, 1.0)]
+
+    def play(failover: float) -> None:
+        with World(policies(sync=False, failover=failover), seed=0, stop_delay=0.3) as w:
+            w.run(2.0)
+            for fault, node, net, pct, wait in steps:
+                apply(w, fault, node, net, pct)
+                w.run(wait)
+            w.heal()
+            w.run(10.0)
+
+    with pytest.raises(Violation, match="two writable"):
+        play(1.0)
+    play(within_the_timings_rule(0.3))
+    with pytest.raises(ValueError, match="heartbeat_interval_ms"):
+        Timings(heartbeat_interval_ms=150, fence_timeout_ms=600, failover_timeout_ms=800)  # 200 < 150 + 100
+    Timings(heartbeat_interval_ms=150, fence_timeout_ms=450, failover_timeout_ms=750)  # the defaults: 300
 
 
 def started(**kw: object) -> World:
@@ -222,14 +253,20 @@ def apply(w: World, fault: str, node: str, net: Net, pct: int) -> None:
 @settings(max_examples=int(os.environ.get("STANDBY_SIM_EXAMPLES", "150")), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(steps=schedule, seed=st.integers(0, 2**16), stop_delay=st.sampled_from([0.0, 0.3]),
        agent_fence_delay=st.sampled_from([0.0, 0.5, 2.0]))
+# Found by these schedules (async): a rebooted primary isolated, its fence stopping the server while
+# the partition healed and the standby promoted. Kept, and the timings rule it led to (config.Timings:
+# the failover timeout exceeds the fence timeout by a heartbeat and the stop) is what the world runs with.
+@example(steps=[("crash", "a", Net.PUBLIC, 0, 0.5), ("boot", "a", Net.PUBLIC, 0, 3.0),
+                ("link_down", "a", Net.PUBLIC, 0, 2.0), ("link_down", "a", Net.PRIVATE, 0, 1.0)],
+         seed=0, stop_delay=0.3, agent_fence_delay=0.0)
 def test_random_faults_keep_the_invariants(sync: bool, degrade: float, steps: list, seed: int, stop_delay: float,
                                            agent_fence_delay: float) -> None:
     """Never two writable primaries, never two holders of the service IPs, terms never go back,
     fenced nodes stay down (all raised inside the world), and in sync mode no acknowledged call is
     ever lost (with degrade: unless the network faults made the case two servers cannot decide).
     Stopping PostgreSQL takes time, after a decided fence and after a killed agent."""
-    with World(policies(sync=sync, degrade=degrade), seed=seed, stop_delay=stop_delay,
-               agent_fence_delay=agent_fence_delay) as w:
+    with World(policies(sync=sync, degrade=degrade, failover=within_the_timings_rule(stop_delay)), seed=seed,
+               stop_delay=stop_delay, agent_fence_delay=agent_fence_delay) as w:
         w.run(2.0)
         for fault, node, net, pct, wait in steps:
             apply(w, fault, node, net, pct)
