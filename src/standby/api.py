@@ -41,6 +41,7 @@ from standby import __version__, tls
 from standby.agent.node import Agent, OpError
 from standby.config import ConfigError, api_addresses, read_secret
 from standby.model import DbState
+from standby.spool import state as spool_state
 
 log = logging.getLogger("standby.api")
 AGENT_KEY = web.AppKey("agent", Agent)
@@ -95,6 +96,7 @@ def _agent_view(a: Agent) -> dict[str, Any]:
                        "sent": sent, "send_errors": send_errors},
         "recent": recent[-10:],
         "reporting": _reporting_view(a),
+        "spool": spool_state.status_view(a.cfg, a.node),  # the shipper's backlog, from its status file
     }
 
 
@@ -172,6 +174,7 @@ class _Collector:
         yield rej
         yield CounterMetricFamily("standby_heartbeats_accepted", "valid heartbeats received", value=a.receiver.accepted)
         yield CounterMetricFamily("standby_decisions", "decision steps taken", value=a.counters.decisions)
+        yield from spool_state.metric_families(spool_state.status_view(a.cfg, a.node))
 
 
 async def metrics(request: web.Request) -> web.Response:

@@ -22,6 +22,7 @@ from standby.config import Config, Durability, ServiceIP
 from standby.model import PgRole, SyncState
 from standby.observe import addresses, probes
 from standby.observe import postgres as obs
+from standby.spool import state as spool_state
 
 
 @dataclass(frozen=True)
@@ -105,7 +106,7 @@ def _agent_summary(a: dict[str, Any] | None) -> dict[str, Any] | None:
     return {"running": True, "term": st["term"], "fenced": st["fenced"], "services": st["services"],
             "degraded": st["degraded"], "eligible": st["eligible"], "suspended": a["suspended"],
             "maintenance": a.get("maintenance"),
-            "peer_heard_s_ago": a["peer_heard_s_ago"]}
+            "peer_heard_s_ago": a["peer_heard_s_ago"], "spool": a.get("spool")}
 
 
 def _agent_warnings(cfg: Config, o: Observations) -> list[str]:
@@ -117,6 +118,7 @@ def _agent_warnings(cfg: Config, o: Observations) -> list[str]:
         if a is None:
             out.append(f"{name}'s agent does not answer on its API: nothing decides for {name}")
             continue
+        out.extend(spool_state.warnings(name, a.get("spool")))
         st = a["state"]
         if st["fenced"]:
             out.append(f"{name} is FENCED (it may not become primary by itself): rejoin it as a standby")
@@ -131,6 +133,15 @@ def _agent_warnings(cfg: Config, o: Observations) -> list[str]:
         if pg_state == "standby" and cfg.mode.value == "hot" and not st["eligible"]:
             out.append(f"{name} is NOT eligible for automatic promotion (it may lack acknowledged commits)")
     return out
+
+
+def _unreachable(name: str, o: Observations) -> str:
+    """A node whose PostgreSQL and agent both stay silent on both networks is unreachable as a whole: libpq's
+    last words ("server closed the connection unexpectedly", a timeout) would only send a reader astray."""
+    if o.agents and o.agents.get(name) is None:
+        return (f"{name} is UNREACHABLE from {o.observer}: neither its PostgreSQL nor its agent answers on either "
+                "network (host down, or its cables cut)")
+    return f"{name}'s PostgreSQL is unreachable: {o.pg[name].error}"
 
 
 def _lsn(x: object) -> str | None:
@@ -162,7 +173,7 @@ def assemble(cfg: Config, o: Observations) -> dict[str, Any]:
             elif cfg.replication.durability is Durability.SYNC and sync is not SyncState.SYNC:
                 warnings.append(f"durability is sync but {name} is {sync.value if sync else 'unknown'}: commits are not protected")
         if p.role is PgRole.UNREACHABLE:
-            warnings.append(f"{name}'s PostgreSQL is unreachable: {p.error}")
+            warnings.append(_unreachable(name, o))
         f = o.facts.get(name, {})
         nodes[name] = {
             "role": p.role.value,

@@ -7,7 +7,7 @@ import sys
 import click
 
 from standby import __version__
-from standby.cli import agent, bootstrap, promote, roadback, salvage, check, config_cmd, demo, dsn, lab, lab_chaos, lab_workload, status
+from standby.cli import agent, bootstrap, promote, roadback, salvage, check, config_cmd, demo, dsn, lab, lab_chaos, lab_workload, ship, status
 from standby.config import ConfigError
 
 
@@ -36,6 +36,7 @@ cli.add_command(roadback.rejoin_command)
 cli.add_command(salvage.group)
 cli.add_command(promote.command)
 cli.add_command(dsn.command)
+cli.add_command(ship.command)
 lab.group.add_command(lab_workload.softswitch_group)
 lab.group.add_command(lab_workload.load_command)
 lab.group.add_command(lab_workload.verify_command)
