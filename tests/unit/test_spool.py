@@ -15,7 +15,7 @@ import json
 import os
 import tempfile
 import tomllib
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -418,7 +418,7 @@ def test_i16_status_warnings() -> None:
 
 def test_i16_status_says_unreachable_when_nothing_of_the_host_answers() -> None:
     cfg = config.load(EXAMPLE)
-    now = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    now = datetime(2026, 1, 1, tzinfo=UTC)
     gone = PgObservation(node="alpha", role=PgRole.UNREACHABLE, observed_at=now,
                          error="private: server closed the connection unexpectedly; public: connection timeout expired")
     beta = PgObservation(node="beta", role=PgRole.PRIMARY, observed_at=now, timeline=2)
@@ -431,6 +431,23 @@ def test_i16_status_says_unreachable_when_nothing_of_the_host_answers() -> None:
              "suspended": False, "peer_heard_s_ago": {}, "postgres": {"state": "down"}}
     doc = assemble(cfg, Observations("beta", {"alpha": gone, "beta": beta}, (), agents={"alpha": agent, "beta": None}))
     assert any(w.startswith("alpha's PostgreSQL is unreachable: private: server closed") for w in doc["warnings"])
+
+
+def test_i16_status_shows_each_nodes_backlog(capsys: pytest.CaptureFixture[str]) -> None:
+    from standby.cli.status import render
+
+    cfg = config.load(EXAMPLE)
+    now = datetime(2026, 1, 1, tzinfo=UTC)
+    spool = {"running": True, "phase": "no_primary", "backlog_bytes": 2048, "backlog_files": 1, "shipped": 5,
+             "duplicates": 1, "rejected": 0, "server": None, "problems": ["no_primary"], "last_error": "refused"}
+    agent = {"state": {"term": 1, "fenced": False, "services": True, "degraded": False, "eligible": False},
+             "suspended": False, "peer_heard_s_ago": {}, "postgres": {"state": "primary"}, "spool": spool}
+    doc = assemble(cfg, Observations("alpha", {n: PgObservation(node=n, role=PgRole.PRIMARY, observed_at=now)
+                                               for n in ("alpha", "beta")}, (), agents={"alpha": agent, "beta": None}))
+    render(doc)
+    out = capsys.readouterr().out
+    assert "spool alpha: no primary, backlog 2.0 KiB in 1 file(s); 5 shipped, 1 duplicates, 0 set aside" in out
+    assert any(w.startswith("alpha: 2048 B of call records wait for a writable primary") for w in doc["warnings"])
 
 
 # -- `standby dsn` ----------------------------------------------------------------------------------

@@ -53,11 +53,23 @@ def render(doc: dict[str, Any]) -> None:
     console.print(t)
     console.print("* preferred primary.  versions: " + "; ".join(versions_line))
     _render_reporting(console, doc)
+    _render_spool(console, doc)
     for w in doc["warnings"]:
         loud = w.isupper() or w.startswith("DUAL") or "FENCED" in w or "NOT eligible" in w or "MAINTENANCE" in w
         console.print(f"[{'bold red' if loud else 'yellow'}]WARNING: {w}[/]")
     if not doc["warnings"]:
         console.print("[green]no warnings[/]")
+
+
+def _render_spool(console: Console, doc: dict[str, Any]) -> None:
+    """Each node's call-record shipper: backlog and counters (its problems are among the warnings)."""
+    for name, n in doc["nodes"].items():
+        sp = (n.get("agent") or {}).get("spool")
+        if not sp or "phase" not in sp:
+            continue
+        console.print(f"spool {name}: {sp['phase'].replace('_', ' ')}, backlog {_bytes(sp['backlog_bytes'])} in "
+                      f"{sp['backlog_files']} file(s); {sp['shipped']} shipped, {sp['duplicates']} duplicates, "
+                      f"{sp['rejected']} set aside" + (f"; to {sp['server']}" if sp.get("server") else ""))
 
 
 def _render_reporting(console: Console, doc: dict[str, Any]) -> None:

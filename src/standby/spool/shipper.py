@@ -104,7 +104,9 @@ def list_spool(path: Path, pattern: str) -> list[SpoolFile]:
         except FileNotFoundError:  # removed meanwhile
             continue
         if p.is_file():
-            out.append(SpoolFile(p.name, p, st.st_dev, st.st_ino, st.st_size))
+            # A name that is not UTF-8 goes to the database and the set-aside file readable, never as an error.
+            name = p.name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+            out.append(SpoolFile(name, p, st.st_dev, st.st_ino, st.st_size))
     return out
 
 
@@ -221,7 +223,7 @@ class Shipper:
         try:
             files = list_spool(self.spool_path, self.sp.pattern)
             for sf in files:
-                if len(batch.records) >= self.sp.batch_size:
+                if batch.lines >= self.sp.batch_size:
                     break
                 self._read_file(sf, known.get((sf.dev, sf.ino)), batch)
         except OSError as e:
@@ -230,6 +232,8 @@ class Shipper:
         self.unreadable = False
         self.batch = batch
         if not batch.lines:
+            if batch.ends:  # a new empty file, or one truncated to nothing: remember it once
+                self._commit(0, 0)
             return Outcome.READ_NOTHING
         if not batch.records:
             return self._commit(0, 0)  # only rejects or blank lines: nothing for the database
@@ -245,7 +249,7 @@ class Shipper:
         limit = self.fmt.max_line_bytes
         with open(sf.path, "rb") as f:
             f.seek(start)
-            while len(batch.records) < self.sp.batch_size:
+            while batch.lines < self.sp.batch_size:
                 raw = f.readline(limit + 1)
                 length = len(raw)
                 while length > limit and not raw.endswith(b"\n"):  # too long: find its end, keep its start
@@ -281,7 +285,7 @@ class Shipper:
     def _connect(self) -> Outcome:
         try:
             info = conninfo(self.cfg, self.node)
-            conn = psycopg.connect(**info)
+            conn = psycopg.connect(**info, autocommit=True)  # each transaction() is then a real BEGIN/COMMIT
         except psycopg.Error as e:
             return self._failed(Outcome.CONNECT_FAILED, f"no writable node answers: {_first_line(e)}")
         except Exception as e:  # noqa: BLE001 - a secret file made unreadable: report and retry, never die
