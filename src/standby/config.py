@@ -387,6 +387,10 @@ class Spool(_Strict):
     retry_max_ms: int = Field(2000, ge=50, le=600_000)
     # Free space under the spool below this raises the disk alert: a service that cannot append loses records.
     min_free_mb: int = Field(64, ge=0)
+    # After a lost connection, send again what was committed this long before the last commit: a failover
+    # in async (or degraded sync) can lose the newest commits, theirs included. Default: 0 when every
+    # commit waits for the standby (sync without degrade_after_s), else 30.
+    resend_window_s: float | None = Field(None, ge=0, le=3600)
 
     @field_validator("columns", "key")
     @classmethod
@@ -625,6 +629,13 @@ class Config(_Strict):
         """Where `standby ship` keeps its offsets and the lines it set aside."""
         sp = self.spool
         return Path(for_node(str(sp.state_dir), node)) if sp and sp.state_dir else self.state_dir_for(node) / "spool"
+
+    def spool_resend_window_s(self) -> float:
+        """How far back the shipper sends again after a lost connection (see Spool.resend_window_s)."""
+        if self.spool is not None and self.spool.resend_window_s is not None:
+            return self.spool.resend_window_s
+        r = self.replication
+        return 0.0 if r.durability is Durability.SYNC and not r.degrade_after_s else 30.0
 
     def spool_status_file(self, node: str) -> Path:
         """The shipper's status (backlog, counters), read by the agent for /status and /metrics."""

@@ -30,7 +30,7 @@ from standby.observe.postgres import PgObservation
 from standby.spool import plan, state
 from standby.spool.parse import KEY_MAX_BYTES, LineFormat, Record, Rejection, RejectReason, parse_line
 from standby.spool.plan import Action, Outcome, Policy, Reason, View
-from standby.spool.shipper import Shipper, resume_at
+from standby.spool.shipper import Shipper, resume_at, resume_point
 from standby.status import Observations, assemble
 
 EXAMPLE = Path(__file__).parents[2] / "etc" / "standby.example.toml"
@@ -218,7 +218,8 @@ def test_i16_phase_and_problems() -> None:
 
 _n = st.integers(0, 2**62)
 _positions = st.builds(state.FilePosition, _text, _n, _n, _n, _n, _n, st.text("0123456789abcdef", max_size=64))
-_progress = st.builds(state.Progress, st.lists(_positions, max_size=4).map(tuple), _n, _n, _n, _n)
+_progress = st.builds(state.Progress, st.lists(_positions, max_size=4).map(tuple), _n, _n, _n, _n,
+                      st.lists(_positions, max_size=4).map(tuple))
 _status = st.builds(state.ShipperStatus, _text, _n, st.floats(0, 2e9), st.sampled_from(state.ShipPhase), _n, _n, _n, _n,
                     _n, _n, _text, st.none() | _text, st.none() | _n, st.none() | _text,
                     st.lists(st.sampled_from(state.ShipProblem), unique=True).map(tuple))
@@ -382,6 +383,46 @@ def test_i16_inode_reused_by_a_new_file_is_read_from_its_start() -> None:
     assert resume_at(known, 150, "h2") == 0  # other first bytes: another file
     assert resume_at(known, 50, None) == 0  # truncated
     assert resume_at(None, 50, None) == 0
+
+
+def test_i16_resume_point() -> None:
+    def at(o: int) -> tuple[state.FilePosition, ...]:
+        return (state.FilePosition("a", 1, 1, o, 0, 0, ""),)
+
+    snaps = [(10.0, at(100)), (20.0, at(200)), (30.0, at(300))]
+    assert resume_point(snaps, at(0), 25.0) == at(200)
+    assert resume_point(snaps, at(0), 30.0) == at(300)
+    assert resume_point(snaps, at(0), 5.0) == at(0)
+    assert resume_point([], at(7), 99.0) == at(7)
+
+
+@pytest.mark.parametrize(("durability", "degrade", "given", "window"), [
+    ("sync", 0, None, 0.0), ("sync", 5, None, 30.0), ("async", 0, None, 30.0), ("sync", 0, 12.5, 12.5)])
+def test_i16_resend_window_follows_durability(durability: str, degrade: float, given: float | None,
+                                              window: float) -> None:
+    d = _raw(**({} if given is None else {"resend_window_s": given}))
+    d["replication"] = {"durability": durability, "degrade_after_s": degrade}
+    assert config.parse(d).spool_resend_window_s() == window
+
+
+def test_i16_async_lost_connection_sends_the_window_again_sets_nothing_aside_twice(tmp_path: Path) -> None:
+    """Commits the old primary may have lost (async) are read again, from memory and after a restart."""
+    sh = _shipper(tmp_path, resend_window_s=30)
+    log = tmp_path / "spool" / "a.log"
+    log.write_bytes(b'{"id": 1}\nbad\n{"id": 2}\n')
+    assert sh._read() is Outcome.READ_SOME
+    sh._save(sh.batch.rejects)  # as _insert does before the insert
+    sh.batch.rejects = []
+    assert sh._commit(2, 0) is Outcome.COMMITTED  # the database took ids 1 and 2
+    assert sh.backlog() == (0, 0)
+    restarted = Shipper(sh.cfg, "alpha")  # a restart resumes 30 s before the last commit: from the start here
+    assert restarted.backlog()[0] == log.stat().st_size
+    assert restarted._read() is Outcome.READ_SOME
+    assert [r.key for r, _ in restarted.batch.records] == ["1", "2"] and restarted.batch.rejects == []
+    sh._rewind(sh.last_commit - sh.window)  # in memory: a reconnect after a lost connection
+    assert sh._read() is Outcome.READ_SOME
+    assert [r.key for r, _ in sh.batch.records] == ["1", "2"] and sh.batch.rejects == []
+    assert len(_rejected(sh)) == 1  # "bad" set aside once
 
 
 def test_i16_unreadable_progress_ships_from_the_start(tmp_path: Path) -> None:

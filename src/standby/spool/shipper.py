@@ -10,7 +10,8 @@ The shell around plan.next_step. Its order of work is what makes "exactly once" 
 
 A crash between 2 and 3 sends the batch again after the restart: its keys are there, nothing is
 inserted twice. A commit on the old primary is in the new one when the pair replicates in
-`sync` (the commit waited for the standby); in `async`, see the README's spool section.
+`sync` (the commit waited for the standby); where it may not be (async, degraded sync), a lost
+connection or a restart sends again what was committed in the last spool.resend_window_s.
 
 It runs as a process of its own rather than inside the agent: a spool read, a slow primary or a
 full disk must never delay the agent's heartbeats and decisions (whose timing is its safety), and
@@ -94,6 +95,19 @@ def resume_at(known: FilePosition | None, size: int, head_digest: str | None) ->
     return known.offset
 
 
+Snapshot = tuple[float, tuple[FilePosition, ...]]  # positions right after a commit, with its wall-clock time
+
+
+def resume_point(snapshots: list[Snapshot], base: tuple[FilePosition, ...], before: float) -> tuple[FilePosition, ...]:
+    """The positions of the newest snapshot taken at or before ``before`` (``base`` when none is that old)."""
+    out = base
+    for t, files in snapshots:
+        if t > before:
+            break
+        out = files
+    return out
+
+
 def list_spool(path: Path, pattern: str) -> list[SpoolFile]:
     """The spool's regular files in name order (``path`` itself when it is a file)."""
     paths = sorted(p for p in path.glob(pattern)) if path.is_dir() else [path] if path.exists() else []
@@ -155,6 +169,12 @@ class Shipper:
         self.status_path = cfg.spool_status_file(node)
         self.policy = plan.Policy(poll_s=self.sp.poll_interval_ms / 1000, retry_max_s=self.sp.retry_max_ms / 1000)
         self.progress = self._load_progress()
+        # The resend window (async, degraded sync): commits of its last seconds may be lost in a failover.
+        self.window = cfg.spool_resend_window_s()
+        self.base, self.snapshots = self.progress.files, list[Snapshot]()
+        self.last_commit: float | None = None
+        self.connected_once = False
+        self.handled = {(f.dev, f.ino): f.offset for f in self.progress.handled}
         self.conn: psycopg.Connection[Any] | None = None
         self.server: str | None = None
         self.batch = Batch()
@@ -244,6 +264,7 @@ class Shipper:
         start = resume_at(known, sf.size, head)
         if known is not None and start == 0 and known.offset > 0:
             log.warning("%s was truncated or replaced: reading it from its start", sf.path)
+            self.handled.pop((sf.dev, sf.ino), None)
         pos = replace(known, name=sf.name) if known is not None and start else FilePosition(
             sf.name, sf.dev, sf.ino, 0, 0, 0, "")
         limit = self.fmt.max_line_bytes
@@ -262,8 +283,11 @@ class Shipper:
                 if not raw.endswith(b"\n"):
                     break  # the end, or a line still being written: it waits for its newline
                 outcome = parse_line(raw[:-1], self.fmt)
+                again = pos.offset < self.handled.get((sf.dev, sf.ino), 0)  # sent again: set aside before
                 if isinstance(outcome, Record):
                     batch.records.append((outcome, sf.name))
+                elif again:
+                    pass
                 elif outcome.reason is RejectReason.BLANK:
                     batch.blank += 1
                 else:
@@ -293,7 +317,22 @@ class Shipper:
         self.conn = conn
         self.server = f"{conn.info.host}:{conn.info.port}"
         log.info("shipping to %s", self.server)
+        if self.window and self.connected_once and self.last_commit is not None:
+            self._rewind(self.last_commit - self.window)
+        self.connected_once = True
         return Outcome.CONNECTED
+
+    def _rewind(self, before: float) -> None:
+        """Read again from the positions as of ``before``: what was committed since may be lost with the old
+        primary (the new one's keys tell which records are there already)."""
+        for f in self.progress.files:
+            self.handled[(f.dev, f.ino)] = max(self.handled.get((f.dev, f.ino), 0), f.offset)
+        back = resume_point(self.snapshots, self.base, before)
+        self.snapshots = [sn for sn in self.snapshots if sn[0] <= before]
+        self.progress = replace(self.progress, files=back)
+        self.batch, self.one_by_one = Batch(), False
+        log.info("connection lost: sending again what was committed after %s", time.strftime(
+            "%H:%M:%S", time.localtime(before)))
 
     def _ensure_table(self, conn: psycopg.Connection[Any]) -> None:
         if self._table_ready or not self.sp.create_table:
@@ -396,12 +435,24 @@ class Shipper:
             duplicates=p.duplicates + duplicates, rejected=p.rejected + len(b.rejects) + len(b.refused),
             blank=p.blank + b.blank)
         self.batch, self.one_by_one = Batch(), False
+        self._snapshot()
         self._save_progress()
         return Outcome.COMMITTED
 
+    def _snapshot(self) -> None:
+        if not self.window:
+            return
+        now = self.last_commit = time.time()
+        self.snapshots.append((now, self.progress.files))
+        while len(self.snapshots) > 1 and self.snapshots[1][0] <= now - self.window:
+            self.base = self.snapshots.pop(0)[1]  # older than the window: only the newest such one matters
+
     def _save_progress(self) -> None:
         try:
-            write_atomically(self.progress_path, encode_progress(self.progress))
+            saved = replace(self.progress, handled=self._handled_positions())
+            if self.window and self.last_commit is not None:  # a restart sends the window again
+                saved = replace(saved, files=resume_point(self.snapshots, self.base, self.last_commit - self.window))
+            write_atomically(self.progress_path, encode_progress(saved))
         except OSError as e:
             # Shipping goes on from memory; after a restart the unsaved stretch is sent again (duplicates).
             self._problem(f"cannot save progress in {self.progress_path}: {e.strerror or e}", save=True)
@@ -409,6 +460,13 @@ class Shipper:
         if self.save_failed:
             log.info("progress saved again")
         self.save_failed = False
+
+    def _handled_positions(self) -> tuple[FilePosition, ...]:
+        out = {(f.dev, f.ino): f for f in self.progress.files}
+        for k, off in self.handled.items():
+            if k in out and off > out[k].offset:
+                out[k] = replace(out[k], offset=off)
+        return tuple(out.values())
 
     def _load_progress(self) -> Progress:
         try:

@@ -45,11 +45,14 @@ class FilePosition:
 
 @dataclass(frozen=True)
 class Progress:
-    files: tuple[FilePosition, ...] = ()
+    files: tuple[FilePosition, ...] = ()  # where shipping resumes
     shipped: int = 0  # inserted by this shipper
     duplicates: int = 0  # their key was in the table already
     rejected: int = 0  # set aside: malformed, or refused by the database
     blank: int = 0  # blank lines, skipped
+    # How far lines were handled: ahead of ``files`` by the resend window. Lines set aside or blank
+    # before it are not set aside or counted again when the window is sent again.
+    handled: tuple[FilePosition, ...] = ()
 
 
 def encode_progress(p: Progress) -> bytes:
@@ -59,14 +62,16 @@ def encode_progress(p: Progress) -> bytes:
 def decode_progress(raw: bytes) -> Progress:
     d = _object(raw)
     try:
-        files = tuple(FilePosition(name=_str(f, "name"), dev=_int(f, "dev"), ino=_int(f, "ino"),
-                                   offset=_int(f, "offset"), lines=_int(f, "lines"),
-                                   head_len=_int(f, "head_len"), head=_str(f, "head"))
-                      for f in _list(d, "files"))
-        return Progress(files=files, shipped=_int(d, "shipped"), duplicates=_int(d, "duplicates"),
-                        rejected=_int(d, "rejected"), blank=_int(d, "blank"))
+        return Progress(files=_positions(d, "files"), shipped=_int(d, "shipped"), duplicates=_int(d, "duplicates"),
+                        rejected=_int(d, "rejected"), blank=_int(d, "blank"), handled=_positions(d, "handled"))
     except (TypeError, AttributeError) as e:
         raise StateError(f"malformed progress: {e}") from None
+
+
+def _positions(d: dict[str, Any], k: str) -> tuple[FilePosition, ...]:
+    return tuple(FilePosition(name=_str(f, "name"), dev=_int(f, "dev"), ino=_int(f, "ino"), offset=_int(f, "offset"),
+                              lines=_int(f, "lines"), head_len=_int(f, "head_len"), head=_str(f, "head"))
+                 for f in _list(d, k))
 
 
 # -- status (for `standby status` and /metrics) --------------------------------------
