@@ -363,6 +363,17 @@ def test_i16_overlong_line_set_aside_following_lines_read(tmp_path: Path) -> Non
     assert bad["reason"] == "too_long" and bad["line"] == 1 and len(bad["text"]) == 256
 
 
+def test_i16_restart_before_the_commit_sets_nothing_aside_twice(tmp_path: Path) -> None:
+    sh = _shipper(tmp_path)
+    (tmp_path / "spool" / "a.log").write_bytes(b'{"id": 1}\nbad\n{"id": 2}\n')
+    assert sh._read() is Outcome.READ_SOME
+    assert sh._set_aside_malformed()  # what _insert does first; then the process dies before its commit
+    again = Shipper(sh.cfg, "alpha")
+    assert again._read() is Outcome.READ_SOME
+    assert [r.key for r, _ in again.batch.records] == ["1", "2"] and again.batch.rejects == []  # sent again
+    assert len(_rejected(again)) == 1 and again.progress.rejected == 1
+
+
 def test_i16_rotated_and_truncated_files(tmp_path: Path) -> None:
     sh = _shipper(tmp_path)
     log = tmp_path / "spool" / "a.log"
@@ -411,8 +422,7 @@ def test_i16_async_lost_connection_sends_the_window_again_sets_nothing_aside_twi
     log = tmp_path / "spool" / "a.log"
     log.write_bytes(b'{"id": 1}\nbad\n{"id": 2}\n')
     assert sh._read() is Outcome.READ_SOME
-    sh._save(sh.batch.rejects)  # as _insert does before the insert
-    sh.batch.rejects = []
+    assert sh._set_aside_malformed()  # as _insert does before the insert
     assert sh._commit(2, 0) is Outcome.COMMITTED  # the database took ids 1 and 2
     assert sh.backlog() == (0, 0)
     restarted = Shipper(sh.cfg, "alpha")  # a restart resumes 30 s before the last commit: from the start here

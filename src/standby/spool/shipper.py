@@ -345,9 +345,8 @@ class Shipper:
 
     def _insert(self, each: bool) -> Outcome:
         assert self.conn is not None
-        if not self._save(self.batch.rejects):
+        if not self._set_aside_malformed():
             return Outcome.SERVER_ERROR
-        self.batch.rejects = []  # saved: never twice
         query = sql.SQL(
             "INSERT INTO {} (key, record, node, source) SELECT k, r::jsonb, %s, s "
             "FROM unnest(%s::text[], %s::text[], %s::text[]) AS u(k, r, s) "
@@ -419,20 +418,39 @@ class Shipper:
             return False
         return True
 
+    def _set_aside_malformed(self) -> bool:
+        """Save the batch's malformed lines, count them and note how far lines are handled (saved at once):
+        a restart before the batch's commit sends its records again but sets none of these aside twice."""
+        b = self.batch
+        if not b.rejects:
+            return True
+        if not self._save(b.rejects):
+            return False
+        self.progress = replace(self.progress, rejected=self.progress.rejected + len(b.rejects))
+        for k, f in b.ends.items():
+            self.handled[k] = max(self.handled.get(k, 0), f.offset)
+        b.rejects = []
+        self._save_progress()
+        return True
+
     def _commit(self, inserted: int, duplicates: int) -> Outcome:
         """The batch's records are in the database: set aside what must be, then move the offsets."""
+        if not self._set_aside_malformed():
+            self.batch = Batch()
+            return Outcome.SERVER_ERROR
         b = self.batch
-        if not self._save(b.rejects + b.refused):
+        if not self._save(b.refused):
             # Nothing moves: the batch is read and sent again (its records then count as duplicates).
             self.batch = Batch()
             return Outcome.SERVER_ERROR
         ends = {(f.dev, f.ino): f for f in self.progress.files}
         ends.update(b.ends)
         present = {(f.dev, f.ino) for f in list_spool(self.spool_path, self.sp.pattern)}
+        self.handled = {k: off for k, off in self.handled.items() if k in present}
         p = self.progress
         self.progress = Progress(
             files=tuple(f for k, f in ends.items() if k in present), shipped=p.shipped + inserted,
-            duplicates=p.duplicates + duplicates, rejected=p.rejected + len(b.rejects) + len(b.refused),
+            duplicates=p.duplicates + duplicates, rejected=p.rejected + len(b.refused),
             blank=p.blank + b.blank)
         self.batch, self.one_by_one = Batch(), False
         self._snapshot()
@@ -463,9 +481,10 @@ class Shipper:
 
     def _handled_positions(self) -> tuple[FilePosition, ...]:
         out = {(f.dev, f.ino): f for f in self.progress.files}
-        for k, off in self.handled.items():
-            if k in out and off > out[k].offset:
-                out[k] = replace(out[k], offset=off)
+        for (dev, ino), off in self.handled.items():
+            f = out.get((dev, ino))
+            if f is None or off > f.offset:  # only dev, ino and offset count here
+                out[(dev, ino)] = FilePosition("", dev, ino, off, 0, 0, "") if f is None else replace(f, offset=off)
         return tuple(out.values())
 
     def _load_progress(self) -> Progress:
