@@ -212,6 +212,8 @@ def test_i16_full_disk_under_the_spool_is_an_alert_not_a_crash(tmp_path: Path) -
         filler.unlink()
         assert sh._read() is Outcome.COMMITTED
         assert sh.progress.rejected == 50 and sh.backlog() == (0, 0) and not sh.save_failed
+        entries = [json.loads(x) for x in sh.rejects_path.read_text().splitlines()]  # no half line left by the full disk
+        assert [e["line"] for e in entries] == list(range(1, 51))
     finally:
         subprocess.run(["umount", "-l", str(disk)], check=False)
         disk.rmdir()

@@ -406,11 +406,16 @@ class Shipper:
         try:
             data = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in entries).encode()
             fd = os.open(self.rejects_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+            size = os.fstat(fd).st_size
             try:
                 view, done = memoryview(data), 0
                 while done < len(data):
                     done += os.write(fd, view[done:])
                 os.fsync(fd)
+            except OSError:
+                with contextlib.suppress(OSError):
+                    os.ftruncate(fd, size)  # no half line for the next append to follow
+                raise
             finally:
                 os.close(fd)
         except OSError as e:
@@ -453,23 +458,29 @@ class Shipper:
             duplicates=p.duplicates + duplicates, rejected=p.rejected + len(b.refused),
             blank=p.blank + b.blank)
         self.batch, self.one_by_one = Batch(), False
-        self._snapshot()
+        self._snapshot(sent=bool(inserted or duplicates or b.refused))
         self._save_progress()
         return Outcome.COMMITTED
 
-    def _snapshot(self) -> None:
+    def _snapshot(self, sent: bool) -> None:
+        """Remember the positions after a commit; ``sent``: the database took part (its commit may be lost)."""
         if not self.window:
             return
-        now = self.last_commit = time.time()
+        now = time.time()
+        if sent:
+            self.last_commit = now
         self.snapshots.append((now, self.progress.files))
-        while len(self.snapshots) > 1 and self.snapshots[1][0] <= now - self.window:
-            self.base = self.snapshots.pop(0)[1]  # older than the window: only the newest such one matters
+        if self.last_commit is not None:
+            # Older than the window before the last commit: only the newest such one is ever resumed from.
+            while len(self.snapshots) > 1 and self.snapshots[1][0] <= self.last_commit - self.window:
+                self.base = self.snapshots.pop(0)[1]
 
     def _save_progress(self) -> None:
         try:
             saved = replace(self.progress, handled=self._handled_positions())
-            if self.window and self.last_commit is not None:  # a restart sends the window again
-                saved = replace(saved, files=resume_point(self.snapshots, self.base, self.last_commit - self.window))
+            if self.window:  # a restart sends the window again (all since the start, before this run's first commit)
+                before = -1.0 if self.last_commit is None else self.last_commit - self.window
+                saved = replace(saved, files=resume_point(self.snapshots, self.base, before))
             write_atomically(self.progress_path, encode_progress(saved))
         except OSError as e:
             # Shipping goes on from memory; after a restart the unsaved stretch is sent again (duplicates).
