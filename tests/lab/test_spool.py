@@ -128,6 +128,12 @@ def test_i16_primary_crashed_mid_shipping_every_record_once_in_the_new_primary(p
     written = w.keys()
     assert count(pair, "beta") < len(written), "the crash came after everything was shipped: not mid-shipping"
     pair.wait_for("beta to be the primary", lambda: primaries(pair) == ["beta"], timeout_s=60)
+    # `standby status` on the survivor: a host with its cables cut is unreachable, said so plainly.
+    doc = json.loads(pair.standby("beta", "status", "--no-arp", "--json").stdout)
+    assert doc["nodes"]["alpha"]["role"] == "unreachable"
+    print("alpha, as libpq saw it:", doc["nodes"]["alpha"]["postgres"]["error"])
+    assert any(w.startswith("alpha is UNREACHABLE from beta") for w in doc["warnings"]), doc["warnings"]
+    assert not any("closed the connection" in w for w in doc["warnings"]), doc["warnings"]
     pair.heal()  # the host comes back; its PostgreSQL stays down (fenced by the peer's newer term)
     start_shipper(pair, "alpha")  # its own node first: refused there, then the new primary
     pair.wait_for("every record in the new primary", lambda: count(pair, "beta") >= len(written), timeout_s=90)
