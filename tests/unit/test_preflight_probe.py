@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from standby import config, preflight
-from standby.agent import node as agent_node
+from standby.agent import probers
 from standby.model import PgRole, Verdict
 from standby.observe import network, probes
 from standby.observe import postgres as obs
@@ -41,7 +41,7 @@ def test_check_and_agent_give_the_same_answer_over_tcp(listener: int) -> None:
     for cfg in (with_tiebreaker(listener), with_tiebreaker(closed_port())):
         tb = cfg.tiebreaker
         assert tb is not None
-        agent_says = agent_node._probe_tiebreaker(str(tb.address), tb.port, probes.tiebreaker_timeout_s(cfg))
+        agent_says = probers.probe_tiebreaker(str(tb.address), tb.port, probes.tiebreaker_timeout_s(cfg))
         assert probes.tiebreaker_answers(cfg) is agent_says
     assert probes.tiebreaker_answers(with_tiebreaker(listener)) is True
 
