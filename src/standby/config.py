@@ -495,6 +495,20 @@ def token_may_travel(cfg: Config, host: str) -> bool:
     return ip.is_loopback or any(ip == n.private.ip for n in cfg.nodes.values())
 
 
+def hosts_in_order(cfg: Config, purpose: str, own: str | None = None) -> list[str]:
+    """Both nodes in the order a client (`standby dsn`, the shipper) should try them.
+
+    ``own``: that node first, for a client running on it: after a failover it finds its local
+    database at once rather than first waiting out a connect timeout on the dead peer (the same
+    file on both nodes would send one of them to the dead one first). Otherwise, for writes the
+    preferred primary first, for reports the other one: libpq tries hosts in order, and starting
+    with the likely match saves one connection attempt.
+    """
+    if own is not None:
+        return sorted(cfg.nodes, key=lambda n: n != own)
+    return sorted(cfg.nodes, key=lambda n: (n == cfg.preferred_primary) == (purpose == "reporting"))
+
+
 class Config(_Strict):
     cluster: str = Field(min_length=1, max_length=63)
     mode: Mode = Mode.HOT

@@ -15,7 +15,7 @@ from urllib.parse import quote
 import click
 
 from standby.cli.common import OperatorError, config_option, handle_errors, node_option
-from standby.config import Config, load, resolve_node
+from standby.config import Config, hosts_in_order, load, resolve_node
 
 # libpq's target_session_attrs for each use.
 PURPOSES = {
@@ -38,20 +38,6 @@ class Format(StrEnum):
 
 class DsnError(OperatorError):
     """A connection string this format cannot express."""
-
-
-def hosts_in_order(cfg: Config, purpose: str, own: str | None = None) -> list[str]:
-    """Both nodes in the order a client should try them.
-
-    ``own``: that node first, for a client running on it: after a failover it finds its local
-    database at once rather than first waiting out a connect timeout on the dead peer (the same
-    file on both nodes would send one of them to the dead one first). Otherwise, for writes the
-    preferred primary first, for reports the other one: libpq tries hosts in order, and starting
-    with the likely match saves one connection attempt.
-    """
-    if own is not None:
-        return sorted(cfg.nodes, key=lambda n: n != own)
-    return sorted(cfg.nodes, key=lambda n: (n == cfg.preferred_primary) == (purpose == "reporting"))
 
 
 def libpq_dsn(cfg: Config, purpose: str, dbname: str, user: str | None, connect_timeout: int, uri: bool = False,

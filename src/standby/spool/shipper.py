@@ -37,8 +37,7 @@ import psycopg
 from psycopg import sql
 
 from standby import tls
-from standby.cli.dsn import hosts_in_order
-from standby.config import Config, Spool, read_secret
+from standby.config import Config, Spool, hosts_in_order, read_secret
 from standby.documents import ShipperStatus
 from standby.spool import plan
 from standby.spool.parse import LineFormat, Record, Rejection, RejectReason, parse_line
