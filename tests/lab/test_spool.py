@@ -225,11 +225,10 @@ def test_i16_full_disk_under_the_spool_is_an_alert_not_a_crash(tmp_path: Path) -
         sh = Shipper(config.parse(raw), "alpha")
         (disk / "spool" / "a.jsonl").write_bytes(b"not json\n" * 50)
         filler = disk / "filler"
-        with open(filler, "wb") as f:  # every block taken
+        with open(filler, "wb", buffering=0) as f:  # every block taken
             try:
                 while True:
                     f.write(b"\0" * 4096)
-                    f.flush()
             except OSError:
                 pass
         assert sh._read() is Outcome.SERVER_ERROR  # cannot set the lines aside: nothing moves, nothing lost
