@@ -56,6 +56,7 @@ from standby.documents import (
     StateView,
 )
 from standby.model import DbState
+from standby.spool import state as spool_state
 from standby.web import routes as web_routes
 
 T = TypeVar("T")
@@ -112,6 +113,7 @@ def _agent_view(a: Agent) -> AgentView:
         heartbeats=HeartbeatCounts(accepted=a.receiver.accepted, rejected=rejected, sent=sent, send_errors=send_errors),
         recent=_records(recent[-10:]),
         reporting=_reporting_view(a),
+        spool=spool_state.status_view(a.cfg, a.node),  # the shipper's backlog, from its status file
     )
 
 
@@ -200,6 +202,7 @@ class _Collector:
         yield rej
         yield CounterMetricFamily("standby_heartbeats_accepted", "valid heartbeats received", value=a.receiver.accepted)
         yield CounterMetricFamily("standby_decisions", "decision steps taken", value=a.counters.decisions)
+        yield from spool_state.metric_families(spool_state.status_view(a.cfg, a.node))
 
 
 async def metrics(request: web.Request) -> web.Response:

@@ -363,6 +363,90 @@ class Tls(_Strict):
         return Path(for_node(str(self.key_file), node))
 
 
+class SpoolFormat(StrEnum):
+    """How a service writes its call records into the spool, one record a line."""
+
+    JSON = "json"  # one JSON object a line (Kamailio acc_json, any service that writes JSON lines)
+    KAMAILIO_ACC = "kamailio-acc"  # Kamailio acc's log lines: "ACC: <event>: name=value;name=value;..."
+    CSV = "csv"  # FreeSWITCH mod_cdr_csv, Asterisk cdr_csv: one CSV row a line, columns named below
+
+
+class Spool(_Strict):
+    """Call records a service hands over through a local file, shipped to the primary by `standby ship`.
+
+    ``path`` is a file or a directory (files matching ``pattern``), append-only; ``{node}`` becomes the
+    node's name. Each record goes into ``table`` exactly once, under its unique key: the values of
+    ``key`` (field names), or the SHA-256 of the whole line when ``key`` is empty.
+    """
+
+    path: Path
+    pattern: str = Field("*", min_length=1)
+    format: SpoolFormat
+    columns: list[str] = Field(default_factory=list)  # csv: the names of the columns, in order
+    delimiter: str = Field(",", min_length=1, max_length=1)
+    key: list[str] = Field(default_factory=list)
+    table: str = Field("standby_spool", pattern=r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)?$")
+    create_table: bool = True
+    database: str = Field(min_length=1)
+    user: str = Field(min_length=1)
+    password_file: Path | None = None  # absent: libpq's own (~/.pgpass, PGPASSWORD)
+    # Offsets and set-aside lines; default: state_dir/spool (per node).
+    state_dir: Path | None = None
+    # The shipper's backlog and counters for `standby status` and /metrics; default: state_dir/ship-status.json.
+    # A path on tmpfs (/run/...) keeps it writable when the spool's disk is full.
+    status_file: Path | None = None
+    batch_size: int = Field(500, ge=1, le=10_000)
+    max_line_bytes: int = Field(65_536, ge=256, le=16 * 1024 * 1024)
+    poll_interval_ms: int = Field(200, ge=10, le=60_000)
+    connect_timeout_s: int = Field(2, ge=1, le=60)
+    retry_max_ms: int = Field(2000, ge=50, le=600_000)
+    # Free space under the spool below this raises the disk alert: a service that cannot append loses records.
+    min_free_mb: int = Field(64, ge=0)
+    # After a lost connection, send again what was committed this long before the last commit: a failover
+    # in async (or degraded sync) can lose the newest commits, theirs included. Default: 0 when every
+    # commit waits for the standby (sync without degrade_after_s), else 30.
+    resend_window_s: float | None = Field(None, ge=0, le=3600)
+
+    @field_validator("columns", "key")
+    @classmethod
+    def _names(cls, v: list[str]) -> list[str]:
+        if any(not n or n != n.strip() for n in v):
+            raise ValueError("expected non-empty names without surrounding spaces")
+        if len(set(v)) != len(v):
+            raise ValueError("each name at most once")
+        return v
+
+    @field_validator("pattern")
+    @classmethod
+    def _in_dir(cls, v: str) -> str:
+        if "/" in v:
+            raise ValueError('a file name pattern within spool.path, without "/", e.g. "*.csv"')
+        return v
+
+    def path_for(self, node: str) -> Path:
+        return Path(for_node(str(self.path), node))
+
+    def problems(self) -> list[str]:
+        """Cross-key checks, each naming its key and the fix."""
+        out = []
+        if self.format is SpoolFormat.CSV:
+            if not self.columns:
+                out.append('spool.columns: format "csv" needs the column names in the order the service writes '
+                           'them, e.g. columns = ["caller_id_number", "destination_number", "start_stamp", "uuid"]')
+            missing = [k for k in self.key if self.columns and k not in self.columns]
+            if missing:
+                out.append(f"spool.key: {', '.join(missing)} not in spool.columns; name key fields from the columns")
+        else:
+            if self.columns:
+                out.append(f'spool.columns: only format "csv" has columns (format is "{self.format.value}"); remove it')
+            if self.delimiter != ",":
+                out.append(f'spool.delimiter: only format "csv" has a delimiter (format is "{self.format.value}"); '
+                           "remove it")
+        if self.delimiter in "\"\r\n":
+            out.append("spool.delimiter: a quote or a line break cannot separate fields; use , ; | or a tab")
+        return out
+
+
 class ApiListen(StrEnum):
     """Where the agent's API listens, by role: the same file serves both nodes."""
 
@@ -426,6 +510,20 @@ def token_may_travel(cfg: Config, host: str) -> bool:
     return ip.is_loopback or any(ip == n.private.ip for n in cfg.nodes.values())
 
 
+def hosts_in_order(cfg: Config, purpose: str, own: str | None = None) -> list[str]:
+    """Both nodes in the order a client (`standby dsn`, the shipper) should try them.
+
+    ``own``: that node first, for a client running on it: after a failover it finds its local
+    database at once rather than first waiting out a connect timeout on the dead peer (the same
+    file on both nodes would send one of them to the dead one first). Otherwise, for writes the
+    preferred primary first, for reports the other one: libpq tries hosts in order, and starting
+    with the likely match saves one connection attempt.
+    """
+    if own is not None:
+        return sorted(cfg.nodes, key=lambda n: n != own)
+    return sorted(cfg.nodes, key=lambda n: (n == cfg.preferred_primary) == (purpose == "reporting"))
+
+
 class Config(_Strict):
     cluster: str = Field(min_length=1, max_length=63)
     mode: Mode = Mode.HOT
@@ -443,6 +541,9 @@ class Config(_Strict):
     salvage: Salvage = Salvage()
     reporting: Reporting | None = None
     tls: Tls | None = None  # absent: replication and the API run without TLS
+    # Absent: no call records to ship. Left out of model_dump, hence of the agents' configuration
+    # digest: only the shipper reads it, and a peer of an older version must still agree with this one.
+    spool: Spool | None = Field(None, exclude=True)
     heartbeat_key_file: Path | None = None
     heartbeat_port: int = Field(8009, ge=1, le=65535)
     # Move the service role to the peer when the services keep failing their health check.
@@ -500,6 +601,7 @@ class Config(_Strict):
                         "address-change hook instead"
                     )
         problems.extend(self._reporting_problems(seen))
+        problems.extend(self.spool.problems() if self.spool else [])
         if self.mode is Mode.HOT:
             nets = {n.public.address.network for n in self.nodes.values()}
             if len(nets) > 1:
@@ -551,6 +653,25 @@ class Config(_Strict):
 
     def state_dir_for(self, node: str) -> Path:
         return self.nodes[node].state_dir or self.state_dir
+
+    def spool_state_dir(self, node: str) -> Path:
+        """Where `standby ship` keeps its offsets and the lines it set aside."""
+        sp = self.spool
+        return Path(for_node(str(sp.state_dir), node)) if sp and sp.state_dir else self.state_dir_for(node) / "spool"
+
+    def spool_resend_window_s(self) -> float:
+        """How far back the shipper sends again after a lost connection (see Spool.resend_window_s)."""
+        if self.spool is not None and self.spool.resend_window_s is not None:
+            return self.spool.resend_window_s
+        r = self.replication
+        return 0.0 if r.durability is Durability.SYNC and not r.degrade_after_s else 30.0
+
+    def spool_status_file(self, node: str) -> Path:
+        """The shipper's status (backlog, counters), read by the agent for /status and /metrics."""
+        sp = self.spool
+        if sp and sp.status_file:
+            return Path(for_node(str(sp.status_file), node))
+        return self.state_dir_for(node) / "ship-status.json"
 
     def slot_name(self, node: str) -> str:
         """The physical replication slot that streams WAL to ``node``."""

@@ -5,6 +5,9 @@
 - ``AgentView``: an agent's own view, served by ``GET /status`` (the API) and read by `standby
   status`, `promote`, `switchover`, the lab and the chaos campaign.
 - ``HistoryRecord``: one line of an agent's ``history.jsonl`` (and of ``AgentView.recent``).
+- ``ShipperStatus``: what `standby ship` reports about itself (its status file, ``standby.spool.state``
+  reads and writes it); ``SpoolView``: that status as a node's agent sees it (``AgentView.spool``,
+  ``AgentSummary.spool``), with ``/metrics`` and `standby status` reading the same type.
 - ``PairStatus``: the pair as one node sees it (`standby status`, ``--json`` for scripts).
 - ``Operation``: the operator operations an agent runs, by name, and the API path of each;
   the results of the ones whose answers a client reads.
@@ -196,6 +199,54 @@ MANUALLY_PROMOTED: Codec[ManuallyPromoted] = Codec(ManuallyPromoted, "manual pro
 REJOINED: Codec[Rejoined] = Codec(Rejoined, "rejoin result")
 
 
+# -- the call-record shipper -------------------------------------------------------------------------
+
+class ShipPhase(StrEnum):
+    STARTING = "starting"
+    SHIPPING = "shipping"  # records waiting and a primary at hand
+    CAUGHT_UP = "caught_up"  # everything complete in the spool is in the database
+    NO_PRIMARY = "no_primary"  # records waiting and no writable node answers
+
+
+class ShipProblem(StrEnum):
+    DISK_LOW = "disk_low"  # free space under the spool below spool.min_free_mb: a service cannot append
+    NOT_SAVED = "progress_not_saved"  # the offsets could not be written (a full disk): lines will be sent again
+    SPOOL_UNREADABLE = "spool_unreadable"
+    NO_PRIMARY = "no_primary"
+
+
+@dataclass(frozen=True)
+class ShipperStatus:
+    node: str
+    pid: int
+    updated_at: float  # wall clock, seconds since the epoch
+    phase: ShipPhase
+    backlog_bytes: int  # in the spool, not yet shipped or set aside
+    backlog_files: int
+    shipped: int
+    duplicates: int
+    rejected: int
+    blank: int
+    rejects_file: str
+    server: str | None = None  # the writable node it ships to
+    disk_free_bytes: int | None = None
+    last_error: str | None = None
+    problems: tuple[ShipProblem, ...] = field(default_factory=tuple)
+
+
+@dataclass(frozen=True)
+class SpoolView:
+    """A node's shipper as its agent reads it from the shipper's status file."""
+
+    running: bool  # its status was updated lately
+    error: str | None  # why there is no status to read (no file, a damaged one)
+    age_s: float | None  # how old the status is; None without one
+    status: ShipperStatus | None  # None: nothing readable
+
+
+SPOOL_VIEW: Codec[SpoolView] = Codec(SpoolView, "spool view")
+
+
 # -- the agent's status view -------------------------------------------------------------------------
 
 @dataclass(frozen=True)
@@ -280,6 +331,8 @@ class AgentView:
     heartbeats: HeartbeatCounts
     recent: list[FlatHistoryRecord]  # the newest of this agent's history
     reporting: ReportingView | None
+    # None without [spool]; absent from an agent older than the spool, which still decodes.
+    spool: SpoolView | None = None
 
     def last_heard_s_ago(self) -> float | None:
         """Seconds since the peer was last heard on any network; None if never."""
@@ -325,6 +378,7 @@ class AgentSummary:
     suspended: bool
     maintenance: MaintenanceView | None
     peer_heard_s_ago: dict[str, float | None]
+    spool: SpoolView | None  # the agent's view of its node's shipper; None without [spool]
 
 
 @dataclass(frozen=True)

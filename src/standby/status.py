@@ -25,6 +25,7 @@ from standby.documents import (
 from standby.model import DbState, PgRole, SyncState
 from standby.observe import addresses, probes
 from standby.observe import postgres as obs
+from standby.spool import state as spool_state
 
 
 @dataclass(frozen=True)
@@ -87,7 +88,7 @@ def _agent_summary(a: AgentView | None) -> AgentSummary | None:
     st = a.state
     return AgentSummary(running=True, term=st.term, fenced=st.fenced, services=st.services, degraded=st.degraded,
                         eligible=st.eligible, suspended=a.suspended, maintenance=a.maintenance,
-                        peer_heard_s_ago=dict(a.peer_heard_s_ago))
+                        peer_heard_s_ago=dict(a.peer_heard_s_ago), spool=a.spool)
 
 
 def _agent_warnings(cfg: Config, o: Observations) -> list[str]:
@@ -99,6 +100,7 @@ def _agent_warnings(cfg: Config, o: Observations) -> list[str]:
         if a is None:
             out.append(f"{name}'s agent does not answer on its API: nothing decides for {name}")
             continue
+        out.extend(spool_state.warnings(name, a.spool))
         st = a.state
         if st.fenced:
             out.append(f"{name} is FENCED (it may not become primary by itself): rejoin it as a standby")
@@ -113,6 +115,15 @@ def _agent_warnings(cfg: Config, o: Observations) -> list[str]:
         if pg_state is DbState.STANDBY and cfg.mode is Mode.HOT and not st.eligible:
             out.append(f"{name} is NOT eligible for automatic promotion (it may lack acknowledged commits)")
     return out
+
+
+def _unreachable(name: str, o: Observations) -> str:
+    """A node whose PostgreSQL and agent both stay silent on both networks is unreachable as a whole: libpq's
+    last words ("server closed the connection unexpectedly", a timeout) would only send a reader astray."""
+    if o.agents and o.agents.get(name) is None:
+        return (f"{name} is UNREACHABLE from {o.observer}: neither its PostgreSQL nor its agent answers on either "
+                "network (host down, or its cables cut)")
+    return f"{name}'s PostgreSQL is unreachable: {o.pg[name].error}"
 
 
 def _lsn(x: object) -> str | None:
@@ -145,7 +156,7 @@ def assemble(cfg: Config, o: Observations) -> PairStatus:
                 warnings.append(f"durability is sync but {name} is {sync.value if sync else 'unknown'}: "
                                 "commits are not protected")
         if p.role is PgRole.UNREACHABLE:
-            warnings.append(f"{name}'s PostgreSQL is unreachable: {p.error}")
+            warnings.append(_unreachable(name, o))
         f = o.facts.get(name)
         nodes[name] = NodeStatus(
             role=p.role,

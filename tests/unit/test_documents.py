@@ -90,6 +90,46 @@ def test_agent_view_refuses_a_missing_part() -> None:
         d.AGENT_VIEW.decode(doc)
 
 
+def spool_view() -> d.SpoolView:
+    return d.SpoolView(running=True, error=None, age_s=0.25, status=d.ShipperStatus(
+        node="alpha", pid=41, updated_at=1.7e9, phase=d.ShipPhase.NO_PRIMARY, backlog_bytes=2048, backlog_files=1,
+        shipped=5, duplicates=1, rejected=0, blank=2, rejects_file="/var/lib/standby/spool/rejected.jsonl",
+        last_error="connection refused", problems=(d.ShipProblem.NO_PRIMARY,)))
+
+
+def test_agent_view_carries_the_shippers_view() -> None:
+    for sp in (spool_view(), d.SpoolView(running=False, error="no status", age_s=None, status=None)):
+        v = view(spool=sp)
+        assert d.AGENT_VIEW.decode(through_json(d.AGENT_VIEW.encode(v))) == v
+        assert d.SPOOL_VIEW.decode(through_json(d.SPOOL_VIEW.encode(sp))) == sp
+    doc = through_json(d.AGENT_VIEW.encode(view(spool=spool_view())))
+    assert doc["spool"]["running"] and doc["spool"]["status"]["phase"] == "no_primary"
+    assert doc["spool"]["status"]["problems"] == ["no_primary"] and doc["spool"]["status"]["backlog_bytes"] == 2048
+
+
+def test_agent_view_from_an_agent_without_the_spool_decodes() -> None:
+    # A peer not yet upgraded serves /status without "spool": `standby status` still reads it.
+    doc = through_json(d.AGENT_VIEW.encode(view()))
+    del doc["spool"]
+    assert d.AGENT_VIEW.decode(doc).spool is None
+
+
+@pytest.mark.parametrize(("path", "value", "field"), [
+    (("status", "phase"), "flying", "spool.status.phase"),
+    (("status", "problems"), ["bored"], "spool.status.problems.0"),
+    (("status", "backlog_bytes"), "lots", "spool.status.backlog_bytes"),
+    (("running",), None, "spool.running"),
+])
+def test_agent_view_refuses_a_bad_spool_field_by_name(path: tuple[str, ...], value: Any, field: str) -> None:
+    doc = through_json(d.AGENT_VIEW.encode(view(spool=spool_view())))
+    inner = doc["spool"]
+    for key in path[:-1]:
+        inner = inner[key]
+    inner[path[-1]] = value
+    with pytest.raises(d.DocumentError, match=rf"^agent status: .*{field}"):
+        d.AGENT_VIEW.decode(doc)
+
+
 # -- history -----------------------------------------------------------------------------------------
 
 json_values = st.recursive(st.none() | st.booleans() | st.integers() | st.text(max_size=8),

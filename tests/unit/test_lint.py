@@ -105,6 +105,13 @@ def test_dependencies_point_one_way(importer: str, imported: str) -> None:
     assert not wrong, "\n".join(wrong)
 
 
+def test_nothing_outside_the_cli_imports_it() -> None:
+    # The command line sits on top: what a command and another part share lives below it.
+    wrong = sorted(f"{a} imports {b}" for a, deps in GRAPH.items() if not _under(a, "standby.cli")
+                   for b in deps if _under(b, "standby.cli"))
+    assert not wrong, "\n".join(wrong)
+
+
 def _cycles(graph: dict[str, set[str]]) -> Iterator[list[str]]:
     """Strongly connected components of more than one module (Tarjan, iterative)."""
     index: dict[str, int] = {}

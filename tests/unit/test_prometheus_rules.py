@@ -67,7 +67,7 @@ def exported_series(tmp_path: Path) -> set[str]:
     try:
         a.pg = LocalPg(DbState.STANDBY, lsn=1000, streaming=True)
         a.link.peer_view = PeerView(term=1, db=DbState.PRIMARY, services=True, lsn=5000, sync_ok=True,
-                               carrier={n: True for n in Net}, tiebreaker_ok=True)
+                                    carrier={n: True for n in Net}, tiebreaker_ok=True)
         a.heard[Net.PRIVATE] = time.monotonic()
         text = generate_latest(make_app(a)[REGISTRY_KEY]).decode()
     finally:

@@ -226,7 +226,7 @@ def as_standby(a: Agent, primary_lsn: int, lsn: int) -> None:
     a.pg = LocalPg(DbState.STANDBY, lsn=lsn, streaming=True)
     a.state = replace(a.state, term=3, eligible=True)
     a.link.peer_view = PeerView(term=3, db=DbState.PRIMARY, services=True, lsn=primary_lsn, sync_ok=True,
-                           carrier={n: True for n in Net}, tiebreaker_ok=True)
+                                carrier={n: True for n in Net}, tiebreaker_ok=True)
     a.heard[Net.PRIVATE] = time.monotonic() + 3600  # heard "now" for the whole test
 
 

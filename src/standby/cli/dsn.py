@@ -8,13 +8,14 @@ from their own ~/.pgpass or PGPASSWORD.
 
 from __future__ import annotations
 
+from enum import StrEnum
 from pathlib import Path
 from urllib.parse import quote
 
 import click
 
-from standby.cli.common import config_option, handle_errors
-from standby.config import Config, load
+from standby.cli.common import OperatorError, config_option, handle_errors, node_option
+from standby.config import Config, hosts_in_order, load, resolve_node
 
 # libpq's target_session_attrs for each use.
 PURPOSES = {
@@ -26,21 +27,29 @@ PURPOSES = {
 }
 
 
-def hosts_in_order(cfg: Config, purpose: str) -> list[str]:
-    """Both nodes: for writes the preferred primary first, for reports the other one first.
+class Format(StrEnum):
+    LIBPQ = "libpq"  # keyword=value pairs: psql, psycopg, anything on libpq; per-host ports allowed
+    URI = "uri"  # postgresql://h1:p1,h2:p2/db?target_session_attrs=...: libpq URIs (psql, psycopg, pgbouncer)
+    # Kamailio's db_postgres: a postgres:// URL with one port after the last host (with a port per
+    # host it tries only the first), the libpq options in the module's con_param (it ignores a
+    # query string, and a postgresql:// URL names no module). Both nodes share postgres.port.
+    KAMAILIO = "kamailio"
 
-    libpq tries hosts in order; starting with the likely match saves one
-    connection attempt (and a connect_timeout if that node is down).
-    """
-    return sorted(cfg.nodes, key=lambda n: (n == cfg.preferred_primary) == (purpose == "reporting"))
+
+class DsnError(OperatorError):
+    """A connection string this format cannot express."""
 
 
-def libpq_dsn(cfg: Config, purpose: str, dbname: str, user: str | None, connect_timeout: int, uri: bool) -> str:
-    nodes = hosts_in_order(cfg, purpose)
+def libpq_dsn(cfg: Config, purpose: str, dbname: str, user: str | None, connect_timeout: int, uri: bool = False,
+              fmt: Format = Format.LIBPQ, own: str | None = None) -> str:
+    fmt = Format.URI if uri else fmt
+    nodes = hosts_in_order(cfg, purpose, own)
     hosts = [str(cfg.nodes[n].public.ip) for n in nodes]
     ports = [str(cfg.pg(n).port) for n in nodes]
     attrs = PURPOSES[purpose]
-    if uri:
+    if fmt is Format.KAMAILIO:
+        return _kamailio(hosts, ports[0], dbname, user, attrs, connect_timeout)
+    if fmt is Format.URI:
         auth = f"{quote(user, safe='')}@" if user else ""
         netloc = ",".join(f"{h}:{p}" for h, p in zip(hosts, ports, strict=True))
         return (f"postgresql://{auth}{netloc}/{quote(dbname, safe='')}"
@@ -51,6 +60,20 @@ def libpq_dsn(cfg: Config, purpose: str, dbname: str, user: str | None, connect_
         parts.append(f"user={_kw(user)}")
     parts += [f"target_session_attrs={attrs}", f"connect_timeout={connect_timeout}"]
     return " ".join(parts)
+
+
+def _kamailio(hosts: list[str], port: str, dbname: str, user: str | None, attrs: str, timeout: int) -> str:
+    for what, value in (("--dbname", dbname), ("--user", user or "")):
+        if value and not all(c.isalnum() or c in "_.-" for c in value):
+            raise DsnError(f"{what} {value!r}: Kamailio's db_url takes letters, digits, '_', '.' and '-' only")
+    if not user:
+        raise DsnError("--user is required for --format kamailio: its db_url names the role")
+    return "\n".join([
+        "# kamailio.cfg: libpq options go in db_postgres's con_param (a query string in db_url is ignored).",
+        "# Password: user:PASSWORD@ in the URL, or ~/.pgpass of the user Kamailio runs as.",
+        f'modparam("db_postgres", "con_param", "target_session_attrs={attrs};connect_timeout={timeout}")',
+        f'#!define DBURL "postgres://{user}@{",".join(hosts)}:{port}/{dbname}"',
+    ])
 
 
 def _kw(value: str) -> str:
@@ -68,8 +91,22 @@ def _kw(value: str) -> str:
 @click.option("--user", default=None, help="The role the client logs in as (default: libpq's, the OS user).")
 @click.option("--connect-timeout", type=click.IntRange(1, 600), default=2, show_default=True,
               help="Seconds libpq waits for each node before trying the next.")
-@click.option("--uri", is_flag=True, help="Print a postgresql:// URI instead of keyword=value pairs.")
+@click.option("--format", "fmt", type=click.Choice([f.value for f in Format]), default=Format.LIBPQ.value,
+              show_default=True, help="libpq: keyword=value (psql, psycopg, most libpq clients); uri: postgresql:// "
+              "URI; kamailio: db_postgres's DBURL and con_param lines.")
+@click.option("--uri", is_flag=True, help="Same as --format uri.")
+@click.option("--own-first", is_flag=True,
+              help="This node (--node) first: for a client that runs on a node of the pair and has no service IP.")
+@node_option
 @handle_errors
-def command(config_path: Path, purpose: str, dbname: str, user: str | None, connect_timeout: int, uri: bool) -> None:
-    """Print a libpq multi-host connection string for reports or for writes (never a password)."""
-    click.echo(libpq_dsn(load(config_path), purpose, dbname, user, connect_timeout, uri))
+def command(config_path: Path, purpose: str, dbname: str, user: str | None, connect_timeout: int, fmt: str,
+            uri: bool, own_first: bool, node: str | None) -> None:
+    """Print a connection string for reports or for writes that finds the right node (never a password).
+
+    Services that run on the pair itself are best pointed at the service IP (it is always on the
+    node that serves); use --own-first on each node when they cannot be. Clients elsewhere take the
+    host list as it is.
+    """
+    cfg = load(config_path)
+    own = resolve_node(cfg, node) if own_first else None
+    click.echo(libpq_dsn(cfg, purpose, dbname, user, connect_timeout, uri, Format(fmt), own))

@@ -20,6 +20,7 @@ from standby.cli import (
     promote,
     roadback,
     salvage,
+    ship,
     status,
 )
 from standby.config import ConfigError
@@ -50,6 +51,7 @@ cli.add_command(roadback.rejoin_command)
 cli.add_command(salvage.group)
 cli.add_command(promote.command)
 cli.add_command(dsn.command)
+cli.add_command(ship.command)
 lab.group.add_command(lab_workload.softswitch_group)
 lab.group.add_command(lab_workload.load_command)
 lab.group.add_command(lab_workload.verify_command)

@@ -58,11 +58,23 @@ def render(doc: PairStatus) -> None:
     console.print(t)
     console.print("* preferred primary.  versions: " + "; ".join(versions_line))
     _render_reporting(console, doc)
+    _render_spool(console, doc)
     for w in doc.warnings:
         loud = w.isupper() or w.startswith("DUAL") or "FENCED" in w or "NOT eligible" in w or "MAINTENANCE" in w
         console.print(f"[{'bold red' if loud else 'yellow'}]WARNING: {w}[/]")
     if not doc.warnings:
         console.print("[green]no warnings[/]")
+
+
+def _render_spool(console: Console, doc: PairStatus) -> None:
+    """Each node's call-record shipper: backlog and counters (its problems are among the warnings)."""
+    for name, n in doc.nodes.items():
+        st = n.agent.spool.status if n.agent and n.agent.spool else None
+        if st is None:
+            continue
+        console.print(f"spool {name}: {st.phase.value.replace('_', ' ')}, backlog {_bytes(st.backlog_bytes)} in "
+                      f"{st.backlog_files} file(s); {st.shipped} shipped, {st.duplicates} duplicates, "
+                      f"{st.rejected} set aside" + (f"; to {st.server}" if st.server else ""))
 
 
 def _render_reporting(console: Console, doc: PairStatus) -> None:
