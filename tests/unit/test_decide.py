@@ -36,12 +36,7 @@ def test_sim_finding_two_primaries_when_the_gap_is_shorter_than_a_heartbeat_and_
 
     def play(failover: float) -> None:
         with World(policies(sync=False, failover=failover), seed=0, stop_delay=0.3) as w:
-            w.run(2.0)
-            for fault, node, net, pct, wait in steps:
-                apply(w, fault, node, net, pct)
-                w.run(wait)
-            w.heal()
-            w.run(10.0)
+            play_schedule(w, steps)
 
     with pytest.raises(Violation, match="two writable"):
         play(1.0)
@@ -249,6 +244,16 @@ def apply(w: World, fault: str, node: str, net: Net, pct: int) -> None:
         case "start_agent": w.start_agent(node)
 
 
+def play_schedule(w: World, steps: list) -> None:
+    """Settle, apply each fault and wait its time, heal everything, and let the world run on."""
+    w.run(2.0)
+    for fault, node, net, pct, wait in steps:
+        apply(w, fault, node, net, pct)
+        w.run(wait)
+    w.heal()
+    w.run(10.0)
+
+
 @pytest.mark.parametrize("sync,degrade", [(True, 0.0), (True, 3.0), (False, 0.0)])
 @settings(max_examples=int(os.environ.get("STANDBY_SIM_EXAMPLES", "150")), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(steps=schedule, seed=st.integers(0, 2**16), stop_delay=st.sampled_from([0.0, 0.3]),
@@ -267,12 +272,7 @@ def test_random_faults_keep_the_invariants(sync: bool, degrade: float, steps: li
     Stopping PostgreSQL takes time, after a decided fence and after a killed agent."""
     with World(policies(sync=sync, degrade=degrade, failover=within_the_timings_rule(stop_delay)), seed=seed,
                stop_delay=stop_delay, agent_fence_delay=agent_fence_delay) as w:
-        w.run(2.0)
-        for fault, node, net, pct, wait in steps:
-            apply(w, fault, node, net, pct)
-            w.run(wait)
-        w.heal()
-        w.run(10.0)
+        play_schedule(w, steps)
         assert len(w.primaries()) <= 1, w.log
         if sync and (degrade == 0 or not NETWORK_FAULTS & {f for f, *_ in steps}):
             assert w.lost() == [], w.log
