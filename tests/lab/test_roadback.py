@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from standby.lab import Lab
-from standby.lab.pair import agent_state, holders, primaries, start_pair, under_load, verify
+from standby.lab.pair import LoadRun, agent_state, holders, primaries, start_pair, under_load, verify
 
 
 @pytest.fixture
@@ -124,10 +124,24 @@ def _diverge_async(lab: Lab, switch_wal_first: bool = False) -> None:
     time.sleep(1.0)
 
 
-def _rejoin(lab: Lab) -> tuple[str, Path | None]:
+def _async_pair_that_lost_calls(lab_factory, tmp_path: Path) -> tuple[Lab, LoadRun, set[str]]:  # type: ignore[no-untyped-def]
+    """An async pair whose beta took over without calls alpha had acknowledged."""
+    lab = start_pair(lab_factory("async"))
+    with under_load(lab, tmp_path) as run:
+        _diverge_async(lab)
+    lost = set(verify(lab, run, on="beta")["missing_acked"])
+    assert lost, "the scenario should have made beta miss acknowledged calls"
+    return lab, run, lost
+
+
+def _heal_until_alpha_fenced_hearing_beta(lab: Lab) -> None:
     lab.heal()
     lab.wait_for("alpha fenced and hearing beta", lambda: (agent_state(lab, "alpha").get("peer_view") or {}).get("db")
                  == "primary" and agent_state(lab, "alpha")["state"]["fenced"], timeout_s=20)
+
+
+def _rejoin(lab: Lab) -> tuple[str, Path | None]:
+    _heal_until_alpha_fenced_hearing_beta(lab)
     res = lab.standby("alpha", "rejoin", "--yes", check=False)
     assert res.returncode == 0, res.stdout + res.stderr
     found = [line for line in res.stdout.splitlines() if line.startswith("salvage: ")]
@@ -136,11 +150,7 @@ def _rejoin(lab: Lab) -> tuple[str, Path | None]:
 
 
 def test_async_failover_salvage_brings_back_every_lost_call(lab_factory, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    lab = start_pair(lab_factory("async"))
-    with under_load(lab, tmp_path) as run:
-        _diverge_async(lab)
-    lost = set(verify(lab, run, on="beta")["missing_acked"])
-    assert lost, "the scenario should have made beta miss acknowledged calls"
+    lab, run, lost = _async_pair_that_lost_calls(lab_factory, tmp_path)
     out, report = _rejoin(lab)
     assert "rejoined by rewind" in out and report is not None
     listed = lab.standby("alpha", "salvage", "show", "--json", str(report))
@@ -211,14 +221,8 @@ except act.PostgresActionError as e:
 def test_chaos_seed_103_rejoin_resumes_after_a_rewind_that_never_started(lab_factory, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     import sys
 
-    lab = start_pair(lab_factory("async"))
-    with under_load(lab, tmp_path) as run:
-        _diverge_async(lab)
-    lost = set(verify(lab, run, on="beta")["missing_acked"])
-    assert lost, "the scenario should have made beta miss acknowledged calls"
-    lab.heal()
-    lab.wait_for("alpha fenced and hearing beta", lambda: (agent_state(lab, "alpha").get("peer_view") or {}).get("db")
-                 == "primary" and agent_state(lab, "alpha")["state"]["fenced"], timeout_s=20)
+    lab, run, _lost = _async_pair_that_lost_calls(lab_factory, tmp_path)
+    _heal_until_alpha_fenced_hearing_beta(lab)
     pid_file = lab.node("alpha").pgdata / "postmaster.pid"
     lab.wait_for("alpha's fence to stop its server", lambda: not pid_file.exists(), timeout_s=30)
     half = lab.run("alpha", [sys.executable, "-c", _HALF_REJOIN, str(lab.config_path)], check=False)
