@@ -30,7 +30,7 @@ from pathlib import Path
 
 from standby.act import postgres as act
 from standby.config import Config
-from standby.documents import RejoinMethod
+from standby.documents import REJOINED, Rejoined, RejoinMethod
 from standby.model import PgRole
 from standby.observe import postgres as obs
 
@@ -186,31 +186,27 @@ PENDING = "rejoin-pending.json"
 
 
 def _remember(path: Path, result: RejoinResult) -> None:
-    doc = {"method": result.method, "fork_lsn": result.fork_lsn, "old_timeline": result.old_timeline,
-           "salvage_report": str(result.salvage_report) if result.salvage_report else None,
-           "salvaged_rows": result.salvaged_rows,
-           "kept_aside": str(result.kept_aside) if result.kept_aside else None}
+    """Keep what this rejoin found, in the rejoin result's own document, until the node streams."""
+    doc = Rejoined(method=result.method, fork_lsn=result.fork_lsn, old_timeline=result.old_timeline,
+                   salvage_report=str(result.salvage_report) if result.salvage_report else None,
+                   salvaged_rows=result.salvaged_rows,
+                   kept_aside=str(result.kept_aside) if result.kept_aside else None, steps=[])
     tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(doc))
+    tmp.write_text(json.dumps(REJOINED.encode(doc)))
     tmp.replace(path)
 
 
 def _resume(path: Path, result: RejoinResult) -> None:
-    """Fill ``result`` from what the interrupted rejoin remembered (nothing, if it left no record)."""
+    """Fill ``result`` from what the interrupted rejoin remembered (a rewind, if it left no readable record)."""
     try:
-        doc = json.loads(path.read_text())
-    except (OSError, ValueError):
+        doc = REJOINED.decode(json.loads(path.read_text()))
+    except (OSError, ValueError):  # DocumentError is a ValueError
         result.method = RejoinMethod.REWIND
         return
-    try:
-        result.method = RejoinMethod(doc.get("method"))
-    except ValueError:
-        result.method = RejoinMethod.REWIND
-    result.fork_lsn = doc.get("fork_lsn")
-    result.old_timeline = doc.get("old_timeline")
-    result.salvage_report = Path(doc["salvage_report"]) if doc.get("salvage_report") else None
-    result.salvaged_rows = int(doc.get("salvaged_rows") or 0)
-    result.kept_aside = Path(doc["kept_aside"]) if doc.get("kept_aside") else None
+    result.method, result.fork_lsn, result.old_timeline = doc.method, doc.fork_lsn, doc.old_timeline
+    result.salvage_report = Path(doc.salvage_report) if doc.salvage_report else None
+    result.salvaged_rows = doc.salvaged_rows
+    result.kept_aside = Path(doc.kept_aside) if doc.kept_aside else None
 
 
 def discard_aside(path: Path) -> None:
