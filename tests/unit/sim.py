@@ -48,6 +48,7 @@ class Node:
     # Promoted while the peer's host was paused (kept across this server's restarts: that
     # peer's server thawed into a fence and never writes again outside that window).
     promoted_over_frozen: bool = False
+    thawed_at: float | None = None  # when the host was last let go after a pause
     # The agent's tie-breaker probe: the last success. Like the real agent, an
     # observation reads the last result, so after a freeze it is stale.
     tb_ok_at: float = -math.inf
@@ -188,7 +189,10 @@ class World:
             self.log.append(f"{self.t:7.1f} {n.name} {a.kind.value} ({a.reason.value}) {a.detail}")
             if a.kind is ActionKind.PROMOTE and n.pg is DbState.STANDBY:
                 n.pg, n.data_primary = DbState.PRIMARY, True
-                n.promoted_over_frozen = self.peer(n.name).frozen
+                # Over a paused peer, or one let go in this very tick: the silence acted on was its pause
+                # (a primary paused through the whole failover window cannot fence in time).
+                peer = self.peer(n.name)
+                n.promoted_over_frozen = peer.frozen or (peer.thawed_at is not None and round(self.t - peer.thawed_at, 3) <= TICK)
                 self.role_changes += 1
             elif a.kind is ActionKind.FENCE:
                 if n.pg is not DbState.DOWN and n.stop_due is None:
@@ -324,6 +328,8 @@ class World:
 
     def thaw(self, name: str) -> None:
         n = self.nodes[name]
+        if n.frozen:
+            n.thawed_at = self.t
         n.frozen = False
         if n.pending_fence and n.alive:
             self._after_agent_death(n)
@@ -338,7 +344,8 @@ class World:
         for n in self.nodes.values():
             n.links = {Net.PUBLIC: True, Net.PRIVATE: True}
             n.loss = {Net.PUBLIC: 0, Net.PRIVATE: 0}
-            n.frozen = False
+            if n.frozen:
+                n.frozen, n.thawed_at = False, self.t  # as thaw(), without its agent-death follow-up
             self.boot(n.name)
             self.start_agent(n.name)
 
