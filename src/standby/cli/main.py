@@ -21,6 +21,7 @@ from standby.cli import (
     roadback,
     salvage,
     ship,
+    show,
     status,
 )
 from standby.config import ConfigError
@@ -52,6 +53,7 @@ cli.add_command(salvage.group)
 cli.add_command(promote.command)
 cli.add_command(dsn.command)
 cli.add_command(ship.command)
+cli.add_command(show.group)
 lab.group.add_command(lab_workload.softswitch_group)
 lab.group.add_command(lab_workload.load_command)
 lab.group.add_command(lab_workload.verify_command)
