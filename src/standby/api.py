@@ -10,6 +10,8 @@ POST /maintenance {"suspend": true|false}   suspends automatic failover
 POST /switchover/demote | /switchover/promote {"min_lsn", "timeout_s"} | /switchover/follow | /switchover/resume
 POST /rejoin | /promote (a person's decision) | /fence
 Every POST needs the API token (Authorization: Bearer ...); without it: 401 and nothing happens.
+Every answer carries Standby-Protocol: MAJOR.MINOR; a POST announcing another major gets 409 and
+nothing happens (standby.protocol).
 With api.token_for_status, GET /status and /metrics need it too.
 
 The server runs in a thread of its own with its own event loop, so no client, however many or
@@ -38,7 +40,7 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
-from standby import __version__, tls
+from standby import __version__, protocol, tls
 from standby.agent.node import Agent, OpError
 from standby.config import ConfigError, api_addresses, read_secret
 from standby.documents import (
@@ -110,7 +112,8 @@ def _agent_view(a: Agent) -> AgentView:
         carrier={n.value: c for n, c in carrier.items()},
         tiebreaker_ok=a._tiebreaker_ok(),
         services_healthy=a.services_healthy,
-        heartbeats=HeartbeatCounts(accepted=a.receiver.accepted, rejected=rejected, sent=sent, send_errors=send_errors),
+        heartbeats=HeartbeatCounts(accepted=a.receiver.accepted, rejected=rejected, sent=sent, send_errors=send_errors,
+                                   protocol=protocol.MAJOR, peer_protocol=a.receiver.peer_protocol),
         recent=_records(recent[-10:]),
         reporting=_reporting_view(a),
         spool=spool_state.status_view(a.cfg, a.node),  # the shipper's backlog, from its status file
@@ -311,6 +314,17 @@ def _op(op: Operation) -> Callable[[web.Request], Awaitable[web.Response]]:
 
 
 @web.middleware
+async def _same_protocol(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+                         ) -> web.StreamResponse:
+    """An operation asked in another protocol major could mean something else here: refused, not run."""
+    if request.method == "POST":
+        mismatch = protocol.check_header(request.headers.get(protocol.HEADER), "the client")
+        if mismatch is not None:
+            return _json(409, {"error": str(mismatch)})
+    return await handler(request)
+
+
+@web.middleware
 async def _one_request(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
                        ) -> web.StreamResponse:
     """One request per connection: no idle keep-alive to hold, no pipeline of work on one socket."""
@@ -319,8 +333,14 @@ async def _one_request(request: web.Request, handler: Callable[[web.Request], Aw
     return resp
 
 
+async def _protocol_header(request: web.Request, response: web.StreamResponse) -> None:
+    """Every answer (errors and the status page too) says which protocol it speaks (standby.protocol)."""
+    response.headers[protocol.HEADER] = protocol.header_value()
+
+
 def make_app(agent: Agent, agent_loop: asyncio.AbstractEventLoop | None = None) -> web.Application:
-    app = web.Application(client_max_size=64 * 1024, middlewares=[_one_request])
+    app = web.Application(client_max_size=64 * 1024, middlewares=[_one_request, _same_protocol])
+    app.on_response_prepare.append(_protocol_header)
     app[AGENT_KEY] = agent
     if agent_loop is not None:
         app[AGENT_LOOP_KEY] = agent_loop

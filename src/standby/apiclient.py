@@ -17,7 +17,7 @@ import urllib.error
 import urllib.request
 from typing import Any, TypeVar
 
-from standby import tls
+from standby import protocol, tls
 from standby.config import Config, read_secret, token_may_travel
 from standby.documents import (
     AGENT_VIEW,
@@ -47,6 +47,24 @@ class ApiError(Exception):
     def __init__(self, status: int, message: str) -> None:
         super().__init__(message)
         self.status = status
+
+
+class ProtocolMismatch(ApiError):
+    """The agent answered in another protocol major: its answer is not read (standby.protocol)."""
+
+    def __init__(self, mismatch: protocol.Mismatch) -> None:
+        super().__init__(0, str(mismatch))
+
+
+# Sent with every request, so an agent of another major refuses an operation instead of misreading it.
+_PROTOCOL = {protocol.HEADER: protocol.header_value()}
+
+
+def _same_protocol(node: str, headers: Any) -> None:
+    """Raises ProtocolMismatch unless an answer with these headers (a Message or None) may be read."""
+    mismatch = protocol.check_header(None if headers is None else headers.get(protocol.HEADER), f"{node}'s agent")
+    if mismatch is not None:
+        raise ProtocolMismatch(mismatch)
 
 
 class TokenRefused(ApiError):
@@ -89,15 +107,20 @@ def _answers(host: str, port: int) -> bool:
     return True
 
 
-def _get(cfg: Config, hosts: tuple[str, ...], path: str, timeout_s: float, auth: bool) -> tuple[int, object] | None:
-    """(HTTP status, JSON body) from the first of ``hosts`` that answers; None if none does."""
+def _get(cfg: Config, node: str, hosts: tuple[str, ...], path: str, timeout_s: float, auth: bool
+         ) -> tuple[int, object] | None:
+    """(HTTP status, JSON body) from the first of ``hosts`` that answers; None if none does; raises
+    ProtocolMismatch when the agent answers in another protocol major."""
     ctx = tls.client_context(cfg)
     for host in hosts:
-        req = urllib.request.Request(tls.api_url(cfg, host, path), headers=_status_auth(cfg, host) if auth else {})
+        req = urllib.request.Request(tls.api_url(cfg, host, path),
+                                     headers={**_PROTOCOL, **(_status_auth(cfg, host) if auth else {})})
         try:
             with urllib.request.urlopen(req, timeout=timeout_s, context=ctx) as r:
+                _same_protocol(node, r.headers)
                 return r.status, json.loads(r.read())
         except urllib.error.HTTPError as e:
+            _same_protocol(node, e.headers)
             try:
                 return e.code, json.loads(e.read())
             except ValueError:
@@ -110,7 +133,11 @@ def _get(cfg: Config, hosts: tuple[str, ...], path: str, timeout_s: float, auth:
 def agent_status(cfg: Config, node: str, timeout_s: float = 1.0, via: tuple[str, ...] | None = None) -> AgentView | None:
     """A node agent's own view (GET /status), asked at ``via`` (default: its private address, then
     its public one); None when it does not answer or answers with something that is not such a view."""
-    got = _get(cfg, via or _links(cfg, node), "/status", timeout_s, auth=True)
+    try:
+        got = _get(cfg, node, via or _links(cfg, node), "/status", timeout_s, auth=True)
+    except ProtocolMismatch as e:
+        log.warning("%s", e)  # said, not hidden behind "does not answer"
+        return None
     if got is None or got[0] != 200:
         return None
     try:
@@ -124,7 +151,11 @@ def agent_status(cfg: Config, node: str, timeout_s: float = 1.0, via: tuple[str,
 def replica_lag(cfg: Config, node: str, timeout_s: float = 2.0) -> int | None:
     """GET /replica's lag_bytes: the WAL the primary had written, by its last heartbeat, beyond this
     standby's position. The agent answers 503 with the same body when the standby does not stream."""
-    got = _get(cfg, _links(cfg, node), "/replica", timeout_s, auth=False)
+    try:
+        got = _get(cfg, node, _links(cfg, node), "/replica", timeout_s, auth=False)
+    except ProtocolMismatch as e:
+        log.warning("%s", e)
+        return None
     body = None if got is None else got[1]
     lag = body.get("lag_bytes") if isinstance(body, dict) else None
     return lag if isinstance(lag, int) and not isinstance(lag, bool) else None
@@ -155,11 +186,13 @@ class AgentApi:
                 continue
             req = urllib.request.Request(
                 tls.api_url(self.cfg, host, path), data=json.dumps(body or {}).encode(), method="POST",
-                headers={"Content-Type": "application/json", **auth})
+                headers={"Content-Type": "application/json", **_PROTOCOL, **auth})
             try:
                 with urllib.request.urlopen(req, timeout=timeout_s, context=self.ssl) as r:
+                    _same_protocol(node, r.headers)
                     raw = r.read()
             except urllib.error.HTTPError as e:
+                _same_protocol(node, e.headers)
                 try:
                     msg = json.loads(e.read()).get("error", str(e))
                 except (ValueError, AttributeError):

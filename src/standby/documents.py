@@ -297,6 +297,10 @@ class HeartbeatCounts:
     rejected: dict[str, int]  # by reason
     sent: dict[str, int]  # by network
     send_errors: dict[str, int]
+    # This agent's heartbeat protocol (major) and the peer's, when its messages are refused for it
+    # (standby.protocol); both absent from agents before protocol 1.1, which speak 1.
+    protocol: int = 1
+    peer_protocol: int | None = None
 
 
 @dataclass(frozen=True)

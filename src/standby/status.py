@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from standby import __version__
+from standby import __version__, protocol
 from standby.apiclient import agent_status
 from standby.config import Config, Durability, Mode, ReportingFallback, ServiceIP
 from standby.documents import (
@@ -101,6 +101,9 @@ def _agent_warnings(cfg: Config, o: Observations) -> list[str]:
             out.append(f"{name}'s agent does not answer on its API: nothing decides for {name}")
             continue
         out.extend(spool_state.warnings(name, a.spool))
+        if (hb := a.heartbeats).peer_protocol is not None:  # its peer's heartbeats are refused for their protocol
+            why = protocol.Mismatch(a.peer + "'s agent", hb.peer_protocol, hb.protocol, name + "'s agent")
+            out.append(f"{name} refuses {a.peer}'s heartbeats: {why}")
         st = a.state
         if st.fenced:
             out.append(f"{name} is FENCED (it may not become primary by itself): rejoin it as a standby")

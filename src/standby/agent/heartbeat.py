@@ -15,6 +15,10 @@ newest accepted boot is persisted (only when it changes, so no write per
 packet), older boots are refused, and a message of that same boot, whose
 sequence numbers were only in memory, is trusted only once it acknowledges
 this run of the receiver (something a recording from before cannot do).
+
+``v`` is the sender's protocol major (standby.protocol has the rule): a message of another major is
+refused as "protocol", never decoded, and the receiver remembers the major it heard, so the agent's
+view can say which side to upgrade. A minor adds optional fields only (``_optional``).
 """
 
 from __future__ import annotations
@@ -27,9 +31,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from standby import protocol
 from standby.model import DbState, Net, PeerView
 
-VERSION = 1
+VERSION = protocol.MAJOR
 MAC_LEN = 32
 MAX_PACKET = 2048
 
@@ -38,6 +43,14 @@ class Reject(Exception):
     def __init__(self, kind: str, detail: str = "") -> None:
         super().__init__(f"{kind}: {detail}" if detail else kind)
         self.kind = kind
+
+
+class ProtocolReject(Reject):
+    """A message of another protocol major: its fields may mean something else, so none is read."""
+
+    def __init__(self, peer: int) -> None:
+        super().__init__("protocol", f"the peer speaks protocol {peer}, this node {VERSION}")
+        self.peer = peer
 
 
 @dataclass(frozen=True)
@@ -136,8 +149,8 @@ def decode(packet: bytes, key: bytes) -> Heartbeat:
         d = json.loads(body)
         if not isinstance(d, dict):
             raise Reject("malformed", "not an object")
-        if _typed(d, "v", int) != VERSION:
-            raise Reject("malformed", f"unknown version {d['v']}")
+        if (v := _typed(d, "v", int)) != VERSION:
+            raise ProtocolReject(v)
         try:
             net = Net(_typed(d, "net", str))
         except ValueError:
@@ -168,6 +181,8 @@ class Receiver:
         self.rejected: Counter[str] = Counter()
         self.accepted = 0
         self.mismatched_digest: str | None = None
+        # The protocol major of the peer's newest refused message, until one of ours is accepted again.
+        self.peer_protocol: int | None = None
         # The peer's newest boot ever accepted (persisted through `restore`), and the one known at
         # this receiver's start: the sequence numbers of that boot were lost with the last run.
         self.floor = -1
@@ -203,7 +218,10 @@ class Receiver:
                 self.floor = hb.boot
         except Reject as r:
             self.rejected[r.kind] += 1
+            if isinstance(r, ProtocolReject):
+                self.peer_protocol = r.peer
             return None
+        self.peer_protocol = None
         self.last[hb.net] = (hb.boot, hb.seq)
         self.accepted += 1
         return hb

@@ -1,0 +1,69 @@
+"""The protocol version the agents (heartbeats) and the API (its clients) speak, and when two may talk.
+
+A version is MAJOR.MINOR. The rule:
+
+- Same major: they interoperate. A minor only adds optional fields, each with a default that means what
+  an older peer meant by leaving it out (the heartbeat's ``_optional``, a document field with a default);
+  a reader ignores fields it does not know. So agents one release apart work together during an upgrade.
+- A new major is anything an older reader would misread: a field removed, renamed, or of another type or
+  meaning, or a rule both nodes must follow in the same way. Messages of another major are refused, said
+  and counted on their own ("protocol"), never decoded as if they were ours.
+
+Heartbeats carry the major in ``v`` (what a minor adds shows in the fields themselves). API answers carry
+``Standby-Protocol: MAJOR.MINOR``, and so do the API client's requests: the agent refuses an operation
+(POST) announced in another major (409, nothing done), the client an answer in another major. Without the
+header a message comes from a release older than 1.1, which speaks 1.
+
+1.1: the API's Standby-Protocol header.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+MAJOR = 1
+MINOR = 1
+HEADER = "Standby-Protocol"
+# What an agent that predates the header speaks.
+UNANNOUNCED = (1, 0)
+_VERSION = re.compile(r"^\s*(\d{1,6})\.(\d{1,6})\s*$")
+
+
+@dataclass(frozen=True)
+class Mismatch:
+    """A peer (agent or API) speaking another major protocol than this node."""
+
+    who: str  # e.g. "beta's agent", "the client"
+    peer: int | None  # its major; None: its version could not be read
+    own: int = MAJOR
+    me: str = "this node"  # who speaks ``own``
+
+    def __str__(self) -> str:
+        if self.peer is None:
+            return (f"{self.who} announces a protocol {self.me} ({self.own}) cannot read: run the same standby "
+                    "release on both nodes (see README 'Upgrades')")
+        older = self.me if self.own < self.peer else self.who
+        return (f"{self.who} speaks protocol {self.peer}, {self.me} {self.own}: they cannot work together; "
+                f"upgrade standby on the older side ({older}) to the other's release (see README 'Upgrades')")
+
+
+def header_value() -> str:
+    return f"{MAJOR}.{MINOR}"
+
+
+def parse_header(value: str | None) -> tuple[int, int] | None:
+    """(major, minor) of a Standby-Protocol header; UNANNOUNCED when absent; None when unreadable."""
+    if value is None:
+        return UNANNOUNCED
+    m = _VERSION.match(value)
+    return (int(m.group(1)), int(m.group(2))) if m else None
+
+
+def check_header(value: str | None, who: str) -> Mismatch | None:
+    """None when an answer with this header may be read; else why not (an unreadable header counts as
+    another protocol: its answer could be anything)."""
+    got = parse_header(value)
+    if got is None:
+        return Mismatch(who, None)
+    return None if got[0] == MAJOR else Mismatch(who, got[0])
