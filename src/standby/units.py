@@ -67,18 +67,20 @@ def render(cfg: Config, node: str, config_path: PurePosixPath, install: Install,
                         "(unit names are ASCII); rename the node with letters a-z, digits, '-' or '_'")
     exe = _plain(install.exe, "the standby command",
                  "install standby where its path has only letters, digits and / . _ + @ : -")
-    head = {
-        "node": node, "cluster": cfg.cluster, "exe": exe,
-        "config": _plain(config_path, "--config", "use a configuration path without spaces, quotes or '%'"),
-        "sandbox": _sandbox(install),
-    }
+    config = _plain(config_path, "--config", "use a configuration path without spaces, quotes or '%'")
+    head = {"node": node, "cluster": cfg.cluster, "exe": exe, "config": config, "sandbox": _sandbox(install)}
+
+    def run(command: str) -> str:  # what both units run, and how
+        return "\n".join(("Type=simple", f"Environment=STANDBY_CONFIG={config}", f"Environment=STANDBY_NODE={node}",
+                          f"ExecStart={exe} {command}"))
+
     if unit is UnitName.AGENT:
-        return _AGENT.format(**head, postgres_unit=name, writable=_writable(cfg, node))
+        return _AGENT.format(**head, run=run("agent"), postgres_unit=name, writable=_writable(cfg, node))
     if cfg.spool is None:
         raise UnitError(f"spool: {config_path} has no [spool] section, so this node runs no shipper and "
                         f"{UnitName.SHIPPER.file} has nothing to do; add [spool] (see etc/standby.example.toml) "
                         f"or print {UnitName.AGENT.file} (--unit {UnitName.AGENT.value})")
-    return _SHIPPER.format(**head, writable=_shipper_writable(cfg, node))
+    return _SHIPPER.format(**head, run=run("ship"), writable=_shipper_writable(cfg, node))
 
 
 def _plain(path: PurePosixPath | Path, key: str, fix: str) -> str:
@@ -153,10 +155,7 @@ Wants=network-online.target
 StartLimitIntervalSec=0
 
 [Service]
-Type=simple
-Environment=STANDBY_CONFIG={config}
-Environment=STANDBY_NODE={node}
-ExecStart={exe} agent
+{run}
 # If the agent dies without stopping cleanly, nobody decides for this node any
 # more: drop the service IPs, stop the services, and stop PostgreSQL if the peer
 # could take over meanwhile. A clean stop (systemctl stop/restart) leaves all as is.
@@ -228,10 +227,7 @@ Wants=network-online.target
 StartLimitIntervalSec=0
 
 [Service]
-Type=simple
-Environment=STANDBY_CONFIG={config}
-Environment=STANDBY_NODE={node}
-ExecStart={exe} ship
+{run}
 # Progress is saved after every commit: a restart at any moment sends at most one batch again,
 # which the unique key turns into duplicates, never into double rows.
 Restart=always

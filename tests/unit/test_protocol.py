@@ -13,12 +13,9 @@ import http.client
 import http.server
 import json
 import re
-import socket
-import threading
-from collections.abc import Iterator
+from collections.abc import Callable
 from dataclasses import replace
-from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import pytest
 
@@ -28,7 +25,7 @@ from standby.api import ApiServer
 from standby.documents import AGENT_VIEW, HeartbeatCounts
 from standby.model import DbState, Net, PeerView
 from standby.status import Observations, assemble
-from tests.unit.configs import example_with_secrets
+from tests.unit.test_apiclient import _Agent, agent  # noqa: F401 - agent: a stand-in agent on loopback
 from tests.unit.test_documents import view
 from tests.unit.test_findings_surface import _AgentLoop, api  # noqa: F401 - api: a real agent's API on a free port
 from tests.unit.test_status_rules import EXAMPLE, primary, standby
@@ -140,60 +137,37 @@ def test_i11_an_operation_in_another_major_is_refused_and_not_run(api: tuple[Api
 # -- the client ----------------------------------------------------------------------------------
 
 
-class _Agent(http.server.BaseHTTPRequestHandler):
-    """An agent of some release: answers with ``header`` as its protocol (None: no header at all)."""
-
-    header: ClassVar[str | None] = None
-    status_body: ClassVar[bytes] = b"{}"
-    seen: ClassVar[list[str | None]] = []
-
-    def do_GET(self) -> None:
-        self._answer(self.status_body)
-
-    def do_POST(self) -> None:
-        self.rfile.read(int(self.headers.get("Content-Length", "0")))
-        self._answer(b"{}")
-
-    def _answer(self, body: bytes) -> None:
-        type(self).seen.append(self.headers.get(protocol.HEADER))
-        self.send_response(200)
-        if self.header is not None:
-            self.send_header(protocol.HEADER, self.header)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args: Any) -> None:
-        pass
-
-
 @pytest.fixture
-def beta(tmp_path: Path) -> Iterator[config.Config]:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = int(s.getsockname()[1])
-    raw, _ = example_with_secrets(tmp_path, port)
-    raw["nodes"]["beta"]["private"]["address"] = "127.0.0.1/8"  # the client tries the private address first
-    _Agent.status_body = json.dumps(AGENT_VIEW.encode(replace(view(), node="beta", peer="alpha"))).encode()
-    _Agent.seen = []
-    httpd = http.server.HTTPServer(("127.0.0.1", port), _Agent)
-    t = threading.Thread(target=httpd.serve_forever, daemon=True)
-    t.start()
-    try:
-        yield config.parse(raw)
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
+def answering(monkeypatch: pytest.MonkeyPatch) -> Callable[[str | None], list[str | None]]:
+    """Makes the stand-in agent answer with a Standby-Protocol header (None: none at all, as before 1.1);
+    gives the headers its requests came with."""
+    seen: list[str | None] = []
+    monkeypatch.setattr(_Agent, "status_body", json.dumps(AGENT_VIEW.encode(replace(view(), node="beta"))).encode())
+    monkeypatch.setattr(_Agent, "post_body", b"{}")
+
+    def answer_with(header: str | None) -> list[str | None]:
+        def end_headers(self: _Agent) -> None:
+            seen.append(self.headers.get(protocol.HEADER))
+            if header is not None:
+                self.send_header(protocol.HEADER, header)
+            http.server.BaseHTTPRequestHandler.end_headers(self)
+
+        monkeypatch.setattr(_Agent, "end_headers", end_headers)
+        return seen
+
+    return answer_with
 
 
 @pytest.mark.parametrize("header", [None, "1.0", "1.1", "1.7"])
 def test_i11_client_reads_an_agent_of_the_same_major_or_without_the_header(
-        beta: config.Config, monkeypatch: pytest.MonkeyPatch, header: str | None) -> None:
-    monkeypatch.setattr(_Agent, "header", header)
-    got = apiclient.agent_status(beta, "beta", timeout_s=5)
+        agent: tuple[config.Config, int], answering: Callable[[str | None], list[str | None]],  # noqa: F811
+        header: str | None) -> None:
+    cfg, _ = agent
+    seen = answering(header)
+    got = apiclient.agent_status(cfg, "beta", timeout_s=5)
     assert got is not None and got.node == "beta"
-    assert apiclient.AgentApi(beta).post("beta", "/fence", timeout_s=5) == {}
-    assert _Agent.seen == [protocol.header_value()] * 2  # the client says its own
+    assert apiclient.AgentApi(cfg).post("beta", "/fence", timeout_s=5) == {}
+    assert seen == [protocol.header_value()] * 2  # the client says its own
 
 
 @pytest.mark.parametrize(("header", "says"), [
@@ -202,11 +176,12 @@ def test_i11_client_reads_an_agent_of_the_same_major_or_without_the_header(
     ("one", "beta's agent announces a protocol this node (1) cannot read"),
 ])
 def test_i11_client_refuses_an_agent_of_another_major_saying_so(
-        beta: config.Config, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
-        header: str, says: str) -> None:
-    monkeypatch.setattr(_Agent, "header", header)
-    assert apiclient.agent_status(beta, "beta", timeout_s=5) is None
+        agent: tuple[config.Config, int], answering: Callable[[str | None], list[str | None]],  # noqa: F811
+        caplog: pytest.LogCaptureFixture, header: str, says: str) -> None:
+    cfg, _ = agent
+    seen = answering(header)
+    assert apiclient.agent_status(cfg, "beta", timeout_s=5) is None
     assert says in caplog.text and "README 'Upgrades'" in caplog.text
     with pytest.raises(apiclient.ApiError, match=re.escape(says)):
-        apiclient.AgentApi(beta).post("beta", "/fence", timeout_s=5)
-    assert len(_Agent.seen) == 2  # asked once each, not again on the public address
+        apiclient.AgentApi(cfg).post("beta", "/fence", timeout_s=5)
+    assert len(seen) == 2  # asked once each, not again on the public address
