@@ -269,7 +269,10 @@ def _track(s: State, o: Observation, p: Policy) -> State:
         sync_from_lsn=sync_from,
         last_peer_lag_ok=lag_ok,
         stream_lost_since=stream_lost,
-        peer_unsynced_since=_since(s.peer_unsynced_since, o.pg.db is DbState.PRIMARY and not o.pg.peer_sync, now),
+        # Counted only while commits are meant to wait for the standby: a restore starts it afresh
+        # (PostgreSQL shows the standby as "sync" a moment after the names are set; chaos seed 104).
+        peer_unsynced_since=_since(s.peer_unsynced_since,
+                                   o.pg.db is DbState.PRIMARY and not o.pg.peer_sync and not s.degraded, now),
         public_bad_since=_since(s.public_bad_since, not public_ok(o), now),
         private_bad_since=_since(s.private_bad_since, not o.carrier.get(Net.PRIVATE, False), now),
         links_up_since=_since(s.links_up_since, any(o.carrier.get(n, False) for n in Net), now),

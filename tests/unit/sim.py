@@ -36,6 +36,7 @@ class Node:
     loss: dict[Net, int] = field(default_factory=lambda: {Net.PUBLIC: 0, Net.PRIVATE: 0})
     holds_ips: bool = False
     sync_names_on: bool = False
+    sync_names_since: float = 0.0  # pg_stat_replication says "sync" only a little after the names are set
     state: State = field(default_factory=State)
     last_step: float = 0.0
     heard: dict[Net, float | None] = field(default_factory=lambda: {Net.PUBLIC: None, Net.PRIVATE: None})
@@ -70,7 +71,7 @@ class Violation(Exception):
 
 class World:
     def __init__(self, policy_for: dict[str, Policy], seed: int, stop_delay: float = 0.0,
-                 agent_fence_delay: float = 0.0) -> None:
+                 agent_fence_delay: float = 0.0, sync_report_delay: float = 0.0) -> None:
         self.t = 0.0
         self.rng = random.Random(seed)
         self.policy = dict(policy_for)
@@ -78,6 +79,9 @@ class World:
         # unclean-exit fence of a killed agent (which drops the addresses first).
         self.stop_delay = stop_delay
         self.agent_fence_delay = agent_fence_delay
+        # From setting synchronous_standby_names to the standby shown as "sync" (a reload, then the
+        # standby's next reply): the primary's agent sees the old answer meanwhile.
+        self.sync_report_delay = sync_report_delay
         self.nodes = {
             "a": Node("a", DbState.PRIMARY, True, holds_ips=True, sync_names_on=policy_for["a"].sync),
             "b": Node("b", DbState.STANDBY, False),
@@ -161,7 +165,8 @@ class World:
             db=n.pg,
             lsn=len(n.data),
             streaming=n.streaming,
-            peer_sync=n.pg is DbState.PRIMARY and n.sync_names_on and p.streaming,
+            peer_sync=(n.pg is DbState.PRIMARY and n.sync_names_on and p.streaming
+                       and self.t - n.sync_names_since >= self.sync_report_delay),
             peer_flush_lsn=len(p.data) if p.streaming else None,
             upstream_age_s=(self.t - n.last_wal_at if n.pg is DbState.STANDBY and n.last_wal_at is not None
                             else None),
@@ -226,7 +231,10 @@ class World:
         if n.state.term < before.term:
             raise Violation(f"term went back on {n.name}", self.t)
         # The shell keeps synchronous_standby_names as the state says.
-        n.sync_names_on = pol.sync and not n.state.degraded and n.pg is DbState.PRIMARY
+        names_on = pol.sync and not n.state.degraded and n.pg is DbState.PRIMARY
+        if names_on and not n.sync_names_on:
+            n.sync_names_since = self.t
+        n.sync_names_on = names_on
         self._send(n, obs, pol)
 
     def _send(self, n: Node, obs: Observation, pol: Policy) -> None:

@@ -435,3 +435,53 @@ def test_chaos_seed_93_a_peer_that_may_still_write_or_follow_keeps_the_older_ter
     other = view(db, term=2, lsn=400, eligible=True)
     s, seen = run_steps(s, p, lambda t: obs(t, down, other, t), 10.1, 20.0)
     assert Reason.RESUMED_PEER_OLDER not in [a.reason for a in seen]
+
+
+# -- chaos seed 104 (sync, degrade_after 8 s, 2026-12-01): a primary that flapped between degraded and sync --
+
+
+def test_chaos_seed_104_restoring_sync_does_not_degrade_again_before_the_standby_shows_sync() -> None:
+    """The new primary ran alone (degraded) while the old one was away; it rejoined and caught up and
+    the primary restored sync, then degraded again 150 ms later, for ever: the "standby unsynced since"
+    clock still counted from before the restore, and PostgreSQL shows the standby as "sync" only a
+    moment after the names are set. The standby never became eligible again: no failover possible."""
+    p = pol(sync=True, degrade_after_s=8.0)
+    s = State(term=1, was_primary=True, services=True, sync_established=True, watching_since=0.0)
+    standby = view(DbState.STANDBY, term=1, lsn=1000)
+    away = LocalPg(DbState.PRIMARY, lsn=1000, peer_sync=False, peer_flush_lsn=None)
+    s, seen = run_steps(s, p, lambda t: obs(t, away, standby, t), 0.1, 10.0)
+    assert [a.reason for a in seen if a.kind is ActionKind.SET_SYNC] == [Reason.DEGRADE]
+    back = LocalPg(DbState.PRIMARY, lsn=1000, peer_sync=False, peer_flush_lsn=1000)  # caught up, names not set
+    s, seen = run_steps(s, p, lambda t: obs(t, back, standby, t), 10.1, 10.5)  # restored; "sync" not shown yet
+    assert [a.reason for a in seen if a.kind is ActionKind.SET_SYNC] == [Reason.RESTORE_SYNC]
+    sync_pg = LocalPg(DbState.PRIMARY, lsn=1000, peer_sync=True, peer_flush_lsn=1000)
+    s, more = run_steps(s, p, lambda t: obs(t, sync_pg, standby, t), 10.6, 30.0)
+    assert [a for a in more if a.kind is ActionKind.SET_SYNC] == []
+    assert not s.degraded and s.sync_established
+
+
+def test_chaos_seed_104_restored_sync_that_never_shows_degrades_after_the_whole_delay_again() -> None:
+    """The other side: if the standby is still not "sync" degrade_after_s after the restore, degrade."""
+    p = pol(sync=True, degrade_after_s=8.0)
+    s = State(term=1, was_primary=True, services=True, degraded=True, watching_since=0.0)
+    standby = view(DbState.STANDBY, term=1, lsn=1000)
+    async_pg = LocalPg(DbState.PRIMARY, lsn=1000, peer_sync=False, peer_flush_lsn=1000)
+    s, seen = run_steps(s, p, lambda t: obs(t, async_pg, standby, t), 0.1, 0.2)
+    assert [a.reason for a in seen if a.kind is ActionKind.SET_SYNC] == [Reason.RESTORE_SYNC]
+    s, more = run_steps(s, p, lambda t: obs(t, async_pg, standby, t), 0.3, 7.9)
+    assert [a for a in more if a.kind is ActionKind.SET_SYNC] == []
+    s, more = run_steps(s, p, lambda t: obs(t, async_pg, standby, t), 8.0, 8.6)
+    assert [a.reason for a in more if a.kind is ActionKind.SET_SYNC][:1] == [Reason.DEGRADE]
+
+
+def test_chaos_seed_104_simulated_failover_then_rejoin_settles_in_sync() -> None:
+    with World(policies(sync=True, degrade=8.0), seed=104, sync_report_delay=0.3) as w:
+        w.run(2.0)
+        w.link("b", Net.PRIVATE, False)
+        w.run(10.0)  # past degrade_after: the primary stops waiting for b
+        assert w.nodes["a"].state.degraded
+        w.heal()
+        w.run(10.0)
+        tail = [line for line in w.log if "set_sync" in line and float(line.split()[0]) > 13.0]
+        assert len(tail) <= 1, tail  # restored once, not flapping
+        assert not w.nodes["a"].state.degraded and w.nodes["b"].state.eligible
