@@ -478,7 +478,7 @@ def test_cli_services_agents_and_logs_kept(lab_factory, tmp_path: Path) -> None:
     ca = re.search(r"CA:\s+(\S+)", out)
     assert ca and Path(ca.group(1)).is_file() and "marker" in out
     lab = Lab.open(name)
-    assert [s.name for s in lab.config.services] == ["softswitch", "marker"]
+    assert [s.name for s in lab.config().services] == ["softswitch", "marker"]
 
     out = cli("agents", "start", "--name", name).stdout
     assert "bootstrapping" in out
