@@ -27,14 +27,17 @@ Why two servers are enough (the safety argument, in the order rules apply):
    the isolation fence, apply in maintenance too: maintenance only holds back
    automatic promotions, restarts and role moves.
 4. Fencing is sticky: a fenced node never becomes primary again by itself,
-   with one exception. A primary that fenced itself as a precaution (it was
+   with two exceptions. A primary that fenced itself as a precaution (it was
    isolated, or stalled) or to hand the database over (its PostgreSQL died,
    its replication link is down) and then hears its peer, for a whole failover
-   timeout, as a standby in no newer term that is not eligible, knows nobody
-   took over and nobody will: every promotion raises the term before it
-   happens, and a standby's eligibility changes only on hearing a primary.
-   It starts again as primary (sync: commits wait for the standby again),
-   rather than leave the pair with no primary at all.
+   timeout, (a) as a standby in no newer term that is not eligible, or (b) as
+   down or fenced in an older term, knows nobody took over and nobody will:
+   every promotion raises the term before it happens, a standby's eligibility
+   changes only on hearing a primary, and a server that is down restarts as
+   primary only while its peer's term is no newer than its own. It starts
+   again as primary (sync: commits wait for the standby again), rather than
+   leave the pair with no primary at all. Of two fenced nodes only the one in
+   the newer term can do so; in equal terms both wait for a person.
 5. A move between two live nodes is a hand-over: the holder lets go first
    and says so in its heartbeat; the other side takes only after that. A
    fenced node says FENCING while its server still runs and FENCED once it is
@@ -132,6 +135,8 @@ class State:
     fenced_at: float = -math.inf
     # Since fenced: the peer heard as a standby in no newer term that says it cannot promote.
     peer_standby_since: float | None = None
+    # Since fenced: the peer heard down or fenced in an older term (it cannot have taken over).
+    peer_older_since: float | None = None
     # Primary, sync: the WAL position when commits began to wait for the standby again.
     # Commits acknowledged alone before it are on the standby only once it has flushed
     # that far: until then it is not "in sync" (and is never told it is eligible).
@@ -264,7 +269,10 @@ def _track(s: State, o: Observation, p: Policy) -> State:
         sync_from_lsn=sync_from,
         last_peer_lag_ok=lag_ok,
         stream_lost_since=stream_lost,
-        peer_unsynced_since=_since(s.peer_unsynced_since, o.pg.db is DbState.PRIMARY and not o.pg.peer_sync, now),
+        # Counted only while commits are meant to wait for the standby: a restore starts it afresh
+        # (PostgreSQL shows the standby as "sync" a moment after the names are set; chaos seed 104).
+        peer_unsynced_since=_since(s.peer_unsynced_since,
+                                   o.pg.db is DbState.PRIMARY and not o.pg.peer_sync and not s.degraded, now),
         public_bad_since=_since(s.public_bad_since, not public_ok(o), now),
         private_bad_since=_since(s.private_bad_since, not o.carrier.get(Net.PRIVATE, False), now),
         links_up_since=_since(s.links_up_since, any(o.carrier.get(n, False) for n in Net), now),
@@ -276,6 +284,8 @@ def _track(s: State, o: Observation, p: Policy) -> State:
         peer_standby_since=_since(s.peer_standby_since, peer is not None and peer.db is DbState.STANDBY
                                   and not peer.eligible and peer.term <= s.term and _last_heard(o) > s.fenced_at,
                                   now),
+        peer_older_since=_since(s.peer_older_since, peer is not None and peer.db in (DbState.DOWN, DbState.FENCED)
+                                and not peer.eligible and peer.term < s.term and _last_heard(o) > s.fenced_at, now),
         watching_since=watching_since,
     )
 
@@ -290,6 +300,11 @@ def _fence(s: State, reason: Reason, detail: str, release_services: bool,
         acts.append(Action(ActionKind.RELEASE_SERVICES, reason, "a fenced node must not answer on the service IPs"))
     return replace(s, fenced=True, was_primary=False, promoting=False, resumable=resumable,
                    services=s.services and not release_services, releasing_services=False), acts
+
+
+def _resume(s: State, o: Observation, reason: Reason, detail: str) -> tuple[State, list[Action]]:
+    return replace(s, fenced=False, resumable=False, was_primary=True, degraded=False,
+                   sync_established=False, last_restart_at=o.now), [Action(ActionKind.RESTART_PG, reason, detail)]
 
 
 def _promote(s: State, reason: Reason, detail: str) -> tuple[State, list[Action]]:
@@ -347,12 +362,14 @@ def _db_rules(s: State, o: Observation, p: Policy) -> tuple[State, list[Action]]
             return replace(s, last_rejoin_at=o.now), [
                 Action(ActionKind.REJOIN, Reason.REJOIN_AUTO, f"the new primary (term {peer.term}) is healthy")]
         if p.hot and s.resumable and _lasted(s.peer_standby_since, o.now, p.failover_timeout_s):
-            # Rule 4's exception. Not degraded: in sync, nothing is acknowledged
+            # Rule 4's exception (a). Not degraded: in sync, nothing is acknowledged
             # until the standby has it, whatever happens next.
-            return replace(s, fenced=False, resumable=False, was_primary=True, degraded=False,
-                           sync_established=False, last_restart_at=o.now), [
-                Action(ActionKind.RESTART_PG, Reason.RESUMED_PRIMARY,
-                       f"fenced here, but the peer stayed a standby in term {s.term} and cannot promote: serving again")]
+            return _resume(s, o, Reason.RESUMED_PRIMARY,
+                           f"fenced here, but the peer stayed a standby in term {s.term} and cannot promote: serving again")
+        if p.hot and s.resumable and _lasted(s.peer_older_since, o.now, p.failover_timeout_s):
+            # Rule 4's exception (b) (chaos seed 93: both nodes fenced, nobody serving).
+            return _resume(s, o, Reason.RESUMED_PEER_OLDER,
+                           f"fenced here, but the peer is down or fenced in an older term than {s.term}: serving again")
         return s, []
 
     if o.pg.db is DbState.PRIMARY:
@@ -506,7 +523,7 @@ def decide(s: State, o: Observation, p: Policy) -> tuple[State, list[Action]]:
     else:
         s, db_actions = _db_rules(s, o, p)
     if s.fenced and not fenced_before:
-        s = replace(s, fenced_at=o.now, peer_standby_since=None)
+        s = replace(s, fenced_at=o.now, peer_standby_since=None, peer_older_since=None)
     if any(a.kind is ActionKind.FENCE and a.reason in (Reason.ISOLATED, Reason.RESUMED_AFTER_FREEZE)
            for a in db_actions):
         return s, db_actions

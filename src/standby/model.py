@@ -99,6 +99,8 @@ class Reason(StrEnum):
     REJOIN_AUTO = "rejoin_auto"  # rejoin = "auto": the fenced old primary follows the healthy new one
     FENCE_ENFORCED = "fence_enforced"  # a fenced node's PostgreSQL was found running: stop it again
     RESUMED_PRIMARY = "resumed_primary"  # fenced as a precaution, and the peer did not take over: serve again
+    # Fenced as a precaution, and the peer is down or fenced in an older term: nobody took over, serve again.
+    RESUMED_PEER_OLDER = "resumed_peer_older"
     SERVICES_TO_PRIMARY = "services_to_primary"  # a node without a database hands the service role to the primary
 
 

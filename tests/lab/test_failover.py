@@ -8,6 +8,7 @@ by bench/failover.py, never asserted here.
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
@@ -67,6 +68,22 @@ def test_primary_host_crashed_everything_moves(pair: Lab, tmp_path: Path) -> Non
     no_loss_no_dual(pair, run, on="beta")
     assert run.first_ack_after_fault() is not None
     assert agent_state(pair, "beta")["state"]["term"] == 1
+
+
+def test_softswitch_health_does_not_flap_after_a_take_over(pair: Lab) -> None:
+    """Finding (softswitch issue): the sample softswitch reported unhealthy 1.7-3.5 s after every
+    take-over and healthy again ~1.5 s later; with a shorter `unhealthy_after_s` that would move
+    the services for nothing."""
+    pair.crash("alpha")
+    settle(pair, db="beta", services="beta")
+    took = [e["time"] for e in role_changes(pair, "beta") if e["action"] == "take_services"]
+    assert took
+    time.sleep(6.0)  # past the window where the flap showed, and one health check more
+    res = pair.standby("beta", "history", "--json", "--limit", "1000")
+    flaps = [e for e in json.loads(res.stdout)
+             if e["event"] == "services_health" and e.get("healthy") is False and e["time"] > took[-1]]
+    assert flaps == [], flaps
+    assert agent_state(pair, "beta")["services_healthy"] is True
 
 
 def test_primary_frozen_then_thawed_comes_back_fenced(pair: Lab, tmp_path: Path) -> None:

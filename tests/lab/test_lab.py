@@ -457,3 +457,50 @@ def test_a_failing_test_still_cleans_up(tmp_path: Path) -> None:
         assert lab_traces(name) == []
     assert not [ns for ns in os.listdir(NETNS_DIR) if ns.startswith(prefix)] if NETNS_DIR.exists() else True
     assert not [d for d in os.listdir(LAB_BASE) if d.startswith(prefix)]
+
+
+# -- the lab as a new user drives it: own services, agents, logs kept ----------------
+
+
+def test_cli_services_agents_and_logs_kept(lab_factory, tmp_path: Path) -> None:
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    services = tmp_path / "services.toml"
+    services.write_text(
+        "[[services]]\n"
+        'name = "marker"\n'
+        f'start = ["touch", "{marks}/started-{{node}}"]\n'
+        f'stop = ["rm", "-f", "{marks}/started-{{node}}"]\n'
+        f'health = ["test", "-e", "{marks}/started-{{node}}"]\n'
+    )
+    name = lab_factory.reserve()
+    out = cli("up", "--name", name, "--services", str(services)).stdout
+    ca = re.search(r"CA:\s+(\S+)", out)
+    assert ca and Path(ca.group(1)).is_file() and "marker" in out
+    lab = Lab.open(name)
+    assert [s.name for s in lab.config().services] == ["softswitch", "marker"]
+
+    out = cli("agents", "start", "--name", name).stdout
+    assert "bootstrapping" in out
+    # The service runs where the service IP is, and only there (placement "active").
+    lab.wait_for("the marker service on alpha", lambda: (marks / "started-alpha").exists(), timeout_s=60)
+    assert not (marks / "started-beta").exists()
+    assert "already running" in cli("agents", "start", "--name", name, "alpha").stdout
+    cli("agents", "stop", "--name", name)
+    assert lab.agent_pid("alpha") is None and lab.agent_pid("beta") is None
+    assert lab.pg_running("alpha") and lab.pg_running("beta")  # a clean stop leaves the servers alone
+
+    kept = tmp_path / "kept"
+    cli("down", "--name", name, "--keep-logs", str(kept))
+    assert lab_traces(name) == []
+    assert (kept / "alpha" / "log" / "agent.log").stat().st_size > 0
+    assert (kept / "standby.toml").is_file()
+
+
+def test_cli_up_refuses_a_bad_services_file_before_building(lab_factory, tmp_path: Path) -> None:
+    services = tmp_path / "services.toml"
+    services.write_text('[[services]]\nname = "x"\nstart = []\nstop = ["true"]\n')
+    name = lab_factory.reserve()
+    res = cli("up", "--name", name, "--services", str(services), check=False)
+    assert res.returncode != 0 and "services[0].start" in res.stderr
+    assert lab_traces(name) == []

@@ -36,6 +36,7 @@ class Node:
     loss: dict[Net, int] = field(default_factory=lambda: {Net.PUBLIC: 0, Net.PRIVATE: 0})
     holds_ips: bool = False
     sync_names_on: bool = False
+    sync_names_since: float = 0.0  # pg_stat_replication says "sync" only a little after the names are set
     state: State = field(default_factory=State)
     last_step: float = 0.0
     heard: dict[Net, float | None] = field(default_factory=lambda: {Net.PUBLIC: None, Net.PRIVATE: None})
@@ -49,6 +50,7 @@ class Node:
     # peer's server thawed into a fence and never writes again outside that window).
     promoted_over_frozen: bool = False
     thawed_at: float | None = None  # when the host was last let go after a pause
+    starting_until: float | None = None  # a booted agent's start-up: it sends before it first decides
     # The agent's tie-breaker probe: the last success. Like the real agent, an
     # observation reads the last result, so after a freeze it is stale.
     tb_ok_at: float = -math.inf
@@ -69,7 +71,7 @@ class Violation(Exception):
 
 class World:
     def __init__(self, policy_for: dict[str, Policy], seed: int, stop_delay: float = 0.0,
-                 agent_fence_delay: float = 0.0) -> None:
+                 agent_fence_delay: float = 0.0, sync_report_delay: float = 0.0) -> None:
         self.t = 0.0
         self.rng = random.Random(seed)
         self.policy = dict(policy_for)
@@ -77,6 +79,9 @@ class World:
         # unclean-exit fence of a killed agent (which drops the addresses first).
         self.stop_delay = stop_delay
         self.agent_fence_delay = agent_fence_delay
+        # From setting synchronous_standby_names to the standby shown as "sync" (a reload, then the
+        # standby's next reply): the primary's agent sees the old answer meanwhile.
+        self.sync_report_delay = sync_report_delay
         self.nodes = {
             "a": Node("a", DbState.PRIMARY, True, holds_ips=True, sync_names_on=policy_for["a"].sync),
             "b": Node("b", DbState.STANDBY, False),
@@ -160,7 +165,8 @@ class World:
             db=n.pg,
             lsn=len(n.data),
             streaming=n.streaming,
-            peer_sync=n.pg is DbState.PRIMARY and n.sync_names_on and p.streaming,
+            peer_sync=(n.pg is DbState.PRIMARY and n.sync_names_on and p.streaming
+                       and self.t - n.sync_names_since >= self.sync_report_delay),
             peer_flush_lsn=len(p.data) if p.streaming else None,
             upstream_age_s=(self.t - n.last_wal_at if n.pg is DbState.STANDBY and n.last_wal_at is not None
                             else None),
@@ -179,6 +185,11 @@ class World:
     def _step_agent(self, n: Node) -> None:
         pol = self.policy[n.name]
         obs = self._observe(n)
+        if n.starting_until is not None and self.t < n.starting_until:
+            # Starting: the link is open and says the restored state before the first decision.
+            self._send(n, obs, pol)
+            return
+        n.starting_until = None
         before = n.state
         n.state, actions = decide(n.state, obs, pol)
         n.last_step = self.t
@@ -212,13 +223,21 @@ class World:
         if before.fenced and n.pg is DbState.PRIMARY and n.stop_due is None:
             # Only by rule 4's exception, and only when it is true that nobody took over.
             other = self.peer(n.name)
-            resumed = any(a.reason is Reason.RESUMED_PRIMARY for a in actions)
-            if not resumed or other.pg is DbState.PRIMARY or other.state.promoting or other.state.term > n.state.term:
+            standby_peer = any(a.reason is Reason.RESUMED_PRIMARY for a in actions)
+            older_peer = any(a.reason is Reason.RESUMED_PEER_OLDER for a in actions)
+            if (not (standby_peer or older_peer) or other.pg is DbState.PRIMARY or other.state.promoting
+                    or other.state.term > n.state.term or (older_peer and other.state.term >= n.state.term)):
                 raise Violation(f"fenced node {n.name} is primary again", self.t)
         if n.state.term < before.term:
             raise Violation(f"term went back on {n.name}", self.t)
         # The shell keeps synchronous_standby_names as the state says.
-        n.sync_names_on = pol.sync and not n.state.degraded and n.pg is DbState.PRIMARY
+        names_on = pol.sync and not n.state.degraded and n.pg is DbState.PRIMARY
+        if names_on and not n.sync_names_on:
+            n.sync_names_since = self.t
+        n.sync_names_on = names_on
+        self._send(n, obs, pol)
+
+    def _send(self, n: Node, obs: Observation, pol: Policy) -> None:
         view = advertise(n.state, obs.pg, obs.carrier, obs.tiebreaker_ok, pol.preferred, pol.sync, hot=pol.hot)
         p = self.peer(n.name)
         acked = max((t for t in n.heard.values() if t is not None), default=None)
@@ -264,13 +283,20 @@ class World:
         n.alive, n.pg, n.holds_ips, n.agent_up, n.streaming = False, DbState.DOWN, False, False, False
         n.pending_fence, n.stop_due, n.last_wal_at = False, None, None  # promoted_over_frozen: as kill_pg
 
-    def boot(self, name: str) -> None:
-        """Host back: the agent starts from its persisted state; PostgreSQL is left to the agent."""
+    def boot(self, name: str, startup_s: float = 0.0, liveness_kept: bool = False) -> None:
+        """Host back: the agent starts from its persisted state; PostgreSQL is left to the agent.
+
+        ``startup_s``: how long the new agent sends its restored state before its first decision
+        (a real one opens its link first and decides once it has observed PostgreSQL).
+        ``liveness_kept``: every process died but /run survived (the lab's crash), so the new agent
+        knows how long nobody decided for this node."""
         n = self.nodes[name]
         if n.alive:
             return
         n.alive, n.agent_up, n.frozen = True, True, False
-        n.last_step = self.t  # /run is empty after a reboot: no liveness record survives
+        n.starting_until = self.t + startup_s if startup_s > 0 else None
+        if not liveness_kept:
+            n.last_step = self.t  # /run is empty after a reboot: no liveness record survives
         self._restart_agent(n)
 
     def _restart_agent(self, n: Node) -> None:

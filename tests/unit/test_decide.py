@@ -257,24 +257,25 @@ def play_schedule(w: World, steps: list) -> None:
 @pytest.mark.parametrize("sync,degrade", [(True, 0.0), (True, 3.0), (False, 0.0)])
 @settings(max_examples=int(os.environ.get("STANDBY_SIM_EXAMPLES", "150")), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(steps=schedule, seed=st.integers(0, 2**16), stop_delay=st.sampled_from([0.0, 0.3]),
-       agent_fence_delay=st.sampled_from([0.0, 0.5, 2.0]))
+       agent_fence_delay=st.sampled_from([0.0, 0.5, 2.0]), sync_report_delay=st.sampled_from([0.0, 0.3]))
 # Found by these schedules (async): a rebooted primary isolated, its fence stopping the server while
 # the partition healed and the standby promoted. Kept, and the timings rule it led to (config.Timings:
 # the failover timeout exceeds the fence timeout by a heartbeat and the stop) is what the world runs with.
 @example(steps=[("crash", "a", Net.PUBLIC, 0, 0.5), ("boot", "a", Net.PUBLIC, 0, 3.0),
                 ("link_down", "a", Net.PUBLIC, 0, 2.0), ("link_down", "a", Net.PRIVATE, 0, 1.0)],
-         seed=0, stop_delay=0.3, agent_fence_delay=0.0)
+         seed=0, stop_delay=0.3, agent_fence_delay=0.0, sync_report_delay=0.0)
 # And, within that rule: a primary paused through the failover window, let go in the very tick its
 # standby promotes (the pause no decision can prevent; the world excuses the stop that follows).
-@example(steps=[("freeze", "a", Net.PUBLIC, 0, 1.0)], seed=0, stop_delay=0.3, agent_fence_delay=0.0)
+@example(steps=[("freeze", "a", Net.PUBLIC, 0, 1.0)], seed=0, stop_delay=0.3, agent_fence_delay=0.0,
+         sync_report_delay=0.0)
 def test_random_faults_keep_the_invariants(sync: bool, degrade: float, steps: list, seed: int, stop_delay: float,
-                                           agent_fence_delay: float) -> None:
+                                           agent_fence_delay: float, sync_report_delay: float) -> None:
     """Never two writable primaries, never two holders of the service IPs, terms never go back,
     fenced nodes stay down (all raised inside the world), and in sync mode no acknowledged call is
     ever lost (with degrade: unless the network faults made the case two servers cannot decide).
     Stopping PostgreSQL takes time, after a decided fence and after a killed agent."""
     with World(policies(sync=sync, degrade=degrade, failover=within_the_timings_rule(stop_delay)), seed=seed,
-               stop_delay=stop_delay, agent_fence_delay=agent_fence_delay) as w:
+               stop_delay=stop_delay, agent_fence_delay=agent_fence_delay, sync_report_delay=sync_report_delay) as w:
         play_schedule(w, steps)
         assert len(w.primaries()) <= 1, w.log
         if sync and (degrade == 0 or not NETWORK_FAULTS & {f for f, *_ in steps}):

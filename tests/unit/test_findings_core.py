@@ -348,3 +348,140 @@ def test_l1_sync_ok_waits_until_the_standby_has_flushed_past_the_restore_point()
     caught_up = LocalPg(DbState.PRIMARY, lsn=1020, peer_sync=True, peer_flush_lsn=1000)
     s, _ = decide(s, obs(5.2, caught_up, peer, 5.15), p)
     assert advertise(s, caught_up, dict(BOTH_UP), True, False, True).sync_ok
+
+
+# -- chaos seed 93 (async, 2026-12-01): both nodes fenced, nobody serving -----------------------------
+
+
+def test_chaos_seed_93_stalled_new_primary_serves_again_when_the_old_one_came_back_fenced() -> None:
+    """The old primary's host crashed, the standby took over (term 3); the old host came back and its
+    agent, having been away, fenced it (term 2). Then the new primary's own loop stalled for 0.99 s and
+    it fenced itself as a precaution: both nodes fenced, no primary, until an operator came.
+    The peer is heard FENCED (its server down) in an older term after our fence: nobody took over and
+    nobody can (a fenced node serves again only by rule 4, which needs its peer a standby, or by this
+    rule, which needs a newer term of its own), so the precautionary fence is lifted. The same holds
+    when the peer is only down in an older term (its restart as primary needs a term no older than
+    ours)."""
+    p = pol(sync=False)
+    primary = LocalPg(DbState.PRIMARY, lsn=500)
+    s = State(term=3, was_primary=True, services=True, degraded=True, peer_could_promote=True, watching_since=0.0)
+    # During the stall the old primary's agent was starting: its server down, not fenced yet.
+    booting = view(DbState.DOWN, term=2, lsn=None, eligible=False)
+    s, acts = decide(s, obs(10.0, primary, booting, 9.9, gap=0.99), p)
+    assert (ActionKind.FENCE, Reason.RESUMED_AFTER_FREEZE) in kinds(acts) and s.fenced and s.resumable
+    old = view(DbState.FENCED, term=2, lsn=None, eligible=False)
+    down = LocalPg(DbState.DOWN, lsn=500)
+    s, seen = run_steps(s, p, lambda t: obs(t, down, old, t), 10.1, 13.0)
+    assert (ActionKind.RESTART_PG, Reason.RESUMED_PEER_OLDER) in kinds(seen)
+    assert not s.fenced and s.was_primary and s.term == 3
+
+
+@pytest.mark.parametrize("peer_term", [3, 4])
+def test_chaos_seed_93_a_fenced_peer_in_the_same_or_a_newer_term_keeps_the_fence(peer_term: int) -> None:
+    """The other side of the rule: the node of the older term (or an equal one: who promoted last is
+    then unknown) stays fenced, so at most one of two fenced nodes lifts its fence."""
+    p = pol(sync=False)
+    s = State(term=3, fenced=True, resumable=True, was_primary=False, fenced_at=10.0, watching_since=0.0)
+    down = LocalPg(DbState.DOWN, lsn=500)
+    other = view(DbState.FENCED, term=peer_term, lsn=600, eligible=False)
+    s, seen = run_steps(s, p, lambda t: obs(t, down, other, t), 10.1, 20.0)
+    assert ActionKind.RESTART_PG not in [a.kind for a in seen] and s.fenced
+
+
+def test_chaos_seed_93_only_words_heard_after_the_fence_count() -> None:
+    """A FENCED word from before our own fence says nothing about what the peer did since."""
+    p = pol(sync=False)
+    s = State(term=3, fenced=True, resumable=True, fenced_at=10.0, watching_since=0.0)
+    down = LocalPg(DbState.DOWN, lsn=500)
+    old = view(DbState.FENCED, term=2, lsn=400, eligible=False)
+    s, seen = run_steps(s, p, lambda t: obs(t, down, old, 9.9), 10.1, 20.0)  # last heard before the fence
+    assert ActionKind.RESTART_PG not in [a.kind for a in seen]
+
+
+def test_chaos_seed_93_simulated_new_primary_stalls_after_the_old_one_came_back_fenced() -> None:
+    with World(policies(sync=False), seed=93) as w:
+        w.run(2.0)
+        w.crash("a")
+        w.run(3.0)
+        assert roles(w) == ("b", "b")
+        # The old primary's host is back; while its agent starts (it says "down, not fenced") the new
+        # primary's loop stalls past the stall limit.
+        w.boot("a", startup_s=1.5, liveness_kept=True)
+        w.run(0.2)
+        w.freeze("b")
+        w.run(1.0)
+        w.thaw("b")
+        w.run(5.0)
+        assert w.nodes["a"].state.fenced
+        assert roles(w) == ("b", "b")
+
+
+def test_chaos_seed_93_the_peer_down_in_an_older_term_lets_the_fence_go_too() -> None:
+    p = pol(sync=True)
+    s = State(term=3, fenced=True, resumable=True, fenced_at=10.0, watching_since=0.0)
+    down = LocalPg(DbState.DOWN, lsn=500)
+    rebooted = view(DbState.DOWN, term=2, lsn=None, eligible=False)
+    s, seen = run_steps(s, p, lambda t: obs(t, down, rebooted, t), 10.1, 13.0)
+    assert (ActionKind.RESTART_PG, Reason.RESUMED_PEER_OLDER) in kinds(seen)
+    assert not s.degraded  # sync: nothing is acknowledged until a standby has it
+
+
+@pytest.mark.parametrize("db", [DbState.FENCING, DbState.PRIMARY, DbState.STANDBY])
+def test_chaos_seed_93_a_peer_that_may_still_write_or_follow_keeps_the_older_term_rule_off(db: DbState) -> None:
+    """FENCING: its server still runs; PRIMARY: rule 3 handles it; STANDBY: rule 4 (a) decides."""
+    p = pol(sync=False)
+    s = State(term=3, fenced=True, resumable=True, fenced_at=10.0, watching_since=0.0)
+    down = LocalPg(DbState.DOWN, lsn=500)
+    other = view(db, term=2, lsn=400, eligible=True)
+    s, seen = run_steps(s, p, lambda t: obs(t, down, other, t), 10.1, 20.0)
+    assert Reason.RESUMED_PEER_OLDER not in [a.reason for a in seen]
+
+
+# -- chaos seed 104 (sync, degrade_after 8 s, 2026-12-01): a primary that flapped between degraded and sync --
+
+
+def test_chaos_seed_104_restoring_sync_does_not_degrade_again_before_the_standby_shows_sync() -> None:
+    """The new primary ran alone (degraded) while the old one was away; it rejoined and caught up and
+    the primary restored sync, then degraded again 150 ms later, for ever: the "standby unsynced since"
+    clock still counted from before the restore, and PostgreSQL shows the standby as "sync" only a
+    moment after the names are set. The standby never became eligible again: no failover possible."""
+    p = pol(sync=True, degrade_after_s=8.0)
+    s = State(term=1, was_primary=True, services=True, sync_established=True, watching_since=0.0)
+    standby = view(DbState.STANDBY, term=1, lsn=1000)
+    away = LocalPg(DbState.PRIMARY, lsn=1000, peer_sync=False, peer_flush_lsn=None)
+    s, seen = run_steps(s, p, lambda t: obs(t, away, standby, t), 0.1, 10.0)
+    assert [a.reason for a in seen if a.kind is ActionKind.SET_SYNC] == [Reason.DEGRADE]
+    back = LocalPg(DbState.PRIMARY, lsn=1000, peer_sync=False, peer_flush_lsn=1000)  # caught up, names not set
+    s, seen = run_steps(s, p, lambda t: obs(t, back, standby, t), 10.1, 10.5)  # restored; "sync" not shown yet
+    assert [a.reason for a in seen if a.kind is ActionKind.SET_SYNC] == [Reason.RESTORE_SYNC]
+    sync_pg = LocalPg(DbState.PRIMARY, lsn=1000, peer_sync=True, peer_flush_lsn=1000)
+    s, more = run_steps(s, p, lambda t: obs(t, sync_pg, standby, t), 10.6, 30.0)
+    assert [a for a in more if a.kind is ActionKind.SET_SYNC] == []
+    assert not s.degraded and s.sync_established
+
+
+def test_chaos_seed_104_restored_sync_that_never_shows_degrades_after_the_whole_delay_again() -> None:
+    """The other side: if the standby is still not "sync" degrade_after_s after the restore, degrade."""
+    p = pol(sync=True, degrade_after_s=8.0)
+    s = State(term=1, was_primary=True, services=True, degraded=True, watching_since=0.0)
+    standby = view(DbState.STANDBY, term=1, lsn=1000)
+    async_pg = LocalPg(DbState.PRIMARY, lsn=1000, peer_sync=False, peer_flush_lsn=1000)
+    s, seen = run_steps(s, p, lambda t: obs(t, async_pg, standby, t), 0.1, 0.2)
+    assert [a.reason for a in seen if a.kind is ActionKind.SET_SYNC] == [Reason.RESTORE_SYNC]
+    s, more = run_steps(s, p, lambda t: obs(t, async_pg, standby, t), 0.3, 7.9)
+    assert [a for a in more if a.kind is ActionKind.SET_SYNC] == []
+    s, more = run_steps(s, p, lambda t: obs(t, async_pg, standby, t), 8.0, 8.6)
+    assert [a.reason for a in more if a.kind is ActionKind.SET_SYNC][:1] == [Reason.DEGRADE]
+
+
+def test_chaos_seed_104_simulated_failover_then_rejoin_settles_in_sync() -> None:
+    with World(policies(sync=True, degrade=8.0), seed=104, sync_report_delay=0.3) as w:
+        w.run(2.0)
+        w.link("b", Net.PRIVATE, False)
+        w.run(10.0)  # past degrade_after: the primary stops waiting for b
+        assert w.nodes["a"].state.degraded
+        w.heal()
+        w.run(10.0)
+        tail = [line for line in w.log if "set_sync" in line and float(line.split()[0]) > 13.0]
+        assert len(tail) <= 1, tail  # restored once, not flapping
+        assert not w.nodes["a"].state.degraded and w.nodes["b"].state.eligible

@@ -49,6 +49,7 @@ def agent_command(config_path: Path, node: str | None, respawn: bool, verbose: b
         raise OperatorError(str(e)) from None
 
     async def main() -> None:
+        from standby.agent.stallwatch import StallWatch
         from standby.api import ApiServer
 
         loop = asyncio.get_running_loop()
@@ -57,9 +58,12 @@ def agent_command(config_path: Path, node: str | None, respawn: bool, verbose: b
         # Its own thread and loop: no client can hold up the heartbeats or the decisions.
         api = ApiServer(agent, loop)
         api.start()
+        watch = StallWatch(loop)
+        watch.start()
         try:
             await agent.run()
         finally:
+            watch.stop()
             api.stop()
 
     try:

@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import click
@@ -17,7 +18,8 @@ from rich.table import Table
 from standby.cli.common import OperatorError, handle_errors
 from standby.config import ConfigError
 from standby.documents import LAB_STATUS, LabStatus
-from standby.lab import DEFAULT_NAME, NAME_ENV, Lab, LabError, LabSpec, check_prerequisites
+from standby.lab import DEFAULT_NAME, NAME_ENV, Lab, LabError, LabSpec, check_prerequisites, configfile
+from standby.lab import tls as labtls
 from standby.lab.netns import in_netns
 from standby.lab.topology import ALL_ROLES, DB_NODES
 
@@ -70,19 +72,29 @@ def group() -> None:
 )
 @click.option("--mode", type=click.Choice(["hot", "warm"]), default="hot", show_default=True,
               help="warm: beta stands in another subnet (203.0.113.0/24, routed), no floating service IP.")
+@click.option("--services", "services_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="A TOML file of [[services]] tables (as in standby.toml) for the agents to run beside the "
+                   "sample softswitch.")
 @handle_errors
-def up(name: str, durability: str, mode: str) -> None:
+def up(name: str, durability: str, mode: str, services_file: Path | None) -> None:
     """Build the lab: namespaces, links, PostgreSQL on alpha, the service IP, standby.toml.
 
-    beta's data directory stays empty; `standby bootstrap` clones it.
+    beta's data directory stays empty; `standby bootstrap` clones it (or `standby lab agents start`).
     """
     with _as_operator_errors():
-        lab = Lab.up(LabSpec(name=name, durability=durability, mode=mode))
+        # Checked before anything is built: a typo in the file costs no teardown.
+        services = configfile.load_services(services_file) if services_file else []
+        lab = Lab.up(LabSpec(name=name, durability=durability, mode=mode), services)
     click.echo(f"lab {name} is up")
     click.echo(f"  config:   {lab.config_path}")
+    click.echo(f"  services: {', '.join(['softswitch', *(s['name'] for s in services)])}")
+    # The API speaks TLS with the lab's own CA: what curl or a load balancer needs to trust it.
+    click.echo(f"  CA:       {lab.spec.tls_dir / labtls.CA_CERT}")
+    click.echo(f"  token:    {lab.spec.secret('api.token')}")
     sips = lab.snapshot().service_ips
     click.echo("  alpha:    PostgreSQL running" + (f", service IP {sips[0].address}" if sips else ""))
     click.echo("  beta:     empty data directory (clone it with `standby bootstrap`)")
+    click.echo(f"  agents:   standby lab agents start --name {name}")
     click.echo(f"  inspect:  standby lab status --name {name}")
     click.echo(f"  remove:   standby lab down --name {name}")
 
@@ -154,13 +166,70 @@ def status(name: str, as_json: bool) -> None:
 
 @group.command("down")
 @name_option
+@click.option("--keep-logs", type=click.Path(file_okay=False, path_type=Path), metavar="DIR",
+              help="First copy every host's logs, the agents' state and history and standby.toml to DIR.")
 @handle_errors
-def down(name: str) -> None:
+def down(name: str, keep_logs: Path | None) -> None:
     """Remove the lab: kill its processes, delete its namespaces and its directory."""
     with _as_operator_errors():
         check_prerequisites(need_pg=False)
+        if keep_logs is not None:
+            _keep_logs(name, keep_logs)
         Lab.destroy(name)
     click.echo(f"lab {name} removed")
+
+
+def _keep_logs(name: str, dest: Path) -> None:
+    try:
+        made = Lab.open(name).collect_logs(dest)
+    except (LabError, OSError) as e:
+        # A broken lab must still come down; say what could not be kept.
+        click.echo(f"warning: logs not kept ({e})", err=True)
+        return
+    click.echo(f"logs kept in {dest} ({len(made)} directories)")
+
+
+@group.group("agents")
+def agents() -> None:
+    """Start or stop the node agents, as systemd would on real servers."""
+
+
+@agents.command("start")
+@name_option
+@click.argument("nodes", nargs=-1, type=click.Choice(list(DB_NODES)))
+@handle_errors
+def agents_start(name: str, nodes: tuple[str, ...]) -> None:
+    """Start the agents of NODES (default: both), each under a supervisor that fences after an unclean death.
+
+    A pair not yet bootstrapped (beta's data directory empty) is bootstrapped first.
+    """
+    lab = _open(name)
+    with _as_operator_errors():
+        if not (lab.node("beta").pgdata / "PG_VERSION").exists():
+            click.echo("bootstrapping the pair first (alpha configured as primary, beta cloned from it)")
+            lab.bootstrap()
+        for node in nodes or DB_NODES:
+            if lab.spawned_alive(node, "agent"):
+                click.echo(f"{node}: agent already running")
+                continue
+            lab.start_agent(node)
+            click.echo(f"{node}: agent started (log {lab.spec.role_dir(node) / 'log' / 'agent.log'})")
+
+
+@agents.command("stop")
+@name_option
+@click.argument("nodes", nargs=-1, type=click.Choice(list(DB_NODES)))
+@handle_errors
+def agents_stop(name: str, nodes: tuple[str, ...]) -> None:
+    """Stop the agents of NODES (default: both) cleanly: service IPs, services and PostgreSQL stay as they are."""
+    lab = _open(name)
+    with _as_operator_errors():
+        for node in nodes or DB_NODES:
+            if not lab.spawned_alive(node, "agent"):
+                click.echo(f"{node}: agent not running")
+                continue
+            lab.stop_agent(node)
+            click.echo(f"{node}: agent stopped")
 
 
 @group.command(

@@ -14,7 +14,8 @@ Everything lands in the run directory:
 - ``probe.jsonl``: the dual-primary probe's samples (every 100 ms);
 - ``history.jsonl``: the two histories merged in time order;
 - ``replicas.json``: the final contents of both nodes, table by table;
-- ``agent-NODE.json``, ``postgresql-NODE.log``: each agent's decisions and actions, each server's log.
+- ``agent-NODE.json``, ``agent-NODE.log``, ``postgresql-NODE.log``: each agent's decisions and actions,
+  its log, each server's log.
 The judgement is standby.lab.chaos_verdict's, over those files only.
 """
 
@@ -375,6 +376,10 @@ class Campaign:
             log = pg_log_path(self.lab.config(), node)  # where the agent starts it
             if log.exists():
                 shutil.copyfile(log, self.out / f"postgresql-{node}.log")
+            # What the agent logged (its stalls with the loop's stack among it): a violation's why.
+            agent_log = self.lab.spec.role_dir(node) / "log" / "agent.log"
+            if agent_log.exists():
+                shutil.copyfile(agent_log, self.out / f"agent-{node}.log")
 
     def _caught_up(self, primary: str, standby: str, timeout_s: float = 30.0) -> bool:
         with self.lab.pg_connect(primary, autocommit=True) as c:

@@ -8,12 +8,17 @@ from __future__ import annotations
 
 import json
 import sys
+import tomllib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
+
+from standby.config import Service
 from standby.lab import softswitch
 from standby.lab import tls as labtls
+from standby.lab.errors import LabError
 from standby.lab.topology import (
     GATEWAY,
     PG_BIN,
@@ -62,6 +67,36 @@ def softswitch_service(spec: LabSpec) -> dict[str, Any]:
         # failover only moves the address and waits for no process start.
         "placement": "everywhere",
     }
+
+
+def load_services(path: Path) -> list[dict[str, Any]]:
+    """The ``[[services]]`` tables of ``path`` (the schema of standby.toml's), checked before anything is built.
+
+    The lab runs them beside its sample softswitch: a way to try a real service (a SIP proxy, a
+    CDR writer) on the pair without editing the generated standby.toml.
+    """
+    try:
+        data = tomllib.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
+        raise LabError(f"{path}: cannot read it as TOML ({e})") from None
+    extra = sorted(set(data) - {"services"})
+    if extra:
+        raise LabError(f"{path}: unexpected key(s) {', '.join(extra)}; the file holds only [[services]] tables")
+    tables = data.get("services")
+    if not isinstance(tables, list) or not tables:
+        raise LabError(f"{path}: no [[services]] table; add one with name, start and stop (see etc/standby.example.toml)")
+    out: list[dict[str, Any]] = []
+    for i, table in enumerate(tables):
+        try:
+            service = Service.model_validate(table)
+        except ValidationError as e:
+            err = e.errors()[0]
+            key = ".".join(str(x) for x in err["loc"]) or "(table)"
+            raise LabError(f"{path}: services[{i}].{key}: {err['msg']}") from None
+        if service.name == "softswitch" or service.name in (o["name"] for o in out):
+            raise LabError(f"{path}: services[{i}].name: {service.name!r} is taken; give each service its own name")
+        out.append(service.model_dump(mode="json", exclude_none=True))
+    return out
 
 
 def toml_value(value: Any) -> str:

@@ -11,7 +11,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -95,8 +95,11 @@ class Lab:
     # -- life cycle -------------------------------------------------------
 
     @classmethod
-    def up(cls, spec: LabSpec) -> Lab:
-        """Build the whole lab; on any failure remove what was made and re-raise."""
+    def up(cls, spec: LabSpec, services: Sequence[Mapping[str, Any]] = ()) -> Lab:
+        """Build the whole lab; on any failure remove what was made and re-raise.
+
+        ``services``: [[services]] entries run by the agents beside the sample softswitch.
+        """
         check_prerequisites()
         if exists(spec.name, spec.base):
             raise LabExists(
@@ -104,7 +107,7 @@ class Lab:
             )
         lab = cls(spec)
         try:
-            lab._build()
+            lab._build(services)
         except BaseException:
             cls.destroy(spec.name, spec.base)
             raise
@@ -181,7 +184,7 @@ class Lab:
         tmp.write_text(json.dumps(state, indent=2) + "\n")
         tmp.replace(self.spec.state_file)
 
-    def _build(self) -> None:
+    def _build(self, services: Sequence[Mapping[str, Any]]) -> None:
         spec = self.spec
         spec.base.mkdir(mode=0o755, parents=True, exist_ok=True)
         spec.root.mkdir(mode=0o755)
@@ -203,7 +206,8 @@ class Lab:
         self._write_app_dsn()
         if spec.mode == "hot":
             self._place_service_ip(alpha)
-        spec.config_path.write_text(configfile.render(spec, [configfile.softswitch_service(spec)], softswitch.SALVAGE))
+        spec.config_path.write_text(configfile.render(spec, [configfile.softswitch_service(spec), *services],
+                                                       softswitch.SALVAGE))
         os.chmod(spec.config_path, 0o644)
         standby_config.load(spec.config_path)
         self._write_state("up")

@@ -389,13 +389,20 @@ async def _post_call(request: web.Request) -> web.Response:
 
 
 async def _check_writable(pool: Pool) -> str:
+    # A fresh connection for every check. A kept one still leads to the server it was opened to:
+    # after a take-over that is the old primary, whose host may be gone without a reset, so the
+    # query hung until the check's timeout and the service read as unhealthy for a few seconds
+    # after every failover. A new connection asks libpq's host list for the writable server now.
     async with pool.session() as slot:
-        assert slot.conn is not None
-        cur = await slot.conn.execute("SELECT pg_is_in_recovery()")
-        row = await cur.fetchone()
-        if row is None or row[0]:
-            raise CallError(503, f"database at {slot.node} is read-only (in recovery)")
-        return slot.node
+        try:
+            assert slot.conn is not None
+            cur = await slot.conn.execute("SELECT pg_is_in_recovery()")
+            row = await cur.fetchone()
+            if row is None or row[0]:
+                raise CallError(503, f"database at {slot.node} is read-only (in recovery)")
+            return slot.node
+        finally:
+            await pool.discard(slot)
 
 
 async def _get_health(request: web.Request) -> web.Response:

@@ -1,0 +1,48 @@
+"""The agent's loop watcher: a late loop is logged once per stall, with where the loop thread is."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+import pytest
+
+from standby.agent.stallwatch import StallWatch
+
+
+def test_a_blocked_loop_is_logged_once_with_the_blocking_call(caplog: pytest.LogCaptureFixture) -> None:
+    def blocking_call_in_the_loop() -> None:
+        time.sleep(0.6)
+
+    async def main() -> StallWatch:
+        watch = StallWatch(asyncio.get_running_loop(), late_s=0.2, every_s=0.02)
+        watch.start()
+        await asyncio.sleep(0.2)  # beating, nothing late
+        assert watch.reported == 0
+        blocking_call_in_the_loop()
+        await asyncio.sleep(0.2)
+        watch.stop()
+        return watch
+
+    with caplog.at_level(logging.WARNING, logger="standby.agent.stall"):
+        watch = asyncio.run(main())
+    assert watch.reported == 1
+    [record] = caplog.records
+    assert "late" in record.getMessage() and "blocking_call_in_the_loop" in record.getMessage()
+
+
+def test_a_loop_on_time_is_never_logged() -> None:
+    now = [0.0]
+    watch = StallWatch(asyncio.new_event_loop(), late_s=0.25, every_s=0.05, clock=lambda: now[0])
+    watch.beat = 0.0
+    now[0] = 0.29  # 0.24 s late: under the bound
+    assert not watch.check()
+    now[0] = 0.31
+    assert watch.check()
+    now[0] = 0.8
+    assert not watch.check()  # the same stall is told once
+    watch.beat = 0.9
+    now[0] = 1.3
+    assert watch.check()  # a new one is told again
+    watch.loop.close()
