@@ -20,26 +20,30 @@ from tests.unit.shell_fakes import STANDBY, FakeKernel, FakePostgres, Shell, run
 SERVICE_IP = "192.0.2.100"
 
 
+def _restarted(sh: Shell, clean: bool, after_s: float = 2.0) -> None:
+    """Alpha's agent runs as primary and ends (``clean``: its last liveness record says so, as a clean stop
+    writes it; else as a killed process leaves it); no agent runs for ``after_s``; a new one starts."""
+    async def steps() -> None:
+        await sh.start()
+        for _ in range(3):
+            await sh.tick()
+
+    run(steps())
+    if clean:
+        sh.agent.disk_pool.submit(lambda: None).result()  # the last step's liveness is written first
+        sh.agent.store.write_liveness(sh.agent.boot, True, sh.clock.t)
+    sh.clock.advance(after_s)
+    sh.restart()
+    run(steps())
+
+
 def test_shell_an_agent_that_died_uncleanly_is_followed_as_after_a_stall(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Nobody decided for this primary while no agent ran: the next agent fences first, as after a freeze."""
     pg = FakePostgres(DbState.PRIMARY)
     with shell(tmp_path, monkeypatch, pg, FakeKernel({SERVICE_IP})) as sh:
-        async def first() -> None:
-            await sh.start()
-            for _ in range(3):
-                await sh.tick()
-
-        async def second() -> None:
-            await sh.start()
-            await sh.tick()
-
-        run(first())
-        sh.clock.advance(2.0)  # no agent runs
-        sh.restart()  # the process died: its liveness record still says "running"
-        run(second())
-        (started,) = sh.events("agent_started")[1:]
-        assert started["unattended_for_s"] >= 2.0
+        _restarted(sh, clean=False)
+        assert sh.events("agent_started")[-1]["unattended_for_s"] >= 2.0
         assert [(e["action"], e["reason"]) for e in sh.events("decision")][:1] == [("fence", "resumed_after_freeze")]
         assert pg.db is DbState.DOWN and sh.kernel.held == set()
 
@@ -48,22 +52,7 @@ def test_shell_an_agent_after_a_clean_stop_carries_on(tmp_path: Path, monkeypatc
     """The agent before said goodbye (it stopped on purpose, deciding to the last): nothing was missed."""
     pg = FakePostgres(DbState.PRIMARY)
     with shell(tmp_path, monkeypatch, pg, FakeKernel({SERVICE_IP})) as sh:
-        async def first() -> None:
-            await sh.start()
-            for _ in range(3):
-                await sh.tick()
-
-        async def second() -> None:
-            await sh.start()
-            for _ in range(3):
-                await sh.tick()
-
-        run(first())
-        sh.agent.disk_pool.submit(lambda: None).result()  # the last step's liveness is written first
-        sh.agent.store.write_liveness(sh.agent.boot, True, sh.clock.t)  # as a clean stop writes it
-        sh.clock.advance(2.0)
-        sh.restart()
-        run(second())
+        _restarted(sh, clean=True)
         assert sh.events("agent_started")[-1]["unattended_for_s"] == 0
         assert sh.events("decision") == [] and pg.db is DbState.PRIMARY and sh.kernel.held == {SERVICE_IP}
 
