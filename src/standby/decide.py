@@ -214,45 +214,15 @@ def public_ok(o: Observation) -> bool:
 
 
 def _track(s: State, o: Observation, p: Policy) -> State:
+    """What this observation says before any rule applies: eligibility, sync, terms, and since when each condition holds."""
     now = o.now
     peer = peer_fresh(o, p)
-    eligible = s.eligible
     stalled = o.gap > stall_limit(p)
     # After a stall the peer's silence and the tie-breaker's staleness are
     # our own doing; the stall rule below covers a peer that may have taken over.
     watching_since = now if stalled else s.watching_since
-    if o.pg.db is DbState.STANDBY:
-        if stalled:
-            # What the primary said before the stall is stale: meanwhile it may have
-            # stopped waiting for us (degrade_after) or run past the lag bound.
-            eligible = False
-        elif peer is not None and peer.db is DbState.PRIMARY and _last_heard(o) >= watching_since:
-            if p.sync:
-                eligible = peer.sync_ok
-            else:
-                eligible = peer.lsn is not None and o.pg.lsn is not None and peer.lsn - o.pg.lsn <= p.max_lag_bytes
-        stream_lost = _since(s.stream_lost_since, not o.pg.streaming, now)
-        if stream_lost is not None:
-            stream_lost = min(stream_lost, now - o.gap)  # nothing says it streamed while we were not looking
-        # The primary may stop waiting for us after degrade_after: give up our
-        # claim well before that, so a degraded primary's commits are never
-        # silently missing from a promoted standby.
-        if p.sync and p.degrade_after_s > 0 and _lasted(stream_lost, now, p.degrade_after_s / 2):
-            eligible = False
-    else:
-        stream_lost = None
-        eligible = False
-    sync_from = s.sync_from_lsn
-    if o.pg.db is DbState.PRIMARY:
-        flushed = sync_from is None or (o.pg.peer_flush_lsn is not None and o.pg.peer_flush_lsn >= sync_from)
-        established = p.sync and not s.degraded and (s.sync_established or (o.pg.peer_sync and flushed))
-        sync_from = None if established else sync_from
-        lag_ok = (o.pg.lsn - o.pg.peer_flush_lsn <= p.max_lag_bytes
-                  if o.pg.peer_flush_lsn is not None and o.pg.lsn is not None else s.last_peer_lag_ok)
-    elif o.pg.db is DbState.DOWN:  # what we knew when the server died still holds
-        established, lag_ok = s.sync_established, s.last_peer_lag_ok
-    else:
-        established, lag_ok, sync_from = False, False, None
+    eligible, stream_lost = _standby_eligibility(s, o, p, stalled, watching_since)
+    established, lag_ok, sync_from = _primary_sync(s, o, p)
     term = s.term
     if o.pg.db is DbState.STANDBY and peer is not None and peer.db is DbState.PRIMARY:
         term = max(term, peer.term)  # a standby lives in its primary's term
@@ -288,6 +258,46 @@ def _track(s: State, o: Observation, p: Policy) -> State:
                                 and not peer.eligible and peer.term < s.term and _last_heard(o) > s.fenced_at, now),
         watching_since=watching_since,
     )
+
+
+def _standby_eligibility(s: State, o: Observation, p: Policy, stalled: bool,
+                         watching_since: float) -> tuple[bool, float | None]:
+    """Rule 1 on a standby: (eligible, since when its stream has been lost); (False, None) elsewhere."""
+    if o.pg.db is not DbState.STANDBY:
+        return False, None
+    now, peer, eligible = o.now, peer_fresh(o, p), s.eligible
+    if stalled:
+        # What the primary said before the stall is stale: meanwhile it may have
+        # stopped waiting for us (degrade_after) or run past the lag bound.
+        eligible = False
+    elif peer is not None and peer.db is DbState.PRIMARY and _last_heard(o) >= watching_since:
+        if p.sync:
+            eligible = peer.sync_ok
+        else:
+            eligible = peer.lsn is not None and o.pg.lsn is not None and peer.lsn - o.pg.lsn <= p.max_lag_bytes
+    stream_lost = _since(s.stream_lost_since, not o.pg.streaming, now)
+    if stream_lost is not None:
+        stream_lost = min(stream_lost, now - o.gap)  # nothing says it streamed while we were not looking
+    # The primary may stop waiting for us after degrade_after: give up our
+    # claim well before that, so a degraded primary's commits are never
+    # silently missing from a promoted standby.
+    if p.sync and p.degrade_after_s > 0 and _lasted(stream_lost, now, p.degrade_after_s / 2):
+        eligible = False
+    return eligible, stream_lost
+
+
+def _primary_sync(s: State, o: Observation, p: Policy) -> tuple[bool, bool, int | None]:
+    """Rule 1 on a primary: (sync established, standby within the lag bound, position it must flush first)."""
+    sync_from = s.sync_from_lsn
+    if o.pg.db is DbState.PRIMARY:
+        flushed = sync_from is None or (o.pg.peer_flush_lsn is not None and o.pg.peer_flush_lsn >= sync_from)
+        established = p.sync and not s.degraded and (s.sync_established or (o.pg.peer_sync and flushed))
+        lag_ok = (o.pg.lsn - o.pg.peer_flush_lsn <= p.max_lag_bytes
+                  if o.pg.peer_flush_lsn is not None and o.pg.lsn is not None else s.last_peer_lag_ok)
+        return established, lag_ok, None if established else sync_from
+    if o.pg.db is DbState.DOWN:  # what we knew when the server died still holds
+        return s.sync_established, s.last_peer_lag_ok, sync_from
+    return False, False, None
 
 
 # -- the database role -------------------------------------------------------
@@ -348,84 +358,52 @@ def _upstream_silent(o: Observation, p: Policy) -> bool:
 
 
 def _db_rules(s: State, o: Observation, p: Policy) -> tuple[State, list[Action]]:
-    peer = peer_fresh(o, p)
-    quiet = max(silence(s, o), unheard(s, o))
-
+    """The database role's rules in order: the safety fences, then the rules of this node's situation."""
     if (fenced := _safety_fence(s, o, p)) is not None:
         return fenced
-
     if s.fenced:
-        if o.pg.db is not DbState.DOWN:
-            return s, [Action(ActionKind.FENCE, Reason.FENCE_ENFORCED, "fenced node found PostgreSQL running; stopping it")]
-        if (p.auto_rejoin and peer is not None and peer.db is DbState.PRIMARY and peer.term >= s.term
-                and o.now - s.last_rejoin_at >= p.rejoin_backoff_s):
-            return replace(s, last_rejoin_at=o.now), [
-                Action(ActionKind.REJOIN, Reason.REJOIN_AUTO, f"the new primary (term {peer.term}) is healthy")]
-        if p.hot and s.resumable and _lasted(s.peer_standby_since, o.now, p.failover_timeout_s):
-            # Rule 4's exception (a). Not degraded: in sync, nothing is acknowledged
-            # until the standby has it, whatever happens next.
-            return _resume(s, o, Reason.RESUMED_PRIMARY,
-                           f"fenced here, but the peer stayed a standby in term {s.term} and cannot promote: serving again")
-        if p.hot and s.resumable and _lasted(s.peer_older_since, o.now, p.failover_timeout_s):
-            # Rule 4's exception (b) (chaos seed 93: both nodes fenced, nobody serving).
-            return _resume(s, o, Reason.RESUMED_PEER_OLDER,
-                           f"fenced here, but the peer is down or fenced in an older term than {s.term}: serving again")
-        return s, []
-
+        return _fenced_rules(s, o, p)
     if o.pg.db is DbState.PRIMARY:
-        if (p.hot and _lasted(s.private_bad_since, o.now, p.link_timeout_s) and fresh(o, Net.PUBLIC, p)
-                and peer is not None and peer.db is DbState.STANDBY and peer.carrier.get(Net.PRIVATE, False)
-                and _standby_has_everything(s, p)):
-            return _fence(s, Reason.PRIVATE_LOST_HERE, "replication link down here; the database moves to the peer", False,
-                          resumable=True)
-        return _sync_rules(s, o, p)
-
+        return _primary_rules(s, o, p)
     # A server that may come back writable: it was primary, or its promotion was decided
     # (a host that crashed right after promoting cannot know whether the promotion finished).
     if o.pg.db is DbState.DOWN and (s.was_primary or s.promoting):
-        standby_ready = peer is not None and peer.db is DbState.STANDBY and _standby_has_everything(s, p)
-        if p.hot and p.pg_crash is PgCrashPolicy.FAILOVER and standby_ready:
-            return _fence(s, Reason.PG_CRASHED_FAILOVER, "PostgreSQL died here; the standby, which has every "
-                          "acknowledged commit (sync) or is within the lag bound (async), takes over", False,
-                          resumable=True)
-        if peer is not None and peer.db is DbState.PRIMARY and peer.term > s.term:  # the peer took over
-            return _fence(s, Reason.SUPERSEDED, f"peer is primary in term {peer.term}", True)
-        # Restart as primary only if nobody can have taken over meanwhile: this
-        # agent watched the server die, or the peer is heard and still a standby.
-        # A rebooted old primary whose peer is silent waits for a person.
-        # A standby in a newer term is being promoted (the term is raised first); a peer
-        # still fencing may still be writing.
-        safe = s.primary_this_run or (peer is not None and peer.db in (DbState.STANDBY, DbState.FENCED)
-                                      and peer.term <= s.term)
-        if safe and o.now - s.last_restart_at >= p.restart_backoff_s:
-            return replace(s, last_restart_at=o.now), [
-                Action(ActionKind.RESTART_PG, Reason.PG_CRASHED_RESTART, "PostgreSQL is down; crash recovery in place")]
-        return s, []
+        return _crashed_primary_rules(s, o, p)
+    if o.pg.db is DbState.DOWN:
+        return _stopped_standby_rules(s, o, p)
+    return _standby_rules(s, o, p)
 
-    if o.pg.db is DbState.DOWN:  # a standby whose server stopped: bring it back as a standby
-        if o.now - s.last_restart_at >= p.restart_backoff_s:
-            return replace(s, last_restart_at=o.now), [
-                Action(ActionKind.RESTART_PG, Reason.PG_CRASHED_RESTART, "standby PostgreSQL is down; restarting it")]
-        return s, []
 
-    # A running standby.
-    if s.promoting:
-        return s, [Action(ActionKind.PROMOTE, Reason.PEER_DEAD, f"finishing the promotion to term {s.term}")]
-    if not p.hot:
-        return s, []  # warm: a person decides
-    # FENCED only: FENCING is said while the old primary's server may still be writing.
-    if peer is not None and peer.db is DbState.FENCED and s.eligible:
-        return _promote(s, Reason.PEER_RELEASED_DB, "the primary fenced itself and handed the database over")
-    if (quiet >= p.failover_timeout_s and _lasted(s.links_up_since, o.now, p.failover_timeout_s)
-            and o.tiebreaker_ok is True and s.eligible and _upstream_silent(o, p)
-            and (not p.has_service_ips or o.service_ip_elsewhere is False)):
-        return _promote(s, Reason.PEER_DEAD, f"primary silent on every path for {quiet:.2f}s, tie-breaker answers")
+def _fenced_rules(s: State, o: Observation, p: Policy) -> tuple[State, list[Action]]:
+    """A fenced node stays down (rule 4): it rejoins when allowed, or resumes by one of rule 4's exceptions."""
+    peer = peer_fresh(o, p)
+    if o.pg.db is not DbState.DOWN:
+        return s, [Action(ActionKind.FENCE, Reason.FENCE_ENFORCED, "fenced node found PostgreSQL running; stopping it")]
+    if (p.auto_rejoin and peer is not None and peer.db is DbState.PRIMARY and peer.term >= s.term
+            and o.now - s.last_rejoin_at >= p.rejoin_backoff_s):
+        return replace(s, last_rejoin_at=o.now), [
+            Action(ActionKind.REJOIN, Reason.REJOIN_AUTO, f"the new primary (term {peer.term}) is healthy")]
+    if p.hot and s.resumable and _lasted(s.peer_standby_since, o.now, p.failover_timeout_s):
+        # Rule 4's exception (a). Not degraded: in sync, nothing is acknowledged
+        # until the standby has it, whatever happens next.
+        return _resume(s, o, Reason.RESUMED_PRIMARY,
+                       f"fenced here, but the peer stayed a standby in term {s.term} and cannot promote: serving again")
+    if p.hot and s.resumable and _lasted(s.peer_older_since, o.now, p.failover_timeout_s):
+        # Rule 4's exception (b) (chaos seed 93: both nodes fenced, nobody serving).
+        return _resume(s, o, Reason.RESUMED_PEER_OLDER,
+                       f"fenced here, but the peer is down or fenced in an older term than {s.term}: serving again")
     return s, []
 
 
-def _standby_has_everything(s: State, p: Policy) -> bool:
-    """Would handing the database over now lose nothing acknowledged (sync) or stay within the bound (async)?"""
-    return (s.sync_established and not s.degraded) if p.sync else s.last_peer_lag_ok
+def _primary_rules(s: State, o: Observation, p: Policy) -> tuple[State, list[Action]]:
+    """A running primary: hands the database over when its replication link is down (rule 5), else keeps sync."""
+    peer = peer_fresh(o, p)
+    if (p.hot and _lasted(s.private_bad_since, o.now, p.link_timeout_s) and fresh(o, Net.PUBLIC, p)
+            and peer is not None and peer.db is DbState.STANDBY and peer.carrier.get(Net.PRIVATE, False)
+            and _standby_has_everything(s, p)):
+        return _fence(s, Reason.PRIVATE_LOST_HERE, "replication link down here; the database moves to the peer", False,
+                      resumable=True)
+    return _sync_rules(s, o, p)
 
 
 def _sync_rules(s: State, o: Observation, p: Policy) -> tuple[State, list[Action]]:
@@ -443,6 +421,60 @@ def _sync_rules(s: State, o: Observation, p: Policy) -> tuple[State, list[Action
             Action(ActionKind.SET_SYNC, Reason.RESTORE_SYNC, "standby streaming and caught up: commits wait for it again",
                    sync_on=True)]
     return s, []
+
+
+def _crashed_primary_rules(s: State, o: Observation, p: Policy) -> tuple[State, list[Action]]:
+    """A primary whose server is down: hand over to a standby that has everything, else restart in place if safe."""
+    peer = peer_fresh(o, p)
+    standby_ready = peer is not None and peer.db is DbState.STANDBY and _standby_has_everything(s, p)
+    if p.hot and p.pg_crash is PgCrashPolicy.FAILOVER and standby_ready:
+        return _fence(s, Reason.PG_CRASHED_FAILOVER, "PostgreSQL died here; the standby, which has every "
+                      "acknowledged commit (sync) or is within the lag bound (async), takes over", False,
+                      resumable=True)
+    if peer is not None and peer.db is DbState.PRIMARY and peer.term > s.term:  # the peer took over
+        return _fence(s, Reason.SUPERSEDED, f"peer is primary in term {peer.term}", True)
+    # Restart as primary only if nobody can have taken over meanwhile: this
+    # agent watched the server die, or the peer is heard and still a standby.
+    # A rebooted old primary whose peer is silent waits for a person.
+    # A standby in a newer term is being promoted (the term is raised first); a peer
+    # still fencing may still be writing.
+    safe = s.primary_this_run or (peer is not None and peer.db in (DbState.STANDBY, DbState.FENCED)
+                                  and peer.term <= s.term)
+    if safe and o.now - s.last_restart_at >= p.restart_backoff_s:
+        return replace(s, last_restart_at=o.now), [
+            Action(ActionKind.RESTART_PG, Reason.PG_CRASHED_RESTART, "PostgreSQL is down; crash recovery in place")]
+    return s, []
+
+
+def _stopped_standby_rules(s: State, o: Observation, p: Policy) -> tuple[State, list[Action]]:
+    """A standby whose server stopped: bring it back as a standby."""
+    if o.now - s.last_restart_at >= p.restart_backoff_s:
+        return replace(s, last_restart_at=o.now), [
+            Action(ActionKind.RESTART_PG, Reason.PG_CRASHED_RESTART, "standby PostgreSQL is down; restarting it")]
+    return s, []
+
+
+def _standby_rules(s: State, o: Observation, p: Policy) -> tuple[State, list[Action]]:
+    """A running standby: finishes a decided promotion; in hot mode promotes on a hand-over or a dead primary (rule 2)."""
+    if s.promoting:
+        return s, [Action(ActionKind.PROMOTE, Reason.PEER_DEAD, f"finishing the promotion to term {s.term}")]
+    if not p.hot:
+        return s, []  # warm: a person decides
+    peer = peer_fresh(o, p)
+    # FENCED only: FENCING is said while the old primary's server may still be writing.
+    if peer is not None and peer.db is DbState.FENCED and s.eligible:
+        return _promote(s, Reason.PEER_RELEASED_DB, "the primary fenced itself and handed the database over")
+    quiet = max(silence(s, o), unheard(s, o))
+    if (quiet >= p.failover_timeout_s and _lasted(s.links_up_since, o.now, p.failover_timeout_s)
+            and o.tiebreaker_ok is True and s.eligible and _upstream_silent(o, p)
+            and (not p.has_service_ips or o.service_ip_elsewhere is False)):
+        return _promote(s, Reason.PEER_DEAD, f"primary silent on every path for {quiet:.2f}s, tie-breaker answers")
+    return s, []
+
+
+def _standby_has_everything(s: State, p: Policy) -> bool:
+    """Would handing the database over now lose nothing acknowledged (sync) or stay within the bound (async)?"""
+    return (s.sync_established and not s.degraded) if p.sync else s.last_peer_lag_ok
 
 
 # -- the service role --------------------------------------------------------

@@ -4,7 +4,8 @@ ruff and mypy --strict run with the configuration in pyproject.toml and must fin
 (ruff in bench/ too);
 the parts depend on each other one way (the lab never imports the command line, status and
 preflight observe through observe/, the switchover does not reach into the status command) and
-no module imports itself back through others.
+no module imports itself back through others; no function in the agent, the actions or the decisions
+is longer than a screen, and no module of the agent longer than a few.
 """
 
 from __future__ import annotations
@@ -168,3 +169,68 @@ def test_the_labs_service_commands_run_without_importing_the_cli_into_the_lab() 
 
     res = subprocess.run([*softswitch.CLI, "--help"], capture_output=True, text=True, timeout=120, check=False)
     assert res.returncode == 0 and "serve" in res.stdout and "health" in res.stdout, res.stdout + res.stderr
+
+
+# -- sizes: a function read in one screen, an agent module in a few --------------------------------------
+
+MAX_FUNCTION_LINES = 60
+MAX_AGENT_MODULE_LINES = 300
+SIZED = [SRC / "standby" / "agent", SRC / "standby" / "act", SRC / "standby" / "decide.py",
+         SRC / "standby" / "operations.py"]
+# The one temporary exemption: the switchover is being split into named steps on another branch, and
+# this entry is removed when that branch is merged. Nothing else is exempt.
+LONG_FUNCTIONS_PENDING = {"standby/act/switchover.py::switchover"}
+
+
+def _sized_files() -> list[Path]:
+    return sorted(f for p in SIZED for f in ([p] if p.is_file() else p.rglob("*.py")))
+
+
+def _long_functions(path: Path, limit: int) -> Iterator[tuple[str, int]]:
+    """(qualified name, lines) of every function or method in ``path`` longer than ``limit`` lines,
+    nested ones included (a nested function counts in its own right as well as in its parent)."""
+    def walk(node: ast.AST, prefix: str) -> Iterator[tuple[str, int]]:
+        for child in ast.iter_child_nodes(node):
+            name = prefix
+            if isinstance(child, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+                name = f"{prefix}.{child.name}" if prefix else child.name
+            if isinstance(child, ast.FunctionDef | ast.AsyncFunctionDef):
+                lines = (child.end_lineno or child.lineno) - child.lineno + 1
+                if lines > limit:
+                    yield name, lines
+            yield from walk(child, name)
+    yield from walk(ast.parse(path.read_text(), str(path)), "")
+
+
+def test_long_function_finder_measures_nested_functions_and_methods(tmp_path: Path) -> None:
+    path = tmp_path / "sized.py"
+    path.write_text("def f():\n    def g():\n" + "        x = 1\n" * 5 + "    return g\n"
+                    "class C:\n    def m(self):\n" + "        y = 2\n" * 4)
+    assert dict(_long_functions(path, 4)) == {"f": 8, "f.g": 6, "C.m": 5}
+    assert dict(_long_functions(path, 8)) == {}
+
+
+def test_no_function_in_the_agent_the_actions_or_the_decisions_is_over_60_lines() -> None:
+    long = [f"{f.relative_to(SRC)}::{name}: {n} lines" for f in _sized_files()
+            for name, n in _long_functions(f, MAX_FUNCTION_LINES)
+            if f"{f.relative_to(SRC)}::{name}" not in LONG_FUNCTIONS_PENDING]
+    assert not long, f"functions over {MAX_FUNCTION_LINES} lines (split them into named steps):\n" + "\n".join(long)
+
+
+def test_no_module_of_the_agent_is_over_300_lines() -> None:
+    long = [f"{f.relative_to(SRC)}: {n} lines" for f in sorted((SRC / "standby" / "agent").rglob("*.py"))
+            if (n := len(f.read_text().splitlines())) > MAX_AGENT_MODULE_LINES]
+    assert not long, f"agent modules over {MAX_AGENT_MODULE_LINES} lines (move what is not theirs to its part):\n" \
+        + "\n".join(long)
+
+
+def _says_what_it_owns(path: Path) -> bool:
+    doc = (ast.get_docstring(ast.parse(path.read_text(), str(path))) or "").lower()
+    return "owns" in doc and "may not" in doc
+
+
+def test_every_agent_module_says_what_it_owns_and_what_it_may_not_do() -> None:
+    # A newcomer opens agent/ and reads, file by file, which part is where and what it must leave alone.
+    silent = [str(f.relative_to(SRC)) for f in sorted((SRC / "standby" / "agent").rglob("*.py"))
+              if not _says_what_it_owns(f)]
+    assert not silent, "agent modules whose docstring does not say what they own and may not do:\n" + "\n".join(silent)

@@ -104,17 +104,8 @@ def rejoin(cfg: Config, node: str, *, state_dir: Path, report: Report = lambda s
     """Make ``node`` a streaming standby of its peer. ``salvage(cfg, node, fork_lsn, old_tli)`` runs before
     anything is changed and returns (report path, rows salvaged)."""
     peer = cfg.peer_of(node)
-    pg = cfg.pg(node)
     result = RejoinResult()
-    t = time.monotonic()
-
-    def step(name: str) -> None:
-        nonlocal t
-        now = time.monotonic()
-        result.steps.append((name, now - t))
-        report(f"{name} ({now - t:.2f}s)")
-        t = now
-
+    step = _Steps(result, report)
     preflight(cfg, node)
     with obs.connect_peer(cfg, peer) as conn:
         conn.execute("CHECKPOINT")
@@ -126,55 +117,75 @@ def rejoin(cfg: Config, node: str, *, state_dir: Path, report: Report = lambda s
         _resume(pending, result)
         step(f"the data directory was already rewound or cloned from {peer} by a rejoin that stopped "
              "before starting it: resuming there")
-        _start_streaming(cfg, node, peer, step)
-        pending.unlink(missing_ok=True)
-        return result
-
-    if act.ensure_clean_shutdown(cfg, node):
-        step("crash recovery of the old data directory (it had not stopped cleanly)")
-    fork, old_tli, _ = fork_point(cfg, node)
-    result.fork_lsn, result.old_timeline = fork, old_tli
-    step(f"fork point: {fork} on timeline {old_tli}" if fork else "no divergence: this node is only behind")
-
-    if fork is not None and salvage is not None:
-        result.salvage_report, result.salvaged_rows = salvage(cfg, node, fork, old_tli)
-        step(f"salvage: {result.salvaged_rows} rows kept in {result.salvage_report}" if result.salvage_report
-             else "salvage: nothing committed here after the fork")
-
-    if fork is None:
-        result.method = RejoinMethod.NONE_NEEDED
     else:
-        with act.passfile(cfg, node, peer) as pf:
-            res = act.run_as(pg.os_user, [str(pg.bin_dir / "pg_rewind"), "-D", str(pg.data_dir),
-                                          "--source-server", _source_conninfo(cfg, node, peer)],
-                             env={"PGPASSFILE": str(pf)}, timeout=3600)
-        if res.returncode == 0:
-            result.method = RejoinMethod.REWIND
-            _remember(pending, result)
-            step("pg_rewind done")
-        else:
-            why = ((res.stderr.strip() or res.stdout.strip()).splitlines()[-1:] or ["unknown"])[0]
-            step(f"pg_rewind impossible ({why}); falling back to a fresh clone")
-            stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-            aside = pg.data_dir.with_name(f"{pg.data_dir.name}.before-rejoin-{stamp}")
-            pg.data_dir.rename(aside)
-            result.kept_aside = aside
-            act.clone(cfg, node, peer)
-            result.method = RejoinMethod.CLONE
-            _remember(pending, result)
-            if salvage is not None and result.salvage_report is None:
-                # Salvage looked and this node had nothing the new primary lacks: nothing to keep.
-                discard_aside(aside)
-                result.kept_aside = None
-                step(f"cloned from {peer}; the old directory held nothing to salvage and was removed")
-            else:
-                step(f"cloned from {peer}; the old directory is kept at {aside} until its salvage is dealt with")
+        _fork_and_salvage(cfg, node, result, step, salvage)
+        if result.fork_lsn is not None:
+            _rewind_or_clone(cfg, node, result, pending, step, looked_for_salvage=salvage is not None)
     _start_streaming(cfg, node, peer, step)
     pending.unlink(missing_ok=True)
     return result
 
 
-def _start_streaming(cfg: Config, node: str, peer: str, step: Callable[[str], None]) -> None:
+class _Steps:
+    """Each step's name and how long it took, into the result and the report."""
+
+    def __init__(self, result: RejoinResult, report: Report) -> None:
+        self.result, self.report, self.t = result, report, time.monotonic()
+
+    def __call__(self, name: str) -> None:
+        now = time.monotonic()
+        self.result.steps.append((name, now - self.t))
+        self.report(f"{name} ({now - self.t:.2f}s)")
+        self.t = now
+
+
+def _fork_and_salvage(cfg: Config, node: str, result: RejoinResult, step: Report,
+                      salvage: Callable[..., tuple[Path | None, int]] | None) -> None:
+    """Steps 3 and 4: where this node's history left the new primary's, and the rows it alone committed since."""
+    if act.ensure_clean_shutdown(cfg, node):
+        step("crash recovery of the old data directory (it had not stopped cleanly)")
+    fork, old_tli, _ = fork_point(cfg, node)
+    result.fork_lsn, result.old_timeline = fork, old_tli
+    step(f"fork point: {fork} on timeline {old_tli}" if fork else "no divergence: this node is only behind")
+    if fork is not None and salvage is not None:
+        result.salvage_report, result.salvaged_rows = salvage(cfg, node, fork, old_tli)
+        step(f"salvage: {result.salvaged_rows} rows kept in {result.salvage_report}" if result.salvage_report
+             else "salvage: nothing committed here after the fork")
+
+
+def _rewind_or_clone(cfg: Config, node: str, result: RejoinResult, pending: Path, step: Report, *,
+                     looked_for_salvage: bool) -> None:
+    """Step 5: pg_rewind, or a clone with the old directory moved aside. What was done is remembered in
+    ``pending`` before anything can start the server (a rejoin stopped here resumes at step 6)."""
+    peer, pg = cfg.peer_of(node), cfg.pg(node)
+    with act.passfile(cfg, node, peer) as pf:
+        res = act.run_as(pg.os_user, [str(pg.bin_dir / "pg_rewind"), "-D", str(pg.data_dir),
+                                      "--source-server", _source_conninfo(cfg, node, peer)],
+                         env={"PGPASSFILE": str(pf)}, timeout=3600)
+    if res.returncode == 0:
+        result.method = RejoinMethod.REWIND
+        _remember(pending, result)
+        step("pg_rewind done")
+        return
+    why = ((res.stderr.strip() or res.stdout.strip()).splitlines()[-1:] or ["unknown"])[0]
+    step(f"pg_rewind impossible ({why}); falling back to a fresh clone")
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    aside = pg.data_dir.with_name(f"{pg.data_dir.name}.before-rejoin-{stamp}")
+    pg.data_dir.rename(aside)
+    result.kept_aside = aside
+    act.clone(cfg, node, peer)
+    result.method = RejoinMethod.CLONE
+    _remember(pending, result)
+    if looked_for_salvage and result.salvage_report is None:
+        # Salvage looked and this node had nothing the new primary lacks: nothing to keep.
+        discard_aside(aside)
+        result.kept_aside = None
+        step(f"cloned from {peer}; the old directory held nothing to salvage and was removed")
+    else:
+        step(f"cloned from {peer}; the old directory is kept at {aside} until its salvage is dealt with")
+
+
+def _start_streaming(cfg: Config, node: str, peer: str, step: Report) -> None:
     act.configure_as_standby(cfg, node, peer)
     act.start(cfg, node)
     act.wait_streaming(cfg, node, timeout_s=60)

@@ -3,7 +3,8 @@
 The parts, one file each: the heartbeat link (link.py), the observer of PostgreSQL and the links
 (observer.py, through the one connection in localdb.py), the background probes (probers.py), the
 executor of decided actions (executor.py), operator operations (operator.py), the reporting-IP
-mover (reporting_ip.py), the alerter (alerter.py); the persisted state and history (store.py).
+mover (reporting_ip.py), the alerter (alerter.py); the persisted state and history (store.py); the
+start-up refusals (startup.py).
 
 It owns: the decision state's turn (decisions and operator operations take turns), the step, and
 the agent's threads. It may not block the event loop: everything that blocks (PostgreSQL, netlink,
@@ -23,7 +24,6 @@ from typing import Any, TypeVar
 
 import psycopg
 
-from standby import tls
 from standby.act import addresses, services  # noqa: F401  (re-exported: unit tests replace the kernel here)
 from standby.act import postgres as pgact
 from standby.agent import priority
@@ -39,10 +39,11 @@ from standby.agent.policy import config_digest, policy_for
 from standby.agent.probers import Probers
 from standby.agent.reporting_ip import ReportingMover
 from standby.agent.servicerole import ServiceRole
+from standby.agent.startup import RefusedToStart, heartbeat_key, same_configuration
 from standby.agent.store import StateCell, Store
 from standby.agent.surface import Surface
 from standby.alerts import AlertDispatcher
-from standby.config import Config, Placement, read_secret
+from standby.config import Config, Placement
 from standby.decide import advertise, decide
 from standby.model import ActionKind, DbState, Observation, PeerView
 from standby.observe import postgres as pgobs  # noqa: F401  (re-exported: unit tests replace the connection here)
@@ -52,10 +53,6 @@ log = logging.getLogger("standby.agent")
 T = TypeVar("T")
 
 
-class RefusedToStart(Exception):
-    """The agent will not run; the message says why and what to fix."""
-
-
 def _runner(pool: ThreadPoolExecutor) -> Callable[..., Awaitable[Any]]:
     """Runs a blocking function on one of the agent's threads, awaited from the event loop."""
     async def run(fn: Callable[..., T], *args: Any) -> T:
@@ -63,24 +60,11 @@ def _runner(pool: ThreadPoolExecutor) -> Callable[..., Awaitable[Any]]:
     return run
 
 
-def _heartbeat_key(cfg: Config, node: str) -> bytes:
-    """The heartbeat key. The other secrets are read when first needed (a failover, a POST): a bad one
-    must stop the start-up instead, while a person is watching."""
-    if cfg.heartbeat_key_file is None:
-        raise RefusedToStart("heartbeat_key_file: required to run the agent (a shared secret, mode 600, same on both nodes)")
-    key = read_secret(cfg.heartbeat_key_file, "heartbeat_key_file").encode()
-    read_secret(cfg.pg(node).replication_password_file, "postgres.replication_password_file")
-    if cfg.api.token_file is not None:
-        read_secret(cfg.api.token_file, "api.token_file")
-    tls.check(cfg, node)
-    return key
-
-
 class Agent(Surface):
     def __init__(self, cfg: Config, node: str, *, clock: Callable[[], float] = time.monotonic,
                  transport: Transport | None = None, db: Database | None = None) -> None:
         self.cfg, self.node, self.peer, self.clock = cfg, node, cfg.peer_of(node), clock
-        self.key = _heartbeat_key(cfg, node)
+        self.key = heartbeat_key(cfg, node)
         self.digest = config_digest(cfg)
         self.interval_s = cfg.timings.heartbeat_interval_ms / 1000
         self.store = Store(cfg.state_dir_for(node), node)
@@ -95,7 +79,6 @@ class Agent(Surface):
         self.decisions = 0
         self.startup_gap = self.step_gap = self.state_write_s = 0.0
         self.step_started: float | None = None  # None: the next step's lateness is not a stall
-        self.ensuring_services = False
         self._sync_task: asyncio.Task[None] | None = None
         self._liveness_write: Future[None] | None = None
         self._threads()
@@ -143,11 +126,7 @@ class Agent(Surface):
 
     async def _restore(self) -> None:
         now = self.clock()
-        live = self.store.read_liveness()
-        if live is not None and not live.clean:
-            # The previous agent died without saying goodbye: nobody decided for
-            # this node since its last decision. Treat that like a stall.
-            self.startup_gap = max(0.0, now - live.last_decision)
+        self.startup_gap = self.store.unattended_for(now)  # an unclean death: nobody decided meanwhile
         self.maintenance.load()
         holding = await self.guard.read("service IPs", self.service_role.holds, False)
         self.cell.state = self.store.restored(now, holding)
@@ -189,10 +168,7 @@ class Agent(Surface):
                          else max(0.0, now - self.step_started - self.interval_s - self.state_write_s))
         self.step_started, self.state_write_s = now, 0.0
         obs = await self._observe(now)
-        if self.receiver.mismatched_digest and self.receiver.accepted == 0:
-            raise RefusedToStart(
-                f"the peer {self.peer} runs a different configuration (digest {self.receiver.mismatched_digest[:12]}, "
-                f"ours {self.digest[:12]}): make the file identical on both nodes, then start the agent")
+        same_configuration(self.receiver, self.peer, self.digest)
         if (ended := self.maintenance.expire()) is not None:
             self.event("maintenance_expired", by=ended.by, since=ended.since, until=ended.until)
         self.policy = policy_for(self.cfg, self.node, self.suspended)
@@ -238,15 +214,6 @@ class Agent(Surface):
             self.db.set_sync_names(want)
             self.observer.sync_names = want
 
-    async def _ensure_services(self, placement: Placement | None) -> None:
-        """Start what should already run here (after an agent restart, or services placed everywhere)."""
-        self.ensuring_services = True
-        try:
-            async with self.executor.exclusive(Role.SERVICES):
-                await self.service_role.start(placement)
-        finally:
-            self.ensuring_services = False
-
     # -- the loop -----------------------------------------------------------------
 
     def _background(self) -> dict[str, Callable[[], Any]]:
@@ -255,7 +222,7 @@ class Agent(Surface):
             "sender": lambda: s.link.sender(s._advertised, s.interval_s, stop),
             "tiebreaker_prober": lambda: p.tiebreaker(stop),
             "arp_prober": lambda: p.arp(stop, lambda: s.state, s.link.quiet_since),
-            "health_prober": lambda: p.health(stop, lambda: s.state.services and not s.ensuring_services
+            "health_prober": lambda: p.health(stop, lambda: s.state.services and not s.service_role.ensuring
                                               and not s.executor.busy(ActionKind.TAKE_SERVICES)),
             "arp_refresher": lambda: p.announcer(stop, lambda: s.state.services
                                                  and not s.executor.busy(ActionKind.RELEASE_SERVICES)),
@@ -272,7 +239,8 @@ class Agent(Surface):
                  for name, fn in self._background().items()]
         # Services placed everywhere run on both nodes; if this node already holds
         # the addresses, what they point at must run too.
-        tasks.append(loop.create_task(self._ensure_services(None if self.state.services else Placement.EVERYWHERE)))
+        tasks.append(loop.create_task(self.service_role.ensure(None if self.state.services else Placement.EVERYWHERE,
+                                                               self.executor.exclusive(Role.SERVICES))))
         if on_ready:
             on_ready()
         try:

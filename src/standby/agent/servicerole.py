@@ -11,6 +11,7 @@ agent's state; its callers set the state from what ``holds`` reads.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable, Sequence
 from enum import StrEnum
 from typing import Any
@@ -86,6 +87,7 @@ class ServiceRole:
                  event: Callable[..., None]) -> None:
         self.cfg, self.node = cfg, node
         self._svc, self._probe, self._event = in_svc, in_probe, event
+        self.ensuring = False  # `ensure` is starting what should already run: the health probe waits
 
     async def who_else(self) -> tuple[Claim, set[str]]:
         return await self._probe(who_else, self.cfg)  # type: ignore[no-any-return]
@@ -120,6 +122,16 @@ class ServiceRole:
             for r in await self._svc(services.stop_all, self.cfg.services, self.node, Placement.ACTIVE):
                 if not r.ok:
                     self._event("service_stop_failed", service=r.service, detail=r.detail)
+
+    async def ensure(self, placement: Placement | None, exclusive: asyncio.Lock) -> None:
+        """Start what should already run here (after an agent restart, or services placed everywhere),
+        holding the service role's lock (``exclusive``) as an action would."""
+        self.ensuring = True
+        try:
+            async with exclusive:
+                await self.start(placement)
+        finally:
+            self.ensuring = False
 
     async def start(self, placement: Placement | None) -> list[services.CommandResult]:
         results: list[services.CommandResult] = await self._svc(services.start_all, self.cfg.services, self.node,

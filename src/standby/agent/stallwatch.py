@@ -3,7 +3,7 @@
 A stalled loop is a safety input: a primary whose loop stalls past the stall limit fences itself,
 and both nodes may end up waiting for a person. The log should then tell why: a watcher thread
 notes the loop's lateness and the loop thread's stack while it is late. Owns one daemon thread and
-one repeating loop callback; it never changes what the agent decides or does.
+one repeating loop callback; it may not change what the agent decides or does.
 """
 
 from __future__ import annotations

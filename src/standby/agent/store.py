@@ -11,6 +11,10 @@
   operator actions.
 - The peer's newest heartbeat boot is written (with fsync) only when it
   changes, so replay protection survives a restart without a write per packet.
+
+It owns: those files in the state directory, and the current state shared by the agent's parts
+(StateCell). It may not: decide what the state becomes (standby.decide and standby.operations do),
+nor write anything outside the state directory.
 """
 
 from __future__ import annotations
@@ -154,6 +158,12 @@ class Store:
         except (KeyError, TypeError):
             return None
         return live if live.kernel_boot == kernel_boot_id() else None
+
+    def unattended_for(self, now: float) -> float:
+        """How long nobody decided for this node: since the last decision of an agent that died without
+        saying goodbye (the new agent treats it like a stall); 0 after a clean stop."""
+        live = self.read_liveness()
+        return max(0.0, now - live.last_decision) if live is not None and not live.clean else 0.0
 
     def write_liveness(self, boot: int, clean: bool, now: float | None = None) -> None:
         """``now``: the agent's monotonic clock at its last decision (default: this process's)."""
