@@ -105,6 +105,7 @@ class Attempt:
     t_send: float
     t_done: float
     server: str | None  # the address PostgreSQL saw the commit arrive on; None: not acknowledged
+    timeline: int = 0  # the committing server's: a promoted standby's is its old primary's + 1
     error: str | None = None
 
 
@@ -153,12 +154,14 @@ class Writer(Background):
                 if conn is None:
                     conn = psycopg.connect(self.dsn, connect_timeout=2, tcp_user_timeout=3000, keepalives=1,
                                            keepalives_idle=1, keepalives_interval=1, keepalives_count=2)
-                row = conn.execute("INSERT INTO proxy_writes (id) VALUES (%s) RETURNING host(inet_server_addr())",
-                                   (n,)).fetchone()
+                row = conn.execute("INSERT INTO proxy_writes (id) VALUES (%s) RETURNING host(inet_server_addr()), "
+                                   "pg_walfile_name(pg_current_wal_lsn())", (n,)).fetchone()
                 conn.commit()
-                self.attempts.append(Attempt(n, t, time.monotonic(), row[0] if row else "?"))
+                assert row is not None
+                self.attempts.append(Attempt(n, t, time.monotonic(), row[0], int(row[1][:8], 16)))
             except psycopg.Error as e:
-                self.attempts.append(Attempt(n, t, time.monotonic(), None, f"{type(e).__name__}: {' '.join(str(e).split())}"))
+                self.attempts.append(Attempt(n, t, time.monotonic(), None,
+                                             error=f"{type(e).__name__}: {' '.join(str(e).split())}"))
                 if conn is not None:
                     conn.close()
                 conn = None
@@ -167,22 +170,25 @@ class Writer(Background):
         if conn is not None:
             conn.close()
 
-    def acked(self, since: float = 0.0, server: str | None = None) -> list[Attempt]:
+    def acked(self, server: str | None = None, after_timeline: int = 0) -> list[Attempt]:
+        """Acknowledged writes (by ``server``; committed on a timeline after ``after_timeline``)."""
         return [a for a in list(self.attempts)
-                if a.server is not None and a.t_send >= since and (server is None or a.server == server)]
+                if a.server is not None and (server is None or a.server == server) and a.timeline > after_timeline]
 
-    def report(self, fault_at: float) -> str:
-        """The gap the client saw around the fault and the errors it got, in order of first sight."""
-        acks = [a.t_done for a in self.acked()]
-        before = max((t for t in acks if t <= fault_at), default=None)
-        after = min((t for t in acks if t > fault_at), default=None)
+    def report(self) -> str:
+        """The gap between the old primary's last acknowledged write and the new one's first, and the
+        errors the client got meanwhile, in order of first sight."""
+        acks = self.acked()
+        old = min((a.timeline for a in acks), default=0)
+        last = max((a.t_done for a in acks if a.timeline == old), default=None)
+        first = min((a.t_done for a in acks if a.timeline > old), default=None)
         errors: dict[str, int] = {}
         for a in self.attempts:
             if a.error is not None:
                 errors[a.error] = errors.get(a.error, 0) + 1
-        gap = "no acknowledged write on one side of the fault" if before is None or after is None else \
-            f"{after - before:.2f} s from the last acknowledged write before the crash to the first after it"
-        lines = [f"{len(self.acked())} of {len(self.attempts)} writes acknowledged; {gap}",
+        gap = "no acknowledged write on one side of the failover" if last is None or first is None else \
+            f"{first - last:.2f} s from the old primary's last acknowledged write to the new one's first"
+        lines = [f"{len(acks)} of {len(self.attempts)} writes acknowledged; {gap}",
                  *(f"  {count} x {text}" for text, count in errors.items())]
         return "\n".join(lines)
 
@@ -194,9 +200,22 @@ def lost_writes(lab: Lab, on: str, writer: Writer) -> list[int]:
     return sorted(a.id for a in writer.acked() if a.id not in present)
 
 
-def wait_for_acks(lab: Lab, writer: Writer, what: str, since: float = 0.0, server: str | None = None) -> None:
+def wait_for_acks(lab: Lab, writer: Writer, what: str, server: str | None = None, after_timeline: int = 0) -> int:
+    """Wait for ACKS_AROUND_FAULT such writes; the timeline of the last one."""
     lab.wait_for(f"{ACKS_AROUND_FAULT} writes acknowledged {what}",
-                 lambda: len(writer.acked(since, server)) >= ACKS_AROUND_FAULT, timeout_s=RECOVERY_S)
+                 lambda: len(writer.acked(server, after_timeline)) >= ACKS_AROUND_FAULT, timeout_s=RECOVERY_S)
+    return writer.acked(server, after_timeline)[-1].timeline
+
+
+def wait_listening(lab: Lab, port: int) -> None:
+    """Until something accepts connections on the client namespace's ``port`` (a proxy started)."""
+
+    def accepts() -> bool:
+        with socket.socket() as s:
+            return s.connect_ex(("127.0.0.1", port)) == 0
+
+    lab.wait_for(f"a listener on the client's port {port}", lambda: netns.call_in(lab.netns("client"), accepts),
+                 timeout_s=30)
 
 
 # -- HAProxy -------------------------------------------------------------------------------------
@@ -315,11 +334,11 @@ def test_haproxy_routes_writes_to_the_primary_across_a_crash_never_to_two_and_re
             # Writes across a host crash of the primary.
             dsn = (f"host=127.0.0.1 port={WRITES_PORT} dbname={APP_DB} user={APP_ROLE} password={password}")
             with Sampler(haproxy) as sampler, Writer(lab, dsn) as writer:
-                wait_for_acks(lab, writer, "on alpha through HAProxy", server=ALPHA)
+                old = wait_for_acks(lab, writer, "on alpha through HAProxy", server=ALPHA)
                 crash_at = time.monotonic()
                 lab.crash("alpha")
-                wait_for_acks(lab, writer, "on beta through HAProxy after the crash", since=crash_at, server=BETA)
-            print(f"\nHAProxy across alpha's crash:\n{writer.report(crash_at)}\n{sampler.report(crash_at)}")
+                wait_for_acks(lab, writer, "on beta through HAProxy after the crash", server=BETA, after_timeline=old)
+            print(f"\nHAProxy across alpha's crash:\n{writer.report()}\n{sampler.report(crash_at)}")
             both = [t - crash_at for t, up in sampler.samples if len(up) > 1]
             assert both == [], f"HAProxy had both servers UP for writes at {both} s from the crash"
             assert any(t > crash_at and up == {"beta"} for t, up in sampler.samples)
@@ -353,25 +372,23 @@ def test_pgbouncer_on_the_service_ip_carries_a_writer_across_a_crash_losing_noth
         assert f"host={SERVICE_IP.split('/')[0]} " in ini.read_text()
         # PgBouncer refuses to run as root: -u drops to the PostgreSQL OS user, as Debian's unit runs it.
         with spawned(lab, "pgbouncer", [binary, "-u", PG_OS_USER, str(ini)]):
+            wait_listening(lab, PGBOUNCER_PORT)
             dsn = f"host=127.0.0.1 port={PGBOUNCER_PORT} dbname={APP_DB} user={APP_ROLE} password={password}"
             try:
                 with Writer(lab, dsn) as writer:
-                    wait_for_acks(lab, writer, "through PgBouncer")
-                    crash_at = time.monotonic()
+                    old = wait_for_acks(lab, writer, "through PgBouncer")
                     lab.crash("alpha")
-                    lab.wait_for("beta primary", lambda: agent_state(lab, "beta").get("postgres", {}).get("state")
-                                 == "primary", timeout_s=RECOVERY_S)
-                    wait_for_acks(lab, writer, "through PgBouncer after the crash", since=crash_at)
+                    wait_for_acks(lab, writer, "through PgBouncer on the new primary", after_timeline=old)
             finally:
                 log = (d / "pgbouncer.log").read_text(errors="replace") if (d / "pgbouncer.log").exists() else ""
         pool = [line.split(" ", 3)[-1] for line in log.splitlines() if any(
             w in line for w in ("closing because", "server conn crashed", "login failed", "connect failed"))]
-        print(f"\nPgBouncer across alpha's crash:\n{writer.report(crash_at)}\nwhat the pool logged about its "
-              "server connections after the crash:\n  " + "\n  ".join(pool[-12:]))
-        assert writer.acked(since=crash_at), "no write acknowledged after the crash"
+        print(f"\nPgBouncer across alpha's crash:\n{writer.report()}\nwhat the pool logged about its "
+              "server connections:\n  " + "\n  ".join(pool[-12:]))
         assert lost_writes(lab, "beta", writer) == []
-        # Every write after the first one acknowledged after the crash went in: the clients carried on.
-        first = min(a.t_send for a in writer.acked(since=crash_at))
+        # Every write after the new primary's first went in: the client carried on, the pool handed it
+        # no connection to the old primary again.
+        first = min(a.t_send for a in writer.acked(after_timeline=old))
         later = [a for a in writer.attempts if a.t_send > first]
         assert later and all(a.server is not None for a in later), [a.error for a in later if a.error][:5]
 
