@@ -1,7 +1,7 @@
 """The node's HTTP API, with the health semantics HAProxy users know.
 
 GET /primary   200 on the writable node, 503 elsewhere
-GET /replica   200 on a streaming standby (optional ?lag=BYTES bound), 503 elsewhere
+GET /replica   200 on a streaming standby (optional ?lag=BYTES: at most BYTES left to replay), 503 elsewhere
 GET /health    200 while PostgreSQL runs here
 GET /status    this agent's view, as JSON
 GET /metrics   Prometheus text
@@ -156,9 +156,11 @@ async def replica(request: web.Request) -> web.Response:
             raise ValueError
     except ValueError:
         return _json(400, {"error": f"lag must be a whole number of bytes, got {raw!r}"})
-    lag = None
-    if a.peer_view is not None and a.peer_view.db is DbState.PRIMARY and a.peer_view.lsn is not None and a.pg.lsn is not None:
-        lag = max(0, a.peer_view.lsn - a.pg.lsn)
+    # Replayed, not received: a read sees only what was applied (replay paused or held up by a conflict
+    # leaves a standby that received everything serving old rows), as the reporting IP's bound counts it.
+    lag, applied = None, a.pg.replay_lsn
+    if a.peer_view is not None and a.peer_view.db is DbState.PRIMARY and a.peer_view.lsn is not None and applied is not None:
+        lag = max(0, a.peer_view.lsn - applied)
     ok = a.pg.db is DbState.STANDBY and a.pg.streaming and (bound is None or (lag is not None and lag <= bound))
     return _json(200 if ok else 503, {"role": a.pg.db.value, "streaming": a.pg.streaming, "lag_bytes": lag, "node": a.node})
 
