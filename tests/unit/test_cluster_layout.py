@@ -10,6 +10,7 @@ import os
 import pwd
 import shutil
 import tempfile
+import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -295,3 +296,25 @@ def test_check_explains_a_cluster_that_no_longer_reads_conf_d(tmp_path: Path, et
     cfg = config.parse(_raw_with_cluster(tmp_path))
     verdict, reason = _items(cfg, preflight.gather_cluster(cfg, "alpha"))["cluster conf.d"]  # type: ignore[arg-type]
     assert verdict is Verdict.FAIL and str(conf) in reason and "include_dir = 'conf.d'" in reason
+
+
+# -- step 4: the lab's cluster layout (its pure part; tests/lab/test_cluster_layout.py runs it) -----
+
+
+def test_lab_cluster_layout_names_a_cluster_per_node_and_configures_it(tmp_path: Path) -> None:
+    from standby.lab import configfile
+    from standby.lab.topology import LabSpec, cluster_for
+
+    spec = LabSpec("sbx1", base=tmp_path, pg_layout="cluster")
+    assert [n.cluster for n in spec.nodes()] == ["15/sbx1-alpha", "15/sbx1-beta"]
+    # Named after the lab: the host's own clusters (15/main) are never a lab's.
+    assert all(cluster_for(name, n) != "15/main" for name in ("main", "m", "sblab") for n in ("alpha", "beta"))
+    assert all(n.cluster is None for n in LabSpec("sbx1", base=tmp_path).nodes())
+    with pytest.raises(ValueError, match="pg_layout"):
+        LabSpec("sbx1", pg_layout="debian")
+    for f in ("replication.password", "heartbeat.key", "api.token"):
+        spec.secret(f).parent.mkdir(parents=True, exist_ok=True)
+        spec.secret(f).write_text("x\n")
+    cfg = config.parse(tomllib.loads(configfile.render(spec)))
+    assert cfg.pg("beta").cluster == "15/sbx1-beta"
+    assert cfg.nodes["alpha"].postgres.data_dir is None and cfg.nodes["alpha"].postgres.socket_dir is None

@@ -70,14 +70,16 @@ def group() -> None:
 )
 @click.option("--mode", type=click.Choice(["hot", "warm"]), default="hot", show_default=True,
               help="warm: beta stands in another subnet (203.0.113.0/24, routed), no floating service IP.")
+@click.option("--pg-layout", type=click.Choice(["plain", "cluster"]), default="plain", show_default=True,
+              help="cluster: each node runs a postgresql-common cluster (15/NAME-alpha, 15/NAME-beta).")
 @handle_errors
-def up(name: str, durability: str, mode: str) -> None:
+def up(name: str, durability: str, mode: str, pg_layout: str) -> None:
     """Build the lab: namespaces, links, PostgreSQL on alpha, the service IP, standby.toml.
 
     beta's data directory stays empty; `standby bootstrap` clones it.
     """
     with _as_operator_errors():
-        lab = Lab.up(LabSpec(name=name, durability=durability, mode=mode))
+        lab = Lab.up(LabSpec(name=name, durability=durability, mode=mode, pg_layout=pg_layout))
     click.echo(f"lab {name} is up")
     click.echo(f"  config:   {lab.config_path}")
     sips = lab.snapshot().service_ips
