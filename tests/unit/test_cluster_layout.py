@@ -318,3 +318,20 @@ def test_lab_cluster_layout_names_a_cluster_per_node_and_configures_it(tmp_path:
     cfg = config.parse(tomllib.loads(configfile.render(spec)))
     assert cfg.pg("beta").cluster == "15/sbx1-beta"
     assert cfg.nodes["alpha"].postgres.data_dir is None and cfg.nodes["alpha"].postgres.socket_dir is None
+
+
+def test_a_cluster_of_another_account_is_refused_naming_the_fix_and_nothing_changes(
+        tmp_path: Path, pg_owned_tree: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    etc_root, data = _cluster_tree(pg_owned_tree)
+    data.mkdir(parents=True, mode=0o700)
+    (data / "PG_VERSION").write_text("15\n")
+    _chown_tree(pg_owned_tree)
+    shutil.chown(data, "root", "root")  # e.g. restored from a backup as root
+    monkeypatch.setattr(layout, "ETC_ROOT", etc_root)
+    cfg = config.parse(_raw_with_cluster(tmp_path))
+    before = {p: p.stat().st_mtime_ns for p in pg_owned_tree.rglob("*")}
+    with pytest.raises(pgact.PostgresActionError) as e:
+        boot.bootstrap(cfg, "alpha")
+    assert f"{data} (data_directory of cluster 15/t1) does not belong to postgres" in str(e.value)
+    assert f"chown -R postgres: {data}" in str(e.value)
+    assert {p: p.stat().st_mtime_ns for p in pg_owned_tree.rglob("*")} == before

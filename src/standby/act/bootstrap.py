@@ -43,7 +43,7 @@ def bootstrap(cfg: Config, node: str, *, restart: bool = False, replace_data: bo
               report: Report = lambda s: None) -> list[Step]:
     steps: list[Step] = []
     tls.check(cfg, node)  # before anything changes: PostgreSQL would refuse the files only at reload
-    act.layout(cfg, node)  # a configured cluster that is not on this host: refused before anything changes
+    act.require_layout(cfg, node)  # a cluster missing here, or not its account's: refused before anything changes
 
     def note(step: Step) -> None:
         steps.append(step)

@@ -199,6 +199,22 @@ def layout(cfg: Config, node: str) -> Layout:
         raise PostgresActionError(str(e)) from None
 
 
+def require_layout(cfg: Config, node: str) -> Layout:
+    """``layout``, and for a cluster its directories belong to postgres.os_user: checked before a
+    command that changes anything (never before a stop: a fence must not wait on it)."""
+    lay = layout(cfg, node)
+    user = cfg.pg(node).os_user
+    for path, key in ((lay.config_dir, "its configuration directory"), (lay.data_dir, "data_directory")):
+        try:
+            uid = os.lstat(path).st_uid
+        except FileNotFoundError:
+            continue  # an empty standby's data directory is made by the clone
+        if lay.is_cluster and uid != pwd.getpwnam(user).pw_uid:
+            raise PostgresActionError(f"{path} ({key} of cluster {lay.cluster}) does not belong to {user} "
+                                      f"(postgres.os_user): run `chown -R {user}: {path}`, or set postgres.os_user")
+    return lay
+
+
 def _cluster_args(lay: Layout) -> list[str]:
     assert lay.cluster is not None
     return [lay.cluster.version, lay.cluster.name]
