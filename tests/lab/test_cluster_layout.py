@@ -103,13 +103,11 @@ def test_cluster_layout_switchover_and_back(pair: Lab, tmp_path: Path) -> None:
 
 def test_cluster_layout_rejoin_after_failover(pair: Lab, tmp_path: Path) -> None:
     with under_load(pair, tmp_path) as run:
-        pair.crash("alpha")
-        pair.wait_for("beta to take over", lambda: primaries(pair) == ["beta"] and holders(pair) == ["beta"],
-                      timeout_s=30)
+        # alpha's server dies under its live agent, which fences (pg_ctlcluster stop) as beta takes over.
+        pair.kill_postgres("alpha")
+        pair.wait_for("beta primary, alpha fenced", lambda: primaries(pair) == ["beta"]
+                      and agent_state(pair, "alpha").get("state", {}).get("fenced"), timeout_s=30)
         time.sleep(1.0)
-        pair.heal()
-        pair.start_agent("alpha")
-        pair.wait_for("alpha fenced", lambda: agent_state(pair, "alpha").get("state", {}).get("fenced"), timeout_s=20)
         res = pair.standby("alpha", "rejoin", "--yes", check=False)
         assert res.returncode == 0, res.stdout + res.stderr
         assert "rejoined by" in res.stdout

@@ -212,14 +212,22 @@ def _chown_tree(root: Path, user: str = "postgres") -> None:
         shutil.chown(p, user, user)
 
 
-def test_a_clusters_standby_settings_go_to_conf_d_and_its_hba_file(
-        tmp_path: Path, pg_owned_tree: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.fixture
+def pg_cluster(pg_owned_tree: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, Path]:
+    """(etc root, data directory) of cluster 15/t1, all the postgres account's, as the host's /etc/postgresql."""
     etc_root, data = _cluster_tree(pg_owned_tree)
     data.mkdir(parents=True, mode=0o700)
-    # What a clone of the primary brings along in ALTER SYSTEM's file.
-    (data / "postgresql.auto.conf").write_text("work_mem = '8MB'\nsynchronous_standby_names = '\"beta\"'\n")
     _chown_tree(pg_owned_tree)
     monkeypatch.setattr(layout, "ETC_ROOT", etc_root)
+    return etc_root, data
+
+
+def test_a_clusters_standby_settings_go_to_conf_d_and_its_hba_file(
+        tmp_path: Path, pg_cluster: tuple[Path, Path]) -> None:
+    etc_root, data = pg_cluster
+    # What a clone of the primary brings along in ALTER SYSTEM's file.
+    (data / "postgresql.auto.conf").write_text("work_mem = '8MB'\nsynchronous_standby_names = '\"beta\"'\n")
+    _chown_tree(data)
     cdir = etc_root / "15" / "t1"
     untouched = {p: p.read_bytes() for p in cdir.iterdir() if p.is_file() and p.name != "pg_hba.conf"}
     cfg = config.parse(_raw_with_cluster(tmp_path))
@@ -321,17 +329,15 @@ def test_lab_cluster_layout_names_a_cluster_per_node_and_configures_it(tmp_path:
 
 
 def test_a_cluster_of_another_account_is_refused_naming_the_fix_and_nothing_changes(
-        tmp_path: Path, pg_owned_tree: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    etc_root, data = _cluster_tree(pg_owned_tree)
-    data.mkdir(parents=True, mode=0o700)
+        tmp_path: Path, pg_cluster: tuple[Path, Path]) -> None:
+    etc_root, data = pg_cluster
     (data / "PG_VERSION").write_text("15\n")
-    _chown_tree(pg_owned_tree)
     shutil.chown(data, "root", "root")  # e.g. restored from a backup as root
-    monkeypatch.setattr(layout, "ETC_ROOT", etc_root)
     cfg = config.parse(_raw_with_cluster(tmp_path))
-    before = {p: p.stat().st_mtime_ns for p in pg_owned_tree.rglob("*")}
+    tree = etc_root.parent.parent
+    before = {p: p.stat().st_mtime_ns for p in tree.rglob("*")}
     with pytest.raises(pgact.PostgresActionError) as e:
         boot.bootstrap(cfg, "alpha")
     assert f"{data} (data_directory of cluster 15/t1) does not belong to postgres" in str(e.value)
     assert f"chown -R postgres: {data}" in str(e.value)
-    assert {p: p.stat().st_mtime_ns for p in pg_owned_tree.rglob("*")} == before
+    assert {p: p.stat().st_mtime_ns for p in tree.rglob("*")} == before
