@@ -92,7 +92,7 @@ def create_cluster(node: NodeLayout) -> None:
     netns.run(["pg_createcluster", "-u", PG_OS_USER, "-d", str(node.pgdata), "-s", str(node.socket_dir),
                "-l", str(node.log_dir / "postgresql.log"), "-p", str(PG_PORT), "--start-conf", "manual",
                "-o", "listen_addresses=*", "-o", "ssl=off", *_cluster(node), "--", *_initdb_options()],
-              stdin=subprocess.DEVNULL)
+              stdin=subprocess.DEVNULL, env={**os.environ, "LC_ALL": "C.UTF-8"})
 
 
 def drop_cluster(node_cluster: str) -> None:
