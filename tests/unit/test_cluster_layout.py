@@ -341,3 +341,11 @@ def test_a_cluster_of_another_account_is_refused_naming_the_fix_and_nothing_chan
     assert f"{data} (data_directory of cluster 15/t1) does not belong to postgres" in str(e.value)
     assert f"chown -R postgres: {data}" in str(e.value)
     assert {p: p.stat().st_mtime_ns for p in tree.rglob("*")} == before
+
+
+def test_a_clusters_server_log_is_where_pg_ctlcluster_writes_it(tmp_path: Path, etc_tree: tuple[Path, Path]) -> None:
+    etc_root, _ = etc_tree
+    cfg = config.parse(_raw_with_cluster(tmp_path))
+    assert pgact.log_path(cfg, "alpha") == Path("/var/log/postgresql/postgresql-15-t1.log")
+    (etc_root / "15" / "t1" / "log").symlink_to(tmp_path / "t1.log")  # pg_createcluster -l
+    assert pgact.log_path(cfg, "alpha") == tmp_path / "t1.log"

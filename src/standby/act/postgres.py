@@ -24,10 +24,11 @@ from pathlib import Path
 import psycopg
 from psycopg import sql
 
+from standby import layout as layout_module
 from standby import tls
 from standby.config import Config, read_secret
 from standby.documents import NODE_FACTS, NodeFacts
-from standby.layout import Layout, LayoutError, settings_of
+from standby.layout import ClusterRef, Layout, LayoutError, settings_of
 from standby.observe.postgres import FACTS_SCHEMA, peer_dsn
 
 HBA_BEGIN = "# BEGIN standby (managed; edits inside this block are overwritten)"
@@ -172,7 +173,11 @@ def collector_settings(cfg: Config, node: str) -> dict[str, str]:
 def log_path(cfg: Config, node: str) -> Path:
     """The server log being written now (without systemd; under systemd: journalctl -u the unit)."""
     cluster = cfg.pg(node).cluster
-    if cluster is not None:  # pg_ctlcluster's own log file
+    if cluster is not None:
+        # pg_ctlcluster's log: where the cluster's "log" link points (pg_createcluster -l), else its default.
+        custom = ClusterRef.parse(cluster).config_dir(layout_module.ETC_ROOT) / "log"
+        if custom.is_symlink():
+            return Path(os.readlink(custom))
         return Path("/var/log/postgresql") / f"postgresql-{cluster.replace('/', '-')}.log"
     d = log_dir(cfg, node)
     files = sorted(d.glob("postgresql-*.log"), key=lambda p: p.stat().st_mtime) if d.is_dir() else []
