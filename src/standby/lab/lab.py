@@ -207,6 +207,7 @@ class Lab:
         if beta.cluster:
             # A cluster of its own whose data directory `standby bootstrap` fills with a clone of alpha.
             pgnode.create_cluster(beta)
+            pgnode.allow_app(beta)
             for child in beta.pgdata.iterdir():
                 shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
         pgnode.start(alpha)

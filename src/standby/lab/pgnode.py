@@ -233,11 +233,17 @@ def create_app(node: NodeLayout, password: str) -> None:
             sql.SQL("CREATE ROLE {} LOGIN PASSWORD {}").format(sql.Identifier(APP_ROLE), sql.Literal(password))
         )
         conn.execute(sql.SQL("CREATE DATABASE {} OWNER {}").format(sql.Identifier(APP_DB), sql.Identifier(APP_ROLE)))
-        with open(config_dir(node) / "pg_hba.conf", "a") as f:
-            f.write("\n# standby lab: the sample softswitch's clients\n")
-            for net in (PUBLIC_NET, PRIVATE_NET):
-                f.write(f"host {APP_DB} {APP_ROLE} {net} scram-sha-256\n")
+        allow_app(node)
         conn.execute("SELECT pg_reload_conf()")
+
+
+def allow_app(node: NodeLayout) -> None:
+    """The softswitch's clients in the node's pg_hba.conf. A clone copies a plain data directory's file,
+    never a cluster's (it is in /etc): each cluster gets them here."""
+    with open(config_dir(node) / "pg_hba.conf", "a") as f:
+        f.write("\n# standby lab: the sample softswitch's clients\n")
+        for net in (PUBLIC_NET, PRIVATE_NET):
+            f.write(f"host {APP_DB} {APP_ROLE} {net} scram-sha-256\n")
 
 
 def release_shared_memory(node: NodeLayout) -> None:
