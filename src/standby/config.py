@@ -19,10 +19,14 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    SerializerFunctionWrapHandler,
     ValidationError,
     field_validator,
+    model_serializer,
     model_validator,
 )
+
+from standby import layout as pglayout
 
 DEFAULT_CONFIG_PATH = Path("/etc/standby/standby.toml")
 CONFIG_ENV = "STANDBY_CONFIG"
@@ -79,12 +83,31 @@ class Link(_Strict):
         return self.address.ip
 
 
-class NodePostgres(_Strict):
+def _cluster(value: str | None) -> str | None:
+    return None if value is None else str(pglayout.ClusterRef.parse(value))
+
+
+ClusterName = Annotated[str | None, AfterValidator(_cluster)]
+
+
+class _WithCluster(_Strict):
+    @model_serializer(mode="wrap")
+    def _without_absent_cluster(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # Without a cluster, the dump (hence the agents' configuration digest) is what versions
+        # before the key made: a peer still running one must agree with this one.
+        out: dict[str, Any] = handler(self)
+        if out.get("cluster", "") is None:
+            del out["cluster"]
+        return out
+
+
+class NodePostgres(_WithCluster):
     """Per-node overrides of [postgres]; normally empty (both servers alike)."""
 
     data_dir: Path | None = None
     socket_dir: Path | None = None
     bin_dir: Path | None = None
+    cluster: ClusterName = None  # two clusters on one host (the lab): each node its own
 
 
 class Node(_Strict):
@@ -137,7 +160,10 @@ class Service(_Strict):
 
 
 
-class Postgres(_Strict):
+class Postgres(_WithCluster):
+    # A postgresql-common cluster ("15/main"): its data directory, hba file, port and socket
+    # directory are its own files' (standby.layout); None: a plain data directory (data_dir).
+    cluster: ClusterName = None
     bin_dir: Path = Path("/usr/lib/postgresql/15/bin")
     data_dir: Path = Path("/var/lib/postgresql/15/standby")
     socket_dir: Path = Path("/var/run/postgresql")
@@ -611,6 +637,7 @@ class Config(_Strict):
                 )
             if not self.service_ips:
                 problems.append("service_ips: hot mode needs at least one service IP that floats to the active node")
+        problems.extend(self._cluster_problems())
         deg = self.replication.degrade_after_s
         if deg and deg * 1000 < 2 * self.timings.failover_timeout_ms:
             problems.append(
@@ -621,6 +648,20 @@ class Config(_Strict):
         if problems:
             raise ValueError("\n".join(problems))
         return self
+
+    def _cluster_problems(self) -> list[str]:
+        out = []
+        for name, node in self.nodes.items():
+            if not (node.postgres.cluster or self.postgres.cluster):
+                continue
+            for key in ("data_dir", "socket_dir"):
+                where = [f"nodes.{name}.postgres.{key}"] if getattr(node.postgres, key) is not None else []
+                where += [f"postgres.{key}"] if key in self.postgres.model_fields_set else []
+                if where:
+                    out.append(f"{where[0]} and postgres.cluster: both given for node {name}; a cluster's "
+                               f"{key.replace('_', ' ')} is the one its postgresql.conf names: remove "
+                               f"{where[0]}, or remove postgres.cluster to use a plain data directory")
+        return out
 
     def _reporting_problems(self, seen: dict[ipaddress.IPv4Address, str]) -> list[str]:
         rep = self.reporting
@@ -647,9 +688,31 @@ class Config(_Strict):
         return other
 
     def pg(self, node: str) -> Postgres:
-        """[postgres] with the node's own overrides applied."""
+        """[postgres] with the node's own overrides applied.
+
+        With a cluster, the data and socket directories are the cluster's, read from its files on
+        this host; where it does not exist (the peer's cluster seen from here) postgresql-common's
+        defaults stand in, and ``layout`` is what refuses a missing local cluster.
+        """
         over = {k: v for k, v in self.nodes[node].postgres.model_dump().items() if v is not None}
-        return self.postgres.model_copy(update=over)
+        pg = self.postgres.model_copy(update=over)
+        if pg.cluster is None:
+            return pg
+        ref = pglayout.ClusterRef.parse(pg.cluster)
+        try:
+            lay = pglayout.read_cluster(ref)
+            paths = {"data_dir": lay.data_dir, "socket_dir": lay.socket_dir}
+        except pglayout.LayoutError:
+            paths = {"data_dir": ref.default_data_dir, "socket_dir": pglayout.DEFAULT_SOCKET_DIR}
+        explicit_bin = "bin_dir" in over or "bin_dir" in self.postgres.model_fields_set
+        return pg.model_copy(update={**paths, **({} if explicit_bin else {"bin_dir": ref.bin_dir})})
+
+    def layout(self, node: str) -> pglayout.Layout:
+        """Where ``node``'s PostgreSQL keeps its files on this host (LayoutError: a missing cluster)."""
+        pg = self.pg(node)
+        if pg.cluster is None:
+            return pglayout.plain(pg.data_dir, pg.socket_dir)
+        return pglayout.read_cluster(pglayout.ClusterRef.parse(pg.cluster))
 
     def state_dir_for(self, node: str) -> Path:
         return self.nodes[node].state_dir or self.state_dir

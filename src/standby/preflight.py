@@ -6,8 +6,14 @@ so every rule is unit-testable.
 
 from __future__ import annotations
 
+import ipaddress
+import os
+import pwd
+import subprocess
 from dataclasses import dataclass, field
+from pathlib import Path
 
+from standby import layout as pglayout
 from standby import tls
 from standby.config import Config, ConfigError, Mode
 from standby.documents import NodeFacts
@@ -27,6 +33,73 @@ class Seen:
     # "public"/"private"/"tiebreaker" -> answered; for the tie-breaker None: could not be asked
     reach: dict[str, bool | None]
     tls_problems: list[str] = field(default_factory=list)
+    cluster: ClusterSeen | None = None  # with postgres.cluster: what its files say
+
+
+@dataclass(frozen=True)
+class ClusterSeen:
+    """A postgresql-common cluster as its files on this host describe it."""
+
+    name: str
+    missing: str | None  # why it cannot be read (it does not exist), else None
+    layout: pglayout.Layout | None = None
+    owners: dict[str, str | None] = field(default_factory=dict)  # path -> owning account (None: absent)
+    settings: dict[str, str] = field(default_factory=dict)  # in force from its files, with the file of each
+    sources: dict[str, str] = field(default_factory=dict)
+    conf_d_read: bool = True
+    checksums: bool | None = None  # from pg_controldata; None: unknown
+
+
+def _owner(path: Path) -> str | None:
+    try:
+        uid = os.lstat(path).st_uid
+    except FileNotFoundError:
+        return None
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return str(uid)
+
+
+def _read_nofollow(path: Path) -> str:
+    # Files of the PostgreSQL account, possibly read as root: never through a planted link.
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError:
+        return ""
+    with os.fdopen(fd, encoding="utf-8", errors="replace") as f:
+        return f.read()
+
+
+def gather_cluster(cfg: Config, node: str) -> ClusterSeen | None:
+    pg = cfg.pg(node)
+    if pg.cluster is None:
+        return None
+    try:
+        lay = cfg.layout(node)
+    except pglayout.LayoutError as e:
+        return ClusterSeen(pg.cluster, str(e))
+    assert lay.conf_file is not None
+    conf = _read_nofollow(lay.conf_file)
+    files = [(lay.conf_file, conf)]
+    files += [(f, _read_nofollow(f)) for d in pglayout.include_dirs(conf, lay.config_dir) if d.is_dir()
+              for f in sorted(d.glob("*.conf"))]
+    files.append((lay.auto_conf, _read_nofollow(lay.auto_conf)))
+    settings: dict[str, str] = {}
+    sources: dict[str, str] = {}
+    for path, text in files:
+        for k, v in pglayout.settings_of(text).items():
+            settings[k], sources[k] = v, str(path)
+    checksums = None
+    res = subprocess.run(["runuser", "-u", pg.os_user, "--", str(pg.bin_dir / "pg_controldata"), "-D", str(lay.data_dir)]
+                         if os.geteuid() == 0 else [str(pg.bin_dir / "pg_controldata"), "-D", str(lay.data_dir)],
+                         capture_output=True, text=True, timeout=30, check=False, env={**os.environ, "LC_ALL": "C"})
+    for line in res.stdout.splitlines() if res.returncode == 0 else []:
+        if line.startswith("Data page checksum version:"):
+            checksums = line.split(":", 1)[1].strip() != "0"
+    owners = {str(p): _owner(p) for p in (lay.data_dir, lay.config_dir)}
+    return ClusterSeen(pg.cluster, None, lay, owners, settings, sources,
+                       pglayout.conf_d_included(conf, lay.config_dir), checksums)
 
 
 def gather(cfg: Config, node: str) -> Seen:
@@ -51,7 +124,64 @@ def gather(cfg: Config, node: str) -> Seen:
         tls.check(cfg, node)
     except ConfigError as e:
         problems = list(e.problems)
-    return Seen(node, mine, err, facts, pg, reach, problems)
+    return Seen(node, mine, err, facts, pg, reach, problems, gather_cluster(cfg, node))
+
+
+def _listens_on(value: str, ip: ipaddress.IPv4Address) -> bool:
+    names = {v.strip() for v in value.split(",")}
+    return bool(names & {"*", "0.0.0.0"}) or str(ip) in names
+
+
+def cluster_items(cfg: Config, node: str, c: ClusterSeen, pg: obs.PgObservation | None) -> list[CheckItem]:
+    """What a postgresql-common cluster needs before standby can run it (pure)."""
+    out: list[CheckItem] = []
+
+    def add(name: str, verdict: Verdict, reason: str) -> None:
+        out.append(CheckItem(node, name, verdict, reason))
+
+    if c.missing is not None or c.layout is None:
+        add("cluster", Verdict.FAIL, c.missing or f"cluster {c.name} cannot be read")
+        return out
+    lay, want = c.layout, cfg.pg(node)
+    conf = lay.conf_file
+    add("cluster", Verdict.PASS, f"{c.name}: data {lay.data_dir}, configuration {lay.config_dir}")
+    wrong = [f"{path} belongs to {owner}, not postgres.os_user ({want.os_user}): run `chown -R {want.os_user}: "
+             f"{path}`, or set postgres.os_user = \"{owner}\"" for path, owner in c.owners.items()
+             if owner is not None and owner != want.os_user]
+    if wrong:
+        add("cluster ownership", Verdict.FAIL, "; ".join(wrong))
+    elif c.owners.get(str(lay.data_dir), "") is None:
+        add("cluster ownership", Verdict.WARN, f"{lay.data_dir} does not exist yet: `standby bootstrap` clones into it")
+    if not c.conf_d_read:
+        add("cluster conf.d", Verdict.FAIL, f"{conf} does not read conf.d, where standby writes its settings "
+            f"({lay.settings_file.name}): put include_dir = 'conf.d' back at its end")
+    port = c.settings.get("port", str(pglayout.DEFAULT_PORT))
+    if port != str(want.port):
+        add("cluster port", Verdict.FAIL, f"port = {port} in {c.sources.get('port', conf)}, but postgres.port = "
+            f"{want.port} (what the peer and the clients connect to): make them equal")
+    else:
+        add("cluster port", Verdict.PASS, f"{port}, as postgres.port")
+    listen = c.settings.get("listen_addresses", "localhost")
+    links = cfg.nodes[node]
+    needed = {"private": links.private.ip, "public": links.public.ip}
+    missing = [f"{ip} ({what})" for what, ip in needed.items() if not _listens_on(listen, ip)]
+    if missing:
+        add("cluster listen_addresses", Verdict.FAIL,
+            f"listen_addresses = '{listen}' in {c.sources.get('listen_addresses', conf)} does not cover "
+            f"{', '.join(missing)}: the peer replicates over the private address; set listen_addresses = '*' "
+            f"(`standby bootstrap` writes it to {lay.settings_file})")
+    else:
+        add("cluster listen_addresses", Verdict.PASS, f"'{listen}' covers {node}'s addresses")
+    hints = c.settings.get("wal_log_hints", "off").lower() in ("on", "true", "yes", "1")
+    checksums = c.checksums if c.checksums is not None else (pg.data_checksums if pg else None)
+    if hints or checksums:
+        add("cluster rewind", Verdict.PASS, "wal_log_hints on" if hints else "data checksums on")
+    else:
+        add("cluster rewind", Verdict.FAIL if checksums is False else Verdict.WARN,
+            f"wal_log_hints is off in {c.sources.get('wal_log_hints', conf)} and data checksums are "
+            f"{'off' if checksums is False else 'unknown'}: a failed primary could not be rewound; "
+            f"`standby bootstrap --restart` sets wal_log_hints = on in {lay.settings_file}")
+    return out
 
 
 def evaluate(cfg: Config, s: Seen) -> list[CheckItem]:
@@ -160,6 +290,8 @@ def evaluate(cfg: Config, s: Seen) -> list[CheckItem]:
             add(node, "tls files", Verdict.FAIL, "; ".join(s.tls_problems))
         else:
             add(node, "tls files", Verdict.PASS, "CA, certificate and key (mode 600) in place")
+    if s.cluster is not None:
+        out.extend(cluster_items(cfg, node, s.cluster, s.pg.get(node)))
     primaries = [n for n, p in s.pg.items() if p.role is PgRole.PRIMARY]
     if len(primaries) > 1:
         add("pair", "single primary", Verdict.FAIL, f"{' and '.join(primaries)} both accept writes")

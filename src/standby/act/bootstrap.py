@@ -43,6 +43,7 @@ def bootstrap(cfg: Config, node: str, *, restart: bool = False, replace_data: bo
               report: Report = lambda s: None) -> list[Step]:
     steps: list[Step] = []
     tls.check(cfg, node)  # before anything changes: PostgreSQL would refuse the files only at reload
+    act.require_layout(cfg, node)  # a cluster missing here, or not its account's: refused before anything changes
 
     def note(step: Step) -> None:
         steps.append(step)
@@ -70,7 +71,8 @@ def _primary(cfg: Config, node: str, restart: bool, note: Report) -> None:
     with obs.connect_local(cfg, node) as conn:
         _refuse_version_mismatch(cfg, node, obs.read_node_facts(conn).get(peer))
         checksums = conn.execute("SHOW data_checksums").fetchone()[0] == "on"  # type: ignore[index]
-        changed, pending = act.ensure_settings(conn, act.primary_settings(cfg, node, checksums))
+        changed, pending = act.ensure_settings(conn, act.primary_settings(cfg, node, checksums),
+                                               cfg.layout(node), cfg.pg(node).os_user)
         note(Step("replication settings", bool(changed), ", ".join(changed) or "already in place"))
         role_changes = act.ensure_replication_role(conn, cfg, node)
         role_changes += salvage.ensure_apply_rights(conn, cfg, node)
@@ -232,7 +234,7 @@ def _running_standby(cfg: Config, node: str, note: Report) -> None:
         # was added gets them here.
         wanted = {**act.reporting_settings(cfg), **tls.server_settings(cfg, node),
                   "primary_conninfo": act.standby_conninfo(cfg, node, peer)}
-        changed, _ = act.ensure_settings(conn, wanted)
+        changed, _ = act.ensure_settings(conn, wanted, cfg.layout(node), cfg.pg(node).os_user)
         hba = act.ensure_hba(conn, cfg, node)  # after the settings: hostssl needs ssl on
     note(Step("standby settings", bool(changed), ", ".join(changed) or "already in place"))
     note(_hba_step(cfg, peer, hba))

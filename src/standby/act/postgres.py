@@ -24,9 +24,11 @@ from pathlib import Path
 import psycopg
 from psycopg import sql
 
+from standby import layout as layout_module
 from standby import tls
 from standby.config import Config, read_secret
 from standby.documents import NODE_FACTS, NodeFacts
+from standby.layout import ClusterRef, Layout, LayoutError, settings_of
 from standby.observe.postgres import FACTS_SCHEMA, peer_dsn
 
 HBA_BEGIN = "# BEGIN standby (managed; edits inside this block are overwritten)"
@@ -108,18 +110,22 @@ class Launcher(StrEnum):
 
     Under systemd the agent's unit kills what is left in its cgroup when the agent exits
     (KillMode=mixed): a server started as the agent's child would die with every
-    `systemctl restart standby`. A distribution unit (``postgresql@``) would be a third kind,
-    chosen first when configured.
+    `systemctl restart standby`. A postgresql-common cluster is started the distribution's way
+    (its own unit under systemd, pg_ctlcluster without), which also keeps it out of that unit.
     """
 
     SYSTEMD_RUN = "systemd-run"  # a transient unit of its own; its output goes to the journal
     PG_CTL = "pg_ctl"  # no systemd as PID 1 (the lab, plain containers): a detached server
+    CLUSTER_UNIT = "postgresql@"  # a cluster under systemd: the distribution's unit, via systemctl
+    PG_CTLCLUSTER = "pg_ctlcluster"  # a cluster without systemd: pg_ctlcluster detaches it
 
 
 class LaunchWhy(StrEnum):
     SYSTEMD_BOOTED = "systemd is PID 1: a transient unit keeps the server out of the agent's cgroup"
     NO_SYSTEMD = "systemd is not PID 1: pg_ctl detaches the server"
     NO_SYSTEMD_RUN = "systemd is PID 1 but systemd-run is missing: pg_ctl (the server dies with the agent's unit)"
+    CLUSTER_SYSTEMD = "a postgresql-common cluster under systemd: its postgresql@ unit"
+    CLUSTER_NO_SYSTEMD = "a postgresql-common cluster without systemd: pg_ctlcluster detaches the server"
 
 
 @dataclass(frozen=True)
@@ -132,7 +138,11 @@ def host_facts() -> HostFacts:
     return HostFacts(Path("/run/systemd/system").is_dir(), shutil.which("systemd-run"))
 
 
-def choose_launcher(facts: HostFacts) -> tuple[Launcher, LaunchWhy]:
+def choose_launcher(facts: HostFacts, cluster: bool = False) -> tuple[Launcher, LaunchWhy]:
+    if cluster:
+        if facts.systemd_booted:
+            return Launcher.CLUSTER_UNIT, LaunchWhy.CLUSTER_SYSTEMD
+        return Launcher.PG_CTLCLUSTER, LaunchWhy.CLUSTER_NO_SYSTEMD
     if not facts.systemd_booted:
         return Launcher.PG_CTL, LaunchWhy.NO_SYSTEMD
     if facts.systemd_run is None:
@@ -162,6 +172,13 @@ def collector_settings(cfg: Config, node: str) -> dict[str, str]:
 
 def log_path(cfg: Config, node: str) -> Path:
     """The server log being written now (without systemd; under systemd: journalctl -u the unit)."""
+    cluster = cfg.pg(node).cluster
+    if cluster is not None:
+        # pg_ctlcluster's log: where the cluster's "log" link points (pg_createcluster -l), else its default.
+        custom = ClusterRef.parse(cluster).config_dir(layout_module.ETC_ROOT) / "log"
+        if custom.is_symlink():
+            return Path(os.readlink(custom))
+        return Path("/var/log/postgresql") / f"postgresql-{cluster.replace('/', '-')}.log"
     d = log_dir(cfg, node)
     files = sorted(d.glob("postgresql-*.log"), key=lambda p: p.stat().st_mtime) if d.is_dir() else []
     return files[-1] if files else d / "postgresql-00.log"
@@ -179,8 +196,42 @@ def _own_dir(path: Path, user: str) -> None:
         os.close(fd)
 
 
+def layout(cfg: Config, node: str) -> Layout:
+    """``node``'s layout on this host; a cluster that is not there is refused before anything changes."""
+    try:
+        return cfg.layout(node)
+    except LayoutError as e:
+        raise PostgresActionError(str(e)) from None
+
+
+def require_layout(cfg: Config, node: str) -> Layout:
+    """``layout``, and for a cluster its directories belong to postgres.os_user: checked before a
+    command that changes anything (never before a stop: a fence must not wait on it)."""
+    lay = layout(cfg, node)
+    user = cfg.pg(node).os_user
+    for path, key in ((lay.config_dir, "its configuration directory"), (lay.data_dir, "data_directory")):
+        try:
+            uid = os.lstat(path).st_uid
+        except FileNotFoundError:
+            continue  # an empty standby's data directory is made by the clone
+        if lay.is_cluster and uid != pwd.getpwnam(user).pw_uid:
+            raise PostgresActionError(f"{path} ({key} of cluster {lay.cluster}) does not belong to {user} "
+                                      f"(postgres.os_user): run `chown -R {user}: {path}`, or set postgres.os_user")
+    return lay
+
+
+def _cluster_args(lay: Layout) -> list[str]:
+    assert lay.cluster is not None
+    return [lay.cluster.version, lay.cluster.name]
+
+
 def start_argv(cfg: Config, node: str, launcher: Launcher, timeout_s: int) -> list[str]:
     pg = cfg.pg(node)
+    if launcher is Launcher.CLUSTER_UNIT:
+        return ["systemctl", "start", layout(cfg, node).cluster.unit]  # type: ignore[union-attr]
+    if launcher is Launcher.PG_CTLCLUSTER:
+        # The cluster's own log (/var/log/postgresql) and options (pg_ctl.conf): the distribution's way.
+        return ["pg_ctlcluster", *_cluster_args(layout(cfg, node)), "start", "--", "-t", str(timeout_s)]
     if launcher is Launcher.SYSTEMD_RUN:
         return ["systemd-run", f"--unit={unit_name(node)}", f"--description=PostgreSQL of standby node {node}",
                 "--collect", "--property=Type=notify", f"--property=User={pg.os_user}",
@@ -201,7 +252,16 @@ def _startup_log(cfg: Config, node: str) -> Path:
 
 def start(cfg: Config, node: str, timeout_s: int = 60) -> Launcher:
     pg = cfg.pg(node)
-    launcher, _why = choose_launcher(host_facts())
+    lay = layout(cfg, node)
+    launcher, _why = choose_launcher(host_facts(), lay.is_cluster)
+    if lay.is_cluster:
+        # Run as root: pg_ctlcluster switches to the cluster's owner itself (and refuses a wrong one).
+        res = subprocess.run(start_argv(cfg, node, launcher, timeout_s), capture_output=True, text=True,
+                             timeout=timeout_s + 10, check=False, env={**os.environ, "LC_ALL": "C"})
+        if res.returncode != 0:
+            raise PostgresActionError(f"starting cluster {lay.cluster} failed: "
+                                      f"{(res.stderr.strip() or res.stdout.strip())[-800:]}")
+        return launcher
     if launcher is Launcher.SYSTEMD_RUN:
         res = subprocess.run(start_argv(cfg, node, launcher, timeout_s), capture_output=True, text=True,
                              timeout=timeout_s + 10, check=False)
@@ -229,8 +289,26 @@ class StopMode(StrEnum):
     IMMEDIATE = "immediate"  # no checkpoint: the next start recovers from the WAL
 
 
+def stop_argv(lay: Layout, facts: HostFacts, mode: StopMode, timeout_s: int) -> list[str]:
+    """How a cluster is stopped. Under systemd a fast or smart stop goes through its unit (which
+    stops fast); an immediate one cannot, so it bypasses the unit (left failed until the next start)."""
+    if lay.cluster is None:
+        raise ValueError("stop_argv is for clusters; a plain data directory stops with pg_ctl")
+    if facts.systemd_booted and mode is not StopMode.IMMEDIATE:
+        return ["systemctl", "stop", lay.cluster.unit]
+    return ["pg_ctlcluster", "--skip-systemctl-redirect", "-m", mode.value, *_cluster_args(lay), "stop",
+            "--", "-t", str(timeout_s)]
+
+
 def stop(cfg: Config, node: str, mode: StopMode = StopMode.FAST, timeout_s: int = 60) -> None:
     pg = cfg.pg(node)
+    lay = layout(cfg, node)
+    if lay.is_cluster:
+        res = subprocess.run(stop_argv(lay, host_facts(), mode, timeout_s), capture_output=True, text=True,
+                             timeout=timeout_s + 10, check=False, env={**os.environ, "LC_ALL": "C"})
+        if res.returncode != 0 and running_pid(lay.data_dir) is not None:
+            raise PostgresActionError(f"stopping cluster {lay.cluster} failed: {res.stderr.strip()}")
+        return
     res = run_as(pg.os_user, [_bin(cfg, node, "pg_ctl"), "-D", str(pg.data_dir), "-m", mode.value, "-w",
                               "-t", str(timeout_s), "stop"], timeout=timeout_s + 10)
     if res.returncode != 0 and "is the server running" not in res.stderr:
@@ -317,8 +395,9 @@ def ensure_clean_shutdown(cfg: Config, node: str) -> bool:
         f.rename(f.with_name(f.name + ".aside"))
     try:
         res = subprocess.run(
+            # A cluster's postgresql.conf is in /etc: -D names it there, and it names the data directory.
             ["runuser", "-u", pg.os_user, "--", _bin(cfg, node, "postgres"), "--single", "-F", "-c",
-             "exit_on_error=false", "-c", "archive_mode=off", "-D", str(pg.data_dir), "template1"],
+             "exit_on_error=false", "-c", "archive_mode=off", "-D", str(layout(cfg, node).config_dir), "template1"],
             stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=3600, check=False)
     finally:
         for f in signals:
@@ -330,32 +409,72 @@ def ensure_clean_shutdown(cfg: Config, node: str) -> bool:
 
 # -- settings -------------------------------------------------------------
 
-def ensure_settings(conn: psycopg.Connection, wanted: Mapping[str, str]) -> tuple[list[str], list[str]]:
-    """ALTER SYSTEM what differs. Returns (changed, needing_restart).
+def ensure_settings(conn: psycopg.Connection, wanted: Mapping[str, str], lay: Layout | None = None,
+                    os_user: str = "postgres") -> tuple[list[str], list[str]]:
+    """ALTER SYSTEM what differs (a cluster: its conf.d file). Returns (changed, needing_restart).
 
     A value counts as in place only when it is both running and persisted in a
     configuration file: a value given on the command line would be lost at the
     next restart by anyone else.
     """
-    changed, restart = [], []
-    with conn.cursor() as cur:
-        for name, value in wanted.items():
-            row = cur.execute("SELECT setting, context FROM pg_settings WHERE name = %s", (name,)).fetchone()
-            if row is None:
-                raise PostgresActionError(f"unknown PostgreSQL setting {name!r}")
-            running, context = row
-            persisted = cur.execute(
-                "SELECT setting FROM pg_file_settings WHERE name = %s ORDER BY seqno DESC LIMIT 1",
-                (name,),
-            ).fetchone()
-            if persisted is None or not _same(persisted[0], value):
-                cur.execute(sql.SQL("ALTER SYSTEM SET {} = {}").format(sql.Identifier(name), sql.Literal(value)))
-                changed.append(name)
-            if not _same(running, value) and context == "postmaster":
-                restart.append(name)
-        if changed:
-            cur.execute("SELECT pg_reload_conf()")
+    if lay is not None and lay.is_cluster:
+        return _ensure_cluster_settings(conn, wanted, lay, os_user)
+    changed, restart = _differing(conn, wanted)
+    for name in changed:
+        conn.execute(sql.SQL("ALTER SYSTEM SET {} = {}").format(sql.Identifier(name), sql.Literal(wanted[name])))
+    if changed:
+        conn.execute("SELECT pg_reload_conf()")
     return changed, restart
+
+
+def _differing(conn: psycopg.Connection, wanted: Mapping[str, str]) -> tuple[list[str], list[str]]:
+    """(names not persisted with the wanted value, names whose running value needs a restart)."""
+    changed, restart = [], []
+    for name, value in wanted.items():
+        row = conn.execute("SELECT setting, context FROM pg_settings WHERE name = %s", (name,)).fetchone()
+        if row is None:
+            raise PostgresActionError(f"unknown PostgreSQL setting {name!r}")
+        persisted = conn.execute("SELECT setting FROM pg_file_settings WHERE name = %s ORDER BY seqno DESC LIMIT 1",
+                                 (name,)).fetchone()
+        if persisted is None or not _same(persisted[0], value):
+            changed.append(name)
+        if not _same(row[0], value) and row[1] == "postmaster":
+            restart.append(name)
+    return changed, restart
+
+
+def _ensure_cluster_settings(conn: psycopg.Connection, wanted: Mapping[str, str], lay: Layout,
+                             os_user: str) -> tuple[list[str], list[str]]:
+    changed, restart = _differing(conn, wanted)
+    if not changed:
+        return changed, restart
+    write_settings_file(lay, os_user, {n: wanted[n] for n in changed})
+    # ALTER SYSTEM's file is read last: a value left there (a clone brings the primary's) would win.
+    in_auto = {r[0] for r in conn.execute("SELECT name FROM pg_file_settings WHERE sourcefile = %s",
+                                          (str(lay.auto_conf),))}
+    for name in changed:
+        if name in in_auto:
+            conn.execute(sql.SQL("ALTER SYSTEM RESET {}").format(sql.Identifier(name)))
+    still, _ = _differing(conn, {n: wanted[n] for n in changed})
+    if still:
+        raise PostgresActionError(
+            f"{lay.settings_file} is written but {', '.join(still)} still come(s) from another file: its "
+            f"postgresql.conf ({lay.conf_file}) must keep include_dir = 'conf.d' with nothing after it setting them")
+    conn.execute("SELECT pg_reload_conf()")
+    return changed, restart
+
+
+def _setting_line(name: str, value: str) -> str:
+    return f"{name} = '{value.replace(chr(39), chr(39) * 2)}'"
+
+
+def write_settings_file(lay: Layout, os_user: str, settings: Mapping[str, str]) -> None:
+    """Merge ``settings`` into the cluster's conf.d file of standby's settings (as the cluster's owner)."""
+    current = settings_of(read_as(os_user, lay.settings_file) or "")
+    merged = {**current, **settings}
+    body = ["# Managed by standby (`standby bootstrap` and rejoin rewrite it); the cluster's own settings",
+            "# belong in postgresql.conf or another conf.d file.", *(_setting_line(k, v) for k, v in merged.items())]
+    write_as(os_user, lay.settings_file, "\n".join(body) + "\n", 0o644)
 
 
 def _same(current: str, wanted: str) -> bool:
@@ -381,6 +500,10 @@ def primary_settings(cfg: Config, node: str, has_checksums: bool) -> dict[str, s
         "listen_addresses": "*",
         "password_encryption": "scram-sha-256",
     }
+    if cfg.pg(node).cluster is not None:
+        # A cluster's port and socket are its postgresql.conf's (pg_ctlcluster and pg_lsclusters read
+        # them there); `standby check` says when they differ from the configuration.
+        del wanted["port"], wanted["unix_socket_directories"]
     if not has_checksums:
         # pg_rewind needs hint-bit changes in WAL unless pages carry checksums.
         wanted["wal_log_hints"] = "on"
@@ -664,11 +787,15 @@ def configure_as_standby(cfg: Config, node: str, peer: str) -> None:
     password = read_secret(pg.replication_password_file, "postgres.replication_password_file")
     write_as(pg.os_user, data / STANDBY_PASSFILE,
              _pgpass_line(str(cfg.nodes[peer].private.ip), cfg.pg(peer).port, pg.replication_user, password))
+    lay = layout(cfg, node)
+    # A clone of a plain primary carries its settings in postgresql.auto.conf; a cluster's live in
+    # /etc, which no clone copies: this node must hold them itself to serve as a primary later.
+    own = primary_settings(cfg, node, _has_checksums(cfg, node)) if lay.is_cluster else {}
     settings = {
+        **own,
         "primary_conninfo": standby_conninfo(cfg, node, peer),
         "primary_slot_name": cfg.slot_name(node),
-        "port": str(pg.port),
-        "unix_socket_directories": str(pg.socket_dir),
+        **({} if lay.is_cluster else {"port": str(pg.port), "unix_socket_directories": str(pg.socket_dir)}),
         "hot_standby": "on",
         "synchronous_standby_names": "",
         **reporting_settings(cfg),
@@ -677,13 +804,24 @@ def configure_as_standby(cfg: Config, node: str, peer: str) -> None:
     }
     auto = data / "postgresql.auto.conf"
     text = read_as(pg.os_user, auto)
+    # Whatever goes elsewhere is taken out of ALTER SYSTEM's file too, which is read last and would win.
     kept = [ln for ln in text.splitlines() if ln.split("=", 1)[0].strip() not in settings] if text else []
-    body = kept + [f"{k} = '{v.replace(chr(39), chr(39) * 2)}'" for k, v in settings.items()]
-    write_as(pg.os_user, auto, "\n".join(body) + "\n")
+    if lay.is_cluster:
+        write_settings_file(lay, pg.os_user, settings)
+        write_as(pg.os_user, auto, "".join(f"{ln}\n" for ln in kept))
+    else:
+        write_as(pg.os_user, auto, "\n".join(kept + [_setting_line(k, v) for k, v in settings.items()]) + "\n")
     write_as(pg.os_user, data / "standby.signal", "")
     for stale in ("postmaster.pid", "postmaster.opts"):
         (data / stale).unlink(missing_ok=True)
-    set_hba_file(data / "pg_hba.conf", cfg, node)
+    set_hba_file(lay.hba_file, cfg, node)
+
+
+def _has_checksums(cfg: Config, node: str) -> bool:
+    try:
+        return control_data(cfg, node).get("Data page checksum version", "0") != "0"
+    except PostgresActionError:
+        return False  # unknown: wal_log_hints then goes on, which costs little and keeps rewind possible
 
 
 def wait_streaming(cfg: Config, node: str, timeout_s: float = 30) -> str:

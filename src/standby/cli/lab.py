@@ -72,11 +72,13 @@ def group() -> None:
 )
 @click.option("--mode", type=click.Choice(["hot", "warm"]), default="hot", show_default=True,
               help="warm: beta stands in another subnet (203.0.113.0/24, routed), no floating service IP.")
+@click.option("--pg-layout", type=click.Choice(["plain", "cluster"]), default="plain", show_default=True,
+              help="cluster: each node runs a postgresql-common cluster (15/NAME-alpha, 15/NAME-beta).")
 @click.option("--services", "services_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="A TOML file of [[services]] tables (as in standby.toml) for the agents to run beside the "
                    "sample softswitch.")
 @handle_errors
-def up(name: str, durability: str, mode: str, services_file: Path | None) -> None:
+def up(name: str, durability: str, mode: str, pg_layout: str, services_file: Path | None) -> None:
     """Build the lab: namespaces, links, PostgreSQL on alpha, the service IP, standby.toml.
 
     beta's data directory stays empty; `standby bootstrap` clones it (or `standby lab agents start`).
@@ -84,7 +86,7 @@ def up(name: str, durability: str, mode: str, services_file: Path | None) -> Non
     with _as_operator_errors():
         # Checked before anything is built: a typo in the file costs no teardown.
         services = configfile.load_services(services_file) if services_file else []
-        lab = Lab.up(LabSpec(name=name, durability=durability, mode=mode), services)
+        lab = Lab.up(LabSpec(name=name, durability=durability, mode=mode, pg_layout=pg_layout), services)
     click.echo(f"lab {name} is up")
     click.echo(f"  config:   {lab.config_path}")
     click.echo(f"  services: {', '.join(['softswitch', *(s['name'] for s in services)])}")

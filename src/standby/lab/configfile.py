@@ -150,7 +150,8 @@ def render(spec: LabSpec, services: Sequence[Mapping[str, Any]] = (), salvage: M
             {
                 "public": {"address": node.public.address, "interface": node.public.interface},
                 "private": {"address": node.private.address, "interface": node.private.interface},
-                "postgres": {"data_dir": node.pgdata, "socket_dir": node.socket_dir},
+                "postgres": {"cluster": node.cluster} if node.cluster else {"data_dir": node.pgdata,
+                                                                            "socket_dir": node.socket_dir},
                 "state_dir": node.state_dir,
             },
         )

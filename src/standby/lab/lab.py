@@ -57,6 +57,7 @@ from standby.lab.topology import (
     NodeLayout,
     Role,
     bridge_for,
+    cluster_for,
 )
 
 STATE_VERSION = 1
@@ -127,7 +128,8 @@ class Lab:
             raise LabError(
                 f"cannot read {spec.state_file} ({e}); remove the lab with `standby lab down --name {name}`"
             ) from None
-        return cls(LabSpec(name, durability=data.get("durability", "sync"), base=base, mode=data.get("mode", "hot")))
+        return cls(LabSpec(name, durability=data.get("durability", "sync"), base=base, mode=data.get("mode", "hot"),
+                           pg_layout=data.get("pg_layout", "plain")))
 
     def down(self) -> None:
         type(self).destroy(self.spec.name, self.spec.base)
@@ -159,6 +161,9 @@ class Lab:
             netns.kill_all(ns)
         for node in spec.nodes():
             pgnode.release_shared_memory(node)
+        # Named after the lab, so found without lab.json (a crashed `up`), whichever layout it had.
+        for node_name in DB_NODES:
+            pgnode.drop_cluster(cluster_for(name, node_name))
         for ns in namespaces:
             netns.delete(ns)
         root = spec.root.resolve()
@@ -174,6 +179,7 @@ class Lab:
             "name": self.spec.name,
             "durability": self.spec.durability,
             "mode": self.spec.mode,
+            "pg_layout": self.spec.pg_layout,
             "root": str(self.root),
             "phase": phase,
             # Who built it, for whoever finds a leftover lab.
@@ -200,6 +206,13 @@ class Lab:
             (spec.role_dir(role) / "log").mkdir(parents=True, exist_ok=True)
         alpha = spec.node("alpha")
         pgnode.initdb(alpha)
+        beta = spec.node("beta")
+        if beta.cluster:
+            # A cluster of its own whose data directory `standby bootstrap` fills with a clone of alpha.
+            pgnode.create_cluster(beta)
+            pgnode.allow_app(beta)
+            for child in beta.pgdata.iterdir():
+                shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
         pgnode.start(alpha)
         pgnode.create_app(alpha, self._secret("app.password"))
         softswitch.init_schema(f"host={alpha.socket_dir} port={PG_PORT} dbname=softswitch user=softswitch")

@@ -19,6 +19,7 @@ from standby.lab.topology import (
     APP_DB,
     APP_ROLE,
     PG_BIN,
+    PG_ETC,
     PG_OS_USER,
     PG_PORT,
     PG_SUPERUSER,
@@ -68,7 +69,47 @@ def _as_postgres(node: NodeLayout, argv: list[str]) -> list[str]:
     return netns.in_netns(node.netns, ["runuser", "-u", PG_OS_USER, "--", *argv])
 
 
+def _initdb_options() -> list[str]:
+    return ["-U", PG_SUPERUSER, "--auth-local=trust", "--auth-host=scram-sha-256", "--encoding=UTF8",
+            "--locale=C.UTF-8"]
+
+
+def _cluster(node: NodeLayout) -> list[str]:
+    assert node.cluster is not None
+    return node.cluster.split("/", 1)
+
+
+def config_dir(node: NodeLayout) -> Path:
+    """Where the node's postgresql.conf and pg_hba.conf are: /etc in the cluster layout."""
+    return PG_ETC.joinpath(*_cluster(node)) if node.cluster else node.pgdata
+
+
+def create_cluster(node: NodeLayout) -> None:
+    """The node's postgresql-common cluster, its data, socket and log in the lab's directories.
+
+    Not started at boot (start.conf manual): the node's agent starts it, inside its namespace.
+    """
+    netns.run(["pg_createcluster", "-u", PG_OS_USER, "-d", str(node.pgdata), "-s", str(node.socket_dir),
+               "-l", str(node.log_dir / "postgresql.log"), "-p", str(PG_PORT), "--start-conf", "manual",
+               "-o", "listen_addresses=*", "-o", "ssl=off", *_cluster(node), "--", *_initdb_options()],
+              stdin=subprocess.DEVNULL, env={**os.environ, "LC_ALL": "C.UTF-8"})
+
+
+def drop_cluster(node_cluster: str) -> None:
+    """Remove a lab node's cluster (stopping it first) if it exists; for a lab being torn down."""
+    version, name = node_cluster.split("/", 1)
+    if not (PG_ETC / version / name).exists():
+        return
+    res = netns.run(["pg_dropcluster", "--stop", version, name], check=False, stdin=subprocess.DEVNULL)
+    if res.returncode != 0 and (PG_ETC / version / name).exists():
+        # A server that will not stop was killed by the caller already: the files go regardless.
+        shutil.rmtree(PG_ETC / version / name, ignore_errors=True)
+
+
 def initdb(node: NodeLayout) -> None:
+    if node.cluster:
+        create_cluster(node)
+        return
     netns.run(
         _as_postgres(
             node,
@@ -144,6 +185,10 @@ def start(node: NodeLayout) -> None:
     if not (node.pgdata / "PG_VERSION").exists():
         raise LabError(f"node {node.name}: {node.pgdata} holds no database cluster yet (clone it first)")
     _remove_zombie_locks(node)
+    if node.cluster:
+        netns.run(netns.in_netns(node.netns, ["pg_ctlcluster", *_cluster(node), "start"]),
+                  stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        return
     opts = f"-c unix_socket_directories='{node.socket_dir}' -c port={PG_PORT}"
     netns.run(
         _as_postgres(
@@ -168,6 +213,9 @@ def stop(node: NodeLayout, mode: StopMode = StopMode.FAST) -> None:
     if not running(node):
         return
     # pg_ctl reads pgdata only; running it from the root namespace is enough.
+    if node.cluster:
+        netns.run(["pg_ctlcluster", "-m", mode.value, *_cluster(node), "stop"], stdin=subprocess.DEVNULL)
+        return
     netns.run(
         ["runuser", "-u", PG_OS_USER, "--", str(PG_BIN / "pg_ctl"), "-D", str(node.pgdata),
          "-m", mode.value, "-w", "-t", str(START_TIMEOUT_S), "stop"]
@@ -188,11 +236,17 @@ def create_app(node: NodeLayout, password: str) -> None:
             sql.SQL("CREATE ROLE {} LOGIN PASSWORD {}").format(sql.Identifier(APP_ROLE), sql.Literal(password))
         )
         conn.execute(sql.SQL("CREATE DATABASE {} OWNER {}").format(sql.Identifier(APP_DB), sql.Identifier(APP_ROLE)))
-        with open(node.pgdata / "pg_hba.conf", "a") as f:
-            f.write("\n# standby lab: the sample softswitch's clients\n")
-            for net in (PUBLIC_NET, PRIVATE_NET):
-                f.write(f"host {APP_DB} {APP_ROLE} {net} scram-sha-256\n")
+        allow_app(node)
         conn.execute("SELECT pg_reload_conf()")
+
+
+def allow_app(node: NodeLayout) -> None:
+    """The softswitch's clients in the node's pg_hba.conf. A clone copies a plain data directory's file,
+    never a cluster's (it is in /etc): each cluster gets them here."""
+    with open(config_dir(node) / "pg_hba.conf", "a") as f:
+        f.write("\n# standby lab: the sample softswitch's clients\n")
+        for net in (PUBLIC_NET, PRIVATE_NET):
+            f.write(f"host {APP_DB} {APP_ROLE} {net} scram-sha-256\n")
 
 
 def release_shared_memory(node: NodeLayout) -> None:

@@ -16,6 +16,10 @@ DEFAULT_NAME = "sblab"
 NAME_ENV = "STANDBY_LAB"
 
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
+PG_VERSION = "15"
+PG_ETC = Path("/etc/postgresql")
+# "plain": a data directory of the lab's own; "cluster": a postgresql-common cluster per node.
+PG_LAYOUTS = ("plain", "cluster")
 PG_PORT = 5432
 PG_OS_USER = "postgres"
 PG_SUPERUSER = "postgres"
@@ -108,6 +112,7 @@ class NodeLayout:
     public: Link
     private: Link
     dir: Path
+    cluster: str | None = None  # "15/<lab>-<node>" in the cluster layout
 
     @property
     def pgdata(self) -> Path:
@@ -143,6 +148,7 @@ class LabSpec:
     durability: str = "sync"
     base: Path = field(default=LAB_BASE)
     mode: str = "hot"  # "warm": beta in another subnet, no floating service IP
+    pg_layout: str = "plain"
 
     def __post_init__(self) -> None:
         if not valid_name(self.name):
@@ -152,6 +158,8 @@ class LabSpec:
             )
         if self.durability not in ("sync", "async"):
             raise ValueError(f"durability {self.durability!r}: expected 'sync' or 'async'")
+        if self.pg_layout not in PG_LAYOUTS:
+            raise ValueError(f"pg_layout {self.pg_layout!r}: expected one of {', '.join(PG_LAYOUTS)}")
 
     @property
     def root(self) -> Path:
@@ -196,6 +204,7 @@ class LabSpec:
             public=links[Net.PUBLIC],
             private=links[Net.PRIVATE],
             dir=self.role_dir(name),
+            cluster=cluster_for(self.name, name) if self.pg_layout == "cluster" else None,
         )
 
     def gateway_for(self, role: str) -> str:
@@ -207,6 +216,11 @@ class LabSpec:
     @property
     def client_link(self) -> Link:
         return Link(Net.PUBLIC, CLIENT_ADDRESS, PUBLIC_IF, switch_port(Role.CLIENT.value, Net.PUBLIC))
+
+
+def cluster_for(lab: str, node: str) -> str:
+    """A lab node's postgresql-common cluster: named after the lab, so never the host's own (15/main)."""
+    return f"{PG_VERSION}/{lab}-{node}"
 
 
 def netns_name(lab: str, role: str) -> str:
