@@ -229,12 +229,22 @@ class StopMode(StrEnum):
     IMMEDIATE = "immediate"  # no checkpoint: the next start recovers from the WAL
 
 
+STOP_POLL_S = 0.01
+
+
 def stop(cfg: Config, node: str, mode: StopMode = StopMode.FAST, timeout_s: int = 60) -> None:
     pg = cfg.pg(node)
-    res = run_as(pg.os_user, [_bin(cfg, node, "pg_ctl"), "-D", str(pg.data_dir), "-m", mode.value, "-w",
-                              "-t", str(timeout_s), "stop"], timeout=timeout_s + 10)
+    # pg_ctl only signals (-W); the wait is ours: pg_ctl -w looks every 100 ms, and a switchover's
+    # write pause waits for this stop.
+    res = run_as(pg.os_user, [_bin(cfg, node, "pg_ctl"), "-D", str(pg.data_dir), "-m", mode.value, "-W",
+                              "stop"], timeout=timeout_s + 10)
     if res.returncode != 0 and "is the server running" not in res.stderr:
         raise PostgresActionError(f"pg_ctl stop failed: {res.stderr.strip()}")
+    deadline = time.monotonic() + timeout_s
+    while running_pid(pg.data_dir) is not None:
+        if time.monotonic() >= deadline:
+            raise PostgresActionError(f"PostgreSQL did not stop ({mode.value}) within {timeout_s}s")
+        time.sleep(STOP_POLL_S)
 
 
 def kill_server(cfg: Config, node: str, timeout_s: float = 10.0) -> None:

@@ -38,6 +38,26 @@ Run = Callable[..., Awaitable[Any]]
 _ROLES: dict[Operation, tuple[Role, ...]] = {Operation.REJOIN: (Role.DATABASE,), Operation.FOLLOW: (Role.DATABASE,)}
 
 
+class Marks:
+    """An operation's steps: each one's name and the seconds since the previous one (or the start)."""
+
+    def __init__(self) -> None:
+        self._t = time.monotonic()
+        self.steps: list[tuple[str, float]] = []
+        self._ends: list[float] = []
+
+    def mark(self, name: str) -> None:
+        now = time.monotonic()
+        self.steps.append((name, round(now - self._t, 4)))
+        self._ends.append(now)
+        self._t = now
+
+    def detail(self) -> list[list[Any]]:
+        """For the history: each step with the monotonic time it ended (this host's clock, so that a
+        measurement on the same host can line the steps up with what clients saw)."""
+        return [[name, s, round(end, 4)] for (name, s), end in zip(self.steps, self._ends, strict=True)]
+
+
 class OpError(Exception):
     """An operator's request (switchover step, rejoin) that cannot be done now; nothing was changed."""
 
@@ -136,20 +156,29 @@ class Operator:
     # -- the operations ---------------------------------------------------------------------------
 
     async def demote(self) -> dict[str, Any]:
-        """Switchover, on the primary: let go of the services, then shut PostgreSQL down cleanly."""
+        """Switchover, on the primary: a checkpoint while it still serves (the shutdown checkpoint in the
+        write pause then has little left to write), then let go of the services and shut PostgreSQL down
+        cleanly. Each step timed: from the release on, clients wait."""
+        marks = Marks()
+        done = await self._in_pg(self.db.checkpoint)
+        marks.mark("checkpoint while serving" if done else
+                   "checkpoint while serving: not done, the shutdown checkpoint writes it all")
         try:
             await self.service_role.release()
         finally:
             await self.actions.readback(locked=True)
+        marks.mark("service IPs and services released: writes paused")
         self.cell.state = ops.released(self.cell.state)
         await self._in_pg(self.db.stop)
+        marks.mark("PostgreSQL stopped: shutdown checkpoint written and sent")
         ctl = await self._in_pg(pgact.control_data, self.cfg, self.node)
         if ctl.get("Database cluster state") != "shut down":
             raise OpError(f"PostgreSQL did not shut down cleanly ({ctl.get('Database cluster state')})")
+        marks.mark("shutdown checkpoint read")
         self.observer.pg = LocalPg(DbState.DOWN)
         lsn, tli = ctl["Latest checkpoint location"], int(ctl["Latest checkpoint's TimeLineID"])
-        self.event("switchover_demoted", checkpoint=lsn, timeline=tli)
-        return {"checkpoint_lsn": lsn, "timeline": tli}
+        self.event("switchover_demoted", checkpoint=lsn, timeline=tli, steps=marks.detail())
+        return {"checkpoint_lsn": lsn, "timeline": tli, "steps": marks.steps}
 
     async def _received(self, need: Lsn, timeout_s: float) -> Lsn:
         """Wait until WAL past ``need`` (the old primary's shutdown checkpoint record) has arrived."""
@@ -166,32 +195,41 @@ class Operator:
 
     async def promote(self, min_lsn: str, timeout_s: float) -> dict[str, Any]:
         """Switchover, on the standby: once every WAL byte up to the old primary's shutdown
-        checkpoint is here, promote and take the services."""
+        checkpoint is here, promote and take the services. Each step timed: clients wait until
+        the service IPs have moved."""
         need = Lsn.parse(min_lsn)
         if need is None:
             raise OpError(f"bad LSN {min_lsn!r}")
+        marks = Marks()
         got = await self._received(need, timeout_s)
+        marks.mark("received past the old primary's shutdown checkpoint")
         await self._save(ops.promoting(self.cell.state, planned=True))
         term = self.cell.state.term
         await self._in_pg(self.db.promote)
+        marks.mark(f"PostgreSQL promoted (term {term})")
         # Promoted: from here on, a failure must not read as a refusal (the caller would start
         # the old primary again). What fails is reported; the agent's next steps finish it.
         problems: list[str] = []
-        try:
-            await self._in_pg(self.db.ensure_peer_slot)
-        except Exception as e:  # noqa: BLE001  (reported to the caller; the promotion stands)
-            problems.append(f"replication slot for {self.peer}: {e}")
         results: list[services.CommandResult] = []
         try:
             # The old primary released the addresses itself: no need to wait for an ARP check.
             await self.service_role.add_ips()
             self.cell.state = ops.serving(self.cell.state)
+            marks.mark("service IPs moved")
             results = await self.service_role.start(Placement.ACTIVE)
+            marks.mark("services started")
         except Exception as e:  # noqa: BLE001  (reported to the caller; the promotion stands)
             problems.append(f"service IPs and services: {e}")
+        try:
+            # Only the old primary's follow needs it, and that comes after this answer: out of the pause.
+            await self._in_pg(self.db.ensure_peer_slot)
+            marks.mark("replication slot for the old primary")
+        except Exception as e:  # noqa: BLE001  (reported to the caller; the promotion stands)
+            problems.append(f"replication slot for {self.peer}: {e}")
         self.event("switchover_promoted", term=term, received=str(got),
-                   failed_services=[r.service for r in results if not r.ok], problems=problems)
-        return {"term": term, "received_lsn": str(got), "problems": problems}
+                   failed_services=[r.service for r in results if not r.ok], problems=problems,
+                   steps=marks.detail())
+        return {"term": term, "received_lsn": str(got), "problems": problems, "steps": marks.steps}
 
     async def follow(self) -> dict[str, Any]:
         """Switchover, on the old primary: start again as a standby of the new primary."""
@@ -237,15 +275,8 @@ class Operator:
     async def manual_promote(self) -> dict[str, Any]:
         """A person decided (`standby promote`): promote, take the addresses, run the address-change hook,
         start the services; each step timed."""
-        steps: list[list[Any]] = []
-        t = time.monotonic()
-
-        def step(name: str) -> None:
-            nonlocal t
-            now = time.monotonic()
-            steps.append([name, round(now - t, 3)])
-            t = now
-
+        marks = Marks()
+        step = marks.mark
         await self._save(ops.promoting(self.cell.state, planned=False))
         term = self.cell.state.term
         await self._in_pg(self.db.promote)
@@ -261,8 +292,8 @@ class Operator:
         # nothing else would start it. Start commands are idempotent (a running one is left alone).
         results = await self.service_role.start(None)
         step("services started" + "".join(f"; {r.service} FAILED: {r.detail}" for r in results if not r.ok))
-        self.event("manual_promotion", term=term, steps=steps)
-        return {"term": term, "steps": steps}
+        self.event("manual_promotion", term=term, steps=marks.steps)
+        return {"term": term, "steps": marks.steps}
 
     async def _take_addresses(self) -> str | None:
         """A manual promotion's service IPs: added unless another host still answers for them."""

@@ -1,0 +1,218 @@
+"""Issue 13, part 2: the switchover's write pause, step by step, with as little as possible inside it.
+
+On the fake shell: the old primary checkpoints while it still serves (so the shutdown checkpoint in the
+pause has little to write), and both agents say how long each step of the pause took. On a fake pair of
+agents: the command prints those steps, and its abort paths are unchanged. The figures themselves are
+the lab benchmark's (`bench/switchover.py`); nothing here times anything.
+"""
+
+from __future__ import annotations
+
+import ast
+import inspect
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from standby.act import postgres as pgact
+from standby.act import switchover as so
+from standby.apiclient import ApiError
+from standby.documents import Demoted, Promoted
+from standby.model import DbState
+from tests.unit.shell_fakes import FakeKernel, FakePostgres, run, shell, view
+
+SERVICE_IP = "192.0.2.100"
+SHUT_DOWN = {"Database cluster state": "shut down", "Latest checkpoint location": "0/3000028",
+             "Latest checkpoint's TimeLineID": "1"}
+
+
+class Recorded(FakePostgres):
+    """The server's calls and the kernel's address removals in one order."""
+
+    def checkpoint(self) -> bool:
+        self.calls.append("checkpoint")
+        return True
+
+
+class RecordingKernel(FakeKernel):
+    def __init__(self, held: set[str], log: list[str]) -> None:
+        super().__init__(held)
+        self.log = log
+
+    def remove(self, sip: Any) -> bool:
+        self.log.append("remove_ip")
+        return super().remove(sip)
+
+    def add(self, sip: Any) -> bool:
+        self.log.append("add_ip")
+        return super().add(sip)
+
+
+def test_i13_demote_checkpoints_while_serving_then_pauses_and_names_each_step(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    pg = Recorded(DbState.PRIMARY)
+    monkeypatch.setattr(pgact, "control_data", lambda cfg, node: dict(SHUT_DOWN))
+    with shell(tmp_path, monkeypatch, pg, RecordingKernel({SERVICE_IP}, pg.calls)) as sh:
+        async def go() -> dict[str, Any]:
+            await sh.start()
+            await sh.tick()
+            sh.agent.operator.set_maintenance(True)
+            return await sh.agent.operator.operate("demote")  # type: ignore[no-any-return]
+
+        result = run(go())
+    # The checkpoint runs while the service IP is still here; the shutdown comes after the pause began.
+    order = [c for c in pg.calls if c in ("checkpoint", "remove_ip", "stop")]
+    assert order == ["checkpoint", "remove_ip", "stop"], pg.calls
+    assert result["checkpoint_lsn"] == "0/3000028"
+    names = [name for name, _ in result["steps"]]
+    assert names == ["checkpoint while serving", "service IPs and services released: writes paused",
+                     "PostgreSQL stopped: shutdown checkpoint written and sent", "shutdown checkpoint read"]
+    assert all(s >= 0 for _, s in result["steps"])
+
+
+def test_i13_a_failed_checkpoint_before_the_pause_does_not_stop_the_switchover(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    class NoCheckpoint(FakePostgres):
+        def checkpoint(self) -> bool:
+            return False  # e.g. it ran past the agent's statement timeout
+
+    pg = NoCheckpoint(DbState.PRIMARY)
+    monkeypatch.setattr(pgact, "control_data", lambda cfg, node: dict(SHUT_DOWN))
+    with shell(tmp_path, monkeypatch, pg, FakeKernel({SERVICE_IP})) as sh:
+        async def go() -> dict[str, Any]:
+            await sh.start()
+            await sh.tick()
+            sh.agent.operator.set_maintenance(True)
+            return await sh.agent.operator.operate("demote")  # type: ignore[no-any-return]
+
+        result = run(go())
+    assert pg.db is DbState.DOWN and result["checkpoint_lsn"] == "0/3000028"
+    assert result["steps"][0][0] == "checkpoint while serving: not done, the shutdown checkpoint writes it all"
+
+
+def test_i13_promote_moves_the_ips_right_after_the_promotion_and_names_each_step(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    log: list[str] = []
+
+    class Promoting(FakePostgres):
+        def promote(self) -> None:
+            log.append("promote")
+            super().promote()
+
+        def ensure_peer_slot(self) -> None:
+            log.append("slot")
+
+    pg = Promoting(DbState.STANDBY)
+    with shell(tmp_path, monkeypatch, pg, RecordingKernel(set(), log)) as sh:
+        async def go() -> dict[str, Any]:
+            await sh.start()
+            await sh.tick(view(DbState.PRIMARY, services=True))
+            sh.agent.operator.set_maintenance(True)
+            return await sh.agent.operator.operate("promote", "0/3E7", 5.0)  # type: ignore[no-any-return]
+
+        result = run(go())
+    assert pg.db is DbState.PRIMARY and result["problems"] == []
+    # Nothing between the promotion and the address: the slot the old primary needs later comes after.
+    assert log == ["promote", "add_ip", "slot"], log
+    names = [name for name, _ in result["steps"]]
+    assert names == ["received past the old primary's shutdown checkpoint", f"PostgreSQL promoted (term {result['term']})",
+                     "service IPs moved", "services started", "replication slot for the old primary"]
+
+
+class FakePair:
+    """Both agents' APIs as the command sees them: what each call answers, and the calls made."""
+
+    def __init__(self, promote_error: ApiError | None = None, standby_after: DbState = DbState.STANDBY) -> None:
+        self.calls: list[tuple[str, str]] = []
+        self.promote_error, self.standby_after = promote_error, standby_after
+
+    def status(self, cfg: Any, node: str, timeout_s: float = 2.0) -> Any:
+        db = DbState.PRIMARY if node == "alpha" else DbState.STANDBY
+        if node == "beta" and any(c == ("promote", "beta") for c in self.calls):
+            db = self.standby_after
+        pg = type("Pg", (), {"state": db, "streaming": True})()
+        return type("View", (), {"postgres": pg, "state": type("S", (), {"promoting": False})()})()
+
+    def api(self, cfg: Any) -> Any:
+        pair = self
+
+        class Api:
+            def maintenance(self, node: str, suspend: bool) -> None:
+                pair.calls.append(("suspend" if suspend else "unsuspend", node))
+
+            def demote(self, node: str) -> Demoted:
+                pair.calls.append(("demote", node))
+                return Demoted("0/3000028", 1, steps=[("checkpoint while serving", 0.05),
+                                                     ("service IPs and services released: writes paused", 0.002)])
+
+            def promote(self, node: str, lsn: str, timeout_s: float) -> Promoted:
+                pair.calls.append(("promote", node))
+                if pair.promote_error is not None:
+                    raise pair.promote_error
+                return Promoted(2, "0/30000A0", steps=[("PostgreSQL promoted (term 2)", 0.03),
+                                                      ("service IPs moved", 0.001)])
+
+            def follow(self, node: str) -> None:
+                pair.calls.append(("follow", node))
+
+            def resume(self, node: str) -> None:
+                pair.calls.append(("resume", node))
+
+        return Api()
+
+
+@pytest.fixture
+def pair(monkeypatch: pytest.MonkeyPatch) -> Any:
+    def make(**kw: Any) -> FakePair:
+        fp = FakePair(**kw)
+        monkeypatch.setattr(so, "agent_status", fp.status)
+        monkeypatch.setattr(so, "AgentApi", fp.api)
+        return fp
+    return make
+
+
+def _cfg(tmp_path: Path) -> Any:
+    from standby import config
+    from tests.unit.configs import example_with_secrets
+    raw, _ = example_with_secrets(tmp_path)
+    return config.parse(raw)
+
+
+def test_i13_switchover_prints_each_agent_step_of_the_pause(tmp_path: Path, pair: Any) -> None:
+    fp = pair()
+    said: list[str] = []
+    out = so.switchover(_cfg(tmp_path), say=said.append)
+    assert out.completed and out.new_primary == "beta"
+    text = "\n".join(said)
+    for line in ("alpha: checkpoint while serving", "alpha: service IPs and services released: writes paused",
+                 "beta: PostgreSQL promoted (term 2)", "beta: service IPs moved"):
+        assert line in text, text
+    # The agents' steps are printed, not added to the command's own: its total counts each moment once.
+    assert [n for n, _ in out.steps if n.startswith("-")] == []
+    assert fp.calls == [("suspend", "alpha"), ("suspend", "beta"), ("demote", "alpha"), ("promote", "beta"),
+                        ("follow", "alpha"), ("unsuspend", "alpha"), ("unsuspend", "beta")]
+
+
+def test_i13_switchover_aborts_as_before_when_the_standby_did_not_promote(tmp_path: Path, pair: Any) -> None:
+    fp = pair(promote_error=ApiError(409, "did not arrive"))
+    with pytest.raises(so.SwitchoverError, match="aborted, nothing lost"):
+        so.switchover(_cfg(tmp_path))
+    assert ("resume", "alpha") in fp.calls and ("follow", "alpha") not in fp.calls
+    assert fp.calls[-2:] == [("unsuspend", "alpha"), ("unsuspend", "beta")]
+
+
+def test_i13_switchover_leaves_the_old_primary_stopped_when_the_standby_may_have_promoted(
+        tmp_path: Path, pair: Any) -> None:
+    fp = pair(promote_error=ApiError(0, "connection reset"), standby_after=DbState.PRIMARY)
+    with pytest.raises(so.SwitchoverError, match="stays stopped"):
+        so.switchover(_cfg(tmp_path))
+    assert ("resume", "alpha") not in fp.calls
+
+
+def test_i13_switchover_steps_are_functions_of_at_most_60_lines() -> None:
+    tree = ast.parse(inspect.getsource(so))
+    long = {n.name: n.end_lineno - n.lineno + 1 for n in ast.walk(tree)  # type: ignore[operator]
+            if isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef) and n.end_lineno - n.lineno + 1 > 60}  # type: ignore[operator]
+    assert long == {}
+
