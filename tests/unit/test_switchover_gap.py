@@ -216,3 +216,21 @@ def test_i13_switchover_steps_are_functions_of_at_most_60_lines() -> None:
             if isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef) and n.end_lineno - n.lineno + 1 > 60}  # type: ignore[operator]
     assert long == {}
 
+
+# -- issue 13, part 3: the agent's own footprint ----------------------------------------------------
+
+def test_i13_the_respawn_supervisor_loads_nothing_but_the_standard_library() -> None:
+    """`agent --respawn` replaces itself with this module; what it imports stays beside every agent."""
+    import subprocess
+    import sys
+
+    probe = ("import sys, standby.supervisor; "
+             "print(' '.join(sorted(m for m in sys.modules if not m.startswith('_'))))")
+    loaded = set(subprocess.run([sys.executable, "-c", probe], check=True, capture_output=True,
+                                text=True).stdout.split())
+    ours = {m for m in loaded if m.split(".")[0] == "standby"}
+    assert ours == {"standby", "standby.supervisor"}
+    third_party = {m.split(".")[0] for m in loaded} & {"click", "psycopg", "pydantic", "aiohttp", "pyroute2",
+                                                       "prometheus_client"}
+    assert third_party == set()
+    assert "importlib.metadata" not in loaded  # the package's version is read only when asked for
