@@ -234,3 +234,35 @@ def test_i13_the_respawn_supervisor_loads_nothing_but_the_standard_library() -> 
                                                        "prometheus_client"}
     assert third_party == set()
     assert "importlib.metadata" not in loaded  # the package's version is read only when asked for
+
+
+def test_i13_the_agent_command_imports_no_other_commands_module() -> None:
+    """The agent runs for a node's whole life: the lab, the demo, the status and salvage commands'
+    imports are not its to hold."""
+    import subprocess
+    import sys
+
+    probe = ("import sys, click; from standby.cli.main import cli; "
+             "cli.get_command(click.Context(cli), 'agent'); "
+             "print(' '.join(sorted(m for m in sys.modules if m.startswith('standby.'))))")
+    loaded = set(subprocess.run([sys.executable, "-c", probe], check=True, capture_output=True,
+                                text=True).stdout.split())
+    assert {"standby.cli.agent", "standby.agent.node"} <= loaded
+    assert {m for m in loaded if m.startswith(("standby.cli", "standby.lab"))} == {
+        "standby.cli", "standby.cli.agent", "standby.cli.common", "standby.cli.main"}, loaded
+
+
+def test_i13_every_command_is_still_reachable_by_its_name() -> None:
+    import click
+
+    from standby.cli.main import cli
+
+    ctx = click.Context(cli)
+    names = cli.list_commands(ctx)
+    assert {"agent", "fence", "history", "switchover", "switchback", "rejoin", "lab", "status"} <= set(names)
+    for name in names:
+        cmd = cli.get_command(ctx, name)
+        assert cmd is not None and cmd.name == name
+    lab = cli.get_command(ctx, "lab")
+    assert isinstance(lab, click.Group)
+    assert {"softswitch", "load", "verify", "report", "chaos", "up", "down"} <= set(lab.list_commands(ctx))
