@@ -266,3 +266,31 @@ def test_i13_every_command_is_still_reachable_by_its_name() -> None:
     lab = cli.get_command(ctx, "lab")
     assert isinstance(lab, click.Group)
     assert {"softswitch", "load", "verify", "report", "chaos", "up", "down"} <= set(lab.list_commands(ctx))
+
+
+def test_i13_metrics_give_the_decision_steps_own_duration(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from standby.api import _Collector
+
+    class SlowRead(FakePostgres):
+        """Each observation of the server takes 0.03 s on the agent's clock."""
+
+        clock: Any = None
+
+        def read(self) -> Any:
+            self.clock.advance(0.03)
+            return super().read()
+
+    pg = SlowRead(DbState.PRIMARY)
+    with shell(tmp_path, monkeypatch, pg, FakeKernel({SERVICE_IP})) as sh:
+        pg.clock = sh.clock
+
+        async def go() -> None:
+            await sh.start()
+            for _ in range(3):
+                await sh.tick()
+
+        run(go())
+        families = {f.name: f for f in _Collector(sh.agent).collect()}
+    samples = {s.labels["quantile"]: s.value for s in families["standby_decision_step_seconds"].samples}
+    assert set(samples) == {"0.5", "0.99", "1"}
+    assert samples["1"] >= 0.03  # the step waited for its observation of PostgreSQL

@@ -50,6 +50,8 @@ from standby.observe import postgres as pgobs  # noqa: F401  (re-exported: unit 
 __all__ = ["Agent", "OpError", "RefusedToStart", "config_digest", "hook_argv", "policy_for", "run_hook"]
 log = logging.getLogger("standby.agent")
 T = TypeVar("T")
+STEP_TIMES = 300  # decision steps kept for standby_decision_step_seconds (a minute at 200 ms)
+STEP_TIMES_EVERY = 25
 
 
 class RefusedToStart(Exception):
@@ -93,6 +95,10 @@ class Agent(Surface):
         # state under the decision loop's feet otherwise (a stale step would undo it).
         self.turn = asyncio.Lock()
         self.decisions = 0
+        # The decision steps' own durations (waiting for the turn excluded), the last STEP_TIMES of them;
+        # published as a new tuple every STEP_TIMES_EVERY steps for the metrics' thread to read.
+        self._step_times: deque[float] = deque(maxlen=STEP_TIMES)
+        self.step_times: tuple[float, ...] = ()
         self.startup_gap = self.step_gap = self.state_write_s = 0.0
         self.step_started: float | None = None  # None: the next step's lateness is not a stall
         self.ensuring_services = False
@@ -179,7 +185,11 @@ class Agent(Surface):
 
     async def _step(self) -> None:
         async with self.turn:
+            t = self.clock()
             await self._step_locked()
+            self._step_times.append(self.clock() - t)
+            if self.decisions % STEP_TIMES_EVERY == 0 or not self.step_times:
+                self.step_times = tuple(self._step_times)
 
     async def _step_locked(self) -> None:
         now = self.clock()
