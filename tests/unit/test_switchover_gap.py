@@ -294,3 +294,29 @@ def test_i13_metrics_give_the_decision_steps_own_duration(tmp_path: Path, monkey
     samples = {s.labels["quantile"]: s.value for s in families["standby_decision_step_seconds"].samples}
     assert set(samples) == {"0.5", "0.99", "1"}
     assert samples["1"] >= 0.03  # the step waited for its observation of PostgreSQL
+
+
+def test_i13_the_carriers_are_read_without_setting_up_an_iproute_each_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The decision loop reads both carriers every step: one netlink request each, the same answer."""
+    import socket
+
+    from pyroute2 import IPRoute
+
+    from standby.act import addresses
+
+    def with_iproute(interface: str) -> bool:
+        with IPRoute() as ipr:
+            found = ipr.link_lookup(ifname=interface)
+            if not found:
+                return False
+            (link,) = ipr.get_links(found[0])
+            return bool(link.get_attr("IFLA_OPERSTATE") == "UP" and link.get_attr("IFLA_CARRIER") == 1)
+
+    names = [name for _, name in socket.if_nameindex()] + ["no-such-if0", "a-name-longer-than-any-link"]
+    expected = {name: with_iproute(name) for name in names}
+
+    def refused(*a: Any, **kw: Any) -> Any:
+        raise AssertionError("an IPRoute was set up for a carrier read")
+
+    monkeypatch.setattr(addresses, "IPRoute", refused)
+    assert {name: addresses.carrier(name) for name in names} == expected
