@@ -66,8 +66,8 @@ def test_i13_demote_checkpoints_while_serving_then_pauses_and_names_each_step(
     assert order == ["checkpoint", "remove_ip", "stop"], pg.calls
     assert result["checkpoint_lsn"] == "0/3000028"
     names = [name for name, _ in result["steps"]]
-    assert names == ["checkpoint while serving", "service IPs and services released: writes paused",
-                     "PostgreSQL stopped: shutdown checkpoint written and sent", "shutdown checkpoint read"]
+    assert names == ["checkpoint while serving", "service IPs released: writes paused",
+                     "PostgreSQL stopped, services too: shutdown checkpoint written and sent", "shutdown checkpoint read"]
     assert all(s >= 0 for _, s in result["steps"])
 
 
@@ -144,7 +144,7 @@ class FakePair:
             def demote(self, node: str) -> Demoted:
                 pair.calls.append(("demote", node))
                 return Demoted("0/3000028", 1, steps=[("checkpoint while serving", 0.05),
-                                                     ("service IPs and services released: writes paused", 0.002)])
+                                                     ("service IPs released: writes paused", 0.002)])
 
             def promote(self, node: str, lsn: str, timeout_s: float) -> Promoted:
                 pair.calls.append(("promote", node))
@@ -185,7 +185,7 @@ def test_i13_switchover_prints_each_agent_step_of_the_pause(tmp_path: Path, pair
     out = so.switchover(_cfg(tmp_path), say=said.append)
     assert out.completed and out.new_primary == "beta"
     text = "\n".join(said)
-    for line in ("alpha: checkpoint while serving", "alpha: service IPs and services released: writes paused",
+    for line in ("alpha: checkpoint while serving", "alpha: service IPs released: writes paused",
                  "beta: PostgreSQL promoted (term 2)", "beta: service IPs moved"):
         assert line in text, text
     # The agents' steps are printed, not added to the command's own: its total counts each moment once.
@@ -320,3 +320,37 @@ def test_i13_the_carriers_are_read_without_setting_up_an_iproute_each_time(monke
 
     monkeypatch.setattr(addresses, "IPRoute", refused)
     assert {name: addresses.carrier(name) for name in names} == expected
+
+
+@pytest.mark.parametrize("operation", ["demote", "promote"])
+def test_i13_the_service_ips_move_without_waiting_for_a_service_command(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, operation: str) -> None:
+    """A health check (a second, on a busy node) running on the services' thread does not hold the
+    address inside the write pause: the old primary lets go of it, the new one takes it, meanwhile."""
+    import asyncio
+    import threading
+
+    pg = FakePostgres(DbState.PRIMARY if operation == "demote" else DbState.STANDBY)
+    monkeypatch.setattr(pgact, "control_data", lambda cfg, node: dict(SHUT_DOWN))
+    kernel = FakeKernel({SERVICE_IP} if operation == "demote" else set())
+    with shell(tmp_path, monkeypatch, pg, kernel) as sh:
+        checking = threading.Event()
+
+        async def go() -> bool:
+            await sh.start()
+            await sh.tick(None if operation == "demote" else view(DbState.PRIMARY, services=True))
+            sh.agent.operator.set_maintenance(True)
+            sh.agent.svc_pool.submit(checking.wait, 10)  # a service command under way
+            args = () if operation == "demote" else ("0/3E7", 5.0)
+            op = asyncio.ensure_future(sh.agent.operator.operate(operation, *args))
+            moved = False
+            for _ in range(200):
+                if (SERVICE_IP in kernel.held) != (operation == "demote"):
+                    moved = True
+                    break
+                await asyncio.sleep(0.01)
+            checking.set()
+            await op
+            return moved
+
+        assert run(go()), "the address waited for the service command"

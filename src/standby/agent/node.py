@@ -109,7 +109,7 @@ class Agent(Surface):
         self.db: Database = db or LocalDb(cfg, node)
         self.link = HeartbeatLink(cfg, node, self.key, self.digest, transport or UdpTransport(cfg, node), clock)
         self.observer = Observer(cfg, node, self.db, in_pg, in_kernel, self.guard)
-        self.service_role = ServiceRole(cfg, node, in_svc, in_probe, self.event)
+        self.service_role = ServiceRole(cfg, node, in_svc, in_probe, self.event, in_addr=_runner(self.addr_pool))
         self.probers = Probers(cfg, node, self.policy, self.service_role, in_svc, in_probe, clock, self.event)
         self.actions = Actions(cfg, self.db, self.service_role, self.cell, self.turn, in_pg, self.probers.take_refused,
                                lambda: self.operator.decided_rejoin(), self.event)
@@ -123,11 +123,13 @@ class Agent(Surface):
         self.alerter = Alerter(cfg, node, self.alerts, self.event)
 
     def _threads(self) -> None:
-        # One thread for PostgreSQL (its connection is not shared), one for services and addresses.
+        # One thread for PostgreSQL (its connection is not shared), one for services, one for addresses.
         self.pg_pool = ThreadPoolExecutor(1, thread_name_prefix="pg", initializer=priority.follow)
         # The decision step's own state writes: never queued behind a slow PostgreSQL query.
         self.state_pool = ThreadPoolExecutor(1, thread_name_prefix="state", initializer=priority.follow)
         self.svc_pool = ThreadPoolExecutor(1, thread_name_prefix="svc", initializer=priority.follow)
+        # The service IPs: a switchover or a fence moves them without waiting for a service command.
+        self.addr_pool = ThreadPoolExecutor(1, thread_name_prefix="addr", initializer=priority.follow)
         self.probe_pool = ThreadPoolExecutor(2, thread_name_prefix="probe", initializer=priority.follow)
         # The step's own quick kernel reads (carriers, the reporting IP), never behind a probe or a service command:
         # a step that waits is a stall (Observation.gap).
@@ -313,7 +315,7 @@ class Agent(Surface):
         self.disk_pool.shutdown(wait=True)
         self.store.write_liveness(self.boot, clean, self.clock())
         self.recent.append(self.store.record("agent_stopped", clean=clean))
-        for pool in (self.pg_pool, self.state_pool, self.observe_pool, self.svc_pool, self.probe_pool):
+        for pool in (self.pg_pool, self.state_pool, self.observe_pool, self.svc_pool, self.addr_pool, self.probe_pool):
             pool.shutdown(wait=False)
 
     def stop(self) -> None:

@@ -164,13 +164,21 @@ class Operator:
         marks.mark("checkpoint while serving" if done else
                    "checkpoint while serving: not done, the shutdown checkpoint writes it all")
         try:
-            await self.service_role.release()
-        finally:
-            await self.actions.readback(locked=True)
-        marks.mark("service IPs and services released: writes paused")
+            await self.service_role.remove_ips()
+        except BaseException:
+            try:  # as a release: the services stop all the same, and the state says what the kernel holds
+                await self.service_role.stop_services()
+            finally:
+                await self.actions.readback(locked=True)
+            raise
+        marks.mark("service IPs released: writes paused")
+        # No client reaches this node any more: its services and its server stop side by side.
+        done = await asyncio.gather(self.service_role.stop_services(), self.actions.readback(locked=True),
+                                    self._in_pg(self.db.stop), return_exceptions=True)
         self.cell.state = ops.released(self.cell.state)
-        await self._in_pg(self.db.stop)
-        marks.mark("PostgreSQL stopped: shutdown checkpoint written and sent")
+        if failed := [r for r in done if isinstance(r, BaseException)]:
+            raise failed[0]
+        marks.mark("PostgreSQL stopped, services too: shutdown checkpoint written and sent")
         ctl = await self._in_pg(pgact.control_data, self.cfg, self.node)
         if ctl.get("Database cluster state") != "shut down":
             raise OpError(f"PostgreSQL did not shut down cleanly ({ctl.get('Database cluster state')})")
