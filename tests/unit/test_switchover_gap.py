@@ -354,3 +354,37 @@ def test_i13_the_service_ips_move_without_waiting_for_a_service_command(
             return moved
 
         assert run(go()), "the address waited for the service command"
+
+
+def test_i13_the_announcement_leaves_without_registering_a_receive_hook(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A gratuitous ARP only sends: its socket asks for no protocol, so the kernel registers no receive
+    hook (and waits for no RCU grace period) before the new holder's first announcement leaves."""
+    import socket
+
+    from standby.observe import probes
+
+    opened: list[tuple[int, int, int]] = []
+    sent: list[bytes] = []
+
+    class Recorded:
+        def __init__(self, family: int, kind: int, proto: int) -> None:
+            opened.append((family, kind, proto))
+
+        def __enter__(self) -> Recorded:
+            return self
+
+        def __exit__(self, *exc: object) -> None:
+            pass
+
+        def bind(self, addr: Any) -> None:
+            pass
+
+        def send(self, data: bytes) -> int:
+            sent.append(data)
+            return len(data)
+
+    monkeypatch.setattr(probes, "_mac", lambda interface: b"\x02\x00\x00\x00\x00\x01")
+    monkeypatch.setattr(probes.socket, "socket", Recorded)
+    probes.gratuitous_arp("eth9", "192.0.2.100", 2)
+    assert opened == [(socket.AF_PACKET, socket.SOCK_RAW, 0)]
+    assert len(sent) == 4 and all(p[12:14] == b"\x08\x06" for p in sent)  # ARP frames, request and reply each

@@ -98,7 +98,8 @@ class ServiceRole:
         return await self._addr(lambda: any(addresses.held(sip) for sip in self.cfg.service_ips))  # type: ignore[no-any-return]
 
     async def add_ips(self) -> None:
-        await claim(self.cfg.service_ips, self._addr, self._probe)
+        # Announced from the addresses' thread too: not behind a probe that may be waiting for answers.
+        await claim(self.cfg.service_ips, self._addr, self._addr)
 
     async def remove_ips(self) -> None:
         await let_go(self.cfg.service_ips, self._addr)
