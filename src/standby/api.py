@@ -278,7 +278,7 @@ async def maintenance(request: web.Request) -> web.Response:
     except (ValueError, KeyError, TypeError):
         return _json(400, {"error": 'expected a JSON body {"suspend": true|false}'})
     async def apply() -> None:
-        a.set_maintenance(suspend)
+        await a.set_maintenance(suspend)
 
     await _on_agent(request, apply)
     return _json(200, {"suspended": suspend})

@@ -57,7 +57,7 @@ def test_i13_demote_checkpoints_while_serving_then_pauses_and_names_each_step(
         async def go() -> dict[str, Any]:
             await sh.start()
             await sh.tick()
-            sh.agent.operator.set_maintenance(True)
+            await sh.agent.operator.set_maintenance(True)
             return await sh.agent.operator.operate("demote")  # type: ignore[no-any-return]
 
         result = run(go())
@@ -83,7 +83,7 @@ def test_i13_a_failed_checkpoint_before_the_pause_does_not_stop_the_switchover(
         async def go() -> dict[str, Any]:
             await sh.start()
             await sh.tick()
-            sh.agent.operator.set_maintenance(True)
+            await sh.agent.operator.set_maintenance(True)
             return await sh.agent.operator.operate("demote")  # type: ignore[no-any-return]
 
         result = run(go())
@@ -108,7 +108,7 @@ def test_i13_promote_moves_the_ips_right_after_the_promotion_and_names_each_step
         async def go() -> dict[str, Any]:
             await sh.start()
             await sh.tick(view(DbState.PRIMARY, services=True))
-            sh.agent.operator.set_maintenance(True)
+            await sh.agent.operator.set_maintenance(True)
             return await sh.agent.operator.operate("promote", "0/3E7", 5.0)  # type: ignore[no-any-return]
 
         result = run(go())
@@ -339,7 +339,7 @@ def test_i13_the_service_ips_move_without_waiting_for_a_service_command(
         async def go() -> bool:
             await sh.start()
             await sh.tick(None if operation == "demote" else view(DbState.PRIMARY, services=True))
-            sh.agent.operator.set_maintenance(True)
+            await sh.agent.operator.set_maintenance(True)
             sh.agent.svc_pool.submit(checking.wait, 10)  # a service command under way
             args = () if operation == "demote" else ("0/3E7", 5.0)
             op = asyncio.ensure_future(sh.agent.operator.operate(operation, *args))
@@ -388,3 +388,40 @@ def test_i13_the_announcement_leaves_without_registering_a_receive_hook(monkeypa
     probes.gratuitous_arp("eth9", "192.0.2.100", 2)
     assert opened == [(socket.AF_PACKET, socket.SOCK_RAW, 0)]
     assert len(sent) == 4 and all(p[12:14] == b"\x08\x06" for p in sent)  # ARP frames, request and reply each
+
+
+def test_i13_suspending_automatic_failover_does_not_hold_the_agents_loop(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The maintenance file is fsynced: on a busy disk that took 0.75 s, and with the loop held that long
+    the primary saw itself stalled and fenced at the first step of a switchover. The loop runs meanwhile."""
+    import asyncio
+    import threading
+
+    from standby.agent import maintenance
+
+    writing, let_go, written = threading.Event(), threading.Event(), threading.Event()
+    real_write = maintenance._atomic_write
+
+    def slow_write(*a: Any, **kw: Any) -> None:
+        writing.set()
+        let_go.wait(5)
+        real_write(*a, **kw)
+        written.set()
+
+    monkeypatch.setattr(maintenance, "_atomic_write", slow_write)
+    with shell(tmp_path, monkeypatch, FakePostgres(DbState.PRIMARY), FakeKernel({SERVICE_IP})) as sh:
+        async def go() -> bool:
+            await sh.start()
+            op = asyncio.ensure_future(sh.agent.operator.set_maintenance(True))
+            await asyncio.sleep(0)
+            ran = False
+            for _ in range(100):  # the loop goes on while the file is being written
+                if writing.is_set() and not written.is_set():
+                    ran = True
+                    break
+                await asyncio.sleep(0.01)
+            let_go.set()
+            await op
+            return ran and sh.agent.operator.suspended
+
+        assert run(go())

@@ -95,12 +95,14 @@ class Operator:
         """Automatic decisions suspended (maintenance, until its deadline)."""
         return self.maintenance.active()
 
-    def set_maintenance(self, on: bool, by: str = "api") -> None:
+    async def set_maintenance(self, on: bool, by: str = "api") -> None:
+        # The file is written (and fsynced) off the loop: on a busy disk the write held the loop 0.75 s,
+        # and the primary took that for a stall and fenced itself at a switchover's first step.
         if on:
-            m = self.maintenance.start(by)
+            m = await asyncio.to_thread(self.maintenance.start, by)
             self.event("maintenance", suspended=True, by=by, until=m.view(m.since)["until"])
         else:
-            self.maintenance.end()
+            await asyncio.to_thread(self.maintenance.end)
             self.event("maintenance", suspended=False)
 
     def maintenance_view(self) -> dict[str, object] | None:
@@ -265,14 +267,14 @@ class Operator:
         from standby.salvage import salvage_for_rejoin
 
         salvage_fn = salvage_for_rejoin if self.cfg.salvage.tables else None
-        self.set_maintenance(True, by="rejoin")
+        await self.set_maintenance(True, by="rejoin")
         try:
             result = await self._in_pg(lambda: rj.rejoin(
                 self.cfg, self.node, state_dir=self.cfg.state_dir_for(self.node),
                 report=lambda m: self.event("rejoin_step", detail=m), salvage=salvage_fn))
             await self._save(ops.following(self.cell.state))
         finally:
-            self.set_maintenance(False)
+            await self.set_maintenance(False)
         self.event("rejoined", method=result.method, fork=result.fork_lsn, salvaged=result.salvaged_rows)
         return {"method": result.method, "fork_lsn": result.fork_lsn, "old_timeline": result.old_timeline,
                 "salvage_report": str(result.salvage_report) if result.salvage_report else None,
