@@ -144,7 +144,7 @@ def one_switchover(lab: Lab, p: Params) -> dict[str, Any]:
 def history(lab: Lab, node: str) -> list[dict[str, Any]]:
     res = lab.standby(node, "history", "--json", "--limit", "1000", check=False)
     try:
-        return json.loads(res.stdout) if res.returncode == 0 else []  # type: ignore[no-any-return]
+        return json.loads(res.stdout) if res.returncode == 0 else []
     except ValueError:
         return []
 
@@ -169,6 +169,52 @@ def analyse(run: LoadRun, switchovers: list[dict[str, Any]], p: Params) -> dict[
     return {"attempts": len(attempts), "attempts_not_acked": len(not_acked),
             "attempts_not_acked_outside_windows": sum(1 for a in not_acked
                                                       if not any(lo <= a.t_send <= hi for lo, hi in windows))}
+
+
+# The write pause, phase by phase: (phase, from, to), each instant below on the host's monotonic clock.
+# The agents' instants come from their history (a step's end); the acks from the load history.
+PHASES = (("last ack -> write pause", "last_ack", "paused"),
+          ("write pause -> old primary stopped", "paused", "stopped"),
+          ("stopped -> standby caught up", "stopped", "caught_up"),
+          ("caught up -> promoted", "caught_up", "promoted"),
+          ("promoted -> service IP moved", "promoted", "ip_moved"),
+          ("service IP moved -> first ack", "ip_moved", "first_ack"))
+# Which step's end is which instant: the pause begins where the checkpoint taken while serving ends.
+STEP_INSTANTS = {"checkpoint while serving": "paused", "PostgreSQL stopped": "stopped",
+                 "received past": "caught_up", "PostgreSQL promoted": "promoted", "service IPs moved": "ip_moved"}
+
+
+def agent_instants(events: list[dict[str, Any]], event: str, t0: float, t1: float) -> dict[str, float]:
+    """The instants of the one ``event`` whose steps ended within [t0, t1]."""
+    out: dict[str, float] = {}
+    for e in events:
+        steps = e.get("steps") if e.get("event") == event else None
+        if not isinstance(steps, list) or not steps or not all(isinstance(s, list) and len(s) == 3 for s in steps):
+            continue
+        if not t0 <= steps[-1][2] <= t1:
+            continue
+        for name, _s, end in steps:
+            for prefix, instant in STEP_INSTANTS.items():
+                if str(name).startswith(prefix):
+                    out[instant] = float(end)
+    return out
+
+
+def gap_phases(rec: dict[str, Any], hist: dict[str, list[dict[str, Any]]], acks: list[float]) -> dict[str, Any]:
+    """Where the write pause of one switchover went, from the last ack before it to the first after."""
+    t0, t1 = rec["t0"], rec["t1"]
+    at = {**agent_instants(hist.get(rec["old"], []), "switchover_demoted", t0, t1),
+          **agent_instants(hist.get(rec["new"], []), "switchover_promoted", t0, t1)}
+    if "ip_moved" not in at or "paused" not in at:
+        return {}
+    # The first ack the new primary gave, and the last the old one gave before it.
+    after = [t for t in acks if t > at["ip_moved"]]
+    before = [t for t in acks if t <= at["ip_moved"]]
+    if after:
+        at["first_ack"] = after[0]
+    if before:
+        at["last_ack"] = before[-1]
+    return {name: round(1000 * (at[b] - at[a]), 1) for name, a, b in PHASES if a in at and b in at}
 
 
 def judge(lab: Lab, run: LoadRun, on: str) -> dict[str, Any]:
@@ -204,6 +250,8 @@ def summarise(doc: dict[str, Any]) -> dict[str, Any]:
         "streaming_after_s": distribution(vals("streaming_after_s")),
         "eligible_after_s": distribution(vals("eligible_after_s")),
         "steps_ms": {k: distribution(v) for k, v in steps.items()},
+        "gap_phases_ms": {name: distribution([r["gap_phases_ms"][name] for r in done
+                                              if name in r.get("gap_phases_ms", {})]) for name, _, _ in PHASES},
         "by_direction": {d: {"gap_s": distribution(vals("gap_s", [r for r in done if r["new"] == d])),
                              "command_s": distribution(vals("command_s", [r for r in done if r["new"] == d]))}
                          for d in ("alpha", "beta")},
@@ -234,6 +282,9 @@ def render(doc: dict[str, Any]) -> str:
               f"switchover command duration:        p50 {_f(c['p50'])} s, max {_f(c['max'])} s",
               "command steps (ms, p50 / max):"]
     for name, d in s["steps_ms"].items():
+        lines.append(f"  {name:<60} {_f(d['p50'], '.1f'):>8} / {_f(d['max'], '.1f'):>8}")
+    lines.append("the write pause, phase by phase (ms, p50 / max; from the agents' histories and the acks):")
+    for name, d in s.get("gap_phases_ms", {}).items():
         lines.append(f"  {name:<60} {_f(d['p50'], '.1f'):>8} / {_f(d['max'], '.1f'):>8}")
     v = doc.get("verdict")
     if v:
@@ -322,6 +373,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 doc["history"] = {n: [e for e in history(lab, n)
                                       if datetime.fromisoformat(e["time"]).timestamp() >= t_wall0 - 5]
                                   for n in ("alpha", "beta")}
+                acks = sorted(a.t_done for a in read_history(run.history) if a.outcome.value == "ack")
+                for r in doc["switchovers"]:
+                    if "t0" in r and "old" in r:
+                        r["gap_phases_ms"] = gap_phases(r, doc["history"], acks)
                 doc["summary"] = summarise(doc)
                 benchlib.write_results("switchover", doc, stamp)
                 log("tearing down")

@@ -207,6 +207,13 @@ class _Collector:
         yield rej
         yield CounterMetricFamily("standby_heartbeats_accepted", "valid heartbeats received", value=a.receiver.accepted)
         yield CounterMetricFamily("standby_decisions", "decision steps taken", value=a.counters.decisions)
+        steps = sorted(a.step_times)
+        if steps:
+            q = GaugeMetricFamily("standby_decision_step_seconds",
+                                  "a decision step's own duration over the last steps, by quantile", labels=["quantile"])
+            for label, f in (("0.5", 0.5), ("0.99", 0.99), ("1", 1.0)):
+                q.add_metric([label], steps[min(len(steps) - 1, int(f * len(steps)))])
+            yield q
         yield from spool_state.metric_families(spool_state.status_view(a.cfg, a.node))
 
 
@@ -276,7 +283,7 @@ async def maintenance(request: web.Request) -> web.Response:
     except (ValueError, KeyError, TypeError):
         return _json(400, {"error": 'expected a JSON body {"suspend": true|false}'})
     async def apply() -> None:
-        a.set_maintenance(suspend)
+        await a.set_maintenance(suspend)
 
     await _on_agent(request, apply)
     return _json(200, {"suspended": suspend})

@@ -167,6 +167,7 @@ _OPERATION_PATHS: dict[Operation, str] = {
 class Demoted:
     checkpoint_lsn: str  # the old primary's shutdown checkpoint: the last WAL it wrote in that role
     timeline: int
+    steps: list[tuple[str, float]] = field(default_factory=list)  # (what, seconds), as the agent timed them
 
 
 @dataclass(frozen=True)
@@ -174,6 +175,7 @@ class Promoted:
     term: int
     received_lsn: str
     problems: list[str] = field(default_factory=list)  # after the promotion: reported, not a refusal
+    steps: list[tuple[str, float]] = field(default_factory=list)  # (what, seconds), as the agent timed them
 
 
 @dataclass(frozen=True)

@@ -123,6 +123,10 @@ class FakePostgres:
         self.calls.append("promote")
         self.db = DbState.PRIMARY
 
+    def checkpoint(self) -> bool:
+        self.calls.append("checkpoint")
+        return self.db is DbState.PRIMARY
+
     def set_sync_names(self, value: str) -> None:
         self.sync_names.append(value)
 

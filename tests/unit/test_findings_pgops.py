@@ -362,8 +362,9 @@ def test_h2_respawn_kills_the_agents_leftovers_but_not_a_detached_server(tmp_pat
     # The "agent" leaves a child behind in its group, detaches a "server", and dies uncleanly.
     agent = ["bash", "-c", f'(exec -a {leftover} sleep 300) & setsid bash -c "exec -a {server} sleep 300" & sleep 0.3; exit 1']
     fence_cmd = ["sh", "-c", f"echo unclean >> {fenced}"]
-    code = (f"from standby.cli.agent import supervise; supervise({agent!r}, {fence_cmd!r})")
-    sup = subprocess.Popen([str(ROOT / ".venv" / "bin" / "python"), "-c", code], start_new_session=True)
+    # As `agent --respawn` runs it once it has replaced itself.
+    sup = subprocess.Popen([str(ROOT / ".venv" / "bin" / "python"), "-m", "standby.supervisor", json.dumps(agent),
+                            json.dumps(fence_cmd)], start_new_session=True)
     try:
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline and not (fenced.exists() and _pids_of(server)):

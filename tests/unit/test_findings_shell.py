@@ -440,7 +440,7 @@ def test_m1_maintenance_ends_by_itself_at_its_deadline(tmp_path: Path, monkeypat
     clock = [1000.0]
     agent.maintenance.mono = lambda: clock[0]
     suspended = _capture_policy(agent, monkeypatch)
-    agent.set_maintenance(True)
+    asyncio.run(agent.set_maintenance(True))
     recorded = json.loads((tmp_path / "state" / "maintenance").read_text())
     assert recorded["until"] - recorded["since"] == 120 and recorded["by"]
     asyncio.run(agent._step())
@@ -456,7 +456,7 @@ def test_m1_maintenance_ends_by_itself_at_its_deadline(tmp_path: Path, monkeypat
 def test_m1_a_restarted_agent_keeps_only_what_is_left(tmp_path: Path) -> None:
     raw, _ = example_with_secrets(tmp_path)
     first = Agent(config.parse(raw), "alpha")
-    first.set_maintenance(True)
+    asyncio.run(first.set_maintenance(True))
     wall = [time.time()]
     again = Agent(config.parse(raw), "alpha")
     again.maintenance.wall = lambda: wall[0]

@@ -14,7 +14,7 @@ from click.testing import CliRunner
 from standby import config
 from standby.act import services
 from standby.agent.node import Agent, hook_argv
-from standby.agent.operator import run_hook as _run_hook
+from standby.agent.opsteps import run_hook as _run_hook
 from standby.cli.agent import agent_command
 from standby.cli.config_cmd import group as config_group
 from tests.unit.configs import SECRET_KEYS, example_with_secrets

@@ -300,6 +300,9 @@ def stop_argv(lay: Layout, facts: HostFacts, mode: StopMode, timeout_s: int) -> 
             "--", "-t", str(timeout_s)]
 
 
+STOP_POLL_S = 0.01
+
+
 def stop(cfg: Config, node: str, mode: StopMode = StopMode.FAST, timeout_s: int = 60) -> None:
     pg = cfg.pg(node)
     lay = layout(cfg, node)
@@ -309,10 +312,17 @@ def stop(cfg: Config, node: str, mode: StopMode = StopMode.FAST, timeout_s: int 
         if res.returncode != 0 and running_pid(lay.data_dir) is not None:
             raise PostgresActionError(f"stopping cluster {lay.cluster} failed: {res.stderr.strip()}")
         return
-    res = run_as(pg.os_user, [_bin(cfg, node, "pg_ctl"), "-D", str(pg.data_dir), "-m", mode.value, "-w",
-                              "-t", str(timeout_s), "stop"], timeout=timeout_s + 10)
+    # pg_ctl only signals (-W); the wait is ours: pg_ctl -w looks every 100 ms, and a switchover's
+    # write pause waits for this stop.
+    res = run_as(pg.os_user, [_bin(cfg, node, "pg_ctl"), "-D", str(pg.data_dir), "-m", mode.value, "-W",
+                              "stop"], timeout=timeout_s + 10)
     if res.returncode != 0 and "is the server running" not in res.stderr:
         raise PostgresActionError(f"pg_ctl stop failed: {res.stderr.strip()}")
+    deadline = time.monotonic() + timeout_s
+    while running_pid(pg.data_dir) is not None:
+        if time.monotonic() >= deadline:
+            raise PostgresActionError(f"PostgreSQL did not stop ({mode.value}) within {timeout_s}s")
+        time.sleep(STOP_POLL_S)
 
 
 def kill_server(cfg: Config, node: str, timeout_s: float = 10.0) -> None:

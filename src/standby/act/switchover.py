@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 from standby.apiclient import AgentApi, ApiError, agent_status
 from standby.config import Config
-from standby.documents import AgentView
+from standby.documents import AgentView, Demoted, Promoted
 from standby.model import DbState
 
 Say = Callable[[str], None]
@@ -59,8 +59,25 @@ def roles(cfg: Config) -> tuple[str, str, dict[str, AgentView]]:
     return primary, standby, views
 
 
-def switchover(cfg: Config, to: str | None = None, catch_up_timeout_s: float = 10.0,
-               say: Say = lambda m: None) -> Outcome:
+class _Clock:
+    """The command's steps on its own clock, each said as it ends; an agent's own steps are said
+    indented under the command's step that ran them, and are not added to the command's steps."""
+
+    def __init__(self, out: Outcome, say: Say) -> None:
+        self.out, self.say, self.t = out, say, time.monotonic()
+
+    def step(self, name: str) -> None:
+        now = time.monotonic()
+        self.out.steps.append((name, now - self.t))
+        self.say(f"{name:<58} {1000 * (now - self.t):8.1f} ms")
+        self.t = now
+
+    def agent(self, node: str, steps: list[tuple[str, float]]) -> None:
+        for name, s in steps:
+            self.say(f"  - {node}: {name:<52} {1000 * s:8.1f} ms")
+
+
+def _pair(cfg: Config, to: str | None) -> tuple[AgentApi, str, str]:
     try:
         api = AgentApi(cfg)
     except ApiError as e:
@@ -70,51 +87,31 @@ def switchover(cfg: Config, to: str | None = None, catch_up_timeout_s: float = 1
         if to == primary:
             raise SwitchoverError(f"{to} is already the primary")
         raise SwitchoverError(f"unknown node {to!r}")
+    return api, primary, standby
+
+
+def switchover(cfg: Config, to: str | None = None, catch_up_timeout_s: float = 10.0,
+               say: Say = lambda m: None) -> Outcome:
+    api, primary, standby = _pair(cfg, to)
     out = Outcome(primary, standby, completed=False)
-    t = time.monotonic()
-
-    def step(name: str) -> None:
-        nonlocal t
-        now = time.monotonic()
-        out.steps.append((name, now - t))
-        say(f"{name:<58} {1000 * (now - t):8.1f} ms")
-        t = now
-
+    clock = _Clock(out, say)
     try:
         # Inside the try: if the second node cannot be suspended, the first is resumed below.
         for n in (primary, standby):
             api.maintenance(n, True)
-        step("automatic failover suspended on both nodes")
-        try:
-            demoted = api.demote(primary)
-        except ApiError as e:
-            _resume(api, primary, say)
-            raise SwitchoverError(f"{primary} could not be stopped cleanly: {e}; it serves again") from None
-        step(f"{primary}: services released, shut down at {demoted.checkpoint_lsn}")
-        try:
-            promoted = api.promote(standby, demoted.checkpoint_lsn, catch_up_timeout_s)
-        except ApiError as e:
-            still = _still_standby(cfg, standby)
-            if still is not True:
-                # The error may have come after the promotion (or the answer was lost):
-                # starting the old primary again could make two. A person decides.
-                out.reason = f"{e}; {still}"
-                raise SwitchoverError(
-                    f"switchover stopped: promoting {standby} failed ({e}), and {still}. {primary} stays "
-                    f"stopped so that two primaries cannot happen. Look with `standby status`: if {standby} is "
-                    f"primary, run `standby rejoin --node {primary}`; if it is a streaming standby, run "
-                    f"`standby switchover` again.") from None
-            _resume(api, primary, say)
-            out.reason = str(e)
-            step(f"aborted: {primary} is primary again")
-            raise SwitchoverError(f"switchover aborted, nothing lost: {e}. {primary} serves again.") from None
-        step(f"{standby}: received past it, promoted (term {promoted.term}), services taken")
+        clock.step("automatic failover suspended on both nodes")
+        demoted = _demote(api, primary, say)
+        clock.step(f"{primary}: services released, shut down at {demoted.checkpoint_lsn}")
+        clock.agent(primary, demoted.steps)
+        promoted = _promote(cfg, api, out, demoted, catch_up_timeout_s, clock)
+        clock.step(f"{standby}: received past it, promoted (term {promoted.term}), services taken")
+        clock.agent(standby, promoted.steps)
         for problem in promoted.problems:
             say(f"warning: {standby}: {problem}; its agent retries, check `standby status`")
         out.completed = True
         try:
             api.follow(primary)
-            step(f"{primary}: streaming from {standby}")
+            clock.step(f"{primary}: streaming from {standby}")
         except ApiError as e:
             say(f"warning: {primary} did not start as a standby ({e}); run `standby rejoin --node {primary}`")
     finally:
@@ -123,8 +120,41 @@ def switchover(cfg: Config, to: str | None = None, catch_up_timeout_s: float = 1
                 api.maintenance(n, False)
             except ApiError as e:
                 say(f"warning: could not resume automatic failover on {n}: {e}")
-        step("automatic failover resumed")
+        clock.step("automatic failover resumed")
     return out
+
+
+def _demote(api: AgentApi, primary: str, say: Say) -> Demoted:
+    """The primary's clean stop; if it fails, it serves again."""
+    try:
+        return api.demote(primary)
+    except ApiError as e:
+        _resume(api, primary, say)
+        raise SwitchoverError(f"{primary} could not be stopped cleanly: {e}; it serves again") from None
+
+
+def _promote(cfg: Config, api: AgentApi, out: Outcome, demoted: Demoted, catch_up_timeout_s: float,
+             clock: _Clock) -> Promoted:
+    """The standby's promotion past the shutdown checkpoint; if it did not happen, the old primary
+    serves again; if it may have happened, the old primary stays stopped and a person decides."""
+    primary, standby = out.old_primary, out.new_primary
+    try:
+        return api.promote(standby, demoted.checkpoint_lsn, catch_up_timeout_s)
+    except ApiError as e:
+        still = _still_standby(cfg, standby)
+        if still is not True:
+            # The error may have come after the promotion (or the answer was lost):
+            # starting the old primary again could make two. A person decides.
+            out.reason = f"{e}; {still}"
+            raise SwitchoverError(
+                f"switchover stopped: promoting {standby} failed ({e}), and {still}. {primary} stays "
+                f"stopped so that two primaries cannot happen. Look with `standby status`: if {standby} is "
+                f"primary, run `standby rejoin --node {primary}`; if it is a streaming standby, run "
+                f"`standby switchover` again.") from None
+        _resume(api, primary, clock.say)
+        out.reason = str(e)
+        clock.step(f"aborted: {primary} is primary again")
+        raise SwitchoverError(f"switchover aborted, nothing lost: {e}. {primary} serves again.") from None
 
 
 def _still_standby(cfg: Config, node: str) -> bool | str:

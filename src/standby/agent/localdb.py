@@ -2,7 +2,7 @@
 
 It owns: the connection (opened on first use, dropped after any error), the observation query
 (role, WAL positions, the standby's receiver, the primary's replica), the few statements actions
-run (promote, synchronous_standby_names, the peer's slot, the received position), and starting
+run (promote, checkpoint, synchronous_standby_names, the peer's slot, the received position), and starting
 and stopping the server (the stop is the fence's escalating stop, act/fence.py).
 It may not: decide, run on the event loop (every method blocks: callers run them on the agent's one
 PostgreSQL thread), or open a second connection.
@@ -10,6 +10,7 @@ PostgreSQL thread), or open a second connection.
 
 from __future__ import annotations
 
+import time
 from typing import Protocol
 
 import psycopg
@@ -21,6 +22,8 @@ from standby.model import DbState, LocalPg, Lsn
 from standby.observe import postgres as pgobs
 
 Reading = tuple[LocalPg, str | None] | pgobs.Unanswered  # the server and its synchronous_standby_names
+PROMOTE_WAIT_S = 30.0
+PROMOTE_POLL_S = 0.005
 
 
 class Database(Protocol):
@@ -30,6 +33,7 @@ class Database(Protocol):
     def connected(self) -> bool: ...
     def read(self) -> Reading: ...
     def promote(self) -> None: ...
+    def checkpoint(self) -> bool: ...
     def start(self) -> None: ...
     def stop(self) -> None: ...
     def set_sync_names(self, value: str) -> None: ...
@@ -70,9 +74,26 @@ class LocalDb:
 
     def promote(self) -> None:
         conn = self._local()
-        conn.execute("SELECT pg_promote(true, 30)")
+        # pg_promote(true) looks every 100 ms whether the promotion is over; asking this often hands
+        # the writes over as soon as it is (it waits as long, and goes on after it as before).
+        conn.execute("SELECT pg_promote(false)")
+        deadline = time.monotonic() + PROMOTE_WAIT_S
+        while (row := conn.execute("SELECT pg_is_in_recovery()").fetchone()) and row[0]:
+            if time.monotonic() >= deadline:
+                break
+            time.sleep(PROMOTE_POLL_S)
         conn.execute("ALTER SYSTEM SET synchronous_standby_names = ''")
         conn.execute("SELECT pg_reload_conf()")
+
+    def checkpoint(self) -> bool:
+        """A CHECKPOINT within the connection's statement timeout; False if it did not finish (the
+        checkpointer goes on with it, the next checkpoint writes what is left)."""
+        try:
+            self._local().execute("CHECKPOINT")
+        except psycopg.Error:
+            self._drop()
+            return False
+        return True
 
     def start(self) -> None:
         pgact.start(self.cfg, self.node, 60)

@@ -34,7 +34,8 @@ from standby.agent.link import HeartbeatLink, Transport, UdpTransport
 from standby.agent.localdb import Database, LocalDb
 from standby.agent.maintenance import MaintenanceFile
 from standby.agent.observer import Observer
-from standby.agent.operator import Operator, OpError, hook_argv, run_hook
+from standby.agent.operator import Operator
+from standby.agent.opsteps import OpError, hook_argv, run_hook
 from standby.agent.policy import config_digest, policy_for
 from standby.agent.probers import Probers
 from standby.agent.reporting_ip import ReportingMover
@@ -51,6 +52,8 @@ from standby.observe import postgres as pgobs  # noqa: F401  (re-exported: unit 
 __all__ = ["Agent", "OpError", "RefusedToStart", "config_digest", "hook_argv", "policy_for", "run_hook"]
 log = logging.getLogger("standby.agent")
 T = TypeVar("T")
+STEP_TIMES = 300  # decision steps kept for standby_decision_step_seconds (a minute at 200 ms)
+STEP_TIMES_EVERY = 25
 
 
 def _runner(pool: ThreadPoolExecutor) -> Callable[..., Awaitable[Any]]:
@@ -77,6 +80,10 @@ class Agent(Surface):
         # state under the decision loop's feet otherwise (a stale step would undo it).
         self.turn = asyncio.Lock()
         self.decisions = 0
+        # The decision steps' own durations (waiting for the turn excluded), the last STEP_TIMES of them;
+        # published as a new tuple every STEP_TIMES_EVERY steps for the metrics' thread to read.
+        self._step_times: deque[float] = deque(maxlen=STEP_TIMES)
+        self.step_times: tuple[float, ...] = ()
         self.startup_gap = self.step_gap = self.state_write_s = 0.0
         self.step_started: float | None = None  # None: the next step's lateness is not a stall
         self._sync_task: asyncio.Task[None] | None = None
@@ -86,7 +93,7 @@ class Agent(Surface):
         self.db: Database = db or LocalDb(cfg, node)
         self.link = HeartbeatLink(cfg, node, self.key, self.digest, transport or UdpTransport(cfg, node), clock)
         self.observer = Observer(cfg, node, self.db, in_pg, in_kernel, self.guard)
-        self.service_role = ServiceRole(cfg, node, in_svc, in_probe, self.event)
+        self.service_role = ServiceRole(cfg, node, in_svc, in_probe, self.event, in_addr=_runner(self.addr_pool))
         self.probers = Probers(cfg, node, self.policy, self.service_role, in_svc, in_probe, clock, self.event)
         self.actions = Actions(cfg, self.db, self.service_role, self.cell, self.turn, in_pg, self.probers.take_refused,
                                lambda: self.operator.decided_rejoin(), self.event)
@@ -100,11 +107,13 @@ class Agent(Surface):
         self.alerter = Alerter(cfg, node, self.alerts, self.event)
 
     def _threads(self) -> None:
-        # One thread for PostgreSQL (its connection is not shared), one for services and addresses.
+        # One thread for PostgreSQL (its connection is not shared), one for services, one for addresses.
         self.pg_pool = ThreadPoolExecutor(1, thread_name_prefix="pg", initializer=priority.follow)
         # The decision step's own state writes: never queued behind a slow PostgreSQL query.
         self.state_pool = ThreadPoolExecutor(1, thread_name_prefix="state", initializer=priority.follow)
         self.svc_pool = ThreadPoolExecutor(1, thread_name_prefix="svc", initializer=priority.follow)
+        # The service IPs: a switchover or a fence moves them without waiting for a service command.
+        self.addr_pool = ThreadPoolExecutor(1, thread_name_prefix="addr", initializer=priority.follow)
         self.probe_pool = ThreadPoolExecutor(2, thread_name_prefix="probe", initializer=priority.follow)
         # The step's own quick kernel reads (carriers, the reporting IP), never behind a probe or a service command:
         # a step that waits is a stall (Observation.gap).
@@ -158,7 +167,11 @@ class Agent(Surface):
 
     async def _step(self) -> None:
         async with self.turn:
+            t = self.clock()
             await self._step_locked()
+            self._step_times.append(self.clock() - t)
+            if self.decisions % STEP_TIMES_EVERY == 0 or not self.step_times:
+                self.step_times = tuple(self._step_times)
 
     async def _step_locked(self) -> None:
         now = self.clock()
@@ -271,7 +284,7 @@ class Agent(Surface):
         self.disk_pool.shutdown(wait=True)
         self.store.write_liveness(self.boot, clean, self.clock())
         self.recent.append(self.store.record("agent_stopped", clean=clean))
-        for pool in (self.pg_pool, self.state_pool, self.observe_pool, self.svc_pool, self.probe_pool):
+        for pool in (self.pg_pool, self.state_pool, self.observe_pool, self.svc_pool, self.addr_pool, self.probe_pool):
             pool.shutdown(wait=False)
 
     def stop(self) -> None:

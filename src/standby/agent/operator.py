@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import subprocess
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -26,9 +25,10 @@ from standby.agent.executor import Actions, Executor, Role
 from standby.agent.localdb import Database
 from standby.agent.maintenance import MaintenanceFile
 from standby.agent.observer import Observer
+from standby.agent.opsteps import Marks, OpError, hook_argv, run_hook
 from standby.agent.servicerole import Claim, ServiceRole
 from standby.agent.store import StateCell
-from standby.config import Config, Placement, for_node
+from standby.config import Config, Placement
 from standby.decide import State
 from standby.model import DbState, LocalPg, Lsn
 from standby.operations import Operation
@@ -36,26 +36,6 @@ from standby.operations import Operation
 Run = Callable[..., Awaitable[Any]]
 # Operations that change only the database role; the others change both.
 _ROLES: dict[Operation, tuple[Role, ...]] = {Operation.REJOIN: (Role.DATABASE,), Operation.FOLLOW: (Role.DATABASE,)}
-
-
-class OpError(Exception):
-    """An operator's request (switchover step, rejoin) that cannot be done now; nothing was changed."""
-
-
-def hook_argv(cfg: Config, node: str) -> list[str] | None:
-    """The address-change hook for ``node``: placeholders filled in per argument, never parsed by a shell."""
-    if not cfg.address_change_hook:
-        return None
-    address = str(cfg.nodes[node].public.ip)
-    return [for_node(a, node).replace("{address}", address) for a in cfg.address_change_hook]
-
-
-def run_hook(argv: list[str]) -> str:
-    try:
-        res = subprocess.run(argv, check=False, capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
-    except (OSError, subprocess.TimeoutExpired) as e:
-        return f"could not run {argv[0]}: {e}"
-    return f"exit {res.returncode}"
 
 
 class Operator:
@@ -75,12 +55,14 @@ class Operator:
         """Automatic decisions suspended (maintenance, until its deadline)."""
         return self.maintenance.active()
 
-    def set_maintenance(self, on: bool, by: str = "api") -> None:
+    async def set_maintenance(self, on: bool, by: str = "api") -> None:
+        # The file is written (and fsynced) off the loop: on a busy disk the write held the loop 0.75 s,
+        # and the primary took that for a stall and fenced itself at a switchover's first step.
         if on:
-            m = self.maintenance.start(by)
+            m = await asyncio.to_thread(self.maintenance.start, by)
             self.event("maintenance", suspended=True, by=by, until=m.view(m.since)["until"])
         else:
-            self.maintenance.end()
+            await asyncio.to_thread(self.maintenance.end)
             self.event("maintenance", suspended=False)
 
     def maintenance_view(self) -> dict[str, object] | None:
@@ -136,20 +118,37 @@ class Operator:
     # -- the operations ---------------------------------------------------------------------------
 
     async def demote(self) -> dict[str, Any]:
-        """Switchover, on the primary: let go of the services, then shut PostgreSQL down cleanly."""
+        """Switchover, on the primary: a checkpoint while it still serves (the shutdown checkpoint in the
+        write pause then has little left to write), then let go of the services and shut PostgreSQL down
+        cleanly. Each step timed: from the release on, clients wait."""
+        marks = Marks()
+        done = await self._in_pg(self.db.checkpoint)
+        marks.mark("checkpoint while serving" if done else
+                   "checkpoint while serving: not done, the shutdown checkpoint writes it all")
         try:
-            await self.service_role.release()
-        finally:
-            await self.actions.readback(locked=True)
+            await self.service_role.remove_ips()
+        except BaseException:
+            try:  # as a release: the services stop all the same, and the state says what the kernel holds
+                await self.service_role.stop_services()
+            finally:
+                await self.actions.readback(locked=True)
+            raise
+        marks.mark("service IPs released: writes paused")
+        # No client reaches this node any more: its services and its server stop side by side.
+        done = await asyncio.gather(self.service_role.stop_services(), self.actions.readback(locked=True),
+                                    self._in_pg(self.db.stop), return_exceptions=True)
         self.cell.state = ops.released(self.cell.state)
-        await self._in_pg(self.db.stop)
+        if failed := [r for r in done if isinstance(r, BaseException)]:
+            raise failed[0]
+        marks.mark("PostgreSQL stopped, services too: shutdown checkpoint written and sent")
         ctl = await self._in_pg(pgact.control_data, self.cfg, self.node)
         if ctl.get("Database cluster state") != "shut down":
             raise OpError(f"PostgreSQL did not shut down cleanly ({ctl.get('Database cluster state')})")
+        marks.mark("shutdown checkpoint read")
         self.observer.pg = LocalPg(DbState.DOWN)
         lsn, tli = ctl["Latest checkpoint location"], int(ctl["Latest checkpoint's TimeLineID"])
-        self.event("switchover_demoted", checkpoint=lsn, timeline=tli)
-        return {"checkpoint_lsn": lsn, "timeline": tli}
+        self.event("switchover_demoted", checkpoint=lsn, timeline=tli, steps=marks.detail())
+        return {"checkpoint_lsn": lsn, "timeline": tli, "steps": marks.steps}
 
     async def _received(self, need: Lsn, timeout_s: float) -> Lsn:
         """Wait until WAL past ``need`` (the old primary's shutdown checkpoint record) has arrived."""
@@ -166,32 +165,41 @@ class Operator:
 
     async def promote(self, min_lsn: str, timeout_s: float) -> dict[str, Any]:
         """Switchover, on the standby: once every WAL byte up to the old primary's shutdown
-        checkpoint is here, promote and take the services."""
+        checkpoint is here, promote and take the services. Each step timed: clients wait until
+        the service IPs have moved."""
         need = Lsn.parse(min_lsn)
         if need is None:
             raise OpError(f"bad LSN {min_lsn!r}")
+        marks = Marks()
         got = await self._received(need, timeout_s)
+        marks.mark("received past the old primary's shutdown checkpoint")
         await self._save(ops.promoting(self.cell.state, planned=True))
         term = self.cell.state.term
         await self._in_pg(self.db.promote)
+        marks.mark(f"PostgreSQL promoted (term {term})")
         # Promoted: from here on, a failure must not read as a refusal (the caller would start
         # the old primary again). What fails is reported; the agent's next steps finish it.
         problems: list[str] = []
-        try:
-            await self._in_pg(self.db.ensure_peer_slot)
-        except Exception as e:  # noqa: BLE001  (reported to the caller; the promotion stands)
-            problems.append(f"replication slot for {self.peer}: {e}")
         results: list[services.CommandResult] = []
         try:
             # The old primary released the addresses itself: no need to wait for an ARP check.
             await self.service_role.add_ips()
             self.cell.state = ops.serving(self.cell.state)
+            marks.mark("service IPs moved")
             results = await self.service_role.start(Placement.ACTIVE)
+            marks.mark("services started")
         except Exception as e:  # noqa: BLE001  (reported to the caller; the promotion stands)
             problems.append(f"service IPs and services: {e}")
+        try:
+            # Only the old primary's follow needs it, and that comes after this answer: out of the pause.
+            await self._in_pg(self.db.ensure_peer_slot)
+            marks.mark("replication slot for the old primary")
+        except Exception as e:  # noqa: BLE001  (reported to the caller; the promotion stands)
+            problems.append(f"replication slot for {self.peer}: {e}")
         self.event("switchover_promoted", term=term, received=str(got),
-                   failed_services=[r.service for r in results if not r.ok], problems=problems)
-        return {"term": term, "received_lsn": str(got), "problems": problems}
+                   failed_services=[r.service for r in results if not r.ok], problems=problems,
+                   steps=marks.detail())
+        return {"term": term, "received_lsn": str(got), "problems": problems, "steps": marks.steps}
 
     async def follow(self) -> dict[str, Any]:
         """Switchover, on the old primary: start again as a standby of the new primary."""
@@ -219,14 +227,14 @@ class Operator:
         from standby.salvage import salvage_for_rejoin
 
         salvage_fn = salvage_for_rejoin if self.cfg.salvage.tables else None
-        self.set_maintenance(True, by="rejoin")
+        await self.set_maintenance(True, by="rejoin")
         try:
             result = await self._in_pg(lambda: rj.rejoin(
                 self.cfg, self.node, state_dir=self.cfg.state_dir_for(self.node),
                 report=lambda m: self.event("rejoin_step", detail=m), salvage=salvage_fn))
             await self._save(ops.following(self.cell.state))
         finally:
-            self.set_maintenance(False)
+            await self.set_maintenance(False)
         self.event("rejoined", method=result.method, fork=result.fork_lsn, salvaged=result.salvaged_rows)
         return {"method": result.method, "fork_lsn": result.fork_lsn, "old_timeline": result.old_timeline,
                 "salvage_report": str(result.salvage_report) if result.salvage_report else None,
@@ -237,15 +245,8 @@ class Operator:
     async def manual_promote(self) -> dict[str, Any]:
         """A person decided (`standby promote`): promote, take the addresses, run the address-change hook,
         start the services; each step timed."""
-        steps: list[list[Any]] = []
-        t = time.monotonic()
-
-        def step(name: str) -> None:
-            nonlocal t
-            now = time.monotonic()
-            steps.append([name, round(now - t, 3)])
-            t = now
-
+        marks = Marks()
+        step = marks.mark
         await self._save(ops.promoting(self.cell.state, planned=False))
         term = self.cell.state.term
         await self._in_pg(self.db.promote)
@@ -261,8 +262,8 @@ class Operator:
         # nothing else would start it. Start commands are idempotent (a running one is left alone).
         results = await self.service_role.start(None)
         step("services started" + "".join(f"; {r.service} FAILED: {r.detail}" for r in results if not r.ok))
-        self.event("manual_promotion", term=term, steps=steps)
-        return {"term": term, "steps": steps}
+        self.event("manual_promotion", term=term, steps=marks.steps)
+        return {"term": term, "steps": marks.steps}
 
     async def _take_addresses(self) -> str | None:
         """A manual promotion's service IPs: added unless another host still answers for them."""

@@ -84,23 +84,27 @@ async def reannounce(sips: Sequence[ServiceIP], in_probe: Run) -> None:
 
 class ServiceRole:
     def __init__(self, cfg: Config, node: str, in_svc: Run, in_probe: Run,
-                 event: Callable[..., None]) -> None:
+                 event: Callable[..., None], in_addr: Run | None = None) -> None:
         self.cfg, self.node = cfg, node
         self._svc, self._probe, self._event = in_svc, in_probe, event
         self.ensuring = False  # `ensure` is starting what should already run: the health probe waits
+        # The addresses on a thread of their own where given: a move never waits for a service command
+        # (a health check) that happens to be running.
+        self._addr = in_addr or in_svc
 
     async def who_else(self) -> tuple[Claim, set[str]]:
         return await self._probe(who_else, self.cfg)  # type: ignore[no-any-return]
 
     async def holds(self) -> bool:
         """Does the kernel hold any of the service IPs? (A half-held role is held: it must be released.)"""
-        return await self._svc(lambda: any(addresses.held(sip) for sip in self.cfg.service_ips))  # type: ignore[no-any-return]
+        return await self._addr(lambda: any(addresses.held(sip) for sip in self.cfg.service_ips))  # type: ignore[no-any-return]
 
     async def add_ips(self) -> None:
-        await claim(self.cfg.service_ips, self._svc, self._probe)
+        # Announced from the addresses' thread too: not behind a probe that may be waiting for answers.
+        await claim(self.cfg.service_ips, self._addr, self._addr)
 
     async def remove_ips(self) -> None:
-        await let_go(self.cfg.service_ips, self._svc)
+        await let_go(self.cfg.service_ips, self._addr)
 
     async def take(self) -> TakeRefused | None:
         """ARP check, then the addresses, then the services; the reason when refused."""
@@ -119,9 +123,13 @@ class ServiceRole:
         try:
             await self.remove_ips()
         finally:
-            for r in await self._svc(services.stop_all, self.cfg.services, self.node, Placement.ACTIVE):
-                if not r.ok:
-                    self._event("service_stop_failed", service=r.service, detail=r.detail)
+            await self.stop_services()
+
+    async def stop_services(self) -> None:
+        """The services placed on the active node stop; a failure is recorded, not raised."""
+        for r in await self._svc(services.stop_all, self.cfg.services, self.node, Placement.ACTIVE):
+            if not r.ok:
+                self._event("service_stop_failed", service=r.service, detail=r.detail)
 
     async def ensure(self, placement: Placement | None, exclusive: asyncio.Lock) -> None:
         """Start what should already run here (after an agent restart, or services placed everywhere),

@@ -123,8 +123,8 @@ class Surface:
     def suspended(self) -> bool:
         return self.operator.suspended
 
-    def set_maintenance(self, on: bool, by: str = "api") -> None:
-        self.operator.set_maintenance(on, by)
+    async def set_maintenance(self, on: bool, by: str = "api") -> None:
+        await self.operator.set_maintenance(on, by)
 
     def maintenance_view(self) -> dict[str, object] | None:
         return self.operator.maintenance_view()

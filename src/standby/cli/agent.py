@@ -5,12 +5,8 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
 import signal
-import subprocess
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import click
@@ -22,6 +18,7 @@ from standby.agent.priority import raise_priority
 from standby.agent.store import Store
 from standby.cli.common import OperatorError, config_option, handle_errors, json_option, load_node, node_option
 from standby.documents import HISTORY, DocumentError
+from standby.supervisor import exec_supervisor
 
 
 @click.command("agent")
@@ -76,69 +73,8 @@ def agent_command(config_path: Path, node: str | None, respawn: bool, verbose: b
 
 def _supervise(config_path: Path, node: str, verbose: bool) -> None:
     common = ["--config", str(config_path), "--node", node]
-    supervise([sys.argv[0], "agent", *common, *(["-v"] if verbose else [])],
-              [sys.argv[0], "fence", "--if-unclean", *common])
-
-
-STOP_TIMEOUT_S = 30  # the unit's TimeoutStopSec
-RESTART_S = 0.2  # the unit's RestartSec
-
-
-def supervise(agent_argv: list[str], fence_argv: list[str], stop_timeout_s: float = STOP_TIMEOUT_S) -> None:
-    """Run the agent as the unit does: after every exit, kill what it left in its process group
-    (KillMode=mixed; the group stands for the unit's cgroup, and PostgreSQL, detached by pg_ctl
-    into a session of its own, is not in it), then `fence --if-unclean` (ExecStopPost), then
-    start it again (Restart=always), unless told to stop or the agent rejected its arguments (2)."""
-    child: subprocess.Popen[bytes] | None = None
-    stopping = False
-
-    def on_term(signum: int, frame: object) -> None:
-        nonlocal stopping
-        stopping = True
-        if child is not None and child.poll() is None:
-            child.send_signal(signal.SIGTERM)
-
-    signal.signal(signal.SIGTERM, on_term)
-    signal.signal(signal.SIGINT, on_term)
-    while not stopping:
-        child = subprocess.Popen(agent_argv)
-        code = _wait(child, lambda: stopping, stop_timeout_s)
-        _kill_leftovers()
-        # The fence reports its own outcome; the loop restarts the agent whatever it returned.
-        subprocess.run(fence_argv, check=False)
-        if stopping or code == 2:
-            break
-        time.sleep(RESTART_S)
-
-
-def _wait(child: subprocess.Popen[bytes], stopping: Callable[[], bool], stop_timeout_s: float) -> int:
-    """The child's exit code; SIGKILL if it outlives a stop request by ``stop_timeout_s``."""
-    asked: float | None = None
-    while True:
-        try:
-            return child.wait(timeout=0.2)
-        except subprocess.TimeoutExpired:
-            pass
-        if stopping() and asked is None:
-            asked = time.monotonic()
-        if asked is not None and time.monotonic() - asked > stop_timeout_s:
-            child.kill()
-
-
-def _kill_leftovers() -> None:
-    """SIGKILL every other process of this process group (what the agent left behind)."""
-    me, group = os.getpid(), os.getpgrp()
-    for stat_file in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat_file.read_text().rsplit(")", 1)[1].split()
-            pid, pgrp = int(stat_file.parent.name), int(fields[2])
-        except (OSError, ValueError, IndexError):
-            continue
-        if pgrp == group and pid != me:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+    exec_supervisor([sys.argv[0], "agent", *common, *(["-v"] if verbose else [])],
+                    [sys.argv[0], "fence", "--if-unclean", *common])
 
 
 @click.command("fence")

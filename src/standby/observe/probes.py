@@ -155,7 +155,9 @@ def gratuitous_arp(interface: str, address: str, count: int = 3) -> None:
     """Announce that ``address`` now lives at this interface's MAC (replies and requests both)."""
     ip = ipaddress.IPv4Address(address).packed
     mac = _mac(interface)
-    with socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ARP)) as s:
+    # Protocol 0: a socket that only sends registers no receive hook, whose registration waits for the
+    # kernel's RCU grace period (about 10 ms) before the first announcement could leave.
+    with socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0) as s:
         s.bind((interface, 0))
         for _ in range(count):
             s.send(_arp(1, mac, ip, b"\0" * 6, ip))

@@ -1,0 +1,215 @@
+#!/usr/bin/env python3
+"""What the agent itself costs a node: memory, CPU, heartbeats and decision steps, idle and under load.
+
+One lab, one pair (sync). For each phase (idle: the pair alone; load: the sample load through the service
+IP), per node: the agent's resident memory (VmRSS, sampled every second: mean and max) and its
+supervisor's (`agent --respawn`), the agent's CPU as a share of one core, the heartbeats it received per
+second (its peer's, both networks), its decision steps per second, and the decision step's own duration
+(p50 / p99 / max over the last steps, `standby_decision_step_seconds` from its /metrics).
+
+This is a measurement: it prints and records figures and judges none of them.
+
+    .venv/bin/python bench/agent.py [--seconds 40] [--rate 100] [--settle 5]
+
+Needs root (namespaces) and PostgreSQL 15; set it up with `./dev setup`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import benchlib
+from benchlib import LabNames, fresh_lab, other_labs, process_cpu_s, sigterm_as_interrupt
+from standby import __version__, tls
+from standby.apiclient import auth_header
+from standby.config import Config, read_secret
+from standby.lab import Lab, LabSpec, netns
+from standby.lab.pair import start_pair, under_load
+
+NAME_PREFIX = "sbag"
+NODES = ("alpha", "beta")
+
+
+@dataclass(frozen=True)
+class Params:
+    seconds: float
+    rate: int
+    settle_s: float
+
+
+def rss_mb(pid: int | None) -> float | None:
+    if pid is None:
+        return None
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        return None
+    return None
+
+
+def supervisor_pid(agent_pid: int | None) -> int | None:
+    if agent_pid is None:
+        return None
+    try:
+        return int(Path(f"/proc/{agent_pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _fetch_metrics(cfg: Config, host: str) -> str:
+    headers = {}
+    if cfg.api.token_for_status and cfg.api.token_file is not None:
+        headers = auth_header(cfg, host, read_secret(cfg.api.token_file, "api.token_file"))
+    req = urllib.request.Request(tls.api_url(cfg, host, "/metrics"), headers=headers)
+    with urllib.request.urlopen(req, timeout=3.0, context=tls.client_context(cfg)) as r:
+        return r.read().decode()  # type: ignore[no-any-return]
+
+
+def metrics(lab: Lab, node: str) -> dict[str, float]:
+    """The few series this measures, from the agent's /metrics (in its namespace, at its public address)."""
+    text = netns.call_in(lab.netns(node), _fetch_metrics, lab.config(), str(lab.node(node).public.ip))
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        if line.startswith("#") or " " not in line:
+            continue
+        name, value = line.rsplit(" ", 1)
+        for series in ("standby_heartbeats_accepted_total", "standby_decisions_total"):
+            if name == series:
+                out[series] = float(value)
+        if name.startswith("standby_decision_step_seconds{"):
+            out[name.split('quantile="', 1)[1].split('"', 1)[0]] = float(value)
+    return out
+
+
+def measure(lab: Lab, seconds: float) -> dict[str, Any]:
+    pids = {n: lab.agent_pid(n) for n in NODES}
+    sups = {n: supervisor_pid(p) for n, p in pids.items()}
+    cpu0 = {n: process_cpu_s(p) if p else None for n, p in pids.items()}
+    m0 = {n: metrics(lab, n) for n in NODES}
+    t0 = time.monotonic()
+    rss: dict[str, list[float]] = {n: [] for n in NODES}
+    sup_rss: dict[str, list[float]] = {n: [] for n in NODES}
+    while time.monotonic() - t0 < seconds:
+        for n in NODES:
+            if (r := rss_mb(pids[n])) is not None:
+                rss[n].append(r)
+            if (r := rss_mb(sups[n])) is not None:
+                sup_rss[n].append(r)
+        time.sleep(1.0)
+    wall = time.monotonic() - t0
+    out: dict[str, Any] = {}
+    for n in NODES:
+        pid = pids[n]
+        m1, c1 = metrics(lab, n), process_cpu_s(pid) if pid else None
+        c0 = cpu0[n]
+
+        def per_s(series: str, n: str = n, m1: dict[str, float] = m1) -> float | None:
+            a, b = m0[n].get(series), m1.get(series)
+            return None if a is None or b is None else round((b - a) / wall, 2)
+
+        out[n] = {
+            "agent_pid": pids[n], "supervisor_pid": sups[n], "wall_s": round(wall, 1),
+            "agent_rss_mb": _mean_max(rss[n]), "supervisor_rss_mb": _mean_max(sup_rss[n]),
+            "agent_cpu_pct_of_one_core": None if c0 is None or c1 is None else round(100 * (c1 - c0) / wall, 2),
+            "heartbeats_received_per_s": per_s("standby_heartbeats_accepted_total"),
+            "decisions_per_s": per_s("standby_decisions_total"),
+            "step_ms": {q: round(1000 * m1[q], 2) for q in ("0.5", "0.99", "1") if q in m1},
+        }
+    return out
+
+
+def _mean_max(values: list[float]) -> dict[str, float | None]:
+    return {"mean": round(sum(values) / len(values), 1) if values else None,
+            "max": round(max(values), 1) if values else None}
+
+
+def _f(v: Any) -> str:
+    return "-" if v is None else str(v)
+
+
+def render(doc: dict[str, Any]) -> str:
+    lines = [f"standby {doc['standby']}, {doc['machine']['cores']} cores, load average at start "
+             f"{' '.join(f'{x:.2f}' for x in doc['machine']['loadavg_at_start'])}; heartbeat interval "
+             f"{doc['heartbeat_interval_ms']} ms; load phase {doc['parameters']['rate']} calls/s",
+             f"{'phase':<6} {'node':<6} {'agent RSS MB':>13} {'superv. MB':>10} {'CPU %core':>9} {'hb/s':>6} "
+             f"{'steps/s':>7} {'step p50/p99/max ms':>22}"]
+    for phase, nodes in doc["phases"].items():
+        for n, r in nodes.items():
+            s = r["step_ms"]
+            lines.append(f"{phase:<6} {n:<6} {_f(r['agent_rss_mb']['mean']):>6}/{_f(r['agent_rss_mb']['max']):>6} "
+                         f"{_f(r['supervisor_rss_mb']['max']):>10} {_f(r['agent_cpu_pct_of_one_core']):>9} "
+                         f"{_f(r['heartbeats_received_per_s']):>6} {_f(r['decisions_per_s']):>7} "
+                         f"{_f(s.get('0.5')):>7}/{_f(s.get('0.99')):>7}/{_f(s.get('1')):>6}")
+    return "\n".join(lines)
+
+
+def parse_args(argv: Sequence[str] | None) -> Params:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    ap.add_argument("--seconds", type=float, default=40.0, help="length of each phase (default 40)")
+    ap.add_argument("--rate", type=int, default=100, help="calls/s in the load phase (default 100)")
+    ap.add_argument("--settle", type=float, default=5.0, help="seconds before each phase (default 5)")
+    a = ap.parse_args(argv)
+    if a.seconds <= 0 or a.rate < 1 or a.settle < 0:
+        ap.error("need seconds > 0, rate >= 1, settle >= 0")
+    return Params(a.seconds, a.rate, a.settle)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = parse_args(argv)
+    t_start = time.monotonic()
+    started = datetime.now(UTC)
+    stamp = started.strftime("%Y%m%dT%H%M%SZ")
+
+    def log(msg: str) -> None:
+        print(f"[{time.monotonic() - t_start:7.1f}s] {msg}", file=sys.stderr, flush=True)
+
+    doc: dict[str, Any] = {
+        "benchmark": "agent", "started_utc": started.isoformat(timespec="seconds"), "standby": __version__,
+        "machine": {"cores": os.cpu_count(), "loadavg_at_start": list(os.getloadavg()),
+                    "other_labs_at_start": other_labs()},
+        "parameters": asdict(p), "complete": False, "phases": {},
+    }
+    code = 0
+    name = LabNames(NAME_PREFIX).next()
+    doc["lab"] = name
+    with sigterm_as_interrupt():
+        try:
+            with fresh_lab(LabSpec(name)) as lab, tempfile.TemporaryDirectory(prefix="standby-ag-") as tmp:
+                log(f"{name}: pair up")
+                start_pair(lab)
+                doc["heartbeat_interval_ms"] = lab.config().timings.heartbeat_interval_ms
+                time.sleep(p.settle_s)
+                log(f"idle for {p.seconds:g} s")
+                doc["phases"]["idle"] = measure(lab, p.seconds)
+                benchlib.write_results("agent", doc, stamp)
+                with under_load(lab, Path(tmp), p.rate):
+                    time.sleep(p.settle_s)
+                    log(f"under load for {p.seconds:g} s")
+                    doc["phases"]["load"] = measure(lab, p.seconds)
+                doc["complete"] = True
+                log("tearing down")
+        except KeyboardInterrupt:
+            log("interrupted; results so far are written")
+            code = 130
+    doc["elapsed_s"] = round(time.monotonic() - t_start, 1)
+    doc["machine"]["loadavg_at_end"] = list(os.getloadavg())
+    path = benchlib.write_results("agent", doc, stamp)
+    print(render(doc))
+    print(f"\nwritten to {path} (and {path.with_name('agent-latest.json')})")
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,53 @@
+"""What every operator operation uses around its steps: their timing, its refusal, the address hook.
+
+It owns: the record of an operation's timed steps, the error an operation refuses with, and how the
+address-change hook is built and run (never through a shell). It may not decide or change any state.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from typing import Any
+
+from standby.config import Config, for_node
+
+
+class Marks:
+    """An operation's steps: each one's name and the seconds since the previous one (or the start)."""
+
+    def __init__(self) -> None:
+        self._t = time.monotonic()
+        self.steps: list[tuple[str, float]] = []
+        self._ends: list[float] = []
+
+    def mark(self, name: str) -> None:
+        now = time.monotonic()
+        self.steps.append((name, round(now - self._t, 4)))
+        self._ends.append(now)
+        self._t = now
+
+    def detail(self) -> list[list[Any]]:
+        """For the history: each step with the monotonic time it ended (this host's clock, so that a
+        measurement on the same host can line the steps up with what clients saw)."""
+        return [[name, s, round(end, 4)] for (name, s), end in zip(self.steps, self._ends, strict=True)]
+
+
+class OpError(Exception):
+    """An operator's request (switchover step, rejoin) that cannot be done now; nothing was changed."""
+
+
+def hook_argv(cfg: Config, node: str) -> list[str] | None:
+    """The address-change hook for ``node``: placeholders filled in per argument, never parsed by a shell."""
+    if not cfg.address_change_hook:
+        return None
+    address = str(cfg.nodes[node].public.ip)
+    return [for_node(a, node).replace("{address}", address) for a in cfg.address_change_hook]
+
+
+def run_hook(argv: list[str]) -> str:
+    try:
+        res = subprocess.run(argv, check=False, capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return f"could not run {argv[0]}: {e}"
+    return f"exit {res.returncode}"
