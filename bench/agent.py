@@ -17,20 +17,18 @@ Needs root (namespaces) and PostgreSQL 15; set it up with `./dev setup`.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import tempfile
 import time
 import urllib.request
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
-from datetime import UTC, datetime
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import benchlib
-from benchlib import LabNames, fresh_lab, other_labs, process_cpu_s, sigterm_as_interrupt
-from standby import __version__, tls
+from benchlib import LabNames, begin, fresh_lab, process_cpu_s, sigterm_as_interrupt
+from standby import tls
 from standby.apiclient import auth_header
 from standby.config import Config, read_secret
 from standby.lab import Lab, LabSpec, netns
@@ -169,18 +167,7 @@ def parse_args(argv: Sequence[str] | None) -> Params:
 def main(argv: Sequence[str] | None = None) -> int:
     p = parse_args(argv)
     t_start = time.monotonic()
-    started = datetime.now(UTC)
-    stamp = started.strftime("%Y%m%dT%H%M%SZ")
-
-    def log(msg: str) -> None:
-        print(f"[{time.monotonic() - t_start:7.1f}s] {msg}", file=sys.stderr, flush=True)
-
-    doc: dict[str, Any] = {
-        "benchmark": "agent", "started_utc": started.isoformat(timespec="seconds"), "standby": __version__,
-        "machine": {"cores": os.cpu_count(), "loadavg_at_start": list(os.getloadavg()),
-                    "other_labs_at_start": other_labs()},
-        "parameters": asdict(p), "complete": False, "phases": {},
-    }
+    doc, stamp, log = begin("agent", p, phases={})
     code = 0
     name = LabNames(NAME_PREFIX).next()
     doc["lab"] = name
@@ -203,11 +190,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         except KeyboardInterrupt:
             log("interrupted; results so far are written")
             code = 130
-    doc["elapsed_s"] = round(time.monotonic() - t_start, 1)
-    doc["machine"]["loadavg_at_end"] = list(os.getloadavg())
-    path = benchlib.write_results("agent", doc, stamp)
-    print(render(doc))
-    print(f"\nwritten to {path} (and {path.with_name('agent-latest.json')})")
+    benchlib.end("agent", doc, stamp, t_start, render)
     return code
 
 

@@ -48,6 +48,36 @@ RUN_FAILURES: tuple[type[Exception], ...] = (BenchError, LabError, psycopg.Error
 # --------------------------------------------------------------------------- results
 
 
+def begin(kind: str, params: Any, **fields: Any) -> tuple[dict[str, Any], str, Log]:
+    """A benchmark's results document (what ran, where, the load at start), its time stamp and its log."""
+    from dataclasses import asdict
+    from datetime import UTC, datetime
+
+    t_start = time.monotonic()
+    started = datetime.now(UTC)
+
+    def log(msg: str) -> None:
+        print(f"[{time.monotonic() - t_start:7.1f}s] {msg}", file=sys.stderr, flush=True)
+
+    doc: dict[str, Any] = {
+        "benchmark": kind, "started_utc": started.isoformat(timespec="seconds"), "standby": __version__,
+        "machine": {"cores": os.cpu_count(), "loadavg_at_start": list(os.getloadavg()),
+                    "other_labs_at_start": other_labs()},
+        "parameters": asdict(params), "complete": False, **fields,
+    }
+    return doc, started.strftime("%Y%m%dT%H%M%SZ"), log
+
+
+def end(kind: str, doc: dict[str, Any], stamp: str, t_start: float, render: Callable[[dict[str, Any]], str]) -> Path:
+    """Close a benchmark's document (time taken, load at the end), write it, print its figures and where."""
+    doc["elapsed_s"] = round(time.monotonic() - t_start, 1)
+    doc["machine"]["loadavg_at_end"] = list(os.getloadavg())
+    path = write_results(kind, doc, stamp)
+    print(render(doc))
+    print(f"\nwritten to {path} (and {path.with_name(kind + '-latest.json')})")
+    return path
+
+
 def write_results(kind: str, doc: dict[str, Any], stamp: str) -> Path:
     """``results/KIND-STAMP.json`` and ``results/KIND-latest.json``, each replaced atomically
     (an interrupted write keeps the previous run's file)."""

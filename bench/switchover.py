@@ -30,14 +30,13 @@ import tempfile
 import time
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
-from datetime import UTC, datetime
+from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import benchlib
-from benchlib import LabNames, distribution, fresh_lab, other_labs, sigterm_as_interrupt
-from standby import __version__
+from benchlib import LabNames, begin, distribution, fresh_lab, sigterm_as_interrupt
 from standby.lab import Lab, LabSpec
 from standby.lab.checker import read_history
 from standby.lab.errors import LabError
@@ -318,18 +317,7 @@ def parse_args(argv: Sequence[str] | None) -> Params:
 def main(argv: Sequence[str] | None = None) -> int:
     p = parse_args(argv)
     t_start = time.monotonic()
-    started = datetime.now(UTC)
-    stamp = started.strftime("%Y%m%dT%H%M%SZ")
-
-    def log(msg: str) -> None:
-        print(f"[{time.monotonic() - t_start:7.1f}s] {msg}", file=sys.stderr, flush=True)
-
-    doc: dict[str, Any] = {
-        "benchmark": "switchover", "started_utc": started.isoformat(timespec="seconds"), "standby": __version__,
-        "machine": {"cores": os.cpu_count(), "loadavg_at_start": list(os.getloadavg()),
-                    "other_labs_at_start": other_labs()},
-        "parameters": asdict(p), "complete": False, "switchovers": [], "summary": {},
-    }
+    doc, stamp, log = begin("switchover", p, switchovers=[], summary={})
     code = 0
     name = LabNames(NAME_PREFIX).next()
     doc["lab"] = name
@@ -390,11 +378,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     doc["complete"] = code == 0 and "verdict" in doc
     if "verify_error" in doc:
         code = code or 1
-    doc["elapsed_s"] = round(time.monotonic() - t_start, 1)
-    doc["machine"]["loadavg_at_end"] = list(os.getloadavg())
-    path = benchlib.write_results("switchover", doc, stamp)
-    print(render(doc))
-    print(f"\nwritten to {path} (and {path.with_name('switchover-latest.json')})")
+    benchlib.end("switchover", doc, stamp, t_start, render)
     return code
 
 

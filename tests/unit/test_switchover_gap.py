@@ -49,18 +49,20 @@ class RecordingKernel(FakeKernel):
         return super().add(sip)
 
 
+async def _demote(sh: Any) -> dict[str, Any]:
+    """The switchover's first step on a serving primary: maintenance on, then demote."""
+    await sh.start()
+    await sh.tick()
+    await sh.agent.operator.set_maintenance(True)
+    return await sh.agent.operator.operate("demote")  # type: ignore[no-any-return]
+
+
 def test_i13_demote_checkpoints_while_serving_then_pauses_and_names_each_step(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     pg = Recorded(DbState.PRIMARY)
     monkeypatch.setattr(pgact, "control_data", lambda cfg, node: dict(SHUT_DOWN))
     with shell(tmp_path, monkeypatch, pg, RecordingKernel({SERVICE_IP}, pg.calls)) as sh:
-        async def go() -> dict[str, Any]:
-            await sh.start()
-            await sh.tick()
-            await sh.agent.operator.set_maintenance(True)
-            return await sh.agent.operator.operate("demote")  # type: ignore[no-any-return]
-
-        result = run(go())
+        result = run(_demote(sh))
     # The checkpoint runs while the service IP is still here; the shutdown comes after the pause began.
     order = [c for c in pg.calls if c in ("checkpoint", "remove_ip", "stop")]
     assert order == ["checkpoint", "remove_ip", "stop"], pg.calls
@@ -80,13 +82,7 @@ def test_i13_a_failed_checkpoint_before_the_pause_does_not_stop_the_switchover(
     pg = NoCheckpoint(DbState.PRIMARY)
     monkeypatch.setattr(pgact, "control_data", lambda cfg, node: dict(SHUT_DOWN))
     with shell(tmp_path, monkeypatch, pg, FakeKernel({SERVICE_IP})) as sh:
-        async def go() -> dict[str, Any]:
-            await sh.start()
-            await sh.tick()
-            await sh.agent.operator.set_maintenance(True)
-            return await sh.agent.operator.operate("demote")  # type: ignore[no-any-return]
-
-        result = run(go())
+        result = run(_demote(sh))
     assert pg.db is DbState.DOWN and result["checkpoint_lsn"] == "0/3000028"
     assert result["steps"][0][0] == "checkpoint while serving: not done, the shutdown checkpoint writes it all"
 
