@@ -51,8 +51,10 @@ def test_postgres_killed_on_primary_database_moves(pair: Lab, tmp_path: Path) ->
         wait_ready(pair, timeout_s=10)
         run.t_fault = time.monotonic()
         pair.kill_postgres("alpha")
-        # The in-sync standby takes the database; alpha's services stay and follow it.
-        settle(pair, db="beta", services="alpha")
+        # The in-sync standby takes the database; alpha, fenced with its replication link up, then
+        # hands the services to the new primary (rule 6). Waiting for "services still on alpha" only
+        # caught the moment between the two, and missed it once the promotion got faster.
+        settle(pair, db="beta", services="beta")
         time.sleep(1.0)
     assert agent_state(pair, "alpha")["state"]["fenced"] is True
     no_loss_no_dual(pair, run, on="beta")
