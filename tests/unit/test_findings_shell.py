@@ -368,12 +368,18 @@ def test_m3_a_running_server_that_does_not_answer_keeps_the_last_observation(
     assert len(failed) == 1, agent.recent
 
 
-@pytest.mark.parametrize("pidfile", ["absent", "dead pid"])
+@pytest.mark.parametrize("pidfile", ["absent", "dead pid", "killed, not yet reaped"])
 def test_m3_a_server_that_is_not_running_reads_as_down(
         tmp_path: Path, postmaster: Any, monkeypatch: pytest.MonkeyPatch, pidfile: str) -> None:
+    """"killed, not yet reaped": a SIGKILLed postmaster is a zombie until its parent reaps it, which an
+    init that reaps orphans once a second left for 1-2 s; the failover bench's PostgreSQL crash took
+    1.7-2.7 s to fail over instead of 0.4 s (failover bench, 2026-12-01)."""
     data, proc = postmaster
     proc.kill()
-    proc.wait()
+    if pidfile == "killed, not yet reaped":
+        _wait_until_zombie(proc.pid)
+    else:
+        proc.wait()
     if pidfile == "absent":
         (data / "postmaster.pid").unlink()
     agent = _agent_with_data_dir(tmp_path, data)
@@ -383,6 +389,13 @@ def test_m3_a_server_that_is_not_running_reads_as_down(
 
     monkeypatch.setattr(node_mod.pgobs, "connect_local", refused)
     assert _observe_once(agent).pg.db is DbState.DOWN
+
+
+def _wait_until_zombie(pid: int) -> None:
+    deadline = time.monotonic() + 5
+    while Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":
+        assert time.monotonic() < deadline, "the killed process never became a zombie"
+        time.sleep(0.01)
 
 
 # -- L5: the decision loop's own gap is a stall too ----------------------------------------------

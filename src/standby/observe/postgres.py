@@ -171,12 +171,15 @@ def postmaster_running(data_dir: Path) -> bool:
     except PermissionError:
         pass
     try:
-        # A stale file whose PID now belongs to another program is no server.
-        return Path(f"/proc/{pid}/comm").read_text().strip().startswith("postgres")
+        # /proc/PID/stat is "PID (COMM) STATE ...". A zombie is a postmaster that died and was not
+        # reaped yet: an init that reaps orphans once a second kept a crashed server "running" 1-2 s.
+        # A stale file whose PID now belongs to another program is no server either.
+        comm, rest = Path(f"/proc/{pid}/stat").read_text().split("(", 1)[1].rsplit(")", 1)
     except FileNotFoundError:
         return False
-    except OSError:
+    except (OSError, ValueError, IndexError):
         return True
+    return comm.startswith("postgres") and rest.split()[0] not in ("Z", "X")
 
 
 def connect_peer(cfg: Config, node: str, network: str = "private") -> psycopg.Connection:
