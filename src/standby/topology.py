@@ -1,0 +1,291 @@
+"""The cluster's shape: the hot pair plus followers, validated before anything starts.
+
+The hot pair (two nodes, ``[nodes.*]``) decides automatic failover between its members exactly as
+before; nothing here changes the safety model. Followers (``[[followers]]``) are extra replicas that
+never vote and never promote themselves:
+
+- ``warm``: disaster recovery in another site; only an operator's ``standby promote`` makes it a primary;
+- ``reporting``: serves reads, never promoted.
+
+Each streams from the current primary (``upstream = "primary"``), from the hot standby (``"standby"``:
+the primary's uplink carries the WAN stream once) or from another follower (its name). Pure values
+and functions only: the checks return typed problems, each naming the key, the bad value and the fix;
+the shell turns them into ``config check``'s errors.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+
+from pydantic import BaseModel, ConfigDict, field_validator
+
+from standby.config import Link, ServiceIP
+from standby.config import Node as PairNode
+
+PRIMARY = "primary"  # upstream keyword: whichever pair node serves
+STANDBY = "standby"  # upstream keyword: the hot standby (falls back to the primary when it is gone)
+KEYWORDS = (PRIMARY, STANDBY)
+
+
+class FollowerRole(StrEnum):
+    WARM = "warm"  # disaster recovery: promoted by an operator only
+    REPORTING = "reporting"  # serves reads; never promoted
+
+
+def _valid_name(name: str) -> bool:
+    # The rule of config's node names: a slot name, an application_name and a file name can be made from it.
+    return bool(name) and len(name) <= 32 and all(c.isalnum() or c in "-_" for c in name)
+
+
+class Follower(BaseModel):
+    """One ``[[followers]]`` table."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str
+    public: Link
+    private: Link
+    role: FollowerRole
+    upstream: str = PRIMARY
+    # Reports connect here; it stays on this follower (a follower's address never floats).
+    reporting_ip: ServiceIP | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not _valid_name(v):
+            raise ValueError("expected letters, digits, '-' or '_' (max 32)")
+        return v
+
+    def addresses(self) -> Iterator[tuple[str, ipaddress.IPv4Address]]:
+        """(key suffix, address) of every address this follower uses."""
+        yield "public.address", self.public.ip
+        yield "private.address", self.private.ip
+        if self.reporting_ip is not None:
+            yield "reporting_ip.address", self.reporting_ip.address.ip
+
+
+@dataclass(frozen=True)
+class Topology:
+    """The pair (node name -> its [nodes.NAME] table) and the followers, in the file's order."""
+
+    pair: Mapping[str, PairNode]
+    followers: Sequence[Follower]
+
+    def follower(self, name: str) -> Follower | None:
+        return next((f for f in self.followers if f.name == name), None)
+
+
+class ProblemKind(StrEnum):
+    """What is wrong with a topology; one per check."""
+
+    RESERVED_NAME = "reserved_name"  # a follower named "primary" or "standby"
+    NAME_OF_PAIR_NODE = "name_of_pair_node"  # a follower named like a node of the hot pair
+    DUPLICATE_NAME = "duplicate_name"
+    SLOT_CLASH = "slot_clash"  # two names give one replication slot (or application_name)
+    DUPLICATE_ADDRESS = "duplicate_address"
+    UPSTREAM_IS_PAIR_NODE = "upstream_is_pair_node"  # a pair node by name: its role moves
+    UNKNOWN_UPSTREAM = "unknown_upstream"
+    CASCADE_LOOP = "cascade_loop"
+    REPORTING_IP_ON_WARM = "reporting_ip_on_warm"
+    MAJOR_VERSION = "major_version"
+    QUORUM = "quorum"
+
+
+@dataclass(frozen=True)
+class Problem:
+    kind: ProblemKind
+    key: str  # where in the configuration, e.g. followers[1].upstream
+    value: str  # the bad value
+    fix: str  # what to do instead
+
+    def __str__(self) -> str:
+        return f"{self.key}: {self.value!r} {self.fix}"
+
+
+def check(t: Topology) -> list[Problem]:
+    """Every problem of the topology, in the file's order; empty when it may start."""
+    return [*_name_problems(t), *_address_problems(t), *_upstream_problems(t), *_reporting_ip_problems(t)]
+
+
+def _name_problems(t: Topology) -> Iterator[Problem]:
+    seen: dict[str, str] = {}
+    slots = {slot_name(n): f"nodes.{n}" for n in t.pair}
+    for i, f in enumerate(t.followers):
+        key = f"followers[{i}].name"
+        if f.name in KEYWORDS:
+            yield Problem(ProblemKind.RESERVED_NAME, key, f.name,
+                          f"is an upstream keyword; name the follower otherwise (e.g. \"dr-{f.name}\")")
+        elif f.name in t.pair:
+            yield Problem(ProblemKind.NAME_OF_PAIR_NODE, key, f.name,
+                          f"is a node of the hot pair (nodes.{f.name}); a follower needs a name of its own")
+        elif f.name in seen:
+            yield Problem(ProblemKind.DUPLICATE_NAME, key, f.name, f"is already the name of {seen[f.name]}; "
+                          "give each follower a name of its own")
+        elif slot_name(f.name) in slots:
+            yield Problem(ProblemKind.SLOT_CLASH, key, f.name,
+                          f"gives the replication slot {slot_name(f.name)}, as {slots[slot_name(f.name)]} does "
+                          "(case, '-' and '_' do not tell names apart); rename one of them")
+        seen.setdefault(f.name, f"followers[{i}]")
+        slots.setdefault(slot_name(f.name), f"followers[{i}]")
+
+
+def _address_problems(t: Topology) -> Iterator[Problem]:
+    seen: dict[ipaddress.IPv4Address, str] = {}
+    for name, node in t.pair.items():
+        seen.setdefault(node.public.ip, f"nodes.{name}.public.address")
+        seen.setdefault(node.private.ip, f"nodes.{name}.private.address")
+    for i, f in enumerate(t.followers):
+        for suffix, ip in f.addresses():
+            key = f"followers[{i}].{suffix}"
+            if ip in seen:
+                yield Problem(ProblemKind.DUPLICATE_ADDRESS, key, str(ip),
+                              f"is already used by {seen[ip]}; every address must be unique")
+            seen.setdefault(ip, key)
+
+
+def _upstream_problems(t: Topology) -> Iterator[Problem]:
+    names = {f.name for f in t.followers}
+    for i, f in enumerate(t.followers):
+        key, up = f"followers[{i}].upstream", f.upstream
+        if up in KEYWORDS:
+            continue
+        if up in t.pair:
+            yield Problem(ProblemKind.UPSTREAM_IS_PAIR_NODE, key, up,
+                          "names a node of the hot pair, whose role moves on failover; use \"primary\" or \"standby\"")
+        elif up not in names:
+            yield Problem(ProblemKind.UNKNOWN_UPSTREAM, key, up,
+                          f"names no follower; use \"primary\", \"standby\" or one of: {', '.join(sorted(names)) or 'none'}")
+        elif (loop := cascade_loop(t, f.name)) is not None:
+            yield Problem(ProblemKind.CASCADE_LOOP, key, up,
+                          f"closes a cascade loop ({' -> '.join(loop)}); let one of them stream from \"primary\" "
+                          "or \"standby\"")
+
+
+def cascade_loop(t: Topology, start: str) -> list[str] | None:
+    """The loop of follower names ``start`` cascades into (start first and last), or None."""
+    path = [start]
+    f = t.follower(start)
+    while f is not None and f.upstream not in KEYWORDS:
+        if f.upstream == start:
+            return [*path, start]
+        if f.upstream in path:
+            return None  # a loop further up, reported for its own members
+        path.append(f.upstream)
+        f = t.follower(f.upstream)
+    return None
+
+
+def _reporting_ip_problems(t: Topology) -> Iterator[Problem]:
+    for i, f in enumerate(t.followers):
+        if f.reporting_ip is not None and f.role is FollowerRole.WARM:
+            yield Problem(ProblemKind.REPORTING_IP_ON_WARM, f"followers[{i}].reporting_ip", str(f.reporting_ip.address),
+                          "is given for a warm follower; set role = \"reporting\" or remove reporting_ip")
+
+
+# -- versions ------------------------------------------------------------------------------------------
+
+
+def major(server_version_num: int) -> int:
+    """PostgreSQL's major version from ``server_version_num`` (150018 -> 15; 90624 -> 9.6 as 906)."""
+    return server_version_num // 10000 if server_version_num >= 100000 else server_version_num // 100
+
+
+def version_problems(t: Topology, versions: Mapping[str, int]) -> list[Problem]:
+    """Followers whose PostgreSQL major differs from the pair's (``server_version_num`` per node, where known).
+
+    WAL streams only between servers of one major; a follower of another never catches up."""
+    pair = sorted({major(v) for n, v in versions.items() if n in t.pair})
+    if len(pair) != 1:
+        return []  # unknown, or the pair itself differs (its own check says so)
+    want = pair[0]
+    out = []
+    for i, f in enumerate(t.followers):
+        got = versions.get(f.name)
+        if got is not None and major(got) != want:
+            out.append(Problem(ProblemKind.MAJOR_VERSION, f"followers[{i}]", f"{f.name}: PostgreSQL {major(got)}",
+                               f"differs from the pair's PostgreSQL {want}; install {want} on {f.name}"))
+    return out
+
+
+# -- durability: who the primary waits for -------------------------------------------------------------
+
+
+def application_name(node: str) -> str:
+    """The name a node's WAL receiver gives (its node name), as synchronous_standby_names quotes it."""
+    return f'"{node}"'
+
+
+def slot_name(node: str) -> str:
+    """The physical slot that streams WAL to ``node`` (the scheme of config.Config.slot_name)."""
+    return "standby_" + node.replace("-", "_").lower()
+
+
+@dataclass(frozen=True)
+class SyncPlan:
+    """synchronous_standby_names for the primary, and what it promises."""
+
+    value: str
+    members: tuple[str, ...]  # nodes whose acknowledgement counts
+    waits_for: int  # how many of them each commit waits for
+    # Every acknowledged commit is on the hot standby: it may be promoted automatically without loss.
+    hot_standby_has_every_commit: bool
+    says: str  # the promise, in words, for `status` and `config check`
+
+
+def sync_plan(t: Topology, standby: str, sync: bool, quorum: int = 0) -> SyncPlan:
+    """What the primary waits for. ``quorum`` 0: the hot standby only (the pair's rule, unchanged).
+    ``quorum`` k > 0 (asked for by the operator): any k of the hot standby and the warm followers that
+    stream from the primary. Reporting followers never count: a copy on a node that is never promoted
+    protects no commit. Cascaded followers cannot count: the primary does not see them."""
+    if not sync:
+        return SyncPlan("", (), 0, False, "async: no commit waits; a failover can lose the newest commits")
+    if quorum <= 0:
+        return SyncPlan(application_name(standby), (standby,), 1, True,
+                        f"sync: each commit waits for the hot standby {standby}; a DR promotion can still lose "
+                        "what the warm followers had not received")
+    members = (standby, *quorum_candidates(t))
+    k = min(quorum, len(members))
+    value = f"ANY {k} ({', '.join(application_name(m) for m in members)})"
+    full = k == len(members)
+    says = (f"sync quorum: each commit waits for {k} of {', '.join(members)}; "
+            + ("every one of them has each acknowledged commit" if full else
+               f"the hot standby {standby} may lack a commit another acknowledged, so it is promoted "
+               "automatically only once it has flushed the primary's position"))
+    return SyncPlan(value, members, k, full, says)
+
+
+def quorum_candidates(t: Topology) -> tuple[str, ...]:
+    return tuple(f.name for f in t.followers if f.role is FollowerRole.WARM and f.upstream == PRIMARY)
+
+
+def quorum_problems(t: Topology, quorum: int, key: str = "replication.quorum") -> list[Problem]:
+    n = 1 + len(quorum_candidates(t))
+    if quorum < 0 or quorum > n:
+        return [Problem(ProblemKind.QUORUM, key, str(quorum),
+                        f"must be 0 (the hot standby only) or 1..{n} (the hot standby and the warm followers with "
+                        "upstream = \"primary\"); a larger number would stop every commit")]
+    return []
+
+
+# -- slots ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SlotPlan:
+    primary_slot_name: str  # this node's own slot on whichever node it streams from
+    slots: tuple[str, ...]  # the slots this node keeps for the nodes that may stream from it
+
+
+def slot_plan(t: Topology, node: str) -> SlotPlan:
+    """The slots ``node`` keeps, whatever its role now: each pair node may become primary or standby, and a
+    cascaded follower falls back to the primary, so a pair node keeps one for its peer and every follower
+    (kept unreserved until used, a slot pins no WAL); a follower keeps one for each follower cascading from it."""
+    if node in t.pair:
+        others = [n for n in t.pair if n != node] + [f.name for f in t.followers]
+    else:
+        others = [f.name for f in t.followers if f.upstream == node]
+    return SlotPlan(slot_name(node), tuple(slot_name(n) for n in others))
