@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 
 import pytest
 from hypothesis import given, settings
@@ -289,7 +290,7 @@ def check_step(s: FollowerState, o: FollowerObservation, p: FollowerPolicy) -> N
         # 3. Only a node serving in the newest term: its fresh view says so in that term.
         if a.target in NODES:
             v = o.pair[a.target]
-            assert v.term == new.term and NOW - v.heard_at < p.fresh_s
+            assert v.term == new.term and o.now - v.heard_at < p.fresh_s
             assert v.db is DbState.PRIMARY or (v.db is DbState.STANDBY and v.streaming and p.upstream == "standby")
         else:
             assert a.target == p.upstream
@@ -358,3 +359,231 @@ def test_only_a_rejoin_past_the_fork_and_a_follow_before_it(upstream: str) -> No
         _, acts = decide_follower(streaming_from_alpha(), o, policy(upstream))
         kinds = [k for k, _, _ in acted(acts)]
         assert kinds == ([REJOIN] if received > FORK else [POINT])
+
+
+# -- a small world: the pair, scripted, and followers running the real core -----------------------------------
+
+TICK = 0.5
+
+
+@dataclass
+class Server:
+    """A PostgreSQL server of the pair, as far as WAL, timelines and terms go."""
+
+    name: str
+    db: DbState
+    lsn: int = 1000
+    timeline: int = 1
+    history: tuple[tuple[int, int], ...] = ()
+    term: int = 1
+    alive: bool = True
+    source: str | None = None  # a standby's upstream
+
+    def serves(self) -> bool:
+        return self.alive and self.db in (DbState.PRIMARY, DbState.STANDBY)
+
+    def has_line_of(self, timeline: int, lsn: int) -> bool:
+        """Can a replica at (timeline, lsn) continue from this server's WAL?"""
+        if timeline == self.timeline:
+            return lsn <= self.lsn
+        fork = fork_of(timeline, self.history)
+        return fork is not None and lsn <= fork
+
+
+@dataclass
+class FollowerNode:
+    name: str
+    policy: FollowerPolicy
+    state: FollowerState = field(default_factory=FollowerState)
+    timeline: int = 1
+    received: int = 0
+    source: str | None = None
+    streaming: bool = False
+    in_recovery: bool = True
+    rejoins: int = 0
+    alerts: int = 0
+    points: list[str] = field(default_factory=list)
+
+
+class Site:
+    """alpha (primary) and beta (hot standby, streaming), scripted; followers decide with decide_follower."""
+
+    def __init__(self, *followers: tuple[str, str]) -> None:
+        self.t = 0.0
+        self.servers = {"alpha": Server("alpha", DbState.PRIMARY), "beta": Server("beta", DbState.STANDBY)}
+        self.servers["beta"].source = "alpha"
+        self.followers = {n: FollowerNode(n, policy(up)) for n, up in followers}
+
+    def primary(self) -> Server | None:
+        live = [s for s in self.servers.values() if s.alive and s.db is DbState.PRIMARY]
+        return max(live, key=lambda s: s.term) if live else None
+
+    def upstream_of(self, name: str) -> Server | FollowerNode | None:
+        return self.servers.get(name) or self.followers.get(name)
+
+    def run(self, seconds: float, standby_lag: int = 0) -> None:
+        for _ in range(round(seconds / TICK)):
+            self.t += TICK
+            self._pair_step(standby_lag)
+            for f in self.followers.values():
+                self._follower_step(f)
+
+    def _pair_step(self, standby_lag: int) -> None:
+        for p in self.servers.values():
+            if p.alive and p.db is DbState.PRIMARY:
+                p.lsn += 100  # the calls (an old primary not yet fenced takes some too)
+        for s in self.servers.values():
+            src = self.servers.get(s.source) if s.source else None
+            if s.db is DbState.STANDBY and s.alive and src is not None and src.serves():
+                s.lsn, s.timeline, s.history = max(s.lsn, src.lsn - standby_lag), src.timeline, src.history
+
+    def _streams(self, s: Server) -> bool:
+        src = self.servers.get(s.source) if s.source else None
+        return s.alive and s.db is DbState.STANDBY and src is not None and src.serves()
+
+    def _stream(self, f: FollowerNode) -> None:
+        src = self.upstream_of(f.source) if f.source else None
+        if isinstance(src, Server):
+            ok = src.serves() and src.has_line_of(f.timeline, f.received)
+            pos, tl = src.lsn, src.timeline
+        else:
+            ok = src is not None and src.streaming and src.timeline == f.timeline
+            pos, tl = (src.received, src.timeline) if src is not None else (0, 0)
+        f.streaming = ok
+        if ok:
+            f.received, f.timeline = max(f.received, pos), tl
+
+    def _follower_step(self, f: FollowerNode) -> None:
+        self._stream(f)
+        pair = {n: PairView(s.term, s.db, s.timeline, s.lsn, self.t, self._streams(s), s.history)
+                for n, s in self.servers.items() if s.alive}
+        answered = {n: self.t for n in [*self.servers, *self.followers]
+                    if (u := self.upstream_of(n)) is not None and (u.serves() if isinstance(u, Server) else u.streaming)}
+        o = FollowerObservation(self.t, TICK, FollowerPg(True, f.in_recovery, f.streaming, f.source if f.streaming else None,
+                                                         f.timeline, f.received, f.received), pair, answered)
+        check_step(f.state, o, f.policy)
+        f.state, acts = decide_follower(f.state, o, f.policy)
+        for a in acts:
+            if a.kind is POINT:
+                assert a.target is not None
+                assert a.target not in self.servers or self.servers[a.target].serves(), "pointed at a dead node"
+                f.source, f.points = a.target, [*f.points, a.target]
+            elif a.kind is REJOIN:
+                p = self.servers[a.target or ""]
+                assert p is self.primary() and not p.has_line_of(f.timeline, f.received)  # really needed
+                f.timeline, f.received, f.source, f.rejoins = p.timeline, p.lsn, p.name, f.rejoins + 1
+            elif a.kind is FollowerActionKind.ALERT:
+                f.alerts += 1
+
+    def promote(self, name: str, fork: int) -> None:
+        """The pair's failover or switchover: ``name`` becomes primary of a new term and timeline, which
+        leaves the old timeline at ``fork`` (what it had received)."""
+        s = self.servers[name]
+        s.lsn = fork
+        s.history = (*s.history, (s.timeline, fork))
+        s.timeline, s.term, s.db, s.source = s.timeline + 1, max(x.term for x in self.servers.values()) + 1, \
+            DbState.PRIMARY, None
+
+
+def test_sim_pair_failover_followers_follow_without_a_reclone() -> None:
+    """sync: the standby has every byte the primary sent; the primary dies; both followers (one direct, one
+    cascaded from the standby, which is promoted under it) stream from the new primary without a rejoin."""
+    w = Site(("dr", "primary"), ("reports", "standby"))
+    w.run(5)
+    assert [w.followers[n].source for n in ("dr", "reports")] == ["alpha", "beta"]
+    a = w.servers["alpha"]
+    a.alive = False
+    w.promote("beta", a.lsn)
+    w.run(5)
+    for f in w.followers.values():
+        assert f.source == "beta" and f.streaming and f.rejoins == 0 and f.timeline == 2
+        assert f.received == w.servers["beta"].lsn and f.state.term == 2
+    assert w.followers["dr"].points == ["alpha", "beta"]
+
+
+def test_sim_pair_failover_a_follower_past_the_fork_is_rejoined() -> None:
+    """async: the standby was behind; the direct follower had more of the old primary's WAL than the
+    new primary: it is rejoined once, then streams; the cascaded one (behind the standby) just follows."""
+    w = Site(("dr", "primary"), ("reports", "standby"))
+    w.run(5, standby_lag=300)
+    a, b = w.servers["alpha"], w.servers["beta"]
+    assert w.followers["dr"].received > b.lsn
+    a.alive = False
+    w.promote("beta", b.lsn)
+    w.run(5)
+    dr, reports = w.followers["dr"], w.followers["reports"]
+    assert dr.rejoins == 1 and dr.streaming and dr.source == "beta" and dr.timeline == 2
+    assert reports.rejoins == 0 and reports.streaming and reports.source == "beta"
+
+
+def test_sim_old_primary_not_yet_fenced_is_left_for_the_newer_term() -> None:
+    """The old primary still runs and writes in term 1 (it has not fenced yet) while the standby was
+    promoted in term 2: the follower streaming from it leaves it for the newer term, and having received
+    past the fork, is rejoined; it never points back at the old primary."""
+    w = Site(("dr", "primary"))
+    w.run(3)
+    w.promote("beta", w.servers["beta"].lsn)
+    w.run(5)
+    dr = w.followers["dr"]
+    assert dr.points == ["alpha"] and dr.rejoins == 1 and dr.source == "beta" and dr.streaming
+    w.servers["alpha"].db = DbState.FENCED
+    w.run(5)
+    assert dr.points == ["alpha"] and dr.source == "beta" and dr.streaming
+
+
+def test_sim_switchover_and_back_followers_follow_each_time() -> None:
+    w = Site(("dr", "primary"), ("reports", "standby"))
+    w.run(3)
+    for new, old in (("beta", "alpha"), ("alpha", "beta")):
+        o = w.servers[old]
+        w.promote(new, o.lsn)  # a clean switchover: the new primary has the old one's last byte
+        o.db, o.source, o.term = DbState.STANDBY, new, w.servers[new].term
+        w.run(5)
+        assert w.followers["dr"].source == new and w.followers["reports"].source == old
+        assert all(f.streaming and f.rejoins == 0 for f in w.followers.values())
+    assert w.followers["dr"].state.term == 3 and w.followers["dr"].timeline == 3
+
+
+def test_sim_site_loss_alerts_then_the_operator_promotes_the_dr_follower() -> None:
+    w = Site(("dr", "primary"), ("reports", "standby"))
+    w.run(3)
+    received = w.followers["dr"].received
+    for s in w.servers.values():
+        s.alive = False
+    w.run(5)
+    assert w.followers["dr"].alerts == 0  # not yet site_loss_after_s
+    w.run(policy().realert_after_s + 10)
+    dr = w.followers["dr"]
+    assert dr.alerts == 2 and w.followers["reports"].alerts == 2  # once, then once after the quiet period
+    assert not dr.streaming and dr.received == received
+    # Nothing was pointed anywhere while nobody served.
+    assert dr.points == ["alpha"] and w.followers["reports"].points == ["beta"]
+    dr.in_recovery = False  # `standby promote --node dr`: the operator's, the only promotion there is
+    for s in w.servers.values():
+        s.alive = True  # the old pair comes back, still in term 1: the promoted follower does not follow it
+    w.run(20)
+    assert dr.state.promoted and dr.points == ["alpha"] and dr.rejoins == 0
+
+
+def test_sim_hot_standby_lost_under_a_cascaded_follower() -> None:
+    """The cascaded follower falls back to the primary, and goes back to the standby once it is back for
+    the grace period; the direct follower never moves."""
+    w = Site(("dr", "primary"), ("reports", "standby"))
+    w.run(3)
+    w.servers["beta"].alive = False
+    w.run(5)
+    reports = w.followers["reports"]
+    assert reports.source == "alpha" and reports.streaming
+    w.servers["beta"].alive = True
+    w.run(1)
+    assert reports.source == "alpha"  # not back before the grace period
+    w.run(5)
+    assert reports.source == "beta" and reports.streaming and reports.rejoins == 0
+    assert reports.points == ["beta", "alpha", "beta"] and w.followers["dr"].points == ["alpha"]
+
+
+def test_sim_a_follower_cascading_from_a_follower() -> None:
+    w = Site(("dr", "primary"), ("dr2", "dr"))
+    w.run(5)
+    dr2 = w.followers["dr2"]
+    assert dr2.source == "dr" and dr2.streaming and dr2.received == w.followers["dr"].received

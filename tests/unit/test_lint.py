@@ -176,7 +176,7 @@ def test_the_labs_service_commands_run_without_importing_the_cli_into_the_lab() 
 MAX_FUNCTION_LINES = 60
 MAX_AGENT_MODULE_LINES = 300
 SIZED = [SRC / "standby" / "agent", SRC / "standby" / "act", SRC / "standby" / "decide.py",
-         SRC / "standby" / "operations.py"]
+         SRC / "standby" / "operations.py", SRC / "standby" / "follow.py", SRC / "standby" / "topology.py"]
 # Nothing is exempt; an entry here would have to say why and when it goes.
 LONG_FUNCTIONS_PENDING: set[str] = set()
 
