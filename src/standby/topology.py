@@ -253,8 +253,8 @@ def sync_plan(t: Topology, standby: str, sync: bool, quorum: int = 0) -> SyncPla
     full = k == len(members)
     says = (f"sync quorum: each commit waits for {k} of {', '.join(members)}; "
             + ("every one of them has each acknowledged commit" if full else
-               f"the hot standby {standby} may lack a commit another acknowledged, so it is promoted "
-               "automatically only once it has flushed the primary's position"))
+               f"the hot standby {standby} may lack a commit another member acknowledged: a failover to it "
+               "loses nothing only once it has flushed the primary's position"))
     return SyncPlan(value, members, k, full, says)
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
@@ -155,6 +156,17 @@ def test_view_older_than_the_current_term_is_ignored() -> None:
     assert acted(acts) == [] and s2.term == 2 and report(acts).reason is FollowerReason.NO_PRIMARY
 
 
+def test_a_primary_heard_too_long_ago_is_not_pointed_at() -> None:
+    """Heard means a fresh heartbeat: the last word of a primary older than fresh_s names nobody to follow."""
+    p = policy()
+    o = obs(pg(source=None, streaming=False), alpha=primary(at=NOW - p.fresh_s), beta=standby())
+    s, acts = decide_follower(FollowerState(), o, p)
+    assert acted(acts) == [] and report(acts).reason is FollowerReason.NO_PRIMARY and s.term == 1
+    o = obs(o.pg, alpha=primary(at=NOW - p.fresh_s / 2), beta=standby())
+    _, acts = decide_follower(s, o, p)
+    assert acted(acts) == [(POINT, FollowerReason.UPSTREAM, "alpha")]
+
+
 def test_upstream_standby_cascades_from_the_hot_standby() -> None:
     o = obs(pg(source=None, streaming=False), alpha=primary(), beta=standby())
     _, acts = decide_follower(FollowerState(), o, policy("standby"))
@@ -240,8 +252,14 @@ def test_exposure_unknown_once_past_the_fork() -> None:
 
 def test_every_reason_has_a_case_above() -> None:
     names = {r.name for r in FollowerReason}
-    source = open(__file__).read()
+    source = Path(__file__).read_text()
     assert {n for n in names if f"FollowerReason.{n}" not in source} == set()
+
+
+def test_every_reason_has_a_row_in_the_design() -> None:
+    doc = (Path(__file__).parents[2] / "docs" / "followers.md").read_text()
+    rows = {line.split("|")[1].strip().strip("`") for line in doc.splitlines() if line.startswith("| `")}
+    assert {r.value for r in FollowerReason} <= rows
 
 
 # -- properties -----------------------------------------------------------------------------------------------

@@ -227,3 +227,25 @@ def test_slots_for_every_node_that_may_stream_from_it() -> None:
 def test_slot_names_are_the_configurations() -> None:
     cfg = config.load(EXAMPLE)
     assert all(slot_name(n) == cfg.slot_name(n) for n in ("alpha", "beta", "dr-1", "DR_2"))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["dr", "dr2", "DR", "alpha", "beta", "primary", "standby"]),
+                          st.sampled_from(["primary", "standby", "dr", "dr2", "beta", "nowhere"]),
+                          st.sampled_from(["warm", "reporting"]), st.integers(1, 3), st.booleans()),
+                max_size=5))
+def test_any_topology_gets_problems_that_name_key_value_and_fix(spec: list[tuple[str, str, str, int, bool]]) -> None:
+    fs = [follower(name, n, role, up, **({"reporting_ip": {"address": "203.0.113.80/24", "interface": "eth0"}}
+                                         if rip else {}))
+          for name, up, role, n, rip in spec]
+    problems = check(topo(*fs))
+    for p in problems:
+        assert p.key.startswith("followers[") and p.value and p.fix and str(p).startswith(f"{p.key}: ")
+    names = [f.name for f in fs]
+    clean = (len({slot_name(n) for n in names}) == len(names) and not {"alpha", "beta", "primary", "standby"} & set(names)
+             and all(f.upstream in ("primary", "standby", *names) for f in fs)
+             and all(cascade_loop(topo(*fs), f.name) is None for f in fs)
+             and len({(f.public.ip, f.private.ip) for f in fs}) == len(fs)
+             and sum(f.reporting_ip is not None for f in fs) <= 1
+             and all(f.reporting_ip is None or f.role is FollowerRole.REPORTING for f in fs))
+    assert (problems == []) == clean
