@@ -387,3 +387,35 @@ def test_h2_respawn_kills_the_agents_leftovers_but_not_a_detached_server(tmp_pat
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
+
+
+# -- a failed crash recovery says why ---------------------------------------------------------------
+
+
+def test_chaos_seed_205_failed_crash_recovery_names_postgres_own_error(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest) -> None:
+    """Seed 205 (sync): a rejoin failed with "crash recovery ... failed: ['libfaketime: sem_name was
+    ...']", the last stderr line of the single-user server, written by a preloaded library at exit:
+    the operator saw no reason. The error carries PostgreSQL's own lines."""
+    raw, _ = example_with_secrets(tmp_path)
+    data = tmp_path / "pgdata"
+    data.mkdir()
+    # runuser runs it as postgres, who cannot enter pytest's 0700 temporary directories.
+    bin_dir = Path(tempfile.mkdtemp(prefix="standby-fake-bin-"))
+    bin_dir.chmod(0o755)
+    request.addfinalizer(lambda: shutil.rmtree(bin_dir, ignore_errors=True))
+    fake = bin_dir / "postgres"
+    fake.write_text("#!/bin/sh\n"
+                    "echo 'FATAL:  pre-existing shared memory block (key 1, ID 2) is still in use' >&2\n"
+                    "echo 'HINT:  Terminate any old server processes associated with data directory' >&2\n"
+                    "echo 'libfaketime: sem_name was /faketime_sem_1, created locally: false' >&2\n"
+                    "exit 1\n")
+    fake.chmod(0o755)
+    raw["postgres"].update(data_dir=str(data), bin_dir=str(bin_dir))
+    cfg = config.parse(raw)
+    monkeypatch.setattr(pgact, "control_data", lambda *a: {"Database cluster state": "in production"})
+    monkeypatch.setattr(pgact, "awaits_wal_from_source", lambda *a: False)
+    with pytest.raises(pgact.PostgresActionError) as e:
+        pgact.ensure_clean_shutdown(cfg, "alpha")
+    assert "pre-existing shared memory block" in str(e.value) and "Terminate any old server" in str(e.value)
+    assert "exit 1" in str(e.value)

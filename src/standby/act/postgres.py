@@ -384,6 +384,9 @@ def awaits_wal_from_source(cfg: Config, node: str) -> bool:
     return (cfg.pg(node).data_dir / "backup_label").exists()
 
 
+RECOVERY_ERROR_LINES = 4  # of a failed single-user recovery's output, into the error
+
+
 def ensure_clean_shutdown(cfg: Config, node: str) -> bool:
     """Finish crash recovery of a stopped data directory, isolated (single-user mode, no network).
 
@@ -413,7 +416,10 @@ def ensure_clean_shutdown(cfg: Config, node: str) -> bool:
         for f in signals:
             f.with_name(f.name + ".aside").rename(f)
     if res.returncode != 0:
-        raise PostgresActionError(f"crash recovery of {pg.data_dir} failed: {res.stderr.strip().splitlines()[-1:]}")
+        # The FATAL line and its DETAIL/HINT: the last line alone was once a preloaded library's
+        # farewell, which hid why recovery had failed.
+        said = " | ".join(line.strip() for line in res.stderr.strip().splitlines()[-RECOVERY_ERROR_LINES:])
+        raise PostgresActionError(f"crash recovery of {pg.data_dir} failed (exit {res.returncode}): {said}")
     return True
 
 
