@@ -1,11 +1,24 @@
-"""What an interrupted rejoin remembers for the next one (chaos seed 103): the rejoin result's own document."""
+"""What an interrupted rejoin remembers for the next one (chaos seed 103): the rejoin result's own document;
+what a failed clone leaves (chaos seed 105)."""
 
 from __future__ import annotations
 
+import contextlib
+import subprocess
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+import pytest
+
+from standby import config
+from standby.act import postgres as pgact
+from standby.act import rejoin as rejoin_mod
 from standby.act import rejoin as rj
+from standby.act.rejoin import RejoinResult
 from standby.documents import RejoinMethod
+
+from .configs import example_with_secrets
 
 
 def test_what_a_rejoin_found_survives_until_the_next_one(tmp_path: Path) -> None:
@@ -30,3 +43,37 @@ def test_an_unreadable_record_resumes_as_a_rewind_with_nothing_salvaged(tmp_path
     resumed = rj.RejoinResult()
     rj._resume(path, resumed)
     assert resumed.method is RejoinMethod.REWIND
+
+
+def test_chaos_seed_105_a_failed_clone_puts_the_old_directory_back(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """Sync + degrade seed 105: pg_rewind was impossible, the old directory was set aside, the clone
+    failed half-way, and every later `standby rejoin` refused ("beta has no data directory; use
+    `standby bootstrap`"): the pair never had a standby again. A failed clone leaves the node as the
+    rejoin found it, so the next rejoin starts over (salvage included); nothing is deleted."""
+    raw, _ = example_with_secrets(tmp_path)
+    data = tmp_path / "pgdata"
+    data.mkdir()
+    (data / "PG_VERSION").write_text("15\n")
+    raw["postgres"]["data_dir"] = str(data)
+    cfg = config.parse(raw)
+
+    @contextlib.contextmanager
+    def passfile(*a: Any) -> Iterator[Path]:
+        yield tmp_path / "pass"
+
+    def clone_fails(cfg: Any, node: str, peer: str) -> None:
+        data.mkdir(mode=0o700)  # pg_basebackup's target, emptied after its failure
+        raise pgact.PostgresActionError("pg_basebackup from alpha failed: connection reset")
+
+    monkeypatch.setattr(rejoin_mod.act, "passfile", passfile)
+    monkeypatch.setattr(rejoin_mod.act, "run_as", lambda *a, **kw: subprocess.CompletedProcess(
+        a, 1, "", "pg_rewind: error: could not find previous WAL record"))
+    monkeypatch.setattr(rejoin_mod.act, "clone", clone_fails)
+    result = RejoinResult(fork_lsn="0/5000000", old_timeline=3)
+    with pytest.raises(pgact.PostgresActionError):
+        rejoin_mod._rewind_or_clone(cfg, "beta", result, tmp_path / "pending.json", lambda s: None,
+                                    looked_for_salvage=True)
+    assert (data / "PG_VERSION").read_text() == "15\n"
+    assert not list(tmp_path.glob("pgdata.before-rejoin-*")), "the old directory must be back in place"
+    assert not (tmp_path / "pending.json").exists()

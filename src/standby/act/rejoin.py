@@ -172,8 +172,12 @@ def _rewind_or_clone(cfg: Config, node: str, result: RejoinResult, pending: Path
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     aside = pg.data_dir.with_name(f"{pg.data_dir.name}.before-rejoin-{stamp}")
     pg.data_dir.rename(aside)
+    try:
+        act.clone(cfg, node, peer)
+    except BaseException:
+        _put_back(pg.data_dir, aside, stamp)
+        raise
     result.kept_aside = aside
-    act.clone(cfg, node, peer)
     result.method = RejoinMethod.CLONE
     _remember(pending, result)
     if looked_for_salvage and result.salvage_report is None:
@@ -183,6 +187,17 @@ def _rewind_or_clone(cfg: Config, node: str, result: RejoinResult, pending: Path
         step(f"cloned from {peer}; the old directory held nothing to salvage and was removed")
     else:
         step(f"cloned from {peer}; the old directory is kept at {aside} until its salvage is dealt with")
+
+
+def _put_back(data_dir: Path, aside: Path, stamp: str) -> None:
+    """A clone that failed leaves the node as the rejoin found it, so the next rejoin starts over (its
+    salvage too); with the old directory aside and none in place, every later rejoin refused and the
+    pair never had a standby again (chaos seed 105). Whatever the failed clone left is kept, not deleted."""
+    if data_dir.is_dir() and not any(data_dir.iterdir()):
+        data_dir.rmdir()
+    elif data_dir.exists() or data_dir.is_symlink():
+        data_dir.rename(data_dir.with_name(f"{data_dir.name}.failed-clone-{stamp}"))
+    aside.rename(data_dir)
 
 
 def _start_streaming(cfg: Config, node: str, peer: str, step: Report) -> None:
