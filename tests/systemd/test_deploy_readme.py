@@ -1,0 +1,74 @@
+"""The README deploy script's own parts, without containers: the steps it reads out of README.md,
+step 9's edit of the example, and `scp` turned into a copy between roots."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from standby import config
+from tests.systemd import deploy_readme
+from tests.systemd.deploy_readme import ReadmeDrift, Where
+
+
+def test_every_numbered_step_of_the_readme_is_read_with_where_it_runs() -> None:
+    steps = deploy_readme.parse(deploy_readme.README.read_text())
+    assert [s.number for s in steps] == list(range(1, len(steps) + 1))
+    where = {s.number: s.where for s in steps}
+    assert where[1] is Where.CHECKOUT and where[2] is Where.CHECKOUT
+    assert {s.where for s in steps} == set(Where)
+    # Each step is one command: the code span, not the prose around it.
+    assert all(not s.command.startswith("(") or s.command.endswith(")") for s in steps)
+    spool = [s for s in steps if s.only_with]
+    assert spool and all(s.only_with == "spool" and s.command.startswith("standby show systemd") for s in spool)
+    each = next(s for s in steps if s.where is Where.EACH)
+    assert "--node beta" in each.command_for("beta") and "alpha" not in each.command_for("beta")
+    assert sum(s.edits_config for s in steps) == 1
+
+
+def test_a_step_that_says_not_where_it_runs_is_refused() -> None:
+    readme = "## Deploy on two servers\n\n1. `true`\n\n## Next\n"
+    with pytest.raises(ReadmeDrift, match="step 1"):
+        deploy_readme.parse(readme)
+    with pytest.raises(ReadmeDrift, match="unknown place"):
+        deploy_readme.parse("## Deploy on two servers\n\nOn gamma:\n\n1. `true`\n")
+
+
+def test_the_edited_example_is_a_valid_configuration_for_the_containers(tmp_path: Path) -> None:
+    example = (deploy_readme.REPO / "etc" / "standby.example.toml").read_text()
+    path = tmp_path / "standby.toml"
+    path.write_text(deploy_readme.edit_example(example, "pub0", "priv0", ""))
+    cfg = config.load(path)
+    assert {cfg.nodes[n].public.interface for n in cfg.nodes} == {"pub0"}
+    assert {cfg.nodes[n].private.interface for n in cfg.nodes} == {"priv0"}
+    assert cfg.services == []
+    assert cfg.api.token_file is not None
+
+
+def test_an_example_without_the_text_an_edit_looks_for_is_refused() -> None:
+    with pytest.raises(ReadmeDrift, match="eth0"):
+        deploy_readme.edit_example("[[services]]\n[postgres]\n", "pub0", "priv0", "")
+
+
+class _Dir(deploy_readme.Server):
+    def __init__(self, name: str, root: Path, home: str) -> None:
+        self.name, self.root, self.home = name, root, home
+
+
+def test_scp_to_a_host_copies_into_its_root_keeping_the_mode(tmp_path: Path) -> None:
+    alpha, beta = _Dir("alpha", tmp_path / "a", "/root"), _Dir("beta", tmp_path / "b", "/root")
+    for d in ("a/etc/standby", "b/etc/standby", "b/root"):
+        (tmp_path / d).mkdir(parents=True)
+    secret = tmp_path / "a/etc/standby/api.token"
+    secret.write_text("x\n")
+    secret.chmod(0o600)
+    (tmp_path / "a/root/standby.example.toml").parent.mkdir(parents=True)
+    (tmp_path / "a/root/standby.example.toml").write_text("y\n")
+    servers = {"alpha": alpha, "beta": beta}
+    deploy_readme.copy_between(alpha, ["/etc/standby/api.token", "root@beta:/etc/standby/"], servers)
+    deploy_readme.copy_between(alpha, ["standby.example.toml", "root@beta:"], servers)
+    assert (tmp_path / "b/etc/standby/api.token").stat().st_mode & 0o777 == 0o600
+    assert (tmp_path / "b/root/standby.example.toml").read_text() == "y\n"
+    with pytest.raises(ReadmeDrift, match="root@"):
+        deploy_readme.copy_between(alpha, ["x", "gamma:/tmp"], servers)
