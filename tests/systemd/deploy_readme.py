@@ -232,7 +232,7 @@ def deploy(servers: Mapping[str, Server], workdir: Path, write_config: Callable[
         for server in [host] if step.where is Where.CHECKOUT else [everyone[n] for n in step.nodes()]:
             command = step.command_for(server.name)
             say(f"step {step.number} on {server.name}: {command}")
-            proc = server.shell(_SCP_FUNCTION + command, PIP_ENV)
+            proc = server.shell(_SCP_FUNCTION + command, {} if server is host else PIP_ENV)
             copies = [line.split("\t")[1:] for line in proc.stdout.splitlines() if line.startswith(_SCP_MARK)]
             output = "\n".join(line for line in proc.stdout.splitlines() if not line.startswith(_SCP_MARK))
             if proc.returncode != 0:

@@ -9,6 +9,7 @@ addresses only that boot had (the service IPs) go, as on a real server; they com
 from __future__ import annotations
 
 import json
+import re
 import secrets
 import subprocess
 import threading
@@ -21,7 +22,7 @@ from typing import Any
 import psycopg
 
 from standby.documents import PAIR_STATUS, PairStatus
-from standby.lab import Lab, LabSpec, netns
+from standby.lab import LAB_BASE, Lab, LabSpec, netns
 from standby.lab.topology import PRIVATE_IF, PUBLIC_IF, SERVICE_IP, Role
 from standby.model import PgRole, SyncState
 from tests.systemd import deploy_readme, rootfs
@@ -36,6 +37,15 @@ POSTGRES_UNIT = "standby-postgresql-{node}"
 
 class NotConverged(AssertionError):
     pass
+
+
+def sweep() -> None:
+    """Remove pairs a killed run left behind (their containers die with their namespaces). Call it holding
+    the lab lock only, so no live run's pair is touched."""
+    names = {p.name for p in LAB_BASE.iterdir()} if LAB_BASE.exists() else set()
+    names |= {n.rsplit("-", 1)[0] for n in netns.list_all()}
+    for name in sorted(n for n in names if re.fullmatch(rf"{NAME_PREFIX}[0-9a-f]{{4}}", n)):
+        Lab.destroy(name)
 
 
 class _ContainerServer(deploy_readme.Server):
@@ -156,6 +166,20 @@ class Pair:
                     return st
             time.sleep(1)
         raise NotConverged(f"the pair did not converge in {timeout_s} s; last status: {last}")
+
+    def agent_answers(self, node: str, timeout_s: float = 90) -> PairStatus:
+        """The pair as ``node`` sees it, once its own agent answers (after a boot it takes a moment)."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                st = self.status(node)
+                if st.nodes[node].agent is not None:
+                    return st
+            except (ValueError, subprocess.SubprocessError):
+                st = None
+            if time.monotonic() > deadline:
+                raise NotConverged(f"{node}'s agent did not answer in {timeout_s} s; last status: {st}")
+            time.sleep(0.5)
 
     def wait_primary(self, node: str, timeout_s: float = 60) -> PairStatus:
         deadline = time.monotonic() + timeout_s

@@ -26,7 +26,7 @@ from standby.lab.topology import Role
 from standby.model import PgRole
 from tests.systemd import rootfs
 from tests.systemd.containers import REBOOT_EXIT, BootFailed
-from tests.systemd.pair import SERVICE_ADDRESS, Pair, Writer
+from tests.systemd.pair import SERVICE_ADDRESS, Pair, Writer, sweep
 
 pytestmark = pytest.mark.lab
 
@@ -54,6 +54,7 @@ def pair() -> Iterator[Pair]:
         rootfs.ensure_root()
     except rootfs.RootUnavailable as e:
         pytest.skip(f"cannot build the Debian 12 root: {e}")
+    sweep()
     try:
         p = Pair.build(_say)
     except BootFailed as e:
@@ -98,7 +99,7 @@ def _other(pair: Pair, node: str) -> str:
 
 def _rejoin_if_fenced(pair: Pair, old: str) -> None:
     """The README's road back (rejoin = "manual"): a person runs `standby rejoin --yes` on the old primary."""
-    st = pair.status(old)
+    st = pair.agent_answers(old)
     if st.primary != old:
         _say(f"{old}: rejoining ({pair.sh(old, f'standby rejoin --yes --node {old}').stdout.strip()})")
 
@@ -174,7 +175,7 @@ def test_reboot_of_the_primary_comes_back_fenced_and_rejoins(pair: Pair) -> None
     pair.powered_off(primary)
     pair.power_on(primary)  # nspawn --boot ends on a reboot: started again as at first
     pair.wait_primary(standby)
-    back = pair.status(primary).nodes[primary]
+    back = pair.agent_answers(primary).nodes[primary]
     assert back.agent is not None and back.agent.fenced, f"{primary} came back not fenced: {back}"
     assert back.postgres.state is not PgRole.PRIMARY
     pair.sh(primary, f"standby rejoin --yes --node {primary}")
