@@ -60,7 +60,8 @@ class Container:
             self.proc = subprocess.Popen(
                 ["systemd-nspawn", "-q", "-D", str(self.root), "--boot", "--register=no", "--keep-unit",
                  f"--machine={self.name}", f"--network-namespace-path=/run/netns/{self.netns}",
-                 "--console=read-only"],
+                 # A server's root may change its own links and addresses (the service IPs).
+                 "--capability=CAP_NET_ADMIN", "--console=read-only"],
                 stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.monotonic() + timeout_s
         self.pid1 = None

@@ -167,32 +167,30 @@ class Pair:
             time.sleep(1)
         raise NotConverged(f"the pair did not converge in {timeout_s} s; last status: {last}")
 
-    def agent_answers(self, node: str, timeout_s: float = 90) -> PairStatus:
-        """The pair as ``node`` sees it, once its own agent answers (after a boot it takes a moment)."""
+    def _poll(self, node: str, ready: Callable[[PairStatus], bool], what: str, timeout_s: float) -> PairStatus:
         deadline = time.monotonic() + timeout_s
         while True:
             try:
-                st = self.status(node)
-                if st.nodes[node].agent is not None:
+                st: PairStatus | None = self.status(node)
+                if st is not None and ready(st):
                     return st
             except (ValueError, subprocess.SubprocessError):
                 st = None
             if time.monotonic() > deadline:
-                raise NotConverged(f"{node}'s agent did not answer in {timeout_s} s; last status: {st}")
+                raise NotConverged(f"{what} in {timeout_s} s; last status: {st}")
             time.sleep(0.5)
 
+    def agent_answers(self, node: str, timeout_s: float = 90) -> PairStatus:
+        """The pair as ``node`` sees it, once its own agent answers (after a boot it takes a moment)."""
+        return self._poll(node, lambda st: st.nodes[node].agent is not None, f"{node}'s agent did not answer", timeout_s)
+
+    def settled(self, node: str, timeout_s: float = 90) -> PairStatus:
+        """``node``'s agent answers and sees one primary (itself or its peer)."""
+        return self._poll(node, lambda st: st.nodes[node].agent is not None and st.primary is not None,
+                          f"{node} saw no single primary", timeout_s)
+
     def wait_primary(self, node: str, timeout_s: float = 60) -> PairStatus:
-        deadline = time.monotonic() + timeout_s
-        while True:
-            try:
-                st = self.status(node)
-                if st.primary == node:
-                    return st
-            except (ValueError, subprocess.SubprocessError):
-                st = None
-            if time.monotonic() > deadline:
-                raise NotConverged(f"{node} did not become primary in {timeout_s} s; last status: {st}")
-            time.sleep(0.5)
+        return self._poll(node, lambda st: st.primary == node, f"{node} did not become primary", timeout_s)
 
 
 @dataclass

@@ -93,13 +93,18 @@ class Watch:
         return samples
 
 
-def _other(pair: Pair, node: str) -> str:
-    return next(n for n in pair.nodes if n != node)
+def _under_watch(pair: Pair) -> tuple[str, str, Watch]:
+    """The converged pair's primary and standby, with the writer and the probe running."""
+    primary = pair.converged().primary
+    assert primary is not None
+    watch = Watch(pair)
+    watch.wait_acks()
+    return primary, next(n for n in pair.nodes if n != primary), watch
 
 
 def _rejoin_if_fenced(pair: Pair, old: str) -> None:
     """The README's road back (rejoin = "manual"): a person runs `standby rejoin --yes` on the old primary."""
-    st = pair.agent_answers(old)
+    st = pair.settled(old)
     if st.primary != old:
         _say(f"{old}: rejoining ({pair.sh(old, f'standby rejoin --yes --node {old}').stdout.strip()})")
 
@@ -115,11 +120,8 @@ def test_readme_deploy_makes_a_streaming_pair(pair: Pair) -> None:
 
 
 def test_restart_of_the_unit_on_the_primary_moves_nothing_and_loses_nothing(pair: Pair) -> None:
-    primary = pair.converged().primary
-    assert primary is not None
+    primary, _, watch = _under_watch(pair)
     pg_pid = pair.postgres_pid(primary)
-    watch = Watch(pair)
-    watch.wait_acks()
     pair.sh(primary, "systemctl restart standby")
     watch.wait_acks()
     st = pair.converged()
@@ -131,12 +133,9 @@ def test_restart_of_the_unit_on_the_primary_moves_nothing_and_loses_nothing(pair
 
 
 def test_kill_of_the_agent_on_the_primary_ends_with_one_primary(pair: Pair) -> None:
-    primary = pair.converged().primary
-    assert primary is not None
-    watch = Watch(pair)
-    watch.wait_acks()
+    primary, _, watch = _under_watch(pair)
     pair.sh(primary, "systemctl kill -s KILL standby")
-    time.sleep(10)  # the unit's fence --if-unclean, its restart, the peer's decision
+    # The unit's fence --if-unclean, its restart, the peer's decision: then one primary, whichever.
     _rejoin_if_fenced(pair, primary)
     st = pair.converged()
     assert st.primary is not None
@@ -146,11 +145,7 @@ def test_kill_of_the_agent_on_the_primary_ends_with_one_primary(pair: Pair) -> N
 
 
 def test_power_off_of_the_primary_fails_over(pair: Pair) -> None:
-    primary = pair.converged().primary
-    assert primary is not None
-    standby = _other(pair, primary)
-    watch = Watch(pair)
-    watch.wait_acks()
+    primary, standby, watch = _under_watch(pair)
     pair.sh(primary, "systemctl poweroff", check=False)
     pair.nodes[primary].wait_exit()
     pair.powered_off(primary)
@@ -165,11 +160,7 @@ def test_power_off_of_the_primary_fails_over(pair: Pair) -> None:
 
 
 def test_reboot_of_the_primary_comes_back_fenced_and_rejoins(pair: Pair) -> None:
-    primary = pair.converged().primary
-    assert primary is not None
-    standby = _other(pair, primary)
-    watch = Watch(pair)
-    watch.wait_acks()
+    primary, standby, watch = _under_watch(pair)
     pair.sh(primary, "systemctl reboot", check=False)
     assert pair.nodes[primary].wait_exit() == REBOOT_EXIT
     pair.powered_off(primary)
