@@ -90,11 +90,9 @@ class Container:
     def command(self, argv: list[str]) -> list[str]:
         if self.pid1 is None:
             raise BootFailed(f"{self.name} is not booted")
-        return ["nsenter", "-t", str(self.pid1), "-m", "-u", "-i", "-n", "-p", f"--wd={self.root_home}", "--", *argv]
-
-    @property
-    def root_home(self) -> str:
-        return "/root"
+        # In the container's home directory, as a login lands (nsenter's --wd would name the host's).
+        return ["nsenter", "-t", str(self.pid1), "-m", "-u", "-i", "-n", "-p", "--",
+                "/bin/sh", "-c", 'cd "$HOME" && exec "$@"', "sh", *argv]
 
     def run(self, argv: list[str], check: bool = True, timeout: float = 300,
             env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:

@@ -33,7 +33,7 @@ WHEELHOUSE_IN_ROOT = "/root/wheelhouse"
 # Where pip looks inside the servers: the README's own command, offline.
 PIP_ENV = {"PIP_NO_INDEX": "1", "PIP_FIND_LINKS": WHEELHOUSE_IN_ROOT, "PIP_DISABLE_PIP_VERSION_CHECK": "1"}
 # A step's `scp` records what it would send; the copy is made between the roots afterwards.
-_SCP_MARK = "\x1escp"
+_SCP_MARK = "@@scp@@"
 _SCP_FUNCTION = ("scp() { while [ \"${1#-}\" != \"$1\" ]; do shift; done; "
                  f"printf '{_SCP_MARK}'; printf '\\t%s' \"$@\"; printf '\\n'; }}; ")
 
@@ -233,8 +233,9 @@ def deploy(servers: Mapping[str, Server], workdir: Path, write_config: Callable[
             command = step.command_for(server.name)
             say(f"step {step.number} on {server.name}: {command}")
             proc = server.shell(_SCP_FUNCTION + command, {} if server is host else PIP_ENV)
-            copies = [line.split("\t")[1:] for line in proc.stdout.splitlines() if line.startswith(_SCP_MARK)]
-            output = "\n".join(line for line in proc.stdout.splitlines() if not line.startswith(_SCP_MARK))
+            lines = proc.stdout.split("\n")
+            copies = [line.split("\t")[1:] for line in lines if line.startswith(_SCP_MARK)]
+            output = "\n".join(line for line in lines if not line.startswith(_SCP_MARK))
             if proc.returncode != 0:
                 raise StepFailed(step, server.name, proc.returncode, output + proc.stderr)
             for args in copies:

@@ -3,6 +3,7 @@ step 9's edit of the example, and `scp` turned into a copy between roots."""
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -72,3 +73,30 @@ def test_scp_to_a_host_copies_into_its_root_keeping_the_mode(tmp_path: Path) -> 
     assert (tmp_path / "b/root/standby.example.toml").read_text() == "y\n"
     with pytest.raises(ReadmeDrift, match="root@"):
         deploy_readme.copy_between(alpha, ["x", "gamma:/tmp"], servers)
+
+
+class _Shell(_Dir):
+    """A server whose shell is bash on this machine, in its home under its root."""
+
+    def shell(self, command: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:  # type: ignore[override]
+        return subprocess.run(["bash", "-c", command], cwd=self.root / self.home.lstrip("/"), capture_output=True,
+                              text=True, check=False)
+
+
+def test_a_step_s_scp_is_copied_and_alpha_s_command_runs_on_beta_with_its_name(tmp_path: Path) -> None:
+    readme = ("## Deploy on two servers\n\nOn a machine with this checkout:\n\n"
+              "1. `for h in alpha beta; do scp -p f root@$h: ; done`\n\n"
+              "On alpha, then on beta (with its own name):\n\n2. `echo alpha > name`\n\n### Next\n")
+    checkout = tmp_path / "checkout"
+    checkout.mkdir()
+    (checkout / "f").write_text("wheel\n")
+    servers: dict[str, deploy_readme.Server] = {}
+    for n in ("alpha", "beta"):
+        (tmp_path / n / "root").mkdir(parents=True)
+        servers[n] = _Shell(n, tmp_path / n, "/root")
+    said: list[str] = []
+    deploy_readme.deploy(servers, checkout, lambda text: text, say=said.append, readme=readme)
+    for n in ("alpha", "beta"):
+        assert (tmp_path / n / "root" / "f").read_text() == "wheel\n"
+        assert (tmp_path / n / "root" / "name").read_text() == f"{n}\n"
+    assert not any("@@scp" in line for line in said)
