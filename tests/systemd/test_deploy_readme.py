@@ -100,3 +100,12 @@ def test_a_step_s_scp_is_copied_and_alpha_s_command_runs_on_beta_with_its_name(t
         assert (tmp_path / n / "root" / "f").read_text() == "wheel\n"
         assert (tmp_path / n / "root" / "name").read_text() == f"{n}\n"
     assert not any("@@scp" in line for line in said)
+
+
+def test_readme_runs_standby_check_only_once_both_nodes_are_bootstrapped() -> None:
+    # Before beta's bootstrap its PostgreSQL does not exist, and `standby check` fails on it (exit 1):
+    # a step that says "fix every failure it names" must come where every failure can be fixed.
+    steps = deploy_readme.parse(deploy_readme.README.read_text())
+    check = next(s.number for s in steps if s.command.startswith("standby check"))
+    bootstraps = [s.number for s in steps if s.command.startswith("standby bootstrap")]
+    assert len(bootstraps) == 2 and max(bootstraps) < check
