@@ -112,12 +112,6 @@ class Container:
         self.pid1 = None
         return code
 
-    def power_cut(self) -> None:
-        """Every process of the container dies at once, as when the power goes."""
-        if self.pid1 is not None:
-            os.kill(self.pid1, signal.SIGKILL)  # PID 1 of a PID namespace takes all the others with it
-        self.wait_exit()
-
     def stop(self) -> None:
         """For clean-up: a clean power-off if it answers, else the power cut."""
         if not self.running:
