@@ -109,3 +109,15 @@ def test_readme_runs_standby_check_only_once_both_nodes_are_bootstrapped() -> No
     check = next(s.number for s in steps if s.command.startswith("standby check"))
     bootstraps = [s.number for s in steps if s.command.startswith("standby bootstrap")]
     assert len(bootstraps) == 2 and max(bootstraps) < check
+
+
+def test_readme_makes_the_state_dir_the_unit_needs_before_enabling_it() -> None:
+    # The unit lists state_dir in ReadWritePaths= without '-': systemd refuses to start the agent
+    # (226/NAMESPACE, restarting forever) unless the directory exists, and the sandbox keeps the agent
+    # from making it. Seen on the containers: nothing in the steps made /var/lib/standby.
+    steps = deploy_readme.parse(deploy_readme.README.read_text())
+    example = (deploy_readme.REPO / "etc" / "standby.example.toml").read_text()
+    state_dir = next(line.split('"')[1] for line in example.splitlines() if line.startswith("state_dir ="))
+    enable = next(s.number for s in steps if "enable --now standby" in s.command)
+    assert any(s.number < enable and s.where is Where.BOTH and "install -d" in s.command
+               and state_dir in s.command.split() for s in steps)
