@@ -115,6 +115,24 @@ class Lab:
         return lab
 
     @classmethod
+    def up_network(cls, spec: LabSpec) -> Lab:
+        """Only the namespaces, bridges, addresses and routes: no secrets, PostgreSQL or agents. For
+        servers of another kind placed into the nodes' namespaces (containers that boot systemd)."""
+        check_prerequisites(need_pg=False)
+        if exists(spec.name, spec.base):
+            raise LabExists(f"lab {spec.name!r} already exists; run `standby lab down --name {spec.name}` first")
+        lab = cls(spec)
+        try:
+            spec.base.mkdir(mode=0o755, parents=True, exist_ok=True)
+            spec.root.mkdir(mode=0o755)
+            lab._write_state("network")
+            lab._build_network()
+        except BaseException:
+            cls.destroy(spec.name, spec.base)
+            raise
+        return lab
+
+    @classmethod
     def open(cls, name: str = DEFAULT_NAME, base: Path = LAB_BASE) -> Lab:
         spec = LabSpec(name, base=base)
         try:
