@@ -45,8 +45,15 @@ def _unavailable() -> str | None:
     return None
 
 
+# Opt-in until the four scenarios have passed here once: the deploy ran to the end (and found two
+# errors in README's steps), the scenarios never yet ran to the end on this machine.
+OPT_IN = "STANDBY_SYSTEMD_PAIR"
+
+
 @pytest.fixture(scope="module")
 def pair() -> Iterator[Pair]:
+    if os.environ.get(OPT_IN) != "1":
+        pytest.skip(f"the container pair's scenarios are opt-in for now: set {OPT_IN}=1 (about 10 minutes)")
     reason = _unavailable()
     if reason:
         pytest.skip(reason)
