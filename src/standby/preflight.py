@@ -13,10 +13,10 @@ import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from standby import apiclient, protocol, tls, versioncheck
 from standby import layout as pglayout
-from standby import tls
 from standby.config import Config, ConfigError, Mode
-from standby.documents import NodeFacts
+from standby.documents import AgentView, NodeFacts
 from standby.model import CheckItem, PgRole, Verdict
 from standby.observe import network, probes
 from standby.observe import postgres as obs
@@ -34,6 +34,7 @@ class Seen:
     reach: dict[str, bool | None]
     tls_problems: list[str] = field(default_factory=list)
     cluster: ClusterSeen | None = None  # with postgres.cluster: what its files say
+    agents: dict[str, AgentView | None] = field(default_factory=dict)  # each node's agent's view (None: silent)
 
 
 @dataclass(frozen=True)
@@ -124,7 +125,31 @@ def gather(cfg: Config, node: str) -> Seen:
         tls.check(cfg, node)
     except ConfigError as e:
         problems = list(e.problems)
-    return Seen(node, mine, err, facts, pg, reach, problems, gather_cluster(cfg, node))
+    agents = {n: apiclient.agent_status(cfg, n) for n in (node, peer)}
+    return Seen(node, mine, err, facts, pg, reach, problems, gather_cluster(cfg, node), agents)
+
+
+def _pg_version(s: Seen, name: str) -> versioncheck.PgVersion | None:
+    """What a node runs (its server), else what it has installed (this node) or had at its bootstrap."""
+    running = s.pg[name].version_num if name in s.pg else None
+    if running is not None:
+        return versioncheck.PgVersion.from_num(running)
+    facts = s.local_facts if name == s.node else s.peer_facts
+    return None if facts is None else versioncheck.PgVersion.from_text(facts.pg_version)
+
+
+def _release_items(s: Seen, peer: str) -> list[CheckItem]:
+    assert s.local_facts is not None
+    mine_agent, peer_agent = s.agents.get(s.node), s.agents.get(peer)
+    mine = (versioncheck.Release(mine_agent.standby_version, "its agent") if mine_agent
+            else versioncheck.Release(s.local_facts.standby_version, "installed"))
+    theirs = (versioncheck.Release(peer_agent.standby_version, "its agent") if peer_agent
+              else versioncheck.Release(s.peer_facts.standby_version, "at its bootstrap") if s.peer_facts else None)
+    hb = mine_agent.heartbeats if mine_agent else None
+    # This node's agent refuses its peer's heartbeats: another protocol major, whatever the numbers say.
+    mismatch = (protocol.Mismatch(f"{peer}'s agent", hb.peer_protocol, hb.protocol, f"{s.node}'s agent")
+                if hb is not None and hb.peer_protocol is not None else None)
+    return versioncheck.release_items(s.node, peer, mine, theirs, mismatch)
 
 
 def _listens_on(value: str, ip: ipaddress.IPv4Address) -> bool:
@@ -233,23 +258,8 @@ def evaluate(cfg: Config, s: Seen) -> list[CheckItem]:
         add(node, "postgresql binaries", Verdict.FAIL, s.local_facts_error or "unknown")
     else:
         add(node, "postgresql binaries", Verdict.PASS, f"PostgreSQL {s.local_facts.pg_version} in {cfg.pg(node).bin_dir}")
-        peer_pg = s.pg[peer]
-        peer_major = peer_pg.major or (s.peer_facts.pg_major if s.peer_facts else None)
-        if peer_major is None:
-            add("pair", "postgresql major version", Verdict.WARN, f"{peer}'s version unknown (its server is not reachable)")
-        elif peer_major != s.local_facts.pg_major:
-            add("pair", "postgresql major version", Verdict.FAIL,
-                f"{node} has {s.local_facts.pg_major}, {peer} has {peer_major}: replication needs the same major version")
-        else:
-            add("pair", "postgresql major version", Verdict.PASS, f"both {peer_major}")
-        if s.peer_facts is None:
-            add("pair", "standby version", Verdict.WARN,
-                f"{peer}'s standby version unknown until it has run `standby bootstrap`")
-        elif s.peer_facts.standby_version != s.local_facts.standby_version:
-            add("pair", "standby version", Verdict.FAIL,
-                f"{node} runs {s.local_facts.standby_version}, {peer} runs {s.peer_facts.standby_version}")
-        else:
-            add("pair", "standby version", Verdict.PASS, f"both {s.local_facts.standby_version}")
+        out.extend(versioncheck.pg_items(node, peer, _pg_version(s, node), _pg_version(s, peer)))
+        out.extend(_release_items(s, peer))
 
         # Capacity: the standby must be able to carry the primary's load.
         roles = {n: p.role for n, p in s.pg.items()}
