@@ -127,3 +127,13 @@ def release_items(node: str, peer: str, mine: Release, theirs: Release | None,
     return [CheckItem("pair", name, Verdict.FAIL,
                       f"{said}: more than one release apart, which are not made to work together: install {newer} on "
                       f"{older} now, then check again ({RELEASE_UPGRADE})")]
+
+
+def data_dir_items(node: str, data_major: int | None, installed: int, data_dir: str, bin_dir: str) -> list[CheckItem]:
+    """The data directory (its PG_VERSION) is of the major version of the binaries that will run it."""
+    if data_major is None or data_major == installed:
+        return []
+    return [CheckItem(node, "data directory version", Verdict.FAIL,
+                      f"{data_dir} holds a PostgreSQL {data_major} data directory but postgres.bin_dir ({bin_dir}) is "
+                      f"PostgreSQL {installed}, which cannot run it: point postgres.bin_dir and postgres.data_dir at "
+                      f"the same major version ({PG_MAJOR_UPGRADE})")]

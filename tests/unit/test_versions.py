@@ -87,6 +87,16 @@ def test_i11_an_unknown_peer_postgresql_is_a_warning_not_a_pass() -> None:
     assert verdict is Verdict.WARN
 
 
+def test_i11_a_data_directory_of_another_major_than_the_binaries_fails_naming_both_keys() -> None:
+    # Halfway through a major upgrade: postgres.bin_dir already 16, postgres.data_dir still the 15 one.
+    s = seen(alpha_num=None, data_major=15, local_facts=facts("alpha", pg="16.1"))
+    verdict, reason = item(s, "data directory version")  # type: ignore[misc]
+    assert verdict is Verdict.FAIL
+    assert f"{CFG.pg('alpha').data_dir} holds a PostgreSQL 15 data directory" in reason
+    assert "postgres.bin_dir" in reason and "is PostgreSQL 16" in reason and "'PostgreSQL major upgrade'" in reason
+    assert item(seen(data_major=15), "data directory version") is None
+
+
 # -- standby's own release -------------------------------------------------------------------------
 
 
