@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from standby import config, preflight, protocol
-from standby.documents import HeartbeatCounts, NodeFacts
+from standby.documents import AGENT_VIEW, HeartbeatCounts, NodeFacts
 from standby.model import PgRole, Verdict
 from standby.observe import postgres as obs
 from tests.unit.configs import EXAMPLE
@@ -152,3 +152,20 @@ def test_i11_an_agent_that_refuses_its_peers_protocol_fails_the_check() -> None:
     assert verdict is Verdict.FAIL
     assert reason == str(protocol.Mismatch("beta's agent", 2, 1, "alpha's agent"))
     assert "upgrade standby on the older side (alpha's agent)" in reason
+
+
+# -- what the previous release's agent answers ------------------------------------------------------
+
+
+def test_i11_the_status_of_an_agent_from_before_maintenance_and_the_protocol_fields_is_read() -> None:
+    """/status as an agent of protocol 1.0 (tests/lab/test_mixed_versions.py's previous release) writes
+    it: no maintenance, no spool, no protocol counts. A client of 1.1 reads it (same major), as the
+    switchover, `standby status`, `standby check` and the status page must during a rolling upgrade."""
+    doc = AGENT_VIEW.encode(view(maintenance=None, spool=None))
+    for key in ("maintenance", "spool"):
+        del doc[key]
+    for key in ("protocol", "peer_protocol"):
+        del doc["heartbeats"][key]
+    got = AGENT_VIEW.decode(doc)
+    assert got.maintenance is None and got.spool is None and got.heartbeats.protocol == 1
+    assert got == view(maintenance=None, spool=None)
