@@ -25,16 +25,30 @@ major of the release before it, so releases one apart always interoperate; a new
 only with a new release major, which is never one apart from anything before it. `standby check`
 passes two releases of the same ``A.B``, warns about one apart (fine while an upgrade is under way) and
 fails beyond one, naming both and the node to upgrade (``release_skew``).
+
+The configuration digest. Heartbeats carry a digest of the sender's configuration and an agent refuses a
+peer whose digest differs. The digest covers the parsed configuration, defaults included, so a key a
+release adds changes it even in a file that does not mention it, and the two releases cannot run side by
+side (``timings.maintenance_timeout_s`` did that: agents from before it and after it refuse each other).
+A key added from now on is listed in ``ADDED_CONFIG_KEYS`` and left out of the digest while it has its
+default: both releases compute the same digest from the same file. Set to another value, the older
+release refuses the file (it does not know the key), so nothing is misread.
 """
 
 from __future__ import annotations
 
 import re
+from copy import deepcopy
 from dataclasses import dataclass
+from typing import Any
+
+from pydantic import BaseModel, TypeAdapter
 
 MAJOR = 1
 MINOR = 1
 HEADER = "Standby-Protocol"
+# Configuration keys (dotted, as in the file) added since 1.0 with a default; see the module's docstring.
+ADDED_CONFIG_KEYS: tuple[str, ...] = ()
 # What an agent that predates the header speaks.
 UNANNOUNCED = (1, 0)
 _VERSION = re.compile(r"^\s*(\d{1,6})\.(\d{1,6})\s*$")
@@ -94,3 +108,28 @@ def release_skew(a: str, b: str) -> int | None:
     if ra is None or rb is None:
         return None
     return abs(ra[1] - rb[1]) if ra[0] == rb[0] else 2
+
+
+def _default(model: type[BaseModel], dotted: str) -> Any:
+    """The JSON value of a configuration key's default, found through the models of its tables."""
+    *tables, key = dotted.split(".")
+    for table in tables:
+        sub = model.model_fields[table].annotation
+        assert isinstance(sub, type) and issubclass(sub, BaseModel), dotted
+        model = sub
+    field = model.model_fields[key]
+    assert field.annotation is not None, dotted
+    return TypeAdapter(field.annotation).dump_python(field.get_default(call_default_factory=True), mode="json")
+
+
+def digest_document(dumped: dict[str, Any], model: type[BaseModel]) -> dict[str, Any]:
+    """A configuration's JSON dump (of ``model``) without the ADDED_CONFIG_KEYS that have their default."""
+    out = deepcopy(dumped)
+    for dotted in ADDED_CONFIG_KEYS:
+        *tables, key = dotted.split(".")
+        table: Any = out
+        for name in tables:
+            table = table.get(name) if isinstance(table, dict) else None
+        if isinstance(table, dict) and key in table and table[key] == _default(model, dotted):
+            del table[key]
+    return out

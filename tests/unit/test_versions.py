@@ -158,9 +158,9 @@ def test_i11_an_agent_that_refuses_its_peers_protocol_fails_the_check() -> None:
 
 
 def test_i11_the_status_of_an_agent_from_before_maintenance_and_the_protocol_fields_is_read() -> None:
-    """/status as an agent of protocol 1.0 (tests/lab/test_mixed_versions.py's previous release) writes
-    it: no maintenance, no spool, no protocol counts. A client of 1.1 reads it (same major), as the
-    switchover, `standby status`, `standby check` and the status page must during a rolling upgrade."""
+    """/status as an agent of protocol 1.0 from before the maintenance deadline writes it: no maintenance,
+    no spool, no protocol counts. A client of 1.1 reads it (same major), as the switchover, `standby
+    status`, `standby check` and the status page must."""
     doc = AGENT_VIEW.encode(view(maintenance=None, spool=None))
     for key in ("maintenance", "spool"):
         del doc[key]
