@@ -22,11 +22,12 @@ from tests.unit.configs import example_with_secrets
 ROOT = Path(__file__).resolve().parents[2]
 # The previous release: the oldest commit of the main line that speaks protocol major 1 (every commit
 # does), takes today's lab configuration (api.listen), computes today's configuration digest (it has
-# timings.maintenance_timeout_s) and keeps its history writes off the agent's loop (with them on it, an
-# agent of 06562c9 stalled past the lab's fence timeout on a busy machine and fenced itself, its peer's
-# release no matter). It predates the Standby-Protocol header, so the current code meets an agent that
-# announces nothing (protocol 1.0). tests/lab/test_mixed_versions.py runs its agent.
-PREVIOUS = "1f126fe1aae1c1962dfc05135cbcde071e584c29"
+# timings.maintenance_timeout_s), and has none of the defects that made earlier commits fail in today's
+# lab whatever their peer's release: 06562c9 stalled past the fence timeout on a busy machine (history
+# writes on the agent's loop) and 1f126fe could not start PostgreSQL as a follower (its state directory
+# closed to the PostgreSQL account). It predates the Standby-Protocol header, so the current code meets
+# an agent that announces nothing (protocol 1.0). tests/lab/test_mixed_versions.py runs its agent.
+PREVIOUS = "871f2101f08806af4c1b4fa442046001be82f1d9"
 # The main line's last commit before timings.maintenance_timeout_s: its agents and today's refuse each
 # other's heartbeats (another configuration digest), the break ADDED_CONFIG_KEYS now prevents.
 BEFORE_A_KEY = "adc39ff3ed25e50bfaef6d70dacb044478af51e4"
