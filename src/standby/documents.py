@@ -326,7 +326,6 @@ class AgentView:
     durability: Durability
     standby_version: str
     suspended: bool
-    maintenance: MaintenanceView | None  # who suspended failover, until when
     postgres: PostgresView
     state: StateView
     peer_heard_s_ago: dict[str, float | None]  # by network; None: never heard
@@ -337,6 +336,9 @@ class AgentView:
     heartbeats: HeartbeatCounts
     recent: list[FlatHistoryRecord]  # the newest of this agent's history
     reporting: ReportingView | None
+    # Who suspended failover, until when; absent from an agent older than the deadline (protocol 1.0),
+    # which still decodes (standby.protocol: a minor only adds fields with a default).
+    maintenance: MaintenanceView | None = None
     # None without [spool]; absent from an agent older than the spool, which still decodes.
     spool: SpoolView | None = None
 

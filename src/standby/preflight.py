@@ -13,10 +13,10 @@ import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from standby import apiclient, protocol, tls, unitcheck, versioncheck
 from standby import layout as pglayout
-from standby import tls
 from standby.config import Config, ConfigError, Mode
-from standby.documents import NodeFacts
+from standby.documents import AgentView, NodeFacts
 from standby.model import CheckItem, PgRole, Verdict
 from standby.observe import network, probes
 from standby.observe import postgres as obs
@@ -34,6 +34,11 @@ class Seen:
     reach: dict[str, bool | None]
     tls_problems: list[str] = field(default_factory=list)
     cluster: ClusterSeen | None = None  # with postgres.cluster: what its files say
+    agents: dict[str, AgentView | None] = field(default_factory=dict)  # each node's agent's view (None: silent)
+    units: dict[str, str] = field(default_factory=dict)  # systemd unit -> the key naming it
+    unit_states: dict[str, str | None] = field(default_factory=dict)  # its LoadState; None: not asked
+    data_dir_owner: str | None = None  # a plain data directory's owning account (None: absent, or a cluster)
+    data_major: int | None = None  # the major version in this node's data directory (PG_VERSION); None: none
 
 
 @dataclass(frozen=True)
@@ -124,12 +129,59 @@ def gather(cfg: Config, node: str) -> Seen:
         tls.check(cfg, node)
     except ConfigError as e:
         problems = list(e.problems)
-    return Seen(node, mine, err, facts, pg, reach, problems, gather_cluster(cfg, node))
+    agents = {n: apiclient.agent_status(cfg, n) for n in (node, peer)}
+    units = unitcheck.named(cfg, node, unitcheck.systemd_booted())
+    data_dir = cfg.pg(node).data_dir
+    return Seen(node, mine, err, facts, pg, reach, problems, gather_cluster(cfg, node), agents, units,
+                unitcheck.load_states(list(units)), None if cfg.pg(node).cluster else _owner(data_dir),
+                _data_major(data_dir / "PG_VERSION"))
+
+
+def _data_major(pg_version: Path) -> int | None:
+    text = _read_nofollow(pg_version).strip()
+    return int(text) if text.isdigit() else None
+
+
+def _pg_version(s: Seen, name: str) -> versioncheck.PgVersion | None:
+    """What a node runs (its server), else what it has installed (this node) or had at its bootstrap."""
+    running = s.pg[name].version_num if name in s.pg else None
+    if running is not None:
+        return versioncheck.PgVersion.from_num(running)
+    facts = s.local_facts if name == s.node else s.peer_facts
+    return None if facts is None else versioncheck.PgVersion.from_text(facts.pg_version)
+
+
+def _release_items(s: Seen, peer: str) -> list[CheckItem]:
+    assert s.local_facts is not None
+    mine_agent, peer_agent = s.agents.get(s.node), s.agents.get(peer)
+    mine = (versioncheck.Release(mine_agent.standby_version, "its agent") if mine_agent
+            else versioncheck.Release(s.local_facts.standby_version, "installed"))
+    theirs = (versioncheck.Release(peer_agent.standby_version, "its agent") if peer_agent
+              else versioncheck.Release(s.peer_facts.standby_version, "at its bootstrap") if s.peer_facts else None)
+    hb = mine_agent.heartbeats if mine_agent else None
+    # This node's agent refuses its peer's heartbeats: another protocol major, whatever the numbers say.
+    mismatch = (protocol.Mismatch(f"{peer}'s agent", hb.peer_protocol, hb.protocol, f"{s.node}'s agent")
+                if hb is not None and hb.peer_protocol is not None else None)
+    return versioncheck.release_items(s.node, peer, mine, theirs, mismatch)
 
 
 def _listens_on(value: str, ip: ipaddress.IPv4Address) -> bool:
     names = {v.strip() for v in value.split(",")}
     return bool(names & {"*", "0.0.0.0"}) or str(ip) in names
+
+
+def _wrong_owner(path: str, owner: str, user: str) -> str:
+    return f"{path} belongs to {owner}, not postgres.os_user ({user}): run `chown -R {user}: {path}`, " \
+           f"or set postgres.os_user = \"{owner}\""
+
+
+def data_dir_items(cfg: Config, node: str, owner: str | None) -> list[CheckItem]:
+    """A plain data directory belongs to the PostgreSQL account (a cluster's: cluster_items)."""
+    pg = cfg.pg(node)
+    if pg.cluster is not None or owner is None or owner == pg.os_user:
+        return []
+    return [CheckItem(node, "data directory ownership", Verdict.FAIL,
+                      f"postgres.data_dir: {_wrong_owner(str(pg.data_dir), owner, pg.os_user)}")]
 
 
 def cluster_items(cfg: Config, node: str, c: ClusterSeen, pg: obs.PgObservation | None) -> list[CheckItem]:
@@ -145,8 +197,7 @@ def cluster_items(cfg: Config, node: str, c: ClusterSeen, pg: obs.PgObservation 
     lay, want = c.layout, cfg.pg(node)
     conf = lay.conf_file
     add("cluster", Verdict.PASS, f"{c.name}: data {lay.data_dir}, configuration {lay.config_dir}")
-    wrong = [f"{path} belongs to {owner}, not postgres.os_user ({want.os_user}): run `chown -R {want.os_user}: "
-             f"{path}`, or set postgres.os_user = \"{owner}\"" for path, owner in c.owners.items()
+    wrong = [_wrong_owner(path, owner, want.os_user) for path, owner in c.owners.items()
              if owner is not None and owner != want.os_user]
     if wrong:
         add("cluster ownership", Verdict.FAIL, "; ".join(wrong))
@@ -233,23 +284,10 @@ def evaluate(cfg: Config, s: Seen) -> list[CheckItem]:
         add(node, "postgresql binaries", Verdict.FAIL, s.local_facts_error or "unknown")
     else:
         add(node, "postgresql binaries", Verdict.PASS, f"PostgreSQL {s.local_facts.pg_version} in {cfg.pg(node).bin_dir}")
-        peer_pg = s.pg[peer]
-        peer_major = peer_pg.major or (s.peer_facts.pg_major if s.peer_facts else None)
-        if peer_major is None:
-            add("pair", "postgresql major version", Verdict.WARN, f"{peer}'s version unknown (its server is not reachable)")
-        elif peer_major != s.local_facts.pg_major:
-            add("pair", "postgresql major version", Verdict.FAIL,
-                f"{node} has {s.local_facts.pg_major}, {peer} has {peer_major}: replication needs the same major version")
-        else:
-            add("pair", "postgresql major version", Verdict.PASS, f"both {peer_major}")
-        if s.peer_facts is None:
-            add("pair", "standby version", Verdict.WARN,
-                f"{peer}'s standby version unknown until it has run `standby bootstrap`")
-        elif s.peer_facts.standby_version != s.local_facts.standby_version:
-            add("pair", "standby version", Verdict.FAIL,
-                f"{node} runs {s.local_facts.standby_version}, {peer} runs {s.peer_facts.standby_version}")
-        else:
-            add("pair", "standby version", Verdict.PASS, f"both {s.local_facts.standby_version}")
+        out.extend(versioncheck.data_dir_items(node, s.data_major, s.local_facts.pg_major, str(cfg.pg(node).data_dir),
+                                               str(cfg.pg(node).bin_dir)))
+        out.extend(versioncheck.pg_items(node, peer, _pg_version(s, node), _pg_version(s, peer)))
+        out.extend(_release_items(s, peer))
 
         # Capacity: the standby must be able to carry the primary's load.
         roles = {n: p.role for n, p in s.pg.items()}
@@ -292,6 +330,8 @@ def evaluate(cfg: Config, s: Seen) -> list[CheckItem]:
             add(node, "tls files", Verdict.PASS, "CA, certificate and key (mode 600) in place")
     if s.cluster is not None:
         out.extend(cluster_items(cfg, node, s.cluster, s.pg.get(node)))
+    out.extend(data_dir_items(cfg, node, s.data_dir_owner))
+    out.extend(unitcheck.items(node, s.units, s.unit_states))
     primaries = [n for n, p in s.pg.items() if p.role is PgRole.PRIMARY]
     if len(primaries) > 1:
         add("pair", "single primary", Verdict.FAIL, f"{' and '.join(primaries)} both accept writes")

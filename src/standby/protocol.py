@@ -15,19 +15,45 @@ Heartbeats carry the major in ``v`` (what a minor adds shows in the fields thems
 header a message comes from a release older than 1.1, which speaks 1.
 
 1.1: the API's Standby-Protocol header.
+
+Releases and "one version apart". The release number (``standby --version``, the package's) is
+``A.B.C``; it is what an operator installs, the protocol number is what the agents check on every
+message. Releases are counted by ``A.B``: a patch (``C``) changes nothing a peer can see. Two releases
+are one apart when they share ``A`` and their ``B`` differ by one (0.3.x and 0.4.y); a different ``A``
+counts as more than one. The promise that makes a rolling upgrade work: a release speaks the protocol
+major of the release before it, so releases one apart always interoperate; a new protocol major comes
+only with a new release major, which is never one apart from anything before it. `standby check`
+passes two releases of the same ``A.B``, warns about one apart (fine while an upgrade is under way) and
+fails beyond one, naming both and the node to upgrade (``release_skew``).
+
+The configuration digest. Heartbeats carry a digest of the sender's configuration and an agent refuses a
+peer whose digest differs. The digest covers the parsed configuration, defaults included, so a key a
+release adds changes it even in a file that does not mention it, and the two releases cannot run side by
+side (``timings.maintenance_timeout_s`` did that: agents from before it and after it refuse each other).
+A key added from now on is listed in ``ADDED_CONFIG_KEYS`` and left out of the digest while it has its
+default: both releases compute the same digest from the same file. Set to another value, the older
+release refuses the file (it does not know the key), so nothing is misread.
 """
 
 from __future__ import annotations
 
 import re
+from copy import deepcopy
 from dataclasses import dataclass
+from typing import Any
+
+from pydantic import BaseModel, TypeAdapter
 
 MAJOR = 1
 MINOR = 1
 HEADER = "Standby-Protocol"
+# Configuration keys (dotted, as in the file) added since 1.0 with a default; see the module's docstring.
+ADDED_CONFIG_KEYS: tuple[str, ...] = ()
 # What an agent that predates the header speaks.
 UNANNOUNCED = (1, 0)
 _VERSION = re.compile(r"^\s*(\d{1,6})\.(\d{1,6})\s*$")
+# A release number as the package metadata writes it: A.B[.C], then anything (a pre-release, +local).
+_RELEASE = re.compile(r"^\s*(\d{1,6})\.(\d{1,6})(?:\.(\d{1,6}))?(?![\d])")
 
 
 @dataclass(frozen=True)
@@ -67,3 +93,43 @@ def check_header(value: str | None, who: str) -> Mismatch | None:
     if got is None:
         return Mismatch(who, None)
     return None if got[0] == MAJOR else Mismatch(who, got[0])
+
+
+def parse_release(text: str) -> tuple[int, int, int] | None:
+    """(A, B, C) of a release number; None when it is not one."""
+    m = _RELEASE.match(text)
+    return None if m is None else (int(m.group(1)), int(m.group(2)), int(m.group(3) or 0))
+
+
+def release_skew(a: str, b: str) -> int | None:
+    """How many releases apart two release numbers are (0: the same A.B; a different A counts as 2, more
+    than one); None when either is not a release number."""
+    ra, rb = parse_release(a), parse_release(b)
+    if ra is None or rb is None:
+        return None
+    return abs(ra[1] - rb[1]) if ra[0] == rb[0] else 2
+
+
+def _default(model: type[BaseModel], dotted: str) -> Any:
+    """The JSON value of a configuration key's default, found through the models of its tables."""
+    *tables, key = dotted.split(".")
+    for table in tables:
+        sub = model.model_fields[table].annotation
+        assert isinstance(sub, type) and issubclass(sub, BaseModel), dotted
+        model = sub
+    field = model.model_fields[key]
+    assert field.annotation is not None, dotted
+    return TypeAdapter(field.annotation).dump_python(field.get_default(call_default_factory=True), mode="json")
+
+
+def digest_document(dumped: dict[str, Any], model: type[BaseModel]) -> dict[str, Any]:
+    """A configuration's JSON dump (of ``model``) without the ADDED_CONFIG_KEYS that have their default."""
+    out = deepcopy(dumped)
+    for dotted in ADDED_CONFIG_KEYS:
+        *tables, key = dotted.split(".")
+        table: Any = out
+        for name in tables:
+            table = table.get(name) if isinstance(table, dict) else None
+        if isinstance(table, dict) and key in table and table[key] == _default(model, dotted):
+            del table[key]
+    return out

@@ -104,7 +104,7 @@ def test_preflight_all_good(cfg: config.Config) -> None:
 
 
 def test_preflight_version_mismatch_fails(cfg: config.Config) -> None:
-    assert verdict(evaluate(cfg, seen(cfg, peer_version="0.2.0")), "standby version") is Verdict.FAIL
+    assert verdict(evaluate(cfg, seen(cfg, peer_version="0.3.0")), "standby version") is Verdict.FAIL
 
 
 def test_preflight_smaller_standby_warns(cfg: config.Config) -> None:

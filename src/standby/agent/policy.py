@@ -8,13 +8,14 @@ from __future__ import annotations
 import hashlib
 import json
 
+from standby import protocol
 from standby.config import Config, Durability, Mode, RejoinPolicy
 from standby.decide import PgCrashPolicy, Policy
 
 
 def config_digest(cfg: Config) -> str:
     """Both agents must run the same configuration; heartbeats carry this to prove it."""
-    dumped = cfg.model_dump(mode="json")
+    dumped = protocol.digest_document(cfg.model_dump(mode="json"), Config)
     for section in ("reporting", "tls"):
         if dumped.get(section) is None:
             # Without it, the digest older versions compute: they may still run on the peer.
