@@ -129,12 +129,10 @@ def inject(lab: Lab, kind: str) -> None:
         raise ValueError(kind)
 
 
-def expected_holder(kind: str) -> str:
-    # Every kind ends with the service IP on beta: after a PostgreSQL crash alpha fences itself, and a
-    # fenced node whose replication link is up hands its services to the primary (decide.py,
-    # Reason.SERVICES_TO_PRIMARY), so calls no longer cross the network to their database.
-    del kind
-    return "beta"
+# Every kind ends with the service IP on beta: after a PostgreSQL crash alpha fences itself, and a
+# fenced node whose replication link is up hands its services to the primary (decide.py,
+# Reason.SERVICES_TO_PRIMARY), so calls no longer cross the network to their database.
+EXPECTED_HOLDER = "beta"
 
 
 def _iso_to_epoch(s: str) -> float:
@@ -168,7 +166,7 @@ class Params:
 
 
 def one_run(lab: Lab, kind: str, p: Params, tmp: Path) -> dict[str, Any]:
-    holder = expected_holder(kind)
+    holder = EXPECTED_HOLDER
     rec: dict[str, Any] = {"loadavg_at_start": list(os.getloadavg()), "error": None}
     # Per poll, who answered as primary on its local socket: unlike the probe, this sees an isolated alpha.
     polls: list[tuple[float, list[str]]] = []
