@@ -79,6 +79,11 @@ def _feed(a: Agent, packets: list[tuple[bytes, str]], net: Net = Net.PRIVATE) ->
     drain(_Socket(packets), net, a.link.on_datagram)  # type: ignore[arg-type]
 
 
+def _recorded(a: Agent) -> None:
+    """Wait until the peer boots the receiver asked to write are on disk (the state thread runs in order)."""
+    a.state_pool.submit(lambda: None).result(5)
+
+
 # -- M4: heartbeat replay after the receiver restarts --------------------------------------------
 
 
@@ -88,7 +93,9 @@ def test_m4_recorded_heartbeats_replayed_after_restart_are_not_the_peers_view(se
     # beta's run 7 talks to alpha's first run: "primary, you are my synchronous standby".
     recorded = [_beta_heartbeat(first, 7, seq, (first.boot, 1)) for seq in range(1, 6)]
     older_run = [_beta_heartbeat(first, 6, seq, None) for seq in range(900, 905)]
-    _feed(first, recorded[:2])
+    _feed(first, recorded[:1])  # a new boot: written down before it counts
+    _recorded(first)
+    _feed(first, recorded[1:2])
     assert first.peer_view == PRIMARY_IN_SYNC and first.heard[Net.PRIVATE] is not None
     _close(first)
 
@@ -106,14 +113,20 @@ def test_m4_recorded_heartbeats_replayed_after_restart_are_not_the_peers_view(se
     _close(restarted)
 
 
-def test_m4_peer_restart_is_heard_at_once_and_older_runs_stay_refused(setup: tuple[dict[str, Any], Path]) -> None:
+def test_m4_peer_restart_is_heard_once_written_down_and_older_runs_stay_refused(
+        setup: tuple[dict[str, Any], Path]) -> None:
     raw, _ = setup
     first = _agent(raw)
     _feed(first, [_beta_heartbeat(first, 7, 1, None)])
+    _recorded(first)
     _close(first)
     again = _agent(raw)
-    # Both restarted: beta's new run cannot acknowledge alpha's yet, and needs not (it is newer).
+    # Both restarted: beta's new run cannot acknowledge alpha's yet, and needs not (it is newer); its
+    # first heartbeat starts the write of its boot, the next one after that write is heard.
     _feed(again, [_beta_heartbeat(again, 8, 1, None)])
+    assert again.peer_view is None and again.receiver.rejected["boot_unrecorded"] == 1
+    _recorded(again)
+    _feed(again, [_beta_heartbeat(again, 8, 2, None)])
     assert again.peer_view == PRIMARY_IN_SYNC
     _close(again)
     third = _agent(raw)
@@ -397,3 +410,39 @@ def test_l6_status_says_clients_can_lower_synchronous_commit(capsys: pytest.Capt
                                "reporting": None}))
     out = capsys.readouterr().out
     assert ("synchronous_commit" in out) is (durability == "sync")
+
+
+# -- a new peer boot is recorded off the event loop --------------------------------------------------
+
+
+def test_x2_a_new_peer_boot_is_recorded_off_the_loop_and_heard_once_on_disk(setup: tuple[dict[str, Any], Path]) -> None:
+    """The receiver fsynced the peer's new boot on the event loop: with another lab keeping the disk
+    busy, the write held alpha's loop long enough that it counted a 0.67 s stall and fenced itself
+    while the pair started (parallel lab tests). The write runs on the state thread now, and the new
+    boot is not acted on before it is on disk, so a restart still refuses its recordings (M4)."""
+    raw, _ = setup
+    a = _agent(raw)
+    release, writers = threading.Event(), []
+    real_save = a.store.save_peer_boot
+
+    def slow_save(boot: int) -> None:
+        writers.append(threading.get_ident())
+        assert release.wait(10), "the test never released the write"
+        real_save(boot)
+
+    a.store.save_peer_boot = slow_save  # type: ignore[method-assign]
+    feeder = threading.Thread(target=_feed, args=(a, [_beta_heartbeat(a, 8, 1, None)]))
+    feeder.start()
+    feeder.join(5)
+    try:
+        assert not feeder.is_alive(), "the heartbeat handler waited for the disk"
+        assert writers and writers[0] != feeder.ident, "the boot was written on the handler's own thread"
+        assert a.peer_view is None, "a new boot was acted on before it was on disk"
+    finally:
+        release.set()
+        feeder.join(5)
+    a.state_pool.submit(lambda: None).result(5)  # the write is done
+    assert a.store.peer_boot() == 8
+    _feed(a, [_beta_heartbeat(a, 8, 2, None)])
+    assert a.peer_view == PRIMARY_IN_SYNC
+    _close(a)

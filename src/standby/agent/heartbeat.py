@@ -28,6 +28,7 @@ import hmac
 import json
 from collections import Counter
 from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
 
@@ -187,14 +188,30 @@ class Receiver:
         # this receiver's start: the sequence numbers of that boot were lost with the last run.
         self.floor = -1
         self.restored_boot = -1
-        self._persist: Callable[[int], None] | None = None
+        self._persist: Callable[[int], Future[None]] | None = None
+        self._saving: tuple[int, Future[None]] | None = None  # the newest boot being written, and its write
         self.persist_errors = 0
 
-    def restore(self, peer_boot: int, persist: Callable[[int], None]) -> None:
+    def restore(self, peer_boot: int, persist: Callable[[int], Future[None]]) -> None:
         """Continue after a restart: ``peer_boot`` is the newest boot accepted by earlier runs;
-        ``persist`` durably records a newer one before it is acted on."""
+        ``persist`` starts durably recording a newer one on another thread (writes in the order
+        asked: a single-thread pool), and the boot is acted on only once that write is over."""
         self.floor = self.restored_boot = peer_boot
         self._persist = persist
+
+    def _recorded(self, boot: int) -> bool:
+        """Whether ``boot`` is on disk; the first time it is asked, starts the write. The handler runs on
+        the event loop: an fsync there on a busy disk was a stall that fenced a healthy primary."""
+        if self._persist is None:
+            return True
+        if self._saving is None or self._saving[0] != boot:
+            self._saving = (boot, self._persist(boot))
+        write = self._saving[1]
+        if not write.done():
+            return False
+        if write.exception() is not None:  # a disk problem must not make the peer unheard; memory still holds it
+            self.persist_errors += 1
+        return True
 
     def accept(self, packet: bytes, arrived_on: Net) -> Heartbeat | None:
         """The heartbeat if valid and new; None otherwise (and counted)."""
@@ -210,11 +227,8 @@ class Receiver:
                 self.mismatched_digest = hb.digest
                 raise Reject("config_mismatch", hb.digest[:12])
             if hb.boot > self.floor:
-                if self._persist is not None:
-                    try:
-                        self._persist(hb.boot)
-                    except OSError:  # a disk problem must not make the peer unheard; memory still holds it
-                        self.persist_errors += 1
+                if not self._recorded(hb.boot):
+                    raise Reject("boot_unrecorded", f"boot {hb.boot} is being written down")
                 self.floor = hb.boot
         except Reject as r:
             self.rejected[r.kind] += 1

@@ -15,6 +15,7 @@ import asyncio
 import errno
 import socket
 from collections.abc import Callable
+from concurrent.futures import Future
 from typing import Protocol
 
 from standby.agent.heartbeat import Heartbeat, Receiver, encode
@@ -95,8 +96,9 @@ class HeartbeatLink:
         self.last_send = clock()
         self.max_send_gap = 0.0
 
-    def start(self, boot: int, peer_boot: int, save_peer_boot: Callable[[int], None]) -> None:
-        """This run's boot; replay protection continues from the peer's newest boot seen by earlier runs."""
+    def start(self, boot: int, peer_boot: int, save_peer_boot: Callable[[int], Future[None]]) -> None:
+        """This run's boot; replay protection continues from the peer's newest boot seen by earlier runs
+        (``save_peer_boot`` writes a newer one on another thread)."""
         self.boot = boot
         self.receiver.restore(peer_boot, save_peer_boot)
 

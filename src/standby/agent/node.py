@@ -140,7 +140,9 @@ class Agent(Surface):
         holding = await self.guard.read("service IPs", self.service_role.holds, False)
         self.cell.state = self.store.restored(now, holding)
         # Replay protection outlives this run: the peer's boots already seen stay refused.
-        self.link.start(self.store.next_boot(), self.store.peer_boot(), self.store.save_peer_boot)
+        # A newer one is written on the state thread: never an fsync on the loop the heartbeats need.
+        self.link.start(self.store.next_boot(), self.store.peer_boot(),
+                        lambda boot: self.state_pool.submit(self.store.save_peer_boot, boot))
         self.event("agent_started", boot=self.boot, restored=self.state.persisted(), holds_service_ips=holding,
                    unattended_for_s=round(self.startup_gap, 3))
 
