@@ -100,10 +100,11 @@ def drop_cluster(node_cluster: str) -> None:
     version, name = node_cluster.split("/", 1)
     if not (PG_ETC / version / name).exists():
         return
-    res = netns.run(["pg_dropcluster", "--stop", version, name], check=False, stdin=subprocess.DEVNULL)
-    if res.returncode != 0 and (PG_ETC / version / name).exists():
-        # A server that will not stop was killed by the caller already: the files go regardless.
-        shutil.rmtree(PG_ETC / version / name, ignore_errors=True)
+    netns.run(["pg_dropcluster", "--stop", version, name], check=False, stdin=subprocess.DEVNULL)
+    # The files go regardless: pg_dropcluster fails on a server the caller already killed, and removes only
+    # the files it made, so standby's conf.d/standby.conf would keep the directory (and a later lab drawing
+    # the same name would start with these settings).
+    shutil.rmtree(PG_ETC / version / name, ignore_errors=True)
 
 
 def initdb(node: NodeLayout) -> None:
