@@ -31,6 +31,7 @@ import pytest
 
 from standby.lab import LAB_BASE, Lab, LabSpec
 from standby.lab.netns import NETNS_DIR
+from standby.lab.pgnode import STATE_TMPFS_ENV
 from standby.lab.topology import PG_BIN, PG_ETC, PG_VERSION
 
 # Overridable so a nested test run can be told apart from this one.
@@ -42,6 +43,8 @@ KEEP_FAILED = os.environ.get("STANDBY_LAB_KEEP_FAILED", "")
 # Opt-in: where each lab's agents' late event loops are recorded.
 STALLS = os.environ.get("STANDBY_LAB_STALLS", "")
 _LATE_RE = re.compile(r"event loop ([0-9.]+) s late")
+# Every lab of this run (the CLI's too) keeps its agents' state on a tmpfs: see pgnode.STATE_TMPFS_ENV.
+os.environ[STATE_TMPFS_ENV] = "1"
 _NS_RE = re.compile(rf"^({re.escape(PREFIX)}[0-9a-f]{{4}})-(sw|alpha|beta|client)$")
 # A cluster-layout lab's postgresql-common clusters: /etc/postgresql/15/<lab>-<node>.
 _CLUSTER_RE = re.compile(rf"^({re.escape(PREFIX)}[0-9a-f]{{4}})-(alpha|beta)$")
