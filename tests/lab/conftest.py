@@ -8,11 +8,16 @@ concurrent run.
 
 With STANDBY_LAB_KEEP_FAILED=DIR, a failed (or errored) test's labs have their
 logs, agents' histories and state copied to DIR/<test>/<lab> first.
+
+With STANDBY_LAB_STALLS=FILE, every lab's agents' late event loops (what
+agent/stallwatch.py logs) are appended to FILE, one JSON line per agent, passed
+tests included: how tests running side by side load each other shows there.
 """
 
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 import re
 import secrets
@@ -26,7 +31,8 @@ import pytest
 
 from standby.lab import LAB_BASE, Lab, LabSpec
 from standby.lab.netns import NETNS_DIR
-from standby.lab.topology import PG_BIN
+from standby.lab.pgnode import STATE_TMPFS_ENV
+from standby.lab.topology import PG_BIN, PG_ETC, PG_VERSION
 
 # Overridable so a nested test run can be told apart from this one.
 PREFIX = os.environ.get("STANDBY_LAB_TEST_PREFIX", "sbt")
@@ -34,7 +40,14 @@ _NAME_RE = re.compile(rf"^{re.escape(PREFIX)}[0-9a-f]{{4}}$")
 LOCK_DIR = Path("/run/standby-lab-tests")
 # Opt-in: where a failed test's lab files are kept (nothing is kept when unset).
 KEEP_FAILED = os.environ.get("STANDBY_LAB_KEEP_FAILED", "")
+# Opt-in: where each lab's agents' late event loops are recorded.
+STALLS = os.environ.get("STANDBY_LAB_STALLS", "")
+_LATE_RE = re.compile(r"event loop ([0-9.]+) s late")
+# Every lab of this run (the CLI's too) keeps its agents' state on a tmpfs: see pgnode.STATE_TMPFS_ENV.
+os.environ[STATE_TMPFS_ENV] = "1"
 _NS_RE = re.compile(rf"^({re.escape(PREFIX)}[0-9a-f]{{4}})-(sw|alpha|beta|client)$")
+# A cluster-layout lab's postgresql-common clusters: /etc/postgresql/15/<lab>-<node>.
+_CLUSTER_RE = re.compile(rf"^({re.escape(PREFIX)}[0-9a-f]{{4}})-(alpha|beta)$")
 
 
 def _missing_prerequisite() -> str | None:
@@ -53,16 +66,18 @@ def new_lab_name() -> str:
         name = PREFIX + secrets.token_hex(2)
         if not (LAB_BASE / name).exists() and not any(
             (NETNS_DIR / f"{name}-{r}").exists() for r in ("sw", "alpha", "beta", "client")
-        ):
+        ) and not any((PG_ETC / PG_VERSION / f"{name}-{n}").exists() for n in ("alpha", "beta")):
             return name
 
 
+def _names_in(directory: Path, pattern: re.Pattern[str]) -> set[str]:
+    return {m.group(1) for p in directory.iterdir() if (m := pattern.match(p.name))} if directory.exists() else set()
+
+
 def existing_test_labs() -> set[str]:
-    """Every lab of this prefix present on the machine, by directory or namespace."""
+    """Every lab of this prefix present on the machine, by directory, namespace or cluster configuration."""
     names = {p.name for p in LAB_BASE.iterdir() if _NAME_RE.match(p.name)} if LAB_BASE.exists() else set()
-    if NETNS_DIR.exists():
-        names |= {m.group(1) for p in NETNS_DIR.iterdir() if (m := _NS_RE.match(p.name))}
-    return names
+    return names | _names_in(NETNS_DIR, _NS_RE) | _names_in(PG_ETC / PG_VERSION, _CLUSTER_RE)
 
 
 def _lock_path(name: str) -> Path:
@@ -135,10 +150,26 @@ def _keep_dir(request: pytest.FixtureRequest) -> Path | None:
     return Path(KEEP_FAILED) / f"{re.sub(r'[^A-Za-z0-9_.-]+', '_', node.name)}-{time.strftime('%Y%m%dT%H%M%S')}"
 
 
+def record_stalls(lab: Lab, test: str) -> None:
+    """Append each agent's late event loops (seconds late) to STALLS; nothing without it."""
+    if not STALLS:
+        return
+    lines = []
+    for node in ("alpha", "beta"):
+        log = lab.spec.role_dir(node) / "log" / "agent.log"
+        if log.exists():
+            late = [float(m.group(1)) for m in _LATE_RE.finditer(log.read_text(errors="replace"))]
+            lines.append(json.dumps({"test": test, "lab": lab.name, "node": node, "late_s": late,
+                                     "worker": os.environ.get("PYTEST_XDIST_WORKER", "")}))
+    with open(STALLS, "a") as f:
+        f.write("".join(line + "\n" for line in lines))
+
+
 class LabFactory:
     """Makes uniquely named labs and destroys all of them at teardown."""
 
-    def __init__(self) -> None:
+    def __init__(self, test: str = "") -> None:
+        self.test = test  # the test (or module) the labs are for, as STALLS names it
         self.locks: dict[str, int] = {}
         self.keep: Path | None = None  # set at teardown when the labs' files are to be kept
 
@@ -163,6 +194,7 @@ class LabFactory:
                 try:
                     lab = Lab(LabSpec(name))
                     found += lab.secret_leaks()
+                    record_stalls(lab, self.test)
                     if self.keep is not None:
                         lab.collect_logs(self.keep / name)
                         print(f"\nlab {name}: logs and histories kept in {self.keep / name}")
@@ -178,7 +210,7 @@ class LabFactory:
 
 @pytest.fixture
 def lab_factory(request: pytest.FixtureRequest) -> Iterator[LabFactory]:
-    factory = LabFactory()
+    factory = LabFactory(request.node.nodeid)
     try:
         yield factory
     finally:
@@ -189,7 +221,7 @@ def lab_factory(request: pytest.FixtureRequest) -> Iterator[LabFactory]:
 @pytest.fixture(scope="module")
 def lab(request: pytest.FixtureRequest) -> Iterator[Lab]:
     """One lab shared by a module's tests; tests that inject faults heal afterwards."""
-    factory = LabFactory()
+    factory = LabFactory(request.node.nodeid)
     try:
         yield factory()
     finally:

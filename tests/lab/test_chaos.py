@@ -32,6 +32,9 @@ NEW_KINDS = {Kind.BUSY_PRIMARY, Kind.STANDBY_LONG_FREEZE, Kind.MAINTENANCE_LEFT_
              Kind.HEARTBEAT_REPLAY}
 
 
+# Alone (tests/gate.py): the campaign loads its own lab on purpose (a busy primary, an API flood), which a
+# neighbour's agents would feel, and its load and faults are drawn on a schedule a neighbour would skew.
+@pytest.mark.alone
 @pytest.mark.timeout(1800)
 def test_chaos_campaign_passes_the_checker(lab_factory, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     name = lab_factory.reserve()

@@ -21,6 +21,7 @@ import pytest
 from standby.lab import Lab, LabSpec
 from standby.lab.pair import agent_state, holders, primaries, start_pair, under_load, verify
 from standby.lab.topology import PG_ETC, cluster_for
+from tests.lab.conftest import existing_test_labs
 
 # What standby itself writes in a cluster's configuration directory; the rest is the distribution's.
 MANAGED = {"conf.d/standby.conf", "pg_hba.conf"}
@@ -133,3 +134,25 @@ def test_cluster_layout_lab_down_drops_its_clusters_even_without_its_state(lab_f
     assert not clusters & _lsclusters(), "the lab's clusters outlived it"
     assert not any((PG_ETC / c).exists() for c in clusters)
     assert "15/main" in _lsclusters()  # the host's own cluster is left alone
+
+
+def test_x2_a_bootstrapped_labs_clusters_leave_nothing_in_etc(lab_factory) -> None:  # type: ignore[no-untyped-def]
+    """`standby bootstrap` writes conf.d/standby.conf, which pg_dropcluster leaves (it removes only its own
+    files): the directory outlived every such lab, piling up in /etc/postgresql/15 run after run, and a
+    later lab drawing the same name would have started with the old lab's settings."""
+    name = lab_factory.reserve()
+    lab = Lab.up(LabSpec(name=name, durability="sync", pg_layout="cluster"))
+    lab.bootstrap()
+    dirs = [PG_ETC.joinpath(*cluster_for(name, n).split("/")) for n in ("alpha", "beta")]
+    assert (dirs[0] / "conf.d" / "standby.conf").exists()
+    Lab.destroy(name)
+    assert [str(d) for d in dirs if d.exists()] == []
+
+
+def test_x2_the_sweep_finds_a_lab_whose_only_trace_is_a_cluster_directory(lab_factory) -> None:  # type: ignore[no-untyped-def]
+    """What the leak above left on machines: found by the session's sweep (and never drawn as a new name)."""
+    name = lab_factory.reserve()  # destroyed at teardown: the directory goes with it
+    leftover = PG_ETC / "15" / f"{name}-beta" / "conf.d"
+    leftover.mkdir(parents=True)
+    (leftover / "standby.conf").write_text("# a lab's settings, its cluster long dropped\n")
+    assert name in existing_test_labs()

@@ -23,6 +23,12 @@ from pathlib import Path
 import pytest
 import tomli_w
 
+from tests.packages import need
+
+# Alone (tests/gate.py): it boots a whole systemd, a burst of load beside another test's agents, and
+# copies the host's /etc while other tests' labs would add and drop their clusters there.
+pytestmark = pytest.mark.alone
+
 ROOT = Path(__file__).parents[2]
 VENV_PY = ROOT / ".venv" / "bin" / "python"
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
@@ -54,7 +60,7 @@ class Container:
         pid = self.pid1()
         assert pid is not None, "the container is gone"
         res = subprocess.run(["nsenter", "-t", str(pid), "-m", "-u", "-i", "-n", "-p", "sh", "-c", script],
-                             capture_output=True, text=True, timeout=timeout)
+                             check=False, capture_output=True, text=True, timeout=timeout)
         if check and res.returncode != 0:
             raise AssertionError(f"{script!r} failed: {res.stdout}{res.stderr}")
         return res
@@ -82,11 +88,7 @@ def _missing() -> str | None:
 
 
 def _install_nspawn() -> None:
-    if shutil.which("systemd-nspawn") is None:
-        subprocess.run(["apt-get", "install", "-y", "--no-install-recommends", "systemd-container"],
-                       env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"}, capture_output=True, timeout=600)
-    if shutil.which("systemd-nspawn") is None:
-        pytest.skip("systemd-nspawn is not available (apt-get install systemd-container)")
+    need("systemd-nspawn", "systemd-container")  # one apt-get at a time beside other test processes
 
 
 def _build_root(root: Path) -> None:

@@ -62,6 +62,9 @@ def _local_health(lab: Lab, node: str) -> int:
     return netns.call_in(lab.netns(node), get)  # type: ignore[no-any-return]
 
 
+# Alone (tests/gate.py): the flood takes the cores on purpose to show that nothing moves; beside another test
+# it would stall that test's agents and be judged on a machine it does not alone load.
+@pytest.mark.alone
 def test_h3_connection_flood_from_the_client_network_moves_nothing(pair: Lab) -> None:
     cfg = pair.config()
     pid = pair.agent_pid("alpha")

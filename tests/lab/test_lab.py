@@ -403,6 +403,17 @@ def test_down_leaves_nothing_and_is_idempotent(lab_factory) -> None:
         Lab.open(lab.name)
 
 
+def test_x4_a_test_labs_agent_state_is_off_the_shared_disk(lab_factory) -> None:
+    """Labs side by side share the disk; an agent that waited there on its event loop fenced (pgnode.STATE_TMPFS_ENV)."""
+    lab = lab_factory()
+    for node in ("alpha", "beta"):
+        assert os.path.ismount(lab.node(node).state_dir), node
+    root = lab.root
+    Lab.destroy(lab.name)
+    with open("/proc/self/mounts") as f:
+        assert not [line for line in f if f" {root}/" in line]
+
+
 def test_destroy_without_state_file(lab_factory) -> None:
     lab = lab_factory()
     pids = netns_pids(lab.netns("alpha"))

@@ -477,6 +477,8 @@ def _decision_steps(lab: Lab, node: str) -> float:
     return float(next(line.split()[1] for line in text.splitlines() if line.startswith("standby_decisions_total ")))
 
 
+# Alone (tests/gate.py): as the connection flood in test_findings_surface.py, a load made on purpose.
+@pytest.mark.alone
 def test_hostile_client_on_the_page_and_metrics_moves_nothing_and_a_frozen_peer_never_holds_the_page(
         lab_factory: LabFactory) -> None:
     lab = start_pair(lab_factory())

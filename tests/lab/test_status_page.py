@@ -15,6 +15,9 @@ from standby.lab import Lab
 from standby.lab.pair import start_pair
 from tests.browser import Browser, browser_in, text_of, timeline_rows
 
+# Alone (tests/gate.py): Chromium's start and rendering take the machine's cores for seconds at a time.
+pytestmark = pytest.mark.alone
+
 
 @pytest.fixture
 def browser(lab: Lab) -> Iterator[Browser]:
