@@ -42,6 +42,18 @@ def _comm(pid: int) -> str:
         return ""
 
 
+class CommandFailed(subprocess.CalledProcessError):
+    """A command in a container failed; the message carries its output (a bare exit status explains nothing)."""
+
+    def __init__(self, node: str, argv: list[str], proc: subprocess.CompletedProcess[str]) -> None:
+        super().__init__(proc.returncode, argv, proc.stdout, proc.stderr)
+        self.node = node
+
+    def __str__(self) -> str:
+        out = (self.stderr or "").strip() or (self.stdout or "").strip()
+        return f"{self.node}: {self.cmd} exited with {self.returncode}: {out[-2000:]}"
+
+
 @dataclass
 class Container:
     name: str  # its host name too
@@ -100,7 +112,7 @@ class Container:
         proc = subprocess.run(self.command(argv), capture_output=True, text=True, timeout=timeout, check=False,
                               env={**SERVER_ENV, **(env or {})})
         if check and proc.returncode != 0:
-            raise subprocess.CalledProcessError(proc.returncode, argv, proc.stdout, proc.stderr)
+            raise CommandFailed(self.name, argv, proc)
         return proc
 
     def shell(self, command: str, check: bool = True, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:

@@ -200,6 +200,7 @@ class Writer:
     pair: Pair
     acked: list[int] = field(default_factory=list)
     errors: int = 0
+    last_error: str = ""
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
 
@@ -210,7 +211,8 @@ class Writer:
         return self
 
     def _run(self) -> None:
-        n = 0
+        # Ids above every earlier scenario's: each scenario's writer writes into the same table.
+        n = time.time_ns() // 1000
         conn: psycopg.Connection[Any] | None = None
         while not self._stop.is_set():
             try:
@@ -221,8 +223,9 @@ class Writer:
                 conn.execute("INSERT INTO acked (id) VALUES (%s)", (n,))
                 self.acked.append(n)
                 time.sleep(0.01)
-            except (psycopg.Error, OSError):
+            except (psycopg.Error, OSError) as e:
                 self.errors += 1
+                self.last_error = str(e).strip()
                 if conn is not None:
                     conn.close()
                 conn = None

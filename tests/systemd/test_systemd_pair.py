@@ -12,12 +12,14 @@ Skipped, with the reason, where the machine cannot build or boot the containers.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 
@@ -78,16 +80,20 @@ def pair() -> Iterator[Pair]:
 class Watch:
     """The writer and the probe around one scenario."""
 
+    running: ClassVar[list[Watch]] = []  # stopped by _stop_watches after each test, whatever the test did
+
     def __init__(self, pair: Pair) -> None:
         self.pair = pair
         self.writer = Writer(pair).start()
         self.probe = DualPrimaryProbe(pair.lab.netns(Role.CLIENT.value),
                                       {n: pair.lab.node(n).public.ip for n in pair.nodes}, pair.app_password).start()
+        Watch.running.append(self)
 
     def wait_acks(self, more: int = 20, timeout_s: float = 60) -> None:
         start, deadline = len(self.writer.acked), time.monotonic() + timeout_s
         while self.writer.acked_since(start) < more:
-            assert time.monotonic() < deadline, f"fewer than {more} commits acknowledged in {timeout_s} s"
+            assert time.monotonic() < deadline, (f"fewer than {more} commits acknowledged in {timeout_s} s; "
+                                                 f"{self.writer.errors} errors, the last: {self.writer.last_error}")
             time.sleep(0.1)
 
     def finish(self, primary: str) -> ProbeResult:
@@ -98,6 +104,17 @@ class Watch:
         lost = self.writer.lost(primary)
         assert not lost, f"{len(lost)} acknowledged commits missing on {primary}: {lost[:10]}"
         return samples
+
+
+@pytest.fixture(autouse=True)
+def _stop_watches() -> Iterator[None]:
+    """A scenario that fails half-way leaves no writer thread or probe process behind (one kept pytest alive)."""
+    yield
+    while Watch.running:
+        w = Watch.running.pop()
+        w.probe.stop()
+        with contextlib.suppress(AssertionError):
+            w.writer.stop(timeout_s=10)
 
 
 def _under_watch(pair: Pair) -> tuple[str, str, Watch]:
@@ -141,7 +158,7 @@ def test_restart_of_the_unit_on_the_primary_moves_nothing_and_loses_nothing(pair
 
 def test_kill_of_the_agent_on_the_primary_ends_with_one_primary(pair: Pair) -> None:
     primary, _, watch = _under_watch(pair)
-    pair.sh(primary, "systemctl kill -s KILL standby")
+    pair.sh(primary, "systemctl kill --kill-whom=main --signal=KILL standby")
     # The unit's fence --if-unclean, its restart, the peer's decision: then one primary, whichever.
     _rejoin_if_fenced(pair, primary)
     st = pair.converged()
