@@ -119,6 +119,9 @@ class FakePostgres:
         self.calls.append("stop")
         self.db = DbState.DOWN
 
+    def request_stop(self) -> None:
+        self.calls.append("stop_requested")
+
     def promote(self) -> None:
         self.calls.append("promote")
         self.db = DbState.PRIMARY

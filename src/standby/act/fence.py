@@ -8,6 +8,16 @@ The order matters and is the same everywhere:
    crash half-way through the stop still leaves the node fenced;
 4. the stop escalates: fast, then immediate, then SIGKILL of the postmaster and its children.
 
+One exception to 3, in the agent: a *running primary* being fenced gets the fast-shutdown signal
+before "fenced" is written (`postgres.request_fast_stop`), because until its server hears a stop it
+takes writes, and in ``async`` nothing holds them back (a 0.3 s fsync on a busy disk was a 0.3 s
+window with two writers: chaos seed 77). This is safe because an agent that dies between the signal
+and the write leaves a node that cannot come back as primary by itself: the next agent reads the
+time since the last decision (the liveness record, written only after the state) as a stall and
+fences first, and even without that it restarts a server that is down only if this same run saw it
+serve, or the peer is heard as a standby or fenced in no newer term (`decide._crashed_primary_rules`).
+`tests/unit/test_findings_freeze.py` breaks each of the two in turn.
+
 Whether PostgreSQL must stop is a pure function (`plan`) of what the state file and the running
 server say, with a named reason for every outcome.
 """

@@ -325,6 +325,26 @@ def stop(cfg: Config, node: str, mode: StopMode = StopMode.FAST, timeout_s: int 
         time.sleep(STOP_POLL_S)
 
 
+def request_fast_stop(cfg: Config, node: str) -> int | None:
+    """Ask the local postmaster for a fast shutdown (SIGINT) and return at once; its PID, or None if
+    no server runs. From that signal on the server ends every session and takes no new commit.
+
+    No process is spawned and nothing waits: this is the first move of a fence, made before the
+    decision is on disk (see standby.act.fence). ``stop`` then waits for the end and escalates.
+    """
+    pid = running_pid(cfg.pg(node).data_dir)
+    if pid is None:
+        return None
+    try:
+        # The file may name a PID that another program has since been given: signal only a postgres.
+        if Path(f"/proc/{pid}/comm").read_text().strip() not in ("postgres", "postmaster"):
+            return None
+        os.kill(pid, signal.SIGINT)
+    except (ProcessLookupError, FileNotFoundError):
+        return None
+    return pid
+
+
 def kill_server(cfg: Config, node: str, timeout_s: float = 10.0) -> None:
     """SIGKILL the postmaster and its children: a power cut for this server, when even an immediate
     shutdown does not finish (its processes are then gone; the next start recovers from the WAL)."""

@@ -10,6 +10,7 @@ PostgreSQL thread), or open a second connection.
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Protocol
 
@@ -22,6 +23,7 @@ from standby.model import DbState, LocalPg, Lsn
 from standby.observe import postgres as pgobs
 
 Reading = tuple[LocalPg, str | None] | pgobs.Unanswered  # the server and its synchronous_standby_names
+log = logging.getLogger(__name__)
 PROMOTE_WAIT_S = 30.0
 PROMOTE_POLL_S = 0.005
 
@@ -36,6 +38,7 @@ class Database(Protocol):
     def checkpoint(self) -> bool: ...
     def start(self) -> None: ...
     def stop(self) -> None: ...
+    def request_stop(self) -> None: ...
     def set_sync_names(self, value: str) -> None: ...
     def received_lsn(self) -> Lsn | None: ...
     def ensure_peer_slot(self) -> None: ...
@@ -102,6 +105,14 @@ class LocalDb:
         """The fence's stop: fast, immediate, then SIGKILL (the same routine as `standby fence`)."""
         self._drop()
         fence.stop_postgres(self.cfg, self.node)
+
+    def request_stop(self) -> None:
+        """A fence's first move: the fast-shutdown signal, on the caller's thread (no connection used).
+        Best effort: the FENCE action's own stop follows and escalates, so a failure here only costs time."""
+        try:
+            pgact.request_fast_stop(self.cfg, self.node)
+        except OSError as e:
+            log.warning("could not ask PostgreSQL to stop at once: %s", e)
 
     def set_sync_names(self, value: str) -> None:
         if self._conn is not None:
