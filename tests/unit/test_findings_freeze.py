@@ -1,10 +1,10 @@
 """Async chaos seed 77: a primary host frozen 6.8 s took writes for ~0.9 s after the thaw.
 
 Nothing in ``async`` holds a thawed old primary's commits back; only its own agent's fence does. The
-agent decided to fence within milliseconds of the thaw, then waited for the decision to be on disk
-before asking PostgreSQL to stop: on a busy disk that fsync alone took 0.3 s in the lab
-(tests/lab/test_findings_async_freeze.py, `busy`), all of it a window with two writers. The stop
-request now goes out first; why that is safe is argued in standby.act.fence.
+agent decided to fence soon after the thaw, then waited for the decision to be on disk before asking
+PostgreSQL to stop: with another program keeping the disk busy, that fsync alone took 0.3 s in the lab
+(the decision recorded 0.37 s after the thaw, its observation 3 ms of it), all of it a window with
+two writers. The stop request now goes out first; why that is safe is argued in standby.act.fence.
 """
 
 from __future__ import annotations

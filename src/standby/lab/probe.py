@@ -63,13 +63,11 @@ class DualPrimaryProbe:
     """Sample in a child process inside the client namespace; `stop()` returns the samples."""
 
     def __init__(self, client_ns: str, targets: dict[str, str], password: str,
-                 interval_s: float = 0.1, timeout_s: float = 0.09, synchronous_commit: str = "on") -> None:
+                 interval_s: float = 0.1, timeout_s: float = 0.09) -> None:
         # The timeout keeps samples at most ~100 ms apart even while a node is
         # unreachable; a healthy lab server answers in a few milliseconds.
-        # synchronous_commit "off" (as a client may set it) sees a node take writes even while
-        # its disk is too busy to flush them within the timeout.
         self.client_ns, self.targets, self.password = client_ns, targets, password
-        self.interval_s, self.timeout_s, self.synchronous_commit = interval_s, timeout_s, synchronous_commit
+        self.interval_s, self.timeout_s = interval_s, timeout_s
         self.result = ProbeResult()
         self._proc: subprocess.Popen[str] | None = None
         self._reader: threading.Thread | None = None
@@ -79,8 +77,7 @@ class DualPrimaryProbe:
                                       stdout=subprocess.PIPE, text=True)
         assert self._proc.stdin is not None
         self._proc.stdin.write(json.dumps({"ns": self.client_ns, "targets": self.targets, "password": self.password,
-                                           "interval_s": self.interval_s, "timeout_s": self.timeout_s,
-                                           "synchronous_commit": self.synchronous_commit}) + "\n")
+                                           "interval_s": self.interval_s, "timeout_s": self.timeout_s}) + "\n")
         self._proc.stdin.flush()
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
@@ -108,10 +105,9 @@ class DualPrimaryProbe:
 class _Sampler:
     """The child's side: the sampling loop, one JSON line per sample on stdout."""
 
-    def __init__(self, targets: dict[str, str], password: str, interval_s: float, timeout_s: float,
-                 synchronous_commit: str = "on") -> None:
+    def __init__(self, targets: dict[str, str], password: str, interval_s: float, timeout_s: float) -> None:
         self.targets, self.password = targets, password
-        self.interval_s, self.timeout_s, self.synchronous_commit = interval_s, timeout_s, synchronous_commit
+        self.interval_s, self.timeout_s = interval_s, timeout_s
         self._stop = threading.Event()
 
     def run(self) -> None:
@@ -148,7 +144,6 @@ class _Sampler:
                 conns[node] = await asyncio.wait_for(psycopg.AsyncConnection.connect(
                     host=self.targets[node], port=5432, dbname="softswitch", user="softswitch",
                     password=self.password, autocommit=True, connect_timeout=2, tcp_user_timeout=1000,
-                    options=f"-c synchronous_commit={self.synchronous_commit}",
                     keepalives=1, keepalives_idle=1, keepalives_interval=1, keepalives_count=1), 2.0)
             except (psycopg.Error, OSError, TimeoutError):
                 await asyncio.sleep(self.interval_s)
@@ -233,8 +228,7 @@ def main() -> None:
     spec = json.loads(sys.stdin.readline())
     with contextlib.suppress(OSError):  # not root: sample at normal priority
         os.nice(-10)  # an instrument must not starve with the machine it watches
-    sampler = _Sampler(spec["targets"], spec["password"], spec["interval_s"], spec["timeout_s"],
-                       spec.get("synchronous_commit", "on"))
+    sampler = _Sampler(spec["targets"], spec["password"], spec["interval_s"], spec["timeout_s"])
     signal.signal(signal.SIGTERM, lambda *_: sampler._stop.set())
     netns.call_in(spec["ns"], sampler.run)
 
