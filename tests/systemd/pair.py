@@ -8,6 +8,7 @@ addresses only that boot had (the service IPs) go, as on a real server; they com
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 import secrets
@@ -201,6 +202,7 @@ class Writer:
     acked: list[int] = field(default_factory=list)
     errors: int = 0
     last_error: str = ""
+    ack_times: list[float] = field(default_factory=list)  # time.monotonic() of each acknowledgement
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
 
@@ -222,6 +224,7 @@ class Writer:
                 n += 1
                 conn.execute("INSERT INTO acked (id) VALUES (%s)", (n,))
                 self.acked.append(n)
+                self.ack_times.append(time.monotonic())
                 time.sleep(0.01)
             except (psycopg.Error, OSError) as e:
                 self.errors += 1
@@ -232,6 +235,11 @@ class Writer:
                 time.sleep(0.1)
         if conn is not None:
             conn.close()
+
+    def longest_gap(self, since: float) -> float:
+        """The longest time without an acknowledged commit after ``since`` (time.monotonic())."""
+        times = [since, *(t for t in self.ack_times if t > since)]
+        return max((b - a for a, b in itertools.pairwise(times)), default=0.0)
 
     def acked_since(self, count: int) -> int:
         return len(self.acked) - count
