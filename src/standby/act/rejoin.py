@@ -22,7 +22,6 @@ from __future__ import annotations
 import json
 import re
 import shutil
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -31,6 +30,7 @@ from pathlib import Path
 from standby.act import postgres as act
 from standby.config import Config
 from standby.documents import REJOINED, Rejoined, RejoinMethod
+from standby.laps import Laps
 from standby.model import PgRole
 from standby.observe import postgres as obs
 
@@ -130,13 +130,10 @@ class _Steps:
     """Each step's name and how long it took, into the result and the report."""
 
     def __init__(self, result: RejoinResult, report: Report) -> None:
-        self.result, self.report, self.t = result, report, time.monotonic()
+        self.laps, self.report = Laps(result.steps), report
 
     def __call__(self, name: str) -> None:
-        now = time.monotonic()
-        self.result.steps.append((name, now - self.t))
-        self.report(f"{name} ({now - self.t:.2f}s)")
-        self.t = now
+        self.report(f"{name} ({self.laps.lap(name):.2f}s)")
 
 
 def _fork_and_salvage(cfg: Config, node: str, result: RejoinResult, step: Report,

@@ -15,13 +15,13 @@ it has every commit, the standby never promoted, nothing is lost.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from standby.apiclient import AgentApi, ApiError, agent_status
 from standby.config import Config
 from standby.documents import AgentView, Demoted, Promoted
+from standby.laps import Laps
 from standby.model import DbState
 
 Say = Callable[[str], None]
@@ -64,13 +64,10 @@ class _Clock:
     indented under the command's step that ran them, and are not added to the command's steps."""
 
     def __init__(self, out: Outcome, say: Say) -> None:
-        self.out, self.say, self.t = out, say, time.monotonic()
+        self.laps, self.say = Laps(out.steps), say
 
     def step(self, name: str) -> None:
-        now = time.monotonic()
-        self.out.steps.append((name, now - self.t))
-        self.say(f"{name:<58} {1000 * (now - self.t):8.1f} ms")
-        self.t = now
+        self.say(f"{name:<58} {1000 * self.laps.lap(name):8.1f} ms")
 
     def agent(self, node: str, steps: list[tuple[str, float]]) -> None:
         for name, s in steps:

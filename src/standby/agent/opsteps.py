@@ -7,30 +7,25 @@ address-change hook is built and run (never through a shell). It may not decide 
 from __future__ import annotations
 
 import subprocess
-import time
 from typing import Any
 
 from standby.config import Config, for_node
+from standby.laps import Laps
 
 
-class Marks:
+class Marks(Laps):
     """An operation's steps: each one's name and the seconds since the previous one (or the start)."""
 
     def __init__(self) -> None:
-        self._t = time.monotonic()
-        self.steps: list[tuple[str, float]] = []
-        self._ends: list[float] = []
+        super().__init__(digits=4)
 
     def mark(self, name: str) -> None:
-        now = time.monotonic()
-        self.steps.append((name, round(now - self._t, 4)))
-        self._ends.append(now)
-        self._t = now
+        self.lap(name)
 
     def detail(self) -> list[list[Any]]:
         """For the history: each step with the monotonic time it ended (this host's clock, so that a
         measurement on the same host can line the steps up with what clients saw)."""
-        return [[name, s, round(end, 4)] for (name, s), end in zip(self.steps, self._ends, strict=True)]
+        return [[name, s, round(end, 4)] for (name, s), end in zip(self.steps, self.ends, strict=True)]
 
 
 class OpError(Exception):
