@@ -10,6 +10,7 @@ import ipaddress
 import os
 import pwd
 import subprocess
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -109,16 +110,19 @@ def gather_cluster(cfg: Config, node: str) -> ClusterSeen | None:
 
 def gather(cfg: Config, node: str) -> Seen:
     peer = cfg.peer_of(node)
-    try:
-        mine, err = local_facts(cfg, node), None
-    except RuntimeError as e:
-        mine, err = None, str(e)
-    pg = {node: obs.observe_local(cfg, node), peer: obs.observe_peer(cfg, peer)}
+    with ThreadPoolExecutor(6, thread_name_prefix="check") as pool:
+        # Every question to another host at once: a silent peer costs one timeout, not one per question.
+        peer_pg = pool.submit(obs.observe_peer, cfg, peer)
+        pings = {net: pool.submit(network.ping, str(getattr(cfg.nodes[peer], net).ip)) for net in ("public", "private")}
+        asked = {n: pool.submit(apiclient.agent_status, cfg, n) for n in (node, peer)}
+        try:
+            mine, err = local_facts(cfg, node), None
+        except RuntimeError as e:
+            mine, err = None, str(e)
+        pg = {node: obs.observe_local(cfg, node), peer: peer_pg.result()}
+        reach: dict[str, bool | None] = {net: f.result() for net, f in pings.items()}
+        agents = {n: f.result() for n, f in asked.items()}
     facts = obs.pair_facts(cfg, node, pg).get(peer)
-    reach: dict[str, bool | None] = {
-        "public": network.ping(str(cfg.nodes[peer].public.ip)),
-        "private": network.ping(str(cfg.nodes[peer].private.ip)),
-    }
     if cfg.tiebreaker is not None:
         try:
             reach["tiebreaker"] = probes.tiebreaker_answers(cfg, tries=3)
@@ -129,7 +133,6 @@ def gather(cfg: Config, node: str) -> Seen:
         tls.check(cfg, node)
     except ConfigError as e:
         problems = list(e.problems)
-    agents = {n: apiclient.agent_status(cfg, n) for n in (node, peer)}
     units = unitcheck.named(cfg, node, unitcheck.systemd_booted())
     data_dir = cfg.pg(node).data_dir
     return Seen(node, mine, err, facts, pg, reach, problems, gather_cluster(cfg, node), agents, units,

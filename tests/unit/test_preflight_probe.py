@@ -4,13 +4,14 @@ configured port, or one raw ICMP echo, with the agent's timeout; one TCP probe s
 from __future__ import annotations
 
 import socket
+import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 
-from standby import config, preflight
+from standby import apiclient, config, preflight
 from standby.agent import probers
 from standby.model import PgRole, Verdict
 from standby.observe import network, probes
@@ -98,3 +99,31 @@ def test_check_says_when_it_could_not_ask(monkeypatch: pytest.MonkeyPatch) -> No
 
 def test_one_tcp_probe() -> None:
     assert not hasattr(network, "tcp_open")  # probes.tcp_connect is the one the agent and the commands use
+
+
+def test_check_asks_the_other_host_everything_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A silent peer costs `standby check` one timeout, not one per question: the peer's server, the two
+    pings and both agents are asked side by side (each fake waits for all the others; asked one after
+    another, the first would wait in vain and the barrier break)."""
+    cfg = with_tiebreaker(0)
+    _seen_world(monkeypatch, True)
+    barrier = threading.Barrier(5, timeout=10)
+    now = datetime.now(UTC)
+
+    def peer_pg(cfg: Any, n: str) -> obs.PgObservation:
+        barrier.wait()
+        return obs.PgObservation(n, PgRole.UNREACHABLE, now)
+
+    def ping(*_: Any, **__: Any) -> bool:
+        barrier.wait()
+        return False
+
+    def agent_status(cfg: Any, n: str, *_: Any, **__: Any) -> None:
+        barrier.wait()
+
+    monkeypatch.setattr(obs, "observe_peer", peer_pg)
+    monkeypatch.setattr(network, "ping", ping)
+    monkeypatch.setattr(apiclient, "agent_status", agent_status)
+    seen = preflight.gather(cfg, "alpha")
+    assert seen.reach["public"] is False and seen.reach["private"] is False
+    assert seen.agents == {"alpha": None, "beta": None}
