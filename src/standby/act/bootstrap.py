@@ -16,7 +16,7 @@ from pathlib import Path
 
 import psycopg
 
-from standby import __version__, salvage, tls
+from standby import __version__, salvage, tls, versioncheck
 from standby.act import postgres as act
 from standby.config import Config, Durability
 from standby.documents import NodeFacts
@@ -132,10 +132,15 @@ def _refuse_version_mismatch(cfg: Config, node: str, peer_facts: NodeFacts | Non
             f"PostgreSQL major versions differ: {node} has {mine.pg_major}, {peer} has {peer_facts.pg_major}; "
             "install the same major version on both nodes"
         )
-    if peer_facts.standby_version != mine.standby_version:
+    # The peer's record is as old as its last bootstrap: one release apart is a rolling upgrade under way
+    # (README "Upgrades"), which the pair supports; `standby check` asks the running agents.
+    skew = versioncheck.compare_release(mine.standby_version, peer_facts.standby_version)
+    if skew is versioncheck.ReleaseSkew.BEYOND_ONE:
         raise BootstrapBlocked(
-            f"standby versions differ: {node} runs {mine.standby_version}, {peer} runs {peer_facts.standby_version}; "
-            "install the same standby version on both nodes"
+            f"standby releases more than one apart: {node} runs {mine.standby_version}, {peer} ran "
+            f"{peer_facts.standby_version} at its bootstrap ({peer_facts.updated_at:%Y-%m-%d %H:%M} UTC); install "
+            f"the same release on both nodes (or one apart during an upgrade), then run `standby bootstrap` on "
+            f"{peer} again so that its record is current"
         )
 
 
