@@ -143,6 +143,8 @@ def assemble(cfg: Config, o: Observations) -> PairStatus:
     elif not primaries:
         warnings.append("no primary: no node accepts writes")
     nodes: dict[str, NodeStatus] = {}
+    # With replication.quorum, PostgreSQL says "quorum" of each member: never shown as plain "sync".
+    want = SyncState.QUORUM if cfg.replication.quorum else SyncState.SYNC
     for name in cfg.nodes:  # config order, whichever node is looking
         p = o.pg[name]
         rep = None
@@ -155,9 +157,10 @@ def assemble(cfg: Config, o: Observations) -> PairStatus:
         if p.role is PgRole.STANDBY:
             if p.receiver_status != "streaming":
                 warnings.append(f"{name} is a standby but not streaming (receiver: {p.receiver_status or 'none'})")
-            elif cfg.replication.durability is Durability.SYNC and sync is not SyncState.SYNC:
-                warnings.append(f"durability is sync but {name} is {sync.value if sync else 'unknown'}: "
-                                "commits are not protected")
+            elif cfg.replication.durability is Durability.SYNC and sync is not want:
+                warnings.append(f"durability is sync{' with a quorum' if cfg.replication.quorum else ''} but {name} "
+                                f"is {sync.value if sync else 'unknown'}, not {want.value}: commits are not protected "
+                                "as configured")
         if p.role is PgRole.UNREACHABLE:
             warnings.append(_unreachable(name, o))
         f = o.facts.get(name)

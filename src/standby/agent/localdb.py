@@ -2,7 +2,7 @@
 
 It owns: the connection (opened on first use, dropped after any error), the observation query
 (role, WAL positions, the standby's receiver, the primary's replica), the few statements actions
-run (promote, checkpoint, synchronous_standby_names, the peer's slot, the received position), and starting
+run (promote, checkpoint, synchronous_standby_names, the peer's and followers' slots, the received position), and starting
 and stopping the server (the stop is the fence's escalating stop, act/fence.py).
 It may not: decide, run on the event loop (every method blocks: callers run them on the agent's one
 PostgreSQL thread), or open a second connection.
@@ -10,6 +10,7 @@ PostgreSQL thread), or open a second connection.
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Protocol
 
@@ -22,6 +23,7 @@ from standby.model import DbState, LocalPg, Lsn
 from standby.observe import postgres as pgobs
 
 Reading = tuple[LocalPg, str | None] | pgobs.Unanswered  # the server and its synchronous_standby_names
+log = logging.getLogger(__name__)
 PROMOTE_WAIT_S = 30.0
 PROMOTE_POLL_S = 0.005
 
@@ -39,12 +41,14 @@ class Database(Protocol):
     def set_sync_names(self, value: str) -> None: ...
     def received_lsn(self) -> Lsn | None: ...
     def ensure_peer_slot(self) -> None: ...
+    def ensure_follower_slots(self) -> None: ...
 
 
 class LocalDb:
     def __init__(self, cfg: Config, node: str) -> None:
         self.cfg, self.node, self.peer = cfg, node, cfg.peer_of(node)
         self._conn: psycopg.Connection | None = None
+        self._slots_made = False  # the follower slots, once per connection (a restored backup may lack them)
 
     @property
     def connected(self) -> bool:
@@ -64,6 +68,7 @@ class LocalDb:
             except psycopg.Error:
                 pass
         self._conn = None
+        self._slots_made = False
 
     def read(self) -> Reading:
         try:
@@ -115,6 +120,18 @@ class LocalDb:
         if self._conn is not None:
             pgact.ensure_slot(self._conn, self.cfg.slot_name(self.peer))
 
+    def ensure_follower_slots(self) -> None:
+        if self._conn is None or self._slots_made or not self.cfg.followers:
+            return
+        try:
+            made = pgact.ensure_follower_slots(self._conn, self.cfg, self.node)
+        except psycopg.Error as e:  # e.g. max_replication_slots reached: said, tried again next step
+            log.warning("could not create the followers' replication slots: %s", e)
+            return
+        if made:
+            log.info("replication slots for followers created: %s", ", ".join(made))
+        self._slots_made = True
+
 
 def read_local(conn: psycopg.Connection, peer: str) -> tuple[LocalPg, str | None]:
     in_recovery, names = conn.execute(
@@ -125,7 +142,10 @@ def read_local(conn: psycopg.Connection, peer: str) -> tuple[LocalPg, str | None
             "SELECT sync_state, flush_lsn::text FROM pg_stat_replication WHERE application_name = %s "
             "AND state = 'streaming' ORDER BY flush_lsn DESC NULLS LAST LIMIT 1", (peer,)).fetchone()
         flush = Lsn.parse(row[1]) if row else None
-        return LocalPg(DbState.PRIMARY, lsn=Lsn.parse(lsn).value, peer_sync=bool(row and row[0] == "sync"),  # type: ignore[union-attr]
+        # "quorum": replication.quorum asked for ANY k; config refuses one that could leave the hot standby
+        # without a commit under automatic failover, so there it waits for the standby as "sync" does.
+        in_sync = bool(row and row[0] in ("sync", "quorum"))
+        return LocalPg(DbState.PRIMARY, lsn=Lsn.parse(lsn).value, peer_sync=in_sync,  # type: ignore[union-attr]
                        peer_flush_lsn=flush.value if flush else None), names
     recv, replay = conn.execute("SELECT pg_last_wal_receive_lsn()::text, pg_last_wal_replay_lsn()::text").fetchone()  # type: ignore[misc]
     # The age of the upstream's last message is computed by the server, on its own clock.
