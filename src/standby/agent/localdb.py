@@ -56,17 +56,11 @@ class LocalDb:
 
     def _local(self) -> psycopg.Connection:
         if self._conn is None or self._conn.closed:
-            self._conn = pgobs.connect_local(self.cfg, self.node, application_name=pgobs.AGENT_APPLICATION_NAME)
-            # Bounds how long a slow query holds the PostgreSQL thread; a timeout is not a crash.
-            self._conn.execute("SET statement_timeout = '2s'")
+            self._conn = open_agent_connection(self.cfg, self.node)
         return self._conn
 
     def _drop(self) -> None:
-        if self._conn is not None:
-            try:
-                self._conn.close()
-            except psycopg.Error:
-                pass
+        close_quietly(self._conn)
         self._conn = None
         self._slots_made = False
 
@@ -131,6 +125,22 @@ class LocalDb:
         if made:
             log.info("replication slots for followers created: %s", ", ".join(made))
         self._slots_made = True
+
+
+def open_agent_connection(cfg: Config, node: str) -> psycopg.Connection:
+    """An agent's connection to its own server (a pair node's or a follower's)."""
+    conn = pgobs.connect_local(cfg, node, application_name=pgobs.AGENT_APPLICATION_NAME)
+    # Bounds how long a slow query holds the PostgreSQL thread; a timeout is not a crash.
+    conn.execute("SET statement_timeout = '2s'")
+    return conn
+
+
+def close_quietly(conn: psycopg.Connection | None) -> None:
+    if conn is not None:
+        try:
+            conn.close()
+        except psycopg.Error:
+            pass
 
 
 def read_local(conn: psycopg.Connection, peer: str) -> tuple[LocalPg, str | None]:
