@@ -19,8 +19,10 @@ from standby.act import postgres as pgact
 from standby.agent.follower import FollowerAgent
 from standby.agent.followeract import LocalFollowerDb
 from standby.agent.followerobs import identify
-from standby.follow import FollowerActionKind, PairView
+from standby.agent.localdb import read_local
+from standby.follow import FollowerActionKind, FollowerPg, PairView
 from standby.model import DbState
+from tests.lab.test_workload import wait_for
 from tests.unit.configs import example_with_secrets
 from tests.unit.test_followers_agent import FakeViews
 
@@ -37,8 +39,9 @@ class NoAlerts:
         pass
 
 
-def _cfg(tmp: Path, base: Path) -> config.Config:
+def _cfg(tmp: Path, base: Path, quorum: int = 0) -> config.Config:
     raw, _ = example_with_secrets(tmp)
+    raw["replication"] = {**raw["replication"], "quorum": quorum}
     raw.pop("reporting", None)
     for n, last in (("alpha", 11), ("beta", 12)):
         raw["nodes"][n] = {"public": {"address": f"127.0.1.{last}/24", "interface": "lo"},
@@ -74,13 +77,15 @@ def _clone(base: Path, source: str, name: str, slot: str | None) -> None:
     _run([str(BIN / "pg_basebackup"), "-h", PRIVATE[source], "-p", "5432", "-U", "replicator", "-D", str(base / name),
           "-R", "-X", "stream", "--checkpoint=fast", *(["-S", slot] if slot else [])])
     with (base / name / "postgresql.auto.conf").open("a") as f:
-        f.write(_settings(base, name))
+        # Its node name as application_name, as the agents' conninfo gives it (synchronous_standby_names names it).
+        f.write(_settings(base, name) + f"primary_conninfo = 'host={PRIVATE[source]} port=5432 user=replicator "
+                f"application_name={name}'\n")
 
 
 def _sql(base: Path, name: str, query: str) -> Any:
     with psycopg.connect(host=str(base / f"{name}.sock"), port=5432, user="postgres", dbname="postgres",
                          autocommit=True) as conn:
-        cur = conn.execute(query)  # type: ignore[arg-type]
+        cur = conn.execute(query)
         row = cur.fetchone() if cur.description else None
         return None if row is None else row[0]
 
@@ -106,13 +111,15 @@ def servers(tmp_path: Path) -> Iterator[tuple[config.Config, Path]]:
         shutil.rmtree(base, ignore_errors=True)
 
 
-def _wait(what: str, check: Any, timeout_s: float = 30) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if got := check():
-            return got
-        time.sleep(0.2)
-    raise AssertionError(f"{what}: not within {timeout_s}s")
+def _read(own: LocalFollowerDb) -> FollowerPg:
+    got = own.read()
+    assert got is not None, "the follower's server does not answer"
+    return got[0]
+
+
+def _streaming(own: LocalFollowerDb, source: str, timeline: int) -> bool:
+    pg = _read(own)
+    return pg.streaming and pg.source == source and pg.timeline == timeline
 
 
 def test_i12_a_follower_follows_a_failover_of_the_pair_without_a_clone(servers: tuple[config.Config, Path]) -> None:
@@ -125,7 +132,7 @@ def test_i12_a_follower_follows_a_failover_of_the_pair_without_a_clone(servers: 
     _start(base, "beta")
     _clone(base, "alpha", "dr", "standby_dr")
     _start(base, "dr")
-    _wait("beta in recovery", lambda: _sql(base, "beta", "SELECT pg_is_in_recovery()"))
+    wait_for("beta in recovery", lambda: bool(_sql(base, "beta", "SELECT pg_is_in_recovery()")))
     with psycopg.connect(host=str(base / "beta.sock"), port=5432, user="postgres", dbname="postgres",
                          autocommit=True) as conn:
         # What beta's agent does as a standby: slots are not replicated, a promoted standby must have them.
@@ -133,8 +140,10 @@ def test_i12_a_follower_follows_a_failover_of_the_pair_without_a_clone(servers: 
     _sql(base, "alpha", "CREATE TABLE calls (id int PRIMARY KEY)")
     _sql(base, "alpha", "INSERT INTO calls SELECT generate_series(1, 100)")
 
+    _quorum_on_a_real_primary(cfg, base)
     own = LocalFollowerDb(cfg, "dr")
-    pg = _wait("dr streams from alpha", lambda: (r := own.read()) and r[0].streaming and r[0].source == "alpha" and r[0])
+    wait_for("dr streams from alpha", lambda: _streaming(own, "alpha", 1))
+    pg = _read(own)
     assert pg.timeline == 1 and pg.in_recovery
     up = identify(cfg, "alpha", {})
     assert up.timeline == 1 and up.history == () and up.flush_lsn is not None
@@ -154,10 +163,31 @@ def test_i12_a_follower_follows_a_failover_of_the_pair_without_a_clone(servers: 
     started = time.monotonic()
     kinds = [a.kind for a in agent.step()]
     assert FollowerActionKind.POINT_AT in kinds and FollowerActionKind.REJOIN not in kinds
-    _wait("dr streams from beta on timeline 2",
-          lambda: (r := own.read()) and r[0].streaming and r[0].source == "beta" and r[0].timeline == 2)
+    wait_for("dr streams from beta on timeline 2", lambda: _streaming(own, "beta", 2))
     took = time.monotonic() - started
-    assert _wait("beta's rows on dr", lambda: _sql(base, "dr", "SELECT count(*) FROM calls") == 150)
+    wait_for("beta's rows on dr", lambda: _sql(base, "dr", "SELECT count(*) FROM calls") == 150)
     assert _sql(base, "dr", "SELECT pg_is_in_recovery()") is True  # a follower never promotes
     assert (base / "dr" / "standby.signal").exists()
     print(f"dr re-pointed at beta and streaming on timeline 2 after {took:.2f}s, no clone")
+
+
+def _quorum_on_a_real_primary(cfg: config.Config, base: Path) -> None:
+    """replication.quorum = 2 of (beta, dr): PostgreSQL reports both as "quorum", the primary's agent reads the hot
+    standby as in sync, and a commit is acknowledged by both; then back to the hot standby alone."""
+    quorum = config.Config.model_validate({**cfg.model_dump(), "replication": {**cfg.replication.model_dump(),
+                                                                               "quorum": 2}})
+    with psycopg.connect(host=str(base / "alpha.sock"), port=5432, user="postgres", dbname="postgres",
+                         autocommit=True) as conn:
+        wait_for("beta and dr connected", lambda: len(conn.execute(
+            "SELECT 1 FROM pg_stat_replication WHERE state = 'streaming'").fetchall()) == 2)
+        assert pgact.set_sync_names(conn, pgact.sync_names(quorum, "beta"))
+        wait_for("both members in the quorum", lambda: conn.execute(
+            "SELECT application_name, sync_state FROM pg_stat_replication ORDER BY 1").fetchall()
+            == [("beta", "quorum"), ("dr", "quorum")])
+        local, names = read_local(conn, "beta")
+        assert local.peer_sync and names == 'ANY 2 ("beta", "dr")'
+        conn.execute("INSERT INTO calls VALUES (1000)")  # returns once both have it
+        assert pgact.set_sync_names(conn, pgact.sync_names(cfg, "beta"))
+        wait_for("beta alone is sync", lambda: conn.execute(
+            "SELECT sync_state FROM pg_stat_replication WHERE application_name = 'beta'").fetchone() == ("sync",))
+        conn.execute("DELETE FROM calls WHERE id = 1000")
