@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import threading
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -358,12 +359,15 @@ def test_i12_a_damaged_state_file_does_not_keep_the_follower_from_starting(tmp_p
 def test_i12_the_loop_outlives_a_failing_step_and_stops_when_asked(tmp_path: Path) -> None:
     w = World(cfg_with(tmp_path))
     reads: list[int] = []
+    third = threading.Event()
     real_read = w.own.read
 
     def flaky() -> tuple[FollowerPg, float | None] | None:
         reads.append(1)
         if len(reads) == 1:
             raise RuntimeError("a bug in one step")
+        if len(reads) >= 3:
+            third.set()
         return real_read()
 
     w.own.read = flaky  # type: ignore[method-assign]
@@ -374,8 +378,7 @@ def test_i12_the_loop_outlives_a_failing_step_and_stops_when_asked(tmp_path: Pat
     async def go() -> None:
         stop = asyncio.Event()
         task = asyncio.create_task(follower_mod.run(agent, stop))
-        while len(reads) < 3:
-            await asyncio.sleep(0.05)
+        assert await asyncio.to_thread(third.wait, 10)
         stop.set()
         await asyncio.wait_for(task, 5)
 
