@@ -22,6 +22,7 @@ from standby.config import Config, read_secret, token_may_travel
 from standby.documents import (
     AGENT_VIEW,
     DEMOTED,
+    FOLLOWER_VIEW,
     MANUALLY_PROMOTED,
     PROMOTED,
     REJOINED,
@@ -29,6 +30,7 @@ from standby.documents import (
     Codec,
     Demoted,
     DocumentError,
+    FollowerView,
     ManuallyPromoted,
     Operation,
     Promoted,
@@ -133,18 +135,28 @@ def _get(cfg: Config, node: str, hosts: tuple[str, ...], path: str, timeout_s: f
 def agent_status(cfg: Config, node: str, timeout_s: float = 1.0, via: tuple[str, ...] | None = None) -> AgentView | None:
     """A node agent's own view (GET /status), asked at ``via`` (default: its private address, then
     its public one); None when it does not answer or answers with something that is not such a view."""
+    return _view(cfg, node, via or _links(cfg, node), AGENT_VIEW, timeout_s)
+
+
+def follower_status(cfg: Config, name: str, timeout_s: float = 1.0,
+                    via: tuple[str, ...] | None = None) -> FollowerView | None:
+    """A follower agent's own view (GET /status at its private address, or ``via``); None as agent_status."""
+    return _view(cfg, name, via or (str(cfg.link(name).ip),), FOLLOWER_VIEW, timeout_s)
+
+
+def _view(cfg: Config, name: str, hosts: tuple[str, ...], codec: Codec[T], timeout_s: float) -> T | None:
     try:
-        got = _get(cfg, node, via or _links(cfg, node), "/status", timeout_s, auth=True)
+        got = _get(cfg, name, hosts, "/status", timeout_s, auth=True)
     except ProtocolMismatch as e:
         log.warning("%s", e)  # said, not hidden behind "does not answer"
         return None
     if got is None or got[0] != 200:
         return None
     try:
-        return AGENT_VIEW.decode(got[1])
+        return codec.decode(got[1])
     except DocumentError as e:
         # Said, not hidden behind "does not answer": an agent of another version, or a bug.
-        log.warning("%s's agent answered /status with something this client cannot read: %s", node, e)
+        log.warning("%s's agent answered /status with something this client cannot read: %s", name, e)
         return None
 
 

@@ -16,8 +16,6 @@ from typing import Annotated, Any
 
 from pydantic import (
     AfterValidator,
-    BaseModel,
-    ConfigDict,
     Field,
     SerializerFunctionWrapHandler,
     ValidationError,
@@ -27,6 +25,13 @@ from pydantic import (
 )
 
 from standby import layout as pglayout
+from standby import topology
+from standby.confbase import Follower as Follower
+from standby.confbase import FollowerRole as FollowerRole
+from standby.confbase import Interface as Interface
+from standby.confbase import Link as Link
+from standby.confbase import ServiceIP as ServiceIP
+from standby.confbase import Strict as _Strict
 
 DEFAULT_CONFIG_PATH = Path("/etc/standby/standby.toml")
 CONFIG_ENV = "STANDBY_CONFIG"
@@ -53,34 +58,9 @@ class ConfigError(Exception):
         super().__init__("\n".join([head, *(f"  - {p}" for p in problems)]))
 
 
-class _Strict(BaseModel):
-    # Unknown keys are errors: a typo must not silently fall back to a default.
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-def _interface(value: str) -> str:
-    if not value or len(value) > 15 or any(c in value for c in " /\t\n:"):
-        raise ValueError("expected a Linux interface name (1-15 characters, no spaces, '/' or ':')")
-    return value
-
-
-Interface = Annotated[str, AfterValidator(_interface)]
-
-
 def for_node(text: str, node: str) -> str:
     """``text`` with ``{node}`` replaced by a node's name: how one shared file gives per-node values."""
     return text.replace("{node}", node)
-
-
-class Link(_Strict):
-    """One of a node's two networks: an address with its prefix and an interface."""
-
-    address: ipaddress.IPv4Interface = Field(description="address with prefix, e.g. 192.0.2.11/24")
-    interface: Interface
-
-    @property
-    def ip(self) -> ipaddress.IPv4Address:
-        return self.address.ip
 
 
 def _cluster(value: str | None) -> str | None:
@@ -115,11 +95,6 @@ class Node(_Strict):
     private: Link
     postgres: NodePostgres = NodePostgres()
     state_dir: Path | None = None  # overrides the top-level state_dir (several nodes on one host)
-
-
-class ServiceIP(_Strict):
-    address: ipaddress.IPv4Interface = Field(description="floating address with prefix")
-    interface: Interface
 
 
 def _argv(value: list[str]) -> list[str]:
@@ -206,6 +181,9 @@ class Replication(_Strict):
     # In async mode: the most WAL (bytes) the standby may be behind and still
     # be promoted automatically.
     max_lag_on_failover_bytes: int = Field(16 * 1024 * 1024, ge=0)
+    # sync only: 0 = each commit waits for the hot standby alone; k > 0 = for any k of the hot standby and
+    # the warm followers streaming from the primary (standby.topology.sync_plan).
+    quorum: int = Field(0, ge=0)
 
 
 # How long a fenced primary's PostgreSQL may take to stop taking writes once the fence begins.
@@ -566,6 +544,8 @@ class Config(_Strict):
     rejoin: RejoinPolicy = RejoinPolicy.MANUAL
     salvage: Salvage = Salvage()
     reporting: Reporting | None = None
+    # Replicas beside the pair that never vote and never promote themselves (docs/followers.md).
+    followers: list[Follower] = Field(default_factory=list)
     tls: Tls | None = None  # absent: replication and the API run without TLS
     # Absent: no call records to ship. Left out of model_dump, hence of the agents' configuration
     # digest: only the shipper reads it, and a peer of an older version must still agree with this one.
@@ -638,6 +618,7 @@ class Config(_Strict):
             if not self.service_ips:
                 problems.append("service_ips: hot mode needs at least one service IP that floats to the active node")
         problems.extend(self._cluster_problems())
+        problems.extend(self._follower_problems(seen))
         deg = self.replication.degrade_after_s
         if deg and deg * 1000 < 2 * self.timings.failover_timeout_ms:
             problems.append(
@@ -662,6 +643,32 @@ class Config(_Strict):
                                f"{key.replace('_', ' ')} is the one its postgresql.conf names: remove "
                                f"{where[0]}, or remove postgres.cluster to use a plain data directory")
         return out
+
+    def _follower_problems(self, seen: dict[ipaddress.IPv4Address, str]) -> list[str]:
+        """The topology's checks (standby.topology), a follower's address taken by a floating one, the quorum."""
+        t = self.topology()
+        out = [str(p) for p in (*topology.check(t), *topology.quorum_problems(t, self.replication.quorum))]
+        floating = {ip: key for ip, key in seen.items() if not key.startswith("nodes.")}
+        if self.reporting is not None and self.reporting.address is not None:
+            floating.setdefault(self.reporting.address.ip, "reporting.address")
+        for i, f in enumerate(self.followers):
+            out += [f"followers[{i}].{suffix}: {ip} is already used by {floating[ip]}; every address must be unique"
+                    for suffix, ip in f.addresses() if ip in floating]
+        q = self.replication.quorum
+        if q and self.replication.durability is Durability.ASYNC:
+            out.append(f"replication.quorum: {q} with durability = \"async\", where no commit waits; remove quorum "
+                       "or set durability = \"sync\"")
+        elif q and self.mode is Mode.HOT and not topology.sync_plan(t, self.preferred_primary, True, q) \
+                .hot_standby_has_every_commit:
+            n = 1 + len(topology.quorum_candidates(t))
+            out.append(f"replication.quorum: {q} of {n} lets the hot standby lack a commit another member "
+                       "acknowledged, and automatic failover (mode = \"hot\") would lose it; set quorum = "
+                       f"{n} (every member has each commit) or 0 (the hot standby only)")
+        return out
+
+    def topology(self) -> topology.Topology:
+        """The pair and the followers, as standby.topology checks and plans them."""
+        return topology.Topology(pair=self.nodes, followers=tuple(self.followers))
 
     def _reporting_problems(self, seen: dict[ipaddress.IPv4Address, str]) -> list[str]:
         rep = self.reporting
@@ -694,7 +701,8 @@ class Config(_Strict):
         this host; where it does not exist (the peer's cluster seen from here) postgresql-common's
         defaults stand in, and ``layout`` is what refuses a missing local cluster.
         """
-        over = {k: v for k, v in self.nodes[node].postgres.model_dump().items() if v is not None}
+        own = self.nodes[node].postgres if node in self.nodes else NodePostgres()  # a follower: [postgres] as is
+        over = {k: v for k, v in own.model_dump().items() if v is not None}
         pg = self.postgres.model_copy(update=over)
         if pg.cluster is None:
             return pg
@@ -715,7 +723,18 @@ class Config(_Strict):
         return pglayout.read_cluster(pglayout.ClusterRef.parse(pg.cluster))
 
     def state_dir_for(self, node: str) -> Path:
-        return self.nodes[node].state_dir or self.state_dir
+        n = self.nodes.get(node)  # a follower has no override
+        return (n.state_dir if n is not None else None) or self.state_dir
+
+    def follower(self, name: str) -> Follower | None:
+        return next((f for f in self.followers if f.name == name), None)
+
+    def link(self, name: str, network: str = "private") -> Link:
+        """A pair node's or a follower's link on ``network`` ("private" or "public")."""
+        member: Node | Follower | None = self.nodes.get(name) or self.follower(name)
+        if member is None:
+            raise KeyError(name)
+        return member.private if network == "private" else member.public
 
     def spool_state_dir(self, node: str) -> Path:
         """Where `standby ship` keeps its offsets and the lines it set aside."""

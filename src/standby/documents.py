@@ -8,6 +8,7 @@
 - ``ShipperStatus``: what `standby ship` reports about itself (its status file, ``standby.spool.state``
   reads and writes it); ``SpoolView``: that status as a node's agent sees it (``AgentView.spool``,
   ``AgentSummary.spool``), with ``/metrics`` and `standby status` reading the same type.
+- ``FollowerView``: a follower agent's own view (its ``GET /status``), read by `standby status`.
 - ``PairStatus``: the pair as one node sees it (`standby status`, ``--json`` for scripts).
 - ``Operation``: the operator operations an agent runs, by name, and the API path of each;
   the results of the ones whose answers a client reads.
@@ -29,7 +30,8 @@ from typing import Annotated, Any, Generic, TypeVar
 
 import pydantic
 
-from standby.config import Durability, Mode, ReportingFallback
+from standby.config import Durability, FollowerRole, Mode, ReportingFallback
+from standby.follow import FollowerReason
 from standby.model import DbState, PgRole, SyncState
 
 T = TypeVar("T")
@@ -351,6 +353,37 @@ class AgentView:
 AGENT_VIEW: Codec[AgentView] = Codec(AgentView, "agent status")
 
 
+# -- a follower's own view, served by its agent's GET /status -----------------------------------------
+
+@dataclass(frozen=True)
+class FollowerView:
+    node: str
+    cluster: str
+    role: FollowerRole
+    upstream: str  # as configured: "primary", "standby" or a follower's name
+    standby_version: str
+    running: bool
+    in_recovery: bool
+    streaming: bool
+    streaming_from: str | None  # the node its WAL receiver streams from
+    timeline: int | None
+    received_lsn: str | None
+    replay_lsn: str | None
+    lag_bytes: int | None  # WAL the primary has flushed that is not replayed here
+    lag_seconds: float | None  # since the newest transaction replayed here committed on the primary
+    loss_bytes: int | None  # WAL a DR promotion now would lose (not received here); None: unknown
+    term: int  # the newest term of the pair heard
+    primary: str | None  # that term's primary, once heard
+    target: str | None  # where it was last pointed
+    reason: FollowerReason  # the last step's rule
+    site_silent_s: float  # since a pair node was last heard (from this agent's start or its last stall)
+    promoted: bool  # an operator took it out of recovery
+    pg_version_num: int | None = None  # its server's server_version_num, once it has answered
+
+
+FOLLOWER_VIEW: Codec[FollowerView] = Codec(FollowerView, "follower status")
+
+
 # -- the pair's status, as one node sees it ----------------------------------------------------------
 
 @dataclass(frozen=True)
@@ -429,6 +462,8 @@ class PairStatus:
     service_ips: dict[str, IpStatus]  # by address
     reporting: ReportingStatus | None
     warnings: list[str]
+    # [[followers]], in the file's order: each one's own view (None: its agent does not answer).
+    followers: dict[str, FollowerView | None] = field(default_factory=dict)
 
 
 PAIR_STATUS: Codec[PairStatus] = Codec(PairStatus, "pair status")

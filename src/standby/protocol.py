@@ -48,7 +48,7 @@ MAJOR = 1
 MINOR = 1
 HEADER = "Standby-Protocol"
 # Configuration keys (dotted, as in the file) added since 1.0 with a default; see the module's docstring.
-ADDED_CONFIG_KEYS: tuple[str, ...] = ()
+ADDED_CONFIG_KEYS: tuple[str, ...] = ("followers", "replication.quorum")
 # What an agent that predates the header speaks.
 UNANNOUNCED = (1, 0)
 _VERSION = re.compile(r"^\s*(\d{1,6})\.(\d{1,6})\s*$")

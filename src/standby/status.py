@@ -6,15 +6,17 @@ status document, as a pure function, so its rules are testable without a lab.
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from standby import __version__, protocol
-from standby.apiclient import agent_status
+from standby import __version__, protocol, topology
+from standby.apiclient import agent_status, follower_status
 from standby.config import Config, Durability, Mode, ReportingFallback, ServiceIP
 from standby.documents import (
     AgentSummary,
     AgentView,
+    FollowerView,
     IpStatus,
     NodeFacts,
     NodeStatus,
@@ -44,6 +46,7 @@ class Observations:
     observed_at: datetime = field(default_factory=lambda: datetime.now(UTC))
     agents: dict[str, AgentView | None] = field(default_factory=dict)  # each node agent's /status
     reporting: IpHolders | None = None  # the reporting IP, when [reporting] has one
+    followers: dict[str, FollowerView | None] = field(default_factory=dict)  # each follower agent's /status
 
 
 def collect(cfg: Config, node: str, probe_arp: bool = True) -> Observations:
@@ -53,8 +56,11 @@ def collect(cfg: Config, node: str, probe_arp: bool = True) -> Observations:
     agents = {n: agent_status(cfg, n) for n in (node, peer)}
     floating = cfg.reporting.floating() if cfg.reporting else None
     reporting = _ip_holders(cfg, node, probe_arp, [floating])[0] if floating else None
+    with ThreadPoolExecutor(max_workers=8) as pool:  # a silent follower costs one timeout, not one each
+        followers = dict(zip([f.name for f in cfg.followers],
+                             pool.map(lambda f: follower_status(cfg, f.name), cfg.followers), strict=True))
     return Observations(observer=node, pg=pg, ips=_ip_holders(cfg, node, probe_arp), facts=facts, agents=agents,
-                        reporting=reporting)
+                        reporting=reporting, followers=followers)
 
 
 def _ip_holders(cfg: Config, node: str, probe_arp: bool, ips: list[ServiceIP] | None = None) -> tuple[IpHolders, ...]:
@@ -143,6 +149,8 @@ def assemble(cfg: Config, o: Observations) -> PairStatus:
     elif not primaries:
         warnings.append("no primary: no node accepts writes")
     nodes: dict[str, NodeStatus] = {}
+    # With replication.quorum, PostgreSQL says "quorum" of each member: never shown as plain "sync".
+    want = SyncState.QUORUM if cfg.replication.quorum else SyncState.SYNC
     for name in cfg.nodes:  # config order, whichever node is looking
         p = o.pg[name]
         rep = None
@@ -155,9 +163,10 @@ def assemble(cfg: Config, o: Observations) -> PairStatus:
         if p.role is PgRole.STANDBY:
             if p.receiver_status != "streaming":
                 warnings.append(f"{name} is a standby but not streaming (receiver: {p.receiver_status or 'none'})")
-            elif cfg.replication.durability is Durability.SYNC and sync is not SyncState.SYNC:
-                warnings.append(f"durability is sync but {name} is {sync.value if sync else 'unknown'}: "
-                                "commits are not protected")
+            elif cfg.replication.durability is Durability.SYNC and sync is not want:
+                warnings.append(f"durability is sync{' with a quorum' if cfg.replication.quorum else ''} but {name} "
+                                f"is {sync.value if sync else 'unknown'}, not {want.value}: commits are not protected "
+                                "as configured")
         if p.role is PgRole.UNREACHABLE:
             warnings.append(_unreachable(name, o))
         f = o.facts.get(name)
@@ -196,6 +205,7 @@ def assemble(cfg: Config, o: Observations) -> PairStatus:
         elif not h.holders:
             warnings.append(f"service IP {h.address} is held by no node" + ("" if h.probed else " seen from here"))
     reporting = _reporting(cfg, o, nodes, warnings)
+    warnings.extend(_follower_warnings(cfg, o))
     if cfg.replication.durability is Durability.SYNC and cfg.replication.degrade_after_s > 0:
         warnings.append(
             f"sync with degrade_after_s={cfg.replication.degrade_after_s:g}: if the standby is away that long, "
@@ -212,7 +222,26 @@ def assemble(cfg: Config, o: Observations) -> PairStatus:
         service_ips={h.address: IpStatus(holders=list(h.holders), arp_probed=h.probed) for h in o.ips},
         reporting=reporting,
         warnings=warnings,
+        followers={f.name: o.followers.get(f.name) for f in cfg.followers},
     )
+
+
+def _follower_warnings(cfg: Config, o: Observations) -> list[str]:
+    """A follower that is not receiving WAL is exposure growing (a DR copy that stops ages by the minute)."""
+    out = []
+    for f in cfg.followers:
+        v = o.followers.get(f.name)
+        if v is None:
+            out.append(f"follower {f.name}'s agent does not answer on its API")
+        elif v.promoted:
+            out.append(f"follower {f.name} is out of recovery (promoted by an operator): it no longer follows the pair")
+        elif not v.streaming:
+            out.append(f"follower {f.name} is not streaming ({v.reason.value}); a promotion of it now would lose "
+                       + ("an unknown amount" if v.loss_bytes is None else f"{v.loss_bytes} bytes of WAL"))
+    versions = {n: p.version_num for n, p in o.pg.items() if p.version_num is not None}
+    versions |= {n: v.pg_version_num for n, v in o.followers.items() if v is not None and v.pg_version_num is not None}
+    out.extend(str(p) for p in topology.version_problems(cfg.topology(), versions))
+    return out
 
 
 def _reporting(cfg: Config, o: Observations, nodes: dict[str, NodeStatus], warnings: list[str]) -> ReportingStatus | None:

@@ -19,53 +19,25 @@ import ipaddress
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import Protocol
 
-from pydantic import BaseModel, ConfigDict, field_validator
+from standby.confbase import Follower as Follower
+from standby.confbase import FollowerRole as FollowerRole
+from standby.confbase import Link
 
-from standby.config import Link, ServiceIP
-from standby.config import Node as PairNode
+
+class PairNode(Protocol):
+    """What the checks read of a ``[nodes.NAME]`` table (config.Node; config imports this module)."""
+
+    @property
+    def public(self) -> Link: ...
+    @property
+    def private(self) -> Link: ...
+
 
 PRIMARY = "primary"  # upstream keyword: whichever pair node serves
 STANDBY = "standby"  # upstream keyword: the hot standby (falls back to the primary when it is gone)
 KEYWORDS = (PRIMARY, STANDBY)
-
-
-class FollowerRole(StrEnum):
-    WARM = "warm"  # disaster recovery: promoted by an operator only
-    REPORTING = "reporting"  # serves reads; never promoted
-
-
-def _valid_name(name: str) -> bool:
-    # The rule of config's node names: a slot name, an application_name and a file name can be made from it.
-    return bool(name) and len(name) <= 32 and all(c.isalnum() or c in "-_" for c in name)
-
-
-class Follower(BaseModel):
-    """One ``[[followers]]`` table."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    name: str
-    public: Link
-    private: Link
-    role: FollowerRole
-    upstream: str = PRIMARY
-    # Reports connect here; it stays on this follower (a follower's address never floats).
-    reporting_ip: ServiceIP | None = None
-
-    @field_validator("name")
-    @classmethod
-    def _name(cls, v: str) -> str:
-        if not _valid_name(v):
-            raise ValueError("expected letters, digits, '-' or '_' (max 32)")
-        return v
-
-    def addresses(self) -> Iterator[tuple[str, ipaddress.IPv4Address]]:
-        """(key suffix, address) of every address this follower uses."""
-        yield "public.address", self.public.ip
-        yield "private.address", self.private.ip
-        if self.reporting_ip is not None:
-            yield "reporting_ip.address", self.reporting_ip.address.ip
 
 
 @dataclass(frozen=True)

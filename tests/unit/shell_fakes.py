@@ -94,6 +94,7 @@ class FakePostgres:
     failing_starts: int = 0  # the next starts that fail
     calls: list[str] = field(default_factory=list)  # start, stop, promote
     sync_names: list[str] = field(default_factory=list)  # values set
+    follower_slot_calls: int = 0
 
     def read(self) -> tuple[LocalPg, str | None]:
         if self.db is DbState.PRIMARY:
@@ -138,6 +139,9 @@ class FakePostgres:
 
     def ensure_peer_slot(self) -> None:
         pass
+
+    def ensure_follower_slots(self) -> None:
+        self.follower_slot_calls += 1
 
 
 class FakeKernel:

@@ -80,7 +80,7 @@ def test_i11_a_key_added_at_its_default_leaves_the_digest_a_release_without_it_c
     path = _write(raw, tmp_path / "standby.toml")
     before = previous_digest(src, path)
     assert before != config_digest(config.load(path))  # the break, as it happened
-    monkeypatch.setattr(protocol, "ADDED_CONFIG_KEYS", ("timings.maintenance_timeout_s",))
+    monkeypatch.setattr(protocol, "ADDED_CONFIG_KEYS", (*protocol.ADDED_CONFIG_KEYS, "timings.maintenance_timeout_s"))
     assert before == config_digest(config.load(path))
 
 
@@ -89,7 +89,7 @@ def test_i11_a_key_added_set_off_its_default_is_refused_by_a_release_without_it(
     """Nothing is misread either way: the older release does not start on a file that uses a key it
     does not know, and the newer one's digest then differs from the digest at the default."""
     src = previous_source(tmp_path, BEFORE_A_KEY)
-    monkeypatch.setattr(protocol, "ADDED_CONFIG_KEYS", ("timings.maintenance_timeout_s",))
+    monkeypatch.setattr(protocol, "ADDED_CONFIG_KEYS", (*protocol.ADDED_CONFIG_KEYS, "timings.maintenance_timeout_s"))
     raw, _ = example_with_secrets(tmp_path)
     at_default = config_digest(config.parse(raw))
     raw["timings"] = {**raw.get("timings", {}), "maintenance_timeout_s": 300}

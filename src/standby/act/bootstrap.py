@@ -82,6 +82,9 @@ def _primary(cfg: Config, node: str, restart: bool, note: Report) -> None:
         note(_hba_step(cfg, peer, hba))
         slot = act.ensure_slot(conn, cfg.slot_name(peer))
         note(Step(f"replication slot {cfg.slot_name(peer)}", slot, "created" if slot else "exists"))
+        if cfg.followers:
+            made = act.ensure_follower_slots(conn, cfg, node)
+            note(Step("replication slots for followers", bool(made), ", ".join(made) or "exist"))
         table = act.ensure_facts_table(conn, cfg.pg(node).replication_user)
         act.write_facts(conn, local_facts(cfg, node))
         note(Step("node facts", table, f"{node}: standby {__version__}"))
@@ -106,7 +109,8 @@ def _primary(cfg: Config, node: str, restart: bool, note: Report) -> None:
 
 def _durability(cfg: Config, standby: str, primary_conn: psycopg.Connection, note: Report) -> None:
     """Make the standby synchronous (or not) as configured, and check the result."""
-    want = act.sync_value(standby) if cfg.replication.durability is Durability.SYNC else ""
+    want = act.sync_names(cfg, standby) if cfg.replication.durability is Durability.SYNC else ""
+    expected = "async" if not want else "quorum" if cfg.replication.quorum else "sync"
     changed = act.set_sync_names(primary_conn, want)
     deadline = time.monotonic() + 10
     state = None
@@ -114,7 +118,7 @@ def _durability(cfg: Config, standby: str, primary_conn: psycopg.Connection, not
         row = primary_conn.execute("SELECT sync_state FROM pg_stat_replication WHERE application_name = %s",
                                    (standby,)).fetchone()
         state = row[0] if row else None
-        if state == ("sync" if want else "async"):
+        if state == expected:
             break
         time.sleep(0.1)
     else:

@@ -30,6 +30,7 @@ from standby.config import Config, read_secret
 from standby.documents import NODE_FACTS, NodeFacts
 from standby.layout import ClusterRef, Layout, LayoutError, settings_of
 from standby.observe.postgres import FACTS_SCHEMA, peer_dsn
+from standby.topology import slot_plan, sync_plan
 
 HBA_BEGIN = "# BEGIN standby (managed; edits inside this block are overwritten)"
 HBA_END = "# END standby"
@@ -641,7 +642,8 @@ def _scram_matches(stored: str | None, password: str) -> bool:
 # -- pg_hba.conf ----------------------------------------------------------
 
 def hba_block(cfg: Config, node: str) -> list[str]:
-    """Replication (and monitoring) for the replication role, from the peer's private address only."""
+    """Replication (and monitoring) for the replication role, from the peer's private address only; and
+    replication alone from each follower's private address (any of them may stream from either pair node)."""
     peer = cfg.peer_of(node)
     pg = cfg.pg(node)
     peer_ip = cfg.nodes[peer].private.ip
@@ -652,6 +654,8 @@ def hba_block(cfg: Config, node: str) -> list[str]:
         HBA_BEGIN,
         f"{kind:<8}replication     {pg.replication_user:<15} {peer_ip}/32{'':<6} scram-sha-256",
         *(f"{kind:<8}{db:<15} {pg.replication_user:<15} {peer_ip}/32{'':<6} scram-sha-256" for db in dbs),
+        *(f"{kind:<8}replication     {pg.replication_user:<15} {f.private.ip}/32{'':<6} scram-sha-256"
+          for f in cfg.followers),
         HBA_END,
     ]
 
@@ -700,12 +704,27 @@ def set_hba_file(path: Path, cfg: Config, node: str) -> None:
 
 # -- slots ----------------------------------------------------------------
 
-def ensure_slot(conn: psycopg.Connection, name: str) -> bool:
+def ensure_slot(conn: psycopg.Connection, name: str, reserve: bool = True) -> bool:
+    """A physical slot ``name``; ``reserve`` False: it pins no WAL until a replica first streams through it."""
     exists = conn.execute("SELECT 1 FROM pg_replication_slots WHERE slot_name = %s", (name,)).fetchone()
     if exists:
         return False
-    conn.execute("SELECT pg_create_physical_replication_slot(%s, true)", (name,))
+    conn.execute("SELECT pg_create_physical_replication_slot(%s, %s)", (name, reserve))
     return True
+
+
+def follower_slots(cfg: Config, node: str) -> list[str]:
+    """The slots ``node`` keeps for followers (topology.slot_plan without the pair's peer, whose slot is
+    reserved and made where it is needed). Kept on either pair node, also in recovery (PostgreSQL allows
+    physical slots there): a slot is no WAL, and none is copied by replication, so a standby promoted by
+    a failover has them already."""
+    peer = cfg.slot_name(cfg.peer_of(node)) if node in cfg.nodes else None
+    return [s for s in slot_plan(cfg.topology(), node).slots if s != peer]
+
+
+def ensure_follower_slots(conn: psycopg.Connection, cfg: Config, node: str) -> list[str]:
+    """Create the missing follower slots, unreserved; returns the ones created."""
+    return [name for name in follower_slots(cfg, node) if ensure_slot(conn, name, reserve=False)]
 
 
 # -- facts table ----------------------------------------------------------
@@ -755,7 +774,7 @@ def passfile(cfg: Config, node: str, peer: str) -> Iterator[Path]:
     d = Path(tempfile.mkdtemp(prefix="standby-pass-"))
     try:
         f = d / "pgpass"
-        f.write_text(_pgpass_line(str(cfg.nodes[peer].private.ip), ppg.port, pg.replication_user, password))
+        f.write_text(pgpass_line(str(cfg.nodes[peer].private.ip), ppg.port, pg.replication_user, password))
         f.chmod(0o600)
         shutil.chown(d, pg.os_user)
         shutil.chown(f, pg.os_user)
@@ -764,7 +783,7 @@ def passfile(cfg: Config, node: str, peer: str) -> Iterator[Path]:
         shutil.rmtree(d, ignore_errors=True)
 
 
-def _pgpass_line(host: str, port: int, user: str, password: str) -> str:
+def pgpass_line(host: str, port: int, user: str, password: str) -> str:
     esc = password.replace("\\", "\\\\").replace(":", "\\:")
     return f"{host}:{port}:*:{user}:{esc}\n"
 
@@ -822,7 +841,7 @@ def configure_as_standby(cfg: Config, node: str, peer: str) -> None:
     data = pg.data_dir
     password = read_secret(pg.replication_password_file, "postgres.replication_password_file")
     write_as(pg.os_user, data / STANDBY_PASSFILE,
-             _pgpass_line(str(cfg.nodes[peer].private.ip), cfg.pg(peer).port, pg.replication_user, password))
+             pgpass_line(str(cfg.nodes[peer].private.ip), cfg.pg(peer).port, pg.replication_user, password))
     lay = layout(cfg, node)
     # A clone of a plain primary carries its settings in postgresql.auto.conf; a cluster's live in
     # /etc, which no clone copies: this node must hold them itself to serve as a primary later.
@@ -890,4 +909,10 @@ def set_sync_names(conn: psycopg.Connection, value: str) -> bool:
 
 def sync_value(standby_node: str) -> str:
     return f'"{standby_node}"'
+
+
+def sync_names(cfg: Config, standby_node: str) -> str:
+    """synchronous_standby_names while commits wait (sync, not degraded): the hot standby, or the quorum
+    replication.quorum asks for (topology.sync_plan; without followers and quorum, sync_value)."""
+    return sync_plan(cfg.topology(), standby_node, True, cfg.replication.quorum).value
 

@@ -2,7 +2,7 @@
 
 It owns: the connection (opened on first use, dropped after any error), the observation query
 (role, WAL positions, the standby's receiver, the primary's replica), the few statements actions
-run (promote, checkpoint, synchronous_standby_names, the peer's slot, the received position), and starting
+run (promote, checkpoint, synchronous_standby_names, the peer's and followers' slots, the received position), and starting
 and stopping the server (the stop is the fence's escalating stop, act/fence.py).
 It may not: decide, run on the event loop (every method blocks: callers run them on the agent's one
 PostgreSQL thread), or open a second connection.
@@ -42,12 +42,14 @@ class Database(Protocol):
     def set_sync_names(self, value: str) -> None: ...
     def received_lsn(self) -> Lsn | None: ...
     def ensure_peer_slot(self) -> None: ...
+    def ensure_follower_slots(self) -> None: ...
 
 
 class LocalDb:
     def __init__(self, cfg: Config, node: str) -> None:
         self.cfg, self.node, self.peer = cfg, node, cfg.peer_of(node)
         self._conn: psycopg.Connection | None = None
+        self._slots_made = False  # the follower slots, once per connection (a restored backup may lack them)
 
     @property
     def connected(self) -> bool:
@@ -55,18 +57,13 @@ class LocalDb:
 
     def _local(self) -> psycopg.Connection:
         if self._conn is None or self._conn.closed:
-            self._conn = pgobs.connect_local(self.cfg, self.node, application_name=pgobs.AGENT_APPLICATION_NAME)
-            # Bounds how long a slow query holds the PostgreSQL thread; a timeout is not a crash.
-            self._conn.execute("SET statement_timeout = '2s'")
+            self._conn = open_agent_connection(self.cfg, self.node)
         return self._conn
 
     def _drop(self) -> None:
-        if self._conn is not None:
-            try:
-                self._conn.close()
-            except psycopg.Error:
-                pass
+        close_quietly(self._conn)
         self._conn = None
+        self._slots_made = False
 
     def read(self) -> Reading:
         try:
@@ -126,6 +123,34 @@ class LocalDb:
         if self._conn is not None:
             pgact.ensure_slot(self._conn, self.cfg.slot_name(self.peer))
 
+    def ensure_follower_slots(self) -> None:
+        if self._conn is None or self._slots_made or not self.cfg.followers:
+            return
+        try:
+            made = pgact.ensure_follower_slots(self._conn, self.cfg, self.node)
+        except psycopg.Error as e:  # e.g. max_replication_slots reached: said, tried again next step
+            log.warning("could not create the followers' replication slots: %s", e)
+            return
+        if made:
+            log.info("replication slots for followers created: %s", ", ".join(made))
+        self._slots_made = True
+
+
+def open_agent_connection(cfg: Config, node: str) -> psycopg.Connection:
+    """An agent's connection to its own server (a pair node's or a follower's)."""
+    conn = pgobs.connect_local(cfg, node, application_name=pgobs.AGENT_APPLICATION_NAME)
+    # Bounds how long a slow query holds the PostgreSQL thread; a timeout is not a crash.
+    conn.execute("SET statement_timeout = '2s'")
+    return conn
+
+
+def close_quietly(conn: psycopg.Connection | None) -> None:
+    if conn is not None:
+        try:
+            conn.close()
+        except psycopg.Error:
+            pass
+
 
 def read_local(conn: psycopg.Connection, peer: str) -> tuple[LocalPg, str | None]:
     in_recovery, names = conn.execute(
@@ -136,7 +161,10 @@ def read_local(conn: psycopg.Connection, peer: str) -> tuple[LocalPg, str | None
             "SELECT sync_state, flush_lsn::text FROM pg_stat_replication WHERE application_name = %s "
             "AND state = 'streaming' ORDER BY flush_lsn DESC NULLS LAST LIMIT 1", (peer,)).fetchone()
         flush = Lsn.parse(row[1]) if row else None
-        return LocalPg(DbState.PRIMARY, lsn=Lsn.parse(lsn).value, peer_sync=bool(row and row[0] == "sync"),  # type: ignore[union-attr]
+        # "quorum": replication.quorum asked for ANY k; config refuses one that could leave the hot standby
+        # without a commit under automatic failover, so there it waits for the standby as "sync" does.
+        in_sync = bool(row and row[0] in ("sync", "quorum"))
+        return LocalPg(DbState.PRIMARY, lsn=Lsn.parse(lsn).value, peer_sync=in_sync,  # type: ignore[union-attr]
                        peer_flush_lsn=flush.value if flush else None), names
     recv, replay = conn.execute("SELECT pg_last_wal_receive_lsn()::text, pg_last_wal_replay_lsn()::text").fetchone()  # type: ignore[misc]
     # The age of the upstream's last message is computed by the server, on its own clock.

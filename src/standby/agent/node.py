@@ -225,13 +225,14 @@ class Agent(Surface):
         # Never on a node being fenced: turning sync off there would release the
         # commits waiting for the standby, acknowledged but never replicated.
         # Only a DEGRADE decision (or a promotion, alone) may stop the waiting.
-        if (self.pg.db is not DbState.PRIMARY or not self.db.connected or self.state.fenced
-                or self.executor.busy(ActionKind.FENCE)):
+        if not self.db.connected or self.state.fenced or self.executor.busy(ActionKind.FENCE):
             return
-        want = pgact.sync_value(self.peer) if self.policy.sync and not self.state.degraded else ""
-        if self.observer.sync_names != want:
-            self.db.set_sync_names(want)
-            self.observer.sync_names = want
+        if self.pg.db is DbState.PRIMARY:
+            want = pgact.sync_names(self.cfg, self.peer) if self.policy.sync and not self.state.degraded else ""
+            if self.observer.sync_names != want:
+                self.db.set_sync_names(want)
+                self.observer.sync_names = want
+        self.db.ensure_follower_slots()  # primary or standby: either may serve the followers next
 
     # -- the loop -----------------------------------------------------------------
 

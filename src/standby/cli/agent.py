@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import signal
 import sys
 from pathlib import Path
@@ -17,6 +18,7 @@ from standby.agent.node import Agent, RefusedToStart
 from standby.agent.priority import raise_priority
 from standby.agent.store import Store
 from standby.cli.common import OperatorError, config_option, handle_errors, json_option, load_node, node_option
+from standby.config import NODE_ENV, Config, load
 from standby.documents import HISTORY, DocumentError
 from standby.supervisor import exec_supervisor
 
@@ -30,7 +32,14 @@ from standby.supervisor import exec_supervisor
 @click.option("-v", "--verbose", is_flag=True, help="Log every decision to stderr.")
 @handle_errors
 def agent_command(config_path: Path, node: str | None, respawn: bool, verbose: bool) -> None:
-    """Run the node agent in the foreground (stop it with SIGTERM)."""
+    """Run the node agent in the foreground (stop it with SIGTERM); for a follower's name, the follower's."""
+    whole = load(config_path)
+    if (name := node or os.environ.get(NODE_ENV)) is not None and whole.follower(name) is not None:
+        if respawn:
+            raise OperatorError("--respawn supervises a pair node's agent (it fences after an unclean death); "
+                                f"a follower has nothing to fence: run `standby agent --node {name}` under systemd")
+        _run_follower(whole, name, verbose)
+        return
     cfg, me = load_node(config_path, node)
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
                         format=f"%(asctime)s {me} %(levelname)s %(message)s")
@@ -69,6 +78,29 @@ def agent_command(config_path: Path, node: str | None, respawn: bool, verbose: b
         # Refusing is clean: this run never acted, so nothing needs fencing.
         agent.store.write_liveness(agent.boot, clean=True)
         raise OperatorError(str(e)) from None
+
+
+def _run_follower(cfg: Config, name: str, verbose: bool) -> None:
+    """A follower's loop and its status API until SIGTERM (docs/followers.md); it never promotes."""
+    from standby.agent.follower import FollowerAgent, run
+    from standby.agent.followerapi import serve
+
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
+                        format=f"%(asctime)s {name} %(levelname)s %(message)s")
+    agent = FollowerAgent(cfg, name)
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        runner = await serve(agent)
+        try:
+            await run(agent, stop)
+        finally:
+            await runner.cleanup()
+
+    asyncio.run(main())
 
 
 def _supervise(config_path: Path, node: str, verbose: bool) -> None:

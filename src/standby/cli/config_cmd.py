@@ -7,7 +7,8 @@ from pathlib import Path
 import click
 
 from standby.cli.common import handle_errors
-from standby.config import load
+from standby.config import Durability, load
+from standby.topology import sync_plan
 
 
 @click.group("config")
@@ -33,3 +34,10 @@ def check(file: Path) -> None:
         click.echo(f"  service IP {sip.address} on {sip.interface}")
     for svc in cfg.services:
         click.echo(f"  service {svc.name}: start {' '.join(svc.start)}")
+    for f in cfg.followers:
+        click.echo(f"  follower {f.name} ({f.role.value}) streams from {f.upstream}: public {f.public.address}, "
+                   f"private {f.private.address}" + (f", reporting IP {f.reporting_ip.address}" if f.reporting_ip else ""))
+    if cfg.followers or cfg.replication.quorum:
+        standby = cfg.peer_of(cfg.preferred_primary)
+        click.echo("  " + sync_plan(cfg.topology(), standby, cfg.replication.durability is Durability.SYNC,
+                                    cfg.replication.quorum).says)

@@ -57,6 +57,7 @@ def render(doc: PairStatus) -> None:
         versions_line.append(f"{name}: {versions}")
     console.print(t)
     console.print("* preferred primary.  versions: " + "; ".join(versions_line))
+    _render_followers(console, doc)
     _render_reporting(console, doc)
     _render_spool(console, doc)
     for w in doc.warnings:
@@ -64,6 +65,26 @@ def render(doc: PairStatus) -> None:
         console.print(f"[{'bold red' if loud else 'yellow'}]WARNING: {w}[/]")
     if not doc.warnings:
         console.print("[green]no warnings[/]")
+
+
+def _render_followers(console: Console, doc: PairStatus) -> None:
+    """After the pair: each follower's role, upstream, where it streams from, lag and a DR promotion's loss."""
+    if not doc.followers:
+        return
+    t = Table(title="followers")
+    for col in ("follower", "role", "upstream", "streaming from", "received / replayed LSN", "lag", "loss if promoted",
+                "state"):
+        t.add_column(col, overflow="fold")
+    for name, v in doc.followers.items():
+        if v is None:
+            t.add_row(name, "-", "-", "-", "-", "-", "-", "[red]agent does not answer[/]")
+            continue
+        lag = "-" if v.lag_bytes is None else f"{_bytes(v.lag_bytes)}, {v.lag_seconds or 0:.3f}s"
+        state = "PROMOTED" if v.promoted else v.reason.value.replace("_", " ")
+        t.add_row(name, v.role.value, v.upstream, v.streaming_from or "-",
+                  " / ".join(x or "-" for x in (v.received_lsn, v.replay_lsn)), lag,
+                  "unknown" if v.loss_bytes is None else _bytes(v.loss_bytes), f"{state}, term {v.term}")
+    console.print(t)
 
 
 def _render_spool(console: Console, doc: PairStatus) -> None:
@@ -104,7 +125,7 @@ def _render_reporting(console: Console, doc: PairStatus) -> None:
 @click.option("--no-arp", is_flag=True, help="Do not probe the link for other holders of the service IPs.")
 @handle_errors
 def command(config_path: Path, node: str | None, as_json: bool, no_arp: bool) -> None:
-    """Role, PostgreSQL state, timeline, LSNs, lag, sync state and service IPs of both nodes."""
+    """Role, PostgreSQL state, timeline, LSNs, lag, sync state and service IPs of both nodes; then the followers."""
     cfg, me = load_node(config_path, node)
     doc = assemble(cfg, collect(cfg, me, probe_arp=not no_arp))
     if as_json:

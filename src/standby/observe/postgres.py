@@ -100,7 +100,7 @@ def peer_params(cfg: Config, node: str, network: str = "private") -> dict[str, o
     pg_rewind) starts from this, so none can skip certificate checks.
     """
     pg = cfg.pg(node)
-    link = cfg.nodes[node].private if network == "private" else cfg.nodes[node].public
+    link = cfg.link(node, network)  # a pair node or a follower (a cascade streams from one)
     return dict(host=str(link.ip), port=pg.port, user=pg.replication_user, **tls.libpq_params(cfg))
 
 
