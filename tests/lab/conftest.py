@@ -43,8 +43,11 @@ KEEP_FAILED = os.environ.get("STANDBY_LAB_KEEP_FAILED", "")
 # Opt-in: where each lab's agents' late event loops are recorded.
 STALLS = os.environ.get("STANDBY_LAB_STALLS", "")
 _LATE_RE = re.compile(r"event loop ([0-9.]+) s late")
-# Every lab of this run (the CLI's too) keeps its agents' state on a tmpfs: see pgnode.STATE_TMPFS_ENV.
-os.environ[STATE_TMPFS_ENV] = "1"
+# Only with test files side by side (pytest-xdist workers): every lab of such a run (the CLI's too)
+# keeps its agents' state on a tmpfs (see pgnode.STATE_TMPFS_ENV). One process keeps it on disk, as a
+# server does: a slow fsync there is a finding (async chaos seed 77), not noise.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ[STATE_TMPFS_ENV] = "1"
 _NS_RE = re.compile(rf"^({re.escape(PREFIX)}[0-9a-f]{{4}})-(sw|alpha|beta|client)$")
 # A cluster-layout lab's postgresql-common clusters: /etc/postgresql/15/<lab>-<node>.
 _CLUSTER_RE = re.compile(rf"^({re.escape(PREFIX)}[0-9a-f]{{4}})-(alpha|beta)$")
