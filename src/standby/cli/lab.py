@@ -77,16 +77,34 @@ def group() -> None:
 @click.option("--services", "services_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="A TOML file of [[services]] tables (as in standby.toml) for the agents to run beside the "
                    "sample softswitch.")
+@click.option("--softswitch", type=click.Choice(["sample", "kamailio"]), default="sample", show_default=True,
+              help="kamailio: also Kamailio on both nodes behind the service IP (calls to a SIPp callee in the "
+                   "client namespace; place calls with sipp there, see standby.lab.sip).")
+@click.option("--accounting", type=click.Choice(["spool", "direct"]), default="spool", show_default=True,
+              help="With kamailio: spool: accounting lines in each node's spool, shipped by `standby ship`; "
+                   "direct: INSERTs into the primary through the service IP.")
+@click.option("--no-dmq", is_flag=True, help="With kamailio: the nodes do not share dialogs.")
 @handle_errors
-def up(name: str, durability: str, mode: str, pg_layout: str, services_file: Path | None) -> None:
+def up(name: str, durability: str, mode: str, pg_layout: str, services_file: Path | None, softswitch: str,
+       accounting: str, no_dmq: bool) -> None:
     """Build the lab: namespaces, links, PostgreSQL on alpha, the service IP, standby.toml.
 
     beta's data directory stays empty; `standby bootstrap` clones it (or `standby lab agents start`).
     """
+    from standby.lab import sip
+
     with _as_operator_errors():
         # Checked before anything is built: a typo in the file costs no teardown.
         services = configfile.load_services(services_file) if services_file else []
-        lab = Lab.up(LabSpec(name=name, durability=durability, mode=mode, pg_layout=pg_layout), services)
+        spec = LabSpec(name=name, durability=durability, mode=mode, pg_layout=pg_layout)
+        setup = sip.Setup(sip.Accounting(accounting), not no_dmq)
+        if softswitch == "kamailio":
+            sip.check_prerequisites()
+            services.append(sip.service_entry(spec, setup))
+        lab = Lab.up(spec, services)
+        if softswitch == "kamailio":
+            sip.configure(lab, setup)
+            sip.start_callee(lab)
     click.echo(f"lab {name} is up")
     click.echo(f"  config:   {lab.config_path}")
     click.echo(f"  services: {', '.join(['softswitch', *(s['name'] for s in services)])}")
