@@ -23,6 +23,7 @@ import argparse
 import itertools
 import time
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import benchlib
@@ -43,6 +44,7 @@ class Params:
     setups: list[str] = field(default_factory=lambda: list(SETUPS))
     seconds: float = 10.0  # of calls per event
     hold_ms: int = 1500
+    keep_logs: str | None = None  # a directory for the logs of events with incomplete accounting
 
 
 def one_event(name: str, setup_name: str, durability: str, kind: str, rate: float, p: Params,
@@ -50,7 +52,8 @@ def one_event(name: str, setup_name: str, durability: str, kind: str, rate: floa
     setup = SETUPS[setup_name]
     lab = build(LabSpec(name, durability=durability), setup, log)
     try:
-        r = run_event(lab, setup, Event(kind), Load(rate, int(rate * p.seconds), p.hold_ms), log)
+        r = run_event(lab, setup, Event(kind), Load(rate, int(rate * p.seconds), p.hold_ms), log,
+                      Path(p.keep_logs) if p.keep_logs else None)
     finally:
         for node in ("alpha", "beta"):
             try:
@@ -92,8 +95,9 @@ def main() -> None:
     ap.add_argument("--setups", nargs="+", choices=list(SETUPS), default=list(SETUPS))
     ap.add_argument("--seconds", type=float, default=10.0, help="seconds of calls per event")
     ap.add_argument("--hold-ms", type=int, default=1500)
+    ap.add_argument("--keep-logs", metavar="DIR", help="copy the lab's logs here when an event's accounting is incomplete")
     a = ap.parse_args()
-    p = Params(a.events, a.rates, a.durabilities, a.kinds, a.setups, a.seconds, a.hold_ms)
+    p = Params(a.events, a.rates, a.durabilities, a.kinds, a.setups, a.seconds, a.hold_ms, a.keep_logs)
     doc, stamp, log = benchlib.begin("softswitch", p, events=[], failures=[])
     t_start = time.monotonic()
     names = LabNames("sbsip")

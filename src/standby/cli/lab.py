@@ -252,6 +252,31 @@ def agents_stop(name: str, nodes: tuple[str, ...]) -> None:
             click.echo(f"{node}: agent stopped")
 
 
+@group.command("sipp")
+@name_option
+@click.option("--rate", type=click.FloatRange(0.1, 5000), default=30, show_default=True, help="Calls a second.")
+@click.option("--calls", type=click.IntRange(1), default=300, show_default=True, help="Calls in all.")
+@click.option("--hold-ms", type=click.IntRange(0), default=1500, show_default=True, help="How long each call lasts.")
+@handle_errors
+def sipp(name: str, rate: float, calls: int, hold_ms: int) -> None:
+    """Place SIP calls from the client namespace to the service IP with SIPp (a lab up with --softswitch
+    kamailio), wait for the last, and print SIPp's counts."""
+    from standby.lab import sip
+
+    lab = _open(name)
+    with _as_operator_errors():
+        logs = lab.spec.role_dir("client") / "log"
+        stats = logs / "sipp-caller-stats.csv"
+        stats.unlink(missing_ok=True)
+        res = lab.run("client", sip.caller_argv(stats, rate, calls, hold_ms, logs), check=False,
+                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        counts = sip.read_caller_stats(stats)
+    click.echo(f"{counts.successful} calls succeeded, {counts.failed} failed, {counts.retransmissions} "
+               f"retransmissions (SIPp exit {res.returncode}; its statistics: {stats})")
+    if counts.failed:
+        sys.exit(1)
+
+
 @group.command(
     "exec",
     context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False},

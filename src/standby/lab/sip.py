@@ -15,15 +15,12 @@ The service's commands, as the agent runs them (no shell; {node} filled in by th
 from __future__ import annotations
 
 import argparse
-import contextlib
 import csv
 import enum
 import os
 import secrets
 import shutil
-import signal
 import socket
-import subprocess
 import sys
 import time
 from collections.abc import Iterable, Sequence
@@ -31,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from standby.lab import procs
 from standby.lab.errors import LabError, PrerequisiteMissing
 from standby.lab.topology import (
     APP_DB,
@@ -114,7 +112,7 @@ def _node(node: str) -> str:
 
 
 def kamailio_argv(root: Path, node: str, setup: Setup) -> list[str]:
-    """Kamailio's command line on ``node`` (it forks into the background once its workers run)."""
+    """Kamailio's command line on ``node``: in the foreground (-DD), its log on stderr (-E)."""
     node = _node(node)
     me, peer = PRIVATE_IPS[node], PRIVATE_IPS[PEERS[node]]
     if setup.accounting is Accounting.SPOOL:
@@ -126,7 +124,7 @@ def kamailio_argv(root: Path, node: str, setup: Setup) -> list[str]:
         con = ["-A", 'PG_CON_PARAM="connect_timeout=2;tcp_user_timeout=1000;keepalives=1;keepalives_idle=1;'
                      'keepalives_interval=1;keepalives_count=2"']
     argv = [
-        "kamailio", "-f", str(KAMAILIO_CFG), "-P", str(_pidfile(root, node)), "-Y", str(_run_dir(root, node)),
+        "kamailio", "-DD", "-E", "-f", str(KAMAILIO_CFG), "-Y", str(_run_dir(root, node)),
         "-m", "64", "-M", "8",
         "-A", f"SERVICE_IP={SERVICE_IP.split('/')[0]}", "-A", f"NODE_ID={NODE_IDS[node]}", "-A", f"NODE_IP={me}",
         "-A", f'DMQ_SELF="sip:{me}:5090"', "-A", f'DMQ_PEER="sip:{peer}:5090"',
@@ -201,56 +199,33 @@ def health(address: str, timeout_s: float = 1.0) -> bool:
     return answer.startswith(b"SIP/2.0 200 ")
 
 
-def _read_pid(path: Path) -> int | None:
-    try:
-        return int(path.read_text().split()[0])
-    except (OSError, ValueError, IndexError):
-        return None
-
-
-def _alive(pid: int) -> bool:
-    try:
-        return b"kamailio" in Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return False
+def _netns(root: Path, node: str) -> str:
+    # The lab's directory is named after it: the namespace its processes run in, without its lab.json.
+    return LabSpec(root.name, base=root.parent).netns(node)
 
 
 def start(root: Path, node: str, setup: Setup, timeout_s: float = 15.0) -> None:
     """Start Kamailio on ``node`` unless it runs, and wait until it answers."""
     node = _node(node)
-    pid = _read_pid(_pidfile(root, node))
-    if pid is None or not _alive(pid):
+    ns = _netns(root, node)
+    if not procs.alive(ns, _pidfile(root, node)):
         spool_dir(root, node).mkdir(parents=True, exist_ok=True)
         _run_dir(root, node).mkdir(parents=True, exist_ok=True)
-        env = dict(os.environ, PGPASSFILE=str(root / "secrets" / PGPASS))
-        log = root / node / "log" / "kamailio.log"
-        with open(log, "ab") as f:
-            # -E: its log to stderr (this file); the main process forks and returns once its workers run.
-            res = subprocess.run([*kamailio_argv(root, node, setup), "-E"], stdin=subprocess.DEVNULL, stdout=f,
-                                 stderr=f, env=env, check=False, timeout=timeout_s)
-        if res.returncode != 0:
-            raise LabError(f"kamailio on {node} exited with {res.returncode}; see {log}")
+        # Detached, leading its own process group (its workers are in it): stop() signals the group.
+        procs.spawn(ns, kamailio_argv(root, node, setup), root / node / "log" / "kamailio.log", _pidfile(root, node),
+                    env=dict(os.environ, PGPASSFILE=str(root / "secrets" / PGPASS)))
     deadline = time.monotonic() + timeout_s
     while not health(node):
+        if not procs.alive(ns, _pidfile(root, node)):
+            raise LabError(f"kamailio on {node} exited while starting; see {root / node / 'log' / 'kamailio.log'}")
         if time.monotonic() > deadline:
             raise LabError(f"kamailio on {node} does not answer OPTIONS at {PRIVATE_IPS[node]}:{SIP_PORT}")
         time.sleep(0.2)
 
 
 def stop(root: Path, node: str, timeout_s: float = 10.0) -> None:
-    """SIGTERM to Kamailio's main process (it stops its workers), SIGKILL if it lingers; idempotent."""
-    pid = _read_pid(_pidfile(root, _node(node)))
-    if pid is None or not _alive(pid):
-        return
-    for sig, wait_s in ((signal.SIGTERM, timeout_s), (signal.SIGKILL, 5.0)):
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, sig)
-        deadline = time.monotonic() + wait_s
-        while _alive(pid) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        if not _alive(pid):
-            return
-    raise LabError(f"kamailio (pid {pid}) on {node} survived SIGKILL")
+    """SIGTERM to Kamailio's processes (its main one leads their group), SIGKILL if they linger; idempotent."""
+    procs.stop(_netns(root, _node(node)), _pidfile(root, node), timeout_s)
 
 
 # --------------------------------------------------------------------------- SIPp

@@ -85,8 +85,10 @@ def _stats(path: Path) -> sip.CallerStats | None:
         return None
 
 
-def run_event(lab: Lab, setup: sip.Setup, event: Event, load: Load, log: Log = print) -> EventResult:
-    """Calls at ``load.rate``; once calls are in progress, ``event`` on alpha (the primary); then the count."""
+def run_event(lab: Lab, setup: sip.Setup, event: Event, load: Load, log: Log = print,
+              keep_logs: Path | None = None) -> EventResult:
+    """Calls at ``load.rate``; once calls are in progress, ``event`` on alpha (the primary); then the count.
+    With ``keep_logs``, the lab's logs (Kamailio's too) are copied under it when a call's accounting is incomplete."""
     result = EventResult(event.value, setup.accounting.value, setup.dmq, lab.spec.durability, load.rate, load.calls)
     logs = lab.spec.role_dir("client") / "log"
     stats_file = logs / "sipp-caller-stats.csv"
@@ -122,6 +124,8 @@ def run_event(lab: Lab, setup: sip.Setup, event: Event, load: Load, log: Log = p
     result.duplicates = tally.duplicates
     result.primary_after = primaries(lab)
     log(f"{event.value}: {result}")
+    if keep_logs is not None and result.incomplete:
+        lab.collect_logs(keep_logs / lab.name)
     return result
 
 
