@@ -10,7 +10,7 @@ import shutil
 
 import pytest
 
-from standby.lab import sip
+from standby.lab import netns, sip
 from standby.lab.sipevent import Event, Load, build, run_event
 from standby.lab.topology import LabSpec
 
@@ -28,3 +28,16 @@ def test_i16_kamailio_host_crash_with_spool_and_dmq_every_call_accounted_once(la
     # Calls were in progress at the crash (30 a second, each 1.5 s long): their ends reached beta.
     assert r.event_s > load.hold_ms / 1000
     assert (r.invites_missing, r.cdrs_missing, r.ends_without_start, r.duplicates) == (0, 0, 0, 0), r
+    # The service's own stop command, as the agent runs it: Kamailio and its workers gone.
+    stop = sip.service_entry(lab.spec, setup)["stop"]
+    lab.run("beta", [a.replace("{node}", "beta") for a in stop])
+    assert not netns.call_in(lab.netns("beta"), sip.health, "beta")
+    assert not [p for p in netns.pids(lab.netns("beta")) if b"kamailio" in _cmdline(p)]
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read()
+    except OSError:
+        return b""
