@@ -77,16 +77,34 @@ def group() -> None:
 @click.option("--services", "services_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="A TOML file of [[services]] tables (as in standby.toml) for the agents to run beside the "
                    "sample softswitch.")
+@click.option("--softswitch", type=click.Choice(["sample", "kamailio"]), default="sample", show_default=True,
+              help="kamailio: also Kamailio on both nodes behind the service IP (calls to a SIPp callee in the "
+                   "client namespace; place calls with sipp there, see standby.lab.sip).")
+@click.option("--accounting", type=click.Choice(["spool", "direct"]), default="spool", show_default=True,
+              help="With kamailio: spool: accounting lines in each node's spool, shipped by `standby ship`; "
+                   "direct: INSERTs into the primary through the service IP.")
+@click.option("--no-dmq", is_flag=True, help="With kamailio: the nodes do not share dialogs.")
 @handle_errors
-def up(name: str, durability: str, mode: str, pg_layout: str, services_file: Path | None) -> None:
+def up(name: str, durability: str, mode: str, pg_layout: str, services_file: Path | None, softswitch: str,
+       accounting: str, no_dmq: bool) -> None:
     """Build the lab: namespaces, links, PostgreSQL on alpha, the service IP, standby.toml.
 
     beta's data directory stays empty; `standby bootstrap` clones it (or `standby lab agents start`).
     """
+    from standby.lab import sip
+
     with _as_operator_errors():
         # Checked before anything is built: a typo in the file costs no teardown.
         services = configfile.load_services(services_file) if services_file else []
-        lab = Lab.up(LabSpec(name=name, durability=durability, mode=mode, pg_layout=pg_layout), services)
+        spec = LabSpec(name=name, durability=durability, mode=mode, pg_layout=pg_layout)
+        setup = sip.Setup(sip.Accounting(accounting), not no_dmq)
+        if softswitch == "kamailio":
+            sip.check_prerequisites()
+            services.append(sip.service_entry(spec, setup))
+        lab = Lab.up(spec, services)
+        if softswitch == "kamailio":
+            sip.configure(lab, setup)
+            sip.start_callee(lab)
     click.echo(f"lab {name} is up")
     click.echo(f"  config:   {lab.config_path}")
     click.echo(f"  services: {', '.join(['softswitch', *(s['name'] for s in services)])}")
@@ -232,6 +250,31 @@ def agents_stop(name: str, nodes: tuple[str, ...]) -> None:
                 continue
             lab.stop_agent(node)
             click.echo(f"{node}: agent stopped")
+
+
+@group.command("sipp")
+@name_option
+@click.option("--rate", type=click.FloatRange(0.1, 5000), default=30, show_default=True, help="Calls a second.")
+@click.option("--calls", type=click.IntRange(1), default=300, show_default=True, help="Calls in all.")
+@click.option("--hold-ms", type=click.IntRange(0), default=1500, show_default=True, help="How long each call lasts.")
+@handle_errors
+def sipp(name: str, rate: float, calls: int, hold_ms: int) -> None:
+    """Place SIP calls from the client namespace to the service IP with SIPp (a lab up with --softswitch
+    kamailio), wait for the last, and print SIPp's counts."""
+    from standby.lab import sip
+
+    lab = _open(name)
+    with _as_operator_errors():
+        logs = lab.spec.role_dir("client") / "log"
+        stats = logs / "sipp-caller-stats.csv"
+        stats.unlink(missing_ok=True)
+        res = lab.run("client", sip.caller_argv(stats, rate, calls, hold_ms, logs), check=False,
+                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        counts = sip.read_caller_stats(stats)
+    click.echo(f"{counts.successful} calls succeeded, {counts.failed} failed, {counts.retransmissions} "
+               f"retransmissions (SIPp exit {res.returncode}; its statistics: {stats})")
+    if counts.failed:
+        sys.exit(1)
 
 
 @group.command(

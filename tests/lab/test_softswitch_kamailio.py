@@ -1,0 +1,43 @@
+"""Issue 16 with a real softswitch: Kamailio on both nodes, SIPp calling through the service IP, alpha's
+host crashed while calls are in progress. With the spool (db_flatstore files shipped by `standby ship`)
+and the nodes sharing dialogs over DMQ, every call succeeds and the new primary holds, for every call,
+its INVITE's record and the record of its end with its start: nothing missing, nothing twice.
+"""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+
+from standby.lab import netns, sip
+from standby.lab.sipevent import Event, Load, build, run_event
+from standby.lab.topology import LabSpec
+
+pytestmark = pytest.mark.skipif(not (shutil.which("kamailio") and shutil.which("sipp")),
+                                reason="needs Debian's kamailio and sip-tester (./dev setup)")
+
+
+def test_i16_kamailio_host_crash_with_spool_and_dmq_every_call_accounted_once(lab_factory) -> None:  # type: ignore[no-untyped-def]
+    setup = sip.Setup(sip.Accounting.SPOOL, dmq=True)
+    lab = build(LabSpec(name=lab_factory.reserve(), durability="sync"), setup)
+    load = Load(rate=30, calls=240, hold_ms=1500)
+    r = run_event(lab, setup, Event.HOST_CRASH, load)
+    assert r.primary_after == ["beta"]
+    assert (r.succeeded, r.failed) == (load.calls, 0), r
+    # Calls were in progress at the crash (30 a second, each 1.5 s long): their ends reached beta.
+    assert r.event_s > load.hold_ms / 1000
+    assert (r.invites_missing, r.cdrs_missing, r.ends_without_start, r.duplicates) == (0, 0, 0, 0), r
+    # The service's own stop command, as the agent runs it: Kamailio and its workers gone.
+    stop = sip.service_entry(lab.spec, setup)["stop"]
+    lab.run("beta", [a.replace("{node}", "beta") for a in stop])
+    assert not netns.call_in(lab.netns("beta"), sip.health, "beta")
+    assert not [p for p in netns.pids(lab.netns("beta")) if b"kamailio" in _cmdline(p)]
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read()
+    except OSError:
+        return b""
