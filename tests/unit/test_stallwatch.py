@@ -11,15 +11,17 @@ import pytest
 from standby.agent.stallwatch import StallWatch
 
 
-def test_a_blocked_loop_is_logged_once_with_the_blocking_call(caplog: pytest.LogCaptureFixture) -> None:
+def test_a_blocked_loop_is_logged_with_the_blocking_call(caplog: pytest.LogCaptureFixture) -> None:
+    """With a real loop and thread. On a loaded machine the loop may also be late on its own before or
+    after the block (the suite under load once saw a second report), so this asserts only that the
+    block was told, with where the loop was; told once per stall is the clocked test below."""
     def blocking_call_in_the_loop() -> None:
-        time.sleep(0.6)
+        time.sleep(1.0)
 
     async def main() -> StallWatch:
         watch = StallWatch(asyncio.get_running_loop(), late_s=0.2, every_s=0.02)
         watch.start()
-        await asyncio.sleep(0.2)  # beating, nothing late
-        assert watch.reported == 0
+        await asyncio.sleep(0.1)
         blocking_call_in_the_loop()
         await asyncio.sleep(0.2)
         watch.stop()
@@ -27,9 +29,9 @@ def test_a_blocked_loop_is_logged_once_with_the_blocking_call(caplog: pytest.Log
 
     with caplog.at_level(logging.WARNING, logger="standby.agent.stall"):
         watch = asyncio.run(main())
-    assert watch.reported == 1
-    [record] = caplog.records
-    assert "late" in record.getMessage() and "blocking_call_in_the_loop" in record.getMessage()
+    assert watch.reported >= 1
+    told = [r.getMessage() for r in caplog.records]
+    assert any("late" in m and "blocking_call_in_the_loop" in m for m in told), told
 
 
 def test_a_loop_on_time_is_never_logged() -> None:
