@@ -17,6 +17,7 @@ import pytest
 from standby.config import load
 from standby.lab import LAB_BASE, Lab, LabExists, LabMissing, LabSpec
 from standby.lab.netns import NETNS_DIR
+from standby.lab.pgnode import STATE_TMPFS_ENV
 from standby.lab.topology import PG_BIN
 
 pytestmark = pytest.mark.lab
@@ -403,8 +404,10 @@ def test_down_leaves_nothing_and_is_idempotent(lab_factory) -> None:
         Lab.open(lab.name)
 
 
-def test_x4_a_test_labs_agent_state_is_off_the_shared_disk(lab_factory) -> None:
-    """Labs side by side share the disk; an agent that waited there on its event loop fenced (pgnode.STATE_TMPFS_ENV)."""
+def test_x4_a_test_labs_agent_state_is_off_the_shared_disk(lab_factory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Labs side by side share the disk; an agent that waited there on its event loop fenced (pgnode.STATE_TMPFS_ENV).
+    Set here: tests/lab/conftest.py sets it only when test files run side by side."""
+    monkeypatch.setenv(STATE_TMPFS_ENV, "1")
     lab = lab_factory()
     for node in ("alpha", "beta"):
         assert os.path.ismount(lab.node(node).state_dir), node
