@@ -115,6 +115,7 @@ def gather(cfg: Config, node: str) -> Seen:
         peer_pg = pool.submit(obs.observe_peer, cfg, peer)
         pings = {net: pool.submit(network.ping, str(getattr(cfg.nodes[peer], net).ip)) for net in ("public", "private")}
         asked = {n: pool.submit(apiclient.agent_status, cfg, n) for n in (node, peer)}
+        tiebreaker = pool.submit(probes.tiebreaker_answers, cfg, tries=3) if cfg.tiebreaker is not None else None
         try:
             mine, err = local_facts(cfg, node), None
         except RuntimeError as e:
@@ -123,9 +124,9 @@ def gather(cfg: Config, node: str) -> Seen:
         reach: dict[str, bool | None] = {net: f.result() for net, f in pings.items()}
         agents = {n: f.result() for n, f in asked.items()}
     facts = obs.pair_facts(cfg, node, pg).get(peer)
-    if cfg.tiebreaker is not None:
+    if tiebreaker is not None:
         try:
-            reach["tiebreaker"] = probes.tiebreaker_answers(cfg, tries=3)
+            reach["tiebreaker"] = tiebreaker.result()
         except probes.ProbeError:
             reach["tiebreaker"] = None
     problems: list[str] = []

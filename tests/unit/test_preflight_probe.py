@@ -103,11 +103,11 @@ def test_one_tcp_probe() -> None:
 
 def test_check_asks_the_other_host_everything_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
     """A silent peer costs `standby check` one timeout, not one per question: the peer's server, the two
-    pings and both agents are asked side by side (each fake waits for all the others; asked one after
-    another, the first would wait in vain and the barrier break)."""
+    pings, the tie-breaker and both agents are asked side by side (each fake waits for all the others;
+    asked one after another, the first would wait in vain and the barrier break)."""
     cfg = with_tiebreaker(0)
     _seen_world(monkeypatch, True)
-    barrier = threading.Barrier(5, timeout=10)
+    barrier = threading.Barrier(6, timeout=10)
     now = datetime.now(UTC)
 
     def peer_pg(cfg: Any, n: str) -> obs.PgObservation:
@@ -123,7 +123,12 @@ def test_check_asks_the_other_host_everything_at_once(monkeypatch: pytest.Monkey
 
     monkeypatch.setattr(obs, "observe_peer", peer_pg)
     monkeypatch.setattr(network, "ping", ping)
+    def tiebreaker_answers(*_: Any, **__: Any) -> bool:
+        barrier.wait()
+        return True
+
     monkeypatch.setattr(apiclient, "agent_status", agent_status)
+    monkeypatch.setattr(probes, "tiebreaker_answers", tiebreaker_answers)
     seen = preflight.gather(cfg, "alpha")
-    assert seen.reach["public"] is False and seen.reach["private"] is False
+    assert seen.reach["public"] is False and seen.reach["private"] is False and seen.reach["tiebreaker"] is True
     assert seen.agents == {"alpha": None, "beta": None}

@@ -5,7 +5,8 @@ It owns: the connection (opened on first use, dropped after any error), the obse
 run (promote, checkpoint, synchronous_standby_names, the peer's and followers' slots, the received position), and starting
 and stopping the server (the stop is the fence's escalating stop, act/fence.py).
 It may not: decide, run on the event loop (every method blocks: callers run them on the agent's one
-PostgreSQL thread), or open a second connection.
+PostgreSQL thread; the one exception is request_stop, a signal that neither waits nor touches the
+connection), or open a second connection.
 """
 
 from __future__ import annotations
