@@ -83,8 +83,7 @@ def one_run(lab: Lab, p: Params, tmp: Path) -> dict[str, Any]:
                          every_s=0.05)
             rec["promoted_s"] = time.monotonic() - t0
             tli = rec["timeline"] = _timeline(lab, "beta")
-            lab.wait_for("gamma streaming from beta", lambda: followers.streaming_from(lab, "gamma", "beta", tli),
-                         timeout_s=p.timeout_s, every_s=0.05)
+            followers.wait_streaming(lab, "gamma", "beta", tli, p.timeout_s)
             rec["gamma_streaming_s"] = time.monotonic() - t0
         except LabError as e:
             rec["error"] = str(e)

@@ -79,8 +79,7 @@ def test_i12_gamma_streams_from_the_new_primary_after_a_host_crash_failover(lab_
         promoted = time.monotonic() - run.t_fault
         timeline = _timeline(lab, "beta")
         assert timeline == 2
-        lab.wait_for(f"gamma streaming from beta on timeline {timeline}",
-                     lambda: followers.streaming_from(lab, "gamma", "beta", timeline), timeout_s=60, every_s=0.05)
+        followers.wait_streaming(lab, "gamma", "beta", timeline)
         took = time.monotonic() - run.t_fault
         time.sleep(1.0)
     _gamma_follows_without_a_clone(lab, "beta", run, before)
@@ -99,8 +98,7 @@ def test_i12_gamma_streams_from_the_new_primary_after_a_switchover(lab_factory, 
         switched = time.monotonic() - run.t_fault
         timeline = _timeline(lab, "beta")
         assert timeline == 2
-        lab.wait_for(f"gamma streaming from beta on timeline {timeline}",
-                     lambda: followers.streaming_from(lab, "gamma", "beta", timeline), timeout_s=60, every_s=0.05)
+        followers.wait_streaming(lab, "gamma", "beta", timeline)
         took = time.monotonic() - run.t_fault
         time.sleep(1.0)
     _gamma_follows_without_a_clone(lab, "beta", run, before)

@@ -85,3 +85,18 @@ def streaming_from(lab: Lab, name: str, source: str, timeline: int | None = None
     """The follower streams from ``source`` (on ``timeline``, if given)."""
     r = receiver(lab, name)
     return bool(r and r.streaming and r.source == source and (timeline is None or r.timeline == timeline))
+
+
+def wait_streaming(lab: Lab, name: str, source: str, timeline: int | None = None, timeout_s: float = 60.0) -> None:
+    """Until the follower streams from ``source`` (on ``timeline``); else LabError with what its agent and
+    its server last said."""
+    on = "" if timeline is None else f" on timeline {timeline}"
+    try:
+        lab.wait_for(f"follower {name} streaming from {source}{on}",
+                     lambda: streaming_from(lab, name, source, timeline), timeout_s=timeout_s, every_s=0.05)
+    except LabError as e:
+        logs = lab.spec.role_dir(name) / "log"
+        tails = {f: (logs / f).read_text(errors="replace").splitlines()[-15:] if (logs / f).exists() else []
+                 for f in ("agent.log", "postgresql.log")}
+        raise LabError(f"{e}; its WAL receiver: {receiver(lab, name)}\n"
+                       + "\n".join(f"--- {f}\n" + "\n".join(t) for f, t in tails.items())) from None

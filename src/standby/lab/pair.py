@@ -47,8 +47,7 @@ def start_pair(lab: Lab, own_clock: bool = False) -> Lab:
         lab.start_agent(node)
     wait_ready(lab)
     for node in lab.spec.followers:
-        lab.wait_for(f"follower {node} streaming from alpha", lambda n=node: followers.streaming_from(lab, n, "alpha"),
-                     timeout_s=60)
+        followers.wait_streaming(lab, node, "alpha")
     return lab
 
 
