@@ -40,35 +40,17 @@ class Params:
     timeout_s: float
 
 
-def _timeline(lab: Lab, node: str) -> int:
-    with lab.pg_connect(node) as c:
-        row = c.execute("SELECT pg_walfile_name(pg_current_wal_lsn())").fetchone()
-    assert row is not None
-    return int(row[0][:8], 16)
-
-
 def _identity(lab: Lab) -> tuple[int, int] | None:
-    r = followers.receiver(lab, "gamma")
-    return None if r is None else (r.system_identifier, os.stat(lab.node("gamma").pgdata / "PG_VERSION").st_ino)
+    try:
+        return followers.identity(lab, "gamma")
+    except (LabError, OSError):
+        return None
 
 
 def _same_calls(lab: Lab) -> bool:
     """Once gamma replayed beta's current WAL: the same calls on both."""
-    with lab.pg_connect("beta") as c:
-        row = c.execute("SELECT pg_current_wal_lsn()::text").fetchone()
-    assert row is not None
-
-    def replayed() -> bool:
-        with lab.pg_connect("gamma", connect_timeout=2) as g:
-            done = g.execute("SELECT pg_last_wal_replay_lsn() >= %s::pg_lsn", (row[0],)).fetchone()
-        return bool(done and done[0])
-
-    lab.wait_for("gamma to replay beta's WAL", replayed, timeout_s=60)
-    ids = []
-    for node in ("beta", "gamma"):
-        with lab.pg_connect(node, "softswitch") as c:
-            ids.append({r[0] for r in c.execute("SELECT call_id FROM cdrs").fetchall()})
-    return ids[0] == ids[1]
+    followers.wait_replayed(lab, "gamma", "beta")
+    return followers.call_ids(lab, "beta") == followers.call_ids(lab, "gamma")
 
 
 def one_run(lab: Lab, p: Params, tmp: Path) -> dict[str, Any]:
@@ -82,7 +64,7 @@ def one_run(lab: Lab, p: Params, tmp: Path) -> dict[str, Any]:
             lab.wait_for("beta the only primary", lambda: primaries(lab) == ["beta"], timeout_s=p.timeout_s,
                          every_s=0.05)
             rec["promoted_s"] = time.monotonic() - t0
-            tli = rec["timeline"] = _timeline(lab, "beta")
+            tli = rec["timeline"] = followers.timeline(lab, "beta")
             followers.wait_streaming(lab, "gamma", "beta", tli, p.timeout_s)
             rec["gamma_streaming_s"] = time.monotonic() - t0
         except LabError as e:

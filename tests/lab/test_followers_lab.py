@@ -9,7 +9,6 @@ How long gamma took to stream again is printed, never asserted (bench/ measures)
 from __future__ import annotations
 
 import json
-import os
 import time
 from pathlib import Path
 
@@ -22,39 +21,11 @@ def _pair_with_gamma(lab_factory) -> Lab:  # type: ignore[no-untyped-def]
     return start_pair(lab_factory("sync", followers=("gamma",)))
 
 
-def _identity(lab: Lab) -> tuple[int, int]:
-    """gamma's system identifier and its PG_VERSION file's inode: a clone would make that file anew."""
-    r = followers.receiver(lab, "gamma")
-    assert r is not None, "gamma's server does not answer"
-    return r.system_identifier, os.stat(lab.node("gamma").pgdata / "PG_VERSION").st_ino
-
-
-def _timeline(lab: Lab, node: str) -> int:
-    with lab.pg_connect(node) as c:
-        row = c.execute("SELECT pg_walfile_name(pg_current_wal_lsn())").fetchone()
-    assert row is not None
-    return int(row[0][:8], 16)
-
-
-def _call_ids(lab: Lab, node: str) -> set[str]:
-    with lab.pg_connect(node, "softswitch") as c:
-        return {r[0] for r in c.execute("SELECT call_id FROM cdrs").fetchall()}
-
-
 def _gamma_has_what_the_primary_has(lab: Lab, primary: str, run: LoadRun) -> None:
     """Once gamma replayed the primary's current WAL: the same calls, every acknowledged one among them."""
-    with lab.pg_connect(primary) as c:
-        row = c.execute("SELECT pg_current_wal_lsn()::text").fetchone()
-    assert row is not None
-
-    def replayed() -> bool:
-        with lab.pg_connect("gamma", connect_timeout=2) as g:
-            done = g.execute("SELECT pg_last_wal_replay_lsn() >= %s::pg_lsn", (row[0],)).fetchone()
-        return bool(done and done[0])
-
-    lab.wait_for(f"gamma to replay {primary}'s WAL up to {row[0]}", replayed, timeout_s=60)
+    followers.wait_replayed(lab, "gamma", primary)
     acked = {a["call_id"] for a in map(json.loads, run.history.read_text().splitlines()) if a["outcome"] == "ack"}
-    on_gamma, on_primary = _call_ids(lab, "gamma"), _call_ids(lab, primary)
+    on_gamma, on_primary = followers.call_ids(lab, "gamma"), followers.call_ids(lab, primary)
     assert acked, "the load had no acknowledged call"
     assert sorted(acked - on_gamma)[:5] == [], "acknowledged calls missing on gamma"
     assert on_gamma == on_primary, f"gamma and {primary} differ: {len(on_gamma ^ on_primary)} calls"
@@ -63,7 +34,7 @@ def _gamma_has_what_the_primary_has(lab: Lab, primary: str, run: LoadRun) -> Non
 def _gamma_follows_without_a_clone(lab: Lab, new: str, run: LoadRun, before: tuple[int, int]) -> None:
     no_loss_no_dual(lab, run, on=new)
     _gamma_has_what_the_primary_has(lab, new, run)
-    assert _identity(lab) == before, "gamma was cloned again"
+    assert followers.identity(lab, "gamma") == before, "gamma was cloned again"
     with lab.pg_connect("gamma") as g:
         assert g.execute("SELECT pg_is_in_recovery()").fetchone() == (True,)  # a follower never promotes
     assert primaries(lab) == [new]
@@ -71,13 +42,13 @@ def _gamma_follows_without_a_clone(lab: Lab, new: str, run: LoadRun, before: tup
 
 def test_i12_gamma_streams_from_the_new_primary_after_a_host_crash_failover(lab_factory, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     lab = _pair_with_gamma(lab_factory)
-    before = _identity(lab)
+    before = followers.identity(lab, "gamma")
     with under_load(lab, tmp_path) as run:
         run.t_fault = time.monotonic()
         lab.crash("alpha")
         settle(lab, db="beta", services="beta")
         promoted = time.monotonic() - run.t_fault
-        timeline = _timeline(lab, "beta")
+        timeline = followers.timeline(lab, "beta")
         assert timeline == 2
         followers.wait_streaming(lab, "gamma", "beta", timeline)
         took = time.monotonic() - run.t_fault
@@ -89,14 +60,14 @@ def test_i12_gamma_streams_from_the_new_primary_after_a_host_crash_failover(lab_
 
 def test_i12_gamma_streams_from_the_new_primary_after_a_switchover(lab_factory, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     lab = _pair_with_gamma(lab_factory)
-    before = _identity(lab)
+    before = followers.identity(lab, "gamma")
     with under_load(lab, tmp_path) as run:
         run.t_fault = time.monotonic()
         res = lab.standby("alpha", "switchover", check=False)
         assert res.returncode == 0, res.stdout + res.stderr
         settle(lab, db="beta", services="beta")
         switched = time.monotonic() - run.t_fault
-        timeline = _timeline(lab, "beta")
+        timeline = followers.timeline(lab, "beta")
         assert timeline == 2
         followers.wait_streaming(lab, "gamma", "beta", timeline)
         took = time.monotonic() - run.t_fault

@@ -7,6 +7,7 @@ from then on only its agent (``standby agent --node NAME``) moves it.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import psycopg
@@ -18,7 +19,7 @@ from standby.agent.followeract import conninfo_settings, passfile_text
 from standby.lab import netns, pgnode
 from standby.lab.errors import LabError
 from standby.lab.lab import Lab
-from standby.lab.topology import DB_NODES, PG_BIN, PG_OS_USER, PG_PORT
+from standby.lab.topology import APP_DB, DB_NODES, PG_BIN, PG_OS_USER, PG_PORT
 from standby.observe.postgres import peer_dsn
 
 
@@ -85,6 +86,42 @@ def streaming_from(lab: Lab, name: str, source: str, timeline: int | None = None
     """The follower streams from ``source`` (on ``timeline``, if given)."""
     r = receiver(lab, name)
     return bool(r and r.streaming and r.source == source and (timeline is None or r.timeline == timeline))
+
+
+def identity(lab: Lab, name: str) -> tuple[int, int]:
+    """The follower's system identifier and its PG_VERSION file's inode: a clone would make that file anew."""
+    r = receiver(lab, name)
+    if r is None:
+        raise LabError(f"follower {name}: its server does not answer")
+    return r.system_identifier, os.stat(lab.node(name).pgdata / "PG_VERSION").st_ino
+
+
+def timeline(lab: Lab, node: str) -> int:
+    """The timeline ``node`` (a primary) writes on now."""
+    with pgnode.connect(lab.node(node)) as c:
+        row = c.execute("SELECT pg_walfile_name(pg_current_wal_lsn())").fetchone()
+    assert row is not None
+    return int(row[0][:8], 16)
+
+
+def wait_replayed(lab: Lab, name: str, primary: str, timeout_s: float = 60.0) -> None:
+    """Until the follower replayed the WAL ``primary`` has written so far."""
+    with pgnode.connect(lab.node(primary)) as c:
+        row = c.execute("SELECT pg_current_wal_lsn()::text").fetchone()
+    assert row is not None
+
+    def replayed() -> bool:
+        with pgnode.connect(lab.node(name), connect_timeout=2) as g:
+            done = g.execute("SELECT pg_last_wal_replay_lsn() >= %s::pg_lsn", (row[0],)).fetchone()
+        return bool(done and done[0])
+
+    lab.wait_for(f"follower {name} to replay {primary}'s WAL up to {row[0]}", replayed, timeout_s=timeout_s)
+
+
+def call_ids(lab: Lab, node: str) -> set[str]:
+    """The sample softswitch's calls on ``node`` (a pair node or a follower)."""
+    with pgnode.connect(lab.node(node), APP_DB) as c:
+        return {r[0] for r in c.execute("SELECT call_id FROM cdrs").fetchall()}
 
 
 def wait_streaming(lab: Lab, name: str, source: str, timeline: int | None = None, timeout_s: float = 60.0) -> None:
