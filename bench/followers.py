@@ -96,7 +96,7 @@ def render(doc: dict[str, Any]) -> str:
 
     return (f"host crash of alpha with gamma attached, {s['runs']} runs ({s['runs_with_error']} with an error), "
             f"{doc['parameters']['rate']} calls/s\n"
-            f"  beta the only primary:             {f(s['promoted_s'])}\n"
+            f"  beta the only primary:              {f(s['promoted_s'])}\n"
             f"  gamma streaming from beta (new tl): {f(s['gamma_streaming_s'])}\n"
             f"  gamma cloned again: {s['cloned_again']}, calls differing from beta: {s['calls_differ']}, "
             f"acknowledged calls lost: {s['lost_total']}, dual-primary samples: {s['dual_samples_total']}")
