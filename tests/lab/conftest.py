@@ -48,7 +48,7 @@ _LATE_RE = re.compile(r"event loop ([0-9.]+) s late")
 # server does: a slow fsync there is a finding (async chaos seed 77), not noise.
 if os.environ.get("PYTEST_XDIST_WORKER"):
     os.environ[STATE_TMPFS_ENV] = "1"
-_NS_RE = re.compile(rf"^({re.escape(PREFIX)}[0-9a-f]{{4}})-(sw|alpha|beta|client)$")
+_NS_RE = re.compile(rf"^({re.escape(PREFIX)}[0-9a-f]{{4}})-(sw|alpha|beta|client|gamma)$")
 # A cluster-layout lab's postgresql-common clusters: /etc/postgresql/15/<lab>-<node>.
 _CLUSTER_RE = re.compile(rf"^({re.escape(PREFIX)}[0-9a-f]{{4}})-(alpha|beta)$")
 
@@ -68,7 +68,7 @@ def new_lab_name() -> str:
     while True:
         name = PREFIX + secrets.token_hex(2)
         if not (LAB_BASE / name).exists() and not any(
-            (NETNS_DIR / f"{name}-{r}").exists() for r in ("sw", "alpha", "beta", "client")
+            (NETNS_DIR / f"{name}-{r}").exists() for r in ("sw", "alpha", "beta", "client", "gamma")
         ) and not any((PG_ETC / PG_VERSION / f"{name}-{n}").exists() for n in ("alpha", "beta")):
             return name
 
@@ -185,9 +185,9 @@ class LabFactory:
                 self.locks[name] = fd
                 return name
 
-    def __call__(self, durability: str = "sync") -> Lab:
+    def __call__(self, durability: str = "sync", followers: tuple[str, ...] = ()) -> Lab:
         # Reserved before building, so a half-built lab is destroyed too.
-        return Lab.up(LabSpec(name=self.reserve(), durability=durability))
+        return Lab.up(LabSpec(name=self.reserve(), durability=durability, followers=followers))
 
     def destroy_all(self) -> None:
         """Destroy every lab, after searching its files for its own secrets: a leak fails the test."""

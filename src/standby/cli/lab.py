@@ -19,9 +19,10 @@ from standby.cli.common import OperatorError, handle_errors
 from standby.config import ConfigError
 from standby.documents import LAB_STATUS, LabStatus
 from standby.lab import DEFAULT_NAME, NAME_ENV, Lab, LabError, LabSpec, check_prerequisites, configfile
+from standby.lab import followers as labfollowers
 from standby.lab import tls as labtls
 from standby.lab.netns import in_netns
-from standby.lab.topology import ALL_ROLES, DB_NODES
+from standby.lab.topology import ALL_ROLES, DB_NODES, FOLLOWER_NODES
 
 HOSTS = (*DB_NODES, "client")
 
@@ -74,6 +75,9 @@ def group() -> None:
               help="warm: beta stands in another subnet (203.0.113.0/24, routed), no floating service IP.")
 @click.option("--pg-layout", type=click.Choice(["plain", "cluster"]), default="plain", show_default=True,
               help="cluster: each node runs a postgresql-common cluster (15/NAME-alpha, 15/NAME-beta).")
+@click.option("--follower", "followers", multiple=True, type=click.Choice(list(FOLLOWER_NODES)),
+              help="Add this follower ([[followers]], a warm standby in a namespace of its own on the pair's "
+                   "subnets); `standby lab agents start` clones it from alpha and starts its agent.")
 @click.option("--services", "services_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="A TOML file of [[services]] tables (as in standby.toml) for the agents to run beside the "
                    "sample softswitch.")
@@ -85,8 +89,8 @@ def group() -> None:
                    "direct: INSERTs into the primary through the service IP.")
 @click.option("--no-dmq", is_flag=True, help="With kamailio: the nodes do not share dialogs.")
 @handle_errors
-def up(name: str, durability: str, mode: str, pg_layout: str, services_file: Path | None, softswitch: str,
-       accounting: str, no_dmq: bool) -> None:
+def up(name: str, durability: str, mode: str, pg_layout: str, followers: tuple[str, ...],
+       services_file: Path | None, softswitch: str, accounting: str, no_dmq: bool) -> None:
     """Build the lab: namespaces, links, PostgreSQL on alpha, the service IP, standby.toml.
 
     beta's data directory stays empty; `standby bootstrap` clones it (or `standby lab agents start`).
@@ -96,7 +100,8 @@ def up(name: str, durability: str, mode: str, pg_layout: str, services_file: Pat
     with _as_operator_errors():
         # Checked before anything is built: a typo in the file costs no teardown.
         services = configfile.load_services(services_file) if services_file else []
-        spec = LabSpec(name=name, durability=durability, mode=mode, pg_layout=pg_layout)
+        spec = LabSpec(name=name, durability=durability, mode=mode, pg_layout=pg_layout,
+                       followers=followers)
         setup = sip.Setup(sip.Accounting(accounting), not no_dmq)
         if softswitch == "kamailio":
             sip.check_prerequisites()
@@ -114,6 +119,8 @@ def up(name: str, durability: str, mode: str, pg_layout: str, services_file: Pat
     sips = lab.snapshot().service_ips
     click.echo("  alpha:    PostgreSQL running" + (f", service IP {sips[0].address}" if sips else ""))
     click.echo("  beta:     empty data directory (clone it with `standby bootstrap`)")
+    for f in followers:
+        click.echo(f"  {f + ':':<9} follower, empty data directory (`standby lab agents start` clones it)")
     click.echo(f"  agents:   standby lab agents start --name {name}")
     click.echo(f"  inspect:  standby lab status --name {name}")
     click.echo(f"  remove:   standby lab down --name {name}")
@@ -216,19 +223,26 @@ def agents() -> None:
 
 @agents.command("start")
 @name_option
-@click.argument("nodes", nargs=-1, type=click.Choice(list(DB_NODES)))
+@click.argument("nodes", nargs=-1, type=click.Choice([*DB_NODES, *FOLLOWER_NODES]))
 @handle_errors
 def agents_start(name: str, nodes: tuple[str, ...]) -> None:
-    """Start the agents of NODES (default: both), each under a supervisor that fences after an unclean death.
+    """Start the agents of NODES (default: both and the lab's followers), each pair agent under a supervisor
+    that fences after an unclean death.
 
-    A pair not yet bootstrapped (beta's data directory empty) is bootstrapped first.
+    A pair not yet bootstrapped (beta's data directory empty) is bootstrapped first, and a follower with an
+    empty data directory is cloned from alpha first.
     """
     lab = _open(name)
     with _as_operator_errors():
         if not (lab.node("beta").pgdata / "PG_VERSION").exists():
             click.echo("bootstrapping the pair first (alpha configured as primary, beta cloned from it)")
             lab.bootstrap()
-        for node in nodes or DB_NODES:
+        unknown = [n for n in nodes if n not in (*DB_NODES, *lab.spec.followers)]
+        if unknown:
+            raise LabError(f"lab {name} has no follower {', '.join(unknown)}; build it with `standby lab up "
+                           f"--follower {unknown[0]}`")
+        labfollowers.attach(lab)
+        for node in nodes or (*DB_NODES, *lab.spec.followers):
             if lab.spawned_alive(node, "agent"):
                 click.echo(f"{node}: agent already running")
                 continue

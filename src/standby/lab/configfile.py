@@ -20,6 +20,7 @@ from standby.lab import softswitch
 from standby.lab import tls as labtls
 from standby.lab.errors import LabError
 from standby.lab.topology import (
+    FOLLOWER_ROLES,
     GATEWAY,
     PG_BIN,
     PG_OS_USER,
@@ -123,6 +124,17 @@ def _table(header: str, items: Mapping[str, Any]) -> list[str]:
     return [f"[{header}]", *(f"{_key(k)} = {toml_value(v)}" for k, v in items.items()), ""]
 
 
+def _follower(name: str, spec: LabSpec) -> dict[str, Any]:
+    node = spec.node(name)
+    return {
+        "name": name,
+        "role": FOLLOWER_ROLES[name],
+        "upstream": "primary",
+        "public": {"address": node.public.address, "interface": node.public.interface},
+        "private": {"address": node.private.address, "interface": node.private.interface},
+    }
+
+
 def render(spec: LabSpec, services: Sequence[Mapping[str, Any]] = (), salvage: Mapping[str, Any] | None = None) -> str:
     secret = spec.secret
     lines = [
@@ -155,9 +167,15 @@ def render(spec: LabSpec, services: Sequence[Mapping[str, Any]] = (), salvage: M
                 "state_dir": node.state_dir,
             },
         )
+    for f in spec.follower_nodes():
+        lines += ["[[followers]]", *(f"{k} = {toml_value(v)}" for k, v in _follower(f.name, spec).items()), ""]
+    # The pair's nodes override these paths; a follower has no overrides and runs [postgres] as it is.
+    own = {"data_dir": spec.follower_nodes()[0].pgdata, "socket_dir": spec.follower_nodes()[0].socket_dir} \
+        if spec.followers else {}
     lines += _table(
         "postgres",
         {
+            **own,
             "bin_dir": PG_BIN,
             "port": PG_PORT,
             "os_user": PG_OS_USER,

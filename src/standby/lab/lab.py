@@ -39,6 +39,7 @@ from standby.lab.topology import (
     ALL_ROLES,
     DB_NODES,
     DEFAULT_NAME,
+    FOLLOWER_NODES,
     GATEWAY,
     LAB_BASE,
     PG_OS_USER,
@@ -86,7 +87,7 @@ def check_prerequisites(need_pg: bool = True) -> None:
 
 def exists(name: str, base: Path = LAB_BASE) -> bool:
     spec = LabSpec(name, base=base)
-    return spec.root.exists() or any(netns.exists(spec.netns(r)) for r in ALL_ROLES)
+    return spec.root.exists() or any(netns.exists(spec.netns(r)) for r in (*ALL_ROLES, *FOLLOWER_NODES))
 
 
 @dataclass
@@ -147,7 +148,7 @@ class Lab:
                 f"cannot read {spec.state_file} ({e}); remove the lab with `standby lab down --name {name}`"
             ) from None
         return cls(LabSpec(name, durability=data.get("durability", "sync"), base=base, mode=data.get("mode", "hot"),
-                           pg_layout=data.get("pg_layout", "plain")))
+                           pg_layout=data.get("pg_layout", "plain"), followers=tuple(data.get("followers", ()))))
 
     def down(self) -> None:
         type(self).destroy(self.spec.name, self.spec.base)
@@ -155,8 +156,9 @@ class Lab:
     @classmethod
     def destroy(cls, name: str, base: Path = LAB_BASE) -> None:
         """Remove every trace of a lab, whatever state it is in. Needs no lab.json; idempotent."""
-        spec = LabSpec(name, base=base)
-        namespaces = [spec.netns(r) for r in ALL_ROLES]
+        # Whichever followers it had: found without lab.json.
+        spec = LabSpec(name, base=base, followers=FOLLOWER_NODES)
+        namespaces = [spec.netns(r) for r in spec.roles()]
         for ns in namespaces:
             faults.thaw(ns)
         # Agents first: a live agent would restart a PostgreSQL being stopped.
@@ -169,7 +171,7 @@ class Lab:
                 except (FileNotFoundError, ProcessLookupError):
                     pass
         # A clean immediate stop lets the servers remove their own shared memory.
-        for node in spec.nodes():
+        for node in (*spec.nodes(), *spec.follower_nodes()):
             if pgnode.running(node):
                 try:
                     pgnode.stop(node, StopMode.IMMEDIATE)
@@ -177,7 +179,7 @@ class Lab:
                     pass
         for ns in namespaces:
             netns.kill_all(ns)
-        for node in spec.nodes():
+        for node in (*spec.nodes(), *spec.follower_nodes()):
             pgnode.release_shared_memory(node)
         # Named after the lab, so found without lab.json (a crashed `up`), whichever layout it had.
         for node_name in DB_NODES:
@@ -198,6 +200,7 @@ class Lab:
             "durability": self.spec.durability,
             "mode": self.spec.mode,
             "pg_layout": self.spec.pg_layout,
+            "followers": list(self.spec.followers),
             "root": str(self.root),
             "phase": phase,
             # Who built it, for whoever finds a leftover lab.
@@ -217,7 +220,7 @@ class Lab:
         self._write_state("building")
         self._build_network()
         self._write_secrets()
-        for node in spec.nodes():
+        for node in (*spec.nodes(), *spec.follower_nodes()):
             pgnode.prepare_dirs(node)
             (spec.role_dir(node.name) / "procs").mkdir(parents=True, exist_ok=True)
         for role in (Role.SWITCH.value, Role.CLIENT.value):
@@ -245,7 +248,7 @@ class Lab:
 
     def _build_network(self) -> None:
         spec = self.spec
-        for role in ALL_ROLES:
+        for role in spec.roles():
             netns.add(spec.netns(role))
         sw = spec.netns(Role.SWITCH.value)
         cmds = [
@@ -255,7 +258,8 @@ class Lab:
             f"link set {PUBLIC_BRIDGE} up",
             f"link set {PRIVATE_BRIDGE} up",
         ]
-        cables = [(n.netns, n.public) for n in spec.nodes()] + [(n.netns, n.private) for n in spec.nodes()]
+        hosts = (*spec.nodes(), *spec.follower_nodes())
+        cables = [(n.netns, n.public) for n in hosts] + [(n.netns, n.private) for n in hosts]
         cables.append((spec.netns(Role.CLIENT.value), spec.client_link))
         for ns, link in cables:
             # Created in the switch namespace, the far end placed straight into the host's.
@@ -271,7 +275,7 @@ class Lab:
             # The switch routes between the two sites' subnets.
             netns.ip_batch(sw, [f"addr add {REMOTE_GATEWAY}/{PREFIX_LEN} dev {PUBLIC_BRIDGE}"])
             netns.sysctl(sw, "net.ipv4.ip_forward", "1")
-        for role in HOST_ROLES:
+        for role in (*HOST_ROLES, *spec.followers):
             netns.ip_batch(spec.netns(role), [f"route add default via {spec.gateway_for(role)}"])
         for node in spec.nodes():
             # Services may bind the service IP before it arrives on this node.
@@ -291,7 +295,7 @@ class Lab:
         tls_dir = self.spec.tls_dir
         tls_dir.mkdir(mode=0o711)
         labtls.make_ca(tls_dir, self.spec.name)
-        for node in self.spec.nodes():
+        for node in (*self.spec.nodes(), *self.spec.follower_nodes()):
             labtls.make_node_cert(tls_dir, node.name, [node.public.ip, node.private.ip], PG_OS_USER)
 
     def _write_app_dsn(self) -> None:
@@ -348,7 +352,7 @@ class Lab:
         Secrets and data directories stay behind; returns the directories made.
         """
         made: list[Path] = []
-        for role in (*DB_NODES, Role.CLIENT.value, Role.SWITCH.value):
+        for role in (*DB_NODES, *self.spec.followers, Role.CLIENT.value, Role.SWITCH.value):
             src = self.spec.role_dir(role)
             for sub in ("log", "state"):
                 if (src / sub).is_dir():
@@ -382,10 +386,11 @@ class Lab:
         return node
 
     def netns(self, node: str) -> str:
-        return self.spec.netns(self._role(node))
+        return self.spec.netns(self._role(node, self.spec.roles()))
 
     def node(self, node: str) -> NodeLayout:
-        return self.spec.node(self._role(node, DB_NODES))
+        """A pair node's or one of this lab's followers' layout."""
+        return self.spec.node(self._role(node, (*DB_NODES, *self.spec.followers)))
 
     # -- running things -------------------------------------------------
 
@@ -395,7 +400,7 @@ class Lab:
 
     def _proc_paths(self, node: str, name: str) -> tuple[Path, Path]:
         procs.check_name(name)
-        d = self.spec.role_dir(self._role(node))
+        d = self.spec.role_dir(self._role(node, self.spec.roles()))
         return d / "log" / f"{name}.log", d / "procs" / f"{name}.pid"
 
     def spawn(self, node: str, argv: Sequence[str], name: str, env: dict[str, str] | None = None) -> int:
@@ -434,7 +439,9 @@ class Lab:
         """
         exe = str(Path(sys.executable).with_name("standby"))
         env = clock.environment(self.spec.role_dir(node)) if own_clock else None
-        self.spawn(node, [exe, "agent", "--respawn", "-v", "--config", str(self.config_path), "--node", node],
+        # A follower's agent has nothing to fence after an unclean death: it runs without the supervisor.
+        respawn = [] if node in self.spec.followers else ["--respawn"]
+        self.spawn(node, [exe, "agent", *respawn, "-v", "--config", str(self.config_path), "--node", node],
                    "agent", env=env)
 
     def set_clock(self, node: str, offset_s: int) -> None:

@@ -18,7 +18,7 @@ from typing import Any
 import psycopg
 
 from standby.documents import AGENT_VIEW, AgentView
-from standby.lab import Lab
+from standby.lab import Lab, followers
 from standby.lab.errors import LabError
 from standby.lab.probe import DualPrimaryProbe, ProbeResult
 from standby.model import DbState
@@ -37,11 +37,18 @@ def agent_state(lab: Lab, node: str) -> dict[str, Any]:
 
 def start_pair(lab: Lab, own_clock: bool = False) -> Lab:
     """Bootstrap, start both agents (``own_clock``: with steppable wall clocks, see Lab.set_clock),
-    wait until alpha serves and beta may take over."""
+    wait until alpha serves and beta may take over; the lab's followers cloned from alpha, their agents
+    started, each streaming."""
     lab.bootstrap()
+    followers.attach(lab)
     for node in ("alpha", "beta"):
         lab.start_agent(node, own_clock)
-    return wait_ready(lab)
+    for node in lab.spec.followers:
+        lab.start_agent(node)
+    wait_ready(lab)
+    for node in lab.spec.followers:
+        followers.wait_streaming(lab, node, "alpha")
+    return lab
 
 
 def wait_ready(lab: Lab, timeout_s: float = 60.0) -> Lab:

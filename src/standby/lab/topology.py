@@ -67,10 +67,16 @@ class Role(StrEnum):
 
 DB_NODES: tuple[str, ...] = (Role.ALPHA.value, Role.BETA.value)
 ALL_ROLES: tuple[str, ...] = tuple(r.value for r in Role)
+# Followers a lab may add beside the pair ([[followers]]), each a namespace of its own, and their roles.
+# Only one for now: a follower uses the file's [postgres] as it is, so two would share one data directory.
+FOLLOWER_ROLES: dict[str, str] = {"gamma": "warm"}
+FOLLOWER_NODES: tuple[str, ...] = tuple(FOLLOWER_ROLES)
 
 _NODE_ADDRESSES: dict[str, dict[Net, str]] = {
     "alpha": {Net.PUBLIC: "192.0.2.11/24", Net.PRIVATE: "198.51.100.11/24"},
     "beta": {Net.PUBLIC: "192.0.2.12/24", Net.PRIVATE: "198.51.100.12/24"},
+    # A follower in the pair's subnets, on the same switch.
+    "gamma": {Net.PUBLIC: "192.0.2.13/24", Net.PRIVATE: "198.51.100.13/24"},
 }
 
 
@@ -149,6 +155,7 @@ class LabSpec:
     base: Path = field(default=LAB_BASE)
     mode: str = "hot"  # "warm": beta in another subnet, no floating service IP
     pg_layout: str = "plain"
+    followers: tuple[str, ...] = ()  # of FOLLOWER_NODES; none: the two-node lab
 
     def __post_init__(self) -> None:
         if not valid_name(self.name):
@@ -160,6 +167,13 @@ class LabSpec:
             raise ValueError(f"durability {self.durability!r}: expected 'sync' or 'async'")
         if self.pg_layout not in PG_LAYOUTS:
             raise ValueError(f"pg_layout {self.pg_layout!r}: expected one of {', '.join(PG_LAYOUTS)}")
+        unknown = [f for f in self.followers if f not in FOLLOWER_NODES]
+        if unknown or len(set(self.followers)) != len(self.followers):
+            raise ValueError(f"followers {', '.join(self.followers)}: expected each of {', '.join(FOLLOWER_NODES)} "
+                             "at most once")
+        if self.followers and self.pg_layout != "plain":
+            raise ValueError("followers: a follower's data directory is postgres.data_dir, which a cluster layout "
+                             "may not set; use pg_layout 'plain'")
 
     @property
     def root(self) -> Path:
@@ -211,7 +225,15 @@ class LabSpec:
         return REMOTE_GATEWAY if self.mode == "warm" and role == "beta" else GATEWAY
 
     def nodes(self) -> list[NodeLayout]:
+        """The pair's nodes (followers are apart: ``follower_nodes``)."""
         return [self.node(n) for n in DB_NODES]
+
+    def follower_nodes(self) -> list[NodeLayout]:
+        return [self.node(n) for n in self.followers]
+
+    def roles(self) -> tuple[str, ...]:
+        """Every namespace this lab has: ALL_ROLES and its followers'."""
+        return (*ALL_ROLES, *self.followers)
 
     @property
     def client_link(self) -> Link:
