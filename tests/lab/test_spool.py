@@ -26,6 +26,7 @@ from standby import config
 from standby.documents import ShipperStatus, ShipPhase, ShipProblem
 from standby.lab import Lab, procs
 from standby.lab.pair import primaries, start_pair
+from standby.lab.sip import start_shipper
 from standby.spool import state
 from standby.spool.plan import Outcome
 from standby.spool.shipper import Shipper
@@ -71,10 +72,6 @@ def pair(request: pytest.FixtureRequest) -> Iterator[Lab]:
     finally:
         factory.keep = _keep_dir(request)
         factory.destroy_all()
-
-
-def start_shipper(lab: Lab, node: str) -> None:
-    lab.spawn(node, [STANDBY, "ship", "-v", "--config", str(lab.config_path), "--node", node], "ship")
 
 
 def rows(lab: Lab, node: str) -> dict[str, dict[str, Any]]:

@@ -110,6 +110,9 @@ def up(name: str, durability: str, mode: str, pg_layout: str, followers: tuple[s
         if softswitch == "kamailio":
             sip.configure(lab, setup)
             sip.start_callee(lab)
+            if setup.accounting is sip.Accounting.SPOOL:
+                for node in ("alpha", "beta"):
+                    sip.start_shipper(lab, node)
     click.echo(f"lab {name} is up")
     click.echo(f"  config:   {lab.config_path}")
     click.echo(f"  services: {', '.join(['softswitch', *(s['name'] for s in services)])}")
@@ -121,6 +124,9 @@ def up(name: str, durability: str, mode: str, pg_layout: str, followers: tuple[s
     click.echo("  beta:     empty data directory (clone it with `standby bootstrap`)")
     for f in followers:
         click.echo(f"  {f + ':':<9} follower, empty data directory (`standby lab agents start` clones it)")
+    if softswitch == "kamailio" and accounting == "spool":
+        ship_log = lab.spec.role_dir("alpha") / "log" / "ship.log"
+        click.echo(f"  shippers: `standby ship` on alpha and beta (alpha's log: {ship_log})")
     click.echo(f"  agents:   standby lab agents start --name {name}")
     click.echo(f"  inspect:  standby lab status --name {name}")
     click.echo(f"  remove:   standby lab down --name {name}")
@@ -252,13 +258,14 @@ def agents_start(name: str, nodes: tuple[str, ...]) -> None:
 
 @agents.command("stop")
 @name_option
-@click.argument("nodes", nargs=-1, type=click.Choice(list(DB_NODES)))
+@click.argument("nodes", nargs=-1, type=click.Choice([*DB_NODES, *FOLLOWER_NODES]))
 @handle_errors
 def agents_stop(name: str, nodes: tuple[str, ...]) -> None:
-    """Stop the agents of NODES (default: both) cleanly: service IPs, services and PostgreSQL stay as they are."""
+    """Stop the agents of NODES (default: both and the lab's followers) cleanly: service IPs, services and
+    PostgreSQL stay as they are."""
     lab = _open(name)
     with _as_operator_errors():
-        for node in nodes or DB_NODES:
+        for node in nodes or (*DB_NODES, *lab.spec.followers):
             if not lab.spawned_alive(node, "agent"):
                 click.echo(f"{node}: agent not running")
                 continue

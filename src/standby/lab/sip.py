@@ -377,6 +377,12 @@ def start_callee(lab: Any) -> None:
     lab.spawn("client", callee_argv(lab.spec.role_dir("client") / "log"), "sipp-callee")
 
 
+def start_shipper(lab: Any, node: str) -> None:
+    """`standby ship` on ``node``: it waits for a primary by itself, so it may start before the agents."""
+    exe = str(Path(sys.executable).with_name("standby"))
+    lab.spawn(node, [exe, "ship", "-v", "--config", str(lab.config_path), "--node", node], "ship")
+
+
 # --------------------------------------------------------------------------- command line
 
 

@@ -8,7 +8,6 @@ IP, one event on alpha while calls are in progress, then every call counted in t
 from __future__ import annotations
 
 import enum
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -20,7 +19,6 @@ from standby.lab.lab import Lab
 from standby.lab.pair import holders, primaries, start_pair
 from standby.lab.topology import LabSpec
 
-STANDBY = str(Path(sys.executable).with_name("standby"))
 Log = Callable[[str], None]
 
 
@@ -67,15 +65,11 @@ def build(spec: LabSpec, setup: sip.Setup, log: Log = print) -> Lab:
         start_pair(lab)
         if setup.accounting is sip.Accounting.SPOOL:
             for node in ("alpha", "beta"):
-                start_shipper(lab, node)
+                sip.start_shipper(lab, node)
     except BaseException:
         lab.down()
         raise
     return lab
-
-
-def start_shipper(lab: Lab, node: str) -> None:
-    lab.spawn(node, [STANDBY, "ship", "-v", "--config", str(lab.config_path), "--node", node], "ship")
 
 
 def _stats(path: Path) -> sip.CallerStats | None:
@@ -111,7 +105,7 @@ def run_event(lab: Lab, setup: sip.Setup, event: Event, load: Load, log: Log = p
     if event is Event.HOST_CRASH:
         lab.heal()  # the host is back: its database stays down, its spool is still on its disk
         if setup.accounting is sip.Accounting.SPOOL:
-            start_shipper(lab, "alpha")
+            sip.start_shipper(lab, "alpha")
     final = _stats(stats_file)
     if final is None:
         raise LabError(f"SIPp left no statistics in {stats_file}")
