@@ -210,6 +210,9 @@ class Shell:
     async def tick(self, peer: PeerView | None = STANDBY, advance: float = INTERVAL_S, send: bool = True) -> None:
         """Time passes, alpha sends its heartbeats, beta's arrive where a path delivers, alpha decides."""
         self.clock.advance(advance)
+        # An interval is long enough for the state thread to write what it was given (a new peer boot):
+        # without this wait a tick's outcome would depend on how fast this machine's threads run.
+        self.agent.state_pool.submit(lambda: None).result(5)
         if send:
             self.agent.link.send(self.agent._advertised())
         if self.net.tiebreaker:

@@ -122,9 +122,16 @@ def test_m4_peer_restart_is_heard_once_written_down_and_older_runs_stay_refused(
     _close(first)
     again = _agent(raw)
     # Both restarted: beta's new run cannot acknowledge alpha's yet, and needs not (it is newer); its
-    # first heartbeat starts the write of its boot, the next one after that write is heard.
-    _feed(again, [_beta_heartbeat(again, 8, 1, None)])
-    assert again.peer_view is None and again.receiver.rejected["boot_unrecorded"] == 1
+    # first heartbeat starts the write of its boot, the next one after that write is heard. The state
+    # thread is held busy so the write is still pending when the first heartbeat is judged (on an idle
+    # machine a write on tmpfs could finish before the handler looks, and that heartbeat is rightly heard).
+    disk_busy = threading.Event()
+    again.state_pool.submit(disk_busy.wait, 10)
+    try:
+        _feed(again, [_beta_heartbeat(again, 8, 1, None)])
+        assert again.peer_view is None and again.receiver.rejected["boot_unrecorded"] == 1
+    finally:
+        disk_busy.set()
     _recorded(again)
     _feed(again, [_beta_heartbeat(again, 8, 2, None)])
     assert again.peer_view == PRIMARY_IN_SYNC
