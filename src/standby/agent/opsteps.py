@@ -36,7 +36,7 @@ def hook_argv(cfg: Config, node: str) -> list[str] | None:
     """The address-change hook for ``node``: placeholders filled in per argument, never parsed by a shell."""
     if not cfg.address_change_hook:
         return None
-    address = str(cfg.nodes[node].public.ip)
+    address = str(cfg.link(node, "public").ip)  # a pair node's or a warm follower's (a DR promotion)
     return [for_node(a, node).replace("{address}", address) for a in cfg.address_change_hook]
 
 

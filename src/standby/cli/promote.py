@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import os
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 
 import click
 
-from standby.apiclient import AgentApi, ApiError, agent_status, replica_lag
-from standby.cli.common import OperatorError, config_option, handle_errors, load_node, node_option
-from standby.config import Durability
+from standby import siteloss
+from standby.agent.opsteps import hook_argv, run_hook
+from standby.apiclient import AgentApi, ApiError, agent_status, follower_status, replica_lag
+from standby.cli.common import OperatorError, config_option, handle_errors, node_option
+from standby.config import NODE_ENV, Config, Durability, load, resolve_node
+from standby.documents import AgentView
 from standby.model import DbState, PgRole
 from standby.observe import postgres as obs
 from standby.observe import probes
@@ -26,7 +30,12 @@ from standby.observe import probes
 def command(config_path: Path, node: str | None, yes: bool, force: bool) -> None:
     """Promote this standby after a person's decision: shows what could be lost, makes sure the old
     primary cannot write, promotes, runs the address-change hook, starts the services."""
-    cfg, me = load_node(config_path, node)
+    cfg = load(config_path)
+    name = node or os.environ.get(NODE_ENV)
+    if name and cfg.follower(name) is not None:
+        _promote_follower(cfg, name, yes, force)
+        return
+    me = resolve_node(cfg, node)
     peer = cfg.peer_of(me)
     mine = agent_status(cfg, me, timeout_s=2.0)
     if mine is None:
@@ -46,17 +55,7 @@ def command(config_path: Path, node: str | None, yes: bool, force: bool) -> None
                    + (f" (at least {lag} bytes of WAL behind at the last contact)" if lag is not None
                       else " (how much is unknown: no position heard from the primary)"))
 
-    # All looks at once, and a quick TCP knock first: against a dead host a
-    # PostgreSQL connection attempt alone costs seconds.
-    links = (cfg.nodes[peer].private.ip, cfg.nodes[peer].public.ip)
-    with ThreadPoolExecutor(4) as pool:
-        agent_f = pool.submit(agent_status, cfg, peer, 1.0)
-        knocks = [pool.submit(probes.tcp_connect, str(ip), cfg.pg(peer).port, 0.5) for ip in links]
-        answers = any(k.result() for k in knocks)
-        seen = obs.observe_peer(cfg, peer) if answers else obs.PgObservation(
-            node=peer, role=PgRole.UNREACHABLE, observed_at=datetime.now(UTC),
-            error=f"nothing answers on port {cfg.pg(peer).port} at {', '.join(map(str, links))}")
-        peer_agent = agent_f.result()
+    seen, peer_agent = _look_at(cfg, peer)
     alive = seen.role is PgRole.PRIMARY or (peer_agent is not None and peer_agent.postgres.state is DbState.PRIMARY)
     try:
         api = AgentApi(cfg)
@@ -85,3 +84,93 @@ def command(config_path: Path, node: str | None, yes: bool, force: bool) -> None
         click.echo(f"  {name:<60} {secs:7.3f} s")
     click.secho(f"{me} is the primary (term {result.term})", fg="green")
 
+
+
+def _look_at(cfg: Config, node: str) -> tuple[obs.PgObservation, AgentView | None]:
+    """A pair node's server and agent, all looks at once, with a quick TCP knock first: against a dead
+    host a PostgreSQL connection attempt alone costs seconds."""
+    links = (cfg.nodes[node].private.ip, cfg.nodes[node].public.ip)
+    with ThreadPoolExecutor(4) as pool:
+        agent_f = pool.submit(agent_status, cfg, node, 1.0)
+        knocks = [pool.submit(probes.tcp_connect, str(ip), cfg.pg(node).port, 0.5) for ip in links]
+        answers = any(k.result() for k in knocks)
+        seen = obs.observe_peer(cfg, node) if answers else obs.PgObservation(
+            node=node, role=PgRole.UNREACHABLE, observed_at=datetime.now(UTC),
+            error=f"nothing answers on port {cfg.pg(node).port} at {', '.join(map(str, links))}")
+        return seen, agent_f.result()
+
+
+def _pair_seen(cfg: Config) -> dict[str, siteloss.PairSeen]:
+    with ThreadPoolExecutor(len(cfg.nodes)) as pool:
+        looks = {n: pool.submit(_look_at, cfg, n) for n in cfg.nodes}
+        seen = {n: f.result() for n, f in looks.items()}
+    out = {}
+    for n, (pg, agent) in seen.items():
+        out[n] = _judged(pg, agent)
+        click.echo(f"{n}: {out[n].value} (PostgreSQL: {pg.error or pg.role.value}; agent: "
+                   + (("fenced" if agent.state.fenced else "answers") if agent else "silent") + ")")
+    return out
+
+
+def _judged(pg: obs.PgObservation, agent: AgentView | None) -> siteloss.PairSeen:
+    if pg.role is PgRole.PRIMARY or (agent is not None and agent.postgres.state is DbState.PRIMARY):
+        return siteloss.PairSeen.PRIMARY
+    if agent is None:
+        return siteloss.PairSeen.UNREACHABLE if pg.role is PgRole.UNREACHABLE else siteloss.PairSeen.LIVE_NO_AGENT
+    return siteloss.PairSeen.FENCED if agent.state.fenced else siteloss.PairSeen.LIVE
+
+
+_REFUSED = {
+    siteloss.Reason.REPORTING_FOLLOWER: "{me} is a reporting follower: it is never promoted (promote a warm one)",
+    siteloss.Reason.AGENT_SILENT: "the agent on {me} does not answer; start it first (`standby agent --node {me}`)",
+    siteloss.Reason.SERVER_DOWN: "PostgreSQL on {me} is not running; its agent starts it in recovery, then retry",
+    siteloss.Reason.NOT_IN_RECOVERY: "{me} is already out of recovery (a primary); nothing to promote",
+    siteloss.Reason.PAIR_ALIVE: "{nodes} of the pair still answers, not fenced: it serves, or its agent may promote "
+                                "it by itself, and promoting {me} now could make two writable primaries. If the "
+                                "site is alive, use the pair's own failover or switchover; to take over anyway "
+                                "re-run with --force (it fences {nodes} first)",
+    siteloss.Reason.UNFENCEABLE: "PostgreSQL on {nodes} answers but its agent does not, so it cannot be fenced from "
+                                 "here: stop PostgreSQL there by hand, then retry",
+}
+
+
+def _promote_follower(cfg: Config, me: str, yes: bool, force: bool) -> None:
+    """A warm follower becomes the primary after the pair's site is lost: what could be lost, the pair's
+    nodes (fenced where they still serve, with --force), the promotion, the address-change hook."""
+    follower = cfg.follower(me)
+    assert follower is not None
+    view = follower_status(cfg, me, timeout_s=2.0)
+    if view is not None:
+        click.echo(f"last contact with the pair: {view.site_silent_s:.1f} s ago (term {view.term}, primary "
+                   f"{view.primary or 'unknown'})")
+        click.echo("what could be lost: " + (f"{view.loss_bytes} bytes of WAL the primary had flushed and {me} "
+                                             "had not received at the last contact" if view.loss_bytes is not None
+                                             else "unknown (no position heard from the primary)"))
+    me_seen = siteloss.FollowerSeen(view.running, view.in_recovery) if view is not None else None
+    decision = siteloss.decide(follower.role, me_seen, _pair_seen(cfg), force)
+    try:
+        if decision.verdict is siteloss.Verdict.FENCE_FIRST:
+            api = AgentApi(cfg)
+            for n in decision.fence:
+                click.echo(f"{n} answers: fencing it first (services off, PostgreSQL stopped)")
+                api.fence(n)
+            # Looked at again, and judged without force: a node still writable after its fence refuses.
+            decision = siteloss.decide(follower.role, me_seen, _pair_seen(cfg), force=False)
+    except ApiError as e:
+        raise OperatorError(f"fencing refused: {e}; not promoting") from None
+    if decision.verdict is not siteloss.Verdict.PROMOTE:
+        raise OperatorError(_REFUSED[decision.reason].format(me=me, nodes=", ".join(decision.fence)))
+    for n in decision.unreachable:
+        click.echo(f"{n} answers nowhere: if it is alive behind a broken link, it could still accept writes "
+                   "from clients that reach it")
+    if not yes and not click.confirm(f"promote {me} now?", default=False):
+        raise OperatorError("not confirmed; nothing changed")
+    with obs.connect_local(cfg, me) as conn:
+        row = conn.execute("SELECT pg_promote(true, 60)").fetchone()
+    if not row or not row[0]:
+        raise OperatorError(f"PostgreSQL on {me} did not finish its promotion within 60 s; see its log")
+    click.echo(f"  PostgreSQL on {me} promoted")
+    if argv := hook_argv(cfg, me):
+        click.echo(f"  address-change hook: {run_hook(argv)}")
+    click.secho(f"{me} is the primary; the pair's nodes must not come back as primaries: rebuild them as "
+                f"standbys of {me}", fg="green")

@@ -1,0 +1,68 @@
+"""Issue 12, site loss, on the lab: the warm follower gamma is promoted by hand (`standby promote --node
+gamma`), never beside a pair node that could still write.
+
+- The pair alive: refused, gamma stays in recovery.
+- --force with the pair alive: both pair nodes are fenced first (a hot standby left answering would promote
+  itself once its primary is fenced), then gamma is the one writable node.
+- Both pair hosts crashed under load: gamma is promoted and takes writes; the calls it lacks are printed
+  beside what its agent predicted (WAL bytes not received), never asserted (sync waits for beta only).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from standby.lab import Lab, followers
+from standby.lab.pair import primaries, start_pair, under_load
+
+
+def _pair_with_gamma(lab_factory) -> Lab:  # type: ignore[no-untyped-def]
+    lab = start_pair(lab_factory("sync", followers=("gamma",)))
+    followers.wait_streaming(lab, "gamma", "alpha")
+    return lab
+
+
+def _writable(lab: Lab, node: str) -> bool:
+    with lab.pg_connect(node) as c:
+        return c.execute("SELECT NOT pg_is_in_recovery()").fetchone() == (True,)
+
+
+def test_i12_promote_gamma_is_refused_while_the_pair_serves(lab_factory) -> None:  # type: ignore[no-untyped-def]
+    lab = _pair_with_gamma(lab_factory)
+    res = lab.standby("gamma", "promote", "--yes", check=False)
+    assert res.returncode != 0 and "still answers, not fenced" in res.stderr + res.stdout, res.stdout + res.stderr
+    assert not _writable(lab, "gamma") and primaries(lab) == ["alpha"]
+
+
+def test_i12_promote_gamma_with_force_fences_both_pair_nodes_first(lab_factory) -> None:  # type: ignore[no-untyped-def]
+    lab = _pair_with_gamma(lab_factory)
+    res = lab.standby("gamma", "promote", "--yes", "--force", check=False)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert _writable(lab, "gamma")
+    # Some seconds for beta's agent: had it been left unfenced, it would promote on alpha's fence by now.
+    time.sleep(5.0)
+    assert primaries(lab) == [], "a pair node accepts writes beside the promoted follower"
+    assert _writable(lab, "gamma")
+
+
+def test_i12_site_lost_under_load_gamma_promoted_by_hand(lab_factory, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    lab = _pair_with_gamma(lab_factory)
+    with under_load(lab, tmp_path) as run:
+        time.sleep(2.0)
+        lab.crash("alpha")
+        lab.crash("beta")
+    res = lab.standby("gamma", "promote", "--yes", check=False)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "answers nowhere" in res.stdout  # the person is told a cut-off site could still serve
+    assert _writable(lab, "gamma")
+    with lab.pg_connect("gamma") as c:
+        c.execute("CREATE TABLE IF NOT EXISTS dr_write_check (x int)")
+        c.execute("INSERT INTO dr_write_check VALUES (1)")
+    acked = {a["call_id"] for a in map(json.loads, run.history.read_text().splitlines()) if a["outcome"] == "ack"}
+    on_gamma = followers.call_ids(lab, "gamma")
+    assert acked and on_gamma, "no calls were carried before the site was lost"
+    predicted = next((line for line in res.stdout.splitlines() if line.startswith("what could be lost")), "?")
+    print(f"\nsite loss: {len(acked - on_gamma)} of {len(acked)} acknowledged calls not on gamma; the command "
+          f"said: {predicted}")
