@@ -12,7 +12,7 @@ primary; dialogs shared over DMQ) and `direct` (Kamailio INSERTs into PostgreSQL
 IP, no dialog sharing: the issue's set-up).
 
     .venv/bin/python bench/softswitch.py [--events 2] [--rates 30 200] [--durabilities sync async]
-        [--kinds host_crash switchover] [--setups spool+dmq direct]
+        [--kinds host_crash switchover] [--setups spool+dmq direct spool direct+dmq]
 
 Needs root, PostgreSQL 15, kamailio, kamailio-postgres-modules and sip-tester (`./dev setup`).
 """
@@ -31,7 +31,10 @@ from benchlib import RUN_FAILURES, LabNames, sigterm_as_interrupt
 from standby.lab import LabSpec, sip
 from standby.lab.sipevent import Event, Load, build, run_event
 
-SETUPS = {"spool+dmq": sip.Setup(sip.Accounting.SPOOL, dmq=True), "direct": sip.Setup(sip.Accounting.DIRECT, dmq=False)}
+# The two that matter (both, neither) by default; each alone on request, to tell what each one buys.
+SETUPS = {"spool+dmq": sip.Setup(sip.Accounting.SPOOL, dmq=True), "direct": sip.Setup(sip.Accounting.DIRECT, dmq=False),
+          "spool": sip.Setup(sip.Accounting.SPOOL, dmq=False), "direct+dmq": sip.Setup(sip.Accounting.DIRECT, dmq=True)}
+DEFAULT_SETUPS = ["spool+dmq", "direct"]
 COUNTS = ("failed", "invites_missing", "cdrs_missing", "ends_without_start", "duplicates")
 
 
@@ -41,7 +44,7 @@ class Params:
     rates: list[float] = field(default_factory=lambda: [30.0])
     durabilities: list[str] = field(default_factory=lambda: ["sync"])
     kinds: list[str] = field(default_factory=lambda: ["host_crash", "switchover"])
-    setups: list[str] = field(default_factory=lambda: list(SETUPS))
+    setups: list[str] = field(default_factory=lambda: list(DEFAULT_SETUPS))
     seconds: float = 10.0  # of calls per event
     hold_ms: int = 1500
     keep_logs: str | None = None  # a directory for the logs of events with incomplete accounting
@@ -92,7 +95,7 @@ def main() -> None:
     ap.add_argument("--rates", type=float, nargs="+", default=[30.0])
     ap.add_argument("--durabilities", nargs="+", choices=["sync", "async"], default=["sync"])
     ap.add_argument("--kinds", nargs="+", choices=[e.value for e in Event], default=[e.value for e in Event])
-    ap.add_argument("--setups", nargs="+", choices=list(SETUPS), default=list(SETUPS))
+    ap.add_argument("--setups", nargs="+", choices=list(SETUPS), default=DEFAULT_SETUPS)
     ap.add_argument("--seconds", type=float, default=10.0, help="seconds of calls per event")
     ap.add_argument("--hold-ms", type=int, default=1500)
     ap.add_argument("--keep-logs", metavar="DIR", help="copy the lab's logs here when an event's accounting is incomplete")
