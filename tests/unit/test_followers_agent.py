@@ -241,6 +241,36 @@ def test_i12_the_followers_status_is_served_and_read_by_the_client(tmp_path: Pat
     assert got.received_lsn == str(Lsn(5 * MB)) and got.primary == "alpha"
 
 
+def test_i12_the_followers_status_is_served_over_tls_when_the_pair_speaks_tls(tmp_path: Path) -> None:
+    """With [tls] every client asks https: a follower serving plain http read as "does not answer"
+    to `standby status` and `standby promote` (found on the lab, which always runs with TLS)."""
+    import getpass
+
+    from standby.lab import tls as labtls
+
+    tls_dir = tmp_path / "tls"
+    labtls.make_ca(tls_dir, "unit")
+    labtls.make_node_cert(tls_dir, "dr", ["127.0.0.1"], getpass.getuser())
+    raw, _ = example_with_secrets(tmp_path, api_port=_free_port())
+    raw["followers"] = [follower("dr", 21)]
+    raw["tls"] = {"ca_file": str(tls_dir / labtls.CA_CERT), "cert_file": str(labtls.cert_path(tls_dir, "{node}")),
+                  "key_file": str(labtls.key_path(tls_dir, "{node}"))}
+    cfg = config.parse(raw)
+    w = World(cfg)
+    agent = w.agent()
+    w.hear("alpha", 3, DbState.PRIMARY)
+    w.step(agent)
+
+    async def go() -> object:
+        runner = await serve(agent)
+        try:
+            return await asyncio.to_thread(apiclient.follower_status, cfg, "dr", 2.0, ("127.0.0.1",))
+        finally:
+            await runner.cleanup()
+
+    assert asyncio.run(go()) == agent.view
+
+
 def test_i12_standby_agent_with_a_followers_name_runs_the_follower_loop(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from standby.cli.agent import agent_command

@@ -65,3 +65,13 @@ def test_i12_a_reporting_follower_is_never_promoted_even_with_the_site_gone() ->
     gone = {"alpha": PairSeen.UNREACHABLE, "beta": PairSeen.UNREACHABLE}
     d = decide(FollowerRole.REPORTING, FollowerSeen(True, True), gone, force=True)
     assert d == Decision(Verdict.REFUSE, Reason.REPORTING_FOLLOWER)
+
+
+def test_i12_a_server_that_answers_its_port_but_refuses_the_question_is_never_read_as_gone() -> None:
+    """A pair node whose PostgreSQL port answers while the question fails (a pg_hba line missing for the DR
+    host, a server starting) is a host that is up: with its agent silent it is in the way, not gone."""
+    from standby.cli.promote import _judged
+
+    assert _judged(answers=True, writes=False, agent=None) is PairSeen.LIVE_NO_AGENT
+    assert _judged(answers=False, writes=False, agent=None) is PairSeen.UNREACHABLE
+    assert _judged(answers=True, writes=True, agent=None) is PairSeen.PRIMARY

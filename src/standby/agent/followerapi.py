@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from standby import protocol
+from standby import protocol, tls
 from standby.agent.follower import FollowerAgent
 from standby.config import ApiListen, Config
 from standby.documents import FOLLOWER_VIEW
@@ -55,6 +55,8 @@ async def serve(agent: FollowerAgent) -> web.AppRunner:
     """Listening on every api.listen address of the follower; the caller cleans the runner up."""
     runner = web.AppRunner(make_app(agent), access_log=None)
     await runner.setup()
+    # With [tls] every client (standby status, promote, the pair's tools) speaks https, as to a pair agent.
+    context = tls.server_context(agent.cfg, agent.node)
     for host in addresses(agent.cfg, agent.node):
-        await web.TCPSite(runner, host, agent.cfg.api.port).start()
+        await web.TCPSite(runner, host, agent.cfg.api.port, ssl_context=context).start()
     return runner

@@ -68,6 +68,15 @@ def identify(cfg: Config, node: str, known: dict[int, tuple[tuple[int, int], ...
     return Upstream(timeline, pos.value if pos else None, known.get(timeline, ()))
 
 
+def accepts_writes(cfg: Config, node: str) -> bool:
+    """Whether ``node``'s server is a primary, asked over a replication connection (all a follower's
+    pg_hba line allows); raises psycopg.Error when it does not answer."""
+    params = {**pgobs.peer_conninfo(cfg, node), "connect_timeout": max(1, int(ANSWER_TIMEOUT_S))}
+    with psycopg.connect(**params, replication="true", autocommit=True) as conn:  # type: ignore[arg-type]
+        row = conn.execute("SHOW in_hot_standby").fetchone()
+    return row is not None and _text(row[0]) == "off"
+
+
 def pair_view(a: AgentView, u: Upstream | None, heard_at: float) -> PairView:
     """A pair agent's view with its server's timeline (unknown, 0, until its server has answered)."""
     db = a.postgres.state
