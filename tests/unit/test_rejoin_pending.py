@@ -4,7 +4,6 @@ what a failed clone leaves (chaos seed 105)."""
 from __future__ import annotations
 
 import contextlib
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,6 +15,7 @@ from standby.act import postgres as pgact
 from standby.act import rejoin as rejoin_mod
 from standby.act import rejoin as rj
 from standby.act.rejoin import RejoinResult
+from standby.act.rejoin_rewind import RewindRun
 from standby.documents import RejoinMethod
 
 from .configs import example_with_secrets
@@ -67,8 +67,8 @@ def test_chaos_seed_105_a_failed_clone_puts_the_old_directory_back(tmp_path: Pat
         raise pgact.PostgresActionError("pg_basebackup from alpha failed: connection reset")
 
     monkeypatch.setattr(rejoin_mod.act, "passfile", passfile)
-    monkeypatch.setattr(rejoin_mod.act, "run_as", lambda *a, **kw: subprocess.CompletedProcess(
-        a, 1, "", "pg_rewind: error: could not find previous WAL record"))
+    failed = "pg_rewind: error: could not find previous WAL record"
+    monkeypatch.setattr(rejoin_mod.rewind, "run", lambda *a, **kw: RewindRun(1, failed, ((0.1, failed),), 0.1))
     monkeypatch.setattr(rejoin_mod.act, "clone", clone_fails)
     result = RejoinResult(fork_lsn="0/5000000", old_timeline=3)
     with pytest.raises(pgact.PostgresActionError):

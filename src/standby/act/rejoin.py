@@ -28,6 +28,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from standby.act import postgres as act
+from standby.act import rejoin_rewind as rewind
 from standby.config import Config
 from standby.documents import REJOINED, Rejoined, RejoinMethod
 from standby.laps import Laps
@@ -82,19 +83,20 @@ _DIVERGED = re.compile(r"servers diverged at WAL location ([0-9A-F]+/[0-9A-F]+) 
 
 
 def fork_point(cfg: Config, node: str) -> tuple[str | None, int | None, str]:
-    """(fork LSN, old timeline) from pg_rewind's dry run, or (None, None) if no rewind is needed."""
+    """(fork LSN, old timeline, what the dry run planned and how long each of its phases took) from
+    pg_rewind's dry run; (None, None, ...) if no rewind is needed."""
     peer = cfg.peer_of(node)
     pg = cfg.pg(node)
     with act.passfile(cfg, node, peer) as pf:
-        res = act.run_as(pg.os_user, [str(pg.bin_dir / "pg_rewind"), "--dry-run", "-D", str(pg.data_dir),
+        res = rewind.run(pg.os_user, [str(pg.bin_dir / "pg_rewind"), "--dry-run", "--progress", "-D", str(pg.data_dir),
                                       "--source-server", _source_conninfo(cfg, node, peer)],
                          env={"PGPASSFILE": str(pf)}, timeout=300)
-    out = res.stdout + res.stderr
+    out = res.output
     m = _DIVERGED.search(out)
     if m:
-        return m.group(1), int(m.group(2)), out
+        return m.group(1), int(m.group(2)), rewind.describe(res.lines, res.took_s)
     if "no rewind required" in out:
-        return None, None, out
+        return None, None, rewind.describe(res.lines, res.took_s)
     last = out.strip().splitlines()[-1] if out.strip() else res.returncode
     raise RejoinRefused(f"cannot find the fork point with pg_rewind --dry-run: {last}")
 
@@ -141,9 +143,10 @@ def _fork_and_salvage(cfg: Config, node: str, result: RejoinResult, step: Report
     """Steps 3 and 4: where this node's history left the new primary's, and the rows it alone committed since."""
     if act.ensure_clean_shutdown(cfg, node):
         step("crash recovery of the old data directory (it had not stopped cleanly)")
-    fork, old_tli, _ = fork_point(cfg, node)
+    fork, old_tli, dry_run = fork_point(cfg, node)
     result.fork_lsn, result.old_timeline = fork, old_tli
-    step(f"fork point: {fork} on timeline {old_tli}" if fork else "no divergence: this node is only behind")
+    step(f"fork point: {fork} on timeline {old_tli} (dry run: {dry_run})" if fork
+         else "no divergence: this node is only behind")
     if fork is not None and salvage is not None:
         result.salvage_report, result.salvaged_rows = salvage(cfg, node, fork, old_tli)
         step(f"salvage: {result.salvaged_rows} rows kept in {result.salvage_report}" if result.salvage_report
@@ -156,15 +159,15 @@ def _rewind_or_clone(cfg: Config, node: str, result: RejoinResult, pending: Path
     ``pending`` before anything can start the server (a rejoin stopped here resumes at step 6)."""
     peer, pg = cfg.peer_of(node), cfg.pg(node)
     with act.passfile(cfg, node, peer) as pf:
-        res = act.run_as(pg.os_user, [str(pg.bin_dir / "pg_rewind"), "-D", str(pg.data_dir),
+        res = rewind.run(pg.os_user, [str(pg.bin_dir / "pg_rewind"), "--progress", "-D", str(pg.data_dir),
                                       "--source-server", _source_conninfo(cfg, node, peer)],
                          env={"PGPASSFILE": str(pf)}, timeout=3600)
     if res.returncode == 0:
         result.method = RejoinMethod.REWIND
         _remember(pending, result)
-        step("pg_rewind done")
+        step(f"pg_rewind done: {rewind.describe(res.lines, res.took_s)}")
         return
-    why = ((res.stderr.strip() or res.stdout.strip()).splitlines()[-1:] or ["unknown"])[0]
+    why = ([text for _, text in res.lines][-1:] or ["unknown"])[0]
     step(f"pg_rewind impossible ({why}); falling back to a fresh clone")
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     aside = pg.data_dir.with_name(f"{pg.data_dir.name}.before-rejoin-{stamp}")

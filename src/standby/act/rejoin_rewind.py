@@ -1,0 +1,118 @@
+"""pg_rewind run with --progress, each of its phases timed from the moment its line arrives.
+
+A rewind's cost is in different places at different sizes (finding the fork, listing both directories,
+reading the target's WAL, copying, syncing); the rejoin reports each, so a slow rewind says where.
+The parsing is pure (``phases``, ``plan``); ``run`` is the one impure part.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import re
+import select
+import subprocess
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+
+
+class Phase(StrEnum):
+    """pg_rewind's phases, each named by what it does; each ends where the next one's line appears."""
+
+    FORK = "find the fork"  # connect, both control files, timeline histories, the last common checkpoint
+    FILE_LISTS = "list both directories"
+    TARGET_WAL = "read the target's WAL"
+    COPY = "copy"
+    CONTROL_FILE = "backup label and control file"
+    SYNC = "sync"
+
+
+# The line that starts each phase after the first (PostgreSQL 15's messages, in English: LC_ALL=C).
+_STARTS: tuple[tuple[str, Phase], ...] = (
+    ("reading source file list", Phase.FILE_LISTS),
+    ("reading WAL in target", Phase.TARGET_WAL),
+    ("need to copy", Phase.COPY),
+    ("creating backup label and updating control file", Phase.CONTROL_FILE),
+    ("syncing target data directory", Phase.SYNC),
+)
+_PLAN = re.compile(r"need to copy (\d+) MB \(total source directory size is (\d+) MB\)")
+
+Stamped = Sequence[tuple[float, str]]  # (seconds since the start, one line of output)
+
+
+@dataclass(frozen=True)
+class RewindRun:
+    returncode: int
+    output: str
+    lines: tuple[tuple[float, str], ...]
+    took_s: float
+
+
+def phases(lines: Stamped, took_s: float) -> list[tuple[Phase, float]]:
+    """Each phase that began, with the seconds until the next began (the last: until the run ended)."""
+    starts: list[tuple[Phase, float]] = [(Phase.FORK, 0.0)]
+    for t, text in lines:
+        for marker, phase in _STARTS:
+            if marker in text and phase not in (p for p, _ in starts):
+                starts.append((phase, t))
+    ends = [t for _, t in starts[1:]] + [took_s]
+    return [(p, max(0.0, end - t)) for (p, t), end in zip(starts, ends, strict=True)]
+
+
+def plan(lines: Stamped) -> tuple[int, int] | None:
+    """(MB pg_rewind copies, MB of the whole source directory), once it has said so."""
+    for _, text in lines:
+        if m := _PLAN.search(text):
+            return int(m.group(1)), int(m.group(2))
+    return None
+
+
+def describe(lines: Stamped, took_s: float) -> str:
+    """One line: what the rewind planned and each phase's seconds."""
+    p = plan(lines)
+    head = f"{p[0]} MB of the source's {p[1]} MB; " if p else ""
+    return head + ", ".join(f"{ph.value} {s:.2f}s" for ph, s in phases(lines, took_s))
+
+
+def run(user: str, argv: list[str], env: Mapping[str, str], timeout: float) -> RewindRun:
+    """Run pg_rewind (argv with --progress) as ``user``, stamping each line of its output as it arrives.
+
+    Progress lines end in a carriage return, others in a newline: both end a line here.
+    """
+    full = argv if pwd.getpwuid(os.geteuid()).pw_name == user else ["runuser", "-u", user, "--", *argv]
+    t0 = time.monotonic()
+    deadline = t0 + timeout
+    proc = subprocess.Popen(full, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                            env={**os.environ, "LC_ALL": "C", **env})
+    assert proc.stdout is not None
+    fd = proc.stdout.fileno()
+    raw, pending, lines = bytearray(), b"", []
+    try:
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                proc.kill()
+                raise subprocess.TimeoutExpired(full, timeout)
+            ready, _, _ = select.select([fd], [], [], min(left, 1.0))
+            if not ready:
+                continue
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                break
+            now = time.monotonic() - t0
+            raw += chunk
+            parts = re.split(rb"[\r\n]", pending + chunk)
+            pending = parts.pop()
+            lines += [(now, p.decode(errors="replace")) for p in parts if p.strip()]
+        code = proc.wait(timeout=max(1.0, deadline - time.monotonic()))
+    finally:
+        proc.stdout.close()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    took = time.monotonic() - t0
+    if pending.strip():
+        lines.append((took, pending.decode(errors="replace")))
+    return RewindRun(code, raw.decode(errors="replace"), tuple(lines), took)
