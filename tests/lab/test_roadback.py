@@ -197,6 +197,40 @@ def test_rejoin_falls_back_to_a_clone_when_the_wal_is_gone(lab_factory, tmp_path
     assert not verdict["duplicate_call_ids"]
 
 
+def test_i13_rejoin_clones_when_the_new_primary_removed_the_wal_a_rewind_starts_from(lab_factory) -> None:  # type: ignore[no-untyped-def]
+    """A rewound directory replays from the last common checkpoint's redo, with WAL from the new primary
+    only. When the new primary has written more than it keeps (wal_keep_size; an automatic failover makes
+    no slot for the old primary), that WAL is gone: a rewind would leave a directory that never streams,
+    and every later rejoin would resume it. The rejoin clones instead, and nothing is lost."""
+    lab = lab_factory("sync")
+    text = lab.config_path.read_text()
+    lab.config_path.write_text(text.replace("[postgres]\n", "[postgres]\nwal_keep_size_mb = 32\n", 1))
+    start_pair(lab)
+    with lab.pg_connect("alpha", dbname="softswitch", autocommit=True) as c:
+        c.execute("CREATE TABLE bulk (id bigint PRIMARY KEY, pad text NOT NULL)")
+        c.execute("CHECKPOINT")
+    lab.crash("alpha")
+    lab.wait_for("beta to take over", lambda: primaries(lab) == ["beta"], timeout_s=20)
+    with lab.pg_connect("beta", dbname="softswitch", autocommit=True) as c:
+        for lo in range(0, 120_000, 20_000):  # about 25 MB of WAL each, past wal_keep_size several times
+            c.execute("INSERT INTO bulk SELECT g, repeat(md5(g::text), 30) FROM generate_series(%s, %s) g",
+                      (lo, lo + 19_999))
+            c.execute("SELECT pg_switch_wal()")
+        c.execute("CHECKPOINT")
+        rows = (c.execute("SELECT count(*) FROM bulk").fetchone() or [0])[0]
+    lab.start_agent("alpha")
+    _heal_until_alpha_fenced_hearing_beta(lab)
+    res = lab.standby("alpha", "rejoin", "--yes", check=False)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "rejoined by clone" in res.stdout and "no longer has WAL segment" in res.stdout, res.stdout
+    lab.wait_for("alpha streaming", lambda: streaming_standby(lab, "alpha"), timeout_s=30)
+    with lab.pg_connect("beta", dbname="softswitch", autocommit=True) as c:
+        c.execute("INSERT INTO bulk VALUES (-1, 'after the rejoin')")
+    with lab.pg_connect("alpha", dbname="softswitch", autocommit=True) as a:
+        replayed = lambda: (a.execute("SELECT count(*) FROM bulk").fetchone() or [0])[0] == rows + 1  # noqa: E731
+        lab.wait_for("alpha to replay every row of beta's", replayed, timeout_s=30)
+
+
 # A rejoin that stops after pg_rewind (here: the write of the standby's settings refused, as libfaketime
 # once made it) leaves a directory that only WAL from the new primary can make consistent.
 _HALF_REJOIN = """

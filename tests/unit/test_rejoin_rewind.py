@@ -73,3 +73,33 @@ def test_i13_run_kills_a_rewind_that_outlasts_its_timeout() -> None:
     with pytest.raises(subprocess.TimeoutExpired):
         rw.run(getpass.getuser(), ["sh", "-c", "printf 'pg_rewind: reading source file list\\n'; exec sleep 30"],
                env={}, timeout=0.5)
+
+
+# pg_rewind --dry-run and pg_waldump as PostgreSQL 15 print them.
+DRY_RUN = ("pg_rewind: servers diverged at WAL location 0/46000000 on timeline 1\n"
+           "pg_rewind: rewinding from last common checkpoint at 0/45000060 on timeline 1\n"
+           "pg_rewind: Done!\n")
+WALDUMP = ("rmgr: XLOG        len (rec/tot):    114/   114, tx:          0, lsn: 0/45000060, prev 0/45000028, "
+           "desc: CHECKPOINT_ONLINE redo 0/44FFFF10; tli 1; prev tli 1; fpw true; xid 0:745; oid 24576\n")
+SEG = 16 << 20
+
+
+def test_i13_the_rewind_starts_from_the_common_checkpoints_redo() -> None:
+    assert rw.common_checkpoint(DRY_RUN) == (0x45000060, 1)
+    assert rw.common_checkpoint("pg_rewind: error: could not find previous WAL record") is None
+    assert rw.checkpoint_redo(WALDUMP) == 0x44FFFF10
+    assert rw.checkpoint_redo(WALDUMP.replace("CHECKPOINT_ONLINE", "CHECKPOINT_SHUTDOWN")) == 0x44FFFF10
+    assert rw.checkpoint_redo("pg_waldump: error: could not find a valid record after 0/45000060") is None
+
+
+def test_i13_a_source_that_removed_the_redos_segment_is_told() -> None:
+    """The redo lies in segment 0x44 of timeline 1; the new primary (timeline 2) kept only later ones."""
+    later = ["000000010000000000000045", "000000020000000000000046", "000000020000000000000047", "00000002.history"]
+    assert rw.missing_start(later, 1, 0x44FFFF10, SEG) == "000000010000000000000044"
+    partial = [*later, "000000010000000000000044.partial"]  # never served to a standby
+    assert rw.missing_start(partial, 1, 0x44FFFF10, SEG) == "000000010000000000000044"
+    assert rw.missing_start([*later, "000000010000000000000044"], 1, 0x44FFFF10, SEG) is None
+    # The switch fell in the redo's segment: the new timeline's file holds it.
+    assert rw.missing_start([*later, "000000020000000000000044"], 1, 0x44FFFF10, SEG) is None
+    # A file of an older timeline with the same number is other WAL.
+    assert rw.missing_start([*later, "000000010000000000000044"], 2, 0x44FFFF10, SEG) == "000000020000000000000044"

@@ -13,9 +13,11 @@ import re
 import select
 import subprocess
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
+
+from standby.salvage import parse_lsn, segment_name
 
 
 class Phase(StrEnum):
@@ -37,6 +39,8 @@ _STARTS: tuple[tuple[str, Phase], ...] = (
     ("creating backup label and updating control file", Phase.CONTROL_FILE),
     ("syncing target data directory", Phase.SYNC),
 )
+_COMMON = re.compile(r"rewinding from last common checkpoint at ([0-9A-F]+/[0-9A-F]+) on timeline (\d+)")
+_REDO = re.compile(r"CHECKPOINT_(?:ONLINE|SHUTDOWN) redo ([0-9A-F]+/[0-9A-F]+)")
 _PLAN = re.compile(r"need to copy (\d+) MB \(total source directory size is (\d+) MB\)")
 
 Stamped = Sequence[tuple[float, str]]  # (seconds since the start, one line of output)
@@ -74,6 +78,33 @@ def describe(lines: Stamped, took_s: float) -> str:
     p = plan(lines)
     head = f"{p[0]} MB of the source's {p[1]} MB; " if p else ""
     return head + ", ".join(f"{ph.value} {s:.2f}s" for ph, s in phases(lines, took_s))
+
+
+def common_checkpoint(output: str) -> tuple[int, int] | None:
+    """(LSN, timeline) of the last checkpoint both servers share, as pg_rewind names it."""
+    m = _COMMON.search(output)
+    return (parse_lsn(m.group(1)), int(m.group(2))) if m else None
+
+
+def checkpoint_redo(waldump_output: str) -> int | None:
+    """The redo LSN in pg_waldump's line for a checkpoint record."""
+    m = _REDO.search(waldump_output)
+    return parse_lsn(m.group(1)) if m else None
+
+
+def missing_start(source_wal: Iterable[str], timeline: int, redo: int, segment_size: int) -> str | None:
+    """The segment a rewound directory starts replaying from, if the source's pg_wal lacks it; else None.
+
+    pg_rewind makes the target replay from the last common checkpoint's redo, with the source's pg_wal
+    (copied) and what the source streams: a segment the source has removed is gone for good, and the
+    rewound server waits for it forever. The source serves the redo's segment from the old timeline's
+    file, or from a later timeline's when the switch fell in that segment.
+    """
+    want = segment_name(timeline, redo, segment_size)
+    for name in source_wal:
+        if len(name) == 24 and name[8:] == want[8:] and int(name[:8], 16) >= timeline:
+            return None
+    return want
 
 
 def run(user: str, argv: list[str], env: Mapping[str, str], timeout: float) -> RewindRun:
