@@ -248,7 +248,11 @@ def one_round(lab: Lab, old: str, rows: tuple[int, int], method: str, p: Params,
     if res.returncode != 0:
         rec["error"] = f"rejoin exited {res.returncode}: {' '.join(res.stderr.split())[-300:]}"
     elif rec["reported_method"] != method:
-        rec["error"] = f"rejoin reported {rec['reported_method']!r}, expected {method!r}"
+        skipped = [st["step"] for st in rec["steps"] if st["step"].startswith("pg_rewind skipped")]
+        if method == "rewind" and skipped:
+            rec["rewind_skipped"] = skipped[0]  # the new primary no longer had the rewind's start: measured as is
+        else:
+            rec["error"] = f"rejoin reported {rec['reported_method']!r}, expected {method!r}"
     t2 = time.monotonic()
     try:
         lab.wait_for(f"{old} streaming and eligible as its agent sees it",
@@ -329,10 +333,12 @@ def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
         clone = median([r["rejoin_s"] for r in ok if r["method"] == "clone"])
         rewinds: dict[str, Any] = {}
         for rows in dict.fromkeys(r["diverge_rows"] for r in ok if r["method"] == "rewind"):
-            times = [r["rejoin_s"] for r in ok if r["method"] == "rewind" and r["diverge_rows"] == rows]
+            tried = [r for r in ok if r["method"] == "rewind" and r["diverge_rows"] == rows]
+            times = [r["rejoin_s"] for r in tried if r["reported_method"] == "rewind"]
             rw = median(times)
             rewinds[str(rows)] = {"rewind_s": rw, "rewind_s_all": times,
-                                  "clone_over_rewind": clone / rw if rw and clone else None}
+                                  "clone_over_rewind": clone / rw if rw and clone else None,
+                                  "cloned_instead_s_all": [r["rejoin_s"] for r in tried if r.get("rewind_skipped")]}
         out[str(size)] = {"clone_s": clone, "clone_s_all": [r["rejoin_s"] for r in ok if r["method"] == "clone"],
                           "rewind_by_diverged_rows": rewinds,
                           "runs_with_error": sum(1 for r in runs if r["size_mb"] == size and r["error"]),
@@ -369,7 +375,10 @@ def render(doc: dict[str, Any]) -> str:
         lines.append(f"{size} MB (database {_f(s['database_mb'], '.0f')} MiB): clone {_f(s['clone_s'])} s")
         for rows, rw in s["rewind_by_diverged_rows"].items():
             lines.append(f"    {rows:>8} rows diverged: rewind {_f(rw['rewind_s'])} s, "
-                         f"clone/rewind {_f(rw['clone_over_rewind'])}")
+                         f"clone/rewind {_f(rw['clone_over_rewind'])}"
+                         + (f"; cloned instead (the rewind's start was gone): "
+                            f"{', '.join(_f(v) for v in rw['cloned_instead_s_all'])} s"
+                            if rw["cloned_instead_s_all"] else ""))
     return "\n".join(lines)
 
 
