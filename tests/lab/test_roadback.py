@@ -238,7 +238,7 @@ def _failover_then_write_past_wal_keep_size(lab_factory, postgres_extra: str) ->
     lab.wait_for("beta to take over", lambda: primaries(lab) == ["beta"], timeout_s=20)
     with lab.pg_connect("beta", dbname="softswitch", autocommit=True) as c:
         for lo in range(0, 120_000, 20_000):  # about 25 MB of WAL each, past wal_keep_size several times
-            c.execute("INSERT INTO bulk SELECT g, repeat(md5(g::text), 30) FROM generate_series(%s, %s) g",
+            c.execute("INSERT INTO bulk SELECT g, repeat(md5(g::text), 30) FROM generate_series(%s::bigint, %s::bigint) g",
                       (lo, lo + 19_999))
             c.execute("SELECT pg_switch_wal()")
         c.execute("CHECKPOINT")
