@@ -368,7 +368,7 @@ def render(doc: dict[str, Any]) -> str:
         if r.get("steps"):
             lines.append(f"{r['size_mb']} MB, {r['diverge_rows']} rows, {r['method']} "
                          f"(reported: {r.get('reported_method')}):")
-            lines += [f"    {s['step'][:86]:<86} {s['s']:7.2f} s" for s in r["steps"]]
+            lines += [f"    {s['s']:7.2f} s  {s['step']}" for s in r["steps"]]
     lines.append("")
     lines.append("median over the runs without an error:")
     for size, s in doc["summary"].items():
