@@ -42,6 +42,8 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+import psycopg
+
 import benchlib
 from benchlib import RUN_FAILURES, LabNames, fresh_lab, other_labs, sigterm_as_interrupt
 from standby import __version__
@@ -223,11 +225,13 @@ def count_rows(lab: Lab, node: str) -> int:
         return int((c.execute("SELECT count(*) FROM bench_filler").fetchone() or [0])[0])
 
 
-def one_round(lab: Lab, old: str, rows: tuple[int, int], method: str, p: Params, log: Any) -> dict[str, Any]:
-    """Crash the primary ``old``, diverge by ``rows`` on its peer, rejoin ``old`` by ``method``."""
+def one_round(lab: Lab, old: str, rows: tuple[int, int], method: str, p: Params, log: Any,
+              rec: dict[str, Any]) -> None:
+    """Crash the primary ``old``, diverge by ``rows`` on its peer, rejoin ``old`` by ``method``; the figures
+    go into ``rec`` as they come (a round that fails half-way keeps what it measured)."""
     new = other(old)
-    rec: dict[str, Any] = {"old_primary": old, "loadavg_at_start": list(os.getloadavg()),
-                           "other_labs_at_start": other_labs(), "error": None}
+    rec.update({"old_primary": old, "loadavg_at_start": list(os.getloadavg()),
+                "other_labs_at_start": other_labs(), "error": None})
     rec["replayed_s"] = wait_replayed(lab, old, p.timeout_s * 10)
     rec.update(diverge(lab, old, rows, p.timeout_s * 10))
     rec["crash_recovery_s"] = crash_recovery(lab, old)
@@ -266,12 +270,18 @@ def one_round(lab: Lab, old: str, rows: tuple[int, int], method: str, p: Params,
         entries = json.loads(hist.stdout) if hist.returncode == 0 else []
     except ValueError:
         entries = []
-    rec["agent_rejoin_events"] = [e for e in entries if e.get("event") in ("rejoin_step", "rejoined")][-4:]
+    rec["agent_events"] = [e for e in entries if e.get("event") in ("rejoin_step", "rejoined", "decision")][-12:]
     rec["rows_on_new_primary"] = count_rows(lab, new)
-    lab.wait_for(f"{old} to hold every row of {new}",
-                 lambda: count_rows(lab, old) == rec["rows_on_new_primary"], timeout_s=p.timeout_s * 4, every_s=0.5)
+
+    def caught_up() -> bool:
+        try:
+            return bool(count_rows(lab, old) == rec["rows_on_new_primary"])
+        except psycopg.OperationalError as e:  # a server restarting: said, and asked again
+            rec.setdefault("count_errors", []).append(" ".join(str(e).split()))
+            return False
+
+    lab.wait_for(f"{old} to hold every row of {new}", caught_up, timeout_s=p.timeout_s * 4, every_s=0.5)
     rec["loadavg_at_end"] = list(os.getloadavg())
-    return rec
 
 
 def plan_rounds(p: Params) -> list[tuple[int, int, str]]:
@@ -301,7 +311,7 @@ def one_size(size_mb: int, p: Params, doc: dict[str, Any], stamp: str, log: Any)
                 rec: dict[str, Any] = {**base, "diverge_rows": rows, "method": method, "index": i}
                 log(f"  {rows} rows diverged, {method} (#{i + 1}), {old} the old primary")
                 try:
-                    rec.update(one_round(lab, old, (next_id - rows + 1, next_id), method, p, log))
+                    one_round(lab, old, (next_id - rows + 1, next_id), method, p, log, rec)
                 except RUN_FAILURES as e:
                     rec["error"] = f"{type(e).__name__}: {' '.join(str(e).split())}"
                 next_id -= rows
