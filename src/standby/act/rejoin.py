@@ -91,7 +91,7 @@ def fork_point(cfg: Config, node: str) -> tuple[str | None, int | None, rewind.R
     with act.passfile(cfg, node, peer) as pf:
         res = rewind.run(pg.os_user, [str(pg.bin_dir / "pg_rewind"), "--dry-run", "--progress", "-D", str(pg.data_dir),
                                       "--source-server", _source_conninfo(cfg, node, peer)],
-                         env={"PGPASSFILE": str(pf)}, timeout=300)
+                         env={"PGPASSFILE": str(pf)}, timeout=300, stop_after=rewind.PLANNED)
     out = res.output
     m = _DIVERGED.search(out)
     if m:

@@ -11,6 +11,7 @@ import os
 import pwd
 import re
 import select
+import signal
 import subprocess
 import time
 from collections.abc import Iterable, Mapping, Sequence
@@ -107,24 +108,32 @@ def missing_start(source_wal: Iterable[str], timeline: int, redo: int, segment_s
     return want
 
 
-def run(user: str, argv: list[str], env: Mapping[str, str], timeout: float) -> RewindRun:
+# A dry run has said all a rejoin asks of it (the fork, the common checkpoint, the plan) once it says
+# what it would copy; PostgreSQL 15's then fetches every byte of that from the source and discards it.
+PLANNED = "need to copy"
+
+
+def run(user: str, argv: list[str], env: Mapping[str, str], timeout: float, stop_after: str | None = None) -> RewindRun:
     """Run pg_rewind (argv with --progress) as ``user``, stamping each line of its output as it arrives.
 
-    Progress lines end in a carriage return, others in a newline: both end a line here.
+    Progress lines end in a carriage return, others in a newline: both end a line here. ``stop_after``:
+    end the run (its whole process group) once a line with it arrives; only for a dry run, which
+    changes nothing wherever it stops. The return code of a run stopped so is 0.
     """
     full = argv if pwd.getpwuid(os.geteuid()).pw_name == user else ["runuser", "-u", user, "--", *argv]
     t0 = time.monotonic()
     deadline = t0 + timeout
     proc = subprocess.Popen(full, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                            env={**os.environ, "LC_ALL": "C", **env})
+                            env={**os.environ, "LC_ALL": "C", **env}, start_new_session=True)
     assert proc.stdout is not None
     fd = proc.stdout.fileno()
     raw, pending, lines = bytearray(), b"", []
+    stopped = False
     try:
-        while True:
+        while not stopped:
             left = deadline - time.monotonic()
             if left <= 0:
-                proc.kill()
+                _kill_group(proc)
                 raise subprocess.TimeoutExpired(full, timeout)
             ready, _, _ = select.select([fd], [], [], min(left, 1.0))
             if not ready:
@@ -137,13 +146,24 @@ def run(user: str, argv: list[str], env: Mapping[str, str], timeout: float) -> R
             parts = re.split(rb"[\r\n]", pending + chunk)
             pending = parts.pop()
             lines += [(now, p.decode(errors="replace")) for p in parts if p.strip()]
-        code = proc.wait(timeout=max(1.0, deadline - time.monotonic()))
+            stopped = stop_after is not None and any(stop_after in text for _, text in lines)
+        if stopped:
+            _kill_group(proc)
+        code = 0 if stopped else proc.wait(timeout=max(1.0, deadline - time.monotonic()))
     finally:
         proc.stdout.close()
         if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+            _kill_group(proc)
     took = time.monotonic() - t0
-    if pending.strip():
+    if pending.strip() and not stopped:
         lines.append((took, pending.decode(errors="replace")))
     return RewindRun(code, raw.decode(errors="replace"), tuple(lines), took)
+
+
+def _kill_group(proc: subprocess.Popen[bytes]) -> None:
+    """SIGKILL to the run's process group: runuser's child too, which a signal to runuser alone would miss."""
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.wait()
