@@ -1,22 +1,28 @@
 #!/usr/bin/env python3
-"""How long an old primary takes to rejoin: pg_rewind against a full clone, by database size.
+"""How long an old primary takes to rejoin: pg_rewind against a full clone, by database size and divergence.
 
-For each size and each method, a fresh lab: the pair is built, a filler table on alpha grows the
-database to the size, beta replays it all, alpha crashes (power loss) and beta takes over, a few
-rows are written on beta (the small divergence), the cables are healed and alpha's agent started,
-which fences it. Then alpha's crash recovery is finished (the same isolated single-user recovery
-rejoin would run, timed separately so that both methods start from the same cleanly stopped
-directory), and `standby rejoin --yes` on alpha is timed.
+For each size, one lab with its private link shaped to a real link's rate (1 Gbit/s unless
+--link-mbit says otherwise): the pair is built, a filler table on the primary grows the database to
+the size, once. Then rounds, the roles alternating: the standby replays everything, the primary
+crashes (power loss) and the standby takes over, the new primary writes the round's rows (the
+divergence), the cables are healed and the old primary's agent started, which fences it. Then its
+crash recovery is finished (the same isolated single-user recovery rejoin would run, timed apart so
+that both methods start from the same cleanly stopped directory), and `standby rejoin --yes` on it is
+timed, until its agent sees it stream; it is then the standby of the next round.
 
 - rewind: nothing else; rejoin finds the fork and runs pg_rewind.
-- clone:  first, every WAL segment of alpha older than the one holding its latest checkpoint is
-          deleted, so pg_rewind cannot read back to the last common checkpoint; rejoin's own
-          fallback then moves the directory aside and clones beta with pg_basebackup over the
-          private network. Same command, same salvage step, same start and streaming check.
+- clone:  first, every WAL segment of the old primary older than the one holding its latest
+          checkpoint is deleted, so pg_rewind cannot read back to the last common checkpoint;
+          rejoin's own fallback then moves the directory aside and clones with pg_basebackup over
+          the private network. Same command, same salvage step, same start and streaming check.
+          Measured at the smallest divergence only (a clone copies the whole database whatever the
+          divergence).
 
-This is a measurement: it prints and records figures and judges none of them.
+Each round also records what the new primary's pg_wal holds (pg_rewind copies all of it) and the
+rejoin's own steps. This is a measurement: it prints and records figures and judges none of them.
 
-    .venv/bin/python bench/rejoin.py [--sizes 100 1000] [--repeat 1] [--methods rewind clone] [--beta-rows 1000]
+    .venv/bin/python bench/rejoin.py [--sizes 1024 10240] [--diverge 1000 100000 1000000]
+                                     [--methods rewind clone] [--link-mbit 1000] [--repeat 1]
 
 Needs root (namespaces) and PostgreSQL 15; set it up with `./dev setup`.
 """
@@ -36,6 +42,8 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+import psycopg
+
 import benchlib
 from benchlib import RUN_FAILURES, LabNames, fresh_lab, other_labs, sigterm_as_interrupt
 from standby import __version__
@@ -44,7 +52,7 @@ from standby.documents import AgentView
 from standby.lab import Lab, LabSpec
 from standby.lab.errors import LabError
 from standby.lab.pair import primaries, start_pair
-from standby.lab.topology import LAB_BASE
+from standby.lab.topology import LAB_BASE, PRIVATE_MBIT
 from standby.model import DbState
 
 NAME_PREFIX = "sbrj"
@@ -57,15 +65,17 @@ STEP_LINE = re.compile(r"^\s+(?P<name>\S.*?)\s+(?P<s>\d+\.\d\d) s$")
 FILLER_INSERT = ("INSERT INTO bench_filler SELECT i, repeat(md5(i::text), %s) "
                  "FROM generate_series(%s::bigint, %s::bigint) AS i")
 METHOD_LINE = re.compile(r"rejoined by (?P<method>.+?); it streams from")
+SEGS_PER_XLOGID = 0x100  # 16 MiB segments
 
 
 @dataclass(frozen=True)
 class Params:
     sizes_mb: tuple[int, ...]
     methods: tuple[str, ...]
-    beta_rows: int
+    diverge_rows: tuple[int, ...]
     repeat: int
     durability: str
+    link_mbit: int
     timeout_s: float
 
 
@@ -73,15 +83,27 @@ def fenced_hearing_primary(st: AgentView | None) -> bool:
     return st is not None and st.state.fenced and st.peer_view is not None and st.peer_view.db is DbState.PRIMARY
 
 
-def streaming_standby(st: AgentView | None) -> bool:
-    return st is not None and st.postgres.state is DbState.STANDBY and st.postgres.streaming
+def eligible_standby(st: AgentView | None) -> bool:
+    """Streaming, and its agent would take over: the next round may crash the primary."""
+    return (st is not None and st.postgres.state is DbState.STANDBY and st.postgres.streaming
+            and st.state.eligible)
 
 
 def disk_free_mb() -> int:
     return shutil.disk_usage(LAB_BASE).free >> 20
 
 
+def other(node: str) -> str:
+    return "beta" if node == "alpha" else "alpha"
+
+
 # --------------------------------------------------------------------------- steps of one measurement
+
+
+def insert_rows(lab: Lab, node: str, first: int, last: int) -> None:
+    with lab.pg_connect(node, dbname="softswitch", autocommit=True) as c:
+        for lo in range(first, last + 1, BATCH_ROWS):
+            c.execute(FILLER_INSERT, (ROW_PAD // 32, lo, min(lo + BATCH_ROWS - 1, last)))
 
 
 def fill(lab: Lab, size_mb: int) -> dict[str, Any]:
@@ -101,57 +123,59 @@ def fill(lab: Lab, size_mb: int) -> dict[str, Any]:
             "database_mb": db / 2**20, "cluster_mb": int(cluster) / 2**20}
 
 
-def wait_replayed(lab: Lab, timeout_s: float) -> float:
-    """Checkpoint and switch segment on alpha, then wait until beta has replayed up to there.
+def wait_replayed(lab: Lab, primary: str, timeout_s: float) -> float:
+    """Checkpoint and switch segment on the primary, then wait until the standby has replayed up to there.
 
     The segment switch puts the last common checkpoint in an older segment than the fork, which
     the clone measurement relies on; it is done for both methods so that they start alike.
     """
     t0 = time.monotonic()
-    with lab.pg_connect("alpha", autocommit=True) as c:
+    with lab.pg_connect(primary, autocommit=True) as c:
         c.execute("CHECKPOINT")
         c.execute("SELECT pg_switch_wal()")
         lsn = str((c.execute("SELECT pg_current_wal_lsn()").fetchone() or [""])[0])
 
     def replayed() -> bool:
-        with lab.pg_connect("beta", autocommit=True) as b:
+        with lab.pg_connect(other(primary), autocommit=True) as b:
             row = b.execute("SELECT pg_wal_lsn_diff(pg_last_wal_replay_lsn(), %s::pg_lsn) >= 0", (lsn,)).fetchone()
         return bool(row and row[0])
 
-    lab.wait_for(f"beta to replay up to {lsn}", replayed, timeout_s=timeout_s, every_s=0.2)
+    lab.wait_for(f"{other(primary)} to replay up to {lsn}", replayed, timeout_s=timeout_s, every_s=0.2)
     return time.monotonic() - t0
 
 
-def diverge(lab: Lab, beta_rows: int, timeout_s: float) -> dict[str, float]:
-    """Crash alpha, let beta take over, write a little on beta, bring alpha back fenced."""
+def diverge(lab: Lab, old: str, rows: tuple[int, int], timeout_s: float) -> dict[str, float]:
+    """Crash ``old``, let its peer take over and write ``rows`` (first, last id) there, bring ``old`` back fenced."""
+    new = other(old)
     t0 = time.monotonic()
-    lab.crash("alpha")
-    lab.wait_for("beta to take over", lambda: primaries(lab) == ["beta"], timeout_s=timeout_s, every_s=0.1)
+    lab.crash(old)
+    lab.wait_for(f"{new} to take over", lambda: primaries(lab) == [new], timeout_s=timeout_s, every_s=0.1)
     failover_s = time.monotonic() - t0
-    with lab.pg_connect("beta", dbname="softswitch", autocommit=True) as c:
-        c.execute(FILLER_INSERT, (ROW_PAD // 32, -beta_rows, -1))  # negative ids: never clash with alpha's
-    lab.heal()
     t1 = time.monotonic()
-    lab.start_agent("alpha")
-    lab.wait_for("alpha fenced and hearing beta as primary",
-                 lambda: fenced_hearing_primary(lab.agent_status("alpha")), timeout_s=timeout_s, every_s=0.1)
-    return {"failover_s": failover_s, "alpha_fenced_s": time.monotonic() - t1}
+    insert_rows(lab, new, *rows)
+    written_s = time.monotonic() - t1
+    lab.heal()
+    t2 = time.monotonic()
+    lab.start_agent(old)
+    lab.wait_for(f"{old} fenced and hearing {new} as primary",
+                 lambda: fenced_hearing_primary(lab.agent_status(old)), timeout_s=timeout_s, every_s=0.1)
+    return {"failover_s": failover_s, "diverge_write_s": written_s, "old_fenced_s": time.monotonic() - t2}
 
 
-def crash_recovery(lab: Lab) -> float:
+def crash_recovery(lab: Lab, node: str) -> float:
     cfg = lab.config()
-    if pgact.running_pid(cfg.pg("alpha").data_dir) is not None:
-        raise LabError("a server runs on alpha's data directory after the fence; expected it stopped")
+    if pgact.running_pid(cfg.pg(node).data_dir) is not None:
+        raise LabError(f"a server runs on {node}'s data directory after the fence; expected it stopped")
     t0 = time.monotonic()
-    pgact.ensure_clean_shutdown(cfg, "alpha")
+    pgact.ensure_clean_shutdown(cfg, node)
     return time.monotonic() - t0
 
 
-def remove_old_wal(lab: Lab) -> dict[str, Any]:
-    """Delete alpha's segments older than its latest checkpoint's: the common checkpoint's WAL goes."""
+def remove_old_wal(lab: Lab, node: str) -> dict[str, Any]:
+    """Delete the node's segments older than its latest checkpoint's: the common checkpoint's WAL goes."""
     cfg = lab.config()
-    keep_from = pgact.control_data(cfg, "alpha")["Latest checkpoint's REDO WAL file"]
-    wal = cfg.pg("alpha").data_dir / "pg_wal"
+    keep_from = pgact.control_data(cfg, node)["Latest checkpoint's REDO WAL file"]
+    wal = cfg.pg(node).data_dir / "pg_wal"
     # Recycled segments carry future names, so "the newest file" is not the current one: compare names.
     old = sorted(p for p in wal.iterdir() if len(p.name) == 24 and p.name < keep_from)
     for seg in old:
@@ -160,9 +184,34 @@ def remove_old_wal(lab: Lab) -> dict[str, Any]:
             "last_removed": old[-1].name if old else None}
 
 
-def wal_mb(lab: Lab, node: str) -> float:
-    wal = lab.node(node).pgdata / "pg_wal"
-    return sum(p.stat().st_size for p in wal.iterdir() if p.is_file()) / 2**20
+def segno(name: str) -> int:
+    return int(name[8:16], 16) * SEGS_PER_XLOGID + int(name[16:24], 16)
+
+
+def source_wal(lab: Lab, node: str) -> dict[str, float]:
+    """What ``node``'s pg_wal holds (MiB), by what keeps it: pg_rewind copies every file of it.
+
+    before_redo: older than the latest checkpoint's redo (kept for wal_keep_size or a slot);
+    since_redo: from the redo to the current segment (what a restart needs); recycled: segments
+    renamed ahead for reuse (old contents under future names).
+    """
+    with lab.pg_connect(node, autocommit=True) as c:
+        current, redo = c.execute(  # type: ignore[misc]
+            "SELECT pg_walfile_name(pg_current_wal_lsn()), (pg_control_checkpoint()).redo_wal_file").fetchone()
+        files = c.execute("SELECT name, size FROM pg_ls_waldir()").fetchall()
+    out = {"before_redo": 0.0, "since_redo": 0.0, "recycled": 0.0, "other": 0.0}
+    for name, size in files:
+        if len(name) != 24:
+            kind = "other"
+        elif segno(name) < segno(redo):
+            kind = "before_redo"
+        elif segno(name) <= segno(current):
+            kind = "since_redo"
+        else:
+            kind = "recycled"
+        out[kind] += size / 2**20
+    out["total"] = sum(out.values())
+    return out
 
 
 def parse_rejoin(stdout: str) -> tuple[str | None, list[dict[str, Any]]]:
@@ -171,27 +220,30 @@ def parse_rejoin(stdout: str) -> tuple[str | None, list[dict[str, Any]]]:
     return (m["method"] if m else None), steps
 
 
-def one_measurement(lab: Lab, size_mb: int, method: str, p: Params, log: Any) -> dict[str, Any]:
-    rec: dict[str, Any] = {"size_mb": size_mb, "method": method, "loadavg_at_start": list(os.getloadavg()),
-                           "other_labs_at_start": other_labs(), "error": None}
-    t0 = time.monotonic()
-    start_pair(lab)
-    rec["pair_ready_s"] = time.monotonic() - t0
-    rec["fill"] = fill(lab, size_mb)
-    log(f"  filled: {rec['fill']['table_mb']:.0f} MiB table, database {rec['fill']['database_mb']:.0f} MiB "
-        f"in {rec['fill']['fill_s']:.1f} s")
-    rec["replayed_s"] = wait_replayed(lab, p.timeout_s * 10)
-    rec.update(diverge(lab, p.beta_rows, p.timeout_s))
-    rec["crash_recovery_s"] = crash_recovery(lab)
+def count_rows(lab: Lab, node: str) -> int:
+    with lab.pg_connect(node, dbname="softswitch") as c:
+        return int((c.execute("SELECT count(*) FROM bench_filler").fetchone() or [0])[0])
+
+
+def one_round(lab: Lab, old: str, rows: tuple[int, int], method: str, p: Params, log: Any,
+              rec: dict[str, Any]) -> None:
+    """Crash the primary ``old``, diverge by ``rows`` on its peer, rejoin ``old`` by ``method``; the figures
+    go into ``rec`` as they come (a round that fails half-way keeps what it measured)."""
+    new = other(old)
+    rec.update({"old_primary": old, "loadavg_at_start": list(os.getloadavg()),
+                "other_labs_at_start": other_labs(), "error": None})
+    rec["replayed_s"] = wait_replayed(lab, old, p.timeout_s * 10)
+    rec.update(diverge(lab, old, rows, p.timeout_s * 10))
+    rec["crash_recovery_s"] = crash_recovery(lab, old)
     if method == "clone":
-        rec["wal_removed"] = remove_old_wal(lab)
+        rec["wal_removed"] = remove_old_wal(lab, old)
     rec["disk_free_mb_before"] = disk_free_mb()
-    # pg_rewind copies the source's WAL segments in full, whatever the divergence: record how much there is.
-    rec["pg_wal_mb_before"] = {n: wal_mb(lab, n) for n in ("alpha", "beta")}
+    rec["source_wal_mb"] = source_wal(lab, new)
     rec["loadavg_at_rejoin"] = list(os.getloadavg())
-    log(f"  rejoin ({method}) on alpha, load average {rec['loadavg_at_rejoin'][0]:.2f}")
+    log(f"  rejoin ({method}) on {old}, {new}'s pg_wal {rec['source_wal_mb']['total']:.0f} MiB, "
+        f"load average {rec['loadavg_at_rejoin'][0]:.2f}")
     t1 = time.monotonic()
-    res = lab.standby("alpha", "rejoin", "--yes", check=False)
+    res = lab.standby(old, "rejoin", "--yes", check=False)
     rec["rejoin_s"] = time.monotonic() - t1
     rec["disk_free_mb_after"] = disk_free_mb()
     rec["returncode"] = res.returncode
@@ -200,25 +252,80 @@ def one_measurement(lab: Lab, size_mb: int, method: str, p: Params, log: Any) ->
     if res.returncode != 0:
         rec["error"] = f"rejoin exited {res.returncode}: {' '.join(res.stderr.split())[-300:]}"
     elif rec["reported_method"] != method:
-        rec["error"] = f"rejoin reported {rec['reported_method']!r}, expected {method!r}"
+        skipped = [st["step"] for st in rec["steps"] if st["step"].startswith("pg_rewind skipped")]
+        if method == "rewind" and skipped:
+            rec["rewind_skipped"] = skipped[0]  # the new primary no longer had the rewind's start: measured as is
+        else:
+            rec["error"] = f"rejoin reported {rec['reported_method']!r}, expected {method!r}"
     t2 = time.monotonic()
     try:
-        lab.wait_for("alpha streaming as the agent sees it", lambda: streaming_standby(lab.agent_status("alpha")),
-                     timeout_s=p.timeout_s, every_s=0.1)
-        rec["agent_sees_streaming_after_s"] = time.monotonic() - t2
+        lab.wait_for(f"{old} streaming and eligible as its agent sees it",
+                     lambda: eligible_standby(lab.agent_status(old)), timeout_s=p.timeout_s * 4, every_s=0.1)
+        rec["agent_sees_eligible_after_s"] = time.monotonic() - t2
     except LabError as e:
         rec["error"] = rec["error"] or str(e)
     # The agent's own account of the rejoin (e.g. why pg_rewind failed), which the command does not print.
-    hist = lab.standby("alpha", "history", "--json", "--limit", "200", check=False)
+    hist = lab.standby(old, "history", "--json", "--limit", "200", check=False)
     try:
         entries = json.loads(hist.stdout) if hist.returncode == 0 else []
     except ValueError:
         entries = []
-    rec["agent_rejoin_events"] = [e for e in entries if e.get("event") in ("rejoin_step", "rejoined")]
-    with lab.pg_connect("alpha", dbname="softswitch") as c:
-        rec["alpha_rows_after"] = (c.execute("SELECT count(*) FROM bench_filler").fetchone() or [0])[0]
+    rec["agent_events"] = [e for e in entries if e.get("event") in ("rejoin_step", "rejoined", "decision")][-12:]
+    rec["rows_on_new_primary"] = count_rows(lab, new)
+
+    def caught_up() -> bool:
+        try:
+            return bool(count_rows(lab, old) == rec["rows_on_new_primary"])
+        except psycopg.OperationalError as e:  # a server restarting: said, and asked again
+            rec.setdefault("count_errors", []).append(" ".join(str(e).split()))
+            return False
+
+    lab.wait_for(f"{old} to hold every row of {new}", caught_up, timeout_s=p.timeout_s * 4, every_s=0.5)
     rec["loadavg_at_end"] = list(os.getloadavg())
-    return rec
+
+
+def plan_rounds(p: Params) -> list[tuple[int, int, str]]:
+    """(divergence rows, repeat index, method): rewind at every divergence, a clone at the smallest only."""
+    rounds = []
+    for i in range(p.repeat):
+        for n, rows in enumerate(p.diverge_rows):
+            rounds += [(rows, i, m) for m in p.methods if m == "rewind" or n == 0]
+    return rounds
+
+
+def one_size(size_mb: int, p: Params, doc: dict[str, Any], stamp: str, log: Any) -> None:
+    """One lab, filled once, then every round of the plan on it (a failed round ends the size)."""
+    name = LabNames(NAME_PREFIX).next()
+    log(f"{size_mb} MB on {name}, private link {p.link_mbit or 'unlimited'} Mbit/s")
+    base: dict[str, Any] = {"size_mb": size_mb, "lab": name}
+    try:
+        with fresh_lab(LabSpec(name, durability=p.durability, private_mbit=p.link_mbit)) as lab:
+            t0 = time.monotonic()
+            start_pair(lab)
+            base["pair_ready_s"] = time.monotonic() - t0
+            base["fill"] = fill(lab, size_mb)
+            log(f"  filled: {base['fill']['table_mb']:.0f} MiB table, database {base['fill']['database_mb']:.0f} MiB "
+                f"in {base['fill']['fill_s']:.1f} s")
+            old, next_id = "alpha", -1  # diverged rows take negative ids: never clash with the filler's
+            for rows, i, method in plan_rounds(p):
+                rec: dict[str, Any] = {**base, "diverge_rows": rows, "method": method, "index": i}
+                log(f"  {rows} rows diverged, {method} (#{i + 1}), {old} the old primary")
+                try:
+                    one_round(lab, old, (next_id - rows + 1, next_id), method, p, log, rec)
+                except RUN_FAILURES as e:
+                    rec["error"] = f"{type(e).__name__}: {' '.join(str(e).split())}"
+                next_id -= rows
+                doc["runs"].append(rec)
+                doc["summary"] = summarise(doc["runs"])
+                benchlib.write_results("rejoin", doc, stamp)
+                log(f"  rejoin {_f(rec.get('rejoin_s'))} s ({rec.get('reported_method')})"
+                    + (f"; ERROR {rec['error']}" if rec["error"] else ""))
+                if rec["error"]:
+                    return  # the pair's state is unknown: the next round would measure something else
+                old = other(old)
+    except RUN_FAILURES as e:  # one broken size must not lose the others
+        doc["runs"].append({**base, "diverge_rows": None, "method": None,
+                            "error": f"{type(e).__name__}: {' '.join(str(e).split())}"})
 
 
 # --------------------------------------------------------------------------- output
@@ -229,14 +336,21 @@ def median(values: list[float]) -> float | None:
 
 
 def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
-    """Per size: each method's rejoin times (runs without an error), their medians and the ratio of medians."""
+    """Per size: the clone's time, and per divergence the rewind's, their medians and clone over rewind."""
     out: dict[str, Any] = {}
     for size in dict.fromkeys(r["size_mb"] for r in runs):
         ok = [r for r in runs if r["size_mb"] == size and not r["error"] and r.get("rejoin_s") is not None]
-        times = {m: [r["rejoin_s"] for r in ok if r["method"] == m] for m in METHODS}
-        rw, cl = median(times["rewind"]), median(times["clone"])
-        out[str(size)] = {"rewind_s": rw, "clone_s": cl, "clone_over_rewind": cl / rw if rw and cl else None,
-                          "rewind_s_all": times["rewind"], "clone_s_all": times["clone"],
+        clone = median([r["rejoin_s"] for r in ok if r["method"] == "clone"])
+        rewinds: dict[str, Any] = {}
+        for rows in dict.fromkeys(r["diverge_rows"] for r in ok if r["method"] == "rewind"):
+            tried = [r for r in ok if r["method"] == "rewind" and r["diverge_rows"] == rows]
+            times = [r["rejoin_s"] for r in tried if r["reported_method"] == "rewind"]
+            rw = median(times)
+            rewinds[str(rows)] = {"rewind_s": rw, "rewind_s_all": times,
+                                  "clone_over_rewind": clone / rw if rw and clone else None,
+                                  "cloned_instead_s_all": [r["rejoin_s"] for r in tried if r.get("rewind_skipped")]}
+        out[str(size)] = {"clone_s": clone, "clone_s_all": [r["rejoin_s"] for r in ok if r["method"] == "clone"],
+                          "rewind_by_diverged_rows": rewinds,
                           "runs_with_error": sum(1 for r in runs if r["size_mb"] == size and r["error"]),
                           "database_mb": median([r["fill"]["database_mb"] for r in ok])}
     return out
@@ -249,44 +363,54 @@ def _f(v: float | None, fmt: str = ".2f") -> str:
 def render(doc: dict[str, Any]) -> str:
     lines = [f"standby {doc['standby']}, {doc['machine']['cores']} cores, load average at start "
              f"{' '.join(f'{x:.2f}' for x in doc['machine']['loadavg_at_start'])}; "
-             f"{doc['parameters']['durability']} pair, {doc['parameters']['beta_rows']} rows written on beta after "
-             "the failover; rejoin time = the `standby rejoin --yes` command, crash recovery done before it",
-             f"{'size':>6} {'database':>9} {'method':<7} {'rejoin s':>9} {'crash rec s':>11} {'load1':>5}  error"]
+             f"{doc['parameters']['durability']} pair, private link {doc['parameters']['link_mbit'] or 'unlimited'} "
+             "Mbit/s; rejoin time = the `standby rejoin --yes` command, crash recovery done before it",
+             f"{'size':>7} {'database':>9} {'diverged':>8} {'method':<7} {'src pg_wal':>10} {'rejoin s':>9} "
+             f"{'load1':>5}  error"]
     for r in doc["runs"]:
         db = r.get("fill", {}).get("database_mb")
-        lines.append(f"{r['size_mb']:>4}MB {_f(db, '.0f'):>6}MiB {r['method']:<7} {_f(r.get('rejoin_s')):>9} "
-                     f"{_f(r.get('crash_recovery_s')):>11} {(r.get('loadavg_at_rejoin') or [0])[0]:5.2f}  "
-                     f"{r.get('error') or ''}")
+        wal = (r.get("source_wal_mb") or {}).get("total")
+        lines.append(f"{r['size_mb']:>5}MB {_f(db, '.0f'):>6}MiB {r.get('diverge_rows') or '-':>8} "
+                     f"{r.get('method') or '-':<7} {_f(wal, '.0f'):>7}MiB {_f(r.get('rejoin_s')):>9} "
+                     f"{(r.get('loadavg_at_rejoin') or [0])[0]:5.2f}  {r.get('error') or ''}")
     lines.append("")
     for r in doc["runs"]:
         if r.get("steps"):
-            lines.append(f"{r['size_mb']} MB, {r['method']} (reported: {r.get('reported_method')}):")
-            lines += [f"    {s['step'][:76]:<76} {s['s']:7.2f} s" for s in r["steps"]]
+            lines.append(f"{r['size_mb']} MB, {r['diverge_rows']} rows, {r['method']} "
+                         f"(reported: {r.get('reported_method')}):")
+            lines += [f"    {s['s']:7.2f} s  {s['step']}" for s in r["steps"]]
     lines.append("")
-    lines.append("median over the runs without an error (all values in brackets):")
+    lines.append("median over the runs without an error:")
     for size, s in doc["summary"].items():
-        lines.append(f"{size} MB (database {_f(s['database_mb'], '.0f')} MiB): "
-                     f"rewind {_f(s['rewind_s'])} s [{', '.join(_f(v) for v in s['rewind_s_all'])}], "
-                     f"clone {_f(s['clone_s'])} s [{', '.join(_f(v) for v in s['clone_s_all'])}], "
-                     f"clone/rewind {_f(s['clone_over_rewind'])}")
+        lines.append(f"{size} MB (database {_f(s['database_mb'], '.0f')} MiB): clone {_f(s['clone_s'])} s")
+        for rows, rw in s["rewind_by_diverged_rows"].items():
+            lines.append(f"    {rows:>8} rows diverged: rewind {_f(rw['rewind_s'])} s, "
+                         f"clone/rewind {_f(rw['clone_over_rewind'])}"
+                         + (f"; cloned instead (the rewind's start was gone): "
+                            f"{', '.join(_f(v) for v in rw['cloned_instead_s_all'])} s"
+                            if rw["cloned_instead_s_all"] else ""))
     return "\n".join(lines)
 
 
 def parse_args(argv: Sequence[str] | None) -> Params:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
-    ap.add_argument("--sizes", type=int, nargs="+", default=[100, 1000], metavar="MB",
-                    help="database sizes in MiB of filler (default 100 1000)")
+    ap.add_argument("--sizes", type=int, nargs="+", default=[1024], metavar="MB",
+                    help="database sizes in MiB of filler, one lab each (default 1024)")
     ap.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
-    ap.add_argument("--beta-rows", type=int, default=1000,
-                    help="rows (about 1 KiB each) written on beta after the failover (default 1000)")
-    ap.add_argument("--repeat", type=int, default=1, help="measurements of each size and method (default 1)")
+    ap.add_argument("--diverge", type=int, nargs="+", default=[1000], metavar="ROWS",
+                    help="rows (about 1 KiB each) the new primary writes after the failover, a round each "
+                         "(default 1000)")
+    ap.add_argument("--repeat", type=int, default=1, help="rounds of each divergence and method (default 1)")
     ap.add_argument("--durability", choices=("sync", "async"), default="sync")
+    ap.add_argument("--link-mbit", type=int, default=PRIVATE_MBIT,
+                    help=f"the private link's rate in Mbit/s, 0 for the veth's own speed (default {PRIVATE_MBIT})")
     ap.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for each state change (default 30)")
     a = ap.parse_args(argv)
-    if any(s < 1 for s in a.sizes) or a.beta_rows < 1 or a.repeat < 1 or a.timeout <= 0:
-        ap.error("need sizes >= 1, beta-rows >= 1, repeat >= 1, timeout > 0")
-    return Params(tuple(dict.fromkeys(a.sizes)), tuple(dict.fromkeys(a.methods)), a.beta_rows, a.repeat,
-                  a.durability, a.timeout)
+    if (any(s < 1 for s in a.sizes) or any(r < 1 for r in a.diverge) or a.repeat < 1 or a.timeout <= 0
+            or a.link_mbit < 0):
+        ap.error("need sizes >= 1, diverge >= 1, repeat >= 1, timeout > 0, link-mbit >= 0")
+    return Params(tuple(dict.fromkeys(a.sizes)), tuple(dict.fromkeys(a.methods)), tuple(dict.fromkeys(a.diverge)),
+                  a.repeat, a.durability, a.link_mbit, a.timeout)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -307,22 +431,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     code = 0
     with sigterm_as_interrupt():
         try:
-            # Methods alternate within a size, so a change in the machine's load hits both alike.
-            plan = [(size, i, method) for size in p.sizes_mb for i in range(p.repeat) for method in p.methods]
-            for n, (size, i, method) in enumerate(plan, 1):
-                name = LabNames(NAME_PREFIX).next()
-                log(f"{n}/{len(plan)}: {size} MB, {method} (#{i + 1}), on {name}")
-                rec: dict[str, Any] = {"size_mb": size, "method": method, "index": i, "lab": name}
-                try:
-                    with fresh_lab(LabSpec(name, durability=p.durability)) as lab:
-                        rec.update(one_measurement(lab, size, method, p, log))
-                except RUN_FAILURES as e:  # one broken measurement must not lose the others
-                    rec["error"] = f"{type(e).__name__}: {' '.join(str(e).split())}"
-                doc["runs"].append(rec)
-                doc["summary"] = summarise(doc["runs"])
-                benchlib.write_results("rejoin", doc, stamp)
-                log(f"  rejoin {_f(rec.get('rejoin_s'))} s ({rec.get('reported_method')})"
-                    + (f"; ERROR {rec['error']}" if rec["error"] else ""))
+            for size in p.sizes_mb:
+                one_size(size, p, doc, stamp, log)
         except KeyboardInterrupt:
             log("interrupted; results so far are written")
             code = 130

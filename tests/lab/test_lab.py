@@ -129,6 +129,19 @@ def test_namespaces_addresses_and_service_ip(lab: Lab) -> None:
     assert reachable(lab, "client", "192.0.2.1")
 
 
+def test_i13_the_private_link_is_rate_limited_and_the_public_one_is_not(lab: Lab) -> None:
+    """Each host's private egress goes through a token bucket at the lab's rate (1 Gbit/s by default)."""
+    assert lab.spec.private_mbit == 1000
+    assert Lab.open(lab.name).spec.private_mbit == 1000  # lab.json keeps it
+    for node in ("alpha", "beta"):
+        private = json.loads(lab.run(node, ["tc", "-j", "qdisc", "show", "dev", "priv0"]).stdout)
+        tbf = [q for q in private if q["kind"] == "tbf" and q.get("root")]
+        assert len(tbf) == 1, private
+        assert tbf[0]["options"]["rate"] == 1000 * 1_000_000 // 8  # bytes per second
+        public = json.loads(lab.run(node, ["tc", "-j", "qdisc", "show", "dev", "pub0"]).stdout)
+        assert not [q for q in public if q["kind"] == "tbf"], public
+
+
 def test_files_secrets_and_config(lab: Lab) -> None:
     root = lab.root
     assert root == LAB_BASE / lab.name

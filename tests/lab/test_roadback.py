@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from standby import salvage as sv
 from standby.lab import Lab
 from standby.lab.pair import LoadRun, agent_state, holders, primaries, start_pair, under_load, verify
 
@@ -195,6 +196,69 @@ def test_rejoin_falls_back_to_a_clone_when_the_wal_is_gone(lab_factory, tmp_path
     assert "kept at" in out  # and the old directory is kept until they are dealt with
     verdict = verify(lab, run, on="beta")
     assert not verdict["duplicate_call_ids"]
+
+
+def test_i13_rejoin_clones_when_the_new_primary_removed_the_wal_a_rewind_starts_from(lab_factory) -> None:  # type: ignore[no-untyped-def]
+    """A rewound directory replays from the last common checkpoint's redo, with WAL from the new primary
+    only. When the new primary has written more than it keeps (wal_keep_size; an automatic failover makes
+    no slot for the old primary), that WAL is gone: a rewind would leave a directory that never streams,
+    and every later rejoin would resume it. The rejoin clones instead, and nothing is lost."""
+    # The slot for the old primary is given up past max_slot_wal_keep_size, like a standby gone for long.
+    lab, rows = _failover_then_write_past_wal_keep_size(lab_factory, "max_slot_wal_keep_size_mb = 64\n")
+    out = _rejoin_and_check_rows(lab, rows)
+    assert "rejoined by clone" in out and "no longer has WAL segment" in out, out
+
+
+def test_i13_a_failover_keeps_for_the_rejoin_the_wal_from_before_the_fork(lab_factory) -> None:  # type: ignore[no-untyped-def]
+    """The new primary reserves the old primary's slot before it promotes: the WAL from its last
+    restartpoint on (before the fork) stays until the old primary rejoins, however much is written in
+    between, so the rejoin rewinds past wal_keep_size."""
+    lab, rows = _failover_then_write_past_wal_keep_size(lab_factory, "")
+    with lab.pg_connect("beta", autocommit=True) as c:
+        tli = int(str((c.execute("SELECT pg_walfile_name(pg_current_wal_lsn())").fetchone() or [""])[0])[:8], 16)
+        history = (c.execute("SELECT pg_read_file(%s)", (f"pg_wal/{tli:08X}.history",)).fetchone() or [""])[0]
+        fork = sv.format_lsn(sv.fork_point(str(history), tli - 1))
+        held = c.execute("SELECT pg_wal_lsn_diff(%s::pg_lsn, restart_lsn) > 0 FROM pg_replication_slots "
+                         "WHERE slot_name = 'standby_alpha'", (fork,)).fetchone()
+    assert held is not None and held[0], f"no slot for alpha on beta holding WAL from before the fork {fork}"
+    out = _rejoin_and_check_rows(lab, rows)
+    assert "rejoined by rewind" in out, out
+
+
+def _failover_then_write_past_wal_keep_size(lab_factory, postgres_extra: str) -> tuple[Lab, int]:  # type: ignore[no-untyped-def]
+    """A sync pair with wal_keep_size 32 MB; alpha crashes, beta takes over and writes about 150 MB of WAL."""
+    lab = lab_factory("sync")
+    text = lab.config_path.read_text()
+    lab.config_path.write_text(text.replace("[postgres]\n", "[postgres]\nwal_keep_size_mb = 32\n" + postgres_extra, 1))
+    start_pair(lab)
+    with lab.pg_connect("alpha", dbname="softswitch", autocommit=True) as c:
+        c.execute("CREATE TABLE bulk (id bigint PRIMARY KEY, pad text NOT NULL)")
+        c.execute("CHECKPOINT")
+    lab.crash("alpha")
+    lab.wait_for("beta to take over", lambda: primaries(lab) == ["beta"], timeout_s=20)
+    with lab.pg_connect("beta", dbname="softswitch", autocommit=True) as c:
+        for lo in range(0, 120_000, 20_000):  # about 25 MB of WAL each, past wal_keep_size several times
+            c.execute("INSERT INTO bulk SELECT g, repeat(md5(g::text), 30) FROM generate_series(%s::bigint, %s::bigint) g",
+                      (lo, lo + 19_999))
+            c.execute("SELECT pg_switch_wal()")
+        c.execute("CHECKPOINT")
+        rows = int((c.execute("SELECT count(*) FROM bulk").fetchone() or [0])[0])
+    lab.start_agent("alpha")
+    return lab, rows
+
+
+def _rejoin_and_check_rows(lab: Lab, rows: int) -> str:
+    """Rejoin alpha; it streams and replays every row beta has, and one written after the rejoin."""
+    _heal_until_alpha_fenced_hearing_beta(lab)
+    res = lab.standby("alpha", "rejoin", "--yes", check=False)
+    assert res.returncode == 0, res.stdout + res.stderr
+    lab.wait_for("alpha streaming", lambda: streaming_standby(lab, "alpha"), timeout_s=30)
+    with lab.pg_connect("beta", dbname="softswitch", autocommit=True) as c:
+        c.execute("INSERT INTO bulk VALUES (-1, 'after the rejoin')")
+    with lab.pg_connect("alpha", dbname="softswitch", autocommit=True) as a:
+        replayed = lambda: (a.execute("SELECT count(*) FROM bulk").fetchone() or [0])[0] == rows + 1  # noqa: E731
+        lab.wait_for("alpha to replay every row of beta's", replayed, timeout_s=30)
+    return res.stdout
 
 
 # A rejoin that stops after pg_rewind (here: the write of the standby's settings refused, as libfaketime

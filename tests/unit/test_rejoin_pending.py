@@ -4,7 +4,6 @@ what a failed clone leaves (chaos seed 105)."""
 from __future__ import annotations
 
 import contextlib
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,6 +15,7 @@ from standby.act import postgres as pgact
 from standby.act import rejoin as rejoin_mod
 from standby.act import rejoin as rj
 from standby.act.rejoin import RejoinResult
+from standby.act.rejoin_rewind import RewindRun
 from standby.documents import RejoinMethod
 
 from .configs import example_with_secrets
@@ -67,8 +67,8 @@ def test_chaos_seed_105_a_failed_clone_puts_the_old_directory_back(tmp_path: Pat
         raise pgact.PostgresActionError("pg_basebackup from alpha failed: connection reset")
 
     monkeypatch.setattr(rejoin_mod.act, "passfile", passfile)
-    monkeypatch.setattr(rejoin_mod.act, "run_as", lambda *a, **kw: subprocess.CompletedProcess(
-        a, 1, "", "pg_rewind: error: could not find previous WAL record"))
+    failed = "pg_rewind: error: could not find previous WAL record"
+    monkeypatch.setattr(rejoin_mod.rewind, "run", lambda *a, **kw: RewindRun(1, failed, ((0.1, failed),), 0.1))
     monkeypatch.setattr(rejoin_mod.act, "clone", clone_fails)
     result = RejoinResult(fork_lsn="0/5000000", old_timeline=3)
     with pytest.raises(pgact.PostgresActionError):
@@ -77,3 +77,28 @@ def test_chaos_seed_105_a_failed_clone_puts_the_old_directory_back(tmp_path: Pat
     assert (data / "PG_VERSION").read_text() == "15\n"
     assert not list(tmp_path.glob("pgdata.before-rejoin-*")), "the old directory must be back in place"
     assert not (tmp_path / "pending.json").exists()
+
+
+def test_i13_a_rewind_that_could_never_catch_up_is_not_run_the_rejoin_clones(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The new primary has removed the WAL from the last common checkpoint's redo on: a rewound directory
+    would wait for it forever, and every later rejoin would resume it. The rejoin clones instead, the old
+    directory kept aside for its salvage as in any clone fallback."""
+    raw, _ = example_with_secrets(tmp_path)
+    data = tmp_path / "pgdata"
+    data.mkdir()
+    (data / "PG_VERSION").write_text("15\n")
+    raw["postgres"]["data_dir"] = str(data)
+    cfg = config.parse(raw)
+    rewinds: list[Any] = []
+    monkeypatch.setattr(rejoin_mod, "wal_gone_from_source", lambda *a: "000000010000000000000044")
+    monkeypatch.setattr(rejoin_mod.rewind, "run", lambda *a, **kw: rewinds.append(a))
+    monkeypatch.setattr(rejoin_mod.act, "clone", lambda cfg, node, peer: data.mkdir(mode=0o700))
+    steps: list[str] = []
+    result = RejoinResult(fork_lsn="0/46000000", old_timeline=1, salvage_report=tmp_path / "report.json")
+    rejoin_mod._rewind_or_clone(cfg, "beta", result, tmp_path / "pending.json", steps.append, looked_for_salvage=True)
+    assert rewinds == []
+    assert result.method is RejoinMethod.CLONE and result.kept_aside is not None
+    assert (result.kept_aside / "PG_VERSION").read_text() == "15\n"  # the old directory, kept for its salvage
+    assert "000000010000000000000044" in steps[0] and "clone" in steps[0]
+    assert (tmp_path / "pending.json").exists()

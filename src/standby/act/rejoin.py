@@ -28,11 +28,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from standby.act import postgres as act
+from standby.act import rejoin_rewind as rewind
 from standby.config import Config
 from standby.documents import REJOINED, Rejoined, RejoinMethod
 from standby.laps import Laps
 from standby.model import PgRole
 from standby.observe import postgres as obs
+from standby.salvage import format_lsn
 
 Report = Callable[[str], None]
 
@@ -50,6 +52,7 @@ class RejoinResult:
     salvaged_rows: int = 0
     kept_aside: Path | None = None
     steps: list[tuple[str, float]] = field(default_factory=list)
+    dry_run: str = ""  # pg_rewind --dry-run's output: the last common checkpoint the rewind starts from
 
 
 def _source_conninfo(cfg: Config, node: str, peer: str) -> str:
@@ -81,22 +84,41 @@ def preflight(cfg: Config, node: str) -> obs.PgObservation:
 _DIVERGED = re.compile(r"servers diverged at WAL location ([0-9A-F]+/[0-9A-F]+) on timeline (\d+)")
 
 
-def fork_point(cfg: Config, node: str) -> tuple[str | None, int | None, str]:
-    """(fork LSN, old timeline) from pg_rewind's dry run, or (None, None) if no rewind is needed."""
+def fork_point(cfg: Config, node: str) -> tuple[str | None, int | None, rewind.RewindRun]:
+    """(fork LSN, old timeline, the dry run) from pg_rewind's dry run; (None, None, ...) if no rewind is needed."""
     peer = cfg.peer_of(node)
     pg = cfg.pg(node)
     with act.passfile(cfg, node, peer) as pf:
-        res = act.run_as(pg.os_user, [str(pg.bin_dir / "pg_rewind"), "--dry-run", "-D", str(pg.data_dir),
+        res = rewind.run(pg.os_user, [str(pg.bin_dir / "pg_rewind"), "--dry-run", "--progress", "-D", str(pg.data_dir),
                                       "--source-server", _source_conninfo(cfg, node, peer)],
-                         env={"PGPASSFILE": str(pf)}, timeout=300)
-    out = res.stdout + res.stderr
+                         env={"PGPASSFILE": str(pf)}, timeout=300, stop_after=rewind.PLANNED)
+    out = res.output
     m = _DIVERGED.search(out)
     if m:
-        return m.group(1), int(m.group(2)), out
+        return m.group(1), int(m.group(2)), res
     if "no rewind required" in out:
-        return None, None, out
+        return None, None, res
     last = out.strip().splitlines()[-1] if out.strip() else res.returncode
     raise RejoinRefused(f"cannot find the fork point with pg_rewind --dry-run: {last}")
+
+
+def wal_gone_from_source(cfg: Config, node: str, dry_run: str) -> str | None:
+    """The WAL segment a rewind would start replaying from, if the new primary no longer has it; else None
+    (also when it cannot be told: pg_rewind then runs, as before)."""
+    common = rewind.common_checkpoint(dry_run)
+    if common is None:
+        return None
+    lsn, tli = common
+    pg = cfg.pg(node)
+    res = act.run_as(pg.os_user, [str(pg.bin_dir / "pg_waldump"), "-p", str(pg.data_dir / "pg_wal"), "-t", str(tli),
+                                  "-s", format_lsn(lsn), "-n", "1"], env={"LC_ALL": "C"}, timeout=60)
+    redo = rewind.checkpoint_redo(res.stdout)
+    if redo is None:
+        return None
+    with obs.connect_peer(cfg, cfg.peer_of(node)) as conn:
+        files = [str(r[0]) for r in conn.execute("SELECT name FROM pg_ls_waldir()").fetchall()]
+        size_row = conn.execute("SELECT setting::bigint FROM pg_settings WHERE name = 'wal_segment_size'").fetchone()
+    return rewind.missing_start(files, tli, redo, int(size_row[0]) if size_row else 16 << 20)
 
 
 def rejoin(cfg: Config, node: str, *, state_dir: Path, report: Report = lambda s: None,
@@ -141,9 +163,10 @@ def _fork_and_salvage(cfg: Config, node: str, result: RejoinResult, step: Report
     """Steps 3 and 4: where this node's history left the new primary's, and the rows it alone committed since."""
     if act.ensure_clean_shutdown(cfg, node):
         step("crash recovery of the old data directory (it had not stopped cleanly)")
-    fork, old_tli, _ = fork_point(cfg, node)
-    result.fork_lsn, result.old_timeline = fork, old_tli
-    step(f"fork point: {fork} on timeline {old_tli}" if fork else "no divergence: this node is only behind")
+    fork, old_tli, dry_run = fork_point(cfg, node)
+    result.fork_lsn, result.old_timeline, result.dry_run = fork, old_tli, dry_run.output
+    step(f"fork point: {fork} on timeline {old_tli} (dry run: {rewind.describe(dry_run.lines, dry_run.took_s)})"
+         if fork else "no divergence: this node is only behind")
     if fork is not None and salvage is not None:
         result.salvage_report, result.salvaged_rows = salvage(cfg, node, fork, old_tli)
         step(f"salvage: {result.salvaged_rows} rows kept in {result.salvage_report}" if result.salvage_report
@@ -155,17 +178,22 @@ def _rewind_or_clone(cfg: Config, node: str, result: RejoinResult, pending: Path
     """Step 5: pg_rewind, or a clone with the old directory moved aside. What was done is remembered in
     ``pending`` before anything can start the server (a rejoin stopped here resumes at step 6)."""
     peer, pg = cfg.peer_of(node), cfg.pg(node)
-    with act.passfile(cfg, node, peer) as pf:
-        res = act.run_as(pg.os_user, [str(pg.bin_dir / "pg_rewind"), "-D", str(pg.data_dir),
-                                      "--source-server", _source_conninfo(cfg, node, peer)],
-                         env={"PGPASSFILE": str(pf)}, timeout=3600)
-    if res.returncode == 0:
-        result.method = RejoinMethod.REWIND
-        _remember(pending, result)
-        step("pg_rewind done")
-        return
-    why = ((res.stderr.strip() or res.stdout.strip()).splitlines()[-1:] or ["unknown"])[0]
-    step(f"pg_rewind impossible ({why}); falling back to a fresh clone")
+    if gone := wal_gone_from_source(cfg, node, result.dry_run):
+        # Rewinding would leave a directory that can never catch up, and the next rejoin would resume it.
+        step(f"pg_rewind skipped: {peer} no longer has WAL segment {gone}, where a rewound directory would "
+             "start replaying (the last common checkpoint's redo); falling back to a fresh clone")
+    else:
+        with act.passfile(cfg, node, peer) as pf:
+            res = rewind.run(pg.os_user, [str(pg.bin_dir / "pg_rewind"), "--progress", "-D", str(pg.data_dir),
+                                          "--source-server", _source_conninfo(cfg, node, peer)],
+                             env={"PGPASSFILE": str(pf)}, timeout=3600)
+        if res.returncode == 0:
+            result.method = RejoinMethod.REWIND
+            _remember(pending, result)
+            step(f"pg_rewind done: {rewind.describe(res.lines, res.took_s)}")
+            return
+        why = ([text for _, text in res.lines][-1:] or ["unknown"])[0]
+        step(f"pg_rewind impossible ({why}); falling back to a fresh clone")
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     aside = pg.data_dir.with_name(f"{pg.data_dir.name}.before-rejoin-{stamp}")
     pg.data_dir.rename(aside)

@@ -75,6 +75,7 @@ class LocalDb:
 
     def promote(self) -> None:
         conn = self._local()
+        self._reserve_peer_slot(conn)
         # pg_promote(true) looks every 100 ms whether the promotion is over; asking this often hands
         # the writes over as soon as it is (it waits as long, and goes on after it as before).
         conn.execute("SELECT pg_promote(false)")
@@ -85,6 +86,15 @@ class LocalDb:
             time.sleep(PROMOTE_POLL_S)
         conn.execute("ALTER SYSTEM SET synchronous_standby_names = ''")
         conn.execute("SELECT pg_reload_conf()")
+
+    def _reserve_peer_slot(self, conn: psycopg.Connection) -> None:
+        """The old primary's slot, made while still in recovery: it holds the WAL from the last restartpoint,
+        from before the fork, that a rewind of the old primary replays; made after the promotion it would
+        hold only what follows the promotion's checkpoint. A failure here never stops the promotion."""
+        try:
+            pgact.ensure_slot(conn, self.cfg.slot_name(self.peer))
+        except psycopg.Error as e:
+            log.warning("could not reserve the replication slot for %s before promoting: %s", self.peer, e)
 
     def checkpoint(self) -> bool:
         """A CHECKPOINT within the connection's statement timeout; False if it did not finish (the

@@ -59,6 +59,7 @@ from standby.lab.topology import (
     Role,
     bridge_for,
     cluster_for,
+    rate_limit_argv,
 )
 
 STATE_VERSION = 1
@@ -148,7 +149,8 @@ class Lab:
                 f"cannot read {spec.state_file} ({e}); remove the lab with `standby lab down --name {name}`"
             ) from None
         return cls(LabSpec(name, durability=data.get("durability", "sync"), base=base, mode=data.get("mode", "hot"),
-                           pg_layout=data.get("pg_layout", "plain"), followers=tuple(data.get("followers", ()))))
+                           pg_layout=data.get("pg_layout", "plain"), followers=tuple(data.get("followers", ())),
+                           private_mbit=data.get("private_mbit", 0)))
 
     def down(self) -> None:
         type(self).destroy(self.spec.name, self.spec.base)
@@ -198,6 +200,7 @@ class Lab:
             "version": STATE_VERSION,
             "name": self.spec.name,
             "durability": self.spec.durability,
+            "private_mbit": self.spec.private_mbit,
             "mode": self.spec.mode,
             "pg_layout": self.spec.pg_layout,
             "followers": list(self.spec.followers),
@@ -271,6 +274,11 @@ class Lab:
         netns.ip_batch(sw, cmds)
         for ns, link in cables:
             netns.ip_batch(ns, [f"addr add {link.address} dev {link.interface}", f"link set {link.interface} up"])
+        if spec.private_mbit:
+            # Each host's egress: whatever crosses the private network (a clone, a rewind, streaming) is
+            # shaped once, at its sender.
+            for n in hosts:
+                netns.run_in(n.netns, rate_limit_argv(n.private.interface, spec.private_mbit))
         if spec.mode == "warm":
             # The switch routes between the two sites' subnets.
             netns.ip_batch(sw, [f"addr add {REMOTE_GATEWAY}/{PREFIX_LEN} dev {PUBLIC_BRIDGE}"])

@@ -45,6 +45,10 @@ CLIENT_ADDRESS = "192.0.2.50/24"
 REMOTE_GATEWAY = "203.0.113.1"
 REMOTE_PUBLIC = "203.0.113.12/24"
 
+# The private link's rate: a veth moves data at page-cache speed, which no real link between two
+# servers does (a clone or a rewind measured over it says nothing about a 1 Gbit/s network).
+PRIVATE_MBIT = 1000
+
 SECRET_FILES = ("replication.password", "heartbeat.key", "api.token", "app.password")
 
 # A lab name becomes part of namespace names and paths: keep it plain.
@@ -95,6 +99,17 @@ def bridge_for(net: Net | str) -> str:
 def switch_port(role: str, net: Net | str) -> str:
     """Name of the switch-side veth end, e.g. ``alpha-pub``."""
     return f"{role}-{'pub' if Net(net) is Net.PUBLIC else 'priv'}"
+
+
+def rate_limit_argv(interface: str, mbit: int) -> list[str]:
+    """``tc`` arguments that cap ``interface``'s egress at ``mbit`` Mbit/s with a token bucket.
+
+    The bucket holds 10 ms at the rate (a host's timer tick must refill less than a bucket) and the
+    queue up to 20 ms more: enough that TCP fills the link, not a bufferbloat that hides the rate.
+    """
+    burst = max(mbit * 1_000_000 // 8 // 100, 64 * 1024)
+    return ["tc", "qdisc", "replace", "dev", interface, "root", "tbf", "rate", f"{mbit}mbit",
+            "burst", str(burst), "latency", "20ms"]
 
 
 @dataclass(frozen=True)
@@ -154,6 +169,7 @@ class LabSpec:
     durability: str = "sync"
     base: Path = field(default=LAB_BASE)
     mode: str = "hot"  # "warm": beta in another subnet, no floating service IP
+    private_mbit: int = PRIVATE_MBIT  # each host's private egress rate in Mbit/s; 0: unlimited
     pg_layout: str = "plain"
     followers: tuple[str, ...] = ()  # of FOLLOWER_NODES; none: the two-node lab
 
@@ -171,6 +187,8 @@ class LabSpec:
         if unknown or len(set(self.followers)) != len(self.followers):
             raise ValueError(f"followers {', '.join(self.followers)}: expected each of {', '.join(FOLLOWER_NODES)} "
                              "at most once")
+        if self.private_mbit < 0:
+            raise ValueError(f"private_mbit {self.private_mbit}: expected a rate in Mbit/s, or 0 for no limit")
         if self.followers and self.pg_layout != "plain":
             raise ValueError("followers: a follower's data directory is postgres.data_dir, which a cluster layout "
                              "may not set; use pg_layout 'plain'")
