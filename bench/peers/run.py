@@ -225,8 +225,9 @@ def up_patroni(lab: Lab, p: Params, log: Log) -> None:
         _chown_postgres(conf)
         lab.spawn(name, ["setpriv", "--reuid=postgres", "--regid=postgres", "--init-groups", "--",
                          str(PATRONI_VENV / "bin" / "patroni"), str(conf)], "patroni", env={"HOME": node.work_dir})
-        want = "primary" if name == "alpha" else "replica"
-        lab.wait_for(f"Patroni on {name} a {want}", lambda n=name, w=want: _patroni_role(lab, n) == w,
+        # Patroni before 4.0 said "master".
+        want = ("primary", "master") if name == "alpha" else ("replica",)
+        lab.wait_for(f"Patroni on {name} a {want[0]}", lambda n=name, w=want: _patroni_role(lab, n) in w,
                      timeout_s=120, every_s=0.5)
     lab.wait_for("beta the synchronous standby", lambda: _sync_standby(lab), timeout_s=60, every_s=0.5)
     for name in ("alpha", "beta"):
@@ -252,6 +253,16 @@ def bring_up(tool: str, lab: Lab, p: Params, log: Log) -> None:
 # Stopped before the lab goes: Patroni runs as the server's OS user, which the teardown's first pass spares.
 SPAWNED = (("alpha", "patroni"), ("beta", "patroni"), ("alpha", "vip-manager"), ("beta", "vip-manager"),
            ("alpha", "keepalived"), ("beta", "keepalived"), ("sw", "etcd"))
+
+
+def log_tails(lab: Lab, lines: int = 25) -> dict[str, list[str]]:
+    """The last lines of each peer process's log, kept with a round that failed (the lab goes with it)."""
+    out = {}
+    for node, name in SPAWNED:
+        path = lab.spec.role_dir(node) / "log" / f"{name}.log"
+        if path.exists():
+            out[f"{node}/{name}"] = path.read_text(errors="replace").splitlines()[-lines:]
+    return out
 
 
 def stop_peers(lab: Lab) -> None:
@@ -359,6 +370,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                             bring_up(tool, lab, p, log)
                             rec["ready_s"] = round(time.monotonic() - t_up, 1)
                             rec.update(one_round(lab, p, Path(tmp)))
+                        except RUN_FAILURES:
+                            rec["log_tails"] = log_tails(lab)
+                            raise
                         finally:
                             stop_peers(lab)
                 except RUN_FAILURES as e:  # one broken round must not end the series
