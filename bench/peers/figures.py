@@ -177,9 +177,10 @@ class PatroniNode:
 
 
 def patroni_conf(scope: str, node: PatroniNode, etcd: str, bin_dir: str, port: int, replication: tuple[str, str],
-                 timings: PatroniTimings) -> str:
+                 timings: PatroniTimings, hba: Sequence[str]) -> str:
     """One member's configuration (JSON, which YAML reads as it is): etcd's v2 API (what vip-manager
-    reads too), synchronous mode (the lab's sync durability), replication over the private network."""
+    reads too), synchronous mode (the lab's sync durability), replication over the private network.
+    The first member bootstraps the cluster itself (initdb as the lab's, then ``hba``)."""
     user, password = replication
     doc = {
         "scope": scope,
@@ -190,7 +191,11 @@ def patroni_conf(scope: str, node: PatroniNode, etcd: str, bin_dir: str, port: i
             "ttl": timings.ttl, "loop_wait": timings.loop_wait, "retry_timeout": timings.retry_timeout,
             "synchronous_mode": True,
             "postgresql": {"use_pg_rewind": False, "use_slots": True},
-        }},
+        },
+            "initdb": [{"encoding": "UTF8"}, {"locale": "C.UTF-8"}, {"auth-local": "trust"},
+                       {"auth-host": "scram-sha-256"}],
+            "pg_hba": list(hba),
+        },
         "postgresql": {
             "listen": f"0.0.0.0:{port}",
             "connect_address": f"{node.private_ip}:{port}",

@@ -52,11 +52,21 @@ import benchlib
 from benchlib import RUN_FAILURES, LabNames, fresh_lab, other_labs, sigterm_as_interrupt
 from failover import load_figures
 from standby import __version__
-from standby.lab import Lab, LabSpec, netns
+from standby.lab import Lab, LabSpec, netns, pgnode, softswitch
 from standby.lab.configfile import REPLICATION_USER
 from standby.lab.errors import LabError
 from standby.lab.pair import holders, primaries, start_pair, under_load, verify
-from standby.lab.topology import GATEWAY, PG_BIN, PG_PORT, PRIVATE_NET, PUBLIC_IF, SERVICE_IP
+from standby.lab.topology import (
+    APP_DB,
+    APP_ROLE,
+    GATEWAY,
+    PG_BIN,
+    PG_PORT,
+    PRIVATE_NET,
+    PUBLIC_IF,
+    PUBLIC_NET,
+    SERVICE_IP,
+)
 
 NAME_PREFIX = "sbpeer"
 CACHE = Path("/var/cache/standby-bench")
@@ -192,16 +202,30 @@ def _sync_standby(lab: Lab) -> bool:
     return bool(row and row[0])
 
 
+# Who may connect, as the lab's own servers allow it: local trust, the softswitch from both networks,
+# replication over the private one.
+PATRONI_HBA = ("local all all trust", f"host replication {REPLICATION_USER} {PRIVATE_NET} scram-sha-256",
+               *(f"host {APP_DB} {APP_ROLE} {net} scram-sha-256" for net in (PUBLIC_NET, PRIVATE_NET)))
+
+
+def _empty(path: Path) -> None:
+    for child in path.iterdir():
+        shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
+
+
+def _app_on_alpha(lab: Lab) -> None:
+    """The softswitch's role, database and schema on the cluster Patroni made, as Lab.up makes them."""
+    alpha = lab.node("alpha")
+    pgnode.create_app(alpha, lab.spec.secret("app.password").read_text().strip())
+    softswitch.init_schema(f"host={alpha.socket_dir} port={PG_PORT} dbname={APP_DB} user={APP_ROLE}")
+
+
 def up_patroni(lab: Lab, p: Params, log: Log) -> None:
-    # alpha as Lab.up left it (the softswitch's database and schema), with a replication role and the
-    # private network allowed to clone and stream; Patroni then takes over the stopped data directory
-    # ("converting a standalone") and clones beta itself.
+    # Patroni bootstraps alpha itself (Lab.up's own cluster is set aside), the softswitch's database is
+    # made on it as Lab.up makes it, and Patroni clones beta over the private network.
     password = lab.spec.secret("replication.password").read_text().strip()
-    with lab.pg_connect("alpha", autocommit=True) as c:
-        c.execute(f"CREATE ROLE {REPLICATION_USER} REPLICATION LOGIN PASSWORD '{password}'")
-    with open(lab.node("alpha").pgdata / "pg_hba.conf", "a") as f:
-        f.write(f"host replication {REPLICATION_USER} {PRIVATE_NET} scram-sha-256\n")
     lab.pg_stop("alpha")
+    _empty(lab.node("alpha").pgdata)
     etcd_dir = lab.spec.role_dir("sw") / "etcd"
     lab.spawn("sw", ["etcd", "--name", "e1", "--data-dir", str(etcd_dir), "--enable-v2=true",
                      "--listen-client-urls", f"http://{ETCD}", "--advertise-client-urls", f"http://{ETCD}",
@@ -220,7 +244,7 @@ def up_patroni(lab: Lab, p: Params, log: Log) -> None:
         _chown_postgres(work)
         conf = work / "patroni.yml"
         conf.write_text(figures.patroni_conf(SCOPE, node, ETCD, str(PG_BIN), PG_PORT, (REPLICATION_USER, password),
-                                             timings))
+                                             timings, PATRONI_HBA))
         conf.chmod(0o600)
         _chown_postgres(conf)
         lab.spawn(name, ["setpriv", "--reuid=postgres", "--regid=postgres", "--init-groups", "--",
@@ -229,6 +253,8 @@ def up_patroni(lab: Lab, p: Params, log: Log) -> None:
         want = ("primary", "master") if name == "alpha" else ("replica",)
         lab.wait_for(f"Patroni on {name} a {want[0]}", lambda n=name, w=want: _patroni_role(lab, n) in w,
                      timeout_s=120, every_s=0.5)
+        if name == "alpha":
+            _app_on_alpha(lab)
     lab.wait_for("beta the synchronous standby", lambda: _sync_standby(lab), timeout_s=60, every_s=0.5)
     for name in ("alpha", "beta"):
         d = Path(_patroni_node(lab, name).work_dir)
@@ -255,13 +281,19 @@ SPAWNED = (("alpha", "patroni"), ("beta", "patroni"), ("alpha", "vip-manager"), 
            ("alpha", "keepalived"), ("beta", "keepalived"), ("sw", "etcd"))
 
 
-def log_tails(lab: Lab, lines: int = 25) -> dict[str, list[str]]:
-    """The last lines of each peer process's log, kept with a round that failed (the lab goes with it)."""
+LOUD = ("FATAL", "PANIC", "ERROR", "WARNING", "Traceback")
+
+
+def log_tails(lab: Lab, lines: int = 40) -> dict[str, list[str]]:
+    """Kept with a round that failed (the lab goes with it): each peer process's first loud lines
+    (where PostgreSQL's own complaints land under Patroni) and its last lines."""
     out = {}
     for node, name in SPAWNED:
         path = lab.spec.role_dir(node) / "log" / f"{name}.log"
         if path.exists():
-            out[f"{node}/{name}"] = path.read_text(errors="replace").splitlines()[-lines:]
+            text = path.read_text(errors="replace").splitlines()
+            loud = [ln for ln in text if any(w in ln for w in LOUD)][:lines]
+            out[f"{node}/{name}"] = [*loud, "...", *text[-lines:]]
     return out
 
 

@@ -83,11 +83,12 @@ def test_peers_patroni_timings_are_its_documented_minimums() -> None:
 def test_peers_patroni_conf_is_json_with_sync_mode_and_private_replication() -> None:
     node = fig.PatroniNode("beta", "192.0.2.12", "198.51.100.12", "/d", "/s", "/w")
     doc = json.loads(fig.patroni_conf("pgbench", node, "192.0.2.1:2379", "/bin", 5432, ("rep", "pw"),
-                                      fig.PatroniTimings()))
+                                      fig.PatroniTimings(), ["local all all trust"]))
     dcs = doc["bootstrap"]["dcs"]
     assert (dcs["ttl"], dcs["loop_wait"], dcs["retry_timeout"], dcs["synchronous_mode"]) == (20, 1, 3, True)
     assert doc["postgresql"]["connect_address"] == "198.51.100.12:5432"
     assert doc["postgresql"]["authentication"]["replication"] == {"username": "rep", "password": "pw"}
+    assert doc["bootstrap"]["pg_hba"] == ["local all all trust"]
 
 
 def test_peers_keepalived_conf_carries_the_service_ip_to_the_peer() -> None:
