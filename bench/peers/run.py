@@ -125,10 +125,11 @@ def versions(tools: Sequence[str]) -> dict[str, str]:
         pkgs = subprocess.run([str(PATRONI_VENV / "bin" / "pip"), "list", "--format", "json"], capture_output=True,
                               text=True, check=True).stdout
         have = {p["name"].lower(): p["version"] for p in json.loads(pkgs)}
-        etcd = _first_line(["etcd", "--version"])
-        vip = _first_line(["vip-manager", "--version"])
+        # "etcd Version: 3.4.23", "version: 1.0.2": the number is the last word.
+        etcd = _first_line(["etcd", "--version"]).split()[-1]
+        vip = _first_line(["vip-manager", "--version"]).split()[-1]
         out[Tool.PATRONI.value] = (f"patroni {have.get('patroni', '?')} (psycopg {have.get('psycopg', '?')}), "
-                                   f"{etcd}, {vip}")
+                                   f"etcd {etcd}, vip-manager {vip}")
     return out
 
 
