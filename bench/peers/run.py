@@ -102,13 +102,27 @@ def ensure_packages(log: Log) -> None:
                        env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
 
 
+# The distribution's interpreter: Patroni runs as the server's OS user, which must be able to execute
+# the venv's python (one made from an interpreter under /root could not, and Patroni's launcher of
+# the server then failed without a word).
+SYSTEM_PYTHON = "/usr/bin/python3"
+
+
+def _runs_as_postgres(python: Path) -> bool:
+    res = subprocess.run(["setpriv", "--reuid=postgres", "--regid=postgres", "--init-groups", "--", str(python),
+                          "-c", "pass"], capture_output=True, check=False, cwd="/")
+    return res.returncode == 0
+
+
 def ensure_patroni(log: Log) -> None:
     """Patroni from the package index, in a venv of its own (never the project's)."""
-    if (PATRONI_VENV / "bin" / "patroni").exists():
+    python = PATRONI_VENV / "bin" / "python3"
+    if (PATRONI_VENV / "bin" / "patroni").exists() and _runs_as_postgres(python):
         return
     log(f"installing {PATRONI_SPEC} into {PATRONI_VENV}")
     CACHE.mkdir(parents=True, exist_ok=True)
-    subprocess.run(["python3", "-m", "venv", str(PATRONI_VENV)], check=True)
+    shutil.rmtree(PATRONI_VENV, ignore_errors=True)
+    subprocess.run([SYSTEM_PYTHON, "-m", "venv", str(PATRONI_VENV)], check=True)
     subprocess.run([str(PATRONI_VENV / "bin" / "pip"), "install", "-q", PATRONI_SPEC], check=True)
 
 
