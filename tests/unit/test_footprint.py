@@ -43,3 +43,48 @@ def test_i13_pyroute2_imported_whole_first_is_left_as_it_is() -> None:
     probe = ("import pyroute2; whole = pyroute2.__dict__.get('NDB'); import standby.netlink; "
              "assert whole is not None and pyroute2.IPRoute is standby.netlink.IPRoute")
     subprocess.run([sys.executable, "-c", probe], check=True)
+
+
+class _OneRowConnection:
+    """Answers every statement with ``row``; records what was asked (a fake of psycopg's connection)."""
+
+    def __init__(self, row: tuple[object, ...]) -> None:
+        self.row, self.asked = row, []  # type: list[tuple[str, object]]
+
+    def execute(self, sql: str, params: object = None) -> _OneRowConnection:
+        self.asked.append((sql, params))
+        return self
+
+    def fetchone(self) -> tuple[object, ...]:
+        return self.row
+
+
+def test_i13_the_step_reads_a_primary_in_one_round_trip() -> None:
+    from standby.agent.localdb import read_local
+    from standby.model import DbState, LocalPg, Lsn
+
+    conn = _OneRowConnection((False, '"beta"', "0/3000060", "sync", "0/3000000", None, None, None, None))
+    local, names = read_local(conn, "beta")  # type: ignore[arg-type]
+    assert len(conn.asked) == 1 and conn.asked[0][1] == ("beta",)
+    assert names == '"beta"'
+    assert local == LocalPg(DbState.PRIMARY, lsn=Lsn.parse("0/3000060").value, peer_sync=True,  # type: ignore[union-attr]
+                            peer_flush_lsn=Lsn.parse("0/3000000").value)  # type: ignore[union-attr]
+    # A standby connected but not (yet) in sync, or none connected at all.
+    assert not read_local(_OneRowConnection((False, "", "0/5", "async", "0/4", None, None, None, None)),  # type: ignore[arg-type]
+                          "beta")[0].peer_sync
+    alone, _ = read_local(_OneRowConnection((False, "", "0/5", None, None, None, None, None, None)), "beta")  # type: ignore[arg-type]
+    assert (alone.peer_sync, alone.peer_flush_lsn) == (False, None)
+
+
+def test_i13_the_step_reads_a_standby_in_one_round_trip() -> None:
+    from standby.agent.localdb import read_local
+    from standby.model import DbState, LocalPg, Lsn
+
+    conn = _OneRowConnection((True, "", None, None, None, "0/3000100", "0/3000080", "streaming", 0.25))
+    local, names = read_local(conn, "alpha")  # type: ignore[arg-type]
+    assert len(conn.asked) == 1 and names == ""
+    assert local == LocalPg(DbState.STANDBY, lsn=Lsn.parse("0/3000100").value,  # type: ignore[union-attr]
+                            replay_lsn=Lsn.parse("0/3000080").value, streaming=True, upstream_age_s=0.25)  # type: ignore[union-attr]
+    # No WAL receiver (the upstream is gone): not streaming, no age; the position is what was replayed.
+    gone, _ = read_local(_OneRowConnection((True, "", None, None, None, None, "0/7", None, None)), "alpha")  # type: ignore[arg-type]
+    assert gone == LocalPg(DbState.STANDBY, lsn=7, replay_lsn=7, streaming=False, upstream_age_s=None)
