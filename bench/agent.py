@@ -5,7 +5,9 @@ One lab, one pair (sync). For each phase (idle: the pair alone; load: the sample
 IP), per node: the agent's resident memory (VmRSS, sampled every second: mean and max) and its
 supervisor's (`agent --respawn`), the agent's CPU as a share of one core, the heartbeats it received per
 second (its peer's, both networks), its decision steps per second, and the decision step's own duration
-(p50 / p99 / max over the last steps, `standby_decision_step_seconds` from its /metrics).
+(p50 / p99 / max over the last steps, `standby_decision_step_seconds` from its /metrics); in the JSON
+also the CPU split into user and system time, the agent's thread count and the load average at each
+phase's start (the machine is shared: compare quiet phases only).
 
 This is a measurement: it prints and records figures and judges none of them.
 
@@ -17,6 +19,7 @@ Needs root (namespaces) and PostgreSQL 15; set it up with `./dev setup`.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import tempfile
 import time
@@ -27,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import benchlib
-from benchlib import LabNames, begin, fresh_lab, process_cpu_s, sigterm_as_interrupt
+from benchlib import LabNames, begin, fresh_lab, sigterm_as_interrupt
 from standby import tls
 from standby.apiclient import auth_header
 from standby.config import Config, read_secret
@@ -55,6 +58,24 @@ def rss_mb(pid: int | None) -> float | None:
     except OSError:
         return None
     return None
+
+
+def cpu_split_s(pid: int | None) -> tuple[float, float] | None:
+    """The agent's user and system CPU seconds so far (where its CPU goes: Python or the kernel's calls)."""
+    if pid is None:
+        return None
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return int(fields[11]) / benchlib.CLK_TCK, int(fields[12]) / benchlib.CLK_TCK
+
+
+def threads(pid: int | None) -> int | None:
+    try:
+        return len(os.listdir(f"/proc/{pid}/task")) if pid is not None else None
+    except OSError:
+        return None
 
 
 def supervisor_pid(agent_pid: int | None) -> int | None:
@@ -94,7 +115,8 @@ def metrics(lab: Lab, node: str) -> dict[str, float]:
 def measure(lab: Lab, seconds: float) -> dict[str, Any]:
     pids = {n: lab.agent_pid(n) for n in NODES}
     sups = {n: supervisor_pid(p) for n, p in pids.items()}
-    cpu0 = {n: process_cpu_s(p) if p else None for n, p in pids.items()}
+    split0 = {n: cpu_split_s(p) for n, p in pids.items()}
+    load = list(os.getloadavg())
     m0 = {n: metrics(lab, n) for n in NODES}
     t0 = time.monotonic()
     rss: dict[str, list[float]] = {n: [] for n in NODES}
@@ -110,8 +132,7 @@ def measure(lab: Lab, seconds: float) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for n in NODES:
         pid = pids[n]
-        m1, c1 = metrics(lab, n), process_cpu_s(pid) if pid else None
-        c0 = cpu0[n]
+        m1, s0, s1 = metrics(lab, n), split0[n], cpu_split_s(pid)
 
         def per_s(series: str, n: str = n, m1: dict[str, float] = m1) -> float | None:
             a, b = m0[n].get(series), m1.get(series)
@@ -120,7 +141,10 @@ def measure(lab: Lab, seconds: float) -> dict[str, Any]:
         out[n] = {
             "agent_pid": pids[n], "supervisor_pid": sups[n], "wall_s": round(wall, 1),
             "agent_rss_mb": _mean_max(rss[n]), "supervisor_rss_mb": _mean_max(sup_rss[n]),
-            "agent_cpu_pct_of_one_core": None if c0 is None or c1 is None else round(100 * (c1 - c0) / wall, 2),
+            "agent_cpu_pct_of_one_core": None if s0 is None or s1 is None else round(100 * (sum(s1) - sum(s0)) / wall, 2),
+            "agent_cpu_user_system_pct": None if s0 is None or s1 is None else
+            [round(100 * (s1[i] - s0[i]) / wall, 2) for i in (0, 1)],
+            "agent_threads": threads(pid), "loadavg_at_phase_start": load,
             "heartbeats_received_per_s": per_s("standby_heartbeats_accepted_total"),
             "decisions_per_s": per_s("standby_decisions_total"),
             "step_ms": {q: round(1000 * m1[q], 2) for q in ("0.5", "0.99", "1") if q in m1},
@@ -142,14 +166,16 @@ def render(doc: dict[str, Any]) -> str:
              f"{' '.join(f'{x:.2f}' for x in doc['machine']['loadavg_at_start'])}; heartbeat interval "
              f"{doc['heartbeat_interval_ms']} ms; load phase {doc['parameters']['rate']} calls/s",
              f"{'phase':<6} {'node':<6} {'agent RSS MB':>13} {'superv. MB':>10} {'CPU %core':>9} {'hb/s':>6} "
-             f"{'steps/s':>7} {'step p50/p99/max ms':>22}"]
+             f"{'steps/s':>7} {'step p50/p99/max ms':>22} {'user/sys %':>11} {'load':>5}"]
     for phase, nodes in doc["phases"].items():
         for n, r in nodes.items():
             s = r["step_ms"]
             lines.append(f"{phase:<6} {n:<6} {_f(r['agent_rss_mb']['mean']):>6}/{_f(r['agent_rss_mb']['max']):>6} "
                          f"{_f(r['supervisor_rss_mb']['max']):>10} {_f(r['agent_cpu_pct_of_one_core']):>9} "
                          f"{_f(r['heartbeats_received_per_s']):>6} {_f(r['decisions_per_s']):>7} "
-                         f"{_f(s.get('0.5')):>7}/{_f(s.get('0.99')):>7}/{_f(s.get('1')):>6}")
+                         f"{_f(s.get('0.5')):>7}/{_f(s.get('0.99')):>7}/{_f(s.get('1')):>6} "
+                         f"{'/'.join(map(_f, r.get('agent_cpu_user_system_pct') or ['-'])):>11} "
+                         f"{_f(round(r['loadavg_at_phase_start'][0], 2) if r.get('loadavg_at_phase_start') else None):>5}")
     return "\n".join(lines)
 
 

@@ -8,10 +8,8 @@ import os
 import socket
 import struct
 
-from pyroute2 import IPRoute
-from pyroute2.netlink.exceptions import NetlinkError
-
 from standby.config import ServiceIP
+from standby.netlink import IPRoute, NetlinkError
 from standby.observe import probes
 
 

@@ -163,26 +163,37 @@ def close_quietly(conn: psycopg.Connection | None) -> None:
             pass
 
 
+# One round trip per observation (the step reads it every heartbeat interval), all of it from one snapshot
+# of the server. pg_is_in_recovery() is read once: the primary's columns only where it said primary
+# (pg_current_wal_lsn() fails in recovery; a primary never goes back into it), the receiver's only in recovery.
+OBSERVE_SQL = """
+SELECT r.in_recovery, current_setting('synchronous_standby_names'),
+       CASE WHEN NOT r.in_recovery THEN pg_current_wal_lsn()::text END,
+       rep.sync_state, rep.flush_lsn::text,
+       pg_last_wal_receive_lsn()::text, pg_last_wal_replay_lsn()::text,
+       w.status, extract(epoch FROM clock_timestamp() - w.last_msg_receipt_time)::float8
+FROM (SELECT pg_is_in_recovery() AS in_recovery) r
+LEFT JOIN LATERAL (
+    SELECT sync_state, flush_lsn FROM pg_stat_replication
+    WHERE application_name = %s AND state = 'streaming' ORDER BY flush_lsn DESC NULLS LAST LIMIT 1
+) rep ON NOT r.in_recovery
+LEFT JOIN pg_stat_wal_receiver w ON r.in_recovery
+"""
+
+
 def read_local(conn: psycopg.Connection, peer: str) -> tuple[LocalPg, str | None]:
-    in_recovery, names = conn.execute(
-        "SELECT pg_is_in_recovery(), current_setting('synchronous_standby_names')").fetchone()  # type: ignore[misc]
+    row = conn.execute(OBSERVE_SQL, (peer,)).fetchone()
+    assert row is not None  # the query's one row
+    in_recovery, names, lsn, sync_state, flush_text, recv, replay, status, age = row
     if not in_recovery:
-        lsn = conn.execute("SELECT pg_current_wal_lsn()::text").fetchone()[0]  # type: ignore[index]
-        row = conn.execute(
-            "SELECT sync_state, flush_lsn::text FROM pg_stat_replication WHERE application_name = %s "
-            "AND state = 'streaming' ORDER BY flush_lsn DESC NULLS LAST LIMIT 1", (peer,)).fetchone()
-        flush = Lsn.parse(row[1]) if row else None
+        flush = Lsn.parse(flush_text)
         # "quorum": replication.quorum asked for ANY k; config refuses one that could leave the hot standby
         # without a commit under automatic failover, so there it waits for the standby as "sync" does.
-        in_sync = bool(row and row[0] in ("sync", "quorum"))
+        in_sync = sync_state in ("sync", "quorum")
         return LocalPg(DbState.PRIMARY, lsn=Lsn.parse(lsn).value, peer_sync=in_sync,  # type: ignore[union-attr]
                        peer_flush_lsn=flush.value if flush else None), names
-    recv, replay = conn.execute("SELECT pg_last_wal_receive_lsn()::text, pg_last_wal_replay_lsn()::text").fetchone()  # type: ignore[misc]
     # The age of the upstream's last message is computed by the server, on its own clock.
-    status = conn.execute("SELECT status, extract(epoch FROM clock_timestamp() - last_msg_receipt_time)::float8 "
-                          "FROM pg_stat_wal_receiver").fetchone()
     pos = Lsn.parse(recv) or Lsn.parse(replay)
     applied = Lsn.parse(replay)
-    age = float(status[1]) if status and status[1] is not None else None
     return LocalPg(DbState.STANDBY, lsn=pos.value if pos else None, replay_lsn=applied.value if applied else None,
-                   streaming=bool(status and status[0] == "streaming"), upstream_age_s=age), names
+                   streaming=status == "streaming", upstream_age_s=float(age) if age is not None else None), names

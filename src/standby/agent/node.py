@@ -25,8 +25,7 @@ from typing import Any, TypeVar
 import psycopg
 
 from standby.act import addresses, services  # noqa: F401  (re-exported: unit tests replace the kernel here)
-from standby.act import postgres as pgact
-from standby.agent import priority
+from standby.agent import priority, syncnames
 from standby.agent.alerter import Alerter
 from standby.agent.executor import Actions, Executor, Role
 from standby.agent.guard import Guard
@@ -205,9 +204,9 @@ class Agent(Surface):
             if self.executor.submit(a):  # not when the same action is still on its way (e.g. a stop)
                 self.event("decision", action=a.kind.value, reason=a.reason.value, detail=a.detail, term=new.term)
         await self.mover.step(obs, self.state, self.pg, self.policy, self.boot)
-        # Off the step (it must not wait behind a slow query or a database action), one at a time.
+        # Off the step (it must not wait behind a slow query or a database action), one at a time, when needed.
         if (self._sync_task is None or self._sync_task.done()) and self.observer.pending is None \
-                and not self.executor.busy_role(Role.DATABASE):
+                and not self.executor.busy_role(Role.DATABASE) and self._sync_work().any:
             self._sync_task = asyncio.get_running_loop().create_task(self._sync_names_task())
         if self._liveness_write is None or self._liveness_write.done():  # one at a time; a slow one skips a beat
             self._liveness_write = self.disk_pool.submit(self.store.write_liveness, self.boot, False, now)
@@ -221,18 +220,17 @@ class Agent(Surface):
         except psycopg.Error as e:
             log.warning("could not set synchronous_standby_names: %s", e)
 
+    def _sync_work(self) -> syncnames.Work:
+        return syncnames.work(self.cfg, self.peer, self.policy, self.state, self.pg, self.observer.sync_names,
+                              self.db.connected, self.executor.busy(ActionKind.FENCE))
+
     def _reconcile_sync(self) -> None:
-        # Never on a node being fenced: turning sync off there would release the
-        # commits waiting for the standby, acknowledged but never replicated.
-        # Only a DEGRADE decision (or a promotion, alone) may stop the waiting.
-        if not self.db.connected or self.state.fenced or self.executor.busy(ActionKind.FENCE):
-            return
-        if self.pg.db is DbState.PRIMARY:
-            want = pgact.sync_names(self.cfg, self.peer) if self.policy.sync and not self.state.degraded else ""
-            if self.observer.sync_names != want:
-                self.db.set_sync_names(want)
-                self.observer.sync_names = want
-        self.db.ensure_follower_slots()  # primary or standby: either may serve the followers next
+        w = self._sync_work()
+        if w.names is not None:
+            self.db.set_sync_names(w.names)
+            self.observer.sync_names = w.names
+        if w.slots:
+            self.db.ensure_follower_slots()
 
     # -- the loop -----------------------------------------------------------------
 

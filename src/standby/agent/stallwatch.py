@@ -22,7 +22,9 @@ log = logging.getLogger("standby.agent.stall")
 
 
 class StallWatch:
-    def __init__(self, loop: asyncio.AbstractEventLoop, late_s: float = 0.25, every_s: float = 0.05,
+    # Ten beats a second, not more: each wakes the loop and the watcher thread, and at rest those wake-ups are
+    # most of the agent's CPU; a stall is told once it passes late_s + every_s (0.35 s).
+    def __init__(self, loop: asyncio.AbstractEventLoop, late_s: float = 0.25, every_s: float = 0.1,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.loop, self.late_s, self.every_s, self.clock = loop, late_s, every_s, clock
         self.beat = clock()

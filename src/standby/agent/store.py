@@ -2,8 +2,8 @@
 
 - The state (term, fenced, ...) is written with fsync before the action it
   allows, so a promotion's term is on disk before PostgreSQL accepts writes.
-- The liveness record is rewritten every decision (without fsync), so a
-  restarted agent knows how long nobody decided for this node. It carries
+- The liveness record is rewritten in place every decision (without fsync), so
+  a restarted agent knows how long nobody decided for this node. It carries
   the kernel's boot id: the monotonic clock starts afresh at every boot, so a
   record from an earlier boot says nothing.
 - The history is JSON lines, one per decision or action, newest last. It and
@@ -19,10 +19,12 @@ nor write anything outside the state directory.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
 import tempfile
+import threading
 import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -79,11 +81,48 @@ class Liveness:
     kernel_boot: str
 
 
-def kernel_boot_id() -> str:
+def _read_boot_id() -> str:
     try:
         return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
     except OSError:
         return ""
+
+
+@functools.cache
+def kernel_boot_id() -> str:
+    """The running kernel's boot id: read once, it cannot change while this process lives."""
+    return _read_boot_id()
+
+
+class _Rewritten:
+    """A small record rewritten in place at every decision: one write to an open file, where a new file and
+    a rename each time were the agent's largest CPU cost at rest (lab profile, 150 ms interval).
+
+    One pwrite of a few hundred bytes at offset 0 is all or nothing when the process dies (it is in the
+    page cache then); a host crash changes the kernel's boot id, which voids the record anyway. Each
+    record is padded with spaces (JSON ignores them) to the longest the file ever held, so no tail of an
+    older, longer one is left behind; the file is never truncated, so it is never empty either.
+    """
+
+    MIN_BYTES = 256
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._fd: int | None = None
+        self._size = 0
+        self._lock = threading.Lock()
+
+    def write(self, data: bytes) -> None:
+        with self._lock:
+            if self._fd is not None and os.fstat(self._fd).st_nlink == 0:  # removed meanwhile: a new file
+                os.close(self._fd)
+                self._fd = None
+            if self._fd is None:
+                _private_dir(self.path.parent)
+                self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
+                self._size = max(self.MIN_BYTES, os.fstat(self._fd).st_size)
+            self._size = max(self._size, len(data))
+            os.pwrite(self._fd, data.ljust(self._size), 0)
 
 
 class Store:
@@ -92,6 +131,7 @@ class Store:
         self.history_path = state_dir / "history.jsonl"
         self.boot_path = state_dir / "boot"
         self.live_path = state_dir / "alive"
+        self._live = _Rewritten(self.live_path)
         self.maint_path = state_dir / "maintenance"
         self.peer_boot_path = state_dir / "peer-boot"
         self.node = node
@@ -168,7 +208,7 @@ class Store:
     def write_liveness(self, boot: int, clean: bool, now: float | None = None) -> None:
         """``now``: the agent's monotonic clock at its last decision (default: this process's)."""
         live = Liveness(os.getpid(), boot, time.monotonic() if now is None else now, clean, kernel_boot_id())
-        _atomic_write(self.live_path, json.dumps(asdict(live)).encode(), sync=False)
+        self._live.write(json.dumps(asdict(live)).encode())
 
     # -- history ----------------------------------------------------------------
 

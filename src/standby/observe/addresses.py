@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 
-from pyroute2 import IPRoute
+from standby.netlink import IPRoute
 
 
 def local_addresses() -> dict[str, set[ipaddress.IPv4Address]]:

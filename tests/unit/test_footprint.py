@@ -1,0 +1,230 @@
+"""Issue 13, part 3: what the agent holds for its whole life, and what each decision step costs."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from standby.act import postgres as pgact
+from standby.model import DbState
+from tests.unit.shell_fakes import FakeKernel, FakePostgres, run, shell, view
+
+AGENT_IMPORTS = "import standby.cli.main, standby.cli.agent, standby.api, standby.agent.stallwatch"
+
+
+def _loaded_after(code: str) -> set[str]:
+    """The modules a fresh interpreter holds after running ``code``."""
+    probe = f"{code}; import sys; print(' '.join(sorted(sys.modules)))"
+    return set(subprocess.run([sys.executable, "-c", probe], check=True, capture_output=True,
+                              text=True).stdout.split())
+
+
+def test_i13_the_agent_holds_only_the_netlink_parts_it_uses() -> None:
+    """pyroute2's package imports all of itself (IPDB, NDB and sqlite3, WireGuard, nl80211...); the
+    agent adds and removes addresses with one socket class."""
+    loaded = _loaded_after(AGENT_IMPORTS)
+    assert "pyroute2.iproute.linux" in loaded
+    unused = {m for m in loaded if m.startswith(("pyroute2.ndb", "pyroute2.ipdb", "pyroute2.ipset", "pyroute2.iwutil",
+                                                 "pyroute2.conntrack", "pyroute2.plan9", "pyroute2.netlink.nl80211",
+                                                 "pyroute2.netlink.generic.wireguard"))}
+    assert unused == set()
+    assert "sqlite3" not in loaded
+
+
+def test_i13_pyroute2_still_gives_its_own_names_to_whoever_asks() -> None:
+    """The lab and the tests import pyroute2's names from the package, in the agent's process or not."""
+    probe = ("import standby.netlink, pyroute2; from pyroute2 import NetNS, IPRoute; "
+             "assert IPRoute is standby.netlink.IPRoute, IPRoute; assert pyroute2.NetNS is NetNS; "
+             "assert isinstance(pyroute2.__version__, str); "
+             "import pyroute2.netlink.exceptions as e; assert e.NetlinkError is standby.netlink.NetlinkError; "
+             "ok = False\n"
+             "try:\n    pyroute2.no_such_name\nexcept AttributeError:\n    ok = True\n"
+             "assert ok")
+    subprocess.run([sys.executable, "-c", probe], check=True)
+
+
+def test_i13_pyroute2_imported_whole_first_is_left_as_it_is() -> None:
+    probe = ("import pyroute2; whole = pyroute2.__dict__.get('NDB'); import standby.netlink; "
+             "assert whole is not None and pyroute2.IPRoute is standby.netlink.IPRoute")
+    subprocess.run([sys.executable, "-c", probe], check=True)
+
+
+class _OneRowConnection:
+    """Answers every statement with ``row``; records what was asked (a fake of psycopg's connection)."""
+
+    def __init__(self, row: tuple[object, ...]) -> None:
+        self.row, self.asked = row, []  # type: list[tuple[str, object]]
+
+    def execute(self, sql: str, params: object = None) -> _OneRowConnection:
+        self.asked.append((sql, params))
+        return self
+
+    def fetchone(self) -> tuple[object, ...]:
+        return self.row
+
+
+def test_i13_the_step_reads_a_primary_in_one_round_trip() -> None:
+    from standby.agent.localdb import read_local
+    from standby.model import DbState, LocalPg, Lsn
+
+    conn = _OneRowConnection((False, '"beta"', "0/3000060", "sync", "0/3000000", None, None, None, None))
+    local, names = read_local(conn, "beta")  # type: ignore[arg-type]
+    assert len(conn.asked) == 1 and conn.asked[0][1] == ("beta",)
+    assert names == '"beta"'
+    assert local == LocalPg(DbState.PRIMARY, lsn=Lsn.parse("0/3000060").value, peer_sync=True,  # type: ignore[union-attr]
+                            peer_flush_lsn=Lsn.parse("0/3000000").value)  # type: ignore[union-attr]
+    # A standby connected but not (yet) in sync, or none connected at all.
+    assert not read_local(_OneRowConnection((False, "", "0/5", "async", "0/4", None, None, None, None)),  # type: ignore[arg-type]
+                          "beta")[0].peer_sync
+    alone, _ = read_local(_OneRowConnection((False, "", "0/5", None, None, None, None, None, None)), "beta")  # type: ignore[arg-type]
+    assert (alone.peer_sync, alone.peer_flush_lsn) == (False, None)
+
+
+def test_i13_the_step_reads_a_standby_in_one_round_trip() -> None:
+    from standby.agent.localdb import read_local
+    from standby.model import DbState, LocalPg, Lsn
+
+    conn = _OneRowConnection((True, "", None, None, None, "0/3000100", "0/3000080", "streaming", 0.25))
+    local, names = read_local(conn, "alpha")  # type: ignore[arg-type]
+    assert len(conn.asked) == 1 and names == ""
+    assert local == LocalPg(DbState.STANDBY, lsn=Lsn.parse("0/3000100").value,  # type: ignore[union-attr]
+                            replay_lsn=Lsn.parse("0/3000080").value, streaming=True, upstream_age_s=0.25)  # type: ignore[union-attr]
+    # No WAL receiver (the upstream is gone): not streaming, no age; the position is what was replayed.
+    gone, _ = read_local(_OneRowConnection((True, "", None, None, None, None, "0/7", None, None)), "alpha")  # type: ignore[arg-type]
+    assert gone == LocalPg(DbState.STANDBY, lsn=7, replay_lsn=7, streaming=False, upstream_age_s=None)
+
+
+def test_i13_the_liveness_record_is_rewritten_in_place(tmp_path: Path) -> None:
+    """Every decision rewrites it: one write to the same file, no new file and rename each time (the lab's
+    profile found those the agent's largest CPU cost at rest)."""
+    from standby.agent.store import Store
+
+    store = Store(tmp_path, "alpha")
+    store.write_liveness(boot=12345678901, clean=False, now=1_000_000.123456)
+    inode = store.live_path.stat().st_ino
+    store.write_liveness(boot=7, clean=False, now=2.5)  # a shorter record over a longer one
+    assert store.live_path.stat().st_ino == inode
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["alive"]
+    live = store.read_liveness()
+    assert live is not None and (live.boot, live.last_decision, live.clean, live.pid) == (7, 2.5, False, os.getpid())
+    assert store.unattended_for(4.0) == 1.5
+
+
+def test_i13_a_liveness_record_removed_or_left_longer_by_an_older_release_is_replaced(tmp_path: Path) -> None:
+    from standby.agent.store import Store
+
+    store = Store(tmp_path, "alpha")
+    store.live_path.write_text(json.dumps({"pid": 1, "boot": 3, "last_decision": 1.0, "clean": True,
+                                           "kernel_boot": "x", "note": "n" * 2000}))
+    store.write_liveness(boot=4, clean=False, now=9.0)
+    assert store.read_liveness() is not None and store.read_liveness().boot == 4  # type: ignore[union-attr]
+    store.live_path.unlink()  # by hand, while the agent runs
+    store.write_liveness(boot=4, clean=True, now=10.0)
+    live = store.read_liveness()
+    assert live is not None and (live.clean, live.last_decision) == (True, 10.0)
+    assert store.live_path.stat().st_mode & 0o777 == 0o600
+
+
+def test_i13_the_kernel_boot_id_is_read_once_per_process(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """It cannot change while the process lives; the agent wrote it every decision."""
+    from standby.agent import store as store_mod
+
+    reads: list[int] = []
+
+    def read() -> str:
+        reads.append(1)
+        return "boot-a"
+
+    monkeypatch.setattr(store_mod, "_read_boot_id", read)
+    store_mod.kernel_boot_id.cache_clear()
+    try:
+        store = store_mod.Store(tmp_path, "alpha")
+        for now in (1.0, 2.0, 3.0):
+            store.write_liveness(boot=1, clean=False, now=now)
+        assert store.read_liveness() is not None and len(reads) == 1
+    finally:
+        store_mod.kernel_boot_id.cache_clear()
+
+
+def _pg_jobs_per_steady_step(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, db: DbState) -> tuple[int, FakePostgres]:
+    """What the PostgreSQL thread is given over ten steps of a pair at rest (ten observations at least)."""
+    pg = FakePostgres(db)
+    with shell(tmp_path, monkeypatch, pg, FakeKernel({"192.0.2.100"} if db is DbState.PRIMARY else set())) as sh:
+        peer = view(DbState.STANDBY) if db is DbState.PRIMARY else view(DbState.PRIMARY, services=True)
+
+        async def go() -> int:
+            await sh.start()
+            for _ in range(5):
+                await sh.tick(peer)
+            jobs: list[Any] = []
+            real = sh.agent._in_pg
+
+            async def counted(fn: Any, *args: Any) -> Any:
+                jobs.append(fn)
+                return await real(fn, *args)
+
+            sh.agent._in_pg = sh.agent.observer._in_pg = counted  # type: ignore[method-assign]
+            for _ in range(10):
+                await sh.tick(peer)
+            return len(jobs)
+
+        return run(go()), pg
+
+
+def test_i13_a_step_at_rest_gives_the_postgresql_thread_only_its_observation(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each step also handed the thread a check of synchronous_standby_names (and of followers' slots the
+    configuration does not have) that had nothing to do: two thread wake-ups a step, for nothing."""
+    jobs, pg = _pg_jobs_per_steady_step(tmp_path, monkeypatch, DbState.PRIMARY)
+    assert jobs == 10 and pg.follower_slot_calls == 0
+    (tmp_path / "b").mkdir()
+    jobs, pg = _pg_jobs_per_steady_step(tmp_path / "b", monkeypatch, DbState.STANDBY)
+    assert jobs == 10 and pg.follower_slot_calls == 0
+
+
+def test_i13_the_names_are_still_set_when_the_server_has_others(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    class NoNames(FakePostgres):
+        """A primary whose synchronous_standby_names were emptied by hand."""
+
+        def read(self) -> Any:
+            local, _ = super().read()
+            return local, ""
+
+    pg = NoNames(DbState.PRIMARY)
+    with shell(tmp_path, monkeypatch, pg, FakeKernel({"192.0.2.100"})) as sh:
+
+        async def go() -> None:
+            await sh.start()
+            for _ in range(3):
+                await sh.tick()
+                if sh.agent._sync_task is not None:
+                    await sh.agent._sync_task
+
+        run(go())
+    assert pg.sync_names and set(pg.sync_names) == {pgact.sync_value("beta")}
+
+
+def test_i13_the_stall_watch_wakes_the_agent_ten_times_a_second_at_most() -> None:
+    """Its beat on the loop and its watcher thread were the agent's most frequent wake-ups (20 a second each,
+    for a log line about stalls of a quarter second and more)."""
+    from standby.agent.stallwatch import StallWatch
+
+    class RecordingLoop:
+        def __init__(self) -> None:
+            self.delays: list[float] = []
+
+        def call_later(self, delay: float, callback: Any) -> None:
+            self.delays.append(delay)
+
+    loop = RecordingLoop()
+    watch = StallWatch(loop)  # type: ignore[arg-type]  (the defaults cli/agent.py runs it with)
+    watch._first_beat()
+    assert loop.delays and min(loop.delays) >= 0.1
+    assert watch.every_s >= 0.1  # the watcher thread's own wait
+    assert watch.late_s <= 0.25  # still told: a stall of a quarter second
