@@ -127,3 +127,13 @@ def test_i12_a_follower_postgres_override_is_read_and_checked() -> None:
     assert cfg.pg("dr").data_dir == Path("/srv/dr/pgdata") and cfg.pg("dr").port == cfg.postgres.port
     with pytest.raises(config.ConfigError, match=r"followers\[0\]\.postgres\.port: unknown key"):
         _example_with(_follower("dr", 21, "warm", postgres={"port": 5433}))
+
+
+def test_i12_lab_up_refuses_a_wan_rate_it_cannot_read_before_building_anything(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from standby.cli.lab import up
+
+    res = CliRunner().invoke(up, ["--name", "wnbad", "--follower", "gamma", "--wan-rate", "fast"])
+    assert res.exit_code == 2 and "--wan-rate" in res.output and "e.g. 100mbit" in res.output, res.output
+    assert not Path("/var/lib/standby-lab/wnbad").exists()
