@@ -10,6 +10,7 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Iterator
 from enum import StrEnum
+from pathlib import Path
 from typing import Annotated
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
@@ -55,6 +56,14 @@ def _valid_name(name: str) -> bool:
     return bool(name) and len(name) <= 32 and all(c.isalnum() or c in "-_" for c in name)
 
 
+class FollowerPostgres(Strict):
+    """A follower's own overrides of [postgres]: normally none (one follower to a host, the file's paths)."""
+
+    data_dir: Path | None = None
+    socket_dir: Path | None = None
+    bin_dir: Path | None = None
+
+
 class Follower(Strict):
     """One ``[[followers]]`` table (standby.topology checks the whole shape)."""
 
@@ -65,6 +74,8 @@ class Follower(Strict):
     upstream: str = "primary"  # "primary", "standby" or another follower's name (topology.KEYWORDS)
     # Reports connect here; it stays on this follower (a follower's address never floats).
     reporting_ip: ServiceIP | None = None
+    # Several followers on one host (the lab) need a data directory each.
+    postgres: FollowerPostgres | None = None
 
     @field_validator("name")
     @classmethod

@@ -701,7 +701,8 @@ class Config(_Strict):
         this host; where it does not exist (the peer's cluster seen from here) postgresql-common's
         defaults stand in, and ``layout`` is what refuses a missing local cluster.
         """
-        own = self.nodes[node].postgres if node in self.nodes else NodePostgres()  # a follower: [postgres] as is
+        f = self.follower(node)
+        own = self.nodes[node].postgres if node in self.nodes else (f and f.postgres) or NodePostgres()
         over = {k: v for k, v in own.model_dump().items() if v is not None}
         pg = self.postgres.model_copy(update=over)
         if pg.cluster is None:

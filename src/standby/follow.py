@@ -17,9 +17,10 @@ The safety argument:
    hot standby heard streaming in that term, or another follower that answers. When its upstream is
    gone it falls back to the primary; it goes back only once the upstream has answered for a whole
    grace period, so a flapping upstream does not move it each step.
-4. It follows a new timeline only if it can: when its received WAL on its timeline goes past the
+4. It follows a new timeline only if it can: when the WAL it replayed on its timeline goes past the
    point where the new primary's history left that timeline (the fork), its server holds WAL no
-   primary has, and it is rejoined (salvage + rewind, as a pair member) instead of re-pointed.
+   primary has, and it is rejoined (salvage + rewind, as a pair member) instead of re-pointed. WAL
+   received but not replayed is not counted: PostgreSQL leaves it behind at the timeline switch.
 5. Its silence is not the site's. A pair node counts as heard only while its last heartbeat is
    fresh, and silence is counted from the end of this follower's own last stall: a site-loss alert
    says that nobody of the pair was heard while this follower was listening.
@@ -250,9 +251,15 @@ def _lineage(primary: PairView, pg: FollowerPg, name: str) -> tuple[FollowerReas
     fork = fork_of(pg.timeline, primary.history)
     if fork is None:
         return FollowerReason.NOT_IN_HISTORY, f"timeline {pg.timeline} is not in {name}'s history"
-    if pg.received_lsn > fork:
-        return FollowerReason.PAST_FORK, (f"received up to {pg.received_lsn} on timeline {pg.timeline}, "
-                                          f"which {name}'s timeline {primary.timeline} left at {fork}")
+    # What was replayed counts, as for PostgreSQL itself: WAL received past the fork but never applied (the head
+    # of a record the old primary never finished: its receive position may stop mid-record, on a page boundary)
+    # is left behind when the server switches timeline; a complete record is applied before the switch, and
+    # the next step sees it here.
+    applied = pg.replay_lsn if pg.replay_lsn is not None else pg.received_lsn
+    if applied > fork:
+        return FollowerReason.PAST_FORK, (f"replayed up to {applied} on timeline {pg.timeline} (received up to "
+                                          f"{pg.received_lsn}), which {name}'s timeline {primary.timeline} left at "
+                                          f"{fork}")
     return None
 
 

@@ -1,9 +1,10 @@
 """Issue 12 on the lab: the pair fails over (host crash) or switches over under the sample load with the warm
-follower gamma attached (its own namespace on the pair's subnets, its own server and agent). gamma must end up
+follower gamma attached (another site's subnets behind the WAN router, the link shaped; its own server and
+agent), and with the reporting follower delta beside it on the pair's subnets. Each follower must end up
 streaming from the new primary on its new timeline without a clone (the same system and the same data
 directory files), with every acknowledged call once caught up, and no two primaries ever.
 
-How long gamma took to stream again is printed, never asserted (bench/ measures).
+How long each took to stream again is printed, never asserted (bench/ measures).
 """
 
 from __future__ import annotations
@@ -12,32 +13,41 @@ import json
 import time
 from pathlib import Path
 
-from standby.lab import Lab, followers
-from standby.lab.pair import LoadRun, primaries, start_pair, under_load
+import pytest
+
+from standby.lab import Lab, followers, netns, wan
+from standby.lab.pair import STANDBY, LoadRun, primaries, reporting_holders, start_pair, under_load
+from standby.lab.topology import PUBLIC_IF, REPORTING_IP
 from tests.lab.test_failover import no_loss_no_dual, settle
+from tests.lab.test_reporting import client_connect
 
 
 def _pair_with_gamma(lab_factory) -> Lab:  # type: ignore[no-untyped-def]
     return start_pair(lab_factory("sync", followers=("gamma",)))
 
 
-def _gamma_has_what_the_primary_has(lab: Lab, primary: str, run: LoadRun) -> None:
-    """Once gamma replayed the primary's current WAL: the same calls, every acknowledged one among them."""
-    followers.wait_replayed(lab, "gamma", primary)
+def _has_what_the_primary_has(lab: Lab, follower: str, primary: str, run: LoadRun) -> None:
+    """Once the follower replayed the primary's current WAL: the same calls, every acknowledged one among them."""
+    followers.wait_replayed(lab, follower, primary)
     acked = {a["call_id"] for a in map(json.loads, run.history.read_text().splitlines()) if a["outcome"] == "ack"}
-    on_gamma, on_primary = followers.call_ids(lab, "gamma"), followers.call_ids(lab, primary)
+    on_follower, on_primary = followers.call_ids(lab, follower), followers.call_ids(lab, primary)
     assert acked, "the load had no acknowledged call"
-    assert sorted(acked - on_gamma)[:5] == [], "acknowledged calls missing on gamma"
-    assert on_gamma == on_primary, f"gamma and {primary} differ: {len(on_gamma ^ on_primary)} calls"
+    assert sorted(acked - on_follower)[:5] == [], f"acknowledged calls missing on {follower}"
+    assert on_follower == on_primary, f"{follower} and {primary} differ: {len(on_follower ^ on_primary)} calls"
+
+
+def _follows_without_a_clone(lab: Lab, new: str, run: LoadRun, before: dict[str, tuple[int, int]]) -> None:
+    no_loss_no_dual(lab, run, on=new)
+    for name, identity in before.items():
+        _has_what_the_primary_has(lab, name, new, run)
+        assert followers.identity(lab, name) == identity, f"{name} was cloned again"
+        with lab.pg_connect(name) as g:
+            assert g.execute("SELECT pg_is_in_recovery()").fetchone() == (True,)  # a follower never promotes
+    assert primaries(lab) == [new]
 
 
 def _gamma_follows_without_a_clone(lab: Lab, new: str, run: LoadRun, before: tuple[int, int]) -> None:
-    no_loss_no_dual(lab, run, on=new)
-    _gamma_has_what_the_primary_has(lab, new, run)
-    assert followers.identity(lab, "gamma") == before, "gamma was cloned again"
-    with lab.pg_connect("gamma") as g:
-        assert g.execute("SELECT pg_is_in_recovery()").fetchone() == (True,)  # a follower never promotes
-    assert primaries(lab) == [new]
+    _follows_without_a_clone(lab, new, run, {"gamma": before})
 
 
 def test_i12_gamma_streams_from_the_new_primary_after_a_host_crash_failover(lab_factory, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
@@ -75,3 +85,64 @@ def test_i12_gamma_streams_from_the_new_primary_after_a_switchover(lab_factory, 
     _gamma_follows_without_a_clone(lab, "beta", run, before)
     print(f"\nswitchover alpha -> beta: done after {switched:.2f}s, gamma streaming from beta on timeline "
           f"{timeline} {took:.2f}s after it began, no clone")
+
+
+def _reporting_ip_on(lab: Lab) -> list[str]:
+    """Every node of the lab, pair or follower, with the pair's reporting IP on its public interface."""
+    ip = REPORTING_IP
+    return [n for n in ("alpha", "beta", *lab.spec.followers) if ip in netns.addresses(lab.netns(n), PUBLIC_IF)]
+
+
+@pytest.mark.parametrize("move", ["host_crash", "switchover"])
+def test_i12_gamma_over_the_wan_and_delta_stream_from_the_new_primary(  # type: ignore[no-untyped-def]
+        lab_factory, tmp_path: Path, move: str) -> None:
+    lab = start_pair(lab_factory("sync", followers=("gamma", "delta")))
+    # gamma's link is the shaped WAN: a token bucket each way on the router.
+    assert all("tbf" in q for q in wan.shaping(lab.spec).values()), wan.shaping(lab.spec)
+    # The pair's reporting IP follows the hot standby, as ever: the reporting rule counts the pair only, and
+    # delta serves reports at its own address, which `standby dsn --for reporting` lists first.
+    lab.wait_for("beta to hold the reporting IP", lambda: reporting_holders(lab) == ["beta"], timeout_s=30)
+    assert _reporting_ip_on(lab) == ["beta"]
+    dsn = lab.run("alpha", [STANDBY, "dsn", "--for", "reporting", "--dbname", "softswitch", "--user", "softswitch",
+                            "--config", str(lab.config_path)]).stdout.strip()
+    delta_ip = lab.node("delta").public.ip
+    assert dsn.startswith(f"host={delta_ip},"), dsn
+    password = lab.spec.secret("app.password").read_text().strip()
+    with client_connect(lab, f"{dsn} password={password}") as c:
+        assert c.execute("SELECT host(inet_server_addr()), pg_is_in_recovery()").fetchone() == (delta_ip, True)
+    before = {name: followers.identity(lab, name) for name in ("gamma", "delta")}
+    took: dict[str, float] = {}
+    with under_load(lab, tmp_path) as run:
+        run.t_fault = time.monotonic()
+        if move == "host_crash":
+            lab.crash("alpha")
+        else:
+            res = lab.standby("alpha", "switchover", check=False)
+            assert res.returncode == 0, res.stdout + res.stderr
+        settle(lab, db="beta", services="beta")
+        promoted = time.monotonic() - run.t_fault
+        timeline = followers.timeline(lab, "beta")
+        assert timeline == 2
+        pending = set(before)
+        while pending:  # each timed on its own: the first to stream is not held up by the other's wait
+            for name in sorted(pending):
+                if followers.streaming_from(lab, name, "beta", timeline):
+                    took[name] = time.monotonic() - run.t_fault
+                    pending.discard(name)
+            if pending and time.monotonic() - run.t_fault > 60:
+                for name in pending:
+                    followers.wait_streaming(lab, name, "beta", timeline, timeout_s=0.1)  # raises, with its logs
+            time.sleep(0.05)
+        time.sleep(1.0)
+    _follows_without_a_clone(lab, "beta", run, before)
+    # After the crash no standby streams, and the new primary withdraws it (fallback "withdraw"); after the
+    # switchover it follows the new standby, alpha. Never on delta.
+    where = _reporting_ip_on(lab) if move == "host_crash" else lab.wait_for(
+        "alpha to hold the reporting IP", lambda: _reporting_ip_on(lab) == ["alpha"] and ["alpha"], timeout_s=30)
+    assert where == ([] if move == "host_crash" else ["alpha"]), where
+    with client_connect(lab, f"{dsn} password={password}") as c:
+        assert c.execute("SELECT host(inet_server_addr())").fetchone() == (delta_ip,)
+    print(f"\n{move} alpha -> beta: beta primary after {promoted:.2f}s; on timeline {timeline}, gamma (WAN, "
+          f"{lab.spec.wan_rate_kbit} kbit/s) streaming from beta {took['gamma']:.2f}s and delta {took['delta']:.2f}s "
+          f"after the fault, neither cloned; reporting IP on beta before, on {where or 'no node'} after; reports "
+          "through `standby dsn --for reporting` on delta before and after")

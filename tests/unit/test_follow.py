@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import pytest
@@ -113,12 +113,23 @@ def test_new_primary_follows_its_timeline_without_a_reclone() -> None:
 
 
 def test_past_fork_rejoins() -> None:
-    """It had received WAL from the old primary past where the new timeline left it: it cannot follow."""
-    o = obs(pg(received=FORK + 1, streaming=False), beta=primary(term=2, tl=2, history=TL2))
+    """It had replayed WAL from the old primary past where the new timeline left it: it cannot follow."""
+    o = obs(pg(received=FORK + 301, streaming=False), beta=primary(term=2, tl=2, history=TL2))
     s, acts = decide_follower(streaming_from_alpha(), o, policy())
     assert acted(acts) == [(REJOIN, FollowerReason.PAST_FORK, "beta")]
     s, acts = decide_follower(s, obs(o.pg, NOW + 1, beta=primary(term=2, tl=2, history=TL2, at=NOW + 1)), policy())
     assert acted(acts) == [] and report(acts).reason is FollowerReason.PAST_FORK  # one attempt per backoff
+
+
+def test_i12_the_head_of_a_record_past_the_fork_is_no_fork() -> None:
+    """The old primary's WAL writer flushed a page that held only the head of a record before it crashed: the
+    follower received up to that page's end, past the end of the last whole record, where the new timeline
+    left. Nothing of it was replayed, so PostgreSQL follows the new timeline: re-point it, no clone (seen in
+    the lab: received 84041728, fork 84038896)."""
+    local = FollowerPg(running=True, in_recovery=True, streaming=False, source="alpha", timeline=1,
+                       received_lsn=FORK + 2832, replay_lsn=FORK - 120)
+    _, acts = decide_follower(streaming_from_alpha(), obs(local, beta=primary(term=2, tl=2, history=TL2)), policy())
+    assert acted(acts) == [(POINT, FollowerReason.NEW_PRIMARY, "beta")]
 
 
 def test_not_in_history_rejoins() -> None:
@@ -317,7 +328,8 @@ def check_step(s: FollowerState, o: FollowerObservation, p: FollowerPolicy) -> N
             v = o.pair[a.target]
             assert v.db is DbState.PRIMARY and o.pg.received_lsn is not None and o.pg.timeline < v.timeline
             fork = fork_of(o.pg.timeline, v.history)
-            assert fork is None or o.pg.received_lsn > fork
+            applied = o.pg.replay_lsn if o.pg.replay_lsn is not None else o.pg.received_lsn
+            assert fork is None or applied > fork
 
 
 @settings(max_examples=1500, deadline=None)
@@ -371,12 +383,12 @@ def test_never_promotes_and_keeps_the_invariants_exhaustively() -> None:
 
 @pytest.mark.parametrize("upstream", ["primary", "standby"])
 def test_only_a_rejoin_past_the_fork_and_a_follow_before_it(upstream: str) -> None:
-    for received in range(FORK - 2, FORK + 3):
-        o = obs(pg(received=received, streaming=False), alpha=standby(term=2, tl=2),
-                beta=primary(term=2, tl=2, history=TL2))
+    for replayed in range(FORK - 2, FORK + 3):
+        local = replace(pg(received=replayed + 300, streaming=False), replay_lsn=replayed)
+        o = obs(local, alpha=standby(term=2, tl=2), beta=primary(term=2, tl=2, history=TL2))
         _, acts = decide_follower(streaming_from_alpha(), o, policy(upstream))
         kinds = [k for k, _, _ in acted(acts)]
-        assert kinds == ([REJOIN] if received > FORK else [POINT])
+        assert kinds == ([REJOIN] if replayed > FORK else [POINT])
 
 
 # -- a small world: the pair, scripted, and followers running the real core -----------------------------------

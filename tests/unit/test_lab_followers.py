@@ -10,7 +10,7 @@ import pytest
 from standby import config
 from standby.config import FollowerRole
 from standby.lab import configfile
-from standby.lab.topology import ALL_ROLES, LabSpec
+from standby.lab.topology import ALL_ROLES, WAN_ROUTER, LabSpec
 
 
 def _load(spec: LabSpec, tmp_path: Path) -> tuple[dict[str, object], config.Config]:
@@ -26,13 +26,13 @@ def test_i12_the_lab_config_names_gamma_a_warm_follower_with_its_own_server(tmp_
     gamma = cfg.follower("gamma")
     assert gamma is not None and gamma.role is FollowerRole.WARM and gamma.upstream == "primary"
     assert str(gamma.private.ip) == spec.node("gamma").private.ip
-    # A follower runs [postgres] as it is: gamma's directories; the pair's nodes keep their own.
+    # gamma's own directories ([[followers]] postgres); the pair's nodes keep their own.
     assert cfg.pg("gamma").data_dir == spec.node("gamma").pgdata
     assert cfg.pg("gamma").socket_dir == spec.node("gamma").socket_dir
     for n in ("alpha", "beta"):
         assert cfg.pg(n).data_dir == spec.node(n).pgdata
     assert cfg.slot_name("gamma") == "standby_gamma"
-    assert spec.roles() == (*ALL_ROLES, "gamma")
+    assert spec.roles() == (*ALL_ROLES, "gamma", WAN_ROUTER)  # gamma stands behind the WAN router
     assert [n.name for n in spec.nodes()] == ["alpha", "beta"]  # the pair alone, as every pair loop expects
     assert raw["followers"]
 
@@ -47,7 +47,7 @@ def test_i12_a_lab_without_followers_renders_the_two_node_file(tmp_path: Path) -
 
 
 @pytest.mark.parametrize(("kw", "names"), [
-    ({"followers": ("delta",)}, "gamma"),
+    ({"followers": ("epsilon",)}, "gamma"),
     ({"followers": ("gamma", "gamma")}, "at most once"),
     ({"followers": ("gamma",), "pg_layout": "cluster"}, "pg_layout 'plain'"),
 ])

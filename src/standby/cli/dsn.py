@@ -1,21 +1,22 @@
 """`standby dsn`: libpq connection strings that find the right node by themselves.
 
 For clients that cannot use a floating address (another subnet, warm mode) or
-would rather not depend on one: libpq tries both nodes' public addresses and
-keeps the first whose role fits. No password is ever printed; clients take it
-from their own ~/.pgpass or PGPASSWORD.
+would rather not depend on one: libpq tries both nodes' public addresses (for reports,
+the reporting followers' first) and keeps the first whose role fits. No password is
+ever printed; clients take it from their own ~/.pgpass or PGPASSWORD.
 """
 
 from __future__ import annotations
 
 from enum import StrEnum
+from ipaddress import IPv4Address
 from pathlib import Path
 from urllib.parse import quote
 
 import click
 
 from standby.cli.common import OperatorError, config_option, handle_errors, node_option
-from standby.config import Config, hosts_in_order, load, resolve_node
+from standby.config import Config, Follower, FollowerRole, hosts_in_order, load, resolve_node
 
 # libpq's target_session_attrs for each use.
 PURPOSES = {
@@ -46,6 +47,11 @@ def libpq_dsn(cfg: Config, purpose: str, dbname: str, user: str | None, connect_
     nodes = hosts_in_order(cfg, purpose, own)
     hosts = [str(cfg.nodes[n].public.ip) for n in nodes]
     ports = [str(cfg.pg(n).port) for n in nodes]
+    if purpose == "reporting":
+        # Reporting followers take reports off the pair: tried before it (after this node, with --own-first).
+        at = 0 if own is None else 1
+        hosts[at:at] = [str(reporting_address(f)) for f in reporting_followers(cfg)]
+        ports[at:at] = [str(cfg.pg(f.name).port) for f in reporting_followers(cfg)]
     attrs = PURPOSES[purpose]
     if fmt is Format.KAMAILIO:
         return _kamailio(hosts, ports[0], dbname, user, attrs, connect_timeout)
@@ -60,6 +66,15 @@ def libpq_dsn(cfg: Config, purpose: str, dbname: str, user: str | None, connect_
         parts.append(f"user={_kw(user)}")
     parts += [f"target_session_attrs={attrs}", f"connect_timeout={connect_timeout}"]
     return " ".join(parts)
+
+
+def reporting_followers(cfg: Config) -> list[Follower]:
+    return [f for f in cfg.followers if f.role is FollowerRole.REPORTING]
+
+
+def reporting_address(f: Follower) -> IPv4Address:
+    """Where reports reach a reporting follower: its reporting IP if it has one, else its public address."""
+    return f.reporting_ip.address.ip if f.reporting_ip is not None else f.public.ip
 
 
 def _kamailio(hosts: list[str], port: str, dbname: str, user: str | None, attrs: str, timeout: int) -> str:
@@ -86,7 +101,8 @@ def _kw(value: str) -> str:
 @click.command("dsn")
 @config_option
 @click.option("--for", "purpose", type=click.Choice(sorted(PURPOSES)), required=True,
-              help="reporting: a standby if any answers, else the primary; writes: the primary only.")
+              help="reporting: a standby if any answers (the reporting followers first), else the primary; writes: "
+              "the primary only.")
 @click.option("--dbname", required=True, help="The database the client uses.")
 @click.option("--user", default=None, help="The role the client logs in as (default: libpq's, the OS user).")
 @click.option("--connect-timeout", type=click.IntRange(1, 600), default=2, show_default=True,

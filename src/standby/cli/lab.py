@@ -21,6 +21,7 @@ from standby.documents import LAB_STATUS, LabStatus
 from standby.lab import DEFAULT_NAME, NAME_ENV, Lab, LabError, LabSpec, check_prerequisites, configfile
 from standby.lab import followers as labfollowers
 from standby.lab import tls as labtls
+from standby.lab import wan as labwan
 from standby.lab.netns import in_netns
 from standby.lab.topology import ALL_ROLES, DB_NODES, FOLLOWER_NODES
 
@@ -76,8 +77,12 @@ def group() -> None:
 @click.option("--pg-layout", type=click.Choice(["plain", "cluster"]), default="plain", show_default=True,
               help="cluster: each node runs a postgresql-common cluster (15/NAME-alpha, 15/NAME-beta).")
 @click.option("--follower", "followers", multiple=True, type=click.Choice(list(FOLLOWER_NODES)),
-              help="Add this follower ([[followers]], a warm standby in a namespace of its own on the pair's "
-                   "subnets); `standby lab agents start` clones it from alpha and starts its agent.")
+              help="Add this follower ([[followers]], a namespace of its own): gamma, a warm standby in another "
+                   "site behind the WAN router (198.18.0.0/24, 198.18.1.0/24); delta, a reporting replica on the "
+                   "pair's subnets. `standby lab agents start` clones it from alpha and starts its agent.")
+@click.option("--wan-rate", default="100mbit", show_default=True, metavar="RATE",
+              help="With gamma: the WAN link's rate each way (kbit, mbit or gbit), shaped on the router with tbf. "
+                   "The link adds no delay: the kernel offers no qdisc that holds packets back.")
 @click.option("--services", "services_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="A TOML file of [[services]] tables (as in standby.toml) for the agents to run beside the "
                    "sample softswitch.")
@@ -89,7 +94,7 @@ def group() -> None:
                    "direct: INSERTs into the primary through the service IP.")
 @click.option("--no-dmq", is_flag=True, help="With kamailio: the nodes do not share dialogs.")
 @handle_errors
-def up(name: str, durability: str, mode: str, pg_layout: str, followers: tuple[str, ...],
+def up(name: str, durability: str, mode: str, pg_layout: str, followers: tuple[str, ...], wan_rate: str,
        services_file: Path | None, softswitch: str, accounting: str, no_dmq: bool) -> None:
     """Build the lab: namespaces, links, PostgreSQL on alpha, the service IP, standby.toml.
 
@@ -100,8 +105,12 @@ def up(name: str, durability: str, mode: str, pg_layout: str, followers: tuple[s
     with _as_operator_errors():
         # Checked before anything is built: a typo in the file costs no teardown.
         services = configfile.load_services(services_file) if services_file else []
+        try:
+            rate_kbit = labwan.parse_rate(wan_rate)
+        except ValueError as e:
+            raise click.BadParameter(str(e), param_hint="--wan-rate") from None
         spec = LabSpec(name=name, durability=durability, mode=mode, pg_layout=pg_layout,
-                       followers=followers)
+                       followers=followers, wan_rate_kbit=rate_kbit)
         setup = sip.Setup(sip.Accounting(accounting), not no_dmq)
         if softswitch == "kamailio":
             sip.check_prerequisites()
@@ -123,7 +132,8 @@ def up(name: str, durability: str, mode: str, pg_layout: str, followers: tuple[s
     click.echo("  alpha:    PostgreSQL running" + (f", service IP {sips[0].address}" if sips else ""))
     click.echo("  beta:     empty data directory (clone it with `standby bootstrap`)")
     for f in followers:
-        click.echo(f"  {f + ':':<9} follower, empty data directory (`standby lab agents start` clones it)")
+        where = f" behind the WAN router ({wan_rate} each way)" if f in spec.wan_followers() else ""
+        click.echo(f"  {f + ':':<9} follower{where}, empty data directory (`standby lab agents start` clones it)")
     if softswitch == "kamailio" and accounting == "spool":
         ship_log = lab.spec.role_dir("alpha") / "log" / "ship.log"
         click.echo(f"  shippers: `standby ship` on alpha and beta (alpha's log: {ship_log})")

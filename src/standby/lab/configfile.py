@@ -132,6 +132,8 @@ def _follower(name: str, spec: LabSpec) -> dict[str, Any]:
         "upstream": "primary",
         "public": {"address": node.public.address, "interface": node.public.interface},
         "private": {"address": node.private.address, "interface": node.private.interface},
+        # The lab's namespaces share one file system: each follower its own directories.
+        "postgres": {"data_dir": node.pgdata, "socket_dir": node.socket_dir},
     }
 
 
@@ -169,13 +171,9 @@ def render(spec: LabSpec, services: Sequence[Mapping[str, Any]] = (), salvage: M
         )
     for f in spec.follower_nodes():
         lines += ["[[followers]]", *(f"{k} = {toml_value(v)}" for k, v in _follower(f.name, spec).items()), ""]
-    # The pair's nodes override these paths; a follower has no overrides and runs [postgres] as it is.
-    own = {"data_dir": spec.follower_nodes()[0].pgdata, "socket_dir": spec.follower_nodes()[0].socket_dir} \
-        if spec.followers else {}
     lines += _table(
         "postgres",
         {
-            **own,
             "bin_dir": PG_BIN,
             "port": PG_PORT,
             "os_user": PG_OS_USER,

@@ -32,13 +32,14 @@ from standby.documents import (
     LabStatus,
     LabSwitch,
 )
-from standby.lab import clock, configfile, faults, leaks, netns, pgnode, procs, softswitch, waldisk
+from standby.lab import clock, configfile, faults, leaks, netns, pgnode, procs, softswitch, waldisk, wan
 from standby.lab import tls as labtls
 from standby.lab.errors import CommandFailed, LabError, LabExists, LabMissing, PrerequisiteMissing
 from standby.lab.topology import (
     ALL_ROLES,
     DB_NODES,
     DEFAULT_NAME,
+    DEFAULT_WAN_RATE_KBIT,
     FOLLOWER_NODES,
     GATEWAY,
     LAB_BASE,
@@ -88,7 +89,8 @@ def check_prerequisites(need_pg: bool = True) -> None:
 
 def exists(name: str, base: Path = LAB_BASE) -> bool:
     spec = LabSpec(name, base=base)
-    return spec.root.exists() or any(netns.exists(spec.netns(r)) for r in (*ALL_ROLES, *FOLLOWER_NODES))
+    return spec.root.exists() or any(netns.exists(spec.netns(r))
+                                     for r in LabSpec(name, base=base, followers=FOLLOWER_NODES).roles())
 
 
 @dataclass
@@ -150,7 +152,8 @@ class Lab:
             ) from None
         return cls(LabSpec(name, durability=data.get("durability", "sync"), base=base, mode=data.get("mode", "hot"),
                            pg_layout=data.get("pg_layout", "plain"), followers=tuple(data.get("followers", ())),
-                           private_mbit=data.get("private_mbit", 0)))
+                           private_mbit=data.get("private_mbit", 0),
+                           wan_rate_kbit=data.get("wan_rate_kbit", DEFAULT_WAN_RATE_KBIT)))
 
     def down(self) -> None:
         type(self).destroy(self.spec.name, self.spec.base)
@@ -204,6 +207,7 @@ class Lab:
             "mode": self.spec.mode,
             "pg_layout": self.spec.pg_layout,
             "followers": list(self.spec.followers),
+            "wan_rate_kbit": self.spec.wan_rate_kbit,
             "root": str(self.root),
             "phase": phase,
             # Who built it, for whoever finds a leftover lab.
@@ -261,7 +265,8 @@ class Lab:
             f"link set {PUBLIC_BRIDGE} up",
             f"link set {PRIVATE_BRIDGE} up",
         ]
-        hosts = (*spec.nodes(), *spec.follower_nodes())
+        # The other site's followers are cabled to the WAN router instead (standby.lab.wan).
+        hosts = (*spec.nodes(), *(f for f in spec.follower_nodes() if f.name not in spec.wan_followers()))
         cables = [(n.netns, n.public) for n in hosts] + [(n.netns, n.private) for n in hosts]
         cables.append((spec.netns(Role.CLIENT.value), spec.client_link))
         for ns, link in cables:
@@ -283,6 +288,7 @@ class Lab:
             # The switch routes between the two sites' subnets.
             netns.ip_batch(sw, [f"addr add {REMOTE_GATEWAY}/{PREFIX_LEN} dev {PUBLIC_BRIDGE}"])
             netns.sysctl(sw, "net.ipv4.ip_forward", "1")
+        wan.build(spec)
         for role in (*HOST_ROLES, *spec.followers):
             netns.ip_batch(spec.netns(role), [f"route add default via {spec.gateway_for(role)}"])
         for node in spec.nodes():

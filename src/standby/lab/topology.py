@@ -72,15 +72,29 @@ class Role(StrEnum):
 DB_NODES: tuple[str, ...] = (Role.ALPHA.value, Role.BETA.value)
 ALL_ROLES: tuple[str, ...] = tuple(r.value for r in Role)
 # Followers a lab may add beside the pair ([[followers]]), each a namespace of its own, and their roles.
-# Only one for now: a follower uses the file's [postgres] as it is, so two would share one data directory.
-FOLLOWER_ROLES: dict[str, str] = {"gamma": "warm"}
+FOLLOWER_ROLES: dict[str, str] = {"gamma": "warm", "delta": "reporting"}
 FOLLOWER_NODES: tuple[str, ...] = tuple(FOLLOWER_ROLES)
+# The followers that stand in another site: their own subnets, reached through the WAN router.
+WAN_FOLLOWERS: tuple[str, ...] = ("gamma",)
+# The router's namespace between the pair's networks and the other site's (present with a WAN follower).
+WAN_ROUTER = "wan"
+# The router's address on each of the pair's networks, and on each of the other site's (its gateways).
+WAN_ROUTER_NEAR: dict[Net, str] = {Net.PUBLIC: "192.0.2.254", Net.PRIVATE: "198.51.100.254"}
+WAN_ROUTER_FAR: dict[Net, str] = {Net.PUBLIC: "198.18.0.1", Net.PRIVATE: "198.18.1.1"}
+# The other site's subnets (benchmarking addresses, RFC 2544), and the pair's own.
+WAN_NETS: dict[Net, str] = {Net.PUBLIC: "198.18.0.0/24", Net.PRIVATE: "198.18.1.0/24"}
+PAIR_NETS: dict[Net, str] = {Net.PUBLIC: PUBLIC_NET, Net.PRIVATE: PRIVATE_NET}
+# The WAN link's default rate: a modest site-to-site line (the router shapes each direction to it).
+DEFAULT_WAN_RATE_KBIT = 100_000
+MIN_WAN_RATE_KBIT, MAX_WAN_RATE_KBIT = 64, 10_000_000
 
 _NODE_ADDRESSES: dict[str, dict[Net, str]] = {
     "alpha": {Net.PUBLIC: "192.0.2.11/24", Net.PRIVATE: "198.51.100.11/24"},
     "beta": {Net.PUBLIC: "192.0.2.12/24", Net.PRIVATE: "198.51.100.12/24"},
-    # A follower in the pair's subnets, on the same switch.
-    "gamma": {Net.PUBLIC: "192.0.2.13/24", Net.PRIVATE: "198.51.100.13/24"},
+    # The warm follower in the other site, behind the WAN router.
+    "gamma": {Net.PUBLIC: "198.18.0.13/24", Net.PRIVATE: "198.18.1.13/24"},
+    # The reporting follower in the pair's subnets, on the same switch.
+    "delta": {Net.PUBLIC: "192.0.2.14/24", Net.PRIVATE: "198.51.100.14/24"},
 }
 
 
@@ -172,6 +186,8 @@ class LabSpec:
     private_mbit: int = PRIVATE_MBIT  # each host's private egress rate in Mbit/s; 0: unlimited
     pg_layout: str = "plain"
     followers: tuple[str, ...] = ()  # of FOLLOWER_NODES; none: the two-node lab
+    # The WAN link's rate each way (tbf on the router); only with a follower in WAN_FOLLOWERS.
+    wan_rate_kbit: int = DEFAULT_WAN_RATE_KBIT
 
     def __post_init__(self) -> None:
         if not valid_name(self.name):
@@ -192,6 +208,9 @@ class LabSpec:
         if self.followers and self.pg_layout != "plain":
             raise ValueError("followers: a follower's data directory is postgres.data_dir, which a cluster layout "
                              "may not set; use pg_layout 'plain'")
+        if not MIN_WAN_RATE_KBIT <= self.wan_rate_kbit <= MAX_WAN_RATE_KBIT:
+            raise ValueError(f"wan_rate_kbit {self.wan_rate_kbit}: expected {MIN_WAN_RATE_KBIT} to "
+                             f"{MAX_WAN_RATE_KBIT} (e.g. 100000 for 100 Mbit/s)")
 
     @property
     def root(self) -> Path:
@@ -240,7 +259,13 @@ class LabSpec:
         )
 
     def gateway_for(self, role: str) -> str:
+        if role in self.wan_followers():
+            return WAN_ROUTER_FAR[Net.PUBLIC]
         return REMOTE_GATEWAY if self.mode == "warm" and role == "beta" else GATEWAY
+
+    def wan_followers(self) -> tuple[str, ...]:
+        """This lab's followers in the other site, behind the WAN router (none: no router)."""
+        return tuple(f for f in self.followers if f in WAN_FOLLOWERS)
 
     def nodes(self) -> list[NodeLayout]:
         """The pair's nodes (followers are apart: ``follower_nodes``)."""
@@ -250,8 +275,9 @@ class LabSpec:
         return [self.node(n) for n in self.followers]
 
     def roles(self) -> tuple[str, ...]:
-        """Every namespace this lab has: ALL_ROLES and its followers'."""
-        return (*ALL_ROLES, *self.followers)
+        """Every namespace this lab has: ALL_ROLES, its followers' and, with a follower in the other site, the
+        WAN router's."""
+        return (*ALL_ROLES, *self.followers, *((WAN_ROUTER,) if self.wan_followers() else ()))
 
     @property
     def client_link(self) -> Link:
