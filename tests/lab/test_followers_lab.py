@@ -50,40 +50,32 @@ def _gamma_follows_without_a_clone(lab: Lab, new: str, run: LoadRun, before: tup
     _follows_without_a_clone(lab, new, run, {"gamma": before})
 
 
-def test_i12_gamma_streams_from_the_new_primary_after_a_host_crash_failover(lab_factory, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    lab = _pair_with_gamma(lab_factory)
-    before = followers.identity(lab, "gamma")
-    with under_load(lab, tmp_path) as run:
-        run.t_fault = time.monotonic()
+def _move_alpha_to_beta(lab: Lab, run: LoadRun, move: str) -> tuple[float, int]:
+    """Alpha's host crashes or alpha switches over; once beta alone serves: (seconds since, beta's timeline)."""
+    run.t_fault = time.monotonic()
+    if move == "host_crash":
         lab.crash("alpha")
-        settle(lab, db="beta", services="beta")
-        promoted = time.monotonic() - run.t_fault
-        timeline = followers.timeline(lab, "beta")
-        assert timeline == 2
-        followers.wait_streaming(lab, "gamma", "beta", timeline)
-        took = time.monotonic() - run.t_fault
-        time.sleep(1.0)
-    _gamma_follows_without_a_clone(lab, "beta", run, before)
-    print(f"\nhost crash of alpha: beta primary after {promoted:.2f}s, gamma streaming from beta on timeline "
-          f"{timeline} {took:.2f}s after the crash, no clone")
-
-
-def test_i12_gamma_streams_from_the_new_primary_after_a_switchover(lab_factory, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    lab = _pair_with_gamma(lab_factory)
-    before = followers.identity(lab, "gamma")
-    with under_load(lab, tmp_path) as run:
-        run.t_fault = time.monotonic()
+    else:
         res = lab.standby("alpha", "switchover", check=False)
         assert res.returncode == 0, res.stdout + res.stderr
-        settle(lab, db="beta", services="beta")
-        switched = time.monotonic() - run.t_fault
-        timeline = followers.timeline(lab, "beta")
-        assert timeline == 2
+    settle(lab, db="beta", services="beta")
+    moved = time.monotonic() - run.t_fault
+    timeline = followers.timeline(lab, "beta")
+    assert timeline == 2
+    return moved, timeline
+
+
+@pytest.mark.parametrize("move", ["host_crash", "switchover"])
+def test_i12_gamma_streams_from_the_new_primary(lab_factory, tmp_path: Path, move: str) -> None:  # type: ignore[no-untyped-def]
+    lab = _pair_with_gamma(lab_factory)
+    before = followers.identity(lab, "gamma")
+    with under_load(lab, tmp_path) as run:
+        moved, timeline = _move_alpha_to_beta(lab, run, move)
         followers.wait_streaming(lab, "gamma", "beta", timeline)
         took = time.monotonic() - run.t_fault
         time.sleep(1.0)
     _gamma_follows_without_a_clone(lab, "beta", run, before)
-    print(f"\nswitchover alpha -> beta: done after {switched:.2f}s, gamma streaming from beta on timeline "
+    print(f"\n{move} of alpha: beta primary after {moved:.2f}s, gamma streaming from beta on timeline "
           f"{timeline} {took:.2f}s after it began, no clone")
 
 
@@ -113,16 +105,7 @@ def test_i12_gamma_over_the_wan_and_delta_stream_from_the_new_primary(  # type: 
     before = {name: followers.identity(lab, name) for name in ("gamma", "delta")}
     took: dict[str, float] = {}
     with under_load(lab, tmp_path) as run:
-        run.t_fault = time.monotonic()
-        if move == "host_crash":
-            lab.crash("alpha")
-        else:
-            res = lab.standby("alpha", "switchover", check=False)
-            assert res.returncode == 0, res.stdout + res.stderr
-        settle(lab, db="beta", services="beta")
-        promoted = time.monotonic() - run.t_fault
-        timeline = followers.timeline(lab, "beta")
-        assert timeline == 2
+        promoted, timeline = _move_alpha_to_beta(lab, run, move)
         pending = set(before)
         while pending:  # each timed on its own: the first to stream is not held up by the other's wait
             for name in sorted(pending):

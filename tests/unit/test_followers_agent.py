@@ -222,8 +222,8 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def test_i12_the_followers_status_is_served_and_read_by_the_client(tmp_path: Path) -> None:
-    cfg = cfg_with(tmp_path, port=_free_port())
+def _served_status(cfg: config.Config) -> tuple[FollowerAgent, object]:
+    """A follower that heard alpha as primary, its API served, and its /status read by the real client."""
     w = World(cfg)
     agent = w.agent()
     w.hear("alpha", 3, DbState.PRIMARY)
@@ -236,7 +236,12 @@ def test_i12_the_followers_status_is_served_and_read_by_the_client(tmp_path: Pat
         finally:
             await runner.cleanup()
 
-    got = asyncio.run(go())
+    return agent, asyncio.run(go())
+
+
+def test_i12_the_followers_status_is_served_and_read_by_the_client(tmp_path: Path) -> None:
+    cfg = cfg_with(tmp_path, port=_free_port())
+    agent, got = _served_status(cfg)
     assert got == agent.view and got is not None
     assert got.received_lsn == str(Lsn(5 * MB)) and got.primary == "alpha"
 
@@ -255,20 +260,8 @@ def test_i12_the_followers_status_is_served_over_tls_when_the_pair_speaks_tls(tm
     raw["followers"] = [follower("dr", 21)]
     raw["tls"] = {"ca_file": str(tls_dir / labtls.CA_CERT), "cert_file": str(labtls.cert_path(tls_dir, "{node}")),
                   "key_file": str(labtls.key_path(tls_dir, "{node}"))}
-    cfg = config.parse(raw)
-    w = World(cfg)
-    agent = w.agent()
-    w.hear("alpha", 3, DbState.PRIMARY)
-    w.step(agent)
-
-    async def go() -> object:
-        runner = await serve(agent)
-        try:
-            return await asyncio.to_thread(apiclient.follower_status, cfg, "dr", 2.0, ("127.0.0.1",))
-        finally:
-            await runner.cleanup()
-
-    assert asyncio.run(go()) == agent.view
+    agent, got = _served_status(config.parse(raw))
+    assert got == agent.view and got is not None
 
 
 def test_i12_standby_agent_with_a_followers_name_runs_the_follower_loop(

@@ -21,6 +21,15 @@ from standby.documents import RejoinMethod
 from .configs import example_with_secrets
 
 
+def _with_data_dir(tmp_path: Path) -> tuple[config.Config, Path]:
+    """The example configuration with a data directory of its own that holds a PG_VERSION file."""
+    raw, _ = example_with_secrets(tmp_path)
+    data = tmp_path / "pgdata"
+    data.mkdir()
+    (data / "PG_VERSION").write_text("15\n")
+    raw["postgres"]["data_dir"] = str(data)
+    return config.parse(raw), data
+
 def test_what_a_rejoin_found_survives_until_the_next_one(tmp_path: Path) -> None:
     path = tmp_path / rj.PENDING
     found = rj.RejoinResult(method=RejoinMethod.CLONE, fork_lsn="0/5000000", old_timeline=3,
@@ -51,12 +60,7 @@ def test_chaos_seed_105_a_failed_clone_puts_the_old_directory_back(tmp_path: Pat
     failed half-way, and every later `standby rejoin` refused ("beta has no data directory; use
     `standby bootstrap`"): the pair never had a standby again. A failed clone leaves the node as the
     rejoin found it, so the next rejoin starts over (salvage included); nothing is deleted."""
-    raw, _ = example_with_secrets(tmp_path)
-    data = tmp_path / "pgdata"
-    data.mkdir()
-    (data / "PG_VERSION").write_text("15\n")
-    raw["postgres"]["data_dir"] = str(data)
-    cfg = config.parse(raw)
+    cfg, data = _with_data_dir(tmp_path)
 
     @contextlib.contextmanager
     def passfile(*a: Any) -> Iterator[Path]:
@@ -84,12 +88,7 @@ def test_i13_a_rewind_that_could_never_catch_up_is_not_run_the_rejoin_clones(
     """The new primary has removed the WAL from the last common checkpoint's redo on: a rewound directory
     would wait for it forever, and every later rejoin would resume it. The rejoin clones instead, the old
     directory kept aside for its salvage as in any clone fallback."""
-    raw, _ = example_with_secrets(tmp_path)
-    data = tmp_path / "pgdata"
-    data.mkdir()
-    (data / "PG_VERSION").write_text("15\n")
-    raw["postgres"]["data_dir"] = str(data)
-    cfg = config.parse(raw)
+    cfg, data = _with_data_dir(tmp_path)
     rewinds: list[Any] = []
     monkeypatch.setattr(rejoin_mod, "wal_gone_from_source", lambda *a: "000000010000000000000044")
     monkeypatch.setattr(rejoin_mod.rewind, "run", lambda *a, **kw: rewinds.append(a))
