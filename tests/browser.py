@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import tempfile
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
@@ -16,6 +17,10 @@ from tests.packages import need
 
 T = TypeVar("T")
 SEEN_WITHIN_S = 20  # generous: the page refreshes every second; this only bounds a failing test
+# A page load that has not finished by then fails with chromedriver's own account of it (below), well before
+# Selenium's client gives up on the driver (120 s) with nothing to say.
+PAGE_LOAD_S = 30
+LOG_TAIL_LINES = 60
 
 
 class Browser:
@@ -25,9 +30,23 @@ class Browser:
     def __init__(self, netns: str | None = None) -> None:
         self.pool = ThreadPoolExecutor(1, initializer=_enter_netns if netns else None, initargs=(netns,) if netns else ())
         self.driver: Any = None
+        # chromedriver's verbose log: what the browser was doing when a step failed (attached to the failure).
+        self.log = tempfile.NamedTemporaryFile(prefix="chromedriver-", suffix=".log", delete=False)
+        self.log.close()
 
     def __call__(self, fn: Callable[..., T], *args: Any) -> T:
-        return self.pool.submit(fn, *args).result()
+        try:
+            return self.pool.submit(fn, *args).result()
+        except Exception as e:  # passed on, with what the browser was doing
+            e.add_note(f"--- chromedriver log, last {LOG_TAIL_LINES} lines ---\n{self.log_tail()}")
+            raise
+
+    def log_tail(self) -> str:
+        try:
+            with open(self.log.name, errors="replace") as f:
+                return "".join(f.readlines()[-LOG_TAIL_LINES:])
+        except OSError as e:
+            return f"(unreadable: {e})"
 
     def start(self) -> None:
         chromium = need("chromium", "chromium", "chromium-driver")
@@ -45,14 +64,20 @@ class Browser:
                         "--window-size=1280,1200"):
                 opts.add_argument(arg)
             opts.accept_insecure_certs = True  # the lab's own CA; what the page shows is under test, not TLS
-            return webdriver.Chrome(options=opts, service=Service(driver))
+            d = webdriver.Chrome(options=opts, service=Service(driver, service_args=["--verbose"],
+                                                                log_output=self.log.name))
+            d.set_page_load_timeout(PAGE_LOAD_S)
+            return d
 
         self.driver = self(launch)
 
     def stop(self) -> None:
-        if self.driver is not None:
-            self(self.driver.quit)
-        self.pool.shutdown(wait=True)
+        try:
+            if self.driver is not None:
+                self(self.driver.quit)
+            self.pool.shutdown(wait=True)
+        finally:
+            os.unlink(self.log.name)
 
     def text(self, css: str) -> str:
         return self(text_of, self.driver, css)
