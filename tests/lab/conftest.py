@@ -144,13 +144,29 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
 _FAILED = pytest.StashKey[bool]()
 
 
+def _failed(request: pytest.FixtureRequest) -> bool:
+    node = request.node
+    return node.stash.get(_FAILED, False) if isinstance(node, pytest.Item) else request.session.testsfailed > 0
+
+
 def _keep_dir(request: pytest.FixtureRequest) -> Path | None:
     """Where to copy this test's labs before destroying them, or None (kept only on request, only on failure)."""
-    node = request.node
-    failed = node.stash.get(_FAILED, False) if isinstance(node, pytest.Item) else request.session.testsfailed > 0
-    if not KEEP_FAILED or not failed:
+    if not KEEP_FAILED or not _failed(request):
         return None
-    return Path(KEEP_FAILED) / f"{re.sub(r'[^A-Za-z0-9_.-]+', '_', node.name)}-{time.strftime('%Y%m%dT%H%M%S')}"
+    return Path(KEEP_FAILED) / f"{re.sub(r'[^A-Za-z0-9_.-]+', '_', request.node.name)}-{time.strftime('%Y%m%dT%H%M%S')}"
+
+
+AGENT_LOG_TAIL = 40
+
+
+def print_agent_log_tails(lab: Lab) -> None:
+    """Each agent's last lines, into the failed test's report: a run whose labs are gone (CI) still says what
+    the agents were doing."""
+    for role in (*("alpha", "beta"), *lab.spec.followers):
+        log = lab.spec.role_dir(role) / "log" / "agent.log"
+        if log.exists():
+            tail = log.read_text(errors="replace").splitlines()[-AGENT_LOG_TAIL:]
+            print(f"\n--- lab {lab.name}: {role}'s agent.log, last {len(tail)} lines ---\n" + "\n".join(tail))
 
 
 def record_stalls(lab: Lab, test: str) -> None:
@@ -175,6 +191,7 @@ class LabFactory:
         self.test = test  # the test (or module) the labs are for, as STALLS names it
         self.locks: dict[str, int] = {}
         self.keep: Path | None = None  # set at teardown when the labs' files are to be kept
+        self.failed = False  # set at teardown: the agents' log tails go into the report
 
     def reserve(self) -> str:
         """A fresh name, locked and destroyed at teardown, for a lab built some other way (the CLI)."""
@@ -196,8 +213,11 @@ class LabFactory:
             try:
                 try:
                     lab = Lab(LabSpec(name))
-                    found += lab.secret_leaks()
+                    leaks = lab.secret_leaks()
+                    found += leaks
                     record_stalls(lab, self.test)
+                    if self.failed and not leaks:  # never print a file that holds a secret
+                        print_agent_log_tails(lab)
                     if self.keep is not None:
                         lab.collect_logs(self.keep / name)
                         print(f"\nlab {name}: logs and histories kept in {self.keep / name}")
@@ -217,7 +237,7 @@ def lab_factory(request: pytest.FixtureRequest) -> Iterator[LabFactory]:
     try:
         yield factory
     finally:
-        factory.keep = _keep_dir(request)
+        factory.keep, factory.failed = _keep_dir(request), _failed(request)
         factory.destroy_all()
 
 
@@ -228,5 +248,5 @@ def lab(request: pytest.FixtureRequest) -> Iterator[Lab]:
     try:
         yield factory()
     finally:
-        factory.keep = _keep_dir(request)
+        factory.keep, factory.failed = _keep_dir(request), _failed(request)
         factory.destroy_all()

@@ -64,13 +64,13 @@ retry_max_ms = 500
 @pytest.fixture(scope="module")
 def pair(request: pytest.FixtureRequest) -> Iterator[Lab]:
     """A sync pair shared by the tests below, in order."""
-    from tests.lab.conftest import LabFactory, _keep_dir
+    from tests.lab.conftest import LabFactory, _failed, _keep_dir
 
     factory = LabFactory()
     try:
         yield with_spool(factory("sync"))
     finally:
-        factory.keep = _keep_dir(request)
+        factory.keep, factory.failed = _keep_dir(request), _failed(request)
         factory.destroy_all()
 
 
