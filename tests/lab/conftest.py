@@ -135,18 +135,22 @@ def _lab_environment() -> Iterator[None]:
 
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Generator[None, Any, None]:
-    """Remember on the test whether any phase failed, for the fixtures' teardown to see."""
+    """Remember on the test and its module whether any phase failed, for the fixtures' teardown to see (a
+    module's shared lab is kept for a failure of one of its own tests, not for one elsewhere in the run)."""
     outcome = yield
     if outcome.get_result().failed:
         item.stash[_FAILED] = True
+        module = item.getparent(pytest.Module)
+        if module is not None:
+            module.stash[_FAILED] = True
 
 
 _FAILED = pytest.StashKey[bool]()
 
 
 def _failed(request: pytest.FixtureRequest) -> bool:
-    node = request.node
-    return node.stash.get(_FAILED, False) if isinstance(node, pytest.Item) else request.session.testsfailed > 0
+    """Whether the test (function-scoped fixture) or one of the module's tests (module-scoped) failed."""
+    return request.node.stash.get(_FAILED, False)
 
 
 def _keep_dir(request: pytest.FixtureRequest) -> Path | None:
