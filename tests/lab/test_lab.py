@@ -467,7 +467,8 @@ def test_a_failing_test_still_cleans_up(tmp_path: Path) -> None:
     prefix = "sbf" + secrets.token_hex(1)
     shutil.copy(Path(__file__).with_name("conftest.py"), tmp_path / "conftest.py")
     (tmp_path / "test_failing.py").write_text(_FAILING_TESTS)
-    env = {**os.environ, "STANDBY_LAB_TEST_PREFIX": prefix}
+    kept = tmp_path / "kept"
+    env = {**os.environ, "STANDBY_LAB_TEST_PREFIX": prefix, "STANDBY_LAB_KEEP_FAILED": str(kept)}
     env.pop("CI", None)
     proc = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--rootdir", str(tmp_path), str(tmp_path)],
@@ -484,6 +485,9 @@ def test_a_failing_test_still_cleans_up(tmp_path: Path) -> None:
         assert lab_traces(name) == []
     assert not [ns for ns in os.listdir(NETNS_DIR) if ns.startswith(prefix)] if NETNS_DIR.exists() else True
     assert not [d for d in os.listdir(LAB_BASE) if d.startswith(prefix)]
+    # Both failures' labs were kept for their post-mortem: the function's and the module's own.
+    assert sorted(d.name.split("-")[0] for d in kept.iterdir()) == ["test_failing.py", "test_fails_midway"], \
+        list(kept.iterdir())
 
 
 # -- the lab as a new user drives it: own services, agents, logs kept ----------------
