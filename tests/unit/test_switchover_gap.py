@@ -119,9 +119,11 @@ def test_i13_promote_moves_the_ips_right_after_the_promotion_and_names_each_step
 class FakePair:
     """Both agents' APIs as the command sees them: what each call answers, and the calls made."""
 
-    def __init__(self, promote_error: ApiError | None = None, standby_after: DbState = DbState.STANDBY) -> None:
+    def __init__(self, promote_error: ApiError | None = None, standby_after: DbState = DbState.STANDBY,
+                 demote_error: ApiError | None = None, resume_error: ApiError | None = None) -> None:
         self.calls: list[tuple[str, str]] = []
         self.promote_error, self.standby_after = promote_error, standby_after
+        self.demote_error, self.resume_error = demote_error, resume_error
 
     def status(self, cfg: Any, node: str, timeout_s: float = 2.0) -> Any:
         db = DbState.PRIMARY if node == "alpha" else DbState.STANDBY
@@ -139,6 +141,8 @@ class FakePair:
 
             def demote(self, node: str) -> Demoted:
                 pair.calls.append(("demote", node))
+                if pair.demote_error is not None:
+                    raise pair.demote_error
                 return Demoted("0/3000028", 1, steps=[("checkpoint while serving", 0.05),
                                                      ("service IPs released: writes paused", 0.002)])
 
@@ -154,6 +158,8 @@ class FakePair:
 
             def resume(self, node: str) -> None:
                 pair.calls.append(("resume", node))
+                if pair.resume_error is not None:
+                    raise pair.resume_error
 
         return Api()
 
@@ -196,6 +202,32 @@ def test_i13_switchover_aborts_as_before_when_the_standby_did_not_promote(tmp_pa
         so.switchover(_cfg(tmp_path))
     assert ("resume", "alpha") in fp.calls and ("follow", "alpha") not in fp.calls
     assert fp.calls[-2:] == [("unsuspend", "alpha"), ("unsuspend", "beta")]
+
+
+def test_switchover_whose_clean_stop_fails_says_it_aborted_and_lost_nothing(tmp_path: Path, pair: Any) -> None:
+    """Seen in CI (test_roadback's switchover with the standby cut off): under load the walsenders could
+    not send the shutdown checkpoint, the fast stop gave way to an immediate one, and the command said only
+    "could not be stopped cleanly". Nothing was promoted and the old primary served again: an abort, said
+    as one, as when the promotion does not happen."""
+    fp = pair(demote_error=ApiError(500, "PostgreSQL did not shut down cleanly (in production)"))
+    with pytest.raises(so.SwitchoverError, match="aborted, nothing lost") as e:
+        so.switchover(_cfg(tmp_path))
+    assert "alpha serves again" in str(e.value) and "in production" in str(e.value)
+    assert ("promote", "beta") not in fp.calls and ("resume", "alpha") in fp.calls
+    assert fp.calls[-2:] == [("unsuspend", "alpha"), ("unsuspend", "beta")]
+
+
+@pytest.mark.parametrize("demote_fails", [True, False])
+def test_switchover_abort_never_says_serves_again_when_the_old_primary_did_not_resume(
+        tmp_path: Path, pair: Any, demote_fails: bool) -> None:
+    fp = pair(resume_error=ApiError(0, "connection refused"),
+              **({"demote_error": ApiError(500, "stop failed")} if demote_fails else
+                 {"promote_error": ApiError(409, "did not arrive")}))
+    with pytest.raises(so.SwitchoverError) as e:
+        so.switchover(_cfg(tmp_path))
+    assert "serves again" not in str(e.value) and "alpha did not resume" in str(e.value), str(e.value)
+    assert "standby status" in str(e.value)
+    assert ("resume", "alpha") in fp.calls
 
 
 def test_i13_switchover_leaves_the_old_primary_stopped_when_the_standby_may_have_promoted(

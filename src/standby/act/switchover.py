@@ -122,12 +122,14 @@ def switchover(cfg: Config, to: str | None = None, catch_up_timeout_s: float = 1
 
 
 def _demote(api: AgentApi, primary: str, say: Say) -> Demoted:
-    """The primary's clean stop; if it fails, it serves again."""
+    """The primary's clean stop; if it fails, it serves again. Nothing was promoted: an abort like any other,
+    although the stop may have ended immediate (walsenders that could not send the shutdown checkpoint):
+    crash recovery keeps every acknowledged commit."""
     try:
         return api.demote(primary)
     except ApiError as e:
-        _resume(api, primary, say)
-        raise SwitchoverError(f"{primary} could not be stopped cleanly: {e}; it serves again") from None
+        raise SwitchoverError(_aborted(f"{primary} could not be stopped cleanly ({e})", primary,
+                                       _resume(api, primary, say))) from None
 
 
 def _promote(cfg: Config, api: AgentApi, out: Outcome, demoted: Demoted, catch_up_timeout_s: float,
@@ -148,10 +150,10 @@ def _promote(cfg: Config, api: AgentApi, out: Outcome, demoted: Demoted, catch_u
                 f"stopped so that two primaries cannot happen. Look with `standby status`: if {standby} is "
                 f"primary, run `standby rejoin --node {primary}`; if it is a streaming standby, run "
                 f"`standby switchover` again.") from None
-        _resume(api, primary, clock.say)
+        resumed = _resume(api, primary, clock.say)
         out.reason = str(e)
-        clock.step(f"aborted: {primary} is primary again")
-        raise SwitchoverError(f"switchover aborted, nothing lost: {e}. {primary} serves again.") from None
+        clock.step(f"aborted: {primary} is primary again" if resumed else f"aborted: {primary} did not resume")
+        raise SwitchoverError(_aborted(str(e), primary, resumed)) from None
 
 
 def _still_standby(cfg: Config, node: str) -> bool | str:
@@ -164,8 +166,19 @@ def _still_standby(cfg: Config, node: str) -> bool | str:
     return True
 
 
-def _resume(api: AgentApi, node: str, say: Say) -> None:
+def _resume(api: AgentApi, node: str, say: Say) -> bool:
+    """The old primary serves again; False (and said) if its agent did not confirm it."""
     try:
         api.resume(node)
     except ApiError as e:
         say(f"ERROR: {node} could not resume as primary: {e}; check it at once (`standby status`)")
+        return False
+    return True
+
+
+def _aborted(why: str, primary: str, resumed: bool) -> str:
+    """An abort's one message: nothing was promoted, so nothing acknowledged is lost; whether the old primary
+    serves again is said only when its agent confirmed it."""
+    then = (f"{primary} serves again." if resumed else
+            f"{primary} did not resume: check it at once with `standby status`; the pair has no primary until it does.")
+    return f"switchover aborted, nothing lost: {why}. {then}"
