@@ -34,6 +34,7 @@ APP = "softswitch"  # the client's role and database, made after the README's st
 SERVICE_ADDRESS = SERVICE_IP.split("/")[0]
 DATA_DIR = "/var/lib/postgresql/15/standby"
 POSTGRES_UNIT = "standby-postgresql-{node}"
+JOURNAL_TAIL = 80  # lines of each agent's journal in a failure's report
 
 
 class NotConverged(AssertionError):
@@ -166,7 +167,18 @@ class Pair:
                         and all(n.agent is not None and n.agent.running for n in st.nodes.values())):
                     return st
             time.sleep(1)
-        raise NotConverged(f"the pair did not converge in {timeout_s} s; last status: {last}")
+        raise NotConverged(f"the pair did not converge in {timeout_s} s; last status: {last}{self.journal_tails()}")
+
+    def journal_tails(self, lines: int = JOURNAL_TAIL) -> str:
+        """Each running node's agent journal, last lines: what a failure's report needs to say why (the
+        containers are gone once the module ends)."""
+        out = []
+        for name, node in self.nodes.items():
+            if node.running:
+                res = node.run(["journalctl", "-u", "standby", "-n", str(lines), "--no-pager", "-o", "short-precise"],
+                               check=False)
+                out.append(f"\n--- {name}: journalctl -u standby, last {lines} lines ---\n{res.stdout}{res.stderr}")
+        return "".join(out)
 
     def _poll(self, node: str, ready: Callable[[PairStatus], bool], what: str, timeout_s: float) -> PairStatus:
         deadline = time.monotonic() + timeout_s
@@ -178,7 +190,7 @@ class Pair:
             except (ValueError, subprocess.SubprocessError):
                 st = None
             if time.monotonic() > deadline:
-                raise NotConverged(f"{what} in {timeout_s} s; last status: {st}")
+                raise NotConverged(f"{what} in {timeout_s} s; last status: {st}{self.journal_tails()}")
             time.sleep(0.5)
 
     def agent_answers(self, node: str, timeout_s: float = 90) -> PairStatus:
