@@ -146,7 +146,10 @@ class Pair:
         return int(out.strip())
 
     def converged(self, timeout_s: float = 90, observer: str | None = None) -> PairStatus:
-        """Wait for one primary holding the service IP and the other streaming in sync, both agents up."""
+        """Wait for one primary holding the service IP and the other streaming in sync, both agents up, and
+        the standby's agent eligible: the pair can fail over. Without the last, a fault right after a rejoin
+        met a standby whose server was in sync but whose agent had not yet heard the primary say so; it
+        rightly did not promote, and the test waited for a failover that could not come."""
         deadline = time.monotonic() + timeout_s
         last: object = None
         while time.monotonic() < deadline:
@@ -163,6 +166,7 @@ class Pair:
                 other = next(n for n in st.nodes if n != p)
                 o = st.nodes[other]
                 if (o.postgres.state is PgRole.STANDBY and o.postgres.sync_state is SyncState.SYNC
+                        and o.agent is not None and o.agent.eligible
                         and st.service_ips[SERVICE_ADDRESS].holders == [p]
                         and all(n.agent is not None and n.agent.running for n in st.nodes.values())):
                     return st
