@@ -12,7 +12,7 @@ primary; dialogs shared over DMQ) and `direct` (Kamailio INSERTs into PostgreSQL
 IP, no dialog sharing: the issue's set-up).
 
     .venv/bin/python bench/softswitch.py [--events 2] [--rates 30 200] [--durabilities sync async]
-        [--kinds host_crash switchover] [--setups spool+dmq direct spool direct+dmq]
+        [--kinds host_crash switchover] [--setups spool+dmq direct spool direct+dmq] [--ring-ms 2000]
 
 Needs root, PostgreSQL 15, kamailio, kamailio-postgres-modules and sip-tester (`./dev setup`).
 """
@@ -48,12 +48,13 @@ class Params:
     seconds: float = 10.0  # of calls per event
     hold_ms: int = 1500
     keep_logs: str | None = None  # a directory for the logs of events with incomplete accounting
+    ring_ms: int = 0  # the callee's 180 Ringing before its answer (0: it answers at once)
 
 
 def one_event(name: str, setup_name: str, durability: str, kind: str, rate: float, p: Params,
               log: benchlib.Log) -> dict[str, Any]:
     setup = SETUPS[setup_name]
-    lab = build(LabSpec(name, durability=durability), setup, log)
+    lab = build(LabSpec(name, durability=durability), setup, log, p.ring_ms)
     try:
         r = run_event(lab, setup, Event(kind), Load(rate, int(rate * p.seconds), p.hold_ms), log,
                       Path(p.keep_logs) if p.keep_logs else None)
@@ -99,8 +100,12 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=10.0, help="seconds of calls per event")
     ap.add_argument("--hold-ms", type=int, default=1500)
     ap.add_argument("--keep-logs", metavar="DIR", help="copy the lab's logs here when an event's accounting is incomplete")
+    ap.add_argument("--ring-ms", type=int, default=0,
+                    help="the callee rings this long (180 Ringing) before it answers; 0 (default): it answers at once")
     a = ap.parse_args()
-    p = Params(a.events, a.rates, a.durabilities, a.kinds, a.setups, a.seconds, a.hold_ms, a.keep_logs)
+    if a.ring_ms < 0:
+        ap.error("--ring-ms: a ring time is 0 or more milliseconds")
+    p = Params(a.events, a.rates, a.durabilities, a.kinds, a.setups, a.seconds, a.hold_ms, a.keep_logs, a.ring_ms)
     doc, stamp, log = benchlib.begin("softswitch", p, events=[], failures=[])
     t_start = time.monotonic()
     names = LabNames("sbsip")

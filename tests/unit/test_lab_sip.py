@@ -118,3 +118,17 @@ def test_service_entry_runs_on_both_nodes_and_validates(tmp_path: Path) -> None:
     assert entry["placement"] == "everywhere" and "--no-dmq" in entry["start"]
     svc = standby_config.Service.model_validate(entry)
     assert svc.name == "kamailio"
+
+
+def test_the_callee_answers_at_once_or_rings_first_for_the_ring_time(tmp_path: Path) -> None:
+    import xml.etree.ElementTree as ET
+
+    at_once = sip.callee_argv(tmp_path)
+    assert at_once[at_once.index("-sf") + 1] == str(sip.CALLEE_XML) and "-d" not in at_once
+    ringing = sip.callee_argv(tmp_path, ring_ms=2000)
+    assert ringing[ringing.index("-sf") + 1] == str(sip.CALLEE_RINGING_XML)
+    assert ringing[ringing.index("-d") + 1] == "2000"
+    # The ringing scenario: 180, then the pause SIPp's -d sets, then 200 with the same To tag.
+    steps = [(e.tag, (e.text or "").strip().splitlines()[0] if e.tag == "send" else "")
+             for e in ET.parse(sip.CALLEE_RINGING_XML).getroot()]
+    assert steps[:4] == [("recv", ""), ("send", "SIP/2.0 180 Ringing"), ("pause", ""), ("send", "SIP/2.0 200 OK")]

@@ -43,6 +43,7 @@ FILES = Path(__file__).with_name("kamailio")
 KAMAILIO_CFG = FILES / "kamailio.cfg"
 CALLER_XML = FILES / "caller.xml"
 CALLEE_XML = FILES / "callee.xml"
+CALLEE_RINGING_XML = FILES / "callee-ringing.xml"
 MODULES_DIR = Path("/usr/lib/x86_64-linux-gnu/kamailio/modules")
 # The modules the configuration loads that do not come with the kamailio package itself.
 EXTRA_MODULES = {"db_postgres.so": "kamailio-postgres-modules"}
@@ -233,9 +234,11 @@ def stop(root: Path, node: str, timeout_s: float = 10.0) -> None:
 # --------------------------------------------------------------------------- SIPp
 
 
-def callee_argv(log_dir: Path) -> list[str]:
-    """The far end: answers every call the proxies send it, in the client namespace."""
-    return ["sipp", "-sf", str(CALLEE_XML), "-i", CLIENT_ADDRESS.split("/")[0], "-p", str(CALLEE_PORT),
+def callee_argv(log_dir: Path, ring_ms: int = 0) -> list[str]:
+    """The far end: answers every call the proxies send it, in the client namespace; at once, or with
+    ``ring_ms`` a 180 Ringing first and the answer that long after (as a person picks up)."""
+    scenario = ["-sf", str(CALLEE_RINGING_XML), "-d", str(ring_ms)] if ring_ms > 0 else ["-sf", str(CALLEE_XML)]
+    return ["sipp", *scenario, "-i", CLIENT_ADDRESS.split("/")[0], "-p", str(CALLEE_PORT),
             "-nostdin", "-nd", "-trace_err", "-error_file", str(log_dir / "callee-errors.log")]
 
 
@@ -373,8 +376,8 @@ def configure(lab: Any, setup: Setup) -> None:
     lab.config()  # the file as changed must still load
 
 
-def start_callee(lab: Any) -> None:
-    lab.spawn("client", callee_argv(lab.spec.role_dir("client") / "log"), "sipp-callee")
+def start_callee(lab: Any, ring_ms: int = 0) -> None:
+    lab.spawn("client", callee_argv(lab.spec.role_dir("client") / "log", ring_ms), "sipp-callee")
 
 
 def start_shipper(lab: Any, node: str) -> None:

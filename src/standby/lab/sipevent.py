@@ -54,14 +54,15 @@ class EventResult:
     event_s: float = 0.0  # seconds from the first call to the event
 
 
-def build(spec: LabSpec, setup: sip.Setup, log: Log = print) -> Lab:
-    """A running pair with Kamailio on both nodes, the callee up and (spool) a shipper on each node."""
+def build(spec: LabSpec, setup: sip.Setup, log: Log = print, ring_ms: int = 0) -> Lab:
+    """A running pair with Kamailio on both nodes, the callee up (answering at once, or after ``ring_ms`` of
+    ringing) and (spool) a shipper on each node."""
     sip.check_prerequisites()
     log(f"lab {spec.name} up ({spec.durability}, accounting {setup.accounting.value}, dmq {setup.dmq})")
     lab = Lab.up(spec, [sip.service_entry(spec, setup)])
     try:
         sip.configure(lab, setup)
-        sip.start_callee(lab)
+        sip.start_callee(lab, ring_ms)
         start_pair(lab)
         if setup.accounting is sip.Accounting.SPOOL:
             for node in ("alpha", "beta"):
