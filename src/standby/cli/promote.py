@@ -176,7 +176,7 @@ def _promote_follower(cfg: Config, me: str, yes: bool, force: bool) -> None:
     try:
         if decision.verdict is siteloss.Verdict.FENCE_FIRST:
             api = AgentApi(cfg)
-            for n in decision.fence:
+            for n in decision.to_fence:
                 click.echo(f"{n} answers: fencing it first (services off, PostgreSQL stopped)")
                 api.fence(n)
             # Looked at again, and judged without force: a node still writable after its fence refuses.
@@ -184,7 +184,7 @@ def _promote_follower(cfg: Config, me: str, yes: bool, force: bool) -> None:
     except ApiError as e:
         raise OperatorError(f"fencing refused: {e}; not promoting") from None
     if decision.verdict is not siteloss.Verdict.PROMOTE:
-        raise OperatorError(_REFUSED[decision.reason].format(me=me, nodes=", ".join(decision.fence)))
+        raise OperatorError(_REFUSED[decision.reason].format(me=me, nodes=", ".join(decision.in_the_way)))
     for n in decision.unreachable:
         click.echo(f"{n} answers nowhere: if it is alive behind a broken link, it could still accept writes "
                    "from clients that reach it")
