@@ -246,12 +246,10 @@ def load_figures(run: LoadRun, t_fault: float) -> dict[str, Any]:
     attempts = read_history(run.history)
     acks = [a.t_done for a in attempts if a.outcome.value == "ack"]
     gap = longest_ack_gap(acks)
-    first = run.first_ack_after_fault()
-    first_node = next((a.node for a in sorted(attempts, key=lambda a: a.t_done)
-                       if a.outcome.value == "ack" and a.t_send >= t_fault), None)
     return {
-        "first_ack_s": first,
-        "first_ack_db": first_node,  # the database address the answering service used
+        # Every kind ends with beta primary: service is restored when beta's database acknowledges.
+        "first_ack_s": run.first_ack_after_fault("beta"),
+        "acks_after_fault_by": dict(run.acks_after_fault_by()),
         "longest_ack_gap_s": gap.seconds if gap else None,
         "longest_ack_gap_from_s": gap.start - t_fault if gap else None,
         "attempts": len(attempts),

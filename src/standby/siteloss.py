@@ -68,7 +68,8 @@ class Reason(enum.StrEnum):
 class Decision:
     verdict: Verdict
     reason: Reason
-    fence: tuple[str, ...] = ()  # FENCE_FIRST: the pair nodes to fence; REFUSE: the nodes in the way
+    to_fence: tuple[str, ...] = ()  # FENCE_FIRST only: the pair nodes to fence before looking again
+    in_the_way: tuple[str, ...] = ()  # REFUSE only: the pair nodes that block the promotion (never fenced)
     unreachable: tuple[str, ...] = ()  # PROMOTE: nodes that may still serve clients that reach them
 
 
@@ -84,11 +85,11 @@ def decide(role: FollowerRole, me: FollowerSeen | None, pair: Mapping[str, PairS
     alive = tuple(sorted(n for n, seen in pair.items() if seen in _MAY_WRITE))
     if alive:
         if not force:
-            return Decision(Verdict.REFUSE, Reason.PAIR_ALIVE, fence=alive)
+            return Decision(Verdict.REFUSE, Reason.PAIR_ALIVE, in_the_way=alive)
         agentless = tuple(sorted(n for n, seen in pair.items() if seen is PairSeen.LIVE_NO_AGENT))
         if agentless:
-            return Decision(Verdict.REFUSE, Reason.UNFENCEABLE, fence=agentless)
-        return Decision(Verdict.FENCE_FIRST, Reason.FENCE_PAIR, fence=alive)
+            return Decision(Verdict.REFUSE, Reason.UNFENCEABLE, in_the_way=agentless)
+        return Decision(Verdict.FENCE_FIRST, Reason.FENCE_PAIR, to_fence=alive)
     silent = tuple(sorted(n for n, seen in pair.items() if seen is PairSeen.UNREACHABLE))
     reason = Reason.SITE_GONE if len(silent) == len(pair) else Reason.PAIR_FENCED
     return Decision(Verdict.PROMOTE, reason, unreachable=silent)

@@ -58,7 +58,7 @@ def test_postgres_killed_on_primary_database_moves(pair: Lab, tmp_path: Path) ->
         time.sleep(1.0)
     assert agent_state(pair, "alpha")["state"]["fenced"] is True
     no_loss_no_dual(pair, run, on="beta")
-    assert run.first_ack_after_fault() is not None
+    assert run.first_ack_after_fault("beta") is not None
 
 
 def test_primary_host_crashed_everything_moves(pair: Lab, tmp_path: Path) -> None:
@@ -68,7 +68,7 @@ def test_primary_host_crashed_everything_moves(pair: Lab, tmp_path: Path) -> Non
         settle(pair, db="beta", services="beta")
         time.sleep(1.0)
     no_loss_no_dual(pair, run, on="beta")
-    assert run.first_ack_after_fault() is not None
+    assert run.first_ack_after_fault("beta") is not None
     assert agent_state(pair, "beta")["state"]["term"] == 1
 
 

@@ -17,6 +17,7 @@ import pytest
 from standby.config import load
 from standby.lab import LAB_BASE, Lab, LabExists, LabMissing, LabSpec
 from standby.lab.netns import NETNS_DIR
+from standby.lab.pair import primaries, start_pair
 from standby.lab.pgnode import STATE_TMPFS_ENV
 from standby.lab.topology import PG_BIN
 
@@ -415,6 +416,69 @@ def test_down_leaves_nothing_and_is_idempotent(lab_factory) -> None:
     assert lab_traces(lab.name) == []
     with pytest.raises(LabMissing):
         Lab.open(lab.name)
+
+
+SHM = Path("/dev/shm")
+# What a lab server (dynamic shared memory, posix) and libfaketime (per process, named after its pid) put there.
+SHM_ENTRY = re.compile(r"^(PostgreSQL\.\d+|faketime_shm_\d+|sem\.faketime_sem_\d+)$")
+
+
+def host_shm() -> dict[str, int]:
+    """The host's /dev/shm entries of those kinds, by name, with their inode."""
+    found = {}
+    for p in SHM.iterdir():
+        if SHM_ENTRY.match(p.name):
+            try:
+                found[p.name] = p.stat().st_ino
+            except FileNotFoundError:
+                continue  # removed meanwhile
+    return found
+
+
+def host_shm_mapped_by(lab: Lab) -> dict[str, int]:
+    """Those entries that a process of ``lab`` has mapped now: this lab's, not another's beside it (device and
+    inode say which file; a /dev/shm of the process's own is another device)."""
+    dev = SHM.stat().st_dev
+    host_dev = f"{os.major(dev):02x}:{os.minor(dev):02x}"
+    by_inode = {ino: name for name, ino in host_shm().items()}
+    mapped = {}
+    for pid in {p for r in ROLES for p in netns_pids(lab.netns(r))}:
+        try:
+            maps = Path(f"/proc/{pid}/maps").read_text()
+        except OSError:
+            continue  # exited meanwhile
+        for line in maps.splitlines():
+            cols = line.split(maxsplit=5)  # address perms offset dev inode [path]
+            if len(cols) >= 5 and cols[3] == host_dev and (name := by_inode.get(int(cols[4]))):
+                mapped[name] = int(cols[4])
+    return mapped
+
+
+def under_libfaketime(pid: int) -> bool:
+    try:
+        return b"libfaketime" in Path(f"/proc/{pid}/environ").read_bytes()
+    except OSError:
+        return False
+
+
+def test_down_leaves_no_shared_memory_of_a_killed_server_or_of_libfaketime(lab_factory) -> None:
+    """A PostgreSQL server killed with SIGKILL cannot remove its dynamic shared memory segments, and
+    libfaketime's semaphore and segment of each process outlive a process that does not exit as their
+    maker (a killed one, any Python one): none of them may stay in the host's /dev/shm once the lab is
+    down. Other labs may run beside this one, so what counts is what a process of this lab had mapped."""
+    lab = lab_factory()
+    before = host_shm()
+    start_pair(lab, own_clock=True)
+    assert any(under_libfaketime(p) for p in netns_pids(lab.netns("alpha"))), "no process of alpha under libfaketime"
+    seen = host_shm_mapped_by(lab)
+    lab.kill_postgres("alpha")
+    lab.wait_for("beta primary", lambda: primaries(lab) == ["beta"], timeout_s=30)
+    seen |= host_shm_mapped_by(lab)
+    lab.down()
+    after = host_shm()
+    left = sorted(name for name, ino in seen.items() if after.get(name) == ino)
+    assert left == [], f"left in /dev/shm by the lab: {left} (new since the test began, any lab's: " \
+                       f"{sorted(set(after) - set(before))})"
 
 
 def test_x4_a_test_labs_agent_state_is_off_the_shared_disk(lab_factory, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -116,6 +116,12 @@ def test_primary_crash_alerts_but_never_promotes_then_promote_serves(warm: tuple
     assert res.returncode == 0, res.stdout + res.stderr
     assert "what could be lost: nothing acknowledged" in res.stdout
     assert primaries(lab) == ["beta"]
+    # alpha's slot on beta, reserved before beta left recovery: it holds WAL from before the fork.
+    with lab.pg_connect("beta") as c:
+        fork = (c.execute("SELECT pg_read_file('pg_wal/00000002.history')").fetchone() or [""])[0].split()[1]
+        row = c.execute("SELECT restart_lsn IS NOT NULL AND restart_lsn < %s::pg_lsn FROM pg_replication_slots "
+                        "WHERE slot_name = %s", (fork, config.load(lab.config_path).slot_name("alpha"))).fetchone()
+    assert row == (True,), f"alpha's slot on beta: {row} (the timeline forked at {fork})"
     changes = (lab.root / "address-changes.log").read_text().split()
     assert changes[-2:] == ["beta", "203.0.113.12"]  # the hook got the new primary and its address
     lab.wait_for("the softswitch on beta", lambda: http_status(lab, "http://203.0.113.12:8080/health") == 200,

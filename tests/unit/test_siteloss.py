@@ -25,13 +25,20 @@ def test_i12_every_combination_keeps_the_rules(role: FollowerRole, me: FollowerS
     # Promotion needs a warm follower in recovery and no pair node that writes or could start to.
     assert (d.verdict is Verdict.PROMOTE) == (may_act and not in_the_way)
     if d.verdict is Verdict.PROMOTE:
-        assert d.unreachable == silent and d.fence == ()
+        assert d.unreachable == silent and d.to_fence == () and d.in_the_way == ()
         assert d.reason is (Reason.SITE_GONE if len(silent) == 2 else Reason.PAIR_FENCED)
     # A fence is asked only with force, of every node in the way, and only if each can be fenced here.
     fenceable = PairSeen.LIVE_NO_AGENT not in states
     assert (d.verdict is Verdict.FENCE_FIRST) == (may_act and bool(in_the_way) and force and fenceable)
     if d.verdict is Verdict.FENCE_FIRST:
-        assert d.fence == in_the_way
+        assert d.to_fence == in_the_way and d.in_the_way == ()
+    # Nodes named in a refusal are never ones to fence: only FENCE_FIRST asks for a fence.
+    if d.verdict is Verdict.REFUSE:
+        assert d.to_fence == ()
+        if d.reason is Reason.PAIR_ALIVE:
+            assert d.in_the_way == in_the_way
+        if d.reason is Reason.UNFENCEABLE:
+            assert d.in_the_way == tuple(n for n, s in pair.items() if s is PairSeen.LIVE_NO_AGENT)
     if d.verdict is not Verdict.PROMOTE:
         assert d.unreachable == ()
 
@@ -43,9 +50,9 @@ def test_i12_site_loss_never_promotes_beside_a_hot_standby_that_can_still_promot
     me = FollowerSeen(running=True, in_recovery=True)
     primary_gone = {"alpha": PairSeen.UNREACHABLE, "beta": PairSeen.LIVE}
     assert decide(FollowerRole.WARM, me, primary_gone, force=False) == Decision(
-        Verdict.REFUSE, Reason.PAIR_ALIVE, fence=("beta",))
+        Verdict.REFUSE, Reason.PAIR_ALIVE, in_the_way=("beta",))
     assert decide(FollowerRole.WARM, me, primary_gone, force=True) == Decision(
-        Verdict.FENCE_FIRST, Reason.FENCE_PAIR, fence=("beta",))
+        Verdict.FENCE_FIRST, Reason.FENCE_PAIR, to_fence=("beta",))
     # The second look is without force: a beta that promoted meanwhile (or did not take the fence) refuses.
     for still in (PairSeen.PRIMARY, PairSeen.LIVE):
         assert decide(FollowerRole.WARM, me, {"alpha": PairSeen.UNREACHABLE, "beta": still}, False).verdict \
@@ -58,7 +65,7 @@ def test_i12_site_loss_never_promotes_beside_a_hot_standby_that_can_still_promot
 def test_i12_a_server_without_its_agent_is_not_fenced_from_afar_and_blocks_the_promotion() -> None:
     me = FollowerSeen(running=True, in_recovery=True)
     d = decide(FollowerRole.WARM, me, {"alpha": PairSeen.PRIMARY, "beta": PairSeen.LIVE_NO_AGENT}, force=True)
-    assert d == Decision(Verdict.REFUSE, Reason.UNFENCEABLE, fence=("beta",))
+    assert d == Decision(Verdict.REFUSE, Reason.UNFENCEABLE, in_the_way=("beta",))
 
 
 def test_i12_a_reporting_follower_is_never_promoted_even_with_the_site_gone() -> None:

@@ -249,8 +249,7 @@ class Operator:
         step = marks.mark
         await self._save(ops.promoting(self.cell.state, planned=False))
         term = self.cell.state.term
-        await self._in_pg(self.db.promote)
-        await self._in_pg(self.db.ensure_peer_slot)
+        await self._in_pg(self.db.promote)  # the old primary's slot first, reserved while in recovery
         step(f"PostgreSQL promoted (term {term})")
         if (taken := await self._take_addresses()) is not None:
             step(taken)

@@ -99,7 +99,7 @@ def _story(lab: Lab, rate: int, seconds: float) -> None:
         say("8. Checking every call against the new primary's database")
         verdict = verify(lab, run, on="beta")
         lost = len(verdict["missing_acked"])
-        gap = run.first_ack_after_fault()
+        gap = run.first_ack_after_fault("beta")
         dual = len(run.probe.dual) if run.probe else 0
         click.echo(f"  acknowledged calls: {verdict['acked']}, lost: {lost}, duplicates: {len(verdict['duplicate_call_ids'])}")
         click.echo(f"  from the crash to the first call acknowledged by beta: {gap:.2f} s" if gap is not None

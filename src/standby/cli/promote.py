@@ -88,26 +88,33 @@ def command(config_path: Path, node: str | None, yes: bool, force: bool) -> None
 
 
 
-def _look_at(cfg: Config, node: str) -> tuple[obs.PgObservation, AgentView | None]:
-    """A pair node's server and agent, all looks at once, with a quick TCP knock first: against a dead
-    host a PostgreSQL connection attempt alone costs seconds."""
+def _knock(cfg: Config, node: str) -> str | None:
+    """A quick TCP knock on a pair node's PostgreSQL port, both links at once: None when something answers,
+    else what was seen. Against a dead host a PostgreSQL connection attempt alone costs seconds, a knock
+    half of one."""
     links = (cfg.nodes[node].private.ip, cfg.nodes[node].public.ip)
-    with ThreadPoolExecutor(4) as pool:
+    port = cfg.pg(node).port
+    with ThreadPoolExecutor(len(links)) as pool:
+        if any(pool.map(lambda ip: probes.tcp_connect(str(ip), port, 0.5), links)):
+            return None
+    return f"nothing answers on port {port} at {', '.join(map(str, links))}"
+
+
+def _look_at(cfg: Config, node: str) -> tuple[obs.PgObservation, AgentView | None]:
+    """A pair node's server and agent, both looks at once; its server asked only if its port answers."""
+    with ThreadPoolExecutor(2) as pool:
         agent_f = pool.submit(agent_status, cfg, node, 1.0)
-        knocks = [pool.submit(probes.tcp_connect, str(ip), cfg.pg(node).port, 0.5) for ip in links]
-        answers = any(k.result() for k in knocks)
-        seen = obs.observe_peer(cfg, node) if answers else obs.PgObservation(
-            node=node, role=PgRole.UNREACHABLE, observed_at=datetime.now(UTC),
-            error=f"nothing answers on port {cfg.pg(node).port} at {', '.join(map(str, links))}")
+        silent = _knock(cfg, node)
+        seen = obs.observe_peer(cfg, node) if silent is None else obs.PgObservation(
+            node=node, role=PgRole.UNREACHABLE, observed_at=datetime.now(UTC), error=silent)
         return seen, agent_f.result()
 
 
 def _server_from_afar(cfg: Config, node: str) -> tuple[bool, bool, str]:
     """A pair node's server as a follower may ask it (a replication connection): (something answers on its
-    port, it accepts writes, what was seen). The TCP knock first: a dead host costs half a second."""
-    links = (cfg.nodes[node].private.ip, cfg.nodes[node].public.ip)
-    if not any(probes.tcp_connect(str(ip), cfg.pg(node).port, 0.5) for ip in links):
-        return False, False, f"nothing answers on port {cfg.pg(node).port} at {', '.join(map(str, links))}"
+    port, it accepts writes, what was seen); asked only if its port answers."""
+    if (silent := _knock(cfg, node)) is not None:
+        return False, False, silent
     try:
         writes = followerobs.accepts_writes(cfg, node)
     except psycopg.Error as e:
@@ -169,7 +176,7 @@ def _promote_follower(cfg: Config, me: str, yes: bool, force: bool) -> None:
     try:
         if decision.verdict is siteloss.Verdict.FENCE_FIRST:
             api = AgentApi(cfg)
-            for n in decision.fence:
+            for n in decision.to_fence:
                 click.echo(f"{n} answers: fencing it first (services off, PostgreSQL stopped)")
                 api.fence(n)
             # Looked at again, and judged without force: a node still writable after its fence refuses.
@@ -177,7 +184,7 @@ def _promote_follower(cfg: Config, me: str, yes: bool, force: bool) -> None:
     except ApiError as e:
         raise OperatorError(f"fencing refused: {e}; not promoting") from None
     if decision.verdict is not siteloss.Verdict.PROMOTE:
-        raise OperatorError(_REFUSED[decision.reason].format(me=me, nodes=", ".join(decision.fence)))
+        raise OperatorError(_REFUSED[decision.reason].format(me=me, nodes=", ".join(decision.in_the_way)))
     for n in decision.unreachable:
         click.echo(f"{n} answers nowhere: if it is alive behind a broken link, it could still accept writes "
                    "from clients that reach it")

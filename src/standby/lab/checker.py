@@ -20,7 +20,7 @@ import enum
 import itertools
 import json
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from decimal import Decimal
 from pathlib import Path
@@ -45,7 +45,7 @@ class Attempt:
     t_send: float  # time.monotonic()
     t_done: float
     outcome: Outcome
-    node: str | None = None
+    node: str | None = None  # on an ack: the database server the service wrote to (its inet_server_addr)
     cdr_id: int | None = None
     error: str | None = None
     status: int | None = None  # HTTP status, when an answer came
@@ -154,6 +154,15 @@ def longest_ack_gap(ack_times: Iterable[float]) -> Gap | None:
         if best is None or b - a > best.seconds:
             best = Gap(a, b)
     return best
+
+
+def first_ack_after(history: Iterable[Attempt], t_fault: float, servers: Collection[str]) -> float | None:
+    """Seconds from ``t_fault`` to the earliest acknowledgement written on one of ``servers`` (database
+    addresses) of a call sent at or after ``t_fault``; None if there is none. Calls in flight at the fault
+    and acknowledgements from any other server (an old primary still answering) do not count."""
+    done = [a.t_done for a in history
+            if a.outcome is Outcome.ACK and a.t_send >= t_fault and a.node is not None and a.node in servers]
+    return min(done) - t_fault if done else None
 
 
 def call_outcomes(history: Iterable[Attempt]) -> dict[str, Outcome]:

@@ -452,11 +452,10 @@ class Lab:
         through the node's offset file, so `set_clock` can step it.
         """
         exe = str(Path(sys.executable).with_name("standby"))
-        env = clock.environment(self.spec.role_dir(node)) if own_clock else None
         # A follower's agent has nothing to fence after an unclean death: it runs without the supervisor.
         respawn = [] if node in self.spec.followers else ["--respawn"]
-        self.spawn(node, [exe, "agent", *respawn, "-v", "--config", str(self.config_path), "--node", node],
-                   "agent", env=env)
+        argv = [exe, "agent", *respawn, "-v", "--config", str(self.config_path), "--node", node]
+        self.spawn(node, clock.command(self.spec.role_dir(node), argv) if own_clock else argv, "agent")
 
     def set_clock(self, node: str, offset_s: int) -> None:
         """Step the wall clock of an agent started with ``own_clock`` to real time + ``offset_s``."""

@@ -6,7 +6,9 @@ history up to that point):
     {"call_id", "t_send", "t_done", "outcome", "node", "cdr_id", "error", "status"}
 
 ``t_send``/``t_done`` are ``time.monotonic()`` (one clock for every process on the host, so
-a test or benchmark can place its own fault times on the same axis). ``outcome``:
+a test or benchmark can place its own fault times on the same axis). ``node``: on an ack, the
+database server the service wrote the call on, as its connection reached it (``inet_server_addr()``,
+a node's address): who served it. ``outcome``:
 
 - ``ack``: HTTP 200; the service says the call committed.
 - ``failed``: definitely not committed: the connection was never made, or the service

@@ -9,7 +9,8 @@ from __future__ import annotations
 import json
 import sys
 import time
-from collections.abc import Iterator
+from collections import Counter
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +20,7 @@ import psycopg
 
 from standby.documents import AGENT_VIEW, AgentView
 from standby.lab import Lab, followers
+from standby.lab.checker import Outcome, first_ack_after, read_history
 from standby.lab.errors import LabError
 from standby.lab.probe import DualPrimaryProbe, ProbeResult
 from standby.model import DbState
@@ -112,25 +114,43 @@ def primaries(lab: Lab) -> list[str]:
     return out
 
 
+def database_servers(lab: Lab) -> dict[str, str]:
+    """Every address of the lab's database nodes -> the node's name: what an acknowledged call's ``node``
+    in a load history (the address the service's database connection reached) stands for."""
+    return {link.ip: n.name for n in (*lab.spec.nodes(), *lab.spec.follower_nodes()) for link in (n.public, n.private)}
+
+
 @dataclass
 class LoadRun:
     history: Path
+    servers: Mapping[str, str] = field(default_factory=dict)  # database address -> node (database_servers)
     probe: ProbeResult | None = None
     verdict: dict[str, Any] = field(default_factory=dict)
     t_fault: float | None = None
 
-    def first_ack_after_fault(self) -> float | None:
+    def first_ack_after_fault(self, by: str) -> float | None:
+        """Fault to service restored on ``by``, the node that serves after the fault: the first call sent
+        after the fault that ``by``'s database acknowledged. An acknowledgement the old primary gave after
+        the fault (a partition rather than a crash, a call in flight) is not service restored."""
         if self.t_fault is None:
             return None
-        acks = [json.loads(line) for line in self.history.read_text().splitlines() if line.strip()]
-        after = [a["t_done"] for a in acks if a["outcome"] == "ack" and a["t_send"] >= self.t_fault]
-        return min(after) - self.t_fault if after else None
+        mine = {address for address, node in self.servers.items() if node == by}
+        return first_ack_after(read_history(self.history), self.t_fault, mine)
+
+    def acks_after_fault_by(self) -> Counter[str]:
+        """Acknowledged calls sent after the fault, per node whose database wrote them (an address of no
+        lab node as itself)."""
+        if self.t_fault is None:
+            return Counter()
+        t_fault = self.t_fault
+        return Counter(self.servers.get(a.node, a.node) for a in read_history(self.history)
+                       if a.outcome is Outcome.ACK and a.t_send >= t_fault and a.node is not None)
 
 
 @contextmanager
 def under_load(lab: Lab, tmp: Path, rate: int = 100) -> Iterator[LoadRun]:
     """Calls through the service IP and the dual-primary probe, for the duration of the block."""
-    run = LoadRun(tmp / "calls.jsonl")
+    run = LoadRun(tmp / "calls.jsonl", database_servers(lab))
     password = lab.spec.secret("app.password").read_text().strip()
     probe = DualPrimaryProbe(lab.netns("client"), {"alpha": "192.0.2.11", "beta": "192.0.2.12"}, password).start()
     lab.spawn("client", [STANDBY, "lab", "load", "--url", SERVICE_URL, "--rate", str(rate), "--duration", "3600",

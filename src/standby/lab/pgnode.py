@@ -59,6 +59,12 @@ def _chown_postgres(path: Path, mode: int) -> None:
     os.chmod(path, mode)
 
 
+# A lab server's dynamic shared memory in files under its data directory (pg_dynshmem), not in the host's
+# /dev/shm: a server killed with SIGKILL (a crashed host) cannot remove its segments, and those go with the
+# data directory when the lab does.
+LAB_DSM_TYPE = "mmap"
+
+
 def prepare_dirs(node: NodeLayout) -> None:
     """Create the node's directories; pgdata stays empty until initdb or a clone fills it."""
     node.dir.mkdir(mode=0o755, exist_ok=True)
@@ -99,7 +105,8 @@ def create_cluster(node: NodeLayout) -> None:
     """
     netns.run(["pg_createcluster", "-u", PG_OS_USER, "-d", str(node.pgdata), "-s", str(node.socket_dir),
                "-l", str(node.log_dir / "postgresql.log"), "-p", str(PG_PORT), "--start-conf", "manual",
-               "-o", "listen_addresses=*", "-o", "ssl=off", *_cluster(node), "--", *_initdb_options()],
+               "-o", "listen_addresses=*", "-o", "ssl=off", "-o", f"dynamic_shared_memory_type={LAB_DSM_TYPE}",
+               *_cluster(node), "--", *_initdb_options()],
               stdin=subprocess.DEVNULL, env={**os.environ, "LC_ALL": "C.UTF-8"})
 
 
@@ -140,7 +147,8 @@ def initdb(node: NodeLayout) -> None:
     # Settings both nodes share (a clone copies this file). The socket
     # directory differs per node, so it is passed at start instead.
     with open(node.pgdata / "postgresql.conf", "a") as f:
-        f.write(f"\n# standby lab\nlisten_addresses = '*'\nport = {PG_PORT}\n")
+        f.write(f"\n# standby lab\nlisten_addresses = '*'\nport = {PG_PORT}\n"
+                f"dynamic_shared_memory_type = {LAB_DSM_TYPE}\n")
 
 
 def _proc_status(pid: int) -> dict[str, str]:
