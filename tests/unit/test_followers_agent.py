@@ -432,6 +432,31 @@ def test_i12_status_lists_the_followers_after_the_pair(tmp_path: Path, capsys: p
     assert "warm" in row and "standby" in row and "beta" in row and "1.0 MiB" in row
 
 
+def test_i12_status_says_where_a_rejoined_followers_salvage_is_and_that_a_failed_rejoin_is_tried_again(
+        tmp_path: Path) -> None:
+    from datetime import UTC, datetime
+
+    from standby.documents import FollowerRejoin
+    from standby.status import IpHolders, Observations, assemble
+    from tests.unit.test_status_rules import primary, standby
+
+    raw, _ = example_with_secrets(tmp_path)
+    raw["followers"] = [follower("dr", 21), follower("dr2", 22)]
+    cfg = config.parse(raw)
+    at = datetime(2026, 12, 2, 10, tzinfo=UTC)
+    done = FollowerRejoin(FollowerRejoinPhase.DONE, "beta", "past_fork", at, at, RejoinMethod.REWIND,
+                          "/var/lib/standby/salvage/x.json", 12)
+    failed = FollowerRejoin(FollowerRejoinPhase.FAILED, "beta", "past_fork", at, at, error="failed: pg_rewind: boom")
+    o = Observations("alpha", {"alpha": primary(), "beta": standby()}, (IpHolders("192.0.2.100", ("alpha",), True),),
+                     followers={"dr": _view("dr", rejoin=done), "dr2": _view("dr2", rejoin=failed)})
+    doc = assemble(cfg, o)
+    assert ("follower dr was rejoined to beta: 12 rows only it had are in /var/lib/standby/salvage/x.json on its "
+            "host (`standby salvage show --node dr`; apply them on the primary)") in doc.warnings
+    assert "follower dr2's rejoin to beta did not complete (failed: pg_rewind: boom); it is tried again" in doc.warnings
+    from standby.documents import PAIR_STATUS
+    assert PAIR_STATUS.decode(PAIR_STATUS.encode(doc)) == doc
+
+
 def test_i12_status_without_followers_has_no_follower_table(capsys: pytest.CaptureFixture[str]) -> None:
     from standby.cli.status import render
     from standby.status import IpHolders, Observations, assemble
@@ -514,3 +539,25 @@ def test_i12_the_loop_outlives_a_failing_step_and_stops_when_asked(tmp_path: Pat
 
     asyncio.run(go())
     assert w.own.pointed == ["alpha"] and agent.stopping.is_set()
+
+
+def test_i12_a_followers_salvage_report_is_shown_from_its_state_directory_and_applied_on_the_primary(
+        tmp_path: Path) -> None:
+    from standby import salvage as sv
+    from standby.cli.salvage import group
+    from tests.unit.test_followers_config import _toml
+
+    raw, _ = example_with_secrets(tmp_path)
+    raw["followers"] = [follower("dr", 21)]
+    path = tmp_path / "standby.toml"
+    path.write_text(_toml(raw))
+    cfg = config.load(path)
+    report = sv.Report(cluster=cfg.cluster, node="dr", new_primary="beta", database="softswitch", old_timeline=1,
+                       fork_lsn="0/4000000", created_at="2026-12-02T10:00:00Z", compared=False, transactions=[],
+                       tables=[])
+    saved = sv.save_report(report, sv.new_report_path(sv.reports_dir(cfg, "dr")))
+    shown = CliRunner().invoke(group, ["show", "--config", str(path), "--node", "dr"])
+    assert shown.exit_code == 0, shown.output
+    assert str(saved) in shown.output and "old primary dr for new primary beta" in shown.output
+    applied = CliRunner().invoke(group, ["apply", "--config", str(path), "--node", "dr", "--yes"])
+    assert applied.exit_code != 0 and "copy" in applied.output and str(saved) in applied.output
