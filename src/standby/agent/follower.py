@@ -189,7 +189,7 @@ class FollowerAgent:
             why = "refused" if isinstance(e, RejoinRefused) else "failed"
             log.error("rejoin to %s %s: %s", started.source, why, e)
             self.last_rejoin = replace(started, phase=FollowerRejoinPhase.FAILED, finished_at=datetime.now(UTC),
-                                  error=f"{why}: {e}", steps=steps)
+                                       error=f"{why}: {e}", steps=steps)
             return
         done = replace(started, phase=FollowerRejoinPhase.DONE, finished_at=datetime.now(UTC), method=res.method,
                        salvage_report=str(res.salvage_report) if res.salvage_report else None,

@@ -8,7 +8,7 @@ every possible upstream, ``ALTER SYSTEM SET primary_conninfo`` and ``primary_slo
 (with ``standby.signal``: it comes back in recovery), and rejoining it to a primary it can no longer
 follow (act.rejoin for a follower: stop, salvage, pg_rewind or clone, stream from that primary).
 It may not: decide, promote (nothing here takes a server out of recovery), or touch the pair's servers
-(a rejoin only reads the primary: a checkpoint, its slot for this follower, its files and rows).
+(on the primary a rejoin runs a checkpoint, makes this follower's slot, and reads).
 """
 
 from __future__ import annotations
@@ -109,10 +109,13 @@ class LocalFollowerDb:
         pgact.start(self.cfg, self.node, 60)
 
     def _in_recovery_at_start(self) -> None:
-        """standby.signal in place: whatever left it out (a rejoin stopped after pg_rewind, which removes the files
-        its source lacks), a follower's server starts in recovery, never as a primary."""
+        """A data directory left by a rejoin that stopped after pg_rewind (or a clone) and before starting it lacks
+        standby.signal (pg_rewind removes the files its source, a primary, lacks): alone it would end recovery as
+        a primary. It starts in recovery, and streams once pointed at the primary. (A server an operator promoted
+        has no backup_label: it is left as it is.)"""
         pg = self.cfg.pg(self.node)
-        if (pg.data_dir / "PG_VERSION").exists() and pgact.read_as(pg.os_user, pg.data_dir / "standby.signal") is None:
+        if pgact.awaits_wal_from_source(self.cfg, self.node) and \
+                pgact.read_as(pg.os_user, pg.data_dir / "standby.signal") is None:
             pgact.write_as(pg.os_user, pg.data_dir / "standby.signal", "")
 
     def rejoin(self, target: str, confirm: Callable[[], None], report: Callable[[str], None]) -> rj.RejoinResult:
