@@ -37,9 +37,11 @@ def test_i12_followers_may_replicate_from_their_private_address_only() -> None:
     cfg = example()
     rules = [ln.split() for ln in pgact.hba_block(cfg, "alpha") if not ln.startswith("#")]
     for ip in ("10.9.0.21/32", "10.9.0.22/32", "10.9.0.31/32"):
-        assert [r[1] for r in rules if r[3] == ip] == ["replication"]  # no database: replication only
+        # Replication, and the server's own database for pg_rewind (a rejoin); never the application's.
+        assert [r[1] for r in rules if r[3] == ip] == ["replication", cfg.pg("alpha").database]
+        assert cfg.salvage.database not in [r[1] for r in rules if r[3] == ip]
     assert all(r[3] != "203.0.113.21/32" for r in rules)  # never the public address
-    assert len(pgact.hba_block(config.load(EXAMPLE), "alpha")) == len(pgact.hba_block(cfg, "alpha")) - 3
+    assert len(pgact.hba_block(config.load(EXAMPLE), "alpha")) == len(pgact.hba_block(cfg, "alpha")) - 6
 
 
 def test_i12_a_rejoined_followers_pg_hba_lets_the_other_followers_stream_and_nothing_else() -> None:

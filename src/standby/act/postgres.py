@@ -642,23 +642,27 @@ def _scram_matches(stored: str | None, password: str) -> bool:
 # -- pg_hba.conf ----------------------------------------------------------
 
 def hba_block(cfg: Config, node: str) -> list[str]:
-    """Replication (and monitoring) for the replication role, from the peer's private address only; and
-    replication alone from each follower's private address (any of them may stream from either pair node).
-    A follower's own block (written when it is rejoined) has the followers' lines only: a cascade."""
+    """Replication (and monitoring) for the replication role, from the peer's private address only; and from
+    each follower's private address replication (any of them may stream from either pair node) and the
+    server's own database, not the application's: a follower past a fork is rewound from the new primary,
+    and pg_rewind reads the primary's files over such a connection (act.rejoin).
+    A follower's own block (written when it is rejoined) lets the other followers stream from it: a cascade."""
     pg = cfg.pg(node)
     dbs = dict.fromkeys([pg.database, cfg.salvage.database])  # salvage compares rows in the app's database
     # With [tls], hostssl: a peer connection without TLS matches no line and is refused.
     kind = "hostssl" if cfg.tls else "host"
-    peer: list[str] = []
-    if node in cfg.nodes:
-        peer_ip = cfg.nodes[cfg.peer_of(node)].private.ip
-        peer = [f"{kind:<8}replication     {pg.replication_user:<15} {peer_ip}/32{'':<6} scram-sha-256",
-                *(f"{kind:<8}{db:<15} {pg.replication_user:<15} {peer_ip}/32{'':<6} scram-sha-256" for db in dbs)]
+
+    def line(db: str, ip: object) -> str:
+        return f"{kind:<8}{db:<15} {pg.replication_user:<15} {ip}/32{'':<6} scram-sha-256"
+
+    if node not in cfg.nodes:
+        return [HBA_BEGIN, *(line("replication", f.private.ip) for f in cfg.followers if f.name != node), HBA_END]
+    peer_ip = cfg.nodes[cfg.peer_of(node)].private.ip
     return [
         HBA_BEGIN,
-        *peer,
-        *(f"{kind:<8}replication     {pg.replication_user:<15} {f.private.ip}/32{'':<6} scram-sha-256"
-          for f in cfg.followers if f.name != node),
+        line("replication", peer_ip),
+        *(line(db, peer_ip) for db in dbs),
+        *(rule for f in cfg.followers for rule in (line("replication", f.private.ip), line(pg.database, f.private.ip))),
         HBA_END,
     ]
 
