@@ -3,7 +3,7 @@ replication from alpha is held back (its packets from alpha's PostgreSQL dropped
 commit on alpha and reach gamma; then alpha's host crashes and beta promotes. Gamma replayed WAL that no primary
 has: its agent must rejoin it to beta (salvage, pg_rewind) so that it streams from beta on the new timeline, the
 same data directory (no clone), the calls only it had in a salvage report in its state directory, applied by
-nobody.
+nobody until a person applies it on the primary.
 
 How long the rejoin took is printed, never asserted.
 """
@@ -17,7 +17,7 @@ from pathlib import Path
 from standby import apiclient
 from standby.documents import FollowerRejoinPhase, FollowerView, RejoinMethod
 from standby.lab import Lab, followers, netns
-from standby.lab.pair import primaries, start_pair, under_load
+from standby.lab.pair import primaries, start_pair, under_load, verify
 from standby.lab.topology import PG_PORT
 from tests.lab.test_failover import settle
 
@@ -94,6 +94,12 @@ def test_i12_a_follower_past_the_fork_is_rewound_and_streams_from_the_new_primar
     # Not compared with beta (its server lets gamma stream, not read rows): a call the load retried on beta is in
     # it too, and applying skips it.
     assert lost <= salvaged <= only_gamma_saw
+    # Applied by a person on the primary (the lab's hosts share one file system: no copy needed), every
+    # acknowledged call is there again, once.
+    applied = lab.standby("beta", "salvage", "apply", "--yes", str(report), check=False)
+    assert applied.returncode == 0, applied.stdout + applied.stderr
+    verdict = verify(lab, run, on="beta")
+    assert verdict["missing_acked"] == [] and not verdict["duplicate_call_ids"], verdict
     print(f"\nalpha's host crashed with gamma {len(lost)} calls past beta: gamma rewound and streaming from beta on "
           f"timeline {timeline} {took:.2f}s after the crash; {len(salvaged)} calls in {report}; steps: "
           + "; ".join(view.rejoin.steps))
