@@ -1169,7 +1169,7 @@ def connect_current_primary(cfg: Config, me: str, dbname: str) -> PrimaryConnect
     from standby.observe.postgres import connect_local, peer_conninfo
 
     if me not in cfg.nodes:
-        # The pair's servers let a follower's address stream WAL, not write rows.
+        # The pair's servers let a follower's address stream WAL, not write the application's rows.
         raise SalvageError(f"{me} is a follower: copy the report to the pair's primary and apply it there "
                            "(`standby salvage apply FILE` on that node)")
     peer = cfg.peer_of(me)

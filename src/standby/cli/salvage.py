@@ -133,8 +133,8 @@ def apply_command(config_path: Path, node: str | None, file: Path | None, yes: b
     """
     path = file or _report_path(None, config_path, node)
     if (name := node or os.environ.get(NODE_ENV)) is not None and load(config_path).follower(name) is not None:
-        raise OperatorError(f"{name} is a follower: the pair's servers let it stream WAL, not write rows; copy {path} "
-                            "to the pair's primary and run `standby salvage apply FILE` there")
+        raise OperatorError(f"{name} is a follower: the pair's servers let it stream WAL, not write the application's "
+                            f"rows; copy {path} to the pair's primary and run `standby salvage apply FILE` there")
     cfg, me = load_node(config_path, node)
     report = _load(path)
     try:
