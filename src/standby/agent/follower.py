@@ -209,7 +209,7 @@ class FollowerAgent:
         primary = serving_primary(term, o, self.policy)
         if primary != target:
             raise RejoinRefused(f"{target} is not the primary of term {term} as the pair says it now "
-                                f"({primary or 'no primary heard'}): nothing was changed")
+                                f"({primary or 'no primary heard'}): its data is untouched")
 
     def _view(self, o: FollowerObservation, pg: FollowerPg, age: float | None, r: FollowerAction) -> FollowerView:
         f = self.cfg.follower(self.node)
