@@ -355,6 +355,31 @@ AGENT_VIEW: Codec[AgentView] = Codec(AgentView, "agent status")
 
 # -- a follower's own view, served by its agent's GET /status -----------------------------------------
 
+class FollowerRejoinPhase(StrEnum):
+    RUNNING = "running"
+    DONE = "done"  # streaming from the primary it was rejoined to
+    FAILED = "failed"  # refused (nothing changed) or stopped part-way: said in ``error``; tried again later
+
+
+@dataclass(frozen=True)
+class FollowerRejoin:
+    """A follower's last automatic rejoin (standby.follow, rule 4), as its view shows it."""
+
+    phase: FollowerRejoinPhase
+    source: str  # the primary it was rejoined to
+    why: str  # what the decision saw: replayed past the fork
+    started_at: datetime
+    finished_at: datetime | None = None
+    method: RejoinMethod | None = None
+    # The rows this follower alone had (after the fork), kept for a person: `standby salvage show FILE`,
+    # then `standby salvage apply FILE` on the pair's primary. Nothing is applied by the rejoin.
+    salvage_report: str | None = None
+    salvaged_rows: int = 0
+    kept_aside: str | None = None  # a clone's old data directory, kept until its salvage is dealt with
+    error: str | None = None
+    steps: list[str] = field(default_factory=list)
+
+
 @dataclass(frozen=True)
 class FollowerView:
     node: str
@@ -379,6 +404,7 @@ class FollowerView:
     site_silent_s: float  # since a pair node was last heard (from this agent's start or its last stall)
     promoted: bool  # an operator took it out of recovery
     pg_version_num: int | None = None  # its server's server_version_num, once it has answered
+    rejoin: FollowerRejoin | None = None  # its last automatic rejoin since its agent started
 
 
 FOLLOWER_VIEW: Codec[FollowerView] = Codec(FollowerView, "follower status")

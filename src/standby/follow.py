@@ -21,6 +21,8 @@ The safety argument:
    point where the new primary's history left that timeline (the fork), its server holds WAL no
    primary has, and it is rejoined (salvage + rewind, as a pair member) instead of re-pointed. WAL
    received but not replayed is not counted: PostgreSQL leaves it behind at the timeline switch.
+   While a rejoin runs nothing else is done to the server (no restart of the server it stopped), and
+   the next one is decided at the earliest a backoff after it ended.
 5. Its silence is not the site's. A pair node counts as heard only while its last heartbeat is
    fresh, and silence is counted from the end of this follower's own last stall: a site-loss alert
    says that nobody of the pair was heard while this follower was listening.
@@ -87,6 +89,7 @@ class FollowerObservation:
     pair: Mapping[str, PairView] = field(default_factory=dict)  # last heartbeat per pair node, if any
     # Monotonic time each node's PostgreSQL last answered this follower (its WAL receiver or a probe).
     answered: Mapping[str, float] = field(default_factory=dict)
+    rejoining: bool = False  # a rejoin (decided earlier) runs on this follower's server now
 
 
 @dataclass(frozen=True)
@@ -110,6 +113,7 @@ class FollowerReason(StrEnum):
 
     PROMOTED_BY_OPERATOR = "promoted_by_operator"  # out of recovery: no longer a follower
     PG_DOWN = "pg_down"  # its own server is down: restart it, in recovery
+    REJOINING = "rejoining"  # a rejoin runs on its server: nothing else is done to it meanwhile
     PAST_FORK = "past_fork"  # received WAL past the new timeline's fork: rejoin
     NOT_IN_HISTORY = "not_in_history"  # its timeline is not in the primary's history: rejoin
     AHEAD_OF_PRIMARY = "ahead_of_primary"  # its timeline is newer than the primary's it knows: wait
@@ -319,7 +323,10 @@ def decide_follower(s: FollowerState, o: FollowerObservation, p: FollowerPolicy)
         s = replace(s, promoted=True)
         return s, [_report(s, o, FollowerReason.PROMOTED_BY_OPERATOR)]
     acts: list[FollowerAction] = []
-    if not o.pg.running:
+    if o.rejoining:
+        # The rejoin stops, rewinds and starts this server itself; the backoff to another counts from its end.
+        s, why = replace(s, last_rejoin_at=o.now), FollowerReason.REJOINING
+    elif not o.pg.running:
         why = FollowerReason.PG_DOWN
         if o.now - s.last_restart_at >= p.restart_backoff_s:
             s = replace(s, last_restart_at=o.now)

@@ -867,15 +867,17 @@ def _connect_new_primary(cfg: Config, peer: str) -> psycopg.Connection[Any] | No
     return None
 
 
-def salvage_for_rejoin(cfg: Config, node: str, fork_lsn: str, old_tli: int) -> tuple[Path | None, int]:
-    """The salvage step of a rejoin: report what ``node`` alone committed after ``fork_lsn``.
+def salvage_for_rejoin(cfg: Config, node: str, fork_lsn: str, old_tli: int,
+                       source: str | None = None) -> tuple[Path | None, int]:
+    """The salvage step of a rejoin: report what ``node`` alone committed after ``fork_lsn``, compared with
+    ``source``, the new primary (default: the pair's peer; a follower's is the primary it rejoins).
 
     Returns (report path, rows to salvage); no report when nothing committed after the fork.
     Raises SalvageError when the divergence cannot be read completely: the rejoin must
     then stop, since rewinding would destroy what was not saved.
     """
     pg = cfg.pg(node)
-    peer = cfg.peer_of(node)
+    peer = source or cfg.peer_of(node)
     new_primary = _connect_new_primary(cfg, peer)
     try:
         report = collect(
@@ -1166,6 +1168,10 @@ def connect_current_primary(cfg: Config, me: str, dbname: str) -> PrimaryConnect
     from standby.config import ConfigError
     from standby.observe.postgres import connect_local, peer_conninfo
 
+    if me not in cfg.nodes:
+        # The pair's servers let a follower's address stream WAL, not write the application's rows.
+        raise SalvageError(f"{me} is a follower: copy the report to the pair's primary and apply it there "
+                           "(`standby salvage apply FILE` on that node)")
     peer = cfg.peer_of(me)
     tried: list[str] = []
     try:

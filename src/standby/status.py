@@ -16,6 +16,7 @@ from standby.config import Config, Durability, Mode, ReportingFallback, ServiceI
 from standby.documents import (
     AgentSummary,
     AgentView,
+    FollowerRejoinPhase,
     FollowerView,
     IpStatus,
     NodeFacts,
@@ -238,6 +239,13 @@ def _follower_warnings(cfg: Config, o: Observations) -> list[str]:
         elif not v.streaming:
             out.append(f"follower {f.name} is not streaming ({v.reason.value}); a promotion of it now would lose "
                        + ("an unknown amount" if v.loss_bytes is None else f"{v.loss_bytes} bytes of WAL"))
+        if v is not None and (r := v.rejoin) is not None:
+            if r.phase is FollowerRejoinPhase.FAILED:
+                out.append(f"follower {f.name}'s rejoin to {r.source} did not complete ({r.error}); it is tried again")
+            elif r.salvage_report is not None:
+                out.append(f"follower {f.name} was rejoined to {r.source}: {r.salvaged_rows} rows only it had are in "
+                           f"{r.salvage_report} on its host (`standby salvage show --node {f.name}`; apply them on the "
+                           "primary)")
     versions = {n: p.version_num for n, p in o.pg.items() if p.version_num is not None}
     versions |= {n: v.pg_version_num for n, v in o.followers.items() if v is not None and v.pg_version_num is not None}
     out.extend(str(p) for p in topology.version_problems(cfg.topology(), versions))

@@ -121,6 +121,23 @@ def test_past_fork_rejoins() -> None:
     assert acted(acts) == [] and report(acts).reason is FollowerReason.PAST_FORK  # one attempt per backoff
 
 
+def test_i12_while_a_rejoin_runs_its_stopped_server_is_left_to_it_and_the_backoff_counts_from_its_end() -> None:
+    o = obs(pg(received=FORK + 301, streaming=False), beta=primary(term=2, tl=2, history=TL2))
+    s, acts = decide_follower(streaming_from_alpha(), o, policy())
+    assert acted(acts) == [(REJOIN, FollowerReason.PAST_FORK, "beta")]
+    # The rejoin stopped the server and runs for longer than the backoff: no restart, no second rejoin.
+    for t in range(1, 100, 7):
+        s, acts = decide_follower(s, replace(obs(pg(running=False), NOW + t, beta=primary(term=2, tl=2, history=TL2,
+                                                                                        at=NOW + t)), rejoining=True),
+                                  policy())
+        assert acted(acts) == [] and report(acts).reason is FollowerReason.REJOINING
+    # It failed at NOW + 99, the server still past the fork: the next one a whole backoff later.
+    end = NOW + 99
+    for t, wanted in ((1, []), (59, []), (61, [(REJOIN, FollowerReason.PAST_FORK, "beta")])):
+        s, acts = decide_follower(s, obs(o.pg, end + t, beta=primary(term=2, tl=2, history=TL2, at=end + t)), policy())
+        assert acted(acts) == wanted, t
+
+
 def test_i12_the_head_of_a_record_past_the_fork_is_no_fork() -> None:
     """The old primary's WAL writer flushed a page that held only the head of a record before it crashed: the
     follower received up to that page's end, past the end of the last whole record, where the new timeline
@@ -290,10 +307,10 @@ locals_ = st.builds(FollowerPg, running=st.booleans(), in_recovery=st.booleans()
                     source=st.sampled_from([None, "alpha", "beta", "dr"]), timeline=st.integers(1, 4),
                     received_lsn=st.none() | st.integers(0, 9000), replay_lsn=st.none() | st.integers(0, 9000))
 observations = st.builds(
-    lambda local, pair, answered, gap: FollowerObservation(NOW, gap, local, pair,
-                                                           {n: NOW - 0.5 for n in answered}),
+    lambda local, pair, answered, gap, rejoining: FollowerObservation(NOW, gap, local, pair,
+                                                                      {n: NOW - 0.5 for n in answered}, rejoining),
     locals_, st.dictionaries(st.sampled_from(NODES), views),
-    st.sets(st.sampled_from([*NODES, "dr"])), st.sampled_from([0.1, 30.0]))
+    st.sets(st.sampled_from([*NODES, "dr"])), st.sampled_from([0.1, 30.0]), st.booleans())
 states = st.builds(FollowerState, term=st.integers(0, 4), primary=st.sampled_from([None, *NODES]),
                    target=st.sampled_from([None, "alpha", "beta", "dr"]), pointed_term=st.integers(0, 4),
                    pointed_at=st.sampled_from([NOW - 100, NOW - 1]), upstream_ok_since=st.none() | st.just(NOW - 10.0),
@@ -310,6 +327,9 @@ def check_step(s: FollowerState, o: FollowerObservation, p: FollowerPolicy) -> N
     assert "promot" not in " ".join(a.kind.value for a in acts)
     if new.promoted:
         assert kinds == {FollowerActionKind.REPORT}
+    # 4. While a rejoin runs on its server, nothing else is done to that server (it stopped it itself).
+    if o.rejoining and not new.promoted:
+        assert kinds <= {FollowerActionKind.ALERT, FollowerActionKind.REPORT}
     # 2. A term never goes back, and is at least every term heard.
     assert new.term >= s.term and all(new.term >= v.term for v in o.pair.values())
     for a in acts:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -13,13 +14,15 @@ import pytest
 from click.testing import CliRunner
 
 from standby import apiclient, config
+from standby.act.postgres import PostgresActionError
+from standby.act.rejoin import RejoinResult
 from standby.agent import follower as follower_mod
 from standby.agent.follower import FollowerAgent
 from standby.agent.followerapi import serve
 from standby.agent.followerobs import parse_history
 from standby.alerts import Alert, AlertKind
 from standby.config import FollowerRole
-from standby.documents import FollowerView
+from standby.documents import FollowerRejoinPhase, FollowerView, RejoinMethod
 from standby.follow import FollowerActionKind, FollowerPg, FollowerReason, PairView
 from standby.model import DbState, Lsn
 from tests.unit.configs import example_with_secrets
@@ -48,6 +51,10 @@ class FakeOwn:
                                                                      replay_lsn=5 * MB))
     pointed: list[str] = field(default_factory=list)
     starts: int = 0
+    # Rejoins: (target, the thread that ran it); each waits for ``go``, then ends as ``rejoin_ends`` says.
+    rejoins: list[tuple[str, str]] = field(default_factory=list)
+    go: threading.Event = field(default_factory=threading.Event)
+    rejoin_ends: list[str] = field(default_factory=list)  # "rewind" or an error, one per rejoin
 
     def read(self) -> tuple[FollowerPg, float | None] | None:
         return None if self.pg is None else (self.pg, 0.25)
@@ -60,6 +67,21 @@ class FakeOwn:
     def start(self) -> None:
         self.starts += 1
         self.pg = FollowerPg(running=True, timeline=1, received_lsn=5 * MB, replay_lsn=5 * MB)
+
+    def rejoin(self, target: str, confirm: Callable[[], None], report: Callable[[str], None]) -> RejoinResult:
+        """As act.rejoin for a follower: stop the server, salvage, pg_rewind, stream from ``target`` on its timeline."""
+        self.rejoins.append((target, threading.current_thread().name))
+        assert self.go.wait(10)
+        end = self.rejoin_ends.pop(0)
+        confirm()
+        self.pg = FollowerPg(running=False)
+        report("the follower's server stopped")
+        if end != "rewind":
+            raise PostgresActionError(end)
+        self.pg = FollowerPg(running=True, streaming=True, source=target, timeline=2, received_lsn=7 * MB,
+                             replay_lsn=7 * MB)
+        return RejoinResult(method=RejoinMethod.REWIND, fork_lsn="0/400000", old_timeline=1,
+                            salvage_report=Path("/var/lib/standby/salvage/20261202T100000Z.json"), salvaged_rows=3)
 
 
 @dataclass
@@ -147,6 +169,91 @@ def test_i12_a_follower_past_the_fork_is_not_pointed_at_the_new_primary(tmp_path
     assert FollowerActionKind.REJOIN in w.step(agent)
     assert w.own.pointed == ["alpha"] and agent.view is not None and agent.view.reason is FollowerReason.PAST_FORK
     assert agent.view.loss_bytes is None  # its WAL left the primary's line: the loss is unknown, not zero
+
+
+def _past_the_fork(tmp_path: Path) -> tuple[World, FollowerAgent]:
+    """gamma-like: streaming from alpha, it replayed up to 5 MB; beta took over in term 4 from 4 MB on."""
+    w = World(cfg_with(tmp_path))
+    agent = w.agent()
+    w.hear("alpha", 3, DbState.PRIMARY)
+    w.step(agent)
+    w.hear("beta", 4, DbState.PRIMARY, timeline=2, history=((1, 4 * MB),))
+    return w, agent
+
+
+def _keep_hearing_beta(w: World) -> None:
+    w.hear("beta", 4, DbState.PRIMARY, timeline=2, history=((1, 4 * MB),))
+
+
+def _rejoin_ended(agent: FollowerAgent) -> None:
+    thread = agent._rejoin_thread
+    assert thread is not None
+    thread.join(10)
+    assert not thread.is_alive()
+
+
+def test_i12_a_follower_past_the_fork_is_rejoined_to_the_new_primary_off_the_loop_and_says_so(tmp_path: Path) -> None:
+    w, agent = _past_the_fork(tmp_path)
+    w.own.rejoin_ends = ["rewind"]
+    assert FollowerActionKind.REJOIN in w.step(agent)
+    # The rejoin runs on a thread of its own: the steps go on, and leave its stopped server to it.
+    for _ in range(100):
+        _keep_hearing_beta(w)
+        assert w.step(agent, dt=1.0) == [FollowerActionKind.REPORT]
+    assert [t for t, _ in w.own.rejoins] == ["beta"] and w.own.rejoins[0][1] != threading.current_thread().name
+    assert w.own.starts == 0 and w.own.pointed == ["alpha"]
+    v = agent.view
+    assert v is not None and v.reason is FollowerReason.REJOINING and v.rejoin is not None
+    assert (v.rejoin.phase, v.rejoin.source) == (FollowerRejoinPhase.RUNNING, "beta") and "past_fork" in v.rejoin.why
+    _keep_hearing_beta(w)
+    w.own.go.set()
+    _rejoin_ended(agent)
+    _keep_hearing_beta(w)
+    w.step(agent)
+    v = agent.view
+    assert v is not None and v.rejoin is not None and v.reason is FollowerReason.STREAMING
+    assert (v.streaming_from, v.timeline, v.rejoin.phase, v.rejoin.method) == (
+        "beta", 2, FollowerRejoinPhase.DONE, RejoinMethod.REWIND)
+    assert v.rejoin.salvage_report == "/var/lib/standby/salvage/20261202T100000Z.json" and v.rejoin.salvaged_rows == 3
+    assert "the follower's server stopped" in v.rejoin.steps
+    assert len(w.own.rejoins) == 1 and w.own.pointed == ["alpha"]
+
+
+def test_i12_a_failed_rejoin_is_said_and_tried_again_once_per_backoff(tmp_path: Path) -> None:
+    w, agent = _past_the_fork(tmp_path)
+    w.own.rejoin_ends = ["pg_rewind: could not connect to beta", "rewind"]
+    w.own.go.set()
+    w.step(agent)
+    _rejoin_ended(agent)
+    _keep_hearing_beta(w)
+    w.step(agent)  # its server stopped: started again, in recovery, still past the fork
+    v = agent.view
+    assert v is not None and v.rejoin is not None and v.rejoin.phase is FollowerRejoinPhase.FAILED
+    assert v.rejoin.error is not None and "could not connect to beta" in v.rejoin.error
+    backoff = agent.policy.rejoin_backoff_s
+    for _ in range(round(backoff) - 2):
+        _keep_hearing_beta(w)
+        w.step(agent, dt=1.0)
+    assert len(w.own.rejoins) == 1
+    for _ in range(3):
+        _keep_hearing_beta(w)
+        w.step(agent, dt=1.0)
+    _rejoin_ended(agent)
+    assert [t for t, _ in w.own.rejoins] == ["beta", "beta"]
+
+
+def test_i12_a_rejoin_to_a_node_no_longer_the_newest_terms_primary_is_refused(tmp_path: Path) -> None:
+    w, agent = _past_the_fork(tmp_path)
+    w.own.rejoin_ends = ["rewind"]
+    w.step(agent)
+    w.hear("alpha", 5, DbState.PRIMARY, timeline=3, history=((1, 3 * MB), (2, 8 * MB)))  # a newer term's primary
+    w.own.go.set()
+    _rejoin_ended(agent)
+    w.step(agent)
+    v = agent.view
+    assert v is not None and v.rejoin is not None and v.rejoin.phase is FollowerRejoinPhase.FAILED
+    assert v.rejoin.error is not None and v.rejoin.error.startswith("refused") and "term 5" in v.rejoin.error
+    assert w.own.pg is not None and w.own.pg.running and w.own.pg.timeline == 1  # nothing was changed
 
 
 def test_i12_a_stopped_follower_is_started_again_in_recovery(tmp_path: Path) -> None:
@@ -325,6 +432,31 @@ def test_i12_status_lists_the_followers_after_the_pair(tmp_path: Path, capsys: p
     assert "warm" in row and "standby" in row and "beta" in row and "1.0 MiB" in row
 
 
+def test_i12_status_says_where_a_rejoined_followers_salvage_is_and_that_a_failed_rejoin_is_tried_again(
+        tmp_path: Path) -> None:
+    from datetime import UTC, datetime
+
+    from standby.documents import FollowerRejoin
+    from standby.status import IpHolders, Observations, assemble
+    from tests.unit.test_status_rules import primary, standby
+
+    raw, _ = example_with_secrets(tmp_path)
+    raw["followers"] = [follower("dr", 21), follower("dr2", 22)]
+    cfg = config.parse(raw)
+    at = datetime(2026, 12, 2, 10, tzinfo=UTC)
+    done = FollowerRejoin(FollowerRejoinPhase.DONE, "beta", "past_fork", at, at, RejoinMethod.REWIND,
+                          "/var/lib/standby/salvage/x.json", 12)
+    failed = FollowerRejoin(FollowerRejoinPhase.FAILED, "beta", "past_fork", at, at, error="failed: pg_rewind: boom")
+    o = Observations("alpha", {"alpha": primary(), "beta": standby()}, (IpHolders("192.0.2.100", ("alpha",), True),),
+                     followers={"dr": _view("dr", rejoin=done), "dr2": _view("dr2", rejoin=failed)})
+    doc = assemble(cfg, o)
+    assert ("follower dr was rejoined to beta: 12 rows only it had are in /var/lib/standby/salvage/x.json on its "
+            "host (`standby salvage show --node dr`; apply them on the primary)") in doc.warnings
+    assert "follower dr2's rejoin to beta did not complete (failed: pg_rewind: boom); it is tried again" in doc.warnings
+    from standby.documents import PAIR_STATUS
+    assert PAIR_STATUS.decode(PAIR_STATUS.encode(doc)) == doc
+
+
 def test_i12_status_without_followers_has_no_follower_table(capsys: pytest.CaptureFixture[str]) -> None:
     from standby.cli.status import render
     from standby.status import IpHolders, Observations, assemble
@@ -407,3 +539,25 @@ def test_i12_the_loop_outlives_a_failing_step_and_stops_when_asked(tmp_path: Pat
 
     asyncio.run(go())
     assert w.own.pointed == ["alpha"] and agent.stopping.is_set()
+
+
+def test_i12_a_followers_salvage_report_is_shown_from_its_state_directory_and_applied_on_the_primary(
+        tmp_path: Path) -> None:
+    from standby import salvage as sv
+    from standby.cli.salvage import group
+    from tests.unit.test_followers_config import _toml
+
+    raw, _ = example_with_secrets(tmp_path)
+    raw["followers"] = [follower("dr", 21)]
+    path = tmp_path / "standby.toml"
+    path.write_text(_toml(raw))
+    cfg = config.load(path)
+    report = sv.Report(cluster=cfg.cluster, node="dr", new_primary="beta", database="softswitch", old_timeline=1,
+                       fork_lsn="0/4000000", created_at="2026-12-02T10:00:00Z", compared=False, transactions=[],
+                       tables=[])
+    saved = sv.save_report(report, sv.new_report_path(sv.reports_dir(cfg, "dr")))
+    shown = CliRunner().invoke(group, ["show", "--config", str(path), "--node", "dr"])
+    assert shown.exit_code == 0, shown.output
+    assert str(saved) in shown.output and "old primary dr for new primary beta" in shown.output
+    applied = CliRunner().invoke(group, ["apply", "--config", str(path), "--node", "dr", "--yes"])
+    assert applied.exit_code != 0 and "copy" in applied.output and str(saved) in applied.output

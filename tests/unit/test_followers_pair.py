@@ -37,9 +37,28 @@ def test_i12_followers_may_replicate_from_their_private_address_only() -> None:
     cfg = example()
     rules = [ln.split() for ln in pgact.hba_block(cfg, "alpha") if not ln.startswith("#")]
     for ip in ("10.9.0.21/32", "10.9.0.22/32", "10.9.0.31/32"):
-        assert [r[1] for r in rules if r[3] == ip] == ["replication"]  # no database: replication only
+        # Replication, and the server's own database for pg_rewind (a rejoin); never the application's.
+        assert [r[1] for r in rules if r[3] == ip] == ["replication", cfg.pg("alpha").database]
+        assert cfg.salvage.database not in [r[1] for r in rules if r[3] == ip]
     assert all(r[3] != "203.0.113.21/32" for r in rules)  # never the public address
-    assert len(pgact.hba_block(config.load(EXAMPLE), "alpha")) == len(pgact.hba_block(cfg, "alpha")) - 3
+    assert len(pgact.hba_block(config.load(EXAMPLE), "alpha")) == len(pgact.hba_block(cfg, "alpha")) - 6
+
+
+def test_i12_a_rejoined_followers_pg_hba_lets_the_other_followers_stream_and_nothing_else() -> None:
+    rules = [ln.split() for ln in pgact.hba_block(example(), "dr") if not ln.startswith("#")]
+    assert sorted((r[1], r[3]) for r in rules) == [("replication", "10.9.0.22/32"), ("replication", "10.9.0.31/32")]
+
+
+def test_i12_a_follower_rejoins_only_a_pair_node_and_a_pair_node_is_never_rejoined_as_a_follower() -> None:
+    from standby.act import rejoin as rj
+
+    cfg = example()
+    ok = rj.Rejoining.follower(cfg, "dr", "beta", lambda: None)
+    assert (ok.node, ok.source) == ("dr", "beta")
+    with pytest.raises(rj.RejoinRefused, match="not a follower"):
+        rj.Rejoining.follower(cfg, "alpha", "beta", lambda: None)
+    with pytest.raises(rj.RejoinRefused, match="not a node of the hot pair"):
+        rj.Rejoining.follower(cfg, "dr2", "dr", lambda: None)
 
 
 def test_i12_each_pair_node_keeps_a_slot_per_follower_and_a_follower_one_per_cascade() -> None:

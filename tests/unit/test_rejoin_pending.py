@@ -76,7 +76,7 @@ def test_chaos_seed_105_a_failed_clone_puts_the_old_directory_back(tmp_path: Pat
     monkeypatch.setattr(rejoin_mod.act, "clone", clone_fails)
     result = RejoinResult(fork_lsn="0/5000000", old_timeline=3)
     with pytest.raises(pgact.PostgresActionError):
-        rejoin_mod._rewind_or_clone(cfg, "beta", result, tmp_path / "pending.json", lambda s: None,
+        rejoin_mod._rewind_or_clone(cfg, rj.Rejoining("beta", "alpha"), result, tmp_path / "pending.json", lambda s: None,
                                     looked_for_salvage=True)
     assert (data / "PG_VERSION").read_text() == "15\n"
     assert not list(tmp_path.glob("pgdata.before-rejoin-*")), "the old directory must be back in place"
@@ -95,7 +95,8 @@ def test_i13_a_rewind_that_could_never_catch_up_is_not_run_the_rejoin_clones(
     monkeypatch.setattr(rejoin_mod.act, "clone", lambda cfg, node, peer: data.mkdir(mode=0o700))
     steps: list[str] = []
     result = RejoinResult(fork_lsn="0/46000000", old_timeline=1, salvage_report=tmp_path / "report.json")
-    rejoin_mod._rewind_or_clone(cfg, "beta", result, tmp_path / "pending.json", steps.append, looked_for_salvage=True)
+    rejoin_mod._rewind_or_clone(cfg, rj.Rejoining("beta", "alpha"), result, tmp_path / "pending.json", steps.append,
+                                looked_for_salvage=True)
     assert rewinds == []
     assert result.method is RejoinMethod.CLONE and result.kept_aside is not None
     assert (result.kept_aside / "PG_VERSION").read_text() == "15\n"  # the old directory, kept for its salvage

@@ -642,20 +642,27 @@ def _scram_matches(stored: str | None, password: str) -> bool:
 # -- pg_hba.conf ----------------------------------------------------------
 
 def hba_block(cfg: Config, node: str) -> list[str]:
-    """Replication (and monitoring) for the replication role, from the peer's private address only; and
-    replication alone from each follower's private address (any of them may stream from either pair node)."""
-    peer = cfg.peer_of(node)
+    """Replication (and monitoring) for the replication role, from the peer's private address only; and from
+    each follower's private address replication (any of them may stream from either pair node) and the
+    server's own database, not the application's: a follower past a fork is rewound from the new primary,
+    and pg_rewind reads the primary's files over such a connection (act.rejoin).
+    A follower's own block (written when it is rejoined) lets the other followers stream from it: a cascade."""
     pg = cfg.pg(node)
-    peer_ip = cfg.nodes[peer].private.ip
     dbs = dict.fromkeys([pg.database, cfg.salvage.database])  # salvage compares rows in the app's database
     # With [tls], hostssl: a peer connection without TLS matches no line and is refused.
     kind = "hostssl" if cfg.tls else "host"
+
+    def line(db: str, ip: object) -> str:
+        return f"{kind:<8}{db:<15} {pg.replication_user:<15} {ip}/32{'':<6} scram-sha-256"
+
+    if node not in cfg.nodes:
+        return [HBA_BEGIN, *(line("replication", f.private.ip) for f in cfg.followers if f.name != node), HBA_END]
+    peer_ip = cfg.nodes[cfg.peer_of(node)].private.ip
     return [
         HBA_BEGIN,
-        f"{kind:<8}replication     {pg.replication_user:<15} {peer_ip}/32{'':<6} scram-sha-256",
-        *(f"{kind:<8}{db:<15} {pg.replication_user:<15} {peer_ip}/32{'':<6} scram-sha-256" for db in dbs),
-        *(f"{kind:<8}replication     {pg.replication_user:<15} {f.private.ip}/32{'':<6} scram-sha-256"
-          for f in cfg.followers),
+        line("replication", peer_ip),
+        *(line(db, peer_ip) for db in dbs),
+        *(rule for f in cfg.followers for rule in (line("replication", f.private.ip), line(pg.database, f.private.ip))),
         HBA_END,
     ]
 
@@ -774,7 +781,7 @@ def passfile(cfg: Config, node: str, peer: str) -> Iterator[Path]:
     d = Path(tempfile.mkdtemp(prefix="standby-pass-"))
     try:
         f = d / "pgpass"
-        f.write_text(pgpass_line(str(cfg.nodes[peer].private.ip), ppg.port, pg.replication_user, password))
+        f.write_text(pgpass_line(str(cfg.link(peer).ip), ppg.port, pg.replication_user, password))
         f.chmod(0o600)
         shutil.chown(d, pg.os_user)
         shutil.chown(f, pg.os_user)
@@ -836,12 +843,13 @@ def standby_conninfo(cfg: Config, node: str, peer: str) -> str:
 
 
 def configure_as_standby(cfg: Config, node: str, peer: str) -> None:
-    """Point a stopped data directory at the peer: conninfo, slot, standby.signal, local settings."""
+    """Point a stopped data directory at ``peer`` (the pair's peer, or the primary a follower was rejoined to):
+    conninfo, slot, standby.signal, local settings."""
     pg = cfg.pg(node)
     data = pg.data_dir
     password = read_secret(pg.replication_password_file, "postgres.replication_password_file")
     write_as(pg.os_user, data / STANDBY_PASSFILE,
-             pgpass_line(str(cfg.nodes[peer].private.ip), cfg.pg(peer).port, pg.replication_user, password))
+             pgpass_line(str(cfg.link(peer).ip), cfg.pg(peer).port, pg.replication_user, password))
     lay = layout(cfg, node)
     # A clone of a plain primary carries its settings in postgresql.auto.conf; a cluster's live in
     # /etc, which no clone copies: this node must hold them itself to serve as a primary later.

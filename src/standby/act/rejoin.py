@@ -1,5 +1,8 @@
 """Rejoin: an old primary comes back as a standby of the new one, keeping what it alone had.
 
+Who rejoins whom is a ``Rejoining``: a pair node rejoins its peer; a follower whose server replayed WAL
+past the new primary's fork rejoins that primary (standby.follow, rule 4), in the same steps.
+
 Order matters, and each step only runs when the previous one succeeded:
 1. refuse unless this node's server is stopped and the peer is a reachable primary;
 2. CHECKPOINT on the new primary (until its control file shows the new
@@ -37,10 +40,42 @@ from standby.observe import postgres as obs
 from standby.salvage import format_lsn
 
 Report = Callable[[str], None]
+# (cfg, the rejoined node, fork LSN, old timeline, the new primary) -> (report path, rows salvaged)
+Salvage = Callable[[Config, str, str, int, str], tuple[Path | None, int]]
 
 
 class RejoinRefused(Exception):
     """Rejoining now would be unsafe or cannot work; nothing was changed."""
+
+
+def _nothing_to_confirm() -> None:
+    return None
+
+
+@dataclass(frozen=True)
+class Rejoining:
+    """Whose server is rejoined, and to which primary: it is rewound (or cloned) from ``source``, then streams
+    from it. ``confirm`` runs once ``source`` answers as a primary, before anything is changed: it raises
+    RejoinRefused when that primary is not the one to follow any more (a follower: the primary of the newest
+    term it heard)."""
+
+    node: str
+    source: str
+    confirm: Callable[[], None] = _nothing_to_confirm
+
+    @classmethod
+    def peer(cls, cfg: Config, node: str) -> Rejoining:
+        """A pair node rejoins its peer."""
+        return cls(node, cfg.peer_of(node))
+
+    @classmethod
+    def follower(cls, cfg: Config, node: str, primary: str, confirm: Callable[[], None]) -> Rejoining:
+        """A follower rejoins a pair node, its primary: never a pair node's own server, never from a follower."""
+        if node in cfg.nodes or cfg.follower(node) is None:
+            raise RejoinRefused(f"{node} is not a follower: a pair node rejoins its peer (`standby rejoin`)")
+        if primary not in cfg.nodes:
+            raise RejoinRefused(f"{primary} is not a node of the hot pair: a follower rejoins the pair's primary")
+        return cls(node, primary, confirm)
 
 
 @dataclass
@@ -55,15 +90,18 @@ class RejoinResult:
     dry_run: str = ""  # pg_rewind --dry-run's output: the last common checkpoint the rewind starts from
 
 
-def _source_conninfo(cfg: Config, node: str, peer: str) -> str:
-    return obs.peer_dsn(cfg, peer, dbname=cfg.pg(node).database, connect_timeout=5)
+def _source_conninfo(cfg: Config, r: Rejoining) -> str:
+    return obs.peer_dsn(cfg, r.source, dbname=cfg.pg(r.node).database, connect_timeout=5)
 
 
-def preflight(cfg: Config, node: str) -> obs.PgObservation:
+def preflight(cfg: Config, r: Rejoining) -> obs.PgObservation:
     """The checks that make rejoin safe; raises RejoinRefused with the reason."""
-    peer = cfg.peer_of(node)
+    node, peer = r.node, r.source
     local = obs.observe_local(cfg, node)
     if local.role is PgRole.PRIMARY:
+        if node not in cfg.nodes:
+            raise RejoinRefused(f"PostgreSQL on {node} is running as a writable primary (promoted by an operator): "
+                                "it is no follower any more, and is never rejoined automatically")
         raise RejoinRefused(
             f"PostgreSQL on {node} is running as a writable primary; a node that still accepts writes cannot "
             f"be rejoined. If {peer} is the real primary, fence this one first: `standby fence --node {node}`")
@@ -78,19 +116,19 @@ def preflight(cfg: Config, node: str) -> obs.PgObservation:
         raise RejoinRefused(f"the new primary {peer} is unreachable ({remote.error}); rejoin needs it")
     if remote.role is not PgRole.PRIMARY:
         raise RejoinRefused(f"{peer} is not a primary (it is {remote.role.value}); there is nothing to follow")
+    r.confirm()
     return remote
 
 
 _DIVERGED = re.compile(r"servers diverged at WAL location ([0-9A-F]+/[0-9A-F]+) on timeline (\d+)")
 
 
-def fork_point(cfg: Config, node: str) -> tuple[str | None, int | None, rewind.RewindRun]:
+def fork_point(cfg: Config, r: Rejoining) -> tuple[str | None, int | None, rewind.RewindRun]:
     """(fork LSN, old timeline, the dry run) from pg_rewind's dry run; (None, None, ...) if no rewind is needed."""
-    peer = cfg.peer_of(node)
-    pg = cfg.pg(node)
-    with act.passfile(cfg, node, peer) as pf:
+    pg = cfg.pg(r.node)
+    with act.passfile(cfg, r.node, r.source) as pf:
         res = rewind.run(pg.os_user, [str(pg.bin_dir / "pg_rewind"), "--dry-run", "--progress", "-D", str(pg.data_dir),
-                                      "--source-server", _source_conninfo(cfg, node, peer)],
+                                      "--source-server", _source_conninfo(cfg, r)],
                          env={"PGPASSFILE": str(pf)}, timeout=300, stop_after=rewind.PLANNED)
     out = res.output
     m = _DIVERGED.search(out)
@@ -102,33 +140,35 @@ def fork_point(cfg: Config, node: str) -> tuple[str | None, int | None, rewind.R
     raise RejoinRefused(f"cannot find the fork point with pg_rewind --dry-run: {last}")
 
 
-def wal_gone_from_source(cfg: Config, node: str, dry_run: str) -> str | None:
+def wal_gone_from_source(cfg: Config, r: Rejoining, dry_run: str) -> str | None:
     """The WAL segment a rewind would start replaying from, if the new primary no longer has it; else None
     (also when it cannot be told: pg_rewind then runs, as before)."""
     common = rewind.common_checkpoint(dry_run)
     if common is None:
         return None
     lsn, tli = common
-    pg = cfg.pg(node)
+    pg = cfg.pg(r.node)
     res = act.run_as(pg.os_user, [str(pg.bin_dir / "pg_waldump"), "-p", str(pg.data_dir / "pg_wal"), "-t", str(tli),
                                   "-s", format_lsn(lsn), "-n", "1"], env={"LC_ALL": "C"}, timeout=60)
     redo = rewind.checkpoint_redo(res.stdout)
     if redo is None:
         return None
-    with obs.connect_peer(cfg, cfg.peer_of(node)) as conn:
+    with obs.connect_peer(cfg, r.source) as conn:
         files = [str(r[0]) for r in conn.execute("SELECT name FROM pg_ls_waldir()").fetchall()]
         size_row = conn.execute("SELECT setting::bigint FROM pg_settings WHERE name = 'wal_segment_size'").fetchone()
     return rewind.missing_start(files, tli, redo, int(size_row[0]) if size_row else 16 << 20)
 
 
-def rejoin(cfg: Config, node: str, *, state_dir: Path, report: Report = lambda s: None,
-           salvage: Callable[..., tuple[Path | None, int]] | None = None) -> RejoinResult:
-    """Make ``node`` a streaming standby of its peer. ``salvage(cfg, node, fork_lsn, old_tli)`` runs before
-    anything is changed and returns (report path, rows salvaged)."""
-    peer = cfg.peer_of(node)
+def rejoin(cfg: Config, who: str | Rejoining, *, state_dir: Path, report: Report = lambda s: None,
+           salvage: Salvage | None = None) -> RejoinResult:
+    """Make ``who`` (a pair node's name: it rejoins its peer) a streaming standby of its source.
+    ``salvage(cfg, node, fork_lsn, old_tli, source)`` runs before anything is changed and returns
+    (report path, rows salvaged)."""
+    r = Rejoining.peer(cfg, who) if isinstance(who, str) else who
+    node, peer = r.node, r.source
     result = RejoinResult()
     step = _Steps(result, report)
-    preflight(cfg, node)
+    preflight(cfg, r)
     with obs.connect_peer(cfg, peer) as conn:
         conn.execute("CHECKPOINT")
         act.ensure_slot(conn, cfg.slot_name(node))
@@ -140,10 +180,10 @@ def rejoin(cfg: Config, node: str, *, state_dir: Path, report: Report = lambda s
         step(f"the data directory was already rewound or cloned from {peer} by a rejoin that stopped "
              "before starting it: resuming there")
     else:
-        _fork_and_salvage(cfg, node, result, step, salvage)
+        _fork_and_salvage(cfg, r, result, step, salvage)
         if result.fork_lsn is not None:
-            _rewind_or_clone(cfg, node, result, pending, step, looked_for_salvage=salvage is not None)
-    _start_streaming(cfg, node, peer, step)
+            _rewind_or_clone(cfg, r, result, pending, step, looked_for_salvage=salvage is not None)
+    _start_streaming(cfg, r, step)
     pending.unlink(missing_ok=True)
     return result
 
@@ -158,34 +198,34 @@ class _Steps:
         self.report(f"{name} ({self.laps.lap(name):.2f}s)")
 
 
-def _fork_and_salvage(cfg: Config, node: str, result: RejoinResult, step: Report,
-                      salvage: Callable[..., tuple[Path | None, int]] | None) -> None:
+def _fork_and_salvage(cfg: Config, r: Rejoining, result: RejoinResult, step: Report,
+                      salvage: Salvage | None) -> None:
     """Steps 3 and 4: where this node's history left the new primary's, and the rows it alone committed since."""
-    if act.ensure_clean_shutdown(cfg, node):
+    if act.ensure_clean_shutdown(cfg, r.node):
         step("crash recovery of the old data directory (it had not stopped cleanly)")
-    fork, old_tli, dry_run = fork_point(cfg, node)
+    fork, old_tli, dry_run = fork_point(cfg, r)
     result.fork_lsn, result.old_timeline, result.dry_run = fork, old_tli, dry_run.output
     step(f"fork point: {fork} on timeline {old_tli} (dry run: {rewind.describe(dry_run.lines, dry_run.took_s)})"
          if fork else "no divergence: this node is only behind")
-    if fork is not None and salvage is not None:
-        result.salvage_report, result.salvaged_rows = salvage(cfg, node, fork, old_tli)
+    if fork is not None and old_tli is not None and salvage is not None:
+        result.salvage_report, result.salvaged_rows = salvage(cfg, r.node, fork, old_tli, r.source)
         step(f"salvage: {result.salvaged_rows} rows kept in {result.salvage_report}" if result.salvage_report
              else "salvage: nothing committed here after the fork")
 
 
-def _rewind_or_clone(cfg: Config, node: str, result: RejoinResult, pending: Path, step: Report, *,
+def _rewind_or_clone(cfg: Config, r: Rejoining, result: RejoinResult, pending: Path, step: Report, *,
                      looked_for_salvage: bool) -> None:
     """Step 5: pg_rewind, or a clone with the old directory moved aside. What was done is remembered in
     ``pending`` before anything can start the server (a rejoin stopped here resumes at step 6)."""
-    peer, pg = cfg.peer_of(node), cfg.pg(node)
-    if gone := wal_gone_from_source(cfg, node, result.dry_run):
+    node, peer, pg = r.node, r.source, cfg.pg(r.node)
+    if gone := wal_gone_from_source(cfg, r, result.dry_run):
         # Rewinding would leave a directory that can never catch up, and the next rejoin would resume it.
         step(f"pg_rewind skipped: {peer} no longer has WAL segment {gone}, where a rewound directory would "
              "start replaying (the last common checkpoint's redo); falling back to a fresh clone")
     else:
         with act.passfile(cfg, node, peer) as pf:
             res = rewind.run(pg.os_user, [str(pg.bin_dir / "pg_rewind"), "--progress", "-D", str(pg.data_dir),
-                                          "--source-server", _source_conninfo(cfg, node, peer)],
+                                          "--source-server", _source_conninfo(cfg, r)],
                              env={"PGPASSFILE": str(pf)}, timeout=3600)
         if res.returncode == 0:
             result.method = RejoinMethod.REWIND
@@ -225,11 +265,11 @@ def _put_back(data_dir: Path, aside: Path, stamp: str) -> None:
     aside.rename(data_dir)
 
 
-def _start_streaming(cfg: Config, node: str, peer: str, step: Report) -> None:
-    act.configure_as_standby(cfg, node, peer)
-    act.start(cfg, node)
-    act.wait_streaming(cfg, node, timeout_s=60)
-    step(f"streaming from {peer}")
+def _start_streaming(cfg: Config, r: Rejoining, step: Report) -> None:
+    act.configure_as_standby(cfg, r.node, r.source)
+    act.start(cfg, r.node)
+    act.wait_streaming(cfg, r.node, timeout_s=60)
+    step(f"streaming from {r.source}")
 
 
 # What a rejoin that changed the data directory found, until the node streams (in the state directory).

@@ -4,7 +4,9 @@ follow.decide_follower.
 It owns: the follower's steps (its own server through followeract, the pair's views through
 followerobs.Watcher, one decision, its actions), what it persists (the newest term, and the last
 site-loss alert on the wall clock so a restart does not alert again at once), the site-loss alert
-through the alert dispatcher, its view (``GET /status``: lag, and what a DR promotion would lose now).
+through the alert dispatcher, its view (``GET /status``: lag, what a DR promotion would lose now, and
+its last rejoin), and the rejoin's thread: one at a time, started by a REJOIN action and left to run
+for minutes while the steps go on (each tells the decision that it runs).
 It may not: promote (no follower action does), vote or send heartbeats to the pair, act on the pair's
 servers, or wait on the network inside a step (the Watcher's threads do the asking).
 """
@@ -19,14 +21,17 @@ import os
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import replace
+from datetime import UTC, datetime
 from typing import Protocol
 
 from standby import __version__
+from standby.act.rejoin import RejoinRefused
 from standby.agent.followeract import LocalFollowerDb, OwnServer
 from standby.agent.followerobs import Watcher
 from standby.alerts import AlertDispatcher, AlertKind, alert_key, make_alert
 from standby.config import Config, FollowerRole
-from standby.documents import FollowerView
+from standby.documents import FollowerRejoin, FollowerRejoinPhase, FollowerView
 from standby.follow import (
     FollowerAction,
     FollowerActionKind,
@@ -36,6 +41,8 @@ from standby.follow import (
     FollowerState,
     PairView,
     decide_follower,
+    newest_term,
+    serving_primary,
     site_silence,
 )
 from standby.model import Lsn
@@ -92,6 +99,8 @@ class FollowerAgent:
         self.last_step: float | None = None
         self.view: FollowerView | None = None
         self.alerted = False
+        self._rejoin_thread: threading.Thread | None = None
+        self.last_rejoin: FollowerRejoin | None = None  # the last one, for the view (its thread replaces it)
 
     # -- persisted state -------------------------------------------------------------------------
 
@@ -127,7 +136,7 @@ class FollowerAgent:
             return []  # running but not answering (starting up, busy): nothing new is known
         pg, age = read
         pair, answered = self.watcher.snapshot()
-        o = FollowerObservation(now=now, gap=gap, pg=pg, pair=pair, answered=answered)
+        o = FollowerObservation(now=now, gap=gap, pg=pg, pair=pair, answered=answered, rejoining=self.rejoining)
         new, actions = decide_follower(self.state, o, self.policy)
         if (new.term, new.last_alert_at) != (self.state.term, self.state.last_alert_at):
             self._save(new)  # on disk before anything it allows
@@ -146,11 +155,61 @@ class FollowerAgent:
             elif a.kind is FollowerActionKind.RESTART:
                 log.warning("starting PostgreSQL in recovery (%s)", a.reason.value)
                 self.db.start()
-            elif a.kind is FollowerActionKind.REJOIN:
-                # Not automated yet: a follower past the fork needs a fresh clone (docs/followers.md).
-                log.error("%s: this follower must be cloned again from %s (%s)", a.reason.value, a.target, a.detail)
+            elif a.kind is FollowerActionKind.REJOIN and a.target is not None:
+                self._start_rejoin(a.target, f"{a.reason.value}: {a.detail}")
         except Exception as e:  # noqa: BLE001  (said; the next step decides again)
             log.error("%s for %s failed: %s", a.kind.value, a.target or self.node, e)
+
+    # -- the rejoin, off the loop --------------------------------------------------------------------
+
+    @property
+    def rejoining(self) -> bool:
+        return self._rejoin_thread is not None and self._rejoin_thread.is_alive()
+
+    def _start_rejoin(self, target: str, why: str) -> None:
+        if self.rejoining:
+            return  # the decision never asks while one runs; one at a time even so
+        log.warning("rejoining %s (salvage, rewind or clone, then stream): %s", target, why)
+        self.last_rejoin = FollowerRejoin(FollowerRejoinPhase.RUNNING, target, why, datetime.now(UTC))
+        self._rejoin_thread = threading.Thread(target=self._run_rejoin, args=(self.last_rejoin,),
+                                               name=f"rejoin-{self.node}", daemon=True)
+        self._rejoin_thread.start()
+
+    def _run_rejoin(self, started: FollowerRejoin) -> None:
+        steps: list[str] = []
+
+        def report(step: str) -> None:
+            steps.append(step)
+            log.info("rejoin: %s", step)
+            self.last_rejoin = replace(started, steps=list(steps))
+
+        try:
+            res = self.db.rejoin(started.source, lambda: self._confirm(started.source), report)
+        except Exception as e:  # noqa: BLE001  (said in the view and the log; decided again after the backoff)
+            why = "refused" if isinstance(e, RejoinRefused) else "failed"
+            log.error("rejoin to %s %s: %s", started.source, why, e)
+            self.last_rejoin = replace(started, phase=FollowerRejoinPhase.FAILED, finished_at=datetime.now(UTC),
+                                       error=f"{why}: {e}", steps=steps)
+            return
+        done = replace(started, phase=FollowerRejoinPhase.DONE, finished_at=datetime.now(UTC), method=res.method,
+                       salvage_report=str(res.salvage_report) if res.salvage_report else None,
+                       salvaged_rows=res.salvaged_rows, kept_aside=str(res.kept_aside) if res.kept_aside else None,
+                       steps=steps)
+        self.last_rejoin = done
+        log.warning("rejoined to %s by %s; %s", started.source, res.method.value,
+                    f"the {res.salvaged_rows} rows only this follower had are in {done.salvage_report}: review them "
+                    "with `standby salvage show`, apply them on the primary with `standby salvage apply`"
+                    if done.salvage_report else "no row of this follower was missing on the primary")
+
+    def _confirm(self, target: str) -> None:
+        """The rejoin's target is still the primary of the newest term heard, as the pair says it now."""
+        pair, answered = self.watcher.snapshot()
+        o = FollowerObservation(now=self.clock(), gap=0.0, pg=FollowerPg(running=False), pair=pair, answered=answered)
+        term = newest_term(self.state, o)
+        primary = serving_primary(term, o, self.policy)
+        if primary != target:
+            raise RejoinRefused(f"{target} is not the primary of term {term} as the pair says it now "
+                                f"({primary or 'no primary heard'}): its data is untouched")
 
     def _view(self, o: FollowerObservation, pg: FollowerPg, age: float | None, r: FollowerAction) -> FollowerView:
         f = self.cfg.follower(self.node)
@@ -162,7 +221,7 @@ class FollowerAgent:
             replay_lsn=_lsn(pg.replay_lsn), lag_bytes=r.lag_bytes, lag_seconds=age, loss_bytes=r.loss_bytes,
             term=self.state.term, primary=self.state.primary, target=self.state.target, reason=r.reason,
             site_silent_s=round(min(site_silence(self.state, o), 1e9), 3), promoted=self.state.promoted,
-            pg_version_num=getattr(self.db, "version_num", None))
+            pg_version_num=getattr(self.db, "version_num", None), rejoin=self.last_rejoin)
 
     def alert(self, actions: list[FollowerAction]) -> None:
         """Site loss raised (and resolved once the pair is heard again): on the event loop's thread."""

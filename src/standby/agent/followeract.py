@@ -4,20 +4,24 @@ It owns: the connection (opened on first use, dropped after any error), reading 
 followerobs.read_own), the slots of the followers cascading from it, re-pointing it (the passfile for
 every possible upstream, ``ALTER SYSTEM SET primary_conninfo`` and ``primary_slot_name``, then
 ``pg_reload_conf()``: PostgreSQL 15 reconnects its WAL receiver without a restart, and
-``recovery_target_timeline`` stays at its default, ``latest``), and starting a stopped server
-(``standby.signal`` stays: it comes back in recovery).
-It may not: decide, promote (nothing here takes a server out of recovery), or touch the pair's servers.
+``recovery_target_timeline`` stays at its default, ``latest``), starting a stopped server
+(with ``standby.signal``: it comes back in recovery), and rejoining it to a primary it can no longer
+follow (act.rejoin for a follower: stop, salvage, pg_rewind or clone, stream from that primary).
+It may not: decide, promote (nothing here takes a server out of recovery), or touch the pair's servers
+(on the primary a rejoin runs a checkpoint, makes this follower's slot, and reads).
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Protocol
 
 import psycopg
 from psycopg import sql
 
 from standby.act import postgres as pgact
+from standby.act import rejoin as rj
 from standby.agent import followerobs
 from standby.agent.localdb import close_quietly, open_agent_connection
 from standby.config import Config, read_secret
@@ -33,6 +37,9 @@ class OwnServer(Protocol):
     def read(self) -> tuple[FollowerPg, float | None] | None: ...  # None: it runs but does not answer
     def point_at(self, target: str) -> None: ...
     def start(self) -> None: ...
+    # Blocking (minutes): run off the decision loop. ``confirm`` raises RejoinRefused once ``target`` is not the
+    # primary to follow any more; ``report`` hears each step.
+    def rejoin(self, target: str, confirm: Callable[[], None], report: Callable[[str], None]) -> rj.RejoinResult: ...
 
 
 def passfile_text(cfg: Config, node: str) -> str:
@@ -98,4 +105,33 @@ class LocalFollowerDb:
 
     def start(self) -> None:
         self._drop()
+        self._in_recovery_at_start()
         pgact.start(self.cfg, self.node, 60)
+
+    def _in_recovery_at_start(self) -> None:
+        """A data directory left by a rejoin that stopped after pg_rewind (or a clone) and before starting it lacks
+        standby.signal (pg_rewind removes the files its source, a primary, lacks): alone it would end recovery as
+        a primary. It starts in recovery, and streams once pointed at the primary. (A server an operator promoted
+        has no backup_label: it is left as it is.)"""
+        pg = self.cfg.pg(self.node)
+        if pgact.awaits_wal_from_source(self.cfg, self.node) and \
+                pgact.read_as(pg.os_user, pg.data_dir / "standby.signal") is None:
+            pgact.write_as(pg.os_user, pg.data_dir / "standby.signal", "")
+
+    def rejoin(self, target: str, confirm: Callable[[], None], report: Callable[[str], None]) -> rj.RejoinResult:
+        from standby.salvage import salvage_for_rejoin
+
+        who = rj.Rejoining.follower(self.cfg, self.node, target, confirm)
+        confirm()  # before the server is stopped
+        pg = self.cfg.pg(self.node)
+        if pgobs.postmaster_running(pg.data_dir):
+            # A connection of its own: the loop's thread keeps reading the server through the agent's.
+            with pgobs.connect_local(self.cfg, self.node) as conn:
+                in_recovery = conn.execute("SELECT pg_is_in_recovery()").fetchone() == (True,)
+            if not in_recovery:
+                raise rj.RejoinRefused(f"{self.node}'s server is out of recovery (promoted by an operator): "
+                                       "it is never rejoined automatically")
+            pgact.stop(self.cfg, self.node, pgact.StopMode.FAST)
+            report("the follower's server stopped")
+        return rj.rejoin(self.cfg, who, state_dir=self.cfg.state_dir_for(self.node), report=report,
+                         salvage=salvage_for_rejoin if self.cfg.salvage.tables else None)

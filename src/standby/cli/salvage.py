@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import click
@@ -10,6 +11,7 @@ import psycopg
 
 from standby import salvage as sv
 from standby.cli.common import OperatorError, config_option, handle_errors, json_option, load_node, node_option
+from standby.config import NODE_ENV, load, resolve_node
 
 _CELL_MAX = 32
 
@@ -29,7 +31,10 @@ def group() -> None:
 def _report_path(file: Path | None, config_path: Path, node: str | None) -> Path:
     if file is not None:
         return file
-    cfg, me = load_node(config_path, node)
+    cfg = load(config_path)
+    name = node or os.environ.get(NODE_ENV)
+    # A follower's rejoin keeps its report in the follower's state directory, as a pair node's does.
+    me = name if name is not None and cfg.follower(name) is not None else resolve_node(cfg, node)
     directory = sv.reports_dir(cfg, me)
     latest = sv.latest_report(directory)
     if latest is None:
@@ -126,8 +131,11 @@ def apply_command(config_path: Path, node: str | None, file: Path | None, yes: b
     the peer over the private network. Rows already present are skipped, so
     applying again changes nothing.
     """
+    path = file or _report_path(None, config_path, node)
+    if (name := node or os.environ.get(NODE_ENV)) is not None and load(config_path).follower(name) is not None:
+        raise OperatorError(f"{name} is a follower: the pair's servers let it stream WAL, not write the application's "
+                            f"rows; copy {path} to the pair's primary and run `standby salvage apply FILE` there")
     cfg, me = load_node(config_path, node)
-    path = file or _report_path(None, config_path, me)
     report = _load(path)
     try:
         primary = sv.connect_current_primary(cfg, me, report.database)
