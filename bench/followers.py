@@ -28,7 +28,7 @@ import argparse
 import os
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,6 +42,8 @@ from standby.lab.topology import PRIVATE_IF, PUBLIC_IF
 
 NAME_PREFIX = "sbfl"
 COST_PREFIX = "sbflc"
+# One run of a series: given its lab's name and the log, its figures.
+Measure = Callable[[str, benchlib.Log], dict[str, Any]]
 
 
 @dataclass(frozen=True)
@@ -195,8 +197,9 @@ def cost_run(lab: Lab, cfg: CostConfig, p: Params, tmp: Path, cgroup: benchlib.S
     return rec
 
 
-def cost_summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
-    """Per configuration (the median over its runs), and each beside no follower."""
+def cost_summary(all_runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per configuration (the median over its runs without an error), and each beside no follower."""
+    runs = [r for r in all_runs if not r.get("error")]
     def med(cfg: str, key: str) -> float | None:
         return percentile([v for r in runs if r["config"] == cfg and (v := r.get(key)) is not None], 0.5)
 
@@ -205,7 +208,7 @@ def cost_summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
     for cfg in dict.fromkeys(r["config"] for r in runs):
         figs = {k: med(cfg, k) for k in keys}
         out[cfg] = {"runs": sum(1 for r in runs if r["config"] == cfg),
-                    "errors": sum(1 for r in runs if r["config"] == cfg and r.get("error")), **figs,
+                    "errors": sum(1 for r in all_runs if r["config"] == cfg and r.get("error")), **figs,
                     "cpu_per_call_ratio_to_none": benchlib.ratio(figs["primary_cpu_ms_per_call"],
                                                                  med("none", "primary_cpu_ms_per_call")),
                     "alpha_tx_per_call_ratio_to_none": benchlib.ratio(figs["alpha_tx_bytes_per_call"],
@@ -220,7 +223,8 @@ def render_cost(doc: dict[str, Any]) -> str:
     p = doc["parameters"]
     lines = [f"followers' cost to the primary at {p['rate']} calls/s, {p['seconds']:g} s per configuration; "
              f"load average at start {' '.join(f'{x:.2f}' for x in doc['machine']['loadavg_at_start'])}; "
-             f"{'alpha on CPU 0, beta on CPU 1' if p['pin'] else 'nothing pinned'}; CPU from {doc['cpu_source']}",
+             f"{'servers pinned: alpha CPU 0, beta CPU 1' if p['pin'] else 'nothing pinned'}; alpha's CPU from "
+             f"{', '.join(sorted({r['cpu_source'] for r in doc['runs'] if 'cpu_source' in r})) or '-'}",
              f"{'config':<11} {'calls/s':>8} {'alpha CPU ms/call':>18} {'vs none':>8} {'alpha tx B/call':>16} "
              f"{'vs none':>8} {'beta tx B/call':>15} {'WAL B/call':>11} {'latency p50/p99 ms':>19}"]
     for r in doc["runs"]:
@@ -237,39 +241,51 @@ def render_cost(doc: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def cost_main(p: Params) -> int:
+def cost_measure(cfg: CostConfig, p: Params) -> Measure:
+    def measure(name: str, log: benchlib.Log) -> dict[str, Any]:
+        cgroup = benchlib.open_server_cgroup(f"{name}-alpha", log)
+        try:
+            spec = LabSpec(name, followers=cfg.followers, follower_upstream=cfg.upstream)
+            with fresh_lab(spec) as lab, tempfile.TemporaryDirectory(prefix="standby-flc-") as tmp:
+                return {"cpu_source": "cgroup" if cgroup else "tree", **cost_run(lab, cfg, p, Path(tmp), cgroup, log)}
+        finally:
+            if cgroup is not None:  # after the lab: its server's processes are gone
+                cgroup.__exit__(None, None, None)
+    return measure
+
+
+def cost_brief(r: dict[str, Any]) -> str:
+    return (f"alpha CPU {r.get('primary_cpu_ms_per_call')} ms/call, alpha tx {r.get('alpha_tx_bytes_per_call')} B/call, "
+            f"beta tx {r.get('beta_tx_bytes_per_call')} B/call, error {r.get('error')}")
+
+
+def series(kind: str, p: Params, prefix: str, runs: Sequence[tuple[str, dict[str, Any], Measure]],
+           summarise: Callable[[list[dict[str, Any]]], dict[str, Any]], render: Callable[[dict[str, Any]], str],
+           brief: Callable[[dict[str, Any]], str] = str) -> int:
+    """Each run on a fresh lab of its own, the results rewritten after every run; a broken run is recorded
+    and the series goes on."""
     t_start = time.monotonic()
-    doc, stamp, log = benchlib.begin("followers-cost", p, runs=[], summary={}, cpu_source=None)
-    names, code = LabNames(COST_PREFIX), 0
+    doc, stamp, log = benchlib.begin(kind, p, runs=[], summary={})
+    names, code = LabNames(prefix), 0
     with sigterm_as_interrupt():
         try:
-            for cfg in (COST_CONFIGS[c] for c in p.configs):
+            for label, first, measure in runs:
                 name = names.next()
-                log(f"{cfg.name} on {name}")
-                rec: dict[str, Any] = {"config": cfg.name, "followers": list(cfg.followers), "upstream": cfg.upstream,
-                                       "lab": name, "error": None}
-                cgroup = benchlib.open_server_cgroup(f"{name}-alpha", log)
-                doc["cpu_source"] = "cgroup v2 of alpha's server" if cgroup else "alpha's server's process tree"
+                log(f"{label} on {name}")
+                rec: dict[str, Any] = {**first, "lab": name}
                 try:
-                    spec = LabSpec(name, followers=cfg.followers, follower_upstream=cfg.upstream)
-                    with fresh_lab(spec) as lab, tempfile.TemporaryDirectory(prefix="standby-flc-") as tmp:
-                        rec.update(cost_run(lab, cfg, p, Path(tmp), cgroup, log))
-                except RUN_FAILURES as e:  # one broken configuration must not end the series
+                    rec.update(measure(name, log))
+                except RUN_FAILURES as e:  # one broken run must not end the series
                     rec["error"] = f"{type(e).__name__}: {' '.join(str(e).split())}"
-                finally:
-                    if cgroup is not None:  # after the lab: its server's processes are gone
-                        cgroup.__exit__(None, None, None)
                 doc["runs"].append(rec)
-                doc["summary"] = cost_summary([r for r in doc["runs"] if not r.get("error")])
-                benchlib.write_results("followers-cost", doc, stamp)
-                log(f"  {cfg.name}: alpha CPU {rec.get('primary_cpu_ms_per_call')} ms/call, "
-                    f"alpha tx {rec.get('alpha_tx_bytes_per_call')} B/call, beta tx {rec.get('beta_tx_bytes_per_call')} "
-                    f"B/call, error {rec['error']}")
+                doc["summary"] = summarise(doc["runs"])
+                benchlib.write_results(kind, doc, stamp)
+                log(f"  {brief(rec)}")
         except KeyboardInterrupt:
             log("interrupted; results so far are written")
             code = 130
     doc["complete"] = code == 0
-    benchlib.end("followers-cost", doc, stamp, t_start, render_cost)
+    benchlib.end(kind, doc, stamp, t_start, render)
     return code
 
 
@@ -290,35 +306,21 @@ def parse_args(argv: Sequence[str] | None) -> Params:
     return Params(a.runs, a.rate, a.timeout, a.cost, a.seconds, tuple(a.configs), a.pin and (os.cpu_count() or 1) >= 2)
 
 
+def failover_measure(p: Params) -> Measure:
+    def measure(name: str, _log: benchlib.Log) -> dict[str, Any]:
+        with fresh_lab(LabSpec(name, followers=("gamma",))) as lab, tempfile.TemporaryDirectory(prefix="standby-fl-") as tmp:
+            return one_run(lab, p, Path(tmp))
+    return measure
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     p = parse_args(argv)
     if p.cost:
-        return cost_main(p)
-    t_start = time.monotonic()
-    doc, stamp, log = benchlib.begin("followers", p, runs=[], summary={})
-    names, code = LabNames(NAME_PREFIX), 0
-    with sigterm_as_interrupt():
-        try:
-            for i in range(p.runs):
-                name = names.next()
-                log(f"run {i + 1}/{p.runs} on {name}")
-                rec: dict[str, Any] = {"lab": name}
-                try:
-                    with fresh_lab(LabSpec(name, followers=("gamma",))) as lab, \
-                            tempfile.TemporaryDirectory(prefix="standby-fl-") as tmp:
-                        rec.update(one_run(lab, p, Path(tmp)))
-                except RUN_FAILURES as e:  # one broken run must not end the series
-                    rec["error"] = f"{type(e).__name__}: {' '.join(str(e).split())}"
-                doc["runs"].append(rec)
-                doc["summary"] = summarise(doc["runs"])
-                benchlib.write_results("followers", doc, stamp)
-                log(f"  {rec}")
-        except KeyboardInterrupt:
-            log("interrupted; results so far are written")
-            code = 130
-    doc["complete"] = code == 0
-    benchlib.end("followers", doc, stamp, t_start, render)
-    return code
+        runs = [(c, {"config": c, "followers": list(COST_CONFIGS[c].followers), "upstream": COST_CONFIGS[c].upstream,
+                     "error": None}, cost_measure(COST_CONFIGS[c], p)) for c in p.configs]
+        return series("followers-cost", p, COST_PREFIX, runs, cost_summary, render_cost, cost_brief)
+    return series("followers", p, NAME_PREFIX, [(f"run {i + 1}/{p.runs}", {}, failover_measure(p)) for i in range(p.runs)],
+                  summarise, render)
 
 
 if __name__ == "__main__":
