@@ -54,6 +54,7 @@ from benchlib import (
 from standby.act.postgres import set_sync_names, sync_value
 from standby.lab import Lab, LabSpec
 from standby.lab.errors import LabError
+from standby.lab.topology import APP_DB
 
 STANDBY_NODE = "beta"
 
@@ -174,7 +175,11 @@ def start_softswitch(lab: Lab) -> None:
 
 
 def settle(lab: Lab, with_standby: bool, timeout_s: float = 30.0) -> None:
-    """A common starting line: checkpoint done, standby replayed everything, a moment of quiet."""
+    """A common starting line: the service's tables vacuumed (so that autovacuum, which the last phase's rows
+    would otherwise set off, does not run inside the next one), checkpoint done, standby replayed
+    everything, a moment of quiet."""
+    with lab.pg_connect("alpha", dbname=APP_DB, autocommit=True) as conn:
+        conn.execute("VACUUM ANALYZE")
     with lab.pg_connect("alpha", autocommit=True) as conn:
         conn.execute("CHECKPOINT")
         if with_standby:
