@@ -14,7 +14,7 @@ own where the machine allows, else its process tree; see benchlib), WAL bytes pe
 the load generator saw (p50/p99 from its per-call history) and the replication lag as the primary reports
 it. By default alpha's server and beta's server are pinned to different cores, so that the standby does
 not take its CPU from the primary's. Reconfiguring one lab rather than building three keeps the servers
-comparable; every phase starts from a CHECKPOINT with the standby caught up.
+comparable; every phase starts after a VACUUM ANALYZE and a CHECKPOINT, with the standby caught up.
 
 This is a measurement: it prints and records figures and judges none of them (the goal is printed beside).
 
