@@ -13,7 +13,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +24,7 @@ import psycopg
 
 from standby import __version__
 from standby.lab import Lab, LabSpec, netns
+from standby.lab.checker import Outcome, read_history
 from standby.lab.errors import LabError
 from standby.lab.topology import ALL_ROLES, LAB_BASE, SERVICE_IP
 
@@ -101,7 +102,7 @@ def percentile(values: Sequence[float], q: float) -> float | None:
 
 def distribution(values: Sequence[float]) -> dict[str, float | int | None]:
     return {"n": len(values), "p50": percentile(values, 0.50), "p95": percentile(values, 0.95),
-            "max": max(values) if values else None}
+            "p99": percentile(values, 0.99), "max": max(values) if values else None}
 
 
 # --------------------------------------------------------------------------- a lab's life
@@ -324,3 +325,243 @@ def machine_facts(lab: Lab, name: str) -> dict[str, Any]:
 def _show(conn: Any, setting: str) -> str:
     row = conn.execute(f"SHOW {setting}").fetchone()
     return str(row[0]) if row else ""
+
+
+# --------------------------------------------------------------------------- what one server costs
+#
+# One PostgreSQL server's CPU, apart from everything else the lab runs beside it in its namespace
+# (softswitch, agent), read two ways:
+# - a cgroup v2 of its own (cpu.stat usage_usec): every process moved in, and every backend the
+#   postmaster forks afterwards, counted to the microsecond, exited backends included; needs a
+#   writable cgroup2 mount (no controller has to be enabled: cpu.stat is always there);
+# - its process tree in /proc: the postmaster's own time plus what it reaped (cutime/cstime: the
+#   backends that exited, each with what it reaped) plus its live children's; every PostgreSQL
+#   process is the postmaster's child. Clock ticks (10 ms each), so coarser.
+
+
+@dataclass(frozen=True)
+class ProcStat:
+    """The fields of /proc/PID/stat a process tree's CPU needs; times in clock ticks."""
+
+    pid: int
+    ppid: int
+    utime: int
+    stime: int
+    cutime: int  # children waited for, with what they had waited for
+    cstime: int
+
+    @property
+    def with_reaped(self) -> int:
+        return self.utime + self.stime + self.cutime + self.cstime
+
+
+def parse_proc_stat(text: str) -> ProcStat:
+    """One /proc/PID/stat line. The command name may hold spaces and parentheses: split at the last ')'."""
+    head, rest = text.rsplit(")", 1)
+    f = rest.split()  # state ppid pgrp session tty_nr tpgid flags minflt cminflt majflt cmajflt utime stime cutime cstime
+    return ProcStat(int(head.split("(", 1)[0]), int(f[1]), int(f[11]), int(f[12]), int(f[13]), int(f[14]))
+
+
+def tree_ticks(root: int, stats: Iterable[ProcStat]) -> int | None:
+    """CPU ticks of ``root`` and its children, live or exited (None: ``root`` is not among ``stats``)."""
+    by_pid = {s.pid: s for s in stats}
+    if root not in by_pid:
+        return None
+    return by_pid[root].with_reaped + sum(s.with_reaped for s in by_pid.values() if s.ppid == root)
+
+
+def parse_cpu_stat(text: str) -> dict[str, int]:
+    """A cgroup v2 cpu.stat: ``key value`` per line."""
+    return {k: int(v) for k, v in (ln.split() for ln in text.splitlines() if ln.strip())}
+
+
+@dataclass(frozen=True)
+class LinkBytes:
+    rx: int
+    tx: int
+
+
+def parse_net_dev(text: str) -> dict[str, LinkBytes]:
+    """/proc/net/dev (of one namespace): bytes each interface received and sent, loopback left out."""
+    out: dict[str, LinkBytes] = {}
+    for line in text.splitlines()[2:]:  # two header lines
+        name, _, counters = line.partition(":")
+        f = counters.split()
+        if name.strip() and name.strip() != "lo" and len(f) >= 9:
+            out[name.strip()] = LinkBytes(int(f[0]), int(f[8]))  # 8 receive columns, then transmit
+    return out
+
+
+def tx_between(a: dict[str, LinkBytes], b: dict[str, LinkBytes]) -> int:
+    """Bytes sent between two readings on the interfaces present in both."""
+    return sum(b[d].tx - a[d].tx for d in a.keys() & b.keys())
+
+
+def per_call(total: float | None, calls: int) -> float | None:
+    return None if total is None or calls <= 0 else total / calls
+
+
+def ratio(value: float | None, base: float | None) -> float | None:
+    """``value`` over ``base`` (e.g. sync's CPU per call over no standby's); None when either is unknown."""
+    return None if value is None or not base else value / base
+
+
+def _cgroup2_root() -> Path | None:
+    for line in Path("/proc/self/mounts").read_text().splitlines():
+        f = line.split()
+        if len(f) >= 3 and f[2] == "cgroup2":
+            return Path(f[1])
+    return None
+
+
+class ServerCgroup:
+    """A cgroup v2 of one server's processes, for its CPU time (a ``with`` block). On exit the processes
+    still in it go back to the root cgroup and the directory is removed."""
+
+    def __init__(self, name: str) -> None:
+        root = _cgroup2_root()
+        if root is None:
+            raise OSError("no cgroup2 file system is mounted")
+        self.root = root
+        self.path = root / "standby-bench" / name
+
+    def __enter__(self) -> ServerCgroup:
+        self.path.mkdir(parents=True, exist_ok=True)
+        return self
+
+    def attach(self, pids: Iterable[int]) -> None:
+        for pid in pids:
+            try:
+                (self.path / "cgroup.procs").write_text(f"{pid}\n")
+            except ProcessLookupError:
+                continue  # exited meanwhile
+
+    def usage_s(self) -> float:
+        return parse_cpu_stat((self.path / "cpu.stat").read_text())["usage_usec"] / 1e6
+
+    def __exit__(self, *exc: object) -> None:
+        for _ in range(3):  # a backend forked while moving the others out lands in this cgroup too
+            left = [p for p in (self.path / "cgroup.procs").read_text().split() if p]
+            for pid in left:
+                try:
+                    (self.root / "cgroup.procs").write_text(f"{pid}\n")
+                except OSError:
+                    pass
+            try:
+                self.path.rmdir()
+                break
+            except OSError:
+                time.sleep(0.1)
+        try:
+            self.path.parent.rmdir()  # only if no other run's cgroup is in it
+        except OSError:
+            pass
+
+
+def open_server_cgroup(name: str, log: Log | None = None) -> ServerCgroup | None:
+    """A ServerCgroup, or None (said in the log) where this machine does not let us make one."""
+    try:
+        cg = ServerCgroup(name).__enter__()
+        cg.usage_s()
+        return cg
+    except (OSError, KeyError, ValueError) as e:
+        if log:
+            log(f"no cgroup v2 for {name} ({e}); CPU from the process tree only")
+        return None
+
+
+def _all_stats() -> list[ProcStat]:
+    out = []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                out.append(parse_proc_stat((d / "stat").read_text()))
+            except (OSError, ValueError, IndexError):
+                continue  # exited while listing
+    return out
+
+
+def postmaster_pid(lab: Lab, node: str) -> int | None:
+    try:
+        return int((lab.node(node).pgdata / "postmaster.pid").read_text().split("\n", 1)[0])
+    except (OSError, ValueError):
+        return None
+
+
+def server_pids(root: int, stats: Iterable[ProcStat]) -> list[int]:
+    return [s.pid for s in stats if s.pid == root or s.ppid == root]
+
+
+@dataclass(frozen=True)
+class ServerMark:
+    postmaster: int | None
+    tree_s: float | None
+    cgroup_s: float | None
+    wall: float
+
+
+class ServerMeter:
+    """CPU of one node's PostgreSQL server; with a cgroup, every mark (re)attaches the server's processes,
+    so a server started or restarted after the cgroup was made is counted from its next mark on."""
+
+    def __init__(self, lab: Lab, node: str, cgroup: ServerCgroup | None) -> None:
+        self.lab, self.node, self.cgroup = lab, node, cgroup
+
+    def mark(self) -> ServerMark:
+        pid, stats = postmaster_pid(self.lab, self.node), _all_stats()
+        ticks = None if pid is None else tree_ticks(pid, stats)
+        if self.cgroup is not None and pid is not None:
+            self.cgroup.attach(server_pids(pid, stats))
+        return ServerMark(pid, None if ticks is None else ticks / CLK_TCK,
+                          self.cgroup.usage_s() if self.cgroup else None, time.monotonic())
+
+
+def server_cpu_between(a: ServerMark, b: ServerMark) -> dict[str, Any]:
+    """CPU seconds the server used between two marks, both ways; a restart in between makes the tree's
+    figure meaningless (``same_postmaster`` False)."""
+    same = a.postmaster is not None and a.postmaster == b.postmaster
+
+    def diff(x: float | None, y: float | None) -> float | None:
+        return None if x is None or y is None else y - x
+
+    cg = diff(a.cgroup_s, b.cgroup_s)
+    tree = diff(a.tree_s, b.tree_s) if same else None
+    return {"source": "cgroup" if cg is not None else "tree", "cpu_s": cg if cg is not None else tree,
+            "cgroup_s": cg, "tree_s": tree, "same_postmaster": same, "wall_s": b.wall - a.wall}
+
+
+def pin_server(lab: Lab, node: str, cpu: int) -> list[int]:
+    """Pin a node's running server (postmaster and children, every thread) to one core; backends forked
+    later inherit it. Returns the pids pinned."""
+    pid = postmaster_pid(lab, node)
+    if pid is None:
+        raise BenchError(f"{node}'s server is not running: nothing to pin")
+    pinned = []
+    for p in server_pids(pid, _all_stats()):
+        try:
+            for task in Path(f"/proc/{p}/task").iterdir():
+                os.sched_setaffinity(int(task.name), {cpu})
+            pinned.append(p)
+        except (ProcessLookupError, FileNotFoundError):
+            continue
+    return pinned
+
+
+def link_bytes(lab: Lab, role: str) -> dict[str, LinkBytes]:
+    """Byte counters of the links inside a namespace (a node's public and private veth ends)."""
+    res = lab.run(role, ["cat", "/proc/net/dev"])
+    return parse_net_dev(res.stdout)
+
+
+def wal_lsn(lab: Lab, node: str = "alpha") -> int:
+    """The primary's current WAL position, as a byte count."""
+    with lab.pg_connect(node, autocommit=True) as conn:
+        row = conn.execute("SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), '0/0')").fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def history_latency_ms(path: Path) -> dict[str, float | int | None]:
+    """Per-call latency (send to answer) of the acknowledged calls in a load run's history, in ms."""
+    lat = [(a.t_done - a.t_send) * 1000 for a in read_history(path) if a.outcome is Outcome.ACK and a.t_done]
+    return {**distribution(lat), "mean": sum(lat) / len(lat) if lat else None}

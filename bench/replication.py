@@ -1,23 +1,24 @@
 #!/usr/bin/env python3
-"""What a standby costs the primary: replication lag at a fixed call rate, and maximum call throughput.
+"""What a standby costs the primary: its CPU, its WAL and its commit latency at a fixed call rate.
 
-One run builds one lab (network namespaces, a PostgreSQL 15 server per node, the sample
-softswitch on alpha, the load generator in the client namespace) and measures, in order:
+One run builds one lab (network namespaces, a PostgreSQL 15 server per node, the sample softswitch on
+alpha, the load generator in the client namespace) and puts the same fixed call rate, well under what
+the lab can carry, on it in three phases:
 
-1. throughput with no standby: alpha bootstrapped alone, so synchronous_standby_names is empty
-   and no WAL sender runs;
-2. beta cloned by `standby bootstrap` as an async standby: lag at a fixed rate, then throughput;
-3. the same standby made synchronous (the setting bootstrap writes for durability = "sync"):
-   lag at a fixed rate, then throughput.
+1. none: alpha bootstrapped alone, so synchronous_standby_names is empty and no WAL sender runs;
+2. async: beta cloned by `standby bootstrap`, streaming asynchronously;
+3. sync: the same standby made synchronous (the setting bootstrap writes for durability = "sync").
 
-Reconfiguring one lab rather than building three keeps the run short and the hardware state
-comparable. Every phase starts from a CHECKPOINT with the standby caught up, so none of them
-pays for the full-page writes of another.
+Per phase: alpha's PostgreSQL CPU seconds per acknowledged call (its server alone, in a cgroup v2 of its
+own where the machine allows, else its process tree; see benchlib), WAL bytes per call, the call latency
+the load generator saw (p50/p99 from its per-call history) and the replication lag as the primary reports
+it. By default alpha's server and beta's server are pinned to different cores, so that the standby does
+not take its CPU from the primary's. Reconfiguring one lab rather than building three keeps the servers
+comparable; every phase starts after a VACUUM ANALYZE and a CHECKPOINT, with the standby caught up.
 
-Lag is the primary's `pg_stat_replication.replay_lag` (see README.md for why this column).
-This is a measurement: it prints and records figures and judges none of them.
+This is a measurement: it prints and records figures and judges none of them (the goal is printed beside).
 
-    .venv/bin/python bench/replication.py [--rate 200 --seconds 20 --max-seconds 15 --concurrency 32]
+    .venv/bin/python bench/replication.py [--rate 100 --seconds 30] [--no-pin] [--max-seconds 15]
 
 Needs root (namespaces) and PostgreSQL 15; set it up with `./dev setup`.
 """
@@ -25,13 +26,14 @@ Needs root (namespaces) and PostgreSQL 15; set it up with `./dev setup`.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import asdict, dataclass
-from datetime import UTC, datetime
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -52,11 +54,9 @@ from benchlib import (
 from standby.act.postgres import set_sync_names, sync_value
 from standby.lab import Lab, LabSpec
 from standby.lab.errors import LabError
+from standby.lab.topology import APP_DB
 
 STANDBY_NODE = "beta"
-
-
-# --------------------------------------------------------------------------- statistics
 
 
 # --------------------------------------------------------------------------- lag sampling
@@ -87,11 +87,13 @@ def _num(v: Any) -> float | None:
 
 
 class LagSampler:
-    """Polls both servers from a thread while the load runs in a subprocess."""
+    """Polls both servers from a thread while the load runs in a subprocess. Without a standby it still
+    asks the primary, so that every phase puts the same monitoring queries on it."""
 
-    def __init__(self, lab: Lab, interval_s: float) -> None:
+    def __init__(self, lab: Lab, interval_s: float, with_standby: bool = True) -> None:
         self._lab = lab
         self._interval_s = interval_s
+        self._with_standby = with_standby
         self._stop = threading.Event()
         self._error: BaseException | None = None
         self.samples: list[LagSample] = []
@@ -101,12 +103,13 @@ class LagSampler:
     def _run(self) -> None:
         try:
             with self._lab.pg_connect("alpha", autocommit=True) as primary, \
-                    self._lab.pg_connect(STANDBY_NODE, autocommit=True) as standby:  # fmt: skip
+                    (self._lab.pg_connect(STANDBY_NODE, autocommit=True) if self._with_standby
+                     else contextlib.nullcontext()) as standby:  # fmt: skip
                 next_t = time.monotonic()
                 while not self._stop.is_set():
                     t = time.monotonic()
                     row = primary.execute(_PRIMARY_LAG_SQL, (STANDBY_NODE,)).fetchone()
-                    age = standby.execute(_STANDBY_AGE_SQL).fetchone()
+                    age = standby.execute(_STANDBY_AGE_SQL).fetchone() if standby is not None else None
                     w, f, r, behind = row if row else (None, None, None, None)
                     self.samples.append(LagSample(
                         t, _num(w), _num(f), _num(r), None if behind is None else int(behind),
@@ -172,7 +175,11 @@ def start_softswitch(lab: Lab) -> None:
 
 
 def settle(lab: Lab, with_standby: bool, timeout_s: float = 30.0) -> None:
-    """A common starting line: checkpoint done, standby replayed everything, a moment of quiet."""
+    """A common starting line: the service's tables vacuumed (so that autovacuum, which the last phase's rows
+    would otherwise set off, does not run inside the next one), checkpoint done, standby replayed
+    everything, a moment of quiet."""
+    with lab.pg_connect("alpha", dbname=APP_DB, autocommit=True) as conn:
+        conn.execute("VACUUM ANALYZE")
     with lab.pg_connect("alpha", autocommit=True) as conn:
         conn.execute("CHECKPOINT")
         if with_standby:
@@ -207,74 +214,119 @@ def set_durability(lab: Lab, sync: bool) -> None:
     raise BenchError(f"{STANDBY_NODE} reports sync_state {state!r}, expected {want!r}")
 
 
-# --------------------------------------------------------------------------- CPU accounting
-#
-# The lab shares the machine's cores with whatever else runs there (other labs, test suites).
-# Each run records how much CPU went to this lab and how much to everything else, so a figure
-# taken on a busy machine can be recognised as such.
+# --------------------------------------------------------------------------- phases
 
 
 @dataclass(frozen=True)
 class Params:
     rate: float
     seconds: float
-    max_seconds: float
+    max_seconds: float  # 0: no closed-loop throughput runs
     concurrency: int
     sample_ms: float
     skip_s: float
     warmup_s: float
+    pin: bool
     name: str
 
 
-def lag_phase(lab: Lab, p: Params, workdir: Path, label: str) -> dict[str, Any]:
-    settle(lab, with_standby=True)
-    with LagSampler(lab, p.sample_ms / 1000) as sampler:
-        s = run_load(lab, workdir, f"lag-{label}", ["--rate", str(p.rate), "--duration", str(p.seconds)])
-    # Skip the start: the primary may still show the last lag it measured before the quiet.
-    return {"load": load_figures(s), **sampler.summarise(s["t_start"] + p.skip_s, s["t_end"])}
+# Where each server runs with --pin; everything else (softswitch, load generator, this script) is left to
+# the scheduler on both cores.
+PIN = {"alpha": 0, STANDBY_NODE: 1}
+# The goal the figures are printed beside (never asserted): what a sync standby may add to the primary.
+GOAL = {"sync_cpu_per_call_ratio_max": 1.15, "sync_latency_p50_added_ms_max": 1.0}
+
+
+def cost_phase(lab: Lab, p: Params, workdir: Path, label: str, meter: benchlib.ServerMeter,
+               with_standby: bool) -> dict[str, Any]:
+    """The fixed rate for --seconds: what alpha's server spent, the WAL it wrote, the latency and the lag."""
+    settle(lab, with_standby)
+    with LagSampler(lab, p.sample_ms / 1000, with_standby) as sampler:
+        lsn0 = benchlib.wal_lsn(lab)
+        m0 = meter.mark()
+        s = run_load(lab, workdir, f"cost-{label}", ["--rate", str(p.rate), "--duration", str(p.seconds)])
+        m1 = meter.mark()
+        lsn1 = benchlib.wal_lsn(lab)
+    calls = int(s["ack"])
+    cpu = benchlib.server_cpu_between(m0, m1)
+    out: dict[str, Any] = {
+        "load": load_figures(s),
+        "commit_latency_ms": benchlib.history_latency_ms(workdir / f"cost-{label}.jsonl"),
+        "primary_cpu": {**cpu, "cores": cpu["cpu_s"] / cpu["wall_s"] if cpu["cpu_s"] is not None else None},
+        "primary_cpu_ms_per_call": None if (c := benchlib.per_call(cpu["cpu_s"], calls)) is None else c * 1000,
+        "wal_bytes": lsn1 - lsn0,
+        "wal_bytes_per_call": benchlib.per_call(lsn1 - lsn0, calls),
+    }
+    if with_standby:
+        # Skip the start: the primary may still show the last lag it measured before the quiet.
+        out |= sampler.summarise(s["t_start"] + p.skip_s, s["t_end"])
+    return out
 
 
 def max_phase(lab: Lab, p: Params, workdir: Path, label: str, with_standby: bool) -> dict[str, Any]:
     settle(lab, with_standby)
     args = ["--max", "--concurrency", str(p.concurrency), "--duration", str(p.max_seconds)]
-    if not with_standby:
-        return {"load": load_figures(run_load(lab, workdir, f"max-{label}", args))}
-    with LagSampler(lab, p.sample_ms / 1000) as sampler:
-        s = run_load(lab, workdir, f"max-{label}", args)
-    return {"load": load_figures(s), **sampler.summarise(s["t_start"] + p.skip_s, s["t_end"])}
+    return {"load": load_figures(run_load(lab, workdir, f"max-{label}", args))}
 
 
-def measure(lab: Lab, p: Params, workdir: Path, log: Callable[[str], None]) -> dict[str, Any]:
+def against_goal(cost: dict[str, Any]) -> dict[str, Any]:
+    """Each standby phase beside no standby: CPU per call as a ratio, latency p50 as ms added."""
+    base = cost["none"]
+    out: dict[str, Any] = {**GOAL}
+    for mode in ("async", "sync"):
+        f = cost[mode]
+        out[f"{mode}_cpu_per_call_ratio"] = benchlib.ratio(f["primary_cpu_ms_per_call"], base["primary_cpu_ms_per_call"])
+        out[f"{mode}_wal_per_call_ratio"] = benchlib.ratio(f["wal_bytes_per_call"], base["wal_bytes_per_call"])
+        p50, p50_none = f["commit_latency_ms"]["p50"], base["commit_latency_ms"]["p50"]
+        out[f"{mode}_latency_p50_added_ms"] = None if p50 is None or p50_none is None else p50 - p50_none
+    return out
+
+
+def measure(lab: Lab, p: Params, workdir: Path, cgroup: benchlib.ServerCgroup | None,
+            log: Callable[[str], None]) -> dict[str, Any]:
     log("bootstrap alpha (primary, no standby yet)")
     standby_cmd(lab, "alpha", "bootstrap", "--restart")
     start_softswitch(lab)
     # Read after bootstrap, which may restart the server with new settings.
     machine = machine_facts(lab, p.name)
+    meter = benchlib.ServerMeter(lab, "alpha", cgroup)
+    meter.mark()  # moves the running server into its cgroup; its backends follow it there
+    pinned: dict[str, Any] = {}
+    if p.pin:
+        pinned["alpha"] = {"cpu": PIN["alpha"], "pids": benchlib.pin_server(lab, "alpha", PIN["alpha"])}
     # Opens the service's connections and warms both Python processes; not recorded.
-    log(f"warm-up: {p.warmup_s:g} s at max")
-    run_load(lab, workdir, "warmup", ["--max", "--concurrency", str(p.concurrency), "--duration", str(p.warmup_s)])
+    log(f"warm-up: {p.warmup_s:g} s at {p.rate:g} calls/s")
+    run_load(lab, workdir, "warmup", ["--rate", str(p.rate), "--duration", str(p.warmup_s)])
 
+    cost: dict[str, Any] = {}
     throughput: dict[str, Any] = {}
-    lag: dict[str, Any] = {}
-    log(f"throughput, no standby: {p.max_seconds:g} s, {p.concurrency} concurrent")
-    throughput["none"] = max_phase(lab, p, workdir, "none", with_standby=False)
+    log(f"no standby: {p.rate:g} calls/s for {p.seconds:g} s")
+    cost["none"] = cost_phase(lab, p, workdir, "none", meter, with_standby=False)
+    if p.max_seconds:
+        log(f"throughput, no standby: {p.max_seconds:g} s, {p.concurrency} concurrent")
+        throughput["none"] = max_phase(lab, p, workdir, "none", with_standby=False)
 
     log(f"bootstrap {STANDBY_NODE} (clone, async)")
     standby_cmd(lab, STANDBY_NODE, "bootstrap")
+    if p.pin:
+        # alpha again: its WAL sender is new, and it inherited the postmaster's core unless alpha restarted.
+        pinned = {n: {"cpu": cpu, "pids": benchlib.pin_server(lab, n, cpu)} for n, cpu in PIN.items()}
     for mode in ("async", "sync"):
         set_durability(lab, sync=mode == "sync")
-        log(f"lag, {mode} standby: {p.rate:g} calls/s for {p.seconds:g} s")
-        lag[mode] = lag_phase(lab, p, workdir, mode)
-        log(f"throughput, {mode} standby: {p.max_seconds:g} s, {p.concurrency} concurrent")
-        throughput[mode] = max_phase(lab, p, workdir, mode, with_standby=True)
+        log(f"{mode} standby: {p.rate:g} calls/s for {p.seconds:g} s")
+        cost[mode] = cost_phase(lab, p, workdir, mode, meter, with_standby=True)
+        if p.max_seconds:
+            log(f"throughput, {mode} standby: {p.max_seconds:g} s, {p.concurrency} concurrent")
+            throughput[mode] = max_phase(lab, p, workdir, mode, with_standby=True)
+    if throughput:
+        base = throughput["none"]["load"]["calls_per_s"]
+        for fig in throughput.values():
+            fig["ratio_to_none"] = fig["load"]["calls_per_s"] / base if base else None
+    return {"machine": machine, "pinned": pinned or None, "cost": cost, "against_goal": against_goal(cost),
+            "throughput": throughput or None}
 
-    base = throughput["none"]["load"]["calls_per_s"]
-    for fig in throughput.values():
-        fig["ratio_to_none"] = fig["load"]["calls_per_s"] / base if base else None
-    return {"machine": machine, "lag": lag, "throughput": throughput}
 
-
-# --------------------------------------------------------------------------- facts and output
+# --------------------------------------------------------------------------- output
 
 
 def _f(v: float | None, fmt: str = ".1f") -> str:
@@ -286,56 +338,42 @@ def _pair(d: dict[str, Any], fmt: str = ".1f") -> str:
 
 
 def render(doc: dict[str, Any]) -> str:
-    p, m, lag, tp = doc["parameters"], doc["machine"], doc["lag"], doc["throughput"]
+    p, m, cost, g = doc["parameters"], doc["machine"], doc["cost"], doc["against_goal"]
+    pinned = doc["pinned"]
+    where = (", ".join(f"{n}'s server on CPU {v['cpu']}" for n, v in pinned.items()) + "; the rest unpinned"
+             if pinned else "nothing pinned")
     lines = [
         f"standby {m['standby']}, PostgreSQL {m['postgresql']}, {m['cores']} cores ({m['cpu_model']}), "
-        f"softswitch pool {m['softswitch_pool_size']}, synchronous_commit={m['postgresql_settings']['synchronous_commit']}",
+        f"synchronous_commit={m['postgresql_settings']['synchronous_commit']}, load average at start "
+        f"{' '.join(f'{x:.2f}' for x in m['loadavg_at_start'])}",
+        f"{p['rate']:g} calls/s for {p['seconds']:g} s per phase; {where}; primary CPU from "
+        f"{doc['parameters']['cpu_source']}",
         "",
-        f"Replication lag at {p['rate']:g} calls/s for {p['seconds']:g} s: the primary's replay_lag, sampled every "
-        f"{p['sample_ms']:g} ms, first {p['skip_s']:g} s left out.",
-        "Lag is over the samples that had a figure; 'caught up' is the share of samples where the primary showed none.",
-        f"{'standby':<8} {'calls/s':>8} {'call p50/p99 ms':>16} {'replay lag p50/p99 ms':>22} "
-        f"{'behind p50/p99 bytes':>21} {'caught up':>10}",
-    ]
-    for mode in ("async", "sync"):
-        f = lag[mode]
-        share = f["caught_up_share"]
-        lines.append(
-            f"{mode:<8} {f['load']['calls_per_s']:>8.1f} {_pair(f['load']['call_latency_ms']):>16} "
-            f"{_pair(f['replay_lag_ms'], '.2f'):>22} {_pair(f['behind_bytes'], '.0f'):>21} "
-            f"{_f(None if share is None else 100 * share, '.0f') + ' %':>10}"
-        )
-    lines += [
-        "",
-        f"Maximum throughput (closed loop, {p['concurrency']} concurrent, {p['max_seconds']:g} s each)",
-        f"{'standby':<8} {'calls/s':>8} {'vs none':>8} {'call p50/p99 ms':>16} {'not acked':>10} "
-        f"{'replay lag p99 ms':>18} {'other CPU':>10}",
+        f"{'standby':<8} {'calls/s':>8} {'alpha CPU ms/call':>18} {'alpha cores':>12} {'WAL B/call':>11} "
+        f"{'latency p50/p99 ms':>19} {'replay lag p50/p99 ms':>22} {'other CPU':>10}",
     ]
     for mode in ("none", "async", "sync"):
-        f = tp[mode]
-        ld = f["load"]
-        p99 = f["replay_lag_ms"]["p99"] if "replay_lag_ms" in f else None
+        f = cost[mode]
+        lag = _pair(f["replay_lag_ms"], ".2f") if "replay_lag_ms" in f else "-"
         lines.append(
-            f"{mode:<8} {ld['calls_per_s']:>8.1f} {_f(f['ratio_to_none'], '.3f'):>8} "
-            f"{_pair(ld['call_latency_ms']):>16} {ld['failed'] + ld['indeterminate']:>10} {_f(p99, '.2f'):>18} "
-            f"{ld['cpu']['other_cores']:>6.2f} cores"
+            f"{mode:<8} {f['load']['calls_per_s']:>8.1f} {_f(f['primary_cpu_ms_per_call'], '.3f'):>18} "
+            f"{_f(f['primary_cpu']['cores'], '.3f'):>12} {_f(f['wal_bytes_per_call'], '.0f'):>11} "
+            f"{_pair(f['commit_latency_ms'], '.2f'):>19} {lag:>22} {f['load']['cpu']['other_cores']:>6.2f} cores"
         )
-    runs = {f"lag {m}": f["load"]["cpu"] for m, f in lag.items()}
-    runs |= {f"throughput {m}": f["load"]["cpu"] for m, f in tp.items()}
-    busiest = max(runs, key=lambda k: runs[k]["other_cores"])
     lines += [
         "",
-        f"CPU outside this lab during the runs: {_mean(r['other_cores'] for r in runs.values()):.2f} cores on average "
-        f"(most {runs[busiest]['other_cores']:.2f}, {busiest}); hypervisor steal "
-        f"{_mean(r['steal_cores'] for r in runs.values()):.2f}; other labs at start: "
-        f"{', '.join(m['other_labs_running']) or 'none'}",
+        f"sync vs none: CPU per call x{_f(g['sync_cpu_per_call_ratio'], '.3f')} (goal <= x{g['sync_cpu_per_call_ratio_max']}), "
+        f"latency p50 +{_f(g['sync_latency_p50_added_ms'], '.2f')} ms (goal <= {g['sync_latency_p50_added_ms_max']} ms); "
+        f"WAL per call x{_f(g['sync_wal_per_call_ratio'], '.3f')}",
+        f"async vs none: CPU per call x{_f(g['async_cpu_per_call_ratio'], '.3f')}, "
+        f"latency p50 +{_f(g['async_latency_p50_added_ms'], '.2f')} ms",
     ]
+    if doc.get("throughput"):
+        tp = doc["throughput"]
+        lines += ["", f"Maximum throughput (closed loop, {p['concurrency']} concurrent, {p['max_seconds']:g} s each): "
+                  + ", ".join(f"{mode} {tp[mode]['load']['calls_per_s']:.1f} calls/s (x{_f(tp[mode]['ratio_to_none'], '.3f')})"
+                              for mode in ("none", "async", "sync"))]
     return "\n".join(lines)
-
-
-def _mean(values: Iterable[float]) -> float:
-    v = list(values)
-    return sum(v) / len(v) if v else 0.0
 
 
 # --------------------------------------------------------------------------- main
@@ -343,53 +381,54 @@ def _mean(values: Iterable[float]) -> float:
 
 def parse_args(argv: Sequence[str] | None) -> Params:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
-    ap.add_argument("--rate", type=float, default=200.0, help="calls/s during the lag runs (default 200)")
-    ap.add_argument("--seconds", type=float, default=20.0, help="length of each lag run (default 20)")
-    ap.add_argument("--max-seconds", type=float, default=15.0, help="length of each throughput run (default 15)")
+    ap.add_argument("--rate", type=float, default=100.0, help="calls/s in every phase (default 100)")
+    ap.add_argument("--seconds", type=float, default=30.0, help="length of each phase (default 30)")
+    ap.add_argument("--max-seconds", type=float, default=0.0,
+                    help="also a closed-loop throughput run this long after each phase (default 0: none)")
     ap.add_argument("--concurrency", type=int, default=32, help="closed-loop workers in throughput runs (default 32)")
-    ap.add_argument("--sample-ms", type=float, default=50.0, help="lag sampling interval (default 50)")
+    ap.add_argument("--sample-ms", type=float, default=100.0, help="lag sampling interval (default 100)")
     ap.add_argument("--skip", type=float, default=1.0, help="seconds of each run left out of the lag figures (default 1)")
-    ap.add_argument("--warmup", type=float, default=3.0, help="unrecorded warm-up load before the first run (default 3)")
+    ap.add_argument("--warmup", type=float, default=3.0, help="unrecorded warm-up load before the first phase (default 3)")
+    ap.add_argument("--no-pin", dest="pin", action="store_false",
+                    help="leave both servers on every core (default: alpha's on CPU 0, beta's on CPU 1)")
     ap.add_argument("--name", default="sbbench", help="lab name (default sbbench)")
     a = ap.parse_args(argv)
-    if a.rate <= 0 or a.seconds <= a.skip or a.max_seconds <= a.skip or a.concurrency < 1 or a.sample_ms <= 0:
-        ap.error("need rate > 0, seconds and max-seconds > skip, concurrency >= 1, sample-ms > 0")
-    return Params(a.rate, a.seconds, a.max_seconds, a.concurrency, a.sample_ms, a.skip, a.warmup, a.name)
+    if a.rate <= 0 or a.seconds <= a.skip or a.max_seconds < 0 or a.concurrency < 1 or a.sample_ms <= 0:
+        ap.error("need rate > 0, seconds > skip, max-seconds >= 0, concurrency >= 1, sample-ms > 0")
+    pin = a.pin and (os.cpu_count() or 1) >= 2
+    return Params(a.rate, a.seconds, a.max_seconds, a.concurrency, a.sample_ms, a.skip, a.warmup, pin, a.name)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     p = parse_args(argv)
     t0 = time.monotonic()
-    started = datetime.now(UTC)
-
-    def log(msg: str) -> None:
-        print(f"[{time.monotonic() - t0:6.1f}s] {msg}", file=sys.stderr, flush=True)
-
+    doc, stamp, log = benchlib.begin("replication", p)
     with sigterm_as_interrupt():
         try:
             # Async first: bootstrap then leaves synchronous_standby_names empty, as for no standby.
             with fresh_lab(LabSpec(p.name, durability="async"), log) as lab, \
-                    tempfile.TemporaryDirectory(prefix="standby-bench-") as tmp:
-                figures = measure(lab, p, Path(tmp), log)
+                    tempfile.TemporaryDirectory(prefix="standby-bench-") as tmp:  # fmt: skip
+                cgroup = benchlib.open_server_cgroup(f"{p.name}-alpha", log)
+                try:
+                    figures = measure(lab, p, Path(tmp), cgroup, log)
+                finally:
+                    if cgroup is not None:
+                        cgroup.__exit__(None, None, None)
         except (BenchError, LabError, psycopg.Error) as e:
             print(f"error: {e}", file=sys.stderr)
             return 1
         except KeyboardInterrupt:
             print("interrupted", file=sys.stderr)
             return 130
-
-    doc = {
-        "benchmark": "replication",
-        "started_utc": started.isoformat(timespec="seconds"),
-        "elapsed_s": round(time.monotonic() - t0, 1),
-        "machine": figures["machine"],
-        "parameters": {**asdict(p), "url": SERVICE_URL, "lag_source": "pg_stat_replication.replay_lag on the primary"},
-        "lag": figures["lag"],
-        "throughput": figures["throughput"],
+    doc["machine"] = {**figures.pop("machine"), **{k: v for k, v in doc["machine"].items() if k not in ("cores",)}}
+    doc["parameters"] |= {
+        "url": SERVICE_URL, "lag_source": "pg_stat_replication.replay_lag on the primary",
+        "cpu_source": (f"a cgroup v2 of alpha's server alone (cpu.stat usage_usec under {cgroup.path})" if cgroup
+                       else "alpha's server's process tree (/proc: postmaster with reaped children, live children)"),
     }
-    path = benchlib.write_results("replication", doc, started.strftime("%Y%m%dT%H%M%SZ"))
-    print(render(doc))
-    print(f"\nwritten to {path} (and {path.with_name('replication-latest.json')})")
+    doc.update(figures)
+    doc["complete"] = True
+    benchlib.end("replication", doc, stamp, t0, render)
     return 0
 
 

@@ -50,7 +50,17 @@ def test_i12_a_lab_without_followers_renders_the_two_node_file(tmp_path: Path) -
     ({"followers": ("epsilon",)}, "gamma"),
     ({"followers": ("gamma", "gamma")}, "at most once"),
     ({"followers": ("gamma",), "pg_layout": "cluster"}, "pg_layout 'plain'"),
+    ({"followers": ("gamma",), "follower_upstream": "beta"}, "primary, standby"),
 ])
 def test_i12_a_lab_spec_refuses_followers_it_cannot_build(kw: dict[str, object], names: str) -> None:
     with pytest.raises(ValueError, match=names):
         LabSpec("fl", **kw)  # type: ignore[arg-type]
+
+
+def test_cascaded_lab_followers_stream_from_the_hot_standby(tmp_path: Path) -> None:
+    spec = LabSpec("fl", base=tmp_path, followers=("gamma", "delta"), follower_upstream="standby")
+    raw, cfg = _load(spec, tmp_path)
+    assert [f.upstream for f in cfg.followers] == ["standby", "standby"]
+    assert [f["upstream"] for f in raw["followers"]] == ["standby", "standby"]  # type: ignore[index]
+    assert spec.follower_source() == "beta"
+    assert LabSpec("fl", base=tmp_path, followers=("gamma",)).follower_source() == "alpha"

@@ -23,7 +23,7 @@ from standby.lab import followers as labfollowers
 from standby.lab import tls as labtls
 from standby.lab import wan as labwan
 from standby.lab.netns import in_netns
-from standby.lab.topology import ALL_ROLES, DB_NODES, FOLLOWER_NODES
+from standby.lab.topology import ALL_ROLES, DB_NODES, FOLLOWER_NODES, FOLLOWER_UPSTREAMS
 
 HOSTS = (*DB_NODES, "client")
 
@@ -83,6 +83,9 @@ def group() -> None:
 @click.option("--wan-rate", default="100mbit", show_default=True, metavar="RATE",
               help="With gamma: the WAN link's rate each way (kbit, mbit or gbit), shaped on the router with tbf. "
                    "The link adds no delay: the kernel offers no qdisc that holds packets back.")
+@click.option("--follower-upstream", type=click.Choice(list(FOLLOWER_UPSTREAMS)), default="primary", show_default=True,
+              help="The followers' upstream in standby.toml: primary (each streams from the pair's primary) or "
+                   "standby (cascaded from the hot standby; their agents re-point them once it streams).")
 @click.option("--services", "services_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="A TOML file of [[services]] tables (as in standby.toml) for the agents to run beside the "
                    "sample softswitch.")
@@ -95,7 +98,7 @@ def group() -> None:
 @click.option("--no-dmq", is_flag=True, help="With kamailio: the nodes do not share dialogs.")
 @handle_errors
 def up(name: str, durability: str, mode: str, pg_layout: str, followers: tuple[str, ...], wan_rate: str,
-       services_file: Path | None, softswitch: str, accounting: str, no_dmq: bool) -> None:
+       follower_upstream: str, services_file: Path | None, softswitch: str, accounting: str, no_dmq: bool) -> None:
     """Build the lab: namespaces, links, PostgreSQL on alpha, the service IP, standby.toml.
 
     beta's data directory stays empty; `standby bootstrap` clones it (or `standby lab agents start`).
@@ -110,7 +113,7 @@ def up(name: str, durability: str, mode: str, pg_layout: str, followers: tuple[s
         except ValueError as e:
             raise click.BadParameter(str(e), param_hint="--wan-rate") from None
         spec = LabSpec(name=name, durability=durability, mode=mode, pg_layout=pg_layout,
-                       followers=followers, wan_rate_kbit=rate_kbit)
+                       followers=followers, wan_rate_kbit=rate_kbit, follower_upstream=follower_upstream)
         setup = sip.Setup(sip.Accounting(accounting), not no_dmq)
         if softswitch == "kamailio":
             sip.check_prerequisites()
@@ -133,7 +136,8 @@ def up(name: str, durability: str, mode: str, pg_layout: str, followers: tuple[s
     click.echo("  beta:     empty data directory (clone it with `standby bootstrap`)")
     for f in followers:
         where = f" behind the WAN router ({wan_rate} each way)" if f in spec.wan_followers() else ""
-        click.echo(f"  {f + ':':<9} follower{where}, empty data directory (`standby lab agents start` clones it)")
+        via = ", cascaded from beta" if spec.follower_upstream == "standby" else ""
+        click.echo(f"  {f + ':':<9} follower{where}{via}, empty data directory (`standby lab agents start` clones it)")
     if softswitch == "kamailio" and accounting == "spool":
         ship_log = lab.spec.role_dir("alpha") / "log" / "ship.log"
         click.echo(f"  shippers: `standby ship` on alpha and beta (alpha's log: {ship_log})")

@@ -129,7 +129,7 @@ def _follower(name: str, spec: LabSpec) -> dict[str, Any]:
     return {
         "name": name,
         "role": FOLLOWER_ROLES[name],
-        "upstream": "primary",
+        "upstream": spec.follower_upstream,
         "public": {"address": node.public.address, "interface": node.public.interface},
         "private": {"address": node.private.address, "interface": node.private.interface},
         # The lab's namespaces share one file system: each follower its own directories.

@@ -153,7 +153,8 @@ class Lab:
         return cls(LabSpec(name, durability=data.get("durability", "sync"), base=base, mode=data.get("mode", "hot"),
                            pg_layout=data.get("pg_layout", "plain"), followers=tuple(data.get("followers", ())),
                            private_mbit=data.get("private_mbit", 0),
-                           wan_rate_kbit=data.get("wan_rate_kbit", DEFAULT_WAN_RATE_KBIT)))
+                           wan_rate_kbit=data.get("wan_rate_kbit", DEFAULT_WAN_RATE_KBIT),
+                           follower_upstream=data.get("follower_upstream", "primary")))
 
     def down(self) -> None:
         type(self).destroy(self.spec.name, self.spec.base)
@@ -208,6 +209,7 @@ class Lab:
             "pg_layout": self.spec.pg_layout,
             "followers": list(self.spec.followers),
             "wan_rate_kbit": self.spec.wan_rate_kbit,
+            "follower_upstream": self.spec.follower_upstream,
             "root": str(self.root),
             "phase": phase,
             # Who built it, for whoever finds a leftover lab.

@@ -40,7 +40,7 @@ def agent_state(lab: Lab, node: str) -> dict[str, Any]:
 def start_pair(lab: Lab, own_clock: bool = False) -> Lab:
     """Bootstrap, start both agents (``own_clock``: with steppable wall clocks, see Lab.set_clock),
     wait until alpha serves and beta may take over; the lab's followers cloned from alpha, their agents
-    started, each streaming."""
+    started, each streaming from its upstream (alpha, or beta when cascaded)."""
     lab.bootstrap()
     followers.attach(lab)
     for node in ("alpha", "beta"):
@@ -48,8 +48,9 @@ def start_pair(lab: Lab, own_clock: bool = False) -> Lab:
     for node in lab.spec.followers:
         lab.start_agent(node)
     wait_ready(lab)
+    # Cascaded followers are cloned from alpha too; their agents then point them at beta.
     for node in lab.spec.followers:
-        followers.wait_streaming(lab, node, "alpha")
+        followers.wait_streaming(lab, node, lab.spec.follower_source())
     return lab
 
 

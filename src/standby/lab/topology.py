@@ -87,6 +87,9 @@ PAIR_NETS: dict[Net, str] = {Net.PUBLIC: PUBLIC_NET, Net.PRIVATE: PRIVATE_NET}
 # The WAN link's default rate: a modest site-to-site line (the router shapes each direction to it).
 DEFAULT_WAN_RATE_KBIT = 100_000
 MIN_WAN_RATE_KBIT, MAX_WAN_RATE_KBIT = 64, 10_000_000
+# Where the lab's followers stream from ([[followers]] upstream): the pair's primary, or cascaded from the hot
+# standby (which then carries the followers' WAL instead of the primary).
+FOLLOWER_UPSTREAMS: tuple[str, ...] = ("primary", "standby")
 
 _NODE_ADDRESSES: dict[str, dict[Net, str]] = {
     "alpha": {Net.PUBLIC: "192.0.2.11/24", Net.PRIVATE: "198.51.100.11/24"},
@@ -188,6 +191,7 @@ class LabSpec:
     followers: tuple[str, ...] = ()  # of FOLLOWER_NODES; none: the two-node lab
     # The WAN link's rate each way (tbf on the router); only with a follower in WAN_FOLLOWERS.
     wan_rate_kbit: int = DEFAULT_WAN_RATE_KBIT
+    follower_upstream: str = "primary"  # of FOLLOWER_UPSTREAMS, for every follower of the lab
 
     def __post_init__(self) -> None:
         if not valid_name(self.name):
@@ -211,6 +215,9 @@ class LabSpec:
         if not MIN_WAN_RATE_KBIT <= self.wan_rate_kbit <= MAX_WAN_RATE_KBIT:
             raise ValueError(f"wan_rate_kbit {self.wan_rate_kbit}: expected {MIN_WAN_RATE_KBIT} to "
                              f"{MAX_WAN_RATE_KBIT} (e.g. 100000 for 100 Mbit/s)")
+        if self.follower_upstream not in FOLLOWER_UPSTREAMS:
+            raise ValueError(f"follower_upstream {self.follower_upstream!r}: expected one of "
+                             f"{', '.join(FOLLOWER_UPSTREAMS)}")
 
     @property
     def root(self) -> Path:
@@ -262,6 +269,10 @@ class LabSpec:
         if role in self.wan_followers():
             return WAN_ROUTER_FAR[Net.PUBLIC]
         return REMOTE_GATEWAY if self.mode == "warm" and role == "beta" else GATEWAY
+
+    def follower_source(self) -> str:
+        """The pair node a follower of this lab streams from while alpha is primary and beta its hot standby."""
+        return "beta" if self.follower_upstream == "standby" else "alpha"
 
     def wan_followers(self) -> tuple[str, ...]:
         """This lab's followers in the other site, behind the WAN router (none: no router)."""

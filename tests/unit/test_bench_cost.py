@@ -1,0 +1,82 @@
+"""bench/benchlib.py: what the cost benchmarks compute from /proc and cgroup files (pure parts only).
+
+The readings themselves come from a running lab (bench/replication.py, bench/followers.py --cost).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
+
+import benchlib
+from benchlib import LinkBytes, ProcStat, ServerMark
+
+# A postmaster whose command name holds a space and a parenthesis: the name must not shift the fields.
+STAT = ("4242 (postgres: a (b) c) S 1 4242 4242 0 -1 4194560 900 8000 0 3 "
+        "150 70 900 400 20 0 1 0 48134 3133440 389 18446744073709551615 0 0 0 0 0 0 0 0 0 17 0 0 0 0 0 0")
+
+NET_DEV = """Inter-|   Receive                                                |  Transmit
+ face |bytes    packets errs drop fifo frame compressed multicast|bytes    packets errs drop fifo colls carrier compressed
+    lo: 4451879    3434    0    0    0     0          0         0  4451879    3434    0    0    0     0       0          0
+  pub0:    1000      10    0    0    0     0          0         0     5000      20    0    0    0     0       0          0
+ priv0: 200000    300    0    0    0     0          0         0   7000000    900    0    0    0     0       0          0
+"""
+
+
+def test_a_stat_line_is_read_after_the_last_parenthesis() -> None:
+    assert benchlib.parse_proc_stat(STAT) == ProcStat(pid=4242, ppid=1, utime=150, stime=70, cutime=900, cstime=400)
+
+
+def test_a_server_tree_counts_the_postmaster_what_it_reaped_and_its_live_children_only() -> None:
+    stats = [
+        ProcStat(10, 1, utime=5, stime=3, cutime=100, cstime=50),  # postmaster; 150 ticks of exited backends
+        ProcStat(11, 10, utime=7, stime=2, cutime=0, cstime=0),  # a backend
+        ProcStat(12, 10, utime=1, stime=1, cutime=4, cstime=0),  # the archiver, with a reaped archive_command
+        ProcStat(20, 1, utime=999, stime=999, cutime=0, cstime=0),  # the softswitch beside it
+        ProcStat(21, 11, utime=999, stime=0, cutime=0, cstime=0),  # not a child of the postmaster
+    ]
+    assert benchlib.tree_ticks(10, stats) == (5 + 3 + 100 + 50) + (7 + 2) + (1 + 1 + 4)
+    assert benchlib.server_pids(10, stats) == [10, 11, 12]
+    assert benchlib.tree_ticks(99, stats) is None
+
+
+def test_cgroup_cpu_stat_and_net_dev_parse_to_counters() -> None:
+    assert benchlib.parse_cpu_stat("usage_usec 177771\nuser_usec 177000\nsystem_usec 771\n")["usage_usec"] == 177771
+    links = benchlib.parse_net_dev(NET_DEV)
+    assert links == {"pub0": LinkBytes(1000, 5000), "priv0": LinkBytes(200000, 7000000)}  # loopback left out
+
+
+def test_bytes_sent_count_only_links_present_in_both_readings() -> None:
+    a = {"pub0": LinkBytes(0, 100), "priv0": LinkBytes(0, 1000)}
+    b = {"pub0": LinkBytes(0, 150), "priv0": LinkBytes(0, 4000), "new0": LinkBytes(0, 10**9)}
+    assert benchlib.tx_between(a, b) == 50 + 3000
+
+
+def test_server_cpu_prefers_the_cgroup_and_drops_the_tree_across_a_restart() -> None:
+    a, b = ServerMark(10, 1.0, 2.0, wall=100.0), ServerMark(10, 1.5, 2.75, wall=110.0)
+    d = benchlib.server_cpu_between(a, b)
+    assert d == {"source": "cgroup", "cpu_s": 0.75, "cgroup_s": 0.75, "tree_s": 0.5, "same_postmaster": True,
+                 "wall_s": 10.0}
+    restarted = benchlib.server_cpu_between(a, ServerMark(11, 0.1, 2.5, wall=110.0))
+    assert restarted["tree_s"] is None and restarted["cpu_s"] == 0.5 and not restarted["same_postmaster"]
+    no_cgroup = benchlib.server_cpu_between(ServerMark(10, 1.0, None, 0.0), ServerMark(10, 1.25, None, 1.0))
+    assert no_cgroup["source"] == "tree" and no_cgroup["cpu_s"] == 0.25
+
+
+@pytest.mark.parametrize(("total", "calls", "expected"), [(3.0, 1500, 0.002), (None, 10, None), (3.0, 0, None)])
+def test_per_call(total: float | None, calls: int, expected: float | None) -> None:
+    assert benchlib.per_call(total, calls) == expected
+
+
+def test_ratio_is_unknown_without_a_base() -> None:
+    assert benchlib.ratio(1.15, 1.0) == pytest.approx(1.15)
+    assert benchlib.ratio(1.0, 0.0) is None and benchlib.ratio(None, 1.0) is None
+
+
+def test_distribution_p99_is_an_observed_value() -> None:
+    d = benchlib.distribution([float(v) for v in range(1, 201)])
+    assert (d["p50"], d["p99"], d["max"]) == (100.0, 198.0, 200.0)
