@@ -438,6 +438,11 @@ class Campaign:
             agent_log = self.lab.spec.role_dir(node) / "log" / "agent.log"
             if agent_log.exists():
                 shutil.copyfile(agent_log, self.out / f"agent-{node}.log")
+        for node in self.followers:  # the follower's agent and server log where the lab starts them
+            for name in ("agent", "postgresql"):
+                log = self.lab.spec.role_dir(node) / "log" / f"{name}.log"
+                if log.exists():
+                    shutil.copyfile(log, self.out / f"{name}-{node}.log")
 
     def _follower_replica(self, name: str, primary: str) -> dict[str, Any]:
         """A follower at the end: caught up with the primary, its tables, the acknowledged calls it lacks."""
