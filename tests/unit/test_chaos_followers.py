@@ -127,3 +127,12 @@ def test_a_follower_behind_different_or_missing_calls_is_a_violation() -> None:
     assert "cdrs: primary [3, 'x'] vs follower gamma [2, 'y']" in " ".join(differs.violations)
     missing = verdict(reps=replicas(missing_acked=["c1", "c2"]))
     assert "2 acknowledged calls missing from follower gamma" in missing.violations
+
+
+def test_a_follower_that_does_not_converge_is_named() -> None:
+    stuck = [*EVENTS[:2], {"event": "not_converged", "number": 2, "t": 80.0, "followers_behind": ["gamma"]},
+             {"event": "final", "converged": False, "t": 100.0, "followers_behind": ["gamma"]}]
+    v = judge(stuck, PROBE, {"converged": False}, CALLS, 60, followers=("gamma", "delta"))
+    assert ("the pair did not converge within 60 s after fault #2 (followers not streaming on the primary's "
+            "timeline: gamma)") in v.violations
+    assert any(x.endswith("at the end (followers not streaming on the primary's timeline: gamma)") for x in v.violations)

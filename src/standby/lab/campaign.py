@@ -157,21 +157,26 @@ class Campaign:
         upstream = conf.upstream if conf is not None else "primary"
         return {"primary": primary, "standby": standby}.get(upstream, upstream)
 
-    def _followers_behind(self, primary: str, standby: str) -> list[str]:
+    def _followers_behind(self, primary: str, standby: str) -> dict[str, str]:
         """The followers not streaming from their source on the primary's timeline, each with what it does."""
         if not self.followers:
-            return []
+            return {}
         try:
             tli = labfollowers.timeline(self.lab, primary)
         except (psycopg.Error, OSError):
-            return ["the primary's timeline unreadable"]
-        out = []
+            return dict.fromkeys(self.followers, f"{primary}'s timeline unreadable")
+        out = {}
         for name in self.followers:
             source = self._source(name, primary, standby)
             if not labfollowers.streaming_from(self.lab, name, source, tli):
-                out.append(f"{name}: not streaming from {source} on timeline {tli} "
-                           f"(its receiver: {labfollowers.receiver(self.lab, name)})")
+                out[name] = (f"{name}: not streaming from {source} on timeline {tli} "
+                             f"(its receiver: {labfollowers.receiver(self.lab, name)})")
         return out
+
+    def _behind_now(self) -> dict[str, str]:
+        """``_followers_behind`` for the pair as it is (none when it has no single primary to follow)."""
+        p = primaries(self.lab)
+        return self._followers_behind(p[0], next(n for n in DB_NODES if n != p[0])) if len(p) == 1 else {}
 
     def describe(self) -> str:
         """The pair in one line, for a campaign that stops: what did not converge."""
@@ -183,10 +188,7 @@ class Campaign:
                 continue
             parts.append(f"{node}: fenced={st.state.fenced} eligible={st.state.eligible} "
                          f"streaming={st.postgres.streaming} services_healthy={st.services_healthy}")
-        p = primaries(self.lab)
-        if len(p) == 1:
-            parts += self._followers_behind(p[0], next(n for n in DB_NODES if n != p[0]))
-        return "; ".join(parts)
+        return "; ".join([*parts, *self._behind_now().values()])
 
     def converge(self) -> float | None:
         """Wait for convergence, acting as the operator; seconds taken, or None past the limit."""
@@ -391,7 +393,8 @@ class Campaign:
             if took is None:
                 self.outcome.stopped_early = (f"the pair did not converge within {self.opts.converge_limit_s:g} s "
                                               f"after fault #{f.number} ({f.kind.value} on {node})")
-                self.record("not_converged", number=f.number, limit_s=self.opts.converge_limit_s, pair=self.describe())
+                self.record("not_converged", number=f.number, limit_s=self.opts.converge_limit_s, pair=self.describe(),
+                            followers_behind=list(self._behind_now()))
                 self.say(f"    NOT CONVERGED within {self.opts.converge_limit_s:g} s: {self.describe()}")
                 return
             self.outcome.converge_s.append(took)
@@ -418,7 +421,8 @@ class Campaign:
     def finish(self) -> None:
         """After the load: converge once more, let the standby replay everything, read both nodes' tables."""
         took = self.converge()
-        self.record("final", converged=took is not None, after_s=None if took is None else round(took, 3))
+        self.record("final", converged=took is not None, after_s=None if took is None else round(took, 3),
+                    followers_behind=[] if took is not None else list(self._behind_now()))
         replicas: dict[str, Any] = {"converged": took is not None}
         if took is not None:
             primary, standby = self.roles()

@@ -54,6 +54,7 @@ class ChaosVerdict:
     salvage_renumbered: int = 0  # of those, how many under a new CDR id
     salvage_failures: Sequence[str] = field(default_factory=tuple)
     followers: Sequence[str] = field(default_factory=tuple)  # the lab's followers, in the campaign too
+    final_behind: str = ""  # at the end: the followers that had not converged, if it was them
     follower_writable_samples: int = 0  # probe samples in which a follower took a write
     follower_missing_acked: Mapping[str, int] = field(default_factory=dict)  # follower -> acknowledged calls it lacks
 
@@ -72,7 +73,7 @@ class ChaosVerdict:
         if self.not_converged:
             out.append(self.not_converged)
         if not self.final_converged:
-            out.append(f"the pair did not converge within {self.converge_limit_s:g} s at the end")
+            out.append(f"the pair did not converge within {self.converge_limit_s:g} s at the end{self.final_behind}")
         if self.replicas_identical is False:
             out.append("a replica differs from the primary: " + "; ".join(self.replica_differences))
         return out
@@ -200,7 +201,8 @@ def judge(events: Sequence[Mapping[str, Any]], probe: Sequence[Mapping[str, Any]
         converge_limit_s=converge_limit_s,
         final_converged=bool(final and final[-1].get("converged")),
         not_converged=(f"the pair did not converge within {converge_limit_s:g} s after fault #{stuck[0]['number']}"
-                       if stuck else None),
+                       + _behind(stuck[0]) if stuck else None),
+        final_behind=_behind(final[-1]) if final else "",
         replicas_identical=None if diffs is None else not diffs,
         replica_differences=tuple(diffs or ()),
         run_s=(max(ts) - min(ts)) if ts else 0.0,
@@ -212,6 +214,12 @@ def judge(events: Sequence[Mapping[str, Any]], probe: Sequence[Mapping[str, Any]
         follower_missing_acked={str(n): len(f.get("missing_acked", ()))
                                 for n, f in replicas.get("followers", {}).items()},
     )
+
+
+def _behind(event: Mapping[str, Any]) -> str:
+    """What a not-converged event says of the followers: which had not converged, if any."""
+    names = event.get("followers_behind") or ()
+    return f" (followers not streaming on the primary's timeline: {', '.join(names)})" if names else ""
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
