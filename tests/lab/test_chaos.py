@@ -20,14 +20,15 @@ from pathlib import Path
 
 import pytest
 
-from standby.lab.chaos import Kind, available_kinds
+from standby.lab.chaos import FOLLOWER_KINDS, WAN_KINDS, Kind, available_kinds
 from standby.lab.pair import STANDBY
 
 SEED = 361
 DURATION_S = 150
 # Every kind this installation has but the wall-clock jump, which tests/lab/test_clock.py covers on
 # its own (and the long campaigns include): the servers here then run without libfaketime underneath.
-KINDS = ",".join(k.value for k in available_kinds() if k is not Kind.CLOCK_JUMP)
+# The lab has no follower, so no follower or WAN kind either (the command refuses them).
+KINDS = ",".join(k.value for k in available_kinds() if k is not Kind.CLOCK_JUMP and k not in FOLLOWER_KINDS | WAN_KINDS)
 NEW_KINDS = {Kind.BUSY_PRIMARY, Kind.STANDBY_LONG_FREEZE, Kind.MAINTENANCE_LEFT_ON, Kind.API_FLOOD,
              Kind.HEARTBEAT_REPLAY}
 

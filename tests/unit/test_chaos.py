@@ -14,8 +14,9 @@ from standby.lab.chaos import ALL_KINDS, Kind, Target, faults, long_freeze_s, pa
 from standby.lab.chaos_verdict import judge
 
 
-def first(seed: int, n: int = 50, kinds: tuple[Kind, ...] = ALL_KINDS, long_freeze: float = 1.5) -> list:
-    return list(itertools.islice(faults(seed, kinds, long_freeze), n))
+def first(seed: int, n: int = 50, kinds: tuple[Kind, ...] = ALL_KINDS, long_freeze: float = 1.5,
+          followers: tuple[str, ...] = ()) -> list:
+    return list(itertools.islice(faults(seed, kinds, long_freeze, followers), n))
 
 
 def test_the_same_seed_draws_the_same_faults_and_another_seed_others() -> None:
@@ -25,12 +26,12 @@ def test_the_same_seed_draws_the_same_faults_and_another_seed_others() -> None:
 
 
 def test_every_kind_comes_up_and_each_fault_is_complete() -> None:
-    drawn = first(1, 400)
+    drawn = first(1, 400, followers=("gamma", "delta"))
     assert {f.kind for f in drawn} == set(Kind)
     for f in drawn:
         assert f.hold_s > 0 and f.quiet_s > 0
         assert (f.net in ("public", "private")) == (f.kind in (Kind.LINK_DOWN, Kind.LOSS))
-        assert (f.percent is not None) == (f.kind is Kind.LOSS)
+        assert (f.percent is not None) == (f.kind in (Kind.LOSS, Kind.WAN_LOSS))
         assert (f.offset_s is not None) == (f.kind is Kind.CLOCK_JUMP)
         if f.kind is Kind.CLOCK_JUMP:
             assert 60 <= abs(f.offset_s) <= 600  # type: ignore[arg-type]

@@ -2,7 +2,8 @@
 
 One fault at a time: inject, hold, heal, then wait for the pair to converge
 (one primary, one streaming standby ready to take over, the service IP on one
-node whose services are healthy), acting as the operator would meanwhile:
+node whose services are healthy, every follower streaming from the primary, or its configured
+upstream, on the primary's timeline), acting as the operator would meanwhile:
 a crashed host is rebooted (its agent started), a fenced old primary is
 rejoined, salvaged rows are applied. The time to converge after each heal is
 recorded; a pair that does not converge within the limit ends the campaign.
@@ -13,7 +14,8 @@ Everything lands in the run directory:
   monotonic clock as the calls;
 - ``probe.jsonl``: the dual-primary probe's samples (every 100 ms);
 - ``history.jsonl``: the two histories merged in time order;
-- ``replicas.json``: the final contents of both nodes, table by table;
+- ``replicas.json``: the final contents of both nodes and of each follower, table by table, and the
+  acknowledged calls each follower lacks;
 - ``agent-NODE.json``, ``agent-NODE.log``, ``postgresql-NODE.log``: each agent's decisions and actions,
   its log, each server's log.
 The judgement is standby.lab.chaos_verdict's, over those files only.
@@ -40,11 +42,14 @@ from standby.act.postgres import log_path as pg_log_path
 from standby.apiclient import AgentApi, ApiError
 from standby.lab import Lab, netns
 from standby.lab import faults as labfaults
+from standby.lab import followers as labfollowers
 from standby.lab.chaos import Fault, Kind, Target, faults, long_freeze_s
+from standby.lab.checker import Outcome as CallOutcome
+from standby.lab.checker import read_history
 from standby.lab.errors import LabError
 from standby.lab.pair import SERVICE_URL, STANDBY, holders, primaries
 from standby.lab.probe import DualPrimaryProbe
-from standby.lab.topology import DB_NODES
+from standby.lab.topology import DB_NODES, WAN_ROUTER
 from standby.model import DbState
 
 # Room for a checkpoint cycle of WAL, wal_keep_size, what a slot pins and what pg_rewind copies
@@ -87,6 +92,7 @@ class Campaign:
         self.background: threading.Thread | None = None  # api-flood, heartbeat-replay: runs for the hold
         self.maintained: list[str] = []  # nodes whose maintenance the heal switches off
         self.outcome = Outcome()
+        self.followers: tuple[str, ...] = lab.spec.followers
         # Agents read a steppable wall clock (libfaketime) only when clock jumps are drawn.
         self.own_clock = Kind.CLOCK_JUMP in opts.kinds
 
@@ -111,8 +117,11 @@ class Campaign:
         lab.bootstrap()
         for node in DB_NODES:
             lab.wal_on_tmpfs(node, WAL_DISK_MB)
+        labfollowers.attach(lab)  # cloned from the primary, as an operator adds a follower
         for node in DB_NODES:
             lab.start_agent(node, own_clock=self.own_clock)
+        for node in self.followers:  # a follower's agent reads the real clock: set_clock is the pair's
+            lab.start_agent(node)
         start = time.monotonic()
         if self.converge() is None:
             raise RuntimeError(f"the pair did not become ready before the campaign: {self.describe()}")
@@ -140,7 +149,34 @@ class Campaign:
         server = self.lab.agent_status(served[0])
         if server is None or not server.services_healthy:
             return False
-        return b.postgres.streaming and b.state.eligible
+        return b.postgres.streaming and b.state.eligible and not self._followers_behind(primary, standby)
+
+    def _source(self, follower: str, primary: str, standby: str) -> str:
+        """Where ``follower`` should stream from: its configured upstream, the primary by default."""
+        conf = self.lab.config().follower(follower)
+        upstream = conf.upstream if conf is not None else "primary"
+        return {"primary": primary, "standby": standby}.get(upstream, upstream)
+
+    def _followers_behind(self, primary: str, standby: str) -> dict[str, str]:
+        """The followers not streaming from their source on the primary's timeline, each with what it does."""
+        if not self.followers:
+            return {}
+        try:
+            tli = labfollowers.timeline(self.lab, primary)
+        except (psycopg.Error, OSError):
+            return dict.fromkeys(self.followers, f"{primary}'s timeline unreadable")
+        out = {}
+        for name in self.followers:
+            source = self._source(name, primary, standby)
+            if not labfollowers.streaming_from(self.lab, name, source, tli):
+                out[name] = (f"{name}: not streaming from {source} on timeline {tli} "
+                             f"(its receiver: {labfollowers.receiver(self.lab, name)})")
+        return out
+
+    def _behind_now(self) -> dict[str, str]:
+        """``_followers_behind`` for the pair as it is (none when it has no single primary to follow)."""
+        p = primaries(self.lab)
+        return self._followers_behind(p[0], next(n for n in DB_NODES if n != p[0])) if len(p) == 1 else {}
 
     def describe(self) -> str:
         """The pair in one line, for a campaign that stops: what did not converge."""
@@ -152,7 +188,7 @@ class Campaign:
                 continue
             parts.append(f"{node}: fenced={st.state.fenced} eligible={st.state.eligible} "
                          f"streaming={st.postgres.streaming} services_healthy={st.services_healthy}")
-        return "; ".join(parts)
+        return "; ".join([*parts, *self._behind_now().values()])
 
     def converge(self) -> float | None:
         """Wait for convergence, acting as the operator; seconds taken, or None past the limit."""
@@ -245,6 +281,18 @@ class Campaign:
                 packets = capture_heartbeats(lab, on=node, sender=sender, seconds=2.0)
                 info.update(sender=sender, packets=len(packets))
                 self._in_background(replay_heartbeats, lab, packets, node, sender)
+            case Kind.FOLLOWER_CRASH:
+                lab.crash(node)
+                self.crashed.add(node)
+            case Kind.FOLLOWER_FREEZE:
+                lab.freeze(node)
+            case Kind.FOLLOWER_ISOLATE:
+                lab.link(node, "public", False)
+                lab.link(node, "private", False)
+            case Kind.WAN_DOWN:
+                lab.wan_link(False)
+            case Kind.WAN_LOSS:
+                lab.wan_loss(int(f.percent or 0))
         return info
 
     def _agent_backends(self, node: str) -> list[int]:
@@ -301,14 +349,15 @@ class Campaign:
             self._maintenance(n, False)
         self.maintained = []
         lab.heal()
-        if node in self.crashed:  # the host reboots
+        if node in self.crashed:  # the host reboots; a follower's agent starts its server again
             self.crashed.discard(node)
-            lab.start_agent(node, own_clock=self.own_clock)
+            lab.start_agent(node, own_clock=self.own_clock and node in DB_NODES)
 
     def run(self) -> Outcome:
         lab, opts = self.lab, self.opts
         password = lab.spec.secret("app.password").read_text().strip()
-        addresses = {n: lab.node(n).public.address.split("/")[0] for n in DB_NODES}
+        # The followers too: one that took a write is a violation, whatever the pair does.
+        addresses = {n: lab.node(n).public.address.split("/")[0] for n in (*DB_NODES, *self.followers)}
         probe = DualPrimaryProbe(lab.netns("client"), addresses, password).start()
         lab.spawn("client", [STANDBY, "lab", "load", "--url", SERVICE_URL, "--rate", str(opts.rate),
                              "--out", str(self.calls), "--seed", str(opts.seed)], "load")
@@ -331,8 +380,7 @@ class Campaign:
         for f in self._drawn():
             if time.monotonic() >= deadline:
                 break
-            primary, standby = self.roles()
-            node = standby if f.target is Target.STANDBY else primary
+            node = self._resolve(f)
             self.say(f"  {f.describe()} -> {node}")
             t = time.monotonic()
             info = self.inject(f, node)
@@ -345,7 +393,8 @@ class Campaign:
             if took is None:
                 self.outcome.stopped_early = (f"the pair did not converge within {self.opts.converge_limit_s:g} s "
                                               f"after fault #{f.number} ({f.kind.value} on {node})")
-                self.record("not_converged", number=f.number, limit_s=self.opts.converge_limit_s, pair=self.describe())
+                self.record("not_converged", number=f.number, limit_s=self.opts.converge_limit_s, pair=self.describe(),
+                            followers_behind=list(self._behind_now()))
                 self.say(f"    NOT CONVERGED within {self.opts.converge_limit_s:g} s: {self.describe()}")
                 return
             self.outcome.converge_s.append(took)
@@ -353,21 +402,34 @@ class Campaign:
             self.say(f"    converged in {took:.2f} s; primary {self.roles()[0]}")
             time.sleep(f.quiet_s)
 
+    def _resolve(self, f: Fault) -> str:
+        """The node (or the WAN router) the fault hits now."""
+        if f.target is Target.FOLLOWER:
+            return str(f.follower)
+        if f.target is Target.WAN:
+            return WAN_ROUTER
+        primary, standby = self.roles()
+        return standby if f.target is Target.STANDBY else primary
+
     def _drawn(self) -> Iterator[Fault]:
         timeout_ms = self.lab.config().timings.failover_timeout_ms
-        return faults(self.opts.seed, self.opts.kinds, long_freeze_s(timeout_ms, self.opts.degrade_after_s))
+        return faults(self.opts.seed, self.opts.kinds, long_freeze_s(timeout_ms, self.opts.degrade_after_s),
+                      self.followers)
 
     # -- the end ----------------------------------------------------------------
 
     def finish(self) -> None:
         """After the load: converge once more, let the standby replay everything, read both nodes' tables."""
         took = self.converge()
-        self.record("final", converged=took is not None, after_s=None if took is None else round(took, 3))
+        self.record("final", converged=took is not None, after_s=None if took is None else round(took, 3),
+                    followers_behind=[] if took is not None else list(self._behind_now()))
         replicas: dict[str, Any] = {"converged": took is not None}
         if took is not None:
             primary, standby = self.roles()
             replicas.update(primary=primary, standby=standby, caught_up=self._caught_up(primary, standby),
                             tables={n: self._digests(n) for n in (primary, standby)})
+            if self.followers:
+                replicas["followers"] = {n: self._follower_replica(n, primary) for n in self.followers}
         (self.out / "replicas.json").write_text(json.dumps(replicas, indent=2) + "\n")
         merge_histories(self.calls, self.events, self.out / "history.jsonl")
         for node in DB_NODES:  # each agent's own decisions, to read what happened after the lab is gone
@@ -380,6 +442,19 @@ class Campaign:
             agent_log = self.lab.spec.role_dir(node) / "log" / "agent.log"
             if agent_log.exists():
                 shutil.copyfile(agent_log, self.out / f"agent-{node}.log")
+        for node in self.followers:  # the follower's agent and server log where the lab starts them
+            for name in ("agent", "postgresql"):
+                log = self.lab.spec.role_dir(node) / "log" / f"{name}.log"
+                if log.exists():
+                    shutil.copyfile(log, self.out / f"{name}-{node}.log")
+
+    def _follower_replica(self, name: str, primary: str) -> dict[str, Any]:
+        """A follower at the end: caught up with the primary, its tables, the acknowledged calls it lacks."""
+        caught_up = self._caught_up(primary, name)
+        acked = {a.call_id for a in read_history(self.calls) if a.outcome is CallOutcome.ACK} \
+            if self.calls.exists() else set()
+        missing = sorted(acked - labfollowers.call_ids(self.lab, name))
+        return {"caught_up": caught_up, "tables": self._digests(name), "missing_acked": missing}
 
     def _caught_up(self, primary: str, standby: str, timeout_s: float = 30.0) -> bool:
         with self.lab.pg_connect(primary, autocommit=True) as c:

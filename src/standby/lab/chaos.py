@@ -6,6 +6,10 @@ run's length. Targets are roles ("the primary", "the standby"), resolved when
 the fault is injected: a fault aimed at whichever node is primary at that
 moment finds the interesting cases, where a fixed node name would often hit a
 standby twice.
+
+A lab with followers adds kinds aimed at them (a follower by name) and at the WAN link between the
+sites; they are drawn only when the lab has what they hit, so a pair-only lab draws the same
+sequence from a seed as it did before followers existed.
 """
 
 from __future__ import annotations
@@ -16,6 +20,8 @@ import random
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
+
+from standby.lab.topology import WAN_FOLLOWERS
 
 
 class Kind(enum.StrEnum):
@@ -34,12 +40,24 @@ class Kind(enum.StrEnum):
     MAINTENANCE_LEFT_ON = "maintenance-left-on"  # an operator switches maintenance on and forgets it
     API_FLOOD = "api-flood"  # many connections held open against one agent's HTTP API
     HEARTBEAT_REPLAY = "heartbeat-replay"  # heartbeats captured earlier are sent again to a node
+    # Followers and the WAN (a lab with followers only). A follower never promotes, whatever it meets.
+    FOLLOWER_CRASH = "follower-crash"  # a follower's host loses power; it reboots at the heal (its agent started)
+    FOLLOWER_FREEZE = "follower-freeze"  # a follower's host paused; thawed at the heal
+    FOLLOWER_ISOLATE = "follower-isolate"  # both of a follower's cables
+    WAN_DOWN = "wan-down"  # the link between the sites, cut on the pair's side of the router
+    WAN_LOSS = "wan-loss"  # a share of what the router forwards between the sites dropped
 
 
 class Target(enum.StrEnum):
     PRIMARY = "primary"
     STANDBY = "standby"
     BOTH = "both"  # MAINTENANCE_LEFT_ON only; resolved to the primary's name in the records
+    FOLLOWER = "follower"  # the follower named in the fault
+    WAN = "wan"  # the WAN router's link between the sites
+
+
+FOLLOWER_KINDS: frozenset[Kind] = frozenset({Kind.FOLLOWER_CRASH, Kind.FOLLOWER_FREEZE, Kind.FOLLOWER_ISOLATE})
+WAN_KINDS: frozenset[Kind] = frozenset({Kind.WAN_DOWN, Kind.WAN_LOSS})
 
 
 ALL_KINDS: tuple[Kind, ...] = tuple(Kind)
@@ -56,6 +74,7 @@ WEIGHTS: dict[Kind, int] = {
     Kind.KILL_AGENT: 2, Kind.KILL_POSTGRES: 2, Kind.WAL_DISK_FULL: 1, Kind.CLOCK_JUMP: 2, Kind.SWITCHOVER: 1,
     Kind.BUSY_PRIMARY: 2, Kind.STANDBY_LONG_FREEZE: 1, Kind.MAINTENANCE_LEFT_ON: 1, Kind.API_FLOOD: 2,
     Kind.HEARTBEAT_REPLAY: 2,
+    Kind.FOLLOWER_CRASH: 2, Kind.FOLLOWER_FREEZE: 2, Kind.FOLLOWER_ISOLATE: 2, Kind.WAN_DOWN: 2, Kind.WAN_LOSS: 2,
 }
 
 # A standby-long-freeze outlasts this (seconds) unless the campaign says otherwise:
@@ -71,6 +90,16 @@ def kind_available(kind: Kind) -> bool:
 def available_kinds() -> tuple[Kind, ...]:
     """Every kind this installation can inject."""
     return tuple(k for k in ALL_KINDS if kind_available(k))
+
+
+def drawable(kind: Kind, followers: Sequence[str]) -> bool:
+    """Whether a lab with ``followers`` has what ``kind`` hits: a follower, or a WAN (a follower in the
+    other site)."""
+    if kind in FOLLOWER_KINDS:
+        return bool(followers)
+    if kind in WAN_KINDS:
+        return any(f in WAN_FOLLOWERS for f in followers)
+    return True
 
 
 def long_freeze_s(failover_timeout_ms: int, degrade_after_s: float = 0.0) -> float:
@@ -90,6 +119,7 @@ class Fault:
     hold_s: float = 0.0  # how long the fault lasts before the heal
     quiet_s: float = 0.0  # after the pair has converged, before the next fault
     connections: int | None = None  # API_FLOOD
+    follower: str | None = None  # Target.FOLLOWER: which one
 
     def describe(self) -> str:
         what = self.kind.value
@@ -97,25 +127,34 @@ class Fault:
             what = f"{self.net} link down"
         elif self.kind is Kind.LOSS:
             what = f"{self.percent}% loss on {self.net}"
+        elif self.kind is Kind.WAN_LOSS:
+            what = f"{self.percent}% loss"
         elif self.kind is Kind.CLOCK_JUMP:
             what = f"wall clock {self.offset_s or 0:+d} s"
         elif self.kind is Kind.API_FLOOD:
             what = f"api-flood of {self.connections} connections"
         if self.target is Target.BOTH:
             return f"#{self.number} {what} on both nodes for {self.hold_s:.1f} s"
+        if self.target is Target.FOLLOWER:
+            return f"#{self.number} {what} on follower {self.follower} for {self.hold_s:.1f} s"
+        if self.target is Target.WAN:
+            return f"#{self.number} {what} on the WAN link for {self.hold_s:.1f} s"
         return f"#{self.number} {what} on the {self.target.value} for {self.hold_s:.1f} s"
 
     def to_dict(self) -> dict[str, Any]:
         return {k: (v.value if isinstance(v, enum.Enum) else v) for k, v in asdict(self).items() if v is not None}
 
 
-def faults(seed: int, kinds: Sequence[Kind] = ALL_KINDS, long_freeze: float = DEFAULT_LONG_FREEZE_S) -> Iterator[Fault]:
-    """The endless fault sequence for ``seed``, restricted to ``kinds``; a standby-long-freeze
-    lasts longer than ``long_freeze`` seconds (see long_freeze_s)."""
-    if not kinds:
+def faults(seed: int, kinds: Sequence[Kind] = ALL_KINDS, long_freeze: float = DEFAULT_LONG_FREEZE_S,
+           followers: Sequence[str] = ()) -> Iterator[Fault]:
+    """The endless fault sequence for ``seed``, restricted to ``kinds`` and to what a lab with
+    ``followers`` has (see drawable); a standby-long-freeze lasts longer than ``long_freeze`` seconds
+    (see long_freeze_s)."""
+    pool = sorted({k for k in kinds if drawable(k, followers)}, key=ALL_KINDS.index)
+    if not pool:
         raise ValueError("no fault kinds to draw from")
     rng = random.Random(seed)
-    pool = sorted(set(kinds), key=ALL_KINDS.index)
+    names = sorted(followers)
     weights = [WEIGHTS[k] for k in pool]
     number = 0
     while True:
@@ -123,10 +162,15 @@ def faults(seed: int, kinds: Sequence[Kind] = ALL_KINDS, long_freeze: float = DE
         kind = rng.choices(pool, weights)[0]
         # Faults on the primary are the ones that move things; the standby gets a share too.
         target = Target.PRIMARY if rng.random() < 0.7 else Target.STANDBY
-        net = percent = offset = connections = None
+        net = percent = offset = connections = follower = None
         if kind in (Kind.LINK_DOWN, Kind.LOSS):
             net = rng.choice(("public", "private"))
-        if kind is Kind.LOSS:
+        if kind in FOLLOWER_KINDS:
+            # Drawn only for these kinds: the pair's kinds consume the generator as they always did.
+            target, follower = Target.FOLLOWER, rng.choice(names)
+        elif kind in WAN_KINDS:
+            target = Target.WAN
+        if kind in (Kind.LOSS, Kind.WAN_LOSS):
             percent = rng.choice((10, 30, 50, 80))
         if kind is Kind.CLOCK_JUMP:
             offset = rng.choice((-1, 1)) * rng.randint(60, 600)
@@ -148,7 +192,7 @@ def faults(seed: int, kinds: Sequence[Kind] = ALL_KINDS, long_freeze: float = DE
         elif kind is Kind.HEARTBEAT_REPLAY:
             hold = round(rng.uniform(2.0, 6.0), 1)
         quiet = round(rng.uniform(1.0, 4.0), 1)
-        yield Fault(number, kind, target, net, percent, offset, hold, quiet, connections=connections)
+        yield Fault(number, kind, target, net, percent, offset, hold, quiet, connections=connections, follower=follower)
 
 
 def parse_kinds(text: str | None) -> tuple[Kind, ...]:

@@ -9,10 +9,11 @@ separate process). Violations:
   under another CDR id is no violation when the salvage that brought it back
   renumbered it to exactly that id (the stated conflict policy);
 - a salvage apply that failed (its rows never reached the primary);
-- any probe sample with two writable nodes, or the probe blind (no sample) for
-  longer than ``PROBE_BLIND_S``;
+- any probe sample with two writable nodes, or with a follower writable (a follower
+  never promotes itself), or the probe blind (no sample) for longer than ``PROBE_BLIND_S``;
 - the pair not converged within the limit after a heal, or at the end;
-- the standby not caught up, or its tables different from the primary's.
+- the standby or a follower not caught up, or its tables different from the primary's;
+- an acknowledged call missing from a follower.
 """
 
 from __future__ import annotations
@@ -52,6 +53,10 @@ class ChaosVerdict:
     salvaged_acked: Sequence[str] = field(default_factory=tuple)  # acknowledged calls that came back by salvage
     salvage_renumbered: int = 0  # of those, how many under a new CDR id
     salvage_failures: Sequence[str] = field(default_factory=tuple)
+    followers: Sequence[str] = field(default_factory=tuple)  # the lab's followers, in the campaign too
+    final_behind: str = ""  # at the end: the followers that had not converged, if it was them
+    follower_writable_samples: int = 0  # probe samples in which a follower took a write
+    follower_missing_acked: Mapping[str, int] = field(default_factory=dict)  # follower -> acknowledged calls it lacks
 
     @property
     def violations(self) -> list[str]:
@@ -59,14 +64,18 @@ class ChaosVerdict:
         out += [f"salvage apply failed on {f}" for f in self.salvage_failures]
         if self.dual_samples:
             out.append(f"{self.dual_samples} probe samples with two writable nodes")
+        if self.follower_writable_samples:
+            out.append(f"{self.follower_writable_samples} probe samples with a follower writable")
+        out += [f"{n} acknowledged calls missing from follower {f}"
+                for f, n in sorted(self.follower_missing_acked.items()) if n]
         if self.longest_probe_gap_s > PROBE_BLIND_S:
             out.append(f"the dual-primary probe was blind for {self.longest_probe_gap_s:.2f} s")
         if self.not_converged:
             out.append(self.not_converged)
         if not self.final_converged:
-            out.append(f"the pair did not converge within {self.converge_limit_s:g} s at the end")
+            out.append(f"the pair did not converge within {self.converge_limit_s:g} s at the end{self.final_behind}")
         if self.replicas_identical is False:
-            out.append("the standby differs from the primary: " + "; ".join(self.replica_differences))
+            out.append("a replica differs from the primary: " + "; ".join(self.replica_differences))
         return out
 
     @property
@@ -87,9 +96,12 @@ class ChaosVerdict:
             f"both open but one not committing: {self.dual_open_samples}",
             f"  converged after every heal: {'yes' if not self.not_converged else 'NO'}; longest {worst:.2f} s "
             f"(limit {self.converge_limit_s:g} s); at the end: {'yes' if self.final_converged else 'NO'}",
-            "  standby identical to the primary: "
+            f"  {'standby and followers' if self.followers else 'standby'} identical to the primary: "
             + {True: "yes", False: "NO", None: "not compared"}[self.replicas_identical],
         ]
+        if self.followers:
+            lines.insert(1, f"  followers: {', '.join(self.followers)} "
+                            f"(probe samples with one writable: {self.follower_writable_samples})")
         if self.salvaged_acked:
             shown = ", ".join(self.salvaged_acked[:5]) + (f" (+{len(self.salvaged_acked) - 5} more)"
                                                           if len(self.salvaged_acked) > 5 else "")
@@ -109,19 +121,27 @@ class ChaosVerdict:
                 "converge_s": [round(c, 3) for c in self.converge_s], "converge_limit_s": self.converge_limit_s,
                 "final_converged": self.final_converged, "replicas_identical": self.replicas_identical,
                 "salvaged_acked": list(self.salvaged_acked), "salvage_renumbered": self.salvage_renumbered,
-                "run_s": round(self.run_s, 1)}
+                "run_s": round(self.run_s, 1), "followers": list(self.followers),
+                "follower_writable_samples": self.follower_writable_samples,
+                "follower_missing_acked": dict(self.follower_missing_acked)}
 
 
 def replica_differences(replicas: Mapping[str, Any]) -> list[str] | None:
-    """What differs between the final primary and standby; None when they were not compared."""
+    """What differs between the final primary and the standby or a follower; None when they were not compared."""
     if not replicas.get("converged"):
         return None
     out = [] if replicas.get("caught_up") else ["the standby had not replayed the primary's last WAL"]
     tables = replicas.get("tables", {})
-    p, s = tables.get(replicas.get("primary"), {}), tables.get(replicas.get("standby"), {})
-    for name in sorted(set(p) | set(s)):
-        if p.get(name) != s.get(name):
-            out.append(f"{name}: primary {p.get(name)} vs standby {s.get(name)}")
+    p = tables.get(replicas.get("primary"), {})
+    copies = [("standby", tables.get(replicas.get("standby"), {}))]
+    for name, follower in sorted(replicas.get("followers", {}).items()):
+        if not follower.get("caught_up"):
+            out.append(f"follower {name} had not replayed the primary's last WAL")
+        copies.append((f"follower {name}", follower.get("tables", {})))
+    for who, s in copies:
+        for table in sorted(set(p) | set(s)):
+            if p.get(table) != s.get(table):
+                out.append(f"{table}: primary {p.get(table)} vs {who} {s.get(table)}")
     return out
 
 
@@ -140,10 +160,11 @@ def _call_violations(calls: Mapping[str, Any], renumbered: Mapping[str, Any]) ->
 
 def judge(events: Sequence[Mapping[str, Any]], probe: Sequence[Mapping[str, Any]], replicas: Mapping[str, Any],
           calls: Mapping[str, Any], converge_limit_s: float, seed: int | None = None,
-          acked_calls: Collection[str] = ()) -> ChaosVerdict:
+          acked_calls: Collection[str] = (), followers: Sequence[str] = ()) -> ChaosVerdict:
     """The verdict from the recorded events, probe samples, final replicas and the call checker's verdict.
 
     ``acked_calls``: the acknowledged call ids (from the history), to name those that salvage brought back.
+    ``followers``: the lab's followers (probed and compared like the standby).
     """
     faults = Counter(str(e["kind"]) for e in events if e.get("event") == "fault")
     converge = [float(e["after_s"]) for e in events if e.get("event") == "converged"]
@@ -180,14 +201,25 @@ def judge(events: Sequence[Mapping[str, Any]], probe: Sequence[Mapping[str, Any]
         converge_limit_s=converge_limit_s,
         final_converged=bool(final and final[-1].get("converged")),
         not_converged=(f"the pair did not converge within {converge_limit_s:g} s after fault #{stuck[0]['number']}"
-                       if stuck else None),
+                       + _behind(stuck[0]) if stuck else None),
+        final_behind=_behind(final[-1]) if final else "",
         replicas_identical=None if diffs is None else not diffs,
         replica_differences=tuple(diffs or ()),
         run_s=(max(ts) - min(ts)) if ts else 0.0,
         salvaged_acked=tuple(back),
         salvage_renumbered=sum(1 for c in back if c in renumbered),
         salvage_failures=tuple(failures),
+        followers=tuple(followers),
+        follower_writable_samples=sum(1 for s in probe if set(s.get("writable", ())) & set(followers)),
+        follower_missing_acked={str(n): len(f.get("missing_acked", ()))
+                                for n, f in replicas.get("followers", {}).items()},
     )
+
+
+def _behind(event: Mapping[str, Any]) -> str:
+    """What a not-converged event says of the followers: which had not converged, if any."""
+    names = event.get("followers_behind") or ()
+    return f" (followers not streaming on the primary's timeline: {', '.join(names)})" if names else ""
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:

@@ -17,6 +17,8 @@ from standby.lab.topology import Net, interface_for
 
 # One nftables table per node namespace holds every loss rule of that node.
 LOSS_TABLE = "standby_lab_loss"
+# The WAN router's: a share of what it forwards between the sites.
+FORWARD_LOSS_TABLE = "standby_lab_forward_loss"
 
 
 # -- links ----------------------------------------------------------------
@@ -168,6 +170,23 @@ def set_loss(ns: str, net: Net | str, percent: int) -> None:
 def clear_loss(ns: str) -> None:
     if netns.exists(ns):
         netns.run_in(ns, ["nft", "delete", "table", "inet", LOSS_TABLE], check=False)
+
+
+def set_forward_loss(ns: str, percent: int) -> None:
+    """Drop ``percent``% of the packets the router namespace ``ns`` forwards, either way (1-100)."""
+    if not 0 < percent <= 100:
+        raise ValueError(f"forward loss percent {percent}: expected 1-100")
+    draw = f"numgen random mod 100 < {percent} " if percent < 100 else ""
+    script = [f"table inet {FORWARD_LOSS_TABLE} {{}}", f"delete table inet {FORWARD_LOSS_TABLE}",
+              f"table inet {FORWARD_LOSS_TABLE} {{",
+              "  chain forward {", "    type filter hook forward priority -10; policy accept;",
+              f'    {draw}drop comment "loss {percent}"', "  }", "}"]
+    netns.run_in(ns, ["nft", "-f", "-"], input="\n".join(script) + "\n")
+
+
+def clear_forward_loss(ns: str) -> None:
+    if netns.exists(ns):
+        netns.run_in(ns, ["nft", "delete", "table", "inet", FORWARD_LOSS_TABLE], check=False)
 
 
 # -- a busy primary -----------------------------------------------------------

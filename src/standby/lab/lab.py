@@ -53,6 +53,7 @@ from standby.lab.topology import (
     REPORTING_IP,
     SECRET_FILES,
     SERVICE_IP,
+    WAN_ROUTER,
     LabSpec,
     Link,
     Net,
@@ -564,9 +565,9 @@ class Lab:
         kernel's ARP retries would deliver them seconds late (a dead standby's
         heartbeats arrived after the heal and read as its current word).
         """
-        ns = self.netns(self._role(node, HOST_ROLES))
+        ns = self.netns(self._role(node, self._hosts))
         for port in self._ports(node):
-            faults.set_link(self._switch, port, False)
+            faults.set_link(self._switch_of(node), port, False)
         faults.kill_everything(ns)
         netns.run_in(ns, ["ip", "neigh", "flush", "all"], check=False)
         if node in ("alpha", "beta"):
@@ -575,13 +576,23 @@ class Lab:
 
     def freeze(self, node: str) -> None:
         """Freeze the host like a paused VM: every process stopped (SIGSTOP), no packet in or out, ARP included."""
-        faults.freeze(self.netns(self._role(node, HOST_ROLES)))
+        faults.freeze(self.netns(self._role(node, self._hosts)))
 
     def thaw(self, node: str) -> None:
-        faults.thaw(self.netns(self._role(node, HOST_ROLES)))
+        faults.thaw(self.netns(self._role(node, self._hosts)))
+
+    @property
+    def _hosts(self) -> tuple[str, ...]:
+        """What a host fault may hit: the pair, the client and this lab's followers."""
+        return (*HOST_ROLES, *self.spec.followers)
+
+    def _switch_of(self, node: str) -> str:
+        """The namespace holding the switch-side end of ``node``'s cables: the WAN router's for a follower
+        in the other site (standby.lab.wan), the switch's otherwise."""
+        return self.spec.netns(WAN_ROUTER) if node in self.spec.wan_followers() else self._switch
 
     def _port(self, node: str, net: str) -> str:
-        self._role(node, HOST_ROLES)
+        self._role(node, self._hosts)
         net = Net(net)
         if node == Role.CLIENT.value:
             if net is not Net.PUBLIC:
@@ -590,7 +601,25 @@ class Lab:
         return self.node(node).link(net).switch_port
 
     def link(self, node: str, net: str, up: bool) -> None:
-        faults.set_link(self._switch, self._port(node, net), up)
+        faults.set_link(self._switch_of(node), self._port(node, net), up)
+
+    def wan_link(self, up: bool) -> None:
+        """Cut (or mend) the link between the sites on the pair's side of the router: the other site's
+        followers lose the pair, the pair's own subnets are untouched."""
+        if not self.spec.wan_followers():
+            raise LabError(f"lab {self.name} has no WAN (no follower in the other site)")
+        for net in Net:
+            faults.set_link(self._switch, wan.SWITCH_PORT[net], up)
+
+    def wan_loss(self, percent: int) -> None:
+        """Drop ``percent``% of what the router forwards between the sites; 0 removes."""
+        if not self.spec.wan_followers():
+            raise LabError(f"lab {self.name} has no WAN (no follower in the other site)")
+        router = self.spec.netns(WAN_ROUTER)
+        if percent:
+            faults.set_forward_loss(router, int(percent))
+        else:
+            faults.clear_forward_loss(router)
 
     def loss(self, node: str, net: str, percent: int) -> None:
         """Drop ``percent``% of IP packets each way on that interface (ARP is not affected); 0 removes."""
@@ -600,13 +629,16 @@ class Lab:
         faults.set_loss(self.netns(node), Net(net), int(percent))
 
     def heal(self) -> None:
-        """Undo link, freeze and loss faults; crashed processes stay dead."""
-        for role in HOST_ROLES:
+        """Undo link, freeze and loss faults, the WAN's too; crashed processes stay dead."""
+        for role in self._hosts:
             ns = self.netns(role)
             for port in self._ports(role):
-                faults.set_link(self._switch, port, True)
+                faults.set_link(self._switch_of(role), port, True)
             faults.thaw(ns)
             faults.clear_loss(ns)
+        if self.spec.wan_followers():
+            self.wan_link(True)
+            self.wan_loss(0)
 
     # -- live view ----------------------------------------------------------
 
@@ -614,7 +646,7 @@ class Lab:
         if not netns.exists(self._switch):
             return {}
         nets = (Net.PUBLIC,) if node == Role.CLIENT.value else tuple(Net)
-        return {n.value: faults.link_state(self._switch, self._port(node, n)) for n in nets}
+        return {n.value: faults.link_state(self._switch_of(node), self._port(node, n)) for n in nets}
 
     def _service_ip_holders(self, address: str = SERVICE_IP) -> list[str]:
         return [n for n in DB_NODES if netns.exists(self.netns(n)) and address in netns.addresses(self.netns(n), PUBLIC_IF)]
