@@ -23,7 +23,7 @@ from typing import Any
 import psycopg
 
 from standby import __version__
-from standby.lab import Lab, LabSpec, netns
+from standby.lab import Lab, LabSpec, netns, pgnode
 from standby.lab.checker import Outcome, read_history
 from standby.lab.errors import LabError
 from standby.lab.topology import ALL_ROLES, LAB_BASE, SERVICE_IP
@@ -482,10 +482,7 @@ def _all_stats() -> list[ProcStat]:
 
 
 def postmaster_pid(lab: Lab, node: str) -> int | None:
-    try:
-        return int((lab.node(node).pgdata / "postmaster.pid").read_text().split("\n", 1)[0])
-    except (OSError, ValueError):
-        return None
+    return pgnode.postmaster_pid(lab.node(node))
 
 
 def server_pids(root: int, stats: Iterable[ProcStat]) -> list[int]:
