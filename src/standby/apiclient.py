@@ -15,7 +15,7 @@ import logging
 import socket
 import urllib.error
 import urllib.request
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 from standby import protocol, tls
 from standby.config import Config, read_secret, token_may_travel
@@ -150,6 +150,10 @@ def _view(cfg: Config, name: str, hosts: tuple[str, ...], codec: Codec[T], timeo
     except ProtocolMismatch as e:
         log.warning("%s", e)  # said, not hidden behind "does not answer"
         return None
+    return _decoded_view(name, got, codec)
+
+
+def _decoded_view(name: str, got: tuple[int, object] | None, codec: Codec[T]) -> T | None:
     if got is None or got[0] != 200:
         return None
     try:
@@ -158,6 +162,66 @@ def _view(cfg: Config, name: str, hosts: tuple[str, ...], codec: Codec[T], timeo
         # Said, not hidden behind "does not answer": an agent of another version, or a bug.
         log.warning("%s's agent answered /status with something this client cannot read: %s", name, e)
         return None
+
+
+# The agent closed a kept connection (its idle timer, a restart) before this question reached it.
+_STALE = (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError)
+
+
+class StatusSession(Generic[T]):
+    """One agent's GET /status at one address, asked again and again over one kept connection (HTTP/1.1
+    keep-alive, which the agents' server honours while the connection is never idle for
+    api.request_timeout_s): a watcher asking several times a second makes no TCP connection and no TLS
+    handshake per question. The TLS context, the token and the timeout are agent_status's. A question that
+    fails closes the connection, and the next question opens a new one; a kept connection the agent had
+    already closed is asked once more on a new one, as a new connection would have been."""
+
+    def __init__(self, cfg: Config, name: str, host: str, codec: Codec[T], timeout_s: float = 1.0) -> None:
+        self.cfg, self.name, self.host, self.codec, self.timeout_s = cfg, name, host, codec, timeout_s
+        self._ctx = tls.client_context(cfg)
+        self._conn: http.client.HTTPConnection | None = None
+        self.connections = 0  # opened or tried so far
+
+    def view(self) -> T | None:
+        """The agent's view; None when it does not answer or answers with something that is not such a view."""
+        try:
+            got = self._get()
+        except ProtocolMismatch as e:
+            log.warning("%s", e)
+            return None
+        return _decoded_view(self.name, got, self.codec)
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    def _get(self) -> tuple[int, object] | None:
+        for _ in range(2):
+            reused = self._conn is not None and self._conn.sock is not None
+            try:
+                return self._ask()
+            except _STALE:
+                self.close()
+                if not reused:
+                    return None
+            except (OSError, ValueError, http.client.HTTPException):
+                self.close()  # cut off, timed out or garbled: the next question starts afresh
+                return None
+        return None
+
+    def _ask(self) -> tuple[int, object]:
+        if self._conn is None:
+            port = self.cfg.api.port
+            self._conn = (http.client.HTTPSConnection(self.host, port, timeout=self.timeout_s, context=self._ctx)
+                          if self.cfg.tls else http.client.HTTPConnection(self.host, port, timeout=self.timeout_s))
+        if self._conn.sock is None:
+            self.connections += 1  # request() connects it
+        self._conn.request("GET", "/status", headers={**_PROTOCOL, **_status_auth(self.cfg, self.host)})
+        r = self._conn.getresponse()
+        body = r.read()  # all of it, or the connection cannot carry the next question
+        _same_protocol(self.name, r.headers)
+        return r.status, json.loads(body)
 
 
 def replica_lag(cfg: Config, node: str, timeout_s: float = 2.0) -> int | None:

@@ -647,7 +647,8 @@ class Config(_Strict):
     def _follower_problems(self, seen: dict[ipaddress.IPv4Address, str]) -> list[str]:
         """The topology's checks (standby.topology), a follower's address taken by a floating one, the quorum."""
         t = self.topology()
-        out = [str(p) for p in (*topology.check(t), *topology.quorum_problems(t, self.replication.quorum))]
+        out = [str(p) for p in (*topology.check(t), *topology.quorum_problems(t, self.replication.quorum),
+                                *topology.wal_sender_problems(t, *self._max_wal_senders()))]
         floating = {ip: key for ip, key in seen.items() if not key.startswith("nodes.")}
         if self.reporting is not None and self.reporting.address is not None:
             floating.setdefault(self.reporting.address.ip, "reporting.address")
@@ -665,6 +666,14 @@ class Config(_Strict):
                        "acknowledged, and automatic failover (mode = \"hot\") would lose it; set quorum = "
                        f"{n} (every member has each commit) or 0 (the hot standby only)")
         return out
+
+    def _max_wal_senders(self) -> tuple[int, str]:
+        """The value the servers get (postgres.extra_settings wins over the key, as primary_settings writes
+        them), and the key that gave it; a value that is not a number is left to PostgreSQL to refuse."""
+        extra = self.postgres.extra_settings.get("max_wal_senders")
+        if extra is not None and not isinstance(extra, bool) and str(extra).strip().isdigit():
+            return int(str(extra).strip()), "postgres.extra_settings.max_wal_senders"
+        return self.postgres.max_wal_senders, "postgres.max_wal_senders"
 
     def topology(self) -> topology.Topology:
         """The pair and the followers, as standby.topology checks and plans them."""

@@ -65,6 +65,7 @@ class ProblemKind(StrEnum):
     REPORTING_IP_ON_WARM = "reporting_ip_on_warm"
     MAJOR_VERSION = "major_version"
     QUORUM = "quorum"
+    WAL_SENDERS = "wal_senders"  # max_wal_senders below what the topology may use at once
 
 
 @dataclass(frozen=True)
@@ -261,3 +262,29 @@ def slot_plan(t: Topology, node: str) -> SlotPlan:
     else:
         others = [f.name for f in t.followers if f.upstream == node]
     return SlotPlan(slot_name(node), tuple(slot_name(n) for n in others))
+
+
+# -- WAL senders ---------------------------------------------------------------------------------------
+
+
+def wal_senders_needed(t: Topology, node: str) -> int:
+    """The WAL senders ``node``'s server may run at once. A pair node: its peer's stream, and for each
+    follower its stream (a cascaded one falls back to the primary) and its agent's kept replication
+    connection (IDENTIFY_SYSTEM between rounds, to each pair node), plus one for a clone (pg_basebackup -X
+    stream takes two while the stream it replaces is down). A follower: the stream and the kept connection
+    of each follower cascading from it."""
+    if node in t.pair:
+        return 1 + 2 * len(t.followers) + 1
+    return 2 * sum(1 for f in t.followers if f.upstream == node)
+
+
+def wal_sender_problems(t: Topology, max_wal_senders: int, key: str = "postgres.max_wal_senders") -> list[Problem]:
+    """max_wal_senders (one value for every server: the followers' come from their clone) against the most
+    any node needs; past it, a follower's stream or its agent's questions are refused."""
+    need = max((wal_senders_needed(t, n) for n in (*t.pair, *(f.name for f in t.followers))), default=0)
+    if max_wal_senders >= need:
+        return []
+    return [Problem(ProblemKind.WAL_SENDERS, key, str(max_wal_senders),
+                    f"is too few for {len(t.followers)} follower(s): a pair node may run {need} WAL senders at once "
+                    f"(its peer's stream, each follower's stream and its agent's kept connection, one more for a "
+                    f"clone); set it to at least {need}")]

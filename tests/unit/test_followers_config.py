@@ -127,6 +127,21 @@ def test_i12_a_quorum_larger_than_its_members_is_refused(tmp_path: Path) -> None
     assert p.startswith("replication.quorum: '3' must be 0") and "1..2" in p
 
 
+def test_too_few_wal_senders_for_the_followers_kept_connections_are_refused(tmp_path: Path) -> None:
+    """Four followers: each one's stream and its agent's kept connection, the peer's stream and a clone's
+    second sender make 10 on a pair node, the default; a fifth needs two more."""
+    fs = [follower(f"dr{i}", 20 + i) for i in range(1, 5)]
+    assert config.parse(with_followers(*fs)).postgres.max_wal_senders == 10
+    (p,) = refused(with_followers(*fs, follower("dr5", 25)), tmp_path)
+    assert p.startswith("postgres.max_wal_senders: '10' is too few for 5 follower(s)") and "at least 12" in p
+    d = with_followers(*fs, follower("dr5", 25))
+    d["postgres"] = {**d["postgres"], "extra_settings": {"max_wal_senders": 11}}
+    (p,) = refused(d, tmp_path)
+    assert p.startswith("postgres.extra_settings.max_wal_senders: '11'")
+    d["postgres"] = {**d["postgres"], "max_wal_senders": 12, "extra_settings": {}}
+    assert len(config.parse(d).followers) == 5
+
+
 def test_i12_a_partial_quorum_under_automatic_failover_is_refused(tmp_path: Path) -> None:
     """ANY 1 of (beta, dr): beta may lack a commit dr acknowledged, and the pair's failover would lose it."""
     (p,) = refused(with_followers(follower("dr", 21), quorum=1), tmp_path)

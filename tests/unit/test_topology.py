@@ -27,6 +27,8 @@ from standby.topology import (
     slot_plan,
     sync_plan,
     version_problems,
+    wal_sender_problems,
+    wal_senders_needed,
 )
 
 EXAMPLE = Path(__file__).parents[2] / "etc" / "standby.example.toml"
@@ -222,6 +224,19 @@ def test_slots_for_every_node_that_may_stream_from_it() -> None:
     assert slot_plan(t, "beta").slots == ("standby_alpha", "standby_dr", "standby_dr_b")
     assert slot_plan(t, "dr").slots == ("standby_dr_b",) and slot_plan(t, "dr").primary_slot_name == "standby_dr"
     assert slot_plan(t, "dr-b").slots == ()
+
+
+def test_kept_watch_connections_count_as_wal_senders() -> None:
+    """Each follower's agent keeps a replication connection to each pair node between rounds: a WAL sender
+    there beside the follower's own stream, on either node (roles move, cascades fall back)."""
+    t = topo(follower("dr", 1, upstream="standby"), follower("dr-b", 2, upstream="dr"), follower("rep", 3))
+    assert wal_senders_needed(t, "alpha") == wal_senders_needed(t, "beta") == 1 + 2 * 3 + 1
+    assert wal_senders_needed(t, "dr") == 2 and wal_senders_needed(t, "dr-b") == 0
+    assert wal_senders_needed(topo(), "alpha") == 2  # the peer and a clone: the key's minimum
+    assert wal_sender_problems(t, 8) == []
+    (p,) = wal_sender_problems(t, 7)
+    assert p.kind is ProblemKind.WAL_SENDERS and p.key == "postgres.max_wal_senders" and p.value == "7"
+    assert "at least 8" in p.fix
 
 
 def test_slot_names_are_the_configurations() -> None:

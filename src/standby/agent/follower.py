@@ -28,7 +28,7 @@ from typing import Protocol
 from standby import __version__
 from standby.act.rejoin import RejoinRefused
 from standby.agent.followeract import LocalFollowerDb, OwnServer
-from standby.agent.followerobs import Watcher
+from standby.agent.followerobs import ANSWER_TIMEOUT_S, Watcher
 from standby.alerts import AlertDispatcher, AlertKind, alert_key, make_alert
 from standby.config import Config, FollowerRole
 from standby.documents import FollowerRejoin, FollowerRejoinPhase, FollowerView
@@ -261,5 +261,7 @@ async def run(agent: FollowerAgent, stop: asyncio.Event) -> None:
                 pass
     finally:
         agent.stopping.set()
+        if isinstance(agent.watcher, Watcher):  # its threads close their kept connections as they end
+            await loop.run_in_executor(None, agent.watcher.join, 3 * ANSWER_TIMEOUT_S)
         if dispatcher is not None:
             await dispatcher.stop()

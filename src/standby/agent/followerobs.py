@@ -5,21 +5,28 @@ each pair agent for its view (GET /status over the private network, short timeou
 upstream's PostgreSQL for its timeline and history (replication protocol: IDENTIFY_SYSTEM,
 TIMELINE_HISTORY), each member on a thread of its own so a silent node never holds up the follower's
 steps or the other members; turning what it saw into follow.PairView values.
+Both questions go over connections kept from round to round (one replication connection, one HTTP
+keep-alive connection per member), so a round costs a pair node no new backend and no handshake; a
+connection is opened again only after a round failed on it.
 It may not: decide, act, write anything, or block a step on the network.
 """
 
 from __future__ import annotations
 
 import logging
+import select
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Generic, TypeVar
 
 import psycopg
+from psycopg import pq
 
-from standby.apiclient import agent_status
+from standby.apiclient import StatusSession
 from standby.config import Config
-from standby.documents import AgentView
+from standby.documents import AGENT_VIEW, AgentView
 from standby.follow import FollowerPg, PairView
 from standby.model import DbState, Lsn
 from standby.observe import postgres as pgobs
@@ -27,6 +34,12 @@ from standby.topology import KEYWORDS
 
 log = logging.getLogger(__name__)
 ANSWER_TIMEOUT_S = 1.0  # an agent or a server slower than this counts as silent for that round
+# Set on the server's side of a kept replication connection: a follower that vanished (its host gone, the
+# link cut) leaves a WAL sender that waits for its next command and would hold the slot for as long as TCP
+# does not notice (hours); with these, the server closes it within about 15 s.
+SERVER_KEEPALIVES = ("-c tcp_keepalives_idle=5 -c tcp_keepalives_interval=2 -c tcp_keepalives_count=3 "
+                     "-c tcp_user_timeout=10000")
+C = TypeVar("C")
 
 
 @dataclass(frozen=True)
@@ -53,19 +66,64 @@ def _text(value: object) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
-def identify(cfg: Config, node: str, known: dict[int, tuple[tuple[int, int], ...]]) -> Upstream:
-    """``node``'s timeline, flush position and history, over a replication connection as the replication
-    role (what pg_hba lets a follower do); ``known``: histories already read (a timeline's never changes)."""
-    params = {**pgobs.peer_conninfo(cfg, node), "connect_timeout": max(1, int(ANSWER_TIMEOUT_S))}
-    with psycopg.connect(**params, replication="true", autocommit=True) as conn:  # type: ignore[arg-type]
-        row = conn.execute("IDENTIFY_SYSTEM").fetchone()
-        if row is None:
-            raise psycopg.OperationalError(f"{node}: IDENTIFY_SYSTEM answered nothing")
-        timeline, pos = int(_text(row[1])), Lsn.parse(_text(row[2]))
-        if timeline > 1 and timeline not in known:
-            got = conn.execute(f"TIMELINE_HISTORY {timeline}").fetchone()
-            known[timeline] = parse_history(_text(got[1]) if got else "")
+def connect(cfg: Config, node: str) -> psycopg.Connection:
+    """A replication connection to ``node`` as the replication role (what pg_hba lets a follower do), to be
+    kept between rounds: named apart from the WAL streams, with the server's keepalives above."""
+    params = {**pgobs.peer_conninfo(cfg, node), "connect_timeout": max(1, int(ANSWER_TIMEOUT_S)),
+              "application_name": pgobs.WATCH_APPLICATION_NAME, "options": SERVER_KEEPALIVES}
+    return psycopg.connect(**params, replication="true", autocommit=True)  # type: ignore[arg-type]
+
+
+def _wait(fd: int, deadline: float, write: bool = False) -> None:
+    left = deadline - time.monotonic()
+    ready = select.select([] if write else [fd], [fd] if write else [], [], max(0.0, left))
+    if not (ready[0] or ready[1]):
+        raise TimeoutError(f"no answer within {ANSWER_TIMEOUT_S:g} s")
+
+
+def ask(conn: psycopg.Connection, command: str, deadline: float) -> tuple[object, ...] | None:
+    """The first row of a replication command's answer, given up at ``deadline`` (time.monotonic()) with
+    TimeoutError: on a kept connection, a server that stopped answering (a stalled process, a half-dead
+    connection) must make the round silent, not hold it. The connection is unusable after an error."""
+    pg = conn.pgconn
+    pg.send_query(command.encode())
+    while pg.flush():  # what did not fit in the socket's buffer waits for it
+        _wait(pg.socket, deadline, write=True)
+    last: pq.abc.PGresult | None = None
+    while True:
+        while pg.is_busy():
+            _wait(pg.socket, deadline)
+            pg.consume_input()
+        res = pg.get_result()
+        if res is None:
+            break
+        last = res
+    if last is None or last.status != pq.ExecStatus.TUPLES_OK:
+        why = last.error_message.decode(errors="replace").strip() if last is not None else "no result"
+        raise psycopg.OperationalError(f"{command}: {why}")
+    if last.ntuples == 0:
+        return None
+    return tuple(last.get_value(0, i) for i in range(last.nfields))
+
+
+def identify_on(conn: psycopg.Connection, node: str, known: dict[int, tuple[tuple[int, int], ...]],
+                deadline: float) -> Upstream:
+    """``node``'s timeline, flush position and history over ``conn``, answered by ``deadline``; ``known``:
+    histories already read (a timeline's never changes, so TIMELINE_HISTORY is asked once per timeline)."""
+    row = ask(conn, "IDENTIFY_SYSTEM", deadline)
+    if row is None or row[1] is None:
+        raise psycopg.OperationalError(f"{node}: IDENTIFY_SYSTEM answered nothing")
+    timeline, pos = int(_text(row[1])), Lsn.parse(_text(row[2]))
+    if timeline > 1 and timeline not in known:
+        got = ask(conn, f"TIMELINE_HISTORY {timeline}", deadline)
+        known[timeline] = parse_history(_text(got[1]) if got else "")
     return Upstream(timeline, pos.value if pos else None, known.get(timeline, ()))
+
+
+def identify(cfg: Config, node: str, known: dict[int, tuple[tuple[int, int], ...]]) -> Upstream:
+    """identify_on over a connection of its own, closed after."""
+    with connect(cfg, node) as conn:
+        return identify_on(conn, node, known, time.monotonic() + ANSWER_TIMEOUT_S)
 
 
 def accepts_writes(cfg: Config, node: str) -> bool:
@@ -85,6 +143,36 @@ def pair_view(a: AgentView, u: Upstream | None, heard_at: float) -> PairView:
                     streaming=a.postgres.streaming, history=u.history if u else ())
 
 
+class Kept(Generic[C]):
+    """One connection kept from round to round: opened when a round needs one, closed after a round that
+    failed on it (the next round opens a new one). ``opened`` counts the connections made: what the
+    watched node paid in backends or handshakes."""
+
+    def __init__(self, open_: Callable[[], C], close: Callable[[C], None]) -> None:
+        self._open, self._close = open_, close
+        self._conn: C | None = None
+        self.opened = 0
+
+    def get(self) -> C:
+        if self._conn is None:
+            self._conn = self._open()
+            self.opened += 1
+        return self._conn
+
+    def drop(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            try:
+                self._close(conn)
+            except Exception as e:  # noqa: BLE001 - a broken connection may fail to close; it is gone either way
+                log.debug("closing a broken connection: %s", e)
+
+
+def answered_in_time(asked_at: float, answered_at: float) -> bool:
+    """A fresh answer: it came within ANSWER_TIMEOUT_S of the question; a later one counts as silence."""
+    return answered_at - asked_at <= ANSWER_TIMEOUT_S
+
+
 class Watcher:
     """The pair's views and the upstreams' answers, kept fresh by one thread per member."""
 
@@ -98,6 +186,11 @@ class Watcher:
         self._answered: dict[str, float] = {}
         self._upstreams: dict[str, Upstream] = {}
         self._histories: dict[str, dict[int, tuple[tuple[int, int], ...]]] = {m: {} for m in self.members}
+        # Each used by its member's thread alone.
+        self.servers: dict[str, Kept[psycopg.Connection]] = {
+            m: Kept(lambda m=m: connect(cfg, m), lambda c: c.close()) for m in self.members}  # type: ignore[misc]
+        self.agents: dict[str, StatusSession[AgentView]] = {
+            m: StatusSession(cfg, m, str(cfg.link(m).ip), AGENT_VIEW, ANSWER_TIMEOUT_S) for m in cfg.nodes}
         self._threads: list[threading.Thread] = []
 
     def snapshot(self) -> tuple[dict[str, PairView], dict[str, float]]:
@@ -106,11 +199,7 @@ class Watcher:
 
     def poll(self, member: str) -> None:
         """One round for ``member``: its server, then (a pair node) its agent."""
-        try:
-            u: Upstream | None = identify(self.cfg, member, self._histories[member])
-        except (psycopg.Error, OSError) as e:
-            log.debug("%s's PostgreSQL does not answer: %s", member, e)
-            u = None
+        u = self._ask_server(member)
         now = self.clock()
         with self._lock:
             if u is not None:
@@ -118,11 +207,37 @@ class Watcher:
             last = self._upstreams.get(member)  # its timeline does not go back: the last one stands
         if member not in self.cfg.nodes:
             return
-        a = agent_status(self.cfg, member, timeout_s=ANSWER_TIMEOUT_S, via=(str(self.cfg.link(member).ip),))
+        a = self._ask_agent(member)
         if a is not None:
             view = pair_view(a, u or last, self.clock())
             with self._lock:
                 self._views[member] = view
+
+    def _ask_server(self, member: str) -> Upstream | None:
+        kept = self.servers[member]
+        try:
+            conn = kept.get()  # a new one within its connect timeout, after a failed round
+            return identify_on(conn, member, self._histories[member], time.monotonic() + ANSWER_TIMEOUT_S)
+        except (psycopg.Error, OSError) as e:
+            log.debug("%s's PostgreSQL does not answer: %s", member, e)
+            kept.drop()
+            return None
+
+    def _ask_agent(self, member: str) -> AgentView | None:
+        session = self.agents[member]
+        asked = time.monotonic()
+        a = session.view()
+        if a is not None and not answered_in_time(asked, time.monotonic()):
+            log.debug("%s's agent answered late", member)
+            session.close()  # slow or half-dead: the next round asks on a new connection
+            return None
+        return a
+
+    def close(self, member: str) -> None:
+        """Close ``member``'s kept connections (its thread, once it stopped)."""
+        self.servers[member].drop()
+        if member in self.agents:
+            self.agents[member].close()
 
     def start(self, stop: threading.Event) -> None:
         for m in self.members:
@@ -130,13 +245,22 @@ class Watcher:
             t.start()
             self._threads.append(t)
 
+    def join(self, timeout_s: float) -> None:
+        """Wait (at most ``timeout_s`` in all) for the threads to end, their connections closed."""
+        deadline = time.monotonic() + timeout_s
+        for t in self._threads:
+            t.join(max(0.0, deadline - time.monotonic()))
+
     def _run(self, member: str, stop: threading.Event) -> None:
-        while not stop.is_set():
-            try:
-                self.poll(member)
-            except Exception:  # a bug in one round must not end the watching
-                log.exception("watching %s", member)
-            stop.wait(self.interval_s)
+        try:
+            while not stop.is_set():
+                try:
+                    self.poll(member)
+                except Exception:  # a bug in one round must not end the watching
+                    log.exception("watching %s", member)
+                stop.wait(self.interval_s)
+        finally:
+            self.close(member)
 
 
 # -- the follower's own server -----------------------------------------------------------------------

@@ -29,6 +29,9 @@ from standby.model import Lsn, PgRole, SyncState
 CONNECT_TIMEOUT_S = 2
 # The agent's own connection, so that its backend can be told from everyone else's.
 AGENT_APPLICATION_NAME = "standby-agent"
+# A follower agent's kept replication connections (IDENTIFY_SYSTEM between rounds): each holds a WAL sender
+# that streams nothing, listed in pg_stat_replication in state "startup"; not a replica.
+WATCH_APPLICATION_NAME = "standby-watch"
 
 
 @dataclass(frozen=True)
@@ -226,8 +229,8 @@ def read(conn: psycopg.Connection, node: str, via: str) -> PgObservation:
             rows = cur.execute(
                 """SELECT application_name, host(client_addr), state, sync_state, sent_lsn::text,
                           flush_lsn::text, replay_lsn::text, extract(epoch FROM replay_lag)::float8
-                   FROM pg_stat_replication ORDER BY application_name"""
-            ).fetchall()
+                   FROM pg_stat_replication WHERE application_name <> %s ORDER BY application_name""",
+                (WATCH_APPLICATION_NAME,)).fetchall()
             replicas = tuple(
                 ReplicaInfo(
                     application_name=r[0],
