@@ -35,10 +35,12 @@ from typing import Any
 
 import benchlib
 from benchlib import RUN_FAILURES, LabNames, distribution, fresh_lab, percentile, run_load, sigterm_as_interrupt
+from standby.agent.followerobs import names_by_ip
 from standby.lab import Lab, LabSpec, followers
 from standby.lab.errors import LabError
 from standby.lab.pair import primaries, start_pair, under_load, verify
 from standby.lab.topology import PRIVATE_IF, PUBLIC_IF
+from standby.observe.postgres import WATCH_APPLICATION_NAME
 
 NAME_PREFIX = "sbfl"
 COST_PREFIX = "sbflc"
@@ -147,9 +149,23 @@ def _links(lab: Lab, node: str) -> dict[str, benchlib.LinkBytes]:
 
 
 def _senders(lab: Lab, node: str) -> list[str]:
-    """The WAL senders a pair node runs now, by the name their receiver gives."""
+    """The WAL senders that stream from a pair node now, by the name their receiver gives (not the follower
+    agents' kept connections: _watchers)."""
     with lab.pg_connect(node, autocommit=True) as c:
-        return sorted(r[0] for r in c.execute("SELECT application_name FROM pg_stat_replication").fetchall())
+        return sorted(r[0] for r in c.execute("SELECT application_name FROM pg_stat_replication WHERE "
+                                              "application_name <> %s", (WATCH_APPLICATION_NAME,)).fetchall())
+
+
+def _watchers(lab: Lab, node: str) -> dict[str, list[int]]:
+    """The follower agents' kept replication connections to a pair node: per follower, its WAL senders' pids
+    (the same pids before and after the measurement: no connection was made during it)."""
+    names = names_by_ip(lab.config())
+    out: dict[str, list[int]] = {}
+    with lab.pg_connect(node, autocommit=True) as c:
+        for addr, pid in c.execute("SELECT host(client_addr), pid FROM pg_stat_replication WHERE application_name = %s "
+                                   "ORDER BY pid", (WATCH_APPLICATION_NAME,)).fetchall():
+            out.setdefault(names.get(str(addr), str(addr)), []).append(int(pid))
+    return out
 
 
 def _settle(lab: Lab, cfg: CostConfig) -> None:
@@ -172,11 +188,16 @@ def cost_run(lab: Lab, cfg: CostConfig, p: Params, tmp: Path, cgroup: benchlib.S
     run_load(lab, tmp, "warmup", ["--rate", str(p.rate), "--duration", str(p.warmup_s)])
     _settle(lab, cfg)
     rec["senders_before"] = {n: _senders(lab, n) for n in ("alpha", "beta")}
+    rec["watchers_before"] = {n: _watchers(lab, n) for n in ("alpha", "beta")}
     log(f"  {cfg.name}: {p.rate} calls/s for {p.seconds:g} s; WAL senders {rec['senders_before']}")
     lsn0, m0, a0, b0 = benchlib.wal_lsn(lab), meter.mark(), _links(lab, "alpha"), _links(lab, "beta")
     s = run_load(lab, tmp, "cost", ["--rate", str(p.rate), "--duration", str(p.seconds)])
     m1, a1, b1, lsn1 = meter.mark(), _links(lab, "alpha"), _links(lab, "beta"), benchlib.wal_lsn(lab)
     rec["senders_after"] = {n: _senders(lab, n) for n in ("alpha", "beta")}
+    rec["watchers_after"] = {n: _watchers(lab, n) for n in ("alpha", "beta")}
+    if cfg.followers:
+        log(f"    the follower agents' kept replication connections (WAL sender pids) before {rec['watchers_before']}, "
+            f"after {rec['watchers_after']}")
     rec["followers_streaming_from"] = {f: (r.source if (r := followers.receiver(lab, f)) and r.streaming else None)
                                        for f in cfg.followers}
     calls = int(s["ack"])

@@ -4,7 +4,9 @@ of the pair, which must go on without a clone. The pair's agents are not run: th
 
 from __future__ import annotations
 
+import os
 import shutil
+import signal
 import tempfile
 import time
 from collections.abc import Iterator
@@ -16,12 +18,14 @@ import pytest
 
 from standby import config
 from standby.act import postgres as pgact
+from standby.agent import followerobs
 from standby.agent.follower import FollowerAgent
 from standby.agent.followeract import LocalFollowerDb
-from standby.agent.followerobs import identify
+from standby.agent.followerobs import ANSWER_TIMEOUT_S, Watcher, identify, identify_on
 from standby.agent.localdb import read_local
 from standby.follow import FollowerActionKind, FollowerPg, PairView
 from standby.model import DbState
+from standby.observe import postgres as pgobs
 from tests.lab.test_workload import wait_for
 from tests.unit.configs import example_with_secrets
 from tests.unit.test_followers_agent import FakeViews
@@ -149,11 +153,15 @@ def test_i12_a_follower_follows_a_failover_of_the_pair_without_a_clone(servers: 
     assert up.timeline == 1 and up.history == () and up.flush_lsn is not None
 
     # The pair fails over: alpha stops (its last WAL reaches both replicas), beta is promoted onto timeline 2.
-    _run([str(BIN / "pg_ctl"), "-D", str(base / "alpha"), "-m", "fast", "-w", "stop"])
-    _sql(base, "beta", "SELECT pg_promote(true)")
-    _sql(base, "beta", "INSERT INTO calls SELECT generate_series(101, 150)")
-    up = identify(cfg, "beta", {})
+    # A watcher's connection to beta, kept from before, sees the new timeline and its history.
+    with followerobs.connect(cfg, "beta") as kept:
+        assert identify_on(kept, "beta", {}, time.monotonic() + ANSWER_TIMEOUT_S).timeline == 1
+        _run([str(BIN / "pg_ctl"), "-D", str(base / "alpha"), "-m", "fast", "-w", "stop"])
+        _sql(base, "beta", "SELECT pg_promote(true)")
+        _sql(base, "beta", "INSERT INTO calls SELECT generate_series(101, 150)")
+        up = identify_on(kept, "beta", {}, time.monotonic() + ANSWER_TIMEOUT_S)
     assert up.timeline == 2 and [tli for tli, _ in up.history] == [1]
+    assert identify(cfg, "beta", {}) == up
 
     views = FakeViews()
     agent = FollowerAgent(cfg, "dr", db=own, views=views, alerts=NoAlerts())
@@ -191,3 +199,50 @@ def _quorum_on_a_real_primary(cfg: config.Config, base: Path) -> None:
         wait_for("beta alone is sync", lambda: conn.execute(
             "SELECT sync_state FROM pg_stat_replication WHERE application_name = 'beta'").fetchone() == ("sync",))
         conn.execute("DELETE FROM calls WHERE id = 1000")
+
+
+def _watch_senders(base: Path) -> list[tuple[int, str]]:
+    """alpha's WAL senders that are a follower agent's kept connections: (pid, backend_start)."""
+    with psycopg.connect(host=str(base / "alpha.sock"), port=5432, user="postgres", dbname="postgres",
+                         autocommit=True) as conn:
+        return [(int(r[0]), str(r[1])) for r in conn.execute(
+            "SELECT pid, backend_start FROM pg_stat_replication WHERE application_name = %s ORDER BY pid",
+            (pgobs.WATCH_APPLICATION_NAME,)).fetchall()]
+
+
+def test_watching_a_server_costs_one_kept_backend_not_one_per_round(servers: tuple[config.Config, Path]) -> None:
+    """The follower's watcher asks alpha every round over one kept replication connection: one WAL sender,
+    the same from round to round, not a replica to the agents' readers, with keepalives on alpha's side so that
+    alpha drops it once the follower vanishes; a stalled one makes the round silent, the next round reconnects."""
+    cfg, base = servers
+    watcher = Watcher(cfg, "dr", 0.2, time.monotonic)
+    stopped: list[int] = []
+    try:
+        for _ in range(10):
+            watcher.poll("alpha")
+        first = _watch_senders(base)
+        for _ in range(10):
+            watcher.poll("alpha")
+        assert len(first) == 1 and _watch_senders(base) == first and watcher.servers["alpha"].opened == 1
+        kept = watcher.servers["alpha"].get()
+        show = followerobs.ask(kept, "SHOW tcp_keepalives_idle", time.monotonic() + ANSWER_TIMEOUT_S)
+        assert show is not None and show[0] in (b"5", b"5s")
+        with psycopg.connect(host=str(base / "alpha.sock"), port=5432, user="postgres", dbname="postgres",
+                             autocommit=True) as conn:
+            assert pgobs.read(conn, "alpha", "socket").replicas == ()
+
+        # Its WAL sender stops answering (the process stalled, the kernel still acknowledging): silent.
+        _, answered = watcher.snapshot()
+        before = answered["alpha"]
+        stopped.append(first[0][0])
+        os.kill(stopped[0], signal.SIGSTOP)
+        watcher.poll("alpha")
+        assert watcher.snapshot()[1]["alpha"] == before
+        watcher.poll("alpha")  # a new connection, a new WAL sender, answering
+        assert watcher.snapshot()[1]["alpha"] > before and watcher.servers["alpha"].opened == 2
+    finally:
+        for pid in stopped:
+            os.kill(pid, signal.SIGCONT)
+        watcher.close("alpha")
+        watcher.close("beta")
+    wait_for("no kept connection left on alpha", lambda: _watch_senders(base) == [])

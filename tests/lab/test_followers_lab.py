@@ -80,6 +80,48 @@ def test_i12_gamma_streams_from_the_new_primary(lab_factory, tmp_path: Path, mov
           f"{timeline} {took:.2f}s after it began, no clone")
 
 
+def _api_connections(lab: Lab, node: str, ip: str, port: int) -> list[str]:
+    """``node``'s established TCP connections to ip:port, by their local address and port."""
+    out = lab.run(node, ["ss", "-Htn", "state", "established", "dst", f"{ip}:{port}"]).stdout
+    return sorted(line.split()[2] for line in out.splitlines() if line.strip())
+
+
+def _logged_from_offset(log: Path, offset: int) -> str:
+    return log.read_bytes()[offset:].decode(errors="replace")
+
+
+def test_a_followers_watching_makes_no_connection_per_round_to_the_pair(lab_factory) -> None:  # type: ignore[no-untyped-def]
+    """gamma's agent asks alpha's server (IDENTIFY_SYSTEM) and alpha's agent (GET /status) every step interval.
+    Each round used to fork a new WAL sender on alpha and open a new TCP connection to its agent: backends and
+    handshakes on the primary growing with time, cascaded or not. Over kept connections, a few seconds of
+    rounds make none."""
+    lab = _pair_with_gamma(lab_factory)
+    cfg = lab.config()
+    gamma_ip, alpha_ip = str(cfg.link("gamma").ip), str(cfg.nodes["alpha"].private.ip)
+    log = lab.node("alpha").log_dir / "postgresql.log"
+    with lab.pg_connect("alpha", autocommit=True) as c:
+        c.execute("ALTER SYSTEM SET log_connections = on")
+        c.execute("SELECT pg_reload_conf()")
+    offset = log.stat().st_size
+
+    def logging_connections() -> bool:
+        with lab.pg_connect("alpha", autocommit=True):
+            pass
+        return "connection received: host=[local]" in _logged_from_offset(log, offset)
+
+    lab.wait_for("alpha to log connections", logging_connections, timeout_s=10)
+    start, api_before = log.stat().st_size, _api_connections(lab, "gamma", alpha_ip, cfg.api.port)
+    rounds_s = 3.0
+    time.sleep(rounds_s)
+    api_after = _api_connections(lab, "gamma", alpha_ip, cfg.api.port)
+    from_gamma = [line for line in _logged_from_offset(log, start).splitlines()
+                  if f"connection received: host={gamma_ip} " in line]
+    print(f"\nin {rounds_s:g} s of gamma's rounds: {len(from_gamma)} connection(s) from gamma to alpha's PostgreSQL; "
+          f"gamma's connections to alpha's agent: {api_before} before, {api_after} after")
+    assert from_gamma == [], from_gamma[:3]
+    assert len(api_after) == 1 and api_after == api_before
+
+
 def _reporting_ip_on(lab: Lab) -> list[str]:
     """Every node of the lab, pair or follower, with the pair's reporting IP on its public interface."""
     ip = REPORTING_IP
