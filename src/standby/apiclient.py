@@ -178,7 +178,6 @@ class StatusSession(Generic[T]):
 
     def __init__(self, cfg: Config, name: str, host: str, codec: Codec[T], timeout_s: float = 1.0) -> None:
         self.cfg, self.name, self.host, self.codec, self.timeout_s = cfg, name, host, codec, timeout_s
-        self._ctx = tls.client_context(cfg)
         self._conn: http.client.HTTPConnection | None = None
         self.connections = 0  # opened or tried so far
 
@@ -199,8 +198,9 @@ class StatusSession(Generic[T]):
     def _get(self) -> tuple[int, object] | None:
         for _ in range(2):
             reused = self._conn is not None and self._conn.sock is not None
+            conn = self._connection()  # outside the try: a [tls] CA that cannot be read is said, not silence
             try:
-                return self._ask()
+                return self._ask(conn)
             except _STALE:
                 self.close()
                 if not reused:
@@ -210,15 +210,18 @@ class StatusSession(Generic[T]):
                 return None
         return None
 
-    def _ask(self) -> tuple[int, object]:
+    def _connection(self) -> http.client.HTTPConnection:
         if self._conn is None:
-            port = self.cfg.api.port
-            self._conn = (http.client.HTTPSConnection(self.host, port, timeout=self.timeout_s, context=self._ctx)
-                          if self.cfg.tls else http.client.HTTPConnection(self.host, port, timeout=self.timeout_s))
-        if self._conn.sock is None:
+            port, timeout = self.cfg.api.port, self.timeout_s
+            self._conn = (http.client.HTTPSConnection(self.host, port, timeout=timeout, context=tls.client_context(self.cfg))
+                          if self.cfg.tls else http.client.HTTPConnection(self.host, port, timeout=timeout))
+        return self._conn
+
+    def _ask(self, conn: http.client.HTTPConnection) -> tuple[int, object]:
+        if conn.sock is None:
             self.connections += 1  # request() connects it
-        self._conn.request("GET", "/status", headers={**_PROTOCOL, **_status_auth(self.cfg, self.host)})
-        r = self._conn.getresponse()
+        conn.request("GET", "/status", headers={**_PROTOCOL, **_status_auth(self.cfg, self.host)})
+        r = conn.getresponse()
         body = r.read()  # all of it, or the connection cannot carry the next question
         _same_protocol(self.name, r.headers)
         return r.status, json.loads(body)

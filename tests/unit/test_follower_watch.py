@@ -185,6 +185,7 @@ def test_a_stopped_watcher_closes_its_connections(watched: tuple[Watcher, Clock,
 
 class _KeepAliveAgent(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keeps the connection unless told otherwise
+    wbufsize = -1  # the answer in one write, flushed after the request (no wait on a delayed ACK)
     connections = 0
     requests: ClassVar[list[dict[str, str]]] = []
     body = b""
