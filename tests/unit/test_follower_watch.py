@@ -120,7 +120,6 @@ def watched(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[W
         return Upstream(timeline=1, flush_lsn=100)
 
     monkeypatch.setattr(followerobs, "identify_on", identify_on)
-    monkeypatch.setattr(followerobs.time, "monotonic", clock)
     w.servers["alpha"] = Kept(open_, FakeConn.close)  # type: ignore[assignment]
     w.agents["alpha"] = FakeSession(clock)  # type: ignore[assignment]
     yield w, clock, answers

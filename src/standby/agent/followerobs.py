@@ -225,9 +225,9 @@ class Watcher:
 
     def _ask_agent(self, member: str) -> AgentView | None:
         session = self.agents[member]
-        asked = time.monotonic()
+        asked = self.clock()
         a = session.view()
-        if a is not None and not answered_in_time(asked, time.monotonic()):
+        if a is not None and not answered_in_time(asked, self.clock()):
             log.debug("%s's agent answered late", member)
             session.close()  # slow or half-dead: the next round asks on a new connection
             return None
@@ -258,6 +258,7 @@ class Watcher:
                     self.poll(member)
                 except Exception:  # a bug in one round must not end the watching
                     log.exception("watching %s", member)
+                    self.close(member)  # nor leave a connection in the middle of a question
                 stop.wait(self.interval_s)
         finally:
             self.close(member)
