@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from standby.act import postgres as pgact
 from standby.lab import Lab, followers, netns, wan
 from standby.lab.pair import STANDBY, LoadRun, primaries, reporting_holders, start_pair, under_load
 from standby.lab.topology import PUBLIC_IF, REPORTING_IP
@@ -98,7 +99,7 @@ def test_a_followers_watching_makes_no_connection_per_round_to_the_pair(lab_fact
     lab = _pair_with_gamma(lab_factory)
     cfg = lab.config()
     gamma_ip, alpha_ip = str(cfg.link("gamma").ip), str(cfg.nodes["alpha"].private.ip)
-    log = lab.node("alpha").log_dir / "postgresql.log"
+    log = pgact.log_path(cfg, "alpha")  # the server's own collector's file (the agent starts it)
     with lab.pg_connect("alpha", autocommit=True) as c:
         c.execute("ALTER SYSTEM SET log_connections = on")
         c.execute("SELECT pg_reload_conf()")
