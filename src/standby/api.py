@@ -42,7 +42,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from standby import __version__, protocol, tls
 from standby.agent.node import Agent, OpError
-from standby.config import ConfigError, api_addresses, read_secret
+from standby.config import Config, ConfigError, api_addresses, read_secret
 from standby.documents import (
     AGENT_VIEW,
     HISTORY,
@@ -333,12 +333,21 @@ async def _same_protocol(request: web.Request, handler: Callable[[web.Request], 
     return await handler(request)
 
 
+def keeps_connection(cfg: Config, method: str, path: str, remote: str | None) -> bool:
+    """Whether a request's connection stays open after its answer: only a follower's GET /status, asked from
+    its private address every step interval (a connection and a TLS handshake per question cost this node
+    more than the follower's WAL stream); its idle connection is cut off after api.request_timeout_s."""
+    return method == "GET" and path == "/status" and remote in {str(f.private.ip) for f in cfg.followers}
+
+
 @web.middleware
 async def _one_request(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
                        ) -> web.StreamResponse:
-    """One request per connection: no idle keep-alive to hold, no pipeline of work on one socket."""
+    """One request per connection: no idle keep-alive to hold, no pipeline of work on one socket (but see
+    keeps_connection)."""
     resp = await handler(request)
-    resp.force_close()
+    if not keeps_connection(request.app[AGENT_KEY].cfg, request.method, request.path, request.remote):
+        resp.force_close()
     return resp
 
 

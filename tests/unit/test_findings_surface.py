@@ -233,8 +233,9 @@ class _AgentLoop:
 
 @pytest.fixture
 def api(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[tuple[ApiServer, str, _AgentLoop]]:
-    overrides: dict[str, Any] = getattr(request, "param", {})
+    overrides: dict[str, Any] = dict(getattr(request, "param", {}))
     raw, files = example_with_secrets(tmp_path, _free_port())
+    raw["followers"] = overrides.pop("followers", [])
     raw["api"].update({"request_timeout_s": 0.5, **overrides})
     agent = Agent(config.parse(raw), "alpha")
     agent_loop = _AgentLoop()
@@ -294,6 +295,38 @@ def test_h3_idle_and_slow_connections_are_cut_off_and_each_serves_one_request(
         slow.close()
     status, headers = _get(port, "/health")
     assert status == 503 and headers.get("connection", "").lower() == "close"
+
+
+FOLLOWER_ON_LOOPBACK = {"name": "dr", "role": "warm", "upstream": "primary",
+                        "public": {"address": "127.0.1.21/8", "interface": "lo"},
+                        "private": {"address": "127.0.0.21/8", "interface": "lo"}}
+
+
+@pytest.mark.parametrize("api", [{"followers": [FOLLOWER_ON_LOOPBACK]}], indirect=True)
+def test_a_followers_status_questions_keep_their_connection_and_no_one_elses_do(
+        api: tuple[ApiServer, str, _AgentLoop]) -> None:
+    """A follower's agent asks GET /status every step interval: over one kept connection, not one connection
+    (and TLS handshake) per question. Every other request, the follower's included, still closes its own."""
+    server, _, _ = api
+    port = server.cfg.port
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5, source_address=("127.0.0.21", 0))
+    try:
+        seen = set()
+        for _ in range(3):
+            conn.request("GET", "/status")
+            r = conn.getresponse()
+            r.read()
+            assert r.status == 200 and not r.will_close
+            assert conn.sock is not None
+            seen.add(conn.sock.getsockname())
+        assert len(seen) == 1
+        conn.request("GET", "/health")
+        r = conn.getresponse()
+        r.read()
+        assert r.will_close
+    finally:
+        conn.close()
+    assert _get(port, "/status")[1].get("connection", "").lower() == "close"  # not a follower's address
 
 
 def test_h3_operations_run_on_the_agents_loop_not_the_apis(api: tuple[ApiServer, str, _AgentLoop]) -> None:
