@@ -171,8 +171,8 @@ _STALE = (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError)
 class StatusSession(Generic[T]):
     """One agent's GET /status at one address, asked again and again over one kept connection (HTTP/1.1
     keep-alive, which a pair agent grants a follower's private address until it idles for
-    api.request_timeout_s, api.keeps_connection; an agent that closes it gets a new one per question, as
-    before): a follower asking several times a second makes no TCP connection and no TLS handshake per
+    api.request_timeout_s, api.keeps_connection; an agent that closes it gets a new one per
+    question): a follower asking several times a second makes no TCP connection and no TLS handshake per
     question. The TLS context, the token and the timeout are agent_status's. A question that fails closes
     the connection, and the next question opens a new one; a kept connection the agent had
     already closed is asked once more on a new one, as a new connection would have been."""
