@@ -4,7 +4,8 @@ and the nodes sharing dialogs over DMQ, every call succeeds and the new primary 
 its INVITE's record and the record of its end with its start: nothing missing, nothing twice.
 
 And calls still ringing at a switchover: their answer comes back to the node that forwarded them (its own
-address in the Via, not the service IP), which holds their transaction, so it accounts them.
+address in the Via, not the service IP), which holds their transaction, so their INVITE is accounted, and
+their end is accounted on the new primary.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ def test_i16_kamailio_host_crash_with_spool_and_dmq_every_call_accounted_once(la
     assert not [p for p in netns.pids(lab.netns("beta")) if b"kamailio" in _cmdline(p)]
 
 
-def test_kamailio_switchover_calls_ringing_keep_their_invite_record_and_cdr(lab_factory) -> None:  # type: ignore[no-untyped-def]
+def test_kamailio_switchover_calls_ringing_keep_their_invite_record_and_end(lab_factory) -> None:  # type: ignore[no-untyped-def]
     setup = sip.Setup(sip.Accounting.SPOOL, dmq=True)
     ring_ms = 2000
     lab = build(LabSpec(name=lab_factory.reserve(), durability="sync"), setup, ring_ms=ring_ms)
@@ -49,7 +50,11 @@ def test_kamailio_switchover_calls_ringing_keep_their_invite_record_and_cdr(lab_
     # and their answers reached alpha after it.
     assert r.event_s > ring_ms / 1000
     assert (r.succeeded, r.failed) == (load.calls, 0), r
-    assert (r.invites_missing, r.cdrs_missing, r.ends_without_start, r.duplicates) == (0, 0, 0, 0), r
+    assert (r.invites_missing, r.duplicates) == (0, 0), r
+    # Every call's end is accounted. Those answered on alpha after it let go of the service IP end on beta
+    # without their start: alpha's dialog waits for an ACK that goes to beta, and DMQ shares only
+    # acknowledged dialogs (README, "Benchmarks").
+    assert r.cdrs_missing == r.ends_without_start, r
 
 
 def _cmdline(pid: int) -> bytes:
