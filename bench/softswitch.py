@@ -5,7 +5,8 @@ Each event runs on a fresh lab (standby.lab.sipevent): Kamailio warm on both nod
 SIPp placing calls at a set rate (each held --hold-ms) through it to a SIPp callee, then alpha's host
 crashed or `standby switchover` run while calls are in progress, and every call counted in the new
 primary's database. Per event: SIP calls failed (SIPp's count), INVITE accounting records missing, call
-ends missing or without their start (the dialog CDR), records twice.
+ends missing or without their start (the dialog CDR), records twice; and of the calls SIPp completed, those
+without their INVITE record or their CDR (a failed call may rightly have none; a completed one went unbilled).
 
 Set-ups: `spool+dmq` (Kamailio writes its accounting to local files that `standby ship` puts into the
 primary; dialogs shared over DMQ) and `direct` (Kamailio INSERTs into PostgreSQL through the service
@@ -35,7 +36,8 @@ from standby.lab.sipevent import Event, Load, build, run_event
 SETUPS = {"spool+dmq": sip.Setup(sip.Accounting.SPOOL, dmq=True), "direct": sip.Setup(sip.Accounting.DIRECT, dmq=False),
           "spool": sip.Setup(sip.Accounting.SPOOL, dmq=False), "direct+dmq": sip.Setup(sip.Accounting.DIRECT, dmq=True)}
 DEFAULT_SETUPS = ["spool+dmq", "direct"]
-COUNTS = ("failed", "invites_missing", "cdrs_missing", "ends_without_start", "duplicates")
+COUNTS = ("failed", "invites_missing", "cdrs_missing", "ends_without_start", "duplicates",
+          "completed_invites_missing", "completed_cdrs_missing")
 
 
 @dataclass(frozen=True)
@@ -81,7 +83,8 @@ def summarise(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def render(doc: dict[str, Any]) -> str:
     lines = ["", "per event: calls failed / INVITE records missing / call ends missing their start / "
-             "of those accounted without a start / records twice"]
+             "of those accounted without a start / records twice / of the completed calls: INVITE records missing, "
+             "CDRs missing"]
     for r in doc["summary"]:
         figures = " ".join(f"{c}={r[c]}" for c in COUNTS)
         lines.append(f"  {r['setup']:10} {r['durability']:5} {r['event']:10} {r['rate']:g}/s x{r['events']}: {figures}")

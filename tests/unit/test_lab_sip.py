@@ -51,6 +51,15 @@ def test_each_node_shares_dialogs_with_the_other_over_its_private_address() -> N
     assert a["ACC_DB_URL"] == '"flatstore:/lab/alpha/spool"' and b["ACC_DB_URL"] == '"flatstore:/lab/beta/spool"'
 
 
+def test_each_node_forwards_from_its_own_public_address_not_the_service_ip() -> None:
+    # The callee's answer must reach the node holding the call's transaction, which after a switchover
+    # no longer holds the service IP.
+    a, b = (_defines(sip.kamailio_argv(Path("/lab"), n, sip.Setup())) for n in ("alpha", "beta"))
+    assert (a["NODE_PUBLIC_IP"], b["NODE_PUBLIC_IP"]) == (LabSpec("x").node("alpha").public.ip,
+                                                          LabSpec("x").node("beta").public.ip)
+    assert a["NODE_PUBLIC_IP"] != a["SERVICE_IP"]
+
+
 def test_without_dmq_and_spool_kamailio_writes_to_postgresql() -> None:
     d = _defines(sip.kamailio_argv(Path("/lab"), "alpha", sip.Setup(sip.Accounting.DIRECT, dmq=False)))
     assert "WITH_DMQ" not in d
@@ -66,6 +75,7 @@ def test_kamailio_accepts_the_configuration(tmp_path: Path, setup: sip.Setup) ->
     res = subprocess.run([argv[0], "-c", *argv[1:]], capture_output=True, text=True, check=False, timeout=30)
     assert res.returncode == 0, res.stderr[-2000:]
     assert "udp: 192.0.2.100 [192.0.2.100]:5060" in res.stdout + res.stderr
+    assert "udp: 192.0.2.11 [192.0.2.11]:5060 name node" in res.stdout + res.stderr
     assert ("198.51.100.11]:5090" in res.stdout + res.stderr) is setup.dmq
 
 
@@ -110,6 +120,15 @@ def test_caller_stats_come_from_sipps_last_row(tmp_path: Path) -> None:
     stats.write_text(head + "\n")
     with pytest.raises(LabError, match="no row yet"):
         sip.read_caller_stats(stats)
+
+
+def test_completed_calls_are_the_call_ids_the_caller_logged(tmp_path: Path) -> None:
+    log_dir = tmp_path
+    assert sip.read_completed(sip.completed_log(log_dir)) == set()  # no call completed yet
+    sip.completed_log(log_dir).write_text("1-4020@192.0.2.50\n2-4020@192.0.2.50\n\n")
+    assert sip.read_completed(sip.completed_log(log_dir)) == {"1-4020@192.0.2.50", "2-4020@192.0.2.50"}
+    argv = sip.caller_argv(tmp_path / "stats.csv", 30, 10, 1500, log_dir)
+    assert argv[argv.index("-log_file") + 1] == str(sip.completed_log(log_dir)) and "-trace_logs" in argv
 
 
 def test_service_entry_runs_on_both_nodes_and_validates(tmp_path: Path) -> None:

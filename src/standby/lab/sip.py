@@ -55,6 +55,8 @@ CALLER_PORT = 5061
 NODE_IDS = {"alpha": 1, "beta": 2}
 PEERS = {"alpha": "beta", "beta": "alpha"}
 PRIVATE_IPS = {"alpha": "198.51.100.11", "beta": "198.51.100.12"}
+# Each node's own address on the network of the callers and the callee: the transactions it forwards use it.
+PUBLIC_IPS = {"alpha": "192.0.2.11", "beta": "192.0.2.12"}
 
 # The accounting record's fields, in the order the configuration writes them (its header says why).
 ACC_COLUMNS = ("method", "from_tag", "to_tag", "callid", "sip_code", "sip_reason", "time", "call_start", "node")
@@ -130,6 +132,7 @@ def kamailio_argv(root: Path, node: str, setup: Setup) -> list[str]:
         # dialog updates to the dead peer retransmit for tm's fr_timer (30 s): 64 MB ran out in seconds.
         "-m", "512", "-M", "16",
         "-A", f"SERVICE_IP={SERVICE_IP.split('/')[0]}", "-A", f"NODE_ID={NODE_IDS[node]}", "-A", f"NODE_IP={me}",
+        "-A", f"NODE_PUBLIC_IP={PUBLIC_IPS[node]}",
         "-A", f'DMQ_SELF="sip:{me}:5090"', "-A", f'DMQ_PEER="sip:{peer}:5090"',
         "-A", f'NEXT_HOP="{CLIENT_ADDRESS.split("/")[0]}:{CALLEE_PORT}"',
         "-A", f'ACC_DB_URL="{db_url}"', "-A", f'CTL_SOCKET="unix:{_run_dir(root, node) / "ctl"}"', *con,
@@ -249,7 +252,23 @@ def caller_argv(stats: Path, rate: float, calls: int, hold_ms: int, log_dir: Pat
             f"{SERVICE_IP.split('/')[0]}:{SIP_PORT}", "-r", f"{rate:g}", "-m", str(calls), "-d", str(hold_ms),
             "-l", str(max(100, int(rate * (hold_ms / 1000 + 5)))), "-recv_timeout", "30000",
             "-max_retrans", "10", "-nostdin", "-trace_stat", "-stf", str(stats), "-fd", "1",
-            "-trace_err", "-error_file", str(log_dir / "caller-errors.log")]
+            "-trace_err", "-error_file", str(log_dir / "caller-errors.log"),
+            "-trace_logs", "-log_file", str(completed_log(log_dir))]
+
+
+def completed_log(log_dir: Path) -> Path:
+    """Where the caller writes the Call-ID of each call it completed (caller.xml's last action)."""
+    return log_dir / "caller-completed.log"
+
+
+def read_completed(path: Path) -> set[str]:
+    """The Call-IDs of the calls the caller completed: answered, held and hung up."""
+    try:
+        return {line.strip() for line in path.read_text(errors="replace").splitlines() if line.strip()}
+    except FileNotFoundError:
+        return set()
+    except OSError as e:
+        raise LabError(f"cannot read the caller's completed calls {path}: {e.strerror}") from None
 
 
 @dataclass(frozen=True)

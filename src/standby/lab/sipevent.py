@@ -49,6 +49,10 @@ class EventResult:
     cdrs_missing: int = 0  # calls without a record of their end that knows their start
     ends_without_start: int = 0  # of those, the calls whose end was accounted without a start
     duplicates: int = 0  # records beyond the first for the same call and method
+    # Of the calls SIPp completed (answered, held, hung up): those without an INVITE record, without a CDR.
+    # A failed call may rightly have no record; a completed one without is a call that went unbilled.
+    completed_invites_missing: int = 0
+    completed_cdrs_missing: int = 0
     primary_after: list[str] = field(default_factory=list)
     incomplete: list[str] = field(default_factory=list)  # a few calls missing a record, with what there is
     event_s: float = 0.0  # seconds from the first call to the event
@@ -88,6 +92,7 @@ def run_event(lab: Lab, setup: sip.Setup, event: Event, load: Load, log: Log = p
     logs = lab.spec.role_dir("client") / "log"
     stats_file = logs / "sipp-caller-stats.csv"
     stats_file.unlink(missing_ok=True)
+    sip.completed_log(logs).unlink(missing_ok=True)
     lab.spawn("client", sip.caller_argv(stats_file, load.rate, load.calls, load.hold_ms, logs), "sipp-caller")
     t0 = time.monotonic()
     # A steady state first: calls set up, answered and ended, with as many in progress as the rate holds.
@@ -117,6 +122,10 @@ def run_event(lab: Lab, setup: sip.Setup, event: Event, load: Load, log: Log = p
     result.cdrs_missing = load.calls - tally.cdrs
     result.ends_without_start = tally.ends_without_start
     result.duplicates = tally.duplicates
+    completed = sip.read_completed(sip.completed_log(logs))
+    of_completed = sip.tally(records, completed)
+    result.completed_invites_missing = len(completed) - of_completed.invites
+    result.completed_cdrs_missing = len(completed) - of_completed.cdrs
     result.primary_after = primaries(lab)
     log(f"{event.value}: {result}")
     if keep_logs is not None and result.incomplete:
