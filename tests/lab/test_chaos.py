@@ -24,7 +24,7 @@ from standby.lab.chaos import FOLLOWER_KINDS, WAN_KINDS, Kind, available_kinds
 from standby.lab.pair import STANDBY
 
 SEED = 361
-DURATION_S = 150
+DURATION_S = 100
 # Every kind this installation has but the wall-clock jump, which tests/lab/test_clock.py covers on
 # its own (and the long campaigns include): the servers here then run without libfaketime underneath.
 # The lab has no follower, so no follower or WAN kind either (the command refuses them).

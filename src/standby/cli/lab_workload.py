@@ -96,7 +96,7 @@ def stop_cmd(pidfile: Path, timeout_s: float) -> None:
 @click.option("--quiet", "-q", is_flag=True, help="Print nothing; the exit code says it all.")
 def health_cmd(url: str, timeout_s: float, quiet: bool) -> None:
     """Exit 0 if the service answers 200 (it reaches a writable database), else 1."""
-    from standby.lab.softswitch import check_health
+    from standby.lab.health import check_health
 
     healthy, detail = check_health(url, timeout_s)
     if not quiet:

@@ -62,7 +62,8 @@ def softswitch_service(spec: LabSpec) -> dict[str, Any]:
         "start": [*py, "start", "--dsn-file", str(spec.secret(app_dsn_for("{node}"))), "--listen", f"0.0.0.0:{SOFTSWITCH_PORT}",
                   "--pidfile", pidfile, "--logfile", str(node_dir / "log" / "softswitch.log")],
         "stop": [*py, "stop", "--pidfile", pidfile],
-        "health": [*py, "health", "--url", f"http://127.0.0.1:{SOFTSWITCH_PORT}/health", "-q"],
+        # Run once a second where it serves: the stdlib-only check, not the lab's CLI (see standby.lab.health).
+        "health": [sys.executable, "-m", "standby.lab.health", "-q", f"http://127.0.0.1:{SOFTSWITCH_PORT}/health"],
         "timeout_s": 20,
         # Warm on both nodes: it follows the primary through its host list, so a
         # failover only moves the address and waits for no process start.

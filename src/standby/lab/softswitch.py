@@ -31,8 +31,6 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from decimal import Decimal
@@ -42,6 +40,7 @@ from typing import Any
 import psycopg
 from aiohttp import web
 
+from standby.lab.health import check_health
 from standby.lab.topology import APP_DB
 
 log = logging.getLogger("standby.softswitch")
@@ -476,17 +475,6 @@ def health_url_for(listen: str) -> str:
     host, port = parse_listen(listen)
     host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
     return f"http://{'[' + host + ']' if ':' in host else host}:{port}/health"
-
-
-def check_health(url: str, timeout_s: float = 3.0) -> tuple[bool, str]:
-    """(healthy, one-line detail) from GET url."""
-    try:
-        with urllib.request.urlopen(url, timeout=timeout_s) as resp:
-            return resp.status == 200, resp.read(500).decode(errors="replace").strip()
-    except urllib.error.HTTPError as e:
-        return False, f"HTTP {e.code}: {e.read(500).decode(errors='replace').strip()}"
-    except (urllib.error.URLError, OSError) as e:
-        return False, str(getattr(e, "reason", e))
 
 
 def _read_pid(pidfile: Path) -> int | None:
