@@ -16,9 +16,10 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from standby import operations as ops
+from standby import rebuild
 from standby.act import postgres as pgact
 from standby.act import services
 from standby.agent.executor import Actions, Executor, Role
@@ -30,12 +31,27 @@ from standby.agent.servicerole import Claim, ServiceRole
 from standby.agent.store import StateCell
 from standby.config import Config, Placement
 from standby.decide import State
-from standby.model import DbState, LocalPg, Lsn
+from standby.model import DbState, LocalPg, Lsn, PgRole
+from standby.observe import postgres as pgobs
 from standby.operations import Operation
 
+if TYPE_CHECKING:
+    from standby.act.rejoin import Rejoining
+
 Run = Callable[..., Awaitable[Any]]
+
+# Why a rebuild from a promoted follower is refused, and what to do (standby.rebuild.may_rebuild).
+_REBUILD_REFUSED = {
+    rebuild.Reason.NOT_WARM_FOLLOWER: "{source} is not a warm follower in this configuration: a pair node is "
+                                      "rebuilt only from the DR node an operator promoted (`standby promote --node "
+                                      "{source}`)",
+    rebuild.Reason.SOURCE_NOT_PRIMARY: "{source} does not accept writes: it was not promoted",
+    rebuild.Reason.OTHER_WRITABLE: "{other} accepts writes too: two primaries. Decide which one keeps the data, "
+                                   "fence the other (`standby fence --node {other}` there), then retry",
+}
 # Operations that change only the database role; the others change both.
-_ROLES: dict[Operation, tuple[Role, ...]] = {Operation.REJOIN: (Role.DATABASE,), Operation.FOLLOW: (Role.DATABASE,)}
+_ROLES: dict[Operation, tuple[Role, ...]] = {Operation.REJOIN: (Role.DATABASE,), Operation.REBUILD: (Role.DATABASE,),
+                                             Operation.FOLLOW: (Role.DATABASE,)}
 
 
 class Operator:
@@ -108,7 +124,7 @@ class Operator:
     async def _dispatch(self, op: Operation, *args: Any) -> dict[str, Any]:
         steps: dict[Operation, Callable[..., Awaitable[dict[str, Any]]]] = {
             Operation.DEMOTE: self.demote, Operation.PROMOTE: self.promote, Operation.FOLLOW: self.follow,
-            Operation.RESUME: self.resume, Operation.REJOIN: self.rejoin,
+            Operation.RESUME: self.resume, Operation.REJOIN: self.rejoin, Operation.REBUILD: self.rebuild,
             Operation.MANUAL_PROMOTE: self.manual_promote, Operation.FENCE: self.fence}
         return await steps[op](*args)
 
@@ -224,18 +240,45 @@ class Operator:
     async def rejoin(self) -> dict[str, Any]:
         """Reverse replication: this old primary becomes a standby of the new one (see act.rejoin)."""
         from standby.act import rejoin as rj
+
+        return await self._rejoin(rj.Rejoining.peer(self.cfg, self.node))
+
+    async def rebuild(self, source: str) -> dict[str, Any]:
+        """After a DR promotion: this pair node becomes a standby of ``source``, the follower an operator
+        promoted, in a rejoin's steps (salvage first), if standby.rebuild allows it once ``source`` answers
+        as a primary. Unfenced afterwards like any rejoined node: a standby of a follower is never eligible
+        (no pair primary says it is in sync), so its agent does not promote it by itself."""
+        from standby.act import rejoin as rj
+
+        def confirm() -> None:
+            other = pgobs.observe_peer(self.cfg, self.peer)
+            d = rebuild.may_rebuild(None if (f := self.cfg.follower(source)) is None else f.role, True,
+                                    other.role is PgRole.PRIMARY)
+            if not d.go:
+                raise rj.RejoinRefused(_REBUILD_REFUSED[d.reason].format(node=self.node, source=source,
+                                                                         other=self.peer))
+
+        try:
+            who = rj.Rejoining.from_follower(self.cfg, self.node, source, confirm)
+        except rj.RejoinRefused as e:
+            raise OpError(str(e)) from None
+        return await self._rejoin(who)
+
+    async def _rejoin(self, who: Rejoining) -> dict[str, Any]:
+        from standby.act import rejoin as rj
         from standby.salvage import salvage_for_rejoin
 
         salvage_fn = salvage_for_rejoin if self.cfg.salvage.tables else None
         await self.set_maintenance(True, by="rejoin")
         try:
             result = await self._in_pg(lambda: rj.rejoin(
-                self.cfg, self.node, state_dir=self.cfg.state_dir_for(self.node),
+                self.cfg, who, state_dir=self.cfg.state_dir_for(self.node),
                 report=lambda m: self.event("rejoin_step", detail=m), salvage=salvage_fn))
             await self._save(ops.following(self.cell.state))
         finally:
             await self.set_maintenance(False)
-        self.event("rejoined", method=result.method, fork=result.fork_lsn, salvaged=result.salvaged_rows)
+        self.event("rejoined", source=who.source, method=result.method, fork=result.fork_lsn,
+                   salvaged=result.salvaged_rows)
         return {"method": result.method, "fork_lsn": result.fork_lsn, "old_timeline": result.old_timeline,
                 "salvage_report": str(result.salvage_report) if result.salvage_report else None,
                 "salvaged_rows": result.salvaged_rows,

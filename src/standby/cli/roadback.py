@@ -98,24 +98,35 @@ def switchback_command(config_path: Path, node: str | None, at_text: str | None,
 @click.command("rejoin")
 @config_option
 @node_option
+@click.option("--from", "source", metavar="FOLLOWER",
+              help="After a DR promotion: rebuild this pair node as a standby of that promoted warm follower "
+                   "(the first step back; `standby switchback --node FOLLOWER` is the second).")
 @click.option("--yes", is_flag=True, help="Approve without asking (needed when rejoin = \"manual\" and no terminal).")
 @handle_errors
-def rejoin_command(config_path: Path, node: str | None, yes: bool) -> None:
+def rejoin_command(config_path: Path, node: str | None, source: str | None, yes: bool) -> None:
     """Make this old primary a standby of the new one: salvage what only it had, rewind (or clone
     if rewind is impossible), stream."""
     cfg, me = load_node(config_path, node)
-    if cfg.rejoin is RejoinPolicy.MANUAL and not yes:
-        click.echo(f"{me} will be rewound to follow {cfg.peer_of(me)}; rows only it committed after the fork are "
+    # One word for both roads: its peer after a failover, the promoted DR node after a site loss.
+    upstream = source or cfg.peer_of(me)
+    if source is not None and cfg.follower(source) is None:
+        raise OperatorError(f"--from {source}: not a follower in {config_path} ([[followers]]); after a failover "
+                            f"in the pair, run `standby rejoin` without --from")
+    if (cfg.rejoin is RejoinPolicy.MANUAL or source is not None) and not yes:
+        click.echo(f"{me} will be rewound to follow {upstream}; rows only it committed after the fork are "
                    "first saved in a salvage report (`standby salvage show`).")
         if not click.confirm("rejoin now?", default=False):
             raise OperatorError("not approved; nothing changed")
     try:
-        result = AgentApi(cfg).rejoin(me)
+        api = AgentApi(cfg)
+        result = api.rebuild(me, source) if source is not None else api.rejoin(me)
     except ApiError as e:
         raise OperatorError(f"rejoin refused: {e}") from None
     for name, secs in result.steps:
         click.echo(f"  {name:<70} {secs:7.2f} s")
-    click.secho(f"{me} rejoined by {result.method.value}; it streams from {cfg.peer_of(me)}", fg="green")
+    click.secho(f"{me} rejoined by {result.method.value}; it streams from {upstream}", fg="green")
+    if source is not None:
+        click.echo(f"next: `standby switchback --node {source}` on {source}, with its follower agent stopped")
     if result.salvage_report:
         click.echo(f"salvage: {result.salvaged_rows} rows only {me} had are in {result.salvage_report}; "
                    f"review with `standby salvage show`, then `standby salvage apply` (here or on the primary)")
