@@ -241,7 +241,7 @@ class Operator:
         """Reverse replication: this old primary becomes a standby of the new one (see act.rejoin)."""
         from standby.act import rejoin as rj
 
-        return await self._rejoin(rj.Rejoining.peer(self.cfg, self.node))
+        return await self._rejoin(rj.Rejoining.peer(self.cfg, self.node), stop_stuck_standby=True)
 
     async def rebuild(self, source: str) -> dict[str, Any]:
         """After a DR promotion: this pair node becomes a standby of ``source``, the follower an operator
@@ -264,13 +264,20 @@ class Operator:
             raise OpError(str(e)) from None
         return await self._rejoin(who)
 
-    async def _rejoin(self, who: Rejoining) -> dict[str, Any]:
+    async def _rejoin(self, who: Rejoining, stop_stuck_standby: bool = False) -> dict[str, Any]:
         from standby.act import rejoin as rj
         from standby.salvage import salvage_for_rejoin
 
         salvage_fn = salvage_for_rejoin if self.cfg.salvage.tables else None
-        await self.set_maintenance(True, by="rejoin")
+        await self.set_maintenance(True, by="rejoin")  # from here no restart: a server stopped stays so
         try:
+            pg = self.observer.pg
+            if stop_stuck_standby and pg.db is DbState.STANDBY and not pg.streaming:
+                # A standby that cannot stream from the new primary (the hot standby of a site lost while a
+                # DR node took over holds WAL past the fork) takes no writes: stopped, it is rewound like an
+                # old primary. A streaming one is left running, and the rejoin refuses it.
+                await self._in_pg(self.db.stop)
+                self.event("rejoin_step", detail="a standby that does not stream: stopped to be rewound")
             result = await self._in_pg(lambda: rj.rejoin(
                 self.cfg, who, state_dir=self.cfg.state_dir_for(self.node),
                 report=lambda m: self.event("rejoin_step", detail=m), salvage=salvage_fn))

@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import os
 import time
 from datetime import datetime, timedelta
 from pathlib import Path
 
 import click
 
+from standby.act import handback
 from standby.act.switchover import SwitchoverError, roles, switchover
 from standby.apiclient import AgentApi, ApiError
 from standby.cli.common import OperatorError, config_option, handle_errors, load_node, node_option
-from standby.config import Config, RejoinPolicy
+from standby.config import NODE_ENV, Config, RejoinPolicy, load
 
 
 def _parse_at(text: str | None) -> datetime | None:
@@ -81,7 +83,25 @@ def switchover_command(config_path: Path, node: str | None, to: str | None, at_t
 @timeout_option
 @handle_errors
 def switchback_command(config_path: Path, node: str | None, at_text: str | None, timeout: float) -> None:
-    """After a failover and a rejoin: switch over back to the preferred primary."""
+    """After a failover and a rejoin: switch over back to the preferred primary. With a promoted warm
+    follower's name (on its host): hand the service back to the pair's preferred primary, rebuilt as its
+    standby (`standby rejoin --node alpha --from FOLLOWER`), with the same zero-loss rule."""
+    name = node or os.environ.get(NODE_ENV)
+    if name and (cfg := load(config_path)).follower(name) is not None:
+        at = _parse_at(at_text)
+        decision = handback.look(cfg, name, cfg.preferred_primary)
+        if not decision.go:  # refuse now, not at the time given, if it cannot be done
+            raise OperatorError(handback.refusal(cfg, name, cfg.preferred_primary, decision))
+        _wait_until(at)
+        try:
+            out = handback.hand_back(cfg, name, cfg.preferred_primary, timeout, say=lambda m: click.echo(f"  {m}"))
+        except handback.HandBackError as e:
+            raise OperatorError(str(e)) from None
+        click.secho(f"switchback done: {out.target} is primary (term {out.term}), {name} follows it "
+                    f"({sum(d for _, d in out.steps):.2f}s in all). Next: start the follower agent on {name}, "
+                    f"then the agent on {cfg.peer_of(out.target)} and `standby rejoin --node "
+                    f"{cfg.peer_of(out.target)}` there", fg="green")
+        return
     cfg, _ = load_node(config_path, node)
     at = _parse_at(at_text)
     try:
