@@ -1,6 +1,6 @@
 """Operator operations: what a person asks of this node through the API, carried out in steps.
 
-Switchover (demote, promote, follow, resume), rejoin, manual promotion, fence by hand, maintenance.
+Switchover (demote, promote, follow, resume), rejoin (or rebuild), manual promotion, fence by hand, maintenance.
 Every change of the persisted state is a pure transition (standby.operations), saved before the step
 it allows; every precondition is a named refusal there too.
 
@@ -19,7 +19,6 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from standby import operations as ops
-from standby import rebuild
 from standby.act import postgres as pgact
 from standby.act import services
 from standby.agent.executor import Actions, Executor, Role
@@ -31,8 +30,7 @@ from standby.agent.servicerole import Claim, ServiceRole
 from standby.agent.store import StateCell
 from standby.config import Config, Placement
 from standby.decide import State
-from standby.model import DbState, LocalPg, Lsn, PgRole
-from standby.observe import postgres as pgobs
+from standby.model import DbState, LocalPg, Lsn
 from standby.operations import Operation
 
 if TYPE_CHECKING:
@@ -40,18 +38,8 @@ if TYPE_CHECKING:
 
 Run = Callable[..., Awaitable[Any]]
 
-# Why a rebuild from a promoted follower is refused, and what to do (standby.rebuild.may_rebuild).
-_REBUILD_REFUSED = {
-    rebuild.Reason.NOT_WARM_FOLLOWER: "{source} is not a warm follower in this configuration: a pair node is "
-                                      "rebuilt only from the DR node an operator promoted (`standby promote --node "
-                                      "{source}`)",
-    rebuild.Reason.SOURCE_NOT_PRIMARY: "{source} does not accept writes: it was not promoted",
-    rebuild.Reason.OTHER_WRITABLE: "{other} accepts writes too: two primaries. Decide which one keeps the data, "
-                                   "fence the other (`standby fence --node {other}` there), then retry",
-}
 # Operations that change only the database role; the others change both.
-_ROLES: dict[Operation, tuple[Role, ...]] = {Operation.REJOIN: (Role.DATABASE,), Operation.REBUILD: (Role.DATABASE,),
-                                             Operation.FOLLOW: (Role.DATABASE,)}
+_ROLES: dict[Operation, tuple[Role, ...]] = {o: (Role.DATABASE,) for o in (Operation.REJOIN, Operation.REBUILD, Operation.FOLLOW)}
 
 
 class Operator:
@@ -239,58 +227,29 @@ class Operator:
 
     async def rejoin(self) -> dict[str, Any]:
         """Reverse replication: this old primary becomes a standby of the new one (see act.rejoin)."""
-        from standby.act import rejoin as rj
+        from standby.act.rejoin import Rejoining
 
-        return await self._rejoin(rj.Rejoining.peer(self.cfg, self.node), stop_stuck_standby=True)
+        return await self._rejoin(Rejoining.peer(self.cfg, self.node), stop_stuck_standby=True)
 
     async def rebuild(self, source: str) -> dict[str, Any]:
-        """After a DR promotion: this pair node becomes a standby of ``source``, the follower an operator
-        promoted, in a rejoin's steps (salvage first), if standby.rebuild allows it once ``source`` answers
-        as a primary. Unfenced afterwards like any rejoined node: a standby of a follower is never eligible
-        (no pair primary says it is in sync), so its agent does not promote it by itself."""
-        from standby.act import rejoin as rj
+        """After a DR promotion: a rejoin to ``source``, the promoted follower (standby.rebuild)."""
+        from standby.agent import rejoinop
 
-        def confirm() -> None:
-            other = pgobs.observe_peer(self.cfg, self.peer)
-            d = rebuild.may_rebuild(None if (f := self.cfg.follower(source)) is None else f.role, True,
-                                    other.role is PgRole.PRIMARY)
-            if not d.go:
-                raise rj.RejoinRefused(_REBUILD_REFUSED[d.reason].format(node=self.node, source=source,
-                                                                         other=self.peer))
-
-        try:
-            who = rj.Rejoining.from_follower(self.cfg, self.node, source, confirm)
-        except rj.RejoinRefused as e:
-            raise OpError(str(e)) from None
-        return await self._rejoin(who)
+        return await self._rejoin(rejoinop.rebuilding(self.cfg, self.node, source))
 
     async def _rejoin(self, who: Rejoining, stop_stuck_standby: bool = False) -> dict[str, Any]:
-        from standby.act import rejoin as rj
-        from standby.salvage import salvage_for_rejoin
+        from standby.agent import rejoinop
 
-        salvage_fn = salvage_for_rejoin if self.cfg.salvage.tables else None
         await self.set_maintenance(True, by="rejoin")  # from here no restart: a server stopped stays so
         try:
-            pg = self.observer.pg
-            if stop_stuck_standby and pg.db is DbState.STANDBY and not pg.streaming:
-                # A standby that cannot stream from the new primary (the hot standby of a site lost while a
-                # DR node took over holds WAL past the fork) takes no writes: stopped, it is rewound like an
-                # old primary. A streaming one is left running, and the rejoin refuses it.
+            if stop_stuck_standby and rejoinop.stuck(self.observer.pg):  # stopped to be rewound
                 await self._in_pg(self.db.stop)
-                self.event("rejoin_step", detail="a standby that does not stream: stopped to be rewound")
-            result = await self._in_pg(lambda: rj.rejoin(
-                self.cfg, who, state_dir=self.cfg.state_dir_for(self.node),
-                report=lambda m: self.event("rejoin_step", detail=m), salvage=salvage_fn))
+            result = await self._in_pg(rejoinop.run, self.cfg, who, self.event)
             await self._save(ops.following(self.cell.state))
         finally:
             await self.set_maintenance(False)
-        self.event("rejoined", source=who.source, method=result.method, fork=result.fork_lsn,
-                   salvaged=result.salvaged_rows)
-        return {"method": result.method, "fork_lsn": result.fork_lsn, "old_timeline": result.old_timeline,
-                "salvage_report": str(result.salvage_report) if result.salvage_report else None,
-                "salvaged_rows": result.salvaged_rows,
-                "kept_aside": str(result.kept_aside) if result.kept_aside else None,
-                "steps": [[n, round(d, 3)] for n, d in result.steps]}
+        self.event("rejoined", source=who.source, method=result.method, fork=result.fork_lsn, salvaged=result.salvaged_rows)
+        return rejoinop.answer(result)
 
     async def manual_promote(self) -> dict[str, Any]:
         """A person decided (`standby promote`): promote, take the addresses, run the address-change hook,
