@@ -25,6 +25,10 @@ The safety argument (two writable nodes must never be, nothing acknowledged is l
    lost after the promotion). A follower that did not stop cleanly promoted nothing and serves again.
 5. Once the pair node is promoted, the follower is started as its standby only (``standby.signal``), on the
    new timeline: its shutdown checkpoint is in the pair node's history, so no rewind is needed.
+6. A pair agent that starts while a warm follower accepts writes fences itself (``fence_at_start``) unless
+   its server runs as a standby: nothing told the old site about the DR promotion, and two of its agents
+   hearing each other would otherwise restart the old primary's server as a primary beside the DR node.
+   Fenced, it stays down until `standby rejoin` (with ``--from`` for alpha) tells it what it is now.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ import enum
 from dataclasses import dataclass
 
 from standby.confbase import FollowerRole
+from standby.model import DbState
 
 
 class Reason(enum.StrEnum):
@@ -48,6 +53,11 @@ class Reason(enum.StrEnum):
     TARGET_FENCED = "target_fenced"  # the pair node's agent is fenced: it promotes nothing
     TARGET_NOT_STREAMING = "target_not_streaming"  # the pair node is not a standby streaming from here
     HAND_BACK = "hand_back"
+    # fence_at_start
+    NO_DR_PRIMARY = "no_dr_primary"  # no warm follower accepts writes: the pair's rules as ever
+    ALREADY_FENCED = "already_fenced"
+    RUNNING_STANDBY = "running_standby"  # a standby takes no writes and, its peer not serving, cannot promote
+    SUPERSEDED = "superseded"  # a DR node serves: this node must not restart or serve as a primary
 
 
 @dataclass(frozen=True)
@@ -126,3 +136,22 @@ def next_step(stopped_cleanly: bool, promotion: Promotion) -> Next:
             return Next.RESUME_HERE
         case Promotion.FAILED_UNKNOWN:
             return Next.HOLD_STOPPED
+
+
+@dataclass(frozen=True)
+class StartFence:
+    fence: bool
+    reason: Reason
+    by: tuple[str, ...] = ()  # the warm followers seen accepting writes
+
+
+def fence_at_start(dr_primaries: tuple[str, ...], fenced: bool, here: DbState) -> StartFence:
+    """A pair agent starting: must it fence itself, a DR node (``dr_primaries``: warm followers seen accepting
+    writes) having taken over while it was away? ``here``: its own server, as first observed."""
+    if not dr_primaries:
+        return StartFence(False, Reason.NO_DR_PRIMARY)
+    if fenced:
+        return StartFence(False, Reason.ALREADY_FENCED, dr_primaries)
+    if here is DbState.STANDBY:
+        return StartFence(False, Reason.RUNNING_STANDBY, dr_primaries)
+    return StartFence(True, Reason.SUPERSEDED, dr_primaries)

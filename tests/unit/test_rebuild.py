@@ -7,12 +7,15 @@ import itertools
 import pytest
 
 from standby.confbase import FollowerRole
+from standby.model import DbState
 from standby.rebuild import (
     Decision,
     Next,
     Promotion,
     Reason,
+    StartFence,
     TargetSeen,
+    fence_at_start,
     may_hand_back,
     may_rebuild,
     next_step,
@@ -103,3 +106,22 @@ def test_a_promotion_that_may_have_happened_never_resumes_the_follower() -> None
     node was promoted, and resuming the follower then makes two primaries. It stays stopped."""
     assert next_step(True, Promotion.FAILED_UNKNOWN) is Next.HOLD_STOPPED
     assert next_step(True, Promotion.FAILED_STILL_STANDBY) is Next.RESUME_HERE
+
+
+@pytest.mark.parametrize(("dr", "fenced", "here"), list(itertools.product(((), ("gamma",)), (False, True), DbState)))
+def test_fence_at_start_every_combination(dr: tuple[str, ...], fenced: bool, here: DbState) -> None:
+    f = fence_at_start(dr, fenced, here)
+    assert f.fence == (bool(dr) and not fenced and here is not DbState.STANDBY)
+    assert f.by == dr
+    assert f.reason is (Reason.NO_DR_PRIMARY if not dr else Reason.ALREADY_FENCED if fenced
+                        else Reason.RUNNING_STANDBY if here is DbState.STANDBY else Reason.SUPERSEDED)
+
+
+def test_a_rebooted_old_primary_fences_itself_while_the_dr_node_serves() -> None:
+    """Breaks an agent that trusts its own state after the site came back: alpha's host rebooted, its server
+    down, the DR node gamma promoted meanwhile. Hearing beta as a standby, its agent would restart alpha's
+    server as a primary beside gamma; fenced at start, it stays down until `standby rejoin --from gamma`."""
+    assert fence_at_start(("gamma",), False, DbState.DOWN) == StartFence(True, Reason.SUPERSEDED, ("gamma",))
+    assert fence_at_start(("gamma",), False, DbState.PRIMARY).fence
+    # Rebuilt from gamma, it runs as a standby: left running.
+    assert not fence_at_start(("gamma",), False, DbState.STANDBY).fence

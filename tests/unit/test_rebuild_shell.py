@@ -117,3 +117,55 @@ def test_a_streaming_standby_is_not_stopped_by_a_rejoin(tmp_path: Path, monkeypa
 
         run(go())
         assert "stop" not in pg.calls and pg.calls[-1] == "rejoin with the server standby", pg.calls
+
+
+def _rebooted_old_primary(sh: Any, monkeypatch: pytest.MonkeyPatch, dr: tuple[str, ...]) -> None:
+    from standby.agent import superseded
+    from standby.decide import State
+
+    monkeypatch.setattr(superseded, "dr_primaries", lambda cfg: dr)
+    sh.agent.store.save_state(State(term=1, was_primary=True))  # alpha was the primary when its host died
+
+
+async def _start_as_the_agent_does(sh: Any) -> None:
+    from standby.agent import superseded
+
+    a = sh.agent
+    await sh.start()
+    await a.observer.postgres()
+    await superseded.fence_if_superseded(a.cfg, a.node, a.cell, a.pg.db, a._in_probe, a._in_state, a.event)
+
+
+def test_a_rebooted_old_primary_hearing_its_standby_stays_down_while_the_dr_node_serves(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Breaks an agent that trusts its own state after its site came back: alpha's and beta's hosts rebooted
+    while gamma, promoted by hand, serves. Alpha's agent hears beta as a standby in its own term and restarts
+    alpha's server as a primary: two writable nodes. Fenced at start, it starts nothing."""
+    pg = FakePostgres(DbState.DOWN)
+    with shell(tmp_path, monkeypatch, pg, extra=FOLLOWERS) as sh:
+        _rebooted_old_primary(sh, monkeypatch, ("gamma",))
+
+        async def go() -> None:
+            await _start_as_the_agent_does(sh)
+            for _ in range(40):
+                await sh.tick()
+
+        run(go())
+        assert "start" not in pg.calls, pg.calls
+        assert sh.agent.state.fenced and [e["by"] for e in sh.events("fenced_superseded")] == [["gamma"]]
+
+
+def test_without_a_dr_primary_a_rebooted_old_primary_restarts_as_before(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same reboot with no warm follower writable: the pair's rule stands (crash recovery in place)."""
+    pg = FakePostgres(DbState.DOWN)
+    with shell(tmp_path, monkeypatch, pg, extra=FOLLOWERS) as sh:
+        _rebooted_old_primary(sh, monkeypatch, ())
+
+        async def go() -> None:
+            await _start_as_the_agent_does(sh)
+            for _ in range(40):
+                await sh.tick()
+
+        run(go())
+        assert "start" in pg.calls and not sh.agent.state.fenced
