@@ -28,7 +28,7 @@ from standby.agent.observer import Observer
 from standby.agent.opsteps import Marks, OpError, hook_argv, run_hook
 from standby.agent.servicerole import Claim, ServiceRole
 from standby.agent.store import StateCell
-from standby.config import Config, Placement
+from standby.config import Config
 from standby.decide import State
 from standby.model import DbState, LocalPg, Lsn
 from standby.operations import Operation
@@ -190,7 +190,8 @@ class Operator:
             await self.service_role.add_ips()
             self.cell.state = ops.serving(self.cell.state)
             marks.mark("service IPs moved")
-            results = await self.service_role.start(Placement.ACTIVE)
+            # All: one placed everywhere may have failed to start here while nothing was writable (rebuilt from a DR node).
+            results = await self.service_role.start(None)
             marks.mark("services started")
         except Exception as e:  # noqa: BLE001  (reported to the caller; the promotion stands)
             problems.append(f"service IPs and services: {e}")
