@@ -9,6 +9,10 @@ and the salvage is applied on alpha. Every acknowledged call (before the crash, 
 is on alpha; never two writable nodes (the dual-primary probe samples all three).
 
 How long each step took is printed, never asserted.
+
+Not covered here: beta promoted by its agent in the second before the site went (alpha's crash heard
+first). Beta then holds commits on a timeline of its own past an ancestor's fork, which salvage does not
+read yet (it reads the fork's timeline only): its rejoin stops before the rewind, nothing destroyed.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import json
 import os
 import re
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from standby.lab import Lab, followers
@@ -92,8 +97,10 @@ def test_site_rebuilt_from_the_dr_node_and_switched_back_with_0_lost(lab_factory
         _load(lab, SERVICE_URL, histories[0], "load-pair")
         time.sleep(3.0)
         step("the pair under load")
-        lab.crash("alpha")
-        lab.crash("beta")
+        # The whole site at once: one after the other, beta's agent (failover timeout 0.9 s) may promote beta
+        # before its own crash, and that is another road (see the module's docstring).
+        with ThreadPoolExecutor(2) as pool:
+            list(pool.map(lab.crash, ("alpha", "beta")))
         lab.stop_spawned("client", "load-pair")
         step("both pair hosts crashed")
         res = lab.standby("gamma", "promote", "--yes", check=False)
