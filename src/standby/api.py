@@ -8,7 +8,7 @@ GET /metrics   Prometheus text
 GET /ui/       the status page, read-only (standby.web.routes)
 POST /maintenance {"suspend": true|false}   suspends automatic failover
 POST /switchover/demote | /switchover/promote {"min_lsn", "timeout_s"} | /switchover/follow | /switchover/resume
-POST /rejoin | /promote (a person's decision) | /fence
+POST /rejoin | /rebuild {"source": FOLLOWER} | /promote (a person's decision) | /fence
 Every POST needs the API token (Authorization: Bearer ...); without it: 401 and nothing happens.
 Every answer carries Standby-Protocol: MAJOR.MINOR; a POST announcing another major gets 409 and
 nothing happens (standby.protocol).
@@ -309,6 +309,11 @@ def _op(op: Operation) -> Callable[[web.Request], Awaitable[web.Response]]:
                         or not 0 <= timeout <= MAX_PROMOTE_WAIT_S):  # also NaN, inf: a wait must end
                     return _json(400, {"error": f'expected {{"min_lsn": "X/Y", "timeout_s": 0 to {MAX_PROMOTE_WAIT_S} seconds}}'})
                 result = await _on_agent(request, a.operate, op.value, lsn, float(timeout))
+            elif op is Operation.REBUILD:
+                source = body.get("source")
+                if not isinstance(source, str) or not source:
+                    return _json(400, {"error": 'expected {"source": "<the promoted follower\'s name>"}'})
+                result = await _on_agent(request, a.operate, op.value, source)
             else:
                 result = await _on_agent(request, a.operate, op.value)
         except OpError as e:

@@ -323,6 +323,10 @@ class AgentApi:
     def rejoin(self, node: str, timeout_s: float = 3600) -> Rejoined:
         return _decoded(REJOINED, self._operate(node, Operation.REJOIN, timeout_s=timeout_s))
 
+    def rebuild(self, node: str, source: str, timeout_s: float = 3600) -> Rejoined:
+        """``node`` rebuilt as a standby of ``source``, a follower an operator promoted (standby.rebuild)."""
+        return _decoded(REJOINED, self._operate(node, Operation.REBUILD, {"source": source}, timeout_s=timeout_s))
+
 
 def _decoded(codec: Codec[T], answer: dict[str, Any]) -> T:
     # The operation ran: an answer this client cannot read is reported, not retried.

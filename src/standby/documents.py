@@ -150,6 +150,7 @@ class Operation(StrEnum):
     FOLLOW = "follow"  # switchover, on the old primary: start as a standby of the new one
     RESUME = "resume"  # switchover aborted: the old primary serves again
     REJOIN = "rejoin"
+    REBUILD = "rebuild"  # `standby rejoin --from FOLLOWER`: rebuilt as the promoted follower's standby
     MANUAL_PROMOTE = "manual_promote"  # `standby promote`
     FENCE = "fence"
 
@@ -161,7 +162,7 @@ class Operation(StrEnum):
 _OPERATION_PATHS: dict[Operation, str] = {
     Operation.DEMOTE: "/switchover/demote", Operation.PROMOTE: "/switchover/promote",
     Operation.FOLLOW: "/switchover/follow", Operation.RESUME: "/switchover/resume",
-    Operation.REJOIN: "/rejoin", Operation.MANUAL_PROMOTE: "/promote", Operation.FENCE: "/fence",
+    Operation.REJOIN: "/rejoin", Operation.REBUILD: "/rebuild", Operation.MANUAL_PROMOTE: "/promote", Operation.FENCE: "/fence",
 }
 
 

@@ -42,6 +42,7 @@ class Operation(StrEnum):
     FOLLOW = "follow"  # switchover, on the old primary
     RESUME = "resume"  # switchover aborted, on the old primary
     REJOIN = "rejoin"
+    REBUILD = "rebuild"  # after a DR promotion: a rejoin to the promoted follower (standby.rebuild)
     MANUAL_PROMOTE = "manual_promote"
     FENCE = "fence"
 
@@ -63,7 +64,7 @@ def refusal(op: Operation, s: State, db: DbState, suspended: bool) -> Refusal | 
             return Refusal.NEVER_PRIMARY if s.fenced or not s.was_primary else None
         case Operation.MANUAL_PROMOTE:
             return Refusal.NOT_RUNNING_STANDBY if db is not DbState.STANDBY or s.fenced else None
-        case Operation.REJOIN | Operation.FENCE:
+        case Operation.REJOIN | Operation.REBUILD | Operation.FENCE:
             return None
 
 

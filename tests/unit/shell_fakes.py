@@ -175,9 +175,10 @@ class Shell:
     """Alpha's agent wired to the fakes; ``tick`` is one heartbeat interval of its life."""
 
     def __init__(self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, pg: FakePostgres,
-                 kernel: FakeKernel, clock: FakeClock | None = None) -> None:
+                 kernel: FakeKernel, clock: FakeClock | None = None, extra: dict[str, Any] | None = None) -> None:
         raw, _ = example_with_secrets(tmp_path)
         raw.pop("reporting")  # its own tests; here it would only add a second address to watch
+        raw.update(extra or {})
         self.cfg = config.parse(raw)
         self.monkeypatch, self.pg, self.kernel = monkeypatch, pg, kernel
         self.clock = clock or FakeClock()
@@ -247,8 +248,9 @@ class Shell:
 
 @contextmanager
 def shell(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, pg: FakePostgres,
-          kernel: FakeKernel | None = None) -> Iterator[Shell]:
-    s = Shell(tmp_path, monkeypatch, pg, kernel or FakeKernel())
+          kernel: FakeKernel | None = None, extra: dict[str, Any] | None = None) -> Iterator[Shell]:
+    """``extra``: top-level tables added to the configuration (e.g. ``followers``)."""
+    s = Shell(tmp_path, monkeypatch, pg, kernel or FakeKernel(), extra=extra)
     try:
         yield s
     finally:

@@ -44,9 +44,15 @@ def test_i12_followers_may_replicate_from_their_private_address_only() -> None:
     assert len(pgact.hba_block(config.load(EXAMPLE), "alpha")) == len(pgact.hba_block(cfg, "alpha")) - 6
 
 
-def test_i12_a_rejoined_followers_pg_hba_lets_the_other_followers_stream_and_nothing_else() -> None:
-    rules = [ln.split() for ln in pgact.hba_block(example(), "dr") if not ln.startswith("#")]
-    assert sorted((r[1], r[3]) for r in rules) == [("replication", "10.9.0.22/32"), ("replication", "10.9.0.31/32")]
+def test_i12_a_followers_pg_hba_lets_the_other_followers_stream_and_the_pair_nodes_be_rebuilt_from_it() -> None:
+    cfg = example()
+    rules = [ln.split() for ln in pgact.hba_block(cfg, "dr") if not ln.startswith("#")]
+    pair = [str(cfg.nodes[n].private.ip) + "/32" for n in sorted(cfg.nodes)]
+    # The pair's nodes: replication, the server's own database (pg_rewind) and the salvage's (rows compared).
+    rebuilt = [(db, ip) for ip in pair for db in ("replication", cfg.pg("dr").database, cfg.salvage.database)]
+    assert sorted((r[1], r[3]) for r in rules) == sorted(
+        [("replication", "10.9.0.22/32"), ("replication", "10.9.0.31/32"), *dict.fromkeys(rebuilt)])
+    assert all(r[3] not in ("203.0.113.21/32",) for r in rules)  # never a public address
 
 
 def test_i12_a_follower_rejoins_only_a_pair_node_and_a_pair_node_is_never_rejoined_as_a_follower() -> None:

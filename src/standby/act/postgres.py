@@ -646,7 +646,8 @@ def hba_block(cfg: Config, node: str) -> list[str]:
     each follower's private address replication (any of them may stream from either pair node) and the
     server's own database, not the application's: a follower past a fork is rewound from the new primary,
     and pg_rewind reads the primary's files over such a connection (act.rejoin).
-    A follower's own block (written when it is rejoined) lets the other followers stream from it: a cascade."""
+    A follower's own block (written when it is rejoined or promoted) lets the other followers stream from it (a
+    cascade) and the pair's nodes be rebuilt from it after a DR promotion."""
     pg = cfg.pg(node)
     dbs = dict.fromkeys([pg.database, cfg.salvage.database])  # salvage compares rows in the app's database
     # With [tls], hostssl: a peer connection without TLS matches no line and is refused.
@@ -656,7 +657,12 @@ def hba_block(cfg: Config, node: str) -> list[str]:
         return f"{kind:<8}{db:<15} {pg.replication_user:<15} {ip}/32{'':<6} scram-sha-256"
 
     if node not in cfg.nodes:
-        return [HBA_BEGIN, *(line("replication", f.private.ip) for f in cfg.followers if f.name != node), HBA_END]
+        # The pair's nodes too: after a DR promotion they are rebuilt from this follower (standby.rebuild),
+        # as a rejoin does it (replication, pg_rewind over its database, salvage comparing rows).
+        pair = [rule for n in cfg.nodes.values() for rule in (line("replication", n.private.ip),
+                                                               *(line(db, n.private.ip) for db in dbs))]
+        return [HBA_BEGIN, *(line("replication", f.private.ip) for f in cfg.followers if f.name != node), *pair,
+                HBA_END]
     peer_ip = cfg.nodes[cfg.peer_of(node)].private.ip
     return [
         HBA_BEGIN,

@@ -1,7 +1,8 @@
 """Rejoin: an old primary comes back as a standby of the new one, keeping what it alone had.
 
 Who rejoins whom is a ``Rejoining``: a pair node rejoins its peer; a follower whose server replayed WAL
-past the new primary's fork rejoins that primary (standby.follow, rule 4), in the same steps.
+past the new primary's fork rejoins that primary (standby.follow, rule 4); after a DR promotion a pair node
+is rebuilt as a standby of the promoted follower (standby.rebuild). All in the same steps.
 
 Order matters, and each step only runs when the previous one succeeded:
 1. refuse unless this node's server is stopped and the peer is a reachable primary;
@@ -76,6 +77,16 @@ class Rejoining:
         if primary not in cfg.nodes:
             raise RejoinRefused(f"{primary} is not a node of the hot pair: a follower rejoins the pair's primary")
         return cls(node, primary, confirm)
+
+    @classmethod
+    def from_follower(cls, cfg: Config, node: str, follower: str, confirm: Callable[[], None]) -> Rejoining:
+        """A pair node is rebuilt as a standby of a warm follower an operator promoted after a site loss
+        (standby.rebuild): ``confirm`` asks standby.rebuild.may_rebuild once the follower answers as a primary."""
+        if node not in cfg.nodes:
+            raise RejoinRefused(f"{node} is not a node of the hot pair: only a pair node is rebuilt from a follower")
+        if cfg.follower(follower) is None:
+            raise RejoinRefused(f"{follower} is not a follower in this configuration ([[followers]])")
+        return cls(node, follower, confirm)
 
 
 @dataclass

@@ -140,7 +140,7 @@ def _promote(cfg: Config, api: AgentApi, out: Outcome, demoted: Demoted, catch_u
     try:
         return api.promote(standby, demoted.checkpoint_lsn, catch_up_timeout_s)
     except ApiError as e:
-        still = _still_standby(cfg, standby)
+        still = still_standby(cfg, standby)
         if still is not True:
             # The error may have come after the promotion (or the answer was lost):
             # starting the old primary again could make two. A person decides.
@@ -156,7 +156,7 @@ def _promote(cfg: Config, api: AgentApi, out: Outcome, demoted: Demoted, catch_u
         raise SwitchoverError(_aborted(str(e), primary, resumed)) from None
 
 
-def _still_standby(cfg: Config, node: str) -> bool | str:
+def still_standby(cfg: Config, node: str) -> bool | str:
     """True if ``node``'s agent says its PostgreSQL is a standby that is not being promoted; else why not."""
     st = agent_status(cfg, node, timeout_s=5.0)
     if st is None:

@@ -41,6 +41,7 @@ from standby.agent.reporting_ip import ReportingMover
 from standby.agent.servicerole import ServiceRole
 from standby.agent.startup import RefusedToStart, heartbeat_key, same_configuration
 from standby.agent.store import StateCell, Store
+from standby.agent.superseded import fence_if_superseded
 from standby.agent.surface import Surface
 from standby.alerts import AlertDispatcher
 from standby.config import Config, Placement
@@ -252,6 +253,7 @@ class Agent(Surface):
         await self.alerts.start()
         loop = asyncio.get_running_loop()
         await self.observer.postgres()  # the first read may take longer: start-up, not a stall
+        await fence_if_superseded(self.cfg, self.node, self.cell, self.pg.db, self._in_probe, self._in_state, self.event)
         self.link.restart_gaps()  # this process's own start-up is not a stall (the liveness record covers it)
         tasks = [loop.create_task(self.guard.forever(name, fn, self.interval_s, self.stopping))
                  for name, fn in self._background().items()]

@@ -1,6 +1,6 @@
 """Operator operations: what a person asks of this node through the API, carried out in steps.
 
-Switchover (demote, promote, follow, resume), rejoin, manual promotion, fence by hand, maintenance.
+Switchover (demote, promote, follow, resume), rejoin (or rebuild), manual promotion, fence by hand, maintenance.
 Every change of the persisted state is a pure transition (standby.operations), saved before the step
 it allows; every precondition is a named refusal there too.
 
@@ -16,7 +16,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from standby import operations as ops
 from standby.act import postgres as pgact
@@ -28,14 +28,18 @@ from standby.agent.observer import Observer
 from standby.agent.opsteps import Marks, OpError, hook_argv, run_hook
 from standby.agent.servicerole import Claim, ServiceRole
 from standby.agent.store import StateCell
-from standby.config import Config, Placement
+from standby.config import Config
 from standby.decide import State
 from standby.model import DbState, LocalPg, Lsn
 from standby.operations import Operation
 
+if TYPE_CHECKING:
+    from standby.act.rejoin import Rejoining
+
 Run = Callable[..., Awaitable[Any]]
+
 # Operations that change only the database role; the others change both.
-_ROLES: dict[Operation, tuple[Role, ...]] = {Operation.REJOIN: (Role.DATABASE,), Operation.FOLLOW: (Role.DATABASE,)}
+_ROLES: dict[Operation, tuple[Role, ...]] = {o: (Role.DATABASE,) for o in (Operation.REJOIN, Operation.REBUILD, Operation.FOLLOW)}
 
 
 class Operator:
@@ -108,7 +112,7 @@ class Operator:
     async def _dispatch(self, op: Operation, *args: Any) -> dict[str, Any]:
         steps: dict[Operation, Callable[..., Awaitable[dict[str, Any]]]] = {
             Operation.DEMOTE: self.demote, Operation.PROMOTE: self.promote, Operation.FOLLOW: self.follow,
-            Operation.RESUME: self.resume, Operation.REJOIN: self.rejoin,
+            Operation.RESUME: self.resume, Operation.REJOIN: self.rejoin, Operation.REBUILD: self.rebuild,
             Operation.MANUAL_PROMOTE: self.manual_promote, Operation.FENCE: self.fence}
         return await steps[op](*args)
 
@@ -186,7 +190,8 @@ class Operator:
             await self.service_role.add_ips()
             self.cell.state = ops.serving(self.cell.state)
             marks.mark("service IPs moved")
-            results = await self.service_role.start(Placement.ACTIVE)
+            # All: one placed everywhere may have failed to start here while nothing was writable (rebuilt from a DR node).
+            results = await self.service_role.start(None)
             marks.mark("services started")
         except Exception as e:  # noqa: BLE001  (reported to the caller; the promotion stands)
             problems.append(f"service IPs and services: {e}")
@@ -223,24 +228,29 @@ class Operator:
 
     async def rejoin(self) -> dict[str, Any]:
         """Reverse replication: this old primary becomes a standby of the new one (see act.rejoin)."""
-        from standby.act import rejoin as rj
-        from standby.salvage import salvage_for_rejoin
+        from standby.act.rejoin import Rejoining
 
-        salvage_fn = salvage_for_rejoin if self.cfg.salvage.tables else None
-        await self.set_maintenance(True, by="rejoin")
+        return await self._rejoin(Rejoining.peer(self.cfg, self.node), stop_stuck_standby=True)
+
+    async def rebuild(self, source: str) -> dict[str, Any]:
+        """After a DR promotion: a rejoin to ``source``, the promoted follower (standby.rebuild)."""
+        from standby.agent import rejoinop
+
+        return await self._rejoin(rejoinop.rebuilding(self.cfg, self.node, source))
+
+    async def _rejoin(self, who: Rejoining, stop_stuck_standby: bool = False) -> dict[str, Any]:
+        from standby.agent import rejoinop
+
+        await self.set_maintenance(True, by="rejoin")  # from here no restart: a server stopped stays so
         try:
-            result = await self._in_pg(lambda: rj.rejoin(
-                self.cfg, self.node, state_dir=self.cfg.state_dir_for(self.node),
-                report=lambda m: self.event("rejoin_step", detail=m), salvage=salvage_fn))
+            if stop_stuck_standby and rejoinop.stuck(self.observer.pg):  # stopped to be rewound
+                await self._in_pg(self.db.stop)
+            result = await self._in_pg(rejoinop.run, self.cfg, who, self.event)
             await self._save(ops.following(self.cell.state))
         finally:
             await self.set_maintenance(False)
-        self.event("rejoined", method=result.method, fork=result.fork_lsn, salvaged=result.salvaged_rows)
-        return {"method": result.method, "fork_lsn": result.fork_lsn, "old_timeline": result.old_timeline,
-                "salvage_report": str(result.salvage_report) if result.salvage_report else None,
-                "salvaged_rows": result.salvaged_rows,
-                "kept_aside": str(result.kept_aside) if result.kept_aside else None,
-                "steps": [[n, round(d, 3)] for n, d in result.steps]}
+        self.event("rejoined", source=who.source, method=result.method, fork=result.fork_lsn, salvaged=result.salvaged_rows)
+        return rejoinop.answer(result)
 
     async def manual_promote(self) -> dict[str, Any]:
         """A person decided (`standby promote`): promote, take the addresses, run the address-change hook,

@@ -11,6 +11,7 @@ import click
 import psycopg
 
 from standby import siteloss
+from standby.act import postgres as pgact
 from standby.agent import followerobs
 from standby.agent.opsteps import hook_argv, run_hook
 from standby.apiclient import AgentApi, ApiError, agent_status, follower_status, replica_lag
@@ -195,7 +196,17 @@ def _promote_follower(cfg: Config, me: str, yes: bool, force: bool) -> None:
     if not row or not row[0]:
         raise OperatorError(f"PostgreSQL on {me} did not finish its promotion within 60 s; see its log")
     click.echo(f"  PostgreSQL on {me} promoted")
+    try:
+        # A follower cloned by hand carries a pair node's pg_hba.conf: the pair's nodes, rebuilt from this one
+        # later (`standby rejoin --from`), need its own block.
+        with obs.connect_local(cfg, me) as conn:
+            changed = pgact.ensure_hba(conn, cfg, me)
+        click.echo(f"  pg_hba.conf: the pair's nodes may be rebuilt from {me}" + ("" if changed else " (already)"))
+    except (psycopg.Error, pgact.PostgresActionError, OSError) as e:
+        click.echo(f"  warning: pg_hba.conf not updated ({e}); the pair's nodes cannot be rebuilt from {me} until "
+                   "it lets their private addresses in")
     if argv := hook_argv(cfg, me):
         click.echo(f"  address-change hook: {run_hook(argv)}")
     click.secho(f"{me} is the primary; the pair's nodes must not come back as primaries: rebuild them as "
-                f"standbys of {me}", fg="green")
+                f"standbys of {me} (`standby rejoin --node alpha --from {me}`, docs/followers.md, \"The road "
+                "back\")", fg="green")

@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import os
 import time
 from datetime import datetime, timedelta
 from pathlib import Path
 
 import click
 
+from standby.act import handback
 from standby.act.switchover import SwitchoverError, roles, switchover
 from standby.apiclient import AgentApi, ApiError
 from standby.cli.common import OperatorError, config_option, handle_errors, load_node, node_option
-from standby.config import Config, RejoinPolicy
+from standby.config import NODE_ENV, Config, RejoinPolicy, load
 
 
 def _parse_at(text: str | None) -> datetime | None:
@@ -81,7 +83,25 @@ def switchover_command(config_path: Path, node: str | None, to: str | None, at_t
 @timeout_option
 @handle_errors
 def switchback_command(config_path: Path, node: str | None, at_text: str | None, timeout: float) -> None:
-    """After a failover and a rejoin: switch over back to the preferred primary."""
+    """After a failover and a rejoin: switch over back to the preferred primary. With a promoted warm
+    follower's name (on its host): hand the service back to the pair's preferred primary, rebuilt as its
+    standby (`standby rejoin --node alpha --from FOLLOWER`), with the same zero-loss rule."""
+    name = node or os.environ.get(NODE_ENV)
+    if name and (cfg := load(config_path)).follower(name) is not None:
+        at = _parse_at(at_text)
+        decision = handback.look(cfg, name, cfg.preferred_primary)
+        if not decision.go:  # refuse now, not at the time given, if it cannot be done
+            raise OperatorError(handback.refusal(cfg, name, cfg.preferred_primary, decision))
+        _wait_until(at)
+        try:
+            out = handback.hand_back(cfg, name, cfg.preferred_primary, timeout, say=lambda m: click.echo(f"  {m}"))
+        except handback.HandBackError as e:
+            raise OperatorError(str(e)) from None
+        click.secho(f"switchback done: {out.target} is primary (term {out.term}), {name} follows it "
+                    f"({sum(d for _, d in out.steps):.2f}s in all). Next: start the follower agent on {name}, "
+                    f"then the agent on {cfg.peer_of(out.target)} and `standby rejoin --node "
+                    f"{cfg.peer_of(out.target)}` there", fg="green")
+        return
     cfg, _ = load_node(config_path, node)
     at = _parse_at(at_text)
     try:
@@ -98,24 +118,35 @@ def switchback_command(config_path: Path, node: str | None, at_text: str | None,
 @click.command("rejoin")
 @config_option
 @node_option
+@click.option("--from", "source", metavar="FOLLOWER",
+              help="After a DR promotion: rebuild this pair node as a standby of that promoted warm follower "
+                   "(the first step back; `standby switchback --node FOLLOWER` is the second).")
 @click.option("--yes", is_flag=True, help="Approve without asking (needed when rejoin = \"manual\" and no terminal).")
 @handle_errors
-def rejoin_command(config_path: Path, node: str | None, yes: bool) -> None:
+def rejoin_command(config_path: Path, node: str | None, source: str | None, yes: bool) -> None:
     """Make this old primary a standby of the new one: salvage what only it had, rewind (or clone
     if rewind is impossible), stream."""
     cfg, me = load_node(config_path, node)
-    if cfg.rejoin is RejoinPolicy.MANUAL and not yes:
-        click.echo(f"{me} will be rewound to follow {cfg.peer_of(me)}; rows only it committed after the fork are "
+    # One word for both roads: its peer after a failover, the promoted DR node after a site loss.
+    upstream = source or cfg.peer_of(me)
+    if source is not None and cfg.follower(source) is None:
+        raise OperatorError(f"--from {source}: not a follower in {config_path} ([[followers]]); after a failover "
+                            f"in the pair, run `standby rejoin` without --from")
+    if (cfg.rejoin is RejoinPolicy.MANUAL or source is not None) and not yes:
+        click.echo(f"{me} will be rewound to follow {upstream}; rows only it committed after the fork are "
                    "first saved in a salvage report (`standby salvage show`).")
         if not click.confirm("rejoin now?", default=False):
             raise OperatorError("not approved; nothing changed")
     try:
-        result = AgentApi(cfg).rejoin(me)
+        api = AgentApi(cfg)
+        result = api.rebuild(me, source) if source is not None else api.rejoin(me)
     except ApiError as e:
         raise OperatorError(f"rejoin refused: {e}") from None
     for name, secs in result.steps:
         click.echo(f"  {name:<70} {secs:7.2f} s")
-    click.secho(f"{me} rejoined by {result.method.value}; it streams from {cfg.peer_of(me)}", fg="green")
+    click.secho(f"{me} rejoined by {result.method.value}; it streams from {upstream}", fg="green")
+    if source is not None:
+        click.echo(f"next: `standby switchback --node {source}` on {source}, with its follower agent stopped")
     if result.salvage_report:
         click.echo(f"salvage: {result.salvaged_rows} rows only {me} had are in {result.salvage_report}; "
                    f"review with `standby salvage show`, then `standby salvage apply` (here or on the primary)")

@@ -288,7 +288,7 @@ def observe_peer(cfg: Config, node: str) -> PgObservation:
     for network in ("private", "public"):
         try:
             with connect_peer(cfg, node, network) as conn:
-                link = cfg.nodes[node].private if network == "private" else cfg.nodes[node].public
+                link = cfg.link(node, network)  # a pair node or a follower (a rebuild reads its source)
                 return read(conn, node, str(link.ip))
         except psycopg.OperationalError as e:
             errors.append(f"{network}: {_first_line(e)}")

@@ -1,0 +1,72 @@
+"""The rejoin operations' parts that are not steps: whom a node rejoins, and what the answer says.
+
+A pair node rejoins its peer (`standby rejoin`), or after a DR promotion is rebuilt as a standby of the
+promoted follower (`standby rejoin --from FOLLOWER`, standby.rebuild). The steps themselves run in
+standby.agent.operator, on the database role, in maintenance.
+
+It owns: building the ``Rejoining`` (with the rebuild's check once the follower answers as a primary), the
+refusal texts, whether a running standby is one to stop first, the answer's shape.
+It may not: act on the server or the state (the operator does).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from standby import rebuild
+from standby.act import rejoin as rj
+from standby.agent.opsteps import OpError
+from standby.config import Config
+from standby.model import DbState, LocalPg, PgRole
+from standby.observe import postgres as pgobs
+
+# Why a rebuild from a promoted follower is refused, and what to do (standby.rebuild.may_rebuild).
+_REFUSED = {
+    rebuild.Reason.NOT_WARM_FOLLOWER: "{source} is not a warm follower in this configuration: a pair node is "
+                                      "rebuilt only from the DR node an operator promoted (`standby promote --node "
+                                      "{source}`)",
+    rebuild.Reason.SOURCE_NOT_PRIMARY: "{source} does not accept writes: it was not promoted",
+    rebuild.Reason.OTHER_WRITABLE: "{other} accepts writes too: two primaries. Decide which one keeps the data, "
+                                   "fence the other (`standby fence --node {other}` there), then retry",
+}
+
+
+def rebuilding(cfg: Config, node: str, source: str) -> rj.Rejoining:
+    """``node`` rebuilt from ``source``; the check runs once ``source`` answers as a primary (so writable)."""
+    other = cfg.peer_of(node)
+
+    def confirm() -> None:
+        follower = cfg.follower(source)
+        d = rebuild.may_rebuild(None if follower is None else follower.role, True,
+                                pgobs.observe_peer(cfg, other).role is PgRole.PRIMARY)
+        if not d.go:
+            raise rj.RejoinRefused(_REFUSED[d.reason].format(source=source, other=other))
+
+    try:
+        return rj.Rejoining.from_follower(cfg, node, source, confirm)
+    except rj.RejoinRefused as e:
+        raise OpError(str(e)) from None
+
+
+def stuck(pg: LocalPg) -> bool:
+    """A running standby that does not stream: one past the new primary's fork (the hot standby of a site lost
+    while a DR node took over) never will. It takes no writes, so a rejoin stops it and rewinds it like an
+    old primary; a streaming one is left running (and the rejoin refuses it)."""
+    return pg.db is DbState.STANDBY and not pg.streaming
+
+
+def run(cfg: Config, who: rj.Rejoining, event: Callable[..., None]) -> rj.RejoinResult:
+    """The rejoin itself (on the PostgreSQL thread), salvage first when ``[salvage]`` names tables."""
+    from standby.salvage import salvage_for_rejoin
+
+    return rj.rejoin(cfg, who, state_dir=cfg.state_dir_for(who.node), report=lambda m: event("rejoin_step", detail=m),
+                     salvage=salvage_for_rejoin if cfg.salvage.tables else None)
+
+
+def answer(result: rj.RejoinResult) -> dict[str, Any]:
+    return {"method": result.method, "fork_lsn": result.fork_lsn, "old_timeline": result.old_timeline,
+            "salvage_report": str(result.salvage_report) if result.salvage_report else None,
+            "salvaged_rows": result.salvaged_rows,
+            "kept_aside": str(result.kept_aside) if result.kept_aside else None,
+            "steps": [[n, round(d, 3)] for n, d in result.steps]}

@@ -1,0 +1,171 @@
+"""The road back after a DR promotion, on the agent's fake shell: the rebuild operation (a pair node becomes the
+promoted follower's standby) and the rejoin of a hot standby left past the fork."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from standby.act import rejoin as rj
+from standby.agent.opsteps import OpError
+from standby.documents import RejoinMethod
+from standby.model import DbState, LocalPg, PgRole
+from standby.observe import postgres as pgobs
+from tests.unit.shell_fakes import FakePostgres, run, shell
+from tests.unit.test_followers_config import follower
+
+FOLLOWERS = {"followers": [follower("gamma", 21), follower("delta", 31, role="reporting")]}
+
+
+class NotStreaming(FakePostgres):
+    """A standby whose WAL receiver cannot stream (its WAL is past the new primary's fork)."""
+
+    def read(self) -> Any:
+        if self.db is DbState.STANDBY:
+            return LocalPg(DbState.STANDBY, lsn=self.lsn, replay_lsn=self.lsn, streaming=False), ""
+        return super().read()
+
+
+def _rejoin_recorded(monkeypatch: pytest.MonkeyPatch, pg: FakePostgres) -> list[rj.Rejoining]:
+    seen: list[rj.Rejoining] = []
+
+    def fake_rejoin(cfg: Any, who: Any, **kw: Any) -> rj.RejoinResult:
+        seen.append(who if isinstance(who, rj.Rejoining) else rj.Rejoining.peer(cfg, who))
+        pg.calls.append(f"rejoin with the server {pg.db.value}")
+        pg.db = DbState.STANDBY
+        return rj.RejoinResult(method=RejoinMethod.REWIND)
+
+    monkeypatch.setattr(rj, "rejoin", fake_rejoin)
+    return seen
+
+
+def _seen_as(monkeypatch: pytest.MonkeyPatch, role: PgRole) -> None:
+    monkeypatch.setattr(pgobs, "observe_peer", lambda cfg, node, *a, **kw: pgobs.PgObservation(
+        node=node, role=role, observed_at=datetime.now(UTC)))
+
+
+def test_a_pair_node_is_rebuilt_from_the_promoted_follower_and_left_unfenced(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    pg = FakePostgres(DbState.DOWN)
+    seen = _rejoin_recorded(monkeypatch, pg)
+    with shell(tmp_path, monkeypatch, pg, extra=FOLLOWERS) as sh:
+        async def go() -> dict[str, Any]:
+            await sh.start()
+            await sh.tick()
+            return await sh.agent.operate("rebuild", "gamma")
+
+        result = run(go())
+        assert result["method"] == "rewind"
+        assert [(w.node, w.source) for w in seen] == [("alpha", "gamma")]
+        assert not sh.agent.cell.state.fenced and not sh.agent.cell.state.was_primary
+        # The rejoin asks once gamma answers as a primary: beta, not writable, lets it go on...
+        _seen_as(monkeypatch, PgRole.UNREACHABLE)
+        seen[0].confirm()
+        # ...beta writable refuses: two primaries, a person decides.
+        _seen_as(monkeypatch, PgRole.PRIMARY)
+        with pytest.raises(rj.RejoinRefused, match="beta accepts writes too: two primaries"):
+            seen[0].confirm()
+
+
+def test_a_rebuild_from_a_reporting_follower_or_a_pair_node_is_refused(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    pg = FakePostgres(DbState.DOWN)
+    seen = _rejoin_recorded(monkeypatch, pg)
+    _seen_as(monkeypatch, PgRole.UNREACHABLE)
+    with shell(tmp_path, monkeypatch, pg, extra=FOLLOWERS) as sh:
+        async def go() -> None:
+            await sh.start()
+            await sh.tick()
+            with pytest.raises(OpError, match="beta is not a follower"):
+                await sh.agent.operate("rebuild", "beta")
+            await sh.agent.operate("rebuild", "delta")
+
+        run(go())
+        with pytest.raises(rj.RejoinRefused, match="delta is not a warm follower"):
+            seen[0].confirm()
+
+
+def test_a_hot_standby_left_past_the_fork_is_stopped_and_rejoined_by_standby_rejoin(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Breaks a rejoin that refuses every running standby: beta, the hot standby of the lost site, holds WAL
+    past the fork of the DR node's timeline; its agent restarts it as a standby that can never stream, and
+    `standby rejoin --node beta` refused it ("already a standby") for ever. A standby takes no writes: it is
+    stopped (the agent in maintenance restarts nothing) and rewound."""
+    pg = NotStreaming(DbState.STANDBY)
+    _rejoin_recorded(monkeypatch, pg)
+    with shell(tmp_path, monkeypatch, pg) as sh:
+        async def go() -> dict[str, Any]:
+            await sh.start()
+            await sh.tick()
+            return await sh.agent.operate("rejoin")
+
+        run(go())
+        assert pg.calls[-2:] == ["stop", "rejoin with the server down"], pg.calls
+
+
+def test_a_streaming_standby_is_not_stopped_by_a_rejoin(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    pg = FakePostgres(DbState.STANDBY)
+    _rejoin_recorded(monkeypatch, pg)
+    with shell(tmp_path, monkeypatch, pg) as sh:
+        async def go() -> dict[str, Any]:
+            await sh.start()
+            await sh.tick()
+            return await sh.agent.operate("rejoin")
+
+        run(go())
+        assert "stop" not in pg.calls and pg.calls[-1] == "rejoin with the server standby", pg.calls
+
+
+def _rebooted_old_primary(sh: Any, monkeypatch: pytest.MonkeyPatch, dr: tuple[str, ...]) -> None:
+    from standby.agent import superseded
+    from standby.decide import State
+
+    monkeypatch.setattr(superseded, "dr_primaries", lambda cfg: dr)
+    sh.agent.store.save_state(State(term=1, was_primary=True))  # alpha was the primary when its host died
+
+
+async def _start_as_the_agent_does(sh: Any) -> None:
+    from standby.agent import superseded
+
+    a = sh.agent
+    await sh.start()
+    await a.observer.postgres()
+    await superseded.fence_if_superseded(a.cfg, a.node, a.cell, a.pg.db, a._in_probe, a._in_state, a.event)
+
+
+def test_a_rebooted_old_primary_hearing_its_standby_stays_down_while_the_dr_node_serves(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Breaks an agent that trusts its own state after its site came back: alpha's and beta's hosts rebooted
+    while gamma, promoted by hand, serves. Alpha's agent hears beta as a standby in its own term and restarts
+    alpha's server as a primary: two writable nodes. Fenced at start, it starts nothing."""
+    pg = FakePostgres(DbState.DOWN)
+    with shell(tmp_path, monkeypatch, pg, extra=FOLLOWERS) as sh:
+        _rebooted_old_primary(sh, monkeypatch, ("gamma",))
+
+        async def go() -> None:
+            await _start_as_the_agent_does(sh)
+            for _ in range(40):
+                await sh.tick()
+
+        run(go())
+        assert "start" not in pg.calls, pg.calls
+        assert sh.agent.state.fenced and [e["by"] for e in sh.events("fenced_superseded")] == [["gamma"]]
+
+
+def test_without_a_dr_primary_a_rebooted_old_primary_restarts_as_before(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same reboot with no warm follower writable: the pair's rule stands (crash recovery in place)."""
+    pg = FakePostgres(DbState.DOWN)
+    with shell(tmp_path, monkeypatch, pg, extra=FOLLOWERS) as sh:
+        _rebooted_old_primary(sh, monkeypatch, ())
+
+        async def go() -> None:
+            await _start_as_the_agent_does(sh)
+            for _ in range(40):
+                await sh.tick()
+
+        run(go())
+        assert "start" in pg.calls and not sh.agent.state.fenced
