@@ -4,7 +4,8 @@ A person's operation (a switchover step, a manual promotion, a rejoin, a fence b
 agent's persisted state as surely as a decision does. Each change is one function here, so the
 rules are stated once: every promotion takes a term above any seen (the same bump for every kind
 of promotion), a node that follows or rejoins takes the newest term it knows and is no longer
-fenced, a node fenced by hand stays fenced until it rejoins. Each operation's precondition is a
+fenced (one rebuilt from a DR node: the next block of terms, see SITE_TERMS), a node fenced by hand
+stays fenced until it rejoins. Each operation's precondition is a
 function too, with a named refusal.
 
 No I/O: the agent's shell (standby.agent.operator) asks, carries out the steps, and persists what
@@ -85,6 +86,20 @@ def following(s: State) -> State:
     known, and a standby cannot have been overtaken by a promotion of the peer it follows."""
     return replace(s, term=max(s.term, s.peer_term), was_primary=False, fenced=False, degraded=False,
                    promoting=False, peer_could_promote=False)
+
+
+# Terms come in blocks of SITE_TERMS. Promotions inside the pair count up within a block; a pair node
+# rebuilt from a DR node after a site loss starts the next block. The lost site may have promoted
+# unheard just before it went (its standby, say, while the other node was already cut off), so nobody
+# knows its newest term; but it cannot have left its block (that takes a million promotions), so every
+# term of the rebuilt pair is above any it holds: it is superseded, never an equal that restarts its
+# stale server or wins a tie on `preferred`.
+SITE_TERMS = 1 << 20
+
+
+def rebuilt(s: State) -> State:
+    """Rebuilt as a standby of a promoted DR node: as `following`, in the first term of the next block."""
+    return replace(following(s), term=(max(s.term, s.peer_term) // SITE_TERMS + 1) * SITE_TERMS)
 
 
 def fenced_by_operator(s: State) -> State:

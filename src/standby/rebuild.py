@@ -29,6 +29,9 @@ The safety argument (two writable nodes must never be, nothing acknowledged is l
    its server runs as a standby: nothing told the old site about the DR promotion, and two of its agents
    hearing each other would otherwise restart the old primary's server as a primary beside the DR node.
    Fenced, it stays down until `standby rejoin` (with ``--from`` for alpha) tells it what it is now.
+7. The rebuilt node takes the first term of the next block (standby.operations.rebuilt): the lost site's
+   newest term is unknown (its standby may have promoted unheard in its last second) but inside its block,
+   so the rebuilt pair's terms supersede it, never tie with it.
 """
 
 from __future__ import annotations
@@ -66,15 +69,22 @@ class Decision:
     reason: Reason
 
 
+def _first_refusal(ok: Reason, *rules: tuple[bool, Reason]) -> Decision:
+    """The first rule that refuses, in the order the safety argument gives them; else ``ok``."""
+    for refuses, reason in rules:
+        if refuses:
+            return Decision(False, reason)
+    return Decision(True, ok)
+
+
 def may_rebuild(source_role: FollowerRole | None, source_writable: bool, other_writable: bool) -> Decision:
     """May a pair node be rebuilt as a standby of the follower ``source`` (None: no follower of that name)?"""
-    if source_role is not FollowerRole.WARM:
-        return Decision(False, Reason.NOT_WARM_FOLLOWER)
-    if not source_writable:
-        return Decision(False, Reason.SOURCE_NOT_PRIMARY)
-    if other_writable:
-        return Decision(False, Reason.OTHER_WRITABLE)
-    return Decision(True, Reason.REBUILD)
+    return _first_refusal(
+        Reason.REBUILD,
+        (source_role is not FollowerRole.WARM, Reason.NOT_WARM_FOLLOWER),
+        (not source_writable, Reason.SOURCE_NOT_PRIMARY),
+        (other_writable, Reason.OTHER_WRITABLE),
+    )
 
 
 class TargetSeen(enum.StrEnum):
@@ -89,21 +99,16 @@ class TargetSeen(enum.StrEnum):
 def may_hand_back(role: FollowerRole | None, here_writable: bool, agent_answers: bool, target: TargetSeen,
                   other_writable: bool) -> Decision:
     """May this follower, an operator's primary, hand the service back to the pair node ``target``?"""
-    if role is not FollowerRole.WARM:
-        return Decision(False, Reason.NOT_WARM_FOLLOWER)
-    if not here_writable:
-        return Decision(False, Reason.HERE_NOT_PRIMARY)
-    if agent_answers:
-        return Decision(False, Reason.AGENT_RUNNING)
-    if other_writable:
-        return Decision(False, Reason.OTHER_WRITABLE)
-    if target is TargetSeen.AGENT_SILENT:
-        return Decision(False, Reason.TARGET_AGENT_SILENT)
-    if target is TargetSeen.FENCED:
-        return Decision(False, Reason.TARGET_FENCED)
-    if target is TargetSeen.NOT_STREAMING_HERE:
-        return Decision(False, Reason.TARGET_NOT_STREAMING)
-    return Decision(True, Reason.HAND_BACK)
+    return _first_refusal(
+        Reason.HAND_BACK,
+        (role is not FollowerRole.WARM, Reason.NOT_WARM_FOLLOWER),
+        (not here_writable, Reason.HERE_NOT_PRIMARY),
+        (agent_answers, Reason.AGENT_RUNNING),
+        (other_writable, Reason.OTHER_WRITABLE),
+        (target is TargetSeen.AGENT_SILENT, Reason.TARGET_AGENT_SILENT),
+        (target is TargetSeen.FENCED, Reason.TARGET_FENCED),
+        (target is TargetSeen.NOT_STREAMING_HERE, Reason.TARGET_NOT_STREAMING),
+    )
 
 
 class Promotion(enum.StrEnum):

@@ -25,6 +25,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from standby.lab import Lab, followers
+from standby.operations import SITE_TERMS
 from standby.lab.pair import SERVICE_URL, STANDBY, LoadRun, database_servers, primaries, start_pair, verify
 from standby.lab.probe import DualPrimaryProbe
 from standby.lab.softswitch import CLI as SOFTSWITCH
@@ -198,6 +199,8 @@ def _road_back(lab_factory, tmp_path: Path, gamma_behind: bool) -> None:  # type
     assert primaries(lab) == ["alpha"]
     alpha = lab.agent_status("alpha")
     assert alpha is not None and alpha.state.services
+    # The rebuilt pair's terms are in a block the lost site cannot have reached (finding DR-term).
+    assert alpha.state.term > SITE_TERMS, alpha.state.term
     assert followers.streaming_from(lab, "beta", "alpha") and followers.streaming_from(lab, "gamma", "alpha")
     assert result.dual == [], f"{len(result.dual)} samples with two writable nodes: {result.dual[:3]}"
     acked = [_acked(h) for h in histories]

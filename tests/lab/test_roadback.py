@@ -275,7 +275,7 @@ def refused(*args, **kwargs):
 cfg = config.load(sys.argv[1])
 rj.act.configure_as_standby = refused
 try:
-    rj.rejoin(cfg, "alpha", state_dir=cfg.state_dir_for("alpha"), salvage=salvage_for_rejoin)
+    rj.rejoin(cfg, rj.Rejoining.peer(cfg, "alpha"), state_dir=cfg.state_dir_for("alpha"), salvage=salvage_for_rejoin)
 except act.PostgresActionError as e:
     print("stopped:", e)
     sys.exit(3)

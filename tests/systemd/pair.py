@@ -197,14 +197,17 @@ class Pair:
                 raise NotConverged(f"{what} in {timeout_s} s; last status: {st}{self.journal_tails()}")
             time.sleep(0.5)
 
-    def agent_answers(self, node: str, timeout_s: float = 90) -> PairStatus:
-        """The pair as ``node`` sees it, once its own agent answers (after a boot it takes a moment)."""
-        return self._poll(node, lambda st: st.nodes[node].agent is not None, f"{node}'s agent did not answer", timeout_s)
-
     def settled(self, node: str, timeout_s: float = 90) -> PairStatus:
         """``node``'s agent answers and sees one primary (itself or its peer)."""
         return self._poll(node, lambda st: st.nodes[node].agent is not None and st.primary is not None,
                           f"{node} saw no single primary", timeout_s)
+
+    def wait_fenced(self, node: str, timeout_s: float = 60) -> PairStatus:
+        """``node``'s agent answers and says it is fenced (a booting agent answers before it has heard its peer)."""
+        def fenced(st: PairStatus) -> bool:
+            agent = st.nodes[node].agent
+            return agent is not None and agent.fenced
+        return self._poll(node, fenced, f"{node} did not say it is fenced", timeout_s)
 
     def wait_primary(self, node: str, timeout_s: float = 60) -> PairStatus:
         return self._poll(node, lambda st: st.primary == node, f"{node} did not become primary", timeout_s)

@@ -14,7 +14,6 @@ import inspect
 import json
 import logging
 import os
-import socket
 import ssl
 import subprocess
 import threading
@@ -41,17 +40,12 @@ from standby.alerts import (
     make_alert,
 )
 from standby.config import Email, Webhook
+from tests.unit.loopback import free_port
 
 LOOPBACK = "127.0.0.1"
 PASSWORD = "s3cret-Pa55-for-smtp"
 SINCE = datetime(2026, 11, 26, 11, 40, 5, tzinfo=UTC)
 HANG_LIMIT_S = 30.0  # only to turn a hang into a failure; never a performance claim
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind((LOOPBACK, 0))
-        return s.getsockname()[1]
 
 
 async def until(cond: Callable[[], bool], what: str) -> None:

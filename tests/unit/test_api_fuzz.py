@@ -28,6 +28,7 @@ from standby import config
 from standby.agent.node import Agent
 from standby.api import MAX_PROMOTE_WAIT_S, make_app
 from tests.unit.configs import example_with_secrets
+from tests.unit.loopback import free_port
 
 TIMEOUT_S = 5.0
 
@@ -55,15 +56,9 @@ class Server:
             conn.close()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    raw, files = example_with_secrets(tmp_path_factory.mktemp("api"), _free_port())
+    raw, files = example_with_secrets(tmp_path_factory.mktemp("api"), free_port())
     cfg = config.parse(raw)
     agent = Agent(cfg, "alpha")
     srv = Server(agent, cfg.api.port, files["api.token_file"].read_text().strip())

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import http.server
 import json
-import socket
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,6 +13,7 @@ import pytest
 from standby import apiclient, config
 from standby.documents import AGENT_VIEW
 from tests.unit.configs import example_with_secrets
+from tests.unit.loopback import free_port, running
 from tests.unit.test_documents import view
 
 
@@ -43,19 +42,11 @@ class _Agent(http.server.BaseHTTPRequestHandler):
 
 @pytest.fixture
 def agent(tmp_path: Path) -> Iterator[tuple[config.Config, int]]:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = int(s.getsockname()[1])
+    port = free_port()
     raw, _ = example_with_secrets(tmp_path, port)
     raw["nodes"]["beta"]["private"]["address"] = "127.0.0.1/8"  # the client tries the private address first
-    httpd = http.server.HTTPServer(("127.0.0.1", port), _Agent)
-    t = threading.Thread(target=httpd.serve_forever, daemon=True)
-    t.start()
-    try:
+    with running(http.server.HTTPServer(("127.0.0.1", port), _Agent)):
         yield config.parse(raw), port
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
 
 
 def test_status_is_read_as_a_typed_view(agent: tuple[config.Config, int]) -> None:

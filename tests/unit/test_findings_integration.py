@@ -19,8 +19,8 @@ from standby import config
 from standby.act.fence import read_state
 from standby.agent.conditions import MAINTENANCE_GRACE_S, conditions
 from standby.agent.node import Agent
-from standby.alerts import AlertKind, make_alert
 from standby.agent.store import Store
+from standby.alerts import AlertKind, make_alert
 from standby.decide import State, decide
 from standby.model import ActionKind, DbState, LocalPg, Net
 from tests.unit.configs import example_with_secrets

@@ -33,6 +33,7 @@ from standby.cli.status import render
 from standby.documents import PAIR_STATUS
 from standby.model import DbState, Net, PeerView
 from tests.unit.configs import example_with_secrets
+from tests.unit.loopback import free_port, running
 
 PRIMARY_IN_SYNC = PeerView(term=4, db=DbState.PRIMARY, services=True, lsn=5_000, sync_ok=True,
                            carrier={Net.PUBLIC: True, Net.PRIVATE: True}, tiebreaker_ok=True)
@@ -196,12 +197,6 @@ def test_l6_history_and_state_dir_are_private(tmp_path: Path) -> None:
 # -- H3: the API's listen addresses, its limits, and its own thread ------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def test_h3_api_listens_on_private_and_localhost_unless_asked(tmp_path: Path) -> None:
     raw, _ = example_with_secrets(tmp_path)
     del raw["api"]["listen"]
@@ -234,7 +229,7 @@ class _AgentLoop:
 @pytest.fixture
 def api(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[tuple[ApiServer, str, _AgentLoop]]:
     overrides: dict[str, Any] = dict(getattr(request, "param", {}))
-    raw, files = example_with_secrets(tmp_path, _free_port())
+    raw, files = example_with_secrets(tmp_path, free_port())
     raw["followers"] = overrides.pop("followers", [])
     raw["api"].update({"request_timeout_s": 0.5, **overrides})
     agent = Agent(config.parse(raw), "alpha")
@@ -382,7 +377,7 @@ def _outbound_address() -> str | None:
 class _Recorder(http.server.BaseHTTPRequestHandler):
     seen: list[str | None] = []
 
-    def do_POST(self) -> None:  # noqa: N802 (the stdlib's name)
+    def do_POST(self) -> None:
         _Recorder.seen.append(self.headers.get("Authorization"))
         self.rfile.read(int(self.headers.get("Content-Length", 0)))
         body = b'{"ok": true}'
@@ -400,7 +395,7 @@ def test_m8_client_never_sends_the_token_in_clear_to_a_public_address(tmp_path: 
     public = _outbound_address()
     if public is None:
         pytest.skip("this machine has no non-loopback IPv4 address")
-    port = _free_port()
+    port = free_port()
     raw, files = example_with_secrets(tmp_path, port)
     net = ipaddress.IPv4Interface(f"{public}/24").network
     free = [str(h) for h in net.hosts() if str(h) != public][:3]
@@ -413,10 +408,7 @@ def test_m8_client_never_sends_the_token_in_clear_to_a_public_address(tmp_path: 
     cfg = config.parse(raw)
     assert cfg.tls is None
     _Recorder.seen = []
-    httpd = http.server.HTTPServer((public, port), _Recorder)
-    t = threading.Thread(target=httpd.serve_forever, daemon=True)
-    t.start()
-    try:
+    with running(http.server.HTTPServer((public, port), _Recorder)):
         client = apiclient.AgentApi(cfg)
         if in_clear:
             assert client.post("beta", "/maintenance", {"suspend": True}, timeout_s=5) == {"ok": True}
@@ -426,9 +418,6 @@ def test_m8_client_never_sends_the_token_in_clear_to_a_public_address(tmp_path: 
                 client.post("beta", "/maintenance", {"suspend": True}, timeout_s=5)
             assert "api.token_in_clear" in str(e.value)
             assert _Recorder.seen == [], "the token crossed the public network in clear"
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
 
 
 def test_m8_token_may_go_to_loopback_and_private_in_clear_and_anywhere_over_tls(tmp_path: Path) -> None:

@@ -20,6 +20,7 @@ from standby.agent import followerobs
 from standby.agent.followerobs import ANSWER_TIMEOUT_S, Kept, Upstream, Watcher, answered_in_time
 from standby.documents import AGENT_VIEW
 from tests.unit.configs import example_with_secrets
+from tests.unit.loopback import free_port, running
 from tests.unit.test_documents import view
 
 
@@ -215,22 +216,15 @@ Agent = tuple[config.Config, type[_KeepAliveAgent]]
 @pytest.fixture
 def keepalive_agent(tmp_path: Path) -> Iterator[Agent]:
     """An agent's API on loopback that keeps connections (HTTP/1.1), with the token asked for /status."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = int(s.getsockname()[1])
+    port = free_port()
     raw, _ = example_with_secrets(tmp_path, port)
     raw["api"]["token_for_status"] = True
     handler = type("Agent", (_KeepAliveAgent,), {"requests": [], "connections": 0,
                                                   "body": json.dumps(AGENT_VIEW.encode(view())).encode()})
     httpd = http.server.ThreadingHTTPServer(("127.0.0.1", port), handler)
     httpd.daemon_threads = True
-    t = threading.Thread(target=httpd.serve_forever, daemon=True)
-    t.start()
-    try:
+    with running(httpd):
         yield config.parse(raw), handler
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
 
 
 @pytest.fixture

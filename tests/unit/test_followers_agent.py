@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import asyncio
-import socket
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -26,6 +25,7 @@ from standby.documents import FollowerRejoinPhase, FollowerView, RejoinMethod
 from standby.follow import FollowerActionKind, FollowerPg, FollowerReason, PairView
 from standby.model import DbState, Lsn
 from tests.unit.configs import example_with_secrets
+from tests.unit.loopback import free_port
 from tests.unit.test_followers_config import follower
 
 MB = 1 << 20
@@ -323,12 +323,6 @@ def test_i12_timeline_history_is_read_as_the_primary_writes_it() -> None:
     assert parse_history("") == ()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _served_status(cfg: config.Config) -> tuple[FollowerAgent, object]:
     """A follower that heard alpha as primary, its API served, and its /status read by the real client."""
     w = World(cfg)
@@ -347,7 +341,7 @@ def _served_status(cfg: config.Config) -> tuple[FollowerAgent, object]:
 
 
 def test_i12_the_followers_status_is_served_and_read_by_the_client(tmp_path: Path) -> None:
-    cfg = cfg_with(tmp_path, port=_free_port())
+    cfg = cfg_with(tmp_path, port=free_port())
     agent, got = _served_status(cfg)
     assert got == agent.view and got is not None
     assert got.received_lsn == str(Lsn(5 * MB)) and got.primary == "alpha"
@@ -363,7 +357,7 @@ def test_i12_the_followers_status_is_served_over_tls_when_the_pair_speaks_tls(tm
     tls_dir = tmp_path / "tls"
     labtls.make_ca(tls_dir, "unit")
     labtls.make_node_cert(tls_dir, "dr", ["127.0.0.1"], getpass.getuser())
-    raw, _ = example_with_secrets(tmp_path, api_port=_free_port())
+    raw, _ = example_with_secrets(tmp_path, api_port=free_port())
     raw["followers"] = [follower("dr", 21)]
     raw["tls"] = {"ca_file": str(tls_dir / labtls.CA_CERT), "cert_file": str(labtls.cert_path(tls_dir, "{node}")),
                   "key_file": str(labtls.key_path(tls_dir, "{node}"))}

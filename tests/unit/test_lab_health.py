@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -17,6 +16,7 @@ import pytest
 
 from standby.lab import configfile
 from standby.lab.topology import LabSpec
+from tests.unit.loopback import running
 
 HEAVY = ("aiohttp", "psycopg", "pydantic", "click", "standby.lab.lab", "standby.lab.softswitch")
 
@@ -24,7 +24,7 @@ HEAVY = ("aiohttp", "psycopg", "pydantic", "click", "standby.lab.lab", "standby.
 @contextmanager
 def serving(status: int) -> Iterator[str]:
     class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802 (the stdlib's name)
+        def do_GET(self) -> None:
             body = b"ok" if status == 200 else b"no writable database"
             self.send_response(status)
             self.send_header("Content-Length", str(len(body)))
@@ -34,14 +34,8 @@ def serving(status: int) -> Iterator[str]:
         def log_message(self, *args: object) -> None:
             pass
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    t = threading.Thread(target=server.serve_forever, daemon=True)
-    t.start()
-    try:
+    with running(ThreadingHTTPServer(("127.0.0.1", 0), Handler)) as server:
         yield f"http://127.0.0.1:{server.server_address[1]}/health"
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 def _health_argv() -> list[str]:
@@ -55,7 +49,7 @@ def test_lab_health_check_imports_nothing_but_the_standard_library() -> None:
              "sys.argv = ['health', '-q', 'http://127.0.0.1:9/health']\n"
              "try:\n    runpy.run_module('standby.lab.health', run_name='__main__')\n"
              "except SystemExit:\n    pass\n"
-             f"print(sorted(m for m in sys.modules if m.split('.')[0] in {{'aiohttp', 'psycopg', 'pydantic', 'click'}}"
+             "print(sorted(m for m in sys.modules if m.split('.')[0] in {'aiohttp', 'psycopg', 'pydantic', 'click'}"
              " or m in ('standby.lab.lab', 'standby.lab.softswitch')))")
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=30)
     assert out.returncode == 0, out.stderr

