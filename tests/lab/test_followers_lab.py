@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from standby.act import postgres as pgact
-from standby.lab import Lab, followers, netns, wan
+from standby.lab import Lab, followers, netns, pgnode, wan
 from standby.lab.pair import STANDBY, LoadRun, primaries, reporting_holders, start_pair, under_load
 from standby.lab.topology import PUBLIC_IF, REPORTING_IP
 from tests.lab.test_failover import no_loss_no_dual, settle
@@ -121,6 +121,26 @@ def test_a_followers_watching_makes_no_connection_per_round_to_the_pair(lab_fact
           f"gamma's connections to alpha's agent: {api_before} before, {api_after} after")
     assert from_gamma == [], from_gamma[:3]
     assert len(api_after) == 1 and api_after == api_before
+
+
+def test_a_follower_is_made_by_standby_bootstrap_and_a_rerun_changes_nothing(lab_factory) -> None:  # type: ignore[no-untyped-def]
+    """The lab clones gamma as an operator would (`standby bootstrap --node gamma`, lab.followers.clone); run again
+    on the streaming follower it changes nothing; on a stopped one holding data it refuses unless told to move
+    that data aside, and then clones again from the primary and streams."""
+    lab = _pair_with_gamma(lab_factory)
+    assert followers.streaming_from(lab, "gamma", "alpha")
+    again = lab.standby("gamma", "bootstrap")
+    assert "nothing to do" in again.stdout, again.stdout
+    before = followers.identity(lab, "gamma")
+    lab.stop_agent("gamma")
+    pgnode.stop(lab.node("gamma"))
+    refused = lab.standby("gamma", "bootstrap", check=False)
+    assert refused.returncode != 0 and "--replace-data" in refused.stdout + refused.stderr, refused
+    redone = lab.standby("gamma", "bootstrap", "--replace-data")
+    assert "moved aside" in redone.stdout and "pg_basebackup from alpha" in redone.stdout, redone.stdout
+    lab.wait_for("gamma streaming from alpha", lambda: followers.streaming_from(lab, "gamma", "alpha"), timeout_s=30)
+    assert followers.identity(lab, "gamma") != before, "the data directory was not cloned again"
+    assert list(lab.node("gamma").pgdata.parent.glob(f"{lab.node('gamma').pgdata.name}.replaced-*")), "nothing aside"
 
 
 def _reporting_ip_on(lab: Lab) -> list[str]:

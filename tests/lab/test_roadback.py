@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from standby import salvage as sv
+from standby.act import postgres as pgact
 from standby.lab import Lab
 from standby.lab.pair import LoadRun, agent_state, holders, primaries, start_pair, under_load, verify
 
@@ -64,9 +65,11 @@ def test_rejoin_refused_when_unsafe_and_nothing_changes(pair: Lab) -> None:
     # On the live primary: refused, it still accepts writes.
     res = pair.standby("alpha", "rejoin", "--yes", check=False)
     assert res.returncode == 1 and "writable primary" in res.stderr
-    # On a streaming standby: nothing to rejoin.
+    # On a standby streaming from the primary: nothing to rejoin, said as such, and nothing changed.
+    before = pgact.running_pid(pair.node("beta").pgdata)
     res = pair.standby("beta", "rejoin", "--yes", check=False)
-    assert res.returncode == 1 and "already a standby" in res.stderr
+    assert res.returncode == 0 and "nothing to rejoin: beta already streams from alpha" in res.stdout, res
+    assert before is not None and pgact.running_pid(pair.node("beta").pgdata) == before, "its server was restarted"
     # After a failover, with the new primary cut off: refused, and the old data untouched.
     pair.crash("alpha")
     pair.wait_for("beta to take over", lambda: primaries(pair) == ["beta"], timeout_s=20)

@@ -13,6 +13,7 @@ import pytest
 
 from standby import config
 from standby.act import bootstrap
+from standby.act.bootsteps import BootstrapBlocked
 from standby.documents import NodeFacts
 from tests.unit.configs import EXAMPLE
 
@@ -35,12 +36,12 @@ def test_bootstrap_accepts_a_peer_recorded_the_same_or_one_release_apart(cfg: co
 @pytest.mark.parametrize("theirs", ["1.2.0", "1.6.1", "2.4.2"])
 def test_bootstrap_refuses_a_peer_more_than_one_release_apart_naming_the_record_and_the_fix(
         cfg: config.Config, theirs: str) -> None:
-    with pytest.raises(bootstrap.BootstrapBlocked) as e:
+    with pytest.raises(BootstrapBlocked) as e:
         bootstrap._refuse_version_mismatch(cfg, "alpha", _facts("beta", theirs))
     said = str(e.value)
     assert theirs in said and "1.4.2" in said and "at its bootstrap" in said and "install" in said
 
 
 def test_bootstrap_refuses_another_postgresql_major(cfg: config.Config) -> None:
-    with pytest.raises(bootstrap.BootstrapBlocked, match="major"):
+    with pytest.raises(BootstrapBlocked, match="major"):
         bootstrap._refuse_version_mismatch(cfg, "alpha", _facts("beta", "1.4.2", major=16))

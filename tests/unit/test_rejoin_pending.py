@@ -102,3 +102,40 @@ def test_i13_a_rewind_that_could_never_catch_up_is_not_run_the_rejoin_clones(
     assert (result.kept_aside / "PG_VERSION").read_text() == "15\n"  # the old directory, kept for its salvage
     assert "000000010000000000000044" in steps[0] and "clone" in steps[0]
     assert (tmp_path / "pending.json").exists()
+
+
+def _standby_seen(monkeypatch: pytest.MonkeyPatch, status: str | None, upstream: str | None) -> None:
+    from datetime import UTC, datetime
+
+    from standby.model import PgRole
+    from standby.observe.postgres import PgObservation
+
+    monkeypatch.setattr(rj.obs, "observe_local", lambda cfg, node: PgObservation(
+        node=node, role=PgRole.STANDBY, observed_at=datetime.now(UTC), receiver_status=status, upstream=upstream))
+
+    def no_peer(*a: Any, **kw: Any) -> Any:
+        raise AssertionError("a rejoin with nothing to do touched the new primary")
+
+    monkeypatch.setattr(rj.obs, "connect_peer", no_peer)
+
+
+def test_roadback_race_a_standby_already_streaming_from_the_primary_is_nothing_to_rejoin(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Found by a CI run of the road back: beta's agent restarted its server as a standby that could follow the new
+    timeline, and `standby rejoin --node beta`, run a moment later, failed ("already a standby"): a step of the road
+    back that is already done must say so and succeed, changing nothing."""
+    cfg, _ = _with_data_dir(tmp_path)
+    _standby_seen(monkeypatch, "streaming", str(cfg.link("alpha").ip))
+    said: list[str] = []
+    result = rj.rejoin(cfg, rj.Rejoining.peer(cfg, "beta"), state_dir=tmp_path, report=said.append)
+    assert result.method is RejoinMethod.NONE_NEEDED and result.fork_lsn is None
+    assert any("already streams from alpha" in s for s in said), said
+
+
+@pytest.mark.parametrize(("status", "upstream"), [("streaming", "203.0.113.99"), ("waiting", None), (None, None)])
+def test_a_standby_not_streaming_from_the_primary_is_still_refused_by_name(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, status: str | None, upstream: str | None) -> None:
+    cfg, _ = _with_data_dir(tmp_path)
+    _standby_seen(monkeypatch, status, upstream)
+    with pytest.raises(rj.RejoinRefused, match="does not stream from alpha"):
+        rj.rejoin(cfg, rj.Rejoining.peer(cfg, "beta"), state_dir=tmp_path)

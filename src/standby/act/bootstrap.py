@@ -9,34 +9,18 @@ never removed; with ``replace_data`` it is moved aside, not deleted.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
-from datetime import UTC, datetime
-from pathlib import Path
 
 import psycopg
 
 from standby import __version__, salvage, tls, versioncheck
 from standby.act import postgres as act
+from standby.act.bootsteps import BootstrapBlocked, Report, Step, move_aside
+from standby.act.bootstrap_follower import bootstrap_follower
 from standby.config import Config, Durability
 from standby.documents import NodeFacts
 from standby.model import PgRole
 from standby.observe import postgres as obs
 from standby.observe.system import local_facts
-
-
-@dataclass(frozen=True)
-class Step:
-    name: str
-    changed: bool
-    detail: str = ""
-
-
-class BootstrapBlocked(Exception):
-    """Bootstrap cannot go on; the message says what blocks it and what to do."""
-
-
-Report = Callable[[Step], None]
 
 
 def bootstrap(cfg: Config, node: str, *, restart: bool = False, replace_data: bool = False,
@@ -49,6 +33,9 @@ def bootstrap(cfg: Config, node: str, *, restart: bool = False, replace_data: bo
         steps.append(step)
         report(step)
 
+    if node not in cfg.nodes:  # a follower ([[followers]]): cloned from the pair's primary
+        bootstrap_follower(cfg, node, replace_data, note)
+        return steps
     local = obs.observe_local(cfg, node)
     if local.role is PgRole.PRIMARY:
         _primary(cfg, node, restart, note)
@@ -207,7 +194,7 @@ def _standby_from_stopped(cfg: Config, node: str, role: PgRole, replace_data: bo
     _peer_primary(cfg, node)
     _peer_prepared(cfg, node)
     if role is PgRole.STOPPED:
-        aside = _move_aside(pg.data_dir)
+        aside = move_aside(pg.data_dir)
         note(Step("old data directory", True, f"moved aside to {aside}"))
     elif pg.data_dir.exists() and any(pg.data_dir.iterdir()):
         raise BootstrapBlocked(
@@ -220,13 +207,6 @@ def _standby_from_stopped(cfg: Config, node: str, role: PgRole, replace_data: bo
     act.start(cfg, node)
     note(Step("start standby", True, f"PostgreSQL started on {node}"))
     _running_standby(cfg, node, note)
-
-
-def _move_aside(data_dir: Path) -> Path:
-    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-    aside = data_dir.with_name(f"{data_dir.name}.replaced-{stamp}")
-    data_dir.rename(aside)
-    return aside
 
 
 def _running_standby(cfg: Config, node: str, note: Report) -> None:

@@ -105,6 +105,13 @@ def _source_conninfo(cfg: Config, r: Rejoining) -> str:
     return obs.peer_dsn(cfg, r.source, dbname=cfg.pg(r.node).database, connect_timeout=5)
 
 
+def streams_from(cfg: Config, local: obs.PgObservation, source: str) -> bool:
+    """A standby whose WAL receiver streams from ``source``: its WAL is a prefix of the source's history
+    (PostgreSQL refuses to stream a timeline that forked off before the standby's position)."""
+    return (local.role is PgRole.STANDBY and local.receiver_status == "streaming"
+            and local.upstream == str(cfg.link(source).ip))
+
+
 def preflight(cfg: Config, r: Rejoining) -> obs.PgObservation:
     """The checks that make rejoin safe; raises RejoinRefused with the reason."""
     node, peer = r.node, r.source
@@ -117,7 +124,9 @@ def preflight(cfg: Config, r: Rejoining) -> obs.PgObservation:
             f"PostgreSQL on {node} is running as a writable primary; a node that still accepts writes cannot "
             f"be rejoined. If {peer} is the real primary, fence this one first: `standby fence --node {node}`")
     if local.role is PgRole.STANDBY:
-        raise RejoinRefused(f"{node} is already a standby (streaming: {local.receiver_status}); nothing to rejoin")
+        raise RejoinRefused(f"{node} is a standby that does not stream from {peer} (its WAL receiver: "
+                            f"{local.receiver_status or 'none'}, from {local.upstream or 'nowhere'}); stop its server "
+                            "first (`standby rejoin` on a pair node does that for a standby that cannot stream)")
     if act.running_pid(cfg.pg(node).data_dir) is not None:
         raise RejoinRefused(f"a server still uses {cfg.pg(node).data_dir}; stop it first")
     if local.role is PgRole.EMPTY:
@@ -178,6 +187,11 @@ def rejoin(cfg: Config, r: Rejoining, *, state_dir: Path, report: Report = lambd
     node, peer = r.node, r.source
     result = RejoinResult()
     step = _Steps(result, report)
+    if streams_from(cfg, obs.observe_local(cfg, node), peer):
+        # Nothing to do, and so said: a step of the road back run twice, or a standby that could follow
+        # the new timeline by itself, must not read as a failure at 3 a.m.
+        step(f"{node} already streams from {peer}: nothing to rewind or clone")
+        return result
     preflight(cfg, r)
     with obs.connect_peer(cfg, peer) as conn:
         conn.execute("CHECKPOINT")

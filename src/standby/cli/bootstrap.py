@@ -7,9 +7,10 @@ from pathlib import Path
 
 import click
 
-from standby.act.bootstrap import BootstrapBlocked, Step, bootstrap
+from standby.act.bootsteps import BootstrapBlocked, Step
+from standby.act.bootstrap import bootstrap
 from standby.act.postgres import PostgresActionError
-from standby.cli.common import config_option, handle_errors, load_node, node_option
+from standby.cli.common import config_option, handle_errors, load_member, node_option
 
 
 @click.command("bootstrap")
@@ -20,15 +21,16 @@ from standby.cli.common import config_option, handle_errors, load_node, node_opt
               help="On the standby: move an existing data directory aside and clone over it (never deletes it).")
 @handle_errors
 def command(config_path: Path, node: str | None, restart: bool, replace_data: bool) -> None:
-    """Set up streaming replication; run on the primary first, then on the standby.
+    """Set up streaming replication; run on the primary first, then on the standby, then on each follower.
 
     On the primary: replication settings, a SCRAM replication role, pg_hba.conf
     entries for the peer's private address only, a replication slot. On the
     standby: a clone over the private network, started and checked to stream,
-    then the configured durability (sync/async) on the primary. Re-running it
-    on a healthy pair changes nothing and says so.
+    then the configured durability (sync/async) on the primary. On a follower
+    ([[followers]]): a clone of the pair's primary, started in recovery, left to
+    its agent. Re-running it on a healthy pair changes nothing and says so.
     """
-    cfg, me = load_node(config_path, node)
+    cfg, me = load_member(config_path, node)
     click.echo(f"bootstrap on {me} (cluster {cfg.cluster}, durability {cfg.replication.durability.value})")
 
     def show(step: Step) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -59,4 +60,13 @@ def handle_errors(fn: Callable[P, R]) -> Callable[P, R]:
 
 def load_node(config_path: Path, node: str | None) -> tuple[Config, str]:
     cfg = load(config_path)
+    return cfg, resolve_node(cfg, node)
+
+
+def load_member(config_path: Path, node: str | None) -> tuple[Config, str]:
+    """As load_node, for a command a follower runs too: a follower's name ([[followers]]) is accepted."""
+    cfg = load(config_path)
+    name = node or os.environ.get(NODE_ENV)
+    if name and cfg.follower(name) is not None:
+        return cfg, name
     return cfg, resolve_node(cfg, node)

@@ -14,6 +14,7 @@ from standby.act.switchover import SwitchoverError, roles, switchover
 from standby.apiclient import AgentApi, ApiError
 from standby.cli.common import OperatorError, config_option, handle_errors, load_node, node_option
 from standby.config import NODE_ENV, Config, RejoinPolicy, load
+from standby.documents import RejoinMethod
 
 
 def _parse_at(text: str | None) -> datetime | None:
@@ -144,7 +145,10 @@ def rejoin_command(config_path: Path, node: str | None, source: str | None, yes:
         raise OperatorError(f"rejoin refused: {e}") from None
     for name, secs in result.steps:
         click.echo(f"  {name:<70} {secs:7.2f} s")
-    click.secho(f"{me} rejoined by {result.method.value}; it streams from {upstream}", fg="green")
+    if result.method is RejoinMethod.NONE_NEEDED:
+        click.secho(f"nothing to rejoin: {me} already streams from {upstream}", fg="green")
+    else:
+        click.secho(f"{me} rejoined by {result.method.value}; it streams from {upstream}", fg="green")
     if source is not None:
         click.echo(f"next: `standby switchback --node {source}` on {source}, with its follower agent stopped")
     if result.salvage_report:

@@ -1,8 +1,6 @@
 """The lab's followers ([[followers]], docs/followers.md): each cloned from the pair's primary as an operator
-clones one (``pg_basebackup -R -S standby_NAME``), started in recovery, then left to its agent.
-
-A follower has no bootstrap yet, so the lab does by hand what the documentation tells an operator to do;
-from then on only its agent (``standby agent --node NAME``) moves it.
+clones one (`standby bootstrap --node NAME`), started in recovery, then left to its agent
+(``standby agent --node NAME``).
 """
 
 from __future__ import annotations
@@ -11,16 +9,11 @@ import os
 from dataclasses import dataclass
 
 import psycopg
-from psycopg import sql
 
-from standby import tls
-from standby.act import postgres as pgact
-from standby.agent.followeract import conninfo_settings, passfile_text
-from standby.lab import netns, pgnode
+from standby.lab import pgnode
 from standby.lab.errors import LabError
 from standby.lab.lab import Lab
-from standby.lab.topology import APP_DB, DB_NODES, PG_BIN, PG_OS_USER, PG_PORT
-from standby.observe.postgres import peer_dsn
+from standby.lab.topology import APP_DB, DB_NODES
 
 
 @dataclass(frozen=True)
@@ -33,30 +26,13 @@ class Receiver:
     system_identifier: int
 
 
-def clone(lab: Lab, name: str, source: str = "alpha") -> None:
-    """Fill the follower's empty data directory from ``source`` (bootstrapped: its slot and pg_hba.conf line
-    for the follower exist) and start it, streaming from ``source``."""
-    cfg, node = lab.config(), lab.node(name)
-    if (node.pgdata / "PG_VERSION").exists():
-        raise LabError(f"follower {name}: {node.pgdata} already holds a database")
-    with pgact.passfile(cfg, name, source) as pf:
-        netns.run(netns.in_netns(node.netns, [
-            "runuser", "-u", PG_OS_USER, "--", "env", f"PGPASSFILE={pf}", "PGCONNECT_TIMEOUT=5",
-            str(PG_BIN / "pg_basebackup"), "-d", peer_dsn(cfg, source), "-D", str(node.pgdata), "-X", "stream",
-            "-R", "-S", cfg.slot_name(name), "--checkpoint=fast", "--no-password"]), timeout=600)
-    # The conninfo -R wrote names the passfile just removed: the agent's own passfile and conninfo instead.
-    pg = cfg.pg(name)
-    pgact.write_as(pg.os_user, node.pgdata / pgact.STANDBY_PASSFILE, passfile_text(cfg, name))
-    pgnode.start(node)
-    settings = {**conninfo_settings(cfg, name, source), "port": str(PG_PORT),
-                "unix_socket_directories": str(node.socket_dir), "synchronous_standby_names": "",
-                **pgact.reporting_settings(cfg),
-                # The clone brought the source's certificate paths: serve the follower's own.
-                **tls.server_settings(cfg, name)}
-    with pgnode.connect(node, autocommit=True) as conn:
-        for key, value in settings.items():
-            conn.execute(sql.SQL("ALTER SYSTEM SET {} = {}").format(sql.Identifier(key), sql.Literal(value)))
-        conn.execute("SELECT pg_reload_conf()")
+def clone(lab: Lab, name: str) -> None:
+    """Fill the follower's empty data directory from the pair's primary and start it in recovery, as an operator
+    does: `standby bootstrap --node NAME` on the follower (the pair bootstrapped: its slot and pg_hba.conf line
+    for the follower exist)."""
+    if (lab.node(name).pgdata / "PG_VERSION").exists():
+        raise LabError(f"follower {name}: {lab.node(name).pgdata} already holds a database")
+    lab.standby(name, "bootstrap")
 
 
 def attach(lab: Lab) -> None:
