@@ -124,23 +124,31 @@ def test_a_followers_watching_makes_no_connection_per_round_to_the_pair(lab_fact
 
 
 def test_a_follower_is_made_by_standby_bootstrap_and_a_rerun_changes_nothing(lab_factory) -> None:  # type: ignore[no-untyped-def]
-    """The lab clones gamma as an operator would (`standby bootstrap --node gamma`, lab.followers.clone); run again
-    on the streaming follower it changes nothing; on a stopped one holding data it refuses unless told to move
-    that data aside, and then clones again from the primary and streams."""
+    """The lab clones gamma as an operator would (`standby bootstrap --node gamma`, lab.followers.clone). Run again:
+    on the streaming follower it changes nothing; on its stopped clone it starts it, no new clone; on a stopped
+    directory that is no clone (no standby.signal: a DR node promoted once) it refuses unless told to move that
+    data aside, and then clones again from the primary and streams."""
     lab = _pair_with_gamma(lab_factory)
     assert followers.streaming_from(lab, "gamma", "alpha")
     again = lab.standby("gamma", "bootstrap")
     assert "nothing to do" in again.stdout, again.stdout
-    before = followers.identity(lab, "gamma")
+    first = followers.identity(lab, "gamma")
     lab.stop_agent("gamma")
     pgnode.stop(lab.node("gamma"))
+    restarted = lab.standby("gamma", "bootstrap")
+    assert "started the existing clone" in restarted.stdout and "pg_basebackup" not in restarted.stdout, restarted
+    lab.wait_for("gamma streaming from alpha", lambda: followers.streaming_from(lab, "gamma", "alpha"), timeout_s=30)
+    assert followers.identity(lab, "gamma") == first, "a stopped clone was cloned again"
+    pgnode.stop(lab.node("gamma"))
+    (lab.node("gamma").pgdata / "standby.signal").unlink()
     refused = lab.standby("gamma", "bootstrap", check=False)
     assert refused.returncode != 0 and "--replace-data" in refused.stdout + refused.stderr, refused
     redone = lab.standby("gamma", "bootstrap", "--replace-data")
     assert "moved aside" in redone.stdout and "pg_basebackup from alpha" in redone.stdout, redone.stdout
     lab.wait_for("gamma streaming from alpha", lambda: followers.streaming_from(lab, "gamma", "alpha"), timeout_s=30)
-    assert followers.identity(lab, "gamma") != before, "the data directory was not cloned again"
-    assert list(lab.node("gamma").pgdata.parent.glob(f"{lab.node('gamma').pgdata.name}.replaced-*")), "nothing aside"
+    assert followers.identity(lab, "gamma") != first, "the data directory was not cloned again"
+    pgdata = lab.node("gamma").pgdata
+    assert list(pgdata.parent.glob(f"{pgdata.name}.replaced-*")), "the old directory was not kept aside"
 
 
 def _reporting_ip_on(lab: Lab) -> list[str]:
