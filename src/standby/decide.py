@@ -34,7 +34,9 @@ Why two servers are enough (the safety argument, in the order rules apply):
    down or fenced in an older term, knows nobody took over and nobody will:
    every promotion raises the term before it happens, a standby's eligibility
    changes only on hearing a primary, and a server that is down restarts as
-   primary only while its peer's term is no newer than its own. It starts
+   primary only while its peer's term is no newer than its own (and, with
+   warm followers, while each answers and none accepts writes: a DR node is
+   promoted by a person, in no term of the pair's). It starts
    again as primary (sync: commits wait for the standby again), rather than
    leave the pair with no primary at all. Of two fenced nodes only the one in
    the newer term can do so; in equal terms both wait for a person.
@@ -54,7 +56,7 @@ import math
 from dataclasses import dataclass, replace
 from enum import StrEnum
 
-from standby.model import Action, ActionKind, DbState, LocalPg, Net, Observation, PeerView, Reason
+from standby.model import Action, ActionKind, DbState, DrSeen, LocalPg, Net, Observation, PeerView, Reason
 
 
 class PgCrashPolicy(StrEnum):
@@ -87,6 +89,8 @@ class Policy:
     rejoin_backoff_s: float = 60.0  # between automatic rejoin attempts
     # Primary: a degraded standby this close behind (bytes of WAL not flushed) is caught up, and commits wait for it again.
     caught_up_bytes: int = 1024 * 1024
+    # Warm followers are configured: a DR node may have been promoted while this site was gone (Observation.dr).
+    dr_watch: bool = False
 
     def tiebreaker_window_s(self) -> float:
         """How long a tie-breaker answer counts: a few heartbeats, and well inside the fence timeout."""
@@ -383,6 +387,11 @@ def _fenced_rules(s: State, o: Observation, p: Policy) -> tuple[State, list[Acti
             and o.now - s.last_rejoin_at >= p.rejoin_backoff_s):
         return replace(s, last_rejoin_at=o.now), [
             Action(ActionKind.REJOIN, Reason.REJOIN_AUTO, f"the new primary (term {peer.term}) is healthy")]
+    if s.resumable and o.dr is DrSeen.WRITABLE:  # a person promoted a warm follower meanwhile: nothing to resume
+        return _fence(s, Reason.DR_SERVES, "a warm follower accepts writes (a DR promotion): this node stays "
+                      "down until rebuilt from it (`standby rejoin --from`)", True)
+    if p.dr_watch and o.dr is not DrSeen.CLEAR:
+        return s, []  # a warm follower not heard may be serving: resume only once each answers (finding DR-restart)
     if p.hot and s.resumable and _lasted(s.peer_standby_since, o.now, p.failover_timeout_s):
         # Rule 4's exception (a). Not degraded: in sync, nothing is acknowledged
         # until the standby has it, whatever happens next.
@@ -433,13 +442,18 @@ def _crashed_primary_rules(s: State, o: Observation, p: Policy) -> tuple[State, 
                       resumable=True)
     if peer is not None and peer.db is DbState.PRIMARY and peer.term > s.term:  # the peer took over
         return _fence(s, Reason.SUPERSEDED, f"peer is primary in term {peer.term}", True)
+    if o.dr is DrSeen.WRITABLE:  # a person promoted a warm follower while this site was gone
+        return _fence(s, Reason.DR_SERVES, "a warm follower accepts writes (a DR promotion): this old primary "
+                      "stays down until rebuilt from it (`standby rejoin --from`)", True)
     # Restart as primary only if nobody can have taken over meanwhile: this
-    # agent watched the server die, or the peer is heard and still a standby.
+    # agent watched the server die, or the peer is heard and still a standby
+    # and, with warm followers, each answered and none accepts writes (finding
+    # DR-restart: a site back from a power loss before its WAN cannot see the DR node).
     # A rebooted old primary whose peer is silent waits for a person.
     # A standby in a newer term is being promoted (the term is raised first); a peer
     # still fencing may still be writing.
     safe = s.primary_this_run or (peer is not None and peer.db in (DbState.STANDBY, DbState.FENCED)
-                                  and peer.term <= s.term)
+                                  and peer.term <= s.term and (not p.dr_watch or o.dr is DrSeen.CLEAR))
     if safe and o.now - s.last_restart_at >= p.restart_backoff_s:
         return replace(s, last_restart_at=o.now), [
             Action(ActionKind.RESTART_PG, Reason.PG_CRASHED_RESTART, "PostgreSQL is down; crash recovery in place")]

@@ -82,6 +82,7 @@ class Reason(StrEnum):
     """Why a decision was taken; one per named rule of the decision core."""
 
     SUPERSEDED = "superseded"  # the peer was promoted with a newer term
+    DR_SERVES = "dr_serves"  # a warm follower accepts writes (a DR promotion): an old primary stays down
     RESUMED_AFTER_FREEZE = "resumed_after_freeze"  # this agent stalled longer than the fence timeout
     ISOLATED = "isolated"  # no peer on any path and no tie-breaker
     PG_CRASHED_FAILOVER = "pg_crashed_failover"  # local PostgreSQL died; the in-sync standby takes over
@@ -153,6 +154,16 @@ class Observation:
     # When this node sent the newest message the peer says it received (monotonic,
     # this node's clock); None until the peer confirms one (older peers never do).
     heard_me: float | None = None
+    # The warm followers, looked at only while a restart of a rebooted primary is in question; None: not looked.
+    dr: DrSeen | None = None
+
+
+class DrSeen(StrEnum):
+    """The warm followers ([[followers]] role "warm") as this pair node sees them."""
+
+    CLEAR = "clear"  # every one answered, and none accepts writes
+    WRITABLE = "writable"  # one accepts writes: a person promoted it (a site loss)
+    UNKNOWN = "unknown"  # one did not answer: across a WAN that is down it may be serving
 
 
 class ActionKind(StrEnum):

@@ -66,3 +66,37 @@ def test_i12_site_lost_under_load_gamma_promoted_by_hand(lab_factory, tmp_path: 
     predicted = next((line for line in res.stdout.splitlines() if line.startswith("what could be lost")), "?")
     print(f"\nsite loss: {len(acked - on_gamma)} of {len(acked)} acknowledged calls not on gamma; the command "
           f"said: {predicted}")
+
+
+def test_dr_restart_the_old_site_back_before_its_wan_starts_no_primary(lab_factory) -> None:  # type: ignore[no-untyped-def]
+    """Finding DR-restart: after a site loss and gamma's promotion, the old site's power comes back before its
+    WAN. The start check cannot see gamma, so nothing fences; alpha's agent found its server down and beta a
+    standby in its own term, and restarted alpha as a primary beside gamma. Now the restart waits for every warm
+    follower to answer; once the WAN is back, gamma's answer (it accepts writes) fences alpha."""
+    lab = _pair_with_gamma(lab_factory)
+    lab.crash("alpha")
+    lab.crash("beta")
+    res = lab.standby("gamma", "promote", "--yes", check=False)
+    assert res.returncode == 0, res.stdout + res.stderr
+    lab.heal()
+    lab.wan_link(False)  # the site's power is back, its WAN is not
+    lab.start_agent("alpha")
+    lab.start_agent("beta")
+    lab.wait_for("both agents", lambda: all(lab.agent_status(n) is not None for n in ("alpha", "beta")),
+                 timeout_s=30)
+    deadline = time.monotonic() + 10.0  # several restart backoffs: the pair's rule alone restarted it in ~5 s
+    while time.monotonic() < deadline:
+        assert primaries(lab) == [], "the old site started a primary beside the DR node"
+        time.sleep(0.5)
+    assert not _dr_fenced(lab, "alpha"), "alpha saw gamma across a WAN that is down: the test's premise"
+    lab.wan_link(True)
+    lab.wait_for("alpha fenced for good on gamma's answer", lambda: _dr_fenced(lab, "alpha"), timeout_s=20)
+    st = lab.agent_status("alpha")
+    assert st is not None and st.state.fenced
+    assert primaries(lab) == [] and _writable(lab, "gamma")
+
+
+def _dr_fenced(lab: Lab, node: str) -> bool:
+    """The node's agent decided it stays down because a warm follower accepts writes (its history says so)."""
+    records = json.loads(lab.standby(node, "history", "--json", "--limit", "500").stdout)
+    return any('"dr_serves"' in json.dumps(r) for r in records)

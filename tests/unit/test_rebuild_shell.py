@@ -13,7 +13,7 @@ from standby import operations as ops
 from standby.act import rejoin as rj
 from standby.agent.opsteps import OpError
 from standby.documents import RejoinMethod
-from standby.model import DbState, LocalPg, PgRole
+from standby.model import DbState, DrSeen, LocalPg, PgRole
 from standby.observe import postgres as pgobs
 from tests.unit.shell_fakes import FakePostgres, run, shell
 from tests.unit.test_followers_config import follower
@@ -121,11 +121,15 @@ def test_a_streaming_standby_is_not_stopped_by_a_rejoin(tmp_path: Path, monkeypa
     assert "stop" not in pg.calls and pg.calls[-1] == "rejoin with the server standby", pg.calls
 
 
-def _rebooted_old_primary(sh: Any, monkeypatch: pytest.MonkeyPatch, dr: tuple[str, ...]) -> None:
+def _rebooted_old_primary(sh: Any, monkeypatch: pytest.MonkeyPatch, dr: tuple[str, ...],
+                          later: DrSeen | None = None) -> None:
+    """``dr``: the writable warm followers at start; ``later``: the warm followers as the prober sees them
+    afterwards (by default what ``dr`` says, every one answering)."""
     from standby.agent import superseded
     from standby.decide import State
 
     monkeypatch.setattr(superseded, "dr_primaries", lambda cfg: dr)
+    sh.agent.probers.dr_seen = later or (DrSeen.WRITABLE if dr else DrSeen.CLEAR)
     sh.agent.store.save_state(State(term=1, was_primary=True))  # alpha was the primary when its host died
 
 
@@ -171,3 +175,21 @@ def test_without_a_dr_primary_a_rebooted_old_primary_restarts_as_before(
 
         run(go())
         assert "start" in pg.calls and not sh.agent.state.fenced
+
+
+def test_dr_restart_a_rebooted_old_primary_stays_down_while_a_warm_follower_is_silent(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Finding DR-restart in the shell: the site is back before its WAN; at start gamma does not answer, so
+    nothing fences; the restart then waits for gamma's answer (policy_for sets dr_watch with a warm follower)."""
+    pg = FakePostgres(DbState.DOWN)
+    with shell(tmp_path, monkeypatch, pg, extra=FOLLOWERS) as sh:
+        _rebooted_old_primary(sh, monkeypatch, (), later=DrSeen.UNKNOWN)
+
+        async def go() -> None:
+            await _start_as_the_agent_does(sh)
+            for _ in range(40):
+                await sh.tick()
+
+        run(go())
+        assert "start" not in pg.calls and not sh.agent.state.fenced, pg.calls
+        assert sh.agent.policy.dr_watch

@@ -164,7 +164,7 @@ class Agent(Surface):
         return Observation(
             now=now, gap=gap, pg=self.pg, peer=link.peer_view, heard=dict(link.heard), carrier=dict(self.carrier),
             tiebreaker_ok=p.tiebreaker_ok(), services_healthy=p.services_healthy,
-            service_ip_elsewhere=p.ip_elsewhere, heard_me=link.heard_me,
+            service_ip_elsewhere=p.ip_elsewhere, heard_me=link.heard_me, dr=p.dr_seen,
         )
 
     async def _step(self) -> None:
@@ -240,6 +240,7 @@ class Agent(Surface):
         return {
             "sender": lambda: s.link.sender(s._advertised, s.interval_s, stop),
             "tiebreaker_prober": lambda: p.tiebreaker(stop),
+            "dr_prober": lambda: p.dr(stop, lambda: s.state, lambda: s.pg.db),
             "arp_prober": lambda: p.arp(stop, lambda: s.state, s.link.quiet_since),
             "health_prober": lambda: p.health(stop, lambda: s.state.services and not s.service_role.ensuring
                                               and not s.executor.busy(ActionKind.TAKE_SERVICES)),

@@ -18,14 +18,18 @@ from typing import Any
 
 from standby.act import services
 from standby.agent.servicerole import Claim, ServiceRole, reannounce
+from standby.agent.superseded import dr_seen
+from standby.confbase import FollowerRole
 from standby.config import Config
 from standby.decide import Policy, State
+from standby.model import DbState, DrSeen
 from standby.observe import probes
 
 log = logging.getLogger("standby.agent")
 Run = Callable[..., Awaitable[Any]]
 REFUSED_RECENTLY_S = 10.0  # after a refused take, keep asking who answers even while the peer is heard
 HEALTH_EVERY_S = 1.0
+DR_EVERY_S = 1.0  # the warm followers, while a rebooted primary's restart is in question
 ANNOUNCE_EVERY_S = 5.0  # switches and ARP caches forget
 
 
@@ -49,6 +53,7 @@ class Probers:
         self.ip_elsewhere: bool | None = None
         self.services_healthy: bool | None = None
         self.take_refused_at = -math.inf
+        self.dr_seen: DrSeen | None = None
 
     def tiebreaker_ok(self) -> bool | None:
         if self.cfg.tiebreaker is None:
@@ -59,6 +64,20 @@ class Probers:
         """A take found another holder (or could not tell): the next decisions must see it at once."""
         self.ip_elsewhere = True
         self.take_refused_at = self.clock()
+
+    async def dr(self, stopping: asyncio.Event, state: Callable[[], State], db: Callable[[], DbState]) -> None:
+        """While a rebooted primary's restart or a fenced primary's resumption is in question (decide.py), whether a
+        warm follower accepts writes; not asked otherwise (each question is a connection to every warm follower).
+        Until the first answer the decision sees None, which holds the restart back."""
+        if not any(f.role is FollowerRole.WARM for f in self.cfg.followers):
+            return
+        while not stopping.is_set():
+            s = state()
+            # A rebooted primary's restart, or a precautionary fence's resumption (decide.py rule 4): either may
+            # bring back a server that a person's DR promotion has replaced.
+            back = ((s.was_primary or s.promoting) and not (s.fenced or s.primary_this_run)) or s.resumable
+            self.dr_seen = await self._in_probe(dr_seen, self.cfg) if back and db() is DbState.DOWN else None
+            await asyncio.sleep(DR_EVERY_S)
 
     async def tiebreaker(self, stopping: asyncio.Event) -> None:
         if self.cfg.tiebreaker is None:

@@ -5,12 +5,13 @@ start from the state they had. Two of them hearing each other would restart the 
 primary (decide.py: a rebooted primary whose peer is a standby restarts in place), beside the DR node. So
 before its first decision, an agent asks each warm follower whether it accepts writes.
 
-It owns: that question (one replication connection per warm follower, side by side, once per start) and
-the fence it leads to (the state written fenced before any step; the first step then stops a running
-server, FENCE_ENFORCED). It may not: stop anything itself, nor ask again later (a follower promoted while
-the pair runs went through `standby promote`, which fences or refuses a pair node that answers).
-A follower that does not answer counts as not writable: the check cannot see a DR node across a WAN that
-is down, which is why the road back also says to keep beta's agent stopped until alpha is rebuilt.
+It owns: that question (one replication connection per warm follower, side by side) and the fence at start
+it leads to (the state written fenced before any step; the first step then stops a running server,
+FENCE_ENFORCED). At start a follower that does not answer counts as not writable; later, while a rebooted
+primary's restart is in question, the decision itself waits for every warm follower to answer (``dr_seen``,
+asked by agent.probers; decide: finding DR-restart), since across a WAN that is down a DR node may be
+serving. It may not: stop anything itself, nor ask while the pair runs (a follower promoted then went
+through `standby promote`, which fences or refuses a pair node that answers).
 """
 
 from __future__ import annotations
@@ -27,25 +28,39 @@ from standby.agent import followerobs
 from standby.agent.store import StateCell
 from standby.confbase import FollowerRole
 from standby.config import Config
-from standby.model import DbState
+from standby.model import DbState, DrSeen
 
 Run = Callable[..., Awaitable[Any]]
 
 
-def dr_primaries(cfg: Config) -> tuple[str, ...]:
-    """The warm followers whose server accepts writes now (blocking; a few seconds at most)."""
+def _warm_answers(cfg: Config) -> dict[str, bool | None]:
+    """Each warm follower: whether its server accepts writes, None when it does not answer (blocking; side by
+    side, a few seconds at most)."""
     warm = [f.name for f in cfg.followers if f.role is FollowerRole.WARM]
     if not warm:
-        return ()
+        return {}
 
-    def writable(name: str) -> bool:
+    def writable(name: str) -> bool | None:
         try:
             return followerobs.accepts_writes(cfg, name)
         except (psycopg.Error, OSError):
-            return False
+            return None
 
     with ThreadPoolExecutor(len(warm)) as pool:
-        return tuple(n for n, w in zip(warm, pool.map(writable, warm), strict=True) if w)
+        return dict(zip(warm, pool.map(writable, warm), strict=True))
+
+
+def dr_primaries(cfg: Config) -> tuple[str, ...]:
+    """The warm followers whose server accepts writes now."""
+    return tuple(n for n, w in _warm_answers(cfg).items() if w)
+
+
+def dr_seen(cfg: Config) -> DrSeen:
+    """The warm followers for the decision (Observation.dr): one writable, else one silent, else clear."""
+    answers = _warm_answers(cfg).values()
+    if any(answers):
+        return DrSeen.WRITABLE
+    return DrSeen.UNKNOWN if any(a is None for a in answers) else DrSeen.CLEAR
 
 
 async def fence_if_superseded(cfg: Config, node: str, cell: StateCell, here: DbState, in_probe: Run,
