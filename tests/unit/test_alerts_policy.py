@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from standby.alerts import (
@@ -121,15 +121,23 @@ def test_messages_per_key_bounded_in_any_window(seq: list[Op], cap: int) -> None
 
 @settings(max_examples=300, deadline=None)
 @given(ops, st.integers(1, 8))
+# Found by a test run: two alerts fired an hour apart (the second held back by the cap) resolved in the same
+# minute as the next hour's reminder: three notices in one hour at cap 1. The product was right (a resolve is
+# never held back); the old property, "the hour's total stays within twice the cap", was not.
+@example([Op("raise", "lag@beta", 0.0), Op("event", "failover@beta", 0.0), Op("raise", "fenced@alpha", 0.0),
+          Op("tick", "", 3600.0), Op("tick", "", 3600.0), Op("clear", "lag@beta", 0.0),
+          Op("clear", "fenced@alpha", 0.0)], 1)
 def test_hourly_cap_holds_across_keys(seq: list[Op], cap: int) -> None:
     r = run(seq, RateLimits(INTERVAL, cap))
     slots = [n.at for n in r.notices if n.phase in SLOT]
     for start in slots:
         assert sum(start <= t < start + HOUR_S for t in slots) <= cap
-    # RESOLVED are not capped but pair with FIRING, so the total stays within twice the cap
-    everything = [n.at for n in r.notices]
-    for start in everything:
-        assert sum(start <= t < start + HOUR_S for t in everything) <= 2 * cap
+    # RESOLVED are not capped: each answers a FIRING of its key sent before it, however long ago.
+    for key in {n.key for n in r.notices}:
+        phases = [n.phase for n in by_key(r.notices, key)]
+        for i, phase in enumerate(phases):
+            if phase is Phase.RESOLVED:
+                assert phases[:i].count(Phase.RESOLVED) < phases[:i].count(Phase.FIRING), (key, phases)
 
 
 @settings(max_examples=300, deadline=None)

@@ -92,13 +92,20 @@ def test_a_rebuild_from_a_reporting_follower_or_a_pair_node_is_refused(
             seen[0].confirm()
 
 
-def _standby_rejoin(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, pg: FakePostgres) -> None:
-    """`standby rejoin` on a pair node whose agent runs over ``pg``; what it did is in ``pg.calls``."""
+def _standby_rejoin(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, pg: FakePostgres,
+                    stale: LocalPg | None = None) -> None:
+    """`standby rejoin` on a pair node whose agent runs over ``pg``; what it did is in ``pg.calls``.
+    ``stale``: the agent's last reading of its server when the rejoin arrives (from before a restart)."""
+    from standby.agent import rejoinop
+
+    monkeypatch.setattr(rejoinop, "STUCK_AFTER_S", 0.3)
     _rejoin_recorded(monkeypatch, pg)
     with shell(tmp_path, monkeypatch, pg) as sh:
         async def go() -> dict[str, Any]:
             await sh.start()
             await sh.tick()
+            if stale is not None:
+                sh.agent.observer.pg = stale
             return await sh.agent.operate("rejoin")
 
         run(go())
@@ -112,6 +119,16 @@ def test_a_hot_standby_left_past_the_fork_is_stopped_and_rejoined_by_standby_rej
     stopped (the agent in maintenance restarts nothing) and rewound."""
     pg = NotStreaming(DbState.STANDBY)
     _standby_rejoin(tmp_path, monkeypatch, pg)
+    assert pg.calls[-2:] == ["stop", "rejoin with the server down"], pg.calls
+
+
+def test_roadback_race_a_stuck_standby_is_stopped_though_the_agents_last_reading_predates_its_restart(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Found by a CI run of the road back: `standby rejoin --node beta` came 40 ms after beta's agent restarted
+    its server; the agent's reading still said "down", so the standby that cannot stream was not stopped, and the
+    rejoin refused it. The rejoin reads the server afresh (and gives a just-started one a moment to stream)."""
+    pg = NotStreaming(DbState.STANDBY)
+    _standby_rejoin(tmp_path, monkeypatch, pg, stale=LocalPg(DbState.DOWN))
     assert pg.calls[-2:] == ["stop", "rejoin with the server down"], pg.calls
 
 
@@ -193,3 +210,40 @@ def test_dr_restart_a_rebooted_old_primary_stays_down_while_a_warm_follower_is_s
         run(go())
         assert "start" not in pg.calls and not sh.agent.state.fenced, pg.calls
         assert sh.agent.policy.dr_watch
+
+
+@pytest.mark.parametrize(("state", "asked"), [
+    ({"was_primary": True}, True),  # a rebooted primary: its restart is in question
+    ({"was_primary": True, "primary_this_run": True}, False),  # it watched its own server die: the site stayed
+    ({"fenced": True, "resumable": True, "peer_standby_since": 5.0}, True),  # the peer lets it resume
+    ({"fenced": True, "resumable": True}, False),  # fenced, nothing to resume yet: no connection every second
+    ({"fenced": True}, False),  # fenced by a person or superseded: only a rejoin ends it
+    ({}, False),  # a standby that stopped
+])
+def test_dr_restart_the_warm_followers_are_asked_only_while_a_restart_is_in_question(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, state: dict[str, Any], asked: bool) -> None:
+    import asyncio
+
+    from standby.agent import probers
+    from standby.decide import State
+
+    calls: list[str] = []
+    with shell(tmp_path, monkeypatch, FakePostgres(DbState.DOWN), extra=FOLLOWERS) as sh:
+        stop = asyncio.Event()
+
+        def seen(cfg: Any) -> DrSeen:
+            calls.append("asked")
+            return DrSeen.CLEAR
+
+        monkeypatch.setattr(probers, "dr_seen", seen)
+        monkeypatch.setattr(probers, "DR_EVERY_S", 0.0)
+
+        async def go() -> None:
+            task = asyncio.ensure_future(sh.agent.probers.dr(stop, lambda: State(**state), lambda: DbState.DOWN))
+            await asyncio.sleep(0.05)
+            stop.set()
+            await task
+
+        run(go())
+        assert bool(calls) is asked, calls
+        assert sh.agent.probers.dr_seen is (DrSeen.CLEAR if asked else None)

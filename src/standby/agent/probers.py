@@ -74,8 +74,10 @@ class Probers:
         while not stopping.is_set():
             s = state()
             # A rebooted primary's restart, or a precautionary fence's resumption (decide.py rule 4): either may
-            # bring back a server that a person's DR promotion has replaced.
-            back = ((s.was_primary or s.promoting) and not (s.fenced or s.primary_this_run)) or s.resumable
+            # bring back a server that a person's DR promotion has replaced. A fence is asked about only while
+            # the peer lets it resume (it may stay fenced for days, waiting for a rejoin).
+            may_resume = s.resumable and (s.peer_standby_since is not None or s.peer_older_since is not None)
+            back = ((s.was_primary or s.promoting) and not (s.fenced or s.primary_this_run)) or may_resume
             self.dr_seen = await self._in_probe(dr_seen, self.cfg) if back and db() is DbState.DOWN else None
             await asyncio.sleep(DR_EVERY_S)
 

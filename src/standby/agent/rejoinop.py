@@ -11,8 +11,10 @@ It may not: act on the server or the state (the operator does).
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from standby import rebuild
 from standby.act import rejoin as rj
@@ -20,6 +22,9 @@ from standby.agent.opsteps import OpError
 from standby.config import Config
 from standby.model import DbState, LocalPg, PgRole
 from standby.observe import postgres as pgobs
+
+if TYPE_CHECKING:
+    from standby.agent.observer import Observer
 
 # Why a rebuild from a promoted follower is refused, and what to do (standby.rebuild.may_rebuild).
 _REFUSED = {
@@ -47,6 +52,21 @@ def rebuilding(cfg: Config, node: str, source: str) -> rj.Rejoining:
         return rj.Rejoining.from_follower(cfg, node, source, confirm)
     except rj.RejoinRefused as e:
         raise OpError(str(e)) from None
+
+
+STUCK_AFTER_S = 5.0  # a standby just (re)started may still be connecting to its primary
+
+
+async def stuck_after_a_moment(observer: Observer) -> bool:
+    """``stuck``, read afresh, and still so after STUCK_AFTER_S. Found by a CI run of the road back: beta's
+    rejoin came 40 ms after its agent restarted its server, the agent's reading still said "down", so the stuck
+    standby was not stopped and the rejoin refused it."""
+    deadline = time.monotonic() + STUCK_AFTER_S
+    await observer.refresh()
+    while stuck(observer.pg) and time.monotonic() < deadline:
+        await asyncio.sleep(0.5)
+        await observer.refresh()
+    return stuck(observer.pg)
 
 
 def stuck(pg: LocalPg) -> bool:
