@@ -99,6 +99,7 @@ def _standby_rejoin(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, pg: FakePos
     from standby.agent import rejoinop
 
     monkeypatch.setattr(rejoinop, "STUCK_AFTER_S", 0.3)
+    monkeypatch.setattr(rejoinop.pgobs, "postmaster_running", lambda data_dir: pg.db is not DbState.DOWN)
     _rejoin_recorded(monkeypatch, pg)
     with shell(tmp_path, monkeypatch, pg) as sh:
         async def go() -> dict[str, Any]:

@@ -243,7 +243,7 @@ class Operator:
 
         await self.set_maintenance(True, by="rejoin")  # from here no restart: a server stopped stays so
         try:
-            if stop_stuck and await rejoinop.stuck_after_a_moment(self.observer):  # stopped to be rewound
+            if stop_stuck and await rejoinop.stuck_after_a_moment(self.observer, self.cfg, self.node):  # rewound
                 await self._in_pg(self.db.stop)
             result = await self._in_pg(rejoinop.run, self.cfg, who, self.event)
             await self._save(after(self.cell.state))

@@ -57,16 +57,23 @@ def rebuilding(cfg: Config, node: str, source: str) -> rj.Rejoining:
 STUCK_AFTER_S = 5.0  # a standby just (re)started may still be connecting to its primary
 
 
-async def stuck_after_a_moment(observer: Observer) -> bool:
-    """``stuck``, read afresh, and still so after STUCK_AFTER_S. Found by a CI run of the road back: beta's
-    rejoin came 40 ms after its agent restarted its server, the agent's reading still said "down", so the stuck
-    standby was not stopped and the rejoin refused it."""
+async def stuck_after_a_moment(observer: Observer, cfg: Config, node: str) -> bool:
+    """Whether a pair rejoin stops this node's server first: it runs, and is no standby streaming from its
+    primary, read afresh and given STUCK_AFTER_S to connect. Found by a CI run of the road back: beta's rejoin
+    came 40 ms after its agent restarted its server, the agent's reading (a server still starting does not
+    answer, and the last reading stands) said "down", so the stuck standby was not stopped and the rejoin
+    refused it."""
     deadline = time.monotonic() + STUCK_AFTER_S
-    await observer.refresh()
-    while stuck(observer.pg) and time.monotonic() < deadline:
-        await asyncio.sleep(0.5)
+    while True:
         await observer.refresh()
-    return stuck(observer.pg)
+        pg = observer.pg
+        if (pg.db is DbState.STANDBY and pg.streaming) or pg.db is DbState.PRIMARY:
+            return False  # nothing to rejoin, or refused by the rejoin itself (it still accepts writes)
+        if not pgobs.postmaster_running(cfg.pg(node).data_dir):
+            return False  # stopped: rewound as it is
+        if time.monotonic() >= deadline:
+            return True
+        await asyncio.sleep(0.5)
 
 
 def stuck(pg: LocalPg) -> bool:
