@@ -739,6 +739,10 @@ class Config(_Strict):
     def follower(self, name: str) -> Follower | None:
         return next((f for f in self.followers if f.name == name), None)
 
+    def warm_followers(self) -> list[str]:
+        """The followers a person may promote after a site loss (role "warm")."""
+        return [f.name for f in self.followers if f.role is FollowerRole.WARM]
+
     def link(self, name: str, network: str = "private") -> Link:
         """A pair node's or a follower's link on ``network`` ("private" or "public")."""
         member: Node | Follower | None = self.nodes.get(name) or self.follower(name)

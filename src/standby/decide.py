@@ -378,6 +378,15 @@ def _db_rules(s: State, o: Observation, p: Policy) -> tuple[State, list[Action]]
     return _standby_rules(s, o, p)
 
 
+def dr_in_question(s: State, db: DbState) -> bool:
+    """Whether the next decisions need Observation.dr: a rebooted primary's restart (_crashed_primary_rules), or
+    a precautionary fence's resumption while the peer lets it resume (_fenced_rules). A fence may last days,
+    waiting for a rejoin: the shell asks the warm followers only while this holds."""
+    rebooted = (s.was_primary or s.promoting) and not (s.fenced or s.primary_this_run)
+    may_resume = s.resumable and (s.peer_standby_since is not None or s.peer_older_since is not None)
+    return db is DbState.DOWN and (rebooted or may_resume)
+
+
 def _fenced_rules(s: State, o: Observation, p: Policy) -> tuple[State, list[Action]]:
     """A fenced node stays down (rule 4): it rejoins when allowed, or resumes by one of rule 4's exceptions."""
     peer = peer_fresh(o, p)

@@ -98,7 +98,7 @@ def _standby_rejoin(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, pg: FakePos
     ``stale``: the agent's last reading of its server when the rejoin arrives (from before a restart)."""
     from standby.agent import rejoinop
 
-    monkeypatch.setattr(rejoinop, "STUCK_AFTER_S", 0.3)
+    monkeypatch.setattr(rejoinop, "STUCK_AFTER_S", 2.5)
     monkeypatch.setattr(rejoinop.pgobs, "postmaster_running", lambda data_dir: pg.db is not DbState.DOWN)
     _rejoin_recorded(monkeypatch, pg)
     with shell(tmp_path, monkeypatch, pg) as sh:

@@ -9,7 +9,6 @@ import hashlib
 import json
 
 from standby import protocol
-from standby.confbase import FollowerRole
 from standby.config import Config, Durability, Mode, RejoinPolicy
 from standby.decide import PgCrashPolicy, Policy
 
@@ -42,5 +41,5 @@ def policy_for(cfg: Config, node: str, suspended: bool = False) -> Policy:
         services_move_on_failure=cfg.services_move_on_failure,
         unhealthy_after_s=t.service_unhealthy_ms / 1000,
         has_service_ips=bool(cfg.service_ips),
-        dr_watch=any(f.role is FollowerRole.WARM for f in cfg.followers),
+        dr_watch=bool(cfg.warm_followers()),
     )

@@ -19,9 +19,8 @@ from typing import Any
 from standby.act import services
 from standby.agent.servicerole import Claim, ServiceRole, reannounce
 from standby.agent.superseded import dr_seen
-from standby.confbase import FollowerRole
 from standby.config import Config
-from standby.decide import Policy, State
+from standby.decide import Policy, State, dr_in_question
 from standby.model import DbState, DrSeen
 from standby.observe import probes
 
@@ -69,16 +68,10 @@ class Probers:
         """While a rebooted primary's restart or a fenced primary's resumption is in question (decide.py), whether a
         warm follower accepts writes; not asked otherwise (each question is a connection to every warm follower).
         Until the first answer the decision sees None, which holds the restart back."""
-        if not any(f.role is FollowerRole.WARM for f in self.cfg.followers):
+        if not self.cfg.warm_followers():
             return
         while not stopping.is_set():
-            s = state()
-            # A rebooted primary's restart, or a precautionary fence's resumption (decide.py rule 4): either may
-            # bring back a server that a person's DR promotion has replaced. A fence is asked about only while
-            # the peer lets it resume (it may stay fenced for days, waiting for a rejoin).
-            may_resume = s.resumable and (s.peer_standby_since is not None or s.peer_older_since is not None)
-            back = ((s.was_primary or s.promoting) and not (s.fenced or s.primary_this_run)) or may_resume
-            self.dr_seen = await self._in_probe(dr_seen, self.cfg) if back and db() is DbState.DOWN else None
+            self.dr_seen = await self._in_probe(dr_seen, self.cfg) if dr_in_question(state(), db()) else None
             await asyncio.sleep(DR_EVERY_S)
 
     async def tiebreaker(self, stopping: asyncio.Event) -> None:

@@ -54,7 +54,8 @@ def rebuilding(cfg: Config, node: str, source: str) -> rj.Rejoining:
         raise OpError(str(e)) from None
 
 
-STUCK_AFTER_S = 5.0  # a standby just (re)started may still be connecting to its primary
+STUCK_AFTER_S = 6.0  # a standby just (re)started may still be connecting to its primary
+STEADY_READS = 4
 
 
 async def stuck_after_a_moment(observer: Observer, cfg: Config, node: str) -> bool:
@@ -63,11 +64,14 @@ async def stuck_after_a_moment(observer: Observer, cfg: Config, node: str) -> bo
     came 40 ms after its agent restarted its server, the agent's reading (a server still starting does not
     answer, and the last reading stands) said "down", so the stuck standby was not stopped and the rejoin
     refused it."""
-    deadline = time.monotonic() + STUCK_AFTER_S
+    deadline, steady = time.monotonic() + STUCK_AFTER_S, 0
     while True:
         await observer.refresh()
         pg = observer.pg
-        if (pg.db is DbState.STANDBY and pg.streaming) or pg.db is DbState.PRIMARY:
+        # A standby past the fork says "streaming" for a moment each time its receiver retries: only a receiver
+        # seen streaming STEADY_READS times in a row (2 s) follows its primary.
+        steady = steady + 1 if pg.db is DbState.STANDBY and pg.streaming else 0
+        if steady >= STEADY_READS or pg.db is DbState.PRIMARY:
             return False  # nothing to rejoin, or refused by the rejoin itself (it still accepts writes)
         if not pgobs.postmaster_running(cfg.pg(node).data_dir):
             return False  # stopped: rewound as it is

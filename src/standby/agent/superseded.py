@@ -26,7 +26,6 @@ from standby import operations as ops
 from standby import rebuild
 from standby.agent import followerobs
 from standby.agent.store import StateCell
-from standby.confbase import FollowerRole
 from standby.config import Config
 from standby.model import DbState, DrSeen
 
@@ -36,7 +35,7 @@ Run = Callable[..., Awaitable[Any]]
 def _warm_answers(cfg: Config) -> dict[str, bool | None]:
     """Each warm follower: whether its server accepts writes, None when it does not answer (blocking; side by
     side, a few seconds at most)."""
-    warm = [f.name for f in cfg.followers if f.role is FollowerRole.WARM]
+    warm = cfg.warm_followers()
     if not warm:
         return {}
 
@@ -66,7 +65,7 @@ def dr_seen(cfg: Config) -> DrSeen:
 async def fence_if_superseded(cfg: Config, node: str, cell: StateCell, here: DbState, in_probe: Run,
                               in_state: Run, event: Callable[..., None]) -> None:
     """Before the first step: fence this node if a DR node serves and its server (``here``) is not a standby."""
-    if not any(f.role is FollowerRole.WARM for f in cfg.followers):
+    if not cfg.warm_followers():
         return
     d = rebuild.fence_at_start(await in_probe(dr_primaries, cfg), cell.state.fenced, here)
     if d.fence:
