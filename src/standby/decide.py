@@ -49,6 +49,15 @@ Why two servers are enough (the safety argument, in the order rules apply):
    services failed; the services then use the primary's database). A fenced
    node never takes it, and one that still holds it hands it to a primary
    that can serve once its own replication link is up.
+7. A warm follower is promoted only by a person (`standby promote`), who
+   fences the pair's nodes it reaches; one it could not reach (a cut WAN)
+   may still serve. With warm followers configured, a running primary asks
+   them every second whether one accepts writes; if one does, it fences
+   itself for good (DR_SERVES: rebuilt from the DR node on the road back)
+   and says so in every heartbeat from then on. That fence is no hand-over:
+   a standby that hears it is no longer eligible (rule 1), so neither the
+   fence nor the silence after it makes it promote, and only a primary
+   saying "sync" again (after the road back) makes it eligible again.
 """
 from __future__ import annotations
 
@@ -111,6 +120,9 @@ class State:
     # Fenced by this node's own rule while primary (a precaution or a hand-over):
     # may resume if the peer turns out not to have taken over (rule 4's exception).
     resumable: bool = False
+    # Fenced because a warm follower accepts writes (a DR promotion): said in every heartbeat, so the
+    # peer never takes the database over from this fence; cleared when the node follows again.
+    dr_serves: bool = False
     # In memory only, rebuilt after a restart (the service role from the
     # addresses actually present, so a stale claim is never re-asserted):
     services: bool = False  # holds the service role
@@ -153,7 +165,7 @@ class State:
 # The fields that survive an agent restart: the agent's Store, `standby fence`
 # and the simulator all save and load exactly these.
 PERSISTED: tuple[str, ...] = ("term", "fenced", "was_primary", "promoting", "degraded", "peer_could_promote",
-                              "resumable", "sync_from_lsn")
+                              "resumable", "sync_from_lsn", "dr_serves")
 
 
 # -- bookkeeping -------------------------------------------------------------
@@ -274,6 +286,11 @@ def _standby_eligibility(s: State, o: Observation, p: Policy, stalled: bool,
         # What the primary said before the stall is stale: meanwhile it may have
         # stopped waiting for us (degrade_after) or run past the lag bound.
         eligible = False
+    elif peer is not None and peer.dr_serves:
+        # The primary fenced itself because a DR node serves (rule 7): its fence is no hand-over, and
+        # nothing it said before makes this node the one to serve. Eligible again only once a primary
+        # says "sync" again (after the road back).
+        eligible = False
     elif peer is not None and peer.db is DbState.PRIMARY and _last_heard(o) >= watching_since:
         if p.sync:
             eligible = peer.sync_ok
@@ -313,7 +330,8 @@ def _fence(s: State, reason: Reason, detail: str, release_services: bool,
     if release_services and s.services:
         acts.append(Action(ActionKind.RELEASE_SERVICES, reason, "a fenced node must not answer on the service IPs"))
     return replace(s, fenced=True, was_primary=False, promoting=False, resumable=resumable,
-                   services=s.services and not release_services, releasing_services=False), acts
+                   services=s.services and not release_services, releasing_services=False,
+                   dr_serves=s.dr_serves or reason is Reason.DR_SERVES), acts
 
 
 def _resume(s: State, o: Observation, reason: Reason, detail: str) -> tuple[State, list[Action]]:
@@ -342,6 +360,11 @@ def _safety_fence(s: State, o: Observation, p: Policy) -> tuple[State, list[Acti
                       f"this agent stalled {o.gap:.2f}s (> {stall_limit(p):.2f}s): the peer may have taken over", True,
                       resumable=True)
     if o.pg.db is DbState.PRIMARY:
+        if o.dr is DrSeen.WRITABLE:
+            # Rule 7: a person promoted a warm follower while this site could not be reached (a cut WAN), and
+            # both accept writes since it can. The DR node was promoted on purpose, this node by nobody since.
+            return _fence(s, Reason.DR_SERVES, "a warm follower accepts writes (a DR promotion): this primary "
+                          "stops, and stays down until rebuilt from it (`standby rejoin --from`)", True)
         peer = peer_fresh(o, p)
         quiet = max(silence(s, o), unheard(s, o))
         if peer is not None and peer.db is DbState.PRIMARY and (peer.term, peer.preferred) > (s.term, p.preferred):
@@ -379,12 +402,14 @@ def _db_rules(s: State, o: Observation, p: Policy) -> tuple[State, list[Action]]
 
 
 def dr_in_question(s: State, db: DbState) -> bool:
-    """Whether the next decisions need Observation.dr: a rebooted primary's restart (_crashed_primary_rules), or
-    a precautionary fence's resumption while the peer lets it resume (_fenced_rules). A fence may last days,
-    waiting for a rejoin: the shell asks the warm followers only while this holds."""
+    """Whether the next decisions need Observation.dr: a running primary (rule 7, _safety_fence), a rebooted
+    primary's restart (_crashed_primary_rules), or a precautionary fence's resumption while the peer lets it
+    resume (_fenced_rules). A fence may last days, waiting for a rejoin, and a standby has nothing to ask: the
+    shell asks the warm followers only while this holds."""
     rebooted = (s.was_primary or s.promoting) and not (s.fenced or s.primary_this_run)
     may_resume = s.resumable and (s.peer_standby_since is not None or s.peer_older_since is not None)
-    return db is DbState.DOWN and (rebooted or may_resume)
+    serving = db is DbState.PRIMARY and not s.fenced  # rule 7: a running primary, at every moment
+    return serving or (db is DbState.DOWN and (rebooted or may_resume))
 
 
 def _fenced_rules(s: State, o: Observation, p: Policy) -> tuple[State, list[Action]]:
@@ -624,4 +649,5 @@ def advertise(s: State, pg: LocalPg, carrier: dict[Net, bool], tiebreaker_ok: bo
         reporting_epoch=reporting_epoch,
         reporting_ack=reporting_ack,
         eligible=hot and db is DbState.STANDBY and s.eligible,  # a warm standby never promotes by itself
+        dr_serves=s.dr_serves,
     )

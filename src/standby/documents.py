@@ -33,6 +33,7 @@ import pydantic
 from standby.config import Durability, FollowerRole, Mode, ReportingFallback
 from standby.follow import FollowerReason
 from standby.model import DbState, PgRole, SyncState
+from standby.reporting import FollowerReportingReason
 
 T = TypeVar("T")
 
@@ -283,6 +284,7 @@ class StateView:
     eligible: bool
     promoting: bool
     sync_established: bool
+    dr_serves: bool = False  # fenced because a warm follower accepts writes (decide.py rule 7)
 
 
 @dataclass(frozen=True)
@@ -406,6 +408,10 @@ class FollowerView:
     promoted: bool  # an operator took it out of recovery
     pg_version_num: int | None = None  # its server's server_version_num, once it has answered
     rejoin: FollowerRejoin | None = None  # its last automatic rejoin since its agent started
+    # A reporting follower's own reporting IP ([[followers]] reporting_ip): held here now, and why (None: none set).
+    reporting_ip: str | None = None
+    reporting_ip_held: bool = False
+    reporting_ip_reason: FollowerReportingReason | None = None
 
 
 FOLLOWER_VIEW: Codec[FollowerView] = Codec(FollowerView, "follower status")

@@ -203,6 +203,15 @@ def exposure(o: FollowerObservation, primary: PairView | None) -> tuple[int | No
     return lag, loss
 
 
+def fresh_lag(s: FollowerState, o: FollowerObservation, p: FollowerPolicy) -> int | None:
+    """The replay lag against the primary's position as it says it *now* (a fresh heartbeat of the newest
+    term's primary); None when no such primary is heard: an old position would make a stale copy look recent."""
+    view = o.pair.get(s.primary) if s.primary is not None else None
+    if view is None or view.term != s.term or not heard(view, o, p):
+        return None
+    return exposure(o, view)[0]
+
+
 # -- the rules ---------------------------------------------------------------------------------------
 
 

@@ -125,6 +125,9 @@ class PeerView:
     # Standby: it would promote if its primary went away. An older peer does not
     # say; assume it would (the safe reading: see decide's rule 4).
     eligible: bool = True
+    # A warm follower accepts writes (a DR promotion) and this node fenced itself for it: the database is not
+    # handed over, and a standby that hears it gives up its claim to promotion. Older peers do not say.
+    dr_serves: bool = False
 
 
 @dataclass(frozen=True)

@@ -85,7 +85,7 @@ def following(s: State) -> State:
     """A standby of the peer again (switchover's old primary, or a rejoin): unfenced, in the newest term
     known, and a standby cannot have been overtaken by a promotion of the peer it follows."""
     return replace(s, term=max(s.term, s.peer_term), was_primary=False, fenced=False, degraded=False,
-                   promoting=False, peer_could_promote=False)
+                   promoting=False, peer_could_promote=False, dr_serves=False)
 
 
 # Terms come in blocks of SITE_TERMS. Promotions inside the pair count up within a block; a pair node
@@ -102,9 +102,11 @@ def rebuilt(s: State) -> State:
     return replace(following(s), term=(max(s.term, s.peer_term) // SITE_TERMS + 1) * SITE_TERMS)
 
 
-def fenced_by_operator(s: State) -> State:
-    """Fenced by hand (before the peer is promoted by hand): sticky until a rejoin."""
-    return replace(s, fenced=True, was_primary=False, releasing_services=False, promoting=False)
+def fenced_by_operator(s: State, dr_serves: bool = False) -> State:
+    """Fenced by hand (before the peer is promoted by hand), or at start because a DR node serves
+    (``dr_serves``: no hand-over, said to the peer; decide.py rule 7): sticky until a rejoin."""
+    return replace(s, fenced=True, was_primary=False, releasing_services=False, promoting=False,
+                   dr_serves=s.dr_serves or dr_serves)
 
 
 def serving(s: State) -> State:

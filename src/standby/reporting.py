@@ -189,3 +189,66 @@ def _primary(s: ReportingState, inp: ReportingInputs, p: ReportingPolicy) -> tup
         if inp.now - since < p.silence_wait_s:
             return s, ReportingDecision(False, ReportingReason.STANDBY_SILENT)
     return s, ReportingDecision(True, ReportingReason.ON_PRIMARY, check_arp=peer is None)
+
+
+# -- a reporting follower's own address ----------------------------------------------------------------
+#
+# A reporting follower's ``reporting_ip`` ([[followers]]) is its own: it never floats, and the
+# configuration check refuses it on any other member, so no receipt is needed and this rule is the
+# standby's rule alone. Reports reach it first (`standby dsn --for reporting` lists the reporting
+# followers before the pair), so a follower that cannot say its data is recent withdraws it and the
+# client's next host answers. One difference: the pair's heartbeats stop for a second or two at every
+# failover inside the pair, which is no reason to break the reports running here; an unknown lag
+# withdraws the address only once it has lasted ``unknown_grace_s``.
+
+
+class FollowerReportingReason(StrEnum):
+    """Why a reporting follower holds its own reporting IP or not: one per rule of ``follower_step``."""
+
+    PG_DOWN = "PostgreSQL is down here"
+    PROMOTED = "out of recovery (an operator promoted it): not a replica"
+    LAG_UNKNOWN = "no primary heard: its lag is unknown"
+    LAG_UNKNOWN_A_MOMENT = "no primary heard for a moment (a failover in the pair): kept meanwhile"
+    LAG_OVER_BOUND = "replay lag over the bound"
+    IN_BOUND = "in bound"
+
+
+@dataclass(frozen=True)
+class FollowerReportingState:
+    held: bool = False  # the last decision: in bound (the shell tracks the kernel)
+    unknown_since: float | None = None  # since when the lag is unknown, while it is
+
+
+@dataclass(frozen=True)
+class FollowerReportingInputs:
+    running: bool
+    in_recovery: bool
+    lag_bytes: int | None  # WAL not yet replayed here against a freshly heard primary's position; None: unknown
+    now: float  # monotonic seconds
+
+
+@dataclass(frozen=True)
+class FollowerReportingPolicy:
+    max_lag_bytes: int  # [reporting] max_lag_bytes: leave over it, come back under half of it
+    unknown_grace_s: float  # an unknown lag this long withdraws the address
+
+
+def follower_step(s: FollowerReportingState, inp: FollowerReportingInputs, p: FollowerReportingPolicy) -> tuple[
+        FollowerReportingState, FollowerReportingReason]:
+    """(new state, why); the address is held exactly when ``new.held``."""
+    unknown_since = None if inp.lag_bytes is not None else (inp.now if s.unknown_since is None else s.unknown_since)
+    s = replace(s, unknown_since=unknown_since)
+    if not inp.running:
+        return replace(s, held=False), FollowerReportingReason.PG_DOWN
+    if not inp.in_recovery:
+        return replace(s, held=False), FollowerReportingReason.PROMOTED
+    if inp.lag_bytes is None:
+        assert unknown_since is not None
+        if s.held and inp.now - unknown_since < p.unknown_grace_s:
+            return s, FollowerReportingReason.LAG_UNKNOWN_A_MOMENT
+        return replace(s, held=False), FollowerReportingReason.LAG_UNKNOWN
+    # As for the pair's standby: a lag hovering at the bound must not move the address each step.
+    bound = p.max_lag_bytes if s.held else p.max_lag_bytes // 2
+    if inp.lag_bytes > bound:
+        return replace(s, held=False), FollowerReportingReason.LAG_OVER_BOUND
+    return replace(s, held=True), FollowerReportingReason.IN_BOUND

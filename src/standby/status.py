@@ -112,7 +112,10 @@ def _agent_warnings(cfg: Config, o: Observations) -> list[str]:
             why = protocol.Mismatch(a.peer + "'s agent", hb.peer_protocol, hb.protocol, name + "'s agent")
             out.append(f"{name} refuses {a.peer}'s heartbeats: {why}")
         st = a.state
-        if st.fenced:
+        if st.fenced and st.dr_serves:
+            out.append(f"{name} is FENCED because a warm follower accepts writes (a DR promotion): rebuild it from "
+                       f"that follower (`standby rejoin --node {name} --from FOLLOWER`, docs/followers.md)")
+        elif st.fenced:
             out.append(f"{name} is FENCED (it may not become primary by itself): rejoin it as a standby")
         if a.suspended:
             m = a.maintenance
@@ -149,6 +152,14 @@ def assemble(cfg: Config, o: Observations) -> PairStatus:
         warnings.append(f"DUAL PRIMARY: {' and '.join(primaries)} both accept writes")
     elif not primaries:
         warnings.append("no primary: no node accepts writes")
+    # A warm follower promoted by a person while the pair's site could not be reached (a cut WAN, say), and the
+    # pair serving again once it can: nothing in the pair fences itself for it while it runs.
+    dr = [n for n, v in o.followers.items() if v is not None and v.running and not v.in_recovery]
+    if dr and primaries:
+        warnings.append(f"DUAL PRIMARY: follower {' and '.join(dr)} (promoted) and {' and '.join(primaries)} of the "
+                        f"pair accept writes; keep one: fence the pair's (`standby fence --node {primaries[0]}`) "
+                        f"and rebuild it from {dr[0]} (`standby rejoin --node {primaries[0]} --from {dr[0]}`), "
+                        "or stop the follower's server")
     nodes: dict[str, NodeStatus] = {}
     # With replication.quorum, PostgreSQL says "quorum" of each member: never shown as plain "sync".
     want = SyncState.QUORUM if cfg.replication.quorum else SyncState.SYNC
@@ -239,6 +250,10 @@ def _follower_warnings(cfg: Config, o: Observations) -> list[str]:
         elif not v.streaming:
             out.append(f"follower {f.name} is not streaming ({v.reason.value}); a promotion of it now would lose "
                        + ("an unknown amount" if v.loss_bytes is None else f"{v.loss_bytes} bytes of WAL"))
+        if v is not None and v.reporting_ip is not None and not v.reporting_ip_held:
+            why = v.reporting_ip_reason.value if v.reporting_ip_reason else "not decided yet"
+            out.append(f"follower {f.name} does not hold its reporting IP {v.reporting_ip} ({why}): reports go to the "
+                       "next host of `standby dsn --for reporting`")
         if v is not None and (r := v.rejoin) is not None:
             if r.phase is FollowerRejoinPhase.FAILED:
                 out.append(f"follower {f.name}'s rejoin to {r.source} did not complete ({r.error}); it is tried again")

@@ -18,7 +18,7 @@ import pytest
 from standby.act import postgres as pgact
 from standby.lab import Lab, followers, netns, pgnode, wan
 from standby.lab.pair import STANDBY, LoadRun, primaries, reporting_holders, start_pair, under_load
-from standby.lab.topology import PUBLIC_IF, REPORTING_IP
+from standby.lab.topology import FOLLOWER_REPORTING_IPS, PUBLIC_IF, REPORTING_IP
 from tests.lab.test_failover import no_loss_no_dual, settle
 from tests.lab.test_reporting import client_connect
 
@@ -151,6 +151,51 @@ def test_a_follower_is_made_by_standby_bootstrap_and_a_rerun_changes_nothing(lab
     assert list(pgdata.parent.glob(f"{pgdata.name}.replaced-*")), "the old directory was not kept aside"
 
 
+DELTA_REPORTING_IP = FOLLOWER_REPORTING_IPS["delta"]
+
+
+def _delta_holds_its_own(lab: Lab) -> bool:
+    return DELTA_REPORTING_IP in netns.addresses(lab.netns("delta"), PUBLIC_IF)
+
+
+def _reporting_dsn(lab: Lab) -> str:
+    return lab.run("alpha", [STANDBY, "dsn", "--for", "reporting", "--dbname", "softswitch", "--user", "softswitch",
+                             "--config", str(lab.config_path)]).stdout.strip()
+
+
+def _reports_land_on(lab: Lab, dsn: str) -> str:
+    password = lab.spec.secret("app.password").read_text().strip()
+    with client_connect(lab, f"{dsn} password={password}") as c:
+        row = c.execute("SELECT host(inet_server_addr()), pg_is_in_recovery()").fetchone()
+    assert row is not None and row[1], row  # reports never land on the primary while a replica answers
+    return str(row[0])
+
+
+def test_delta_holds_its_own_reporting_ip_only_while_it_hears_the_pair(lab_factory) -> None:  # type: ignore[no-untyped-def]
+    """A reporting follower's own reporting IP: held while its copy is known to be recent, withdrawn once it has
+    not heard the primary for longer than a failover takes, so the reports go on to the next host of
+    `standby dsn --for reporting` instead of reading a copy that stopped; back once it hears the pair again."""
+    lab = start_pair(lab_factory("sync", followers=("delta",)))
+    lab.wait_for("delta to hold its own reporting IP", lambda: _delta_holds_its_own(lab), timeout_s=30)
+    dsn = _reporting_dsn(lab)
+    assert dsn.startswith(f"host={DELTA_REPORTING_IP.split('/')[0]},"), dsn
+    assert _reports_land_on(lab, dsn) == DELTA_REPORTING_IP.split("/")[0]
+    # delta's private cable is pulled: neither the pair's views nor its WAL reach it any more.
+    cut = time.monotonic()
+    lab.link("delta", "private", False)
+    try:
+        time.sleep(3.0)  # as long as a failover in the pair: the reports running on delta are not cut for it
+        assert _delta_holds_its_own(lab), "withdrawn after a silence as short as a failover"
+        lab.wait_for("delta to withdraw its reporting IP", lambda: not _delta_holds_its_own(lab), timeout_s=60)
+        gone = time.monotonic() - cut
+        assert _reports_land_on(lab, dsn) == str(lab.node("beta").public.ip)
+    finally:
+        lab.link("delta", "private", True)
+    lab.wait_for("delta to hold its reporting IP again", lambda: _delta_holds_its_own(lab), timeout_s=60)
+    assert _reports_land_on(lab, dsn) == DELTA_REPORTING_IP.split("/")[0]
+    print(f"\ndelta withdrew its reporting IP {gone:.1f}s after its private link was cut, and took it back")
+
+
 def _reporting_ip_on(lab: Lab) -> list[str]:
     """Every node of the lab, pair or follower, with the pair's reporting IP on its public interface."""
     ip = REPORTING_IP
@@ -167,9 +212,9 @@ def test_i12_gamma_over_the_wan_and_delta_stream_from_the_new_primary(  # type: 
     # delta serves reports at its own address, which `standby dsn --for reporting` lists first.
     lab.wait_for("beta to hold the reporting IP", lambda: reporting_holders(lab) == ["beta"], timeout_s=30)
     assert _reporting_ip_on(lab) == ["beta"]
-    dsn = lab.run("alpha", [STANDBY, "dsn", "--for", "reporting", "--dbname", "softswitch", "--user", "softswitch",
-                            "--config", str(lab.config_path)]).stdout.strip()
-    delta_ip = lab.node("delta").public.ip
+    lab.wait_for("delta to hold its own reporting IP", lambda: _delta_holds_its_own(lab), timeout_s=30)
+    dsn = _reporting_dsn(lab)
+    delta_ip = DELTA_REPORTING_IP.split("/")[0]
     assert dsn.startswith(f"host={delta_ip},"), dsn
     password = lab.spec.secret("app.password").read_text().strip()
     with client_connect(lab, f"{dsn} password={password}") as c:

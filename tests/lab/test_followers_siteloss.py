@@ -6,6 +6,7 @@ gamma`), never beside a pair node that could still write.
   itself once its primary is fenced), then gamma is the one writable node.
 - Both pair hosts crashed under load: gamma is promoted and takes writes; the calls it lacks are printed
   beside what its agent predicted (WAL bytes not received), never asserted (sync waits for beta only).
+- The WAN cut while the pair serves, gamma promoted anyway: when the WAN heals, alpha fences itself (DR-split).
 """
 
 from __future__ import annotations
@@ -96,7 +97,42 @@ def test_dr_restart_the_old_site_back_before_its_wan_starts_no_primary(lab_facto
     assert primaries(lab) == [] and _writable(lab, "gamma")
 
 
+def test_dr_split_the_wan_heals_after_gamma_was_promoted_alpha_stops_and_beta_stays(lab_factory) -> None:  # type: ignore[no-untyped-def]
+    """Finding DR-split: the WAN is cut, the pair's site is alive, and a person at the other site promotes gamma
+    (the pair answers nowhere, so nothing is fenced). When the WAN comes back, alpha, still serving, asks gamma
+    (a running primary asks every second) and fences itself for good; beta, which takes the database over from a
+    fenced primary, hears that this fence is no hand-over and stays a standby."""
+    lab = _pair_with_gamma(lab_factory)
+    lab.wan_link(False)
+    try:
+        res = lab.standby("gamma", "promote", "--yes", check=False)
+        assert res.returncode == 0, res.stdout + res.stderr
+        assert _writable(lab, "gamma") and primaries(lab) == ["alpha"]  # two primaries, one per site
+        time.sleep(3.0)
+        assert primaries(lab) == ["alpha"], "alpha stopped while gamma could not be reached: the test's premise"
+    finally:
+        lab.wan_link(True)
+    healed = time.monotonic()
+    lab.wait_for("alpha fenced for good on gamma's answer", lambda: _dr_fenced(lab, "alpha"), timeout_s=30)
+    took = time.monotonic() - healed
+    lab.wait_for("alpha's server stopped", lambda: primaries(lab) == [], timeout_s=30)
+    deadline = time.monotonic() + 6.0  # beta would have promoted on alpha's fence within a failover timeout
+    while time.monotonic() < deadline:
+        assert primaries(lab) == [], "a pair node took over beside the promoted follower"
+        time.sleep(0.5)
+    beta = lab.agent_status("beta")
+    assert beta is not None and not beta.state.fenced and not beta.state.eligible
+    alpha = lab.agent_status("alpha")
+    assert alpha is not None and alpha.state.fenced and alpha.state.dr_serves
+    status = lab.standby("beta", "status", check=False)
+    assert "alpha is FENCED because a warm follower accepts writes" in status.stdout, status.stdout + status.stderr
+    assert _writable(lab, "gamma")
+    print(f"\nthe WAN healed; alpha fenced itself {took:.1f}s later on gamma's answer; beta stayed a standby")
+
+
 def _dr_fenced(lab: Lab, node: str) -> bool:
     """The node's agent decided it stays down because a warm follower accepts writes (its history says so)."""
     records = json.loads(lab.standby(node, "history", "--json", "--limit", "500").stdout)
-    return any('"dr_serves"' in json.dumps(r) for r in records)
+    # A decision of rule DR_SERVES, or the fence at start (the agent's start record holds its state, whose
+    # dr_serves flag names the rule too: the words alone say nothing).
+    return any(r.get("reason") == "dr_serves" or r.get("event") == "fenced_superseded" for r in records)

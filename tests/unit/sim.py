@@ -16,11 +16,14 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from standby.agent.store import Store
-from standby.decide import Policy, State, advertise, decide, fence_needed
-from standby.model import ActionKind, DbState, LocalPg, Net, Observation, PeerView, Reason
+from standby.decide import Policy, State, advertise, decide, dr_in_question, fence_needed
+from standby.model import ActionKind, DbState, DrSeen, LocalPg, Net, Observation, PeerView, Reason
 
 TICK = 0.1
 NODES = ("a", "b")  # "a" is the preferred primary
+# A warm follower promoted by a person (decide.py rule 7): the agents' prober asks every second, so an
+# agent reads the promotion this long after it happened.
+DR_SEEN_AFTER = 1.0
 
 
 @dataclass
@@ -50,6 +53,7 @@ class Node:
     # peer's server thawed into a fence and never writes again outside that window).
     promoted_over_frozen: bool = False
     thawed_at: float | None = None  # when the host was last let go after a pause
+    writable_since: float | None = None  # since when its server accepts writes (for rule 7's bound)
     starting_until: float | None = None  # a booted agent's start-up: it sends before it first decides
     # The agent's tie-breaker probe: the last success. Like the real agent, an
     # observation reads the last result, so after a freeze it is stale.
@@ -96,6 +100,7 @@ class World:
             n.state = State(services=n.holds_ips, watching_since=0.0, was_primary=n.pg is DbState.PRIMARY)
             n.store.save_state(n.state)
         self.acked: list[int] = []
+        self.dr_promoted_at: float | None = None  # a warm follower accepts writes from then on
         self.next_call = 1
         self.log: list[str] = []
         self.role_changes = 0
@@ -177,10 +182,18 @@ class World:
             now=self.t, gap=self.t - n.last_step, pg=pg, peer=n.peer_view, heard=dict(n.heard),
             carrier={net: n.links[net] for net in Net}, tiebreaker_ok=self.t - n.tb_ok_at < pol.tiebreaker_window_s(),
             services_healthy=True if n.holds_ips else None, service_ip_elsewhere=elsewhere, heard_me=n.heard_me,
+            dr=self._dr_seen(n, pol),
         )
         if self._tiebreaker(n):  # the probe runs after this step has read its last result
             n.tb_ok_at = self.t
         return obs
+
+    def _dr_seen(self, n: Node, pol: Policy) -> DrSeen | None:
+        """What the agent's prober last read of the warm follower: asked only while decide says it matters."""
+        if not pol.dr_watch or not dr_in_question(n.state, n.pg):
+            return None
+        promoted = self.dr_promoted_at is not None and self.t - self.dr_promoted_at >= DR_SEEN_AFTER
+        return DrSeen.WRITABLE if promoted else DrSeen.CLEAR
 
     def _step_agent(self, n: Node) -> None:
         pol = self.policy[n.name]
@@ -199,6 +212,8 @@ class World:
         for a in actions:
             self.log.append(f"{self.t:7.1f} {n.name} {a.kind.value} ({a.reason.value}) {a.detail}")
             if a.kind is ActionKind.PROMOTE and n.pg is DbState.STANDBY:
+                if obs.peer is not None and obs.peer.dr_serves:
+                    raise Violation(f"{n.name} promoted after its peer fenced itself for a DR node", self.t)
                 n.pg, n.data_primary = DbState.PRIMARY, True
                 # Over a paused peer, or one let go in this very tick: the silence acted on was its pause
                 # (a primary paused through the whole failover window cannot fence in time).
@@ -268,6 +283,28 @@ class World:
                     and not (n.sync_names_on and not self.peer(n.name).streaming)]
         if len(writable) > 1 and not any(self._thaw_window(self.nodes[x]) for x in writable):
             raise Violation(f"two writable, reachable primaries: {writable}", self.t)
+        self._beside_the_dr_node()
+
+    def _beside_the_dr_node(self) -> None:
+        """Rule 7: once a warm follower accepts writes, a pair node's server may accept them beside it only
+        until its agent has read the answer and the stop has run (a dead agent's unclean-exit fence stops it
+        too), counted from the promotion or from when it became writable, whichever is later."""
+        for n in self.nodes.values():
+            writable = n.alive and not n.frozen and n.pg is DbState.PRIMARY  # a paused host answers nobody
+            n.writable_since = (n.writable_since if n.writable_since is not None else self.t) if writable else None
+        if self.dr_promoted_at is None:
+            return
+        bound = DR_SEEN_AFTER + max(self.stop_delay, self.agent_fence_delay) + 3 * TICK
+        for n in self.nodes.values():
+            since = n.writable_since
+            if (since is not None and not n.frozen and n.agent_up
+                    and self.t - max(since, self.dr_promoted_at) > bound):
+                raise Violation(f"{n.name} accepts writes beside the promoted DR node", self.t)
+
+    def promote_dr(self) -> None:
+        """A person promotes a warm follower while this pair's site could not be reached."""
+        if self.dr_promoted_at is None:
+            self.dr_promoted_at = self.t
 
     def _thaw_window(self, n: Node) -> bool:
         """The one overlap no decision can prevent: the peer was promoted while this host was paused,

@@ -3,6 +3,7 @@ promoted follower's standby) and the rejoin of a hot standby left past the fork.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -213,16 +214,19 @@ def test_dr_restart_a_rebooted_old_primary_stays_down_while_a_warm_follower_is_s
         assert sh.agent.policy.dr_watch
 
 
-@pytest.mark.parametrize(("state", "asked"), [
-    ({"was_primary": True}, True),  # a rebooted primary: its restart is in question
-    ({"was_primary": True, "primary_this_run": True}, False),  # it watched its own server die: the site stayed
-    ({"fenced": True, "resumable": True, "peer_standby_since": 5.0}, True),  # the peer lets it resume
-    ({"fenced": True, "resumable": True}, False),  # fenced, nothing to resume yet: no connection every second
-    ({"fenced": True}, False),  # fenced by a person or superseded: only a rejoin ends it
-    ({}, False),  # a standby that stopped
+@pytest.mark.parametrize(("state", "db", "asked"), [
+    ({"was_primary": True}, DbState.DOWN, True),  # a rebooted primary: its restart is in question
+    # it watched its own server die: the site stayed
+    ({"was_primary": True, "primary_this_run": True}, DbState.DOWN, False),
+    ({"fenced": True, "resumable": True, "peer_standby_since": 5.0}, DbState.DOWN, True),  # the peer lets it resume
+    ({"fenced": True, "resumable": True}, DbState.DOWN, False),  # nothing to resume yet: no question every second
+    ({"fenced": True}, DbState.DOWN, False),  # fenced by a person or superseded: only a rejoin ends it
+    ({}, DbState.DOWN, False),  # a standby that stopped
+    ({}, DbState.PRIMARY, True),  # a running primary (rule 7): always
+    ({}, DbState.STANDBY, False),  # a running standby has nothing to ask
 ])
 def test_dr_restart_the_warm_followers_are_asked_only_while_a_restart_is_in_question(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, state: dict[str, Any], asked: bool) -> None:
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, state: dict[str, Any], db: DbState, asked: bool) -> None:
     import asyncio
 
     from standby.agent import probers
@@ -231,20 +235,62 @@ def test_dr_restart_the_warm_followers_are_asked_only_while_a_restart_is_in_ques
     calls: list[str] = []
     with shell(tmp_path, monkeypatch, FakePostgres(DbState.DOWN), extra=FOLLOWERS) as sh:
         stop = asyncio.Event()
-
-        def seen(cfg: Any) -> DrSeen:
-            calls.append("asked")
-            return DrSeen.CLEAR
-
-        monkeypatch.setattr(probers, "dr_seen", seen)
+        monkeypatch.setattr(probers, "DrWatch", _fake_watch(calls, lambda: DrSeen.CLEAR))
         monkeypatch.setattr(probers, "DR_EVERY_S", 0.0)
 
         async def go() -> None:
-            task = asyncio.ensure_future(sh.agent.probers.dr(stop, lambda: State(**state), lambda: DbState.DOWN))
+            task = asyncio.ensure_future(sh.agent.probers.dr(stop, lambda: State(**state), lambda: db))
             await asyncio.sleep(0.05)
             stop.set()
             await task
 
         run(go())
-        assert bool(calls) is asked, calls
+        assert ("asked" in calls) is asked, calls
+        assert calls[-1:] == ["closed"]  # its kept connections closed when the agent stops
         assert sh.agent.probers.dr_seen is (DrSeen.CLEAR if asked else None)
+
+
+def _fake_watch(calls: list[str], answer: Callable[[], DrSeen]) -> type:
+    class FakeWatch:
+        def __init__(self, cfg: Any) -> None:
+            pass
+
+        async def seen(self) -> DrSeen:
+            calls.append("asked")
+            return answer()
+
+        def close(self) -> None:
+            calls.append("closed")
+
+    return FakeWatch
+
+
+def test_rule7_an_answer_asked_while_a_standby_is_not_read_after_this_node_is_promoted(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The switchback: the DR node still wrote when the question left, this node was promoted once it had
+    stopped. "Writable" came back about a node that no longer is: it must not fence the new primary."""
+    import asyncio
+
+    from standby.agent import probers
+    from standby.decide import State
+
+    role = [DbState.DOWN]
+    calls: list[str] = []
+
+    def answer() -> DrSeen:
+        role[0] = DbState.PRIMARY  # promoted while the question was out
+        return DrSeen.WRITABLE
+
+    with shell(tmp_path, monkeypatch, FakePostgres(DbState.DOWN), extra=FOLLOWERS) as sh:
+        stop = asyncio.Event()
+        monkeypatch.setattr(probers, "DrWatch", _fake_watch(calls, answer))
+        monkeypatch.setattr(probers, "DR_EVERY_S", 10.0)
+
+        async def go() -> None:
+            task = asyncio.ensure_future(sh.agent.probers.dr(stop, lambda: State(was_primary=True), lambda: role[0]))
+            await asyncio.sleep(0.05)
+            stop.set()
+            await task
+
+        run(go())
+        assert calls[0] == "asked" and sh.agent.probers.dr_seen is None

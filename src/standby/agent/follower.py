@@ -28,9 +28,10 @@ from typing import Protocol
 from standby import __version__
 from standby.act.rejoin import RejoinRefused
 from standby.agent.followeract import LocalFollowerDb, OwnServer
+from standby.agent.followerip import OwnReportingIp
 from standby.agent.followerobs import ANSWER_TIMEOUT_S, Watcher
 from standby.alerts import AlertDispatcher, AlertKind, alert_key, make_alert
-from standby.config import Config, FollowerRole
+from standby.config import Config, FollowerRole, Reporting
 from standby.documents import FollowerRejoin, FollowerRejoinPhase, FollowerView
 from standby.follow import (
     FollowerAction,
@@ -41,11 +42,13 @@ from standby.follow import (
     FollowerState,
     PairView,
     decide_follower,
+    fresh_lag,
     newest_term,
     serving_primary,
     site_silence,
 )
 from standby.model import Lsn
+from standby.reporting import FollowerReportingInputs, FollowerReportingPolicy
 
 log = logging.getLogger(__name__)
 STATE_FILE = "follower-state.json"
@@ -84,6 +87,16 @@ def follower_policy(cfg: Config, node: str) -> FollowerPolicy:
     )
 
 
+def own_reporting_ip(cfg: Config, node: str, policy: FollowerPolicy) -> OwnReportingIp | None:
+    """A reporting follower's own reporting IP, with the pair's bound ([reporting] max_lag_bytes); an unknown lag
+    withdraws it after as long as a site loss takes to be called (a failover in the pair is far shorter)."""
+    f = cfg.follower(node)
+    if f is None or f.reporting_ip is None:
+        return None
+    bound = cfg.reporting.max_lag_bytes if cfg.reporting is not None else Reporting().max_lag_bytes
+    return OwnReportingIp(f.reporting_ip, FollowerReportingPolicy(bound, policy.site_loss_after_s))
+
+
 class FollowerAgent:
     def __init__(self, cfg: Config, node: str, db: OwnServer | None = None, views: Views | None = None,
                  alerts: Alerts | None = None, clock: Callable[[], float] = time.monotonic,
@@ -101,6 +114,7 @@ class FollowerAgent:
         self.alerted = False
         self._rejoin_thread: threading.Thread | None = None
         self.last_rejoin: FollowerRejoin | None = None  # the last one, for the view (its thread replaces it)
+        self.own_ip = own_reporting_ip(cfg, node, self.policy)
 
     # -- persisted state -------------------------------------------------------------------------
 
@@ -143,6 +157,8 @@ class FollowerAgent:
         self.state = new
         for a in actions:
             self._act(a)
+        if self.own_ip is not None:
+            self.own_ip.step(FollowerReportingInputs(pg.running, pg.in_recovery, fresh_lag(new, o, self.policy), now))
         report = next(a for a in actions if a.kind is FollowerActionKind.REPORT)
         self.view = self._view(o, pg, age, report)
         return actions
@@ -221,7 +237,9 @@ class FollowerAgent:
             replay_lsn=_lsn(pg.replay_lsn), lag_bytes=r.lag_bytes, lag_seconds=age, loss_bytes=r.loss_bytes,
             term=self.state.term, primary=self.state.primary, target=self.state.target, reason=r.reason,
             site_silent_s=round(min(site_silence(self.state, o), 1e9), 3), promoted=self.state.promoted,
-            pg_version_num=getattr(self.db, "version_num", None), rejoin=self.last_rejoin)
+            pg_version_num=getattr(self.db, "version_num", None), rejoin=self.last_rejoin,
+            reporting_ip=str(ip.sip.address) if (ip := self.own_ip) else None,
+            reporting_ip_held=bool(ip and ip.on_host), reporting_ip_reason=ip.reason if ip else None)
 
     def alert(self, actions: list[FollowerAction]) -> None:
         """Site loss raised (and resolved once the pair is heard again): on the event loop's thread."""

@@ -34,11 +34,6 @@ from standby.topology import KEYWORDS
 
 log = logging.getLogger(__name__)
 ANSWER_TIMEOUT_S = 1.0  # an agent or a server slower than this counts as silent for that round
-# Set on the server's side of a kept replication connection: a follower that vanished (its host gone, the
-# link cut) leaves a WAL sender that waits for its next command and would hold the slot for as long as TCP
-# does not notice (hours); with these, the server closes it within about 15 s.
-SERVER_KEEPALIVES = ("-c tcp_keepalives_idle=5 -c tcp_keepalives_interval=2 -c tcp_keepalives_count=3 "
-                     "-c tcp_user_timeout=10000")
 C = TypeVar("C")
 
 
@@ -61,7 +56,7 @@ def parse_history(text: str) -> tuple[tuple[int, int], ...]:
     return tuple(out)
 
 
-def _text(value: object) -> str:
+def text(value: object) -> str:
     # A walsender's answers come back untyped for psycopg: bytes, or text.
     return value.decode() if isinstance(value, bytes) else str(value)
 
@@ -70,7 +65,8 @@ def connect(cfg: Config, node: str) -> psycopg.Connection:
     """A replication connection to ``node`` as the replication role (what pg_hba lets a follower do), to be
     kept between rounds: named apart from the WAL streams, with the server's keepalives above."""
     params = {**pgobs.peer_conninfo(cfg, node), "connect_timeout": max(1, int(ANSWER_TIMEOUT_S)),
-              "application_name": pgobs.WATCH_APPLICATION_NAME, "options": SERVER_KEEPALIVES}
+              "application_name": pgobs.WATCH_APPLICATION_NAME, "options": pgobs.WATCH_SERVER_KEEPALIVES,
+              **pgobs.WATCH_CLIENT_KEEPALIVES}
     return psycopg.connect(**params, replication="true", autocommit=True)  # type: ignore[arg-type]
 
 
@@ -113,10 +109,10 @@ def identify_on(conn: psycopg.Connection, node: str, known: dict[int, tuple[tupl
     row = ask(conn, "IDENTIFY_SYSTEM", deadline)
     if row is None or row[1] is None:
         raise psycopg.OperationalError(f"{node}: IDENTIFY_SYSTEM answered nothing")
-    timeline, pos = int(_text(row[1])), Lsn.parse(_text(row[2]))
+    timeline, pos = int(text(row[1])), Lsn.parse(text(row[2]))
     if timeline > 1 and timeline not in known:
         got = ask(conn, f"TIMELINE_HISTORY {timeline}", deadline)
-        known[timeline] = parse_history(_text(got[1]) if got else "")
+        known[timeline] = parse_history(text(got[1]) if got else "")
     return Upstream(timeline, pos.value if pos else None, known.get(timeline, ()))
 
 
@@ -132,7 +128,7 @@ def accepts_writes(cfg: Config, node: str) -> bool:
     params = {**pgobs.peer_conninfo(cfg, node), "connect_timeout": max(1, int(ANSWER_TIMEOUT_S))}
     with psycopg.connect(**params, replication="true", autocommit=True) as conn:  # type: ignore[arg-type]
         row = conn.execute("SHOW in_hot_standby").fetchone()
-    return row is not None and _text(row[0]) == "off"
+    return row is not None and text(row[0]) == "off"
 
 
 def pair_view(a: AgentView, u: Upstream | None, heard_at: float) -> PairView:

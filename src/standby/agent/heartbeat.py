@@ -74,7 +74,7 @@ def view_to_dict(v: PeerView) -> dict[str, Any]:
         "carrier": {k.value: bool(b) for k, b in v.carrier.items()}, "tiebreaker_ok": v.tiebreaker_ok,
         "releasing_services": v.releasing_services, "preferred": v.preferred,
         "reporting": v.reporting, "reporting_epoch": v.reporting_epoch, "reporting_ack": v.reporting_ack,
-        "eligible": v.eligible,
+        "eligible": v.eligible, "dr_serves": v.dr_serves,
     }
 
 
@@ -125,7 +125,7 @@ def _view(d: Any) -> PeerView:
         carrier=carrier, tiebreaker_ok=_typed(d, "tiebreaker_ok", (bool, type(None))),
         releasing_services=_typed(d, "releasing_services", bool), preferred=_typed(d, "preferred", bool),
         reporting=_optional(d, "reporting", bool, False), reporting_epoch=epoch, reporting_ack=ack,
-        eligible=_optional(d, "eligible", bool, True),
+        eligible=_optional(d, "eligible", bool, True), dr_serves=_optional(d, "dr_serves", bool, False),
     )
 
 

@@ -18,7 +18,7 @@ from typing import Any
 
 from standby.act import services
 from standby.agent.servicerole import Claim, ServiceRole, reannounce
-from standby.agent.superseded import dr_seen
+from standby.agent.superseded import DrWatch
 from standby.config import Config
 from standby.decide import Policy, State, dr_in_question
 from standby.model import DbState, DrSeen
@@ -28,7 +28,7 @@ log = logging.getLogger("standby.agent")
 Run = Callable[..., Awaitable[Any]]
 REFUSED_RECENTLY_S = 10.0  # after a refused take, keep asking who answers even while the peer is heard
 HEALTH_EVERY_S = 1.0
-DR_EVERY_S = 1.0  # the warm followers, while a rebooted primary's restart is in question
+DR_EVERY_S = 1.0  # the warm followers, while decide.dr_in_question holds (a running primary: always)
 ANNOUNCE_EVERY_S = 5.0  # switches and ARP caches forget
 
 
@@ -65,14 +65,26 @@ class Probers:
         self.take_refused_at = self.clock()
 
     async def dr(self, stopping: asyncio.Event, state: Callable[[], State], db: Callable[[], DbState]) -> None:
-        """While a rebooted primary's restart or a fenced primary's resumption is in question (decide.py), whether a
-        warm follower accepts writes; not asked otherwise (each question is a connection to every warm follower).
-        Until the first answer the decision sees None, which holds the restart back."""
+        """While decide.dr_in_question holds (a running primary; a rebooted primary's restart; a fenced primary's
+        resumption), whether a warm follower accepts writes (superseded.DrWatch); not asked otherwise.
+        An answer counts only if this node's server had the same role when it was asked as when it came back:
+        one asked while this node was a standby (a switchback promotes it the moment the DR node has stopped)
+        says nothing of the DR node after the promotion. Until the first answer the decision sees None, which
+        holds a restart back and fences nothing."""
         if not self.cfg.warm_followers():
             return
-        while not stopping.is_set():
-            self.dr_seen = await self._in_probe(dr_seen, self.cfg) if dr_in_question(state(), db()) else None
-            await asyncio.sleep(DR_EVERY_S)
+        watch = DrWatch(self.cfg)
+        try:
+            while not stopping.is_set():
+                asked_as = db()
+                if dr_in_question(state(), asked_as):
+                    seen = await watch.seen()
+                    self.dr_seen = seen if db() is asked_as else None
+                else:
+                    self.dr_seen = None
+                await asyncio.sleep(DR_EVERY_S)
+        finally:
+            watch.close()
 
     async def tiebreaker(self, stopping: asyncio.Event) -> None:
         if self.cfg.tiebreaker is None:

@@ -8,16 +8,20 @@ before its first decision, an agent asks each warm follower whether it accepts w
 It owns: that question (one replication connection per warm follower, side by side) and the fence at start
 it leads to (the state written fenced before any step; the first step then stops a running server,
 FENCE_ENFORCED). At start a follower that does not answer counts as not writable; later, while a rebooted
-primary's restart is in question, the decision itself waits for every warm follower to answer (``dr_seen``,
-asked by agent.probers; decide: finding DR-restart), since across a WAN that is down a DR node may be
-serving. It may not: stop anything itself, nor ask while the pair runs (a follower promoted then went
-through `standby promote`, which fences or refuses a pair node that answers).
+primary's restart is in question, the decision itself waits for every warm follower to answer (finding
+DR-restart), since across a WAN that is down a DR node may be serving; and a running primary fences itself
+when one accepts writes (decide.py rule 7: promoted by a person while the WAN was cut). Those questions are
+``DrWatch``'s, asked by agent.probers: one kept replication connection per warm follower, so a primary that
+asks every second costs each follower no new backend or handshake per question.
+It may not: stop anything itself (the decision fences), nor decide what an answer means.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-from concurrent.futures import ThreadPoolExecutor
+import asyncio
+from collections.abc import Awaitable, Callable, Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
+from functools import partial
 from typing import Any
 
 import psycopg
@@ -49,17 +53,65 @@ def _warm_answers(cfg: Config) -> dict[str, bool | None]:
         return dict(zip(warm, pool.map(writable, warm), strict=True))
 
 
+class DrWatch:
+    """Whether a warm follower accepts writes, asked over one kept connection each, on threads of its own
+    (the agent's probe threads time the tie-breaker and ARP: a WAN that drops everything must not hold
+    them). A round waits ANSWER_TIMEOUT_S at most; a follower whose last question has not come back yet is
+    not asked again meanwhile, and reads as not answering."""
+
+    def __init__(self, cfg: Config) -> None:
+        self.warm = cfg.warm_followers()
+        self.kept: dict[str, followerobs.Kept[psycopg.Connection]] = {
+            n: followerobs.Kept(partial(followerobs.connect, cfg, n), psycopg.Connection.close) for n in self.warm}
+        self._pool = ThreadPoolExecutor(len(self.warm), thread_name_prefix="dr-watch") if self.warm else None
+        self._pending: dict[str, Future[bool]] = {}
+
+    def _ask(self, name: str) -> bool:
+        try:
+            row = self.kept[name].get().execute("SHOW in_hot_standby").fetchone()
+        except BaseException:
+            self.kept[name].drop()  # the next question opens a new one
+            raise
+        return row is not None and followerobs.text(row[0]) == "off"
+
+    async def answers(self) -> dict[str, bool | None]:
+        """Each warm follower: accepts writes, or None when it does not answer in time."""
+        if self._pool is None:
+            return {}
+        asked: dict[str, Future[bool]] = {}
+        for n in self.warm:
+            if n not in self._pending or self._pending[n].done():
+                self._pending[n] = asked[n] = self._pool.submit(self._ask, n)
+        if asked:
+            await asyncio.wait([asyncio.wrap_future(f) for f in asked.values()],
+                               timeout=followerobs.ANSWER_TIMEOUT_S)
+        out: dict[str, bool | None] = {}
+        for n in self.warm:
+            f = asked.get(n)
+            out[n] = f.result() if f is not None and f.done() and f.exception() is None else None
+        return out
+
+    async def seen(self) -> DrSeen:
+        return judged((await self.answers()).values())
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+        for k in self.kept.values():
+            k.drop()
+
+
+def judged(answers: Iterable[bool | None]) -> DrSeen:
+    """The warm followers for the decision (Observation.dr): one writable, else one silent, else clear."""
+    got = list(answers)
+    if any(got):
+        return DrSeen.WRITABLE
+    return DrSeen.UNKNOWN if any(a is None for a in got) else DrSeen.CLEAR
+
+
 def dr_primaries(cfg: Config) -> tuple[str, ...]:
     """The warm followers whose server accepts writes now."""
     return tuple(n for n, w in _warm_answers(cfg).items() if w)
-
-
-def dr_seen(cfg: Config) -> DrSeen:
-    """The warm followers for the decision (Observation.dr): one writable, else one silent, else clear."""
-    answers = _warm_answers(cfg).values()
-    if any(answers):
-        return DrSeen.WRITABLE
-    return DrSeen.UNKNOWN if any(a is None for a in answers) else DrSeen.CLEAR
 
 
 async def fence_if_superseded(cfg: Config, node: str, cell: StateCell, here: DbState, in_probe: Run,
@@ -69,7 +121,7 @@ async def fence_if_superseded(cfg: Config, node: str, cell: StateCell, here: DbS
         return
     d = rebuild.fence_at_start(await in_probe(dr_primaries, cfg), cell.state.fenced, here)
     if d.fence:
-        await in_state(cell.save, ops.fenced_by_operator(cell.state))
+        await in_state(cell.save, ops.fenced_by_operator(cell.state, dr_serves=True))
         event("fenced_superseded", reason=d.reason.value, by=list(d.by),
               detail=f"{', '.join(d.by)} accepts writes (a DR promotion): fenced until `standby rejoin --node {node} "
                      f"--from {d.by[0]}` rebuilds it, or `standby rejoin` once a pair node serves again")

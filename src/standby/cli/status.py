@@ -81,6 +81,8 @@ def _render_followers(console: Console, doc: PairStatus) -> None:
             continue
         lag = "-" if v.lag_bytes is None else f"{_bytes(v.lag_bytes)}, {v.lag_seconds or 0:.3f}s"
         state = "PROMOTED" if v.promoted else v.reason.value.replace("_", " ")
+        if v.reporting_ip is not None:
+            state += f"; reporting IP {v.reporting_ip} " + ("held" if v.reporting_ip_held else "[yellow]not held[/]")
         t.add_row(name, v.role.value, v.upstream, v.streaming_from or "-",
                   " / ".join(x or "-" for x in (v.received_lsn, v.replay_lsn)), lag,
                   "unknown" if v.loss_bytes is None else _bytes(v.loss_bytes), f"{state}, term {v.term}")

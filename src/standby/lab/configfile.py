@@ -20,6 +20,7 @@ from standby.lab import softswitch
 from standby.lab import tls as labtls
 from standby.lab.errors import LabError
 from standby.lab.topology import (
+    FOLLOWER_REPORTING_IPS,
     FOLLOWER_ROLES,
     GATEWAY,
     PG_BIN,
@@ -135,6 +136,8 @@ def _follower(name: str, spec: LabSpec) -> dict[str, Any]:
         "private": {"address": node.private.address, "interface": node.private.interface},
         # The lab's namespaces share one file system: each follower its own directories.
         "postgres": {"data_dir": node.pgdata, "socket_dir": node.socket_dir},
+        **({"reporting_ip": {"address": ip, "interface": PUBLIC_IF}}
+           if (ip := FOLLOWER_REPORTING_IPS.get(name)) else {}),
     }
 
 

@@ -74,6 +74,9 @@ ALL_ROLES: tuple[str, ...] = tuple(r.value for r in Role)
 # Followers a lab may add beside the pair ([[followers]]), each a namespace of its own, and their roles.
 FOLLOWER_ROLES: dict[str, str] = {"gamma": "warm", "delta": "reporting"}
 FOLLOWER_NODES: tuple[str, ...] = tuple(FOLLOWER_ROLES)
+# The reporting followers' own reporting IPs ([[followers]] reporting_ip, on their public interface): reports
+# reach delta there, and it holds the address only while its copy is recent.
+FOLLOWER_REPORTING_IPS: dict[str, str] = {"delta": "192.0.2.114/24"}
 # The followers that stand in another site: their own subnets, reached through the WAN router.
 WAN_FOLLOWERS: tuple[str, ...] = ("gamma",)
 # The router's namespace between the pair's networks and the other site's (present with a WAN follower).

@@ -29,9 +29,19 @@ from standby.model import Lsn, PgRole, SyncState
 CONNECT_TIMEOUT_S = 2
 # The agent's own connection, so that its backend can be told from everyone else's.
 AGENT_APPLICATION_NAME = "standby-agent"
-# A follower agent's kept replication connections (IDENTIFY_SYSTEM between rounds): each holds a WAL sender
-# that streams nothing, listed in pg_stat_replication in state "startup"; not a replica.
+# The kept replication connections of a follower agent (IDENTIFY_SYSTEM between rounds) and of a pair primary
+# asking the warm followers (agent/superseded.DrWatch): each holds a WAL sender that streams nothing, listed in
+# pg_stat_replication in state "startup"; not a replica.
 WATCH_APPLICATION_NAME = "standby-watch"
+# Set on the server's side of a kept replication connection: a watcher that vanished (its host gone, the
+# link cut) leaves a WAL sender that waits for its next command and would hold the slot for as long as TCP
+# does not notice (hours); with these, the server closes it within about 15 s.
+WATCH_SERVER_KEEPALIVES = ("-c tcp_keepalives_idle=5 -c tcp_keepalives_interval=2 -c tcp_keepalives_count=3 "
+                           "-c tcp_user_timeout=10000")
+# And on this side: a question sent into a link that went down fails within seconds (the next round opens a new
+# connection) instead of waiting for TCP's retransmissions, which after a long cut come minutes apart.
+WATCH_CLIENT_KEEPALIVES = {"keepalives": 1, "keepalives_idle": 5, "keepalives_interval": 2, "keepalives_count": 3,
+                           "tcp_user_timeout": 5000}
 
 
 @dataclass(frozen=True)
