@@ -14,7 +14,7 @@ import psycopg
 
 from standby import __version__, salvage, tls, versioncheck
 from standby.act import postgres as act
-from standby.act.bootsteps import BootstrapBlocked, Report, Step, move_aside
+from standby.act.bootsteps import BootstrapBlocked, Report, Step, move_aside, refuse_foreign, refuse_unanswering
 from standby.act.bootstrap_follower import bootstrap_follower
 from standby.config import Config, Durability
 from standby.documents import NodeFacts
@@ -169,12 +169,7 @@ def _peer_prepared(cfg: Config, node: str) -> None:
 
 def _standby_from_stopped(cfg: Config, node: str, role: PgRole, replace_data: bool, note: Report) -> None:
     pg = cfg.pg(node)
-    pid = act.running_pid(pg.data_dir)
-    if pid is not None:
-        raise BootstrapBlocked(
-            f"data directory {pg.data_dir} is in use by PID {pid}, but PostgreSQL does not answer on "
-            f"{pg.socket_dir} port {pg.port}; check postgres.socket_dir/port or stop that server"
-        )
+    refuse_unanswering(pg)
     if role is PgRole.STOPPED and (pg.data_dir / "standby.signal").exists() and not replace_data:
         # A clone that was not started (a half-done bootstrap): finish it.
         _peer_primary(cfg, node)
@@ -196,10 +191,8 @@ def _standby_from_stopped(cfg: Config, node: str, role: PgRole, replace_data: bo
     if role is PgRole.STOPPED:
         aside = move_aside(pg.data_dir)
         note(Step("old data directory", True, f"moved aside to {aside}"))
-    elif pg.data_dir.exists() and any(pg.data_dir.iterdir()):
-        raise BootstrapBlocked(
-            f"{pg.data_dir} is not empty but holds no database (no PG_VERSION); empty it or point postgres.data_dir elsewhere"
-        )
+    else:
+        refuse_foreign(pg.data_dir)
     t0 = time.monotonic()
     act.clone(cfg, node, cfg.peer_of(node))
     note(Step("clone", True, f"pg_basebackup from {cfg.nodes[cfg.peer_of(node)].private.ip} in {time.monotonic() - t0:.1f}s"))

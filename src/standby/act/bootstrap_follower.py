@@ -17,7 +17,7 @@ import time
 
 from standby import tls
 from standby.act import postgres as act
-from standby.act.bootsteps import BootstrapBlocked, Report, Step, move_aside
+from standby.act.bootsteps import BootstrapBlocked, Report, Step, move_aside, refuse_foreign, refuse_unanswering
 from standby.config import Config
 from standby.model import PgRole
 from standby.observe import postgres as obs
@@ -32,9 +32,7 @@ def bootstrap_follower(cfg: Config, node: str, replace_data: bool, note: Report)
     if local.role is PgRole.STANDBY:
         _running(cfg, node, note)
         return
-    if (pid := act.running_pid(pg.data_dir)) is not None:
-        raise BootstrapBlocked(f"data directory {pg.data_dir} is in use by PID {pid}, but PostgreSQL does not "
-                               f"answer on {pg.socket_dir} port {pg.port}; check postgres.socket_dir/port or stop it")
+    refuse_unanswering(pg)
     source = _pair_primary(cfg, node)
     if local.role is PgRole.STOPPED and (pg.data_dir / "standby.signal").exists() and not replace_data:
         act.configure_as_standby(cfg, node, source)  # a clone that was not started (a half-done bootstrap)
@@ -48,9 +46,8 @@ def bootstrap_follower(cfg: Config, node: str, replace_data: bool, note: Report)
                                    f"of {source}, re-run with --replace-data (the old directory is moved aside, not "
                                    "deleted)")
         note(Step("old data directory", True, f"moved aside to {move_aside(pg.data_dir)}"))
-    elif pg.data_dir.exists() and any(pg.data_dir.iterdir()):
-        raise BootstrapBlocked(f"{pg.data_dir} is not empty but holds no database (no PG_VERSION); empty it or point "
-                               "postgres.data_dir elsewhere")
+    else:
+        refuse_foreign(pg.data_dir)
     t0 = time.monotonic()
     act.clone(cfg, node, source)
     note(Step("clone", True, f"pg_basebackup from {source} ({cfg.link(source).ip}) in {time.monotonic() - t0:.1f}s"))
