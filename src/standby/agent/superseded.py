@@ -62,7 +62,7 @@ class DrWatch:
     def __init__(self, cfg: Config) -> None:
         self.warm = cfg.warm_followers()
         self.kept: dict[str, followerobs.Kept[psycopg.Connection]] = {
-            n: followerobs.Kept(partial(followerobs.connect, cfg, n), psycopg.Connection.close) for n in self.warm}
+            n: followerobs.Kept(partial(followerobs.connect, cfg, n), _close) for n in self.warm}
         self._pool = ThreadPoolExecutor(len(self.warm), thread_name_prefix="dr-watch") if self.warm else None
         self._pending: dict[str, Future[bool]] = {}
 
@@ -83,8 +83,10 @@ class DrWatch:
             if n not in self._pending or self._pending[n].done():
                 self._pending[n] = asked[n] = self._pool.submit(self._ask, n)
         if asked:
-            await asyncio.wait([asyncio.wrap_future(f) for f in asked.values()],
-                               timeout=followerobs.ANSWER_TIMEOUT_S)
+            waiting = [asyncio.wrap_future(f) for f in asked.values()]
+            for w in waiting:  # a failed question is read below (None): its error needs no other reader
+                w.add_done_callback(lambda w: w.cancelled() or w.exception())
+            await asyncio.wait(waiting, timeout=followerobs.ANSWER_TIMEOUT_S)
         out: dict[str, bool | None] = {}
         for n in self.warm:
             f = asked.get(n)
@@ -99,6 +101,10 @@ class DrWatch:
             self._pool.shutdown(wait=False, cancel_futures=True)
         for k in self.kept.values():
             k.drop()
+
+
+def _close(conn: psycopg.Connection) -> None:
+    conn.close()
 
 
 def judged(answers: Iterable[bool | None]) -> DrSeen:
