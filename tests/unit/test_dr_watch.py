@@ -115,3 +115,19 @@ def test_rule7_one_writable_follower_is_enough_and_silence_is_never_clear() -> N
     assert judged([False, None]) is DrSeen.UNKNOWN
     assert judged([False, False]) is DrSeen.CLEAR
     assert judged([]) is DrSeen.CLEAR  # no warm follower: the question is never asked (probers.dr)
+
+
+def test_rule7_closing_leaves_a_connection_whose_question_still_runs_to_its_thread(
+        world: tuple[DrWatch, Server]) -> None:
+    watch, server = world
+    asyncio.run(watch.seen())
+    server.hang.set()
+    asyncio.run(watch.seen())  # a question hangs in a thread, on the kept connection
+    watch.close()
+    assert server.closed == 0, "closed under a call in progress"
+    server.down = True
+    server.go.set()  # the question fails in its thread, which drops the connection itself
+    deadline = time.monotonic() + 5
+    while server.closed == 0:
+        assert time.monotonic() < deadline
+        time.sleep(0.02)

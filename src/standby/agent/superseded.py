@@ -99,8 +99,11 @@ class DrWatch:
     def close(self) -> None:
         if self._pool is not None:
             self._pool.shutdown(wait=False, cancel_futures=True)
-        for k in self.kept.values():
-            k.drop()
+        for n, k in self.kept.items():
+            # A connection whose question still runs is left to its thread (it drops it when the question fails):
+            # freeing libpq's connection under a call in progress on another thread is not safe.
+            if (f := self._pending.get(n)) is None or f.done():
+                k.drop()
 
 
 def _close(conn: psycopg.Connection) -> None:
