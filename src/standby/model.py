@@ -82,7 +82,7 @@ class Reason(StrEnum):
     """Why a decision was taken; one per named rule of the decision core."""
 
     SUPERSEDED = "superseded"  # the peer was promoted with a newer term
-    DR_SERVES = "dr_serves"  # a warm follower accepts writes (a DR promotion): an old primary stays down
+    DR_SERVES = "dr_serves"  # a warm follower accepts writes (a DR promotion): this primary stops, or stays down
     RESUMED_AFTER_FREEZE = "resumed_after_freeze"  # this agent stalled longer than the fence timeout
     ISOLATED = "isolated"  # no peer on any path and no tie-breaker
     PG_CRASHED_FAILOVER = "pg_crashed_failover"  # local PostgreSQL died; the in-sync standby takes over
@@ -157,7 +157,8 @@ class Observation:
     # When this node sent the newest message the peer says it received (monotonic,
     # this node's clock); None until the peer confirms one (older peers never do).
     heard_me: float | None = None
-    # The warm followers, looked at only while a restart of a rebooted primary is in question; None: not looked.
+    # The warm followers, looked at only while decide.dr_in_question holds (a running primary, a rebooted
+    # primary's restart, a fenced primary's resumption); None: not looked, or no answer yet.
     dr: DrSeen | None = None
 
 

@@ -153,7 +153,8 @@ def assemble(cfg: Config, o: Observations) -> PairStatus:
     elif not primaries:
         warnings.append("no primary: no node accepts writes")
     # A warm follower promoted by a person while the pair's site could not be reached (a cut WAN, say), and the
-    # pair serving again once it can: nothing in the pair fences itself for it while it runs.
+    # pair serving too: until its primary has read the follower's answer (decide.py rule 7), or for as long
+    # as its agent does not run.
     dr = [n for n, v in o.followers.items() if v is not None and v.running and not v.in_recovery]
     if dr and primaries:
         warnings.append(f"DUAL PRIMARY: follower {' and '.join(dr)} (promoted) and {' and '.join(primaries)} of the "

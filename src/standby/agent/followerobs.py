@@ -127,8 +127,12 @@ def accepts_writes(cfg: Config, node: str) -> bool:
     pg_hba line allows); raises psycopg.Error when it does not answer."""
     params = {**pgobs.peer_conninfo(cfg, node), "connect_timeout": max(1, int(ANSWER_TIMEOUT_S))}
     with psycopg.connect(**params, replication="true", autocommit=True) as conn:  # type: ignore[arg-type]
-        row = conn.execute("SHOW in_hot_standby").fetchone()
-    return row is not None and text(row[0]) == "off"
+        return writable_on(conn)
+
+
+def writable_on(conn: psycopg.Connection) -> bool:
+    """Whether the server at the other end of a (replication) connection is a primary."""
+    return (row := conn.execute("SHOW in_hot_standby").fetchone()) is not None and text(row[0]) == "off"
 
 
 def pair_view(a: AgentView, u: Upstream | None, heard_at: float) -> PairView:

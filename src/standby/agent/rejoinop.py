@@ -20,7 +20,7 @@ from standby import rebuild
 from standby.act import rejoin as rj
 from standby.agent.opsteps import OpError
 from standby.config import Config
-from standby.model import DbState, LocalPg, PgRole
+from standby.model import DbState, PgRole
 from standby.observe import postgres as pgobs
 
 if TYPE_CHECKING:
@@ -60,10 +60,12 @@ STEADY_READS = 4
 
 async def stuck_after_a_moment(observer: Observer, cfg: Config, node: str) -> bool:
     """Whether a pair rejoin stops this node's server first: it runs, and is no standby streaming from its
-    primary, read afresh and given STUCK_AFTER_S to connect. Found by a CI run of the road back: beta's rejoin
-    came 40 ms after its agent restarted its server, the agent's reading (a server still starting does not
-    answer, and the last reading stands) said "down", so the stuck standby was not stopped and the rejoin
-    refused it."""
+    primary, read afresh and given STUCK_AFTER_S to connect. One past the new primary's fork (the hot standby
+    of a site lost while a DR node took over) never will; it takes no writes, so the rejoin stops it and
+    rewinds it like an old primary (a streaming one is left running, and the rejoin says so). Found by a CI
+    run of the road back: beta's rejoin came 40 ms after its agent restarted its server, the agent's reading
+    (a server still starting does not answer, and the last reading stands) said "down", so the stuck standby
+    was not stopped and the rejoin refused it."""
     deadline, steady = time.monotonic() + STUCK_AFTER_S, 0
     while True:
         await observer.refresh()
@@ -78,13 +80,6 @@ async def stuck_after_a_moment(observer: Observer, cfg: Config, node: str) -> bo
         if time.monotonic() >= deadline:
             return True
         await asyncio.sleep(0.5)
-
-
-def stuck(pg: LocalPg) -> bool:
-    """A running standby that does not stream: one past the new primary's fork (the hot standby of a site lost
-    while a DR node took over) never will. It takes no writes, so a rejoin stops it and rewinds it like an
-    old primary; a streaming one is left running (and the rejoin refuses it)."""
-    return pg.db is DbState.STANDBY and not pg.streaming
 
 
 def run(cfg: Config, who: rj.Rejoining, event: Callable[..., None]) -> rj.RejoinResult:

@@ -68,11 +68,10 @@ class DrWatch:
 
     def _ask(self, name: str) -> bool:
         try:
-            row = self.kept[name].get().execute("SHOW in_hot_standby").fetchone()
+            return followerobs.writable_on(self.kept[name].get())
         except BaseException:
             self.kept[name].drop()  # the next question opens a new one
             raise
-        return row is not None and followerobs.text(row[0]) == "off"
 
     async def answers(self) -> dict[str, bool | None]:
         """Each warm follower: accepts writes, or None when it does not answer in time."""
