@@ -3,8 +3,9 @@
 
 For each size, one lab with its private link shaped to a real link's rate (1 Gbit/s unless
 --link-mbit says otherwise): the pair is built, a filler table on the primary grows the database to
-the size, once. Then rounds, the roles alternating: the standby replays everything, the primary
-crashes (power loss) and the standby takes over, the new primary writes the round's rows (the
+the size, once. Then rounds, the roles alternating: the standby replays everything and makes its
+restartpoint (a steady state: the fill packs hours of writes into minutes; --no-restartpoint skips it), the
+primary crashes (power loss) and the standby takes over, the new primary writes the round's rows (the
 divergence), the cables are healed and the old primary's agent started, which fences it. Then its
 crash recovery is finished (the same isolated single-user recovery rejoin would run, timed apart so
 that both methods start from the same cleanly stopped directory), and `standby rejoin --yes` on it is
@@ -77,6 +78,7 @@ class Params:
     durability: str
     link_mbit: int
     timeout_s: float
+    restartpoint: bool = True  # the standby's restartpoint before each crash (steady state)
 
 
 def fenced_hearing_primary(st: AgentView | None) -> bool:
@@ -123,7 +125,7 @@ def fill(lab: Lab, size_mb: int) -> dict[str, Any]:
             "database_mb": db / 2**20, "cluster_mb": int(cluster) / 2**20}
 
 
-def wait_replayed(lab: Lab, primary: str, timeout_s: float) -> float:
+def wait_replayed(lab: Lab, primary: str, timeout_s: float, restartpoint: bool = True) -> float:
     """Checkpoint and switch segment on the primary, then wait until the standby has replayed up to there.
 
     The segment switch puts the last common checkpoint in an older segment than the fork, which
@@ -141,6 +143,13 @@ def wait_replayed(lab: Lab, primary: str, timeout_s: float) -> float:
         return bool(row and row[0])
 
     lab.wait_for(f"{other(primary)} to replay up to {lsn}", replayed, timeout_s=timeout_s, every_s=0.2)
+    # The standby's restartpoint at that checkpoint, as its checkpointer makes one every checkpoint_timeout:
+    # the fill compressed hours of writes into minutes, and without it the standby's last restartpoint
+    # (where the slot it reserves before promoting starts, and so what pg_rewind copies) would still be
+    # in the middle of the fill. Set --no-restartpoint to measure that case.
+    if restartpoint:
+        with lab.pg_connect(other(primary), autocommit=True) as b:
+            b.execute("CHECKPOINT")
     return time.monotonic() - t0
 
 
@@ -232,7 +241,7 @@ def one_round(lab: Lab, old: str, rows: tuple[int, int], method: str, p: Params,
     new = other(old)
     rec.update({"old_primary": old, "loadavg_at_start": list(os.getloadavg()),
                 "other_labs_at_start": other_labs(), "error": None})
-    rec["replayed_s"] = wait_replayed(lab, old, p.timeout_s * 10)
+    rec["replayed_s"] = wait_replayed(lab, old, p.timeout_s * 10, p.restartpoint)
     rec.update(diverge(lab, old, rows, p.timeout_s * 10))
     rec["crash_recovery_s"] = crash_recovery(lab, old)
     if method == "clone":
@@ -405,12 +414,14 @@ def parse_args(argv: Sequence[str] | None) -> Params:
     ap.add_argument("--link-mbit", type=int, default=PRIVATE_MBIT,
                     help=f"the private link's rate in Mbit/s, 0 for the veth's own speed (default {PRIVATE_MBIT})")
     ap.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for each state change (default 30)")
+    ap.add_argument("--no-restartpoint", dest="restartpoint", action="store_false",
+                    help="crash without the standby's restartpoint first (its last one then may lie in the fill)")
     a = ap.parse_args(argv)
     if (any(s < 1 for s in a.sizes) or any(r < 1 for r in a.diverge) or a.repeat < 1 or a.timeout <= 0
             or a.link_mbit < 0):
         ap.error("need sizes >= 1, diverge >= 1, repeat >= 1, timeout > 0, link-mbit >= 0")
     return Params(tuple(dict.fromkeys(a.sizes)), tuple(dict.fromkeys(a.methods)), tuple(dict.fromkeys(a.diverge)),
-                  a.repeat, a.durability, a.link_mbit, a.timeout)
+                  a.repeat, a.durability, a.link_mbit, a.timeout, a.restartpoint)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

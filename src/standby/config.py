@@ -148,9 +148,12 @@ class Postgres(_WithCluster):
     database: str = "postgres"
     replication_user: str = "replicator"
     replication_password_file: Path = Path("/etc/standby/replication.password")
-    # WAL kept on the primary so that a failed primary can later be rewound
-    # instead of re-cloned (pg_rewind needs the WAL back to the fork point).
-    wal_keep_size_mb: int = Field(1024, ge=0)
+    # WAL kept beyond what the slots pin, for a replica that comes back without one (a follower whose slot
+    # here pins nothing yet, after a failover). The rewind of a failed primary does not need it: a node
+    # reserves its peer's slot before it promotes, which holds the WAL from before the fork. Kept modest
+    # because PostgreSQL 15's pg_rewind copies the new primary's whole pg_wal: every MB here is a MB each
+    # rewind sends over the private link (1024 made a 10 GB database's rewind copy 1.3 GB of WAL).
+    wal_keep_size_mb: int = Field(128, ge=0)
     # Upper bound of WAL a replication slot may pin when its standby is gone,
     # so a dead standby cannot fill the primary's disk.
     max_slot_wal_keep_size_mb: int = Field(8192, ge=64)

@@ -113,8 +113,9 @@ def _agent_warnings(cfg: Config, o: Observations) -> list[str]:
             out.append(f"{name} refuses {a.peer}'s heartbeats: {why}")
         st = a.state
         if st.fenced and st.dr_serves:
+            source = _dr_source(cfg, o)
             out.append(f"{name} is FENCED because a warm follower accepts writes (a DR promotion): rebuild it from "
-                       f"that follower (`standby rejoin --node {name} --from FOLLOWER`, docs/followers.md)")
+                       f"that follower (`standby rejoin --node {name} --from {source}`, docs/followers.md)")
         elif st.fenced:
             out.append(f"{name} is FENCED (it may not become primary by itself): rejoin it as a standby")
         if a.suspended:
@@ -128,6 +129,23 @@ def _agent_warnings(cfg: Config, o: Observations) -> list[str]:
         if pg_state is DbState.STANDBY and cfg.mode is Mode.HOT and not st.eligible:
             out.append(f"{name} is NOT eligible for automatic promotion (it may lack acknowledged commits)")
     return out
+
+
+def _promoted_followers(o: Observations) -> list[str]:
+    return [n for n, v in o.followers.items() if v is not None and v.running and not v.in_recovery]
+
+
+def _dr_source(cfg: Config, o: Observations) -> str:
+    """The follower a node fenced by rule 7 is rebuilt from: the one seen accepting writes, else the only warm
+    follower configured; with neither (the follower's agent silent, several warm ones) a placeholder the
+    reader fills in, rather than a guess that would rebuild the node from the wrong server."""
+    promoted = _promoted_followers(o)
+    warm = cfg.warm_followers()
+    if len(promoted) == 1:
+        return promoted[0]
+    if not promoted and len(warm) == 1:
+        return warm[0]
+    return "FOLLOWER"
 
 
 def _unreachable(name: str, o: Observations) -> str:
@@ -155,7 +173,7 @@ def assemble(cfg: Config, o: Observations) -> PairStatus:
     # A warm follower promoted by a person while the pair's site could not be reached (a cut WAN, say), and the
     # pair serving too: until its primary has read the follower's answer (decide.py rule 7), or for as long
     # as its agent does not run.
-    dr = [n for n, v in o.followers.items() if v is not None and v.running and not v.in_recovery]
+    dr = _promoted_followers(o)
     if dr and primaries:
         warnings.append(f"DUAL PRIMARY: follower {' and '.join(dr)} (promoted) and {' and '.join(primaries)} of the "
                         f"pair accept writes; keep one: fence the pair's (`standby fence --node {primaries[0]}`) "

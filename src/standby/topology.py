@@ -264,6 +264,42 @@ def slot_plan(t: Topology, node: str) -> SlotPlan:
     return SlotPlan(slot_name(node), tuple(slot_name(n) for n in others))
 
 
+@dataclass(frozen=True)
+class SlotSeen:
+    """One row of pg_replication_slots, as the release rule reads it."""
+
+    name: str
+    active: bool  # a WAL sender streams through it now
+    reserved: bool  # it has a restart_lsn: it pins WAL from there
+    lost: bool  # PostgreSQL invalidated it (max_slot_wal_keep_size): no WAL behind it any more
+
+
+def unused_here(t: Topology, node: str, primary: bool) -> tuple[str, ...]:
+    """The follower slots pair node ``node`` keeps that no follower streams through in its present role: on
+    the standby, those of the followers streaming from the primary; on the primary, those of the followers
+    cascading from the standby (they come to the primary only while the standby is gone)."""
+    if node not in t.pair:
+        return ()
+    away = STANDBY if primary else PRIMARY
+    return tuple(slot_name(f.name) for f in t.followers if f.upstream == away)
+
+
+def slots_to_release(t: Topology, node: str, primary: bool, seen: Sequence[SlotSeen]) -> tuple[str, ...]:
+    """The follower slots to drop and make again unreserved, so that they pin no WAL.
+
+    A slot keeps the WAL from the last position its follower confirmed *through it*. Once the follower
+    streams elsewhere (a switchover moved the primary, a cascaded follower went back to the standby), the
+    slot left behind pins every segment written since, on a server that needs none of it: its pg_wal grows
+    to max_slot_wal_keep_size, a rewind from it copies all of that, and PostgreSQL finally invalidates the
+    slot, which a follower sent back to this node then cannot stream through. Released are: the reserved
+    slots ``unused_here`` (never one a WAL sender is using: an active slot is in use whatever the plan says),
+    and any follower slot PostgreSQL invalidated (it holds nothing, and it refuses its follower)."""
+    mine = set(slot_plan(t, node).slots) - {slot_name(n) for n in t.pair}
+    unused = set(unused_here(t, node, primary))
+    return tuple(s.name for s in seen
+                 if s.name in mine and not s.active and ((s.reserved and s.name in unused) or s.lost))
+
+
 # -- WAL senders ---------------------------------------------------------------------------------------
 
 

@@ -246,3 +246,51 @@ def test_watching_a_server_costs_one_kept_backend_not_one_per_round(servers: tup
         watcher.close("alpha")
         watcher.close("beta")
     wait_for("no kept connection left on alpha", lambda: _watch_senders(base) == [])
+
+
+def _slot(base: Path, name: str) -> tuple[bool, str | None, str | None] | None:
+    with psycopg.connect(host=str(base / "alpha.sock"), port=5432, user="postgres", dbname="postgres") as conn:
+        row = conn.execute("SELECT active, restart_lsn::text, wal_status FROM pg_replication_slots "
+                           "WHERE slot_name = %s", (name,)).fetchone()
+    return None if row is None else (bool(row[0]), row[1], row[2])
+
+
+def test_slot_left_behind_is_released_on_a_real_server_once_its_follower_streams_elsewhere(
+        servers: tuple[config.Config, Path]) -> None:
+    """topology.slots_to_release against PostgreSQL's own pg_replication_slots: dr streams from the primary,
+    so alpha keeps its slot while it is the primary; as a standby's (the role a switchover gives it) the slot
+    is released, but never while dr streams through it; and once PostgreSQL invalidated it, it is made again
+    in either role."""
+    cfg, base = servers
+    own = psycopg.connect(host=str(base / "alpha.sock"), port=5432, user="postgres", dbname="postgres",
+                          autocommit=True)
+    try:
+        assert pgact.ensure_follower_slots(own, cfg, "alpha") == ["standby_dr"]
+        _clone(base, "alpha", "dr", "standby_dr")
+        _start(base, "dr")
+        wait_for("dr streams through its slot", lambda: (_slot(base, "standby_dr") or (False,))[0])
+        assert pgact.release_follower_slots(own, cfg, "alpha", primary=True) == []
+        assert pgact.release_follower_slots(own, cfg, "alpha", primary=False) == []  # in use: never
+        _run([str(BIN / "pg_ctl"), "-D", str(base / "dr"), "-m", "fast", "-w", "stop"])
+        wait_for("dr's sender gone", lambda: not (_slot(base, "standby_dr") or (True,))[0])
+        assert _slot(base, "standby_dr")[1] is not None  # type: ignore[index]  # it pins WAL from dr's position
+        assert pgact.release_follower_slots(own, cfg, "alpha", primary=True) == []  # dr comes back here
+        assert pgact.release_follower_slots(own, cfg, "alpha", primary=False) == ["standby_dr"]
+        assert _slot(base, "standby_dr") == (False, None, None)  # there, pinning nothing
+
+        # Invalidated by PostgreSQL (max_slot_wal_keep_size passed): made again, whatever the role.
+        own.execute("SELECT pg_drop_replication_slot('standby_dr')")
+        pgact.ensure_slot(own, "standby_dr", reserve=True)
+        own.execute("ALTER SYSTEM SET wal_keep_size = 0")
+        own.execute("ALTER SYSTEM SET max_slot_wal_keep_size = '1MB'")
+        own.execute("SELECT pg_reload_conf()")
+        own.execute("CREATE TABLE IF NOT EXISTS filler (x int)")
+        for _ in range(3):
+            own.execute("INSERT INTO filler VALUES (1)")
+            own.execute("SELECT pg_switch_wal()")
+        own.execute("CHECKPOINT")
+        assert _slot(base, "standby_dr") == (False, None, "lost") or _slot(base, "standby_dr")[2] == "lost"  # type: ignore[index]
+        assert pgact.release_follower_slots(own, cfg, "alpha", primary=True) == ["standby_dr"]
+        assert _slot(base, "standby_dr") == (False, None, None)
+    finally:
+        own.close()

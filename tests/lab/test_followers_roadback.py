@@ -137,6 +137,11 @@ def _road_back(lab_factory, tmp_path: Path, gamma_behind: bool) -> None:  # type
         step("both pair hosts crashed")
         res = lab.standby("gamma", "promote", "--yes", check=False)
         assert res.returncode == 0, res.stdout + res.stderr
+        # Reserved before the promotion, the pair's slots hold gamma's WAL from before the fork: the site,
+        # rebuilt however much later, is rewound rather than cloned over the WAN.
+        with lab.pg_connect("gamma") as c:
+            slots = dict(c.execute("SELECT slot_name, restart_lsn IS NOT NULL FROM pg_replication_slots").fetchall())
+        assert slots.get("standby_alpha") is True and slots.get("standby_beta") is True, (slots, res.stdout)
         step("gamma promoted by hand (standby promote --node gamma)")
         lab.run("client", dr_start)
         _load(lab, f"http://{DR_LISTEN}", histories[1], "load-dr")

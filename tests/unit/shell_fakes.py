@@ -95,6 +95,7 @@ class FakePostgres:
     calls: list[str] = field(default_factory=list)  # start, stop, promote
     sync_names: list[str] = field(default_factory=list)  # values set
     follower_slot_calls: int = 0
+    follower_slot_roles: list[bool | None] = field(default_factory=list)  # each call's primary: True/False/None
 
     def read(self) -> tuple[LocalPg, str | None]:
         if self.db is DbState.PRIMARY:
@@ -140,8 +141,9 @@ class FakePostgres:
     def ensure_peer_slot(self) -> None:
         pass
 
-    def ensure_follower_slots(self) -> None:
+    def ensure_follower_slots(self, primary: bool | None) -> None:
         self.follower_slot_calls += 1
+        self.follower_slot_roles.append(primary)
 
 
 class FakeKernel:

@@ -140,3 +140,34 @@ def test_dr_split_random_faults_with_a_dr_promotion_leave_no_pair_node_serving_b
         w.heal()
         w.run(10.0)
         assert w.primaries() == [], w.log
+
+
+# -- what `standby status` tells the person who must rebuild the fenced node ------------------------------
+
+
+@pytest.mark.parametrize(("followers", "seen", "named"), [
+    (("gamma",), {"gamma": None}, "gamma"),  # the only warm follower, its agent silent
+    (("gamma", "epsilon"), {"gamma": "writable", "epsilon": "recovery"}, "gamma"),  # the one seen writable
+    (("gamma", "epsilon"), {"gamma": None, "epsilon": "recovery"}, "FOLLOWER"),  # neither: no guess
+    (("gamma", "epsilon"), {"gamma": "writable", "epsilon": "writable"}, "FOLLOWER"),  # two DR primaries
+])
+def test_dr_split_status_names_the_follower_to_rebuild_from(
+        tmp_path: os.PathLike[str], followers: tuple[str, ...], seen: dict[str, str | None], named: str) -> None:
+    from pathlib import Path
+
+    from standby import config
+    from standby import status as status_mod
+    from tests.unit.configs import example_with_secrets
+    from tests.unit.test_documents import view as agent_view
+    from tests.unit.test_followers_agent import _view as follower_view
+    from tests.unit.test_followers_config import follower
+
+    raw, _ = example_with_secrets(Path(tmp_path))
+    raw["followers"] = [follower(n, 21 + i) for i, n in enumerate(followers)]
+    cfg = config.parse(raw)
+    fenced = agent_view()
+    fenced = replace(fenced, state=replace(fenced.state, fenced=True, dr_serves=True))
+    views = {n: None if v is None else follower_view(n, in_recovery=v == "recovery") for n, v in seen.items()}
+    o = status_mod.Observations("beta", {}, (), agents={"alpha": fenced, "beta": None}, followers=views)
+    said = [w for w in status_mod._agent_warnings(cfg, o) if "alpha is FENCED" in w]
+    assert said and f"`standby rejoin --node alpha --from {named}`" in said[0], said

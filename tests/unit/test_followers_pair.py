@@ -103,7 +103,7 @@ def test_i12_the_primarys_agent_sets_the_plans_names_and_the_follower_slots(
 
         run(go())
         assert pg.sync_names[-1:] == ([want] if quorum else [])  # the fake already has '"beta"'
-        assert pg.follower_slot_calls > 0
+        assert pg.follower_slot_calls > 0 and set(pg.follower_slot_roles) == {True}  # released as the primary
 
 
 def test_i12_the_standbys_agent_keeps_the_follower_slots_too(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -119,6 +119,7 @@ def test_i12_the_standbys_agent_keeps_the_follower_slots_too(tmp_path: Path, mon
 
         run(go())
         assert pg.follower_slot_calls > 0 and pg.sync_names == []
+        assert set(pg.follower_slot_roles) == {False}  # idle slots released as the standby's
 
 
 def _quorum_pair(sync: SyncState) -> Observations:

@@ -79,3 +79,44 @@ def test_a_manual_promotion_ensures_the_slot_once_in_the_promotion_itself(
         result = run(go())
     assert pg.db is DbState.PRIMARY and result["term"] >= 1
     assert calls == ["promote"], calls
+
+
+def _with_follower(tmp_path: Path) -> config.Config:
+    from tests.unit.test_followers_config import follower
+
+    raw, _ = example_with_secrets(tmp_path)
+    raw["followers"] = [follower("gamma", 21)]
+    return config.parse(raw)
+
+
+def test_a_dr_promotion_reserves_the_pair_nodes_slots_while_in_recovery(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`standby promote --node gamma` (cli/promote.py) makes them just before its pg_promote: made in
+    recovery, each holds gamma's WAL from its last restartpoint, before the fork, for the rewind of the
+    rebuilt site (`standby rejoin --from gamma`)."""
+    from standby.cli import promote as promote_cli
+
+    cfg = _with_follower(tmp_path)
+    server = FakeServer()
+    promote_cli._reserve_pair_slots(cfg, "gamma", server)  # type: ignore[arg-type]
+    assert server.slots == {cfg.slot_name("alpha"): True, cfg.slot_name("beta"): True}
+    assert any("pg_create_physical_replication_slot" in s for s in server.statements)
+    assert "reserved" in capsys.readouterr().out
+    promote_cli._reserve_pair_slots(cfg, "gamma", server)  # a second promotion attempt: nothing new, nothing said
+    assert capsys.readouterr().out == ""
+
+
+def test_a_dr_promotion_goes_on_when_a_slot_cannot_be_made(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import psycopg
+
+    from standby.cli import promote as promote_cli
+
+    class Full(FakeServer):
+        def execute(self, sql: str, params: tuple[Any, ...] = ()) -> _Rows:
+            if sql.startswith("SELECT pg_create_physical_replication_slot"):
+                raise psycopg.errors.ConfigurationLimitExceeded("all replication slots are in use")
+            return super().execute(sql, params)
+
+    promote_cli._reserve_pair_slots(_with_follower(tmp_path), "gamma", Full())  # type: ignore[arg-type]
+    out = capsys.readouterr().out
+    assert "warning" in out and "cloned rather than rewound" in out

@@ -23,8 +23,10 @@ from standby.topology import (
     check,
     major,
     quorum_problems,
+    SlotSeen,
     slot_name,
     slot_plan,
+    slots_to_release,
     sync_plan,
     version_problems,
     wal_sender_problems,
@@ -224,6 +226,58 @@ def test_slots_for_every_node_that_may_stream_from_it() -> None:
     assert slot_plan(t, "beta").slots == ("standby_alpha", "standby_dr", "standby_dr_b")
     assert slot_plan(t, "dr").slots == ("standby_dr_b",) and slot_plan(t, "dr").primary_slot_name == "standby_dr"
     assert slot_plan(t, "dr-b").slots == ()
+
+
+# Finding "slot left behind": a follower slot a switchover left on the node that is no longer its
+# follower's upstream pinned every WAL segment written since (up to max_slot_wal_keep_size, 8 GB by
+# default), which a rewind from that node then copied, until PostgreSQL invalidated the slot and the
+# follower, sent back there by the next switchover, could not stream through it.
+SLOTS = topo(follower("dr", 1), follower("rep", 2, upstream="standby"), follower("dr-b", 3, upstream="dr"))
+
+
+def _seen(name: str, active: bool = False, reserved: bool = True, lost: bool = False) -> SlotSeen:
+    return SlotSeen(name, active, reserved, lost)
+
+
+def test_slot_left_behind_the_standby_releases_the_slots_of_followers_streaming_from_the_primary() -> None:
+    seen = [_seen("standby_dr"), _seen("standby_rep"), _seen("standby_dr_b"), _seen("standby_beta")]
+    assert slots_to_release(SLOTS, "alpha", False, seen) == ("standby_dr",)
+
+
+def test_slot_left_behind_the_primary_releases_the_slots_of_followers_cascading_from_the_standby() -> None:
+    seen = [_seen("standby_dr"), _seen("standby_rep"), _seen("standby_dr_b"), _seen("standby_beta")]
+    assert slots_to_release(SLOTS, "alpha", True, seen) == ("standby_rep",)
+
+
+def test_slot_left_behind_never_a_slot_in_use_the_peers_or_an_unreserved_one() -> None:
+    seen = [_seen("standby_dr", active=True), _seen("standby_beta", lost=True), _seen("standby_rep", reserved=False),
+            _seen("standby_dr_b", active=True, lost=True), _seen("someone_elses")]
+    assert slots_to_release(SLOTS, "alpha", False, seen) == ()
+    assert slots_to_release(SLOTS, "alpha", True, seen) == ()
+
+
+def test_slot_left_behind_an_invalidated_slot_is_made_again_in_either_role() -> None:
+    """An invalidated slot refuses its follower ("can no longer get changes"), wherever the follower streams."""
+    seen = [_seen("standby_dr", lost=True), _seen("standby_rep", lost=True, reserved=False)]
+    assert slots_to_release(SLOTS, "alpha", True, seen) == ("standby_dr", "standby_rep")
+    assert slots_to_release(SLOTS, "beta", False, seen) == ("standby_dr", "standby_rep")
+    assert slots_to_release(SLOTS, "dr", True, [_seen("standby_dr_b", lost=True)]) == ("standby_dr_b",)
+    assert slots_to_release(SLOTS, "dr", True, [_seen("standby_dr_b")]) == ()  # a follower: no role moves
+
+
+@given(st.lists(st.tuples(st.sampled_from(["standby_dr", "standby_rep", "standby_dr_b", "standby_beta", "x"]),
+                          st.booleans(), st.booleans(), st.booleans()), unique_by=lambda r: r[0]),
+       st.sampled_from(["alpha", "beta", "dr", "dr-b"]), st.booleans())
+def test_slot_left_behind_what_is_released_is_idle_and_belongs_to_a_follower_streaming_elsewhere(
+        rows: list[tuple[str, bool, bool, bool]], node: str, primary: bool) -> None:
+    seen = [SlotSeen(*r) for r in rows]
+    for name in slots_to_release(SLOTS, node, primary, seen):
+        rows_of = [s for s in seen if s.name == name]
+        assert all(not s.active for s in rows_of)
+        assert name in slot_plan(SLOTS, node).slots and name not in ("standby_alpha", "standby_beta")
+        upstream = next(f.upstream for f in SLOTS.followers if slot_name(f.name) == name)
+        elsewhere = node in SLOTS.pair and upstream == ("standby" if primary else "primary")
+        assert elsewhere or any(s.lost for s in rows_of)
 
 
 def test_kept_watch_connections_count_as_wal_senders() -> None:

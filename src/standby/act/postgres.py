@@ -30,7 +30,7 @@ from standby.config import Config, read_secret
 from standby.documents import NODE_FACTS, NodeFacts
 from standby.layout import ClusterRef, Layout, LayoutError, settings_of
 from standby.observe.postgres import FACTS_SCHEMA, peer_dsn
-from standby.topology import slot_plan, sync_plan
+from standby.topology import SlotSeen, slot_plan, slots_to_release, sync_plan
 
 HBA_BEGIN = "# BEGIN standby (managed; edits inside this block are overwritten)"
 HBA_END = "# END standby"
@@ -738,6 +738,24 @@ def follower_slots(cfg: Config, node: str) -> list[str]:
 def ensure_follower_slots(conn: psycopg.Connection, cfg: Config, node: str) -> list[str]:
     """Create the missing follower slots, unreserved; returns the ones created."""
     return [name for name in follower_slots(cfg, node) if ensure_slot(conn, name, reserve=False)]
+
+
+def release_follower_slots(conn: psycopg.Connection, cfg: Config, node: str, primary: bool) -> list[str]:
+    """Drop and make again, unreserved, the follower slots that pin WAL here for nothing
+    (topology.slots_to_release says which and why); returns the ones released. A slot a WAL sender took
+    meanwhile refuses the drop: it is left as it is, and looked at again next time."""
+    rows = conn.execute("SELECT slot_name, active, restart_lsn IS NOT NULL, coalesce(wal_status = 'lost', false) "
+                        "FROM pg_replication_slots WHERE slot_type = 'physical'").fetchall()
+    seen = [SlotSeen(str(n), bool(a), bool(r), bool(lost)) for n, a, r, lost in rows]
+    released = []
+    for name in slots_to_release(cfg.topology(), node, primary, seen):
+        try:
+            conn.execute("SELECT pg_drop_replication_slot(%s)", (name,))
+        except psycopg.errors.ObjectInUse:
+            continue
+        ensure_slot(conn, name, reserve=False)
+        released.append(name)
+    return released
 
 
 # -- facts table ----------------------------------------------------------

@@ -27,6 +27,7 @@ Reading = tuple[LocalPg, str | None] | pgobs.Unanswered  # the server and its sy
 log = logging.getLogger(__name__)
 PROMOTE_WAIT_S = 30.0
 PROMOTE_POLL_S = 0.005
+SLOT_LOOK_S = 60.0
 
 
 class Database(Protocol):
@@ -43,7 +44,7 @@ class Database(Protocol):
     def set_sync_names(self, value: str) -> None: ...
     def received_lsn(self) -> Lsn | None: ...
     def ensure_peer_slot(self) -> None: ...
-    def ensure_follower_slots(self) -> None: ...
+    def ensure_follower_slots(self, primary: bool | None) -> None: ...
 
 
 class LocalDb:
@@ -51,6 +52,7 @@ class LocalDb:
         self.cfg, self.node, self.peer = cfg, node, cfg.peer_of(node)
         self._conn: psycopg.Connection | None = None
         self._slots_made = False  # the follower slots, once per connection (a restored backup may lack them)
+        self._slots_looked: tuple[bool, float] | None = None  # role and time of the last look for idle slots
 
     @property
     def connected(self) -> bool:
@@ -134,17 +136,29 @@ class LocalDb:
         if self._conn is not None:
             pgact.ensure_slot(self._conn, self.cfg.slot_name(self.peer))
 
-    def ensure_follower_slots(self) -> None:
-        if self._conn is None or self._slots_made or not self.cfg.followers:
+    def ensure_follower_slots(self, primary: bool | None) -> None:
+        """The followers' slots: the missing ones made (once per connection), and those that pin WAL here for
+        nothing released (act.postgres.release_follower_slots), looked at when the role changes and every
+        SLOT_LOOK_S (a query a minute, not one per step). ``primary`` None: the role is not known now, and
+        which slots are idle depends on it, so none is released."""
+        if self._conn is None or not self.cfg.followers:
             return
         try:
-            made = pgact.ensure_follower_slots(self._conn, self.cfg, self.node)
+            if not self._slots_made:
+                if made := pgact.ensure_follower_slots(self._conn, self.cfg, self.node):
+                    log.info("replication slots for followers created: %s", ", ".join(made))
+                self._slots_made = True
+            now = time.monotonic()
+            if primary is None:
+                return
+            if self._slots_looked is None or self._slots_looked[0] != primary \
+                    or now - self._slots_looked[1] >= SLOT_LOOK_S:
+                if released := pgact.release_follower_slots(self._conn, self.cfg, self.node, primary):
+                    log.info("replication slots of followers that stream elsewhere released (they pinned WAL "
+                             "here): %s", ", ".join(released))
+                self._slots_looked = (primary, now)
         except psycopg.Error as e:  # e.g. max_replication_slots reached: said, tried again next step
-            log.warning("could not create the followers' replication slots: %s", e)
-            return
-        if made:
-            log.info("replication slots for followers created: %s", ", ".join(made))
-        self._slots_made = True
+            log.warning("could not create or release the followers' replication slots: %s", e)
 
 
 def open_agent_connection(cfg: Config, node: str) -> psycopg.Connection:

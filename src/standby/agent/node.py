@@ -231,7 +231,7 @@ class Agent(Surface):
             self.db.set_sync_names(w.names)
             self.observer.sync_names = w.names
         if w.slots:
-            self.db.ensure_follower_slots()
+            self.db.ensure_follower_slots({DbState.PRIMARY: True, DbState.STANDBY: False}.get(self.pg.db))
 
     # -- the loop -----------------------------------------------------------------
 

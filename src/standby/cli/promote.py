@@ -125,6 +125,25 @@ def _server_from_afar(cfg: Config, node: str) -> tuple[bool, bool, str]:
     return True, writes, "primary" if writes else "in recovery"
 
 
+def _reserve_pair_slots(cfg: Config, me: str, conn: psycopg.Connection) -> None:
+    """The pair nodes' slots, made here while still in recovery: each then holds the WAL from this server's
+    last restartpoint, from before the fork, which a rewind of that node (`standby rejoin --from`) replays.
+    Made after the promotion they would hold only what follows it, and a site rebuilt days later would have
+    to be cloned over the WAN, where a rewind copies what changed. Bounded like every slot by
+    max_slot_wal_keep_size; a failure here never stops the promotion."""
+    made = []
+    for node in cfg.nodes:
+        try:
+            if pgact.ensure_slot(conn, cfg.slot_name(node)):
+                made.append(cfg.slot_name(node))
+        except psycopg.Error as e:
+            click.echo(f"  warning: replication slot {cfg.slot_name(node)} not made ({e}); {node} may have to be "
+                       "cloned rather than rewound when it is rebuilt")
+    if made:
+        click.echo(f"  replication slots {', '.join(made)} reserved: the WAL from before the promotion stays for "
+                   f"the pair's rebuild (up to postgres.max_slot_wal_keep_size_mb)")
+
+
 def _pair_seen(cfg: Config) -> dict[str, siteloss.PairSeen]:
     with ThreadPoolExecutor(2 * len(cfg.nodes)) as pool:
         servers = {n: pool.submit(_server_from_afar, cfg, n) for n in cfg.nodes}
@@ -192,6 +211,7 @@ def _promote_follower(cfg: Config, me: str, yes: bool, force: bool) -> None:
     if not yes and not click.confirm(f"promote {me} now?", default=False):
         raise OperatorError("not confirmed; nothing changed")
     with obs.connect_local(cfg, me) as conn:
+        _reserve_pair_slots(cfg, me, conn)
         row = conn.execute("SELECT pg_promote(true, 60)").fetchone()
     if not row or not row[0]:
         raise OperatorError(f"PostgreSQL on {me} did not finish its promotion within 60 s; see its log")
