@@ -34,6 +34,13 @@ side (``timings.maintenance_timeout_s`` did that: agents from before it and afte
 A key added from now on is listed in ``ADDED_CONFIG_KEYS`` and left out of the digest while it has its
 default: both releases compute the same digest from the same file. Set to another value, the older
 release refuses the file (it does not know the key), so nothing is misread.
+
+A key whose default a release changes breaks the same way (``postgres.wal_keep_size_mb``, 1024 -> 128: in
+a file without it the two releases fill in different values). ``CHANGED_DEFAULTS`` names such a key with
+the default the releases before it fill in, and a file that leaves the key out is digested with that
+earlier default; a file that sets the key is digested as written. Only for keys that enter no decision
+(each server's own setting): a file that leaves the key out and one that sets the earlier default then
+digest alike, and for such a key that difference cannot make the agents judge alike what differs.
 """
 
 from __future__ import annotations
@@ -50,6 +57,8 @@ MINOR = 2
 HEADER = "Standby-Protocol"
 # Configuration keys (dotted, as in the file) added since 1.0 with a default; see the module's docstring.
 ADDED_CONFIG_KEYS: tuple[str, ...] = ("followers", "replication.quorum")
+# Configuration keys (dotted) whose default changed, with the earlier default; see the module's docstring.
+CHANGED_DEFAULTS: dict[str, Any] = {"postgres.wal_keep_size_mb": 1024}
 # What an agent that predates the header speaks.
 UNANNOUNCED = (1, 0)
 _VERSION = re.compile(r"^\s*(\d{1,6})\.(\d{1,6})\s*$")
@@ -123,14 +132,37 @@ def _default(model: type[BaseModel], dotted: str) -> Any:
     return TypeAdapter(field.annotation).dump_python(field.get_default(call_default_factory=True), mode="json")
 
 
-def digest_document(dumped: dict[str, Any], model: type[BaseModel]) -> dict[str, Any]:
-    """A configuration's JSON dump (of ``model``) without the ADDED_CONFIG_KEYS that have their default."""
+def _set_in_file(instance: BaseModel, dotted: str) -> bool:
+    """Whether the file gave ``dotted`` (pydantic's fields_set), rather than its default filling it in."""
+    *tables, key = dotted.split(".")
+    for table in tables:
+        if table not in instance.model_fields_set:
+            return False
+        sub = getattr(instance, table)
+        assert isinstance(sub, BaseModel), dotted
+        instance = sub
+    return key in instance.model_fields_set
+
+
+def _table_of(document: dict[str, Any], dotted: str) -> tuple[dict[str, Any] | None, str]:
+    """The table of a dumped configuration that holds ``dotted``'s key (None: no such table), and the key."""
+    *tables, key = dotted.split(".")
+    table: Any = document
+    for name in tables:
+        table = table.get(name) if isinstance(table, dict) else None
+    return (table if isinstance(table, dict) else None), key
+
+
+def digest_document(dumped: dict[str, Any], model: type[BaseModel], instance: BaseModel | None = None) -> dict[str, Any]:
+    """A configuration's JSON dump (of ``model``) without the ADDED_CONFIG_KEYS that have their default, and
+    with the earlier default of each CHANGED_DEFAULTS key the file (``instance``, as parsed) leaves out."""
     out = deepcopy(dumped)
+    for dotted, earlier in CHANGED_DEFAULTS.items():
+        table, key = _table_of(out, dotted)
+        if instance is not None and table is not None and key in table and not _set_in_file(instance, dotted):
+            table[key] = earlier
     for dotted in ADDED_CONFIG_KEYS:
-        *tables, key = dotted.split(".")
-        table: Any = out
-        for name in tables:
-            table = table.get(name) if isinstance(table, dict) else None
-        if isinstance(table, dict) and key in table and table[key] == _default(model, dotted):
+        table, key = _table_of(out, dotted)
+        if table is not None and key in table and table[key] == _default(model, dotted):
             del table[key]
     return out

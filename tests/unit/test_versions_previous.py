@@ -98,3 +98,24 @@ def test_i11_a_key_added_set_off_its_default_is_refused_by_a_release_without_it(
                          check=False, env={"PYTHONPATH": str(src), "PATH": "/usr/bin:/bin"})
     assert res.returncode != 0 and "maintenance_timeout_s" in res.stderr
     assert config_digest(config.load(path)) != at_default
+
+
+def test_i11_a_changed_default_in_a_file_that_leaves_the_key_out_keeps_the_previous_digest(tmp_path: Path) -> None:
+    """postgres.wal_keep_size_mb went from 1024 to 128: a file without the key (the lab's, many real ones)
+    made the previous release's agent and the current one refuse each other (CI run 16 on 8ba54ce, both
+    mixed-version lab tests: "the peer beta runs a different configuration"). protocol.CHANGED_DEFAULTS."""
+    src = previous_source(tmp_path)
+    raw, _ = example_with_secrets(tmp_path)
+    raw["postgres"] = {k: v for k, v in raw["postgres"].items() if k != "wal_keep_size_mb"}
+    path = _write(raw, tmp_path / "standby.toml")
+    assert config.load(path).postgres.wal_keep_size_mb == 128  # the current default runs
+    assert previous_digest(src, path) == config_digest(config.load(path))
+
+
+@pytest.mark.parametrize("value", [128, 1024, 512])
+def test_i11_a_changed_default_set_in_the_file_is_digested_as_written(tmp_path: Path, value: int) -> None:
+    src = previous_source(tmp_path)
+    raw, _ = example_with_secrets(tmp_path)
+    raw["postgres"] = {**raw["postgres"], "wal_keep_size_mb": value}
+    path = _write(raw, tmp_path / "standby.toml")
+    assert previous_digest(src, path) == config_digest(config.load(path))

@@ -15,7 +15,7 @@ from standby.decide import PgCrashPolicy, Policy
 
 def config_digest(cfg: Config) -> str:
     """Both agents must run the same configuration; heartbeats carry this to prove it."""
-    dumped = protocol.digest_document(cfg.model_dump(mode="json"), Config)
+    dumped = protocol.digest_document(cfg.model_dump(mode="json"), Config, cfg)
     for section in ("reporting", "tls"):
         if dumped.get(section) is None:
             # Without it, the digest older versions compute: they may still run on the peer.
