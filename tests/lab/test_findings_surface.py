@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from standby.lab import Lab, netns
-from standby.lab.flood import FloodKind, api_flood, capture_heartbeats, replay_heartbeats
+from standby.lab.flood import HEARTBEAT_PORT, FloodKind, api_flood, capture_heartbeats, replay_heartbeats
 from standby.lab.pair import agent_state, start_pair
 
 ALPHA_PUB = "192.0.2.11"
@@ -98,6 +98,12 @@ def test_h3_connection_flood_from_the_client_network_moves_nothing(pair: Lab) ->
     assert _local_health(pair, "alpha") == 200
 
 
+def _listening(pair: Lab, node: str) -> bool:
+    """A UDP socket bound to ``node``'s public address and the heartbeat port, in its namespace."""
+    out = pair.run(node, ["ss", "-Hlun", f"sport = :{HEARTBEAT_PORT}"], check=False).stdout
+    return str(pair.node(node).public.ip) in out
+
+
 def test_m4_heartbeats_replayed_to_a_restarted_agent_are_not_the_peers_word(pair: Lab) -> None:
     """beta (the standby) is restarted while alpha's agent is away: recordings of alpha's
     "primary, you are my synchronous standby" played from the client network must not make beta
@@ -109,6 +115,10 @@ def test_m4_heartbeats_replayed_to_a_restarted_agent_are_not_the_peers_word(pair
         pair.stop_agent("beta")
         pair.start_agent("beta")
         pair.wait_for("beta's agent to answer", lambda: bool(agent_state(pair, "beta")), timeout_s=30)
+        # The API answers before the agent opens its heartbeat sockets (it restores its state first):
+        # packets sent into that gap met a closed port and were never counted (CI run 18 on e84aabc).
+        pair.wait_for("beta's agent to listen for heartbeats on its public address",
+                      lambda: _listening(pair, "beta"), timeout_s=30)
         sent = replay_heartbeats(pair, recorded, to="beta", as_from="alpha")
         assert sent == len(recorded)
 
