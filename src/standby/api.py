@@ -329,6 +329,18 @@ def _op(op: Operation) -> Callable[[web.Request], Awaitable[web.Response]]:
 
 
 @web.middleware
+async def _started(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+                   ) -> web.StreamResponse:
+    """Until the agent has restored its state, its view is a new agent's (term 0, not fenced): nothing is
+    read from it and nothing is run on it."""
+    a = request.app[AGENT_KEY]
+    if not a.started:
+        return _json(503, {"error": f"{a.node}'s agent is starting: it has not restored its state yet",
+                           "node": a.node})
+    return await handler(request)
+
+
+@web.middleware
 async def _same_protocol(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
                          ) -> web.StreamResponse:
     """An operation asked in another protocol major could mean something else here: refused, not run."""
@@ -363,7 +375,7 @@ async def _protocol_header(request: web.Request, response: web.StreamResponse) -
 
 
 def make_app(agent: Agent, agent_loop: asyncio.AbstractEventLoop | None = None) -> web.Application:
-    app = web.Application(client_max_size=64 * 1024, middlewares=[_one_request, _same_protocol])
+    app = web.Application(client_max_size=64 * 1024, middlewares=[_one_request, _started, _same_protocol])
     app.on_response_prepare.append(_protocol_header)
     app[AGENT_KEY] = agent
     if agent_loop is not None:

@@ -68,6 +68,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
         return {"recorded": name}
 
     agent.operate = record  # type: ignore[method-assign]
+    agent.started = True  # as Agent.run sets it once the state is restored
 
     loop = asyncio.new_event_loop()
     ready = threading.Event()

@@ -231,8 +231,10 @@ def api(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[tuple[ApiSer
     overrides: dict[str, Any] = dict(getattr(request, "param", {}))
     raw, files = example_with_secrets(tmp_path, free_port())
     raw["followers"] = overrides.pop("followers", [])
+    started = overrides.pop("started", True)
     raw["api"].update({"request_timeout_s": 0.5, **overrides})
     agent = Agent(config.parse(raw), "alpha")
+    agent.started = started  # as Agent.run sets it once the state is restored and the first look taken
     agent_loop = _AgentLoop()
     server = ApiServer(agent, agent_loop.loop)
     server.start()
@@ -342,6 +344,40 @@ def test_h3_operations_run_on_the_agents_loop_not_the_apis(api: tuple[ApiServer,
         conn.close()
     assert seen == [("agent-loop", True)]
     assert server._thread is not None and server._thread.name == "api" and server._thread is not threading.current_thread()
+
+
+@pytest.mark.parametrize("api", [{"started": False}], indirect=True)
+def test_m4_an_agent_still_restoring_its_state_answers_starting_and_runs_nothing(
+        api: tuple[ApiServer, str, _AgentLoop]) -> None:
+    """CI run 18: the API answered while the agent was still restoring its state, with the view of a new
+    agent (term 0, not fenced, no maintenance): a status, a load balancer or an operation read or acted
+    on a state that was not this node's. Until Agent.run has restored it, every path says so and acts on
+    nothing."""
+    server, token, _ = api
+    ran: list[str] = []
+
+    async def record(name: str, *args: Any) -> dict[str, Any]:
+        ran.append(name)
+        return {}
+
+    server.agent.operate = record  # type: ignore[method-assign]
+    port = server.cfg.port
+    for path in ("/status", "/metrics", "/primary", "/replica", "/health", "/ui/"):
+        status, _ = _get(port, path)
+        assert status == 503, f"{path} answered {status} before the state was restored"
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    try:
+        conn.request("POST", "/fence", body=b"{}", headers={"Authorization": f"Bearer {token}",
+                                                          "Content-Type": "application/json"})
+        r = conn.getresponse()
+        body = r.read().decode()
+        assert r.status == 503 and "starting" in body, body
+    finally:
+        conn.close()
+    assert ran == []
+    assert apiclient.agent_status(server.agent.cfg, "alpha", via=("127.0.0.1",)) is None
+    server.agent.started = True
+    assert _get(port, "/status")[0] == 200
 
 
 # -- M8: the token for /status and /metrics, and never in clear over the public network ----------

@@ -523,6 +523,7 @@ def test_i16_agent_serves_its_shippers_view_on_status_and_metrics(tmp_path: Path
     cfg = config.parse(raw)
     Shipper(cfg, "alpha")._write_status(force=True)
     agent = Agent(cfg, "alpha")
+    agent.started = True  # as Agent.run sets it once the state is restored
     loop = _AgentLoop()
     server = ApiServer(agent, loop.loop)
     server.start()

@@ -176,6 +176,8 @@ class Pairs:
     def __call__(self, serve: tuple[str, ...] = ("alpha", "beta"), token_for_status: bool = False) -> Pair:
         cfg, token = loopback_config(self.d, token_for_status)
         agents = {n: Agent(cfg, n) for n in ("alpha", "beta")}
+        for a in agents.values():
+            a.started = True  # as Agent.run sets it once the state is restored
         self.agents += agents.values()
 
         async def start() -> None:

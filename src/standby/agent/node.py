@@ -76,12 +76,12 @@ class Agent(Surface):
         self.guard = Guard(self.event)  # a failing observation or loop is recorded, never fatal
         self.policy = policy_for(cfg, node)
         self.stopping = asyncio.Event()
+        self.started = False  # until run() restored the state, the API says "starting" (standby.api)
         # Decisions and operator operations take turns: an operation changes the
         # state under the decision loop's feet otherwise (a stale step would undo it).
         self.turn = asyncio.Lock()
         self.decisions = 0
-        # The decision steps' own durations (waiting for the turn excluded), the last STEP_TIMES of them;
-        # published as a new tuple every STEP_TIMES_EVERY steps for the metrics' thread to read.
+        # The last STEP_TIMES steps' own durations (the turn's wait excluded), for the metrics' thread.
         self._step_times: deque[float] = deque(maxlen=STEP_TIMES)
         self.step_times: tuple[float, ...] = ()
         self.startup_gap = self.step_gap = self.state_write_s = 0.0
@@ -262,6 +262,7 @@ class Agent(Surface):
         # the addresses, what they point at must run too.
         tasks.append(loop.create_task(self.service_role.ensure(None if self.state.services else Placement.EVERYWHERE,
                                                                self.executor.exclusive(Role.SERVICES))))
+        self.started = True
         if on_ready:
             on_ready()
         try:
