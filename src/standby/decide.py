@@ -51,13 +51,16 @@ Why two servers are enough (the safety argument, in the order rules apply):
    that can serve once its own replication link is up.
 7. A warm follower is promoted only by a person (`standby promote`), who
    fences the pair's nodes it reaches; one it could not reach (a cut WAN)
-   may still serve. With warm followers configured, a running primary asks
-   them every second whether one accepts writes; if one does, it fences
-   itself for good (DR_SERVES: rebuilt from the DR node on the road back)
-   and says so in every heartbeat from then on. That fence is no hand-over:
-   a standby that hears it is no longer eligible (rule 1), so neither the
-   fence nor the silence after it makes it promote, and only a primary
-   saying "sync" again (after the road back) makes it eligible again.
+   may still serve. With warm followers configured, a running primary and
+   a running hot standby ask them every second whether one accepts writes.
+   If one does, the primary fences itself for good (DR_SERVES: rebuilt from
+   the DR node on the road back) and says so in every heartbeat from then
+   on. That fence is no hand-over: a standby that hears it is no longer
+   eligible (rule 1), so neither the fence nor the silence after it makes it
+   promote, and only a primary saying "sync" again (after the road back)
+   makes it eligible again. The standby's own answer does the same for a
+   primary that died before its next question: a standby that sees a DR
+   node accept writes is not eligible and promotes nothing.
 """
 from __future__ import annotations
 
@@ -286,10 +289,10 @@ def _standby_eligibility(s: State, o: Observation, p: Policy, stalled: bool,
         # What the primary said before the stall is stale: meanwhile it may have
         # stopped waiting for us (degrade_after) or run past the lag bound.
         eligible = False
-    elif peer is not None and peer.dr_serves:
-        # The primary fenced itself because a DR node serves (rule 7): its fence is no hand-over, and
-        # nothing it said before makes this node the one to serve. Eligible again only once a primary
-        # says "sync" again (after the road back).
+    elif s.dr_serves or o.dr is DrSeen.WRITABLE or (peer is not None and peer.dr_serves):
+        # A DR node serves (rule 7), seen here or by the primary, which fenced itself: its fence is no
+        # hand-over, and nothing it said before makes this node the one to serve. Eligible again only
+        # once a primary says "sync" again (after the road back).
         eligible = False
     elif peer is not None and peer.db is DbState.PRIMARY and _last_heard(o) >= watching_since:
         if p.sync:
@@ -401,15 +404,17 @@ def _db_rules(s: State, o: Observation, p: Policy) -> tuple[State, list[Action]]
     return _standby_rules(s, o, p)
 
 
-def dr_in_question(s: State, db: DbState) -> bool:
-    """Whether the next decisions need Observation.dr: a running primary (rule 7, _safety_fence), a rebooted
-    primary's restart (_crashed_primary_rules), or a precautionary fence's resumption while the peer lets it
-    resume (_fenced_rules). A fence may last days, waiting for a rejoin, and a standby has nothing to ask: the
-    shell asks the warm followers only while this holds."""
+def dr_in_question(s: State, db: DbState, hot: bool = True) -> bool:
+    """Whether the next decisions need Observation.dr: a running primary, and a running hot standby, which
+    may promote at any moment (rule 7, _safety_fence); a rebooted primary's restart (_crashed_primary_rules);
+    or a precautionary fence's resumption while the peer lets it resume (_fenced_rules). A fence may last
+    days, waiting for a rejoin, and a warm standby never promotes by itself: the shell asks the warm
+    followers only while this holds."""
     rebooted = (s.was_primary or s.promoting) and not (s.fenced or s.primary_this_run)
     may_resume = s.resumable and (s.peer_standby_since is not None or s.peer_older_since is not None)
     serving = db is DbState.PRIMARY and not s.fenced  # rule 7: a running primary, at every moment
-    return serving or (db is DbState.DOWN and (rebooted or may_resume))
+    may_promote = hot and db is DbState.STANDBY and not s.fenced  # finding DR-window
+    return serving or may_promote or (db is DbState.DOWN and (rebooted or may_resume))
 
 
 def _fenced_rules(s: State, o: Observation, p: Policy) -> tuple[State, list[Action]]:
@@ -504,6 +509,11 @@ def _stopped_standby_rules(s: State, o: Observation, p: Policy) -> tuple[State, 
 
 def _standby_rules(s: State, o: Observation, p: Policy) -> tuple[State, list[Action]]:
     """A running standby: finishes a decided promotion; in hot mode promotes on a hand-over or a dead primary (rule 2)."""
+    if o.dr is DrSeen.WRITABLE:
+        # Rule 7 (finding DR-window): the primary may have died before reading the same answer, and its
+        # silence would make this node a second writer beside the DR node. Not fenced: a pair node rebuilt
+        # from the DR node on the road back is its standby, and stays one until the switchback.
+        return s, []
     if s.promoting:
         return s, [Action(ActionKind.PROMOTE, Reason.PEER_DEAD, f"finishing the promotion to term {s.term}")]
     if not p.hot:
@@ -542,7 +552,8 @@ def _service_safety(s: State, o: Observation, p: Policy) -> tuple[State, list[Ac
 
 def _service_rules(s: State, o: Observation, p: Policy) -> tuple[State, list[Action]]:
     peer = peer_fresh(o, p)
-    primary_here = (o.pg.db is DbState.PRIMARY and not s.fenced) or s.promoting
+    # A promotion held back beside a writable DR node (rule 7) brings no service IPs either.
+    primary_here = (o.pg.db is DbState.PRIMARY and not s.fenced) or (s.promoting and o.dr is not DrSeen.WRITABLE)
     if (released := _service_safety(s, o, p)) is not None:
         return released
     if s.services:

@@ -54,6 +54,7 @@ class Node:
     promoted_over_frozen: bool = False
     thawed_at: float | None = None  # when the host was last let go after a pause
     writable_since: float | None = None  # since when its server accepts writes (for rule 7's bound)
+    agent_since: float = 0.0  # when its agent (re)started: a dead agent reads no answer
     starting_until: float | None = None  # a booted agent's start-up: it sends before it first decides
     # The agent's tie-breaker probe: the last success. Like the real agent, an
     # observation reads the last result, so after a freeze it is stale.
@@ -190,7 +191,7 @@ class World:
 
     def _dr_seen(self, n: Node, pol: Policy) -> DrSeen | None:
         """What the agent's prober last read of the warm follower: asked only while decide says it matters."""
-        if not pol.dr_watch or not dr_in_question(n.state, n.pg):
+        if not pol.dr_watch or not dr_in_question(n.state, n.pg, pol.hot):
             return None
         promoted = self.dr_promoted_at is not None and self.t - self.dr_promoted_at >= DR_SEEN_AFTER
         return DrSeen.WRITABLE if promoted else DrSeen.CLEAR
@@ -214,6 +215,9 @@ class World:
             if a.kind is ActionKind.PROMOTE and n.pg is DbState.STANDBY:
                 if obs.peer is not None and obs.peer.dr_serves:
                     raise Violation(f"{n.name} promoted after its peer fenced itself for a DR node", self.t)
+                if pol.dr_watch and self.dr_promoted_at is not None and self.t - self.dr_promoted_at >= DR_SEEN_AFTER:
+                    # Finding DR-window: its own prober could have read the DR node's answer by now.
+                    raise Violation(f"{n.name} promoted beside the DR node it could see accepting writes", self.t)
                 n.pg, n.data_primary = DbState.PRIMARY, True
                 # Over a paused peer, or one let go in this very tick: the silence acted on was its pause
                 # (a primary paused through the whole failover window cannot fence in time).
@@ -287,8 +291,10 @@ class World:
 
     def _beside_the_dr_node(self) -> None:
         """Rule 7: once a warm follower accepts writes, a pair node's server may accept them beside it only
-        until its agent has read the answer and the stop has run (a dead agent's unclean-exit fence stops it
-        too), counted from the promotion or from when it became writable, whichever is later."""
+        until its agent has read the answer and the stop has run, counted from the promotion, from when it
+        became writable or from when its agent last started, whichever is latest. While its agent is dead
+        nobody asks: its unclean-exit fence stops the server only if the peer could have taken over, and a
+        primary whose peer is down keeps serving until its agent is back (at once, under systemd)."""
         for n in self.nodes.values():
             writable = n.alive and not n.frozen and n.pg is DbState.PRIMARY  # a paused host answers nobody
             n.writable_since = (n.writable_since if n.writable_since is not None else self.t) if writable else None
@@ -298,7 +304,7 @@ class World:
         for n in self.nodes.values():
             since = n.writable_since
             if (since is not None and not n.frozen and n.agent_up
-                    and self.t - max(since, self.dr_promoted_at) > bound):
+                    and self.t - max(since, self.dr_promoted_at, n.agent_since) > bound):
                 raise Violation(f"{n.name} accepts writes beside the promoted DR node", self.t)
 
     def promote_dr(self) -> None:
@@ -338,6 +344,7 @@ class World:
 
     def _restart_agent(self, n: Node) -> None:
         assert n.store is not None
+        n.agent_since = self.t
         n.state = n.store.restored(self.t, n.holds_ips)
         n.heard = {Net.PUBLIC: None, Net.PRIVATE: None}
         n.peer_view = None

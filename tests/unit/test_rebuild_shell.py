@@ -149,6 +149,7 @@ def _rebooted_old_primary(sh: Any, monkeypatch: pytest.MonkeyPatch, dr: tuple[st
 
     monkeypatch.setattr(superseded, "dr_primaries", lambda cfg: dr)
     sh.agent.probers.dr_seen = later or (DrSeen.WRITABLE if dr else DrSeen.CLEAR)
+    sh.agent.probers.dr_asked_as = DbState.DOWN  # asked while its server is down, as it stays here
     sh.agent.store.save_state(State(term=1, was_primary=True))  # alpha was the primary when its host died
 
 
@@ -223,7 +224,8 @@ def test_dr_restart_a_rebooted_old_primary_stays_down_while_a_warm_follower_is_s
     ({"fenced": True}, DbState.DOWN, False),  # fenced by a person or superseded: only a rejoin ends it
     ({}, DbState.DOWN, False),  # a standby that stopped
     ({}, DbState.PRIMARY, True),  # a running primary (rule 7): always
-    ({}, DbState.STANDBY, False),  # a running standby has nothing to ask
+    ({}, DbState.STANDBY, True),  # a running hot standby: it may promote at any moment (finding DR-window)
+    ({"fenced": True}, DbState.STANDBY, False),  # a fenced one never promotes
 ])
 def test_dr_restart_the_warm_followers_are_asked_only_while_a_restart_is_in_question(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, state: dict[str, Any], db: DbState, asked: bool) -> None:

@@ -164,7 +164,7 @@ class Agent(Surface):
         return Observation(
             now=now, gap=gap, pg=self.pg, peer=link.peer_view, heard=dict(link.heard), carrier=dict(self.carrier),
             tiebreaker_ok=p.tiebreaker_ok(), services_healthy=p.services_healthy,
-            service_ip_elsewhere=p.ip_elsewhere, heard_me=link.heard_me, dr=p.dr_seen,
+            service_ip_elsewhere=p.ip_elsewhere, heard_me=link.heard_me, dr=p.dr_for(self.pg.db),
         )
 
     async def _step(self) -> None:

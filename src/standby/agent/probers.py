@@ -53,6 +53,12 @@ class Probers:
         self.services_healthy: bool | None = None
         self.take_refused_at = -math.inf
         self.dr_seen: DrSeen | None = None
+        self.dr_asked_as: DbState | None = None  # this node's server's role when dr_seen's question left
+        self.hot = policy.hot
+
+    def dr_for(self, db: DbState) -> DrSeen | None:
+        """The warm followers' last answer, for a decision on a server now ``db``: None if asked in another role."""
+        return self.dr_seen if self.dr_asked_as is db else None
 
     def tiebreaker_ok(self) -> bool | None:
         if self.cfg.tiebreaker is None:
@@ -65,23 +71,23 @@ class Probers:
         self.take_refused_at = self.clock()
 
     async def dr(self, stopping: asyncio.Event, state: Callable[[], State], db: Callable[[], DbState]) -> None:
-        """While decide.dr_in_question holds (a running primary; a rebooted primary's restart; a fenced primary's
-        resumption), whether a warm follower accepts writes (superseded.DrWatch); not asked otherwise.
-        An answer counts only if this node's server had the same role when it was asked as when it came back:
-        one asked while this node was a standby (a switchback promotes it the moment the DR node has stopped)
-        says nothing of the DR node after the promotion. Until the first answer the decision sees None, which
-        holds a restart back and fences nothing."""
+        """While decide.dr_in_question holds (a running primary or hot standby; a rebooted primary's restart; a
+        fenced primary's resumption), whether a warm follower accepts writes (superseded.DrWatch); not asked
+        otherwise. An answer counts only while this node's server has the role it had when the question left
+        (dr_for): one asked while this node was a standby (a switchback promotes it the moment the DR node has
+        stopped) says nothing of the DR node after the promotion, whether it came back before or after it.
+        Until the first answer the decision sees None, which holds a restart back and fences nothing."""
         if not self.cfg.warm_followers():
             return
         watch = DrWatch(self.cfg)
         try:
             while not stopping.is_set():
                 asked_as = db()
-                if dr_in_question(state(), asked_as):
+                if dr_in_question(state(), asked_as, self.hot):
                     seen = await watch.seen()
-                    self.dr_seen = seen if db() is asked_as else None
+                    self.dr_seen, self.dr_asked_as = (seen, asked_as) if db() is asked_as else (None, None)
                 else:
-                    self.dr_seen = None
+                    self.dr_seen, self.dr_asked_as = None, None
                 await asyncio.sleep(DR_EVERY_S)
         finally:
             watch.close()

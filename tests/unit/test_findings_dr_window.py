@@ -1,0 +1,150 @@
+"""Finding DR-window: the hot standby promoted beside a DR node it could have seen.
+
+Finding DR-split closed the case of a running primary: it asks the warm followers every second and fences
+itself for good when one accepts writes. The standby did not ask. So when the WAN that hid a DR promotion
+came back and the pair's primary crashed before its next question (a second at most), the standby
+promoted on the primary's silence, beside the DR node: a second writer until its own first question as a
+primary fenced it, and the clients' commits of that moment on the wrong side of the fork. Now a hot
+standby asks too, and one that sees a warm follower accept writes is not eligible and promotes nothing
+(decide.py rule 7). It is not fenced: on the road back a pair node rebuilt from the DR node is that node's
+running standby until the switchback. A DR node that does not answer (the WAN is down) changes nothing:
+the failover across a cut WAN costs no time.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from standby.decide import State, dr_in_question
+from standby.model import ActionKind, DbState, DrSeen, LocalPg, Reason
+from tests.unit.shell_fakes import FakePostgres, run, shell
+from tests.unit.sim import World
+from tests.unit.test_decide import policies
+from tests.unit.test_findings_core import kinds, obs, pol, run_steps, view
+from tests.unit.test_rebuild_shell import FOLLOWERS, _fake_watch
+
+STANDBY = LocalPg(DbState.STANDBY, lsn=100, streaming=True)
+LOST = replace(STANDBY, streaming=False)  # the WAL receiver lost the crashed primary's server
+
+
+def _eligible_standby() -> State:
+    s = State(term=2, peer_term=2, watching_since=0.0)
+    s, _ = run_steps(s, pol(dr_watch=True), lambda t: obs(t, STANDBY, view(DbState.PRIMARY, 2, sync_ok=True), t,
+                                                          dr=DrSeen.CLEAR), 0.1, 1.0)
+    assert s.eligible
+    return s
+
+
+def _primary_crashed(dr: DrSeen | None) -> tuple[State, list]:
+    """The primary's host is gone at 1.0 s: silent on every path, its server too; the tie-breaker answers."""
+    return run_steps(_eligible_standby(), pol(dr_watch=True),
+                     lambda t: obs(t, LOST, None, 1.0, tiebreaker_ok=True, dr=dr), 1.1, 6.0)
+
+
+def test_dr_window_a_standby_that_sees_a_dr_node_writable_never_promotes_on_the_primarys_silence() -> None:
+    s, acts = _primary_crashed(DrSeen.WRITABLE)
+    assert acts == [], kinds(acts)
+    assert not s.eligible and not s.promoting and not s.fenced
+    # Nor once the answer is gone again (the WAN cut once more): its claim went with the answer.
+    s, acts = run_steps(s, pol(dr_watch=True), lambda t: obs(t, LOST, None, 1.0, tiebreaker_ok=True,
+                                                             dr=DrSeen.UNKNOWN), 6.1, 12.0)
+    assert not any(a.kind is ActionKind.PROMOTE for a in acts), kinds(acts)
+
+
+@pytest.mark.parametrize("dr", [None, DrSeen.UNKNOWN, DrSeen.CLEAR])
+def test_dr_window_a_dr_node_not_heard_or_not_writable_leaves_the_failover_as_it_was(dr: DrSeen | None) -> None:
+    """A cut WAN is the usual case across sites: the standby promotes as before, no later."""
+    s, acts = _primary_crashed(dr)
+    assert (ActionKind.PROMOTE, Reason.PEER_DEAD) in kinds(acts)
+    assert not s.fenced
+
+
+def test_dr_window_a_primary_fenced_as_a_hand_over_is_not_taken_over_beside_a_dr_node() -> None:
+    """PEER_RELEASED_DB: the primary's server died and it handed over (no dr_serves word: it never saw gamma)."""
+    s, acts = run_steps(_eligible_standby(), pol(dr_watch=True),
+                        lambda t: obs(t, STANDBY, view(DbState.FENCED, 2), t, dr=DrSeen.WRITABLE), 1.1, 2.0)
+    assert not any(a.kind is ActionKind.PROMOTE for a in acts) and not s.eligible
+
+
+def test_dr_window_a_promotion_decided_before_the_answer_is_not_finished_beside_the_dr_node() -> None:
+    """Decided (the term raised), the server still a standby (the host restarted before pg_promote ran)."""
+    s = replace(_eligible_standby(), promoting=True, term=3)
+    s, acts = run_steps(s, pol(dr_watch=True), lambda t: obs(t, LOST, None, 1.0, dr=DrSeen.WRITABLE), 1.1, 2.0)
+    assert acts == [], kinds(acts)
+    # It waits: once the DR node has stopped (a switchback of the road back) the promotion is finished.
+    _, acts = run_steps(s, pol(dr_watch=True), lambda t: obs(t, LOST, None, 1.0, dr=DrSeen.CLEAR), 2.1, 2.1)
+    assert (ActionKind.PROMOTE, Reason.PEER_DEAD) in kinds(acts)
+
+
+def test_dr_window_the_road_backs_standby_of_the_dr_node_runs_on_unfenced() -> None:
+    """alpha rebuilt from gamma (`standby rejoin --from gamma`): it streams from the writable DR node, its peer
+    beta fenced. Its agent asks gamma like any hot standby's and must leave it running for the switchback."""
+    s = State(term=2 << 20, peer_term=2, watching_since=0.0)
+    s, acts = run_steps(s, pol(dr_watch=True), lambda t: obs(t, STANDBY, view(DbState.FENCED, 2, dr_serves=True),
+                                                             t, dr=DrSeen.WRITABLE), 0.1, 10.0)
+    assert acts == [] and not s.fenced and not s.eligible
+
+
+def test_dr_window_a_hot_standby_is_in_question_a_warm_or_fenced_one_is_not() -> None:
+    assert dr_in_question(State(term=2), DbState.STANDBY)
+    assert not dr_in_question(State(term=2), DbState.STANDBY, hot=False)  # it never promotes by itself
+    assert not dr_in_question(State(term=2, fenced=True), DbState.STANDBY)
+
+
+def test_dr_window_simulated_the_primary_crashes_before_its_next_question_and_the_standby_does_not_promote() -> None:
+    """The schedule that broke it: the DR node is promoted, the primary's host crashes 0.3 s later (before it
+    read the answer). The world's invariant: no pair node is promoted once the DR node has been readable."""
+    base = policies(sync=True)
+    with World({n: replace(p, dr_watch=True) for n, p in base.items()}, seed=5, stop_delay=0.3) as w:
+        w.run(2.0)
+        w.promote_dr()
+        w.run(0.3)
+        w.crash("a")
+        w.run(10.0)
+        assert w.primaries() == [], w.log
+        b = w.nodes["b"]
+        assert b.pg is DbState.STANDBY and not b.state.eligible, w.log
+        assert not any(" b promote " in line for line in w.log), w.log
+
+
+# -- the shell: the standby's answer is never a primary's ----------------------------------------------------
+
+
+def test_dr_window_an_answer_read_as_a_standby_is_not_the_new_primarys(tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """Breaks the switchback once standbys ask: alpha, gamma's standby on the road back, read "gamma accepts
+    writes" just before gamma stopped and alpha was promoted. Kept for the next decision, that answer would
+    fence the new primary at once (rule 7). An answer counts only for the role it was asked in."""
+    import asyncio
+
+    from standby.agent import probers
+
+    role = [DbState.STANDBY]
+    calls: list[str] = []
+    with shell(tmp_path, monkeypatch, FakePostgres(DbState.STANDBY), extra=FOLLOWERS) as sh:
+        stop = asyncio.Event()
+        monkeypatch.setattr(probers, "DrWatch", _fake_watch(calls, lambda: DrSeen.WRITABLE))
+        monkeypatch.setattr(probers, "DR_EVERY_S", 10.0)
+        p = sh.agent.probers
+
+        async def go() -> None:
+            task = asyncio.ensure_future(p.dr(stop, lambda: State(term=3), lambda: role[0]))
+            await asyncio.sleep(0.05)
+            stop.set()
+            await task
+
+        run(go())
+        assert calls[0] == "asked" and p.dr_for(DbState.STANDBY) is DrSeen.WRITABLE
+        role[0] = DbState.PRIMARY  # promoted by the switchback, before the next question
+        assert p.dr_for(DbState.PRIMARY) is None
+        sh.pg.db = DbState.PRIMARY
+
+        async def observe() -> None:
+            await sh.start()
+            o = await sh.agent._observe(sh.clock.monotonic())
+            assert o.pg.db is DbState.PRIMARY and o.dr is None
+
+        run(observe())
