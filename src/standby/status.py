@@ -127,7 +127,10 @@ def _agent_warnings(cfg: Config, o: Observations) -> list[str]:
         if pg_state is DbState.PRIMARY and st.degraded and cfg.replication.durability is Durability.SYNC:
             out.append(f"{name} does not wait for a standby: commits acknowledged now exist only on {name}")
         if pg_state is DbState.STANDBY and cfg.mode is Mode.HOT and not st.eligible:
-            out.append(f"{name} is NOT eligible for automatic promotion (it may lack acknowledged commits)")
+            dr = [f for f in _promoted_followers(o) if f in cfg.warm_followers()]
+            because = (f"{', '.join(dr)} accepts writes (a DR promotion): it promotes nothing beside it" if dr
+                       else "it may lack acknowledged commits")
+            out.append(f"{name} is NOT eligible for automatic promotion ({because})")
     return out
 
 

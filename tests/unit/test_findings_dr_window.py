@@ -148,3 +148,28 @@ def test_dr_window_an_answer_read_as_a_standby_is_not_the_new_primarys(tmp_path:
             assert o.pg.db is DbState.PRIMARY and o.dr is None
 
         run(observe())
+
+
+@pytest.mark.parametrize("gamma", ["writable", "recovery", None])
+def test_dr_window_status_says_why_the_standby_is_not_eligible(tmp_path: Path, gamma: str | None) -> None:
+    """At 3 a.m. "it may lack acknowledged commits" sends a person after the wrong cause when a DR node serves."""
+    from standby import config
+    from standby import status as status_mod
+    from tests.unit.configs import example_with_secrets
+    from tests.unit.test_documents import view as agent_view
+    from tests.unit.test_followers_agent import _view as follower_view
+    from tests.unit.test_followers_config import follower
+
+    raw, _ = example_with_secrets(tmp_path)
+    raw["followers"] = [follower("gamma", 21)]
+    cfg = config.parse(raw)
+    v = agent_view(suspended=False, maintenance=None)
+    standby = replace(v, node="beta", peer="alpha", postgres=replace(v.postgres, state=DbState.STANDBY))
+    views = {"gamma": None if gamma is None else follower_view("gamma", in_recovery=gamma == "recovery")}
+    o = status_mod.Observations("beta", {}, (), agents={"alpha": None, "beta": standby}, followers=views)
+    said = [w for w in status_mod._agent_warnings(cfg, o) if w.startswith("beta is NOT eligible")]
+    assert len(said) == 1, said
+    if gamma == "writable":
+        assert "gamma accepts writes" in said[0] and "promotes nothing beside it" in said[0], said
+    else:
+        assert "it may lack acknowledged commits" in said[0], said
