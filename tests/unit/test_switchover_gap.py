@@ -346,8 +346,74 @@ def test_i13_the_carriers_are_read_without_setting_up_an_iproute_each_time(monke
     def refused(*a: Any, **kw: Any) -> Any:
         raise AssertionError("an IPRoute was set up for a carrier read")
 
-    monkeypatch.setattr(addresses, "IPRoute", refused)
+    from standby import netlink
+
+    monkeypatch.setattr(netlink, "IPRoute", refused)
     assert {name: addresses.carrier(name) for name in names} == expected
+
+
+def test_i13_held_reads_the_addresses_as_pyroute2_does(monkeypatch: pytest.MonkeyPatch) -> None:
+    """held() asks netlink on a plain socket (the agent's idle memory, issue 13): the same answer as pyroute2's
+    dump for every address of this machine, one that is not there, and a missing interface."""
+    import socket
+
+    from pyroute2 import IPRoute
+
+    from standby import netlink
+    from standby.act import addresses
+    from standby.confbase import ServiceIP
+
+    with IPRoute() as ipr:
+        names = {link["index"]: link.get_attr("IFLA_IFNAME") for link in ipr.get_links()}
+        present = [(names[a["index"]], a.get_attr("IFA_LOCAL") or a.get_attr("IFA_ADDRESS"), a["prefixlen"])
+                   for a in ipr.get_addr(family=socket.AF_INET)]
+    assert present, "this machine has no IPv4 address at all (not even on lo)"
+
+    def refused(*a: Any, **kw: Any) -> Any:
+        raise AssertionError("an IPRoute was set up for a read")
+
+    monkeypatch.setattr(netlink, "IPRoute", refused)
+    for interface, ip, prefix in present:
+        assert addresses.held(ServiceIP(address=f"{ip}/{prefix}", interface=interface)), (interface, ip)
+        assert not addresses.held(ServiceIP(address="192.0.2.254/24", interface=interface)), interface
+    other = next(n for n in names.values() if n != present[0][0]) if len(names) > 1 else None
+    if other is not None and not any(i == other and a == present[0][1] for i, a, _ in present):
+        assert not addresses.held(ServiceIP(address=f"{present[0][1]}/32", interface=other))  # held elsewhere
+    with pytest.raises(RuntimeError, match="does not exist"):
+        addresses.held(ServiceIP(address="192.0.2.254/24", interface="no-such-if0"))
+
+
+def test_i13_addresses_are_added_and_removed_as_ip_addr_does_in_a_namespace_of_their_own() -> None:
+    """add/remove on a plain netlink socket, run in a new network namespace (`unshare --net`: nothing of this
+    machine's is touched), checked against `ip -4 addr`."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    if shutil.which("unshare") is None or os.geteuid() != 0:
+        pytest.skip("needs root and unshare(1) for a network namespace of its own")
+    code = (
+        "import subprocess\n"
+        "from standby.act import addresses as a\n"
+        "from standby.confbase import ServiceIP\n"
+        "sip = ServiceIP(address='192.0.2.10/24', interface='lo')\n"
+        "shown = lambda: subprocess.run(['ip', '-4', '-o', 'addr', 'show', 'dev', 'lo'], capture_output=True, "
+        "text=True, check=True).stdout\n"
+        "steps = [a.held(sip), a.add(sip), '192.0.2.10/24' in shown(), a.held(sip), a.add(sip), a.remove(sip),\n"
+        "         '192.0.2.10' in shown(), a.held(sip), a.remove(sip)]\n"
+        "try:\n"
+        "    a.add(ServiceIP(address='192.0.2.10/24', interface='no-such-if0'))\n"
+        "    steps.append('added to a missing interface')\n"
+        "except RuntimeError as e:\n"
+        "    steps.append(str(e))\n"
+        "print(steps)\n"
+    )
+    got = subprocess.run(["unshare", "--net", sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=60, check=False)
+    assert got.returncode == 0, got.stderr
+    assert got.stdout.strip() == str([False, True, True, True, False, True, False, False, False,
+                                      "interface no-such-if0 does not exist on this node"]), got.stdout
 
 
 @pytest.mark.parametrize("operation", ["demote", "promote"])

@@ -1,4 +1,10 @@
-"""Service IPs: added and removed with netlink, announced with gratuitous ARP."""
+"""Service IPs: added and removed with netlink, announced with gratuitous ARP.
+
+Each read or change is one netlink request on a plain socket (RTM_GETADDR, RTM_NEWADDR, RTM_DELADDR,
+RTM_GETLINK), not pyroute2: the agent uses four messages of it, and importing pyroute2 kept ~4 MB of modules
+in every agent for its whole life (issue 13's memory goal), and setting up an IPRoute for each read cost the
+decision loop milliseconds of CPU. pyroute2 stays for the command line and the lab (standby.netlink).
+"""
 
 from __future__ import annotations
 
@@ -9,47 +15,99 @@ import socket
 import struct
 
 from standby.config import ServiceIP
-from standby.netlink import IPRoute, NetlinkError
 from standby.observe import probes
 
-
-def _index(ipr: IPRoute, interface: str) -> int:
-    found = ipr.link_lookup(ifname=interface)
-    if not found:
-        raise RuntimeError(f"interface {interface} does not exist on this node")
-    return int(found[0])
+_RTM_NEWADDR, _RTM_GETADDR, _NLMSG_DONE, _NLM_F_DUMP = 20, 22, 3, 0x300
+_IFA_ADDRESS, _IFA_LOCAL = 1, 2
 
 
 def held(sip: ServiceIP) -> bool:
-    with IPRoute() as ipr:
-        idx = _index(ipr, sip.interface)
-        return any(a.get_attr("IFA_ADDRESS") == str(sip.address.ip) for a in ipr.get_addr(index=idx, family=2))
+    """Is the address configured on its interface? RuntimeError if there is no such interface."""
+    try:
+        index = socket.if_nametoindex(sip.interface)
+    except OSError:
+        raise RuntimeError(f"interface {sip.interface} does not exist on this node") from None
+    want = sip.address.ip.packed
+    return any(ifindex == index and want in attrs for ifindex, attrs in _ipv4_addresses())
+
+
+def _ipv4_addresses() -> list[tuple[int, set[bytes]]]:
+    """Every IPv4 address of this thread's network namespace: (interface index, {IFA_LOCAL, IFA_ADDRESS})."""
+    body = struct.pack("=BBBBI", socket.AF_INET, 0, 0, 0, 0)  # ifaddrmsg: family only, every interface
+    out: list[tuple[int, set[bytes]]] = []
+    with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE) as s:
+        s.settimeout(2.0)
+        s.send(struct.pack("=IHHII", 16 + len(body), _RTM_GETADDR, _NLM_F_REQUEST | _NLM_F_DUMP, 1, 0) + body)
+        while True:
+            data, off = s.recv(65536), 0
+            while off + 16 <= len(data):
+                length, kind = struct.unpack_from("=IH", data, off)
+                if kind == _NLMSG_DONE:
+                    return out
+                if kind == _NLMSG_ERROR:
+                    err = -struct.unpack_from("=i", data, off + 16)[0]
+                    raise OSError(err, f"reading addresses: {os.strerror(err)}")
+                if kind == _RTM_NEWADDR:
+                    ifindex = struct.unpack_from("=I", data, off + 20)[0]
+                    found, a = set(), off + 16 + 8  # nlmsghdr, ifaddrmsg
+                    while a + 4 <= off + length:
+                        rta_len, rta_type = struct.unpack_from("=HH", data, a)
+                        if rta_len < 4:
+                            break
+                        if rta_type in (_IFA_ADDRESS, _IFA_LOCAL):
+                            found.add(data[a + 4:a + rta_len])
+                        a += (rta_len + 3) & ~3
+                    out.append((ifindex, found))
+                if length < 16:
+                    raise OSError(f"malformed netlink message of length {length}")
+                off += (length + 3) & ~3
 
 
 def add(sip: ServiceIP) -> bool:
     """Add the address; False if it was already there."""
-    with IPRoute() as ipr:
-        idx = _index(ipr, sip.interface)
-        try:
-            ipr.addr("add", index=idx, address=str(sip.address.ip), prefixlen=sip.address.network.prefixlen)
-        except NetlinkError as e:
-            if e.code == 17:  # EEXIST
-                return False
-            raise
+    err = _change_address(_RTM_NEWADDR, _NLM_F_CREATE | _NLM_F_EXCL, sip)
+    if err == errno.EEXIST:
+        return False
+    _raise_for(err, "adding", sip)
     return True
 
 
 def remove(sip: ServiceIP) -> bool:
     """Remove the address; False if it was not there."""
-    with IPRoute() as ipr:
-        idx = _index(ipr, sip.interface)
-        try:
-            ipr.addr("del", index=idx, address=str(sip.address.ip), prefixlen=sip.address.network.prefixlen)
-        except NetlinkError as e:
-            if e.code in (99, 19, 22):  # EADDRNOTAVAIL, ENODEV, EINVAL: nothing to remove
-                return False
-            raise
+    err = _change_address(_RTM_DELADDR, 0, sip)
+    if err in (errno.EADDRNOTAVAIL, errno.ENODEV, errno.EINVAL):  # nothing to remove
+        return False
+    _raise_for(err, "removing", sip)
     return True
+
+
+_RTM_DELADDR, _NLM_F_ACK, _NLM_F_EXCL, _NLM_F_CREATE = 21, 0x4, 0x200, 0x400
+_RT_SCOPE_UNIVERSE = 0
+
+
+def _change_address(kind: int, flags: int, sip: ServiceIP) -> int:
+    """One RTM_NEWADDR or RTM_DELADDR for ``sip`` (as `ip addr add|del ADDRESS/PREFIX dev INTERFACE`), and the
+    kernel's answer: 0, or the errno it refused with. RuntimeError if there is no such interface."""
+    try:
+        index = socket.if_nametoindex(sip.interface)
+    except OSError:
+        raise RuntimeError(f"interface {sip.interface} does not exist on this node") from None
+    ip = sip.address.ip.packed
+    body = (struct.pack("=BBBBI", socket.AF_INET, sip.address.network.prefixlen, 0, _RT_SCOPE_UNIVERSE, index)
+            + _attr(_IFA_LOCAL, ip) + _attr(_IFA_ADDRESS, ip))
+    with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE) as s:
+        s.settimeout(2.0)
+        s.send(struct.pack("=IHHII", 16 + len(body), kind, _NLM_F_REQUEST | _NLM_F_ACK | flags, 1, 0) + body)
+        data = s.recv(65536)
+    length, answer = struct.unpack_from("=IH", data)
+    if answer != _NLMSG_ERROR or length < 20:
+        raise OSError(f"unexpected netlink answer type {answer} for address {sip.address} on {sip.interface}")
+    return -int(struct.unpack_from("=i", data, 16)[0])
+
+
+def _raise_for(err: int, doing: str, sip: ServiceIP) -> None:
+    if err:
+        raise OSError(err, f"{doing} {sip.address} on {sip.interface}: {os.strerror(err)}")
 
 
 def announce(sip: ServiceIP, count: int = 1) -> None:

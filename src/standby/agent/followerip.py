@@ -15,7 +15,6 @@ from collections.abc import Callable
 
 from standby.act import addresses
 from standby.config import ServiceIP
-from standby.netlink import NetlinkError
 from standby.reporting import (
     FollowerReportingInputs,
     FollowerReportingPolicy,
@@ -72,7 +71,7 @@ class OwnReportingIp:
     def _try(self, what: str, fn: Callable[[], object]) -> bool:
         try:
             fn()
-        except (OSError, RuntimeError, NetlinkError) as e:  # e.g. the interface is missing: said once, tried again next step
+        except (OSError, RuntimeError) as e:  # e.g. the interface is missing: said once, tried again next step
             text = f"{what} {self.sip.address} on {self.sip.interface}: {e}"
             if text != self.error:
                 log.error("reporting IP: %s", text)
