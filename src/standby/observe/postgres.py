@@ -38,10 +38,12 @@ WATCH_APPLICATION_NAME = "standby-watch"
 # does not notice (hours); with these, the server closes it within about 15 s.
 WATCH_SERVER_KEEPALIVES = ("-c tcp_keepalives_idle=5 -c tcp_keepalives_interval=2 -c tcp_keepalives_count=3 "
                            "-c tcp_user_timeout=10000")
-# And on this side: a question sent into a link that went down fails within seconds (the next round opens a new
-# connection) instead of waiting for TCP's retransmissions, which after a long cut come minutes apart.
+# And on this side: a question sent into a link that went down fails within two seconds (the next round opens a
+# new connection, whose connect_timeout is one) instead of waiting for TCP's retransmissions, which after a long
+# cut come seconds to minutes apart. Two, not more: after a WAN comes back, the time to the first answer is how
+# long a pair node may still act without knowing a DR node was promoted meanwhile (findings DR-split, DR-window).
 WATCH_CLIENT_KEEPALIVES = {"keepalives": 1, "keepalives_idle": 5, "keepalives_interval": 2, "keepalives_count": 3,
-                           "tcp_user_timeout": 5000}
+                           "tcp_user_timeout": 2000}
 
 
 @dataclass(frozen=True)
