@@ -308,10 +308,12 @@ def wal_senders_needed(t: Topology, node: str) -> int:
     follower its stream (a cascaded one falls back to the primary) and its agent's kept replication
     connection (IDENTIFY_SYSTEM between rounds, to each pair node), plus one for a clone (pg_basebackup -X
     stream takes two while the stream it replaces is down). A follower: the stream and the kept connection
-    of each follower cascading from it."""
+    of each follower cascading from it, and a warm one each pair node's DR watch (decide.py rule 7)."""
     if node in t.pair:
         return 1 + 2 * len(t.followers) + 1
-    return 2 * sum(1 for f in t.followers if f.upstream == node)
+    me = t.follower(node)
+    watched = len(t.pair) if me is not None and me.role is FollowerRole.WARM else 0
+    return 2 * sum(1 for f in t.followers if f.upstream == node) + watched
 
 
 def wal_sender_problems(t: Topology, max_wal_senders: int, key: str = "postgres.max_wal_senders") -> list[Problem]:

@@ -283,9 +283,13 @@ def test_slot_left_behind_what_is_released_is_idle_and_belongs_to_a_follower_str
 def test_kept_watch_connections_count_as_wal_senders() -> None:
     """Each follower's agent keeps a replication connection to each pair node between rounds: a WAL sender
     there beside the follower's own stream, on either node (roles move, cascades fall back)."""
-    t = topo(follower("dr", 1, upstream="standby"), follower("dr-b", 2, upstream="dr"), follower("rep", 3))
+    t = topo(follower("dr", 1, upstream="standby"), follower("dr-b", 2, upstream="dr"),
+             follower("rep", 3, role="reporting"))
     assert wal_senders_needed(t, "alpha") == wal_senders_needed(t, "beta") == 1 + 2 * 3 + 1
-    assert wal_senders_needed(t, "dr") == 2 and wal_senders_needed(t, "dr-b") == 0
+    # A warm follower also answers each pair node's DR watch (decide.py rule 7: the primary and, since finding
+    # DR-window, the hot standby keep a replication connection to it); a reporting one is never asked.
+    assert wal_senders_needed(t, "dr") == 2 + 2 and wal_senders_needed(t, "dr-b") == 0 + 2
+    assert wal_senders_needed(t, "rep") == 0
     assert wal_senders_needed(topo(), "alpha") == 2  # the peer and a clone: the key's minimum
     assert wal_sender_problems(t, 8) == []
     (p,) = wal_sender_problems(t, 7)
