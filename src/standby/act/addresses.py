@@ -27,14 +27,14 @@ def held(sip: ServiceIP) -> bool:
         index = socket.if_nametoindex(sip.interface)
     except OSError:
         raise RuntimeError(f"interface {sip.interface} does not exist on this node") from None
-    want = sip.address.ip.packed
-    return any(ifindex == index and want in attrs for ifindex, attrs in _ipv4_addresses())
+    return (index, sip.address.ip.packed) in _ipv4_addresses()
 
 
-def _ipv4_addresses() -> list[tuple[int, set[bytes]]]:
-    """Every IPv4 address of this thread's network namespace: (interface index, {IFA_LOCAL, IFA_ADDRESS})."""
+def _ipv4_addresses() -> list[tuple[int, bytes]]:
+    """Every IPv4 address of this thread's network namespace: (interface index, address), the address being
+    IFA_LOCAL (on a point-to-point link IFA_ADDRESS is the other end's), else IFA_ADDRESS."""
     body = struct.pack("=BBBBI", socket.AF_INET, 0, 0, 0, 0)  # ifaddrmsg: family only, every interface
-    out: list[tuple[int, set[bytes]]] = []
+    out: list[tuple[int, bytes]] = []
     with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE) as s:
         s.settimeout(2.0)
         s.send(struct.pack("=IHHII", 16 + len(body), _RTM_GETADDR, _NLM_F_REQUEST | _NLM_F_DUMP, 1, 0) + body)
@@ -42,6 +42,8 @@ def _ipv4_addresses() -> list[tuple[int, set[bytes]]]:
             data, off = s.recv(65536), 0
             while off + 16 <= len(data):
                 length, kind = struct.unpack_from("=IH", data, off)
+                if length < 16:
+                    raise OSError(f"malformed netlink message of length {length}")
                 if kind == _NLMSG_DONE:
                     return out
                 if kind == _NLMSG_ERROR:
@@ -49,17 +51,17 @@ def _ipv4_addresses() -> list[tuple[int, set[bytes]]]:
                     raise OSError(err, f"reading addresses: {os.strerror(err)}")
                 if kind == _RTM_NEWADDR:
                     ifindex = struct.unpack_from("=I", data, off + 20)[0]
-                    found, a = set(), off + 16 + 8  # nlmsghdr, ifaddrmsg
+                    found: dict[int, bytes] = {}
+                    a = off + 16 + 8  # nlmsghdr, ifaddrmsg
                     while a + 4 <= off + length:
                         rta_len, rta_type = struct.unpack_from("=HH", data, a)
                         if rta_len < 4:
                             break
-                        if rta_type in (_IFA_ADDRESS, _IFA_LOCAL):
-                            found.add(data[a + 4:a + rta_len])
+                        found[rta_type] = data[a + 4:a + rta_len]
                         a += (rta_len + 3) & ~3
-                    out.append((ifindex, found))
-                if length < 16:
-                    raise OSError(f"malformed netlink message of length {length}")
+                    local = found.get(_IFA_LOCAL, found.get(_IFA_ADDRESS))
+                    if local is not None:
+                        out.append((ifindex, local))
                 off += (length + 3) & ~3
 
 
