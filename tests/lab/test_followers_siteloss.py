@@ -7,6 +7,8 @@ gamma`), never beside a pair node that could still write.
 - Both pair hosts crashed under load: gamma is promoted and takes writes; the calls it lacks are printed
   beside what its agent predicted (WAL bytes not received), never asserted (sync waits for beta only).
 - The WAN cut while the pair serves, gamma promoted anyway: when the WAN heals, alpha fences itself (DR-split).
+- The same, alpha still unable to reach gamma when the WAN heals, then its host crashed: beta, which can,
+  promotes nothing beside gamma (DR-window).
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import json
 import time
 from pathlib import Path
 
-from standby.lab import Lab, followers
+from standby.lab import Lab, followers, netns
 from standby.lab.pair import primaries, start_pair, under_load
 
 
@@ -128,6 +130,45 @@ def test_dr_split_the_wan_heals_after_gamma_was_promoted_alpha_stops_and_beta_st
     assert "alpha is FENCED because a warm follower accepts writes" in status.stdout, status.stdout + status.stderr
     assert _writable(lab, "gamma")
     print(f"\nthe WAN healed; alpha fenced itself {took:.1f}s later on gamma's answer; beta stayed a standby")
+
+
+def test_dr_window_the_standby_that_sees_gamma_writable_does_not_promote_when_alpha_dies(lab_factory) -> None:  # type: ignore[no-untyped-def]
+    """Finding DR-window, with the race taken out: alpha cannot reach gamma at all (a filter in alpha's host), so
+    it never learns of gamma's promotion and keeps serving after the WAN heals, as a primary whose question has
+    not come back yet does; beta can. Then alpha's host crashes. Before the fix beta promoted on alpha's silence
+    (it was eligible: alpha said "sync" to the end) beside gamma."""
+    lab = _pair_with_gamma(lab_factory)
+    gamma = lab.config().follower("gamma")
+    assert gamma is not None
+    to_gamma = ", ".join(str(link.address.ip) for link in (gamma.public, gamma.private))
+    netns.run_in(lab.netns("alpha"), ["nft", "-f", "-"], input=(
+        "table inet standby_test_no_gamma {\n chain out {\n  type filter hook output priority 0; policy accept;\n"
+        f"  ip daddr {{ {to_gamma} }} drop\n }}\n}}\n"))
+    lab.wan_link(False)
+    try:
+        res = lab.standby("gamma", "promote", "--yes", check=False)
+        assert res.returncode == 0, res.stdout + res.stderr
+    finally:
+        lab.wan_link(True)
+
+    def beta_knows() -> bool:
+        beta = lab.agent_status("beta")
+        return beta is not None and beta.postgres.state.value == "standby" and not beta.state.eligible
+
+    lab.wait_for("beta no longer eligible on gamma's answer", beta_knows, timeout_s=30)
+    alpha = lab.agent_status("alpha")
+    assert alpha is not None and not alpha.state.fenced and primaries(lab) == ["alpha"], \
+        "alpha learnt of gamma: the test's premise (alpha cannot reach it) does not hold"
+    status = lab.standby("beta", "status", check=False).stdout
+    assert "gamma accepts writes (a DR promotion): it promotes nothing beside it" in status, status
+    lab.crash("alpha")
+    deadline = time.monotonic() + 8.0  # beta promoted within about a failover timeout before the fix
+    while time.monotonic() < deadline:
+        assert primaries(lab) == [], "beta promoted beside the promoted follower"
+        time.sleep(0.5)
+    records = json.loads(lab.standby("beta", "history", "--json", "--limit", "500").stdout)
+    assert not any(r.get("action") == "promote" for r in records), records[-10:]
+    assert _writable(lab, "gamma")
 
 
 def _dr_fenced(lab: Lab, node: str) -> bool:
