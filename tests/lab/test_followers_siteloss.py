@@ -159,7 +159,7 @@ def test_dr_window_the_standby_that_sees_gamma_writable_does_not_promote_when_al
     alpha = lab.agent_status("alpha")
     assert alpha is not None and not alpha.state.fenced and primaries(lab) == ["alpha"], \
         "alpha learnt of gamma: the test's premise (alpha cannot reach it) does not hold"
-    status = lab.standby("beta", "status", check=False).stdout
+    status = " ".join(lab.standby("beta", "status", check=False).stdout.split())  # as one line: status wraps
     assert "gamma accepts writes (a DR promotion): it promotes nothing beside it" in status, status
     lab.crash("alpha")
     deadline = time.monotonic() + 8.0  # beta promoted within about a failover timeout before the fix
