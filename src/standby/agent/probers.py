@@ -28,7 +28,7 @@ log = logging.getLogger("standby.agent")
 Run = Callable[..., Awaitable[Any]]
 REFUSED_RECENTLY_S = 10.0  # after a refused take, keep asking who answers even while the peer is heard
 HEALTH_EVERY_S = 1.0
-DR_EVERY_S = 1.0  # the warm followers, while decide.dr_in_question holds (a running primary: always)
+DR_EVERY_S = 1.0  # the warm followers, while decide.dr_in_question holds (a running primary or hot standby: always)
 ANNOUNCE_EVERY_S = 5.0  # switches and ARP caches forget
 
 

@@ -9,8 +9,9 @@ It owns: that question (one replication connection per warm follower, side by si
 it leads to (the state written fenced before any step; the first step then stops a running server,
 FENCE_ENFORCED). At start a follower that does not answer counts as not writable; later, while a rebooted
 primary's restart is in question, the decision itself waits for every warm follower to answer (finding
-DR-restart), since across a WAN that is down a DR node may be serving; and a running primary fences itself
-when one accepts writes (decide.py rule 7: promoted by a person while the WAN was cut). Those questions are
+DR-restart), since across a WAN that is down a DR node may be serving; a running primary fences itself
+when one accepts writes (decide.py rule 7: promoted by a person while the WAN was cut), and a running hot
+standby promotes nothing while one does (finding DR-window). Those questions are
 ``DrWatch``'s, asked by agent.probers: one kept replication connection per warm follower, so a primary that
 asks every second costs each follower no new backend or handshake per question.
 It may not: stop anything itself (the decision fences), nor decide what an answer means.
