@@ -23,11 +23,14 @@ _IFA_ADDRESS, _IFA_LOCAL = 1, 2
 
 def held(sip: ServiceIP) -> bool:
     """Is the address configured on its interface? RuntimeError if there is no such interface."""
+    return (_if_index(sip.interface), sip.address.ip.packed) in _ipv4_addresses()
+
+
+def _if_index(interface: str) -> int:
     try:
-        index = socket.if_nametoindex(sip.interface)
+        return socket.if_nametoindex(interface)
     except OSError:
-        raise RuntimeError(f"interface {sip.interface} does not exist on this node") from None
-    return (index, sip.address.ip.packed) in _ipv4_addresses()
+        raise RuntimeError(f"interface {interface} does not exist on this node") from None
 
 
 def _ipv4_addresses() -> list[tuple[int, bytes]]:
@@ -90,12 +93,9 @@ _RT_SCOPE_UNIVERSE = 0
 def _change_address(kind: int, flags: int, sip: ServiceIP) -> int:
     """One RTM_NEWADDR or RTM_DELADDR for ``sip`` (as `ip addr add|del ADDRESS/PREFIX dev INTERFACE`), and the
     kernel's answer: 0, or the errno it refused with. RuntimeError if there is no such interface."""
-    try:
-        index = socket.if_nametoindex(sip.interface)
-    except OSError:
-        raise RuntimeError(f"interface {sip.interface} does not exist on this node") from None
     ip = sip.address.ip.packed
-    body = (struct.pack("=BBBBI", socket.AF_INET, sip.address.network.prefixlen, 0, _RT_SCOPE_UNIVERSE, index)
+    body = (struct.pack("=BBBBI", socket.AF_INET, sip.address.network.prefixlen, 0, _RT_SCOPE_UNIVERSE,
+                        _if_index(sip.interface))
             + _attr(_IFA_LOCAL, ip) + _attr(_IFA_ADDRESS, ip))
     with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE) as s:
         s.settimeout(2.0)
