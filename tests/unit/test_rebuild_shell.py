@@ -295,4 +295,4 @@ def test_rule7_an_answer_asked_while_a_standby_is_not_read_after_this_node_is_pr
             await task
 
         run(go())
-        assert calls[0] == "asked" and sh.agent.probers.dr_seen is None
+        assert calls[0] == "asked" and sh.agent.probers.dr_for(DbState.PRIMARY) is None

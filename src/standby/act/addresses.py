@@ -38,34 +38,16 @@ def _ipv4_addresses() -> list[tuple[int, bytes]]:
     IFA_LOCAL (on a point-to-point link IFA_ADDRESS is the other end's), else IFA_ADDRESS."""
     body = struct.pack("=BBBBI", socket.AF_INET, 0, 0, 0, 0)  # ifaddrmsg: family only, every interface
     out: list[tuple[int, bytes]] = []
-    with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE) as s:
-        s.settimeout(2.0)
-        s.send(struct.pack("=IHHII", 16 + len(body), _RTM_GETADDR, _NLM_F_REQUEST | _NLM_F_DUMP, 1, 0) + body)
-        while True:
-            data, off = s.recv(65536), 0
-            while off + 16 <= len(data):
-                length, kind = struct.unpack_from("=IH", data, off)
-                if length < 16:
-                    raise OSError(f"malformed netlink message of length {length}")
-                if kind == _NLMSG_DONE:
-                    return out
-                if kind == _NLMSG_ERROR:
-                    err = -struct.unpack_from("=i", data, off + 16)[0]
-                    raise OSError(err, f"reading addresses: {os.strerror(err)}")
-                if kind == _RTM_NEWADDR:
-                    ifindex = struct.unpack_from("=I", data, off + 20)[0]
-                    found: dict[int, bytes] = {}
-                    a = off + 16 + 8  # nlmsghdr, ifaddrmsg
-                    while a + 4 <= off + length:
-                        rta_len, rta_type = struct.unpack_from("=HH", data, a)
-                        if rta_len < 4:
-                            break
-                        found[rta_type] = data[a + 4:a + rta_len]
-                        a += (rta_len + 3) & ~3
-                    local = found.get(_IFA_LOCAL, found.get(_IFA_ADDRESS))
-                    if local is not None:
-                        out.append((ifindex, local))
-                off += (length + 3) & ~3
+    for kind, payload in _exchange(_RTM_GETADDR, _NLM_F_DUMP, body):
+        if kind == _NLMSG_ERROR:
+            err = _refusal(payload)
+            raise OSError(err, f"reading addresses: {os.strerror(err)}")
+        if kind == _RTM_NEWADDR:
+            found = _attributes(payload, 8)  # after the ifaddrmsg
+            local = found.get(_IFA_LOCAL, found.get(_IFA_ADDRESS))
+            if local is not None:
+                out.append((struct.unpack_from("=I", payload, 4)[0], local))
+    return out
 
 
 def add(sip: ServiceIP) -> bool:
@@ -97,14 +79,10 @@ def _change_address(kind: int, flags: int, sip: ServiceIP) -> int:
     body = (struct.pack("=BBBBI", socket.AF_INET, sip.address.network.prefixlen, 0, _RT_SCOPE_UNIVERSE,
                         _if_index(sip.interface))
             + _attr(_IFA_LOCAL, ip) + _attr(_IFA_ADDRESS, ip))
-    with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE) as s:
-        s.settimeout(2.0)
-        s.send(struct.pack("=IHHII", 16 + len(body), kind, _NLM_F_REQUEST | _NLM_F_ACK | flags, 1, 0) + body)
-        data = s.recv(65536)
-    length, answer = struct.unpack_from("=IH", data)
-    if answer != _NLMSG_ERROR or length < 20:
+    answer, payload = _exchange(kind, _NLM_F_ACK | flags, body)[0]
+    if answer != _NLMSG_ERROR or len(payload) < 4:
         raise OSError(f"unexpected netlink answer type {answer} for address {sip.address} on {sip.interface}")
-    return -int(struct.unpack_from("=i", data, 16)[0])
+    return _refusal(payload)
 
 
 def _raise_for(err: int, doing: str, sip: ServiceIP) -> None:
@@ -129,6 +107,44 @@ _IF_OPER_UP, _RTEXT_FILTER_SKIP_STATS = 6, 1 << 3
 _NO_SUCH_LINK = (errno.ENODEV, errno.ERANGE)  # none by that name; a name longer than any link's
 
 
+def _exchange(kind: int, flags: int, body: bytes) -> list[tuple[int, bytes]]:
+    """Send one netlink request (NLM_F_REQUEST and ``flags``) and return its answer, each message as (type, what
+    follows its header): a dump's messages up to NLMSG_DONE, else the one message that answers it."""
+    dump, out = flags & _NLM_F_DUMP == _NLM_F_DUMP, list[tuple[int, bytes]]()
+    with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE) as s:
+        s.settimeout(2.0)
+        s.send(struct.pack("=IHHII", 16 + len(body), kind, _NLM_F_REQUEST | flags, 1, 0) + body)
+        while True:
+            data, off = s.recv(65536), 0
+            while off + 16 <= len(data):
+                length, answer = struct.unpack_from("=IH", data, off)
+                if length < 16:
+                    raise OSError(f"malformed netlink message of length {length}")
+                if answer == _NLMSG_DONE and dump:
+                    return out
+                out.append((answer, data[off + 16:off + length]))
+                if not dump:
+                    return out
+                off += (length + 3) & ~3
+
+
+def _refusal(payload: bytes) -> int:
+    """The errno of an NLMSG_ERROR message (0: an acknowledgement)."""
+    return -int(struct.unpack_from("=i", payload)[0])
+
+
+def _attributes(payload: bytes, start: int) -> dict[int, bytes]:
+    """A message's attributes (rtattr) by type, read from ``start`` (the end of its fixed header)."""
+    attrs: dict[int, bytes] = {}
+    while start + 4 <= len(payload):
+        rta_len, rta_type = struct.unpack_from("=HH", payload, start)
+        if rta_len < 4:
+            break
+        attrs[rta_type & 0x3FFF] = payload[start + 4:start + rta_len]
+        start += (rta_len + 3) & ~3
+    return attrs
+
+
 def _attr(kind: int, value: bytes) -> bytes:
     return struct.pack("=HH", 4 + len(value), kind) + value + b"\0" * (-len(value) % 4)
 
@@ -138,27 +154,15 @@ def _link_attrs(interface: str) -> dict[int, bytes] | None:
     type; None if there is none. Any other failure (no descriptor left, say) raises OSError."""
     body = (struct.pack("=BxHiII", socket.AF_UNSPEC, 0, 0, 0, 0) + _attr(_IFLA_IFNAME, interface.encode() + b"\0")
             + _attr(_IFLA_EXT_MASK, struct.pack("=I", _RTEXT_FILTER_SKIP_STATS)))
-    with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE) as s:
-        s.settimeout(2.0)
-        s.send(struct.pack("=IHHII", 16 + len(body), _RTM_GETLINK, _NLM_F_REQUEST, 1, 0) + body)
-        data = s.recv(65536)
-    length, kind = struct.unpack_from("=IH", data)
+    kind, payload = _exchange(_RTM_GETLINK, 0, body)[0]
     if kind == _NLMSG_ERROR:
-        err = -struct.unpack_from("=i", data, 16)[0]
+        err = _refusal(payload)
         if err in _NO_SUCH_LINK:
             return None
         raise OSError(err, f"reading link {interface}: {os.strerror(err)}")
     if kind != _RTM_NEWLINK:
         raise OSError(f"unexpected netlink answer type {kind} for link {interface}")
-    attrs: dict[int, bytes] = {}
-    off = 16 + 16  # nlmsghdr, ifinfomsg
-    while off + 4 <= length:
-        rta_len, rta_type = struct.unpack_from("=HH", data, off)
-        if rta_len < 4:
-            break
-        attrs[rta_type & 0x3FFF] = data[off + 4:off + rta_len]
-        off += (rta_len + 3) & ~3
-    return attrs
+    return _attributes(payload, 16)  # after the ifinfomsg
 
 
 def carrier(interface: str) -> bool:

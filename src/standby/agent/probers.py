@@ -85,7 +85,7 @@ class Probers:
                 asked_as = db()
                 if dr_in_question(state(), asked_as, self.hot):
                     seen = await watch.seen()
-                    self.dr_seen, self.dr_asked_as = (seen, asked_as) if db() is asked_as else (None, None)
+                    self.dr_seen, self.dr_asked_as = seen, asked_as  # dr_for drops it if the role has changed
                 else:
                     self.dr_seen, self.dr_asked_as = None, None
                 await asyncio.sleep(DR_EVERY_S)
