@@ -8,7 +8,8 @@ moment (a copy of /etc while clusters come and go).
 The workers of one run share a readers-writer lock made of two flock(2) files in a directory the
 controller makes: every test holds ``room`` shared, an ``alone`` test holds it exclusively. Each test
 passes through ``door`` on its way in, and an ``alone`` test keeps it while it runs, so that once it
-waits no new test can start on the other workers and it is not starved. The lock covers a test's
+waits no new test can start on the other workers and it is not starved. Alone tests in a row on one
+worker (a module marked alone) keep both locks from one to the next. The lock covers a test's
 setup and teardown too, so a module's lab is built and destroyed inside it. A run without workers
 has nothing to share and takes no lock.
 """
@@ -32,9 +33,27 @@ MARK = "alone"
 class Gate:
     def __init__(self, directory: Path) -> None:
         self.door, self.room = directory / "door", directory / "room"
+        self._kept: tuple[int, int] | None = None  # (door, room) an alone test left locked for the next
 
     @contextmanager
-    def enter(self, alone: bool) -> Iterator[None]:
+    def enter(self, alone: bool, keep: bool = False) -> Iterator[None]:
+        """Hold the room for one test. ``keep``: this alone test is followed by another alone test on this
+        worker, which takes the locks over as they are: a test started on the other worker in between would
+        make it wait that test out while this worker idles (a lab test: up to a minute)."""
+        held, self._kept = self._kept, None
+        if held is not None and not alone:
+            self._release(held)
+            held = None
+        fds = held or self._acquire(alone)
+        try:
+            yield
+        finally:
+            if alone and keep:
+                self._kept = fds
+            else:
+                self._release(fds)
+
+    def _acquire(self, alone: bool) -> tuple[int, int]:
         door = os.open(self.door, os.O_RDWR | os.O_CREAT, 0o600)
         room = os.open(self.room, os.O_RDWR | os.O_CREAT, 0o600)
         try:
@@ -42,10 +61,15 @@ class Gate:
             fcntl.flock(room, fcntl.LOCK_EX if alone else fcntl.LOCK_SH)
             if not alone:
                 fcntl.flock(door, fcntl.LOCK_UN)
-            yield
-        finally:
-            os.close(room)  # closing drops the locks
-            os.close(door)
+        except BaseException:
+            self._release((door, room))
+            raise
+        return door, room
+
+    @staticmethod
+    def _release(fds: tuple[int, int]) -> None:
+        for fd in fds:
+            os.close(fd)  # closing drops the locks
 
 
 _GATE = pytest.StashKey[Gate]()
@@ -78,5 +102,6 @@ def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> 
     if gate is None:
         yield
         return
-    with gate.enter(alone=item.get_closest_marker(MARK) is not None):
+    alone = item.get_closest_marker(MARK) is not None
+    with gate.enter(alone, keep=alone and nextitem is not None and nextitem.get_closest_marker(MARK) is not None):
         yield

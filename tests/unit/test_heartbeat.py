@@ -7,6 +7,7 @@ from hypothesis import strategies as st
 
 from standby.agent.heartbeat import MAC_LEN, MAX_PACKET, VERSION, Heartbeat, Receiver, Reject, decode, encode
 from standby.model import DbState, Net, PeerView
+from tests.sizing import examples
 
 KEY = b"k" * 32
 VIEW = PeerView(term=3, db=DbState.PRIMARY, services=True, lsn=12345, sync_ok=True,
@@ -81,7 +82,7 @@ json_values = st.recursive(
     lambda c: st.lists(c, max_size=4) | st.dictionaries(st.text(max_size=10), c, max_size=6), max_leaves=25)
 
 
-@settings(max_examples=2000, deadline=None)
+@settings(max_examples=examples(2000, 500), deadline=None)
 @given(st.dictionaries(st.sampled_from(["v", "cluster", "from", "boot", "seq", "net", "digest", "view"]), json_values),
        st.dictionaries(st.sampled_from(["term", "db", "services", "lsn", "sync_ok", "carrier", "tiebreaker_ok",
                                         "releasing_services", "preferred"]), json_values))

@@ -243,8 +243,8 @@ def test_dr_restart_the_warm_followers_are_asked_only_while_a_restart_is_in_ques
         async def go() -> None:
             task = asyncio.ensure_future(sh.agent.probers.dr(stop, lambda: State(**state), lambda: db))
             await asyncio.sleep(0.05)
-            stop.set()
-            await task
+            task.cancel()  # as the agent stops its loops: the next question is DR_EVERY_S away
+            await asyncio.gather(task, return_exceptions=True)
 
         run(go())
         assert ("asked" in calls) is asked, calls
@@ -291,8 +291,8 @@ def test_rule7_an_answer_asked_while_a_standby_is_not_read_after_this_node_is_pr
         async def go() -> None:
             task = asyncio.ensure_future(sh.agent.probers.dr(stop, lambda: State(was_primary=True), lambda: role[0]))
             await asyncio.sleep(0.05)
-            stop.set()
-            await task
+            task.cancel()  # as the agent stops its loops: the next question is DR_EVERY_S away
+            await asyncio.gather(task, return_exceptions=True)
 
         run(go())
         assert calls[0] == "asked" and sh.agent.probers.dr_for(DbState.PRIMARY) is None
