@@ -37,8 +37,8 @@ class Gate:
 
     @contextmanager
     def enter(self, alone: bool, keep: bool = False) -> Iterator[None]:
-        """Hold the room for one test. ``keep``: this alone test is followed by another alone test on this
-        worker, which takes the locks over as they are: a test started on the other worker in between would
+        """Hold the room for one test. ``keep``: the next test on this worker is alone; if this one is alone
+        too, the next takes the locks over as they are: a test started on the other worker in between would
         make it wait that test out while this worker idles (a lab test: up to a minute)."""
         held, self._kept = self._kept, None
         if held is not None and not alone:
@@ -103,5 +103,5 @@ def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> 
         yield
         return
     alone = item.get_closest_marker(MARK) is not None
-    with gate.enter(alone, keep=alone and nextitem is not None and nextitem.get_closest_marker(MARK) is not None):
+    with gate.enter(alone, keep=nextitem is not None and nextitem.get_closest_marker(MARK) is not None):
         yield
