@@ -11,7 +11,10 @@ phase's start (the machine is shared: compare quiet phases only).
 
 This is a measurement: it prints and records figures and judges none of them.
 
-    .venv/bin/python bench/agent.py [--seconds 40] [--rate 100] [--settle 5]
+    .venv/bin/python bench/agent.py [--seconds 40] [--rate 100] [--settle 5] [--heartbeat-ms 200]
+
+`--heartbeat-ms` sets `timings.heartbeat_interval_ms` in the lab's configuration before the agents start
+(the other timings keep their defaults, which must accept it); without it the agents run at the default.
 
 Needs root (namespaces) and PostgreSQL 15; set it up with `./dev setup`.
 """
@@ -29,11 +32,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
+
 import benchlib
 from benchlib import LabNames, begin, fresh_lab, sigterm_as_interrupt
 from standby import tls
 from standby.apiclient import auth_header
-from standby.config import Config, read_secret
+from standby.config import Config, Timings, read_secret
 from standby.lab import Lab, LabSpec, netns
 from standby.lab.pair import start_pair, under_load
 
@@ -46,6 +51,7 @@ class Params:
     seconds: float
     rate: int
     settle_s: float
+    heartbeat_ms: int | None = None
 
 
 def rss_mb(pid: int | None) -> float | None:
@@ -184,10 +190,27 @@ def parse_args(argv: Sequence[str] | None) -> Params:
     ap.add_argument("--seconds", type=float, default=40.0, help="length of each phase (default 40)")
     ap.add_argument("--rate", type=int, default=100, help="calls/s in the load phase (default 100)")
     ap.add_argument("--settle", type=float, default=5.0, help="seconds before each phase (default 5)")
+    ap.add_argument("--heartbeat-ms", type=int, default=None,
+                    help="timings.heartbeat_interval_ms for the agents (default: the product's default)")
     a = ap.parse_args(argv)
     if a.seconds <= 0 or a.rate < 1 or a.settle < 0:
         ap.error("need seconds > 0, rate >= 1, settle >= 0")
-    return Params(a.seconds, a.rate, a.settle)
+    if a.heartbeat_ms is not None:
+        try:
+            Timings(heartbeat_interval_ms=a.heartbeat_ms)
+        except ValidationError as e:
+            ap.error(f"--heartbeat-ms {a.heartbeat_ms}: {e.errors()[0]['msg']}")
+    return Params(a.seconds, a.rate, a.settle, a.heartbeat_ms)
+
+
+def set_heartbeat(lab: Lab, ms: int) -> None:
+    """Give the lab's configuration (written by `lab up`, read at bootstrap and by each agent) the interval."""
+    text = lab.config_path.read_text()
+    if "[timings]" in text:
+        raise SystemExit(f"{lab.config_path} already has a [timings] table; not measuring on a changed lab")
+    lab.config_path.write_text(text + f"\n[timings]\nheartbeat_interval_ms = {ms}\n")
+    if lab.config().timings.heartbeat_interval_ms != ms:
+        raise SystemExit(f"{lab.config_path}: the interval did not take ({lab.config().timings.heartbeat_interval_ms} ms)")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -201,6 +224,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             with fresh_lab(LabSpec(name)) as lab, tempfile.TemporaryDirectory(prefix="standby-ag-") as tmp:
                 log(f"{name}: pair up")
+                if p.heartbeat_ms is not None:
+                    set_heartbeat(lab, p.heartbeat_ms)
                 start_pair(lab)
                 doc["heartbeat_interval_ms"] = lab.config().timings.heartbeat_interval_ms
                 time.sleep(p.settle_s)
