@@ -106,7 +106,7 @@ def _agent_view(a: Agent) -> AgentView:
                               peer_sync=pg.peer_sync, synchronous_standby_names=a.sync_names),
         state=StateView(term=s.term, fenced=s.fenced, services=s.services, degraded=s.degraded,
                         eligible=s.eligible, promoting=s.promoting, sync_established=s.sync_established,
-                        dr_serves=s.dr_serves),
+                        dr_serves=s.dr_serves, dr_writable_seen=s.dr_writable_seen),
         peer_heard_s_ago={n.value: (None if t is None else round(now - t, 3)) for n, t in heard.items()},
         peer_view=None if peer is None else PeerSummary(
             term=peer.term, db=peer.db, services=peer.services, sync_ok=peer.sync_ok, reporting=peer.reporting),

@@ -60,7 +60,9 @@ Why two servers are enough (the safety argument, in the order rules apply):
    promote, and only a primary saying "sync" again (after the road back)
    makes it eligible again. The standby's own answer does the same for a
    primary that died before its next question: a standby that sees a DR
-   node accept writes is not eligible and promotes nothing.
+   node accept writes is not eligible and promotes nothing, until every
+   warm follower answers that none does (a slow answer is no such answer:
+   the primary, which may not see the DR node at all, keeps saying "sync").
 """
 from __future__ import annotations
 
@@ -126,6 +128,11 @@ class State:
     # Fenced because a warm follower accepts writes (a DR promotion): said in every heartbeat, so the
     # peer never takes the database over from this fence; cleared when the node follows again.
     dr_serves: bool = False
+    # A warm follower was seen accepting writes, and none has since answered that it follows again (CLEAR):
+    # this node is not eligible (rule 7), whatever its primary says. A DR node does not stop accepting writes
+    # by itself, and one slow or lost answer must not hand the word back to a primary that cannot see it
+    # (finding DR-window, CI run 31).
+    dr_writable_seen: bool = False
     # In memory only, rebuilt after a restart (the service role from the
     # addresses actually present, so a stale claim is never re-asserted):
     services: bool = False  # holds the service role
@@ -168,7 +175,7 @@ class State:
 # The fields that survive an agent restart: the agent's Store, `standby fence`
 # and the simulator all save and load exactly these.
 PERSISTED: tuple[str, ...] = ("term", "fenced", "was_primary", "promoting", "degraded", "peer_could_promote",
-                              "resumable", "sync_from_lsn", "dr_serves")
+                              "resumable", "sync_from_lsn", "dr_serves", "dr_writable_seen")
 
 
 # -- bookkeeping -------------------------------------------------------------
@@ -240,7 +247,8 @@ def _track(s: State, o: Observation, p: Policy) -> State:
     # After a stall the peer's silence and the tie-breaker's staleness are
     # our own doing; the stall rule below covers a peer that may have taken over.
     watching_since = now if stalled else s.watching_since
-    eligible, stream_lost = _standby_eligibility(s, o, p, stalled, watching_since)
+    dr_writable_seen = _dr_writable_seen(s, o, p)
+    eligible, stream_lost = _standby_eligibility(s, o, p, stalled, watching_since, dr_writable_seen)
     established, lag_ok, sync_from = _primary_sync(s, o, p)
     term = s.term
     if o.pg.db is DbState.STANDBY and peer is not None and peer.db is DbState.PRIMARY:
@@ -249,6 +257,7 @@ def _track(s: State, o: Observation, p: Policy) -> State:
         s,
         term=term,
         eligible=eligible,
+        dr_writable_seen=dr_writable_seen,
         # A standby, or a server that is down for the moment (it may restart as a
         # standby and be promoted), could become primary while we look away.
         peer_could_promote=(peer.db in (DbState.STANDBY, DbState.DOWN)) if peer is not None else s.peer_could_promote,
@@ -279,8 +288,18 @@ def _track(s: State, o: Observation, p: Policy) -> State:
     )
 
 
-def _standby_eligibility(s: State, o: Observation, p: Policy, stalled: bool,
-                         watching_since: float) -> tuple[bool, float | None]:
+def _dr_writable_seen(s: State, o: Observation, p: Policy) -> bool:
+    """State.dr_writable_seen after this observation: set by a warm follower's WRITABLE answer, kept through
+    answers that did not come (UNKNOWN) or were not asked (None), cleared only when every warm follower answered
+    that none accepts writes (CLEAR: the road back is over) or none is configured any more (nobody would ever
+    answer, and a hold kept on disk would stop every failover for good)."""
+    if not p.dr_watch or o.dr is DrSeen.CLEAR:
+        return False
+    return s.dr_writable_seen or o.dr is DrSeen.WRITABLE
+
+
+def _standby_eligibility(s: State, o: Observation, p: Policy, stalled: bool, watching_since: float,
+                         dr_writable_seen: bool) -> tuple[bool, float | None]:
     """Rule 1 on a standby: (eligible, since when its stream has been lost); (False, None) elsewhere."""
     if o.pg.db is not DbState.STANDBY:
         return False, None
@@ -289,10 +308,10 @@ def _standby_eligibility(s: State, o: Observation, p: Policy, stalled: bool,
         # What the primary said before the stall is stale: meanwhile it may have
         # stopped waiting for us (degrade_after) or run past the lag bound.
         eligible = False
-    elif s.dr_serves or o.dr is DrSeen.WRITABLE or (peer is not None and peer.dr_serves):
-        # A DR node serves (rule 7), seen here or by the primary, which fenced itself: its fence is no
-        # hand-over, and nothing it said before makes this node the one to serve. Eligible again only
-        # once a primary says "sync" again (after the road back).
+    elif s.dr_serves or dr_writable_seen or (peer is not None and peer.dr_serves):
+        # A DR node serves (rule 7), seen here (now, or before and not seen to stop since) or by the primary,
+        # which fenced itself: its fence is no hand-over, and nothing it said before makes this node the one
+        # to serve. Eligible again only once the DR node follows again and a primary says "sync".
         eligible = False
     elif peer is not None and peer.db is DbState.PRIMARY and _last_heard(o) >= watching_since:
         if p.sync:

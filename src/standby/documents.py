@@ -285,6 +285,7 @@ class StateView:
     promoting: bool
     sync_established: bool
     dr_serves: bool = False  # fenced because a warm follower accepts writes (decide.py rule 7)
+    dr_writable_seen: bool = False  # a warm follower seen accepting writes, not yet seen to follow again (rule 7)
 
 
 @dataclass(frozen=True)

@@ -129,6 +129,8 @@ def _agent_warnings(cfg: Config, o: Observations) -> list[str]:
         if pg_state is DbState.STANDBY and cfg.mode is Mode.HOT and not st.eligible:
             dr = [f for f in _promoted_followers(o) if f in cfg.warm_followers()]
             because = (f"{', '.join(dr)} accepts writes (a DR promotion): it promotes nothing beside it" if dr
+                       else "a warm follower was seen accepting writes (a DR promotion) and has not answered since "
+                            "that it follows again: it promotes nothing" if st.dr_writable_seen
                        else "it may lack acknowledged commits")
             out.append(f"{name} is NOT eligible for automatic promotion ({because})")
     return out
