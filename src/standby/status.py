@@ -128,10 +128,13 @@ def _agent_warnings(cfg: Config, o: Observations) -> list[str]:
             out.append(f"{name} does not wait for a standby: commits acknowledged now exist only on {name}")
         if pg_state is DbState.STANDBY and cfg.mode is Mode.HOT and not st.eligible:
             dr = [f for f in _promoted_followers(o) if f in cfg.warm_followers()]
-            because = (f"{', '.join(dr)} accepts writes (a DR promotion): it promotes nothing beside it" if dr
-                       else "a warm follower was seen accepting writes (a DR promotion) and has not answered since "
-                            "that it follows again: it promotes nothing" if st.dr_writable_seen
-                       else "it may lack acknowledged commits")
+            if dr:
+                because = f"{', '.join(dr)} accepts writes (a DR promotion): it promotes nothing beside it"
+            elif st.dr_writable_seen:  # seen by its agent, not from here: the WAN may be down where this runs
+                because = ("a warm follower was seen accepting writes (a DR promotion) and has not answered since "
+                           "that it follows again: it promotes nothing")
+            else:
+                because = "it may lack acknowledged commits"
             out.append(f"{name} is NOT eligible for automatic promotion ({because})")
     return out
 

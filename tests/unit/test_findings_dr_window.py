@@ -13,12 +13,13 @@ the failover across a cut WAN costs no time.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
-from standby.decide import State, dr_in_question
+from standby.decide import Observation, State, dr_in_question
 from standby.model import ActionKind, DbState, DrSeen, LocalPg, Reason
 from tests.unit.shell_fakes import FakePostgres, run, shell
 from tests.unit.sim import World
@@ -150,97 +151,8 @@ def test_dr_window_an_answer_read_as_a_standby_is_not_the_new_primarys(tmp_path:
         run(observe())
 
 
-@pytest.mark.parametrize("gamma", ["writable", "recovery", None])
-def test_dr_window_status_says_why_the_standby_is_not_eligible(tmp_path: Path, gamma: str | None) -> None:
-    """At 3 a.m. "it may lack acknowledged commits" sends a person after the wrong cause when a DR node serves."""
-    from standby import config
-    from standby import status as status_mod
-    from tests.unit.configs import example_with_secrets
-    from tests.unit.test_documents import view as agent_view
-    from tests.unit.test_followers_agent import _view as follower_view
-    from tests.unit.test_followers_config import follower
-
-    raw, _ = example_with_secrets(tmp_path)
-    raw["followers"] = [follower("gamma", 21)]
-    cfg = config.parse(raw)
-    v = agent_view(suspended=False, maintenance=None)
-    standby = replace(v, node="beta", peer="alpha", postgres=replace(v.postgres, state=DbState.STANDBY))
-    views = {"gamma": None if gamma is None else follower_view("gamma", in_recovery=gamma == "recovery")}
-    o = status_mod.Observations("beta", {}, (), agents={"alpha": None, "beta": standby}, followers=views)
-    said = [w for w in status_mod._agent_warnings(cfg, o) if w.startswith("beta is NOT eligible")]
-    assert len(said) == 1, said
-    if gamma == "writable":
-        assert "gamma accepts writes" in said[0] and "promotes nothing beside it" in said[0], said
-    else:
-        assert "it may lack acknowledged commits" in said[0], said
-
-
-# -- CI run 31: one unanswered round after a writable answer --------------------------------------------
-
-
-def _saw_gamma_writable_beside_a_primary_that_cannot() -> State:
-    """The lab test's set-up: alpha cannot reach gamma and says "sync" throughout; beta sees gamma writable."""
-    s, acts = run_steps(_eligible_standby(), pol(dr_watch=True),
-                        lambda t: obs(t, STANDBY, view(DbState.PRIMARY, 2, sync_ok=True), t, dr=DrSeen.WRITABLE),
-                        1.1, 2.0)
-    assert acts == [] and not s.eligible
-    return s
-
-
-def test_dr_window_ci31_one_unanswered_round_does_not_make_the_standby_eligible_again() -> None:
-    """CI run 31 (`tests/lab/test_followers_siteloss.py::test_dr_window_...`): beta had seen gamma writable and
-    was not eligible; then one of gamma's answers took longer than a second (UNKNOWN, on a loaded machine,
-    across the shaped WAN), and alpha, which cannot reach gamma, still said "sync": the next step made beta
-    eligible again from alpha's word alone. alpha's host crashed, and beta promoted beside gamma. A DR node
-    does not stop accepting writes by itself: only its answer that it no longer does (CLEAR) lifts the hold."""
-    s = _saw_gamma_writable_beside_a_primary_that_cannot()
-    s, acts = run_steps(s, pol(dr_watch=True),
-                        lambda t: obs(t, STANDBY, view(DbState.PRIMARY, 2, sync_ok=True), t, dr=DrSeen.UNKNOWN),
-                        2.1, 3.0)
-    assert acts == [] and not s.eligible
-    s, acts = run_steps(s, pol(dr_watch=True), lambda t: obs(t, LOST, None, 3.0, tiebreaker_ok=True, dr=DrSeen.UNKNOWN),
-                        3.1, 9.0)
-    assert not any(a.kind is ActionKind.PROMOTE for a in acts), kinds(acts)
-    assert not s.promoting and not s.fenced
-    # The same between answers (no question asked yet in this role: None).
-    s = _saw_gamma_writable_beside_a_primary_that_cannot()
-    s, _ = run_steps(s, pol(dr_watch=True),
-                     lambda t: obs(t, STANDBY, view(DbState.PRIMARY, 2, sync_ok=True), t, dr=None), 2.1, 3.0)
-    assert not s.eligible
-
-
-def test_dr_window_ci31_the_hold_survives_an_agent_restart() -> None:
-    """An agent restarted while gamma does not answer must not start from alpha's "sync" as if it never saw it."""
-    s = _saw_gamma_writable_beside_a_primary_that_cannot()
-    restarted = State(**s.persisted(), watching_since=3.0)
-    s, _ = run_steps(restarted, pol(dr_watch=True),
-                     lambda t: obs(t, STANDBY, view(DbState.PRIMARY, 2, sync_ok=True), t, dr=DrSeen.UNKNOWN), 3.1, 4.0)
-    assert not s.eligible
-
-
-def test_dr_window_ci31_the_dr_node_answering_it_follows_again_lifts_the_hold() -> None:
-    """The road back's end: gamma demoted (a follower again) answers CLEAR; alpha's "sync" counts again."""
-    s = _saw_gamma_writable_beside_a_primary_that_cannot()
-    s, _ = run_steps(s, pol(dr_watch=True),
-                     lambda t: obs(t, STANDBY, view(DbState.PRIMARY, 2, sync_ok=True), t, dr=DrSeen.CLEAR), 2.1, 3.0)
-    assert s.eligible
-    s, acts = run_steps(s, pol(dr_watch=True), lambda t: obs(t, LOST, None, 3.0, tiebreaker_ok=True, dr=DrSeen.CLEAR),
-                        3.1, 9.0)
-    assert (ActionKind.PROMOTE, Reason.PEER_DEAD) in kinds(acts)
-
-
-def test_dr_window_ci31_no_warm_follower_configured_any_more_lifts_the_hold() -> None:
-    """Followers removed from the configuration: nobody is asked again, and a hold kept on disk must not stop
-    every failover for good."""
-    s = _saw_gamma_writable_beside_a_primary_that_cannot()
-    s, _ = run_steps(s, pol(dr_watch=False),
-                     lambda t: obs(t, STANDBY, view(DbState.PRIMARY, 2, sync_ok=True), t, dr=None), 2.1, 3.0)
-    assert s.eligible
-
-
-@pytest.mark.parametrize("held", [True, False])
-def test_dr_window_ci31_status_names_the_hold_when_the_follower_is_not_seen_now(tmp_path: Path, held: bool) -> None:
-    """gamma unreachable from where `status` runs, beta held by what its agent saw: the reason is the DR node."""
+def _beta_not_eligible_says(tmp_path: Path, gamma_view: object, dr_writable_seen: bool = False) -> str:
+    """What `standby status` says of beta, a hot standby not eligible, with gamma (a warm follower) seen as given."""
     from standby import config
     from standby import status as status_mod
     from tests.unit.configs import example_with_secrets
@@ -252,9 +164,90 @@ def test_dr_window_ci31_status_names_the_hold_when_the_follower_is_not_seen_now(
     cfg = config.parse(raw)
     v = agent_view(suspended=False, maintenance=None)
     standby = replace(v, node="beta", peer="alpha", postgres=replace(v.postgres, state=DbState.STANDBY),
-                      state=replace(v.state, eligible=False, dr_writable_seen=held))
-    o = status_mod.Observations("beta", {}, (), agents={"alpha": None, "beta": standby}, followers={"gamma": None})
+                      state=replace(v.state, eligible=False, dr_writable_seen=dr_writable_seen))
+    o = status_mod.Observations("beta", {}, (), agents={"alpha": None, "beta": standby},
+                                followers={"gamma": gamma_view})  # type: ignore[dict-item]
     said = [w for w in status_mod._agent_warnings(cfg, o) if w.startswith("beta is NOT eligible")]
     assert len(said) == 1, said
+    return said[0]
+
+
+@pytest.mark.parametrize("gamma", ["writable", "recovery", None])
+def test_dr_window_status_says_why_the_standby_is_not_eligible(tmp_path: Path, gamma: str | None) -> None:
+    """At 3 a.m. "it may lack acknowledged commits" sends a person after the wrong cause when a DR node serves."""
+    from tests.unit.test_followers_agent import _view as follower_view
+
+    said = [_beta_not_eligible_says(
+        tmp_path, None if gamma is None else follower_view("gamma", in_recovery=gamma == "recovery"))]
+    if gamma == "writable":
+        assert "gamma accepts writes" in said[0] and "promotes nothing beside it" in said[0], said
+    else:
+        assert "it may lack acknowledged commits" in said[0], said
+
+
+# -- CI run 31: one unanswered round after a writable answer --------------------------------------------
+
+
+def _primary_says_sync(dr: DrSeen | None) -> Callable[[float], Observation]:
+    """Observations of a running standby whose primary is heard saying "sync", with the DR answer ``dr``."""
+    return lambda t: obs(t, STANDBY, view(DbState.PRIMARY, 2, sync_ok=True), t, dr=dr)
+
+
+def _saw_gamma_writable_beside_a_primary_that_cannot() -> State:
+    """The lab test's set-up: alpha cannot reach gamma and says "sync" throughout; beta sees gamma writable."""
+    s, acts = run_steps(_eligible_standby(), pol(dr_watch=True), _primary_says_sync(DrSeen.WRITABLE), 1.1, 2.0)
+    assert acts == [] and not s.eligible
+    return s
+
+
+def test_dr_window_ci31_one_unanswered_round_does_not_make_the_standby_eligible_again() -> None:
+    """CI run 31 (`tests/lab/test_followers_siteloss.py::test_dr_window_...`): beta had seen gamma writable and
+    was not eligible; then one of gamma's answers took longer than a second (UNKNOWN, on a loaded machine,
+    across the shaped WAN), and alpha, which cannot reach gamma, still said "sync": the next step made beta
+    eligible again from alpha's word alone. alpha's host crashed, and beta promoted beside gamma. A DR node
+    does not stop accepting writes by itself: only its answer that it no longer does (CLEAR) lifts the hold."""
+    s = _saw_gamma_writable_beside_a_primary_that_cannot()
+    s, acts = run_steps(s, pol(dr_watch=True), _primary_says_sync(DrSeen.UNKNOWN), 2.1, 3.0)
+    assert acts == [] and not s.eligible
+    s, acts = run_steps(s, pol(dr_watch=True), lambda t: obs(t, LOST, None, 3.0, tiebreaker_ok=True, dr=DrSeen.UNKNOWN),
+                        3.1, 9.0)
+    assert not any(a.kind is ActionKind.PROMOTE for a in acts), kinds(acts)
+    assert not s.promoting and not s.fenced
+    # The same between answers (no question asked yet in this role: None).
+    s = _saw_gamma_writable_beside_a_primary_that_cannot()
+    s, _ = run_steps(s, pol(dr_watch=True), _primary_says_sync(None), 2.1, 3.0)
+    assert not s.eligible
+
+
+def test_dr_window_ci31_the_hold_survives_an_agent_restart() -> None:
+    """An agent restarted while gamma does not answer must not start from alpha's "sync" as if it never saw it."""
+    s = _saw_gamma_writable_beside_a_primary_that_cannot()
+    restarted = State(**s.persisted(), watching_since=3.0)
+    s, _ = run_steps(restarted, pol(dr_watch=True), _primary_says_sync(DrSeen.UNKNOWN), 3.1, 4.0)
+    assert not s.eligible
+
+
+def test_dr_window_ci31_the_dr_node_answering_it_follows_again_lifts_the_hold() -> None:
+    """The road back's end: gamma demoted (a follower again) answers CLEAR; alpha's "sync" counts again."""
+    s = _saw_gamma_writable_beside_a_primary_that_cannot()
+    s, _ = run_steps(s, pol(dr_watch=True), _primary_says_sync(DrSeen.CLEAR), 2.1, 3.0)
+    assert s.eligible
+    s, acts = run_steps(s, pol(dr_watch=True), lambda t: obs(t, LOST, None, 3.0, tiebreaker_ok=True, dr=DrSeen.CLEAR),
+                        3.1, 9.0)
+    assert (ActionKind.PROMOTE, Reason.PEER_DEAD) in kinds(acts)
+
+
+def test_dr_window_ci31_no_warm_follower_configured_any_more_lifts_the_hold() -> None:
+    """Followers removed from the configuration: nobody is asked again, and a hold kept on disk must not stop
+    every failover for good."""
+    s = _saw_gamma_writable_beside_a_primary_that_cannot()
+    s, _ = run_steps(s, pol(dr_watch=False), _primary_says_sync(None), 2.1, 3.0)
+    assert s.eligible
+
+
+@pytest.mark.parametrize("held", [True, False])
+def test_dr_window_ci31_status_names_the_hold_when_the_follower_is_not_seen_now(tmp_path: Path, held: bool) -> None:
+    """gamma unreachable from where `status` runs, beta held by what its agent saw: the reason is the DR node."""
+    said = [_beta_not_eligible_says(tmp_path, None, dr_writable_seen=held)]
     assert ("has not answered since that it follows again" in said[0]) is held, said
     assert ("it may lack acknowledged commits" in said[0]) is not held, said
