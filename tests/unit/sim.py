@@ -56,6 +56,11 @@ class Node:
     writable_since: float | None = None  # since when its server accepts writes (for rule 7's bound)
     agent_since: float = 0.0  # when its agent (re)started: a dead agent reads no answer
     starting_until: float | None = None  # a booted agent's start-up: it sends before it first decides
+    # The warm follower's answers as this node's prober gets them: the share lost (a slow or cut WAN
+    # from this node to the DR site reads UNKNOWN), and when it first read the DR node writable.
+    dr_loss: int = 0
+    dr_unanswered: bool = False  # an answer was lost since the DR promotion: "could have read" needs a read
+    dr_read_at: float | None = None
     # The agent's tie-breaker probe: the last success. Like the real agent, an
     # observation reads the last result, so after a freeze it is stale.
     tb_ok_at: float = -math.inf
@@ -193,8 +198,22 @@ class World:
         """What the agent's prober last read of the warm follower: asked only while decide says it matters."""
         if not pol.dr_watch or not dr_in_question(n.state, n.pg, pol.hot):
             return None
+        if n.dr_loss and self.rng.randrange(100) < n.dr_loss:  # drawn only then: other schedules keep their stream
+            n.dr_unanswered = n.dr_unanswered or self.dr_promoted_at is not None
+            return DrSeen.UNKNOWN
         promoted = self.dr_promoted_at is not None and self.t - self.dr_promoted_at >= DR_SEEN_AFTER
+        if promoted and n.dr_read_at is None:
+            n.dr_read_at = self.t
         return DrSeen.WRITABLE if promoted else DrSeen.CLEAR
+
+    def _dr_could_have_read(self, n: Node) -> float | None:
+        """Since when this node's agent could know the DR node accepts writes: from its first such answer,
+        or, while none of its answers was lost, from when the next question would have read it."""
+        if self.dr_promoted_at is None:
+            return None
+        if n.dr_read_at is not None or n.dr_unanswered:
+            return n.dr_read_at
+        return self.dr_promoted_at + DR_SEEN_AFTER
 
     def _step_agent(self, n: Node) -> None:
         pol = self.policy[n.name]
@@ -215,8 +234,10 @@ class World:
             if a.kind is ActionKind.PROMOTE and n.pg is DbState.STANDBY:
                 if obs.peer is not None and obs.peer.dr_serves:
                     raise Violation(f"{n.name} promoted after its peer fenced itself for a DR node", self.t)
-                if pol.dr_watch and self.dr_promoted_at is not None and self.t - self.dr_promoted_at >= DR_SEEN_AFTER:
-                    # Finding DR-window: its own prober could have read the DR node's answer by now.
+                known = self._dr_could_have_read(n)
+                if pol.dr_watch and known is not None and self.t >= known:
+                    # Finding DR-window: its own prober read the DR node's answer, or could have by now (CI
+                    # run 31: one lost answer after a WRITABLE one must not make it eligible again).
                     raise Violation(f"{n.name} promoted beside the DR node it could see accepting writes", self.t)
                 n.pg, n.data_primary = DbState.PRIMARY, True
                 # Over a paused peer, or one let go in this very tick: the silence acted on was its pause
@@ -291,8 +312,9 @@ class World:
 
     def _beside_the_dr_node(self) -> None:
         """Rule 7: once a warm follower accepts writes, a pair node's server may accept them beside it only
-        until its agent has read the answer and the stop has run, counted from the promotion, from when it
-        became writable or from when its agent last started, whichever is latest. While its agent is dead
+        until its agent has read the answer and the stop has run, counted from when it could have read it
+        (_dr_could_have_read), from when it became writable or from when its agent last started, whichever
+        is latest. While its agent is dead
         nobody asks: its unclean-exit fence stops the server only if the peer could have taken over, and a
         primary whose peer is down keeps serving until its agent is back (at once, under systemd)."""
         for n in self.nodes.values():
@@ -300,11 +322,13 @@ class World:
             n.writable_since = (n.writable_since if n.writable_since is not None else self.t) if writable else None
         if self.dr_promoted_at is None:
             return
-        bound = DR_SEEN_AFTER + max(self.stop_delay, self.agent_fence_delay) + 3 * TICK
+        # From the read, or when it could have come; a node that has not read the answer cannot know (a pair
+        # node cut off from the DR site serves on: the usual case across a WAN, and the accepted risk).
+        bound = max(self.stop_delay, self.agent_fence_delay) + 3 * TICK
         for n in self.nodes.values():
-            since = n.writable_since
-            if (since is not None and not n.frozen and n.agent_up
-                    and self.t - max(since, self.dr_promoted_at, n.agent_since) > bound):
+            since, known = n.writable_since, self._dr_could_have_read(n)
+            if (since is not None and known is not None and not n.frozen and n.agent_up
+                    and self.t - max(since, known, n.agent_since) > bound):
                 raise Violation(f"{n.name} accepts writes beside the promoted DR node", self.t)
 
     def promote_dr(self) -> None:
@@ -410,10 +434,15 @@ class World:
     def set_loss(self, name: str, net: Net, pct: int) -> None:
         self.nodes[name].loss[net] = pct
 
+    def set_dr_loss(self, name: str, pct: int) -> None:
+        """This node's questions to the warm follower go unanswered ``pct`` % of the time."""
+        self.nodes[name].dr_loss = pct
+
     def heal(self) -> None:
         for n in self.nodes.values():
             n.links = {Net.PUBLIC: True, Net.PRIVATE: True}
             n.loss = {Net.PUBLIC: 0, Net.PRIVATE: 0}
+            n.dr_loss = 0
             if n.frozen:
                 n.frozen, n.thawed_at = False, self.t  # as thaw(), without its agent-death follow-up
             self.boot(n.name)

@@ -13,17 +13,20 @@ the failover across a cut WAN costs no time.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
 
 from standby.decide import Observation, State, dr_in_question
-from standby.model import ActionKind, DbState, DrSeen, LocalPg, Reason
+from standby.model import ActionKind, DbState, DrSeen, LocalPg, Net, Reason
 from tests.unit.shell_fakes import FakePostgres, run, shell
 from tests.unit.sim import World
-from tests.unit.test_decide import policies
+from tests.unit.test_decide import apply, policies, within_the_timings_rule
 from tests.unit.test_findings_core import kinds, obs, pol, run_steps, view
 from tests.unit.test_rebuild_shell import FOLLOWERS, _fake_watch
 
@@ -251,3 +254,35 @@ def test_dr_window_ci31_status_names_the_hold_when_the_follower_is_not_seen_now(
     said = [_beta_not_eligible_says(tmp_path, None, dr_writable_seen=held)]
     assert ("has not answered since that it follows again" in said[0]) is held, said
     assert ("it may lack acknowledged commits" in said[0]) is not held, said
+
+
+# -- the simulated world, with the DR node's answers lost on the way -------------------------------------------
+
+# CI run 31's family, drawn: a reads the DR site badly or not at all (so it serves on and keeps saying "sync"),
+# the DR node is promoted, some time later b's answers start going missing (some or all), then a's host
+# crashes or its agent dies, or its host freezes. Every timing and share is drawn.
+@pytest.mark.parametrize("sync", [True, False])
+@settings(max_examples=int(os.environ.get("STANDBY_SIM_EXAMPLES", "150")), deadline=None,
+          suppress_health_check=[HealthCheck.too_slow])
+@given(a_lost=st.sampled_from([60, 90, 100]), b_lost=st.integers(0, 100), b_lost_after=st.floats(0.0, 3.0),
+       fault=st.sampled_from(["crash", "kill_agent", "freeze"]), fault_after=st.floats(0.0, 3.0),
+       seed=st.integers(0, 2**16))
+@example(a_lost=100, b_lost=100, b_lost_after=2.0, fault="crash", fault_after=1.0, seed=0)
+def test_dr_window_ci31_random_lost_answers_never_let_a_node_promote_once_it_read_the_dr_node_writable(
+        sync: bool, a_lost: int, b_lost: int, b_lost_after: float, fault: str, fault_after: float,
+        seed: int) -> None:
+    """The world raises at a promotion by a node that read the DR node writable (or could have: none of its
+    answers lost since), and at a pair node serving beside it past the read and the stop (sim.py)."""
+    base = policies(sync=sync, failover=within_the_timings_rule(0.3))
+    with World({n: replace(p, dr_watch=True) for n, p in base.items()}, seed=seed, stop_delay=0.3) as w:
+        w.set_dr_loss("a", a_lost)
+        w.run(2.0)
+        w.promote_dr()
+        w.run(b_lost_after)
+        w.set_dr_loss("b", b_lost)
+        w.run(fault_after)
+        apply(w, fault, "a", Net.PUBLIC, 0)
+        w.run(10.0)
+        w.heal()
+        w.run(10.0)
+        assert w.primaries() == [], w.log
