@@ -25,11 +25,11 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from standby.lab import Lab, followers
-from standby.operations import SITE_TERMS
-from standby.lab.pair import SERVICE_URL, STANDBY, LoadRun, database_servers, primaries, start_pair, verify
+from standby.lab.pair import SERVICE_URL, STANDBY, LoadRun, database_servers, primaries, start_pair, verify, wait_first_ack
 from standby.lab.probe import DualPrimaryProbe
 from standby.lab.softswitch import CLI as SOFTSWITCH
 from standby.lab.topology import PG_PORT
+from standby.operations import SITE_TERMS
 
 DR_LISTEN = "127.0.0.1:8081"  # the DR site's softswitch, in the client's namespace, writing to gamma
 
@@ -55,6 +55,7 @@ class Steps:
 def _load(lab: Lab, url: str, out: Path, name: str) -> None:
     lab.spawn("client", [STANDBY, "lab", "load", "--url", url, "--rate", "100", "--duration", "3600",
                          "--out", str(out)], name)
+    wait_first_ack(lab, out)  # each phase's few seconds count from its first call (CI run 34: none in 3 s)
 
 
 def _acked(path: Path) -> set[str]:

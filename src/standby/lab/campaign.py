@@ -47,7 +47,7 @@ from standby.lab.chaos import Fault, Kind, Target, faults, long_freeze_s
 from standby.lab.checker import Outcome as CallOutcome
 from standby.lab.checker import read_history
 from standby.lab.errors import LabError
-from standby.lab.pair import SERVICE_URL, STANDBY, holders, primaries
+from standby.lab.pair import SERVICE_URL, STANDBY, holders, primaries, wait_first_ack
 from standby.lab.probe import DualPrimaryProbe
 from standby.lab.topology import DB_NODES, WAN_ROUTER
 from standby.model import DbState
@@ -363,6 +363,7 @@ class Campaign:
                              "--out", str(self.calls), "--seed", str(opts.seed)], "load")
         self.record("load_started", rate=opts.rate)
         try:
+            wait_first_ack(lab, self.calls)
             time.sleep(2.0)
             self._faults()
         finally:

@@ -148,6 +148,19 @@ class LoadRun:
                        if a.outcome is Outcome.ACK and a.t_send >= t_fault and a.node is not None)
 
 
+def wait_first_ack(lab: Lab, history: Path, timeout_s: float = 60.0) -> None:
+    """Until the load's first acknowledged call. Starting the generator (an interpreter and its imports) took
+    more than the 2 s of steady state a test gave it on a loaded machine (CI run 34): the fault came before it
+    had opened its history, and the test had nothing to check."""
+    def acked() -> bool:
+        try:
+            return any(a.outcome is Outcome.ACK for a in read_history(history))
+        except (OSError, ValueError):  # not created yet
+            return False
+
+    lab.wait_for(f"the first acknowledged call in {history.name}", acked, timeout_s=timeout_s, every_s=0.2)
+
+
 @contextmanager
 def under_load(lab: Lab, tmp: Path, rate: int = 100) -> Iterator[LoadRun]:
     """Calls through the service IP and the dual-primary probe, for the duration of the block."""
@@ -157,6 +170,7 @@ def under_load(lab: Lab, tmp: Path, rate: int = 100) -> Iterator[LoadRun]:
     lab.spawn("client", [STANDBY, "lab", "load", "--url", SERVICE_URL, "--rate", str(rate), "--duration", "3600",
                          "--out", str(run.history)], "load")
     try:
+        wait_first_ack(lab, run.history)
         time.sleep(2.0)  # a steady state before the fault
         yield run
     finally:
