@@ -63,6 +63,12 @@ Why two servers are enough (the safety argument, in the order rules apply):
    node accept writes is not eligible and promotes nothing, until every
    warm follower answers that none does (a slow answer is no such answer:
    the primary, which may not see the DR node at all, keeps saying "sync").
+   And it says so in its heartbeats, with the term its question left in: a
+   primary of that term fences itself for good on it as on its own answer
+   (finding DR-relay: a primary cut off from the DR site would serve on
+   beside it). Only the same term counts: a switchback promotes its primary
+   in a new term once the DR node has stopped, so an answer from before
+   that says nothing of the DR node now.
 """
 from __future__ import annotations
 
@@ -133,6 +139,9 @@ class State:
     # by itself, and one slow or lost answer must not hand the word back to a primary that cannot see it
     # (finding DR-window, CI run 31).
     dr_writable_seen: bool = False
+    # Standby: the term its current WRITABLE answer was asked in, relayed to the primary (rule 7). Not kept:
+    # a restarted agent asks again.
+    dr_relay_term: int | None = None
     # In memory only, rebuilt after a restart (the service role from the
     # addresses actually present, so a stale claim is never re-asserted):
     services: bool = False  # holds the service role
@@ -258,6 +267,7 @@ def _track(s: State, o: Observation, p: Policy) -> State:
         term=term,
         eligible=eligible,
         dr_writable_seen=dr_writable_seen,
+        dr_relay_term=o.dr_term if o.pg.db is DbState.STANDBY and o.dr is DrSeen.WRITABLE else None,
         # A standby, or a server that is down for the moment (it may restart as a
         # standby and be promoted), could become primary while we look away.
         peer_could_promote=(peer.db in (DbState.STANDBY, DbState.DOWN)) if peer is not None else s.peer_could_promote,
@@ -388,6 +398,12 @@ def _safety_fence(s: State, o: Observation, p: Policy) -> tuple[State, list[Acti
             return _fence(s, Reason.DR_SERVES, "a warm follower accepts writes (a DR promotion): this primary "
                           "stops, and stays down until rebuilt from it (`standby rejoin --from`)", True)
         peer = peer_fresh(o, p)
+        if p.dr_watch and peer is not None and peer.db is DbState.STANDBY and peer.dr_writable_term == s.term:
+            # Rule 7, relayed (finding DR-relay): this node may not reach the DR site at all. Asked in this
+            # very term, so not an answer from before a switchback promoted this node.
+            return _fence(s, Reason.DR_SERVES, "the standby sees a warm follower accept writes (a DR promotion; "
+                          f"asked in this term, {s.term}): this primary stops, and stays down until rebuilt from "
+                          "it (`standby rejoin --from`)", True)
         quiet = max(silence(s, o), unheard(s, o))
         if peer is not None and peer.db is DbState.PRIMARY and (peer.term, peer.preferred) > (s.term, p.preferred):
             return _fence(s, Reason.SUPERSEDED, f"peer is primary in term {peer.term}, ours is {s.term}",
@@ -680,4 +696,5 @@ def advertise(s: State, pg: LocalPg, carrier: dict[Net, bool], tiebreaker_ok: bo
         reporting_ack=reporting_ack,
         eligible=hot and db is DbState.STANDBY and s.eligible,  # a warm standby never promotes by itself
         dr_serves=s.dr_serves,
+        dr_writable_term=s.dr_relay_term if db is DbState.STANDBY else None,
     )

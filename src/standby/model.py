@@ -128,6 +128,9 @@ class PeerView:
     # A warm follower accepts writes (a DR promotion) and this node fenced itself for it: the database is not
     # handed over, and a standby that hears it gives up its claim to promotion. Older peers do not say.
     dr_serves: bool = False
+    # Standby: a warm follower answered that it accepts writes, to a question this node asked in that term
+    # (finding DR-relay): the primary of that term stops, as on its own answer. None: no such answer now.
+    dr_writable_term: int | None = None
 
 
 @dataclass(frozen=True)
@@ -160,6 +163,7 @@ class Observation:
     # The warm followers, looked at only while decide.dr_in_question holds (a running primary, a rebooted
     # primary's restart, a fenced primary's resumption); None: not looked, or no answer yet.
     dr: DrSeen | None = None
+    dr_term: int | None = None  # the term this node was in when the question behind ``dr`` left
 
 
 class DrSeen(StrEnum):

@@ -16,6 +16,7 @@ header a message comes from a release older than 1.1, which speaks 1.
 
 1.1: the API's Standby-Protocol header.
 1.2: the heartbeat's ``dr_serves`` (a primary fenced because a warm follower accepts writes).
+1.3: the heartbeat's ``dr_writable_term`` (a standby saw a warm follower accept writes; decide.py rule 7).
 
 Releases and "one version apart". The release number (``standby --version``, the package's) is
 ``A.B.C``; it is what an operator installs, the protocol number is what the agents check on every
@@ -53,7 +54,7 @@ from typing import Any
 from pydantic import BaseModel, TypeAdapter
 
 MAJOR = 1
-MINOR = 2
+MINOR = 3
 HEADER = "Standby-Protocol"
 # Configuration keys (dotted, as in the file) added since 1.0 with a default; see the module's docstring.
 ADDED_CONFIG_KEYS: tuple[str, ...] = ("followers", "replication.quorum")

@@ -132,11 +132,13 @@ def test_dr_split_the_wan_heals_after_gamma_was_promoted_alpha_stops_and_beta_st
     print(f"\nthe WAN healed; alpha fenced itself {took:.1f}s later on gamma's answer; beta stayed a standby")
 
 
-def test_dr_window_the_standby_that_sees_gamma_writable_does_not_promote_when_alpha_dies(lab_factory) -> None:  # type: ignore[no-untyped-def]
-    """Finding DR-window, with the race taken out: alpha cannot reach gamma at all (a filter in alpha's host), so
-    it never learns of gamma's promotion and keeps serving after the WAN heals, as a primary whose question has
-    not come back yet does; beta can. Then alpha's host crashes. Before the fix beta promoted on alpha's silence
-    (it was eligible: alpha said "sync" to the end) beside gamma."""
+def test_dr_relay_alpha_cut_off_from_gamma_stops_on_betas_answer_and_beta_does_not_promote_when_alpha_dies(
+        lab_factory) -> None:  # type: ignore[no-untyped-def]
+    """Finding DR-window, with the race taken out, and finding DR-relay: alpha cannot reach gamma at all (a filter
+    in alpha's host), so it never learns of gamma's promotion by itself; beta can. Before DR-relay alpha served on
+    beside gamma for as long as that path stayed cut; now beta's heartbeats say it sees a warm follower accept
+    writes, and alpha fences itself for good on that. Then alpha's host crashes: before DR-window beta promoted
+    on alpha's silence (it was eligible: alpha said "sync" to the end) beside gamma."""
     lab = _pair_with_gamma(lab_factory)
     gamma = lab.config().follower("gamma")
     assert gamma is not None
@@ -156,13 +158,15 @@ def test_dr_window_the_standby_that_sees_gamma_writable_does_not_promote_when_al
         return beta is not None and beta.postgres.state.value == "standby" and not beta.state.eligible
 
     lab.wait_for("beta no longer eligible on gamma's answer", beta_knows, timeout_s=30)
-    alpha = lab.agent_status("alpha")
-    assert alpha is not None and not alpha.state.fenced and primaries(lab) == ["alpha"], \
-        "alpha learnt of gamma: the test's premise (alpha cannot reach it) does not hold"
+    lab.wait_for("alpha fenced on beta's word", lambda: _dr_fenced(lab, "alpha") and primaries(lab) == [],
+                 timeout_s=15)
+    records = json.loads(lab.standby("alpha", "history", "--json", "--limit", "500").stdout)
+    said = [r.get("detail", "") for r in records if r.get("reason") == "dr_serves" and r.get("action") == "fence"]
+    assert said and "the standby sees a warm follower accept writes" in said[0], said
     status = " ".join(lab.standby("beta", "status", check=False).stdout.split())  # as one line: status wraps
     assert "gamma accepts writes (a DR promotion): it promotes nothing beside it" in status, status
     lab.crash("alpha")
-    deadline = time.monotonic() + 8.0  # beta promoted within about a failover timeout before the fix
+    deadline = time.monotonic() + 8.0  # beta promoted within about a failover timeout before DR-window's fix
     while time.monotonic() < deadline:
         assert primaries(lab) == [], "beta promoted beside the promoted follower"
         time.sleep(0.5)

@@ -188,7 +188,7 @@ class World:
             now=self.t, gap=self.t - n.last_step, pg=pg, peer=n.peer_view, heard=dict(n.heard),
             carrier={net: n.links[net] for net in Net}, tiebreaker_ok=self.t - n.tb_ok_at < pol.tiebreaker_window_s(),
             services_healthy=True if n.holds_ips else None, service_ip_elsewhere=elsewhere, heard_me=n.heard_me,
-            dr=self._dr_seen(n, pol),
+            dr=self._dr_seen(n, pol), dr_term=n.state.term,  # asked and answered within the step
         )
         if self._tiebreaker(n):  # the probe runs after this step has read its last result
             n.tb_ok_at = self.t

@@ -75,6 +75,7 @@ def view_to_dict(v: PeerView) -> dict[str, Any]:
         "releasing_services": v.releasing_services, "preferred": v.preferred,
         "reporting": v.reporting, "reporting_epoch": v.reporting_epoch, "reporting_ack": v.reporting_ack,
         "eligible": v.eligible, "dr_serves": v.dr_serves,
+        **({"dr_writable_term": v.dr_writable_term} if v.dr_writable_term is not None else {}),
     }
 
 
@@ -120,12 +121,16 @@ def _view(d: Any) -> PeerView:
     epoch, ack = _optional(d, "reporting_epoch", int, 0), _optional(d, "reporting_ack", int, 0)
     if epoch < 0 or ack < 0:
         raise Reject("malformed", "negative reporting episode")
+    dr_term = _optional(d, "dr_writable_term", int, None)
+    if dr_term is not None and dr_term < 0:
+        raise Reject("malformed", "negative dr_writable_term")
     return PeerView(
         term=term, db=db, services=_typed(d, "services", bool), lsn=lsn, sync_ok=_typed(d, "sync_ok", bool),
         carrier=carrier, tiebreaker_ok=_typed(d, "tiebreaker_ok", (bool, type(None))),
         releasing_services=_typed(d, "releasing_services", bool), preferred=_typed(d, "preferred", bool),
         reporting=_optional(d, "reporting", bool, False), reporting_epoch=epoch, reporting_ack=ack,
         eligible=_optional(d, "eligible", bool, True), dr_serves=_optional(d, "dr_serves", bool, False),
+        dr_writable_term=dr_term,
     )
 
 

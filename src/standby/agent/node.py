@@ -163,8 +163,8 @@ class Agent(Surface):
         link, p = self.link, self.probers
         return Observation(
             now=now, gap=gap, pg=self.pg, peer=link.peer_view, heard=dict(link.heard), carrier=dict(self.carrier),
-            tiebreaker_ok=p.tiebreaker_ok(), services_healthy=p.services_healthy,
-            service_ip_elsewhere=p.ip_elsewhere, heard_me=link.heard_me, dr=p.dr_for(self.pg.db),
+            tiebreaker_ok=p.tiebreaker_ok(), services_healthy=p.services_healthy, service_ip_elsewhere=p.ip_elsewhere,
+            heard_me=link.heard_me, dr=p.dr_for(self.pg.db), dr_term=p.dr_asked_term,
         )
 
     async def _step(self) -> None:

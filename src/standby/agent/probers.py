@@ -54,6 +54,7 @@ class Probers:
         self.take_refused_at = -math.inf
         self.dr_seen: DrSeen | None = None
         self.dr_asked_as: DbState | None = None  # this node's server's role when dr_seen's question left
+        self.dr_asked_term: int | None = None  # and this node's term then (a standby relays it: decide rule 7)
         self.hot = policy.hot
 
     def dr_for(self, db: DbState) -> DrSeen | None:
@@ -82,12 +83,13 @@ class Probers:
         watch = DrWatch(self.cfg)
         try:
             while not stopping.is_set():
-                asked_as = db()
-                if dr_in_question(state(), asked_as, self.hot):
+                asked_as, asked = db(), state()
+                if dr_in_question(asked, asked_as, self.hot):
                     seen = await watch.seen()
-                    self.dr_seen, self.dr_asked_as = seen, asked_as  # dr_for drops it if the role has changed
+                    # dr_for drops it if the role has changed; the term goes with it as it was when asked.
+                    self.dr_seen, self.dr_asked_as, self.dr_asked_term = seen, asked_as, asked.term
                 else:
-                    self.dr_seen, self.dr_asked_as = None, None
+                    self.dr_seen, self.dr_asked_as, self.dr_asked_term = None, None, None
                 await asyncio.sleep(DR_EVERY_S)
         finally:
             watch.close()
