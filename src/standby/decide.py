@@ -398,9 +398,7 @@ def _safety_fence(s: State, o: Observation, p: Policy) -> tuple[State, list[Acti
             return _fence(s, Reason.DR_SERVES, "a warm follower accepts writes (a DR promotion): this primary "
                           "stops, and stays down until rebuilt from it (`standby rejoin --from`)", True)
         peer = peer_fresh(o, p)
-        if p.dr_watch and peer is not None and peer.db is DbState.STANDBY and peer.dr_writable_term == s.term:
-            # Rule 7, relayed (finding DR-relay): this node may not reach the DR site at all. Asked in this
-            # very term, so not an answer from before a switchback promoted this node.
+        if _dr_relayed(s, peer, p):  # this node may not reach the DR site at all
             return _fence(s, Reason.DR_SERVES, "the standby sees a warm follower accept writes (a DR promotion; "
                           f"asked in this term, {s.term}): this primary stops, and stays down until rebuilt from "
                           "it (`standby rejoin --from`)", True)
@@ -411,6 +409,12 @@ def _safety_fence(s: State, o: Observation, p: Policy) -> tuple[State, list[Acti
         if quiet >= p.fence_timeout_s and o.tiebreaker_ok is False:
             return _fence(s, Reason.ISOLATED, f"no peer for {quiet:.2f}s and no tie-breaker", True, resumable=True)
     return None
+
+
+def _dr_relayed(s: State, peer: PeerView | None, p: Policy) -> bool:
+    """Rule 7, relayed (finding DR-relay): this node's running standby read a warm follower accepting writes, to
+    a question asked in this node's term, so not one from before a switchback promoted this node in a newer one."""
+    return p.dr_watch and peer is not None and peer.db is DbState.STANDBY and peer.dr_writable_term == s.term
 
 
 def _upstream_silent(o: Observation, p: Policy) -> bool:
@@ -461,7 +465,8 @@ def _fenced_rules(s: State, o: Observation, p: Policy) -> tuple[State, list[Acti
             and o.now - s.last_rejoin_at >= p.rejoin_backoff_s):
         return replace(s, last_rejoin_at=o.now), [
             Action(ActionKind.REJOIN, Reason.REJOIN_AUTO, f"the new primary (term {peer.term}) is healthy")]
-    if s.resumable and o.dr is DrSeen.WRITABLE:  # a person promoted a warm follower meanwhile: nothing to resume
+    # A person promoted a warm follower meanwhile, seen here or by the standby: nothing to resume.
+    if s.resumable and (o.dr is DrSeen.WRITABLE or _dr_relayed(s, peer, p)):
         return _fence(s, Reason.DR_SERVES, "a warm follower accepts writes (a DR promotion): this node stays "
                       "down until rebuilt from it (`standby rejoin --from`)", True)
     if p.dr_watch and o.dr is not DrSeen.CLEAR:
@@ -516,7 +521,7 @@ def _crashed_primary_rules(s: State, o: Observation, p: Policy) -> tuple[State, 
                       resumable=True)
     if peer is not None and peer.db is DbState.PRIMARY and peer.term > s.term:  # the peer took over
         return _fence(s, Reason.SUPERSEDED, f"peer is primary in term {peer.term}", True)
-    if o.dr is DrSeen.WRITABLE:  # a person promoted a warm follower while this site was gone
+    if o.dr is DrSeen.WRITABLE or _dr_relayed(s, peer, p):  # a person promoted a warm follower meanwhile
         return _fence(s, Reason.DR_SERVES, "a warm follower accepts writes (a DR promotion): this old primary "
                       "stays down until rebuilt from it (`standby rejoin --from`)", True)
     # Restart as primary only if nobody can have taken over meanwhile: this

@@ -18,7 +18,7 @@ from dataclasses import replace
 import pytest
 
 from standby.agent import heartbeat as hb
-from standby.decide import State, advertise
+from standby.decide import PgCrashPolicy, State, advertise
 from standby.model import ActionKind, DbState, DrSeen, LocalPg, Net, PeerView, Reason
 from tests.unit.sim import World
 from tests.unit.test_decide import policies
@@ -140,3 +140,20 @@ def test_dr_relay_without_warm_followers_configured_nothing_is_relayed_or_heard(
     _s, acts = run_steps(_serving_primary(), pol(dr_watch=False),
                          lambda t: obs(t, PRIMARY, _standby_says(2, 2), t), 0.1, 0.5)
     assert not any(a.reason is Reason.DR_SERVES for a in acts), kinds(acts)
+
+
+def test_dr_relay_a_primary_whose_server_crashed_does_not_restart_it_beside_the_dr_node() -> None:
+    """Its server died (restarted in place by policy): the word stops the restart, as its own answer would."""
+    s, acts = run_steps(_serving_primary(), pol(dr_watch=True, pg_crash=PgCrashPolicy.RESTART),
+                        lambda t: obs(t, LocalPg(DbState.DOWN), _standby_says(2, 2), t, dr=DrSeen.UNKNOWN), 0.1, 3.0)
+    assert kinds(acts)[:1] == [(ActionKind.FENCE, Reason.DR_SERVES)], kinds(acts)
+    assert not any(a.kind is ActionKind.RESTART_PG for a in acts) and s.fenced and s.dr_serves
+
+
+def test_dr_relay_a_fenced_primary_that_could_resume_stays_down_for_good() -> None:
+    """Fenced with the right to resume (rule 4), its own answer not in: the standby's word ends that right."""
+    fenced = replace(_serving_primary(), fenced=True, resumable=True, services=False, was_primary=False)
+    s, acts = run_steps(fenced, pol(dr_watch=True),
+                        lambda t: obs(t, LocalPg(DbState.DOWN), _standby_says(2, 2), t, dr=DrSeen.UNKNOWN), 0.1, 5.0)
+    assert (ActionKind.FENCE, Reason.DR_SERVES) in kinds(acts), kinds(acts)
+    assert s.dr_serves and not s.resumable and not any(a.kind is ActionKind.RESTART_PG for a in acts)
