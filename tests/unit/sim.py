@@ -322,8 +322,9 @@ class World:
             n.writable_since = (n.writable_since if n.writable_since is not None else self.t) if writable else None
         if self.dr_promoted_at is None:
             return
-        # From the read, or when it could have come; a node that has not read the answer cannot know (a pair
-        # node cut off from the DR site serves on: the usual case across a WAN, and the accepted risk).
+        # From the read, or when it could have come. A node that has not read the answer itself is not held to
+        # a bound here: alone it cannot know (across a cut WAN, the accepted risk), and its standby's word
+        # (finding DR-relay) is what test_findings_dr_relay.py's world checks.
         bound = max(self.stop_delay, self.agent_fence_delay) + 3 * TICK
         for n in self.nodes.values():
             since, known = n.writable_since, self._dr_could_have_read(n)
