@@ -12,7 +12,7 @@ import pytest
 from standby import salvage as sv
 from standby.act import postgres as pgact
 from standby.lab import Lab
-from standby.lab.pair import LoadRun, agent_state, holders, primaries, start_pair, under_load, verify
+from standby.lab.pair import LoadRun, agent_state, holders, primaries, start_pair, under_load, verify, wait_ready
 
 
 @pytest.fixture
@@ -42,6 +42,9 @@ def test_switchover_back_and_forth_under_load_loses_nothing(pair: Lab, tmp_path:
 
 
 def test_switchover_that_cannot_complete_aborts_and_loses_nothing(pair: Lab, tmp_path: Path) -> None:
+    # The refusal under test is the abort, not the precondition: beta streaming again after the module's
+    # previous test (CI run 36 met "beta is not a streaming standby" on a slow machine).
+    wait_ready(pair)
     with under_load(pair, tmp_path) as run:
         # beta still believes it streams, but no WAL reaches it any more.
         pair.loss("beta", "private", 100)
