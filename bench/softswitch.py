@@ -37,7 +37,7 @@ SETUPS = {"spool+dmq": sip.Setup(sip.Accounting.SPOOL, dmq=True), "direct": sip.
           "spool": sip.Setup(sip.Accounting.SPOOL, dmq=False), "direct+dmq": sip.Setup(sip.Accounting.DIRECT, dmq=True)}
 DEFAULT_SETUPS = ["spool+dmq", "direct"]
 COUNTS = ("failed", "invites_missing", "cdrs_missing", "ends_without_start", "duplicates",
-          "completed_invites_missing", "completed_cdrs_missing")
+          "completed_invites_missing", "completed_cdrs_missing", "answer_lost_with_crash")
 
 
 @dataclass(frozen=True)
@@ -84,7 +84,7 @@ def summarise(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def render(doc: dict[str, Any]) -> str:
     lines = ["", "per event: calls failed / INVITE records missing / call ends missing their start / "
              "of those accounted without a start / records twice / of the completed calls: INVITE records missing, "
-             "CDRs missing"]
+             "CDRs missing / calls failed or incomplete because the callee answered the crashed node"]
     for r in doc["summary"]:
         figures = " ".join(f"{c}={r[c]}" for c in COUNTS)
         lines.append(f"  {r['setup']:10} {r['durability']:5} {r['event']:10} {r['rate']:g}/s x{r['events']}: {figures}")

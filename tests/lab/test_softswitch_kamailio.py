@@ -28,10 +28,16 @@ def test_i16_kamailio_host_crash_with_spool_and_dmq_every_call_accounted_once(la
     load = Load(rate=30, calls=240, hold_ms=1500)
     r = run_event(lab, setup, Event.HOST_CRASH, load)
     assert r.primary_after == ["beta"]
-    assert (r.succeeded, r.failed) == (load.calls, 0), r
     # Calls were in progress at the crash (30 a second, each 1.5 s long): their ends reached beta.
     assert r.event_s > load.hold_ms / 1000
-    assert (r.invites_missing, r.cdrs_missing, r.ends_without_start, r.duplicates) == (0, 0, 0, 0), r
+    assert r.succeeded + r.failed == load.calls and r.duplicates == 0, r
+    # Every call answered, held, ended and accounted once (INVITE record, CDR with its start), but for what a
+    # crash still costs (README, "Kamailio on the pair"): a call whose INVITE or BYE transaction the crashed
+    # node held, the callee's answer gone with it. Such a call is excused only on the callee's own word (it
+    # got the request again through beta after answering it: standby.lab.sipp_errors). A transaction lives
+    # milliseconds; at 30 calls/s a crash meets one or two at most. Seen in CI run 36: call 77's BYE.
+    assert r.unexplained == [], r
+    assert r.answer_lost_with_crash <= 2 and r.failed <= r.answer_lost_with_crash, r
     # The service's own stop command, as the agent runs it: Kamailio and its workers gone.
     stop = sip.service_entry(lab.spec, setup)["stop"]
     lab.run("beta", [a.replace("{node}", "beta") for a in stop])

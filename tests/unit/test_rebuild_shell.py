@@ -145,11 +145,12 @@ def _rebooted_old_primary(sh: Any, monkeypatch: pytest.MonkeyPatch, dr: tuple[st
     """``dr``: the writable warm followers at start; ``later``: the warm followers as the prober sees them
     afterwards (by default what ``dr`` says, every one answering)."""
     from standby.agent import superseded
+    from standby.agent.probers import DrAnswer
     from standby.decide import State
 
     monkeypatch.setattr(superseded, "dr_primaries", lambda cfg: dr)
-    sh.agent.probers.dr_seen = later or (DrSeen.WRITABLE if dr else DrSeen.CLEAR)
-    sh.agent.probers.dr_asked_as = DbState.DOWN  # asked while its server is down, as it stays here
+    # Asked while its server is down, as it stays here, in the term it had when its host died.
+    sh.agent.probers.dr_answer = DrAnswer(later or (DrSeen.WRITABLE if dr else DrSeen.CLEAR), DbState.DOWN, term=1)
     sh.agent.store.save_state(State(term=1, was_primary=True))  # alpha was the primary when its host died
 
 
@@ -249,7 +250,8 @@ def test_dr_restart_the_warm_followers_are_asked_only_while_a_restart_is_in_ques
         run(go())
         assert ("asked" in calls) is asked, calls
         assert calls[-1:] == ["closed"]  # its kept connections closed when the agent stops
-        assert sh.agent.probers.dr_seen is (DrSeen.CLEAR if asked else None)
+        answer = sh.agent.probers.dr_answer
+        assert (answer and answer.seen) is (DrSeen.CLEAR if asked else None)
 
 
 def _fake_watch(calls: list[str], answer: Callable[[], DrSeen]) -> type:

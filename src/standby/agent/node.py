@@ -160,11 +160,11 @@ class Agent(Surface):
         # than one interval after the last), and the time nobody decided before this agent started.
         gap = max(self.link.take_send_gap(), self.startup_gap, self.step_gap)
         self.startup_gap = 0.0
-        link, p = self.link, self.probers
+        link, p, dr = self.link, self.probers, self.probers.dr_for(self.pg.db)
         return Observation(
             now=now, gap=gap, pg=self.pg, peer=link.peer_view, heard=dict(link.heard), carrier=dict(self.carrier),
             tiebreaker_ok=p.tiebreaker_ok(), services_healthy=p.services_healthy, service_ip_elsewhere=p.ip_elsewhere,
-            heard_me=link.heard_me, dr=p.dr_for(self.pg.db), dr_term=p.dr_asked_term,
+            heard_me=link.heard_me, dr=dr.seen if dr else None, dr_term=dr.term if dr else None,
         )
 
     async def _step(self) -> None:

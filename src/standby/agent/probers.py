@@ -14,6 +14,7 @@ import asyncio
 import logging
 import math
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 from standby.act import services
@@ -41,6 +42,15 @@ def probe_tiebreaker(cfg: Config) -> bool:
         return False
 
 
+@dataclass(frozen=True)
+class DrAnswer:
+    """The warm followers' answer to one question, with what this node was when the question left."""
+
+    seen: DrSeen
+    asked_as: DbState  # this node's server's role (dr_for drops the answer once the role has changed)
+    term: int  # this node's term (a standby relays a WRITABLE answer for this term: decide rule 7)
+
+
 class Probers:
     def __init__(self, cfg: Config, node: str, policy: Policy, service_role: ServiceRole, in_svc: Run, in_probe: Run,
                  clock: Callable[[], float], event: Callable[..., None]) -> None:
@@ -52,14 +62,13 @@ class Probers:
         self.ip_elsewhere: bool | None = None
         self.services_healthy: bool | None = None
         self.take_refused_at = -math.inf
-        self.dr_seen: DrSeen | None = None
-        self.dr_asked_as: DbState | None = None  # this node's server's role when dr_seen's question left
-        self.dr_asked_term: int | None = None  # and this node's term then (a standby relays it: decide rule 7)
+        self.dr_answer: DrAnswer | None = None
         self.hot = policy.hot
 
-    def dr_for(self, db: DbState) -> DrSeen | None:
+    def dr_for(self, db: DbState) -> DrAnswer | None:
         """The warm followers' last answer, for a decision on a server now ``db``: None if asked in another role."""
-        return self.dr_seen if self.dr_asked_as is db else None
+        a = self.dr_answer
+        return a if a is not None and a.asked_as is db else None
 
     def tiebreaker_ok(self) -> bool | None:
         if self.cfg.tiebreaker is None:
@@ -87,9 +96,9 @@ class Probers:
                 if dr_in_question(asked, asked_as, self.hot):
                     seen = await watch.seen()
                     # dr_for drops it if the role has changed; the term goes with it as it was when asked.
-                    self.dr_seen, self.dr_asked_as, self.dr_asked_term = seen, asked_as, asked.term
+                    self.dr_answer = DrAnswer(seen, asked_as, asked.term)
                 else:
-                    self.dr_seen, self.dr_asked_as, self.dr_asked_term = None, None, None
+                    self.dr_answer = None
                 await asyncio.sleep(DR_EVERY_S)
         finally:
             watch.close()

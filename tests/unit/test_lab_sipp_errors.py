@@ -1,0 +1,67 @@
+"""Reading SIPp's error files: which calls a crashed proxy took with it (standby.lab.sipp_errors).
+
+The entries are SIPp's own, as CI run 36's host crash left them (call 77's BYE answered to the crashed alpha,
+sent again through beta); the unexpected-message one follows SIPp's format for a callee that got an INVITE
+again through the other proxy while it waited for the ACK."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from standby.lab import sipp_errors
+from standby.lab.errors import LabError
+
+DEAD_BYE = (
+    "2026-12-03\t17:36:39.129049\t1796319399.129049: Dead call 77-31329@192.0.2.50 (successful), received "
+    "'BYE sip:callee@192.0.2.50:5070 SIP/2.0\n"
+    "Via: SIP/2.0/UDP 192.0.2.12;branch=z9hG4bKcaee.9b80863faca757c6f75374a8c4a9f9d3.0\n"
+    "Via: SIP/2.0/UDP 192.0.2.50:5061;branch=z9hG4bK-31329-77-6\n"
+    "From: <sip:caller@192.0.2.50:5061>;tag=31329c77\n"
+    "Call-ID: 77-31329@192.0.2.50\n"
+    "CSeq: 2 BYE\n"
+    "Content-Length: 0\n\n'"
+)
+UNEXPECTED_INVITE = (
+    "2026-12-03\t17:36:39.200000\t1796319399.200000: Aborting call on unexpected message for Call-Id "
+    "'80-31329@192.0.2.50': while expecting 'ACK' (index 2), received 'INVITE sip:callee@192.0.2.50:5070 SIP/2.0\n"
+    "Via: SIP/2.0/UDP 192.0.2.12;branch=z9hG4bK0a1.0\n"
+    "Via: SIP/2.0/UDP 192.0.2.50:5061;branch=z9hG4bK-31329-80-0\n"
+    "Call-ID: 80-31329@192.0.2.50\n"
+    "CSeq: 1 INVITE\n\n'"
+)
+TIMEOUT = ("2026-12-03\t17:37:07.621430\t1796319427.621430: Call-Id: 77-31329@192.0.2.50, receive timeout on "
+           "message standby lab caller:7 without label to jump to (ontimeout attribute): aborting call")
+
+
+def test_each_entry_names_its_call_the_request_received_and_the_proxy_that_forwarded_it() -> None:
+    errors = sipp_errors.parse("The following events occurred:\n" + DEAD_BYE + UNEXPECTED_INVITE + TIMEOUT + "\n")
+    assert [(e.callid, e.received, e.via) for e in errors] == [
+        ("77-31329@192.0.2.50", "BYE", "192.0.2.12"),
+        ("80-31329@192.0.2.50", "INVITE", "192.0.2.12"),
+        ("77-31329@192.0.2.50", "", ""),
+    ]
+    assert errors[2].text.startswith("Call-Id: 77-31329@192.0.2.50, receive timeout")
+
+
+def test_only_a_request_again_through_the_survivor_shows_the_answer_went_to_the_crashed_node() -> None:
+    through_alpha = DEAD_BYE.replace("UDP 192.0.2.12;", "UDP 192.0.2.11;").replace("77-31329", "78-31329")
+    ack = DEAD_BYE.replace("received 'BYE", "received 'ACK").replace("77-31329", "79-31329")
+    errors = sipp_errors.parse(DEAD_BYE + UNEXPECTED_INVITE + through_alpha + ack)
+    assert sipp_errors.answered_to_the_crashed(errors, "192.0.2.12") == {"77-31329@192.0.2.50",
+                                                                          "80-31329@192.0.2.50"}
+    assert sipp_errors.answered_to_the_crashed(errors, "192.0.2.13") == set()
+
+
+def test_failed_calls_are_those_the_callers_errors_name(tmp_path: Path) -> None:
+    assert sipp_errors.read(tmp_path / "none.log") == []  # SIPp writes no file when nothing went wrong
+    f = tmp_path / "caller-errors.log"
+    f.write_text("The following events occurred:\n" + TIMEOUT + "\n")
+    assert sipp_errors.failed_calls(sipp_errors.read(f)) == {"77-31329@192.0.2.50"}
+    assert sipp_errors.parse("no entry here\n") == []
+
+
+def test_an_unreadable_file_is_a_lab_error(tmp_path: Path) -> None:
+    with pytest.raises(LabError, match="cannot read SIPp's errors"):
+        sipp_errors.read(tmp_path)  # a directory
