@@ -61,6 +61,8 @@ class Node:
     dr_loss: int = 0
     dr_unanswered: bool = False  # an answer was lost since the DR promotion: "could have read" needs a read
     dr_read_at: float | None = None
+    # When it first heard its standby relay a WRITABLE answer asked in the term given (finding DR-relay).
+    relay_heard: tuple[float, int] | None = None
     # The agent's tie-breaker probe: the last success. Like the real agent, an
     # observation reads the last result, so after a freeze it is stale.
     tb_ok_at: float = -math.inf
@@ -285,6 +287,9 @@ class World:
             if self._delivered(n, p, net) and p.agent_up:
                 p.heard[net] = self.t
                 p.peer_view = view
+                relayed = view.dr_writable_term
+                if relayed is not None and (p.relay_heard is None or p.relay_heard[1] != relayed):
+                    p.relay_heard = (self.t, relayed)
                 if acked is not None:
                     p.heard_me = acked if p.heard_me is None else max(p.heard_me, acked)
 
@@ -322,12 +327,15 @@ class World:
             n.writable_since = (n.writable_since if n.writable_since is not None else self.t) if writable else None
         if self.dr_promoted_at is None:
             return
-        # From the read, or when it could have come. A node that has not read the answer itself is not held to
-        # a bound here: alone it cannot know (across a cut WAN, the accepted risk), and its standby's word
-        # (finding DR-relay) is what test_findings_dr_relay.py's world checks.
+        # From the read, or when it could have come, or from its standby's word for its own term (finding
+        # DR-relay), whichever came first. A node that neither read the answer nor heard it relayed is not held
+        # to a bound: alone it cannot know (across a cut WAN, the accepted risk).
         bound = max(self.stop_delay, self.agent_fence_delay) + 3 * TICK
         for n in self.nodes.values():
             since, known = n.writable_since, self._dr_could_have_read(n)
+            relay = n.relay_heard
+            if relay is not None and relay[1] == n.state.term and self.policy[n.name].dr_watch:
+                known = relay[0] if known is None else min(known, relay[0])
             if (since is not None and known is not None and not n.frozen and n.agent_up
                     and self.t - max(since, known, n.agent_since) > bound):
                 raise Violation(f"{n.name} accepts writes beside the promoted DR node", self.t)
