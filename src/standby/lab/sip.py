@@ -50,6 +50,8 @@ EXTRA_MODULES = {"db_postgres.so": "kamailio-postgres-modules"}
 INSTALL_HINT = "apt-get install kamailio kamailio-postgres-modules sip-tester (or ./dev setup)"
 
 SIP_PORT = 5060
+CALLER_ERRORS = "caller-errors.log"  # SIPp's -error_file, in the client's log directory (standby.lab.sipp_errors)
+CALLEE_ERRORS = "callee-errors.log"
 CALLEE_PORT = 5070
 CALLER_PORT = 5061
 NODE_IDS = {"alpha": 1, "beta": 2}
@@ -245,7 +247,7 @@ def callee_argv(log_dir: Path, ring_ms: int = 0) -> list[str]:
     ``ring_ms`` a 180 Ringing first and the answer that long after (as a person picks up)."""
     scenario = ["-sf", str(CALLEE_RINGING_XML), "-d", str(ring_ms)] if ring_ms > 0 else ["-sf", str(CALLEE_XML)]
     return ["sipp", *scenario, "-i", CLIENT_ADDRESS.split("/")[0], "-p", str(CALLEE_PORT),
-            "-nostdin", "-nd", "-trace_err", "-error_file", str(log_dir / "callee-errors.log")]
+            "-nostdin", "-nd", "-trace_err", "-error_file", str(log_dir / CALLEE_ERRORS)]
 
 
 def caller_argv(stats: Path, rate: float, calls: int, hold_ms: int, log_dir: Path) -> list[str]:
@@ -255,7 +257,7 @@ def caller_argv(stats: Path, rate: float, calls: int, hold_ms: int, log_dir: Pat
             f"{SERVICE_IP.split('/')[0]}:{SIP_PORT}", "-r", f"{rate:g}", "-m", str(calls), "-d", str(hold_ms),
             "-l", str(max(100, int(rate * (hold_ms / 1000 + 5)))), "-recv_timeout", "30000",
             "-max_retrans", "10", "-nostdin", "-trace_stat", "-stf", str(stats), "-fd", "1",
-            "-trace_err", "-error_file", str(log_dir / "caller-errors.log"),
+            "-trace_err", "-error_file", str(log_dir / CALLER_ERRORS),
             "-trace_logs", "-log_file", str(completed_log(log_dir))]
 
 

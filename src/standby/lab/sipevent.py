@@ -99,6 +99,7 @@ def run_event(lab: Lab, setup: sip.Setup, event: Event, load: Load, log: Log = p
     stats_file = logs / "sipp-caller-stats.csv"
     stats_file.unlink(missing_ok=True)
     sip.completed_log(logs).unlink(missing_ok=True)
+    (logs / sip.CALLER_ERRORS).unlink(missing_ok=True)  # read after the event: only this run's calls
     lab.spawn("client", sip.caller_argv(stats_file, load.rate, load.calls, load.hold_ms, logs), "sipp-caller")
     t0 = time.monotonic()
     # A steady state first: calls set up, answered and ended, with as many in progress as the rate holds.
@@ -143,12 +144,12 @@ def run_event(lab: Lab, setup: sip.Setup, event: Event, load: Load, log: Log = p
 def _explain(result: EventResult, event: Event, records: list[sip.AccRecord], completed: set[str],
              logs: Path) -> None:
     """Fill ``result``'s calls that are not whole, and which of them the crashed node's memory explains."""
-    failed = sipp_errors.failed_calls(sipp_errors.read(logs / "caller-errors.log")) - completed
+    failed = sipp_errors.failed_calls(sipp_errors.read(logs / sip.CALLER_ERRORS)) - completed
     accounted = {r.callid for r in records}
     not_whole = set(sip.incomplete_calls(records)) | failed | (completed - accounted)
     explained: set[str] = set()
     if event is Event.HOST_CRASH:
-        callee = sipp_errors.read(logs / "callee-errors.log")
+        callee = sipp_errors.read(logs / sip.CALLEE_ERRORS)
         explained = not_whole & sipp_errors.answered_to_the_crashed(callee, sip.PUBLIC_IPS["beta"])
     unexplained = sorted(not_whole - explained)
     if len(failed) != result.failed:  # a failed call the caller's errors do not name cannot be looked at
