@@ -65,3 +65,26 @@ def test_failed_calls_are_those_the_callers_errors_name(tmp_path: Path) -> None:
 def test_an_unreadable_file_is_a_lab_error(tmp_path: Path) -> None:
     with pytest.raises(LabError, match="cannot read SIPp's errors"):
         sipp_errors.read(tmp_path)  # a directory
+
+
+def test_an_event_explains_a_call_only_on_the_callees_word_and_only_for_a_crash(tmp_path: Path) -> None:
+    from standby.lab import sip
+    from standby.lab.sipevent import Event, EventResult, _explain
+
+    r = sip.AccRecord
+    records = [r("INVITE", "76-31329@192.0.2.50", "", "1"), r("BYE", "76-31329@192.0.2.50", "1796319398", "2"),
+               r("INVITE", "77-31329@192.0.2.50", "", "1"),  # its BYE answered to the crashed alpha
+               r("INVITE", "78-31329@192.0.2.50", "", "1"), r("BYE", "78-31329@192.0.2.50", "0", "2")]  # no start
+    completed = {"76-31329@192.0.2.50", "78-31329@192.0.2.50"}
+    (tmp_path / sip.CALLER_ERRORS).write_text("The following events occurred:\n" + TIMEOUT + "\n")
+    (tmp_path / sip.CALLEE_ERRORS).write_text("The following events occurred:\n" + DEAD_BYE)
+    for event, explained in ((Event.HOST_CRASH, 1), (Event.SWITCHOVER, 0)):
+        result = EventResult(event.value, "spool", True, "sync", 30, 3, succeeded=2, failed=1)
+        _explain(result, event, records, completed, tmp_path)
+        assert (result.not_whole, result.answer_lost_with_crash) == (2, explained)
+        assert result.unexplained == (["78-31329@192.0.2.50"] if explained else
+                                      ["77-31329@192.0.2.50", "78-31329@192.0.2.50"])
+    # A failed call the caller's errors do not name cannot be looked at: said first.
+    result = EventResult("host_crash", "spool", True, "sync", 30, 3, succeeded=1, failed=2)
+    _explain(result, Event.HOST_CRASH, records, {"76-31329@192.0.2.50"}, tmp_path)
+    assert result.unexplained[0] == "2 calls failed, the caller's errors name 1"
