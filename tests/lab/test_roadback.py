@@ -46,11 +46,7 @@ def test_switchover_back_and_forth_under_load_loses_nothing(pair: Lab, tmp_path:
 def _walreceiver(lab: Lab, node: str) -> int:
     """The pid of ``node``'s WAL receiver (PostgreSQL names its processes in their command line)."""
     for pid in netns.pids(lab.netns(node)):
-        try:
-            with open(f"/proc/{pid}/cmdline", "rb") as f:
-                title = f.read()
-        except OSError:
-            continue
+        title = netns.cmdline(pid)
         if title.startswith(b"postgres:") and b" walreceiver" in title:  # after a cluster_name, if one is set
             return pid
     raise AssertionError(f"{node} has no WAL receiver")

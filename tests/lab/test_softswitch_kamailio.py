@@ -42,7 +42,7 @@ def test_i16_kamailio_host_crash_with_spool_and_dmq_every_call_accounted_once(la
     stop = sip.service_entry(lab.spec, setup)["stop"]
     lab.run("beta", [a.replace("{node}", "beta") for a in stop])
     assert not netns.call_in(lab.netns("beta"), sip.health, "beta")
-    assert not [p for p in netns.pids(lab.netns("beta")) if b"kamailio" in _cmdline(p)]
+    assert not [p for p in netns.pids(lab.netns("beta")) if b"kamailio" in netns.cmdline(p)]
 
 
 def test_kamailio_switchover_calls_ringing_keep_their_invite_record_and_end(lab_factory) -> None:  # type: ignore[no-untyped-def]
@@ -61,11 +61,3 @@ def test_kamailio_switchover_calls_ringing_keep_their_invite_record_and_end(lab_
     # are acknowledged on beta, which knew them only as ringing (alpha's dialog waits for that ACK, and DMQ
     # shares a dialog's answer only at its ACK): their start is the ACK's arrival there (README, "Benchmarks").
     assert (r.cdrs_missing, r.ends_without_start) == (0, 0), r
-
-
-def _cmdline(pid: int) -> bytes:
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            return f.read()
-    except OSError:
-        return b""

@@ -75,6 +75,15 @@ def pids(ns: str) -> list[int]:
     return [int(p) for p in out.split() if p.isdigit()]
 
 
+def cmdline(pid: int) -> bytes:
+    """A process's command line as /proc has it (NUL-separated); empty once it has gone."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read()
+    except OSError:
+        return b""
+
+
 def signal_all(ns: str, sig: signal.Signals) -> list[int]:
     sent = []
     for pid in pids(ns):
