@@ -26,7 +26,7 @@ import tomli_w
 from click.testing import CliRunner
 
 from standby import config
-from standby.act import addresses, fence, services
+from standby.act import addresses, fence, services, sessions
 from standby.act import postgres as pgact
 from standby.agent.store import Store
 from standby.decide import State
@@ -173,6 +173,23 @@ class Edges:
             self.calls.append(("kill", None))
             self.running = False
 
+        def fenced_on_disk() -> Any:
+            try:
+                return json.loads(store.state_path.read_text()).get("fenced")
+            except (OSError, ValueError, AttributeError):
+                return None
+
+        def signal(cfg: Any, node: str) -> int | None:
+            self.calls.append(("signal", fenced_on_disk()))
+            return 4242 if self.running else None
+
+        def wait_ended(ips: Any, port: int) -> int:
+            self.calls.append(("wait", port))
+            return 0
+
+        monkeypatch.setattr(fence, "running_primary", lambda d: self.running and role is PgRole.PRIMARY)
+        monkeypatch.setattr(pgact, "request_fast_stop", signal)
+        monkeypatch.setattr(sessions, "wait_ended", wait_ended)
         monkeypatch.setattr(addresses, "remove", remove)
         monkeypatch.setattr(services, "stop_all", lambda svcs, node: [])
         monkeypatch.setattr(pgobs, "observe_local", lambda cfg, node: SimpleNamespace(role=role))
@@ -212,12 +229,59 @@ def test_fence_records_fenced_before_the_stop_and_escalates(tmp_path: Path, monk
     edges = Edges(monkeypatch, store, PgRole.PRIMARY, fail=("fast", "immediate"))
     res = _fence_cli(path)
     assert res.exit_code == 0, res.output
-    assert edges.kinds() == ["remove", "stop", "stop", "kill"]  # addresses first
-    assert [c[1] for c in edges.calls if c[0] == "stop"] == [("fast", True), ("immediate", True)]  # fenced before the stop
+    # Fenced on disk, the stop's signal and the clients told (ci42 below), the addresses, the escalation.
+    assert edges.kinds() == ["signal", "wait", "remove", "stop", "stop", "kill"]
+    assert edges.calls[0] == ("signal", True)  # fenced before the stop begins
+    assert [c[1] for c in edges.calls if c[0] == "stop"] == [("fast", True), ("immediate", True)]
     assert not edges.running
     saved = json.loads(store.state_path.read_text())
     assert saved["fenced"] is True and saved["term"] == 3
     assert store.history()[-1]["event"] == "fenced" and store.history()[-1]["stopped_by"] == "kill"
+
+
+def test_ci42_fence_of_a_running_primary_tells_its_clients_before_the_addresses_go(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """CI run 42: the unit's fence removed the service IP, then stopped the server; a client waiting for its
+    INSERT's answer never heard of it (nothing can leave from a removed address) and waited for good.
+    Now: "fenced" on disk, the stop's signal, the sessions through the service IPs ended, then the addresses."""
+    path, cfg, store = _node(tmp_path, json.dumps({"term": 3, "was_primary": True, "peer_could_promote": True}))
+    edges = Edges(monkeypatch, store, PgRole.PRIMARY)
+    res = _fence_cli(path)
+    assert res.exit_code == 0, res.output
+    assert edges.kinds() == ["signal", "wait", "remove", "stop"] and not edges.running
+    assert edges.calls[0] == ("signal", True) and edges.calls[1] == ("wait", cfg.pg("alpha").port)
+    assert "clients through the service IPs told" in res.output
+
+
+@pytest.mark.parametrize("role", [PgRole.STANDBY, PgRole.STOPPED])
+def test_ci42_fence_asks_no_stop_before_the_addresses_of_a_standby_or_a_stopped_server(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, role: PgRole) -> None:
+    """Only a running primary's sessions are ended first; a standby is kept as before, addresses first."""
+    path, _cfg, store = _node(tmp_path, json.dumps({"term": 3, "was_primary": True, "peer_could_promote": True}))
+    edges = Edges(monkeypatch, store, role)
+    res = _fence_cli(path)
+    assert res.exit_code == 0, res.output
+    assert edges.kinds()[:1] == ["remove"] and "signal" not in edges.kinds()
+
+
+def test_ci42_fence_asks_no_stop_first_when_the_plan_keeps_the_server(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The peer could not have been promoted: the server is kept, so it is not signalled first either."""
+    path, _cfg, store = _node(tmp_path, json.dumps({"term": 3, "was_primary": True, "peer_could_promote": False}))
+    edges = Edges(monkeypatch, store, PgRole.PRIMARY)
+    res = _fence_cli(path)
+    assert res.exit_code == 0, res.output
+    assert edges.kinds() == ["remove"] and edges.running
+
+
+def test_ci42_running_primary_is_read_from_the_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    pid: list[int | None] = [None]
+    monkeypatch.setattr(pgact, "running_pid", lambda d: pid[0])
+    assert not fence.running_primary(tmp_path)  # nothing runs
+    pid[0] = 4242
+    assert fence.running_primary(tmp_path)
+    (tmp_path / "standby.signal").touch()
+    assert not fence.running_primary(tmp_path)  # a standby's
 
 
 def test_fence_agent_escalates_through_the_same_routine(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -249,7 +313,7 @@ def test_l4_corrupt_state_fence_if_unclean_stops_a_running_primary(tmp_path: Pat
     edges = Edges(monkeypatch, store, PgRole.PRIMARY)
     res = _fence_cli(path)
     assert res.exit_code == 0, res.output
-    assert edges.kinds() == ["remove", "stop"] and not edges.running
+    assert edges.kinds() == ["signal", "wait", "remove", "stop"] and not edges.running
     assert "cannot be read" in res.output and "unreadable" in res.output
     assert store.state_path.read_text() == damage  # kept as found, for a person to look at
     assert store.history()[-1]["reason"] == fence.Why.STATE_UNREADABLE_PRIMARY.name.lower()
@@ -270,7 +334,7 @@ def test_l4_damaged_liveness_record_counts_as_unclean(tmp_path: Path, monkeypatc
     edges = Edges(monkeypatch, store, PgRole.PRIMARY)
     res = _fence_cli(path)
     assert res.exit_code == 0, res.output
-    assert edges.kinds() == ["remove", "stop"] and not edges.running
+    assert edges.kinds() == ["signal", "wait", "remove", "stop"] and not edges.running
 
 
 # -- M7: links planted in the data directory ------------------------------------------------------

@@ -2,7 +2,10 @@
 
 The order matters and is the same everywhere:
 
-1. the service (and reporting) addresses go first: clients stop reaching this node at once;
+1. the service (and reporting) addresses go first: clients stop reaching this node at once; but a running
+   primary that is to be stopped first gets the stop signal and tells its clients (standby.act.sessions:
+   once the address is gone, a client waiting for an answer would wait for ever), and "fenced" is written
+   before that signal;
 2. the services stop;
 3. if PostgreSQL must stop, the state file says "fenced" (fsync'd) *before* the stop begins, so a
    crash half-way through the stop still leaves the node fenced;
@@ -29,9 +32,10 @@ import typing
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from enum import StrEnum
+from pathlib import Path
 from typing import Any
 
-from standby.act import addresses, services
+from standby.act import addresses, services, sessions
 from standby.act import postgres as pgact
 from standby.agent.store import Store
 from standby.config import Config
@@ -161,6 +165,7 @@ def fence_node(cfg: Config, node: str, store: Store, if_unclean: bool,
         return Outcome(p, DbState.DOWN)
     if state is None:
         say(f"{store.state_path} cannot be read: taking the safe side")
+    marked = _end_sessions_first(cfg, node, store, plan(if_unclean, clean_exit, state, DbState.PRIMARY), state, say)
     # Addresses before anything that takes time (observing PostgreSQL can hang on a stuck server).
     drop_addresses(cfg, node, say)
     seen = pgobs.observe_local(cfg, node)
@@ -169,11 +174,8 @@ def fence_node(cfg: Config, node: str, store: Store, if_unclean: bool,
     outcome = Outcome(p, db)
     say(p.why.value)
     if p.stop_postgres:
-        if p.mark_fenced and state is not None:
-            try:
-                store.save_state(replace(state, fenced=True, was_primary=False))
-            except OSError as e:
-                say(f"could not record the fence in {store.state_path} ({e}); stopping PostgreSQL all the same")
+        if p.mark_fenced and state is not None and not marked:
+            _mark_fenced(store, state, say)
         _record(store, "fencing", reason=p.why.name.lower(), postgres_was=db.value)
         outcome.stopped_by = stop_postgres(cfg, node)
         _record(store, "fenced", reason=p.why.name.lower(), postgres_was=db.value, stopped_by=outcome.stopped_by.value)
@@ -185,6 +187,39 @@ def fence_node(cfg: Config, node: str, store: Store, if_unclean: bool,
     if state is not None:
         store.write_liveness(live.boot if live else 0, clean=True)
     return outcome
+
+
+def running_primary(data_dir: Path) -> bool:
+    """A postmaster runs on ``data_dir`` and it is not a standby's (no standby.signal), read from files only."""
+    return pgact.running_pid(data_dir) is not None and not (data_dir / "standby.signal").exists()
+
+
+def _mark_fenced(store: Store, state: State, say: Callable[[str], Any]) -> None:
+    try:
+        store.save_state(replace(state, fenced=True, was_primary=False))
+    except OSError as e:
+        say(f"could not record the fence in {store.state_path} ({e}); stopping PostgreSQL all the same")
+
+
+def _end_sessions_first(cfg: Config, node: str, store: Store, if_primary: Plan, state: State | None,
+                        say: Callable[[str], Any]) -> bool:
+    """Before the addresses go, end the sessions of a running primary that is to be stopped (why:
+    standby.act.sessions). ``if_primary``: the plan were the server a primary. Whether it is one is read
+    from its files (a postmaster runs, no standby.signal), never asked: a stuck server must not hold the
+    addresses here. "Fenced" is written before the stop signal, as everywhere (step 3 above). True if it
+    was written."""
+    if not if_primary.stop_postgres or not running_primary(cfg.pg(node).data_dir):
+        return False
+    marked = False
+    if if_primary.mark_fenced and state is not None:
+        _mark_fenced(store, state, say)
+        marked = True
+    if pgact.request_fast_stop(cfg, node) is not None:
+        left = sessions.wait_ended([s.address.ip for s in cfg.service_ips], cfg.pg(node).port)
+        say("PostgreSQL asked to stop; its clients through the service IPs told" if not left else
+            f"PostgreSQL asked to stop; {left} client session(s) through the service IPs still open after "
+            f"{sessions.WAIT_S} s: removing the addresses all the same")
+    return marked
 
 
 def drop_addresses(cfg: Config, node: str, say: Callable[[str], Any]) -> None:

@@ -25,7 +25,7 @@ from standby.agent.executor import Actions, Executor, Role
 from standby.agent.localdb import Database
 from standby.agent.maintenance import MaintenanceFile
 from standby.agent.observer import Observer
-from standby.agent.opsteps import Marks, OpError, hook_argv, run_hook
+from standby.agent.opsteps import Marks, OpError, hook_argv, run_hook, stop_asked
 from standby.agent.servicerole import Claim, ServiceRole
 from standby.agent.store import StateCell
 from standby.config import Config
@@ -122,13 +122,13 @@ class Operator:
     # -- the operations ---------------------------------------------------------------------------
 
     async def demote(self) -> dict[str, Any]:
-        """Switchover, on the primary: a checkpoint while it still serves (the shutdown checkpoint in the
-        write pause then has little left to write), then let go of the services and shut PostgreSQL down
-        cleanly. Each step timed: from the release on, clients wait."""
+        """Switchover, on the primary: a checkpoint while it still serves (the shutdown checkpoint then has little
+        to write), the stop's signal, the services let go, the clean shutdown. Timed: from the signal, clients wait."""
         marks = Marks()
         done = await self._in_pg(self.db.checkpoint)
         marks.mark("checkpoint while serving" if done else
                    "checkpoint while serving: not done, the shutdown checkpoint writes it all")
+        marks.mark(await stop_asked(self.cfg, self.node, self.db, self._in_pg))  # before the addresses go
         try:
             await self.service_role.remove_ips()
         except BaseException:
@@ -137,7 +137,7 @@ class Operator:
             finally:
                 await self.actions.readback(locked=True)
             raise
-        marks.mark("service IPs released: writes paused")
+        marks.mark("service IPs released")
         # No client reaches this node any more: its services and its server stop side by side.
         done = await asyncio.gather(self.service_role.stop_services(), self.actions.readback(locked=True),
                                     self._in_pg(self.db.stop), return_exceptions=True)

@@ -7,8 +7,11 @@ address-change hook is built and run (never through a shell). It may not decide 
 from __future__ import annotations
 
 import subprocess
+from collections.abc import Awaitable, Callable
 from typing import Any
 
+from standby.act import sessions
+from standby.agent.localdb import Database
 from standby.config import Config, for_node
 from standby.laps import Laps
 
@@ -46,3 +49,13 @@ def run_hook(argv: list[str]) -> str:
     except (OSError, subprocess.TimeoutExpired) as e:
         return f"could not run {argv[0]}: {e}"
     return f"exit {res.returncode}"
+
+
+async def stop_asked(cfg: Config, node: str, db: Database, in_pg: Callable[..., Awaitable[Any]]) -> str:
+    """A primary's clean stop begins with its signal, before the service IPs go: every session is told
+    while its client can still hear it (standby.act.sessions), and from then on the server takes no new
+    session and no new commit. The step's name, for the operation's record."""
+    db.request_stop()
+    left = await in_pg(sessions.wait_ended, [s.address.ip for s in cfg.service_ips], cfg.pg(node).port)
+    return ("stop asked: writes paused, clients told" if not left else
+            f"stop asked: writes paused, {left} client session(s) still open")

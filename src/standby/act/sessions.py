@@ -1,0 +1,67 @@
+"""Client sessions that reached this node's PostgreSQL through a service IP: ended before the address goes.
+
+Why (CI run 42, and a lab experiment that reproduced it): a client that has sent a query and waits for
+its answer sends nothing more. If the address is removed first, the server's answer, and then the
+"terminating connection" and the FIN of the stop that follows, can no longer leave (the kernel will not
+send from an address this node no longer has), so the client waits for good: a libpq client without TCP
+keepalives hung for as long as it was watched, a Kamailio worker would hang with it. Stopping the server
+first, while the address is still here, tells every session it is over; the address goes once their
+sockets have said so.
+
+This module only reads: which of this namespace's TCP sockets on the service IPs and PostgreSQL's port
+have not yet closed their side (ESTABLISHED, CLOSE_WAIT), from /proc/net/tcp (service IPs are IPv4,
+see standby.act.addresses). The caller signals the server.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import time
+from collections.abc import Iterable
+from pathlib import Path
+
+PROC_TCP = Path("/proc/net/tcp")
+# The states in which this end has not sent its FIN (include/net/tcp_states.h): ESTABLISHED, CLOSE_WAIT.
+OPEN_STATES = frozenset({"01", "08"})
+WAIT_S = 1.0  # a backend ends within milliseconds of the stop signal; one stuck in the kernel does not hold the address
+
+
+def _local_endpoint(field: str) -> tuple[ipaddress.IPv4Address, int]:
+    """/proc/net/tcp's "0100007F:1538": the address as the kernel stores it (network order read as a
+    little-endian word on x86, hence the reversal), the port in plain hex."""
+    addr, port = field.split(":")
+    return ipaddress.IPv4Address(bytes.fromhex(addr)[::-1]), int(port, 16)
+
+
+def open_sessions(text: str, ips: Iterable[ipaddress.IPv4Address], port: int) -> int:
+    """How many sockets in ``text`` (the contents of /proc/net/tcp) are local to one of ``ips`` at ``port``
+    and still open on this side."""
+    wanted = set(ips)
+    count = 0
+    for line in text.splitlines()[1:]:
+        fields = line.split()
+        if len(fields) < 4 or fields[3] not in OPEN_STATES:
+            continue
+        try:
+            ip, p = _local_endpoint(fields[1])
+        except ValueError:
+            continue
+        if p == port and ip in wanted:
+            count += 1
+    return count
+
+
+def wait_ended(ips: Iterable[ipaddress.IPv4Address], port: int, timeout_s: float = WAIT_S,
+               proc: Path = PROC_TCP) -> int:
+    """Wait until no session through ``ips`` to ``port`` is open on this side, at most ``timeout_s``;
+    the number still open then (0: every client was told)."""
+    ips = list(ips)
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            left = open_sessions(proc.read_text(), ips, port)
+        except OSError:
+            return 0  # nothing to read: nothing to wait for (not Linux, or /proc not mounted)
+        if left == 0 or time.monotonic() >= deadline:
+            return left
+        time.sleep(0.01)
