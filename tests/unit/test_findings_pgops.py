@@ -274,6 +274,21 @@ def test_ci42_fence_asks_no_stop_first_when_the_plan_keeps_the_server(
     assert edges.kinds() == ["remove"] and edges.running
 
 
+@pytest.mark.parametrize("state", ['{"term": 3, "fenced": true}', '{"term": ', '{"term": 3, "was_primary": true, '
+                                   '"peer_could_promote": true}'])
+def test_ci42_a_signalled_server_is_stopped_to_the_end_though_it_no_longer_answers(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, state: str) -> None:
+    """Once signalled, a server asked "are you a primary?" answers "shutting down" (read as stopped): the plan
+    stays the one its files gave before the signal, and the stop escalates as always (a fence cut short, a
+    damaged state, an unclean death)."""
+    path, _cfg, store = _node(tmp_path, state)
+    edges = Edges(monkeypatch, store, PgRole.PRIMARY, fail=("fast",))
+    monkeypatch.setattr(pgobs, "observe_local", lambda cfg, node: SimpleNamespace(role=PgRole.STOPPED))
+    res = _fence_cli(path)
+    assert res.exit_code == 0, res.output
+    assert edges.kinds() == ["signal", "wait", "remove", "stop", "stop"] and not edges.running
+
+
 def test_ci42_running_primary_is_read_from_the_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     pid: list[int | None] = [None]
     monkeypatch.setattr(pgact, "running_pid", lambda d: pid[0])

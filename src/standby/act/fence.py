@@ -165,16 +165,19 @@ def fence_node(cfg: Config, node: str, store: Store, if_unclean: bool,
         return Outcome(p, DbState.DOWN)
     if state is None:
         say(f"{store.state_path} cannot be read: taking the safe side")
-    marked = _end_sessions_first(cfg, node, store, plan(if_unclean, clean_exit, state, DbState.PRIMARY), state, say)
+    signalled = _end_sessions_first(cfg, node, store, plan(if_unclean, clean_exit, state, DbState.PRIMARY), state, say)
     # Addresses before anything that takes time (observing PostgreSQL can hang on a stuck server).
     drop_addresses(cfg, node, say)
-    seen = pgobs.observe_local(cfg, node)
-    db = {PgRole.PRIMARY: DbState.PRIMARY, PgRole.STANDBY: DbState.STANDBY}.get(seen.role, DbState.DOWN)
+    if signalled:
+        db = DbState.PRIMARY  # what its files said before the signal; asked now, it answers "shutting down"
+    else:
+        seen = pgobs.observe_local(cfg, node)
+        db = {PgRole.PRIMARY: DbState.PRIMARY, PgRole.STANDBY: DbState.STANDBY}.get(seen.role, DbState.DOWN)
     p = plan(if_unclean, clean_exit, state, db)
     outcome = Outcome(p, db)
     say(p.why.value)
     if p.stop_postgres:
-        if p.mark_fenced and state is not None and not marked:
+        if p.mark_fenced and state is not None and not signalled:  # once signalled, written before the signal
             _mark_fenced(store, state, say)
         _record(store, "fencing", reason=p.why.name.lower(), postgres_was=db.value)
         outcome.stopped_by = stop_postgres(cfg, node)
@@ -206,20 +209,19 @@ def _end_sessions_first(cfg: Config, node: str, store: Store, if_primary: Plan, 
     """Before the addresses go, end the sessions of a running primary that is to be stopped (why:
     standby.act.sessions). ``if_primary``: the plan were the server a primary. Whether it is one is read
     from its files (a postmaster runs, no standby.signal), never asked: a stuck server must not hold the
-    addresses here. "Fenced" is written before the stop signal, as everywhere (step 3 above). True if it
-    was written."""
+    addresses here. "Fenced" is written before the stop signal, as everywhere (step 3 above). True if the
+    server was signalled (then the plan is ``if_primary``'s, and the stop that follows escalates as always)."""
     if not if_primary.stop_postgres or not running_primary(cfg.pg(node).data_dir):
         return False
-    marked = False
     if if_primary.mark_fenced and state is not None:
         _mark_fenced(store, state, say)
-        marked = True
-    if pgact.request_fast_stop(cfg, node) is not None:
-        left = sessions.wait_ended([s.address.ip for s in cfg.service_ips], cfg.pg(node).port)
-        say("PostgreSQL asked to stop; its clients through the service IPs told" if not left else
-            f"PostgreSQL asked to stop; {left} client session(s) through the service IPs still open after "
-            f"{sessions.WAIT_S} s: removing the addresses all the same")
-    return marked
+    if pgact.request_fast_stop(cfg, node) is None:
+        return False  # gone meanwhile: asked as before, after the addresses
+    left = sessions.wait_ended([s.address.ip for s in cfg.service_ips], cfg.pg(node).port)
+    say("PostgreSQL asked to stop; its clients through the service IPs told" if not left else
+        f"PostgreSQL asked to stop; {left} client session(s) through the service IPs still open after "
+        f"{sessions.WAIT_S} s: removing the addresses all the same")
+    return True
 
 
 def drop_addresses(cfg: Config, node: str, say: Callable[[str], Any]) -> None:
