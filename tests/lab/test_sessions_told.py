@@ -83,3 +83,20 @@ def test_ci42_a_query_in_flight_when_the_primarys_agent_dies_ends_instead_of_wai
     outcome = q.wait_ended()
     assert outcome == "answered" or outcome.startswith("error:"), outcome
     print(f"the client's query ended {time.monotonic() - started:.1f} s after the kill: {outcome}")
+
+
+def test_ci42_a_query_in_flight_when_a_frozen_primary_thaws_and_fences_itself_ends_instead_of_waiting(
+        pair: Lab) -> None:
+    """The agent's own fence: alpha's host paused (every process, every packet) long enough for beta to take
+    over; thawed, alpha's agent fences at once and its release waits for the sessions its server ends."""
+    q = InFlight(pair).start(pair, "alpha")
+    pair.freeze("alpha")
+    try:
+        # A paused alpha still has the address in its kernel: only beta's side can be waited for.
+        pair.wait_for("beta primary with the service IP", lambda: primaries(pair) == ["beta"]
+                      and "beta" in holders(pair), timeout_s=15)
+    finally:
+        pair.thaw("alpha")
+    assert q.wait_ended().startswith("error: terminating connection")
+    pair.wait_for("alpha fenced and without the service IP", lambda: primaries(pair) == ["beta"]
+                  and holders(pair) == ["beta"], timeout_s=15)

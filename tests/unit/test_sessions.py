@@ -3,10 +3,19 @@
 from __future__ import annotations
 
 import ipaddress
+import json
 import socket
+import time
 from pathlib import Path
 
+import pytest
+
+from standby import config
+from standby.act import postgres as pgact
 from standby.act import sessions
+from standby.model import DbState
+from tests.unit.configs import example_with_secrets
+from tests.unit.shell_fakes import FakeKernel, FakePostgres, run, shell
 
 SERVICE = ipaddress.IPv4Address("192.0.2.100")
 HEADER = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n"
@@ -47,3 +56,68 @@ def test_reads_this_kernels_sockets_and_waits_for_a_close() -> None:
 
 def test_nothing_to_read_is_nothing_to_wait_for(tmp_path: Path) -> None:
     assert sessions.wait_ended([SERVICE], 5432, proc=tmp_path / "absent") == 0
+
+
+# -- the server's own word that it is stopping, and the release that waits on it ------------------
+
+
+def _lock_file(data_dir: Path, status: str) -> None:
+    data_dir.mkdir(exist_ok=True)
+    # postmaster.pid: pid, data directory, start time, port, socket directory, listen address, shared memory key,
+    # status (padded to 8 characters by PostgreSQL)
+    (data_dir / "postmaster.pid").write_text(f"4242\n{data_dir}\n1764800000\n5432\n/run/postgresql\n*\n  1 2\n{status}\n")
+
+
+def test_server_stopping_is_the_lock_files_status_line(tmp_path: Path) -> None:
+    assert not pgact.server_stopping(tmp_path)  # no server
+    _lock_file(tmp_path, "ready   ")
+    assert not pgact.server_stopping(tmp_path)
+    _lock_file(tmp_path, "stopping")
+    assert pgact.server_stopping(tmp_path)
+    (tmp_path / "postmaster.pid").write_text("4242\n")  # a server still writing its file at start-up
+    assert not pgact.server_stopping(tmp_path)
+
+
+def test_ci42_the_agents_fence_tells_the_clients_before_its_release_removes_the_ips(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The agent's own fence of a running primary (a stall here): its server is signalled when the fence is
+    decided; the release that follows waits for the sessions before the service IP goes."""
+    order: list[str] = []
+
+    class Kernel(FakeKernel):
+        def remove(self, sip: object) -> bool:
+            order.append("remove_ip")
+            return super().remove(sip)  # type: ignore[arg-type]
+
+    class Stopping(FakePostgres):
+        def stop(self) -> None:
+            time.sleep(0.3)  # a fast shutdown takes a moment: the release runs meanwhile, on its own thread
+            super().stop()
+
+    pg = Stopping(DbState.PRIMARY)
+    monkeypatch.setattr(pgact, "server_stopping", lambda d: "stop_requested" in pg.calls and "stop" not in pg.calls)
+    monkeypatch.setattr(sessions, "wait_ended", lambda ips, port: order.append(f"wait {port}") or 0)
+    with shell(tmp_path, monkeypatch, pg, Kernel({str(SERVICE)})) as sh:
+        async def go() -> None:
+            await sh.start()
+            for _ in range(5):
+                await sh.tick()
+            await sh.tick(advance=2.0, send=False)  # frozen: the fence of a running primary
+            await sh.tick()
+            await sh.tick()
+
+        run(go())
+    assert json.loads(sh.agent.store.state_path.read_text())["fenced"] is True
+    assert order[:2] == [f"wait {sh.agent.cfg.pg('alpha').port}", "remove_ip"], order
+    assert pg.calls.index("stop_requested") < pg.calls.index("stop")
+
+
+def test_told_if_stopping_waits_for_nothing_while_the_server_runs_on(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    cfg = config.parse(example_with_secrets(tmp_path)[0])
+    waited: list[int] = []
+    monkeypatch.setattr(sessions, "wait_ended", lambda ips, port: waited.append(port) or 3)
+    monkeypatch.setattr(pgact, "server_stopping", lambda d: False)
+    assert sessions.told_if_stopping(cfg, "alpha") == 0 and waited == []
+    monkeypatch.setattr(pgact, "server_stopping", lambda d: True)
+    assert sessions.told_if_stopping(cfg, "alpha") == 3 and waited == [cfg.pg("alpha").port]

@@ -389,6 +389,18 @@ def running_pid(data_dir: Path) -> int | None:
     return None if "\nState:\tZ" in status else pid
 
 
+def server_stopping(data_dir: Path) -> bool:
+    """Has the postmaster of ``data_dir`` begun to shut down? Its lock file's status line (the 8th) says
+    "stopping" from the moment it got the signal; read from the file, so a stuck server cannot hold it up."""
+    try:
+        fd = os.open(data_dir / "postmaster.pid", os.O_RDONLY | os.O_NOFOLLOW)  # not through a link, as above
+        with os.fdopen(fd, "rb") as f:
+            lines = f.read(4096).split(b"\n")
+    except OSError:
+        return False
+    return len(lines) > 7 and lines[7].strip() == b"stopping"
+
+
 def control_data(cfg: Config, node: str) -> dict[str, str]:
     """pg_controldata of a (stopped) data directory, as a dict of its lines."""
     pg = cfg.pg(node)

@@ -20,6 +20,9 @@ import time
 from collections.abc import Iterable
 from pathlib import Path
 
+from standby.act import postgres as pgact
+from standby.config import Config
+
 PROC_TCP = Path("/proc/net/tcp")
 # The states in which this end has not sent its FIN (include/net/tcp_states.h): ESTABLISHED, CLOSE_WAIT.
 OPEN_STATES = frozenset({"01", "08"})
@@ -65,3 +68,12 @@ def wait_ended(ips: Iterable[ipaddress.IPv4Address], port: int, timeout_s: float
         if left == 0 or time.monotonic() >= deadline:
             return left
         time.sleep(0.01)
+
+
+def told_if_stopping(cfg: Config, node: str) -> int:
+    """Before a release removes the service IPs: if the local server is shutting down (a fence's first move,
+    made when it was decided), wait for its sessions through them as ``wait_ended`` does; 0 otherwise (a
+    server that keeps running keeps its sessions, and nothing is waited for)."""
+    if not pgact.server_stopping(cfg.pg(node).data_dir):
+        return 0
+    return wait_ended([s.address.ip for s in cfg.service_ips], cfg.pg(node).port)

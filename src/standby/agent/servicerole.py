@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from enum import StrEnum
 from typing import Any
 
-from standby.act import addresses, services
+from standby.act import addresses, services, sessions
 from standby.config import Config, Placement, ServiceIP
 
 Run = Callable[..., Awaitable[Any]]  # runs a blocking function off the event loop
@@ -119,7 +119,10 @@ class ServiceRole:
 
     async def release(self) -> None:
         # Addresses first: clients stop reaching this node at once. The services stop even if an address
-        # could not be removed; that error is raised afterwards.
+        # could not be removed; that error is raised afterwards. But a server already told to stop (a fence)
+        # first tells its clients, while they can still hear it (standby.act.sessions).
+        if left := await self._addr(sessions.told_if_stopping, self.cfg, self.node):
+            self._event("sessions_left_open", sessions=left)
         try:
             await self.remove_ips()
         finally:
