@@ -1,7 +1,9 @@
-"""What every operator operation uses around its steps: their timing, its refusal, the address hook.
+"""What every operator operation uses around its steps: their timing, its refusal, the address hook, the
+first move of a clean stop.
 
-It owns: the record of an operation's timed steps, the error an operation refuses with, and how the
-address-change hook is built and run (never through a shell). It may not decide or change any state.
+It owns: the record of an operation's timed steps, the error an operation refuses with, how the
+address-change hook is built and run (never through a shell), and the stop's signal with the wait for
+the sessions it ends (stop_asked). It may not decide, nor change the agent's state.
 """
 
 from __future__ import annotations
