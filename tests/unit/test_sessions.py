@@ -29,12 +29,14 @@ def test_counts_only_open_sessions_on_the_service_ip_and_port() -> None:
     text = HEADER + "".join([
         _line("640200C0:1538", "01"),  # 192.0.2.100:5432, ESTABLISHED
         _line("640200C0:1538", "08"),  # CLOSE_WAIT: the client closed, this side has not
-        _line("640200C0:1538", "04"),  # FIN_WAIT1: this side's FIN is out
+        _line("640200C0:1538", "04"),  # FIN_WAIT1: this side's FIN is out, not acknowledged (CI run 44)
+        _line("640200C0:1538", "05"),  # FIN_WAIT2: the client acknowledged it
+        _line("640200C0:1538", "06"),  # TIME_WAIT
         _line("640200C0:1538", "0A"),  # LISTEN
         _line("640200C0:1F90", "01"),  # another port
         _line("0B0200C0:1538", "01"),  # the node's own address
     ])
-    assert sessions.open_sessions(text, [SERVICE], 5432) == 2
+    assert sessions.open_sessions(text, [SERVICE], 5432) == 3
     assert sessions.open_sessions(text, [], 5432) == 0
     assert sessions.open_sessions(HEADER + "garbage\n" + _line("zz:1538", "01"), [SERVICE], 5432) == 0
 

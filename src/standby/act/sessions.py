@@ -9,7 +9,7 @@ first, while the address is still here, tells every session it is over; the addr
 sockets have said so.
 
 This module only reads: which of this namespace's TCP sockets on the service IPs and PostgreSQL's port
-have not yet closed their side (ESTABLISHED, CLOSE_WAIT), from /proc/net/tcp (service IPs are IPv4,
+have not yet had their close acknowledged by the client, from /proc/net/tcp (service IPs are IPv4,
 see standby.act.addresses). The caller signals the server.
 """
 
@@ -24,8 +24,11 @@ from standby.act import postgres as pgact
 from standby.config import Config
 
 PROC_TCP = Path("/proc/net/tcp")
-# The states in which this end has not sent its FIN (include/net/tcp_states.h): ESTABLISHED, CLOSE_WAIT.
-OPEN_STATES = frozenset({"01", "08"})
+# The states in which the client has not yet acknowledged this end's FIN (include/net/tcp_states.h):
+# ESTABLISHED and CLOSE_WAIT (not sent), FIN_WAIT1, CLOSING and LAST_ACK (sent, not acknowledged). A FIN
+# merely sent is not enough: lost once (CI run 44: a thawed host's network came back a moment after its
+# processes), its retransmission could not leave once the address was gone.
+OPEN_STATES = frozenset({"01", "08", "04", "0B", "09"})
 WAIT_S = 1.0  # a backend ends within milliseconds of the stop signal; one stuck in the kernel does not hold the address
 
 
@@ -38,7 +41,7 @@ def _local_endpoint(field: str) -> tuple[ipaddress.IPv4Address, int]:
 
 def open_sessions(text: str, ips: Iterable[ipaddress.IPv4Address], port: int) -> int:
     """How many sockets in ``text`` (the contents of /proc/net/tcp) are local to one of ``ips`` at ``port``
-    and still open on this side."""
+    and not yet closed with the client's acknowledgement."""
     wanted = set(ips)
     count = 0
     for line in text.splitlines()[1:]:
