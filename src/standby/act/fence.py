@@ -217,7 +217,7 @@ def _end_sessions_first(cfg: Config, node: str, store: Store, if_primary: Plan, 
         _mark_fenced(store, state, say)
     if pgact.request_fast_stop(cfg, node) is None:
         return False  # gone meanwhile: asked as before, after the addresses
-    left = sessions.wait_ended([s.address.ip for s in cfg.service_ips], cfg.pg(node).port)
+    left = sessions.told(cfg, node)
     say("PostgreSQL asked to stop; its clients through the service IPs told" if not left else
         f"PostgreSQL asked to stop; {left} client session(s) through the service IPs still open after "
         f"{sessions.WAIT_S} s: removing the addresses all the same")

@@ -73,10 +73,13 @@ def wait_ended(ips: Iterable[ipaddress.IPv4Address], port: int, timeout_s: float
         time.sleep(0.01)
 
 
+def told(cfg: Config, node: str) -> int:
+    """``wait_ended`` for ``node``'s server: its port, the pair's service IPs."""
+    return wait_ended([s.address.ip for s in cfg.service_ips], cfg.pg(node).port)
+
+
 def told_if_stopping(cfg: Config, node: str) -> int:
     """Before a release removes the service IPs: if the local server is shutting down (a fence's first move,
-    made when it was decided), wait for its sessions through them as ``wait_ended`` does; 0 otherwise (a
-    server that keeps running keeps its sessions, and nothing is waited for)."""
-    if not pgact.server_stopping(cfg.pg(node).data_dir):
-        return 0
-    return wait_ended([s.address.ip for s in cfg.service_ips], cfg.pg(node).port)
+    made when it was decided), wait for its sessions (``told``); 0 otherwise (a server that keeps running
+    keeps its sessions, and nothing is waited for)."""
+    return told(cfg, node) if pgact.server_stopping(cfg.pg(node).data_dir) else 0

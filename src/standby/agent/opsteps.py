@@ -58,6 +58,6 @@ async def stop_asked(cfg: Config, node: str, db: Database, in_pg: Callable[..., 
     while its client can still hear it (standby.act.sessions), and from then on the server takes no new
     session and no new commit. The step's name, for the operation's record."""
     db.request_stop()
-    left = await in_pg(sessions.wait_ended, [s.address.ip for s in cfg.service_ips], cfg.pg(node).port)
+    left = await in_pg(sessions.told, cfg, node)
     return ("stop asked: writes paused, clients told" if not left else
             f"stop asked: writes paused, {left} client session(s) still open")
