@@ -228,12 +228,31 @@ def test_dsn_for_reporting_and_writes(rdata: dict) -> None:
     from standby.cli.dsn import libpq_dsn
 
     cfg = config.parse(rdata)
-    rep = libpq_dsn(cfg, "reporting", "cdr", None, 3, uri=False)
+    rep = libpq_dsn(cfg, "reporting", "cdr", None, 3, uri=False, keepalives=False)
     assert rep == ("host=192.0.2.12,192.0.2.11 port=5432 dbname=cdr target_session_attrs=prefer-standby "
                    "connect_timeout=3")
-    wr = libpq_dsn(cfg, "writes", "cdr", "app", 2, uri=True)
+    wr = libpq_dsn(cfg, "writes", "cdr", "app", 2, uri=True, keepalives=False)
     assert wr == "postgresql://app@192.0.2.11:5432,192.0.2.12:5432/cdr?target_session_attrs=read-write&connect_timeout=2"
     assert "password" not in rep + wr
+
+
+def test_ci42_dsn_tells_every_client_to_notice_a_silent_server(rdata: dict) -> None:
+    """A client waiting for an answer from a host that crashed hears nothing: every format carries the
+    keepalives and tcp_user_timeout by default, as libpq itself reads them."""
+    from psycopg.conninfo import conninfo_to_dict
+
+    from standby.cli.dsn import KEEPALIVES, Format, libpq_dsn
+
+    cfg = config.parse(rdata)
+    want = dict(KEEPALIVES)
+    assert want["keepalives"] == "1" and int(want["tcp_user_timeout"]) > 0
+    for fmt in (Format.LIBPQ, Format.URI):
+        parsed = conninfo_to_dict(libpq_dsn(cfg, "writes", "cdr", "app", 2, fmt=fmt))
+        assert {k: parsed[k] for k in want} == want, fmt
+        assert parsed["target_session_attrs"] == "read-write"
+    kam = libpq_dsn(cfg, "writes", "cdr", "app", 2, fmt=Format.KAMAILIO)
+    (con_param,) = [x for x in kam.splitlines() if x.startswith("modparam")]
+    assert all(f"{k}={v}" in con_param.split('"')[-2].split(";") for k, v in KEEPALIVES)
 
 
 def test_digest_unchanged_without_reporting(rdata: dict) -> None:

@@ -587,7 +587,7 @@ def test_i16_status_shows_each_nodes_backlog(capsys: pytest.CaptureFixture[str])
 def test_i16_dsn_kamailio_format() -> None:
     from standby.cli.dsn import Format, libpq_dsn
 
-    out = libpq_dsn(config.load(EXAMPLE), "writes", "cdr", "kam", 2, fmt=Format.KAMAILIO)
+    out = libpq_dsn(config.load(EXAMPLE), "writes", "cdr", "kam", 2, fmt=Format.KAMAILIO, keepalives=False)
     lines = [x for x in out.splitlines() if not x.startswith("# ")]
     # postgres:// (db_postgres's scheme), one port for all hosts, libpq options in con_param.
     assert lines == ['modparam("db_postgres", "con_param", "target_session_attrs=read-write;connect_timeout=2")',
