@@ -15,7 +15,7 @@ import sys
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -489,12 +489,68 @@ def server_pids(root: int, stats: Iterable[ProcStat]) -> list[int]:
     return [s.pid for s in stats if s.pid == root or s.ppid == root]
 
 
+# The titles PostgreSQL gives its own processes ("postgres: [CLUSTER: ]walwriter"); anything else under
+# the postmaster is a client's backend ("postgres: USER DB HOST(PORT) STATE").
+SERVER_PROCESSES = ("walsender", "walwriter", "checkpointer", "background writer", "autovacuum launcher",
+                    "autovacuum worker", "logical replication launcher", "archiver", "walreceiver", "startup")
+
+
+def process_kind(title: str) -> str:
+    """A server child's kind from its title: one of SERVER_PROCESSES (spaces as '_') or 'backend'."""
+    body = title.replace("\0", " ").strip().removeprefix("postgres:").strip()
+    first = body.split(" ", 1)[0]
+    if first.endswith(":"):  # cluster_name is set: "postgres: 15/main: checkpointer"
+        body = body.split(" ", 1)[1] if " " in body else ""
+    for kind in SERVER_PROCESSES:
+        if body == kind or body.startswith(kind + " "):
+            return kind.replace(" ", "_")
+    return "backend"
+
+
+def _title(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
 @dataclass(frozen=True)
 class ServerMark:
     postmaster: int | None
     tree_s: float | None
     cgroup_s: float | None
     wall: float
+    # Per live child: its kind and own CPU ticks; the postmaster's own and its reaped children's ticks.
+    children: dict[int, tuple[str, int]] = field(default_factory=dict)
+    own_ticks: int = 0
+    reaped_ticks: int = 0
+
+
+def server_children(root: int, stats: Iterable[ProcStat]) -> tuple[dict[int, tuple[str, int]], int, int]:
+    by_pid = {s.pid: s for s in stats}
+    if root not in by_pid:
+        return {}, 0, 0
+    top = by_pid[root]
+    kids = {s.pid: (process_kind(_title(s.pid)), s.utime + s.stime) for s in by_pid.values() if s.ppid == root}
+    return kids, top.utime + top.stime, top.cutime + top.cstime
+
+
+def cpu_by_process(a: ServerMark, b: ServerMark) -> dict[str, float] | None:
+    """CPU seconds between two marks per kind of server process ('postmaster'; 'exited': children that
+    ended in between, whatever they were). None when the server restarted in between."""
+    if a.postmaster is None or a.postmaster != b.postmaster:
+        return None
+    out: dict[str, float] = {"postmaster": (b.own_ticks - a.own_ticks) / CLK_TCK}
+    gone = 0
+    for pid, (kind, ticks) in b.children.items():
+        before = a.children.get(pid)
+        used = ticks - before[1] if before is not None and before[0] == kind else ticks
+        out[kind] = out.get(kind, 0.0) + used / CLK_TCK
+    for pid, (_kind, ticks) in a.children.items():
+        if pid not in b.children:
+            gone += ticks  # counted in the postmaster's reaped ticks from its start, not from the mark
+    out["exited"] = (b.reaped_ticks - a.reaped_ticks - gone) / CLK_TCK
+    return out
 
 
 class ServerMeter:
@@ -509,8 +565,9 @@ class ServerMeter:
         ticks = None if pid is None else tree_ticks(pid, stats)
         if self.cgroup is not None and pid is not None:
             self.cgroup.attach(server_pids(pid, stats))
+        children, own, reaped = ({}, 0, 0) if pid is None else server_children(pid, stats)
         return ServerMark(pid, None if ticks is None else ticks / CLK_TCK,
-                          self.cgroup.usage_s() if self.cgroup else None, time.monotonic())
+                          self.cgroup.usage_s() if self.cgroup else None, time.monotonic(), children, own, reaped)
 
 
 def server_cpu_between(a: ServerMark, b: ServerMark) -> dict[str, Any]:

@@ -254,6 +254,10 @@ def cost_phase(lab: Lab, p: Params, workdir: Path, label: str, meter: benchlib.S
         "commit_latency_ms": benchlib.history_latency_ms(workdir / f"cost-{label}.jsonl"),
         "primary_cpu": {**cpu, "cores": cpu["cpu_s"] / cpu["wall_s"] if cpu["cpu_s"] is not None else None},
         "primary_cpu_ms_per_call": None if (c := benchlib.per_call(cpu["cpu_s"], calls)) is None else c * 1000,
+        # Where a standby's cost lands: the WAL sender's own CPU beside the backends' (from each process's
+        # /proc stat, 10 ms ticks; the cgroup figure above stays the total).
+        "primary_cpu_ms_per_call_by_process": None if (kinds := benchlib.cpu_by_process(m0, m1)) is None else {
+            k: v * 1000 / calls for k, v in sorted(kinds.items()) if calls},
         "wal_bytes": lsn1 - lsn0,
         "wal_bytes_per_call": benchlib.per_call(lsn1 - lsn0, calls),
     }
@@ -360,6 +364,10 @@ def render(doc: dict[str, Any]) -> str:
             f"{_f(f['primary_cpu']['cores'], '.3f'):>12} {_f(f['wal_bytes_per_call'], '.0f'):>11} "
             f"{_pair(f['commit_latency_ms'], '.2f'):>19} {lag:>22} {f['load']['cpu']['other_cores']:>6.2f} cores"
         )
+    lines += ["", "alpha CPU ms/call by process (from /proc, 10 ms ticks):"]
+    for mode in ("none", "async", "sync"):
+        by = cost[mode].get("primary_cpu_ms_per_call_by_process")
+        lines.append(f"  {mode:<6} " + ("-" if not by else ", ".join(f"{k} {v:.3f}" for k, v in by.items() if v)))
     lines += [
         "",
         f"sync vs none: CPU per call x{_f(g['sync_cpu_per_call_ratio'], '.3f')} (goal <= x{g['sync_cpu_per_call_ratio_max']}), "

@@ -80,3 +80,31 @@ def test_ratio_is_unknown_without_a_base() -> None:
 def test_distribution_p99_is_an_observed_value() -> None:
     d = benchlib.distribution([float(v) for v in range(1, 201)])
     assert (d["p50"], d["p99"], d["max"]) == (100.0, 198.0, 200.0)
+
+
+@pytest.mark.parametrize(("title", "kind"), [
+    ("postgres: walsender replicator 198.51.100.12(40112) streaming 0/3000148", "walsender"),
+    ("postgres: 15/lab-alpha: walsender replicator 198.51.100.12(40112) streaming 0/3000148", "walsender"),
+    ("postgres: 15/lab-alpha: walwriter ", "walwriter"),
+    ("postgres: background writer", "background_writer"),
+    ("postgres: 15/main: autovacuum launcher", "autovacuum_launcher"),
+    ("postgres: softswitch softswitch 192.0.2.11(50212) idle", "backend"),
+    ("postgres: 15/main: walsender_fan checkpointer 192.0.2.11(1) idle", "backend"),  # a user named like one
+    ("", "backend"),
+])
+def test_a_server_process_is_told_apart_by_its_title(title: str, kind: str) -> None:
+    assert benchlib.process_kind(title) == kind
+
+
+def test_cpu_by_process_charges_each_kind_its_own_ticks_and_exits_to_exited() -> None:
+    a = ServerMark(10, None, None, 0.0, children={11: ("walsender", 100), 12: ("backend", 50), 13: ("backend", 30)},
+                   own_ticks=5, reaped_ticks=1000)
+    # 13 exited (30 ticks at mark a, 40 by its end: the postmaster reaped 40, of which 10 fall between the
+    # marks); 14 started between them.
+    b = ServerMark(10, None, None, 1.0, children={11: ("walsender", 160), 12: ("backend", 80), 14: ("backend", 20)},
+                   own_ticks=6, reaped_ticks=1040)
+    got = benchlib.cpu_by_process(a, b)
+    tick = 1 / benchlib.CLK_TCK
+    assert got == pytest.approx({"postmaster": 1 * tick, "walsender": 60 * tick, "backend": (30 + 20) * tick,
+                                 "exited": 10 * tick})
+    assert benchlib.cpu_by_process(a, ServerMark(99, None, None, 1.0)) is None  # a restart: nothing comparable
