@@ -15,6 +15,7 @@ import signal
 import stat
 import subprocess
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -498,3 +499,70 @@ def test_chaos_seed_205_failed_crash_recovery_names_postgres_own_error(
         pgact.ensure_clean_shutdown(cfg, "alpha")
     assert "pre-existing shared memory block" in str(e.value) and "Terminate any old server" in str(e.value)
     assert "exit 1" in str(e.value)
+
+
+def _zombie() -> subprocess.Popen[bytes]:
+    """A real child that has exited and is not reaped yet: what a killed postmaster is until its parent waits."""
+    child = subprocess.Popen(["true"])
+    deadline = time.monotonic() + 10
+    while "\nState:\tZ" not in Path(f"/proc/{child.pid}/status").read_text():
+        assert time.monotonic() < deadline, "the child never exited"
+        time.sleep(0.01)
+    return child
+
+
+def _recovery_with_a_zombie_lock(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest,
+                                 zombie: int) -> config.Config:
+    """A data directory whose lock file names ``zombie``, and a single-user `postgres` that refuses as
+    PostgreSQL does while that PID answers (a zombie's /proc entry stays until it is reaped)."""
+    raw, _ = example_with_secrets(tmp_path)
+    data = tmp_path / "pgdata"
+    data.mkdir()
+    (data / "postmaster.pid").write_text(f"{zombie}\n{data}\n1700000000\n5432\n")
+    bin_dir = Path(tempfile.mkdtemp(prefix="standby-fake-bin-"))  # runuser's postgres cannot enter tmp_path
+    bin_dir.chmod(0o755)
+    request.addfinalizer(lambda: shutil.rmtree(bin_dir, ignore_errors=True))
+    fake = bin_dir / "postgres"
+    fake.write_text(f"#!/bin/sh\nif [ -e /proc/{zombie} ]; then\n"
+                    f"  echo 'FATAL:  lock file \"postmaster.pid\" already exists' >&2\n"
+                    f"  echo 'HINT:  Is another postmaster (PID {zombie}) running in data directory?' >&2\n"
+                    "  exit 1\nfi\nexit 0\n")
+    fake.chmod(0o755)
+    raw["postgres"].update(data_dir=str(data), bin_dir=str(bin_dir))
+    monkeypatch.setattr(pgact, "control_data", lambda *a: {"Database cluster state": "in production"})
+    monkeypatch.setattr(pgact, "awaits_wal_from_source", lambda *a: False)
+    return config.parse(raw)
+
+
+def test_chaos_seed_201_crash_recovery_waits_for_a_killed_postmaster_to_be_reaped(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest) -> None:
+    """Seed 201 (sync): PostgreSQL killed on the primary; its agent's rejoin ran crash recovery 1.1 s
+    later and it refused, "lock file postmaster.pid already exists ... (PID 8968)": the killed
+    postmaster, not yet reaped by an init that does so about once a second. The rejoin failed once
+    and converged only on its retry. Recovery now waits for the reaping (bounded)."""
+    child = _zombie()
+    cfg = _recovery_with_a_zombie_lock(tmp_path, monkeypatch, request, child.pid)
+    reaper = threading.Timer(0.4, child.wait)
+    reaper.start()
+    try:
+        assert pgact.ensure_clean_shutdown(cfg, "alpha") is True
+    finally:
+        reaper.cancel()
+        child.wait()
+    assert (cfg.pg("alpha").data_dir / "postmaster.pid").exists(), "the lock file is never removed"
+
+
+def test_chaos_seed_201_the_wait_is_bounded_and_a_zombie_never_reaped_still_fails_loudly(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest) -> None:
+    child = _zombie()
+    try:
+        cfg = _recovery_with_a_zombie_lock(tmp_path, monkeypatch, request, child.pid)
+        monkeypatch.setattr(pgact.wait_reaped, "__defaults__", (0.2,))
+        started = time.monotonic()
+        with pytest.raises(pgact.PostgresActionError, match="lock file"):
+            pgact.ensure_clean_shutdown(cfg, "alpha")
+        assert time.monotonic() - started < 3
+        assert pgact.wait_reaped(cfg.pg("alpha").data_dir, timeout_s=0.1) is False
+    finally:
+        child.wait()
+    assert pgact.wait_reaped(cfg.pg("alpha").data_dir, timeout_s=0.1) is True  # reaped: nothing to wait for

@@ -418,6 +418,33 @@ def awaits_wal_from_source(cfg: Config, node: str) -> bool:
 
 
 RECOVERY_ERROR_LINES = 4  # of a failed single-user recovery's output, into the error
+REAP_WAIT_S = 5.0  # an init that reaps orphans lazily does so about once a second
+
+
+def wait_reaped(data_dir: Path, timeout_s: float = REAP_WAIT_S) -> bool:
+    """Wait, bounded, until the lock file no longer names a zombie; False if one is still there.
+
+    A killed postmaster stays a zombie until its parent reaps it, and PostgreSQL takes any PID that
+    answers kill(pid, 0) for the lock file's live owner: a crash recovery started a moment after the
+    kill refused with "lock file already exists" (chaos seed 201). The lock file is never removed
+    here: its shared-memory key is how PostgreSQL finds backends the dead postmaster left running.
+    """
+    deadline = time.monotonic() + timeout_s
+    while _lock_names_zombie(data_dir):
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+def _lock_names_zombie(data_dir: Path) -> bool:
+    try:
+        fd = os.open(data_dir / "postmaster.pid", os.O_RDONLY | os.O_NOFOLLOW)  # not through a link
+        with os.fdopen(fd, "rb") as f:
+            pid = int(f.read(64).split(b"\n", 1)[0])
+        return "\nState:\tZ" in Path(f"/proc/{pid}/status").read_text()
+    except (OSError, ValueError):
+        return False
 
 
 def ensure_clean_shutdown(cfg: Config, node: str) -> bool:
@@ -434,6 +461,7 @@ def ensure_clean_shutdown(cfg: Config, node: str) -> bool:
         # the next start as a standby then reads a spliced history (chaos seed 103).
         return False
     pg = cfg.pg(node)
+    wait_reaped(pg.data_dir)
     # A single-user server refuses standby mode, and a rejoin that failed half-way may
     # already have written standby.signal: set it aside for the recovery, then put it back.
     signals = [pg.data_dir / n for n in ("standby.signal", "recovery.signal") if (pg.data_dir / n).exists()]
