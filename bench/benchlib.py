@@ -546,8 +546,8 @@ def cpu_by_process(a: ServerMark, b: ServerMark) -> dict[str, float] | None:
         before = a.children.get(pid)
         used = ticks - before[1] if before is not None and before[0] == kind else ticks
         out[kind] = out.get(kind, 0.0) + used / CLK_TCK
-    for pid, (_kind, ticks) in a.children.items():
-        if pid not in b.children:
+    for pid, (kind, ticks) in a.children.items():
+        if pid not in b.children or b.children[pid][0] != kind:  # ended (its pid perhaps taken by another)
             gone += ticks  # counted in the postmaster's reaped ticks from its start, not from the mark
     out["exited"] = (b.reaped_ticks - a.reaped_ticks - gone) / CLK_TCK
     return out

@@ -108,3 +108,8 @@ def test_cpu_by_process_charges_each_kind_its_own_ticks_and_exits_to_exited() ->
     assert got == pytest.approx({"postmaster": 1 * tick, "walsender": 60 * tick, "backend": (30 + 20) * tick,
                                  "exited": 10 * tick})
     assert benchlib.cpu_by_process(a, ServerMark(99, None, None, 1.0)) is None  # a restart: nothing comparable
+    # 12's pid taken by a new walsender: the backend's 50 ticks at mark a are not charged to "exited".
+    c = ServerMark(10, None, None, 1.0, children={11: ("walsender", 100), 12: ("walsender", 5), 13: ("backend", 30)},
+                   own_ticks=5, reaped_ticks=1060)
+    assert benchlib.cpu_by_process(a, c) == pytest.approx({"postmaster": 0.0, "walsender": 5 * tick,
+                                                           "backend": 0.0, "exited": 10 * tick})

@@ -461,7 +461,7 @@ def ensure_clean_shutdown(cfg: Config, node: str) -> bool:
         # the next start as a standby then reads a spliced history (chaos seed 103).
         return False
     pg = cfg.pg(node)
-    wait_reaped(pg.data_dir)
+    wait_reaped(pg.data_dir)  # still a zombie after the wait: PostgreSQL's own refusal is the error below
     # A single-user server refuses standby mode, and a rejoin that failed half-way may
     # already have written standby.signal: set it aside for the recovery, then put it back.
     signals = [pg.data_dir / n for n in ("standby.signal", "recovery.signal") if (pg.data_dir / n).exists()]
