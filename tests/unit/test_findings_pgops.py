@@ -472,11 +472,10 @@ def test_h2_respawn_kills_the_agents_leftovers_but_not_a_detached_server(tmp_pat
 # -- a failed crash recovery says why ---------------------------------------------------------------
 
 
-def test_chaos_seed_205_failed_crash_recovery_names_postgres_own_error(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest) -> None:
-    """Seed 205 (sync): a rejoin failed with "crash recovery ... failed: ['libfaketime: sem_name was
-    ...']", the last stderr line of the single-user server, written by a preloaded library at exit:
-    the operator saw no reason. The error carries PostgreSQL's own lines."""
+def _crashed_with_single_user_postgres(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                       request: pytest.FixtureRequest, script: str) -> config.Config:
+    """A data directory left by a crash (not shut down, not waiting for its source), and a `postgres` that
+    runs ``script`` (sh) in its place when single-user recovery calls it."""
     raw, _ = example_with_secrets(tmp_path)
     data = tmp_path / "pgdata"
     data.mkdir()
@@ -485,16 +484,25 @@ def test_chaos_seed_205_failed_crash_recovery_names_postgres_own_error(
     bin_dir.chmod(0o755)
     request.addfinalizer(lambda: shutil.rmtree(bin_dir, ignore_errors=True))
     fake = bin_dir / "postgres"
-    fake.write_text("#!/bin/sh\n"
-                    "echo 'FATAL:  pre-existing shared memory block (key 1, ID 2) is still in use' >&2\n"
-                    "echo 'HINT:  Terminate any old server processes associated with data directory' >&2\n"
-                    "echo 'libfaketime: sem_name was /faketime_sem_1, created locally: false' >&2\n"
-                    "exit 1\n")
+    fake.write_text("#!/bin/sh\n" + script)
     fake.chmod(0o755)
     raw["postgres"].update(data_dir=str(data), bin_dir=str(bin_dir))
-    cfg = config.parse(raw)
     monkeypatch.setattr(pgact, "control_data", lambda *a: {"Database cluster state": "in production"})
     monkeypatch.setattr(pgact, "awaits_wal_from_source", lambda *a: False)
+    return config.parse(raw)
+
+
+def test_chaos_seed_205_failed_crash_recovery_names_postgres_own_error(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest) -> None:
+    """Seed 205 (sync): a rejoin failed with "crash recovery ... failed: ['libfaketime: sem_name was
+    ...']", the last stderr line of the single-user server, written by a preloaded library at exit:
+    the operator saw no reason. The error carries PostgreSQL's own lines."""
+    cfg = _crashed_with_single_user_postgres(
+        tmp_path, monkeypatch, request,
+        "echo 'FATAL:  pre-existing shared memory block (key 1, ID 2) is still in use' >&2\n"
+        "echo 'HINT:  Terminate any old server processes associated with data directory' >&2\n"
+        "echo 'libfaketime: sem_name was /faketime_sem_1, created locally: false' >&2\n"
+        "exit 1\n")
     with pytest.raises(pgact.PostgresActionError) as e:
         pgact.ensure_clean_shutdown(cfg, "alpha")
     assert "pre-existing shared memory block" in str(e.value) and "Terminate any old server" in str(e.value)
@@ -513,25 +521,17 @@ def _zombie() -> subprocess.Popen[bytes]:
 
 def _recovery_with_a_zombie_lock(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest,
                                  zombie: int) -> config.Config:
-    """A data directory whose lock file names ``zombie``, and a single-user `postgres` that refuses as
-    PostgreSQL does while that PID answers (a zombie's /proc entry stays until it is reaped)."""
-    raw, _ = example_with_secrets(tmp_path)
-    data = tmp_path / "pgdata"
-    data.mkdir()
+    """A lock file naming ``zombie``, and a single-user `postgres` that refuses as PostgreSQL does while that
+    PID answers (a zombie's /proc entry stays until it is reaped)."""
+    cfg = _crashed_with_single_user_postgres(
+        tmp_path, monkeypatch, request,
+        f"if [ -e /proc/{zombie} ]; then\n"
+        f"  echo 'FATAL:  lock file \"postmaster.pid\" already exists' >&2\n"
+        f"  echo 'HINT:  Is another postmaster (PID {zombie}) running in data directory?' >&2\n"
+        "  exit 1\nfi\nexit 0\n")
+    data = cfg.pg("alpha").data_dir
     (data / "postmaster.pid").write_text(f"{zombie}\n{data}\n1700000000\n5432\n")
-    bin_dir = Path(tempfile.mkdtemp(prefix="standby-fake-bin-"))  # runuser's postgres cannot enter tmp_path
-    bin_dir.chmod(0o755)
-    request.addfinalizer(lambda: shutil.rmtree(bin_dir, ignore_errors=True))
-    fake = bin_dir / "postgres"
-    fake.write_text(f"#!/bin/sh\nif [ -e /proc/{zombie} ]; then\n"
-                    f"  echo 'FATAL:  lock file \"postmaster.pid\" already exists' >&2\n"
-                    f"  echo 'HINT:  Is another postmaster (PID {zombie}) running in data directory?' >&2\n"
-                    "  exit 1\nfi\nexit 0\n")
-    fake.chmod(0o755)
-    raw["postgres"].update(data_dir=str(data), bin_dir=str(bin_dir))
-    monkeypatch.setattr(pgact, "control_data", lambda *a: {"Database cluster state": "in production"})
-    monkeypatch.setattr(pgact, "awaits_wal_from_source", lambda *a: False)
-    return config.parse(raw)
+    return cfg
 
 
 def test_chaos_seed_201_crash_recovery_waits_for_a_killed_postmaster_to_be_reaped(

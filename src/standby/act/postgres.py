@@ -371,34 +371,48 @@ def kill_server(cfg: Config, node: str, timeout_s: float = 10.0) -> None:
         time.sleep(0.05)
 
 
-def running_pid(data_dir: Path) -> int | None:
-    """PID of the postmaster using ``data_dir``, if one is alive."""
+def _lock_lines(data_dir: Path) -> list[bytes] | None:
+    """postmaster.pid's lines, or None. Not through a link: the file is the PostgreSQL account's, this may
+    run as root."""
     try:
-        # Not through a link: the file is the PostgreSQL account's, this may run as root.
         fd = os.open(data_dir / "postmaster.pid", os.O_RDONLY | os.O_NOFOLLOW)
         with os.fdopen(fd, "rb") as f:
-            pid = int(f.read(64).split(b"\n", 1)[0])
-    except (OSError, ValueError):
+            return f.read(4096).split(b"\n")
+    except OSError:
+        return None
+
+
+def _lock_pid(data_dir: Path) -> int | None:
+    lines = _lock_lines(data_dir)
+    try:
+        return None if lines is None else int(lines[0])
+    except ValueError:
+        return None
+
+
+def _zombie(status: str) -> bool:
+    """A /proc/PID/status of a process that exited and was not reaped by its parent yet: it holds nothing."""
+    return "\nState:\tZ" in status
+
+
+def running_pid(data_dir: Path) -> int | None:
+    """PID of the postmaster using ``data_dir``, if one is alive."""
+    pid = _lock_pid(data_dir)
+    if pid is None:
         return None
     try:
         os.kill(pid, 0)
         status = Path(f"/proc/{pid}/status").read_text()
     except (ProcessLookupError, FileNotFoundError):
         return None
-    # A zombie (exited, not yet reaped by its parent) holds nothing any more.
-    return None if "\nState:\tZ" in status else pid
+    return None if _zombie(status) else pid
 
 
 def server_stopping(data_dir: Path) -> bool:
     """Has the postmaster of ``data_dir`` begun to shut down? Its lock file's status line (the 8th) says
     "stopping" from the moment it got the signal; read from the file, so a stuck server cannot hold it up."""
-    try:
-        fd = os.open(data_dir / "postmaster.pid", os.O_RDONLY | os.O_NOFOLLOW)  # not through a link, as above
-        with os.fdopen(fd, "rb") as f:
-            lines = f.read(4096).split(b"\n")
-    except OSError:
-        return False
-    return len(lines) > 7 and lines[7].strip() == b"stopping"
+    lines = _lock_lines(data_dir)
+    return lines is not None and len(lines) > 7 and lines[7].strip() == b"stopping"
 
 
 def control_data(cfg: Config, node: str) -> dict[str, str]:
@@ -438,12 +452,10 @@ def wait_reaped(data_dir: Path, timeout_s: float = REAP_WAIT_S) -> bool:
 
 
 def _lock_names_zombie(data_dir: Path) -> bool:
+    pid = _lock_pid(data_dir)
     try:
-        fd = os.open(data_dir / "postmaster.pid", os.O_RDONLY | os.O_NOFOLLOW)  # not through a link
-        with os.fdopen(fd, "rb") as f:
-            pid = int(f.read(64).split(b"\n", 1)[0])
-        return "\nState:\tZ" in Path(f"/proc/{pid}/status").read_text()
-    except (OSError, ValueError):
+        return pid is not None and _zombie(Path(f"/proc/{pid}/status").read_text())
+    except OSError:
         return False
 
 
