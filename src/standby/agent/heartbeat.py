@@ -23,7 +23,6 @@ view can say which side to upgrade. A minor adds optional fields only (``_option
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import json
 from collections import Counter
@@ -85,7 +84,7 @@ def encode(hb: Heartbeat, key: bytes) -> bytes:
         "net": hb.net.value, "digest": hb.digest, "view": view_to_dict(hb.view),
         **({"ack": list(hb.ack)} if hb.ack is not None else {}),
     }, separators=(",", ":"), sort_keys=True).encode()
-    return body + hmac.new(key, body, hashlib.sha256).digest()
+    return body + hmac.digest(key, body, "sha256")
 
 
 def _typed(d: dict[str, Any], name: str, kind: type | tuple[type, ...]) -> Any:
@@ -150,7 +149,7 @@ def decode(packet: bytes, key: bytes) -> Heartbeat:
         if len(packet) <= MAC_LEN or len(packet) > MAX_PACKET:
             raise Reject("malformed", f"{len(packet)} bytes")
         body, mac = packet[:-MAC_LEN], packet[-MAC_LEN:]
-        if not hmac.compare_digest(mac, hmac.new(key, body, hashlib.sha256).digest()):
+        if not hmac.compare_digest(mac, hmac.digest(key, body, "sha256")):
             raise Reject("forged", "bad MAC")
         d = json.loads(body)
         if not isinstance(d, dict):

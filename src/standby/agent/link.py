@@ -147,10 +147,7 @@ class HeartbeatLink:
     async def sender(self, view: Callable[[], PeerView], interval_s: float, stopping: asyncio.Event) -> None:
         while not stopping.is_set():
             self.send(view())
-            try:
-                await asyncio.wait_for(stopping.wait(), interval_s)
-            except TimeoutError:
-                pass
+            await asyncio.sleep(interval_s)  # the agent's shut-down cancels this task; no wait on `stopping` per beat
 
     def take_send_gap(self) -> float:
         """The longest this node went without sending since the last call (a stall shows here first)."""

@@ -74,7 +74,9 @@ class Agent(Surface):
         self.cell = StateCell(self.store)
         self.recent: deque[dict[str, Any]] = deque(maxlen=50)
         self.guard = Guard(self.event)  # a failing observation or loop is recorded, never fatal
-        self.policy = policy_for(cfg, node)
+        # Made once: the configuration never changes under a running agent (one per step cost idle CPU).
+        self.policies = {suspended: policy_for(cfg, node, suspended) for suspended in (False, True)}
+        self.policy = self.policies[False]
         self.stopping = asyncio.Event()
         self.started = False  # until run() restored the state, the API says "starting" (standby.api)
         # Decisions and operator operations take turns: an operation changes the
@@ -186,7 +188,7 @@ class Agent(Surface):
         same_configuration(self.receiver, self.peer, self.digest)
         if (ended := self.maintenance.expire()) is not None:
             self.event("maintenance_expired", by=ended.by, since=ended.since, until=ended.until)
-        self.policy = policy_for(self.cfg, self.node, self.suspended)
+        self.policy = self.policies[self.suspended]
         before = self.state
         new, actions = decide(before, obs, self.policy)
         self.decisions += 1
@@ -275,10 +277,8 @@ class Agent(Surface):
                     raise
                 except Exception as e:  # noqa: BLE001  (recorded; the next interval tries again)
                     self.guard.failed("decision loop", e, "step")
-                try:
-                    await asyncio.wait_for(self.stopping.wait(), max(0.0, self.interval_s - (time.monotonic() - t0)))
-                except TimeoutError:
-                    pass
+                # Not a wait on `stopping` (a task made and cancelled each step): a stop is seen one interval later.
+                await asyncio.sleep(max(0.0, self.interval_s - (time.monotonic() - t0)))
         finally:
             await self._shut_down(tasks)
 

@@ -65,8 +65,9 @@ class ReportingMover:
             db=DbState.FENCED if s.fenced else pg.db, streaming=pg.streaming, replay_lsn=pg.replay_lsn,
             peer=peer_fresh(obs, p), public_ok=public_ok(obs), held=self.held, now=obs.now)
         # The standby trusts our last word for failover_timeout after it arrives; one heartbeat more for the way.
-        policy = replace(self.policy, silence_wait_s=p.failover_timeout_s + p.heartbeat_s)
-        self.state, d = rep.step(self.state, inp, policy)
+        if self.policy.silence_wait_s != (wait := p.failover_timeout_s + p.heartbeat_s):
+            self.policy = replace(self.policy, silence_wait_s=wait)  # once: not a new policy every step
+        self.state, d = rep.step(self.state, inp, self.policy)
         self.decision = d
         if self.busy:
             return
