@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -207,9 +210,11 @@ def test_i13_the_names_are_still_set_when_the_server_has_others(tmp_path: Path, 
     assert pg.sync_names and set(pg.sync_names) == {pgact.sync_value("beta")}
 
 
-def test_i13_the_stall_watch_wakes_the_agent_ten_times_a_second_at_most() -> None:
+def test_i13_the_stall_watch_on_the_heartbeat_senders_beat_wakes_the_loop_never() -> None:
     """Its beat on the loop and its watcher thread were the agent's most frequent wake-ups (20 a second each,
-    for a log line about stalls of a quarter second and more)."""
+    then 10, for a log line about stalls of a quarter second and more). The agent hands it the heartbeat
+    sender's last send, which the loop keeps every interval anyway: no callback of its own is scheduled, and
+    a sender late past the bound is told, once, while one that has stopped is not watched."""
     from standby.agent.stallwatch import StallWatch
 
     class RecordingLoop:
@@ -219,9 +224,54 @@ def test_i13_the_stall_watch_wakes_the_agent_ten_times_a_second_at_most() -> Non
         def call_later(self, delay: float, callback: Any) -> None:
             self.delays.append(delay)
 
-    loop = RecordingLoop()
-    watch = StallWatch(loop)  # type: ignore[arg-type]  (the defaults cli/agent.py runs it with)
+    own = RecordingLoop()
+    alone = StallWatch(own)  # type: ignore[arg-type]  (without a beat: it beats on the loop, at most ten a second)
+    alone._first_beat()
+    assert own.delays and min(own.delays) >= 0.1
+
+    loop, now, sent = RecordingLoop(), [10.0], [9.9]
+    sending = [True]
+    watch = StallWatch(loop, clock=lambda: now[0], beat=lambda: sent[0] if sending[0] else None,  # type: ignore[arg-type]
+                       beat_every_s=0.15)
     watch._first_beat()
-    assert loop.delays and min(loop.delays) >= 0.1
-    assert watch.every_s >= 0.1  # the watcher thread's own wait
+    assert loop.delays == []  # no wake-up of its own
     assert watch.late_s <= 0.25  # still told: a stall of a quarter second
+    assert not watch.check()  # sent 0.1 s ago
+    now[0] = 9.9 + 0.15 + 0.24
+    assert not watch.check()
+    now[0] = 9.9 + 0.15 + 0.26
+    assert watch.check() and not watch.check()  # told once per stall
+    sent[0] = now[0]
+    now[0] += 1.0
+    assert watch.check()  # a new stall, told again
+    sending[0] = False
+    now[0] += 5.0
+    assert not watch.check()  # the sender has stopped (the agent's shut-down): nothing to watch
+
+
+def test_i13_the_heartbeat_link_says_while_its_sender_runs(tmp_path: Path) -> None:
+    """What the stall watch reads: True while the sender loop runs, False once it is cancelled."""
+    from standby.agent.link import HeartbeatLink
+    from standby.config import Config
+    from tests.unit.configs import example_with_secrets
+
+    class Quiet:
+        def open(self, on_datagram: Any) -> None: ...
+        def send(self, net: Any, packet: bytes) -> None: ...
+        def close(self) -> None: ...
+
+    link = HeartbeatLink(Config.model_validate(example_with_secrets(tmp_path)[0]), "alpha", b"k" * 32, "digest",
+                         Quiet(), time.monotonic)
+
+    async def go() -> tuple[bool, bool, bool]:
+        before = link.sending
+        task = asyncio.get_running_loop().create_task(link.sender(lambda: view(DbState.PRIMARY), 0.01, asyncio.Event()))
+        await asyncio.sleep(0.05)
+        during = link.sending
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        return before, during, link.sending
+
+    assert asyncio.run(go()) == (False, True, False)
+    assert link.sent["public"] >= 2  # it did send meanwhile

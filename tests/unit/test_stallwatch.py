@@ -48,3 +48,33 @@ def test_a_loop_on_time_is_never_logged() -> None:
     now[0] = 1.3
     assert watch.check()  # a new one is told again
     watch.loop.close()
+
+
+def test_i13_on_a_senders_beat_a_blocked_loop_is_logged_with_the_blocking_call(caplog: pytest.LogCaptureFixture) -> None:
+    """The agent's way: the watch reads the heartbeat sender's last send instead of beating on the loop."""
+    def blocking_call_in_the_loop() -> None:
+        time.sleep(1.0)
+
+    sent = [time.monotonic()]
+
+    async def sender() -> None:
+        while True:
+            sent[0] = time.monotonic()
+            await asyncio.sleep(0.02)
+
+    async def main() -> StallWatch:
+        watch = StallWatch(asyncio.get_running_loop(), late_s=0.2, every_s=0.02, beat=lambda: sent[0],
+                           beat_every_s=0.02)
+        task = asyncio.get_running_loop().create_task(sender())
+        watch.start()
+        await asyncio.sleep(0.1)
+        blocking_call_in_the_loop()
+        await asyncio.sleep(0.2)
+        watch.stop()
+        task.cancel()
+        return watch
+
+    with caplog.at_level(logging.WARNING, logger="standby.agent.stall"):
+        watch = asyncio.run(main())
+    assert watch.reported >= 1
+    assert any("late" in r.getMessage() and "blocking_call_in_the_loop" in r.getMessage() for r in caplog.records)

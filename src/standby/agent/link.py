@@ -95,6 +95,7 @@ class HeartbeatLink:
         self.send_errors: dict[str, int] = {n.value: 0 for n in Net}
         self.last_send = clock()
         self.max_send_gap = 0.0
+        self.sending = False  # the sender loop runs (agent.stallwatch watches the loop through its sends)
 
     def start(self, boot: int, peer_boot: int, save_peer_boot: Callable[[int], Future[None]]) -> None:
         """This run's boot; replay protection continues from the peer's newest boot seen by earlier runs
@@ -145,9 +146,13 @@ class HeartbeatLink:
                 self.send_errors[net.value] += 1  # link down: the peer will notice the silence
 
     async def sender(self, view: Callable[[], PeerView], interval_s: float, stopping: asyncio.Event) -> None:
-        while not stopping.is_set():
-            self.send(view())
-            await asyncio.sleep(interval_s)  # the agent's shut-down cancels this task; no wait on `stopping` per beat
+        self.sending = True
+        try:
+            while not stopping.is_set():
+                self.send(view())
+                await asyncio.sleep(interval_s)  # the agent's shut-down cancels this task; no wait on `stopping` per beat
+        finally:
+            self.sending = False
 
     def take_send_gap(self) -> float:
         """The longest this node went without sending since the last call (a stall shows here first)."""

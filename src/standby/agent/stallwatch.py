@@ -2,8 +2,9 @@
 
 A stalled loop is a safety input: a primary whose loop stalls past the stall limit fences itself,
 and both nodes may end up waiting for a person. The log should then tell why: a watcher thread
-notes the loop's lateness and the loop thread's stack while it is late. Owns one daemon thread and
-one repeating loop callback; it may not change what the agent decides or does.
+notes the loop's lateness and the loop thread's stack while it is late. Owns one daemon thread and,
+unless handed a beat the loop keeps anyway, one repeating loop callback; it may not change what the
+agent decides or does.
 """
 
 from __future__ import annotations
@@ -22,11 +23,16 @@ log = logging.getLogger("standby.agent.stall")
 
 
 class StallWatch:
-    # Ten beats a second, not more: each wakes the loop and the watcher thread, and at rest those wake-ups are
-    # most of the agent's CPU; a stall is told once it passes late_s + every_s (0.35 s).
+    # The beat: by default a callback on the loop ten times a second (each wakes the loop and the watcher thread).
+    # The agent hands over its heartbeat sender's last send instead (``beat``, every ``beat_every_s``): that
+    # already runs on the loop every interval, so watching costs the loop no wake-up of its own. A stall is
+    # told once it passes late_s plus the watcher's own period.
     def __init__(self, loop: asyncio.AbstractEventLoop, late_s: float = 0.25, every_s: float = 0.1,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, beat: Callable[[], float | None] | None = None,
+                 beat_every_s: float | None = None) -> None:
         self.loop, self.late_s, self.every_s, self.clock = loop, late_s, every_s, clock
+        self.source = beat  # None: the watch beats on the loop itself; a source answering None: nothing to watch now
+        self.beat_every_s = every_s if beat_every_s is None else beat_every_s
         self.beat = clock()
         self.loop_thread: int | None = None
         self.stopping = threading.Event()
@@ -42,7 +48,8 @@ class StallWatch:
 
     def _first_beat(self) -> None:
         self.loop_thread = threading.get_ident()
-        self._beat()
+        if self.source is None:
+            self._beat()
 
     def _beat(self) -> None:
         self.beat = self.clock()
@@ -57,8 +64,10 @@ class StallWatch:
 
     def check(self) -> bool:
         """Log once per stall, with the loop thread's stack as it is now; True when it logged."""
-        beat = self.beat
-        late = self.clock() - beat - self.every_s
+        beat = self.beat if self.source is None else self.source()
+        if beat is None:
+            return False
+        late = self.clock() - beat - self.beat_every_s
         if late <= self.late_s or beat == self.told_beat:
             return False
         self.told_beat = beat

@@ -64,7 +64,9 @@ def agent_command(config_path: Path, node: str | None, respawn: bool, verbose: b
         # Its own thread and loop: no client can hold up the heartbeats or the decisions.
         api = ApiServer(agent, loop)
         api.start()
-        watch = StallWatch(loop)
+        # Its beat is the heartbeat sender's: a loop late past it is a loop whose heartbeats are late.
+        watch = StallWatch(loop, beat=lambda: agent.link.last_send if agent.link.sending else None,
+                           beat_every_s=agent.interval_s)
         watch.start()
         try:
             await agent.run()
