@@ -235,6 +235,7 @@ def test_i13_the_stall_watch_on_the_heartbeat_senders_beat_wakes_the_loop_never(
                        beat_every_s=0.15)
     watch._first_beat()
     assert loop.delays == []  # no wake-up of its own
+    assert watch.every_s >= 0.1  # the watcher thread's own wait, as the agent runs it (the default)
     assert watch.late_s <= 0.25  # still told: a stall of a quarter second
     assert not watch.check()  # sent 0.1 s ago
     now[0] = 9.9 + 0.15 + 0.24
