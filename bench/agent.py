@@ -27,7 +27,7 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,11 +35,10 @@ from typing import Any
 from pydantic import ValidationError
 
 import benchlib
-from benchlib import LabNames, begin, fresh_lab, sigterm_as_interrupt
 from standby import tls
 from standby.apiclient import auth_header
 from standby.config import Config, Timings, read_secret
-from standby.lab import Lab, LabSpec, netns
+from standby.lab import Lab, netns
 from standby.lab.pair import start_pair, under_load
 
 NAME_PREFIX = "sbag"
@@ -213,36 +212,26 @@ def set_heartbeat(lab: Lab, ms: int) -> None:
         raise SystemExit(f"{lab.config_path}: the interval did not take ({lab.config().timings.heartbeat_interval_ms} ms)")
 
 
+def measure_phases(lab: Lab, doc: dict[str, Any], log: benchlib.Log, save: Callable[[], None], p: Params) -> None:
+    if p.heartbeat_ms is not None:
+        set_heartbeat(lab, p.heartbeat_ms)
+    start_pair(lab)
+    doc["heartbeat_interval_ms"] = lab.config().timings.heartbeat_interval_ms
+    time.sleep(p.settle_s)
+    log(f"idle for {p.seconds:g} s")
+    doc["phases"]["idle"] = measure(lab, p.seconds)
+    save()
+    with tempfile.TemporaryDirectory(prefix="standby-ag-") as tmp, under_load(lab, Path(tmp), p.rate):
+        time.sleep(p.settle_s)
+        log(f"under load for {p.seconds:g} s")
+        doc["phases"]["load"] = measure(lab, p.seconds)
+    log("tearing down")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     p = parse_args(argv)
-    t_start = time.monotonic()
-    doc, stamp, log = begin("agent", p, phases={})
-    code = 0
-    name = LabNames(NAME_PREFIX).next()
-    doc["lab"] = name
-    with sigterm_as_interrupt():
-        try:
-            with fresh_lab(LabSpec(name)) as lab, tempfile.TemporaryDirectory(prefix="standby-ag-") as tmp:
-                log(f"{name}: pair up")
-                if p.heartbeat_ms is not None:
-                    set_heartbeat(lab, p.heartbeat_ms)
-                start_pair(lab)
-                doc["heartbeat_interval_ms"] = lab.config().timings.heartbeat_interval_ms
-                time.sleep(p.settle_s)
-                log(f"idle for {p.seconds:g} s")
-                doc["phases"]["idle"] = measure(lab, p.seconds)
-                benchlib.write_results("agent", doc, stamp)
-                with under_load(lab, Path(tmp), p.rate):
-                    time.sleep(p.settle_s)
-                    log(f"under load for {p.seconds:g} s")
-                    doc["phases"]["load"] = measure(lab, p.seconds)
-                doc["complete"] = True
-                log("tearing down")
-        except KeyboardInterrupt:
-            log("interrupted; results so far are written")
-            code = 130
-    benchlib.end("agent", doc, stamp, t_start, render)
-    return code
+    return benchlib.run_on_one_lab("agent", p, NAME_PREFIX, lambda lab, doc, log, save: measure_phases(lab, doc, log, save, p),
+                                   render)
 
 
 if __name__ == "__main__":

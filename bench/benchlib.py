@@ -151,6 +151,32 @@ def fresh_lab(spec: LabSpec, log: Log | None = None) -> Iterator[Lab]:
             signal.signal(signal.SIGTERM, old_term)
 
 
+def run_on_one_lab(kind: str, params: Any, prefix: str, body: Callable[[Lab, dict[str, Any], Log, Callable[[], None]], None],
+                   render: Callable[[dict[str, Any]], str]) -> int:
+    """A one-lab benchmark's frame: its document (phases filled by ``body``, which may save what it has so
+    far with its last argument), a fresh lab named PREFIXn torn down whatever happens, Ctrl-C or SIGTERM
+    ending it with what was measured so far (exit 130)."""
+    t_start = time.monotonic()
+    doc, stamp, log = begin(kind, params, phases={})
+    code = 0
+    name = LabNames(prefix).next()
+    doc["lab"] = name
+    with sigterm_as_interrupt():
+        try:
+            with fresh_lab(LabSpec(name)) as lab:
+                log(f"{name}: pair up")
+                def save() -> None:
+                    write_results(kind, doc, stamp)
+
+                body(lab, doc, log, save)
+                doc["complete"] = True
+        except KeyboardInterrupt:
+            log("interrupted; results so far are written")
+            code = 130
+    end(kind, doc, stamp, t_start, render)
+    return code
+
+
 def _netns_names() -> list[str]:
     res = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=False)
     return [ln.split()[0] for ln in res.stdout.splitlines() if ln.strip()]

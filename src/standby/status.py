@@ -51,41 +51,48 @@ class Observations:
 
 
 def collect(cfg: Config, node: str, probe_arp: bool = True) -> Observations:
+    """Every look at once: with the peer's host down most of them end in a timeout (its server on both
+    networks, its agent, the ARP probes' listening), and one after another they took 8.5 s where the
+    longest takes 2."""
     peer = cfg.peer_of(node)
-    pg = {node: obs.observe_local(cfg, node), peer: obs.observe_peer(cfg, peer)}
-    facts = obs.pair_facts(cfg, node, pg)
-    agents = {n: agent_status(cfg, n) for n in (node, peer)}
     floating = cfg.reporting.floating() if cfg.reporting else None
-    reporting = _ip_holders(cfg, node, probe_arp, [floating])[0] if floating else None
-    with ThreadPoolExecutor(max_workers=8) as pool:  # a silent follower costs one timeout, not one each
-        followers = dict(zip([f.name for f in cfg.followers],
-                             pool.map(lambda f: follower_status(cfg, f.name), cfg.followers), strict=True))
-    return Observations(observer=node, pg=pg, ips=_ip_holders(cfg, node, probe_arp), facts=facts, agents=agents,
-                        reporting=reporting, followers=followers)
+    with ThreadPoolExecutor(max_workers=8 + len(cfg.followers)) as pool:
+        local, remote = pool.submit(obs.observe_local, cfg, node), pool.submit(obs.observe_peer, cfg, peer)
+        agents = {n: pool.submit(agent_status, cfg, n) for n in (node, peer)}
+        ips = pool.submit(_ip_holders, cfg, node, probe_arp)
+        reporting = pool.submit(_ip_holders, cfg, node, probe_arp, [floating]) if floating else None
+        followers = {f.name: pool.submit(follower_status, cfg, f.name) for f in cfg.followers}
+        pg = {node: local.result(), peer: remote.result()}
+        return Observations(observer=node, pg=pg, ips=ips.result(), facts=obs.pair_facts(cfg, node, pg),
+                            agents={n: a.result() for n, a in agents.items()},
+                            reporting=reporting.result()[0] if reporting else None,
+                            followers={n: f.result() for n, f in followers.items()})
 
 
 def _ip_holders(cfg: Config, node: str, probe_arp: bool, ips: list[ServiceIP] | None = None) -> tuple[IpHolders, ...]:
     peer = cfg.peer_of(node)
     mine = addresses.local_addresses()
     held_here = {a for addrs in mine.values() for a in addrs}
-    peer_macs: set[str] | None = None
-    out = []
-    for sip in cfg.service_ips if ips is None else ips:
-        holders: list[str] = [node] if sip.address.ip in held_here else []
-        probed = False
-        if probe_arp and sip.interface in mine:
-            # The same raw ARP probe the agent uses before it claims an address.
+    wanted = [sip for sip in (cfg.service_ips if ips is None else ips)]
+    probed = [sip for sip in wanted if probe_arp and sip.interface in mine]
+    # The same raw ARP probe the agent uses before it claims an address, each address's (and the peer's own
+    # address's, to tell its MAC) at once: a probe listens for its whole timeout.
+    with ThreadPoolExecutor(max_workers=1 + len(probed)) as pool:
+        peer_macs = pool.submit(probes.arp_holders, probed[0].interface, str(cfg.nodes[peer].public.ip),
+                                timeout_s=0.5) if probed else None
+        answers = {sip.address: pool.submit(probes.arp_holders, sip.interface, str(sip.address.ip), timeout_s=0.5)
+                   for sip in probed}
+        out = []
+        for sip in wanted:
+            holders: list[str] = [node] if sip.address.ip in held_here else []
             try:
-                if peer_macs is None:
-                    peer_macs = probes.arp_holders(sip.interface, str(cfg.nodes[peer].public.ip), timeout_s=0.5)
-                answered = probes.arp_holders(sip.interface, str(sip.address.ip), timeout_s=0.5)
+                answered = answers[sip.address].result() if sip.address in answers else None
+                macs = peer_macs.result() if peer_macs is not None and answered else set()
             except probes.ProbeError:
-                answered = set()  # not probed: the warning says "seen from here"
-            else:
-                probed = True
-            for mac in sorted(answered):
-                holders.append(peer if mac in (peer_macs or set()) else f"unknown {mac}")
-        out.append(IpHolders(str(sip.address.ip), tuple(dict.fromkeys(holders)), probed))
+                answered = None  # not probed: the warning says "seen from here"
+            for mac in sorted(answered or ()):
+                holders.append(peer if mac in macs else f"unknown {mac}")
+            out.append(IpHolders(str(sip.address.ip), tuple(dict.fromkeys(holders)), answered is not None))
     return tuple(out)
 
 
