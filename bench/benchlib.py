@@ -158,6 +158,10 @@ def run_on_one_lab(kind: str, params: Any, prefix: str, body: Callable[[Lab, dic
     ending it with what was measured so far (exit 130)."""
     t_start = time.monotonic()
     doc, stamp, log = begin(kind, params, phases={})
+
+    def save() -> None:
+        write_results(kind, doc, stamp)
+
     code = 0
     name = LabNames(prefix).next()
     doc["lab"] = name
@@ -165,9 +169,6 @@ def run_on_one_lab(kind: str, params: Any, prefix: str, body: Callable[[Lab, dic
         try:
             with fresh_lab(LabSpec(name)) as lab:
                 log(f"{name}: pair up")
-                def save() -> None:
-                    write_results(kind, doc, stamp)
-
                 body(lab, doc, log, save)
                 doc["complete"] = True
         except KeyboardInterrupt:

@@ -73,7 +73,7 @@ def _ip_holders(cfg: Config, node: str, probe_arp: bool, ips: list[ServiceIP] | 
     peer = cfg.peer_of(node)
     mine = addresses.local_addresses()
     held_here = {a for addrs in mine.values() for a in addrs}
-    wanted = [sip for sip in (cfg.service_ips if ips is None else ips)]
+    wanted = list(cfg.service_ips if ips is None else ips)
     probed = [sip for sip in wanted if probe_arp and sip.interface in mine]
     # The same raw ARP probe the agent uses before it claims an address, each address's (and the peer's own
     # address's, to tell its MAC) at once: a probe listens for its whole timeout.
