@@ -120,6 +120,21 @@ def test_told_if_stopping_waits_for_nothing_while_the_server_runs_on(tmp_path: P
     waited: list[int] = []
     monkeypatch.setattr(sessions, "wait_ended", lambda ips, port: waited.append(port) or 3)
     monkeypatch.setattr(pgact, "server_stopping", lambda d: False)
+    monkeypatch.setattr(pgact, "running_pid", lambda d: 4242)  # running on, not stopping: its sessions stay
     assert sessions.told_if_stopping(cfg, "alpha") == 0 and waited == []
     monkeypatch.setattr(pgact, "server_stopping", lambda d: True)
     assert sessions.told_if_stopping(cfg, "alpha") == 3 and waited == [cfg.pg("alpha").port]
+
+
+def test_ci54_a_release_after_the_server_has_already_stopped_still_waits_for_its_goodbyes(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """CI run 54: the fence's fast stop was over (postmaster.pid gone) before the release looked, so the release
+    saw no server "stopping", waited for nothing and removed the service IP 130 ms after the decision; a backend's
+    goodbye still unacknowledged (its first copy lost to the thawed host's network) could no longer be sent
+    again, and the client waited for good. A stopped server's sockets are goodbyes in flight: waited for."""
+    cfg = config.parse(example_with_secrets(tmp_path)[0])
+    waited: list[int] = []
+    monkeypatch.setattr(sessions, "wait_ended", lambda ips, port: waited.append(port) or 1)
+    monkeypatch.setattr(pgact, "server_stopping", lambda d: False)
+    monkeypatch.setattr(pgact, "running_pid", lambda d: None)  # stopped: no live postmaster
+    assert sessions.told_if_stopping(cfg, "alpha") == 1 and waited == [cfg.pg("alpha").port]

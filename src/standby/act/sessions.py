@@ -80,6 +80,10 @@ def told(cfg: Config, node: str) -> int:
 
 def told_if_stopping(cfg: Config, node: str) -> int:
     """Before a release removes the service IPs: if the local server is shutting down (a fence's first move,
-    made when it was decided), wait for its sessions (``told``); 0 otherwise (a server that keeps running
-    keeps its sessions, and nothing is waited for)."""
-    return told(cfg, node) if pgact.server_stopping(cfg.pg(node).data_dir) else 0
+    made when it was decided) or already down, wait for its sessions (``told``); 0 when it runs on (a server
+    that keeps running keeps its sessions, and nothing is waited for). Already down counts (CI run 54): a
+    fast stop can be over before the release looks, and its backends' goodbyes may still wait for the
+    client's acknowledgement, or to be sent again, which they cannot be once the address is gone."""
+    data_dir = cfg.pg(node).data_dir
+    runs_on = pgact.running_pid(data_dir) is not None and not pgact.server_stopping(data_dir)
+    return 0 if runs_on else told(cfg, node)
