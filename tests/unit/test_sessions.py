@@ -114,16 +114,16 @@ def test_ci42_the_agents_fence_tells_the_clients_before_its_release_removes_the_
     assert pg.calls.index("stop_requested") < pg.calls.index("stop")
 
 
-def test_told_if_stopping_waits_for_nothing_while_the_server_runs_on(tmp_path: Path,
+def test_told_unless_running_on_waits_for_nothing_while_the_server_runs_on(tmp_path: Path,
                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     cfg = config.parse(example_with_secrets(tmp_path)[0])
     waited: list[int] = []
     monkeypatch.setattr(sessions, "wait_ended", lambda ips, port: waited.append(port) or 3)
     monkeypatch.setattr(pgact, "server_stopping", lambda d: False)
     monkeypatch.setattr(pgact, "running_pid", lambda d: 4242)  # running on, not stopping: its sessions stay
-    assert sessions.told_if_stopping(cfg, "alpha") == 0 and waited == []
+    assert sessions.told_unless_running_on(cfg, "alpha") == 0 and waited == []
     monkeypatch.setattr(pgact, "server_stopping", lambda d: True)
-    assert sessions.told_if_stopping(cfg, "alpha") == 3 and waited == [cfg.pg("alpha").port]
+    assert sessions.told_unless_running_on(cfg, "alpha") == 3 and waited == [cfg.pg("alpha").port]
 
 
 def test_ci54_a_release_after_the_server_has_already_stopped_still_waits_for_its_goodbyes(
@@ -137,4 +137,4 @@ def test_ci54_a_release_after_the_server_has_already_stopped_still_waits_for_its
     monkeypatch.setattr(sessions, "wait_ended", lambda ips, port: waited.append(port) or 1)
     monkeypatch.setattr(pgact, "server_stopping", lambda d: False)
     monkeypatch.setattr(pgact, "running_pid", lambda d: None)  # stopped: no live postmaster
-    assert sessions.told_if_stopping(cfg, "alpha") == 1 and waited == [cfg.pg("alpha").port]
+    assert sessions.told_unless_running_on(cfg, "alpha") == 1 and waited == [cfg.pg("alpha").port]

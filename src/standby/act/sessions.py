@@ -78,7 +78,7 @@ def told(cfg: Config, node: str) -> int:
     return wait_ended([s.address.ip for s in cfg.service_ips], cfg.pg(node).port)
 
 
-def told_if_stopping(cfg: Config, node: str) -> int:
+def told_unless_running_on(cfg: Config, node: str) -> int:
     """Before a release removes the service IPs: if the local server is shutting down (a fence's first move,
     made when it was decided) or already down, wait for its sessions (``told``); 0 when it runs on (a server
     that keeps running keeps its sessions, and nothing is waited for). Already down counts (CI run 54): a

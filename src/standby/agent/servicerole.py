@@ -121,7 +121,7 @@ class ServiceRole:
         # Addresses first: clients stop reaching this node at once. The services stop even if an address
         # could not be removed; that error is raised afterwards. But a server already told to stop (a fence)
         # first tells its clients, while they can still hear it (standby.act.sessions).
-        if left := await self._addr(sessions.told_if_stopping, self.cfg, self.node):
+        if left := await self._addr(sessions.told_unless_running_on, self.cfg, self.node):
             self._event("sessions_left_open", sessions=left)
         try:
             await self.remove_ips()
