@@ -20,7 +20,8 @@ from psycopg.conninfo import conninfo_to_dict
 from standby.lab import Lab, netns
 from standby.lab.configfile import app_dsn_for
 from standby.lab.pair import holders, primaries, start_pair, wait_ready
-from standby.lab.topology import SERVICE_IP
+from standby.lab.topology import PG_PORT, SERVICE_IP
+from tests.lab.netwatch import ArpClaims, TcpStates, public_mac
 
 ENDED_WITHIN_S = 20  # the query sleeps 10 s: a client still waiting after this was never told
 
@@ -91,12 +92,21 @@ def test_ci42_a_query_in_flight_when_a_frozen_primary_thaws_and_fences_itself_en
     over; thawed, alpha's agent fences at once and its release waits for the sessions its server ends."""
     q = InFlight(pair).start(pair, "alpha")
     pair.freeze("alpha")
-    try:
-        # A paused alpha still has the address in its kernel: only beta's side can be waited for.
-        pair.wait_for("beta primary with the service IP", lambda: primaries(pair) == ["beta"]
-                      and "beta" in holders(pair), timeout_s=15)
-    finally:
-        pair.thaw("alpha")
+    # CI runs 54 and 57 saw the client wait for good here; what the next such run shows (on failure): how
+    # alpha's session socket ended, and who claimed the service IP on the client network.
+    with TcpStates(pair, "alpha", PG_PORT) as sockets, ArpClaims(pair, SERVICE_IP.split("/")[0]) as claims:
+        try:
+            # A paused alpha still has the address in its kernel: only beta's side can be waited for.
+            pair.wait_for("beta primary with the service IP", lambda: primaries(pair) == ["beta"]
+                          and "beta" in holders(pair), timeout_s=15)
+        finally:
+            thawed = time.time()
+            pair.thaw("alpha")
+        q.thread.join(ENDED_WITHIN_S)
+    macs = {public_mac(pair, n): n for n in ("alpha", "beta")}
+    seen = (f"thawed at {thawed:.3f}; alpha's sockets on {PG_PORT}:\n{sockets.told()}\nservice IP claimed by: "
+            + ", ".join(f"{t:.3f} {macs.get(m, m)}" for t, m in claims.senders))
+    assert not q.thread.is_alive(), seen
     # Told either way, never answered: alpha's stopping server sends its "terminating connection" and
     # FIN, but the client's acknowledgement goes to the service IP's new holder (beta's gratuitous ARP),
     # whose kernel knows no such connection and resets it; when the reset lands before libpq read the

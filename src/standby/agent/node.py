@@ -1,15 +1,14 @@
 """The node agent: the parts wired together, and the loop that observes, decides (standby.decide) and acts.
 
-The parts, one file each: the heartbeat link (link.py), the observer of PostgreSQL and the links
-(observer.py, through the one connection in localdb.py), the background probes (probers.py), the
-executor of decided actions (executor.py), operator operations (operator.py), the reporting-IP
-mover (reporting_ip.py), the alerter (alerter.py); the persisted state and history (store.py); the
-start-up refusals (startup.py).
+The parts, one file each: the heartbeat link (link.py), the observer of PostgreSQL and the links (observer.py,
+through the one connection in localdb.py), the background probes (probers.py), the executor of decided actions
+(executor.py), operator operations (operator.py), the reporting-IP mover (reporting_ip.py), the alerter
+(alerter.py); the persisted state and history (store.py); the start-up refusals (startup.py).
 
-It owns: the decision state's turn (decisions and operator operations take turns), the step, and
-the agent's threads. It may not block the event loop: everything that blocks (PostgreSQL, netlink,
-service commands, disk) runs on a worker thread, because the heartbeat sender's own gaps and the
-step's lateness are what tell the decisions that this process stalled (a frozen VM).
+It owns: the decision state's turn (decisions and operator operations take turns), the step, and the agent's
+threads. It may not block the event loop: everything that blocks (PostgreSQL, netlink, service commands, disk)
+runs on a worker thread, because the heartbeat sender's own gaps and the step's lateness are what tell the
+decisions that this process stalled (a frozen VM).
 """
 
 from __future__ import annotations
@@ -77,7 +76,7 @@ class Agent(Surface):
         # Made once: the configuration never changes under a running agent (one per step cost idle CPU).
         self.policies = {suspended: policy_for(cfg, node, suspended) for suspended in (False, True)}
         self.policy = self.policies[False]
-        self.stopping = asyncio.Event()
+        self.stopping, self.stepped = asyncio.Event(), asyncio.Event()  # stepped: set and cleared after each step
         self.started = False  # until run() restored the state, the API says "starting" (standby.api)
         # Decisions and operator operations take turns: an operation changes the
         # state under the decision loop's feet otherwise (a stale step would undo it).
@@ -174,6 +173,8 @@ class Agent(Surface):
             t = self.clock()
             await self._step_locked()
             self._step_times.append(self.clock() - t)
+            self.stepped.set()  # wakes what waits for a decision made after its own wait (the announcer) ...
+            self.stepped.clear()  # ... and the next wait is for the next step
             if self.decisions % STEP_TIMES_EVERY == 0 or not self.step_times:
                 self.step_times = tuple(self._step_times)
 
@@ -247,7 +248,7 @@ class Agent(Surface):
             "health_prober": lambda: p.health(stop, lambda: s.state.services and not s.service_role.ensuring
                                               and not s.executor.busy(ActionKind.TAKE_SERVICES)),
             "arp_refresher": lambda: p.announcer(stop, lambda: s.state.services
-                                                 and not s.executor.busy(ActionKind.RELEASE_SERVICES)),
+                                                 and not s.executor.busy(ActionKind.RELEASE_SERVICES), s.stepped.wait),
         }
 
     async def run(self, on_ready: Callable[[], None] | None = None) -> None:
@@ -260,8 +261,7 @@ class Agent(Surface):
         self.link.restart_gaps()  # this process's own start-up is not a stall (the liveness record covers it)
         tasks = [loop.create_task(self.guard.forever(name, fn, self.interval_s, self.stopping))
                  for name, fn in self._background().items()]
-        # Services placed everywhere run on both nodes; if this node already holds
-        # the addresses, what they point at must run too.
+        # Services placed everywhere run on both nodes; if this node already holds the addresses, what they point at too.
         tasks.append(loop.create_task(self.service_role.ensure(None if self.state.services else Placement.EVERYWHERE,
                                                                self.executor.exclusive(Role.SERVICES))))
         self.started = True

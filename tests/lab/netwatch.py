@@ -1,0 +1,84 @@
+"""What a lab test can watch on the wire without a capture tool: who claims an address over ARP on the client
+network, and the states a node's TCP sockets pass through. Each runs in a thread inside one lab namespace while
+its ``with`` block lasts."""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from standby.lab import Lab, netns
+from standby.lab.topology import interface_for
+from standby.model import Net
+
+
+class _Watch:
+    def __init__(self, ns: str) -> None:
+        self.ns = ns
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=netns.call_in, args=(ns, self._run), daemon=True)
+
+    def _run(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Any:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(5)
+
+
+class ArpClaims(_Watch):
+    """The sender MAC of every ARP frame sent from ``ip`` (a gratuitous ARP, or an answer) heard on a packet
+    socket in the client's namespace."""
+
+    def __init__(self, lab: Lab, ip: str) -> None:
+        super().__init__(lab.netns("client"))
+        self.ip = ipaddress.IPv4Address(ip).packed
+        self.senders: list[tuple[float, str]] = []
+
+    def _run(self) -> None:
+        with socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0806)) as s:
+            s.settimeout(0.05)
+            while not self._stop.is_set():
+                try:
+                    frame = s.recv(64)
+                except TimeoutError:
+                    continue
+                if len(frame) >= 32 and frame[28:32] == self.ip:  # ARP's sender MAC at 22, sender IP at 28
+                    self.senders.append((time.time(), frame[22:28].hex(":")))
+
+    def macs(self) -> set[str]:
+        return {mac for _, mac in self.senders}
+
+
+class TcpStates(_Watch):
+    """Every change of the set of ``node``'s TCP sockets on local ``port`` (local and remote end, state as
+    /proc/net/tcp says it), read every few milliseconds: how a session ended, or did not."""
+
+    def __init__(self, lab: Lab, node: str, port: int) -> None:
+        super().__init__(lab.netns(node))
+        self.port = f":{port:04X}"
+        self.changes: list[tuple[float, tuple[str, ...]]] = []
+
+    def _run(self) -> None:
+        proc = Path("/proc/thread-self/net/tcp")  # this thread's namespace (/proc/self is the process's)
+        while not self._stop.is_set():
+            rows = tuple(" ".join(f.split()[1:4]) for f in proc.read_text().splitlines()[1:]
+                         if f.split()[1].endswith(self.port) and f.split()[3] != "0A")  # not the listener
+            if not self.changes or self.changes[-1][1] != rows:
+                self.changes.append((time.time(), rows))
+            time.sleep(0.003)
+
+    def told(self) -> str:
+        return "\n".join(f"{t:.3f} {' | '.join(rows) or '-'}" for t, rows in self.changes)
+
+
+def public_mac(lab: Lab, node: str) -> str:
+    return netns.run_in(lab.netns(node), ["cat", f"/sys/class/net/{interface_for(Net.PUBLIC)}/address"]).stdout.strip()
