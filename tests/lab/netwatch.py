@@ -9,7 +9,7 @@ import socket
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Self
 
 from standby.lab import Lab, netns
 from standby.lab.topology import interface_for
@@ -25,7 +25,7 @@ class _Watch:
     def _run(self) -> None:
         raise NotImplementedError
 
-    def __enter__(self) -> Any:
+    def __enter__(self) -> Self:
         self._thread.start()
         return self
 
@@ -70,8 +70,8 @@ class TcpStates(_Watch):
     def _run(self) -> None:
         proc = Path("/proc/thread-self/net/tcp")  # this thread's namespace (/proc/self is the process's)
         while not self._stop.is_set():
-            rows = tuple(" ".join(f.split()[1:4]) for f in proc.read_text().splitlines()[1:]
-                         if f.split()[1].endswith(self.port) and f.split()[3] != "0A")  # not the listener
+            fields = (line.split() for line in proc.read_text().splitlines()[1:])
+            rows = tuple(" ".join(f[1:4]) for f in fields if f[1].endswith(self.port) and f[3] != "0A")  # not the listener
             if not self.changes or self.changes[-1][1] != rows:
                 self.changes.append((time.time(), rows))
             time.sleep(0.003)
