@@ -1,6 +1,6 @@
-"""What a lab test can watch on the wire without a capture tool: who claims an address over ARP on the client
-network, and the states a node's TCP sockets pass through. Each runs in a thread inside one lab namespace while
-its ``with`` block lasts."""
+"""What a lab test runs beside itself: a thread per watcher while its ``with`` block lasts (``Background``), and
+what can be watched on the wire without a capture tool: who claims an address over ARP on the client network,
+and the states a node's TCP sockets pass through, each from inside one lab namespace."""
 
 from __future__ import annotations
 
@@ -16,37 +16,42 @@ from standby.lab.topology import interface_for
 from standby.model import Net
 
 
-class _Watch:
-    def __init__(self, ns: str) -> None:
-        self.ns = ns
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=netns.call_in, args=(ns, self._run), daemon=True)
+class Background:
+    """A thread of the test running ``_run`` while the ``with`` block lasts; ``_run`` ends when ``stop`` is set."""
+
+    stop: threading.Event
+    thread: threading.Thread
+
+    def _start(self, name: str, ns: str | None = None) -> None:
+        self.stop = threading.Event()
+        args = (self._run,) if ns is None else (netns.call_in, ns, self._run)
+        self.thread = threading.Thread(target=args[0], args=args[1:], name=name, daemon=True)
 
     def _run(self) -> None:
         raise NotImplementedError
 
     def __enter__(self) -> Self:
-        self._thread.start()
+        self.thread.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(5)
+        self.stop.set()
+        self.thread.join(30)
 
 
-class ArpClaims(_Watch):
+class ArpClaims(Background):
     """The sender MAC of every ARP frame sent from ``ip`` (a gratuitous ARP, or an answer) heard on a packet
     socket in the client's namespace."""
 
     def __init__(self, lab: Lab, ip: str) -> None:
-        super().__init__(lab.netns("client"))
+        self._start("arp-claims", lab.netns("client"))
         self.ip = ipaddress.IPv4Address(ip).packed
         self.senders: list[tuple[float, str]] = []
 
     def _run(self) -> None:
         with socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0806)) as s:
             s.settimeout(0.05)
-            while not self._stop.is_set():
+            while not self.stop.is_set():
                 try:
                     frame = s.recv(64)
                 except TimeoutError:
@@ -58,18 +63,18 @@ class ArpClaims(_Watch):
         return {mac for _, mac in self.senders}
 
 
-class TcpStates(_Watch):
+class TcpStates(Background):
     """Every change of the set of ``node``'s TCP sockets on local ``port`` (local and remote end, state as
     /proc/net/tcp says it), read every few milliseconds: how a session ended, or did not."""
 
     def __init__(self, lab: Lab, node: str, port: int) -> None:
-        super().__init__(lab.netns(node))
+        self._start("tcp-states", lab.netns(node))
         self.port = f":{port:04X}"
         self.changes: list[tuple[float, tuple[str, ...]]] = []
 
     def _run(self) -> None:
         proc = Path("/proc/thread-self/net/tcp")  # this thread's namespace (/proc/self is the process's)
-        while not self._stop.is_set():
+        while not self.stop.is_set():
             fields = (line.split() for line in proc.read_text().splitlines()[1:])
             rows = tuple(" ".join(f[1:4]) for f in fields if f[1].endswith(self.port) and f[3] != "0A")  # not the listener
             if not self.changes or self.changes[-1][1] != rows:

@@ -33,7 +33,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Self
+from typing import TYPE_CHECKING, Any
 
 import psycopg
 import pytest
@@ -41,6 +41,7 @@ import pytest
 from standby.lab import Lab, netns
 from standby.lab.pair import agent_state, start_pair
 from standby.lab.topology import APP_DB, APP_ROLE, PG_OS_USER, SERVICE_IP
+from tests.lab.netwatch import Background
 from tests.packages import need
 
 if TYPE_CHECKING:
@@ -107,29 +108,6 @@ class Attempt:
     server: str | None  # the address PostgreSQL saw the commit arrive on; None: not acknowledged
     timeline: int = 0  # the committing server's: a promoted standby's is its old primary's + 1
     error: str | None = None
-
-
-class Background:
-    """A thread of the test running ``_run`` while the ``with`` block lasts; ``_run`` ends when ``stop`` is set."""
-
-    stop: threading.Event
-    thread: threading.Thread
-
-    def _start(self, name: str, ns: str | None = None) -> None:
-        self.stop = threading.Event()
-        args = (self._run,) if ns is None else (netns.call_in, ns, self._run)
-        self.thread = threading.Thread(target=args[0], args=args[1:], name=name, daemon=True)
-
-    def _run(self) -> None:
-        raise NotImplementedError
-
-    def __enter__(self) -> Self:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop.set()
-        self.thread.join(30)
 
 
 @dataclass
