@@ -2,6 +2,8 @@
 
 GET /primary   200 on the writable node, 503 elsewhere
 GET /replica   200 on a streaming standby (optional ?lag=BYTES: at most BYTES left to replay), 503 elsewhere
+               Both say 503 ("vouched": "paused") after a pause of the agent longer than the stall limit
+               until a decision step has looked (standby.vouch), and /primary from the moment a fence is decided.
 GET /health    200 while PostgreSQL runs here
 GET /status    this agent's view, as JSON
 GET /metrics   Prometheus text
@@ -40,7 +42,7 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
-from standby import __version__, protocol, tls
+from standby import __version__, protocol, tls, vouch
 from standby.agent.node import Agent, OpError
 from standby.config import Config, ConfigError, api_addresses, read_secret
 from standby.documents import (
@@ -144,8 +146,11 @@ def _reporting_view(a: Agent) -> ReportingView | None:
 
 async def primary(request: web.Request) -> web.Response:
     a = request.app[AGENT_KEY]
-    ok = a.pg.db is DbState.PRIMARY and not a.state.fenced
-    return _json(200 if ok else 503, {"role": "primary" if ok else a.pg.db.value, "node": a.node})
+    looked = a.looked()  # read once: the agent's loop changes it meanwhile
+    verdict = vouch.primary(looked, a.policy)
+    ok = verdict is vouch.Verdict.PRIMARY
+    role = DbState.FENCED if looked.fenced else looked.db
+    return _json(200 if ok else 503, {"role": role.value, "vouched": verdict.value, "node": a.node})
 
 
 async def replica(request: web.Request) -> web.Response:
@@ -159,11 +164,14 @@ async def replica(request: web.Request) -> web.Response:
         return _json(400, {"error": f"lag must be a whole number of bytes, got {raw!r}"})
     # Replayed, not received: a read sees only what was applied (replay paused or held up by a conflict
     # leaves a standby that received everything serving old rows), as the reporting IP's bound counts it.
-    lag, applied = None, a.pg.replay_lsn
-    if a.peer_view is not None and a.peer_view.db is DbState.PRIMARY and a.peer_view.lsn is not None and applied is not None:
-        lag = max(0, a.peer_view.lsn - applied)
-    ok = a.pg.db is DbState.STANDBY and a.pg.streaming and (bound is None or (lag is not None and lag <= bound))
-    return _json(200 if ok else 503, {"role": a.pg.db.value, "streaming": a.pg.streaming, "lag_bytes": lag, "node": a.node})
+    looked, pg, peer = a.looked(), a.pg, a.peer_view
+    lag, applied = None, pg.replay_lsn
+    if peer is not None and peer.db is DbState.PRIMARY and peer.lsn is not None and applied is not None:
+        lag = max(0, peer.lsn - applied)
+    verdict = vouch.replica(looked, a.policy)
+    ok = verdict is vouch.Verdict.STANDBY and (bound is None or (lag is not None and lag <= bound))
+    return _json(200 if ok else 503, {"role": pg.db.value, "streaming": pg.streaming, "lag_bytes": lag,
+                                      "vouched": verdict.value, "node": a.node})
 
 
 async def health(request: web.Request) -> web.Response:

@@ -1,6 +1,7 @@
 """What a lab test runs beside itself: a thread per watcher while its ``with`` block lasts (``Background``), and
 what can be watched on the wire without a capture tool: who claims an address over ARP on the client network,
-and the states a node's TCP sockets pass through, each from inside one lab namespace."""
+the states a node's TCP sockets pass through, and what a node's write check answers a load balancer, each
+from inside one lab namespace."""
 
 from __future__ import annotations
 
@@ -8,9 +9,12 @@ import ipaddress
 import socket
 import threading
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 from typing import Self
 
+from standby import tls
 from standby.lab import Lab, netns
 from standby.lab.topology import interface_for
 from standby.model import Net
@@ -83,6 +87,33 @@ class TcpStates(Background):
 
     def told(self) -> str:
         return "\n".join(f"{t:.3f} {' | '.join(rows) or '-'}" for t, rows in self.changes)
+
+
+class WriteChecks(Background):
+    """``GET /primary`` on ``node``'s public address from the client's namespace, as HAProxy asks it, a new
+    connection every few milliseconds: (time, HTTP status or the error) of each answer or failure."""
+
+    def __init__(self, lab: Lab, node: str) -> None:
+        self._start("write-checks", lab.netns("client"))
+        cfg = lab.config()
+        self.url, self.ctx = tls.api_url(cfg, cfg.nodes[node].public.ip, "/primary"), tls.client_context(cfg)
+        self.answers: list[tuple[float, int | str]] = []
+
+    def _run(self) -> None:
+        while not self.stop.is_set():
+            try:
+                with urllib.request.urlopen(self.url, timeout=0.3, context=self.ctx) as r:
+                    got: int | str = r.status
+            except urllib.error.HTTPError as e:
+                got = e.code
+            except (urllib.error.URLError, OSError) as e:
+                got = type(getattr(e, "reason", e)).__name__
+            self.answers.append((time.time(), got))
+            time.sleep(0.005)
+
+    def vouched(self) -> list[float]:
+        """When the node said "primary"."""
+        return [t for t, got in self.answers if got == 200]
 
 
 def public_mac(lab: Lab, node: str) -> str:

@@ -26,7 +26,7 @@ from standby.lab.pair import (
     wait_ready,
 )
 from standby.lab.topology import SERVICE_IP
-from tests.lab.netwatch import ArpClaims, public_mac
+from tests.lab.netwatch import ArpClaims, WriteChecks, public_mac
 from tests.sizing import hold_s
 
 
@@ -93,16 +93,21 @@ def test_softswitch_health_does_not_flap_after_a_take_over(pair: Lab) -> None:
 
 def test_primary_frozen_then_thawed_comes_back_fenced(pair: Lab, tmp_path: Path) -> None:
     """Also CI run 57: the thawed alpha sent a gratuitous ARP for the service IP before its first step had let it
-    go (its announcer's wait had run out during the pause), taking the address's clients back from beta."""
+    go (its announcer's wait had run out during the pause), taking the address's clients back from beta; and
+    its API told a load balancer's write check "primary" until that step had run (standby.vouch)."""
     with under_load(pair, tmp_path) as run:
         pair.freeze("alpha")
         settle(pair, db="beta", services="beta")
-        with ArpClaims(pair, SERVICE_IP.split("/")[0]) as claims:
+        with ArpClaims(pair, SERVICE_IP.split("/")[0]) as claims, WriteChecks(pair, "alpha") as checks:
+            thawed_at = time.time()
             pair.thaw("alpha")
             pair.wait_for("alpha to fence itself after the thaw",
                           lambda: agent_state(pair, "alpha").get("state", {}).get("fenced"), timeout_s=15)
             time.sleep(1.0)
     assert public_mac(pair, "alpha") not in claims.macs(), "the thawed alpha claimed the service IP it had lost"
+    assert any(isinstance(got, int) for _, got in checks.answers), f"alpha's API never answered: {checks.answers}"
+    vouched = [round(t - thawed_at, 3) for t in checks.vouched()]
+    assert vouched == [], f"the thawed alpha's API said 'primary' at {vouched} s after the thaw"
     settle(pair, db="beta", services="beta")
     # Fenced either by its own stall check or, if beta's newer term was read first, as superseded.
     reasons = {e["reason"] for e in role_changes(pair, "alpha")}

@@ -121,7 +121,7 @@ def script(agent: Agent, monkeypatch: pytest.MonkeyPatch,
     monkeypatch.setattr(node_mod, "decide", fake_decide)
     monkeypatch.setattr(agent, "_observe", fake_observe)
     monkeypatch.setattr(agent.db, "stop", lambda: None)
-    monkeypatch.setattr(agent, "_reconcile_sync", lambda: None)
+    monkeypatch.setattr(agent.sync_keeper, "reconcile", lambda: None)
 
 
 async def run_steps(agent: Agent, n: int, pause_s: float, settle_s: float = 1.5) -> None:
@@ -442,7 +442,7 @@ def _capture_policy(agent: Agent, monkeypatch: pytest.MonkeyPatch) -> list[bool]
 
     monkeypatch.setattr(node_mod, "decide", fake_decide)
     monkeypatch.setattr(agent, "_observe", fake_observe)
-    monkeypatch.setattr(agent, "_reconcile_sync", lambda: None)
+    monkeypatch.setattr(agent.sync_keeper, "reconcile", lambda: None)
     return suspended
 
 

@@ -203,8 +203,8 @@ def test_i13_the_names_are_still_set_when_the_server_has_others(tmp_path: Path, 
             await sh.start()
             for _ in range(3):
                 await sh.tick()
-                if sh.agent._sync_task is not None:
-                    await sh.agent._sync_task
+                if sh.agent.sync_keeper.task is not None:
+                    await sh.agent.sync_keeper.task
 
         run(go())
     assert pg.sync_names and set(pg.sync_names) == {pgact.sync_value("beta")}

@@ -156,9 +156,13 @@ class HeartbeatLink:
 
     def take_send_gap(self) -> float:
         """The longest this node went without sending since the last call (a stall shows here first)."""
-        gap = max(self.max_send_gap, self.clock() - self.last_send)
+        gap = self.pending_gap()
         self.max_send_gap = 0.0
         return gap
+
+    def pending_gap(self) -> float:
+        """What the next ``take_send_gap`` would return, without taking it (the API's checks read it)."""
+        return max(self.max_send_gap, self.clock() - self.last_send)
 
     def restart_gaps(self) -> None:
         """Start-up is not a stall: count gaps from now."""

@@ -3,7 +3,8 @@
 The parts, one file each: the heartbeat link (link.py), the observer of PostgreSQL and the links (observer.py,
 through the one connection in localdb.py), the background probes (probers.py), the executor of decided actions
 (executor.py), operator operations (operator.py), the reporting-IP mover (reporting_ip.py), the alerter
-(alerter.py); the persisted state and history (store.py); the start-up refusals (startup.py).
+(alerter.py), the keeper of synchronous_standby_names (synckeeper.py); the persisted state and history
+(store.py); the start-up refusals (startup.py); what the API reads (surface.py).
 
 It owns: the decision state's turn (decisions and operator operations take turns), the step, and the agent's
 threads. It may not block the event loop: everything that blocks (PostgreSQL, netlink, service commands, disk)
@@ -21,10 +22,8 @@ from collections.abc import Awaitable, Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, TypeVar
 
-import psycopg
-
 from standby.act import addresses, services  # noqa: F401  (re-exported: unit tests replace the kernel here)
-from standby.agent import priority, syncnames
+from standby.agent import priority
 from standby.agent.alerter import Alerter
 from standby.agent.executor import Actions, Executor, Role
 from standby.agent.guard import Guard
@@ -42,11 +41,13 @@ from standby.agent.startup import RefusedToStart, heartbeat_key, same_configurat
 from standby.agent.store import StateCell, Store
 from standby.agent.superseded import fence_if_superseded
 from standby.agent.surface import Surface
+from standby.agent.synckeeper import SyncKeeper
 from standby.alerts import AlertDispatcher
 from standby.config import Config, Placement
 from standby.decide import advertise, decide
 from standby.model import ActionKind, DbState, Observation, PeerView
 from standby.observe import postgres as pgobs  # noqa: F401  (re-exported: unit tests replace the connection here)
+from standby.vouch import NOTHING_IN_HAND, InHand
 
 __all__ = ["Agent", "OpError", "RefusedToStart", "config_digest", "hook_argv", "policy_for", "run_hook"]
 log = logging.getLogger("standby.agent")
@@ -87,7 +88,7 @@ class Agent(Surface):
         self.step_times: tuple[float, ...] = ()
         self.startup_gap = self.step_gap = self.state_write_s = 0.0
         self.step_started: float | None = None  # None: the next step's lateness is not a stall
-        self._sync_task: asyncio.Task[None] | None = None
+        self.in_hand = NOTHING_IN_HAND  # what the step in progress saw and decided, for the API's checks
         self._liveness_write: Future[None] | None = None
         self._threads()
         in_pg, in_svc, in_probe, in_kernel = self._in_pg, self._in_svc, self._in_probe, self._in_kernel
@@ -106,6 +107,8 @@ class Agent(Surface):
         self.mover = ReportingMover(cfg, in_kernel, in_svc, in_probe, clock, self.event)
         self.alerts = AlertDispatcher.from_config(cfg)
         self.alerter = Alerter(cfg, node, self.alerts, self.event)
+        self.sync_keeper = SyncKeeper(cfg, self.peer, self.db, self.observer, self.executor, in_pg,
+                                      lambda: self.policy, lambda: self.state)
 
     def _threads(self) -> None:
         # One thread for PostgreSQL (its connection is not shared), one for services, one for addresses.
@@ -159,6 +162,7 @@ class Agent(Surface):
         # A stalled process may be scheduled here before its heartbeat sender has run again: the time since
         # the last send counts as well. So does the decision loop's own lateness (this step started later
         # than one interval after the last), and the time nobody decided before this agent started.
+        self.in_hand = InHand(self.link.pending_gap())  # before the link forgets it: the API's checks count it
         gap = max(self.link.take_send_gap(), self.startup_gap, self.step_gap)
         self.startup_gap = 0.0
         link, p, dr = self.link, self.probers, self.probers.dr_for(self.pg.db)
@@ -192,6 +196,7 @@ class Agent(Surface):
         self.policy = self.policies[self.suspended]
         before = self.state
         new, actions = decide(before, obs, self.policy)
+        self.in_hand = InHand(obs.gap, new.fenced)  # until self.state says so (standby.vouch)
         self.decisions += 1
         if obs.pg.db is DbState.PRIMARY and any(a.kind is ActionKind.FENCE for a in actions):
             # It takes writes until its server hears a stop: ask before the state write (0.3 s on a busy
@@ -202,39 +207,19 @@ class Agent(Surface):
             await self._in_state(self.store.save_state, new)  # on disk before the action it allows
             self.state_write_s = self.clock() - t
         self.state = new
+        self.in_hand = NOTHING_IN_HAND
         self.alerter.after_step(new, obs, self.policy, actions, self.maintenance.current if self.suspended else None,
                                 time.time())
         for a in actions:
             if self.executor.submit(a):  # not when the same action is still on its way (e.g. a stop)
                 self.event("decision", action=a.kind.value, reason=a.reason.value, detail=a.detail, term=new.term)
         await self.mover.step(obs, self.state, self.pg, self.policy, self.boot)
-        # Off the step (it must not wait behind a slow query or a database action), one at a time, when needed.
-        if (self._sync_task is None or self._sync_task.done()) and self.observer.pending is None \
-                and not self.executor.busy_role(Role.DATABASE) and self._sync_work().any:
-            self._sync_task = asyncio.get_running_loop().create_task(self._sync_names_task())
+        self.sync_keeper.after_step()  # off the step: it must not wait behind a slow query or a database action
         if self._liveness_write is None or self._liveness_write.done():  # one at a time; a slow one skips a beat
             self._liveness_write = self.disk_pool.submit(self.store.write_liveness, self.boot, False, now)
 
     def _forgive_pause(self) -> None:
         self.step_started = None  # the steps were held back on purpose (an operation): that is no stall
-
-    async def _sync_names_task(self) -> None:
-        try:
-            await self._in_pg(self._reconcile_sync)
-        except psycopg.Error as e:
-            log.warning("could not set synchronous_standby_names: %s", e)
-
-    def _sync_work(self) -> syncnames.Work:
-        return syncnames.work(self.cfg, self.peer, self.policy, self.state, self.pg, self.observer.sync_names,
-                              self.db.connected, self.executor.busy(ActionKind.FENCE))
-
-    def _reconcile_sync(self) -> None:
-        w = self._sync_work()
-        if w.names is not None:
-            self.db.set_sync_names(w.names)
-            self.observer.sync_names = w.names
-        if w.slots:
-            self.db.ensure_follower_slots({DbState.PRIMARY: True, DbState.STANDBY: False}.get(self.pg.db))
 
     # -- the loop -----------------------------------------------------------------
 

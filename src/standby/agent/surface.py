@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from standby import reporting as rep
+from standby import vouch
 from standby.agent.executor import Executor
 from standby.agent.heartbeat import Receiver
 from standby.agent.link import HeartbeatLink
@@ -22,7 +23,7 @@ from standby.agent.probers import Probers
 from standby.agent.reporting_ip import ReportingMover
 from standby.agent.store import StateCell
 from standby.config import ServiceIP
-from standby.decide import State
+from standby.decide import Policy, State
 from standby.model import LocalPg, Net, PeerView
 
 
@@ -43,6 +44,8 @@ class Surface:
     operator: Operator
     executor: Executor
     decisions: int
+    policy: Policy
+    in_hand: vouch.InHand
 
     @property
     def state(self) -> State:
@@ -59,6 +62,11 @@ class Surface:
     @pg.setter
     def pg(self, v: LocalPg) -> None:
         self.observer.pg = v
+
+    def looked(self) -> vouch.Looked:
+        """What the API's checks may vouch for (standby.vouch): a pause or a fence the step in progress holds counts."""
+        h, pg = self.in_hand, self.pg
+        return vouch.Looked(pg.db, pg.streaming, self.state.fenced or h.fencing, max(self.link.pending_gap(), h.gap))
 
     @property
     def carrier(self) -> dict[Net, bool]:
