@@ -25,7 +25,7 @@ from standby.lab.pair import STANDBY
 from tests.sizing import hold_s
 
 SEED = 361
-DURATION_S = hold_s(100, 70)  # in CI too its first faults draw three of the newer kinds (asserted below)
+DURATION_S = hold_s(100, 50)  # in CI too its first faults draw three of the newer kinds (asserted below)
 # Every kind this installation has but the wall-clock jump, which tests/lab/test_clock.py covers on
 # its own (and the long campaigns include): the servers here then run without libfaketime underneath.
 # The lab has no follower, so no follower or WAN kind either (the command refuses them).
@@ -42,7 +42,8 @@ def test_chaos_campaign_passes_the_checker(lab_factory, tmp_path: Path) -> None:
     name = lab_factory.reserve()
     out = tmp_path / "run"
     res = subprocess.run([STANDBY, "lab", "chaos", "--name", name, "--seed", str(SEED), "--duration", str(DURATION_S),
-                          "--kinds", KINDS, "--out", str(out)], capture_output=True, text=True, timeout=1800)
+                          "--kinds", KINDS, "--out", str(out)], check=False, capture_output=True, text=True,
+                         timeout=1800)
     # Shown by pytest on failure: the fault log, the verdict, and any error.
     sys.stdout.write(res.stdout[-4000:] + res.stderr[-4000:])
     assert (out / "verdict.json").exists(), f"the campaign stopped without a verdict (exit {res.returncode})"

@@ -20,6 +20,7 @@ from standby import tls
 from standby.lab import Lab, clock, netns
 from standby.lab.pair import agent_state, holders, primaries, role_changes, start_pair, under_load
 from tests.lab.test_failover import no_loss_no_dual
+from tests.sizing import hold_s
 
 NODES = ("alpha", "beta")
 
@@ -64,7 +65,7 @@ def test_wall_clock_jumps_change_no_role(lab_factory, tmp_path: Path) -> None:  
                 return all(s is not None and abs(s - expected) < 5 for s in seen)
 
             lab.wait_for(f"both agents' wall clocks at {offset_s:+d} s", jumped, timeout_s=10)
-            time.sleep(8.0)  # many failover windows (750 ms) with the clock where it jumped to
+            time.sleep(hold_s(8.0, 5.0))  # many failover windows (750 ms) with the clock where it jumped to
 
     alpha, beta = agent_state(lab, "alpha"), agent_state(lab, "beta")
     # The history's own timestamps jumped too (wall clock, for people): every entry is checked.

@@ -167,10 +167,10 @@ def test_standby_crashed_primary_keeps_serving(pair: Lab, tmp_path: Path) -> Non
 def test_packet_loss_on_one_link_causes_no_failover(pair: Lab, tmp_path: Path) -> None:
     with under_load(pair, tmp_path) as run:
         pair.loss("alpha", "private", 20)
-        time.sleep(hold_s(15.0, 8.0))
+        time.sleep(hold_s(15.0, 6.0))
         pair.loss("alpha", "private", 0)
         pair.loss("alpha", "public", 20)
-        time.sleep(hold_s(15.0, 8.0))
+        time.sleep(hold_s(15.0, 6.0))
         pair.loss("alpha", "public", 0)
     assert role_changes(pair, "alpha") == [] and role_changes(pair, "beta") == []
     settle(pair, db="alpha", services="alpha")
