@@ -34,17 +34,9 @@ def _check(sh: Shell, path: str) -> tuple[int, dict[str, Any]]:
     async def ask() -> Any:
         return await handler(make_mocked_request("GET", path, app=app))
 
-    resp = asyncio.run(ask()) if _no_loop() else asyncio.new_event_loop().run_until_complete(ask())
+    resp = asyncio.run(ask())  # its own loop, on whichever thread asks (the state thread, in one test)
     assert resp.body is not None
     return resp.status, json.loads(bytes(resp.body))
-
-
-def _no_loop() -> bool:
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return True
-    return False
 
 
 def _serving(sh: Shell, steps: int = 5) -> None:
