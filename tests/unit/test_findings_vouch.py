@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -71,6 +72,44 @@ def test_ci57_a_thawed_primary_does_not_vouch_for_itself_before_a_step_has_looke
         status, body = _check(sh, "/primary")
         assert status == 503 and body["vouched"] == "fenced", body
         assert ("fence", "resumed_after_freeze") in {(e["action"], e["reason"]) for e in sh.events("decision")}
+
+
+@pytest.mark.parametrize("step_first", [True, False], ids=["step-before-the-read", "step-after-the-read"])
+def test_ci57_a_step_that_takes_the_pause_while_a_check_reads_the_agent_cannot_make_it_vouch(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, step_first: bool) -> None:
+    """The check reads the agent's parts one after another on its own thread; the loop may run between any two
+    reads. Here the first step after the thaw observes (and so takes the pause from the link) in the middle
+    of the check's reads: whichever part the check reads after that, it must still see the pause."""
+    pg = FakePostgres(DbState.PRIMARY)
+    with shell(tmp_path, monkeypatch, pg, FakeKernel({SERVICE_IP})) as sh:
+        _serving(sh)
+        sh.clock.advance(_limit(sh) + 1.0)
+        link, agent = sh.agent.link, sh.agent
+        link.send(agent._advertised())  # the sender ran first after the thaw: only the link's record holds the pause
+        read = link.pending_gap
+
+        def observe_elsewhere() -> None:  # the loop's thread, between two of the check's reads
+            t = threading.Thread(target=lambda: asyncio.run(agent._observe(sh.clock.t)))
+            t.start()
+            t.join(5)
+
+        stepped: list[bool] = []
+
+        def read_with_a_step_beside() -> float:
+            if stepped:  # the step's own read, or the check's after it
+                return read()
+            stepped.append(True)
+            if step_first:
+                observe_elsewhere()
+                return read()
+            got = read()
+            observe_elsewhere()
+            return got
+
+        monkeypatch.setattr(link, "pending_gap", read_with_a_step_beside)
+        status, body = _check(sh, "/primary")
+        assert status == 503 and body["vouched"] == "paused", body
+        assert agent.in_hand.gap > _limit(sh)  # the step did take the pause
 
 
 def test_ci57_a_pause_within_the_stall_limit_keeps_the_check_answering(

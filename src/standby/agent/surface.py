@@ -64,9 +64,16 @@ class Surface:
         self.observer.pg = v
 
     def looked(self) -> vouch.Looked:
-        """What the API's checks may vouch for (standby.vouch): a pause or a fence the step in progress holds counts."""
-        h, pg = self.in_hand, self.pg
-        return vouch.Looked(pg.db, pg.streaming, self.state.fenced or h.fencing, max(self.link.pending_gap(), h.gap))
+        """What the API's checks may vouch for (standby.vouch): a pause or a fence the step in progress holds counts.
+
+        Several reads, and the loop may run between any two: in the order the step writes them backwards. The
+        step puts a pause in hand before it takes it from the link, and its state before it empties its hand;
+        so the link is read first, the hand next, the state last, and a pause or a fence is seen in one of them.
+        """
+        gap = self.link.pending_gap()
+        h = self.in_hand
+        pg, fenced = self.pg, self.state.fenced
+        return vouch.Looked(pg.db, pg.streaming, fenced or h.fencing, max(gap, h.gap))
 
     @property
     def carrier(self) -> dict[Net, bool]:
