@@ -566,3 +566,27 @@ def test_chaos_seed_201_the_wait_is_bounded_and_a_zombie_never_reaped_still_fail
     finally:
         child.wait()
     assert pgact.wait_reaped(cfg.pg("alpha").data_dir, timeout_s=0.1) is True  # reaped: nothing to wait for
+
+
+def test_ci60_a_start_right_after_a_killed_postmaster_waits_for_it_to_be_reaped(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest) -> None:
+    """CI run 60 (`tests/lab/test_cluster_layout.py::test_cluster_layout_switchover_and_back`): the old primary's
+    fast stop hung past the shutdown checkpoint, its agent escalated to SIGKILL, and the switchover's `follow`
+    started the server 1.1 s later: "lock file ... already exists ... (PID 9388)", the killed postmaster, a
+    zombie its init had not reaped yet. The switchover failed and the old primary fenced itself. Every start now
+    waits for that reaping first (bounded), as crash recovery does since seed 201."""
+    child = _zombie()
+    cfg = _recovery_with_a_zombie_lock(tmp_path, monkeypatch, request, child.pid)
+    pg_ctl = Path(cfg.pg("alpha").bin_dir) / "pg_ctl"  # refuses as PostgreSQL does while the PID answers
+    pg_ctl.write_text(f"#!/bin/sh\nif [ -e /proc/{child.pid} ]; then echo 'pg_ctl: could not start server' >&2; "
+                      "exit 1; fi\nexit 0\n")
+    pg_ctl.chmod(0o755)
+    monkeypatch.setattr(pgact, "choose_launcher", lambda *a: (pgact.Launcher.PG_CTL, None))
+    monkeypatch.setattr(pgact, "_own_dir", lambda *a: None)
+    reaper = threading.Timer(0.4, child.wait)
+    reaper.start()
+    try:
+        assert pgact.start(cfg, "alpha") is pgact.Launcher.PG_CTL
+    finally:
+        reaper.cancel()
+        child.wait()

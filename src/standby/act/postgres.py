@@ -254,6 +254,9 @@ def _startup_log(cfg: Config, node: str) -> Path:
 def start(cfg: Config, node: str, timeout_s: int = 60) -> Launcher:
     pg = cfg.pg(node)
     lay = layout(cfg, node)
+    # A postmaster killed a moment ago (a stop escalated to SIGKILL) is a zombie until reaped, and PostgreSQL
+    # refuses to start beside a lock file whose PID answers (CI run 60: a switchover's follow, 1.1 s after).
+    wait_reaped(pg.data_dir)  # still a zombie after the wait: PostgreSQL's own refusal is the error below
     launcher, _why = choose_launcher(host_facts(), lay.is_cluster)
     if lay.is_cluster:
         # Run as root: pg_ctlcluster switches to the cluster's owner itself (and refuses a wrong one).
