@@ -164,13 +164,14 @@ async def replica(request: web.Request) -> web.Response:
         return _json(400, {"error": f"lag must be a whole number of bytes, got {raw!r}"})
     # Replayed, not received: a read sees only what was applied (replay paused or held up by a conflict
     # leaves a standby that received everything serving old rows), as the reporting IP's bound counts it.
-    looked, pg, peer = a.looked(), a.pg, a.peer_view
-    lag, applied = None, pg.replay_lsn
+    # The body's role is the verdict's (one read); the lag is from a read after it, so no older than it.
+    looked, peer = a.looked(), a.peer_view
+    lag, applied = None, a.pg.replay_lsn
     if peer is not None and peer.db is DbState.PRIMARY and peer.lsn is not None and applied is not None:
         lag = max(0, peer.lsn - applied)
     verdict = vouch.replica(looked, a.policy)
     ok = verdict is vouch.Verdict.STANDBY and (bound is None or (lag is not None and lag <= bound))
-    return _json(200 if ok else 503, {"role": pg.db.value, "streaming": pg.streaming, "lag_bytes": lag,
+    return _json(200 if ok else 503, {"role": looked.db.value, "streaming": looked.streaming, "lag_bytes": lag,
                                       "vouched": verdict.value, "node": a.node})
 
 

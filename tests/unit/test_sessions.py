@@ -80,10 +80,13 @@ def test_server_stopping_is_the_lock_files_status_line(tmp_path: Path) -> None:
     assert not pgact.server_stopping(tmp_path)
 
 
-def test_ci42_the_agents_fence_tells_the_clients_before_its_release_removes_the_ips(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The agent's own fence of a running primary (a stall here): its server is signalled when the fence is
-    decided; the release that follows waits for the sessions before the service IP goes."""
+def _release_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, operate: str | None,
+                   says_stopping: bool) -> tuple[list[str], object, bool]:
+    """Runs a primary's shell whose server, once signalled, goes on running for 0.3 s, its lock file saying
+    "stopping" meanwhile or not yet (``says_stopping``: a postmaster reads its signals from its own loop, and
+    a thawed one had more to do first); then either freezes it for 2 s (the agent's own fence) or runs the
+    operation ``operate``. Returns the order in which the stop was asked, the sessions were waited for and
+    the service IP removed; the operation's result; whether the state on disk says fenced."""
     order: list[str] = []
 
     class Kernel(FakeKernel):
@@ -91,27 +94,64 @@ def test_ci42_the_agents_fence_tells_the_clients_before_its_release_removes_the_
             order.append("remove_ip")
             return super().remove(sip)  # type: ignore[arg-type]
 
-    class Stopping(FakePostgres):
+    class Slow(FakePostgres):
+        def request_stop(self) -> None:
+            order.append("stop_requested")
+            super().request_stop()
+
         def stop(self) -> None:
             time.sleep(0.3)  # a fast shutdown takes a moment: the release runs meanwhile, on its own thread
             super().stop()
 
-    pg = Stopping(DbState.PRIMARY)
-    monkeypatch.setattr(pgact, "server_stopping", lambda d: "stop_requested" in pg.calls and "stop" not in pg.calls)
-    monkeypatch.setattr(sessions, "wait_ended", lambda ips, port: order.append(f"wait {port}") or 0)
+    pg = Slow(DbState.PRIMARY)
+    monkeypatch.setattr(pgact, "server_stopping", lambda d: says_stopping and "stop_requested" in pg.calls)
+    monkeypatch.setattr(pgact, "running_pid", lambda d: None if "stop" in pg.calls else 4242)
+    monkeypatch.setattr(sessions, "wait_ended", lambda ips, port: order.append("wait") or 0)
     with shell(tmp_path, monkeypatch, pg, Kernel({str(SERVICE)})) as sh:
-        async def go() -> None:
+        async def go() -> object:
             await sh.start()
             for _ in range(5):
                 await sh.tick()
+            if operate is not None:
+                return await sh.agent.operator.operate(operate)
             await sh.tick(advance=2.0, send=False)  # frozen: the fence of a running primary
             await sh.tick()
             await sh.tick()
+            return None
 
-        run(go())
-    assert json.loads(sh.agent.store.state_path.read_text())["fenced"] is True
-    assert order[:2] == [f"wait {sh.agent.cfg.pg('alpha').port}", "remove_ip"], order
-    assert pg.calls.index("stop_requested") < pg.calls.index("stop")
+        result = run(go())
+    return order, result, json.loads(sh.agent.store.state_path.read_text())["fenced"]
+
+
+def test_ci42_the_agents_fence_tells_the_clients_before_its_release_removes_the_ips(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The agent's own fence of a running primary (a stall here): its server is signalled when the fence is
+    decided; the release that follows waits for the sessions before the service IP goes."""
+    order, _, fenced = _release_order(tmp_path, monkeypatch, None, says_stopping=True)
+    assert fenced
+    assert order.index("stop_requested") < order.index("wait") < order.index("remove_ip"), order
+
+
+def test_ci_stop37_the_fences_release_waits_for_the_sessions_before_the_server_says_stopping(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Stop 37's CI: the thawed primary's fence signalled its server; the release, decided in the same step,
+    found the postmaster alive and not yet "stopping", waited for nothing and removed the service IP 0.12 s
+    after the decision (no "sessions_left_open"; the socket stayed in FIN_WAIT1 for the 20 s watched). The
+    backend's goodbye, sent 27 ms after the decision into the thawed host's network (back a moment after its
+    processes), was lost; its retransmission could not leave the removed address, and the client waited for
+    good. A release on a node its decision fenced waits whatever the lock file says."""
+    order, _, fenced = _release_order(tmp_path, monkeypatch, None, says_stopping=False)
+    assert fenced
+    assert order.index("stop_requested") < order.index("wait") < order.index("remove_ip"), order
+
+
+def test_ci_stop37_an_operators_fence_tells_the_clients_before_the_service_ip_goes(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A person's `standby fence` let go of the service IPs first and stopped the server after: every session
+    through them was ended by a server that could no longer send from the address (the CI run 42 pattern)."""
+    order, result, fenced = _release_order(tmp_path, monkeypatch, "fence", says_stopping=False)
+    assert result == {"fenced": "alpha"} and fenced
+    assert order.index("stop_requested") < order.index("wait") < order.index("remove_ip"), order
 
 
 def test_told_unless_running_on_waits_for_nothing_while_the_server_runs_on(tmp_path: Path,

@@ -78,12 +78,16 @@ def told(cfg: Config, node: str) -> int:
     return wait_ended([s.address.ip for s in cfg.service_ips], cfg.pg(node).port)
 
 
-def told_unless_running_on(cfg: Config, node: str) -> int:
-    """Before a release removes the service IPs: if the local server is shutting down (a fence's first move,
-    made when it was decided) or already down, wait for its sessions (``told``); 0 when it runs on (a server
-    that keeps running keeps its sessions, and nothing is waited for). Already down counts (CI run 54): a
-    fast stop can be over before the release looks, and its backends' goodbyes may still wait for the
-    client's acknowledgement, or to be sent again, which they cannot be once the address is gone."""
+def told_unless_running_on(cfg: Config, node: str, stop_decided: bool = False) -> int:
+    """Before a release removes the service IPs: if the local server's stop was decided (a fence: its signal
+    went out with the decision), or it is shutting down or already down, wait for its sessions (``told``); 0
+    when it runs on (a server that keeps running keeps its sessions, and nothing is waited for).
+    Already down counts (CI run 54): a fast stop can be over before the release looks, and its backends'
+    goodbyes may still wait for the client's acknowledgement, or to be sent again, which they cannot be once
+    the address is gone. Decided counts whatever the lock file says (stop 37's CI): a postmaster reads its
+    signals from its own loop, and a thawed one had not yet written "stopping" when the release looked."""
+    if stop_decided:
+        return told(cfg, node)
     data_dir = cfg.pg(node).data_dir
     runs_on = pgact.running_pid(data_dir) is not None and not pgact.server_stopping(data_dir)
     return 0 if runs_on else told(cfg, node)

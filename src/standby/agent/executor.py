@@ -157,7 +157,7 @@ class Actions:
             ActionKind.FENCE: lambda a: self._in_pg(self.db.stop),
             ActionKind.RESTART_PG: lambda a: self._in_pg(self.db.start),
             ActionKind.TAKE_SERVICES: self.take,
-            ActionKind.RELEASE_SERVICES: lambda a: self.service_role.release(),
+            ActionKind.RELEASE_SERVICES: lambda a: self.service_role.release(self.cell.state.fenced),
             ActionKind.SET_SYNC: self.set_sync,
             ActionKind.REJOIN: lambda a: self._rejoin(),
         }

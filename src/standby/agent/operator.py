@@ -52,8 +52,6 @@ class Operator:
         self.executor, self.actions, self.maintenance, self.turn = executor, actions, maintenance, turn
         self._in_pg, self._in_svc, self.event, self._forgive_pause = in_pg, in_svc, event, forgive_pause
 
-    # -- maintenance ------------------------------------------------------------------------------
-
     @property
     def suspended(self) -> bool:
         """Automatic decisions suspended (maintenance, until its deadline)."""
@@ -289,9 +287,11 @@ class Operator:
         return "service IPs taken"
 
     async def fence(self) -> dict[str, Any]:
-        """A person fences this node (before promoting the other one): no services, no PostgreSQL."""
+        """A person fences this node (before promoting the other one): no services, no PostgreSQL. The stop is
+        asked first: the release then waits until the clients were told (standby.act.sessions)."""
         try:
-            await self.service_role.release()
+            self.db.request_stop()
+            await self.service_role.release(stop_decided=True)
         finally:  # PostgreSQL stops even if an address could not be removed
             await self._save(ops.fenced_by_operator(self.cell.state))
             await self.actions.readback(locked=True)

@@ -117,11 +117,11 @@ class ServiceRole:
         await self.start(Placement.ACTIVE)
         return None
 
-    async def release(self) -> None:
+    async def release(self, stop_decided: bool = False) -> None:
         # Addresses first: clients stop reaching this node at once. The services stop even if an address
-        # could not be removed; that error is raised afterwards. But a server already told to stop (a fence)
-        # first tells its clients, while they can still hear it (standby.act.sessions).
-        if left := await self._addr(sessions.told_unless_running_on, self.cfg, self.node):
+        # could not be removed; that error is raised afterwards. But a server told to stop (``stop_decided``:
+        # a fence) first tells its clients, while they can still hear it (standby.act.sessions).
+        if left := await self._addr(sessions.told_unless_running_on, self.cfg, self.node, stop_decided):
             self._event("sessions_left_open", sessions=left)
         try:
             await self.remove_ips()
