@@ -88,3 +88,41 @@ def test_an_event_explains_a_call_only_on_the_callees_word_and_only_for_a_crash(
     result = EventResult("host_crash", "spool", True, "sync", 30, 3, succeeded=1, failed=2)
     _explain(result, Event.HOST_CRASH, records, {"76-31329@192.0.2.50"}, tmp_path)
     assert result.unexplained[0] == "2 calls failed, the caller's errors name 1"
+
+
+HELD_ANSWER_TIMEOUT = ("2026-12-05\t00:59:38.789467\t1796432378.789467: Call-Id: 121-28357@192.0.2.50, receive timeout "
+                       "on message standby lab caller:2 without label to jump to (ontimeout attribute): aborting call")
+
+
+def test_ci62_a_call_whose_answer_only_the_crashed_proxy_had_is_explained_on_that_proxys_own_record(
+        tmp_path: Path) -> None:
+    """CI run 62 and stop 37's CI, call 121 both times (the crash follows SIPp's statistics tick, the tick on
+    which SIPp places its next calls): alpha met the INVITE with its 100 Trying (the caller stops sending it
+    again), the callee answered through alpha, alpha accounted the answer into its spool (shipped after the
+    heal: "INVITE 200" from node 1) and died before the answer reached the caller, who gave up waiting for it.
+    No request went again through beta, so the callee had nothing to say. The crashed node's own record of
+    the answer, and nothing else accounted for the call, is the evidence; anything more or other is not."""
+    from standby.lab import sip
+    from standby.lab.sipevent import Event, EventResult, _explain
+
+    r = sip.AccRecord
+    call = "121-28357@192.0.2.50"
+    (tmp_path / sip.CALLER_ERRORS).write_text("The following events occurred:\n" + HELD_ANSWER_TIMEOUT + "\n")
+    cases = [  # (the call's records, the caller's error, the event, explained)
+        ([r("INVITE", call, "", "1", "200")], HELD_ANSWER_TIMEOUT, Event.HOST_CRASH, True),
+        ([r("INVITE", call, "", "1", "200")], HELD_ANSWER_TIMEOUT, Event.SWITCHOVER, False),  # nothing crashed
+        ([r("INVITE", call, "", "2", "200")], HELD_ANSWER_TIMEOUT, Event.HOST_CRASH, False),  # the survivor had it
+        ([r("INVITE", call, "", "1", "486")], HELD_ANSWER_TIMEOUT, Event.HOST_CRASH, False),  # not an answer
+        ([r("INVITE", call, "", "1", "200"), r("BYE", call, "1796432350", "2", "200")],  # the caller had it
+         HELD_ANSWER_TIMEOUT, Event.HOST_CRASH, False),
+        ([], HELD_ANSWER_TIMEOUT, Event.HOST_CRASH, False),  # no record: nobody's word
+        ([r("INVITE", call, "", "1", "200")],  # given up for another reason than a missing answer
+         HELD_ANSWER_TIMEOUT.replace("receive timeout on message", "send timeout on message"), Event.HOST_CRASH,
+         False),
+    ]
+    for records, error, event, explained in cases:
+        (tmp_path / sip.CALLER_ERRORS).write_text("The following events occurred:\n" + error + "\n")
+        result = EventResult(event.value, "spool", True, "sync", 30, 1, succeeded=0, failed=1)
+        _explain(result, event, records, set(), tmp_path)
+        assert (result.not_whole, result.answer_lost_with_crash, result.unexplained) == (
+            (1, 1, []) if explained else (1, 0, [call])), (records, error, event)

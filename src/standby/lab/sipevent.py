@@ -144,17 +144,32 @@ def run_event(lab: Lab, setup: sip.Setup, event: Event, load: Load, log: Log = p
 def _explain(result: EventResult, event: Event, records: list[sip.AccRecord], completed: set[str],
              logs: Path) -> None:
     """Fill ``result``'s calls that are not whole, and which of them the crashed node's memory explains."""
-    failed = sipp_errors.failed_calls(sipp_errors.read(logs / sip.CALLER_ERRORS)) - completed
+    caller = sipp_errors.read(logs / sip.CALLER_ERRORS)
+    failed = sipp_errors.failed_calls(caller) - completed
     accounted = {r.callid for r in records}
     not_whole = set(sip.incomplete_calls(records)) | failed | (completed - accounted)
     explained: set[str] = set()
     if event is Event.HOST_CRASH:
         callee = sipp_errors.read(logs / sip.CALLEE_ERRORS)
-        explained = not_whole & sipp_errors.answered_to_the_crashed(callee, sip.PUBLIC_IPS["beta"])
+        explained = not_whole & (sipp_errors.answered_to_the_crashed(callee, sip.PUBLIC_IPS["beta"])
+                                 | answer_held_by_the_crashed(records, caller, str(sip.NODE_IDS["alpha"])))
     unexplained = sorted(not_whole - explained)
     if len(failed) != result.failed:  # a failed call the caller's errors do not name cannot be looked at
         unexplained.insert(0, f"{result.failed} calls failed, the caller's errors name {len(failed)}")
     result.not_whole, result.answer_lost_with_crash, result.unexplained = len(not_whole), len(explained), unexplained[:10]
+
+
+def answer_held_by_the_crashed(records: list[sip.AccRecord], caller_errors: list[sipp_errors.SippError],
+                               crashed: str) -> set[str]:
+    """The calls whose answer only the crashed proxy (node id ``crashed``) had, on its own word: the one record
+    of the call is that proxy's account of the callee's 200 to the INVITE (from its spool, shipped after the
+    heal), and the caller gave the call up waiting for an answer. Its 100 Trying had stopped the caller sending
+    the INVITE again, so no other node ever saw the call and the callee had nothing to say (CI run 62)."""
+    calls: dict[str, list[sip.AccRecord]] = {}
+    for r in records:
+        calls.setdefault(r.callid, []).append(r)
+    return {c for c in sipp_errors.gave_up_waiting(caller_errors)
+            if [(r.method, r.sip_code, r.node) for r in calls.get(c, [])] == [("INVITE", "200", crashed)]}
 
 
 def settle(lab: Lab, setup: sip.Setup, calls: int, quiet_s: float = 8.0,

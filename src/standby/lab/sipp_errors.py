@@ -69,6 +69,12 @@ def answered_to_the_crashed(callee_errors: list[SippError], survivor: str) -> se
     return {e.callid for e in callee_errors if e.received in ("INVITE", "BYE") and e.via == survivor}
 
 
+def gave_up_waiting(caller_errors: list[SippError]) -> set[str]:
+    """The calls the caller gave up while waiting for a message (SIPp's receive timeout): an answer that never
+    came, as opposed to a request it could not send or a message it did not expect."""
+    return {e.callid for e in caller_errors if "receive timeout" in e.text}
+
+
 def failed_calls(caller_errors: list[SippError]) -> set[str]:
     """The calls the caller's error file names (SIPp logs why it gave each failed call up)."""
     return {e.callid for e in caller_errors}
