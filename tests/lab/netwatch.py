@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import ipaddress
 import socket
+import ssl
 import threading
 import time
 import urllib.error
@@ -18,6 +19,18 @@ from standby import tls
 from standby.lab import Lab, netns
 from standby.lab.topology import interface_for
 from standby.model import Net
+
+
+def http_status(url: str, ctx: ssl.SSLContext | None, timeout_s: float = 3.0) -> int | str:
+    """One GET, as a load balancer's check or a person's browser sends it, in the caller's namespace: the HTTP
+    status (an error's too), or why there was none."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout_s, context=ctx) as r:
+            return r.status  # type: ignore[no-any-return]
+    except urllib.error.HTTPError as e:
+        return e.code
+    except (urllib.error.URLError, OSError) as e:
+        return str(getattr(e, "reason", e))
 
 
 class Background:
@@ -101,14 +114,7 @@ class WriteChecks(Background):
 
     def _run(self) -> None:
         while not self.stop.is_set():
-            try:
-                with urllib.request.urlopen(self.url, timeout=0.3, context=self.ctx) as r:
-                    got: int | str = r.status
-            except urllib.error.HTTPError as e:
-                got = e.code
-            except (urllib.error.URLError, OSError) as e:
-                got = type(getattr(e, "reason", e)).__name__
-            self.answers.append((time.time(), got))
+            self.answers.append((time.time(), http_status(self.url, self.ctx, timeout_s=0.3)))
             time.sleep(0.005)
 
     def vouched(self) -> list[float]:

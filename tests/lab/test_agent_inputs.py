@@ -17,8 +17,9 @@ from standby import config, tls
 from standby.agent.heartbeat import Heartbeat, encode
 from standby.agent.node import config_digest
 from standby.lab import Lab, netns
-from standby.model import DbState, Net, PeerView
 from standby.lab.pair import STANDBY, agent_state, role_changes, start_pair
+from standby.model import DbState, Net, PeerView
+from tests.lab.netwatch import http_status
 
 
 @pytest.fixture(scope="module")
@@ -95,12 +96,8 @@ def test_api_actions_need_the_token(pair: Lab) -> None:
 def test_health_endpoints_follow_haproxy_conventions(pair: Lab) -> None:
     cfg = pair.config()
 
-    def get(ip: str, path: str) -> int:
-        try:
-            with urllib.request.urlopen(tls.api_url(cfg, ip, path), timeout=3, context=tls.client_context(cfg)) as r:
-                return r.status
-        except urllib.error.HTTPError as e:
-            return e.code
+    def get(ip: str, path: str) -> int | str:
+        return http_status(tls.api_url(cfg, ip, path), tls.client_context(cfg))
 
     codes = netns.call_in(pair.netns("client"), lambda: {
         (ip, path): get(ip, path)

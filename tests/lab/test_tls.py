@@ -6,8 +6,6 @@ import json
 import shutil
 import ssl
 import sys
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +18,7 @@ from standby.lab import Lab, netns
 from standby.lab import tls as labtls
 from standby.lab.pair import start_pair
 from standby.observe.postgres import peer_conninfo
+from tests.lab.netwatch import http_status
 
 STANDBY = str(Path(sys.executable).with_name("standby"))
 ALPHA_PRIV, ALPHA_PUB, SERVICE = "198.51.100.11", "192.0.2.11", "192.0.2.100"
@@ -103,16 +102,7 @@ def test_a_server_certificate_from_another_ca_is_refused(pair: Lab, other_ca: Pa
 
 
 def _get(pair: Lab, url: str, ctx: ssl.SSLContext | None, where: str = "client") -> int | str:
-    def go() -> int | str:
-        try:
-            with urllib.request.urlopen(url, timeout=3, context=ctx) as r:
-                return r.status  # type: ignore[no-any-return]
-        except urllib.error.HTTPError as e:
-            return e.code
-        except (urllib.error.URLError, OSError) as e:
-            return str(getattr(e, "reason", e))
-
-    return netns.call_in(pair.netns(where), go)  # type: ignore[no-any-return]
+    return netns.call_in(pair.netns(where), http_status, url, ctx)
 
 
 def test_the_api_answers_over_https_verified_by_the_lab_ca(pair: Lab, other_ca: Path) -> None:

@@ -287,13 +287,13 @@ class Operator:
         return "service IPs taken"
 
     async def fence(self) -> dict[str, Any]:
-        """A person fences this node (before promoting the other one): no services, no PostgreSQL. The stop is
-        asked first: the release then waits until the clients were told (standby.act.sessions)."""
+        """A person fences this node (before promoting the other one): no services, no PostgreSQL. In
+        standby.act.fence's order: "fenced" on disk, the stop's signal, the release once the clients were told."""
+        await self._save(ops.fenced_by_operator(self.cell.state))  # not written: nothing was changed
         try:
             self.db.request_stop()
             await self.service_role.release(stop_decided=True)
         finally:  # PostgreSQL stops even if an address could not be removed
-            await self._save(ops.fenced_by_operator(self.cell.state))
             await self.actions.readback(locked=True)
             await self._in_pg(self.db.stop)
         self.event("fenced_by_operator")
