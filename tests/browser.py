@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import shutil
 import tempfile
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -30,9 +31,12 @@ class Browser:
     def __init__(self, netns: str | None = None) -> None:
         self.pool = ThreadPoolExecutor(1, initializer=_enter_netns if netns else None, initargs=(netns,) if netns else ())
         self.driver: Any = None
-        # chromedriver's verbose log: what the browser was doing when a step failed (attached to the failure).
-        self.log = tempfile.NamedTemporaryFile(prefix="chromedriver-", suffix=".log", delete=False)
-        self.log.close()
+        # Everything the browser writes lives here and goes with stop(): its profile, its temporary files
+        # (Chromium makes its singleton socket's directory under TMPDIR and never removes it) and
+        # chromedriver's verbose log, which says what the browser was doing when a step failed. Directly in
+        # the system's temporary directory: the socket's path under it must fit a Unix socket's 108 bytes.
+        self.home = tempfile.mkdtemp(prefix="browser-")
+        self.log = os.path.join(self.home, "chromedriver.log")
 
     def __call__(self, fn: Callable[..., T], *args: Any) -> T:
         try:
@@ -43,7 +47,7 @@ class Browser:
 
     def log_tail(self) -> str:
         try:
-            with open(self.log.name, errors="replace") as f:
+            with open(self.log, errors="replace") as f:
                 return "".join(f.readlines()[-LOG_TAIL_LINES:])
         except OSError as e:
             return f"(unreadable: {e})"
@@ -61,11 +65,12 @@ class Browser:
             opts = webdriver.ChromeOptions()
             opts.binary_location = chromium
             for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                        "--window-size=1280,1200"):
+                        "--window-size=1280,1200", f"--user-data-dir={self.home}/profile"):
                 opts.add_argument(arg)
             opts.accept_insecure_certs = True  # the lab's own CA; what the page shows is under test, not TLS
+            env = {**os.environ, "TMPDIR": self.home}
             d = webdriver.Chrome(options=opts, service=Service(driver, service_args=["--verbose"],
-                                                                log_output=self.log.name))
+                                                                log_output=self.log, env=env))
             d.set_page_load_timeout(PAGE_LOAD_S)
             return d
 
@@ -77,7 +82,7 @@ class Browser:
                 self(self.driver.quit)
             self.pool.shutdown(wait=True)
         finally:
-            os.unlink(self.log.name)
+            shutil.rmtree(self.home, ignore_errors=True)
 
     def text(self, css: str) -> str:
         return self(text_of, self.driver, css)

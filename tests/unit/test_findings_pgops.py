@@ -67,7 +67,7 @@ def test_h2_unit_verifies_with_this_checkouts_binary(tmp_path: Path) -> None:
     assert res.returncode == 0 and not (res.stdout + res.stderr).strip(), res.stdout + res.stderr
 
 
-def test_h2_unit_restarts_forever_and_is_hardened() -> None:
+def test_h2_unit_restarts_forever_and_is_hardened(tmp_path: Path) -> None:
     u = _unit()
     assert u["Unit"]["StartLimitIntervalSec"] == "0"  # RestartSec=0.2 would meet 5 starts in 10 s
     s = u["Service"]
@@ -78,7 +78,7 @@ def test_h2_unit_restarts_forever_and_is_hardened() -> None:
     assert {"CAP_NET_ADMIN", "CAP_NET_RAW", "CAP_SETUID", "CAP_SETGID", "CAP_KILL"} <= caps
     assert "CAP_SYS_ADMIN" not in caps
     writable = [p.lstrip("-") for p in s["ReadWritePaths"].split()]
-    raw, _ = example_with_secrets(Path(tempfile.mkdtemp()))
+    raw, _ = example_with_secrets(tmp_path)
     example = config.parse({**raw, "state_dir": "/var/lib/standby"})
     for needed in (example.state_dir_for("alpha"), example.pg("alpha").data_dir):
         assert any(needed == Path(w) or Path(w) in needed.parents for w in writable), needed
