@@ -130,6 +130,8 @@ class State:
     peer_could_promote: bool = True
     # Fenced by this node's own rule while primary (a precaution or a hand-over):
     # may resume if the peer turns out not to have taken over (rule 4's exception).
+    # It speaks for that one fence only: every other fence, a promotion and following a
+    # primary set it false, so none can inherit it (adversarial read F1).
     resumable: bool = False
     # Fenced because a warm follower accepts writes (a DR promotion): said in every heartbeat, so the
     # peer never takes the database over from this fence; cleared when the node follows again.
@@ -375,7 +377,7 @@ def _promote(s: State, reason: Reason, detail: str) -> tuple[State, list[Action]
     # A promoted node runs alone until the old primary rejoins: waiting for a
     # standby that does not exist would stop every commit.
     term = max(s.term, s.peer_term) + 1
-    return replace(s, term=term, promoting=True, degraded=True, eligible=False), [
+    return replace(s, term=term, promoting=True, degraded=True, eligible=False, resumable=False), [
         Action(ActionKind.PROMOTE, reason, f"{detail}; new term {term}")
     ]
 
@@ -682,10 +684,14 @@ def fence_needed(s: State, db: DbState) -> bool:
 
 def advertise(s: State, pg: LocalPg, carrier: dict[Net, bool], tiebreaker_ok: bool | None, preferred: bool,
               sync: bool, reporting: bool = False, reporting_epoch: int = 0, reporting_ack: int = 0,
-              hot: bool = True) -> PeerView:
-    """What this node tells its peer in every heartbeat (the reporting fields: see standby.reporting)."""
-    # FENCED only once the server is observed down: the peer promotes on it at once.
-    db = (DbState.FENCED if pg.db is DbState.DOWN else DbState.FENCING) if s.fenced else pg.db
+              hot: bool = True, db_in_hand: bool = False) -> PeerView:
+    """What this node tells its peer in every heartbeat (the reporting fields: see standby.reporting).
+    ``db_in_hand``: a start or a stop of the server is queued or running, so a reading of "down" may be
+    older than a server coming up (a fence decided while a restart runs: adversarial read F3)."""
+    # FENCED only once the server is observed down with nothing in hand that starts or stops it: the
+    # peer promotes on it at once.
+    down = pg.db is DbState.DOWN and not db_in_hand
+    db = (DbState.FENCED if down else DbState.FENCING) if s.fenced else pg.db
     return PeerView(
         term=s.term,
         db=db,

@@ -184,6 +184,11 @@ class ActionKind(StrEnum):
     REJOIN = "rejoin"  # salvage, rewind (or clone), follow the peer
 
 
+# The actions that only take a role away from this node: they can never make a second writer or holder,
+# so they need no record on disk before they run (every other action waits for its decision's record).
+ONLY_TAKE_AWAY: frozenset[ActionKind] = frozenset({ActionKind.FENCE, ActionKind.RELEASE_SERVICES})
+
+
 @dataclass(frozen=True)
 class Action:
     kind: ActionKind

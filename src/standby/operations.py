@@ -77,7 +77,7 @@ def next_term(s: State) -> int:
 def promoting(s: State, planned: bool) -> State:
     """Persisted before PostgreSQL is promoted. Commits stop waiting for the old primary (degraded).
     ``planned`` (a switchover): the old primary shut down cleanly, so this node was never it."""
-    new = replace(s, term=next_term(s), promoting=True, degraded=True)
+    new = replace(s, term=next_term(s), promoting=True, degraded=True, resumable=False)
     return replace(new, was_primary=False) if planned else new
 
 
@@ -85,7 +85,7 @@ def following(s: State) -> State:
     """A standby of the peer again (switchover's old primary, or a rejoin): unfenced, in the newest term
     known, and a standby cannot have been overtaken by a promotion of the peer it follows."""
     return replace(s, term=max(s.term, s.peer_term), was_primary=False, fenced=False, degraded=False,
-                   promoting=False, peer_could_promote=False, dr_serves=False)
+                   promoting=False, peer_could_promote=False, dr_serves=False, resumable=False)
 
 
 # Terms come in blocks of SITE_TERMS. Promotions inside the pair count up within a block; a pair node
@@ -104,9 +104,11 @@ def rebuilt(s: State) -> State:
 
 def fenced_by_operator(s: State, dr_serves: bool = False) -> State:
     """Fenced by hand (before the peer is promoted by hand), or at start because a DR node serves
-    (``dr_serves``: no hand-over, said to the peer; decide.py rule 7): sticky until a rejoin."""
+    (``dr_serves``: no hand-over, said to the peer; decide.py rule 7): sticky until a rejoin. Never
+    resumable, whatever an older fence left: the person is about to promote the peer, and a `resumable`
+    from before would let this node serve again at its next step (adversarial read F1)."""
     return replace(s, fenced=True, was_primary=False, releasing_services=False, promoting=False,
-                   dr_serves=s.dr_serves or dr_serves)
+                   dr_serves=s.dr_serves or dr_serves, resumable=False)
 
 
 def serving(s: State) -> State:

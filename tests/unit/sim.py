@@ -228,6 +228,8 @@ class World:
         before = n.state
         n.state, actions = decide(n.state, obs, pol)
         n.last_step = self.t
+        if n.state.resumable and not n.state.fenced:  # it speaks for one fence only (adversarial read F1)
+            raise Violation(f"{n.name} carries a resumable fence while not fenced", self.t)
         assert n.store is not None
         if n.store.persisted_changed(before, n.state):
             n.store.save_state(n.state)  # on disk before the action it allows, as the agent does

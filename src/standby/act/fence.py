@@ -199,7 +199,7 @@ def running_primary(data_dir: Path) -> bool:
 
 def _mark_fenced(store: Store, state: State, say: Callable[[str], Any]) -> None:
     try:
-        store.save_state(replace(state, fenced=True, was_primary=False))
+        store.save_state(replace(state, fenced=True, was_primary=False, resumable=False))
     except OSError as e:
         say(f"could not record the fence in {store.state_path} ({e}); stopping PostgreSQL all the same")
 

@@ -45,7 +45,7 @@ from standby.agent.synckeeper import SyncKeeper
 from standby.alerts import AlertDispatcher
 from standby.config import Config, Placement
 from standby.decide import advertise, decide
-from standby.model import ActionKind, DbState, Observation, PeerView
+from standby.model import ONLY_TAKE_AWAY, ActionKind, DbState, Observation, PeerView
 from standby.observe import postgres as pgobs  # noqa: F401  (re-exported: unit tests replace the connection here)
 from standby.vouch import NOTHING_IN_HAND, InHand
 
@@ -103,7 +103,8 @@ class Agent(Surface):
         self.executor = Executor(self.actions.table(), self.event, self.actions.readback)
         self.maintenance = MaintenanceFile(self.store.maint_path, cfg.timings.maintenance_timeout_s)
         self.operator = Operator(cfg, node, self.cell, self.observer, self.db, self.service_role, self.executor,
-                                 self.actions, self.maintenance, self.turn, in_pg, in_svc, self.event, self._forgive_pause)
+                                 self.actions, self.maintenance, self.turn, in_pg, in_svc, self._in_state, self.event,
+                                 self._forgive_pause)
         self.mover = ReportingMover(cfg, in_kernel, in_svc, in_probe, clock, self.event)
         self.alerts = AlertDispatcher.from_config(cfg)
         self.alerter = Alerter(cfg, node, self.alerts, self.event)
@@ -154,8 +155,10 @@ class Agent(Surface):
 
     def _advertised(self) -> PeerView:
         held, epoch, ack = self.mover.advertised()
+        x = self.executor
         return advertise(self.state, self.pg, self.carrier, self.probers.tiebreaker_ok(), self.policy.preferred,
-                         self.policy.sync, reporting=held, reporting_epoch=epoch, reporting_ack=ack, hot=self.policy.hot)
+                         self.policy.sync, reporting=held, reporting_epoch=epoch, reporting_ack=ack, hot=self.policy.hot,
+                         db_in_hand=x.busy(ActionKind.RESTART_PG) or x.busy(ActionKind.FENCE))
 
     async def _observe(self, now: float) -> Observation:
         await self.observer.both()
@@ -202,9 +205,20 @@ class Agent(Surface):
             # It takes writes until its server hears a stop: ask before the state write (0.3 s on a busy
             # disk: async chaos seed 77). Why that is safe: standby.act.fence.
             self.db.request_stop()
-        if self.store.persisted_changed(before, new):
+        if self.store.unsaved(new):  # also a write that failed at an earlier step: tried again
             t = self.clock()
-            await self._in_state(self.store.save_state, new)  # on disk before the action it allows
+            try:
+                await self._in_state(self.store.save_state, new)  # on disk before the action it allows
+                self.guard.ok("state file", "write")
+            except OSError as e:
+                if not (new.fenced and all(a.kind in ONLY_TAKE_AWAY for a in actions)):
+                    raise  # nothing acted on: the next step decides again
+                # A fence only takes away: it goes on without its record (the server may have been signalled
+                # already), held in memory. Dropping it would leave the crash rule to start the server it
+                # stopped (adversarial read F2). The write is tried again at every step, and any decision
+                # that gives this node something waits for it; an agent that dies meanwhile leaves the case
+                # standby.act.fence argues safe (signalled, not recorded).
+                self.guard.failed("state file", e, "write")
             self.state_write_s = self.clock() - t
         self.state = new
         self.in_hand = NOTHING_IN_HAND

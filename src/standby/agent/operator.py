@@ -45,12 +45,12 @@ _ROLES: dict[Operation, tuple[Role, ...]] = {o: (Role.DATABASE,) for o in (Opera
 class Operator:
     def __init__(self, cfg: Config, node: str, cell: StateCell, observer: Observer, db: Database,
                  service_role: ServiceRole, executor: Executor, actions: Actions, maintenance: MaintenanceFile,
-                 turn: asyncio.Lock, in_pg: Run, in_svc: Run, event: Callable[..., None],
+                 turn: asyncio.Lock, in_pg: Run, in_svc: Run, in_state: Run, event: Callable[..., None],
                  forgive_pause: Callable[[], None]) -> None:
         self.cfg, self.node, self.peer = cfg, node, cfg.peer_of(node)
         self.cell, self.observer, self.db, self.service_role = cell, observer, db, service_role
         self.executor, self.actions, self.maintenance, self.turn = executor, actions, maintenance, turn
-        self._in_pg, self._in_svc, self.event, self._forgive_pause = in_pg, in_svc, event, forgive_pause
+        self._in_pg, self._in_svc, self._in_state, self.event, self._forgive_pause = in_pg, in_svc, in_state, event, forgive_pause
 
     @property
     def suspended(self) -> bool:
@@ -115,7 +115,7 @@ class Operator:
         return await steps[op](*args)
 
     async def _save(self, new: State) -> None:
-        await self._in_pg(self.cell.save, new)
+        await self._in_state(self.cell.save, new)  # never behind a PostgreSQL reading: a fence writes before its signal
 
     # -- the operations ---------------------------------------------------------------------------
 

@@ -125,6 +125,10 @@ class _Rewritten:
             os.pwrite(self._fd, data.ljust(self._size), 0)
 
 
+def _persisted(state: State) -> dict[str, Any]:
+    return {k: getattr(state, k) for k in PERSISTED}
+
+
 class Store:
     def __init__(self, state_dir: Path, node: str) -> None:
         self.state_path = state_dir / "agent-state.json"
@@ -136,6 +140,7 @@ class Store:
         self.peer_boot_path = state_dir / "peer-boot"
         self.node = node
         self.history_lost = 0  # entries not written (disk full, ...)
+        self._on_disk: dict[str, Any] | None = None  # the persisted fields this process last read or wrote
         _private_dir(state_dir)
 
     # -- persisted state ----------------------------------------------------
@@ -150,14 +155,22 @@ class Store:
     def restored(self, now: float, services: bool) -> State:
         """What a new agent run starts from: the persisted fields, watching from ``now`` (silence before it
         is no evidence), and the service role as the kernel's addresses say (a stale claim is never re-asserted)."""
-        return State(**self.load_state(), watching_since=now, services=services)
+        state = State(**self.load_state(), watching_since=now, services=services)
+        self._on_disk = _persisted(state)
+        return state
 
     def save_state(self, state: State) -> None:
-        data = {k: getattr(state, k) for k in PERSISTED}
+        data = _persisted(state)
         _atomic_write(self.state_path, json.dumps(data, sort_keys=True).encode(), sync=True)
+        self._on_disk = data
 
     def persisted_changed(self, a: State, b: State) -> bool:
         return any(getattr(a, k) != getattr(b, k) for k in PERSISTED)
+
+    def unsaved(self, state: State) -> bool:
+        """Do ``state``'s persisted fields differ from what this process last read or wrote? A write that
+        failed leaves them differing, so the next step's write tries again."""
+        return self._on_disk != _persisted(state)
 
     def next_boot(self) -> int:
         """A counter that grows with every agent start: heartbeats of older runs are replays.

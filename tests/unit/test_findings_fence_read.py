@@ -1,0 +1,304 @@
+"""An adversarial read of the fence path (2026-12-05): three ways a fence could be undone or announced
+too early, each shown here on the old code first.
+
+- F1: a person's fence (`POST /fence`, which `standby promote --force` sends before promoting the other
+  node) kept a `resumable` left over from an older precautionary fence, so the very next step resumed
+  the server ("the peer stayed a standby") while the person went on to promote the peer: two primaries.
+- F2: the agent's own fence of a running primary signals the server before the decision is on disk;
+  when that write failed (a full or read-only disk), the step was dropped whole, so nothing recorded
+  the fence and the crash rule restarted the server it had just stopped, the peer perhaps promoted.
+- F3: a fence decided while a restart of the server was still running was announced as FENCED from the
+  last reading (down) while the start went on; the peer promotes on FENCED, and the server came up as a
+  primary before the fence's stop could run.
+- F4: a person's fence wrote "fenced" on the PostgreSQL thread, so its stop signal waited behind a reading
+  of the server in progress, however long that took.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from standby import operations as ops
+from standby.decide import Policy, State, decide
+from standby.model import ActionKind, DbState, LocalPg, Net, Observation, PeerView
+from tests.unit.shell_fakes import STANDBY, FakeKernel, FakePostgres, Shell, run, shell
+
+SERVICE_IP = "192.0.2.100"
+CARRIER = {Net.PUBLIC: True, Net.PRIVATE: True}
+POLICY = Policy(hot=True, sync=True, preferred=True, failover_timeout_s=0.75, fence_timeout_s=0.45,
+                heartbeat_s=0.15, link_timeout_s=5.0, degrade_after_s=10.0, max_lag_bytes=1000)
+
+
+def _peer(term: int, eligible: bool = False) -> PeerView:
+    return PeerView(term=term, db=DbState.STANDBY, services=False, lsn=100, sync_ok=False, carrier=CARRIER,
+                    tiebreaker_ok=True, eligible=eligible)
+
+
+def _obs(t: float, db: DbState, term: int) -> Observation:
+    return Observation(now=t, gap=0.15, pg=LocalPg(db, lsn=200 if db is DbState.PRIMARY else None), peer=_peer(term),
+                       heard={Net.PUBLIC: t, Net.PRIVATE: t}, carrier=CARRIER, tiebreaker_ok=True,
+                       services_healthy=True if db is DbState.PRIMARY else None, heard_me=t)
+
+
+# -- F1 ----------------------------------------------------------------------------------------------
+
+
+@given(term=st.integers(1, 40), resumable=st.booleans(), degraded=st.booleans(), served_s=st.floats(0.0, 5.0),
+       after_s=st.floats(0.15, 60.0))
+def test_f1_a_persons_fence_is_never_resumed_by_the_agent(term: int, resumable: bool, degraded: bool,
+                                                           served_s: float, after_s: float) -> None:
+    """Whatever the state carried (a `resumable` left from any older fence among it), a node a person fenced
+    stays down while its peer is heard as a standby that cannot promote: only a rejoin or a person lifts it."""
+    s = State(term=term, was_primary=True, degraded=degraded, resumable=resumable, services=True,
+              primary_this_run=True)
+    t = 100.0
+    while t < 100.0 + served_s:  # serving, the peer heard as a standby that cannot promote
+        s, _ = decide(s, _obs(t, DbState.PRIMARY, term), POLICY)
+        t += 0.15
+    s = replace(ops.fenced_by_operator(s), services=False)  # POST /fence, then the release's readback
+    end = t + after_s
+    while t < end:
+        s, acts = decide(s, _obs(t, DbState.DOWN, term), POLICY)
+        assert ActionKind.RESTART_PG not in [a.kind for a in acts], (t, acts)
+        assert s.fenced
+        t += 0.15
+
+
+states = st.builds(State, term=st.integers(0, 50), peer_term=st.integers(0, 50), fenced=st.booleans(),
+                   resumable=st.booleans(), was_primary=st.booleans(), promoting=st.booleans())
+
+
+@given(states, st.booleans())
+def test_f1_no_operation_carries_a_resumable_out_of_the_fence_that_set_it(s: State, planned: bool) -> None:
+    """`resumable` belongs to one precautionary fence: a person's fence, a promotion and following a
+    primary (rejoin, switchover) all start without it, so it can never speak for a later fence."""
+    for new in (ops.fenced_by_operator(s), ops.promoting(s, planned), ops.following(s), ops.rebuilt(s)):
+        assert not new.resumable
+
+
+def test_f1_a_persons_fence_in_the_shell_is_not_undone_by_the_next_steps(tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """The agent's side, with a `resumable` on disk left by an older fence: after the person's fence the
+    server is never started again while beta, a standby that cannot promote, waits for the person."""
+    pg = FakePostgres(DbState.PRIMARY)
+    unready = replace(STANDBY, eligible=False)
+    with shell(tmp_path, monkeypatch, pg, FakeKernel({SERVICE_IP})) as sh:
+        sh.agent.store.save_state(replace(sh.agent.cell.state, resumable=True, was_primary=True, term=1))
+
+        async def go() -> None:
+            await sh.start()
+            assert sh.agent.state.resumable
+            for _ in range(10):
+                await sh.tick(peer=unready)
+            await sh.agent.operator.operate("fence")
+            for _ in range(20):  # 3 s: four failover timeouts
+                await sh.tick(peer=unready)
+
+        run(go())
+        assert "start" not in pg.calls, pg.calls
+        assert sh.agent.state.fenced and pg.db is DbState.DOWN and SERVICE_IP not in sh.kernel.held
+
+
+# -- F2 ----------------------------------------------------------------------------------------------
+
+
+def _no_space_for_a_fence(sh: Shell) -> list[State]:
+    """The state file cannot be written while the state says fenced (ENOSPC); what was refused."""
+    refused: list[State] = []
+    save = sh.agent.store.save_state
+
+    def save_unless_fenced(state: State) -> None:
+        if state.fenced:
+            refused.append(state)
+            raise OSError(28, "No space left on device")
+        save(state)
+
+    sh.monkeypatch.setattr(sh.agent.store, "save_state", save_unless_fenced)
+    return refused
+
+
+def test_f2_a_fence_whose_record_cannot_be_written_still_fences(tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """Alpha stalls 6.8 s (its peer may have taken over), decides to fence and signals its server; the state
+    file cannot be written. The fence goes on (stop, service IPs released), the agent holds it in memory and
+    keeps trying to write it, and the crash rule never starts the server again while the peer is unheard."""
+    pg = FakePostgres(DbState.PRIMARY)
+    with shell(tmp_path, monkeypatch, pg, FakeKernel({SERVICE_IP})) as sh:
+        refused = _no_space_for_a_fence(sh)
+
+        async def go() -> None:
+            await sh.start()
+            for _ in range(5):
+                await sh.tick()
+            await sh.tick(advance=6.8)  # thawed: the stall fence
+            for _ in range(20):
+                await sh.tick(peer=None)  # the peer is not heard: it may have promoted
+
+        run(go())
+        assert pg.calls[:2] == ["stop_requested", "stop"] and "start" not in pg.calls, pg.calls
+        assert sh.agent.state.fenced and SERVICE_IP not in sh.kernel.held
+        assert len(refused) > 1  # tried again at later steps, not given up after one failure
+        failed = sh.events("write_failed")  # for the operator: in the history and the journal
+        assert [e["source"] for e in failed] == ["state file"] and "No space left" in failed[0]["error"], failed
+
+
+def test_f2_a_record_that_could_not_be_written_is_written_once_the_disk_allows(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    pg = FakePostgres(DbState.PRIMARY)
+    with shell(tmp_path, monkeypatch, pg, FakeKernel({SERVICE_IP})) as sh:
+        save = sh.agent.store.save_state
+        _no_space_for_a_fence(sh)
+
+        async def go() -> None:
+            await sh.start()
+            for _ in range(5):
+                await sh.tick()
+            await sh.tick(advance=6.8)
+            await sh.tick(peer=None)
+            sh.monkeypatch.setattr(sh.agent.store, "save_state", save)  # space again
+            await sh.tick(peer=None)
+
+        run(go())
+        assert sh.agent.store.load_state()["fenced"] is True
+
+
+@pytest.mark.parametrize("disk_full", [False, True])
+def test_f2_a_failed_write_without_a_fence_still_acts_on_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                disk_full: bool) -> None:
+    """Only a fence goes on without its record: a decision that gives this node something (here the standby's
+    promotion, its primary fenced) waits until its record is on disk, as before."""
+    pg = FakePostgres(DbState.STANDBY)
+    with shell(tmp_path, monkeypatch, pg, FakeKernel()) as sh:
+        def no_space(state: State) -> None:
+            raise OSError(28, "No space left on device")
+
+        failed = 0
+
+        async def go() -> None:
+            nonlocal failed
+            await sh.start()
+            for _ in range(5):
+                await sh.tick(peer=replace(STANDBY, db=DbState.PRIMARY, eligible=False))
+            if disk_full:
+                sh.monkeypatch.setattr(sh.agent.store, "save_state", no_space)
+            for _ in range(20):  # the primary fenced itself and hands the database over: a promotion is due
+                try:
+                    await sh.tick(peer=replace(STANDBY, db=DbState.FENCED, eligible=False))
+                except OSError:
+                    failed += 1
+
+        run(go())
+        if disk_full:
+            assert failed > 1 and "promote" not in pg.calls and not sh.agent.state.promoting, pg.calls
+        else:
+            assert "promote" in pg.calls  # the schedule does promote where the disk takes the record
+
+
+# -- F3 ----------------------------------------------------------------------------------------------
+
+
+class SlowStart(FakePostgres):
+    """A crash recovery that takes a while: the start holds the PostgreSQL thread until let go."""
+
+    def __init__(self) -> None:
+        super().__init__(DbState.PRIMARY)
+        self.gate = threading.Event()
+
+    def start(self) -> None:
+        self.calls.append("start_begun")
+        self.gate.wait(10)
+        self.calls.append("start")
+        self.db = DbState.PRIMARY  # a primary's data directory comes back as a primary
+
+
+def test_f3_a_fence_decided_while_a_restart_runs_is_not_announced_fenced_before_the_server_stopped(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Alpha's server dies while beta's heartbeats are lost; alpha starts it again (it saw it serve). Beta is
+    heard again meanwhile, a standby with everything: alpha fences for a failover. Until the fence's stop
+    has run after the start, alpha must say FENCING (beta waits), never FENCED (beta promotes)."""
+    pg = SlowStart()
+    with shell(tmp_path, monkeypatch, pg, FakeKernel({SERVICE_IP})) as sh:
+        async def step(peer: PeerView | None) -> None:  # a tick without waiting for the actions
+            sh.clock.advance(0.15)
+            sh.agent.link.send(sh.agent._advertised())
+            sh.agent.probers.tiebreaker_at = sh.clock.t
+            if peer is not None:
+                for net in Net:
+                    sh.net.deliver(net, *sh._from_peer(peer, net))
+            await sh.agent._step()
+
+        said: list[tuple[list[str], DbState]] = []
+
+        async def go() -> None:
+            await sh.start()
+            for _ in range(6):
+                await sh.tick()
+            for _ in range(8):
+                await sh.tick(peer=None)
+            pg.db = DbState.DOWN  # the postmaster dies
+            await step(None)  # restart in place: this run saw it serve
+            await step(STANDBY)  # beta heard again: the fence for a failover, while the start runs
+            for _ in range(3):
+                await step(STANDBY)
+                said.append((list(pg.calls), sh.agent._advertised().db))
+            pg.gate.set()
+            await sh.agent.executor.drain()
+            for _ in range(3):  # the fence's stop ran after the start; a reading after it says down
+                await sh.tick()
+            said.append((list(pg.calls), sh.agent._advertised().db))
+
+        run(go())
+        decisions = [(e["action"], e["reason"]) for e in sh.events("decision")]
+        assert ("restart_pg", "pg_crashed_restart") in decisions and ("fence", "pg_crashed_failover") in decisions
+        for calls, db in said[:-1]:
+            assert calls[-1] == "start_begun" and db is DbState.FENCING, said
+        calls, db = said[-1]
+        assert db is DbState.FENCED and calls[:3] == ["start_begun", "start", "stop"] and pg.db is DbState.DOWN, said
+
+
+# -- F4 ----------------------------------------------------------------------------------------------
+
+
+class HungRead(FakePostgres):
+    """A reading of the server that does not come back until let go (a backend stuck where the statement
+    timeout cannot reach it)."""
+
+    def __init__(self) -> None:
+        super().__init__(DbState.PRIMARY)
+        self.free, self.signalled = threading.Event(), threading.Event()
+
+    def hung_read(self) -> None:
+        self.free.wait(10)
+
+    def request_stop(self) -> None:
+        super().request_stop()
+        self.signalled.set()
+
+
+def test_f4_a_persons_fence_signals_the_server_while_a_reading_of_it_hangs(tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    pg = HungRead()
+    with shell(tmp_path, monkeypatch, pg, FakeKernel({SERVICE_IP})) as sh:
+        signalled_while_hung: list[bool] = []
+
+        async def go() -> None:
+            await sh.start()
+            for _ in range(5):
+                await sh.tick()
+            sh.agent.pg_pool.submit(pg.hung_read)  # the PostgreSQL thread is taken
+            fence = asyncio.ensure_future(sh.agent.operator.operate("fence"))
+            signalled = await asyncio.to_thread(pg.signalled.wait, 5)
+            signalled_while_hung.append(signalled and not pg.free.is_set())
+            pg.free.set()
+            await fence
+
+        run(go())
+        assert signalled_while_hung == [True], pg.calls
+        assert pg.calls == ["stop_requested", "stop"] and sh.agent.store.load_state()["fenced"] is True
