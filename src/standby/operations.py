@@ -69,6 +69,28 @@ def refusal(op: Operation, s: State, db: DbState, suspended: bool) -> Refusal | 
             return None
 
 
+class PeerFirst(StrEnum):
+    """What `standby promote` does with the other pair node before it promotes this one."""
+
+    FENCE = "fence"  # through its agent, for good (until a rejoin), and promote only once that is done
+    REFUSE = "refuse"  # nothing changed: promoting now would make two writable primaries
+    WARN = "warn"  # nothing of it answers: say that it could still be alive, and leave it to the person
+
+
+def peer_first(peer_primary: bool, agent_answers: bool, force: bool) -> PeerFirst:
+    """The rows, each with its why:
+    - a primary, without ``--force``: REFUSE (a switchover is the planned way; two writers otherwise);
+    - a primary, with ``--force``: FENCE (its agent must answer, or the fence fails and nothing is promoted);
+    - not a primary, its agent answers: FENCE. Its server is down, but a fence it made itself as a precaution
+      lets it start again as primary once it has heard this node as a standby that cannot promote; the last
+      such heartbeat, sent just before the promotion, was enough (the simulated world's forced promotion
+      found it). A person's fence is never resumed (`fenced_by_operator`);
+    - not a primary, no agent answers: WARN (it may be dead, or alive behind a broken link)."""
+    if peer_primary:
+        return PeerFirst.FENCE if force else PeerFirst.REFUSE
+    return PeerFirst.FENCE if agent_answers else PeerFirst.WARN
+
+
 def next_term(s: State) -> int:
     """The term a promotion takes: above any this node has had or heard."""
     return max(s.term, s.peer_term) + 1

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import socket
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -16,7 +15,7 @@ import tomli_w
 from standby import config, tls
 from standby.agent.heartbeat import Heartbeat, encode
 from standby.agent.node import config_digest
-from standby.lab import Lab, netns
+from standby.lab import Lab, LabError, netns
 from standby.lab.pair import STANDBY, agent_state, role_changes, start_pair
 from standby.model import DbState, Net, PeerView
 from tests.lab.netwatch import http_status
@@ -52,12 +51,21 @@ def test_forged_malformed_and_replayed_heartbeats_are_refused(pair: Lab) -> None
     junk = [b"", b"\x00" * 40, b"{" * 500, json.dumps({"v": 1}).encode() + b"x" * 32, bytes(range(256)) * 8]
     send_udp(pair, "beta", [forged, replayed, *junk])
     send_udp(pair, "client", [forged])  # not even from the peer's address
-    time.sleep(1.0)
-    after = rejected(pair)
-    grew = {k: after.get(k, 0) - before.get(k, 0) for k in after}
-    # Unauthenticated junk cannot be told from a forgery: all but the empty packet fail the MAC.
-    assert grew.get("forged", 0) >= 5 and grew.get("replay", 0) >= 1 and grew.get("malformed", 0) >= 1
-    assert grew.get("foreign", 0) >= 1
+
+    def grew() -> dict[str, int]:
+        after = rejected(pair)
+        return {k: after.get(k, 0) - before.get(k, 0) for k in after}
+
+    def all_counted() -> bool:
+        # Unauthenticated junk cannot be told from a forgery: all but the empty packet fail the MAC.
+        g = grew()
+        return (g.get("forged", 0) >= 5 and g.get("replay", 0) >= 1 and g.get("malformed", 0) >= 1
+                and g.get("foreign", 0) >= 1)
+
+    try:
+        pair.wait_for("alpha's agent to count every packet it refused", all_counted, timeout_s=15, every_s=0.2)
+    except LabError:
+        raise AssertionError(f"refused heartbeats counted: {grew()}") from None
     # A lie with a newer term, signed with a wrong key or replayed, changed nothing.
     state = agent_state(pair, "alpha")
     assert state["heartbeats"]["accepted"] > accepted_before  # the real peer is still heard

@@ -96,7 +96,7 @@ def test_h5_fenced_node_releases_and_a_later_take_leaves_no_address(
                                 ({"services": True}, [ActionKind.TAKE_SERVICES]),
                                 ({}, [])])
     # The agent's worker threads start in this thread's namespace, so its netlink and ARP use node_ns.
-    netns.call_in(node_ns, lambda: asyncio.run(run_steps(agent, 3, 0.44 / 2, settle_s=2.0)))
+    netns.call_in(node_ns, lambda: asyncio.run(run_steps(agent, 3, 0.44 / 2)))
     held = netns.addresses(node_ns, "eth0")
     assert not any(a.startswith(("192.0.2.100/", "192.0.2.102/")) for a in held), held
     assert agent.state.services is False

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import re
-import time
 
 import pytest
 
-from standby.lab import Lab, LabSpec
+from standby.apiclient import replica_lag
+from standby.lab import Lab, LabSpec, netns
 from standby.lab.pair import agent_state, primaries
 
 pytestmark = pytest.mark.lab
@@ -30,7 +30,10 @@ def test_promote_prints_what_could_be_lost_in_wal_bytes(warm_async: Lab) -> None
     with lab.pg_connect("alpha", autocommit=True) as c:
         c.execute("CREATE TABLE filler AS SELECT g, repeat('x', 100) AS pad FROM generate_series(1, 20000) g")
         written = c.execute("SELECT pg_current_wal_lsn() - '0/0'::pg_lsn").fetchone()[0]  # type: ignore[index]
-    time.sleep(1.5)  # a few heartbeats with the new position
+    # Beta has heard alpha's new position (its heartbeats still arrive): what the promotion will read.
+    cfg = lab.config()
+    lab.wait_for("beta's lag past the table's WAL", lambda: (netns.call_in(lab.netns("beta"), replica_lag, cfg, "beta")
+                                                             or 0) > 1_000_000, timeout_s=15, every_s=0.2)
     lab.crash("alpha")
     lab.heal()
     res = lab.standby("beta", "promote", "--yes", check=False)

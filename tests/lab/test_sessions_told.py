@@ -23,7 +23,7 @@ from standby.lab.pair import holders, primaries, start_pair, wait_ready
 from standby.lab.topology import PG_PORT, SERVICE_IP
 from tests.lab.netwatch import ArpClaims, TcpStates, public_mac
 
-ENDED_WITHIN_S = 20  # the query sleeps 10 s: a client still waiting after this was never told
+ENDED_WITHIN_S = 20  # the query sleeps 10 s (or longer): a client still waiting after this was never told
 
 
 @pytest.fixture
@@ -34,7 +34,8 @@ def pair(lab_factory) -> Lab:  # type: ignore[no-untyped-def]
 class InFlight:
     """One query through the service IP from the client network, as a client with libpq's defaults sends it."""
 
-    def __init__(self, lab: Lab) -> None:
+    def __init__(self, lab: Lab, sleep_s: int = 10) -> None:
+        self.query = f"SELECT pg_sleep({sleep_s})"
         kept = conninfo_to_dict(lab.spec.secret(app_dsn_for("alpha")).read_text().strip())
         self.params: dict[str, Any] = {k: v for k, v in kept.items() if not k.startswith(("keepalives", "tcp_user"))}
         self.params.update(host=SERVICE_IP.split("/")[0], connect_timeout=2)
@@ -44,7 +45,7 @@ class InFlight:
     def _run(self) -> None:
         try:
             with psycopg.connect(**self.params, autocommit=True) as conn:
-                conn.execute("SELECT pg_sleep(10)")
+                conn.execute(self.query.encode())
             self.outcome = "answered"
         except psycopg.Error as e:
             self.outcome = f"error: {str(e).strip().splitlines()[0]}"
@@ -54,8 +55,8 @@ class InFlight:
 
         def sleeping() -> bool:
             with lab.pg_connect(on) as c:
-                return c.execute("SELECT count(*) FROM pg_stat_activity WHERE query = 'SELECT pg_sleep(10)'"
-                                 " AND state = 'active'").fetchone()[0] == 1  # type: ignore[index]
+                return bool(c.execute("SELECT count(*) FROM pg_stat_activity WHERE query = %s AND state = 'active'",
+                                      (self.query,)).fetchone()[0] == 1)  # type: ignore[index]
         lab.wait_for(f"the client's query running on {on}", sleeping, timeout_s=10)
         return self
 
@@ -89,8 +90,10 @@ def test_ci42_a_query_in_flight_when_the_primarys_agent_dies_ends_instead_of_wai
 def test_ci42_a_query_in_flight_when_a_frozen_primary_thaws_and_fences_itself_ends_instead_of_waiting(
         pair: Lab) -> None:
     """The agent's own fence: alpha's host paused (every process, every packet) long enough for beta to take
-    over; thawed, alpha's agent fences at once and its release waits for the sessions its server ends."""
-    q = InFlight(pair).start(pair, "alpha")
+    over; thawed, alpha's agent fences at once and its release waits for the sessions its server ends.
+    The query sleeps longer than the test lasts: pg_sleep counts wall-clock time, so a pause longer than its
+    sleep would let it answer at the thaw, before the fence's signal, whatever the fence does."""
+    q = InFlight(pair, sleep_s=600).start(pair, "alpha")
     pair.freeze("alpha")
     # CI runs 54 and 57 saw the client wait for good here; what the next such run shows (on failure): how
     # alpha's session socket ended, and who claimed the service IP on the client network.

@@ -15,6 +15,7 @@ import weakref
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from standby import operations as ops
 from standby.agent.store import Store
 from standby.decide import Policy, State, advertise, decide, dr_in_question, fence_needed
 from standby.model import ActionKind, DbState, DrSeen, LocalPg, Net, Observation, PeerView, Reason
@@ -405,7 +406,7 @@ class World:
         assert n.store is not None
         kept = State(**n.store.load_state())  # type: ignore[arg-type]
         if n.alive and fence_needed(kept, n.pg):
-            n.store.save_state(replace(kept, fenced=True, was_primary=False))
+            n.store.save_state(replace(kept, fenced=True, was_primary=False, resumable=False))
             if n.stop_due is None:
                 n.stop_due = self.t + self.agent_fence_delay
 
@@ -417,6 +418,37 @@ class World:
                 self._stop_due_servers()
             n.agent_up = True
             self._restart_agent(n)
+
+    def manual_failover(self, name: str) -> None:
+        """A person runs `standby promote --force` on ``name``, a running standby, and the command treats the
+        other node as the real rule says (operations.peer_first): fenced through its agent when that answers
+        over either network (the command waits for the record, the stop and the release), else the command
+        refuses a primary it sees and warns of one it cannot see. The warned case is not drawn over a server
+        that still runs: that is the person's call against the command's word, not the pair's."""
+        s, p = self.nodes[name], self.peer(name)
+        if not (s.alive and not s.frozen and s.agent_up and s.pg is DbState.STANDBY):
+            return
+        reached = p.alive and not p.frozen and any(p.up(net) and s.up(net) for net in Net)
+        answers = reached and p.agent_up
+        first = ops.peer_first(reached and p.pg is DbState.PRIMARY, answers, force=True)
+        if first is ops.PeerFirst.FENCE:
+            if not answers:
+                return  # the fence cannot be asked: refused, nothing changed
+            assert p.store is not None
+            p.state = replace(ops.fenced_by_operator(p.state), services=False)
+            p.store.save_state(p.state)
+            p.pg, p.streaming, p.stop_due, p.holds_ips = DbState.DOWN, False, None, False
+            self.role_changes += 1
+        elif first is ops.PeerFirst.REFUSE or (p.alive and p.pg is not DbState.DOWN):
+            return
+        assert s.store is not None
+        s.state = ops.promoting(s.state, planned=False)
+        s.store.save_state(s.state)
+        s.pg, s.data_primary, s.promoted_over_frozen = DbState.PRIMARY, True, False
+        if not p.holds_ips:
+            s.holds_ips, s.state = True, ops.serving(s.state)
+        self.log.append(f"{self.t:7.1f} {name} promoted by a person (term {s.state.term})")
+        self.role_changes += 1
 
     def maintenance(self, name: str, on: bool) -> None:
         self.policy[name] = replace(self.policy[name], suspended=on)

@@ -11,6 +11,8 @@ import pytest
 
 from tests.browser import browser_in
 
+pytestmark = pytest.mark.alone  # a browser loads the machine (tests/gate.py)
+
 
 def test_ci65_the_browser_leaves_nothing_in_the_temporary_directory(monkeypatch: pytest.MonkeyPatch) -> None:
     # A short temporary directory of the test's own (not tmp_path): a Unix socket's path must fit 108 bytes.

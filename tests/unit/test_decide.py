@@ -211,11 +211,36 @@ def test_flapping_link_bounded_role_changes() -> None:
     assert w.role_changes == 0
 
 
+def test_a_persons_forced_promotion_fences_the_primary_for_good() -> None:
+    """`standby promote --force` on b while a serves (the random schedules draw it as "manual_failover"): a is
+    fenced through its agent and stays down, b serves with the service IPs; in sync nothing acknowledged is
+    lost (in async, what had not reached b: the command says so before it asks)."""
+    for sync in (True, False):
+        w = started(sync=sync)
+        w.manual_failover("b")
+        assert w.nodes["a"].state.fenced and not w.nodes["a"].state.resumable
+        w.run(10.0)
+        assert roles(w) == ("b", "b") and w.nodes["a"].pg is DbState.DOWN
+        assert w.lost() == [] or not sync
+
+
+def test_a_forced_promotion_is_refused_while_the_primarys_agent_is_dead() -> None:
+    w = started()
+    w.kill_agent("a")
+    w.nodes["a"].stop_due = None  # its unclean-exit fence has not stopped the server (yet)
+    w.nodes["a"].pg = DbState.PRIMARY
+    w.manual_failover("b")
+    assert w.nodes["b"].pg is DbState.STANDBY  # it could still be writing: the command refuses
+
+
 # -- random fault schedules ------------------------------------------------------------
 
 FAULTS = ["crash", "boot", "freeze", "thaw", "link_down", "link_up", "loss", "kill_pg", "kill_agent",
-          "start_agent", "wait", "long_freeze", "maintenance_on", "maintenance_off"]
+          "start_agent", "wait", "long_freeze", "maintenance_on", "maintenance_off", "manual_failover"]
 NETWORK_FAULTS = {"link_down", "loss"}  # the only way to the one case two servers cannot decide
+# A person's forced promotion (`standby promote --force`) takes what the standby has; with degrade_after_s
+# that may lack what the primary acknowledged alone, which the command says before it asks.
+PERSON_FORCED = {"manual_failover"}
 
 schedule = st.lists(
     st.tuples(st.sampled_from(FAULTS), st.sampled_from(["a", "b"]), st.sampled_from(list(Net)),
@@ -241,6 +266,7 @@ def apply(w: World, fault: str, node: str, net: Net, pct: int) -> None:
         case "loss": w.set_loss(node, net, pct)
         case "kill_pg": w.kill_pg(node)
         case "kill_agent": w.kill_agent(node)
+        case "manual_failover": w.manual_failover(node)
         case "start_agent": w.start_agent(node)
 
 
@@ -268,6 +294,13 @@ def play_schedule(w: World, steps: list) -> None:
 # standby promotes (the pause no decision can prevent; the world excuses the stop that follows).
 @example(steps=[("freeze", "a", Net.PUBLIC, 0, 1.0)], seed=0, stop_delay=0.3, agent_fence_delay=0.0,
          sync_report_delay=0.0)
+# And a person's forced promotion (drawn since 2026-12-05): the old primary had fenced itself after a long
+# pause, as a precaution it may lift; promoted by hand, the standby's last heartbeat before its promotion
+# still said "a standby that cannot promote", and the old primary started again beside it. The command now
+# fences a node whose agent answers even when its server is down (operations.peer_first).
+@example(steps=[("boot", "a", Net.PUBLIC, 0, 1.75), ("link_down", "a", Net.PRIVATE, 0, 1.0),
+                ("long_freeze", "a", Net.PUBLIC, 0, 1.125), ("manual_failover", "b", Net.PUBLIC, 0, 1.0)],
+         seed=0, stop_delay=0.0, agent_fence_delay=0.0, sync_report_delay=0.0)
 def test_random_faults_keep_the_invariants(sync: bool, degrade: float, steps: list, seed: int, stop_delay: float,
                                            agent_fence_delay: float, sync_report_delay: float) -> None:
     """Never two writable primaries, never two holders of the service IPs, terms never go back,
@@ -278,7 +311,7 @@ def test_random_faults_keep_the_invariants(sync: bool, degrade: float, steps: li
                stop_delay=stop_delay, agent_fence_delay=agent_fence_delay, sync_report_delay=sync_report_delay) as w:
         play_schedule(w, steps)
         assert len(w.primaries()) <= 1, w.log
-        if sync and (degrade == 0 or not NETWORK_FAULTS & {f for f, *_ in steps}):
+        if sync and (degrade == 0 or not (NETWORK_FAULTS | PERSON_FORCED) & {f for f, *_ in steps}):
             assert w.lost() == [], w.log
 
 

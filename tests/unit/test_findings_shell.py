@@ -124,11 +124,11 @@ def script(agent: Agent, monkeypatch: pytest.MonkeyPatch,
     monkeypatch.setattr(agent.sync_keeper, "reconcile", lambda: None)
 
 
-async def run_steps(agent: Agent, n: int, pause_s: float, settle_s: float = 1.5) -> None:
+async def run_steps(agent: Agent, n: int, pause_s: float) -> None:
     for _ in range(n):
         await agent._step()
         await asyncio.sleep(pause_s)
-    await asyncio.sleep(settle_s)  # what the steps started finishes
+    await agent.executor.drain()  # what the steps started finishes (a sleep here was a guess at how long)
 
 
 def holds(agent: Agent, k: FakeKernel) -> bool:
@@ -174,7 +174,7 @@ def test_h5_failed_take_leaves_nothing_held_and_says_so(
     agent = make_agent(tmp_path)
     kernel.fail_add = {"192.0.2.102"}  # the second address cannot be added
     script(agent, monkeypatch, [({"services": True}, [ActionKind.TAKE_SERVICES]), ({}, [])])
-    asyncio.run(run_steps(agent, 2, 0.05, settle_s=0.5))
+    asyncio.run(run_steps(agent, 2, 0.05))
     assert not holds(agent, kernel), "half a take left an address behind"
     assert agent.state.services is False, "state claims the service role the kernel does not hold"
 
@@ -187,7 +187,7 @@ def test_h5_release_removes_every_address_even_when_one_fails(
     kernel.fail_remove = {"192.0.2.100"}
     agent.state = State(services=True)
     script(agent, monkeypatch, [({"services": False}, [ActionKind.RELEASE_SERVICES]), ({}, [])])
-    asyncio.run(run_steps(agent, 2, 0.05, settle_s=0.5))
+    asyncio.run(run_steps(agent, 2, 0.05))
     assert kernel.held == {"192.0.2.100"}, "an error on one address stopped the release of the others"
     assert agent.state.services is True, "state says released while the kernel still holds an address"
 
@@ -198,7 +198,7 @@ def test_h5_release_removes_addresses_the_state_does_not_know_of(
     kernel.held = {"192.0.2.102"}
     agent.state = State(services=False)
     script(agent, monkeypatch, [({}, [ActionKind.RELEASE_SERVICES]), ({}, [])])
-    asyncio.run(run_steps(agent, 2, 0.05, settle_s=0.5))
+    asyncio.run(run_steps(agent, 2, 0.05))
     assert kernel.held == set() and agent.state.services is False
 
 
@@ -220,7 +220,7 @@ def test_l2_failed_probe_blocks_the_take_like_an_answer(
 
     monkeypatch.setattr(node_mod.addresses, "answered_elsewhere", broken)
     script(agent, monkeypatch, [({"services": True}, [ActionKind.TAKE_SERVICES]), ({}, [])])
-    asyncio.run(run_steps(agent, 2, 0.05, settle_s=0.5))
+    asyncio.run(run_steps(agent, 2, 0.05))
     assert not holds(agent, kernel) and agent.state.services is False
     refused = [e for e in agent.store.history() if e["event"] == "take_refused"]
     assert refused and refused[-1]["reason"] == "ARP probe failed"

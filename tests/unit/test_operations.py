@@ -66,3 +66,20 @@ def test_a_refusal_names_the_node_and_what_its_server_is() -> None:
     text = Refusal.NOT_PRIMARY.describe("alpha", DbState.STANDBY)
     assert "alpha" in text and "standby" in text
     assert Refusal.NOT_SUSPENDED.describe("alpha", DbState.PRIMARY) == Refusal.NOT_SUSPENDED.value
+
+
+@pytest.mark.parametrize(("peer_primary", "agent_answers", "force", "first"), [
+    (True, True, False, ops.PeerFirst.REFUSE),
+    (True, False, False, ops.PeerFirst.REFUSE),
+    (True, True, True, ops.PeerFirst.FENCE),
+    (True, False, True, ops.PeerFirst.FENCE),  # the fence cannot be asked: the command stops there
+    # Its server down, its agent up: fenced for good first, with or without --force (a precautionary fence
+    # could otherwise resume on this node's last heartbeat as a standby: the simulated forced promotion).
+    (False, True, False, ops.PeerFirst.FENCE),
+    (False, True, True, ops.PeerFirst.FENCE),
+    (False, False, False, ops.PeerFirst.WARN),
+    (False, False, True, ops.PeerFirst.WARN),
+])
+def test_a_promotion_by_hand_fences_every_peer_whose_agent_answers(peer_primary: bool, agent_answers: bool,
+                                                                   force: bool, first: ops.PeerFirst) -> None:
+    assert ops.peer_first(peer_primary, agent_answers, force) is first

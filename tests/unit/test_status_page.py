@@ -322,6 +322,7 @@ def test_hostile_clients_do_not_hold_up_the_page(pairs: Pairs) -> None:
         server.stop()
 
 
+@pytest.mark.alone  # a browser loads the machine (tests/gate.py)
 def test_page_in_a_browser_asks_for_the_token_and_shouts_when_two_serve(pairs: Pairs) -> None:
     """The page's own logic in Chromium (no lab): the token prompt, and the loud banners a split pair raises."""
     pair = pairs(token_for_status=True)
@@ -353,6 +354,7 @@ def test_page_in_a_browser_asks_for_the_token_and_shouts_when_two_serve(pairs: P
         gen.close()
 
 
+@pytest.mark.alone  # a browser loads the machine (tests/gate.py)
 def test_page_in_a_browser_names_a_primary_heard_only_in_heartbeats(pairs: Pairs) -> None:
     """beta's agent API does not answer but its heartbeats do: the page names beta primary (from them)
     and says its API is unreachable, rather than shouting that no node accepts writes."""

@@ -10,6 +10,7 @@ from pathlib import Path
 import click
 import psycopg
 
+from standby import operations as ops
 from standby import siteloss
 from standby.act import postgres as pgact
 from standby.agent import followerobs
@@ -21,6 +22,7 @@ from standby.documents import AgentView
 from standby.model import DbState, PgRole
 from standby.observe import postgres as obs
 from standby.observe import probes
+from standby.operations import PeerFirst
 
 
 @click.command("promote")
@@ -60,15 +62,18 @@ def command(config_path: Path, node: str | None, yes: bool, force: bool) -> None
 
     seen, peer_agent = _look_at(cfg, peer)
     alive = seen.role is PgRole.PRIMARY or (peer_agent is not None and peer_agent.postgres.state is DbState.PRIMARY)
+    first = ops.peer_first(alive, peer_agent is not None, force)
     try:
         api = AgentApi(cfg)
-        if alive:
-            if not force:
-                raise OperatorError(
-                    f"{peer} is alive and primary: promoting {me} now would make two writable primaries. "
-                    "For planned maintenance use `standby switchover`; to take over anyway, re-run with --force "
-                    f"(it fences {peer} first)")
-            click.echo(f"{peer} is reachable: fencing it first (services off, PostgreSQL stopped)")
+        if first is PeerFirst.REFUSE:
+            raise OperatorError(
+                f"{peer} is alive and primary: promoting {me} now would make two writable primaries. "
+                "For planned maintenance use `standby switchover`; to take over anyway, re-run with --force "
+                f"(it fences {peer} first)")
+        if first is PeerFirst.FENCE:
+            click.echo(f"{peer} is reachable: fencing it first (services off, PostgreSQL stopped)" if alive else
+                       f"{peer}'s agent answers (PostgreSQL {peer_agent.postgres.state.value if peer_agent else '?'}): "
+                       "fencing it first, so that it cannot start again as primary")
             api.fence(peer)
             after = obs.observe_peer(cfg, peer)
             if after.role is PgRole.PRIMARY:

@@ -138,6 +138,17 @@ class LoadRun:
         mine = {address for address, node in self.servers.items() if node == by}
         return first_ack_after(read_history(self.history), self.t_fault, mine)
 
+    def wait_served_by(self, lab: Lab, by: str, timeout_s: float = 30.0) -> None:
+        """Until a call sent after the fault is acknowledged by ``by``'s database: the load has seen the
+        service restored there (a test's fixed pause after the roles settled only hoped so)."""
+        def served() -> bool:
+            try:
+                return self.first_ack_after_fault(by) is not None
+            except (OSError, ValueError):  # a line being written
+                return False
+
+        lab.wait_for(f"a call sent after the fault acknowledged by {by}", served, timeout_s=timeout_s, every_s=0.2)
+
     def acks_after_fault_by(self) -> Counter[str]:
         """Acknowledged calls sent after the fault, per node whose database wrote them (an address of no
         lab node as itself)."""
