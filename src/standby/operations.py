@@ -91,6 +91,17 @@ def peer_first(peer_primary: bool, agent_answers: bool, force: bool) -> PeerFirs
     return PeerFirst.FENCE if agent_answers else PeerFirst.WARN
 
 
+def after_failed_fence(peer_primary: bool, force: bool) -> PeerFirst:
+    """When the fence asked of the other node failed (its agent stopped answering, the API token cannot be sent
+    over the only network that answers, its disk is full):
+    - a primary: REFUSE, whatever ``--force`` says (it could still be writing);
+    - not a primary, without ``--force``: REFUSE, saying the ways on (stop its agent, whose own fence then holds
+      with nobody to lift it; or ``--force``);
+    - not a primary, with ``--force``: WARN and promote (the person's call: a precautionary fence of its own may
+      let it start again beside this node until it hears the new term, which the command says)."""
+    return PeerFirst.WARN if force and not peer_primary else PeerFirst.REFUSE
+
+
 def next_term(s: State) -> int:
     """The term a promotion takes: above any this node has had or heard."""
     return max(s.term, s.peer_term) + 1

@@ -429,11 +429,16 @@ class World:
         if not (s.alive and not s.frozen and s.agent_up and s.pg is DbState.STANDBY):
             return
         reached = p.alive and not p.frozen and any(p.up(net) and s.up(net) for net in Net)
+        # The agent's status answers on either network; the fence needs its API token, which goes over the
+        # private network only (no TLS configured, the default).
         answers = reached and p.agent_up
-        first = ops.peer_first(reached and p.pg is DbState.PRIMARY, answers, force=True)
+        fence_asked = answers and p.up(Net.PRIVATE) and s.up(Net.PRIVATE)
+        primary = reached and p.pg is DbState.PRIMARY
+        # The person gives --force to fence a primary, and takes the command's refusal after a failed fence.
+        first = ops.peer_first(primary, answers, force=primary)
         if first is ops.PeerFirst.FENCE:
-            if not answers:
-                return  # the fence cannot be asked: refused, nothing changed
+            if not fence_asked and ops.after_failed_fence(primary, force=False) is ops.PeerFirst.REFUSE:
+                return  # refused, nothing changed
             assert p.store is not None
             p.state = replace(ops.fenced_by_operator(p.state), services=False)
             p.store.save_state(p.state)

@@ -224,6 +224,27 @@ def test_a_persons_forced_promotion_fences_the_primary_for_good() -> None:
         assert w.lost() == [] or not sync
 
 
+def test_sim_forced_promotion_over_a_precautionary_fence_fences_it_for_good() -> None:
+    """Found by the random schedules once they drew a person's forced promotion: a paused, fenced itself as a
+    precaution (it may resume when b stays a standby that cannot promote); a person promoted b in the very
+    interval a's resumption fell due, and a's last word from b was still "a standby". The command fences a
+    through its agent although a's server is down (operations.peer_first); before, it only warned, and a
+    started again beside b (here 1.2 s after the thaw)."""
+    w = started(sync=False)
+    w.link("a", Net.PRIVATE, False)  # b stops streaming: it cannot promote by itself
+    w.run(1.0)
+    w.freeze("a")
+    w.run(3.0)
+    w.thaw("a")
+    w.link("a", Net.PRIVATE, True)
+    w.run(1.2)
+    assert w.nodes["a"].state.fenced and w.nodes["a"].state.resumable and w.nodes["a"].pg is DbState.DOWN
+    w.manual_failover("b")
+    assert w.nodes["a"].state.fenced and not w.nodes["a"].state.resumable
+    w.run(5.0)
+    assert roles(w) == ("b", "b") and w.nodes["a"].pg is DbState.DOWN
+
+
 def test_a_forced_promotion_is_refused_while_the_primarys_agent_is_dead() -> None:
     w = started()
     w.kill_agent("a")

@@ -302,3 +302,118 @@ def test_f4_a_persons_fence_signals_the_server_while_a_reading_of_it_hangs(tmp_p
         run(go())
         assert signalled_while_hung == [True], pg.calls
         assert pg.calls == ["stop_requested", "stop"] and sh.agent.store.load_state()["fenced"] is True
+
+
+# -- the second read, of the fixes above ------------------------------------------------------------
+
+
+def test_r2_a_state_write_that_lands_and_then_raises_is_written_again(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """The file's fsync and rename done, the directory's fsync fails: the file may say what nobody acted on
+    (a promotion refused, say). Nobody knows what it says, so the next write goes ahead."""
+    from standby.agent import store as store_mod
+    from standby.agent.store import Store
+
+    st = Store(tmp_path / "state", "beta")
+    old = st.restored(0.0, False)
+    st.save_state(old)
+    real_fsync = store_mod.os.fsync
+    calls = [0]
+
+    def fsync(fd: int) -> None:
+        calls[0] += 1
+        if calls[0] == 2:  # the directory's
+            raise OSError(5, "Input/output error")
+        real_fsync(fd)
+
+    monkeypatch.setattr(store_mod.os, "fsync", fsync)
+    with pytest.raises(OSError):
+        st.save_state(ops.promoting(old, planned=False))
+    assert st.load_state()["promoting"] is True  # it landed
+    assert st.unsaved(old)  # so the step that goes on with the old state writes it again
+
+
+def test_r2_a_fence_held_in_memory_is_not_undone_by_a_clean_restart(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """The stall fence could not be written; the agent is then stopped cleanly and started again. The disk says
+    not fenced and was primary, so the liveness record must not say a clean stop just now: the new agent takes
+    the time since the last decision on disk as unattended and fences first, instead of restarting the server
+    on beta's first heartbeat as a standby in no newer term (the crash rule)."""
+    pg = FakePostgres(DbState.PRIMARY)
+    with shell(tmp_path, monkeypatch, pg, FakeKernel({SERVICE_IP})) as sh:
+        _no_space_for_a_fence(sh)
+
+        async def first() -> None:
+            await sh.start()
+            for _ in range(5):
+                await sh.tick()
+            await sh.tick(advance=6.8)
+            for _ in range(10):
+                await sh.tick(peer=None)
+            sh.agent.stop()
+            await sh.agent._shut_down([])  # the clean stop's own writes
+
+        run(first())
+        assert sh.agent.store.load_state()["fenced"] is False and pg.db is DbState.DOWN
+        done = len(pg.calls)
+        sh.restart()
+
+        async def second() -> None:
+            await sh.start()
+            for _ in range(5):
+                await sh.tick()
+
+        run(second())
+        assert "start" not in pg.calls[done:], pg.calls
+        assert sh.agent.state.fenced and sh.agent.store.load_state()["fenced"] is True
+
+
+def test_r2_a_failing_state_write_is_recorded_once_not_at_every_step(tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """A read-only disk names a new temporary file in every error: the record says the error without it."""
+    pg = FakePostgres(DbState.PRIMARY)
+    with shell(tmp_path, monkeypatch, pg, FakeKernel({SERVICE_IP})) as sh:
+        save, n = sh.agent.store.save_state, [0]
+
+        def read_only(state: State) -> None:
+            if state.fenced:
+                n[0] += 1
+                raise OSError(30, "Read-only file system", f"{tmp_path}/.agent-state.json.{n[0]:08x}")
+            save(state)
+
+        monkeypatch.setattr(sh.agent.store, "save_state", read_only)
+
+        async def go() -> None:
+            await sh.start()
+            for _ in range(5):
+                await sh.tick()
+            await sh.tick(advance=6.8)
+            for _ in range(30):
+                await sh.tick(peer=None)
+
+        run(go())
+        assert n[0] > 20 and len(sh.events("write_failed")) == 1
+
+
+def test_r2_a_persons_fence_says_fencing_until_its_stop_is_done(tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """Right after a restart of the server the last reading may still say down: between the person's fence's
+    record and its stop, the heartbeat must not say FENCED on that reading."""
+    said: list[DbState] = []
+
+    class Watched(FakePostgres):
+        def request_stop(self) -> None:
+            super().request_stop()
+            said.append(sh.agent._advertised().db)  # right after "fenced" is on disk
+
+    pg = Watched(DbState.PRIMARY)
+    with shell(tmp_path, monkeypatch, pg, FakeKernel({SERVICE_IP})) as sh:
+        async def go() -> None:
+            await sh.start()
+            for _ in range(5):
+                await sh.tick()
+            sh.agent.observer.pg = LocalPg(DbState.DOWN)  # a reading from before the server came back
+            await sh.agent.operator.operate("fence")
+
+        run(go())
+        assert said == [DbState.FENCING] and pg.calls == ["stop_requested", "stop"]

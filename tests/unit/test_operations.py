@@ -83,3 +83,14 @@ def test_a_refusal_names_the_node_and_what_its_server_is() -> None:
 def test_a_promotion_by_hand_fences_every_peer_whose_agent_answers(peer_primary: bool, agent_answers: bool,
                                                                    force: bool, first: ops.PeerFirst) -> None:
     assert ops.peer_first(peer_primary, agent_answers, force) is first
+
+
+@pytest.mark.parametrize(("peer_primary", "force", "then"), [
+    (True, False, ops.PeerFirst.REFUSE),
+    (True, True, ops.PeerFirst.REFUSE),  # it could still be writing: no flag goes past that
+    (False, False, ops.PeerFirst.REFUSE),  # the message names the ways on
+    (False, True, ops.PeerFirst.WARN),
+])
+def test_a_failed_fence_stops_the_promotion_unless_a_person_forces_past_a_stopped_server(
+        peer_primary: bool, force: bool, then: ops.PeerFirst) -> None:
+    assert ops.after_failed_fence(peer_primary, force) is then

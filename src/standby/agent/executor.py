@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import replace
 from enum import StrEnum
 from typing import Any
@@ -119,6 +119,15 @@ class Executor:
     def busy(self, kind: ActionKind) -> bool:
         """Is an action of this kind running or waiting?"""
         return kind in self._pending[ROLE_OF[kind]]
+
+    @contextlib.contextmanager
+    def held(self, kind: ActionKind) -> Iterator[None]:
+        """An operator's operation doing what an action of ``kind`` does: counted as in hand while it runs."""
+        self._pending[ROLE_OF[kind]].append(kind)
+        try:
+            yield
+        finally:
+            self._pending[ROLE_OF[kind]].remove(kind)
 
     def busy_role(self, role: Role) -> bool:
         return bool(self._pending[role])

@@ -38,9 +38,11 @@ class Guard:
     def failed(self, source: str, e: BaseException | str, what: str = "observation") -> None:
         """Record ``source`` failing (``what``: observation, step, ...); again only if its error changes."""
         error = describe(e)
-        log.warning("%s failed: %s", source, error, exc_info=isinstance(e, BaseException) and source not in self.failing)
-        if self.failing.get(source) != error:
+        if self.failing.get(source) != error:  # said once per error, not at every step it lasts
+            log.warning("%s failed: %s", source, error, exc_info=isinstance(e, BaseException) and source not in self.failing)
             self._event(f"{what}_failed", source=source, error=error)
+        else:
+            log.debug("%s still failing: %s", source, error)
         self.failing[source] = error
 
     def ok(self, source: str, what: str = "observation") -> None:

@@ -202,8 +202,7 @@ class Agent(Surface):
         self.in_hand = InHand(obs.gap, new.fenced)  # until self.state says so (standby.vouch)
         self.decisions += 1
         if obs.pg.db is DbState.PRIMARY and any(a.kind is ActionKind.FENCE for a in actions):
-            # It takes writes until its server hears a stop: ask before the state write (0.3 s on a busy
-            # disk: async chaos seed 77). Why that is safe: standby.act.fence.
+            # It takes writes until its server hears a stop: ask before the state write (chaos seed 77; why safe: act.fence).
             self.db.request_stop()
         if self.store.unsaved(new):  # also a write that failed at an earlier step: tried again
             t = self.clock()
@@ -213,12 +212,12 @@ class Agent(Surface):
             except OSError as e:
                 if not (new.fenced and all(a.kind in ONLY_TAKE_AWAY for a in actions)):
                     raise  # nothing acted on: the next step decides again
-                # A fence only takes away: it goes on without its record (the server may have been signalled
-                # already), held in memory. Dropping it would leave the crash rule to start the server it
-                # stopped (adversarial read F2). The write is tried again at every step, and any decision
-                # that gives this node something waits for it; an agent that dies meanwhile leaves the case
-                # standby.act.fence argues safe (signalled, not recorded).
-                self.guard.failed("state file", e, "write")
+                # A fence only takes away: it goes on without its record (the server may have been signalled),
+                # held in memory; dropped, the crash rule would start the server it stopped (adversarial read
+                # F2). The write is retried at every step, any decision that gives this node something waits
+                # for it, and the liveness record waits too: a next agent counts the time as unattended and
+                # fences first (standby.act.fence: signalled, not recorded).
+                self.guard.failed("state file", f"[Errno {e.errno}] {e.strerror}", "write")  # no file name: it varies
             self.state_write_s = self.clock() - t
         self.state = new
         self.in_hand = NOTHING_IN_HAND
@@ -229,7 +228,8 @@ class Agent(Surface):
                 self.event("decision", action=a.kind.value, reason=a.reason.value, detail=a.detail, term=new.term)
         await self.mover.step(obs, self.state, self.pg, self.policy, self.boot)
         self.sync_keeper.after_step()  # off the step: it must not wait behind a slow query or a database action
-        if self._liveness_write is None or self._liveness_write.done():  # one at a time; a slow one skips a beat
+        # One write at a time (a slow one skips a beat), and never ahead of the state on disk (the fence above).
+        if not self.store.unsaved(self.state) and (self._liveness_write is None or self._liveness_write.done()):
             self._liveness_write = self.disk_pool.submit(self.store.write_liveness, self.boot, False, now)
 
     def _forgive_pause(self) -> None:
@@ -290,7 +290,8 @@ class Agent(Surface):
         clean = self.stopping.is_set()
         # What is queued for the disk first: a late step's "unclean" liveness must not land after this one.
         self.disk_pool.shutdown(wait=True)
-        self.store.write_liveness(self.boot, clean, self.clock())
+        if not self.store.unsaved(self.state):  # else the next agent must see the time since as unattended
+            self.store.write_liveness(self.boot, clean, self.clock())
         self.recent.append(self.store.record("agent_stopped", clean=clean))
         for pool in (self.pg_pool, self.state_pool, self.observe_pool, self.svc_pool, self.addr_pool, self.probe_pool):
             pool.shutdown(wait=False)

@@ -30,7 +30,7 @@ from standby.agent.servicerole import Claim, ServiceRole
 from standby.agent.store import StateCell
 from standby.config import Config
 from standby.decide import State
-from standby.model import DbState, LocalPg, Lsn
+from standby.model import ActionKind, DbState, LocalPg, Lsn
 from standby.operations import Operation
 
 if TYPE_CHECKING:
@@ -58,8 +58,7 @@ class Operator:
         return self.maintenance.active()
 
     async def set_maintenance(self, on: bool, by: str = "api") -> None:
-        # The file is written (and fsynced) off the loop: on a busy disk the write held the loop 0.75 s,
-        # and the primary took that for a stall and fenced itself at a switchover's first step.
+        # Written (fsynced) off the loop: a 0.75 s write on a busy disk read as a stall, and fenced a switchover's primary.
         if on:
             m = await asyncio.to_thread(self.maintenance.start, by)
             self.event("maintenance", suspended=True, by=by, until=m.view(m.since)["until"])
@@ -287,14 +286,15 @@ class Operator:
         return "service IPs taken"
 
     async def fence(self) -> dict[str, Any]:
-        """A person fences this node (before promoting the other one): no services, no PostgreSQL. In
-        standby.act.fence's order: "fenced" on disk, the stop's signal, the release once the clients were told."""
-        await self._save(ops.fenced_by_operator(self.cell.state))  # not written: nothing was changed
-        try:
-            self.db.request_stop()
-            await self.service_role.release(stop_decided=True)
-        finally:  # PostgreSQL stops even if an address could not be removed
-            await self.actions.readback(locked=True)
-            await self._in_pg(self.db.stop)
+        """A person fences this node (before the other is promoted): "fenced" on disk, the stop's signal, the release once
+        the clients were told, the stop (act.fence's order); a FENCE in hand throughout: the peer hears "fencing" (F3)."""
+        with self.executor.held(ActionKind.FENCE):
+            await self._save(ops.fenced_by_operator(self.cell.state))  # not written: nothing was changed
+            try:
+                self.db.request_stop()
+                await self.service_role.release(stop_decided=True)
+            finally:  # PostgreSQL stops even if an address could not be removed
+                await self.actions.readback(locked=True)
+                await self._in_pg(self.db.stop)
         self.event("fenced_by_operator")
         return {"fenced": self.node}

@@ -161,6 +161,9 @@ class Store:
 
     def save_state(self, state: State) -> None:
         data = _persisted(state)
+        # Unknown until the write has returned: one that raises after its rename (the directory's fsync)
+        # may have landed, and whatever the file now says is written again by the next step.
+        self._on_disk = None
         _atomic_write(self.state_path, json.dumps(data, sort_keys=True).encode(), sync=True)
         self._on_disk = data
 
@@ -168,8 +171,8 @@ class Store:
         return any(getattr(a, k) != getattr(b, k) for k in PERSISTED)
 
     def unsaved(self, state: State) -> bool:
-        """Do ``state``'s persisted fields differ from what this process last read or wrote? A write that
-        failed leaves them differing, so the next step's write tries again."""
+        """Do ``state``'s persisted fields differ from what this process last read or wrote? After a write
+        that failed nobody knows what the file says: it differs, so the next step's write tries again."""
         return self._on_disk != _persisted(state)
 
     def next_boot(self) -> int:

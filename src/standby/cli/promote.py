@@ -74,11 +74,20 @@ def command(config_path: Path, node: str | None, yes: bool, force: bool) -> None
             click.echo(f"{peer} is reachable: fencing it first (services off, PostgreSQL stopped)" if alive else
                        f"{peer}'s agent answers (PostgreSQL {peer_agent.postgres.state.value if peer_agent else '?'}): "
                        "fencing it first, so that it cannot start again as primary")
-            api.fence(peer)
-            after = obs.observe_peer(cfg, peer)
-            if after.role is PgRole.PRIMARY:
-                raise OperatorError(f"{peer} still accepts writes after fencing; not promoting")
-            click.echo(f"{peer} is fenced")
+            try:
+                api.fence(peer)
+            except ApiError as e:
+                if ops.after_failed_fence(alive, force) is PeerFirst.REFUSE:
+                    raise OperatorError(f"promotion refused: fencing {peer} failed: {e}" + ("" if alive else (
+                        f". To promote without it: stop {peer}'s agent (its fence then holds), or re-run with "
+                        "--force"))) from None
+                click.echo(f"fencing {peer} failed ({e}); promoting anyway (--force). If it had fenced itself as "
+                           "a precaution, it may start again as primary until it hears this node's new term")
+            else:
+                after = obs.observe_peer(cfg, peer)
+                if after.role is PgRole.PRIMARY:
+                    raise OperatorError(f"{peer} still accepts writes after fencing; not promoting")
+                click.echo(f"{peer} is fenced")
         else:
             click.echo(f"{peer} does not answer (PostgreSQL: {seen.error or seen.role.value}; agent: "
                        f"{'answers' if peer_agent else 'silent'}). If it is alive behind a broken link, it could "
