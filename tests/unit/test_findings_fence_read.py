@@ -124,6 +124,17 @@ def _no_space_for_a_fence(sh: Shell) -> list[State]:
     return refused
 
 
+async def _stalled(sh: Shell, unheard_steps: int) -> None:
+    """Alpha serves five steps, stalls 6.8 s (its peer may have taken over: the stall fence), then steps on
+    ``unheard_steps`` times without hearing beta."""
+    await sh.start()
+    for _ in range(5):
+        await sh.tick()
+    await sh.tick(advance=6.8)
+    for _ in range(unheard_steps):
+        await sh.tick(peer=None)
+
+
 def test_f2_a_fence_whose_record_cannot_be_written_still_fences(tmp_path: Path,
                                                               monkeypatch: pytest.MonkeyPatch) -> None:
     """Alpha stalls 6.8 s (its peer may have taken over), decides to fence and signals its server; the state
@@ -133,15 +144,7 @@ def test_f2_a_fence_whose_record_cannot_be_written_still_fences(tmp_path: Path,
     with shell(tmp_path, monkeypatch, pg, FakeKernel({SERVICE_IP})) as sh:
         refused = _no_space_for_a_fence(sh)
 
-        async def go() -> None:
-            await sh.start()
-            for _ in range(5):
-                await sh.tick()
-            await sh.tick(advance=6.8)  # thawed: the stall fence
-            for _ in range(20):
-                await sh.tick(peer=None)  # the peer is not heard: it may have promoted
-
-        run(go())
+        run(_stalled(sh, 20))
         assert pg.calls[:2] == ["stop_requested", "stop"] and "start" not in pg.calls, pg.calls
         assert sh.agent.state.fenced and SERVICE_IP not in sh.kernel.held
         assert len(refused) > 1  # tried again at later steps, not given up after one failure
@@ -157,11 +160,7 @@ def test_f2_a_record_that_could_not_be_written_is_written_once_the_disk_allows(
         _no_space_for_a_fence(sh)
 
         async def go() -> None:
-            await sh.start()
-            for _ in range(5):
-                await sh.tick()
-            await sh.tick(advance=6.8)
-            await sh.tick(peer=None)
+            await _stalled(sh, 1)
             sh.monkeypatch.setattr(sh.agent.store, "save_state", save)  # space again
             await sh.tick(peer=None)
 
@@ -344,12 +343,7 @@ def test_r2_a_fence_held_in_memory_is_not_undone_by_a_clean_restart(tmp_path: Pa
         _no_space_for_a_fence(sh)
 
         async def first() -> None:
-            await sh.start()
-            for _ in range(5):
-                await sh.tick()
-            await sh.tick(advance=6.8)
-            for _ in range(10):
-                await sh.tick(peer=None)
+            await _stalled(sh, 10)
             sh.agent.stop()
             await sh.agent._shut_down([])  # the clean stop's own writes
 
@@ -383,15 +377,7 @@ def test_r2_a_failing_state_write_is_recorded_once_not_at_every_step(tmp_path: P
 
         monkeypatch.setattr(sh.agent.store, "save_state", read_only)
 
-        async def go() -> None:
-            await sh.start()
-            for _ in range(5):
-                await sh.tick()
-            await sh.tick(advance=6.8)
-            for _ in range(30):
-                await sh.tick(peer=None)
-
-        run(go())
+        run(_stalled(sh, 30))
         assert n[0] > 20 and len(sh.events("write_failed")) == 1
 
 
