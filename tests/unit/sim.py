@@ -232,7 +232,7 @@ class World:
         if n.state.resumable and not n.state.fenced:  # it speaks for one fence only (adversarial read F1)
             raise Violation(f"{n.name} carries a resumable fence while not fenced", self.t)
         assert n.store is not None
-        if n.store.persisted_changed(before, n.state):
+        if n.store.unsaved(n.state):
             n.store.save_state(n.state)  # on disk before the action it allows, as the agent does
         for a in actions:
             self.log.append(f"{self.t:7.1f} {n.name} {a.kind.value} ({a.reason.value}) {a.detail}")

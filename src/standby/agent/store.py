@@ -167,9 +167,6 @@ class Store:
         _atomic_write(self.state_path, json.dumps(data, sort_keys=True).encode(), sync=True)
         self._on_disk = data
 
-    def persisted_changed(self, a: State, b: State) -> bool:
-        return any(getattr(a, k) != getattr(b, k) for k in PERSISTED)
-
     def unsaved(self, state: State) -> bool:
         """Do ``state``'s persisted fields differ from what this process last read or wrote? After a write
         that failed nobody knows what the file says: it differs, so the next step's write tries again."""
