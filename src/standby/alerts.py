@@ -35,11 +35,14 @@ from __future__ import annotations
 
 import asyncio
 import email.errors
+import http.client
 import json
 import logging
 import smtplib
 import ssl
 import time
+import urllib.error
+import urllib.request
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -51,11 +54,13 @@ from enum import StrEnum
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
-import aiohttp
-
 from standby.config import Alerts, Config, ConfigError, Email, Webhook, read_secret
 
 log = logging.getLogger(__name__)
+
+# Straight to the webhook's host, whatever http_proxy says in the agent's environment (as before: a proxy
+# the unit inherited by accident would hold every alert).
+_DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 # smtplib has no timeout unless given one; a hung server would pin a thread forever.
 SMTP_TIMEOUT_S = 20.0
@@ -524,7 +529,8 @@ class WebhookChannel:
     def __init__(self, cfg: Webhook, *, quick_backoff_s: float = 0.5) -> None:
         self.cfg = cfg
         self._quick_backoff = quick_backoff_s
-        self._session: aiohttp.ClientSession | None = None
+        # Its own threads: a webhook that hangs holds them, never the loop or another channel's work.
+        self._pool: ThreadPoolExecutor | None = None
         parts = urlsplit(cfg.url)
         # The URL itself is often the secret (a token in the path): log only its host.
         self.safe_url = f"{parts.scheme}://{parts.hostname}{f':{parts.port}' if parts.port else ''}/..."
@@ -533,39 +539,58 @@ class WebhookChannel:
         return f"WebhookChannel({self.safe_url})"
 
     async def open(self) -> None:
-        if self._session is None:
-            self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.cfg.timeout_s))
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(2, thread_name_prefix="webhook")
 
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool = None
+
+    def _post(self, body: bytes) -> tuple[int, str]:
+        """One POST, blocking: (status, reason); OSError and HTTPException as they come."""
+        req = urllib.request.Request(self.cfg.url, data=body, method="POST",
+                                     headers={"Content-Type": "application/json"})
+        try:
+            with _DIRECT.open(req, timeout=self.cfg.timeout_s) as r:
+                r.read()
+                return r.status, r.reason
+        except urllib.error.HTTPError as e:  # an answer, if not the one hoped for
+            return e.code, e.reason
 
     async def send(self, message: Message) -> None:
         await self.open()
-        assert self._session is not None
+        assert self._pool is not None
         try:
-            body = json.dumps(message.payload(), default=str)
+            body = json.dumps(message.payload(), default=str).encode()
         except (TypeError, ValueError) as e:  # e.g. a circular structure in details
             raise DeliveryError(f"cannot encode the message: {e}", permanent=True) from None
         last: DeliveryError | None = None
+        loop = asyncio.get_running_loop()
         for attempt in range(self.cfg.retries + 1):
             if attempt:
                 await asyncio.sleep(self._quick_backoff * 2 ** (attempt - 1))
             try:
-                async with self._session.post(self.cfg.url, data=body,
-                                              headers={"Content-Type": "application/json"}) as resp:
-                    if resp.status < 300:
-                        return
-                    # A 4xx other than timeout/too-many will not change by repeating the request.
-                    permanent = 400 <= resp.status < 500 and resp.status not in (408, 425, 429)
-                    last = DeliveryError(f"HTTP {resp.status} {resp.reason or ''}".strip(), permanent=permanent)
-                    if permanent:
-                        raise last
+                # The socket's timeout bounds each wait; this bounds the whole request, as a person reads it.
+                status, reason = await asyncio.wait_for(loop.run_in_executor(self._pool, self._post, body),
+                                                        self.cfg.timeout_s)
             except TimeoutError:
                 last = DeliveryError(f"no answer within {self.cfg.timeout_s:g} s")
-            except aiohttp.ClientError as e:
-                last = DeliveryError(f"{type(e).__name__}: {e}")
+                continue
+            except (OSError, http.client.HTTPException) as e:
+                reason_of = getattr(e, "reason", None)  # urllib's URLError wraps the socket's error
+                if isinstance(reason_of, TimeoutError) or isinstance(e, TimeoutError):
+                    last = DeliveryError(f"no answer within {self.cfg.timeout_s:g} s")
+                else:
+                    last = DeliveryError(f"{type(e).__name__}: {reason_of if reason_of is not None else e}")
+                continue
+            if status < 300:
+                return
+            # A 4xx other than timeout/too-many will not change by repeating the request.
+            permanent = 400 <= status < 500 and status not in (408, 425, 429)
+            last = DeliveryError(f"HTTP {status} {reason or ''}".strip(), permanent=permanent)
+            if permanent:
+                raise last
         assert last is not None
         raise last
 

@@ -20,7 +20,7 @@ The server runs in a thread of its own with its own event loop, so no client, ho
 slow, can delay the heartbeats or the decisions: it listens only on api.listen, turns away
 connections beyond api.max_connections (loopback clients excepted), cuts off any connection that
 has not delivered its request within api.request_timeout_s, and serves one request per
-connection. Handlers read the agent through copies made in one step under the interpreter lock;
+connection (standby.web.server). Handlers read the agent through copies made in one step under the interpreter lock;
 operations run on the agent's own loop (`asyncio.run_coroutine_threadsafe`).
 """
 
@@ -28,17 +28,13 @@ from __future__ import annotations
 
 import asyncio
 import hmac
-import ipaddress
-import json
 import logging
 import socket
-import struct
 import threading
 import time
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
-from aiohttp import web
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
@@ -62,19 +58,12 @@ from standby.documents import (
 from standby.model import DbState
 from standby.spool import state as spool_state
 from standby.web import routes as web_routes
+from standby.web.server import Handler, Limits, Request, Response, Routes, Server, json_response, listen, text_response
 
 T = TypeVar("T")
 
 log = logging.getLogger("standby.api")
-AGENT_KEY = web.AppKey("agent", Agent)
-# The agent's own event loop, where operations run; None: the API shares it (tests).
-AGENT_LOOP_KEY = web.AppKey("agent_loop", asyncio.AbstractEventLoop)
 MAX_PROMOTE_WAIT_S = 3600
-IP_FREEBIND = 15  # <linux/in.h>: listen on the private address even while its link is down
-
-
-def _json(status: int, body: dict[str, Any]) -> web.Response:
-    return web.json_response(body, status=status, dumps=lambda o: json.dumps(o, default=str))
 
 
 def agent_view(a: Agent) -> AgentView:
@@ -144,49 +133,6 @@ def _reporting_view(a: Agent) -> ReportingView | None:
                          episode=a.reporting_state.episode, ack=a.reporting_state.ack)
 
 
-async def primary(request: web.Request) -> web.Response:
-    a = request.app[AGENT_KEY]
-    looked = a.looked()  # read once: the agent's loop changes it meanwhile
-    verdict = vouch.primary(looked, a.policy)
-    ok = verdict is vouch.Verdict.PRIMARY
-    role = DbState.FENCED if looked.fenced else looked.db
-    return _json(200 if ok else 503, {"role": role.value, "vouched": verdict.value, "node": a.node})
-
-
-async def replica(request: web.Request) -> web.Response:
-    a = request.app[AGENT_KEY]
-    raw = request.query.get("lag")
-    try:
-        bound = None if raw is None else int(raw)
-        if bound is not None and bound < 0:
-            raise ValueError
-    except ValueError:
-        return _json(400, {"error": f"lag must be a whole number of bytes, got {raw!r}"})
-    # Replayed, not received: a read sees only what was applied (replay paused or held up by a conflict
-    # leaves a standby that received everything serving old rows), as the reporting IP's bound counts it.
-    # The body's role is the verdict's (one read); the lag is from a read after it, so no older than it.
-    looked, peer = a.looked(), a.peer_view
-    lag, applied = None, a.pg.replay_lsn
-    if peer is not None and peer.db is DbState.PRIMARY and peer.lsn is not None and applied is not None:
-        lag = max(0, peer.lsn - applied)
-    verdict = vouch.replica(looked, a.policy)
-    ok = verdict is vouch.Verdict.STANDBY and (bound is None or (lag is not None and lag <= bound))
-    return _json(200 if ok else 503, {"role": looked.db.value, "streaming": looked.streaming, "lag_bytes": lag,
-                                      "vouched": verdict.value, "node": a.node})
-
-
-async def health(request: web.Request) -> web.Response:
-    a = request.app[AGENT_KEY]
-    ok = a.pg.db in (DbState.PRIMARY, DbState.STANDBY)
-    return _json(200 if ok else 503, {"postgres": a.pg.db.value, "node": a.node})
-
-
-async def status(request: web.Request) -> web.Response:
-    if not _may_read(request):
-        return _unauthorised()
-    return _json(200, AGENT_VIEW.encode(agent_view(request.app[AGENT_KEY])))
-
-
 class _Collector:
     """Reads the agent at scrape time, so metrics are never stale."""
 
@@ -227,137 +173,8 @@ class _Collector:
         yield from spool_state.metric_families(spool_state.status_view(a.cfg, a.node))
 
 
-async def metrics(request: web.Request) -> web.Response:
-    if not _may_read(request):
-        return _unauthorised()
-    registry = request.app[REGISTRY_KEY]
-    return web.Response(body=generate_latest(registry), content_type="text/plain", charset="utf-8")
-
-
-REGISTRY_KEY = web.AppKey("registry", CollectorRegistry)
-
-
-def _authorised(request: web.Request) -> bool:
-    a = request.app[AGENT_KEY]
-    if a.cfg.api.token_file is None:
-        return False
-    try:
-        expected = read_secret(a.cfg.api.token_file, "api.token_file")
-    except ConfigError as e:  # made readable by others (or removed) since start-up: refuse, say why here
-        log.error("refusing API actions: %s", " ".join(str(e).split()))
-        return False
-    given = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
-    return bool(given) and hmac.compare_digest(given.encode(), expected.encode())
-
-
-def _may_read(request: web.Request) -> bool:
-    """/status and /metrics: open, unless api.token_for_status."""
-    return not request.app[AGENT_KEY].cfg.api.token_for_status or _authorised(request)
-
-
-def _unauthorised() -> web.Response:
-    return _json(401, {"error": "a valid API token is required (Authorization: Bearer ...)"})
-
-
-async def _json_body(request: web.Request) -> Any:
-    """The request's JSON body ({} if none); ValueError for anything that is not JSON."""
-    if not request.can_read_body:
-        return {}
-    try:
-        async with asyncio.timeout(request.app[AGENT_KEY].cfg.api.request_timeout_s):  # a body sent slowly
-            return await request.json()
-    except RecursionError:  # deeply nested arrays: not a request anyone means
-        raise ValueError("JSON nested too deeply") from None
-    except TimeoutError:
-        raise ValueError("request body too slow") from None
-
-
-async def _on_agent(request: web.Request, fn: Callable[..., Coroutine[Any, Any, T]], *args: Any) -> T:
-    """Await ``fn(*args)`` on the agent's loop: its state is that loop's alone."""
-    loop = request.app.get(AGENT_LOOP_KEY)
-    if loop is None or loop is asyncio.get_running_loop():
-        return await fn(*args)
-    # Shielded: a client hanging up must not cut an operation in half.
-    return await asyncio.shield(asyncio.wrap_future(asyncio.run_coroutine_threadsafe(fn(*args), loop)))
-
-
-async def maintenance(request: web.Request) -> web.Response:
-    a = request.app[AGENT_KEY]
-    if not _authorised(request):
-        return _unauthorised()
-    try:
-        body = await _json_body(request)
-        suspend = body["suspend"]
-        if not isinstance(suspend, bool):
-            raise TypeError
-    except (ValueError, KeyError, TypeError):
-        return _json(400, {"error": 'expected a JSON body {"suspend": true|false}'})
-    async def apply() -> None:
-        await a.set_maintenance(suspend)
-
-    await _on_agent(request, apply)
-    return _json(200, {"suspended": suspend})
-
-
-def _op(op: Operation) -> Callable[[web.Request], Awaitable[web.Response]]:
-    """An operator request (Agent.operate) handled by the agent; its refusal is a 409 with the reason."""
-
-    async def handler(request: web.Request) -> web.Response:
-        a = request.app[AGENT_KEY]
-        if not _authorised(request):
-            return _unauthorised()
-        try:
-            body = await _json_body(request)
-            if not isinstance(body, dict):
-                raise ValueError
-        except ValueError:
-            return _json(400, {"error": "expected a JSON object"})
-        try:
-            if op is Operation.PROMOTE:
-                lsn, timeout = body.get("min_lsn"), body.get("timeout_s", 10)
-                if (not isinstance(lsn, str) or not isinstance(timeout, (int, float)) or isinstance(timeout, bool)
-                        or not 0 <= timeout <= MAX_PROMOTE_WAIT_S):  # also NaN, inf: a wait must end
-                    return _json(400, {"error": f'expected {{"min_lsn": "X/Y", "timeout_s": 0 to {MAX_PROMOTE_WAIT_S} seconds}}'})
-                result = await _on_agent(request, a.operate, op.value, lsn, float(timeout))
-            elif op is Operation.REBUILD:
-                source = body.get("source")
-                if not isinstance(source, str) or not source:
-                    return _json(400, {"error": 'expected {"source": "<the promoted follower\'s name>"}'})
-                result = await _on_agent(request, a.operate, op.value, source)
-            else:
-                result = await _on_agent(request, a.operate, op.value)
-        except OpError as e:
-            return _json(409, {"error": str(e)})
-        except Exception as e:  # noqa: BLE001 - a failed operation is reported and recorded; the API serves on
-            why = str(e).splitlines()[0] if str(e) else type(e).__name__
-            a.event("operation_failed", operation=op.value, error=why)
-            return _json(500, {"error": f"{op.value} failed: {why}"})
-        return _json(200, result)
-
-    return handler
-
-
-@web.middleware
-async def _started(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
-                   ) -> web.StreamResponse:
-    """Until the agent has restored its state, its view is a new agent's (term 0, not fenced): nothing is
-    read from it and nothing is run on it."""
-    a = request.app[AGENT_KEY]
-    if not a.started:
-        return _json(503, {"error": f"{a.node}'s agent is starting: it has not restored its state yet",
-                           "node": a.node})
-    return await handler(request)
-
-
-@web.middleware
-async def _same_protocol(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
-                         ) -> web.StreamResponse:
-    """An operation asked in another protocol major could mean something else here: refused, not run."""
-    if request.method == "POST":
-        mismatch = protocol.check_header(request.headers.get(protocol.HEADER), "the client")
-        if mismatch is not None:
-            return _json(409, {"error": str(mismatch)})
-    return await handler(request)
+def _unauthorised() -> Response:
+    return json_response({"error": "a valid API token is required (Authorization: Bearer ...)"}, 401)
 
 
 def keeps_connection(cfg: Config, method: str, path: str, remote: str | None) -> bool:
@@ -367,58 +184,195 @@ def keeps_connection(cfg: Config, method: str, path: str, remote: str | None) ->
     return method == "GET" and path == "/status" and remote in {str(f.private.ip) for f in cfg.followers}
 
 
-@web.middleware
-async def _one_request(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
-                       ) -> web.StreamResponse:
-    """One request per connection: no idle keep-alive to hold, no pipeline of work on one socket (but see
-    keeps_connection)."""
-    resp = await handler(request)
-    if not keeps_connection(request.app[AGENT_KEY].cfg, request.method, request.path, request.remote):
-        resp.force_close()
-    return resp
+class Api:
+    """The routes of one agent's API and their handlers.
 
+    It owns: turning requests into answers (health checks, views, metrics) and operations handed to the
+    agent's loop. It may not: change the agent's state from this thread (operations run on the agent's
+    loop), or wait on anything but that loop's answer.
+    """
 
-async def _protocol_header(request: web.Request, response: web.StreamResponse) -> None:
-    """Every answer (errors and the status page too) says which protocol it speaks (standby.protocol)."""
-    response.headers[protocol.HEADER] = protocol.header_value()
+    def __init__(self, agent: Agent, agent_loop: asyncio.AbstractEventLoop | None = None) -> None:
+        self.agent, self.agent_loop = agent, agent_loop  # agent_loop None: the API shares it (tests)
+        self.registry = CollectorRegistry()
+        self.registry.register(_Collector(agent))
+        self.routes = Routes()
+        r = self.routes
+        r.get("/primary", self.primary)
+        r.get("/replica", self.replica)
+        r.get("/health", self.health)
+        r.get("/status", self.status)
+        r.get("/metrics", self.metrics)
+        web_routes.install(r, agent, self.registry, self.may_read)  # the status page (/ui/) and its series
+        r.post("/maintenance", self.maintenance)
+        for op in Operation:
+            r.post(op.path, self._op(op))
 
+    async def handle(self, request: Request) -> Response:
+        """One request, as the server serves it: the checks every request passes, then its route."""
+        return await self.checked(request, self._route)
 
-def make_app(agent: Agent, agent_loop: asyncio.AbstractEventLoop | None = None) -> web.Application:
-    app = web.Application(client_max_size=64 * 1024, middlewares=[_one_request, _started, _same_protocol])
-    app.on_response_prepare.append(_protocol_header)
-    app[AGENT_KEY] = agent
-    if agent_loop is not None:
-        app[AGENT_LOOP_KEY] = agent_loop
-    registry = CollectorRegistry()
-    registry.register(_Collector(agent))
-    app[REGISTRY_KEY] = registry
-    app.router.add_get("/primary", primary)
-    app.router.add_get("/replica", replica)
-    app.router.add_get("/health", health)
-    app.router.add_get("/status", status)
-    app.router.add_get("/metrics", metrics)
-    web_routes.install(app, agent, registry, _may_read)  # the status page (/ui/) and its series
-    app.router.add_post("/maintenance", maintenance)
-    for op in Operation:
-        app.router.add_post(op.path, _op(op))
-    return app
+    async def _route(self, request: Request) -> Response:
+        found = self.routes.find(request.method, request.path)
+        return found if isinstance(found, Response) else await found(request)
+
+    async def checked(self, request: Request, route: Handler) -> Response:
+        """Until the agent has restored its state, its view is a new agent's (term 0, not fenced): nothing is
+        read from it and nothing is run on it. An operation asked in another protocol major could mean
+        something else here: refused, not run."""
+        a = self.agent
+        if not a.started:
+            return json_response({"error": f"{a.node}'s agent is starting: it has not restored its state yet",
+                                  "node": a.node}, 503)
+        if request.method == "POST":
+            mismatch = protocol.check_header(request.headers.get(protocol.HEADER.lower()), "the client")
+            if mismatch is not None:
+                return json_response({"error": str(mismatch)}, 409)
+        return await route(request)
+
+    def keep(self, request: Request) -> bool:
+        return keeps_connection(self.agent.cfg, request.method, request.path, request.remote)
+
+    def server(self, limits: Limits) -> Server:
+        """These routes served with ``limits`` and the pair's TLS; every answer says which protocol it speaks."""
+        return Server(self.routes, limits, tls.server_context(self.agent.cfg, self.agent.node), wrap=self.checked,
+                      headers=lambda: {protocol.HEADER: protocol.header_value()}, keep=self.keep)
+
+    async def primary(self, request: Request) -> Response:
+        a = self.agent
+        looked = a.looked()  # read once: the agent's loop changes it meanwhile
+        verdict = vouch.primary(looked, a.policy)
+        ok = verdict is vouch.Verdict.PRIMARY
+        role = DbState.FENCED if looked.fenced else looked.db
+        return json_response({"role": role.value, "vouched": verdict.value, "node": a.node}, 200 if ok else 503)
+
+    async def replica(self, request: Request) -> Response:
+        a = self.agent
+        raw = request.query.get("lag")
+        try:
+            bound = None if raw is None else int(raw)
+            if bound is not None and bound < 0:
+                raise ValueError
+        except ValueError:
+            return json_response({"error": f"lag must be a whole number of bytes, got {raw!r}"}, 400)
+        # Replayed, not received: a read sees only what was applied (replay paused or held up by a conflict
+        # leaves a standby that received everything serving old rows), as the reporting IP's bound counts it.
+        # The body's role is the verdict's (one read); the lag is from a read after it, so no older than it.
+        looked, peer = a.looked(), a.peer_view
+        lag, applied = None, a.pg.replay_lsn
+        if peer is not None and peer.db is DbState.PRIMARY and peer.lsn is not None and applied is not None:
+            lag = max(0, peer.lsn - applied)
+        verdict = vouch.replica(looked, a.policy)
+        ok = verdict is vouch.Verdict.STANDBY and (bound is None or (lag is not None and lag <= bound))
+        return json_response({"role": looked.db.value, "streaming": looked.streaming, "lag_bytes": lag,
+                              "vouched": verdict.value, "node": a.node}, 200 if ok else 503)
+
+    async def health(self, request: Request) -> Response:
+        a = self.agent
+        ok = a.pg.db in (DbState.PRIMARY, DbState.STANDBY)
+        return json_response({"postgres": a.pg.db.value, "node": a.node}, 200 if ok else 503)
+
+    async def status(self, request: Request) -> Response:
+        if not self.may_read(request):
+            return _unauthorised()
+        return json_response(AGENT_VIEW.encode(agent_view(self.agent)))
+
+    async def metrics(self, request: Request) -> Response:
+        if not self.may_read(request):
+            return _unauthorised()
+        return text_response(generate_latest(self.registry), "text/plain")
+
+    def authorised(self, request: Request) -> bool:
+        a = self.agent
+        if a.cfg.api.token_file is None:
+            return False
+        try:
+            expected = read_secret(a.cfg.api.token_file, "api.token_file")
+        except ConfigError as e:  # made readable by others (or removed) since start-up: refuse, say why here
+            log.error("refusing API actions: %s", " ".join(str(e).split()))
+            return False
+        given = request.header("Authorization").removeprefix("Bearer ").strip()
+        return bool(given) and hmac.compare_digest(given.encode(), expected.encode())
+
+    def may_read(self, request: Request) -> bool:
+        """/status and /metrics: open, unless api.token_for_status."""
+        return not self.agent.cfg.api.token_for_status or self.authorised(request)
+
+    async def _on_agent(self, fn: Callable[..., Coroutine[Any, Any, T]], *args: Any) -> T:
+        """Await ``fn(*args)`` on the agent's loop: its state is that loop's alone."""
+        loop = self.agent_loop
+        if loop is None or loop is asyncio.get_running_loop():
+            return await fn(*args)
+        # Shielded: a client hanging up must not cut an operation in half.
+        return await asyncio.shield(asyncio.wrap_future(asyncio.run_coroutine_threadsafe(fn(*args), loop)))
+
+    async def maintenance(self, request: Request) -> Response:
+        a = self.agent
+        if not self.authorised(request):
+            return _unauthorised()
+        try:
+            suspend = request.json()["suspend"]
+            if not isinstance(suspend, bool):
+                raise TypeError
+        except (ValueError, KeyError, TypeError):
+            return json_response({"error": 'expected a JSON body {"suspend": true|false}'}, 400)
+
+        async def apply() -> None:
+            await a.set_maintenance(suspend)
+
+        await self._on_agent(apply)
+        return json_response({"suspended": suspend})
+
+    def _op(self, op: Operation) -> Handler:
+        """An operator request (Agent.operate) handled by the agent; its refusal is a 409 with the reason."""
+
+        async def handler(request: Request) -> Response:
+            a = self.agent
+            if not self.authorised(request):
+                return _unauthorised()
+            try:
+                body = request.json()
+                if not isinstance(body, dict):
+                    raise ValueError
+            except ValueError:
+                return json_response({"error": "expected a JSON object"}, 400)
+            try:
+                if op is Operation.PROMOTE:
+                    lsn, timeout = body.get("min_lsn"), body.get("timeout_s", 10)
+                    if (not isinstance(lsn, str) or not isinstance(timeout, (int, float)) or isinstance(timeout, bool)
+                            or not 0 <= timeout <= MAX_PROMOTE_WAIT_S):  # also NaN, inf: a wait must end
+                        return json_response(
+                            {"error": f'expected {{"min_lsn": "X/Y", "timeout_s": 0 to {MAX_PROMOTE_WAIT_S} seconds}}'},
+                            400)
+                    result = await self._on_agent(a.operate, op.value, lsn, float(timeout))
+                elif op is Operation.REBUILD:
+                    source = body.get("source")
+                    if not isinstance(source, str) or not source:
+                        return json_response({"error": 'expected {"source": "<the promoted follower\'s name>"}'}, 400)
+                    result = await self._on_agent(a.operate, op.value, source)
+                else:
+                    result = await self._on_agent(a.operate, op.value)
+            except OpError as e:
+                return json_response({"error": str(e)}, 409)
+            except Exception as e:  # noqa: BLE001 - a failed operation is reported and recorded; the API serves on
+                why = str(e).splitlines()[0] if str(e) else type(e).__name__
+                a.event("operation_failed", operation=op.value, error=why)
+                return json_response({"error": f"{op.value} failed: {why}"}, 500)
+            return json_response(result)
+
+        return handler
 
 
 class ApiServer:
-    """The API in a thread of its own, with its own event loop and its own limits.
+    """The API in a thread of its own, with its own event loop and its own limits (web.server.Server)."""
 
-    Connections are accepted here rather than by ``loop.create_server`` so that the limit
-    applies before a TLS handshake is even started: a flood of half-open TLS connections
-    would otherwise hold a descriptor each until the handshake times out.
-    """
-
-    def __init__(self, agent: Agent, agent_loop: asyncio.AbstractEventLoop | None) -> None:
+    def __init__(self, agent: Agent, agent_loop: asyncio.AbstractEventLoop | None,
+                 addresses: tuple[str, ...] | None = None) -> None:
+        """``addresses``: where to listen, api.listen's by default."""
         self.agent, self.agent_loop = agent, agent_loop
         self.cfg = agent.cfg.api
-        self.ssl = tls.server_context(agent.cfg, agent.node)
-        self.handshaking = 0  # accepted, not yet handed to aiohttp
-        self.turned_away = 0
-        self._serving: set[asyncio.Task[None]] = set()
+        self.addresses = addresses
+        self.server: Server | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._ready = threading.Event()
@@ -455,74 +409,20 @@ class ApiServer:
     async def _main(self) -> None:
         self.loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
-        runner = web.AppRunner(make_app(self.agent, self.agent_loop), access_log=None,
-                               keepalive_timeout=self.cfg.request_timeout_s, handle_signals=False)
-        await runner.setup()
+        self.server = Api(self.agent, self.agent_loop).server(Limits(self.cfg.max_connections, self.cfg.request_timeout_s))
         socks: list[socket.socket] = []
-        tasks: list[asyncio.Task[None]] = []
         try:
-            for address in api_addresses(self.agent.cfg, self.agent.node):
-                socks.append(_listen(str(address), self.cfg.port))
-            tasks = [asyncio.create_task(self._accept(s, runner)) for s in socks]
-            self._ready.set()
-            await self._stop.wait()
+            for address in self.addresses or [str(a) for a in api_addresses(self.agent.cfg, self.agent.node)]:
+                socks.append(_listen(address, self.cfg.port))
+            await self.server.run(socks, self._stop, ready=self._ready.set)
         finally:
-            for t in (*tasks, *self._serving):
-                t.cancel()
-            await asyncio.gather(*tasks, *self._serving, return_exceptions=True)
             for s in socks:
                 s.close()
-            await runner.cleanup()
-
-    async def _accept(self, lsock: socket.socket, runner: web.AppRunner) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            try:
-                conn, addr = await loop.sock_accept(lsock)
-            except OSError as e:  # out of descriptors, say: wait, never die
-                log.warning("API accept failed: %s", e)
-                await asyncio.sleep(0.1)
-                continue
-            server = runner.server
-            assert server is not None
-            # Loopback clients (this host's own checks, the CLI) are never turned away.
-            if self.handshaking + len(server.connections) >= self.cfg.max_connections \
-                    and not ipaddress.ip_address(addr[0]).is_loopback:
-                self.turned_away += 1
-                # RST rather than FIN: no TIME_WAIT left behind per refused connection.
-                conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-                conn.close()
-                continue
-            self.handshaking += 1
-            task = asyncio.create_task(self._serve(conn, server))
-            self._serving.add(task)
-            task.add_done_callback(self._serving.discard)
-
-    async def _serve(self, conn: socket.socket, server: Any) -> None:
-        """Hand the connection to aiohttp (after the TLS handshake, bounded in time); from then on
-        it is in ``server.connections`` until closed, and aiohttp's keep-alive timer (set to
-        api.request_timeout_s, running from the connection's start) cuts it off if idle or slow."""
-        timeout = self.cfg.request_timeout_s
-        try:
-            await asyncio.get_running_loop().connect_accepted_socket(
-                server, sock=conn, ssl=self.ssl,
-                **({"ssl_handshake_timeout": timeout, "ssl_shutdown_timeout": timeout} if self.ssl else {}))
-        except (OSError, TimeoutError):  # failed or slow handshake: the transport closed the socket
-            conn.close()
-        finally:
-            self.handshaking -= 1
 
 
 def _listen(address: str, port: int) -> socket.socket:
-    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     try:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        s.setsockopt(socket.IPPROTO_IP, IP_FREEBIND, 1)
-        s.bind((address, port))
-        s.listen(128)
-        s.setblocking(False)
+        return listen(address, port)
     except OSError as e:
-        s.close()
         raise ConfigError([f"api.listen: cannot listen on {address}:{port} ({e.strerror}); free the port "
                            "(api.port) or remove that address from api.listen"]) from None
-    return s

@@ -1,4 +1,4 @@
-"""The HTTP API under random requests: real aiohttp server, real app, a real (not started) Agent.
+"""The HTTP API under random requests: the real server and routes, a real (not started) Agent.
 
 The agent is built from the example configuration with its secrets in a
 temporary directory; it never runs its loop, so it observes nothing and
@@ -9,24 +9,21 @@ fence, promote or rejoin anything on this machine.
 
 from __future__ import annotations
 
-import asyncio
 import http.client
 import json
 import socket
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
 
 import pytest
-from aiohttp import web
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from standby import config
 from standby.agent.node import Agent
-from standby.api import MAX_PROMOTE_WAIT_S, make_app
+from standby.api import MAX_PROMOTE_WAIT_S, ApiServer
 from tests.unit.configs import example_with_secrets
 from tests.unit.loopback import free_port
 
@@ -70,25 +67,12 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     agent.operate = record  # type: ignore[method-assign]
     agent.started = True  # as Agent.run sets it once the state is restored
 
-    loop = asyncio.new_event_loop()
-    ready = threading.Event()
-    runner = web.AppRunner(make_app(agent), access_log=None)
-
-    async def start() -> None:
-        await runner.setup()
-        await web.TCPSite(runner, "127.0.0.1", srv.port).start()
-        ready.set()
-
-    thread = threading.Thread(target=loop.run_forever, daemon=True)
-    thread.start()
-    asyncio.run_coroutine_threadsafe(start(), loop).result(10)
-    assert ready.is_set()
+    server = ApiServer(agent, None, addresses=("127.0.0.1",))  # as the agent runs it, on loopback only
+    server.start()
     try:
         yield srv
     finally:
-        asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(10)
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(10)
+        server.stop()
         for pool in (agent.pg_pool, agent.svc_pool, agent.probe_pool):
             pool.shutdown(wait=False)
 

@@ -17,11 +17,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from aiohttp.test_utils import make_mocked_request
 
 from standby import api
 from standby.decide import State, stall_limit
 from standby.model import DbState
+from standby.web.server import Request
 from tests.unit.shell_fakes import INTERVAL_S, FakeKernel, FakePostgres, Shell, run, shell, view
 
 SERVICE_IP = "192.0.2.100"
@@ -29,15 +29,14 @@ SERVICE_IP = "192.0.2.100"
 
 def _check(sh: Shell, path: str) -> tuple[int, dict[str, Any]]:
     """The check as a load balancer gets it, answered by the handler the API routes ``path`` to."""
-    handler = {"/primary": api.primary, "/replica": api.replica}[path]
-    app = api.make_app(sh.agent)
+    routes = api.Api(sh.agent)
+    handler = {"/primary": routes.primary, "/replica": routes.replica}[path]
 
     async def ask() -> Any:
-        return await handler(make_mocked_request("GET", path, app=app))
+        return await handler(Request.of("GET", path))
 
     resp = asyncio.run(ask())  # its own loop, on whichever thread asks (the state thread, in one test)
-    assert resp.body is not None
-    return resp.status, json.loads(bytes(resp.body))
+    return resp.status, json.loads(resp.body)
 
 
 def _serving(sh: Shell, steps: int = 5) -> None:

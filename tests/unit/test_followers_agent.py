@@ -17,7 +17,7 @@ from standby.act.postgres import PostgresActionError
 from standby.act.rejoin import RejoinResult
 from standby.agent import follower as follower_mod
 from standby.agent.follower import FollowerAgent
-from standby.agent.followerapi import serve
+from standby.agent.followerapi import serving
 from standby.agent.followerobs import parse_history
 from standby.alerts import Alert, AlertKind
 from standby.config import FollowerRole
@@ -331,11 +331,8 @@ def _served_status(cfg: config.Config) -> tuple[FollowerAgent, object]:
     w.step(agent)
 
     async def go() -> object:
-        runner = await serve(agent)
-        try:
+        async with serving(agent):
             return await asyncio.to_thread(apiclient.follower_status, cfg, "dr", 2.0, ("127.0.0.1",))
-        finally:
-            await runner.cleanup()
 
     return agent, asyncio.run(go())
 

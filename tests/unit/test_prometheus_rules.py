@@ -15,7 +15,7 @@ from prometheus_client import generate_latest
 
 from standby import config
 from standby.agent.node import Agent
-from standby.api import REGISTRY_KEY, make_app
+from standby.api import Api
 from standby.model import DbState, LocalPg, Net, PeerView
 from tests.packages import need
 from tests.unit.configs import example_with_secrets
@@ -69,7 +69,7 @@ def exported_series(tmp_path: Path) -> set[str]:
         a.link.peer_view = PeerView(term=1, db=DbState.PRIMARY, services=True, lsn=5000, sync_ok=True,
                                     carrier={n: True for n in Net}, tiebreaker_ok=True)
         a.heard[Net.PRIVATE] = time.monotonic()
-        text = generate_latest(make_app(a)[REGISTRY_KEY]).decode()
+        text = generate_latest(Api(a).registry).decode()
     finally:
         for pool in (a.pg_pool, a.svc_pool, a.probe_pool, a.disk_pool, a.state_pool, a.observe_pool):
             pool.shutdown(wait=False)

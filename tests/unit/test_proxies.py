@@ -11,11 +11,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from aiohttp.test_utils import make_mocked_request
 
 from standby import api, config
 from standby.agent.node import Agent
 from standby.model import DbState, LocalPg, Net, PeerView
+from standby.web.server import Request
 from tests.unit.configs import example_with_secrets
 
 ROOT = Path(__file__).parents[2]
@@ -35,10 +35,8 @@ def agent(tmp_path: Path) -> Iterator[Agent]:
 
 
 def _replica(a: Agent, query: str) -> tuple[int, dict[str, object]]:
-    app = api.make_app(a)
-    resp = asyncio.run(api.replica(make_mocked_request("GET", f"/replica{query}", app=app)))
-    assert resp.body is not None
-    return resp.status, json.loads(bytes(resp.body))  # type: ignore[arg-type]
+    resp = asyncio.run(api.Api(a).replica(Request.of("GET", f"/replica{query}")))
+    return resp.status, json.loads(resp.body)
 
 
 def _standby(a: Agent, primary_at: int, received: int, replayed: int) -> None:

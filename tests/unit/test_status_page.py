@@ -16,11 +16,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from aiohttp import web
 
 from standby import config
 from standby.agent.node import Agent
-from standby.api import ApiServer, make_app
+from standby.api import Api, ApiServer
 from standby.model import DbState, LocalPg, Net, PeerView
 from standby.web.pair import (
     Exposure,
@@ -32,6 +31,7 @@ from standby.web.pair import (
     lag_bytes,
     lag_seconds,
 )
+from standby.web.server import Limits, listen
 from tests.browser import browser_in, text_of
 from tests.unit.configs import example_with_secrets
 from tests.unit.loopback import free_port
@@ -170,7 +170,9 @@ class Pairs:
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()
-        self.runners: list[web.AppRunner] = []
+        self.stop = asyncio.Event()
+        self.served: list[asyncio.Future[None]] = []
+        self.socks: list[socket.socket] = []
         self.agents: list[Agent] = []
 
     def __call__(self, serve: tuple[str, ...] = ("alpha", "beta"), token_for_status: bool = False) -> Pair:
@@ -180,23 +182,19 @@ class Pairs:
             a.started = True  # as Agent.run sets it once the state is restored
         self.agents += agents.values()
 
-        async def start() -> None:
-            for n in serve:
-                runner = web.AppRunner(make_app(agents[n]), access_log=None)
-                self.runners.append(runner)
-                await runner.setup()
-                for host in ADDR[n]:
-                    await web.TCPSite(runner, host, cfg.api.port).start()
-
-        asyncio.run_coroutine_threadsafe(start(), self.loop).result(10)
+        for n in serve:  # the agent's own server and routes, on this loop (ApiServer runs them on a thread's)
+            socks = [listen(host, cfg.api.port) for host in ADDR[n]]
+            self.socks += socks
+            server = Api(agents[n]).server(Limits(cfg.api.max_connections, cfg.api.request_timeout_s))
+            self.served.append(asyncio.run_coroutine_threadsafe(server.run(socks, self.stop), self.loop))
         return Pair(agents, cfg.api.port, token, self.loop)
 
     def close(self) -> None:
-        async def stop() -> None:
-            for r in self.runners:
-                await r.cleanup()
-
-        asyncio.run_coroutine_threadsafe(stop(), self.loop).result(10)
+        self.loop.call_soon_threadsafe(self.stop.set)
+        for f in self.served:
+            f.result(10)
+        for s in self.socks:
+            s.close()
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(10)
         for a in self.agents:

@@ -8,14 +8,16 @@ wait for a step: it serves the last view as it stands.
 
 from __future__ import annotations
 
-from aiohttp import web
+import asyncio
+import contextlib
+import socket
+from collections.abc import AsyncIterator
 
 from standby import protocol, tls
 from standby.agent.follower import FollowerAgent
-from standby.config import ApiListen, Config
+from standby.config import ApiListen, Config, ConfigError
 from standby.documents import FOLLOWER_VIEW
-
-AGENT_KEY: web.AppKey[FollowerAgent] = web.AppKey("follower", FollowerAgent)
+from standby.web.server import Limits, Request, Response, Routes, Server, json_response, listen
 
 
 def addresses(cfg: Config, node: str) -> list[str]:
@@ -25,38 +27,47 @@ def addresses(cfg: Config, node: str) -> list[str]:
     return [where[w] for w in cfg.api.listen]
 
 
-async def status(request: web.Request) -> web.Response:
-    view = request.app[AGENT_KEY].view
-    if view is None:
-        return web.json_response({"error": "no step taken yet"}, status=503)
-    return web.json_response(FOLLOWER_VIEW.encode(view))
+def routes(agent: FollowerAgent) -> Routes:
+    async def status(request: Request) -> Response:
+        view = agent.view
+        if view is None:
+            return json_response({"error": "no step taken yet"}, 503)
+        return json_response(FOLLOWER_VIEW.encode(view))
+
+    async def health(request: Request) -> Response:
+        view = agent.view
+        ok = view is not None and view.running
+        return json_response({"running": ok}, 200 if ok else 503)
+
+    r = Routes()
+    r.get("/status", status)
+    r.get("/health", health)
+    return r
 
 
-async def health(request: web.Request) -> web.Response:
-    view = request.app[AGENT_KEY].view
-    ok = view is not None and view.running
-    return web.json_response({"running": ok}, status=200 if ok else 503)
-
-
-async def _protocol_header(request: web.Request, response: web.StreamResponse) -> None:
-    response.headers[protocol.HEADER] = protocol.header_value()
-
-
-def make_app(agent: FollowerAgent) -> web.Application:
-    app = web.Application()
-    app[AGENT_KEY] = agent
-    app.on_response_prepare.append(_protocol_header)
-    app.router.add_get("/status", status)
-    app.router.add_get("/health", health)
-    return app
-
-
-async def serve(agent: FollowerAgent) -> web.AppRunner:
-    """Listening on every api.listen address of the follower; the caller cleans the runner up."""
-    runner = web.AppRunner(make_app(agent), access_log=None)
-    await runner.setup()
+@contextlib.asynccontextmanager
+async def serving(agent: FollowerAgent) -> AsyncIterator[Server]:
+    """Listening on every api.listen address of the follower, on the caller's loop, until the block ends;
+    with the pair agents' limits (api.max_connections, api.request_timeout_s)."""
+    cfg = agent.cfg
     # With [tls] every client (standby status, promote, the pair's tools) speaks https, as to a pair agent.
-    context = tls.server_context(agent.cfg, agent.node)
-    for host in addresses(agent.cfg, agent.node):
-        await web.TCPSite(runner, host, agent.cfg.api.port, ssl_context=context).start()
-    return runner
+    server = Server(routes(agent), Limits(cfg.api.max_connections, cfg.api.request_timeout_s),
+                    tls.server_context(cfg, agent.node), headers=lambda: {protocol.HEADER: protocol.header_value()})
+    socks: list[socket.socket] = []
+    stop = asyncio.Event()
+    task: asyncio.Task[None] | None = None
+    try:
+        for host in addresses(cfg, agent.node):
+            try:
+                socks.append(listen(host, cfg.api.port))
+            except OSError as e:
+                raise ConfigError([f"api.listen: cannot listen on {host}:{cfg.api.port} ({e.strerror}); free the "
+                                   "port (api.port) or remove that address from api.listen"]) from None
+        task = asyncio.create_task(server.run(socks, stop))
+        yield server
+    finally:
+        stop.set()
+        if task is not None:
+            await task
+        for s in socks:
+            s.close()

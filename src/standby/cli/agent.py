@@ -85,7 +85,7 @@ def agent_command(config_path: Path, node: str | None, respawn: bool, verbose: b
 def _run_follower(cfg: Config, name: str, verbose: bool) -> None:
     """A follower's loop and its status API until SIGTERM (docs/followers.md); it never promotes."""
     from standby.agent.follower import FollowerAgent, run
-    from standby.agent.followerapi import serve
+    from standby.agent.followerapi import serving
 
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
                         format=f"%(asctime)s {name} %(levelname)s %(message)s")
@@ -96,11 +96,8 @@ def _run_follower(cfg: Config, name: str, verbose: bool) -> None:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        runner = await serve(agent)
-        try:
+        async with serving(agent):
             await run(agent, stop)
-        finally:
-            await runner.cleanup()
 
     asyncio.run(main())
 

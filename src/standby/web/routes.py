@@ -16,17 +16,17 @@ so an unreachable or slow peer never holds the page up, and nothing here runs on
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import http.client
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+import urllib.error
+import urllib.request
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from importlib import resources
 from typing import TYPE_CHECKING, Any
 
-import aiohttp
-from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from standby import tls
@@ -34,6 +34,7 @@ from standby.config import ConfigError, read_secret, token_may_travel
 from standby.observe import postgres as pgobs
 from standby.web.metrics import PairCollector
 from standby.web.pair import Sampler, history_tail
+from standby.web.server import Request, Response, Routes, json_response
 from standby.web.view import node_view, positions
 
 if TYPE_CHECKING:
@@ -76,46 +77,42 @@ class Page:
     bodies: dict[str, tuple[float, bytes]] = field(default_factory=dict)  # monotonic time built, JSON
 
 
-PAGE_KEY = web.AppKey("page", Page)
-
-
-def install(app: web.Application, agent: Agent, registry: CollectorRegistry,
-            may_read: Callable[[web.Request], bool]) -> None:
+def install(routes: Routes, agent: Agent, registry: CollectorRegistry, may_read: Callable[[Request], bool]) -> Page:
     page = Page(agent)
     base = resources.files("standby.web") / "static"
     page.files = {name: (base / name).read_bytes() for name in STATIC}
-    app[PAGE_KEY] = page
     registry.register(PairCollector(agent))
 
-    async def index_redirect(request: web.Request) -> web.Response:
-        raise web.HTTPFound("/ui/")
+    async def index_redirect(request: Request) -> Response:
+        return Response(302, b"", "text/plain", {"Location": "/ui/"})
 
-    async def static(request: web.Request) -> web.Response:
-        name = request.match_info.get("name") or "index.html"
-        if name not in STATIC:
-            raise web.HTTPNotFound()
-        return web.Response(body=page.files[name], content_type=STATIC[name], charset="utf-8",
-                            headers={"Content-Security-Policy": CSP, "X-Content-Type-Options": "nosniff",
-                                     "Cache-Control": "no-cache"})
+    def static(name: str) -> Callable[[Request], Any]:
+        async def serve(request: Request) -> Response:
+            return Response(200, page.files[name], f"{STATIC[name]}; charset=utf-8",
+                            {"Content-Security-Policy": CSP, "X-Content-Type-Options": "nosniff",
+                             "Cache-Control": "no-cache"})
+        return serve
 
-    async def node_json(request: web.Request) -> web.Response:
+    async def node_json(request: Request) -> Response:
         if not may_read(request):
             return _unauthorised()
         page.watched_until = time.monotonic() + WATCH_S
         return await _cached(page, "node", lambda: {**node_view(agent, page.pg_detail), "history": page.history})
 
-    async def pair_json(request: web.Request) -> web.Response:
+    async def pair_json(request: Request) -> Response:
         if not may_read(request):
             return _unauthorised()
         page.watched_until = page.pair_watched_until = time.monotonic() + WATCH_S
         return await _cached(page, "pair", lambda: _pair_doc(page))
 
-    app.router.add_get("/ui", index_redirect)
-    app.router.add_get("/ui/", static)
-    app.router.add_get("/ui/node.json", node_json)
-    app.router.add_get("/ui/pair.json", pair_json)
-    app.router.add_get("/ui/{name}", static)
-    app.cleanup_ctx.append(_background(page))
+    routes.get("/ui", index_redirect)
+    routes.get("/ui/", static("index.html"))
+    for name in STATIC:
+        routes.get(f"/ui/{name}", static(name))
+    routes.get("/ui/node.json", node_json)
+    routes.get("/ui/pair.json", pair_json)
+    routes.background.append(lambda: _run(page))
+    return page
 
 
 def _pair_doc(page: Page) -> dict[str, Any]:
@@ -130,7 +127,7 @@ def _pair_doc(page: Page) -> dict[str, Any]:
     }
 
 
-async def _cached(page: Page, key: str, build: Callable[[], dict[str, Any]]) -> web.Response:
+async def _cached(page: Page, key: str, build: Callable[[], dict[str, Any]]) -> Response:
     """The same body for every request within CACHE_S: many clients cost one build, not one each."""
     now = time.monotonic()
     hit = page.bodies.get(key)
@@ -138,15 +135,12 @@ async def _cached(page: Page, key: str, build: Callable[[], dict[str, Any]]) -> 
         await _refresh_history(page)
         hit = (now, json.dumps(build(), default=str).encode())
         page.bodies[key] = hit
-    return web.Response(body=hit[1], content_type="application/json", headers={"Cache-Control": "no-store"})
+    return Response(200, hit[1], "application/json", {"Cache-Control": "no-store"})
 
 
-def _json(body: dict[str, Any], status: int = 200) -> web.Response:
-    return web.json_response(body, status=status, headers={"Cache-Control": "no-store"})
-
-
-def _unauthorised() -> web.Response:
-    return _json({"error": "a valid API token is required (Authorization: Bearer ...)"}, status=401)
+def _unauthorised() -> Response:
+    return json_response({"error": "a valid API token is required (Authorization: Bearer ...)"}, 401,
+                         {"Cache-Control": "no-store"})
 
 
 async def _refresh_history(page: Page) -> None:
@@ -159,23 +153,11 @@ async def _refresh_history(page: Page) -> None:
     page.history = await asyncio.get_running_loop().run_in_executor(None, history_tail, path, HISTORY_LIMIT)
 
 
-def _background(page: Page) -> Callable[[web.Application], AsyncIterator[None]]:
-    async def ctx(app: web.Application) -> AsyncIterator[None]:
-        task = asyncio.create_task(_run(page))
-        yield
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-
-    return ctx
-
-
 async def _run(page: Page) -> None:
     """Once a second: a lag sample (no I/O); while watched, PostgreSQL's details and the peer's view,
     each in a task of its own so a slow one skips beats rather than delaying the samples."""
     pg_task: asyncio.Future[None] | None = None
     peer_task: asyncio.Task[None] | None = None
-    session: aiohttp.ClientSession | None = None
     try:
         while True:
             now = time.monotonic()
@@ -187,16 +169,12 @@ async def _run(page: Page) -> None:
                 page.pg_read_at = now
                 pg_task = asyncio.ensure_future(_read_pg(page))
             if now < page.pair_watched_until and (peer_task is None or peer_task.done()):
-                if session is None:
-                    session = aiohttp.ClientSession()
-                peer_task = asyncio.create_task(_fetch_peer(page, session))
+                peer_task = asyncio.create_task(_fetch_peer(page))
             await asyncio.sleep(1.0)
     finally:
         for t in (pg_task, peer_task):
             if t is not None:
                 t.cancel()
-        if session is not None:
-            await session.close()
 
 
 def _sample(page: Page) -> None:
@@ -227,8 +205,19 @@ def _s(x: object) -> str | None:
     return None if x is None else str(x)
 
 
-async def _fetch_peer(page: Page, session: aiohttp.ClientSession) -> None:
-    """The peer's /ui/node.json over the private network first, then the public one."""
+def _get_json(url: str, headers: dict[str, str], context: Any) -> tuple[int, Any]:
+    """(status, JSON body) of one GET, blocking (run in a thread); OSError and ValueError as they come."""
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=PEER_TIMEOUT_S,
+                                    context=context) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, None
+
+
+async def _fetch_peer(page: Page) -> None:
+    """The peer's /ui/node.json over the private network first, then the public one (in a thread of the
+    API's loop, one attempt at a time: a slow peer holds one thread, never the page)."""
     a = page.agent
     cfg = a.cfg
     errors = []
@@ -241,14 +230,12 @@ async def _fetch_peer(page: Page, session: aiohttp.ClientSession) -> None:
             except ConfigError as e:
                 errors.append(str(e).splitlines()[0])
         try:
-            async with session.get(tls.api_url(cfg, host, "/ui/node.json"), headers=headers,
-                                   ssl=tls.client_context(cfg) or False,
-                                   timeout=aiohttp.ClientTimeout(total=PEER_TIMEOUT_S)) as r:
-                if r.status != 200:
-                    errors.append(f"{net}: HTTP {r.status}")
-                    continue
-                view = await r.json()
-        except (aiohttp.ClientError, TimeoutError, OSError, ValueError) as e:
+            status, view = await asyncio.get_running_loop().run_in_executor(
+                None, _get_json, tls.api_url(cfg, host, "/ui/node.json"), headers, tls.client_context(cfg))
+            if status != 200:
+                errors.append(f"{net}: HTTP {status}")
+                continue
+        except (OSError, ValueError, http.client.HTTPException) as e:
             errors.append(f"{net}: {type(e).__name__}{': ' + str(e).splitlines()[0] if str(e) else ''}")
             continue
         if isinstance(view, dict) and view.get("node") == a.peer:
