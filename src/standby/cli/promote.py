@@ -24,6 +24,8 @@ from standby.observe import postgres as obs
 from standby.observe import probes
 from standby.operations import PeerFirst
 
+SLOW_AGENT_S = 5.0  # a pair agent whose API port takes connections is waited for this long before it counts as silent
+
 
 @click.command("promote")
 @config_option
@@ -115,10 +117,22 @@ def _knock(cfg: Config, node: str) -> str | None:
     return f"nothing answers on port {port} at {', '.join(map(str, links))}"
 
 
+def _agent_of(cfg: Config, node: str) -> AgentView | None:
+    """A pair node's agent: asked for a second, and for SLOW_AGENT_S more if its API port takes connections.
+    A slow agent (a loaded host, a busy API) is not a silent one: taken for silent, its node is left unfenced
+    (PeerFirst.WARN) and, if its server had stopped on a fence of its own, it may start it again as primary
+    beside this one."""
+    view = agent_status(cfg, node, 1.0)
+    links = (cfg.nodes[node].private.ip, cfg.nodes[node].public.ip)
+    if view is None and any(probes.tcp_connect(str(ip), cfg.api.port, 0.5) for ip in links):
+        view = agent_status(cfg, node, SLOW_AGENT_S)
+    return view
+
+
 def _look_at(cfg: Config, node: str) -> tuple[obs.PgObservation, AgentView | None]:
     """A pair node's server and agent, both looks at once; its server asked only if its port answers."""
     with ThreadPoolExecutor(2) as pool:
-        agent_f = pool.submit(agent_status, cfg, node, 1.0)
+        agent_f = pool.submit(_agent_of, cfg, node)
         silent = _knock(cfg, node)
         seen = obs.observe_peer(cfg, node) if silent is None else obs.PgObservation(
             node=node, role=PgRole.UNREACHABLE, observed_at=datetime.now(UTC), error=silent)
