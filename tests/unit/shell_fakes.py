@@ -121,6 +121,9 @@ class FakePostgres:
         self.calls.append("stop")
         self.db = DbState.DOWN
 
+    def fence_stop(self) -> None:
+        self.stop()  # the agent runs it on a thread of its own (a subclass's stop is this one too)
+
     def request_stop(self) -> None:
         self.calls.append("stop_requested")
 

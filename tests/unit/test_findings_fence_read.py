@@ -303,6 +303,73 @@ def test_f4_a_persons_fence_signals_the_server_while_a_reading_of_it_hangs(tmp_p
         assert pg.calls == ["stop_requested", "stop"] and sh.agent.store.load_state()["fenced"] is True
 
 
+class HungReadStop(HungRead):
+    """As HungRead, and says whether each stop came while the reading still hung."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stopped = threading.Event()
+        self.stops_while_hung: list[bool] = []
+        self.hanging = False
+
+    def hung_read(self) -> None:
+        self.hanging = True
+        try:
+            super().hung_read()
+        finally:
+            self.hanging = False
+
+    def stop(self) -> None:
+        self.stops_while_hung.append(self.hanging)
+        super().stop()
+        self.stopped.set()
+
+
+def test_r3_a_decided_fences_stop_does_not_wait_behind_a_reading_that_hangs(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Known residual of the second read (2026-12-05): the agent's own FENCE ran its stop on the PostgreSQL
+    thread, behind a reading that hung there (a server stopped by SIGSTOP: its statement timeout never fires),
+    so the escalation to SIGKILL that such a server needs never came; the fast-shutdown signal alone is only
+    acted on once the server runs again. The stop now has a thread of its own."""
+    pg = HungReadStop()
+    with shell(tmp_path, monkeypatch, pg, FakeKernel({SERVICE_IP})) as sh:
+        async def go() -> None:
+            await sh.start()
+            for _ in range(5):
+                await sh.tick()
+            sh.agent.pg_pool.submit(pg.hung_read)  # the PostgreSQL thread is taken
+            await sh.tick(advance=6.8)  # a stall: its peer may have taken over; the fence is decided
+            stopped = await asyncio.to_thread(pg.stopped.wait, 5)
+            pg.free.set()
+            assert stopped, pg.calls
+            await sh.agent.executor.drain()
+
+        run(go())
+        assert pg.calls[:2] == ["stop_requested", "stop"] and pg.stops_while_hung == [True], pg.calls
+        assert sh.agent.state.fenced
+
+
+def test_r3_a_persons_fences_stop_does_not_wait_behind_a_reading_that_hangs(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same for a person's fence (F4 took its signal and its record off the PostgreSQL thread; its stop
+    was still there)."""
+    pg = HungReadStop()
+    with shell(tmp_path, monkeypatch, pg, FakeKernel({SERVICE_IP})) as sh:
+        async def go() -> None:
+            await sh.start()
+            for _ in range(5):
+                await sh.tick()
+            sh.agent.pg_pool.submit(pg.hung_read)
+            fence = asyncio.ensure_future(sh.agent.operator.operate("fence"))
+            stopped = await asyncio.to_thread(pg.stopped.wait, 5)
+            pg.free.set()
+            assert stopped, pg.calls
+            await fence
+
+        run(go())
+        assert pg.stops_while_hung == [True] and sh.agent.store.load_state()["fenced"] is True, pg.calls
+
+
 # -- the second read, of the fixes above ------------------------------------------------------------
 
 

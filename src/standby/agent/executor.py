@@ -23,10 +23,12 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from enum import StrEnum
 from typing import Any
 
+from standby.agent import priority
 from standby.agent.localdb import Database
 from standby.agent.servicerole import ServiceRole, TakeRefused
 from standby.agent.store import StateCell
@@ -159,11 +161,20 @@ class Actions:
         self.cfg, self.db, self.service_role, self.cell, self.turn = cfg, db, service_role, cell, turn
         self._in_pg, self._on_take_refused, self._rejoin, self._event = in_pg, on_take_refused, rejoin, event
         self.take_refused: TakeRefused | None = None
+        # The fence's stop has a thread of its own, not the PostgreSQL one: behind a reading that hangs there
+        # (a backend stuck where its statement timeout cannot reach, a server stopped by SIGSTOP), the
+        # escalation to SIGKILL such a server needs would never come (a known residual of the fence read).
+        self._stopper = ThreadPoolExecutor(1, thread_name_prefix="stop", initializer=priority.follow)
+
+    async def fence_stop(self) -> None:
+        """A fence's stop (decided or a person's), escalating to SIGKILL (act.fence), whatever the PostgreSQL
+        thread is doing; its order against the other database actions is the executor's (one role lock)."""
+        await asyncio.get_running_loop().run_in_executor(self._stopper, self.db.fence_stop)
 
     def table(self) -> dict[ActionKind, Handler]:
         return {
             ActionKind.PROMOTE: lambda a: self._in_pg(self.db.promote),
-            ActionKind.FENCE: lambda a: self._in_pg(self.db.stop),
+            ActionKind.FENCE: lambda a: self.fence_stop(),
             ActionKind.RESTART_PG: lambda a: self._in_pg(self.db.start),
             ActionKind.TAKE_SERVICES: self.take,
             ActionKind.RELEASE_SERVICES: lambda a: self.service_role.release(self.cell.state.fenced),

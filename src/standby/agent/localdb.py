@@ -5,8 +5,8 @@ It owns: the connection (opened on first use, dropped after any error), the obse
 run (promote, checkpoint, synchronous_standby_names, the peer's and followers' slots, the received position), and starting
 and stopping the server (the stop is the fence's escalating stop, act/fence.py).
 It may not: decide, run on the event loop (every method blocks: callers run them on the agent's one
-PostgreSQL thread; the one exception is request_stop, a signal that neither waits nor touches the
-connection), or open a second connection.
+PostgreSQL thread; the exceptions are request_stop, a signal that neither waits nor touches the connection,
+and fence_stop, which does not touch it either), or open a second connection.
 """
 
 from __future__ import annotations
@@ -40,6 +40,7 @@ class Database(Protocol):
     def checkpoint(self) -> bool: ...
     def start(self) -> None: ...
     def stop(self) -> None: ...
+    def fence_stop(self) -> None: ...
     def request_stop(self) -> None: ...
     def set_sync_names(self, value: str) -> None: ...
     def received_lsn(self) -> Lsn | None: ...
@@ -114,6 +115,13 @@ class LocalDb:
     def stop(self) -> None:
         """The fence's stop: fast, immediate, then SIGKILL (the same routine as `standby fence`)."""
         self._drop()
+        fence.stop_postgres(self.cfg, self.node)
+
+    def fence_stop(self) -> None:
+        """The same escalating stop without the connection, so that it may run on a thread of its own beside a
+        reading that hangs on this one (a backend stuck where its statement timeout cannot reach, a server
+        stopped by SIGSTOP: the SIGKILL such a server needs would wait behind the reading otherwise). The next
+        reading finds the server gone, drops the connection and reads DOWN."""
         fence.stop_postgres(self.cfg, self.node)
 
     def request_stop(self) -> None:

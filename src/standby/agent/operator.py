@@ -295,6 +295,6 @@ class Operator:
                 await self.service_role.release(stop_decided=True)
             finally:  # PostgreSQL stops even if an address could not be removed
                 await self.actions.readback(locked=True)
-                await self._in_pg(self.db.stop)
+                await self.actions.fence_stop()
         self.event("fenced_by_operator")
         return {"fenced": self.node}
