@@ -32,7 +32,7 @@ DURATION_S = hold_s(100, 70)  # in CI too its first faults draw three of the new
 # The lab has no follower, so no follower or WAN kind either (the command refuses them).
 KINDS = ",".join(k.value for k in available_kinds() if k is not Kind.CLOCK_JUMP and k not in FOLLOWER_KINDS | WAN_KINDS)
 NEW_KINDS = {Kind.BUSY_PRIMARY, Kind.STANDBY_LONG_FREEZE, Kind.MAINTENANCE_LEFT_ON, Kind.API_FLOOD,
-             Kind.HEARTBEAT_REPLAY}
+             Kind.HEARTBEAT_REPLAY, Kind.POSTGRES_FREEZE}
 
 
 # Alone (tests/gate.py): the campaign loads its own lab on purpose (a busy primary, an API flood), which a

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import itertools
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import psutil
 import pytest
 
 from standby.lab import chaos
@@ -40,7 +43,7 @@ def test_every_kind_comes_up_and_each_fault_is_complete() -> None:
 
 
 NEW_KINDS = (Kind.BUSY_PRIMARY, Kind.STANDBY_LONG_FREEZE, Kind.MAINTENANCE_LEFT_ON, Kind.API_FLOOD,
-             Kind.HEARTBEAT_REPLAY)
+             Kind.HEARTBEAT_REPLAY, Kind.POSTGRES_FREEZE)
 
 
 def test_new_kinds_are_drawn_reproducibly_with_what_each_needs() -> None:
@@ -220,3 +223,29 @@ def test_m9_the_campaign_reads_which_calls_a_salvage_brought_back() -> None:
     report = sv.Report("lab", "alpha", "beta", "softswitch", 1, "0/3000000", "t0", True, [], [cdrs, deltas],
                        applies=[first, sv.ApplyRecord(at="t2")])  # the second apply skipped everything
     assert salvage_summary(report) == (["c8", "c9"], {"c8": 912})
+
+
+def test_postgres_freeze_stops_the_server_and_its_children_and_the_heal_runs_them_again() -> None:
+    """The postgres-freeze fault on real processes: a parent that forks (as a postmaster does) and its children
+    are all stopped, then all run again."""
+    from standby.lab import faults as labfaults
+
+    parent = subprocess.Popen(["sh", "-c", "sleep 60 & sleep 60 & wait"])
+    try:
+        proc = psutil.Process(parent.pid)
+        deadline = time.monotonic() + 5
+        while len(proc.children()) < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        family = {parent.pid, *(c.pid for c in proc.children())}
+        assert len(family) == 3
+        stopped = labfaults.freeze_server(parent.pid)
+        assert set(stopped) == family and stopped[0] == parent.pid  # the parent first: it forks nothing meanwhile
+        assert {psutil.Process(p).status() for p in family} == {psutil.STATUS_STOPPED}
+        assert labfaults.stop_pids(stopped, signal.SIGCONT) == stopped
+        assert psutil.STATUS_STOPPED not in {psutil.Process(p).status() for p in family}
+        assert labfaults.freeze_server(999_999_999) == []  # no such server: nothing stopped, no error
+    finally:
+        for c in psutil.Process(parent.pid).children():
+            c.kill()
+        parent.kill()
+        parent.wait(10)

@@ -88,7 +88,7 @@ class Campaign:
         self.calls, self.events = out / "calls.jsonl", out / "events.jsonl"
         self.events.write_text("")
         self.crashed: set[str] = set()
-        self.stalled: list[int] = []  # busy-primary: the agent's backends stopped until the heal
+        self.stalled: list[int] = []  # busy-primary, postgres-freeze: processes stopped until the heal
         self.background: threading.Thread | None = None  # api-flood, heartbeat-replay: runs for the hold
         self.maintained: list[str] = []  # nodes whose maintenance the heal switches off
         self.outcome = Outcome()
@@ -263,6 +263,9 @@ class Campaign:
             case Kind.BUSY_PRIMARY:
                 self.stalled = self._agent_backends(node)
                 info["stopped_pids"] = labfaults.stop_pids(self.stalled, signal.SIGSTOP)
+            case Kind.POSTGRES_FREEZE:
+                self.stalled = lab.freeze_postgres(node)
+                info["stopped_pids"] = self.stalled
             case Kind.STANDBY_LONG_FREEZE:
                 lab.freeze(node)
             case Kind.MAINTENANCE_LEFT_ON:

@@ -40,6 +40,9 @@ class Kind(enum.StrEnum):
     MAINTENANCE_LEFT_ON = "maintenance-left-on"  # an operator switches maintenance on and forgets it
     API_FLOOD = "api-flood"  # many connections held open against one agent's HTTP API
     HEARTBEAT_REPLAY = "heartbeat-replay"  # heartbeats captured earlier are sent again to a node
+    # The server's processes stopped (SIGSTOP), the host and its agent running on: a hung disk or a debugger.
+    # The agent's readings hang meanwhile; a fence decided then must still stop the server (SIGKILL).
+    POSTGRES_FREEZE = "postgres-freeze"
     # Followers and the WAN (a lab with followers only). A follower never promotes, whatever it meets.
     FOLLOWER_CRASH = "follower-crash"  # a follower's host loses power; it reboots at the heal (its agent started)
     FOLLOWER_FREEZE = "follower-freeze"  # a follower's host paused; thawed at the heal
@@ -73,7 +76,7 @@ WEIGHTS: dict[Kind, int] = {
     Kind.CRASH: 3, Kind.FREEZE: 3, Kind.LINK_DOWN: 3, Kind.ISOLATE: 3, Kind.LOSS: 2,
     Kind.KILL_AGENT: 2, Kind.KILL_POSTGRES: 2, Kind.WAL_DISK_FULL: 1, Kind.CLOCK_JUMP: 2, Kind.SWITCHOVER: 1,
     Kind.BUSY_PRIMARY: 2, Kind.STANDBY_LONG_FREEZE: 1, Kind.MAINTENANCE_LEFT_ON: 1, Kind.API_FLOOD: 2,
-    Kind.HEARTBEAT_REPLAY: 2,
+    Kind.HEARTBEAT_REPLAY: 2, Kind.POSTGRES_FREEZE: 2,
     Kind.FOLLOWER_CRASH: 2, Kind.FOLLOWER_FREEZE: 2, Kind.FOLLOWER_ISOLATE: 2, Kind.WAN_DOWN: 2, Kind.WAN_LOSS: 2,
 }
 

@@ -12,6 +12,8 @@ import signal
 import time
 from pathlib import Path
 
+import psutil
+
 from standby.lab import netns
 from standby.lab.topology import Net, interface_for
 
@@ -199,6 +201,23 @@ SELECT pid FROM pg_stat_activity
  WHERE backend_type = 'client backend' AND client_addr IS NULL AND usename = %s
    AND coalesce(application_name, '') IN ('standby', '') AND pid <> pg_backend_pid()
 """
+
+
+def freeze_server(postmaster: int) -> list[int]:
+    """Stop a PostgreSQL server's processes (SIGSTOP), the postmaster first so that it forks nothing
+    meanwhile, then each of its children; the pids stopped (thawed again by stop_pids(..., SIGCONT))."""
+    stopped = stop_pids([postmaster], signal.SIGSTOP)
+    if not stopped:
+        return []
+    try:
+        children = [c.pid for c in psutil.Process(postmaster).children()]
+    except psutil.Error:  # gone meanwhile
+        children = []
+    stopped += stop_pids(children, signal.SIGSTOP)
+    deadline = time.monotonic() + 1.0  # a signal is taken when the process next runs: wait for each to stop
+    while any(_proc_state(p) not in ("T", "Z", None) for p in stopped) and time.monotonic() < deadline:
+        time.sleep(0.005)
+    return stopped
 
 
 def stop_pids(pids: list[int], sig: signal.Signals) -> list[int]:

@@ -509,6 +509,12 @@ class Lab:
             os.kill(pid, signal.SIGKILL)
         return pid
 
+    def freeze_postgres(self, node: str) -> list[int]:
+        """Stop the server's processes (SIGSTOP), the host and its agent running on (a hung disk, a debugger);
+        the pids stopped, for stop_pids(..., SIGCONT)."""
+        pid = pgnode.postmaster_pid(self.node(node))
+        return [] if pid is None else faults.freeze_server(pid)
+
     def agent_status(self, node: str, timeout_s: float = 2.0) -> AgentView | None:
         """The node agent's own view (GET /status on its API, from its own namespace, at its public
         address), or None if it does not answer."""
