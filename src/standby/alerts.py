@@ -34,6 +34,7 @@ messages, and every hour at most ``2 * max_per_hour`` in total.
 from __future__ import annotations
 
 import asyncio
+import base64
 import email.errors
 import http.client
 import json
@@ -52,15 +53,23 @@ from email.message import EmailMessage
 from email.utils import format_datetime, make_msgid
 from enum import StrEnum
 from typing import Any, Protocol
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 from standby.config import Alerts, Config, ConfigError, Email, Webhook, read_secret
 
 log = logging.getLogger(__name__)
 
-# Straight to the webhook's host, whatever http_proxy says in the agent's environment (as before: a proxy
-# the unit inherited by accident would hold every alert).
-_DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+class _NotFollowed(urllib.request.HTTPRedirectHandler):
+    """A redirect is an answer, not followed: urllib would turn the POST into a GET (the alert lost) and carry
+    the credentials to wherever it points. The delivery error names the new address."""
+
+    def redirect_request(self, *args: Any) -> None:
+        return None
+
+
+# Straight to the webhook's host, whatever http_proxy says in the agent's environment (a proxy the unit
+# inherited by accident would hold every alert).
+_DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}), _NotFollowed())
 
 # smtplib has no timeout unless given one; a hung server would pin a thread forever.
 SMTP_TIMEOUT_S = 20.0
@@ -549,13 +558,20 @@ class WebhookChannel:
 
     def _post(self, body: bytes) -> tuple[int, str]:
         """One POST, blocking: (status, reason); OSError and HTTPException as they come."""
-        req = urllib.request.Request(self.cfg.url, data=body, method="POST",
-                                     headers={"Content-Type": "application/json"})
+        parts = urlsplit(self.cfg.url)
+        url, headers = self.cfg.url, {"Content-Type": "application/json"}
+        if parts.username is not None:  # https://user:secret@host/...: HTTP basic authentication, as curl does it
+            url = urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
+            pair = f"{unquote(parts.username)}:{unquote(parts.password or '')}"
+            headers["Authorization"] = "Basic " + base64.b64encode(pair.encode()).decode()
+        req = urllib.request.Request(url, data=body, method="POST", headers=headers)
         try:
             with _DIRECT.open(req, timeout=self.cfg.timeout_s) as r:
                 r.read()
                 return r.status, r.reason
         except urllib.error.HTTPError as e:  # an answer, if not the one hoped for
+            if 300 <= e.code < 400:
+                return e.code, f"{e.reason}; redirects are not followed: set webhook.url to the address it names"
             return e.code, e.reason
 
     async def send(self, message: Message) -> None:
@@ -586,8 +602,8 @@ class WebhookChannel:
                 continue
             if status < 300:
                 return
-            # A 4xx other than timeout/too-many will not change by repeating the request.
-            permanent = 400 <= status < 500 and status not in (408, 425, 429)
+            # A redirect, or a 4xx other than timeout/too-many, will not change by repeating the request.
+            permanent = 300 <= status < 500 and status not in (408, 425, 429)
             last = DeliveryError(f"HTTP {status} {reason or ''}".strip(), permanent=permanent)
             if permanent:
                 raise last

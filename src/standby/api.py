@@ -208,14 +208,6 @@ class Api:
         for op in Operation:
             r.post(op.path, self._op(op))
 
-    async def handle(self, request: Request) -> Response:
-        """One request, as the server serves it: the checks every request passes, then its route."""
-        return await self.checked(request, self._route)
-
-    async def _route(self, request: Request) -> Response:
-        found = self.routes.find(request.method, request.path)
-        return found if isinstance(found, Response) else await found(request)
-
     async def checked(self, request: Request, route: Handler) -> Response:
         """Until the agent has restored its state, its view is a new agent's (term 0, not fenced): nothing is
         read from it and nothing is run on it. An operation asked in another protocol major could mean

@@ -13,6 +13,7 @@ import http.client
 import json
 import logging
 import socket
+import ssl
 import urllib.error
 import urllib.request
 from typing import Any, Generic, TypeVar
@@ -60,6 +61,17 @@ class ProtocolMismatch(ApiError):
 
 # Sent with every request, so an agent of another major refuses an operation instead of misreading it.
 _PROTOCOL = {protocol.HEADER: protocol.header_value()}
+
+
+def open_direct(req: urllib.request.Request, timeout_s: float, context: ssl.SSLContext | None = None
+                ) -> http.client.HTTPResponse:
+    """urlopen, but never through the proxies the environment names (http_proxy, https_proxy): an agent's API,
+    and the token sent to it, go straight to the agent, whatever the shell or the unit running this says."""
+    handlers: list[urllib.request.BaseHandler] = [urllib.request.ProxyHandler({})]
+    if context is not None:
+        handlers.append(urllib.request.HTTPSHandler(context=context))
+    resp: http.client.HTTPResponse = urllib.request.build_opener(*handlers).open(req, timeout=timeout_s)
+    return resp
 
 
 def _same_protocol(node: str, headers: Any) -> None:
@@ -118,7 +130,7 @@ def _get(cfg: Config, node: str, hosts: tuple[str, ...], path: str, timeout_s: f
         req = urllib.request.Request(tls.api_url(cfg, host, path),
                                      headers={**_PROTOCOL, **(_status_auth(cfg, host) if auth else {})})
         try:
-            with urllib.request.urlopen(req, timeout=timeout_s, context=ctx) as r:
+            with open_direct(req, timeout_s, ctx) as r:
                 _same_protocol(node, r.headers)
                 return r.status, json.loads(r.read())
         except urllib.error.HTTPError as e:
@@ -268,7 +280,7 @@ class AgentApi:
                 tls.api_url(self.cfg, host, path), data=json.dumps(body or {}).encode(), method="POST",
                 headers={"Content-Type": "application/json", **_PROTOCOL, **auth})
             try:
-                with urllib.request.urlopen(req, timeout=timeout_s, context=self.ssl) as r:
+                with open_direct(req, timeout_s, self.ssl) as r:
                     _same_protocol(node, r.headers)
                     raw = r.read()
             except urllib.error.HTTPError as e:

@@ -7,6 +7,7 @@ limit that only catches a hang) and count what arrived.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import email
 import email.policy
@@ -33,7 +34,11 @@ from aiosmtpd.smtp import AuthResult, LoginPassword
 from standby.alerts import (
     AlertDispatcher,
     AlertKind,
+    DeliveryError,
     EmailChannel,
+    Message,
+    Notice,
+    Phase,
     RateLimits,
     WebhookChannel,
     alert_key,
@@ -430,3 +435,65 @@ def test_webhook_payload_is_json_with_stable_fields() -> None:
         json.dumps(j)
 
     asyncio.run(main())
+
+
+def _message() -> Message:
+    a = alert(AlertKind.FAILOVER)
+    return Message(Notice(alert_key(a.kind, a.node), Phase.FIRING, 0.0), a, SINCE)
+
+
+def test_webhook_credentials_in_the_url_are_sent_as_basic_authentication() -> None:
+    """Review of the move to urllib: a webhook URL with user:secret@ (allowed by the configuration) failed to
+    resolve its host; aiohttp had sent them as HTTP basic authentication, as curl does."""
+    seen: list[str | None] = []
+
+    async def handle(request: web.Request) -> web.Response:
+        seen.append(request.headers.get("Authorization"))
+        return web.json_response({"ok": True})
+
+    async def main() -> None:
+        app = web.Application()
+        app.router.add_post("/hook", handle)
+        runner = web.AppRunner(app, shutdown_timeout=0.5)
+        await runner.setup()
+        try:
+            await web.TCPSite(runner, LOOPBACK, 0).start()
+            host, port = runner.addresses[0][:2]
+            ch = WebhookChannel(Webhook(url=f"http://al%40rts:s3cr%3At@{host}:{port}/hook", retries=0))
+            await ch.send(_message())
+            await ch.close()
+            assert "s3cr" not in repr(ch)
+        finally:
+            await runner.cleanup()
+
+    asyncio.run(main())
+    assert seen == ["Basic " + base64.b64encode(b"al@rts:s3cr:t").decode()]
+
+
+def test_a_redirected_webhook_is_a_permanent_failure_that_names_the_fix() -> None:
+    """A redirect is not followed (urllib would turn the POST into a GET and carry the credentials along):
+    the delivery fails at once, saying so, rather than retrying what cannot change."""
+    posts: list[str] = []
+
+    async def handle(request: web.Request) -> web.Response:
+        posts.append(request.path)
+        raise web.HTTPFound("/elsewhere")
+
+    async def main() -> None:
+        app = web.Application()
+        app.router.add_post("/hook", handle)
+        runner = web.AppRunner(app, shutdown_timeout=0.5)
+        await runner.setup()
+        try:
+            await web.TCPSite(runner, LOOPBACK, 0).start()
+            host, port = runner.addresses[0][:2]
+            ch = WebhookChannel(Webhook(url=f"http://{host}:{port}/hook", retries=2), quick_backoff_s=0.01)
+            with pytest.raises(DeliveryError) as e:
+                await ch.send(_message())
+            await ch.close()
+            assert e.value.permanent and "302" in str(e.value) and "webhook.url" in str(e.value)
+        finally:
+            await runner.cleanup()
+
+    asyncio.run(main())
+    assert posts == ["/hook"]  # once: not retried, not followed

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import http.server
 import json
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -83,3 +84,40 @@ def test_an_operation_result_is_typed(agent: tuple[config.Config, int]) -> None:
     with pytest.raises(apiclient.ApiError, match="demote result: timeline"):
         apiclient.AgentApi(cfg).demote("beta")
     assert _Agent.posts == ["/switchover/demote", "/switchover/demote"]
+
+
+class _Proxy(http.server.BaseHTTPRequestHandler):
+    asked: list[str] = []  # noqa: RUF012 - one recorder for the test that sets it
+
+    def do_GET(self) -> None:
+        type(self).asked.append(self.path)
+        self.send_error(502)
+
+    do_POST = do_GET
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+def test_the_environments_proxy_is_never_used_for_an_agent(agent: tuple[config.Config, int],
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """Review of the new API server (seen in the status page's fetch of the peer, true of every client of the
+    agents' API): urllib sent the requests, with the API token, through the http_proxy of the environment
+    (an operator's shell, a unit), where the agent is not and the token has no business going."""
+    cfg, _ = agent
+    proxy_port = free_port()
+    _Proxy.asked = []
+    _Agent.status_body = json.dumps(AGENT_VIEW.encode(view())).encode()
+    _Agent.posts, _Agent.post_body = [], b"{}"
+    with running(http.server.HTTPServer(("127.0.0.1", proxy_port), _Proxy)):
+        for name in ("http_proxy", "HTTP_PROXY", "https_proxy"):
+            monkeypatch.setenv(name, f"http://127.0.0.1:{proxy_port}")
+        monkeypatch.delenv("no_proxy", raising=False)
+        monkeypatch.delenv("NO_PROXY", raising=False)
+        urllib.request.install_opener(None)  # urlopen's own opener reads the environment when it is made
+        try:
+            assert apiclient.agent_status(cfg, "beta", timeout_s=5) == view()
+            apiclient.AgentApi(cfg).fence("beta")
+        finally:
+            urllib.request.install_opener(None)  # not one that knows this proxy, for the tests after this one
+    assert _Proxy.asked == [] and _Agent.posts == ["/fence"]

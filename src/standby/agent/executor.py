@@ -164,12 +164,13 @@ class Actions:
         # The fence's stop has a thread of its own, not the PostgreSQL one: behind a reading that hangs there
         # (a backend stuck where its statement timeout cannot reach, a server stopped by SIGSTOP), the
         # escalation to SIGKILL such a server needs would never come (a known residual of the fence read).
-        self._stopper = ThreadPoolExecutor(1, thread_name_prefix="stop", initializer=priority.follow)
+        # Its thread is made at the first fence (as a pool does) and ends with the process.
+        self.stopper = ThreadPoolExecutor(1, thread_name_prefix="stop", initializer=priority.follow)
 
     async def fence_stop(self) -> None:
         """A fence's stop (decided or a person's), escalating to SIGKILL (act.fence), whatever the PostgreSQL
         thread is doing; its order against the other database actions is the executor's (one role lock)."""
-        await asyncio.get_running_loop().run_in_executor(self._stopper, self.db.fence_stop)
+        await asyncio.get_running_loop().run_in_executor(self.stopper, self.db.fence_stop)
 
     def table(self) -> dict[ActionKind, Handler]:
         return {

@@ -113,7 +113,8 @@ class LocalDb:
         pgact.start(self.cfg, self.node, 60)
 
     def stop(self) -> None:
-        """The fence's stop: fast, immediate, then SIGKILL (the same routine as `standby fence`)."""
+        """The escalating stop (fast, immediate, then SIGKILL: `standby fence`'s routine) after dropping the
+        connection, on the PostgreSQL thread: a switchover's or a rejoin's stop (a fence's is fence_stop)."""
         self._drop()
         fence.stop_postgres(self.cfg, self.node)
 

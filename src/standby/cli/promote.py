@@ -118,14 +118,16 @@ def _knock(cfg: Config, node: str) -> str | None:
 
 
 def _agent_of(cfg: Config, node: str) -> AgentView | None:
-    """A pair node's agent: asked for a second, and for SLOW_AGENT_S more if its API port takes connections.
-    A slow agent (a loaded host, a busy API) is not a silent one: taken for silent, its node is left unfenced
-    (PeerFirst.WARN) and, if its server had stopped on a fence of its own, it may start it again as primary
-    beside this one."""
+    """A pair node's agent: asked for a second at each address, then for SLOW_AGENT_S at the first address
+    whose API port takes connections. A slow agent (a loaded host, a busy API) is not a silent one: taken for
+    silent, its node is left unfenced (PeerFirst.WARN) and, if its server had stopped on a fence of its own,
+    it may start it again as primary beside this one."""
     view = agent_status(cfg, node, 1.0)
-    links = (cfg.nodes[node].private.ip, cfg.nodes[node].public.ip)
-    if view is None and any(probes.tcp_connect(str(ip), cfg.api.port, 0.5) for ip in links):
-        view = agent_status(cfg, node, SLOW_AGENT_S)
+    if view is None:
+        links = (str(cfg.nodes[node].private.ip), str(cfg.nodes[node].public.ip))
+        taking = next((ip for ip in links if probes.tcp_connect(ip, cfg.api.port, 0.5)), None)
+        if taking is not None:
+            view = agent_status(cfg, node, SLOW_AGENT_S, via=(taking,))
     return view
 
 

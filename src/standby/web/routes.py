@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 from prometheus_client import CollectorRegistry
 
 from standby import tls
+from standby.apiclient import open_direct
 from standby.config import ConfigError, read_secret, token_may_travel
 from standby.observe import postgres as pgobs
 from standby.web.metrics import PairCollector
@@ -208,8 +209,7 @@ def _s(x: object) -> str | None:
 def _get_json(url: str, headers: dict[str, str], context: Any) -> tuple[int, Any]:
     """(status, JSON body) of one GET, blocking (run in a thread); OSError and ValueError as they come."""
     try:
-        with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=PEER_TIMEOUT_S,
-                                    context=context) as r:
+        with open_direct(urllib.request.Request(url, headers=headers), PEER_TIMEOUT_S, context) as r:
             return r.status, json.loads(r.read())
     except urllib.error.HTTPError as e:
         return e.code, None

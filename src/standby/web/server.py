@@ -16,7 +16,6 @@ the server: a bad request is a 4xx, a failed handler a 500, a failed accept a pa
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import ipaddress
 import json
 import logging
@@ -34,13 +33,14 @@ import h11
 log = logging.getLogger("standby.web")
 IP_FREEBIND = 15  # <linux/in.h>: listen on an address whose link is down (the private one, at boot)
 READ_CHUNK = 16 * 1024
+JSON = "application/json; charset=utf-8"
 
 
 @dataclass(frozen=True)
 class Request:
     method: str
     path: str  # decoded, without the query
-    query: Mapping[str, str]  # the last value of each name
+    query: Mapping[str, str]  # the first value of each name
     headers: Mapping[str, str]  # names in lower case
     body: bytes
     remote: str | None
@@ -49,8 +49,11 @@ class Request:
     def of(cls, method: str, target: str, headers: Mapping[str, str] | None = None, body: bytes = b"",
            remote: str | None = "127.0.0.1") -> Request:
         """The request the server builds from ``method``, ``target`` (path and query) and the rest."""
-        split = urlsplit(target)
-        return cls(method=method, path=unquote(split.path), query=dict(parse_qsl(split.query, keep_blank_values=True)),
+        split = urlsplit(target)  # ValueError for a target no URL parser takes (an unclosed "[", say)
+        query: dict[str, str] = {}
+        for name, value in parse_qsl(split.query, keep_blank_values=True):
+            query.setdefault(name, value)
+        return cls(method=method, path=unquote(split.path), query=query,
                    headers={k.lower(): v for k, v in (headers or {}).items()}, body=body, remote=remote)
 
     def header(self, name: str, default: str = "") -> str:
@@ -72,12 +75,12 @@ class Request:
 class Response:
     status: int
     body: bytes = b""
-    content_type: str = "application/json"
+    content_type: str = JSON
     headers: dict[str, str] = field(default_factory=dict)
 
 
 def json_response(doc: Any, status: int = 200, headers: Mapping[str, str] | None = None) -> Response:
-    return Response(status, json.dumps(doc, default=str).encode(), "application/json", dict(headers or {}))
+    return Response(status, json.dumps(doc, default=str).encode(), JSON, dict(headers or {}))
 
 
 def text_response(body: bytes, content_type: str, headers: Mapping[str, str] | None = None) -> Response:
@@ -120,8 +123,11 @@ class Limits:
 
 
 class _Refused(Exception):
-    def __init__(self, response: Response) -> None:
-        self.response = response
+    """A request answered without its handler; ``method`` is the request's if its head was read (a HEAD's
+    answer carries no body)."""
+
+    def __init__(self, response: Response, method: str = "GET") -> None:
+        self.response, self.method = response, method
 
 
 def listen(address: str, port: int) -> socket.socket:
@@ -143,15 +149,20 @@ class Server:
     """Serves ``routes`` on listening sockets until ``run``'s stop event is set.
 
     ``wrap`` is every handler's way in (the agent's "not started yet" and protocol checks); ``headers`` go on
-    every answer, errors included; ``keep`` says which requests' connections stay open.
+    every answer, errors included; ``keep`` says which requests' connections stay open; ``exempt`` which
+    clients are never turned away (loopback). A connection counts against the cap until its socket is closed.
+
+    As h11 reads HTTP/1.1: a request without Host is a 400 (a load balancer's check written as HTTP/1.1
+    must send one; HAProxy's ``option httpchk GET /primary`` sends HTTP/1.0 and needs none).
     """
 
     def __init__(self, routes: Routes, limits: Limits, context: ssl.SSLContext | None, *,
                  wrap: Callable[[Request, Handler], Awaitable[Response]] | None = None,
                  headers: Callable[[], Mapping[str, str]] = dict,
-                 keep: Callable[[Request], bool] = lambda r: False) -> None:
+                 keep: Callable[[Request], bool] = lambda r: False,
+                 exempt: Callable[[str], bool] = lambda a: ipaddress.ip_address(a).is_loopback) -> None:
         self.routes, self.limits, self.context = routes, limits, context
-        self._wrap, self._headers, self._keep = wrap, headers, keep
+        self._wrap, self._headers, self._keep, self._exempt = wrap, headers, keep, exempt
         self.connections = 0  # accepted and not yet closed (handshakes included)
         self.turned_away = 0
         self._serving: set[asyncio.Task[None]] = set()
@@ -177,8 +188,8 @@ class Server:
                 log.warning("API accept failed: %s", e)
                 await asyncio.sleep(0.1)
                 continue
-            # Loopback clients (this host's own checks, the CLI) are never turned away.
-            if self.connections >= self.limits.max_connections and not ipaddress.ip_address(addr[0]).is_loopback:
+            # Loopback clients (this host's own checks, the CLI) are never turned away (``exempt``).
+            if self.connections >= self.limits.max_connections and not self._exempt(addr[0]):
                 self.turned_away += 1
                 # RST rather than FIN: no TIME_WAIT left behind per refused connection.
                 conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
@@ -206,14 +217,16 @@ class Server:
                                  reader, writer, remote)
         except (OSError, TimeoutError, ssl.SSLError, h11.ProtocolError):
             pass  # the client went away, was too slow, or spoke something else: nothing to answer
+        except Exception:  # a defect here ends this connection, never the server
+            log.exception("the API's connection from %s failed", remote)
         finally:
-            self.connections -= 1
-            if writer is not None:
-                writer.close()
-                with contextlib.suppress(Exception):
-                    await asyncio.wait_for(writer.wait_closed(), timeout)
-            else:
-                conn.close()
+            try:
+                if writer is None:
+                    conn.close()
+                else:
+                    await _close(writer, timeout)
+            finally:
+                self.connections -= 1  # only once its socket is closed: until then it counts
 
     async def _requests(self, h: h11.Connection, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
                         remote: str) -> None:
@@ -225,7 +238,7 @@ class Server:
                     request = await self._read(h, reader, writer, remote)
             except _Refused as e:
                 if h.our_state in (h11.IDLE, h11.SEND_RESPONSE):
-                    await self._send(h, writer, "GET", e.response, keep=False)
+                    await self._send(h, writer, e.method, e.response, keep=False)
                 return
             if request is None:
                 return
@@ -252,10 +265,11 @@ class Server:
         head: h11.Request | None = None
         body = bytearray()
         while True:
+            method = "GET" if head is None else head.method.decode("latin-1")
             try:
                 event = h.next_event()
             except h11.RemoteProtocolError as e:
-                raise _Refused(json_response({"error": f"bad request: {e}"}, e.error_status_hint)) from None
+                raise _Refused(json_response({"error": f"bad request: {e}"}, e.error_status_hint), method) from None
             if event is h11.NEED_DATA:
                 if head is not None and h.they_are_waiting_for_100_continue:
                     writer.write(h.send(h11.InformationalResponse(status_code=100, headers=[])))
@@ -264,14 +278,17 @@ class Server:
                 head = event
                 declared = dict(event.headers).get(b"content-length")
                 if declared is not None and int(declared) > self.limits.max_body:
-                    raise _Refused(json_response({"error": "request body too large"}, 413))
+                    raise _Refused(json_response({"error": "request body too large"}, 413), event.method.decode("latin-1"))
             elif isinstance(event, h11.Data):
                 body += event.data
                 if len(body) > self.limits.max_body:
-                    raise _Refused(json_response({"error": "request body too large"}, 413))
+                    raise _Refused(json_response({"error": "request body too large"}, 413), method)
             elif isinstance(event, h11.EndOfMessage):
                 assert head is not None
-                return _request(head, bytes(body), remote)
+                try:
+                    return _request(head, bytes(body), remote)
+                except ValueError as e:  # h11 takes any visible characters as a target; a URL parser does not
+                    raise _Refused(json_response({"error": f"bad request target: {e}"}, 400), method) from None
             elif isinstance(event, h11.ConnectionClosed) or event is h11.PAUSED:
                 return None
 
@@ -293,6 +310,19 @@ class Server:
         writer.write(out)
         async with asyncio.timeout(self.limits.request_timeout_s):  # a client that does not read: cut off
             await writer.drain()
+
+
+async def _close(writer: asyncio.StreamWriter, timeout_s: float) -> None:
+    """Closed within ``timeout_s`` (what is buffered sent first), or aborted: a client that does not read its
+    answer must not keep a socket of this process open, however long it waits."""
+    writer.close()
+    try:
+        await asyncio.wait_for(writer.wait_closed(), timeout_s)
+    except asyncio.CancelledError:
+        writer.transport.abort()
+        raise
+    except Exception:  # noqa: BLE001 - not closed in time (the answer unread), or closed by a reset already
+        writer.transport.abort()
 
 
 def _request(head: h11.Request, body: bytes, remote: str) -> Request:
