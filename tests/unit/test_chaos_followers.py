@@ -17,9 +17,14 @@ def first(seed: int, n: int, followers: tuple[str, ...] = (), kinds: tuple[Kind,
     return list(itertools.islice(faults(seed, kinds, 1.5, followers), n))
 
 
+# The pair's kinds before postgres-freeze (2026-12-05): a campaign of an earlier seed is drawn again, fault for
+# fault, with these as --kinds (a kind added to the draw changes every seed's sequence from its first fault).
+BEFORE_POSTGRES_FREEZE = tuple(k for k in PAIR_KINDS if k is not Kind.POSTGRES_FREEZE)
+
+
 def test_a_pair_only_lab_draws_the_sequence_it_drew_before_followers_existed() -> None:
     # Seed 7's first faults as the schedule drew them before the follower kinds were added.
-    assert [f.describe() for f in first(7, 12)] == [
+    assert [f.describe() for f in first(7, 12, kinds=BEFORE_POSTGRES_FREEZE)] == [
         "#1 isolate on the primary for 1.1 s",
         "#2 crash on the primary for 0.3 s",
         "#3 kill-postgres on the primary for 1.0 s",
@@ -33,6 +38,9 @@ def test_a_pair_only_lab_draws_the_sequence_it_drew_before_followers_existed() -
         "#11 80% loss on private on the standby for 2.4 s",
         "#12 heartbeat-replay on the standby for 2.1 s",
     ]
+    assert [f.describe() for f in first(7, 3)] == [  # and with every kind, as campaigns draw it now
+        "#1 isolate on the primary for 1.1 s", "#2 crash on the primary for 0.3 s",
+        "#3 kill-postgres on the primary for 1.0 s"]
     # Asking for the follower kinds changes nothing where there is no follower.
     for seed in (1, 7, 361):
         assert first(seed, 300) == first(seed, 300, kinds=PAIR_KINDS)
