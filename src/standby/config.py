@@ -191,6 +191,8 @@ class Replication(_Strict):
 
 # How long a fenced primary's PostgreSQL may take to stop taking writes once the fence begins.
 STOP_BUDGET_MS = 100
+# The shortest timings.postgres_unresponsive_ms: past the agent's 2 s statement timeout and a busy moment.
+MIN_UNRESPONSIVE_MS = 5_000
 
 
 class Timings(_Strict):
@@ -204,6 +206,10 @@ class Timings(_Strict):
     link_timeout_ms: int = Field(5000, ge=100, le=600_000)
     # Services failing their health check this long move to the peer.
     service_unhealthy_ms: int = Field(5000, ge=100, le=600_000)
+    # A primary whose PostgreSQL has not answered the agent this long (a hung disk, a server stopped by a
+    # signal: not a slow query, which answers with its timeout) hands the database to an in-sync standby,
+    # as if it had crashed (replication.on_postgres_crash = "failover"). 0 = never.
+    postgres_unresponsive_ms: int = Field(15_000, ge=0, le=600_000)
     # SCHED_RR priority of the agent (1-99; 0 = normal scheduling). A starved
     # agent cannot fence its primary in time; see standby.agent.priority.
     realtime_priority: int = Field(10, ge=0, le=99)
@@ -224,6 +230,12 @@ class Timings(_Strict):
                 f"timings.fence_timeout_ms ({self.fence_timeout_ms}) must be shorter than "
                 f"timings.failover_timeout_ms ({self.failover_timeout_ms}): an isolated primary "
                 "must stop writing before the standby may promote"
+            )
+        if 0 < self.postgres_unresponsive_ms < MIN_UNRESPONSIVE_MS:
+            raise ValueError(
+                f"timings.postgres_unresponsive_ms ({self.postgres_unresponsive_ms}) must be 0 (never) or at least "
+                f"{MIN_UNRESPONSIVE_MS}: the agent's reading of its server may take its 2 s statement timeout, and "
+                "a slow server is not a hung one"
             )
         # The two silences are measured on two clocks from heartbeats up to one interval apart, and
         # the fenced server takes a moment to stop taking writes (state written, fast shutdown

@@ -28,8 +28,8 @@ Why two servers are enough (the safety argument, in the order rules apply):
    automatic promotions, restarts and role moves.
 4. Fencing is sticky: a fenced node never becomes primary again by itself,
    with two exceptions. A primary that fenced itself as a precaution (it was
-   isolated, or stalled) or to hand the database over (its PostgreSQL died,
-   its replication link is down) and then hears its peer, for a whole failover
+   isolated, or stalled) or to hand the database over (its PostgreSQL died or
+   answers nothing, its replication link is down) and then hears its peer, for a whole failover
    timeout, (a) as a standby in no newer term that is not eligible, or (b) as
    down or fenced in an older term, knows nobody took over and nobody will:
    every promotion raises the term before it happens, a standby's eligibility
@@ -98,6 +98,8 @@ class Policy:
     degrade_after_s: float  # 0 = never
     max_lag_bytes: int  # async: most lag still eligible
     pg_crash: PgCrashPolicy = PgCrashPolicy.FAILOVER
+    # A primary whose server has answered nothing this long is handed over as a crashed one (0 = never).
+    pg_unresponsive_s: float = 0.0
     services_move_on_failure: bool = True
     unhealthy_after_s: float = 5.0
     restart_backoff_s: float = 5.0
@@ -486,8 +488,17 @@ def _fenced_rules(s: State, o: Observation, p: Policy) -> tuple[State, list[Acti
 
 
 def _primary_rules(s: State, o: Observation, p: Policy) -> tuple[State, list[Action]]:
-    """A running primary: hands the database over when its replication link is down (rule 5), else keeps sync."""
+    """A running primary: hands the database over when its server answers nothing or its replication link is
+    down (rule 5), else keeps sync."""
     peer = peer_fresh(o, p)
+    # A server that answers nothing (a hung disk, stopped by a signal) serves nobody, and its last observation
+    # would stand for ever: handed over as a crashed one, to a standby that has everything. The fence's stop
+    # escalates to SIGKILL, and the standby takes over on FENCED only: once this server is seen down.
+    if (p.hot and p.pg_crash is PgCrashPolicy.FAILOVER and 0 < p.pg_unresponsive_s <= o.pg_silent_s
+            and peer is not None and peer.db is DbState.STANDBY and _standby_has_everything(s, p)):
+        return _fence(s, Reason.PG_UNRESPONSIVE_FAILOVER, f"PostgreSQL has answered nothing for {o.pg_silent_s:.0f} s; "
+                      "the standby, which has every acknowledged commit (sync) or is within the lag bound (async), "
+                      "takes over", False, resumable=True)
     if (p.hot and _lasted(s.private_bad_since, o.now, p.link_timeout_s) and fresh(o, Net.PUBLIC, p)
             and peer is not None and peer.db is DbState.STANDBY and peer.carrier.get(Net.PRIVATE, False)
             and _standby_has_everything(s, p)):

@@ -87,6 +87,7 @@ class Reason(StrEnum):
     ISOLATED = "isolated"  # no peer on any path and no tie-breaker
     PG_CRASHED_FAILOVER = "pg_crashed_failover"  # local PostgreSQL died; the in-sync standby takes over
     PG_CRASHED_RESTART = "pg_crashed_restart"  # local PostgreSQL died; restart in place
+    PG_UNRESPONSIVE_FAILOVER = "pg_unresponsive_failover"  # local PostgreSQL answers nothing; the in-sync standby takes over
     PRIVATE_LOST_HERE = "private_lost_here"  # this primary's replication link is down: hand the DB over
     PEER_DEAD = "peer_dead"  # primary silent on every path, tie-breaker seen, eligible: fail over
     PEER_RELEASED_DB = "peer_released_db"  # the primary fenced itself and handed the DB over
@@ -164,6 +165,10 @@ class Observation:
     # primary's restart, a fenced primary's resumption); None: not looked, or no answer yet.
     dr: DrSeen | None = None
     dr_term: int | None = None  # the term this node was in when the question behind ``dr`` left
+    # Seconds since the local server last answered a reading, with its state or any error it gave (a query
+    # timeout, too many clients): 0 when the last reading was answered. A server stopped by a signal or held
+    # by a hung disk answers nothing, and its last observation (say PRIMARY) stands meanwhile.
+    pg_silent_s: float = 0.0
 
 
 class DrSeen(StrEnum):

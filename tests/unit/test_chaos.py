@@ -225,6 +225,16 @@ def test_m9_the_campaign_reads_which_calls_a_salvage_brought_back() -> None:
     assert salvage_summary(report) == (["c8", "c9"], {"c8": 912})
 
 
+def test_postgres_freeze_holds_are_mostly_short_of_the_hand_over_and_sometimes_past_it() -> None:
+    from standby.config import Timings
+
+    assert chaos.UNRESPONSIVE_S * 1000 == Timings().postgres_unresponsive_ms
+    holds = [f.hold_s for f in first(11, 2000) if f.kind is Kind.POSTGRES_FREEZE]
+    long = [h for h in holds if h > chaos.UNRESPONSIVE_S]
+    assert len(holds) > 40 and 0 < len(long) < len(holds) / 2, (len(holds), len(long))
+    assert all(h <= chaos.UNRESPONSIVE_S + 5.0 for h in long) and all(h <= 8.0 for h in holds if h not in long)
+
+
 def test_postgres_freeze_stops_the_server_and_its_children_and_the_heal_runs_them_again() -> None:
     """The postgres-freeze fault on real processes: a parent that forks (as a postmaster does) and its children
     are all stopped, then all run again."""

@@ -94,7 +94,7 @@ class Agent(Surface):
         in_pg, in_svc, in_probe, in_kernel = self._in_pg, self._in_svc, self._in_probe, self._in_kernel
         self.db: Database = db or LocalDb(cfg, node)
         self.link = HeartbeatLink(cfg, node, self.key, self.digest, transport or UdpTransport(cfg, node), clock)
-        self.observer = Observer(cfg, node, self.db, in_pg, in_kernel, self.guard)
+        self.observer = Observer(cfg, node, self.db, in_pg, in_kernel, self.guard, clock)
         self.service_role = ServiceRole(cfg, node, in_svc, in_probe, self.event, in_addr=_runner(self.addr_pool))
         self.probers = Probers(cfg, node, self.policy, self.service_role, in_svc, in_probe, clock, self.event)
         self.actions = Actions(cfg, self.db, self.service_role, self.cell, self.turn, in_pg, self.probers.take_refused,
@@ -166,13 +166,13 @@ class Agent(Surface):
         # the last send counts as well. So does the decision loop's own lateness (this step started later
         # than one interval after the last), and the time nobody decided before this agent started.
         self.in_hand = InHand(self.link.pending_gap())  # before the link forgets it: the API's checks count it
-        gap = max(self.link.take_send_gap(), self.startup_gap, self.step_gap)
-        self.startup_gap = 0.0
+        gap, self.startup_gap = max(self.link.take_send_gap(), self.startup_gap, self.step_gap), 0.0
         link, p, dr = self.link, self.probers, self.probers.dr_for(self.pg.db)
         return Observation(
             now=now, gap=gap, pg=self.pg, peer=link.peer_view, heard=dict(link.heard), carrier=dict(self.carrier),
             tiebreaker_ok=p.tiebreaker_ok(), services_healthy=p.services_healthy, service_ip_elsewhere=p.ip_elsewhere,
             heard_me=link.heard_me, dr=dr.seen if dr else None, dr_term=dr.term if dr else None,
+            pg_silent_s=self.observer.silent_s(now),
         )
 
     async def _step(self) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -32,9 +33,11 @@ def read_carriers(cfg: Config, node: str) -> dict[Net, bool]:
 
 
 class Observer:
-    def __init__(self, cfg: Config, node: str, db: Database, in_pg: Run, in_kernel: Run, guard: Guard) -> None:
+    def __init__(self, cfg: Config, node: str, db: Database, in_pg: Run, in_kernel: Run, guard: Guard,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.cfg, self.node, self.db = cfg, node, db
-        self._in_pg, self._in_kernel, self.guard = in_pg, in_kernel, guard
+        self._in_pg, self._in_kernel, self.guard, self._clock = in_pg, in_kernel, guard, clock
+        self.spoke_at = clock()  # the server's last answer of any kind (Observation.pg_silent_s)
         self.interval_s = cfg.timings.heartbeat_interval_ms / 1000
         self.pg = LocalPg(DbState.DOWN)
         self.sync_names: str | None = None
@@ -72,11 +75,17 @@ class Observer:
         except Exception as e:  # noqa: BLE001  (an observation that fails reads as last known, never ends the agent)
             self.guard.failed("postgres", e)
             return
+        if result is not pgobs.Unanswered.NO_ANSWER:  # its state, or an error it gave: it answers
+            self.spoke_at = self._clock()
         if isinstance(result, pgobs.Unanswered) and not result.down:
             self.guard.failed("postgres", f"{result.value}; keeping the last observation")
             return
         self.pg, self.sync_names = (LocalPg(DbState.DOWN), None) if isinstance(result, pgobs.Unanswered) else result
         self.guard.ok("postgres")
+
+    def silent_s(self, now: float) -> float:
+        """Seconds since the server last answered a reading (about one interval at most while it answers)."""
+        return max(0.0, now - self.spoke_at)
 
     async def carriers(self) -> None:
         self.carrier = await self.guard.read("carrier", lambda: self._in_kernel(self.read_carriers), self.carrier)

@@ -37,6 +37,7 @@ def policy_for(cfg: Config, node: str, suspended: bool = False) -> Policy:
         degrade_after_s=cfg.replication.degrade_after_s,
         max_lag_bytes=cfg.replication.max_lag_on_failover_bytes,
         pg_crash=PgCrashPolicy(cfg.replication.on_postgres_crash.value),
+        pg_unresponsive_s=t.postgres_unresponsive_ms / 1000,
         auto_rejoin=cfg.rejoin is RejoinPolicy.AUTO,
         services_move_on_failure=cfg.services_move_on_failure,
         unhealthy_after_s=t.service_unhealthy_ms / 1000,

@@ -80,6 +80,10 @@ WEIGHTS: dict[Kind, int] = {
     Kind.FOLLOWER_CRASH: 2, Kind.FOLLOWER_FREEZE: 2, Kind.FOLLOWER_ISOLATE: 2, Kind.WAN_DOWN: 2, Kind.WAN_LOSS: 2,
 }
 
+# timings.postgres_unresponsive_ms's default, in seconds (tests/unit/test_chaos.py holds them equal; not imported:
+# the configuration's models are more than the schedule needs): a longer postgres-freeze of the primary hands it over.
+UNRESPONSIVE_S = 15.0
+
 # A standby-long-freeze outlasts this (seconds) unless the campaign says otherwise:
 # twice the default failover timeout.
 DEFAULT_LONG_FREEZE_S = 1.5
@@ -194,6 +198,9 @@ def faults(seed: int, kinds: Sequence[Kind] = ALL_KINDS, long_freeze: float = DE
             hold = round(rng.uniform(8.0, 15.0), 1)  # the pair runs a while with failover suspended
         elif kind is Kind.HEARTBEAT_REPLAY:
             hold = round(rng.uniform(2.0, 6.0), 1)
+        elif kind is Kind.POSTGRES_FREEZE and rng.random() < 0.25:
+            # Now and then past timings.postgres_unresponsive_ms (its default): the primary's server is handed over.
+            hold = round(UNRESPONSIVE_S + rng.uniform(1.0, 5.0), 1)
         quiet = round(rng.uniform(1.0, 4.0), 1)
         yield Fault(number, kind, target, net, percent, offset, hold, quiet, connections=connections, follower=follower)
 

@@ -150,7 +150,8 @@ class Unanswered(StrEnum):
     TIMEOUT = "query timed out"
     TOO_MANY_CLIENTS = "too many clients"
     STARTING_OR_STOPPING = "starting up or shutting down"
-    NO_ANSWER = "no answer"
+    REFUSED = "refused"  # another error the server gave (a password it refused, say): it answers
+    NO_ANSWER = "no answer"  # nothing from the server: a timeout of the connection, a reset, a hang
 
     @property
     def down(self) -> bool:
@@ -169,7 +170,7 @@ def unanswered(e: psycopg.Error, postmaster_alive: bool) -> Unanswered:
         return Unanswered.TOO_MANY_CLIENTS
     if sqlstate == "57P03" or "is starting up" in str(e) or "is shutting down" in str(e):
         return Unanswered.STARTING_OR_STOPPING
-    return Unanswered.NO_ANSWER
+    return Unanswered.NO_ANSWER if sqlstate is None else Unanswered.REFUSED
 
 
 def postmaster_running(data_dir: Path) -> bool:
