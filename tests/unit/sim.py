@@ -68,12 +68,16 @@ class Node:
     # observation reads the last result, so after a freeze it is stale.
     tb_ok_at: float = -math.inf
     heard_me: float | None = None  # the peer's acknowledgement (delivery is instant: send time = its receipt)
+    # Its server answers nothing since then (a hung disk, stopped by a signal): no commit, no WAL sent, and its
+    # agent's readings hang, so the agent keeps its last reading (last_pg). A kill (a fence's SIGKILL) ends it.
+    hung_since: float | None = None
+    last_pg: LocalPg | None = None
 
     def up(self, net: Net) -> bool:
         return self.alive and not self.frozen and self.links[net]
 
     def serving_pg(self) -> bool:
-        return self.alive and not self.frozen and self.pg is DbState.PRIMARY
+        return self.alive and not self.frozen and self.pg is DbState.PRIMARY and self.hung_since is None
 
 
 @dataclass
@@ -140,7 +144,7 @@ class World:
     def _replicate(self) -> None:
         for s in self.nodes.values():
             p = self.peer(s.name)
-            s.streaming = (s.pg is DbState.STANDBY and s.alive and not s.frozen and p.serving_pg()
+            s.streaming = (s.pg is DbState.STANDBY and s.alive and not s.frozen and s.hung_since is None and p.serving_pg()
                            and s.up(Net.PRIVATE) and p.up(Net.PRIVATE)
                            and s.data == p.data[: len(s.data)])  # a diverged standby cannot follow
             if s.streaming:
@@ -175,7 +179,8 @@ class World:
 
     def _observe(self, n: Node) -> Observation:
         p = self.peer(n.name)
-        pg = LocalPg(
+        hung = n.hung_since is not None and n.last_pg is not None
+        pg = n.last_pg if hung else LocalPg(
             db=n.pg,
             lsn=len(n.data),
             streaming=n.streaming,
@@ -185,6 +190,8 @@ class World:
             upstream_age_s=(self.t - n.last_wal_at if n.pg is DbState.STANDBY and n.last_wal_at is not None
                             else None),
         )
+        assert pg is not None
+        n.last_pg = pg
         elsewhere = p.holds_ips and p.up(Net.PUBLIC) and n.up(Net.PUBLIC)
         pol = self.policy[n.name]
         obs = Observation(
@@ -192,6 +199,7 @@ class World:
             carrier={net: n.links[net] for net in Net}, tiebreaker_ok=self.t - n.tb_ok_at < pol.tiebreaker_window_s(),
             services_healthy=True if n.holds_ips else None, service_ip_elsewhere=elsewhere, heard_me=n.heard_me,
             dr=self._dr_seen(n, pol), dr_term=n.state.term,  # asked and answered within the step
+            pg_silent_s=self.t - n.hung_since if hung and n.hung_since is not None else 0.0,
         )
         if self._tiebreaker(n):  # the probe runs after this step has read its last result
             n.tb_ok_at = self.t
@@ -300,7 +308,7 @@ class World:
         for n in self.nodes.values():
             if n.stop_due is not None and n.stop_due <= self.t and not n.frozen:
                 n.stop_due = None
-                n.pg, n.streaming = DbState.DOWN, False
+                n.pg, n.streaming, n.hung_since = DbState.DOWN, False, None  # the stop ends in SIGKILL
 
     def tick(self) -> None:
         self.t = round(self.t + TICK, 3)
@@ -360,7 +368,7 @@ class World:
     def crash(self, name: str) -> None:
         n = self.nodes[name]
         n.alive, n.pg, n.holds_ips, n.agent_up, n.streaming = False, DbState.DOWN, False, False, False
-        n.pending_fence, n.stop_due, n.last_wal_at = False, None, None  # promoted_over_frozen: as kill_pg
+        n.pending_fence, n.stop_due, n.last_wal_at, n.hung_since = False, None, None, None  # as kill_pg
 
     def boot(self, name: str, startup_s: float = 0.0, liveness_kept: bool = False) -> None:
         """Host back: the agent starts from its persisted state; PostgreSQL is left to the agent.
@@ -462,7 +470,16 @@ class World:
         n = self.nodes[name]
         if n.alive:
             # promoted_over_frozen stays: a restart brings the same promotion's data back.
-            n.pg, n.stop_due = DbState.DOWN, None
+            n.pg, n.stop_due, n.hung_since = DbState.DOWN, None, None
+
+    def hang_pg(self, name: str) -> None:
+        """Its server stops answering (chaos postgres-freeze): until unhang_pg, a kill, or the heal."""
+        n = self.nodes[name]
+        if n.alive and n.pg is not DbState.DOWN and n.hung_since is None:
+            n.hung_since = self.t
+
+    def unhang_pg(self, name: str) -> None:
+        self.nodes[name].hung_since = None
 
     def freeze(self, name: str) -> None:
         if self.nodes[name].alive:
@@ -491,6 +508,7 @@ class World:
             n.links = {Net.PUBLIC: True, Net.PRIVATE: True}
             n.loss = {Net.PUBLIC: 0, Net.PRIVATE: 0}
             n.dr_loss = 0
+            n.hung_since = None
             if n.frozen:
                 n.frozen, n.thawed_at = False, self.t  # as thaw(), without its agent-death follow-up
             self.boot(n.name)

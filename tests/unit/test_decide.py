@@ -17,7 +17,7 @@ from tests.unit.sim import Violation, World
 def policies(sync: bool = True, degrade: float = 0.0, hot: bool = True,
              pg_crash: PgCrashPolicy = PgCrashPolicy.FAILOVER, failover: float = 1.0) -> dict[str, Policy]:
     base = dict(hot=hot, sync=sync, failover_timeout_s=failover, fence_timeout_s=0.7, heartbeat_s=0.1, link_timeout_s=5.0,
-                degrade_after_s=degrade, max_lag_bytes=3, pg_crash=pg_crash)
+                degrade_after_s=degrade, max_lag_bytes=3, pg_crash=pg_crash, pg_unresponsive_s=2.0)
     return {"a": Policy(preferred=True, **base), "b": Policy(preferred=False, **base)}  # type: ignore[arg-type]
 
 
@@ -257,7 +257,8 @@ def test_a_forced_promotion_is_refused_while_the_primarys_agent_is_dead() -> Non
 # -- random fault schedules ------------------------------------------------------------
 
 FAULTS = ["crash", "boot", "freeze", "thaw", "link_down", "link_up", "loss", "kill_pg", "kill_agent",
-          "start_agent", "wait", "long_freeze", "maintenance_on", "maintenance_off", "manual_failover"]
+          "start_agent", "wait", "long_freeze", "maintenance_on", "maintenance_off", "manual_failover",
+          "hang_pg", "unhang_pg"]
 NETWORK_FAULTS = {"link_down", "loss"}  # the only way to the one case two servers cannot decide
 # A person's forced promotion (`standby promote --force`) takes what the standby has; with degrade_after_s
 # that may lack what the primary acknowledged alone, which the command says before it asks.
@@ -289,6 +290,8 @@ def apply(w: World, fault: str, node: str, net: Net, pct: int) -> None:
         case "kill_agent": w.kill_agent(node)
         case "manual_failover": w.manual_failover(node)
         case "start_agent": w.start_agent(node)
+        case "hang_pg": w.hang_pg(node)  # chaos postgres-freeze
+        case "unhang_pg": w.unhang_pg(node)
 
 
 def play_schedule(w: World, steps: list) -> None:
@@ -334,6 +337,29 @@ def test_random_faults_keep_the_invariants(sync: bool, degrade: float, steps: li
         assert len(w.primaries()) <= 1, w.log
         if sync and (degrade == 0 or not (NETWORK_FAULTS | PERSON_FORCED) & {f for f, *_ in steps}):
             assert w.lost() == [], w.log
+
+
+@pytest.mark.parametrize("sync", [True, False])
+def test_postgres_freeze_of_the_primary_past_the_bound_moves_the_database_and_loses_nothing(sync: bool) -> None:
+    """The simulated chaos postgres-freeze: the primary's server answers nothing for 3 s (the bound is 2 s here).
+    Its agent fences it (the stop ends in SIGKILL), the standby takes over on FENCED, calls go on there and
+    nothing acknowledged is lost (sync); one that answers again within the bound moves nothing."""
+    with World(policies(sync=sync), seed=1) as w:
+        w.run(2.0)
+        w.hang_pg("a")
+        w.run(1.5)
+        w.unhang_pg("a")  # within the bound: a slow moment
+        w.run(3.0)
+        assert [n.name for n in w.primaries()] == ["a"] and w.role_changes == 0, w.log
+        w.hang_pg("a")
+        w.run(3.0)
+        before = len(w.acked)
+        w.run(5.0)
+        assert [n.name for n in w.primaries()] == ["b"] and len(w.acked) > before, w.log  # calls go on at b
+        assert any("pg_unresponsive_failover" in line for line in w.log), w.log
+        assert w.nodes["a"].state.fenced and w.nodes["a"].pg is DbState.DOWN
+        # Async: what the standby had not received when the server froze, within the lag bound (salvaged at the rejoin).
+        assert (w.lost() == [] if sync else len(w.lost()) <= w.policy["b"].max_lag_bytes), w.log
 
 
 def test_primary_frozen_while_its_standby_restarts_still_fences() -> None:
