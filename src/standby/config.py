@@ -206,9 +206,10 @@ class Timings(_Strict):
     link_timeout_ms: int = Field(5000, ge=100, le=600_000)
     # Services failing their health check this long move to the peer.
     service_unhealthy_ms: int = Field(5000, ge=100, le=600_000)
-    # A primary whose PostgreSQL has not answered the agent this long (a hung disk, a server stopped by a
-    # signal: not a slow query, which answers with its timeout) hands the database to an in-sync standby,
-    # as if it had crashed (replication.on_postgres_crash = "failover"). 0 = never.
+    # A primary whose PostgreSQL leaves the agent's question on its open connection unanswered this long
+    # (its processes stopped by a signal or a debugger: not a slow query, which answers with its timeout,
+    # nor a connection that fails) hands the database to an in-sync standby, as if it had crashed
+    # (replication.on_postgres_crash = "failover"). 0 = never.
     postgres_unresponsive_ms: int = Field(15_000, ge=0, le=600_000)
     # SCHED_RR priority of the agent (1-99; 0 = normal scheduling). A starved
     # agent cannot fence its primary in time; see standby.agent.priority.

@@ -165,9 +165,10 @@ class Observation:
     # primary's restart, a fenced primary's resumption); None: not looked, or no answer yet.
     dr: DrSeen | None = None
     dr_term: int | None = None  # the term this node was in when the question behind ``dr`` left
-    # Seconds since the local server last answered a reading, with its state or any error it gave (a query
-    # timeout, too many clients): 0 when the last reading was answered. A server stopped by a signal or held
-    # by a hung disk answers nothing, and its last observation (say PRIMARY) stands meanwhile.
+    # How long the agent's question to the local server, asked on its open connection, has gone unanswered
+    # (0 with none outstanding). A running server answers within the statement timeout, with an error if
+    # need be; one whose processes are stopped (a signal, a debugger) never does, and its last observation
+    # (say PRIMARY) stands meanwhile. A connection that fails to open says nothing of the running server.
     pg_silent_s: float = 0.0
 
 

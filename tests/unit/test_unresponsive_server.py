@@ -8,7 +8,11 @@ takes over once the server is seen down. A slow server (its queries time out: it
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
+import subprocess
 import threading
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -18,6 +22,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from standby import config
+from standby.act import fence
+from standby.act import postgres as pgact
 from standby.decide import PgCrashPolicy, Policy, State, decide
 from standby.model import ActionKind, DbState, LocalPg, Net, Observation, PeerView, Reason
 from standby.observe import postgres as pgobs
@@ -177,3 +183,59 @@ def test_an_error_the_server_gave_is_an_answer_and_a_connection_that_timed_out_i
     assert pgobs.unanswered(psycopg.errors.QueryCanceled(), True) is pgobs.Unanswered.TIMEOUT
     assert pgobs.unanswered(psycopg.OperationalError("connection timeout expired"), True) is pgobs.Unanswered.NO_ANSWER
     assert pgobs.unanswered(psycopg.OperationalError("connection timeout expired"), False) is pgobs.Unanswered.NOT_RUNNING
+
+
+def test_a_primary_the_agent_cannot_connect_to_is_not_taken_for_a_hung_one(tmp_path: Path,
+                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """Review of the rule (2026-12-05): it counted connection attempts that failed without a word from the
+    server (a connect timeout on a busy host, a full socket backlog) as silence, while the sessions already
+    open went on committing; after 15 s the primary was fenced on a 15 s old reading, and in async what the
+    standby had not received since was lost. Only a question left unanswered on an open connection counts."""
+
+    class Unreachable(FakePostgres):
+        cut = False
+
+        @property
+        def connected(self) -> bool:
+            return not self.cut and super().connected
+
+        def read(self):  # type: ignore[no-untyped-def]
+            return pgobs.Unanswered.NO_ANSWER if self.cut else super().read()
+
+    timings = _timings(tmp_path, postgres_unresponsive_ms=5000)
+    pg = Unreachable(DbState.PRIMARY)
+    with shell(tmp_path, monkeypatch, pg, FakeKernel({SERVICE_IP}), extra={"timings": timings}) as sh:
+        async def go() -> None:
+            await sh.start()
+            for _ in range(5):
+                await sh.tick()
+            pg.cut = True
+            for _ in range(60):  # 9 s of failed connections
+                await sh.tick()
+
+        run(go())
+        assert not sh.agent.state.fenced and "stop" not in pg.calls, pg.calls
+
+
+def test_a_postmaster_stopped_by_a_signal_is_killed_at_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A stopped postmaster acts on a shutdown request only once it runs again, taking writes first: the fence's
+    stop goes to SIGKILL without asking (a real process stands in for the postmaster)."""
+    data = tmp_path / "data"
+    data.mkdir()
+    raw, _ = example_with_secrets(tmp_path)
+    raw["postgres"]["data_dir"] = str(data)
+    cfg = config.parse(raw)
+    asked: list[str] = []
+    monkeypatch.setattr(fence.pgact, "stop", lambda *a, **kw: asked.append("pg_ctl stop"))
+    server = subprocess.Popen(["sleep", "60"])
+    try:
+        (data / "postmaster.pid").write_text(f"{server.pid}\n{data}\n")
+        os.kill(server.pid, signal.SIGSTOP)
+        deadline = time.monotonic() + 5
+        while not pgact.stopped_by_signal(server.pid) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert fence.stop_postgres(cfg, "alpha") is fence.StopStep.KILL
+        assert asked == [] and server.wait(5) == -signal.SIGKILL
+    finally:
+        server.kill()
+        server.wait(5)

@@ -107,8 +107,14 @@ def stop_postgres(cfg: Config, node: str, step_timeout_s: float = STEP_TIMEOUT_S
     """Stop the local server, escalating: fast, immediate, then SIGKILL. Returns the step that did it.
 
     After a long freeze a server has been seen to ignore even an immediate shutdown for about a
-    minute; a fence cannot wait that long, hence the last step.
+    minute; a fence cannot wait that long, hence the last step. A postmaster stopped by a signal (chaos
+    postgres-freeze, a debugger) would act on a shutdown only once running again, taking writes first: it
+    gets the last step at once.
     """
+    pid = pgact.running_pid(cfg.pg(node).data_dir)
+    if pid is not None and pgact.stopped_by_signal(pid):
+        pgact.kill_server(cfg, node)
+        return StopStep.KILL
     for step in (StopStep.FAST, StopStep.IMMEDIATE):
         try:
             pgact.stop(cfg, node, pgact.StopMode(step.value), timeout_s=int(step_timeout_s))

@@ -411,6 +411,15 @@ def running_pid(data_dir: Path) -> int | None:
     return None if _zombie(status) else pid
 
 
+def stopped_by_signal(pid: int) -> bool:
+    """Is the process stopped (SIGSTOP, a debugger's hold)? It acts on no signal but SIGKILL and SIGCONT."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state in ("T", "t")
+
+
 def server_stopping(data_dir: Path) -> bool:
     """Has the postmaster of ``data_dir`` begun to shut down? Its lock file's status line (the 8th) says
     "stopping" from the moment it got the signal; read from the file, so a stuck server cannot hold it up."""

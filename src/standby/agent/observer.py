@@ -37,7 +37,9 @@ class Observer:
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.cfg, self.node, self.db = cfg, node, db
         self._in_pg, self._in_kernel, self.guard, self._clock = in_pg, in_kernel, guard, clock
-        self.spoke_at = clock()  # the server's last answer of any kind (Observation.pg_silent_s)
+        # When the pending reading was asked on a connection already open (Observation.pg_silent_s); None: on
+        # none (a connection being made may fail or time out: that says nothing of the running server).
+        self.asked_open_at: float | None = None
         self.interval_s = cfg.timings.heartbeat_interval_ms / 1000
         self.pg = LocalPg(DbState.DOWN)
         self.sync_names: str | None = None
@@ -61,6 +63,7 @@ class Observer:
         """The local server, waited for one interval at most: a late answer is used by a later step, and
         meanwhile the last observation stands. Only a server whose postmaster is gone reads as DOWN."""
         if self.pending is None:
+            self.asked_open_at = self._clock() if self.db.connected else None
             self.pending = asyncio.ensure_future(self._in_pg(self.db.read))
         if wait_s is None:
             wait_s = self.interval_s if self.seen else FIRST_READ_WAIT_S
@@ -75,8 +78,6 @@ class Observer:
         except Exception as e:  # noqa: BLE001  (an observation that fails reads as last known, never ends the agent)
             self.guard.failed("postgres", e)
             return
-        if result is not pgobs.Unanswered.NO_ANSWER:  # its state, or an error it gave: it answers
-            self.spoke_at = self._clock()
         if isinstance(result, pgobs.Unanswered) and not result.down:
             self.guard.failed("postgres", f"{result.value}; keeping the last observation")
             return
@@ -84,8 +85,12 @@ class Observer:
         self.guard.ok("postgres")
 
     def silent_s(self, now: float) -> float:
-        """Seconds since the server last answered a reading (about one interval at most while it answers)."""
-        return max(0.0, now - self.spoke_at)
+        """How long a question asked on the open connection has gone unanswered (0 with none outstanding). A
+        running server answers it within the statement timeout, an error included; one whose processes are
+        stopped (SIGSTOP, a debugger) leaves it for ever, while its last reading stands."""
+        if self.pending is None or self.pending.done() or self.asked_open_at is None:
+            return 0.0
+        return max(0.0, now - self.asked_open_at)
 
     async def carriers(self) -> None:
         self.carrier = await self.guard.read("carrier", lambda: self._in_kernel(self.read_carriers), self.carrier)
