@@ -9,12 +9,14 @@ by bench/failover.py, never asserted here.
 from __future__ import annotations
 
 import json
+import signal
 import time
 from pathlib import Path
 
 import pytest
 
 from standby.lab import Lab
+from standby.lab import faults as labfaults
 from standby.lab.pair import (
     agent_state,
     holders,
@@ -60,6 +62,28 @@ def test_postgres_killed_on_primary_database_moves(pair: Lab, tmp_path: Path) ->
         settle(pair, db="beta", services="beta")
         run.wait_served_by(pair, "beta")
     assert agent_state(pair, "alpha")["state"]["fenced"] is True
+    no_loss_no_dual(pair, run, on="beta")
+
+
+def test_postgres_frozen_on_primary_past_the_bound_database_moves(pair: Lab, tmp_path: Path) -> None:
+    """Chaos kind postgres-freeze, held past timings.postgres_unresponsive_ms (15 s by default): alpha's server
+    processes are stopped, its host and agent run on. Its agent's question goes unanswered; at the bound it fences
+    alpha (SIGKILL: a stopped postmaster acts on nothing else), and beta takes the database and then the services.
+    Before, alpha's last reading (primary) stood for ever and the database never moved."""
+    stopped: list[int] = []
+    try:
+        with under_load(pair, tmp_path) as run:
+            wait_ready(pair, timeout_s=10)
+            run.t_fault = time.monotonic()
+            stopped = pair.freeze_postgres("alpha")
+            assert stopped, "alpha's server was not running"
+            settle(pair, db="beta", services="beta", timeout_s=60)
+            run.wait_served_by(pair, "beta")
+    finally:
+        labfaults.stop_pids(stopped, signal.SIGCONT)  # any process the fence did not kill runs again
+    assert agent_state(pair, "alpha")["state"]["fenced"] is True
+    fences = [e["reason"] for e in role_changes(pair, "alpha") if e["action"] == "fence"]
+    assert fences[:1] == ["pg_unresponsive_failover"], fences  # (then fence_enforced while it still read primary)
     no_loss_no_dual(pair, run, on="beta")
 
 
