@@ -5,6 +5,7 @@ pipelined second request, a handler's defect) and what the agent's process no lo
 from __future__ import annotations
 
 import asyncio
+import email.utils
 import http.client
 import socket
 import subprocess
@@ -107,6 +108,17 @@ def test_a_request_is_parsed_and_answered_with_the_headers_every_answer_carries(
     req = served.seen[-1]
     assert (req.method, req.path, dict(req.query), req.body) == ("POST", "/echo", {"a": "1", "b": " x"}, b'{"k": 1}')
     assert req.header("content-type") == "application/json" and req.remote == "127.0.0.1"
+
+
+def test_ci79_every_answer_carries_the_servers_date(served: Served) -> None:
+    """HTTP's Date header, which the server framework before h11 sent by itself: an operator (and the lab's
+    clock test) reads the agent's wall clock from it. Missing, tests/lab/test_clock.py failed in CI run 79."""
+    for path, status in (("/echo", 200), ("/nowhere", 404), ("/broken", 500)):
+        r = _ask(served.port, "GET", path)
+        assert r.status == status
+        sent = r.getheader("Date")
+        assert sent is not None, f"{path}: no Date header"
+        assert abs(email.utils.parsedate_to_datetime(sent).timestamp() - time.time()) < 5, sent
 
 
 def test_unknown_paths_and_methods_are_4xx_with_a_reason_and_the_answer_header(served: Served) -> None:

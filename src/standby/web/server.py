@@ -16,6 +16,7 @@ the server: a bad request is a 4xx, a failed handler a 500, a failed accept a pa
 from __future__ import annotations
 
 import asyncio
+import email.utils
 import ipaddress
 import json
 import logging
@@ -294,8 +295,9 @@ class Server:
 
     async def _send(self, h: h11.Connection, writer: asyncio.StreamWriter, method: str, response: Response,
                     keep: bool) -> None:
-        headers = {**self._headers(), **response.headers, "Content-Type": response.content_type,
-                   "Content-Length": str(len(response.body))}
+        # Date: HTTP asks it of a server with a clock, and people read the node's wall clock from it.
+        headers = {"Date": email.utils.formatdate(usegmt=True), **self._headers(), **response.headers,
+                   "Content-Type": response.content_type, "Content-Length": str(len(response.body))}
         if not keep:
             headers["Connection"] = "close"
         try:
