@@ -30,10 +30,16 @@ class Refusal(StrEnum):
     NOT_RUNNING_STANDBY = "is not a running standby"
     NOT_STOPPED = "has PostgreSQL running; it must be stopped first"
     NEVER_PRIMARY = "was not the primary before; refusing to make it one"
+    NOT_ANSWERING = "has a PostgreSQL that has not answered the agent"
 
     def describe(self, node: str, db: DbState) -> str:
         if self is Refusal.NOT_SUSPENDED:
             return self.value
+        if self is Refusal.NOT_ANSWERING:
+            return (f"{node} {self.value} for over {UNANSWERED_REFUSE_S:g} s (its processes stopped by a signal or a "
+                    "debugger, or its disk hung?): the operation would wait behind it, holding the agent's decisions. "
+                    f"Fence it (standby fence {node}), or leave a primary to the agent, which hands its database over "
+                    "to an in-sync standby after timings.postgres_unresponsive_ms")
         return f"{node} {self.value} (PostgreSQL is {db.value})"
 
 
@@ -48,8 +54,18 @@ class Operation(StrEnum):
     FENCE = "fence"
 
 
-def refusal(op: Operation, s: State, db: DbState, suspended: bool) -> Refusal | None:
-    """May ``op`` run on a node in state ``s`` whose PostgreSQL is observed as ``db``?"""
+# The agent's question to its own server answers within its 2 s statement timeout, an error included; left
+# unanswered longer, the server is not running (stopped by a signal, a hung disk) and every step of an operation
+# but the fence's stop (a thread of its own) would queue behind that question on the PostgreSQL thread, holding
+# the decision turn until the server runs again: no decision meanwhile, not even this server's hand-over.
+UNANSWERED_REFUSE_S = 3.0
+
+
+def refusal(op: Operation, s: State, db: DbState, suspended: bool, pg_silent_s: float = 0.0) -> Refusal | None:
+    """May ``op`` run on a node in state ``s`` whose PostgreSQL is observed as ``db``, the agent's question to it
+    unanswered for ``pg_silent_s`` (Observation.pg_silent_s)?"""
+    if op is not Operation.FENCE and pg_silent_s > UNANSWERED_REFUSE_S:
+        return Refusal.NOT_ANSWERING
     match op:
         case Operation.DEMOTE:
             if not suspended:

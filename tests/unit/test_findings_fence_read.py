@@ -325,6 +325,14 @@ class HungReadStop(HungRead):
         self.stopped.set()
 
 
+async def _serving_then_hung(sh: Shell, pg: HungReadStop) -> None:
+    """Five healthy steps, then the PostgreSQL thread taken by a reading that hangs."""
+    await sh.start()
+    for _ in range(5):
+        await sh.tick()
+    sh.agent.pg_pool.submit(pg.hung_read)
+
+
 def test_r3_a_decided_fences_stop_does_not_wait_behind_a_reading_that_hangs(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Known residual of the second read (2026-12-05): the agent's own FENCE ran its stop on the PostgreSQL
@@ -334,10 +342,7 @@ def test_r3_a_decided_fences_stop_does_not_wait_behind_a_reading_that_hangs(
     pg = HungReadStop()
     with shell(tmp_path, monkeypatch, pg, FakeKernel({SERVICE_IP})) as sh:
         async def go() -> None:
-            await sh.start()
-            for _ in range(5):
-                await sh.tick()
-            sh.agent.pg_pool.submit(pg.hung_read)  # the PostgreSQL thread is taken
+            await _serving_then_hung(sh, pg)
             await sh.tick(advance=6.8)  # a stall: its peer may have taken over; the fence is decided
             stopped = await asyncio.to_thread(pg.stopped.wait, 5)
             pg.free.set()
@@ -356,10 +361,7 @@ def test_r3_a_persons_fences_stop_does_not_wait_behind_a_reading_that_hangs(
     pg = HungReadStop()
     with shell(tmp_path, monkeypatch, pg, FakeKernel({SERVICE_IP})) as sh:
         async def go() -> None:
-            await sh.start()
-            for _ in range(5):
-                await sh.tick()
-            sh.agent.pg_pool.submit(pg.hung_read)
+            await _serving_then_hung(sh, pg)
             fence = asyncio.ensure_future(sh.agent.operator.operate("fence"))
             stopped = await asyncio.to_thread(pg.stopped.wait, 5)
             pg.free.set()
@@ -368,6 +370,35 @@ def test_r3_a_persons_fences_stop_does_not_wait_behind_a_reading_that_hangs(
 
         run(go())
         assert pg.stops_while_hung == [True] and sh.agent.store.load_state()["fenced"] is True, pg.calls
+
+
+def test_r4_a_switchover_on_a_server_that_does_not_answer_is_refused_and_the_turn_is_free(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Known residual of the unresponsive-server read: a switchover's demote on a primary whose server hangs
+    (its processes stopped) waited behind the hung reading for ever, holding the decision turn; the agent then
+    decided nothing, not even the hand-over of that server. It is refused at once, nothing is changed, and the
+    next step decides."""
+    from standby.agent.opsteps import OpError
+
+    pg = HungReadStop()
+    with shell(tmp_path, monkeypatch, pg, FakeKernel({SERVICE_IP})) as sh:
+        async def go() -> None:
+            await sh.agent.operator.set_maintenance(True)
+            await _serving_then_hung(sh, pg)  # the server stops answering
+            for _ in range(30):  # 4.5 s: the agent's question unanswered past the bound
+                await sh.tick()
+            decided = sh.agent.decisions
+            try:
+                with pytest.raises(OpError, match="not answered"):
+                    await asyncio.wait_for(sh.agent.operator.operate("demote"), 3)
+                await asyncio.wait_for(sh.tick(), 3)  # the turn is free: the next step runs
+                assert sh.agent.decisions == decided + 1
+            finally:
+                pg.free.set()
+
+        run(go())
+        assert pg.calls == [] and pg.stops_while_hung == [] and sh.kernel.held == {SERVICE_IP}, pg.calls
+        assert not sh.agent.state.fenced
 
 
 # -- the second read, of the fixes above ------------------------------------------------------------

@@ -62,6 +62,27 @@ def test_each_operation_is_refused_only_for_its_named_reason(op: Operation, stat
     assert ops.refusal(op, state, db, suspended) is refused
 
 
+@given(st.sampled_from(Operation), states, st.sampled_from(DbState), st.booleans(),
+       st.floats(0.0, 600.0, allow_nan=False))
+def test_an_operation_never_waits_behind_a_server_that_does_not_answer(op: Operation, s: State, db: DbState,
+                                                                        suspended: bool, silent_s: float) -> None:
+    """Known residual of the unresponsive-server read (2026-12-05): an operation on a node whose server had
+    stopped answering (SIGSTOP, a debugger, a hung disk) queued its first step behind the hung reading and
+    held the decision turn until the server ran again: no decision, the hand-over of that server included,
+    and no person's fence. Every operation but the fence (which stops the server on a thread of its own) is
+    refused once the agent's question has gone unanswered past the bound; below it, the other rules alone."""
+    refused = ops.refusal(op, s, db, suspended, silent_s)
+    if op is not Operation.FENCE and silent_s > ops.UNANSWERED_REFUSE_S:
+        assert refused is Refusal.NOT_ANSWERING
+    else:
+        assert refused is ops.refusal(op, s, db, suspended)
+
+
+def test_the_refusal_of_a_silent_server_says_what_to_do() -> None:
+    text = Refusal.NOT_ANSWERING.describe("alpha", DbState.PRIMARY)
+    assert "alpha" in text and "standby fence alpha" in text and "timings.postgres_unresponsive_ms" in text
+
+
 def test_a_refusal_names_the_node_and_what_its_server_is() -> None:
     text = Refusal.NOT_PRIMARY.describe("alpha", DbState.STANDBY)
     assert "alpha" in text and "standby" in text

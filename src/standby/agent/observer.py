@@ -92,6 +92,9 @@ class Observer:
             return 0.0
         return max(0.0, now - self.asked_open_at)
 
+    def silent_now(self) -> float:
+        return self.silent_s(self._clock())
+
     async def carriers(self) -> None:
         self.carrier = await self.guard.read("carrier", lambda: self._in_kernel(self.read_carriers), self.carrier)
 

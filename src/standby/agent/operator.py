@@ -96,10 +96,10 @@ class Operator:
                 self._forgive_pause()
 
     async def _run(self, op: Operation, *args: Any) -> dict[str, Any]:
-        if (refused := ops.refusal(op, self.cell.state, self.observer.pg.db, self.suspended)) is not None:
+        if (refused := ops.refusal(op, self.cell.state, self.observer.pg.db, self.suspended,
+                                   self.observer.silent_now())) is not None:
             raise OpError(refused.describe(self.node, self.observer.pg.db))
-        # From here the operation changes the node: what was decided before it is stale, and so is
-        # what was observed before it (a refused operation changes nothing and supersedes nothing).
+        # From here the operation changes the node: what was decided or observed before it is stale (a refusal changes nothing).
         self.executor.supersede()
         try:
             return await self._dispatch(op, *args)
