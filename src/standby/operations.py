@@ -17,6 +17,7 @@ from __future__ import annotations
 from dataclasses import replace
 from enum import StrEnum
 
+from standby.config import MIN_UNRESPONSIVE_MS
 from standby.decide import State
 from standby.model import DbState
 
@@ -36,10 +37,11 @@ class Refusal(StrEnum):
         if self is Refusal.NOT_SUSPENDED:
             return self.value
         if self is Refusal.NOT_ANSWERING:
-            return (f"{node} {self.value} for over {UNANSWERED_REFUSE_S:g} s (its processes stopped by a signal or a "
-                    "debugger, or its disk hung?): the operation would wait behind it, holding the agent's decisions. "
-                    f"Fence it (standby fence {node}), or leave a primary to the agent, which hands its database over "
-                    "to an in-sync standby after timings.postgres_unresponsive_ms")
+            return (f"{node} {self.value} for over {UNANSWERED_REFUSE_S:g} s: nothing was changed. The operation would "
+                    "wait behind that question, holding the agent's decisions. Try again in a moment (a long action "
+                    "on that server also delays it); if it lasts, the server is not running (its processes stopped, its "
+                    f"disk hung?): look at it, or fence it (standby fence {node}); a primary in that state is handed "
+                    "over by its agent after timings.postgres_unresponsive_ms when a hot standby has everything")
         return f"{node} {self.value} (PostgreSQL is {db.value})"
 
 
@@ -54,11 +56,14 @@ class Operation(StrEnum):
     FENCE = "fence"
 
 
-# The agent's question to its own server answers within its 2 s statement timeout, an error included; left
-# unanswered longer, the server is not running (stopped by a signal, a hung disk) and every step of an operation
-# but the fence's stop (a thread of its own) would queue behind that question on the PostgreSQL thread, holding
-# the decision turn until the server runs again: no decision meanwhile, not even this server's hand-over.
-UNANSWERED_REFUSE_S = 3.0
+# The agent's question to its own server answers within its 2 s statement timeout, an error included. Left
+# unanswered past the floor of timings.postgres_unresponsive_ms (a slow server is not a hung one), the server is
+# likely not running (stopped by a signal, a hung disk), and every step of an operation but the fence's stop (a
+# thread of its own) would queue behind that question on the PostgreSQL thread, holding the decision turn until
+# the server runs again: no decision meanwhile, not even this server's hand-over. The time counts from when the
+# question was asked, so a long action on that thread (a promotion's wait) may also cause a refusal: harmless,
+# nothing is changed and the message says to try again.
+UNANSWERED_REFUSE_S = MIN_UNRESPONSIVE_MS / 1000
 
 
 def refusal(op: Operation, s: State, db: DbState, suspended: bool, pg_silent_s: float = 0.0) -> Refusal | None:

@@ -372,6 +372,19 @@ def test_r3_a_persons_fences_stop_does_not_wait_behind_a_reading_that_hangs(
         assert pg.stops_while_hung == [True] and sh.agent.store.load_state()["fenced"] is True, pg.calls
 
 
+class FrozenRead(HungReadStop):
+    """The agent's own question is the one that hangs, once ``frozen`` is set (its processes stopped)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.frozen = threading.Event()
+
+    def read(self) -> tuple[LocalPg, str | None]:
+        if self.frozen.is_set():
+            self.hung_read()
+        return super().read()
+
+
 def test_r4_a_switchover_on_a_server_that_does_not_answer_is_refused_and_the_turn_is_free(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Known residual of the unresponsive-server read: a switchover's demote on a primary whose server hangs
@@ -380,12 +393,15 @@ def test_r4_a_switchover_on_a_server_that_does_not_answer_is_refused_and_the_tur
     next step decides."""
     from standby.agent.opsteps import OpError
 
-    pg = HungReadStop()
+    pg = FrozenRead()
     with shell(tmp_path, monkeypatch, pg, FakeKernel({SERVICE_IP})) as sh:
         async def go() -> None:
             await sh.agent.operator.set_maintenance(True)
-            await _serving_then_hung(sh, pg)  # the server stops answering
-            for _ in range(30):  # 4.5 s: the agent's question unanswered past the bound
+            await sh.start()
+            for _ in range(5):
+                await sh.tick()
+            pg.frozen.set()  # the server stops answering: the agent's next question hangs on its open connection
+            for _ in range(40):  # 6 s: unanswered past the bound
                 await sh.tick()
             decided = sh.agent.decisions
             try:

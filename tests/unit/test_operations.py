@@ -62,20 +62,30 @@ def test_each_operation_is_refused_only_for_its_named_reason(op: Operation, stat
     assert ops.refusal(op, state, db, suspended) is refused
 
 
-@given(st.sampled_from(Operation), states, st.sampled_from(DbState), st.booleans(),
-       st.floats(0.0, 600.0, allow_nan=False))
-def test_an_operation_never_waits_behind_a_server_that_does_not_answer(op: Operation, s: State, db: DbState,
-                                                                        suspended: bool, silent_s: float) -> None:
+@pytest.mark.parametrize("op", list(Operation))
+@pytest.mark.parametrize(("silent_s", "refused"), [(0.0, False), (4.9, False), (5.0, False), (5.1, True), (600.0, True)])
+def test_an_operation_never_waits_behind_a_server_that_does_not_answer(op: Operation, silent_s: float,
+                                                                        refused: bool) -> None:
     """Known residual of the unresponsive-server read (2026-12-05): an operation on a node whose server had
     stopped answering (SIGSTOP, a debugger, a hung disk) queued its first step behind the hung reading and
     held the decision turn until the server ran again: no decision, the hand-over of that server included,
     and no person's fence. Every operation but the fence (which stops the server on a thread of its own) is
-    refused once the agent's question has gone unanswered past the bound; below it, the other rules alone."""
-    refused = ops.refusal(op, s, db, suspended, silent_s)
-    if op is not Operation.FENCE and silent_s > ops.UNANSWERED_REFUSE_S:
-        assert refused is Refusal.NOT_ANSWERING
-    else:
-        assert refused is ops.refusal(op, s, db, suspended)
+    refused once the agent's question has gone unanswered past 5 s, the floor that tells a hung server from
+    a slow one (config.MIN_UNRESPONSIVE_MS); the states below are ones each operation is otherwise allowed in."""
+    allowed = {Operation.DEMOTE: (State(), DbState.PRIMARY), Operation.PROMOTE: (State(), DbState.STANDBY),
+               Operation.FOLLOW: (State(), DbState.DOWN), Operation.RESUME: (State(was_primary=True), DbState.DOWN),
+               Operation.MANUAL_PROMOTE: (State(), DbState.STANDBY), Operation.REJOIN: (State(fenced=True), DbState.DOWN),
+               Operation.REBUILD: (State(fenced=True), DbState.DOWN), Operation.FENCE: (State(), DbState.PRIMARY)}
+    s, db = allowed[op]
+    assert ops.refusal(op, s, db, True) is None
+    expected = Refusal.NOT_ANSWERING if refused and op is not Operation.FENCE else None
+    assert ops.refusal(op, s, db, True, silent_s) is expected
+
+
+@given(st.sampled_from(Operation), states, st.sampled_from(DbState), st.booleans(), st.floats(0.0, 5.0))
+def test_below_the_bound_only_the_other_rules_refuse(op: Operation, s: State, db: DbState, suspended: bool,
+                                                     silent_s: float) -> None:
+    assert ops.refusal(op, s, db, suspended, silent_s) is ops.refusal(op, s, db, suspended)
 
 
 def test_the_refusal_of_a_silent_server_says_what_to_do() -> None:
