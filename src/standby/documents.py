@@ -273,6 +273,9 @@ class PostgresView:
     streaming: bool
     peer_sync: bool
     synchronous_standby_names: str | None
+    # How long the agent's question to its server has been left unanswered on the open connection (0: none
+    # outstanding). Past operations.UNANSWERED_REFUSE_S a person's operations are refused. Absent from older agents.
+    unanswered_s: float = 0.0
 
 
 @dataclass(frozen=True)

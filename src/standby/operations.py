@@ -66,10 +66,16 @@ class Operation(StrEnum):
 UNANSWERED_REFUSE_S = MIN_UNRESPONSIVE_MS / 1000
 
 
+def not_answering(pg_silent_s: float) -> bool:
+    """Has the agent's question to its server been left unanswered too long for a person's operation to wait behind?
+    Also asked by the commands before their first step (`standby switchover`, `standby promote`)."""
+    return pg_silent_s > UNANSWERED_REFUSE_S
+
+
 def refusal(op: Operation, s: State, db: DbState, suspended: bool, pg_silent_s: float = 0.0) -> Refusal | None:
     """May ``op`` run on a node in state ``s`` whose PostgreSQL is observed as ``db``, the agent's question to it
     unanswered for ``pg_silent_s`` (Observation.pg_silent_s)?"""
-    if op is not Operation.FENCE and pg_silent_s > UNANSWERED_REFUSE_S:
+    if op is not Operation.FENCE and not_answering(pg_silent_s):
         return Refusal.NOT_ANSWERING
     match op:
         case Operation.DEMOTE:

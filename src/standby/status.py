@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from standby import __version__, protocol, topology
+from standby import operations as ops
 from standby.apiclient import agent_status, follower_status
 from standby.config import Config, Durability, Mode, ReportingFallback, ServiceIP
 from standby.documents import (
@@ -131,6 +132,10 @@ def _agent_warnings(cfg: Config, o: Observations) -> list[str]:
             out.append(f"MAINTENANCE on {name}: automatic failover SUSPENDED (by {by}, until {until}, {left} s left); "
                        f"resume with POST /maintenance {{\"suspend\": false}} or let it expire")
         pg_state = a.postgres.state
+        if ops.not_answering(a.postgres.unanswered_s):
+            out.append(f"{name}'s PostgreSQL has left its agent's question unanswered for {a.postgres.unanswered_s:g} s "
+                       "(its processes stopped, its disk hung?): the agent keeps its last reading, and refuses "
+                       "operations but a fence")
         if pg_state is DbState.PRIMARY and st.degraded and cfg.replication.durability is Durability.SYNC:
             out.append(f"{name} does not wait for a standby: commits acknowledged now exist only on {name}")
         if pg_state is DbState.STANDBY and cfg.mode is Mode.HOT and not st.eligible:

@@ -26,6 +26,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from standby import operations as ops
+from standby.api import agent_view
 from standby.decide import Policy, State, decide
 from standby.model import ActionKind, DbState, LocalPg, Net, Observation, PeerView
 from tests.unit.shell_fakes import STANDBY, FakeKernel, FakePostgres, Shell, run, shell
@@ -403,6 +404,7 @@ def test_r4_a_switchover_on_a_server_that_does_not_answer_is_refused_and_the_tur
             pg.frozen.set()  # the server stops answering: the agent's next question hangs on its open connection
             for _ in range(40):  # 6 s: unanswered past the bound
                 await sh.tick()
+            assert agent_view(sh.agent).postgres.unanswered_s > 5  # what `standby status` and the commands read
             decided = sh.agent.decisions
             try:
                 with pytest.raises(OpError, match="not answered"):

@@ -130,7 +130,7 @@ class FakePair:
         db = DbState.PRIMARY if node == "alpha" else DbState.STANDBY
         if node == "beta" and any(c == ("promote", "beta") for c in self.calls):
             db = self.standby_after
-        pg = type("Pg", (), {"state": db, "streaming": True})()
+        pg = type("Pg", (), {"state": db, "streaming": True, "unanswered_s": 0.0})()
         return type("View", (), {"postgres": pg, "state": type("S", (), {"promoting": False})()})()
 
     def api(self, cfg: Any) -> Any:

@@ -18,6 +18,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from standby import operations as ops
 from standby.apiclient import AgentApi, ApiError, agent_status
 from standby.config import Config
 from standby.documents import AgentView, Demoted, Promoted
@@ -48,6 +49,8 @@ def roles(cfg: Config) -> tuple[str, str, dict[str, AgentView]]:
         if v is None:
             raise SwitchoverError(f"{n}'s agent does not answer; a switchover needs both agents")
         views[n] = v
+        if ops.not_answering(v.postgres.unanswered_s):  # its steps would wait behind it: refused before any of them
+            raise SwitchoverError("switchover refused: " + ops.Refusal.NOT_ANSWERING.describe(n, v.postgres.state))
     prim = [n for n, v in views.items() if v.postgres.state is DbState.PRIMARY]
     if len(prim) != 1:
         raise SwitchoverError(f"expected exactly one primary, found {prim or 'none'}")

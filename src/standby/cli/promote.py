@@ -49,6 +49,8 @@ def command(config_path: Path, node: str | None, yes: bool, force: bool) -> None
         raise OperatorError(f"the agent on {me} does not answer; start it first (`standby agent`)")
     if mine.postgres.state is not DbState.STANDBY:
         raise OperatorError(f"{me} is not a standby (PostgreSQL is {mine.postgres.state.value}); nothing to promote")
+    if ops.not_answering(mine.postgres.unanswered_s):  # before the peer's fence: the promotion would be refused after it
+        raise OperatorError("promotion refused: " + ops.Refusal.NOT_ANSWERING.describe(me, mine.postgres.state))
 
     heard = mine.last_heard_s_ago()
     click.echo(f"last contact with {peer}: " + (f"{heard:.1f} s ago" if heard is not None
