@@ -121,6 +121,16 @@ def test_ci79_every_answer_carries_the_servers_date(served: Served) -> None:
         assert abs(email.utils.parsedate_to_datetime(sent).timestamp() - time.time()) < 5, sent
 
 
+def test_blank_lines_before_the_request_line_are_ignored(served: Served) -> None:
+    """RFC 9112 2.2: a server SHOULD ignore at least one empty line before the request line (aiohttp did; a
+    hand-written check may send one). Only blank lines, then the connection's end, is no request: no answer."""
+    got = _raw(served.port, b"\r\n\r\nGET /echo HTTP/1.0\r\n\r\n")
+    assert got.startswith(b"HTTP/1.1 200 "), got[:80]
+    got = _raw(served.port, b"\n\r\nGET /echo HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert got.startswith(b"HTTP/1.1 200 "), got[:80]
+    assert _raw(served.port, b"\r\n\r\n") == b""
+
+
 def test_unknown_paths_and_methods_are_4xx_with_a_reason_and_the_answer_header(served: Served) -> None:
     r = _ask(served.port, "GET", "/nothing")
     assert r.status == 404 and r.getheader("X-Every") == "answer"

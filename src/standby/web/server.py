@@ -265,6 +265,7 @@ class Server:
                     remote: str) -> Request | None:
         head: h11.Request | None = None
         body = bytearray()
+        begun = False  # a byte of this request given to h11
         while True:
             method = "GET" if head is None else head.method.decode("latin-1")
             try:
@@ -274,7 +275,12 @@ class Server:
             if event is h11.NEED_DATA:
                 if head is not None and h.they_are_waiting_for_100_continue:
                     writer.write(h.send(h11.InformationalResponse(status_code=100, headers=[])))
-                h.receive_data(await reader.read(READ_CHUNK))
+                chunk = await reader.read(READ_CHUNK)
+                if not begun:  # blank lines before a request line are ignored (RFC 9112, 2.2); h11 refuses them
+                    if chunk and not (chunk := chunk.lstrip(b"\r\n")):
+                        continue
+                    begun = True
+                h.receive_data(chunk)
             elif isinstance(event, h11.Request):
                 head = event
                 declared = dict(event.headers).get(b"content-length")
