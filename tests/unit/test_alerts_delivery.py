@@ -125,20 +125,28 @@ class HookSink:
 
 
 @contextlib.asynccontextmanager
-async def hook_server(sink: HookSink) -> AsyncIterator[str]:
+async def hook_site(path: str, handle: Any) -> AsyncIterator[str]:
+    """A webhook receiver on loopback answering POSTs to ``path`` with ``handle``; yields its "host:port"."""
     app = web.Application()
-    app.router.add_post("/hook/{token}", sink.handle)
+    app.router.add_post(path, handle)
     runner = web.AppRunner(app, shutdown_timeout=0.5)
     await runner.setup()
     try:
-        site = web.TCPSite(runner, LOOPBACK, 0)
-        await site.start()
+        await web.TCPSite(runner, LOOPBACK, 0).start()
         host, port = runner.addresses[0][:2]
-        yield f"http://{host}:{port}/hook/T0KEN-in-path"
+        yield f"{host}:{port}"
     finally:
-        if sink.gate is not None:
-            sink.gate.set()  # let held requests finish so the runner can close
         await runner.cleanup()
+
+
+@contextlib.asynccontextmanager
+async def hook_server(sink: HookSink) -> AsyncIterator[str]:
+    async with hook_site("/hook/{token}", sink.handle) as where:
+        try:
+            yield f"http://{where}/hook/T0KEN-in-path"
+        finally:
+            if sink.gate is not None:
+                sink.gate.set()  # let held requests finish so the runner can close
 
 
 # -- the dispatcher under test ---------------------------------------------------------------------
@@ -452,19 +460,11 @@ def test_webhook_credentials_in_the_url_are_sent_as_basic_authentication() -> No
         return web.json_response({"ok": True})
 
     async def main() -> None:
-        app = web.Application()
-        app.router.add_post("/hook", handle)
-        runner = web.AppRunner(app, shutdown_timeout=0.5)
-        await runner.setup()
-        try:
-            await web.TCPSite(runner, LOOPBACK, 0).start()
-            host, port = runner.addresses[0][:2]
-            ch = WebhookChannel(Webhook(url=f"http://al%40rts:s3cr%3At@{host}:{port}/hook", retries=0))
+        async with hook_site("/hook", handle) as where:
+            ch = WebhookChannel(Webhook(url=f"http://al%40rts:s3cr%3At@{where}/hook", retries=0))
             await ch.send(_message())
             await ch.close()
             assert "s3cr" not in repr(ch)
-        finally:
-            await runner.cleanup()
 
     asyncio.run(main())
     assert seen == ["Basic " + base64.b64encode(b"al@rts:s3cr:t").decode()]
@@ -480,20 +480,12 @@ def test_a_redirected_webhook_is_a_permanent_failure_that_names_the_fix() -> Non
         raise web.HTTPFound("/elsewhere")
 
     async def main() -> None:
-        app = web.Application()
-        app.router.add_post("/hook", handle)
-        runner = web.AppRunner(app, shutdown_timeout=0.5)
-        await runner.setup()
-        try:
-            await web.TCPSite(runner, LOOPBACK, 0).start()
-            host, port = runner.addresses[0][:2]
-            ch = WebhookChannel(Webhook(url=f"http://{host}:{port}/hook", retries=2), quick_backoff_s=0.01)
+        async with hook_site("/hook", handle) as where:
+            ch = WebhookChannel(Webhook(url=f"http://{where}/hook", retries=2), quick_backoff_s=0.01)
             with pytest.raises(DeliveryError) as e:
                 await ch.send(_message())
             await ch.close()
             assert e.value.permanent and "302" in str(e.value) and "webhook.url" in str(e.value)
-        finally:
-            await runner.cleanup()
 
     asyncio.run(main())
     assert posts == ["/hook"]  # once: not retried, not followed
