@@ -208,7 +208,8 @@ class Timings(_Strict):
     service_unhealthy_ms: int = Field(5000, ge=100, le=600_000)
     # A primary whose PostgreSQL leaves the agent's question on its open connection unanswered this long
     # (its processes stopped by a signal or a debugger: not a slow query, which answers with its timeout,
-    # nor a connection that fails) hands the database to an in-sync standby, as if it had crashed
+    # nor a connection that fails), or flushes no WAL this long while commits wait on it (a hung disk),
+    # hands the database to an in-sync standby, as if it had crashed
     # (replication.on_postgres_crash = "failover"). 0 = never.
     postgres_unresponsive_ms: int = Field(15_000, ge=0, le=600_000)
     # SCHED_RR priority of the agent (1-99; 0 = normal scheduling). A starved

@@ -491,14 +491,17 @@ def _primary_rules(s: State, o: Observation, p: Policy) -> tuple[State, list[Act
     """A running primary: hands the database over when its server answers nothing or its replication link is
     down (rule 5), else keeps sync."""
     peer = peer_fresh(o, p)
-    # A server that answers nothing (a hung disk, stopped by a signal) serves nobody, and its last observation
-    # would stand for ever: handed over as a crashed one, to a standby that has everything. The fence's stop
-    # escalates to SIGKILL, and the standby takes over on FENCED only: once this server is seen down.
-    if (p.hot and p.pg_crash is PgCrashPolicy.FAILOVER and 0 < p.pg_unresponsive_s <= o.pg_silent_s
+    # A server that serves nobody, handed over as a crashed one to a standby that has everything: one that
+    # answers nothing (stopped by a signal), whose last observation would stand for ever, or one whose WAL
+    # disk completes no write (a hung disk: commits wait, the agent's question, read from memory, is
+    # answered). The fence's stop escalates to SIGKILL, and the standby takes over on FENCED only: once this
+    # server is seen down (a process waiting on the disk holds the SIGKILL until its write returns, and then
+    # ends before it can acknowledge anything).
+    if (p.hot and p.pg_crash is PgCrashPolicy.FAILOVER and (not_serving := _not_serving(o, p)) is not None
             and peer is not None and peer.db is DbState.STANDBY and _standby_has_everything(s, p)):
-        return _fence(s, Reason.PG_UNRESPONSIVE_FAILOVER, f"PostgreSQL has answered nothing for {o.pg_silent_s:.0f} s; "
-                      "the standby, which has every acknowledged commit (sync) or is within the lag bound (async), "
-                      "takes over", False, resumable=True)
+        reason, what = not_serving
+        return _fence(s, reason, f"{what}; the standby, which has every acknowledged commit (sync) or is within "
+                      "the lag bound (async), takes over", False, resumable=True)
     if (p.hot and _lasted(s.private_bad_since, o.now, p.link_timeout_s) and fresh(o, Net.PUBLIC, p)
             and peer is not None and peer.db is DbState.STANDBY and peer.carrier.get(Net.PRIVATE, False)
             and _standby_has_everything(s, p)):
@@ -581,6 +584,18 @@ def _standby_rules(s: State, o: Observation, p: Policy) -> tuple[State, list[Act
             and (not p.has_service_ips or o.service_ip_elsewhere is False)):
         return _promote(s, Reason.PEER_DEAD, f"primary silent on every path for {quiet:.2f}s, tie-breaker answers")
     return s, []
+
+
+def _not_serving(o: Observation, p: Policy) -> tuple[Reason, str] | None:
+    """A running server that has served nobody for ``pg_unresponsive_s`` (0: never judged), and how."""
+    if p.pg_unresponsive_s <= 0:
+        return None
+    if o.pg_silent_s >= p.pg_unresponsive_s:
+        return Reason.PG_UNRESPONSIVE_FAILOVER, f"PostgreSQL has answered nothing for {o.pg_silent_s:.0f} s"
+    if o.wal_stuck_s >= p.pg_unresponsive_s:
+        return Reason.WAL_FLUSH_STUCK_FAILOVER, (f"PostgreSQL has flushed no WAL for {o.wal_stuck_s:.0f} s while "
+                                                 "commits wait on it (a hung disk)")
+    return None
 
 
 def _standby_has_everything(s: State, p: Policy) -> bool:

@@ -276,6 +276,9 @@ class PostgresView:
     # How long the agent's question to its server has been left unanswered on the open connection (0: none
     # outstanding). Past operations.UNANSWERED_REFUSE_S a person's operations are refused. Absent from older agents.
     unanswered_s: float = 0.0
+    # How long a primary's WAL flush position has stood still with commits waiting on it (0: flushing, or
+    # nothing waits; standby.observe.walstuck): a hung disk. Absent from older agents.
+    wal_stuck_s: float = 0.0
 
 
 @dataclass(frozen=True)

@@ -88,6 +88,7 @@ class Reason(StrEnum):
     PG_CRASHED_FAILOVER = "pg_crashed_failover"  # local PostgreSQL died; the in-sync standby takes over
     PG_CRASHED_RESTART = "pg_crashed_restart"  # local PostgreSQL died; restart in place
     PG_UNRESPONSIVE_FAILOVER = "pg_unresponsive_failover"  # local PostgreSQL answers nothing; the in-sync standby takes over
+    WAL_FLUSH_STUCK_FAILOVER = "wal_flush_stuck_failover"  # local WAL not flushed, commits waiting (hung disk): hand over
     PRIVATE_LOST_HERE = "private_lost_here"  # this primary's replication link is down: hand the DB over
     PEER_DEAD = "peer_dead"  # primary silent on every path, tie-breaker seen, eligible: fail over
     PEER_RELEASED_DB = "peer_released_db"  # the primary fenced itself and handed the DB over
@@ -145,6 +146,10 @@ class LocalPg:
     # Standby: seconds since its WAL receiver last heard from the upstream server (the server's
     # own clock); None without a receiver. A live upstream PostgreSQL is evidence the primary writes.
     upstream_age_s: float | None = None
+    # Primary: how far its WAL is on disk, and whether a process waits on a WAL write or sync right now (a
+    # commit waiting for its flush): with the flush position standing still, the WAL disk hangs.
+    flush_lsn: int | None = None
+    wal_waiting: bool = False
 
 
 @dataclass(frozen=True)
@@ -170,6 +175,10 @@ class Observation:
     # need be; one whose processes are stopped (a signal, a debugger) never does, and its last observation
     # (say PRIMARY) stands meanwhile. A connection that fails to open says nothing of the running server.
     pg_silent_s: float = 0.0
+    # How long the local primary's WAL flush position has stood still with a process waiting on a WAL write
+    # or sync at every reading (0 otherwise; standby.observe.walstuck). Its server answers the agent's
+    # question, which reads memory only, while no commit can finish: a hung disk.
+    wal_stuck_s: float = 0.0
 
 
 class DrSeen(StrEnum):

@@ -31,6 +31,10 @@ from standby.observe import addresses, probes
 from standby.observe import postgres as obs
 from standby.spool import state as spool_state
 
+# A flush that has stood still this long with commits waiting is said: a busy disk takes a second now and
+# then, a hung one never comes back (the hand-over waits for timings.postgres_unresponsive_ms).
+WAL_STUCK_WARN_S = 3.0
+
 
 @dataclass(frozen=True)
 class IpHolders:
@@ -136,6 +140,10 @@ def _agent_warnings(cfg: Config, o: Observations) -> list[str]:
             out.append(f"{name}'s PostgreSQL has left its agent's question unanswered for {a.postgres.unanswered_s:g} s "
                        "(its processes stopped, its disk hung?): the agent keeps its last reading, and refuses "
                        "operations but a fence")
+        if a.postgres.wal_stuck_s >= WAL_STUCK_WARN_S:
+            out.append(f"{name}'s PostgreSQL has flushed no WAL for {a.postgres.wal_stuck_s:g} s while commits wait on "
+                       f"it (its disk hung?): past timings.postgres_unresponsive_ms "
+                       f"({cfg.timings.postgres_unresponsive_ms} ms, 0 = never) the database moves to an in-sync standby")
         if pg_state is DbState.PRIMARY and st.degraded and cfg.replication.durability is Durability.SYNC:
             out.append(f"{name} does not wait for a standby: commits acknowledged now exist only on {name}")
         if pg_state is DbState.STANDBY and cfg.mode is Mode.HOT and not st.eligible:

@@ -87,6 +87,35 @@ def test_postgres_frozen_on_primary_past_the_bound_database_moves(pair: Lab, tmp
     no_loss_no_dual(pair, run, on="beta")
 
 
+@pytest.fixture
+def pair_wal_disk(lab_factory) -> Lab:  # type: ignore[no-untyped-def]
+    """A sync pair whose primary's WAL is on a file system of its own that the test can hang."""
+    return start_pair(lab_factory("sync"), before_agents=lambda lab: lab.wal_on_loop_ext4("alpha", 1024))
+
+
+def test_wal_disk_hung_on_primary_database_moves(pair_wal_disk: Lab, tmp_path: Path) -> None:
+    """Finding (hung disk): alpha's WAL disk stops completing writes (fsfreeze: every write waits in state D).
+    Its commits hang, yet its server answers the agent's question, which reads memory only, so the rule for a
+    server that answers nothing never fired: no commit for as long as the disk hung, and the database never
+    moved. Now the flush position standing still behind the insert position for
+    timings.postgres_unresponsive_ms hands it over: alpha fenced (its processes waiting in D state get SIGKILL,
+    which ends each the moment its write returns: none can acknowledge anything), beta takes over."""
+    pair = pair_wal_disk
+    try:
+        with under_load(pair, tmp_path) as run:
+            wait_ready(pair, timeout_s=10)
+            run.t_fault = time.monotonic()
+            assert pair.freeze_wal_disk("alpha"), "alpha's WAL is not on a disk that can hang"
+            settle(pair, db="beta", services="beta", timeout_s=60)
+            run.wait_served_by(pair, "beta")
+    finally:
+        pair.thaw_wal_disk("alpha")
+    assert agent_state(pair, "alpha")["state"]["fenced"] is True
+    fences = [e["reason"] for e in role_changes(pair, "alpha") if e["action"] == "fence"]
+    assert fences[:1] == ["wal_flush_stuck_failover"], fences
+    no_loss_no_dual(pair, run, on="beta")
+
+
 def test_primary_host_crashed_everything_moves(pair: Lab, tmp_path: Path) -> None:
     with under_load(pair, tmp_path) as run:
         run.t_fault = time.monotonic()

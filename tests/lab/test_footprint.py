@@ -17,6 +17,9 @@ def test_i13_one_round_trip_reads_the_primary_and_the_streaming_standby(lab: Lab
     assert primary.db is DbState.PRIMARY and primary.peer_sync and names
     assert primary.lsn is not None and primary.lsn <= current
     assert primary.peer_flush_lsn is not None and primary.peer_flush_lsn <= primary.lsn
+    # Its own flush position too (standby.observe.walstuck): never past what was written.
+    assert primary.flush_lsn is not None and primary.flush_lsn <= primary.lsn
+    assert standby.flush_lsn is None and not standby.wal_waiting
     assert standby.db is DbState.STANDBY and standby.streaming
     assert standby.lsn is not None and standby.replay_lsn is not None and standby.replay_lsn <= standby.lsn
     assert standby.upstream_age_s is not None and standby.upstream_age_s >= 0

@@ -73,30 +73,32 @@ def test_i13_the_step_reads_a_primary_in_one_round_trip() -> None:
     from standby.agent.localdb import read_local
     from standby.model import DbState, LocalPg, Lsn
 
-    conn = _OneRowConnection((False, '"beta"', "0/3000060", "sync", "0/3000000", None, None, None, None))
+    conn = _OneRowConnection((False, '"beta"', "0/3000060", "sync", "0/3000000", None, None, None, None,
+                               "0/3000040", True))
     local, names = read_local(conn, "beta")  # type: ignore[arg-type]
     assert len(conn.asked) == 1 and conn.asked[0][1] == ("beta",)
     assert names == '"beta"'
     assert local == LocalPg(DbState.PRIMARY, lsn=Lsn.parse("0/3000060").value, peer_sync=True,  # type: ignore[union-attr]
-                            peer_flush_lsn=Lsn.parse("0/3000000").value)  # type: ignore[union-attr]
+                            peer_flush_lsn=Lsn.parse("0/3000000").value,  # type: ignore[union-attr]
+                            flush_lsn=Lsn.parse("0/3000040").value, wal_waiting=True)  # type: ignore[union-attr]
     # A standby connected but not (yet) in sync, or none connected at all.
-    assert not read_local(_OneRowConnection((False, "", "0/5", "async", "0/4", None, None, None, None)),  # type: ignore[arg-type]
+    assert not read_local(_OneRowConnection((False, "", "0/5", "async", "0/4", None, None, None, None, "0/5", False)),  # type: ignore[arg-type]
                           "beta")[0].peer_sync
-    alone, _ = read_local(_OneRowConnection((False, "", "0/5", None, None, None, None, None, None)), "beta")  # type: ignore[arg-type]
-    assert (alone.peer_sync, alone.peer_flush_lsn) == (False, None)
+    alone, _ = read_local(_OneRowConnection((False, "", "0/5", None, None, None, None, None, None, "0/5", False)), "beta")  # type: ignore[arg-type]
+    assert (alone.peer_sync, alone.peer_flush_lsn, alone.flush_lsn, alone.wal_waiting) == (False, None, 5, False)
 
 
 def test_i13_the_step_reads_a_standby_in_one_round_trip() -> None:
     from standby.agent.localdb import read_local
     from standby.model import DbState, LocalPg, Lsn
 
-    conn = _OneRowConnection((True, "", None, None, None, "0/3000100", "0/3000080", "streaming", 0.25))
+    conn = _OneRowConnection((True, "", None, None, None, "0/3000100", "0/3000080", "streaming", 0.25, None, False))
     local, names = read_local(conn, "alpha")  # type: ignore[arg-type]
     assert len(conn.asked) == 1 and names == ""
     assert local == LocalPg(DbState.STANDBY, lsn=Lsn.parse("0/3000100").value,  # type: ignore[union-attr]
                             replay_lsn=Lsn.parse("0/3000080").value, streaming=True, upstream_age_s=0.25)  # type: ignore[union-attr]
     # No WAL receiver (the upstream is gone): not streaming, no age; the position is what was replayed.
-    gone, _ = read_local(_OneRowConnection((True, "", None, None, None, None, "0/7", None, None)), "alpha")  # type: ignore[arg-type]
+    gone, _ = read_local(_OneRowConnection((True, "", None, None, None, None, "0/7", None, None, None, False)), "alpha")  # type: ignore[arg-type]
     assert gone == LocalPg(DbState.STANDBY, lsn=7, replay_lsn=7, streaming=False, upstream_age_s=None)
 
 

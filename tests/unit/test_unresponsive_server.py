@@ -59,21 +59,29 @@ def test_a_slow_or_briefly_silent_primary_is_left_alone(silent_s: float) -> None
     assert not s.fenced and not any(a.kind is ActionKind.FENCE for a in acts)
 
 
-@pytest.mark.parametrize("why, policy, obs", [
-    ("never, when set to 0", replace(POLICY, pg_unresponsive_s=0.0), _obs(3600.0)),
-    ("warm mode: a person decides", replace(POLICY, hot=False), _obs(3600.0)),
-    ("on_postgres_crash = restart", replace(POLICY, pg_crash=PgCrashPolicy.RESTART), _obs(3600.0)),
-    ("maintenance", replace(POLICY, suspended=True), _obs(3600.0)),
-    ("no standby to take over", POLICY, _obs(3600.0, peer_db=DbState.DOWN)),
+# A server that serves nobody, either way: it answers nothing, or its WAL disk hangs (tests/unit/test_wal_stuck.py).
+NOT_SERVING = {"silent": lambda peer_db: _obs(3600.0, peer_db=peer_db),
+               "wal stuck": lambda peer_db: replace(_obs(0.0, peer_db=peer_db), wal_stuck_s=3600.0)}
+
+
+@pytest.mark.parametrize("how", NOT_SERVING)
+@pytest.mark.parametrize("why, policy, peer_db", [
+    ("never, when set to 0", replace(POLICY, pg_unresponsive_s=0.0), DbState.STANDBY),
+    ("warm mode: a person decides", replace(POLICY, hot=False), DbState.STANDBY),
+    ("on_postgres_crash = restart", replace(POLICY, pg_crash=PgCrashPolicy.RESTART), DbState.STANDBY),
+    ("maintenance", replace(POLICY, suspended=True), DbState.STANDBY),
+    ("no standby to take over", POLICY, DbState.DOWN),
 ])
-def test_no_hand_over_where_a_crashed_server_would_not_get_one(why: str, policy: Policy, obs: Observation) -> None:
-    s, acts = decide(SERVING, obs, policy)
+def test_no_hand_over_where_a_crashed_server_would_not_get_one(how: str, why: str, policy: Policy,
+                                                               peer_db: DbState) -> None:
+    s, acts = decide(SERVING, NOT_SERVING[how](peer_db), policy)
     assert not s.fenced and not any(a.kind is ActionKind.FENCE for a in acts), why
 
 
-def test_not_to_a_standby_that_may_lack_acknowledged_commits() -> None:
+@pytest.mark.parametrize("how", NOT_SERVING)
+def test_not_to_a_standby_that_may_lack_acknowledged_commits(how: str) -> None:
     """Degraded sync (commits acknowledged alone): the standby may not have them, as for a crash."""
-    s, acts = decide(replace(SERVING, degraded=True, sync_established=False), _obs(3600.0),
+    s, acts = decide(replace(SERVING, degraded=True, sync_established=False), NOT_SERVING[how](DbState.STANDBY),
                      replace(POLICY, degrade_after_s=5.0))
     assert not s.fenced and not any(a.kind is ActionKind.FENCE for a in acts)
 

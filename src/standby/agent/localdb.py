@@ -189,12 +189,20 @@ def close_quietly(conn: psycopg.Connection | None) -> None:
 # One round trip per observation (the step reads it every heartbeat interval), all of it from one snapshot
 # of the server. pg_is_in_recovery() is read once: the primary's columns only where it said primary
 # (pg_current_wal_lsn() fails in recovery; a primary never goes back into it), the receiver's only in recovery.
+# Whether a process waits on a WAL write or sync (standby.observe.walstuck) is looked up only while WAL
+# written is not yet flushed: the sub-select runs only when its CASE branch is taken, so an idle primary's
+# reading does not scan the server's sessions. All of it is read from memory: a hung disk holds none of it.
 OBSERVE_SQL = """
 SELECT r.in_recovery, current_setting('synchronous_standby_names'),
        CASE WHEN NOT r.in_recovery THEN pg_current_wal_lsn()::text END,
        rep.sync_state, rep.flush_lsn::text,
        pg_last_wal_receive_lsn()::text, pg_last_wal_replay_lsn()::text,
-       w.status, extract(epoch FROM clock_timestamp() - w.last_msg_receipt_time)::float8
+       w.status, extract(epoch FROM clock_timestamp() - w.last_msg_receipt_time)::float8,
+       CASE WHEN NOT r.in_recovery THEN pg_current_wal_flush_lsn()::text END,
+       CASE WHEN NOT r.in_recovery AND pg_current_wal_insert_lsn() > pg_current_wal_flush_lsn()
+            THEN EXISTS (SELECT FROM pg_stat_activity
+                         WHERE wait_event IN ('WALWrite', 'WALSync', 'WALInitWrite', 'WALInitSync'))
+            ELSE false END
 FROM (SELECT pg_is_in_recovery() AS in_recovery) r
 LEFT JOIN LATERAL (
     SELECT sync_state, flush_lsn FROM pg_stat_replication
@@ -207,14 +215,15 @@ LEFT JOIN pg_stat_wal_receiver w ON r.in_recovery
 def read_local(conn: psycopg.Connection, peer: str) -> tuple[LocalPg, str | None]:
     row = conn.execute(OBSERVE_SQL, (peer,)).fetchone()
     assert row is not None  # the query's one row
-    in_recovery, names, lsn, sync_state, flush_text, recv, replay, status, age = row
+    in_recovery, names, lsn, sync_state, flush_text, recv, replay, status, age, own_flush, wal_waiting = row
     if not in_recovery:
-        flush = Lsn.parse(flush_text)
+        flush, flushed_here = Lsn.parse(flush_text), Lsn.parse(own_flush)
         # "quorum": replication.quorum asked for ANY k; config refuses one that could leave the hot standby
         # without a commit under automatic failover, so there it waits for the standby as "sync" does.
         in_sync = sync_state in ("sync", "quorum")
         return LocalPg(DbState.PRIMARY, lsn=Lsn.parse(lsn).value, peer_sync=in_sync,  # type: ignore[union-attr]
-                       peer_flush_lsn=flush.value if flush else None), names
+                       peer_flush_lsn=flush.value if flush else None,
+                       flush_lsn=flushed_here.value if flushed_here else None, wal_waiting=bool(wal_waiting)), names
     # The age of the upstream's last message is computed by the server, on its own clock.
     pos = Lsn.parse(recv) or Lsn.parse(replay)
     applied = Lsn.parse(replay)

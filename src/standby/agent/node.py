@@ -172,7 +172,7 @@ class Agent(Surface):
             now=now, gap=gap, pg=self.pg, peer=link.peer_view, heard=dict(link.heard), carrier=dict(self.carrier),
             tiebreaker_ok=p.tiebreaker_ok(), services_healthy=p.services_healthy, service_ip_elsewhere=p.ip_elsewhere,
             heard_me=link.heard_me, dr=dr.seen if dr else None, dr_term=dr.term if dr else None,
-            pg_silent_s=self.observer.silent_s(now),
+            pg_silent_s=self.observer.silent_s(now), wal_stuck_s=self.observer.wal.stuck_s(now),
         )
 
     async def _step(self) -> None:

@@ -1,9 +1,10 @@
 """The observer: what the decision step sees of this node's PostgreSQL and links.
 
 It owns: the last observation of the local server (read through the one connection, agent.localdb,
-on the PostgreSQL thread) and of this node's carriers, and the rule for a read that is slow or
-fails: a late answer is used by a later step, a server that does not answer (a query timeout, too
-many clients) keeps its last observation, and only a postmaster that is gone reads as down.
+on the PostgreSQL thread) and of this node's carriers, how long the server's WAL flush has stood still
+with commits waiting (observe.walstuck), and the rule for a read that is slow or fails: a late answer
+is used by a later step, a server that does not answer (a query timeout, too many clients) keeps its
+last observation, and only a postmaster that is gone reads as down.
 It may not: decide, act, or read PostgreSQL any other way (there is no second reader in the agent).
 """
 
@@ -22,6 +23,7 @@ from standby.agent.localdb import Database, Reading
 from standby.config import Config
 from standby.model import DbState, LocalPg, Net
 from standby.observe import postgres as pgobs
+from standby.observe.walstuck import WalWatch
 
 log = logging.getLogger("standby.agent")
 Run = Callable[..., Awaitable[Any]]  # runs a blocking function on one of the agent's threads
@@ -47,6 +49,7 @@ class Observer:
         self.read_carriers: Callable[[], dict[Net, bool]] = lambda: read_carriers(cfg, node)
         self.seen = False  # a first observation arrived (until then, waiting for it is no stall)
         self.pending: asyncio.Future[Reading] | None = None  # a read still under way
+        self.wal = WalWatch()  # whether the WAL disk still completes writes, across readings
 
     async def refresh(self) -> None:
         """After an operator's operation changed the server: read it again. A reading begun before the
@@ -82,6 +85,7 @@ class Observer:
             self.guard.failed("postgres", f"{result.value}; keeping the last observation")
             return
         self.pg, self.sync_names = (LocalPg(DbState.DOWN), None) if isinstance(result, pgobs.Unanswered) else result
+        self.wal = self.wal.after(self.pg, self._clock())
         self.guard.ok("postgres")
 
     def silent_s(self, now: float) -> float:

@@ -11,7 +11,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -466,13 +466,28 @@ class Lab:
 
     def wal_on_tmpfs(self, node: str, size_mb: int) -> None:
         """Move the node's WAL to a tmpfs of ``size_mb`` (PostgreSQL stopped and started around it)."""
+        self._move_wal(node, waldisk.move_to_tmpfs, size_mb)
+
+    def wal_on_loop_ext4(self, node: str, size_mb: int) -> None:
+        """Move the node's WAL to an ext4 of ``size_mb`` that ``freeze_wal_disk`` can hang (PostgreSQL stopped
+        and started around it: do it before the agents start)."""
+        self._move_wal(node, waldisk.move_to_loop_ext4, size_mb)
+
+    def _move_wal(self, node: str, move: Callable[[NodeLayout, int], None], size_mb: int) -> None:
         layout = self.node(node)
         was_running = pgnode.running(layout)
         if was_running:
             pgnode.stop(layout, StopMode.FAST)
-        waldisk.move_to_tmpfs(layout, size_mb)
+        move(layout, size_mb)
         if was_running:
             pgnode.start(layout)
+
+    def freeze_wal_disk(self, node: str) -> bool:
+        """A hung disk under the node's WAL: every write to it waits until ``thaw_wal_disk`` (or the lab's end)."""
+        return waldisk.freeze(self.node(node))
+
+    def thaw_wal_disk(self, node: str) -> None:
+        waldisk.thaw(self.node(node))
 
     def fill_wal_disk(self, node: str) -> int:
         return waldisk.fill(self.node(node))

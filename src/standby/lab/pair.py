@@ -10,7 +10,7 @@ import json
 import sys
 import time
 from collections import Counter
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,11 +37,14 @@ def agent_state(lab: Lab, node: str) -> dict[str, Any]:
     return {} if st is None else AGENT_VIEW.encode(st)
 
 
-def start_pair(lab: Lab, own_clock: bool = False) -> Lab:
+def start_pair(lab: Lab, own_clock: bool = False, before_agents: Callable[[Lab], None] | None = None) -> Lab:
     """Bootstrap, start both agents (``own_clock``: with steppable wall clocks, see Lab.set_clock),
     wait until alpha serves and beta may take over; the lab's followers cloned from alpha, their agents
-    started, each streaming from its upstream (alpha, or beta when cascaded)."""
+    started, each streaming from its upstream (alpha, or beta when cascaded). ``before_agents`` changes the
+    bootstrapped lab while no agent watches (a server stopped then is no fault)."""
     lab.bootstrap()
+    if before_agents is not None:
+        before_agents(lab)
     followers.attach(lab)
     for node in ("alpha", "beta"):
         lab.start_agent(node, own_clock)

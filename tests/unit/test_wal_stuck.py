@@ -1,0 +1,166 @@
+"""Finding (hung disk): a primary whose WAL disk completes no write answers the agent's question (read from
+memory) while no commit finishes, so the rule for a server that answers nothing never fired and the database
+never moved (tests/lab/test_failover.py::test_wal_disk_hung_on_primary_database_moves, failing first). The
+watch over readings (standby.observe.walstuck) and the decision's rule, here against every schedule of
+readings Hypothesis draws and either side of the bound; where a crashed server gets no hand-over, neither does
+this one (tests/unit/test_unresponsive_server.py, NOT_SERVING)."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from standby import config
+from standby import status as status_mod
+from standby.decide import decide
+from standby.documents import AGENT_VIEW, PostgresView
+from standby.model import ActionKind, DbState, LocalPg, Observation, Reason
+from standby.observe.walstuck import WalWatch
+from tests.unit.configs import example_with_secrets
+from tests.unit.shell_fakes import INTERVAL_S, FakeKernel, FakePostgres, run, shell
+from tests.unit.test_documents import view
+from tests.unit.test_unresponsive_server import POLICY, SERVICE_IP, SERVING, _obs
+
+# One reading: the server's role, its flush position, whether a WAL write or sync was waited on, and the
+# time since the previous reading.
+READING = st.tuples(st.sampled_from([DbState.PRIMARY, DbState.PRIMARY, DbState.STANDBY, DbState.DOWN]),
+                    st.integers(0, 3), st.booleans(), st.floats(0.0, 5.0))
+
+
+def _pg(db: DbState, flush: int, waiting: bool) -> LocalPg:
+    return LocalPg(db, lsn=flush, flush_lsn=flush if db is DbState.PRIMARY else None,
+                   wal_waiting=waiting and db is DbState.PRIMARY)
+
+
+def _reference_stuck(readings: list[tuple[DbState, int, bool, float]], now: float) -> float:
+    """Read backwards: the time since the first reading of the last run of readings that were each a primary's,
+    waited on, with the same flush position as the last."""
+    times, t = [], 0.0
+    for *_, dt in readings:
+        t += dt
+        times.append(t)
+    start = None
+    for (db, flush, waiting, _), at in zip(reversed(readings), reversed(times), strict=True):
+        if db is not DbState.PRIMARY or not waiting or flush != readings[-1][1]:
+            break
+        start = at
+    return 0.0 if start is None else now - start
+
+
+@given(readings=st.lists(READING, min_size=1, max_size=30), after=st.floats(0.0, 30.0))
+def test_stuck_counts_from_the_first_reading_of_the_last_standing_waited_on_run(
+        readings: list[tuple[DbState, int, bool, float]], after: float) -> None:
+    watch, t = WalWatch(), 0.0
+    for db, flush, waiting, dt in readings:
+        t += dt
+        watch = watch.after(_pg(db, flush, waiting), t)
+    assert abs(watch.stuck_s(t + after) - _reference_stuck(readings, t + after)) < 1e-9
+
+
+@given(flushes=st.lists(st.integers(0, 10**9), min_size=1, max_size=50))
+def test_an_idle_primary_is_never_stuck_whatever_its_flush_position(flushes: list[int]) -> None:
+    """Nobody waits on its disk: a record left in a partial page, flushed by no one, is no hang."""
+    watch = WalWatch()
+    for i, flush in enumerate(flushes):
+        watch = watch.after(_pg(DbState.PRIMARY, flush, False), float(i))
+        assert watch.stuck_s(float(i) + 3600) == 0.0
+
+
+def test_a_flush_that_moves_between_readings_is_a_working_disk() -> None:
+    watch = WalWatch()
+    for i in range(100):
+        watch = watch.after(_pg(DbState.PRIMARY, i, True), i * 0.2)
+        assert watch.stuck_s(i * 0.2) == 0.0
+
+
+def _stuck(stuck_s: float, silent_s: float = 0.0) -> Observation:
+    return replace(_obs(silent_s), wal_stuck_s=stuck_s)
+
+
+@given(stuck_s=st.floats(15.0, 3600.0))
+def test_a_primary_whose_wal_stands_still_past_the_bound_hands_the_database_over(stuck_s: float) -> None:
+    s, acts = decide(SERVING, _stuck(stuck_s), POLICY)
+    assert [(a.kind, a.reason) for a in acts] == [(ActionKind.FENCE, Reason.WAL_FLUSH_STUCK_FAILOVER)]
+    assert s.fenced and s.resumable and not s.was_primary
+
+
+@given(stuck_s=st.floats(0.0, 14.99))
+def test_a_slow_flush_below_the_bound_is_left_alone(stuck_s: float) -> None:
+    s, acts = decide(SERVING, _stuck(stuck_s), POLICY)
+    assert not s.fenced and not any(a.kind is ActionKind.FENCE for a in acts)
+
+
+def test_a_server_silent_and_stuck_is_named_for_its_silence() -> None:
+    """Both past the bound: the silence is what the agent saw last (its stuck reading is older)."""
+    _, acts = decide(SERVING, _stuck(60.0, silent_s=60.0), POLICY)
+    assert [a.reason for a in acts] == [Reason.PG_UNRESPONSIVE_FAILOVER]
+
+
+class HungDisk(FakePostgres):
+    """A primary whose readings go on answering after its WAL disk hangs: the flush position stands still
+    and a commit waits on it; before, the flush moves with every reading."""
+
+    def __init__(self) -> None:
+        super().__init__(DbState.PRIMARY)
+        self.hung = False
+
+    def read(self):  # type: ignore[no-untyped-def]
+        pg, names = super().read()
+        if pg.db is not DbState.PRIMARY:
+            return pg, names
+        if not self.hung:
+            self.lsn += 100
+        return replace(pg, flush_lsn=self.lsn, wal_waiting=True), names
+
+
+def test_the_agent_hands_over_a_primary_whose_wal_disk_hung_while_its_readings_are_answered(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "example").mkdir()
+    raw, _ = example_with_secrets(tmp_path / "example")
+    timings = {**raw["timings"], "postgres_unresponsive_ms": 5000}
+    pg = HungDisk()
+    with shell(tmp_path, monkeypatch, pg, FakeKernel({SERVICE_IP}), extra={"timings": timings}) as sh:
+        fenced_after: list[float] = []
+
+        async def go() -> None:
+            await sh.start()
+            for _ in range(40):  # 6 s of a busy, working disk: the flush moves, nothing is stuck
+                await sh.tick()
+            assert not sh.agent.state.fenced
+            pg.hung, hung_at = True, sh.clock.t
+            for _ in range(80):
+                await sh.tick()
+                if sh.agent.state.fenced:
+                    fenced_after.append(sh.clock.t - hung_at)
+                    break
+
+        run(go())
+        assert fenced_after and 5.0 <= fenced_after[0] <= 5.0 + 3 * INTERVAL_S, fenced_after
+        decisions = [(e["action"], e["reason"]) for e in sh.events("decision")]
+        assert ("fence", "wal_flush_stuck_failover") in decisions, decisions
+
+
+def test_status_says_a_primary_whose_wal_stands_still(tmp_path: Path) -> None:
+    """The operator's view at 3 a.m.: the agent's /status carries how long (postgres.wal_stuck_s, read as 0 from
+    older agents), and `standby status` says it once past WAL_STUCK_WARN_S, with the bound it is handed over at."""
+    raw, _ = example_with_secrets(tmp_path)
+    cfg = config.parse(raw)
+
+    def said(stuck_s: float) -> list[str]:
+        pg = PostgresView(DbState.PRIMARY, 1 << 33, False, True, "beta", wal_stuck_s=stuck_s)
+        agents = {"alpha": replace(view(), node="alpha", peer="beta", postgres=pg)}
+        warnings = status_mod._agent_warnings(cfg, status_mod.Observations("alpha", {}, (), agents=agents))
+        return [w for w in warnings if "flushed no WAL" in w]
+
+    assert said(0.0) == [] and said(2.9) == []
+    assert said(7.5) == ["alpha's PostgreSQL has flushed no WAL for 7.5 s while commits wait on it (its disk hung?): "
+                         "past timings.postgres_unresponsive_ms (15000 ms, 0 = never) the database moves to an "
+                         "in-sync standby"]
+    older = {k: v for k, v in AGENT_VIEW.encode(replace(view(), postgres=PostgresView(
+        DbState.PRIMARY, 1, False, True, None, wal_stuck_s=4.0))).items()}
+    del older["postgres"]["wal_stuck_s"]
+    assert AGENT_VIEW.decode(older).postgres.wal_stuck_s == 0.0
