@@ -11,7 +11,11 @@ Fault kinds (all on alpha, the primary):
 - host_crash: power loss (cables dead, every process killed);
 - pg_crash:   the postmaster SIGKILLed, the host lives on (the service IP stays on alpha, its
               services follow the database to beta over the network);
-- isolation:  both of alpha's cables unplugged, alpha alive.
+- isolation:  both of alpha's cables unplugged, alpha alive;
+- wal_disk_hang: alpha's WAL file system frozen (fsfreeze; its WAL moved onto one before the agents start):
+              every commit waits while the server answers from memory, until the agent's bound
+              (timings.wal_flush_stuck_ms, 30 s) hands the database over. Not in the default kinds:
+              its first ack is the bound plus the hand-over, and it would stretch every run's settle wait.
 
 Before the runs, one more pair is left idle to measure the agents' resident memory and CPU use.
 
@@ -40,12 +44,14 @@ from typing import Any
 import benchlib
 from benchlib import RUN_FAILURES, LabNames, distribution, fresh_lab, other_labs, sigterm_as_interrupt
 from standby import __version__
+from standby.config import Timings
 from standby.lab import Lab, LabSpec
 from standby.lab.checker import longest_ack_gap, read_history
 from standby.lab.errors import LabError
 from standby.lab.pair import ROLE_CHANGES, LoadRun, holders, primaries, start_pair, under_load, verify
 
 KINDS = ("host_crash", "pg_crash", "isolation")
+ALL_KINDS = (*KINDS, "wal_disk_hang")
 DURABILITIES = ("sync", "async")
 NAME_PREFIX = "sbfo"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -125,6 +131,9 @@ def inject(lab: Lab, kind: str) -> None:
     elif kind == "isolation":
         lab.link("alpha", "public", False)
         lab.link("alpha", "private", False)
+    elif kind == "wal_disk_hang":
+        if not lab.freeze_wal_disk("alpha"):
+            raise LabError("alpha's WAL is not on a disk that can hang")
     else:
         raise ValueError(kind)
 
@@ -178,15 +187,17 @@ def one_run(lab: Lab, kind: str, p: Params, tmp: Path) -> dict[str, Any]:
         return now == ["beta"] and holders(lab) == [holder]
 
     t0 = time.monotonic()
-    start_pair(lab)
+    start_pair(lab, before_agents=(lambda lb: lb.wal_on_loop_ext4("alpha", 1024)) if kind == "wal_disk_hang" else None)
     phases = rec["phases"] = {"ready_s": time.monotonic() - t0}
     with under_load(lab, tmp, p.rate) as run:
         t_fault_wall = time.time()
         run.t_fault = time.monotonic()
         inject(lab, kind)
         try:
+            # A hung disk is judged only after its bound: the settle wait starts after it.
+            bound_s = Timings().wal_flush_stuck_ms / 1000 if kind == "wal_disk_hang" else 0.0
             lab.wait_for(f"beta primary and {holder} holding the service IP", settled,
-                         timeout_s=p.settle_timeout_s, every_s=0.05)
+                         timeout_s=p.settle_timeout_s + bound_s, every_s=0.05)
             rec["settled_s"] = time.monotonic() - run.t_fault
         except LabError as e:
             rec["error"] = str(e)
@@ -359,7 +370,7 @@ def parse_args(argv: Sequence[str] | None) -> Params:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     ap.add_argument("--runs", type=int, default=20, help="runs per fault kind and durability (default 20)")
     ap.add_argument("--quick", action="store_true", help="3 runs each, to try the script out")
-    ap.add_argument("--kinds", nargs="+", choices=KINDS, default=list(KINDS))
+    ap.add_argument("--kinds", nargs="+", choices=ALL_KINDS, default=list(KINDS))
     ap.add_argument("--durabilities", nargs="+", choices=DURABILITIES, default=list(DURABILITIES))
     ap.add_argument("--rate", type=int, default=100, help="calls/s through the service IP (default 100)")
     ap.add_argument("--after", type=float, default=3.0, help="seconds of load after the pair settled (default 3)")

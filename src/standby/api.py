@@ -96,7 +96,7 @@ def _agent_view(a: Agent) -> AgentView:
         postgres=PostgresView(state=DbState.FENCED if s.fenced else pg.db, lsn=pg.lsn, streaming=pg.streaming,
                               peer_sync=pg.peer_sync, synchronous_standby_names=a.sync_names,
                               unanswered_s=round(a.observer.silent_now(), 1),
-                              wal_stuck_s=round(a.observer.wal.stuck_s(a.clock()), 1)),
+                              wal_stuck_s=round(a.observer.wal.stuck_s(), 1)),
         state=StateView(term=s.term, fenced=s.fenced, services=s.services, degraded=s.degraded,
                         eligible=s.eligible, promoting=s.promoting, sync_established=s.sync_established,
                         dr_serves=s.dr_serves, dr_writable_seen=s.dr_writable_seen),

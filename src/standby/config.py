@@ -208,10 +208,13 @@ class Timings(_Strict):
     service_unhealthy_ms: int = Field(5000, ge=100, le=600_000)
     # A primary whose PostgreSQL leaves the agent's question on its open connection unanswered this long
     # (its processes stopped by a signal or a debugger: not a slow query, which answers with its timeout,
-    # nor a connection that fails), or flushes no WAL this long while commits wait on it (a hung disk),
-    # hands the database to an in-sync standby, as if it had crashed
+    # nor a connection that fails) hands the database to an in-sync standby, as if it had crashed
     # (replication.on_postgres_crash = "failover"). 0 = never.
     postgres_unresponsive_ms: int = Field(15_000, ge=0, le=600_000)
+    # The same for a primary whose WAL flush position the agent's readings see stand still this long while
+    # the server waits for it (a hung disk, standby.observe.walstuck). Longer: a disk stalls for seconds now
+    # and then and comes back (a storage path failing over), where a stopped server never does. 0 = never.
+    wal_flush_stuck_ms: int = Field(30_000, ge=0, le=600_000)
     # SCHED_RR priority of the agent (1-99; 0 = normal scheduling). A starved
     # agent cannot fence its primary in time; see standby.agent.priority.
     realtime_priority: int = Field(10, ge=0, le=99)
@@ -238,6 +241,11 @@ class Timings(_Strict):
                 f"timings.postgres_unresponsive_ms ({self.postgres_unresponsive_ms}) must be 0 (never) or at least "
                 f"{MIN_UNRESPONSIVE_MS}: the agent's reading of its server may take its 2 s statement timeout, and "
                 "a slow server is not a hung one"
+            )
+        if 0 < self.wal_flush_stuck_ms < MIN_UNRESPONSIVE_MS:
+            raise ValueError(
+                f"timings.wal_flush_stuck_ms ({self.wal_flush_stuck_ms}) must be 0 (never) or at least "
+                f"{MIN_UNRESPONSIVE_MS}: a busy disk holds a flush back for a moment, and a slow disk is not a hung one"
             )
         # The two silences are measured on two clocks from heartbeats up to one interval apart, and
         # the fenced server takes a moment to stop taking writes (state written, fast shutdown

@@ -100,6 +100,8 @@ class Policy:
     pg_crash: PgCrashPolicy = PgCrashPolicy.FAILOVER
     # A primary whose server has answered nothing this long is handed over as a crashed one (0 = never).
     pg_unresponsive_s: float = 0.0
+    # The same for one whose WAL flush has stood still this long while awaited: a hung disk (0 = never).
+    wal_stuck_s: float = 0.0
     services_move_on_failure: bool = True
     unhealthy_after_s: float = 5.0
     restart_backoff_s: float = 5.0
@@ -587,14 +589,12 @@ def _standby_rules(s: State, o: Observation, p: Policy) -> tuple[State, list[Act
 
 
 def _not_serving(o: Observation, p: Policy) -> tuple[Reason, str] | None:
-    """A running server that has served nobody for ``pg_unresponsive_s`` (0: never judged), and how."""
-    if p.pg_unresponsive_s <= 0:
-        return None
-    if o.pg_silent_s >= p.pg_unresponsive_s:
+    """A running server that has served nobody for its bound (0: never judged), and how."""
+    if 0 < p.pg_unresponsive_s <= o.pg_silent_s:
         return Reason.PG_UNRESPONSIVE_FAILOVER, f"PostgreSQL has answered nothing for {o.pg_silent_s:.0f} s"
-    if o.wal_stuck_s >= p.pg_unresponsive_s:
+    if 0 < p.wal_stuck_s <= o.wal_stuck_s:
         return Reason.WAL_FLUSH_STUCK_FAILOVER, (f"PostgreSQL has flushed no WAL for {o.wal_stuck_s:.0f} s while "
-                                                 "commits wait on it (a hung disk)")
+                                                 "it waits for it (a hung disk)")
     return None
 
 

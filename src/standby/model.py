@@ -146,8 +146,9 @@ class LocalPg:
     # Standby: seconds since its WAL receiver last heard from the upstream server (the server's
     # own clock); None without a receiver. A live upstream PostgreSQL is evidence the primary writes.
     upstream_age_s: float | None = None
-    # Primary: how far its WAL is on disk, and whether a process waits on a WAL write or sync right now (a
-    # commit waiting for its flush): with the flush position standing still, the WAL disk hangs.
+    # Primary: how far its WAL is on disk, and whether, with that position unchanged since the previous
+    # reading, the server waits for it to move (a process waits on a WAL write or sync, or more than a page
+    # is written and not flushed): standing still so, the WAL disk hangs (standby.observe.walstuck).
     flush_lsn: int | None = None
     wal_waiting: bool = False
 
@@ -175,9 +176,9 @@ class Observation:
     # need be; one whose processes are stopped (a signal, a debugger) never does, and its last observation
     # (say PRIMARY) stands meanwhile. A connection that fails to open says nothing of the running server.
     pg_silent_s: float = 0.0
-    # How long the local primary's WAL flush position has stood still with a process waiting on a WAL write
-    # or sync at every reading (0 otherwise; standby.observe.walstuck). Its server answers the agent's
-    # question, which reads memory only, while no commit can finish: a hung disk.
+    # How long the readings have seen the local primary's WAL flush position stand still while awaited (0
+    # otherwise; standby.observe.walstuck). Its server answers the agent's question, which reads memory only,
+    # while no commit can finish: a hung disk.
     wal_stuck_s: float = 0.0
 
 
@@ -202,6 +203,12 @@ class ActionKind(StrEnum):
 # The actions that only take a role away from this node: they can never make a second writer or holder,
 # so they need no record on disk before they run (every other action waits for its decision's record).
 ONLY_TAKE_AWAY: frozenset[ActionKind] = frozenset({ActionKind.FENCE, ActionKind.RELEASE_SERVICES})
+
+# Fences of a server that serves nobody: the stop goes straight to SIGKILL. No clean stop can finish (a
+# shutdown checkpoint writes WAL to the hung disk, and the processes waiting on it do not act on an immediate
+# shutdown's SIGQUIT either; a server stopped by a signal acts on nothing else), so the escalation's fast and
+# immediate steps would only add their timeouts (10 s) to the time without a database.
+KILL_AT_ONCE: frozenset[Reason] = frozenset({Reason.PG_UNRESPONSIVE_FAILOVER, Reason.WAL_FLUSH_STUCK_FAILOVER})
 
 
 @dataclass(frozen=True)

@@ -57,7 +57,8 @@ MAJOR = 1
 MINOR = 3
 HEADER = "Standby-Protocol"
 # Configuration keys (dotted, as in the file) added since 1.0 with a default; see the module's docstring.
-ADDED_CONFIG_KEYS: tuple[str, ...] = ("followers", "replication.quorum", "timings.postgres_unresponsive_ms")
+ADDED_CONFIG_KEYS: tuple[str, ...] = ("followers", "replication.quorum", "timings.postgres_unresponsive_ms",
+                                      "timings.wal_flush_stuck_ms")
 # Configuration keys (dotted) whose default changed, with the earlier default; see the module's docstring.
 CHANGED_DEFAULTS: dict[str, Any] = {"postgres.wal_keep_size_mb": 1024}
 # What an agent that predates the header speaks.

@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from standby import __version__, protocol, topology
 from standby import operations as ops
 from standby.apiclient import agent_status, follower_status
-from standby.config import Config, Durability, Mode, ReportingFallback, ServiceIP
+from standby.config import Config, Durability, Mode, OnPostgresCrash, ReportingFallback, ServiceIP
 from standby.documents import (
     AgentSummary,
     AgentView,
@@ -32,7 +32,7 @@ from standby.observe import postgres as obs
 from standby.spool import state as spool_state
 
 # A flush that has stood still this long with commits waiting is said: a busy disk takes a second now and
-# then, a hung one never comes back (the hand-over waits for timings.postgres_unresponsive_ms).
+# then, a hung one never comes back (the hand-over waits for timings.wal_flush_stuck_ms).
 WAL_STUCK_WARN_S = 3.0
 
 
@@ -110,6 +110,16 @@ def _agent_summary(a: AgentView | None) -> AgentSummary | None:
                         peer_heard_s_ago=dict(a.peer_heard_s_ago), spool=a.spool)
 
 
+def _wal_stuck_outcome(cfg: Config) -> str:
+    """What happens next to a primary whose WAL flush stands still (decide._not_serving), in this configuration."""
+    bound = cfg.timings.wal_flush_stuck_ms
+    if cfg.mode is Mode.HOT and bound > 0 and cfg.replication.on_postgres_crash is OnPostgresCrash.FAILOVER:
+        return (f"at timings.wal_flush_stuck_ms ({bound} ms) its agent hands the database to the standby, if the "
+                "standby has every acknowledged commit (sync) or is within the lag bound (async)")
+    return ("nothing moves the database by itself here (warm mode, timings.wal_flush_stuck_ms = 0 or "
+            "on_postgres_crash = \"restart\"): `standby promote` on the standby fences this node first")
+
+
 def _agent_warnings(cfg: Config, o: Observations) -> list[str]:
     out = []
     for name in cfg.nodes:
@@ -141,9 +151,8 @@ def _agent_warnings(cfg: Config, o: Observations) -> list[str]:
                        "(its processes stopped, its disk hung?): the agent keeps its last reading, and refuses "
                        "operations but a fence")
         if a.postgres.wal_stuck_s >= WAL_STUCK_WARN_S:
-            out.append(f"{name}'s PostgreSQL has flushed no WAL for {a.postgres.wal_stuck_s:g} s while commits wait on "
-                       f"it (its disk hung?): past timings.postgres_unresponsive_ms "
-                       f"({cfg.timings.postgres_unresponsive_ms} ms, 0 = never) the database moves to an in-sync standby")
+            out.append(f"{name}'s PostgreSQL has flushed no WAL for {a.postgres.wal_stuck_s:g} s while it waits for it "
+                       f"(its disk hung?): {_wal_stuck_outcome(cfg)}")
         if pg_state is DbState.PRIMARY and st.degraded and cfg.replication.durability is Durability.SYNC:
             out.append(f"{name} does not wait for a standby: commits acknowledged now exist only on {name}")
         if pg_state is DbState.STANDBY and cfg.mode is Mode.HOT and not st.eligible:

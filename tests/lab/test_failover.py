@@ -93,14 +93,13 @@ def pair_wal_disk(lab_factory) -> Lab:  # type: ignore[no-untyped-def]
     return start_pair(lab_factory("sync"), before_agents=lambda lab: lab.wal_on_loop_ext4("alpha", 1024))
 
 
-def test_wal_disk_hung_on_primary_database_moves(pair_wal_disk: Lab, tmp_path: Path) -> None:
-    """Finding (hung disk): alpha's WAL disk stops completing writes (fsfreeze: every write waits in state D).
-    Its commits hang, yet its server answers the agent's question, which reads memory only, so the rule for a
-    server that answers nothing never fired: no commit for as long as the disk hung, and the database never
-    moved. Now the flush position standing still behind the insert position for
-    timings.postgres_unresponsive_ms hands it over: alpha fenced (its processes waiting in D state get SIGKILL,
-    which ends each the moment its write returns: none can acknowledge anything), beta takes over."""
-    pair = pair_wal_disk
+@pytest.fixture
+def pair_data_disk(lab_factory) -> Lab:  # type: ignore[no-untyped-def]
+    """A sync pair whose primary's whole data directory (its WAL with it) is on one disk the test can hang."""
+    return start_pair(lab_factory("sync"), before_agents=lambda lab: lab.data_on_loop_ext4("alpha", 1024))
+
+
+def _hung_disk_moves_the_database(pair: Lab, tmp_path: Path) -> None:
     try:
         with under_load(pair, tmp_path) as run:
             wait_ready(pair, timeout_s=10)
@@ -114,6 +113,24 @@ def test_wal_disk_hung_on_primary_database_moves(pair_wal_disk: Lab, tmp_path: P
     fences = [e["reason"] for e in role_changes(pair, "alpha") if e["action"] == "fence"]
     assert fences[:1] == ["wal_flush_stuck_failover"], fences
     no_loss_no_dual(pair, run, on="beta")
+
+
+def test_wal_disk_hung_on_primary_database_moves(pair_wal_disk: Lab, tmp_path: Path) -> None:
+    """Finding (hung disk): alpha's WAL disk stops completing writes (fsfreeze: every write waits in state D).
+    Its commits hang, yet its server answers the agent's question, which reads memory only, so the rule for a
+    server that answers nothing never fired: no commit for as long as the disk hung, and the database never
+    moved. Now a flush position that the readings see stand still while the server waits for it, for
+    timings.wal_flush_stuck_ms, hands it over: alpha fenced (SIGKILL at once: its processes waiting in state D
+    hold it until their write returns, and end then without acknowledging anything), beta takes over."""
+    _hung_disk_moves_the_database(pair_wal_disk, tmp_path)
+
+
+def test_data_disk_hung_on_primary_database_moves(pair_data_disk: Lab, tmp_path: Path) -> None:
+    """Adversarial read of the rule, finding 4: with the whole data directory on the hung disk (the usual layout),
+    the fast-shutdown signal has the postmaster write its lock file there, so the postmaster itself waits in state
+    D and holds the SIGKILL: the kill waited for its end, the node said "fencing" for as long as the disk hung and
+    the database never moved. A postmaster holding a SIGKILL counts as stopped, and its server as down."""
+    _hung_disk_moves_the_database(pair_data_disk, tmp_path)
 
 
 def test_primary_host_crashed_everything_moves(pair: Lab, tmp_path: Path) -> None:

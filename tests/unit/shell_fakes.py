@@ -96,6 +96,7 @@ class FakePostgres:
     sync_names: list[str] = field(default_factory=list)  # values set
     follower_slot_calls: int = 0
     follower_slot_roles: list[bool | None] = field(default_factory=list)  # each call's primary: True/False/None
+    fence_stops: list[bool] = field(default_factory=list)  # each fence's stop: True when SIGKILL at once
 
     def read(self) -> tuple[LocalPg, str | None]:
         if self.db is DbState.PRIMARY:
@@ -121,7 +122,8 @@ class FakePostgres:
         self.calls.append("stop")
         self.db = DbState.DOWN
 
-    def fence_stop(self) -> None:
+    def fence_stop(self, at_once: bool = False) -> None:
+        self.fence_stops.append(at_once)
         self.stop()  # the agent runs it on a thread of its own (a subclass's stop is this one too)
 
     def request_stop(self) -> None:

@@ -19,6 +19,7 @@ from standby import operations as ops
 from standby.agent.store import Store
 from standby.decide import Policy, State, advertise, decide, dr_in_question, fence_needed
 from standby.model import ActionKind, DbState, DrSeen, LocalPg, Net, Observation, PeerView, Reason
+from standby.observe.walstuck import WalWatch
 
 TICK = 0.1
 NODES = ("a", "b")  # "a" is the preferred primary
@@ -72,12 +73,18 @@ class Node:
     # agent's readings hang, so the agent keeps its last reading (last_pg). A kill (a fence's SIGKILL) ends it.
     hung_since: float | None = None
     last_pg: LocalPg | None = None
+    # Its disk completes no write since then (a hung disk): its server answers the agent's readings, but no
+    # commit finishes, no WAL is flushed or sent, and a standby stores nothing received. A kill does not end it
+    # (the processes die, the disk stays hung); a crash does (the host comes back with a disk that works).
+    disk_hung_since: float | None = None
+    wal: WalWatch = field(default_factory=WalWatch)  # the agent's watch over its readings (observe.walstuck)
 
     def up(self, net: Net) -> bool:
         return self.alive and not self.frozen and self.links[net]
 
     def serving_pg(self) -> bool:
-        return self.alive and not self.frozen and self.pg is DbState.PRIMARY and self.hung_since is None
+        return (self.alive and not self.frozen and self.pg is DbState.PRIMARY and self.hung_since is None
+                and self.disk_hung_since is None)
 
 
 @dataclass
@@ -144,7 +151,8 @@ class World:
     def _replicate(self) -> None:
         for s in self.nodes.values():
             p = self.peer(s.name)
-            s.streaming = (s.pg is DbState.STANDBY and s.alive and not s.frozen and s.hung_since is None and p.serving_pg()
+            s.streaming = (s.pg is DbState.STANDBY and s.alive and not s.frozen and s.hung_since is None
+                           and s.disk_hung_since is None and p.serving_pg()
                            and s.up(Net.PRIVATE) and p.up(Net.PRIVATE)
                            and s.data == p.data[: len(s.data)])  # a diverged standby cannot follow
             if s.streaming:
@@ -189,8 +197,13 @@ class World:
             peer_flush_lsn=len(p.data) if p.streaming else None,
             upstream_age_s=(self.t - n.last_wal_at if n.pg is DbState.STANDBY and n.last_wal_at is not None
                             else None),
+            flush_lsn=len(n.data) if n.pg is DbState.PRIMARY else None,
+            # The service's calls wait on the hung disk's commits (the sim's client writes at every tick).
+            wal_waiting=n.pg is DbState.PRIMARY and n.disk_hung_since is not None,
         )
         assert pg is not None
+        if not hung:  # a reading that arrived: the agent's watch moves with it
+            n.wal = n.wal.after(pg, self.t)
         n.last_pg = pg
         elsewhere = p.holds_ips and p.up(Net.PUBLIC) and n.up(Net.PUBLIC)
         pol = self.policy[n.name]
@@ -200,6 +213,7 @@ class World:
             services_healthy=True if n.holds_ips else None, service_ip_elsewhere=elsewhere, heard_me=n.heard_me,
             dr=self._dr_seen(n, pol), dr_term=n.state.term,  # asked and answered within the step
             pg_silent_s=self.t - n.hung_since if hung and n.hung_since is not None else 0.0,
+            wal_stuck_s=n.wal.stuck_s(),
         )
         if self._tiebreaker(n):  # the probe runs after this step has read its last result
             n.tb_ok_at = self.t
@@ -369,6 +383,7 @@ class World:
         n = self.nodes[name]
         n.alive, n.pg, n.holds_ips, n.agent_up, n.streaming = False, DbState.DOWN, False, False, False
         n.pending_fence, n.stop_due, n.last_wal_at, n.hung_since = False, None, None, None  # as kill_pg
+        n.disk_hung_since = None  # the host comes back with a disk that works
 
     def boot(self, name: str, startup_s: float = 0.0, liveness_kept: bool = False) -> None:
         """Host back: the agent starts from its persisted state; PostgreSQL is left to the agent.
@@ -481,6 +496,15 @@ class World:
     def unhang_pg(self, name: str) -> None:
         self.nodes[name].hung_since = None
 
+    def hang_disk(self, name: str) -> None:
+        """Its disk completes no write (a hung disk: chaos wal-disk-hang) until unhang_disk or a crash."""
+        n = self.nodes[name]
+        if n.alive and n.disk_hung_since is None:
+            n.disk_hung_since = self.t
+
+    def unhang_disk(self, name: str) -> None:
+        self.nodes[name].disk_hung_since = None
+
     def freeze(self, name: str) -> None:
         if self.nodes[name].alive:
             self.nodes[name].frozen = True
@@ -508,7 +532,7 @@ class World:
             n.links = {Net.PUBLIC: True, Net.PRIVATE: True}
             n.loss = {Net.PUBLIC: 0, Net.PRIVATE: 0}
             n.dr_loss = 0
-            n.hung_since = None
+            n.hung_since = n.disk_hung_since = None
             if n.frozen:
                 n.frozen, n.thawed_at = False, self.t  # as thaw(), without its agent-death follow-up
             self.boot(n.name)

@@ -17,7 +17,8 @@ from tests.unit.sim import Violation, World
 def policies(sync: bool = True, degrade: float = 0.0, hot: bool = True,
              pg_crash: PgCrashPolicy = PgCrashPolicy.FAILOVER, failover: float = 1.0) -> dict[str, Policy]:
     base = dict(hot=hot, sync=sync, failover_timeout_s=failover, fence_timeout_s=0.7, heartbeat_s=0.1, link_timeout_s=5.0,
-                degrade_after_s=degrade, max_lag_bytes=3, pg_crash=pg_crash, pg_unresponsive_s=2.0)
+                degrade_after_s=degrade, max_lag_bytes=3, pg_crash=pg_crash, pg_unresponsive_s=2.0,
+                wal_stuck_s=2.0)
     return {"a": Policy(preferred=True, **base), "b": Policy(preferred=False, **base)}  # type: ignore[arg-type]
 
 
@@ -258,7 +259,7 @@ def test_a_forced_promotion_is_refused_while_the_primarys_agent_is_dead() -> Non
 
 FAULTS = ["crash", "boot", "freeze", "thaw", "link_down", "link_up", "loss", "kill_pg", "kill_agent",
           "start_agent", "wait", "long_freeze", "maintenance_on", "maintenance_off", "manual_failover",
-          "hang_pg", "unhang_pg"]
+          "hang_pg", "unhang_pg", "hang_disk", "unhang_disk"]
 NETWORK_FAULTS = {"link_down", "loss"}  # the only way to the one case two servers cannot decide
 # A person's forced promotion (`standby promote --force`) takes what the standby has; with degrade_after_s
 # that may lack what the primary acknowledged alone, which the command says before it asks.
@@ -292,6 +293,8 @@ def apply(w: World, fault: str, node: str, net: Net, pct: int) -> None:
         case "start_agent": w.start_agent(node)
         case "hang_pg": w.hang_pg(node)  # chaos postgres-freeze
         case "unhang_pg": w.unhang_pg(node)
+        case "hang_disk": w.hang_disk(node)  # chaos wal-disk-hang
+        case "unhang_disk": w.unhang_disk(node)
 
 
 def play_schedule(w: World, steps: list) -> None:
@@ -340,26 +343,50 @@ def test_random_faults_keep_the_invariants(sync: bool, degrade: float, steps: li
 
 
 @pytest.mark.parametrize("sync", [True, False])
-def test_postgres_freeze_of_the_primary_past_the_bound_moves_the_database_and_loses_nothing(sync: bool) -> None:
-    """The simulated chaos postgres-freeze: the primary's server answers nothing for 3 s (the bound is 2 s here).
-    Its agent fences it (the stop ends in SIGKILL), the standby takes over on FENCED, calls go on there and
-    nothing acknowledged is lost (sync); one that answers again within the bound moves nothing."""
+@pytest.mark.parametrize("hang, unhang, reason", [
+    # The simulated chaos postgres-freeze: the server answers nothing.
+    ("hang_pg", "unhang_pg", "pg_unresponsive_failover"),
+    # The simulated chaos wal-disk-hang (finding: hung disk): the disk completes no write, the server answers
+    # every reading.
+    ("hang_disk", "unhang_disk", "wal_flush_stuck_failover"),
+])
+def test_a_primary_that_serves_nobody_past_the_bound_moves_the_database_and_loses_nothing(
+        sync: bool, hang: str, unhang: str, reason: str) -> None:
+    """The primary serves nobody for 3 s (the bound is 2 s here). Its agent fences it (the stop ends in SIGKILL),
+    the standby takes over on FENCED, calls go on there, nothing acknowledged is lost (sync), and the old
+    primary, let go, never takes a write again; one that serves again within the bound moves nothing."""
     with World(policies(sync=sync), seed=1) as w:
         w.run(2.0)
-        w.hang_pg("a")
+        getattr(w, hang)("a")
         w.run(1.5)
-        w.unhang_pg("a")  # within the bound: a slow moment
+        getattr(w, unhang)("a")  # within the bound: a slow moment
         w.run(3.0)
         assert [n.name for n in w.primaries()] == ["a"] and w.role_changes == 0, w.log
-        w.hang_pg("a")
+        getattr(w, hang)("a")
         w.run(3.0)
         before = len(w.acked)
         w.run(5.0)
         assert [n.name for n in w.primaries()] == ["b"] and len(w.acked) > before, w.log  # calls go on at b
-        assert any("pg_unresponsive_failover" in line for line in w.log), w.log
+        assert any(reason in line for line in w.log), w.log
         assert w.nodes["a"].state.fenced and w.nodes["a"].pg is DbState.DOWN
+        getattr(w, unhang)("a")
+        w.run(3.0)
+        assert [n.name for n in w.primaries()] == ["b"], w.log
         # Async: what the standby had not received when the server froze, within the lag bound (salvaged at the rejoin).
         assert (w.lost() == [] if sync else len(w.lost()) <= w.policy["b"].max_lag_bytes), w.log
+
+
+def test_wal_disk_hung_on_the_standby_moves_nothing() -> None:
+    """The standby's disk hangs: it stores nothing received, so a sync primary's commits wait (or it degrades);
+    the standby's own server is no primary and is never judged by the rule."""
+    with World(policies(sync=True), seed=1) as w:
+        w.run(2.0)
+        w.hang_disk("b")
+        w.run(6.0)
+        assert [n.name for n in w.primaries()] == ["a"] and not any("wal_flush_stuck" in x for x in w.log), w.log
+        w.unhang_disk("b")
+        w.run(3.0)
+        assert [n.name for n in w.primaries()] == ["a"] and w.lost() == [], w.log
 
 
 def test_primary_frozen_while_its_standby_restarts_still_fences() -> None:

@@ -52,6 +52,8 @@ def test_chaos_seed_77_a_thawed_primary_asks_its_server_to_stop_before_the_fence
         # The full stop (escalating, waiting for the server to go) still follows, after the write.
         assert pg.calls.index("stop_requested") < pg.calls.index("stop") and pg.db is DbState.DOWN
         assert next((e["action"], e["reason"]) for e in sh.events("decision")) == ("fence", "resumed_after_freeze")
+        # A server that served on: its stop escalates (fast, immediate, SIGKILL), never SIGKILL at once.
+        assert pg.fence_stops == [False]
 
 
 

@@ -76,7 +76,7 @@ def test_i13_the_step_reads_a_primary_in_one_round_trip() -> None:
     conn = _OneRowConnection((False, '"beta"', "0/3000060", "sync", "0/3000000", None, None, None, None,
                                "0/3000040", True))
     local, names = read_local(conn, "beta")  # type: ignore[arg-type]
-    assert len(conn.asked) == 1 and conn.asked[0][1] == ("beta",)
+    assert len(conn.asked) == 1 and conn.asked[0][1] == {"peer": "beta", "flush_seen": None}
     assert names == '"beta"'
     assert local == LocalPg(DbState.PRIMARY, lsn=Lsn.parse("0/3000060").value, peer_sync=True,  # type: ignore[union-attr]
                             peer_flush_lsn=Lsn.parse("0/3000000").value,  # type: ignore[union-attr]

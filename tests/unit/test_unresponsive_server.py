@@ -33,7 +33,8 @@ from tests.unit.shell_fakes import INTERVAL_S, FakeKernel, FakePostgres, run, sh
 SERVICE_IP = "192.0.2.100"
 CARRIER = {Net.PUBLIC: True, Net.PRIVATE: True}
 POLICY = Policy(hot=True, sync=True, preferred=True, failover_timeout_s=0.75, fence_timeout_s=0.45,
-                heartbeat_s=0.15, link_timeout_s=5.0, degrade_after_s=0.0, max_lag_bytes=1000, pg_unresponsive_s=15.0)
+                heartbeat_s=0.15, link_timeout_s=5.0, degrade_after_s=0.0, max_lag_bytes=1000, pg_unresponsive_s=15.0,
+                wal_stuck_s=30.0)
 SERVING = State(term=3, was_primary=True, services=True, primary_this_run=True, sync_established=True)
 
 
@@ -66,7 +67,7 @@ NOT_SERVING = {"silent": lambda peer_db: _obs(3600.0, peer_db=peer_db),
 
 @pytest.mark.parametrize("how", NOT_SERVING)
 @pytest.mark.parametrize("why, policy, peer_db", [
-    ("never, when set to 0", replace(POLICY, pg_unresponsive_s=0.0), DbState.STANDBY),
+    ("never, when set to 0", replace(POLICY, pg_unresponsive_s=0.0, wal_stuck_s=0.0), DbState.STANDBY),
     ("warm mode: a person decides", replace(POLICY, hot=False), DbState.STANDBY),
     ("on_postgres_crash = restart", replace(POLICY, pg_crash=PgCrashPolicy.RESTART), DbState.STANDBY),
     ("maintenance", replace(POLICY, suspended=True), DbState.STANDBY),
@@ -146,6 +147,7 @@ def test_postgres_freeze_on_the_primary_fences_it_after_the_bound_while_the_read
         decisions = [(e["action"], e["reason"]) for e in sh.events("decision")]
         assert ("fence", "pg_unresponsive_failover") in decisions, decisions
         assert pg.stops_while_hung == [True], pg.calls  # the escalating stop did not wait for the reading
+        assert pg.fence_stops[:1] == [True], pg.fence_stops  # SIGKILL at once (model.KILL_AT_ONCE)
 
 
 @pytest.mark.parametrize("answer", [pgobs.Unanswered.TIMEOUT, pgobs.Unanswered.REFUSED,

@@ -103,8 +103,9 @@ def plan(if_unclean: bool, clean_exit: bool, state: State | None, db: DbState) -
     return Plan(True, False, False, Why.PEER_COULD_NOT_PROMOTE)
 
 
-def stop_postgres(cfg: Config, node: str, step_timeout_s: float = STEP_TIMEOUT_S) -> StopStep:
-    """Stop the local server, escalating: fast, immediate, then SIGKILL. Returns the step that did it.
+def stop_postgres(cfg: Config, node: str, step_timeout_s: float = STEP_TIMEOUT_S, at_once: bool = False) -> StopStep:
+    """Stop the local server, escalating: fast, immediate, then SIGKILL (``at_once``: SIGKILL only, for a
+    server that serves nobody, model.KILL_AT_ONCE). Returns the step that did it.
 
     After a long freeze a server has been seen to ignore even an immediate shutdown for about a
     minute; a fence cannot wait that long, hence the last step. A postmaster stopped by a signal (chaos
@@ -112,7 +113,7 @@ def stop_postgres(cfg: Config, node: str, step_timeout_s: float = STEP_TIMEOUT_S
     gets the last step at once.
     """
     pid = pgact.running_pid(cfg.pg(node).data_dir)
-    if pid is not None and pgact.stopped_by_signal(pid):
+    if at_once or (pid is not None and pgact.stopped_by_signal(pid)):
         pgact.kill_server(cfg, node)
         return StopStep.KILL
     for step in (StopStep.FAST, StopStep.IMMEDIATE):

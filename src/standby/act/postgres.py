@@ -29,7 +29,7 @@ from standby import tls
 from standby.config import Config, read_secret
 from standby.documents import NODE_FACTS, NodeFacts
 from standby.layout import ClusterRef, Layout, LayoutError, settings_of
-from standby.observe.postgres import FACTS_SCHEMA, peer_dsn
+from standby.observe.postgres import FACTS_SCHEMA, kill_pending, peer_dsn
 from standby.topology import SlotSeen, slot_plan, slots_to_release, sync_plan
 
 HBA_BEGIN = "# BEGIN standby (managed; edits inside this block are overwritten)"
@@ -368,7 +368,10 @@ def kill_server(cfg: Config, node: str, timeout_s: float = 10.0) -> None:
         except ProcessLookupError:
             pass
     deadline = time.monotonic() + timeout_s
-    while running_pid(cfg.pg(node).data_dir) is not None:
+    # A postmaster waiting on a hung disk (state D: its fast-shutdown signal had it write its lock file) holds
+    # the SIGKILL until the disk returns, and then ends without running again: it serves nobody from the
+    # moment it has it, and waiting for its end would hold the fence for as long as the disk hangs.
+    while (left := running_pid(cfg.pg(node).data_dir)) is not None and not kill_pending(left):
         if time.monotonic() >= deadline:
             raise PostgresActionError(f"the postmaster {pid} survived SIGKILL for {timeout_s:g}s")
         time.sleep(0.05)
@@ -399,7 +402,8 @@ def _zombie(status: str) -> bool:
 
 
 def running_pid(data_dir: Path) -> int | None:
-    """PID of the postmaster using ``data_dir``, if one is alive."""
+    """PID of the postmaster using ``data_dir``, if one is alive (one killed that waits on a hung disk to end is:
+    its files are not free yet; kill_server counts it as stopped)."""
     pid = _lock_pid(data_dir)
     if pid is None:
         return None

@@ -33,7 +33,7 @@ from standby.agent.localdb import Database
 from standby.agent.servicerole import ServiceRole, TakeRefused
 from standby.agent.store import StateCell
 from standby.config import Config
-from standby.model import Action, ActionKind
+from standby.model import KILL_AT_ONCE, Action, ActionKind
 
 log = logging.getLogger("standby.agent")
 Run = Callable[..., Awaitable[Any]]
@@ -167,15 +167,16 @@ class Actions:
         # Its thread is made at the first fence (as a pool does) and ends with the process.
         self.stopper = ThreadPoolExecutor(1, thread_name_prefix="stop", initializer=priority.follow)
 
-    async def fence_stop(self) -> None:
+    async def fence_stop(self, at_once: bool = False) -> None:
         """A fence's stop (decided or a person's), escalating to SIGKILL (act.fence), whatever the PostgreSQL
-        thread is doing; its order against the other database actions is the executor's (one role lock)."""
-        await asyncio.get_running_loop().run_in_executor(self.stopper, self.db.fence_stop)
+        thread is doing; its order against the other database actions is the executor's (one role lock).
+        ``at_once``: SIGKILL only (a server that serves nobody, model.KILL_AT_ONCE)."""
+        await asyncio.get_running_loop().run_in_executor(self.stopper, self.db.fence_stop, at_once)
 
     def table(self) -> dict[ActionKind, Handler]:
         return {
             ActionKind.PROMOTE: lambda a: self._in_pg(self.db.promote),
-            ActionKind.FENCE: lambda a: self.fence_stop(),
+            ActionKind.FENCE: lambda a: self.fence_stop(a.reason in KILL_AT_ONCE),
             ActionKind.RESTART_PG: lambda a: self._in_pg(self.db.start),
             ActionKind.TAKE_SERVICES: self.take,
             ActionKind.RELEASE_SERVICES: lambda a: self.service_role.release(self.cell.state.fenced),

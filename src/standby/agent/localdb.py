@@ -40,7 +40,7 @@ class Database(Protocol):
     def checkpoint(self) -> bool: ...
     def start(self) -> None: ...
     def stop(self) -> None: ...
-    def fence_stop(self) -> None: ...
+    def fence_stop(self, at_once: bool = False) -> None: ...
     def request_stop(self) -> None: ...
     def set_sync_names(self, value: str) -> None: ...
     def received_lsn(self) -> Lsn | None: ...
@@ -54,6 +54,7 @@ class LocalDb:
         self._conn: psycopg.Connection | None = None
         self._slots_made = False  # the follower slots, once per connection (a restored backup may lack them)
         self._slots_looked: tuple[bool, float] | None = None  # role and time of the last look for idle slots
+        self._flush_seen: int | None = None  # the previous reading's flush position (OBSERVE_SQL)
 
     @property
     def connected(self) -> bool:
@@ -71,7 +72,9 @@ class LocalDb:
 
     def read(self) -> Reading:
         try:
-            return read_local(self._local(), self.peer)
+            reading = read_local(self._local(), self.peer, self._flush_seen)
+            self._flush_seen = reading[0].flush_lsn
+            return reading
         except psycopg.Error as e:
             self._drop()
             return pgobs.unanswered(e, pgobs.postmaster_running(self.cfg.pg(self.node).data_dir))
@@ -118,12 +121,12 @@ class LocalDb:
         self._drop()
         fence.stop_postgres(self.cfg, self.node)
 
-    def fence_stop(self) -> None:
+    def fence_stop(self, at_once: bool = False) -> None:
         """The same escalating stop without the connection, so that it may run on a thread of its own beside a
         reading that hangs on this one (a backend stuck where its statement timeout cannot reach, a server
         stopped by SIGSTOP: the SIGKILL such a server needs would wait behind the reading otherwise). The next
-        reading finds the server gone, drops the connection and reads DOWN."""
-        fence.stop_postgres(self.cfg, self.node)
+        reading finds the server gone, drops the connection and reads DOWN. ``at_once``: SIGKILL only."""
+        fence.stop_postgres(self.cfg, self.node, at_once=at_once)
 
     def request_stop(self) -> None:
         """A fence's first move: the fast-shutdown signal, on the caller's thread (no connection used).
@@ -189,9 +192,11 @@ def close_quietly(conn: psycopg.Connection | None) -> None:
 # One round trip per observation (the step reads it every heartbeat interval), all of it from one snapshot
 # of the server. pg_is_in_recovery() is read once: the primary's columns only where it said primary
 # (pg_current_wal_lsn() fails in recovery; a primary never goes back into it), the receiver's only in recovery.
-# Whether a process waits on a WAL write or sync (standby.observe.walstuck) is looked up only while WAL
-# written is not yet flushed: the sub-select runs only when its CASE branch is taken, so an idle primary's
-# reading does not scan the server's sessions. All of it is read from memory: a hung disk holds none of it.
+# Whether the flush position is awaited (standby.observe.walstuck) is looked up only when it has not moved
+# since the agent's previous reading (``flush_seen``) and WAL waits for it: the sessions are scanned
+# only when that CASE branch is taken (an uncorrelated sub-select runs on first use), so a busy primary,
+# whose flush moves, and an idle one, which has nothing unflushed, never pay for it. All of it is read from
+# memory: a hung disk holds none of it.
 OBSERVE_SQL = """
 SELECT r.in_recovery, current_setting('synchronous_standby_names'),
        CASE WHEN NOT r.in_recovery THEN pg_current_wal_lsn()::text END,
@@ -199,21 +204,26 @@ SELECT r.in_recovery, current_setting('synchronous_standby_names'),
        pg_last_wal_receive_lsn()::text, pg_last_wal_replay_lsn()::text,
        w.status, extract(epoch FROM clock_timestamp() - w.last_msg_receipt_time)::float8,
        CASE WHEN NOT r.in_recovery THEN pg_current_wal_flush_lsn()::text END,
-       CASE WHEN NOT r.in_recovery AND pg_current_wal_insert_lsn() > pg_current_wal_flush_lsn()
-            THEN EXISTS (SELECT FROM pg_stat_activity
-                         WHERE wait_event IN ('WALWrite', 'WALSync', 'WALInitWrite', 'WALInitSync'))
+       CASE WHEN NOT r.in_recovery AND pg_current_wal_flush_lsn() - '0/0'::pg_lsn = %(flush_seen)s
+                 AND pg_current_wal_insert_lsn() > pg_current_wal_flush_lsn()
+            THEN pg_current_wal_insert_lsn() - pg_current_wal_flush_lsn() > current_setting('wal_block_size')::numeric
+                 OR EXISTS (SELECT FROM pg_stat_activity
+                            WHERE (wait_event_type = 'IO'
+                                   AND wait_event IN ('WALWrite', 'WALSync', 'WALInitWrite', 'WALInitSync'))
+                               OR (wait_event_type = 'LWLock' AND wait_event = 'WALWrite'))
             ELSE false END
 FROM (SELECT pg_is_in_recovery() AS in_recovery) r
 LEFT JOIN LATERAL (
     SELECT sync_state, flush_lsn FROM pg_stat_replication
-    WHERE application_name = %s AND state = 'streaming' ORDER BY flush_lsn DESC NULLS LAST LIMIT 1
+    WHERE application_name = %(peer)s AND state = 'streaming' ORDER BY flush_lsn DESC NULLS LAST LIMIT 1
 ) rep ON NOT r.in_recovery
 LEFT JOIN pg_stat_wal_receiver w ON r.in_recovery
 """
 
 
-def read_local(conn: psycopg.Connection, peer: str) -> tuple[LocalPg, str | None]:
-    row = conn.execute(OBSERVE_SQL, (peer,)).fetchone()
+def read_local(conn: psycopg.Connection, peer: str, flush_seen: int | None = None) -> tuple[LocalPg, str | None]:
+    """The local server in one round trip; ``flush_seen``: the flush position the previous reading saw."""
+    row = conn.execute(OBSERVE_SQL, {"peer": peer, "flush_seen": flush_seen}).fetchone()
     assert row is not None  # the query's one row
     in_recovery, names, lsn, sync_state, flush_text, recv, replay, status, age, own_flush, wal_waiting = row
     if not in_recovery:

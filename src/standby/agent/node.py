@@ -4,7 +4,8 @@ The parts, one file each: the heartbeat link (link.py), the observer of PostgreS
 through the one connection in localdb.py), the background probes (probers.py), the executor of decided actions
 (executor.py), operator operations (operator.py), the reporting-IP mover (reporting_ip.py), the alerter
 (alerter.py), the keeper of synchronous_standby_names (synckeeper.py); the persisted state and history
-(store.py); the start-up refusals (startup.py); what the API reads (surface.py).
+(store.py; the state's write before the actions, statewrite.py); the start-up refusals (startup.py); what the
+API reads (surface.py).
 
 It owns: the decision state's turn (decisions and operator operations take turns), the step, and the agent's
 threads. It may not block the event loop: everything that blocks (PostgreSQL, netlink, service commands, disk)
@@ -38,6 +39,7 @@ from standby.agent.probers import Probers
 from standby.agent.reporting_ip import ReportingMover
 from standby.agent.servicerole import ServiceRole
 from standby.agent.startup import RefusedToStart, heartbeat_key, same_configuration
+from standby.agent.statewrite import HUNG_S, StateWriter
 from standby.agent.store import StateCell, Store
 from standby.agent.superseded import fence_if_superseded
 from standby.agent.surface import Surface
@@ -92,6 +94,7 @@ class Agent(Surface):
         self._liveness_write: Future[None] | None = None
         self._threads()
         in_pg, in_svc, in_probe, in_kernel = self._in_pg, self._in_svc, self._in_probe, self._in_kernel
+        self.state_writer = StateWriter(self.store, self._in_state)
         self.db: Database = db or LocalDb(cfg, node)
         self.link = HeartbeatLink(cfg, node, self.key, self.digest, transport or UdpTransport(cfg, node), clock)
         self.observer = Observer(cfg, node, self.db, in_pg, in_kernel, self.guard, clock)
@@ -172,7 +175,7 @@ class Agent(Surface):
             now=now, gap=gap, pg=self.pg, peer=link.peer_view, heard=dict(link.heard), carrier=dict(self.carrier),
             tiebreaker_ok=p.tiebreaker_ok(), services_healthy=p.services_healthy, service_ip_elsewhere=p.ip_elsewhere,
             heard_me=link.heard_me, dr=dr.seen if dr else None, dr_term=dr.term if dr else None,
-            pg_silent_s=self.observer.silent_s(now), wal_stuck_s=self.observer.wal.stuck_s(now),
+            pg_silent_s=self.observer.silent_s(now), wal_stuck_s=self.observer.wal.stuck_s(),
         )
 
     async def _step(self) -> None:
@@ -205,19 +208,16 @@ class Agent(Surface):
             # It takes writes until its server hears a stop: ask before the state write (chaos seed 77; why safe: act.fence).
             self.db.request_stop()
         if self.store.unsaved(new):  # also a write that failed at an earlier step: tried again
-            t = self.clock()
+            t, takes_away_only = self.clock(), new.fenced and all(a.kind in ONLY_TAKE_AWAY for a in actions)
             try:
-                await self._in_state(self.store.save_state, new)  # on disk before the action it allows
+                await self.state_writer.write(new, takes_away_only)  # on disk before the action it allows
                 self.guard.ok("state file", "write")
             except OSError as e:
-                if not (new.fenced and all(a.kind in ONLY_TAKE_AWAY for a in actions)):
+                if not takes_away_only:
                     raise  # nothing acted on: the next step decides again
-                # A fence only takes away: it goes on without its record (the server may have been signalled),
-                # held in memory; dropped, the crash rule would start the server it stopped (adversarial read
-                # F2). The write is retried at every step, any decision that gives this node something waits
-                # for it, and the liveness record waits too: a next agent counts the time as unattended and
-                # fences first (standby.act.fence: signalled, not recorded).
-                self.guard.failed("state file", f"[Errno {e.errno}] {e.strerror}", "write")  # no file name: it varies
+                # A fence only takes away: it goes on without its record, held in memory (agent.statewrite; F2).
+                self.guard.failed("state file", f"not written within {HUNG_S:g} s (a hung disk?)" if isinstance(
+                    e, TimeoutError) else f"[Errno {e.errno}] {e.strerror}", "write")  # no file name: it varies
             self.state_write_s = self.clock() - t
         self.state = new
         self.in_hand = NOTHING_IN_HAND

@@ -80,9 +80,11 @@ class Observer:
             result = read.result()
         except Exception as e:  # noqa: BLE001  (an observation that fails reads as last known, never ends the agent)
             self.guard.failed("postgres", e)
+            self.wal = WalWatch()  # it says nothing of the disk: the count starts again
             return
         if isinstance(result, pgobs.Unanswered) and not result.down:
             self.guard.failed("postgres", f"{result.value}; keeping the last observation")
+            self.wal = WalWatch()
             return
         self.pg, self.sync_names = (LocalPg(DbState.DOWN), None) if isinstance(result, pgobs.Unanswered) else result
         self.wal = self.wal.after(self.pg, self._clock())

@@ -38,6 +38,7 @@ def policy_for(cfg: Config, node: str, suspended: bool = False) -> Policy:
         max_lag_bytes=cfg.replication.max_lag_on_failover_bytes,
         pg_crash=PgCrashPolicy(cfg.replication.on_postgres_crash.value),
         pg_unresponsive_s=t.postgres_unresponsive_ms / 1000,
+        wal_stuck_s=t.wal_flush_stuck_ms / 1000,
         auto_rejoin=cfg.rejoin is RejoinPolicy.AUTO,
         services_move_on_failure=cfg.services_move_on_failure,
         unhealthy_after_s=t.service_unhealthy_ms / 1000,

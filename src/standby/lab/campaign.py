@@ -55,7 +55,7 @@ from standby.model import DbState
 # Room for a checkpoint cycle of WAL, wal_keep_size, what a slot pins and what pg_rewind copies
 # in, so that the disk fills up only when the campaign fills it.
 WAL_DISK_MB = 2048
-# Small enough for the WAL tmpfs: a standby gone for long is cloned on return, not waited for.
+# Small enough for the WAL disk: a standby gone for long is cloned on return, not waited for.
 WAL_SETTINGS = {"wal_keep_size_mb": 64, "max_slot_wal_keep_size_mb": 128}
 TABLES = ("accounts", "vendors", "cdrs", "balance_deltas")
 
@@ -106,7 +106,8 @@ class Campaign:
     # -- set-up -----------------------------------------------------------------
 
     def prepare(self) -> None:
-        """Bootstrap the pair with WAL on small tmpfs disks and agents whose wall clock can be stepped."""
+        """Bootstrap the pair with WAL on small disks of its own (which a fault can fill or hang) and agents
+        whose wall clock can be stepped."""
         lab = self.lab
         text = lab.config_path.read_text()
         extra = "".join(f"{k} = {v}\n" for k, v in WAL_SETTINGS.items())
@@ -116,7 +117,7 @@ class Campaign:
         lab.config_path.write_text(text)
         lab.bootstrap()
         for node in DB_NODES:
-            lab.wal_on_tmpfs(node, WAL_DISK_MB)
+            lab.wal_on_loop_ext4(node, WAL_DISK_MB)
         labfollowers.attach(lab)  # cloned from the primary, as an operator adds a follower
         for node in DB_NODES:
             lab.start_agent(node, own_clock=self.own_clock)
@@ -266,6 +267,8 @@ class Campaign:
             case Kind.POSTGRES_FREEZE:
                 self.stalled = lab.freeze_postgres(node)
                 info["stopped_pids"] = self.stalled
+            case Kind.WAL_DISK_HANG:
+                info["frozen"] = lab.freeze_wal_disk(node)  # False after a clone: pg_wal is on the node's own disk
             case Kind.STANDBY_LONG_FREEZE:
                 lab.freeze(node)
             case Kind.MAINTENANCE_LEFT_ON:
@@ -340,6 +343,8 @@ class Campaign:
         lab = self.lab
         if f.kind is Kind.WAL_DISK_FULL:
             lab.free_wal_disk(node)
+        if f.kind is Kind.WAL_DISK_HANG:
+            lab.thaw_wal_disk(node)
         if f.kind is Kind.CLOCK_JUMP:
             lab.set_clock(node, 0)
         if self.stalled:

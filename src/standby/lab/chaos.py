@@ -43,6 +43,9 @@ class Kind(enum.StrEnum):
     # The server's processes stopped (SIGSTOP), the host and its agent running on: a hung disk or a debugger.
     # The agent's readings hang meanwhile; a fence decided then must still stop the server (SIGKILL).
     POSTGRES_FREEZE = "postgres-freeze"
+    # The WAL file system completes no write (fsfreeze): the server answers from memory, no commit finishes; thawed
+    # at the heal. Held past timings.wal_flush_stuck_ms on the primary, the database is handed over.
+    WAL_DISK_HANG = "wal-disk-hang"
     # Followers and the WAN (a lab with followers only). A follower never promotes, whatever it meets.
     FOLLOWER_CRASH = "follower-crash"  # a follower's host loses power; it reboots at the heal (its agent started)
     FOLLOWER_FREEZE = "follower-freeze"  # a follower's host paused; thawed at the heal
@@ -76,13 +79,16 @@ WEIGHTS: dict[Kind, int] = {
     Kind.CRASH: 3, Kind.FREEZE: 3, Kind.LINK_DOWN: 3, Kind.ISOLATE: 3, Kind.LOSS: 2,
     Kind.KILL_AGENT: 2, Kind.KILL_POSTGRES: 2, Kind.WAL_DISK_FULL: 1, Kind.CLOCK_JUMP: 2, Kind.SWITCHOVER: 1,
     Kind.BUSY_PRIMARY: 2, Kind.STANDBY_LONG_FREEZE: 1, Kind.MAINTENANCE_LEFT_ON: 1, Kind.API_FLOOD: 2,
-    Kind.HEARTBEAT_REPLAY: 2, Kind.POSTGRES_FREEZE: 2,
+    Kind.HEARTBEAT_REPLAY: 2, Kind.POSTGRES_FREEZE: 2, Kind.WAL_DISK_HANG: 2,
     Kind.FOLLOWER_CRASH: 2, Kind.FOLLOWER_FREEZE: 2, Kind.FOLLOWER_ISOLATE: 2, Kind.WAN_DOWN: 2, Kind.WAN_LOSS: 2,
 }
 
 # timings.postgres_unresponsive_ms's default, in seconds (tests/unit/test_chaos.py holds them equal; not imported:
 # the configuration's models are more than the schedule needs): a longer postgres-freeze of the primary hands it over.
 UNRESPONSIVE_S = 15.0
+# timings.wal_flush_stuck_ms's default, in seconds, held equal the same way: a longer wal-disk-hang of the primary
+# hands it over.
+WAL_STUCK_S = 30.0
 
 # A standby-long-freeze outlasts this (seconds) unless the campaign says otherwise:
 # twice the default failover timeout.
@@ -201,6 +207,10 @@ def faults(seed: int, kinds: Sequence[Kind] = ALL_KINDS, long_freeze: float = DE
         elif kind is Kind.POSTGRES_FREEZE and rng.random() < 0.25:
             # Now and then past timings.postgres_unresponsive_ms (its default): the primary's server is handed over.
             hold = round(UNRESPONSIVE_S + rng.uniform(1.0, 5.0), 1)
+        elif kind is Kind.WAL_DISK_HANG and rng.random() < 0.25:
+            # Now and then past timings.wal_flush_stuck_ms: the fence's SIGKILL is then held by the processes that
+            # wait on the disk until the thaw, while the postmaster's end is what the standby waits for.
+            hold = round(WAL_STUCK_S + rng.uniform(1.0, 12.0), 1)
         quiet = round(rng.uniform(1.0, 4.0), 1)
         yield Fault(number, kind, target, net, percent, offset, hold, quiet, connections=connections, follower=follower)
 

@@ -168,6 +168,8 @@ class Lab:
         namespaces = [spec.netns(r) for r in spec.roles()]
         for ns in namespaces:
             faults.thaw(ns)
+        # A disk left frozen (wal-disk-hang) first too: the stops below would wait on it for ever.
+        waldisk.thaw_under(spec.root)
         # Agents first: a live agent would restart a PostgreSQL being stopped.
         pg_uid = pwd.getpwnam("postgres").pw_uid
         for ns in namespaces:
@@ -472,6 +474,11 @@ class Lab:
         """Move the node's WAL to an ext4 of ``size_mb`` that ``freeze_wal_disk`` can hang (PostgreSQL stopped
         and started around it: do it before the agents start)."""
         self._move_wal(node, waldisk.move_to_loop_ext4, size_mb)
+
+    def data_on_loop_ext4(self, node: str, size_mb: int) -> None:
+        """Move the node's whole data directory (its WAL with it) to an ext4 of ``size_mb`` that
+        ``freeze_wal_disk`` can hang: the usual one-disk layout (before the agents start)."""
+        self._move_wal(node, waldisk.move_data_to_loop_ext4, size_mb)
 
     def _move_wal(self, node: str, move: Callable[[NodeLayout, int], None], size_mb: int) -> None:
         layout = self.node(node)

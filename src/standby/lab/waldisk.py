@@ -26,6 +26,10 @@ def mount_point(node: NodeLayout) -> Path:
     return node.dir / "waldisk"
 
 
+def data_mount_point(node: NodeLayout) -> Path:
+    return node.dir / "datadisk"
+
+
 def move_to_tmpfs(node: NodeLayout, size_mb: int) -> None:
     """Put ``pg_wal`` on a tmpfs of ``size_mb``. PostgreSQL must be stopped."""
     _move(node, ["mount", "-t", "tmpfs", "-o", f"size={size_mb}m,mode=0700", "tmpfs"])
@@ -34,12 +38,40 @@ def move_to_tmpfs(node: NodeLayout, size_mb: int) -> None:
 def move_to_loop_ext4(node: NodeLayout, size_mb: int) -> None:
     """Put ``pg_wal`` on an ext4 of ``size_mb`` in a file beside the node (a loop device), which ``freeze``
     can hang. PostgreSQL must be stopped. The loop device goes with the unmount (the mount's autoclear)."""
-    image = node.dir / "waldisk.img"
+    _move(node, _loop_ext4(node.dir / "waldisk.img", size_mb))
+
+
+def move_data_to_loop_ext4(node: NodeLayout, size_mb: int) -> None:
+    """Put the whole data directory, its WAL with it, on an ext4 of ``size_mb`` (the usual one-disk layout), which
+    ``freeze`` hangs: the postmaster's own writes (its lock file at a shutdown) wait too. PostgreSQL stopped."""
+    data, mnt = node.pgdata, data_mount_point(node)
+    if data.is_symlink():
+        return  # already done
+    mnt.mkdir(exist_ok=True)
+    subprocess.run([*_loop_ext4(node.dir / "datadisk.img", size_mb), str(mnt)], check=True, capture_output=True,
+                   text=True)
+    (mnt / "lost+found").rmdir()  # a data directory holds PostgreSQL's files only
+    for entry in data.iterdir():
+        shutil.move(str(entry), str(mnt / entry.name))
+    pg = pwd.getpwnam("postgres")
+    for path in [mnt, *mnt.rglob("*")]:
+        os.lchown(path, pg.pw_uid, pg.pw_gid)
+    os.chmod(mnt, 0o700)
+    data.rmdir()
+    data.symlink_to(mnt)
+    os.lchown(data, pg.pw_uid, pg.pw_gid)
+
+
+def _loop_ext4(image: Path, size_mb: int) -> list[str]:
+    """Make an ext4 of ``size_mb`` in ``image``; the mount command that puts it behind a loop device (the mount
+    point to add)."""
     with image.open("wb") as f:
         f.truncate(size_mb * 1024 * 1024)  # sparse: costs the machine what is written only
     # -m 0: no blocks reserved for root, so the disk is as full for PostgreSQL as `fill` makes it.
     subprocess.run(["mkfs.ext4", "-q", "-F", "-m", "0", str(image)], check=True, capture_output=True, text=True)
-    _move(node, ["mount", "-o", "loop", str(image)])
+    # barrier=0: an fsync goes no further than the machine's page cache, as on the tmpfs this replaces (the lab's
+    # host crash keeps the kernel, so nothing durable is lost either way); the lab's commits stay as cheap.
+    return ["mount", "-o", "loop,barrier=0", str(image)]
 
 
 def _move(node: NodeLayout, mount: list[str]) -> None:
@@ -90,25 +122,37 @@ def free(node: NodeLayout) -> None:
 
 
 def freeze(node: NodeLayout) -> bool:
-    """Hang every write to the node's WAL file system (``fsfreeze``); False if WAL is not on one that can be."""
-    mnt = mount_point(node)
-    if not os.path.ismount(mnt):
-        return False
-    return subprocess.run(["fsfreeze", "--freeze", str(mnt)], check=False, capture_output=True).returncode == 0
+    """Hang every write to the file system the node's WAL is on (``fsfreeze``): its own, or the data directory's;
+    False if WAL is on neither (e.g. after a clone, whose ``pg_wal`` is a plain directory again)."""
+    for link, mnt in ((node.pgdata, data_mount_point(node)), (node.pgdata / "pg_wal", mount_point(node))):
+        if link.is_symlink() and os.path.ismount(mnt):
+            return subprocess.run(["fsfreeze", "--freeze", str(mnt)], check=False, capture_output=True).returncode == 0
+    return False
 
 
 def thaw(node: NodeLayout) -> None:
     """Let the writes that waited go on (a file system not frozen is left as it is)."""
-    subprocess.run(["fsfreeze", "--unfreeze", str(mount_point(node))], check=False, capture_output=True)
+    for mnt in (data_mount_point(node), mount_point(node)):
+        subprocess.run(["fsfreeze", "--unfreeze", str(mnt)], check=False, capture_output=True)
 
 
-def unmount_under(root: Path) -> None:
-    """Unmount every file system mounted below ``root`` (a lab's WAL disks), deepest first. A frozen one is
-    thawed first: unmounted frozen, its waiting writers (and the loop device) would stay for good."""
+def _mounted_under(root: Path) -> list[str]:
+    """The mount points below ``root``, deepest first."""
     root = root.resolve()
     with open("/proc/self/mounts") as f:
         points = [line.split()[1] for line in f]
-    mine = [p for p in points if p.startswith(str(root) + "/")]
-    for p in sorted(mine, key=len, reverse=True):
+    return sorted((p for p in points if p.startswith(str(root) + "/")), key=len, reverse=True)
+
+
+def thaw_under(root: Path) -> None:
+    """Thaw every file system mounted below ``root`` (a lab's disks; one not frozen is left as it is)."""
+    for p in _mounted_under(root):
         subprocess.run(["fsfreeze", "--unfreeze", p], check=False, capture_output=True)
+
+
+def unmount_under(root: Path) -> None:
+    """Unmount every file system mounted below ``root`` (a lab's disks), deepest first. A frozen one is thawed
+    first: unmounted frozen, its waiting writers (and the loop device) would stay for good."""
+    thaw_under(root)
+    for p in _mounted_under(root):
         subprocess.run(["umount", "-l", p], check=False, capture_output=True)

@@ -174,7 +174,8 @@ def unanswered(e: psycopg.Error, postmaster_alive: bool) -> Unanswered:
 
 
 def postmaster_running(data_dir: Path) -> bool:
-    """Is the postmaster named in ``data_dir``/postmaster.pid alive (and a postgres process)?"""
+    """Is the postmaster named in ``data_dir``/postmaster.pid alive (and a postgres process, not one killed that
+    waits on a hung disk to end: kill_pending)?"""
     try:
         pid = int((data_dir / "postmaster.pid").read_text().split("\n", 1)[0].strip())
     except (FileNotFoundError, ValueError):
@@ -196,7 +197,32 @@ def postmaster_running(data_dir: Path) -> bool:
         return False
     except (OSError, ValueError, IndexError):
         return True
-    return comm.startswith("postgres") and rest.split()[0] not in ("Z", "X")
+    return comm.startswith("postgres") and rest.split()[0] not in ("Z", "X") and not kill_pending(pid)
+
+
+_SIGKILL_BIT = 1 << (9 - 1)  # /proc/PID/status's pending masks: bit N-1 for signal N (SIGKILL is 9)
+
+
+def kill_pending(pid: int) -> bool:
+    """Has the process a SIGKILL it has not acted on yet? Only one in an uninterruptible wait (state D: a write
+    to a hung disk) holds one: it never runs another instruction of its own, and ends the moment its kernel call
+    returns. A postmaster so killed accepts no connection and starts no process: it counts as gone."""
+    try:
+        return sigkill_pending(Path(f"/proc/{pid}/status").read_text())
+    except OSError:
+        return False
+
+
+def sigkill_pending(status: str) -> bool:
+    """``status``: a /proc/PID/status; see kill_pending."""
+    for line in status.splitlines():
+        if line.startswith(("ShdPnd:", "SigPnd:")):
+            try:
+                if int(line.split()[1], 16) & _SIGKILL_BIT:
+                    return True
+            except (IndexError, ValueError):
+                continue
+    return False
 
 
 def connect_peer(cfg: Config, node: str, network: str = "private") -> psycopg.Connection:
