@@ -50,7 +50,8 @@ def command(name: str, duration_s: float, seed: int, kinds: str | None, durabili
     Faults: host crash, freeze, one link down, both links down, packet loss,
     agent killed, PostgreSQL killed, WAL disk full, wall-clock jump, switchover,
     the primary agent's queries stalled, the standby frozen for long,
-    maintenance left on, the API flooded, old heartbeats replayed; with --follower
+    maintenance left on, the API flooded, old heartbeats replayed, a server frozen
+    whole, the WAL disk hung; with --follower
     also a follower's host crashed, frozen or cut off, and (with gamma) the WAN link
     down or lossy. A fenced old primary is rejoined (and its salvage applied) along the
     way. The verdict checks every acknowledged call on the final primary and on each
