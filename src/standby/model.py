@@ -204,11 +204,13 @@ class ActionKind(StrEnum):
 # so they need no record on disk before they run (every other action waits for its decision's record).
 ONLY_TAKE_AWAY: frozenset[ActionKind] = frozenset({ActionKind.FENCE, ActionKind.RELEASE_SERVICES})
 
-# Fences of a server that serves nobody: the stop goes straight to SIGKILL. No clean stop can finish (a
-# shutdown checkpoint writes WAL to the hung disk, and the processes waiting on it do not act on an immediate
-# shutdown's SIGQUIT either; a server stopped by a signal acts on nothing else), so the escalation's fast and
-# immediate steps would only add their timeouts (10 s) to the time without a database.
-KILL_AT_ONCE: frozenset[Reason] = frozenset({Reason.PG_UNRESPONSIVE_FAILOVER, Reason.WAL_FLUSH_STUCK_FAILOVER})
+# Fences whose stop goes straight to SIGKILL: a server whose disk completes no write. No clean stop can finish
+# (a shutdown checkpoint writes WAL to the hung disk, and the processes waiting on it do not act on an immediate
+# shutdown's SIGQUIT either), so the escalation's fast and immediate steps would only add their timeouts (10 s)
+# to the time without a database. Not a server that answers nothing: where that is the agent's trouble, not the
+# server's, a fast stop still sends an async standby the WAL it lacks (a stopped server is killed at once anyway,
+# act.fence.stop_postgres).
+KILL_AT_ONCE: frozenset[Reason] = frozenset({Reason.WAL_FLUSH_STUCK_FAILOVER})
 
 
 @dataclass(frozen=True)

@@ -348,7 +348,10 @@ class World:
         nobody asks: its unclean-exit fence stops the server only if the peer could have taken over, and a
         primary whose peer is down keeps serving until its agent is back (at once, under systemd)."""
         for n in self.nodes.values():
-            writable = n.alive and not n.frozen and n.pg is DbState.PRIMARY  # a paused host answers nobody
+            # A paused host answers nobody, and neither does a server that answers nothing or whose disk completes
+            # no write (its bound counts from when it serves again: its agent then reads it and stops it).
+            writable = (n.alive and not n.frozen and n.pg is DbState.PRIMARY and n.hung_since is None
+                        and n.disk_hung_since is None)
             n.writable_since = (n.writable_since if n.writable_since is not None else self.t) if writable else None
         if self.dr_promoted_at is None:
             return

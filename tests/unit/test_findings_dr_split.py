@@ -125,6 +125,11 @@ dr_schedule = st.lists(
 # The world's bound counted a dead agent's time: b promoted, its agent killed, the DR node promoted meanwhile.
 @example(steps=[("crash", "a", Net.PUBLIC, 0, 1.0), ("kill_agent", "b", Net.PUBLIC, 0, 1.0),
                 ("dr_promote", "a", Net.PUBLIC, 0, 2.0)], seed=0, stop_delay=0.3)
+# Drawn 2026-12-05: b promoted for a crashed a, its server stopped answering in that moment (postgres-freeze), then
+# the DR promotion: the world counted the stopped server as taking writes beside the DR node. It takes none while
+# stopped; its bound counts from when it answers again (at the heal), and its agent then stops it in time.
+@example(steps=[("crash", "a", Net.PUBLIC, 0, 1.0), ("hang_pg", "b", Net.PUBLIC, 0, 1.0),
+                ("crash", "a", Net.PUBLIC, 0, 1.0), ("dr_promote", "a", Net.PUBLIC, 0, 2.0)], seed=0, stop_delay=0.0)
 def test_dr_split_random_faults_with_a_dr_promotion_leave_no_pair_node_serving_beside_it(
         sync: bool, steps: list, seed: int, stop_delay: float) -> None:
     """The world's invariants (never two writable pair nodes, fenced nodes stay down, terms never go back), and:

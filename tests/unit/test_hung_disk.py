@@ -13,6 +13,7 @@ The first part on real processes in state D: an ext4 in a file behind a loop dev
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
 import signal
@@ -38,8 +39,9 @@ from tests.unit.configs import example_with_secrets
 @pytest.fixture
 def frozen_disk(tmp_path: Path) -> Iterator[Path]:
     """A file system whose every write waits until the test ends (then thawed and unmounted)."""
-    if os.geteuid() != 0 or shutil.which("mkfs.ext4") is None or shutil.which("fsfreeze") is None:
-        pytest.skip("needs root, mkfs.ext4 and fsfreeze (./dev setup installs them)")
+    if (os.geteuid() != 0 or shutil.which("mkfs.ext4") is None or shutil.which("fsfreeze") is None
+            or not Path("/dev/loop-control").exists()):
+        pytest.skip("needs root, loop devices, mkfs.ext4 and fsfreeze (./dev setup installs the tools)")
     image, mnt = tmp_path / "disk.img", tmp_path / "mnt"
     mnt.mkdir()
     with image.open("wb") as f:
@@ -51,10 +53,12 @@ def frozen_disk(tmp_path: Path) -> Iterator[Path]:
         yield mnt
     finally:
         subprocess.run(["fsfreeze", "--unfreeze", str(mnt)], check=False, capture_output=True)
-        subprocess.run(["umount", str(mnt)], check=False, capture_output=True)
-        # The loop device goes with the last reference to the file system, which a process that waited on it
-        # may hold a moment longer: wait for it, so that the test leaves no device behind.
-        deadline = time.monotonic() + 10
+        # Lazily: a process still on it (a test that failed half-way) must not keep it mounted, nor the test waiting.
+        subprocess.run(["umount", "-l", str(mnt)], check=False, capture_output=True)
+        # The loop device goes with the last reference to the file system (the mount's autoclear): a process that
+        # waited on it may hold one a moment longer, and so does every process another test started meanwhile in
+        # a network namespace of its own (its copy of the mounts), until it ends. Marked to go, never left held.
+        deadline = time.monotonic() + 2
         while _loop_devices(image) and time.monotonic() < deadline:
             time.sleep(0.1)
         for dev in _loop_devices(image):
@@ -75,6 +79,27 @@ def _in_d_state(pid: int, timeout_s: float = 5.0) -> bool:
     return False
 
 
+def _stand_in(tmp_path: Path, script: str) -> subprocess.Popen[bytes]:
+    """A process named as a postmaster is (the command name is what the agent checks) running ``script``."""
+    (tmp_path / "bin").mkdir(exist_ok=True)
+    name = tmp_path / "bin" / "postgres"
+    if not name.exists():
+        name.symlink_to(shutil.which("sh") or "/bin/sh")
+    return subprocess.Popen([str(name), "-c", script])
+
+
+def _children(pid: int) -> list[int]:
+    return [int(p.parent.name) for p in Path("/proc").glob("[0-9]*/stat")
+            if _field(p, 1) == str(pid)]
+
+
+def _field(stat: Path, i: int) -> str | None:
+    try:
+        return stat.read_text().rsplit(")", 1)[1].split()[i]
+    except (OSError, IndexError):
+        return None
+
+
 def test_finding_4_a_postmaster_waiting_on_a_hung_disk_is_killed_and_counts_as_stopped(
         tmp_path: Path, frozen_disk: Path) -> None:
     data = tmp_path / "data"
@@ -82,12 +107,18 @@ def test_finding_4_a_postmaster_waiting_on_a_hung_disk_is_killed_and_counts_as_s
     raw, _ = example_with_secrets(tmp_path)
     raw["postgres"]["data_dir"] = str(data)
     cfg = config.parse(raw)
-    # A stand-in named as a postmaster is (its command name is what the agent checks), writing to the hung disk.
-    (tmp_path / "bin").mkdir()
-    (tmp_path / "bin" / "postgres").symlink_to(shutil.which("sh") or "/bin/sh")
-    server = subprocess.Popen([str(tmp_path / "bin" / "postgres"), "-c", f"echo lock > {frozen_disk}/postmaster.pid"])
+    # The stand-in's child (a backend) leads a group of its own, as PostgreSQL's children do, with a process of
+    # its own in it (an archive_command); then the stand-in writes to the hung disk, as a postmaster writes its
+    # lock file at a shutdown signal.
+    server = _stand_in(tmp_path, f"setsid sh -c 'sleep 60 & wait' & sleep 0.3; echo lock > {frozen_disk}/postmaster.pid")
+    kept: list[int] = []
     try:
         assert _in_d_state(server.pid), "the write did not wait on the frozen disk"
+        backend = _children(server.pid)[0]
+        deadline = time.monotonic() + 5
+        while len(kept := [backend, *_children(backend)]) < 2 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert len(kept) == 2, kept
         (data / "postmaster.pid").write_text(f"{server.pid}\n{data}\n")
         assert pgobs.postmaster_running(data) and not pgobs.kill_pending(server.pid)
         t0 = time.monotonic()
@@ -95,10 +126,38 @@ def test_finding_4_a_postmaster_waiting_on_a_hung_disk_is_killed_and_counts_as_s
         assert time.monotonic() - t0 < 5.0
         assert pgobs.kill_pending(server.pid)  # still there, in state D, never to run again
         assert server.poll() is None and not pgobs.postmaster_running(data)  # the agent reads the server down
+        deadline = time.monotonic() + 5
+        while any(_field(Path(f"/proc/{p}/stat"), 0) not in (None, "Z") for p in kept) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert all(_field(Path(f"/proc/{p}/stat"), 0) in (None, "Z") for p in kept), "a child or its own survived"
     finally:
         subprocess.run(["fsfreeze", "--unfreeze", str(frozen_disk)], check=False, capture_output=True)
+        for child in _children(server.pid):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(child, signal.SIGKILL)  # its group: whatever it started too
+        for p in kept:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(p, signal.SIGKILL)
         server.kill()
         assert server.wait(10) == -signal.SIGKILL  # the write returned, and the process ended at once
+
+
+def test_a_lock_file_naming_another_program_kills_nothing(tmp_path: Path) -> None:
+    """Second read, finding 12: the kill is now a fence's first and only step; a lock file left naming a PID that
+    another program has since been given must not have that program killed."""
+    data = tmp_path / "data"
+    data.mkdir()
+    raw, _ = example_with_secrets(tmp_path)
+    raw["postgres"]["data_dir"] = str(data)
+    cfg = config.parse(raw)
+    other = subprocess.Popen(["sleep", "60"])
+    try:
+        (data / "postmaster.pid").write_text(f"{other.pid}\n{data}\n")
+        fence.stop_postgres(cfg, "alpha", at_once=True)
+        assert other.poll() is None
+    finally:
+        other.kill()
+        other.wait(5)
 
 
 def test_a_process_that_only_sleeps_has_no_kill_pending() -> None:
@@ -144,10 +203,15 @@ def test_finding_4_a_fence_goes_on_past_a_hung_state_write_and_no_second_write_q
     async def go() -> None:
         with pytest.raises(TimeoutError):
             await writer.write(fenced, takes_away_only=True)  # the fence goes on in memory
+        t0 = time.monotonic()
         with pytest.raises(TimeoutError):
-            await writer.write(newer, takes_away_only=True)  # waits on the one in flight, queues nothing
-        assert disk.begun == 1
-        disk.go.set()  # the disk comes back
+            await writer.write(newer, takes_away_only=True)  # the one in flight hangs: no wait, nothing queued
+        assert time.monotonic() - t0 < statewrite.HUNG_S and disk.begun == 1
+        disk.go.set()  # the disk comes back: the write in flight returns, and a later step writes the newest state
+        for _ in range(500):
+            if disk.written:
+                break
+            await asyncio.sleep(0.01)
         await writer.write(newer, takes_away_only=True)
         assert disk.written == [fenced, newer]  # in order: the newest last
 

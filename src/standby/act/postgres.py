@@ -6,6 +6,7 @@ Each function is idempotent and says whether it changed anything, so bootstrap
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pwd
 import shlex
@@ -341,7 +342,7 @@ def request_fast_stop(cfg: Config, node: str) -> int | None:
         return None
     try:
         # The file may name a PID that another program has since been given: signal only a postgres.
-        if Path(f"/proc/{pid}/comm").read_text().strip() not in ("postgres", "postmaster"):
+        if not _is_postgres(pid):
             return None
         os.kill(pid, signal.SIGINT)
     except (ProcessLookupError, FileNotFoundError):
@@ -353,8 +354,10 @@ def kill_server(cfg: Config, node: str, timeout_s: float = 10.0) -> None:
     """SIGKILL the postmaster and its children: a power cut for this server, when even an immediate
     shutdown does not finish (its processes are then gone; the next start recovers from the WAL)."""
     pid = running_pid(cfg.pg(node).data_dir)
-    if pid is None:
-        return
+    if pid is None or not _is_postgres(pid):
+        return  # none, or a lock file left naming a PID another program has since been given
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGSTOP)  # no new child between the look for them and their kill
     children = []
     for proc_stat in Path("/proc").glob("[0-9]*/stat"):
         try:
@@ -362,11 +365,16 @@ def kill_server(cfg: Config, node: str, timeout_s: float = 10.0) -> None:
                 children.append(int(proc_stat.parent.name))
         except (OSError, ValueError, IndexError):
             continue
-    for p in (pid, *children):
+    for child in children:
+        # Each child leads a process group of its own (PostgreSQL's setsid), which holds what it started: an
+        # archive_command, a COPY ... PROGRAM. One just forked may not lead it yet: then the child alone.
         try:
-            os.kill(p, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+            os.killpg(child, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(child, signal.SIGKILL)
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
     deadline = time.monotonic() + timeout_s
     # A postmaster waiting on a hung disk (state D: its fast-shutdown signal had it write its lock file) holds
     # the SIGKILL until the disk returns, and then ends without running again: it serves nobody from the
@@ -413,6 +421,13 @@ def running_pid(data_dir: Path) -> int | None:
     except (ProcessLookupError, FileNotFoundError):
         return None
     return None if _zombie(status) else pid
+
+
+def _is_postgres(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip() in ("postgres", "postmaster")
+    except OSError:
+        return False
 
 
 def stopped_by_signal(pid: int) -> bool:

@@ -6,8 +6,8 @@ first, an agent that dies before the record lands comes back on the state before
 takes away (a fence: model.ONLY_TAKE_AWAY) does not wait for a write that fails (adversarial read F2) or
 that hangs past ``HUNG_S`` (a hung disk under the state file): it goes on held in memory, the liveness
 record waits with it (a next agent counts the time as unattended and fences first), and the newest state
-is written once the disk lets it. A write that hangs is never joined by a second behind it: the step after
-it ends writes the newest state then.
+is written once the disk lets it. A write that hangs is never joined by a second behind it, and a later fence
+does not wait for it again: the step after it ends writes the newest state then.
 It may not: decide, or choose what a failed write means for the step (the caller does, from the decision).
 """
 
@@ -32,7 +32,9 @@ class StateWriter:
         """``new`` on disk, or an error: OSError from the write, TimeoutError (an OSError too) when a take-away
         decision's write, or the one still in flight before it, has not returned within HUNG_S."""
         if self._in_flight is not None and not self._in_flight.done():
-            await self._wait(self._in_flight, takes_away_only)  # an older state's write, still in the kernel
+            if takes_away_only:  # an older write still in the kernel: the disk hangs, this fence waits no more
+                raise TimeoutError("an earlier state write has not returned")
+            await self._in_flight
         self._in_flight = asyncio.ensure_future(self._in_state(self.store.save_state, new))
         await self._wait(self._in_flight, takes_away_only)
 
