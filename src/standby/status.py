@@ -118,8 +118,8 @@ def _wal_stuck_outcome(cfg: Config) -> str:
                 "standby has every acknowledged commit (sync) or is within the lag bound (async)")
     # Not "standby promote": its fence of this node writes this node's state file first, on the hung disk.
     return ("nothing moves the database by itself here (warm mode, timings.wal_flush_stuck_ms = 0 or "
-            "on_postgres_crash = \"restart\"); a node whose disk hangs cannot record its own fence: power it off "
-            "(or kill its PostgreSQL), then `standby promote --force` on the standby")
+            "on_postgres_crash = \"restart\"); a node whose disk hangs cannot record its own fence: power it off, "
+            "then `standby promote --force` on the standby")
 
 
 def _agent_warnings(cfg: Config, o: Observations) -> list[str]:
