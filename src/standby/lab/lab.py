@@ -466,10 +466,6 @@ class Lab:
         """Step the wall clock of an agent started with ``own_clock`` to real time + ``offset_s``."""
         clock.set_offset(self.spec.role_dir(self._role(node, DB_NODES)), offset_s)
 
-    def wal_on_tmpfs(self, node: str, size_mb: int) -> None:
-        """Move the node's WAL to a tmpfs of ``size_mb`` (PostgreSQL stopped and started around it)."""
-        self._move_wal(node, waldisk.move_to_tmpfs, size_mb)
-
     def wal_on_loop_ext4(self, node: str, size_mb: int) -> None:
         """Move the node's WAL to an ext4 of ``size_mb`` that ``freeze_wal_disk`` can hang (PostgreSQL stopped
         and started around it: do it before the agents start)."""

@@ -1,4 +1,5 @@
-"""A node's WAL on its own small file system, so a campaign can fill it up or a test can hang it.
+"""A node's WAL (or its whole data directory) on a small file system of its own, which a campaign can fill up
+or hang.
 
 PostgreSQL keeps WAL in ``pg_wal``, which may be a symbolic link to another
 file system (what ``initdb --waldir`` sets up). Filling that file system is
@@ -28,11 +29,6 @@ def mount_point(node: NodeLayout) -> Path:
 
 def data_mount_point(node: NodeLayout) -> Path:
     return node.dir / "datadisk"
-
-
-def move_to_tmpfs(node: NodeLayout, size_mb: int) -> None:
-    """Put ``pg_wal`` on a tmpfs of ``size_mb``. PostgreSQL must be stopped."""
-    _move(node, ["mount", "-t", "tmpfs", "-o", f"size={size_mb}m,mode=0700", "tmpfs"])
 
 
 def move_to_loop_ext4(node: NodeLayout, size_mb: int) -> None:
@@ -69,7 +65,7 @@ def _loop_ext4(image: Path, size_mb: int) -> list[str]:
         f.truncate(size_mb * 1024 * 1024)  # sparse: costs the machine what is written only
     # -m 0: no blocks reserved for root, so the disk is as full for PostgreSQL as `fill` makes it.
     subprocess.run(["mkfs.ext4", "-q", "-F", "-m", "0", str(image)], check=True, capture_output=True, text=True)
-    # barrier=0: an fsync goes no further than the machine's page cache, as on the tmpfs this replaces (the lab's
+    # barrier=0: an fsync goes no further than the machine's page cache, as on the tmpfs the lab used before (its
     # host crash keeps the kernel, so nothing durable is lost either way); the lab's commits stay as cheap.
     return ["mount", "-o", "loop,barrier=0", str(image)]
 
