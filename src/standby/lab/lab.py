@@ -469,14 +469,14 @@ class Lab:
     def wal_on_loop_ext4(self, node: str, size_mb: int) -> None:
         """Move the node's WAL to an ext4 of ``size_mb`` that ``freeze_wal_disk`` can hang (PostgreSQL stopped
         and started around it: do it before the agents start)."""
-        self._move_wal(node, waldisk.move_to_loop_ext4, size_mb)
+        self._move_disk(node, waldisk.move_to_loop_ext4, size_mb)
 
     def data_on_loop_ext4(self, node: str, size_mb: int) -> None:
         """Move the node's whole data directory (its WAL with it) to an ext4 of ``size_mb`` that
         ``freeze_wal_disk`` can hang: the usual one-disk layout (before the agents start)."""
-        self._move_wal(node, waldisk.move_data_to_loop_ext4, size_mb)
+        self._move_disk(node, waldisk.move_data_to_loop_ext4, size_mb)
 
-    def _move_wal(self, node: str, move: Callable[[NodeLayout, int], None], size_mb: int) -> None:
+    def _move_disk(self, node: str, move: Callable[[NodeLayout, int], None], size_mb: int) -> None:
         layout = self.node(node)
         was_running = pgnode.running(layout)
         if was_running:

@@ -34,28 +34,20 @@ def data_mount_point(node: NodeLayout) -> Path:
 def move_to_loop_ext4(node: NodeLayout, size_mb: int) -> None:
     """Put ``pg_wal`` on an ext4 of ``size_mb`` in a file beside the node (a loop device), which ``freeze``
     can hang. PostgreSQL must be stopped. The loop device goes with the unmount (the mount's autoclear)."""
-    _move(node, _loop_ext4(node.dir / "waldisk.img", size_mb))
+    if not _onto(node.pgdata / "pg_wal", mount_point(node), node.dir / "waldisk.img", size_mb):
+        return  # already done
+    # Recycled segments are renamed, not written anew: on a full disk the server
+    # would go on for minutes on them. Without recycling (as on copy-on-write
+    # file systems) the next segment needs new space at once.
+    with (node.pgdata / "postgresql.conf").open("a") as conf:
+        conf.write("\n# standby lab: WAL on a small file system that a campaign may fill\nwal_recycle = off\n"
+                   "max_wal_size = 256MB\n")  # checkpoints often enough that WAL stays well under the disk
 
 
 def move_data_to_loop_ext4(node: NodeLayout, size_mb: int) -> None:
     """Put the whole data directory, its WAL with it, on an ext4 of ``size_mb`` (the usual one-disk layout), which
     ``freeze`` hangs: the postmaster's own writes (its lock file at a shutdown) wait too. PostgreSQL stopped."""
-    data, mnt = node.pgdata, data_mount_point(node)
-    if data.is_symlink():
-        return  # already done
-    mnt.mkdir(exist_ok=True)
-    subprocess.run([*_loop_ext4(node.dir / "datadisk.img", size_mb), str(mnt)], check=True, capture_output=True,
-                   text=True)
-    (mnt / "lost+found").rmdir()  # a data directory holds PostgreSQL's files only
-    for entry in data.iterdir():
-        shutil.move(str(entry), str(mnt / entry.name))
-    pg = pwd.getpwnam("postgres")
-    for path in [mnt, *mnt.rglob("*")]:
-        os.lchown(path, pg.pw_uid, pg.pw_gid)
-    os.chmod(mnt, 0o700)
-    data.rmdir()
-    data.symlink_to(mnt)
-    os.lchown(data, pg.pw_uid, pg.pw_gid)
+    _onto(node.pgdata, data_mount_point(node), node.dir / "datadisk.img", size_mb)
 
 
 def _loop_ext4(image: Path, size_mb: int) -> list[str]:
@@ -70,29 +62,25 @@ def _loop_ext4(image: Path, size_mb: int) -> list[str]:
     return ["mount", "-o", "loop,barrier=0", str(image)]
 
 
-def _move(node: NodeLayout, mount: list[str]) -> None:
-    mnt, wal = mount_point(node), node.pgdata / "pg_wal"
-    if wal.is_symlink():
-        return  # already done
+def _onto(directory: Path, mnt: Path, image: Path, size_mb: int) -> bool:
+    """Mount an ext4 of ``size_mb`` in ``image`` at ``mnt``, move ``directory``'s entries onto it (a copy across
+    file systems: owners are set again) and put a link to it in the directory's place. False if already done."""
+    if directory.is_symlink():
+        return False
     mnt.mkdir(exist_ok=True)
-    subprocess.run([*mount, str(mnt)], check=True, capture_output=True, text=True)
+    subprocess.run([*_loop_ext4(image, size_mb), str(mnt)], check=True, capture_output=True, text=True)
     os.chmod(mnt, 0o700)
     if (mnt / "lost+found").is_dir():
-        (mnt / "lost+found").rmdir()  # an ext4's: pg_wal holds PostgreSQL's files only (a rewind copies it)
+        (mnt / "lost+found").rmdir()  # an ext4's: PostgreSQL's directories hold its files only (a rewind copies them)
+    for entry in directory.iterdir():
+        shutil.move(str(entry), str(mnt / entry.name))
     pg = pwd.getpwnam("postgres")
-    for entry in wal.iterdir():
-        shutil.move(str(entry), str(mnt / entry.name))  # a copy across file systems: owners are lost
     for path in [mnt, *mnt.rglob("*")]:
         os.lchown(path, pg.pw_uid, pg.pw_gid)
-    wal.rmdir()
-    wal.symlink_to(mnt)
-    os.lchown(wal, pg.pw_uid, pg.pw_gid)
-    # Recycled segments are renamed, not written anew: on a full disk the server
-    # would go on for minutes on them. Without recycling (as on copy-on-write
-    # file systems) the next segment needs new space at once.
-    with (node.pgdata / "postgresql.conf").open("a") as conf:
-        conf.write("\n# standby lab: WAL on a small file system that a campaign may fill\nwal_recycle = off\n"
-                   "max_wal_size = 256MB\n")  # checkpoints often enough that WAL stays well under the disk
+    directory.rmdir()
+    directory.symlink_to(mnt)
+    os.lchown(directory, pg.pw_uid, pg.pw_gid)
+    return True
 
 
 def fill(node: NodeLayout) -> int:

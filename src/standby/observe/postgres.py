@@ -208,13 +208,9 @@ def kill_pending(pid: int) -> bool:
     to a hung disk) holds one: it never runs another instruction of its own, and ends the moment its kernel call
     returns. A postmaster so killed accepts no connection and starts no process: it counts as gone."""
     try:
-        return sigkill_pending(Path(f"/proc/{pid}/status").read_text())
+        status = Path(f"/proc/{pid}/status").read_text()
     except OSError:
         return False
-
-
-def sigkill_pending(status: str) -> bool:
-    """``status``: a /proc/PID/status; see kill_pending."""
     for line in status.splitlines():
         if line.startswith(("ShdPnd:", "SigPnd:")):
             try:
