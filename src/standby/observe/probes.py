@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import fcntl
 import ipaddress
+import math
 import os
 import select
 import socket
 import struct
 import time
+from collections.abc import Callable
 
 from standby.config import Config, TieBreaker
 
@@ -33,13 +35,10 @@ def icmp_echo(address: str, timeout_s: float, ident: int | None = None) -> bool:
     """One echo request; True if a matching reply arrives within the timeout."""
     ident = (os.getpid() if ident is None else ident) & 0xFFFF
     seq = int(time.monotonic() * 1000) & 0xFFFF
-    header = struct.pack("!BBHHH", 8, 0, 0, ident, seq)
-    payload = b"standby-tiebreaker"
-    packet = struct.pack("!BBHHH", 8, 0, _checksum(header + payload), ident, seq) + payload
     with socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP) as s:
         s.setblocking(False)
         try:
-            s.sendto(packet, (address, 0))
+            s.sendto(_echo_request(ident, seq), (address, 0))
         except OSError:
             return False  # no route: the link is down
         deadline = time.monotonic() + timeout_s
@@ -48,13 +47,79 @@ def icmp_echo(address: str, timeout_s: float, ident: int | None = None) -> bool:
             if not ready:
                 return False
             data, (src, _) = s.recvfrom(1500)
-            ihl = (data[0] & 0x0F) * 4
-            if len(data) < ihl + 8 or src != address:
-                continue
-            typ, _, _, rid, rseq = struct.unpack("!BBHHH", data[ihl:ihl + 8])
-            if typ == 0 and rid == ident and rseq == seq:
+            if _echo_reply_seq(data, src, address, ident) == seq:
                 return True
     return False
+
+
+SOL_RAW, ICMP_FILTER = 255, 1  # a raw socket's option: a bit per ICMP type it is not to receive (linux/icmp.h)
+_ONLY_ECHO_REPLIES = struct.pack("=I", 0xFFFFFFFF & ~1)  # type 0, echo reply, is the only one let through
+
+
+class Echoer:
+    """One raw ICMP socket kept open, asking one address again and again: the agent's tie-breaker on its event
+    loop, where a socket made and a thread woken per echo cost more CPU at rest than the echo itself.
+
+    ``send`` asks (a new sequence number each time); ``answered`` reads every reply waiting and says whether one
+    answers an echo sent at most ``timeout_s`` before it is read. A reply read later than that does not count:
+    after a stall of the reader it would say the tie-breaker answers now when it answered long ago."""
+
+    def __init__(self, address: str, timeout_s: float, clock: Callable[[], float] = time.monotonic,
+                 ident: int | None = None) -> None:
+        self.address, self.timeout_s, self.clock = address, timeout_s, clock
+        self.ident = (os.getpid() if ident is None else ident) & 0xFFFF
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
+        try:
+            self.sock.setsockopt(SOL_RAW, ICMP_FILTER, _ONLY_ECHO_REPLIES)
+        except OSError:
+            pass  # an older kernel: the replies are told apart below anyway, only more of them are read
+        self.sock.setblocking(False)
+        self.seq = 0
+        self.sent: dict[int, float] = {}  # sequence -> when it left, for the echoes that may still count
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    def send(self) -> bool:
+        """Ask once; False when the echo could not leave (no route: the link is down)."""
+        now = self.clock()
+        self.sent = {q: t for q, t in self.sent.items() if now - t <= self.timeout_s}
+        self.seq = (self.seq + 1) & 0xFFFF
+        try:
+            self.sock.sendto(_echo_request(self.ident, self.seq), (self.address, 0))
+        except OSError:
+            return False
+        self.sent[self.seq] = now
+        return True
+
+    def answered(self) -> bool:
+        now, found = self.clock(), False
+        while True:
+            try:
+                data, (src, _) = self.sock.recvfrom(1500)
+            except (BlockingIOError, InterruptedError):
+                return found
+            seq = _echo_reply_seq(data, src, self.address, self.ident)
+            if seq is not None and now - self.sent.pop(seq, -math.inf) <= self.timeout_s:
+                found = True
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def _echo_request(ident: int, seq: int) -> bytes:
+    header = struct.pack("!BBHHH", 8, 0, 0, ident, seq)
+    payload = b"standby-tiebreaker"
+    return struct.pack("!BBHHH", 8, 0, _checksum(header + payload), ident, seq) + payload
+
+
+def _echo_reply_seq(data: bytes, src: str, address: str, ident: int) -> int | None:
+    """The sequence number of an echo reply from ``address`` to this ``ident``; None for anything else."""
+    ihl = (data[0] & 0x0F) * 4 if data else 0
+    if src != address or len(data) < ihl + 8:
+        return None
+    typ, _, _, rid, rseq = struct.unpack("!BBHHH", data[ihl:ihl + 8])
+    return rseq if typ == 0 and rid == ident else None
 
 
 def tcp_connect(address: str, port: int, timeout_s: float) -> bool:
