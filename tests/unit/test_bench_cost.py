@@ -113,3 +113,24 @@ def test_cpu_by_process_charges_each_kind_its_own_ticks_and_exits_to_exited() ->
                    own_ticks=5, reaped_ticks=1060)
     assert benchlib.cpu_by_process(a, c) == pytest.approx({"postmaster": 0.0, "walsender": 5 * tick,
                                                            "backend": 0.0, "exited": 10 * tick})
+
+
+def _phase(cpu_ms: float, wal: float, p50: float) -> dict[str, object]:
+    return {"primary_cpu_ms_per_call": cpu_ms, "wal_bytes_per_call": wal, "commit_latency_ms": {"p50": p50}}
+
+
+def test_a_standby_is_priced_against_both_phases_without_one() -> None:
+    """The phases drift in the order they run (a growing table): the standby's ratio is taken against the mean
+    of the phase before it and the one after, and against the first alone as before."""
+    import replication
+
+    cost = {"none": _phase(0.6, 1000, 2.0), "async": _phase(0.75, 1100, 2.2), "sync": _phase(0.84, 1100, 2.9),
+            "none_after": _phase(0.8, 1000, 2.4)}
+    g = replication.against_goal(cost)
+    assert g["sync_cpu_per_call_ratio"] == pytest.approx(0.84 / 0.7)
+    assert g["sync_cpu_per_call_ratio_to_first_none"] == pytest.approx(0.84 / 0.6)
+    assert g["sync_latency_p50_added_ms"] == pytest.approx(0.7)
+    assert g["async_wal_per_call_ratio"] == pytest.approx(1.1)
+    del cost["none_after"]  # a run from before the last phase existed
+    assert replication.against_goal(cost)["sync_cpu_per_call_ratio"] == pytest.approx(0.84 / 0.6)
+    assert replication.against_goal(cost)["base"] == "none"

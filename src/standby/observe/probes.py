@@ -99,6 +99,8 @@ class Echoer:
                 data, (src, _) = self.sock.recvfrom(1500)
             except (BlockingIOError, InterruptedError):
                 return found
+            except OSError:  # an error the socket held (reported once): no answer in it, nothing more to read now
+                return found
             seq = _echo_reply_seq(data, src, self.address, self.ident)
             if seq is not None and now - self.sent.pop(seq, -math.inf) <= self.timeout_s:
                 found = True
