@@ -28,14 +28,16 @@ def supervise(agent_argv: list[str], fence_argv: list[str], stop_timeout_s: floa
     into a session of its own, is not in it), then `fence --if-unclean` (ExecStopPost), then
     start it again (Restart=always), unless told to stop or the agent rejected its arguments (2)."""
     child: subprocess.Popen[bytes] | None = None
-    stopping = False
+    stopping = armed = False
 
     def on_term(signum: int, frame: object) -> None:
-        nonlocal stopping
+        nonlocal stopping, armed
         stopping = True
         if child is not None and child.poll() is None:
             child.send_signal(signal.SIGTERM)
-            signal.setitimer(signal.ITIMER_REAL, stop_timeout_s)  # then SIGKILL (on_alarm), as TimeoutStopSec
+            if not armed:  # the deadline counts from the first request: more of them do not put it off
+                armed = True
+                signal.setitimer(signal.ITIMER_REAL, stop_timeout_s)  # then SIGKILL (on_alarm), as TimeoutStopSec
 
     def on_alarm(signum: int, frame: object) -> None:
         if child is not None and child.poll() is None:
@@ -46,6 +48,8 @@ def supervise(agent_argv: list[str], fence_argv: list[str], stop_timeout_s: floa
     signal.signal(signal.SIGALRM, on_alarm)
     while not stopping:
         child = subprocess.Popen(agent_argv)
+        if stopping:  # the request came while this agent was being started: it found none to pass on to
+            on_term(signal.SIGTERM, None)
         # Asleep in waitpid for the agent's whole life: Popen.wait(timeout) polls every 50 ms, which cost this
         # process 0.3 % of a core on every node; the stop and its deadline come as signals (the handlers above).
         code = child.wait()

@@ -66,14 +66,16 @@ def test_another_askers_reply_does_not_count() -> None:
         theirs.close()
 
 
-def test_a_reply_from_another_address_does_not_count() -> None:
+def test_a_reply_from_another_address_is_not_even_read() -> None:
+    """The socket is connected to the tie-breaker: another host's echo replies (a monitoring pinger's, a flood's)
+    never reach the event loop."""
     echoer = probes.Echoer("127.0.0.1", 0.5, ident=3333)
     other = probes.Echoer("127.0.0.2", 0.5, ident=3333)  # the same ident and sequence, another host answering
     try:
         assert other.send()
         assert _answered_within(other, 0.5)
-        echoer.sent[other.seq] = time.monotonic()  # as if it had sent that very echo
-        assert not echoer.answered()
+        with pytest.raises(BlockingIOError):
+            echoer.sock.recv(1500)
     finally:
         echoer.close()
         other.close()
@@ -112,11 +114,38 @@ def test_the_prober_counts_the_answers_on_the_loop_and_closes_its_socket() -> No
     assert during == before + 1 and after == before  # one socket for its life, gone with it
 
 
-def test_an_echo_that_cannot_leave_is_no_answer() -> None:
-    """No route to the tie-breaker (the link is down): the echo cannot even be sent, nothing counts."""
-    echoer = probes.Echoer("255.255.255.255", 0.5)  # refused at the send (EACCES): a broadcast not allowed
-    try:
-        assert not echoer.send()
-        assert not _answered_within(echoer, 0.1)
-    finally:
-        echoer.close()
+def test_a_tiebreaker_that_cannot_be_asked_from_here_is_an_error_not_a_silence() -> None:
+    """No route to it, or not allowed (a broadcast address): the socket is refused at once, which the agent's
+    guard records (and the prober counts no answer meanwhile)."""
+    with pytest.raises(OSError):
+        probes.Echoer("255.255.255.255", 0.5)
+
+
+def test_a_reader_that_fails_has_its_prober_start_again_with_a_new_socket(monkeypatch: pytest.MonkeyPatch) -> None:
+    prober = _prober("127.0.0.1")
+    sockets: list[probes.Echoer] = []
+    real = probes.Echoer
+
+    class Failing(real):  # type: ignore[misc,valid-type]
+        def __init__(self, *a: object, **k: object) -> None:
+            super().__init__(*a, **k)
+            sockets.append(self)
+
+        def answered(self) -> bool:
+            if len(sockets) == 1:
+                raise OSError(5, "Input/output error")
+            return super().answered()
+
+    async def run() -> None:
+        stopping = asyncio.Event()
+        with pytest.raises(OSError, match="Input/output"):
+            await asyncio.wait_for(prober.tiebreaker(stopping), 2)
+        assert sockets[0].sock.fileno() == -1  # closed on the way out
+        task = asyncio.create_task(prober.tiebreaker(stopping))  # as the guard starts it again
+        await asyncio.sleep(0.3)
+        stopping.set()
+        await asyncio.wait_for(task, 1)
+
+    monkeypatch.setattr(probes, "Echoer", Failing)
+    asyncio.run(run())
+    assert len(sockets) == 2 and prober.tiebreaker_ok() is True

@@ -11,23 +11,50 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
+# Popen as the supervisor calls it, with the stop arriving while the agent is being started (before the
+# supervisor knows its child): the adversarial read of the waitpid change, finding 1.
+_STOP_WHILE_STARTING = """
+import os, signal, subprocess
+import standby.supervisor as sup
+real = subprocess.Popen
+def starting(*a, **k):
+    os.kill(os.getpid(), signal.SIGTERM)
+    return real(*a, **k)
+sup.subprocess.Popen = starting
+"""
 
-def _supervisor(tmp_path: Path, agent: str, stop_timeout_s: float) -> tuple[subprocess.Popen[bytes], Path]:
-    """A supervisor (in a session of its own) running ``agent`` (sh); the agent writes its PID first."""
+
+def _supervisor(tmp_path: Path, agent: str, stop_timeout_s: float, prelude: str = "") -> subprocess.Popen[bytes]:
+    """A supervisor (in a session of its own) running ``agent`` (sh) once it has written its PID (``started``)."""
     pidfile = tmp_path / "agent.pid"
-    code = ("import json, sys; from standby.supervisor import supervise; "
+    code = (prelude + "\nimport json, sys; from standby.supervisor import supervise; "
             f"supervise(json.loads(sys.argv[1]), ['true'], stop_timeout_s={stop_timeout_s})")
-    argv = ["sh", "-c", f"echo $$ > {pidfile}; {agent}"]
-    sup = subprocess.Popen([sys.executable, "-c", code, json.dumps(argv)], start_new_session=True)
-    deadline = time.monotonic() + 10
-    while not (pidfile.exists() and pidfile.read_text().strip()) and time.monotonic() < deadline:
+    argv = ["sh", "-c", f"echo $$ > {pidfile}.new; mv {pidfile}.new {pidfile}; {agent}"]
+    return subprocess.Popen([sys.executable, "-c", code, json.dumps(argv)], start_new_session=True)
+
+
+def _started(tmp_path: Path) -> int:
+    pidfile, deadline = tmp_path / "agent.pid", time.monotonic() + 10
+    while not pidfile.exists() and time.monotonic() < deadline:
         time.sleep(0.05)
     assert pidfile.exists(), "the agent never started"
-    return sup, pidfile
+    return int(pidfile.read_text())
+
+
+@contextmanager
+def _running(sup: subprocess.Popen[bytes]) -> Iterator[subprocess.Popen[bytes]]:
+    try:
+        yield sup
+    finally:
+        if sup.poll() is None:
+            os.killpg(sup.pid, signal.SIGKILL)
+            sup.wait(10)
 
 
 def _switches(pid: int) -> int:
@@ -46,15 +73,12 @@ def _alive(pid: int) -> bool:
 
 
 def test_the_supervisor_sleeps_while_its_agent_runs(tmp_path: Path) -> None:
-    sup, _ = _supervisor(tmp_path, "exec sleep 60", stop_timeout_s=5)
-    try:
+    with _running(_supervisor(tmp_path, "exec sleep 60", 5)) as sup:
+        _started(tmp_path)
         before = _switches(sup.pid)
         time.sleep(1.0)
         # Asleep in waitpid: not woken at all (a poll every 50 ms was 20 or more a second).
         assert _switches(sup.pid) - before <= 2
-    finally:
-        os.killpg(sup.pid, signal.SIGKILL)
-        sup.wait(10)
 
 
 @pytest.mark.parametrize(("agent", "stop_timeout_s"), [
@@ -64,13 +88,26 @@ def test_the_supervisor_sleeps_while_its_agent_runs(tmp_path: Path) -> None:
     ("exec sleep 60", 300),
 ])
 def test_a_stop_ends_the_agent_and_then_the_supervisor(tmp_path: Path, agent: str, stop_timeout_s: float) -> None:
-    sup, pidfile = _supervisor(tmp_path, agent, stop_timeout_s)
-    pid = int(pidfile.read_text())
-    try:
+    with _running(_supervisor(tmp_path, agent, stop_timeout_s)) as sup:
+        pid = _started(tmp_path)
         sup.send_signal(signal.SIGTERM)
         assert sup.wait(15) == 0
         assert not _alive(pid)
-    finally:
-        if sup.poll() is None:
-            os.killpg(sup.pid, signal.SIGKILL)
-            sup.wait(10)
+
+
+def test_finding_1_a_stop_while_the_agent_starts_is_passed_on(tmp_path: Path) -> None:
+    """The request came before the supervisor had a child to pass it on to: it must reach the new agent (the
+    supervisor waited for the agent's own end before, here 60 s), which may end before it has even begun."""
+    with _running(_supervisor(tmp_path, "exec sleep 60", 300, prelude=_STOP_WHILE_STARTING)) as sup:
+        assert sup.wait(15) == 0
+
+
+def test_finding_2_stops_asked_again_and_again_do_not_put_off_the_deadline(tmp_path: Path) -> None:
+    with _running(_supervisor(tmp_path, "trap '' TERM; while :; do sleep 0.1; done", 2)) as sup:
+        pid = _started(tmp_path)
+        deadline = time.monotonic() + 15
+        while sup.poll() is None and time.monotonic() < deadline:
+            sup.send_signal(signal.SIGTERM)  # a manager asking every half second
+            time.sleep(0.5)
+        assert sup.poll() == 0, "the agent was never killed: each request put the deadline off"
+        assert not _alive(pid)

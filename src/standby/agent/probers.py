@@ -34,8 +34,9 @@ ANNOUNCE_EVERY_S = 5.0  # switches and ARP caches forget
 
 
 def probe_tiebreaker(cfg: Config) -> bool:
-    """One tie-breaker answer or none, asked exactly as `standby check` asks it (probes.tiebreaker_answers);
-    an echo that cannot even be sent counts as no answer."""
+    """One tie-breaker answer or none, asked as `standby check` asks it (probes.tiebreaker_answers): the agent's
+    TCP probe; its ICMP echo is the same echo with the same timeout, through a socket of its own (Probers.tiebreaker).
+    An echo that cannot even be sent counts as no answer."""
     try:
         return probes.tiebreaker_answers(cfg)
     except OSError:  # ProbeError included
@@ -63,6 +64,7 @@ class Probers:
         self.services_healthy: bool | None = None
         self.take_refused_at = -math.inf
         self.dr_answer: DrAnswer | None = None
+        self._echo_failed: Exception | None = None  # what the echo reader raised, for the prober's loop to raise
         self.hot = policy.hot
 
     def dr_for(self, db: DbState) -> DrAnswer | None:
@@ -117,20 +119,28 @@ class Probers:
                     self.tiebreaker_at = self.clock()
                 await asyncio.sleep(max(0.0, self.interval_s - (self.clock() - t0)))
             return
-        echoer = probes.Echoer(str(tb.address), probes.tiebreaker_timeout_s(self.cfg), self.clock)  # no root: the guard says
-        loop = asyncio.get_running_loop()
-        loop.add_reader(echoer.fileno(), self._echo_read, echoer)
+        loop, echoer = asyncio.get_running_loop(), None
+        self._echo_failed = None
         try:
+            # Raises without root or without a route to it: the guard records that and starts this loop again.
+            echoer = probes.Echoer(str(tb.address), probes.tiebreaker_timeout_s(self.cfg), self.clock)
+            loop.add_reader(echoer.fileno(), self._echo_read, echoer)
             while not stopping.is_set():
-                echoer.send()  # one that cannot leave (no route) goes unanswered: no answer, as before
+                if self._echo_failed is not None:
+                    raise self._echo_failed  # a reader that failed: recorded by the guard, the socket made anew
+                echoer.send()  # one that cannot leave (the route is gone) goes unanswered: no answer, as before
                 await asyncio.sleep(self.interval_s)
         finally:
-            loop.remove_reader(echoer.fileno())
-            echoer.close()
+            if echoer is not None:
+                loop.remove_reader(echoer.fileno())
+                echoer.close()
 
     def _echo_read(self, echoer: probes.Echoer) -> None:
-        if echoer.answered():
-            self.tiebreaker_at = self.clock()
+        try:
+            if echoer.answered():
+                self.tiebreaker_at = self.clock()
+        except Exception as e:  # noqa: BLE001  (asyncio would log it and call again for ever: the loop above raises it)
+            self._echo_failed = e
 
     async def arp(self, stopping: asyncio.Event, state: Callable[[], State], last_heard: Callable[[float], float]) -> None:
         """While the peer is silent, keep asking who answers for the service IPs."""

@@ -64,9 +64,10 @@ def agent_command(config_path: Path, node: str | None, respawn: bool, verbose: b
         # Its own thread and loop: no client can hold up the heartbeats or the decisions.
         api = ApiServer(agent, loop)
         api.start()
-        # Its beat is the heartbeat sender's: a loop late past it is a loop whose heartbeats are late. It looks
-        # five times a second (ten cost 0.17 % of a core at rest): a stall is told once 0.45 s late, by the time
-        # the default timings.fence_timeout_ms (450) fences a primary for it.
+        # Its beat is the heartbeat sender's: a loop late past it is a loop whose heartbeats are late. It only
+        # logs where the loop was stuck; it looks five times a second (ten cost 0.17 % of a core at rest), so a
+        # stall is told once 0.45 s late, as long as the stall the decisions fence a primary for (a step's gap
+        # past timings.fence_timeout_ms, 450 by default).
         watch = StallWatch(loop, beat=lambda: agent.link.last_send if agent.link.sending else None,
                            beat_every_s=agent.interval_s, every_s=0.2)
         watch.start()

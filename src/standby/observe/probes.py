@@ -70,9 +70,16 @@ class Echoer:
         self.ident = (os.getpid() if ident is None else ident) & 0xFFFF
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
         try:
-            self.sock.setsockopt(SOL_RAW, ICMP_FILTER, _ONLY_ECHO_REPLIES)
+            try:
+                self.sock.setsockopt(SOL_RAW, ICMP_FILTER, _ONLY_ECHO_REPLIES)
+            except OSError:
+                pass  # an older kernel: the replies are told apart below anyway, only more of them are read
+            # Connected: the kernel hands this socket only what the tie-breaker sends, not every echo reply this
+            # host receives (a monitoring pinger's, a flood's), each of which the event loop would read.
+            self.sock.connect((address, 0))
         except OSError:
-            pass  # an older kernel: the replies are told apart below anyway, only more of them are read
+            self.sock.close()
+            raise
         self.sock.setblocking(False)
         self.seq = 0
         self.sent: dict[int, float] = {}  # sequence -> when it left, for the echoes that may still count
@@ -86,7 +93,7 @@ class Echoer:
         self.sent = {q: t for q, t in self.sent.items() if now - t <= self.timeout_s}
         self.seq = (self.seq + 1) & 0xFFFF
         try:
-            self.sock.sendto(_echo_request(self.ident, self.seq), (self.address, 0))
+            self.sock.send(_echo_request(self.ident, self.seq))
         except OSError:
             return False
         self.sent[self.seq] = now
