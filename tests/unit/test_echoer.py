@@ -66,19 +66,29 @@ def test_another_askers_reply_does_not_count() -> None:
         theirs.close()
 
 
-def test_a_reply_from_another_address_is_not_even_read() -> None:
-    """The socket is connected to the tie-breaker: another host's echo replies (a monitoring pinger's, a flood's)
-    never reach the event loop."""
+def test_a_reply_from_another_address_does_not_count() -> None:
     echoer = probes.Echoer("127.0.0.1", 0.5, ident=3333)
     other = probes.Echoer("127.0.0.2", 0.5, ident=3333)  # the same ident and sequence, another host answering
     try:
         assert other.send()
         assert _answered_within(other, 0.5)
-        with pytest.raises(BlockingIOError):
-            echoer.sock.recv(1500)
+        echoer.sent[other.seq] = time.monotonic()  # as if it had sent that very echo
+        assert not echoer.answered()
     finally:
         echoer.close()
         other.close()
+
+
+def test_each_echo_picks_its_source_address_when_it_leaves() -> None:
+    """Not a connected socket: its source would be fixed at connect for the agent's life, and a source that later
+    moved away (a service IP let go) would have the tie-breaker answer someone else."""
+    echoer = probes.Echoer("127.0.0.1", 0.5)
+    try:
+        assert echoer.sock.getsockname()[0] == "0.0.0.0"
+        with pytest.raises(OSError):
+            echoer.sock.getpeername()
+    finally:
+        echoer.close()
 
 
 def _prober(address: str) -> Probers:
@@ -114,11 +124,14 @@ def test_the_prober_counts_the_answers_on_the_loop_and_closes_its_socket() -> No
     assert during == before + 1 and after == before  # one socket for its life, gone with it
 
 
-def test_a_tiebreaker_that_cannot_be_asked_from_here_is_an_error_not_a_silence() -> None:
-    """No route to it, or not allowed (a broadcast address): the socket is refused at once, which the agent's
-    guard records (and the prober counts no answer meanwhile)."""
-    with pytest.raises(OSError):
-        probes.Echoer("255.255.255.255", 0.5)
+def test_an_echo_that_cannot_leave_is_no_answer() -> None:
+    """Not allowed (a broadcast address) as no route would be: the echo cannot even be sent, nothing counts."""
+    echoer = probes.Echoer("255.255.255.255", 0.5)
+    try:
+        assert not echoer.send()
+        assert not _answered_within(echoer, 0.1)
+    finally:
+        echoer.close()
 
 
 def test_a_reader_that_fails_has_its_prober_start_again_with_a_new_socket(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -122,7 +122,7 @@ class Probers:
         loop, echoer = asyncio.get_running_loop(), None
         self._echo_failed = None
         try:
-            # Raises without root or without a route to it: the guard records that and starts this loop again.
+            # Raises without root (a raw socket): the guard records that and starts this loop again.
             echoer = probes.Echoer(str(tb.address), probes.tiebreaker_timeout_s(self.cfg), self.clock)
             loop.add_reader(echoer.fileno(), self._echo_read, echoer)
             while not stopping.is_set():

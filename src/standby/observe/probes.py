@@ -70,16 +70,13 @@ class Echoer:
         self.ident = (os.getpid() if ident is None else ident) & 0xFFFF
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
         try:
-            try:
-                self.sock.setsockopt(SOL_RAW, ICMP_FILTER, _ONLY_ECHO_REPLIES)
-            except OSError:
-                pass  # an older kernel: the replies are told apart below anyway, only more of them are read
-            # Connected: the kernel hands this socket only what the tie-breaker sends, not every echo reply this
-            # host receives (a monitoring pinger's, a flood's), each of which the event loop would read.
-            self.sock.connect((address, 0))
+            self.sock.setsockopt(SOL_RAW, ICMP_FILTER, _ONLY_ECHO_REPLIES)
         except OSError:
-            self.sock.close()
-            raise
+            pass  # an older kernel: the replies are told apart below anyway, only more of them are read
+        # Not connected, though that would keep other hosts' echo replies (a monitoring pinger's, a flood's) off the
+        # event loop: a connected socket keeps the source address chosen at connect for its whole life, and one that
+        # later moves away (a service IP let go, a renumbered interface) would have the answers sent elsewhere and
+        # the tie-breaker read as lost. Each send here picks its source as the per-echo socket did.
         self.sock.setblocking(False)
         self.seq = 0
         self.sent: dict[int, float] = {}  # sequence -> when it left, for the echoes that may still count
@@ -93,7 +90,7 @@ class Echoer:
         self.sent = {q: t for q, t in self.sent.items() if now - t <= self.timeout_s}
         self.seq = (self.seq + 1) & 0xFFFF
         try:
-            self.sock.send(_echo_request(self.ident, self.seq))
+            self.sock.sendto(_echo_request(self.ident, self.seq), (self.address, 0))
         except OSError:
             return False
         self.sent[self.seq] = now
