@@ -242,11 +242,13 @@ def test_connections_beyond_the_cap_are_turned_away(capped: Served) -> None:
         while capped.server.connections < 2 and time.monotonic() < deadline:
             time.sleep(0.01)
         assert capped.server.connections == 2
-        with socket.create_connection(("127.0.0.1", capped.port), timeout=5) as third:
-            try:
+        try:
+            with socket.create_connection(("127.0.0.1", capped.port), timeout=5) as third:
                 assert third.recv(10) == b""
-            except ConnectionResetError:
-                pass  # turned away with a reset
+        except ConnectionResetError:
+            # Turned away with a reset: read at the first recv, or, when the server accepts and resets before this
+            # thread's connect has looked again (a busy machine: CI run 91), by the connect itself.
+            pass
         assert capped.server.turned_away == 1
     finally:
         for s in held:
