@@ -95,6 +95,24 @@ class Node(_Strict):
     private: Link
     postgres: NodePostgres = NodePostgres()
     state_dir: Path | None = None  # overrides the top-level state_dir (several nodes on one host)
+    # The node's own address for what must come back to it (a SIP proxy's transactions), on its public
+    # interface; the peer adopts it while this node is gone (standby.homeaddr). Hot mode, both nodes.
+    home_address: ipaddress.IPv4Interface | None = Field(None, description="home address with prefix")
+
+    def home(self) -> ServiceIP | None:
+        """The home address in the shape the address actions take, or None when there is none."""
+        if self.home_address is None:
+            return None
+        return ServiceIP(address=self.home_address, interface=self.public.interface)
+
+    @model_serializer(mode="wrap")
+    def _without_absent_home(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # Without a home address the dump (hence the configuration digest) is what releases before the key
+        # made, so a pair can be upgraded one node at a time (see standby.protocol).
+        out: dict[str, Any] = handler(self)
+        if out.get("home_address", "") is None:
+            del out["home_address"]
+        return out
 
 
 def _argv(value: list[str]) -> list[str]:
@@ -632,6 +650,7 @@ class Config(_Strict):
                         "address-change hook instead"
                     )
         problems.extend(self._reporting_problems(seen))
+        problems.extend(self._home_problems(seen))
         problems.extend(self.spool.problems() if self.spool else [])
         if self.mode is Mode.HOT:
             nets = {n.public.address.network for n in self.nodes.values()}
@@ -720,6 +739,31 @@ class Config(_Strict):
         elif outside:
             out.append(f"{key}: {rep.address} is outside the public subnet of {', '.join(outside)}; it must be "
                        "in the subnet of both nodes so it can float between them")
+        return out
+
+    def _home_problems(self, seen: dict[ipaddress.IPv4Address, str]) -> list[str]:
+        homes = {name: n.home_address for name, n in self.nodes.items()}
+        given = [name for name, a in homes.items() if a is not None]
+        if not given:
+            return []
+        out = []
+        for name in (n for n in self.nodes if n not in given):
+            out.append(f"nodes.{name}.home_address: missing while nodes.{given[0]}.home_address is given; the "
+                       "peer adopts a node's home address, so give every node of the pair one, or none")
+        if self.mode is Mode.WARM:
+            out.append(f"nodes.{given[0]}.home_address: a warm standby never takes over by itself, so it never "
+                       "adopts its peer's home address; remove home_address or use mode = \"hot\"")
+        for name in given:
+            key, addr = f"nodes.{name}.home_address", homes[name]
+            assert addr is not None
+            if addr.ip in seen:
+                out.append(f"{key}: {addr.ip} is already used by {seen[addr.ip]}; a home address must be an "
+                           "address of its own (the node's public address stays put; this one moves)")
+            seen.setdefault(addr.ip, key)
+            outside = [n for n, node in self.nodes.items() if addr.ip not in node.public.address.network]
+            if outside:
+                out.append(f"{key}: {addr} is outside the public subnet of {', '.join(outside)}; it must be in "
+                           "the subnet of both nodes so the peer can adopt it")
         return out
 
     # -- derived views ----------------------------------------------------

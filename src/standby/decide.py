@@ -710,7 +710,7 @@ def fence_needed(s: State, db: DbState) -> bool:
 
 def advertise(s: State, pg: LocalPg, carrier: dict[Net, bool], tiebreaker_ok: bool | None, preferred: bool,
               sync: bool, reporting: bool = False, reporting_epoch: int = 0, reporting_ack: int = 0,
-              hot: bool = True, db_in_hand: bool = False) -> PeerView:
+              hot: bool = True, db_in_hand: bool = False, home_adopted: bool = False) -> PeerView:
     """What this node tells its peer in every heartbeat (the reporting fields: see standby.reporting).
     ``db_in_hand``: a start or a stop of the server is queued or running, so a reading of "down" may be
     older than a server coming up (a fence decided while a restart runs: adversarial read F3)."""
@@ -734,4 +734,5 @@ def advertise(s: State, pg: LocalPg, carrier: dict[Net, bool], tiebreaker_ok: bo
         eligible=hot and db is DbState.STANDBY and s.eligible,  # a warm standby never promotes by itself
         dr_serves=s.dr_serves,
         dr_writable_term=s.dr_relay_term if db is DbState.STANDBY else None,
+        home_adopted=home_adopted,
     )

@@ -480,6 +480,13 @@ class IpStatus:
 
 
 @dataclass(frozen=True)
+class HomeStatus:
+    address: str
+    holders: list[str]  # node names, or "unknown <mac>"
+    arp_probed: bool
+
+
+@dataclass(frozen=True)
 class ReportingStatus:
     address: str | None
     holders: list[str]
@@ -504,6 +511,9 @@ class PairStatus:
     warnings: list[str]
     # [[followers]], in the file's order: each one's own view (None: its agent does not answer).
     followers: dict[str, FollowerView | None] = field(default_factory=dict)
+    # Each node's home address ([nodes.NAME] home_address), by its owner's name: who holds it (the owner, or
+    # the peer that adopted it while the owner was gone). Empty without home addresses.
+    home_addresses: dict[str, HomeStatus] = field(default_factory=dict)
 
 
 PAIR_STATUS: Codec[PairStatus] = Codec(PairStatus, "pair status")

@@ -124,6 +124,9 @@ class PeerView:
     reporting: bool = False  # holds the reporting IP (or is still removing it)
     reporting_epoch: int = 0  # standby: its current in-bound episode, 0 when not in bound
     reporting_ack: int = 0  # primary: the standby episode it has stepped aside for
+    # Holds this node's home address, adopted while this node was silent (or is still removing it): see
+    # standby.homeaddr. Older peers do not say, and adopt nothing.
+    home_adopted: bool = False
     # Standby: it would promote if its primary went away. An older peer does not
     # say; assume it would (the safe reading: see decide's rule 4).
     eligible: bool = True

@@ -19,6 +19,7 @@ from standby.documents import (
     AgentView,
     FollowerRejoinPhase,
     FollowerView,
+    HomeStatus,
     IpStatus,
     NodeFacts,
     NodeStatus,
@@ -53,6 +54,7 @@ class Observations:
     agents: dict[str, AgentView | None] = field(default_factory=dict)  # each node agent's /status
     reporting: IpHolders | None = None  # the reporting IP, when [reporting] has one
     followers: dict[str, FollowerView | None] = field(default_factory=dict)  # each follower agent's /status
+    homes: dict[str, IpHolders] = field(default_factory=dict)  # each node's home address, by its owner
 
 
 def collect(cfg: Config, node: str, probe_arp: bool = True) -> Observations:
@@ -66,12 +68,15 @@ def collect(cfg: Config, node: str, probe_arp: bool = True) -> Observations:
         agents = {n: pool.submit(agent_status, cfg, n) for n in (node, peer)}
         ips = pool.submit(_ip_holders, cfg, node, probe_arp)
         reporting = pool.submit(_ip_holders, cfg, node, probe_arp, [floating]) if floating else None
+        owned = {name: h for name, n in cfg.nodes.items() if (h := n.home()) is not None}
+        homes = pool.submit(_ip_holders, cfg, node, probe_arp, list(owned.values())) if owned else None
         followers = {f.name: pool.submit(follower_status, cfg, f.name) for f in cfg.followers}
         pg = {node: local.result(), peer: remote.result()}
         return Observations(observer=node, pg=pg, ips=ips.result(), facts=obs.pair_facts(cfg, node, pg),
                             agents={n: a.result() for n, a in agents.items()},
                             reporting=reporting.result()[0] if reporting else None,
-                            followers={n: f.result() for n, f in followers.items()})
+                            followers={n: f.result() for n, f in followers.items()},
+                            homes=dict(zip(owned, homes.result(), strict=True)) if homes else {})
 
 
 def _ip_holders(cfg: Config, node: str, probe_arp: bool, ips: list[ServiceIP] | None = None) -> tuple[IpHolders, ...]:
@@ -275,6 +280,12 @@ def assemble(cfg: Config, o: Observations) -> PairStatus:
         elif not h.holders:
             warnings.append(f"service IP {h.address} is held by no node" + ("" if h.probed else " seen from here"))
     reporting = _reporting(cfg, o, nodes, warnings)
+    for owner, h in o.homes.items():
+        if len(h.holders) > 1:
+            warnings.append(f"HOME ADDRESS {h.address} ({owner.upper()}'S) IS HELD BY {' AND '.join(h.holders).upper()}")
+        elif not h.holders:
+            warnings.append(f"home address {h.address} ({owner}'s) is held by no node" + ("" if h.probed else
+                            " seen from here") + ": answers to its proxy's calls reach nobody")
     warnings.extend(_follower_warnings(cfg, o))
     if cfg.replication.durability is Durability.SYNC and cfg.replication.degrade_after_s > 0:
         warnings.append(
@@ -293,6 +304,7 @@ def assemble(cfg: Config, o: Observations) -> PairStatus:
         reporting=reporting,
         warnings=warnings,
         followers={f.name: o.followers.get(f.name) for f in cfg.followers},
+        home_addresses={owner: HomeStatus(h.address, list(h.holders), h.probed) for owner, h in o.homes.items()},
     )
 
 

@@ -356,3 +356,50 @@ def test_tls_table_validated(tmp_path: Path, data: dict) -> None:
     data["tls"] = {**_tls_files(tmp_path), "verify": False}
     (p,) = problems(data)
     assert p.startswith("tls.verify: unknown key")
+
+
+# -- home addresses ([nodes.NAME] home_address: standby.homeaddr) -------------------------------------------
+
+
+def _homes(d: dict, alpha: str | None = "192.0.2.21/24", beta: str | None = "192.0.2.22/24") -> dict:
+    for name, addr in (("alpha", alpha), ("beta", beta)):
+        if addr is not None:
+            d["nodes"][name]["home_address"] = addr
+    return d
+
+
+def test_home_addresses_are_read_on_the_public_interface(data: dict) -> None:
+    cfg = config.parse(_homes(data))
+    home = cfg.nodes["beta"].home()
+    assert home is not None and str(home.address) == "192.0.2.22/24" and home.interface == "eth0"
+
+
+def test_home_address_on_one_node_only_names_the_other(data: dict) -> None:
+    (p,) = problems(_homes(data, beta=None))
+    assert p.startswith("nodes.beta.home_address: missing while nodes.alpha.home_address is given")
+
+
+def test_home_address_is_refused_in_warm_mode(data: dict) -> None:
+    data["mode"] = "warm"
+    assert any(p.startswith("nodes.alpha.home_address: a warm standby never takes over")
+               for p in problems(_homes(data)))
+
+
+def test_home_address_must_be_an_address_of_its_own(data: dict) -> None:
+    (p,) = problems(_homes(data, beta="192.0.2.100/24"))  # the service IP
+    assert p.startswith("nodes.beta.home_address: 192.0.2.100 is already used by service_ips[0].address")
+    (p,) = problems(_homes(data, alpha="192.0.2.21/24", beta="192.0.2.21/24"))
+    assert p.startswith("nodes.beta.home_address: 192.0.2.21 is already used by nodes.alpha.home_address")
+
+
+def test_home_address_outside_the_public_subnet_is_named(data: dict) -> None:
+    (p,) = problems(_homes(data, beta="203.0.113.22/24"))
+    assert p.startswith("nodes.beta.home_address: 203.0.113.22/24 is outside the public subnet of alpha, beta")
+
+
+def test_digest_unchanged_without_home_addresses(data: dict) -> None:
+    """A pair upgraded one node at a time: a file without home addresses digests as before the key."""
+    cfg = config.parse(data)
+    assert all("home_address" not in n for n in cfg.model_dump(mode="json")["nodes"].values())
+    with_homes = config.parse(_homes(data))
+    assert with_homes.model_dump(mode="json")["nodes"]["alpha"]["home_address"] == "192.0.2.21/24"

@@ -166,3 +166,18 @@ def test_ack_roundtrips_and_is_typed() -> None:
             assert e.kind == "malformed"
         else:
             raise AssertionError(f"ack {bad!r} was accepted")
+
+
+def test_home_adopted_roundtrips_is_typed_and_absent_while_false() -> None:
+    from dataclasses import replace
+
+    v = replace(VIEW, home_adopted=True)
+    assert decode(encode(Heartbeat("c", "alpha", 1, 1, Net.PUBLIC, "d", v), KEY), KEY).view == v
+    assert b"home_adopted" not in hb(1)  # an older peer's messages, and this one's while it adopts nothing
+    assert decode(_signed(_fields(OLD_VIEW)), KEY).view.home_adopted is False
+    try:
+        decode(_signed(_fields({**OLD_VIEW, "home_adopted": 1})), KEY)
+    except Reject as e:
+        assert e.kind == "malformed"
+    else:
+        raise AssertionError("a non-boolean home_adopted was accepted")

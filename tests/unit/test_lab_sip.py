@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -51,13 +52,16 @@ def test_each_node_shares_dialogs_with_the_other_over_its_private_address() -> N
     assert a["ACC_DB_URL"] == '"flatstore:/lab/alpha/spool"' and b["ACC_DB_URL"] == '"flatstore:/lab/beta/spool"'
 
 
-def test_each_node_forwards_from_its_own_public_address_not_the_service_ip() -> None:
+def test_each_node_forwards_from_its_home_address_not_the_service_ip() -> None:
     # The callee's answer must reach the node holding the call's transaction, which after a switchover
-    # no longer holds the service IP.
+    # no longer holds the service IP; and after a crash, the survivor that adopted the dead node's home address.
     a, b = (_defines(sip.kamailio_argv(Path("/lab"), n, sip.Setup())) for n in ("alpha", "beta"))
-    assert (a["NODE_PUBLIC_IP"], b["NODE_PUBLIC_IP"]) == (LabSpec("x").node("alpha").public.ip,
-                                                          LabSpec("x").node("beta").public.ip)
-    assert a["NODE_PUBLIC_IP"] != a["SERVICE_IP"]
+    spec = LabSpec("x", home_addresses=True)
+    cfg = standby_config.parse(tomllib.loads(configfile.render(spec)))
+    homes = {n: str(cfg.nodes[n].home_address.ip) for n in ("alpha", "beta")}  # type: ignore[union-attr]
+    assert (a["NODE_PUBLIC_IP"], b["NODE_PUBLIC_IP"]) == (homes["alpha"], homes["beta"])
+    assert (a["PEER_PUBLIC_IP"], b["PEER_PUBLIC_IP"]) == (homes["beta"], homes["alpha"])
+    assert a["NODE_PUBLIC_IP"] not in (a["SERVICE_IP"], str(spec.node("alpha").public.ip))
 
 
 def test_without_dmq_and_spool_kamailio_writes_to_postgresql() -> None:
@@ -75,7 +79,8 @@ def test_kamailio_accepts_the_configuration(tmp_path: Path, setup: sip.Setup) ->
     res = subprocess.run([argv[0], "-c", *argv[1:]], capture_output=True, text=True, check=False, timeout=30)
     assert res.returncode == 0, res.stderr[-2000:]
     assert "udp: 192.0.2.100 [192.0.2.100]:5060" in res.stdout + res.stderr
-    assert "udp: 192.0.2.11 [192.0.2.11]:5060 name node" in res.stdout + res.stderr
+    assert "udp: 192.0.2.21 [192.0.2.21]:5060 name node" in res.stdout + res.stderr  # alpha's home address
+    assert "udp: 192.0.2.22 [192.0.2.22]:5060 name peer" in res.stdout + res.stderr  # beta's, for when adopted
     assert ("198.51.100.11]:5090" in res.stdout + res.stderr) is setup.dmq
 
 

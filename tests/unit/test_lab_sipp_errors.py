@@ -77,7 +77,10 @@ def test_an_event_explains_a_call_only_on_the_callees_word_and_only_for_a_crash(
                r("INVITE", "78-31329@192.0.2.50", "", "1"), r("BYE", "78-31329@192.0.2.50", "0", "2")]  # no start
     completed = {"76-31329@192.0.2.50", "78-31329@192.0.2.50"}
     (tmp_path / sip.CALLER_ERRORS).write_text("The following events occurred:\n" + TIMEOUT + "\n")
-    (tmp_path / sip.CALLEE_ERRORS).write_text("The following events occurred:\n" + DEAD_BYE)
+    # Forwarded by beta from its home address (the recorded log had beta's public address before there were any).
+    beta = sip.PUBLIC_IPS["beta"]
+    (tmp_path / sip.CALLEE_ERRORS).write_text("The following events occurred:\n"
+                                              + DEAD_BYE.replace("UDP 192.0.2.12;", f"UDP {beta};"))
     for event, explained in ((Event.HOST_CRASH, 1), (Event.SWITCHOVER, 0)):
         result = EventResult(event.value, "spool", True, "sync", 30, 3, succeeded=2, failed=1)
         _explain(result, event, records, completed, tmp_path)

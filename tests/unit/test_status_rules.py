@@ -136,3 +136,19 @@ def test_preflight_names_tls_file_problems(cfg: config.Config) -> None:
         seen(c2), tls_problems=["tls.cert_file: file /x/alpha.crt does not exist; create it (PEM) or fix the path"])
     (item,) = [i for i in evaluate(c2, s) if i.name == "tls files"]
     assert item.verdict is Verdict.FAIL and "tls.cert_file" in item.reason and item.node == "alpha"
+
+
+def test_home_addresses_show_who_holds_each_and_warn_when_doubled_or_held_by_nobody(cfg: config.Config) -> None:
+    sips = (IpHolders("192.0.2.100", ("beta",), True),)
+    adopted = Observations("beta", {"alpha": standby("alpha"), "beta": primary("beta")}, sips,
+                           homes={"alpha": IpHolders("192.0.2.21", ("beta",), True),
+                                  "beta": IpHolders("192.0.2.22", ("beta",), True)})
+    doc = status_json(cfg, adopted)
+    assert doc["home_addresses"]["alpha"] == {"address": "192.0.2.21", "holders": ["beta"], "arp_probed": True}
+    assert not [w for w in doc["warnings"] if "home address" in w.lower()]
+    doubled = dataclasses.replace(adopted, homes={"alpha": IpHolders("192.0.2.21", ("alpha", "beta"), True)})
+    assert "HOME ADDRESS 192.0.2.21 (ALPHA'S) IS HELD BY ALPHA AND BETA" in status_json(cfg, doubled)["warnings"]
+    nobody = dataclasses.replace(adopted, homes={"alpha": IpHolders("192.0.2.21", (), False)})
+    assert any(w.startswith("home address 192.0.2.21 (alpha's) is held by no node seen from here")
+               for w in status_json(cfg, nobody)["warnings"])
+    assert status_json(cfg, dataclasses.replace(adopted, homes={}))["home_addresses"] == {}

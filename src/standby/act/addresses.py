@@ -95,8 +95,21 @@ def announce(sip: ServiceIP, count: int = 1) -> None:
 
 
 def answered_elsewhere(sip: ServiceIP) -> set[str]:
-    """MACs of other hosts answering ARP for this service IP right now."""
-    return probes.arp_holders(sip.interface, str(ipaddress.IPv4Interface(sip.address).ip))
+    """MACs of other hosts answering ARP for this service IP right now.
+
+    Raises ProbeError when the link has no carrier before or after the probe: a probe over a dead link hears
+    nobody, and that silence must not read as "free" (a take decided just before the cable went would add
+    the address, and it would be on two hosts once the cable is back: finding H2)."""
+    _carrier_or_raise(sip)
+    found = probes.arp_holders(sip.interface, str(ipaddress.IPv4Interface(sip.address).ip))
+    _carrier_or_raise(sip)
+    return found
+
+
+def _carrier_or_raise(sip: ServiceIP) -> None:
+    if not carrier(sip.interface):
+        raise probes.ProbeError(errno.ENETDOWN, f"ARP probe for {sip.address.ip} on {sip.interface}: the link has "
+                                                "no carrier, so nobody answering would mean nothing")
 
 
 # One RTM_GETLINK for one interface, on a plain netlink socket: the decision loop reads both carriers

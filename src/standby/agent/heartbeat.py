@@ -75,6 +75,7 @@ def view_to_dict(v: PeerView) -> dict[str, Any]:
         "reporting": v.reporting, "reporting_epoch": v.reporting_epoch, "reporting_ack": v.reporting_ack,
         "eligible": v.eligible, "dr_serves": v.dr_serves,
         **({"dr_writable_term": v.dr_writable_term} if v.dr_writable_term is not None else {}),
+        **({"home_adopted": True} if v.home_adopted else {}),  # absent while false: no cost where unused
     }
 
 
@@ -129,7 +130,7 @@ def _view(d: Any) -> PeerView:
         releasing_services=_typed(d, "releasing_services", bool), preferred=_typed(d, "preferred", bool),
         reporting=_optional(d, "reporting", bool, False), reporting_epoch=epoch, reporting_ack=ack,
         eligible=_optional(d, "eligible", bool, True), dr_serves=_optional(d, "dr_serves", bool, False),
-        dr_writable_term=dr_term,
+        dr_writable_term=dr_term, home_adopted=_optional(d, "home_adopted", bool, False),
     )
 
 

@@ -2,7 +2,8 @@
 
 The parts, one file each: the heartbeat link (link.py), the observer of PostgreSQL and the links (observer.py,
 through the one connection in localdb.py), the background probes (probers.py), the executor of decided actions
-(executor.py), operator operations (operator.py), the reporting-IP mover (reporting_ip.py), the alerter
+(executor.py), operator operations (operator.py), the reporting-IP and home-address movers (reporting_ip.py,
+home_ip.py), the alerter
 (alerter.py), the keeper of synchronous_standby_names (synckeeper.py); the persisted state and history
 (store.py; the state's write before the actions, statewrite.py); the start-up refusals (startup.py); what the
 API reads (surface.py).
@@ -19,15 +20,16 @@ import asyncio
 import logging
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any, TypeVar
+from typing import Any
 
 from standby.act import addresses, services  # noqa: F401  (re-exported: unit tests replace the kernel here)
 from standby.agent import priority
 from standby.agent.alerter import Alerter
 from standby.agent.executor import Actions, Executor, Role
 from standby.agent.guard import Guard
+from standby.agent.home_ip import HomeMover
 from standby.agent.link import HeartbeatLink, Transport, UdpTransport
 from standby.agent.localdb import Database, LocalDb
 from standby.agent.maintenance import MaintenanceFile
@@ -44,6 +46,7 @@ from standby.agent.store import StateCell, Store
 from standby.agent.superseded import fence_if_superseded
 from standby.agent.surface import Surface
 from standby.agent.synckeeper import SyncKeeper
+from standby.agent.threads import runner
 from standby.alerts import AlertDispatcher
 from standby.config import Config, Placement
 from standby.decide import advertise, decide
@@ -53,16 +56,8 @@ from standby.vouch import NOTHING_IN_HAND, InHand
 
 __all__ = ["Agent", "OpError", "RefusedToStart", "config_digest", "hook_argv", "policy_for", "run_hook"]
 log = logging.getLogger("standby.agent")
-T = TypeVar("T")
 STEP_TIMES = 300  # decision steps kept for standby_decision_step_seconds (a minute at 200 ms)
 STEP_TIMES_EVERY = 25
-
-
-def _runner(pool: ThreadPoolExecutor) -> Callable[..., Awaitable[Any]]:
-    """Runs a blocking function on one of the agent's threads, awaited from the event loop."""
-    async def run(fn: Callable[..., T], *args: Any) -> T:
-        return await asyncio.get_running_loop().run_in_executor(pool, fn, *args)
-    return run
 
 
 class Agent(Surface):
@@ -98,7 +93,7 @@ class Agent(Surface):
         self.db: Database = db or LocalDb(cfg, node)
         self.link = HeartbeatLink(cfg, node, self.key, self.digest, transport or UdpTransport(cfg, node), clock)
         self.observer = Observer(cfg, node, self.db, in_pg, in_kernel, self.guard, clock)
-        self.service_role = ServiceRole(cfg, node, in_svc, in_probe, self.event, in_addr=_runner(self.addr_pool))
+        self.service_role = ServiceRole(cfg, node, in_svc, in_probe, self.event, in_addr=runner(self.addr_pool))
         self.probers = Probers(cfg, node, self.policy, self.service_role, in_svc, in_probe, clock, self.event)
         self.actions = Actions(cfg, self.db, self.service_role, self.cell, self.turn, in_pg, self.probers.take_refused,
                                lambda: self.operator.decided_rejoin(), self.event)
@@ -109,6 +104,7 @@ class Agent(Surface):
                                  self.actions, self.maintenance, self.turn, in_pg, in_svc, self._in_state, self.event,
                                  self._forgive_pause)
         self.mover = ReportingMover(cfg, in_kernel, in_svc, in_probe, clock, self.event)
+        self.homes = HomeMover(cfg, node, in_kernel, in_svc, in_probe, clock, self.event)
         self.alerts = AlertDispatcher.from_config(cfg)
         self.alerter = Alerter(cfg, node, self.alerts, self.event)
         self.sync_keeper = SyncKeeper(cfg, self.peer, self.db, self.observer, self.executor, in_pg,
@@ -129,7 +125,7 @@ class Agent(Surface):
         # History and liveness writes, in order, off the event loop (see event()).
         self.disk_pool = ThreadPoolExecutor(1, thread_name_prefix="disk")
         self._in_pg, self._in_svc, self._in_probe, self._in_kernel, self._in_state = (
-            _runner(p) for p in (self.pg_pool, self.svc_pool, self.probe_pool, self.observe_pool, self.state_pool))
+            runner(p) for p in (self.pg_pool, self.svc_pool, self.probe_pool, self.observe_pool, self.state_pool))
 
     def event(self, event: str, **detail: Any) -> None:
         entry = self.store.entry(event, **detail)
@@ -161,6 +157,7 @@ class Agent(Surface):
         x = self.executor
         return advertise(self.state, self.pg, self.carrier, self.probers.tiebreaker_ok(), self.policy.preferred,
                          self.policy.sync, reporting=held, reporting_epoch=epoch, reporting_ack=ack, hot=self.policy.hot,
+                         home_adopted=self.homes.advertised(),
                          db_in_hand=x.busy(ActionKind.RESTART_PG) or x.busy(ActionKind.FENCE))
 
     async def _observe(self, now: float) -> Observation:
@@ -227,6 +224,7 @@ class Agent(Surface):
             if self.executor.submit(a):  # not when the same action is still on its way (e.g. a stop)
                 self.event("decision", action=a.kind.value, reason=a.reason.value, detail=a.detail, term=new.term)
         await self.mover.step(obs, self.state, self.pg, self.policy, self.boot)
+        await self.homes.step(obs, self.state, self.pg, self.policy)
         self.sync_keeper.after_step()  # off the step: it must not wait behind a slow query or a database action
         # One write at a time (a slow one skips a beat), and never ahead of the state on disk (the fence above).
         if not self.store.unsaved(self.state) and (self._liveness_write is None or self._liveness_write.done()):

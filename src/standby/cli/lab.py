@@ -113,7 +113,8 @@ def up(name: str, durability: str, mode: str, pg_layout: str, followers: tuple[s
         except ValueError as e:
             raise click.BadParameter(str(e), param_hint="--wan-rate") from None
         spec = LabSpec(name=name, durability=durability, mode=mode, pg_layout=pg_layout,
-                       followers=followers, wan_rate_kbit=rate_kbit, follower_upstream=follower_upstream)
+                       followers=followers, wan_rate_kbit=rate_kbit, follower_upstream=follower_upstream,
+                       home_addresses=softswitch == "kamailio")
         setup = sip.Setup(sip.Accounting(accounting), not no_dmq)
         if softswitch == "kamailio":
             sip.check_prerequisites()

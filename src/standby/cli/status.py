@@ -59,6 +59,9 @@ def render(doc: PairStatus) -> None:
     console.print("* preferred primary.  versions: " + "; ".join(versions_line))
     _render_followers(console, doc)
     _render_reporting(console, doc)
+    for owner, h in doc.home_addresses.items():
+        who = ", ".join(f"{n} (adopted)" if n in doc.nodes and n != owner else n for n in h.holders) or "nobody"
+        console.print(f"home address {h.address} ({owner}'s): held by {who}")
     _render_spool(console, doc)
     for w in doc.warnings:
         loud = w.isupper() or w.startswith("DUAL") or "FENCED" in w or "NOT eligible" in w or "MAINTENANCE" in w

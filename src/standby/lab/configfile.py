@@ -23,6 +23,7 @@ from standby.lab.topology import (
     FOLLOWER_REPORTING_IPS,
     FOLLOWER_ROLES,
     GATEWAY,
+    HOME_IPS,
     PG_BIN,
     PG_OS_USER,
     PG_PORT,
@@ -171,6 +172,7 @@ def render(spec: LabSpec, services: Sequence[Mapping[str, Any]] = (), salvage: M
                 "postgres": {"cluster": node.cluster} if node.cluster else {"data_dir": node.pgdata,
                                                                             "socket_dir": node.socket_dir},
                 "state_dir": node.state_dir,
+                **({"home_address": HOME_IPS[node.name]} if spec.home_addresses else {}),
             },
         )
     for f in spec.follower_nodes():

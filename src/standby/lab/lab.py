@@ -42,6 +42,7 @@ from standby.lab.topology import (
     DEFAULT_WAN_RATE_KBIT,
     FOLLOWER_NODES,
     GATEWAY,
+    HOME_IPS,
     LAB_BASE,
     PG_OS_USER,
     PG_PORT,
@@ -595,7 +596,7 @@ class Lab:
         faults.kill_everything(ns)
         netns.run_in(ns, ["ip", "neigh", "flush", "all"], check=False)
         if node in ("alpha", "beta"):
-            for address in (SERVICE_IP, REPORTING_IP):
+            for address in (SERVICE_IP, REPORTING_IP, *HOME_IPS.values()):
                 netns.run_in(ns, ["ip", "addr", "del", address, "dev", PUBLIC_IF], check=False)
 
     def freeze(self, node: str) -> None:

@@ -34,6 +34,7 @@ from standby.lab.topology import (
     APP_DB,
     APP_ROLE,
     CLIENT_ADDRESS,
+    HOME_IPS,
     PG_PORT,
     SERVICE_IP,
     LabSpec,
@@ -57,8 +58,10 @@ CALLER_PORT = 5061
 NODE_IDS = {"alpha": 1, "beta": 2}
 PEERS = {"alpha": "beta", "beta": "alpha"}
 PRIVATE_IPS = {"alpha": "198.51.100.11", "beta": "198.51.100.12"}
-# Each node's own address on the network of the callers and the callee: the transactions it forwards use it.
-PUBLIC_IPS = {"alpha": "192.0.2.11", "beta": "192.0.2.12"}
+# Each node's home address on the network of the callers and the callee: the transactions it forwards use it,
+# and the survivor of a crash adopts the dead node's (standby.homeaddr), so the answers to its calls still
+# ringing arrive where a proxy relays them.
+PUBLIC_IPS = {node: address.split("/")[0] for node, address in HOME_IPS.items()}
 
 # The accounting record's fields, in the order the configuration writes them (its header says why).
 ACC_COLUMNS = ("method", "from_tag", "to_tag", "callid", "sip_code", "sip_reason", "time", "call_start", "node")
@@ -134,7 +137,7 @@ def kamailio_argv(root: Path, node: str, setup: Setup) -> list[str]:
         # dialog updates to the dead peer retransmit for tm's fr_timer (30 s): 64 MB ran out in seconds.
         "-m", "512", "-M", "16",
         "-A", f"SERVICE_IP={SERVICE_IP.split('/')[0]}", "-A", f"NODE_ID={NODE_IDS[node]}", "-A", f"NODE_IP={me}",
-        "-A", f"NODE_PUBLIC_IP={PUBLIC_IPS[node]}",
+        "-A", f"NODE_PUBLIC_IP={PUBLIC_IPS[node]}", "-A", f"PEER_PUBLIC_IP={PUBLIC_IPS[PEERS[node]]}",
         "-A", f'DMQ_SELF="sip:{me}:5090"', "-A", f'DMQ_PEER="sip:{peer}:5090"',
         "-A", f'NEXT_HOP="{CLIENT_ADDRESS.split("/")[0]}:{CALLEE_PORT}"',
         "-A", f'ACC_DB_URL="{db_url}"', "-A", f'CTL_SOCKET="unix:{_run_dir(root, node) / "ctl"}"', *con,

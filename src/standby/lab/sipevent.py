@@ -10,7 +10,7 @@ from __future__ import annotations
 import enum
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from standby.lab import sip, sipp_errors
@@ -68,6 +68,7 @@ def build(spec: LabSpec, setup: sip.Setup, log: Log = print, ring_ms: int = 0) -
     """A running pair with Kamailio on both nodes, the callee up (answering at once, or after ``ring_ms`` of
     ringing) and (spool) a shipper on each node."""
     sip.check_prerequisites()
+    spec = replace(spec, home_addresses=True)  # each proxy forwards from its node's home address
     log(f"lab {spec.name} up ({spec.durability}, accounting {setup.accounting.value}, dmq {setup.dmq})")
     lab = Lab.up(spec, [sip.service_entry(spec, setup)])
     try:

@@ -40,6 +40,9 @@ SERVICE_IP = "192.0.2.100/24"
 # Follows the standby while it is in bound (reports read there); hot mode only.
 REPORTING_IP = "192.0.2.101/24"
 CLIENT_ADDRESS = "192.0.2.50/24"
+# Each node's home address ([nodes.NAME] home_address), where a lab has them (the Kamailio lab: each proxy
+# forwards from its node's, and the survivor adopts the dead node's). Hot mode only.
+HOME_IPS: dict[str, str] = {"alpha": "192.0.2.21/24", "beta": "192.0.2.22/24"}
 
 # Warm mode: beta stands in another site's subnet, routed through the switch.
 REMOTE_GATEWAY = "203.0.113.1"
@@ -195,8 +198,11 @@ class LabSpec:
     # The WAN link's rate each way (tbf on the router); only with a follower in WAN_FOLLOWERS.
     wan_rate_kbit: int = DEFAULT_WAN_RATE_KBIT
     follower_upstream: str = "primary"  # of FOLLOWER_UPSTREAMS, for every follower of the lab
+    home_addresses: bool = False  # each node of the pair has its home address (HOME_IPS); hot mode only
 
     def __post_init__(self) -> None:
+        if self.home_addresses and self.mode != "hot":
+            raise ValueError("home addresses: hot mode only (a warm standby adopts no address)")
         if not valid_name(self.name):
             raise ValueError(
                 f"lab name {self.name!r}: expected 1-32 lowercase letters, digits, '_' or '-', "

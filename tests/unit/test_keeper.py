@@ -1,0 +1,107 @@
+"""The address keeper (agent/keeper.py) and the probe it relies on: findings H2 and H3 of the home addresses."""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+from typing import Any
+
+import pytest
+
+from standby.act import addresses
+from standby.agent.keeper import AddressKeeper
+from standby.config import ServiceIP
+from standby.observe import probes
+
+SIP = ServiceIP(address=ipaddress.IPv4Interface("192.0.2.21/24"), interface="eth0")
+
+
+def test_h2_a_probe_over_a_link_without_carrier_is_an_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    looks = iter([True, False])  # the cable goes during the probe
+    monkeypatch.setattr(addresses, "carrier", lambda interface: next(looks))
+    monkeypatch.setattr(probes, "arp_holders", lambda interface, address: set())
+    with pytest.raises(probes.ProbeError, match="no carrier"):
+        addresses.answered_elsewhere(SIP)
+    monkeypatch.setattr(addresses, "carrier", lambda interface: False)
+    with pytest.raises(probes.ProbeError, match="no carrier"):
+        addresses.answered_elsewhere(SIP)
+    monkeypatch.setattr(addresses, "carrier", lambda interface: True)
+    monkeypatch.setattr(probes, "arp_holders", lambda interface, address: {"52:54:00:00:00:01"})
+    assert addresses.answered_elsewhere(SIP) == {"52:54:00:00:00:01"}
+
+
+class Kernel:
+    """The keeper's three ways out: the service thread (add, remove), the probe thread (ARP), events."""
+
+    def __init__(self, others: set[str]) -> None:
+        self.others, self.calls, self.events = others, [], []
+        self.probing = asyncio.Event()
+        self.release = asyncio.Event()
+
+    async def in_svc(self, fn: Any, *args: Any) -> Any:
+        self.calls.append(fn.__name__)
+
+    async def in_probe(self, fn: Any, *args: Any) -> Any:
+        self.calls.append(fn.__name__)
+        if fn is addresses.answered_elsewhere:
+            self.probing.set()
+            await self.release.wait()
+            return set(self.others)
+        return None
+
+    def event(self, name: str, **detail: Any) -> None:
+        self.events.append((name, detail))
+
+
+def keeper(k: Kernel, look: bool = False) -> AddressKeeper:
+    kp = AddressKeeper(SIP, "adopted_home_address", k.in_svc, k.in_probe, lambda: 0.0, k.event, look=look)
+    kp.held = False
+    return kp
+
+
+def test_h2_a_take_the_decision_gave_up_during_its_probe_adds_nothing() -> None:
+    async def run() -> tuple[Kernel, AddressKeeper]:
+        k = Kernel(others=set())
+        kp = keeper(k)
+        kp.follow(True, True)
+        await k.probing.wait()
+        kp.follow(False, False)  # the next step: the link went down, let go
+        k.release.set()
+        for _ in range(10):
+            await asyncio.sleep(0)
+        return k, kp
+
+    k, kp = asyncio.run(run())
+    assert "add" not in k.calls and kp.held is False and not kp.busy
+
+
+def test_a_take_still_wanted_after_a_free_probe_adds_the_address() -> None:
+    async def run() -> tuple[Kernel, AddressKeeper]:
+        k = Kernel(others=set())
+        kp = keeper(k)
+        kp.follow(True, True)
+        await k.probing.wait()
+        kp.follow(True, True)  # still wanted: nothing new starts while busy
+        k.release.set()
+        for _ in range(10):
+            await asyncio.sleep(0)
+        return k, kp
+
+    k, kp = asyncio.run(run())
+    assert "add" in k.calls and kp.held is True
+
+
+def test_h3_a_held_address_someone_else_answers_for_is_contested_not_announced() -> None:
+    async def run() -> tuple[Kernel, AddressKeeper]:
+        k = Kernel(others={"52:54:00:00:00:01"})
+        k.release.set()
+        kp = keeper(k, look=True)
+        kp.held = True
+        kp.follow(True, False)  # held and wanted: time for the periodic look
+        for _ in range(10):
+            await asyncio.sleep(0)
+        return k, kp
+
+    k, kp = asyncio.run(run())
+    assert kp.contested and "announce" not in k.calls
+    assert [e for e, _ in k.events] == ["adopted_home_address_contested"]
