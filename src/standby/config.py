@@ -693,7 +693,8 @@ class Config(_Strict):
         t = self.topology()
         out = [str(p) for p in (*topology.check(t), *topology.quorum_problems(t, self.replication.quorum),
                                 *topology.wal_sender_problems(t, *self._max_wal_senders()))]
-        floating = {ip: key for ip, key in seen.items() if not key.startswith("nodes.")}
+        # A node's own public and private addresses are topology's to check; its floating home address is here's.
+        floating = {ip: key for ip, key in seen.items() if not key.startswith("nodes.") or key.endswith(".home_address")}
         if self.reporting is not None and self.reporting.address is not None:
             floating.setdefault(self.reporting.address.ip, "reporting.address")
         for i, f in enumerate(self.followers):
@@ -756,8 +757,10 @@ class Config(_Strict):
         for name in given:
             key, addr = f"nodes.{name}.home_address", homes[name]
             assert addr is not None
-            if addr.ip in seen:
-                out.append(f"{key}: {addr.ip} is already used by {seen[addr.ip]}; a home address must be an "
+            rep = self.reporting.address if self.reporting is not None else None
+            used = seen.get(addr.ip) or ("reporting.address" if rep is not None and rep.ip == addr.ip else None)
+            if used:
+                out.append(f"{key}: {addr.ip} is already used by {used}; a home address must be an "
                            "address of its own (the node's public address stays put; this one moves)")
             seen.setdefault(addr.ip, key)
             outside = [n for n, node in self.nodes.items() if addr.ip not in node.public.address.network]

@@ -10,11 +10,13 @@ from __future__ import annotations
 import json
 import threading
 import time
+from datetime import UTC
 from typing import Any
 
 import psycopg
 import pytest
 
+from standby.act.postgres import log_path as pg_log_path
 from standby.lab import Lab, netns
 from standby.lab.configfile import REPORT_DSN
 from standby.lab.pair import STANDBY, agent_state, reporting_holders, start_pair
@@ -59,9 +61,9 @@ def reporting_events(lab: Lab, node: str, since: str = "") -> list[dict[str, Any
 
 
 def now_iso() -> str:
-    from datetime import datetime, timezone
+    from datetime import datetime
 
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")  # as the history records it
+    return datetime.now(UTC).isoformat(timespec="milliseconds")  # as the history records it
 
 
 def test_reports_land_on_the_standby_and_writes_are_refused(pair: Lab) -> None:
@@ -172,10 +174,17 @@ def _conflicts(lab: Lab) -> int:
         except psycopg.errors.SerializationFailure:
             time.sleep(0.5)
         except psycopg.OperationalError as e:
-            if "conflict with recovery" not in str(e):
+            # A backend that replay ends between its start and its first answer may leave libpq only "server closed
+            # the connection unexpectedly" (CI run 93, a busy machine): excused on beta's own log's word alone.
+            if "conflict with recovery" not in str(e) and not _replay_ended_a_session(lab):
                 raise
             time.sleep(0.5)
     raise AssertionError("the conflict counter could not be read on beta")
+
+
+def _replay_ended_a_session(lab: Lab) -> bool:
+    log = pg_log_path(lab.config(), "beta")
+    return log.exists() and "terminating connection due to conflict with recovery" in log.read_text(errors="replace")
 
 
 def _set_feedback(lab: Lab, on: bool) -> None:

@@ -403,3 +403,15 @@ def test_digest_unchanged_without_home_addresses(data: dict) -> None:
     assert all("home_address" not in n for n in cfg.model_dump(mode="json")["nodes"].values())
     with_homes = config.parse(_homes(data))
     assert with_homes.model_dump(mode="json")["nodes"]["alpha"]["home_address"] == "192.0.2.21/24"
+
+
+def test_r4_home_address_on_the_reporting_ip_or_a_followers_address_is_named(rdata: dict) -> None:
+    """The second reader's finding R4: both collisions used to pass the check."""
+    (p,) = problems(_homes(rdata, beta=rdata["reporting"]["address"]))
+    assert p.startswith("nodes.beta.home_address: 192.0.2.101 is already used by reporting.address")
+    d = _homes(rdata)
+    d.pop("reporting")
+    d["followers"] = [{"name": "gamma", "role": "reporting", "public": {"address": "192.0.2.21/24", "interface": "eth0"},
+                       "private": {"address": "198.51.100.13/24", "interface": "eth1"}}]
+    assert any(p.startswith("followers[0].public.address: 192.0.2.21 is already used by nodes.alpha.home_address")
+               for p in problems(d))

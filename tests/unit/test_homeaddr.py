@@ -4,12 +4,15 @@ public links that fail, heartbeats late and address changes slow."""
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from typing import Any
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from standby.homeaddr import OWNER_WAIT_FACTOR, HomeInputs, HomePolicy, HomeReason, HomeState, step
+from standby import homeaddr
+from standby.homeaddr import OWNER_WAIT_FACTOR, HomeDecision, HomeInputs, HomePolicy, HomeReason, HomeState, step
 from standby.model import DbState, Net, PeerView
 
 dbs = st.sampled_from(list(DbState))
@@ -58,6 +61,7 @@ def test_reasons_name_each_rule_once() -> None:
 
 # -- a two-node world -----------------------------------------------------------------------------
 
+NAMES = ("alpha", "beta")
 FRESH = 5  # a heard view stays usable this many steps after its message arrived
 MAX_DELAY = 4  # heartbeats arrive 1-MAX_DELAY steps late
 MAX_CHANGE = 3  # an ARP check or an address change takes 0-MAX_CHANGE steps
@@ -65,9 +69,6 @@ FENCE = 8  # the primary fences this many steps after the standby last heard it 
 FAILOVER = 12  # the standby promotes this many steps after it last heard the primary, once it is fenced or dead
 WAIT = FRESH + MAX_DELAY + 1  # the agents' wait: the peer's freshness window and a heartbeat on the way
 LOOK = 6  # a held address is looked at (ARP, before its re-announcement) every LOOK steps
-# The longest overlap the rules leave (a world's overlaps within an address change of a link's return aside):
-# two probes that crossed, found at the adopter's next look and undone by a removal.
-BOUND = MAX_CHANGE + LOOK + MAX_CHANGE + 1
 
 
 @dataclass
@@ -89,6 +90,7 @@ class Node:
     seq: int = 0
     last_heard_alpha: int = 0  # beta: the step at which alpha's newest message arrives
     muted_until: int = -1  # what this node sends is lost until then
+    restarting: bool = False  # a new agent whose first heartbeat leaves before its first step read the kernel
 
     def newest(self, now: int) -> PeerView | None:
         arrived = [m for m in self.inbox if m[0] <= now]
@@ -97,9 +99,10 @@ class Node:
         return max(arrived, key=lambda m: m[1])[2]
 
     def heard_me(self, now: int) -> int | None:
-        """When this node sent the newest of its messages that the peer's newest arrived message acknowledges."""
-        arrived = [m for m in self.inbox if m[0] <= now]
-        return max(arrived, key=lambda m: m[1])[3] if arrived else None
+        """When this node sent the newest of its messages the peer has acknowledged (agent.link keeps the
+        newest acknowledgement it ever received, whichever message carried it)."""
+        acks = [m[3] for m in self.inbox if m[0] <= now and m[3] is not None]
+        return max(acks, default=None)
 
     def acks(self, now: int) -> int | None:
         """The send step of the peer's newest message arrived here (what this node's next message acknowledges)."""
@@ -108,7 +111,8 @@ class Node:
 
 
 def run_world(seed: int, events: int, one_way: bool, steps: int = 500, wait: int = WAIT,
-              ignore_acks: bool = False, recheck: bool = True, look: bool = True) -> tuple[Node, Node, list[int]]:
+              ignore_acks: bool = False, recheck: bool = True, look: bool = True,
+              unknown_held: bool = True) -> tuple[Node, Node, list[int]]:
     """Alpha starts as the primary, beta as its standby, each holding its own home address. Events: alpha's
     host crashes (its addresses go with it) and comes back as a standby; a node is cut off both ways for a
     while; (``one_way``) one side's messages are lost while it hears the other; a public link fails and comes
@@ -120,7 +124,8 @@ def run_world(seed: int, events: int, one_way: bool, steps: int = 500, wait: int
     on the peer's word alone, whether or not the peer has heard it lately. ``recheck``: a take whose ARP probe
     found the address free adds it only if the latest decision still says to hold it (as the keeper does), and
     a probe during which this node's link lost its carrier fails (as probes.arp_holders does). ``look``: an
-    adopter looks at the address it holds every LOOK steps and lets go if the owner answers for it."""
+    adopter looks at the address it holds every LOOK steps and lets go if the owner answers for it.
+    ``unknown_held``: a restarted agent's messages before its first step say it may hold the peer's address."""
     rnd = random.Random(seed)
     policy = HomePolicy(silence_wait_s=float(wait), peer_has_one=True)
     alpha, beta = Node("alpha", DbState.PRIMARY, addrs={"alpha"}), Node("beta", DbState.STANDBY, addrs={"beta"})
@@ -132,7 +137,7 @@ def run_world(seed: int, events: int, one_way: bool, steps: int = 500, wait: int
     for t in range(steps):
         if change_at and change_at[0] == t:
             change_at.pop(0)
-            kinds = ["crash", "isolate", "public", "public", *(["mute", "mute"] if one_way else [])]
+            kinds = ["crash", "isolate", "public", "public", "restart", *(["mute", "mute"] if one_way else [])]
             what, who = rnd.choice(kinds), rnd.choice([alpha, beta])
             if what == "crash" and alpha.alive and beta.db is not DbState.PRIMARY:
                 alpha.alive, alpha.addrs, alpha.pending = False, set(), {}
@@ -144,6 +149,10 @@ def run_world(seed: int, events: int, one_way: bool, steps: int = 500, wait: int
                 who.up_since = t
             elif what == "mute":
                 who.muted_until = t + rnd.randint(FRESH, 6 * FRESH)
+            elif what == "restart" and who.alive and not who.pending:
+                # A new agent on the same host: the kernel keeps the addresses; the agent knows no message yet,
+                # and its first heartbeat leaves before its first step has read the kernel.
+                who.hs, who.held, who.inbox, who.restarting = HomeState(), {}, [], True
         if t == steps - 150:  # a long calm end: the world must settle
             alpha.muted_until = beta.muted_until = -1
             for n in (alpha, beta):
@@ -180,6 +189,14 @@ def run_world(seed: int, events: int, one_way: bool, steps: int = 500, wait: int
                 else:
                     me.addrs.discard(owner)
                     me.held[owner] = False
+            if me.restarting:  # its first heartbeat, then the kernel read of its first step
+                me.restarting, me.seq = False, me.seq + 1
+                first = PeerView(term=1, db=me.db, services=False, lsn=None, sync_ok=True, carrier={},
+                                 tiebreaker_ok=None, home_adopted=unknown_held)
+                if t > me.muted_until:
+                    other.inbox.append((t + rnd.randint(1, MAX_DELAY), me.seq, first, None, t))
+                me.held = {o: o in me.addrs for o in NAMES}
+                continue
             peer = me.newest(t)
             if t % LOOK == 0:
                 me.contested = other.name in other.addrs and other.alive and other.public and me.public
@@ -224,38 +241,42 @@ adopted: list[int] = []  # the last world's steps at which beta held alpha's hom
 
 def _settled(alpha: Node, beta: Node) -> bool:
     return ("alpha" not in beta.addrs and "beta" in beta.addrs
-            and (not alpha.alive or alpha.db is DbState.FENCED or alpha.addrs == {"alpha"}))
+            and (not alpha.alive or alpha.addrs == {"alpha"}))  # fenced or not: its proxy lives on
 
 
-def _longest(steps: list[int]) -> int:
-    runs: list[int] = []
-    for i, s in enumerate(steps):
-        if i and s == steps[i - 1] + 1:
-            runs[-1] += 1
-        else:
-            runs.append(1)
-    return max(runs, default=0)
-
-
-@settings(max_examples=300, deadline=None)
-@given(st.integers(0, 2**32), st.integers(0, 25))
-def test_never_on_two_nodes_beyond_a_crossing_and_settles_home(seed: int, events: int) -> None:
-    """Crashes, isolations, public links failing: a home address is on both nodes at most for the moment two
-    probes crossed (the adopter's next look undoes it), and the world settles with each address at home."""
-    alpha, beta, both = run_world(seed, events, one_way=False)
-    assert _longest(both) <= BOUND, f"a home address on both nodes at steps {both[:10]}"
+# The worlds are drawn the same way in every run (derandomize): 2,400 of them had no overlap at all when the
+# rules were written, so one found later is a fault of the rules, never a test that fails now and then.
+@settings(max_examples=300, deadline=None, derandomize=True)
+@given(st.integers(0, 2**32), st.integers(0, 25), st.booleans())
+def test_never_on_two_nodes_and_settles_home(seed: int, events: int, one_way: bool) -> None:
+    """Crashes, isolations, agent restarts, public links failing, (``one_way``) one side unheard: a home address
+    is never on both nodes with both links up (but within an address change of a link's return), and the world
+    settles with each address at home."""
+    alpha, beta, both = run_world(seed, events, one_way=one_way)
+    assert both == [], f"a home address on both nodes at steps {both[:10]}"
     assert _settled(alpha, beta)
 
 
-@settings(max_examples=300, deadline=None)
-@given(st.integers(0, 2**32), st.integers(1, 25))
-def test_one_way_silence_overlaps_only_briefly(seed: int, events: int) -> None:
-    """One side heard, the other not, while the owner's public link is down: the adopter's probe cannot see
-    the owner's address and adopts it; the owner lets go at the adopter's next heartbeat, or the adopter at
-    its next look."""
-    alpha, beta, both = run_world(seed, events, one_way=True)
-    assert _longest(both) <= BOUND, f"a home address on both nodes at steps {both[:10]}"
-    assert _settled(alpha, beta)
+def _doubles_somewhere(**kw: Any) -> bool:
+    return any(run_world(seed, events, one_way=ow, **kw)[2]
+               for seed in range(40) for events in (5, 19) for ow in (False, True))
+
+
+def test_each_rule_is_needed_the_adopters_probe(monkeypatch: pytest.MonkeyPatch) -> None:
+    adopt = homeaddr._adopted
+    monkeypatch.setattr(homeaddr, "_adopted", lambda *a: replace(adopt(*a), check_arp=False))
+    assert _doubles_somewhere()
+
+
+def test_each_rule_is_needed_the_adopters_word(monkeypatch: pytest.MonkeyPatch) -> None:
+    own = homeaddr._own
+
+    def deaf(inp: HomeInputs, p: HomePolicy, silent: float | None) -> HomeDecision:
+        heard = None if inp.peer is None else replace(inp.peer, home_adopted=False)
+        return own(replace(inp, peer=heard), p, silent)
+
+    monkeypatch.setattr(homeaddr, "_own", deaf)
+    assert _doubles_somewhere()
 
 
 def test_the_worlds_do_adopt() -> None:
@@ -269,18 +290,23 @@ def test_the_worlds_do_adopt() -> None:
 
 def test_finding_h1_healed_isolation_heard_one_way_first() -> None:
     """After an isolation, the old primary heard the new one before the new one heard it: it took its address
-    back on the word "not adopted" while the new primary, still not hearing it, was adopting it (seed 1342,
-    steps 355-356). The take now waits until the peer acknowledges a message sent lately."""
-    assert run_world(1342, 17, one_way=False)[2] == []
-    assert run_world(1342, 17, one_way=False, ignore_acks=True)[2] == [355, 356]
+    back on the word "not adopted" while the new primary, still not hearing it, was adopting it. The take now
+    waits until the peer acknowledges a message sent lately. Seed 32 is a world that shows it."""
+    assert run_world(32, 19, one_way=False)[2] == []
+    assert run_world(32, 19, one_way=False, ignore_acks=True)[2] == [282]
 
 
 def test_finding_h2_a_take_the_decision_gave_up_during_its_probe() -> None:
     """A node decided to take an address and probed ARP; meanwhile its own public link went down, the decision
-    turned to "let go", and the probe (over the dead link) heard nobody: the address was added anyway and,
-    with the link back, was on both nodes for 16 steps (seed 1031). The probe now fails on a link that lost its
-    carrier, and the keeper adds the address only if the latest decision still says to hold it; the adopter's
-    look alone cuts it to one step."""
-    assert run_world(1031, 17, one_way=False)[2] == []
-    assert len(run_world(1031, 17, one_way=False, recheck=False, look=False)[2]) == 16
-    assert run_world(1031, 17, one_way=False, recheck=False)[2] == [168]
+    turned to "let go", and the probe (over the dead link) heard nobody: the address was added anyway and was on
+    both nodes once the link was back. The probe now fails on a link that lost its carrier, and the keeper adds
+    the address only if the latest decision still says to hold it. Seed 195 (one-way) is a world that shows it."""
+    assert run_world(195, 19, one_way=True)[2] == []
+    assert run_world(195, 19, one_way=True, recheck=False)[2] == [355, 356]
+
+
+def test_finding_h3_the_adopter_looks_before_it_announces() -> None:
+    """Two nodes deaf to each other both took the address (their probes crossed, or one probed over a link that
+    came back): nothing ended it while they stayed deaf. The adopter now looks before each re-announcement and
+    lets go when the owner answers. Seed 195 (one-way) is a world that shows it."""
+    assert run_world(195, 19, one_way=True, look=False)[2] == [355, 356]

@@ -73,6 +73,7 @@ def test_h2_a_take_the_decision_gave_up_during_its_probe_adds_nothing() -> None:
 
     k, kp = asyncio.run(run())
     assert "add" not in k.calls and kp.held is False and not kp.busy
+    assert [e for e, _ in k.events] == ["adopted_home_address_take_dropped"]  # the history says so (finding R5)
 
 
 def test_a_take_still_wanted_after_a_free_probe_adds_the_address() -> None:
@@ -105,3 +106,45 @@ def test_h3_a_held_address_someone_else_answers_for_is_contested_not_announced()
     k, kp = asyncio.run(run())
     assert kp.contested and "announce" not in k.calls
     assert [e for e, _ in k.events] == ["adopted_home_address_contested"]
+
+
+def test_r1_a_restarted_adopter_says_it_may_hold_the_address_until_it_has_read_the_kernel() -> None:
+    """Its first heartbeats leave before its first step: "not adopted" then would let the owner add an address
+    this node may still have (the second reader's finding R1)."""
+    import tomllib
+    from pathlib import Path
+
+    from standby import config
+    from standby.agent.home_ip import HomeMover
+
+    d = tomllib.loads((Path(__file__).parents[2] / "etc" / "standby.example.toml").read_text())
+    d["nodes"]["alpha"]["home_address"], d["nodes"]["beta"]["home_address"] = "192.0.2.21/24", "192.0.2.22/24"
+    k = Kernel(others=set())
+    mover = HomeMover(config.parse(d), "beta", k.in_probe, k.in_svc, k.in_probe, lambda: 0.0, k.event)
+    assert mover.adopted is not None and mover.adopted.held is None
+    assert mover.advertised() is True  # unknown counts as held
+    mover.adopted.held = False
+    assert mover.advertised() is False
+    mover.adopted.held = True
+    assert mover.advertised() is True
+
+
+def test_a_refused_take_probes_again_only_after_a_pause() -> None:
+    """Another host answers: the next steps do not probe again at once (each probe holds a probe thread)."""
+    now = [0.0]
+
+    async def run() -> Kernel:
+        k = Kernel(others={"52:54:00:00:00:01"})
+        k.release.set()
+        kp = AddressKeeper(SIP, "adopted_home_address", k.in_svc, k.in_probe, lambda: now[0], k.event)
+        kp.held = False
+        for t in (0.0, 0.2, 0.4, 1.0, 2.5):
+            now[0] = t
+            kp.follow(True, True)
+            for _ in range(10):
+                await asyncio.sleep(0)
+        return k
+
+    k = asyncio.run(run())
+    assert k.calls.count("answered_elsewhere") == 2  # at 0.0 and at 2.5
+    assert [e for e, _ in k.events] == ["adopted_home_address_take_refused"]  # said once while it lasts

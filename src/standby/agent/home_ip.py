@@ -36,8 +36,11 @@ class HomeMover:
         self.policy: home.HomePolicy | None = None
 
     def advertised(self) -> bool:
-        """What the heartbeat says: this node holds the peer's home address (or is still removing it)."""
-        return self.adopted is not None and bool(self.adopted.held)
+        """What the heartbeat says: this node holds the peer's home address (or is still removing it). Unknown
+        (before the first step has read the kernel, or after a failed read) counts as held: a restarted agent's
+        first heartbeats leave before its first step, and "not adopted" would let the owner add the address
+        this node may still have (the second reader's finding R1)."""
+        return self.adopted is not None and self.adopted.held is not False
 
     async def step(self, obs: Observation, s: State, pg: LocalPg, p: Policy) -> None:
         """Decide who holds the two home addresses (pure, see standby.homeaddr); add or remove them off the loop."""

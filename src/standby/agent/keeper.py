@@ -19,6 +19,9 @@ from standby.agent.threads import Run
 from standby.config import ServiceIP
 
 ANNOUNCE_EVERY_S = 5.0
+# After another host answered for the address, the next probe waits this long: each probe holds a probe thread
+# for its whole timeout, and a step every 200 ms would keep one busy while the other host stays.
+RETRY_AFTER_REFUSAL_S = 2.0
 
 
 class AddressKeeper:
@@ -33,6 +36,7 @@ class AddressKeeper:
         self.want = False  # the latest decision, also while a change is under way
         self.busy = False
         self.refused = False
+        self.refused_at = -math.inf
         self.announced = -math.inf
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -40,6 +44,8 @@ class AddressKeeper:
         """Start moving the address to match ``hold`` (if nothing is under way); re-announce it now and then."""
         self.want = hold
         if self.busy or self.held is None:
+            return
+        if hold and not self.held and check_arp and self.clock() - self.refused_at < RETRY_AFTER_REFUSAL_S:
             return
         if hold != self.held:
             self.busy = True
@@ -83,6 +89,7 @@ class AddressKeeper:
                     # The decision turned while the probe ran (this node's public link went down, say: a probe
                     # over a dead link finds nobody): add nothing (finding H2).
                     self.held = False
+                    self.event(f"{self.what}_take_dropped", **why)
                     return
                 try:
                     await claim([self.sip], self._in_svc, self._in_probe)
@@ -109,6 +116,7 @@ class AddressKeeper:
             raise
         if others:
             self.held = False  # never added
+            self.refused_at = self.clock()
             if not self.refused:
                 self.event(f"{self.what}_take_refused", answered_by=sorted(others), **why)
             self.refused = True

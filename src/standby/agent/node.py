@@ -104,7 +104,7 @@ class Agent(Surface):
                                  self.actions, self.maintenance, self.turn, in_pg, in_svc, self._in_state, self.event,
                                  self._forgive_pause)
         self.mover = ReportingMover(cfg, in_kernel, in_svc, in_probe, clock, self.event)
-        self.homes = HomeMover(cfg, node, in_kernel, in_svc, in_probe, clock, self.event)
+        self.homes = HomeMover(cfg, node, in_kernel, runner(self.addr_pool), in_probe, clock, self.event)
         self.alerts = AlertDispatcher.from_config(cfg)
         self.alerter = Alerter(cfg, node, self.alerts, self.event)
         self.sync_keeper = SyncKeeper(cfg, self.peer, self.db, self.observer, self.executor, in_pg,
@@ -116,11 +116,10 @@ class Agent(Surface):
         # The decision step's own state writes: never queued behind a slow PostgreSQL query.
         self.state_pool = ThreadPoolExecutor(1, thread_name_prefix="state", initializer=priority.follow)
         self.svc_pool = ThreadPoolExecutor(1, thread_name_prefix="svc", initializer=priority.follow)
-        # The service IPs: a switchover or a fence moves them without waiting for a service command.
+        # The service IPs and home addresses: moved without waiting for a service command or check (finding R2).
         self.addr_pool = ThreadPoolExecutor(1, thread_name_prefix="addr", initializer=priority.follow)
         self.probe_pool = ThreadPoolExecutor(2, thread_name_prefix="probe", initializer=priority.follow)
-        # The step's own quick kernel reads (carriers, the reporting IP), never behind a probe or a service command:
-        # a step that waits is a stall (Observation.gap).
+        # The step's quick kernel reads, never behind a probe or a service command (a wait is a stall: Observation.gap).
         self.observe_pool = ThreadPoolExecutor(1, thread_name_prefix="observe", initializer=priority.follow)
         # History and liveness writes, in order, off the event loop (see event()).
         self.disk_pool = ThreadPoolExecutor(1, thread_name_prefix="disk")
@@ -129,8 +128,7 @@ class Agent(Surface):
 
     def event(self, event: str, **detail: Any) -> None:
         entry = self.store.entry(event, **detail)
-        # Written on the disk thread, in order: a file-system call that blocks (a rename or an
-        # append on a busy disk took over a second in the lab) must never hold up the heartbeats.
+        # On the disk thread, in order: a blocking file-system call (over a second on a busy disk) never holds up heartbeats.
         self.disk_pool.submit(self.store.append, entry)
         self.recent.append(entry)
         log.info("%s %s", event, " ".join(f"{k}={v}" for k, v in detail.items()))
@@ -154,11 +152,10 @@ class Agent(Surface):
 
     def _advertised(self) -> PeerView:
         held, epoch, ack = self.mover.advertised()
-        x = self.executor
         return advertise(self.state, self.pg, self.carrier, self.probers.tiebreaker_ok(), self.policy.preferred,
                          self.policy.sync, reporting=held, reporting_epoch=epoch, reporting_ack=ack, hot=self.policy.hot,
                          home_adopted=self.homes.advertised(),
-                         db_in_hand=x.busy(ActionKind.RESTART_PG) or x.busy(ActionKind.FENCE))
+                         db_in_hand=self.executor.busy(ActionKind.RESTART_PG) or self.executor.busy(ActionKind.FENCE))
 
     async def _observe(self, now: float) -> Observation:
         await self.observer.both()
@@ -223,8 +220,13 @@ class Agent(Surface):
         for a in actions:
             if self.executor.submit(a):  # not when the same action is still on its way (e.g. a stop)
                 self.event("decision", action=a.kind.value, reason=a.reason.value, detail=a.detail, term=new.term)
-        await self.mover.step(obs, self.state, self.pg, self.policy, self.boot)
-        await self.homes.step(obs, self.state, self.pg, self.policy)
+        for name, part in (("reporting IP", self.mover.step(obs, self.state, self.pg, self.policy, self.boot)),
+                           ("home addresses", self.homes.step(obs, self.state, self.pg, self.policy))):
+            try:  # each on its own: one that fails must not keep the other from deciding (finding R1)
+                await part
+                self.guard.ok(name, "step")
+            except Exception as e:  # noqa: BLE001  (recorded; the next step tries again)
+                self.guard.failed(name, e, "step")
         self.sync_keeper.after_step()  # off the step: it must not wait behind a slow query or a database action
         # One write at a time (a slow one skips a beat), and never ahead of the state on disk (the fence above).
         if not self.store.unsaved(self.state) and (self._liveness_write is None or self._liveness_write.done()):
