@@ -695,8 +695,6 @@ class Config(_Strict):
                                 *topology.wal_sender_problems(t, *self._max_wal_senders()))]
         # A node's own public and private addresses are topology's to check; its floating home address is here's.
         floating = {ip: key for ip, key in seen.items() if not key.startswith("nodes.") or key.endswith(".home_address")}
-        if self.reporting is not None and self.reporting.address is not None:
-            floating.setdefault(self.reporting.address.ip, "reporting.address")
         for i, f in enumerate(self.followers):
             out += [f"followers[{i}].{suffix}: {ip} is already used by {floating[ip]}; every address must be unique"
                     for suffix, ip in f.addresses() if ip in floating]
@@ -732,6 +730,7 @@ class Config(_Strict):
         if rep.address.ip in seen:
             out.append(f"{key}: {rep.address.ip} is already used by {seen[rep.address.ip]}; the reporting IP "
                        "must be an address of its own")
+        seen.setdefault(rep.address.ip, key)  # the checks after this one (home addresses, followers) see it
         nets = {n.public.address.network for n in self.nodes.values()}
         outside = [name for name, n in self.nodes.items() if rep.address.ip not in n.public.address.network]
         if len(nets) > 1 and self.mode is Mode.WARM:
@@ -757,10 +756,8 @@ class Config(_Strict):
         for name in given:
             key, addr = f"nodes.{name}.home_address", homes[name]
             assert addr is not None
-            rep = self.reporting.address if self.reporting is not None else None
-            used = seen.get(addr.ip) or ("reporting.address" if rep is not None and rep.ip == addr.ip else None)
-            if used:
-                out.append(f"{key}: {addr.ip} is already used by {used}; a home address must be an "
+            if addr.ip in seen:
+                out.append(f"{key}: {addr.ip} is already used by {seen[addr.ip]}; a home address must be an "
                            "address of its own (the node's public address stays put; this one moves)")
             seen.setdefault(addr.ip, key)
             outside = [n for n, node in self.nodes.items() if addr.ip not in node.public.address.network]

@@ -53,6 +53,12 @@ class Kernel:
         self.events.append((name, detail))
 
 
+async def _settle() -> None:
+    """Let the keeper's task run to its end (it awaits only the fakes above)."""
+    for _ in range(10):
+        await asyncio.sleep(0)
+
+
 def keeper(k: Kernel, look: bool = False) -> AddressKeeper:
     kp = AddressKeeper(SIP, "adopted_home_address", k.in_svc, k.in_probe, lambda: 0.0, k.event, look=look)
     kp.held = False
@@ -67,8 +73,7 @@ def test_h2_a_take_the_decision_gave_up_during_its_probe_adds_nothing() -> None:
         await k.probing.wait()
         kp.follow(False, False)  # the next step: the link went down, let go
         k.release.set()
-        for _ in range(10):
-            await asyncio.sleep(0)
+        await _settle()
         return k, kp
 
     k, kp = asyncio.run(run())
@@ -84,8 +89,7 @@ def test_a_take_still_wanted_after_a_free_probe_adds_the_address() -> None:
         await k.probing.wait()
         kp.follow(True, True)  # still wanted: nothing new starts while busy
         k.release.set()
-        for _ in range(10):
-            await asyncio.sleep(0)
+        await _settle()
         return k, kp
 
     k, kp = asyncio.run(run())
@@ -99,8 +103,7 @@ def test_h3_a_held_address_someone_else_answers_for_is_contested_not_announced()
         kp = keeper(k, look=True)
         kp.held = True
         kp.follow(True, False)  # held and wanted: time for the periodic look
-        for _ in range(10):
-            await asyncio.sleep(0)
+        await _settle()
         return k, kp
 
     k, kp = asyncio.run(run())
@@ -141,8 +144,7 @@ def test_a_refused_take_probes_again_only_after_a_pause() -> None:
         for t in (0.0, 0.2, 0.4, 1.0, 2.5):
             now[0] = t
             kp.follow(True, True)
-            for _ in range(10):
-                await asyncio.sleep(0)
+            await _settle()
         return k
 
     k = asyncio.run(run())
