@@ -3,10 +3,11 @@
 A host crash of the proxy that held a call's transaction loses what only that proxy knew: the callee
 answered the request to the crashed node's own address (the Via), so the answer never reaches the caller,
 whose retransmission reaches the survivor as a new request. The callee then gets that request again,
-through the survivor, for a call it has already answered: SIPp logs it ("Dead call ... received 'BYE"
-for a call it finished, "Aborting call on unexpected message ... received 'INVITE" for one it answered).
-That entry is the evidence that the call's answer went to the crashed node (README, "Kamailio on the pair",
-what a crash still costs). Tests excuse a call's missing answer or record only with it.
+through the survivor, for a call it has already answered: SIPp logs it ("Aborting call on unexpected
+message ... received 'INVITE" for one it answered; "Dead call ... received 'BYE" for one it finished more
+than 32 s before: the lab's callee answers a BYE again with 481 until then, which ends and accounts the
+call). That entry is the evidence that the call's answer went to the crashed node (README, "Kamailio on
+the pair", what a crash still costs). Tests excuse a call's missing answer or record only with it.
 """
 
 from __future__ import annotations
