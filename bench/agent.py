@@ -6,8 +6,9 @@ IP), per node: the agent's resident memory (VmRSS, sampled every second: mean an
 supervisor's (`agent --respawn`), the agent's CPU as a share of one core, the heartbeats it received per
 second (its peer's, both networks), its decision steps per second, and the decision step's own duration
 (p50 / p99 / max over the last steps, `standby_decision_step_seconds` from its /metrics); in the JSON
-also the CPU split into user and system time, the agent's thread count and the load average at each
-phase's start (the machine is shared: compare quiet phases only).
+also the CPU split into user and system time, the interpreter's garbage collections per second by
+generation (`python_gc_collections_total`), the agent's thread count and the load average at each phase's
+start (the machine is shared: compare quiet phases only).
 
 This is a measurement: it prints and records figures and judges none of them.
 
@@ -114,6 +115,8 @@ def metrics(lab: Lab, node: str) -> dict[str, float]:
                 out[series] = float(value)
         if name.startswith("standby_decision_step_seconds{"):
             out[name.split('quantile="', 1)[1].split('"', 1)[0]] = float(value)
+        if name.startswith("python_gc_collections_total{"):  # the interpreter's collections, by generation
+            out["gc" + name.split('generation="', 1)[1].split('"', 1)[0]] = float(value)
     return out
 
 
@@ -153,6 +156,7 @@ def measure(lab: Lab, seconds: float) -> dict[str, Any]:
             "heartbeats_received_per_s": per_s("standby_heartbeats_accepted_total"),
             "decisions_per_s": per_s("standby_decisions_total"),
             "step_ms": {q: round(1000 * m1[q], 2) for q in ("0.5", "0.99", "1") if q in m1},
+            "gc_collections_per_s": {g: per_s(f"gc{g}") for g in ("0", "1", "2")},
         }
     return out
 

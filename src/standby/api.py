@@ -35,7 +35,7 @@ import time
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
-from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry, GCCollector, ProcessCollector, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from standby import __version__, protocol, tls, vouch
@@ -198,6 +198,10 @@ class Api:
         self.agent, self.agent_loop = agent, agent_loop  # agent_loop None: the API shares it (tests)
         self.registry = CollectorRegistry()
         self.registry.register(_Collector(agent))
+        # The agent's own footprint (process_cpu_seconds_total, process_resident_memory_bytes, the interpreter's
+        # collections): read from /proc and the gc module at scrape time only, nothing at rest.
+        ProcessCollector(registry=self.registry)
+        GCCollector(registry=self.registry)
         self.routes = Routes()
         r = self.routes
         r.get("/primary", self.primary)

@@ -24,7 +24,7 @@ ROOT = Path(__file__).parents[2]
 RULES = ROOT / "etc" / "prometheus" / "standby-rules.yml"
 RULE_TESTS = Path(__file__).parent / "prometheus" / "standby-rules-test.yml"
 DASHBOARD = ROOT / "etc" / "grafana" / "standby-dashboard.json"
-SERIES = re.compile(r"\bstandby_[a-z_]+\b")
+SERIES = re.compile(r"\b(?:standby|process|python_gc)_[a-z_]+\b")
 
 
 def promtool(*args: str) -> subprocess.CompletedProcess[str]:
