@@ -128,3 +128,38 @@ def test_i16_bye_answered_to_a_crashed_proxy_ends_the_call_with_its_record(lab_f
                        timeout_s=30)
     assert sorted((r.method, r.sip_code, r.node) for r in records("beta")) == [("BYE", "481", "2"), ("INVITE", "200", "1")]
     assert end[0].callid == invite.callid and end[0].call_start not in ("", "0"), end
+
+
+def test_i16_call_acknowledged_on_a_crashed_proxy_before_its_dialog_update_keeps_its_start(lab_factory) -> None:  # type: ignore[no-untyped-def]
+    """Finding (`softswitch-20261205T221722Z.json`): a call answered and acknowledged on alpha in its last
+    milliseconds, before DMQ carried the dialog's "confirmed" to beta. Beta knew the call as ringing, so its BYE
+    there wrote the call's end without its start. Pinned without the race: alpha's dialog updates to beta are
+    dropped (matched on the DMQ request's peer name, "dialog") from while the call rings, then alpha crashes
+    once the call is answered and acknowledged."""
+    setup = sip.Setup(sip.Accounting.SPOOL, dmq=True)
+    lab = build(LabSpec(name=lab_factory.reserve(), durability="sync"), setup, ring_ms=RING_MS)
+    logs = lab.spec.role_dir("client") / "log"
+    stats = logs / "sipp-caller-stats.csv"
+    lab.spawn("client", sip.caller_argv(stats, 1, 1, 3000, logs), "sipp-caller")
+    time.sleep(RING_MS / 2000)  # the call rings, and beta knows its dialog (shared when the INVITE passed)
+    beta = lab.node("beta").private.ip
+    # "KDMQ sip:dialog@...": the peer name 9 bytes into the UDP payload (136 bits into the UDP header).
+    rules = (f"table inet lost {{\n chain output {{\n  type filter hook output priority 0;\n"
+             f"  ip daddr {beta} udp dport 5090 @th,136,48 0x{b'dialog'.hex()} drop\n }}\n}}\n")
+    lab.run("alpha", ["nft", "-f", "-"], input=rules)
+
+    def records(node: str) -> list[sip.AccRecord]:
+        with lab.pg_connect(node, "softswitch", connect_timeout=2) as conn:
+            return sip.read_records(conn, setup.accounting)
+
+    invite = lab.wait_for("the call's INVITE record", lambda: records("alpha"), timeout_s=30)[0]
+    time.sleep(1.0)  # the caller's ACK, a round trip after the answer, has reached alpha
+    lab.crash("alpha")
+    lab.wait_for("the caller to end its call", lambda: not lab.spawned_alive("client", "sipp-caller"), timeout_s=60)
+    caller = sip.read_caller_stats(stats)
+    assert (caller.successful, caller.failed) == (1, 0), caller
+    end = lab.wait_for("the call's BYE record on beta", lambda: [r for r in records("beta") if r.method == "BYE"],
+                       timeout_s=30)
+    assert sorted((r.method, r.sip_code, r.node) for r in records("beta")) == [("BYE", "200", "2"), ("INVITE", "200", "1")]
+    # Its start: the answer's time, which alpha sent beta as the answer passed (before relaying it to the caller).
+    assert end[0].callid == invite.callid and end[0].call_start not in ("", "0"), end
