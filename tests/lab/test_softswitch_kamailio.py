@@ -11,6 +11,7 @@ their end is accounted on the new primary.
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import time
 
@@ -92,6 +93,14 @@ def test_i16_host_crash_calls_ringing_are_answered_through_the_adopted_home_addr
     assert adoptions, "beta never adopted alpha's home address"
 
 
+def _dropped(lab: Lab) -> int:
+    """The packets the test's nft rule on alpha dropped so far."""
+    out = lab.run("alpha", ["nft", "list", "table", "inet", "lost"]).stdout
+    found = re.search(r"counter packets (\d+)", out)
+    assert found is not None, out
+    return int(found.group(1))
+
+
 def test_i16_bye_answered_to_a_crashed_proxy_ends_the_call_with_its_record(lab_factory) -> None:  # type: ignore[no-untyped-def]
     """Finding (`softswitch-20261205T221722Z.json`, async crashes at 200 calls/s, one call short each): alpha
     forwarded a call's BYE and crashed before the callee's 200 came back. The caller's BYE sent again reached the
@@ -114,9 +123,10 @@ def test_i16_bye_answered_to_a_crashed_proxy_ends_the_call_with_its_record(lab_f
     answered = time.monotonic()
     callee = CLIENT_ADDRESS.split("/")[0]
     rules = (f"table inet lost {{\n chain input {{\n  type filter hook input priority 0;\n"
-             f"  ip saddr {callee} udp sport {sip.CALLEE_PORT} drop\n }}\n}}\n")
+             f"  ip saddr {callee} udp sport {sip.CALLEE_PORT} counter drop\n }}\n}}\n")
     lab.run("alpha", ["nft", "-f", "-"], input=rules)
     time.sleep(max(0.0, answered + hold_ms / 1000 + 1.5 - time.monotonic()))
+    assert _dropped(lab) > 0, "the callee's answer to the BYE never reached alpha's rule"
     lab.crash("alpha")
     lab.wait_for("the caller to end its call", lambda: not lab.spawned_alive("client", "sipp-caller"), timeout_s=60)
     caller = sip.read_caller_stats(stats)
@@ -145,7 +155,7 @@ def test_i16_call_acknowledged_on_a_crashed_proxy_before_its_dialog_update_keeps
     beta = lab.node("beta").private.ip
     # "KDMQ sip:dialog@...": the peer name 9 bytes into the UDP payload (136 bits into the UDP header).
     rules = (f"table inet lost {{\n chain output {{\n  type filter hook output priority 0;\n"
-             f"  ip daddr {beta} udp dport 5090 @th,136,48 0x{b'dialog'.hex()} drop\n }}\n}}\n")
+             f"  ip daddr {beta} udp dport 5090 @th,136,48 0x{b'dialog'.hex()} counter drop\n }}\n}}\n")
     lab.run("alpha", ["nft", "-f", "-"], input=rules)
 
     def records(node: str) -> list[sip.AccRecord]:
@@ -154,6 +164,9 @@ def test_i16_call_acknowledged_on_a_crashed_proxy_before_its_dialog_update_keeps
 
     invite = lab.wait_for("the call's INVITE record", lambda: records("alpha"), timeout_s=30)[0]
     time.sleep(1.0)  # the caller's ACK, a round trip after the answer, has reached alpha
+    # Dialog updates were dropped (the rule matches them), so beta's start can only be the answer's own time:
+    # the ACK reached alpha, which held the service IP, and the callee, acknowledged, sends no answer again.
+    assert _dropped(lab) > 0, "no dialog update met alpha's rule"
     lab.crash("alpha")
     lab.wait_for("the caller to end its call", lambda: not lab.spawned_alive("client", "sipp-caller"), timeout_s=60)
     caller = sip.read_caller_stats(stats)

@@ -1,8 +1,9 @@
 """Reading SIPp's error files: which calls a crashed proxy took with it (standby.lab.sipp_errors).
 
 The entries are SIPp's own, as CI run 36's host crash left them (call 77's BYE answered to the crashed alpha,
-sent again through beta); the unexpected-message one follows SIPp's format for a callee that got an INVITE
-again through the other proxy while it waited for the ACK."""
+sent again through beta, which the lab's callee now answers with 481 instead); the unexpected-message one
+follows SIPp's format for a callee that got an INVITE again through the other proxy while it waited for the
+ACK."""
 
 from __future__ import annotations
 
@@ -45,12 +46,13 @@ def test_each_entry_names_its_call_the_request_received_and_the_proxy_that_forwa
     assert errors[2].text.startswith("Call-Id: 77-31329@192.0.2.50, receive timeout")
 
 
-def test_only_a_request_again_through_the_survivor_shows_the_answer_went_to_the_crashed_node() -> None:
-    through_alpha = DEAD_BYE.replace("UDP 192.0.2.12;", "UDP 192.0.2.11;").replace("77-31329", "78-31329")
+def test_only_an_invite_again_through_the_survivor_shows_the_answer_went_to_the_crashed_node() -> None:
+    through_alpha = UNEXPECTED_INVITE.replace("UDP 192.0.2.12;", "UDP 192.0.2.11;").replace("80-31329", "78-31329")
     ack = DEAD_BYE.replace("received 'BYE", "received 'ACK").replace("77-31329", "79-31329")
     errors = sipp_errors.parse(DEAD_BYE + UNEXPECTED_INVITE + through_alpha + ack)
-    assert sipp_errors.answered_to_the_crashed(errors, "192.0.2.12") == {"77-31329@192.0.2.50",
-                                                                          "80-31329@192.0.2.50"}
+    # A BYE again (call 77, CI run 36) no longer excuses a call: the lab's callee answers it with 481 for 32 s
+    # after the call's end, which ends the call and has it accounted; a dead-call BYE means some other fault.
+    assert sipp_errors.answered_to_the_crashed(errors, "192.0.2.12") == {"80-31329@192.0.2.50"}
     assert sipp_errors.answered_to_the_crashed(errors, "192.0.2.13") == set()
 
 
@@ -73,14 +75,14 @@ def test_an_event_explains_a_call_only_on_the_callees_word_and_only_for_a_crash(
 
     r = sip.AccRecord
     records = [r("INVITE", "76-31329@192.0.2.50", "", "1"), r("BYE", "76-31329@192.0.2.50", "1796319398", "2"),
-               r("INVITE", "77-31329@192.0.2.50", "", "1"),  # its BYE answered to the crashed alpha
+               r("INVITE", "77-31329@192.0.2.50", "", "1"),  # answered to the crashed alpha, its INVITE again via beta
                r("INVITE", "78-31329@192.0.2.50", "", "1"), r("BYE", "78-31329@192.0.2.50", "0", "2")]  # no start
     completed = {"76-31329@192.0.2.50", "78-31329@192.0.2.50"}
     (tmp_path / sip.CALLER_ERRORS).write_text("The following events occurred:\n" + TIMEOUT + "\n")
     # Forwarded by beta from its home address (the recorded log had beta's public address before there were any).
     beta = sip.PUBLIC_IPS["beta"]
-    (tmp_path / sip.CALLEE_ERRORS).write_text("The following events occurred:\n"
-                                              + DEAD_BYE.replace("UDP 192.0.2.12;", f"UDP {beta};"))
+    (tmp_path / sip.CALLEE_ERRORS).write_text("The following events occurred:\n" + UNEXPECTED_INVITE.replace(
+        "UDP 192.0.2.12;", f"UDP {beta};").replace("80-31329", "77-31329"))
     for event, explained in ((Event.HOST_CRASH, 1), (Event.SWITCHOVER, 0)):
         result = EventResult(event.value, "spool", True, "sync", 30, 3, succeeded=2, failed=1)
         _explain(result, event, records, completed, tmp_path)
