@@ -14,6 +14,7 @@ import json
 import re
 import shutil
 import time
+from pathlib import Path
 
 import pytest
 
@@ -21,6 +22,8 @@ from standby.lab import netns, sip
 from standby.lab.lab import Lab
 from standby.lab.sipevent import Event, EventResult, Load, build, run_event
 from standby.lab.topology import CLIENT_ADDRESS, LabSpec
+
+CALLER_STATS = "sipp-caller-stats.csv"
 
 pytestmark = pytest.mark.skipif(not (shutil.which("kamailio") and shutil.which("sipp")),
                                 reason="needs Debian's kamailio and sip-tester (./dev setup)")
@@ -101,42 +104,59 @@ def _dropped(lab: Lab) -> int:
     return int(found.group(1))
 
 
+def _drop_on_alpha(lab: Lab, hook: str, rule: str) -> None:
+    """An nft rule in alpha's namespace that counts and drops what it matches (read back by ``_dropped``)."""
+    lab.run("alpha", ["nft", "-f", "-"], input=f"table inet lost {{\n chain {hook} {{\n  type filter hook {hook} "
+                                                f"priority 0;\n  {rule} counter drop\n }}\n}}\n")
+
+
+def _one_call(lab: Lab, hold_ms: int) -> Path:
+    """The caller places one call through the service IP, held ``hold_ms``; its log directory."""
+    logs: Path = lab.spec.role_dir("client") / "log"
+    lab.spawn("client", sip.caller_argv(logs / CALLER_STATS, 1, 1, hold_ms, logs), "sipp-caller")
+    return logs
+
+
+def _caller_done(lab: Lab, logs: Path) -> sip.CallerStats:
+    lab.wait_for("the caller to end its call", lambda: not lab.spawned_alive("client", "sipp-caller"), timeout_s=60)
+    return sip.read_caller_stats(logs / CALLER_STATS)
+
+
+def _records(lab: Lab, node: str) -> list[sip.AccRecord]:
+    """The accounting records ``node``'s database holds (shipped from the spools)."""
+    with lab.pg_connect(node, "softswitch", connect_timeout=2) as conn:
+        return sip.read_records(conn, sip.Accounting.SPOOL)
+
+
+def _bye_on_beta(lab: Lab) -> list[sip.AccRecord]:
+    return lab.wait_for("the call's BYE record on beta",
+                        lambda: [r for r in _records(lab, "beta") if r.method == "BYE"], timeout_s=30)
+
+
 def test_i16_bye_answered_to_a_crashed_proxy_ends_the_call_with_its_record(lab_factory) -> None:  # type: ignore[no-untyped-def]
     """Finding (`softswitch-20261205T221722Z.json`, async crashes at 200 calls/s, one call short each): alpha
     forwarded a call's BYE and crashed before the callee's 200 came back. The caller's BYE sent again reached the
     callee through beta, a new transaction for a call the callee had ended: SIPp dropped it where a UA answers
     481, the caller gave the call up, and nobody wrote the call's end. Pinned here without the race: alpha's
     namespace drops what the callee sends from before the BYE on, and alpha crashes after the BYE."""
-    setup = sip.Setup(sip.Accounting.SPOOL, dmq=True)
-    lab = build(LabSpec(name=lab_factory.reserve(), durability="sync"), setup)
-    logs = lab.spec.role_dir("client") / "log"
-    stats = logs / "sipp-caller-stats.csv"
+    lab = build(LabSpec(name=lab_factory.reserve(), durability="sync"), sip.Setup(sip.Accounting.SPOOL, dmq=True))
     hold_ms = 4000
-    lab.spawn("client", sip.caller_argv(stats, 1, 1, hold_ms, logs), "sipp-caller")
-
-    def records(node: str) -> list[sip.AccRecord]:
-        with lab.pg_connect(node, "softswitch", connect_timeout=2) as conn:
-            return sip.read_records(conn, setup.accounting)
-
+    logs = _one_call(lab, hold_ms)
     # Alpha's account of the answer, shipped from its spool: the call is answered and its BYE hold_ms away.
-    invite = lab.wait_for("the call's INVITE record", lambda: records("alpha"), timeout_s=30)[0]
+    invite = lab.wait_for("the call's INVITE record", lambda: _records(lab, "alpha"), timeout_s=30)[0]
     answered = time.monotonic()
-    callee = CLIENT_ADDRESS.split("/")[0]
-    rules = (f"table inet lost {{\n chain input {{\n  type filter hook input priority 0;\n"
-             f"  ip saddr {callee} udp sport {sip.CALLEE_PORT} counter drop\n }}\n}}\n")
-    lab.run("alpha", ["nft", "-f", "-"], input=rules)
+    _drop_on_alpha(lab, "input", f"ip saddr {CLIENT_ADDRESS.split('/')[0]} udp sport {sip.CALLEE_PORT}")
     time.sleep(max(0.0, answered + hold_ms / 1000 + 1.5 - time.monotonic()))
     assert _dropped(lab) > 0, "the callee's answer to the BYE never reached alpha's rule"
     lab.crash("alpha")
-    lab.wait_for("the caller to end its call", lambda: not lab.spawned_alive("client", "sipp-caller"), timeout_s=60)
-    caller = sip.read_caller_stats(stats)
+    caller = _caller_done(lab, logs)
     assert (caller.successful, caller.failed) == (1, 0), caller
     assert sip.read_completed(sip.completed_log(logs)) == {invite.callid}
     # The call's end, accounted by beta from the callee's 481 (alpha never had an answer to account), with
     # the call's start from the dialog alpha shared: the call is whole, once.
-    end = lab.wait_for("the call's BYE record on beta", lambda: [r for r in records("beta") if r.method == "BYE"],
-                       timeout_s=30)
-    assert sorted((r.method, r.sip_code, r.node) for r in records("beta")) == [("BYE", "481", "2"), ("INVITE", "200", "1")]
+    end = _bye_on_beta(lab)
+    assert sorted((r.method, r.sip_code, r.node) for r in _records(lab, "beta")) == [("BYE", "481", "2"),
+                                                                                     ("INVITE", "200", "1")]
     assert end[0].callid == invite.callid and end[0].call_start not in ("", "0"), end
 
 
@@ -146,33 +166,23 @@ def test_i16_call_acknowledged_on_a_crashed_proxy_before_its_dialog_update_keeps
     there wrote the call's end without its start. Pinned without the race: alpha's dialog updates to beta are
     dropped (matched on the DMQ request's peer name, "dialog") from while the call rings, then alpha crashes
     once the call is answered and acknowledged."""
-    setup = sip.Setup(sip.Accounting.SPOOL, dmq=True)
-    lab = build(LabSpec(name=lab_factory.reserve(), durability="sync"), setup, ring_ms=RING_MS)
-    logs = lab.spec.role_dir("client") / "log"
-    stats = logs / "sipp-caller-stats.csv"
-    lab.spawn("client", sip.caller_argv(stats, 1, 1, 3000, logs), "sipp-caller")
+    lab = build(LabSpec(name=lab_factory.reserve(), durability="sync"), sip.Setup(sip.Accounting.SPOOL, dmq=True),
+                ring_ms=RING_MS)
+    logs = _one_call(lab, 3000)
     time.sleep(RING_MS / 2000)  # the call rings, and beta knows its dialog (shared when the INVITE passed)
-    beta = lab.node("beta").private.ip
     # "KDMQ sip:dialog@...": the peer name 9 bytes into the UDP payload (136 bits into the UDP header).
-    rules = (f"table inet lost {{\n chain output {{\n  type filter hook output priority 0;\n"
-             f"  ip daddr {beta} udp dport 5090 @th,136,48 0x{b'dialog'.hex()} counter drop\n }}\n}}\n")
-    lab.run("alpha", ["nft", "-f", "-"], input=rules)
-
-    def records(node: str) -> list[sip.AccRecord]:
-        with lab.pg_connect(node, "softswitch", connect_timeout=2) as conn:
-            return sip.read_records(conn, setup.accounting)
-
-    invite = lab.wait_for("the call's INVITE record", lambda: records("alpha"), timeout_s=30)[0]
+    _drop_on_alpha(lab, "output", f"ip daddr {lab.node('beta').private.ip} udp dport 5090 "
+                                  f"@th,136,48 0x{b'dialog'.hex()}")
+    invite = lab.wait_for("the call's INVITE record", lambda: _records(lab, "alpha"), timeout_s=30)[0]
     time.sleep(1.0)  # the caller's ACK, a round trip after the answer, has reached alpha
     # Dialog updates were dropped (the rule matches them), so beta's start can only be the answer's own time:
     # the ACK reached alpha, which held the service IP, and the callee, acknowledged, sends no answer again.
     assert _dropped(lab) > 0, "no dialog update met alpha's rule"
     lab.crash("alpha")
-    lab.wait_for("the caller to end its call", lambda: not lab.spawned_alive("client", "sipp-caller"), timeout_s=60)
-    caller = sip.read_caller_stats(stats)
+    caller = _caller_done(lab, logs)
     assert (caller.successful, caller.failed) == (1, 0), caller
-    end = lab.wait_for("the call's BYE record on beta", lambda: [r for r in records("beta") if r.method == "BYE"],
-                       timeout_s=30)
-    assert sorted((r.method, r.sip_code, r.node) for r in records("beta")) == [("BYE", "200", "2"), ("INVITE", "200", "1")]
+    end = _bye_on_beta(lab)
+    assert sorted((r.method, r.sip_code, r.node) for r in _records(lab, "beta")) == [("BYE", "200", "2"),
+                                                                                     ("INVITE", "200", "1")]
     # Its start: the answer's time, which alpha sent beta as the answer passed (before relaying it to the caller).
     assert end[0].callid == invite.callid and end[0].call_start not in ("", "0"), end
