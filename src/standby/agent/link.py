@@ -19,6 +19,7 @@ from concurrent.futures import Future
 from typing import Protocol
 
 from standby.agent.heartbeat import Heartbeat, Receiver, encode
+from standby.agent.ticks import Ticks
 from standby.config import Config
 from standby.model import Net, PeerView
 
@@ -145,12 +146,15 @@ class HeartbeatLink:
             except OSError:
                 self.send_errors[net.value] += 1  # link down: the peer will notice the silence
 
-    async def sender(self, view: Callable[[], PeerView], interval_s: float, stopping: asyncio.Event) -> None:
+    async def sender(self, view: Callable[[], PeerView], ticks: Ticks, stopping: asyncio.Event) -> None:
+        """A heartbeat on each instant of the agent's grid (agent.ticks), with the decision step's wake-up."""
         self.sending = True
         try:
+            loop = asyncio.get_running_loop()
             while not stopping.is_set():
+                began = loop.time()
                 self.send(view())
-                await asyncio.sleep(interval_s)  # the agent's shut-down cancels this task; no wait on `stopping` per beat
+                await ticks.wait(since=began)  # the agent's shut-down cancels this task; no wait on `stopping` per beat
         finally:
             self.sending = False
 

@@ -3,10 +3,9 @@
 The parts, one file each: the heartbeat link (link.py), the observer of PostgreSQL and the links (observer.py,
 through the one connection in localdb.py), the background probes (probers.py), the executor of decided actions
 (executor.py), operator operations (operator.py), the reporting-IP and home-address movers (reporting_ip.py,
-home_ip.py), the alerter
-(alerter.py), the keeper of synchronous_standby_names (synckeeper.py); the persisted state and history
-(store.py; the state's write before the actions, statewrite.py); the start-up refusals (startup.py); what the
-API reads (surface.py).
+home_ip.py), the alerter (alerter.py), the keeper of synchronous_standby_names (synckeeper.py); the persisted
+state and history (store.py; the state's write before the actions, statewrite.py); the start-up refusals
+(startup.py); what the API reads (surface.py); the grid the periodic loops wake on (ticks.py).
 
 It owns: the decision state's turn (decisions and operator operations take turns), the step, and the agent's
 threads. It may not block the event loop: everything that blocks (PostgreSQL, netlink, service commands, disk)
@@ -47,6 +46,7 @@ from standby.agent.superseded import fence_if_superseded
 from standby.agent.surface import Surface
 from standby.agent.synckeeper import SyncKeeper
 from standby.agent.threads import runner
+from standby.agent.ticks import Ticks
 from standby.alerts import AlertDispatcher
 from standby.config import Config, Placement
 from standby.decide import advertise, decide
@@ -67,6 +67,7 @@ class Agent(Surface):
         self.key = heartbeat_key(cfg, node)
         self.digest = config_digest(cfg)
         self.interval_s = cfg.timings.heartbeat_interval_ms / 1000
+        self.ticks = Ticks(self.interval_s)
         self.store = Store(cfg.state_dir_for(node), node)
         self.cell = StateCell(self.store)
         self.recent: deque[dict[str, Any]] = deque(maxlen=50)
@@ -94,7 +95,7 @@ class Agent(Surface):
         self.link = HeartbeatLink(cfg, node, self.key, self.digest, transport or UdpTransport(cfg, node), clock)
         self.observer = Observer(cfg, node, self.db, in_pg, in_kernel, self.guard, clock)
         self.service_role = ServiceRole(cfg, node, in_svc, in_probe, self.event, in_addr=runner(self.addr_pool))
-        self.probers = Probers(cfg, node, self.policy, self.service_role, in_svc, in_probe, clock, self.event)
+        self.probers = Probers(cfg, node, self.policy, self.service_role, in_svc, in_probe, clock, self.event, self.ticks)
         self.actions = Actions(cfg, self.db, self.service_role, self.cell, self.turn, in_pg, self.probers.take_refused,
                                lambda: self.operator.decided_rejoin(), self.event)
         # Each role's actions one at a time, in decision order (see agent.executor).
@@ -111,8 +112,7 @@ class Agent(Surface):
                                       lambda: self.policy, lambda: self.state)
 
     def _threads(self) -> None:
-        # One thread for PostgreSQL (its connection is not shared), one for services, one for addresses.
-        self.pg_pool = ThreadPoolExecutor(1, thread_name_prefix="pg", initializer=priority.follow)
+        self.pg_pool = ThreadPoolExecutor(1, thread_name_prefix="pg", initializer=priority.follow)  # its connection: not shared
         # The decision step's own state writes: never queued behind a slow PostgreSQL query.
         self.state_pool = ThreadPoolExecutor(1, thread_name_prefix="state", initializer=priority.follow)
         self.svc_pool = ThreadPoolExecutor(1, thread_name_prefix="svc", initializer=priority.follow)
@@ -159,9 +159,8 @@ class Agent(Surface):
 
     async def _observe(self, now: float) -> Observation:
         await self.observer.both()
-        # A stalled process may be scheduled here before its heartbeat sender has run again: the time since
-        # the last send counts as well. So does the decision loop's own lateness (this step started later
-        # than one interval after the last), and the time nobody decided before this agent started.
+        # A stalled process may be scheduled here before its sender has run again: the time since the last send counts
+        # too; so do the loop's own lateness (a step begun over an interval after the last) and the time before this agent.
         self.in_hand = InHand(self.link.pending_gap())  # before the link forgets it: the API's checks count it
         gap, self.startup_gap = max(self.link.take_send_gap(), self.startup_gap, self.step_gap), 0.0
         link, p, dr = self.link, self.probers, self.probers.dr_for(self.pg.db)
@@ -240,7 +239,7 @@ class Agent(Surface):
     def _background(self) -> dict[str, Callable[[], Any]]:
         s, p, stop = self, self.probers, self.stopping
         return {
-            "sender": lambda: s.link.sender(s._advertised, s.interval_s, stop),
+            "sender": lambda: s.link.sender(s._advertised, s.ticks, stop),
             "tiebreaker_prober": lambda: p.tiebreaker(stop),
             "dr_prober": lambda: p.dr(stop, lambda: s.state, lambda: s.pg.db),
             "arp_prober": lambda: p.arp(stop, lambda: s.state, s.link.quiet_since),
@@ -268,7 +267,7 @@ class Agent(Surface):
             on_ready()
         try:
             while not self.stopping.is_set():
-                t0 = time.monotonic()
+                t0 = loop.time()  # the clock the grid is on
                 try:
                     await self._step()
                     self.guard.ok("decision loop", "step")
@@ -276,8 +275,9 @@ class Agent(Surface):
                     raise
                 except Exception as e:  # noqa: BLE001  (recorded; the next interval tries again)
                     self.guard.failed("decision loop", e, "step")
-                # Not a wait on `stopping` (a task made and cancelled each step): a stop is seen one interval later.
-                await asyncio.sleep(max(0.0, self.interval_s - (time.monotonic() - t0)))
+                # Within an interval of this step's start, at once if it took that long (agent.ticks: no lateness
+                # added). Not a wait on `stopping` (a task made and cancelled each step): a stop is seen one interval later.
+                await self.ticks.wait(since=t0)
         finally:
             await self._shut_down(tasks)
 

@@ -20,6 +20,7 @@ from typing import Any
 from standby.act import services
 from standby.agent.servicerole import Claim, ServiceRole, reannounce
 from standby.agent.superseded import DrWatch
+from standby.agent.ticks import Ticks
 from standby.config import Config
 from standby.decide import Policy, State, dr_in_question
 from standby.model import DbState, DrSeen
@@ -54,8 +55,9 @@ class DrAnswer:
 
 class Probers:
     def __init__(self, cfg: Config, node: str, policy: Policy, service_role: ServiceRole, in_svc: Run, in_probe: Run,
-                 clock: Callable[[], float], event: Callable[..., None]) -> None:
+                 clock: Callable[[], float], event: Callable[..., None], ticks: Ticks | None = None) -> None:
         self.cfg, self.node, self.service_role = cfg, node, service_role
+        self.ticks = ticks or Ticks(policy.heartbeat_s)  # the agent's grid: its loops wake with the step (agent.ticks)
         self._in_svc, self._in_probe, self.clock, self.event = in_svc, in_probe, clock, event
         self.window_s = policy.tiebreaker_window_s()
         self.interval_s = policy.heartbeat_s
@@ -101,7 +103,7 @@ class Probers:
                     self.dr_answer = DrAnswer(seen, asked_as, asked.term)
                 else:
                     self.dr_answer = None
-                await asyncio.sleep(DR_EVERY_S)
+                await self.ticks.wait(max(DR_EVERY_S, self.ticks.interval_s))
         finally:
             watch.close()
 
@@ -112,14 +114,14 @@ class Probers:
         tb = self.cfg.tiebreaker
         if tb is None:
             return
+        loop, echoer = asyncio.get_running_loop(), None
         if tb.port:
             while not stopping.is_set():
-                t0 = self.clock()
+                began = loop.time()
                 if await self._in_probe(probe_tiebreaker, self.cfg):
                     self.tiebreaker_at = self.clock()
-                await asyncio.sleep(max(0.0, self.interval_s - (self.clock() - t0)))
+                await self.ticks.wait(since=began)  # at once if the probe took the whole interval
             return
-        loop, echoer = asyncio.get_running_loop(), None
         self._echo_failed = None
         try:
             # Raises without root (a raw socket): the guard records that and starts this loop again.
@@ -128,8 +130,9 @@ class Probers:
             while not stopping.is_set():
                 if self._echo_failed is not None:
                     raise self._echo_failed  # a reader that failed: recorded by the guard, the socket made anew
+                began = loop.time()
                 echoer.send()  # one that cannot leave (the route is gone) goes unanswered: no answer, as before
-                await asyncio.sleep(self.interval_s)
+                await self.ticks.wait(since=began)
         finally:
             if echoer is not None:
                 loop.remove_reader(echoer.fileno())
@@ -155,7 +158,7 @@ class Probers:
                     log.warning("service IPs answered by %s while the peer is silent", ", ".join(sorted(found)))
             else:
                 self.ip_elsewhere = None
-            await asyncio.sleep(self.interval_s)
+            await self.ticks.wait()
 
     async def health(self, stopping: asyncio.Event, watch: Callable[[], bool]) -> None:
         """``watch``: this node serves and no take or start is under way (a service starting is not sick)."""
@@ -167,7 +170,7 @@ class Probers:
                 self.services_healthy = ok
             else:
                 self.services_healthy = None
-            await asyncio.sleep(HEALTH_EVERY_S)
+            await self.ticks.wait(max(HEALTH_EVERY_S, self.ticks.interval_s))
 
     async def announcer(self, stopping: asyncio.Event, holding: Callable[[], bool],
                         next_step: Callable[[], Awaitable[Any]]) -> None:
