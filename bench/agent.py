@@ -8,7 +8,14 @@ second (its peer's, both networks), its decision steps per second, and the decis
 (p50 / p99 / max over the last steps, `standby_decision_step_seconds` from its /metrics); in the JSON
 also the CPU split into user and system time, the interpreter's garbage collections per second by
 generation (`python_gc_collections_total`), the agent's thread count and the load average at each phase's
-start (the machine is shared: compare quiet phases only).
+start (the machine is shared: compare quiet phases only), and the agent's wake-ups per second (its threads'
+voluntary context switches). Beside the agents, for the same windows, the floor: a process that does
+nothing but wake an asyncio loop once per heartbeat interval (FLOOR). Before the agents start and after the
+load, what the machine charges that hour for work in bursts one interval apart (`calibration`,
+benchlib.calibrate): on the virtual machine these ran on, a memory page read after a 200 ms sleep cost
+20-30 us against 0.1 us warm, so the agent's CPU there is mostly the pages its work touches, and it moved
+by a factor of five between hours with the code unchanged. Compare CPU figures only between runs whose
+calibrations agree; the wake-ups do not depend on it.
 
 This is a measurement: it prints and records figures and judges none of them.
 
@@ -23,12 +30,14 @@ Needs root (namespaces) and PostgreSQL 15; set it up with `./dev setup`.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import subprocess
 import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -84,6 +93,47 @@ def threads(pid: int | None) -> int | None:
         return None
 
 
+# A process that does nothing but wake an asyncio loop once per heartbeat interval: what any such process
+# costs on this machine at that moment (on this virtual machine, 1-5 % of a core at 200 ms, from hour to hour).
+FLOOR = """
+import asyncio, sys
+async def main(interval):
+    loop = asyncio.get_running_loop()
+    while True:
+        await asyncio.sleep(interval - loop.time() % interval)
+asyncio.run(main(float(sys.argv[1])))
+"""
+
+
+@contextlib.contextmanager
+def floor_process(interval_s: float) -> Iterator[int]:
+    """The floor's process for the length of the block (killed and reaped however the block ends)."""
+    proc = subprocess.Popen([sys.executable, "-c", FLOOR, str(interval_s)])
+    try:
+        time.sleep(1.0)  # its imports are not its cost at rest
+        yield proc.pid
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def wakeups(pid: int | None) -> int | None:
+    """The agent's threads' voluntary context switches so far: each is a thread that slept and was woken
+    (a timer, a packet, a hand-off between threads). Unlike CPU %, which this shared machine's speed moves
+    by a factor from hour to hour, the count says how much waking the agent's design asks for."""
+    if pid is None:
+        return None
+    total = 0
+    try:
+        for task in os.listdir(f"/proc/{pid}/task"):
+            for line in Path(f"/proc/{pid}/task/{task}/status").read_text().splitlines():
+                if line.startswith("voluntary_ctxt_switches:"):
+                    total += int(line.split()[1])
+    except (OSError, ValueError):
+        return None
+    return total
+
+
 def supervisor_pid(agent_pid: int | None) -> int | None:
     if agent_pid is None:
         return None
@@ -120,10 +170,12 @@ def metrics(lab: Lab, node: str) -> dict[str, float]:
     return out
 
 
-def measure(lab: Lab, seconds: float) -> dict[str, Any]:
+def measure(lab: Lab, seconds: float, floor_pid: int) -> dict[str, Any]:
     pids = {n: lab.agent_pid(n) for n in NODES}
     sups = {n: supervisor_pid(p) for n, p in pids.items()}
     split0 = {n: cpu_split_s(p) for n, p in pids.items()}
+    floor0 = cpu_split_s(floor_pid)
+    wake0 = {n: wakeups(p) for n, p in pids.items()}
     load = list(os.getloadavg())
     m0 = {n: metrics(lab, n) for n in NODES}
     t0 = time.monotonic()
@@ -137,10 +189,12 @@ def measure(lab: Lab, seconds: float) -> dict[str, Any]:
                 sup_rss[n].append(r)
         time.sleep(1.0)
     wall = time.monotonic() - t0
+    floor1 = cpu_split_s(floor_pid)
+    floor = None if floor0 is None or floor1 is None else round(100 * (sum(floor1) - sum(floor0)) / wall, 2)
     out: dict[str, Any] = {}
     for n in NODES:
         pid = pids[n]
-        m1, s0, s1 = metrics(lab, n), split0[n], cpu_split_s(pid)
+        m1, s0, s1, w1 = metrics(lab, n), split0[n], cpu_split_s(pid), wakeups(pid)
 
         def per_s(series: str, n: str = n, m1: dict[str, float] = m1) -> float | None:
             a, b = m0[n].get(series), m1.get(series)
@@ -152,7 +206,9 @@ def measure(lab: Lab, seconds: float) -> dict[str, Any]:
             "agent_cpu_pct_of_one_core": None if s0 is None or s1 is None else round(100 * (sum(s1) - sum(s0)) / wall, 2),
             "agent_cpu_user_system_pct": None if s0 is None or s1 is None else
             [round(100 * (s1[i] - s0[i]) / wall, 2) for i in (0, 1)],
+            "floor_cpu_pct_of_one_core": floor,  # the same window's bare loop (FLOOR), the same for both nodes
             "agent_threads": threads(pid), "loadavg_at_phase_start": load,
+            "agent_wakeups_per_s": None if w1 is None or wake0[n] is None else round((w1 - wake0[n]) / wall, 1),
             "heartbeats_received_per_s": per_s("standby_heartbeats_accepted_total"),
             "decisions_per_s": per_s("standby_decisions_total"),
             "step_ms": {q: round(1000 * m1[q], 2) for q in ("0.5", "0.99", "1") if q in m1},
@@ -174,8 +230,11 @@ def render(doc: dict[str, Any]) -> str:
     lines = [f"standby {doc['standby']}, {doc['machine']['cores']} cores, load average at start "
              f"{' '.join(f'{x:.2f}' for x in doc['machine']['loadavg_at_start'])}; heartbeat interval "
              f"{doc['heartbeat_interval_ms']} ms; load phase {doc['parameters']['rate']} calls/s",
+             "calibration, CPU us after a sleep of one interval (benchlib.calibrate): a page read / warm / a thread "
+             "hand-off: " + ", ".join(f"{k} {c['page_after_sleep_us']} / {c['page_warm_us']} / {c['handoff_us']}"
+                                      for k, c in doc.get("calibration", {}).items()),
              f"{'phase':<6} {'node':<6} {'agent RSS MB':>13} {'superv. MB':>10} {'CPU %core':>9} {'hb/s':>6} "
-             f"{'steps/s':>7} {'step p50/p99/max ms':>22} {'user/sys %':>11} {'load':>5}"]
+             f"{'steps/s':>7} {'step p50/p99/max ms':>22} {'user/sys %':>11} {'wake/s':>6} {'floor %':>7} {'load':>5}"]
     for phase, nodes in doc["phases"].items():
         for n, r in nodes.items():
             s = r["step_ms"]
@@ -184,6 +243,7 @@ def render(doc: dict[str, Any]) -> str:
                          f"{_f(r['heartbeats_received_per_s']):>6} {_f(r['decisions_per_s']):>7} "
                          f"{_f(s.get('0.5')):>7}/{_f(s.get('0.99')):>7}/{_f(s.get('1')):>6} "
                          f"{'/'.join(map(_f, r.get('agent_cpu_user_system_pct') or ['-'])):>11} "
+                         f"{_f(r.get('agent_wakeups_per_s')):>6} {_f(r.get('floor_cpu_pct_of_one_core')):>7} "
                          f"{_f(round(r['loadavg_at_phase_start'][0], 2) if r.get('loadavg_at_phase_start') else None):>5}")
     return "\n".join(lines)
 
@@ -219,16 +279,19 @@ def set_heartbeat(lab: Lab, ms: int) -> None:
 def measure_phases(lab: Lab, doc: dict[str, Any], log: benchlib.Log, save: Callable[[], None], p: Params) -> None:
     if p.heartbeat_ms is not None:
         set_heartbeat(lab, p.heartbeat_ms)
+    doc["heartbeat_interval_ms"] = ms = lab.config().timings.heartbeat_interval_ms
+    doc["calibration"] = {"before": benchlib.calibrate(ms / 1000)}
     start_pair(lab)
-    doc["heartbeat_interval_ms"] = lab.config().timings.heartbeat_interval_ms
-    time.sleep(p.settle_s)
-    log(f"idle for {p.seconds:g} s")
-    doc["phases"]["idle"] = measure(lab, p.seconds)
-    save()
-    with tempfile.TemporaryDirectory(prefix="standby-ag-") as tmp, under_load(lab, Path(tmp), p.rate):
+    with floor_process(ms / 1000) as floor:
         time.sleep(p.settle_s)
-        log(f"under load for {p.seconds:g} s")
-        doc["phases"]["load"] = measure(lab, p.seconds)
+        log(f"idle for {p.seconds:g} s")
+        doc["phases"]["idle"] = measure(lab, p.seconds, floor)
+        save()
+        with tempfile.TemporaryDirectory(prefix="standby-ag-") as tmp, under_load(lab, Path(tmp), p.rate):
+            time.sleep(p.settle_s)
+            log(f"under load for {p.seconds:g} s")
+            doc["phases"]["load"] = measure(lab, p.seconds, floor)
+    doc["calibration"]["after"] = benchlib.calibrate(ms / 1000)
     log("tearing down")
 
 

@@ -21,6 +21,10 @@ it. By default alpha's server and beta's server are pinned to different cores, s
 not take its CPU from the primary's. Reconfiguring one lab rather than building three keeps the servers
 comparable; every phase starts after a VACUUM ANALYZE and a CHECKPOINT, with the standby caught up.
 
+Before the lab and after it, what the machine charged that hour for a burst of work one call apart
+(`calibration`, benchlib.calibrate with a sleep of 1/rate): on a virtual machine that charges for pages
+touched after a sleep, a WAL sender woken for each commit pays it on every call.
+
 This is a measurement: it prints and records figures and judges none of them (the goal is printed beside).
 
     .venv/bin/python bench/replication.py [--rate 100 --seconds 30] [--no-pin] [--max-seconds 15]
@@ -409,6 +413,10 @@ def render(doc: dict[str, Any]) -> str:
         f"async vs none: CPU per call x{_f(g['async_cpu_per_call_ratio'], '.3f')}, "
         f"latency p50 +{_f(g['async_latency_p50_added_ms'], '.2f')} ms",
     ]
+    if doc.get("calibration"):
+        lines += ["", "calibration, CPU us after a sleep of one call's interval (benchlib.calibrate): a page read / warm / "
+                  "a thread hand-off: " + ", ".join(f"{k} {c['page_after_sleep_us']} / {c['page_warm_us']} / "
+                                                    f"{c['handoff_us']}" for k, c in doc["calibration"].items())]
     if doc.get("throughput"):
         tp = doc["throughput"]
         lines += ["", f"Maximum throughput (closed loop, {p['concurrency']} concurrent, {p['max_seconds']:g} s each): "
@@ -444,6 +452,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = parse_args(argv)
     t0 = time.monotonic()
     doc, stamp, log = benchlib.begin("replication", p)
+    # What this machine charged that hour for a burst of work a call apart (a WAL sender woken per commit).
+    doc["calibration"] = {"before": benchlib.calibrate(1 / p.rate)}
     with sigterm_as_interrupt():
         try:
             # Async first: bootstrap then leaves synchronous_standby_names empty, as for no standby.
@@ -468,6 +478,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                        else "alpha's server's process tree (/proc: postmaster with reaped children, live children)"),
     }
     doc.update(figures)
+    doc["calibration"]["after"] = benchlib.calibrate(1 / p.rate)
     doc["complete"] = True
     benchlib.end("replication", doc, stamp, t0, render)
     return 0
