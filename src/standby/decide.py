@@ -52,7 +52,7 @@ Why two servers are enough (the safety argument, in the order rules apply):
 7. A warm follower is promoted only by a person (`standby promote`), who
    fences the pair's nodes it reaches; one it could not reach (a cut WAN)
    may still serve. With warm followers configured, a running primary and
-   a running hot standby ask them every second whether one accepts writes.
+   a running hot standby ask them at least once a second whether one accepts writes.
    If one does, the primary fences itself for good (DR_SERVES: rebuilt from
    the DR node on the road back) and says so in every heartbeat from then
    on. That fence is no hand-over: a standby that hears it is no longer

@@ -255,7 +255,6 @@ def test_i13_the_stall_watch_on_the_heartbeat_senders_beat_wakes_the_loop_never(
 def test_i13_the_heartbeat_link_says_while_its_sender_runs(tmp_path: Path) -> None:
     """What the stall watch reads: True while the sender loop runs, False once it is cancelled."""
     from standby.agent.link import HeartbeatLink
-    from standby.agent.ticks import Ticks
     from standby.config import Config
     from tests.unit.configs import example_with_secrets
 
@@ -269,8 +268,7 @@ def test_i13_the_heartbeat_link_says_while_its_sender_runs(tmp_path: Path) -> No
 
     async def go() -> tuple[bool, bool, bool]:
         before = link.sending
-        task = asyncio.get_running_loop().create_task(link.sender(lambda: view(DbState.PRIMARY), Ticks(0.01),
-                                                                  asyncio.Event()))
+        task = asyncio.get_running_loop().create_task(link.sender(lambda: view(DbState.PRIMARY), 0.01, asyncio.Event()))
         await asyncio.sleep(0.05)
         during = link.sending
         task.cancel()

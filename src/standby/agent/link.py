@@ -19,7 +19,6 @@ from concurrent.futures import Future
 from typing import Protocol
 
 from standby.agent.heartbeat import Heartbeat, Receiver, encode
-from standby.agent.ticks import Ticks
 from standby.config import Config
 from standby.model import Net, PeerView
 
@@ -146,15 +145,12 @@ class HeartbeatLink:
             except OSError:
                 self.send_errors[net.value] += 1  # link down: the peer will notice the silence
 
-    async def sender(self, view: Callable[[], PeerView], ticks: Ticks, stopping: asyncio.Event) -> None:
-        """A heartbeat on each instant of the agent's grid (agent.ticks), with the decision step's wake-up."""
+    async def sender(self, view: Callable[[], PeerView], interval_s: float, stopping: asyncio.Event) -> None:
         self.sending = True
         try:
-            loop = asyncio.get_running_loop()
             while not stopping.is_set():
-                began = loop.time()
                 self.send(view())
-                await ticks.wait(since=began)  # the agent's shut-down cancels this task; no wait on `stopping` per beat
+                await asyncio.sleep(interval_s)  # the agent's shut-down cancels this task; no wait on `stopping` per beat
         finally:
             self.sending = False
 

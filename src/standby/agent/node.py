@@ -239,7 +239,7 @@ class Agent(Surface):
     def _background(self) -> dict[str, Callable[[], Any]]:
         s, p, stop = self, self.probers, self.stopping
         return {
-            "sender": lambda: s.link.sender(s._advertised, s.ticks, stop),
+            "sender": lambda: s.link.sender(s._advertised, s.interval_s, stop),  # off the grid: agent.ticks
             "tiebreaker_prober": lambda: p.tiebreaker(stop),
             "dr_prober": lambda: p.dr(stop, lambda: s.state, lambda: s.pg.db),
             "arp_prober": lambda: p.arp(stop, lambda: s.state, s.link.quiet_since),
@@ -276,7 +276,7 @@ class Agent(Surface):
                 except Exception as e:  # noqa: BLE001  (recorded; the next interval tries again)
                     self.guard.failed("decision loop", e, "step")
                 # Within an interval of this step's start, at once if it took that long (agent.ticks: no lateness
-                # added). Not a wait on `stopping` (a task made and cancelled each step): a stop is seen one interval later.
+                # added). Not a wait on `stopping` (a task made and cancelled each step): a stop is seen an interval later.
                 await self.ticks.wait(since=t0)
         finally:
             await self._shut_down(tasks)

@@ -103,7 +103,7 @@ class Probers:
                     self.dr_answer = DrAnswer(seen, asked_as, asked.term)
                 else:
                     self.dr_answer = None
-                await self.ticks.wait(max(DR_EVERY_S, self.ticks.interval_s))
+                await self.ticks.wait(DR_EVERY_S)
         finally:
             watch.close()
 
@@ -120,7 +120,7 @@ class Probers:
                 began = loop.time()
                 if await self._in_probe(probe_tiebreaker, self.cfg):
                     self.tiebreaker_at = self.clock()
-                await self.ticks.wait(since=began)  # at once if the probe took the whole interval
+                await self.ticks.wait(since=began)  # at once if the probe took the whole interval (agent.ticks)
             return
         self._echo_failed = None
         try:
@@ -170,7 +170,7 @@ class Probers:
                 self.services_healthy = ok
             else:
                 self.services_healthy = None
-            await self.ticks.wait(max(HEALTH_EVERY_S, self.ticks.interval_s))
+            await self.ticks.wait(HEALTH_EVERY_S)
 
     async def announcer(self, stopping: asyncio.Event, holding: Callable[[], bool],
                         next_step: Callable[[], Awaitable[Any]]) -> None:

@@ -13,7 +13,7 @@ DR-restart), since across a WAN that is down a DR node may be serving; a running
 when one accepts writes (decide.py rule 7: promoted by a person while the WAN was cut), and a running hot
 standby promotes nothing while one does (finding DR-window). Those questions are
 ``DrWatch``'s, asked by agent.probers: one kept replication connection per warm follower, so a primary that
-asks every second costs each follower no new backend or handshake per question.
+asks at least once a second costs each follower no new backend or handshake per question.
 It may not: stop anything itself (the decision fences), nor decide what an answer means.
 """
 

@@ -1,6 +1,6 @@
 """The sample softswitch's health check: GET its /health and exit 0 on 200, 1 otherwise.
 
-The agent runs a service's health command once a second on the node that serves. Through the lab's
+The agent runs a service's health command at least once a second on the node that serves. Through the lab's
 CLI it imported the whole lab (aiohttp, psycopg, pydantic): ~0.5 s of CPU a check, a quarter of a
 two-core machine spent on asking "are you there?". So this module uses the standard library only, and
 ``standby.lab``'s package imports nothing until asked (see its ``__init__``).
