@@ -2,8 +2,8 @@
 
 The decision step slept what was left of its interval after each run; the tie-breaker's echo and the ARP
 watch slept one interval after theirs, the services' health and the warm followers' question a second:
-each its own timer, each its own wake-up of the event loop. At rest the wake-up is what costs (on a
-virtual machine the kernel's and the host's side of waking a sleeping thread outweigh the Python it runs:
+each its own timer, each its own wake-up of the event loop. At rest the waking is most of the cost (on
+the virtual machine the benchmarks ran on, work right after a sleep costs many times what it costs warm:
 bench/README.md, "What this machine charges for waking up"), so they now wait for the same instants, the
 multiples of the interval on the loop's clock, and the loop wakes once for all of them (asyncio runs every
 timer that is due when it wakes).
