@@ -190,7 +190,7 @@ def measure(lab: Lab, seconds: float, floor_pid: int) -> dict[str, Any]:
         time.sleep(1.0)
     wall = time.monotonic() - t0
     floor1 = cpu_split_s(floor_pid)
-    floor = None if floor0 is None or floor1 is None else round(100 * (sum(floor1) - sum(floor0)) / wall, 2)
+    floor = _cpu_pct(floor0, floor1, wall)
     out: dict[str, Any] = {}
     for n in NODES:
         pid = pids[n]
@@ -203,7 +203,7 @@ def measure(lab: Lab, seconds: float, floor_pid: int) -> dict[str, Any]:
         out[n] = {
             "agent_pid": pids[n], "supervisor_pid": sups[n], "wall_s": round(wall, 1),
             "agent_rss_mb": _mean_max(rss[n]), "supervisor_rss_mb": _mean_max(sup_rss[n]),
-            "agent_cpu_pct_of_one_core": None if s0 is None or s1 is None else round(100 * (sum(s1) - sum(s0)) / wall, 2),
+            "agent_cpu_pct_of_one_core": _cpu_pct(s0, s1, wall),
             "agent_cpu_user_system_pct": None if s0 is None or s1 is None else
             [round(100 * (s1[i] - s0[i]) / wall, 2) for i in (0, 1)],
             "floor_cpu_pct_of_one_core": floor,  # the same window's bare loop (FLOOR), the same for both nodes
@@ -215,6 +215,11 @@ def measure(lab: Lab, seconds: float, floor_pid: int) -> dict[str, Any]:
             "gc_collections_per_s": {g: per_s(f"gc{g}") for g in ("0", "1", "2")},
         }
     return out
+
+
+def _cpu_pct(before: tuple[float, float] | None, after: tuple[float, float] | None, wall: float) -> float | None:
+    """User + system CPU between two ``cpu_split_s`` readings, as a share of one core over ``wall`` seconds."""
+    return None if before is None or after is None else round(100 * (sum(after) - sum(before)) / wall, 2)
 
 
 def _mean_max(values: list[float]) -> dict[str, float | None]:
@@ -230,9 +235,7 @@ def render(doc: dict[str, Any]) -> str:
     lines = [f"standby {doc['standby']}, {doc['machine']['cores']} cores, load average at start "
              f"{' '.join(f'{x:.2f}' for x in doc['machine']['loadavg_at_start'])}; heartbeat interval "
              f"{doc['heartbeat_interval_ms']} ms; load phase {doc['parameters']['rate']} calls/s",
-             "calibration, CPU us after a sleep of one interval (benchlib.calibrate): a page read / warm / a thread "
-             "hand-off: " + ", ".join(f"{k} {c['page_after_sleep_us']} / {c['page_warm_us']} / {c['handoff_us']}"
-                                      for k, c in doc.get("calibration", {}).items()),
+             benchlib.calibration_line(doc, "one interval"),
              f"{'phase':<6} {'node':<6} {'agent RSS MB':>13} {'superv. MB':>10} {'CPU %core':>9} {'hb/s':>6} "
              f"{'steps/s':>7} {'step p50/p99/max ms':>22} {'user/sys %':>11} {'wake/s':>6} {'floor %':>7} {'load':>5}"]
     for phase, nodes in doc["phases"].items():

@@ -140,6 +140,13 @@ def calibrate(sleep_s: float, rounds: int = 20, pages: int = 1000) -> dict[str, 
             "page_warm_us": round(warm * per_page, 3), "handoff_us": round(1e6 * handoff / rounds)}
 
 
+def calibration_line(doc: dict[str, Any], after_what: str) -> str:
+    """The document's ``calibration`` (before and after, from ``calibrate``) in one line, for a renderer."""
+    return (f"calibration, CPU us after a sleep of {after_what} (benchlib.calibrate): a page read / warm / a thread "
+            "hand-off: " + ", ".join(f"{k} {c['page_after_sleep_us']} / {c['page_warm_us']} / {c['handoff_us']}"
+                                     for k, c in doc.get("calibration", {}).items()))
+
+
 def percentile(values: Sequence[float], q: float) -> float | None:
     """Nearest-rank: always a value that was observed (with 5 runs, p95 is the maximum)."""
     if not values:

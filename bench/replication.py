@@ -414,9 +414,7 @@ def render(doc: dict[str, Any]) -> str:
         f"latency p50 +{_f(g['async_latency_p50_added_ms'], '.2f')} ms",
     ]
     if doc.get("calibration"):
-        lines += ["", "calibration, CPU us after a sleep of one call's interval (benchlib.calibrate): a page read / warm / "
-                  "a thread hand-off: " + ", ".join(f"{k} {c['page_after_sleep_us']} / {c['page_warm_us']} / "
-                                                    f"{c['handoff_us']}" for k, c in doc["calibration"].items())]
+        lines += ["", benchlib.calibration_line(doc, "one call's interval")]
     if doc.get("throughput"):
         tp = doc["throughput"]
         lines += ["", f"Maximum throughput (closed loop, {p['concurrency']} concurrent, {p['max_seconds']:g} s each): "
